@@ -1,0 +1,189 @@
+//! An owned packet mbuf.
+
+use crate::sys;
+use std::ptr::NonNull;
+
+/// One owned, single-segment-aware packet mbuf; dropping it frees it back to
+/// its pool. `#[repr(transparent)]` over the mbuf pointer, so a `[Mbuf]` is
+/// an array of `rte_mbuf *` for the burst functions.
+#[repr(transparent)]
+#[derive(Debug)]
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+// SAFETY: an owned mbuf may move between threads; freeing it to its
+// (thread-safe) pool from any thread is allowed.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// Takes ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `m` must be a valid, non-null mbuf that nobody else owns or frees
+    /// (e.g. returned by rx burst or by an alloc), whose pool outlives it.
+    pub unsafe fn from_raw(m: *mut sys::rte_mbuf) -> Mbuf {
+        debug_assert!(!m.is_null());
+        // SAFETY: the caller guarantees m is non-null.
+        Mbuf(unsafe { NonNull::new_unchecked(m) })
+    }
+
+    /// Gives up ownership (e.g. to a tx burst) without freeing.
+    pub fn into_raw(self) -> *mut sys::rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    /// The raw pointer, still owned by `self`.
+    pub fn as_ptr(&self) -> *mut sys::rte_mbuf {
+        self.0.as_ptr()
+    }
+
+    fn raw(&self) -> &sys::rte_mbuf {
+        // SAFETY: self owns a valid mbuf; the shared borrow of self keeps
+        // anyone else (through this handle) from writing it.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Bytes in the whole packet (all segments).
+    pub fn len(&self) -> usize {
+        self.raw().pkt_len as usize
+    }
+
+    /// Whether the packet is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes in the first segment.
+    pub fn data_len(&self) -> usize {
+        usize::from(self.raw().data_len)
+    }
+
+    /// Number of segments.
+    pub fn nb_segs(&self) -> u16 {
+        self.raw().nb_segs
+    }
+
+    /// Port the mbuf was received on.
+    pub fn port(&self) -> u16 {
+        self.raw().port
+    }
+
+    /// Free bytes in front of the data.
+    pub fn headroom(&self) -> usize {
+        usize::from(self.raw().data_off)
+    }
+
+    /// Free bytes after the data of the first segment.
+    pub fn tailroom(&self) -> usize {
+        let m = self.raw();
+        usize::from(m.buf_len) - usize::from(m.data_off) - usize::from(m.data_len)
+    }
+
+    /// The first segment's data.
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's
+        // buffer (DPDK invariant); we own the mbuf, so nobody writes it while
+        // this shared borrow lives.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    /// The first segment's data, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (addr, off, len) = {
+            let m = self.raw();
+            (m.buf_addr as *mut u8, m.data_off, m.data_len)
+        };
+        // SAFETY: as in data(); &mut self makes the borrow exclusive, and a
+        // direct buffer (refcnt 1, ours) is writable.
+        unsafe { std::slice::from_raw_parts_mut(addr.add(usize::from(off)), usize::from(len)) }
+    }
+
+    /// Grows the data by `len` bytes at the end (of the last segment) and
+    /// returns them, or `None` when the tailroom is too small.
+    pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: we own a valid mbuf; rte_pktmbuf_append checks the room.
+        let p = unsafe { sys::shim::sy_rte_pktmbuf_append(self.0.as_ptr(), len) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: DPDK returned len writable bytes inside the buffer, which
+        // &mut self lets only us touch.
+        Some(unsafe { std::slice::from_raw_parts_mut(p as *mut u8, usize::from(len)) })
+    }
+
+    /// Grows the data by `len` bytes in front (into the headroom) and
+    /// returns them, or `None` when the headroom is too small.
+    pub fn prepend(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: we own a valid mbuf; rte_pktmbuf_prepend checks the room.
+        let p = unsafe { sys::shim::sy_rte_pktmbuf_prepend(self.0.as_ptr(), len) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: as in append().
+        Some(unsafe { std::slice::from_raw_parts_mut(p as *mut u8, usize::from(len)) })
+    }
+
+    /// Removes `len` bytes from the front; false when the first segment is shorter.
+    pub fn adj(&mut self, len: u16) -> bool {
+        // SAFETY: we own a valid mbuf; rte_pktmbuf_adj checks the length.
+        !unsafe { sys::shim::sy_rte_pktmbuf_adj(self.0.as_ptr(), len) }.is_null()
+    }
+
+    /// Removes `len` bytes from the end; false when the last segment is shorter.
+    pub fn trim(&mut self, len: u16) -> bool {
+        // SAFETY: we own a valid mbuf; rte_pktmbuf_trim checks the length.
+        unsafe { sys::shim::sy_rte_pktmbuf_trim(self.0.as_ptr(), len) == 0 }
+    }
+
+    /// Empties the packet and restores the default headroom.
+    pub fn reset(&mut self) {
+        // SAFETY: we own a valid mbuf.
+        unsafe { sys::shim::sy_rte_pktmbuf_reset(self.0.as_ptr()) }
+    }
+
+    /// Replaces the data with `bytes`; false (mbuf unchanged in length 0)
+    /// when they do not fit in one segment.
+    pub fn set_data(&mut self, bytes: &[u8]) -> bool {
+        self.reset();
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return false;
+        };
+        match self.append(len) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the mbuf (same as dropping it).
+    pub fn free(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and give it back exactly once.
+        unsafe { sys::shim::sy_rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// Frees a slice of raw mbufs in one call (`rte_pktmbuf_free_bulk`).
+///
+/// # Safety
+/// Every pointer must be a valid mbuf owned by the caller (or null), and
+/// none may be used after this call.
+pub unsafe fn free_bulk(mbufs: &mut [*mut sys::rte_mbuf]) {
+    // SAFETY: the caller's contract; count fits: slices of mbuf pointers in
+    // switchyard are bursts, far below u32::MAX.
+    unsafe { sys::rte_pktmbuf_free_bulk(mbufs.as_mut_ptr(), mbufs.len() as u32) }
+}

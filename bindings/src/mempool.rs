@@ -1,0 +1,160 @@
+//! Packet mbuf pools (`rte_pktmbuf_pool_create`).
+
+use crate::eal::Eal;
+use crate::error::{rte_errno, strerror, Error, Result};
+use crate::mbuf::Mbuf;
+use crate::sys;
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+/// A pool of packet mbufs. Thread-safe (DPDK's default `ring_mp_mc` ops).
+///
+/// Dropping it frees the pool only when every mbuf has come back; a pool
+/// with mbufs still out (in a device ring, or leaked) is left allocated and
+/// a warning is logged, so no mbuf ever points into freed memory.
+#[derive(Debug)]
+pub struct Mempool {
+    ptr: NonNull<sys::rte_mempool>,
+    name: String,
+    size: u32,
+}
+
+// SAFETY: an rte_mempool with the default ring_mp_mc ops may be used from
+// any thread; the handle itself is just a pointer and a name.
+unsafe impl Send for Mempool {}
+// SAFETY: every method takes &self and calls thread-safe mempool functions.
+unsafe impl Sync for Mempool {}
+
+impl Mempool {
+    /// Creates a pool of `n` mbufs with a per-lcore cache of `cache` and
+    /// `data_room` bytes of buffer each (headroom included; DPDK's default
+    /// is [`Mempool::DEFAULT_DATA_ROOM`]).
+    pub fn new(_eal: &Eal, name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool> {
+        let bad = |reason: String| Error::InvalidArgument {
+            what: format!("mempool {name}"),
+            reason,
+        };
+        // RTE_MEMPOOL_NAMESIZE is 32 with the "MP_" prefix DPDK adds.
+        if name.is_empty() || name.len() > 26 {
+            return Err(bad("name must be 1 to 26 bytes".into()));
+        }
+        if cache > sys::RTE_MEMPOOL_CACHE_MAX_SIZE {
+            return Err(bad(format!(
+                "cache {cache} is over {}",
+                sys::RTE_MEMPOOL_CACHE_MAX_SIZE
+            )));
+        }
+        if u32::from(data_room) <= sys::RTE_PKTMBUF_HEADROOM {
+            return Err(bad(format!(
+                "data room {data_room} leaves nothing after the {}-byte headroom",
+                sys::RTE_PKTMBUF_HEADROOM
+            )));
+        }
+        let cname = CString::new(name).map_err(|_| bad("name contains a NUL byte".into()))?;
+        // SAFETY: EAL is initialised (we hold &Eal); cname is a valid C
+        // string that DPDK copies; the numbers were range-checked above.
+        let p = unsafe {
+            sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, sys::SOCKET_ID_ANY)
+        };
+        match NonNull::new(p) {
+            Some(ptr) => Ok(Mempool {
+                ptr,
+                name: name.to_string(),
+                size: n,
+            }),
+            None => {
+                let errno = rte_errno();
+                Err(Error::MempoolCreate {
+                    pool: name.to_string(),
+                    errno,
+                    message: strerror(errno),
+                })
+            }
+        }
+    }
+
+    /// `RTE_MBUF_DEFAULT_BUF_SIZE`: 2048 bytes of data after 128 of headroom.
+    pub const DEFAULT_DATA_ROOM: u16 = sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many mbufs the pool holds in all.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Mbufs currently free (in the pool's ring and the per-lcore caches).
+    pub fn avail(&self) -> u32 {
+        // SAFETY: self.ptr is a live pool (freed only in Drop).
+        unsafe { sys::rte_mempool_avail_count(self.ptr.as_ptr()) }
+    }
+
+    /// Mbufs currently out of the pool.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: self.ptr is a live pool.
+        unsafe { sys::rte_mempool_in_use_count(self.ptr.as_ptr()) }
+    }
+
+    /// Bytes of buffer per mbuf, headroom included.
+    pub fn data_room(&self) -> u16 {
+        // SAFETY: self.ptr is a live packet mbuf pool.
+        unsafe { sys::shim::sy_rte_pktmbuf_data_room_size(self.ptr.as_ptr()) }
+    }
+
+    /// The raw pool, for FFI calls (rx queue setup).
+    pub fn as_ptr(&self) -> *mut sys::rte_mempool {
+        self.ptr.as_ptr()
+    }
+
+    /// Takes one mbuf (reset: empty, default headroom).
+    pub fn alloc(&self) -> Result<Mbuf> {
+        // SAFETY: self.ptr is a live packet mbuf pool.
+        let m = unsafe { sys::shim::sy_rte_pktmbuf_alloc(self.ptr.as_ptr()) };
+        match NonNull::new(m) {
+            // SAFETY: a fresh mbuf from rte_pktmbuf_alloc is ours alone.
+            Some(m) => Ok(unsafe { Mbuf::from_raw(m.as_ptr()) }),
+            None => Err(Error::MbufAlloc {
+                pool: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Fills all of `out` with fresh mbufs, or none of it (all-or-nothing, as
+    /// `rte_pktmbuf_alloc_bulk`). The caller owns the mbufs written.
+    pub fn alloc_bulk_raw(&self, out: &mut [*mut sys::rte_mbuf]) -> Result<()> {
+        let n = u32::try_from(out.len()).map_err(|_| Error::InvalidArgument {
+            what: format!("mempool {}", self.name),
+            reason: "burst too large".into(),
+        })?;
+        // SAFETY: out has room for n pointers; the pool is live.
+        let ret =
+            unsafe { sys::shim::sy_rte_pktmbuf_alloc_bulk(self.ptr.as_ptr(), out.as_mut_ptr(), n) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Error::MbufAlloc {
+                pool: self.name.clone(),
+            })
+        }
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        let out = self.in_use();
+        if out != 0 {
+            tracing::warn!(
+                pool = %self.name,
+                in_use = out,
+                "DPDK mempool dropped with mbufs still out; leaving it allocated"
+            );
+            return;
+        }
+        // SAFETY: the pool is live, no mbuf of it is out, and no other handle
+        // to it exists (Mempool is not Clone; devices hold Arc<Mempool>).
+        unsafe { sys::rte_mempool_free(self.ptr.as_ptr()) }
+    }
+}

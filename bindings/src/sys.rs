@@ -1,0 +1,60 @@
+//! Raw DPDK 22.11 FFI: the committed bindgen output plus the C shim.
+//!
+//! Everything here is `unsafe` to call; the safe layer lives in the sibling
+//! modules ([`crate::eal`], [`crate::mempool`], [`crate::mbuf`],
+//! [`crate::ethdev`]).
+
+#[path = "dpdk_sys_22_11.rs"]
+mod generated;
+
+pub use generated::*;
+
+/// Out-of-line wrappers for DPDK's static-inline functions and macros
+/// (`bindings/shim/shim.c`, compiled by build.rs with the cc crate).
+pub mod shim {
+    use super::{rte_mbuf, rte_mempool};
+    use core::ffi::{c_char, c_int, c_uint, c_void};
+
+    extern "C" {
+        /// `RTE_EAL_PMD_PATH`: where EAL loads driver plugins from.
+        pub fn sy_pmd_path() -> *const c_char;
+        /// `rte_errno` of the calling thread.
+        pub fn sy_rte_errno() -> c_int;
+        /// `rte_lcore_id()` of the calling thread.
+        pub fn sy_rte_lcore_id() -> c_uint;
+        pub fn sy_rte_eth_rx_burst(
+            port_id: u16,
+            queue_id: u16,
+            rx_pkts: *mut *mut rte_mbuf,
+            nb_pkts: u16,
+        ) -> u16;
+        pub fn sy_rte_eth_tx_burst(
+            port_id: u16,
+            queue_id: u16,
+            tx_pkts: *mut *mut rte_mbuf,
+            nb_pkts: u16,
+        ) -> u16;
+        pub fn sy_rte_pktmbuf_alloc(mp: *mut rte_mempool) -> *mut rte_mbuf;
+        pub fn sy_rte_pktmbuf_alloc_bulk(
+            mp: *mut rte_mempool,
+            mbufs: *mut *mut rte_mbuf,
+            count: c_uint,
+        ) -> c_int;
+        pub fn sy_rte_pktmbuf_free(m: *mut rte_mbuf);
+        pub fn sy_rte_pktmbuf_mtod(m: *mut rte_mbuf) -> *mut c_void;
+        pub fn sy_rte_pktmbuf_data_len(m: *const rte_mbuf) -> u16;
+        pub fn sy_rte_pktmbuf_pkt_len(m: *const rte_mbuf) -> u32;
+        pub fn sy_rte_pktmbuf_headroom(m: *const rte_mbuf) -> u16;
+        pub fn sy_rte_pktmbuf_tailroom(m: *const rte_mbuf) -> u16;
+        pub fn sy_rte_pktmbuf_append(m: *mut rte_mbuf, len: u16) -> *mut c_char;
+        pub fn sy_rte_pktmbuf_prepend(m: *mut rte_mbuf, len: u16) -> *mut c_char;
+        pub fn sy_rte_pktmbuf_adj(m: *mut rte_mbuf, len: u16) -> *mut c_char;
+        pub fn sy_rte_pktmbuf_trim(m: *mut rte_mbuf, len: u16) -> c_int;
+        pub fn sy_rte_pktmbuf_reset(m: *mut rte_mbuf);
+        pub fn sy_rte_pktmbuf_is_contiguous(m: *const rte_mbuf) -> c_int;
+        pub fn sy_rte_mbuf_refcnt_read(m: *const rte_mbuf) -> u16;
+        pub fn sy_rte_pktmbuf_data_room_size(mp: *mut rte_mempool) -> u16;
+        /// Sizes and offsets as the C compiler sees them (see shim.c).
+        pub fn sy_layout(what: c_uint) -> usize;
+    }
+}

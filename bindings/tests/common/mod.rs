@@ -1,0 +1,51 @@
+//! Shared EAL setup for the DPDK tests: one EAL per test process, shared by
+//! all its tests, with no hugepages and little memory; tests skip (with a
+//! message) when EAL cannot come up here, e.g. without root.
+#![allow(dead_code)]
+
+use switchyard_bindings::{Eal, EalOptions};
+
+/// Vdev given to EAL at init (not probed at runtime) by every test process.
+pub const EAL_VDEV: &str = "net_ring_eal0";
+
+pub fn options() -> EalOptions {
+    EalOptions {
+        no_huge: Some(true),
+        memory_mb: Some(256),
+        vdevs: vec![EAL_VDEV.to_string()],
+        log_level: std::env::var("SWITCHYARD_DPDK_LOG").ok(),
+        ..EalOptions::default()
+    }
+}
+
+/// The process's EAL, or `None` (after printing why) when it cannot init.
+pub fn eal() -> Option<&'static Eal> {
+    match Eal::init(options()) {
+        Ok(eal) => Some(eal),
+        Err(e) => {
+            eprintln!("SKIPPED: DPDK EAL cannot initialise on this machine: {e}");
+            None
+        }
+    }
+}
+
+/// A frame of `len` bytes whose content is derived from `seed`.
+pub fn frame(seed: u32, len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len)
+        .map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect();
+    // dst 02:00:00:00:00:01, src 02:00:00:xx:xx:xx, ethertype 0x88b5 (local experimental)
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    let s = seed.to_be_bytes();
+    f[6..12].copy_from_slice(&[2, 0, 0, s[1], s[2], s[3]]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f
+}
+
+/// A fresh directory for this test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("switchyard-bindings-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

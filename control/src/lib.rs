@@ -1,0 +1,1 @@
+//! switchyard's control plane: turns cluster state into dataplane configuration.

@@ -1,0 +1,544 @@
+//! Packet buffers: one fixed-size buffer type for the whole dataplane, carved out of one
+//! memory region per pool (hugepages when the kernel has them, ordinary pages otherwise).
+//!
+//! Invariants this module keeps:
+//! - Every slot is owned by exactly one of: the pool's shared free queue, one [`PoolCache`], or
+//!   one [`PacketBuf`]. A `PacketBuf` is the only handle to its slot's bytes, so `&mut` access
+//!   through it is exclusive.
+//! - A `PacketBuf` dropped anywhere goes back to the shared free queue (slow path); the hot path
+//!   returns buffers to a per-worker [`PoolCache`] instead. Either way nothing leaks, and
+//!   [`Pool::in_use`] counts exactly the buffers held outside the pool and its caches.
+//! - The region is unmapped only when no buffer is out. If the last [`Pool`] handle goes away
+//!   while buffers are still out, the region is deliberately leaked (and logged), so a stray
+//!   buffer can never point into freed memory.
+//! - `head + len <= SLOT_SIZE` for every buffer, always: every method that moves either checks.
+
+use crossbeam_queue::ArrayQueue;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Bytes in front of the frame, for pushing a VLAN tag or a tunnel header without a copy.
+pub const HEADROOM: usize = 128;
+/// Bytes for the frame itself.
+pub const DATA_ROOM: usize = 2048;
+/// One slot: headroom plus data room, a multiple of the 64-byte cache line.
+pub const SLOT_SIZE: usize = HEADROOM + DATA_ROOM;
+const HUGEPAGE: usize = 2 << 20;
+/// How many buffers a cache moves to or from the shared queue at a time.
+const CACHE_BULK: usize = 64;
+/// A cache holds at most this many free buffers.
+const CACHE_MAX: usize = 4 * CACHE_BULK;
+
+/// Failures of the buffer layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BufferError {
+    #[error("cannot map {bytes} bytes for pool {pool}: {reason}")]
+    Map { pool: String, bytes: usize, reason: String },
+    #[error("pool size must be between 1 and {max} buffers, not {asked}")]
+    BadSize { asked: usize, max: usize },
+    #[error("not enough room in the buffer: need {need} bytes, have {have}")]
+    NoRoom { need: usize, have: usize },
+    #[error("not enough headroom: need {need} bytes, have {have}")]
+    NoHeadroom { need: usize, have: usize },
+    #[error("frame too short for this operation ({0} bytes)")]
+    TooShort(usize),
+}
+
+enum Region {
+    Huge(memmap2::MmapMut),
+    Plain(memmap2::MmapMut),
+}
+
+struct PoolShared {
+    name: String,
+    base: NonNull<u8>,
+    count: usize,
+    free: ArrayQueue<u32>,
+    /// Buffers currently sitting in some cache (free, but not in `free`).
+    cached: AtomicUsize,
+    region: Region,
+}
+
+// SAFETY: the raw base pointer refers to the pool's own mapping, which lives as long as the
+// PoolShared; all cross-thread state is in atomics or the lock-free queue.
+unsafe impl Send for PoolShared {}
+// SAFETY: as above; shared access only goes through atomics and the ArrayQueue.
+unsafe impl Sync for PoolShared {}
+
+impl PoolShared {
+    #[inline]
+    fn slot_ptr(&self, idx: u32) -> NonNull<u8> {
+        debug_assert!((idx as usize) < self.count);
+        // SAFETY: idx < count, so the offset lies inside the mapping of count * SLOT_SIZE bytes.
+        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(idx as usize * SLOT_SIZE)) }
+    }
+
+    fn in_use(&self) -> usize {
+        self.count
+            .saturating_sub(self.free.len())
+            .saturating_sub(self.cached.load(Ordering::Relaxed))
+    }
+}
+
+struct PoolOwner(NonNull<PoolShared>);
+
+// SAFETY: PoolShared is Send + Sync; the owner only hands out shared references.
+unsafe impl Send for PoolOwner {}
+// SAFETY: as above.
+unsafe impl Sync for PoolOwner {}
+
+impl Drop for PoolOwner {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw and is still live: it is freed only here.
+        let shared = unsafe { self.0.as_ref() };
+        let out = shared.in_use();
+        if out == 0 {
+            // SAFETY: no buffer and no cache refers to the pool any more (caches hold an Arc
+            // to this owner, and in_use() == 0 says no buffer is out), so we own it alone.
+            drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        } else {
+            tracing::error!(
+                pool = %shared.name,
+                out,
+                "buffer pool dropped with buffers still out; leaking its memory so they stay valid"
+            );
+        }
+    }
+}
+
+/// A pool of packet buffers. Cheap to clone; all clones share the buffers.
+#[derive(Clone)]
+pub struct Pool {
+    owner: Arc<PoolOwner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared().name)
+            .field("count", &self.capacity())
+            .field("in_use", &self.in_use())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Largest pool: slot indices are u32, and the mapping must stay addressable.
+    pub const MAX_BUFFERS: usize = 1 << 24;
+
+    /// Creates a pool of `count` buffers, trying hugepages first and falling back to ordinary
+    /// pages with one log line.
+    pub fn new(name: &str, count: usize) -> Result<Pool, BufferError> {
+        Self::with_hugepages(name, count, true)
+    }
+
+    /// As [`Pool::new`]; `try_huge: false` skips the hugepage attempt.
+    pub fn with_hugepages(name: &str, count: usize, try_huge: bool) -> Result<Pool, BufferError> {
+        if count == 0 || count > Self::MAX_BUFFERS {
+            return Err(BufferError::BadSize { asked: count, max: Self::MAX_BUFFERS });
+        }
+        let bytes = count * SLOT_SIZE;
+        let huge_bytes = bytes.div_ceil(HUGEPAGE) * HUGEPAGE;
+        let huge = if try_huge {
+            memmap2::MmapOptions::new().len(huge_bytes).huge(None).map_anon().ok()
+        } else {
+            None
+        };
+        let region = match huge {
+            Some(m) => Region::Huge(m),
+            None => {
+                if try_huge {
+                    tracing::info!(
+                        pool = name,
+                        bytes,
+                        "no hugepages available; buffer pool uses ordinary pages"
+                    );
+                }
+                let m = memmap2::MmapOptions::new().len(bytes).map_anon().map_err(|e| {
+                    BufferError::Map { pool: name.to_string(), bytes, reason: e.to_string() }
+                })?;
+                Region::Plain(m)
+            }
+        };
+        let mut region = region;
+        let base = match &mut region {
+            Region::Huge(m) | Region::Plain(m) => NonNull::new(m.as_mut_ptr()).ok_or_else(|| {
+                BufferError::Map {
+                    pool: name.to_string(),
+                    bytes,
+                    reason: "null mapping".into(),
+                }
+            })?,
+        };
+        let free = ArrayQueue::new(count);
+        for i in 0..count as u32 {
+            // Cannot fail: the queue holds exactly `count`.
+            let _ = free.push(i);
+        }
+        let shared = Box::new(PoolShared {
+            name: name.to_string(),
+            base,
+            count,
+            free,
+            cached: AtomicUsize::new(0),
+            region,
+        });
+        let ptr = NonNull::from(Box::leak(shared));
+        Ok(Pool { owner: Arc::new(PoolOwner(ptr)) })
+    }
+
+    #[inline]
+    fn shared(&self) -> &PoolShared {
+        // SAFETY: the PoolShared lives at least as long as any PoolOwner (see PoolOwner::drop).
+        unsafe { self.owner.0.as_ref() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared().name
+    }
+
+    /// Whether the region is backed by hugepages.
+    pub fn on_hugepages(&self) -> bool {
+        matches!(self.shared().region, Region::Huge(_))
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared().count
+    }
+
+    /// Buffers held outside the pool and its caches right now.
+    pub fn in_use(&self) -> usize {
+        self.shared().in_use()
+    }
+
+    /// Takes one buffer from the shared queue (slow path; workers use a [`PoolCache`]).
+    pub fn alloc(&self) -> Option<PacketBuf> {
+        let s = self.shared();
+        s.free.pop().map(|idx| PacketBuf::fresh(self.owner.0, s, idx))
+    }
+
+    /// A per-worker cache in front of this pool.
+    pub fn cache(&self) -> PoolCache {
+        PoolCache { pool: self.clone(), free: Vec::with_capacity(CACHE_MAX) }
+    }
+}
+
+/// A per-worker cache of free buffers in front of a [`Pool`]: allocation and freeing touch
+/// only this cache, except once every [`CACHE_BULK`] buffers.
+pub struct PoolCache {
+    pool: Pool,
+    free: Vec<u32>,
+}
+
+impl PoolCache {
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A fresh, empty buffer (headroom reserved), or `None` when the pool is exhausted.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<PacketBuf> {
+        let s = self.pool.shared();
+        if self.free.is_empty() {
+            refill(&mut self.free, s);
+        }
+        let idx = self.free.pop()?;
+        s.cached.fetch_sub(1, Ordering::Relaxed);
+        Some(PacketBuf::fresh(self.pool.owner.0, s, idx))
+    }
+
+
+    /// A new buffer holding a copy of `bytes`.
+    pub fn alloc_copy(&mut self, bytes: &[u8]) -> Option<PacketBuf> {
+        let mut b = self.alloc()?;
+        b.extend_from_slice(bytes).ok()?;
+        Some(b)
+    }
+
+    /// Returns a buffer. A buffer from another pool goes back to its own pool.
+    #[inline]
+    pub fn free(&mut self, buf: PacketBuf) {
+        if buf.pool != self.pool.owner.0 {
+            drop(buf);
+            return;
+        }
+        let s = self.pool.shared();
+        if self.free.len() >= CACHE_MAX {
+            flush(&mut self.free, s, CACHE_BULK);
+        }
+        self.free.push(buf.idx);
+        s.cached.fetch_add(1, Ordering::Relaxed);
+        std::mem::forget(buf);
+    }
+
+}
+
+#[cold]
+fn refill(cache: &mut Vec<u32>, s: &PoolShared) {
+    let mut n = 0;
+    while n < CACHE_BULK {
+        match s.free.pop() {
+            Some(i) => {
+                cache.push(i);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    s.cached.fetch_add(n, Ordering::Relaxed);
+}
+
+#[cold]
+fn flush(cache: &mut Vec<u32>, s: &PoolShared, n: usize) {
+    let n = n.min(cache.len());
+    for _ in 0..n {
+        if let Some(i) = cache.pop() {
+            // Cannot fail: the queue has room for every slot of the pool.
+            let _ = s.free.push(i);
+        }
+    }
+    s.cached.fetch_sub(n, Ordering::Relaxed);
+}
+
+impl Drop for PoolCache {
+    fn drop(&mut self) {
+        let s = self.pool.shared();
+        let n = self.free.len();
+        flush(&mut self.free, s, n);
+    }
+}
+
+/// One packet buffer: a slot of [`SLOT_SIZE`] bytes and the window `[head, head + len)` that
+/// holds the frame.
+pub struct PacketBuf {
+    pool: NonNull<PoolShared>,
+    slot: NonNull<u8>,
+    idx: u32,
+    head: u16,
+    len: u16,
+}
+
+// SAFETY: a PacketBuf is the only handle to its slot (module invariant), and PoolShared is Sync.
+unsafe impl Send for PacketBuf {}
+
+impl Drop for PacketBuf {
+    fn drop(&mut self) {
+        // SAFETY: the pool outlives every buffer (PoolOwner leaks it while any is out).
+        let s = unsafe { self.pool.as_ref() };
+        let _ = s.free.push(self.idx);
+    }
+}
+
+impl std::fmt::Debug for PacketBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketBuf").field("idx", &self.idx).field("len", &self.len).finish()
+    }
+}
+
+impl PacketBuf {
+    #[inline]
+    fn fresh(pool: NonNull<PoolShared>, s: &PoolShared, idx: u32) -> PacketBuf {
+        PacketBuf { pool, slot: s.slot_ptr(idx), idx, head: HEADROOM as u16, len: 0 }
+    }
+
+    #[inline]
+    fn slot(&self) -> &[u8] {
+        // SAFETY: the slot is SLOT_SIZE bytes inside the live mapping and this handle owns it.
+        unsafe { std::slice::from_raw_parts(self.slot.as_ptr(), SLOT_SIZE) }
+    }
+
+    #[inline]
+    fn slot_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in slot(); &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.slot.as_ptr(), SLOT_SIZE) }
+    }
+
+    /// The frame bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        let (h, l) = (self.head as usize, self.len as usize);
+        &self.slot()[h..h + l]
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (h, l) = (self.head as usize, self.len as usize);
+        &mut self.slot_mut()[h..h + l]
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.head as usize
+    }
+
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        SLOT_SIZE - self.head as usize - self.len as usize
+    }
+
+    /// Empties the buffer and restores the default headroom.
+    #[inline]
+    pub fn reset(&mut self) {
+        self.head = HEADROOM as u16;
+        self.len = 0;
+    }
+
+    /// Appends bytes at the tail.
+    #[inline]
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), BufferError> {
+        let room = self.tailroom();
+        if bytes.len() > room {
+            return Err(BufferError::NoRoom { need: bytes.len(), have: room });
+        }
+        let start = self.head as usize + self.len as usize;
+        self.slot_mut()[start..start + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u16;
+        Ok(())
+    }
+
+    /// Grows or shrinks the frame at the tail (new bytes hold whatever the slot held).
+    pub fn set_len(&mut self, len: usize) -> Result<(), BufferError> {
+        let have = SLOT_SIZE - self.head as usize;
+        if len > have {
+            return Err(BufferError::NoRoom { need: len, have });
+        }
+        self.len = len as u16;
+        Ok(())
+    }
+
+    /// Room for the bytes of a writer: the whole tail of the slot, for a receive path that
+    /// copies in place then calls [`PacketBuf::set_len`].
+    pub fn tail_mut(&mut self) -> &mut [u8] {
+        let start = self.head as usize + self.len as usize;
+        &mut self.slot_mut()[start..]
+    }
+
+    /// Grows the frame by `n` bytes at the front and returns them.
+    pub fn prepend(&mut self, n: usize) -> Result<&mut [u8], BufferError> {
+        let have = self.head as usize;
+        if n > have {
+            return Err(BufferError::NoHeadroom { need: n, have });
+        }
+        self.head -= n as u16;
+        self.len += n as u16;
+        let h = self.head as usize;
+        Ok(&mut self.slot_mut()[h..h + n])
+    }
+
+    /// Removes `n` bytes from the front.
+    pub fn trim_front(&mut self, n: usize) -> Result<(), BufferError> {
+        if n > self.len as usize {
+            return Err(BufferError::TooShort(self.len as usize));
+        }
+        self.head += n as u16;
+        self.len -= n as u16;
+        Ok(())
+    }
+
+    /// Inserts an 802.1Q tag (TPID 0x8100, `tci`) after the two MAC addresses, using headroom.
+    #[inline]
+    pub fn push_vlan(&mut self, tci: u16) -> Result<(), BufferError> {
+        if self.len < 12 {
+            return Err(BufferError::TooShort(self.len as usize));
+        }
+        if self.head < 4 {
+            return Err(BufferError::NoHeadroom { need: 4, have: self.head as usize });
+        }
+        let h = self.head as usize;
+        let s = self.slot_mut();
+        s.copy_within(h..h + 12, h - 4);
+        s[h + 8..h + 10].copy_from_slice(&0x8100u16.to_be_bytes());
+        s[h + 10..h + 12].copy_from_slice(&tci.to_be_bytes());
+        self.head -= 4;
+        self.len += 4;
+        Ok(())
+    }
+
+    /// Removes the 4 bytes after the two MAC addresses (the outer tag). The caller has checked
+    /// that the frame is tagged.
+    #[inline]
+    pub fn pop_vlan(&mut self) -> Result<(), BufferError> {
+        if self.len < 16 {
+            return Err(BufferError::TooShort(self.len as usize));
+        }
+        let h = self.head as usize;
+        self.slot_mut().copy_within(h..h + 12, h + 4);
+        self.head += 4;
+        self.len -= 4;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_free_accounting() {
+        let pool = Pool::with_hugepages("t", 300, false).unwrap();
+        let mut cache = pool.cache();
+        let mut held: Vec<_> = (0..300).map(|_| cache.alloc().unwrap()).collect();
+        assert_eq!(pool.in_use(), 300);
+        assert!(cache.alloc().is_none());
+        for b in held.drain(..150) {
+            cache.free(b);
+        }
+        assert_eq!(pool.in_use(), 150);
+        drop(held); // Drop path returns to the shared queue.
+        assert_eq!(pool.in_use(), 0);
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
+        assert!(pool.alloc().is_some());
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn vlan_push_pop_round_trip() {
+        let pool = Pool::with_hugepages("t", 4, false).unwrap();
+        let mut b = pool.alloc().unwrap();
+        let frame: Vec<u8> = (0..60u8).collect();
+        b.extend_from_slice(&frame).unwrap();
+        b.push_vlan(0x2064).unwrap();
+        assert_eq!(b.len(), 64);
+        assert_eq!(&b.data()[..12], &frame[..12]);
+        assert_eq!(&b.data()[12..16], &[0x81, 0x00, 0x20, 0x64]);
+        assert_eq!(&b.data()[16..], &frame[12..]);
+        b.pop_vlan().unwrap();
+        assert_eq!(b.data(), &frame[..]);
+    }
+
+    #[test]
+    fn bounds_are_errors() {
+        let pool = Pool::with_hugepages("t", 2, false).unwrap();
+        let mut b = pool.alloc().unwrap();
+        assert!(b.extend_from_slice(&vec![0u8; DATA_ROOM + 1]).is_err());
+        assert!(b.extend_from_slice(&vec![0u8; DATA_ROOM]).is_ok());
+        assert!(b.extend_from_slice(&[0u8]).is_err());
+        b.reset();
+        assert!(b.pop_vlan().is_err());
+        assert!(b.push_vlan(1).is_err());
+        assert!(b.prepend(HEADROOM + 1).is_err());
+        assert!(b.prepend(HEADROOM).is_ok());
+        assert!(b.trim_front(HEADROOM + 1).is_err());
+    }
+
+    #[test]
+    fn dropping_the_pool_with_buffers_out_keeps_them_valid() {
+        let pool = Pool::with_hugepages("t", 2, false).unwrap();
+        let mut b = pool.alloc().unwrap();
+        drop(pool);
+        b.extend_from_slice(&[1, 2, 3]).unwrap();
+        assert_eq!(b.data(), &[1, 2, 3]);
+    }
+}

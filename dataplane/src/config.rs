@@ -1,0 +1,348 @@
+//! The configuration file: bridges and their ports (../shared/DESIGN.md, "Configuration
+//! file"). Parsing gives plain structs; [`Config::validate`] checks every rule that serde
+//! cannot, naming the offending field as `bridges[i].ports[j].field`.
+
+use crate::wire::MacAddr;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Failures of loading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("{field}: {msg}")]
+    Invalid { field: String, msg: String },
+}
+
+fn invalid(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), msg: msg.into() }
+}
+
+/// The whole configuration: a list of bridges.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub bridges: Vec<BridgeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_aging_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_table_size: Option<usize>,
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+/// VLAN modes, named as in Open vSwitch's Port table `vlan_mode` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VlanModeName {
+    Access,
+    Trunk,
+    NativeTagged,
+    NativeUntagged,
+}
+
+/// The backend kinds a port can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortType {
+    Ring,
+    Pcap,
+    Afpacket,
+    Tap,
+    Vhostuser,
+    Dpdk,
+}
+
+/// One port: its backend (`type` plus that type's options) and its L2 settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PortType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_mode: Option<VlanModeName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunks: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_macs: Option<Vec<MacAddr>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_macs: Vec<MacAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_limit: Option<u32>,
+
+    // Type options. Each is valid only with the types listed.
+    /// ring: the ring's name (default: the port's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<String>,
+    /// pcap: the capture to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_pcap: Option<String>,
+    /// pcap: the capture to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_pcap: Option<String>,
+    /// pcap: replay `rx_pcap` forever from memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infinite: Option<bool>,
+    /// afpacket, tap: the kernel interface (default: the port's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// vhostuser: the Unix socket path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// vhostuser: `server` (switchyard listens) or `client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// vhostuser, dpdk: queue pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    /// dpdk: a PCI address or a vdev string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devargs: Option<String>,
+}
+
+impl PortType {
+    fn name(self) -> &'static str {
+        match self {
+            PortType::Ring => "ring",
+            PortType::Pcap => "pcap",
+            PortType::Afpacket => "afpacket",
+            PortType::Tap => "tap",
+            PortType::Vhostuser => "vhostuser",
+            PortType::Dpdk => "dpdk",
+        }
+    }
+}
+
+/// Parses YAML text, naming `path` in errors (serde_yaml's message gives the field and line).
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), source: e })?;
+        let c: Config = from_yaml(&text, &p)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = from_yaml(text, "<config>")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Every rule serde cannot check. The first failure is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bridges = HashSet::new();
+        let mut ports = HashSet::new();
+        let mut nports = 0usize;
+        for (bi, b) in self.bridges.iter().enumerate() {
+            let bf = format!("bridges[{bi}]");
+            if b.name.is_empty() {
+                return Err(invalid(format!("{bf}.name"), "must not be empty"));
+            }
+            if !bridges.insert(b.name.as_str()) {
+                return Err(invalid(format!("{bf}.name"), format!("duplicate bridge {:?}", b.name)));
+            }
+            if b.mac_aging_s == Some(0) {
+                return Err(invalid(format!("{bf}.mac_aging_s"), "must be at least 1"));
+            }
+            if let Some(n) = b.mac_table_size {
+                if n == 0 || n > crate::fdb::MacTable::MAX_CAPACITY {
+                    return Err(invalid(
+                        format!("{bf}.mac_table_size"),
+                        format!("must be between 1 and {}", crate::fdb::MacTable::MAX_CAPACITY),
+                    ));
+                }
+            }
+            for (pi, p) in b.ports.iter().enumerate() {
+                let pf = format!("{bf}.ports[{pi}]");
+                nports += 1;
+                if p.name.is_empty() {
+                    return Err(invalid(format!("{pf}.name"), "must not be empty"));
+                }
+                if !ports.insert(p.name.as_str()) {
+                    return Err(invalid(
+                        format!("{pf}.name"),
+                        format!("duplicate port {:?} (port names are unique on the node)", p.name),
+                    ));
+                }
+                p.validate(&pf)?;
+            }
+        }
+        if nports > crate::switch::MAX_PORTS {
+            return Err(invalid("bridges", format!("more than {} ports", crate::switch::MAX_PORTS)));
+        }
+        Ok(())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+}
+
+impl PortConfig {
+    /// The VLAN mode after applying OVS's defaults: a port with a tag is an access port, one
+    /// without is a trunk.
+    pub fn effective_vlan_mode(&self) -> VlanModeName {
+        self.vlan_mode.unwrap_or(if self.tag.is_some() {
+            VlanModeName::Access
+        } else {
+            VlanModeName::Trunk
+        })
+    }
+
+    fn validate(&self, pf: &str) -> Result<(), ConfigError> {
+        if let Some(t) = self.tag {
+            if t > 4094 {
+                return Err(invalid(format!("{pf}.tag"), format!("VLAN {t} out of range 0-4094")));
+            }
+        }
+        if let Some(tr) = &self.trunks {
+            for (i, v) in tr.iter().enumerate() {
+                if *v > 4094 {
+                    return Err(invalid(format!("{pf}.trunks[{i}]"), format!("VLAN {v} out of range 0-4094")));
+                }
+            }
+        }
+        match self.effective_vlan_mode() {
+            VlanModeName::Access => {
+                if self.tag.is_none() {
+                    return Err(invalid(format!("{pf}.tag"), "vlan_mode access needs a tag"));
+                }
+                if self.trunks.as_ref().is_some_and(|t| !t.is_empty()) {
+                    return Err(invalid(format!("{pf}.trunks"), "an access port has no trunks"));
+                }
+            }
+            VlanModeName::Trunk => {
+                if self.tag.is_some() {
+                    return Err(invalid(
+                        format!("{pf}.tag"),
+                        "a trunk port has no tag (use native-tagged or native-untagged)",
+                    ));
+                }
+            }
+            VlanModeName::NativeTagged | VlanModeName::NativeUntagged => {
+                if self.tag.is_none() {
+                    return Err(invalid(format!("{pf}.tag"), "a native VLAN mode needs a tag"));
+                }
+            }
+        }
+        if let Some(macs) = &self.allowed_macs {
+            for (i, m) in macs.iter().enumerate() {
+                if m.is_multicast() || m.is_zero() {
+                    return Err(invalid(format!("{pf}.allowed_macs[{i}]"), format!("{m} is not a unicast MAC")));
+                }
+            }
+        }
+        for (i, m) in self.static_macs.iter().enumerate() {
+            if m.is_multicast() || m.is_zero() {
+                return Err(invalid(format!("{pf}.static_macs[{i}]"), format!("{m} is not a unicast MAC")));
+            }
+        }
+        // Type options: each only with its types.
+        let kind = self.kind;
+        let allowed: &[(&str, bool, &[PortType])] = &[
+            ("ring", self.ring.is_some(), &[PortType::Ring]),
+            ("rx_pcap", self.rx_pcap.is_some(), &[PortType::Pcap]),
+            ("tx_pcap", self.tx_pcap.is_some(), &[PortType::Pcap]),
+            ("infinite", self.infinite.is_some(), &[PortType::Pcap]),
+            ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
+            ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
+            ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
+            ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
+            ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
+        ];
+        for (opt, present, types) in allowed {
+            if *present && !kind.is_some_and(|k| types.contains(&k)) {
+                let tn = kind.map(PortType::name).unwrap_or("(none)");
+                return Err(invalid(format!("{pf}.{opt}"), format!("not an option of port type {tn}")));
+            }
+        }
+        if let Some(m) = &self.mode {
+            if m != "server" && m != "client" {
+                return Err(invalid(format!("{pf}.mode"), format!("{m:?} is neither server nor client")));
+            }
+        }
+        if kind == Some(PortType::Vhostuser) && self.socket.is_none() {
+            return Err(invalid(format!("{pf}.socket"), "a vhostuser port needs a socket path"));
+        }
+        if kind == Some(PortType::Dpdk) && self.devargs.is_none() {
+            return Err(invalid(format!("{pf}.devargs"), "a dpdk port needs devargs"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = Config::from_yaml_str(
+            r#"
+bridges:
+  - name: br1
+    mac_aging_s: 300
+    mac_table_size: 65536
+    ports:
+      - name: eth1
+        type: afpacket
+        vlan_mode: native-untagged
+        tag: 100
+        trunks: [101, 200]
+        allowed_macs: []
+        static_macs: []
+        mac_limit: 4096
+"#,
+        )
+        .unwrap();
+        let p = &c.bridges[0].ports[0];
+        assert_eq!(p.effective_vlan_mode(), VlanModeName::NativeUntagged);
+        assert_eq!(p.trunks.as_deref(), Some(&[101, 200][..]));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n    tag: 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bridges[0].ports[0].tag"), "{e}");
+        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n    vlanmode: access\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vlanmode"), "{e}");
+        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n    allowed_macs: [zz]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a MAC"), "{e}");
+        let e = Config::from_yaml_str(
+            "bridges:\n- name: b\n  ports:\n  - name: p\n  - name: p\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bridges[0].ports[1].name"), "{e}");
+        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n    type: ring\n    devargs: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bridges[0].ports[0].devargs"), "{e}");
+    }
+}

@@ -1,0 +1,457 @@
+//! The L2 pipeline: a burst of frames from one port goes through small stages, each a loop
+//! over the burst (parse -> ingress VLAN -> spoof check -> learn -> lookup -> egress VLAN ->
+//! per-port TX batches), in the manner of VPP's graph nodes.
+//!
+//! Invariants:
+//! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
+//!   MAC that was never seen before takes the MAC table's writer mutex; see `fdb`). The frame
+//!   metadata lives in a fixed array on the stack, egress batches are pre-sized.
+//! - Every frame that enters either leaves through at least one TX batch or is counted under
+//!   exactly one [`DropReason`] on its ingress port; buffers always go back to the pool.
+//! - A frame dropped at ingress (runt, bad VLAN, invalid or spoofed source, reserved
+//!   destination) teaches the MAC table nothing.
+//! - No input can make this code panic: every header read is behind a length check done once
+//!   in the parse stage, and every buffer operation that can fail returns an error that is
+//!   counted.
+//!
+//! The semantics are those of ../shared/DESIGN.md "L2 semantics" (Open vSwitch's NORMAL
+//! action, plus MAC spoof filtering, static entries and per-port MAC limits).
+
+use crate::buffer::{PacketBuf, PoolCache};
+use crate::fdb::{LearnOutcome, Probe};
+use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
+use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
+use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
+use std::sync::atomic::Ordering;
+
+/// What the pipeline decided for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Drop(DropReason),
+    Unicast(PortId),
+    Flood,
+}
+
+#[derive(Clone, Copy)]
+struct FrameMeta {
+    dst: MacAddr,
+    src: MacAddr,
+    /// The frame carries an 802.1Q tag (a priority tag included).
+    tagged: bool,
+    tci: u16,
+    vlan: u16,
+    len: u16,
+    verdict: Verdict,
+}
+
+impl Default for FrameMeta {
+    fn default() -> Self {
+        FrameMeta {
+            dst: MacAddr::ZERO,
+            src: MacAddr::ZERO,
+            tagged: false,
+            tci: 0,
+            vlan: 0,
+            len: 0,
+            verdict: Verdict::Drop(DropReason::Runt),
+        }
+    }
+}
+
+/// One frame's path through the pipeline, for `replay --trace` and `ctl trace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameTrace {
+    pub in_port: PortId,
+    pub len: usize,
+    pub src: MacAddr,
+    pub dst: MacAddr,
+    /// The VLAN the frame was assigned (None when dropped before that).
+    pub vlan: Option<u16>,
+    pub learn: Option<LearnOutcome>,
+    pub verdict: Verdict,
+    /// Ports the frame was queued to.
+    pub out_ports: Vec<PortId>,
+}
+
+/// Frames waiting to be sent, one batch per port, filled by [`process_burst`] and emptied by
+/// [`TxBatches::flush`].
+pub struct TxBatches {
+    batches: Vec<Burst>,
+    dirty: Vec<PortId>,
+    /// Egress drops found while queueing (a full batch), counted at flush.
+    pending_drops: Vec<u32>,
+}
+
+impl TxBatches {
+    pub fn new(port_slots: usize) -> TxBatches {
+        let mut t = TxBatches { batches: Vec::new(), dirty: Vec::new(), pending_drops: Vec::new() };
+        t.resize(port_slots);
+        t
+    }
+
+    /// Makes room for a snapshot with `port_slots` port ids. Only called between bursts.
+    pub fn resize(&mut self, port_slots: usize) {
+        if self.batches.len() < port_slots {
+            self.batches.resize_with(port_slots, Burst::new);
+            self.pending_drops.resize(port_slots, 0);
+        }
+        if self.dirty.capacity() < port_slots {
+            self.dirty.reserve(port_slots - self.dirty.len());
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, port: PortId, buf: PacketBuf, cache: &mut PoolCache) {
+        let i = usize::from(port);
+        let Some(batch) = self.batches.get_mut(i) else {
+            cache.free(buf);
+            return;
+        };
+        if batch.is_empty() && self.pending_drops[i] == 0 {
+            self.dirty.push(port);
+        }
+        if let Err(e) = batch.try_push(buf) {
+            self.pending_drops[i] += 1;
+            cache.free(e.element());
+        }
+    }
+
+    /// Whether anything is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Frames queued for `port` (for tests and the replay harness).
+    pub fn queued(&self, port: PortId) -> usize {
+        self.batches.get(usize::from(port)).map_or(0, |b| b.len())
+    }
+
+    /// Sends every batch through `queues[port]` and counts what was sent and dropped on the
+    /// egress ports. A port without a queue (or whose link is down) counts `port_down`.
+    pub fn flush(&mut self, cfg: &SwitchConfig, queues: &mut [Option<Box<dyn TxQueue>>], cache: &mut PoolCache) {
+        let mut tally = DropTally::default();
+        for port in self.dirty.drain(..) {
+            let i = usize::from(port);
+            let batch = &mut self.batches[i];
+            let spec = cfg.port(port);
+            tally.add(DropReason::TxFull, std::mem::take(&mut self.pending_drops[i]));
+            let n = batch.len();
+            let bytes: usize = batch.iter().map(|b| b.len()).sum();
+            let sent = match queues.get_mut(i).and_then(|q| q.as_mut()) {
+                Some(q) => q.tx_burst(batch, cache, &mut tally),
+                None => {
+                    tally.add(DropReason::PortDown, n as u32);
+                    for b in batch.drain(..) {
+                        cache.free(b);
+                    }
+                    0
+                }
+            };
+            if let Some(spec) = spec {
+                let st = &spec.stats;
+                st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+                let sent_bytes = if sent == n { bytes } else { bytes * sent / n.max(1) };
+                st.tx_bytes.fetch_add(sent_bytes as u64, Ordering::Relaxed);
+                tally.flush_into(st);
+            } else {
+                tally = DropTally::default();
+            }
+        }
+    }
+
+    /// Frees everything queued without sending it (used when a snapshot drops ports).
+    pub fn discard(&mut self, cache: &mut PoolCache) {
+        for port in self.dirty.drain(..) {
+            let i = usize::from(port);
+            self.pending_drops[i] = 0;
+            for b in self.batches[i].drain(..) {
+                cache.free(b);
+            }
+        }
+    }
+}
+
+/// Per-burst counters of the ingress port, added to its stats once per burst.
+#[derive(Default)]
+struct IngressTally {
+    rx_packets: u64,
+    rx_bytes: u64,
+    flooded: u64,
+    learned: u64,
+    moved_in: u64,
+    static_conflicts: u64,
+    mac_limit_hits: u64,
+    fdb_full: u64,
+    drops: DropTally,
+}
+
+impl IngressTally {
+    fn flush_into(&mut self, p: &PortSpec) {
+        let s = &p.stats;
+        let add = |a: &std::sync::atomic::AtomicU64, n: u64| {
+            if n != 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&s.rx_packets, self.rx_packets);
+        add(&s.rx_bytes, self.rx_bytes);
+        add(&s.flooded, self.flooded);
+        add(&s.learned, self.learned);
+        add(&s.moved_in, self.moved_in);
+        add(&s.static_conflicts, self.static_conflicts);
+        add(&s.mac_limit_hits, self.mac_limit_hits);
+        add(&s.fdb_full, self.fdb_full);
+        self.drops.flush_into(s);
+    }
+}
+
+/// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
+/// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
+/// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
+pub fn process_burst(
+    cfg: &SwitchConfig,
+    in_port: PortId,
+    burst: &mut Burst,
+    now: u32,
+    cache: &mut PoolCache,
+    tx: &mut TxBatches,
+    mut trace: Option<&mut Vec<FrameTrace>>,
+) {
+    let n = burst.len();
+    let Some(port) = cfg.port(in_port) else {
+        // Not in this snapshot (removed while the frames were in flight): nothing to count on.
+        for b in burst.drain(..) {
+            cache.free(b);
+        }
+        return;
+    };
+    let Some(bridge) = cfg.bridges.get(port.bridge) else {
+        for b in burst.drain(..) {
+            cache.free(b);
+        }
+        return;
+    };
+    let table = &*bridge.table;
+    let mut meta = [FrameMeta::default(); MAX_BURST];
+    let mut learned: [Option<LearnOutcome>; MAX_BURST] = [None; MAX_BURST];
+    let mut t = IngressTally { rx_packets: n as u64, ..Default::default() };
+
+    // Stage 1: parse. Every read below is within the length checked here.
+    for (m, b) in meta.iter_mut().zip(burst.iter()) {
+        let d = b.data();
+        t.rx_bytes += d.len() as u64;
+        m.len = d.len() as u16;
+        if d.len() < 14 {
+            m.verdict = Verdict::Drop(DropReason::Runt);
+            continue;
+        }
+        m.dst = MacAddr::from_bytes(&d[0..6]);
+        m.src = MacAddr::from_bytes(&d[6..12]);
+        let et = u16::from_be_bytes([d[12], d[13]]);
+        if et == EtherType::VLAN {
+            if d.len() < 18 {
+                m.verdict = Verdict::Drop(DropReason::TruncatedVlanTag);
+                continue;
+            }
+            m.tagged = true;
+            m.tci = u16::from_be_bytes([d[14], d[15]]);
+        }
+        m.verdict = if m.src.is_multicast() || m.src.is_zero() {
+            Verdict::Drop(DropReason::InvalidSrcMac)
+        } else if m.dst.is_ieee_reserved() {
+            Verdict::Drop(DropReason::ReservedDstMac)
+        } else {
+            Verdict::Flood // provisional: "still going"
+        };
+    }
+
+    // Stage 2: ingress VLAN.
+    for m in meta[..n].iter_mut() {
+        if m.verdict != Verdict::Flood {
+            continue;
+        }
+        match port.vlan.ingress(m.tagged.then_some(VlanTci(m.tci))) {
+            Some(v) => m.vlan = v,
+            None => m.verdict = Verdict::Drop(DropReason::VlanNotAllowed),
+        }
+    }
+
+    // Stage 3: spoof check (only on ports with a filter).
+    if port.allowed_macs.is_some() {
+        for (m, b) in meta[..n].iter_mut().zip(burst.iter()) {
+            if m.verdict != Verdict::Flood {
+                continue;
+            }
+            if !port.allows_src(m.src) {
+                m.verdict = Verdict::Drop(DropReason::SpoofedSrcMac);
+                continue;
+            }
+            let d = b.data();
+            let off = if m.tagged { 18 } else { 14 };
+            let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+            if et == EtherType::ARP || et == EtherType::RARP {
+                match ArpPacket::new_checked(&d[off..]) {
+                    Err(_) => m.verdict = Verdict::Drop(DropReason::MalformedArp),
+                    Ok(a) if !port.allows_src(a.sha()) => {
+                        m.verdict = Verdict::Drop(DropReason::SpoofedArpSha)
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+
+    // Stage 4: learn, hashing and prefetching the whole burst first.
+    let mut probes: [Option<Probe>; MAX_BURST] = [None; MAX_BURST];
+    for (p, m) in probes.iter_mut().zip(meta[..n].iter()) {
+        if m.verdict == Verdict::Flood {
+            let pr = table.probe(m.vlan, m.src);
+            table.prefetch(&pr);
+            *p = Some(pr);
+        }
+    }
+    for (i, p) in probes[..n].iter().enumerate() {
+        let Some(p) = p else { continue };
+        let out = table.learn_probe(p, in_port, now, port.mac_limit);
+        match out {
+            LearnOutcome::Refreshed => {}
+            LearnOutcome::Learned => t.learned += 1,
+            LearnOutcome::Moved { .. } => t.moved_in += 1,
+            LearnOutcome::StaticConflict { .. } => t.static_conflicts += 1,
+            LearnOutcome::PortLimit => t.mac_limit_hits += 1,
+            LearnOutcome::TableFull => t.fdb_full += 1,
+        }
+        learned[i] = Some(out);
+    }
+
+    // Stage 5: destination lookup, prefetched the same way.
+    let mut probes: [Option<Probe>; MAX_BURST] = [None; MAX_BURST];
+    for (p, m) in probes.iter_mut().zip(meta[..n].iter()) {
+        if m.verdict == Verdict::Flood && !m.dst.is_multicast() {
+            let pr = table.probe(m.vlan, m.dst);
+            table.prefetch(&pr);
+            *p = Some(pr);
+        }
+    }
+    for (m, p) in meta[..n].iter_mut().zip(probes[..n].iter()) {
+        let Some(p) = p else { continue };
+        if let Some(hit) = table.lookup_probe(p, now) {
+            m.verdict = if hit.port == in_port {
+                Verdict::Drop(DropReason::DstIsIngress)
+            } else if cfg.port(hit.port).is_some_and(|o| o.bridge == port.bridge && o.vlan.carries(m.vlan)) {
+                Verdict::Unicast(hit.port)
+            } else {
+                Verdict::Drop(DropReason::NoEgressPort)
+            };
+        }
+    }
+
+    // Stage 6: egress VLAN and TX batches.
+    for (i, buf) in burst.drain(..).enumerate() {
+        let m = &meta[i];
+        let mut outs: Option<Vec<PortId>> = trace.is_some().then(Vec::new);
+        let verdict = match m.verdict {
+            Verdict::Drop(r) => {
+                t.drops.add(r, 1);
+                cache.free(buf);
+                m.verdict
+            }
+            Verdict::Unicast(op) => {
+                send(cfg, op, buf, m, cache, tx, &mut t.drops, &mut outs);
+                m.verdict
+            }
+            Verdict::Flood => {
+                let members = &bridge.ports;
+                let carries = |p: PortId| p != in_port && cfg.port(p).is_some_and(|o| o.vlan.carries(m.vlan));
+                match members.iter().rposition(|&p| carries(p)) {
+                    None => {
+                        t.drops.add(DropReason::NoEgressPort, 1);
+                        cache.free(buf);
+                        Verdict::Drop(DropReason::NoEgressPort)
+                    }
+                    Some(last) => {
+                        t.flooded += 1;
+                        for &op in members[..last].iter().filter(|&&p| carries(p)) {
+                            match cache.alloc_copy(buf.data()) {
+                                Some(copy) => send(cfg, op, copy, m, cache, tx, &mut t.drops, &mut outs),
+                                None => t.drops.add(DropReason::NoBuffer, 1),
+                            }
+                        }
+                        send(cfg, members[last], buf, m, cache, tx, &mut t.drops, &mut outs);
+                        Verdict::Flood
+                    }
+                }
+            }
+        };
+        if let (Some(tr), Some(out_ports)) = (trace.as_deref_mut(), outs) {
+            let reached_vlan = !matches!(
+                verdict,
+                Verdict::Drop(
+                    DropReason::Runt
+                        | DropReason::TruncatedVlanTag
+                        | DropReason::InvalidSrcMac
+                        | DropReason::ReservedDstMac
+                        | DropReason::VlanNotAllowed
+                )
+            );
+            tr.push(FrameTrace {
+                in_port,
+                len: usize::from(m.len),
+                src: m.src,
+                dst: m.dst,
+                vlan: reached_vlan.then_some(m.vlan),
+                learn: learned[i],
+                verdict,
+                out_ports,
+            });
+        }
+    }
+    t.flush_into(port);
+}
+
+/// Rewrites the VLAN tag of `buf` for port `o` and queues it; counts `no_buffer` if the
+/// rewrite is impossible (no headroom left).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn send(
+    cfg: &SwitchConfig,
+    op: PortId,
+    mut buf: PacketBuf,
+    m: &FrameMeta,
+    cache: &mut PoolCache,
+    tx: &mut TxBatches,
+    drops: &mut DropTally,
+    outs: &mut Option<Vec<PortId>>,
+) {
+    let ok = cfg.port(op).is_some_and(|o| egress_rewrite(&mut buf, m, o).is_ok());
+    if ok {
+        tx.push(op, buf, cache);
+        if let Some(v) = outs.as_mut() {
+            v.push(op);
+        }
+    } else {
+        drops.add(DropReason::NoBuffer, 1);
+        cache.free(buf);
+    }
+}
+
+/// Makes the frame's tag what port `o` wants for VLAN `m.vlan`: a tag that stays keeps its
+/// PCP and DEI bits and gets the new VID; a pushed tag carries PCP 0 (no priority tag came
+/// in) or the PCP of the priority tag that did; an untagged egress removes the tag.
+#[inline]
+fn egress_rewrite(buf: &mut PacketBuf, m: &FrameMeta, o: &PortSpec) -> Result<(), crate::buffer::BufferError> {
+    let want_tag = o.vlan.egress_tagged(m.vlan);
+    match (m.tagged, want_tag) {
+        (true, true) => {
+            let tci = (m.tci & 0xf000) | m.vlan;
+            if tci != m.tci {
+                let d = buf.data_mut();
+                d[14..16].copy_from_slice(&tci.to_be_bytes());
+            }
+            Ok(())
+        }
+        (false, true) => buf.push_vlan(m.vlan),
+        (true, false) => buf.pop_vlan(),
+        (false, false) => Ok(()),
+    }
+}

@@ -1,0 +1,117 @@
+//! Ports: the one interface every backend implements (burst RX and TX per queue, link state),
+//! and the in-memory ring and pcap backends.
+//!
+//! Ownership model: a backend hands out queue handles ([`RxQueue`], [`TxQueue`]); a worker
+//! owns the handles it was given and calls them with `&mut self`, so the fast path needs no
+//! lock. A backend with a single hardware TX queue serialises its handles internally.
+//!
+//! Every frame a backend takes in and cannot deliver is counted in the caller's [`DropTally`]
+//! under a named [`DropReason`]; nothing is dropped silently.
+
+pub mod pcap;
+pub mod ring;
+
+use crate::buffer::{PacketBuf, PoolCache};
+use crate::switch::DropReason;
+use arrayvec::ArrayVec;
+
+/// Most frames moved in one burst.
+pub const MAX_BURST: usize = 64;
+/// The default burst size (as DPDK's testpmd).
+pub const DEFAULT_BURST: usize = 32;
+
+/// A burst of buffers in a fixed-size array: no allocation on the fast path.
+pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
+
+/// Drops counted during one burst, added to a port's counters once per burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropTally(pub [u32; DropReason::COUNT]);
+
+impl Default for DropTally {
+    fn default() -> Self {
+        DropTally([0; DropReason::COUNT])
+    }
+}
+
+impl DropTally {
+    #[inline]
+    pub fn add(&mut self, r: DropReason, n: u32) {
+        self.0[r as usize] += n;
+    }
+    pub fn get(&self, r: DropReason) -> u32 {
+        self.0[r as usize]
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
+    }
+    /// Adds every count to `stats` and zeroes the tally.
+    #[inline]
+    pub fn flush_into(&mut self, stats: &crate::switch::PortStats) {
+        for (i, n) in self.0.iter_mut().enumerate() {
+            if *n != 0 {
+                stats.add_drop(DropReason::ALL[i], u64::from(*n));
+                *n = 0;
+            }
+        }
+    }
+}
+
+/// Failures of opening or running a port.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("port {port}: queue {queue} does not exist (the port has {count})")]
+    NoSuchQueue { port: String, queue: u16, count: u16 },
+    #[error("port {port}: RX queue {queue} is already taken by a worker")]
+    QueueTaken { port: String, queue: u16 },
+    #[error("{file}: {msg}")]
+    Pcap { file: String, msg: String },
+    #[error("{file}: frame {frame}: {msg}")]
+    PcapFrame { file: String, frame: usize, msg: String },
+    #[error("port {port}: {msg}")]
+    Backend { port: String, msg: String },
+    #[error("port {port}: {source}")]
+    Io { port: String, source: std::io::Error },
+    #[error("port {port}: type {kind} is not built into this switchyard ({hint})")]
+    Unsupported { port: String, kind: String, hint: String },
+}
+
+/// The receive side of one queue, owned by one worker.
+pub trait RxQueue: Send {
+    /// Appends up to `max` received frames to `out` (never beyond its capacity) and returns
+    /// how many it appended. Frames it had to drop are counted in `drops`.
+    fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally)
+        -> usize;
+}
+
+/// The transmit side of one queue, owned by one worker.
+pub trait TxQueue: Send {
+    /// Sends every frame in `pkts`, draining it. Frames that cannot be sent are returned to
+    /// `cache` and counted in `drops` (`tx_full`, `port_down`). Returns the number sent.
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize;
+
+    /// Pushes out anything buffered (a file writer's buffer, say). Default: nothing to do.
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+/// A port backend.
+pub trait PortBackend: Send + Sync {
+    fn name(&self) -> &str;
+    /// How many RX queues the port has (each can be taken by one worker).
+    fn rx_queue_count(&self) -> u16 {
+        1
+    }
+    /// How many TX queue handles the port can give (one per worker).
+    fn tx_queue_count(&self) -> u16 {
+        u16::MAX
+    }
+    /// Takes RX queue `q`. Each RX queue can be taken once until its handle is dropped.
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError>;
+    /// A TX handle for queue `q`.
+    fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError>;
+    /// Whether the link is up.
+    fn link_up(&self) -> bool {
+        true
+    }
+}

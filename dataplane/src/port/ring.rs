@@ -1,0 +1,143 @@
+//! The in-memory ring port: two bounded lock-free queues, one towards the switch and one
+//! from it. A [`RingPeer`] is the other end (a test, a load generator, or another ring port
+//! with the queues crossed), like DPDK's net_ring.
+
+use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use crate::buffer::{PacketBuf, PoolCache};
+use crate::switch::DropReason;
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+struct RingShared {
+    name: String,
+    to_switch: ArrayQueue<PacketBuf>,
+    from_switch: ArrayQueue<PacketBuf>,
+    link_up: AtomicBool,
+    rx_taken: AtomicBool,
+}
+
+/// The switch's side of a ring port.
+#[derive(Clone)]
+pub struct RingPort {
+    shared: Arc<RingShared>,
+}
+
+/// The far side of a ring port.
+#[derive(Clone)]
+pub struct RingPeer {
+    shared: Arc<RingShared>,
+}
+
+impl RingPort {
+    /// A ring port whose queues each hold `depth` frames.
+    pub fn new(name: &str, depth: usize) -> (RingPort, RingPeer) {
+        let shared = Arc::new(RingShared {
+            name: name.to_string(),
+            to_switch: ArrayQueue::new(depth.max(1)),
+            from_switch: ArrayQueue::new(depth.max(1)),
+            link_up: AtomicBool::new(true),
+            rx_taken: AtomicBool::new(false),
+        });
+        (RingPort { shared: shared.clone() }, RingPeer { shared })
+    }
+}
+
+impl RingPeer {
+    /// Hands a frame to the switch; gives it back when the ring is full.
+    pub fn inject(&self, buf: PacketBuf) -> Result<(), PacketBuf> {
+        self.shared.to_switch.push(buf)
+    }
+
+    /// Takes a frame the switch sent.
+    pub fn collect(&self) -> Option<PacketBuf> {
+        self.shared.from_switch.pop()
+    }
+
+    /// Frames waiting for the switch to receive.
+    pub fn pending_to_switch(&self) -> usize {
+        self.shared.to_switch.len()
+    }
+
+    pub fn set_link(&self, up: bool) {
+        self.shared.link_up.store(up, Ordering::Relaxed);
+    }
+}
+
+struct RingRx {
+    shared: Arc<RingShared>,
+}
+
+impl Drop for RingRx {
+    fn drop(&mut self) {
+        self.shared.rx_taken.store(false, Ordering::Release);
+    }
+}
+
+impl RxQueue for RingRx {
+    fn rx_burst(&mut self, _c: &mut PoolCache, out: &mut Burst, max: usize, _d: &mut DropTally) -> usize {
+        let room = max.min(out.remaining_capacity());
+        let mut n = 0;
+        while n < room {
+            match self.shared.to_switch.pop() {
+                Some(b) => {
+                    out.push(b);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+}
+
+struct RingTx {
+    shared: Arc<RingShared>,
+}
+
+impl TxQueue for RingTx {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        if !self.shared.link_up.load(Ordering::Relaxed) {
+            drops.add(DropReason::PortDown, pkts.len() as u32);
+            for b in pkts.drain(..) {
+                cache.free(b);
+            }
+            return 0;
+        }
+        let mut sent = 0;
+        for b in pkts.drain(..) {
+            match self.shared.from_switch.push(b) {
+                Ok(()) => sent += 1,
+                Err(b) => {
+                    drops.add(DropReason::TxFull, 1);
+                    cache.free(b);
+                }
+            }
+        }
+        sent
+    }
+}
+
+impl PortBackend for RingPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        if q != 0 {
+            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count: 1 });
+        }
+        if self.shared.rx_taken.swap(true, Ordering::AcqRel) {
+            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
+        }
+        Ok(Box::new(RingRx { shared: self.shared.clone() }))
+    }
+
+    fn open_tx(&self, _q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        Ok(Box::new(RingTx { shared: self.shared.clone() }))
+    }
+
+    fn link_up(&self) -> bool {
+        self.shared.link_up.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,329 @@
+//! The compiled configuration snapshot that workers read, and the per-port counters.
+//!
+//! Invariants:
+//! - A [`SwitchConfig`] is immutable once built; the control thread publishes a new one and
+//!   workers pick it up between bursts.
+//! - A port keeps its [`PortId`] for as long as a port of that name exists, across snapshots,
+//!   so MAC table entries (which store port ids) stay meaningful; a removed port's id is
+//!   reused only after its entries were flushed.
+//! - Bridges keep their MAC table across snapshots unless the table's size changes.
+//! - Counters live outside the snapshot (`Arc<PortStats>`) and survive reconfiguration.
+
+use crate::config::{Config, ConfigError, PortConfig};
+use crate::fdb::MacTable;
+use crate::vlan::{VlanMode, VlanPolicy};
+use crate::wire::MacAddr;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A port's index in the snapshot and in MAC table entries.
+pub type PortId = u16;
+/// At most this many ports on a node.
+pub const MAX_PORTS: usize = 4096;
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a frame was dropped. Every drop in the dataplane is one of these, counted on a
+        /// port: ingress reasons on the port the frame came in on, egress reasons (`tx_*`,
+        /// `port_down`) on the port it was going out of.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $(#[doc = $doc] $variant,)* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = DropReason::ALL.len();
+            /// The counter's name, as `stats.json`, `ctl` and the trace print it.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Runt => "runt", "Shorter than an Ethernet header (14 bytes).";
+    TruncatedVlanTag => "truncated_vlan_tag", "EtherType 0x8100 but the tag is cut short.";
+    Oversize => "oversize", "Larger than a buffer's data room.";
+    TruncatedCapture => "truncated_capture", "A capture record shorter than the frame it recorded.";
+    InvalidSrcMac => "invalid_src_mac", "Source MAC is multicast, broadcast or all-zero.";
+    ReservedDstMac => "reserved_dst_mac", "Destination in 01:80:C2:00:00:00-0F (IEEE reserved).";
+    VlanNotAllowed => "vlan_not_allowed", "The port's VLAN mode does not accept the frame's VLAN.";
+    SpoofedSrcMac => "spoofed_src_mac", "Source MAC not in the port's allowed_macs.";
+    SpoofedArpSha => "spoofed_arp_sha", "ARP sender hardware address not in the port's allowed_macs.";
+    MalformedArp => "malformed_arp", "ARP too short to read on a port that filters ARP senders.";
+    DstIsIngress => "dst_is_ingress", "Destination learned on the port the frame came in on.";
+    NoEgressPort => "no_egress_port", "No other port carries the frame's VLAN (or the destination's port does not).";
+    NoBuffer => "no_buffer", "No buffer for a flood copy or a received frame.";
+    TxFull => "tx_full", "The egress queue had no room.";
+    PortDown => "port_down", "The egress port is down.";
+}
+
+/// Counters of one port. Workers add to them once per burst.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames this port received that were flooded.
+    pub flooded: AtomicU64,
+    /// New MACs learned on this port.
+    pub learned: AtomicU64,
+    /// MACs that moved to this port from another.
+    pub moved_in: AtomicU64,
+    /// Frames whose source is a static entry of another port (forwarded, not learned).
+    pub static_conflicts: AtomicU64,
+    /// New MACs not learned because of `mac_limit` (frames still forwarded).
+    pub mac_limit_hits: AtomicU64,
+    /// New MACs not learned because the bridge's table was full (frames still forwarded).
+    pub fdb_full: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+/// A plain copy of [`PortStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortStatsSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub flooded: u64,
+    pub learned: u64,
+    pub moved_in: u64,
+    pub static_conflicts: u64,
+    pub mac_limit_hits: u64,
+    pub fdb_full: u64,
+    /// Every drop reason by name, zeros included.
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl PortStats {
+    #[inline]
+    pub fn add_drop(&self, r: DropReason, n: u64) {
+        if n != 0 {
+            self.drops[r as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn snapshot(&self) -> PortStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PortStatsSnapshot {
+            rx_packets: l(&self.rx_packets),
+            rx_bytes: l(&self.rx_bytes),
+            tx_packets: l(&self.tx_packets),
+            tx_bytes: l(&self.tx_bytes),
+            flooded: l(&self.flooded),
+            learned: l(&self.learned),
+            moved_in: l(&self.moved_in),
+            static_conflicts: l(&self.static_conflicts),
+            mac_limit_hits: l(&self.mac_limit_hits),
+            fdb_full: l(&self.fdb_full),
+            drops: DropReason::ALL.iter().map(|r| (r.name(), self.drop_count(*r))).collect(),
+        }
+    }
+
+    pub fn clear(&self) {
+        for a in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.flooded,
+            &self.learned,
+            &self.moved_in,
+            &self.static_conflicts,
+            &self.mac_limit_hits,
+            &self.fdb_full,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+        for d in &self.drops {
+            d.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One port as the pipeline sees it.
+#[derive(Debug)]
+pub struct PortSpec {
+    pub id: PortId,
+    pub name: String,
+    /// Index into [`SwitchConfig::bridges`].
+    pub bridge: usize,
+    pub vlan: VlanPolicy,
+    /// The spoof filter: `None` when the port has none.
+    pub allowed_macs: Option<Box<[MacAddr]>>,
+    pub mac_limit: u32,
+    pub stats: Arc<PortStats>,
+    /// The configuration this port was built from (backend type and options).
+    pub config: PortConfig,
+}
+
+impl PortSpec {
+    #[inline]
+    pub fn allows_src(&self, mac: MacAddr) -> bool {
+        match &self.allowed_macs {
+            None => true,
+            Some(list) => list.contains(&mac),
+        }
+    }
+}
+
+/// One bridge: its ports and MAC table.
+#[derive(Debug)]
+pub struct Bridge {
+    pub name: String,
+    pub table: Arc<MacTable>,
+    /// Member ports, in configuration order (the flood order).
+    pub ports: Vec<PortId>,
+}
+
+/// The immutable configuration snapshot.
+#[derive(Debug, Default)]
+pub struct SwitchConfig {
+    pub bridges: Vec<Bridge>,
+    /// Indexed by [`PortId`]; `None` for ids not in use.
+    pub ports: Vec<Option<PortSpec>>,
+    pub by_name: HashMap<String, PortId>,
+    pub source: Config,
+}
+
+impl SwitchConfig {
+    /// Compiles a validated configuration. With `prev`, ports keep their ids, counters and
+    /// bridges keep their MAC tables (when the size did not change); static entries of every
+    /// port are re-installed, and entries of removed ports are flushed.
+    pub fn compile(cfg: &Config, prev: Option<&SwitchConfig>) -> Result<SwitchConfig, ConfigError> {
+        cfg.validate()?;
+        let mut ids: HashMap<String, PortId> = HashMap::new();
+        let mut used = vec![false; MAX_PORTS];
+        if let Some(p) = prev {
+            for b in &cfg.bridges {
+                for port in &b.ports {
+                    if let Some(&id) = p.by_name.get(&port.name) {
+                        ids.insert(port.name.clone(), id);
+                        used[usize::from(id)] = true;
+                    }
+                }
+            }
+        }
+        let mut next = 0usize;
+        let mut alloc_id = |used: &mut Vec<bool>| -> PortId {
+            while used[next] {
+                next += 1;
+            }
+            used[next] = true;
+            next as PortId
+        };
+
+        let mut out = SwitchConfig { source: cfg.clone(), ..Default::default() };
+        for (bi, b) in cfg.bridges.iter().enumerate() {
+            let size = b.mac_table_size.unwrap_or(MacTable::DEFAULT_CAPACITY);
+            let aging = b.mac_aging_s.unwrap_or(MacTable::DEFAULT_AGING_S);
+            let reuse = prev
+                .and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
+                .filter(|pb| pb.table.capacity() == size)
+                .map(|pb| pb.table.clone());
+            let table = match reuse {
+                Some(t) => {
+                    t.set_aging_s(aging);
+                    t
+                }
+                None => Arc::new(MacTable::new(size, aging).map_err(|e| ConfigError::Invalid {
+                    field: format!("bridges[{bi}].mac_table_size"),
+                    msg: e.to_string(),
+                })?),
+            };
+            let mut members = Vec::new();
+            for port in &b.ports {
+                let id = match ids.get(&port.name) {
+                    Some(&id) => id,
+                    None => alloc_id(&mut used),
+                };
+                let stats = prev
+                    .and_then(|p| p.port_by_name(&port.name))
+                    .map(|ps| ps.stats.clone())
+                    .unwrap_or_default();
+                let mode = VlanMode::from(port.effective_vlan_mode());
+                let vlan = VlanPolicy::new(mode, port.tag.unwrap_or(0), port.trunks.as_deref());
+                let spec = PortSpec {
+                    id,
+                    name: port.name.clone(),
+                    bridge: bi,
+                    vlan,
+                    allowed_macs: port
+                        .allowed_macs
+                        .as_ref()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| l.clone().into_boxed_slice()),
+                    mac_limit: port.mac_limit.unwrap_or(u32::MAX),
+                    stats,
+                    config: port.clone(),
+                };
+                if out.ports.len() <= usize::from(id) {
+                    out.ports.resize_with(usize::from(id) + 1, || None);
+                }
+                out.by_name.insert(port.name.clone(), id);
+                out.ports[usize::from(id)] = Some(spec);
+                members.push(id);
+            }
+            out.bridges.push(Bridge { name: b.name.clone(), table, ports: members });
+        }
+        // Entries of ports that left a bridge (or the node), then static entries afresh.
+        if let Some(p) = prev {
+            for old in p.ports.iter().flatten() {
+                let still = out.port_by_name(&old.name).map(|np| {
+                    out.bridges[np.bridge].name == p.bridges[old.bridge].name
+                });
+                if still != Some(true) {
+                    p.bridges[old.bridge].table.flush_port(old.id);
+                }
+            }
+        }
+        for (bi, b) in cfg.bridges.iter().enumerate() {
+            let table = &out.bridges[bi].table;
+            for (pi, port) in b.ports.iter().enumerate() {
+                let id = out.by_name[&port.name];
+                table.remove_statics_of(id);
+                let spec = out.ports[usize::from(id)].as_ref().map(|s| s.vlan.clone());
+                let Some(vlan) = spec else { continue };
+                for mac in &port.static_macs {
+                    for v in vlan.carried().iter() {
+                        table.insert_static(v, *mac, id).map_err(|e| ConfigError::Invalid {
+                            field: format!("bridges[{bi}].ports[{pi}].static_macs"),
+                            msg: e.to_string(),
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&PortSpec> {
+        self.ports.get(usize::from(id)).and_then(|p| p.as_ref())
+    }
+
+    pub fn port_by_name(&self, name: &str) -> Option<&PortSpec> {
+        self.by_name.get(name).and_then(|id| self.port(*id))
+    }
+
+    pub fn port_ids(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.ports.iter().flatten().map(|p| p.id)
+    }
+
+    /// One past the highest port id in use: the size of per-port arrays.
+    pub fn port_slots(&self) -> usize {
+        self.ports.len()
+    }
+}
