@@ -1,11 +1,367 @@
-//! `switchyard replay` (being written).
+//! `switchyard replay SCENARIO --out DIR [--expect DIR] [--trace]`: the deterministic
+//! pcap-replay harness (../shared/DESIGN.md, "switchyard replay").
+//!
+//! All input frames are merged by timestamp (ties: the order of `inputs`, then file order) and
+//! go one at a time through the same pipeline code the workers run. The clock is the pcap
+//! timestamp, so learning and aging are deterministic. Every input is checked before any frame
+//! is processed: a bad scenario, an unknown port or a damaged pcap writes nothing.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
+use switchyard_dataplane::config::{from_yaml, BridgeConfig, Config};
+use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches, Verdict};
+use switchyard_dataplane::port::pcap::{read_pcap, resolve, PcapFrame, PcapPort, TxClock};
+use switchyard_dataplane::port::{Burst, PortBackend, TxQueue};
+use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    pub scenario: std::path::PathBuf,
+    /// The scenario: a configuration file plus `inputs: {PORT: FILE.pcap}`.
+    pub scenario: PathBuf,
+    /// Where to write `<port>.pcap` for every port and `stats.json`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Compare the output with the pcaps (and optional stats.json subset) in this directory.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
+    /// Print one line per frame with the decision taken.
+    #[arg(long)]
+    pub trace: bool,
 }
 
-pub fn main(_a: ReplayArgs) -> ExitCode {
-    ExitCode::FAILURE
+/// Failures of the replay harness.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{0}")]
+    Config(#[from] switchyard_dataplane::config::ConfigError),
+    #[error("{file}: inputs: {msg}")]
+    Inputs { file: String, msg: String },
+    #[error("{0}")]
+    Port(#[from] switchyard_dataplane::port::PortError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("buffer pool: {0}")]
+    Buffer(#[from] switchyard_dataplane::buffer::BufferError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    bridges: Vec<BridgeConfig>,
+    #[serde(default)]
+    inputs: serde_yaml::Mapping,
+}
+
+/// A loaded, checked scenario.
+pub struct Scenario {
+    pub config: Config,
+    /// (port name, frames), in the order of `inputs`.
+    pub inputs: Vec<(String, Vec<PcapFrame>)>,
+}
+
+/// The file name a port's capture gets: `/` (as in `ns/vmi/iface`) becomes `_`.
+pub fn port_file_name(port: &str) -> String {
+    format!("{}.pcap", port.replace('/', "_"))
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ReplayError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ReplayError::Io { path: file.clone(), source: e })?;
+        let s: ScenarioFile = from_yaml(&text, &file)?;
+        let config = Config { bridges: s.bridges };
+        config.validate().map_err(|e| match e {
+            switchyard_dataplane::config::ConfigError::Invalid { field, msg } => {
+                switchyard_dataplane::config::ConfigError::Invalid { field: format!("{file}: {field}"), msg }
+            }
+            other => other,
+        })?;
+        let ports: Vec<&str> =
+            config.bridges.iter().flat_map(|b| b.ports.iter().map(|p| p.name.as_str())).collect();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut inputs = Vec::new();
+        let inputs_err = |msg: String| ReplayError::Inputs { file: file.clone(), msg };
+        // Check every name before reading any capture.
+        let mut named = Vec::new();
+        for (k, v) in &s.inputs {
+            let (Some(port), Some(pcap)) = (k.as_str(), v.as_str()) else {
+                return Err(inputs_err(format!("entry {k:?}: {v:?} is not PORT: FILE")));
+            };
+            if !ports.contains(&port) {
+                return Err(inputs_err(format!("unknown port {port:?} (not in any bridge)")));
+            }
+            named.push((port.to_string(), resolve(base, pcap)));
+        }
+        for (port, pcap) in named {
+            inputs.push((port, read_pcap(&pcap)?));
+        }
+        Ok(Scenario { config, inputs })
+    }
+}
+
+/// The result of a replay run.
+pub struct ReplayOutcome {
+    pub trace: Vec<String>,
+}
+
+fn fmt_time(ts_ns: u64) -> String {
+    format!("{}.{:06}", ts_ns / 1_000_000_000, (ts_ns % 1_000_000_000) / 1000)
+}
+
+fn trace_line(cfg: &SwitchConfig, ts: u64, t: &FrameTrace) -> String {
+    let name = |p: PortId| cfg.port(p).map_or("?", |s| s.name.as_str()).to_string();
+    let mut s = format!("{} {} len={} {} > {}", fmt_time(ts), name(t.in_port), t.len, t.src, t.dst);
+    if let Some(v) = t.vlan {
+        s.push_str(&format!(" vlan={v}"));
+    }
+    if let Some(l) = t.learn {
+        s.push_str(&format!(" learn={l:?}"));
+    }
+    match t.verdict {
+        Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
+        Verdict::Unicast(_) | Verdict::Flood => {
+            let kind = if matches!(t.verdict, Verdict::Flood) { "flood" } else { "unicast" };
+            let outs: Vec<String> = t.out_ports.iter().map(|p| name(*p)).collect();
+            s.push_str(&format!(" -> {kind} {}", outs.join(",")));
+        }
+    }
+    s
+}
+
+/// Runs the scenario, writing `<port>.pcap` and `stats.json` into `out`.
+pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome, ReplayError> {
+    let cfg = SwitchConfig::compile(&sc.config, None)?;
+    std::fs::create_dir_all(out).map_err(|e| ReplayError::Io { path: out.display().to_string(), source: e })?;
+    let clock = Arc::new(AtomicU64::new(0));
+    let mut queues: Vec<Option<Box<dyn TxQueue>>> = (0..cfg.port_slots()).map(|_| None).collect();
+    for id in cfg.port_ids().collect::<Vec<_>>() {
+        let spec = cfg.port(id).expect("id from port_ids");
+        let path = out.join(port_file_name(&spec.name));
+        let port = PcapPort::open(&spec.name, None, Some(&path), false, TxClock::Shared(clock.clone()))?;
+        queues[usize::from(id)] = Some(port.open_tx(0)?);
+    }
+
+    // Merge: a stable sort by time keeps the order of `inputs`, then file order, on ties.
+    let mut frames: Vec<(u64, PortId, &PcapFrame)> = Vec::new();
+    for (port, list) in &sc.inputs {
+        let id = cfg.by_name[port];
+        frames.extend(list.iter().map(|f| (f.ts_ns, id, f)));
+    }
+    frames.sort_by_key(|f| f.0);
+
+    let pool = Pool::new("replay", 8192)?;
+    let mut cache = pool.cache();
+    let mut tx = TxBatches::new(cfg.port_slots());
+    let mut burst = Burst::new();
+    let mut traces = Vec::new();
+    let mut lines = Vec::new();
+    let mut last_sweep: Option<u32> = None;
+    for (ts, port, f) in frames {
+        clock.store(ts, std::sync::atomic::Ordering::Relaxed);
+        let now = (ts / 1_000_000_000) as u32;
+        if last_sweep != Some(now) {
+            for b in &cfg.bridges {
+                b.table.age(now);
+            }
+            last_sweep = Some(now);
+        }
+        let spec = cfg.port(port).expect("input ports checked at load");
+        let refused = if (f.data.len() as u64) < u64::from(f.orig_len) {
+            Some(DropReason::TruncatedCapture)
+        } else if f.data.len() > DATA_ROOM {
+            Some(DropReason::Oversize)
+        } else {
+            None
+        };
+        let buf = match refused {
+            None => cache.alloc_copy(&f.data),
+            Some(_) => None,
+        };
+        let Some(buf) = buf else {
+            let r = refused.unwrap_or(DropReason::NoBuffer);
+            spec.stats.add_drop(r, 1);
+            if want_trace {
+                lines.push(format!(
+                    "{} {} len={} -> drop {}",
+                    fmt_time(ts),
+                    spec.name,
+                    f.data.len(),
+                    r.name()
+                ));
+            }
+            continue;
+        };
+        burst.push(buf);
+        traces.clear();
+        process_burst(&cfg, port, &mut burst, now, &mut cache, &mut tx, want_trace.then_some(&mut traces));
+        tx.flush(&cfg, &mut queues, &mut cache);
+        for t in &traces {
+            lines.push(trace_line(&cfg, ts, t));
+        }
+    }
+    for q in queues.iter_mut().flatten() {
+        q.flush()?;
+    }
+    drop(queues);
+    drop(cache);
+    let leaked = pool.in_use();
+    if leaked != 0 {
+        tracing::error!(leaked, "replay finished with buffers still out");
+    }
+
+    let mut ports = serde_json::Map::new();
+    for id in cfg.port_ids() {
+        let spec = cfg.port(id).expect("id from port_ids");
+        ports.insert(spec.name.clone(), serde_json::to_value(spec.stats.snapshot()).unwrap_or_default());
+    }
+    let mut bridges = serde_json::Map::new();
+    for b in &cfg.bridges {
+        bridges.insert(
+            b.name.clone(),
+            serde_json::json!({"fdb_entries": b.table.len(), "fdb_full_drops": b.table.full_drops()}),
+        );
+    }
+    let stats = serde_json::json!({"ports": ports, "bridges": bridges, "buffers_leaked": leaked});
+    let text = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";
+    let sp = out.join("stats.json");
+    std::fs::write(&sp, text).map_err(|e| ReplayError::Io { path: sp.display().to_string(), source: e })?;
+    Ok(ReplayOutcome { trace: lines })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Describes how two frames differ, byte ranges included.
+fn frame_diff(exp: &[u8], got: &[u8]) -> String {
+    let mut s = String::new();
+    if exp.len() != got.len() {
+        s.push_str(&format!("      length: expected {}, got {}\n", exp.len(), got.len()));
+    }
+    let first = exp.iter().zip(got.iter()).position(|(a, b)| a != b);
+    if let Some(i) = first {
+        s.push_str(&format!("      first differing byte at offset {i}\n"));
+    }
+    s.push_str(&format!("      expected: {}\n", hex(exp)));
+    s.push_str(&format!("      got:      {}\n", hex(got)));
+    s
+}
+
+/// Compares the output of a run with the expected directory. Returns the readable
+/// differences (empty when everything matches).
+pub fn compare(cfg: &Config, out: &Path, expect: &Path) -> Result<Vec<String>, ReplayError> {
+    let mut diffs = Vec::new();
+    for b in &cfg.bridges {
+        for p in &b.ports {
+            let f = port_file_name(&p.name);
+            let ep = expect.join(&f);
+            if !ep.exists() {
+                diffs.push(format!("port {}: expected file {} is missing", p.name, ep.display()));
+                continue;
+            }
+            let exp = read_pcap(&ep)?;
+            let got = read_pcap(&out.join(&f))?;
+            let mut port_diffs = Vec::new();
+            for (i, (e, g)) in exp.iter().zip(got.iter()).enumerate() {
+                let (et, gt) = (e.ts_ns / 1000, g.ts_ns / 1000);
+                if e.data != g.data || et != gt {
+                    let mut d = format!("    frame {}:", i + 1);
+                    if et != gt {
+                        d.push_str(&format!(" time expected {} got {}", fmt_time(e.ts_ns), fmt_time(g.ts_ns)));
+                    }
+                    d.push('\n');
+                    if e.data != g.data {
+                        d.push_str(&frame_diff(&e.data, &g.data));
+                    }
+                    port_diffs.push(d);
+                }
+            }
+            if exp.len() != got.len() {
+                port_diffs.push(format!("    expected {} frames, got {}\n", exp.len(), got.len()));
+                for (i, g) in got.iter().enumerate().skip(exp.len()) {
+                    port_diffs.push(format!("    unexpected frame {} at {}: {}\n", i + 1, fmt_time(g.ts_ns), hex(&g.data)));
+                }
+                for (i, e) in exp.iter().enumerate().skip(got.len()) {
+                    port_diffs.push(format!("    missing frame {} at {}: {}\n", i + 1, fmt_time(e.ts_ns), hex(&e.data)));
+                }
+            }
+            if !port_diffs.is_empty() {
+                diffs.push(format!("port {} ({f}):\n{}", p.name, port_diffs.concat().trim_end()));
+            }
+        }
+    }
+    let es = expect.join("stats.json");
+    if es.exists() {
+        let read = |p: &Path| -> Result<serde_json::Value, ReplayError> {
+            let t = std::fs::read_to_string(p).map_err(|e| ReplayError::Io { path: p.display().to_string(), source: e })?;
+            serde_json::from_str(&t).map_err(|e| ReplayError::Io {
+                path: p.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+        };
+        let exp = read(&es)?;
+        let got = read(&out.join("stats.json"))?;
+        subset_diff("", &exp, &got, &mut diffs);
+    }
+    Ok(diffs)
+}
+
+fn subset_diff(path: &str, exp: &serde_json::Value, got: &serde_json::Value, out: &mut Vec<String>) {
+    match (exp, got) {
+        (serde_json::Value::Object(e), serde_json::Value::Object(g)) => {
+            for (k, ev) in e {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match g.get(k) {
+                    Some(gv) => subset_diff(&p, ev, gv, out),
+                    None => out.push(format!("stats {p}: expected {ev}, missing in output")),
+                }
+            }
+        }
+        _ if exp != got => out.push(format!("stats {path}: expected {exp}, got {got}")),
+        _ => {}
+    }
+}
+
+pub fn main(a: ReplayArgs) -> ExitCode {
+    let sc = match Scenario::load(&a.scenario) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match run(&sc, &a.out, a.trace) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("switchyard replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for l in &outcome.trace {
+        println!("{l}");
+    }
+    let Some(exp) = a.expect else {
+        return ExitCode::SUCCESS;
+    };
+    match compare(&sc.config, &a.out, &exp) {
+        Ok(d) if d.is_empty() => ExitCode::SUCCESS,
+        Ok(d) => {
+            eprintln!("switchyard replay: output differs from {}:", exp.display());
+            let per: BTreeMap<usize, &String> = d.iter().enumerate().collect();
+            for l in per.values() {
+                eprintln!("{l}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("switchyard replay: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
