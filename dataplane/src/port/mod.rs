@@ -8,8 +8,12 @@
 //! Every frame a backend takes in and cannot deliver is counted in the caller's [`DropTally`]
 //! under a named [`DropReason`]; nothing is dropped silently.
 
+pub mod afpacket;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod pcap;
 pub mod ring;
+pub mod tap;
 
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
