@@ -311,9 +311,10 @@ impl Drop for PoolCache {
 
 /// One packet buffer: a slot of [`SLOT_SIZE`] bytes and the window `[head, head + len)` that
 /// holds the frame.
+///
+/// The handle is 16 bytes (pool, slot index, window) so that bursts move cheaply.
 pub struct PacketBuf {
     pool: NonNull<PoolShared>,
-    slot: NonNull<u8>,
     idx: u32,
     head: u16,
     len: u16,
@@ -338,20 +339,27 @@ impl std::fmt::Debug for PacketBuf {
 
 impl PacketBuf {
     #[inline]
-    fn fresh(pool: NonNull<PoolShared>, s: &PoolShared, idx: u32) -> PacketBuf {
-        PacketBuf { pool, slot: s.slot_ptr(idx), idx, head: HEADROOM as u16, len: 0 }
+    fn fresh(pool: NonNull<PoolShared>, _s: &PoolShared, idx: u32) -> PacketBuf {
+        PacketBuf { pool, idx, head: HEADROOM as u16, len: 0 }
+    }
+
+    #[inline]
+    fn slot_ptr(&self) -> NonNull<u8> {
+        // SAFETY: the pool outlives every buffer (PoolOwner leaks it while any is out), and
+        // idx was handed out by this pool, so it is below its count.
+        unsafe { self.pool.as_ref() }.slot_ptr(self.idx)
     }
 
     #[inline]
     fn slot(&self) -> &[u8] {
         // SAFETY: the slot is SLOT_SIZE bytes inside the live mapping and this handle owns it.
-        unsafe { std::slice::from_raw_parts(self.slot.as_ptr(), SLOT_SIZE) }
+        unsafe { std::slice::from_raw_parts(self.slot_ptr().as_ptr(), SLOT_SIZE) }
     }
 
     #[inline]
     fn slot_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in slot(); &mut self makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.slot.as_ptr(), SLOT_SIZE) }
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr().as_ptr(), SLOT_SIZE) }
     }
 
     /// The frame bytes.
@@ -483,6 +491,11 @@ impl PacketBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handle_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<PacketBuf>(), 16);
+    }
 
     #[test]
     fn alloc_free_accounting() {

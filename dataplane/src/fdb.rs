@@ -82,7 +82,7 @@ pub struct FdbEntry {
 }
 
 /// A precomputed probe position, so a burst can hash and prefetch every key before reading.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Probe {
     key: u64,
     idx: usize,
@@ -282,7 +282,19 @@ impl MacTable {
         self.learn_probe(&self.probe(vlan, mac), port, now, limit)
     }
 
+    #[inline]
     pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
+        // The common case, inlined: known on this port and already refreshed this second.
+        if let Some((_, v)) = self.find(p) {
+            if val_port(v) == port && (val_static(v) || val_time(v) == now) {
+                return LearnOutcome::Refreshed;
+            }
+        }
+        self.learn_slow(p, port, now, limit)
+    }
+
+    #[inline(never)]
+    fn learn_slow(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
         loop {
             let Some((i, v)) = self.find(p) else {
                 return self.insert_new(p, port, now, limit);

@@ -19,6 +19,7 @@
 
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::fdb::{LearnOutcome, Probe};
+use arrayvec::ArrayVec;
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
 use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
@@ -32,6 +33,7 @@ pub enum Verdict {
     Flood,
 }
 
+/// What the stages know about one frame. `verdict` is `None` while the frame is still going.
 #[derive(Clone, Copy)]
 struct FrameMeta {
     dst: MacAddr,
@@ -41,21 +43,9 @@ struct FrameMeta {
     tci: u16,
     vlan: u16,
     len: u16,
-    verdict: Verdict,
-}
-
-impl Default for FrameMeta {
-    fn default() -> Self {
-        FrameMeta {
-            dst: MacAddr::ZERO,
-            src: MacAddr::ZERO,
-            tagged: false,
-            tci: 0,
-            vlan: 0,
-            len: 0,
-            verdict: Verdict::Drop(DropReason::Runt),
-        }
-    }
+    verdict: Option<Verdict>,
+    learn: Option<LearnOutcome>,
+    probe: Probe,
 }
 
 /// One frame's path through the pipeline, for `replay --trace` and `ctl trace`.
@@ -100,7 +90,7 @@ impl TxBatches {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, port: PortId, buf: PacketBuf, cache: &mut PoolCache) {
         let i = usize::from(port);
         let Some(batch) = self.batches.get_mut(i) else {
@@ -242,87 +232,49 @@ pub fn process_burst(
         return;
     };
     let table = &*bridge.table;
-    let mut meta = [FrameMeta::default(); MAX_BURST];
-    let mut learned: [Option<LearnOutcome>; MAX_BURST] = [None; MAX_BURST];
+    let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
     let mut t = IngressTally { rx_packets: n as u64, ..Default::default() };
 
-    // Stage 1: parse. Every read below is within the length checked here.
-    for (m, b) in meta.iter_mut().zip(burst.iter()) {
+    // Stage 1: parse and ingress VLAN. Every read below is within the length checked here.
+    for b in burst.iter() {
         let d = b.data();
         t.rx_bytes += d.len() as u64;
-        m.len = d.len() as u16;
-        if d.len() < 14 {
-            m.verdict = Verdict::Drop(DropReason::Runt);
-            continue;
-        }
-        m.dst = MacAddr::from_bytes(&d[0..6]);
-        m.src = MacAddr::from_bytes(&d[6..12]);
-        let et = u16::from_be_bytes([d[12], d[13]]);
-        if et == EtherType::VLAN {
-            if d.len() < 18 {
-                m.verdict = Verdict::Drop(DropReason::TruncatedVlanTag);
-                continue;
-            }
-            m.tagged = true;
-            m.tci = u16::from_be_bytes([d[14], d[15]]);
-        }
-        m.verdict = if m.src.is_multicast() || m.src.is_zero() {
-            Verdict::Drop(DropReason::InvalidSrcMac)
-        } else if m.dst.is_ieee_reserved() {
-            Verdict::Drop(DropReason::ReservedDstMac)
-        } else {
-            Verdict::Flood // provisional: "still going"
+        let mut m = FrameMeta {
+            dst: MacAddr::ZERO,
+            src: MacAddr::ZERO,
+            tagged: false,
+            tci: 0,
+            vlan: 0,
+            len: d.len() as u16,
+            verdict: None,
+            learn: None,
+            probe: Probe::default(),
         };
+        m.verdict = parse(d, &mut m, port);
+        meta.push(m);
     }
 
-    // Stage 2: ingress VLAN.
-    for m in meta[..n].iter_mut() {
-        if m.verdict != Verdict::Flood {
+    // Stage 2: spoof check (only on ports with a filter).
+    if port.allowed_macs.is_some() {
+        for (m, b) in meta.iter_mut().zip(burst.iter()) {
+            if m.verdict.is_none() {
+                m.verdict = spoof_check(b.data(), m, port);
+            }
+        }
+    }
+
+    // Stage 3: learn, hashing and prefetching the whole burst first.
+    for m in meta.iter_mut() {
+        if m.verdict.is_none() {
+            m.probe = table.probe(m.vlan, m.src);
+            table.prefetch(&m.probe);
+        }
+    }
+    for m in meta.iter_mut() {
+        if m.verdict.is_some() {
             continue;
         }
-        match port.vlan.ingress(m.tagged.then_some(VlanTci(m.tci))) {
-            Some(v) => m.vlan = v,
-            None => m.verdict = Verdict::Drop(DropReason::VlanNotAllowed),
-        }
-    }
-
-    // Stage 3: spoof check (only on ports with a filter).
-    if port.allowed_macs.is_some() {
-        for (m, b) in meta[..n].iter_mut().zip(burst.iter()) {
-            if m.verdict != Verdict::Flood {
-                continue;
-            }
-            if !port.allows_src(m.src) {
-                m.verdict = Verdict::Drop(DropReason::SpoofedSrcMac);
-                continue;
-            }
-            let d = b.data();
-            let off = if m.tagged { 18 } else { 14 };
-            let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
-            if et == EtherType::ARP || et == EtherType::RARP {
-                match ArpPacket::new_checked(&d[off..]) {
-                    Err(_) => m.verdict = Verdict::Drop(DropReason::MalformedArp),
-                    Ok(a) if !port.allows_src(a.sha()) => {
-                        m.verdict = Verdict::Drop(DropReason::SpoofedArpSha)
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
-    }
-
-    // Stage 4: learn, hashing and prefetching the whole burst first.
-    let mut probes: [Option<Probe>; MAX_BURST] = [None; MAX_BURST];
-    for (p, m) in probes.iter_mut().zip(meta[..n].iter()) {
-        if m.verdict == Verdict::Flood {
-            let pr = table.probe(m.vlan, m.src);
-            table.prefetch(&pr);
-            *p = Some(pr);
-        }
-    }
-    for (i, p) in probes[..n].iter().enumerate() {
-        let Some(p) = p else { continue };
-        let out = table.learn_probe(p, in_port, now, port.mac_limit);
+        let out = table.learn_probe(&m.probe, in_port, now, port.mac_limit);
         match out {
             LearnOutcome::Refreshed => {}
             LearnOutcome::Learned => t.learned += 1,
@@ -331,44 +283,49 @@ pub fn process_burst(
             LearnOutcome::PortLimit => t.mac_limit_hits += 1,
             LearnOutcome::TableFull => t.fdb_full += 1,
         }
-        learned[i] = Some(out);
+        m.learn = Some(out);
     }
 
-    // Stage 5: destination lookup, prefetched the same way.
-    let mut probes: [Option<Probe>; MAX_BURST] = [None; MAX_BURST];
-    for (p, m) in probes.iter_mut().zip(meta[..n].iter()) {
-        if m.verdict == Verdict::Flood && !m.dst.is_multicast() {
-            let pr = table.probe(m.vlan, m.dst);
-            table.prefetch(&pr);
-            *p = Some(pr);
+    // Stage 4: destination lookup, prefetched the same way.
+    for m in meta.iter_mut() {
+        if m.verdict.is_none() {
+            if m.dst.is_multicast() {
+                m.verdict = Some(Verdict::Flood);
+            } else {
+                m.probe = table.probe(m.vlan, m.dst);
+                table.prefetch(&m.probe);
+            }
         }
     }
-    for (m, p) in meta[..n].iter_mut().zip(probes[..n].iter()) {
-        let Some(p) = p else { continue };
-        if let Some(hit) = table.lookup_probe(p, now) {
-            m.verdict = if hit.port == in_port {
-                Verdict::Drop(DropReason::DstIsIngress)
-            } else if cfg.port(hit.port).is_some_and(|o| o.bridge == port.bridge && o.vlan.carries(m.vlan)) {
-                Verdict::Unicast(hit.port)
-            } else {
-                Verdict::Drop(DropReason::NoEgressPort)
-            };
+    for m in meta.iter_mut() {
+        if m.verdict.is_some() {
+            continue;
         }
+        m.verdict = Some(match table.lookup_probe(&m.probe, now) {
+            None => Verdict::Flood,
+            Some(hit) if hit.port == in_port => Verdict::Drop(DropReason::DstIsIngress),
+            Some(hit) => {
+                if cfg.port(hit.port).is_some_and(|o| o.bridge == port.bridge && o.vlan.carries(m.vlan)) {
+                    Verdict::Unicast(hit.port)
+                } else {
+                    Verdict::Drop(DropReason::NoEgressPort)
+                }
+            }
+        });
     }
 
     // Stage 6: egress VLAN and TX batches.
-    for (i, buf) in burst.drain(..).enumerate() {
-        let m = &meta[i];
+    for (m, buf) in meta.iter().zip(burst.drain(..)) {
         let mut outs: Option<Vec<PortId>> = trace.is_some().then(Vec::new);
-        let verdict = match m.verdict {
+        let verdict = match m.verdict.unwrap_or(Verdict::Drop(DropReason::NoEgressPort)) {
             Verdict::Drop(r) => {
                 t.drops.add(r, 1);
                 cache.free(buf);
-                m.verdict
+                Verdict::Drop(r)
             }
             Verdict::Unicast(op) => {
                 send(cfg, op, buf, m, cache, tx, &mut t.drops, &mut outs);
-                m.verdict
+                Verdict::Unicast(op)
             }
             Verdict::Flood => {
                 let members = &bridge.ports;
@@ -410,7 +367,7 @@ pub fn process_burst(
                 src: m.src,
                 dst: m.dst,
                 vlan: reached_vlan.then_some(m.vlan),
-                learn: learned[i],
+                learn: m.learn,
                 verdict,
                 out_ports,
             });
@@ -419,10 +376,61 @@ pub fn process_burst(
     t.flush_into(port);
 }
 
+/// Reads the Ethernet header and assigns the VLAN: the ingress checks up to VLAN admission.
+/// Returns the verdict if the frame is dropped.
+#[inline]
+fn parse(d: &[u8], m: &mut FrameMeta, port: &PortSpec) -> Option<Verdict> {
+    let drop = |r| Some(Verdict::Drop(r));
+    if d.len() < 14 {
+        return drop(DropReason::Runt);
+    }
+    m.dst = MacAddr::from_bytes(&d[0..6]);
+    m.src = MacAddr::from_bytes(&d[6..12]);
+    if u16::from_be_bytes([d[12], d[13]]) == EtherType::VLAN {
+        if d.len() < 18 {
+            return drop(DropReason::TruncatedVlanTag);
+        }
+        m.tagged = true;
+        m.tci = u16::from_be_bytes([d[14], d[15]]);
+    }
+    if m.src.is_multicast() || m.src.is_zero() {
+        return drop(DropReason::InvalidSrcMac);
+    }
+    if m.dst.is_ieee_reserved() {
+        return drop(DropReason::ReservedDstMac);
+    }
+    match port.vlan.ingress(m.tagged.then_some(VlanTci(m.tci))) {
+        Some(v) => {
+            m.vlan = v;
+            None
+        }
+        None => drop(DropReason::VlanNotAllowed),
+    }
+}
+
+/// MAC spoof filtering: the Ethernet source, and the sender hardware address of ARP and RARP
+/// frames, must be in the port's `allowed_macs`.
+fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
+    if !port.allows_src(m.src) {
+        return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
+    }
+    // parse() checked that the header (and the tag, when there is one) is inside `d`.
+    let off = if m.tagged { 18 } else { 14 };
+    let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+    if et == EtherType::ARP || et == EtherType::RARP {
+        return match ArpPacket::new_checked(&d[off..]) {
+            Err(_) => Some(Verdict::Drop(DropReason::MalformedArp)),
+            Ok(a) if !port.allows_src(a.sha()) => Some(Verdict::Drop(DropReason::SpoofedArpSha)),
+            Ok(_) => None,
+        };
+    }
+    None
+}
+
 /// Rewrites the VLAN tag of `buf` for port `o` and queues it; counts `no_buffer` if the
 /// rewrite is impossible (no headroom left).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn send(
     cfg: &SwitchConfig,
     op: PortId,
@@ -448,7 +456,7 @@ fn send(
 /// Makes the frame's tag what port `o` wants for VLAN `m.vlan`: a tag that stays keeps its
 /// PCP and DEI bits and gets the new VID; a pushed tag carries PCP 0 (no priority tag came
 /// in) or the PCP of the priority tag that did; an untagged egress removes the tag.
-#[inline]
+#[inline(always)]
 fn egress_rewrite(buf: &mut PacketBuf, m: &FrameMeta, o: &PortSpec) -> Result<(), crate::buffer::BufferError> {
     let want_tag = o.vlan.egress_tagged(m.vlan);
     match (m.tagged, want_tag) {
