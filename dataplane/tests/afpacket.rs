@@ -1,0 +1,300 @@
+//! The AF_PACKET port for real, over veth pairs in network namespaces that each test creates
+//! and removes. Needs root and iproute2; otherwise every test prints why and passes.
+
+mod kports_common;
+
+use kports_common::*;
+use std::time::Duration;
+use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_dataplane::{DropReason, Pool};
+
+/// The veth pair and an open port on its host end, or `None` (skip message printed).
+fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
+    if let Some(why) = skip_reason() {
+        skip(test, &why);
+        return None;
+    }
+    let veth = match VethNs::create() {
+        Ok(v) => v,
+        Err(e) => {
+            skip(test, &format!("cannot create a network namespace and veth pair: {e}"));
+            return None;
+        }
+    };
+    let port = AfPacketPort::open("p0", &veth.host, opts).expect("open AF_PACKET port");
+    Some((veth, port))
+}
+
+#[test]
+fn tx_frames_reach_the_peer_byte_for_byte() {
+    let Some((veth, port)) = setup("tx_frames_reach_the_peer_byte_for_byte", AfPacketOptions::default())
+    else {
+        return;
+    };
+    assert!(port.link_up());
+    let mut peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-tx", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let mut tx = port.open_tx(0).unwrap();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut drops = DropTally::default();
+
+    let sizes = [60usize, 64, 128, 1000, 1514];
+    let frames: Vec<Vec<u8>> =
+        sizes.iter().enumerate().map(|(i, n)| frame(DST, SRC, &[], &format!("TX{i}."), *n)).collect();
+    let mut burst = Burst::new();
+    for f in &frames {
+        burst.push(cache.alloc_copy(f).unwrap());
+    }
+    // A frame over the interface MTU (1500) and a runt are counted, not sent.
+    burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "TXBIG.", 1600)).unwrap());
+    burst.push(cache.alloc_copy(&[0u8; 10]).unwrap());
+    let sent = tx.tx_burst(&mut burst, &mut cache, &mut drops);
+    assert_eq!(sent, frames.len());
+    assert!(burst.is_empty());
+    assert_eq!(drops.get(DropReason::Oversize), 1);
+    assert_eq!(drops.get(DropReason::Runt), 1);
+
+    for (i, f) in frames.iter().enumerate() {
+        let marker = format!("TX{i}.");
+        let got = peer.recv_matching(WAIT, |g| has_marker(g, &marker)).unwrap_or_else(|| panic!("frame {i} never arrived"));
+        assert_eq!(&got, f, "frame {i} changed on the way");
+    }
+    assert!(peer.recv_matching(Duration::from_millis(50), |g| has_marker(g, "TXBIG.")).is_none());
+
+    // The port never receives its own transmissions.
+    let own = rx_collect(&mut *rx, &mut cache, &mut drops, "TX", Duration::from_millis(100));
+    assert!(own.is_empty(), "the port received {} of its own frames", own.len());
+
+    // Many bursts in a row: more than the ring holds in total, all sent or counted.
+    let mut total = 0;
+    for round in 0..40 {
+        let mut burst = Burst::new();
+        for i in 0..32 {
+            burst.push(cache.alloc_copy(&frame(DST, SRC, &[], &format!("M{round}.{i}."), 200)).unwrap());
+        }
+        total += tx.tx_burst(&mut burst, &mut cache, &mut drops);
+    }
+    let full = drops.get(DropReason::TxFull) as usize;
+    assert_eq!(total + full, 40 * 32);
+    tx.flush().unwrap();
+    drop(rx);
+    drop(tx);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn rx_frames_from_the_peer_byte_for_byte() {
+    let Some((veth, port)) = setup("rx_frames_from_the_peer_byte_for_byte", AfPacketOptions::default())
+    else {
+        return;
+    };
+    let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-rx", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    assert!(port.open_rx(0).is_err(), "an RX queue can be taken once");
+    assert!(port.open_rx(1).is_err(), "queue 1 does not exist");
+    let mut drops = DropTally::default();
+
+    for (i, n) in [60usize, 64, 1000, 1514].iter().enumerate() {
+        let marker = format!("RX{i}.");
+        let f = frame(DST, SRC, &[], &marker, *n);
+        peer.send(&f);
+        let got = rx_wait(&mut *rx, &mut cache, &mut drops, &marker, WAIT)
+            .unwrap_or_else(|| panic!("frame {i} ({n} bytes) not received"));
+        assert_eq!(got.data(), &f[..], "frame {i} changed on the way");
+        cache.free(got);
+    }
+
+    // A burst of frames sent back to back all arrive, in order.
+    let frames: Vec<Vec<u8>> = (0..100).map(|i| frame(DST, SRC, &[], &format!("B{i:03}."), 100)).collect();
+    for f in &frames {
+        peer.send(f);
+    }
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + WAIT;
+    while got.len() < frames.len() && std::time::Instant::now() < end {
+        got.extend(rx_collect(&mut *rx, &mut cache, &mut drops, "B", Duration::from_millis(10)));
+    }
+    assert_eq!(got, frames);
+    assert!(drops.is_zero(), "unexpected drops: {drops:?}");
+
+    // The queue can be taken again once its handle is dropped.
+    drop(rx);
+    let rx2 = port.open_rx(0).unwrap();
+    drop(rx2);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn vlan_tags_are_kept_on_rx() {
+    let Some((veth, port)) = setup("vlan_tags_are_kept_on_rx", AfPacketOptions::default()) else {
+        return;
+    };
+    let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-vlan", 64, false).unwrap();
+    let mut cache = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut drops = DropTally::default();
+
+    let cases: [(&str, Vec<(u16, u16)>, usize); 5] = [
+        ("V1.", vec![(0x8100, 0x2064)], 64),        // PCP 1, VID 100
+        ("V2.", vec![(0x8100, 0x0000)], 64),        // priority tag, VID 0
+        ("V3.", vec![(0x88a8, 0xe0c8)], 200),       // 802.1ad, PCP 7, VID 200
+        ("V4.", vec![(0x88a8, 0x012c), (0x8100, 0x0064)], 128), // QinQ
+        ("V5.", vec![(0x8100, 0x0fff)], 1518),      // a full-size tagged frame
+    ];
+    for (marker, tags, len) in &cases {
+        let f = frame(DST, SRC, tags, marker, *len);
+        peer.send(&f);
+        let got = rx_wait(&mut *rx, &mut cache, &mut drops, marker, WAIT)
+            .unwrap_or_else(|| panic!("tagged frame {marker} not received"));
+        assert_eq!(got.data(), &f[..], "tagged frame {marker} changed on the way");
+        cache.free(got);
+    }
+    assert!(drops.is_zero(), "unexpected drops: {drops:?}");
+}
+
+#[test]
+fn oversize_frames_are_counted() {
+    let Some((veth, port)) = setup("oversize_frames_are_counted", AfPacketOptions::default()) else {
+        return;
+    };
+    veth.set_mtu(4000).expect("raise the veth MTU");
+    let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-big", 64, false).unwrap();
+    let mut cache = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut drops = DropTally::default();
+
+    peer.send(&frame(DST, SRC, &[], "BIG1.", 2500));
+    // 2046 bytes on the wire plus the 4-byte tag put back: 2050, over the 2048 data room.
+    peer.send(&frame(DST, SRC, &[(0x8100, 5)], "BIG2.", 2050));
+    let ok = frame(DST, SRC, &[], "OK.", 2048);
+    peer.send(&ok);
+    let got = rx_wait(&mut *rx, &mut cache, &mut drops, "OK.", WAIT).expect("the 2048-byte frame");
+    assert_eq!(got.data(), &ok[..]);
+    cache.free(got);
+    assert_eq!(drops.get(DropReason::Oversize), 2, "{drops:?}");
+
+    // TX: with the MTU raised, a 2048-byte frame goes out.
+    assert!(port.link_up()); // refreshes the MTU the port checks against
+    let mut peer = peer;
+    let mut tx = port.open_tx(0).unwrap();
+    let mut burst = Burst::new();
+    let big = frame(DST, SRC, &[], "TXOK.", 2048);
+    burst.push(cache.alloc_copy(&big).unwrap());
+    assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 1);
+    assert_eq!(peer.recv_matching(WAIT, |g| has_marker(g, "TXOK.")).as_deref(), Some(&big[..]));
+}
+
+#[test]
+fn deleting_the_interface_marks_the_port_down() {
+    let Some((veth, port)) = setup("deleting_the_interface_marks_the_port_down", AfPacketOptions::default())
+    else {
+        return;
+    };
+    let pool = Pool::with_hugepages("afp-del", 64, false).unwrap();
+    let mut cache = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut tx = port.open_tx(0).unwrap();
+    let mut tx2 = port.open_tx(1).unwrap();
+    let mut drops = DropTally::default();
+    assert!(port.link_up());
+
+    // Deleting the peer deletes the pair.
+    ip(&["-n", &veth.ns, "link", "del", &veth.peer]).expect("delete the peer");
+
+    // The first burst finds out from the socket (ENXIO), before anyone asks for the link state.
+    let mut burst = Burst::new();
+    for i in 0..4 {
+        burst.push(cache.alloc_copy(&frame(DST, SRC, &[], &format!("D{i}."), 100)).unwrap());
+    }
+    assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 0);
+    assert_eq!(drops.get(DropReason::PortDown), 4, "{drops:?}");
+    assert!(!port.link_up());
+    for i in 0..3 {
+        burst.push(cache.alloc_copy(&frame(DST, SRC, &[], &format!("E{i}."), 100)).unwrap());
+    }
+    assert_eq!(tx2.tx_burst(&mut burst, &mut cache, &mut drops), 0);
+    assert_eq!(drops.get(DropReason::PortDown), 7);
+    let mut out = Burst::new();
+    assert_eq!(rx.rx_burst(&mut cache, &mut out, 32, &mut drops), 0);
+    tx.flush().unwrap();
+    // A new TX handle on a gone interface: an error or a handle that counts, never a panic.
+    if let Ok(mut tx3) = port.open_tx(2) {
+        burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "F.", 100)).unwrap());
+        assert_eq!(tx3.tx_burst(&mut burst, &mut cache, &mut drops), 0);
+        assert_eq!(drops.get(DropReason::PortDown), 8);
+    }
+    drop((rx, tx, tx2));
+    drop(port);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn link_down_counts_port_down_and_recovers() {
+    let Some((veth, port)) = setup("link_down_counts_port_down_and_recovers", AfPacketOptions::default())
+    else {
+        return;
+    };
+    let mut peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-down", 64, false).unwrap();
+    let mut cache = pool.cache();
+    let mut tx = port.open_tx(0).unwrap();
+    let mut drops = DropTally::default();
+
+    ip(&["link", "set", &veth.host, "down"]).unwrap();
+    assert!(!port.link_up());
+    let mut burst = Burst::new();
+    for i in 0..3 {
+        burst.push(cache.alloc_copy(&frame(DST, SRC, &[], &format!("L{i}."), 100)).unwrap());
+    }
+    assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 0);
+    assert_eq!(drops.get(DropReason::PortDown), 3, "{drops:?}");
+
+    ip(&["link", "set", &veth.host, "up"]).unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    while !port.link_up() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(port.link_up());
+    let f = frame(DST, SRC, &[], "UP.", 100);
+    burst.push(cache.alloc_copy(&f).unwrap());
+    assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 1);
+    assert_eq!(peer.recv_matching(WAIT, |g| has_marker(g, "UP.")).as_deref(), Some(&f[..]));
+}
+
+#[test]
+fn two_rx_queues_share_the_traffic() {
+    let opts = AfPacketOptions { rx_queues: 2, ..AfPacketOptions::default() };
+    let Some((veth, port)) = setup("two_rx_queues_share_the_traffic", opts) else {
+        return;
+    };
+    assert_eq!(port.rx_queue_count(), 2);
+    let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-fan", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let mut q0 = port.open_rx(0).unwrap();
+    let mut q1 = port.open_rx(1).unwrap();
+    let mut drops = DropTally::default();
+    for i in 0..64u8 {
+        let src = [0x02, 0, 0, 0, 1, i];
+        peer.send(&frame(DST, src, &[], &format!("Q{i:02}."), 80));
+    }
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + WAIT;
+    while got.len() < 64 && std::time::Instant::now() < end {
+        got.extend(rx_collect(&mut *q0, &mut cache, &mut drops, "Q", Duration::from_millis(5)));
+        got.extend(rx_collect(&mut *q1, &mut cache, &mut drops, "Q", Duration::from_millis(5)));
+    }
+    assert_eq!(got.len(), 64, "every frame arrives on exactly one queue");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 64);
+}
