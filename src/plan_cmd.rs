@@ -1,18 +1,68 @@
-//! `switchyard plan` (placeholder: being written).
+//! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--json]`: prints the
+//! configuration NODE gets from the manifests under DIR (docs/cluster-state.md).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use switchyard_control::{plan, ClusterState, PlanOptions};
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
-    /// Directory of Kubernetes manifests.
+    /// Directory of Kubernetes manifests (YAML, multi-document, any depth).
     #[arg(long)]
     pub state: std::path::PathBuf,
     /// The node whose configuration to print.
     #[arg(long)]
     pub node: String,
+    /// Node labels, `k=v,k2=v2`, over those of the Node object in DIR (for NNCP nodeSelectors).
+    #[arg(long, value_name = "K=V,...")]
+    pub node_labels: Option<String>,
+    /// Print one JSON object {node, config, skipped, notes, problems} instead of YAML.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory of the VM ports' vhost-user sockets.
+    #[arg(long, default_value = switchyard_control::plan::DEFAULT_VHOST_DIR)]
+    pub vhost_dir: String,
+    /// Exit with status 2 when the input has problems (the plan is printed all the same).
+    #[arg(long)]
+    pub strict: bool,
 }
 
-pub fn main(_a: PlanArgs) -> ExitCode {
-    eprintln!("switchyard plan: not implemented yet");
-    ExitCode::FAILURE
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--node-labels: {kv:?} is not k=v"))?;
+        if k.is_empty() {
+            return Err(format!("--node-labels: {kv:?} has an empty key"));
+        }
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+pub fn main(a: PlanArgs) -> ExitCode {
+    let labels = match a.node_labels.as_deref().map(parse_labels).transpose() {
+        Ok(l) => l.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("switchyard plan: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = match ClusterState::load_dir(&a.state) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard plan: {}: {e}", a.state.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let p = plan(&state, &a.node, &labels, &PlanOptions { vhost_dir: a.vhost_dir });
+    for pr in &p.problems {
+        eprintln!("problem: {pr}");
+    }
+    let out = if a.json { p.to_json() + "\n" } else { p.to_yaml() };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    if a.strict && !p.problems.is_empty() {
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
 }

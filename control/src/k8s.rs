@@ -1,0 +1,476 @@
+//! The Kubernetes objects switchyard reads, as plain serde structs (only the fields it uses;
+//! every other field is ignored), and [`ClusterState`]: a directory of manifests loaded and
+//! indexed.
+//!
+//! Loading never fails as a whole: a file that cannot be read, a document that does not parse,
+//! an object whose fields have the wrong types, each becomes a [`Problem`] and the rest is kept.
+
+use crate::nad::{self, NadNetwork};
+use crate::{ObjRef, Problem};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+// ---- Node (v1) ----
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+// ---- NetworkAttachmentDefinition (k8s.cni.cncf.io/v1) ----
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NetworkAttachmentDefinition {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NadSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NadSpec {
+    #[serde(default)]
+    pub config: Option<String>,
+}
+
+// ---- VirtualMachineInstance (kubevirt.io/v1) ----
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VirtualMachineInstance {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: VmiSpec,
+    #[serde(default)]
+    pub status: VmiStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VmiSpec {
+    #[serde(default)]
+    pub domain: Domain,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Domain {
+    #[serde(default)]
+    pub devices: Devices,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Devices {
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+}
+
+/// A VMI interface. The binding is whichever of the binding fields is set (KubeVirt allows
+/// one); with none set KubeVirt defaults to `bridge`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub bridge: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub masquerade: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub sriov: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub slirp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub passt: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub macvtap: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub binding: Option<PluginBinding>,
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PluginBinding {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Network {
+    pub name: String,
+    #[serde(default)]
+    pub pod: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub multus: Option<MultusNetwork>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MultusNetwork {
+    pub network_name: String,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiStatus {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub interfaces: Vec<VmiStatusInterface>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VmiStatusInterface {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+// ---- NodeNetworkConfigurationPolicy (nmstate.io/v1) ----
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeNetworkConfigurationPolicy {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NncpSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NncpSpec {
+    /// Absent or empty: every node.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub desired_state: DesiredState,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DesiredState {
+    #[serde(default)]
+    pub interfaces: Vec<NmInterface>,
+    #[serde(default)]
+    pub ovn: Option<NmOvn>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NmInterface {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub bridge: Option<NmBridge>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NmBridge {
+    #[serde(default)]
+    pub port: Vec<NmPort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NmPort {
+    pub name: String,
+    #[serde(default)]
+    pub vlan: Option<NmVlan>,
+    /// OVS bonds (`link-aggregation`) are not uplinks switchyard can open.
+    #[serde(default)]
+    pub link_aggregation: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NmVlan {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub tag: Option<i64>,
+    #[serde(default)]
+    pub enable_native: Option<bool>,
+    #[serde(default)]
+    pub trunk_tags: Vec<NmTrunkTag>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NmTrunkTag {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub id_range: Option<NmIdRange>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NmIdRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NmOvn {
+    #[serde(default)]
+    pub bridge_mappings: Vec<NmBridgeMapping>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NmBridgeMapping {
+    pub localnet: String,
+    #[serde(default)]
+    pub bridge: String,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+// ---- the loaded state ----
+
+/// Where an object came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: Arc<str>,
+    /// 0-based index of the YAML document in the file.
+    pub doc: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    pub src: Source,
+    pub obj: T,
+}
+
+/// A NAD with its CNI config already parsed (`Err`: the reason it is unusable, also reported
+/// as a problem when the state was loaded).
+#[derive(Debug, Clone)]
+pub struct LoadedNad {
+    pub src: Source,
+    pub obj: NetworkAttachmentDefinition,
+    pub net: Result<NadNetwork, String>,
+}
+
+/// Every object of the kinds switchyard reads, from one directory, indexed for the plan.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Loaded<Node>>,
+    /// NADs by (namespace, name).
+    pub nads: HashMap<(String, String), LoadedNad>,
+    /// NNCPs by name (cluster-scoped), so iteration is in name order.
+    pub nncps: BTreeMap<String, Loaded<NodeNetworkConfigurationPolicy>>,
+    /// VMIs by (namespace, name), in order.
+    pub vmis: BTreeMap<(String, String), Loaded<VirtualMachineInstance>>,
+    /// Objects of other kinds (VirtualMachine, Pod, ...): (kind, namespace/name), not used.
+    pub ignored: Vec<ObjRef>,
+    /// Everything wrong found while loading.
+    pub problems: Vec<Problem>,
+}
+
+fn is_hidden(e: &walkdir::DirEntry) -> bool {
+    e.depth() > 0 && e.file_name().to_str().is_some_and(|s| s.starts_with('.'))
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+fn group_of(api_version: &str) -> &str {
+    match api_version.split_once('/') {
+        Some((g, _)) => g,
+        None => "",
+    }
+}
+
+impl ClusterState {
+    /// Loads every `*.yaml` / `*.yml` file under `dir`, recursively, in path order. Files and
+    /// directories whose names start with `.` are skipped (a mounted ConfigMap keeps a second
+    /// copy of every file under `..data`); symbolic links are followed. Only an unreadable
+    /// `dir` itself is an error; everything else wrong is a problem in the result.
+    pub fn load_dir(dir: &Path) -> Result<ClusterState, std::io::Error> {
+        let meta = std::fs::metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        let mut st = ClusterState::default();
+        let walk = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name().into_iter();
+        for entry in walk.filter_entry(|e| !is_hidden(e)) {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let file = e.path().map(|p| p.display().to_string()).unwrap_or_else(|| dir.display().to_string());
+                    st.problems.push(Problem::file(&file, format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            if !entry.file_type().is_file() || !is_yaml(entry.path()) {
+                continue;
+            }
+            let file = entry.path().display().to_string();
+            match std::fs::read_to_string(entry.path()) {
+                Ok(text) => st.add_yaml(&file, &text),
+                Err(e) => st.problems.push(Problem::file(&file, format!("cannot read: {e}"))),
+            }
+        }
+        Ok(st)
+    }
+
+    /// Adds the objects of one (multi-document) YAML text, naming `file` in problems.
+    pub fn add_yaml(&mut self, file: &str, text: &str) {
+        let file: Arc<str> = Arc::from(file);
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let src = Source { file: file.clone(), doc: i };
+            match serde_yaml::Value::deserialize(doc) {
+                Ok(v) => self.add_value(src, v),
+                Err(e) => {
+                    // A syntax error ends the stream: the documents before it are kept.
+                    self.problems.push(Problem::file(&file, format!("document {}: YAML does not parse: {e}", i + 1)));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn add_value(&mut self, src: Source, v: serde_yaml::Value) {
+        let map = match v {
+            serde_yaml::Value::Null => return, // an empty document
+            serde_yaml::Value::Mapping(m) => m,
+            _ => {
+                self.problems.push(Problem::file(
+                    &src.file,
+                    format!("document {}: not a Kubernetes object (not a mapping)", src.doc + 1),
+                ));
+                return;
+            }
+        };
+        let kind = map.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let api = map.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        if kind.is_empty() {
+            self.problems.push(Problem::file(
+                &src.file,
+                format!("document {}: not a Kubernetes object (no kind)", src.doc + 1),
+            ));
+            return;
+        }
+        let meta = map.get("metadata").and_then(|m| m.as_mapping());
+        let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
+        let ns = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).map(str::to_string);
+        let v = serde_yaml::Value::Mapping(map);
+        let group = group_of(&api);
+        match (kind.as_str(), group) {
+            (k, _) if k.ends_with("List") => {
+                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                    for it in items.clone() {
+                        self.add_value(src.clone(), it);
+                    }
+                }
+            }
+            ("Node", "") => {
+                if let Some(n) = self.typed::<Node>(&src, &kind, None, &name, v) {
+                    self.insert_unique_node(src, n);
+                }
+            }
+            ("NetworkAttachmentDefinition", "k8s.cni.cncf.io") => {
+                let ns = ns.unwrap_or_else(|| "default".into());
+                if let Some(mut n) = self.typed::<NetworkAttachmentDefinition>(&src, &kind, Some(&ns), &name, v) {
+                    n.metadata.namespace = Some(ns.clone());
+                    let oref = ObjRef::new(&kind, Some(&ns), &name);
+                    let net = match &n.spec.config {
+                        None => Err(("spec.config".to_string(), "missing".to_string())),
+                        Some(c) => nad::parse(c, &ns, &name),
+                    };
+                    let net = net.map_err(|(field, msg)| {
+                        let p = Problem::object(&src, &oref, &field, &msg);
+                        let reason = format!("{oref} is invalid: {field}: {msg}");
+                        self.problems.push(p);
+                        reason
+                    });
+                    let key = (ns, name);
+                    if let Some(prev) = self.nads.get(&key) {
+                        self.problems.push(Problem::duplicate(&src, &oref, &prev.src));
+                    } else {
+                        self.nads.insert(key, LoadedNad { src, obj: n, net });
+                    }
+                }
+            }
+            ("VirtualMachineInstance", "kubevirt.io") => {
+                let ns = ns.unwrap_or_else(|| "default".into());
+                if let Some(mut o) = self.typed::<VirtualMachineInstance>(&src, &kind, Some(&ns), &name, v) {
+                    o.metadata.namespace = Some(ns.clone());
+                    let key = (ns.clone(), name.clone());
+                    if let Some(prev) = self.vmis.get(&key) {
+                        self.problems.push(Problem::duplicate(&src, &ObjRef::new(&kind, Some(&ns), &name), &prev.src));
+                    } else {
+                        self.vmis.insert(key, Loaded { src, obj: o });
+                    }
+                }
+            }
+            ("NodeNetworkConfigurationPolicy", "nmstate.io") => {
+                if let Some(o) = self.typed::<NodeNetworkConfigurationPolicy>(&src, &kind, None, &name, v) {
+                    if let Some(prev) = self.nncps.get(&name) {
+                        self.problems.push(Problem::duplicate(&src, &ObjRef::new(&kind, None, &name), &prev.src));
+                    } else {
+                        self.nncps.insert(name, Loaded { src, obj: o });
+                    }
+                }
+            }
+            _ => self.ignored.push(ObjRef::new(&kind, ns.as_deref(), &name)),
+        }
+    }
+
+    fn insert_unique_node(&mut self, src: Source, n: Node) {
+        let name = n.metadata.name.clone();
+        if let Some(prev) = self.nodes.get(&name) {
+            self.problems.push(Problem::duplicate(&src, &ObjRef::new("Node", None, &name), &prev.src));
+        } else {
+            self.nodes.insert(name, Loaded { src, obj: n });
+        }
+    }
+
+    /// Deserializes an object, turning a type error into a problem that names the field.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        src: &Source,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        v: serde_yaml::Value,
+    ) -> Option<T> {
+        let oref = ObjRef::new(kind, ns, name);
+        if name.is_empty() {
+            self.problems.push(Problem::object(src, &oref, "metadata.name", "missing"));
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let field = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                self.problems.push(Problem::object(src, &oref, &field, &msg));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! Translation: cluster state -> the dataplane configuration of one node.
+//! docs/cluster-state.md is the specification; each rule there has a test in
+//! control/tests/plan_rules.rs.
+//!
+//! Cost: one pass over the NNCPs, one over the VMIs; each VMI network is resolved with a hash
+//! lookup of its NAD (whose CNI config was parsed once, at load). Linear in the state's size.
+
+use crate::k8s::{ClusterState, Interface, Loaded, NmPort, NodeNetworkConfigurationPolicy, Source, VirtualMachineInstance};
+use crate::nad::NadNetwork;
+use crate::{ObjRef, Problem, Skipped};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
+use switchyard_dataplane::wire::MacAddr;
+
+/// Knobs of the translation that are not in the cluster state.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Directory of the vhost-user sockets of VM ports.
+    pub vhost_dir: String,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { vhost_dir: DEFAULT_VHOST_DIR.into() }
+    }
+}
+
+pub const DEFAULT_VHOST_DIR: &str = "/var/run/switchyard/vhost";
+/// Bridge of an OVN-Kubernetes layer2 network: this prefix + the network's `name`.
+pub const OVN_LAYER2_PREFIX: &str = "ovn-layer2/";
+/// Bridge of an OVN-Kubernetes localnet whose physical network has no bridge mapping on the
+/// node: this prefix + the physical network name.
+pub const OVN_LOCALNET_PREFIX: &str = "ovn-localnet/";
+/// The longest socket path a Unix socket address holds (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What a node gets: its configuration, and an account of everything left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub node: String,
+    pub config: Config,
+    /// Objects or parts deliberately given no port (pod network, SR-IOV, absent, ...).
+    pub skipped: Vec<Skipped>,
+    /// Facts worth knowing that are not errors (a localnet without a bridge mapping, ...).
+    pub notes: Vec<String>,
+    /// Bad input: each names file, object and field; that object (or part) was skipped.
+    pub problems: Vec<Problem>,
+}
+
+/// A port as built, with where it came from (for problems found when ports meet).
+struct Built {
+    bridge: String,
+    port: PortConfig,
+    src: Option<(Source, ObjRef, String)>,
+}
+
+/// The labels a node is matched with: its Node object's, then `extra` over them, and
+/// `kubernetes.io/hostname=NODE` unless one of those sets it (the kubelet sets it on every
+/// node).
+pub fn node_labels(state: &ClusterState, node: &str, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = state.nodes.get(node).map(|n| n.obj.metadata.labels.clone()).unwrap_or_default();
+    labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.entry("kubernetes.io/hostname".into()).or_insert_with(|| node.to_string());
+    labels
+}
+
+/// Translates `state` into the configuration of `node`. `extra_labels` are node labels
+/// given on the command line (see [`node_labels`]). Never fails: problems are in the plan.
+pub fn plan(state: &ClusterState, node: &str, extra_labels: &BTreeMap<String, String>, opts: &PlanOptions) -> Plan {
+    let labels = node_labels(state, node, extra_labels);
+    let mut p = Planner {
+        problems: state.problems.clone(),
+        skipped: Vec::new(),
+        notes: Vec::new(),
+        ports: Vec::new(),
+        bridges: BTreeMap::new(),
+        mappings: BTreeMap::new(),
+    };
+    for l in state.nncps.values() {
+        p.nncp(l, &labels);
+    }
+    for l in state.vmis.values() {
+        if l.obj.status.node_name.as_deref() == Some(node) {
+            p.vmi(state, l, opts);
+        }
+    }
+    // Problems are returned, not logged: the caller reports them (plan prints them, run logs
+    // them once per change).
+    let mut plan = p.finish(node);
+    plan.skipped.sort_by(|a, b| (&a.object, &a.item).cmp(&(&b.object, &b.item)));
+    plan
+}
+
+struct Planner {
+    problems: Vec<Problem>,
+    skipped: Vec<Skipped>,
+    notes: Vec<String>,
+    ports: Vec<Built>,
+    /// Bridges that exist even with no port (from NNCPs), and which object defined them.
+    bridges: BTreeMap<String, ObjRef>,
+    /// OVN localnet (physical network) -> bridge, from `ovn.bridge-mappings`.
+    mappings: BTreeMap<String, (String, ObjRef)>,
+}
+
+fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16> {
+    if (1..=4094).contains(&v) {
+        Some(v as u16)
+    } else {
+        errs.push((field.to_string(), format!("VLAN {v} out of range 1-4094")));
+        None
+    }
+}
+
+/// An nmstate bridge port's `vlan` as OVS port settings: (mode, tag, trunks).
+fn nm_port_vlan(port: &NmPort, pf: &str, errs: &mut Vec<(String, String)>) -> (VlanModeName, Option<u16>, Option<Vec<u16>>) {
+    let Some(v) = &port.vlan else {
+        // No VLAN settings: the port carries every VLAN as it comes (a Linux bridge without
+        // VLAN filtering, an OVS port without tag/trunks).
+        return (VlanModeName::Trunk, None, None);
+    };
+    let tag = v.tag.and_then(|t| vlan_id(t, &format!("{pf}.vlan.tag"), errs));
+    let mut trunks = Vec::new();
+    for (k, t) in v.trunk_tags.iter().enumerate() {
+        let tf = format!("{pf}.vlan.trunk-tags[{k}]");
+        if let Some(id) = t.id {
+            trunks.extend(vlan_id(id, &format!("{tf}.id"), errs));
+        }
+        if let Some(r) = &t.id_range {
+            let lo = vlan_id(r.min, &format!("{tf}.id-range.min"), errs);
+            let hi = vlan_id(r.max, &format!("{tf}.id-range.max"), errs);
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                if lo > hi {
+                    errs.push((format!("{tf}.id-range"), format!("min {lo} is greater than max {hi}")));
+                }
+                trunks.extend(lo..=hi);
+            }
+        }
+        if t.id.is_none() && t.id_range.is_none() {
+            errs.push((tf, "neither id nor id-range".into()));
+        }
+    }
+    trunks.sort_unstable();
+    trunks.dedup();
+    match v.mode.as_deref() {
+        Some("access") => {
+            if v.tag.is_none() {
+                errs.push((format!("{pf}.vlan.tag"), "an access port needs a tag".into()));
+            }
+            (VlanModeName::Access, tag, None)
+        }
+        Some("trunk") => {
+            if trunks.is_empty() && v.trunk_tags.is_empty() {
+                errs.push((format!("{pf}.vlan.trunk-tags"), "a trunk port needs trunk-tags".into()));
+            }
+            if v.enable_native == Some(true) {
+                if v.tag.is_none() {
+                    errs.push((format!("{pf}.vlan.tag"), "enable-native needs a tag (the native VLAN)".into()));
+                }
+                trunks.retain(|t| Some(*t) != tag);
+                (VlanModeName::NativeUntagged, tag, Some(trunks))
+            } else {
+                (VlanModeName::Trunk, None, Some(trunks))
+            }
+        }
+        Some(m) => {
+            errs.push((format!("{pf}.vlan.mode"), format!("{m:?} is neither access nor trunk")));
+            (VlanModeName::Trunk, None, None)
+        }
+        None => {
+            errs.push((format!("{pf}.vlan.mode"), "missing".into()));
+            (VlanModeName::Trunk, None, None)
+        }
+    }
+}
+
+fn selector_matches(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// FNV-1a, for short stable socket names.
+fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The vhost-user socket of VM port `ns/vmi/iface`: `<dir>/<ns>_<vmi>_<iface>.sock` (the three
+/// are DNS labels, which have no `_`), or `<dir>/<16 hex digits>.sock` (a hash of the port
+/// name) when that path would not fit in a Unix socket address.
+pub fn socket_path(dir: &str, ns: &str, vmi: &str, iface: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    let p = format!("{dir}/{ns}_{vmi}_{iface}.sock");
+    if p.len() <= MAX_SOCKET_PATH {
+        p
+    } else {
+        format!("{dir}/{:016x}.sock", fnv1a64(&format!("{ns}/{vmi}/{iface}")))
+    }
+}
+
+/// How a VMI interface's binding relates to the switch.
+enum Binding {
+    /// It gets a switch port.
+    Port,
+    /// It does not; the reason.
+    Skip(String),
+}
+
+fn binding_of(i: &Interface) -> Binding {
+    if i.masquerade.is_some() {
+        return Binding::Skip("masquerade binding: pod network, not switched".into());
+    }
+    if i.passt.is_some() || i.slirp.is_some() {
+        return Binding::Skip("passt/slirp binding: pod network, not switched".into());
+    }
+    if i.sriov.is_some() {
+        return Binding::Skip("SR-IOV binding: the VF is passed through to the VM, no switch port".into());
+    }
+    if i.macvtap.is_some() {
+        return Binding::Skip("macvtap binding: attaches to a host interface, not to the switch".into());
+    }
+    if let Some(b) = &i.binding {
+        let n = b.name.to_ascii_lowercase();
+        if n.contains("vhost") || n == "managedtap" || n == "l2bridge" {
+            return Binding::Port;
+        }
+        if n == "passt" {
+            return Binding::Skip("passt binding plugin: pod network, not switched".into());
+        }
+        return Binding::Skip(format!("binding plugin {:?} is not one switchyard serves", b.name));
+    }
+    // `bridge: {}`, or no binding at all (KubeVirt defaults to bridge).
+    Binding::Port
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    let m: MacAddr = s.parse().map_err(|e: switchyard_dataplane::wire::mac::MacParseError| e.to_string())?;
+    if m.is_multicast() || m.is_zero() {
+        return Err(format!("{m} is not a unicast MAC"));
+    }
+    Ok(m)
+}
+
+impl Planner {
+    fn nncp(&mut self, l: &Loaded<NodeNetworkConfigurationPolicy>, labels: &BTreeMap<String, String>) {
+        let o = &l.obj;
+        let oref = ObjRef::new("NodeNetworkConfigurationPolicy", None, &o.metadata.name);
+        if !selector_matches(&o.spec.node_selector, labels) {
+            tracing::debug!("{oref}: nodeSelector does not match the node");
+            return;
+        }
+        let ds = &o.spec.desired_state;
+        let internal: HashSet<&str> =
+            ds.interfaces.iter().filter(|i| i.kind == "ovs-interface").map(|i| i.name.as_str()).collect();
+        let mut errs: Vec<(String, String)> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut bridges: Vec<(usize, String, Vec<PortConfig>)> = Vec::new();
+        for (i, iface) in ds.interfaces.iter().enumerate() {
+            let f = format!("spec.desiredState.interfaces[{i}]");
+            if iface.kind != "linux-bridge" && iface.kind != "ovs-bridge" {
+                continue;
+            }
+            match iface.state.as_deref() {
+                None | Some("up") => {}
+                Some(s @ ("absent" | "down")) => {
+                    skipped.push(Skipped {
+                        object: oref.clone(),
+                        item: format!("bridge {}", iface.name),
+                        reason: format!("state {s}"),
+                    });
+                    continue;
+                }
+                Some(s) => {
+                    errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
+                    continue;
+                }
+            }
+            if iface.name.is_empty() {
+                errs.push((format!("{f}.name"), "missing".into()));
+                continue;
+            }
+            let mut ports = Vec::new();
+            for (j, port) in iface.bridge.as_ref().map(|b| b.port.as_slice()).unwrap_or(&[]).iter().enumerate() {
+                let pf = format!("{f}.bridge.port[{j}]");
+                if port.name.is_empty() {
+                    errs.push((format!("{pf}.name"), "missing".into()));
+                    continue;
+                }
+                if iface.kind == "ovs-bridge" && (internal.contains(port.name.as_str()) || port.name == iface.name) {
+                    skipped.push(Skipped {
+                        object: oref.clone(),
+                        item: format!("bridge {} port {}", iface.name, port.name),
+                        reason: "OVS internal interface (the host's own port), not an uplink".into(),
+                    });
+                    continue;
+                }
+                if port.link_aggregation.is_some() {
+                    skipped.push(Skipped {
+                        object: oref.clone(),
+                        item: format!("bridge {} port {}", iface.name, port.name),
+                        reason: "OVS bond (link-aggregation) uplinks are not supported; bond in the kernel and \
+                                 name the bond instead"
+                            .into(),
+                    });
+                    continue;
+                }
+                let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut errs);
+                ports.push(PortConfig {
+                    name: port.name.clone(),
+                    kind: Some(PortType::Afpacket),
+                    vlan_mode: Some(mode),
+                    tag,
+                    trunks,
+                    iface: Some(port.name.clone()),
+                    ..Default::default()
+                });
+            }
+            bridges.push((i, iface.name.clone(), ports));
+        }
+        let mut maps = Vec::new();
+        if let Some(ovn) = &ds.ovn {
+            for (k, m) in ovn.bridge_mappings.iter().enumerate() {
+                let f = format!("spec.desiredState.ovn.bridge-mappings[{k}]");
+                match m.state.as_deref() {
+                    None | Some("present") => {}
+                    Some("absent") => continue,
+                    Some(s) => {
+                        errs.push((format!("{f}.state"), format!("{s:?} is neither present nor absent")));
+                        continue;
+                    }
+                }
+                if m.localnet.is_empty() {
+                    errs.push((format!("{f}.localnet"), "missing".into()));
+                } else if m.bridge.is_empty() {
+                    errs.push((format!("{f}.bridge"), "missing".into()));
+                } else {
+                    maps.push((f, m.localnet.clone(), m.bridge.clone()));
+                }
+            }
+        }
+        if !errs.is_empty() {
+            for (field, msg) in errs {
+                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
+            }
+            self.skipped.push(Skipped { object: oref, item: String::new(), reason: "invalid (see problems)".into() });
+            return;
+        }
+        self.skipped.extend(skipped);
+        for (i, name, ports) in bridges {
+            if let Some(prev) = self.bridges.get(&name) {
+                let msg = format!("bridge {name} is already defined by {prev}; this definition is skipped");
+                self.problems.push(Problem::object(&l.src, &oref, &format!("spec.desiredState.interfaces[{i}].name"), &msg));
+                continue;
+            }
+            tracing::info!("{oref}: bridge {name} with {} uplink(s)", ports.len());
+            self.bridges.insert(name.clone(), oref.clone());
+            for port in ports {
+                self.ports.push(Built {
+                    bridge: name.clone(),
+                    port,
+                    src: Some((l.src.clone(), oref.clone(), format!("spec.desiredState.interfaces[{i}].bridge.port"))),
+                });
+            }
+        }
+        for (f, localnet, bridge) in maps {
+            if let Some((b, prev)) = self.mappings.get(&localnet) {
+                if *b != bridge {
+                    let msg = format!("localnet {localnet} is already mapped to {b} by {prev}; this mapping is skipped");
+                    self.problems.push(Problem::object(&l.src, &oref, &f, &msg));
+                }
+                continue;
+            }
+            self.mappings.insert(localnet, (bridge, oref.clone()));
+        }
+    }
+
+    fn vmi(&mut self, state: &ClusterState, l: &Loaded<VirtualMachineInstance>, opts: &PlanOptions) {
+        let o = &l.obj;
+        let ns = o.metadata.namespace.as_deref().unwrap_or("default");
+        let vmi = o.metadata.name.as_str();
+        let oref = ObjRef::new("VirtualMachineInstance", Some(ns), vmi);
+        let mut errs: Vec<(String, String)> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut ports: Vec<Built> = Vec::new();
+        let mut seen = HashSet::new();
+        let skip = |item: &str, reason: String| Skipped { object: oref.clone(), item: format!("interface {item}"), reason };
+        for (i, ifc) in o.spec.domain.devices.interfaces.iter().enumerate() {
+            let f = format!("spec.domain.devices.interfaces[{i}]");
+            if ifc.name.is_empty() {
+                errs.push((format!("{f}.name"), "missing".into()));
+                continue;
+            }
+            if !seen.insert(ifc.name.as_str()) {
+                errs.push((format!("{f}.name"), format!("interface {} is listed twice", ifc.name)));
+                continue;
+            }
+            match ifc.state.as_deref() {
+                None | Some("up") | Some("down") => {}
+                Some("absent") => {
+                    skipped.push(skip(&ifc.name, "state absent: the interface is unplugged".into()));
+                    continue;
+                }
+                Some(s) => {
+                    errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
+                    continue;
+                }
+            }
+            let Some((j, net)) = o.spec.networks.iter().enumerate().find(|(_, n)| n.name == ifc.name) else {
+                errs.push((format!("{f}.name"), format!("no network named {:?} in spec.networks", ifc.name)));
+                continue;
+            };
+            if let Binding::Skip(reason) = binding_of(ifc) {
+                skipped.push(skip(&ifc.name, reason));
+                continue;
+            }
+            if net.pod.is_some() {
+                skipped.push(skip(&ifc.name, "pod network: not a secondary network".into()));
+                continue;
+            }
+            let Some(multus) = &net.multus else {
+                errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
+                continue;
+            };
+            let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
+                Some((a, b)) => (a, b),
+                None => (ns, multus.network_name.as_str()),
+            };
+            let Some(nad) = state.nads.get(&(nad_ns.to_string(), nad_name.to_string())) else {
+                errs.push((
+                    format!("spec.networks[{j}].multus.networkName"),
+                    format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),
+                ));
+                continue;
+            };
+            let net = match &nad.net {
+                Ok(n) => n,
+                Err(reason) => {
+                    skipped.push(skip(&ifc.name, reason.clone()));
+                    continue;
+                }
+            };
+            // The MAC: the spec's, else the one the VMI reports.
+            let mac = if let Some(m) = &ifc.mac_address {
+                match parse_mac(m) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        errs.push((format!("{f}.macAddress"), e));
+                        continue;
+                    }
+                }
+            } else {
+                match o.status.interfaces.iter().enumerate().find(|(_, s)| s.name.as_deref() == Some(&ifc.name)) {
+                    Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
+                        None => None,
+                        Some(Ok(m)) => Some(m),
+                        Some(Err(e)) => {
+                            errs.push((format!("status.interfaces[{k}].mac"), e));
+                            continue;
+                        }
+                    },
+                    None => None,
+                }
+            };
+            let port_name = format!("{ns}/{vmi}/{}", ifc.name);
+            let mut port = PortConfig {
+                name: port_name,
+                kind: Some(PortType::Vhostuser),
+                socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
+                mode: Some("server".into()),
+                static_macs: mac.into_iter().collect(),
+                ..Default::default()
+            };
+            let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
+            let bridge = match net {
+                NadNetwork::Bridge(b) => {
+                    match (b.vlan, b.trunks.is_empty()) {
+                        (Some(v), true) => {
+                            port.vlan_mode = Some(VlanModeName::Access);
+                            port.tag = Some(v);
+                        }
+                        (Some(v), false) => {
+                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                            port.tag = Some(v);
+                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
+                        }
+                        (None, false) if b.preserve_default_vlan => {
+                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                            port.tag = Some(1);
+                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
+                        }
+                        (None, false) => {
+                            port.vlan_mode = Some(VlanModeName::Trunk);
+                            port.trunks = Some(b.trunks.clone());
+                        }
+                        (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
+                    }
+                    if b.macspoofchk {
+                        port.allowed_macs = enforce();
+                    }
+                    b.bridge.clone()
+                }
+                NadNetwork::OvnLocalnet { physical_network, vlan, .. } => {
+                    port.vlan_mode = Some(VlanModeName::Access);
+                    port.tag = Some(vlan.unwrap_or(0));
+                    port.allowed_macs = enforce();
+                    match self.mappings.get(physical_network) {
+                        Some((b, _)) => b.clone(),
+                        None => {
+                            let b = format!("{OVN_LOCALNET_PREFIX}{physical_network}");
+                            self.notes.push(format!(
+                                "localnet {physical_network} has no ovn.bridge-mappings entry on this node: its VM \
+                                 ports are on bridge {b}, which has no uplink"
+                            ));
+                            b
+                        }
+                    }
+                }
+                NadNetwork::OvnLayer2 { network } => {
+                    port.vlan_mode = Some(VlanModeName::Trunk);
+                    port.allowed_macs = enforce();
+                    format!("{OVN_LAYER2_PREFIX}{network}")
+                }
+                NadNetwork::Sriov => {
+                    skipped.push(skip(
+                        &ifc.name,
+                        format!("NAD {nad_ns}/{nad_name} is SR-IOV: the VF is passed through to the VM, no switch port"),
+                    ));
+                    continue;
+                }
+                NadNetwork::Unsupported { reason } => {
+                    skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
+                    continue;
+                }
+            };
+            if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
+                self.notes.push(format!(
+                    "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
+                    port.name
+                ));
+            }
+            ports.push(Built { bridge, port, src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))) });
+        }
+        if !errs.is_empty() {
+            for (field, msg) in errs {
+                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
+            }
+            self.skipped.push(Skipped { object: oref, item: String::new(), reason: "invalid (see problems)".into() });
+            return;
+        }
+        for b in &ports {
+            tracing::debug!("{oref}: port {} on bridge {}", b.port.name, b.bridge);
+        }
+        self.skipped.extend(skipped);
+        self.ports.extend(ports);
+    }
+
+    fn finish(mut self, node: &str) -> Plan {
+        // Sorted: bridges by name, ports by name.
+        self.ports.sort_by(|a, b| (&a.bridge, &a.port.name).cmp(&(&b.bridge, &b.port.name)));
+        // Port names are unique on the node: an uplink named in two bridges keeps the first.
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut keep = Vec::with_capacity(self.ports.len());
+        for b in std::mem::take(&mut self.ports) {
+            if let Some(first) = names.get(&b.port.name) {
+                if let Some((src, oref, field)) = &b.src {
+                    let msg = format!("port {} is already on bridge {first}; not added to {}", b.port.name, b.bridge);
+                    self.problems.push(Problem::object(src, oref, field, &msg));
+                }
+                continue;
+            }
+            names.insert(b.port.name.clone(), b.bridge.clone());
+            keep.push(b);
+        }
+        // One static entry per (bridge, MAC): a MAC on two VM ports of a bridge stays on the
+        // first port (by name) only.
+        let mut macs: HashMap<(String, MacAddr), String> = HashMap::new();
+        for b in &mut keep {
+            let mut dup = None;
+            b.port.static_macs.retain(|m| match macs.get(&(b.bridge.clone(), *m)) {
+                Some(first) => {
+                    dup = Some((*m, first.clone()));
+                    false
+                }
+                None => {
+                    macs.insert((b.bridge.clone(), *m), b.port.name.clone());
+                    true
+                }
+            });
+            if let (Some((m, first)), Some((src, oref, field))) = (dup, &b.src) {
+                let msg = format!(
+                    "MAC {m} is also on port {first} of bridge {}; its static entry stays on {first}",
+                    b.bridge
+                );
+                self.problems.push(Problem::object(src, oref, field, &msg));
+            }
+        }
+        // The dataplane's port limit: uplinks first, then VM ports in name order.
+        let max = switchyard_dataplane::switch::MAX_PORTS;
+        if keep.len() > max {
+            let (mut up, mut vm): (Vec<Built>, Vec<Built>) =
+                keep.into_iter().partition(|b| b.port.kind != Some(PortType::Vhostuser));
+            vm.sort_by(|a, b| a.port.name.cmp(&b.port.name));
+            let room = max.saturating_sub(up.len());
+            for b in vm.drain(room.min(vm.len())..) {
+                if let Some((src, oref, _)) = &b.src {
+                    let msg = format!("port {} left out: the node has more than {max} ports", b.port.name);
+                    self.problems.push(Problem::object(src, oref, "", &msg));
+                }
+            }
+            up.truncate(max);
+            up.extend(vm);
+            up.sort_by(|a, b| (&a.bridge, &a.port.name).cmp(&(&b.bridge, &b.port.name)));
+            keep = up;
+        }
+        let mut bridges: BTreeMap<String, Vec<PortConfig>> = self.bridges.keys().map(|k| (k.clone(), Vec::new())).collect();
+        for b in keep {
+            bridges.entry(b.bridge).or_default().push(b.port);
+        }
+        let config = Config {
+            bridges: bridges
+                .into_iter()
+                .map(|(name, ports)| BridgeConfig { name, mac_aging_s: None, mac_table_size: None, ports })
+                .collect(),
+        };
+        if let Err(e) = config.validate() {
+            // A translation bug, not bad input: say so loudly.
+            self.problems.push(Problem::file("(plan)", format!("internal error: the plan is not a valid config: {e}")));
+        }
+        self.notes.sort();
+        self.notes.dedup();
+        Plan { node: node.to_string(), config, skipped: self.skipped, notes: self.notes, problems: self.problems }
+    }
+}
+
+impl Plan {
+    /// The plan as YAML: the configuration, preceded by comments listing what was skipped,
+    /// the notes and the problems (so the output still loads as a configuration file).
+    pub fn to_yaml(&self) -> String {
+        let mut s = format!("# switchyard plan for node {}\n", self.node);
+        for p in &self.problems {
+            s.push_str(&format!("# problem: {}\n", one_line(&p.to_string())));
+        }
+        for k in &self.skipped {
+            s.push_str(&format!("# skipped: {}\n", one_line(&k.to_string())));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("# note: {}\n", one_line(n)));
+        }
+        s.push_str(&self.config.to_yaml());
+        s
+    }
+
+    /// The plan as one JSON object: `{"node", "config", "skipped", "notes", "problems"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}
