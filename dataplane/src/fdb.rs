@@ -453,7 +453,7 @@ impl MacTable {
                 removed += 1;
             }
         }
-        if self.len() == 0 {
+        if self.is_empty() {
             // Nothing live: clear tombstones so probe sequences are short again. No reader can
             // be relying on a tombstone to continue a probe towards a live key.
             for s in self.slots.iter() {
