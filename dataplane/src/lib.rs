@@ -8,8 +8,10 @@ pub mod fdb;
 pub mod pipeline;
 pub mod port;
 pub mod switch;
+pub mod tsc;
 pub mod vlan;
 pub mod wire;
+pub mod worker;
 
 pub use buffer::{PacketBuf, Pool, PoolCache};
 pub use config::Config;

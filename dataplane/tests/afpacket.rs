@@ -3,6 +3,9 @@
 
 mod kports_common;
 
+/// A test frame: marker, tags (TPID, TCI), length.
+type Case = (&'static str, Vec<(u16, u16)>, usize);
+
 use kports_common::*;
 use std::time::Duration;
 use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort};
@@ -58,7 +61,9 @@ fn tx_frames_reach_the_peer_byte_for_byte() {
 
     for (i, f) in frames.iter().enumerate() {
         let marker = format!("TX{i}.");
-        let got = peer.recv_matching(WAIT, |g| has_marker(g, &marker)).unwrap_or_else(|| panic!("frame {i} never arrived"));
+        let got = peer
+            .recv_matching(WAIT, |g| has_marker(g, &marker))
+            .unwrap_or_else(|| panic!("frame {i} never arrived"));
         assert_eq!(&got, f, "frame {i} changed on the way");
     }
     assert!(peer.recv_matching(Duration::from_millis(50), |g| has_marker(g, "TXBIG.")).is_none());
@@ -141,12 +146,12 @@ fn vlan_tags_are_kept_on_rx() {
     let mut rx = port.open_rx(0).unwrap();
     let mut drops = DropTally::default();
 
-    let cases: [(&str, Vec<(u16, u16)>, usize); 5] = [
-        ("V1.", vec![(0x8100, 0x2064)], 64),        // PCP 1, VID 100
-        ("V2.", vec![(0x8100, 0x0000)], 64),        // priority tag, VID 0
-        ("V3.", vec![(0x88a8, 0xe0c8)], 200),       // 802.1ad, PCP 7, VID 200
+    let cases: [Case; 5] = [
+        ("V1.", vec![(0x8100, 0x2064)], 64),                    // PCP 1, VID 100
+        ("V2.", vec![(0x8100, 0x0000)], 64),                    // priority tag, VID 0
+        ("V3.", vec![(0x88a8, 0xe0c8)], 200),                   // 802.1ad, PCP 7, VID 200
         ("V4.", vec![(0x88a8, 0x012c), (0x8100, 0x0064)], 128), // QinQ
-        ("V5.", vec![(0x8100, 0x0fff)], 1518),      // a full-size tagged frame
+        ("V5.", vec![(0x8100, 0x0fff)], 1518),                  // a full-size tagged frame
     ];
     for (marker, tags, len) in &cases {
         let f = frame(DST, SRC, tags, marker, *len);
@@ -297,4 +302,35 @@ fn two_rx_queues_share_the_traffic() {
     got.sort();
     got.dedup();
     assert_eq!(got.len(), 64);
+}
+
+#[test]
+fn kernel_ring_overflow_is_counted() {
+    let opts = AfPacketOptions { rx_block_size: 4096, rx_block_count: 2, ..AfPacketOptions::default() };
+    let Some((veth, port)) = setup("kernel_ring_overflow_is_counted", opts) else {
+        return;
+    };
+    let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
+    let pool = Pool::with_hugepages("afp-ovf", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut drops = DropTally::default();
+    // Nobody reads while 300 frames arrive: a ring of two 4 KiB blocks holds a few of them.
+    for i in 0..300 {
+        peer.send(&frame(DST, SRC, &[], &format!("O{i:03}."), 1000));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let got = rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(50)).len();
+    // The kernel reports its losses with the next block it fills.
+    let end = std::time::Instant::now() + WAIT;
+    let mut i = 0;
+    while drops.get(DropReason::NoBuffer) == 0 && std::time::Instant::now() < end {
+        peer.send(&frame(DST, SRC, &[], &format!("P{i}."), 100));
+        i += 1;
+        rx_collect(&mut *rx, &mut cache, &mut drops, "P", Duration::from_millis(5));
+    }
+    let lost = drops.get(DropReason::NoBuffer) as usize;
+    assert!(lost > 0, "the kernel's drops were not counted");
+    assert!(got + lost >= 300, "received {got} + counted {lost} < 300 sent");
+    assert_eq!(port.kernel_drops(), lost as u64);
 }

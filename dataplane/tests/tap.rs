@@ -4,6 +4,9 @@
 
 mod kports_common;
 
+/// A test frame: marker, tags (TPID, TCI), length.
+type Case = (&'static str, Vec<(u16, u16)>, usize);
+
 use kports_common::*;
 use std::time::Duration;
 use switchyard_dataplane::port::tap::{TapOptions, TapPort};
@@ -71,12 +74,13 @@ fn frames_cross_between_switch_and_kernel() {
     assert_eq!(drops.get(DropReason::Runt), 1);
     for (i, f) in frames.iter().enumerate() {
         let m = format!("TX{i}.");
-        let got = kernel.recv_matching(WAIT, |g| has_marker(g, &m)).unwrap_or_else(|| panic!("frame {i} not seen"));
+        let got =
+            kernel.recv_matching(WAIT, |g| has_marker(g, &m)).unwrap_or_else(|| panic!("frame {i} not seen"));
         assert_eq!(&got, f, "frame {i} changed on the way");
     }
 
     // Kernel -> switch, untagged and tagged.
-    let cases: [(&str, Vec<(u16, u16)>, usize); 4] = [
+    let cases: [Case; 4] = [
         ("RX0.", vec![], 60),
         ("RX1.", vec![], 1514),
         ("RX2.", vec![(0x8100, 0x2064)], 64),
@@ -85,7 +89,8 @@ fn frames_cross_between_switch_and_kernel() {
     for (m, tags, len) in &cases {
         let f = frame(DST, SRC, tags, m, *len);
         kernel.send(&f);
-        let got = rx_wait(&mut *rx, &mut cache, &mut drops, m, WAIT).unwrap_or_else(|| panic!("{m} not received"));
+        let got =
+            rx_wait(&mut *rx, &mut cache, &mut drops, m, WAIT).unwrap_or_else(|| panic!("{m} not received"));
         assert_eq!(got.data(), &f[..], "{m} changed on the way");
         cache.free(got);
     }
@@ -111,8 +116,6 @@ fn oversize_frames_are_counted() {
     kernel.send(&frame(DST, SRC, &[], "BIG2.", 2049));
     let ok = frame(DST, SRC, &[], "OK.", 2048);
     kernel.send(&ok);
-    let dbg = rx_collect(&mut *rx, &mut cache, &mut drops, "", Duration::from_millis(300));
-    for d in &dbg { eprintln!("DBG len {} {:?}", d.len(), &d[12..20]); }
     let got = rx_wait(&mut *rx, &mut cache, &mut drops, "OK.", WAIT).expect("the 2048-byte frame");
     assert_eq!(got.data(), &ok[..]);
     cache.free(got);
@@ -173,9 +176,17 @@ fn attaches_to_an_existing_tap_and_counts_while_down() {
     let mut drops = DropTally::default();
     let mut out = Burst::new();
     assert_eq!(rx.rx_burst(&mut cache, &mut out, 32, &mut drops), 0);
+    let mut tx = port.open_tx(0).unwrap();
+    let mut burst = Burst::new();
+    burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "DOWN.", 100)).unwrap());
+    let sent = tx.tx_burst(&mut burst, &mut cache, &mut drops);
+    assert_eq!(sent, 0);
+    assert_eq!(drops.get(DropReason::PortDown), 1, "{drops:?}");
     ip(&["link", "set", &name, "up"]).unwrap();
     assert!(port.link_up());
-    drop((rx, port));
+    burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "UP.", 100)).unwrap());
+    assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 1, "{drops:?}");
+    drop((rx, tx, port));
     // The interface was persistent before the port came; it stays after.
     ip(&["link", "show", &name]).expect("the persistent tap is still there");
     drop(g);

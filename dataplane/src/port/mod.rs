@@ -11,6 +11,7 @@
 pub mod afpacket;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod factory;
 pub mod pcap;
 pub mod ring;
 pub mod tap;

@@ -27,9 +27,11 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Prints the skip message in a form that stands out in test output.
+/// Prints the skip message in a form that stands out in test output (straight to stderr, so
+/// the test harness does not swallow it).
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 pub fn ip(args: &[&str]) -> Result<(), String> {
@@ -161,7 +163,11 @@ impl RawSock {
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, proto as i32)
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                proto as i32,
+            )
         };
         if fd < 0 {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));

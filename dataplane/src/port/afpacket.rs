@@ -1,0 +1,1044 @@
+//! AF_PACKET port: a kernel network interface (an underlay NIC, a veth) driven through
+//! memory-mapped packet rings.
+//!
+//! - **RX** is a `TPACKET_V3` ring: the kernel fills blocks of frames and hands a whole block to
+//!   user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
+//!   ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the block,
+//!   copies each into a [`PacketBuf`] and hands the block back. The kernel strips VLAN tags into
+//!   the frame header; the tag is put back so the switch sees the frame as it was on the wire.
+//!   Several RX queues are several sockets in one `PACKET_FANOUT` (hash) group.
+//! - **TX** is a `TPACKET_V2` ring per TX handle (each handle is its own socket, so workers never
+//!   share a ring and no lock is taken): frames are copied into the ring and one
+//!   `sendto(MSG_DONTWAIT)` per burst tells the kernel to send them (`PACKET_QDISC_BYPASS` when
+//!   the kernel has it).
+//! - The RX socket ignores outgoing frames (`PACKET_IGNORE_OUTGOING`, and the packet type is
+//!   checked as well), so the switch never receives its own transmissions.
+//! - A socket error saying the interface is down or gone (`ENETDOWN`, `ENXIO`, `ENODEV`) marks
+//!   the port down: TX counts `port_down`, RX returns nothing, nothing panics.
+//!
+//! Every frame that is taken in and not delivered is counted: `oversize` (larger than a
+//! buffer's data room, or than the interface MTU on TX), `runt`, `truncated_capture`,
+//! `no_buffer` (pool empty, or the kernel's ring overflowed: read from `PACKET_STATISTICS`
+//! whenever a block says it lost frames), `tx_full` and `port_down`.
+
+use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use crate::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
+use crate::switch::DropReason;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+// ---- Kernel ABI (linux/if_packet.h), kept here so that the layout is visible and fixed. ----
+
+const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_TX_RING: libc::c_int = 13;
+const PACKET_LOSS: libc::c_int = 14;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_OUTGOING: u8 = 4;
+const TPACKET_V2: libc::c_int = 1;
+const TPACKET_V3: libc::c_int = 2;
+
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1 << 0;
+const TP_STATUS_LOSING: u32 = 1 << 2;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+const TP_STATUS_AVAILABLE: u32 = 0;
+const TP_STATUS_SEND_REQUEST: u32 = 1 << 0;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+#[repr(C)]
+struct TpacketReq3 {
+    tp_block_size: u32,
+    tp_block_nr: u32,
+    tp_frame_size: u32,
+    tp_frame_nr: u32,
+    tp_retire_blk_tov: u32,
+    tp_sizeof_priv: u32,
+    tp_feature_req_word: u32,
+}
+
+#[repr(C)]
+struct TpacketReq {
+    tp_block_size: u32,
+    tp_block_nr: u32,
+    tp_frame_size: u32,
+    tp_frame_nr: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TpacketStatsV3 {
+    tp_packets: u32,
+    tp_drops: u32,
+    tp_freeze_q_cnt: u32,
+}
+
+#[repr(C)]
+struct PacketMreq {
+    mr_ifindex: libc::c_int,
+    mr_type: libc::c_ushort,
+    mr_alen: libc::c_ushort,
+    mr_address: [u8; 8],
+}
+
+// struct tpacket_block_desc { u32 version; u32 offset_to_priv; struct tpacket_hdr_v1 { u32
+// block_status; u32 num_pkts; u32 offset_to_first_pkt; u32 blk_len; ... } }
+const BD_BLOCK_STATUS: usize = 8;
+const BD_NUM_PKTS: usize = 12;
+const BD_FIRST_PKT: usize = 16;
+const BD_SIZE: usize = 48;
+
+// struct tpacket3_hdr { u32 tp_next_offset; u32 tp_sec; u32 tp_nsec; u32 tp_snaplen;
+// u32 tp_len; u32 tp_status; u16 tp_mac; u16 tp_net; { u32 tp_rxhash; u32 tp_vlan_tci;
+// u16 tp_vlan_tpid; u16 pad } u8 pad[8] }, followed (aligned to 16) by a struct sockaddr_ll.
+const H3_NEXT: usize = 0;
+const H3_SNAPLEN: usize = 12;
+const H3_LEN: usize = 16;
+const H3_STATUS: usize = 20;
+const H3_MAC: usize = 24;
+const H3_VLAN_TCI: usize = 32;
+const H3_VLAN_TPID: usize = 36;
+const H3_SIZE: usize = 48;
+/// sockaddr_ll.sll_pkttype, after the (16-aligned) tpacket3_hdr.
+const H3_PKTTYPE: usize = H3_SIZE + 10;
+
+// struct tpacket2_hdr { u32 tp_status; u32 tp_len; u32 tp_snaplen; u16 tp_mac; u16 tp_net;
+// u32 tp_sec; u32 tp_nsec; u16 tp_vlan_tci; u16 tp_vlan_tpid; u8 pad[4] }: 32 bytes. On TX,
+// without PACKET_TX_HAS_OFF, the frame starts at TPACKET2_HDRLEN - sizeof(sockaddr_ll) = 32.
+const H2_STATUS: usize = 0;
+const H2_LEN: usize = 4;
+const H2_DATA: usize = 32;
+/// A TX ring frame holds the header and the largest frame a buffer can hold.
+const TX_FRAME_SIZE: usize = (H2_DATA + SLOT_SIZE + 15) & !15;
+
+// ---- Small system helpers, shared with the TAP backend. ----
+
+/// `struct ifreq`: the name and 24 bytes of union (flags, index, MTU are at its start).
+#[repr(C)]
+pub(super) struct IfReq {
+    pub(super) name: [libc::c_char; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    pub(super) fn new(name: &str) -> Option<IfReq> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() >= libc::IFNAMSIZ || b.contains(&0) || b.contains(&b'/') {
+            return None;
+        }
+        let mut r = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
+        for (d, s) in r.name.iter_mut().zip(b) {
+            *d = *s as libc::c_char;
+        }
+        Some(r)
+    }
+
+    pub(super) fn short(&self) -> i16 {
+        i16::from_ne_bytes([self.data[0], self.data[1]])
+    }
+
+    pub(super) fn set_short(&mut self, v: i16) {
+        self.data[..2].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    pub(super) fn set_int(&mut self, v: i32) {
+        self.data[..4].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    pub(super) fn int(&self) -> i32 {
+        i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+}
+
+/// The current `errno`.
+pub(super) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Whether an errno says the interface is gone or down for good or for now.
+pub(super) fn is_link_error(e: i32) -> bool {
+    matches!(e, libc::ENXIO | libc::ENODEV | libc::ENETDOWN | libc::EBADFD | libc::EIO)
+}
+
+/// An ioctl on an `ifreq`.
+pub(super) fn ifr_ioctl(fd: RawFd, req: libc::c_ulong, ifr: &mut IfReq) -> std::io::Result<()> {
+    // SAFETY: `ifr` is a valid, writable ifreq of the kernel's size (16 + 24 bytes) for the
+    // whole call; the interface ioctls used here read and write only within it.
+    let rc = unsafe { libc::ioctl(fd, req as _, ifr as *mut IfReq) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The name the interface with index `ifindex` has now, written into `ifr`; `false` when no
+/// interface has that index any more.
+pub(super) fn ifr_by_index(ifindex: i32, ifr: &mut IfReq) -> bool {
+    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+    // SAFETY: if_indextoname writes at most IFNAMSIZ bytes (NUL included) into `name`.
+    let p = unsafe { libc::if_indextoname(ifindex as libc::c_uint, name.as_mut_ptr()) };
+    if p.is_null() {
+        return false;
+    }
+    ifr.name = name;
+    ifr.data = [0; 24];
+    true
+}
+
+/// `(up and running, mtu)` of the interface with index `ifindex`; `None` when it is gone.
+pub(super) fn link_state(ctl: RawFd, ifindex: i32) -> Option<(bool, u32)> {
+    let mut ifr = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
+    if !ifr_by_index(ifindex, &mut ifr) {
+        return None;
+    }
+    ifr_ioctl(ctl, libc::SIOCGIFFLAGS, &mut ifr).ok()?;
+    let flags = ifr.short() as i32;
+    let up = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0;
+    ifr.data = [0; 24];
+    let mtu = match ifr_ioctl(ctl, libc::SIOCGIFMTU, &mut ifr) {
+        Ok(()) => ifr.int().max(0) as u32,
+        Err(_) => 0,
+    };
+    Some((up, mtu))
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> std::io::Result<()> {
+    // SAFETY: `val` points to a live, initialised T and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            val as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A new AF_PACKET socket that receives nothing until it is bound with a protocol.
+fn packet_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; no pointers.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind_packet(fd: RawFd, ifindex: i32, protocol: u16) -> std::io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol.to_be();
+    sll.sll_ifindex = ifindex;
+    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A shared read-write mapping of a socket's packet ring(s), unmapped on drop.
+struct RingMap {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl RingMap {
+    fn new(fd: RawFd, len: usize) -> std::io::Result<RingMap> {
+        // SAFETY: mapping a packet socket's ring: a fresh mapping of `len` bytes at an address
+        // the kernel picks; nothing else in the process is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_LOCKED | libc::MAP_POPULATE,
+                fd,
+                0,
+            )
+        };
+        let p = if p == libc::MAP_FAILED {
+            // MAP_LOCKED can fail under RLIMIT_MEMLOCK; the ring works without it.
+            // SAFETY: as above.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    0,
+                )
+            }
+        } else {
+            p
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(p as *mut u8).ok_or_else(|| std::io::Error::other("null mmap"))?;
+        Ok(RingMap { base, len })
+    }
+
+    /// The status word (or any aligned u32 the kernel updates concurrently) at `off`.
+    #[inline]
+    fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len);
+        // SAFETY: the offset is 4-aligned (the mapping is page-aligned) and inside the mapping,
+        // which lives as long as `self`; the kernel writes these words concurrently, so they
+        // are only ever accessed atomically through this view.
+        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// A plain u32 at `off` that the kernel does not change while user space owns it.
+    #[inline]
+    fn read_u32(&self, off: usize) -> u32 {
+        assert!(off + 4 <= self.len);
+        // SAFETY: in bounds (checked); unaligned read of plain data in a block or frame that
+        // user space owns (its status word said so, with acquire ordering).
+        unsafe { std::ptr::read_unaligned(self.base.as_ptr().add(off) as *const u32) }
+    }
+
+    #[inline]
+    fn read_u16(&self, off: usize) -> u16 {
+        assert!(off + 2 <= self.len);
+        // SAFETY: as in read_u32.
+        unsafe { std::ptr::read_unaligned(self.base.as_ptr().add(off) as *const u16) }
+    }
+
+    #[inline]
+    fn write_u32(&self, off: usize, v: u32) {
+        assert!(off + 4 <= self.len);
+        // SAFETY: in bounds; the frame is owned by user space (status AVAILABLE) until its
+        // status word is set with release ordering afterwards.
+        unsafe { std::ptr::write_unaligned(self.base.as_ptr().add(off) as *mut u32, v) }
+    }
+
+    #[inline]
+    fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(off <= self.len && len <= self.len - off);
+        // SAFETY: in bounds (checked); the bytes belong to a block user space owns.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off), len) }
+    }
+
+    #[inline]
+    fn copy_in(&self, off: usize, src: &[u8]) {
+        assert!(off <= self.len && src.len() <= self.len - off);
+        // SAFETY: in bounds (checked); the frame is owned by user space until its status is
+        // set to SEND_REQUEST; `src` is a packet buffer, never inside the ring.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(off), src.len()) }
+    }
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        // SAFETY: base/len are exactly the mapping made in new(); no reference into it
+        // outlives the RingMap (all accessors borrow self).
+        unsafe {
+            libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+// SAFETY: the mapping is owned by the RingMap alone; it is only reached through &self/&mut self
+// of the ring that owns it, and the words the kernel shares are accessed atomically.
+unsafe impl Send for RingMap {}
+
+// ---- Options and the port. ----
+
+/// Ring sizes and socket options of an AF_PACKET port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfPacketOptions {
+    /// Bytes per RX block; rounded up to a power of two of at least a page. Default 256 KiB.
+    pub rx_block_size: u32,
+    /// RX blocks per queue. Default 16 (4 MiB of ring per RX queue).
+    pub rx_block_count: u32,
+    /// Milliseconds after which the kernel hands over a block that is not full (the latency
+    /// floor at low rates). Default 1.
+    pub rx_block_timeout_ms: u32,
+    /// RX queues: one socket each, in a `PACKET_FANOUT` hash group when more than one.
+    /// Default 1.
+    pub rx_queues: u16,
+    /// Frames in each TX handle's ring. Default 512.
+    pub tx_frame_count: u32,
+    /// Put the interface in promiscuous mode while the port is open. Default true.
+    pub promiscuous: bool,
+    /// Skip the kernel's qdisc on TX (`PACKET_QDISC_BYPASS`) where the kernel has it.
+    /// Default true.
+    pub qdisc_bypass: bool,
+}
+
+impl Default for AfPacketOptions {
+    fn default() -> Self {
+        AfPacketOptions {
+            rx_block_size: 256 << 10,
+            rx_block_count: 16,
+            rx_block_timeout_ms: 1,
+            rx_queues: 1,
+            tx_frame_count: 512,
+            promiscuous: true,
+            qdisc_bypass: true,
+        }
+    }
+}
+
+struct Shared {
+    name: String,
+    iface: String,
+    ifindex: i32,
+    opts: AfPacketOptions,
+    /// One slot per RX queue; empty while a worker holds it.
+    rx: Vec<Mutex<Option<RxRing>>>,
+    /// The TX ring made by open(), handed to the first open_tx.
+    tx_spare: Mutex<Option<TxRing>>,
+    /// For interface ioctls (link state, MTU).
+    ctl: OwnedFd,
+    /// The interface is gone (deleted): permanent.
+    gone: AtomicBool,
+    /// MTU last read; refreshed by link_up().
+    mtu: AtomicU32,
+    /// Frames the kernel dropped on RX (ring full), summed over queues; also counted as
+    /// `no_buffer` in the drops of the burst that noticed them.
+    kernel_drops: AtomicU64,
+}
+
+impl Shared {
+    fn mark_gone(&self) {
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!(port = %self.name, iface = %self.iface, "interface is gone; port down");
+        }
+    }
+}
+
+/// An AF_PACKET port bound to one kernel interface. Cheap to clone.
+#[derive(Clone)]
+pub struct AfPacketPort {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AfPacketPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfPacketPort")
+            .field("name", &self.shared.name)
+            .field("iface", &self.shared.iface)
+            .field("ifindex", &self.shared.ifindex)
+            .finish()
+    }
+}
+
+fn backend(port: &str, msg: impl Into<String>) -> PortError {
+    PortError::Backend { port: port.to_string(), msg: msg.into() }
+}
+
+fn io(port: &str, what: &str, e: std::io::Error) -> PortError {
+    PortError::Io { port: port.to_string(), source: std::io::Error::new(e.kind(), format!("{what}: {e}")) }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+impl AfPacketPort {
+    /// Opens port `name` on interface `iface` with default options.
+    pub fn open_default(name: &str, iface: &str) -> Result<AfPacketPort, PortError> {
+        Self::open(name, iface, AfPacketOptions::default())
+    }
+
+    /// Opens port `name` on interface `iface`: creates the RX ring(s) and one TX ring now, so
+    /// that a missing interface or missing privileges (CAP_NET_RAW) fail here.
+    pub fn open(name: &str, iface: &str, opts: AfPacketOptions) -> Result<AfPacketPort, PortError> {
+        if opts.rx_queues == 0 {
+            return Err(backend(name, "rx_queues must be at least 1"));
+        }
+        if opts.rx_block_count == 0 || opts.tx_frame_count == 0 {
+            return Err(backend(name, "ring sizes must be at least 1"));
+        }
+        let mut ifr =
+            IfReq::new(iface).ok_or_else(|| backend(name, format!("bad interface name {iface:?}")))?;
+        let ctl = packet_socket().map_err(|e| io(name, "AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+        ifr_ioctl(ctl.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr)
+            .map_err(|e| io(name, &format!("interface {iface}"), e))?;
+        let ifindex = ifr.int();
+        let (_, mtu) = link_state(ctl.as_raw_fd(), ifindex)
+            .ok_or_else(|| backend(name, format!("interface {iface} disappeared")))?;
+
+        let fanout_id = if opts.rx_queues > 1 {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            Some(((std::process::id() as u32) ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 8)) & 0xffff)
+        } else {
+            None
+        };
+        let mut rx = Vec::with_capacity(opts.rx_queues as usize);
+        for _ in 0..opts.rx_queues {
+            let ring = RxRing::open(name, ifindex, &opts, fanout_id)?;
+            rx.push(Mutex::new(Some(ring)));
+        }
+        let tx = TxRing::open(name, ifindex, &opts)?;
+        tracing::debug!(port = name, iface, ifindex, mtu, "AF_PACKET port open");
+        Ok(AfPacketPort {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                iface: iface.to_string(),
+                ifindex,
+                opts,
+                rx,
+                tx_spare: Mutex::new(Some(tx)),
+                ctl,
+                gone: AtomicBool::new(false),
+                mtu: AtomicU32::new(mtu),
+                kernel_drops: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The interface name given at open.
+    pub fn iface(&self) -> &str {
+        &self.shared.iface
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> i32 {
+        self.shared.ifindex
+    }
+
+    /// Frames the kernel dropped because an RX ring was full (also counted as `no_buffer`).
+    pub fn kernel_drops(&self) -> u64 {
+        self.shared.kernel_drops.load(Ordering::Relaxed)
+    }
+}
+
+impl PortBackend for AfPacketPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn rx_queue_count(&self) -> u16 {
+        self.shared.opts.rx_queues
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        let count = self.shared.opts.rx_queues;
+        let slot = self.shared.rx.get(q as usize).ok_or_else(|| PortError::NoSuchQueue {
+            port: self.shared.name.clone(),
+            queue: q,
+            count,
+        })?;
+        let ring = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| PortError::QueueTaken { port: self.shared.name.clone(), queue: q })?;
+        Ok(Box::new(AfPacketRx { shared: self.shared.clone(), q, ring: Some(ring) }))
+    }
+
+    fn open_tx(&self, _q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        let spare = self.shared.tx_spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let ring = match spare {
+            Some(r) => r,
+            None => TxRing::open(&self.shared.name, self.shared.ifindex, &self.shared.opts)?,
+        };
+        Ok(Box::new(AfPacketTx { shared: self.shared.clone(), ring, pending: false }))
+    }
+
+    fn link_up(&self) -> bool {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        match link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex) {
+            Some((up, mtu)) => {
+                if mtu != 0 {
+                    self.shared.mtu.store(mtu, Ordering::Relaxed);
+                }
+                up
+            }
+            None => {
+                self.shared.mark_gone();
+                false
+            }
+        }
+    }
+}
+
+// ---- RX: TPACKET_V3. ----
+
+struct RxRing {
+    fd: OwnedFd,
+    map: RingMap,
+    block_size: usize,
+    block_nr: usize,
+    /// The block to look at next.
+    cur: usize,
+    /// Within the current block (when `in_block`): packets left and the next one's offset.
+    in_block: bool,
+    left: u32,
+    next_off: usize,
+}
+
+impl RxRing {
+    fn open(
+        port: &str,
+        ifindex: i32,
+        opts: &AfPacketOptions,
+        fanout: Option<u32>,
+    ) -> Result<RxRing, PortError> {
+        let fd = packet_socket().map_err(|e| io(port, "AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+        let raw = fd.as_raw_fd();
+        setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
+            .map_err(|e| io(port, "PACKET_VERSION TPACKET_V3", e))?;
+        let page = page_size();
+        // The kernel allocates each block as a power-of-two number of pages.
+        let block_size = (opts.rx_block_size as usize).max(page).next_power_of_two();
+        let frame_size = 2048usize; // only a hint for V3; blocks hold frames of any size
+        let block_nr = opts.rx_block_count as usize;
+        let req = TpacketReq3 {
+            tp_block_size: block_size as u32,
+            tp_block_nr: block_nr as u32,
+            tp_frame_size: frame_size as u32,
+            tp_frame_nr: (block_size / frame_size * block_nr) as u32,
+            tp_retire_blk_tov: opts.rx_block_timeout_ms.max(1),
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(raw, libc::SOL_PACKET, PACKET_RX_RING, &req).map_err(|e| io(port, "PACKET_RX_RING", e))?;
+        let map = RingMap::new(raw, block_size * block_nr).map_err(|e| io(port, "mmap RX ring", e))?;
+        // Ignore frames this host sends (ours included); older kernels lack the option, and the
+        // packet type is checked per frame anyway.
+        let one: libc::c_int = 1;
+        let _ = setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one);
+        bind_packet(raw, ifindex, libc::ETH_P_ALL as u16).map_err(|e| io(port, "bind", e))?;
+        if opts.promiscuous {
+            let mreq = PacketMreq {
+                mr_ifindex: ifindex,
+                mr_type: PACKET_MR_PROMISC,
+                mr_alen: 0,
+                mr_address: [0; 8],
+            };
+            setsockopt(raw, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq)
+                .map_err(|e| io(port, "PACKET_ADD_MEMBERSHIP promiscuous", e))?;
+        }
+        if let Some(id) = fanout {
+            let arg: u32 = id | (PACKET_FANOUT_HASH << 16);
+            setsockopt(raw, libc::SOL_PACKET, PACKET_FANOUT, &arg)
+                .map_err(|e| io(port, "PACKET_FANOUT", e))?;
+        }
+        Ok(RxRing { fd, map, block_size, block_nr, cur: 0, in_block: false, left: 0, next_off: 0 })
+    }
+
+    #[inline]
+    fn block_off(&self) -> usize {
+        self.cur * self.block_size
+    }
+
+    /// Hands the current block back to the kernel and moves to the next.
+    #[inline]
+    fn release_block(&mut self) {
+        let off = self.block_off();
+        self.map.atomic_u32(off + BD_BLOCK_STATUS).store(TP_STATUS_KERNEL, Ordering::Release);
+        self.in_block = false;
+        self.cur = (self.cur + 1) % self.block_nr;
+    }
+
+    /// Reads (and so resets) the kernel's drop counter.
+    #[cold]
+    fn read_kernel_drops(&self) -> u32 {
+        let mut st = TpacketStatsV3::default();
+        let mut len = std::mem::size_of::<TpacketStatsV3>() as libc::socklen_t;
+        // SAFETY: `st` is a writable tpacket_stats_v3 and `len` holds its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                &mut st as *mut TpacketStatsV3 as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            0
+        } else {
+            st.tp_drops
+        }
+    }
+}
+
+struct AfPacketRx {
+    shared: Arc<Shared>,
+    q: u16,
+    ring: Option<RxRing>,
+}
+
+impl Drop for AfPacketRx {
+    fn drop(&mut self) {
+        if let Some(r) = self.ring.take() {
+            if let Some(slot) = self.shared.rx.get(self.q as usize) {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            }
+        }
+    }
+}
+
+/// Copies one received frame (given by its header at `hdr` in the ring) into a buffer,
+/// putting back a VLAN tag the kernel took out. `Err` names the drop reason.
+#[inline]
+fn rx_frame(
+    map: &RingMap,
+    hdr: usize,
+    hdr_room: usize,
+    cache: &mut PoolCache,
+) -> Result<PacketBuf, DropReason> {
+    let snaplen = map.read_u32(hdr + H3_SNAPLEN) as usize;
+    let wire_len = map.read_u32(hdr + H3_LEN) as usize;
+    let status = map.read_u32(hdr + H3_STATUS);
+    let mac = map.read_u16(hdr + H3_MAC) as usize;
+    let vlan = status & TP_STATUS_VLAN_VALID != 0;
+    let extra = if vlan { VLAN_HLEN } else { 0 };
+    if wire_len + extra > DATA_ROOM {
+        return Err(DropReason::Oversize);
+    }
+    if snaplen < wire_len || mac > hdr_room || snaplen > hdr_room - mac {
+        return Err(DropReason::TruncatedCapture);
+    }
+    if snaplen < 12 && vlan {
+        return Err(DropReason::Runt);
+    }
+    let data = map.bytes(hdr + mac, snaplen);
+    let mut buf = cache.alloc().ok_or(DropReason::NoBuffer)?;
+    let tail = buf.tail_mut();
+    if vlan {
+        let tci = map.read_u32(hdr + H3_VLAN_TCI) as u16;
+        let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
+            match map.read_u16(hdr + H3_VLAN_TPID) {
+                0 => ETH_P_8021Q,
+                t => t,
+            }
+        } else {
+            ETH_P_8021Q
+        };
+        tail[..12].copy_from_slice(&data[..12]);
+        tail[12..14].copy_from_slice(&tpid.to_be_bytes());
+        tail[14..16].copy_from_slice(&tci.to_be_bytes());
+        tail[16..16 + snaplen - 12].copy_from_slice(&data[12..]);
+    } else {
+        tail[..snaplen].copy_from_slice(data);
+    }
+    // Cannot fail: snaplen + extra <= DATA_ROOM, the room after the default headroom.
+    let _ = buf.set_len(snaplen + extra);
+    Ok(buf)
+}
+
+impl RxQueue for AfPacketRx {
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
+        let Some(ring) = self.ring.as_mut() else {
+            return 0;
+        };
+        let room = max.min(out.remaining_capacity());
+        let mut n = 0;
+        while n < room {
+            if !ring.in_block {
+                let off = ring.block_off();
+                let st = ring.map.atomic_u32(off + BD_BLOCK_STATUS).load(Ordering::Acquire);
+                if st & TP_STATUS_USER == 0 {
+                    break;
+                }
+                if st & TP_STATUS_LOSING != 0 {
+                    let lost = ring.read_kernel_drops();
+                    if lost != 0 {
+                        drops.add(DropReason::NoBuffer, lost);
+                        self.shared.kernel_drops.fetch_add(u64::from(lost), Ordering::Relaxed);
+                    }
+                }
+                ring.left = ring.map.read_u32(off + BD_NUM_PKTS);
+                ring.next_off = ring.map.read_u32(off + BD_FIRST_PKT) as usize;
+                ring.in_block = true;
+            }
+            let boff = ring.block_off();
+            while ring.left > 0 && n < room {
+                let rel = ring.next_off;
+                // A header outside the block would be a kernel bug; give the block back.
+                if rel < BD_SIZE || rel + H3_PKTTYPE + 1 > ring.block_size {
+                    ring.left = 0;
+                    break;
+                }
+                let hdr = boff + rel;
+                ring.left -= 1;
+                ring.next_off = rel + ring.map.read_u32(hdr + H3_NEXT) as usize;
+                let pkttype = ring.map.bytes(hdr + H3_PKTTYPE, 1)[0];
+                if pkttype == PACKET_OUTGOING {
+                    continue;
+                }
+                match rx_frame(&ring.map, hdr, ring.block_size - rel, cache) {
+                    Ok(b) => {
+                        out.push(b);
+                        n += 1;
+                    }
+                    Err(r) => drops.add(r, 1),
+                }
+            }
+            if ring.left == 0 {
+                ring.release_block();
+            }
+        }
+        n
+    }
+}
+
+// ---- TX: TPACKET_V2, one ring (and socket) per handle. ----
+
+struct TxRing {
+    fd: OwnedFd,
+    map: RingMap,
+    frame_nr: usize,
+    frames_per_block: usize,
+    block_size: usize,
+    /// The next frame to fill.
+    head: usize,
+}
+
+impl TxRing {
+    fn open(port: &str, ifindex: i32, opts: &AfPacketOptions) -> Result<TxRing, PortError> {
+        let fd = packet_socket().map_err(|e| io(port, "AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+        let raw = fd.as_raw_fd();
+        setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V2)
+            .map_err(|e| io(port, "PACKET_VERSION TPACKET_V2", e))?;
+        let page = page_size();
+        let block_size = (TX_FRAME_SIZE * 16).max(page).next_power_of_two();
+        let frames_per_block = block_size / TX_FRAME_SIZE;
+        let block_nr = (opts.tx_frame_count as usize).div_ceil(frames_per_block);
+        let frame_nr = block_nr * frames_per_block;
+        let req = TpacketReq {
+            tp_block_size: block_size as u32,
+            tp_block_nr: block_nr as u32,
+            tp_frame_size: TX_FRAME_SIZE as u32,
+            tp_frame_nr: frame_nr as u32,
+        };
+        // A frame the kernel refuses (malformed, over the MTU) is skipped instead of stalling
+        // the ring; tx_burst checks length and MTU first and counts those frames itself.
+        let one: libc::c_int = 1;
+        setsockopt(raw, libc::SOL_PACKET, PACKET_LOSS, &one).map_err(|e| io(port, "PACKET_LOSS", e))?;
+        setsockopt(raw, libc::SOL_PACKET, PACKET_TX_RING, &req).map_err(|e| io(port, "PACKET_TX_RING", e))?;
+        let map = RingMap::new(raw, block_size * block_nr).map_err(|e| io(port, "mmap TX ring", e))?;
+        if opts.qdisc_bypass {
+            let one: libc::c_int = 1;
+            if let Err(e) = setsockopt(raw, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &one) {
+                tracing::debug!(port, error = %e, "PACKET_QDISC_BYPASS not available");
+            }
+        }
+        // Protocol 0: this socket sends only and never receives.
+        bind_packet(raw, ifindex, 0).map_err(|e| io(port, "bind", e))?;
+        Ok(TxRing { fd, map, frame_nr, frames_per_block, block_size, head: 0 })
+    }
+
+    #[inline]
+    fn frame_off(&self, i: usize) -> usize {
+        (i / self.frames_per_block) * self.block_size + (i % self.frames_per_block) * TX_FRAME_SIZE
+    }
+
+    #[inline]
+    fn status(&self, i: usize) -> &AtomicU32 {
+        self.map.atomic_u32(self.frame_off(i) + H2_STATUS)
+    }
+
+    /// Asks the kernel to send every frame marked SEND_REQUEST; `Err(errno)` on failure.
+    #[inline]
+    fn kick(&self) -> Result<(), i32> {
+        // SAFETY: sendto with a null buffer of length 0 and no address: the kernel sends the
+        // frames of the mapped TX ring; no user memory is passed.
+        let rc = unsafe {
+            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+        };
+        if rc < 0 {
+            Err(errno())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes back every frame still waiting for the kernel (the run of SEND_REQUEST frames
+    /// that ends just before `head`) and rewinds `head` to the first of them, where the
+    /// kernel will look next. Returns how many.
+    #[cold]
+    fn reclaim_pending(&mut self) -> usize {
+        let mut n = 0;
+        let mut i = self.head;
+        while n < self.frame_nr {
+            let prev = (i + self.frame_nr - 1) % self.frame_nr;
+            let st = self.status(prev);
+            if st.load(Ordering::Acquire) != TP_STATUS_SEND_REQUEST {
+                break;
+            }
+            st.store(TP_STATUS_AVAILABLE, Ordering::Relaxed);
+            i = prev;
+            n += 1;
+        }
+        self.head = i;
+        n
+    }
+}
+
+struct AfPacketTx {
+    shared: Arc<Shared>,
+    ring: TxRing,
+    /// Frames may still wait in the ring (the last kick did not take them all).
+    pending: bool,
+}
+
+fn drop_all(pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally, r: DropReason) {
+    drops.add(r, pkts.len() as u32);
+    for b in pkts.drain(..) {
+        cache.free(b);
+    }
+}
+
+impl AfPacketTx {
+    /// Kicks the ring and handles the outcome; returns how many of the `queued` frames of
+    /// this burst were taken back and counted as dropped.
+    fn kick_and_settle(&mut self, queued: usize, drops: &mut DropTally) -> usize {
+        match self.ring.kick() {
+            Ok(()) => {
+                self.pending = false;
+                0
+            }
+            Err(libc::EAGAIN) | Err(libc::EINTR) => {
+                self.pending = true;
+                0
+            }
+            Err(libc::ENOBUFS) => {
+                // The driver refused a frame: congestion, or a link without carrier.
+                let running = link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex);
+                match running {
+                    Some((true, _)) => {
+                        self.pending = true;
+                        0
+                    }
+                    Some((false, _)) => self.take_back(queued, drops),
+                    None => {
+                        self.shared.mark_gone();
+                        self.take_back(queued, drops)
+                    }
+                }
+            }
+            Err(e) => {
+                if matches!(e, libc::ENXIO | libc::ENODEV) {
+                    self.shared.mark_gone();
+                } else if !is_link_error(e) {
+                    tracing::debug!(port = %self.shared.name, errno = e, "AF_PACKET TX error");
+                }
+                self.take_back(queued, drops)
+            }
+        }
+    }
+
+    #[cold]
+    fn take_back(&mut self, queued: usize, drops: &mut DropTally) -> usize {
+        self.pending = false;
+        let n = self.ring.reclaim_pending();
+        drops.add(DropReason::PortDown, n as u32);
+        n.min(queued)
+    }
+}
+
+impl TxQueue for AfPacketTx {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            if self.pending {
+                self.take_back(0, drops);
+            }
+            drop_all(pkts, cache, drops, DropReason::PortDown);
+            return 0;
+        }
+        let mtu = self.shared.mtu.load(Ordering::Relaxed) as usize;
+        let max_len = if mtu == 0 { TX_FRAME_SIZE - H2_DATA } else { mtu + ETH_HLEN };
+        let mut queued = 0usize;
+        let mut full = false;
+        for b in pkts.drain(..) {
+            let len = b.len();
+            let d = b.data();
+            if len < ETH_HLEN {
+                drops.add(DropReason::Runt, 1);
+                cache.free(b);
+                continue;
+            }
+            let tagged = matches!(u16::from_be_bytes([d[12], d[13]]), ETH_P_8021Q | ETH_P_8021AD);
+            let limit = if tagged { max_len + VLAN_HLEN } else { max_len };
+            if len > limit || len > TX_FRAME_SIZE - H2_DATA {
+                drops.add(DropReason::Oversize, 1);
+                cache.free(b);
+                continue;
+            }
+            if full {
+                drops.add(DropReason::TxFull, 1);
+                cache.free(b);
+                continue;
+            }
+            let i = self.ring.head;
+            if self.ring.status(i).load(Ordering::Acquire) != TP_STATUS_AVAILABLE {
+                // Still owned by the kernel: the ring is full.
+                full = true;
+                drops.add(DropReason::TxFull, 1);
+                cache.free(b);
+                continue;
+            }
+            let off = self.ring.frame_off(i);
+            self.ring.map.copy_in(off + H2_DATA, d);
+            self.ring.map.write_u32(off + H2_LEN, len as u32);
+            self.ring.status(i).store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+            self.ring.head = (i + 1) % self.ring.frame_nr;
+            queued += 1;
+            cache.free(b);
+        }
+        if queued == 0 && !self.pending {
+            return 0;
+        }
+        let lost = self.kick_and_settle(queued, drops);
+        queued - lost
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        if self.pending && !self.shared.gone.load(Ordering::Relaxed) {
+            let mut d = DropTally::default();
+            self.kick_and_settle(0, &mut d);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Opens a port backend from its configuration (`type` and the type's options), the one place
+//! that maps the configuration file's port types to backends.
+
+use super::afpacket::AfPacketPort;
+use super::pcap::{PcapPort, TxClock};
+use super::ring::{RingPeer, RingPort};
+use super::tap::TapPort;
+use super::{PortBackend, PortError};
+use crate::config::{PortConfig, PortType};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What opening a port needs beyond its own configuration.
+#[derive(Debug, Clone, Default)]
+pub struct PortContext {
+    /// Workers that will poll the port (TX and, where the device has them, RX queues).
+    pub workers: u16,
+    /// EAL options for the first DPDK port (EAL starts once per process).
+    #[cfg(feature = "dpdk")]
+    pub eal: switchyard_bindings::EalOptions,
+}
+
+/// Depth of an in-memory ring port's queues.
+pub const RING_DEPTH: usize = 4096;
+
+fn ring_registry() -> &'static Mutex<HashMap<String, RingPeer>> {
+    static R: OnceLock<Mutex<HashMap<String, RingPeer>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The far end of the ring port created under `ring` (the ring's name, by default the port's),
+/// for a test or an in-process peer to inject and collect frames.
+pub fn ring_peer(ring: &str) -> Option<RingPeer> {
+    ring_registry().lock().unwrap_or_else(|e| e.into_inner()).get(ring).cloned()
+}
+
+/// Opens the backend a port's configuration describes. A port without `type` is a ring.
+pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    let name = cfg.name.as_str();
+    match cfg.kind.unwrap_or(PortType::Ring) {
+        PortType::Ring => {
+            let ring = cfg.ring.as_deref().unwrap_or(name);
+            let (port, peer) = RingPort::new(name, RING_DEPTH);
+            ring_registry().lock().unwrap_or_else(|e| e.into_inner()).insert(ring.to_string(), peer);
+            Ok(Arc::new(port))
+        }
+        PortType::Pcap => {
+            let p = PcapPort::open(
+                name,
+                cfg.rx_pcap.as_deref().map(Path::new),
+                cfg.tx_pcap.as_deref().map(Path::new),
+                cfg.infinite.unwrap_or(false),
+                TxClock::Wall,
+            )?;
+            Ok(Arc::new(p))
+        }
+        PortType::Afpacket => Ok(Arc::new(AfPacketPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
+        PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
+        PortType::Vhostuser => Err(PortError::Unsupported {
+            port: name.into(),
+            kind: "vhostuser".into(),
+            hint: "the vhost-user backend is not built yet".into(),
+        }),
+        PortType::Dpdk => open_dpdk(cfg, ctx),
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    use super::dpdk::{DpdkPort, DpdkPortConfig};
+    let name = cfg.name.as_str();
+    let devargs = cfg.devargs.as_deref().ok_or_else(|| PortError::Backend {
+        port: name.into(),
+        msg: "a dpdk port needs devargs".into(),
+    })?;
+    let eal = switchyard_bindings::Eal::init(ctx.eal.clone())
+        .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
+    let workers = ctx.workers.max(1);
+    let pc = DpdkPortConfig {
+        rx_queues: cfg.queues.unwrap_or(workers),
+        tx_queues: workers,
+        ..Default::default()
+    };
+    Ok(Arc::new(DpdkPort::open(eal, name, devargs, &pc)?))
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(cfg: &PortConfig, _ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    Err(PortError::Unsupported {
+        port: cfg.name.clone(),
+        kind: "dpdk".into(),
+        hint: "build with `--features dpdk` (needs Debian's libdpdk-dev)".into(),
+    })
+}

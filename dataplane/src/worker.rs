@@ -1,0 +1,750 @@
+//! Poll-mode workers: threads, optionally pinned to cores, that each own a set of RX queues and
+//! one TX queue on every port, and run bursts through a forwarding mode (the L2 switch, or one
+//! of testpmd's modes for benchmarking).
+//!
+//! Invariants:
+//! - The control side never blocks a worker: it publishes a new [`Plan`] (an `ArcSwap` store
+//!   plus a generation bump) and workers pick it up between bursts, opening queue handles for
+//!   ports that appeared and dropping the handles of ports that went away. Ports that did not
+//!   change keep their handles, so they lose nothing across a reconfiguration.
+//! - A worker that has applied a generation says so ([`Engine::wait_applied`]); once every
+//!   worker has, no worker holds a handle of a port that the plan no longer has.
+//! - Counters are added once per burst; busy and idle time is counted in TSC cycles.
+//! - Idle workers back off (spin, then yield, then sleeps doubling up to a bound) unless busy
+//!   polling is asked for; a stop request is seen within one sleep bound.
+//! - On stop, every worker frees what it holds (TX batches, cache), so the pool's `in_use`
+//!   counts only buffers held by ports.
+
+use crate::buffer::{Pool, PoolCache};
+use crate::pipeline::{process_burst, TxBatches};
+use crate::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue, DEFAULT_BURST, MAX_BURST};
+use crate::switch::{PortId, SwitchConfig};
+use crate::tsc;
+use crate::wire::MacAddr;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What a worker does with the frames it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdMode {
+    /// The full L2 pipeline.
+    Switch,
+    /// Forward unchanged to the peer port (testpmd `io`).
+    Io,
+    /// Set source to the egress port's MAC and destination to the peer's (testpmd `mac`).
+    Mac,
+    /// Swap source and destination MACs (testpmd `macswap`).
+    MacSwap,
+    /// Count and free.
+    RxOnly,
+    /// Generate frames from a template (testpmd `txonly`).
+    TxOnly,
+    /// Generate frames cycling over MACs and flows (testpmd `flowgen`).
+    FlowGen,
+}
+
+impl FwdMode {
+    pub const ALL: &'static [(&'static str, FwdMode)] = &[
+        ("switch", FwdMode::Switch),
+        ("io", FwdMode::Io),
+        ("mac", FwdMode::Mac),
+        ("macswap", FwdMode::MacSwap),
+        ("rxonly", FwdMode::RxOnly),
+        ("txonly", FwdMode::TxOnly),
+        ("flowgen", FwdMode::FlowGen),
+    ];
+
+    pub fn parse(s: &str) -> Option<FwdMode> {
+        FwdMode::ALL.iter().find(|(n, _)| *n == s).map(|(_, m)| *m)
+    }
+
+    pub fn name(self) -> &'static str {
+        FwdMode::ALL.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+    }
+
+    fn generates(self) -> bool {
+        matches!(self, FwdMode::TxOnly | FwdMode::FlowGen)
+    }
+}
+
+/// The frames `txonly` and `flowgen` send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxGen {
+    /// Frame length without FCS (at least 60).
+    pub frame_len: usize,
+    /// Source/destination MAC pairs to cycle over (flowgen).
+    pub macs: u32,
+    /// UDP flows (source ports) to cycle over (flowgen).
+    pub flows: u32,
+    /// An 802.1Q tag to put on generated frames.
+    pub vlan: Option<u16>,
+}
+
+impl Default for TxGen {
+    fn default() -> Self {
+        TxGen { frame_len: 64, macs: 1, flows: 1, vlan: None }
+    }
+}
+
+/// The MAC address the `mac` mode and generators give port `p` (as testpmd's defaults).
+pub fn port_mac(p: PortId) -> MacAddr {
+    let b = p.to_be_bytes();
+    MacAddr([0x02, 0, 0, 0, b[0], b[1]])
+}
+
+/// Everything the workers need, published as one immutable unit.
+pub struct Plan {
+    pub switch: Arc<SwitchConfig>,
+    /// Port backends by [`PortId`].
+    pub ports: Vec<Option<Arc<dyn PortBackend>>>,
+    /// Per worker: the (port, RX queue) pairs it polls.
+    pub rx: Vec<Vec<(PortId, u16)>>,
+    pub mode: FwdMode,
+    /// For io, mac and macswap: where frames from port i go.
+    pub peers: Vec<PortId>,
+    pub gen: TxGen,
+}
+
+impl Plan {
+    /// testpmd's default pairing: 0<->1, 2<->3, ...; an odd last port answers itself.
+    pub fn paired_peers(n: usize) -> Vec<PortId> {
+        (0..n).map(|i| if i ^ 1 < n { (i ^ 1) as PortId } else { i as PortId }).collect()
+    }
+
+    /// Every RX queue of every port, dealt round-robin to `workers` workers.
+    pub fn round_robin(ports: &[Option<Arc<dyn PortBackend>>], workers: usize) -> Vec<Vec<(PortId, u16)>> {
+        let w = workers.max(1);
+        let mut rx = vec![Vec::new(); w];
+        let mut k = 0;
+        for (id, p) in ports.iter().enumerate() {
+            if let Some(p) = p {
+                for q in 0..p.rx_queue_count() {
+                    rx[k % w].push((id as PortId, q));
+                    k += 1;
+                }
+            }
+        }
+        rx
+    }
+}
+
+/// How the workers run.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// One entry per worker: the core to pin it to, or `None` to leave it unpinned.
+    pub cores: Vec<Option<usize>>,
+    pub burst: usize,
+    /// Poll without backing off (for benchmarks).
+    pub busy_poll: bool,
+    /// The longest an idle worker sleeps between polls.
+    pub max_sleep: Duration,
+    /// Buffers in the shared pool.
+    pub pool_buffers: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cores: vec![None],
+            burst: DEFAULT_BURST,
+            busy_poll: false,
+            max_sleep: Duration::from_micros(100),
+            pool_buffers: 16384,
+        }
+    }
+}
+
+/// Counters of one worker (as `ovs-appctl dpif-netdev/pmd-stats-show`).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub busy_cycles: AtomicU64,
+    pub idle_cycles: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Polls that received something.
+    pub busy_polls: AtomicU64,
+    pub idle_polls: AtomicU64,
+    applied: AtomicU64,
+}
+
+/// A plain copy of [`WorkerStats`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct WorkerStatsSnapshot {
+    pub worker: usize,
+    pub core: Option<usize>,
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+}
+
+impl WorkerStatsSnapshot {
+    /// Busy cycles per received packet.
+    pub fn cycles_per_packet(&self) -> f64 {
+        if self.rx_packets == 0 {
+            0.0
+        } else {
+            self.busy_cycles as f64 / self.rx_packets as f64
+        }
+    }
+    /// Share of cycles spent busy.
+    pub fn busy_ratio(&self) -> f64 {
+        let t = self.busy_cycles + self.idle_cycles;
+        if t == 0 {
+            0.0
+        } else {
+            self.busy_cycles as f64 / t as f64
+        }
+    }
+}
+
+struct Shared {
+    plan: ArcSwap<Plan>,
+    generation: AtomicU64,
+    stop: AtomicBool,
+    workers: Vec<WorkerStats>,
+    pool: Pool,
+    opts: EngineOptions,
+    tsc_start: u64,
+    tsc_hz: u64,
+}
+
+impl Shared {
+    /// Seconds since the engine started, the clock of learning and aging.
+    #[inline]
+    fn now(&self) -> u32 {
+        (tsc::rdtsc().wrapping_sub(self.tsc_start) / self.tsc_hz.max(1)) as u32
+    }
+}
+
+/// Failures of starting the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("core {core} does not exist or is not available to this process (available: {available:?})")]
+    NoSuchCore { core: usize, available: Vec<usize> },
+    #[error("burst size must be between 1 and {max}, not {asked}")]
+    BadBurst { asked: usize, max: usize },
+    #[error("need at least one worker")]
+    NoWorkers,
+    #[error("buffer pool: {0}")]
+    Pool(#[from] crate::buffer::BufferError),
+    #[error("cannot start worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Cores this process may run on.
+pub fn available_cores() -> Vec<usize> {
+    core_affinity::get_core_ids().map(|v| v.into_iter().map(|c| c.id).collect()).unwrap_or_default()
+}
+
+/// The running workers.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Checks the options, then starts one thread per worker and a housekeeping thread that
+    /// ages MAC tables once a second.
+    pub fn start(opts: EngineOptions, plan: Plan) -> Result<Engine, EngineError> {
+        if opts.cores.is_empty() {
+            return Err(EngineError::NoWorkers);
+        }
+        if opts.burst == 0 || opts.burst > MAX_BURST {
+            return Err(EngineError::BadBurst { asked: opts.burst, max: MAX_BURST });
+        }
+        let avail = available_cores();
+        for c in opts.cores.iter().flatten() {
+            if !avail.contains(c) {
+                return Err(EngineError::NoSuchCore { core: *c, available: avail });
+            }
+        }
+        let pool = Pool::new("workers", opts.pool_buffers)?;
+        let n = opts.cores.len();
+        let shared = Arc::new(Shared {
+            plan: ArcSwap::from_pointee(plan),
+            generation: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            workers: (0..n).map(|_| WorkerStats::default()).collect(),
+            pool,
+            tsc_start: tsc::rdtsc(),
+            tsc_hz: tsc::hz(),
+            opts,
+        });
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let sh = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("sy-worker-{i}"))
+                .spawn(move || worker_main(i, sh))
+                .map_err(EngineError::Spawn)?;
+            threads.push(t);
+        }
+        let sh = shared.clone();
+        let t = std::thread::Builder::new()
+            .name("sy-housekeeping".into())
+            .spawn(move || housekeeping(sh))
+            .map_err(EngineError::Spawn)?;
+        threads.push(t);
+        Ok(Engine { shared, threads })
+    }
+
+    /// Publishes a new plan; workers pick it up between bursts. Returns its generation.
+    pub fn publish(&self, plan: Plan) -> u64 {
+        self.shared.plan.store(Arc::new(plan));
+        self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The plan workers are running (or about to).
+    pub fn plan(&self) -> Arc<Plan> {
+        self.shared.plan.load_full()
+    }
+
+    /// Waits until every worker has applied generation `gen`. False on timeout.
+    pub fn wait_applied(&self, gen: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shared.workers.iter().all(|w| w.applied.load(Ordering::Acquire) >= gen) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.shared
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WorkerStatsSnapshot {
+                worker: i,
+                core: self.shared.opts.cores[i],
+                busy_cycles: l(&w.busy_cycles),
+                idle_cycles: l(&w.idle_cycles),
+                rx_packets: l(&w.rx_packets),
+                tx_packets: l(&w.tx_packets),
+                busy_polls: l(&w.busy_polls),
+                idle_polls: l(&w.idle_polls),
+            })
+            .collect()
+    }
+
+    pub fn clear_worker_stats(&self) {
+        for w in &self.shared.workers {
+            for a in [&w.busy_cycles, &w.idle_cycles, &w.rx_packets, &w.tx_packets, &w.busy_polls, &w.idle_polls] {
+                a.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// TSC ticks per second, for turning cycles into time.
+    pub fn tsc_hz(&self) -> u64 {
+        self.shared.tsc_hz
+    }
+
+    /// Seconds since start on the engine's clock (the one learning uses).
+    pub fn now(&self) -> u32 {
+        self.shared.now()
+    }
+
+    /// Stops every worker and waits for them. Each frees what it holds before it exits.
+    pub fn stop(mut self) -> Vec<WorkerStatsSnapshot> {
+        self.shutdown();
+        self.worker_stats()
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn housekeeping(sh: Arc<Shared>) {
+    let mut last = Instant::now();
+    while !sh.stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            let now = sh.now();
+            for b in &sh.plan.load().switch.bridges {
+                b.table.age(now);
+            }
+        }
+    }
+}
+
+struct RxSlot {
+    port: PortId,
+    queue: u16,
+    backend: Arc<dyn PortBackend>,
+    handle: Box<dyn RxQueue>,
+}
+
+struct Worker {
+    idx: usize,
+    gen: u64,
+    plan: Arc<Plan>,
+    rx: Vec<RxSlot>,
+    /// Assigned (port, queue) pairs not opened yet (another worker still holds them).
+    rx_pending: Vec<(PortId, u16)>,
+    tx: Vec<Option<Box<dyn TxQueue>>>,
+    tx_backends: Vec<Option<Arc<dyn PortBackend>>>,
+    batches: TxBatches,
+    cache: PoolCache,
+    burst: Burst,
+    tally: DropTally,
+    flow_seq: u64,
+}
+
+fn same(a: &Arc<dyn PortBackend>, b: &Arc<dyn PortBackend>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+impl Worker {
+    fn reload(&mut self, sh: &Shared) {
+        let plan = sh.plan.load_full();
+        let mine: &[(PortId, u16)] = plan.rx.get(self.idx).map_or(&[], |v| v.as_slice());
+        let backend_of = |p: PortId| plan.ports.get(usize::from(p)).and_then(|b| b.clone());
+        // Keep RX handles that are still ours and whose backend did not change.
+        let old = std::mem::take(&mut self.rx);
+        for s in old {
+            let keep = mine.contains(&(s.port, s.queue)) && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
+            if keep {
+                self.rx.push(s);
+            }
+        }
+        self.rx_pending = mine
+            .iter()
+            .copied()
+            .filter(|pq| !self.rx.iter().any(|s| (s.port, s.queue) == *pq))
+            .collect();
+        self.open_pending(&plan);
+        // TX: one handle per port, reopened when the backend changed.
+        let n = plan.ports.len();
+        self.batches.discard(&mut self.cache);
+        self.batches.resize(plan.switch.port_slots().max(n));
+        self.tx.resize_with(n.max(self.tx.len()), || None);
+        self.tx_backends.resize_with(n.max(self.tx_backends.len()), || None);
+        for i in 0..self.tx.len() {
+            let want = plan.ports.get(i).and_then(|b| b.clone());
+            let keep = match (&want, &self.tx_backends[i]) {
+                (Some(a), Some(b)) => same(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !keep {
+                if let Some(mut q) = self.tx[i].take() {
+                    let _ = q.flush();
+                }
+                self.tx_backends[i] = None;
+                if let Some(b) = want {
+                    match b.open_tx(self.idx as u16) {
+                        Ok(q) => {
+                            self.tx[i] = Some(q);
+                            self.tx_backends[i] = Some(b);
+                        }
+                        Err(e) => tracing::error!(worker = self.idx, error = %e, "cannot open TX queue"),
+                    }
+                }
+            }
+        }
+        self.plan = plan;
+    }
+
+    fn open_pending(&mut self, plan: &Plan) {
+        let pending = std::mem::take(&mut self.rx_pending);
+        for (port, queue) in pending {
+            let Some(b) = plan.ports.get(usize::from(port)).and_then(|b| b.clone()) else { continue };
+            match b.open_rx(queue) {
+                Ok(handle) => self.rx.push(RxSlot { port, queue, backend: b, handle }),
+                Err(crate::port::PortError::QueueTaken { .. }) => self.rx_pending.push((port, queue)),
+                Err(e) => tracing::error!(worker = self.idx, error = %e, "cannot open RX queue"),
+            }
+        }
+    }
+
+    /// Sends `burst` out of `port` directly (modes other than switch), counting on that port.
+    fn send_direct(&mut self, port: PortId) -> usize {
+        let n = self.burst.len();
+        if n == 0 {
+            return 0;
+        }
+        let bytes: usize = self.burst.iter().map(|b| b.len()).sum();
+        let sent = match self.tx.get_mut(usize::from(port)).and_then(|q| q.as_mut()) {
+            Some(q) => q.tx_burst(&mut self.burst, &mut self.cache, &mut self.tally),
+            None => {
+                self.tally.add(crate::switch::DropReason::PortDown, n as u32);
+                for b in self.burst.drain(..) {
+                    self.cache.free(b);
+                }
+                0
+            }
+        };
+        if let Some(spec) = self.plan.switch.port(port) {
+            spec.stats.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            spec.stats.tx_bytes.fetch_add((bytes * sent / n) as u64, Ordering::Relaxed);
+            self.tally.flush_into(&spec.stats);
+        }
+        sent
+    }
+
+    /// One poll of every RX queue (or one generated burst per owned port). Returns the frames
+    /// received (or generated) and the frames sent.
+    fn poll(&mut self, sh: &Shared) -> (usize, usize) {
+        let mode = self.plan.mode;
+        let burst_size = sh.opts.burst;
+        let mut got = 0;
+        let mut sent = 0;
+        if mode.generates() {
+            for k in 0..self.rx.len() {
+                let port = self.rx[k].port;
+                let n = self.generate(port, burst_size, mode);
+                got += n;
+                sent += self.send_direct(port);
+            }
+            return (got, sent);
+        }
+        let mut now = None;
+        for k in 0..self.rx.len() {
+            let port = self.rx[k].port;
+            let n = self.rx[k].handle.rx_burst(&mut self.cache, &mut self.burst, burst_size, &mut self.tally);
+            if !self.tally.is_zero() {
+                if let Some(spec) = self.plan.switch.port(port) {
+                    self.tally.flush_into(&spec.stats);
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            got += n;
+            match mode {
+                FwdMode::Switch => {
+                    let now = *now.get_or_insert_with(|| sh.now());
+                    let plan = self.plan.clone();
+                    process_burst(&plan.switch, port, &mut self.burst, now, &mut self.cache, &mut self.batches, None);
+                    self.batches.flush(&plan.switch, &mut self.tx, &mut self.cache);
+                    sent += n;
+                }
+                _ => {
+                    if let Some(spec) = self.plan.switch.port(port) {
+                        let bytes: usize = self.burst.iter().map(|b| b.len()).sum();
+                        spec.stats.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+                        spec.stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    }
+                    let peer = self.plan.peers.get(usize::from(port)).copied().unwrap_or(port);
+                    match mode {
+                        FwdMode::RxOnly => {
+                            for b in self.burst.drain(..) {
+                                self.cache.free(b);
+                            }
+                        }
+                        FwdMode::Mac => {
+                            let (src, dst) = (port_mac(peer), port_mac(port));
+                            for b in self.burst.iter_mut() {
+                                let d = b.data_mut();
+                                if d.len() >= 12 {
+                                    d[0..6].copy_from_slice(&dst.0);
+                                    d[6..12].copy_from_slice(&src.0);
+                                }
+                            }
+                            sent += self.send_direct(peer);
+                        }
+                        FwdMode::MacSwap => {
+                            for b in self.burst.iter_mut() {
+                                let d = b.data_mut();
+                                if d.len() >= 12 {
+                                    let mut a = [0u8; 6];
+                                    a.copy_from_slice(&d[0..6]);
+                                    d.copy_within(6..12, 0);
+                                    d[6..12].copy_from_slice(&a);
+                                }
+                            }
+                            sent += self.send_direct(peer);
+                        }
+                        _ => sent += self.send_direct(peer),
+                    }
+                }
+            }
+        }
+        (got, sent)
+    }
+
+    /// Fills the burst with generated frames for `port`.
+    fn generate(&mut self, port: PortId, n: usize, mode: FwdMode) -> usize {
+        let g = &self.plan.gen;
+        let len = g.frame_len.clamp(60, crate::buffer::DATA_ROOM);
+        let peer = self.plan.peers.get(usize::from(port)).copied().unwrap_or(port);
+        let mut made = 0;
+        for _ in 0..n {
+            let Some(mut b) = self.cache.alloc() else { break };
+            let seq = self.flow_seq;
+            self.flow_seq = self.flow_seq.wrapping_add(1);
+            let (mac_i, flow_i) = if mode == FwdMode::FlowGen {
+                ((seq % u64::from(g.macs.max(1))) as u32, (seq % u64::from(g.flows.max(1))) as u32)
+            } else {
+                (0, 0)
+            };
+            let frame = build_udp_frame(port_mac(port), port_mac(peer), mac_i, flow_i, g.vlan, len);
+            // Cannot fail: len <= DATA_ROOM.
+            let _ = b.extend_from_slice(&frame[..len]);
+            self.burst.push(b);
+            made += 1;
+        }
+        made
+    }
+
+    fn release_all(&mut self) {
+        self.batches.discard(&mut self.cache);
+        for b in self.burst.drain(..) {
+            self.cache.free(b);
+        }
+        for q in self.tx.iter_mut().flatten() {
+            let _ = q.flush();
+        }
+        self.rx.clear();
+        self.tx.clear();
+        self.tx_backends.clear();
+    }
+}
+
+/// A UDP/IPv4 frame of `len` bytes: MACs varied by `mac_i`, UDP source port by `flow_i`.
+fn build_udp_frame(src: MacAddr, dst: MacAddr, mac_i: u32, flow_i: u32, vlan: Option<u16>, len: usize) -> [u8; 2048] {
+    let mut f = [0u8; 2048];
+    let mut s = src.0;
+    let mut d = dst.0;
+    let vary = |m: &mut [u8; 6]| {
+        let v = u32::from_be_bytes([m[2], m[3], m[4], m[5]]) ^ (mac_i << 16);
+        m[2..6].copy_from_slice(&v.to_be_bytes());
+    };
+    vary(&mut s);
+    vary(&mut d);
+    f[0..6].copy_from_slice(&d);
+    f[6..12].copy_from_slice(&s);
+    let mut o = 12;
+    if let Some(v) = vlan {
+        f[12..14].copy_from_slice(&[0x81, 0x00]);
+        f[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        o = 16;
+    }
+    f[o..o + 2].copy_from_slice(&[0x08, 0x00]);
+    let ip = o + 2;
+    let ip_len = (len.saturating_sub(ip)).max(28) as u16;
+    f[ip] = 0x45;
+    f[ip + 2..ip + 4].copy_from_slice(&ip_len.to_be_bytes());
+    f[ip + 8] = 64;
+    f[ip + 9] = 17;
+    f[ip + 12..ip + 16].copy_from_slice(&[198, 18, 0, 1]);
+    f[ip + 16..ip + 20].copy_from_slice(&[198, 19, 0, 1]);
+    let mut sum = 0u32;
+    for i in (ip..ip + 20).step_by(2) {
+        sum += u32::from(u16::from_be_bytes([f[i], f[i + 1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[ip + 10..ip + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp = ip + 20;
+    f[udp..udp + 2].copy_from_slice(&(1024u16.wrapping_add(flow_i as u16)).to_be_bytes());
+    f[udp + 2..udp + 4].copy_from_slice(&1024u16.to_be_bytes());
+    f[udp + 4..udp + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+fn worker_main(idx: usize, sh: Arc<Shared>) {
+    if let Some(core) = sh.opts.cores[idx] {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!(worker = idx, core, "could not pin worker to core");
+        }
+    }
+    let plan = sh.plan.load_full();
+    let mut w = Worker {
+        idx,
+        gen: 0,
+        batches: TxBatches::new(plan.switch.port_slots()),
+        plan,
+        rx: Vec::new(),
+        rx_pending: Vec::new(),
+        tx: Vec::new(),
+        tx_backends: Vec::new(),
+        cache: sh.pool.cache(),
+        burst: Burst::new(),
+        tally: DropTally::default(),
+        flow_seq: 0,
+    };
+    let stats = &sh.workers[idx];
+    let mut idle_polls = 0u32;
+    let mut sleep = Duration::from_micros(1);
+    let mut last_retry = Instant::now();
+    let mut t_prev = tsc::rdtsc();
+    while !sh.stop.load(Ordering::Acquire) {
+        let g = sh.generation.load(Ordering::Acquire);
+        if g != w.gen {
+            w.reload(&sh);
+            w.gen = g;
+            stats.applied.store(g, Ordering::Release);
+        }
+        if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
+            let plan = w.plan.clone();
+            w.open_pending(&plan);
+            last_retry = Instant::now();
+        }
+        let (got, sent) = w.poll(&sh);
+        let t_now = tsc::rdtsc();
+        let dt = t_now.wrapping_sub(t_prev);
+        t_prev = t_now;
+        if got > 0 {
+            stats.busy_cycles.fetch_add(dt, Ordering::Relaxed);
+            stats.busy_polls.fetch_add(1, Ordering::Relaxed);
+            stats.rx_packets.fetch_add(got as u64, Ordering::Relaxed);
+            stats.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            idle_polls = 0;
+            sleep = Duration::from_micros(1);
+            continue;
+        }
+        stats.idle_cycles.fetch_add(dt, Ordering::Relaxed);
+        stats.idle_polls.fetch_add(1, Ordering::Relaxed);
+        if sh.opts.busy_poll {
+            std::hint::spin_loop();
+            continue;
+        }
+        idle_polls = idle_polls.saturating_add(1);
+        if idle_polls < 2000 {
+            std::hint::spin_loop();
+        } else if idle_polls < 2100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(sh.opts.max_sleep);
+        }
+        // Time spent backing off counts as idle too.
+        let t_after = tsc::rdtsc();
+        stats.idle_cycles.fetch_add(t_after.wrapping_sub(t_prev), Ordering::Relaxed);
+        t_prev = t_after;
+    }
+    w.release_all();
+}
