@@ -24,6 +24,9 @@ use crate::wire::MacAddr;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::AsFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -204,6 +207,8 @@ impl WorkerStatsSnapshot {
 }
 
 struct Shared {
+    /// One per worker: written on publish and stop to wake a worker sleeping in poll(2).
+    wakers: Vec<Option<EventFd>>,
     plan: ArcSwap<Plan>,
     generation: AtomicU64,
     stop: AtomicBool,
@@ -215,6 +220,12 @@ struct Shared {
 }
 
 impl Shared {
+    fn wake_all(&self) {
+        for w in self.wakers.iter().flatten() {
+            let _ = w.write(1);
+        }
+    }
+
     /// Seconds since the engine started, the clock of learning and aging.
     #[inline]
     fn now(&self) -> u32 {
@@ -267,6 +278,7 @@ impl Engine {
         let pool = Pool::new("workers", opts.pool_buffers)?;
         let n = opts.cores.len();
         let shared = Arc::new(Shared {
+            wakers: (0..n).map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok()).collect(),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -297,7 +309,9 @@ impl Engine {
     /// Publishes a new plan; workers pick it up between bursts. Returns its generation.
     pub fn publish(&self, plan: Plan) -> u64 {
         self.shared.plan.store(Arc::new(plan));
-        self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1
+        let g = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.shared.wake_all();
+        g
     }
 
     /// The plan workers are running (or about to).
@@ -372,6 +386,7 @@ impl Engine {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -387,7 +402,7 @@ impl Drop for Engine {
 fn housekeeping(sh: Arc<Shared>) {
     let mut last = Instant::now();
     while !sh.stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             let now = sh.now();
@@ -618,6 +633,44 @@ impl Worker {
         made
     }
 
+    /// Sleeps in poll(2) on every RX queue's wake descriptor and this worker's own eventfd,
+    /// for at most `timeout`. Returns false without sleeping when some queue cannot be waited
+    /// on (no descriptor) or already has frames.
+    fn sleep_on_queues(&mut self, sh: &Shared, timeout: Duration) -> bool {
+        if self.plan.mode.generates() || self.rx.iter().any(|s| s.handle.wake_fd().is_none()) {
+            return false;
+        }
+        let mut armed = 0;
+        let mut ok = true;
+        for s in self.rx.iter_mut() {
+            if !s.handle.arm_wakeup() {
+                ok = false;
+                break;
+            }
+            armed += 1;
+        }
+        if ok {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.rx.len() + 1);
+            for s in &self.rx {
+                if let Some(fd) = s.handle.wake_fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+            }
+            if let Some(w) = &sh.wakers[self.idx] {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            }
+            let ms = timeout.as_millis().min(u128::from(u16::MAX)) as u16;
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        }
+        for s in self.rx.iter_mut().take(armed) {
+            s.handle.disarm_wakeup();
+        }
+        if let Some(w) = &sh.wakers[self.idx] {
+            let _ = w.read();
+        }
+        true
+    }
+
     fn release_all(&mut self) {
         self.batches.discard(&mut self.cache);
         for b in self.burst.drain(..) {
@@ -674,6 +727,10 @@ fn build_udp_frame(src: MacAddr, dst: MacAddr, mac_i: u32, flow_i: u32, vlan: Op
     f[udp + 4..udp + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
     f
 }
+
+/// The longest a worker sleeps in poll(2) before it looks at the stop flag and the plan again
+/// (publish and stop also wake it at once).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 fn worker_main(idx: usize, sh: Arc<Shared>) {
     if let Some(core) = sh.opts.cores[idx] {
@@ -737,7 +794,8 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             std::hint::spin_loop();
         } else if idle_polls < 2100 {
             std::thread::yield_now();
-        } else {
+        } else if idle_polls < 2200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, IDLE_WAIT) {
+            // Queues that cannot wake us (or a short grace period): short, growing sleeps.
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(sh.opts.max_sleep);
         }

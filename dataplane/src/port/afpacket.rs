@@ -762,6 +762,24 @@ fn rx_frame(
 }
 
 impl RxQueue for AfPacketRx {
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.ring.as_ref().map(|r| r.fd.as_fd())
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        // poll(2) on a TPACKET_V3 socket reports readable while the current block belongs to
+        // user space; a block we are part way through must be finished first.
+        match self.ring.as_ref() {
+            Some(r) => {
+                !r.in_block
+                    && r.map.atomic_u32(r.block_off() + BD_BLOCK_STATUS).load(Ordering::Acquire) & TP_STATUS_USER
+                        == 0
+            }
+            None => true,
+        }
+    }
+
     fn rx_burst(
         &mut self,
         cache: &mut PoolCache,

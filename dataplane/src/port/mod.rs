@@ -19,6 +19,7 @@ pub mod tap;
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use arrayvec::ArrayVec;
+use std::os::fd::BorrowedFd;
 
 /// Most frames moved in one burst.
 pub const MAX_BURST: usize = 64;
@@ -86,6 +87,22 @@ pub trait RxQueue: Send {
     /// how many it appended. Frames it had to drop are counted in `drops`.
     fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally)
         -> usize;
+
+    /// A descriptor that becomes readable when frames may have arrived, so that an idle worker
+    /// can sleep in `poll(2)` instead of waking on a timer. `None`: the queue cannot tell, and
+    /// a worker polling it backs off with short sleeps.
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Before sleeping on [`RxQueue::wake_fd`]: asks the queue to signal it, and returns
+    /// `false` if frames are already waiting (then the worker must not sleep).
+    fn arm_wakeup(&mut self) -> bool {
+        true
+    }
+
+    /// After a sleep: clears whatever `arm_wakeup` set up (drains an eventfd, say).
+    fn disarm_wakeup(&mut self) {}
 }
 
 /// The transmit side of one queue, owned by one worker.

@@ -186,6 +186,9 @@ struct PcapRx {
     next: usize,
     infinite: bool,
     taken: Arc<AtomicBool>,
+    /// Never signalled: once a finite capture is exhausted, nothing more will arrive, and an
+    /// idle worker may sleep on this for as long as it likes.
+    quiet: Option<nix::sys::eventfd::EventFd>,
 }
 
 impl Drop for PcapRx {
@@ -195,6 +198,18 @@ impl Drop for PcapRx {
 }
 
 impl RxQueue for PcapRx {
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.quiet.as_ref().map(|q| q.as_fd())
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        match &self.store {
+            None => true,
+            Some(s) => !self.infinite && self.next >= s.index.len(),
+        }
+    }
+
     fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
         let Some(store) = &self.store else { return 0 };
         let n_frames = store.index.len();
@@ -292,6 +307,10 @@ impl PortBackend for PcapPort {
             next: 0,
             infinite: self.infinite,
             taken: self.rx_taken.clone(),
+            quiet: nix::sys::eventfd::EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+            )
+            .ok(),
         }))
     }
 

@@ -6,6 +6,8 @@ use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,6 +17,9 @@ struct RingShared {
     from_switch: ArrayQueue<PacketBuf>,
     link_up: AtomicBool,
     rx_taken: AtomicBool,
+    /// Set by an idle worker before it sleeps on `wake`; the peer signals `wake` once.
+    armed: AtomicBool,
+    wake: Option<EventFd>,
 }
 
 /// The switch's side of a ring port.
@@ -38,6 +43,8 @@ impl RingPort {
             from_switch: ArrayQueue::new(depth.max(1)),
             link_up: AtomicBool::new(true),
             rx_taken: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok(),
         });
         (RingPort { shared: shared.clone() }, RingPeer { shared })
     }
@@ -46,7 +53,13 @@ impl RingPort {
 impl RingPeer {
     /// Hands a frame to the switch; gives it back when the ring is full.
     pub fn inject(&self, buf: PacketBuf) -> Result<(), PacketBuf> {
-        self.shared.to_switch.push(buf)
+        self.shared.to_switch.push(buf)?;
+        if self.shared.armed.swap(false, Ordering::SeqCst) {
+            if let Some(w) = &self.shared.wake {
+                let _ = w.write(1);
+            }
+        }
+        Ok(())
     }
 
     /// Takes a frame the switch sent.
@@ -88,6 +101,26 @@ impl RxQueue for RingRx {
             }
         }
         n
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.shared.wake.as_ref().map(|w| w.as_fd())
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        self.shared.armed.store(true, Ordering::SeqCst);
+        if self.shared.to_switch.is_empty() {
+            return true;
+        }
+        self.shared.armed.store(false, Ordering::SeqCst);
+        false
+    }
+
+    fn disarm_wakeup(&mut self) {
+        self.shared.armed.store(false, Ordering::SeqCst);
+        if let Some(w) = &self.shared.wake {
+            let _ = w.read();
+        }
     }
 }
 

@@ -206,6 +206,11 @@ impl Drop for TapRx {
 }
 
 impl RxQueue for TapRx {
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.shared.fd.as_fd())
+    }
+
     fn rx_burst(
         &mut self,
         cache: &mut PoolCache,
