@@ -134,8 +134,12 @@ impl Plan {
     }
 }
 
+/// Called on each worker thread when it starts (worker index), e.g. to register the thread
+/// with DPDK's EAL so that mempool caches work.
+pub type WorkerHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// How the workers run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     /// One entry per worker: the core to pin it to, or `None` to leave it unpinned.
     pub cores: Vec<Option<usize>>,
@@ -146,6 +150,21 @@ pub struct EngineOptions {
     pub max_sleep: Duration,
     /// Buffers in the shared pool.
     pub pool_buffers: usize,
+    /// Run on each worker thread before it polls.
+    pub on_worker_start: Option<WorkerHook>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("cores", &self.cores)
+            .field("burst", &self.burst)
+            .field("busy_poll", &self.busy_poll)
+            .field("max_sleep", &self.max_sleep)
+            .field("pool_buffers", &self.pool_buffers)
+            .field("on_worker_start", &self.on_worker_start.is_some())
+            .finish()
+    }
 }
 
 impl Default for EngineOptions {
@@ -156,6 +175,7 @@ impl Default for EngineOptions {
             busy_poll: false,
             max_sleep: Duration::from_micros(100),
             pool_buffers: 16384,
+            on_worker_start: None,
         }
     }
 }
@@ -737,6 +757,9 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             tracing::warn!(worker = idx, core, "could not pin worker to core");
         }
+    }
+    if let Some(hook) = &sh.opts.on_worker_start {
+        hook(idx);
     }
     let plan = sh.plan.load_full();
     let mut w = Worker {

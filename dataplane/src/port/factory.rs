@@ -93,3 +93,16 @@ fn open_dpdk(cfg: &PortConfig, _ctx: &PortContext) -> Result<Arc<dyn PortBackend
         hint: "build with `--features dpdk` (needs Debian's libdpdk-dev)".into(),
     })
 }
+
+/// A worker hook that registers each worker thread with DPDK's EAL when EAL is up (so that
+/// mempool per-core caches are used); does nothing otherwise.
+pub fn worker_hook() -> crate::worker::WorkerHook {
+    Arc::new(|_idx| {
+        #[cfg(feature = "dpdk")]
+        if let Some(eal) = switchyard_bindings::Eal::get() {
+            if let Err(e) = eal.register_thread() {
+                tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL");
+            }
+        }
+    })
+}

@@ -1,0 +1,423 @@
+//! The control thread of a vhost-user port: owns the socket (listening or connecting), reads
+//! the frontend's messages one at a time, and sets up the rings that the workers poll.
+//!
+//! A session ends when the socket closes, a read times out mid-message, or a message is
+//! malformed; then every ring is stopped (the workers see `None` on their next burst), the
+//! guest's memory is unmapped once the last ring lets go of it, and the link goes down. A
+//! server port then waits for the next connection; a client port reconnects.
+
+use super::mem::{DirtyLog, GuestMemory};
+use super::proto::{self, feat, pfeat, req, Header, VringAddr, VringState, HDR_SIZE};
+use super::vring::{RingConfig, Vring, MAX_QUEUE_SIZE};
+use super::{sys, Mode, Shared};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the thread looks at the stop flag while waiting.
+const POLL_MS: i32 = 50;
+/// A message must arrive whole within this time once it started.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
+    match sh.opts.mode {
+        Mode::Server => {
+            let Some(l) = listener else { return };
+            while !sh.stop.load(Ordering::Acquire) {
+                match sys::poll_readable(l.as_fd(), POLL_MS) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(port = %sh.name, error = %e, "vhost: poll on listening socket");
+                        std::thread::sleep(Duration::from_millis(POLL_MS as u64));
+                        continue;
+                    }
+                }
+                match l.accept() {
+                    Ok((s, _)) => serve(&sh, s),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => tracing::warn!(port = %sh.name, error = %e, "vhost: accept"),
+                }
+            }
+            let _ = std::fs::remove_file(&sh.path);
+        }
+        Mode::Client => {
+            let mut logged = false;
+            while !sh.stop.load(Ordering::Acquire) {
+                match UnixStream::connect(&sh.path) {
+                    Ok(s) => {
+                        logged = false;
+                        serve(&sh, s);
+                    }
+                    Err(e) => {
+                        if !logged {
+                            tracing::info!(port = %sh.name, path = %sh.path.display(), error = %e,
+                                "vhost: cannot connect yet; retrying");
+                            logged = true;
+                        }
+                        sleep_unless_stopped(&sh, sh.opts.reconnect_interval);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sleep_unless_stopped(sh: &Shared, d: Duration) {
+    let step = Duration::from_millis(POLL_MS as u64);
+    let mut left = d;
+    while !left.is_zero() && !sh.stop.load(Ordering::Acquire) {
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+}
+
+fn serve(sh: &Arc<Shared>, stream: UnixStream) {
+    if let Err(e) = stream.set_nonblocking(false).and_then(|_| stream.set_read_timeout(Some(READ_TIMEOUT))) {
+        tracing::warn!(port = %sh.name, error = %e, "vhost: socket setup");
+        return;
+    }
+    sh.sessions.fetch_add(1, Ordering::AcqRel);
+    sh.connected.store(true, Ordering::Release);
+    tracing::info!(port = %sh.name, "vhost: frontend connected");
+    let mut s = Session::new(sh.clone());
+    let why = loop {
+        if sh.stop.load(Ordering::Acquire) {
+            break "port closed".to_string();
+        }
+        match sys::poll_readable(stream.as_fd(), POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => break format!("poll: {e}"),
+        }
+        let mut fds = Vec::new();
+        match read_message(&stream, &mut fds) {
+            Ok(None) => break "frontend closed the connection".to_string(),
+            Ok(Some((hdr, payload))) => {
+                if let Err(e) = s.dispatch(&stream, hdr, &payload, fds) {
+                    break e;
+                }
+            }
+            Err(e) => break format!("read: {e}"),
+        }
+    };
+    s.teardown();
+    sh.connected.store(false, Ordering::Release);
+    tracing::info!(port = %sh.name, reason = %why, "vhost: frontend gone; port down");
+}
+
+/// Reads one message. `None` at end of stream.
+fn read_message(stream: &UnixStream, fds: &mut Vec<OwnedFd>) -> io::Result<Option<(Header, Vec<u8>)>> {
+    let mut hb = [0u8; HDR_SIZE];
+    let n = sys::recv_with_fds(stream, &mut hb, fds)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < HDR_SIZE {
+        (&*stream).read_exact(&mut hb[n..])?;
+    }
+    let hdr = Header::parse(&hb);
+    if hdr.flags & 0x3 != proto::VERSION {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad version in flags {:#x}", hdr.flags)));
+    }
+    let size = hdr.size as usize;
+    if size > proto::MAX_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("payload of {size} bytes")));
+    }
+    let mut payload = vec![0u8; size];
+    (&*stream).read_exact(&mut payload)?;
+    Ok(Some((hdr, payload)))
+}
+
+fn send_reply(stream: &UnixStream, request: u32, payload: &[u8]) -> Result<(), String> {
+    let m = proto::message(request, proto::VERSION | proto::FLAG_REPLY, payload);
+    sys::send_with_fds(stream, &m, &[]).map_err(|e| format!("write: {e}"))
+}
+
+#[derive(Default)]
+struct VringCfg {
+    num: u16,
+    addr: Option<VringAddr>,
+    base: u16,
+    /// A kick fd (or "no fd") arrived since the ring was last stopped.
+    kicked: bool,
+    call: Option<Arc<File>>,
+    enabled: Option<bool>,
+}
+
+enum Outcome {
+    /// Handled; no reply of its own (REPLY_ACK may send one).
+    Ok,
+    /// Handled with this reply payload.
+    Reply(Vec<u8>),
+    /// Refused; the session goes on (a REPLY_ACK says so when asked).
+    Nack(String),
+}
+
+struct Session {
+    sh: Arc<Shared>,
+    features: u64,
+    proto: u64,
+    mem: Option<Arc<GuestMemory>>,
+    log: Option<Arc<DirtyLog>>,
+    vrings: Vec<VringCfg>,
+}
+
+impl Session {
+    fn new(sh: Arc<Shared>) -> Session {
+        let n = sh.vqs.len();
+        Session { sh, features: 0, proto: 0, mem: None, log: None, vrings: (0..n).map(|_| VringCfg::default()).collect() }
+    }
+
+    fn dispatch(&mut self, stream: &UnixStream, hdr: Header, p: &[u8], fds: Vec<OwnedFd>) -> Result<(), String> {
+        let out = self.handle(hdr.request, p, fds)?;
+        let ack = hdr.need_reply() && self.proto & pfeat::REPLY_ACK != 0;
+        match out {
+            Outcome::Reply(payload) => send_reply(stream, hdr.request, &payload)?,
+            Outcome::Ok if ack => send_reply(stream, hdr.request, &0u64.to_le_bytes())?,
+            Outcome::Ok => {}
+            Outcome::Nack(msg) => {
+                tracing::warn!(port = %self.sh.name, request = hdr.request, "vhost: refused: {msg}");
+                if ack {
+                    send_reply(stream, hdr.request, &1u64.to_le_bytes())?;
+                }
+            }
+        }
+        self.update_link();
+        Ok(())
+    }
+
+    fn vring_index(&self, raw: u32) -> Result<usize, Outcome> {
+        let i = raw as usize;
+        if i < self.vrings.len() {
+            Ok(i)
+        } else {
+            Err(Outcome::Nack(format!("vring {i} does not exist ({} vrings)", self.vrings.len())))
+        }
+    }
+
+    /// Handles one request. `Err` ends the session (malformed message).
+    fn handle(&mut self, request: u32, p: &[u8], fds: Vec<OwnedFd>) -> Result<Outcome, String> {
+        let short = |what: &str| format!("request {request}: payload too short for {what} ({} bytes)", p.len());
+        let u64_arg = || if p.len() >= 8 { Ok(proto::le64(p, 0)) } else { Err(short("u64")) };
+        Ok(match request {
+            req::GET_FEATURES => Outcome::Reply(feat::OFFERED.to_le_bytes().to_vec()),
+            req::SET_FEATURES => {
+                let f = u64_arg()?;
+                if f & !feat::OFFERED != 0 {
+                    tracing::debug!(port = %self.sh.name, extra = f & !feat::OFFERED, "vhost: ignoring features not offered");
+                }
+                self.features = f & feat::OFFERED;
+                self.sh.features.store(self.features, Ordering::Release);
+                self.rebuild_all();
+                Outcome::Ok
+            }
+            req::GET_PROTOCOL_FEATURES => Outcome::Reply(pfeat::OFFERED.to_le_bytes().to_vec()),
+            req::SET_PROTOCOL_FEATURES => {
+                self.proto = u64_arg()? & pfeat::OFFERED;
+                Outcome::Ok
+            }
+            req::SET_OWNER => Outcome::Ok,
+            req::RESET_OWNER => {
+                self.teardown();
+                let sh = self.sh.clone();
+                *self = Session::new(sh);
+                Outcome::Ok
+            }
+            req::GET_QUEUE_NUM => Outcome::Reply(u64::from(self.sh.opts.queues).to_le_bytes().to_vec()),
+            req::SET_MEM_TABLE => {
+                let regions = proto::parse_mem_table(p).ok_or_else(|| short("a memory table"))?;
+                // Stop using the old memory before mapping the new one.
+                self.mem = None;
+                self.rebuild_all();
+                match GuestMemory::map(&regions, &fds) {
+                    Ok(m) => {
+                        tracing::debug!(port = %self.sh.name, memory = ?m, "vhost: memory table");
+                        self.mem = Some(Arc::new(m));
+                        self.rebuild_all();
+                        Outcome::Ok
+                    }
+                    Err(e) => Outcome::Nack(format!("memory table: {e}")),
+                }
+            }
+            req::SET_LOG_BASE => {
+                if p.len() < 16 {
+                    return Err(short("a log area"));
+                }
+                let (size, offset) = (proto::le64(p, 0), proto::le64(p, 8));
+                let Some(fd) = fds.first() else {
+                    return Ok(Outcome::Nack("SET_LOG_BASE without a file descriptor".into()));
+                };
+                match DirtyLog::map(fd, size, offset) {
+                    Ok(l) => {
+                        self.log = Some(Arc::new(l));
+                        self.rebuild_all();
+                        // QEMU waits for an empty reply.
+                        Outcome::Reply(Vec::new())
+                    }
+                    Err(e) => Outcome::Nack(format!("log: {e}")),
+                }
+            }
+            req::SET_LOG_FD | req::SET_VRING_ERR | req::SET_BACKEND_REQ_FD => Outcome::Ok,
+            req::SET_VRING_NUM => {
+                let st = VringState::parse(p).ok_or_else(|| short("a vring state"))?;
+                let i = match self.vring_index(st.index) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                if st.num == 0 || !st.num.is_power_of_two() || st.num > MAX_QUEUE_SIZE {
+                    self.vrings[i].num = 0;
+                    self.rebuild(i);
+                    return Ok(Outcome::Nack(format!("vring {i}: bad size {}", st.num)));
+                }
+                self.vrings[i].num = st.num as u16;
+                self.rebuild(i);
+                Outcome::Ok
+            }
+            req::SET_VRING_ADDR => {
+                let a = VringAddr::parse(p).ok_or_else(|| short("a vring address"))?;
+                let i = match self.vring_index(a.index) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                self.vrings[i].addr = Some(a);
+                self.rebuild(i);
+                Outcome::Ok
+            }
+            req::SET_VRING_BASE => {
+                let st = VringState::parse(p).ok_or_else(|| short("a vring state"))?;
+                let i = match self.vring_index(st.index) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                self.vrings[i].base = st.num as u16;
+                self.sh.vq(i).ring = None;
+                self.rebuild(i);
+                Outcome::Ok
+            }
+            req::GET_VRING_BASE => {
+                let st = VringState::parse(p).ok_or_else(|| short("a vring state"))?;
+                let i = match self.vring_index(st.index) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                let base = self.stop_ring(i);
+                self.vrings[i].kicked = false;
+                Outcome::Reply(VringState { index: st.index, num: u32::from(base) }.bytes())
+            }
+            req::SET_VRING_KICK | req::SET_VRING_CALL => {
+                let v = u64_arg()?;
+                let i = match self.vring_index((v & 0xff) as u32) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                let fd = if v & proto::VRING_NOFD != 0 { None } else { fds.into_iter().next() };
+                if request == req::SET_VRING_KICK {
+                    // We poll; the kick fd is not needed (dropping it closes our copy).
+                    self.vrings[i].kicked = true;
+                } else {
+                    self.vrings[i].call = fd.map(|f| Arc::new(File::from(f)));
+                }
+                self.rebuild(i);
+                Outcome::Ok
+            }
+            req::SET_VRING_ENABLE => {
+                let st = VringState::parse(p).ok_or_else(|| short("a vring state"))?;
+                let i = match self.vring_index(st.index) {
+                    Ok(i) => i,
+                    Err(o) => return Ok(o),
+                };
+                self.vrings[i].enabled = Some(st.num != 0);
+                self.rebuild(i);
+                Outcome::Ok
+            }
+            req::SEND_RARP => {
+                if p.len() < 6 {
+                    return Err(short("a MAC address"));
+                }
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&p[..6]);
+                tracing::info!(port = %self.sh.name, mac = ?mac, "vhost: SEND_RARP; announcing the guest");
+                let _ = self.sh.rarp.force_push(proto::rarp_frame(mac));
+                Outcome::Ok
+            }
+            req::NET_SET_MTU => {
+                let mtu = u64_arg()?;
+                tracing::info!(port = %self.sh.name, mtu, "vhost: guest MTU");
+                Outcome::Ok
+            }
+            other => Outcome::Nack(format!("unsupported request {other}")),
+        })
+    }
+
+    /// Stops ring `i` and returns where the device stopped.
+    fn stop_ring(&mut self, i: usize) -> u16 {
+        let prev = self.sh.vq(i).ring.take();
+        if let Some(r) = prev {
+            self.vrings[i].base = r.indices().0;
+        }
+        self.vrings[i].base
+    }
+
+    /// Sets ring `i` up again from its configuration (after any change), keeping the
+    /// device's position when it was running.
+    fn rebuild(&mut self, i: usize) {
+        let proto_features = self.features & feat::USER_F_PROTOCOL_FEATURES != 0;
+        let mut st = self.sh.vq(i);
+        if let Some(r) = st.ring.take() {
+            self.vrings[i].base = r.indices().0;
+        }
+        let c = &self.vrings[i];
+        let enabled = c.enabled.unwrap_or(!proto_features);
+        let (Some(mem), Some(addr)) = (&self.mem, c.addr) else { return };
+        if c.num == 0 || !c.kicked || !enabled {
+            return;
+        }
+        let log_on = self.features & feat::LOG_ALL != 0;
+        let cfg = RingConfig {
+            num: c.num,
+            desc: addr.desc,
+            avail: addr.avail,
+            used: addr.used,
+            used_log_gpa: (addr.flags & proto::VRING_F_LOG != 0).then_some(addr.log),
+            base: c.base,
+            event_idx: self.features & feat::RING_F_EVENT_IDX != 0,
+            hdr_len: if self.features & (feat::F_VERSION_1 | feat::NET_F_MRG_RXBUF) != 0 { 12 } else { 10 },
+            mrg_rxbuf: self.features & feat::NET_F_MRG_RXBUF != 0,
+        };
+        let log = if log_on { self.log.clone() } else { None };
+        match Vring::new(mem.clone(), &cfg, log, c.call.clone()) {
+            Ok(r) => st.ring = Some(r),
+            Err(e) => tracing::warn!(port = %self.sh.name, vring = i, error = %e, "vhost: cannot start ring"),
+        }
+    }
+
+    fn rebuild_all(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.rebuild(i);
+        }
+    }
+
+    fn update_link(&self) {
+        let up = self.sh.vq(0).ring.is_some() && self.sh.vq(1).ring.is_some();
+        if self.sh.link.swap(up, Ordering::AcqRel) != up {
+            tracing::info!(port = %self.sh.name, up, "vhost: link");
+        }
+    }
+
+    /// Stops every ring and lets go of the guest's memory.
+    fn teardown(&mut self) {
+        self.sh.link.store(false, Ordering::Release);
+        for i in 0..self.vrings.len() {
+            self.sh.vq(i).ring = None;
+        }
+        self.mem = None;
+        self.log = None;
+        self.sh.features.store(0, Ordering::Release);
+    }
+}

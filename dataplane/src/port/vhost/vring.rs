@@ -1,0 +1,910 @@
+//! The split virtqueue, device side: taking the guest's transmitted frames out of its TX
+//! rings and copying the switch's frames into the buffers of its RX rings (mergeable RX
+//! buffers), with notification suppression and event-idx.
+//!
+//! Every value read from guest memory is untrusted. The checks, and what a failure costs:
+//! - a descriptor whose range is not inside the memory table, whose address + length
+//!   overflows, whose direction is wrong (a writable descriptor in a TX chain, a read-only one
+//!   in an RX chain), that is INDIRECT (not offered), or a chain that runs longer than the
+//!   queue (a loop) or names a descriptor beyond the table: the frame is dropped and counted
+//!   as `vhost_invalid_desc`, and the chain is returned to the guest with length 0;
+//! - an available index more than the queue size ahead of ours, or a head index beyond the
+//!   table: the ring's state cannot be trusted, so the queue is marked broken (counted once as
+//!   `vhost_ring_broken`, then every frame sent to it) until the frontend sets it up again.
+//!
+//! All guest memory is touched through [`super::mem`], which checks every access again.
+
+use super::mem::{Area, DirtyLog, GuestMemory, MemError};
+use super::sys;
+use crate::buffer::{PacketBuf, PoolCache};
+use crate::port::{Burst, DropTally};
+use crate::switch::DropReason;
+use arrayvec::ArrayVec;
+use std::fs::File;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+pub const DESC_F_NEXT: u16 = 1;
+pub const DESC_F_WRITE: u16 = 2;
+pub const DESC_F_INDIRECT: u16 = 4;
+pub const USED_F_NO_NOTIFY: u16 = 1;
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Largest split queue.
+pub const MAX_QUEUE_SIZE: u32 = 32768;
+/// Most guest buffer segments one frame may be copied into.
+pub const MAX_SEGS: usize = 64;
+/// How many times a burst towards a guest whose RX ring filled up re-reads the ring before
+/// dropping the rest (OVS's `tx-retries` default).
+pub const TX_RETRIES: u32 = 8;
+
+/// How a ring is set up (from the frontend's messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    pub num: u16,
+    /// Frontend virtual addresses of the three parts.
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    /// Guest physical address of the used ring, when its writes must be logged.
+    pub used_log_gpa: Option<u64>,
+    /// Where the device starts (SET_VRING_BASE).
+    pub base: u16,
+    pub event_idx: bool,
+    /// 12 (VERSION_1 or MRG_RXBUF) or 10 bytes.
+    pub hdr_len: usize,
+    pub mrg_rxbuf: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    addr: u64,
+    len: u32,
+}
+
+enum ChainError {
+    Invalid,
+    TooLong,
+}
+
+enum Place {
+    Done,
+    NoRoom,
+    Invalid,
+    TooBig,
+    Broken,
+}
+
+/// One running split ring.
+pub struct Vring {
+    mem: Arc<GuestMemory>,
+    desc: Area,
+    avail: Area,
+    used: Area,
+    num: u16,
+    last_avail: u16,
+    last_used: u16,
+    event_idx: bool,
+    hdr_len: usize,
+    mrg: bool,
+    log: Option<Arc<DirtyLog>>,
+    used_log_gpa: Option<u64>,
+    call: Option<Arc<File>>,
+    signalled_used: u16,
+    signalled_valid: bool,
+    broken: Option<&'static str>,
+}
+
+impl std::fmt::Debug for Vring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vring")
+            .field("num", &self.num)
+            .field("last_avail", &self.last_avail)
+            .field("last_used", &self.last_used)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// The used-event test of the virtio spec: whether moving the used index from `old` to `new`
+/// crossed the guest's `event`.
+#[inline]
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl Vring {
+    /// Translates a ring's addresses and starts it. `log` is the dirty log when logging is on.
+    pub fn new(
+        mem: Arc<GuestMemory>,
+        cfg: &RingConfig,
+        log: Option<Arc<DirtyLog>>,
+        call: Option<Arc<File>>,
+    ) -> Result<Vring, MemError> {
+        let num = u32::from(cfg.num);
+        if num == 0 || !num.is_power_of_two() || num > MAX_QUEUE_SIZE {
+            return Err(MemError::BadRegion { index: 0, msg: format!("bad queue size {num}") });
+        }
+        let n = u64::from(num);
+        let desc = mem.area_uva(cfg.desc, 16 * n, 16)?;
+        let avail = mem.area_uva(cfg.avail, 6 + 2 * n, 2)?;
+        let used = mem.area_uva(cfg.used, 6 + 8 * n, 4)?;
+        let mut r = Vring {
+            mem,
+            desc,
+            avail,
+            used,
+            num: cfg.num,
+            last_avail: cfg.base,
+            last_used: cfg.base,
+            event_idx: cfg.event_idx,
+            hdr_len: cfg.hdr_len,
+            mrg: cfg.mrg_rxbuf,
+            used_log_gpa: if log.is_some() { cfg.used_log_gpa } else { None },
+            log,
+            call,
+            signalled_used: 0,
+            signalled_valid: false,
+            broken: None,
+        };
+        // As DPDK: when the used index in memory disagrees with the base we were given (the
+        // frontend restarted and lost track), trust the ring.
+        if let Some(u) = r.used.load_u16(2, Ordering::Acquire) {
+            if u != cfg.base {
+                tracing::debug!(base = cfg.base, used = u, "vring base and used index differ; using the used index");
+                r.last_used = u;
+                r.last_avail = u;
+            }
+        }
+        // We poll: ask the guest not to kick us.
+        r.used.store_u16(0, USED_F_NO_NOTIFY, Ordering::Relaxed);
+        r.log_used(0, 2);
+        Ok(r)
+    }
+
+    /// `(last_avail, last_used)`: where the device is.
+    pub fn indices(&self) -> (u16, u16) {
+        (self.last_avail, self.last_used)
+    }
+
+    /// Why the ring was given up, if it was.
+    pub fn broken(&self) -> Option<&'static str> {
+        self.broken
+    }
+
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    fn set_broken(&mut self, why: &'static str, drops: &mut DropTally) {
+        if self.broken.is_none() {
+            tracing::warn!(reason = why, "vhost: guest ring state is invalid; queue stopped until it is set up again");
+            drops.add(DropReason::VhostRingBroken, 1);
+        }
+        self.broken = Some(why);
+    }
+
+    #[inline]
+    fn mask(&self) -> u16 {
+        self.num - 1
+    }
+
+    #[inline]
+    fn read_desc(&self, i: u16) -> Option<Desc> {
+        let off = usize::from(i) * 16;
+        let a = self.desc.load_u64(off, Ordering::Relaxed)?;
+        let b = self.desc.load_u64(off + 8, Ordering::Relaxed)?;
+        Some(Desc { addr: a, len: b as u32, flags: (b >> 32) as u16, next: (b >> 48) as u16 })
+    }
+
+    /// The guest's available index, checked against ours. `None`: broken.
+    #[inline]
+    fn fresh_avail(&mut self, drops: &mut DropTally) -> Option<u16> {
+        let Some(a) = self.avail.load_u16(2, Ordering::Acquire) else {
+            self.set_broken("available ring unreadable", drops);
+            return None;
+        };
+        if a.wrapping_sub(self.last_avail) > self.num {
+            self.set_broken("available index ran more than the queue size ahead", drops);
+            return None;
+        }
+        Some(a)
+    }
+
+    /// The head at position `pos` of the available ring. `None`: broken.
+    #[inline]
+    fn avail_head(&mut self, pos: u16, drops: &mut DropTally) -> Option<u16> {
+        let off = 4 + 2 * usize::from(pos & self.mask());
+        match self.avail.load_u16(off, Ordering::Relaxed) {
+            Some(h) if h < self.num => Some(h),
+            _ => {
+                self.set_broken("head descriptor index out of range", drops);
+                None
+            }
+        }
+    }
+
+    #[inline]
+    fn log_used(&self, off: u64, len: u64) {
+        if let (Some(log), Some(g)) = (&self.log, self.used_log_gpa) {
+            if let Some(a) = g.checked_add(off) {
+                log.mark(a, len);
+            }
+        }
+    }
+
+    #[inline]
+    fn put_used(&mut self, id: u16, len: u32) {
+        let off = 4 + 8 * usize::from(self.last_used & self.mask());
+        self.used.store_u32(off, u32::from(id), Ordering::Relaxed);
+        self.used.store_u32(off + 4, len, Ordering::Relaxed);
+        self.log_used(off as u64, 8);
+        self.last_used = self.last_used.wrapping_add(1);
+    }
+
+    /// Makes the used entries visible (release: the entries and the data before the index),
+    /// then calls the guest if it asked to be called.
+    fn publish_and_notify(&mut self) {
+        self.used.store_u16(2, self.last_used, Ordering::Release);
+        self.log_used(2, 2);
+        let Some(call) = &self.call else { return };
+        // The guest's suppression fields must be read after our index store is visible.
+        fence(Ordering::SeqCst);
+        let need = if self.event_idx {
+            let ev = self.avail.load_u16(4 + 2 * usize::from(self.num), Ordering::Relaxed).unwrap_or(0);
+            let (new, old, valid) = (self.last_used, self.signalled_used, self.signalled_valid);
+            self.signalled_used = new;
+            self.signalled_valid = true;
+            !valid || need_event(ev, new, old)
+        } else {
+            self.avail.load_u16(0, Ordering::Relaxed).unwrap_or(0) & AVAIL_F_NO_INTERRUPT == 0
+        };
+        if need {
+            sys::eventfd_signal(call);
+        }
+    }
+
+    /// Guest TX: takes up to `max` frames into `out` (skipping the virtio-net header).
+    pub fn dequeue(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+        if self.broken.is_some() {
+            return 0;
+        }
+        let Some(avail) = self.fresh_avail(drops) else { return 0 };
+        let pending = usize::from(avail.wrapping_sub(self.last_avail));
+        let n = pending.min(max).min(out.remaining_capacity());
+        let mut got = 0;
+        let start_used = self.last_used;
+        for _ in 0..n {
+            let Some(head) = self.avail_head(self.last_avail, drops) else { break };
+            // No buffer: leave the frame in the ring for the next poll.
+            let Some(mut buf) = cache.alloc() else { break };
+            match self.copy_chain_out(head, &mut buf) {
+                Ok(len) if buf.set_len(len).is_ok() => {
+                    out.push(buf);
+                    got += 1;
+                }
+                Ok(_) | Err(ChainError::TooLong) => {
+                    drops.add(DropReason::Oversize, 1);
+                    cache.free(buf);
+                }
+                Err(ChainError::Invalid) => {
+                    drops.add(DropReason::VhostInvalidDesc, 1);
+                    cache.free(buf);
+                }
+            }
+            self.put_used(head, 0);
+            self.last_avail = self.last_avail.wrapping_add(1);
+        }
+        if self.last_used != start_used {
+            self.publish_and_notify();
+        }
+        got
+    }
+
+    /// Copies the chain at `head` (device-readable descriptors) into `buf`'s tail, without the
+    /// header. Returns the frame length.
+    fn copy_chain_out(&self, head: u16, buf: &mut PacketBuf) -> Result<usize, ChainError> {
+        let tail = buf.tail_mut();
+        let cap = tail.len();
+        let mut idx = head;
+        let mut skip = self.hdr_len as u64;
+        let mut total = 0usize;
+        let mut too_long = false;
+        for _ in 0..self.num {
+            let d = self.read_desc(idx).ok_or(ChainError::Invalid)?;
+            if d.flags & (DESC_F_INDIRECT | DESC_F_WRITE) != 0 {
+                return Err(ChainError::Invalid);
+            }
+            let (mut addr, mut len) = (d.addr, u64::from(d.len));
+            if !self.mem.contains(addr, len) {
+                return Err(ChainError::Invalid);
+            }
+            if skip > 0 {
+                let s = skip.min(len);
+                addr += s;
+                len -= s;
+                skip -= s;
+            }
+            if len > 0 && !too_long {
+                // len <= u32::MAX, total <= cap.
+                if total as u64 + len > cap as u64 {
+                    too_long = true;
+                } else {
+                    let l = len as usize;
+                    self.mem.read(addr, &mut tail[total..total + l]).map_err(|_| ChainError::Invalid)?;
+                    total += l;
+                }
+            }
+            if d.flags & DESC_F_NEXT == 0 {
+                return match (skip > 0, too_long) {
+                    (true, _) => Err(ChainError::Invalid),
+                    (_, true) => Err(ChainError::TooLong),
+                    _ => Ok(total),
+                };
+            }
+            if d.next >= self.num {
+                return Err(ChainError::Invalid);
+            }
+            idx = d.next;
+        }
+        // More descriptors than the queue holds: the chain loops.
+        Err(ChainError::Invalid)
+    }
+
+    /// Collects the device-writable segments of the chain at `head` into `segs` until they
+    /// hold `want` bytes or the chain ends. Returns the capacity collected.
+    fn gather_in(&self, head: u16, segs: &mut ArrayVec<Seg, MAX_SEGS>, want: u64) -> Result<u64, ChainError> {
+        let mut idx = head;
+        let mut cap = 0u64;
+        for _ in 0..self.num {
+            let d = self.read_desc(idx).ok_or(ChainError::Invalid)?;
+            if d.flags & DESC_F_INDIRECT != 0 || d.flags & DESC_F_WRITE == 0 {
+                return Err(ChainError::Invalid);
+            }
+            if d.len > 0 {
+                if !self.mem.contains(d.addr, u64::from(d.len)) {
+                    return Err(ChainError::Invalid);
+                }
+                segs.try_push(Seg { addr: d.addr, len: d.len }).map_err(|_| ChainError::Invalid)?;
+                cap += u64::from(d.len);
+            }
+            if d.flags & DESC_F_NEXT == 0 || cap >= want {
+                return if cap == 0 { Err(ChainError::Invalid) } else { Ok(cap) };
+            }
+            if d.next >= self.num {
+                return Err(ChainError::Invalid);
+            }
+            idx = d.next;
+        }
+        Err(ChainError::Invalid)
+    }
+
+    /// Copies one frame into the guest's RX buffers. `avail` caches the guest's available
+    /// index. Commits (moves `last_avail`, adds used entries) only on success or when a chain
+    /// was invalid (then every chain taken for the frame goes back with length 0).
+    fn place(&mut self, frame: &[u8], avail: &mut u16, drops: &mut DropTally) -> Place {
+        let need = (self.hdr_len + frame.len()) as u64;
+        let mut cursor = self.last_avail;
+        let mut segs: ArrayVec<Seg, MAX_SEGS> = ArrayVec::new();
+        // (head, first segment, end segment)
+        let mut chains: ArrayVec<(u16, u8, u8), MAX_SEGS> = ArrayVec::new();
+        let mut have = 0u64;
+        while have < need {
+            if cursor == *avail {
+                match self.fresh_avail(drops) {
+                    Some(a) => *avail = a,
+                    None => return Place::Broken,
+                }
+                if cursor == *avail {
+                    return Place::NoRoom;
+                }
+            }
+            let Some(head) = self.avail_head(cursor, drops) else { return Place::Broken };
+            cursor = cursor.wrapping_add(1);
+            let first = segs.len() as u8;
+            let ok = match self.gather_in(head, &mut segs, need - have) {
+                Ok(cap) => {
+                    have += cap;
+                    chains.try_push((head, first, segs.len() as u8)).is_ok()
+                }
+                Err(_) => false,
+            };
+            if !ok || (have < need && (segs.is_full() || chains.is_full())) {
+                for (h, _, _) in chains.iter().copied() {
+                    self.put_used(h, 0);
+                }
+                if !chains.iter().any(|c| c.0 == head) {
+                    self.put_used(head, 0);
+                }
+                self.last_avail = cursor;
+                return Place::Invalid;
+            }
+            if !self.mrg && have < need {
+                // Without mergeable buffers one chain must hold the whole frame.
+                return Place::TooBig;
+            }
+        }
+        // Write the header and the frame across the segments.
+        let mut hdr = [0u8; 12];
+        if self.hdr_len >= 12 {
+            hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        }
+        let hdr = &hdr[..self.hdr_len];
+        let total = hdr.len() + frame.len();
+        let mut pos = 0usize;
+        let mut lens: ArrayVec<u32, MAX_SEGS> = ArrayVec::new();
+        let mut failed = false;
+        for &(_, s, e) in &chains {
+            let mut written = 0u32;
+            for seg in &segs[usize::from(s)..usize::from(e)] {
+                let mut off = 0usize;
+                while off < seg.len as usize && pos < total {
+                    let n = (seg.len as usize - off).min(if pos < hdr.len() { hdr.len() - pos } else { total - pos });
+                    let src = if pos < hdr.len() { &hdr[pos..pos + n] } else { &frame[pos - hdr.len()..pos - hdr.len() + n] };
+                    let gpa = seg.addr + off as u64;
+                    if self.mem.write(gpa, src).is_err() {
+                        failed = true;
+                    }
+                    if let Some(log) = &self.log {
+                        log.mark(gpa, n as u64);
+                    }
+                    off += n;
+                    pos += n;
+                    written += n as u32;
+                }
+            }
+            lens.push(written);
+        }
+        for (i, &(h, _, _)) in chains.iter().enumerate() {
+            self.put_used(h, if failed { 0 } else { lens[i] });
+        }
+        self.last_avail = cursor;
+        if failed {
+            Place::Invalid
+        } else {
+            Place::Done
+        }
+    }
+
+    /// Guest RX: copies every frame of `pkts` into the guest (draining it; buffers go back to
+    /// `cache`). Returns how many were delivered; the rest are counted in `drops`.
+    pub fn enqueue(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        if self.broken.is_some() {
+            drops.add(DropReason::VhostRingBroken, pkts.len() as u32);
+            for b in pkts.drain(..) {
+                cache.free(b);
+            }
+            return 0;
+        }
+        let start_used = self.last_used;
+        let mut avail = self.last_avail;
+        let mut sent = 0usize;
+        let mut give_up: Option<DropReason> = None;
+        let mut retries = 0u32;
+        for b in pkts.drain(..) {
+            if let Some(r) = give_up {
+                drops.add(r, 1);
+                cache.free(b);
+                continue;
+            }
+            loop {
+                match self.place(b.data(), &mut avail, drops) {
+                    Place::Done => {
+                        sent += 1;
+                        break;
+                    }
+                    Place::Invalid => {
+                        drops.add(DropReason::VhostInvalidDesc, 1);
+                        break;
+                    }
+                    Place::TooBig => {
+                        drops.add(DropReason::Oversize, 1);
+                        break;
+                    }
+                    Place::Broken => {
+                        give_up = Some(DropReason::VhostRingBroken);
+                        drops.add(DropReason::VhostRingBroken, 1);
+                        break;
+                    }
+                    Place::NoRoom if sent == 0 => {
+                        // The guest posted no buffers: it is not reading. Do not wait for it.
+                        give_up = Some(DropReason::VhostNoRxDesc);
+                        drops.add(DropReason::VhostNoRxDesc, 1);
+                        break;
+                    }
+                    Place::NoRoom if retries >= TX_RETRIES => {
+                        give_up = Some(DropReason::VhostTxRetries);
+                        drops.add(DropReason::VhostTxRetries, 1);
+                        break;
+                    }
+                    Place::NoRoom => {
+                        // Show the guest what we placed so far and give it a moment to refill.
+                        retries += 1;
+                        self.publish_and_notify();
+                        for _ in 0..64 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            }
+            cache.free(b);
+        }
+        if self.last_used != start_used {
+            self.publish_and_notify();
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Pool;
+    use proptest::prelude::*;
+
+    const UVA: u64 = 0x7f00_0000_0000;
+
+    /// A minimal driver over anonymous guest memory: rings at fixed guest addresses, the
+    /// frontend's view (uva) offset by UVA.
+    struct Fake {
+        mem: Arc<GuestMemory>,
+        num: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        avail_idx: u16,
+    }
+
+    impl Fake {
+        fn new(num: u16) -> Fake {
+            let mem = Arc::new(GuestMemory::anonymous(&[(0, 1 << 20, UVA)]).unwrap());
+            Fake { mem, num, desc: 0x1000, avail: 0x2_0000, used: 0x3_0000, avail_idx: 0 }
+        }
+        fn cfg(&self) -> RingConfig {
+            RingConfig {
+                num: self.num,
+                desc: self.desc + UVA,
+                avail: self.avail + UVA,
+                used: self.used + UVA,
+                used_log_gpa: Some(self.used),
+                base: 0,
+                event_idx: false,
+                hdr_len: 12,
+                mrg_rxbuf: true,
+            }
+        }
+        fn ring(&self) -> Vring {
+            Vring::new(self.mem.clone(), &self.cfg(), None, None).unwrap()
+        }
+        fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let mut b = [0u8; 16];
+            b[0..8].copy_from_slice(&addr.to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[12..14].copy_from_slice(&flags.to_le_bytes());
+            b[14..16].copy_from_slice(&next.to_le_bytes());
+            self.mem.write(self.desc + 16 * u64::from(i), &b).unwrap();
+        }
+        fn post(&mut self, head: u16) {
+            let pos = self.avail + 4 + 2 * u64::from(self.avail_idx % self.num);
+            self.mem.write(pos, &head.to_le_bytes()).unwrap();
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            self.mem.write(self.avail + 2, &self.avail_idx.to_le_bytes()).unwrap();
+        }
+        fn used_idx(&self) -> u16 {
+            let mut b = [0u8; 2];
+            self.mem.read(self.used + 2, &mut b).unwrap();
+            u16::from_le_bytes(b)
+        }
+        fn used_elem(&self, i: u16) -> (u32, u32) {
+            let mut b = [0u8; 8];
+            self.mem.read(self.used + 4 + 8 * u64::from(i % self.num), &mut b).unwrap();
+            (u32::from_le_bytes(b[0..4].try_into().unwrap()), u32::from_le_bytes(b[4..8].try_into().unwrap()))
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool::with_hugepages("vring-test", 512, false).unwrap()
+    }
+
+    #[test]
+    fn tx_chain_with_header_split_is_copied() {
+        let mut f = Fake::new(8);
+        let frame: Vec<u8> = (0..100u8).collect();
+        f.mem.write(0x8000, &[0u8; 12]).unwrap();
+        f.mem.write(0x9000, &frame[..30]).unwrap();
+        f.mem.write(0xa000, &frame[30..]).unwrap();
+        f.desc(0, 0x8000, 12, DESC_F_NEXT, 1);
+        f.desc(1, 0x9000, 30, DESC_F_NEXT, 2);
+        f.desc(2, 0xa000, 70, 0, 0);
+        f.post(0);
+        let mut r = f.ring();
+        let p = pool();
+        let mut c = p.cache();
+        let mut out = Burst::new();
+        let mut d = DropTally::default();
+        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+        assert_eq!(out[0].data(), &frame[..]);
+        assert_eq!(f.used_idx(), 1);
+        assert_eq!(f.used_elem(0), (0, 0));
+        assert!(d.is_zero());
+    }
+
+    #[test]
+    fn rx_mergeable_spans_chains_and_sets_num_buffers() {
+        let mut f = Fake::new(8);
+        for i in 0..4u16 {
+            f.desc(i, 0x10000 + 0x1000 * u64::from(i), 512, DESC_F_WRITE, 0);
+            f.post(i);
+        }
+        let mut r = f.ring();
+        let p = pool();
+        let mut c = p.cache();
+        let frame: Vec<u8> = (0..1200u32).map(|i| i as u8).collect();
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&frame).unwrap());
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 1);
+        assert!(d.is_zero());
+        assert_eq!(f.used_idx(), 3);
+        assert_eq!(f.used_elem(0), (0, 512));
+        assert_eq!(f.used_elem(1), (1, 512));
+        assert_eq!(f.used_elem(2), (2, 1212 - 1024));
+        let mut got = vec![0u8; 1212];
+        for i in 0..3u64 {
+            let n = [512, 512, 188][i as usize];
+            f.mem.read(0x10000 + 0x1000 * i, &mut got[512 * i as usize..512 * i as usize + n]).unwrap();
+        }
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
+        assert_eq!(&got[12..], &frame[..]);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn rx_without_buffers_counts_no_rx_desc() {
+        let f = Fake::new(8);
+        let mut r = f.ring();
+        let p = pool();
+        let mut c = p.cache();
+        let mut burst = Burst::new();
+        for _ in 0..3 {
+            burst.push(c.alloc_copy(&[1u8; 60]).unwrap());
+        }
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 0);
+        assert_eq!(d.get(DropReason::VhostNoRxDesc), 3);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn rx_ring_filling_up_counts_tx_retries() {
+        let mut f = Fake::new(8);
+        for i in 0..2u16 {
+            f.desc(i, 0x10000 + 0x1000 * u64::from(i), 2048, DESC_F_WRITE, 0);
+            f.post(i);
+        }
+        let mut r = f.ring();
+        let p = pool();
+        let mut c = p.cache();
+        let mut burst = Burst::new();
+        for _ in 0..5 {
+            burst.push(c.alloc_copy(&[1u8; 60]).unwrap());
+        }
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 2);
+        assert_eq!(d.get(DropReason::VhostTxRetries), 3);
+    }
+
+    #[test]
+    fn malicious_tx_chains_are_dropped_not_followed() {
+        let p = pool();
+        let mut c = p.cache();
+        // (setup, expected drop reason)
+        type Setup = fn(&Fake);
+        let cases: Vec<(&str, Setup, DropReason)> = vec![
+            ("address outside memory", |f| f.desc(0, 1 << 40, 100, 0, 0), DropReason::VhostInvalidDesc),
+            ("address + len overflows", |f| f.desc(0, u64::MAX - 10, 100, 0, 0), DropReason::VhostInvalidDesc),
+            ("runs past the end of memory", |f| f.desc(0, (1 << 20) - 50, 100, 0, 0), DropReason::VhostInvalidDesc),
+            ("loop", |f| {
+                f.desc(0, 0x8000, 12, DESC_F_NEXT, 1);
+                f.desc(1, 0x9000, 10, DESC_F_NEXT, 0);
+            }, DropReason::VhostInvalidDesc),
+            ("next out of range", |f| f.desc(0, 0x8000, 100, DESC_F_NEXT, 999), DropReason::VhostInvalidDesc),
+            ("indirect", |f| f.desc(0, 0x8000, 64, DESC_F_INDIRECT, 0), DropReason::VhostInvalidDesc),
+            ("writable in TX", |f| f.desc(0, 0x8000, 64, DESC_F_WRITE, 0), DropReason::VhostInvalidDesc),
+            ("shorter than the header", |f| f.desc(0, 0x8000, 8, 0, 0), DropReason::VhostInvalidDesc),
+            ("huge length", |f| f.desc(0, 0x8000, u32::MAX, 0, 0), DropReason::VhostInvalidDesc),
+            ("larger than a buffer", |f| f.desc(0, 0x8000, 12 + 4000, 0, 0), DropReason::Oversize),
+        ];
+        for (name, setup, reason) in cases {
+            let mut f = Fake::new(8);
+            setup(&f);
+            f.post(0);
+            let mut r = f.ring();
+            let mut out = Burst::new();
+            let mut d = DropTally::default();
+            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0, "{name}");
+            assert_eq!(d.get(reason), 1, "{name}");
+            assert_eq!(f.used_idx(), 1, "{name}: chain returned");
+            assert!(r.broken().is_none(), "{name}");
+        }
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn avail_index_jump_and_bad_head_break_the_queue() {
+        let p = pool();
+        let mut c = p.cache();
+        let f = Fake::new(8);
+        f.mem.write(f.avail + 2, &100u16.to_le_bytes()).unwrap();
+        let mut r = f.ring();
+        let mut out = Burst::new();
+        let mut d = DropTally::default();
+        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert!(r.broken().is_some());
+        assert_eq!(d.get(DropReason::VhostRingBroken), 1);
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&[0u8; 60]).unwrap());
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 0);
+        assert_eq!(d.get(DropReason::VhostRingBroken), 2);
+
+        let mut f = Fake::new(8);
+        f.post(77);
+        let mut r = f.ring();
+        let mut d = DropTally::default();
+        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert!(r.broken().is_some());
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn bad_ring_addresses_are_refused() {
+        let f = Fake::new(8);
+        let mut cfg = f.cfg();
+        cfg.desc = 5; // Not in the table.
+        assert!(Vring::new(f.mem.clone(), &cfg, None, None).is_err());
+        let mut cfg = f.cfg();
+        cfg.used = UVA + (1 << 20) - 8; // Runs off the end.
+        assert!(Vring::new(f.mem.clone(), &cfg, None, None).is_err());
+        let mut cfg = f.cfg();
+        cfg.desc = UVA + 8; // Misaligned.
+        assert!(Vring::new(f.mem.clone(), &cfg, None, None).is_err());
+        let mut cfg = f.cfg();
+        cfg.num = 100; // Not a power of two.
+        assert!(Vring::new(f.mem.clone(), &cfg, None, None).is_err());
+    }
+
+    #[test]
+    fn rx_writes_are_logged() {
+        let mut f = Fake::new(8);
+        f.desc(0, 0x10000, 2048, DESC_F_WRITE, 0);
+        f.post(0);
+        let log = Arc::new(DirtyLog::anonymous(64).unwrap());
+        let mut r = Vring::new(f.mem.clone(), &f.cfg(), Some(log.clone()), None).unwrap();
+        let p = pool();
+        let mut c = p.cache();
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&[1u8; 60]).unwrap());
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 1);
+        assert!(log.is_marked(0x10000));
+        assert!(log.is_marked(f.used));
+        assert!(!log.is_marked(0x20000 + 0x10000));
+    }
+
+    #[test]
+    fn event_idx_calls_only_when_asked() {
+        let mut f = Fake::new(8);
+        for i in 0..4u16 {
+            f.desc(i, 0x10000 + 0x1000 * u64::from(i), 2048, DESC_F_WRITE, 0);
+            f.post(i);
+        }
+        let call = Arc::new(sys::eventfd().unwrap());
+        let mut cfg = f.cfg();
+        cfg.event_idx = true;
+        // used_event = 1: call when the used index passes 1.
+        f.mem.write(f.avail + 4 + 2 * 8, &1u16.to_le_bytes()).unwrap();
+        let mut r = Vring::new(f.mem.clone(), &cfg, None, Some(call.clone())).unwrap();
+        let p = pool();
+        let mut c = p.cache();
+        let mut d = DropTally::default();
+        let mut send = |r: &mut Vring, c: &mut PoolCache| {
+            let mut b = Burst::new();
+            b.push(c.alloc_copy(&[1u8; 60]).unwrap());
+            r.enqueue(&mut b, c, &mut d)
+        };
+        send(&mut r, &mut c); // first call always (no signalled state yet)
+        assert_eq!(sys::eventfd_take(&call), 1);
+        send(&mut r, &mut c); // used 1 -> 2 crosses event 1
+        assert_eq!(sys::eventfd_take(&call), 1);
+        send(&mut r, &mut c); // 2 -> 3: not asked
+        assert_eq!(sys::eventfd_take(&call), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// Random memory tables, ring placements, descriptor tables, available rings and
+        /// indices: the queue code must never panic, and never touch memory outside the
+        /// regions (each region sits between guard pages, so a stray access would fault).
+        #[test]
+        fn random_rings_never_escape(
+            regions in proptest::collection::vec((0u64..64, 1u64..4), 1..4),
+            num_log in 0u32..6,
+            ring_at in proptest::collection::vec(0u64..(5 << 14), 3),
+            garbage in proptest::collection::vec(any::<u64>(), 0..256),
+            idx_words in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..64),
+            avail_idx in any::<u16>(),
+            base in any::<u16>(),
+            frames in proptest::collection::vec(0usize..3000, 0..40),
+            event_idx in any::<bool>(),
+            mrg in any::<bool>(),
+        ) {
+            // Regions of 4..16 pages at distinct 64-page slots.
+            let mut layout = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (slot, pages) in regions {
+                if seen.insert(slot) {
+                    layout.push((slot << 18, pages * 16384, (slot << 18) + UVA));
+                }
+            }
+            let mem = Arc::new(GuestMemory::anonymous(&layout).unwrap());
+            let (g0, _, _) = layout[0];
+            // Spray garbage (descriptors pointing anywhere, with any flags) over the first region.
+            for (i, w) in garbage.iter().enumerate() {
+                let w = if i % 2 == 0 && w % 3 == 0 { g0 + (w % (1 << 16)) } else { *w };
+                let _ = mem.write(g0 + 8 * i as u64, &w.to_le_bytes());
+            }
+            let num = 1u16 << num_log;
+            let cfg = RingConfig {
+                num,
+                desc: UVA + g0 + (ring_at[0] & !15),
+                avail: UVA + g0 + (ring_at[1] & !1),
+                used: UVA + g0 + (ring_at[2] & !3),
+                used_log_gpa: Some(g0 + ring_at[2]),
+                base,
+                event_idx,
+                hdr_len: if mrg { 12 } else { 10 },
+                mrg_rxbuf: mrg,
+            };
+            for (off, v) in idx_words {
+                let _ = mem.write(g0 + (cfg.avail - UVA - g0) + u64::from(off % 64) * 2, &v.to_le_bytes());
+            }
+            let _ = mem.write(cfg.avail - UVA + 2, &avail_idx.to_le_bytes());
+            let log = Arc::new(DirtyLog::anonymous(8).unwrap());
+            let call = Arc::new(sys::eventfd().unwrap());
+            let p = Pool::with_hugepages("fuzz", 256, false).unwrap();
+            let mut c = p.cache();
+            if let Ok(mut r) = Vring::new(mem.clone(), &cfg, Some(log), Some(call)) {
+                let mut d = DropTally::default();
+                for round in 0..4 {
+                    let mut out = Burst::new();
+                    let got = r.dequeue(&mut c, &mut out, 64, &mut d);
+                    prop_assert!(got <= 64);
+                    for b in out.drain(..) {
+                        prop_assert!(b.len() <= crate::buffer::DATA_ROOM);
+                        c.free(b);
+                    }
+                    let mut burst = Burst::new();
+                    for &len in frames.iter().skip(round * 10).take(10) {
+                        let mut b = c.alloc().unwrap();
+                        b.set_len(len.min(crate::buffer::DATA_ROOM)).unwrap();
+                        burst.push(b);
+                    }
+                    let n = burst.len();
+                    let sent = r.enqueue(&mut burst, &mut c, &mut d);
+                    prop_assert!(sent <= n);
+                    prop_assert!(burst.is_empty());
+                }
+            }
+            drop(c);
+            prop_assert_eq!(p.in_use(), 0);
+        }
+    }
+}
