@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 /// A port's index in the snapshot and in MAC table entries.
 pub type PortId = u16;
-/// At most this many ports on a node.
-pub const MAX_PORTS: usize = 4096;
+/// At most this many ports on a node (ids are u16; 20,000 VM interfaces fit).
+pub const MAX_PORTS: usize = 32768;
 
 macro_rules! drop_reasons {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -58,6 +58,10 @@ drop_reasons! {
     NoBuffer => "no_buffer", "No buffer for a flood copy or a received frame.";
     TxFull => "tx_full", "The egress queue had no room.";
     PortDown => "port_down", "The egress port is down.";
+    VhostNoRxDesc => "vhost_no_rx_desc", "The guest posted no RX buffers (vhost-user): it is not reading its queue.";
+    VhostTxRetries => "vhost_tx_retries", "The guest's RX ring filled up mid-burst and stayed full after the retries (vhost-user).";
+    VhostInvalidDesc => "vhost_invalid_desc", "A guest descriptor chain was invalid: outside guest memory, overflowing, looping, too long, indirect or of the wrong direction (vhost-user).";
+    VhostRingBroken => "vhost_ring_broken", "The guest corrupted a ring's indices; the queue is stopped until the guest sets it up again (vhost-user).";
 }
 
 /// Counters of one port. Workers add to them once per burst.
