@@ -1,7 +1,10 @@
 //! The switchyard binary: `run`, `pmd`, `replay`, `plan`, `ctl`.
 
+mod ctl;
 mod plan_cmd;
+mod pmd;
 mod replay;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,19 +22,30 @@ enum Cmd {
     Replay(replay::ReplayArgs),
     /// Prints the configuration a node gets from a directory of cluster manifests.
     Plan(plan_cmd::PlanArgs),
+    /// testpmd-style benchmark: forwards between ports in one mode (io, switch, txonly, ...).
+    Pmd(pmd::PmdArgs),
+    /// The sidecar: watches a directory of manifests and reprograms the running switch.
+    Run(run::RunArgs),
+    /// Asks a running `switchyard run` over its control socket (show ports, trace, ...).
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `run` says what it changes (info); the other commands only warn.
+    let default_log = if matches!(cli.cmd, Cmd::Run(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.cmd {
         Cmd::Replay(a) => replay::main(a),
         Cmd::Plan(a) => plan_cmd::main(a),
+        Cmd::Pmd(a) => pmd::main(a),
+        Cmd::Run(a) => run::main(a),
+        Cmd::Ctl(a) => ctl::main(a),
     }
 }

@@ -4,10 +4,19 @@
 //!   NNCPs, Nodes) into an indexed model, collecting what is wrong as [`Problem`]s.
 //! - [`plan()`] translates that state into the [`Config`] one node gets, plus what it
 //!   skipped and why. docs/cluster-state.md states every mapping rule.
+//! - [`runtime::Runtime`] runs the switch and applies a configuration as a diff
+//!   ([`reconcile`]); [`controller::Controller`] watches a state directory and reconciles on
+//!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
+//!   control socket.
 
+pub mod controller;
+pub mod ctl;
 pub mod k8s;
+pub mod lastgood;
 pub mod nad;
 pub mod plan;
+pub mod reconcile;
+pub mod runtime;
 
 pub use k8s::ClusterState;
 pub use plan::{plan, Plan, PlanOptions};

@@ -57,13 +57,25 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
         }
         PortType::Afpacket => Ok(Arc::new(AfPacketPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
         PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
-        PortType::Vhostuser => Err(PortError::Unsupported {
-            port: name.into(),
-            kind: "vhostuser".into(),
-            hint: "the vhost-user backend is not built yet".into(),
-        }),
+        PortType::Vhostuser => open_vhost(cfg),
         PortType::Dpdk => open_dpdk(cfg, ctx),
     }
+}
+
+fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
+    use super::vhost::{Mode, VhostOptions, VhostUserPort};
+    let name = cfg.name.as_str();
+    let socket = cfg.socket.as_deref().ok_or_else(|| PortError::Backend {
+        port: name.into(),
+        msg: "a vhostuser port needs a socket path".into(),
+    })?;
+    let mode = match cfg.mode.as_deref().unwrap_or("server") {
+        "server" => Mode::Server,
+        "client" => Mode::Client,
+        m => return Err(PortError::Backend { port: name.into(), msg: format!("mode {m:?} is neither server nor client") }),
+    };
+    let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), ..Default::default() };
+    Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
 }
 
 #[cfg(feature = "dpdk")]

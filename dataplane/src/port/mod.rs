@@ -15,6 +15,7 @@ pub mod factory;
 pub mod pcap;
 pub mod ring;
 pub mod tap;
+pub mod vhost;
 
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;

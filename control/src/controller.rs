@@ -1,0 +1,245 @@
+//! The control thread of `switchyard run`: loads the state directory, plans (keeping last good
+//! versions of bad objects, see [`crate::lastgood`]), applies the plan to the [`Runtime`], and
+//! does it again on every change under the directory.
+//!
+//! Watching: inotify through the `notify` crate, recursive, on the directory itself, so files
+//! created, written, deleted or renamed into place (editors that save through a temporary file,
+//! a ConfigMap's `..data` symlink swap) are all seen. Events are debounced: after the first one,
+//! the reload waits until no event came for `debounce` (10 ms by default), or at most
+//! `max_batch` (100 ms), so a burst of writes is one reconcile. Opening the workers' own reads
+//! of the files (access events) does not count.
+//!
+//! Logging (tracing): one line per object decision that is new since the last reconcile
+//! (`problem:`, `kept:`, `skipped:`, `note:`) and one line per port change (by the runtime).
+
+use crate::k8s::ClusterState;
+use crate::lastgood::LastGood;
+use crate::plan::PlanOptions;
+use crate::runtime::{Applied, InputStatus, Runtime};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use switchyard_dataplane::config::Config;
+
+/// What the controller reads and how often it looks.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub state_dir: PathBuf,
+    pub node: String,
+    /// Node labels given on the command line (over the Node object's).
+    pub labels: BTreeMap<String, String>,
+    pub plan: PlanOptions,
+    /// Quiet time after the last event before reloading.
+    pub debounce: Duration,
+    /// The longest a burst of events delays a reload.
+    pub max_batch: Duration,
+    /// How often ports that are down are retried when nothing changes.
+    pub retry: Duration,
+}
+
+impl ControllerOptions {
+    pub fn new(state_dir: impl Into<PathBuf>, node: &str) -> ControllerOptions {
+        ControllerOptions {
+            state_dir: state_dir.into(),
+            node: node.into(),
+            labels: BTreeMap::new(),
+            plan: PlanOptions::default(),
+            debounce: Duration::from_millis(10),
+            max_batch: Duration::from_millis(100),
+            retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Type of the hook called after every reconcile.
+pub type ReconcileHook = Box<dyn FnMut(&Result<Applied, String>) + Send>;
+
+/// The control loop's state.
+pub struct Controller {
+    opts: ControllerOptions,
+    lastgood: LastGood,
+    runtime: Arc<Mutex<Runtime>>,
+    logged: BTreeSet<String>,
+    reconciles: u64,
+    /// Called after each reconcile (tests and benchmarks use it to see a change go live).
+    pub on_reconcile: Option<ReconcileHook>,
+}
+
+fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
+    rt.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where each port of `cfg` comes from, for the log: `NAD ns/name` for VM ports, `NNCP name`
+/// for uplinks.
+pub fn origins(state: &ClusterState, cfg: &Config) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for p in cfg.bridges.iter().flat_map(|b| &b.ports) {
+        let parts: Vec<&str> = p.name.splitn(3, '/').collect();
+        let o =
+            if let [ns, vmi, iface] = parts[..] {
+                state.vmis.get(&(ns.to_string(), vmi.to_string())).and_then(|v| {
+                    let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
+                    let m = net.multus.as_ref()?;
+                    Some(match m.network_name.split_once('/') {
+                        Some((a, b)) => format!("NAD {a}/{b}"),
+                        None => format!("NAD {ns}/{}", m.network_name),
+                    })
+                })
+            } else {
+                state
+                    .nncps
+                    .values()
+                    .find(|n| {
+                        n.obj.spec.desired_state.interfaces.iter().any(|i| {
+                            i.bridge.as_ref().is_some_and(|b| b.port.iter().any(|bp| bp.name == p.name))
+                        })
+                    })
+                    .map(|n| format!("NNCP {}", n.obj.metadata.name))
+            };
+        if let Some(o) = o {
+            out.insert(p.name.clone(), o);
+        }
+    }
+    out
+}
+
+impl Controller {
+    pub fn new(opts: ControllerOptions, runtime: Arc<Mutex<Runtime>>) -> Controller {
+        Controller {
+            opts,
+            lastgood: LastGood::new(),
+            runtime,
+            logged: BTreeSet::new(),
+            reconciles: 0,
+            on_reconcile: None,
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<Mutex<Runtime>> {
+        &self.runtime
+    }
+
+    /// Loads, plans and applies once. An error leaves the running configuration as it was.
+    pub fn reconcile(&mut self) -> Result<Applied, String> {
+        let r = self.reconcile_inner();
+        if let Some(h) = self.on_reconcile.as_mut() {
+            h(&r);
+        }
+        r
+    }
+
+    fn reconcile_inner(&mut self) -> Result<Applied, String> {
+        self.reconciles += 1;
+        let dir = &self.opts.state_dir;
+        let state = ClusterState::load_dir(dir).map_err(|e| {
+            let m = format!(
+                "{}: cannot read the state directory ({e}); the running configuration stays",
+                dir.display()
+            );
+            tracing::error!("{m}");
+            m
+        })?;
+        let r = self.lastgood.resolve(state, &self.opts.node, &self.opts.labels, &self.opts.plan);
+        let mut input = InputStatus { reconciles: self.reconciles, ..Default::default() };
+        let mut now = BTreeSet::new();
+        let mut say = |line: String, warn: bool, logged: &BTreeSet<String>| {
+            if !logged.contains(&line) {
+                if warn {
+                    tracing::warn!("{line}");
+                } else {
+                    tracing::info!("{line}");
+                }
+            }
+            now.insert(line);
+        };
+        for p in &r.plan.problems {
+            say(format!("problem: {p}"), true, &self.logged);
+            input.problems.push(p.to_string());
+        }
+        for k in &r.kept {
+            say(format!("kept: {k}"), true, &self.logged);
+            input.kept.push(k.to_string());
+        }
+        for s in &r.plan.skipped {
+            say(format!("skipped: {s}"), false, &self.logged);
+            input.skipped.push(s.to_string());
+        }
+        for n in &r.plan.notes {
+            say(format!("note: {n}"), false, &self.logged);
+            input.notes.push(n.clone());
+        }
+        self.logged = now;
+        let origins = origins(&r.state, &r.plan.config);
+        let mut rt = lock(&self.runtime);
+        rt.input = input;
+        rt.apply(&r.plan.config, &|n| origins.get(n).cloned()).map_err(|e| {
+            let m = format!("cannot apply the new configuration ({e}); the running configuration stays");
+            tracing::error!("{m}");
+            m
+        })
+    }
+
+    /// Watches the state directory and reconciles on every change until `stop` is set. Does
+    /// one reconcile once the watch is in place (so no change is missed).
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res| {
+            let _ = tx.send(res);
+        })
+        .map_err(|e| format!("cannot watch: {e}"))?;
+        watcher
+            .watch(&self.opts.state_dir, RecursiveMode::Recursive)
+            .map_err(|e| format!("cannot watch {}: {e}", self.opts.state_dir.display()))?;
+        let _ = self.reconcile();
+        let dir = self.opts.state_dir.clone();
+        let relevant = move |r: &notify::Result<notify::Event>| match r {
+            Ok(e) => match e.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) => false,
+                _ => true,
+            },
+            Err(e) => {
+                tracing::warn!("watching {}: {e}", dir.display());
+                true
+            }
+        };
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => {
+                    if !relevant(&ev) {
+                        continue;
+                    }
+                    let deadline = Instant::now() + self.opts.max_batch;
+                    loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match rx.recv_timeout(self.opts.debounce.min(left)) {
+                            Ok(_) => continue,
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = self.reconcile();
+                    last = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if last.elapsed() >= self.opts.retry {
+                        last = Instant::now();
+                        if lock(&self.runtime).has_down_ports() {
+                            let _ = self.reconcile();
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err("the watcher stopped".into()),
+            }
+        }
+        Ok(())
+    }
+}

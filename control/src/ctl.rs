@@ -1,0 +1,173 @@
+//! The control socket of `switchyard run`, and its client (`switchyard ctl`), as `ovs-appctl`.
+//!
+//! Protocol: a Unix stream socket, created with mode 0600 (only the owner, root on a node,
+//! may connect). The client sends one request line; the server answers with text and closes
+//! the connection. An answer that starts with `error: ` is a failed request.
+//!
+//! Requests:
+//! - `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops
+//! - `show fdb [BRIDGE]`: VLAN, MAC, port, age, static
+//! - `show stats`: per-port counters with drop reasons, per-worker cycles
+//! - `show config`: the running configuration as YAML
+//! - `show problems`: problems in the input, objects kept at their last good version, skips
+//! - `fdb flush [BRIDGE]`: removes learned MAC entries (static ones stay)
+//! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now (the
+//!   running state is not changed)
+//! - `help`
+
+use crate::runtime::{parse_hex, Runtime};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/switchyard/ctl.sock";
+
+const HELP: &str = "commands:
+  show ports                 ports: bridge, type, VLAN mode, link, rx/tx/drops
+  show fdb [BRIDGE]          MAC table entries: VLAN, MAC, port, age, static
+  show stats                 per-port counters and drop reasons, per-worker cycles
+  show config                the running configuration (YAML)
+  show problems              problems in the input, objects kept at their last good version
+  fdb flush [BRIDGE]         remove learned MAC entries (static ones stay)
+  trace PORT HEXFRAME        how a frame received on PORT would be forwarded
+";
+
+/// Answers one request line.
+pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+    match words.as_slice() {
+        ["help"] | [] => Ok(HELP.to_string()),
+        ["show", "ports"] => Ok(rt.show_ports()),
+        ["show", "fdb"] => rt.show_fdb(None),
+        ["show", "fdb", b] => rt.show_fdb(Some(b)),
+        ["show", "stats"] => Ok(rt.show_stats()),
+        ["show", "config"] => Ok(rt.show_config()),
+        ["show", "problems"] => Ok(rt.show_problems()),
+        ["fdb", "flush"] => rt.fdb_flush(None),
+        ["fdb", "flush", b] => rt.fdb_flush(Some(b)),
+        ["trace", port, hex @ ..] if !hex.is_empty() => {
+            let frame = parse_hex(&hex.join(""))?;
+            rt.trace(port, &frame)
+        }
+        _ => Err(format!("unknown command {line:?}; try `help`")),
+    }
+}
+
+/// The listening socket and its thread.
+pub struct CtlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    // SAFETY: umask only changes this process's file creation mask; it is restored right
+    // after the bind, so the socket is never created with wider permissions than 0600.
+    let old = unsafe { libc::umask(0o177) };
+    let r = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = r?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+impl CtlServer {
+    /// Creates the socket at `path` (its directory too, mode 0700, when missing) and serves
+    /// requests on a thread. A stale socket file is replaced; a live one (another `run`) is an
+    /// error.
+    pub fn start(path: &Path, rt: Arc<Mutex<Runtime>>) -> Result<CtlServer, String> {
+        let shown = path.display();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                return Err(format!("{shown} exists and is not a socket"));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("{shown}: another switchyard is listening there"));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("{shown}: {e}"))?;
+        }
+        let listener = bind_private(path).map_err(|e| format!("{shown}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sy-ctl".into())
+            .spawn(move || serve(listener, rt, st))
+            .map_err(|e| format!("cannot start the control socket thread: {e}"))?;
+        Ok(CtlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops serving and removes the socket.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            // Wake the blocking accept.
+            let _ = UnixStream::connect(&self.path);
+            let _ = t.join();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(listener: UnixListener, rt: Arc<Mutex<Runtime>>, stop: Arc<AtomicBool>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut line = String::new();
+        let mut r = BufReader::new((&s).take(1 << 20));
+        if r.read_line(&mut line).is_err() {
+            continue;
+        }
+        let answer = match handle(&rt, line.trim()) {
+            Ok(a) => a,
+            Err(e) => format!("error: {e}\n"),
+        };
+        let _ = s.write_all(answer.as_bytes());
+    }
+}
+
+/// Sends one request to the server at `path`; the answer, or the error it gave.
+pub fn request(path: &Path, line: &str) -> Result<String, String> {
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| format!("{}: {e} (is `switchyard run` running?)", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.write_all(format!("{}\n", line.trim()).as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.strip_prefix("error: ") {
+        Some(e) => Err(e.trim_end().to_string()),
+        None => Ok(out),
+    }
+}

@@ -1,0 +1,296 @@
+//! Keeping the last good version of an object whose manifest turned bad.
+//!
+//! The rule (per object, at the manifest level): `run` remembers, for every Node, NAD, NNCP and
+//! VMI, the last version of it that had no problem. When a reload finds a problem with an
+//! object (its document does not parse into the object's type, a NAD's `spec.config` is not
+//! usable, a VMI names a missing network or carries a bad MAC, an NNCP has a VLAN out of range,
+//! ...), the object's last good version is planned in its place, so the ports it contributed
+//! stay exactly as they were. When a whole file stops parsing as YAML (or cannot be read), every
+//! object that file held before and that is now missing is kept the same way. An object that was
+//! never good is skipped, as `plan` does. An object that is deleted from a good file (or whose
+//! file is deleted) is gone: deleting is not a problem.
+//!
+//! This is the "per-object last-good contribution" choice: it works through the NAD -> VMI
+//! indirection too (a broken NAD keeps the VM ports that use it on their previous settings),
+//! which keeping port configs by port name could not attribute.
+
+use crate::k8s::{
+    ClusterState, Loaded, LoadedNad, Node, NodeNetworkConfigurationPolicy, VirtualMachineInstance,
+};
+use crate::plan::{plan, Plan, PlanOptions};
+use crate::ObjRef;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The last good version of every object seen.
+#[derive(Debug, Default, Clone)]
+pub struct LastGood {
+    nodes: BTreeMap<String, Loaded<Node>>,
+    nads: HashMap<(String, String), LoadedNad>,
+    nncps: BTreeMap<String, Loaded<NodeNetworkConfigurationPolicy>>,
+    vmis: BTreeMap<(String, String), Loaded<VirtualMachineInstance>>,
+}
+
+/// An object planned from its last good version, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub object: ObjRef,
+    /// The file the kept version came from.
+    pub file: String,
+    /// `invalid` (the object has a problem) or `file broken` (its file no longer parses).
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}; keeping its last good version (from {})", self.object, self.why, self.file)
+    }
+}
+
+/// A plan made with last good versions substituted.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Its `problems` are those of the input as it is (what is wrong now), plus any the
+    /// substitution brought.
+    pub plan: Plan,
+    pub kept: Vec<Kept>,
+    /// The state that was planned (last good versions in place).
+    pub state: ClusterState,
+}
+
+fn nad_ref(k: &(String, String)) -> ObjRef {
+    ObjRef::new("NetworkAttachmentDefinition", Some(&k.0), &k.1)
+}
+fn vmi_ref(k: &(String, String)) -> ObjRef {
+    ObjRef::new("VirtualMachineInstance", Some(&k.0), &k.1)
+}
+fn nncp_ref(k: &str) -> ObjRef {
+    ObjRef::new("NodeNetworkConfigurationPolicy", None, k)
+}
+fn node_ref(k: &str) -> ObjRef {
+    ObjRef::new("Node", None, k)
+}
+
+/// A map of objects by key (the state's maps are BTreeMaps and a HashMap).
+trait Store<K, V> {
+    fn has(&self, k: &K) -> bool;
+    fn put(&mut self, k: K, v: V);
+}
+
+impl<K: Ord, V> Store<K, V> for BTreeMap<K, V> {
+    fn has(&self, k: &K) -> bool {
+        self.contains_key(k)
+    }
+    fn put(&mut self, k: K, v: V) {
+        self.insert(k, v);
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Store<K, V> for HashMap<K, V> {
+    fn has(&self, k: &K) -> bool {
+        self.contains_key(k)
+    }
+    fn put(&mut self, k: K, v: V) {
+        self.insert(k, v);
+    }
+}
+
+/// What the first plan found wrong, and what was kept so far.
+struct Bad {
+    objects: BTreeSet<ObjRef>,
+    files: BTreeSet<String>,
+    kept: Vec<Kept>,
+}
+
+/// Puts last good versions into `current` for objects that are bad or missing because their
+/// file broke.
+fn substitute<K: Clone, V: Clone>(
+    current: &mut impl Store<K, V>,
+    last: impl Iterator<Item = (K, V)>,
+    oref: impl Fn(&K) -> ObjRef,
+    file_of: impl Fn(&V) -> String,
+    bad: &mut Bad,
+) {
+    for (k, v) in last {
+        let o = oref(&k);
+        let why = if bad.objects.contains(&o) {
+            "invalid"
+        } else if !current.has(&k) && bad.files.contains(&file_of(&v)) {
+            "file broken"
+        } else {
+            continue;
+        };
+        bad.kept.push(Kept { object: o, file: file_of(&v), why });
+        current.put(k, v);
+    }
+}
+
+impl LastGood {
+    pub fn new() -> LastGood {
+        LastGood::default()
+    }
+
+    /// Plans `state` for `node`, substituting last good versions of bad objects, and
+    /// remembers the good ones for next time.
+    pub fn resolve(
+        &mut self,
+        mut state: ClusterState,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        opts: &PlanOptions,
+    ) -> Resolved {
+        let first = plan(&state, node, labels, opts);
+        let mut bad = Bad {
+            objects: first.problems.iter().filter_map(|p| p.object.clone()).collect(),
+            files: first.problems.iter().filter(|p| p.object.is_none()).map(|p| p.file.clone()).collect(),
+            kept: Vec::new(),
+        };
+        let file = |s: &crate::k8s::Source| s.file.to_string();
+        substitute(
+            &mut state.nads,
+            self.nads.iter().map(|(k, v)| (k.clone(), v.clone())),
+            nad_ref,
+            |v| file(&v.src),
+            &mut bad,
+        );
+        substitute(
+            &mut state.vmis,
+            self.vmis.iter().map(|(k, v)| (k.clone(), v.clone())),
+            vmi_ref,
+            |v| file(&v.src),
+            &mut bad,
+        );
+        substitute(
+            &mut state.nncps,
+            self.nncps.iter().map(|(k, v)| (k.clone(), v.clone())),
+            |k| nncp_ref(k),
+            |v| file(&v.src),
+            &mut bad,
+        );
+        substitute(
+            &mut state.nodes,
+            self.nodes.iter().map(|(k, v)| (k.clone(), v.clone())),
+            |k| node_ref(k),
+            |v| file(&v.src),
+            &mut bad,
+        );
+        let Bad { objects: bad, mut kept, .. } = bad;
+        kept.sort_by(|a, b| a.object.cmp(&b.object));
+        let restored: BTreeSet<ObjRef> = kept.iter().map(|k| k.object.clone()).collect();
+        // What is good now (or was kept) is the last good version from here on; a bad object
+        // with no good version is not remembered.
+        let keep = |o: &ObjRef| !bad.contains(o) || restored.contains(o);
+        self.nads = state
+            .nads
+            .iter()
+            .filter(|(k, _)| keep(&nad_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.vmis = state
+            .vmis
+            .iter()
+            .filter(|(k, _)| keep(&vmi_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.nncps = state
+            .nncps
+            .iter()
+            .filter(|(k, _)| keep(&nncp_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.nodes = state
+            .nodes
+            .iter()
+            .filter(|(k, _)| keep(&node_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if kept.is_empty() {
+            return Resolved { plan: first, kept, state };
+        }
+        let mut second = plan(&state, node, labels, opts);
+        let mut problems = first.problems;
+        for p in second.problems.drain(..) {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
+        second.problems = problems;
+        Resolved { plan: second, kept, state }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAD: &str = r#"
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: net1, namespace: ns}
+spec:
+  config: '{"cniVersion":"0.3.1","name":"net1","type":"bridge","bridge":"br1","vlan":VLAN}'
+"#;
+    const VMI: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vm, namespace: ns}
+spec:
+  domain: {devices: {interfaces: [{name: eth1, bridge: {}, macAddress: "MAC"}]}}
+  networks: [{name: eth1, multus: {networkName: net1}}]
+status: {nodeName: n1}
+"#;
+
+    fn state(vlan: &str, mac: &str) -> ClusterState {
+        let mut s = ClusterState::default();
+        s.add_yaml("nad.yaml", &NAD.replace("VLAN", vlan));
+        s.add_yaml("vmi.yaml", &VMI.replace("MAC", mac));
+        s
+    }
+
+    fn tag(p: &Plan) -> Option<u16> {
+        p.config.bridges.iter().flat_map(|b| &b.ports).find(|p| p.name == "ns/vm/eth1").and_then(|p| p.tag)
+    }
+
+    fn resolve(lg: &mut LastGood, s: ClusterState) -> Resolved {
+        lg.resolve(s, "n1", &BTreeMap::new(), &PlanOptions::default())
+    }
+
+    #[test]
+    fn bad_objects_keep_their_last_good_version() {
+        let mut lg = LastGood::new();
+        let r = resolve(&mut lg, state("100", "02:00:00:00:00:01"));
+        assert!(r.kept.is_empty() && r.plan.problems.is_empty(), "{:?}", r.plan.problems);
+        assert_eq!(tag(&r.plan), Some(100));
+        // The NAD's VLAN goes out of range: the port stays in VLAN 100.
+        let r = resolve(&mut lg, state("5000", "02:00:00:00:00:01"));
+        assert_eq!(tag(&r.plan), Some(100));
+        assert_eq!(r.kept.len(), 1, "{:?}", r.kept);
+        assert!(!r.plan.problems.is_empty());
+        // A bad MAC on the VMI: kept too.
+        let r = resolve(&mut lg, state("200", "zz"));
+        assert_eq!(tag(&r.plan), Some(200));
+        assert_eq!(r.kept[0].object.kind, "VirtualMachineInstance");
+        // A file that no longer parses: its objects are kept.
+        let mut s = ClusterState::default();
+        s.add_yaml("nad.yaml", &NAD.replace("VLAN", "300"));
+        s.add_yaml("vmi.yaml", "{{{ not yaml");
+        let r = resolve(&mut lg, s);
+        assert_eq!(tag(&r.plan), Some(300));
+        assert_eq!(r.kept[0].why, "file broken");
+        // Deleting the VMI (its file gone, no problem) removes the port.
+        let mut s = ClusterState::default();
+        s.add_yaml("nad.yaml", &NAD.replace("VLAN", "300"));
+        let r = resolve(&mut lg, s);
+        assert_eq!(tag(&r.plan), None);
+        assert!(r.kept.is_empty());
+    }
+
+    #[test]
+    fn never_good_objects_are_skipped() {
+        let mut lg = LastGood::new();
+        let r = resolve(&mut lg, state("100", "zz"));
+        assert_eq!(tag(&r.plan), None);
+        assert!(r.kept.is_empty());
+        let r = resolve(&mut lg, state("100", "02:00:00:00:00:01"));
+        assert_eq!(tag(&r.plan), Some(100));
+    }
+}

@@ -1,0 +1,260 @@
+//! The reconciler's diff: what changed between the configuration that runs and the one wanted,
+//! port by port.
+//!
+//! A port is identified by its name (unique on the node). Each port of the wanted configuration
+//! is one of:
+//! - **added**: no port of that name runs;
+//! - **reopened**: its backend (`type` or a type option: `iface`, `ring`, `socket`, ...)
+//!   changed, so the backend is closed and opened again;
+//! - **changed**: only L2 settings changed (bridge, VLAN mode, tag, trunks, allowed/static MACs,
+//!   MAC limit): the same backend object stays, only a new snapshot is published;
+//! - **unchanged**: keeps the same backend object (the same `Arc`), so it loses no frame.
+//!
+//! and ports that run but are no longer wanted are **removed**.
+
+use std::collections::BTreeMap;
+use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, VlanModeName};
+
+/// What to do with each port, by name (each list sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// L2 settings (or the bridge) changed; same backend.
+    pub changed: Vec<String>,
+    /// Backend type or options changed: close, then open again.
+    pub reopened: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Bridges whose own settings (aging, table size) changed, were added or removed.
+    pub bridges_changed: Vec<String>,
+}
+
+impl Diff {
+    /// Whether anything differs.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.reopened.is_empty()
+            && self.bridges_changed.is_empty()
+    }
+}
+
+/// The backend part of a port's configuration: type and type options (and the name).
+pub fn backend_part(p: &PortConfig) -> PortConfig {
+    PortConfig {
+        name: p.name.clone(),
+        kind: p.kind,
+        ring: p.ring.clone(),
+        rx_pcap: p.rx_pcap.clone(),
+        tx_pcap: p.tx_pcap.clone(),
+        infinite: p.infinite,
+        iface: p.iface.clone(),
+        socket: p.socket.clone(),
+        mode: p.mode.clone(),
+        queues: p.queues,
+        devargs: p.devargs.clone(),
+        ..Default::default()
+    }
+}
+
+/// The L2 part of a port's configuration: everything that is not the backend's.
+fn l2_part(p: &PortConfig) -> PortConfig {
+    PortConfig {
+        name: p.name.clone(),
+        vlan_mode: p.vlan_mode,
+        tag: p.tag,
+        trunks: p.trunks.clone(),
+        allowed_macs: p.allowed_macs.clone(),
+        static_macs: p.static_macs.clone(),
+        mac_limit: p.mac_limit,
+        ..Default::default()
+    }
+}
+
+/// Ports by name, with their bridge.
+pub fn ports_by_name(c: &Config) -> BTreeMap<&str, (&BridgeConfig, &PortConfig)> {
+    c.bridges.iter().flat_map(|b| b.ports.iter().map(move |p| (p.name.as_str(), (b, p)))).collect()
+}
+
+/// Compares the running configuration with the wanted one.
+pub fn diff(running: &Config, wanted: &Config) -> Diff {
+    let old = ports_by_name(running);
+    let new = ports_by_name(wanted);
+    let mut d = Diff::default();
+    for (name, (nb, np)) in &new {
+        match old.get(name) {
+            None => d.added.push(name.to_string()),
+            Some((ob, op)) => {
+                if backend_part(op) != backend_part(np) {
+                    d.reopened.push(name.to_string());
+                } else if ob.name != nb.name || l2_part(op) != l2_part(np) {
+                    d.changed.push(name.to_string());
+                } else {
+                    d.unchanged.push(name.to_string());
+                }
+            }
+        }
+    }
+    d.removed = old.keys().filter(|n| !new.contains_key(*n)).map(|n| n.to_string()).collect();
+    let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size);
+    for b in &wanted.bridges {
+        match running.bridges.iter().find(|o| o.name == b.name) {
+            Some(o) if settings(o) == settings(b) => {}
+            _ => d.bridges_changed.push(b.name.clone()),
+        }
+    }
+    for o in &running.bridges {
+        if !wanted.bridges.iter().any(|b| b.name == o.name) {
+            d.bridges_changed.push(o.name.clone());
+        }
+    }
+    d.bridges_changed.sort();
+    d
+}
+
+/// A port's VLAN settings in words: `access VLAN 100`, `trunk (all VLANs)`,
+/// `native-untagged VLAN 1, trunks 100-110,200`.
+pub fn describe_vlan(p: &PortConfig) -> String {
+    let trunks = match p.trunks.as_deref() {
+        None | Some([]) => "all VLANs".to_string(),
+        Some(t) => format!("VLANs {}", ranges(t)),
+    };
+    let tag = p.tag.unwrap_or(0);
+    match p.effective_vlan_mode() {
+        VlanModeName::Access => format!("access VLAN {tag}"),
+        VlanModeName::Trunk => format!("trunk ({trunks})"),
+        VlanModeName::NativeTagged => format!("native-tagged VLAN {tag}, trunk ({trunks})"),
+        VlanModeName::NativeUntagged => format!("native-untagged VLAN {tag}, trunk ({trunks})"),
+    }
+}
+
+/// `[1,2,3,5]` as `1-3,5`.
+pub fn ranges(v: &[u16]) -> String {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { v[i].to_string() } else { format!("{}-{}", v[i], v[j]) });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// A port's backend in words: `afpacket iface eth1`, `ring`, `vhostuser socket /x.sock`.
+pub fn describe_backend(p: &PortConfig) -> String {
+    let kind = p
+        .kind
+        .map_or("ring".to_string(), |k| serde_yaml::to_string(&k).unwrap_or_default().trim().to_string());
+    let mut s = kind;
+    let opts: [(&str, Option<String>); 8] = [
+        ("iface", p.iface.clone()),
+        ("ring", p.ring.clone()),
+        ("socket", p.socket.clone()),
+        ("mode", p.mode.clone()),
+        ("rx_pcap", p.rx_pcap.clone()),
+        ("tx_pcap", p.tx_pcap.clone()),
+        ("queues", p.queues.map(|q| q.to_string())),
+        ("devargs", p.devargs.clone()),
+    ];
+    for (k, v) in opts {
+        if let Some(v) = v {
+            s.push_str(&format!(" {k} {v}"));
+        }
+    }
+    s
+}
+
+/// What differs in the L2 settings of a port, in words (for the log).
+pub fn describe_l2_change(ob: &str, op: &PortConfig, nb: &str, np: &PortConfig) -> String {
+    let mut parts = Vec::new();
+    if ob != nb {
+        parts.push(format!("bridge {ob} -> {nb}"));
+    }
+    let (ov, nv) = (describe_vlan(op), describe_vlan(np));
+    if ov != nv {
+        parts.push(format!("{ov} -> {nv}"));
+    }
+    let macs = |m: &Option<Vec<_>>| match m {
+        None => "none".to_string(),
+        Some(v) => format!("{v:?}"),
+    };
+    if op.allowed_macs != np.allowed_macs {
+        parts.push(format!("allowed_macs {} -> {}", macs(&op.allowed_macs), macs(&np.allowed_macs)));
+    }
+    if op.static_macs != np.static_macs {
+        parts.push(format!("static_macs {:?} -> {:?}", op.static_macs, np.static_macs));
+    }
+    if op.mac_limit != np.mac_limit {
+        parts.push(format!("mac_limit {:?} -> {:?}", op.mac_limit, np.mac_limit));
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dataplane::config::PortType;
+
+    fn port(name: &str, tag: Option<u16>) -> PortConfig {
+        PortConfig { name: name.into(), kind: Some(PortType::Ring), tag, ..Default::default() }
+    }
+
+    fn cfg(bridges: &[(&str, Vec<PortConfig>)]) -> Config {
+        Config {
+            bridges: bridges
+                .iter()
+                .map(|(n, p)| BridgeConfig {
+                    name: n.to_string(),
+                    mac_aging_s: None,
+                    mac_table_size: None,
+                    ports: p.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn classifies_every_port() {
+        let old = cfg(&[(
+            "br1",
+            vec![port("a", Some(10)), port("b", None), port("c", None), port("d", None), port("m", None)],
+        )]);
+        let mut reopened = port("d", None);
+        reopened.ring = Some("other".into());
+        let new = cfg(&[
+            ("br1", vec![port("a", Some(20)), port("b", None), reopened, port("e", None)]),
+            ("br2", vec![port("m", None)]),
+        ]);
+        let d = diff(&old, &new);
+        assert_eq!(d.added, ["e"]);
+        assert_eq!(d.removed, ["c"]);
+        assert_eq!(d.changed, ["a", "m"]);
+        assert_eq!(d.reopened, ["d"]);
+        assert_eq!(d.unchanged, ["b"]);
+        assert_eq!(d.bridges_changed, ["br2"]);
+        assert!(!d.is_empty());
+        let same = diff(&new, &new);
+        assert!(same.is_empty(), "{same:?}");
+        assert_eq!(same.unchanged.len(), 5);
+    }
+
+    #[test]
+    fn words() {
+        assert_eq!(ranges(&[200, 100, 101, 102, 5]), "5,100-102,200");
+        assert_eq!(describe_vlan(&port("a", Some(100))), "access VLAN 100");
+        assert_eq!(describe_vlan(&port("a", None)), "trunk (all VLANs)");
+        let mut p = port("a", Some(1));
+        p.vlan_mode = Some(VlanModeName::NativeUntagged);
+        p.trunks = Some(vec![100, 101, 200]);
+        assert_eq!(describe_vlan(&p), "native-untagged VLAN 1, trunk (VLANs 100-101,200)");
+        p.iface = None;
+        assert_eq!(describe_backend(&p), "ring");
+    }
+}

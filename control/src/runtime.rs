@@ -1,0 +1,849 @@
+//! The running switch as the control thread sees it: the [`Engine`] (the workers), the port
+//! backends it opened, and the configuration that runs. [`Runtime::apply`] takes the wanted
+//! configuration, diffs it against what runs ([`crate::reconcile::diff`]) and applies only the
+//! difference:
+//!
+//! - added ports: the backend is opened through the port factory, the port joins the snapshot
+//!   and its RX queues go to the least loaded worker;
+//! - removed ports: they leave the snapshot; once every worker has applied it (and so dropped
+//!   its queue handles) the runtime drops its `Arc`, which closes the backend;
+//! - ports whose L2 settings changed: same backend, new snapshot;
+//! - ports whose backend changed: the old backend is closed first (one extra snapshot without
+//!   it, since old and new may want the same device or socket), then the new one is opened;
+//! - unchanged ports keep the same `Arc<dyn PortBackend>` and the same worker, so the workers
+//!   keep their queue handles and lose no frame.
+//!
+//! One worker plan is published per reconcile (two when a backend is reopened), and `apply`
+//! returns once every worker has applied it.
+//!
+//! A port whose backend cannot be opened (a vhost-user VM port today: that backend is not built
+//! yet) is present but down: it stays in the configuration (its static MACs are installed, `ctl`
+//! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
+//! and opening is tried again on every later reconcile.
+
+use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_dataplane::buffer::Pool;
+use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
+use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches, Verdict};
+use switchyard_dataplane::port::factory::{open_port, PortContext};
+use switchyard_dataplane::port::{Burst, PortBackend};
+use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
+use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, FwdMode, Plan as WorkerPlan, TxGen};
+
+/// Backend overrides by port name (`run --config FILE`).
+///
+/// ```yaml
+/// ports:
+///   eth1:                 # a port name: an uplink (NNCP bridge port) or a VM port ns/vmi/iface
+///     type: afpacket      # ring | pcap | afpacket | tap | vhostuser | dpdk
+///     iface: ens2f0       # and that type's options, as in the configuration file:
+///                         # ring, rx_pcap, tx_pcap, infinite, iface, socket, mode, queues, devargs
+///   eth2: {type: dpdk, devargs: "0000:3b:00.1"}
+/// ```
+///
+/// A listed port gets exactly this backend (type and options replace the planned ones); its L2
+/// settings still come from the cluster state. Unlisted uplinks are AF_PACKET on the interface
+/// of the same name; unlisted VM ports are vhost-user on their planned socket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    #[serde(default)]
+    pub ports: BTreeMap<String, BackendOverride>,
+}
+
+/// One port's backend: its type and that type's options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOverride {
+    #[serde(rename = "type")]
+    pub kind: PortType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_pcap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_pcap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infinite: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devargs: Option<String>,
+}
+
+impl BackendOverride {
+    fn apply(&self, p: &mut PortConfig) {
+        p.kind = Some(self.kind);
+        p.ring = self.ring.clone();
+        p.rx_pcap = self.rx_pcap.clone();
+        p.tx_pcap = self.tx_pcap.clone();
+        p.infinite = self.infinite;
+        p.iface = self.iface.clone();
+        p.socket = self.socket.clone();
+        p.mode = self.mode.clone();
+        p.queues = self.queues;
+        p.devargs = self.devargs.clone();
+    }
+}
+
+impl RunConfig {
+    /// Parses and checks the file: each override must be a valid backend for its type.
+    pub fn load(path: &Path) -> Result<RunConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        RunConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<RunConfig, String> {
+        let c: RunConfig = if text.trim().is_empty() {
+            RunConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+        };
+        for (name, o) in &c.ports {
+            let mut p = PortConfig { name: name.clone(), ..Default::default() };
+            o.apply(&mut p);
+            let cfg = Config {
+                bridges: vec![BridgeConfig {
+                    name: "check".into(),
+                    mac_aging_s: None,
+                    mac_table_size: None,
+                    ports: vec![p],
+                }],
+            };
+            cfg.validate().map_err(|e| {
+                format!("ports.{name}: {}", e.to_string().replace("bridges[0].ports[0].", ""))
+            })?;
+        }
+        Ok(c)
+    }
+}
+
+/// What VM ports (planned as vhost-user) become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmPorts {
+    /// As planned: vhost-user on the planned socket.
+    #[default]
+    Vhostuser,
+    /// In-memory ring ports (tests): reachable through `factory::ring_peer(port name)`.
+    Ring,
+}
+
+/// How the runtime runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub engine: EngineOptions,
+    pub overrides: RunConfig,
+    pub vm_ports: VmPorts,
+    /// How long `apply` waits for the workers to take a new plan.
+    pub apply_timeout: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            engine: EngineOptions::default(),
+            overrides: RunConfig::default(),
+            vm_ports: VmPorts::Vhostuser,
+            apply_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Failures of starting the runtime or applying a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("buffer pool: {0}")]
+    Pool(#[from] switchyard_dataplane::buffer::BufferError),
+}
+
+/// A port's backend, or why it has none.
+pub struct PortState {
+    pub backend: Option<Arc<dyn PortBackend>>,
+    /// The error of the last attempt to open it (logged once per distinct error).
+    pub error: Option<String>,
+}
+
+/// The outcome of one [`Runtime::apply`].
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub diff: Diff,
+    /// The worker plan generation published and applied (None: nothing to publish).
+    pub generation: Option<u64>,
+    /// Whether every worker applied it in time.
+    pub in_time: bool,
+    /// One line per port change, as logged.
+    pub lines: Vec<String>,
+}
+
+/// What the controller knows about the input, for `ctl show problems`.
+#[derive(Debug, Clone, Default)]
+pub struct InputStatus {
+    pub problems: Vec<String>,
+    pub kept: Vec<String>,
+    pub skipped: Vec<String>,
+    pub notes: Vec<String>,
+    pub reconciles: u64,
+}
+
+/// The running switch.
+pub struct Runtime {
+    engine: Engine,
+    opts: RuntimeOptions,
+    ctx: PortContext,
+    running: Config,
+    switch: Arc<SwitchConfig>,
+    ports: BTreeMap<String, PortState>,
+    /// (port name, RX queue) -> worker: sticky, so unchanged ports stay on their worker.
+    assign: HashMap<(String, u16), usize>,
+    trace_pool: Pool,
+    pub input: InputStatus,
+}
+
+fn empty_plan(workers: usize) -> WorkerPlan {
+    WorkerPlan {
+        switch: Arc::new(SwitchConfig::default()),
+        ports: Vec::new(),
+        rx: vec![Vec::new(); workers.max(1)],
+        mode: FwdMode::Switch,
+        peers: Vec::new(),
+        gen: TxGen::default(),
+    }
+}
+
+impl Runtime {
+    /// Starts the workers with no port; [`Runtime::apply`] gives them some.
+    pub fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let workers = opts.engine.cores.len();
+        let engine = Engine::start(opts.engine.clone(), empty_plan(workers))?;
+        // Other fields exist in `dpdk` builds.
+        #[allow(clippy::needless_update)]
+        let ctx = PortContext { workers: engine.worker_count() as u16, ..Default::default() };
+        Ok(Runtime {
+            engine,
+            opts,
+            ctx,
+            running: Config::default(),
+            switch: Arc::new(SwitchConfig::default()),
+            ports: BTreeMap::new(),
+            assign: HashMap::new(),
+            trace_pool: Pool::with_hugepages("trace", 256, false)?,
+            input: InputStatus::default(),
+        })
+    }
+
+    /// The planned configuration with the backend overrides and the VM port mode applied:
+    /// what `apply` runs.
+    pub fn effective(&self, planned: &Config) -> Config {
+        let mut c = planned.clone();
+        for b in &mut c.bridges {
+            for p in &mut b.ports {
+                if let Some(o) = self.opts.overrides.ports.get(&p.name) {
+                    o.apply(p);
+                } else if p.kind == Some(PortType::Vhostuser) && self.opts.vm_ports == VmPorts::Ring {
+                    BackendOverride {
+                        kind: PortType::Ring,
+                        ring: None,
+                        rx_pcap: None,
+                        tx_pcap: None,
+                        infinite: None,
+                        iface: None,
+                        socket: None,
+                        mode: None,
+                        queues: None,
+                        devargs: None,
+                    }
+                    .apply(p);
+                }
+            }
+        }
+        c
+    }
+
+    /// The configuration that runs (after overrides).
+    pub fn running(&self) -> &Config {
+        &self.running
+    }
+
+    /// The snapshot the workers run.
+    pub fn switch(&self) -> &Arc<SwitchConfig> {
+        &self.switch
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The backend of a port (None: no such port, or it is down).
+    pub fn backend(&self, port: &str) -> Option<Arc<dyn PortBackend>> {
+        self.ports.get(port).and_then(|s| s.backend.clone())
+    }
+
+    /// Whether some configured port has no backend (its opening is retried).
+    pub fn has_down_ports(&self) -> bool {
+        self.ports.values().any(|s| s.backend.is_none())
+    }
+
+    /// Why a port is down (None: it is up or does not exist).
+    pub fn port_error(&self, port: &str) -> Option<&str> {
+        self.ports.get(port).and_then(|s| s.error.as_deref())
+    }
+
+    /// Applies the planned configuration `planned` (see the module doc). `origin` names where a
+    /// port comes from, for the log (`NAD ns/net1`, `NNCP br1-eth1`). On error nothing changed
+    /// except that backends being reopened may be closed (they are opened on the next apply).
+    pub fn apply(
+        &mut self,
+        planned: &Config,
+        origin: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Applied, RuntimeError> {
+        let wanted = self.effective(planned);
+        wanted.validate()?;
+        let d = reconcile::diff(&self.running, &wanted);
+        let mut lines = Vec::new();
+        let from = |n: &str| origin(n).map(|o| format!(" ({o})")).unwrap_or_default();
+        // 1. Backends to reopen are closed first.
+        if !d.reopened.is_empty() {
+            let mut closing = Vec::new();
+            for n in &d.reopened {
+                if let Some(st) = self.ports.get_mut(n) {
+                    closing.extend(st.backend.take());
+                    st.error = None;
+                }
+            }
+            self.publish(self.switch.clone());
+            drop(closing);
+        }
+        // 2. Open what has no backend: new ports, reopened ones, and down ones (a retry).
+        let wanted_ports = reconcile::ports_by_name(&wanted);
+        let mut came_up = false;
+        for (name, (_, p)) in &wanted_ports {
+            let st = self.ports.entry(name.to_string()).or_insert(PortState { backend: None, error: None });
+            if st.backend.is_some() {
+                continue;
+            }
+            match open_port(p, &self.ctx) {
+                Ok(b) => {
+                    if st.error.take().is_some() {
+                        let l = format!("port {name} is up: backend {} opened", describe_backend(p));
+                        tracing::info!("{l}");
+                        lines.push(l);
+                        came_up = true;
+                    }
+                    st.backend = Some(b);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if st.error.as_deref() != Some(msg.as_str()) {
+                        let l = format!(
+                            "port {name} is down: cannot open its backend ({msg}); it stays configured and opening is \
+                             retried on every reconcile"
+                        );
+                        tracing::warn!("{l}");
+                        lines.push(l);
+                    }
+                    st.error = Some(msg);
+                }
+            }
+        }
+        if d.is_empty() && !came_up {
+            return Ok(Applied { diff: d, generation: None, in_time: true, lines });
+        }
+        // 3. The new snapshot (ports keep ids, counters and MAC tables), published.
+        let mut sw = match SwitchConfig::compile(&wanted, Some(&self.switch)) {
+            Ok(sw) => sw,
+            Err(e) => {
+                for n in &d.added {
+                    self.ports.remove(n);
+                }
+                return Err(e.into());
+            }
+        };
+        // Down ports are not flooded to (as a port whose link is down).
+        let down: Vec<PortId> = sw
+            .ports
+            .iter()
+            .flatten()
+            .filter(|s| self.ports.get(&s.name).is_none_or(|st| st.backend.is_none()))
+            .map(|s| s.id)
+            .collect();
+        for b in &mut sw.bridges {
+            b.ports.retain(|p| !down.contains(p));
+        }
+        let (gen, in_time) = self.publish(Arc::new(sw));
+        // 4. Every worker has dropped its handles of removed ports: close them.
+        for n in &d.removed {
+            self.ports.remove(n);
+        }
+        self.assign.retain(|(n, _), _| wanted_ports.contains_key(n.as_str()));
+        // 5. Say what changed.
+        let logged = lines.len();
+        let old = reconcile::ports_by_name(&self.running);
+        for n in &d.added {
+            let (b, p) = wanted_ports[n.as_str()];
+            lines.push(format!(
+                "port {n} added: {} on {}, {}{}",
+                describe_vlan(p),
+                b.name,
+                describe_backend(p),
+                from(n)
+            ));
+        }
+        for n in &d.removed {
+            let (b, _) = old[n.as_str()];
+            lines.push(format!("port {n} removed from {}", b.name));
+        }
+        for n in &d.changed {
+            let ((ob, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
+            lines.push(format!(
+                "port {n} changed: {}{}",
+                describe_l2_change(&ob.name, op, &nb.name, np),
+                from(n)
+            ));
+        }
+        for n in &d.reopened {
+            let ((_, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
+            lines.push(format!(
+                "port {n} backend changed: {} -> {}, reopened; {} on {}{}",
+                describe_backend(op),
+                describe_backend(np),
+                describe_vlan(np),
+                nb.name,
+                from(n)
+            ));
+        }
+        for b in &d.bridges_changed {
+            match wanted.bridges.iter().find(|x| &x.name == b) {
+                Some(x) if !self.running.bridges.iter().any(|o| &o.name == b) => {
+                    lines.push(format!("bridge {b} added ({} port(s))", x.ports.len()))
+                }
+                Some(x) => lines.push(format!(
+                    "bridge {b} changed: mac_aging_s {:?}, mac_table_size {:?}",
+                    x.mac_aging_s, x.mac_table_size
+                )),
+                None => lines.push(format!("bridge {b} removed")),
+            }
+        }
+        for l in &lines[logged..] {
+            tracing::info!("{l}");
+        }
+        if !in_time {
+            tracing::warn!(generation = gen, "the workers did not apply the new configuration in time");
+        }
+        self.running = wanted;
+        Ok(Applied { diff: d, generation: Some(gen), in_time, lines })
+    }
+
+    /// Publishes `sw` with the current backends, RX queues dealt to workers (sticky; new
+    /// queues to the least loaded worker), and waits until every worker applied it.
+    fn publish(&mut self, sw: Arc<SwitchConfig>) -> (u64, bool) {
+        let slots = sw.port_slots();
+        let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; slots];
+        let w = self.engine.worker_count().max(1);
+        let mut rx: Vec<Vec<(PortId, u16)>> = vec![Vec::new(); w];
+        let mut load = vec![0usize; w];
+        let mut todo = Vec::new();
+        for spec in sw.ports.iter().flatten() {
+            let Some(b) = self.ports.get(&spec.name).and_then(|s| s.backend.clone()) else { continue };
+            for q in 0..b.rx_queue_count() {
+                match self.assign.get(&(spec.name.clone(), q)) {
+                    Some(&wi) if wi < w => {
+                        rx[wi].push((spec.id, q));
+                        load[wi] += 1;
+                    }
+                    _ => todo.push((spec.name.clone(), spec.id, q)),
+                }
+            }
+            ports[usize::from(spec.id)] = Some(b);
+        }
+        for (name, id, q) in todo {
+            let wi = (0..w).min_by_key(|i| load[*i]).unwrap_or(0);
+            rx[wi].push((id, q));
+            load[wi] += 1;
+            self.assign.insert((name, q), wi);
+        }
+        let plan = WorkerPlan {
+            switch: sw.clone(),
+            ports,
+            rx,
+            mode: FwdMode::Switch,
+            peers: Vec::new(),
+            gen: TxGen::default(),
+        };
+        let gen = self.engine.publish(plan);
+        let ok = self.engine.wait_applied(gen, self.opts.apply_timeout);
+        self.switch = sw;
+        (gen, ok)
+    }
+
+    /// Stops the workers.
+    pub fn stop(self) {
+        let _ = self.engine.stop();
+    }
+
+    // ---- what `ctl` shows ----
+
+    fn port_name(&self, id: PortId) -> String {
+        self.switch.port(id).map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    }
+
+    /// `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops.
+    pub fn show_ports(&self) -> String {
+        let mut rows =
+            vec![["PORT", "BRIDGE", "TYPE", "VLAN", "LINK", "RX", "TX", "DROPS"].map(String::from).to_vec()];
+        for b in &self.running.bridges {
+            for p in &b.ports {
+                let st = self.ports.get(&p.name);
+                let link = match st.and_then(|s| s.backend.as_ref()) {
+                    Some(be) if be.link_up() => "up".to_string(),
+                    Some(_) => "down".to_string(),
+                    None => "down (no backend)".to_string(),
+                };
+                let stats = self.switch.port_by_name(&p.name).map(|s| s.stats.snapshot()).unwrap_or_default();
+                let drops: u64 = stats.drops.values().sum();
+                rows.push(vec![
+                    p.name.clone(),
+                    b.name.clone(),
+                    describe_backend(p),
+                    describe_vlan(p),
+                    link,
+                    stats.rx_packets.to_string(),
+                    stats.tx_packets.to_string(),
+                    drops.to_string(),
+                ]);
+            }
+        }
+        let mut s = table(&rows);
+        for (name, st) in &self.ports {
+            if let Some(e) = &st.error {
+                s.push_str(&format!("# {name}: {e}\n"));
+            }
+        }
+        s
+    }
+
+    /// `show fdb [BRIDGE]`.
+    pub fn show_fdb(&self, bridge: Option<&str>) -> Result<String, String> {
+        let now = self.engine.now();
+        let mut rows = vec![["BRIDGE", "VLAN", "MAC", "PORT", "AGE", "STATIC"].map(String::from).to_vec()];
+        let mut found = false;
+        for b in &self.switch.bridges {
+            if bridge.is_some_and(|n| n != b.name) {
+                continue;
+            }
+            found = true;
+            for e in b.table.entries(now) {
+                rows.push(vec![
+                    b.name.clone(),
+                    e.vlan.to_string(),
+                    e.mac.to_string(),
+                    self.port_name(e.port),
+                    if e.is_static { "-".into() } else { e.age.to_string() },
+                    if e.is_static { "yes".into() } else { "no".into() },
+                ]);
+            }
+        }
+        match bridge {
+            Some(n) if !found => Err(format!("no bridge {n}")),
+            _ => Ok(table(&rows)),
+        }
+    }
+
+    /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay).
+    pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<String, String> {
+        let mut n = 0;
+        let mut found = false;
+        for b in &self.switch.bridges {
+            if bridge.is_none_or(|x| x == b.name) {
+                found = true;
+                n += b.table.flush_dynamic();
+            }
+        }
+        match bridge {
+            Some(x) if !found => Err(format!("no bridge {x}")),
+            _ => Ok(format!("flushed {n} learned entr{}\n", if n == 1 { "y" } else { "ies" })),
+        }
+    }
+
+    /// `show stats`: every port's counters with drop reasons, every worker's cycles.
+    pub fn show_stats(&self) -> String {
+        let mut s = String::new();
+        for b in &self.running.bridges {
+            for p in &b.ports {
+                let Some(spec) = self.switch.port_by_name(&p.name) else { continue };
+                let st = spec.stats.snapshot();
+                s.push_str(&format!(
+                    "port {} (bridge {}): rx {} pkts {} bytes, tx {} pkts {} bytes, flooded {}, learned {}, moved_in {}, \
+                     static_conflicts {}, mac_limit_hits {}, fdb_full {}\n",
+                    p.name,
+                    b.name,
+                    st.rx_packets,
+                    st.rx_bytes,
+                    st.tx_packets,
+                    st.tx_bytes,
+                    st.flooded,
+                    st.learned,
+                    st.moved_in,
+                    st.static_conflicts,
+                    st.mac_limit_hits,
+                    st.fdb_full
+                ));
+                let drops: Vec<String> =
+                    st.drops.iter().filter(|(_, n)| **n != 0).map(|(r, n)| format!("{r}={n}")).collect();
+                let total: u64 = st.drops.values().sum();
+                s.push_str(&format!(
+                    "  drops {total}{}{}\n",
+                    if drops.is_empty() { "" } else { ": " },
+                    drops.join(" ")
+                ));
+            }
+        }
+        let hz = self.engine.tsc_hz().max(1) as f64;
+        for w in self.engine.worker_stats() {
+            s.push_str(&format!(
+                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} tx {}, {:.0} \
+                 cycles/packet\n",
+                w.worker,
+                w.core.map_or("-".to_string(), |c| c.to_string()),
+                w.busy_cycles,
+                w.idle_cycles,
+                w.busy_ratio() * 100.0,
+                w.busy_cycles as f64 / hz,
+                w.rx_packets,
+                w.tx_packets,
+                w.cycles_per_packet()
+            ));
+        }
+        s
+    }
+
+    /// `show config`: the running configuration as YAML.
+    pub fn show_config(&self) -> String {
+        self.running.to_yaml()
+    }
+
+    /// `show problems`: what is wrong in the input, what was kept, skipped, noted.
+    pub fn show_problems(&self) -> String {
+        let i = &self.input;
+        let mut s = format!("reconciles: {}\n", i.reconciles);
+        for (what, list) in
+            [("problem", &i.problems), ("kept", &i.kept), ("skipped", &i.skipped), ("note", &i.notes)]
+        {
+            for l in list {
+                s.push_str(&format!("{what}: {l}\n"));
+            }
+        }
+        s
+    }
+
+    /// `trace PORT HEXFRAME`: how the frame would be forwarded now. It runs through the
+    /// pipeline on a throwaway snapshot compiled from the running configuration, whose MAC
+    /// tables are copies of the running ones: tracing never changes the running state.
+    pub fn trace(&self, port: &str, frame: &[u8]) -> Result<String, String> {
+        let running = &self.switch;
+        if running.port_by_name(port).is_none() {
+            return Err(format!("no port {port}"));
+        }
+        let cfg = SwitchConfig::compile(&self.running, None).map_err(|e| e.to_string())?;
+        let now = self.engine.now();
+        // Copy the learned entries (static ones came with the compile), mapping port ids.
+        for b in &running.bridges {
+            let Some(tb) = cfg.bridges.iter().find(|x| x.name == b.name) else { continue };
+            for e in b.table.entries(now).into_iter().filter(|e| !e.is_static) {
+                let Some(name) = running.port(e.port).map(|s| s.name.as_str()) else { continue };
+                let Some(&id) = cfg.by_name.get(name) else { continue };
+                tb.table.learn(e.vlan, e.mac, id, now.saturating_sub(e.age), u32::MAX);
+            }
+        }
+        let in_port = cfg.by_name[port];
+        let mut cache = self.trace_pool.cache();
+        let buf = cache
+            .alloc_copy(frame)
+            .ok_or_else(|| format!("frame of {} bytes does not fit a buffer", frame.len()))?;
+        let mut burst = Burst::new();
+        burst.push(buf);
+        let mut tx = TxBatches::new(cfg.port_slots());
+        let mut traces: Vec<FrameTrace> = Vec::new();
+        process_burst(&cfg, in_port, &mut burst, now, &mut cache, &mut tx, Some(&mut traces));
+        tx.discard(&mut cache);
+        let mut s = String::new();
+        for t in &traces {
+            s.push_str(&trace_line(&cfg, t));
+            s.push('\n');
+        }
+        if traces.is_empty() {
+            // Counted at ingress before the pipeline's trace (cannot happen for one frame).
+            s.push_str(&format!("{port} len={} -> drop {}\n", frame.len(), DropReason::Runt.name()));
+        }
+        Ok(s)
+    }
+}
+
+/// One traced frame, as `replay --trace` prints it (without the timestamp).
+pub fn trace_line(cfg: &SwitchConfig, t: &FrameTrace) -> String {
+    let name = |p: PortId| cfg.port(p).map_or("?", |s| s.name.as_str()).to_string();
+    let mut s = format!("{} len={} {} > {}", name(t.in_port), t.len, t.src, t.dst);
+    if let Some(v) = t.vlan {
+        s.push_str(&format!(" vlan={v}"));
+    }
+    if let Some(l) = t.learn {
+        s.push_str(&format!(" learn={l:?}"));
+    }
+    match t.verdict {
+        Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
+        Verdict::Unicast(_) | Verdict::Flood => {
+            let kind = if matches!(t.verdict, Verdict::Flood) { "flood" } else { "unicast" };
+            let outs: Vec<String> = t.out_ports.iter().map(|p| name(*p)).collect();
+            s.push_str(&format!(" -> {kind} {}", outs.join(",")));
+        }
+    }
+    s
+}
+
+/// Rows as left-aligned columns.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |x| x.len())).max().unwrap_or(0)).collect();
+    let mut s = String::new();
+    for r in rows {
+        let line: Vec<String> =
+            r.iter().enumerate().map(|(c, x)| format!("{x:<w$}", w = widths[c])).collect();
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// Parses a frame given as hex digits (spaces, `:` and `-` between bytes are ignored).
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-').collect();
+    let digits = digits.strip_prefix("0x").unwrap_or(&digits);
+    if !digits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .map_err(|_| format!("{:?} is not hex", &digits[i..i + 2]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dataplane::config::VlanModeName;
+
+    fn ring_port(name: &str, tag: u16) -> PortConfig {
+        PortConfig {
+            name: name.into(),
+            kind: Some(PortType::Ring),
+            vlan_mode: Some(VlanModeName::Access),
+            tag: Some(tag),
+            ..Default::default()
+        }
+    }
+
+    fn cfg(ports: Vec<PortConfig>) -> Config {
+        Config {
+            bridges: vec![BridgeConfig { name: "br".into(), mac_aging_s: None, mac_table_size: None, ports }],
+        }
+    }
+
+    #[test]
+    fn apply_keeps_unchanged_backends() {
+        let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+        let none = |_: &str| None;
+        let a = rt
+            .apply(&cfg(vec![ring_port("rt-a", 10), ring_port("rt-b", 10), ring_port("rt-c", 10)]), &none)
+            .unwrap();
+        assert_eq!(a.diff.added.len(), 3);
+        assert!(a.in_time);
+        let (ba, bb, bc) =
+            (rt.backend("rt-a").unwrap(), rt.backend("rt-b").unwrap(), rt.backend("rt-c").unwrap());
+        let id_b = rt.switch().by_name["rt-b"];
+        // a unchanged, b changed (VLAN), c removed, d added, and a's ring renamed on e.
+        let mut e = ring_port("rt-e", 10);
+        e.ring = Some("rt-e-ring".into());
+        let a2 = rt
+            .apply(
+                &cfg(vec![ring_port("rt-a", 10), ring_port("rt-b", 20), ring_port("rt-d", 10), e.clone()]),
+                &none,
+            )
+            .unwrap();
+        assert_eq!(a2.diff.unchanged, ["rt-a"]);
+        assert_eq!(a2.diff.changed, ["rt-b"]);
+        assert_eq!(a2.diff.removed, ["rt-c"]);
+        assert_eq!(a2.diff.added, ["rt-d", "rt-e"]);
+        assert!(Arc::ptr_eq(&ba, &rt.backend("rt-a").unwrap()), "unchanged keeps the same Arc");
+        assert!(Arc::ptr_eq(&bb, &rt.backend("rt-b").unwrap()), "an L2 change keeps the backend");
+        assert_eq!(rt.switch().by_name["rt-b"], id_b, "and the port id");
+        assert!(rt.backend("rt-c").is_none());
+        // The removed port's backend is closed: only the test holds it now.
+        assert_eq!(Arc::strong_count(&bc), 1);
+        // Backend options changed: reopened (a new Arc).
+        e.ring = Some("rt-e-ring2".into());
+        let be = rt.backend("rt-e").unwrap();
+        let a3 = rt
+            .apply(&cfg(vec![ring_port("rt-a", 10), ring_port("rt-b", 20), ring_port("rt-d", 10), e]), &none)
+            .unwrap();
+        assert_eq!(a3.diff.reopened, ["rt-e"]);
+        assert!(!Arc::ptr_eq(&be, &rt.backend("rt-e").unwrap()));
+        assert_eq!(Arc::strong_count(&be), 1);
+        assert!(Arc::ptr_eq(&ba, &rt.backend("rt-a").unwrap()));
+        // Nothing changed: nothing published.
+        let same = rt.running().clone();
+        let a4 = rt.apply(&same, &none).unwrap();
+        assert!(a4.generation.is_none());
+        rt.stop();
+    }
+
+    #[test]
+    fn unopenable_ports_are_present_but_down() {
+        let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+        // An interface that does not exist: AF_PACKET cannot open it.
+        let mut vm = ring_port("ns/vm/eth1", 10);
+        vm.kind = Some(PortType::Afpacket);
+        vm.iface = Some("sy-no-such0".into());
+        vm.static_macs = vec!["02:00:00:00:00:01".parse().unwrap()];
+        let a = rt.apply(&cfg(vec![ring_port("rt-up", 10), vm.clone()]), &|_| None).unwrap();
+        assert!(a.lines.iter().any(|l| l.contains("ns/vm/eth1 is down")), "{:?}", a.lines);
+        assert!(rt.port_error("ns/vm/eth1").is_some());
+        assert!(rt.show_ports().contains("down (no backend)"));
+        assert!(rt.show_fdb(None).unwrap().contains("02:00:00:00:00:01"));
+        // Not flooded to.
+        let br = &rt.switch().bridges[0];
+        assert_eq!(br.ports.len(), 1);
+        // The second apply logs nothing new about it.
+        let a = rt.apply(&cfg(vec![ring_port("rt-up", 10), vm]), &|_| None).unwrap();
+        assert!(a.lines.is_empty(), "{:?}", a.lines);
+        rt.stop();
+    }
+
+    #[test]
+    fn run_config_schema() {
+        let c = RunConfig::from_yaml("ports:\n  eth1: {type: ring}\n  eth2: {type: afpacket, iface: ens1}\n")
+            .unwrap();
+        assert_eq!(c.ports["eth1"].kind, PortType::Ring);
+        let e = RunConfig::from_yaml("ports:\n  eth1: {type: ring, devargs: x}\n").unwrap_err();
+        assert!(e.contains("ports.eth1: devargs"), "{e}");
+        assert!(RunConfig::from_yaml("ports:\n  eth1: {typ: ring}\n").is_err());
+        assert_eq!(parse_hex("ff:00 0a").unwrap(), [0xff, 0, 10]);
+    }
+}

@@ -1,0 +1,176 @@
+//! `switchyard run --state DIR --node NODE [--config FILE] [--node-labels K=V,...]
+//! [--lcores LIST] [--socket PATH] [--vhost-dir DIR]`: the sidecar.
+//!
+//! Loads the manifests under DIR, plans the node's configuration, starts the workers, then
+//! watches DIR and applies every change as a diff (switchyard_control::controller). `ctl`
+//! talks to it over `--socket` (mode 0600). SIGINT or SIGTERM stop it cleanly (exit 0).
+//!
+//! `--config FILE` overrides port backends by port name (default: an uplink is AF_PACKET on the
+//! interface of its name, a VM port vhost-user on its planned socket):
+//!
+//! ```yaml
+//! ports:
+//!   eth1: {type: afpacket, iface: ens2f0}
+//!   eth2: {type: dpdk, devargs: "0000:3b:00.1"}
+//!   eth3: {type: ring}          # any port type with that type's options
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use switchyard_control::controller::{Controller, ControllerOptions};
+use switchyard_control::ctl::{CtlServer, DEFAULT_SOCKET};
+use switchyard_control::plan::DEFAULT_VHOST_DIR;
+use switchyard_control::runtime::{RunConfig, Runtime, RuntimeOptions, VmPorts};
+use switchyard_control::PlanOptions;
+use switchyard_dataplane::worker::EngineOptions;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Directory of Kubernetes manifests to watch (YAML, multi-document, any depth).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// This node's name (VMIs are placed by status.nodeName).
+    #[arg(long)]
+    pub node: String,
+    /// Port backend overrides by port name: `ports: {NAME: {type: TYPE, OPTION: VALUE}}`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node labels, `k=v,k2=v2`, over those of the Node object in DIR (for NNCP nodeSelectors).
+    #[arg(long, value_name = "K=V,...")]
+    pub node_labels: Option<String>,
+    /// Cores to pin one worker each to (`2,3` or `2-5`); unset: one unpinned worker.
+    #[arg(long, value_name = "LIST")]
+    pub lcores: Option<String>,
+    /// The control socket (`switchyard ctl --socket`).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory of the VM ports' vhost-user sockets.
+    #[arg(long, default_value = DEFAULT_VHOST_DIR)]
+    pub vhost_dir: String,
+    /// Testing: make VM ports `ring` (in-memory) or leave them `vhostuser`.
+    #[arg(long, hide = true, value_name = "ring|vhostuser")]
+    pub vm_ports: Option<String>,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--node-labels: {kv:?} is not k=v"))?;
+        if k.is_empty() {
+            return Err(format!("--node-labels: {kv:?} has an empty key"));
+        }
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+/// `1,3,5-7` as core numbers.
+pub fn parse_lcores(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num =
+            |x: &str| x.trim().parse::<usize>().map_err(|_| format!("--lcores: {x:?} is not a core number"));
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("--lcores: {part:?} is an empty range"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    if out.is_empty() {
+        return Err("--lcores: no core".into());
+    }
+    Ok(out)
+}
+
+fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
+    let labels = a.node_labels.as_deref().map(parse_labels).transpose()?.unwrap_or_default();
+    let cores = match &a.lcores {
+        Some(l) => parse_lcores(l)?.into_iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let overrides = match &a.config {
+        Some(p) => RunConfig::load(p)?,
+        None => RunConfig::default(),
+    };
+    let vm_ports = match a.vm_ports.as_deref() {
+        None | Some("vhostuser") => VmPorts::Vhostuser,
+        Some("ring") => VmPorts::Ring,
+        Some(x) => return Err(format!("--vm-ports: {x:?} is neither ring nor vhostuser")),
+    };
+    let ropts = RuntimeOptions {
+        engine: EngineOptions { cores, ..Default::default() },
+        overrides,
+        vm_ports,
+        ..Default::default()
+    };
+    let mut copts = ControllerOptions::new(&a.state, &a.node);
+    copts.labels = labels;
+    copts.plan = PlanOptions { vhost_dir: a.vhost_dir.clone() };
+    Ok((ropts, copts))
+}
+
+pub fn main(a: RunArgs) -> ExitCode {
+    let (ropts, copts) = match setup(&a) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("switchyard run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::read_dir(&a.state) {
+        eprintln!("switchyard run: {}: {e}", a.state.display());
+        return ExitCode::FAILURE;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("switchyard run: cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let rt = match Runtime::start(ropts) {
+        Ok(rt) => Arc::new(Mutex::new(rt)),
+        Err(e) => {
+            eprintln!("switchyard run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(state = %a.state.display(), node = %a.node, "switchyard run starting");
+    let mut ctl = Controller::new(copts, rt.clone());
+    let _ = ctl.reconcile();
+    let server = match CtlServer::start(&a.socket, rt.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard run: control socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(socket = %a.socket.display(), "control socket ready");
+    let res = ctl.run(&stop);
+    server.stop();
+    drop(ctl);
+    let code = match res {
+        Ok(()) => {
+            tracing::info!("stopping");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("switchyard run: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    match Arc::try_unwrap(rt) {
+        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()).stop(),
+        Err(_) => stop.store(true, Ordering::Release),
+    }
+    code
+}

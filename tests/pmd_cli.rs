@@ -1,0 +1,343 @@
+//! `switchyard pmd` end to end: bad arguments refused before anything starts, a timed JSON run
+//! on infinite pcap ports, switch mode on ring ports, the interactive commands from stdin, and
+//! a clean stop on SIGTERM. Every run is bounded (at most 2 s of forwarding, one worker, no busy
+//! polling) and killed if it overruns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// Waits for `child` at most `limit`, killing it after that (and failing the test).
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if t0.elapsed() > limit => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "switchyard pmd ran past {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn pmd(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .arg("pmd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn switchyard");
+    wait_bounded(child, Duration::from_secs(20))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A classic pcap of `n` 60-byte UDP frames (64 on the wire): source MACs 02:00:<src>:00:00:i,
+/// each to 02:00:<dst>:00:00:i.
+fn write_pcap(path: &Path, src: u8, dst: u8, n: u8) {
+    let mut f = Vec::new();
+    for v in [0xa1b2_c3d4u32.to_le_bytes().as_slice(), &2u16.to_le_bytes(), &4u16.to_le_bytes()] {
+        f.extend_from_slice(v);
+    }
+    for v in [0u32, 0, 65535, 1] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    for i in 0..n {
+        let mut frame = vec![0x02, 0, dst, 0, 0, i, 0x02, 0, src, 0, 0, i, 0x08, 0x00];
+        frame.extend_from_slice(&[0x45, 0, 0, 46, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 19, 0, 1]);
+        frame.extend_from_slice(&[0x04, 0x00, 0x04, 0x00, 0, 26, 0, 0]);
+        frame.resize(60, 0);
+        for v in [0u32, u32::from(i), 60, 60] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        f.extend_from_slice(&frame);
+    }
+    std::fs::write(path, f).expect("write pcap");
+}
+
+/// Two captures, 4 MACs each way.
+fn two_pcaps(dir: &Path) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a.pcap"), dir.join("b.pcap"));
+    write_pcap(&a, 0x0a, 0x0b, 4);
+    write_pcap(&b, 0x0b, 0x0a, 4);
+    (a, b)
+}
+
+/// The last line of stdout as JSON.
+fn last_json(out: &Output) -> serde_json::Value {
+    let s = text(&out.stdout);
+    let last = s.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last:?}\nstdout:\n{s}"))
+}
+
+/// Checks the contract's JSON shape; returns (rx_pps, tx_pps).
+fn check_shape(j: &serde_json::Value, ports: usize) -> (f64, f64) {
+    assert!(j["seconds"].is_number(), "{j}");
+    let rx = j["rx_pps"].as_f64().expect("rx_pps");
+    let tx = j["tx_pps"].as_f64().expect("tx_pps");
+    let p = j["ports"].as_array().expect("ports");
+    assert_eq!(p.len(), ports, "{j}");
+    for (i, port) in p.iter().enumerate() {
+        assert_eq!(port["name"], format!("p{i}"), "{j}");
+        for k in ["rx", "tx", "drops"] {
+            assert!(port[k].is_u64(), "ports[{i}].{k} in {j}");
+        }
+    }
+    (rx, tx)
+}
+
+#[test]
+fn timed_json_run_on_two_infinite_pcap_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    let out = pmd(&["--port", &pa, "--port", &pb, "--fwd", "switch", "--seconds", "1", "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let j = last_json(&out);
+    let (rx, tx) = check_shape(&j, 2);
+    assert_eq!(j["seconds"].as_f64(), Some(1.0));
+    assert!(rx > 0.0 && tx > 0.0, "{j}");
+    for p in j["ports"].as_array().unwrap() {
+        assert!(p["rx"].as_u64().unwrap() > 0 && p["tx"].as_u64().unwrap() > 0, "{j}");
+    }
+    // Four MACs learned on each port, every buffer back.
+    assert_eq!(j["ports"][0]["learned"], 4, "{j}");
+    assert_eq!(j["ports"][1]["learned"], 4, "{j}");
+    assert_eq!(j["pool_in_use"], 0, "{j}");
+    let s = text(&out.stdout);
+    assert!(s.contains("pmd thread worker 0"), "{s}");
+    assert!(s.contains("avg processing cycles per packet"), "{s}");
+}
+
+#[test]
+fn stats_period_prints_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:rx={},infinite", b.display());
+    let out =
+        pmd(&["--port", &pa, "--port", &pb, "--fwd", "io", "--seconds", "0.5", "--stats-period", "0.2"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.matches("Port rates (io)").count() >= 2, "{s}");
+    assert!(s.contains("Gbps wire"), "{s}");
+    assert!(s.contains("buffers still in use: 0"), "{s}");
+}
+
+#[test]
+fn switch_mode_on_ring_ports() {
+    let out = pmd(&[
+        "--port",
+        "ring:r0",
+        "--port",
+        "ring:r1",
+        "--port",
+        "ring:r2",
+        "--fwd",
+        "switch",
+        "--seconds",
+        "0.3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let j = last_json(&out);
+    check_shape(&j, 3);
+    assert_eq!(j["mode"], "switch");
+    assert_eq!(j["pool_in_use"], 0, "{j}");
+    assert!(j["stop_ms"].as_f64().unwrap() < 100.0, "{j}");
+}
+
+#[test]
+fn txonly_writes_generated_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_pcaps(dir.path());
+    let outp = dir.path().join("out.pcap");
+    let pa = format!("pcap:rx={},tx={}", a.display(), outp.display());
+    let out = pmd(&[
+        "--port",
+        &pa,
+        "--fwd",
+        "txonly",
+        "--txpkt-len",
+        "128",
+        "--tx-vlan",
+        "5",
+        "--seconds",
+        "0.2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let j = last_json(&out);
+    check_shape(&j, 1);
+    assert!(j["ports"][0]["tx"].as_u64().unwrap() > 0, "{j}");
+    // The capture holds 128-byte frames tagged with VLAN 5.
+    let bytes = std::fs::read(&outp).unwrap();
+    assert!(bytes.len() > 24 + 16 + 128);
+    assert_eq!(u32::from_le_bytes(bytes[32..36].try_into().unwrap()), 128);
+    assert_eq!(&bytes[40 + 12..40 + 16], &[0x81, 0x00, 0x00, 0x05]);
+}
+
+/// Bad arguments: exit 2, a message naming the argument, and nothing started (no banner, the
+/// tx capture of a valid port not created).
+#[test]
+fn bad_arguments_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_pcaps(dir.path());
+    let outp = dir.path().join("never.pcap");
+    let good = format!("pcap:rx={},tx={}", a.display(), outp.display());
+    let missing = format!("pcap:{}", dir.path().join("missing.pcap").display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--fwd", "bogus"], "--fwd"),
+        (vec!["--fwd", "io", "--port", "bogus:x"], "--port bogus:x"),
+        (vec!["--fwd", "io", "--port", "pcap:"], "--port pcap:"),
+        (vec!["--fwd", "io", "--port", &missing], "no such file"),
+        (vec!["--fwd", "io", "--lcores", "4096"], "--lcores"),
+        (vec!["--fwd", "io", "--lcores", "0x0"], "--lcores"),
+        (vec!["--fwd", "io", "--lcores", "1-0"], "--lcores"),
+        (vec!["--fwd", "io", "--burst", "0"], "--burst"),
+        (vec!["--fwd", "io", "--burst", "65"], "--burst"),
+        (vec!["--fwd", "txonly", "--txpkt-len", "20"], "--txpkt-len"),
+        (vec!["--fwd", "io", "--seconds", "0"], "--seconds"),
+        (vec!["--fwd", "io", "--tx-vlan", "5000"], "--tx-vlan"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["--port", good.as_str()];
+        args.extend(extra.iter().copied());
+        args.extend(["--seconds", "0.1"]);
+        // A later --seconds would override a bad one; keep the bad one last.
+        if extra.contains(&"--seconds") {
+            args.truncate(args.len() - 2);
+        }
+        let out = pmd(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {err}");
+        assert!(err.contains(needle), "{args:?}: stderr does not name {needle:?}: {err}");
+        assert!(!text(&out.stdout).contains("Forwarding"), "{args:?} started: {}", text(&out.stdout));
+        assert!(!outp.exists(), "{args:?} opened the ports");
+    }
+}
+
+#[test]
+fn backends_that_cannot_open_are_refused_with_the_factorys_message() {
+    let out = pmd(&["--port", "vhost:/tmp/sy-pmd-test.sock,client", "--fwd", "io", "--seconds", "0.1"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vhost"), "{err}");
+    assert!(!text(&out.stdout).contains("Forwarding"));
+}
+
+#[test]
+fn interactive_commands_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    let mut child = Command::new(BIN)
+        .args(["pmd", "-i", "--json", "--fwd", "io", "--port", &pa, "--port", &pb])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut say = |s: &str, pause_ms: u64| {
+        stdin.write_all(s.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(pause_ms));
+    };
+    say("help\nfrobnicate the ports\nshow fwd stats all\nstop\n", 50);
+    say("start\n", 200);
+    say("start\nset fwd switch\n", 200);
+    say("show port stats all\nshow fwd stats all\n", 0);
+    say("set fwd nonsense\nstop\nclear port stats all\nshow port stats all\n", 50);
+    say("start\n", 200);
+    say("quit\n", 0);
+    drop(stdin);
+    let out = wait_bounded(child, Duration::from_secs(20));
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "stdout {s}\nstderr {}", text(&out.stderr));
+    for needle in [
+        "set fwd MODE",
+        "Unknown or bad command: \"frobnicate the ports\"",
+        "Packet forwarding not started",
+        "Start io packet forwarding",
+        "Packet forwarding already started",
+        "Set switch packet forwarding mode",
+        "NIC statistics for port 0",
+        "NIC statistics for port 1",
+        "Forward statistics (switch mode)",
+        "unknown forwarding mode \"nonsense\"",
+        "NIC statistics for all ports cleared",
+        "buffers still in use: 0",
+    ] {
+        assert!(s.contains(needle), "missing {needle:?} in:\n{s}");
+    }
+    let j = last_json(&out);
+    let (rx, tx) = check_shape(&j, 2);
+    assert!(rx > 0.0 && tx > 0.0, "{j}");
+    assert_eq!(j["mode"], "switch");
+    assert_eq!(j["pool_in_use"], 0);
+}
+
+#[test]
+fn interactive_eof_quits() {
+    let mut child = Command::new(BIN)
+        .args(["pmd", "-i", "--port", "ring:eof0", "--port", "ring:eof1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().unwrap().write_all(b"start\n").unwrap();
+    let out = wait_bounded(child, Duration::from_secs(10));
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("Workers stopped in"), "{s}");
+    assert!(s.contains("buffers still in use: 0"), "{s}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    let child = Command::new(BIN)
+        .args(["pmd", "--json", "--fwd", "switch", "--port", &pa, "--port", &pb])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(400));
+    let t0 = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let out = wait_bounded(child, Duration::from_secs(10));
+    let took = t0.elapsed();
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{s}\n{}", text(&out.stderr));
+    assert!(s.contains("Signal received"), "{s}");
+    let j = last_json(&out);
+    let (rx, _) = check_shape(&j, 2);
+    assert!(rx > 0.0, "{j}");
+    assert_eq!(j["pool_in_use"], 0, "{j}");
+    assert!(j["stop_ms"].as_f64().unwrap() < 100.0, "{j}");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+}

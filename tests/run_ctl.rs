@@ -1,0 +1,220 @@
+//! `switchyard run` and `switchyard ctl` end to end: a `run` process on a temporary copy of
+//! examples/state, changed under it while `ctl` watches. Every wait is bounded.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const WAIT: Duration = Duration::from_secs(5);
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
+
+struct Run {
+    child: Child,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Run {
+    fn start(extra: &[&str], overrides: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/state"), &state);
+        let over = dir.path().join("run.yaml");
+        std::fs::write(&over, format!("ports:\n  eth1: {{type: ring}}\n{overrides}")).unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let log = dir.path().join("run.log");
+        let child = Command::new(BIN)
+            .args(["run", "--state"])
+            .arg(&state)
+            .args(["--node", "worker-1", "--config"])
+            .arg(&over)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--vhost-dir")
+            .arg(dir.path().join("vhost"))
+            .args(extra)
+            .env("SWITCHYARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let r = Run { child, dir, sock, log };
+        r.wait_for("the control socket", || r.sock.exists());
+        r
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN).arg("ctl").arg("--socket").arg(&self.sock).args(args).output().unwrap();
+        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while t.elapsed() < WAIT {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}; log:\n{}", self.log());
+    }
+
+    fn wait_ctl(&self, args: &[&str], what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        self.wait_for(what, || {
+            last = self.ctl(args);
+            cond(&last)
+        });
+        last
+    }
+
+    /// SIGTERM, then the exit status (bounded).
+    fn terminate(mut self) -> (std::process::ExitStatus, Run) {
+        let ok = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, self);
+            }
+            assert!(t.elapsed() < WAIT, "run did not stop on SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const VM_C: &str = r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vm-c, namespace: tenant-a}
+spec:
+  domain: {devices: {interfaces: [{name: data, bridge: {}, macAddress: "02:00:00:00:0c:01"}]}}
+  networks: [{name: data, multus: {networkName: vlan100}}]
+status: {nodeName: worker-1}
+"#;
+
+fn frame(dst: &str, src: &str) -> String {
+    format!("{dst}{src}0800{}", "00".repeat(46))
+}
+
+#[test]
+fn run_follows_the_state_directory_and_ctl_shows_it() {
+    let r = Run::start(&["--vm-ports", "ring"], "");
+    let ports = r.ctl(&["show", "ports"]);
+    for p in ["eth1", "tenant-a/vm-a/data", "tenant-a/vm-a/ext", "tenant-a/vm-b/data"] {
+        assert!(ports.contains(p), "{p} missing:\n{ports}");
+    }
+    assert!(ports.contains("access VLAN 100"), "{ports}");
+    let mode = std::fs::metadata(&r.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    // A new VMI: its port appears.
+    std::fs::write(r.state().join("vms/vm-c.yaml"), VM_C).unwrap();
+    r.wait_ctl(&["show", "ports"], "vm-c's port", |s| s.contains("tenant-a/vm-c/data"));
+    assert!(r.log().contains("port tenant-a/vm-c/data added: access VLAN 100 on br1"), "{}", r.log());
+
+    // The NAD's VLAN changes: every port on it follows.
+    let nads = r.state().join("network/nads.yaml");
+    let text = std::fs::read_to_string(&nads).unwrap();
+    std::fs::write(&nads, text.replace("\"vlan\": 100", "\"vlan\": 101")).unwrap();
+    let cfg = r.wait_ctl(&["show", "config"], "VLAN 101", |s| s.matches("tag: 101").count() == 3);
+    assert!(!cfg.contains("tag: 100"), "{cfg}");
+
+    // The VMI goes away: so does its port.
+    std::fs::remove_file(r.state().join("vms/vm-c.yaml")).unwrap();
+    r.wait_ctl(&["show", "ports"], "vm-c's port to go", |s| !s.contains("tenant-a/vm-c/data"));
+
+    // An editor that writes a temporary file and renames it into place.
+    let tmp = r.state().join("vms/.vm-d.yaml.swp");
+    std::fs::write(&tmp, VM_C.replace("vm-c", "vm-d").replace("0c:01", "0d:01")).unwrap();
+    std::fs::rename(&tmp, r.state().join("vms/vm-d.yaml")).unwrap();
+    r.wait_ctl(&["show", "ports"], "vm-d's port", |s| s.contains("tenant-a/vm-d/data"));
+
+    // A broken manifest: reported with its file, and every port stays.
+    std::fs::write(r.state().join("vms/vm-b.yaml"), "garbage: [\n").unwrap();
+    r.wait_for("the problem in the log", || r.log().contains("vm-b.yaml: document 1: YAML does not parse"));
+    let problems = r.ctl(&["show", "problems"]);
+    assert!(problems.contains("kept: VirtualMachineInstance tenant-a/vm-b: file broken"), "{problems}");
+    let ports = r.ctl(&["show", "ports"]);
+    for p in ["eth1", "tenant-a/vm-a/data", "tenant-a/vm-a/ext", "tenant-a/vm-b/data", "tenant-a/vm-d/data"] {
+        assert!(ports.contains(p), "{p} missing after a broken file:\n{ports}");
+    }
+    // A broken NAD (VLAN out of range) keeps its last good version too.
+    let text = std::fs::read_to_string(&nads).unwrap();
+    std::fs::write(&nads, text.replace("\"vlan\": 101", "\"vlan\": 5000")).unwrap();
+    r.wait_for("the NAD problem", || r.log().contains("invalid VLAN ID 5000"));
+    let cfg = r.ctl(&["show", "config"]);
+    assert_eq!(cfg.matches("tag: 101").count(), 3, "{cfg}");
+
+    // trace: a unicast to a static MAC, and a flood; the running table does not learn.
+    let t = r.ctl(&["trace", "tenant-a/vm-a/data", &frame("020000000b01", "020000000a01")]);
+    assert!(t.contains("-> unicast tenant-a/vm-b/data"), "{t}");
+    let t = r.ctl(&["trace", "eth1", &format!("ffffffffffff02aabbccddee8100006508{}", "00".repeat(46))]);
+    assert!(t.contains("vlan=101") && t.contains("-> flood"), "{t}");
+    let fdb = r.ctl(&["show", "fdb", "br1"]);
+    assert!(!fdb.contains("02:aa:bb:cc:dd:ee"), "trace changed the running table:\n{fdb}");
+    assert!(fdb.contains("02:00:00:00:0b:01"), "{fdb}");
+    let flushed = r.ctl(&["fdb", "flush"]);
+    assert!(flushed.starts_with("flushed"), "{flushed}");
+    let stats = r.ctl(&["show", "stats"]);
+    assert!(stats.contains("worker 0") && stats.contains("cycles/packet"), "{stats}");
+    let bad = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&r.sock)
+        .args(["show", "fdb", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+
+    let sock = r.sock.clone();
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "exit status {st:?}");
+    assert!(!sock.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn ports_whose_backend_cannot_open_are_present_but_down() {
+    // An interface that does not exist: AF_PACKET cannot open it.
+    let r = Run::start(&[], "  tenant-a/vm-a/data: {type: afpacket, iface: sy-no-such0}\n");
+    let ports = r.ctl(&["show", "ports"]);
+    let line =
+        ports.lines().find(|l| l.starts_with("tenant-a/vm-a/data")).unwrap_or_else(|| panic!("{ports}"));
+    assert!(line.contains("down (no backend)"), "{ports}");
+    assert!(ports.lines().find(|l| l.starts_with("eth1")).is_some_and(|l| l.contains(" up ")), "{ports}");
+    assert!(r.ctl(&["show", "fdb"]).contains("02:00:00:00:0a:01"));
+    assert!(r.log().contains("port tenant-a/vm-a/data is down"), "{}", r.log());
+    let (st, _r) = r.terminate();
+    assert!(st.success());
+}
