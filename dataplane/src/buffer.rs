@@ -55,8 +55,9 @@ struct PoolShared {
     base: NonNull<u8>,
     count: usize,
     free: ArrayQueue<u32>,
-    /// Buffers currently sitting in some cache (free, but not in `free`).
-    cached: AtomicUsize,
+    /// Each live cache's count of free buffers it holds, published with a plain store on every
+    /// operation (no read-modify-write on the fast path, nothing shared between workers).
+    caches: std::sync::Mutex<Vec<Arc<Held>>>,
     region: Region,
 }
 
@@ -75,9 +76,14 @@ impl PoolShared {
     }
 
     fn in_use(&self) -> usize {
-        self.count
-            .saturating_sub(self.free.len())
-            .saturating_sub(self.cached.load(Ordering::Relaxed))
+        let cached: usize = self
+            .caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum();
+        self.count.saturating_sub(self.free.len()).saturating_sub(cached)
     }
 }
 
@@ -181,7 +187,7 @@ impl Pool {
             base,
             count,
             free,
-            cached: AtomicUsize::new(0),
+            caches: std::sync::Mutex::new(Vec::new()),
             region,
         });
         let ptr = NonNull::from(Box::leak(shared));
@@ -220,7 +226,9 @@ impl Pool {
 
     /// A per-worker cache in front of this pool.
     pub fn cache(&self) -> PoolCache {
-        PoolCache { pool: self.clone(), free: Vec::with_capacity(CACHE_MAX) }
+        let held = Arc::new(Held(AtomicUsize::new(0)));
+        self.shared().caches.lock().unwrap_or_else(|e| e.into_inner()).push(held.clone());
+        PoolCache { pool: self.clone(), free: Vec::with_capacity(CACHE_MAX), held }
     }
 }
 
@@ -229,7 +237,13 @@ impl Pool {
 pub struct PoolCache {
     pool: Pool,
     free: Vec<u32>,
+    /// `free.len()`, published for [`Pool::in_use`].
+    held: Arc<Held>,
 }
+
+/// A cache's published count, alone on its cache line so that workers never share one.
+#[repr(align(64))]
+struct Held(AtomicUsize);
 
 impl PoolCache {
     pub fn pool(&self) -> &Pool {
@@ -244,7 +258,7 @@ impl PoolCache {
             refill(&mut self.free, s);
         }
         let idx = self.free.pop()?;
-        s.cached.fetch_sub(1, Ordering::Relaxed);
+        self.held.0.store(self.free.len(), Ordering::Relaxed);
         Some(PacketBuf::fresh(self.pool.owner.0, s, idx))
     }
 
@@ -268,7 +282,7 @@ impl PoolCache {
             flush(&mut self.free, s, CACHE_BULK);
         }
         self.free.push(buf.idx);
-        s.cached.fetch_add(1, Ordering::Relaxed);
+        self.held.0.store(self.free.len(), Ordering::Relaxed);
         std::mem::forget(buf);
     }
 
@@ -286,7 +300,6 @@ fn refill(cache: &mut Vec<u32>, s: &PoolShared) {
             None => break,
         }
     }
-    s.cached.fetch_add(n, Ordering::Relaxed);
 }
 
 #[cold]
@@ -298,7 +311,6 @@ fn flush(cache: &mut Vec<u32>, s: &PoolShared, n: usize) {
             let _ = s.free.push(i);
         }
     }
-    s.cached.fetch_sub(n, Ordering::Relaxed);
 }
 
 impl Drop for PoolCache {
@@ -306,6 +318,9 @@ impl Drop for PoolCache {
         let s = self.pool.shared();
         let n = self.free.len();
         flush(&mut self.free, s, n);
+        self.held.0.store(0, Ordering::Relaxed);
+        let mut list = s.caches.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|c| !Arc::ptr_eq(c, &self.held));
     }
 }
 
