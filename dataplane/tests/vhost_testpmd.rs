@@ -42,12 +42,17 @@ struct TestPmd {
 
 impl TestPmd {
     fn start(name: &str, vdev: &str, fwd: &str) -> TestPmd {
+        Self::start_with(name, vdev, fwd, &[])
+    }
+
+    fn start_with(name: &str, vdev: &str, fwd: &str, extra: &[&str]) -> TestPmd {
         let mut child = Command::new(TESTPMD)
             .args(["-l", "0-1", "--no-huge", "-m", "256", "--no-pci"])
             .arg(format!("--file-prefix=sy{}{name}", std::process::id()))
             .args(["--vdev", vdev, "--log-level=pmd.net.virtio.*:info"])
             .args(["--", "-i", "--nb-cores=1", "--total-num-mbufs=2048"])
             .arg(format!("--forward-mode={fwd}"))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -278,7 +283,11 @@ fn testpmd_server_mode_and_switchyard_client_reconnects() {
     let path = sock("client");
     let _ = std::fs::remove_file(&path);
     let vdev = format!("net_virtio_user0,path={},queues=1,server=1", path.display());
-    let opts = VhostOptions { mode: Mode::Client, reconnect_interval: Duration::from_millis(50), ..Default::default() };
+    let opts = VhostOptions {
+        mode: Mode::Client,
+        reconnect_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
     let mut tp = TestPmd::start("client", &vdev, "io");
     // testpmd in server mode waits for the backend before its prompt.
     let port = VhostUserPort::open("vm", &path, opts.clone()).unwrap();
@@ -304,4 +313,197 @@ fn testpmd_server_mode_and_switchyard_client_reconnects() {
     assert!(port.sessions() >= 2);
     tp.stop();
     let _ = std::fs::remove_file(&path);
+}
+
+/// The whole switch: a ring port and the vhost port on one bridge, testpmd swapping MACs in
+/// the guest. Frames injected on the ring flood to the VM, come back with source and
+/// destination swapped, and the switch (having learned the ring's MAC) sends them to the ring.
+#[test]
+fn testpmd_through_the_switch_pipeline() {
+    use std::sync::Arc;
+    use switchyard_dataplane::config::Config;
+    use switchyard_dataplane::port::ring::RingPort;
+    use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+    use switchyard_dataplane::SwitchConfig;
+    if !have_testpmd() {
+        return;
+    }
+    let path = sock("switch");
+    let vm = Arc::new(VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap());
+    let (ring, peer) = RingPort::new("up", 4096);
+    let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
+    let Some(tp) = guest(&vm, "switch", &vdev, "macswap") else { return };
+    let yaml = format!(
+        "bridges:\n- name: br\n  ports:\n  - {{name: up}}\n  - {{name: vm, type: vhostuser, socket: {}}}\n",
+        path.display()
+    );
+    let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(&yaml).unwrap(), None).unwrap());
+    let backends: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(Arc::new(ring)), Some(vm.clone())];
+    let rx = Plan::round_robin(&backends, 1);
+    let plan = Plan {
+        peers: Plan::paired_peers(2),
+        switch: sw,
+        ports: backends,
+        rx,
+        mode: FwdMode::Switch,
+        gen: TxGen::default(),
+    };
+    let eng = Engine::start(EngineOptions { pool_buffers: 4096, ..Default::default() }, plan).unwrap();
+    let inj = Pool::with_hugepages("inject", 1024, false).unwrap();
+    let swapped = |f: &[u8]| {
+        let mut s = f.to_vec();
+        s[0..6].copy_from_slice(&f[6..12]);
+        s[6..12].copy_from_slice(&f[0..6]);
+        s
+    };
+    // Until testpmd forwards, probes may be lost.
+    let probe = frame(0xfffe, 60);
+    let ok = wait_for(Duration::from_secs(10), || {
+        let _ = peer.inject(
+            inj.alloc()
+                .map(|mut b| {
+                    b.extend_from_slice(&probe).unwrap();
+                    b
+                })
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let mut hit = false;
+        while let Some(b) = peer.collect() {
+            hit |= b.data() == &swapped(&probe)[..];
+        }
+        hit
+    });
+    assert!(ok, "no probe came back through the switch:\n{}", {
+        let mut tp = tp;
+        tp.dump()
+    });
+    let frames: Vec<Vec<u8>> = (0..200u32).map(|i| frame(i, 60 + (i as usize * 31) % 1400)).collect();
+    let mut got = Vec::new();
+    for chunk in frames.chunks(16) {
+        for f in chunk {
+            let mut b = inj.alloc().unwrap();
+            b.extend_from_slice(f).unwrap();
+            peer.inject(b).unwrap();
+        }
+        let want = got.len() + chunk.len();
+        wait_for(Duration::from_secs(2), || {
+            while let Some(b) = peer.collect() {
+                got.push(b.data().to_vec());
+            }
+            got.len() >= want
+        });
+    }
+    let want: Vec<Vec<u8>> = frames.iter().map(|f| swapped(f)).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "frames changed on the way");
+    let snap = eng.plan().switch.port_by_name("vm").unwrap().stats.snapshot();
+    assert!(snap.rx_packets >= 200 && snap.tx_packets >= 200, "{snap:?}");
+    let _ = eng.stop();
+    tp.stop();
+    assert_eq!(inj.in_use(), 0);
+}
+
+/// Throughput of the port itself against testpmd (not a pass/fail test; run with
+/// `cargo test --release -p switchyard-dataplane --test vhost_testpmd -- --ignored --nocapture`).
+/// Guest TX -> port: testpmd `txonly` 64-byte frames, counted by a loop polling the port.
+/// Port -> guest RX: a loop sending 64-byte bursts into testpmd `rxonly`.
+#[test]
+#[ignore]
+fn testpmd_throughput() {
+    if !have_testpmd() {
+        return;
+    }
+    let secs = 3.0;
+    let pool = Pool::with_hugepages("tput", 4096, false).unwrap();
+    let mut c = pool.cache();
+    let mut d = DropTally::default();
+    {
+        let path = sock("tput-rx");
+        let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
+        let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
+        let Some(tp) = guest(&port, "tputrx", &vdev, "txonly") else { return };
+        let mut rx = port.open_rx(0).unwrap();
+        let mut n = 0u64;
+        // Warm up, then count.
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(300) {
+            let mut out = Burst::new();
+            rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            out.drain(..).for_each(|b| c.free(b));
+        }
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < secs {
+            let mut out = Burst::new();
+            n += rx.rx_burst(&mut c, &mut out, 32, &mut d) as u64;
+            out.drain(..).for_each(|b| c.free(b));
+        }
+        let el = t0.elapsed().as_secs_f64();
+        eprintln!("guest TX -> port: {n} frames in {el:.2} s = {:.2} Mpps", n as f64 / el / 1e6);
+        tp.stop();
+    }
+    {
+        let path = sock("tput-tx");
+        let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
+        let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
+        let Some(tp) = guest(&port, "tputtx", &vdev, "rxonly") else { return };
+        let mut tx = port.open_tx(0).unwrap();
+        let f = frame(1, 64);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut d = DropTally::default();
+        let (mut sent, mut offered) = (0u64, 0u64);
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < secs {
+            let mut b = Burst::new();
+            for _ in 0..32 {
+                b.push(c.alloc_copy(&f).unwrap());
+            }
+            offered += 32;
+            sent += tx.tx_burst(&mut b, &mut c, &mut d) as u64;
+        }
+        let el = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "port -> guest RX: {sent} of {offered} frames in {el:.2} s = {:.2} Mpps delivered (drops {d:?})",
+            sent as f64 / el / 1e6
+        );
+        tp.stop();
+    }
+}
+
+/// Two queue pairs: testpmd generates on both TX queues, each arrives on its own RX queue of
+/// the port; the port's two TX handles fill the guest's two RX queues.
+#[test]
+fn testpmd_multiqueue() {
+    if !have_testpmd() {
+        return;
+    }
+    let path = sock("mq");
+    let port = VhostUserPort::open("vm", &path, VhostOptions { queues: 2, ..Default::default() }).unwrap();
+    let vdev = format!("net_virtio_user0,path={},queues=2", path.display());
+    let mut tp = TestPmd::start_with("mq", &vdev, "txonly", &["--rxq=2", "--txq=2"]);
+    tp.cmd("start");
+    if !tp.started(&port) {
+        return;
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || port.vring_running(2) && port.vring_running(3)),
+        "second queue pair not enabled:\n{}",
+        tp.dump()
+    );
+    let pool = Pool::with_hugepages("mq", 1024, false).unwrap();
+    let mut c = pool.cache();
+    let mut d = DropTally::default();
+    let mut counts = [0usize; 2];
+    let mut rxs = [port.open_rx(0).unwrap(), port.open_rx(1).unwrap()];
+    wait_for(Duration::from_secs(5), || {
+        for (q, rx) in rxs.iter_mut().enumerate() {
+            let mut out = Burst::new();
+            counts[q] += rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            out.drain(..).for_each(|b| c.free(b));
+        }
+        counts.iter().all(|n| *n >= 1000)
+    });
+    assert!(counts.iter().all(|n| *n >= 1000), "frames per RX queue: {counts:?}");
+    assert!(d.is_zero(), "{d:?}");
+    tp.stop();
 }

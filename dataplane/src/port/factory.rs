@@ -72,7 +72,12 @@ fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
     let mode = match cfg.mode.as_deref().unwrap_or("server") {
         "server" => Mode::Server,
         "client" => Mode::Client,
-        m => return Err(PortError::Backend { port: name.into(), msg: format!("mode {m:?} is neither server nor client") }),
+        m => {
+            return Err(PortError::Backend {
+                port: name.into(),
+                msg: format!("mode {m:?} is neither server nor client"),
+            })
+        }
     };
     let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), ..Default::default() };
     Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))

@@ -123,7 +123,10 @@ fn read_message(stream: &UnixStream, fds: &mut Vec<OwnedFd>) -> io::Result<Optio
     }
     let hdr = Header::parse(&hb);
     if hdr.flags & 0x3 != proto::VERSION {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad version in flags {:#x}", hdr.flags)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad version in flags {:#x}", hdr.flags),
+        ));
     }
     let size = hdr.size as usize;
     if size > proto::MAX_PAYLOAD {
@@ -171,10 +174,23 @@ struct Session {
 impl Session {
     fn new(sh: Arc<Shared>) -> Session {
         let n = sh.vqs.len();
-        Session { sh, features: 0, proto: 0, mem: None, log: None, vrings: (0..n).map(|_| VringCfg::default()).collect() }
+        Session {
+            sh,
+            features: 0,
+            proto: 0,
+            mem: None,
+            log: None,
+            vrings: (0..n).map(|_| VringCfg::default()).collect(),
+        }
     }
 
-    fn dispatch(&mut self, stream: &UnixStream, hdr: Header, p: &[u8], fds: Vec<OwnedFd>) -> Result<(), String> {
+    fn dispatch(
+        &mut self,
+        stream: &UnixStream,
+        hdr: Header,
+        p: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
         let out = self.handle(hdr.request, p, fds)?;
         let ack = hdr.need_reply() && self.proto & pfeat::REPLY_ACK != 0;
         match out {
@@ -203,7 +219,8 @@ impl Session {
 
     /// Handles one request. `Err` ends the session (malformed message).
     fn handle(&mut self, request: u32, p: &[u8], fds: Vec<OwnedFd>) -> Result<Outcome, String> {
-        let short = |what: &str| format!("request {request}: payload too short for {what} ({} bytes)", p.len());
+        let short =
+            |what: &str| format!("request {request}: payload too short for {what} ({} bytes)", p.len());
         let u64_arg = || if p.len() >= 8 { Ok(proto::le64(p, 0)) } else { Err(short("u64")) };
         Ok(match request {
             req::GET_FEATURES => Outcome::Reply(feat::OFFERED.to_le_bytes().to_vec()),

@@ -205,7 +205,8 @@ impl Frontend {
         }
         let (desc, avail, used) = Self::ring_addrs(i);
         self.mem.write(desc, &vec![0u8; RING_SPACE as usize]).map_err(|e| bad(e.to_string()))?;
-        let avail_area = self.mem.area_gpa(avail, 6 + 2 * u64::from(num), 2).map_err(|e| bad(e.to_string()))?;
+        let avail_area =
+            self.mem.area_gpa(avail, 6 + 2 * u64::from(num), 2).map_err(|e| bad(e.to_string()))?;
         let used_area = self.mem.area_gpa(used, 6 + 8 * u64::from(num), 4).map_err(|e| bad(e.to_string()))?;
         let q = FrontendQueue {
             num,
@@ -392,7 +393,11 @@ impl Frontend {
         while k < used.len() {
             let (id, len) = used[k];
             let first = self.read_buf(i, id, len);
-            let nb = if mrg && first.len() >= 12 { usize::from(u16::from_le_bytes([first[10], first[11]])) } else { 1 };
+            let nb = if mrg && first.len() >= 12 {
+                usize::from(u16::from_le_bytes([first[10], first[11]]))
+            } else {
+                1
+            };
             let mut f = first.get(hl..).map(<[u8]>::to_vec).unwrap_or_default();
             for &(id2, len2) in used.iter().skip(k + 1).take(nb.saturating_sub(1)) {
                 f.extend_from_slice(&self.read_buf(i, id2, len2));

@@ -214,7 +214,8 @@ impl GuestMemory {
         check_table(&descs)?;
         let mut regions = Vec::new();
         for d in descs {
-            let len = usize::try_from(d.size).map_err(|_| MemError::Map(std::io::Error::other("too large")))?;
+            let len =
+                usize::try_from(d.size).map_err(|_| MemError::Map(std::io::Error::other("too large")))?;
             let map = Mapping::guarded_anon(len)?;
             // SAFETY: the accessible part starts GUARD bytes into the mapping.
             let host = unsafe { NonNull::new_unchecked(map.ptr.as_ptr().add(GUARD)) };
@@ -273,7 +274,9 @@ impl GuestMemory {
         }
         let mut done = 0usize;
         while done < dst.len() {
-            let (p, n) = self.chunk(gpa + done as u64, (dst.len() - done) as u64).ok_or(MemError::OutOfRange { addr: gpa, len })?;
+            let (p, n) = self
+                .chunk(gpa + done as u64, (dst.len() - done) as u64)
+                .ok_or(MemError::OutOfRange { addr: gpa, len })?;
             // SAFETY: chunk() returned n bytes inside a live region mapping; dst[done..done+n]
             // is inside dst; guest memory and dst never overlap (dst is our own memory).
             unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr().add(done), n) };
@@ -292,7 +295,9 @@ impl GuestMemory {
         }
         let mut done = 0usize;
         while done < src.len() {
-            let (p, n) = self.chunk(gpa + done as u64, (src.len() - done) as u64).ok_or(MemError::OutOfRange { addr: gpa, len })?;
+            let (p, n) = self
+                .chunk(gpa + done as u64, (src.len() - done) as u64)
+                .ok_or(MemError::OutOfRange { addr: gpa, len })?;
             // SAFETY: as in read(): n bytes inside a live mapping, src[done..done+n] inside src.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), p, n) };
             done += n;
@@ -301,7 +306,7 @@ impl GuestMemory {
     }
 
     fn area_in(self: &Arc<Self>, addr: u64, len: u64, align: u64, by_uva: bool) -> Result<Area, MemError> {
-        if align == 0 || addr % align != 0 {
+        if !align.is_power_of_two() || addr & (align - 1) != 0 {
             return Err(MemError::Misaligned { addr, align });
         }
         let end = addr.checked_add(len).ok_or(MemError::OutOfRange { addr, len })?;
@@ -310,7 +315,7 @@ impl GuestMemory {
             if addr >= start && end <= start + r.size {
                 let off = (addr - start) as usize;
                 let ptr = r.host.as_ptr().wrapping_add(off);
-                if (ptr as usize) % (align as usize) != 0 {
+                if (ptr as usize) & (align as usize - 1) != 0 {
                     return Err(MemError::Misaligned { addr, align });
                 }
                 let ptr = NonNull::new(ptr).ok_or(MemError::OutOfRange { addr, len })?;
@@ -382,7 +387,8 @@ impl Area {
             return None;
         }
         let p = self.ptr.as_ptr().wrapping_add(off);
-        if (p as usize) % size != 0 {
+        // Sizes are 2, 4 or 8: powers of two.
+        if (p as usize) & (size - 1) != 0 {
             return None;
         }
         Some(p)
@@ -495,7 +501,8 @@ mod tests {
 
     #[test]
     fn reads_and_writes_are_checked() {
-        let m = GuestMemory::anonymous(&[(0x1000, 0x2000, 0x7000_0000), (0x3000, 0x1000, 0x9000_0000)]).unwrap();
+        let m =
+            GuestMemory::anonymous(&[(0x1000, 0x2000, 0x7000_0000), (0x3000, 0x1000, 0x9000_0000)]).unwrap();
         // Spans the two adjacent regions.
         m.write(0x2ff0, &[7u8; 32]).unwrap();
         let mut b = [0u8; 32];

@@ -22,6 +22,7 @@
 //!   per-ring lock that the control thread holds only for the instant it swaps a ring; the
 //!   rust-vmm backend framework owns its threads and its locking.
 //! - **No new dependencies** in a crate that must build in constrained CI.
+//!
 //! The price is writing the message handling ourselves (`control`); the protocol subset a
 //! virtio-net backend needs is small and is covered by tests against DPDK's virtio-user.
 //!
@@ -147,7 +148,8 @@ impl VhostUserPort {
                         let _ = std::fs::remove_file(path);
                     }
                 }
-                let l = UnixListener::bind(path).map_err(|e| PortError::Io { port: name.into(), source: e })?;
+                let l =
+                    UnixListener::bind(path).map_err(|e| PortError::Io { port: name.into(), source: e })?;
                 l.set_nonblocking(true).map_err(|e| PortError::Io { port: name.into(), source: e })?;
                 Some(l)
             }
@@ -222,7 +224,13 @@ impl Drop for VhostRx {
 }
 
 impl RxQueue for VhostRx {
-    fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         let mut n = 0;
         if self.q == 0 && !self.shared.rarp.is_empty() {
             while n < max && !out.is_full() {

@@ -158,7 +158,11 @@ impl Vring {
         // frontend restarted and lost track), trust the ring.
         if let Some(u) = r.used.load_u16(2, Ordering::Acquire) {
             if u != cfg.base {
-                tracing::debug!(base = cfg.base, used = u, "vring base and used index differ; using the used index");
+                tracing::debug!(
+                    base = cfg.base,
+                    used = u,
+                    "vring base and used index differ; using the used index"
+                );
                 r.last_used = u;
                 r.last_avail = u;
             }
@@ -185,7 +189,10 @@ impl Vring {
 
     fn set_broken(&mut self, why: &'static str) {
         if self.broken.is_none() {
-            tracing::warn!(reason = why, "vhost: guest ring state is invalid; queue stopped until it is set up again");
+            tracing::warn!(
+                reason = why,
+                "vhost: guest ring state is invalid; queue stopped until it is set up again"
+            );
         }
         self.broken = Some(why);
     }
@@ -271,7 +278,13 @@ impl Vring {
     }
 
     /// Guest TX: takes up to `max` frames into `out` (skipping the virtio-net header).
-    pub fn dequeue(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+    pub fn dequeue(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         if self.broken.is_some() {
             return 0;
         }
@@ -452,8 +465,16 @@ impl Vring {
             for seg in &segs[usize::from(s)..usize::from(e)] {
                 let mut off = 0usize;
                 while off < seg.len as usize && pos < total {
-                    let n = (seg.len as usize - off).min(if pos < hdr.len() { hdr.len() - pos } else { total - pos });
-                    let src = if pos < hdr.len() { &hdr[pos..pos + n] } else { &frame[pos - hdr.len()..pos - hdr.len() + n] };
+                    let n = (seg.len as usize - off).min(if pos < hdr.len() {
+                        hdr.len() - pos
+                    } else {
+                        total - pos
+                    });
+                    let src = if pos < hdr.len() {
+                        &hdr[pos..pos + n]
+                    } else {
+                        &frame[pos - hdr.len()..pos - hdr.len() + n]
+                    };
                     let gpa = seg.addr + off as u64;
                     if self.mem.write(gpa, src).is_err() {
                         failed = true;
@@ -715,12 +736,24 @@ mod tests {
         type Setup = fn(&Fake);
         let cases: Vec<(&str, Setup, DropReason)> = vec![
             ("address outside memory", |f| f.desc(0, 1 << 40, 100, 0, 0), DropReason::VhostInvalidDesc),
-            ("address + len overflows", |f| f.desc(0, u64::MAX - 10, 100, 0, 0), DropReason::VhostInvalidDesc),
-            ("runs past the end of memory", |f| f.desc(0, (1 << 20) - 50, 100, 0, 0), DropReason::VhostInvalidDesc),
-            ("loop", |f| {
-                f.desc(0, 0x8000, 12, DESC_F_NEXT, 1);
-                f.desc(1, 0x9000, 10, DESC_F_NEXT, 0);
-            }, DropReason::VhostInvalidDesc),
+            (
+                "address + len overflows",
+                |f| f.desc(0, u64::MAX - 10, 100, 0, 0),
+                DropReason::VhostInvalidDesc,
+            ),
+            (
+                "runs past the end of memory",
+                |f| f.desc(0, (1 << 20) - 50, 100, 0, 0),
+                DropReason::VhostInvalidDesc,
+            ),
+            (
+                "loop",
+                |f| {
+                    f.desc(0, 0x8000, 12, DESC_F_NEXT, 1);
+                    f.desc(1, 0x9000, 10, DESC_F_NEXT, 0);
+                },
+                DropReason::VhostInvalidDesc,
+            ),
             ("next out of range", |f| f.desc(0, 0x8000, 100, DESC_F_NEXT, 999), DropReason::VhostInvalidDesc),
             ("indirect", |f| f.desc(0, 0x8000, 64, DESC_F_INDIRECT, 0), DropReason::VhostInvalidDesc),
             ("writable in TX", |f| f.desc(0, 0x8000, 64, DESC_F_WRITE, 0), DropReason::VhostInvalidDesc),
