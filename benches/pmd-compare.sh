@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # Side-by-side forwarding benchmark: switchyard pmd (io and switch modes, on pcap ports and on
-# DPDK net_pcap ports) against dpdk-testpmd io mode, on the same captures, one forwarding core
-# each, one contender at a time. It prints Mpps (frames received per second, summed over both
+# DPDK net_pcap ports) against dpdk-testpmd io mode and Open vSwitch with DPDK (NORMAL action),
+# on the same captures, one forwarding core each, one contender at a time. It prints Mpps (frames received per second, summed over both
 # ports) for each and the ratios; it asserts nothing.
 #
 # usage: benches/pmd-compare.sh [SECONDS]     (default 5 seconds per contender)
 # env:   BIG_MACS=N     MACs each way of the big variant (default 1048576; 0 skips it)
-#        DPDK=0         skip everything DPDK (testpmd and dpdk: ports)
+#        MID_MACS=N     MACs each way of the variant OVS-DPDK can hold (default 32768; 0 skips it):
+#                       OVS, testpmd io and switchyard switch run on it too (see ovs_dpdk below)
+#        DPDK=0         skip everything DPDK (testpmd, OVS-DPDK and dpdk: ports)
+#        OVS=0          skip OVS-DPDK
+#        OVS_VSWITCHD=P the DPDK build of ovs-vswitchd (default Debian's
+#                       /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk, package
+#                       openvswitch-switch-dpdk; the ovs-vswitchd alternative is left alone)
 #        CORE=C         the forwarding core of one-core runs (default: the last available one)
 #        CARGO_TARGET_DIR as cargo uses it
 #
 # Captures: 60-byte frames as captured (64 bytes on the wire with the FCS), UDP/IPv4; port 0's
 # capture has N distinct source MACs each sending to one of N MACs that are the sources of port
-# 1's capture, and the reverse (benches/gen_pcaps.py). N = 256, then BIG_MACS.
+# 1's capture, and the reverse (benches/gen_pcaps.py). N = 256, then BIG_MACS, then MID_MACS.
 set -euo pipefail
 
 SECS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIG_MACS=${BIG_MACS:-1048576}
+MID_MACS=${MID_MACS:-32768}
+OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
+OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
 NCPU=$(nproc)
 CORE=${CORE:-$((NCPU - 1))}
 MAIN_CORE=0
@@ -27,6 +36,12 @@ MAIN_CORE=0
 have_dpdk=0
 if [ "${DPDK:-1}" != 0 ] && pkg-config --exists libdpdk 2>/dev/null; then
     have_dpdk=1
+fi
+have_ovs=0
+if [ "${DPDK:-1}" != 0 ] && [ "${OVS:-1}" != 0 ] && [ -x "$OVS_VSWITCHD" ] && [ -r "$OVS_SCHEMA" ] &&
+    command -v ovsdb-tool >/dev/null && command -v ovsdb-server >/dev/null &&
+    command -v ovs-vsctl >/dev/null && command -v ovs-appctl >/dev/null; then
+    have_ovs=1
 fi
 have_testpmd=0
 if [ "${DPDK:-1}" != 0 ] && command -v dpdk-testpmd >/dev/null; then
@@ -40,13 +55,40 @@ echo "== building: cargo build --release ${features[*]}"
 BIN=$TARGET/release/switchyard
 
 WORK=$(mktemp -d /tmp/pmd-compare.XXXXXX)
-cleanup() { rm -rf "$WORK"; }
+OVS_DIR=
+# Stops the private Open vSwitch of ovs_dpdk (below) if one is running.
+ovs_stop() {
+    [ -n "$OVS_DIR" ] || return 0
+    local name pid i
+    for name in ovs-vswitchd ovsdb-server; do
+        pid=$(cat "$OVS_DIR/$name.pid" 2>/dev/null) || continue
+        [ -n "$pid" ] || continue
+        kill "$pid" 2>/dev/null || continue
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    done
+    rm -rf "$OVS_DIR" "/var/run/dpdk/ovsbench$$"
+    OVS_DIR=
+}
+
+cleanup() {
+    ovs_stop
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "== captures in $WORK"
 python3 "$ROOT/benches/gen_pcaps.py" --macs 256 "$WORK/a256.pcap" "$WORK/b256.pcap"
 if [ "$BIG_MACS" != 0 ]; then
     python3 "$ROOT/benches/gen_pcaps.py" --macs "$BIG_MACS" "$WORK/abig.pcap" "$WORK/bbig.pcap"
+fi
+if [ "$have_ovs" = 1 ] && [ "$MID_MACS" != 0 ]; then
+    python3 "$ROOT/benches/gen_pcaps.py" --macs "$MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap"
 fi
 
 declare -A RATE
@@ -101,6 +143,86 @@ testpmd() { # label a.pcap b.pcap frames-per-capture
     record "$label" "$mpps" "${cmd[@]}"
 }
 
+# Open vSwitch with DPDK, private to this script: its own ovsdb-server on a fresh database and
+# its own ovs-vswitchd-dpdk, everything (database, sockets, pidfiles, logs) in $OVS_DIR under
+# $WORK, the system's Open vSwitch (if any) untouched. EAL without hugepages: OVS adds
+# --in-memory to the EAL arguments unless it sees --legacy-mem, and --in-memory refuses
+# --no-huge, hence "--no-huge --legacy-mem -m 2048". dpdk-lcore-mask on the main core,
+# pmd-cpu-mask on the forwarding core; a netdev bridge with the two net_pcap ports and only the
+# default flow (NORMAL: MAC learning). Everything else at OVS's defaults (EMC on, SMC off, one
+# handler and one revalidator thread, unpinned).
+# The rate: RX packets of both ports (ovs-appctl dpctl/show -s, read live from DPDK) before and
+# after SECS, after a warm-up of 2 s; pmd-stats-clear at the start of the interval, so
+# pmd-stats-show's cycles per packet are those of the interval.
+# OVS sizes its shared mempool itself (262144 mbufs at MTU 1500) and net_pcap's infinite_rx needs
+# one mbuf per frame of the capture, both ports from that pool: a 1M-frame capture cannot be
+# loaded ("Not enough mbufs to accommodate packets in pcap file"), hence the MID_MACS variant.
+ovs_rx() { # RX packets of p0 and p1, summed
+    ovs-appctl -t "$OVS_DIR/vswitchd.ctl" dpctl/show -s |
+        awk '/^ +port [0-9]+: p[01] / {p = 1; next} p && /RX packets:/ {sub(/.*RX packets:/, ""); s += $1; p = 0} END {print s + 0}'
+}
+
+ovs_dpdk() { # label a.pcap b.pcap
+    local label=$1 a=$2 b=$3
+    OVS_DIR=$WORK/ovs
+    mkdir -p "$OVS_DIR"
+    local env=(env OVS_RUNDIR="$OVS_DIR" OVS_LOGDIR="$OVS_DIR" OVS_DBDIR="$OVS_DIR")
+    local vsctl=("${env[@]}" ovs-vsctl --db="unix:$OVS_DIR/db.sock")
+    local appctl=("${env[@]}" ovs-appctl -t "$OVS_DIR/vswitchd.ctl")
+    local lmask pmask
+    lmask=$(printf '0x%x' $((1 << MAIN_CORE)))
+    pmask=$(printf '0x%x' $((1 << CORE)))
+    local config=(set Open_vSwitch . other_config:dpdk-init=true
+        "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix ovsbench$$"
+        "other_config:dpdk-lcore-mask=$lmask" "other_config:pmd-cpu-mask=$pmask")
+    local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev
+        -- add-port br0 p0 -- set interface p0 type=dpdk "options:dpdk-devargs=net_pcap0,rx_pcap=$a,infinite_rx=1"
+        -- add-port br0 p1 -- set interface p1 type=dpdk "options:dpdk-devargs=net_pcap1,rx_pcap=$b,infinite_rx=1")
+    local cmd=("$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
+        --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
+    local fail=
+    if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${env[@]}" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
+            --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log" \
+            --unixctl="$OVS_DIR/ovsdb-server.ctl" --detach >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${vsctl[@]}" --no-wait init >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${vsctl[@]}" --no-wait "${config[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+        fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
+    elif ! "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! [[ $("${vsctl[@]}" get interface p0 ofport) =~ ^[1-9][0-9]*$ ]] ||
+        ! [[ $("${vsctl[@]}" get interface p1 ofport) =~ ^[1-9][0-9]*$ ]]; then
+        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+    fi
+    local mpps=n/a stats=
+    if [ -z "$fail" ]; then
+        sleep 2
+        local r0 r1 t0 t1
+        "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null
+        t0=$(date +%s.%N)
+        r0=$(ovs_rx)
+        sleep "$SECS"
+        t1=$(date +%s.%N)
+        r1=$(ovs_rx)
+        stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show)
+        mpps=$(awk -v r0="$r0" -v r1="$r1" -v t0="$t0" -v t1="$t1" \
+            'BEGIN {if (r1 > r0) printf "%.3f", (r1 - r0) / (t1 - t0) / 1e6; else print "n/a"}')
+        [ "$mpps" = n/a ] && fail="no packets received"
+    fi
+    [ -n "$fail" ] && echo "$label: failed: $fail" >&2
+    record "$label" "$mpps" "${cmd[@]}"
+    echo "      ovs-vsctl --db=unix:$OVS_DIR/db.sock ${config[*]}"
+    echo "      ovs-vsctl --db=unix:$OVS_DIR/db.sock ${bridge[*]}"
+    if [ -n "$stats" ]; then
+        # the PMD thread's block (the first), less the zero counters of features not in use
+        awk '/^main thread/ {exit} NR > 1' <<<"$stats" |
+            grep -E 'packets received|emc hits|megaflow hits|miss with|avg (processing )?cycles per packet' | sed 's/^ */      /'
+        "${appctl[@]}" dpctl/show | grep -E '^ +flows:' | sed 's/^ */      datapath /'
+    fi
+    ovs_stop
+}
+
 pc() { echo "--port pcap:$1,infinite"; }
 
 echo "== one forwarding core (core $CORE), $SECS s each"
@@ -110,6 +232,9 @@ sy "sy io 256" --fwd io --lcores "$CORE" $(pc "$WORK/a256.pcap") $(pc "$WORK/b25
 sy "sy switch 256" --fwd switch --lcores "$CORE" $(pc "$WORK/a256.pcap") $(pc "$WORK/b256.pcap")
 if [ "$have_testpmd" = 1 ]; then
     testpmd "testpmd io 256" "$WORK/a256.pcap" "$WORK/b256.pcap" 256
+fi
+if [ "$have_ovs" = 1 ]; then
+    ovs_dpdk "ovs-dpdk NORMAL 256" "$WORK/a256.pcap" "$WORK/b256.pcap"
 fi
 if [ "$have_dpdk" = 1 ]; then
     sy "sy switch dpdk:net_pcap 256" --fwd switch --lcores "$CORE" \
@@ -130,6 +255,16 @@ if [ "$BIG_MACS" != 0 ]; then
         testpmd "testpmd io $BIG_MACS" "$WORK/abig.pcap" "$WORK/bbig.pcap" "$BIG_MACS"
     fi
 fi
+if [ "$have_ovs" = 1 ] && [ "$MID_MACS" != 0 ]; then
+    # OVS-DPDK cannot load a BIG_MACS capture (see ovs_dpdk): the same comparison at MID_MACS.
+    ovs_dpdk "ovs-dpdk NORMAL $MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap"
+    if [ "$have_testpmd" = 1 ]; then
+        testpmd "testpmd io $MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap" "$MID_MACS"
+    fi
+    # shellcheck disable=SC2046
+    sy "sy switch $MID_MACS" --fwd switch --lcores "$CORE" --mac-table-size $((MID_MACS * 4)) \
+        $(pc "$WORK/amid.pcap") $(pc "$WORK/bmid.pcap")
+fi
 
 if [ "$NCPU" -ge 2 ]; then
     echo "== two workers on cores 0,1 (one RX queue each)"
@@ -143,7 +278,7 @@ fi
 ratio() { # label num den
     local n=${RATE[$2]:-} d=${RATE[$3]:-}
     if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ ]]; then
-        printf '  %-42s %6.3f   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3"
+        printf '  %-52s %7.3f   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3"
     fi
 }
 
@@ -152,11 +287,17 @@ echo "== results ($SECS s each, $(nproc) cores, $(grep -m1 'model name' /proc/cp
 printf '%s\n' "${RESULTS[@]}"
 echo "== ratios"
 ratio "switch / io (256 MACs)" "sy switch 256" "sy io 256"
-ratio "switch / testpmd io (256 MACs)" "sy switch 256" "testpmd io 256"
+ratio "switch / testpmd io (256 MACs; goal >= 0.75)" "sy switch 256" "testpmd io 256"
+ratio "switch / OVS-DPDK (256 MACs; goal >= 3.5)" "sy switch 256" "ovs-dpdk NORMAL 256"
+ratio "switch on dpdk ports / OVS-DPDK (256 MACs)" "sy switch dpdk:net_pcap 256" "ovs-dpdk NORMAL 256"
+ratio "OVS-DPDK / testpmd io (256 MACs)" "ovs-dpdk NORMAL 256" "testpmd io 256"
 ratio "io / testpmd io (256 MACs)" "sy io 256" "testpmd io 256"
 ratio "switch on dpdk ports / testpmd io" "sy switch dpdk:net_pcap 256" "testpmd io 256"
 ratio "switch $BIG_MACS MACs / 256 MACs" "sy switch $BIG_MACS" "sy switch 256"
 ratio "switch / io ($BIG_MACS MACs)" "sy switch $BIG_MACS" "sy io $BIG_MACS"
-ratio "switch / testpmd io ($BIG_MACS MACs)" "sy switch $BIG_MACS" "testpmd io $BIG_MACS"
+ratio "switch / testpmd io ($BIG_MACS MACs; goal >= 0.6)" "sy switch $BIG_MACS" "testpmd io $BIG_MACS"
+ratio "switch / testpmd io ($MID_MACS MACs; goal >= 0.6)" "sy switch $MID_MACS" "testpmd io $MID_MACS"
+ratio "switch / OVS-DPDK ($MID_MACS MACs)" "sy switch $MID_MACS" "ovs-dpdk NORMAL $MID_MACS"
+ratio "OVS-DPDK / testpmd io ($MID_MACS MACs)" "ovs-dpdk NORMAL $MID_MACS" "testpmd io $MID_MACS"
 ratio "switch: 2 workers / 1 worker" "sy switch 256 x2 workers" "sy switch 256"
 ratio "io: 2 workers / 1 worker" "sy io 256 x2 workers" "sy io 256"
