@@ -10,6 +10,7 @@
 #                       OVS, testpmd io and switchyard switch run on it too (see ovs_dpdk below)
 #        DPDK=0         skip everything DPDK (testpmd, OVS-DPDK and dpdk: ports)
 #        OVS=0          skip OVS-DPDK
+#        OVS_WARMUP=S   longest wait for OVS-DPDK to learn all MACs (default 60 s)
 #        OVS_VSWITCHD=P the DPDK build of ovs-vswitchd (default Debian's
 #                       /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk, package
 #                       openvswitch-switch-dpdk; the ovs-vswitchd alternative is left alone)
@@ -56,6 +57,7 @@ BIN=$TARGET/release/switchyard
 
 WORK=$(mktemp -d /tmp/pmd-compare.XXXXXX)
 OVS_DIR=
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 # Stops the private Open vSwitch of ovs_dpdk (below) if one is running.
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
@@ -65,10 +67,10 @@ ovs_stop() {
         [ -n "$pid" ] || continue
         kill "$pid" 2>/dev/null || continue
         for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 0.1
         done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+        alive "$pid" && kill -KILL "$pid" 2>/dev/null
     done
     rm -rf "$OVS_DIR" "/var/run/dpdk/ovsbench$$"
     OVS_DIR=
@@ -149,11 +151,15 @@ testpmd() { # label a.pcap b.pcap frames-per-capture
 # --in-memory to the EAL arguments unless it sees --legacy-mem, and --in-memory refuses
 # --no-huge, hence "--no-huge --legacy-mem -m 2048". dpdk-lcore-mask on the main core,
 # pmd-cpu-mask on the forwarding core; a netdev bridge with the two net_pcap ports and only the
-# default flow (NORMAL: MAC learning). Everything else at OVS's defaults (EMC on, SMC off, one
+# default flow (NORMAL: MAC learning), its MAC table sized like switchyard's (4 x the MACs each
+# way; OVS's default of 8192 entries cannot hold a big capture's MACs and it floods and
+# relearns forever). Everything else at OVS's defaults (EMC on, SMC off, flow-limit 200000, one
 # handler and one revalidator thread, unpinned).
+# Warm-up: until the datapath holds a flow for each of the 2 x N MAC pairs (learning goes
+# through upcalls, slow with many MACs), at most OVS_WARMUP seconds (default 60), then 1 s more.
 # The rate: RX packets of both ports (ovs-appctl dpctl/show -s, read live from DPDK) before and
-# after SECS, after a warm-up of 2 s; pmd-stats-clear at the start of the interval, so
-# pmd-stats-show's cycles per packet are those of the interval.
+# after SECS; pmd-stats-clear at the start of the interval, so pmd-stats-show's cycles per
+# packet are those of the interval.
 # OVS sizes its shared mempool itself (262144 mbufs at MTU 1500) and net_pcap's infinite_rx needs
 # one mbuf per frame of the capture, both ports from that pool: a 1M-frame capture cannot be
 # loaded ("Not enough mbufs to accommodate packets in pcap file"), hence the MID_MACS variant.
@@ -162,8 +168,12 @@ ovs_rx() { # RX packets of p0 and p1, summed
         awk '/^ +port [0-9]+: p[01] / {p = 1; next} p && /RX packets:/ {sub(/.*RX packets:/, ""); s += $1; p = 0} END {print s + 0}'
 }
 
-ovs_dpdk() { # label a.pcap b.pcap
-    local label=$1 a=$2 b=$3
+ovs_flows() { # flows in the userspace datapath
+    ovs-appctl -t "$OVS_DIR/vswitchd.ctl" dpctl/show | awk '/^ +flows:/ {f = $2} END {print f + 0}'
+}
+
+ovs_dpdk() { # label a.pcap b.pcap frames-per-capture
+    local label=$1 a=$2 b=$3 n=$4
     OVS_DIR=$WORK/ovs
     mkdir -p "$OVS_DIR"
     local env=(env OVS_RUNDIR="$OVS_DIR" OVS_LOGDIR="$OVS_DIR" OVS_DBDIR="$OVS_DIR")
@@ -175,7 +185,8 @@ ovs_dpdk() { # label a.pcap b.pcap
     local config=(set Open_vSwitch . other_config:dpdk-init=true
         "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix ovsbench$$"
         "other_config:dpdk-lcore-mask=$lmask" "other_config:pmd-cpu-mask=$pmask")
-    local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev
+    local mac_table=$((4 * n > 8192 ? 4 * n : 8192))
+    local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev "other_config:mac-table-size=$mac_table"
         -- add-port br0 p0 -- set interface p0 type=dpdk "options:dpdk-devargs=net_pcap0,rx_pcap=$a,infinite_rx=1"
         -- add-port br0 p1 -- set interface p1 type=dpdk "options:dpdk-devargs=net_pcap1,rx_pcap=$b,infinite_rx=1")
     local cmd=("$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
@@ -189,23 +200,34 @@ ovs_dpdk() { # label a.pcap b.pcap
         ! "${vsctl[@]}" --no-wait "${config[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
         fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
     elif ! "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
-        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3 || true)"
     elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1 ||
         ! [[ $("${vsctl[@]}" get interface p0 ofport) =~ ^[1-9][0-9]*$ ]] ||
         ! [[ $("${vsctl[@]}" get interface p1 ofport) =~ ^[1-9][0-9]*$ ]]; then
-        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3 || true)"
     fi
-    local mpps=n/a stats=
+    local mpps=n/a stats= warm=
     if [ -z "$fail" ]; then
-        sleep 2
-        local r0 r1 t0 t1
-        "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null
+        local r0 r1 t0 t1 w0 flows=0
+        w0=$(date +%s.%N)
+        while :; do
+            flows=$(ovs_flows || echo 0)
+            [ "$flows" -ge $((2 * n)) ] && break
+            if awk -v w0="$w0" -v lim="${OVS_WARMUP:-60}" -v now="$(date +%s.%N)" 'BEGIN {exit !(now - w0 > lim)}'; then
+                break
+            fi
+            sleep 0.5
+        done
+        warm=$(awk -v w0="$w0" -v now="$(date +%s.%N)" -v f="$flows" -v want=$((2 * n)) \
+            'BEGIN {printf "warm-up %.1f s to %d of %d datapath flows%s", now - w0, f, want, (f < want ? " (gave up waiting)" : "")}')
+        sleep 1
+        "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null || true
         t0=$(date +%s.%N)
-        r0=$(ovs_rx)
+        r0=$(ovs_rx || echo 0)
         sleep "$SECS"
         t1=$(date +%s.%N)
-        r1=$(ovs_rx)
-        stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show)
+        r1=$(ovs_rx || echo 0)
+        stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show) || true
         mpps=$(awk -v r0="$r0" -v r1="$r1" -v t0="$t0" -v t1="$t1" \
             'BEGIN {if (r1 > r0) printf "%.3f", (r1 - r0) / (t1 - t0) / 1e6; else print "n/a"}')
         [ "$mpps" = n/a ] && fail="no packets received"
@@ -214,11 +236,12 @@ ovs_dpdk() { # label a.pcap b.pcap
     record "$label" "$mpps" "${cmd[@]}"
     echo "      ovs-vsctl --db=unix:$OVS_DIR/db.sock ${config[*]}"
     echo "      ovs-vsctl --db=unix:$OVS_DIR/db.sock ${bridge[*]}"
+    [ -n "$warm" ] && echo "      $warm"
     if [ -n "$stats" ]; then
         # the PMD thread's block (the first), less the zero counters of features not in use
         awk '/^main thread/ {exit} NR > 1' <<<"$stats" |
-            grep -E 'packets received|emc hits|megaflow hits|miss with|avg (processing )?cycles per packet' | sed 's/^ */      /'
-        "${appctl[@]}" dpctl/show | grep -E '^ +flows:' | sed 's/^ */      datapath /'
+            grep -E 'packets received|emc hits|megaflow hits|miss with|avg (processing )?cycles per packet' | sed 's/^ */      /' || true
+        "${appctl[@]}" dpctl/show | grep -E '^ +flows:' | sed 's/^ */      datapath /' || true
     fi
     ovs_stop
 }
@@ -234,7 +257,7 @@ if [ "$have_testpmd" = 1 ]; then
     testpmd "testpmd io 256" "$WORK/a256.pcap" "$WORK/b256.pcap" 256
 fi
 if [ "$have_ovs" = 1 ]; then
-    ovs_dpdk "ovs-dpdk NORMAL 256" "$WORK/a256.pcap" "$WORK/b256.pcap"
+    ovs_dpdk "ovs-dpdk NORMAL 256" "$WORK/a256.pcap" "$WORK/b256.pcap" 256
 fi
 if [ "$have_dpdk" = 1 ]; then
     sy "sy switch dpdk:net_pcap 256" --fwd switch --lcores "$CORE" \
@@ -257,7 +280,7 @@ if [ "$BIG_MACS" != 0 ]; then
 fi
 if [ "$have_ovs" = 1 ] && [ "$MID_MACS" != 0 ]; then
     # OVS-DPDK cannot load a BIG_MACS capture (see ovs_dpdk): the same comparison at MID_MACS.
-    ovs_dpdk "ovs-dpdk NORMAL $MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap"
+    ovs_dpdk "ovs-dpdk NORMAL $MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap" "$MID_MACS"
     if [ "$have_testpmd" = 1 ]; then
         testpmd "testpmd io $MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap" "$MID_MACS"
     fi

@@ -878,6 +878,7 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 }
 
 pub fn main(a: PmdArgs) -> ExitCode {
+    switchyard_dataplane::worker::raise_fd_limit();
     let setup = match check(&a) {
         Ok(s) => s,
         Err(e) => {

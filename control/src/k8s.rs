@@ -304,8 +304,9 @@ fn group_of(api_version: &str) -> &str {
 impl ClusterState {
     /// Loads every `*.yaml` / `*.yml` file under `dir`, recursively, in path order. Files and
     /// directories whose names start with `.` are skipped (a mounted ConfigMap keeps a second
-    /// copy of every file under `..data`); symbolic links are followed. Only an unreadable
-    /// `dir` itself is an error; everything else wrong is a problem in the result.
+    /// copy of every file under `..data`); symbolic links are followed. A directory that cannot
+    /// be listed is an error (nothing is planned from a partial view); a file that cannot be
+    /// read or parsed is a problem in the result, and its objects keep their last good version.
     pub fn load_dir(dir: &Path) -> Result<ClusterState, std::io::Error> {
         let meta = std::fs::metadata(dir)?;
         if !meta.is_dir() {
@@ -320,9 +321,11 @@ impl ClusterState {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
+                    // A directory we cannot list (or no file descriptors left) hides objects
+                    // we cannot name: planning without them would remove their ports. Fail
+                    // the whole load so that the running configuration stays.
                     let file = e.path().map(|p| p.display().to_string()).unwrap_or_else(|| dir.display().to_string());
-                    st.problems.push(Problem::file(&file, format!("cannot read: {e}")));
-                    continue;
+                    return Err(std::io::Error::other(format!("{file}: cannot read: {e}")));
                 }
             };
             if !entry.file_type().is_file() || !is_yaml(entry.path()) {

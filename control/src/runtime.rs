@@ -228,6 +228,8 @@ fn empty_plan(workers: usize) -> WorkerPlan {
 impl Runtime {
     /// Starts the workers with no port; [`Runtime::apply`] gives them some.
     pub fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let fds = switchyard_dataplane::worker::raise_fd_limit();
+        tracing::debug!(open_files = fds, "open-file limit");
         let workers = opts.engine.cores.len();
         let engine = Engine::start(opts.engine.clone(), empty_plan(workers))?;
         // Other fields exist in `dpdk` builds.

@@ -478,6 +478,15 @@ impl MacTable {
         self.retain(|_, v| val_port(v) != port)
     }
 
+    /// Removes, in one pass over the table, every entry for which `remove(vlan, mac, port,
+    /// is_static)` is true; returns how many.
+    pub fn remove_where(&self, mut remove: impl FnMut(u16, MacAddr, u16, bool) -> bool) -> usize {
+        self.retain(|k, v| {
+            let (vlan, mac) = decode_key(k);
+            !remove(vlan, mac, val_port(v), val_static(v))
+        })
+    }
+
     /// Removes the static entries that point at `port`.
     pub fn remove_statics_of(&self, port: u16) -> usize {
         self.retain(|_, v| !(val_static(v) && val_port(v) == port))

@@ -282,32 +282,44 @@ impl SwitchConfig {
             }
             out.bridges.push(Bridge { name: b.name.clone(), table, ports: members });
         }
-        // Entries of ports that left a bridge (or the node), then static entries afresh.
+        // Entries of ports that left a bridge (or the node): one pass per table, so that a large
+        // change costs a scan per bridge, not one per port.
         if let Some(p) = prev {
+            let mut gone: HashMap<usize, std::collections::HashSet<PortId>> = HashMap::new();
             for old in p.ports.iter().flatten() {
-                let still = out.port_by_name(&old.name).map(|np| {
-                    out.bridges[np.bridge].name == p.bridges[old.bridge].name
-                });
+                let still = out
+                    .port_by_name(&old.name)
+                    .map(|np| out.bridges[np.bridge].name == p.bridges[old.bridge].name);
                 if still != Some(true) {
-                    p.bridges[old.bridge].table.flush_port(old.id);
+                    gone.entry(old.bridge).or_default().insert(old.id);
                 }
             }
+            for (bi, ids) in gone {
+                p.bridges[bi].table.remove_where(|_, _, port, _| ids.contains(&port));
+            }
         }
+        // Static entries: drop the ones no longer wanted in one pass, then (re)install the rest.
         for (bi, b) in cfg.bridges.iter().enumerate() {
             let table = &out.bridges[bi].table;
+            let mut want: std::collections::HashSet<(u16, MacAddr, PortId)> = std::collections::HashSet::new();
+            let mut fields = Vec::new();
             for (pi, port) in b.ports.iter().enumerate() {
                 let id = out.by_name[&port.name];
-                table.remove_statics_of(id);
-                let spec = out.ports[usize::from(id)].as_ref().map(|s| s.vlan.clone());
-                let Some(vlan) = spec else { continue };
+                let Some(spec) = out.ports[usize::from(id)].as_ref() else { continue };
                 for mac in &port.static_macs {
-                    for v in vlan.carried().iter() {
-                        table.insert_static(v, *mac, id).map_err(|e| ConfigError::Invalid {
-                            field: format!("bridges[{bi}].ports[{pi}].static_macs"),
-                            msg: e.to_string(),
-                        })?;
+                    for v in spec.vlan.carried().iter() {
+                        if want.insert((v, *mac, id)) {
+                            fields.push((v, *mac, id, pi));
+                        }
                     }
                 }
+            }
+            table.remove_where(|vlan, mac, port, is_static| is_static && !want.contains(&(vlan, mac, port)));
+            for (v, mac, id, pi) in fields {
+                table.insert_static(v, mac, id).map_err(|e| ConfigError::Invalid {
+                    field: format!("bridges[{bi}].ports[{pi}].static_macs"),
+                    msg: e.to_string(),
+                })?;
             }
         }
         Ok(out)

@@ -657,7 +657,10 @@ impl Worker {
     /// for at most `timeout`. Returns false without sleeping when some queue cannot be waited
     /// on (no descriptor) or already has frames.
     fn sleep_on_queues(&mut self, sh: &Shared, timeout: Duration) -> bool {
-        if self.plan.mode.generates() || self.rx.iter().any(|s| s.handle.wake_fd().is_none()) {
+        if self.plan.mode.generates()
+            || self.rx.len() > MAX_SLEEP_QUEUES
+            || self.rx.iter().any(|s| s.handle.wake_fd().is_none())
+        {
             return false;
         }
         let mut armed = 0;
@@ -752,6 +755,10 @@ fn build_udp_frame(src: MacAddr, dst: MacAddr, mac_i: u32, flow_i: u32, vlan: Op
 /// (publish and stop also wake it at once).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// A worker with more RX queues than this backs off with short sleeps instead of poll(2)
+/// over all their descriptors (which would cost more than it saves).
+const MAX_SLEEP_QUEUES: usize = 256;
+
 fn worker_main(idx: usize, sh: Arc<Shared>) {
     if let Some(core) = sh.opts.cores[idx] {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -828,4 +835,28 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
         t_prev = t_after;
     }
     w.release_all();
+}
+
+/// Raises this process's open-file limit as far as it may go (the kernel's `nr_open` when the
+/// process may raise its hard limit, as root can; the hard limit otherwise): every port holds
+/// descriptors (sockets, eventfds, vhost-user memory and kick/call fds), and a node with
+/// thousands of VM interfaces needs far more than the usual 1024. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard)
+        .min(1 << 20);
+    if nr_open > hard && setrlimit(Resource::RLIMIT_NOFILE, nr_open, nr_open).is_ok() {
+        return nr_open;
+    }
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    soft
 }

@@ -22,7 +22,7 @@ pub struct PortContext {
 }
 
 /// Depth of an in-memory ring port's queues.
-pub const RING_DEPTH: usize = 4096;
+pub const RING_DEPTH: usize = 1024;
 
 fn ring_registry() -> &'static Mutex<HashMap<String, RingPeer>> {
     static R: OnceLock<Mutex<HashMap<String, RingPeer>>> = OnceLock::new();

@@ -19,7 +19,8 @@ struct RingShared {
     rx_taken: AtomicBool,
     /// Set by an idle worker before it sleeps on `wake`; the peer signals `wake` once.
     armed: AtomicBool,
-    wake: Option<EventFd>,
+    /// Made on first use, so that ports no worker sleeps on hold no descriptor.
+    wake: std::sync::OnceLock<Option<EventFd>>,
 }
 
 /// The switch's side of a ring port.
@@ -44,7 +45,7 @@ impl RingPort {
             link_up: AtomicBool::new(true),
             rx_taken: AtomicBool::new(false),
             armed: AtomicBool::new(false),
-            wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok(),
+            wake: std::sync::OnceLock::new(),
         });
         (RingPort { shared: shared.clone() }, RingPeer { shared })
     }
@@ -55,7 +56,7 @@ impl RingPeer {
     pub fn inject(&self, buf: PacketBuf) -> Result<(), PacketBuf> {
         self.shared.to_switch.push(buf)?;
         if self.shared.armed.swap(false, Ordering::SeqCst) {
-            if let Some(w) = &self.shared.wake {
+            if let Some(Some(w)) = self.shared.wake.get() {
                 let _ = w.write(1);
             }
         }
@@ -104,7 +105,11 @@ impl RxQueue for RingRx {
     }
 
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.shared.wake.as_ref().map(|w| w.as_fd())
+        self.shared
+            .wake
+            .get_or_init(|| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok())
+            .as_ref()
+            .map(|w| w.as_fd())
     }
 
     fn arm_wakeup(&mut self) -> bool {
@@ -118,7 +123,7 @@ impl RxQueue for RingRx {
 
     fn disarm_wakeup(&mut self) {
         self.shared.armed.store(false, Ordering::SeqCst);
-        if let Some(w) = &self.shared.wake {
+        if let Some(Some(w)) = self.shared.wake.get() {
             let _ = w.read();
         }
     }

@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# VM-to-VM through the switch over vhost-user, 64-byte frames (60 bytes without the FCS, as in
+# pmd-compare.sh): switchyard's native vhost-user ports against Open vSwitch with DPDK
+# (dpdkvhostuserclient ports, NORMAL action) and against DPDK's own vhost library (the net_vhost
+# vdev) through switchyard's dpdk: ports, one contender at a time, the same "VMs" for each.
+# It prints the Mpps the VMs received and the ratios; it asserts nothing.
+#
+# usage: benches/vm2vm.sh [SECONDS]      (default 5 s of measurement per contender)
+# env:   SWITCHYARD=P    the switchyard binary (default target/release/switchyard; the net_vhost
+#                        contender needs a build with --features dpdk)
+#        VM_CORE=C       the core of the VMs (testpmd), default 0
+#        SW_CORE=C       the core of the switch, default 1 (its whole process is confined there)
+#        FRAME=N         frame length without FCS (default 60: 64 bytes on the wire)
+#        INFLIGHT=N      bursts of 32 frames each VM injects into the loop (default 4; see below)
+#        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
+#        KEEP=1          keep the work directory (logs of every process) for a look afterwards
+#        OVS_VSWITCHD=P  the DPDK build of ovs-vswitchd (default Debian's
+#                        /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk)
+#
+# The VMs: one dpdk-testpmd (Debian's dpdk 22.11) with two virtio-user ports, net_virtio_user0 and
+# net_virtio_user1, each the frontend of one vhost-user socket, all of testpmd on VM_CORE (its
+# main lcore, which only reads commands, and its one forwarding lcore). EAL runs with --no-huge:
+# DPDK then backs its memory with a memfd, which virtio-user passes to the backend; no hugepage
+# is needed by anyone. testpmd is the vhost-user server (server=1) for every contender, so its
+# command line is the same each time; the switches connect as clients (switchyard
+# `vhost:PATH,client`, net_vhost `client=1`, OVS `dpdkvhostuserclient`).
+#
+# The method: a closed loop with testpmd in io mode. txonly-into-one-port and rxonly-on-the-other
+# cannot be had from one testpmd on one core (the forwarding mode is per testpmd, not per port;
+# txonly never polls RX, so the receiving ring fills after 256 frames and nothing more is
+# delivered), and flowgen, which sends and receives, writes the same fixed MACs on both ports
+# (00:01:02:03:04:00 -> :01), which would make every switch see its one source MAC flap between
+# the ports. Instead each VM port has its own MAC (mac= devarg: 02:00:00:00:00:01 and :02) and
+# testpmd's peer of each port is the other port's MAC (--eth-peer), and testpmd runs
+# `start tx_first INFLIGHT`: each port first sends INFLIGHT bursts of 32 txonly frames (src = its
+# own MAC, dst = the other port's), then testpmd forwards in io mode (port 0 <-> port 1, frames
+# unchanged). A frame sent by port 0 (src :01, dst :02) crosses the switch to port 1, testpmd
+# sends it out of port 0 again, unchanged, and so on; port 1's frames go round the other way.
+# Every MAC is only ever seen on its own port, so each switch learns both and forwards unicast.
+# 2 x INFLIGHT x 32 frames circulate for ever; nothing is generated or dropped after the start
+# (each loop holds 128 frames at the default, half a 256-slot ring, so no ring can overflow), and
+# the rate is the forwarding rate of the slower stage: the switch, as long as testpmd's io
+# forwarding (no frame data touched) outruns it and enough frames are in flight to keep the
+# switch busy (try INFLIGHT=2 / 6 to check: the rate should not move). The measure is what the
+# VMs received: testpmd's Rx-pps of both ports summed (its own TSC-timed rate between two
+# `show port stats all`, after 2 s of warm-up), i.e. both directions together, each frame
+# delivered to a receiving VM counted once. The io reference (switchyard --fwd io between the two
+# vhost ports) shows the ceiling of the switchyard vhost path and testpmd together.
+set -euo pipefail
+
+SECS=${1:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SWITCHYARD:-$ROOT/target/release/switchyard}
+VM_CORE=${VM_CORE:-0}
+SW_CORE=${SW_CORE:-1}
+FRAME=${FRAME:-60}
+INFLIGHT=${INFLIGHT:-4}
+OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
+OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
+MAC0=02:00:00:00:00:01
+MAC1=02:00:00:00:00:02
+# Every wait below is bounded; this bounds the whole script as well.
+MAX_RUNTIME=${MAX_RUNTIME:-$((6 * (SECS + 60) + 120))}
+
+[ -x "$BIN" ] || { echo "switchyard binary $BIN not found (set SWITCHYARD=)" >&2; exit 1; }
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found (Debian: apt install dpdk)" >&2; exit 1; }
+have_ovs=0
+if [ "${OVS:-1}" != 0 ] && [ -x "$OVS_VSWITCHD" ] && [ -r "$OVS_SCHEMA" ] &&
+    command -v ovsdb-tool >/dev/null && command -v ovsdb-server >/dev/null &&
+    command -v ovs-vsctl >/dev/null && command -v ovs-appctl >/dev/null; then
+    have_ovs=1
+fi
+
+WORK=$(mktemp -d /tmp/vm2vm.XXXXXX)
+TP_PREFIX=vm2vmtp$$
+OVS_PREFIX=vm2vmovs$$
+PREFIXES=("$TP_PREFIX" "$OVS_PREFIX")
+TP_PID= SW_PID= OVS_DIR= WATCHDOG=
+
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+# Stops one process we started: SIGTERM, up to 5 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+
+ovs_stop() {
+    [ -n "$OVS_DIR" ] || return 0
+    local name
+    for name in ovs-vswitchd ovsdb-server; do
+        stop_pid "$(cat "$OVS_DIR/$name.pid" 2>/dev/null || true)"
+    done
+    OVS_DIR=
+}
+
+tp_stop() {
+    exec 7>&-
+    stop_pid "$TP_PID"
+    TP_PID=
+}
+
+sw_stop() {
+    stop_pid "$SW_PID"
+    SW_PID=
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    tp_stop
+    sw_stop
+    ovs_stop
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    local p
+    for p in "${PREFIXES[@]}"; do
+        rm -rf "/var/run/dpdk/$p" "/run/user/$(id -u)/dpdk/$p"
+    done
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'echo "vm2vm.sh: out of time ($MAX_RUNTIME s)" >&2; exit 124' TERM
+( sleep "$MAX_RUNTIME"; kill -TERM $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+WATCHDOG=$!
+
+# waits up to $1 seconds for the command to succeed
+wait_until() {
+    local t=$1 i
+    shift
+    for ((i = 0; i < t * 10; i++)); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+declare -A RATE
+RESULTS=()
+record() { # label mpps what
+    local label=$1 mpps=$2
+    shift 2
+    RATE[$label]=$mpps
+    RESULTS+=("$(printf '%-30s %9s Mpps' "$label" "$mpps")")
+    printf '%-30s %9s Mpps\n' "$label" "$mpps"
+}
+
+# The VMs: testpmd, interactive, its commands through a FIFO on fd 7.
+tp_start() { # sock0 sock1
+    local s0=$1 s1=$2
+    TP_CMD=(taskset -c "$VM_CORE" dpdk-testpmd --lcores "0@$VM_CORE,1@$VM_CORE" --no-huge -m 512 --no-pci
+        --file-prefix "$TP_PREFIX" --log-level=pmd.net.virtio.*:warning
+        --vdev "net_virtio_user0,path=$s0,server=1,queues=1,mac=$MAC0"
+        --vdev "net_virtio_user1,path=$s1,server=1,queues=1,mac=$MAC1"
+        -- -i --nb-cores=1 --forward-mode=io --burst=32 --txpkts="$FRAME" --total-num-mbufs=16384
+        --eth-peer="0,$MAC1" --eth-peer="1,$MAC0")
+    rm -f "$WORK/tp.in"
+    mkfifo "$WORK/tp.in"
+    timeout -s KILL $((SECS + 90)) "${TP_CMD[@]}" <"$WORK/tp.in" >"$WORK/tp.out" 2>&1 &
+    TP_PID=$!
+    exec 7>"$WORK/tp.in"
+}
+
+tp_cmd() { echo "$*" >&7; }
+
+links_up() {
+    tp_cmd "show port info all"
+    sleep 0.3
+    [ "$(grep -E 'Link status:' "$WORK/tp.out" | tail -2 | grep -c ': up')" = 2 ]
+}
+
+# Runs the measurement on a started testpmd, stops it, and sets MPPS (the rate, or n/a).
+tp_measure() {
+    MPPS=n/a
+    if ! wait_until 60 grep -q 'testpmd> ' "$WORK/tp.out"; then
+        echo "testpmd did not come up (the switch never connected?):" >&2
+        tail -5 "$WORK/tp.out" >&2
+        tp_stop
+        return
+    fi
+    # Both links up: the switch has set up both vrings of both ports.
+    if ! wait_until 20 links_up; then
+        echo "links did not come up:" >&2
+        grep -E 'Link status' "$WORK/tp.out" | tail -2 >&2
+        tp_stop
+        return
+    fi
+    tp_cmd "start tx_first $INFLIGHT"
+    sleep 2
+    tp_cmd "show port stats all"
+    sleep "$SECS"
+    tp_cmd "show port stats all"
+    sleep 0.3
+    tp_cmd "stop"
+    sleep 0.5
+    tp_cmd "quit"
+    wait_until 10 eval '! alive "$TP_PID"' || true
+    tp_stop
+    MPPS=$(grep -E '^ +Rx-pps:' "$WORK/tp.out" | tail -2 |
+        awk '{s += $2} END {if (NR == 2 && s > 0) printf "%.3f", s / 1e6; else print "n/a"}')
+}
+
+# testpmd's view: per-port rates of the last interval and the totals of `stop`.
+tp_report() {
+    grep -E '^ +Rx-pps:' "$WORK/tp.out" | tail -2 | awk '{printf "      VM port %d: %.3f Mpps received\n", NR - 1, $2 / 1e6}'
+    awk '/Accumulated forward statistics for all ports/ {p = 1} p && /RX-packets|TX-packets/ {sub(/^ */, "      all ports: "); print; }' \
+        "$WORK/tp.out" | head -2
+}
+
+socks() { # contender tag -> two socket paths
+    echo "$WORK/$1-0.sock" "$WORK/$1-1.sock"
+}
+
+# switchyard pmd between the two VM ports; $1 label, $2 tag, rest: pmd arguments (SOCK0/SOCK1
+# replaced by the socket paths).
+sy() {
+    local label=$1 tag=$2
+    shift 2
+    local s0 s1
+    read -r s0 s1 < <(socks "$tag")
+    local args=() a
+    for a in "$@"; do
+        a=${a//SOCK0/$s0}
+        a=${a//SOCK1/$s1}
+        args+=("$a")
+    done
+    local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --busy-poll --json --lcores "$SW_CORE" "${args[@]}")
+    echo "== $label"
+    echo "   switch: ${cmd[*]}"
+    "${cmd[@]}" >"$WORK/sy.out" 2>"$WORK/sy.err" </dev/null &
+    SW_PID=$!
+    # its EAL's runtime directory, if it brings one up (dpdk: ports)
+    PREFIXES+=("switchyard-$SW_PID")
+    sleep 1
+    if ! alive "$SW_PID"; then
+        echo "$label: switchyard exited: $(tail -3 "$WORK/sy.err")" >&2
+        record "$label" n/a
+        SW_PID=
+        return
+    fi
+    tp_start "$s0" "$s1"
+    echo "   VMs:    ${TP_CMD[*]}"
+    local mpps
+    tp_measure
+    mpps=$MPPS
+    sw_stop
+    record "$label" "$mpps"
+    tp_report
+    grep -E 'drops: |avg processing cycles per packet' "$WORK/sy.out" | sed 's/^ */      switch /' || true
+    if [ "$mpps" = n/a ]; then
+        tail -5 "$WORK/sy.err" "$WORK/tp.out" >&2 || true
+    fi
+    rm -f "$s0" "$s1"
+}
+
+# Open vSwitch with DPDK, private: its own ovsdb-server on a fresh database and its own
+# ovs-vswitchd-dpdk, everything in $WORK/ovs, EAL with its own --file-prefix, the system's Open
+# vSwitch (if any) untouched. EAL without hugepages as in pmd-compare.sh ("--no-huge --legacy-mem
+# -m 2048": OVS adds --in-memory unless it sees --legacy-mem, and --in-memory refuses --no-huge).
+# The whole process on SW_CORE (taskset; dpdk-lcore-mask and pmd-cpu-mask both SW_CORE), like
+# switchyard's. A netdev bridge with two dpdkvhostuserclient ports and only the default flow
+# (NORMAL: MAC learning); everything else at OVS's defaults.
+ovs_dpdk() {
+    local label=$1 tag=ovs
+    local s0 s1
+    read -r s0 s1 < <(socks "$tag")
+    OVS_DIR=$WORK/ovs
+    mkdir -p "$OVS_DIR"
+    local env=(env OVS_RUNDIR="$OVS_DIR" OVS_LOGDIR="$OVS_DIR" OVS_DBDIR="$OVS_DIR")
+    local vsctl=("${env[@]}" ovs-vsctl --db="unix:$OVS_DIR/db.sock")
+    local appctl=("${env[@]}" ovs-appctl -t "$OVS_DIR/vswitchd.ctl")
+    local mask
+    mask=$(printf '0x%x' $((1 << SW_CORE)))
+    local config=(set Open_vSwitch . other_config:dpdk-init=true
+        "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix $OVS_PREFIX"
+        "other_config:dpdk-lcore-mask=$mask" "other_config:pmd-cpu-mask=$mask")
+    local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev
+        -- add-port br0 vm0 -- set interface vm0 type=dpdkvhostuserclient "options:vhost-server-path=$s0"
+        -- add-port br0 vm1 -- set interface vm1 type=dpdkvhostuserclient "options:vhost-server-path=$s1")
+    local cmd=(taskset -c "$SW_CORE" "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
+        --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
+    echo "== $label"
+    echo "   switch: ${cmd[*]}"
+    echo "           ovs-vsctl ${config[*]}"
+    echo "           ovs-vsctl ${bridge[*]}"
+    local fail=
+    if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${env[@]}" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
+            --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log" \
+            --unixctl="$OVS_DIR/ovsdb-server.ctl" --detach >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${vsctl[@]}" --no-wait init >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! "${vsctl[@]}" --no-wait "${config[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+        fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
+    elif ! timeout 120 "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
+    fi
+    if [ -n "$fail" ]; then
+        echo "$label: failed: $fail" >&2
+        record "$label" n/a
+        ovs_stop
+        return
+    fi
+    tp_start "$s0" "$s1"
+    echo "   VMs:    ${TP_CMD[*]}"
+    local mpps stats
+    # the PMD's counters of the measured interval only: cleared when the warm-up ends
+    ( sleep 1; wait_until 80 grep -q 'Rx-pps' "$WORK/tp.out" && "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null ) &
+    local clr=$!
+    tp_measure
+    mpps=$MPPS
+    wait "$clr" 2>/dev/null || true
+    stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show -pmd "$SW_CORE" 2>/dev/null || true)
+    echo "$stats" >"$OVS_DIR/pmd-stats"
+    record "$label" "$mpps"
+    tp_report
+    if [ -n "$stats" ]; then
+        grep -E 'packets received|emc hits|megaflow hits|miss with|avg (processing )?cycles per packet' \
+            "$OVS_DIR/pmd-stats" | sed 's/^ */      ovs /'
+    fi
+    if [ "$mpps" = n/a ]; then
+        grep -E 'ERR|WARN' "$OVS_DIR/ovs-vswitchd.log" | tail -5 >&2 || true
+    fi
+    ovs_stop
+    rm -f "$s0" "$s1"
+}
+
+echo "== VM-to-VM over vhost-user: VMs (testpmd) on core $VM_CORE, the switch on core $SW_CORE, $FRAME-byte frames, $SECS s each"
+echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+sy "switchyard vhost switch" sy --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+if [ "$have_ovs" = 1 ]; then
+    ovs_dpdk "ovs-dpdk NORMAL"
+fi
+if [ "${NET_VHOST:-1}" != 0 ]; then
+    sy "switchyard net_vhost switch" nv --fwd switch \
+        --port "dpdk:net_vhost0,iface=SOCK0,client=1,queues=1" \
+        --port "dpdk:net_vhost1,iface=SOCK1,client=1,queues=1"
+fi
+if [ "${IO:-1}" != 0 ]; then
+    sy "switchyard vhost io (ref)" io --fwd io --port vhost:SOCK0,client --port vhost:SOCK1,client
+fi
+
+ratio() { # label num den
+    local n=${RATE[$2]:-} d=${RATE[$3]:-}
+    if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ ]]; then
+        printf '  %-48s %7.3f   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3"
+    else
+        printf '  %-48s     n/a   (%s / %s)\n' "$1" "$2" "$3"
+    fi
+}
+
+echo
+echo "== results: Mpps received by the VMs, both directions ($SECS s each, $FRAME-byte frames, $INFLIGHT x 32 frames in flight each way, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+printf '%s\n' "${RESULTS[@]}"
+echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== ratios"
+ratio "switchyard / OVS-DPDK (goal >= 2)" "switchyard vhost switch" "ovs-dpdk NORMAL"
+ratio "switchyard / switchyard-over-net_vhost (goal >= 1)" "switchyard vhost switch" "switchyard net_vhost switch"
+ratio "switch / io (switchyard vhost)" "switchyard vhost switch" "switchyard vhost io (ref)"
