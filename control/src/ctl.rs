@@ -68,12 +68,12 @@ pub struct CtlServer {
 }
 
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    // SAFETY: umask only changes this process's file creation mask; it is restored right
-    // after the bind, so the socket is never created with wider permissions than 0600.
-    let old = unsafe { libc::umask(0o177) };
+    // The creation mask is restored right after the bind, so the socket is never created with
+    // wider permissions than 0600.
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o177));
     let r = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    umask(old);
     let l = r?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
