@@ -37,10 +37,18 @@ fn main() {
     let (a, pa) = RingPort::new("a", 1024);
     let (b, pb) = RingPort::new("b", 1024);
     let ports: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(Arc::new(a)), Some(Arc::new(b))];
-    let cfg = Config::from_yaml_str("bridges:\n- name: br\n  ports:\n  - {name: a}\n  - {name: b}\n").unwrap();
+    let cfg =
+        Config::from_yaml_str("bridges:\n- name: br\n  ports:\n  - {name: a}\n  - {name: b}\n").unwrap();
     let sw = Arc::new(SwitchConfig::compile(&cfg, None).unwrap());
     let rx = Plan::round_robin(&ports, 2);
-    let plan = Plan { switch: sw, peers: Plan::paired_peers(2), ports, rx, mode: FwdMode::Switch, gen: TxGen::default() };
+    let plan = Plan {
+        switch: sw,
+        peers: Plan::paired_peers(2),
+        ports,
+        rx,
+        mode: FwdMode::Switch,
+        gen: TxGen::default(),
+    };
     let opts = EngineOptions { cores: vec![None, None], ..Default::default() };
     println!("idle: 2 workers, max_sleep {:?}, idle period {idle} s, {rounds} rounds", opts.max_sleep);
     let eng = Engine::start(opts, plan).unwrap();

@@ -66,7 +66,8 @@ fn bench_case(c: &mut Criterion, name: &str, table_size: usize, dst_macs: u32, r
     let mut write_macs = |burst: &mut Burst| {
         for b in burst.iter_mut() {
             let d = b.data_mut();
-            let dst = if random_dst { (splitmix(&mut rng) % u64::from(dst_macs)) as u32 } else { seq % dst_macs };
+            let dst =
+                if random_dst { (splitmix(&mut rng) % u64::from(dst_macs)) as u32 } else { seq % dst_macs };
             d[0..6].copy_from_slice(&mac(1, dst).0);
             d[6..12].copy_from_slice(&mac(0, seq % 256).0);
             seq = seq.wrapping_add(1);

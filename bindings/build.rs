@@ -23,10 +23,7 @@ mod dpdk {
         println!("cargo:rerun-if-changed=shim/shim.c");
         println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-        let lib = match pkg_config::Config::new()
-            .atleast_version(BINDINGS_FOR)
-            .probe("libdpdk")
-        {
+        let lib = match pkg_config::Config::new().atleast_version(BINDINGS_FOR).probe("libdpdk") {
             Ok(lib) => lib,
             Err(e) => {
                 eprintln!(
@@ -68,11 +65,10 @@ mod dpdk {
 
     /// `pkg-config --cflags libdpdk`, for the flags that are not include paths.
     fn pkg_config_cflags() -> String {
-        let out = std::process::Command::new(
-            std::env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into()),
-        )
-        .args(["--cflags", "libdpdk"])
-        .output();
+        let out =
+            std::process::Command::new(std::env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into()))
+                .args(["--cflags", "libdpdk"])
+                .output();
         match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             _ => String::new(),

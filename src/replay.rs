@@ -73,7 +73,8 @@ pub fn port_file_name(port: &str) -> String {
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ReplayError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ReplayError::Io { path: file.clone(), source: e })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ReplayError::Io { path: file.clone(), source: e })?;
         let s: ScenarioFile = from_yaml(&text, &file)?;
         let config = Config { bridges: s.bridges };
         config.validate().map_err(|e| match e {
@@ -137,7 +138,8 @@ fn trace_line(cfg: &SwitchConfig, ts: u64, t: &FrameTrace) -> String {
 /// Runs the scenario, writing `<port>.pcap` and `stats.json` into `out`.
 pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome, ReplayError> {
     let cfg = SwitchConfig::compile(&sc.config, None)?;
-    std::fs::create_dir_all(out).map_err(|e| ReplayError::Io { path: out.display().to_string(), source: e })?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| ReplayError::Io { path: out.display().to_string(), source: e })?;
     let clock = Arc::new(AtomicU64::new(0));
     let mut queues: Vec<Option<Box<dyn TxQueue>>> = (0..cfg.port_slots()).map(|_| None).collect();
     for id in cfg.port_ids().collect::<Vec<_>>() {
@@ -273,7 +275,11 @@ pub fn compare(cfg: &Config, out: &Path, expect: &Path) -> Result<Vec<String>, R
                 if e.data != g.data || et != gt {
                     let mut d = format!("    frame {}:", i + 1);
                     if et != gt {
-                        d.push_str(&format!(" time expected {} got {}", fmt_time(e.ts_ns), fmt_time(g.ts_ns)));
+                        d.push_str(&format!(
+                            " time expected {} got {}",
+                            fmt_time(e.ts_ns),
+                            fmt_time(g.ts_ns)
+                        ));
                     }
                     d.push('\n');
                     if e.data != g.data {
@@ -285,10 +291,20 @@ pub fn compare(cfg: &Config, out: &Path, expect: &Path) -> Result<Vec<String>, R
             if exp.len() != got.len() {
                 port_diffs.push(format!("    expected {} frames, got {}\n", exp.len(), got.len()));
                 for (i, g) in got.iter().enumerate().skip(exp.len()) {
-                    port_diffs.push(format!("    unexpected frame {} at {}: {}\n", i + 1, fmt_time(g.ts_ns), hex(&g.data)));
+                    port_diffs.push(format!(
+                        "    unexpected frame {} at {}: {}\n",
+                        i + 1,
+                        fmt_time(g.ts_ns),
+                        hex(&g.data)
+                    ));
                 }
                 for (i, e) in exp.iter().enumerate().skip(got.len()) {
-                    port_diffs.push(format!("    missing frame {} at {}: {}\n", i + 1, fmt_time(e.ts_ns), hex(&e.data)));
+                    port_diffs.push(format!(
+                        "    missing frame {} at {}: {}\n",
+                        i + 1,
+                        fmt_time(e.ts_ns),
+                        hex(&e.data)
+                    ));
                 }
             }
             if !port_diffs.is_empty() {
@@ -299,7 +315,8 @@ pub fn compare(cfg: &Config, out: &Path, expect: &Path) -> Result<Vec<String>, R
     let es = expect.join("stats.json");
     if es.exists() {
         let read = |p: &Path| -> Result<serde_json::Value, ReplayError> {
-            let t = std::fs::read_to_string(p).map_err(|e| ReplayError::Io { path: p.display().to_string(), source: e })?;
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| ReplayError::Io { path: p.display().to_string(), source: e })?;
             serde_json::from_str(&t).map_err(|e| ReplayError::Io {
                 path: p.display().to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),

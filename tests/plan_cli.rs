@@ -37,7 +37,13 @@ fn plan_of_the_example_state() {
 
     // A node the NNCP does not select (and with no VMIs) gets nothing.
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["plan", "--state", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/state"), "--node", "worker-2"])
+        .args([
+            "plan",
+            "--state",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/state"),
+            "--node",
+            "worker-2",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());

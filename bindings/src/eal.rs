@@ -43,10 +43,7 @@ impl EalOptions {
     pub fn to_args(&self) -> Vec<String> {
         let mut a = Vec::new();
         let no_huge = self.no_huge.unwrap_or_else(|| !hugepages_available());
-        let prefix = self
-            .file_prefix
-            .clone()
-            .unwrap_or_else(|| format!("switchyard-{}", std::process::id()));
+        let prefix = self.file_prefix.clone().unwrap_or_else(|| format!("switchyard-{}", std::process::id()));
         a.push(format!("--file-prefix={prefix}"));
         if no_huge {
             // --in-memory implies --legacy-mem semantics that --no-huge
@@ -61,15 +58,9 @@ impl EalOptions {
             }
         }
         a.push("--no-telemetry".into());
-        let lcores = self
-            .lcores
-            .clone()
-            .unwrap_or_else(|| format!("0@{}", first_allowed_cpu()));
+        let lcores = self.lcores.clone().unwrap_or_else(|| format!("0@{}", first_allowed_cpu()));
         a.push(format!("--lcores={lcores}"));
-        a.push(format!(
-            "--log-level={}",
-            self.log_level.as_deref().unwrap_or("warning")
-        ));
+        a.push(format!("--log-level={}", self.log_level.as_deref().unwrap_or("warning")));
         if self.allow_pci.is_empty() {
             a.push("--no-pci".into());
         }
@@ -192,9 +183,7 @@ pub fn lcore_id() -> u32 {
 /// DPDK's version string, e.g. `DPDK 22.11.11`.
 pub fn version() -> String {
     // SAFETY: rte_version returns a pointer to a static NUL-terminated string.
-    unsafe { CStr::from_ptr(sys::rte_version()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(sys::rte_version()) }.to_string_lossy().into_owned()
 }
 
 /// The directory EAL loads driver plugins (net_ring, net_pcap, mempool_ring,
@@ -209,10 +198,7 @@ pub fn pmd_path() -> PathBuf {
 /// Whether a hugetlbfs is mounted and at least one hugepage is free.
 pub fn hugepages_available() -> bool {
     let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
-        })
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs")))
         .unwrap_or(false);
     if !mounted {
         return false;
@@ -273,8 +259,7 @@ fn init_once(options: &EalOptions) -> Result<Vec<String>> {
     // SAFETY: zeroed cpu_set_t is a valid empty set.
     let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: saved is a valid cpu_set_t of the size we pass.
-    let have_saved =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&saved), &mut saved) } == 0;
+    let have_saved = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&saved), &mut saved) } == 0;
 
     // SAFETY: argv is a NULL-terminated array of argc valid NUL-terminated
     // strings that live forever (leaked above); the mutex held by our
@@ -283,11 +268,7 @@ fn init_once(options: &EalOptions) -> Result<Vec<String>> {
     let ret = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
     if ret < 0 {
         let errno = rte_errno();
-        return Err(Error::EalInit {
-            args: shown,
-            errno,
-            message: strerror(errno),
-        });
+        return Err(Error::EalInit { args: shown, errno, message: strerror(errno) });
     }
     if have_saved {
         // SAFETY: saved was filled by sched_getaffinity above.
@@ -308,11 +289,7 @@ fn remove_empty_runtime_dir() {
     // SAFETY: non-null, NUL-terminated.
     let dir = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
     let dir = Path::new(&dir);
-    if dir
-        .read_dir()
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
-    {
+    if dir.read_dir().map(|mut d| d.next().is_none()).unwrap_or(false) {
         let _ = std::fs::remove_dir(dir);
     }
 }

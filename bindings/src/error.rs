@@ -11,56 +11,31 @@ use std::ffi::CStr;
 pub enum Error {
     /// `rte_eal_init` failed.
     #[error("DPDK EAL init failed ({message}); EAL arguments: {args}")]
-    EalInit {
-        args: String,
-        errno: i32,
-        message: String,
-    },
+    EalInit { args: String, errno: i32, message: String },
     /// EAL was already initialised in this process with other options.
-    #[error(
-        "DPDK EAL is already initialised with other options (first: {first}; now: {requested})"
-    )]
+    #[error("DPDK EAL is already initialised with other options (first: {first}; now: {requested})")]
     EalOptionsDiffer { first: String, requested: String },
     /// An argument that cannot be passed to DPDK (a NUL byte, out of range...).
     #[error("invalid argument for {what}: {reason}")]
     InvalidArgument { what: String, reason: String },
     /// `rte_pktmbuf_pool_create` failed.
     #[error("mempool {pool}: create failed: {message}")]
-    MempoolCreate {
-        pool: String,
-        errno: i32,
-        message: String,
-    },
+    MempoolCreate { pool: String, errno: i32, message: String },
     /// The pool had no free mbuf.
     #[error("mempool {pool}: no free mbuf")]
     MbufAlloc { pool: String },
     /// `rte_dev_probe` failed (bad devargs, unknown driver, device busy...).
     #[error("device {device}: probe of {devargs:?} failed: {message}")]
-    Probe {
-        device: String,
-        devargs: String,
-        errno: i32,
-        message: String,
-    },
+    Probe { device: String, devargs: String, errno: i32, message: String },
     /// The device probed but no ethdev port has its name.
     #[error("device {device}: no ethdev port of that name after probing {devargs:?}")]
     NoSuchPort { device: String, devargs: String },
     /// An ethdev call failed; `op` names it (configure, rx_queue_setup, start...).
     #[error("device {device}: {op} failed: {message}")]
-    EthDev {
-        device: String,
-        op: &'static str,
-        errno: i32,
-        message: String,
-    },
+    EthDev { device: String, op: &'static str, errno: i32, message: String },
     /// A queue index outside what was configured.
     #[error("device {device}: {what} queue {queue} is not set up (configured: {configured})")]
-    BadQueue {
-        device: String,
-        what: &'static str,
-        queue: u16,
-        configured: u16,
-    },
+    BadQueue { device: String, what: &'static str, queue: u16, configured: u16 },
 }
 
 /// `Result` with [`Error`].

@@ -120,10 +120,8 @@ impl EthDev {
                     message,
                 })?;
                 probed = true;
-                port_by_name(&cname).ok_or_else(|| Error::NoSuchPort {
-                    device: name.clone(),
-                    devargs: devargs.to_string(),
-                })?
+                port_by_name(&cname)
+                    .ok_or_else(|| Error::NoSuchPort { device: name.clone(), devargs: devargs.to_string() })?
             }
         };
         let mut dev = EthDev {
@@ -160,12 +158,7 @@ impl EthDev {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(i32, String) -> Error + '_ {
-        move |errno, message| Error::EthDev {
-            device: self.name.clone(),
-            op,
-            errno,
-            message,
-        }
+        move |errno, message| Error::EthDev { device: self.name.clone(), op, errno, message }
     }
 
     fn raw_info(&self) -> Result<sys::rte_eth_dev_info> {
@@ -183,9 +176,7 @@ impl EthDev {
             String::new()
         } else {
             // SAFETY: a non-null driver_name is the driver's static C string.
-            unsafe { CStr::from_ptr(i.driver_name) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(i.driver_name) }.to_string_lossy().into_owned()
         };
         Ok(DevInfo {
             driver_name,
@@ -263,9 +254,8 @@ impl EthDev {
         let ret = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(self.port_id, &mut rx, &mut tx) };
         check(ret, self.err("adjust_nb_rx_tx_desc"))?;
         // SAFETY: the port is configured with q < nb_txq; null txconf = defaults.
-        let ret = unsafe {
-            sys::rte_eth_tx_queue_setup(self.port_id, q, tx, self.socket_id(), std::ptr::null())
-        };
+        let ret =
+            unsafe { sys::rte_eth_tx_queue_setup(self.port_id, q, tx, self.socket_id(), std::ptr::null()) };
         check(ret, self.err("tx_queue_setup"))?;
         self.txq_ready[usize::from(q)] = true;
         Ok(())
@@ -282,12 +272,7 @@ impl EthDev {
         if q < configured {
             Ok(())
         } else {
-            Err(Error::BadQueue {
-                device: self.name.clone(),
-                what,
-                queue: q,
-                configured,
-            })
+            Err(Error::BadQueue { device: self.name.clone(), what, queue: q, configured })
         }
     }
 
@@ -409,8 +394,7 @@ impl EthDev {
         let speed = l.link_speed;
         Ok(Link {
             up: u32::from(l.link_status()) == sys::RTE_ETH_LINK_UP,
-            speed_mbps: (speed != sys::RTE_ETH_SPEED_NUM_UNKNOWN
-                && speed != sys::RTE_ETH_SPEED_NUM_NONE)
+            speed_mbps: (speed != sys::RTE_ETH_SPEED_NUM_UNKNOWN && speed != sys::RTE_ETH_SPEED_NUM_NONE)
                 .then_some(speed),
             full_duplex: u32::from(l.link_duplex()) == sys::RTE_ETH_LINK_FULL_DUPLEX,
             autoneg: l.link_autoneg() != 0,
@@ -467,9 +451,7 @@ impl EthDev {
         let n = pkts.len().min(usize::from(u16::MAX)) as u16;
         // SAFETY: the queue is set up and the port started; pkts has room
         // for n pointers; exclusivity of the queue is the caller's contract.
-        usize::from(unsafe {
-            sys::shim::sy_rte_eth_rx_burst(self.port_id, q, pkts.as_mut_ptr(), n)
-        })
+        usize::from(unsafe { sys::shim::sy_rte_eth_rx_burst(self.port_id, q, pkts.as_mut_ptr(), n) })
     }
 
     /// Hands the mbufs of `pkts` to TX queue `q`; returns how many the
@@ -498,9 +480,7 @@ impl EthDev {
         }
         let n = pkts.len().min(usize::from(u16::MAX)) as u16;
         // SAFETY: queue set up, port started, n valid mbufs (caller).
-        usize::from(unsafe {
-            sys::shim::sy_rte_eth_tx_burst(self.port_id, q, pkts.as_mut_ptr(), n)
-        })
+        usize::from(unsafe { sys::shim::sy_rte_eth_tx_burst(self.port_id, q, pkts.as_mut_ptr(), n) })
     }
 
     /// Safe RX into owned mbufs: appends up to `max` frames to `out`
@@ -512,9 +492,8 @@ impl EthDev {
         let max = max.min(spare.len());
         // SAFETY: Mbuf is repr(transparent) over a non-null mbuf pointer and
         // MaybeUninit<Mbuf> has its layout; rx_burst only writes pointers.
-        let raw = unsafe {
-            std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut *mut sys::rte_mbuf, max)
-        };
+        let raw =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut *mut sys::rte_mbuf, max) };
         let n = self.rx_burst(q, raw);
         // SAFETY: the first n slots now hold non-null mbufs DPDK gave us.
         unsafe { out.set_len(len + n) };
@@ -526,9 +505,8 @@ impl EthDev {
     pub fn tx_mbufs(&mut self, q: u16, pkts: &mut Vec<Mbuf>) -> usize {
         let len = pkts.len();
         // SAFETY: Mbuf is repr(transparent) over a valid owned mbuf pointer.
-        let raw = unsafe {
-            std::slice::from_raw_parts_mut(pkts.as_mut_ptr() as *mut *mut sys::rte_mbuf, len)
-        };
+        let raw =
+            unsafe { std::slice::from_raw_parts_mut(pkts.as_mut_ptr() as *mut *mut sys::rte_mbuf, len) };
         // SAFETY: every pointer is a valid mbuf we own (Mbuf invariant).
         let n = unsafe { self.tx_burst(q, raw) };
         // The first n now belong to the device: shift the rest down over

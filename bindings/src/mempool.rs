@@ -30,19 +30,13 @@ impl Mempool {
     /// `data_room` bytes of buffer each (headroom included; DPDK's default
     /// is [`Mempool::DEFAULT_DATA_ROOM`]).
     pub fn new(_eal: &Eal, name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool> {
-        let bad = |reason: String| Error::InvalidArgument {
-            what: format!("mempool {name}"),
-            reason,
-        };
+        let bad = |reason: String| Error::InvalidArgument { what: format!("mempool {name}"), reason };
         // RTE_MEMPOOL_NAMESIZE is 32 with the "MP_" prefix DPDK adds.
         if name.is_empty() || name.len() > 26 {
             return Err(bad("name must be 1 to 26 bytes".into()));
         }
         if cache > sys::RTE_MEMPOOL_CACHE_MAX_SIZE {
-            return Err(bad(format!(
-                "cache {cache} is over {}",
-                sys::RTE_MEMPOOL_CACHE_MAX_SIZE
-            )));
+            return Err(bad(format!("cache {cache} is over {}", sys::RTE_MEMPOOL_CACHE_MAX_SIZE)));
         }
         if u32::from(data_room) <= sys::RTE_PKTMBUF_HEADROOM {
             return Err(bad(format!(
@@ -57,18 +51,10 @@ impl Mempool {
             sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, sys::SOCKET_ID_ANY)
         };
         match NonNull::new(p) {
-            Some(ptr) => Ok(Mempool {
-                ptr,
-                name: name.to_string(),
-                size: n,
-            }),
+            Some(ptr) => Ok(Mempool { ptr, name: name.to_string(), size: n }),
             None => {
                 let errno = rte_errno();
-                Err(Error::MempoolCreate {
-                    pool: name.to_string(),
-                    errno,
-                    message: strerror(errno),
-                })
+                Err(Error::MempoolCreate { pool: name.to_string(), errno, message: strerror(errno) })
             }
         }
     }
@@ -116,9 +102,7 @@ impl Mempool {
         match NonNull::new(m) {
             // SAFETY: a fresh mbuf from rte_pktmbuf_alloc is ours alone.
             Some(m) => Ok(unsafe { Mbuf::from_raw(m.as_ptr()) }),
-            None => Err(Error::MbufAlloc {
-                pool: self.name.clone(),
-            }),
+            None => Err(Error::MbufAlloc { pool: self.name.clone() }),
         }
     }
 
@@ -130,14 +114,11 @@ impl Mempool {
             reason: "burst too large".into(),
         })?;
         // SAFETY: out has room for n pointers; the pool is live.
-        let ret =
-            unsafe { sys::shim::sy_rte_pktmbuf_alloc_bulk(self.ptr.as_ptr(), out.as_mut_ptr(), n) };
+        let ret = unsafe { sys::shim::sy_rte_pktmbuf_alloc_bulk(self.ptr.as_ptr(), out.as_mut_ptr(), n) };
         if ret == 0 {
             Ok(())
         } else {
-            Err(Error::MbufAlloc {
-                pool: self.name.clone(),
-            })
+            Err(Error::MbufAlloc { pool: self.name.clone() })
         }
     }
 }

@@ -16,29 +16,18 @@ fn eal_inits_once_and_is_shared() {
     assert!(std::ptr::eq(e, again));
     assert!(Eal::get().is_some());
     // Other options: a clear error, not a second rte_eal_init.
-    let other = EalOptions {
-        memory_mb: Some(128),
-        ..common::options()
-    };
+    let other = EalOptions { memory_mb: Some(128), ..common::options() };
     match Eal::init(other) {
         Err(Error::EalOptionsDiffer { .. }) => {}
         r => panic!("expected EalOptionsDiffer, got {r:?}"),
     }
-    assert!(
-        eal::version().starts_with("DPDK 22.11"),
-        "{}",
-        eal::version()
-    );
+    assert!(eal::version().starts_with("DPDK 22.11"), "{}", eal::version());
 }
 
 #[test]
 fn pmd_path_exists() {
     let p = eal::pmd_path();
-    assert!(
-        p.is_dir(),
-        "EAL's driver directory {} is missing",
-        p.display()
-    );
+    assert!(p.is_dir(), "EAL's driver directory {} is missing", p.display());
 }
 
 #[test]
@@ -48,12 +37,8 @@ fn default_options_are_private_and_quiet() {
     assert!(a.iter().any(|x| x == "--no-pci"));
     assert!(a.iter().any(|x| x.starts_with("--log-level=")));
     assert!(a.iter().any(|x| x.starts_with("--lcores=0@")));
-    let b = EalOptions {
-        no_huge: Some(false),
-        allow_pci: vec!["0000:3b:02.1".into()],
-        ..Default::default()
-    }
-    .to_args();
+    let b = EalOptions { no_huge: Some(false), allow_pci: vec!["0000:3b:02.1".into()], ..Default::default() }
+        .to_args();
     assert!(b.iter().any(|x| x == "--in-memory"));
     assert!(b.iter().any(|x| x == "--allow=0000:3b:02.1"));
     assert!(!b.iter().any(|x| x == "--no-pci"));
@@ -63,11 +48,7 @@ fn default_options_are_private_and_quiet() {
 fn thread_registration_gives_an_lcore() {
     let Some(e) = common::eal() else { return };
     std::thread::spawn(move || {
-        assert_eq!(
-            eal::lcore_id(),
-            u32::MAX,
-            "a new thread is not an EAL thread"
-        );
+        assert_eq!(eal::lcore_id(), u32::MAX, "a new thread is not an EAL thread");
         let id = e.register_thread().expect("register");
         assert_ne!(id, u32::MAX);
         e.unregister_thread();
@@ -107,10 +88,6 @@ fn layout_matches_the_installed_headers() {
         offset_of!(sys::rte_mbuf, vlan_tci),
     ];
     for (i, r) in rust.iter().enumerate() {
-        assert_eq!(
-            *r,
-            c(i as u32),
-            "layout item {i} differs between bindgen and C"
-        );
+        assert_eq!(*r, c(i as u32), "layout item {i} differs between bindgen and C");
     }
 }

@@ -65,9 +65,7 @@ fn ring_loopback_moves_known_bytes_and_counts_them() {
     assert!(link.up, "{link:?}");
     let _mac = dev.mac_addr().unwrap();
 
-    let frames: Vec<Vec<u8>> = (0..BURST as u32)
-        .map(|i| common::frame(i, 60 + i as usize))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..BURST as u32).map(|i| common::frame(i, 60 + i as usize)).collect();
     send(&mut dev, &pool, &frames);
     let got = receive(&mut dev, frames.len());
     assert_eq!(got, frames);
@@ -105,9 +103,7 @@ fn restart_100_times_and_every_mbuf_comes_back() {
     let baseline = pool.in_use();
     for round in 0..100u32 {
         dev.start().expect("start");
-        let frames: Vec<Vec<u8>> = (0..BURST as u32)
-            .map(|i| common::frame(round * 100 + i, 64))
-            .collect();
+        let frames: Vec<Vec<u8>> = (0..BURST as u32).map(|i| common::frame(round * 100 + i, 64)).collect();
         send(&mut dev, &pool, &frames);
         // Take half back and leave the rest in the device: stop must drain it.
         let mut some = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST / 2];
@@ -115,11 +111,7 @@ fn restart_100_times_and_every_mbuf_comes_back() {
         // SAFETY: rx_burst handed us the first n mbufs.
         unsafe { switchyard_bindings::mbuf::free_bulk(&mut some[..n]) };
         dev.stop().expect("stop");
-        assert_eq!(
-            pool.in_use(),
-            baseline,
-            "round {round}: mbufs missing after stop"
-        );
+        assert_eq!(pool.in_use(), baseline, "round {round}: mbufs missing after stop");
     }
     // Bursts on a stopped port do nothing (and do not crash).
     let mut none = [std::ptr::null_mut::<sys::rte_mbuf>(); 4];
@@ -132,10 +124,7 @@ fn restart_100_times_and_every_mbuf_comes_back() {
 fn bad_devargs_are_errors_naming_the_device() {
     let Some(eal) = common::eal() else { return };
     let e = EthDev::probe(eal, "net_nosuchdriver0,foo=bar").unwrap_err();
-    assert!(
-        matches!(&e, Error::Probe { device, .. } if device == "net_nosuchdriver0"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, Error::Probe { device, .. } if device == "net_nosuchdriver0"), "{e:?}");
     assert!(e.to_string().contains("net_nosuchdriver0"), "{e}");
 
     let e = EthDev::probe(eal, "net_pcap_bad0,rx_pcap=/nonexistent/dir/in.pcap").unwrap_err();
@@ -152,22 +141,13 @@ fn misuse_is_an_error_not_a_crash() {
     let mut dev = EthDev::probe(eal, "net_ring_misuse0").unwrap();
     assert!(dev.start().is_err(), "start before configure");
     dev.configure(1, 1).unwrap();
-    assert!(matches!(
-        dev.setup_rx_queue(3, 64, &pool),
-        Err(Error::BadQueue { .. })
-    ));
-    assert!(
-        matches!(dev.start(), Err(Error::BadQueue { .. })),
-        "queues not set up"
-    );
+    assert!(matches!(dev.setup_rx_queue(3, 64, &pool), Err(Error::BadQueue { .. })));
+    assert!(matches!(dev.start(), Err(Error::BadQueue { .. })), "queues not set up");
     let mut none = [std::ptr::null_mut::<sys::rte_mbuf>(); 4];
     assert_eq!(dev.rx_burst(7, &mut none), 0);
     dev.close().unwrap();
     assert!(
-        matches!(
-            Mempool::new(eal, "misuse", 16, 0, 2176),
-            Err(Error::MempoolCreate { .. })
-        ),
+        matches!(Mempool::new(eal, "misuse", 16, 0, 2176), Err(Error::MempoolCreate { .. })),
         "a second pool of the same name fails"
     );
     assert!(Mempool::new(eal, "x", 16, 100_000, 2176).is_err());
@@ -209,16 +189,10 @@ fn pcap_port_reads_and_writes_files() {
     let dir = common::temp_dir("pcap");
     let input = dir.join("in.pcap");
     let output = dir.join("out.pcap");
-    let frames: Vec<Vec<u8>> = (0..50u32)
-        .map(|i| common::frame(i, 60 + (i as usize * 7) % 1400))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..50u32).map(|i| common::frame(i, 60 + (i as usize * 7) % 1400)).collect();
     write_pcap(&input, &frames);
     let pool = pool(eal, "pcap", 1024);
-    let devargs = format!(
-        "net_pcap_t0,rx_pcap={},tx_pcap={}",
-        input.display(),
-        output.display()
-    );
+    let devargs = format!("net_pcap_t0,rx_pcap={},tx_pcap={}", input.display(), output.display());
     let mut dev = up(eal, &devargs, &pool);
     let got = receive(&mut dev, frames.len());
     assert_eq!(got, frames, "frames read from the pcap");
@@ -228,11 +202,7 @@ fn pcap_port_reads_and_writes_files() {
     let bytes = |f: &[Vec<u8>]| f.iter().map(|f| f.len() as u64).sum::<u64>();
     assert_eq!((s.ibytes, s.obytes), (bytes(&frames), bytes(&frames[..10])));
     dev.close().unwrap();
-    assert_eq!(
-        read_pcap(&output),
-        frames[..10].to_vec(),
-        "frames written to the pcap"
-    );
+    assert_eq!(read_pcap(&output), frames[..10].to_vec(), "frames written to the pcap");
     assert_eq!(pool.in_use(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -266,26 +236,11 @@ fn mbuf_accessors_agree_with_dpdk() {
     assert_eq!(&m.data()[..5], &[1, 2, 3, 4, 0xab]);
     // SAFETY: m is a valid mbuf we own; these only read it.
     unsafe {
-        assert_eq!(
-            sys::shim::sy_rte_pktmbuf_data_len(m.as_ptr()) as usize,
-            m.data_len()
-        );
-        assert_eq!(
-            sys::shim::sy_rte_pktmbuf_pkt_len(m.as_ptr()) as usize,
-            m.len()
-        );
-        assert_eq!(
-            sys::shim::sy_rte_pktmbuf_headroom(m.as_ptr()) as usize,
-            m.headroom()
-        );
-        assert_eq!(
-            sys::shim::sy_rte_pktmbuf_tailroom(m.as_ptr()) as usize,
-            m.tailroom()
-        );
-        assert_eq!(
-            sys::shim::sy_rte_pktmbuf_mtod(m.as_ptr()) as *const u8,
-            m.data().as_ptr()
-        );
+        assert_eq!(sys::shim::sy_rte_pktmbuf_data_len(m.as_ptr()) as usize, m.data_len());
+        assert_eq!(sys::shim::sy_rte_pktmbuf_pkt_len(m.as_ptr()) as usize, m.len());
+        assert_eq!(sys::shim::sy_rte_pktmbuf_headroom(m.as_ptr()) as usize, m.headroom());
+        assert_eq!(sys::shim::sy_rte_pktmbuf_tailroom(m.as_ptr()) as usize, m.tailroom());
+        assert_eq!(sys::shim::sy_rte_pktmbuf_mtod(m.as_ptr()) as *const u8, m.data().as_ptr());
         assert_eq!(sys::shim::sy_rte_mbuf_refcnt_read(m.as_ptr()), 1);
     }
     assert!(m.adj(4));
@@ -305,8 +260,5 @@ fn mbuf_accessors_agree_with_dpdk() {
     unsafe { switchyard_bindings::mbuf::free_bulk(&mut bulk) };
     assert_eq!(pool.in_use(), 0);
     let mut too_many = vec![std::ptr::null_mut(); 1000];
-    assert!(matches!(
-        pool.alloc_bulk_raw(&mut too_many),
-        Err(Error::MbufAlloc { .. })
-    ));
+    assert!(matches!(pool.alloc_bulk_raw(&mut too_many), Err(Error::MbufAlloc { .. })));
 }

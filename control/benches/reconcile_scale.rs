@@ -84,7 +84,11 @@ status: {{nodeName: n0}}
     );
     let t5 = Instant::now();
     let again = ctl.reconcile().unwrap();
-    println!("a reconcile with nothing changed: {:.0} ms ({} change lines)", t5.elapsed().as_secs_f64() * 1e3, again.lines.len());
+    println!(
+        "a reconcile with nothing changed: {:.0} ms ({} change lines)",
+        t5.elapsed().as_secs_f64() * 1e3,
+        again.lines.len()
+    );
     for l in again.lines.iter().take(3) {
         println!("  {l}");
     }

@@ -324,7 +324,10 @@ impl ClusterState {
                     // A directory we cannot list (or no file descriptors left) hides objects
                     // we cannot name: planning without them would remove their ports. Fail
                     // the whole load so that the running configuration stays.
-                    let file = e.path().map(|p| p.display().to_string()).unwrap_or_else(|| dir.display().to_string());
+                    let file = e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| dir.display().to_string());
                     return Err(std::io::Error::other(format!("{file}: cannot read: {e}")));
                 }
             };
@@ -349,7 +352,8 @@ impl ClusterState {
                 Ok(v) => self.add_value(src, v),
                 Err(e) => {
                     // A syntax error ends the stream: the documents before it are kept.
-                    self.problems.push(Problem::file(&file, format!("document {}: YAML does not parse: {e}", i + 1)));
+                    self.problems
+                        .push(Problem::file(&file, format!("document {}: YAML does not parse: {e}", i + 1)));
                     break;
                 }
             }
@@ -397,7 +401,9 @@ impl ClusterState {
             }
             ("NetworkAttachmentDefinition", "k8s.cni.cncf.io") => {
                 let ns = ns.unwrap_or_else(|| "default".into());
-                if let Some(mut n) = self.typed::<NetworkAttachmentDefinition>(&src, &kind, Some(&ns), &name, v) {
+                if let Some(mut n) =
+                    self.typed::<NetworkAttachmentDefinition>(&src, &kind, Some(&ns), &name, v)
+                {
                     n.metadata.namespace = Some(ns.clone());
                     let oref = ObjRef::new(&kind, Some(&ns), &name);
                     let net = match &n.spec.config {
@@ -424,7 +430,11 @@ impl ClusterState {
                     o.metadata.namespace = Some(ns.clone());
                     let key = (ns.clone(), name.clone());
                     if let Some(prev) = self.vmis.get(&key) {
-                        self.problems.push(Problem::duplicate(&src, &ObjRef::new(&kind, Some(&ns), &name), &prev.src));
+                        self.problems.push(Problem::duplicate(
+                            &src,
+                            &ObjRef::new(&kind, Some(&ns), &name),
+                            &prev.src,
+                        ));
                     } else {
                         self.vmis.insert(key, Loaded { src, obj: o });
                     }
@@ -433,7 +443,11 @@ impl ClusterState {
             ("NodeNetworkConfigurationPolicy", "nmstate.io") => {
                 if let Some(o) = self.typed::<NodeNetworkConfigurationPolicy>(&src, &kind, None, &name, v) {
                     if let Some(prev) = self.nncps.get(&name) {
-                        self.problems.push(Problem::duplicate(&src, &ObjRef::new(&kind, None, &name), &prev.src));
+                        self.problems.push(Problem::duplicate(
+                            &src,
+                            &ObjRef::new(&kind, None, &name),
+                            &prev.src,
+                        ));
                     } else {
                         self.nncps.insert(name, Loaded { src, obj: o });
                     }

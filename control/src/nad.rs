@@ -138,7 +138,9 @@ fn parse_bridge(o: &Map<String, Value>, base: &str, cni_type: &str) -> Result<Br
     let vlan = match get_int(o, "vlan", base)? {
         None | Some(0) => None,
         Some(v) if (1..=4094).contains(&v) => Some(v as u16),
-        Some(v) => return err(format!("{base}.vlan"), format!("invalid VLAN ID {v} (must be between 0 and 4094)")),
+        Some(v) => {
+            return err(format!("{base}.vlan"), format!("invalid VLAN ID {v} (must be between 0 and 4094)"))
+        }
     };
     let mut trunks = Vec::new();
     match o.get("vlanTrunk") {
@@ -160,12 +162,19 @@ fn parse_bridge(o: &Map<String, Value>, base: &str, cni_type: &str) -> Result<Br
                             return err(format!("{ib}.maxID"), format!("VLAN {hi} out of range 1-4094"));
                         }
                         if hi < lo {
-                            return err(format!("{ib}.minID"), format!("minID {lo} is greater than maxID {hi}"));
+                            return err(
+                                format!("{ib}.minID"),
+                                format!("minID {lo} is greater than maxID {hi}"),
+                            );
                         }
                         trunks.extend((lo..=hi).map(|v| v as u16));
                     }
-                    (None, Some(_)) => return err(format!("{ib}.minID"), "minID and maxID go together: minID is missing"),
-                    (Some(_), None) => return err(format!("{ib}.maxID"), "minID and maxID go together: maxID is missing"),
+                    (None, Some(_)) => {
+                        return err(format!("{ib}.minID"), "minID and maxID go together: minID is missing")
+                    }
+                    (Some(_), None) => {
+                        return err(format!("{ib}.maxID"), "minID and maxID go together: maxID is missing")
+                    }
                     (None, None) => {}
                 }
                 if let Some(id) = get_int(io, "id", &ib)? {
@@ -233,7 +242,8 @@ fn parse_ovn(
                 Some(v) if (1..=4094).contains(&v) => Some(v as u16),
                 Some(v) => return err(format!("{base}.vlanID"), format!("VLAN {v} out of range 1-4094")),
             };
-            let physical = get_str(o, "physicalNetworkName", base)?.filter(|p| !p.is_empty()).unwrap_or(network);
+            let physical =
+                get_str(o, "physicalNetworkName", base)?.filter(|p| !p.is_empty()).unwrap_or(network);
             Ok(NadNetwork::OvnLocalnet {
                 network: network.to_string(),
                 physical_network: physical.to_string(),
@@ -273,8 +283,10 @@ mod tests {
 
     #[test]
     fn conflist_picks_the_main_plugin() {
-        let n = p(r#"{"name":"n","plugins":[{"type":"cnv-bridge","bridge":"br1","vlan":7},{"type":"cnv-tuning"}]}"#)
-            .unwrap();
+        let n = p(
+            r#"{"name":"n","plugins":[{"type":"cnv-bridge","bridge":"br1","vlan":7},{"type":"cnv-tuning"}]}"#,
+        )
+        .unwrap();
         assert!(matches!(n, NadNetwork::Bridge(BridgeNet { vlan: Some(7), .. })));
         let n = p(r#"{"name":"n","plugins":[{"type":"macvlan"},{"type":"tuning"}]}"#).unwrap();
         assert!(matches!(n, NadNetwork::Unsupported { .. }));
@@ -304,10 +316,15 @@ mod tests {
             .unwrap();
         assert_eq!(
             n,
-            NadNetwork::OvnLocalnet { network: "tenant".into(), physical_network: "tenant".into(), vlan: Some(20) }
+            NadNetwork::OvnLocalnet {
+                network: "tenant".into(),
+                physical_network: "tenant".into(),
+                vlan: Some(20)
+            }
         );
-        let e = p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"localnet","netAttachDefName":"x/y"}"#)
-            .unwrap_err();
+        let e =
+            p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"localnet","netAttachDefName":"x/y"}"#)
+                .unwrap_err();
         assert_eq!(e.0, "spec.config.netAttachDefName");
         let e = p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"layer2","vlanID":3}"#).unwrap_err();
         assert_eq!(e.0, "spec.config.vlanID");

@@ -5,7 +5,9 @@
 //! Cost: one pass over the NNCPs, one over the VMIs; each VMI network is resolved with a hash
 //! lookup of its NAD (whose CNI config was parsed once, at load). Linear in the state's size.
 
-use crate::k8s::{ClusterState, Interface, Loaded, NmPort, NodeNetworkConfigurationPolicy, Source, VirtualMachineInstance};
+use crate::k8s::{
+    ClusterState, Interface, Loaded, NmPort, NodeNetworkConfigurationPolicy, Source, VirtualMachineInstance,
+};
 use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
@@ -58,7 +60,11 @@ struct Built {
 /// The labels a node is matched with: its Node object's, then `extra` over them, and
 /// `kubernetes.io/hostname=NODE` unless one of those sets it (the kubelet sets it on every
 /// node).
-pub fn node_labels(state: &ClusterState, node: &str, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn node_labels(
+    state: &ClusterState,
+    node: &str,
+    extra: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut labels = state.nodes.get(node).map(|n| n.obj.metadata.labels.clone()).unwrap_or_default();
     labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     labels.entry("kubernetes.io/hostname".into()).or_insert_with(|| node.to_string());
@@ -67,7 +73,12 @@ pub fn node_labels(state: &ClusterState, node: &str, extra: &BTreeMap<String, St
 
 /// Translates `state` into the configuration of `node`. `extra_labels` are node labels
 /// given on the command line (see [`node_labels`]). Never fails: problems are in the plan.
-pub fn plan(state: &ClusterState, node: &str, extra_labels: &BTreeMap<String, String>, opts: &PlanOptions) -> Plan {
+pub fn plan(
+    state: &ClusterState,
+    node: &str,
+    extra_labels: &BTreeMap<String, String>,
+    opts: &PlanOptions,
+) -> Plan {
     let labels = node_labels(state, node, extra_labels);
     let mut p = Planner {
         problems: state.problems.clone(),
@@ -113,7 +124,11 @@ fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16>
 }
 
 /// An nmstate bridge port's `vlan` as OVS port settings: (mode, tag, trunks).
-fn nm_port_vlan(port: &NmPort, pf: &str, errs: &mut Vec<(String, String)>) -> (VlanModeName, Option<u16>, Option<Vec<u16>>) {
+fn nm_port_vlan(
+    port: &NmPort,
+    pf: &str,
+    errs: &mut Vec<(String, String)>,
+) -> (VlanModeName, Option<u16>, Option<Vec<u16>>) {
     let Some(v) = &port.vlan else {
         // No VLAN settings: the port carries every VLAN as it comes (a Linux bridge without
         // VLAN filtering, an OVS port without tag/trunks).
@@ -155,7 +170,10 @@ fn nm_port_vlan(port: &NmPort, pf: &str, errs: &mut Vec<(String, String)>) -> (V
             }
             if v.enable_native == Some(true) {
                 if v.tag.is_none() {
-                    errs.push((format!("{pf}.vlan.tag"), "enable-native needs a tag (the native VLAN)".into()));
+                    errs.push((
+                        format!("{pf}.vlan.tag"),
+                        "enable-native needs a tag (the native VLAN)".into(),
+                    ));
                 }
                 trunks.retain(|t| Some(*t) != tag);
                 (VlanModeName::NativeUntagged, tag, Some(trunks))
@@ -283,13 +301,17 @@ impl Planner {
                 continue;
             }
             let mut ports = Vec::new();
-            for (j, port) in iface.bridge.as_ref().map(|b| b.port.as_slice()).unwrap_or(&[]).iter().enumerate() {
+            for (j, port) in
+                iface.bridge.as_ref().map(|b| b.port.as_slice()).unwrap_or(&[]).iter().enumerate()
+            {
                 let pf = format!("{f}.bridge.port[{j}]");
                 if port.name.is_empty() {
                     errs.push((format!("{pf}.name"), "missing".into()));
                     continue;
                 }
-                if iface.kind == "ovs-bridge" && (internal.contains(port.name.as_str()) || port.name == iface.name) {
+                if iface.kind == "ovs-bridge"
+                    && (internal.contains(port.name.as_str()) || port.name == iface.name)
+                {
                     skipped.push(Skipped {
                         object: oref.clone(),
                         item: format!("bridge {} port {}", iface.name, port.name),
@@ -301,9 +323,10 @@ impl Planner {
                     skipped.push(Skipped {
                         object: oref.clone(),
                         item: format!("bridge {} port {}", iface.name, port.name),
-                        reason: "OVS bond (link-aggregation) uplinks are not supported; bond in the kernel and \
+                        reason:
+                            "OVS bond (link-aggregation) uplinks are not supported; bond in the kernel and \
                                  name the bond instead"
-                            .into(),
+                                .into(),
                     });
                     continue;
                 }
@@ -345,14 +368,23 @@ impl Planner {
             for (field, msg) in errs {
                 self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
             }
-            self.skipped.push(Skipped { object: oref, item: String::new(), reason: "invalid (see problems)".into() });
+            self.skipped.push(Skipped {
+                object: oref,
+                item: String::new(),
+                reason: "invalid (see problems)".into(),
+            });
             return;
         }
         self.skipped.extend(skipped);
         for (i, name, ports) in bridges {
             if let Some(prev) = self.bridges.get(&name) {
                 let msg = format!("bridge {name} is already defined by {prev}; this definition is skipped");
-                self.problems.push(Problem::object(&l.src, &oref, &format!("spec.desiredState.interfaces[{i}].name"), &msg));
+                self.problems.push(Problem::object(
+                    &l.src,
+                    &oref,
+                    &format!("spec.desiredState.interfaces[{i}].name"),
+                    &msg,
+                ));
                 continue;
             }
             tracing::info!("{oref}: bridge {name} with {} uplink(s)", ports.len());
@@ -361,14 +393,20 @@ impl Planner {
                 self.ports.push(Built {
                     bridge: name.clone(),
                     port,
-                    src: Some((l.src.clone(), oref.clone(), format!("spec.desiredState.interfaces[{i}].bridge.port"))),
+                    src: Some((
+                        l.src.clone(),
+                        oref.clone(),
+                        format!("spec.desiredState.interfaces[{i}].bridge.port"),
+                    )),
                 });
             }
         }
         for (f, localnet, bridge) in maps {
             if let Some((b, prev)) = self.mappings.get(&localnet) {
                 if *b != bridge {
-                    let msg = format!("localnet {localnet} is already mapped to {b} by {prev}; this mapping is skipped");
+                    let msg = format!(
+                        "localnet {localnet} is already mapped to {b} by {prev}; this mapping is skipped"
+                    );
                     self.problems.push(Problem::object(&l.src, &oref, &f, &msg));
                 }
                 continue;
@@ -386,7 +424,11 @@ impl Planner {
         let mut skipped = Vec::new();
         let mut ports: Vec<Built> = Vec::new();
         let mut seen = HashSet::new();
-        let skip = |item: &str, reason: String| Skipped { object: oref.clone(), item: format!("interface {item}"), reason };
+        let skip = |item: &str, reason: String| Skipped {
+            object: oref.clone(),
+            item: format!("interface {item}"),
+            reason,
+        };
         for (i, ifc) in o.spec.domain.devices.interfaces.iter().enumerate() {
             let f = format!("spec.domain.devices.interfaces[{i}]");
             if ifc.name.is_empty() {
@@ -452,7 +494,13 @@ impl Planner {
                     }
                 }
             } else {
-                match o.status.interfaces.iter().enumerate().find(|(_, s)| s.name.as_deref() == Some(&ifc.name)) {
+                match o
+                    .status
+                    .interfaces
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| s.name.as_deref() == Some(&ifc.name))
+                {
                     Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
                         None => None,
                         Some(Ok(m)) => Some(m),
@@ -541,13 +589,21 @@ impl Planner {
                     port.name
                 ));
             }
-            ports.push(Built { bridge, port, src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))) });
+            ports.push(Built {
+                bridge,
+                port,
+                src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
+            });
         }
         if !errs.is_empty() {
             for (field, msg) in errs {
                 self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
             }
-            self.skipped.push(Skipped { object: oref, item: String::new(), reason: "invalid (see problems)".into() });
+            self.skipped.push(Skipped {
+                object: oref,
+                item: String::new(),
+                reason: "invalid (see problems)".into(),
+            });
             return;
         }
         for b in &ports {
@@ -566,7 +622,10 @@ impl Planner {
         for b in std::mem::take(&mut self.ports) {
             if let Some(first) = names.get(&b.port.name) {
                 if let Some((src, oref, field)) = &b.src {
-                    let msg = format!("port {} is already on bridge {first}; not added to {}", b.port.name, b.bridge);
+                    let msg = format!(
+                        "port {} is already on bridge {first}; not added to {}",
+                        b.port.name, b.bridge
+                    );
                     self.problems.push(Problem::object(src, oref, field, &msg));
                 }
                 continue;
@@ -615,7 +674,8 @@ impl Planner {
             up.sort_by(|a, b| (&a.bridge, &a.port.name).cmp(&(&b.bridge, &b.port.name)));
             keep = up;
         }
-        let mut bridges: BTreeMap<String, Vec<PortConfig>> = self.bridges.keys().map(|k| (k.clone(), Vec::new())).collect();
+        let mut bridges: BTreeMap<String, Vec<PortConfig>> =
+            self.bridges.keys().map(|k| (k.clone(), Vec::new())).collect();
         for b in keep {
             bridges.entry(b.bridge).or_default().push(b.port);
         }
@@ -627,11 +687,20 @@ impl Planner {
         };
         if let Err(e) = config.validate() {
             // A translation bug, not bad input: say so loudly.
-            self.problems.push(Problem::file("(plan)", format!("internal error: the plan is not a valid config: {e}")));
+            self.problems.push(Problem::file(
+                "(plan)",
+                format!("internal error: the plan is not a valid config: {e}"),
+            ));
         }
         self.notes.sort();
         self.notes.dedup();
-        Plan { node: node.to_string(), config, skipped: self.skipped, notes: self.notes, problems: self.problems }
+        Plan {
+            node: node.to_string(),
+            config,
+            skipped: self.skipped,
+            notes: self.notes,
+            problems: self.problems,
+        }
     }
 }
 

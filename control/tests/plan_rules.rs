@@ -74,7 +74,11 @@ status:
 const MAC1: &str = "          macAddress: 02:00:00:00:00:01";
 
 fn bridge_nad(extra: &str) -> String {
-    nad("ns", "net", &format!(r#"{{"cniVersion":"0.3.1","name":"net","type":"bridge","bridge":"br1"{extra}}}"#))
+    nad(
+        "ns",
+        "net",
+        &format!(r#"{{"cniVersion":"0.3.1","name":"net","type":"bridge","bridge":"br1"{extra}}}"#),
+    )
 }
 
 fn one_port(extra: &str) -> PortConfig {
@@ -151,11 +155,15 @@ fn mac_comes_from_status_when_the_spec_has_none() {
     let mac = "02:00:00:00:00:09".parse().unwrap();
     assert_eq!((q.static_macs.clone(), q.allowed_macs.clone()), (vec![mac], Some(vec![mac])));
     // The spec's MAC wins over the status.
-    let v2 = v.replace("          bridge: {}\n", "          bridge: {}\n          macAddress: 02:00:00:00:00:0a\n");
+    let v2 = v
+        .replace("          bridge: {}\n", "          bridge: {}\n          macAddress: 02:00:00:00:00:0a\n");
     let p = plan_of(&[("nad.yaml", &bridge_nad("")), ("vm.yaml", &v2)]);
     assert_eq!(port(&p, "ns/vm/net1").1.static_macs, vec!["02:00:00:00:00:0a".parse().unwrap()]);
     // Unknown MAC + enforcement: fail closed (an empty allow list), and say so.
-    let p = plan_of(&[("nad.yaml", &bridge_nad(r#","macspoofchk":true"#)), ("vm.yaml", &vmi("ns", "vm", "net", ""))]);
+    let p = plan_of(&[
+        ("nad.yaml", &bridge_nad(r#","macspoofchk":true"#)),
+        ("vm.yaml", &vmi("ns", "vm", "net", "")),
+    ]);
     let q = port(&p, "ns/vm/net1").1;
     assert_eq!((q.allowed_macs.clone(), q.static_macs.is_empty()), (Some(vec![]), true));
     assert!(p.notes.iter().any(|n| n.contains("no known MAC")), "{:?}", p.notes);
@@ -207,7 +215,8 @@ fn ovn_localnet_goes_on_the_mapped_bridge_with_its_vlan_and_mac_enforced() {
         "ln",
         r#"{"cniVersion":"0.4.0","name":"tenant","type":"ovn-k8s-cni-overlay","topology":"localnet","physicalNetworkName":"physnet","vlanID":20,"netAttachDefName":"ns/ln"}"#,
     );
-    let p = plan_of(&[("nncp.yaml", NNCP_MAPPING), ("nad.yaml", &n), ("vm.yaml", &vmi("ns", "vm", "ln", MAC1))]);
+    let p =
+        plan_of(&[("nncp.yaml", NNCP_MAPPING), ("nad.yaml", &n), ("vm.yaml", &vmi("ns", "vm", "ln", MAC1))]);
     assert!(p.problems.is_empty(), "{:?}", p.problems);
     let (b, q) = port(&p, "ns/vm/net1");
     assert_eq!(b, "br-phys");
@@ -223,7 +232,8 @@ fn ovn_localnet_defaults() {
     // No physicalNetworkName: the network name is the physical network. No vlanID: untagged
     // (VLAN 0). macspoofchk-like enforcement even without a MAC option.
     let n = nad("ns", "ln", r#"{"name":"physnet","type":"ovn-k8s-cni-overlay","topology":"localnet"}"#);
-    let p = plan_of(&[("nncp.yaml", NNCP_MAPPING), ("nad.yaml", &n), ("vm.yaml", &vmi("ns", "vm", "ln", MAC1))]);
+    let p =
+        plan_of(&[("nncp.yaml", NNCP_MAPPING), ("nad.yaml", &n), ("vm.yaml", &vmi("ns", "vm", "ln", MAC1))]);
     let (b, q) = port(&p, "ns/vm/net1");
     assert_eq!((b, q.vlan_mode, q.tag), ("br-phys", Some(VlanModeName::Access), Some(0)));
     assert!(q.allowed_macs.is_some());
@@ -236,7 +246,11 @@ fn ovn_localnet_defaults() {
 #[test]
 fn ovn_layer2_is_a_bridge_per_network_with_mac_enforced() {
     // Two NADs in two namespaces naming the same network share the bridge.
-    let a = nad("a", "l2", r#"{"name":"blue","type":"ovn-k8s-cni-overlay","topology":"layer2","subnets":"10.0.0.0/24","netAttachDefName":"a/l2"}"#);
+    let a = nad(
+        "a",
+        "l2",
+        r#"{"name":"blue","type":"ovn-k8s-cni-overlay","topology":"layer2","subnets":"10.0.0.0/24","netAttachDefName":"a/l2"}"#,
+    );
     let b = nad("b", "l2", r#"{"name":"blue","type":"ovn-k8s-cni-overlay","topology":"layer2"}"#);
     let p = plan_of(&[
         ("a.yaml", &a),
@@ -336,7 +350,8 @@ spec:
         ("elsewhere.yaml", &vmi_on("ns", "far", "net", "", "n2")),
     ]);
     assert!(p.problems.is_empty(), "{:?}", p.problems);
-    let names: Vec<&str> = p.config.bridges.iter().flat_map(|b| b.ports.iter().map(|q| q.name.as_str())).collect();
+    let names: Vec<&str> =
+        p.config.bridges.iter().flat_map(|b| b.ports.iter().map(|q| q.name.as_str())).collect();
     // down keeps its port; absent, masquerade/pod, passt: none; other node, VirtualMachine: none.
     assert_eq!(names, vec!["ns/vm/plugin", "ns/vm/off"]);
     assert_eq!(port(&p, "ns/vm/off").0, "br2", "networkName with a namespace/ prefix");
@@ -392,7 +407,10 @@ fn nncp_bridge_ports_become_uplinks_with_their_vlans() {
     let (b, q) = port(&p, "eth1");
     assert_eq!(b, "br1");
     assert_eq!((q.kind, q.iface.as_deref()), (Some(PortType::Afpacket), Some("eth1")));
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::NativeUntagged), Some(10), Some(vec![20, 30, 31, 32])));
+    assert_eq!(
+        (q.vlan_mode, q.tag, q.trunks.clone()),
+        (Some(VlanModeName::NativeUntagged), Some(10), Some(vec![20, 30, 31, 32]))
+    );
     let q = port(&p, "eth2").1;
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(40), None));
     let q = port(&p, "eth3").1;
@@ -444,7 +462,11 @@ fn a_nad_whose_config_is_not_json() {
     let pr = &p.problems[0];
     assert_eq!((pr.file.as_str(), pr.field.as_deref()), ("nad.yaml", Some("spec.config")));
     assert_eq!(pr.object.as_ref().unwrap().to_string(), "NetworkAttachmentDefinition ns/net");
-    assert!(p.skipped.iter().any(|s| s.item == "interface net1" && s.reason.contains("invalid")), "{:?}", p.skipped);
+    assert!(
+        p.skipped.iter().any(|s| s.item == "interface net1" && s.reason.contains("invalid")),
+        "{:?}",
+        p.skipped
+    );
 }
 
 #[test]
@@ -463,7 +485,10 @@ fn a_vlan_out_of_range() {
     let p = plan_of(&[("nncp.yaml", &bad)]);
     assert!(p.config.bridges.is_empty());
     assert_eq!(p.problems.len(), 1);
-    assert_eq!(p.problems[0].field.as_deref(), Some("spec.desiredState.interfaces[0].bridge.port[1].vlan.tag"));
+    assert_eq!(
+        p.problems[0].field.as_deref(),
+        Some("spec.desiredState.interfaces[0].bridge.port[1].vlan.tag")
+    );
     // OVN vlanID.
     let n = nad("ns", "ln", r#"{"name":"p","type":"ovn-k8s-cni-overlay","topology":"localnet","vlanID":0}"#);
     let p = plan_of(&[("nad.yaml", &n)]);
@@ -484,7 +509,10 @@ fn a_mac_that_is_not_a_mac() {
     assert_eq!(pr.field.as_deref(), Some("spec.domain.devices.interfaces[0].macAddress"));
     assert!(pr.to_string().starts_with("vm.yaml: VirtualMachineInstance ns/vm: spec.domain"), "{pr}");
     // A multicast MAC is not an interface MAC either.
-    let p = plan_of(&[("nad.yaml", &bridge_nad("")), ("vm.yaml", &vmi("ns", "vm", "net", "          macAddress: 03:00:00:00:00:01"))]);
+    let p = plan_of(&[
+        ("nad.yaml", &bridge_nad("")),
+        ("vm.yaml", &vmi("ns", "vm", "net", "          macAddress: 03:00:00:00:00:01")),
+    ]);
     assert_eq!(p.problems.len(), 1);
 }
 
@@ -509,7 +537,11 @@ fn load_dir_reads_yaml_at_any_depth_and_ignores_the_rest() {
     let root = d.path();
     std::fs::create_dir_all(root.join("a/b")).unwrap();
     std::fs::create_dir_all(root.join("..data")).unwrap();
-    std::fs::write(root.join("a/b/all.yml"), format!("{}---\n{}", bridge_nad(""), vmi("ns", "vm", "net", MAC1))).unwrap();
+    std::fs::write(
+        root.join("a/b/all.yml"),
+        format!("{}---\n{}", bridge_nad(""), vmi("ns", "vm", "net", MAC1)),
+    )
+    .unwrap();
     std::fs::write(root.join("notes.txt"), "kind: [garbage").unwrap();
     std::fs::write(root.join("..data/dup.yaml"), bridge_nad("")).unwrap();
     std::fs::write(root.join("empty.yaml"), "---\n---\n").unwrap();
@@ -554,7 +586,11 @@ fn output_is_sorted_deterministic_and_loads_back() {
 fn scale_10k_vmis() {
     let mut text = String::new();
     for i in 0..20 {
-        text.push_str(&nad("ns", &format!("net{i}"), &format!(r#"{{"name":"net{i}","type":"bridge","bridge":"br{}","vlan":{}}}"#, i % 4, 100 + i)));
+        text.push_str(&nad(
+            "ns",
+            &format!("net{i}"),
+            &format!(r#"{{"name":"net{i}","type":"bridge","bridge":"br{}","vlan":{}}}"#, i % 4, 100 + i),
+        ));
         text.push_str("---\n");
     }
     for i in 0..10_000u32 {
@@ -597,5 +633,11 @@ status: {{nodeName: n{}}}
     assert_eq!(ports, 4000);
     p.config.validate().unwrap();
     let total = t2 - t0;
-    eprintln!("scale: load {:?}, plan {:?}, total {:?} ({} bytes of YAML)", t1 - t0, t2 - t1, total, text.len());
+    eprintln!(
+        "scale: load {:?}, plan {:?}, total {:?} ({} bytes of YAML)",
+        t1 - t0,
+        t2 - t1,
+        total,
+        text.len()
+    );
 }

@@ -151,30 +151,27 @@ impl Pool {
         } else {
             None
         };
-        let region = match huge {
-            Some(m) => Region::Huge(m),
-            None => {
-                if try_huge {
-                    tracing::info!(
-                        pool = name,
-                        bytes,
-                        "no hugepages available; buffer pool uses ordinary pages"
-                    );
+        let region =
+            match huge {
+                Some(m) => Region::Huge(m),
+                None => {
+                    if try_huge {
+                        tracing::info!(
+                            pool = name,
+                            bytes,
+                            "no hugepages available; buffer pool uses ordinary pages"
+                        );
+                    }
+                    let m = memmap2::MmapOptions::new().len(bytes).map_anon().map_err(|e| {
+                        BufferError::Map { pool: name.to_string(), bytes, reason: e.to_string() }
+                    })?;
+                    Region::Plain(m)
                 }
-                let m = memmap2::MmapOptions::new().len(bytes).map_anon().map_err(|e| {
-                    BufferError::Map { pool: name.to_string(), bytes, reason: e.to_string() }
-                })?;
-                Region::Plain(m)
-            }
-        };
+            };
         let mut region = region;
         let base = match &mut region {
             Region::Huge(m) | Region::Plain(m) => NonNull::new(m.as_mut_ptr()).ok_or_else(|| {
-                BufferError::Map {
-                    pool: name.to_string(),
-                    bytes,
-                    reason: "null mapping".into(),
-                }
+                BufferError::Map { pool: name.to_string(), bytes, reason: "null mapping".into() }
             })?,
         };
         let free = ArrayQueue::new(count);
@@ -262,7 +259,6 @@ impl PoolCache {
         Some(PacketBuf::fresh(self.pool.owner.0, s, idx))
     }
 
-
     /// A new buffer holding a copy of `bytes`.
     pub fn alloc_copy(&mut self, bytes: &[u8]) -> Option<PacketBuf> {
         let mut b = self.alloc()?;
@@ -285,7 +281,6 @@ impl PoolCache {
         self.held.0.store(self.free.len(), Ordering::Relaxed);
         std::mem::forget(buf);
     }
-
 }
 
 #[cold]

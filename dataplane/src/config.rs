@@ -202,11 +202,7 @@ impl PortConfig {
     /// The VLAN mode after applying OVS's defaults: a port with a tag is an access port, one
     /// without is a trunk.
     pub fn effective_vlan_mode(&self) -> VlanModeName {
-        self.vlan_mode.unwrap_or(if self.tag.is_some() {
-            VlanModeName::Access
-        } else {
-            VlanModeName::Trunk
-        })
+        self.vlan_mode.unwrap_or(if self.tag.is_some() { VlanModeName::Access } else { VlanModeName::Trunk })
     }
 
     fn validate(&self, pf: &str) -> Result<(), ConfigError> {
@@ -218,7 +214,10 @@ impl PortConfig {
         if let Some(tr) = &self.trunks {
             for (i, v) in tr.iter().enumerate() {
                 if *v > 4094 {
-                    return Err(invalid(format!("{pf}.trunks[{i}]"), format!("VLAN {v} out of range 0-4094")));
+                    return Err(invalid(
+                        format!("{pf}.trunks[{i}]"),
+                        format!("VLAN {v} out of range 0-4094"),
+                    ));
                 }
             }
         }
@@ -248,7 +247,10 @@ impl PortConfig {
         if let Some(macs) = &self.allowed_macs {
             for (i, m) in macs.iter().enumerate() {
                 if m.is_multicast() || m.is_zero() {
-                    return Err(invalid(format!("{pf}.allowed_macs[{i}]"), format!("{m} is not a unicast MAC")));
+                    return Err(invalid(
+                        format!("{pf}.allowed_macs[{i}]"),
+                        format!("{m} is not a unicast MAC"),
+                    ));
                 }
             }
         }
@@ -334,15 +336,15 @@ bridges:
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a MAC"), "{e}");
+        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n  - name: p\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bridges[0].ports[1].name"), "{e}");
         let e = Config::from_yaml_str(
-            "bridges:\n- name: b\n  ports:\n  - name: p\n  - name: p\n",
+            "bridges:\n- name: b\n  ports:\n  - name: p\n    type: ring\n    devargs: x\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("bridges[0].ports[1].name"), "{e}");
-        let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n    type: ring\n    devargs: x\n")
-            .unwrap_err()
-            .to_string();
         assert!(e.contains("bridges[0].ports[0].devargs"), "{e}");
     }
 }

@@ -104,10 +104,7 @@ pub struct MacTable {
 
 impl std::fmt::Debug for MacTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MacTable")
-            .field("capacity", &self.capacity)
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("MacTable").field("capacity", &self.capacity).field("len", &self.len()).finish()
     }
 }
 
@@ -153,9 +150,8 @@ impl MacTable {
             return Err(FdbError::BadCapacity { asked: capacity, max: Self::MAX_CAPACITY });
         }
         let nslots = (capacity * 2).next_power_of_two().max(64);
-        let slots: Box<[Slot]> = (0..nslots)
-            .map(|_| Slot { key: AtomicU64::new(EMPTY), val: AtomicU64::new(0) })
-            .collect();
+        let slots: Box<[Slot]> =
+            (0..nslots).map(|_| Slot { key: AtomicU64::new(EMPTY), val: AtomicU64::new(0) }).collect();
         let learned_per_port = (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect();
         let seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -339,11 +335,7 @@ impl MacTable {
             {
                 self.learned_per_port[usize::from(old_port)].fetch_sub(1, Ordering::Relaxed);
                 self.learned_per_port[usize::from(port)].fetch_add(1, Ordering::Relaxed);
-                return if expired {
-                    LearnOutcome::Learned
-                } else {
-                    LearnOutcome::Moved { from: old_port }
-                };
+                return if expired { LearnOutcome::Learned } else { LearnOutcome::Moved { from: old_port } };
             }
             // Someone else changed the entry: look again.
         }
@@ -582,7 +574,10 @@ mod tests {
     fn holds_a_million() {
         let t = MacTable::new(1 << 20, 300).unwrap();
         for i in 0..(1u32 << 20) {
-            assert_eq!(t.learn((i % 4000) as u16, mac(i), (i % 7) as u16, 0, u32::MAX), LearnOutcome::Learned);
+            assert_eq!(
+                t.learn((i % 4000) as u16, mac(i), (i % 7) as u16, 0, u32::MAX),
+                LearnOutcome::Learned
+            );
         }
         assert_eq!(t.len(), 1 << 20);
         for i in (0..(1u32 << 20)).step_by(997) {

@@ -19,10 +19,10 @@
 
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::fdb::{LearnOutcome, Probe};
-use arrayvec::ArrayVec;
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
 use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
+use arrayvec::ArrayVec;
 use std::sync::atomic::Ordering;
 
 /// What the pipeline decided for one frame.
@@ -118,7 +118,12 @@ impl TxBatches {
 
     /// Sends every batch through `queues[port]` and counts what was sent and dropped on the
     /// egress ports. A port without a queue (or whose link is down) counts `port_down`.
-    pub fn flush(&mut self, cfg: &SwitchConfig, queues: &mut [Option<Box<dyn TxQueue>>], cache: &mut PoolCache) {
+    pub fn flush(
+        &mut self,
+        cfg: &SwitchConfig,
+        queues: &mut [Option<Box<dyn TxQueue>>],
+        cache: &mut PoolCache,
+    ) {
         let mut tally = DropTally::default();
         for port in self.dirty.drain(..) {
             let i = usize::from(port);
@@ -457,7 +462,11 @@ fn send(
 /// PCP and DEI bits and gets the new VID; a pushed tag carries PCP 0 (no priority tag came
 /// in) or the PCP of the priority tag that did; an untagged egress removes the tag.
 #[inline(always)]
-fn egress_rewrite(buf: &mut PacketBuf, m: &FrameMeta, o: &PortSpec) -> Result<(), crate::buffer::BufferError> {
+fn egress_rewrite(
+    buf: &mut PacketBuf,
+    m: &FrameMeta,
+    o: &PortSpec,
+) -> Result<(), crate::buffer::BufferError> {
     let want_tag = o.vlan.egress_tagged(m.vlan);
     match (m.tagged, want_tag) {
         (true, true) => {

@@ -301,7 +301,8 @@ impl SwitchConfig {
         // Static entries: drop the ones no longer wanted in one pass, then (re)install the rest.
         for (bi, b) in cfg.bridges.iter().enumerate() {
             let table = &out.bridges[bi].table;
-            let mut want: std::collections::HashSet<(u16, MacAddr, PortId)> = std::collections::HashSet::new();
+            let mut want: std::collections::HashSet<(u16, MacAddr, PortId)> =
+                std::collections::HashSet::new();
             let mut fields = Vec::new();
             for (pi, port) in b.ports.iter().enumerate() {
                 let id = out.by_name[&port.name];

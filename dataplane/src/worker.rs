@@ -22,11 +22,11 @@ use crate::switch::{PortId, SwitchConfig};
 use crate::tsc;
 use crate::wire::MacAddr;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -298,7 +298,9 @@ impl Engine {
         let pool = Pool::new("workers", opts.pool_buffers)?;
         let n = opts.cores.len();
         let shared = Arc::new(Shared {
-            wakers: (0..n).map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok()).collect(),
+            wakers: (0..n)
+                .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok())
+                .collect(),
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -382,7 +384,9 @@ impl Engine {
 
     pub fn clear_worker_stats(&self) {
         for w in &self.shared.workers {
-            for a in [&w.busy_cycles, &w.idle_cycles, &w.rx_packets, &w.tx_packets, &w.busy_polls, &w.idle_polls] {
+            for a in
+                [&w.busy_cycles, &w.idle_cycles, &w.rx_packets, &w.tx_packets, &w.busy_polls, &w.idle_polls]
+            {
                 a.store(0, Ordering::Relaxed);
             }
         }
@@ -468,16 +472,14 @@ impl Worker {
         // Keep RX handles that are still ours and whose backend did not change.
         let old = std::mem::take(&mut self.rx);
         for s in old {
-            let keep = mine.contains(&(s.port, s.queue)) && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
+            let keep =
+                mine.contains(&(s.port, s.queue)) && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
             if keep {
                 self.rx.push(s);
             }
         }
-        self.rx_pending = mine
-            .iter()
-            .copied()
-            .filter(|pq| !self.rx.iter().any(|s| (s.port, s.queue) == *pq))
-            .collect();
+        self.rx_pending =
+            mine.iter().copied().filter(|pq| !self.rx.iter().any(|s| (s.port, s.queue) == *pq)).collect();
         self.open_pending(&plan);
         // TX: one handle per port, reopened when the backend changed.
         let n = plan.ports.len();
@@ -581,7 +583,15 @@ impl Worker {
                 FwdMode::Switch => {
                     let now = *now.get_or_insert_with(|| sh.now());
                     let plan = self.plan.clone();
-                    process_burst(&plan.switch, port, &mut self.burst, now, &mut self.cache, &mut self.batches, None);
+                    process_burst(
+                        &plan.switch,
+                        port,
+                        &mut self.burst,
+                        now,
+                        &mut self.cache,
+                        &mut self.batches,
+                        None,
+                    );
                     self.batches.flush(&plan.switch, &mut self.tx, &mut self.cache);
                     sent += n;
                 }
@@ -709,7 +719,14 @@ impl Worker {
 }
 
 /// A UDP/IPv4 frame of `len` bytes: MACs varied by `mac_i`, UDP source port by `flow_i`.
-fn build_udp_frame(src: MacAddr, dst: MacAddr, mac_i: u32, flow_i: u32, vlan: Option<u16>, len: usize) -> [u8; 2048] {
+fn build_udp_frame(
+    src: MacAddr,
+    dst: MacAddr,
+    mac_i: u32,
+    flow_i: u32,
+    vlan: Option<u16>,
+    len: usize,
+) -> [u8; 2048] {
     let mut f = [0u8; 2048];
     let mut s = src.0;
     let mut d = dst.0;

@@ -32,10 +32,22 @@ fn rig(names: &[&str]) -> Rig {
     Rig { peers, backends }
 }
 
-fn plan(yaml: &str, prev: Option<&SwitchConfig>, backends: Vec<Option<Arc<dyn PortBackend>>>, mode: FwdMode) -> Plan {
+fn plan(
+    yaml: &str,
+    prev: Option<&SwitchConfig>,
+    backends: Vec<Option<Arc<dyn PortBackend>>>,
+    mode: FwdMode,
+) -> Plan {
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), prev).unwrap());
     let rx = Plan::round_robin(&backends, 1);
-    Plan { peers: Plan::paired_peers(backends.len()), switch: sw, ports: backends, rx, mode, gen: TxGen::default() }
+    Plan {
+        peers: Plan::paired_peers(backends.len()),
+        switch: sw,
+        ports: backends,
+        rx,
+        mode,
+        gen: TxGen::default(),
+    }
 }
 
 fn collect(peer: &RingPeer, want: usize, timeout: Duration) -> Vec<Vec<u8>> {
@@ -60,7 +72,16 @@ fn switches_and_survives_hot_plug() {
     let opts = EngineOptions { pool_buffers: 4096, ..Default::default() };
     let eng = Engine::start(opts, p).unwrap();
     // b announces itself, then a sends to it: unicast after learning.
-    r.peers[1].inject(inj.alloc().map(|mut b| { b.extend_from_slice(&frame(0xff, 2, 0)).unwrap(); b }).unwrap()).unwrap();
+    r.peers[1]
+        .inject(
+            inj.alloc()
+                .map(|mut b| {
+                    b.extend_from_slice(&frame(0xff, 2, 0)).unwrap();
+                    b
+                })
+                .unwrap(),
+        )
+        .unwrap();
     assert_eq!(collect(&r.peers[0], 1, Duration::from_secs(5)).len(), 1, "broadcast from b reached a");
     let mut sent = 0u32;
     let mut received = 0usize;
@@ -74,7 +95,12 @@ fn switches_and_survives_hot_plug() {
         if round == 12 {
             // Hot remove c again.
             let plan_now = eng.plan();
-            let g = eng.publish(plan(y2, Some(&plan_now.switch), vec![r.backends[0].clone(), r.backends[1].clone()], FwdMode::Switch));
+            let g = eng.publish(plan(
+                y2,
+                Some(&plan_now.switch),
+                vec![r.backends[0].clone(), r.backends[1].clone()],
+                FwdMode::Switch,
+            ));
             assert!(eng.wait_applied(g, Duration::from_secs(5)));
         }
         for _ in 0..50 {
@@ -108,7 +134,11 @@ fn io_and_txonly_modes() {
     let r = rig(&["x", "y"]);
     let inj = Pool::new("inject2", 1024).unwrap();
     let y = "bridges:\n- name: br\n  ports:\n  - {name: x}\n  - {name: y}\n";
-    let eng = Engine::start(EngineOptions { pool_buffers: 4096, ..Default::default() }, plan(y, None, r.backends.clone(), FwdMode::Io)).unwrap();
+    let eng = Engine::start(
+        EngineOptions { pool_buffers: 4096, ..Default::default() },
+        plan(y, None, r.backends.clone(), FwdMode::Io),
+    )
+    .unwrap();
     for i in 0..10 {
         let mut b = inj.alloc().unwrap();
         b.extend_from_slice(&frame(9, 8, i)).unwrap();

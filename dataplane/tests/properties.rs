@@ -22,7 +22,13 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
             [1, 0, 0x5e, 0, 0, 1],
             [0; 6],
         ]),
-        prop::sample::select(vec![[2u8, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3], [1, 2, 3, 4, 5, 6], [0; 6]]),
+        prop::sample::select(vec![
+            [2u8, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            [2, 0, 0, 0, 0, 3],
+            [1, 2, 3, 4, 5, 6],
+            [0; 6],
+        ]),
         prop::option::of((0u16..8, 0u16..4096)),
         prop::sample::select(vec![0x0800u16, 0x0806, 0x8035, 0x86dd, 0x8100, 0x88a8]),
         prop::collection::vec(any::<u8>(), 0..80),
@@ -148,7 +154,11 @@ impl Model {
     fn learn(&mut self, k: (u16, u8), port: u16, now: u32) -> LearnOutcome {
         match self.e.get(&k).copied() {
             Some((p, true, _)) => {
-                if p == port { LearnOutcome::Refreshed } else { LearnOutcome::StaticConflict { owner: p } }
+                if p == port {
+                    LearnOutcome::Refreshed
+                } else {
+                    LearnOutcome::StaticConflict { owner: p }
+                }
             }
             Some(v @ (p, false, _)) => {
                 let expired = Self::expired(&v, now);
@@ -161,7 +171,11 @@ impl Model {
                     return LearnOutcome::PortLimit;
                 }
                 self.e.insert(k, (port, false, now));
-                if expired { LearnOutcome::Learned } else { LearnOutcome::Moved { from: p } }
+                if expired {
+                    LearnOutcome::Learned
+                } else {
+                    LearnOutcome::Moved { from: p }
+                }
             }
             None => {
                 if self.learned_on(port) >= LIMIT {

@@ -31,9 +31,7 @@ pub fn eal() -> Option<&'static Eal> {
 
 /// A frame of `len` bytes whose content is derived from `seed`.
 pub fn frame(seed: u32, len: usize) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len)
-        .map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8)
-        .collect();
+    let mut f: Vec<u8> = (0..len).map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8).collect();
     // dst 02:00:00:00:00:01, src 02:00:00:xx:xx:xx, ethertype 0x88b5 (local experimental)
     f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     let s = seed.to_be_bytes();

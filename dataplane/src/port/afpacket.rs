@@ -773,7 +773,8 @@ impl RxQueue for AfPacketRx {
         match self.ring.as_ref() {
             Some(r) => {
                 !r.in_block
-                    && r.map.atomic_u32(r.block_off() + BD_BLOCK_STATUS).load(Ordering::Acquire) & TP_STATUS_USER
+                    && r.map.atomic_u32(r.block_off() + BD_BLOCK_STATUS).load(Ordering::Acquire)
+                        & TP_STATUS_USER
                         == 0
             }
             None => true,

@@ -37,13 +37,7 @@ pub struct DpdkPortConfig {
 
 impl Default for DpdkPortConfig {
     fn default() -> Self {
-        DpdkPortConfig {
-            rx_queues: 1,
-            tx_queues: 1,
-            rx_desc: 1024,
-            tx_desc: 1024,
-            pool_size: 0,
-        }
+        DpdkPortConfig { rx_queues: 1, tx_queues: 1, rx_desc: 1024, tx_desc: 1024, pool_size: 0 }
     }
 }
 
@@ -62,10 +56,7 @@ pub struct DpdkPort {
 }
 
 fn backend(port: &str) -> impl Fn(switchyard_bindings::Error) -> PortError + '_ {
-    move |e| PortError::Backend {
-        port: port.to_string(),
-        msg: e.to_string(),
-    }
+    move |e| PortError::Backend { port: port.to_string(), msg: e.to_string() }
 }
 
 static POOL_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -74,12 +65,7 @@ impl DpdkPort {
     /// Probes `devargs` (a PCI address such as `0000:3b:02.1`, or a vdev string such as
     /// `net_pcap0,rx_pcap=in.pcap,infinite_rx=1`), configures and starts it. EAL must be up
     /// ([`Eal::init`]); a PCI device must be in its allow list.
-    pub fn open(
-        eal: &Eal,
-        name: &str,
-        devargs: &str,
-        cfg: &DpdkPortConfig,
-    ) -> Result<DpdkPort, PortError> {
+    pub fn open(eal: &Eal, name: &str, devargs: &str, cfg: &DpdkPortConfig) -> Result<DpdkPort, PortError> {
         let err = backend(name);
         let mut dev = EthDev::probe(eal, devargs).map_err(&err)?;
         let info = dev.info().map_err(&err)?;
@@ -88,16 +74,14 @@ impl DpdkPort {
         let size = if cfg.pool_size != 0 {
             cfg.pool_size
         } else {
-            let rings =
-                u32::from(nrx) * u32::from(cfg.rx_desc) + u32::from(ntx) * u32::from(cfg.tx_desc);
+            let rings = u32::from(nrx) * u32::from(cfg.rx_desc) + u32::from(ntx) * u32::from(cfg.tx_desc);
             // Rings, plus a burst in flight per queue, plus the per-lcore caches.
             (rings + (u32::from(nrx) + u32::from(ntx)) * MAX_BURST as u32 + 2048).max(4095)
         };
         let seq = POOL_SEQ.fetch_add(1, Ordering::Relaxed);
         let pool_name = format!("sy_port{seq}");
-        let pool = Arc::new(
-            Mempool::new(eal, &pool_name, size, 256, Mempool::DEFAULT_DATA_ROOM).map_err(&err)?,
-        );
+        let pool =
+            Arc::new(Mempool::new(eal, &pool_name, size, 256, Mempool::DEFAULT_DATA_ROOM).map_err(&err)?);
         dev.configure(nrx, ntx).map_err(&err)?;
         for q in 0..nrx {
             dev.setup_rx_queue(q, cfg.rx_desc, &pool).map_err(&err)?;
@@ -130,10 +114,7 @@ impl DpdkPort {
 
     /// The device's MAC address.
     pub fn mac_addr(&self) -> Result<[u8; 6], PortError> {
-        self.shared
-            .dev
-            .mac_addr()
-            .map_err(backend(&self.shared.name))
+        self.shared.dev.mac_addr().map_err(backend(&self.shared.name))
     }
 }
 
@@ -167,11 +148,7 @@ impl RxQueue for DpdkRx {
         }
         // SAFETY: this handle is the only user of RX queue q (rx_taken), and the device is
         // stopped only when the last Arc<Shared>, ours included, is gone.
-        let n = unsafe {
-            self.shared
-                .dev
-                .rx_burst_shared(self.q, &mut self.mbufs[..room])
-        };
+        let n = unsafe { self.shared.dev.rx_burst_shared(self.q, &mut self.mbufs[..room]) };
         let mut got = 0;
         for &p in &self.mbufs[..n] {
             // SAFETY: rx_burst handed us this mbuf; ManuallyDrop: all are freed in bulk below.
@@ -208,22 +185,12 @@ struct DpdkTx {
 unsafe impl Send for DpdkTx {}
 
 impl TxQueue for DpdkTx {
-    fn tx_burst(
-        &mut self,
-        pkts: &mut Burst,
-        cache: &mut PoolCache,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let n = pkts.len();
         if n == 0 {
             return 0;
         }
-        if self
-            .shared
-            .pool
-            .alloc_bulk_raw(&mut self.mbufs[..n])
-            .is_err()
-        {
+        if self.shared.pool.alloc_bulk_raw(&mut self.mbufs[..n]).is_err() {
             drops.add(DropReason::TxFull, n as u32);
             for b in pkts.drain(..) {
                 cache.free(b);
@@ -244,16 +211,10 @@ impl TxQueue for DpdkTx {
             cache.free(b);
         }
         let sent = {
-            let _guard = self.shared.tx_locks[usize::from(self.q)]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let _guard = self.shared.tx_locks[usize::from(self.q)].lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: the first k pointers are valid mbufs we own; the lock serialises TX queue
             // q; the device is not stopped while we hold an Arc<Shared>.
-            unsafe {
-                self.shared
-                    .dev
-                    .tx_burst_shared(self.q, &mut self.mbufs[..k])
-            }
+            unsafe { self.shared.dev.tx_burst_shared(self.q, &mut self.mbufs[..k]) }
         };
         if sent < k {
             drops.add(DropReason::TxFull, (k - sent) as u32);
@@ -276,32 +237,17 @@ impl PortBackend for DpdkPort {
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
         let count = self.rx_queue_count();
         let Some(taken) = self.shared.rx_taken.get(usize::from(q)) else {
-            return Err(PortError::NoSuchQueue {
-                port: self.shared.name.clone(),
-                queue: q,
-                count,
-            });
+            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count });
         };
         if taken.swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken {
-                port: self.shared.name.clone(),
-                queue: q,
-            });
+            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
         }
-        Ok(Box::new(DpdkRx {
-            shared: self.shared.clone(),
-            q,
-            mbufs: [null_mut(); MAX_BURST],
-        }))
+        Ok(Box::new(DpdkRx { shared: self.shared.clone(), q, mbufs: [null_mut(); MAX_BURST] }))
     }
 
     fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
         let q = q % self.shared.tx_locks.len() as u16;
-        Ok(Box::new(DpdkTx {
-            shared: self.shared.clone(),
-            q,
-            mbufs: [null_mut(); MAX_BURST],
-        }))
+        Ok(Box::new(DpdkTx { shared: self.shared.clone(), q, mbufs: [null_mut(); MAX_BURST] }))
     }
 
     fn link_up(&self) -> bool {
@@ -316,11 +262,7 @@ mod tests {
     use switchyard_bindings::EalOptions;
 
     fn eal() -> Option<&'static Eal> {
-        let opts = EalOptions {
-            no_huge: Some(true),
-            memory_mb: Some(256),
-            ..EalOptions::default()
-        };
+        let opts = EalOptions { no_huge: Some(true), memory_mb: Some(256), ..EalOptions::default() };
         match Eal::init(opts) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -333,34 +275,23 @@ mod tests {
     #[test]
     fn ring_loopback_through_the_port_trait() {
         let Some(eal) = eal() else { return };
-        let cfg = DpdkPortConfig {
-            rx_desc: 256,
-            tx_desc: 256,
-            ..Default::default()
-        };
+        let cfg = DpdkPortConfig { rx_desc: 256, tx_desc: 256, ..Default::default() };
         let port = DpdkPort::open(eal, "p0", "net_ring_dp0", &cfg).expect("open");
         assert!(port.link_up());
         let pool = Pool::new("dpdk-test", 256).unwrap();
         let mut cache = pool.cache();
         let mut rx = port.open_rx(0).unwrap();
         assert!(matches!(port.open_rx(0), Err(PortError::QueueTaken { .. })));
-        assert!(matches!(
-            port.open_rx(1),
-            Err(PortError::NoSuchQueue { .. })
-        ));
+        assert!(matches!(port.open_rx(1), Err(PortError::NoSuchQueue { .. })));
         let mut tx = port.open_tx(3).unwrap();
-        let frames: Vec<Vec<u8>> = (0..20u8)
-            .map(|i| (0..60 + usize::from(i)).map(|j| (j as u8) ^ i).collect())
-            .collect();
+        let frames: Vec<Vec<u8>> =
+            (0..20u8).map(|i| (0..60 + usize::from(i)).map(|j| (j as u8) ^ i).collect()).collect();
         let mut burst = Burst::new();
         for f in &frames {
             burst.push(cache.alloc_copy(f).unwrap());
         }
         let mut drops = DropTally::default();
-        assert_eq!(
-            tx.tx_burst(&mut burst, &mut cache, &mut drops),
-            frames.len()
-        );
+        assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());
         assert!(drops.is_zero());
         let mut out = Burst::new();
         let mut tries = 0;
@@ -387,11 +318,7 @@ mod tests {
     fn copy_cost() {
         let Some(eal) = eal() else { return };
         const N: usize = 5_000_000;
-        let cfg = DpdkPortConfig {
-            rx_desc: 512,
-            tx_desc: 512,
-            ..Default::default()
-        };
+        let cfg = DpdkPortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
         let port = DpdkPort::open(eal, "n0", "net_null_cc0,size=64,copy=0", &cfg).unwrap();
         let pool = Pool::new("copy-cost", 4096).unwrap();
         let mut cache = pool.cache();
@@ -408,8 +335,7 @@ mod tests {
         drop((rx, tx));
 
         let mut dev = EthDev::probe(eal, "net_null_cc1,size=64,copy=0").unwrap();
-        let mp =
-            Arc::new(Mempool::new(eal, "cc_raw", 4095, 256, Mempool::DEFAULT_DATA_ROOM).unwrap());
+        let mp = Arc::new(Mempool::new(eal, "cc_raw", 4095, 256, Mempool::DEFAULT_DATA_ROOM).unwrap());
         dev.configure(1, 1).unwrap();
         dev.setup_rx_queue(0, 512, &mp).unwrap();
         dev.setup_tx_queue(0, 512).unwrap();
@@ -441,9 +367,7 @@ mod tests {
     #[test]
     fn bad_devargs_name_the_device() {
         let Some(eal) = eal() else { return };
-        let e = DpdkPort::open(eal, "up0", "net_bogus7", &DpdkPortConfig::default())
-            .err()
-            .unwrap();
+        let e = DpdkPort::open(eal, "up0", "net_bogus7", &DpdkPortConfig::default()).err().unwrap();
         assert!(e.to_string().contains("net_bogus7"), "{e}");
     }
 }

@@ -55,7 +55,9 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
             )?;
             Ok(Arc::new(p))
         }
-        PortType::Afpacket => Ok(Arc::new(AfPacketPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
+        PortType::Afpacket => {
+            Ok(Arc::new(AfPacketPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?))
+        }
         PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
         PortType::Vhostuser => open_vhost(cfg),
         PortType::Dpdk => open_dpdk(cfg, ctx),
@@ -87,18 +89,15 @@ fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
 fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     use super::dpdk::{DpdkPort, DpdkPortConfig};
     let name = cfg.name.as_str();
-    let devargs = cfg.devargs.as_deref().ok_or_else(|| PortError::Backend {
-        port: name.into(),
-        msg: "a dpdk port needs devargs".into(),
-    })?;
+    let devargs = cfg
+        .devargs
+        .as_deref()
+        .ok_or_else(|| PortError::Backend { port: name.into(), msg: "a dpdk port needs devargs".into() })?;
     let eal = switchyard_bindings::Eal::init(ctx.eal.clone())
         .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
     let workers = ctx.workers.max(1);
-    let pc = DpdkPortConfig {
-        rx_queues: cfg.queues.unwrap_or(workers),
-        tx_queues: workers,
-        ..Default::default()
-    };
+    let pc =
+        DpdkPortConfig { rx_queues: cfg.queues.unwrap_or(workers), tx_queues: workers, ..Default::default() };
     Ok(Arc::new(DpdkPort::open(eal, name, devargs, &pc)?))
 }
 

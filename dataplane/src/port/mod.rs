@@ -86,8 +86,13 @@ pub enum PortError {
 pub trait RxQueue: Send {
     /// Appends up to `max` received frames to `out` (never beyond its capacity) and returns
     /// how many it appended. Frames it had to drop are counted in `drops`.
-    fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally)
-        -> usize;
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize;
 
     /// A descriptor that becomes readable when frames may have arrived, so that an idle worker
     /// can sleep in `poll(2)` instead of waking on a timer. `None`: the queue cannot tell, and

@@ -31,7 +31,8 @@ pub fn read_pcap(path: &Path) -> Result<Vec<PcapFrame>, PortError> {
     let file = path.display().to_string();
     let perr = |msg: String| PortError::Pcap { file: file.clone(), msg };
     let f = File::open(path).map_err(|e| perr(e.to_string()))?;
-    let mut r = PcapReader::new(std::io::BufReader::new(f)).map_err(|e| perr(format!("not a pcap file: {e}")))?;
+    let mut r =
+        PcapReader::new(std::io::BufReader::new(f)).map_err(|e| perr(format!("not a pcap file: {e}")))?;
     if r.header().datalink != DataLink::ETHERNET {
         return Err(perr(format!("link type {:?}, not Ethernet", r.header().datalink)));
     }
@@ -210,7 +211,13 @@ impl RxQueue for PcapRx {
         }
     }
 
-    fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         let Some(store) = &self.store else { return 0 };
         let n_frames = store.index.len();
         let want = max.min(out.remaining_capacity());

@@ -94,13 +94,7 @@ impl ArpRepr {
         if p.hardware_type() != 1 || p.protocol_type() != 0x0800 {
             return None;
         }
-        Some(ArpRepr {
-            operation: p.operation(),
-            sha: p.sha(),
-            spa: p.spa()?,
-            tha: p.tha(),
-            tpa: p.tpa()?,
-        })
+        Some(ArpRepr { operation: p.operation(), sha: p.sha(), spa: p.spa()?, tha: p.tha(), tpa: p.tpa()? })
     }
 
     pub fn emit(&self, out: &mut Vec<u8>) {

@@ -136,12 +136,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// The header summary the pipeline works from.
     #[inline]
     pub fn header(&self) -> L2Header {
-        L2Header {
-            dst: self.dst(),
-            src: self.src(),
-            tci: self.vlan_tci(),
-            ethertype: self.inner_ethertype(),
-        }
+        L2Header { dst: self.dst(), src: self.src(), tci: self.vlan_tci(), ethertype: self.inner_ethertype() }
     }
 }
 
@@ -226,10 +221,7 @@ mod tests {
         assert_eq!(EthernetFrame::new_checked(&[0u8; 13][..]).unwrap_err(), WireError::Runt(13));
         let mut f = [0u8; 16];
         f[12] = 0x81;
-        assert_eq!(
-            EthernetFrame::new_checked(&f[..]).unwrap_err(),
-            WireError::TruncatedVlanTag(16)
-        );
+        assert_eq!(EthernetFrame::new_checked(&f[..]).unwrap_err(), WireError::TruncatedVlanTag(16));
     }
 
     #[test]

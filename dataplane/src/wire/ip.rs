@@ -102,7 +102,10 @@ mod tests {
         h[12..16].copy_from_slice(&[10, 0, 0, 1]);
         h[16..20].copy_from_slice(&[10, 0, 0, 2]);
         let p = Ipv4Packet::new_checked(&h[..]).unwrap();
-        assert_eq!((p.src(), p.dst(), p.protocol()), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17));
+        assert_eq!(
+            (p.src(), p.dst(), p.protocol()),
+            (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17)
+        );
         assert!(Ipv4Packet::new_checked(&h[..23]).is_err());
         h[0] = 0x44;
         assert!(Ipv4Packet::new_checked(&h[..]).is_err());
