@@ -45,7 +45,12 @@ struct FrameMeta {
     len: u16,
     verdict: Option<Verdict>,
     learn: Option<LearnOutcome>,
+    /// The source key's probe.
     probe: Probe,
+    /// The destination key's probe (unicast destinations).
+    dprobe: Probe,
+    /// A multicast destination: flooded, but still to be learned from.
+    flood_pending: bool,
 }
 
 /// One frame's path through the pipeline, for `replay --trace` and `ctl trace`.
@@ -254,6 +259,8 @@ pub fn process_burst(
             verdict: None,
             learn: None,
             probe: Probe::default(),
+            dprobe: Probe::default(),
+            flood_pending: false,
         };
         m.verdict = parse(d, &mut m, port);
         meta.push(m);
@@ -268,15 +275,25 @@ pub fn process_burst(
         }
     }
 
-    // Stage 3: learn, hashing and prefetching the whole burst first.
+    // Stage 3: hash the source and destination keys of the whole burst and prefetch their
+    // slots together, so that with a large table the cache misses of every frame overlap.
     for m in meta.iter_mut() {
         if m.verdict.is_none() {
             m.probe = table.probe(m.vlan, m.src);
             table.prefetch(&m.probe);
+            if m.dst.is_multicast() {
+                m.verdict = Some(Verdict::Flood);
+                m.flood_pending = true;
+            } else {
+                m.dprobe = table.probe(m.vlan, m.dst);
+                table.prefetch(&m.dprobe);
+            }
         }
     }
+
+    // Stage 4: learn (the source of every frame that passed the ingress checks).
     for m in meta.iter_mut() {
-        if m.verdict.is_some() {
+        if m.verdict.is_some() && !m.flood_pending {
             continue;
         }
         let out = table.learn_probe(&m.probe, in_port, now, port.mac_limit);
@@ -291,22 +308,12 @@ pub fn process_burst(
         m.learn = Some(out);
     }
 
-    // Stage 4: destination lookup, prefetched the same way.
-    for m in meta.iter_mut() {
-        if m.verdict.is_none() {
-            if m.dst.is_multicast() {
-                m.verdict = Some(Verdict::Flood);
-            } else {
-                m.probe = table.probe(m.vlan, m.dst);
-                table.prefetch(&m.probe);
-            }
-        }
-    }
+    // Stage 5: destination lookup.
     for m in meta.iter_mut() {
         if m.verdict.is_some() {
             continue;
         }
-        m.verdict = Some(match table.lookup_probe(&m.probe, now) {
+        m.verdict = Some(match table.lookup_probe(&m.dprobe, now) {
             None => Verdict::Flood,
             Some(hit) if hit.port == in_port => Verdict::Drop(DropReason::DstIsIngress),
             Some(hit) => {
