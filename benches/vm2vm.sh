@@ -12,6 +12,7 @@
 #        SW_CORE=C       the core of the switch, default 1 (its whole process is confined there)
 #        FRAME=N         frame length without FCS (default 60: 64 bytes on the wire)
 #        INFLIGHT=N      bursts of 32 frames each VM injects into the loop (default 4; see below)
+#        QSIZE=N         virtio ring size of the VM ports (virtio-user queue_size=, default 256)
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
 #        KEEP=1          keep the work directory (logs of every process) for a look afterwards
 #        OVS_VSWITCHD=P  the DPDK build of ovs-vswitchd (default Debian's
@@ -55,6 +56,7 @@ VM_CORE=${VM_CORE:-0}
 SW_CORE=${SW_CORE:-1}
 FRAME=${FRAME:-60}
 INFLIGHT=${INFLIGHT:-4}
+QSIZE=${QSIZE:-256}
 OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
 OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
 MAC0=02:00:00:00:00:01
@@ -94,6 +96,10 @@ stop_pid() {
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
     local name
+    # An orderly exit that deletes the datapath and its ports (after a plain SIGTERM the
+    # userspace datapath leaves its tap devices, ovs-netdev and the bridge's, behind, persistent;
+    # here they live in a private network namespace that goes with the process anyway).
+    timeout 10 ovs-appctl -t "$OVS_DIR/vswitchd.ctl" exit --cleanup >/dev/null 2>&1 || true
     for name in ovs-vswitchd ovsdb-server; do
         stop_pid "$(cat "$OVS_DIR/$name.pid" 2>/dev/null || true)"
     done
@@ -161,9 +167,9 @@ tp_start() { # sock0 sock1
     local s0=$1 s1=$2
     TP_CMD=(taskset -c "$VM_CORE" dpdk-testpmd --lcores "0@$VM_CORE,1@$VM_CORE" --no-huge -m 512 --no-pci
         --file-prefix "$TP_PREFIX" --log-level=pmd.net.virtio.*:warning
-        --vdev "net_virtio_user0,path=$s0,server=1,queues=1,mac=$MAC0"
-        --vdev "net_virtio_user1,path=$s1,server=1,queues=1,mac=$MAC1"
-        -- -i --nb-cores=1 --forward-mode=io --burst=32 --txpkts="$FRAME" --total-num-mbufs=16384
+        --vdev "net_virtio_user0,path=$s0,server=1,queues=1,queue_size=$QSIZE,mac=$MAC0"
+        --vdev "net_virtio_user1,path=$s1,server=1,queues=1,queue_size=$QSIZE,mac=$MAC1"
+        -- -i --nb-cores=1 --forward-mode=io --burst=32 --rxd="$QSIZE" --txd="$QSIZE" --txpkts="$FRAME" --total-num-mbufs=16384
         --eth-peer="0,$MAC1" --eth-peer="1,$MAC0")
     rm -f "$WORK/tp.in"
     mkfifo "$WORK/tp.in"
@@ -199,21 +205,23 @@ tp_measure() {
     tp_cmd "start tx_first $INFLIGHT"
     sleep 2
     tp_cmd "show port stats all"
+    [ -z "${ON_START:-}" ] || "$ON_START"
     sleep "$SECS"
     tp_cmd "show port stats all"
+    [ -z "${ON_END:-}" ] || "$ON_END"
     sleep 0.3
     tp_cmd "stop"
     sleep 0.5
     tp_cmd "quit"
     wait_until 10 eval '! alive "$TP_PID"' || true
     tp_stop
-    MPPS=$(grep -E '^ +Rx-pps:' "$WORK/tp.out" | tail -2 |
+    MPPS=$({ grep -E '^ +Rx-pps:' "$WORK/tp.out" || true; } | tail -2 |
         awk '{s += $2} END {if (NR == 2 && s > 0) printf "%.3f", s / 1e6; else print "n/a"}')
 }
 
 # testpmd's view: per-port rates of the last interval and the totals of `stop`.
 tp_report() {
-    grep -E '^ +Rx-pps:' "$WORK/tp.out" | tail -2 | awk '{printf "      VM port %d: %.3f Mpps received\n", NR - 1, $2 / 1e6}'
+    { grep -E '^ +Rx-pps:' "$WORK/tp.out" || true; } | tail -2 | awk '{printf "      VM port %d: %.3f Mpps received\n", NR - 1, $2 / 1e6}'
     awk '/Accumulated forward statistics for all ports/ {p = 1} p && /RX-packets|TX-packets/ {sub(/^ */, "      all ports: "); print; }' \
         "$WORK/tp.out" | head -2
 }
@@ -257,7 +265,8 @@ sy() {
     sw_stop
     record "$label" "$mpps"
     tp_report
-    grep -E 'drops: |avg processing cycles per packet' "$WORK/sy.out" | sed 's/^ */      switch /' || true
+    # (over its whole run, setup included: its idle share says whether it was the bottleneck)
+    grep -E 'total: |idle cycles|avg processing cycles per packet' "$WORK/sy.out" | sed 's/^ */      switch /' || true
     if [ "$mpps" = n/a ]; then
         tail -5 "$WORK/sy.err" "$WORK/tp.out" >&2 || true
     fi
@@ -266,7 +275,9 @@ sy() {
 
 # Open vSwitch with DPDK, private: its own ovsdb-server on a fresh database and its own
 # ovs-vswitchd-dpdk, everything in $WORK/ovs, EAL with its own --file-prefix, the system's Open
-# vSwitch (if any) untouched. EAL without hugepages as in pmd-compare.sh ("--no-huge --legacy-mem
+# vSwitch (if any) untouched; ovs-vswitchd in a network namespace of its own (unshare --net),
+# since the userspace datapath creates kernel tap devices (ovs-netdev and one per bridge) whose
+# names would collide with any other OVS on the machine. EAL without hugepages as in pmd-compare.sh ("--no-huge --legacy-mem
 # -m 2048": OVS adds --in-memory unless it sees --legacy-mem, and --in-memory refuses --no-huge).
 # The whole process on SW_CORE (taskset; dpdk-lcore-mask and pmd-cpu-mask both SW_CORE), like
 # switchyard's. A netdev bridge with two dpdkvhostuserclient ports and only the default flow
@@ -285,10 +296,10 @@ ovs_dpdk() {
     local config=(set Open_vSwitch . other_config:dpdk-init=true
         "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix $OVS_PREFIX"
         "other_config:dpdk-lcore-mask=$mask" "other_config:pmd-cpu-mask=$mask")
-    local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev
-        -- add-port br0 vm0 -- set interface vm0 type=dpdkvhostuserclient "options:vhost-server-path=$s0"
-        -- add-port br0 vm1 -- set interface vm1 type=dpdkvhostuserclient "options:vhost-server-path=$s1")
-    local cmd=(taskset -c "$SW_CORE" "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
+    local bridge=(add-br vm2vm -- set bridge vm2vm datapath_type=netdev
+        -- add-port vm2vm vm0 -- set interface vm0 type=dpdkvhostuserclient "options:vhost-server-path=$s0"
+        -- add-port vm2vm vm1 -- set interface vm1 type=dpdkvhostuserclient "options:vhost-server-path=$s1")
+    local cmd=(unshare --net taskset -c "$SW_CORE" "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
         --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
     echo "== $label"
     echo "   switch: ${cmd[*]}"
@@ -304,7 +315,9 @@ ovs_dpdk() {
         fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
     elif ! timeout 120 "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
         fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
-    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
+    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1 ||
+        ! [[ $("${vsctl[@]}" get interface vm0 ofport) =~ ^[1-9][0-9]*$ ]] ||
+        ! [[ $("${vsctl[@]}" get interface vm1 ofport) =~ ^[1-9][0-9]*$ ]]; then
         fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
     fi
     if [ -n "$fail" ]; then
@@ -315,20 +328,18 @@ ovs_dpdk() {
     fi
     tp_start "$s0" "$s1"
     echo "   VMs:    ${TP_CMD[*]}"
-    local mpps stats
-    # the PMD's counters of the measured interval only: cleared when the warm-up ends
-    ( sleep 1; wait_until 80 grep -q 'Rx-pps' "$WORK/tp.out" && "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null ) &
-    local clr=$!
-    tp_measure
+    local mpps
+    # the PMD's counters of the measured interval only (and taken while the VMs are still up:
+    # OVS reloads its PMD when they go)
+    ovs_clear() { "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null 2>&1 || true; }
+    ovs_show() { "${appctl[@]}" dpif-netdev/pmd-stats-show -pmd "$SW_CORE" >"$OVS_DIR/pmd-stats" 2>&1 || true; }
+    ON_START=ovs_clear ON_END=ovs_show tp_measure
     mpps=$MPPS
-    wait "$clr" 2>/dev/null || true
-    stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show -pmd "$SW_CORE" 2>/dev/null || true)
-    echo "$stats" >"$OVS_DIR/pmd-stats"
     record "$label" "$mpps"
     tp_report
-    if [ -n "$stats" ]; then
-        grep -E 'packets received|emc hits|megaflow hits|miss with|avg (processing )?cycles per packet' \
-            "$OVS_DIR/pmd-stats" | sed 's/^ */      ovs /'
+    if [ -s "$OVS_DIR/pmd-stats" ]; then
+        grep -E 'packets received|emc hits|megaflow hits|miss with|idle cycles|avg (processing )?cycles per packet' \
+            "$OVS_DIR/pmd-stats" | sed 's/^ */      ovs /' || true
     fi
     if [ "$mpps" = n/a ]; then
         grep -E 'ERR|WARN' "$OVS_DIR/ovs-vswitchd.log" | tail -5 >&2 || true

@@ -429,7 +429,7 @@ impl Session {
             gen: setup.gen.clone(),
             engine: None,
             pools: Vec::new(),
-            tsc_hz: switchyard_dataplane::tsc::hz(),
+            tsc_hz: switchyard_dataplane::cpu::hz(),
             run_time: Duration::ZERO,
             started: None,
             fwd_base: Vec::new(),

@@ -8,7 +8,7 @@ pub mod fdb;
 pub mod pipeline;
 pub mod port;
 pub mod switch;
-pub mod tsc;
+pub mod cpu;
 pub mod vlan;
 pub mod wire;
 pub mod worker;

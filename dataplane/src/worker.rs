@@ -19,7 +19,7 @@ use crate::buffer::{Pool, PoolCache};
 use crate::pipeline::{process_burst, TxBatches};
 use crate::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue, DEFAULT_BURST, MAX_BURST};
 use crate::switch::{PortId, SwitchConfig};
-use crate::tsc;
+use crate::cpu as tsc;
 use crate::wire::MacAddr;
 use arc_swap::ArcSwap;
 use nix::poll::{PollFd, PollFlags, PollTimeout};

@@ -275,6 +275,71 @@ fn testpmd_txonly_reaches_the_port() {
     tp.stop();
 }
 
+/// A port whose poller sleeps on its kick fd: testpmd's virtio-user, asked to kick (the port
+/// armed its wake-up), kicks when it transmits. Nothing else polls here, so the kick is the
+/// only thing that can end the sleep.
+#[test]
+fn testpmd_kicks_a_sleeping_port() {
+    if !have_testpmd() {
+        return;
+    }
+    let path = sock("kick");
+    let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
+    let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
+    let Some(tp) = guest(&port, "kick", &vdev, "io") else { return };
+    wait_forwarding(&port);
+    let pool = Pool::with_hugepages("kick", 1024, false).unwrap();
+    let mut c = pool.cache();
+    let mut rx = port.open_rx(0).unwrap();
+    let mut tx = port.open_tx(0).unwrap();
+    let mut d = DropTally::default();
+    let take = |rx: &mut Box<dyn switchyard_dataplane::port::RxQueue>, c: &mut _, d: &mut _| {
+        let mut out = Burst::new();
+        rx.rx_burst(c, &mut out, 32, d);
+        out.drain(..)
+            .map(|b| {
+                let v = b.data().to_vec();
+                c.free(b);
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    // Stragglers of the probes.
+    while !take(&mut rx, &mut c, &mut d).is_empty() {}
+    let mut worst = Duration::ZERO;
+    for i in 0..5u32 {
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rx.wake_fd().is_some(), "testpmd gave a kick fd");
+        assert!(rx.arm_wakeup(), "nothing pending");
+        let f = frame(2000 + i, 60);
+        let t = Instant::now();
+        let mut b = Burst::new();
+        b.push(c.alloc_copy(&f).unwrap());
+        assert_eq!(tx.tx_burst(&mut b, &mut c, &mut d), 1);
+        let kicked = readable_within_2s(rx.wake_fd().unwrap());
+        let lat = t.elapsed();
+        rx.disarm_wakeup();
+        assert!(kicked, "testpmd did not kick within 2 s (frame {i}):\n{}", {
+            let mut tp = tp;
+            tp.dump()
+        });
+        worst = worst.max(lat);
+        let mut got = Vec::new();
+        assert!(wait_for(Duration::from_secs(2), || {
+            got.extend(take(&mut rx, &mut c, &mut d));
+            got.contains(&f)
+        }));
+    }
+    eprintln!("testpmd: kicked back {worst:?} at worst after a frame went in");
+    assert!(d.is_zero(), "{d:?}");
+    tp.stop();
+}
+
+/// Whether `fd` becomes readable within 2 s.
+fn readable_within_2s(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    switchyard_dataplane::port::vhost::sys::poll_readable(fd, 2000).unwrap()
+}
+
 #[test]
 fn testpmd_server_mode_and_switchyard_client_reconnects() {
     if !have_testpmd() {
@@ -399,6 +464,14 @@ fn testpmd_through_the_switch_pipeline() {
     assert!(got == want, "frames changed on the way");
     let snap = eng.plan().switch.port_by_name("vm").unwrap().stats.snapshot();
     assert!(snap.rx_packets >= 200 && snap.tx_packets >= 200, "{snap:?}");
+    // Idle, the worker sleeps on the vhost port's kick fd (and the ring's eventfd) rather
+    // than backing off on a timer.
+    std::thread::sleep(Duration::from_millis(200));
+    let s0 = eng.worker_stats()[0].clone();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_polls = eng.worker_stats()[0].idle_polls - s0.idle_polls;
+    eprintln!("testpmd idle 0.5 s: {idle_polls} idle polls");
+    assert!(idle_polls < 300, "idle worker polled {idle_polls} times in 0.5 s");
     let _ = eng.stop();
     tp.stop();
     assert_eq!(inj.in_use(), 0);

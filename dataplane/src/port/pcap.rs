@@ -221,6 +221,15 @@ impl RxQueue for PcapRx {
         let Some(store) = &self.store else { return 0 };
         let n_frames = store.index.len();
         let want = max.min(out.remaining_capacity());
+        // The frames of the next burst follow these in memory: start fetching them now, so that
+        // a capture far larger than the caches streams in while this burst is switched.
+        let ahead = (self.next + want).min(n_frames);
+        let ahead_end = (ahead + want).min(n_frames);
+        if ahead < ahead_end {
+            let (from, _, _) = store.index[ahead];
+            let (last, len, _) = store.index[ahead_end - 1];
+            crate::cpu::prefetch(&store.bytes[from..last + len]);
+        }
         let mut got = 0;
         // Bounded so that a capture of nothing but bad frames cannot spin here forever.
         let mut budget = want * 2;

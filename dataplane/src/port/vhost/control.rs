@@ -149,6 +149,9 @@ struct VringCfg {
     base: u16,
     /// A kick fd (or "no fd") arrived since the ring was last stopped.
     kicked: bool,
+    /// The kick eventfd itself (non-blocking), when the frontend sent one: the ring's worker
+    /// sleeps on it when idle.
+    kick: Option<Arc<File>>,
     call: Option<Arc<File>>,
     enabled: Option<bool>,
 }
@@ -325,6 +328,7 @@ impl Session {
                 };
                 let base = self.stop_ring(i);
                 self.vrings[i].kicked = false;
+                self.vrings[i].kick = None;
                 Outcome::Reply(VringState { index: st.index, num: u32::from(base) }.bytes())
             }
             req::SET_VRING_KICK | req::SET_VRING_CALL => {
@@ -335,8 +339,20 @@ impl Session {
                 };
                 let fd = if v & proto::VRING_NOFD != 0 { None } else { fds.into_iter().next() };
                 if request == req::SET_VRING_KICK {
-                    // We poll; the kick fd is not needed (dropping it closes our copy).
+                    // Workers poll while busy and sleep on the kick fd when idle. They drain
+                    // it with a read that must never block (a frontend may hand us a blocking
+                    // eventfd, or something else), so it is made non-blocking; one that cannot
+                    // be is not used (the worker then backs off with timed sleeps). The old
+                    // fd, if any, is closed once the ring and the worker let go of it.
                     self.vrings[i].kicked = true;
+                    self.vrings[i].kick = fd.and_then(|f| match sys::set_nonblocking(f.as_fd()) {
+                        Ok(()) => Some(Arc::new(File::from(f))),
+                        Err(e) => {
+                            tracing::warn!(port = %self.sh.name, vring = i, error = %e,
+                                "vhost: kick fd cannot be made non-blocking; not sleeping on it");
+                            None
+                        }
+                    });
                 } else {
                     self.vrings[i].call = fd.map(|f| Arc::new(File::from(f)));
                 }
@@ -360,6 +376,8 @@ impl Session {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&p[..6]);
                 tracing::info!(port = %self.sh.name, mac = ?mac, "vhost: SEND_RARP; announcing the guest");
+                // (A worker asleep on vring 1's kick fd takes it when its poll times out: we
+                // must not signal the guest's kick fd ourselves; see `Vring::kick`.)
                 let _ = self.sh.rarp.force_push(proto::rarp_frame(mac));
                 Outcome::Ok
             }
@@ -386,8 +404,13 @@ impl Session {
     fn rebuild(&mut self, i: usize) {
         let proto_features = self.features & feat::USER_F_PROTOCOL_FEATURES != 0;
         let mut st = self.sh.vq(i);
+        // A worker asleep on the ring's kick fd keeps getting kicks from the new ring when the
+        // fd stays the same (a new fd: it finds the new ring when its poll times out).
+        let mut rearm = false;
         if let Some(r) = st.ring.take() {
             self.vrings[i].base = r.indices().0;
+            rearm = r.kicks_requested()
+                && matches!((r.kick(), &self.vrings[i].kick), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
         }
         let c = &self.vrings[i];
         let enabled = c.enabled.unwrap_or(!proto_features);
@@ -409,7 +432,13 @@ impl Session {
         };
         let log = if log_on { self.log.clone() } else { None };
         match Vring::new(mem.clone(), &cfg, log, c.call.clone()) {
-            Ok(r) => st.ring = Some(r),
+            Ok(r) => {
+                let mut r = r.with_kick(c.kick.clone());
+                if rearm {
+                    r.request_kicks();
+                }
+                st.ring = Some(r);
+            }
             Err(e) => tracing::warn!(port = %self.sh.name, vring = i, error = %e, "vhost: cannot start ring"),
         }
     }

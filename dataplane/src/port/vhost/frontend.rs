@@ -305,9 +305,63 @@ impl Frontend {
         self.q(i).used_area.load_u16(2, Ordering::Acquire).unwrap_or(0)
     }
 
-    /// The used ring's flags (the backend sets USED_F_NO_NOTIFY: it polls).
+    /// Whether the backend asks not to be kicked on vring `i` (it polls): the opposite of
+    /// [`Frontend::wants_kick`] for the next entry.
     pub fn backend_polls(&self, i: usize) -> bool {
-        self.q(i).used_area.load_u16(0, Ordering::Acquire).unwrap_or(0) & USED_F_NO_NOTIFY != 0
+        let idx = self.q(i).avail_idx;
+        !self.wants_kick(i, idx, idx.wrapping_add(1))
+    }
+
+    /// The used ring's flags (USED_F_NO_NOTIFY).
+    pub fn used_flags(&self, i: usize) -> u16 {
+        self.q(i).used_area.load_u16(0, Ordering::Acquire).unwrap_or(0)
+    }
+
+    /// `avail_event` (event-idx): the u16 after the used ring's entries.
+    pub fn avail_event(&self, i: usize) -> u16 {
+        let q = self.q(i);
+        q.used_area.load_u16(4 + 8 * usize::from(q.num), Ordering::Acquire).unwrap_or(0)
+    }
+
+    /// The driver's rule: whether moving vring `i`'s available index from `old` to `new`
+    /// must be followed by a kick (event-idx: `avail_event` in `[old, new)`; otherwise: the
+    /// backend did not set USED_F_NO_NOTIFY).
+    pub fn wants_kick(&self, i: usize, old: u16, new: u16) -> bool {
+        if self.features & feat::RING_F_EVENT_IDX != 0 {
+            let ev = self.avail_event(i);
+            new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.used_flags(i) & USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// Kicks vring `i` (signals its kick eventfd), whatever the backend asked.
+    pub fn kick(&self, i: usize) {
+        sys::eventfd_signal(&self.q(i).kick);
+    }
+
+    /// As a virtio driver after publishing entries: a full fence (our index store before our
+    /// look at the backend's suppression fields), then a kick if the backend asked for one
+    /// for the move of the available index from `old`. Returns whether it kicked.
+    pub fn notify(&self, i: usize, old: u16) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let new = self.q(i).avail_idx;
+        let kick = self.wants_kick(i, old, new);
+        if kick {
+            self.kick(i);
+        }
+        kick
+    }
+
+    /// [`Frontend::transmit`] and then [`Frontend::notify`], as a driver does. `None` when
+    /// the frame was not queued, else whether the backend was kicked.
+    pub fn transmit_notify(&mut self, pair: u16, frame: &[u8]) -> Option<bool> {
+        let i = 2 * usize::from(pair) + 1;
+        let old = self.q(i).avail_idx;
+        if !self.transmit(pair, frame) {
+            return None;
+        }
+        Some(self.notify(i, old))
     }
 
     /// Used entries the backend returned since the last look: `(id, len)`.

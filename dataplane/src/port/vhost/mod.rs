@@ -42,6 +42,14 @@
 //! the guest did not enable that pair. Each vring is behind a mutex that its worker holds
 //! for one burst and the control thread only to swap the ring's state.
 //!
+//! ## Idle workers sleep on kicks
+//! The guest is asked not to kick (notify) the device while a worker polls. A worker with
+//! nothing to do sleeps in `poll(2)` on the kick eventfd of its TX vring instead of on a
+//! timer: `arm_wakeup` asks the guest for kicks (clears USED_F_NO_NOTIFY, or with event-idx
+//! points avail_event at the next entry), fences, and re-reads the available index, so a frame
+//! posted meanwhile is either seen or kicked; `disarm_wakeup` suppresses kicks again and drains
+//! the fd ([`vring::Vring::enable_notify`], [`vring::Vring::disable_notify`]).
+//!
 //! ## Guest problems and their counters
 //! `vhost_invalid_desc` (a bad descriptor or chain: frame dropped, chain returned empty),
 //! `vhost_ring_broken` (the ring's indices cannot be trusted: the queue stops until the
@@ -60,6 +68,8 @@ use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
 use crate::buffer::PoolCache;
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,6 +225,30 @@ impl Drop for VhostUserPort {
 struct VhostRx {
     shared: Arc<Shared>,
     q: u16,
+    /// Our copy of the running ring's kick eventfd ([`RxQueue::wake_fd`] must lend it out
+    /// without the ring's lock), refreshed on every burst and every arm. The frontend may
+    /// replace the fd or stop the ring at any time: a worker asleep on the old fd sees that
+    /// when its poll times out (we never signal the guest's fd ourselves: see
+    /// [`vring::Vring::kick`]), and its next burst lets go of the old fd (closing our copy).
+    kick: Option<Arc<File>>,
+}
+
+impl VhostRx {
+    fn vq(&self) -> usize {
+        2 * usize::from(self.q) + 1
+    }
+
+    fn refresh_kick(kick: &mut Option<Arc<File>>, ring: Option<&vring::Vring>) {
+        let now = ring.and_then(vring::Vring::kick);
+        let same = match (kick.as_ref(), now) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *kick = now.cloned();
+        }
+    }
 }
 
 impl Drop for VhostRx {
@@ -244,11 +278,52 @@ impl RxQueue for VhostRx {
                 }
             }
         }
-        let mut st = self.shared.vq(2 * usize::from(self.q) + 1);
+        let mut st = self.shared.vq(self.vq());
+        Self::refresh_kick(&mut self.kick, st.ring.as_ref());
         if let Some(r) = st.ring.as_mut() {
             n += r.dequeue(cache, out, max - n, drops);
         }
         n
+    }
+
+    /// The guest's kick eventfd while the ring runs with one (`None` otherwise: no ring yet,
+    /// or a frontend that polls us and sent no fd; the worker then backs off with timed
+    /// sleeps).
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.kick.as_deref().map(AsFd::as_fd)
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let mut st = shared.vq(self.vq());
+        Self::refresh_kick(&mut self.kick, st.ring.as_ref());
+        let (Some(r), Some(kick)) = (st.ring.as_mut(), self.kick.as_ref()) else {
+            // Nothing to sleep on (the ring stopped since wake_fd was asked): don't sleep.
+            return false;
+        };
+        // Kicks that came while we polled are stale: drop them so they do not end the sleep
+        // at once. Any kick from here on stays (the guest kicks after our request below).
+        sys::eventfd_take(kick);
+        if !r.enable_notify() {
+            return false;
+        }
+        drop(st);
+        // Queue 0 also delivers the RARP frames of SEND_RARP: don't sleep on one. (One pushed
+        // while we sleep waits for the poll's timeout.)
+        if self.q == 0 && !shared.rarp.is_empty() {
+            self.disarm_wakeup();
+            return false;
+        }
+        true
+    }
+
+    fn disarm_wakeup(&mut self) {
+        if let Some(r) = self.shared.vq(self.vq()).ring.as_mut() {
+            r.disable_notify();
+        }
+        if let Some(k) = &self.kick {
+            sys::eventfd_take(k);
+        }
     }
 }
 
@@ -305,7 +380,7 @@ impl PortBackend for VhostUserPort {
         if self.shared.rx_taken[usize::from(q)].swap(true, Ordering::AcqRel) {
             return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
         }
-        Ok(Box::new(VhostRx { shared: self.shared.clone(), q }))
+        Ok(Box::new(VhostRx { shared: self.shared.clone(), q, kick: None }))
     }
 
     fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {

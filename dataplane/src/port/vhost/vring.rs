@@ -97,6 +97,12 @@ pub struct Vring {
     log: Option<Arc<DirtyLog>>,
     used_log_gpa: Option<u64>,
     call: Option<Arc<File>>,
+    /// The guest's kick eventfd (SET_VRING_KICK): an idle worker sleeps on it. Only ever
+    /// read: the frontend (QEMU) reads it too when it stops the ring, and handles the queue
+    /// itself if it finds it signalled, so we must never signal it.
+    kick: Option<Arc<File>>,
+    /// Whether we asked the guest to kick (a worker sleeps on `kick`).
+    kicks_requested: bool,
     signalled_used: u16,
     signalled_valid: bool,
     broken: Option<&'static str>,
@@ -150,6 +156,8 @@ impl Vring {
             used_log_gpa: if log.is_some() { cfg.used_log_gpa } else { None },
             log,
             call,
+            kick: None,
+            kicks_requested: false,
             signalled_used: 0,
             signalled_valid: false,
             broken: None,
@@ -167,10 +175,121 @@ impl Vring {
                 r.last_avail = u;
             }
         }
-        // We poll: ask the guest not to kick us.
-        r.used.store_u16(0, USED_F_NO_NOTIFY, Ordering::Relaxed);
-        r.log_used(0, 2);
+        // We poll: ask the guest not to kick us (until a worker goes to sleep on the ring).
+        r.disable_notify();
         Ok(r)
+    }
+
+    /// The ring with the guest's kick eventfd, which [`Vring::enable_notify`] makes the guest
+    /// signal.
+    pub fn with_kick(mut self, kick: Option<Arc<File>>) -> Vring {
+        self.kick = kick;
+        self
+    }
+
+    /// The guest's kick eventfd, if it gave one. To be read (drained) only, never signalled:
+    /// when the frontend (QEMU) stops the ring it reads the fd and, finding it signalled,
+    /// processes the queue itself.
+    pub fn kick(&self) -> Option<&Arc<File>> {
+        self.kick.as_ref()
+    }
+
+    /// Whether the guest is asked to kick (between a successful [`Vring::enable_notify`] and
+    /// the next [`Vring::disable_notify`]).
+    pub fn kicks_requested(&self) -> bool {
+        self.kicks_requested
+    }
+
+    /// Asks the guest to kick, without the re-check of [`Vring::enable_notify`]: for a ring
+    /// that replaces one whose worker sleeps on the same kick fd (the control thread rebuilt
+    /// it), so that the sleeper keeps getting kicks.
+    pub fn request_kicks(&mut self) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.kicks_requested = self.write_kick_request();
+        self.kicks_requested
+    }
+
+    /// Writes the guest's kick request: clears USED_F_NO_NOTIFY, or with event-idx sets
+    /// avail_event to the next entry we consume (the guest kicks when its available index
+    /// moves past it). Returns whether the store succeeded.
+    fn write_kick_request(&self) -> bool {
+        if self.event_idx {
+            let off = self.avail_event_off();
+            let ok = self.used.store_u16(off, self.last_avail, Ordering::Relaxed);
+            self.log_used(off as u64, 2);
+            ok
+        } else {
+            let ok = self.used.store_u16(0, 0, Ordering::Relaxed);
+            self.log_used(0, 2);
+            ok
+        }
+    }
+
+    /// Offset of `avail_event` (event-idx) in the used ring: after its `num` entries.
+    #[inline]
+    fn avail_event_off(&self) -> usize {
+        4 + 8 * usize::from(self.num)
+    }
+
+    /// Asks the guest to kick for the next frame it posts, before a worker sleeps on the kick
+    /// fd. Returns `false` when frames are already waiting (the request is withdrawn again:
+    /// the caller must poll, not sleep). A ring that is broken answers `true` untouched: it
+    /// yields nothing until the frontend sets it up again (the sleeper sees the new ring when
+    /// its poll times out).
+    pub fn enable_notify(&mut self) -> bool {
+        self.enable_notify_with(|| {})
+    }
+
+    /// [`Vring::enable_notify`], running `between` after the request is visible and before
+    /// the re-check (tests put the guest's racing entry there).
+    #[inline]
+    fn enable_notify_with(&mut self, between: impl FnOnce()) -> bool {
+        if self.broken.is_some() {
+            return true;
+        }
+        let stored = self.write_kick_request();
+        // Our store must be visible before we look at the available index, as the guest's
+        // index store is before its look at our flags (the other half of the handshake): then
+        // either we see its new entry below, or it sees our request and kicks.
+        fence(Ordering::SeqCst);
+        between();
+        // Any other index (a new entry, or garbage that the next dequeue will judge and count)
+        // means: poll.
+        let idle = self.avail.load_u16(2, Ordering::Acquire) == Some(self.last_avail);
+        if !stored || !idle {
+            self.disable_notify();
+            return false;
+        }
+        self.kicks_requested = true;
+        true
+    }
+
+    /// Asks the guest not to kick (the worker polls the ring again).
+    ///
+    /// Without event-idx that is USED_F_NO_NOTIFY. With event-idx the flags must stay 0 and
+    /// the guest kicks when its available index moves from `old` to `new` past avail_event,
+    /// i.e. when `avail_event` lies in `[old, new)` (mod 2^16). We store `last_avail - 1`, the
+    /// entry just *behind* the oldest one we have not consumed: the guest's index never runs
+    /// more than `num` (at most 2^15) ahead of `last_avail` (or the ring is broken), so its
+    /// index is past that value, and it has to move all the way around the 16-bit space
+    /// (at least 2^16 - num entries) to reach it again. So no kick comes while we poll, for at
+    /// least 2^16 - num frames after this call; should the worker poll without ever sleeping
+    /// for that long, the guest kicks once per 2^16 frames, which costs nothing but the kick
+    /// (the next `enable_notify` drains it). Storing `last_avail` instead (what "no kick
+    /// needed yet" might suggest) would ask for a kick on the very next frame.
+    pub fn disable_notify(&mut self) {
+        self.kicks_requested = false;
+        if self.event_idx {
+            let off = self.avail_event_off();
+            self.used.store_u16(off, self.last_avail.wrapping_sub(1), Ordering::Relaxed);
+            self.log_used(off as u64, 2);
+            self.used.store_u16(0, 0, Ordering::Relaxed);
+        } else {
+            self.used.store_u16(0, USED_F_NO_NOTIFY, Ordering::Relaxed);
+        }
+        self.log_used(0, 2);
     }
 
     /// `(last_avail, last_used)`: where the device is.
@@ -866,6 +985,104 @@ mod tests {
         assert_eq!(sys::eventfd_take(&call), 0);
     }
 
+    /// Whether the guest, moving its available index from `old` to `new`, must kick (the
+    /// driver's rule).
+    fn guest_kicks(f: &Fake, event_idx: bool, old: u16, new: u16) -> bool {
+        let mut b = [0u8; 2];
+        if event_idx {
+            f.mem.read(f.used + 4 + 8 * u64::from(f.num), &mut b).unwrap();
+            need_event(u16::from_le_bytes(b), new, old)
+        } else {
+            f.mem.read(f.used, &mut b).unwrap();
+            u16::from_le_bytes(b) & USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    #[test]
+    fn notify_enable_disable_and_the_race() {
+        for event_idx in [false, true] {
+            let mut f = Fake::new(8);
+            f.desc(0, 0x8000, 12 + 60, 0, 0);
+            let mut cfg = f.cfg();
+            cfg.event_idx = event_idx;
+            let mut r = Vring::new(f.mem.clone(), &cfg, None, None).unwrap();
+            let p = pool();
+            let mut c = p.cache();
+            let mut d = DropTally::default();
+            assert!(!guest_kicks(&f, event_idx, 0, 1), "polling: no kicks");
+            assert!(r.enable_notify());
+            assert!(guest_kicks(&f, event_idx, 0, 1), "armed: kick for the next entry");
+            r.disable_notify();
+            assert!(!guest_kicks(&f, event_idx, 0, 1));
+            // The guest posts between our request and our re-check; it saw the request (so it
+            // kicks), and the re-check sees its entry: the arm fails and is withdrawn.
+            let mut kicked = false;
+            let ok = r.enable_notify_with(|| {
+                f.post(0);
+                fence(Ordering::SeqCst);
+                kicked = guest_kicks(&f, event_idx, 0, 1);
+            });
+            assert!(!ok, "event_idx {event_idx}: entry posted during the arm must fail it");
+            assert!(kicked);
+            assert!(!guest_kicks(&f, event_idx, 1, 2), "a failed arm leaves kicks suppressed");
+            let mut out = Burst::new();
+            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+            c.free(out.pop().unwrap());
+            // Polled far past the index of the disarm (more than the queue size, as a busy
+            // worker does): still no kick.
+            r.disable_notify();
+            for k in 1..200u16 {
+                f.desc(0, 0x8000, 12 + 60, 0, 0);
+                f.post(0);
+                assert!(!guest_kicks(&f, event_idx, k, k + 1), "event_idx {event_idx}: kick at {k}");
+                assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+                c.free(out.pop().unwrap());
+            }
+            assert!(r.enable_notify());
+            assert!(guest_kicks(&f, event_idx, 200, 201));
+            assert!(d.is_zero());
+        }
+    }
+
+    #[test]
+    fn broken_or_unwritable_rings_never_panic_on_notify() {
+        let p = pool();
+        let mut c = p.cache();
+        let f = Fake::new(8);
+        f.mem.write(f.avail + 2, &100u16.to_le_bytes()).unwrap();
+        let mut r = f.ring();
+        // Garbage index: not idle (the next dequeue judges it).
+        assert!(!r.enable_notify());
+        let mut out = Burst::new();
+        let mut d = DropTally::default();
+        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert!(r.broken().is_some());
+        assert_eq!(d.get(DropReason::VhostRingBroken), 1, "counted once, by the dequeue");
+        // Broken: nothing will come until the frontend sets the ring up again.
+        assert!(r.enable_notify());
+        r.disable_notify();
+    }
+
+    #[test]
+    fn a_rebuilt_ring_keeps_asking_for_kicks() {
+        for event_idx in [false, true] {
+            let mut f = Fake::new(8);
+            let mut cfg = f.cfg();
+            cfg.event_idx = event_idx;
+            let mut r = Vring::new(f.mem.clone(), &cfg, None, None).unwrap();
+            assert!(r.enable_notify() && r.kicks_requested());
+            drop(r);
+            // A new ring starts suppressed; request_kicks restores the request.
+            let mut r = Vring::new(f.mem.clone(), &cfg, None, None).unwrap();
+            assert!(!r.kicks_requested() && !guest_kicks(&f, event_idx, 0, 1));
+            assert!(r.request_kicks());
+            assert!(guest_kicks(&f, event_idx, 0, 1));
+            f.post(0);
+            r.disable_notify();
+            assert!(!r.kicks_requested() && !guest_kicks(&f, event_idx, 1, 2));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
@@ -924,6 +1141,9 @@ mod tests {
                 let mut d = DropTally::default();
                 for round in 0..4 {
                     let mut out = Burst::new();
+                    if r.enable_notify() {
+                        r.disable_notify();
+                    }
                     let got = r.dequeue(&mut c, &mut out, 64, &mut d);
                     prop_assert!(got <= 64);
                     for b in out.drain(..) {
