@@ -44,7 +44,10 @@ pub fn prefetch(bytes: &[u8]) {
             // SAFETY: PREFETCHT0 is a hint with no architectural effect; the address lies
             // inside `bytes`, and even an invalid address would not fault.
             unsafe {
-                core::arch::x86_64::_mm_prefetch(bytes.as_ptr().add(off) as *const i8, core::arch::x86_64::_MM_HINT_T0)
+                core::arch::x86_64::_mm_prefetch(
+                    bytes.as_ptr().add(off) as *const i8,
+                    core::arch::x86_64::_MM_HINT_T0,
+                )
             };
             off += 64;
         }

@@ -4,11 +4,11 @@
 
 pub mod buffer;
 pub mod config;
+pub mod cpu;
 pub mod fdb;
 pub mod pipeline;
 pub mod port;
 pub mod switch;
-pub mod cpu;
 pub mod vlan;
 pub mod wire;
 pub mod worker;

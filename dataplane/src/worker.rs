@@ -16,10 +16,10 @@
 //!   counts only buffers held by ports.
 
 use crate::buffer::{Pool, PoolCache};
+use crate::cpu as tsc;
 use crate::pipeline::{process_burst, TxBatches};
 use crate::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue, DEFAULT_BURST, MAX_BURST};
 use crate::switch::{PortId, SwitchConfig};
-use crate::cpu as tsc;
 use crate::wire::MacAddr;
 use arc_swap::ArcSwap;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
