@@ -4,6 +4,8 @@
 //! modules ([`crate::eal`], [`crate::mempool`], [`crate::mbuf`],
 //! [`crate::ethdev`]).
 
+// Kept exactly as bindgen wrote it (bindings/gen/generate.sh reproduces it byte for byte).
+#[rustfmt::skip]
 #[path = "dpdk_sys_22_11.rs"]
 mod generated;
 
