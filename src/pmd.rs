@@ -324,6 +324,7 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
         burst: a.burst,
         busy_poll: a.busy_poll,
         pool_buffers: a.pool_buffers,
+        on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
         ..EngineOptions::default()
     };
     let gen = TxGen { frame_len: a.txpkt_len, macs: a.tx_macs, flows: a.tx_flows, vlan: a.tx_vlan };

@@ -106,7 +106,11 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         Some(x) => return Err(format!("--vm-ports: {x:?} is neither ring nor vhostuser")),
     };
     let ropts = RuntimeOptions {
-        engine: EngineOptions { cores, ..Default::default() },
+        engine: EngineOptions {
+            cores,
+            on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
+            ..Default::default()
+        },
         overrides,
         vm_ports,
         ..Default::default()
