@@ -101,6 +101,32 @@ pub struct PmdArgs {
     /// Buffers in the workers' pool.
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub pool_buffers: usize,
+    /// Explicit RX queue placement, `PORT:QUEUE@WORKER[,...]` (port and worker indices from 0,
+    /// workers in --lcores order); queues not listed are dealt round-robin, as OVS does with
+    /// pmd-rxq-affinity.
+    #[arg(long, value_name = "P:Q@W,...")]
+    pub rxq_affinity: Option<String>,
+}
+
+/// Parses `--rxq-affinity`.
+fn parse_rxq_affinity(s: &str, ports: usize, workers: usize) -> Result<Vec<(u16, u16, usize)>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let bad = || format!("{item:?} is not PORT:QUEUE@WORKER");
+        let (pq, w) = item.split_once('@').ok_or_else(bad)?;
+        let (p, q) = pq.split_once(':').ok_or_else(bad)?;
+        let p: u16 = p.parse().map_err(|_| bad())?;
+        let q: u16 = q.parse().map_err(|_| bad())?;
+        let w: usize = w.parse().map_err(|_| bad())?;
+        if usize::from(p) >= ports {
+            return Err(format!("{item}: there are {ports} port(s)"));
+        }
+        if w >= workers {
+            return Err(format!("{item}: there are {workers} worker(s)"));
+        }
+        out.push((p, q, w));
+    }
+    Ok(out)
 }
 
 /// Everything checked and ready to start.
@@ -112,6 +138,7 @@ struct Setup {
     opts: EngineOptions,
     gen: TxGen,
     mac_table_size: usize,
+    rxq_affinity: Vec<(u16, u16, usize)>,
 }
 
 fn mode_names() -> String {
@@ -328,7 +355,20 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
         ..EngineOptions::default()
     };
     let gen = TxGen { frame_len: a.txpkt_len, macs: a.tx_macs, flows: a.tx_flows, vlan: a.tx_vlan };
-    Ok(Setup { specs: a.ports.clone(), ports, mode, opts, gen, mac_table_size: a.mac_table_size })
+    let rxq_affinity = match &a.rxq_affinity {
+        Some(s) => parse_rxq_affinity(s, ports.len(), opts.cores.len())
+            .map_err(|e| format!("--rxq-affinity: {e}"))?,
+        None => Vec::new(),
+    };
+    Ok(Setup {
+        specs: a.ports.clone(),
+        ports,
+        mode,
+        opts,
+        gen,
+        mac_table_size: a.mac_table_size,
+        rxq_affinity,
+    })
 }
 
 /// Counters of one port at one moment, for rates.
@@ -374,6 +414,8 @@ fn add_worker(total: &mut WorkerStatsSnapshot, w: &WorkerStatsSnapshot) {
 /// The ports, the engine when it runs, and the counters kept across runs.
 struct Session {
     setup_opts: EngineOptions,
+    /// RX queue placement (explicit entries first, then round-robin), fixed at open.
+    rx: Vec<Vec<(u16, u16)>>,
     specs: Vec<String>,
     switch: Arc<SwitchConfig>,
     ports: Vec<Option<Arc<dyn PortBackend>>>,
@@ -419,8 +461,17 @@ impl Session {
             ports[usize::from(id)] = Some(p);
         }
         let n = setup.ports.len();
+        // Port indices in --rxq-affinity are positions on the command line; map to port ids.
+        let pinned: Vec<(u16, u16, usize)> = setup
+            .rxq_affinity
+            .iter()
+            .map(|&(p, q, w)| (switch.by_name[&setup.ports[usize::from(p)].name], q, w))
+            .collect();
+        let rx = Plan::placement(&ports, setup.opts.cores.len(), &pinned)
+            .map_err(|e| format!("--rxq-affinity: {e}"))?;
         let now = Instant::now();
         let s = Session {
+            rx,
             setup_opts: setup.opts.clone(),
             specs: setup.specs.clone(),
             ring_names: setup.ports.iter().filter_map(|p| p.ring.clone()).collect(),
@@ -455,7 +506,11 @@ impl Session {
         Plan {
             switch: self.switch.clone(),
             ports: self.ports.clone(),
-            rx: Plan::round_robin(&self.ports, workers),
+            rx: if self.rx.len() == workers {
+                self.rx.clone()
+            } else {
+                Plan::round_robin(&self.ports, workers)
+            },
             mode: self.mode,
             peers: Plan::paired_peers(self.ports.len()),
             gen: self.gen.clone(),

@@ -215,6 +215,9 @@ fn bad_arguments_are_refused_before_anything_starts() {
         (vec!["--fwd", "txonly", "--txpkt-len", "20"], "--txpkt-len"),
         (vec!["--fwd", "io", "--seconds", "0"], "--seconds"),
         (vec!["--fwd", "io", "--tx-vlan", "5000"], "--tx-vlan"),
+        (vec!["--fwd", "io", "--rxq-affinity", "5:0@0"], "--rxq-affinity"),
+        (vec!["--fwd", "io", "--rxq-affinity", "0:0@3"], "--rxq-affinity"),
+        (vec!["--fwd", "io", "--rxq-affinity", "0-0"], "--rxq-affinity"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["--port", good.as_str()];
@@ -342,4 +345,31 @@ fn sigterm_stops_cleanly_and_quickly() {
     assert_eq!(j["pool_in_use"], 0, "{j}");
     assert!(j["stop_ms"].as_f64().unwrap() < 100.0, "{j}");
     assert!(took < Duration::from_secs(2), "exit took {took:?}");
+}
+
+#[test]
+fn explicit_rx_queue_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    let out = pmd(&[
+        "--port",
+        &pa,
+        "--port",
+        &pb,
+        "--fwd",
+        "io",
+        "--rxq-affinity",
+        "1:0@0,0:0@0",
+        "--seconds",
+        "0.3",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A queue the port does not have is refused once the ports are open.
+    let out =
+        pmd(&["--port", &pa, "--port", &pb, "--fwd", "io", "--rxq-affinity", "0:3@0", "--seconds", "0.3"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("--rxq-affinity"), "{}", text(&out.stderr));
 }

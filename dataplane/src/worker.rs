@@ -117,6 +117,48 @@ impl Plan {
         (0..n).map(|i| if i ^ 1 < n { (i ^ 1) as PortId } else { i as PortId }).collect()
     }
 
+    /// Explicit placement first (`pinned`: port, RX queue, worker), then every other RX queue
+    /// of every port dealt round-robin over the workers. Errors name the entry that cannot be
+    /// honoured (a port that is not there, a queue the port does not have, a worker index out
+    /// of range).
+    pub fn placement(
+        ports: &[Option<Arc<dyn PortBackend>>],
+        workers: usize,
+        pinned: &[(PortId, u16, usize)],
+    ) -> Result<Vec<Vec<(PortId, u16)>>, String> {
+        let w = workers.max(1);
+        let mut rx = vec![Vec::new(); w];
+        for &(p, q, wi) in pinned {
+            let Some(Some(b)) = ports.get(usize::from(p)) else {
+                return Err(format!("{p}:{q}@{wi}: no port {p}"));
+            };
+            if q >= b.rx_queue_count() {
+                return Err(format!("{p}:{q}@{wi}: port {p} has {} RX queue(s)", b.rx_queue_count()));
+            }
+            if wi >= w {
+                return Err(format!("{p}:{q}@{wi}: there are {w} worker(s)"));
+            }
+            if rx.iter().any(|v: &Vec<(PortId, u16)>| v.contains(&(p, q))) {
+                return Err(format!("{p}:{q}@{wi}: queue placed twice"));
+            }
+            rx[wi].push((p, q));
+        }
+        let mut k = 0;
+        for (id, b) in ports.iter().enumerate() {
+            if let Some(b) = b {
+                for q in 0..b.rx_queue_count() {
+                    let pq = (id as PortId, q);
+                    if pinned.iter().any(|&(p, pq2, _)| (p, pq2) == pq) {
+                        continue;
+                    }
+                    rx[k % w].push(pq);
+                    k += 1;
+                }
+            }
+        }
+        Ok(rx)
+    }
+
     /// Every RX queue of every port, dealt round-robin to `workers` workers.
     pub fn round_robin(ports: &[Option<Arc<dyn PortBackend>>], workers: usize) -> Vec<Vec<(PortId, u16)>> {
         let w = workers.max(1);
