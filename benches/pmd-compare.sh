@@ -62,6 +62,8 @@ alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
     local name pid i
+    # Let ovs-vswitchd remove its datapath tap devices (ovs-netdev, br0) before it goes.
+    ovs-appctl -t "$OVS_DIR/vswitchd.ctl" exit --cleanup >/dev/null 2>&1 || true
     for name in ovs-vswitchd ovsdb-server; do
         pid=$(cat "$OVS_DIR/$name.pid" 2>/dev/null) || continue
         [ -n "$pid" ] || continue
@@ -189,7 +191,9 @@ ovs_dpdk() { # label a.pcap b.pcap frames-per-capture
     local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev "other_config:mac-table-size=$mac_table"
         -- add-port br0 p0 -- set interface p0 type=dpdk "options:dpdk-devargs=net_pcap0,rx_pcap=$a,infinite_rx=1"
         -- add-port br0 p1 -- set interface p1 type=dpdk "options:dpdk-devargs=net_pcap1,rx_pcap=$b,infinite_rx=1")
-    local cmd=("$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
+    # In a network namespace of its own, so that the userspace datapath's tap devices never
+    # collide with another instance's or stay behind in the host's namespace.
+    local cmd=(unshare --net "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
         --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
     local fail=
     if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||

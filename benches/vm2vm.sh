@@ -12,6 +12,8 @@
 #        SW_CORE=C       the core of the switch, default 1 (its whole process is confined there)
 #        FRAME=N         frame length without FCS (default 60: 64 bytes on the wire)
 #        INFLIGHT=N      bursts of 32 frames each VM injects into the loop (default 4; see below)
+#        ROUNDS=N        rounds, each running every contender once, interleaved (default 3); the
+#                        median is reported (this machine's rates vary run to run)
 #        QSIZE=N         virtio ring size of the VM ports (virtio-user queue_size=, default 256)
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
 #        KEEP=1          keep the work directory (logs of every process) for a look afterwards
@@ -42,11 +44,16 @@
 # (each loop holds 128 frames at the default, half a 256-slot ring, so no ring can overflow), and
 # the rate is the forwarding rate of the slower stage: the switch, as long as testpmd's io
 # forwarding (no frame data touched) outruns it and enough frames are in flight to keep the
-# switch busy (try INFLIGHT=2 / 6 to check: the rate should not move). The measure is what the
-# VMs received: testpmd's Rx-pps of both ports summed (its own TSC-timed rate between two
-# `show port stats all`, after 2 s of warm-up), i.e. both directions together, each frame
-# delivered to a receiving VM counted once. The io reference (switchyard --fwd io between the two
-# vhost ports) shows the ceiling of the switchyard vhost path and testpmd together.
+# switch busy (INFLIGHT=2 / 8 with QSIZE=1024 to check). A loop that lost its frames at the start
+# (injected before the switch polled the ring) would stay empty: a port that received nothing in
+# the interval makes the round n/a. The measure is what the VMs received: testpmd's Rx-pps of
+# both ports summed (its own TSC-timed rate between two `show port stats all`, after 2 s of
+# warm-up), i.e. both directions together, each frame delivered to a receiving VM counted once.
+# The switch's own counters follow each rate: for switchyard over its whole run (setup
+# included), for OVS over the measured interval; "avg processing cycles per packet" (busy cycles
+# / frames) says what the switch would do alone on its core. The io reference (switchyard
+# --fwd io between the two vhost ports) shows the ceiling of the switchyard vhost path and
+# testpmd together.
 set -euo pipefail
 
 SECS=${1:-5}
@@ -57,12 +64,13 @@ SW_CORE=${SW_CORE:-1}
 FRAME=${FRAME:-60}
 INFLIGHT=${INFLIGHT:-4}
 QSIZE=${QSIZE:-256}
+ROUNDS=${ROUNDS:-3}
 OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
 OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
 MAC0=02:00:00:00:00:01
 MAC1=02:00:00:00:00:02
 # Every wait below is bounded; this bounds the whole script as well.
-MAX_RUNTIME=${MAX_RUNTIME:-$((6 * (SECS + 60) + 120))}
+MAX_RUNTIME=${MAX_RUNTIME:-$((ROUNDS * 4 * (SECS + 60) + 120))}
 
 [ -x "$BIN" ] || { echo "switchyard binary $BIN not found (set SWITCHYARD=)" >&2; exit 1; }
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found (Debian: apt install dpdk)" >&2; exit 1; }
@@ -152,14 +160,19 @@ wait_until() {
     return 1
 }
 
-declare -A RATE
-RESULTS=()
-record() { # label mpps what
+declare -A RATE RUNS
+LABELS=()
+ROUND=1
+record() { # label mpps
     local label=$1 mpps=$2
-    shift 2
-    RATE[$label]=$mpps
-    RESULTS+=("$(printf '%-30s %9s Mpps' "$label" "$mpps")")
-    printf '%-30s %9s Mpps\n' "$label" "$mpps"
+    [ -n "${RUNS[$label]+x}" ] || LABELS+=("$label")
+    RUNS[$label]="${RUNS[$label]:-} $mpps"
+    printf '%-30s %9s Mpps   (round %d)\n' "$label" "$mpps" "$ROUND"
+}
+# The median of a label's rounds (n/a rounds left out).
+median() {
+    tr ' ' '\n' <<<"${RUNS[$1]}" | grep -E '^[0-9.]+$' | sort -n |
+        awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 
 # The VMs: testpmd, interactive, its commands through a FIFO on fd 7.
@@ -202,6 +215,9 @@ tp_measure() {
         tp_stop
         return
     fi
+    # Links come up when the vrings are set up; give the switch a moment to start polling them
+    # (OVS reassigns its PMD's queues then): a frame injected before is lost for good.
+    sleep 2
     tp_cmd "start tx_first $INFLIGHT"
     sleep 2
     tp_cmd "show port stats all"
@@ -215,8 +231,10 @@ tp_measure() {
     tp_cmd "quit"
     wait_until 10 eval '! alive "$TP_PID"' || true
     tp_stop
+    # Both loops must be alive: one whose frames were lost (dropped at the start) shows 0.
     MPPS=$({ grep -E '^ +Rx-pps:' "$WORK/tp.out" || true; } | tail -2 |
-        awk '{s += $2} END {if (NR == 2 && s > 0) printf "%.3f", s / 1e6; else print "n/a"}')
+        awk '{s += $2; if ($2 == 0) dead = 1} END {if (NR == 2 && s > 0 && !dead) printf "%.3f", s / 1e6; else print "n/a"}')
+    [ "$MPPS" != n/a ] || echo "no rate: a VM port received nothing in the interval (its loop lost its frames)" >&2
 }
 
 # testpmd's view: per-port rates of the last interval and the totals of `stop`.
@@ -287,6 +305,7 @@ ovs_dpdk() {
     local s0 s1
     read -r s0 s1 < <(socks "$tag")
     OVS_DIR=$WORK/ovs
+    rm -rf "$OVS_DIR"
     mkdir -p "$OVS_DIR"
     local env=(env OVS_RUNDIR="$OVS_DIR" OVS_LOGDIR="$OVS_DIR" OVS_DBDIR="$OVS_DIR")
     local vsctl=("${env[@]}" ovs-vsctl --db="unix:$OVS_DIR/db.sock")
@@ -351,18 +370,21 @@ ovs_dpdk() {
 echo "== VM-to-VM over vhost-user: VMs (testpmd) on core $VM_CORE, the switch on core $SW_CORE, $FRAME-byte frames, $SECS s each"
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-sy "switchyard vhost switch" sy --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
-if [ "$have_ovs" = 1 ]; then
-    ovs_dpdk "ovs-dpdk NORMAL"
-fi
-if [ "${NET_VHOST:-1}" != 0 ]; then
-    sy "switchyard net_vhost switch" nv --fwd switch \
-        --port "dpdk:net_vhost0,iface=SOCK0,client=1,queues=1" \
-        --port "dpdk:net_vhost1,iface=SOCK1,client=1,queues=1"
-fi
-if [ "${IO:-1}" != 0 ]; then
-    sy "switchyard vhost io (ref)" io --fwd io --port vhost:SOCK0,client --port vhost:SOCK1,client
-fi
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    [ "$ROUNDS" = 1 ] || echo "==== round $ROUND of $ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    sy "switchyard vhost switch" sy --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+    if [ "$have_ovs" = 1 ]; then
+        ovs_dpdk "ovs-dpdk NORMAL"
+    fi
+    if [ "${NET_VHOST:-1}" != 0 ]; then
+        sy "switchyard net_vhost switch" nv --fwd switch \
+            --port "dpdk:net_vhost0,iface=SOCK0,client=1,queues=1" \
+            --port "dpdk:net_vhost1,iface=SOCK1,client=1,queues=1"
+    fi
+    if [ "${IO:-1}" != 0 ]; then
+        sy "switchyard vhost io (ref)" io --fwd io --port vhost:SOCK0,client --port vhost:SOCK1,client
+    fi
+done
 
 ratio() { # label num den
     local n=${RATE[$2]:-} d=${RATE[$3]:-}
@@ -374,8 +396,11 @@ ratio() { # label num den
 }
 
 echo
-echo "== results: Mpps received by the VMs, both directions ($SECS s each, $FRAME-byte frames, $INFLIGHT x 32 frames in flight each way, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
-printf '%s\n' "${RESULTS[@]}"
+echo "== results: Mpps received by the VMs, both directions; median of $ROUNDS round(s) of $SECS s ($FRAME-byte frames, $INFLIGHT x 32 frames in flight each way, rings of $QSIZE, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+for l in "${LABELS[@]}"; do
+    RATE[$l]=$(median "$l")
+    printf '%-30s %9s Mpps   (rounds:%s)\n' "$l" "${RATE[$l]}" "${RUNS[$l]}"
+done
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== ratios"
 ratio "switchyard / OVS-DPDK (goal >= 2)" "switchyard vhost switch" "ovs-dpdk NORMAL"

@@ -38,7 +38,7 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   pcap:rx=FILE,tx=FILE[,infinite]  receive rx=, write what is sent to tx= (either may be left out)
   afpacket:IFACE                 a kernel interface over AF_PACKET (TPACKET_V3)
   tap:NAME                       a TAP interface (created if needed)
-  vhost:PATH[,client]            vhost-user socket (not built yet: refused when opened)
+  vhost:PATH[,client]            vhost-user socket (switchyard listens; ,client: it connects)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
 
 Forwarding modes: switch (the full L2 pipeline: all ports on one bridge, trunking every VLAN),
