@@ -11,7 +11,6 @@ cargo build --workspace --all-targets "${FEATURES[@]}"
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast
-  cargo test --workspace --doc "${FEATURES[@]}"
 else
   cargo test --workspace "${FEATURES[@]}" --no-fail-fast
 fi
