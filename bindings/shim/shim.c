@@ -4,6 +4,11 @@
  * forwarding call; the Rust side declares them in src/sys.rs (`shim` module).
  * Keep this list in sync with bindings/src/sys.rs.
  */
+/*
+ * rte_pktmbuf_pool_create_extbuf is still marked experimental in 22.11; build.rs pins DPDK
+ * 22.11, so its ABI cannot change under us.
+ */
+#define ALLOW_EXPERIMENTAL_API 1
 #include <rte_config.h>
 #include <rte_build_config.h>
 #include <rte_errno.h>
@@ -11,6 +16,8 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_ethdev.h>
+#include <rte_memzone.h>
+#include <stdio.h>
 
 /* The directory EAL loads driver plugins from when linked dynamically. */
 const char *sy_pmd_path(void) { return RTE_EAL_PMD_PATH; }
@@ -71,6 +78,104 @@ uint16_t sy_rte_mbuf_refcnt_read(const struct rte_mbuf *m) { return rte_mbuf_ref
 uint16_t sy_rte_pktmbuf_data_room_size(struct rte_mempool *mp) { return rte_pktmbuf_data_room_size(mp); }
 
 /*
+ * A packet mbuf pool whose data buffers are pinned external buffers
+ * (rte_pktmbuf_pool_create_extbuf) of elt_size bytes each, carved in order
+ * from one IOVA-contiguous memzone of n * elt_size bytes. DPDK-managed memory
+ * is already DMA-mapped (VFIO) and its IOVA is known, so the same pool serves
+ * vdevs under --no-huge and real devices. On success *base is the region and
+ * *mz its memzone (free with sy_extbuf_pool_free); on failure NULL with
+ * rte_errno set and nothing left allocated.
+ */
+struct rte_mempool *sy_extbuf_pool_create(const char *name, unsigned int n,
+                                          unsigned int cache, uint16_t elt_size,
+                                          int socket, void **base,
+                                          const void **mz_out)
+{
+	char zname[RTE_MEMZONE_NAMESIZE];
+	size_t len = (size_t)n * elt_size;
+	const struct rte_memzone *mz;
+	struct rte_pktmbuf_extmem ext;
+	struct rte_mempool *mp;
+	int err;
+
+	if (snprintf(zname, sizeof(zname), "%s_x", name) >= (int)sizeof(zname)) {
+		rte_errno = ENAMETOOLONG;
+		return NULL;
+	}
+	mz = rte_memzone_reserve_aligned(zname, len, socket,
+	                                 RTE_MEMZONE_IOVA_CONTIG, 4096);
+	if (mz == NULL)
+		return NULL;
+	ext.buf_ptr = mz->addr;
+	ext.buf_iova = mz->iova;
+	ext.buf_len = len;
+	ext.elt_size = elt_size;
+	mp = rte_pktmbuf_pool_create_extbuf(name, n, cache, 0, elt_size, socket,
+	                                    &ext, 1);
+	if (mp == NULL) {
+		err = rte_errno;
+		rte_memzone_free(mz);
+		rte_errno = err;
+		return NULL;
+	}
+	*base = mz->addr;
+	*mz_out = mz;
+	return mp;
+}
+
+void sy_extbuf_pool_free(struct rte_mempool *mp, const void *mz)
+{
+	rte_mempool_free(mp);
+	rte_memzone_free((const struct rte_memzone *)mz);
+}
+
+struct sy_slot_ctx {
+	uintptr_t base;
+	unsigned int elt_size;
+	unsigned int n;
+	struct rte_mbuf **table;
+	unsigned int filled;
+	int bad;
+};
+
+static void sy_slot_cb(struct rte_mempool *mp, void *opaque, void *obj,
+                       unsigned int obj_idx)
+{
+	struct sy_slot_ctx *c = opaque;
+	struct rte_mbuf *m = obj;
+	uintptr_t off = (uintptr_t)m->buf_addr - c->base;
+	unsigned int i = (unsigned int)(off / c->elt_size);
+
+	(void)mp;
+	(void)obj_idx;
+	if ((uintptr_t)m->buf_addr < c->base || off % c->elt_size != 0 ||
+	    i >= c->n || c->table[i] != NULL) {
+		c->bad = 1;
+		return;
+	}
+	c->table[i] = m;
+	c->filled++;
+}
+
+/*
+ * Fills table[i] with the mbuf whose buffer is slot i (base + i * elt_size)
+ * of an extbuf pool. Returns the number of slots filled, or -1 when an mbuf
+ * had a buffer outside the region or two shared one.
+ */
+int sy_extbuf_pool_slots(struct rte_mempool *mp, void *base,
+                         unsigned int elt_size, struct rte_mbuf **table,
+                         unsigned int n)
+{
+	struct sy_slot_ctx c = { (uintptr_t)base, elt_size, n, table, 0, 0 };
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		table[i] = NULL;
+	rte_mempool_obj_iter(mp, sy_slot_cb, &c);
+	return c.bad ? -1 : (int)c.filled;
+}
+
+/*
  * Layout of the structs that the Rust side reads directly, as this C compiler
  * sees them with the installed headers. A test compares it with the committed
  * bindgen output, which catches headers that changed under the bindings.
@@ -99,6 +204,7 @@ size_t sy_layout(unsigned int what)
 	case 17: return sizeof(struct rte_ether_addr);
 	case 18: return offsetof(struct rte_mbuf, ol_flags);
 	case 19: return offsetof(struct rte_mbuf, vlan_tci);
+	case 20: return (size_t)RTE_MBUF_F_EXTERNAL;
 	default: return (size_t)-1;
 	}
 }

@@ -44,6 +44,38 @@ impl Mbuf {
         unsafe { self.0.as_ref() }
     }
 
+    /// Start of the mbuf's buffer (the headroom starts here).
+    pub fn buf_addr(&self) -> *mut u8 {
+        self.raw().buf_addr as *mut u8
+    }
+
+    /// Bytes of buffer (headroom included).
+    pub fn buf_len(&self) -> u16 {
+        self.raw().buf_len
+    }
+
+    /// The pool the mbuf belongs to.
+    pub fn pool_ptr(&self) -> *mut sys::rte_mempool {
+        self.raw().pool
+    }
+
+    /// Makes the mbuf a single-segment packet of `len` bytes at offset `off` of its buffer,
+    /// without touching the bytes (the buffer already holds the frame), and clears every
+    /// offload request and RX flag but the external-buffer flag. False (nothing changed) when
+    /// `off + len` is beyond the buffer or the mbuf has more than one segment.
+    pub fn set_window(&mut self, off: u16, len: u16) -> bool {
+        // SAFETY: self owns a valid mbuf exclusively (&mut self).
+        let m = unsafe { self.0.as_mut() };
+        if u32::from(off) + u32::from(len) > u32::from(m.buf_len) || m.nb_segs != 1 {
+            return false;
+        }
+        m.data_off = off;
+        m.data_len = len;
+        m.pkt_len = u32::from(len);
+        m.ol_flags &= sys::RTE_MBUF_F_EXTERNAL;
+        true
+    }
+
     /// Bytes in the whole packet (all segments).
     pub fn len(&self) -> usize {
         self.raw().pkt_len as usize

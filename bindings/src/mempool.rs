@@ -17,10 +17,22 @@ pub struct Mempool {
     ptr: NonNull<sys::rte_mempool>,
     name: String,
     size: u32,
+    /// For a pinned-extbuf pool ([`Mempool::pinned_extbuf`]): where the buffers are.
+    ext: Option<ExtMem>,
+}
+
+/// The buffer region of a pinned-extbuf pool: `size` buffers of `elt_size` bytes from `base`,
+/// in one memzone.
+#[derive(Debug)]
+struct ExtMem {
+    base: NonNull<u8>,
+    elt_size: u16,
+    memzone: *const std::ffi::c_void,
 }
 
 // SAFETY: an rte_mempool with the default ring_mp_mc ops may be used from
-// any thread; the handle itself is just a pointer and a name.
+// any thread; the handle itself is just pointers (the pool and, for a
+// pinned-extbuf pool, its region and memzone) and a name.
 unsafe impl Send for Mempool {}
 // SAFETY: every method takes &self and calls thread-safe mempool functions.
 unsafe impl Sync for Mempool {}
@@ -51,12 +63,90 @@ impl Mempool {
             sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, sys::SOCKET_ID_ANY)
         };
         match NonNull::new(p) {
-            Some(ptr) => Ok(Mempool { ptr, name: name.to_string(), size: n }),
+            Some(ptr) => Ok(Mempool { ptr, name: name.to_string(), size: n, ext: None }),
             None => {
                 let errno = rte_errno();
                 Err(Error::MempoolCreate { pool: name.to_string(), errno, message: strerror(errno) })
             }
         }
+    }
+
+    /// A pool of `n` mbufs whose data buffers are pinned external buffers of `elt_size` bytes
+    /// each (headroom included), laid out back to back in one IOVA-contiguous memzone
+    /// (`rte_pktmbuf_pool_create_extbuf`): buffer `i` is `base + i * elt_size` and belongs to
+    /// the same mbuf for the pool's whole life. [`Mempool::pinned_region`] and
+    /// [`Mempool::slot_table`] describe it. Works under `--no-huge` and with DMA-capable
+    /// devices alike (memzone memory is mapped for DMA and its IOVA is known).
+    pub fn pinned_extbuf(_eal: &Eal, name: &str, n: u32, cache: u32, elt_size: u16) -> Result<Mempool> {
+        let bad = |reason: String| Error::InvalidArgument { what: format!("mempool {name}"), reason };
+        // The memzone is named "<name>_x" (RTE_MEMZONE_NAMESIZE 32) and the ring "MP_<name>".
+        if name.is_empty() || name.len() > 26 {
+            return Err(bad("name must be 1 to 26 bytes".into()));
+        }
+        if n == 0 {
+            return Err(bad("a pool needs at least one mbuf".into()));
+        }
+        if cache > sys::RTE_MEMPOOL_CACHE_MAX_SIZE {
+            return Err(bad(format!("cache {cache} is over {}", sys::RTE_MEMPOOL_CACHE_MAX_SIZE)));
+        }
+        if u32::from(elt_size) <= sys::RTE_PKTMBUF_HEADROOM || !elt_size.is_multiple_of(64) {
+            return Err(bad(format!(
+                "buffer size {elt_size} must be a multiple of 64 above the {}-byte headroom",
+                sys::RTE_PKTMBUF_HEADROOM
+            )));
+        }
+        let cname = CString::new(name).map_err(|_| bad("name contains a NUL byte".into()))?;
+        let mut base = std::ptr::null_mut();
+        let mut memzone = std::ptr::null();
+        // SAFETY: EAL is initialised (we hold &Eal); cname is a valid C string that DPDK
+        // copies; base and memzone are valid out-pointers; the numbers were checked above.
+        let p = unsafe {
+            sys::shim::sy_extbuf_pool_create(
+                cname.as_ptr(),
+                n,
+                cache,
+                elt_size,
+                sys::SOCKET_ID_ANY,
+                &mut base,
+                &mut memzone,
+            )
+        };
+        match (NonNull::new(p), NonNull::new(base as *mut u8)) {
+            (Some(ptr), Some(base)) => Ok(Mempool {
+                ptr,
+                name: name.to_string(),
+                size: n,
+                ext: Some(ExtMem { base, elt_size, memzone }),
+            }),
+            _ => {
+                let errno = rte_errno();
+                Err(Error::MempoolCreate { pool: name.to_string(), errno, message: strerror(errno) })
+            }
+        }
+    }
+
+    /// For a pinned-extbuf pool: the buffer region's start and the size of one buffer.
+    pub fn pinned_region(&self) -> Option<(NonNull<u8>, u16)> {
+        self.ext.as_ref().map(|e| (e.base, e.elt_size))
+    }
+
+    /// For a pinned-extbuf pool: `table[i]` is the mbuf whose buffer is buffer `i` of the
+    /// region (fixed for the pool's life). `None` for other pools.
+    pub fn slot_table(&self) -> Option<Vec<*mut sys::rte_mbuf>> {
+        let e = self.ext.as_ref()?;
+        let mut table = vec![std::ptr::null_mut(); self.size as usize];
+        // SAFETY: the pool is live; table has room for size entries; the shim only reads the
+        // mbufs' buf_addr while iterating the pool's objects.
+        let filled = unsafe {
+            sys::shim::sy_extbuf_pool_slots(
+                self.ptr.as_ptr(),
+                e.base.as_ptr().cast(),
+                u32::from(e.elt_size),
+                table.as_mut_ptr(),
+                self.size,
+            )
+        };
+        (filled == self.size as i32).then_some(table)
     }
 
     /// `RTE_MBUF_DEFAULT_BUF_SIZE`: 2048 bytes of data after 128 of headroom.
@@ -134,8 +224,13 @@ impl Drop for Mempool {
             );
             return;
         }
-        // SAFETY: the pool is live, no mbuf of it is out, and no other handle
-        // to it exists (Mempool is not Clone; devices hold Arc<Mempool>).
-        unsafe { sys::rte_mempool_free(self.ptr.as_ptr()) }
+        match &self.ext {
+            // SAFETY: as below; the memzone holds only this pool's buffers, none of which is
+            // out, and is freed after the pool.
+            Some(e) => unsafe { sys::shim::sy_extbuf_pool_free(self.ptr.as_ptr(), e.memzone) },
+            // SAFETY: the pool is live, no mbuf of it is out, and no other handle
+            // to it exists (Mempool is not Clone; devices hold Arc<Mempool>).
+            None => unsafe { sys::rte_mempool_free(self.ptr.as_ptr()) },
+        }
     }
 }

@@ -11,6 +11,10 @@ mod generated;
 
 pub use generated::*;
 
+/// `RTE_MBUF_F_EXTERNAL` (a macro bindgen does not see): the mbuf's buffer is external; set on
+/// every mbuf of a pinned-extbuf pool. Checked against the C headers by a layout test.
+pub const RTE_MBUF_F_EXTERNAL: u64 = 1 << 61;
+
 /// Out-of-line wrappers for DPDK's static-inline functions and macros
 /// (`bindings/shim/shim.c`, compiled by build.rs with the cc crate).
 pub mod shim {
@@ -56,6 +60,29 @@ pub mod shim {
         pub fn sy_rte_pktmbuf_is_contiguous(m: *const rte_mbuf) -> c_int;
         pub fn sy_rte_mbuf_refcnt_read(m: *const rte_mbuf) -> u16;
         pub fn sy_rte_pktmbuf_data_room_size(mp: *mut rte_mempool) -> u16;
+        /// Creates a pktmbuf pool of `n` mbufs whose buffers are pinned external buffers of
+        /// `elt_size` bytes carved in order from one IOVA-contiguous memzone; writes the
+        /// region to `*base` and the memzone to `*mz`. NULL with rte_errno on failure.
+        pub fn sy_extbuf_pool_create(
+            name: *const c_char,
+            n: c_uint,
+            cache: c_uint,
+            elt_size: u16,
+            socket: c_int,
+            base: *mut *mut c_void,
+            mz: *mut *const c_void,
+        ) -> *mut rte_mempool;
+        /// Frees a pool made by `sy_extbuf_pool_create` and its memzone.
+        pub fn sy_extbuf_pool_free(mp: *mut rte_mempool, mz: *const c_void);
+        /// Fills `table[i]` with the mbuf whose buffer is `base + i * elt_size`; returns how
+        /// many were filled, or -1 when a buffer lies outside the region or is shared.
+        pub fn sy_extbuf_pool_slots(
+            mp: *mut rte_mempool,
+            base: *mut c_void,
+            elt_size: c_uint,
+            table: *mut *mut rte_mbuf,
+            n: c_uint,
+        ) -> c_int;
         /// Sizes and offsets as the C compiler sees them (see shim.c).
         pub fn sy_layout(what: c_uint) -> usize;
     }

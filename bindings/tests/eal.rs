@@ -86,6 +86,7 @@ fn layout_matches_the_installed_headers() {
         size_of::<sys::rte_ether_addr>(),
         offset_of!(sys::rte_mbuf, ol_flags),
         offset_of!(sys::rte_mbuf, vlan_tci),
+        sys::RTE_MBUF_F_EXTERNAL as usize,
     ];
     for (i, r) in rust.iter().enumerate() {
         assert_eq!(*r, c(i as u32), "layout item {i} differs between bindgen and C");

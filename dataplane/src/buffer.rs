@@ -12,6 +12,21 @@
 //!   while buffers are still out, the region is deliberately leaked (and logged), so a stray
 //!   buffer can never point into freed memory.
 //! - `head + len <= SLOT_SIZE` for every buffer, always: every method that moves either checks.
+//!
+//! External pools ([`Pool::external`]): the slots live in memory that another allocator owns
+//! (the DPDK port backend: each slot is the pinned data buffer of one mbuf). The same
+//! invariants hold, with "the pool's shared free queue" read as "the owner" ([`ExternalSlots`]):
+//! - Every slot is owned by exactly one of: the owner, one [`PoolCache`] of the pool, or one
+//!   [`PacketBuf`]. A slot enters switchyard only through [`ExternalSlots::alloc`] or
+//!   [`Pool::adopt`] (the owner hands it over) and leaves only through
+//!   [`ExternalSlots::free`] (drop, cache flush) or [`PacketBuf::release_to`] (handed back to
+//!   the owner's side by the caller). The shared free queue of an external pool is never used.
+//! - [`Pool::in_use`] of an external pool is the owner's count of slots out of its hands
+//!   ([`ExternalSlots::in_use`], which may include slots the owner lent elsewhere, e.g. to a
+//!   device ring) less the slots in caches.
+//! - The region belongs to the owner; the pool keeps the owner alive (an `Arc`) as long as the
+//!   pool's shared state lives, which is as long as any buffer or cache of it is out.
+//! - `head + len <= SLOT_SIZE` holds for adopted buffers too: [`Pool::adopt`] checks it.
 
 use crossbeam_queue::ArrayQueue;
 use std::ptr::NonNull;
@@ -48,6 +63,24 @@ pub enum BufferError {
 enum Region {
     Huge(memmap2::MmapMut),
     Plain(memmap2::MmapMut),
+    /// Memory of another allocator, which frees slots through these hooks.
+    External(Arc<dyn ExternalSlots>),
+}
+
+/// The owner of an external pool's slots (see the module documentation).
+///
+/// # Safety
+/// An implementation must keep the pool's region (`count * SLOT_SIZE` bytes from `base`,
+/// given to [`Pool::external`]) valid and unused by anyone else for every slot that
+/// switchyard holds (from `alloc` or [`Pool::adopt`] until `free` or
+/// [`PacketBuf::release_to`]), and must hand out each slot at most once at a time.
+pub unsafe trait ExternalSlots: Send + Sync {
+    /// Hands over one free slot (its index below the pool's count), or `None` when none is free.
+    fn alloc(&self) -> Option<u32>;
+    /// Takes slot `idx` back; switchyard does not touch it afterwards.
+    fn free(&self, idx: u32);
+    /// Slots out of the owner's hands (held by switchyard or lent elsewhere by the owner).
+    fn in_use(&self) -> usize;
 }
 
 struct PoolShared {
@@ -83,7 +116,31 @@ impl PoolShared {
             .iter()
             .map(|c| c.0.load(Ordering::Relaxed))
             .sum();
-        self.count.saturating_sub(self.free.len()).saturating_sub(cached)
+        match &self.region {
+            Region::External(ext) => ext.in_use().saturating_sub(cached),
+            _ => self.count.saturating_sub(self.free.len()).saturating_sub(cached),
+        }
+    }
+
+    /// Takes a free slot: from the owner for an external pool, else from the shared queue.
+    #[inline]
+    fn take(&self) -> Option<u32> {
+        match &self.region {
+            Region::External(ext) => ext.alloc(),
+            _ => self.free.pop(),
+        }
+    }
+
+    /// Gives a slot back: to the owner for an external pool, else to the shared queue.
+    #[inline]
+    fn give(&self, idx: u32) {
+        match &self.region {
+            Region::External(ext) => ext.free(idx),
+            // Cannot fail: the queue has room for every slot of the pool.
+            _ => {
+                let _ = self.free.push(idx);
+            }
+        }
     }
 }
 
@@ -173,12 +230,23 @@ impl Pool {
             Region::Huge(m) | Region::Plain(m) => NonNull::new(m.as_mut_ptr()).ok_or_else(|| {
                 BufferError::Map { pool: name.to_string(), bytes, reason: "null mapping".into() }
             })?,
+            Region::External(_) => unreachable!("built above from a mapping"),
         };
         let free = ArrayQueue::new(count);
         for i in 0..count as u32 {
             // Cannot fail: the queue holds exactly `count`.
             let _ = free.push(i);
         }
+        Ok(Self::from_shared(name, base, count, free, region))
+    }
+
+    fn from_shared(
+        name: &str,
+        base: NonNull<u8>,
+        count: usize,
+        free: ArrayQueue<u32>,
+        region: Region,
+    ) -> Pool {
         let shared = Box::new(PoolShared {
             name: name.to_string(),
             base,
@@ -188,7 +256,60 @@ impl Pool {
             region,
         });
         let ptr = NonNull::from(Box::leak(shared));
-        Ok(Pool { owner: Arc::new(PoolOwner(ptr)) })
+        Pool { owner: Arc::new(PoolOwner(ptr)) }
+    }
+
+    /// A pool over `count` slots of [`SLOT_SIZE`] bytes from `base` that `owner` allocates and
+    /// frees (see the module documentation). Buffers of it are dropped or freed into any cache
+    /// like any other; they go back to `owner`.
+    ///
+    /// # Safety
+    /// `base` must point to `count * SLOT_SIZE` bytes that stay valid while `owner` lives, and
+    /// `owner` must keep the [`ExternalSlots`] contract for this region.
+    pub unsafe fn external(
+        name: &str,
+        base: NonNull<u8>,
+        count: usize,
+        owner: Arc<dyn ExternalSlots>,
+    ) -> Result<Pool, BufferError> {
+        if count == 0 || count > Self::MAX_BUFFERS {
+            return Err(BufferError::BadSize { asked: count, max: Self::MAX_BUFFERS });
+        }
+        // The shared queue of an external pool is never used; one entry is the least it takes.
+        Ok(Self::from_shared(name, base, count, ArrayQueue::new(1), Region::External(owner)))
+    }
+
+    /// Whether the slots belong to an external owner ([`Pool::external`]).
+    pub fn is_external(&self) -> bool {
+        matches!(self.shared().region, Region::External(_))
+    }
+
+    /// Wraps slot `idx` of an external pool, holding the frame `[head, head + len)`, in a
+    /// buffer; `None` (and nothing taken) when the pool is not external or the window or index
+    /// is out of range.
+    ///
+    /// # Safety
+    /// The caller hands over the slot: the owner has it out of its hands, nobody else uses it,
+    /// and it is not held by any other buffer or cache. Dropping the buffer gives it back to
+    /// the owner ([`ExternalSlots::free`]).
+    #[inline]
+    pub unsafe fn adopt(&self, idx: u32, head: u16, len: u16) -> Option<PacketBuf> {
+        let s = self.shared();
+        let ok = matches!(s.region, Region::External(_))
+            && (idx as usize) < s.count
+            && usize::from(head) + usize::from(len) <= SLOT_SIZE;
+        // Not `then_some`: that would build (and drop, freeing the slot) a buffer when !ok.
+        if ok {
+            Some(PacketBuf { pool: self.owner.0, idx, head, len })
+        } else {
+            None
+        }
+    }
+
+    /// Whether `buf` is a buffer of this pool.
+    #[inline]
+    pub fn owns(&self, buf: &PacketBuf) -> bool {
+        buf.pool == self.owner.0
     }
 
     #[inline]
@@ -218,7 +339,7 @@ impl Pool {
     /// Takes one buffer from the shared queue (slow path; workers use a [`PoolCache`]).
     pub fn alloc(&self) -> Option<PacketBuf> {
         let s = self.shared();
-        s.free.pop().map(|idx| PacketBuf::fresh(self.owner.0, s, idx))
+        s.take().map(|idx| PacketBuf::fresh(self.owner.0, s, idx))
     }
 
     /// A per-worker cache in front of this pool.
@@ -287,7 +408,7 @@ impl PoolCache {
 fn refill(cache: &mut Vec<u32>, s: &PoolShared) {
     let mut n = 0;
     while n < CACHE_BULK {
-        match s.free.pop() {
+        match s.take() {
             Some(i) => {
                 cache.push(i);
                 n += 1;
@@ -302,8 +423,7 @@ fn flush(cache: &mut Vec<u32>, s: &PoolShared, n: usize) {
     let n = n.min(cache.len());
     for _ in 0..n {
         if let Some(i) = cache.pop() {
-            // Cannot fail: the queue has room for every slot of the pool.
-            let _ = s.free.push(i);
+            s.give(i);
         }
     }
 }
@@ -337,7 +457,7 @@ impl Drop for PacketBuf {
     fn drop(&mut self) {
         // SAFETY: the pool outlives every buffer (PoolOwner leaks it while any is out).
         let s = unsafe { self.pool.as_ref() };
-        let _ = s.free.push(self.idx);
+        s.give(self.idx);
     }
 }
 
@@ -351,6 +471,20 @@ impl PacketBuf {
     #[inline]
     fn fresh(pool: NonNull<PoolShared>, _s: &PoolShared, idx: u32) -> PacketBuf {
         PacketBuf { pool, idx, head: HEADROOM as u16, len: 0 }
+    }
+
+    /// Hands the slot back to the caller when this is a buffer of `pool`: its index and the
+    /// frame window `(idx, head, len)`. The caller then owns the slot (for an external pool:
+    /// it gives it back to the owner's side, e.g. passes the mbuf to a device). A buffer of
+    /// another pool comes back unchanged.
+    #[inline]
+    pub fn release_to(self, pool: &Pool) -> Result<(u32, u16, u16), PacketBuf> {
+        if self.pool != pool.owner.0 {
+            return Err(self);
+        }
+        let out = (self.idx, self.head, self.len);
+        std::mem::forget(self);
+        Ok(out)
     }
 
     #[inline]
@@ -554,6 +688,85 @@ mod tests {
         assert!(b.prepend(HEADROOM + 1).is_err());
         assert!(b.prepend(HEADROOM).is_ok());
         assert!(b.trim_front(HEADROOM + 1).is_err());
+    }
+
+    /// A toy owner: a Vec of slots and a free list.
+    struct Toy {
+        mem: Box<[u8]>,
+        free: std::sync::Mutex<Vec<u32>>,
+        count: usize,
+    }
+
+    // SAFETY: the region is the Box, alive as long as Toy; the free list hands out each slot once.
+    unsafe impl ExternalSlots for Toy {
+        fn alloc(&self) -> Option<u32> {
+            self.free.lock().unwrap().pop()
+        }
+        fn free(&self, idx: u32) {
+            let mut f = self.free.lock().unwrap();
+            assert!(!f.contains(&idx), "slot {idx} freed twice");
+            f.push(idx);
+        }
+        fn in_use(&self) -> usize {
+            self.count - self.free.lock().unwrap().len()
+        }
+    }
+
+    #[test]
+    fn external_pool_gives_slots_back_to_their_owner() {
+        let count = 300;
+        let mut toy =
+            Toy { mem: vec![0u8; count * SLOT_SIZE].into_boxed_slice(), free: Default::default(), count };
+        toy.free.get_mut().unwrap().extend((0..count as u32).rev());
+        let base = NonNull::new(toy.mem.as_mut_ptr()).unwrap();
+        let toy = Arc::new(toy);
+        // SAFETY: the region is toy.mem, count slots, kept alive by the Arc the pool holds.
+        let ext = unsafe { Pool::external("ext", base, count, toy.clone()) }.unwrap();
+        assert!(ext.is_external());
+        let regular = Pool::with_hugepages("reg", 16, false).unwrap();
+        let mut worker = regular.cache();
+        // The owner hands a slot over with a frame in it (as an RX path would).
+        let idx = toy.alloc().unwrap();
+        // SAFETY: slot idx is out of the owner's hands and nobody else holds it.
+        let mut b = unsafe { ext.adopt(idx, 100, 60) }.unwrap();
+        assert_eq!(ext.in_use(), 1);
+        assert_eq!((b.headroom(), b.len()), (100, 60));
+        b.push_vlan(7).unwrap();
+        // SAFETY: the offset stays inside toy.mem (slot idx, below count).
+        assert_eq!(b.data().as_ptr(), unsafe { base.as_ptr().add(idx as usize * SLOT_SIZE + 96) });
+        // Out-of-range windows and indices are refused.
+        // SAFETY: nothing is taken when adopt refuses.
+        assert!(unsafe { ext.adopt(0, 2000, 177) }.is_none());
+        assert!(unsafe { ext.adopt(count as u32, 0, 0) }.is_none());
+        assert!(unsafe { regular.adopt(0, 0, 0) }.is_none());
+        // Freed into a worker cache of another pool: back to the owner.
+        worker.free(b);
+        assert_eq!(ext.in_use(), 0);
+        // release_to hands the slot to the caller; a buffer of another pool comes back.
+        let idx = toy.alloc().unwrap();
+        // SAFETY: as above.
+        let b = unsafe { ext.adopt(idx, 128, 10) }.unwrap();
+        assert_eq!(b.release_to(&ext).unwrap(), (idx, 128, 10));
+        assert_eq!(ext.in_use(), 1, "the caller holds it now");
+        toy.free(idx);
+        let r = worker.alloc().unwrap();
+        let r = r.release_to(&ext).unwrap_err();
+        worker.free(r);
+        // Allocation through the pool and a cache of it takes from the owner and gives back.
+        let mut c = ext.cache();
+        let held: Vec<_> = (0..count).map(|_| c.alloc().unwrap()).collect();
+        assert!(c.alloc().is_none() && ext.alloc().is_none());
+        assert_eq!(ext.in_use(), count);
+        for b in held {
+            c.free(b);
+        }
+        assert_eq!(ext.in_use(), 0, "cached slots are not in use");
+        drop(c);
+        assert_eq!(toy.in_use(), 0, "a dropped cache gives its slots back to the owner");
+        drop(ext);
+        assert_eq!(Arc::strong_count(&toy), 1, "the pool let go of its owner");
+        drop(worker);
+        assert_eq!(regular.in_use(), 0);
     }
 
     #[test]
