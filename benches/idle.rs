@@ -34,6 +34,9 @@ fn main() {
     }
     let idle: u64 = std::env::var("IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    // OBSERVER=yield: the measuring thread yields its core instead of spinning, so the woken
+    // worker can run on it (on a VM whose other vCPU is halted, waking that vCPU costs ms).
+    let yield_observer = std::env::var("OBSERVER").is_ok_and(|v| v == "yield");
     let (a, pa) = RingPort::new("a", 1024);
     let (b, pb) = RingPort::new("b", 1024);
     let ports: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(Arc::new(a)), Some(Arc::new(b))];
@@ -76,7 +79,11 @@ fn main() {
             if t.elapsed() > Duration::from_secs(1) {
                 panic!("frame not forwarded within 1 s");
             }
-            std::hint::spin_loop();
+            if yield_observer {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         };
         let us = t.elapsed().as_secs_f64() * 1e6;
         drop(out);
