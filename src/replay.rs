@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
 use switchyard_dataplane::config::{from_yaml, BridgeConfig, Config};
-use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches, Verdict};
+use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::pcap::{read_pcap, resolve, PcapFrame, PcapPort, TxClock};
 use switchyard_dataplane::port::{Burst, PortBackend, TxQueue};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
@@ -116,23 +116,7 @@ fn fmt_time(ts_ns: u64) -> String {
 }
 
 fn trace_line(cfg: &SwitchConfig, ts: u64, t: &FrameTrace) -> String {
-    let name = |p: PortId| cfg.port(p).map_or("?", |s| s.name.as_str()).to_string();
-    let mut s = format!("{} {} len={} {} > {}", fmt_time(ts), name(t.in_port), t.len, t.src, t.dst);
-    if let Some(v) = t.vlan {
-        s.push_str(&format!(" vlan={v}"));
-    }
-    if let Some(l) = t.learn {
-        s.push_str(&format!(" learn={l:?}"));
-    }
-    match t.verdict {
-        Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
-        Verdict::Unicast(_) | Verdict::Flood => {
-            let kind = if matches!(t.verdict, Verdict::Flood) { "flood" } else { "unicast" };
-            let outs: Vec<String> = t.out_ports.iter().map(|p| name(*p)).collect();
-            s.push_str(&format!(" -> {kind} {}", outs.join(",")));
-        }
-    }
-    s
+    format!("{} {}", fmt_time(ts), t.describe(cfg))
 }
 
 /// Runs the scenario, writing `<port>.pcap` and `stats.json` into `out`.

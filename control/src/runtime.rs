@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
-use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches, Verdict};
+use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
@@ -697,23 +697,7 @@ impl Runtime {
 
 /// One traced frame, as `replay --trace` prints it (without the timestamp).
 pub fn trace_line(cfg: &SwitchConfig, t: &FrameTrace) -> String {
-    let name = |p: PortId| cfg.port(p).map_or("?", |s| s.name.as_str()).to_string();
-    let mut s = format!("{} len={} {} > {}", name(t.in_port), t.len, t.src, t.dst);
-    if let Some(v) = t.vlan {
-        s.push_str(&format!(" vlan={v}"));
-    }
-    if let Some(l) = t.learn {
-        s.push_str(&format!(" learn={l:?}"));
-    }
-    match t.verdict {
-        Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
-        Verdict::Unicast(_) | Verdict::Flood => {
-            let kind = if matches!(t.verdict, Verdict::Flood) { "flood" } else { "unicast" };
-            let outs: Vec<String> = t.out_ports.iter().map(|p| name(*p)).collect();
-            s.push_str(&format!(" -> {kind} {}", outs.join(",")));
-        }
-    }
-    s
+    t.describe(cfg)
 }
 
 /// Rows as left-aligned columns.

@@ -68,6 +68,38 @@ pub struct FrameTrace {
     pub out_ports: Vec<PortId>,
 }
 
+impl FrameTrace {
+    /// One line, as `replay --trace` and `ctl trace` print it (ports by name):
+    /// `IN len=N SRC > DST vlan=V learn=WHAT -> unicast OUT | flood OUT,OUT | drop REASON`.
+    pub fn describe(&self, cfg: &SwitchConfig) -> String {
+        let name = |p: PortId| cfg.port(p).map_or_else(|| format!("#{p}"), |s| s.name.clone());
+        let mut s = format!("{} len={} {} > {}", name(self.in_port), self.len, self.src, self.dst);
+        if let Some(v) = self.vlan {
+            s.push_str(&format!(" vlan={v}"));
+        }
+        if let Some(l) = self.learn {
+            let what = match l {
+                LearnOutcome::Refreshed => "refreshed".to_string(),
+                LearnOutcome::Learned => "learned".to_string(),
+                LearnOutcome::Moved { from } => format!("moved-from:{}", name(from)),
+                LearnOutcome::StaticConflict { owner } => format!("static-on:{}", name(owner)),
+                LearnOutcome::PortLimit => "mac-limit".to_string(),
+                LearnOutcome::TableFull => "table-full".to_string(),
+            };
+            s.push_str(&format!(" learn={what}"));
+        }
+        match self.verdict {
+            Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
+            Verdict::Unicast(_) | Verdict::Flood => {
+                let kind = if matches!(self.verdict, Verdict::Flood) { "flood" } else { "unicast" };
+                let outs: Vec<String> = self.out_ports.iter().map(|p| name(*p)).collect();
+                s.push_str(&format!(" -> {kind} {}", outs.join(",")));
+            }
+        }
+        s
+    }
+}
+
 /// Frames waiting to be sent, one batch per port, filled by [`process_burst`] and emptied by
 /// [`TxBatches::flush`].
 pub struct TxBatches {
