@@ -80,7 +80,7 @@ ovs_stop() {
 
 cleanup() {
     ovs_stop
-    rm -rf "$WORK"
+    rm -rf "$WORK" "/var/run/dpdk/pmdcmp$$"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

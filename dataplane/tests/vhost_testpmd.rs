@@ -38,6 +38,8 @@ struct TestPmd {
     stdin: ChildStdin,
     lines: Receiver<String>,
     log: Vec<String>,
+    /// EAL's runtime directory of this testpmd, removed when it is gone.
+    runtime_dir: std::path::PathBuf,
 }
 
 impl TestPmd {
@@ -46,9 +48,11 @@ impl TestPmd {
     }
 
     fn start_with(name: &str, vdev: &str, fwd: &str, extra: &[&str]) -> TestPmd {
+        let prefix = format!("sy{}{name}", std::process::id());
+        let runtime_dir = std::path::Path::new("/var/run/dpdk").join(&prefix);
         let mut child = Command::new(TESTPMD)
             .args(["-l", "0-1", "--no-huge", "-m", "256", "--no-pci"])
-            .arg(format!("--file-prefix=sy{}{name}", std::process::id()))
+            .arg(format!("--file-prefix={prefix}"))
             .args(["--vdev", vdev, "--log-level=pmd.net.virtio.*:info"])
             .args(["--", "-i", "--nb-cores=1", "--total-num-mbufs=2048"])
             .arg(format!("--forward-mode={fwd}"))
@@ -73,7 +77,7 @@ impl TestPmd {
             });
         }
         let stdin = child.stdin.take().unwrap();
-        TestPmd { child, stdin, lines: rx, log: Vec::new() }
+        TestPmd { child, stdin, lines: rx, log: Vec::new(), runtime_dir }
     }
 
     fn cmd(&mut self, c: &str) {
@@ -108,6 +112,7 @@ impl Drop for TestPmd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
