@@ -106,6 +106,10 @@ pub struct PmdArgs {
     /// pmd-rxq-affinity.
     #[arg(long, value_name = "P:Q@W,...")]
     pub rxq_affinity: Option<String>,
+    /// dpdk ports: mbufs in the process-wide DPDK pool (default: sized for the rings; a
+    /// net_pcap port with infinite_rx needs one per frame of its capture).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub mbufs: u32,
 }
 
 /// Parses `--rxq-affinity`.
@@ -139,6 +143,7 @@ struct Setup {
     gen: TxGen,
     mac_table_size: usize,
     rxq_affinity: Vec<(u16, u16, usize)>,
+    mbufs: u32,
 }
 
 fn mode_names() -> String {
@@ -368,6 +373,7 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
         gen,
         mac_table_size: a.mac_table_size,
         rxq_affinity,
+        mbufs: a.mbufs,
     })
 }
 
@@ -453,7 +459,11 @@ impl Session {
         let switch = SwitchConfig::compile(&cfg, None).map_err(|e| format!("configuration: {e}"))?;
         // With `--features dpdk` the context has EAL options too (their defaults).
         #[allow(clippy::needless_update)]
-        let ctx = PortContext { workers: setup.opts.cores.len() as u16, ..Default::default() };
+        let ctx = PortContext {
+            workers: setup.opts.cores.len() as u16,
+            dpdk_mbufs: setup.mbufs,
+            ..Default::default()
+        };
         let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; switch.port_slots()];
         for (pc, spec) in setup.ports.iter().zip(&setup.specs) {
             let id = switch.by_name[&pc.name];

@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct PortContext {
     /// Workers that will poll the port (TX and, where the device has them, RX queues).
     pub workers: u16,
+    /// Mbufs in the process-wide DPDK pool (made when the first DPDK port opens); 0: sized
+    /// for the first port's rings. net_pcap's `infinite_rx` keeps its whole capture in mbufs.
+    pub dpdk_mbufs: u32,
     /// EAL options for the first DPDK port (EAL starts once per process).
     #[cfg(feature = "dpdk")]
     pub eal: switchyard_bindings::EalOptions,
@@ -85,6 +88,18 @@ fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
     Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
 }
 
+/// EAL's options for this context: room for the requested mbuf pool when the memory size is
+/// left to us (EAL's default under `--no-huge` is 256 MiB).
+#[cfg(feature = "dpdk")]
+fn eal_options(ctx: &PortContext) -> switchyard_bindings::EalOptions {
+    let mut o = ctx.eal.clone();
+    if o.memory_mb.is_none() && ctx.dpdk_mbufs > 0 {
+        let pool_mb = (u64::from(ctx.dpdk_mbufs) * 2560).div_ceil(1 << 20);
+        o.memory_mb = Some(256 + pool_mb as u32);
+    }
+    o
+}
+
 #[cfg(feature = "dpdk")]
 fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     use super::dpdk::{DpdkPort, DpdkPortConfig};
@@ -93,11 +108,15 @@ fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>
         .devargs
         .as_deref()
         .ok_or_else(|| PortError::Backend { port: name.into(), msg: "a dpdk port needs devargs".into() })?;
-    let eal = switchyard_bindings::Eal::init(ctx.eal.clone())
+    let eal = switchyard_bindings::Eal::init(eal_options(ctx))
         .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
     let workers = ctx.workers.max(1);
-    let pc =
-        DpdkPortConfig { rx_queues: cfg.queues.unwrap_or(workers), tx_queues: workers, ..Default::default() };
+    let pc = DpdkPortConfig {
+        rx_queues: cfg.queues.unwrap_or(workers),
+        tx_queues: workers,
+        pool_size: ctx.dpdk_mbufs,
+        ..Default::default()
+    };
     Ok(Arc::new(DpdkPort::open(eal, name, devargs, &pc)?))
 }
 
