@@ -22,6 +22,10 @@ pub struct PlanArgs {
     /// Directory of the VM ports' vhost-user sockets.
     #[arg(long, default_value = switchyard_control::plan::DEFAULT_VHOST_DIR)]
     pub vhost_dir: String,
+    /// Permissions of the VM ports' vhost-user sockets, octal (e.g. 0660), for a QEMU that
+    /// runs as another user; default: left to the umask.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode_arg)]
+    pub vhost_socket_mode: Option<String>,
     /// Exit with status 2 when the input has problems (the plan is printed all the same).
     #[arg(long)]
     pub strict: bool,
@@ -54,7 +58,12 @@ pub fn main(a: PlanArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let p = plan(&state, &a.node, &labels, &PlanOptions { vhost_dir: a.vhost_dir });
+    let p = plan(
+        &state,
+        &a.node,
+        &labels,
+        &PlanOptions { vhost_dir: a.vhost_dir, vhost_socket_mode: a.vhost_socket_mode },
+    );
     for pr in &p.problems {
         eprintln!("problem: {pr}");
     }
@@ -65,4 +74,10 @@ pub fn main(a: PlanArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+fn parse_mode_arg(s: &str) -> Result<String, String> {
+    switchyard_dataplane::config::parse_socket_mode(s)
+        .map(|_| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 0660"))
 }

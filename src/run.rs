@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Directory of the VM ports' vhost-user sockets.
     #[arg(long, default_value = DEFAULT_VHOST_DIR)]
     pub vhost_dir: String,
+    /// Permissions of the VM ports' vhost-user sockets, octal (e.g. 0660), for a QEMU that
+    /// runs as another user; default: left to the umask.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode_arg)]
+    pub vhost_socket_mode: Option<String>,
     /// Testing: make VM ports `ring` (in-memory) or leave them `vhostuser`.
     #[arg(long, hide = true, value_name = "ring|vhostuser")]
     pub vm_ports: Option<String>,
@@ -117,7 +121,8 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     };
     let mut copts = ControllerOptions::new(&a.state, &a.node);
     copts.labels = labels;
-    copts.plan = PlanOptions { vhost_dir: a.vhost_dir.clone() };
+    copts.plan =
+        PlanOptions { vhost_dir: a.vhost_dir.clone(), vhost_socket_mode: a.vhost_socket_mode.clone() };
     Ok((ropts, copts))
 }
 
@@ -177,4 +182,10 @@ pub fn main(a: RunArgs) -> ExitCode {
         Err(_) => stop.store(true, Ordering::Release),
     }
     code
+}
+
+fn parse_mode_arg(s: &str) -> Result<String, String> {
+    switchyard_dataplane::config::parse_socket_mode(s)
+        .map(|_| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 0660"))
 }

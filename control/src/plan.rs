@@ -20,11 +20,14 @@ use switchyard_dataplane::wire::MacAddr;
 pub struct PlanOptions {
     /// Directory of the vhost-user sockets of VM ports.
     pub vhost_dir: String,
+    /// Permissions of those sockets (octal, e.g. "0660"), so that QEMU running as another
+    /// user can connect; `None` leaves them to the process's umask.
+    pub vhost_socket_mode: Option<String>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { vhost_dir: DEFAULT_VHOST_DIR.into() }
+        PlanOptions { vhost_dir: DEFAULT_VHOST_DIR.into(), vhost_socket_mode: None }
     }
 }
 
@@ -518,6 +521,7 @@ impl Planner {
                 kind: Some(PortType::Vhostuser),
                 socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
                 mode: Some("server".into()),
+                socket_mode: opts.vhost_socket_mode.clone(),
                 static_macs: mac.into_iter().collect(),
                 ..Default::default()
             };

@@ -80,6 +80,8 @@ pub struct BackendOverride {
     pub queues: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devargs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
 }
 
 impl BackendOverride {
@@ -94,6 +96,7 @@ impl BackendOverride {
         p.mode = self.mode.clone();
         p.queues = self.queues;
         p.devargs = self.devargs.clone();
+        p.socket_mode = self.socket_mode.clone();
     }
 }
 
@@ -268,6 +271,7 @@ impl Runtime {
                         mode: None,
                         queues: None,
                         devargs: None,
+                        socket_mode: None,
                     }
                     .apply(p);
                 }

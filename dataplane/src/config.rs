@@ -106,6 +106,10 @@ pub struct PortConfig {
     /// vhostuser: `server` (switchyard listens) or `client`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// vhostuser server mode: permissions of the socket, octal (e.g. "0660"), so that QEMU
+    /// running as another user can connect. Default: the process's umask decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// vhostuser, dpdk: queue pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
@@ -125,6 +129,11 @@ impl PortType {
             PortType::Dpdk => "dpdk",
         }
     }
+}
+
+/// An octal permission mode such as "0660" or "660" (at most 0777).
+pub fn parse_socket_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777 && !s.is_empty())
 }
 
 /// Parses YAML text, naming `path` in errors (serde_yaml's message gives the field and line).
@@ -269,6 +278,7 @@ impl PortConfig {
             ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
             ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
             ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
+            ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
             ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
             ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
         ];
@@ -281,6 +291,17 @@ impl PortConfig {
         if let Some(m) = &self.mode {
             if m != "server" && m != "client" {
                 return Err(invalid(format!("{pf}.mode"), format!("{m:?} is neither server nor client")));
+            }
+        }
+        if let Some(m) = &self.socket_mode {
+            if parse_socket_mode(m).is_none() {
+                return Err(invalid(
+                    format!("{pf}.socket_mode"),
+                    format!("{m:?} is not an octal mode like \"0660\""),
+                ));
+            }
+            if self.mode.as_deref() == Some("client") {
+                return Err(invalid(format!("{pf}.socket_mode"), "only a server creates the socket"));
             }
         }
         if kind == Some(PortType::Vhostuser) && self.socket.is_none() {
@@ -346,5 +367,13 @@ bridges:
         .unwrap_err()
         .to_string();
         assert!(e.contains("bridges[0].ports[0].devargs"), "{e}");
+        let vm = "bridges:\n- name: b\n  ports:\n  - name: p\n    type: vhostuser\n    socket: /tmp/x.sock\n";
+        assert!(Config::from_yaml_str(&format!("{vm}    socket_mode: \"0660\"\n")).is_ok());
+        let e = Config::from_yaml_str(&format!("{vm}    socket_mode: \"0999\"\n")).unwrap_err().to_string();
+        assert!(e.contains("bridges[0].ports[0].socket_mode"), "{e}");
+        let e = Config::from_yaml_str(&format!("{vm}    mode: client\n    socket_mode: \"0660\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("socket_mode"), "{e}");
     }
 }

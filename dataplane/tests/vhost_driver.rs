@@ -660,3 +660,23 @@ fn random_protocol_sessions_never_hurt_the_port() {
     assert_eq!(tx.borrow_mut().tx_burst(&mut b, &mut c, &mut d), 1);
     assert_eq!(fe.receive(0), vec![frame(3, 100)]);
 }
+
+#[test]
+fn server_socket_gets_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
+    let dir = tempfile_dir();
+    let path = dir.join("mode.sock");
+    let opts = VhostOptions { mode: Mode::Server, socket_mode: Some(0o660), ..Default::default() };
+    let port = VhostUserPort::open("mode", &path, opts).expect("open");
+    let mode = std::fs::metadata(&path).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    drop(port);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sy-vhost-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}

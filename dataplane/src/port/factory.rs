@@ -84,7 +84,8 @@ fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
             })
         }
     };
-    let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), ..Default::default() };
+    let socket_mode = cfg.socket_mode.as_deref().and_then(crate::config::parse_socket_mode);
+    let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), socket_mode, ..Default::default() };
     Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
 }
 

@@ -98,11 +98,18 @@ pub struct VhostOptions {
     pub queues: u16,
     /// Client mode: pause between connection attempts.
     pub reconnect_interval: Duration,
+    /// Server mode: permissions given to the socket after it is created.
+    pub socket_mode: Option<u32>,
 }
 
 impl Default for VhostOptions {
     fn default() -> Self {
-        VhostOptions { mode: Mode::Server, queues: 1, reconnect_interval: Duration::from_millis(200) }
+        VhostOptions {
+            mode: Mode::Server,
+            queues: 1,
+            reconnect_interval: Duration::from_millis(200),
+            socket_mode: None,
+        }
     }
 }
 
@@ -161,6 +168,11 @@ impl VhostUserPort {
                 let l =
                     UnixListener::bind(path).map_err(|e| PortError::Io { port: name.into(), source: e })?;
                 l.set_nonblocking(true).map_err(|e| PortError::Io { port: name.into(), source: e })?;
+                if let Some(m) = opts.socket_mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))
+                        .map_err(|e| PortError::Io { port: name.into(), source: e })?;
+                }
                 Some(l)
             }
             Mode::Client => None,
