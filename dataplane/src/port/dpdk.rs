@@ -22,12 +22,12 @@
 //! stopped and closed when the port and every queue handle are gone, so no burst can race a
 //! stop.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue, MAX_BURST};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
 use crate::buffer::{ExternalSlots, Pool, PoolCache, SLOT_SIZE};
 use crate::switch::DropReason;
 use std::mem::ManuallyDrop;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use switchyard_bindings::{mbuf::free_bulk, sys::rte_mbuf, Eal, EthDev, EthStats, Mbuf, Mempool};
 
@@ -147,7 +147,7 @@ struct Shared {
     name: String,
     dev: EthDev,
     bufs: &'static DpdkBufs,
-    rx_taken: Vec<AtomicBool>,
+    rx_claims: RxClaims,
     tx_locks: Vec<Mutex<()>>,
 }
 
@@ -196,7 +196,7 @@ impl DpdkPort {
                 name: name.to_string(),
                 dev,
                 bufs,
-                rx_taken: (0..nrx).map(|_| AtomicBool::new(false)).collect(),
+                rx_claims: RxClaims::new(name, nrx),
                 tx_locks: (0..ntx).map(|_| Mutex::new(())).collect(),
             }),
         })
@@ -243,7 +243,7 @@ unsafe impl Send for DpdkRx {}
 
 impl Drop for DpdkRx {
     fn drop(&mut self) {
-        self.shared.rx_taken[usize::from(self.q)].store(false, Ordering::Release);
+        self.shared.rx_claims.release(self.q);
     }
 }
 
@@ -259,7 +259,7 @@ impl RxQueue for DpdkRx {
         if room == 0 {
             return 0;
         }
-        // SAFETY: this handle is the only user of RX queue q (rx_taken), and the device is
+        // SAFETY: this handle is the only user of RX queue q (rx_claims), and the device is
         // stopped only when the last Arc<Shared>, ours included, is gone.
         let n = unsafe { self.shared.dev.rx_burst_shared(self.q, &mut self.mbufs[..room]) };
         let bufs = self.shared.bufs;
@@ -395,17 +395,11 @@ impl PortBackend for DpdkPort {
     }
 
     fn rx_queue_count(&self) -> u16 {
-        self.shared.rx_taken.len() as u16
+        self.shared.rx_claims.count()
     }
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
-        let count = self.rx_queue_count();
-        let Some(taken) = self.shared.rx_taken.get(usize::from(q)) else {
-            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count });
-        };
-        if taken.swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
-        }
+        self.shared.rx_claims.claim(q)?;
         Ok(Box::new(DpdkRx { shared: self.shared.clone(), q, mbufs: [null_mut(); MAX_BURST] }))
     }
 

@@ -21,6 +21,7 @@ use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use arrayvec::ArrayVec;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Most frames moved in one burst.
 pub const MAX_BURST: usize = 64;
@@ -120,6 +121,43 @@ pub trait TxQueue: Send {
     /// Pushes out anything buffered (a file writer's buffer, say). Default: nothing to do.
     fn flush(&mut self) -> Result<(), PortError> {
         Ok(())
+    }
+}
+
+/// Which RX queues of a port are taken. Each RX queue is polled by at most one handle at a
+/// time: a backend claims the queue when it hands out an [`RxQueue`] and releases it when that
+/// handle is dropped.
+#[derive(Debug)]
+pub struct RxClaims {
+    port: String,
+    taken: Box<[AtomicBool]>,
+}
+
+impl RxClaims {
+    pub fn new(port: &str, queues: u16) -> RxClaims {
+        RxClaims { port: port.to_string(), taken: (0..queues).map(|_| AtomicBool::new(false)).collect() }
+    }
+
+    pub fn count(&self) -> u16 {
+        self.taken.len() as u16
+    }
+
+    /// Claims queue `q`: an error when the port has no such queue or a handle holds it.
+    pub fn claim(&self, q: u16) -> Result<(), PortError> {
+        let Some(t) = self.taken.get(usize::from(q)) else {
+            return Err(PortError::NoSuchQueue { port: self.port.clone(), queue: q, count: self.count() });
+        };
+        if t.swap(true, Ordering::AcqRel) {
+            return Err(PortError::QueueTaken { port: self.port.clone(), queue: q });
+        }
+        Ok(())
+    }
+
+    /// Gives queue `q` back (from the handle's `Drop`).
+    pub fn release(&self, q: u16) {
+        if let Some(t) = self.taken.get(usize::from(q)) {
+            t.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! Only classic pcap with the Ethernet link type is accepted; anything else is an error that
 //! names the file (and the frame number for a damaged record).
 
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
 use crate::buffer::{PoolCache, DATA_ROOM};
 use crate::switch::DropReason;
 use pcap_file::pcap::PcapReader;
@@ -13,7 +13,7 @@ use pcap_file::DataLink;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One record of a capture file.
@@ -128,7 +128,7 @@ pub struct PcapPort {
     name: String,
     rx: Option<Arc<FrameStore>>,
     infinite: bool,
-    rx_taken: Arc<AtomicBool>,
+    rx_claims: Arc<RxClaims>,
     writer: Option<Arc<Mutex<PcapFileWriter>>>,
     clock: TxClock,
 }
@@ -170,7 +170,7 @@ impl PcapPort {
             name: name.to_string(),
             rx,
             infinite,
-            rx_taken: Arc::new(AtomicBool::new(false)),
+            rx_claims: Arc::new(RxClaims::new(name, 1)),
             writer,
             clock,
         })
@@ -186,7 +186,7 @@ struct PcapRx {
     store: Option<Arc<FrameStore>>,
     next: usize,
     infinite: bool,
-    taken: Arc<AtomicBool>,
+    claims: Arc<RxClaims>,
     /// Never signalled: once a finite capture is exhausted, nothing more will arrive, and an
     /// idle worker may sleep on this for as long as it likes.
     quiet: Option<nix::sys::eventfd::EventFd>,
@@ -194,7 +194,7 @@ struct PcapRx {
 
 impl Drop for PcapRx {
     fn drop(&mut self) {
-        self.taken.store(false, Ordering::Release);
+        self.claims.release(0);
     }
 }
 
@@ -312,17 +312,12 @@ impl PortBackend for PcapPort {
     }
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
-        if q != 0 {
-            return Err(PortError::NoSuchQueue { port: self.name.clone(), queue: q, count: 1 });
-        }
-        if self.rx_taken.swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken { port: self.name.clone(), queue: q });
-        }
+        self.rx_claims.claim(q)?;
         Ok(Box::new(PcapRx {
             store: self.rx.clone(),
             next: 0,
             infinite: self.infinite,
-            taken: self.rx_taken.clone(),
+            claims: self.rx_claims.clone(),
             quiet: nix::sys::eventfd::EventFd::from_flags(
                 nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
             )

@@ -2,7 +2,7 @@
 //! from it. A [`RingPeer`] is the other end (a test, a load generator, or another ring port
 //! with the queues crossed), like DPDK's net_ring.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
@@ -16,7 +16,7 @@ struct RingShared {
     to_switch: ArrayQueue<PacketBuf>,
     from_switch: ArrayQueue<PacketBuf>,
     link_up: AtomicBool,
-    rx_taken: AtomicBool,
+    rx_claims: RxClaims,
     /// Set by an idle worker before it sleeps on `wake`; the peer signals `wake` once.
     armed: AtomicBool,
     /// Made on first use, so that ports no worker sleeps on hold no descriptor.
@@ -43,7 +43,7 @@ impl RingPort {
             to_switch: ArrayQueue::new(depth.max(1)),
             from_switch: ArrayQueue::new(depth.max(1)),
             link_up: AtomicBool::new(true),
-            rx_taken: AtomicBool::new(false),
+            rx_claims: RxClaims::new(name, 1),
             armed: AtomicBool::new(false),
             wake: std::sync::OnceLock::new(),
         });
@@ -84,7 +84,7 @@ struct RingRx {
 
 impl Drop for RingRx {
     fn drop(&mut self) {
-        self.shared.rx_taken.store(false, Ordering::Release);
+        self.shared.rx_claims.release(0);
     }
 }
 
@@ -162,12 +162,7 @@ impl PortBackend for RingPort {
     }
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
-        if q != 0 {
-            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count: 1 });
-        }
-        if self.shared.rx_taken.swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
-        }
+        self.shared.rx_claims.claim(q)?;
         Ok(Box::new(RingRx { shared: self.shared.clone() }))
     }
 

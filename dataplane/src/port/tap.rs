@@ -7,7 +7,7 @@
 //! returns nothing, nothing panics. Without `persist`, the interface goes away with the port.
 
 use super::afpacket::{errno, ifr_ioctl, is_link_error, link_state, IfReq};
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,7 +45,7 @@ struct Shared {
     ctl: OwnedFd,
     /// The interface is gone (deleted): permanent.
     gone: AtomicBool,
-    rx_taken: AtomicBool,
+    rx_claims: RxClaims,
 }
 
 impl Shared {
@@ -142,7 +142,7 @@ impl TapPort {
                 fd,
                 ctl,
                 gone: AtomicBool::new(false),
-                rx_taken: AtomicBool::new(false),
+                rx_claims: RxClaims::new(name, 1),
             }),
         })
     }
@@ -168,12 +168,7 @@ impl PortBackend for TapPort {
     }
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
-        if q != 0 {
-            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count: 1 });
-        }
-        if self.shared.rx_taken.swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
-        }
+        self.shared.rx_claims.claim(q)?;
         Ok(Box::new(TapRx { shared: self.shared.clone() }))
     }
 
@@ -201,7 +196,7 @@ struct TapRx {
 
 impl Drop for TapRx {
     fn drop(&mut self) {
-        self.shared.rx_taken.store(false, Ordering::Release);
+        self.shared.rx_claims.release(0);
     }
 }
 

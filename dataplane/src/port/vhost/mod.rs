@@ -64,7 +64,7 @@ pub mod proto;
 pub mod sys;
 pub mod vring;
 
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
 use crate::buffer::PoolCache;
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
@@ -125,7 +125,7 @@ pub(crate) struct Shared {
     path: PathBuf,
     opts: VhostOptions,
     vqs: Box<[Mutex<VqState>]>,
-    rx_taken: Box<[AtomicBool]>,
+    rx_claims: RxClaims,
     link: AtomicBool,
     connected: AtomicBool,
     stop: AtomicBool,
@@ -182,7 +182,7 @@ impl VhostUserPort {
             name: name.to_string(),
             path: path.to_path_buf(),
             vqs: (0..nvq).map(|_| Mutex::new(VqState::default())).collect(),
-            rx_taken: (0..opts.queues).map(|_| AtomicBool::new(false)).collect(),
+            rx_claims: RxClaims::new(name, opts.queues),
             opts,
             link: AtomicBool::new(false),
             connected: AtomicBool::new(false),
@@ -265,7 +265,7 @@ impl VhostRx {
 
 impl Drop for VhostRx {
     fn drop(&mut self) {
-        self.shared.rx_taken[usize::from(self.q)].store(false, Ordering::Release);
+        self.shared.rx_claims.release(self.q);
     }
 }
 
@@ -385,13 +385,7 @@ impl PortBackend for VhostUserPort {
     }
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
-        let count = self.shared.opts.queues;
-        if q >= count {
-            return Err(PortError::NoSuchQueue { port: self.shared.name.clone(), queue: q, count });
-        }
-        if self.shared.rx_taken[usize::from(q)].swap(true, Ordering::AcqRel) {
-            return Err(PortError::QueueTaken { port: self.shared.name.clone(), queue: q });
-        }
+        self.shared.rx_claims.claim(q)?;
         Ok(Box::new(VhostRx { shared: self.shared.clone(), q, kick: None }))
     }
 
