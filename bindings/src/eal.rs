@@ -182,7 +182,8 @@ pub fn lcore_id() -> u32 {
 
 /// DPDK's version string, e.g. `DPDK 22.11.11`.
 pub fn version() -> String {
-    // SAFETY: rte_version returns a pointer to a static NUL-terminated string.
+    // SAFETY: rte_version returns a pointer to a static, NUL-terminated string that lives as
+    // long as the library.
     unsafe { CStr::from_ptr(sys::rte_version()) }.to_string_lossy().into_owned()
 }
 

@@ -175,7 +175,8 @@ impl EthDev {
         let driver_name = if i.driver_name.is_null() {
             String::new()
         } else {
-            // SAFETY: a non-null driver_name is the driver's static C string.
+            // SAFETY: a non-null driver_name points to the driver's static, NUL-terminated name,
+            // which lives as long as the driver is loaded (the whole process).
             unsafe { CStr::from_ptr(i.driver_name) }.to_string_lossy().into_owned()
         };
         Ok(DevInfo {
@@ -253,8 +254,9 @@ impl EthDev {
         // SAFETY: rx and tx are valid in/out parameters.
         let ret = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(self.port_id, &mut rx, &mut tx) };
         check(ret, self.err("adjust_nb_rx_tx_desc"))?;
-        // SAFETY: the port is configured with q < nb_txq; null txconf = defaults.
         let ret =
+            // SAFETY: the port is configured and q < nb_txq (checked above); a null txconf
+            // asks for the driver's defaults.
             unsafe { sys::rte_eth_tx_queue_setup(self.port_id, q, tx, self.socket_id(), std::ptr::null()) };
         check(ret, self.err("tx_queue_setup"))?;
         self.txq_ready[usize::from(q)] = true;
@@ -449,8 +451,8 @@ impl EthDev {
             return 0;
         }
         let n = pkts.len().min(usize::from(u16::MAX)) as u16;
-        // SAFETY: the queue is set up and the port started; pkts has room
-        // for n pointers; exclusivity of the queue is the caller's contract.
+        // SAFETY: the queue is set up and the port started (checked above); pkts has room for
+        // n pointers; that no other thread polls this queue is the caller's contract.
         usize::from(unsafe { sys::shim::sy_rte_eth_rx_burst(self.port_id, q, pkts.as_mut_ptr(), n) })
     }
 
@@ -479,7 +481,8 @@ impl EthDev {
             return 0;
         }
         let n = pkts.len().min(usize::from(u16::MAX)) as u16;
-        // SAFETY: queue set up, port started, n valid mbufs (caller).
+        // SAFETY: the queue is set up and the port started (checked above); the caller passes
+        // n valid mbufs it owns and gives up those the driver takes.
         usize::from(unsafe { sys::shim::sy_rte_eth_tx_burst(self.port_id, q, pkts.as_mut_ptr(), n) })
     }
 
@@ -490,9 +493,9 @@ impl EthDev {
         let len = out.len();
         let spare = out.spare_capacity_mut();
         let max = max.min(spare.len());
-        // SAFETY: Mbuf is repr(transparent) over a non-null mbuf pointer and
-        // MaybeUninit<Mbuf> has its layout; rx_burst only writes pointers.
         let raw =
+            // SAFETY: Mbuf is repr(transparent) over a non-null mbuf pointer and
+            // MaybeUninit<Mbuf> has its layout; rx_burst only writes pointers into it.
             unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut *mut sys::rte_mbuf, max) };
         let n = self.rx_burst(q, raw);
         // SAFETY: the first n slots now hold non-null mbufs DPDK gave us.
@@ -504,8 +507,9 @@ impl EthDev {
     /// what was sent; the rest stays in `pkts`. Returns how many were sent.
     pub fn tx_mbufs(&mut self, q: u16, pkts: &mut Vec<Mbuf>) -> usize {
         let len = pkts.len();
-        // SAFETY: Mbuf is repr(transparent) over a valid owned mbuf pointer.
         let raw =
+            // SAFETY: Mbuf is repr(transparent) over a valid owned mbuf pointer, so the vector
+            // is a slice of len mbuf pointers.
             unsafe { std::slice::from_raw_parts_mut(pkts.as_mut_ptr() as *mut *mut sys::rte_mbuf, len) };
         // SAFETY: every pointer is a valid mbuf we own (Mbuf invariant).
         let n = unsafe { self.tx_burst(q, raw) };
