@@ -624,9 +624,9 @@ impl Worker {
             match mode {
                 FwdMode::Switch => {
                     let now = *now.get_or_insert_with(|| sh.now());
-                    let plan = self.plan.clone();
+                    // Field by field: disjoint borrows, no reference count touched per burst.
                     process_burst(
-                        &plan.switch,
+                        &self.plan.switch,
                         port,
                         &mut self.burst,
                         now,
@@ -634,7 +634,7 @@ impl Worker {
                         &mut self.batches,
                         None,
                     );
-                    self.batches.flush(&plan.switch, &mut self.tx, &mut self.cache);
+                    self.batches.flush(&self.plan.switch, &mut self.tx, &mut self.cache);
                     sent += n;
                 }
                 _ => {
