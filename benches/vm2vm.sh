@@ -16,6 +16,8 @@
 #                        median is reported (this machine's rates vary run to run)
 #        QSIZE=N         virtio ring size of the VM ports (virtio-user queue_size=, default 256)
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
+#        SY_ARGS="..."   extra arguments for every switchyard pmd (e.g. "--stats-period 1", whose
+#                        lines, with each worker's busy share, are in the kept sy.out)
 #        KEEP=1          keep the work directory (logs of every process) for a look afterwards
 #        OVS_VSWITCHD=P  the DPDK build of ovs-vswitchd (default Debian's
 #                        /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk)
@@ -261,7 +263,7 @@ sy() {
         a=${a//SOCK1/$s1}
         args+=("$a")
     done
-    local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --busy-poll --json --lcores "$SW_CORE" "${args[@]}")
+    local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --busy-poll --json --lcores "$SW_CORE" ${SY_ARGS:-} "${args[@]}")
     echo "== $label"
     echo "   switch: ${cmd[*]}"
     "${cmd[@]}" >"$WORK/sy.out" 2>"$WORK/sy.err" </dev/null &

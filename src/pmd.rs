@@ -440,6 +440,8 @@ struct Session {
     /// Port counters and time of the last periodic print / `show port stats`.
     period_mark: (Instant, Vec<Mark>),
     show_mark: (Instant, Vec<Mark>),
+    /// Worker counters at the last periodic print (of the running engine).
+    period_workers: Vec<WorkerStatsSnapshot>,
     /// Worker counters of finished runs (per worker), since the last clear.
     worker_totals: Vec<WorkerStatsSnapshot>,
     /// How long the last stop took.
@@ -497,6 +499,7 @@ impl Session {
             fwd_base: Vec::new(),
             period_mark: (now, vec![Mark::default(); n]),
             show_mark: (now, vec![Mark::default(); n]),
+            period_workers: Vec::new(),
             worker_totals: Vec::new(),
             last_stop: None,
         };
@@ -544,6 +547,7 @@ impl Session {
         self.started = Some(now);
         self.fwd_base = self.port_stats();
         self.period_mark = (now, self.marks());
+        self.period_workers = Vec::new();
         Ok(())
     }
 
@@ -585,6 +589,7 @@ impl Session {
         if let Some(e) = &self.engine {
             e.clear_worker_stats();
         }
+        self.period_workers.clear();
         self.worker_totals.clear();
         self.run_time = Duration::ZERO;
         let now = Instant::now();
@@ -633,6 +638,29 @@ impl Session {
         let text = self.rates_since(&mut mark);
         self.period_mark = mark;
         print!("Port rates ({}):\n{text}", self.mode.name());
+        if let Some(e) = &self.engine {
+            // What each worker did in the interval: its busy share says whether it is the
+            // bottleneck, its busy cycles per frame what a frame costs it.
+            let now = e.worker_stats();
+            for w in &now {
+                let old = self.period_workers.get(w.worker).cloned().unwrap_or_default();
+                let d = WorkerStatsSnapshot {
+                    busy_cycles: w.busy_cycles.saturating_sub(old.busy_cycles),
+                    idle_cycles: w.idle_cycles.saturating_sub(old.idle_cycles),
+                    rx_packets: w.rx_packets.saturating_sub(old.rx_packets),
+                    busy_polls: w.busy_polls.saturating_sub(old.busy_polls),
+                    ..w.clone()
+                };
+                println!(
+                    "  worker {}: busy {:5.1}%, {:.1} busy cycles per frame received, {:.1} frames per busy poll",
+                    w.worker,
+                    d.busy_ratio() * 100.0,
+                    d.cycles_per_packet(),
+                    if d.busy_polls == 0 { 0.0 } else { d.rx_packets as f64 / d.busy_polls as f64 }
+                );
+            }
+            self.period_workers = now;
+        }
         let _ = std::io::stdout().flush();
     }
 

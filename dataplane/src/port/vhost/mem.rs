@@ -305,6 +305,22 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The range `[gpa, gpa + len)` as one [`Span`] when it lies inside one region (what a
+    /// guest's packet buffer always does in practice); `None` when it is empty, overflows, or is
+    /// not guest memory or crosses regions (callers then take the checked, chunked
+    /// [`GuestMemory::read`] / [`GuestMemory::write`], which judge it).
+    #[inline]
+    pub fn span(&self, gpa: u64, len: u64) -> Option<Span<'_>> {
+        if len == 0 || gpa.checked_add(len).is_none() {
+            return None;
+        }
+        let (ptr, n) = self.chunk(gpa, len)?;
+        if n as u64 != len {
+            return None;
+        }
+        Some(Span { ptr, len: n, _mem: std::marker::PhantomData })
+    }
+
     fn area_in(self: &Arc<Self>, addr: u64, len: u64, align: u64, by_uva: bool) -> Result<Area, MemError> {
         if !align.is_power_of_two() || addr & (align - 1) != 0 {
             return Err(MemError::Misaligned { addr, align });
@@ -334,6 +350,89 @@ impl GuestMemory {
     /// As [`GuestMemory::area_uva`], by guest physical address.
     pub fn area_gpa(self: &Arc<Self>, gpa: u64, len: u64, align: u64) -> Result<Area, MemError> {
         self.area_in(gpa, len, align, false)
+    }
+}
+
+/// A checked range of guest memory (one packet buffer), valid while the [`GuestMemory`] it
+/// came from is borrowed: bytes are copied in and out with raw copies, never through a
+/// reference, and every offset is checked against the span again.
+#[derive(Clone, Copy)]
+pub struct Span<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _mem: std::marker::PhantomData<&'a GuestMemory>,
+}
+
+impl Span<'_> {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The span without its first `n` bytes (`None` if that leaves nothing).
+    #[inline]
+    pub fn skip(self, n: usize) -> Option<Self> {
+        if n >= self.len {
+            return None;
+        }
+        Some(Span { ptr: self.ptr.wrapping_add(n), len: self.len - n, _mem: self._mem })
+    }
+
+    /// Hints the CPU to fetch the first and the last cache line of the span's first `upto`
+    /// bytes (a frame of up to 128 bytes: all of it), for reading or for writing.
+    #[inline]
+    pub fn prefetch(&self, upto: usize, write: bool) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            let last = self.ptr.wrapping_add(upto.clamp(1, self.len) - 1);
+            // SAFETY: PREFETCH is a hint without architectural effect; both addresses lie in
+            // the span (len >= 1), and even an unmapped address would not fault.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(self.ptr as *const i8);
+                    _mm_prefetch::<_MM_HINT_ET0>(last as *const i8);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(self.ptr as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(last as *const i8);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (upto, write);
+    }
+
+    /// Copies the whole span into the front of `dst`; `false` (nothing copied) when `dst` is
+    /// shorter.
+    #[inline]
+    pub fn read_into(&self, dst: &mut [u8]) -> bool {
+        if dst.len() < self.len {
+            return false;
+        }
+        // SAFETY: the span is `len` bytes inside a region mapping that lives as long as the
+        // borrowed GuestMemory; dst holds at least len bytes; guest memory never overlaps our
+        // own buffers.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), self.len) };
+        true
+    }
+
+    /// Copies `src` into the span at `off`; `false` (nothing written) when it does not fit.
+    #[inline]
+    pub fn write_at(&self, off: usize, src: &[u8]) -> bool {
+        match off.checked_add(src.len()) {
+            Some(end) if end <= self.len => {
+                // SAFETY: [off, end) lies inside the span (checked above), which lies inside a
+                // live region mapping; src is our own memory, never guest memory.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) };
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -400,6 +499,31 @@ impl Area {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Hints the CPU to fetch the cache line holding byte `off` of the window (nothing when
+    /// `off` is outside it), for reading or for writing.
+    #[inline]
+    pub fn prefetch(&self, off: usize, write: bool) {
+        if off >= self.len {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            let p = self.ptr.as_ptr().wrapping_add(off) as *const i8;
+            // SAFETY: PREFETCH is a hint without architectural effect; the address lies in the
+            // window, and even an unmapped one would not fault.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(p);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = write;
     }
 
     /// The memory this window lies in.

@@ -41,11 +41,23 @@ pub mod feat {
     pub const RING_F_EVENT_IDX: u64 = 1 << 29;
     pub const USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
     pub const F_VERSION_1: u64 = 1 << 32;
+    pub const F_IN_ORDER: u64 = 1 << 35;
 
     /// What this backend offers. Not offered: indirect descriptors (so an INDIRECT flag is an
     /// invalid descriptor), offloads (frames are plain Ethernet), the packed ring.
-    pub const OFFERED: u64 =
-        F_VERSION_1 | NET_F_MRG_RXBUF | RING_F_EVENT_IDX | NET_F_MQ | LOG_ALL | USER_F_PROTOCOL_FEATURES;
+    ///
+    /// IN_ORDER is a promise kept by every path of [`super::vring`]: each queue takes the
+    /// guest's available entries strictly in order and returns each of them, valid or not,
+    /// with one used entry in that same order (a frame spread over several RX buffers uses
+    /// consecutive entries). It lets DPDK guests take their in-order paths, which recycle
+    /// descriptors without looking at the used ids (and which they assume when it is agreed).
+    pub const OFFERED: u64 = F_VERSION_1
+        | NET_F_MRG_RXBUF
+        | RING_F_EVENT_IDX
+        | NET_F_MQ
+        | LOG_ALL
+        | USER_F_PROTOCOL_FEATURES
+        | F_IN_ORDER;
 }
 
 /// Protocol feature bits.
