@@ -18,6 +18,8 @@
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
 #        SY_ARGS="..."   extra arguments for every switchyard pmd (e.g. "--stats-period 1", whose
 #                        lines, with each worker's busy share, are in the kept sy.out)
+#        (every round also prints the cores' cache-line hand-over latency, benches/core-latency.c,
+#        built with cc when there is one: this VM's rates follow it)
 #        KEEP=1          keep the work directory (logs of every process) for a look afterwards
 #        OVS_VSWITCHD=P  the DPDK build of ovs-vswitchd (default Debian's
 #                        /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk)
@@ -162,14 +164,28 @@ wait_until() {
     return 1
 }
 
-declare -A RATE RUNS
+# The cache-line hand-over latency between the two cores (benches/core-latency.c), measured
+# before every contender: this VM's vCPUs are placed by the hypervisor either close together
+# (about 115 TSC cycles one way) or far apart (about 500), which changes every rate here by 2-3x.
+LAT_BIN=
+if command -v cc >/dev/null && cc -O2 -pthread "$ROOT/benches/core-latency.c" -o "$WORK/core-latency" 2>/dev/null; then
+    LAT_BIN=$WORK/core-latency
+fi
+LAT=n/a
+hand_over() {
+    LAT=n/a
+    [ -z "$LAT_BIN" ] || LAT=$("$LAT_BIN" "$VM_CORE" "$SW_CORE" 200000 2>/dev/null || echo n/a)
+}
+
+declare -A RATE RUNS LATS
 LABELS=()
 ROUND=1
 record() { # label mpps
     local label=$1 mpps=$2
     [ -n "${RUNS[$label]+x}" ] || LABELS+=("$label")
     RUNS[$label]="${RUNS[$label]:-} $mpps"
-    printf '%-30s %9s Mpps   (round %d)\n' "$label" "$mpps" "$ROUND"
+    LATS[$label]="${LATS[$label]:-} $LAT"
+    printf '%-30s %9s Mpps   (round %d; core hand-over %s cycles)\n' "$label" "$mpps" "$ROUND" "$LAT"
 }
 # The median of a label's rounds (n/a rounds left out).
 median() {
@@ -264,6 +280,7 @@ sy() {
         args+=("$a")
     done
     local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --busy-poll --json --lcores "$SW_CORE" ${SY_ARGS:-} "${args[@]}")
+    hand_over
     echo "== $label"
     echo "   switch: ${cmd[*]}"
     "${cmd[@]}" >"$WORK/sy.out" 2>"$WORK/sy.err" </dev/null &
@@ -322,6 +339,7 @@ ovs_dpdk() {
         -- add-port vm2vm vm1 -- set interface vm1 type=dpdkvhostuserclient "options:vhost-server-path=$s1")
     local cmd=(unshare --net taskset -c "$SW_CORE" "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
         --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
+    hand_over
     echo "== $label"
     echo "   switch: ${cmd[*]}"
     echo "           ovs-vsctl ${config[*]}"
@@ -390,8 +408,13 @@ done
 
 ratio() { # label num den
     local n=${RATE[$2]:-} d=${RATE[$3]:-}
+    # the same ratio within each round (both contenders ran under the same vCPU placement)
+    local per
+    per=$(awk -v n="${RUNS[$2]:-}" -v d="${RUNS[$3]:-}" 'BEGIN {
+        k = split(n, a, " "); split(d, b, " ");
+        for (i = 1; i <= k; i++) printf " %s", (a[i] ~ /^[0-9.]+$/ && b[i] ~ /^[0-9.]+$/ && b[i] > 0) ? sprintf("%.2f", a[i] / b[i]) : "n/a" }')
     if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ ]]; then
-        printf '  %-48s %7.3f   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3"
+        printf '  %-48s %7.3f   (%s / %s; per round:%s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3" "$per"
     else
         printf '  %-48s     n/a   (%s / %s)\n' "$1" "$2" "$3"
     fi
@@ -401,7 +424,7 @@ echo
 echo "== results: Mpps received by the VMs, both directions; median of $ROUNDS round(s) of $SECS s ($FRAME-byte frames, $INFLIGHT x 32 frames in flight each way, rings of $QSIZE, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
 for l in "${LABELS[@]}"; do
     RATE[$l]=$(median "$l")
-    printf '%-30s %9s Mpps   (rounds:%s)\n' "$l" "${RATE[$l]}" "${RUNS[$l]}"
+    printf '%-30s %9s Mpps   (rounds:%s; hand-over cycles:%s)\n' "$l" "${RATE[$l]}" "${RUNS[$l]}" "${LATS[$l]}"
 done
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== ratios"

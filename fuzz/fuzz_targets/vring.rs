@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
         event_idx: inp.u8() & 1 == 1,
         hdr_len: if inp.u8() & 1 == 1 { 12 } else { 10 },
         mrg_rxbuf: inp.u8() & 1 == 1,
+        in_order: inp.u8() & 1 == 1,
     };
     let frames: Vec<usize> = (0..8).map(|_| usize::from(inp.u16()) % 3000).collect();
     let _ = mem.write(g0, &spray);

@@ -429,6 +429,7 @@ impl Session {
             event_idx: self.features & feat::RING_F_EVENT_IDX != 0,
             hdr_len: if self.features & (feat::F_VERSION_1 | feat::NET_F_MRG_RXBUF) != 0 { 12 } else { 10 },
             mrg_rxbuf: self.features & feat::NET_F_MRG_RXBUF != 0,
+            in_order: self.features & feat::F_IN_ORDER != 0,
         };
         let log = if log_on { self.log.clone() } else { None };
         match Vring::new(mem.clone(), &cfg, log, c.call.clone()) {
