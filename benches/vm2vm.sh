@@ -184,8 +184,11 @@ record() { # label mpps
     local label=$1 mpps=$2
     [ -n "${RUNS[$label]+x}" ] || LABELS+=("$label")
     RUNS[$label]="${RUNS[$label]:-} $mpps"
+    local before=$LAT
+    hand_over
+    LAT="$before/$LAT"
     LATS[$label]="${LATS[$label]:-} $LAT"
-    printf '%-30s %9s Mpps   (round %d; core hand-over %s cycles)\n' "$label" "$mpps" "$ROUND" "$LAT"
+    printf '%-30s %9s Mpps   (round %d; core hand-over %s cycles before/after)\n' "$label" "$mpps" "$ROUND" "$LAT"
 }
 # The median of a label's rounds (n/a rounds left out).
 median() {
@@ -374,7 +377,6 @@ ovs_dpdk() {
     ovs_show() { "${appctl[@]}" dpif-netdev/pmd-stats-show -pmd "$SW_CORE" >"$OVS_DIR/pmd-stats" 2>&1 || true; }
     ON_START=ovs_clear ON_END=ovs_show tp_measure
     mpps=$MPPS
-    record "$label" "$mpps"
     tp_report
     if [ -s "$OVS_DIR/pmd-stats" ]; then
         grep -E 'packets received|emc hits|megaflow hits|miss with|idle cycles|avg (processing )?cycles per packet' \
@@ -384,6 +386,9 @@ ovs_dpdk() {
         grep -E 'ERR|WARN' "$OVS_DIR/ovs-vswitchd.log" | tail -5 >&2 || true
     fi
     ovs_stop
+    # (recorded once OVS's PMD has stopped spinning on the switch's core: the hand-over
+    # latency is measured again there)
+    record "$label" "$mpps"
     rm -f "$s0" "$s1"
 }
 
