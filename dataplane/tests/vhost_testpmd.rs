@@ -13,6 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
+use switchyard_dataplane::port::vhost::proto::feat;
 use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 
@@ -233,11 +234,19 @@ fn testpmd_io_forwarding_round_trip_and_restart() {
     let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
     let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
     let Some(tp) = guest(&port, "io", &vdev, "io") else { return };
+    // virtio-user's defaults: in order, mergeable RX buffers (DPDK's in-order paths).
+    let f = port.negotiated_features();
+    assert_ne!(f & feat::F_IN_ORDER, 0, "IN_ORDER not agreed: {f:#x}");
+    assert_ne!(f & feat::NET_F_MRG_RXBUF, 0, "MRG_RXBUF not agreed: {f:#x}");
     io_round_trip_is_exact(&port, 0);
-    // The guest restarts: the port goes down, then takes it back.
+    // The guest restarts: the port goes down, then takes it back. The second guest asks for
+    // neither (DPDK's plain split-ring paths: descriptors out of order, one buffer a frame).
     tp.stop();
     assert!(wait_for(Duration::from_secs(5), || !port.link_up()), "link down after testpmd quit");
+    let vdev = format!("{vdev},in_order=0,mrg_rxbuf=0");
     let Some(tp) = guest(&port, "io2", &vdev, "io") else { return };
+    let f = port.negotiated_features();
+    assert_eq!(f & (feat::F_IN_ORDER | feat::NET_F_MRG_RXBUF), 0, "features: {f:#x}");
     io_round_trip_is_exact(&port, 1000);
     tp.stop();
 }
