@@ -175,6 +175,34 @@ int sy_extbuf_pool_slots(struct rte_mempool *mp, void *base,
 	return c.bad ? -1 : (int)c.filled;
 }
 
+static void sy_direct_cb(struct rte_mempool *mp, void *opaque, void *obj,
+                         unsigned int obj_idx)
+{
+	struct rte_mbuf *m = obj;
+	unsigned int *count = opaque;
+
+	(void)mp;
+	(void)obj_idx;
+	m->ol_flags &= ~RTE_MBUF_F_EXTERNAL;
+	(*count)++;
+}
+
+/*
+ * Clears RTE_MBUF_F_EXTERNAL on every mbuf of a pinned-extbuf pool, so that
+ * DPDK frees them as direct mbufs (rte_pktmbuf_prefree_seg skips
+ * rte_pktmbuf_detach and the shared-info reference count). Their buf_addr,
+ * buf_iova and buf_len stay as rte_pktmbuf_pool_create_extbuf set them.
+ * Returns the number of mbufs changed. The caller guarantees that no mbuf of
+ * the pool is in use meanwhile, and that none is ever cloned or attached to.
+ */
+unsigned int sy_extbuf_pool_make_direct(struct rte_mempool *mp)
+{
+	unsigned int count = 0;
+
+	rte_mempool_obj_iter(mp, sy_direct_cb, &count);
+	return count;
+}
+
 /*
  * Layout of the structs that the Rust side reads directly, as this C compiler
  * sees them with the installed headers. A test compares it with the committed

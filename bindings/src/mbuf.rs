@@ -76,6 +76,11 @@ impl Mbuf {
         true
     }
 
+    /// Offload and status flags (`ol_flags`), e.g. [`sys::RTE_MBUF_F_EXTERNAL`].
+    pub fn ol_flags(&self) -> u64 {
+        self.raw().ol_flags
+    }
+
     /// Bytes in the whole packet (all segments).
     pub fn len(&self) -> usize {
         self.raw().pkt_len as usize

@@ -149,6 +149,52 @@ impl Mempool {
         (filled == self.size as i32).then_some(table)
     }
 
+    /// For a pinned-extbuf pool: makes every mbuf look like a direct mbuf to DPDK (clears
+    /// `RTE_MBUF_F_EXTERNAL`), buffer and all else unchanged, so that DPDK frees them on its
+    /// fast path: `rte_pktmbuf_prefree_seg` then skips `rte_pktmbuf_detach` (a call that only
+    /// finds out that a pinned buffer stays) and the reference count in the shared info that
+    /// follows the mbuf (one more cache line per free). The buffer still never leaves its
+    /// mbuf: nothing on DPDK's free path moves a direct mbuf's buffer, and a pinned buffer is
+    /// not one to hand back anyway. Intel's vector RX paths (iavf, i40e, ice...) already clear
+    /// the flag on every mbuf they receive (their rearm template has `ol_flags` 0); mlx5 sets
+    /// it back on RX for pinned pools, and an mbuf with the flag takes DPDK's pinned-extbuf
+    /// path again, which is equally correct.
+    ///
+    /// What DPDK cannot do with such an mbuf is see that its buffer is not inside it: a clone
+    /// or attach (`rte_pktmbuf_clone`, `rte_pktmbuf_attach`) would make an indirect mbuf whose
+    /// free computes the "direct" mbuf from the buffer address (`rte_mbuf_from_indirect`) and
+    /// writes into whatever lies in front of the buffer. Hence the contract below.
+    ///
+    /// Errors (nothing changed) when the pool is not a pinned-extbuf pool or has mbufs out.
+    ///
+    /// # Safety
+    /// - Nobody may use the pool while this runs (call it right after creating the pool,
+    ///   before any device queue or thread uses it).
+    /// - For the pool's whole life no mbuf of it may be cloned, attached to or be attached
+    ///   (`rte_pktmbuf_clone`, `rte_pktmbuf_attach`, `rte_pktmbuf_detach`, and what calls them:
+    ///   GSO, which net_tap runs for frames requesting TSO (`RTE_MBUF_F_TX_TCP_SEG`), IP
+    ///   fragmentation, and no pool for indirect mbufs may be this one), nor get an external
+    ///   buffer attached (`rte_pktmbuf_attach_extbuf`, which breaks any pinned pool already).
+    pub unsafe fn make_pinned_direct(&self) -> Result<()> {
+        let bad = |reason: &str| Error::InvalidArgument {
+            what: format!("mempool {}", self.name),
+            reason: reason.to_string(),
+        };
+        if self.ext.is_none() {
+            return Err(bad("not a pinned-extbuf pool"));
+        }
+        if self.in_use() != 0 {
+            return Err(bad("mbufs are out"));
+        }
+        // SAFETY: the pool is a live pinned-extbuf pool made by sy_extbuf_pool_create; the
+        // caller guarantees nobody uses it meanwhile (so writing each free mbuf's ol_flags
+        // races with nothing) and that no mbuf of it is ever cloned or attached (the one
+        // thing a direct-looking mbuf with an external buffer cannot take).
+        let changed = unsafe { sys::shim::sy_extbuf_pool_make_direct(self.ptr.as_ptr()) };
+        debug_assert_eq!(changed, self.size);
+        Ok(())
+    }
+
     /// `RTE_MBUF_DEFAULT_BUF_SIZE`: 2048 bytes of data after 128 of headroom.
     pub const DEFAULT_DATA_ROOM: u16 = sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
 

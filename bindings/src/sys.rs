@@ -12,7 +12,8 @@ mod generated;
 pub use generated::*;
 
 /// `RTE_MBUF_F_EXTERNAL` (a macro bindgen does not see): the mbuf's buffer is external; set on
-/// every mbuf of a pinned-extbuf pool. Checked against the C headers by a layout test.
+/// every mbuf of a pinned-extbuf pool until [`crate::Mempool::make_pinned_direct`] clears it.
+/// Checked against the C headers by a layout test.
 pub const RTE_MBUF_F_EXTERNAL: u64 = 1 << 61;
 
 /// Out-of-line wrappers for DPDK's static-inline functions and macros
@@ -83,6 +84,9 @@ pub mod shim {
             table: *mut *mut rte_mbuf,
             n: c_uint,
         ) -> c_int;
+        /// Clears `RTE_MBUF_F_EXTERNAL` on every mbuf of a pool made by
+        /// `sy_extbuf_pool_create` (DPDK then frees them as direct mbufs); returns how many.
+        pub fn sy_extbuf_pool_make_direct(mp: *mut rte_mempool) -> c_uint;
         /// Sizes and offsets as the C compiler sees them (see shim.c).
         pub fn sy_layout(what: c_uint) -> usize;
     }

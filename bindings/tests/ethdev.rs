@@ -318,3 +318,75 @@ fn pinned_extbuf_pool_keeps_buffers_in_place() {
     dev.close().unwrap();
     assert_eq!(pool.in_use(), 0, "every mbuf is back in the pool");
 }
+
+/// A pinned-extbuf pool made direct-looking (`make_pinned_direct`): no mbuf carries the
+/// external flag any more, frames still travel in the same buffers, DPDK's direct free path
+/// puts every mbuf back with its buffer unmoved, and the pool is whole afterwards. Refused on
+/// a plain pool and on a pool with mbufs out.
+#[test]
+fn pinned_pool_made_direct_keeps_buffers_in_place() {
+    let Some(eal) = common::eal() else { return };
+    const ELT: u16 = 2176;
+    let n = 511;
+    let plain = Mempool::new(eal, "plain_md", 64, 0, 2176).unwrap();
+    // SAFETY: nobody uses the plain pool; the call is refused anyway.
+    assert!(unsafe { plain.make_pinned_direct() }.is_err());
+    let pool = Arc::new(Mempool::pinned_extbuf(eal, "pinned_md", n, 32, ELT).expect("extbuf pool"));
+    let held = pool.alloc().unwrap();
+    assert_ne!(held.ol_flags() & sys::RTE_MBUF_F_EXTERNAL, 0, "a pinned pool's mbufs start external");
+    // SAFETY: the pool is used by this thread only; nothing clones or attaches its mbufs.
+    assert!(unsafe { pool.make_pinned_direct() }.is_err(), "refused with an mbuf out");
+    drop(held);
+    // SAFETY: as above, and no mbuf is out now.
+    unsafe { pool.make_pinned_direct() }.expect("direct");
+    let table = pool.slot_table().expect("every buffer has its mbuf");
+    let (base, _) = pool.pinned_region().unwrap();
+    for (i, &m) in table.iter().enumerate() {
+        // SAFETY: reading a free mbuf's header fields; nobody holds it (the pool is unused).
+        let (addr, flags) = unsafe { ((*m).buf_addr as usize, (*m).ol_flags) };
+        assert_eq!(addr, base.as_ptr() as usize + i * usize::from(ELT));
+        assert_eq!(flags & sys::RTE_MBUF_F_EXTERNAL, 0);
+    }
+    let mut dev = up(eal, "net_ring_pmd0", &pool);
+    for round in 0..3u32 {
+        let frames: Vec<Vec<u8>> =
+            (0..BURST as u32).map(|i| common::frame(i + round * 100, 60 + i as usize)).collect();
+        let mut burst: Vec<Mbuf> = Vec::new();
+        let mut addrs = Vec::new();
+        for f in &frames {
+            let mut m = pool.alloc().unwrap();
+            assert_eq!(m.ol_flags() & sys::RTE_MBUF_F_EXTERNAL, 0);
+            assert!(m.set_data(f));
+            addrs.push(m.buf_addr() as usize);
+            burst.push(m);
+        }
+        while !burst.is_empty() {
+            dev.tx_mbufs(0, &mut burst);
+        }
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < frames.len() && Instant::now() < deadline {
+            dev.rx_mbufs(0, &mut out, BURST);
+            got.append(&mut out);
+        }
+        assert_eq!(got.iter().map(|m| m.data().to_vec()).collect::<Vec<_>>(), frames);
+        let back: Vec<usize> = got.iter().map(|m| m.buf_addr() as usize).collect();
+        assert_eq!(back, addrs, "the same buffers came back: nothing was copied");
+        // Freed one by one and in bulk: DPDK's direct path.
+        let mut raw: Vec<*mut sys::rte_mbuf> =
+            got.split_off(BURST / 2).into_iter().map(Mbuf::into_raw).collect();
+        drop(got);
+        // SAFETY: the mbufs were received by us and are not used after this.
+        unsafe { switchyard_bindings::mbuf::free_bulk(&mut raw) };
+        assert_eq!(pool.in_use(), 0);
+    }
+    dev.close().unwrap();
+    assert_eq!(pool.in_use(), 0, "every mbuf is back in the pool");
+    for (i, &m) in table.iter().enumerate() {
+        // SAFETY: as above (the device is closed, every mbuf is back).
+        let (addr, len) = unsafe { ((*m).buf_addr as usize, (*m).buf_len) };
+        assert_eq!(addr, base.as_ptr() as usize + i * usize::from(ELT), "buffer {i} stayed with its mbuf");
+        assert_eq!(len, ELT);
+    }
+}

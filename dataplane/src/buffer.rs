@@ -306,6 +306,18 @@ impl Pool {
         }
     }
 
+    /// [`Pool::adopt`] for a whole burst: the checks that concern the pool (external, its
+    /// size) done once. `None` when the pool is not external.
+    #[inline]
+    pub fn adopter(&self) -> Option<Adopter<'_>> {
+        let s = self.shared();
+        matches!(s.region, Region::External(_)).then_some(Adopter {
+            pool: self.owner.0,
+            count: s.count,
+            _pool: std::marker::PhantomData,
+        })
+    }
+
     /// Whether `buf` is a buffer of this pool.
     #[inline]
     pub fn owns(&self, buf: &PacketBuf) -> bool {
@@ -347,6 +359,32 @@ impl Pool {
         let held = Arc::new(Held(AtomicUsize::new(0)));
         self.shared().caches.lock().unwrap_or_else(|e| e.into_inner()).push(held.clone());
         PoolCache { pool: self.clone(), free: Vec::with_capacity(CACHE_MAX), held }
+    }
+}
+
+/// An external pool, checked once, adopting slots ([`Pool::adopter`]).
+#[derive(Clone, Copy)]
+pub struct Adopter<'a> {
+    pool: NonNull<PoolShared>,
+    count: usize,
+    /// Borrows the pool: the PoolShared outlives the adopter.
+    _pool: std::marker::PhantomData<&'a Pool>,
+}
+
+impl Adopter<'_> {
+    /// As [`Pool::adopt`] on the pool this adopter came from (which is external).
+    ///
+    /// # Safety
+    /// As [`Pool::adopt`].
+    #[inline]
+    pub unsafe fn adopt(&self, idx: u32, head: u16, len: u16) -> Option<PacketBuf> {
+        let ok = (idx as usize) < self.count && usize::from(head) + usize::from(len) <= SLOT_SIZE;
+        // Not `then_some`: that would build (and drop, freeing the slot) a buffer when !ok.
+        if ok {
+            Some(PacketBuf { pool: self.pool, idx, head, len })
+        } else {
+            None
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! pinned external buffers laid out exactly as switchyard's slots (128 bytes of headroom and
 //! 2048 of data room, [`SLOT_SIZE`]), and the same region is a switchyard [`Pool`] of the
 //! external kind ([`Pool::external`]): slot `i` is the buffer of mbuf `table[i]`, for good.
-//! - RX: an mbuf becomes a [`PacketBuf`](crate::buffer::PacketBuf) of that pool (its slot, window `data_off`,
+//! - RX: an mbuf becomes a [`PacketBuf`] of that pool (its slot, window `data_off`,
 //!   `data_len`) without touching the bytes; the mbuf stays allocated while the buffer lives.
 //!   Dropping the buffer, or freeing it into any worker's cache, frees the mbuf.
 //! - TX: a buffer of that pool goes back into its own mbuf (window set from the buffer) and to
@@ -14,7 +14,26 @@
 //!   port types) is copied into a fresh mbuf of the shared pool, and counted
 //!   ([`DpdkPort::copies`]).
 //! - Mbufs of other pools received (none today: every RX queue is set up with the shared
-//!   pool) would be copied into the worker's pool, and counted too.
+//!   pool), and mbufs of ours whose buffer is not their own slot (a driver attached another:
+//!   vhost's `ext-buffer`, mlx5's multi-packet RX queues), are copied into the worker's pool,
+//!   and counted too. A buffer is adopted only when `table[idx]` is the very mbuf and its
+//!   `buf_addr` the start of slot `idx`.
+//!
+//! Direct-looking mbufs (invariant): the shared pool's mbufs do not carry
+//! `RTE_MBUF_F_EXTERNAL` ([`Mempool::make_pinned_direct`], right after the pool is made), so
+//! DPDK frees them on its direct-mbuf fast path instead of the pinned-extbuf one (an
+//! out-of-line `rte_pktmbuf_detach` and a reference count in a third cache line per mbuf);
+//! their buffers stay where they are, since nothing on DPDK's free path moves a direct mbuf's
+//! buffer. The price is that DPDK must never clone or attach them (`rte_pktmbuf_clone` /
+//! `rte_pktmbuf_attach` would take the buffer for one that lies inside the mbuf's own
+//! memory). Nothing does: switchyard has no such call, the TX path clears every offload
+//! request so that net_tap never runs GSO (its only use of attach) on our mbufs, and no driver
+//! supported here clones or attaches on TX (net_pcap, net_ring, net_null, net_vhost,
+//! net_virtio_user, net_tap, net_af_packet, iavf, mlx5; virtio reads `RTE_MBUF_DIRECT` only to
+//! write its header into the headroom, which is ours to give). Intel's vector RX paths clear
+//! the flag on every mbuf they receive anyway; mlx5 sets it back for pinned pools, and such an
+//! mbuf takes DPDK's pinned path again, which is as correct. Revisit this before adding a
+//! GSO, IP fragmentation or packet capture (pdump) path over these mbufs.
 //!
 //! Queues: one RX queue per worker where the device has them (each RX queue is taken by one
 //! handle); TX handles map onto the device's TX queues (`q % tx_queues`) and each TX queue is
@@ -23,7 +42,7 @@
 //! stop.
 
 use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
-use crate::buffer::{ExternalSlots, Pool, PoolCache, SLOT_SIZE};
+use crate::buffer::{ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
 use crate::switch::DropReason;
 use std::mem::ManuallyDrop;
 use std::ptr::null_mut;
@@ -73,10 +92,17 @@ unsafe impl Send for MbufSlots {}
 unsafe impl Sync for MbufSlots {}
 
 impl MbufSlots {
-    /// The slot of an mbuf of the shared pool.
+    /// The slot of mbuf `p`, whose buffer starts at `buf_addr`, when `p` is an mbuf of the
+    /// shared pool and that buffer is its own pinned slot: `table[idx] == p` and
+    /// `buf_addr == base + idx * SLOT_SIZE`. `None` for an mbuf of another pool, and for one
+    /// of ours that a driver gave another buffer (`rte_pktmbuf_attach_extbuf`, as vhost's
+    /// `ext-buffer` and mlx5's multi-packet RX queues do): never adopt a buffer that is not
+    /// the mbuf's own slot.
     #[inline]
-    fn slot_of(&self, m: &Mbuf) -> u32 {
-        ((m.buf_addr() as usize - self.base) / SLOT_SIZE) as u32
+    fn own_slot(&self, p: *mut rte_mbuf, buf_addr: usize) -> Option<u32> {
+        let off = buf_addr.wrapping_sub(self.base);
+        let idx = off / SLOT_SIZE;
+        (idx * SLOT_SIZE == off && self.table.get(idx).is_some_and(|&t| t == p)).then_some(idx as u32)
     }
 }
 
@@ -87,7 +113,8 @@ impl MbufSlots {
 unsafe impl ExternalSlots for MbufSlots {
     fn alloc(&self) -> Option<u32> {
         let m = self.mempool.alloc().ok()?;
-        let idx = self.slot_of(&m);
+        // An mbuf without its own buffer (see own_slot) is dropped, which frees it.
+        let idx = self.own_slot(m.as_ptr(), m.buf_addr() as usize)?;
         // The mbuf stays allocated; it is freed when the slot comes back (free).
         let _ = m.into_raw();
         Some(idx)
@@ -129,6 +156,14 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     if usize::from(elt) != SLOT_SIZE {
         return Err(format!("extbuf pool buffers are {elt} bytes, not {SLOT_SIZE}"));
     }
+    // SAFETY: the pool was just created and nothing else knows it yet. No mbuf of it is ever
+    // cloned or attached to: switchyard has no such call (the bindings offer none), the TX
+    // path clears every offload request (set_window), so net_tap never runs GSO on them, and
+    // none of the drivers switchyard supports clones or attaches on TX (net_pcap, net_ring,
+    // net_null, net_vhost, net_virtio_user, net_tap, net_af_packet, iavf, mlx5: checked in
+    // DPDK 22.11's sources; virtio only reads RTE_MBUF_DIRECT to write its header into the
+    // headroom, which is ours to give). See the module documentation.
+    unsafe { mempool.make_pinned_direct() }.map_err(|e| e.to_string())?;
     let mempool = Arc::new(mempool);
     let slots =
         Arc::new(MbufSlots { mempool: mempool.clone(), table: table.into(), base: base.as_ptr() as usize });
@@ -208,7 +243,7 @@ impl DpdkPort {
     }
 
     /// Mbufs of the shared pool (all DPDK ports of the process) that are out: in the
-    /// devices' rings, in flight, or held as [`PacketBuf`](crate::buffer::PacketBuf)s.
+    /// devices' rings, in flight, or held as [`PacketBuf`]s.
     pub fn mbufs_in_use(&self) -> u32 {
         self.shared.bufs.mempool.in_use()
     }
@@ -262,8 +297,15 @@ impl RxQueue for DpdkRx {
         // SAFETY: this handle is the only user of RX queue q (rx_claims), and the device is
         // stopped only when the last Arc<Shared>, ours included, is gone.
         let n = unsafe { self.shared.dev.rx_burst_shared(self.q, &mut self.mbufs[..room]) };
+        if n == 0 {
+            return 0;
+        }
         let bufs = self.shared.bufs;
-        let ours = bufs.mempool.as_ptr();
+        let slots = &*bufs.slots;
+        // The shared pool is external (shared_bufs made it so).
+        let Some(adopter) = bufs.pool.adopter() else {
+            unreachable!("the shared DPDK pool is an external pool")
+        };
         let mut got = 0;
         // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
         let mut unused = 0;
@@ -272,48 +314,24 @@ impl RxQueue for DpdkRx {
             // SAFETY: rx_burst handed us this mbuf; ManuallyDrop: it is adopted by a buffer
             // or freed in bulk below.
             let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
-            if m.nb_segs() != 1 {
-                drops.add(DropReason::Oversize, 1);
-                self.mbufs[unused] = p;
-                unused += 1;
-                continue;
-            }
-            if m.pool_ptr() == ours {
-                let idx = bufs.slots.slot_of(&m);
-                // data_off and data_len are u16 and the mbuf's buffer is the slot
-                // (buf_len == SLOT_SIZE), so the window fits.
-                let (head, len) = (m.headroom() as u16, m.data_len() as u16);
-                // SAFETY: the mbuf is ours (from rx_burst) and stays allocated as the slot's
-                // owner until the buffer gives it back (MbufSlots::free) or TX passes it on;
-                // nobody else holds slot idx.
-                match unsafe { bufs.pool.adopt(idx, head, len) } {
-                    Some(b) => {
+            if m.nb_segs() == 1 {
+                if let Some(idx) = slots.own_slot(p, m.buf_addr() as usize) {
+                    // data_off and data_len are u16; adopt checks that the window fits the
+                    // slot (it does: the mbuf's buffer is the slot, buf_len == SLOT_SIZE).
+                    // SAFETY: the mbuf is ours (from rx_burst) and its buffer is slot idx
+                    // (own_slot); it stays allocated as the slot's owner until the buffer
+                    // gives it back (MbufSlots::free) or TX passes it on; nobody else holds
+                    // slot idx, since only its mbuf's holder can.
+                    if let Some(b) = unsafe { adopter.adopt(idx, m.headroom() as u16, m.data_len() as u16) } {
                         out.push(b);
                         got += 1;
-                    }
-                    None => {
-                        drops.add(DropReason::Oversize, 1);
-                        self.mbufs[unused] = p;
-                        unused += 1;
+                        continue;
                     }
                 }
-                continue;
             }
-            // An mbuf of another pool: copy it.
             self.mbufs[unused] = p;
             unused += 1;
-            let Some(mut b) = cache.alloc() else {
-                drops.add(DropReason::NoBuffer, 1);
-                continue;
-            };
-            if b.extend_from_slice(m.data()).is_err() {
-                drops.add(DropReason::Oversize, 1);
-                cache.free(b);
-                continue;
-            }
-            RX_COPIES.fetch_add(1, Ordering::Relaxed);
-            out.push(b);
-            got += 1;
+            got += rx_other(&m, cache, out, drops);
         }
         if unused != 0 {
             // SAFETY: these are mbufs we received and did not adopt; none is used after this.
@@ -321,6 +339,31 @@ impl RxQueue for DpdkRx {
         }
         got
     }
+}
+
+/// An mbuf received that is not one of the shared pool's with its own buffer (another pool's,
+/// a chain of segments, or a buffer a driver attached): its bytes are copied into a buffer of
+/// the worker's pool (and counted), or it is dropped. Returns the frames pushed on `out` (0 or
+/// 1); the caller frees the mbuf.
+#[cold]
+#[inline(never)]
+fn rx_other(m: &Mbuf, cache: &mut PoolCache, out: &mut Burst, drops: &mut DropTally) -> usize {
+    if m.nb_segs() != 1 {
+        drops.add(DropReason::Oversize, 1);
+        return 0;
+    }
+    let Some(mut b) = cache.alloc() else {
+        drops.add(DropReason::NoBuffer, 1);
+        return 0;
+    };
+    if b.extend_from_slice(m.data()).is_err() {
+        drops.add(DropReason::Oversize, 1);
+        cache.free(b);
+        return 0;
+    }
+    RX_COPIES.fetch_add(1, Ordering::Relaxed);
+    out.push(b);
+    1
 }
 
 struct DpdkTx {
@@ -338,38 +381,29 @@ impl TxQueue for DpdkTx {
             return 0;
         }
         let bufs = self.shared.bufs;
+        let table = &bufs.slots.table;
         let mut k = 0;
         for b in pkts.drain(..) {
-            match b.release_to(&bufs.pool) {
+            let m = match b.release_to(&bufs.pool) {
                 Ok((idx, head, len)) => {
                     // SAFETY: release_to handed us slot idx, whose owner is mbuf table[idx],
                     // allocated (MbufSlots contract): the mbuf is ours now.
-                    let mut m = unsafe { Mbuf::from_raw(bufs.slots.table[idx as usize]) };
+                    let mut m = unsafe { Mbuf::from_raw(table[idx as usize]) };
                     // Cannot fail: head + len <= SLOT_SIZE == buf_len and the mbuf has one
                     // segment (multi-segment mbufs are never adopted).
-                    if m.set_window(head, len) {
-                        self.mbufs[k] = m.into_raw();
-                        k += 1;
-                    } else {
+                    if !m.set_window(head, len) {
                         drops.add(DropReason::Oversize, 1);
-                    }
-                }
-                Err(b) => {
-                    let Ok(mut m) = bufs.mempool.alloc() else {
-                        drops.add(DropReason::TxFull, 1);
-                        cache.free(b);
                         continue;
-                    };
-                    if m.set_data(b.data()) {
-                        TX_COPIES.fetch_add(1, Ordering::Relaxed);
-                        self.mbufs[k] = m.into_raw();
-                        k += 1;
-                    } else {
-                        drops.add(DropReason::Oversize, 1);
                     }
-                    cache.free(b);
+                    m
                 }
-            }
+                Err(b) => match tx_copy(bufs, b, cache, drops) {
+                    Some(m) => m,
+                    None => continue,
+                },
+            };
+            self.mbufs[k] = m.into_raw();
+            k += 1;
         }
         if k == 0 {
             return 0;
@@ -386,6 +420,28 @@ impl TxQueue for DpdkTx {
             unsafe { free_bulk(&mut self.mbufs[sent..k]) };
         }
         sent
+    }
+}
+
+/// A buffer of another pool leaving through a DPDK port: copied into a fresh mbuf of the
+/// shared pool (and counted), then freed; `None` (counted as a drop) when no mbuf is free or
+/// the frame does not fit.
+#[cold]
+#[inline(never)]
+fn tx_copy(bufs: &DpdkBufs, b: PacketBuf, cache: &mut PoolCache, drops: &mut DropTally) -> Option<Mbuf> {
+    let Ok(mut m) = bufs.mempool.alloc() else {
+        drops.add(DropReason::TxFull, 1);
+        cache.free(b);
+        return None;
+    };
+    let copied = m.set_data(b.data());
+    cache.free(b);
+    if copied {
+        TX_COPIES.fetch_add(1, Ordering::Relaxed);
+        Some(m)
+    } else {
+        drops.add(DropReason::Oversize, 1);
+        None
     }
 }
 
@@ -690,6 +746,30 @@ mod tests {
             N as f64 / raw / 1e6,
             ns(copied) - ns(raw)
         );
+    }
+
+    /// RX adopts a buffer only when it is the mbuf's own slot: the right mbuf at the start of
+    /// its slot, nothing else (another mbuf's slot, an offset inside a slot, memory outside
+    /// the region, as a driver-attached buffer would be).
+    #[test]
+    fn only_an_mbufs_own_slot_is_adopted() {
+        let _serial = serial();
+        let Some(eal) = eal() else { return };
+        let cfg = DpdkPortConfig { rx_desc: 128, tx_desc: 128, ..Default::default() };
+        let port = DpdkPort::open(eal, "os", "net_ring_os", &cfg).expect("open");
+        let slots = &*port.shared.bufs.slots;
+        let (base, n) = (slots.base, slots.table.len());
+        for i in [0, 1, n / 2, n - 1] {
+            let p = slots.table[i];
+            assert_eq!(slots.own_slot(p, base + i * SLOT_SIZE), Some(i as u32));
+            assert_eq!(slots.own_slot(p, base + i * SLOT_SIZE + 64), None, "inside the slot");
+            assert_eq!(slots.own_slot(p, base + ((i + 1) % n) * SLOT_SIZE), None, "another slot");
+            assert_eq!(slots.own_slot(p, base + n * SLOT_SIZE), None, "past the region");
+            assert_eq!(slots.own_slot(p, base.wrapping_sub(SLOT_SIZE)), None, "before the region");
+            assert_eq!(slots.own_slot(p, 0x1000), None, "elsewhere");
+            let other = slots.table[(i + 1) % n];
+            assert_eq!(slots.own_slot(other, base + i * SLOT_SIZE), None, "another mbuf");
+        }
     }
 
     #[test]
