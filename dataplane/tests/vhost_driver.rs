@@ -46,7 +46,8 @@ fn server(name: &str, queues: u16) -> (VhostUserPort, PathBuf) {
     (port, p)
 }
 
-const FEATURES: u64 = feat::OFFERED;
+/// What the in-process driver agrees to: everything offered but IN_ORDER (see `Frontend`).
+const FEATURES: u64 = feat::OFFERED & !feat::F_IN_ORDER;
 
 struct Rig {
     port: VhostUserPort,

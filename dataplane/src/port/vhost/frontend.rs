@@ -172,7 +172,10 @@ impl Frontend {
     /// this frontend knows, and sends the memory table. Returns the negotiated features.
     pub fn handshake(&mut self, features: u64) -> io::Result<u64> {
         let offered = self.get_u64(req::GET_FEATURES)?;
-        self.features = features & offered;
+        // Never IN_ORDER: this driver recycles its descriptors from a free list, in whatever
+        // order they come back, which an in-order driver must not do (and it reads every used
+        // entry, where an in-order device may write one per batch).
+        self.features = features & offered & !feat::F_IN_ORDER;
         if self.features & feat::USER_F_PROTOCOL_FEATURES != 0 {
             let pf = self.get_u64(req::GET_PROTOCOL_FEATURES)?;
             let want = pf & (pfeat::MQ | pfeat::REPLY_ACK | pfeat::LOG_SHMFD | pfeat::RARP);
