@@ -382,9 +382,10 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
-/// A checked range of guest memory (one packet buffer), valid while the [`GuestMemory`] it
-/// came from is borrowed: bytes are copied in and out with raw copies, never through a
-/// reference, and every offset is checked against the span again.
+/// A checked range of guest memory (one packet buffer), never empty, inside one region, valid
+/// while the [`GuestMemory`] it came from is borrowed: bytes are copied in and out with raw
+/// copies, never through a reference, and every offset is checked against the span again, so
+/// no method panics or touches a byte outside it.
 #[derive(Clone, Copy)]
 pub struct Span<'a> {
     ptr: *mut u8,
@@ -419,9 +420,9 @@ impl Span<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-            let last = self.ptr.wrapping_add(upto.clamp(1, self.len) - 1);
+            let last = self.ptr.wrapping_add(upto.min(self.len).max(1) - 1);
             // SAFETY: PREFETCH is a hint without architectural effect; both addresses lie in
-            // the span (len >= 1), and even an unmapped address would not fault.
+            // the span (a span is never empty), and even an unmapped address would not fault.
             unsafe {
                 if write {
                     _mm_prefetch::<_MM_HINT_ET0>(self.ptr as *const i8);
@@ -676,6 +677,33 @@ mod tests {
         assert_eq!(a.load_u64(12, Ordering::Relaxed), None);
         assert_eq!(a.load_u16(15, Ordering::Relaxed), None);
         assert!(!a.store_u32(usize::MAX - 1, 0, Ordering::Relaxed));
+    }
+
+    #[test]
+    fn spans_stay_inside_one_region() {
+        let m = GuestMemory::anonymous(&[(0, 0x1000, 0x10_0000), (0x1000, 0x1000, 0x20_0000)]).unwrap();
+        assert!(m.span(0, 0).is_none(), "empty");
+        assert!(m.span(0xf00, 0x200).is_none(), "crosses into the next region");
+        assert!(m.span(0x1f00, 0x200).is_none(), "runs past the end");
+        assert!(m.span(u64::MAX - 4, 8).is_none(), "overflows");
+        assert!(m.span(0x3000, 1).is_none(), "outside the table");
+        let s = m.span(0x1100, 100).unwrap();
+        assert_eq!(s.len(), 100);
+        let src: Vec<u8> = (0..100u8).collect();
+        for len in [1usize, 7, 8, 15, 16, 31, 32, 63, 64, 100] {
+            assert!(s.write_at(100 - len, &src[..len]));
+            let mut back = [0u8; 100];
+            assert!(m.span(0x1100 + 100 - len as u64, len as u64).unwrap().read_into(&mut back));
+            assert_eq!(&back[..len], &src[..len], "length {len}");
+        }
+        assert!(!s.write_at(1, &src), "one byte too many");
+        assert!(!s.write_at(usize::MAX, &src[..2]), "offset overflow");
+        assert!(!s.read_into(&mut [0u8; 99]), "destination too short");
+        let t = s.skip(99).unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(s.skip(100).is_none());
+        s.prefetch(1000, true);
+        t.prefetch(0, false);
     }
 
     #[test]
