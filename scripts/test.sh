@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
+# tests/qemu_guest.rs boots a real QEMU guest on a vhost-user port: as root, install QEMU and
+# build its guest (a Debian kernel downloaded, not installed, and a busybox initramfs; cached).
+# Without them the test skips. SWITCHYARD_QEMU_TEST=0 leaves them out.
+if [ "$(id -u)" = 0 ] && [ "${SWITCHYARD_QEMU_TEST:-1}" != 0 ]; then
+  echo "== QEMU guest for tests/qemu_guest.rs"
+  scripts/qemu-guest-assets.sh || echo "== no QEMU guest: tests/qemu_guest.rs will skip"
+fi
+
 echo "== build"
 cargo build --workspace --all-targets "${FEATURES[@]}"
 echo "== tests"

@@ -194,6 +194,16 @@ impl Session {
         p: &[u8],
         fds: Vec<OwnedFd>,
     ) -> Result<(), String> {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The first word: a vring's index for the vring requests, the value of a u64.
+            let first = match p.len() {
+                8.. => format!("{:#x}", proto::le64(p, 0)),
+                4..=7 => format!("{:#x}", proto::le32(p, 0)),
+                _ => "-".into(),
+            };
+            tracing::debug!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
+                size = p.len(), first = %first, fds = fds.len(), need_reply = hdr.need_reply(), "vhost: message");
+        }
         let out = self.handle(hdr.request, p, fds)?;
         let ack = hdr.need_reply() && self.proto & pfeat::REPLY_ACK != 0;
         match out {
@@ -201,7 +211,8 @@ impl Session {
             Outcome::Ok if ack => send_reply(stream, hdr.request, &0u64.to_le_bytes())?,
             Outcome::Ok => {}
             Outcome::Nack(msg) => {
-                tracing::warn!(port = %self.sh.name, request = hdr.request, "vhost: refused: {msg}");
+                tracing::warn!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
+                    "vhost: refused: {msg}");
                 if ack {
                     send_reply(stream, hdr.request, &1u64.to_le_bytes())?;
                 }

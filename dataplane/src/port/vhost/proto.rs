@@ -25,6 +25,57 @@ pub mod req {
     pub const SEND_RARP: u32 = 19;
     pub const NET_SET_MTU: u32 = 20;
     pub const SET_BACKEND_REQ_FD: u32 = 21;
+
+    /// The request's name as the vhost-user specification spells it (for logs), including the
+    /// requests this backend does not handle.
+    pub fn name(request: u32) -> &'static str {
+        const LATER: [&str; 19] = [
+            "IOTLB_MSG",
+            "SET_VRING_ENDIAN",
+            "GET_CONFIG",
+            "SET_CONFIG",
+            "CREATE_CRYPTO_SESSION",
+            "CLOSE_CRYPTO_SESSION",
+            "POSTCOPY_ADVISE",
+            "POSTCOPY_LISTEN",
+            "POSTCOPY_END",
+            "GET_INFLIGHT_FD",
+            "SET_INFLIGHT_FD",
+            "GPU_SET_SOCKET",
+            "RESET_DEVICE",
+            "VRING_KICK",
+            "GET_MAX_MEM_SLOTS",
+            "ADD_MEM_REG",
+            "REM_MEM_REG",
+            "SET_STATUS",
+            "GET_STATUS",
+        ];
+        match request {
+            GET_FEATURES => "GET_FEATURES",
+            SET_FEATURES => "SET_FEATURES",
+            SET_OWNER => "SET_OWNER",
+            RESET_OWNER => "RESET_OWNER",
+            SET_MEM_TABLE => "SET_MEM_TABLE",
+            SET_LOG_BASE => "SET_LOG_BASE",
+            SET_LOG_FD => "SET_LOG_FD",
+            SET_VRING_NUM => "SET_VRING_NUM",
+            SET_VRING_ADDR => "SET_VRING_ADDR",
+            SET_VRING_BASE => "SET_VRING_BASE",
+            GET_VRING_BASE => "GET_VRING_BASE",
+            SET_VRING_KICK => "SET_VRING_KICK",
+            SET_VRING_CALL => "SET_VRING_CALL",
+            SET_VRING_ERR => "SET_VRING_ERR",
+            GET_PROTOCOL_FEATURES => "GET_PROTOCOL_FEATURES",
+            SET_PROTOCOL_FEATURES => "SET_PROTOCOL_FEATURES",
+            GET_QUEUE_NUM => "GET_QUEUE_NUM",
+            SET_VRING_ENABLE => "SET_VRING_ENABLE",
+            SEND_RARP => "SEND_RARP",
+            NET_SET_MTU => "NET_SET_MTU",
+            SET_BACKEND_REQ_FD => "SET_BACKEND_REQ_FD",
+            22..=40 => LATER[(request - 22) as usize],
+            _ => "unknown",
+        }
+    }
 }
 
 /// Virtio and vhost feature bits.
@@ -238,4 +289,20 @@ pub fn rarp_frame(mac: [u8; 6]) -> [u8; 60] {
     f[22..28].copy_from_slice(&mac);
     f[32..38].copy_from_slice(&mac);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::req;
+
+    #[test]
+    fn request_names() {
+        assert_eq!(req::name(req::GET_FEATURES), "GET_FEATURES");
+        assert_eq!(req::name(req::SET_BACKEND_REQ_FD), "SET_BACKEND_REQ_FD");
+        assert_eq!(req::name(22), "IOTLB_MSG");
+        assert_eq!(req::name(24), "GET_CONFIG");
+        assert_eq!(req::name(40), "GET_STATUS");
+        assert_eq!(req::name(0), "unknown");
+        assert_eq!(req::name(41), "unknown");
+    }
 }
