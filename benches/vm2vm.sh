@@ -436,3 +436,43 @@ echo "== ratios"
 ratio "switchyard / OVS-DPDK (goal >= 2)" "switchyard vhost switch" "ovs-dpdk NORMAL"
 ratio "switchyard / switchyard-over-net_vhost (goal >= 1)" "switchyard vhost switch" "switchyard net_vhost switch"
 ratio "switch / io (switchyard vhost)" "switchyard vhost switch" "switchyard vhost io (ref)"
+
+# The same by vCPU placement: a run counts for a placement when the hand-over latency before
+# and after it fall in the same class (under 90 cycles: "near", 90-250: "mid", over 250: "far",
+# the three placements seen on this project's VM); medians per class, and their ratios.
+by_placement() {
+    local l
+    for l in "${LABELS[@]}"; do
+        printf '%s\t%s\t%s\n' "$l" "${RUNS[$l]}" "${LATS[$l]}"
+    done | awk -F'\t' '
+        function cls(c) { if (c !~ /^[0-9]+$/) return ""; c += 0; return c < 90 ? "near" : (c <= 250 ? "mid" : "far") }
+        function median(s,   a, n, i, j, t) {
+            n = split(s, a, " ")
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+            if (n == 0) return ""
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        {
+            label[NR] = $1; n = split($2, r, " "); split($3, h, " ")
+            for (i = 1; i <= n; i++) {
+                split(h[i], ba, "/"); c = cls(ba[1])
+                if (c != "" && c == cls(ba[2]) && r[i] ~ /^[0-9.]+$/) { vals[$1, c] = vals[$1, c] " " r[i]; cnt[$1, c]++ }
+            }
+        }
+        END {
+            split("near mid far", cl, " ")
+            for (k = 1; k <= 3; k++) {
+                c = cl[k]; line = ""
+                for (i = 1; i <= NR; i++) {
+                    m = median(vals[label[i], c]); med[label[i]] = m
+                    line = line sprintf("  %s %s (%d)", label[i], m == "" ? "n/a" : sprintf("%.3f", m), cnt[label[i], c])
+                }
+                printf "  %-4s:%s\n", c, line
+                s = med["switchyard vhost switch"]; o = med["ovs-dpdk NORMAL"]; v = med["switchyard net_vhost switch"]
+                if (s != "" && o != "") printf "        switchyard / OVS-DPDK %.3f (goal >= 2)\n", s / o
+                if (s != "" && v != "") printf "        switchyard / net_vhost %.3f (goal >= 1)\n", s / v
+            }
+        }'
+}
+echo "== by vCPU placement (hand-over before and after a run in one class: near < 90 cycles, mid 90-250, far > 250; Mpps median (runs))"
+by_placement
