@@ -420,7 +420,7 @@ impl Span<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-            let last = self.ptr.wrapping_add(upto.min(self.len).max(1) - 1);
+            let last = self.ptr.wrapping_add(upto.min(self.len).saturating_sub(1));
             // SAFETY: PREFETCH is a hint without architectural effect; both addresses lie in
             // the span (a span is never empty), and even an unmapped address would not fault.
             unsafe {
@@ -516,7 +516,7 @@ impl Area {
             return None;
         }
         let p = self.ptr.as_ptr().wrapping_add(off);
-        // Sizes are 2, 4 or 8: powers of two.
+        // Sizes are 2, 4, 8 or 16: powers of two.
         if (p as usize) & (size - 1) != 0 {
             return None;
         }
@@ -564,6 +564,42 @@ impl Area {
     area_access!(load_u16, store_u16, u16, AtomicU16);
     area_access!(load_u32, store_u32, u32, AtomicU32);
     area_access!(load_u64, store_u64, u64, AtomicU64);
+
+    /// Two adjacent `u64` at `off` (a 16-byte descriptor), with one bounds and alignment check.
+    #[inline]
+    pub fn load_u64_pair(&self, off: usize, order: Ordering) -> Option<(u64, u64)> {
+        let p = self.at(off, 16)?;
+        // SAFETY: at() checked that [off, off + 16) lies inside the window (live guest memory,
+        // kept mapped by self.mem) and that p is 16-, hence 8-byte aligned, so both u64 are
+        // aligned and inside; atomic accesses create no reference to non-atomic data.
+        unsafe {
+            let a = AtomicU64::from_ptr(p.cast()).load(order);
+            let b = AtomicU64::from_ptr(p.add(8).cast()).load(order);
+            Some((a, b))
+        }
+    }
+
+    /// Two adjacent `u32` at `off` (a used-ring element), with one bounds and alignment check.
+    #[inline]
+    pub fn store_u32_pair(&self, off: usize, a: u32, b: u32, order: Ordering) -> bool {
+        // 8 bytes at 4-byte alignment: at() checks the alignment of the size, so check by hand.
+        let Some(end) = off.checked_add(8) else { return false };
+        if end > self.len {
+            return false;
+        }
+        let p = self.ptr.as_ptr().wrapping_add(off);
+        if (p as usize) & 3 != 0 {
+            return false;
+        }
+        // SAFETY: [off, off + 8) lies inside the window (live guest memory, kept mapped by
+        // self.mem) and p is 4-byte aligned, so both u32 are aligned and inside; atomic
+        // accesses create no reference to non-atomic data.
+        unsafe {
+            AtomicU32::from_ptr(p.cast()).store(a, order);
+            AtomicU32::from_ptr(p.add(4).cast()).store(b, order);
+        }
+        true
+    }
 }
 
 /// The dirty-page log of live migration: one bit per 4 KiB guest page, set with atomic ORs.

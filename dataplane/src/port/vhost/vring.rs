@@ -328,9 +328,7 @@ impl Vring {
 
     #[inline]
     fn read_desc(&self, i: u16) -> Option<Desc> {
-        let off = usize::from(i) * 16;
-        let a = self.desc.load_u64(off, Ordering::Relaxed)?;
-        let b = self.desc.load_u64(off + 8, Ordering::Relaxed)?;
+        let (a, b) = self.desc.load_u64_pair(usize::from(i) * 16, Ordering::Relaxed)?;
         Some(Desc { addr: a, len: b as u32, flags: (b >> 32) as u16, next: (b >> 48) as u16 })
     }
 
@@ -402,8 +400,7 @@ impl Vring {
     #[inline]
     fn put_used(&mut self, id: u16, len: u32) {
         let off = 4 + 8 * usize::from(self.last_used & self.mask());
-        self.used.store_u32(off, u32::from(id), Ordering::Relaxed);
-        self.used.store_u32(off + 4, len, Ordering::Relaxed);
+        self.used.store_u32_pair(off, u32::from(id), len, Ordering::Relaxed);
         self.log_used(off as u64, 8);
         self.last_used = self.last_used.wrapping_add(1);
     }
