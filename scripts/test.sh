@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # Without them the test skips. SWITCHYARD_QEMU_TEST=0 leaves them out.
 if [ "$(id -u)" = 0 ] && [ "${SWITCHYARD_QEMU_TEST:-1}" != 0 ]; then
   echo "== QEMU guest for tests/qemu_guest.rs"
-  scripts/qemu-guest-assets.sh || echo "== no QEMU guest: tests/qemu_guest.rs will skip"
+  timeout 900 scripts/qemu-guest-assets.sh || echo "== no QEMU guest: tests/qemu_guest.rs will skip"
 fi
 
 echo "== build"

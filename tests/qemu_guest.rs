@@ -72,6 +72,16 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
     if !runs("ip", "-V") {
         return Err("the `ip` command (iproute2) is missing".into());
     }
+    if !Path::new("/dev/net/tun").exists() {
+        return Err("/dev/net/tun is missing (no TAP interfaces here)".into());
+    }
+    // Network namespaces may be refused even to root (an unprivileged container).
+    let probe = format!("syq-probe-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
+    if !made {
+        return Err("cannot create a network namespace here".into());
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
     if !runs(&qemu_bin(), "--version") {
         return Err(format!("{} not found (Debian: apt install qemu-system-x86)", qemu_bin()));
     }

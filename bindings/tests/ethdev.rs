@@ -300,8 +300,10 @@ fn pinned_extbuf_pool_keeps_buffers_in_place() {
         addrs.push(m.buf_addr() as usize);
         burst.push(m);
     }
+    let deadline = Instant::now() + Duration::from_secs(5);
     while !burst.is_empty() {
         dev.tx_mbufs(0, &mut burst);
+        assert!(Instant::now() < deadline, "tx stuck");
     }
     let mut out = Vec::new();
     let mut got = Vec::new();
@@ -360,8 +362,10 @@ fn pinned_pool_made_direct_keeps_buffers_in_place() {
             addrs.push(m.buf_addr() as usize);
             burst.push(m);
         }
+        let deadline = Instant::now() + Duration::from_secs(5);
         while !burst.is_empty() {
             dev.tx_mbufs(0, &mut burst);
+            assert!(Instant::now() < deadline, "tx stuck");
         }
         let mut out = Vec::new();
         let mut got = Vec::new();

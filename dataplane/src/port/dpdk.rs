@@ -14,9 +14,10 @@
 //!   port types) is copied into a fresh mbuf of the shared pool, and counted
 //!   ([`DpdkPort::copies`]).
 //! - Mbufs of other pools received (none today: every RX queue is set up with the shared
-//!   pool), and mbufs of ours whose buffer is not their own slot (a driver attached another:
-//!   vhost's `ext-buffer`, mlx5's multi-packet RX queues), are copied into the worker's pool,
-//!   and counted too. A buffer is adopted only when `table[idx]` is the very mbuf and its
+//!   pool), and mbufs of ours whose buffer is not their own slot, are copied into the worker's
+//!   pool, and counted too. The driver options known to attach such buffers (vhost's
+//!   `ext-buffer`, mlx5's `mprq_en`) are refused at open: DPDK keeps a pinned pool's buffers in
+//!   place, so the attached buffer would never be given back. A buffer is adopted only when `table[idx]` is the very mbuf and its
 //!   `buf_addr` the start of slot `idx`.
 //!
 //! Direct-looking mbufs (invariant): the shared pool's mbufs do not carry
@@ -159,6 +160,7 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     // SAFETY: the pool was just created and nothing else knows it yet. No mbuf of it is ever
     // cloned or attached to: switchyard has no such call (the bindings offer none), the TX
     // path clears every offload request (set_window), so net_tap never runs GSO on them, and
+    // the devargs that make a driver attach its own buffers on RX are refused at open, and
     // none of the drivers switchyard supports clones or attaches on TX (net_pcap, net_ring,
     // net_null, net_vhost, net_virtio_user, net_tap, net_af_packet, iavf, mlx5: checked in
     // DPDK 22.11's sources; virtio only reads RTE_MBUF_DIRECT to write its header into the
@@ -192,6 +194,17 @@ pub struct DpdkPort {
     shared: Arc<Shared>,
 }
 
+/// A devarg that makes a driver attach external buffers to the mbufs it receives into
+/// (`rte_pktmbuf_attach_extbuf`: net_vhost's `ext-buffer`, mlx5's multi-packet RX queues). Such
+/// an mbuf of the pinned pool could never give that buffer back (DPDK keeps a pinned pool's
+/// buffers in place), so these options are refused.
+fn attaching_devarg(devargs: &str) -> Option<&str> {
+    devargs.split(',').map(str::trim).find(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        matches!(k.trim(), "ext-buffer" | "mprq_en") && v.trim() != "0"
+    })
+}
+
 fn backend(port: &str) -> impl Fn(switchyard_bindings::Error) -> PortError + '_ {
     move |e| PortError::Backend { port: port.to_string(), msg: e.to_string() }
 }
@@ -202,6 +215,15 @@ impl DpdkPort {
     /// ([`Eal::init`]); a PCI device must be in its allow list.
     pub fn open(eal: &Eal, name: &str, devargs: &str, cfg: &DpdkPortConfig) -> Result<DpdkPort, PortError> {
         let err = backend(name);
+        if let Some(arg) = attaching_devarg(devargs) {
+            return Err(PortError::Backend {
+                port: name.to_string(),
+                msg: format!(
+                    "{devargs}: `{arg}` makes the driver attach its own buffers to received mbufs, \
+                     which the shared zero-copy pool cannot take (they would leak); leave it out"
+                ),
+            });
+        }
         let mut dev = EthDev::probe(eal, devargs).map_err(&err)?;
         let info = dev.info().map_err(&err)?;
         let nrx = cfg.rx_queues.clamp(1, info.max_rx_queues.max(1));
@@ -770,6 +792,25 @@ mod tests {
             let other = slots.table[(i + 1) % n];
             assert_eq!(slots.own_slot(other, base + i * SLOT_SIZE), None, "another mbuf");
         }
+    }
+
+    #[test]
+    fn buffer_attaching_devargs_are_refused() {
+        assert_eq!(attaching_devarg("net_vhost0,iface=/tmp/s,ext-buffer=1"), Some("ext-buffer=1"));
+        assert_eq!(attaching_devarg("0000:3b:00.0,mprq_en=1,rxqs_min_mprq=1"), Some("mprq_en=1"));
+        assert_eq!(attaching_devarg("net_vhost0,iface=/tmp/s,ext-buffer=0"), None);
+        assert_eq!(attaching_devarg("net_pcap0,rx_pcap=a.pcap,infinite_rx=1"), None);
+        let Some(eal) = eal() else { return };
+        let _g = serial();
+        let e = DpdkPort::open(
+            eal,
+            "vm",
+            "net_vhost9,iface=/tmp/sy-never.sock,ext-buffer=1",
+            &DpdkPortConfig::default(),
+        )
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("ext-buffer=1"), "{e}");
     }
 
     #[test]

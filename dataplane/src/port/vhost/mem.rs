@@ -732,6 +732,15 @@ mod tests {
             assert!(m.span(0x1100 + 100 - len as u64, len as u64).unwrap().read_into(&mut back));
             assert_eq!(&back[..len], &src[..len], "length {len}");
         }
+        // Spans that end exactly at the end of a region (followed by a guard page): the
+        // overlapping moves of every length class stay inside.
+        for len in [1usize, 7, 8, 15, 16, 31, 32, 63, 64, 100] {
+            let end = m.span(0x2000 - len as u64, len as u64).unwrap();
+            assert!(end.write_at(0, &src[..len]));
+            let mut back = [0u8; 100];
+            assert!(end.read_into(&mut back));
+            assert_eq!(&back[..len], &src[..len], "length {len} at the end");
+        }
         assert!(!s.write_at(1, &src), "one byte too many");
         assert!(!s.write_at(usize::MAX, &src[..2]), "offset overflow");
         assert!(!s.read_into(&mut [0u8; 99]), "destination too short");

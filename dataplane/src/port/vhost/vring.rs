@@ -617,18 +617,20 @@ impl Vring {
             let Some(head) = self.avail_head(cursor) else { return Place::Broken };
             cursor = cursor.wrapping_add(1);
             let first = segs.len() as u8;
-            let ok = match self.gather_in(head, &mut segs, need - have) {
+            // Whether this position's chain joined `chains` (by position, not by head: a guest
+            // may post one head twice, and each position must get its own used entry).
+            let pushed = match self.gather_in(head, &mut segs, need - have) {
                 Ok(cap) => {
                     have += cap;
                     chains.try_push((head, first, segs.len() as u8)).is_ok()
                 }
                 Err(_) => false,
             };
-            if !ok || (have < need && (segs.is_full() || chains.is_full())) {
+            if !pushed || (have < need && (segs.is_full() || chains.is_full())) {
                 for (h, _, _) in chains.iter().copied() {
                     self.put_used(h, 0);
                 }
-                if !chains.iter().any(|c| c.0 == head) {
+                if !pushed {
                     self.put_used(head, 0);
                 }
                 self.last_avail = cursor;
