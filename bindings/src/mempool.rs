@@ -186,10 +186,11 @@ impl Mempool {
         if self.in_use() != 0 {
             return Err(bad("mbufs are out"));
         }
-        // SAFETY: the pool is a live pinned-extbuf pool made by sy_extbuf_pool_create; the
-        // caller guarantees nobody uses it meanwhile (so writing each free mbuf's ol_flags
-        // races with nothing) and that no mbuf of it is ever cloned or attached (the one
-        // thing a direct-looking mbuf with an external buffer cannot take).
+        // The pool is a live pinned-extbuf pool made by sy_extbuf_pool_create; the caller
+        // guarantees nobody uses it meanwhile (so writing each free mbuf's ol_flags races with
+        // nothing) and that no mbuf of it is ever cloned or attached (the one thing a
+        // direct-looking mbuf with an external buffer cannot take).
+        // SAFETY: a live pinned pool, unused meanwhile, never cloned or attached (above).
         let changed = unsafe { sys::shim::sy_extbuf_pool_make_direct(self.ptr.as_ptr()) };
         debug_assert_eq!(changed, self.size);
         Ok(())

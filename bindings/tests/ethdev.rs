@@ -35,9 +35,14 @@ fn send(dev: &mut EthDev, pool: &Mempool, frames: &[Vec<u8>]) {
             m
         })
         .collect();
+    tx_all(dev, &mut burst);
+}
+
+/// Transmits every mbuf of `burst` on queue 0, within 5 s.
+fn tx_all(dev: &mut EthDev, burst: &mut Vec<Mbuf>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !burst.is_empty() {
-        dev.tx_mbufs(0, &mut burst);
+        dev.tx_mbufs(0, burst);
         assert!(Instant::now() < deadline, "tx stuck");
     }
 }
@@ -300,11 +305,7 @@ fn pinned_extbuf_pool_keeps_buffers_in_place() {
         addrs.push(m.buf_addr() as usize);
         burst.push(m);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !burst.is_empty() {
-        dev.tx_mbufs(0, &mut burst);
-        assert!(Instant::now() < deadline, "tx stuck");
-    }
+    tx_all(&mut dev, &mut burst);
     let mut out = Vec::new();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -362,11 +363,7 @@ fn pinned_pool_made_direct_keeps_buffers_in_place() {
             addrs.push(m.buf_addr() as usize);
             burst.push(m);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !burst.is_empty() {
-            dev.tx_mbufs(0, &mut burst);
-            assert!(Instant::now() < deadline, "tx stuck");
-        }
+        tx_all(&mut dev, &mut burst);
         let mut out = Vec::new();
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -157,7 +157,7 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     if usize::from(elt) != SLOT_SIZE {
         return Err(format!("extbuf pool buffers are {elt} bytes, not {SLOT_SIZE}"));
     }
-    // SAFETY: the pool was just created and nothing else knows it yet. No mbuf of it is ever
+    // The pool was just created and nothing else knows it yet. No mbuf of it is ever
     // cloned or attached to: switchyard has no such call (the bindings offer none), the TX
     // path clears every offload request (set_window), so net_tap never runs GSO on them, and
     // the devargs that make a driver attach its own buffers on RX are refused at open, and
@@ -165,6 +165,7 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     // net_null, net_vhost, net_virtio_user, net_tap, net_af_packet, iavf, mlx5: checked in
     // DPDK 22.11's sources; virtio only reads RTE_MBUF_DIRECT to write its header into the
     // headroom, which is ours to give). See the module documentation.
+    // SAFETY: a fresh pool nobody else uses, whose mbufs are never cloned or attached (above).
     unsafe { mempool.make_pinned_direct() }.map_err(|e| e.to_string())?;
     let mempool = Arc::new(mempool);
     let slots =
@@ -316,8 +317,9 @@ impl RxQueue for DpdkRx {
         if room == 0 {
             return 0;
         }
-        // SAFETY: this handle is the only user of RX queue q (rx_claims), and the device is
-        // stopped only when the last Arc<Shared>, ours included, is gone.
+        // This handle is the only user of RX queue q (rx_claims), and the device is stopped
+        // only when the last Arc<Shared>, ours included, is gone.
+        // SAFETY: sole user of RX queue q on a device that outlives this call (above).
         let n = unsafe { self.shared.dev.rx_burst_shared(self.q, &mut self.mbufs[..room]) };
         if n == 0 {
             return 0;
@@ -340,10 +342,11 @@ impl RxQueue for DpdkRx {
                 if let Some(idx) = slots.own_slot(p, m.buf_addr() as usize) {
                     // data_off and data_len are u16; adopt checks that the window fits the
                     // slot (it does: the mbuf's buffer is the slot, buf_len == SLOT_SIZE).
-                    // SAFETY: the mbuf is ours (from rx_burst) and its buffer is slot idx
-                    // (own_slot); it stays allocated as the slot's owner until the buffer
-                    // gives it back (MbufSlots::free) or TX passes it on; nobody else holds
-                    // slot idx, since only its mbuf's holder can.
+                    // The mbuf is ours (from rx_burst) and its buffer is slot idx (own_slot);
+                    // it stays allocated as the slot's owner until the buffer gives it back
+                    // (MbufSlots::free) or TX passes it on; nobody else holds slot idx, since
+                    // only its mbuf's holder can.
+                    // SAFETY: slot idx is owned by this mbuf, which we hold (above).
                     if let Some(b) = unsafe { adopter.adopt(idx, m.headroom() as u16, m.data_len() as u16) } {
                         out.push(b);
                         got += 1;
@@ -432,8 +435,9 @@ impl TxQueue for DpdkTx {
         }
         let sent = {
             let _guard = self.shared.tx_locks[usize::from(self.q)].lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: the first k pointers are valid mbufs we own; the lock serialises TX queue
-            // q; the device is not stopped while we hold an Arc<Shared>.
+            // The first k pointers are valid mbufs we own; the lock serialises TX queue q; the
+            // device is not stopped while we hold an Arc<Shared>.
+            // SAFETY: owned mbufs, TX queue q serialised by the lock, device alive (above).
             unsafe { self.shared.dev.tx_burst_shared(self.q, &mut self.mbufs[..k]) }
         };
         if sent < k {
