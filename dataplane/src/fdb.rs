@@ -14,6 +14,8 @@
 //! - `learned_per_port[p]` counts the dynamic entries that point at port `p`.
 //! - An entry whose age reaches `aging` seconds is treated as absent by lookups at once (lazy
 //!   expiry, so results do not depend on when the sweeper runs); [`MacTable::age`] reclaims it.
+//!   Forwarding reads the table through an [`FdbView`] taken once per burst, which holds the
+//!   aging time of that moment: a change of the aging time applies from the next burst.
 
 use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -109,11 +111,6 @@ impl std::fmt::Debug for MacTable {
 }
 
 #[inline]
-fn encode_key(vlan: u16, mac: MacAddr) -> u64 {
-    OCCUPIED | (u64::from(vlan & 0x0fff) << 48) | mac.to_u64()
-}
-
-#[inline]
 fn decode_key(k: u64) -> (u16, MacAddr) {
     (((k >> 48) & 0x0fff) as u16, MacAddr::from_u64(k & 0xffff_ffff_ffff))
 }
@@ -203,57 +200,40 @@ impl MacTable {
         self.learned_per_port[usize::from(port)].load(Ordering::Relaxed)
     }
 
+    /// The table's read-only parameters for one burst (see [`FdbView`]).
+    #[inline]
+    pub fn view(&self) -> FdbView<'_> {
+        FdbView {
+            table: self,
+            slots: &self.slots,
+            mask: self.mask,
+            shift: self.shift,
+            seed: self.seed,
+            aging: self.aging.load(Ordering::Relaxed),
+        }
+    }
+
     /// Hashes the key; cheap, and lets a burst prefetch before it reads.
     #[inline]
     pub fn probe(&self, vlan: u16, mac: MacAddr) -> Probe {
-        let key = encode_key(vlan, mac);
-        let idx = ((key ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
-        Probe { key, idx }
+        self.view().probe_u64(vlan, mac.to_u64())
     }
 
     /// Brings the probe's first slot towards the cache.
     #[inline]
     pub fn prefetch(&self, p: &Probe) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let ptr = &self.slots[p.idx & self.mask] as *const Slot as *const i8;
-            // SAFETY: prefetching is a hint with no memory effect; the pointer is in bounds.
-            unsafe { core::arch::x86_64::_mm_prefetch(ptr, core::arch::x86_64::_MM_HINT_T0) };
-        }
+        self.view().prefetch(p)
     }
 
     /// Finds the slot holding `p.key`, with its value read consistently.
     #[inline]
     fn find(&self, p: &Probe) -> Option<(usize, u64)> {
-        let mut i = p.idx & self.mask;
-        let mut probes = 0;
-        loop {
-            let s = &self.slots[i];
-            let k = s.key.load(Ordering::Acquire);
-            if k == EMPTY {
-                return None;
-            }
-            if k == p.key {
-                let v = s.val.load(Ordering::Acquire);
-                if s.key.load(Ordering::Relaxed) == p.key {
-                    return Some((i, v));
-                }
-                // The slot changed under us (deleted and reused): start again.
-                i = p.idx & self.mask;
-                probes = 0;
-                continue;
-            }
-            probes += 1;
-            if probes > self.mask {
-                return None;
-            }
-            i = (i + 1) & self.mask;
-        }
+        self.view().find(p)
     }
 
     #[inline]
     fn expired(&self, v: u64, now: u32) -> bool {
-        !val_static(v) && now.wrapping_sub(val_time(v)) >= self.aging.load(Ordering::Relaxed)
+        self.view().expired(v, now)
     }
 
     /// Where frames to (VLAN, MAC) go, if known and not expired at `now` (seconds).
@@ -264,11 +244,7 @@ impl MacTable {
 
     #[inline]
     pub fn lookup_probe(&self, p: &Probe, now: u32) -> Option<FdbHit> {
-        let (_, v) = self.find(p)?;
-        if self.expired(v, now) {
-            return None;
-        }
-        Some(FdbHit { port: val_port(v), is_static: val_static(v) })
+        self.view().lookup_probe(p, now)
     }
 
     /// Learns that (VLAN, MAC) lives behind `port` at time `now`, within the port's `limit`
@@ -280,13 +256,7 @@ impl MacTable {
 
     #[inline]
     pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
-        // The common case, inlined: known on this port and already refreshed this second.
-        if let Some((_, v)) = self.find(p) {
-            if val_port(v) == port && (val_static(v) || val_time(v) == now) {
-                return LearnOutcome::Refreshed;
-            }
-        }
-        self.learn_slow(p, port, now, limit)
+        self.view().learn_probe(p, port, now, limit)
     }
 
     #[inline(never)]
@@ -508,6 +478,98 @@ impl MacTable {
         }
         out.sort_by_key(|e| (e.vlan, e.mac));
         out
+    }
+}
+
+/// A burst's copy of a table's read-only parameters (slot array, mask, hash seed, aging), so
+/// that the forwarding loops keep them in registers: the table itself holds atomics, which the
+/// compiler must assume change under every store. Lookups and learning through a view behave
+/// exactly as through the table, except that they use the aging time of when the view was
+/// taken (one burst).
+#[derive(Clone, Copy)]
+pub struct FdbView<'a> {
+    table: &'a MacTable,
+    slots: &'a [Slot],
+    mask: usize,
+    shift: u32,
+    seed: u64,
+    aging: u32,
+}
+
+impl FdbView<'_> {
+    /// [`MacTable::probe`] for a MAC held as [`MacAddr::to_u64`] returns it.
+    #[inline]
+    pub fn probe_u64(&self, vlan: u16, mac: u64) -> Probe {
+        let key = OCCUPIED | (u64::from(vlan & 0x0fff) << 48) | (mac & 0xffff_ffff_ffff);
+        let idx = ((key ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
+        Probe { key, idx }
+    }
+
+    /// Brings the probe's first slot towards the cache.
+    #[inline]
+    pub fn prefetch(&self, p: &Probe) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(slot) = self.slots.get(p.idx & self.mask) {
+            let ptr = slot as *const Slot as *const i8;
+            // SAFETY: prefetching is a hint with no memory effect; the pointer is in bounds.
+            unsafe { core::arch::x86_64::_mm_prefetch(ptr, core::arch::x86_64::_MM_HINT_T0) };
+        }
+    }
+
+    /// Finds the slot holding `p.key`, with its value read consistently.
+    #[inline]
+    fn find(&self, p: &Probe) -> Option<(usize, u64)> {
+        let mut i = p.idx & self.mask;
+        let mut probes = 0;
+        loop {
+            let s = self.slots.get(i)?;
+            let k = s.key.load(Ordering::Acquire);
+            if k == EMPTY {
+                return None;
+            }
+            if k == p.key {
+                let v = s.val.load(Ordering::Acquire);
+                if s.key.load(Ordering::Relaxed) == p.key {
+                    return Some((i, v));
+                }
+                // The slot changed under us (deleted and reused): start again.
+                i = p.idx & self.mask;
+                probes = 0;
+                continue;
+            }
+            probes += 1;
+            if probes > self.mask {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[inline]
+    fn expired(&self, v: u64, now: u32) -> bool {
+        !val_static(v) && now.wrapping_sub(val_time(v)) >= self.aging
+    }
+
+    /// Where frames to the probe's key go, if known and not expired at `now` (seconds).
+    #[inline]
+    pub fn lookup_probe(&self, p: &Probe, now: u32) -> Option<FdbHit> {
+        let (_, v) = self.find(p)?;
+        if self.expired(v, now) {
+            return None;
+        }
+        Some(FdbHit { port: val_port(v), is_static: val_static(v) })
+    }
+
+    /// [`MacTable::learn`] for a probe.
+    #[inline]
+    pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
+        // The common case, inlined: known on this port and already refreshed this second.
+        if let Some((_, v)) = self.find(p) {
+            if val_port(v) == port && (val_static(v) || val_time(v) == now) {
+                return LearnOutcome::Refreshed;
+            }
+        }
+        self.table.learn_slow(p, port, now, limit)
     }
 }
 

@@ -18,7 +18,7 @@
 //! action, plus MAC spoof filtering, static entries and per-port MAC limits).
 
 use crate::buffer::{PacketBuf, PoolCache};
-use crate::fdb::{LearnOutcome, Probe};
+use crate::fdb::{FdbView, LearnOutcome, Probe};
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
 use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
@@ -36,13 +36,13 @@ pub enum Verdict {
 /// What the stages know about one frame. `verdict` is `None` while the frame is still going.
 #[derive(Clone, Copy)]
 struct FrameMeta {
-    dst: MacAddr,
-    src: MacAddr,
+    /// The addresses as [`MacAddr::to_u64`] holds them (one compare instead of six).
+    dst: u64,
+    src: u64,
     /// The frame carries an 802.1Q tag (a priority tag included).
     tagged: bool,
     tci: u16,
     vlan: u16,
-    len: u16,
     verdict: Option<Verdict>,
     learn: Option<LearnOutcome>,
     /// The source key's probe.
@@ -247,6 +247,33 @@ impl IngressTally {
     }
 }
 
+/// Whether port `o` takes frames of VLAN `vlan` from a port of bridge `bridge`, and whether
+/// they leave it tagged; remembered for the last egress port of a burst, because the frames
+/// of one burst mostly share their VLAN and egress port.
+#[derive(Clone, Copy)]
+struct EgressMemo {
+    port: PortId,
+    vlan: u16,
+    /// `None`: the port is not in the snapshot, not in the bridge or does not carry the VLAN.
+    tag_out: Option<bool>,
+}
+
+impl EgressMemo {
+    const NONE: EgressMemo = EgressMemo { port: PortId::MAX, vlan: u16::MAX, tag_out: None };
+
+    #[inline(always)]
+    fn get(&mut self, cfg: &SwitchConfig, bridge: usize, op: PortId, vlan: u16) -> Option<bool> {
+        if self.port != op || self.vlan != vlan {
+            let tag_out = cfg
+                .port(op)
+                .filter(|o| o.bridge == bridge && o.vlan.carries(vlan))
+                .map(|o| o.vlan.egress_tagged(vlan));
+            *self = EgressMemo { port: op, vlan, tag_out };
+        }
+        self.tag_out
+    }
+}
+
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
 /// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
 /// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
@@ -257,7 +284,7 @@ pub fn process_burst(
     now: u32,
     cache: &mut PoolCache,
     tx: &mut TxBatches,
-    mut trace: Option<&mut Vec<FrameTrace>>,
+    trace: Option<&mut Vec<FrameTrace>>,
 ) {
     let n = burst.len();
     let Some(port) = cfg.port(in_port) else {
@@ -273,57 +300,43 @@ pub fn process_burst(
         }
         return;
     };
-    let table = &*bridge.table;
+    let table = bridge.table.view();
     let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
     let mut t = IngressTally { rx_packets: n as u64, ..Default::default() };
+    // The VLAN of untagged frames on this port, once per burst.
+    let untagged_vlan = port.vlan.ingress(None);
 
-    // Stage 1: parse and ingress VLAN. Every read below is within the length checked here.
+    // Stage 1: parse, ingress VLAN, and the hash of the source and destination keys, whose
+    // slots are prefetched for the whole burst so that with a large table the cache misses of
+    // every frame overlap. Every read below is within the length checked here.
     for b in burst.iter() {
         let d = b.data();
         t.rx_bytes += d.len() as u64;
-        let mut m = FrameMeta {
-            dst: MacAddr::ZERO,
-            src: MacAddr::ZERO,
-            tagged: false,
-            tci: 0,
-            vlan: 0,
-            len: d.len() as u16,
-            verdict: None,
-            learn: None,
-            probe: Probe::default(),
-            dprobe: Probe::default(),
-            flood_pending: false,
-        };
-        m.verdict = parse(d, &mut m, port);
+        let m = classify(d, port, untagged_vlan, &table);
+        if m.verdict.is_none() || m.flood_pending {
+            table.prefetch(&m.probe);
+        }
+        if m.verdict.is_none() {
+            table.prefetch(&m.dprobe);
+        }
         meta.push(m);
     }
 
-    // Stage 2: spoof check (only on ports with a filter).
+    // Stage 2: spoof check (only on ports with a filter). A spoofed multicast frame is not
+    // flooded, and not learned from.
     if port.allowed_macs.is_some() {
         for (m, b) in meta.iter_mut().zip(burst.iter()) {
-            if m.verdict.is_none() {
-                m.verdict = spoof_check(b.data(), m, port);
+            if m.verdict.is_none() || m.flood_pending {
+                if let Some(v) = spoof_check(b.data(), m, port) {
+                    m.verdict = Some(v);
+                    m.flood_pending = false;
+                }
             }
         }
     }
 
-    // Stage 3: hash the source and destination keys of the whole burst and prefetch their
-    // slots together, so that with a large table the cache misses of every frame overlap.
-    for m in meta.iter_mut() {
-        if m.verdict.is_none() {
-            m.probe = table.probe(m.vlan, m.src);
-            table.prefetch(&m.probe);
-            if m.dst.is_multicast() {
-                m.verdict = Some(Verdict::Flood);
-                m.flood_pending = true;
-            } else {
-                m.dprobe = table.probe(m.vlan, m.dst);
-                table.prefetch(&m.dprobe);
-            }
-        }
-    }
-
-    // Stage 4: learn (the source of every frame that passed the ingress checks).
+    // Stage 3: learn (the source of every frame that passed the ingress checks), for the whole
+    // burst before any lookup: a frame's destination may be learned from a later frame.
     for m in meta.iter_mut() {
         if m.verdict.is_some() && !m.flood_pending {
             continue;
@@ -340,7 +353,8 @@ pub fn process_burst(
         m.learn = Some(out);
     }
 
-    // Stage 5: destination lookup.
+    // Stage 4: destination lookup and the egress port's VLAN check.
+    let mut memo = EgressMemo::NONE;
     for m in meta.iter_mut() {
         if m.verdict.is_some() {
             continue;
@@ -348,114 +362,205 @@ pub fn process_burst(
         m.verdict = Some(match table.lookup_probe(&m.dprobe, now) {
             None => Verdict::Flood,
             Some(hit) if hit.port == in_port => Verdict::Drop(DropReason::DstIsIngress),
-            Some(hit) => {
-                if cfg.port(hit.port).is_some_and(|o| o.bridge == port.bridge && o.vlan.carries(m.vlan)) {
-                    Verdict::Unicast(hit.port)
-                } else {
-                    Verdict::Drop(DropReason::NoEgressPort)
-                }
-            }
+            Some(hit) => match memo.get(cfg, port.bridge, hit.port, m.vlan) {
+                Some(_) => Verdict::Unicast(hit.port),
+                None => Verdict::Drop(DropReason::NoEgressPort),
+            },
         });
     }
 
-    // Stage 6: egress VLAN and TX batches.
-    for (m, buf) in meta.iter().zip(burst.drain(..)) {
-        let mut outs: Option<Vec<PortId>> = trace.is_some().then(Vec::new);
-        let verdict = match m.verdict.unwrap_or(Verdict::Drop(DropReason::NoEgressPort)) {
-            Verdict::Drop(r) => {
-                t.drops.add(r, 1);
-                cache.free(buf);
-                Verdict::Drop(r)
+    // Stage 5: egress VLAN and TX batches (traced or not: two loops, so that the untraced
+    // one carries nothing of the trace).
+    let mut eg =
+        Egress { cfg, in_port, bridge_idx: port.bridge, members: &bridge.ports, memo, cache, tx, t: &mut t };
+    match trace {
+        None => {
+            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+                eg.emit(m, buf, None);
             }
-            Verdict::Unicast(op) => {
-                send(cfg, op, buf, m, cache, tx, &mut t.drops, &mut outs);
-                Verdict::Unicast(op)
+        }
+        Some(tr) => {
+            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+                let len = buf.len();
+                let mut out_ports = Vec::new();
+                let verdict = eg.emit(m, buf, Some(&mut out_ports));
+                let reached_vlan = !matches!(
+                    verdict,
+                    Verdict::Drop(
+                        DropReason::Runt
+                            | DropReason::TruncatedVlanTag
+                            | DropReason::InvalidSrcMac
+                            | DropReason::ReservedDstMac
+                            | DropReason::VlanNotAllowed
+                    )
+                );
+                tr.push(FrameTrace {
+                    in_port,
+                    len,
+                    src: MacAddr::from_u64(m.src),
+                    dst: MacAddr::from_u64(m.dst),
+                    vlan: reached_vlan.then_some(m.vlan),
+                    learn: m.learn,
+                    verdict,
+                    out_ports,
+                });
             }
-            Verdict::Flood => {
-                let members = &bridge.ports;
-                let carries = |p: PortId| p != in_port && cfg.port(p).is_some_and(|o| o.vlan.carries(m.vlan));
-                match members.iter().rposition(|&p| carries(p)) {
-                    None => {
-                        t.drops.add(DropReason::NoEgressPort, 1);
-                        cache.free(buf);
-                        Verdict::Drop(DropReason::NoEgressPort)
-                    }
-                    Some(last) => {
-                        t.flooded += 1;
-                        for &op in members[..last].iter().filter(|&&p| carries(p)) {
-                            match cache.alloc_copy(buf.data()) {
-                                Some(copy) => send(cfg, op, copy, m, cache, tx, &mut t.drops, &mut outs),
-                                None => t.drops.add(DropReason::NoBuffer, 1),
-                            }
-                        }
-                        send(cfg, members[last], buf, m, cache, tx, &mut t.drops, &mut outs);
-                        Verdict::Flood
-                    }
-                }
-            }
-        };
-        if let (Some(tr), Some(out_ports)) = (trace.as_deref_mut(), outs) {
-            let reached_vlan = !matches!(
-                verdict,
-                Verdict::Drop(
-                    DropReason::Runt
-                        | DropReason::TruncatedVlanTag
-                        | DropReason::InvalidSrcMac
-                        | DropReason::ReservedDstMac
-                        | DropReason::VlanNotAllowed
-                )
-            );
-            tr.push(FrameTrace {
-                in_port,
-                len: usize::from(m.len),
-                src: m.src,
-                dst: m.dst,
-                vlan: reached_vlan.then_some(m.vlan),
-                learn: m.learn,
-                verdict,
-                out_ports,
-            });
         }
     }
     t.flush_into(port);
 }
 
-/// Reads the Ethernet header and assigns the VLAN: the ingress checks up to VLAN admission.
-/// Returns the verdict if the frame is dropped.
-#[inline]
-fn parse(d: &[u8], m: &mut FrameMeta, port: &PortSpec) -> Option<Verdict> {
-    let drop = |r| Some(Verdict::Drop(r));
-    if d.len() < 14 {
-        return drop(DropReason::Runt);
-    }
-    m.dst = MacAddr::from_bytes(&d[0..6]);
-    m.src = MacAddr::from_bytes(&d[6..12]);
-    if u16::from_be_bytes([d[12], d[13]]) == EtherType::VLAN {
-        if d.len() < 18 {
-            return drop(DropReason::TruncatedVlanTag);
+/// The last stage's view of the burst: where frames go out and what is counted.
+struct Egress<'a> {
+    cfg: &'a SwitchConfig,
+    in_port: PortId,
+    bridge_idx: usize,
+    /// The bridge's member ports, in flood order.
+    members: &'a [PortId],
+    memo: EgressMemo,
+    cache: &'a mut PoolCache,
+    tx: &'a mut TxBatches,
+    t: &'a mut IngressTally,
+}
+
+impl Egress<'_> {
+    /// Queues (or drops, counted) one frame as its verdict says; with `outs`, notes the ports
+    /// it was queued to. Returns what happened to it.
+    #[inline(always)]
+    fn emit(&mut self, m: &FrameMeta, buf: PacketBuf, outs: Option<&mut Vec<PortId>>) -> Verdict {
+        match m.verdict.unwrap_or(Verdict::Drop(DropReason::NoEgressPort)) {
+            Verdict::Drop(r) => {
+                self.t.drops.add(r, 1);
+                self.cache.free(buf);
+                Verdict::Drop(r)
+            }
+            Verdict::Unicast(op) => {
+                // Stage 4 filled the memo for this port and VLAN; a miss recomputes it.
+                let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
+                self.send(op, tag_out, buf, m, outs);
+                Verdict::Unicast(op)
+            }
+            Verdict::Flood => self.flood(m, buf, outs),
         }
+    }
+
+    /// Copies the frame to every other member port that carries its VLAN (the frame itself
+    /// goes to the last one).
+    #[inline(never)]
+    fn flood(&mut self, m: &FrameMeta, buf: PacketBuf, mut outs: Option<&mut Vec<PortId>>) -> Verdict {
+        let (cfg, in_port, members) = (self.cfg, self.in_port, self.members);
+        let carries = |p: PortId| p != in_port && cfg.port(p).is_some_and(|o| o.vlan.carries(m.vlan));
+        let Some(last) = members.iter().rposition(|&p| carries(p)) else {
+            self.t.drops.add(DropReason::NoEgressPort, 1);
+            self.cache.free(buf);
+            return Verdict::Drop(DropReason::NoEgressPort);
+        };
+        self.t.flooded += 1;
+        let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
+        for &op in members[..last].iter().filter(|&&p| carries(p)) {
+            match self.cache.alloc_copy(buf.data()) {
+                Some(copy) => self.send(op, tag_out(op), copy, m, outs.as_deref_mut()),
+                None => self.t.drops.add(DropReason::NoBuffer, 1),
+            }
+        }
+        let op = members[last];
+        self.send(op, tag_out(op), buf, m, outs);
+        Verdict::Flood
+    }
+
+    /// Rewrites the VLAN tag of `buf` for egress port `op` (`tag_out`: whether the frame
+    /// leaves it tagged; `None` when the port is gone) and queues it; counts `no_buffer` if the
+    /// rewrite is impossible (no headroom left).
+    #[inline(always)]
+    fn send(
+        &mut self,
+        op: PortId,
+        tag_out: Option<bool>,
+        mut buf: PacketBuf,
+        m: &FrameMeta,
+        outs: Option<&mut Vec<PortId>>,
+    ) {
+        if tag_out.is_some_and(|want_tag| egress_rewrite(&mut buf, m, want_tag).is_ok()) {
+            self.tx.push(op, buf, self.cache);
+            if let Some(v) = outs {
+                v.push(op);
+            }
+        } else {
+            self.t.drops.add(DropReason::NoBuffer, 1);
+            self.cache.free(buf);
+        }
+    }
+}
+
+/// The I/G bit of a MAC address held as in [`MacAddr::to_u64`]: a group address.
+const MAC_GROUP_BIT: u64 = 1 << 40;
+
+/// Reads the Ethernet header, assigns the VLAN and hashes the source and destination keys:
+/// the ingress checks up to VLAN admission. `untagged_vlan` is `port.vlan.ingress(None)`.
+/// A frame the checks drop has its `verdict` set; a multicast destination is `Flood` with
+/// `flood_pending` (still to be learned from).
+#[inline(always)]
+fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbView) -> FrameMeta {
+    let mut m = FrameMeta {
+        dst: 0,
+        src: 0,
+        tagged: false,
+        tci: 0,
+        vlan: 0,
+        verdict: None,
+        learn: None,
+        probe: Probe::default(),
+        dprobe: Probe::default(),
+        flood_pending: false,
+    };
+    let drop = |mut m: FrameMeta, r| {
+        m.verdict = Some(Verdict::Drop(r));
+        m
+    };
+    let Some(h) = d.first_chunk::<14>() else {
+        return drop(m, DropReason::Runt);
+    };
+    // Two 8-byte big-endian reads: the destination in the top 48 bits of the first, the
+    // source and the EtherType in the second (addresses as MacAddr::to_u64 holds them).
+    let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
+    let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
+    m.dst = w0 >> 16;
+    m.src = w1 >> 16;
+    let vlan = if w1 as u16 == EtherType::VLAN {
+        let Some(&[.., t0, t1, _, _]) = d.first_chunk::<18>() else {
+            return drop(m, DropReason::TruncatedVlanTag);
+        };
         m.tagged = true;
-        m.tci = u16::from_be_bytes([d[14], d[15]]);
+        m.tci = u16::from_be_bytes([t0, t1]);
+        port.vlan.ingress(Some(VlanTci(m.tci)))
+    } else {
+        untagged_vlan
+    };
+    if m.src & MAC_GROUP_BIT != 0 || m.src == 0 {
+        return drop(m, DropReason::InvalidSrcMac);
     }
-    if m.src.is_multicast() || m.src.is_zero() {
-        return drop(DropReason::InvalidSrcMac);
+    // 01:80:C2:00:00:00 - 01:80:C2:00:00:0F
+    if m.dst & !0xf == 0x0180_c200_0000 {
+        return drop(m, DropReason::ReservedDstMac);
     }
-    if m.dst.is_ieee_reserved() {
-        return drop(DropReason::ReservedDstMac);
+    let Some(vlan) = vlan else {
+        return drop(m, DropReason::VlanNotAllowed);
+    };
+    m.vlan = vlan;
+    m.probe = table.probe_u64(vlan, m.src);
+    if m.dst & MAC_GROUP_BIT != 0 {
+        m.verdict = Some(Verdict::Flood);
+        m.flood_pending = true;
+    } else {
+        m.dprobe = table.probe_u64(vlan, m.dst);
     }
-    match port.vlan.ingress(m.tagged.then_some(VlanTci(m.tci))) {
-        Some(v) => {
-            m.vlan = v;
-            None
-        }
-        None => drop(DropReason::VlanNotAllowed),
-    }
+    m
 }
 
 /// MAC spoof filtering: the Ethernet source, and the sender hardware address of ARP and RARP
 /// frames, must be in the port's `allowed_macs`.
 fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
-    if !port.allows_src(m.src) {
+    if !port.allows_src(MacAddr::from_u64(m.src)) {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
     // parse() checked that the header (and the tag, when there is one) is inside `d`.
@@ -471,42 +576,16 @@ fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
     None
 }
 
-/// Rewrites the VLAN tag of `buf` for port `o` and queues it; counts `no_buffer` if the
-/// rewrite is impossible (no headroom left).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn send(
-    cfg: &SwitchConfig,
-    op: PortId,
-    mut buf: PacketBuf,
-    m: &FrameMeta,
-    cache: &mut PoolCache,
-    tx: &mut TxBatches,
-    drops: &mut DropTally,
-    outs: &mut Option<Vec<PortId>>,
-) {
-    let ok = cfg.port(op).is_some_and(|o| egress_rewrite(&mut buf, m, o).is_ok());
-    if ok {
-        tx.push(op, buf, cache);
-        if let Some(v) = outs.as_mut() {
-            v.push(op);
-        }
-    } else {
-        drops.add(DropReason::NoBuffer, 1);
-        cache.free(buf);
-    }
-}
-
-/// Makes the frame's tag what port `o` wants for VLAN `m.vlan`: a tag that stays keeps its
-/// PCP and DEI bits and gets the new VID; a pushed tag carries PCP 0 (no priority tag came
-/// in) or the PCP of the priority tag that did; an untagged egress removes the tag.
+/// Makes the frame's tag what the egress port wants for VLAN `m.vlan` (`want_tag`: it leaves
+/// tagged): a tag that stays keeps its PCP and DEI bits and gets the new VID; a pushed tag
+/// carries PCP 0 (no priority tag came in) or the PCP of the priority tag that did; an
+/// untagged egress removes the tag.
 #[inline(always)]
 fn egress_rewrite(
     buf: &mut PacketBuf,
     m: &FrameMeta,
-    o: &PortSpec,
+    want_tag: bool,
 ) -> Result<(), crate::buffer::BufferError> {
-    let want_tag = o.vlan.egress_tagged(m.vlan);
     match (m.tagged, want_tag) {
         (true, true) => {
             let tci = (m.tci & 0xf000) | m.vlan;
