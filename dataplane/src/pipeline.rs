@@ -134,7 +134,9 @@ impl TxBatches {
             cache.free(buf);
             return;
         };
-        if batch.is_empty() && self.pending_drops[i] == 0 {
+        // A port's batch is only emptied by a flush, and a drop needs a full batch: an empty
+        // batch means the port is not in `dirty` yet.
+        if batch.is_empty() {
             self.dirty.push(port);
         }
         if let Err(e) = batch.try_push(buf) {
@@ -437,7 +439,12 @@ impl Egress<'_> {
             Verdict::Unicast(op) => {
                 // Stage 4 filled the memo for this port and VLAN; a miss recomputes it.
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
-                self.send(op, tag_out, buf, m, outs);
+                if tag_out == Some(false) && !m.tagged && outs.is_none() {
+                    // Untagged in, untagged out: nothing to rewrite.
+                    self.tx.push(op, buf, self.cache);
+                } else {
+                    self.send(op, tag_out, buf, m, outs);
+                }
                 Verdict::Unicast(op)
             }
             Verdict::Flood => self.flood(m, buf, outs),
