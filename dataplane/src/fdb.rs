@@ -509,9 +509,10 @@ impl FdbView<'_> {
     #[inline]
     pub fn prefetch(&self, p: &Probe) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(slot) = self.slots.get(p.idx & self.mask) {
-            let ptr = slot as *const Slot as *const i8;
-            // SAFETY: prefetching is a hint with no memory effect; the pointer is in bounds.
+        {
+            // In bounds (slots.len() == mask + 1), though a prefetch would not need it to be.
+            let ptr = self.slots.as_ptr().wrapping_add(p.idx & self.mask) as *const i8;
+            // SAFETY: a prefetch is a hint with no memory effect, and never faults.
             unsafe { core::arch::x86_64::_mm_prefetch(ptr, core::arch::x86_64::_MM_HINT_T0) };
         }
     }

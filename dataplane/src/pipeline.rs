@@ -314,14 +314,7 @@ pub fn process_burst(
     for b in burst.iter() {
         let d = b.data();
         t.rx_bytes += d.len() as u64;
-        let m = classify(d, port, untagged_vlan, &table);
-        if m.verdict.is_none() || m.flood_pending {
-            table.prefetch(&m.probe);
-        }
-        if m.verdict.is_none() {
-            table.prefetch(&m.dprobe);
-        }
-        meta.push(m);
+        meta.push(classify(d, port, untagged_vlan, &table));
     }
 
     // Stage 2: spoof check (only on ports with a filter). A spoofed multicast frame is not
@@ -555,11 +548,13 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     };
     m.vlan = vlan;
     m.probe = table.probe_u64(vlan, m.src);
+    table.prefetch(&m.probe);
     if m.dst & MAC_GROUP_BIT != 0 {
         m.verdict = Some(Verdict::Flood);
         m.flood_pending = true;
     } else {
         m.dprobe = table.probe_u64(vlan, m.dst);
+        table.prefetch(&m.dprobe);
     }
     m
 }
