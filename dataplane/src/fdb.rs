@@ -510,8 +510,9 @@ impl FdbView<'_> {
     pub fn prefetch(&self, p: &Probe) {
         #[cfg(target_arch = "x86_64")]
         {
-            // In bounds (slots.len() == mask + 1), though a prefetch would not need it to be.
-            let ptr = self.slots.as_ptr().wrapping_add(p.idx & self.mask) as *const i8;
+            // In bounds (probe_u64 makes idx < 2^(64 - shift) == slots.len()), though a
+            // prefetch would not need it to be.
+            let ptr = self.slots.as_ptr().wrapping_add(p.idx) as *const i8;
             // SAFETY: a prefetch is a hint with no memory effect, and never faults.
             unsafe { core::arch::x86_64::_mm_prefetch(ptr, core::arch::x86_64::_MM_HINT_T0) };
         }

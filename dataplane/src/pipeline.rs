@@ -33,7 +33,8 @@ pub enum Verdict {
     Flood,
 }
 
-/// What the stages know about one frame. `verdict` is `None` while the frame is still going.
+/// What the stages know about one frame. `verdict` is `None` while the frame is still going:
+/// after learning, such a frame is looked up (stage 4).
 #[derive(Clone, Copy)]
 struct FrameMeta {
     /// The addresses as [`MacAddr::to_u64`] holds them (one compare instead of six).
@@ -348,26 +349,20 @@ pub fn process_burst(
         m.learn = Some(out);
     }
 
-    // Stage 4: destination lookup and the egress port's VLAN check.
-    let mut memo = EgressMemo::NONE;
-    for m in meta.iter_mut() {
-        if m.verdict.is_some() {
-            continue;
-        }
-        m.verdict = Some(match table.lookup_probe(&m.dprobe, now) {
-            None => Verdict::Flood,
-            Some(hit) if hit.port == in_port => Verdict::Drop(DropReason::DstIsIngress),
-            Some(hit) => match memo.get(cfg, port.bridge, hit.port, m.vlan) {
-                Some(_) => Verdict::Unicast(hit.port),
-                None => Verdict::Drop(DropReason::NoEgressPort),
-            },
-        });
-    }
-
-    // Stage 5: egress VLAN and TX batches (traced or not: two loops, so that the untraced
-    // one carries nothing of the trace).
-    let mut eg =
-        Egress { cfg, in_port, bridge_idx: port.bridge, members: &bridge.ports, memo, cache, tx, t: &mut t };
+    // Stage 4: destination lookup (after every frame's learning), egress VLAN and TX batches;
+    // traced or not: two loops, so that the untraced one carries nothing of the trace.
+    let mut eg = Egress {
+        cfg,
+        table,
+        now,
+        in_port,
+        bridge_idx: port.bridge,
+        members: &bridge.ports,
+        memo: EgressMemo::NONE,
+        cache,
+        tx,
+        t: &mut t,
+    };
     match trace {
         None => {
             for (m, buf) in meta.iter().zip(burst.drain(..)) {
@@ -408,6 +403,8 @@ pub fn process_burst(
 /// The last stage's view of the burst: where frames go out and what is counted.
 struct Egress<'a> {
     cfg: &'a SwitchConfig,
+    table: FdbView<'a>,
+    now: u32,
     in_port: PortId,
     bridge_idx: usize,
     /// The bridge's member ports, in flood order.
@@ -423,14 +420,18 @@ impl Egress<'_> {
     /// it was queued to. Returns what happened to it.
     #[inline(always)]
     fn emit(&mut self, m: &FrameMeta, buf: PacketBuf, outs: Option<&mut Vec<PortId>>) -> Verdict {
-        match m.verdict.unwrap_or(Verdict::Drop(DropReason::NoEgressPort)) {
+        let verdict = match m.verdict {
+            Some(v) => v,
+            None => self.lookup(m),
+        };
+        match verdict {
             Verdict::Drop(r) => {
                 self.t.drops.add(r, 1);
                 self.cache.free(buf);
                 Verdict::Drop(r)
             }
             Verdict::Unicast(op) => {
-                // Stage 4 filled the memo for this port and VLAN; a miss recomputes it.
+                // The lookup filled the memo for this port and VLAN.
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
                 if tag_out == Some(false) && !m.tagged && outs.is_none() {
                     // Untagged in, untagged out: nothing to rewrite.
@@ -441,6 +442,20 @@ impl Egress<'_> {
                 Verdict::Unicast(op)
             }
             Verdict::Flood => self.flood(m, buf, outs),
+        }
+    }
+
+    /// Where a frame that passed the ingress checks goes: its destination's port if known
+    /// (and not the ingress port, and carrying the frame's VLAN), else everywhere.
+    #[inline(always)]
+    fn lookup(&mut self, m: &FrameMeta) -> Verdict {
+        match self.table.lookup_probe(&m.dprobe, self.now) {
+            None => Verdict::Flood,
+            Some(hit) if hit.port == self.in_port => Verdict::Drop(DropReason::DstIsIngress),
+            Some(hit) => match self.memo.get(self.cfg, self.bridge_idx, hit.port, m.vlan) {
+                Some(_) => Verdict::Unicast(hit.port),
+                None => Verdict::Drop(DropReason::NoEgressPort),
+            },
         }
     }
 
