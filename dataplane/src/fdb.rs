@@ -17,6 +17,7 @@
 //!   Forwarding reads the table through an [`FdbView`] taken once per burst, which holds the
 //!   aging time of that moment: a change of the aging time applies from the next burst.
 
+use crate::buffer::AtomicPairs;
 use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -36,17 +37,18 @@ pub enum FdbError {
     BadCapacity { asked: usize, max: usize },
     #[error("MAC table full ({0} entries): cannot add a static entry")]
     Full(usize),
+    #[error("cannot allocate the MAC table: {0}")]
+    NoMemory(String),
     #[error("VLAN {0} out of range 0-4095")]
     BadVlan(u16),
     #[error("{mac} in VLAN {vlan} is a multicast address and cannot be a static entry")]
     Multicast { mac: MacAddr, vlan: u16 },
 }
 
-#[repr(C, align(16))]
-struct Slot {
-    key: AtomicU64,
-    val: AtomicU64,
-}
+/// A slot: the key (`KEY`) and the value (`VAL`), 16 bytes, four to a cache line.
+type Slot = [AtomicU64; 2];
+const KEY: usize = 0;
+const VAL: usize = 1;
 
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,8 @@ pub struct Probe {
 
 /// The MAC table of one bridge.
 pub struct MacTable {
-    slots: Box<[Slot]>,
+    /// The slots, on transparent huge pages where the kernel has them.
+    slots: AtomicPairs,
     mask: usize,
     shift: u32,
     seed: u64,
@@ -147,8 +150,8 @@ impl MacTable {
             return Err(FdbError::BadCapacity { asked: capacity, max: Self::MAX_CAPACITY });
         }
         let nslots = (capacity * 2).next_power_of_two().max(64);
-        let slots: Box<[Slot]> =
-            (0..nslots).map(|_| Slot { key: AtomicU64::new(EMPTY), val: AtomicU64::new(0) }).collect();
+        // Zeroed: every key EMPTY.
+        let slots = AtomicPairs::zeroed(nslots).map_err(|e| FdbError::NoMemory(e.to_string()))?;
         let learned_per_port = (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect();
         let seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -200,12 +203,17 @@ impl MacTable {
         self.learned_per_port[usize::from(port)].load(Ordering::Relaxed)
     }
 
+    #[inline]
+    fn slots(&self) -> &[Slot] {
+        self.slots.pairs()
+    }
+
     /// The table's read-only parameters for one burst (see [`FdbView`]).
     #[inline]
     pub fn view(&self) -> FdbView<'_> {
         FdbView {
             table: self,
-            slots: &self.slots,
+            slots: self.slots.pairs(),
             mask: self.mask,
             shift: self.shift,
             seed: self.seed,
@@ -277,7 +285,7 @@ impl MacTable {
                 let expired = self.expired(v, now);
                 if val_time(v) != now {
                     // A lost race only means another worker refreshed it at the same time.
-                    let _ = self.slots[i].val.compare_exchange(
+                    let _ = self.slots()[i][VAL].compare_exchange(
                         v,
                         encode_val(port, false, now),
                         Ordering::AcqRel,
@@ -290,16 +298,15 @@ impl MacTable {
             // location so that traffic for the MAC floods rather than going to the old port.
             if self.learned_on(port) >= limit {
                 let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-                if self.slots[i].key.load(Ordering::Relaxed) == p.key
-                    && self.slots[i].val.load(Ordering::Relaxed) == v
+                if self.slots()[i][KEY].load(Ordering::Relaxed) == p.key
+                    && self.slots()[i][VAL].load(Ordering::Relaxed) == v
                 {
                     self.remove_slot(i, v);
                 }
                 return LearnOutcome::PortLimit;
             }
             let expired = self.expired(v, now);
-            if self.slots[i]
-                .val
+            if self.slots()[i][VAL]
                 .compare_exchange(v, encode_val(port, false, now), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
@@ -342,11 +349,11 @@ impl MacTable {
     fn place(&self, p: &Probe, val: u64) -> Option<()> {
         let mut i = p.idx & self.mask;
         for _ in 0..=self.mask {
-            let s = &self.slots[i];
-            let k = s.key.load(Ordering::Relaxed);
+            let s = &self.slots()[i];
+            let k = s[KEY].load(Ordering::Relaxed);
             if k == EMPTY || k == TOMBSTONE {
-                s.val.store(val, Ordering::Relaxed);
-                s.key.store(p.key, Ordering::Release);
+                s[VAL].store(val, Ordering::Relaxed);
+                s[KEY].store(p.key, Ordering::Release);
                 self.len.fetch_add(1, Ordering::Relaxed);
                 return Some(());
             }
@@ -357,7 +364,7 @@ impl MacTable {
 
     /// Deletes the entry in slot `i` whose value is `v`. Caller holds the writer mutex.
     fn remove_slot(&self, i: usize, v: u64) {
-        self.slots[i].key.store(TOMBSTONE, Ordering::Release);
+        self.slots()[i][KEY].store(TOMBSTONE, Ordering::Release);
         self.len.fetch_sub(1, Ordering::Relaxed);
         if !val_static(v) {
             self.learned_per_port[usize::from(val_port(v))].fetch_sub(1, Ordering::Relaxed);
@@ -379,7 +386,7 @@ impl MacTable {
             if !val_static(v) {
                 self.learned_per_port[usize::from(val_port(v))].fetch_sub(1, Ordering::Relaxed);
             }
-            self.slots[i].val.store(val, Ordering::Release);
+            self.slots()[i][VAL].store(val, Ordering::Release);
             return Ok(());
         }
         if self.len() >= self.capacity {
@@ -404,12 +411,12 @@ impl MacTable {
     fn retain(&self, mut keep: impl FnMut(u64, u64) -> bool) -> usize {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = 0;
-        for (i, s) in self.slots.iter().enumerate() {
-            let k = s.key.load(Ordering::Relaxed);
+        for (i, s) in self.slots().iter().enumerate() {
+            let k = s[KEY].load(Ordering::Relaxed);
             if k == EMPTY || k == TOMBSTONE {
                 continue;
             }
-            let v = s.val.load(Ordering::Relaxed);
+            let v = s[VAL].load(Ordering::Relaxed);
             if !keep(k, v) {
                 self.remove_slot(i, v);
                 removed += 1;
@@ -418,8 +425,8 @@ impl MacTable {
         if self.is_empty() {
             // Nothing live: clear tombstones so probe sequences are short again. No reader can
             // be relying on a tombstone to continue a probe towards a live key.
-            for s in self.slots.iter() {
-                s.key.store(EMPTY, Ordering::Release);
+            for s in self.slots().iter() {
+                s[KEY].store(EMPTY, Ordering::Release);
             }
         }
         removed
@@ -457,12 +464,12 @@ impl MacTable {
     /// A copy of the live entries at `now`, sorted by VLAN then MAC.
     pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
         let mut out = Vec::new();
-        for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
+        for s in self.slots().iter() {
+            let k = s[KEY].load(Ordering::Acquire);
             if k == EMPTY || k == TOMBSTONE {
                 continue;
             }
-            let v = s.val.load(Ordering::Acquire);
+            let v = s[VAL].load(Ordering::Acquire);
             if self.expired(v, now) {
                 continue;
             }
@@ -525,13 +532,13 @@ impl FdbView<'_> {
         let mut probes = 0;
         loop {
             let s = self.slots.get(i)?;
-            let k = s.key.load(Ordering::Acquire);
+            let k = s[KEY].load(Ordering::Acquire);
             if k == EMPTY {
                 return None;
             }
             if k == p.key {
-                let v = s.val.load(Ordering::Acquire);
-                if s.key.load(Ordering::Relaxed) == p.key {
+                let v = s[VAL].load(Ordering::Acquire);
+                if s[KEY].load(Ordering::Relaxed) == p.key {
                     return Some((i, v));
                 }
                 // The slot changed under us (deleted and reused): start again.
