@@ -222,7 +222,7 @@ impl Pool {
                     let m = memmap2::MmapOptions::new().len(bytes).map_anon().map_err(|e| {
                         BufferError::Map { pool: name.to_string(), bytes, reason: e.to_string() }
                     })?;
-                    advise_huge(&m, 0, bytes);
+                    advise_huge(|a| m.advise_range(a, 0, bytes));
                     Region::Plain(m)
                 }
             };
@@ -671,62 +671,74 @@ impl PacketBuf {
     }
 }
 
-/// Asks the kernel for transparent huge pages behind `len` bytes at `offset` of `m` (fewer TLB
-/// misses for memory every frame touches). Only advice: where the kernel has no THP, or only
-/// for some of the range, the memory stays ordinary pages and works the same.
-fn advise_huge(m: &memmap2::MmapMut, offset: usize, len: usize) {
+/// Asks the kernel for transparent huge pages (fewer TLB misses for memory every frame
+/// touches) through `advise`, which applies the advice to the range in question. Only advice:
+/// where the kernel has no THP, or only for part of the range, the memory stays ordinary pages
+/// and works the same.
+fn advise_huge(advise: impl FnOnce(memmap2::Advice) -> std::io::Result<()>) {
     #[cfg(target_os = "linux")]
-    if let Err(e) = m.advise_range(memmap2::Advice::HugePage, offset, len) {
+    if let Err(e) = advise(memmap2::Advice::HugePage) {
         tracing::debug!(error = %e, "madvise(MADV_HUGEPAGE) refused; ordinary pages");
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (m, offset, len);
+    let _ = advise;
 }
 
 /// Zeroed memory for a large table of atomic pairs (the MAC table's slots); from 2 MiB up,
 /// aligned to 2 MiB and advised onto transparent huge pages: a table of 1M entries is 64 MiB
-/// that every frame touches at random, one TLB miss per lookup on 4 KiB pages. Lives as long as the value; the
-/// pairs are only ever accessed as atomics.
+/// that every frame touches at random, one TLB miss per lookup on 4 KiB pages. Lives as long
+/// as the value. The memory is only ever accessed through the atomics of [`AtomicPairs::pairs`]
+/// (the mapping is held as an `MmapRaw`, so no `&[u8]` over it ever exists).
 pub struct AtomicPairs {
-    map: memmap2::MmapMut,
-    /// Offset of the first pair in `map` (the first 2 MiB boundary).
+    map: memmap2::MmapRaw,
+    /// Offset of the first pair in `map` (the first 2 MiB boundary for a large table, else 0).
     offset: usize,
     len: usize,
 }
 
 impl AtomicPairs {
-    /// `len` pairs of zeroed `AtomicU64`s (`len` >= 1).
+    /// `len` pairs of zeroed `AtomicU64`s (at least one).
     pub fn zeroed(len: usize) -> Result<AtomicPairs, BufferError> {
-        let bytes = len.max(1) * std::mem::size_of::<[AtomicU64; 2]>();
-        let err = |reason: String| BufferError::Map { pool: "mac table".into(), bytes, reason };
+        let len = len.max(1);
+        let err = |bytes: usize, reason: &str| BufferError::Map {
+            pool: "mac table".into(),
+            bytes,
+            reason: reason.into(),
+        };
+        let bytes = len
+            .checked_mul(std::mem::size_of::<[AtomicU64; 2]>())
+            .filter(|&b| b <= isize::MAX as usize - HUGEPAGE)
+            .ok_or_else(|| err(usize::MAX, "size overflows"))?;
         // A table smaller than a huge page stays on ordinary pages (a huge page would commit
         // 2 MiB for it). A larger one gets room to start at a 2 MiB boundary wherever the
         // kernel puts the mapping.
         let huge = bytes >= HUGEPAGE;
-        let total = if huge {
-            bytes.checked_add(HUGEPAGE).ok_or_else(|| err("size overflows".into()))?
-        } else {
-            bytes
-        };
-        let map = memmap2::MmapOptions::new().len(total).map_anon().map_err(|e| err(e.to_string()))?;
-        let offset =
-            if huge { (map.as_ptr() as usize).next_multiple_of(HUGEPAGE) - map.as_ptr() as usize } else { 0 };
+        let total = if huge { bytes + HUGEPAGE } else { bytes };
+        let map =
+            memmap2::MmapOptions::new().len(total).map_anon().map_err(|e| err(bytes, &e.to_string()))?;
+        let map = memmap2::MmapRaw::from(map);
+        let start = map.as_mut_ptr() as usize;
+        let offset = if huge { start.next_multiple_of(HUGEPAGE) - start } else { 0 };
         if huge {
-            advise_huge(&map, offset, bytes);
+            advise_huge(|a| map.advise_range(a, offset, bytes));
         }
-        Ok(AtomicPairs { map, offset, len: len.max(1) })
+        Ok(AtomicPairs { map, offset, len })
     }
 
     /// The pairs.
     pub fn pairs(&self) -> &[[AtomicU64; 2]] {
-        // SAFETY: offset + len * 16 <= the mapping's length (zeroed() mapped bytes, plus 2 MiB
-        // when offset may be non-zero, and offset < 2 MiB); the start is page aligned, more
-        // than AtomicU64 needs; an anonymous
-        // mapping is zero-filled and all-zero bytes are a valid AtomicU64; the mapping lives as
-        // long as &self, and it is only ever accessed through these atomics (shared access
-        // through & is what atomics are for).
+        // SAFETY: offset + len * 16 <= the mapping's length (zeroed() mapped len * 16 bytes,
+        // plus 2 MiB when the offset may be non-zero, and the offset is below 2 MiB); the start
+        // is page aligned, more than AtomicU64 needs; the pointer comes from the raw mapping
+        // (writable, no reference over the bytes exists); an anonymous mapping is zero-filled
+        // and all-zero bytes are a valid AtomicU64; the mapping lives as long as &self; the
+        // bytes are only ever accessed through these atomics, and shared access is what atomics
+        // are for.
         unsafe {
-            std::slice::from_raw_parts(self.map.as_ptr().add(self.offset).cast::<[AtomicU64; 2]>(), self.len)
+            std::slice::from_raw_parts(
+                self.map.as_mut_ptr().add(self.offset).cast::<[AtomicU64; 2]>(),
+                self.len,
+            )
         }
     }
 }
@@ -757,6 +769,7 @@ mod tests {
             assert_eq!(p[len - 1][1].load(Ordering::Relaxed), u64::MAX);
         }
         assert_eq!(AtomicPairs::zeroed(0).expect("map").pairs().len(), 1, "never empty");
+        assert!(AtomicPairs::zeroed(usize::MAX / 8).is_err(), "a size that overflows is refused");
     }
 
     #[test]

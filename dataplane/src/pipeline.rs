@@ -182,6 +182,8 @@ impl TxBatches {
                     0
                 }
             };
+            // The TxQueue contract; push() relies on it (an empty batch is not in `dirty`).
+            debug_assert!(batch.is_empty(), "tx_burst must drain its batch");
             if let Some(spec) = spec {
                 let st = &spec.stats;
                 st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
@@ -194,13 +196,15 @@ impl TxBatches {
         }
     }
 
-    /// Hands every non-empty batch to `f` (which must empty it), without counting anything:
+    /// Hands every non-empty batch to `f` (which must empty it: `push` takes an empty batch
+    /// for one that is not queued for flushing), without counting anything:
     /// for benchmarks and tests that measure the pipeline without port I/O.
     pub fn drain_with(&mut self, mut f: impl FnMut(PortId, &mut Burst)) {
         for port in self.dirty.drain(..) {
             let i = usize::from(port);
             self.pending_drops[i] = 0;
             f(port, &mut self.batches[i]);
+            debug_assert!(self.batches[i].is_empty(), "drain_with's closure must empty the batch");
         }
     }
 
@@ -580,7 +584,7 @@ fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
     if !port.allows_src(MacAddr::from_u64(m.src)) {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
-    // parse() checked that the header (and the tag, when there is one) is inside `d`.
+    // classify() checked that the header (and the tag, when there is one) is inside `d`.
     let off = if m.tagged { 18 } else { 14 };
     let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
     if et == EtherType::ARP || et == EtherType::RARP {
