@@ -119,6 +119,7 @@ struct Netns {
 
 impl Netns {
     fn create(case: &str) -> Netns {
+        sweep_dead_namespaces();
         let name = format!("syq-{}-{case}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
@@ -135,6 +136,20 @@ impl Netns {
         // the guest's ARP request and the echo traffic are the only frames.
         ip(&["-n", n, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "nud", "permanent", "dev", &ns.tap]);
         ns
+    }
+}
+
+/// Removes the namespaces (`syq-PID-*`) that a test process left behind when it was killed
+/// before its `Drop` ran: those whose process is gone. A live test's namespaces are left alone.
+fn sweep_dead_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "syq-1234-case" or "syq-1234-case (id: 3)"
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("syq-").and_then(|rest| rest.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
     }
 }
 
