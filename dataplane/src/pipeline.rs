@@ -337,11 +337,12 @@ pub fn process_burst(
 
     // Stage 3: learn (the source of every frame that passed the ingress checks), for the whole
     // burst before any lookup: a frame's destination may be learned from a later frame.
+    let mac_limit = port.mac_limit;
     for m in meta.iter_mut() {
         if m.verdict.is_some() && !m.flood_pending {
             continue;
         }
-        let out = table.learn_probe(&m.probe, in_port, now, port.mac_limit);
+        let out = table.learn_probe(&m.probe, in_port, now, mac_limit);
         match out {
             LearnOutcome::Refreshed => {}
             LearnOutcome::Learned => t.learned += 1,
@@ -426,7 +427,22 @@ impl Egress<'_> {
     fn emit(&mut self, m: &FrameMeta, buf: PacketBuf, outs: Option<&mut Vec<PortId>>) -> Verdict {
         let verdict = match m.verdict {
             Some(v) => v,
-            None => self.lookup(m),
+            None => match self.table.lookup_probe(&m.dprobe, self.now) {
+                // The common case first, without building a verdict to match on again: a known
+                // unicast destination on another port, untagged in and out.
+                Some(hit) if hit.port != self.in_port => {
+                    match self.memo.get(self.cfg, self.bridge_idx, hit.port, m.vlan) {
+                        Some(false) if !m.tagged && outs.is_none() => {
+                            self.tx.push(hit.port, buf, self.cache);
+                            return Verdict::Unicast(hit.port);
+                        }
+                        Some(_) => Verdict::Unicast(hit.port),
+                        None => Verdict::Drop(DropReason::NoEgressPort),
+                    }
+                }
+                Some(_) => Verdict::Drop(DropReason::DstIsIngress),
+                None => Verdict::Flood,
+            },
         };
         match verdict {
             Verdict::Drop(r) => {
@@ -446,20 +462,6 @@ impl Egress<'_> {
                 Verdict::Unicast(op)
             }
             Verdict::Flood => self.flood(m, buf, outs),
-        }
-    }
-
-    /// Where a frame that passed the ingress checks goes: its destination's port if known
-    /// (and not the ingress port, and carrying the frame's VLAN), else everywhere.
-    #[inline(always)]
-    fn lookup(&mut self, m: &FrameMeta) -> Verdict {
-        match self.table.lookup_probe(&m.dprobe, self.now) {
-            None => Verdict::Flood,
-            Some(hit) if hit.port == self.in_port => Verdict::Drop(DropReason::DstIsIngress),
-            Some(hit) => match self.memo.get(self.cfg, self.bridge_idx, hit.port, m.vlan) {
-                Some(_) => Verdict::Unicast(hit.port),
-                None => Verdict::Drop(DropReason::NoEgressPort),
-            },
         }
     }
 
