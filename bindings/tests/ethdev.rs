@@ -47,16 +47,21 @@ fn tx_all(dev: &mut EthDev, burst: &mut Vec<Mbuf>) {
     }
 }
 
-/// Receives until `n` frames came or a deadline passed.
-fn receive(dev: &mut EthDev, n: usize) -> Vec<Vec<u8>> {
+/// Receives until `n` mbufs came or a deadline passed.
+fn receive_mbufs(dev: &mut EthDev, n: usize) -> Vec<Mbuf> {
     let mut got = Vec::new();
     let mut out = Vec::with_capacity(BURST);
     let deadline = Instant::now() + Duration::from_secs(5);
     while got.len() < n && Instant::now() < deadline {
         dev.rx_mbufs(0, &mut out, BURST);
-        got.extend(out.drain(..).map(|m| m.data().to_vec()));
+        got.append(&mut out);
     }
     got
+}
+
+/// Receives until `n` frames came or a deadline passed: their bytes.
+fn receive(dev: &mut EthDev, n: usize) -> Vec<Vec<u8>> {
+    receive_mbufs(dev, n).iter().map(|m| m.data().to_vec()).collect()
 }
 
 #[test]
@@ -306,13 +311,7 @@ fn pinned_extbuf_pool_keeps_buffers_in_place() {
         burst.push(m);
     }
     tx_all(&mut dev, &mut burst);
-    let mut out = Vec::new();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while got.len() < frames.len() && Instant::now() < deadline {
-        dev.rx_mbufs(0, &mut out, BURST);
-        got.append(&mut out);
-    }
+    let got = receive_mbufs(&mut dev, frames.len());
     let bytes: Vec<Vec<u8>> = got.iter().map(|m| m.data().to_vec()).collect();
     assert_eq!(bytes, frames);
     let back: Vec<usize> = got.iter().map(|m| m.buf_addr() as usize).collect();
@@ -364,13 +363,7 @@ fn pinned_pool_made_direct_keeps_buffers_in_place() {
             burst.push(m);
         }
         tx_all(&mut dev, &mut burst);
-        let mut out = Vec::new();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while got.len() < frames.len() && Instant::now() < deadline {
-            dev.rx_mbufs(0, &mut out, BURST);
-            got.append(&mut out);
-        }
+        let mut got = receive_mbufs(&mut dev, frames.len());
         assert_eq!(got.iter().map(|m| m.data().to_vec()).collect::<Vec<_>>(), frames);
         let back: Vec<usize> = got.iter().map(|m| m.buf_addr() as usize).collect();
         assert_eq!(back, addrs, "the same buffers came back: nothing was copied");

@@ -727,19 +727,16 @@ impl AtomicPairs {
 
     /// The pairs.
     pub fn pairs(&self) -> &[[AtomicU64; 2]] {
-        // SAFETY: offset + len * 16 <= the mapping's length (zeroed() mapped len * 16 bytes,
-        // plus 2 MiB when the offset may be non-zero, and the offset is below 2 MiB); the start
-        // is page aligned, more than AtomicU64 needs; the pointer comes from the raw mapping
-        // (writable, no reference over the bytes exists); an anonymous mapping is zero-filled
-        // and all-zero bytes are a valid AtomicU64; the mapping lives as long as &self; the
-        // bytes are only ever accessed through these atomics, and shared access is what atomics
-        // are for.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_mut_ptr().add(self.offset).cast::<[AtomicU64; 2]>(),
-                self.len,
-            )
-        }
+        // Why this holds: offset + len * 16 <= the mapping's length (zeroed() mapped len * 16
+        // bytes, plus 2 MiB when the offset may be non-zero, and the offset is below 2 MiB);
+        // the start is page aligned, more than AtomicU64 needs; the pointer comes from the raw
+        // mapping (writable, no reference over the bytes exists); an anonymous mapping is
+        // zero-filled and all-zero bytes are a valid AtomicU64; the mapping lives as long as
+        // &self; the bytes are only ever accessed through these atomics, and shared access is
+        // what atomics are for.
+        let first = self.map.as_mut_ptr().wrapping_add(self.offset).cast::<[AtomicU64; 2]>();
+        // SAFETY: `len` valid, aligned, zero-initialised pairs at `first` for as long as &self.
+        unsafe { std::slice::from_raw_parts(first, self.len) }
     }
 }
 

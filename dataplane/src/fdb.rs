@@ -227,12 +227,6 @@ impl MacTable {
         self.view().probe_u64(vlan, mac.to_u64())
     }
 
-    /// Brings the probe's first slot towards the cache.
-    #[inline]
-    pub fn prefetch(&self, p: &Probe) {
-        self.view().prefetch(p)
-    }
-
     /// Finds the slot holding `p.key`, with its value read consistently.
     #[inline]
     fn find(&self, p: &Probe) -> Option<(usize, u64)> {
@@ -247,24 +241,16 @@ impl MacTable {
     /// Where frames to (VLAN, MAC) go, if known and not expired at `now` (seconds).
     #[inline]
     pub fn lookup(&self, vlan: u16, mac: MacAddr, now: u32) -> Option<FdbHit> {
-        self.lookup_probe(&self.probe(vlan, mac), now)
-    }
-
-    #[inline]
-    pub fn lookup_probe(&self, p: &Probe, now: u32) -> Option<FdbHit> {
-        self.view().lookup_probe(p, now)
+        let v = self.view();
+        v.lookup_probe(&v.probe_u64(vlan, mac.to_u64()), now)
     }
 
     /// Learns that (VLAN, MAC) lives behind `port` at time `now`, within the port's `limit`
     /// of learned MACs.
     #[inline]
     pub fn learn(&self, vlan: u16, mac: MacAddr, port: u16, now: u32, limit: u32) -> LearnOutcome {
-        self.learn_probe(&self.probe(vlan, mac), port, now, limit)
-    }
-
-    #[inline]
-    pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
-        self.view().learn_probe(p, port, now, limit)
+        let v = self.view();
+        v.learn_probe(&v.probe_u64(vlan, mac.to_u64()), port, now, limit)
     }
 
     #[inline(never)]

@@ -451,14 +451,10 @@ impl Egress<'_> {
                 Verdict::Drop(r)
             }
             Verdict::Unicast(op) => {
-                // The lookup filled the memo for this port and VLAN.
+                // A tag to rewrite, or a traced frame (the plain case returned above); the
+                // lookup filled the memo for this port and VLAN.
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
-                if tag_out == Some(false) && !m.tagged && outs.is_none() {
-                    // Untagged in, untagged out: nothing to rewrite.
-                    self.tx.push(op, buf, self.cache);
-                } else {
-                    self.send(op, tag_out, buf, m, outs);
-                }
+                self.send(op, tag_out, buf, m, outs);
                 Verdict::Unicast(op)
             }
             Verdict::Flood => self.flood(m, buf, outs),
@@ -513,9 +509,6 @@ impl Egress<'_> {
     }
 }
 
-/// The I/G bit of a MAC address held as in [`MacAddr::to_u64`]: a group address.
-const MAC_GROUP_BIT: u64 = 1 << 40;
-
 /// Reads the Ethernet header, assigns the VLAN and hashes the source and destination keys:
 /// the ingress checks up to VLAN admission. `untagged_vlan` is `port.vlan.ingress(None)`.
 /// A frame the checks drop has its `verdict` set; a multicast destination is `Flood` with
@@ -557,11 +550,10 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     } else {
         untagged_vlan
     };
-    if m.src & MAC_GROUP_BIT != 0 || m.src == 0 {
+    if m.src & MacAddr::GROUP_BIT_U64 != 0 || m.src == 0 {
         return drop(m, DropReason::InvalidSrcMac);
     }
-    // 01:80:C2:00:00:00 - 01:80:C2:00:00:0F
-    if m.dst & !0xf == 0x0180_c200_0000 {
+    if MacAddr::u64_is_ieee_reserved(m.dst) {
         return drop(m, DropReason::ReservedDstMac);
     }
     let Some(vlan) = vlan else {
@@ -570,7 +562,7 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     m.vlan = vlan;
     m.probe = table.probe_u64(vlan, m.src);
     table.prefetch(&m.probe);
-    if m.dst & MAC_GROUP_BIT != 0 {
+    if m.dst & MacAddr::GROUP_BIT_U64 != 0 {
         m.verdict = Some(Verdict::Flood);
         m.flood_pending = true;
     } else {

@@ -411,8 +411,9 @@ impl TxQueue for DpdkTx {
         for b in pkts.drain(..) {
             let m = match b.release_to(&bufs.pool) {
                 Ok((idx, head, len)) => {
-                    // SAFETY: release_to handed us slot idx, whose owner is mbuf table[idx],
-                    // allocated (MbufSlots contract): the mbuf is ours now.
+                    // release_to handed us slot idx, whose owner is mbuf table[idx], allocated
+                    // (MbufSlots contract).
+                    // SAFETY: mbuf table[idx] is allocated and ours alone now (above).
                     let mut m = unsafe { Mbuf::from_raw(table[idx as usize]) };
                     // Cannot fail: head + len <= SLOT_SIZE == buf_len and the mbuf has one
                     // segment (multi-segment mbufs are never adopted).

@@ -44,7 +44,17 @@ impl MacAddr {
     /// must not forward (STP, LACP, 802.1X, LLDP, ...).
     #[inline]
     pub fn is_ieee_reserved(&self) -> bool {
-        self.0[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && self.0[5] <= 0x0f
+        Self::u64_is_ieee_reserved(self.to_u64())
+    }
+
+    /// The group (I/G) bit of an address held as [`MacAddr::to_u64`] returns it.
+    pub const GROUP_BIT_U64: u64 = 1 << 40;
+
+    /// [`MacAddr::is_ieee_reserved`] for an address held as [`MacAddr::to_u64`] returns it (the
+    /// forwarding path keeps addresses that way: one compare instead of six).
+    #[inline]
+    pub fn u64_is_ieee_reserved(v: u64) -> bool {
+        v & !0xf == 0x0180_c200_0000
     }
 
     /// The address as the low 48 bits of a u64 (big-endian octet order).

@@ -444,9 +444,9 @@ impl Span<'_> {
         if dst.len() < self.len {
             return false;
         }
-        // SAFETY: the span is `len` bytes inside a region mapping that lives as long as the
-        // borrowed GuestMemory; dst holds at least len bytes; guest memory never overlaps our
-        // own buffers.
+        // The span is `len` bytes inside a region mapping that lives as long as the borrowed
+        // GuestMemory; dst holds at least len bytes; guest memory never overlaps our buffers.
+        // SAFETY: len readable guest bytes at ptr, len writable bytes at dst, no overlap.
         unsafe { copy_bytes(self.ptr, dst.as_mut_ptr(), self.len) };
         true
     }
@@ -456,8 +456,9 @@ impl Span<'_> {
     pub fn write_at(&self, off: usize, src: &[u8]) -> bool {
         match off.checked_add(src.len()) {
             Some(end) if end <= self.len => {
-                // SAFETY: [off, end) lies inside the span (checked above), which lies inside a
-                // live region mapping; src is our own memory, never guest memory.
+                // [off, end) lies inside the span (checked above), which lies inside a live
+                // region mapping; src is our own memory, never guest memory.
+                // SAFETY: src.len() writable guest bytes at ptr + off, no overlap with src.
                 unsafe { copy_bytes(src.as_ptr(), self.ptr.add(off), src.len()) };
                 true
             }
@@ -569,9 +570,10 @@ impl Area {
     #[inline]
     pub fn load_u64_pair(&self, off: usize, order: Ordering) -> Option<(u64, u64)> {
         let p = self.at(off, 16)?;
-        // SAFETY: at() checked that [off, off + 16) lies inside the window (live guest memory,
-        // kept mapped by self.mem) and that p is 16-, hence 8-byte aligned, so both u64 are
-        // aligned and inside; atomic accesses create no reference to non-atomic data.
+        // at() checked that [off, off + 16) lies inside the window (live guest memory, kept
+        // mapped by self.mem) and that p is 16-, hence 8-byte aligned, so both u64 are aligned
+        // and inside; atomic accesses create no reference to non-atomic data.
+        // SAFETY: two aligned u64 inside live guest memory, read atomically (above).
         unsafe {
             let a = AtomicU64::from_ptr(p.cast()).load(order);
             let b = AtomicU64::from_ptr(p.add(8).cast()).load(order);
@@ -591,9 +593,10 @@ impl Area {
         if (p as usize) & 3 != 0 {
             return false;
         }
-        // SAFETY: [off, off + 8) lies inside the window (live guest memory, kept mapped by
-        // self.mem) and p is 4-byte aligned, so both u32 are aligned and inside; atomic
-        // accesses create no reference to non-atomic data.
+        // [off, off + 8) lies inside the window (live guest memory, kept mapped by self.mem)
+        // and p is 4-byte aligned, so both u32 are aligned and inside; atomic accesses create
+        // no reference to non-atomic data.
+        // SAFETY: two aligned u32 inside live guest memory, written atomically (above).
         unsafe {
             AtomicU32::from_ptr(p.cast()).store(a, order);
             AtomicU32::from_ptr(p.add(4).cast()).store(b, order);
