@@ -92,6 +92,14 @@ pub struct Probe {
     idx: usize,
 }
 
+impl Probe {
+    /// The probed MAC, as [`MacAddr::to_u64`] holds it.
+    #[inline]
+    pub fn mac_u64(&self) -> u64 {
+        self.key & 0xffff_ffff_ffff
+    }
+}
+
 /// The MAC table of one bridge.
 pub struct MacTable {
     /// The slots, on transparent huge pages where the kernel has them.
@@ -511,9 +519,28 @@ impl FdbView<'_> {
         }
     }
 
-    /// Finds the slot holding `p.key`, with its value read consistently.
-    #[inline]
+    /// Finds the slot holding `p.key`, with its value read consistently. The key's first
+    /// slot (where nearly every key sits, the table being at most half full) is read here,
+    /// inline; the rest of the probe sequence in [`FdbView::find_further`].
+    #[inline(always)]
     fn find(&self, p: &Probe) -> Option<(usize, u64)> {
+        // probe_u64 makes idx < slots.len(); `get` keeps a bad Probe from reading elsewhere.
+        let s = self.slots.get(p.idx)?;
+        let k = s[KEY].load(Ordering::Acquire);
+        if k == p.key {
+            let v = s[VAL].load(Ordering::Acquire);
+            if s[KEY].load(Ordering::Relaxed) == p.key {
+                return Some((p.idx, v));
+            }
+        } else if k == EMPTY {
+            return None;
+        }
+        self.find_further(p)
+    }
+
+    /// [`FdbView::find`] along the whole probe sequence.
+    #[inline(never)]
+    fn find_further(&self, p: &Probe) -> Option<(usize, u64)> {
         let mut i = p.idx & self.mask;
         let mut probes = 0;
         loop {
@@ -558,9 +585,11 @@ impl FdbView<'_> {
     /// [`MacTable::learn`] for a probe.
     #[inline]
     pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
-        // The common case, inlined: known on this port and already refreshed this second.
+        // The common case, inlined: a dynamic entry on this port, already refreshed this
+        // second (one compare: the value holds nothing else). learn_slow does the rest, a
+        // static entry on this port included.
         if let Some((_, v)) = self.find(p) {
-            if val_port(v) == port && (val_static(v) || val_time(v) == now) {
+            if v == encode_val(port, false, now) {
                 return LearnOutcome::Refreshed;
             }
         }

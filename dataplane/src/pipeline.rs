@@ -2,6 +2,13 @@
 //! over the burst (parse -> ingress VLAN -> spoof check -> learn -> lookup -> egress VLAN ->
 //! per-port TX batches), in the manner of VPP's graph nodes.
 //!
+//! A plain burst (every frame untagged, unicast to unicast, on a port that admits untagged
+//! frames and has no spoof filter; not traced) runs the same stages keeping nothing but each
+//! frame's two probes, and when every destination is a known port that takes the frames
+//! untagged, queues them a run of frames per egress port at a time. It decides exactly what the
+//! general stages decide: a property test runs both on the same bursts and compares frames,
+//! counters and MAC tables.
+//!
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
 //!   MAC that was never seen before takes the MAC table's writer mutex; see `fdb`). The frame
@@ -18,7 +25,7 @@
 //! action, plus MAC spoof filtering, static entries and per-port MAC limits).
 
 use crate::buffer::{PacketBuf, PoolCache};
-use crate::fdb::{FdbView, LearnOutcome, Probe};
+use crate::fdb::{FdbHit, FdbView, LearnOutcome, Probe};
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
 use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
@@ -146,6 +153,32 @@ impl TxBatches {
         }
     }
 
+    /// Queues the next `n` frames of `bufs` for `port`, as `n` calls of `push` would.
+    #[inline(always)]
+    fn push_run(
+        &mut self,
+        port: PortId,
+        bufs: &mut impl Iterator<Item = PacketBuf>,
+        n: usize,
+        cache: &mut PoolCache,
+    ) {
+        let i = usize::from(port);
+        let Some(batch) = self.batches.get_mut(i) else {
+            bufs.take(n).for_each(|b| cache.free(b));
+            return;
+        };
+        if batch.is_empty() && n != 0 {
+            self.dirty.push(port);
+        }
+        let fit = n.min(batch.remaining_capacity());
+        // Within capacity (fit), so extend cannot overflow the batch.
+        batch.extend(bufs.take(fit));
+        for b in bufs.take(n - fit) {
+            self.pending_drops[i] += 1;
+            cache.free(b);
+        }
+    }
+
     /// Whether anything is waiting.
     pub fn is_empty(&self) -> bool {
         self.dirty.is_empty()
@@ -235,6 +268,18 @@ struct IngressTally {
 }
 
 impl IngressTally {
+    #[inline(always)]
+    fn count_learn(&mut self, out: LearnOutcome) {
+        match out {
+            LearnOutcome::Refreshed => {}
+            LearnOutcome::Learned => self.learned += 1,
+            LearnOutcome::Moved { .. } => self.moved_in += 1,
+            LearnOutcome::StaticConflict { .. } => self.static_conflicts += 1,
+            LearnOutcome::PortLimit => self.mac_limit_hits += 1,
+            LearnOutcome::TableFull => self.fdb_full += 1,
+        }
+    }
+
     fn flush_into(&mut self, p: &PortSpec) {
         let s = &p.stats;
         let add = |a: &std::sync::atomic::AtomicU64, n: u64| {
@@ -312,6 +357,70 @@ pub fn process_burst(
     let mut t = IngressTally { rx_packets: n as u64, ..Default::default() };
     // The VLAN of untagged frames on this port, once per burst.
     let untagged_vlan = port.vlan.ingress(None);
+    let mac_limit = port.mac_limit;
+
+    // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
+    // through the same stages with nothing but each frame's two probes: no per-frame verdict
+    // or metadata to write and read back. Any other burst takes the general stages below.
+    if let (None, None, Some(vlan)) = (&trace, &port.allowed_macs, untagged_vlan) {
+        let mut plain = ArrayVec::new();
+        if let Some(bytes) = plain_probes(burst, vlan, &table, &mut plain) {
+            t.rx_bytes = bytes;
+            for f in plain.iter() {
+                t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
+            }
+            let mut eg = Egress {
+                cfg,
+                table,
+                now,
+                in_port,
+                bridge_idx: port.bridge,
+                members: &bridge.ports,
+                memo: EgressMemo::NONE,
+                cache,
+                tx,
+                t: &mut t,
+            };
+            // Where each frame goes, when every one is a known unicast destination on another
+            // port that takes the VLAN untagged: then queued a run of frames to the same port at
+            // a time (a batch's length is then kept in a register, not stored and loaded back
+            // for every frame). Otherwise frame by frame, as the general stages do.
+            let mut out_ports = [0 as PortId; MAX_BURST];
+            let mut all_plain = true;
+            for (f, op) in plain.iter().zip(out_ports.iter_mut()) {
+                match eg.table.lookup_probe(&f.dst, now) {
+                    Some(hit) if hit.port != in_port => {
+                        *op = hit.port;
+                        if eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
+                            all_plain = false;
+                            break;
+                        }
+                    }
+                    _ => {
+                        all_plain = false;
+                        break;
+                    }
+                }
+            }
+            if all_plain {
+                let ports = &out_ports[..n];
+                let mut bufs = burst.drain(..);
+                let mut i = 0;
+                while let Some(&op) = ports.get(i) {
+                    let run = ports[i..].iter().take_while(|&&p| p == op).count();
+                    eg.tx.push_run(op, &mut bufs, run, eg.cache);
+                    i += run;
+                }
+            } else {
+                for (f, buf) in plain.iter().zip(burst.drain(..)) {
+                    let hit = eg.table.lookup_probe(&f.dst, now);
+                    eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
+                }
+            }
+            t.flush_into(port);
+            return;
+        }
+    }
 
     // Stage 1: parse, ingress VLAN, and the hash of the source and destination keys, whose
     // slots are prefetched for the whole burst so that with a large table the cache misses of
@@ -337,20 +446,12 @@ pub fn process_burst(
 
     // Stage 3: learn (the source of every frame that passed the ingress checks), for the whole
     // burst before any lookup: a frame's destination may be learned from a later frame.
-    let mac_limit = port.mac_limit;
     for m in meta.iter_mut() {
         if m.verdict.is_some() && !m.flood_pending {
             continue;
         }
         let out = table.learn_probe(&m.probe, in_port, now, mac_limit);
-        match out {
-            LearnOutcome::Refreshed => {}
-            LearnOutcome::Learned => t.learned += 1,
-            LearnOutcome::Moved { .. } => t.moved_in += 1,
-            LearnOutcome::StaticConflict { .. } => t.static_conflicts += 1,
-            LearnOutcome::PortLimit => t.mac_limit_hits += 1,
-            LearnOutcome::TableFull => t.fdb_full += 1,
-        }
+        t.count_learn(out);
         m.learn = Some(out);
     }
 
@@ -421,44 +522,65 @@ struct Egress<'a> {
 }
 
 impl Egress<'_> {
-    /// Queues (or drops, counted) one frame as its verdict says; with `outs`, notes the ports
-    /// it was queued to. Returns what happened to it.
+    /// Queues (or drops, counted) one frame as its verdict says (a frame still going: as
+    /// its destination's lookup says); with `outs`, notes the ports it was queued to. Returns
+    /// what happened to it.
     #[inline(always)]
     fn emit(&mut self, m: &FrameMeta, buf: PacketBuf, outs: Option<&mut Vec<PortId>>) -> Verdict {
-        let verdict = match m.verdict {
-            Some(v) => v,
-            None => match self.table.lookup_probe(&m.dprobe, self.now) {
-                // The common case first, without building a verdict to match on again: a known
-                // unicast destination on another port, untagged in and out.
-                Some(hit) if hit.port != self.in_port => {
-                    match self.memo.get(self.cfg, self.bridge_idx, hit.port, m.vlan) {
-                        Some(false) if !m.tagged && outs.is_none() => {
-                            self.tx.push(hit.port, buf, self.cache);
-                            return Verdict::Unicast(hit.port);
-                        }
-                        Some(_) => Verdict::Unicast(hit.port),
-                        None => Verdict::Drop(DropReason::NoEgressPort),
-                    }
-                }
-                Some(_) => Verdict::Drop(DropReason::DstIsIngress),
-                None => Verdict::Flood,
-            },
-        };
-        match verdict {
-            Verdict::Drop(r) => {
-                self.t.drops.add(r, 1);
-                self.cache.free(buf);
-                Verdict::Drop(r)
+        match m.verdict {
+            None => {
+                let hit = self.table.lookup_probe(&m.dprobe, self.now);
+                self.forward(hit, m.vlan, m.tagged, buf, outs, || *m)
             }
-            Verdict::Unicast(op) => {
-                // A tag to rewrite, or a traced frame (the plain case returned above); the
-                // lookup filled the memo for this port and VLAN.
+            Some(Verdict::Drop(r)) => self.drop(r, buf),
+            Some(Verdict::Unicast(op)) => {
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
                 self.send(op, tag_out, buf, m, outs);
                 Verdict::Unicast(op)
             }
-            Verdict::Flood => self.flood(m, buf, outs),
+            Some(Verdict::Flood) => self.flood(m, buf, outs),
         }
+    }
+
+    /// Queues a frame of VLAN `vlan` that passed the ingress stages (`tagged`: it came in
+    /// with a tag), given its destination's lookup: a known unicast destination on another
+    /// port, an unknown one floods. `meta` is called only off the common path (known unicast,
+    /// untagged in and out, untraced), which needs nothing more than the port.
+    #[inline(always)]
+    fn forward(
+        &mut self,
+        hit: Option<FdbHit>,
+        vlan: u16,
+        tagged: bool,
+        buf: PacketBuf,
+        outs: Option<&mut Vec<PortId>>,
+        meta: impl FnOnce() -> FrameMeta,
+    ) -> Verdict {
+        match hit {
+            Some(hit) if hit.port != self.in_port => {
+                let op = hit.port;
+                match self.memo.get(self.cfg, self.bridge_idx, op, vlan) {
+                    Some(false) if !tagged && outs.is_none() => {
+                        self.tx.push(op, buf, self.cache);
+                        Verdict::Unicast(op)
+                    }
+                    tag_out @ Some(_) => {
+                        self.send(op, tag_out, buf, &meta(), outs);
+                        Verdict::Unicast(op)
+                    }
+                    None => self.drop(DropReason::NoEgressPort, buf),
+                }
+            }
+            Some(_) => self.drop(DropReason::DstIsIngress, buf),
+            None => self.flood(&meta(), buf, outs),
+        }
+    }
+
+    #[inline(always)]
+    fn drop(&mut self, r: DropReason, buf: PacketBuf) -> Verdict {
+        self.t.drops.add(r, 1);
+        self.cache.free(buf);
+        Verdict::Drop(r)
     }
 
     /// Copies the frame to every other member port that carries its VLAN (the frame itself
@@ -507,6 +629,63 @@ impl Egress<'_> {
             self.cache.free(buf);
         }
     }
+}
+
+/// The two probes of a plain frame (see [`plain_probes`]).
+#[derive(Clone, Copy)]
+struct PlainFrame {
+    src: Probe,
+    dst: Probe,
+}
+
+impl PlainFrame {
+    /// What [`classify`] makes of the frame, for the stages off the common path.
+    fn meta(&self, vlan: u16) -> FrameMeta {
+        FrameMeta {
+            dst: self.dst.mac_u64(),
+            src: self.src.mac_u64(),
+            tagged: false,
+            tci: 0,
+            vlan,
+            verdict: None,
+            learn: None,
+            probe: self.src,
+            dprobe: self.dst,
+            flood_pending: false,
+        }
+    }
+}
+
+/// Stage 1 of a plain burst: every frame untagged, with an Ethernet header, a unicast source
+/// other than zero and a unicast destination (so not a reserved one), i.e. a frame that
+/// [`classify`] passes on with VLAN `vlan` (the port admits untagged frames) and no verdict.
+/// Hashes and prefetches both keys of every frame into `out`, and returns the bytes. `None` as
+/// soon as a frame is not plain: the general stages then take the whole burst.
+#[inline(always)]
+fn plain_probes(
+    burst: &Burst,
+    vlan: u16,
+    table: &FdbView,
+    out: &mut ArrayVec<PlainFrame, MAX_BURST>,
+) -> Option<u64> {
+    let mut bytes = 0u64;
+    for b in burst.iter() {
+        let d = b.data();
+        bytes += d.len() as u64;
+        let h = d.first_chunk::<14>()?;
+        // As classify reads them: destination, then source and EtherType.
+        let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
+        let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
+        let (dst, src) = (w0 >> 16, w1 >> 16);
+        if w1 as u16 == EtherType::VLAN || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
+            return None;
+        }
+        let f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
+        table.prefetch(&f.src);
+        table.prefetch(&f.dst);
+        out.push(f);
+    }
+    Some(bytes)
 }
 
 /// Reads the Ethernet header, assigns the VLAN and hashes the source and destination keys:
