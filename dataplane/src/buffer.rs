@@ -28,6 +28,7 @@
 //!   pool's shared state lives, which is as long as any buffer or cache of it is out.
 //! - `head + len <= SLOT_SIZE` holds for adopted buffers too: [`Pool::adopt`] checks it.
 
+use arrayvec::ArrayVec;
 use crossbeam_queue::ArrayQueue;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -534,28 +535,32 @@ impl PacketBuf {
     }
 
     #[inline]
-    fn slot(&self) -> &[u8] {
-        // SAFETY: the slot is SLOT_SIZE bytes inside the live mapping and this handle owns it.
-        unsafe { std::slice::from_raw_parts(self.slot_ptr().as_ptr(), SLOT_SIZE) }
-    }
-
-    #[inline]
     fn slot_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in slot(); &mut self makes the access exclusive.
+        // SAFETY: the slot is SLOT_SIZE bytes inside the live mapping, this handle owns it, and
+        // &mut self makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.slot_ptr().as_ptr(), SLOT_SIZE) }
     }
 
     /// The frame bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        let (h, l) = (self.head as usize, self.len as usize);
-        &self.slot()[h..h + l]
+        // Built from the window without a bounds check: every frame read goes through here.
+        // SAFETY: head + len <= SLOT_SIZE (module invariant), so the window lies in this
+        // handle's slot, SLOT_SIZE bytes inside the live mapping, which the handle owns.
+        unsafe {
+            std::slice::from_raw_parts(self.slot_ptr().as_ptr().add(self.head as usize), self.len as usize)
+        }
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let (h, l) = (self.head as usize, self.len as usize);
-        &mut self.slot_mut()[h..h + l]
+        // SAFETY: as in data(); &mut self makes the access exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.slot_ptr().as_ptr().add(self.head as usize),
+                self.len as usize,
+            )
+        }
     }
 
     #[inline]
@@ -671,6 +676,29 @@ impl PacketBuf {
     }
 }
 
+/// Moves the first `n` buffers of `from` to the end of `to`, in order, as one copy of their
+/// handles (a burst handed to a TX batch whole); the rest of `from` moves to its front. Moves
+/// as many as fit when `n` is more than `from` holds or `to` has room for.
+#[inline]
+pub fn move_front<const A: usize, const B: usize>(
+    from: &mut ArrayVec<PacketBuf, A>,
+    to: &mut ArrayVec<PacketBuf, B>,
+    n: usize,
+) {
+    let n = n.min(from.len()).min(to.remaining_capacity());
+    let (at, rest) = (to.len(), from.len() - n);
+    // SAFETY: the n handles are copied bitwise into n free places of `to` (n is within its
+    // spare capacity) and `from` then forgets them (its length drops by n and the rest moves
+    // down over them, ptr::copy handling the overlap), so each buffer keeps exactly one
+    // handle: none is dropped twice or lost. The lengths set are the elements initialised.
+    unsafe {
+        std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().add(at), n);
+        to.set_len(at + n);
+        std::ptr::copy(from.as_ptr().add(n), from.as_mut_ptr(), rest);
+        from.set_len(rest);
+    }
+}
+
 /// Asks the kernel for transparent huge pages (fewer TLB misses for memory every frame
 /// touches) through `advise`, which applies the advice to the range in question. Only advice:
 /// where the kernel has no THP, or only for part of the range, the memory stays ordinary pages
@@ -767,6 +795,26 @@ mod tests {
         }
         assert_eq!(AtomicPairs::zeroed(0).expect("map").pairs().len(), 1, "never empty");
         assert!(AtomicPairs::zeroed(usize::MAX / 8).is_err(), "a size that overflows is refused");
+    }
+
+    #[test]
+    fn move_front_moves_handles_in_order_and_loses_none() {
+        let pool = Pool::new("mv", 256).unwrap();
+        let mut cache = pool.cache();
+        let frame = |c: &mut PoolCache, i: u8| c.alloc_copy(&[i; 20]).unwrap();
+        let firsts = |v: &ArrayVec<PacketBuf, 8>| v.iter().map(|b| b.data()[0]).collect::<Vec<_>>();
+        for (from_len, to_len, n) in [(5, 0, 5), (5, 2, 3), (5, 6, 5), (3, 0, 7), (0, 4, 2), (8, 8, 1)] {
+            let mut from: ArrayVec<PacketBuf, 8> = (0..from_len).map(|i| frame(&mut cache, i)).collect();
+            let mut to: ArrayVec<PacketBuf, 8> = (0..to_len).map(|i| frame(&mut cache, 100 + i)).collect();
+            move_front(&mut from, &mut to, n);
+            let moved = n.min(usize::from(from_len)).min(8 - usize::from(to_len));
+            let want_to: Vec<u8> = (0..to_len).map(|i| 100 + i).chain(0..moved as u8).collect();
+            assert_eq!(firsts(&to), want_to, "{from_len} {to_len} {n}");
+            assert_eq!(firsts(&from), (moved as u8..from_len).collect::<Vec<_>>(), "{from_len} {to_len} {n}");
+            assert_eq!(pool.in_use(), usize::from(from_len) + usize::from(to_len));
+            from.drain(..).chain(to.drain(..)).for_each(|b| cache.free(b));
+            assert_eq!(pool.in_use(), 0);
+        }
     }
 
     #[test]

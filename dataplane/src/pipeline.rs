@@ -179,6 +179,26 @@ impl TxBatches {
         }
     }
 
+    /// Queues every frame of `burst` for `port`, as `push` of each in turn would, and leaves
+    /// `burst` empty.
+    #[inline(always)]
+    fn push_burst(&mut self, port: PortId, burst: &mut Burst, cache: &mut PoolCache) {
+        let i = usize::from(port);
+        let Some(batch) = self.batches.get_mut(i) else {
+            burst.drain(..).for_each(|b| cache.free(b));
+            return;
+        };
+        if batch.is_empty() && !burst.is_empty() {
+            self.dirty.push(port);
+        }
+        let fit = burst.len().min(batch.remaining_capacity());
+        crate::buffer::move_front(burst, batch, fit);
+        for b in burst.drain(..) {
+            self.pending_drops[i] += 1;
+            cache.free(b);
+        }
+    }
+
     /// Whether anything is waiting.
     pub fn is_empty(&self) -> bool {
         self.dirty.is_empty()
@@ -384,25 +404,32 @@ pub fn process_burst(
             // Where each frame goes, when every one is a known unicast destination on another
             // port that takes the VLAN untagged: then queued a run of frames to the same port at
             // a time (a batch's length is then kept in a register, not stored and loaded back
-            // for every frame). Otherwise frame by frame, as the general stages do.
+            // for every frame), the whole burst at once when it all goes to one port.
+            // Otherwise frame by frame, as the general stages do.
             let mut out_ports = [0 as PortId; MAX_BURST];
+            // The last egress port found to take the frames untagged (never the ingress
+            // port; u32::MAX: none yet), and how many times that changed.
+            let mut ok_port = u32::MAX;
+            let mut changes = 0usize;
             let mut all_plain = true;
             for (f, op) in plain.iter().zip(out_ports.iter_mut()) {
-                match eg.table.lookup_probe(&f.dst, now) {
-                    Some(hit) if hit.port != in_port => {
-                        *op = hit.port;
-                        if eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
-                            all_plain = false;
-                            break;
-                        }
-                    }
-                    _ => {
+                let Some(hit) = eg.table.lookup_probe(&f.dst, now) else {
+                    all_plain = false;
+                    break;
+                };
+                if u32::from(hit.port) != ok_port {
+                    if hit.port == in_port || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
                         all_plain = false;
                         break;
                     }
+                    ok_port = u32::from(hit.port);
+                    changes += 1;
                 }
+                *op = hit.port;
             }
-            if all_plain {
+            if all_plain && changes == 1 {
+                eg.tx.push_burst(out_ports[0], burst, eg.cache);
+            } else if all_plain {
                 let ports = &out_ports[..n];
                 let mut bufs = burst.drain(..);
                 let mut i = 0;
