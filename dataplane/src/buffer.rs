@@ -320,6 +320,12 @@ impl Pool {
         })
     }
 
+    /// [`PacketBuf::release_to`] this pool for a whole burst (see [`Releaser`]).
+    #[inline]
+    pub fn releaser(&self) -> Releaser<'_> {
+        Releaser { pool: self.owner.0, _pool: std::marker::PhantomData }
+    }
+
     /// Whether `buf` is a buffer of this pool.
     #[inline]
     pub fn owns(&self, buf: &PacketBuf) -> bool {
@@ -386,6 +392,46 @@ impl Adopter<'_> {
             Some(PacketBuf { pool: self.pool, idx, head, len })
         } else {
             None
+        }
+    }
+}
+
+/// A pool's side of handing a burst's slots over in place (a TX path that passes each slot's
+/// owner to a device): look at every buffer's window first, then release the buffers taken.
+#[derive(Clone, Copy)]
+pub struct Releaser<'a> {
+    pool: NonNull<PoolShared>,
+    _pool: std::marker::PhantomData<&'a Pool>,
+}
+
+impl Releaser<'_> {
+    /// What [`PacketBuf::release_to`] would hand back, `(idx, head, len)`, without releasing:
+    /// `None` for a buffer of another pool.
+    #[inline]
+    pub fn window(&self, b: &PacketBuf) -> Option<(u32, u16, u16)> {
+        (b.pool == self.pool).then_some((b.idx, b.head, b.len))
+    }
+
+    /// Releases the first `n` buffers of `burst` as [`PacketBuf::release_to`] does: the caller
+    /// has taken their slots over (each is of this pool: [`Releaser::window`] said so). The
+    /// rest of the burst moves to its front.
+    #[inline]
+    pub fn release_front<const N: usize>(&self, burst: &mut ArrayVec<PacketBuf, N>, n: usize) {
+        let n = n.min(burst.len());
+        debug_assert!(
+            burst[..n].iter().all(|b| b.pool == self.pool),
+            "release_front: a buffer of another pool"
+        );
+        let rest = burst.len() - n;
+        // Forgetting a handle hands its slot over (all release_to does for a buffer of this
+        // pool): the first n are overwritten by the rest, or cut off, without being dropped.
+        // SAFETY: the rest (n..len, initialised) moves to the front (ptr::copy: the ranges may
+        // overlap) and the length becomes rest, so every handle left is initialised and held
+        // once; the n forgotten handles are never used again.
+        unsafe {
+            let p = burst.as_mut_ptr();
+            std::ptr::copy(p.add(n), p, rest);
+            burst.set_len(rest);
         }
     }
 }

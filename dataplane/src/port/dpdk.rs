@@ -43,7 +43,7 @@
 //! stop.
 
 use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
-use crate::buffer::{ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
+use crate::buffer::{Adopter, ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
 use crate::switch::DropReason;
 use std::mem::ManuallyDrop;
 use std::ptr::null_mut;
@@ -93,6 +93,29 @@ unsafe impl Send for MbufSlots {}
 unsafe impl Sync for MbufSlots {}
 
 impl MbufSlots {
+    /// The slot <-> mbuf map, copied out for a burst (see [`SlotMap`]).
+    #[inline]
+    fn map(&self) -> SlotMap<'_> {
+        SlotMap { base: self.base, table: &self.table }
+    }
+
+    /// [`SlotMap::own_slot`].
+    #[inline]
+    fn own_slot(&self, p: *mut rte_mbuf, buf_addr: usize) -> Option<u32> {
+        self.map().own_slot(p, buf_addr)
+    }
+}
+
+/// [`MbufSlots`]' region base and table, in locals for a burst: the loops over a burst write
+/// mbuf fields through raw pointers, after which the compiler would read the table's address
+/// and length again from the heap for every frame.
+#[derive(Clone, Copy)]
+struct SlotMap<'a> {
+    base: usize,
+    table: &'a [*mut rte_mbuf],
+}
+
+impl SlotMap<'_> {
     /// The slot of mbuf `p`, whose buffer starts at `buf_addr`, when `p` is an mbuf of the
     /// shared pool and that buffer is its own pinned slot: `table[idx] == p` and
     /// `buf_addr == base + idx * SLOT_SIZE`. `None` for an mbuf of another pool, and for one
@@ -104,6 +127,12 @@ impl MbufSlots {
         let off = buf_addr.wrapping_sub(self.base);
         let idx = off / SLOT_SIZE;
         (idx * SLOT_SIZE == off && self.table.get(idx).is_some_and(|&t| t == p)).then_some(idx as u32)
+    }
+
+    /// The mbuf that owns slot `idx`.
+    #[inline]
+    fn mbuf(&self, idx: u32) -> Option<*mut rte_mbuf> {
+        self.table.get(idx as usize).copied()
     }
 }
 
@@ -325,35 +354,30 @@ impl RxQueue for DpdkRx {
             return 0;
         }
         let bufs = self.shared.bufs;
-        let slots = &*bufs.slots;
+        let slots = bufs.slots.map();
         // The shared pool is external (shared_bufs made it so).
         let Some(adopter) = bufs.pool.adopter() else {
             unreachable!("the shared DPDK pool is an external pool")
         };
-        let mut got = 0;
+        // The common case first, as one pass that keeps the burst's length in a register: every
+        // mbuf adopted as is. The general loop takes over from the first that is not.
+        let before = out.len();
+        // SAFETY: rx_burst handed us these mbufs; each is adopted here or left to the loop below.
+        out.extend(self.mbufs[..n].iter().map_while(|&p| unsafe { adopt_own(&slots, &adopter, p) }));
+        let adopted = out.len() - before;
+        let mut got = adopted;
         // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
         let mut unused = 0;
-        for i in 0..n {
+        for i in adopted..n {
             let p = self.mbufs[i];
-            // SAFETY: rx_burst handed us this mbuf; ManuallyDrop: it is adopted by a buffer
-            // or freed in bulk below.
-            let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
-            if m.nb_segs() == 1 {
-                if let Some(idx) = slots.own_slot(p, m.buf_addr() as usize) {
-                    // data_off and data_len are u16; adopt checks that the window fits the
-                    // slot (it does: the mbuf's buffer is the slot, buf_len == SLOT_SIZE).
-                    // The mbuf is ours (from rx_burst) and its buffer is slot idx (own_slot);
-                    // it stays allocated as the slot's owner until the buffer gives it back
-                    // (MbufSlots::free) or TX passes it on; nobody else holds slot idx, since
-                    // only its mbuf's holder can.
-                    // SAFETY: slot idx is owned by this mbuf, which we hold (above).
-                    if let Some(b) = unsafe { adopter.adopt(idx, m.headroom() as u16, m.data_len() as u16) } {
-                        out.push(b);
-                        got += 1;
-                        continue;
-                    }
-                }
+            // SAFETY: rx_burst handed us this mbuf, and nothing else holds it.
+            if let Some(b) = unsafe { adopt_own(&slots, &adopter, p) } {
+                out.push(b);
+                got += 1;
+                continue;
             }
+            // SAFETY: as above; ManuallyDrop: it is freed in bulk below.
+            let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
             self.mbufs[unused] = p;
             unused += 1;
             got += rx_other(&m, cache, out, drops);
@@ -364,6 +388,30 @@ impl RxQueue for DpdkRx {
         }
         got
     }
+}
+
+/// Mbuf `p` as a buffer of the shared pool, when it is one of the pool's, in one segment, with
+/// its own buffer (see [`SlotMap::own_slot`]); `None` (and `p` untouched) otherwise.
+///
+/// # Safety
+/// `p` is a valid mbuf that the caller holds (just received) and hands over when this returns a
+/// buffer.
+#[inline(always)]
+unsafe fn adopt_own(slots: &SlotMap<'_>, adopter: &Adopter<'_>, p: *mut rte_mbuf) -> Option<PacketBuf> {
+    // SAFETY: a valid mbuf the caller holds (contract); ManuallyDrop: adopted, or left to the
+    // caller.
+    let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
+    if m.nb_segs() != 1 {
+        return None;
+    }
+    let idx = slots.own_slot(p, m.buf_addr() as usize)?;
+    // The mbuf is the caller's, handed over with the buffer (contract), and its buffer is slot
+    // idx (own_slot); it stays allocated as the slot's owner until the buffer gives it back
+    // (MbufSlots::free) or TX passes it on; nobody else holds slot idx, since only its mbuf's
+    // holder can. data_off and data_len are u16; adopt checks that the window fits the slot
+    // (it does: the mbuf's buffer is the slot, buf_len == SLOT_SIZE).
+    // SAFETY: slot idx is owned by this mbuf, which is handed over (above).
+    unsafe { adopter.adopt(idx, m.headroom() as u16, m.data_len() as u16) }
 }
 
 /// An mbuf received that is not one of the shared pool's with its own buffer (another pool's,
@@ -406,8 +454,26 @@ impl TxQueue for DpdkTx {
             return 0;
         }
         let bufs = self.shared.bufs;
-        let table = &bufs.slots.table;
+        let (slots, releaser) = (bufs.slots.map(), bufs.pool.releaser());
+        // The common case first, in place: every buffer one of the shared pool's, whose mbuf
+        // takes the frame's window; then those buffers give their slots over to the mbufs.
         let mut k = 0;
+        for (b, slot) in pkts.iter().zip(self.mbufs.iter_mut()) {
+            let Some((idx, head, len)) = releaser.window(b) else { break };
+            let Some(p) = slots.mbuf(idx) else { break };
+            // Slot idx is b's, so its owner, mbuf p, is allocated (MbufSlots contract) and
+            // nobody else's; it is only written here, and passed on (below) or left to b.
+            // SAFETY: mbuf p is allocated and ours (above); ManuallyDrop: b still owns it.
+            let mut m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
+            if !m.set_window(head, len) {
+                break;
+            }
+            *slot = p;
+            k += 1;
+        }
+        // The first k are the shared pool's (window above); their mbufs now hold the frames.
+        releaser.release_front(pkts, k);
+        let table = slots.table;
         for b in pkts.drain(..) {
             let m = match b.release_to(&bufs.pool) {
                 Ok((idx, head, len)) => {
