@@ -95,7 +95,7 @@ fn frames_cross_between_switch_and_kernel() {
         cache.free(got);
     }
     assert_eq!(drops.get(DropReason::Runt), 1);
-    assert_eq!(drops.0.iter().sum::<u32>(), 1, "{drops:?}");
+    assert_eq!(drops.total(), 1, "{drops:?}");
     drop((rx, tx));
     drop(cache);
     assert_eq!(pool.in_use(), 0);

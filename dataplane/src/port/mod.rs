@@ -31,35 +31,50 @@ pub const DEFAULT_BURST: usize = 32;
 /// A burst of buffers in a fixed-size array: no allocation on the fast path.
 pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
 
-/// Drops counted during one burst, added to a port's counters once per burst.
+/// Drops counted during one burst, added to a port's counters once per burst. A bitmask of
+/// the reasons counted makes the common cases (nothing dropped, one reason) cost one test, not
+/// a pass over every reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DropTally(pub [u32; DropReason::COUNT]);
+pub struct DropTally {
+    counts: [u32; DropReason::COUNT],
+    /// Bit `r`: `counts[r]` may be non-zero.
+    touched: u32,
+}
+
+// Every reason has its bit.
+const _: () = assert!(DropReason::COUNT <= 32);
 
 impl Default for DropTally {
     fn default() -> Self {
-        DropTally([0; DropReason::COUNT])
+        DropTally { counts: [0; DropReason::COUNT], touched: 0 }
     }
 }
 
 impl DropTally {
     #[inline]
     pub fn add(&mut self, r: DropReason, n: u32) {
-        self.0[r as usize] += n;
+        self.counts[r as usize] += n;
+        self.touched |= 1 << r as u32;
     }
     pub fn get(&self, r: DropReason) -> u32 {
-        self.0[r as usize]
+        self.counts[r as usize]
     }
+    /// Drops counted, all reasons together.
+    pub fn total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+    #[inline]
     pub fn is_zero(&self) -> bool {
-        self.0.iter().all(|n| *n == 0)
+        self.touched == 0 || self.counts.iter().all(|n| *n == 0)
     }
     /// Adds every count to `stats` and zeroes the tally.
     #[inline]
     pub fn flush_into(&mut self, stats: &crate::switch::PortStats) {
-        for (i, n) in self.0.iter_mut().enumerate() {
-            if *n != 0 {
-                stats.add_drop(DropReason::ALL[i], u64::from(*n));
-                *n = 0;
-            }
+        let mut touched = std::mem::take(&mut self.touched);
+        while touched != 0 {
+            let i = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            stats.add_drop(DropReason::ALL[i], u64::from(std::mem::take(&mut self.counts[i])));
         }
     }
 }
