@@ -291,7 +291,38 @@ impl Shared {
     /// Seconds since the engine started, the clock of learning and aging.
     #[inline]
     fn now(&self) -> u32 {
-        (tsc::rdtsc().wrapping_sub(self.tsc_start) / self.tsc_hz.max(1)) as u32
+        seconds_at(self.tsc_start, self.tsc_hz, tsc::rdtsc())
+    }
+}
+
+/// Whole seconds from TSC value `start` to `tsc` at `hz` ticks a second.
+#[inline]
+fn seconds_at(start: u64, hz: u64, tsc: u64) -> u32 {
+    (tsc.wrapping_sub(start) / hz.max(1)) as u32
+}
+
+/// A worker's view of [`Shared::now`], from the TSC value its loop reads anyway: the division
+/// is done once a second, not once per poll.
+struct SecondClock {
+    now: u32,
+    /// The TSC range in which `now` holds: [from, until).
+    from: u64,
+    until: u64,
+}
+
+impl SecondClock {
+    const UNSET: SecondClock = SecondClock { now: 0, from: u64::MAX, until: 0 };
+
+    /// [`seconds_at`]`(start, hz, tsc)`.
+    #[inline]
+    fn at(&mut self, start: u64, hz: u64, tsc: u64) -> u32 {
+        if tsc < self.from || tsc >= self.until {
+            self.now = seconds_at(start, hz, tsc);
+            let hz = hz.max(1);
+            self.from = start.wrapping_add(u64::from(self.now) * hz);
+            self.until = self.from.saturating_add(hz);
+        }
+        self.now
     }
 }
 
@@ -500,6 +531,7 @@ struct Worker {
     burst: Burst,
     tally: DropTally,
     flow_seq: u64,
+    clock: SecondClock,
 }
 
 fn same(a: &Arc<dyn PortBackend>, b: &Arc<dyn PortBackend>) -> bool {
@@ -592,9 +624,9 @@ impl Worker {
         sent
     }
 
-    /// One poll of every RX queue (or one generated burst per owned port). Returns the frames
-    /// received (or generated) and the frames sent.
-    fn poll(&mut self, sh: &Shared) -> (usize, usize) {
+    /// One poll of every RX queue (or one generated burst per owned port), which starts at TSC
+    /// value `tsc`. Returns the frames received (or generated) and the frames sent.
+    fn poll(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
         let mode = self.plan.mode;
         let burst_size = sh.opts.burst;
         let mut got = 0;
@@ -623,7 +655,7 @@ impl Worker {
             got += n;
             match mode {
                 FwdMode::Switch => {
-                    let now = *now.get_or_insert_with(|| sh.now());
+                    let now = *now.get_or_insert_with(|| self.clock.at(sh.tsc_start, sh.tsc_hz, tsc));
                     // Field by field: disjoint borrows, no reference count touched per burst.
                     process_burst(
                         &self.plan.switch,
@@ -841,6 +873,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
         burst: Burst::new(),
         tally: DropTally::default(),
         flow_seq: 0,
+        clock: SecondClock::UNSET,
     };
     let stats = &sh.workers[idx];
     let mut idle_polls = 0u32;
@@ -859,7 +892,8 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             w.open_pending(&plan);
             last_retry = Instant::now();
         }
-        let (got, sent) = w.poll(&sh);
+        // The poll starts about when the last one ended (t_prev): the clock of learning.
+        let (got, sent) = w.poll(&sh, t_prev);
         let t_now = tsc::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
@@ -918,4 +952,23 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_clock_agrees_with_the_division() {
+        let (start, hz) = (1_000_003u64, 2_596_000_000u64);
+        let mut clock = SecondClock::UNSET;
+        // Forwards by uneven steps across many second boundaries, exactly on them, and back.
+        let mut ticks: Vec<u64> = (0..4000u64).map(|i| start + i * 7_919_113 * 3).collect();
+        ticks.extend((0..5).map(|s| start + s * hz));
+        ticks.extend((0..5).map(|s| start + s * hz - 1));
+        ticks.extend([start + 10 * hz, start + 2 * hz, start, start + 30 * hz + 5]);
+        for t in ticks {
+            assert_eq!(clock.at(start, hz, t), seconds_at(start, hz, t), "tsc {t}");
+        }
+    }
 }
