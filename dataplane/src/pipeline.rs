@@ -111,24 +111,36 @@ impl FrameTrace {
 /// Frames waiting to be sent, one batch per port, filled by [`process_burst`] and emptied by
 /// [`TxBatches::flush`].
 pub struct TxBatches {
-    batches: Vec<Burst>,
+    ports: Vec<PortBatch>,
     dirty: Vec<PortId>,
+}
+
+/// One port's batch and what flushing it counts.
+struct PortBatch {
+    frames: Burst,
+    /// The bytes of `frames` (kept as they are queued, so that a flush need not add them up).
+    bytes: u64,
     /// Egress drops found while queueing (a full batch), counted at flush.
-    pending_drops: Vec<u32>,
+    drops: u32,
+}
+
+impl PortBatch {
+    fn new() -> PortBatch {
+        PortBatch { frames: Burst::new(), bytes: 0, drops: 0 }
+    }
 }
 
 impl TxBatches {
     pub fn new(port_slots: usize) -> TxBatches {
-        let mut t = TxBatches { batches: Vec::new(), dirty: Vec::new(), pending_drops: Vec::new() };
+        let mut t = TxBatches { ports: Vec::new(), dirty: Vec::new() };
         t.resize(port_slots);
         t
     }
 
     /// Makes room for a snapshot with `port_slots` port ids. Only called between bursts.
     pub fn resize(&mut self, port_slots: usize) {
-        if self.batches.len() < port_slots {
-            self.batches.resize_with(port_slots, Burst::new);
-            self.pending_drops.resize(port_slots, 0);
+        if self.ports.len() < port_slots {
+            self.ports.resize_with(port_slots, PortBatch::new);
         }
         if self.dirty.capacity() < port_slots {
             self.dirty.reserve(port_slots - self.dirty.len());
@@ -137,19 +149,22 @@ impl TxBatches {
 
     #[inline(always)]
     fn push(&mut self, port: PortId, buf: PacketBuf, cache: &mut PoolCache) {
-        let i = usize::from(port);
-        let Some(batch) = self.batches.get_mut(i) else {
+        let Some(b) = self.ports.get_mut(usize::from(port)) else {
             cache.free(buf);
             return;
         };
         // A port's batch is only emptied by a flush, and a drop needs a full batch: an empty
         // batch means the port is not in `dirty` yet.
-        if batch.is_empty() {
+        if b.frames.is_empty() {
             self.dirty.push(port);
         }
-        if let Err(e) = batch.try_push(buf) {
-            self.pending_drops[i] += 1;
-            cache.free(e.element());
+        let len = buf.len() as u64;
+        match b.frames.try_push(buf) {
+            Ok(()) => b.bytes += len,
+            Err(e) => {
+                b.drops += 1;
+                cache.free(e.element());
+            }
         }
     }
 
@@ -162,40 +177,41 @@ impl TxBatches {
         n: usize,
         cache: &mut PoolCache,
     ) {
-        let i = usize::from(port);
-        let Some(batch) = self.batches.get_mut(i) else {
+        let Some(b) = self.ports.get_mut(usize::from(port)) else {
             bufs.take(n).for_each(|b| cache.free(b));
             return;
         };
-        if batch.is_empty() && n != 0 {
+        if b.frames.is_empty() && n != 0 {
             self.dirty.push(port);
         }
-        let fit = n.min(batch.remaining_capacity());
+        let fit = n.min(b.frames.remaining_capacity());
+        let mut bytes = 0;
         // Within capacity (fit), so extend cannot overflow the batch.
-        batch.extend(bufs.take(fit));
-        for b in bufs.take(n - fit) {
-            self.pending_drops[i] += 1;
-            cache.free(b);
+        b.frames.extend(bufs.take(fit).inspect(|f| bytes += f.len() as u64));
+        b.bytes += bytes;
+        for f in bufs.take(n - fit) {
+            b.drops += 1;
+            cache.free(f);
         }
     }
 
-    /// Queues every frame of `burst` for `port`, as `push` of each in turn would, and leaves
-    /// `burst` empty.
+    /// Queues every frame of `burst`, `bytes` in all, for `port`, as `push` of each in turn
+    /// would, and leaves `burst` empty.
     #[inline(always)]
-    fn push_burst(&mut self, port: PortId, burst: &mut Burst, cache: &mut PoolCache) {
-        let i = usize::from(port);
-        let Some(batch) = self.batches.get_mut(i) else {
-            burst.drain(..).for_each(|b| cache.free(b));
+    fn push_burst(&mut self, port: PortId, burst: &mut Burst, bytes: u64, cache: &mut PoolCache) {
+        let Some(b) = self.ports.get_mut(usize::from(port)) else {
+            burst.drain(..).for_each(|f| cache.free(f));
             return;
         };
-        if batch.is_empty() && !burst.is_empty() {
+        if b.frames.is_empty() && !burst.is_empty() {
             self.dirty.push(port);
         }
-        let fit = burst.len().min(batch.remaining_capacity());
-        crate::buffer::move_front(burst, batch, fit);
-        for b in burst.drain(..) {
-            self.pending_drops[i] += 1;
-            cache.free(b);
+        let fit = burst.len().min(b.frames.remaining_capacity());
+        b.bytes += if fit == burst.len() { bytes } else { burst[..fit].iter().map(|f| f.len() as u64).sum() };
+        crate::buffer::move_front(burst, &mut b.frames, fit);
+        for f in burst.drain(..) {
+            b.drops += 1;
+            cache.free(f);
         }
     }
 
@@ -206,7 +222,7 @@ impl TxBatches {
 
     /// Frames queued for `port` (for tests and the replay harness).
     pub fn queued(&self, port: PortId) -> usize {
-        self.batches.get(usize::from(port)).map_or(0, |b| b.len())
+        self.ports.get(usize::from(port)).map_or(0, |b| b.frames.len())
     }
 
     /// Sends every batch through `queues[port]` and counts what was sent and dropped on the
@@ -220,28 +236,28 @@ impl TxBatches {
         let mut tally = DropTally::default();
         for port in self.dirty.drain(..) {
             let i = usize::from(port);
-            let batch = &mut self.batches[i];
+            let b = &mut self.ports[i];
             let spec = cfg.port(port);
-            tally.add(DropReason::TxFull, std::mem::take(&mut self.pending_drops[i]));
-            let n = batch.len();
-            let bytes: usize = batch.iter().map(|b| b.len()).sum();
+            tally.add(DropReason::TxFull, std::mem::take(&mut b.drops));
+            let n = b.frames.len();
+            let bytes = std::mem::take(&mut b.bytes);
             let sent = match queues.get_mut(i).and_then(|q| q.as_mut()) {
-                Some(q) => q.tx_burst(batch, cache, &mut tally),
+                Some(q) => q.tx_burst(&mut b.frames, cache, &mut tally),
                 None => {
                     tally.add(DropReason::PortDown, n as u32);
-                    for b in batch.drain(..) {
-                        cache.free(b);
+                    for f in b.frames.drain(..) {
+                        cache.free(f);
                     }
                     0
                 }
             };
             // The TxQueue contract; push() relies on it (an empty batch is not in `dirty`).
-            debug_assert!(batch.is_empty(), "tx_burst must drain its batch");
+            debug_assert!(b.frames.is_empty(), "tx_burst must drain its batch");
             if let Some(spec) = spec {
                 let st = &spec.stats;
                 st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-                let sent_bytes = if sent == n { bytes } else { bytes * sent / n.max(1) };
-                st.tx_bytes.fetch_add(sent_bytes as u64, Ordering::Relaxed);
+                let sent_bytes = if sent == n { bytes } else { bytes * sent as u64 / n.max(1) as u64 };
+                st.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
                 tally.flush_into(st);
             } else {
                 tally = DropTally::default();
@@ -254,20 +270,20 @@ impl TxBatches {
     /// for benchmarks and tests that measure the pipeline without port I/O.
     pub fn drain_with(&mut self, mut f: impl FnMut(PortId, &mut Burst)) {
         for port in self.dirty.drain(..) {
-            let i = usize::from(port);
-            self.pending_drops[i] = 0;
-            f(port, &mut self.batches[i]);
-            debug_assert!(self.batches[i].is_empty(), "drain_with's closure must empty the batch");
+            let b = &mut self.ports[usize::from(port)];
+            (b.drops, b.bytes) = (0, 0);
+            f(port, &mut b.frames);
+            debug_assert!(b.frames.is_empty(), "drain_with's closure must empty the batch");
         }
     }
 
     /// Frees everything queued without sending it (used when a snapshot drops ports).
     pub fn discard(&mut self, cache: &mut PoolCache) {
         for port in self.dirty.drain(..) {
-            let i = usize::from(port);
-            self.pending_drops[i] = 0;
-            for b in self.batches[i].drain(..) {
-                cache.free(b);
+            let b = &mut self.ports[usize::from(port)];
+            (b.drops, b.bytes) = (0, 0);
+            for f in b.frames.drain(..) {
+                cache.free(f);
             }
         }
     }
@@ -428,7 +444,7 @@ pub fn process_burst(
                 *op = hit.port;
             }
             if all_plain && changes == 1 {
-                eg.tx.push_burst(out_ports[0], burst, eg.cache);
+                eg.tx.push_burst(out_ports[0], burst, bytes, eg.cache);
             } else if all_plain {
                 let ports = &out_ports[..n];
                 let mut bufs = burst.drain(..);
