@@ -390,7 +390,18 @@ pub fn process_burst(
     };
     let table = bridge.table.view();
     let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
-    let mut t = IngressTally { rx_packets: n as u64, ..Default::default() };
+    let mut eg = Egress {
+        cfg,
+        table,
+        now,
+        in_port,
+        bridge_idx: port.bridge,
+        members: &bridge.ports,
+        memo: EgressMemo::NONE,
+        cache,
+        tx,
+        t: IngressTally { rx_packets: n as u64, ..Default::default() },
+    };
     // The VLAN of untagged frames on this port, once per burst.
     let untagged_vlan = port.vlan.ingress(None);
     let mac_limit = port.mac_limit;
@@ -401,22 +412,10 @@ pub fn process_burst(
     if let (None, None, Some(vlan)) = (&trace, &port.allowed_macs, untagged_vlan) {
         let mut plain = ArrayVec::new();
         if let Some(bytes) = plain_probes(burst, vlan, &table, &mut plain) {
-            t.rx_bytes = bytes;
+            eg.t.rx_bytes = bytes;
             for f in plain.iter() {
-                t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
+                eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
             }
-            let mut eg = Egress {
-                cfg,
-                table,
-                now,
-                in_port,
-                bridge_idx: port.bridge,
-                members: &bridge.ports,
-                memo: EgressMemo::NONE,
-                cache,
-                tx,
-                t: &mut t,
-            };
             // Where each frame goes, when every one is a known unicast destination on another
             // port that takes the VLAN untagged: then queued a run of frames to the same port at
             // a time (a batch's length is then kept in a register, not stored and loaded back
@@ -460,7 +459,7 @@ pub fn process_burst(
                     eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
                 }
             }
-            t.flush_into(port);
+            eg.t.flush_into(port);
             return;
         }
     }
@@ -470,7 +469,7 @@ pub fn process_burst(
     // every frame overlap. Every read below is within the length checked here.
     for b in burst.iter() {
         let d = b.data();
-        t.rx_bytes += d.len() as u64;
+        eg.t.rx_bytes += d.len() as u64;
         meta.push(classify(d, port, untagged_vlan, &table));
     }
 
@@ -494,24 +493,12 @@ pub fn process_burst(
             continue;
         }
         let out = table.learn_probe(&m.probe, in_port, now, mac_limit);
-        t.count_learn(out);
+        eg.t.count_learn(out);
         m.learn = Some(out);
     }
 
     // Stage 4: destination lookup (after every frame's learning), egress VLAN and TX batches;
     // traced or not: two loops, so that the untraced one carries nothing of the trace.
-    let mut eg = Egress {
-        cfg,
-        table,
-        now,
-        in_port,
-        bridge_idx: port.bridge,
-        members: &bridge.ports,
-        memo: EgressMemo::NONE,
-        cache,
-        tx,
-        t: &mut t,
-    };
     match trace {
         None => {
             for (m, buf) in meta.iter().zip(burst.drain(..)) {
@@ -546,7 +533,7 @@ pub fn process_burst(
             }
         }
     }
-    t.flush_into(port);
+    eg.t.flush_into(port);
 }
 
 /// The last stage's view of the burst: where frames go out and what is counted.
@@ -561,7 +548,8 @@ struct Egress<'a> {
     memo: EgressMemo,
     cache: &'a mut PoolCache,
     tx: &'a mut TxBatches,
-    t: &'a mut IngressTally,
+    /// The ingress port's counters for this burst (all stages add to them).
+    t: IngressTally,
 }
 
 impl Egress<'_> {
