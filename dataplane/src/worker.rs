@@ -302,10 +302,12 @@ fn seconds_at(start: u64, hz: u64, tsc: u64) -> u32 {
 }
 
 /// A worker's view of [`Shared::now`], from the TSC value its loop reads anyway: the division
-/// is done once a second, not once per poll.
+/// is done once a second, not once per poll. The range in which the cached second holds is
+/// kept as offsets from the start (as the division sees the TSC), so it is exact for every
+/// input, a TSC value just below the start (another core's skew) included.
 struct SecondClock {
     now: u32,
-    /// The TSC range in which `now` holds: [from, until).
+    /// The offsets from the start in which `now` holds: [from, until).
     from: u64,
     until: u64,
 }
@@ -316,10 +318,12 @@ impl SecondClock {
     /// [`seconds_at`]`(start, hz, tsc)`.
     #[inline]
     fn at(&mut self, start: u64, hz: u64, tsc: u64) -> u32 {
-        if tsc < self.from || tsc >= self.until {
-            self.now = seconds_at(start, hz, tsc);
+        let off = tsc.wrapping_sub(start);
+        if off < self.from || off >= self.until {
             let hz = hz.max(1);
-            self.from = start.wrapping_add(u64::from(self.now) * hz);
+            let q = off / hz;
+            self.now = q as u32;
+            self.from = q * hz;
             self.until = self.from.saturating_add(hz);
         }
         self.now
@@ -881,19 +885,23 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
     let mut last_retry = Instant::now();
     let mut t_prev = tsc::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
+        // When the poll starts (the clock of learning): when the last one ended, unless a
+        // reload or the opening of ports took time in between.
+        let mut poll_tsc = t_prev;
         let g = sh.generation.load(Ordering::Acquire);
         if g != w.gen {
             w.reload(&sh);
             w.gen = g;
             stats.applied.store(g, Ordering::Release);
+            poll_tsc = tsc::rdtsc();
         }
         if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
             let plan = w.plan.clone();
             w.open_pending(&plan);
             last_retry = Instant::now();
+            poll_tsc = tsc::rdtsc();
         }
-        // The poll starts about when the last one ended (t_prev): the clock of learning.
-        let (got, sent) = w.poll(&sh, t_prev);
+        let (got, sent) = w.poll(&sh, poll_tsc);
         let t_now = tsc::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
@@ -960,15 +968,20 @@ mod tests {
 
     #[test]
     fn second_clock_agrees_with_the_division() {
-        let (start, hz) = (1_000_003u64, 2_596_000_000u64);
-        let mut clock = SecondClock::UNSET;
-        // Forwards by uneven steps across many second boundaries, exactly on them, and back.
-        let mut ticks: Vec<u64> = (0..4000u64).map(|i| start + i * 7_919_113 * 3).collect();
-        ticks.extend((0..5).map(|s| start + s * hz));
-        ticks.extend((0..5).map(|s| start + s * hz - 1));
-        ticks.extend([start + 10 * hz, start + 2 * hz, start, start + 30 * hz + 5]);
-        for t in ticks {
-            assert_eq!(clock.at(start, hz, t), seconds_at(start, hz, t), "tsc {t}");
+        // A TSC below and above 2^32 Hz, none, and one tick a second.
+        for hz in [2_596_000_000u64, 5_000_000_000, 0, 1] {
+            let start = 1_000_003u64;
+            let mut clock = SecondClock::UNSET;
+            // Just below the start (another core's skew), then forwards by uneven steps across
+            // many second boundaries, exactly on them, and back.
+            let mut ticks = vec![start - 1, start, start + 1000, start + hz / 2, start - 1];
+            ticks.extend((0..4000u64).map(|i| start + i * 7_919_113 * 3));
+            ticks.extend((0..5).map(|s| start + s * hz));
+            ticks.extend((1..5).map(|s| start + s * hz - 1));
+            ticks.extend([start + 10 * hz, start + 2 * hz, start, start + 30 * hz + 5, u64::MAX, 0]);
+            for t in ticks {
+                assert_eq!(clock.at(start, hz, t), seconds_at(start, hz, t), "hz {hz} tsc {t}");
+            }
         }
     }
 }

@@ -4,10 +4,11 @@
 
 use proptest::prelude::*;
 use std::collections::HashMap;
+use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::{FdbHit, LearnOutcome, MacTable};
 use switchyard_dataplane::pipeline::{process_burst, TxBatches, Verdict};
-use switchyard_dataplane::port::Burst;
+use switchyard_dataplane::port::{Burst, DropTally, TxQueue};
 use switchyard_dataplane::wire::{EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, WireError};
 use switchyard_dataplane::{Pool, SwitchConfig};
 
@@ -325,7 +326,7 @@ proptest! {
 /// its `d`th peer (see `peer`).
 fn mostly_plain_frame() -> impl Strategy<Value = (Option<u8>, Vec<u8>)> {
     prop_oneof![
-        30 => (0u8..8, prop::collection::vec(any::<u8>(), 46..60)).prop_map(|(d, p)| (Some(d), p)),
+        80 => (0u8..40, prop::collection::vec(any::<u8>(), 46..60)).prop_map(|(d, p)| (Some(d), p)),
         1 => frame_strategy().prop_map(|f| (None, f)),
     ]
 }
@@ -335,16 +336,40 @@ fn host_mac(p: u8) -> [u8; 6] {
     [2, 0, 0, 0, 0x10, p]
 }
 
-/// A port that frames from port `p` are sent to (the `d`th choice): one in the same bridge
-/// and VLAN for the access ports and for x and y, so that most bursts are all known unicast
-/// to a port that takes them untagged; the trunk and the native-untagged port send to hosts
-/// that are elsewhere (flooded) or leave tagged.
+/// The trunk (port 3) of `plain_path_matches_the_general_stages`: its host sends in VLAN 10.
+const TRUNK: u8 = 3;
+
+/// A port that frames from port `p` are sent to (the `d`th choice, `d` below 40): one in the
+/// same bridge and VLAN for the access ports and for x and y, so that most bursts are all
+/// known unicast to a port that takes them untagged; now and then (`d` 39) the trunk's host,
+/// which the frame reaches tagged. The native-untagged port sends to hosts that are elsewhere
+/// (flooded).
 fn peer(p: u8, d: u8) -> u8 {
     match p {
+        0 | 1 | 2 | 5 if d == 39 => TRUNK,
         0 | 1 | 2 | 5 => [0, 1, 2, 5].into_iter().filter(|&q| q != p).nth(usize::from(d % 3)).unwrap_or(0),
+        TRUNK => [0, 1, 2, 5][usize::from(d % 4)],
         6 => 7,
         7 => 6,
         _ => d % 8,
+    }
+}
+
+/// A TX queue that takes every frame, noting (port, bytes) in order.
+struct Collect {
+    port: u16,
+    out: std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>,
+}
+
+impl TxQueue for Collect {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, _drops: &mut DropTally) -> usize {
+        let n = pkts.len();
+        let mut out = self.out.lock().unwrap();
+        for b in pkts.drain(..) {
+            out.push((self.port, b.data().to_vec()));
+            cache.free(b);
+        }
+        n
     }
 }
 
@@ -357,7 +382,7 @@ proptest! {
     #[test]
     fn plain_path_matches_the_general_stages(
         bursts in prop::collection::vec((0u16..8, prop::collection::vec(mostly_plain_frame(), 1..64)), 1..60),
-        drain_every in 1usize..6,
+        drain_every in 1usize..10,
     ) {
         let yaml = r#"
 bridges:
@@ -383,13 +408,24 @@ bridges:
         let (mut plain_tx, mut general_tx) =
             (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
         let mut traces = Vec::new();
-        let (mut plain_out, mut general_out) = (Vec::new(), Vec::new());
+        let (plain_out, general_out) = (std::sync::Arc::default(), std::sync::Arc::default());
+        let queues = |out: &std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>| -> Vec<Option<Box<dyn TxQueue>>> {
+            (0..plain_sw.port_slots() as u16)
+                .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
+                .collect()
+        };
+        let (mut plain_queues, mut general_queues) = (queues(&plain_out), queues(&general_out));
         for (i, (port, frames)) in bursts.iter().enumerate() {
             let now = 1 + i as u32 / 8;
             for (sw, tx, trace) in [(&plain_sw, &mut plain_tx, false), (&general_sw, &mut general_tx, true)] {
                 let mut burst = Burst::new();
                 for (k, (to, payload)) in frames.iter().enumerate() {
                     let f = match to {
+                        // The trunk's host, in VLAN 10 (tagged: the general stages take it).
+                        Some(d) if *port == u16::from(TRUNK) => {
+                            let (dst, src) = (host_mac(peer(TRUNK, *d)), host_mac(TRUNK));
+                            [&dst[..], &src[..], &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], payload].concat()
+                        }
                         Some(d) => {
                             // One frame in 50 from another port's host: a move, then back.
                             let p = *port as u8;
@@ -404,19 +440,14 @@ bridges:
                 process_burst(sw, *port, &mut burst, now, &mut cache, tx, trace.then_some(&mut traces));
                 prop_assert!(burst.is_empty());
             }
-            // Batches left full now and then, so that later frames find no room (tx_full).
+            // Batches left full now and then, so that later frames find no room (tx_full);
+            // flushed through queues that take everything (tx_packets, tx_bytes counted).
             if i % drain_every == 0 {
-                for (tx, out) in [(&mut plain_tx, &mut plain_out), (&mut general_tx, &mut general_out)] {
-                    tx.drain_with(|p, b| {
-                        for x in b.drain(..) {
-                            out.push((p, x.data().to_vec()));
-                            cache.free(x);
-                        }
-                    });
-                }
+                plain_tx.flush(&plain_sw, &mut plain_queues, &mut cache);
+                general_tx.flush(&general_sw, &mut general_queues, &mut cache);
             }
         }
-        prop_assert_eq!(&plain_out, &general_out);
+        prop_assert_eq!(&*plain_out.lock().unwrap(), &*general_out.lock().unwrap());
         let mut queued = Vec::new();
         for (tx, sw) in [(&mut plain_tx, &plain_sw), (&mut general_tx, &general_sw)] {
             queued.push(sw.port_ids().map(|p| tx.queued(p)).collect::<Vec<_>>());
