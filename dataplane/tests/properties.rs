@@ -355,10 +355,13 @@ fn peer(p: u8, d: u8) -> u8 {
     }
 }
 
-/// A TX queue that takes every frame, noting (port, bytes) in order.
+/// Frames sent, as (egress port, bytes), in order.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>;
+
+/// A TX queue that takes every frame, noting it in `out`.
 struct Collect {
     port: u16,
-    out: std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>,
+    out: Sent,
 }
 
 impl TxQueue for Collect {
@@ -408,8 +411,8 @@ bridges:
         let (mut plain_tx, mut general_tx) =
             (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
         let mut traces = Vec::new();
-        let (plain_out, general_out) = (std::sync::Arc::default(), std::sync::Arc::default());
-        let queues = |out: &std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>| -> Vec<Option<Box<dyn TxQueue>>> {
+        let (plain_out, general_out) = (Sent::default(), Sent::default());
+        let queues = |out: &Sent| -> Vec<Option<Box<dyn TxQueue>>> {
             (0..plain_sw.port_slots() as u16)
                 .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
                 .collect()
