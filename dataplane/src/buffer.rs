@@ -425,9 +425,10 @@ impl Releaser<'_> {
         let rest = burst.len() - n;
         // Forgetting a handle hands its slot over (all release_to does for a buffer of this
         // pool): the first n are overwritten by the rest, or cut off, without being dropped.
-        // SAFETY: the rest (n..len, initialised) moves to the front (ptr::copy: the ranges may
+        // The rest (n..len, initialised) moves to the front (ptr::copy: the ranges may
         // overlap) and the length becomes rest, so every handle left is initialised and held
         // once; the n forgotten handles are never used again.
+        // SAFETY: initialised handles moved within the burst's storage, each held once (above).
         unsafe {
             let p = burst.as_mut_ptr();
             std::ptr::copy(p.add(n), p, rest);
@@ -591,8 +592,9 @@ impl PacketBuf {
     #[inline]
     pub fn data(&self) -> &[u8] {
         // Built from the window without a bounds check: every frame read goes through here.
-        // SAFETY: head + len <= SLOT_SIZE (module invariant), so the window lies in this
-        // handle's slot, SLOT_SIZE bytes inside the live mapping, which the handle owns.
+        // head + len <= SLOT_SIZE (module invariant), so the window lies in this handle's slot,
+        // SLOT_SIZE bytes inside the live mapping, which the handle owns.
+        // SAFETY: the window is inside the slot this handle owns (above).
         unsafe {
             std::slice::from_raw_parts(self.slot_ptr().as_ptr().add(self.head as usize), self.len as usize)
         }
@@ -733,10 +735,11 @@ pub fn move_front<const A: usize, const B: usize>(
 ) {
     let n = n.min(from.len()).min(to.remaining_capacity());
     let (at, rest) = (to.len(), from.len() - n);
-    // SAFETY: the n handles are copied bitwise into n free places of `to` (n is within its
-    // spare capacity) and `from` then forgets them (its length drops by n and the rest moves
-    // down over them, ptr::copy handling the overlap), so each buffer keeps exactly one
-    // handle: none is dropped twice or lost. The lengths set are the elements initialised.
+    // The n handles are copied bitwise into n free places of `to` (n is within its spare
+    // capacity) and `from` then forgets them (its length drops by n and the rest moves down
+    // over them, ptr::copy handling the overlap), so each buffer keeps exactly one handle:
+    // none is dropped twice or lost. The lengths set are the elements initialised.
+    // SAFETY: within both capacities, every handle held once, lengths = initialised (above).
     unsafe {
         std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().add(at), n);
         to.set_len(at + n);

@@ -398,8 +398,8 @@ impl RxQueue for DpdkRx {
 /// buffer.
 #[inline(always)]
 unsafe fn adopt_own(slots: &SlotMap<'_>, adopter: &Adopter<'_>, p: *mut rte_mbuf) -> Option<PacketBuf> {
-    // SAFETY: a valid mbuf the caller holds (contract); ManuallyDrop: adopted, or left to the
-    // caller.
+    // ManuallyDrop: the mbuf is adopted, or left to the caller.
+    // SAFETY: a valid mbuf the caller holds (contract).
     let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
     if m.nb_segs() != 1 {
         return None;
