@@ -422,18 +422,9 @@ impl Releaser<'_> {
             burst[..n].iter().all(|b| b.pool == self.pool),
             "release_front: a buffer of another pool"
         );
-        let rest = burst.len() - n;
-        // Forgetting a handle hands its slot over (all release_to does for a buffer of this
-        // pool): the first n are overwritten by the rest, or cut off, without being dropped.
-        // The rest (n..len, initialised) moves to the front (ptr::copy: the ranges may
-        // overlap) and the length becomes rest, so every handle left is initialised and held
-        // once; the n forgotten handles are never used again.
-        // SAFETY: initialised handles moved within the burst's storage, each held once (above).
-        unsafe {
-            let p = burst.as_mut_ptr();
-            std::ptr::copy(p.add(n), p, rest);
-            burst.set_len(rest);
-        }
+        // Forgetting a handle hands its slot over: all release_to does for a buffer of this
+        // pool.
+        forget_front(burst, n);
     }
 }
 
@@ -734,17 +725,33 @@ pub fn move_front<const A: usize, const B: usize>(
     n: usize,
 ) {
     let n = n.min(from.len()).min(to.remaining_capacity());
-    let (at, rest) = (to.len(), from.len() - n);
+    let at = to.len();
     // The n handles are copied bitwise into n free places of `to` (n is within its spare
-    // capacity) and `from` then forgets them (its length drops by n and the rest moves down
-    // over them, ptr::copy handling the overlap), so each buffer keeps exactly one handle:
-    // none is dropped twice or lost. The lengths set are the elements initialised.
-    // SAFETY: within both capacities, every handle held once, lengths = initialised (above).
+    // capacity and within `from`), which then holds them as its elements at..at + n; `from`
+    // forgets them below, so each buffer keeps exactly one handle.
+    // SAFETY: n initialised handles into n spare places; the length set counts them.
     unsafe {
         std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().add(at), n);
         to.set_len(at + n);
-        std::ptr::copy(from.as_ptr().add(n), from.as_mut_ptr(), rest);
-        from.set_len(rest);
+    }
+    forget_front(from, n);
+}
+
+/// Removes the first `n` handles of `burst` (at most its length) without dropping them: their
+/// slots are held elsewhere now (copied into another burst, or handed to their owner). The
+/// rest moves to the front, in order.
+#[inline]
+fn forget_front<const N: usize>(burst: &mut ArrayVec<PacketBuf, N>, n: usize) {
+    let n = n.min(burst.len());
+    let rest = burst.len() - n;
+    // The rest (n..len, initialised) moves to the front (ptr::copy: the ranges may overlap)
+    // and the length becomes rest, so every handle left is initialised and held once; the n
+    // forgotten ones are overwritten or cut off, never dropped or used again from here.
+    // SAFETY: initialised handles moved within the burst's storage, each held once (above).
+    unsafe {
+        let p = burst.as_mut_ptr();
+        std::ptr::copy(p.add(n), p, rest);
+        burst.set_len(rest);
     }
 }
 

@@ -50,6 +50,37 @@ type Slot = [AtomicU64; 2];
 const KEY: usize = 0;
 const VAL: usize = 1;
 
+/// What one slot says about a key (see [`read_slot`]).
+enum SlotRead {
+    /// The key, with this value, read consistently.
+    Holds(u64),
+    /// No key: the probe sequence ends here.
+    Empty,
+    /// Another key, or a tombstone: the sequence goes on.
+    Other,
+    /// The key, but the slot changed while its value was read.
+    Changed,
+}
+
+/// Reads slot `s` for `key`: key, value, key again (a value read between two equal keys
+/// belongs to that key).
+#[inline(always)]
+fn read_slot(s: &Slot, key: u64) -> SlotRead {
+    let k = s[KEY].load(Ordering::Acquire);
+    if k == key {
+        let v = s[VAL].load(Ordering::Acquire);
+        if s[KEY].load(Ordering::Relaxed) == key {
+            SlotRead::Holds(v)
+        } else {
+            SlotRead::Changed
+        }
+    } else if k == EMPTY {
+        SlotRead::Empty
+    } else {
+        SlotRead::Other
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbHit {
@@ -525,17 +556,11 @@ impl FdbView<'_> {
     #[inline(always)]
     fn find(&self, p: &Probe) -> Option<(usize, u64)> {
         // probe_u64 makes idx < slots.len(); `get` keeps a bad Probe from reading elsewhere.
-        let s = self.slots.get(p.idx)?;
-        let k = s[KEY].load(Ordering::Acquire);
-        if k == p.key {
-            let v = s[VAL].load(Ordering::Acquire);
-            if s[KEY].load(Ordering::Relaxed) == p.key {
-                return Some((p.idx, v));
-            }
-        } else if k == EMPTY {
-            return None;
+        match read_slot(self.slots.get(p.idx)?, p.key) {
+            SlotRead::Holds(v) => Some((p.idx, v)),
+            SlotRead::Empty => None,
+            SlotRead::Other | SlotRead::Changed => self.find_further(p),
         }
-        self.find_further(p)
     }
 
     /// [`FdbView::find`] along the whole probe sequence.
@@ -544,20 +569,16 @@ impl FdbView<'_> {
         let mut i = p.idx & self.mask;
         let mut probes = 0;
         loop {
-            let s = self.slots.get(i)?;
-            let k = s[KEY].load(Ordering::Acquire);
-            if k == EMPTY {
-                return None;
-            }
-            if k == p.key {
-                let v = s[VAL].load(Ordering::Acquire);
-                if s[KEY].load(Ordering::Relaxed) == p.key {
-                    return Some((i, v));
+            match read_slot(self.slots.get(i)?, p.key) {
+                SlotRead::Holds(v) => return Some((i, v)),
+                SlotRead::Empty => return None,
+                SlotRead::Other => {}
+                SlotRead::Changed => {
+                    // The slot changed under us (deleted and reused): start again.
+                    i = p.idx & self.mask;
+                    probes = 0;
+                    continue;
                 }
-                // The slot changed under us (deleted and reused): start again.
-                i = p.idx & self.mask;
-                probes = 0;
-                continue;
             }
             probes += 1;
             if probes > self.mask {

@@ -128,6 +128,15 @@ impl PortBatch {
     fn new() -> PortBatch {
         PortBatch { frames: Burst::new(), bytes: 0, drops: 0 }
     }
+
+    /// Frames that found the batch full: freed, counted as `tx_full` at the next flush.
+    #[inline(always)]
+    fn overflow(&mut self, bufs: impl Iterator<Item = PacketBuf>, cache: &mut PoolCache) {
+        for f in bufs {
+            self.drops += 1;
+            cache.free(f);
+        }
+    }
 }
 
 impl TxBatches {
@@ -147,24 +156,29 @@ impl TxBatches {
         }
     }
 
+    /// The batch of `port`, put on the flush list if it is empty and `adding` frames to it;
+    /// `None` for a port id beyond the batches (not in the snapshot they were sized for).
+    #[inline(always)]
+    fn batch(&mut self, port: PortId, adding: bool) -> Option<&mut PortBatch> {
+        let b = self.ports.get_mut(usize::from(port))?;
+        // A port's batch is only emptied by a flush, and a drop needs a full batch: an empty
+        // batch means the port is not in `dirty` yet.
+        if adding && b.frames.is_empty() {
+            self.dirty.push(port);
+        }
+        Some(b)
+    }
+
     #[inline(always)]
     fn push(&mut self, port: PortId, buf: PacketBuf, cache: &mut PoolCache) {
-        let Some(b) = self.ports.get_mut(usize::from(port)) else {
+        let Some(b) = self.batch(port, true) else {
             cache.free(buf);
             return;
         };
-        // A port's batch is only emptied by a flush, and a drop needs a full batch: an empty
-        // batch means the port is not in `dirty` yet.
-        if b.frames.is_empty() {
-            self.dirty.push(port);
-        }
         let len = buf.len() as u64;
         match b.frames.try_push(buf) {
             Ok(()) => b.bytes += len,
-            Err(e) => {
-                b.drops += 1;
-                cache.free(e.element());
-            }
+            Err(e) => b.overflow(std::iter::once(e.element()), cache),
         }
     }
 
@@ -177,42 +191,30 @@ impl TxBatches {
         n: usize,
         cache: &mut PoolCache,
     ) {
-        let Some(b) = self.ports.get_mut(usize::from(port)) else {
+        let Some(b) = self.batch(port, n != 0) else {
             bufs.take(n).for_each(|b| cache.free(b));
             return;
         };
-        if b.frames.is_empty() && n != 0 {
-            self.dirty.push(port);
-        }
         let fit = n.min(b.frames.remaining_capacity());
         let mut bytes = 0;
         // Within capacity (fit), so extend cannot overflow the batch.
         b.frames.extend(bufs.take(fit).inspect(|f| bytes += f.len() as u64));
         b.bytes += bytes;
-        for f in bufs.take(n - fit) {
-            b.drops += 1;
-            cache.free(f);
-        }
+        b.overflow(bufs.take(n - fit), cache);
     }
 
     /// Queues every frame of `burst`, `bytes` in all, for `port`, as `push` of each in turn
     /// would, and leaves `burst` empty.
     #[inline(always)]
     fn push_burst(&mut self, port: PortId, burst: &mut Burst, bytes: u64, cache: &mut PoolCache) {
-        let Some(b) = self.ports.get_mut(usize::from(port)) else {
+        let Some(b) = self.batch(port, !burst.is_empty()) else {
             burst.drain(..).for_each(|f| cache.free(f));
             return;
         };
-        if b.frames.is_empty() && !burst.is_empty() {
-            self.dirty.push(port);
-        }
         let fit = burst.len().min(b.frames.remaining_capacity());
         b.bytes += if fit == burst.len() { bytes } else { burst[..fit].iter().map(|f| f.len() as u64).sum() };
         crate::buffer::move_front(burst, &mut b.frames, fit);
-        for f in burst.drain(..) {
-            b.drops += 1;
-            cache.free(f);
-        }
+        b.overflow(burst.drain(..), cache);
     }
 
     /// Whether anything is waiting.
@@ -703,12 +705,8 @@ fn plain_probes(
     for b in burst.iter() {
         let d = b.data();
         bytes += d.len() as u64;
-        let h = d.first_chunk::<14>()?;
-        // As classify reads them: destination, then source and EtherType.
-        let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-        let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
-        let (dst, src) = (w0 >> 16, w1 >> 16);
-        if w1 as u16 == EtherType::VLAN || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
+        let (dst, src, ethertype) = eth_header(d)?;
+        if ethertype == EtherType::VLAN || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
             return None;
         }
         let f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
@@ -717,6 +715,18 @@ fn plain_probes(
         out.push(f);
     }
     Some(bytes)
+}
+
+/// The destination, the source (as [`MacAddr::to_u64`] holds them) and the EtherType (or
+/// TPID) of a frame, `None` when it is shorter than an Ethernet header: two 8-byte big-endian
+/// reads, the destination in the top 48 bits of the first, the source and the EtherType in
+/// the second.
+#[inline(always)]
+fn eth_header(d: &[u8]) -> Option<(u64, u64, u16)> {
+    let h = d.first_chunk::<14>()?;
+    let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
+    let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
+    Some((w0 >> 16, w1 >> 16, w1 as u16))
 }
 
 /// Reads the Ethernet header, assigns the VLAN and hashes the source and destination keys:
@@ -741,16 +751,11 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
         m.verdict = Some(Verdict::Drop(r));
         m
     };
-    let Some(h) = d.first_chunk::<14>() else {
+    let Some((dst, src, ethertype)) = eth_header(d) else {
         return drop(m, DropReason::Runt);
     };
-    // Two 8-byte big-endian reads: the destination in the top 48 bits of the first, the
-    // source and the EtherType in the second (addresses as MacAddr::to_u64 holds them).
-    let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-    let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
-    m.dst = w0 >> 16;
-    m.src = w1 >> 16;
-    let vlan = if w1 as u16 == EtherType::VLAN {
+    (m.dst, m.src) = (dst, src);
+    let vlan = if ethertype == EtherType::VLAN {
         let Some(&[.., t0, t1, _, _]) = d.first_chunk::<18>() else {
             return drop(m, DropReason::TruncatedVlanTag);
         };

@@ -473,3 +473,53 @@ bridges:
         prop_assert_eq!(pool.in_use(), 0);
     }
 }
+
+/// A batch that fills up across bursts counts what found no room as `tx_full` on the egress
+/// port, and sends (and counts the bytes of) the rest: on the plain path (untraced, a burst all
+/// bound for one port) and through the general stages (traced), with the same figures.
+#[test]
+fn a_full_batch_counts_tx_full_on_the_egress_port() {
+    let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: b, tag: 10}\n";
+    for traced in [false, true] {
+        let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), None).unwrap();
+        let pool = Pool::with_hugepages("full", 1024, false).unwrap();
+        let mut cache = pool.cache();
+        let mut tx = TxBatches::new(sw.port_slots());
+        let mut traces = Vec::new();
+        let frame = |dst: u8, src: u8| {
+            let mut f = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x08, 0x00];
+            f.resize(60, 0xab);
+            f
+        };
+        // b's host speaks first (flooded to a), so that a's frames to it are known unicast.
+        let mut burst = Burst::new();
+        burst.push(cache.alloc_copy(&frame(1, 2)).unwrap());
+        process_burst(&sw, 1, &mut burst, 1, &mut cache, &mut tx, traced.then_some(&mut traces));
+        tx.discard(&mut cache);
+        // Three bursts of 30 from a to b, no flush between them: 64 fit, 26 do not.
+        for _ in 0..3 {
+            let mut burst = Burst::new();
+            for _ in 0..30 {
+                burst.push(cache.alloc_copy(&frame(2, 1)).unwrap());
+            }
+            process_burst(&sw, 0, &mut burst, 1, &mut cache, &mut tx, traced.then_some(&mut traces));
+        }
+        assert_eq!(tx.queued(1), 64);
+        let sent = Sent::default();
+        let mut queues: Vec<Option<Box<dyn TxQueue>>> = (0..sw.port_slots() as u16)
+            .map(|port| Some(Box::new(Collect { port, out: sent.clone() }) as Box<dyn TxQueue>))
+            .collect();
+        tx.flush(&sw, &mut queues, &mut cache);
+        let b = sw.port(1).unwrap().stats.snapshot();
+        assert_eq!(sent.lock().unwrap().len(), 64, "traced {traced}");
+        assert_eq!((b.tx_packets, b.tx_bytes, b.drops["tx_full"]), (64, 64 * 60, 26), "traced {traced}");
+        let a = sw.port(0).unwrap().stats.snapshot();
+        assert_eq!(
+            (a.rx_packets, a.rx_bytes, a.drops.values().sum::<u64>()),
+            (90, 90 * 60, 0),
+            "traced {traced}"
+        );
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
+    }
+}

@@ -37,7 +37,7 @@ pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
 #[derive(Debug, Clone, Copy)]
 pub struct DropTally {
     counts: [u32; DropReason::COUNT],
-    /// Bit `r`: `counts[r]` may be non-zero.
+    /// Bit `r` set exactly when `counts[r]` is not zero.
     touched: u32,
 }
 
@@ -73,9 +73,10 @@ impl DropTally {
     pub fn total(&self) -> u32 {
         self.counts.iter().sum()
     }
+    /// Nothing counted (`touched` has a bit for every count that is not zero).
     #[inline]
     pub fn is_zero(&self) -> bool {
-        self.touched == 0 || self.counts.iter().all(|n| *n == 0)
+        self.touched == 0
     }
     /// Adds every count to `stats` and zeroes the tally.
     #[inline]
