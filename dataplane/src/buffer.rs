@@ -380,6 +380,47 @@ pub struct Adopter<'a> {
 }
 
 impl Adopter<'_> {
+    /// The pool's number of slots: [`Adopter::adopt`] takes indices below it.
+    #[inline]
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Adopts onto the end of `out`, item by item, the slot and window `(idx, head, len)` that
+    /// `window` finds for each item of `items`, as [`Adopter::adopt`] would, and stops at the
+    /// first item for which `window` finds none or `adopt` would refuse, or when `out` is full.
+    /// Returns how many were adopted: the first ones of `items`. A burst's common case: one
+    /// loop that keeps `out`'s length in a register and has no capacity check or call in it.
+    ///
+    /// # Safety
+    /// For each item adopted, as [`Pool::adopt`] for its slot: the caller hands it over.
+    #[inline(always)]
+    pub unsafe fn adopt_while<T: Copy, const N: usize>(
+        &self,
+        items: &[T],
+        out: &mut ArrayVec<PacketBuf, N>,
+        mut window: impl FnMut(T) -> Option<(u32, u16, u16)>,
+    ) -> usize {
+        let start = out.len();
+        let items = &items[..items.len().min(N - start)];
+        let dst = out.as_mut_ptr();
+        let mut k = 0;
+        for &item in items {
+            let Some((idx, head, len)) = window(item) else { break };
+            if (idx as usize) >= self.count || usize::from(head) + usize::from(len) > SLOT_SIZE {
+                break;
+            }
+            // start + k < N (items cut to the room left), so the element is in the array, at or
+            // past its length: not initialized, and counted by set_len below.
+            // SAFETY: in bounds and unused (above); the slot is handed over (contract).
+            unsafe { dst.add(start + k).write(PacketBuf { pool: self.pool, idx, head, len }) };
+            k += 1;
+        }
+        // SAFETY: the first start + k elements are initialized (above), start + k <= N.
+        unsafe { out.set_len(start + k) };
+        k
+    }
+
     /// As [`Pool::adopt`] on the pool this adopter came from (which is external).
     ///
     /// # Safety
@@ -1004,6 +1045,63 @@ mod tests {
         assert_eq!(Arc::strong_count(&toy), 1, "the pool let go of its owner");
         drop(worker);
         assert_eq!(regular.in_use(), 0);
+    }
+
+    #[test]
+    fn adopt_while_stops_at_the_first_refusal_and_at_capacity() {
+        // Room for a worker cache's bulk (CACHE_BULK) and the slots handed over.
+        let count = 200;
+        let mut toy =
+            Toy { mem: vec![0u8; count * SLOT_SIZE].into_boxed_slice(), free: Default::default(), count };
+        toy.free.get_mut().unwrap().extend((0..count as u32).rev());
+        let base = NonNull::new(toy.mem.as_mut_ptr()).unwrap();
+        let toy = Arc::new(toy);
+        // SAFETY: the region is toy.mem, count slots, kept alive by the Arc the pool holds.
+        let ext = unsafe { Pool::external("aw", base, count, toy.clone()) }.unwrap();
+        let adopter = ext.adopter().unwrap();
+        assert_eq!(adopter.count(), count);
+        // Items: (slot or none, head, len); the window of an item is taken as is.
+        type Item = (Option<u32>, u16, u16);
+        let window = |(idx, head, len): Item| idx.map(|i| (i, head, len));
+        // Slots the owner hands over for the items that are to be adopted.
+        let take = |n: usize| (0..n).map(|_| toy.alloc().unwrap()).collect::<Vec<u32>>();
+        let cases: [(&[Item], usize, usize); 5] = [
+            // (items, buffers already in `out`, how many are adopted)
+            (&[(Some(0), 128, 60), (Some(1), 0, 2176), (Some(2), 1, 1)], 0, 3),
+            // No window: stops there.
+            (&[(Some(0), 128, 60), (None, 0, 0), (Some(2), 1, 1)], 1, 1),
+            // A window past the slot's end, an index past the pool: refused, stops there.
+            (&[(Some(0), 2000, 177), (Some(1), 0, 1)], 0, 0),
+            (&[(Some(0), 0, 1), (Some(count as u32), 0, 1)], 2, 1),
+            // Room for two only.
+            (&[(Some(0), 0, 1), (Some(1), 0, 2), (Some(2), 0, 3)], 6, 2),
+        ];
+        for (items, already, adopted) in cases {
+            let mut out: ArrayVec<PacketBuf, 8> = ArrayVec::new();
+            let mut c = ext.cache();
+            out.extend((0..already).map(|_| c.alloc().unwrap()));
+            // The items' slots, as the owner hands them over, for those that will be adopted.
+            let slots = take(adopted);
+            let items: Vec<Item> = items
+                .iter()
+                .enumerate()
+                .map(|(i, &(idx, h, l))| (idx.map(|x| if i < adopted { slots[i] } else { x }), h, l))
+                .collect();
+            // SAFETY: the slots of the items adopted (the first `adopted`) were taken from the
+            // owner above; the others are not taken (adopt_while stops before them).
+            let n = unsafe { adopter.adopt_while(&items, &mut out, window) };
+            assert_eq!(n, adopted, "{items:?}");
+            assert_eq!(out.len(), already + adopted);
+            for (b, &(idx, head, len)) in out[already..].iter().zip(&items) {
+                let at = b.data().as_ptr() as usize - base.as_ptr() as usize;
+                let want = idx.unwrap() as usize * SLOT_SIZE + usize::from(head);
+                assert_eq!((at, b.len()), (want, usize::from(len)));
+            }
+            assert_eq!(ext.in_use(), already + adopted);
+            out.drain(..).for_each(|b| c.free(b));
+            drop(c);
+            assert_eq!(toy.in_use(), 0, "every slot back with its owner");
+        }
     }
 
     #[test]

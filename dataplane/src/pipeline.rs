@@ -113,6 +113,10 @@ impl FrameTrace {
 pub struct TxBatches {
     ports: Vec<PortBatch>,
     dirty: Vec<PortId>,
+    /// The plain path's probes, one per frame of the burst in process: scratch space kept from
+    /// burst to burst (a fixed array, so that filling it needs no length or capacity kept),
+    /// never cleared: only the first `burst.len()` entries are the burst's.
+    plain: Box<[PlainFrame; MAX_BURST]>,
 }
 
 /// One port's batch and what flushing it counts.
@@ -141,7 +145,11 @@ impl PortBatch {
 
 impl TxBatches {
     pub fn new(port_slots: usize) -> TxBatches {
-        let mut t = TxBatches { ports: Vec::new(), dirty: Vec::new() };
+        let mut t = TxBatches {
+            ports: Vec::new(),
+            dirty: Vec::new(),
+            plain: Box::new([PlainFrame::default(); MAX_BURST]),
+        };
         t.resize(port_slots);
         t
     }
@@ -412,9 +420,9 @@ pub fn process_burst(
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
     // or metadata to write and read back. Any other burst takes the general stages below.
     if let (None, None, Some(vlan)) = (&trace, &port.allowed_macs, untagged_vlan) {
-        let mut plain = ArrayVec::new();
-        if let Some(bytes) = plain_probes(burst, vlan, &table, &mut plain) {
+        if let Some(bytes) = plain_probes(burst, vlan, &table, &mut eg.tx.plain) {
             eg.t.rx_bytes = bytes;
+            let plain = &eg.tx.plain[..n];
             for f in plain.iter() {
                 eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
             }
@@ -456,7 +464,8 @@ pub fn process_burst(
                     i += run;
                 }
             } else {
-                for (f, buf) in plain.iter().zip(burst.drain(..)) {
+                for (i, buf) in burst.drain(..).enumerate() {
+                    let f = eg.tx.plain[i];
                     let hit = eg.table.lookup_probe(&f.dst, now);
                     eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
                 }
@@ -665,7 +674,7 @@ impl Egress<'_> {
 }
 
 /// The two probes of a plain frame (see [`plain_probes`]).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct PlainFrame {
     src: Probe,
     dst: Probe,
@@ -692,27 +701,22 @@ impl PlainFrame {
 /// Stage 1 of a plain burst: every frame untagged, with an Ethernet header, a unicast source
 /// other than zero and a unicast destination (so not a reserved one), i.e. a frame that
 /// [`classify`] passes on with VLAN `vlan` (the port admits untagged frames) and no verdict.
-/// Hashes and prefetches both keys of every frame into `out`, and returns the bytes. `None` as
-/// soon as a frame is not plain: the general stages then take the whole burst.
+/// Hashes and prefetches both keys of every frame into `out` (frame i's in `out[i]`), and
+/// returns the bytes. `None` as soon as a frame is not plain: the general stages then take the
+/// whole burst.
 #[inline(always)]
-fn plain_probes(
-    burst: &Burst,
-    vlan: u16,
-    table: &FdbView,
-    out: &mut ArrayVec<PlainFrame, MAX_BURST>,
-) -> Option<u64> {
+fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame; MAX_BURST]) -> Option<u64> {
     let mut bytes = 0u64;
-    for b in burst.iter() {
+    for (b, f) in burst.iter().zip(out.iter_mut()) {
         let d = b.data();
         bytes += d.len() as u64;
         let (dst, src, ethertype) = eth_header(d)?;
         if ethertype == EtherType::VLAN || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
             return None;
         }
-        let f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
+        *f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
         table.prefetch(&f.src);
         table.prefetch(&f.dst);
-        out.push(f);
     }
     Some(bytes)
 }

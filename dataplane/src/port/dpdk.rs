@@ -99,6 +99,17 @@ impl MbufSlots {
         SlotMap { base: self.base, table: &self.table }
     }
 
+    /// [`MbufSlots::map`] cut to the first `count` slots: an RX burst passes its adopter's
+    /// count (the same number as the table's length), so that the slot index checked against
+    /// the table is known to be below the adopter's bound too (one check instead of two).
+    #[inline]
+    fn map_upto(&self, count: usize) -> SlotMap<'_> {
+        // At most u32::MAX slots (an index is a u32), so that an index below the length is
+        // one the adopter's u32 takes unchanged.
+        let len = count.min(self.table.len()).min(u32::MAX as usize);
+        SlotMap { base: self.base, table: &self.table[..len] }
+    }
+
     /// [`SlotMap::own_slot`].
     #[inline]
     fn own_slot(&self, p: *mut rte_mbuf, buf_addr: usize) -> Option<u32> {
@@ -124,9 +135,11 @@ impl SlotMap<'_> {
     /// the mbuf's own slot.
     #[inline]
     fn own_slot(&self, p: *mut rte_mbuf, buf_addr: usize) -> Option<u32> {
-        let off = buf_addr.wrapping_sub(self.base);
-        let idx = off / SLOT_SIZE;
-        (idx * SLOT_SIZE == off && self.table.get(idx).is_some_and(|&t| t == p)).then_some(idx as u32)
+        let idx = slot_of_offset(buf_addr.wrapping_sub(self.base) as u64);
+        // Below the table's length only when the offset is a multiple of SLOT_SIZE
+        // (slot_of_offset), so the buffer starts exactly at slot idx.
+        let idx = usize::try_from(idx).ok()?;
+        (self.table.get(idx)? == &p).then_some(idx as u32)
     }
 
     /// The mbuf that owns slot `idx`.
@@ -134,6 +147,33 @@ impl SlotMap<'_> {
     fn mbuf(&self, idx: u32) -> Option<*mut rte_mbuf> {
         self.table.get(idx as usize).copied()
     }
+}
+
+/// The odd factor of [`SLOT_SIZE`] (2176 = 2^7 x 17) and its inverse modulo 2^64 (Newton's
+/// iteration x <- x(2 - dx), from x = d, which is right in the low 3 bits for any odd d, doubling
+/// the right bits each time: 3, 6, 12, 24, 48, 96).
+const SLOT_ODD: u64 = (SLOT_SIZE >> SLOT_SIZE.trailing_zeros()) as u64;
+const SLOT_ODD_INV: u64 = {
+    let mut x = SLOT_ODD;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(SLOT_ODD.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+const _: () = assert!(SLOT_ODD.wrapping_mul(SLOT_ODD_INV) == 1);
+
+/// `off / SLOT_SIZE` when `off` is a multiple of SLOT_SIZE; otherwise a number above
+/// `u64::MAX / SLOT_SIZE`, so above any slot index. This is the exact-division test of Granlund
+/// and Montgomery (Hacker's Delight 10-17): multiplying by the inverse of the odd factor
+/// divides exactly the multiples of it and sends the rest above `u64::MAX / odd`; rotating
+/// right by the power of two divides by it and moves any bit below it to the top. One multiply
+/// and one rotate, where `off / SLOT_SIZE` and a check that it divides would take a multiply by
+/// the reciprocal, shifts and a second multiply (and two registers the multiply clobbers).
+#[inline(always)]
+fn slot_of_offset(off: u64) -> u64 {
+    off.wrapping_mul(SLOT_ODD_INV).rotate_right(SLOT_SIZE.trailing_zeros())
 }
 
 // SAFETY: slot i is mbuf table[i]'s pinned buffer (SLOT_SIZE bytes at base + i * SLOT_SIZE, in
@@ -354,17 +394,15 @@ impl RxQueue for DpdkRx {
             return 0;
         }
         let bufs = self.shared.bufs;
-        let slots = bufs.slots.map();
         // The shared pool is external (shared_bufs made it so).
         let Some(adopter) = bufs.pool.adopter() else {
             unreachable!("the shared DPDK pool is an external pool")
         };
+        let slots = bufs.slots.map_upto(adopter.count());
         // The common case first, as one pass that keeps the burst's length in a register: every
         // mbuf adopted as is. The general loop takes over from the first that is not.
-        let before = out.len();
         // SAFETY: rx_burst handed us these mbufs; each is adopted here or left to the loop below.
-        out.extend(self.mbufs[..n].iter().map_while(|&p| unsafe { adopt_own(&slots, &adopter, p) }));
-        let adopted = out.len() - before;
+        let adopted = unsafe { adopt_while_own(&slots, &adopter, &self.mbufs[..n], out) };
         let mut got = adopted;
         // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
         let mut unused = 0;
@@ -390,6 +428,42 @@ impl RxQueue for DpdkRx {
     }
 }
 
+/// Adopts the mbufs at the front of `mbufs` as long as each is one of the shared pool's with
+/// its own buffer ([`adopt_own`]), onto `out` (which has room for them all); returns how many.
+/// Out of line, and with no call in its loop, so that the loop keeps everything in registers.
+///
+/// # Safety
+/// The mbufs are valid mbufs that the caller holds; those adopted are handed over.
+#[inline(never)]
+unsafe fn adopt_while_own(
+    slots: &SlotMap<'_>,
+    adopter: &Adopter<'_>,
+    mbufs: &[*mut rte_mbuf],
+    out: &mut Burst,
+) -> usize {
+    // SAFETY: valid mbufs the caller holds; the slot of each adopted is its own (own_slot)
+    // and is handed over with it (contract).
+    unsafe { adopter.adopt_while(mbufs, out, |p| own_window(slots, p)) }
+}
+
+/// What mbuf `p` holds, `(slot, data offset, data length)`, when it is one of the shared pool's,
+/// in one segment, with its own buffer (see [`SlotMap::own_slot`]).
+///
+/// # Safety
+/// `p` is a valid mbuf.
+#[inline(always)]
+unsafe fn own_window(slots: &SlotMap<'_>, p: *mut rte_mbuf) -> Option<(u32, u16, u16)> {
+    // ManuallyDrop: only looked at.
+    // SAFETY: a valid mbuf (contract).
+    let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
+    if m.nb_segs() != 1 {
+        return None;
+    }
+    let idx = slots.own_slot(p, m.buf_addr() as usize)?;
+    // data_off and data_len are u16 (adopt checks that the window fits the slot).
+    Some((idx, m.headroom() as u16, m.data_len() as u16))
+}
+
 /// Mbuf `p` as a buffer of the shared pool, when it is one of the pool's, in one segment, with
 /// its own buffer (see [`SlotMap::own_slot`]); `None` (and `p` untouched) otherwise.
 ///
@@ -398,20 +472,15 @@ impl RxQueue for DpdkRx {
 /// buffer.
 #[inline(always)]
 unsafe fn adopt_own(slots: &SlotMap<'_>, adopter: &Adopter<'_>, p: *mut rte_mbuf) -> Option<PacketBuf> {
-    // ManuallyDrop: the mbuf is adopted, or left to the caller.
-    // SAFETY: a valid mbuf the caller holds (contract).
-    let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
-    if m.nb_segs() != 1 {
-        return None;
-    }
-    let idx = slots.own_slot(p, m.buf_addr() as usize)?;
+    // SAFETY: a valid mbuf (contract).
+    let (idx, head, len) = unsafe { own_window(slots, p) }?;
     // The mbuf is the caller's, handed over with the buffer (contract), and its buffer is slot
     // idx (own_slot); it stays allocated as the slot's owner until the buffer gives it back
     // (MbufSlots::free) or TX passes it on; nobody else holds slot idx, since only its mbuf's
-    // holder can. data_off and data_len are u16; adopt checks that the window fits the slot
-    // (it does: the mbuf's buffer is the slot, buf_len == SLOT_SIZE).
+    // holder can. adopt checks that the window fits the slot (it does: the mbuf's buffer is
+    // the slot, buf_len == SLOT_SIZE).
     // SAFETY: slot idx is owned by this mbuf, which is handed over (above).
-    unsafe { adopter.adopt(idx, m.headroom() as u16, m.data_len() as u16) }
+    unsafe { adopter.adopt(idx, head, len) }
 }
 
 /// An mbuf received that is not one of the shared pool's with its own buffer (another pool's,
@@ -844,6 +913,36 @@ mod tests {
     /// RX adopts a buffer only when it is the mbuf's own slot: the right mbuf at the start of
     /// its slot, nothing else (another mbuf's slot, an offset inside a slot, memory outside
     /// the region, as a driver-attached buffer would be).
+    #[test]
+    fn slot_of_offset_divides_exactly_the_multiples_of_the_slot_size() {
+        let s = SLOT_SIZE as u64;
+        let above = u64::MAX / s;
+        let check = |off: u64| {
+            let got = slot_of_offset(off);
+            if off.is_multiple_of(s) {
+                assert_eq!(got, off / s, "{off:#x}");
+            } else {
+                assert!(got > above, "{off:#x} is not a multiple of {s}, got {got}");
+            }
+        };
+        // Every offset of the first slots, the last multiples below 2^64 and their neighbours,
+        // offsets "below" the region (a buffer address under the base wraps around), and a
+        // spread of others.
+        (0..64 * s + 1).for_each(check);
+        for k in [above - 2, above - 1, above] {
+            (k * s - 200..=(k * s).saturating_add(200)).for_each(check);
+        }
+        (1..20_000u64).map(|d| 0u64.wrapping_sub(d)).for_each(check);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check(x);
+            check(x - x % s);
+        }
+    }
+
     #[test]
     fn only_an_mbufs_own_slot_is_adopted() {
         let _serial = serial();
