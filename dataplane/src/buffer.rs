@@ -790,8 +790,11 @@ fn forget_front<const N: usize>(burst: &mut ArrayVec<PacketBuf, N>, n: usize) {
     // forgotten ones are overwritten or cut off, never dropped or used again from here.
     // SAFETY: initialised handles moved within the burst's storage, each held once (above).
     unsafe {
-        let p = burst.as_mut_ptr();
-        std::ptr::copy(p.add(n), p, rest);
+        // Nothing left to move when the whole burst goes (a burst handed over whole): no call.
+        if rest != 0 {
+            let p = burst.as_mut_ptr();
+            std::ptr::copy(p.add(n), p, rest);
+        }
         burst.set_len(rest);
     }
 }

@@ -222,7 +222,9 @@ impl TxBatches {
         let fit = burst.len().min(b.frames.remaining_capacity());
         b.bytes += if fit == burst.len() { bytes } else { burst[..fit].iter().map(|f| f.len() as u64).sum() };
         crate::buffer::move_front(burst, &mut b.frames, fit);
-        b.overflow(burst.drain(..), cache);
+        if !burst.is_empty() {
+            b.overflow(burst.drain(..), cache);
+        }
     }
 
     /// Whether anything is waiting.
