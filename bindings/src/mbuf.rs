@@ -76,6 +76,21 @@ impl Mbuf {
         true
     }
 
+    /// [`Mbuf::set_window`] for a caller that knows the checks it makes to hold: no check.
+    ///
+    /// # Safety
+    /// The mbuf has one segment, and `off + len` is at most its buffer's length (`buf_len`).
+    #[inline]
+    pub unsafe fn set_window_unchecked(&mut self, off: u16, len: u16) {
+        // SAFETY: self owns a valid mbuf exclusively (&mut self).
+        let m = unsafe { self.0.as_mut() };
+        debug_assert!(u32::from(off) + u32::from(len) <= u32::from(m.buf_len) && m.nb_segs == 1);
+        m.data_off = off;
+        m.data_len = len;
+        m.pkt_len = u32::from(len);
+        m.ol_flags &= sys::RTE_MBUF_F_EXTERNAL;
+    }
+
     /// Offload and status flags (`ol_flags`), e.g. [`sys::RTE_MBUF_F_EXTERNAL`].
     pub fn ol_flags(&self) -> u64 {
         self.raw().ol_flags

@@ -20,6 +20,12 @@
 //!   place, so the attached buffer would never be given back. A buffer is adopted only when `table[idx]` is the very mbuf and its
 //!   `buf_addr` the start of slot `idx`.
 //!
+//! Plain mbufs (invariant): every mbuf of the shared pool whose slot switchyard holds as a
+//! buffer has one segment and a buffer of exactly [`SLOT_SIZE`] bytes, its slot (RX adopts
+//! only single-segment mbufs whose buffer is their own slot; an mbuf switchyard allocates is
+//! reset to one segment; the pool is made with buffers of SLOT_SIZE bytes, which nothing
+//! changes). So TX sets a buffer's window in its mbuf without checking either again.
+//!
 //! Direct-looking mbufs (invariant): the shared pool's mbufs do not carry
 //! `RTE_MBUF_F_EXTERNAL` ([`Mempool::make_pinned_direct`], right after the pool is made), so
 //! DPDK frees them on its direct-mbuf fast path instead of the pinned-extbuf one (an
@@ -534,9 +540,11 @@ impl TxQueue for DpdkTx {
             // nobody else's; it is only written here, and passed on (below) or left to b.
             // SAFETY: mbuf p is allocated and ours (above); ManuallyDrop: b still owns it.
             let mut m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
-            if !m.set_window(head, len) {
-                break;
-            }
+            // The window is inside slot idx (head + len <= SLOT_SIZE, a buffer's invariant),
+            // which is all of p's buffer, and p has one segment (the shared pool's invariant,
+            // see the module documentation).
+            // SAFETY: one segment, and the window within buf_len (above).
+            unsafe { m.set_window_unchecked(head, len) };
             *slot = p;
             k += 1;
         }
