@@ -144,8 +144,8 @@ impl SlotMap<'_> {
         let idx = slot_of_offset(buf_addr.wrapping_sub(self.base) as u64);
         // Below the table's length only when the offset is a multiple of SLOT_SIZE
         // (slot_of_offset), so the buffer starts exactly at slot idx.
-        let idx = usize::try_from(idx).ok()?;
-        (self.table.get(idx)? == &p).then_some(idx as u32)
+        let idx = u32::try_from(idx).ok()?;
+        (self.table.get(idx as usize)? == &p).then_some(idx)
     }
 
     /// The mbuf that owns slot `idx`.
@@ -404,11 +404,11 @@ impl RxQueue for DpdkRx {
         let Some(adopter) = bufs.pool.adopter() else {
             unreachable!("the shared DPDK pool is an external pool")
         };
-        let slots = bufs.slots.map_upto(adopter.count());
+        let slots = bufs.slots.map();
         // The common case first, as one pass that keeps the burst's length in a register: every
         // mbuf adopted as is. The general loop takes over from the first that is not.
         // SAFETY: rx_burst handed us these mbufs; each is adopted here or left to the loop below.
-        let adopted = unsafe { adopt_while_own(&slots, &adopter, &self.mbufs[..n], out) };
+        let adopted = unsafe { adopt_while_own(&bufs.slots, adopter, &self.mbufs[..n], out) };
         let mut got = adopted;
         // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
         let mut unused = 0;
@@ -442,14 +442,17 @@ impl RxQueue for DpdkRx {
 /// The mbufs are valid mbufs that the caller holds; those adopted are handed over.
 #[inline(never)]
 unsafe fn adopt_while_own(
-    slots: &SlotMap<'_>,
-    adopter: &Adopter<'_>,
+    slots: &MbufSlots,
+    adopter: Adopter<'_>,
     mbufs: &[*mut rte_mbuf],
     out: &mut Burst,
 ) -> usize {
+    // Made here, next to the loop, so that the compiler sees that an index below the map's
+    // length is below the adopter's count as well (one check instead of two).
+    let map = slots.map_upto(adopter.count());
     // SAFETY: valid mbufs the caller holds; the slot of each adopted is its own (own_slot)
     // and is handed over with it (contract).
-    unsafe { adopter.adopt_while(mbufs, out, |p| own_window(slots, p)) }
+    unsafe { adopter.adopt_while(mbufs, out, |p| own_window(&map, p)) }
 }
 
 /// What mbuf `p` holds, `(slot, data offset, data length)`, when it is one of the shared pool's,
