@@ -292,6 +292,7 @@ impl MacTable {
         v.learn_probe(&v.probe_u64(vlan, mac.to_u64()), port, now, limit)
     }
 
+    #[cold]
     #[inline(never)]
     fn learn_slow(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
         loop {
@@ -564,6 +565,7 @@ impl FdbView<'_> {
     }
 
     /// [`FdbView::find`] along the whole probe sequence.
+    #[cold]
     #[inline(never)]
     fn find_further(&self, p: &Probe) -> Option<(usize, u64)> {
         let mut i = p.idx & self.mask;
