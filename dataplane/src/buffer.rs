@@ -993,16 +993,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn external_pool_gives_slots_back_to_their_owner() {
-        let count = 300;
+    /// A toy owner of `count` slots, all free, and the external pool over them; the region's
+    /// base too.
+    fn toy_pool(name: &str, count: usize) -> (Arc<Toy>, NonNull<u8>, Pool) {
         let mut toy =
             Toy { mem: vec![0u8; count * SLOT_SIZE].into_boxed_slice(), free: Default::default(), count };
         toy.free.get_mut().unwrap().extend((0..count as u32).rev());
         let base = NonNull::new(toy.mem.as_mut_ptr()).unwrap();
         let toy = Arc::new(toy);
         // SAFETY: the region is toy.mem, count slots, kept alive by the Arc the pool holds.
-        let ext = unsafe { Pool::external("ext", base, count, toy.clone()) }.unwrap();
+        let ext = unsafe { Pool::external(name, base, count, toy.clone()) }.unwrap();
+        (toy, base, ext)
+    }
+
+    #[test]
+    fn external_pool_gives_slots_back_to_their_owner() {
+        let count = 300;
+        let (toy, base, ext) = toy_pool("ext", count);
         assert!(ext.is_external());
         let regular = Pool::with_hugepages("reg", 16, false).unwrap();
         let mut worker = regular.cache();
@@ -1054,13 +1061,7 @@ mod tests {
     fn adopt_while_stops_at_the_first_refusal_and_at_capacity() {
         // Room for a worker cache's bulk (CACHE_BULK) and the slots handed over.
         let count = 200;
-        let mut toy =
-            Toy { mem: vec![0u8; count * SLOT_SIZE].into_boxed_slice(), free: Default::default(), count };
-        toy.free.get_mut().unwrap().extend((0..count as u32).rev());
-        let base = NonNull::new(toy.mem.as_mut_ptr()).unwrap();
-        let toy = Arc::new(toy);
-        // SAFETY: the region is toy.mem, count slots, kept alive by the Arc the pool holds.
-        let ext = unsafe { Pool::external("aw", base, count, toy.clone()) }.unwrap();
+        let (toy, base, ext) = toy_pool("aw", count);
         let adopter = ext.adopter().unwrap();
         assert_eq!(adopter.count(), count);
         // Items: (slot or none, head, len); the window of an item is taken as is.
