@@ -21,10 +21,13 @@
 //!   `buf_addr` the start of slot `idx`.
 //!
 //! Plain mbufs (invariant): every mbuf of the shared pool whose slot switchyard holds as a
-//! buffer has one segment and a buffer of exactly [`SLOT_SIZE`] bytes, its slot (RX adopts
-//! only single-segment mbufs whose buffer is their own slot; an mbuf switchyard allocates is
-//! reset to one segment; the pool is made with buffers of SLOT_SIZE bytes, which nothing
-//! changes). So TX sets a buffer's window in its mbuf without checking either again.
+//! buffer has one segment and a buffer of exactly [`SLOT_SIZE`] bytes, its slot. RX adopts
+//! only single-segment mbufs whose `buf_addr` is the start of their own slot; an mbuf
+//! switchyard allocates is reset to one segment; `buf_len` is not checked per mbuf but set
+//! once, to SLOT_SIZE, when the pool is made (`shared_bufs` checks the size), and only an
+//! attach or detach would change it, which would change `buf_addr` too (see below). So TX's
+//! fast loop sets a buffer's window in its mbuf without checking either again
+//! (`Mbuf::set_window_unchecked`); the general loop keeps the checked `set_window`.
 //!
 //! Direct-looking mbufs (invariant): the shared pool's mbufs do not carry
 //! `RTE_MBUF_F_EXTERNAL` ([`Mempool::make_pinned_direct`], right after the pool is made), so
@@ -234,7 +237,8 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     }
     // The pool was just created and nothing else knows it yet. No mbuf of it is ever
     // cloned or attached to: switchyard has no such call (the bindings offer none), the TX
-    // path clears every offload request (set_window), so net_tap never runs GSO on them, and
+    // path clears every offload request (set_window, set_window_unchecked), so net_tap never
+    // runs GSO on them, and
     // the devargs that make a driver attach its own buffers on RX are refused at open, and
     // none of the drivers switchyard supports clones or attaches on TX (net_pcap, net_ring,
     // net_null, net_vhost, net_virtio_user, net_tap, net_af_packet, iavf, mlx5: checked in
@@ -435,7 +439,8 @@ impl RxQueue for DpdkRx {
 }
 
 /// Adopts the mbufs at the front of `mbufs` as long as each is one of the shared pool's with
-/// its own buffer ([`adopt_own`]), onto `out` (which has room for them all); returns how many.
+/// its own buffer ([`adopt_own`]), onto `out`; returns how many. It stops when `out` is full:
+/// the caller gives it room for them all (rx_burst asks the device for no more).
 /// Out of line, and with no call in its loop, so that the loop keeps everything in registers.
 ///
 /// # Safety
@@ -921,9 +926,6 @@ mod tests {
         );
     }
 
-    /// RX adopts a buffer only when it is the mbuf's own slot: the right mbuf at the start of
-    /// its slot, nothing else (another mbuf's slot, an offset inside a slot, memory outside
-    /// the region, as a driver-attached buffer would be).
     #[test]
     fn slot_of_offset_divides_exactly_the_multiples_of_the_slot_size() {
         let s = SLOT_SIZE as u64;
@@ -954,6 +956,9 @@ mod tests {
         }
     }
 
+    /// RX adopts a buffer only when it is the mbuf's own slot: the right mbuf at the start of
+    /// its slot, nothing else (another mbuf's slot, an offset inside a slot, memory outside
+    /// the region, as a driver-attached buffer would be).
     #[test]
     fn only_an_mbufs_own_slot_is_adopted() {
         let _serial = serial();
