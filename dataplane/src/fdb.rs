@@ -608,11 +608,12 @@ impl FdbView<'_> {
     /// [`MacTable::learn`] for a probe.
     #[inline]
     pub fn learn_probe(&self, p: &Probe, port: u16, now: u32, limit: u32) -> LearnOutcome {
-        // The common case, inlined: a dynamic entry on this port, already refreshed this
-        // second (one compare: the value holds nothing else). learn_slow does the rest, a
-        // static entry on this port included.
+        // The common cases, inlined: a dynamic entry on this port, already refreshed this
+        // second, or a static entry of this port (a VM's own MAC, which the cluster plan makes
+        // static: every frame of the VM learns it); one compare each, the value holding nothing
+        // else. Nothing to write for either. learn_slow does the rest.
         if let Some((_, v)) = self.find(p) {
-            if v == encode_val(port, false, now) {
+            if v == encode_val(port, false, now) || v == encode_val(port, true, 0) {
                 return LearnOutcome::Refreshed;
             }
         }
@@ -649,6 +650,14 @@ mod tests {
         let t = MacTable::new(16, 10).unwrap();
         t.insert_static(5, mac(7), 3).unwrap();
         assert_eq!(t.learn(5, mac(7), 4, 1, u32::MAX), LearnOutcome::StaticConflict { owner: 3 });
+        // Learning it on its own port (the inlined path, as every frame of a VM does) changes
+        // nothing, at any time.
+        let view = t.view();
+        for now in [0, 1, 1_000_000] {
+            assert_eq!(view.learn_probe(&t.probe(5, mac(7)), 3, now, u32::MAX), LearnOutcome::Refreshed);
+            assert_eq!(t.learn(5, mac(7), 3, now, u32::MAX), LearnOutcome::Refreshed);
+        }
+        assert_eq!(t.len(), 1);
         assert_eq!(t.lookup(5, mac(7), 1_000_000), Some(FdbHit { port: 3, is_static: true }));
         assert_eq!(t.age(1_000_000), 0);
         assert!(t.insert_static(5, MacAddr::BROADCAST, 3).is_err());
