@@ -64,15 +64,12 @@ impl Mbuf {
     /// offload request and RX flag but the external-buffer flag. False (nothing changed) when
     /// `off + len` is beyond the buffer or the mbuf has more than one segment.
     pub fn set_window(&mut self, off: u16, len: u16) -> bool {
-        // SAFETY: self owns a valid mbuf exclusively (&mut self).
-        let m = unsafe { self.0.as_mut() };
+        let m = self.raw();
         if u32::from(off) + u32::from(len) > u32::from(m.buf_len) || m.nb_segs != 1 {
             return false;
         }
-        m.data_off = off;
-        m.data_len = len;
-        m.pkt_len = u32::from(len);
-        m.ol_flags &= sys::RTE_MBUF_F_EXTERNAL;
+        // SAFETY: one segment and the window within buf_len (checked above).
+        unsafe { self.set_window_unchecked(off, len) };
         true
     }
 

@@ -296,16 +296,8 @@ impl Pool {
     /// the owner ([`ExternalSlots::free`]).
     #[inline]
     pub unsafe fn adopt(&self, idx: u32, head: u16, len: u16) -> Option<PacketBuf> {
-        let s = self.shared();
-        let ok = matches!(s.region, Region::External(_))
-            && (idx as usize) < s.count
-            && usize::from(head) + usize::from(len) <= SLOT_SIZE;
-        // Not `then_some`: that would build (and drop, freeing the slot) a buffer when !ok.
-        if ok {
-            Some(PacketBuf { pool: self.owner.0, idx, head, len })
-        } else {
-            None
-        }
+        // SAFETY: the caller hands the slot over (contract).
+        unsafe { self.adopter()?.adopt(idx, head, len) }
     }
 
     /// [`Pool::adopt`] for a whole burst: the checks that concern the pool (external, its
@@ -380,6 +372,13 @@ pub struct Adopter<'a> {
 }
 
 impl Adopter<'_> {
+    /// Whether slot `idx` with the window `[head, head + len)` may become a buffer of the pool:
+    /// a slot of it, the window inside the slot.
+    #[inline(always)]
+    fn admits(&self, idx: u32, head: u16, len: u16) -> bool {
+        (idx as usize) < self.count && usize::from(head) + usize::from(len) <= SLOT_SIZE
+    }
+
     /// The pool's number of slots: [`Adopter::adopt`] takes indices below it.
     #[inline]
     pub fn count(&self) -> usize {
@@ -407,7 +406,7 @@ impl Adopter<'_> {
         let mut k = 0;
         for &item in items {
             let Some((idx, head, len)) = window(item) else { break };
-            if (idx as usize) >= self.count || usize::from(head) + usize::from(len) > SLOT_SIZE {
+            if !self.admits(idx, head, len) {
                 break;
             }
             // start + k < N (items cut to the room left), so the element is in the array, at or
@@ -427,9 +426,8 @@ impl Adopter<'_> {
     /// As [`Pool::adopt`].
     #[inline]
     pub unsafe fn adopt(&self, idx: u32, head: u16, len: u16) -> Option<PacketBuf> {
-        let ok = (idx as usize) < self.count && usize::from(head) + usize::from(len) <= SLOT_SIZE;
-        // Not `then_some`: that would build (and drop, freeing the slot) a buffer when !ok.
-        if ok {
+        // Not `then_some`: that would build (and drop, freeing the slot) a buffer when refused.
+        if self.admits(idx, head, len) {
             Some(PacketBuf { pool: self.pool, idx, head, len })
         } else {
             None

@@ -113,10 +113,7 @@ impl MbufSlots {
     /// the table is known to be below the adopter's bound too (one check instead of two).
     #[inline]
     fn map_upto(&self, count: usize) -> SlotMap<'_> {
-        // At most u32::MAX slots (an index is a u32), so that an index below the length is
-        // one the adopter's u32 takes unchanged.
-        let len = count.min(self.table.len()).min(u32::MAX as usize);
-        SlotMap { base: self.base, table: &self.table[..len] }
+        SlotMap { base: self.base, table: &self.table[..count.min(self.table.len())] }
     }
 
     /// [`SlotMap::own_slot`].
