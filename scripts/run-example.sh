@@ -6,7 +6,7 @@
 # Needs root (namespaces, AF_PACKET); without it, falls back to the pcap replay of the example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRA_PKGS="iputils-ping tcpdump"
+EXTRA_PKGS="iputils-ping tcpdump netcat-openbsd"
 . scripts/setup.sh
 cargo build --release "${FEATURES[@]}"
 sy=$PWD/target/release/switchyard
@@ -59,6 +59,18 @@ ctl show ports
 
 echo "== vm-a -> vm-b: both in VLAN 100 on the switch"
 ip netns exec sy-vm-a ping -c 3 -i 0.2 -W 1 198.51.100.2
+echo "== vm-a -> vm-b: a 20 MB TCP transfer (the veths keep their default checksum offload and TSO)"
+head -c 20000000 /dev/urandom >"$tmp/blob"
+ip netns exec sy-vm-b timeout 30 nc -l 198.51.100.2 5201 >"$tmp/got" &
+srv=$!
+sleep 0.3
+ip netns exec sy-vm-a timeout 30 nc -N 198.51.100.2 5201 <"$tmp/blob"
+wait "$srv"
+if cmp -s "$tmp/blob" "$tmp/got"; then
+  echo "   20000000 bytes arrived intact: $(sha256sum <"$tmp/got" | cut -c1-16)..."
+else
+  echo "TCP transfer through the switch failed ($(stat -c %s "$tmp/got") bytes arrived)"; exit 1
+fi
 echo "== vm-a asks for 198.51.100.9, an address behind the uplink: the broadcast leaves eth1 tagged 100"
 if command -v tcpdump >/dev/null; then
   ip netns exec sy-ext timeout 4 tcpdump -l -c 2 -eni ext0 arp 2>/dev/null &

@@ -24,6 +24,7 @@
 use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
 use crate::switch::DropReason;
+use crate::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -39,6 +40,7 @@ const PACKET_TX_RING: libc::c_int = 13;
 const PACKET_LOSS: libc::c_int = 14;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
 const PACKET_FANOUT_HASH: u32 = 0;
@@ -114,6 +116,9 @@ const H3_VLAN_TPID: usize = 36;
 const H3_SIZE: usize = 48;
 /// sockaddr_ll.sll_pkttype, after the (16-aligned) tpacket3_hdr.
 const H3_PKTTYPE: usize = H3_SIZE + 10;
+/// With `PACKET_VNET_HDR` the kernel puts the virtio-net header just before the frame, after
+/// the tpacket3_hdr and the 20-byte sockaddr_ll: the frame offset is at least this.
+const H3_MAC_MIN_VNET: usize = H3_SIZE + 20 + VNET_HDR_LEN;
 
 // struct tpacket2_hdr { u32 tp_status; u32 tp_len; u32 tp_snaplen; u16 tp_mac; u16 tp_net;
 // u32 tp_sec; u32 tp_nsec; u16 tp_vlan_tci; u16 tp_vlan_tpid; u8 pad[4] }: 32 bytes. On TX,
@@ -607,6 +612,11 @@ struct RxRing {
     in_block: bool,
     left: u32,
     next_off: usize,
+    /// The socket hands over the virtio-net header (`PACKET_VNET_HDR`): partial checksums
+    /// are finished here and GSO super-frames segmented.
+    vnet: bool,
+    /// A super-frame of the current block whose segments did not all fit the last burst.
+    pending: Option<PendingGso>,
 }
 
 impl RxRing {
@@ -620,6 +630,17 @@ impl RxRing {
         let raw = fd.as_raw_fd();
         setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
             .map_err(|e| io(port, "PACKET_VERSION TPACKET_V3", e))?;
+        // A pod's veth sends with checksum offload and TSO on: without the virtio-net header
+        // its TCP and UDP frames would be forwarded with partial checksums and as 64 KiB
+        // super-frames. The header must be asked for before the ring exists.
+        let on: libc::c_int = 1;
+        let vnet = match setsockopt(raw, libc::SOL_PACKET, PACKET_VNET_HDR, &on) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "PACKET_VNET_HDR refused: frames with offloads from this interface will be dropped as bad_offload or oversize");
+                false
+            }
+        };
         let page = page_size();
         // The kernel allocates each block as a power-of-two number of pages.
         let block_size = (opts.rx_block_size as usize).max(page).next_power_of_two();
@@ -656,7 +677,18 @@ impl RxRing {
             setsockopt(raw, libc::SOL_PACKET, PACKET_FANOUT, &arg)
                 .map_err(|e| io(port, "PACKET_FANOUT", e))?;
         }
-        Ok(RxRing { fd, map, block_size, block_nr, cur: 0, in_block: false, left: 0, next_off: 0 })
+        Ok(RxRing {
+            fd,
+            map,
+            block_size,
+            block_nr,
+            cur: 0,
+            in_block: false,
+            left: 0,
+            next_off: 0,
+            vnet,
+            pending: None,
+        })
     }
 
     #[inline]
@@ -712,53 +744,154 @@ impl Drop for AfPacketRx {
     }
 }
 
+/// What one received frame became.
+enum RxFrame {
+    /// A finished frame in a buffer.
+    Buf(PacketBuf),
+    /// A GSO super-frame (its bytes at `data` in the ring), to be cut into segments.
+    Gso(PendingGso),
+}
+
+/// A super-frame being cut into segments, possibly across bursts: its block stays with user
+/// space until the last segment is out.
+struct PendingGso {
+    /// Offset of the frame's bytes in the ring, and their length.
+    data: usize,
+    len: usize,
+    /// The VLAN tag the kernel took out (TPID and TCI), put back into every segment.
+    tag: Option<[u8; VLAN_HLEN]>,
+    seg: Segmenter,
+}
+
+/// The tag the kernel stripped from a frame, if it did.
+fn stripped_tag(map: &RingMap, hdr: usize, status: u32) -> Option<[u8; VLAN_HLEN]> {
+    if status & TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    let tci = map.read_u32(hdr + H3_VLAN_TCI) as u16;
+    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
+        match map.read_u16(hdr + H3_VLAN_TPID) {
+            0 => ETH_P_8021Q,
+            t => t,
+        }
+    } else {
+        ETH_P_8021Q
+    };
+    let (p, t) = (tpid.to_be_bytes(), tci.to_be_bytes());
+    Some([p[0], p[1], t[0], t[1]])
+}
+
 /// Copies one received frame (given by its header at `hdr` in the ring) into a buffer,
-/// putting back a VLAN tag the kernel took out. `Err` names the drop reason.
+/// putting back a VLAN tag the kernel took out and finishing a checksum the sender left to
+/// the device. A GSO super-frame is handed back for segmentation. `Err` names the drop reason.
 #[inline]
 fn rx_frame(
     map: &RingMap,
     hdr: usize,
     hdr_room: usize,
+    vnet: bool,
     cache: &mut PoolCache,
-) -> Result<PacketBuf, DropReason> {
+) -> Result<RxFrame, DropReason> {
     let snaplen = map.read_u32(hdr + H3_SNAPLEN) as usize;
     let wire_len = map.read_u32(hdr + H3_LEN) as usize;
     let status = map.read_u32(hdr + H3_STATUS);
     let mac = map.read_u16(hdr + H3_MAC) as usize;
-    let vlan = status & TP_STATUS_VLAN_VALID != 0;
-    let extra = if vlan { VLAN_HLEN } else { 0 };
-    if wire_len + extra > DATA_ROOM {
-        return Err(DropReason::Oversize);
-    }
+    let tag = stripped_tag(map, hdr, status);
+    let extra = if tag.is_some() { VLAN_HLEN } else { 0 };
     if snaplen < wire_len || mac > hdr_room || snaplen > hdr_room - mac {
         return Err(DropReason::TruncatedCapture);
     }
-    if snaplen < 12 && vlan {
+    let vh = if vnet {
+        if mac < H3_MAC_MIN_VNET {
+            return Err(DropReason::BadOffload);
+        }
+        let mut b = [0u8; VNET_HDR_LEN];
+        b.copy_from_slice(map.bytes(hdr + mac - VNET_HDR_LEN, VNET_HDR_LEN));
+        VnetHdrRepr::parse(&b)
+    } else {
+        VnetHdrRepr::default()
+    };
+    if vh.is_gso() {
+        let data = hdr + mac;
+        let seg = Segmenter::new(map.bytes(data, snaplen), &vh).map_err(|_| DropReason::BadOffload)?;
+        if seg.max_segment_len() + extra > DATA_ROOM {
+            return Err(DropReason::Oversize);
+        }
+        return Ok(RxFrame::Gso(PendingGso { data, len: snaplen, tag, seg }));
+    }
+    if wire_len + extra > DATA_ROOM {
+        return Err(DropReason::Oversize);
+    }
+    if snaplen < 12 && tag.is_some() {
         return Err(DropReason::Runt);
     }
     let data = map.bytes(hdr + mac, snaplen);
     let mut buf = cache.alloc().ok_or(DropReason::NoBuffer)?;
     let tail = buf.tail_mut();
-    if vlan {
-        let tci = map.read_u32(hdr + H3_VLAN_TCI) as u16;
-        let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
-            match map.read_u16(hdr + H3_VLAN_TPID) {
-                0 => ETH_P_8021Q,
-                t => t,
-            }
-        } else {
-            ETH_P_8021Q
-        };
+    if let Some(t) = tag {
         tail[..12].copy_from_slice(&data[..12]);
-        tail[12..14].copy_from_slice(&tpid.to_be_bytes());
-        tail[14..16].copy_from_slice(&tci.to_be_bytes());
+        tail[12..16].copy_from_slice(&t);
         tail[16..16 + snaplen - 12].copy_from_slice(&data[12..]);
     } else {
         tail[..snaplen].copy_from_slice(data);
     }
+    if vh.needs_csum() {
+        // csum_start counts from the frame as the kernel had it, without the stripped tag.
+        let start = usize::from(vh.csum_start) + if usize::from(vh.csum_start) >= 12 { extra } else { 0 };
+        if complete_checksum(&mut tail[..snaplen + extra], start, usize::from(vh.csum_offset)).is_err() {
+            cache.free(buf);
+            return Err(DropReason::BadOffload);
+        }
+    }
     // Cannot fail: snaplen + extra <= DATA_ROOM, the room after the default headroom.
     let _ = buf.set_len(snaplen + extra);
-    Ok(buf)
+    Ok(RxFrame::Buf(buf))
+}
+
+/// Moves the next segments of a super-frame into `out`, up to `room` of them; `true` once
+/// the last one is out (or the rest are dropped).
+fn rx_segments(
+    map: &RingMap,
+    p: &mut PendingGso,
+    cache: &mut PoolCache,
+    out: &mut Burst,
+    room: usize,
+    drops: &mut DropTally,
+) -> (usize, bool) {
+    let frame = map.bytes(p.data, p.len);
+    let mut n = 0;
+    while n < room && !p.seg.finished() {
+        let Some(mut buf) = cache.alloc() else {
+            let left = p.seg.remaining();
+            drops.add(DropReason::NoBuffer, u32::try_from(left).unwrap_or(u32::MAX));
+            return (n, true);
+        };
+        let extra = if p.tag.is_some() { VLAN_HLEN } else { 0 };
+        let tail = buf.tail_mut();
+        let room_for_seg = tail.len().min(DATA_ROOM) - extra;
+        match p.seg.next_into(frame, &mut tail[..room_for_seg]) {
+            Ok(Some(len)) => {
+                if let Some(t) = p.tag {
+                    tail.copy_within(12..len, 16);
+                    tail[12..16].copy_from_slice(&t);
+                }
+                // Cannot fail: len + extra <= DATA_ROOM.
+                let _ = buf.set_len(len + extra);
+                out.push(buf);
+                n += 1;
+            }
+            Ok(None) => {
+                cache.free(buf);
+                break;
+            }
+            Err(_) => {
+                cache.free(buf);
+                drops.add(DropReason::BadOffload, 1);
+                return (n, true);
+            }
+        }
+    }
+    (n, p.seg.finished())
 }
 
 impl RxQueue for AfPacketRx {
@@ -811,6 +944,14 @@ impl RxQueue for AfPacketRx {
                 ring.next_off = ring.map.read_u32(off + BD_FIRST_PKT) as usize;
                 ring.in_block = true;
             }
+            if let Some(p) = ring.pending.as_mut() {
+                let (k, done) = rx_segments(&ring.map, p, cache, out, room - n, drops);
+                n += k;
+                if !done {
+                    break;
+                }
+                ring.pending = None;
+            }
             let boff = ring.block_off();
             while ring.left > 0 && n < room {
                 let rel = ring.next_off;
@@ -826,13 +967,24 @@ impl RxQueue for AfPacketRx {
                 if pkttype == PACKET_OUTGOING {
                     continue;
                 }
-                match rx_frame(&ring.map, hdr, ring.block_size - rel, cache) {
-                    Ok(b) => {
+                match rx_frame(&ring.map, hdr, ring.block_size - rel, ring.vnet, cache) {
+                    Ok(RxFrame::Buf(b)) => {
                         out.push(b);
                         n += 1;
                     }
+                    Ok(RxFrame::Gso(mut p)) => {
+                        let (k, done) = rx_segments(&ring.map, &mut p, cache, out, room - n, drops);
+                        n += k;
+                        if !done {
+                            ring.pending = Some(p);
+                            break;
+                        }
+                    }
                     Err(r) => drops.add(r, 1),
                 }
+            }
+            if ring.pending.is_some() {
+                break;
             }
             if ring.left == 0 {
                 ring.release_block();

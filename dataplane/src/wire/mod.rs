@@ -9,6 +9,7 @@ pub mod arp;
 pub mod ethernet;
 pub mod ip;
 pub mod mac;
+pub mod offload;
 
 pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, L2Header, VlanTci};

@@ -109,7 +109,7 @@ impl Drop for LinkGuard {
 }
 
 /// Runs `f` with this thread in network namespace `ns`, then moves the thread back.
-fn in_netns<T>(ns: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let open = |p: &str| -> Result<OwnedFd, String> {
         let c = std::ffi::CString::new(p).unwrap();
         // SAFETY: open(2) of a NUL-terminated path.

@@ -1,0 +1,637 @@
+//! The virtio-net header (`struct virtio_net_hdr`, 10 bytes) that kernel ports put before a
+//! frame when asked to (`PACKET_VNET_HDR` on AF_PACKET, `IFF_VNET_HDR` on TAP), and the work
+//! it hands over: a checksum left for the device to finish (`NEEDS_CSUM`) and a TCP or UDP
+//! super-frame left for the device to cut into MSS-sized segments (GSO).
+//!
+//! A pod's veth has transmit checksum offload and TSO on by default, so the frames a switch
+//! takes from it carry partial checksums and can be up to 64 KiB long. Every other port of
+//! the switch (a vhost-user guest, a DPDK VF, a kernel port without the header) expects
+//! finished frames, so the frames are finished where they enter: [`complete_checksum`] and
+//! [`Segmenter`].
+//!
+//! The promise: whatever the header and the frame say, nothing here panics or reads or writes
+//! outside the slices it is given; a request that cannot be carried out is an
+//! [`OffloadError`], and the caller drops the frame under a named counter.
+
+/// Size of `struct virtio_net_hdr` (without `num_buffers`).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// `flags`: the checksum from `csum_start` on is for the device to finish.
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// `gso_type` values.
+pub const VNET_GSO_NONE: u8 = 0;
+pub const VNET_GSO_TCPV4: u8 = 1;
+pub const VNET_GSO_UDP: u8 = 3;
+pub const VNET_GSO_TCPV6: u8 = 4;
+pub const VNET_GSO_UDP_L4: u8 = 5;
+/// `gso_type` flag: the TCP super-frame carries ECN (CWR goes on the first segment only,
+/// which this module always does).
+pub const VNET_GSO_ECN: u8 = 0x80;
+
+// Offsets inside the header (native byte order: the legacy virtio layout the kernel uses for
+// packet sockets and, without TUNSETVNETLE/BE, for TAP).
+const H_FLAGS: usize = 0;
+const H_GSO_TYPE: usize = 1;
+const H_HDR_LEN: usize = 2;
+const H_GSO_SIZE: usize = 4;
+const H_CSUM_START: usize = 6;
+const H_CSUM_OFFSET: usize = 8;
+
+const ETH_TYPE: usize = 12;
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+
+const IPV4_TOTAL_LEN: usize = 2;
+const IPV4_ID: usize = 4;
+const IPV4_CHECKSUM: usize = 10;
+const IPV4_SRC: usize = 12;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_PAYLOAD_LEN: usize = 4;
+const IPV6_SRC: usize = 8;
+const IPV6_HLEN: usize = 40;
+
+const TCP_SEQ: usize = 4;
+const TCP_DATA_OFF: usize = 12;
+const TCP_FLAGS: usize = 13;
+const TCP_CHECKSUM: usize = 16;
+const TCP_MIN_HLEN: usize = 20;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+const UDP_LEN: usize = 4;
+const UDP_CHECKSUM: usize = 6;
+const UDP_HLEN: usize = 8;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// Why an offload request cannot be carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    #[error("checksum start {start} + offset {offset} outside a frame of {len} bytes")]
+    ChecksumOutOfFrame { start: usize, offset: usize, len: usize },
+    #[error("segmentation type {0:#x} not supported")]
+    GsoUnsupported(u8),
+    #[error("segmentation of a frame whose headers do not parse ({0})")]
+    GsoMalformed(&'static str),
+    #[error("segment of {0} bytes does not fit the buffer")]
+    SegmentTooLarge(usize),
+}
+
+/// A parsed virtio-net header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdrRepr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdrRepr {
+    /// Reads a header from its 10 bytes.
+    pub fn parse(b: &[u8; VNET_HDR_LEN]) -> VnetHdrRepr {
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        VnetHdrRepr {
+            flags: b[H_FLAGS],
+            gso_type: b[H_GSO_TYPE],
+            hdr_len: u16_at(H_HDR_LEN),
+            gso_size: u16_at(H_GSO_SIZE),
+            csum_start: u16_at(H_CSUM_START),
+            csum_offset: u16_at(H_CSUM_OFFSET),
+        }
+    }
+
+    /// Writes the header into its 10 bytes.
+    pub fn emit(&self, b: &mut [u8; VNET_HDR_LEN]) {
+        b[H_FLAGS] = self.flags;
+        b[H_GSO_TYPE] = self.gso_type;
+        b[H_HDR_LEN..H_HDR_LEN + 2].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[H_GSO_SIZE..H_GSO_SIZE + 2].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[H_CSUM_START..H_CSUM_START + 2].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[H_CSUM_OFFSET..H_CSUM_OFFSET + 2].copy_from_slice(&self.csum_offset.to_ne_bytes());
+    }
+
+    pub fn needs_csum(&self) -> bool {
+        self.flags & VNET_F_NEEDS_CSUM != 0
+    }
+
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !VNET_GSO_ECN != VNET_GSO_NONE
+    }
+}
+
+/// The ones' complement sum of `data` (as big-endian 16-bit words, an odd last byte padded
+/// with zero) added to `acc`, not yet folded.
+pub fn ones_sum(data: &[u8], mut acc: u64) -> u64 {
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    acc + u64::from(u32::from_be_bytes(tail))
+}
+
+/// Folds a sum from [`ones_sum`] to 16 bits.
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Finishes a checksum left partial: the 16-bit field at `start + offset` holds the sum of
+/// the pseudo-header, and the checksum covers everything from `start` to the end of the
+/// frame. A result of zero is written as 0xffff (as the kernel's `skb_checksum_help` does:
+/// zero means "no checksum" to UDP).
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), OffloadError> {
+    let err = OffloadError::ChecksumOutOfFrame { start, offset, len: frame.len() };
+    let field = start.checked_add(offset).ok_or(err)?;
+    if field.checked_add(2).is_none_or(|end| end > frame.len()) {
+        return Err(err);
+    }
+    let c = !fold(ones_sum(&frame[start..], 0));
+    let c = if c == 0 { 0xffff } else { c };
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// The layer-4 protocol of a super-frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4 {
+    Tcp,
+    Udp,
+}
+
+/// Cuts a GSO super-frame into finished segments, one per call of [`Segmenter::next_into`].
+///
+/// Holds only offsets and counts, not the frame, so that a caller can keep it across bursts
+/// while the frame stays where it is (in a ring) and pass the frame again each time. Every
+/// segment carries the super-frame's headers with the lengths, the IPv4 identification and
+/// header checksum, the TCP sequence number and flags (FIN and PSH on the last segment only,
+/// CWR on the first only) and the layer-4 checksum rewritten, as the kernel's own software
+/// segmentation writes them.
+#[derive(Debug, Clone)]
+pub struct Segmenter {
+    l3: usize,
+    l4: usize,
+    /// Length of all headers (the payload starts here).
+    hdrs: usize,
+    ipv4: bool,
+    proto: L4,
+    mss: usize,
+    /// Payload bytes of the super-frame.
+    payload: usize,
+    /// Payload bytes already emitted.
+    done: usize,
+    /// Segments already emitted.
+    index: u32,
+}
+
+impl Segmenter {
+    /// Checks the super-frame's headers against the request. `csum_start` of the header is
+    /// taken as the layer-4 offset (the kernel always sets it with GSO).
+    pub fn new(frame: &[u8], h: &VnetHdrRepr) -> Result<Segmenter, OffloadError> {
+        let kind = h.gso_type & !VNET_GSO_ECN;
+        let (want_v4, proto) = match kind {
+            VNET_GSO_TCPV4 => (Some(true), L4::Tcp),
+            VNET_GSO_TCPV6 => (Some(false), L4::Tcp),
+            VNET_GSO_UDP_L4 => (None, L4::Udp),
+            other => return Err(OffloadError::GsoUnsupported(other)),
+        };
+        // The layer-3 offset: after the Ethernet header and any tags still in the frame.
+        let mut l3 = ETH_HLEN;
+        let mut ethertype = be16(frame, ETH_TYPE).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
+        while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+            ethertype = be16(frame, l3 + 2).ok_or(OffloadError::GsoMalformed("VLAN tag"))?;
+            l3 += VLAN_HLEN;
+        }
+        let ipv4 = match ethertype {
+            ETHERTYPE_IPV4 => true,
+            ETHERTYPE_IPV6 => false,
+            _ => return Err(OffloadError::GsoMalformed("not IP")),
+        };
+        if want_v4.is_some_and(|v4| v4 != ipv4) {
+            return Err(OffloadError::GsoMalformed("IP version differs from the GSO type"));
+        }
+        let l4 = usize::from(h.csum_start);
+        let min_l3 = if ipv4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
+        if l4 < l3 + min_l3 {
+            return Err(OffloadError::GsoMalformed("layer-4 offset inside the IP header"));
+        }
+        let l4_hlen = match proto {
+            L4::Tcp => {
+                let off = frame.get(l4 + TCP_DATA_OFF).ok_or(OffloadError::GsoMalformed("TCP"))?;
+                usize::from(off >> 4) * 4
+            }
+            L4::Udp => UDP_HLEN,
+        };
+        if proto == L4::Tcp && l4_hlen < TCP_MIN_HLEN {
+            return Err(OffloadError::GsoMalformed("TCP data offset"));
+        }
+        let hdrs = l4 + l4_hlen;
+        if hdrs > frame.len() {
+            return Err(OffloadError::GsoMalformed("headers past the frame"));
+        }
+        let mss = usize::from(h.gso_size);
+        if mss == 0 {
+            return Err(OffloadError::GsoMalformed("segment size 0"));
+        }
+        Ok(Segmenter { l3, l4, hdrs, ipv4, proto, mss, payload: frame.len() - hdrs, done: 0, index: 0 })
+    }
+
+    /// Segments this super-frame makes in all.
+    pub fn count(&self) -> usize {
+        self.payload.div_ceil(self.mss).max(1)
+    }
+
+    /// Segments not yet emitted.
+    pub fn remaining(&self) -> usize {
+        self.count().saturating_sub(self.index as usize)
+    }
+
+    /// Whether every segment has been emitted.
+    pub fn finished(&self) -> bool {
+        self.index as usize >= self.count()
+    }
+
+    /// The largest segment, headers included.
+    pub fn max_segment_len(&self) -> usize {
+        self.hdrs + self.mss.min(self.payload)
+    }
+
+    /// Writes the next segment into `out` and returns its length; `Ok(None)` once all are
+    /// out. `frame` must be the frame given to [`Segmenter::new`].
+    pub fn next_into(&mut self, frame: &[u8], out: &mut [u8]) -> Result<Option<usize>, OffloadError> {
+        if self.finished() {
+            return Ok(None);
+        }
+        let chunk = self.mss.min(self.payload - self.done);
+        let len = self.hdrs + chunk;
+        let src = frame.get(self.hdrs + self.done..self.hdrs + self.done + chunk);
+        let (Some(src), Some(seg)) = (src, out.get_mut(..len)) else {
+            return Err(OffloadError::SegmentTooLarge(len));
+        };
+        seg[..self.hdrs].copy_from_slice(&frame[..self.hdrs]);
+        seg[self.hdrs..].copy_from_slice(src);
+        let first = self.index == 0;
+        let last = self.done + chunk == self.payload;
+        let l4_len = len - self.l4;
+        if self.ipv4 {
+            let ip = &mut seg[self.l3..self.l4];
+            put16(ip, IPV4_TOTAL_LEN, (len - self.l3) as u16);
+            let id = be16(ip, IPV4_ID).unwrap_or(0).wrapping_add(self.index as u16);
+            put16(ip, IPV4_ID, id);
+            put16(ip, IPV4_CHECKSUM, 0);
+            let c = !fold(ones_sum(ip, 0));
+            put16(ip, IPV4_CHECKSUM, c);
+        } else {
+            put16(&mut seg[self.l3..], IPV6_PAYLOAD_LEN, (len - self.l3 - IPV6_HLEN) as u16);
+        }
+        let l4 = &mut seg[self.l4..];
+        let csum_field = match self.proto {
+            L4::Tcp => {
+                let seq =
+                    u32::from_be_bytes([l4[TCP_SEQ], l4[TCP_SEQ + 1], l4[TCP_SEQ + 2], l4[TCP_SEQ + 3]]);
+                let seq = seq.wrapping_add(self.done as u32);
+                l4[TCP_SEQ..TCP_SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+                if !last {
+                    l4[TCP_FLAGS] &= !(TCP_FIN | TCP_PSH);
+                }
+                if !first {
+                    l4[TCP_FLAGS] &= !TCP_CWR;
+                }
+                TCP_CHECKSUM
+            }
+            L4::Udp => {
+                put16(l4, UDP_LEN, l4_len as u16);
+                UDP_CHECKSUM
+            }
+        };
+        put16(l4, csum_field, 0);
+        let proto = match self.proto {
+            L4::Tcp => PROTO_TCP,
+            L4::Udp => PROTO_UDP,
+        };
+        let pseudo = if self.ipv4 {
+            ones_sum(&seg[self.l3 + IPV4_SRC..self.l3 + IPV4_SRC + 8], 0)
+        } else {
+            ones_sum(&seg[self.l3 + IPV6_SRC..self.l3 + IPV6_SRC + 32], 0)
+        } + u64::from(proto)
+            + l4_len as u64;
+        let c = !fold(ones_sum(&seg[self.l4..], pseudo));
+        let c = if c == 0 && self.proto == L4::Udp { 0xffff } else { c };
+        put16(&mut seg[self.l4..], csum_field, c);
+        self.done += chunk;
+        self.index += 1;
+        Ok(Some(len))
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Writes a big-endian u16 where the caller has checked there is room.
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    if let Some(f) = b.get_mut(at..at + 2) {
+        f.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    const SRC4: [u8; 4] = [10, 0, 0, 1];
+    const DST4: [u8; 4] = [10, 0, 0, 2];
+    const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    /// A finished TCP/IPv4 frame, as etherparse writes it.
+    fn tcp4(seq: u32, data: &[u8], fin_psh: bool) -> Vec<u8> {
+        tcp4_flags(seq, data, fin_psh, true)
+    }
+
+    fn tcp4_flags(seq: u32, data: &[u8], fin_psh: bool, cwr: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(SRC4, DST4, 64)
+            .tcp(40000, 5201, seq, 501)
+            .ack(77);
+        if cwr {
+            b = b.cwr();
+        }
+        if fin_psh {
+            b = b.fin().psh();
+        }
+        let mut f = Vec::new();
+        b.write(&mut f, data).unwrap();
+        f
+    }
+
+    /// The pseudo-header sum that a sender with checksum offload leaves in the field.
+    fn make_partial(frame: &mut [u8], field: usize, pseudo: u64) {
+        frame[field..field + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    }
+
+    fn pseudo4(proto: u8, l4_len: usize) -> u64 {
+        ones_sum(&SRC4, 0) + ones_sum(&DST4, 0) + u64::from(proto) + l4_len as u64
+    }
+
+    fn checks_out(frame: &[u8]) -> bool {
+        // etherparse verifies nothing: recompute both checksums independently.
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let (src, dst, proto_payload): (Vec<u8>, Vec<u8>, &[u8]) = match p.net.unwrap() {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                if fold(ones_sum(h.slice(), 0)) != 0xffff {
+                    return false;
+                }
+                (h.source().to_vec(), h.destination().to_vec(), ip.payload().payload)
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                (h.source().to_vec(), h.destination().to_vec(), ip.payload().payload)
+            }
+        };
+        let proto = match p.transport.unwrap() {
+            TransportSlice::Tcp(_) => PROTO_TCP,
+            TransportSlice::Udp(_) => PROTO_UDP,
+            _ => return false,
+        };
+        let s = ones_sum(&src, 0) + ones_sum(&dst, 0) + u64::from(proto) + proto_payload.len() as u64;
+        fold(ones_sum(proto_payload, s)) == 0xffff
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VNET_GSO_TCPV4 | VNET_GSO_ECN,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut b = [0u8; VNET_HDR_LEN];
+        h.emit(&mut b);
+        assert_eq!(VnetHdrRepr::parse(&b), h);
+        assert!(h.needs_csum() && h.is_gso());
+        assert!(!VnetHdrRepr { gso_type: VNET_GSO_ECN, ..h }.is_gso());
+    }
+
+    #[test]
+    fn a_partial_tcp_checksum_is_finished_as_a_full_computation_gives_it() {
+        let good = tcp4(1000, &payload(333), true);
+        assert!(checks_out(&good));
+        let mut f = good.clone();
+        let l4 = 34;
+        let pseudo = pseudo4(PROTO_TCP, f.len() - l4);
+        make_partial(&mut f, l4 + TCP_CHECKSUM, pseudo);
+        assert!(!checks_out(&f));
+        complete_checksum(&mut f, l4, TCP_CHECKSUM).unwrap();
+        assert_eq!(f, good);
+    }
+
+    #[test]
+    fn a_udp_checksum_of_zero_is_sent_as_ffff() {
+        // Find a payload whose UDP checksum folds to zero: vary two bytes until it does.
+        for x in 0..=u16::MAX {
+            let mut data = payload(20);
+            data[..2].copy_from_slice(&x.to_be_bytes());
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(SRC4, DST4, 64)
+                .udp(1, 2)
+                .write(&mut f, &data)
+                .unwrap();
+            let l4 = 34;
+            if f[l4 + UDP_CHECKSUM..l4 + UDP_CHECKSUM + 2] != [0xff, 0xff] {
+                continue;
+            }
+            let pseudo = pseudo4(PROTO_UDP, f.len() - l4);
+            make_partial(&mut f, l4 + UDP_CHECKSUM, pseudo);
+            complete_checksum(&mut f, l4, UDP_CHECKSUM).unwrap();
+            assert_eq!(&f[l4 + UDP_CHECKSUM..l4 + UDP_CHECKSUM + 2], &[0xff, 0xff]);
+            assert!(checks_out(&f));
+            return;
+        }
+        panic!("no payload gave a zero checksum");
+    }
+
+    #[test]
+    fn checksum_offsets_outside_the_frame_are_refused() {
+        let mut f = tcp4(1, b"x", false);
+        let n = f.len();
+        for (s, o) in [(n, 0), (n - 1, 0), (34, n), (usize::MAX, 2), (2, usize::MAX)] {
+            let before = f.clone();
+            assert!(complete_checksum(&mut f, s, o).is_err(), "{s} {o}");
+            assert_eq!(f, before);
+        }
+    }
+
+    /// Segments a super-frame and checks each segment against a frame etherparse builds.
+    fn check_tcp4_segmentation(total: usize, mss: usize) {
+        let data = payload(total);
+        let mut sup = tcp4(5000, &data, true);
+        let l4 = 34;
+        make_partial(&mut sup, l4 + TCP_CHECKSUM, pseudo4(PROTO_TCP, 0));
+        let h = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VNET_GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss as u16,
+            csum_start: l4 as u16,
+            csum_offset: TCP_CHECKSUM as u16,
+        };
+        let mut s = Segmenter::new(&sup, &h).unwrap();
+        let n = total.div_ceil(mss).max(1);
+        assert_eq!(s.count(), n);
+        let mut out = vec![0u8; 2048];
+        let mut got = 0;
+        while let Some(len) = s.next_into(&sup, &mut out).unwrap() {
+            let chunk = &data[got * mss..((got + 1) * mss).min(total)];
+            let last = got + 1 == n;
+            // CWR on the first segment only, FIN and PSH on the last only.
+            let mut want = tcp4_flags(5000 + (got * mss) as u32, chunk, last, got == 0);
+            // IPv4 identification: etherparse writes 0; the segments count up from it.
+            want[14 + IPV4_ID..14 + IPV4_ID + 2].copy_from_slice(&(got as u16).to_be_bytes());
+            let ipc = {
+                put16(&mut want[14..34], IPV4_CHECKSUM, 0);
+                !fold(ones_sum(&want[14..34], 0))
+            };
+            put16(&mut want[14..34], IPV4_CHECKSUM, ipc);
+            assert_eq!(&out[..len], &want[..], "segment {got}");
+            assert!(checks_out(&out[..len]), "segment {got}");
+            got += 1;
+        }
+        assert_eq!(got, n);
+        assert!(s.finished());
+        assert_eq!(s.next_into(&sup, &mut out).unwrap(), None);
+    }
+
+    #[test]
+    fn tcp4_super_frames_become_the_segments_the_kernel_would_send() {
+        check_tcp4_segmentation(1448 * 3, 1448);
+        check_tcp4_segmentation(1448 * 3 + 17, 1448);
+        check_tcp4_segmentation(500, 1448);
+        check_tcp4_segmentation(0, 1448);
+        check_tcp4_segmentation(65000, 1448);
+    }
+
+    #[test]
+    fn tcp6_and_udp_segments_have_good_checksums_and_lengths() {
+        let data = payload(4000);
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(SRC6, DST6, 64)
+            .tcp(1, 2, 9, 100)
+            .write(&mut f, &data)
+            .unwrap();
+        let h = VnetHdrRepr {
+            gso_type: VNET_GSO_TCPV6,
+            gso_size: 1000,
+            csum_start: 54,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let mut s = Segmenter::new(&f, &h).unwrap();
+        let mut out = [0u8; 2048];
+        let mut seqs = Vec::new();
+        while let Some(len) = s.next_into(&f, &mut out).unwrap() {
+            assert!(checks_out(&out[..len]));
+            let p = SlicedPacket::from_ethernet(&out[..len]).unwrap();
+            let Some(TransportSlice::Tcp(t)) = p.transport else { panic!() };
+            seqs.push(t.sequence_number());
+            assert_eq!(t.payload().len(), 1000);
+        }
+        assert_eq!(seqs, [9, 1009, 2009, 3009]);
+
+        let mut u = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(SRC4, DST4, 64)
+            .udp(7, 8)
+            .write(&mut u, &data)
+            .unwrap();
+        let h = VnetHdrRepr { gso_type: VNET_GSO_UDP_L4, gso_size: 1400, csum_start: 34, ..h };
+        let mut s = Segmenter::new(&u, &h).unwrap();
+        let mut sizes = Vec::new();
+        while let Some(len) = s.next_into(&u, &mut out).unwrap() {
+            assert!(checks_out(&out[..len]));
+            let p = SlicedPacket::from_ethernet(&out[..len]).unwrap();
+            let Some(TransportSlice::Udp(d)) = p.transport else { panic!() };
+            assert_eq!(usize::from(d.length()), d.payload().len() + UDP_HLEN);
+            sizes.push(d.payload().len());
+        }
+        assert_eq!(sizes, [1400, 1400, 1200]);
+    }
+
+    #[test]
+    fn bad_super_frames_are_refused_and_nothing_panics() {
+        let f = tcp4(1, &payload(3000), false);
+        let base = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VNET_GSO_TCPV4,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let bad = [
+            VnetHdrRepr { gso_type: VNET_GSO_UDP, ..base },
+            VnetHdrRepr { gso_type: 9, ..base },
+            VnetHdrRepr { gso_type: VNET_GSO_TCPV6, ..base },
+            VnetHdrRepr { gso_size: 0, ..base },
+            VnetHdrRepr { csum_start: 20, ..base },
+            VnetHdrRepr { csum_start: 60000, ..base },
+        ];
+        for h in bad {
+            assert!(Segmenter::new(&f, &h).is_err(), "{h:?}");
+        }
+        assert!(Segmenter::new(&f[..40], &base).is_err());
+        // A segment that does not fit the output.
+        let mut s = Segmenter::new(&f, &base).unwrap();
+        let mut small = [0u8; 100];
+        assert!(matches!(s.next_into(&f, &mut small), Err(OffloadError::SegmentTooLarge(_))));
+        // Arbitrary headers over arbitrary bytes: errors, never panics.
+        let mut seed = 0x1234_5678u32;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut out = [0u8; 2048];
+        for _ in 0..20_000 {
+            let len = (rnd() % 200) as usize;
+            let mut fr: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            if len > 14 && rnd() % 2 == 0 {
+                fr[12..14].copy_from_slice(&[0x08, 0x00]);
+            }
+            let mut hb = [0u8; VNET_HDR_LEN];
+            hb.iter_mut().for_each(|b| *b = rnd() as u8);
+            let mut h = VnetHdrRepr::parse(&hb);
+            h.csum_start %= 80;
+            h.gso_size %= 64;
+            let _ = complete_checksum(&mut fr, usize::from(h.csum_start), usize::from(h.csum_offset));
+            if let Ok(mut s) = Segmenter::new(&fr, &h) {
+                let mut k = 0;
+                while let Ok(Some(_)) = s.next_into(&fr, &mut out) {
+                    k += 1;
+                    assert!(k <= s.count());
+                }
+            }
+        }
+    }
+}
