@@ -1,9 +1,12 @@
 //! `switchyard run --state DIR --node NODE [--config FILE] [--node-labels K=V,...]
 //! [--lcores LIST] [--socket PATH] [--vhost-dir DIR]`: the sidecar.
+//! `switchyard run --switch FILE [...]`: a static switch from a configuration file alone.
 //!
-//! Loads the manifests under DIR, plans the node's configuration, starts the workers, then
-//! watches DIR and applies every change as a diff (switchyard_control::controller). `ctl`
-//! talks to it over `--socket` (mode 0600). SIGINT or SIGTERM stop it cleanly (exit 0).
+//! Loads the manifests under DIR and plans the node's configuration (or reads FILE, the
+//! dataplane's configuration schema, as it is), starts the workers, then watches DIR (or FILE)
+//! and applies every change as a diff (switchyard_control::controller). A FILE that does not
+//! load at start is an error; a bad edit later leaves the running configuration as it was.
+//! `ctl` talks to it over `--socket` (mode 0600). SIGINT or SIGTERM stop it cleanly (exit 0).
 //!
 //! `--config FILE` overrides port backends by port name (default: an uplink is AF_PACKET on the
 //! interface of its name, a VM port vhost-user on its planned socket):
@@ -20,21 +23,27 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use switchyard_control::controller::{Controller, ControllerOptions};
+use switchyard_control::controller::{Controller, ControllerOptions, Source};
 use switchyard_control::ctl::{CtlServer, DEFAULT_SOCKET};
 use switchyard_control::plan::DEFAULT_VHOST_DIR;
 use switchyard_control::runtime::{RunConfig, Runtime, RuntimeOptions, VmPorts};
+use switchyard_control::Config;
 use switchyard_control::PlanOptions;
 use switchyard_dataplane::worker::EngineOptions;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "switch"])))]
 pub struct RunArgs {
     /// Directory of Kubernetes manifests to watch (YAML, multi-document, any depth).
-    #[arg(long)]
-    pub state: PathBuf,
+    #[arg(long, requires = "node")]
+    pub state: Option<PathBuf>,
+    /// A switch configuration file (bridges and ports, the schema of docs/semantics.md) to run
+    /// as it is, watched and reloaded; no cluster state.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["node", "node_labels"])]
+    pub switch: Option<PathBuf>,
     /// This node's name (VMIs are placed by status.nodeName).
     #[arg(long)]
-    pub node: String,
+    pub node: Option<String>,
     /// Port backend overrides by port name: `ports: {NAME: {type: TYPE, OPTION: VALUE}}`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -119,10 +128,28 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         vm_ports,
         ..Default::default()
     };
-    let mut copts = ControllerOptions::new(&a.state, &a.node);
-    copts.labels = labels;
-    copts.plan =
-        PlanOptions { vhost_dir: a.vhost_dir.clone(), vhost_socket_mode: a.vhost_socket_mode.clone() };
+    let copts = match (&a.state, &a.switch, &a.node) {
+        (Some(dir), None, Some(node)) => {
+            if let Err(e) = std::fs::read_dir(dir) {
+                return Err(format!("{}: {e}", dir.display()));
+            }
+            let mut copts = ControllerOptions::new(dir, node);
+            if let Source::State(s) = &mut copts.source {
+                s.labels = labels;
+                s.plan = PlanOptions {
+                    vhost_dir: a.vhost_dir.clone(),
+                    vhost_socket_mode: a.vhost_socket_mode.clone(),
+                };
+            }
+            copts
+        }
+        (None, Some(file), None) => {
+            Config::load(file).map_err(|e| format!("--switch {}: {e}", file.display()))?;
+            ControllerOptions::switch_file(file)
+        }
+        // clap's argument groups allow nothing else.
+        _ => return Err("give --state DIR --node NODE, or --switch FILE".into()),
+    };
     Ok((ropts, copts))
 }
 
@@ -134,10 +161,6 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::read_dir(&a.state) {
-        eprintln!("switchyard run: {}: {e}", a.state.display());
-        return ExitCode::FAILURE;
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -152,7 +175,12 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(state = %a.state.display(), node = %a.node, "switchyard run starting");
+    match &copts.source {
+        Source::State(s) => {
+            tracing::info!(state = %s.dir.display(), node = %s.node, "switchyard run starting")
+        }
+        Source::Switch(f) => tracing::info!(switch = %f.display(), "switchyard run starting"),
+    }
     let mut ctl = Controller::new(copts, rt.clone());
     let _ = ctl.reconcile();
     let server = match CtlServer::start(&a.socket, rt.clone()) {

@@ -30,24 +30,37 @@ struct Run {
 }
 
 impl Run {
+    /// `run --state` on a copy of examples/state, with `eth1` a ring port and `overrides`.
     fn start(extra: &[&str], overrides: &str) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/state"), &state);
         let over = dir.path().join("run.yaml");
         std::fs::write(&over, format!("ports:\n  eth1: {{type: ring}}\n{overrides}")).unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec!["--state".into(), state.into()];
+        args.extend(["--node".into(), "worker-1".into(), "--config".into(), over.into()]);
+        args.extend(extra.iter().map(Into::into));
+        Run::spawn(dir, args)
+    }
+
+    /// `run --switch FILE` with FILE holding `yaml`.
+    fn start_switch(yaml: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("switch.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        Run::spawn(dir, vec!["--switch".into(), file.into()])
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: Vec<std::ffi::OsString>) -> Run {
         let sock = dir.path().join("ctl.sock");
         let log = dir.path().join("run.log");
         let child = Command::new(BIN)
-            .args(["run", "--state"])
-            .arg(&state)
-            .args(["--node", "worker-1", "--config"])
-            .arg(&over)
+            .arg("run")
+            .args(args)
             .arg("--socket")
             .arg(&sock)
             .arg("--vhost-dir")
             .arg(dir.path().join("vhost"))
-            .args(extra)
             .env("SWITCHYARD_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -217,4 +230,75 @@ fn ports_whose_backend_cannot_open_are_present_but_down() {
     assert!(r.log().contains("port tenant-a/vm-a/data is down"), "{}", r.log());
     let (st, _r) = r.terminate();
     assert!(st.success());
+}
+
+const SWITCH: &str = "bridges:
+  - name: br0
+    ports:
+      - {name: p1, type: ring, tag: 10}
+      - {name: p2, type: ring, trunks: [10, 20]}
+";
+
+#[test]
+fn run_switch_applies_a_configuration_file_and_follows_it() {
+    let r = Run::start_switch(SWITCH);
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(ports.lines().any(|l| l.starts_with("p1") && l.contains("access VLAN 10")), "{ports}");
+    assert!(ports.lines().any(|l| l.starts_with("p2")), "{ports}");
+    let file = r.dir.path().join("switch.yaml");
+
+    // Edited through a rename: a new port, p1 to VLAN 30; p2 untouched.
+    let tmp = r.dir.path().join(".switch.yaml.tmp");
+    let edited = SWITCH.replace("tag: 10}", "tag: 30}") + "      - {name: p3, type: ring, tag: 20}\n";
+    std::fs::write(&tmp, &edited).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let ports = r.wait_ctl(&["show", "ports"], "p3", |s| s.contains("p3"));
+    assert!(ports.lines().any(|l| l.starts_with("p1") && l.contains("access VLAN 30")), "{ports}");
+    assert!(r.log().contains("port p3 added"), "{}", r.log());
+
+    // A bad edit names the field; the running switch stays as it was.
+    std::fs::write(&file, edited.replace("tag: 20}", "tag: 5000}")).unwrap();
+    r.wait_for("the error naming the field", || r.log().contains("the running configuration stays"));
+    assert!(r.log().contains("tag"), "{}", r.log());
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(ports.lines().any(|l| l.starts_with("p3") && l.contains("access VLAN 20")), "{ports}");
+
+    // Removed from the file: the port goes.
+    std::fs::write(&file, SWITCH).unwrap();
+    r.wait_ctl(&["show", "ports"], "p3 to go", |s| !s.contains("p3"));
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "exit status {st:?}");
+}
+
+#[test]
+fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switch.yaml");
+    std::fs::write(&file, SWITCH.replace("ports:", "portz:")).unwrap();
+    let out = Command::new(BIN).arg("run").arg("--switch").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--switch") && err.contains("portz"), "{err}");
+    let missing = dir.path().join("nope.yaml");
+    let out = Command::new(BIN).arg("run").arg("--switch").arg(&missing).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
+    std::fs::write(&file, SWITCH).unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--switch")
+        .arg(&file)
+        .args(["--node", "worker-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--switch with --node was accepted");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--switch")
+        .arg(&file)
+        .arg("--state")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--switch with --state was accepted");
+    let out = Command::new(BIN).arg("run").output().unwrap();
+    assert!(!out.status.success(), "run without a source was accepted");
 }

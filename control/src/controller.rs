@@ -1,6 +1,7 @@
-//! The control thread of `switchyard run`: loads the state directory, plans (keeping last good
-//! versions of bad objects, see [`crate::lastgood`]), applies the plan to the [`Runtime`], and
-//! does it again on every change under the directory.
+//! The control thread of `switchyard run`: loads its [`Source`] (a state directory, planned
+//! for this node keeping last good versions of bad objects, see [`crate::lastgood`]; or a
+//! switch configuration file taken as it is), applies the result to the [`Runtime`], and does
+//! it again on every change of the source.
 //!
 //! Watching: inotify through the `notify` crate, recursive, on the directory itself, so files
 //! created, written, deleted or renamed into place (editors that save through a temporary file,
@@ -26,14 +27,52 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::config::Config;
 
-/// What the controller reads and how often it looks.
+/// Where the switch's configuration comes from.
 #[derive(Debug, Clone)]
-pub struct ControllerOptions {
-    pub state_dir: PathBuf,
+pub enum Source {
+    /// Kubernetes manifests under a directory, planned for one node (`run --state`).
+    State(StateSource),
+    /// A switch configuration file in the dataplane's schema, with no cluster state
+    /// (`run --switch`): applied as it is, watched and reloaded.
+    Switch(PathBuf),
+}
+
+/// A state directory and the node it is planned for.
+#[derive(Debug, Clone)]
+pub struct StateSource {
+    pub dir: PathBuf,
     pub node: String,
     /// Node labels given on the command line (over the Node object's).
     pub labels: BTreeMap<String, String>,
     pub plan: PlanOptions,
+}
+
+impl Source {
+    /// The path to watch: the state directory, or the directory holding the switch file (so
+    /// that a file replaced by a rename is seen).
+    fn watch_dir(&self) -> PathBuf {
+        match self {
+            Source::State(s) => s.dir.clone(),
+            Source::Switch(f) => match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+        }
+    }
+
+    /// Whether a change of `path` can change the configuration.
+    fn concerns(&self, path: &std::path::Path) -> bool {
+        match self {
+            Source::State(_) => true,
+            Source::Switch(f) => path.file_name() == f.file_name(),
+        }
+    }
+}
+
+/// What the controller reads and how often it looks.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub source: Source,
     /// Quiet time after the last event before reloading.
     pub debounce: Duration,
     /// The longest a burst of events delays a reload.
@@ -44,11 +83,22 @@ pub struct ControllerOptions {
 
 impl ControllerOptions {
     pub fn new(state_dir: impl Into<PathBuf>, node: &str) -> ControllerOptions {
-        ControllerOptions {
-            state_dir: state_dir.into(),
+        ControllerOptions::with_source(Source::State(StateSource {
+            dir: state_dir.into(),
             node: node.into(),
             labels: BTreeMap::new(),
             plan: PlanOptions::default(),
+        }))
+    }
+
+    /// For a switch configuration file alone.
+    pub fn switch_file(file: impl Into<PathBuf>) -> ControllerOptions {
+        ControllerOptions::with_source(Source::Switch(file.into()))
+    }
+
+    fn with_source(source: Source) -> ControllerOptions {
+        ControllerOptions {
+            source,
             debounce: Duration::from_millis(10),
             max_batch: Duration::from_millis(100),
             retry: Duration::from_secs(5),
@@ -135,7 +185,29 @@ impl Controller {
 
     fn reconcile_inner(&mut self) -> Result<Applied, String> {
         self.reconciles += 1;
-        let dir = &self.opts.state_dir;
+        match self.opts.source.clone() {
+            Source::State(src) => self.reconcile_state(&src),
+            Source::Switch(file) => self.reconcile_switch(&file),
+        }
+    }
+
+    fn reconcile_switch(&mut self, file: &std::path::Path) -> Result<Applied, String> {
+        let cfg = Config::load(file).map_err(|e| {
+            let m = format!("{}: {e}; the running configuration stays", file.display());
+            tracing::error!("{m}");
+            m
+        })?;
+        let mut rt = lock(&self.runtime);
+        rt.input = InputStatus { reconciles: self.reconciles, ..Default::default() };
+        rt.apply(&cfg, &|_| None).map_err(|e| {
+            let m = format!("cannot apply the new configuration ({e}); the running configuration stays");
+            tracing::error!("{m}");
+            m
+        })
+    }
+
+    fn reconcile_state(&mut self, src: &StateSource) -> Result<Applied, String> {
+        let dir = &src.dir;
         let state = ClusterState::load_dir(dir).map_err(|e| {
             let m = format!(
                 "{}: cannot read the state directory ({e}); the running configuration stays",
@@ -144,7 +216,7 @@ impl Controller {
             tracing::error!("{m}");
             m
         })?;
-        let r = self.lastgood.resolve(state, &self.opts.node, &self.opts.labels, &self.opts.plan);
+        let r = self.lastgood.resolve(state, &src.node, &src.labels, &src.plan);
         let mut input = InputStatus { reconciles: self.reconciles, ..Default::default() };
         let mut now = BTreeSet::new();
         let mut say = |line: String, warn: bool, logged: &BTreeSet<String>| {
@@ -184,20 +256,24 @@ impl Controller {
         })
     }
 
-    /// Watches the state directory and reconciles on every change until `stop` is set. Does
-    /// one reconcile once the watch is in place (so no change is missed).
+    /// Watches the source and reconciles on every change until `stop` is set. Does one
+    /// reconcile once the watch is in place (so no change is missed).
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res| {
             let _ = tx.send(res);
         })
         .map_err(|e| format!("cannot watch: {e}"))?;
-        watcher
-            .watch(&self.opts.state_dir, RecursiveMode::Recursive)
-            .map_err(|e| format!("cannot watch {}: {e}", self.opts.state_dir.display()))?;
+        let dir = self.opts.source.watch_dir();
+        let mode = match self.opts.source {
+            Source::State(_) => RecursiveMode::Recursive,
+            Source::Switch(_) => RecursiveMode::NonRecursive,
+        };
+        watcher.watch(&dir, mode).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         let _ = self.reconcile();
-        let dir = self.opts.state_dir.clone();
+        let source = self.opts.source.clone();
         let relevant = move |r: &notify::Result<notify::Event>| match r {
+            Ok(e) if !e.paths.is_empty() && !e.paths.iter().any(|p| source.concerns(p)) => false,
             Ok(e) => match e.kind {
                 EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
                 EventKind::Access(_) => false,
