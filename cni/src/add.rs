@@ -1,0 +1,222 @@
+//! ADD: attach an interface of the pod (veth) or VM (vhost-user) to a bridge of the running
+//! switch.
+//!
+//! Invariant: an ADD that fails leaves nothing behind: every step that created something (the
+//! IPAM lease, the veth pair, the daemon's port, the device-info file) is undone, newest first,
+//! before the error goes back to the runtime.
+
+use crate::attach::{log, Ctx};
+use crate::config::Mode;
+use crate::daemon::{Daemon, DaemonError};
+use crate::error::{code, CniError};
+use crate::ipam;
+use crate::link::{disable_ipv6, random_mac, Netlink};
+use crate::proto::CniPort;
+use crate::result::{CniResult, Interface};
+use crate::state;
+use std::fs::File;
+
+/// Refuses early, before anything is created, when the daemon cannot take the port now.
+fn ready(d: &Daemon) -> Result<(), CniError> {
+    match d.status() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CniError::new(code::TRY_AGAIN, "the switchyard daemon is starting (not ready); try again")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What an ADD has created so far, undone by [`Undo::run`] when a later step fails.
+#[derive(Default)]
+struct Undo {
+    ipam: bool,
+    veth: Option<String>,
+    port: bool,
+    device_info: bool,
+}
+
+impl Undo {
+    fn run(self, ctx: &Ctx, daemon: &Daemon) {
+        if self.device_info {
+            if let Some(f) = &ctx.conf.device_info_file {
+                if let Err(e) = state::remove(f) {
+                    log(ctx, format!("undo: {e}"));
+                }
+            }
+        }
+        if self.port {
+            if let Err(e) = daemon.del(&ctx.attachment()) {
+                log(ctx, format!("undo: removing the port: {e}"));
+            }
+        }
+        if let Some(host) = &self.veth {
+            if let Err(e) = Netlink::open().and_then(|mut nl| nl.del_link(host)) {
+                log(ctx, format!("undo: deleting {host}: {e}"));
+            }
+        }
+        if self.ipam {
+            if let (Some(t), Ok(path)) = (&ctx.conf.ipam, ctx.ipam_path()) {
+                if let Err(e) = ipam::exec(t, "DEL", ctx.stdin, path) {
+                    log(ctx, format!("undo: releasing the IPAM lease: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// `cni_add`. A conversation that broke may have added the port: undo removes it then too,
+/// but never after a refusal (an "exists" names someone else's port).
+fn add_port(daemon: &Daemon, port: &CniPort, undo: &mut Undo) -> Result<CniPort, CniError> {
+    match daemon.add(port) {
+        Ok(stored) => {
+            undo.port = true;
+            Ok(stored)
+        }
+        Err(e) => {
+            undo.port = matches!(e, DaemonError::Io { .. });
+            Err(e.into())
+        }
+    }
+}
+
+pub fn add(ctx: &Ctx) -> Result<CniResult, CniError> {
+    let daemon = ctx.daemon();
+    let mut undo = Undo::default();
+    let r = match ctx.conf.mode {
+        Mode::Veth => add_veth(ctx, &daemon, &mut undo),
+        Mode::Vhostuser => add_vhost(ctx, &daemon, &mut undo),
+    };
+    if r.is_err() {
+        std::mem::take(&mut undo).run(ctx, &daemon);
+    }
+    r
+}
+
+/// The IPAM plugin's result, when the config has one.
+fn lease(ctx: &Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
+    match &ctx.conf.ipam {
+        None => Ok(CniResult::default()),
+        Some(t) => {
+            let r = ipam::add(t, ctx.stdin, ctx.ipam_path()?)?;
+            undo.ipam = true;
+            Ok(r)
+        }
+    }
+}
+
+fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let conf = ctx.conf;
+    let ifname = &ctx.env.ifname;
+    let netns = ctx.env.netns.as_deref().unwrap_or_default();
+    let ns = File::open(netns).map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {netns}: {e}")))?;
+    let mut cnl = Netlink::open_in(&ns, netns)?;
+    if cnl.link(ifname)?.is_some() {
+        return Err(CniError::new(code::EXISTS, format!("interface {ifname} already exists in {netns}")));
+    }
+    ready(daemon)?;
+    let mac = match ctx.requested_mac() {
+        Some(m) => m,
+        None => random_mac()?,
+    };
+    let host = ctx.host_ifname();
+    let mut hnl = Netlink::open()?;
+    let mut res = lease(ctx, undo)?;
+
+    match hnl.add_veth(&host, ifname, &ns, mac, conf.mtu) {
+        Err(e) if e.errno() == Some(libc::EEXIST) => {
+            return Err(CniError::new(
+                code::EXISTS,
+                format!("host interface {host} exists already: attachment {}/{ifname} is being added twice", ctx.env.container_id),
+            ))
+        }
+        r => r?,
+    }
+    undo.veth = Some(host.clone());
+    disable_ipv6(&host);
+    let c = cnl.link(ifname)?.ok_or_else(|| CniError::new(code::LINK, format!("{ifname} vanished from {netns}")))?;
+    cnl.set_up(c.index, ifname)?;
+    for ip in &res.ips {
+        cnl.add_addr(c.index, &ip.address)?;
+    }
+    for r in &res.routes {
+        cnl.add_route(c.index, r)?;
+    }
+    let h = hnl.link(&host)?.ok_or_else(|| CniError::new(code::LINK, format!("{host} vanished")))?;
+    hnl.set_up(h.index, &host)?;
+
+    let port = CniPort {
+        bridge: conf.bridge.clone(),
+        attachment: ctx.attachment(),
+        port: ctx.port_config(Some(host.clone()), Some(mac)),
+        mac: Some(mac.to_string()),
+        owner: None,
+        group: None,
+        network: Some(conf.name.clone()),
+    };
+    add_port(daemon, &port, undo)?;
+
+    res.interfaces = vec![
+        Interface { name: host, mac: h.mac.map(|m| m.to_string()), ..Interface::default() },
+        Interface {
+            name: ifname.clone(),
+            mac: Some(mac.to_string()),
+            mtu: c.mtu,
+            sandbox: Some(netns.to_string()),
+            socket_path: None,
+        },
+    ];
+    for ip in &mut res.ips {
+        ip.interface = Some(1);
+    }
+    if res.dns.is_empty() {
+        res.dns = conf.dns.clone();
+    }
+    Ok(res)
+}
+
+fn add_vhost(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let conf = ctx.conf;
+    ready(daemon)?;
+    let mac = ctx.requested_mac();
+    if mac.is_none() && conf.macspoofchk {
+        log(ctx, "no MAC in runtimeConfig.mac: the port gets no MAC spoof filter");
+    }
+    let mut res = lease(ctx, undo)?;
+    let port = CniPort {
+        bridge: conf.bridge.clone(),
+        attachment: ctx.attachment(),
+        port: ctx.port_config(None, mac),
+        mac: mac.map(|m| m.to_string()),
+        owner: conf.socket_owner,
+        group: conf.socket_group,
+        network: Some(conf.name.clone()),
+    };
+    let stored = add_port(daemon, &port, undo)?;
+    let socket = stored
+        .port
+        .socket
+        .ok_or_else(|| CniError::new(code::DAEMON, "the daemon's answer has no vhost-user socket path"))?;
+    if let Some(f) = &conf.device_info_file {
+        // The device-info spec names the container application's role: QEMU is the client
+        // when the switch listens, the server when the switch connects.
+        let qemu_role = match conf.vhost_mode {
+            crate::config::VhostMode::Server => "client",
+            crate::config::VhostMode::Client => "server",
+        };
+        undo.device_info = true;
+        state::write_device_info(f, qemu_role, &socket)?;
+    }
+    res.interfaces = vec![Interface {
+        name: ctx.env.ifname.clone(),
+        mac: mac.map(|m| m.to_string()),
+        mtu: conf.mtu,
+        sandbox: None,
+        socket_path: Some(socket),
+    }];
+    for ip in &mut res.ips {
+        ip.interface = Some(0);
+    }
+    if res.dns.is_empty() {
+        res.dns = conf.dns.clone();
+    }
+    Ok(res)
+}

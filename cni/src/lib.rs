@@ -1,0 +1,94 @@
+//! switchyard-cni: the CNI plugin that attaches pods and VMs to a running `switchyard`.
+//!
+//! A runtime (Multus, containerd, CRI-O, podman through libcni) runs the binary with the CNI
+//! environment variables and the network configuration on stdin; [`run`] answers with the
+//! result (ADD), nothing (DEL, CHECK, STATUS, GC) or the VERSION object on stdout, or with the
+//! spec's error object and a non-zero exit status. docs/cni.md describes the configuration
+//! keys, the verbs, the error codes and the protocol spoken with the daemon.
+//!
+//! Invariants: stdout carries exactly one answer (logs go to stderr); a failed ADD leaves
+//! nothing behind; DEL is idempotent and works with the daemon down (tombstones).
+
+mod add;
+pub mod attach;
+mod check;
+pub mod config;
+pub mod daemon;
+mod del;
+pub mod env;
+pub mod error;
+mod gc;
+pub mod ipam;
+pub mod link;
+pub mod proto;
+pub mod result;
+pub mod state;
+pub mod version;
+
+use attach::Ctx;
+use config::NetConf;
+use env::{CniEnv, Command};
+use error::{code, CniError};
+use std::time::Duration;
+use version::Version;
+
+/// What the process prints on stdout and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub status: i32,
+}
+
+/// How long STATUS waits for the daemon's answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one invocation: `get` reads the environment, `stdin` is the configuration.
+pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    // Errors are written in the config's own version when it names a supported one.
+    let shown = config::peek_version(stdin)
+        .and_then(|v| Version::parse(&v))
+        .unwrap_or(Version::CURRENT)
+        .as_str();
+    let fail = |e: CniError| Outcome { stdout: e.to_json(shown), status: e.exit_status() };
+    let command = match env::command(get) {
+        Ok(c) => c,
+        Err(e) => return fail(e.into()),
+    };
+    if command == Command::Version {
+        return Outcome { stdout: version::version_info(), status: 0 };
+    }
+    let env = match CniEnv::read(command, get) {
+        Ok(e) => e,
+        Err(e) => return fail(e.into()),
+    };
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return fail(e.into()),
+    };
+    let ctx = Ctx { conf: &conf, env: &env, stdin };
+    let r = match command {
+        Command::Add => add::add(&ctx).map(|r| r.to_json(conf.version).to_string()),
+        Command::Del => del::del(&ctx).map(|()| String::new()),
+        Command::Check => check::check(&ctx).map(|()| String::new()),
+        Command::Status => status(&ctx).map(|()| String::new()),
+        Command::Gc => gc::gc(&ctx).map(|()| String::new()),
+        Command::Version => Ok(version::version_info()),
+    };
+    match r {
+        Ok(stdout) => Outcome { stdout, status: 0 },
+        Err(e) => {
+            attach::log(&ctx, &e);
+            fail(e)
+        }
+    }
+}
+
+/// STATUS: the plugin can serve ADDs when its daemon answers and is ready.
+fn status(ctx: &Ctx) -> Result<(), CniError> {
+    let d = daemon::Daemon::new(&ctx.conf.socket).with_timeout(STATUS_TIMEOUT);
+    match d.status() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CniError::new(code::NOT_AVAILABLE, "the switchyard daemon is starting (not ready)")),
+        Err(e) => Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+    }
+}
