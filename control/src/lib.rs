@@ -9,6 +9,7 @@
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
 //!   control socket.
 
+pub mod cni;
 pub mod controller;
 pub mod ctl;
 pub mod k8s;
