@@ -1,4 +1,4 @@
-//! `switchyard pmd`: the testpmd-style benchmark CLI (../shared/DESIGN.md, "switchyard pmd").
+//! `switchyard pmd`: the testpmd-style benchmark CLI (docs/semantics.md, "switchyard pmd").
 //!
 //! Every argument is checked before anything starts (no port is opened, no file written, no
 //! thread started): a bad argument is refused with a message that names it, exit code 2. Then

@@ -1,5 +1,5 @@
 //! `switchyard replay SCENARIO --out DIR [--expect DIR] [--trace]`: the deterministic
-//! pcap-replay harness (../shared/DESIGN.md, "switchyard replay").
+//! pcap-replay harness (docs/semantics.md, "switchyard replay").
 //!
 //! All input frames are merged by timestamp (ties: the order of `inputs`, then file order) and
 //! go one at a time through the same pipeline code the workers run. The clock is the pcap
