@@ -468,7 +468,7 @@ impl Releaser<'_> {
 }
 
 /// A per-worker cache of free buffers in front of a [`Pool`]: allocation and freeing touch
-/// only this cache, except once every [`CACHE_BULK`] buffers.
+/// only this cache, except once every `CACHE_BULK` buffers.
 pub struct PoolCache {
     pool: Pool,
     free: Vec<u32>,
@@ -1056,7 +1056,9 @@ mod tests {
         // Out-of-range windows and indices are refused.
         // SAFETY: nothing is taken when adopt refuses.
         assert!(unsafe { ext.adopt(0, 2000, 177) }.is_none());
+        // SAFETY: as above: an index past the pool is refused, nothing taken.
         assert!(unsafe { ext.adopt(count as u32, 0, 0) }.is_none());
+        // SAFETY: a pool that is not external refuses every adoption.
         assert!(unsafe { regular.adopt(0, 0, 0) }.is_none());
         // Freed into a worker cache of another pool: back to the owner.
         worker.free(b);
