@@ -551,6 +551,8 @@ impl Case {
             top.insert("bridges".into(), sorted(b));
         }
         top.insert("ports".into(), sorted(ports));
+        // Every buffer is back in the pool when a replay ends, whatever the case.
+        top.insert("buffers_leaked".into(), json!(0));
         let mut s = serde_json::to_string_pretty(&sorted(top)).unwrap();
         s.push('\n');
         s
@@ -650,7 +652,8 @@ pub fn replay_dir() -> PathBuf {
 pub const TOP_README: &str = "# Replay cases\n\n\
 Each directory holds one case for `switchyard replay`: `scenario.yaml` (bridges and ports, plus \
 `inputs`), the input captures under `in/`, and under `expected/` one pcap per port (empty when \
-nothing leaves it) and `stats.json` (a subset of the counters). `tests/replay_cases.rs` runs \
+nothing leaves it) and `stats.json` (a subset of the counters, and `buffers_leaked`: 0, every \
+buffer back in the pool at the end). `tests/replay_cases.rs` runs \
 `switchyard replay <case>/scenario.yaml --out <tmp> --expect <case>/expected` on every case.\n\n\
 The cases are specified in `tests/replay_spec/cases.rs`: input frames and expected frames are \
 built by a small frame builder from reasoning about the L2 semantics of DESIGN.md, never \
