@@ -2,7 +2,7 @@
 //! etherparse: arbitrary frames, truncated ones and 802.1Q, 802.1ad, double and priority tags
 //! with every PCP and DEI value among them, go through the real `process_burst`, traced and
 //! untraced, on ports of every VLAN mode. What etherparse reads from each frame, together with
-//! the ports' VLAN rules written out here from DESIGN.md's table (not taken from the
+//! the ports' VLAN rules written out here from the table of docs/semantics.md (not taken from the
 //! dataplane's `VlanPolicy`), says what must happen to it:
 //!
 //! - the drop reason of the ingress checks, in their order: runt (no Ethernet header), truncated
@@ -37,7 +37,7 @@ bridges:
   - {name: nt, vlan_mode: native-tagged, tag: 10, trunks: [20, 4094]}
 "#;
 
-/// A port's VLAN mode as DESIGN.md's table defines it; `None` trunks: every VLAN.
+/// A port's VLAN mode as the table of docs/semantics.md defines it; `None` trunks: every VLAN.
 #[derive(Clone, Copy)]
 enum Mode {
     Access(u16),
