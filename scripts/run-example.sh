@@ -50,7 +50,7 @@ host sy-ext ext0 sy-eth1 02:00:00:00:ee:01
 cp -r examples/state "$tmp/state"
 echo "== switchyard run --state <copy of examples/state> --node worker-1 --config examples/run/config.yaml"
 SWITCHYARD_LOG=info "$sy" run --state "$tmp/state" --node worker-1 --config examples/run/config.yaml \
-  --socket "$tmp/ctl.sock" --vhost-dir "$tmp/vhost" >"$tmp/run.log" 2>&1 &
+  --socket "$tmp/ctl.sock" --vhost-dir "$tmp/vhost" --cni-state "$tmp/cni" >"$tmp/run.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S "$tmp/ctl.sock" ] && break; sleep 0.1; done
 ctl() { echo "\$ switchyard ctl $*"; "$sy" ctl --socket "$tmp/ctl.sock" "$@"; }

@@ -1,5 +1,7 @@
 //! The switchyard binary: `run`, `pmd`, `replay`, `plan`, `ctl`.
 
+#![forbid(unsafe_code)]
+
 mod ctl;
 mod plan_cmd;
 mod pmd;

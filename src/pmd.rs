@@ -1,4 +1,4 @@
-//! `switchyard pmd`: the testpmd-style benchmark CLI (../shared/DESIGN.md, "switchyard pmd").
+//! `switchyard pmd`: the testpmd-style benchmark CLI (docs/semantics.md, "switchyard pmd").
 //!
 //! Every argument is checked before anything starts (no port is opened, no file written, no
 //! thread started): a bad argument is refused with a message that names it, exit code 2. Then
@@ -54,9 +54,13 @@ Rates: Mpps counts frames; Gbps is shown twice: L2 = frame bytes (no FCS) * 8 / 
 Interactive commands (-i): start, stop, set fwd MODE, show port stats all, clear port stats all,
   show fwd stats all, help, quit (EOF on stdin quits too).")]
 pub struct PmdArgs {
-    /// A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE, tap:NAME, vhost:PATH[,client],
-    /// dpdk:DEVARGS (see below).
-    #[arg(long = "port", value_name = "SPEC", required = true)]
+    /// A port (see the help text for the SPEC forms).
+    #[arg(
+        long = "port",
+        value_name = "SPEC",
+        required = true,
+        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE, tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
+    )]
     pub ports: Vec<String>,
     /// Forwarding mode: switch, io, mac, macswap, rxonly, txonly, flowgen.
     #[arg(long, value_name = "MODE", default_value = "io")]

@@ -1,10 +1,15 @@
 //! `switchyard replay SCENARIO --out DIR [--expect DIR] [--trace]`: the deterministic
-//! pcap-replay harness (../shared/DESIGN.md, "switchyard replay").
+//! pcap-replay harness (docs/semantics.md, "switchyard replay").
 //!
 //! All input frames are merged by timestamp (ties: the order of `inputs`, then file order) and
 //! go one at a time through the same pipeline code the workers run. The clock is the pcap
 //! timestamp, so learning and aging are deterministic. Every input is checked before any frame
 //! is processed: a bad scenario, an unknown port or a damaged pcap writes nothing.
+//!
+//! `--expect` is the oracle of every case under tests/replay: any difference in a frame's bytes,
+//! timestamp or presence, in a counter the expected `stats.json` lists, or a buffer not back in
+//! the pool at the end (`buffers_leaked`, 0 unless the expected file says otherwise) fails the
+//! run and is named (port, frame number, byte offset, counter path).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -26,7 +31,8 @@ pub struct ReplayArgs {
     /// Where to write `<port>.pcap` for every port and `stats.json`.
     #[arg(long)]
     pub out: PathBuf,
-    /// Compare the output with the pcaps (and optional stats.json subset) in this directory.
+    /// Compare the output with the pcaps (and optional stats.json subset) in this directory;
+    /// buffers still out of the pool at the end are a difference too.
     #[arg(long)]
     pub expect: Option<PathBuf>,
     /// Print one line per frame with the decision taken.
@@ -105,6 +111,10 @@ impl Scenario {
         Ok(Scenario { config, inputs })
     }
 }
+
+/// The key of `stats.json` that counts the buffers still out of the pool when the run ended;
+/// anything but 0 is a bug of the pipeline or a port, and `compare` always checks it.
+const LEAKED: &str = "buffers_leaked";
 
 /// The result of a replay run.
 pub struct ReplayOutcome {
@@ -213,7 +223,7 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
             serde_json::json!({"fdb_entries": b.table.len(), "fdb_full_drops": b.table.full_drops()}),
         );
     }
-    let stats = serde_json::json!({"ports": ports, "bridges": bridges, "buffers_leaked": leaked});
+    let stats = serde_json::json!({"ports": ports, "bridges": bridges, LEAKED: leaked});
     let text = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";
     let sp = out.join("stats.json");
     std::fs::write(&sp, text).map_err(|e| ReplayError::Io { path: sp.display().to_string(), source: e })?;
@@ -296,19 +306,21 @@ pub fn compare(cfg: &Config, out: &Path, expect: &Path) -> Result<Vec<String>, R
             }
         }
     }
+    let read = |p: &Path| -> Result<serde_json::Value, ReplayError> {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| ReplayError::Io { path: p.display().to_string(), source: e })?;
+        serde_json::from_str(&t).map_err(|e| ReplayError::Io {
+            path: p.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    };
+    let got = read(&out.join("stats.json"))?;
     let es = expect.join("stats.json");
-    if es.exists() {
-        let read = |p: &Path| -> Result<serde_json::Value, ReplayError> {
-            let t = std::fs::read_to_string(p)
-                .map_err(|e| ReplayError::Io { path: p.display().to_string(), source: e })?;
-            serde_json::from_str(&t).map_err(|e| ReplayError::Io {
-                path: p.display().to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })
-        };
-        let exp = read(&es)?;
-        let got = read(&out.join("stats.json"))?;
-        subset_diff("", &exp, &got, &mut diffs);
+    let exp = if es.exists() { read(&es)? } else { serde_json::json!({}) };
+    subset_diff("", &exp, &got, &mut diffs);
+    // A leak fails the comparison even where the expected stats.json does not list it.
+    if exp.get(LEAKED).is_none() {
+        subset_diff(LEAKED, &serde_json::json!(0), &got[LEAKED], &mut diffs);
     }
     Ok(diffs)
 }
@@ -364,5 +376,43 @@ pub fn main(a: ReplayArgs) -> ExitCode {
             eprintln!("switchyard replay: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `compare` with no ports on an output stats.json and, when given, an expected one.
+    fn stats_diffs(got: &str, expected: Option<&str>) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (out, exp) = (dir.path().join("out"), dir.path().join("expected"));
+        std::fs::create_dir_all(&out).expect("out");
+        std::fs::create_dir_all(&exp).expect("expected");
+        std::fs::write(out.join("stats.json"), got).expect("write");
+        if let Some(e) = expected {
+            std::fs::write(exp.join("stats.json"), e).expect("write");
+        }
+        compare(&Config { bridges: Vec::new() }, &out, &exp).expect("compare")
+    }
+
+    #[test]
+    fn a_leak_is_a_difference_even_when_the_expected_stats_omit_it() {
+        let leak = r#"{"ports": {}, "buffers_leaked": 3}"#;
+        let want = vec!["stats buffers_leaked: expected 0, got 3".to_string()];
+        assert_eq!(stats_diffs(leak, None), want, "no expected stats.json");
+        assert_eq!(stats_diffs(leak, Some(r#"{"ports": {}}"#)), want, "stats.json without the field");
+        assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 0}"#)), want, "stats.json with 0");
+        assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 3}"#)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_leak_and_no_expected_stats_is_no_difference() {
+        assert_eq!(stats_diffs(r#"{"ports": {}, "buffers_leaked": 0}"#, None), Vec::<String>::new());
+        assert_eq!(
+            stats_diffs(r#"{"ports": {}}"#, None),
+            vec!["stats buffers_leaked: expected 0, got null".to_string()],
+            "an output without the field is not taken for a clean one"
+        );
     }
 }

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_control::cni::{CniPorts, DEFAULT_CNI_STATE};
 use switchyard_control::controller::{Controller, ControllerOptions, Source};
 use switchyard_control::ctl::{CtlServer, DEFAULT_SOCKET};
 use switchyard_control::plan::DEFAULT_VHOST_DIR;
@@ -63,6 +64,11 @@ pub struct RunArgs {
     /// runs as another user; default: left to the umask.
     #[arg(long, value_name = "MODE", value_parser = parse_mode_arg)]
     pub vhost_socket_mode: Option<String>,
+    /// Where the ports that the CNI plugin attaches are kept (restored at start; DEL
+    /// tombstones applied). Default /var/lib/switchyard/cni; when that cannot be created,
+    /// CNI requests are refused (an explicit DIR that cannot be is an error).
+    #[arg(long, value_name = "DIR")]
+    pub cni_state: Option<PathBuf>,
     /// Testing: make VM ports `ring` (in-memory) or leave them `vhostuser`.
     #[arg(long, hide = true, value_name = "ring|vhostuser")]
     pub vm_ports: Option<String>,
@@ -126,6 +132,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         },
         overrides,
         vm_ports,
+        vhost_dir: a.vhost_dir.clone(),
         ..Default::default()
     };
     let copts = match (&a.state, &a.switch, &a.node) {
@@ -168,13 +175,34 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let rt = match Runtime::start(ropts) {
-        Ok(rt) => Arc::new(Mutex::new(rt)),
+    let mut rt = match Runtime::start(ropts) {
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard run: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // CNI ports come back before the first reconcile, so that the first configuration the
+    // workers run already has them, and before the control socket answers.
+    let cni_dir = a.cni_state.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_STATE));
+    match CniPorts::open(&cni_dir) {
+        Ok((ports, report)) => {
+            for r in report {
+                tracing::warn!("CNI state: {r}");
+            }
+            tracing::info!(dir = %cni_dir.display(), ports = ports.len(), "CNI ports restored");
+            rt.set_cni(ports);
+        }
+        Err(e) if a.cni_state.is_some() => {
+            eprintln!("switchyard run: --cni-state: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            tracing::warn!("CNI state directory: {e}; CNI requests will be refused");
+            rt.disable_cni(e.to_string());
+        }
+    }
+    let rt = Arc::new(Mutex::new(rt));
     match &copts.source {
         Source::State(s) => {
             tracing::info!(state = %s.dir.display(), node = %s.node, "switchyard run starting")

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use switchyard_control::cni::attachment_key;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WAIT: Duration = Duration::from_secs(5);
@@ -24,7 +25,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 struct Run {
     child: Child,
-    dir: tempfile::TempDir,
+    /// The run's files (socket, log, state, switch file, CNI state); `_tmp` removes it.
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     sock: PathBuf,
     log: PathBuf,
 }
@@ -40,40 +43,48 @@ impl Run {
         let mut args: Vec<std::ffi::OsString> = vec!["--state".into(), state.into()];
         args.extend(["--node".into(), "worker-1".into(), "--config".into(), over.into()]);
         args.extend(extra.iter().map(Into::into));
-        Run::spawn(dir, args)
+        Run::spawn(dir.path().to_path_buf(), Some(dir), args)
     }
 
     /// `run --switch FILE` with FILE holding `yaml`.
     fn start_switch(yaml: &str) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("switch.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        Run::spawn(dir, vec!["--switch".into(), file.into()])
+        std::fs::write(dir.path().join("switch.yaml"), yaml).unwrap();
+        Run::switch_in(dir.path().to_path_buf(), Some(dir))
     }
 
-    fn spawn(dir: tempfile::TempDir, args: Vec<std::ffi::OsString>) -> Run {
-        let sock = dir.path().join("ctl.sock");
-        let log = dir.path().join("run.log");
+    /// `run --switch DIR/switch.yaml` with its files in `dir` (which outlives the run when
+    /// `tmp` is `None`: a restart finds its state there).
+    fn switch_in(dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Run {
+        let file = dir.join("switch.yaml");
+        Run::spawn(dir, tmp, vec!["--switch".into(), file.into()])
+    }
+
+    fn spawn(dir: PathBuf, tmp: Option<tempfile::TempDir>, args: Vec<std::ffi::OsString>) -> Run {
+        let sock = dir.join("ctl.sock");
+        let log = dir.join("run.log");
         let child = Command::new(BIN)
             .arg("run")
             .args(args)
             .arg("--socket")
             .arg(&sock)
             .arg("--vhost-dir")
-            .arg(dir.path().join("vhost"))
+            .arg(dir.join("vhost"))
+            .arg("--cni-state")
+            .arg(dir.join("cni"))
             .env("SWITCHYARD_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let r = Run { child, dir, sock, log };
+        let r = Run { child, dir, _tmp: tmp, sock, log };
         r.wait_for("the control socket", || r.sock.exists());
         r
     }
 
     fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.dir.join("state")
     }
 
     fn ctl(&self, args: &[&str]) -> String {
@@ -245,10 +256,10 @@ fn run_switch_applies_a_configuration_file_and_follows_it() {
     let ports = r.ctl(&["show", "ports"]);
     assert!(ports.lines().any(|l| l.starts_with("p1") && l.contains("access VLAN 10")), "{ports}");
     assert!(ports.lines().any(|l| l.starts_with("p2")), "{ports}");
-    let file = r.dir.path().join("switch.yaml");
+    let file = r.dir.join("switch.yaml");
 
     // Edited through a rename: a new port, p1 to VLAN 30; p2 untouched.
-    let tmp = r.dir.path().join(".switch.yaml.tmp");
+    let tmp = r.dir.join(".switch.yaml.tmp");
     let edited = SWITCH.replace("tag: 10}", "tag: 30}") + "      - {name: p3, type: ring, tag: 20}\n";
     std::fs::write(&tmp, &edited).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
@@ -301,4 +312,123 @@ fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
     assert!(!out.status.success(), "--switch with --state was accepted");
     let out = Command::new(BIN).arg("run").output().unwrap();
     assert!(!out.status.success(), "run without a source was accepted");
+}
+
+/// Sends one JSON request line to the control socket; the answer as JSON.
+fn json_req(sock: &Path, req: &serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out.lines().count(), 1, "one answer line: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {out}"))
+}
+
+fn cni_port(container: &str, name: &str, tag: u16) -> serde_json::Value {
+    serde_json::json!({
+        "bridge": "br0",
+        "attachment": {"container_id": container, "ifname": "net1", "pod_namespace": "ns", "pod_name": "p"},
+        "port": {"name": name, "type": "afpacket", "iface": "sy-no-such9", "tag": tag,
+                 "allowed_macs": ["02:00:00:00:aa:01"]},
+        "mac": "02:00:00:00:aa:01"
+    })
+}
+
+fn add(sock: &Path, cni: serde_json::Value) -> serde_json::Value {
+    json_req(sock, &serde_json::json!({"v": 1, "op": "cni_add", "cni": cni}))
+}
+
+#[test]
+fn cni_ports_are_added_refused_persisted_and_removed_over_the_control_socket() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    std::fs::write(dir.join("switch.yaml"), SWITCH).unwrap();
+    let r = Run::switch_in(dir.clone(), None);
+    let st = json_req(&r.sock, &json!({"v": 1, "op": "status"}));
+    assert_eq!(st, json!({"ok": true, "ready": true, "version": 1}));
+
+    // Added: present but down (no such interface), persisted.
+    let a = add(&r.sock, cni_port("c1", "ns/p/net1", 10));
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["link"], "down", "{a}");
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(ports.lines().any(|l| l.starts_with("ns/p/net1") && l.contains("access VLAN 10")), "{ports}");
+    let key = "ns/p/net1";
+    assert_eq!(std::fs::read_dir(dir.join("cni")).unwrap().count(), 1);
+
+    // Refused, and nothing replaced.
+    let code = |v: serde_json::Value| {
+        (v["ok"].clone(), v["code"].as_str().unwrap_or("").to_string(), v["error"].to_string())
+    };
+    let (ok, c, _) = code(add(&r.sock, cni_port("c1", "ns/q/net1", 10)));
+    assert_eq!((ok, c.as_str()), (json!(false), "exists"), "same attachment");
+    let (_, c, _) = code(add(&r.sock, cni_port("c2", key, 10)));
+    assert_eq!(c, "exists", "same name");
+    let (_, c, _) = code(add(&r.sock, cni_port("c3", "p1", 10)));
+    assert_eq!(c, "exists", "a port of the switch file");
+    let mut other = cni_port("c4", "ns/r/net1", 10);
+    other["bridge"] = json!("br9");
+    assert_eq!(code(add(&r.sock, other)).1, "no_bridge");
+    let (_, c, e) = code(add(&r.sock, cni_port("c5", "ns/s/net1", 4095)));
+    assert!(c == "invalid" && e.contains("port.tag"), "{c} {e}");
+    let mut ring = cni_port("c6", "ns/t/net1", 10);
+    ring["port"]["type"] = json!("ring");
+    assert_eq!(code(add(&r.sock, ring)).1, "invalid");
+    for bad in ["{", r#"{"v":1,"op":"reboot"}"#, r#"{"v":9,"op":"status"}"#] {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&r.sock).unwrap();
+        s.write_all(format!("{bad}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["code"], "bad_request", "{bad}: {out}");
+    }
+    let list = json_req(&r.sock, &json!({"v": 1, "op": "cni_list"}));
+    assert_eq!(list["ports"].as_array().map(Vec::len), Some(1), "{list}");
+
+    // vhost-user: the daemon gives it a socket of its own, which exists once the port runs.
+    let mut vh = cni_port("c7", "ns/vm/net1", 20);
+    vh["port"] = json!({"name": "ns/vm/net1", "type": "vhostuser", "tag": 20});
+    let v = add(&r.sock, vh);
+    assert_eq!(v["ok"], true, "{v}");
+    let sock = v["cni"]["port"]["socket"].as_str().unwrap().to_string();
+    assert!(sock.starts_with(dir.join("vhost").to_str().unwrap()) && sock.len() <= 107, "{sock}");
+    assert!(Path::new(&sock).exists(), "{sock}");
+
+    // A reload of the switch file keeps the CNI ports.
+    std::fs::write(dir.join("switch.yaml"), SWITCH.to_string() + "      - {name: p3, type: ring}\n").unwrap();
+    let ports = r.wait_ctl(&["show", "ports"], "p3", |s| s.contains("p3"));
+    assert!(ports.contains("ns/p/net1") && ports.contains("ns/vm/net1"), "{ports}");
+
+    // A restart restores both; a tombstone left while it was down removes one.
+    let (st, r) = r.terminate();
+    assert!(st.success());
+    drop(r);
+    let tomb = dir.join("cni").join(format!("{}.del", attachment_key("c7", "net1")));
+    std::fs::write(&tomb, json!({"container_id": "c7", "ifname": "net1"}).to_string()).unwrap();
+    let r = Run::switch_in(dir.clone(), None);
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(ports.contains("ns/p/net1") && !ports.contains("ns/vm/net1"), "{ports}");
+    assert!(!tomb.exists());
+    assert!(r.log().contains("deleted while the daemon was down"), "{}", r.log());
+
+    // DEL is idempotent; GC removes what is not valid.
+    assert!(add(&r.sock, cni_port("c8", "ns/u/net1", 10))["ok"] == true);
+    let del = |c: &str| {
+        json_req(
+            &r.sock,
+            &json!({"v": 1, "op": "cni_del", "attachment": {"container_id": c, "ifname": "net1"}}),
+        )
+    };
+    assert_eq!(del("c1")["removed"], json!(["ns/p/net1"]));
+    assert_eq!(del("c1")["removed"], json!([]));
+    let gc = json_req(&r.sock, &json!({"v": 1, "op": "cni_gc", "valid": []}));
+    assert_eq!(gc["removed"], json!(["ns/u/net1"]), "{gc}");
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(!ports.contains("ns/"), "{ports}");
+    assert_eq!(std::fs::read_dir(dir.join("cni")).unwrap().count(), 0);
+    let (st, _r) = r.terminate();
+    assert!(st.success());
 }

@@ -4,8 +4,10 @@
 //! modules ([`crate::eal`], [`crate::mempool`], [`crate::mbuf`],
 //! [`crate::ethdev`]).
 
-// Kept exactly as bindgen wrote it (bindings/gen/generate.sh reproduces it byte for byte).
+// Kept exactly as bindgen wrote it (bindings/gen/generate.sh reproduces it byte for byte), so
+// its bitfield accessors' unsafe blocks carry bindgen's reasoning, not SAFETY comments.
 #[rustfmt::skip]
+#[allow(clippy::undocumented_unsafe_blocks)]
 #[path = "dpdk_sys_22_11.rs"]
 mod generated;
 

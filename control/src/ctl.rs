@@ -14,6 +14,10 @@
 //! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now (the
 //!   running state is not changed)
 //! - `help`
+//!
+//! A request line that starts with `{` is a versioned JSON request of a program (the CNI
+//! plugin, [`crate::cni::Request`]); its answer is one JSON line, `{"ok": true, ...}` or
+//! `{"ok": false, "code": ..., "error": ...}` (docs/cni.md).
 
 use crate::runtime::{parse_hex, Runtime};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,10 +42,44 @@ const HELP: &str = "commands:
   trace PORT HEXFRAME        how a frame received on PORT would be forwarded
 ";
 
+/// Answers one JSON request (one line, without the newline).
+pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
+    use crate::cni::{error_answer, Request};
+    use serde_json::json;
+    let link = |rt: &Runtime, name: &str| if rt.link_up(name) { "up" } else { "down" };
+    let r = Request::parse(line).and_then(|req| match req {
+        Request::Status { .. } => {
+            Ok(json!({"ok": true, "ready": true, "version": crate::cni::PROTOCOL_VERSION}))
+        }
+        Request::CniAdd { cni, .. } => {
+            let p = rt.cni_add(*cni)?;
+            let l = link(rt, &p.port.name);
+            Ok(json!({"ok": true, "cni": p, "link": l}))
+        }
+        Request::CniDel { attachment, .. } => {
+            let removed: Vec<String> = rt.cni_del(&attachment)?.into_iter().collect();
+            Ok(json!({"ok": true, "removed": removed}))
+        }
+        Request::CniList { .. } => {
+            let ports: Vec<_> =
+                rt.cni_ports().iter().map(|p| json!({"cni": p, "link": link(rt, &p.port.name)})).collect();
+            Ok(json!({"ok": true, "ports": ports}))
+        }
+        Request::CniGc { valid, .. } => Ok(json!({"ok": true, "removed": rt.cni_gc(&valid)?})),
+    });
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => error_answer(&e),
+    }
+}
+
 /// Answers one request line.
 pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+    if line.starts_with('{') {
+        return Ok(handle_json(&mut rt, line) + "\n");
+    }
     match words.as_slice() {
         ["help"] | [] => Ok(HELP.to_string()),
         ["show", "ports"] => Ok(rt.show_ports()),

@@ -9,6 +9,9 @@
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
 //!   control socket.
 
+#![forbid(unsafe_code)]
+
+pub mod cni;
 pub mod controller;
 pub mod ctl;
 pub mod k8s;

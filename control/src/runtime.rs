@@ -21,6 +21,7 @@
 //! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
 //! and opening is tried again on every later reconcile.
 
+use crate::cni::{check_port, vhost_socket_path, Attachment, CniError, CniPort, CniPorts};
 use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -150,6 +151,8 @@ pub struct RuntimeOptions {
     pub vm_ports: VmPorts,
     /// How long `apply` waits for the workers to take a new plan.
     pub apply_timeout: Duration,
+    /// Where vhost-user CNI ports get their sockets (a directory per attachment below it).
+    pub vhost_dir: String,
 }
 
 impl Default for RuntimeOptions {
@@ -159,6 +162,7 @@ impl Default for RuntimeOptions {
             overrides: RunConfig::default(),
             vm_ports: VmPorts::Vhostuser,
             apply_timeout: Duration::from_secs(5),
+            vhost_dir: crate::plan::DEFAULT_VHOST_DIR.into(),
         }
     }
 }
@@ -215,6 +219,26 @@ pub struct Runtime {
     assign: HashMap<(String, u16), usize>,
     trace_pool: Pool,
     pub input: InputStatus,
+    /// The configuration last applied from the source (without the CNI ports).
+    base: Config,
+    /// Ports attached by the CNI plugin, merged into every configuration applied.
+    cni: CniPorts,
+    /// Why CNI requests are refused (no state directory), if they are.
+    cni_disabled: Option<String>,
+}
+
+/// Creates a vhost-user CNI port's directory (mode 0750), owned by QEMU's user when given.
+fn prepare_socket_dir(d: &Path, owner: Option<u32>, group: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(d)
+        .map_err(|e| format!("{}: {e}", d.display()))?;
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::chown(d, owner, group).map_err(|e| format!("chown {}: {e}", d.display()))?;
+    }
+    Ok(())
 }
 
 fn empty_plan(workers: usize) -> WorkerPlan {
@@ -248,6 +272,9 @@ impl Runtime {
             assign: HashMap::new(),
             trace_pool: Pool::with_hugepages("trace", 256, false)?,
             input: InputStatus::default(),
+            base: Config::default(),
+            cni: CniPorts::in_memory(),
+            cni_disabled: Some("no CNI state directory configured".into()),
         })
     }
 
@@ -309,10 +336,33 @@ impl Runtime {
         self.ports.get(port).and_then(|s| s.error.as_deref())
     }
 
-    /// Applies the planned configuration `planned` (see the module doc). `origin` names where a
-    /// port comes from, for the log (`NAD ns/net1`, `NNCP br1-eth1`). On error nothing changed
-    /// except that backends being reopened may be closed (they are opened on the next apply).
+    /// Applies the planned configuration `planned` (see the module doc) with the CNI ports
+    /// merged in. `origin` names where a port comes from, for the log (`NAD ns/net1`, `NNCP
+    /// br1-eth1`). On error nothing changed except that backends being reopened may be closed
+    /// (they are opened on the next apply).
     pub fn apply(
+        &mut self,
+        planned: &Config,
+        origin: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Applied, RuntimeError> {
+        let (merged, left_out) = self.cni.merge_into(planned);
+        let cni_origin: HashMap<String, String> = self
+            .cni
+            .iter()
+            .map(|p| {
+                let a = &p.attachment;
+                (p.port.name.clone(), format!("CNI {}/{}", a.container_id, a.ifname))
+            })
+            .collect();
+        let r = self.apply_config(&merged, &|n| origin(n).or_else(|| cni_origin.get(n).cloned()))?;
+        for l in &left_out {
+            tracing::warn!("{l}");
+        }
+        self.base = planned.clone();
+        Ok(r)
+    }
+
+    fn apply_config(
         &mut self,
         planned: &Config,
         origin: &dyn Fn(&str) -> Option<String>,
@@ -452,6 +502,136 @@ impl Runtime {
         }
         self.running = wanted;
         Ok(Applied { diff: d, generation: Some(gen), in_time, lines })
+    }
+
+    /// Takes the CNI ports restored from their state directory (before the first apply), and
+    /// accepts CNI requests from then on.
+    pub fn set_cni(&mut self, ports: CniPorts) {
+        self.cni = ports;
+        self.cni_disabled = None;
+    }
+
+    /// Refuses CNI requests, saying why.
+    pub fn disable_cni(&mut self, why: String) {
+        self.cni_disabled = Some(why);
+    }
+
+    pub fn cni_ports(&self) -> &CniPorts {
+        &self.cni
+    }
+
+    /// Whether a port has an open backend whose link is up.
+    pub fn link_up(&self, port: &str) -> bool {
+        self.backend(port).is_some_and(|b| b.link_up())
+    }
+
+    fn cni_enabled(&self) -> Result<(), CniError> {
+        match &self.cni_disabled {
+            Some(why) => Err(CniError::Internal(format!("CNI ports are not available: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-applies the source's configuration with the CNI ports as they are now.
+    fn reapply(&mut self) -> Result<Applied, CniError> {
+        let base = self.base.clone();
+        self.apply(&base, &|_| None).map_err(|e| CniError::Internal(e.to_string()))
+    }
+
+    /// Attaches a CNI port: checked against the running switch, persisted, applied. Nothing is
+    /// replaced: an attachment or a port name already present is [`CniError::Exists`].
+    pub fn cni_add(&mut self, mut p: CniPort) -> Result<CniPort, CniError> {
+        self.cni_enabled()?;
+        check_port(&p)?;
+        if let Some(q) = self.cni.find(&p.attachment) {
+            return Err(CniError::Exists(format!(
+                "attachment {}/{} already has port {}",
+                p.attachment.container_id, p.attachment.ifname, q.port.name
+            )));
+        }
+        let name = p.port.name.clone();
+        let planned = self.base.bridges.iter().flat_map(|b| &b.ports).any(|q| q.name == name);
+        if planned || self.cni.get(&name).is_some() {
+            return Err(CniError::Exists(format!("port name {name:?} is taken")));
+        }
+        let Some(bi) = self.base.bridges.iter().position(|b| b.name == p.bridge) else {
+            return Err(CniError::NoBridge(p.bridge.clone()));
+        };
+        let mut vhost_dir = None;
+        if p.port.kind == Some(PortType::Vhostuser) {
+            let sock = vhost_socket_path(&self.opts.vhost_dir, &p.attachment)?;
+            vhost_dir = Path::new(&sock).parent().map(Path::to_path_buf);
+            p.port.socket = Some(sock);
+            p.port.mode.get_or_insert_with(|| "server".into());
+        }
+        // The schema's checks, on the port as it will run, naming the field as `port.X`.
+        let mut trial = self.base.clone();
+        let at = trial.bridges[bi].ports.len();
+        trial.bridges[bi].ports.push(p.port.clone());
+        trial.validate().map_err(|e| {
+            CniError::Invalid(e.to_string().replace(&format!("bridges[{bi}].ports[{at}]."), "port."))
+        })?;
+        if let Some(d) = &vhost_dir {
+            prepare_socket_dir(d, p.owner, p.group).map_err(CniError::Internal)?;
+        }
+        self.cni.insert(p.clone())?;
+        if let Err(e) = self.reapply() {
+            let _ = self.cni.remove(&p.attachment);
+            let _ = self.reapply();
+            return Err(e);
+        }
+        if let (Some(sock), true) = (&p.port.socket, p.owner.is_some() || p.group.is_some()) {
+            // The backend made the socket (server mode) during the apply: give it to QEMU's user.
+            if Path::new(sock).exists() {
+                std::os::unix::fs::chown(sock, p.owner, p.group)
+                    .map_err(|e| CniError::Internal(format!("chown {sock}: {e}")))?;
+            }
+        }
+        Ok(p)
+    }
+
+    /// Detaches the port of an attachment; its name, or `None` when there was none.
+    pub fn cni_del(&mut self, a: &Attachment) -> Result<Option<String>, CniError> {
+        self.cni_enabled()?;
+        let Some(p) = self.cni.remove(a)? else { return Ok(None) };
+        self.reapply()?;
+        self.remove_socket_dir(&p);
+        Ok(Some(p.port.name))
+    }
+
+    /// Detaches every CNI port whose attachment is not in `valid`; their names.
+    pub fn cni_gc(&mut self, valid: &[Attachment]) -> Result<Vec<String>, CniError> {
+        self.cni_enabled()?;
+        let stale: Vec<Attachment> = self
+            .cni
+            .iter()
+            .filter(|p| !valid.iter().any(|v| v.same(&p.attachment)))
+            .map(|p| p.attachment.clone())
+            .collect();
+        let mut gone = Vec::new();
+        for a in &stale {
+            if let Some(p) = self.cni.remove(a)? {
+                gone.push(p);
+            }
+        }
+        if !gone.is_empty() {
+            self.reapply()?;
+        }
+        for p in &gone {
+            self.remove_socket_dir(p);
+        }
+        Ok(gone.into_iter().map(|p| p.port.name).collect())
+    }
+
+    /// A vhost-user CNI port's own socket directory goes with it.
+    fn remove_socket_dir(&self, p: &CniPort) {
+        if let Ok(sock) = vhost_socket_path(&self.opts.vhost_dir, &p.attachment) {
+            if p.port.socket.as_deref() == Some(sock.as_str()) {
+                if let Some(d) = Path::new(&sock).parent() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
     }
 
     /// Publishes `sw` with the current backends, RX queues dealt to workers (sticky; new

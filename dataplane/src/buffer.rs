@@ -468,7 +468,7 @@ impl Releaser<'_> {
 }
 
 /// A per-worker cache of free buffers in front of a [`Pool`]: allocation and freeing touch
-/// only this cache, except once every [`CACHE_BULK`] buffers.
+/// only this cache, except once every `CACHE_BULK` buffers.
 pub struct PoolCache {
     pool: Pool,
     free: Vec<u32>,
@@ -876,6 +876,39 @@ impl std::fmt::Debug for AtomicPairs {
 mod tests {
     use super::*;
 
+    /// Where the machine has hugepages (a hugetlbfs mounted and enough of them free), a pool
+    /// made as the dataplane makes its pools ([`Pool::new`]) is on them: by its own report,
+    /// and by the kernel's page size for the mapping that holds its buffers. A silent fallback
+    /// to ordinary pages fails.
+    #[test]
+    fn pools_are_on_hugepages_when_the_machine_has_them() {
+        let test = "pools_are_on_hugepages_when_the_machine_has_them";
+        let count = 1024;
+        let bytes = (count * SLOT_SIZE) as u64;
+        let huge = match testkit::probe::hugepages(1) {
+            Ok(h) if h.free >= bytes.div_ceil(h.page_bytes) => h,
+            Ok(h) => {
+                let need = bytes.div_ceil(h.page_bytes);
+                return testkit::skip(
+                    test,
+                    &format!("{} free hugepages, fewer than the {need} needed", h.free),
+                );
+            }
+            Err(why) => return testkit::skip(test, &why),
+        };
+        let pool = Pool::new("huge-check", count).unwrap();
+        assert!(pool.on_hugepages(), "the pool fell back to ordinary pages with {huge:?} free");
+        let b = pool.alloc().unwrap();
+        let (page, hugetlb) = testkit::probe::page_size_at(b.data().as_ptr() as usize).unwrap();
+        assert_eq!(page, huge.page_bytes, "the kernel's page size for the pool's mapping");
+        assert!(hugetlb, "the pool's mapping is not hugetlb memory");
+        // A pool asked for ordinary pages gets them (the probe tells the two apart).
+        let plain = Pool::with_hugepages("plain-check", count, false).unwrap();
+        let c = plain.alloc().unwrap();
+        assert!(!plain.on_hugepages());
+        assert_ne!(testkit::probe::page_size_at(c.data().as_ptr() as usize).unwrap().0, huge.page_bytes);
+    }
+
     #[test]
     fn atomic_pairs_are_zeroed_aligned_and_usable_end_to_end() {
         for len in [1usize, 64, HUGEPAGE / 16, 3 * HUGEPAGE / 16 + 5] {
@@ -1023,7 +1056,9 @@ mod tests {
         // Out-of-range windows and indices are refused.
         // SAFETY: nothing is taken when adopt refuses.
         assert!(unsafe { ext.adopt(0, 2000, 177) }.is_none());
+        // SAFETY: as above: an index past the pool is refused, nothing taken.
         assert!(unsafe { ext.adopt(count as u32, 0, 0) }.is_none());
+        // SAFETY: a pool that is not external refuses every adoption.
         assert!(unsafe { regular.adopt(0, 0, 0) }.is_none());
         // Freed into a worker cache of another pool: back to the owner.
         worker.free(b);

@@ -1,4 +1,4 @@
-//! The configuration file: bridges and their ports (../shared/DESIGN.md, "Configuration
+//! The configuration file: bridges and their ports (docs/semantics.md, "The configuration
 //! file"). Parsing gives plain structs; [`Config::validate`] checks every rule that serde
 //! cannot, naming the offending field as `bridges[i].ports[j].field`.
 

@@ -21,7 +21,7 @@
 //!   in the parse stage, and every buffer operation that can fail returns an error that is
 //!   counted.
 //!
-//! The semantics are those of ../shared/DESIGN.md "L2 semantics" (Open vSwitch's NORMAL
+//! The semantics are those of docs/semantics.md "Forwarding" (Open vSwitch's NORMAL
 //! action, plus MAC spoof filtering, static entries and per-port MAC limits).
 
 use crate::buffer::{PacketBuf, PoolCache};

@@ -1,6 +1,7 @@
 //! The TAP port for real: frames written by the switch arrive on the kernel side of the
 //! interface (an AF_PACKET socket bound to it sees them) and frames the kernel sends out of it
-//! reach the switch. Needs root and iproute2; otherwise every test prints why and passes.
+//! reach the switch. Needs root, iproute2 and TAP interfaces from the kernel; otherwise every
+//! test skips (testkit), saying why.
 
 mod kports_common;
 
@@ -18,31 +19,31 @@ fn tap_name() -> String {
     format!("syt{pid}n{n}")
 }
 
-/// A fresh TAP port (the interface removed on drop of the guard too), or `None` with the
-/// skip message printed.
-fn setup(test: &str, opts: TapOptions) -> Option<(LinkGuard, TapPort)> {
+/// Why TAP tests cannot run here: not root, no iproute2, or no TAP interfaces from the
+/// kernel (a probe of its own, not through the port under test).
+fn tap_env() -> Result<(), String> {
     if let Some(why) = skip_reason() {
-        skip(test, &why);
-        return None;
+        return Err(why);
     }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        skip(test, "/dev/net/tun is missing");
+    tap_probe()
+}
+
+/// A fresh TAP port (the interface removed on drop of the guard too), or `None` with the
+/// skip reported when the machine gives no TAP interfaces. Once it does, the port must open.
+fn setup(test: &str, opts: TapOptions) -> Option<(LinkGuard, TapPort)> {
+    if let Err(why) = tap_env() {
+        skip(test, &why);
         return None;
     }
     let name = tap_name();
     let guard = LinkGuard(name.clone());
-    match TapPort::open("t0", &name, opts) {
-        Ok(p) => {
-            let _ = std::process::Command::new("sysctl")
-                .args(["-qw", &format!("net.ipv6.conf.{name}.disable_ipv6=1")])
-                .output();
-            Some((guard, p))
-        }
-        Err(e) => {
-            skip(test, &format!("cannot create a TAP interface: {e}"));
-            None
-        }
-    }
+    let port = TapPort::open("t0", &name, opts).unwrap_or_else(|e| {
+        panic!("TapPort::open {name} failed although the kernel gives TAP interfaces: {e}")
+    });
+    let _ = std::process::Command::new("sysctl")
+        .args(["-qw", &format!("net.ipv6.conf.{name}.disable_ipv6=1")])
+        .output();
+    Some((guard, port))
 }
 
 #[test]
@@ -156,16 +157,13 @@ fn deleting_the_interface_marks_the_port_down() {
 #[test]
 fn attaches_to_an_existing_tap_and_counts_while_down() {
     let test = "attaches_to_an_existing_tap_and_counts_while_down";
-    if let Some(why) = skip_reason() {
+    if let Err(why) = tap_env() {
         skip(test, &why);
         return;
     }
     let name = tap_name();
     let g = LinkGuard(name.clone());
-    if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
-        skip(test, &format!("cannot create a TAP interface: {e}"));
-        return;
-    }
+    ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).expect("create a persistent TAP interface");
     let port = TapPort::open("t1", &name, TapOptions { bring_up: false, ..TapOptions::default() })
         .expect("attach to the existing tap");
     assert_eq!(port.ifname(), name);

@@ -4,7 +4,10 @@
 //! feeds the port; and both sides restart.
 //!
 //! testpmd runs with `--no-huge` (DPDK then backs its memory with a memfd that virtio-user can
-//! share). The tests skip, saying why, when `dpdk-testpmd` is missing or its EAL cannot start.
+//! share). The tests skip (testkit), saying why, only when `dpdk-testpmd` is missing or fails
+//! its bare self-check (`testkit::probe::testpmd`); after that, a testpmd that exits or cannot
+//! init before the link is up fails the test: virtio-user does its vhost-user handshake inside
+//! EAL's device probe, so a handshake switchyard breaks shows up exactly there.
 //! Each test bounds every wait; testpmd is killed when a test ends.
 
 use std::io::{BufRead, BufReader, Write};
@@ -17,17 +20,18 @@ use switchyard_dataplane::port::vhost::proto::feat;
 use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 
-const TESTPMD: &str = "dpdk-testpmd";
+use testkit::probe::TESTPMD;
 
 fn sock(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("sy-tp-{}-{name}.sock", std::process::id()))
 }
 
-fn have_testpmd() -> bool {
-    match Command::new(TESTPMD).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(_) => true,
-        Err(_) => {
-            eprintln!("SKIP: {TESTPMD} not found (Debian: apt install dpdk)");
+/// Whether testpmd runs here (the bare self-check); `false` with the skip reported.
+fn testpmd_runs(test: &str) -> bool {
+    match testkit::probe::testpmd() {
+        Ok(()) => true,
+        Err(why) => {
+            testkit::skip(test, &why);
             false
         }
     }
@@ -140,39 +144,31 @@ fn frame(i: u32, len: usize) -> Vec<u8> {
     f
 }
 
-/// Starts testpmd as the guest of `port` and waits until the port's link is up. `None`
-/// (with a message) when testpmd cannot run here.
-fn guest(port: &VhostUserPort, name: &str, vdev: &str, fwd: &str) -> Option<TestPmd> {
+/// Starts testpmd as the guest of `port` and waits until the port's link is up.
+fn guest(port: &VhostUserPort, name: &str, vdev: &str, fwd: &str) -> TestPmd {
     let mut tp = TestPmd::start(name, vdev, fwd);
     // testpmd reads its commands once its prompt is up.
     tp.cmd("start");
-    if !tp.started(port) {
-        return None;
-    }
-    Some(tp)
+    tp.started(port);
+    tp
 }
 
 impl TestPmd {
-    /// Waits for the port's link; `false` with a SKIP message when testpmd could not start
-    /// here (EAL failure), a panic when it started but the link did not come up.
-    fn started(&mut self, port: &VhostUserPort) -> bool {
+    /// Waits for the port's link. testpmd runs here (the self-check passed), so its exit
+    /// before the link is up, or a link that never comes up, is a failure (its log in the
+    /// message): its EAL probes virtio-user, which does the vhost-user handshake with the port.
+    fn started(&mut self, port: &VhostUserPort) {
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             if port.link_up() {
-                return true;
+                return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                eprintln!("SKIP: testpmd exited ({st}) before the link came up:\n{}", self.dump());
-                return false;
+                panic!("testpmd exited ({st}) before the link came up:\n{}", self.dump());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let log = self.dump();
-        if log.contains("Cannot init") || log.contains("EAL: FATAL") {
-            eprintln!("SKIP: testpmd's EAL cannot start here:\n{log}");
-            return false;
-        }
-        panic!("link did not come up with testpmd:\n{log}");
+        panic!("link did not come up with testpmd in 20 s:\n{}", self.dump());
     }
 }
 
@@ -227,13 +223,13 @@ fn io_round_trip_is_exact(port: &VhostUserPort, seed: u32) {
 
 #[test]
 fn testpmd_io_forwarding_round_trip_and_restart() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_io_forwarding_round_trip_and_restart") {
         return;
     }
     let path = sock("io");
     let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
     let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-    let Some(tp) = guest(&port, "io", &vdev, "io") else { return };
+    let tp = guest(&port, "io", &vdev, "io");
     // virtio-user's defaults: in order, mergeable RX buffers (DPDK's in-order paths).
     let f = port.negotiated_features();
     assert_ne!(f & feat::F_IN_ORDER, 0, "IN_ORDER not agreed: {f:#x}");
@@ -244,7 +240,7 @@ fn testpmd_io_forwarding_round_trip_and_restart() {
     tp.stop();
     assert!(wait_for(Duration::from_secs(5), || !port.link_up()), "link down after testpmd quit");
     let vdev = format!("{vdev},in_order=0,mrg_rxbuf=0");
-    let Some(tp) = guest(&port, "io2", &vdev, "io") else { return };
+    let tp = guest(&port, "io2", &vdev, "io");
     let f = port.negotiated_features();
     assert_eq!(f & (feat::F_IN_ORDER | feat::NET_F_MRG_RXBUF), 0, "features: {f:#x}");
     io_round_trip_is_exact(&port, 1000);
@@ -253,13 +249,13 @@ fn testpmd_io_forwarding_round_trip_and_restart() {
 
 #[test]
 fn testpmd_txonly_reaches_the_port() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_txonly_reaches_the_port") {
         return;
     }
     let path = sock("txonly");
     let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
     let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-    let Some(tp) = guest(&port, "txonly", &vdev, "txonly") else { return };
+    let tp = guest(&port, "txonly", &vdev, "txonly");
     let pool = Pool::with_hugepages("txonly", 1024, false).unwrap();
     let mut c = pool.cache();
     let mut rx = port.open_rx(0).unwrap();
@@ -294,13 +290,13 @@ fn testpmd_txonly_reaches_the_port() {
 /// only thing that can end the sleep.
 #[test]
 fn testpmd_kicks_a_sleeping_port() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_kicks_a_sleeping_port") {
         return;
     }
     let path = sock("kick");
     let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
     let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-    let Some(tp) = guest(&port, "kick", &vdev, "io") else { return };
+    let tp = guest(&port, "kick", &vdev, "io");
     wait_forwarding(&port);
     let pool = Pool::with_hugepages("kick", 1024, false).unwrap();
     let mut c = pool.cache();
@@ -356,7 +352,7 @@ fn readable_within_2s(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 
 #[test]
 fn testpmd_server_mode_and_switchyard_client_reconnects() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_server_mode_and_switchyard_client_reconnects") {
         return;
     }
     let path = sock("client");
@@ -371,9 +367,7 @@ fn testpmd_server_mode_and_switchyard_client_reconnects() {
     // testpmd in server mode waits for the backend before its prompt.
     let port = VhostUserPort::open("vm", &path, opts.clone()).unwrap();
     tp.cmd("start");
-    if !tp.started(&port) {
-        return;
-    }
+    tp.started(&port);
     io_round_trip_is_exact(&port, 0);
     // switchyard restarts: a new port connects to the same testpmd.
     drop(port);
@@ -385,9 +379,7 @@ fn testpmd_server_mode_and_switchyard_client_reconnects() {
     assert!(wait_for(Duration::from_secs(5), || !port.link_up()));
     let mut tp = TestPmd::start("client2", &vdev, "io");
     tp.cmd("start");
-    if !tp.started(&port) {
-        return;
-    }
+    tp.started(&port);
     io_round_trip_is_exact(&port, 900);
     assert!(port.sessions() >= 2);
     tp.stop();
@@ -404,14 +396,14 @@ fn testpmd_through_the_switch_pipeline() {
     use switchyard_dataplane::port::ring::RingPort;
     use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
     use switchyard_dataplane::SwitchConfig;
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_through_the_switch_pipeline") {
         return;
     }
     let path = sock("switch");
     let vm = Arc::new(VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap());
     let (ring, peer) = RingPort::new("up", 4096);
     let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-    let Some(tp) = guest(&vm, "switch", &vdev, "macswap") else { return };
+    let tp = guest(&vm, "switch", &vdev, "macswap");
     let yaml = format!(
         "bridges:\n- name: br\n  ports:\n  - {{name: up}}\n  - {{name: vm, type: vhostuser, socket: {}}}\n",
         path.display()
@@ -498,7 +490,7 @@ fn testpmd_through_the_switch_pipeline() {
 #[test]
 #[ignore]
 fn testpmd_throughput() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_throughput") {
         return;
     }
     let secs = 3.0;
@@ -509,7 +501,7 @@ fn testpmd_throughput() {
         let path = sock("tput-rx");
         let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
         let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-        let Some(tp) = guest(&port, "tputrx", &vdev, "txonly") else { return };
+        let tp = guest(&port, "tputrx", &vdev, "txonly");
         let mut rx = port.open_rx(0).unwrap();
         let mut n = 0u64;
         // Warm up, then count.
@@ -533,7 +525,7 @@ fn testpmd_throughput() {
         let path = sock("tput-tx");
         let port = VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap();
         let vdev = format!("net_virtio_user0,path={},queues=1", path.display());
-        let Some(tp) = guest(&port, "tputtx", &vdev, "rxonly") else { return };
+        let tp = guest(&port, "tputtx", &vdev, "rxonly");
         let mut tx = port.open_tx(0).unwrap();
         let f = frame(1, 64);
         std::thread::sleep(Duration::from_millis(300));
@@ -561,7 +553,7 @@ fn testpmd_throughput() {
 /// the port; the port's two TX handles fill the guest's two RX queues.
 #[test]
 fn testpmd_multiqueue() {
-    if !have_testpmd() {
+    if !testpmd_runs("testpmd_multiqueue") {
         return;
     }
     let path = sock("mq");
@@ -569,9 +561,7 @@ fn testpmd_multiqueue() {
     let vdev = format!("net_virtio_user0,path={},queues=2", path.display());
     let mut tp = TestPmd::start_with("mq", &vdev, "txonly", &["--rxq=2", "--txq=2"]);
     tp.cmd("start");
-    if !tp.started(&port) {
-        return;
-    }
+    tp.started(&port);
     assert!(
         wait_for(Duration::from_secs(10), || port.vring_running(2) && port.vring_running(3)),
         "second queue pair not enabled:\n{}",

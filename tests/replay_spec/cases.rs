@@ -1,5 +1,5 @@
-//! The replay cases. Each expectation is written from the rules (DESIGN.md "L2 semantics" and
-//! the replay contract), with the reasoning next to the frame it explains.
+//! The replay cases. Each expectation is written from the rules (docs/semantics.md: the VLAN
+//! modes, forwarding and the replay contract), with the reasoning next to the frame it explains.
 //!
 //! Conventions: A, B, C ... are hosts 02:00:00:00:00:0a, 0b, 0c ...; X, Y, Z are other hosts
 //! (02:..:01, 02, 03); S is a static MAC. Frames are 1 ms apart from t = 1 s unless a case sets

@@ -1,6 +1,6 @@
 //! The replay cases as a specification: for each case the scenario, the input frames and the
 //! frames and counters that the switch must produce, written down from the L2 semantics of
-//! ../shared/DESIGN.md (not from the switch's output). `tests/replay_gen.rs` turns them into the
+//! docs/semantics.md (not from the switch's output). `tests/replay_gen.rs` turns them into the
 //! files under `tests/replay/<case>/` and checks that the committed files never drift from this
 //! specification; `tests/replay_cases.rs` runs `switchyard replay --expect` on every case.
 //!
@@ -208,7 +208,7 @@ pub fn rarp_req(dst: Mac, src: Mac, tag: Option<Tag>, sha: Mac) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scenario (the configuration schema of DESIGN.md, without `type`).
+// Scenario (the configuration schema of docs/semantics.md, without `type`).
 
 #[derive(Clone, Debug, Default)]
 pub struct Port {
@@ -551,6 +551,8 @@ impl Case {
             top.insert("bridges".into(), sorted(b));
         }
         top.insert("ports".into(), sorted(ports));
+        // Every buffer is back in the pool when a replay ends, whatever the case.
+        top.insert("buffers_leaked".into(), json!(0));
         let mut s = serde_json::to_string_pretty(&sorted(top)).unwrap();
         s.push('\n');
         s
@@ -559,7 +561,7 @@ impl Case {
     pub fn readme(&self) -> String {
         format!(
             "# Replay case `{}`\n\n{}\n\nThe files here are generated from `tests/replay_spec/cases.rs` (expected output written \
-             from the semantics in DESIGN.md, not from the switch); regenerate with \
+             from the semantics in docs/semantics.md, not from the switch); regenerate with \
              `REGENERATE=1 cargo test --test replay_gen -- --ignored`.\n",
             self.name, self.about
         )
@@ -650,10 +652,11 @@ pub fn replay_dir() -> PathBuf {
 pub const TOP_README: &str = "# Replay cases\n\n\
 Each directory holds one case for `switchyard replay`: `scenario.yaml` (bridges and ports, plus \
 `inputs`), the input captures under `in/`, and under `expected/` one pcap per port (empty when \
-nothing leaves it) and `stats.json` (a subset of the counters). `tests/replay_cases.rs` runs \
+nothing leaves it) and `stats.json` (a subset of the counters, and `buffers_leaked`: 0, every \
+buffer back in the pool at the end). `tests/replay_cases.rs` runs \
 `switchyard replay <case>/scenario.yaml --out <tmp> --expect <case>/expected` on every case.\n\n\
 The cases are specified in `tests/replay_spec/cases.rs`: input frames and expected frames are \
-built by a small frame builder from reasoning about the L2 semantics of DESIGN.md, never \
+built by a small frame builder from reasoning about the L2 semantics of docs/semantics.md, never \
 from the switch's own output. Regenerate the files with \
 `REGENERATE=1 cargo test --test replay_gen -- --ignored`; `cargo test --test replay_gen` checks \
 that the committed files match the specification byte for byte.\n";

@@ -1,6 +1,7 @@
 //! Shared EAL setup for the DPDK tests: one EAL per test process, shared by
-//! all its tests, with no hugepages and little memory; tests skip (with a
-//! message) when EAL cannot come up here, e.g. without root.
+//! all its tests, with no hugepages and little memory. A test skips (testkit)
+//! only when EAL fails and DPDK itself cannot run here (`dpdk-testpmd`'s bare
+//! self-check fails too); an EAL failure where DPDK runs fails the test.
 #![allow(dead_code)]
 
 use switchyard_bindings::{Eal, EalOptions};
@@ -18,12 +19,12 @@ pub fn options() -> EalOptions {
     }
 }
 
-/// The process's EAL, or `None` (after printing why) when it cannot init.
+/// The process's EAL, or `None` (the skip reported) when DPDK cannot run here.
 pub fn eal() -> Option<&'static Eal> {
     match Eal::init(options()) {
         Ok(eal) => Some(eal),
         Err(e) => {
-            eprintln!("SKIPPED: DPDK EAL cannot initialise on this machine: {e}");
+            testkit::fail_or_skip(&testkit::current_test(), "Eal::init", &e, testkit::probe::testpmd());
             None
         }
     }

@@ -657,12 +657,14 @@ mod tests {
         L.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The process's EAL, or `None` (the skip reported) when DPDK cannot run here at all
+    /// (`dpdk-testpmd`'s bare self-check fails too); an EAL failure where DPDK runs fails.
     fn eal() -> Option<&'static Eal> {
         let opts = EalOptions { no_huge: Some(true), memory_mb: Some(256), ..EalOptions::default() };
         match Eal::init(opts) {
             Ok(e) => Some(e),
             Err(e) => {
-                eprintln!("SKIPPED: DPDK EAL cannot initialise on this machine: {e}");
+                testkit::fail_or_skip(&testkit::current_test(), "Eal::init", &e, testkit::probe::testpmd());
                 None
             }
         }

@@ -8,12 +8,15 @@
 //! Every frame a backend takes in and cannot deliver is counted in the caller's [`DropTally`]
 //! under a named [`DropReason`]; nothing is dropped silently.
 
+#[allow(unsafe_code)]
 pub mod afpacket;
 #[cfg(feature = "dpdk")]
+#[allow(unsafe_code)]
 pub mod dpdk;
 pub mod factory;
 pub mod pcap;
 pub mod ring;
+#[allow(unsafe_code)]
 pub mod tap;
 pub mod vhost;
 

@@ -16,8 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(3);
 
 /// Why these tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !testkit::probe::is_root() {
         return Some("not running as root (needs CAP_NET_ADMIN and CAP_NET_RAW)".into());
     }
     match Command::new("ip").arg("-V").output() {
@@ -27,11 +26,28 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Prints the skip message in a form that stands out in test output (straight to stderr, so
-/// the test harness does not swallow it).
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+/// How these tests skip: the workspace's one way (printed, logged, refused in strict mode).
+pub use testkit::skip;
+
+/// Whether the kernel gives this process TAP interfaces, probed without the code under test:
+/// `/dev/net/tun` opens and `TUNSETIFF` creates a TAP interface (named by the kernel, gone
+/// when the descriptor closes). When this passes, a TAP port must open.
+pub fn tap_probe() -> Result<(), String> {
+    // SAFETY: open(2) of a constant NUL-terminated path.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(format!("cannot open /dev/net/tun: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; all zeroes is an empty name (the kernel picks one).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which lives across the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) } < 0 {
+        return Err(format!("TUNSETIFF on /dev/net/tun: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 pub fn ip(args: &[&str]) -> Result<(), String> {

@@ -59,8 +59,10 @@
 
 mod control;
 pub mod frontend;
+#[allow(unsafe_code)]
 pub mod mem;
 pub mod proto;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod vring;
 

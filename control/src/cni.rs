@@ -1,0 +1,437 @@
+//! Ports that the CNI plugin (`switchyard-cni`) attaches to the running switch, and the
+//! versioned JSON requests it sends over the control socket (docs/cni.md).
+//!
+//! A CNI port lives beside the ports planned from the switch's source (manifests or a switch
+//! file): [`CniPorts::merge_into`] adds each to its bridge in every configuration the runtime
+//! applies, so a reload of the source keeps them. The identity of an attachment is
+//! `(container_id, ifname)`; its port name is unique among all ports of the node, and neither
+//! is ever silently replaced: a collision is an error ([`CniError::Exists`]).
+//!
+//! Every CNI port is persisted in the CNI state directory, one file per attachment
+//! (`<key>.json`, [`attachment_key`]), written to a temporary file and renamed into place, so
+//! a restarted daemon restores exactly the ports it had. A DEL that found the daemon down
+//! leaves a tombstone (`<key>.del`, the attachment as JSON) that the daemon applies when it
+//! starts, before restoring.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use switchyard_dataplane::config::{Config, PortConfig, PortType};
+
+/// The protocol version this daemon speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default CNI state directory.
+pub const DEFAULT_CNI_STATE: &str = "/var/lib/switchyard/cni";
+
+/// Longest Unix socket path (`sun_path` is 108 bytes, NUL included).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// One CNI attachment: a container's interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+}
+
+impl Attachment {
+    /// Whether `other` is the same attachment (container and interface).
+    pub fn same(&self, other: &Attachment) -> bool {
+        self.container_id == other.container_id && self.ifname == other.ifname
+    }
+
+    pub fn key(&self) -> String {
+        attachment_key(&self.container_id, &self.ifname)
+    }
+}
+
+/// The file-name key of an attachment: FNV-1a 64 of `container_id/ifname`, 16 hex digits.
+pub fn attachment_key(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain(std::iter::once(b'/')).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A port the CNI plugin attached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniPort {
+    pub bridge: String,
+    pub attachment: Attachment,
+    pub port: PortConfig,
+    /// The interface's MAC (what CHECK compares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// vhostuser: the socket's owner and group (QEMU's uid/gid, 107 in virt-launcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+}
+
+/// Why a CNI request failed; `code()` is the protocol's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CniError {
+    #[error("{0}")]
+    Exists(String),
+    #[error("bridge {0:?} is not in the running switch")]
+    NoBridge(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl CniError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CniError::Exists(_) => "exists",
+            CniError::NoBridge(_) => "no_bridge",
+            CniError::Invalid(_) => "invalid",
+            CniError::Internal(_) => "internal",
+            CniError::BadRequest(_) => "bad_request",
+        }
+    }
+}
+
+/// A request on the control socket (a line that starts with `{`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status { v: u32 },
+    CniAdd { v: u32, cni: Box<CniPort> },
+    CniDel { v: u32, attachment: Attachment },
+    CniList { v: u32 },
+    CniGc { v: u32, valid: Vec<Attachment> },
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, CniError> {
+        let r: Request = serde_json::from_str(line).map_err(|e| CniError::BadRequest(e.to_string()))?;
+        let v = match &r {
+            Request::Status { v }
+            | Request::CniAdd { v, .. }
+            | Request::CniDel { v, .. }
+            | Request::CniList { v }
+            | Request::CniGc { v, .. } => *v,
+        };
+        if v != PROTOCOL_VERSION {
+            return Err(CniError::BadRequest(format!(
+                "protocol version {v} not spoken here (this daemon speaks {PROTOCOL_VERSION})"
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// The error answer line.
+pub fn error_answer(e: &CniError) -> String {
+    serde_json::json!({"ok": false, "code": e.code(), "error": e.to_string()}).to_string()
+}
+
+/// The persisted CNI ports, in a directory (or nowhere, for tests without one).
+#[derive(Debug, Default)]
+pub struct CniPorts {
+    /// By port name.
+    ports: BTreeMap<String, CniPort>,
+    dir: Option<PathBuf>,
+}
+
+fn io_err(what: &Path, e: std::io::Error) -> CniError {
+    CniError::Internal(format!("{}: {e}", what.display()))
+}
+
+impl CniPorts {
+    /// Ports kept in memory only.
+    pub fn in_memory() -> CniPorts {
+        CniPorts::default()
+    }
+
+    /// Opens (creating it, mode 0700) the state directory: applies and removes the tombstones,
+    /// then loads every port file. A file that does not parse is renamed `<file>.bad` and
+    /// reported, never silently dropped.
+    pub fn open(dir: &Path) -> Result<(CniPorts, Vec<String>), CniError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io_err(dir, e))?;
+        let mut report = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        let mut tombstones = Vec::new();
+        for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "del")) {
+            match std::fs::read_to_string(f).ok().and_then(|t| serde_json::from_str::<Attachment>(&t).ok()) {
+                Some(a) => tombstones.push(a),
+                None => report.push(format!("{}: tombstone does not parse; ignored", f.display())),
+            }
+            let _ = std::fs::remove_file(f);
+        }
+        let mut ports = BTreeMap::new();
+        for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
+            let parsed = std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<CniPort>(&t).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(p) if tombstones.iter().any(|t| t.same(&p.attachment)) => {
+                    report.push(format!("port {} removed: deleted while the daemon was down", p.port.name));
+                    let _ = std::fs::remove_file(f);
+                }
+                Ok(p) => {
+                    ports.insert(p.port.name.clone(), p);
+                }
+                Err(e) => {
+                    report.push(format!("{}: {e}; kept aside as .bad", f.display()));
+                    let _ = std::fs::rename(f, f.with_extension("json.bad"));
+                }
+            }
+        }
+        Ok((CniPorts { ports, dir: Some(dir.to_path_buf()) }, report))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &CniPort> {
+        self.ports.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CniPort> {
+        self.ports.get(name)
+    }
+
+    pub fn find(&self, a: &Attachment) -> Option<&CniPort> {
+        self.ports.values().find(|p| p.attachment.same(a))
+    }
+
+    /// Adds a port, persisting it first. The caller has checked for collisions.
+    pub fn insert(&mut self, p: CniPort) -> Result<(), CniError> {
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{}.json", p.attachment.key()));
+            let tmp = dir.join(format!(".{}.json.tmp", p.attachment.key()));
+            let text = serde_json::to_string_pretty(&p).map_err(|e| CniError::Internal(e.to_string()))?;
+            std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        }
+        self.ports.insert(p.port.name.clone(), p);
+        Ok(())
+    }
+
+    /// Removes the port of an attachment (and its file); its name if there was one.
+    pub fn remove(&mut self, a: &Attachment) -> Result<Option<CniPort>, CniError> {
+        let Some(name) = self.find(a).map(|p| p.port.name.clone()) else {
+            return Ok(None);
+        };
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{}.json", a.key()));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        Ok(self.ports.remove(&name))
+    }
+
+    /// `base` with every CNI port added to its bridge. A CNI port whose bridge is missing, or
+    /// whose name a planned port now has, is left out and named in the second value (it stays
+    /// registered and comes back when the bridge does).
+    pub fn merge_into(&self, base: &Config) -> (Config, Vec<String>) {
+        let mut cfg = base.clone();
+        let mut left_out = Vec::new();
+        for p in self.ports.values() {
+            let taken = base.bridges.iter().flat_map(|b| &b.ports).any(|q| q.name == p.port.name);
+            match cfg.bridges.iter_mut().find(|b| b.name == p.bridge) {
+                Some(_) if taken => left_out.push(format!(
+                    "CNI port {}: a port planned from the source now has its name; left out",
+                    p.port.name
+                )),
+                Some(b) => b.ports.push(p.port.clone()),
+                None => left_out.push(format!(
+                    "CNI port {}: bridge {} is not configured; left out",
+                    p.port.name, p.bridge
+                )),
+            }
+        }
+        (cfg, left_out)
+    }
+}
+
+/// Checks the parts of a CNI port that the configuration schema does not: the backend types a
+/// CNI port may have, and for vhostuser the socket path the daemon gives it.
+pub fn check_port(p: &CniPort) -> Result<(), CniError> {
+    if p.port.name.is_empty() || p.attachment.container_id.is_empty() || p.attachment.ifname.is_empty() {
+        return Err(CniError::Invalid(
+            "port.name, attachment.container_id and attachment.ifname are required".into(),
+        ));
+    }
+    match p.port.kind {
+        Some(PortType::Afpacket) => {
+            if p.port.iface.as_deref().is_none_or(str::is_empty) {
+                return Err(CniError::Invalid("port.iface: required for an afpacket CNI port".into()));
+            }
+        }
+        Some(PortType::Vhostuser) => {}
+        other => {
+            return Err(CniError::Invalid(format!(
+                "port.type: {other:?}: a CNI port is afpacket (veth mode) or vhostuser"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The socket of a vhostuser CNI port: `<vhost_dir>/cni-<key>/sock`, a directory of its own per
+/// attachment (so that it can be mounted into the VM's pod alone), within `sun_path`.
+pub fn vhost_socket_path(vhost_dir: &str, a: &Attachment) -> Result<String, CniError> {
+    let p = format!("{}/cni-{}/sock", vhost_dir.trim_end_matches('/'), a.key());
+    if p.len() > SUN_PATH_MAX {
+        return Err(CniError::Invalid(format!(
+            "the vhost-user directory {vhost_dir:?} is too long for a socket path ({} > {SUN_PATH_MAX} bytes)",
+            p.len()
+        )));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att(c: &str, i: &str) -> Attachment {
+        Attachment {
+            container_id: c.into(),
+            ifname: i.into(),
+            netns: None,
+            pod_namespace: None,
+            pod_name: None,
+        }
+    }
+
+    fn port(name: &str, c: &str) -> CniPort {
+        CniPort {
+            bridge: "br1".into(),
+            attachment: att(c, "net1"),
+            port: PortConfig {
+                name: name.into(),
+                kind: Some(PortType::Afpacket),
+                iface: Some("syabc".into()),
+                tag: Some(10),
+                ..Default::default()
+            },
+            mac: None,
+            owner: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn the_key_is_fnv1a_of_container_and_ifname() {
+        // FNV-1a 64 of "" is the offset basis; of "a" a published test vector.
+        assert_eq!(attachment_key("", ""), {
+            let mut h: u64 = 0xcbf29ce484222325;
+            h ^= u64::from(b'/');
+            format!("{:016x}", h.wrapping_mul(0x100000001b3))
+        });
+        assert_eq!(
+            format!("{:016x}", {
+                let mut h: u64 = 0xcbf29ce484222325;
+                h ^= u64::from(b'a');
+                h.wrapping_mul(0x100000001b3)
+            }),
+            "af63dc4c8601ec8c"
+        );
+        assert_ne!(attachment_key("c1", "net1"), attachment_key("c1", "net2"));
+        assert_eq!(attachment_key("c1", "net1").len(), 16);
+    }
+
+    #[test]
+    fn ports_survive_a_reopen_and_tombstones_remove_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, report) = CniPorts::open(dir.path()).unwrap();
+        assert!(report.is_empty() && s.is_empty());
+        s.insert(port("ns/a/net1", "ca")).unwrap();
+        s.insert(port("ns/b/net1", "cb")).unwrap();
+        s.insert(port("ns/c/net1", "cc")).unwrap();
+        assert_eq!(s.remove(&att("cc", "net1")).unwrap().map(|p| p.port.name), Some("ns/c/net1".into()));
+        assert_eq!(s.remove(&att("cc", "net1")).unwrap(), None);
+        // A tombstone for b, one that names nothing, and a broken port file.
+        std::fs::write(
+            dir.path().join(format!("{}.del", attachment_key("cb", "net1"))),
+            serde_json::to_string(&att("cb", "net1")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("0000000000000000.del"),
+            serde_json::to_string(&att("zz", "net1")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("1111111111111111.json"), "{").unwrap();
+        let (s2, report) = CniPorts::open(dir.path()).unwrap();
+        let names: Vec<_> = s2.iter().map(|p| p.port.name.clone()).collect();
+        assert_eq!(names, ["ns/a/net1"]);
+        assert!(report.iter().any(|r| r.contains("ns/b/net1") && r.contains("deleted while")), "{report:?}");
+        assert!(report.iter().any(|r| r.contains("1111111111111111.json")), "{report:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!left.iter().any(|f| f.ends_with(".del")), "{left:?}");
+        assert!(left.iter().any(|f| f == "1111111111111111.json.bad"), "{left:?}");
+        assert_eq!(left.iter().filter(|f| f.ends_with(".json")).count(), 1, "{left:?}");
+    }
+
+    #[test]
+    fn merging_places_ports_on_their_bridges_and_reports_the_rest() {
+        let base =
+            Config::from_yaml_str("bridges:\n- name: br1\n  ports:\n  - {name: up, type: ring}\n").unwrap();
+        let mut s = CniPorts::in_memory();
+        s.insert(port("ns/a/net1", "ca")).unwrap();
+        let mut other = port("ns/b/net1", "cb");
+        other.bridge = "br9".into();
+        s.insert(other).unwrap();
+        s.insert(port("up", "cc")).unwrap();
+        let (cfg, left) = s.merge_into(&base);
+        let names: Vec<_> = cfg.bridges[0].ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["up", "ns/a/net1"]);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn requests_parse_by_op_and_version() {
+        assert!(matches!(Request::parse(r#"{"v":1,"op":"status"}"#), Ok(Request::Status { .. })));
+        assert!(matches!(Request::parse(r#"{"v":2,"op":"status"}"#), Err(CniError::BadRequest(_))));
+        assert!(matches!(Request::parse(r#"{"v":1,"op":"reboot"}"#), Err(CniError::BadRequest(_))));
+        assert!(matches!(Request::parse(r#"{"v":1,"op":"status","x":1}"#), Err(CniError::BadRequest(_))));
+        assert!(matches!(Request::parse("{"), Err(CniError::BadRequest(_))));
+        let add = r#"{"v":1,"op":"cni_add","cni":{"bridge":"br1","attachment":{"container_id":"c","ifname":"net1"},"port":{"name":"ns/p/net1","type":"afpacket","iface":"sy1","tag":10}}}"#;
+        let Ok(Request::CniAdd { cni, .. }) = Request::parse(add) else { panic!() };
+        assert_eq!(cni.port.tag, Some(10));
+        assert!(check_port(&cni).is_ok());
+    }
+
+    #[test]
+    fn vhost_socket_paths_fit_sun_path_whatever_the_names() {
+        let a = att(&"c".repeat(500), &"i".repeat(300));
+        let p = vhost_socket_path("/var/run/switchyard/vhost", &a).unwrap();
+        assert!(p.len() <= SUN_PATH_MAX && p.starts_with("/var/run/switchyard/vhost/cni-"), "{p}");
+        assert!(vhost_socket_path(&"/x".repeat(50), &a).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A guard on speed: the L2 pipeline's instructions per frame, counted by callgrind (repeatable
+# for the same binary and input, whatever else the machine does) on
+# dataplane/examples/pipeline_instructions.rs, must stay at or under the stated limit. The
+# figure that docs/benchmarks.md describes is about 106 instructions a frame; the limit leaves
+# room for compiler drift, not for a new stage on the hot path.
+#   PIPELINE_MAX_INSNS   the limit (default 120)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+max=${PIPELINE_MAX_INSNS:-120}
+bursts=20000
+if ! command -v valgrind >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+  else
+    echo "== pipeline guard: valgrind is missing (apt install valgrind)" >&2
+    exit 1
+  fi
+fi
+cargo build -q --release --example pipeline_instructions -p switchyard-dataplane
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+valgrind --tool=callgrind --callgrind-out-file="$out/cg" --toggle-collect='*process_burst*' \
+  target/release/examples/pipeline_instructions "$bursts" >"$out/stdout" 2>"$out/stderr"
+collected=$(sed -nE 's/^==[0-9]+== Collected : ([0-9]+).*/\1/p' "$out/stderr")
+if [ -z "$collected" ]; then
+  cat "$out/stderr" >&2
+  echo "== pipeline guard: no instruction count from callgrind" >&2
+  exit 1
+fi
+per=$(awk -v c="$collected" -v n="$bursts" 'BEGIN { printf "%.1f", c / (n * 32) }')
+echo "== pipeline guard: $per instructions a frame (limit $max; callgrind, $bursts bursts of 32)"
+awk -v p="$per" -v m="$max" 'BEGIN { exit !(p <= m) }' || {
+  echo "== pipeline guard: over the limit: the forwarding path got slower" >&2
+  exit 1
+}
