@@ -11,7 +11,7 @@ use crate::daemon::{Daemon, DaemonError};
 use crate::error::{code, CniError};
 use crate::ipam;
 use crate::link::{disable_ipv6, random_mac, Netlink};
-use crate::proto::CniPort;
+use switchyard_control::cni::CniPort;
 use crate::result::{CniResult, Interface};
 use crate::state;
 use std::fs::File;

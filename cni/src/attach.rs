@@ -8,7 +8,7 @@ use crate::config::{Mode, NetConf};
 use crate::daemon::Daemon;
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
-use crate::proto::{attachment_key, Attachment};
+use switchyard_control::cni::{attachment_key, Attachment};
 use std::path::PathBuf;
 use switchyard_dataplane::config::{PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;

@@ -14,9 +14,9 @@ use switchyard_dataplane::config::parse_socket_mode;
 use switchyard_dataplane::wire::MacAddr;
 
 /// The daemon's control socket when the config names none.
-pub const DEFAULT_SOCKET: &str = "/run/switchyard/ctl.sock";
+pub use switchyard_control::ctl::DEFAULT_SOCKET;
 /// Where tombstones go when the config names no `stateDir` (the daemon's default CNI state).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/switchyard/cni";
+pub use switchyard_control::cni::DEFAULT_CNI_STATE as DEFAULT_STATE_DIR;
 
 /// Keys of the CNI spec that any plugin configuration may carry.
 const CNI_KEYS: &[&str] = &[

@@ -7,7 +7,7 @@
 //! the daemon answered and refused ([`DaemonError::Refused`]).
 
 use crate::error::{code, CniError};
-use crate::proto::{Attachment, CniPort};
+use switchyard_control::cni::{Attachment, CniPort};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

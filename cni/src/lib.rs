@@ -20,7 +20,6 @@ pub mod error;
 mod gc;
 pub mod ipam;
 pub mod link;
-pub mod proto;
 pub mod result;
 pub mod state;
 pub mod version;

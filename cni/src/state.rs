@@ -6,7 +6,7 @@
 //! directory, then renamed), so a daemon starting at that moment never reads half a tombstone.
 
 use crate::error::{code, CniError};
-use crate::proto::{attachment_key, Attachment};
+use switchyard_control::cni::{attachment_key, Attachment};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

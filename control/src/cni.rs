@@ -76,6 +76,10 @@ pub struct CniPort {
     pub owner: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
+    /// The CNI network (the plugin config's `name`) the port belongs to: the plugin's GC, which
+    /// a runtime runs per network, removes only ports of its own network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Why a CNI request failed; `code()` is the protocol's error code.
@@ -338,6 +342,7 @@ mod tests {
             mac: None,
             owner: None,
             group: None,
+            network: None,
         }
     }
 
