@@ -8,10 +8,11 @@
 
 #[path = "../dataplane/tests/kports_common/mod.rs"]
 mod kports_common;
+mod traffic;
 
 use kports_common::{in_netns, ip, skip, skip_reason, LinkGuard, VethNs};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+use traffic::{byte_at, tcp_transfer};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,12 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const A: &str = "10.201.0.1";
 const B: &str = "10.201.0.2";
 const TCP_BYTES: usize = 32 << 20;
-
-/// Deterministic bytes of a transfer: position `i` of stream `seed`.
-fn byte_at(seed: u64, i: usize) -> u8 {
-    let x = (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 56) as u8
-}
 
 /// Two pods on one switch: pmd in switch mode between the host ends of their veths.
 struct Topology {
@@ -101,72 +96,13 @@ fn assert_no_drops(summary: &serde_json::Value) {
     }
 }
 
-/// Runs `f` in namespace `ns`, or in the test's own namespace when `None`.
-fn maybe_in<T>(ns: Option<&str>, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match ns {
-        Some(ns) => in_netns(ns, f),
-        None => f(),
-    }
-}
-
-/// Sends `TCP_BYTES` from a socket in `from` to a listener in `to` (`to_ip`), through the
-/// switch, and checks every byte on arrival.
-fn tcp_transfer(from: Option<&str>, to: Option<&str>, to_ip: &str) {
-    let port = 5201;
-    let listener = maybe_in(to, || TcpListener::bind((to_ip, port)).map_err(|e| e.to_string())).unwrap();
-    let server = std::thread::spawn(move || -> Result<usize, String> {
-        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0usize;
-        loop {
-            let k = s.read(&mut buf).map_err(|e| format!("read at byte {n}: {e}"))?;
-            if k == 0 {
-                break;
-            }
-            if let Some(i) = (0..k).find(|&i| buf[i] != byte_at(7, n + i)) {
-                return Err(format!("byte {} differs", n + i));
-            }
-            n += k;
-        }
-        s.write_all(b"done").map_err(|e| e.to_string())?;
-        Ok(n)
-    });
-    let addr: SocketAddr = format!("{to_ip}:{port}").parse().unwrap();
-    // Retry until the switch forwards (bounded).
-    let mut c = maybe_in(from, || {
-        let t0 = Instant::now();
-        loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                Ok(s) => return Ok(s),
-                Err(e) if t0.elapsed() > Duration::from_secs(10) => {
-                    return Err(format!("TCP connect {addr} through the switch: {e}"))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    })
-    .unwrap();
-    c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    let data: Vec<u8> = (0..TCP_BYTES).map(|i| byte_at(7, i)).collect();
-    for part in data.chunks(1 << 20) {
-        c.write_all(part).expect("send through the switch");
-    }
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut ack = [0u8; 4];
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.read_exact(&mut ack).expect("the receiver's acknowledgement");
-    assert_eq!(&ack, b"done");
-    assert_eq!(server.join().unwrap(), Ok(TCP_BYTES));
-}
-
 #[test]
 fn tcp_transfer_between_veth_pods_with_default_offloads() {
     if let Some(why) = skip_reason() {
         return skip("tcp_transfer_between_veth_pods_with_default_offloads", &why);
     }
     let mut t = Topology::start().expect("topology");
-    tcp_transfer(Some(&t.a.ns), Some(&t.b.ns), B);
+    tcp_transfer(Some(&t.a.ns), Some(&t.b.ns), B, TCP_BYTES);
     let summary = t.stop();
     assert_no_drops(&summary);
     // TSO on the sender: the 32 MiB reach the switch as super-frames that leave it as
@@ -195,8 +131,8 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod() {
     }
     ip(&["addr", "add", "10.202.0.1/24", "dev", &tap]).unwrap();
     ip(&["link", "set", &tap, "up"]).unwrap();
-    tcp_transfer(Some(&a.ns), None, "10.202.0.1");
-    tcp_transfer(None, Some(&a.ns), "10.202.0.2");
+    tcp_transfer(Some(&a.ns), None, "10.202.0.1", TCP_BYTES);
+    tcp_transfer(None, Some(&a.ns), "10.202.0.2", TCP_BYTES);
     assert_no_drops(&stop_pmd(pmd));
 }
 

@@ -123,6 +123,21 @@ pub fn vlan_settings(conf: &NetConf) -> (Option<VlanModeName>, Option<u16>, Opti
     }
 }
 
+/// A port's VLAN settings in words ("access VLAN 10", "trunk of 20, 21", ...).
+pub fn describe_vlans(p: &PortConfig) -> String {
+    let list = |t: &Option<Vec<u16>>| match t.as_deref() {
+        None | Some([]) => "every VLAN".to_string(),
+        Some(l) => l.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+    };
+    let tag = p.tag.map_or("-".to_string(), |t| t.to_string());
+    match p.effective_vlan_mode() {
+        VlanModeName::Access => format!("access VLAN {tag}"),
+        VlanModeName::Trunk => format!("trunk of {}", list(&p.trunks)),
+        VlanModeName::NativeTagged => format!("native-tagged VLAN {tag}, trunk of {}", list(&p.trunks)),
+        VlanModeName::NativeUntagged => format!("native-untagged VLAN {tag}, trunk of {}", list(&p.trunks)),
+    }
+}
+
 /// Whether two ports have the same VLAN behaviour (OVS's defaults applied, trunk lists
 /// compared as sets).
 pub fn same_vlans(a: &PortConfig, b: &PortConfig) -> bool {
@@ -171,6 +186,9 @@ mod tests {
         let t1 = PortConfig { trunks: Some(vec![3, 2]), ..PortConfig::default() };
         let t2 = PortConfig { trunks: Some(vec![2, 3]), vlan_mode: Some(VlanModeName::Trunk), ..PortConfig::default() };
         assert!(same_vlans(&t1, &t2));
+        assert_eq!(describe_vlans(&a), "access VLAN 10");
+        assert_eq!(describe_vlans(&t1), "trunk of 3, 2");
+        assert_eq!(describe_vlans(&PortConfig::default()), "trunk of every VLAN");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! MAC and spoof filter, and the interface in the container (veth) or the socket (vhost-user)
 //! is what the previous result says.
 
-use crate::attach::{same_vlans, Ctx};
+use crate::attach::{describe_vlans, same_vlans, Ctx};
 use crate::config::Mode;
 use crate::error::{code, CniError};
 use crate::ipam;
@@ -60,8 +60,10 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
     }
     if !same_vlans(port, &want) {
         return Err(differs(format!(
-            "port {} has VLAN settings {:?}/{:?}/{:?}, the config says {:?}/{:?}/{:?}",
-            port.name, port.vlan_mode, port.tag, port.trunks, want.vlan_mode, want.tag, want.trunks
+            "port {} is {}, the config says {}",
+            port.name,
+            describe_vlans(port),
+            describe_vlans(&want)
         )));
     }
     let stored_mac: Option<MacAddr> = got.cni.mac.as_deref().and_then(|m| m.parse().ok());

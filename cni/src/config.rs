@@ -344,6 +344,10 @@ impl NetConf {
         let socket_group = o.get("socketGroup").map(|v| id(v, "socketGroup")).transpose()?;
         let socket_mode = match o.get("socketMode") {
             None => None,
+            // QEMU creates a client-mode socket; its mode is QEMU's business.
+            Some(_) if vhost_mode == VhostMode::Client => {
+                return Err(bad("socketMode", "applies only to \"vhostMode\": \"server\" (the switch creates the socket)"))
+            }
             Some(v) => {
                 let s = string(v, "socketMode")?;
                 if parse_socket_mode(s).is_none() {
@@ -439,7 +443,7 @@ mod tests {
         let c = parse(json!({
             "cniVersion": "0.3.1", "name": "n", "type": "switchyard", "bridge": "br1", "vlan": 10,
             "trunk": [{"id": 20}, {"minID": 100, "maxID": 102}, {"id": 101}], "macspoofchk": false,
-            "mtu": 9000, "mode": "vhostuser", "socket": "/s", "stateDir": "/d", "vhostMode": "client",
+            "mtu": 9000, "mode": "vhostuser", "socket": "/s", "stateDir": "/d", "vhostMode": "server",
             "socketOwner": 107, "socketGroup": "107", "socketMode": "0660",
             "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"},
             "runtimeConfig": {"mac": "02:00:00:00:00:0a", "CNIDeviceInfoFile": "/f"},
@@ -448,7 +452,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.vlan, Some(10));
         assert_eq!(c.trunk, vec![20, 100, 101, 102]);
-        assert_eq!((c.macspoofchk, c.mtu, c.mode, c.vhost_mode), (false, Some(9000), Mode::Vhostuser, VhostMode::Client));
+        assert_eq!((c.macspoofchk, c.mtu, c.mode, c.vhost_mode), (false, Some(9000), Mode::Vhostuser, VhostMode::Server));
         assert_eq!((c.socket_owner, c.socket_group, c.socket_mode.as_deref()), (Some(107), Some(107), Some("0660")));
         assert_eq!(c.ipam.as_deref(), Some("host-local"));
         // runtimeConfig.mac wins over args.cni.mac.
@@ -485,6 +489,9 @@ mod tests {
         let mut vh = base.clone();
         vh["mode"] = json!("vhostuser");
         vh["socketMode"] = json!("0999");
+        assert_eq!(field_of(parse(vh.clone()).unwrap_err()), "socketMode");
+        vh["socketMode"] = json!("0660");
+        vh["vhostMode"] = json!("client");
         assert_eq!(field_of(parse(vh).unwrap_err()), "socketMode");
         assert!(matches!(with("cniVersion", json!("0.2.0")), ConfError::Version(_)));
         assert!(matches!(NetConf::parse(b"{\"cniVersion\": "), Err(ConfError::Decode(_))));

@@ -1,0 +1,456 @@
+//! switchyard-cni against real components: a `switchyard run` daemon, network namespaces as
+//! pods, libcni (the runtime library of Multus, containerd and CRI-O) for ADD, CHECK and DEL,
+//! the spec's environment variables and stdin for STATUS and GC (as a CNI 1.1 runtime runs
+//! them; Debian's libcni predates them), and Debian's host-local IPAM plugin.
+//!
+//! Needs root, `ip`, Go and libcni's source, and the IPAM plugins (scripts/setup.sh installs
+//! them); skips with a message elsewhere.
+
+#[path = "../../dataplane/tests/kports_common/mod.rs"]
+mod kports_common;
+#[path = "../../tests/traffic/mod.rs"]
+mod traffic;
+mod common;
+
+use common::{host_link_exists, tcp_reachable, wait_until, Node, Pod};
+use kports_common::{skip, RawSock};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use switchyard_cni::attach::host_ifname_of;
+use switchyard_control::cni::attachment_key;
+
+macro_rules! need_env {
+    ($name:literal) => {
+        if let Some(why) = common::skip_reason() {
+            return skip($name, &why);
+        }
+    };
+}
+
+/// The host end the plugin gives `pod`'s `ifname`.
+fn host_end(pod: &Pod, ifname: &str) -> String {
+    host_ifname_of(&attachment_key(&pod.id, ifname))
+}
+
+/// The interface of `result` named `name`.
+fn iface<'a>(result: &'a Value, name: &str) -> &'a Value {
+    result["interfaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no interface {name} in {result}"))
+}
+
+#[test]
+fn vlan_10_pods_reach_each_other_a_vlan_20_pod_does_not_and_spoofing_is_dropped() {
+    need_env!("vlan_10_pods_reach_each_other_a_vlan_20_pod_does_not_and_spoofing_is_dropped");
+    let node = Node::start();
+    // One IP subnet on both VLANs: only the switch's VLAN separation keeps C from A and B.
+    let v10 = node.conf(
+        "1.0.0",
+        "v10",
+        json!({"vlan": 10, "ipam": node.host_local("v10", "10.210.0.0/24", "10.210.0.10", "10.210.0.19")}),
+    );
+    let v20 = node.conf(
+        "1.0.0",
+        "v20",
+        json!({"vlan": 20, "ipam": node.host_local("v20", "10.210.0.0/24", "10.210.0.20", "10.210.0.29")}),
+    );
+    let (a, b, c) = (Pod::new("a"), Pod::new("b"), Pod::new("c"));
+    let ra = node.libcni("add", &v10, &a, "net1", json!({})).ok();
+    node.libcni("add", &v10, &b, "net1", json!({})).ok();
+    node.libcni("add", &v20, &c, "net1", json!({})).ok();
+
+    // The result as the bridge plugin's: host end, container end in its sandbox, the IP on it.
+    let host = host_end(&a, "net1");
+    assert!(iface(&ra, &host)["sandbox"].is_null(), "{ra}");
+    let cont = iface(&ra, "net1");
+    assert_eq!(cont["sandbox"], a.path.as_str(), "{ra}");
+    let ip0 = &ra["ips"][0];
+    assert_eq!(ra["interfaces"][ip0["interface"].as_u64().unwrap() as usize]["name"], "net1", "{ra}");
+    let a_ip = a.ipv4("net1");
+    assert_eq!(ip0["address"], format!("{a_ip}/24"));
+    assert!(host_link_exists(&host));
+
+    // The daemon has the three ports with the config's VLANs and the pods' MACs as allowed.
+    let ports = node.cni_ports();
+    assert_eq!(node.cni_port_names(), [a.port("net1"), b.port("net1"), c.port("net1")]);
+    let pa = ports.iter().find(|p| p["port"]["name"] == a.port("net1").as_str()).unwrap();
+    assert_eq!(pa["port"]["tag"], 10, "{pa}");
+    assert_eq!(pa["port"]["iface"], host.as_str(), "{pa}");
+    assert_eq!(pa["port"]["allowed_macs"], json!([cont["mac"]]), "{pa}");
+
+    let (b_ip, c_ip) = (b.ipv4("net1"), c.ipv4("net1"));
+    assert!(tcp_reachable(&a, &b, &b_ip, Duration::from_secs(10)), "A cannot reach B in VLAN 10");
+    assert!(tcp_reachable(&b, &a, &a_ip, Duration::from_secs(10)), "B cannot reach A in VLAN 10");
+    assert!(!tcp_reachable(&a, &c, &c_ip, Duration::from_millis(1500)), "A reached C across VLANs");
+
+    // A frame from A with a source MAC that is not A's: dropped at A's port, and counted.
+    let spoofed = kports_common::frame([0xff; 6], [0x02, 0x66, 0, 0, 0, 1], &[], "spoof", 64);
+    let raw = RawSock::open(Some(&a.ns), "net1").expect("raw socket in A");
+    for _ in 0..3 {
+        raw.send(&spoofed);
+    }
+    let port = a.port("net1");
+    wait_until("three spoofed_src_mac drops on A's port", || {
+        node.drops_of(&port).split_whitespace().any(|w| w == "spoofed_src_mac=3")
+    });
+}
+
+#[test]
+fn check_passes_after_add_and_fails_once_the_port_is_gone() {
+    need_env!("check_passes_after_add_and_fails_once_the_port_is_gone");
+    let node = Node::start();
+    let conf = node.conf(
+        "0.4.0",
+        "chk",
+        json!({"vlan": 30, "ipam": node.host_local("chk", "10.211.0.0/24", "10.211.0.10", "10.211.0.19")}),
+    );
+    let pod = Pod::new("chk");
+    let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(r["cniVersion"], "0.4.0");
+    assert_eq!(r["ips"][0]["version"], "4", "a 0.4.0 result names the IP version: {r}");
+    node.libcni("check", &conf, &pod, "net1", json!({})).ok();
+
+    // CHECK against a config whose VLAN differs from the port's: refused, naming the VLANs.
+    let other = node.conf("0.4.0", "chk", json!({"vlan": 31, "ipam": conf["ipam"].clone()}));
+    node.libcni("check", &other, &pod, "net1", json!({})).err(104, "access VLAN 30, the config says access VLAN 31");
+
+    // The port removed behind the plugin's back.
+    let gone = node.request(&json!({"v": 1, "op": "cni_del", "attachment": {"container_id": pod.id, "ifname": "net1"}}));
+    assert_eq!(gone["removed"], json!([pod.port("net1")]), "{gone}");
+    node.libcni("check", &conf, &pod, "net1", json!({})).err(104, "no port");
+    node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+    assert!(!host_link_exists(&host_end(&pod, "net1")));
+    assert!(node.leases("chk").is_empty(), "the IPAM lease stayed: {:?}", node.leases("chk"));
+}
+
+#[test]
+fn del_is_idempotent_and_works_with_the_daemon_down() {
+    need_env!("del_is_idempotent_and_works_with_the_daemon_down");
+    let mut node = Node::start();
+    let conf = node.conf("0.3.1", "del", json!({"vlan": 40}));
+    let (a, b) = (Pod::new("a"), Pod::new("b"));
+    let r = node.libcni("add", &conf, &a, "net1", json!({})).ok();
+    assert_eq!(r["cniVersion"], "0.3.1");
+    node.libcni("del", &conf, &a, "net1", json!({})).ok();
+    node.libcni("del", &conf, &a, "net1", json!({})).ok();
+    assert!(node.cni_port_names().is_empty());
+    assert!(!host_link_exists(&host_end(&a, "net1")));
+    assert!(a.links().is_empty(), "{:?}", a.links());
+
+    node.libcni("add", &conf, &b, "net1", json!({})).ok();
+    assert_eq!(node.cni_port_names(), [b.port("net1")]);
+    node.stop_daemon();
+    node.libcni("del", &conf, &b, "net1", json!({})).ok();
+    assert!(!host_link_exists(&host_end(&b, "net1")), "DEL left the veth with the daemon down");
+    let key = attachment_key(&b.id, "net1");
+    assert_eq!(node.state_files(), [format!("{key}.del"), format!("{key}.json")]);
+    // DEL again while it is still down: still fine, still one tombstone.
+    node.libcni("del", &conf, &b, "net1", json!({})).ok();
+    node.start_daemon();
+    assert!(node.cni_port_names().is_empty(), "the tombstone was not applied: {:?}", node.cni_port_names());
+    assert!(node.state_files().is_empty(), "{:?}", node.state_files());
+    assert!(node.ctl(&["show", "ports"]).lines().count() <= 1, "{}", node.ctl(&["show", "ports"]));
+}
+
+#[test]
+fn gc_removes_only_its_networks_stale_attachments() {
+    need_env!("gc_removes_only_its_networks_stale_attachments");
+    let node = Node::start();
+    let gc_a = node.conf("1.0.0", "gc-a", json!({"vlan": 50}));
+    let gc_b = node.conf("1.0.0", "gc-b", json!({"vlan": 51}));
+    let (p1, p2, p3) = (Pod::new("p1"), Pod::new("p2"), Pod::new("p3"));
+    node.libcni("add", &gc_a, &p1, "net1", json!({})).ok();
+    node.libcni("add", &gc_a, &p2, "net1", json!({})).ok();
+    node.libcni("add", &gc_b, &p3, "net1", json!({})).ok();
+
+    let mut gc = node.conf("1.1.0", "gc-a", json!({"vlan": 50}));
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": p1.id, "ifname": "net1"}]);
+    node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
+    assert_eq!(node.cni_port_names(), [p1.port("net1"), p3.port("net1")]);
+    assert!(!host_link_exists(&host_end(&p2, "net1")), "GC left p2's veth");
+    assert!(host_link_exists(&host_end(&p1, "net1")) && host_link_exists(&host_end(&p3, "net1")));
+
+    // Without the list GC refuses rather than guessing.
+    let bare = node.conf("1.1.0", "gc-a", json!({}));
+    node.plugin("GC", &[], bare.to_string().as_bytes()).err(7, "cni.dev/valid-attachments");
+    assert_eq!(node.cni_port_names().len(), 2);
+}
+
+#[test]
+fn status_is_50_while_the_daemon_is_down() {
+    need_env!("status_is_50_while_the_daemon_is_down");
+    let mut node = Node::stopped();
+    let conf = node.conf("1.1.0", "st", json!({}));
+    let down = node.plugin("STATUS", &[], conf.to_string().as_bytes());
+    assert_eq!(down.status, 50, "{down:?}");
+    down.err(50, "does not answer");
+    node.start_daemon();
+    node.plugin("STATUS", &[], conf.to_string().as_bytes()).ok();
+    node.stop_daemon();
+    assert_eq!(node.plugin("STATUS", &[], conf.to_string().as_bytes()).status, 50);
+}
+
+#[test]
+fn a_restarted_daemon_restores_ten_pods() {
+    need_env!("a_restarted_daemon_restores_ten_pods");
+    let mut node = Node::start();
+    let conf = node.conf(
+        "1.0.0",
+        "ten",
+        json!({"vlan": 60, "ipam": node.host_local("ten", "10.212.0.0/24", "10.212.0.10", "10.212.0.99")}),
+    );
+    let pods: Vec<Pod> = (0..10).map(|i| Pod::new(&format!("r{i}"))).collect();
+    for p in &pods {
+        node.libcni("add", &conf, p, "net1", json!({})).ok();
+    }
+    let ips: Vec<String> = pods.iter().map(|p| p.ipv4("net1")).collect();
+    let want: BTreeSet<String> = pods.iter().map(|p| p.port("net1")).collect();
+    node.stop_daemon();
+    node.start_daemon();
+    let names = node.cni_port_names();
+    assert_eq!(names.iter().cloned().collect::<BTreeSet<_>>(), want);
+    assert_eq!(names.len(), 10, "a port is duplicated: {names:?}");
+    let shown = node.ctl(&["show", "ports"]);
+    for n in &want {
+        assert_eq!(shown.lines().filter(|l| l.split_whitespace().next() == Some(n)).count(), 1, "{shown}");
+    }
+    for i in 1..10 {
+        assert!(
+            tcp_reachable(&pods[0], &pods[i], &ips[i], Duration::from_secs(10)),
+            "pod 0 cannot reach pod {i} after the restart; log:\n{}",
+            node.daemon_log()
+        );
+    }
+    for p in &pods {
+        assert!(host_link_exists(&host_end(p, "net1")));
+        assert_eq!(p.links(), ["net1"]);
+    }
+    for p in &pods {
+        node.libcni("del", &conf, p, "net1", json!({})).ok();
+        assert!(!host_link_exists(&host_end(p, "net1")), "veth of {} leaked", p.name);
+    }
+    assert!(node.cni_port_names().is_empty());
+    assert!(node.leases("ten").is_empty(), "{:?}", node.leases("ten"));
+}
+
+#[test]
+fn parallel_adds_and_dels_end_in_exactly_the_expected_ports() {
+    need_env!("parallel_adds_and_dels_end_in_exactly_the_expected_ports");
+    const N: usize = 120;
+    const CHURN: usize = 80; // attachments 0..80 are added then deleted, 80..120 stay
+    const PER_POD: usize = 30;
+    let node = Node::start();
+    // 1.0.0 for the veth network: Debian's host-local (1.1.1) refuses 1.1.0 configs.
+    let veth = node.conf(
+        "1.0.0",
+        "par",
+        json!({"vlan": 70, "ipam": node.host_local("par", "10.213.0.0/24", "10.213.0.2", "10.213.0.254")}),
+    );
+    let vhost = node.conf("1.1.0", "par-vh", json!({"mode": "vhostuser", "vlan": 70}));
+    let pods: Vec<Pod> = (0..N.div_ceil(PER_POD)).map(|i| Pod::new(&format!("par{i}"))).collect();
+    // Attachment i: pod i / PER_POD, interface n<i % PER_POD>, every fourth one vhost-user.
+    let att = |i: usize| (&pods[i / PER_POD], format!("n{}", i % PER_POD), i % 4 == 3);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= N {
+                    return;
+                }
+                let (pod, ifname, vh) = att(i);
+                let conf = if vh { &vhost } else { &veth };
+                let mut ops = vec!["ADD"];
+                if i < CHURN {
+                    ops.push("DEL");
+                }
+                for op in ops {
+                    let r = node.plugin_for(op, pod, &ifname, conf);
+                    if r.status != 0 {
+                        failures.lock().unwrap().push(format!("{op} {i}: {r:?}"));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} of 200 operations failed, the first: {:#?}", failures.len(), &failures[..failures.len().min(3)]);
+
+    let kept = CHURN..N;
+    let want: BTreeSet<String> = kept.clone().map(|i| att(i).0.port(&att(i).1)).collect();
+    assert_eq!(node.cni_port_names().into_iter().collect::<BTreeSet<_>>(), want);
+    assert_eq!(node.cni_ports().len(), N - CHURN);
+    // The daemon's state: one file per kept attachment, nothing else.
+    let files: BTreeSet<String> = node.state_files().into_iter().collect();
+    let want_files: BTreeSet<String> =
+        kept.clone().map(|i| format!("{}.json", attachment_key(&att(i).0.id, &att(i).1))).collect();
+    assert_eq!(files, want_files);
+    // Veths: a host end exactly for the kept veth attachments, their peers in the pods.
+    for i in 0..N {
+        let (pod, ifname, vh) = att(i);
+        let exists = host_link_exists(&host_end(pod, &ifname));
+        assert_eq!(exists, !vh && i >= CHURN, "attachment {i}: host end exists = {exists}");
+    }
+    for (k, pod) in pods.iter().enumerate() {
+        let got: BTreeSet<String> = pod.links().into_iter().collect();
+        let want: BTreeSet<String> =
+            (k * PER_POD..((k + 1) * PER_POD).min(N)).filter(|&i| i >= CHURN && !att(i).2).map(|i| att(i).1).collect();
+        assert_eq!(got, want, "links in pod {k}");
+    }
+    // vhost-user sockets: a directory per kept vhost attachment, nothing else.
+    let socks: BTreeSet<String> = std::fs::read_dir(&node.vhost)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let want_socks: BTreeSet<String> =
+        kept.clone().filter(|&i| att(i).2).map(|i| format!("cni-{}", attachment_key(&att(i).0.id, &att(i).1))).collect();
+    assert_eq!(socks, want_socks);
+    // IPAM: a lease per kept veth attachment.
+    assert_eq!(node.leases("par").len(), kept.filter(|&i| !att(i).2).count());
+}
+
+#[test]
+fn bad_configs_and_environments_are_refused_naming_the_problem_and_create_nothing() {
+    need_env!("bad_configs_and_environments_are_refused_naming_the_problem_and_create_nothing");
+    let node = Node::start();
+    let pod = Pod::new("bad");
+    let ipam = node.host_local("bad", "10.214.0.0/24", "10.214.0.10", "10.214.0.19");
+    let good = node.conf("1.0.0", "bad", json!({"vlan": 10, "ipam": ipam}));
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    node.plugin_for("ADD", &pod, "net1", &with("colour", json!("blue"))).err(7, "colour");
+    node.plugin_for("ADD", &pod, "net1", &with("vlan", json!(4095))).err(7, "vlan");
+    node.plugin_for("ADD", &pod, "net1", &with("trunk", json!([{"minID": 9, "maxID": 3}]))).err(7, "trunk[0].minID");
+    node.plugin_for("ADD", &pod, "net1", &with("cniVersion", json!("0.2.0"))).err(1, "0.2.0");
+    let mut no_bridge = good.clone();
+    no_bridge.as_object_mut().unwrap().remove("bridge");
+    node.plugin_for("ADD", &pod, "net1", &no_bridge).err(7, "bridge");
+    // A bridge the running switch lacks: refused by the daemon after the veth and the IPAM
+    // lease were made, so those are undone.
+    node.plugin_for("ADD", &pod, "net1", &with("bridge", json!("br9"))).err(7, "br9");
+    let broken = node.plugin(
+        "ADD",
+        &[("CNI_CONTAINERID", &pod.id), ("CNI_NETNS", &pod.path), ("CNI_IFNAME", "net1")],
+        b"{\"cniVersion\": \"1.0.0\", \"name\": ",
+    );
+    broken.err(6, "JSON");
+    let no_netns = node.plugin(
+        "ADD",
+        &[("CNI_CONTAINERID", &pod.id), ("CNI_IFNAME", "net1")],
+        good.to_string().as_bytes(),
+    );
+    no_netns.err(4, "CNI_NETNS");
+    node.plugin(
+        "ADD",
+        &[("CNI_CONTAINERID", &pod.id), ("CNI_NETNS", "/run/netns/no-such-ns"), ("CNI_IFNAME", "net1")],
+        good.to_string().as_bytes(),
+    )
+    .err(4, "CNI_NETNS");
+    // An interface of that name in the pod already.
+    kports_common::ip(&["-n", &pod.ns, "link", "add", "net1", "type", "veth", "peer", "name", "other1"]).unwrap();
+    node.plugin_for("ADD", &pod, "net1", &good).err(100, "net1");
+    kports_common::ip(&["-n", &pod.ns, "link", "del", "net1"]).unwrap();
+
+    assert!(node.cni_port_names().is_empty(), "{:?}", node.cni_port_names());
+    assert!(!host_link_exists(&host_end(&pod, "net1")), "a refused ADD left its veth");
+    assert!(pod.links().is_empty(), "{:?}", pod.links());
+    assert!(node.leases("bad").is_empty(), "a refused ADD kept its IPAM lease: {:?}", node.leases("bad"));
+    assert!(node.state_files().is_empty(), "{:?}", node.state_files());
+    // And the good config works in that same pod.
+    node.plugin_for("ADD", &pod, "net1", &good).ok();
+    assert_eq!(node.cni_port_names(), [pod.port("net1")]);
+}
+
+#[test]
+fn version_is_what_libcni_expects() {
+    need_env!("version_is_what_libcni_expects");
+    let node = Node::stopped();
+    let v = node.plugin("VERSION", &[], b"{\"cniVersion\": \"1.1.0\"}").ok();
+    assert_eq!(v["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
+    // libcni asks VERSION and checks the config's version against the answer.
+    let pod = Pod::new("ver");
+    for version in ["0.3.1", "0.4.0", "1.0.0"] {
+        let conf = node.conf(version, &format!("ver{}", version.replace('.', "")), json!({}));
+        node.libcni("validate", &conf, &pod, "net1", json!({})).ok();
+    }
+}
+
+#[test]
+fn tcp_between_plugin_attached_pods_with_default_offloads() {
+    need_env!("tcp_between_plugin_attached_pods_with_default_offloads");
+    let node = Node::start();
+    let conf = node.conf(
+        "1.0.0",
+        "tcp",
+        json!({"vlan": 80, "trunk": [{"id": 81}],
+               "ipam": node.host_local("tcp", "10.215.0.0/24", "10.215.0.10", "10.215.0.19")}),
+    );
+    let (a, b) = (Pod::new("ta"), Pod::new("tb"));
+    node.libcni("add", &conf, &a, "net1", json!({})).ok();
+    node.libcni("add", &conf, &b, "net1", json!({})).ok();
+    let port = node.cni_ports();
+    assert_eq!(port[0]["port"]["vlan_mode"], "native-untagged", "{}", port[0]);
+    assert_eq!(port[0]["port"]["trunks"], json!([81]), "{}", port[0]);
+    let b_ip = b.ipv4("net1");
+    // Frames flooded while a pod was alone on the VLAN (its IPv6 start-up) had nowhere to go;
+    // none of the transfer's may be dropped.
+    let before: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
+    traffic::tcp_transfer(Some(&a.ns), Some(&b.ns), &b_ip, 16 << 20);
+    let after: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
+    assert_eq!(before, after, "frames were dropped during the transfer:\n{}", node.ctl(&["show", "stats"]));
+}
+
+#[test]
+fn vhostuser_ports_report_their_socket_and_device_info() {
+    need_env!("vhostuser_ports_report_their_socket_and_device_info");
+    let node = Node::start();
+    let info = node.dir.path().join("devinfo/net1.json");
+    let mut conf = node.conf(
+        "1.1.0",
+        "vh",
+        json!({"mode": "vhostuser", "vlan": 90, "socketOwner": 107, "socketGroup": 107, "socketMode": "0660",
+               "capabilities": {"mac": true, "CNIDeviceInfoFile": true}}),
+    );
+    conf["runtimeConfig"] = json!({"mac": "02:00:00:00:90:01", "CNIDeviceInfoFile": info});
+    let vm = Pod::new("vm");
+    let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    let sock = r["interfaces"][0]["socketPath"].as_str().unwrap_or_else(|| panic!("no socketPath: {r}")).to_string();
+    assert_eq!(r["interfaces"][0]["mac"], "02:00:00:00:90:01", "{r}");
+    assert!(sock.starts_with(node.vhost.to_str().unwrap()) && sock.len() <= 107, "{sock}");
+    let dev: Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    assert_eq!(
+        dev,
+        json!({"type": "vhost-user", "version": "1.1.0", "vhost-user": {"mode": "client", "path": sock}})
+    );
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        wait_until("the switch's socket", || std::path::Path::new(&sock).exists());
+        let m = std::fs::metadata(&sock).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.permissions().mode() & 0o777), (107, 107, 0o660), "{sock}");
+    }
+    let p = &node.cni_ports()[0];
+    assert_eq!((p["port"]["type"].as_str(), p["port"]["tag"].as_u64()), (Some("vhostuser"), Some(90)), "{p}");
+    assert_eq!(p["port"]["allowed_macs"], json!(["02:00:00:00:90:01"]), "{p}");
+    assert_eq!(vm.links(), Vec::<String>::new(), "vhost-user mode put an interface in the pod");
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    node.plugin_for("CHECK", &vm, "net1", &check).ok();
+    node.plugin_for("DEL", &vm, "net1", &conf).ok();
+    assert!(!info.exists() && !std::path::Path::new(&sock).exists());
+    assert!(node.cni_port_names().is_empty());
+
+    // QEMU listening, the switch connecting: QEMU is the device-info spec's "server".
+    let mut client = conf.clone();
+    client["vhostMode"] = json!("client");
+    node.plugin_for("ADD", &vm, "net2", &client).err(7, "socketMode");
+    client.as_object_mut().unwrap().remove("socketMode");
+    node.plugin_for("ADD", &vm, "net2", &client).ok();
+    let dev: Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    assert_eq!(dev["vhost-user"]["mode"], "server", "{dev}");
+    assert_eq!(node.cni_ports()[0]["port"]["mode"], "client");
+}
