@@ -12,10 +12,10 @@ mod traffic;
 
 use kports_common::{in_netns, ip, skip, skip_reason, LinkGuard, VethNs};
 use std::net::{SocketAddr, UdpSocket};
-use traffic::{byte_at, tcp_transfer};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use traffic::{byte_at, tcp_transfer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const A: &str = "10.201.0.1";

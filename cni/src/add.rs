@@ -11,16 +11,18 @@ use crate::daemon::{Daemon, DaemonError};
 use crate::error::{code, CniError};
 use crate::ipam;
 use crate::link::{disable_ipv6, random_mac, Netlink};
-use switchyard_control::cni::CniPort;
 use crate::result::{CniResult, Interface};
 use crate::state;
 use std::fs::File;
+use switchyard_control::cni::CniPort;
 
 /// Refuses early, before anything is created, when the daemon cannot take the port now.
 fn ready(d: &Daemon) -> Result<(), CniError> {
     match d.status() {
         Ok(true) => Ok(()),
-        Ok(false) => Err(CniError::new(code::TRY_AGAIN, "the switchyard daemon is starting (not ready); try again")),
+        Ok(false) => {
+            Err(CniError::new(code::TRY_AGAIN, "the switchyard daemon is starting (not ready); try again"))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -107,7 +109,8 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
     let conf = ctx.conf;
     let ifname = &ctx.env.ifname;
     let netns = ctx.env.netns.as_deref().unwrap_or_default();
-    let ns = File::open(netns).map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {netns}: {e}")))?;
+    let ns = File::open(netns)
+        .map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {netns}: {e}")))?;
     let mut cnl = Netlink::open_in(&ns, netns)?;
     if cnl.link(ifname)?.is_some() {
         return Err(CniError::new(code::EXISTS, format!("interface {ifname} already exists in {netns}")));
@@ -125,14 +128,19 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
         Err(e) if e.errno() == Some(libc::EEXIST) => {
             return Err(CniError::new(
                 code::EXISTS,
-                format!("host interface {host} exists already: attachment {}/{ifname} is being added twice", ctx.env.container_id),
+                format!(
+                    "host interface {host} exists already: attachment {}/{ifname} is being added twice",
+                    ctx.env.container_id
+                ),
             ))
         }
         r => r?,
     }
     undo.veth = Some(host.clone());
     disable_ipv6(&host);
-    let c = cnl.link(ifname)?.ok_or_else(|| CniError::new(code::LINK, format!("{ifname} vanished from {netns}")))?;
+    let c = cnl
+        .link(ifname)?
+        .ok_or_else(|| CniError::new(code::LINK, format!("{ifname} vanished from {netns}")))?;
     cnl.set_up(c.index, ifname)?;
     for ip in &res.ips {
         cnl.add_addr(c.index, &ip.address)?;

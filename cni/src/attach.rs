@@ -8,8 +8,8 @@ use crate::config::{Mode, NetConf};
 use crate::daemon::Daemon;
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
-use switchyard_control::cni::{attachment_key, Attachment};
 use std::path::PathBuf;
+use switchyard_control::cni::{attachment_key, Attachment};
 use switchyard_dataplane::config::{PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;
 
@@ -73,7 +73,10 @@ impl Ctx<'_> {
     /// CNI_PATH, which delegating to IPAM needs.
     pub fn ipam_path(&self) -> Result<&[PathBuf], CniError> {
         if self.env.path.is_empty() {
-            return Err(CniError::new(code::INVALID_ENV, "CNI_PATH is not set (the ipam plugin is looked up there)"));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "CNI_PATH is not set (the ipam plugin is looked up there)",
+            ));
         }
         Ok(&self.env.path)
     }
@@ -184,7 +187,11 @@ mod tests {
         let c = PortConfig { tag: Some(11), ..PortConfig::default() };
         assert!(!same_vlans(&a, &c));
         let t1 = PortConfig { trunks: Some(vec![3, 2]), ..PortConfig::default() };
-        let t2 = PortConfig { trunks: Some(vec![2, 3]), vlan_mode: Some(VlanModeName::Trunk), ..PortConfig::default() };
+        let t2 = PortConfig {
+            trunks: Some(vec![2, 3]),
+            vlan_mode: Some(VlanModeName::Trunk),
+            ..PortConfig::default()
+        };
         assert!(same_vlans(&t1, &t2));
         assert_eq!(describe_vlans(&a), "access VLAN 10");
         assert_eq!(describe_vlans(&t1), "trunk of 3, 2");

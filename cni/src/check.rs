@@ -36,10 +36,9 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
             format!("CHECK is not defined for cniVersion {}", conf.version.as_str()),
         ));
     }
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "prevResult: missing (CHECK needs the ADD's result)"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(code::INVALID_CONFIG, "prevResult: missing (CHECK needs the ADD's result)")
+    })?;
     if let Some(t) = &conf.ipam {
         ipam::exec(t, "CHECK", ctx.stdin, ctx.ipam_path()?)?;
     }
@@ -53,10 +52,16 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
     let want = ctx.port_config(None, mac);
     let port = &got.cni.port;
     if got.cni.bridge != conf.bridge {
-        return Err(differs(format!("port {} is on bridge {}, the config says {}", port.name, got.cni.bridge, conf.bridge)));
+        return Err(differs(format!(
+            "port {} is on bridge {}, the config says {}",
+            port.name, got.cni.bridge, conf.bridge
+        )));
     }
     if port.kind != want.kind {
-        return Err(differs(format!("port {} has type {:?}, the config says {:?}", port.name, port.kind, want.kind)));
+        return Err(differs(format!(
+            "port {} has type {:?}, the config says {:?}",
+            port.name, port.kind, want.kind
+        )));
     }
     if !same_vlans(port, &want) {
         return Err(differs(format!(
@@ -68,7 +73,10 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
     }
     let stored_mac: Option<MacAddr> = got.cni.mac.as_deref().and_then(|m| m.parse().ok());
     if mac.is_some() && stored_mac != mac {
-        return Err(differs(format!("port {} has MAC {:?}, the previous result says {:?}", port.name, stored_mac, mac)));
+        return Err(differs(format!(
+            "port {} has MAC {:?}, the previous result says {:?}",
+            port.name, stored_mac, mac
+        )));
     }
     let filter = port.allowed_macs.clone().unwrap_or_default();
     if filter != want.allowed_macs.clone().unwrap_or_default() {
@@ -92,7 +100,12 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
     }
 }
 
-fn check_veth(ctx: &Ctx, prev: &CniResult, iface: Option<&str>, mac: Option<MacAddr>) -> Result<(), CniError> {
+fn check_veth(
+    ctx: &Ctx,
+    prev: &CniResult,
+    iface: Option<&str>,
+    mac: Option<MacAddr>,
+) -> Result<(), CniError> {
     let host = ctx.host_ifname();
     if iface != Some(host.as_str()) {
         return Err(differs(format!("the port's interface is {iface:?}, not {host}")));
@@ -102,7 +115,8 @@ fn check_veth(ctx: &Ctx, prev: &CniResult, iface: Option<&str>, mac: Option<MacA
         return Err(differs(format!("host interface {host} is not an up veth")));
     }
     let netns = ctx.env.netns.as_deref().unwrap_or_default();
-    let ns = File::open(netns).map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {netns}: {e}")))?;
+    let ns = File::open(netns)
+        .map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {netns}: {e}")))?;
     let mut cnl = Netlink::open_in(&ns, netns)?;
     let ifname = &ctx.env.ifname;
     let c = cnl.link(ifname)?.ok_or_else(|| differs(format!("{ifname} is gone from {netns}")))?;

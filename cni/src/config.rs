@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use switchyard_dataplane::config::parse_socket_mode;
 use switchyard_dataplane::wire::MacAddr;
 
-/// The daemon's control socket when the config names none.
-pub use switchyard_control::ctl::DEFAULT_SOCKET;
 /// Where tombstones go when the config names no `stateDir` (the daemon's default CNI state).
 pub use switchyard_control::cni::DEFAULT_CNI_STATE as DEFAULT_STATE_DIR;
+/// The daemon's control socket when the config names none.
+pub use switchyard_control::ctl::DEFAULT_SOCKET;
 
 /// Keys of the CNI spec that any plugin configuration may carry.
 const CNI_KEYS: &[&str] = &[
@@ -201,7 +201,9 @@ fn trunk(v: &Value) -> Result<Vec<u16>, ConfError> {
         };
         match (vid("minID")?, vid("maxID")?) {
             (Some(a), Some(b)) if a <= b => out.extend(a..=b),
-            (Some(a), Some(b)) => return Err(bad(format!("{f}.minID"), format!("{a} is greater than maxID {b}"))),
+            (Some(a), Some(b)) => {
+                return Err(bad(format!("{f}.minID"), format!("{a} is greater than maxID {b}")))
+            }
             (None, Some(_)) => return Err(bad(format!("{f}.minID"), "missing (maxID needs it)")),
             (Some(_), None) => return Err(bad(format!("{f}.maxID"), "missing (minID needs it)")),
             (None, None) => {}
@@ -239,12 +241,16 @@ impl NetConf {
     /// Parses and checks the configuration bytes from stdin.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, ConfError> {
         let v: Value = serde_json::from_slice(stdin).map_err(|e| ConfError::Decode(e.to_string()))?;
-        let o = v.as_object().ok_or_else(|| ConfError::Decode("the configuration is not a JSON object".into()))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| ConfError::Decode("the configuration is not a JSON object".into()))?;
         Self::from_map(o)
     }
 
     fn from_map(o: &Map<String, Value>) -> Result<NetConf, ConfError> {
-        if let Some(k) = o.keys().find(|k| !CNI_KEYS.contains(&k.as_str()) && !PLUGIN_KEYS.contains(&k.as_str())) {
+        if let Some(k) =
+            o.keys().find(|k| !CNI_KEYS.contains(&k.as_str()) && !PLUGIN_KEYS.contains(&k.as_str()))
+        {
             let hint = match k.as_str() {
                 "vlanTrunk" => " (switchyard's key for it is \"trunk\")",
                 _ => "",
@@ -280,7 +286,9 @@ impl NetConf {
         };
         let macspoofchk = match o.get("macspoofchk") {
             None | Some(Value::Null) => true,
-            Some(v) => v.as_bool().ok_or_else(|| bad("macspoofchk", format!("must be true or false (got {v})")))?,
+            Some(v) => {
+                v.as_bool().ok_or_else(|| bad("macspoofchk", format!("must be true or false (got {v})")))?
+            }
         };
         let mtu = match o.get("mtu") {
             None | Some(Value::Null) => None,
@@ -327,7 +335,8 @@ impl NetConf {
         let state_dir = path("stateDir", DEFAULT_STATE_DIR)?;
         // The vhost-user keys mean nothing to a veth: naming one there is a mistake to report.
         if mode == Mode::Veth {
-            if let Some(k) = ["vhostMode", "socketOwner", "socketGroup", "socketMode"].iter().find(|k| o.contains_key(**k))
+            if let Some(k) =
+                ["vhostMode", "socketOwner", "socketGroup", "socketMode"].iter().find(|k| o.contains_key(**k))
             {
                 return Err(bad(*k, "applies only to \"mode\": \"vhostuser\""));
             }
@@ -346,7 +355,10 @@ impl NetConf {
             None => None,
             // QEMU creates a client-mode socket; its mode is QEMU's business.
             Some(_) if vhost_mode == VhostMode::Client => {
-                return Err(bad("socketMode", "applies only to \"vhostMode\": \"server\" (the switch creates the socket)"))
+                return Err(bad(
+                    "socketMode",
+                    "applies only to \"vhostMode\": \"server\" (the switch creates the socket)",
+                ))
             }
             Some(v) => {
                 let s = string(v, "socketMode")?;
@@ -374,7 +386,9 @@ impl NetConf {
             match rc.get("CNIDeviceInfoFile") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s.is_empty() => {}
-                Some(f) => device_info_file = Some(PathBuf::from(string(f, "runtimeConfig.CNIDeviceInfoFile")?)),
+                Some(f) => {
+                    device_info_file = Some(PathBuf::from(string(f, "runtimeConfig.CNIDeviceInfoFile")?))
+                }
             }
         }
         let dns = match o.get("dns") {
@@ -430,7 +444,8 @@ mod tests {
 
     #[test]
     fn minimal_config_takes_the_defaults() {
-        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "switchyard", "bridge": "br1"})).unwrap();
+        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "switchyard", "bridge": "br1"}))
+            .unwrap();
         assert_eq!(c.version, Version::V1_0_0);
         assert_eq!((c.vlan, c.trunk.is_empty(), c.macspoofchk, c.mode), (None, true, true, Mode::Veth));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
@@ -452,8 +467,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.vlan, Some(10));
         assert_eq!(c.trunk, vec![20, 100, 101, 102]);
-        assert_eq!((c.macspoofchk, c.mtu, c.mode, c.vhost_mode), (false, Some(9000), Mode::Vhostuser, VhostMode::Server));
-        assert_eq!((c.socket_owner, c.socket_group, c.socket_mode.as_deref()), (Some(107), Some(107), Some("0660")));
+        assert_eq!(
+            (c.macspoofchk, c.mtu, c.mode, c.vhost_mode),
+            (false, Some(9000), Mode::Vhostuser, VhostMode::Server)
+        );
+        assert_eq!(
+            (c.socket_owner, c.socket_group, c.socket_mode.as_deref()),
+            (Some(107), Some(107), Some("0660"))
+        );
         assert_eq!(c.ipam.as_deref(), Some("host-local"));
         // runtimeConfig.mac wins over args.cni.mac.
         assert_eq!(c.mac, Some("02:00:00:00:00:0a".parse().unwrap()));

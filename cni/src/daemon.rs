@@ -7,12 +7,12 @@
 //! the daemon answered and refused ([`DaemonError::Refused`]).
 
 use crate::error::{code, CniError};
-use switchyard_control::cni::{Attachment, CniPort};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use switchyard_control::cni::{Attachment, CniPort};
 
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +109,9 @@ impl Daemon {
                 "the connection closed without an answer",
             )));
         }
-        let v: Value = serde_json::from_str(out.trim())
-            .map_err(|e| DaemonError::Answer(format!("{e}: {:?}", out.chars().take(200).collect::<String>())))?;
+        let v: Value = serde_json::from_str(out.trim()).map_err(|e| {
+            DaemonError::Answer(format!("{e}: {:?}", out.chars().take(200).collect::<String>()))
+        })?;
         match v.get("ok").and_then(Value::as_bool) {
             Some(true) => Ok(v),
             Some(false) => Err(DaemonError::Refused {
@@ -145,7 +146,10 @@ impl Daemon {
     /// `cni_list`: every CNI port of the daemon.
     pub fn list(&self) -> Result<Vec<Listed>, DaemonError> {
         let a = self.call(&json!({"v": 1, "op": "cni_list"}))?;
-        let ports = a.get("ports").and_then(Value::as_array).ok_or_else(|| DaemonError::Answer(format!("no ports in {a}")))?;
+        let ports = a
+            .get("ports")
+            .and_then(Value::as_array)
+            .ok_or_else(|| DaemonError::Answer(format!("no ports in {a}")))?;
         ports
             .iter()
             .map(|p| {

@@ -136,7 +136,10 @@ fn parse_args(s: &str) -> Result<CniArgs, EnvError> {
             "MAC" => {
                 a.mac = match v {
                     None => None,
-                    Some(m) => Some(m.parse().map_err(|e| EnvError::Invalid { var: "CNI_ARGS", msg: format!("MAC: {e}") })?),
+                    Some(m) => Some(
+                        m.parse()
+                            .map_err(|e| EnvError::Invalid { var: "CNI_ARGS", msg: format!("MAC: {e}") })?,
+                    ),
                 }
             }
             _ => {}
@@ -199,10 +202,14 @@ mod tests {
     #[test]
     fn bad_names_and_args_are_named() {
         let e = env(&[("CNI_CONTAINERID", "-x"), ("CNI_IFNAME", "net1"), ("CNI_NETNS", "/n")]);
-        assert!(matches!(CniEnv::read(Command::Add, &e), Err(EnvError::Invalid { var: "CNI_CONTAINERID", .. })));
+        assert!(matches!(
+            CniEnv::read(Command::Add, &e),
+            Err(EnvError::Invalid { var: "CNI_CONTAINERID", .. })
+        ));
         let e = env(&[("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "a-very-long-name0"), ("CNI_NETNS", "/n")]);
         assert!(matches!(CniEnv::read(Command::Add, &e), Err(EnvError::Invalid { var: "CNI_IFNAME", .. })));
-        let e = env(&[("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "n"), ("CNI_NETNS", "/n"), ("CNI_ARGS", "A=1;B")]);
+        let e =
+            env(&[("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "n"), ("CNI_NETNS", "/n"), ("CNI_ARGS", "A=1;B")]);
         assert!(matches!(CniEnv::read(Command::Add, &e), Err(EnvError::Invalid { var: "CNI_ARGS", .. })));
     }
 
@@ -219,6 +226,6 @@ mod tests {
         assert_eq!(r.path, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
         assert_eq!(r.args.pod_namespace.as_deref(), Some("ns"));
         assert_eq!(r.args.pod_name.as_deref(), Some("vm-a"));
-        assert_eq!(command(&env(&[("CNI_COMMAND", "FOO")])).unwrap_err().to_string().contains("FOO"), true);
+        assert!(command(&env(&[("CNI_COMMAND", "FOO")])).unwrap_err().to_string().contains("FOO"));
     }
 }

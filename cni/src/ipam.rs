@@ -72,7 +72,9 @@ fn run(bin: &Path, verb: &str, conf: &[u8]) -> Result<Vec<u8>, IpamError> {
     match v.as_ref().and_then(|v| Some((v.get("code")?.as_u64()?, v))) {
         Some((c, v)) => {
             let s = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
-            Err(IpamError::Plugin(CniError::new(u32::try_from(c).unwrap_or(u32::MAX), s("msg")).with_details(s("details"))))
+            Err(IpamError::Plugin(
+                CniError::new(u32::try_from(c).unwrap_or(u32::MAX), s("msg")).with_details(s("details")),
+            ))
         }
         None => Err(IpamError::Failed {
             plugin,
@@ -109,7 +111,11 @@ mod tests {
     fn the_first_directory_with_the_plugin_wins_and_its_error_passes_through() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        script(b.path(), "fake", r#"cat >/dev/null; echo '{"code": 11, "msg": "busy", "details": "d"}'; exit 1"#);
+        script(
+            b.path(),
+            "fake",
+            r#"cat >/dev/null; echo '{"code": 11, "msg": "busy", "details": "d"}'; exit 1"#,
+        );
         let path = vec![a.path().to_path_buf(), b.path().to_path_buf()];
         match exec("fake", "ADD", b"{}", &path) {
             Err(IpamError::Plugin(e)) => assert_eq!(e, CniError::new(11, "busy").with_details("d")),

@@ -44,10 +44,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs one invocation: `get` reads the environment, `stdin` is the configuration.
 pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     // Errors are written in the config's own version when it names a supported one.
-    let shown = config::peek_version(stdin)
-        .and_then(|v| Version::parse(&v))
-        .unwrap_or(Version::CURRENT)
-        .as_str();
+    let shown =
+        config::peek_version(stdin).and_then(|v| Version::parse(&v)).unwrap_or(Version::CURRENT).as_str();
     let fail = |e: CniError| Outcome { stdout: e.to_json(shown), status: e.exit_status() };
     let command = match env::command(get) {
         Ok(c) => c,

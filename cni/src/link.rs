@@ -12,10 +12,13 @@
 use crate::error::{code, CniError};
 use crate::result::{IpNet, Route};
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -125,7 +128,12 @@ impl Netlink {
 
     /// Sends one request and collects the kernel's answers until its acknowledgement (or the
     /// end of a dump).
-    fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &str) -> Result<Vec<RouteNetlinkMessage>, LinkError> {
+    fn exchange(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>, LinkError> {
         self.seq = self.seq.wrapping_add(1);
         let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         nl.header.flags = NLM_F_REQUEST | flags;
@@ -233,7 +241,11 @@ impl Netlink {
 
     /// Deletes the link `name` (a veth takes its peer with it). Ok(false) when there was none.
     pub fn del_link(&mut self, name: &str) -> Result<bool, LinkError> {
-        match self.exchange(RouteNetlinkMessage::DelLink(ifname_msg(name)), NLM_F_ACK, &format!("delete link {name}")) {
+        match self.exchange(
+            RouteNetlinkMessage::DelLink(ifname_msg(name)),
+            NLM_F_ACK,
+            &format!("delete link {name}"),
+        ) {
             Ok(_) => Ok(true),
             Err(LinkError::Kernel { errno: libc::ENODEV, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -263,8 +275,11 @@ impl Netlink {
 
     /// The addresses of link `index`.
     pub fn addrs(&mut self, index: u32) -> Result<Vec<IpNet>, LinkError> {
-        let answers =
-            self.exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP, "list addresses")?;
+        let answers = self.exchange(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            "list addresses",
+        )?;
         let mut out = Vec::new();
         for a in answers {
             let RouteNetlinkMessage::NewAddress(m) = a else { continue };

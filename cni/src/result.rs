@@ -132,7 +132,9 @@ fn opt_ip(o: &Map<String, Value>, k: &str, field: &str) -> Result<Option<IpAddr>
     match opt_str(o, k, field)? {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| bad(format!("{field}.{k}"), format!("{s:?} is not an IP"))),
+        Some(s) => {
+            s.parse().map(Some).map_err(|_| bad(format!("{field}.{k}"), format!("{s:?} is not an IP")))
+        }
     }
 }
 
@@ -180,7 +182,11 @@ impl CniResult {
                         .ok_or_else(|| bad(format!("{f}.interface"), "must be an index"))?,
                 ),
             };
-            r.ips.push(IpConfig { address: net(o, "address", &f)?, gateway: opt_ip(o, "gateway", &f)?, interface });
+            r.ips.push(IpConfig {
+                address: net(o, "address", &f)?,
+                gateway: opt_ip(o, "gateway", &f)?,
+                interface,
+            });
         }
         for (i, o) in objects(v, "routes")?.into_iter().enumerate() {
             let f = format!("routes[{i}]");

@@ -6,9 +6,9 @@
 //! directory, then renamed), so a daemon starting at that moment never reads half a tombstone.
 
 use crate::error::{code, CniError};
-use switchyard_control::cni::{attachment_key, Attachment};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use switchyard_control::cni::{attachment_key, Attachment};
 
 /// A file could not be written or removed.
 #[derive(Debug, thiserror::Error)]

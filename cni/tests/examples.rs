@@ -10,7 +10,8 @@ fn the_example_nads_are_valid_plugin_configs() {
         let path = e.unwrap().path();
         let nad: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(nad["kind"].as_str(), Some("NetworkAttachmentDefinition"), "{}", path.display());
-        let config = nad["spec"]["config"].as_str().unwrap_or_else(|| panic!("{}: no spec.config", path.display()));
+        let config =
+            nad["spec"]["config"].as_str().unwrap_or_else(|| panic!("{}: no spec.config", path.display()));
         let conf = NetConf::parse(config.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(conf.name, nad["metadata"]["name"].as_str().unwrap(), "{}", path.display());
         modes.push(conf.mode);

@@ -6,11 +6,11 @@
 //! Needs root, `ip`, Go and libcni's source, and the IPAM plugins (scripts/setup.sh installs
 //! them); skips with a message elsewhere.
 
+mod common;
 #[path = "../../dataplane/tests/kports_common/mod.rs"]
 mod kports_common;
 #[path = "../../tests/traffic/mod.rs"]
 mod traffic;
-mod common;
 
 use common::{host_link_exists, tcp_reachable, wait_until, Node, Pod};
 use kports_common::{skip, RawSock};
@@ -114,10 +114,12 @@ fn check_passes_after_add_and_fails_once_the_port_is_gone() {
 
     // CHECK against a config whose VLAN differs from the port's: refused, naming the VLANs.
     let other = node.conf("0.4.0", "chk", json!({"vlan": 31, "ipam": conf["ipam"].clone()}));
-    node.libcni("check", &other, &pod, "net1", json!({})).err(104, "access VLAN 30, the config says access VLAN 31");
+    node.libcni("check", &other, &pod, "net1", json!({}))
+        .err(104, "access VLAN 30, the config says access VLAN 31");
 
     // The port removed behind the plugin's back.
-    let gone = node.request(&json!({"v": 1, "op": "cni_del", "attachment": {"container_id": pod.id, "ifname": "net1"}}));
+    let gone = node
+        .request(&json!({"v": 1, "op": "cni_del", "attachment": {"container_id": pod.id, "ifname": "net1"}}));
     assert_eq!(gone["removed"], json!([pod.port("net1")]), "{gone}");
     node.libcni("check", &conf, &pod, "net1", json!({})).err(104, "no port");
     node.libcni("del", &conf, &pod, "net1", json!({})).ok();
@@ -277,7 +279,12 @@ fn parallel_adds_and_dels_end_in_exactly_the_expected_ports() {
         }
     });
     let failures = failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} of 200 operations failed, the first: {:#?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} of 200 operations failed, the first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
 
     let kept = CHURN..N;
     let want: BTreeSet<String> = kept.clone().map(|i| att(i).0.port(&att(i).1)).collect();
@@ -296,16 +303,21 @@ fn parallel_adds_and_dels_end_in_exactly_the_expected_ports() {
     }
     for (k, pod) in pods.iter().enumerate() {
         let got: BTreeSet<String> = pod.links().into_iter().collect();
-        let want: BTreeSet<String> =
-            (k * PER_POD..((k + 1) * PER_POD).min(N)).filter(|&i| i >= CHURN && !att(i).2).map(|i| att(i).1).collect();
+        let want: BTreeSet<String> = (k * PER_POD..((k + 1) * PER_POD).min(N))
+            .filter(|&i| i >= CHURN && !att(i).2)
+            .map(|i| att(i).1)
+            .collect();
         assert_eq!(got, want, "links in pod {k}");
     }
     // vhost-user sockets: a directory per kept vhost attachment, nothing else.
     let socks: BTreeSet<String> = std::fs::read_dir(&node.vhost)
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
-    let want_socks: BTreeSet<String> =
-        kept.clone().filter(|&i| att(i).2).map(|i| format!("cni-{}", attachment_key(&att(i).0.id, &att(i).1))).collect();
+    let want_socks: BTreeSet<String> = kept
+        .clone()
+        .filter(|&i| att(i).2)
+        .map(|i| format!("cni-{}", attachment_key(&att(i).0.id, &att(i).1)))
+        .collect();
     assert_eq!(socks, want_socks);
     // IPAM: a lease per kept veth attachment.
     assert_eq!(node.leases("par").len(), kept.filter(|&i| !att(i).2).count());
@@ -325,7 +337,8 @@ fn bad_configs_and_environments_are_refused_naming_the_problem_and_create_nothin
     };
     node.plugin_for("ADD", &pod, "net1", &with("colour", json!("blue"))).err(7, "colour");
     node.plugin_for("ADD", &pod, "net1", &with("vlan", json!(4095))).err(7, "vlan");
-    node.plugin_for("ADD", &pod, "net1", &with("trunk", json!([{"minID": 9, "maxID": 3}]))).err(7, "trunk[0].minID");
+    node.plugin_for("ADD", &pod, "net1", &with("trunk", json!([{"minID": 9, "maxID": 3}])))
+        .err(7, "trunk[0].minID");
     node.plugin_for("ADD", &pod, "net1", &with("cniVersion", json!("0.2.0"))).err(1, "0.2.0");
     let mut no_bridge = good.clone();
     no_bridge.as_object_mut().unwrap().remove("bridge");
@@ -352,7 +365,8 @@ fn bad_configs_and_environments_are_refused_naming_the_problem_and_create_nothin
     )
     .err(4, "CNI_NETNS");
     // An interface of that name in the pod already.
-    kports_common::ip(&["-n", &pod.ns, "link", "add", "net1", "type", "veth", "peer", "name", "other1"]).unwrap();
+    kports_common::ip(&["-n", &pod.ns, "link", "add", "net1", "type", "veth", "peer", "name", "other1"])
+        .unwrap();
     node.plugin_for("ADD", &pod, "net1", &good).err(100, "net1");
     kports_common::ip(&["-n", &pod.ns, "link", "del", "net1"]).unwrap();
 
@@ -419,7 +433,8 @@ fn vhostuser_ports_report_their_socket_and_device_info() {
     conf["runtimeConfig"] = json!({"mac": "02:00:00:00:90:01", "CNIDeviceInfoFile": info});
     let vm = Pod::new("vm");
     let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
-    let sock = r["interfaces"][0]["socketPath"].as_str().unwrap_or_else(|| panic!("no socketPath: {r}")).to_string();
+    let sock =
+        r["interfaces"][0]["socketPath"].as_str().unwrap_or_else(|| panic!("no socketPath: {r}")).to_string();
     assert_eq!(r["interfaces"][0]["mac"], "02:00:00:00:90:01", "{r}");
     assert!(sock.starts_with(node.vhost.to_str().unwrap()) && sock.len() <= 107, "{sock}");
     let dev: Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();

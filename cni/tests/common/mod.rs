@@ -42,7 +42,9 @@ pub fn skip_reason() -> Option<String> {
         return Some(format!("no libcni source at {LIBCNI} (Debian: golang-github-appc-cni-dev)"));
     }
     if !Path::new(SYSTEM_CNI_DIR).join("host-local").is_file() {
-        return Some(format!("no host-local IPAM plugin in {SYSTEM_CNI_DIR} (Debian: containernetworking-plugins)"));
+        return Some(format!(
+            "no host-local IPAM plugin in {SYSTEM_CNI_DIR} (Debian: containernetworking-plugins)"
+        ));
     }
     None
 }
@@ -68,7 +70,8 @@ pub fn daemon_bin() -> PathBuf {
 pub fn driver() -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/driver");
     let text = std::fs::read(src.join("main.go")).expect("tests/driver/main.go");
-    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let out = bin_dir().join(format!("cni-test-driver-{hash:016x}"));
     if out.is_file() {
         return out;
@@ -120,7 +123,12 @@ impl Pod {
     pub fn new(name: &str) -> Pod {
         let ns = unique("sycni");
         kports_common::ip(&["netns", "add", &ns]).expect("ip netns add");
-        Pod { path: format!("/run/netns/{ns}"), id: unique("ctr"), name: format!("{name}-{}", std::process::id()), ns }
+        Pod {
+            path: format!("/run/netns/{ns}"),
+            id: unique("ctr"),
+            name: format!("{name}-{}", std::process::id()),
+            ns,
+        }
     }
 
     /// CNI_ARGS as Multus passes them.
@@ -146,7 +154,10 @@ impl Pod {
 
     /// The IPv4 address (without prefix) of `ifname`.
     pub fn ipv4(&self, ifname: &str) -> String {
-        let o = Command::new("ip").args(["-n", &self.ns, "-o", "-4", "addr", "show", "dev", ifname]).output().unwrap();
+        let o = Command::new("ip")
+            .args(["-n", &self.ns, "-o", "-4", "addr", "show", "dev", ifname])
+            .output()
+            .unwrap();
         let s = String::from_utf8_lossy(&o.stdout);
         s.split_whitespace()
             .skip_while(|w| *w != "inet")
@@ -180,8 +191,7 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
     /// Asserts success; the stdout as JSON (null when empty).
@@ -327,7 +337,8 @@ impl Node {
     pub fn cni_ports(&self) -> Vec<Value> {
         let a = self.request(&json!({"v": 1, "op": "cni_list"}));
         assert_eq!(a["ok"], true, "{a}");
-        let mut ports: Vec<Value> = a["ports"].as_array().expect("ports").iter().map(|p| p["cni"].clone()).collect();
+        let mut ports: Vec<Value> =
+            a["ports"].as_array().expect("ports").iter().map(|p| p["cni"].clone()).collect();
         ports.sort_by_key(|p| p["port"]["name"].as_str().unwrap_or_default().to_string());
         ports
     }
@@ -338,7 +349,13 @@ impl Node {
 
     /// `switchyard ctl ARGS` against this daemon.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let o = Command::new(daemon_bin()).arg("ctl").arg("--socket").arg(&self.sock).args(args).output().unwrap();
+        let o = Command::new(daemon_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
@@ -487,11 +504,12 @@ fn run_of(o: std::process::Output, direct: bool) -> Run {
 pub fn tcp_reachable(from: &Pod, to: &Pod, to_ip: &str, within: Duration) -> bool {
     use std::net::{SocketAddr, TcpListener, TcpStream};
     let port = 7000;
-    let listener = kports_common::in_netns(&to.ns, || TcpListener::bind((to_ip, port)).map_err(|e| e.to_string()))
-        .expect("listen in the target pod");
+    let listener =
+        kports_common::in_netns(&to.ns, || TcpListener::bind((to_ip, port)).map_err(|e| e.to_string()))
+            .expect("listen in the target pod");
     let addr: SocketAddr = format!("{to_ip}:{port}").parse().unwrap();
     let t = Instant::now();
-    kports_common::in_netns(&from.ns, || loop {
+    let reached = kports_common::in_netns(&from.ns, || loop {
         let left = within.saturating_sub(t.elapsed());
         if left.is_zero() {
             return Ok(false);
@@ -500,10 +518,8 @@ pub fn tcp_reachable(from: &Pod, to: &Pod, to_ip: &str, within: Duration) -> boo
             Ok(_) => return Ok(true),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-    })
-    .map(|ok| {
-        drop(listener);
-        ok
-    })
-    .unwrap()
+    });
+    // The listener lives until the attempts are over (the kernel completes the handshake).
+    drop(listener);
+    reached.unwrap()
 }
