@@ -7,7 +7,7 @@
 
 use crate::error::{code, CniError};
 use crate::result::{CniResult, ResultError};
-use crate::version::{Version, SUPPORTED};
+use crate::version::Version;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use switchyard_dataplane::config::parse_socket_mode;
@@ -264,7 +264,6 @@ impl NetConf {
                 Version::parse(s).ok_or_else(|| ConfError::Version(s.to_string()))?
             }
         };
-        debug_assert!(SUPPORTED.contains(&version));
         let name = match o.get("name") {
             Some(v) => string(v, "name")?.to_string(),
             None => String::new(),

@@ -27,13 +27,6 @@ pub enum DaemonError {
     Refused { code: String, error: String },
 }
 
-impl DaemonError {
-    /// True when the daemon could not be reached at all (not running, or not listening yet).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, DaemonError::Unreachable { .. })
-    }
-}
-
 impl From<DaemonError> for CniError {
     fn from(e: DaemonError) -> CniError {
         let c = match &e {
