@@ -7,8 +7,7 @@
 //! frame's two probes, and when every destination is a known port that takes the frames
 //! untagged, queues them a run of frames per egress port at a time. It decides exactly what the
 //! general stages decide: a property test runs both on the same bursts and compares frames,
-//! counters and MAC tables ([`process_burst`] returns the way it took, so that the test knows
-//! the plain path ran).
+//! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
 //!
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
@@ -375,24 +374,22 @@ impl EgressMemo {
     }
 }
 
-/// Which way [`process_burst`] took a burst: told to the caller so that a test can know the
-/// plain path ran (the property test that compares it with the general stages); the worker
-/// ignores it (one register per burst).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BurstPath {
-    /// The plain path (see the module docs).
-    Plain,
-    /// The general stages.
-    General,
-    /// Neither: the ingress port (or its bridge) is not in the snapshot; the frames were
-    /// freed, counted nowhere.
-    NoPort,
+#[cfg(debug_assertions)]
+thread_local! {
+    static PLAIN_BURSTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bursts took the plain path on this thread: for the property test that compares it
+/// with the general stages, which must know that it ran. Counted only in builds with debug
+/// assertions (the tests'), so that a release build spends nothing on it.
+#[cfg(debug_assertions)]
+pub fn plain_bursts_on_this_thread() -> u64 {
+    PLAIN_BURSTS.with(|c| c.get())
 }
 
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
 /// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
 /// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
-/// Returns the way the burst took.
 pub fn process_burst(
     cfg: &SwitchConfig,
     in_port: PortId,
@@ -401,20 +398,20 @@ pub fn process_burst(
     cache: &mut PoolCache,
     tx: &mut TxBatches,
     trace: Option<&mut Vec<FrameTrace>>,
-) -> BurstPath {
+) {
     let n = burst.len();
     let Some(port) = cfg.port(in_port) else {
         // Not in this snapshot (removed while the frames were in flight): nothing to count on.
         for b in burst.drain(..) {
             cache.free(b);
         }
-        return BurstPath::NoPort;
+        return;
     };
     let Some(bridge) = cfg.bridges.get(port.bridge) else {
         for b in burst.drain(..) {
             cache.free(b);
         }
-        return BurstPath::NoPort;
+        return;
     };
     let table = bridge.table.view();
     let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
@@ -489,7 +486,9 @@ pub fn process_burst(
                 }
             }
             eg.t.flush_into(port);
-            return BurstPath::Plain;
+            #[cfg(debug_assertions)]
+            PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
+            return;
         }
     }
 
@@ -563,7 +562,6 @@ pub fn process_burst(
         }
     }
     eg.t.flush_into(port);
-    BurstPath::General
 }
 
 /// The last stage's view of the burst: where frames go out and what is counted.
