@@ -128,33 +128,16 @@ proptest! {
     }
 }
 
+/// `Again`: the last `Learn` again, in the same second (the next frame of a burst).
 #[derive(Debug, Clone)]
 enum Op {
-    Learn {
-        vlan: u16,
-        mac: u8,
-        port: u16,
-        dt: u32,
-    },
-    /// The last `Learn` again, in the same second (the next frame of a burst).
+    Learn { vlan: u16, mac: u8, port: u16, dt: u32 },
     Again,
-    Lookup {
-        vlan: u16,
-        mac: u8,
-    },
+    Lookup { vlan: u16, mac: u8 },
     Age,
-    Static {
-        vlan: u16,
-        mac: u8,
-        port: u16,
-    },
-    Remove {
-        vlan: u16,
-        mac: u8,
-    },
-    FlushPort {
-        port: u16,
-    },
+    Static { vlan: u16, mac: u8, port: u16 },
+    Remove { vlan: u16, mac: u8 },
+    FlushPort { port: u16 },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
