@@ -4,7 +4,10 @@
 //! Starts 2 workers (back-off on, default options) on in-memory ring ports in switch mode,
 //! measures the process's CPU time over an idle period (from /proc/self/stat), then injects
 //! one frame after each idle period and measures, with a spinning observer on the other ring,
-//! how long it took to come out. Prints the numbers; asserts nothing.
+//! how long it took to come out, and at the end how long stopping the engine takes. Then a
+//! vhost-user port whose worker sleeps on the guest's kick fd: how long from the guest's
+//! kick to the frame out of a ring port (the figure the vhost_idle test prints). Prints the
+//! numbers; asserts nothing (the tests do not time these: a loaded machine decides them).
 //!
 //! `cargo bench --bench idle` (idle period 60 s, 3 rounds); `IDLE_SECS=5 ROUNDS=5 cargo bench
 //! --bench idle` for a quick look.
@@ -99,5 +102,60 @@ fn main() {
         lat[lat.len() / 2],
         lat[lat.len() - 1]
     );
+    // How long stopping the idle workers takes (they sleep in poll(2); stop wakes them).
+    let t = Instant::now();
+    let _ = eng.stop();
+    println!("engine stop (2 idle workers): {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+    kick_wake(rounds.max(5));
+}
+
+/// A VM port (vhost-user, the guest played by the in-process frontend) and a ring port, one
+/// worker: `rounds` times, once the worker sleeps on the kick fd, the guest transmits and
+/// kicks, and the frame is awaited on the ring by a spinning observer.
+fn kick_wake(rounds: usize) {
+    use switchyard_dataplane::port::vhost::frontend::Frontend;
+    use switchyard_dataplane::port::vhost::proto::feat;
+    use switchyard_dataplane::port::vhost::{VhostOptions, VhostUserPort};
+    let path = std::env::temp_dir().join(format!("sy-bench-kick-{}.sock", std::process::id()));
+    let vm = Arc::new(VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap());
+    let (ring, peer) = RingPort::new("r", 1024);
+    let ports: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(vm.clone()), Some(Arc::new(ring))];
+    let cfg =
+        Config::from_yaml_str("bridges:\n- name: br\n  ports:\n  - {name: vm}\n  - {name: r}\n").unwrap();
+    let plan = Plan {
+        switch: Arc::new(SwitchConfig::compile(&cfg, None).unwrap()),
+        peers: Plan::paired_peers(2),
+        rx: Plan::round_robin(&ports, 1),
+        ports,
+        mode: FwdMode::Switch,
+        gen: TxGen::default(),
+    };
+    let eng = Engine::start(EngineOptions::default(), plan).unwrap();
+    let mut fe = Frontend::connect(&path, Duration::from_secs(5)).unwrap();
+    fe.setup(1, 256, feat::OFFERED).unwrap();
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    frame.resize(60, 0);
+    let mut lat = Vec::new();
+    for r in 0..rounds {
+        // Until the worker sleeps (it asks the guest to kick).
+        let t = Instant::now();
+        while fe.backend_polls(1) {
+            assert!(t.elapsed() < Duration::from_secs(5), "the worker never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t = Instant::now();
+        let kicked = fe.transmit_notify(0, &frame) == Some(true);
+        while peer.collect().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(1), "frame not forwarded within 1 s");
+            std::hint::spin_loop();
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        fe.reclaim(1);
+        println!("kick round {r}: kicked {kicked}, frame out after {us:.1} µs");
+        lat.push(us);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!("median kick-to-frame-out {:.1} µs, max {:.1} µs", lat[lat.len() / 2], lat[lat.len() - 1]);
     let _ = eng.stop();
 }

@@ -61,7 +61,7 @@ struct ScenarioFile {
     #[serde(default)]
     bridges: Vec<BridgeConfig>,
     #[serde(default)]
-    inputs: serde_yaml::Mapping,
+    inputs: serde_yaml_ng::Mapping,
 }
 
 /// A loaded, checked scenario.

@@ -86,17 +86,17 @@ pub struct Devices {
 pub struct Interface {
     pub name: String,
     #[serde(default)]
-    pub bridge: Option<serde_yaml::Value>,
+    pub bridge: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub masquerade: Option<serde_yaml::Value>,
+    pub masquerade: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub sriov: Option<serde_yaml::Value>,
+    pub sriov: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub slirp: Option<serde_yaml::Value>,
+    pub slirp: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub passt: Option<serde_yaml::Value>,
+    pub passt: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub macvtap: Option<serde_yaml::Value>,
+    pub macvtap: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub binding: Option<PluginBinding>,
     #[serde(default)]
@@ -114,7 +114,7 @@ pub struct PluginBinding {
 pub struct Network {
     pub name: String,
     #[serde(default)]
-    pub pod: Option<serde_yaml::Value>,
+    pub pod: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub multus: Option<MultusNetwork>,
 }
@@ -197,7 +197,7 @@ pub struct NmPort {
     pub vlan: Option<NmVlan>,
     /// OVS bonds (`link-aggregation`) are not uplinks switchyard can open.
     #[serde(default)]
-    pub link_aggregation: Option<serde_yaml::Value>,
+    pub link_aggregation: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -346,9 +346,9 @@ impl ClusterState {
     /// Adds the objects of one (multi-document) YAML text, naming `file` in problems.
     pub fn add_yaml(&mut self, file: &str, text: &str) {
         let file: Arc<str> = Arc::from(file);
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let src = Source { file: file.clone(), doc: i };
-            match serde_yaml::Value::deserialize(doc) {
+            match serde_yaml_ng::Value::deserialize(doc) {
                 Ok(v) => self.add_value(src, v),
                 Err(e) => {
                     // A syntax error ends the stream: the documents before it are kept.
@@ -360,10 +360,10 @@ impl ClusterState {
         }
     }
 
-    fn add_value(&mut self, src: Source, v: serde_yaml::Value) {
+    fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
         let map = match v {
-            serde_yaml::Value::Null => return, // an empty document
-            serde_yaml::Value::Mapping(m) => m,
+            serde_yaml_ng::Value::Null => return, // an empty document
+            serde_yaml_ng::Value::Mapping(m) => m,
             _ => {
                 self.problems.push(Problem::file(
                     &src.file,
@@ -384,7 +384,7 @@ impl ClusterState {
         let meta = map.get("metadata").and_then(|m| m.as_mapping());
         let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
         let ns = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).map(str::to_string);
-        let v = serde_yaml::Value::Mapping(map);
+        let v = serde_yaml_ng::Value::Mapping(map);
         let group = group_of(&api);
         match (kind.as_str(), group) {
             (k, _) if k.ends_with("List") => {
@@ -473,7 +473,7 @@ impl ClusterState {
         kind: &str,
         ns: Option<&str>,
         name: &str,
-        v: serde_yaml::Value,
+        v: serde_yaml_ng::Value,
     ) -> Option<T> {
         let oref = ObjRef::new(kind, ns, name);
         if name.is_empty() {

@@ -151,7 +151,7 @@ pub fn ranges(v: &[u16]) -> String {
 pub fn describe_backend(p: &PortConfig) -> String {
     let kind = p
         .kind
-        .map_or("ring".to_string(), |k| serde_yaml::to_string(&k).unwrap_or_default().trim().to_string());
+        .map_or("ring".to_string(), |k| serde_yaml_ng::to_string(&k).unwrap_or_default().trim().to_string());
     let mut s = kind;
     let opts: [(&str, Option<String>); 8] = [
         ("iface", p.iface.clone()),

@@ -112,7 +112,7 @@ impl RunConfig {
         let c: RunConfig = if text.trim().is_empty() {
             RunConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?
         };
         for (name, o) in &c.ports {
             let mut p = PortConfig { name: name.clone(), ..Default::default() };

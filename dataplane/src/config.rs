@@ -136,9 +136,9 @@ pub fn parse_socket_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777 && !s.is_empty())
 }
 
-/// Parses YAML text, naming `path` in errors (serde_yaml's message gives the field and line).
+/// Parses YAML text, naming `path` in errors (serde_yaml_ng's message gives the field and line).
 pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
 }
 
 impl Config {
@@ -203,7 +203,7 @@ impl Config {
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_yaml_ng::to_string(self).unwrap_or_default()
     }
 }
 

@@ -7,7 +7,7 @@
 //! frame's two probes, and when every destination is a known port that takes the frames
 //! untagged, queues them a run of frames per egress port at a time. It decides exactly what the
 //! general stages decide: a property test runs both on the same bursts and compares frames,
-//! counters and MAC tables.
+//! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
 //!
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
@@ -374,6 +374,19 @@ impl EgressMemo {
     }
 }
 
+#[cfg(debug_assertions)]
+thread_local! {
+    static PLAIN_BURSTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bursts took the plain path on this thread: for the property test that compares it
+/// with the general stages, which must know that it ran. Counted only in builds with debug
+/// assertions (the tests'), so that a release build spends nothing on it.
+#[cfg(debug_assertions)]
+pub fn plain_bursts_on_this_thread() -> u64 {
+    PLAIN_BURSTS.with(|c| c.get())
+}
+
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
 /// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
 /// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
@@ -473,6 +486,8 @@ pub fn process_burst(
                 }
             }
             eg.t.flush_into(port);
+            #[cfg(debug_assertions)]
+            PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
             return;
         }
     }

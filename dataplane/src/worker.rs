@@ -190,6 +190,10 @@ pub struct EngineOptions {
     pub busy_poll: bool,
     /// The longest an idle worker sleeps between polls.
     pub max_sleep: Duration,
+    /// The longest an idle worker sleeps in poll(2) on its queues' wake descriptors before it
+    /// polls again (a frame, a publish or a stop wakes it at once; the bound only matters
+    /// for a wake-up that never comes).
+    pub idle_wait: Duration,
     /// Buffers in the shared pool.
     pub pool_buffers: usize,
     /// Run on each worker thread before it polls.
@@ -203,6 +207,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("burst", &self.burst)
             .field("busy_poll", &self.busy_poll)
             .field("max_sleep", &self.max_sleep)
+            .field("idle_wait", &self.idle_wait)
             .field("pool_buffers", &self.pool_buffers)
             .field("on_worker_start", &self.on_worker_start.is_some())
             .finish()
@@ -216,6 +221,7 @@ impl Default for EngineOptions {
             burst: DEFAULT_BURST,
             busy_poll: false,
             max_sleep: Duration::from_micros(100),
+            idle_wait: IDLE_WAIT,
             pool_buffers: 16384,
             on_worker_start: None,
         }
@@ -847,7 +853,7 @@ fn build_udp_frame(
 }
 
 /// The longest a worker sleeps in poll(2) before it looks at the stop flag and the plan again
-/// (publish and stop also wake it at once).
+/// (publish and stop also wake it at once), unless [`EngineOptions::idle_wait`] says otherwise.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// A worker with more RX queues than this backs off with short sleeps instead of poll(2)
@@ -925,7 +931,8 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             std::hint::spin_loop();
         } else if idle_polls < 2100 {
             std::thread::yield_now();
-        } else if idle_polls < 2200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, IDLE_WAIT) {
+        } else if idle_polls < 2200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, sh.opts.idle_wait)
+        {
             // Queues that cannot wake us (or a short grace period): short, growing sleeps.
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(sh.opts.max_sleep);

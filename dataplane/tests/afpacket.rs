@@ -66,11 +66,37 @@ fn tx_frames_reach_the_peer_byte_for_byte() {
             .unwrap_or_else(|| panic!("frame {i} never arrived"));
         assert_eq!(&got, f, "frame {i} changed on the way");
     }
-    assert!(peer.recv_matching(Duration::from_millis(50), |g| has_marker(g, "TXBIG.")).is_none());
+    // The oversize frame was not sent: a frame sent after it arrives, and it did not come
+    // before (the veth keeps the order).
+    let mut end_burst = Burst::new();
+    end_burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "TXEND.", 60)).unwrap());
+    assert_eq!(tx.tx_burst(&mut end_burst, &mut cache, &mut drops), 1);
+    let next = peer.recv_matching(WAIT, |g| has_marker(g, "TXBIG.") || has_marker(g, "TXEND."));
+    assert!(
+        next.as_deref().is_some_and(|g| has_marker(g, "TXEND.")),
+        "TXBIG. went out, or TXEND. never came"
+    );
 
-    // The port never receives its own transmissions.
-    let own = rx_collect(&mut *rx, &mut cache, &mut drops, "TX", Duration::from_millis(100));
-    assert!(own.is_empty(), "the port received {} of its own frames", own.len());
+    // The port never receives its own transmissions: by the time a frame the peer sends
+    // afterwards is in, any of ours would have been.
+    peer.send(&frame(DST, SRC, &[], "PEER.", 60));
+    let mut own = 0;
+    let end = std::time::Instant::now() + WAIT;
+    let mut burst = Burst::new();
+    'wait: loop {
+        assert!(std::time::Instant::now() < end, "the peer's frame never arrived");
+        rx.rx_burst(&mut cache, &mut burst, 32, &mut drops);
+        for b in burst.drain(..) {
+            own += usize::from(has_marker(b.data(), "TX"));
+            let peers = has_marker(b.data(), "PEER.");
+            cache.free(b);
+            if peers {
+                break 'wait;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(own, 0, "the port received {own} of its own frames");
 
     // Many bursts in a row: more than the ring holds in total, all sent or counted.
     let mut total = 0;
@@ -275,6 +301,32 @@ fn link_down_counts_port_down_and_recovers() {
     assert_eq!(peer.recv_matching(WAIT, |g| has_marker(g, "UP.")).as_deref(), Some(&f[..]));
 }
 
+/// A UDP/IPv4 frame of flow `i` (source port 1000 + i), 80 bytes: the kernel's flow hash, which
+/// the port's PACKET_FANOUT_HASH group spreads by, differs from flow to flow. Marked "Q" and
+/// `i` at the start of the UDP payload.
+fn udp_flow_frame(i: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(80);
+    f.extend_from_slice(&DST);
+    f.extend_from_slice(&SRC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0x45, 0, 0, 66, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&(1000 + u16::from(i)).to_be_bytes());
+    f.extend_from_slice(&[0x07, 0xd0, 0, 46, 0, 0, b'Q', i]);
+    f.resize(80, 0);
+    f
+}
+
+/// The flow of a frame made by [`udp_flow_frame`], `None` for any other frame.
+fn udp_flow_of(f: &[u8]) -> Option<u8> {
+    (f.len() == 80 && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[42] == b'Q').then(|| f[43])
+}
+
+/// Two RX queues are two sockets in one fanout group: frames of many flows are spread over
+/// both (each queue gets some), and each frame arrives on exactly one of them.
 #[test]
 fn two_rx_queues_share_the_traffic() {
     let opts = AfPacketOptions { rx_queues: 2, ..AfPacketOptions::default() };
@@ -285,23 +337,37 @@ fn two_rx_queues_share_the_traffic() {
     let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
     let pool = Pool::with_hugepages("afp-fan", 256, false).unwrap();
     let mut cache = pool.cache();
-    let mut q0 = port.open_rx(0).unwrap();
-    let mut q1 = port.open_rx(1).unwrap();
+    let mut queues = [port.open_rx(0).unwrap(), port.open_rx(1).unwrap()];
     let mut drops = DropTally::default();
-    for i in 0..64u8 {
-        let src = [0x02, 0, 0, 0, 1, i];
-        peer.send(&frame(DST, src, &[], &format!("Q{i:02}."), 80));
+    const FLOWS: u8 = 64;
+    for i in 0..FLOWS {
+        peer.send(&udp_flow_frame(i));
     }
+    // (queue, flow) of every test frame received.
     let mut got = Vec::new();
     let end = std::time::Instant::now() + WAIT;
-    while got.len() < 64 && std::time::Instant::now() < end {
-        got.extend(rx_collect(&mut *q0, &mut cache, &mut drops, "Q", Duration::from_millis(5)));
-        got.extend(rx_collect(&mut *q1, &mut cache, &mut drops, "Q", Duration::from_millis(5)));
+    let mut burst = Burst::new();
+    while got.len() < usize::from(FLOWS) && std::time::Instant::now() < end {
+        for (q, rx) in queues.iter_mut().enumerate() {
+            rx.rx_burst(&mut cache, &mut burst, 32, &mut drops);
+            for b in burst.drain(..) {
+                got.extend(udp_flow_of(b.data()).map(|i| (q, i)));
+                cache.free(b);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(got.len(), 64, "every frame arrives on exactly one queue");
-    got.sort();
-    got.dedup();
-    assert_eq!(got.len(), 64);
+    let mut flows: Vec<u8> = got.iter().map(|&(_, i)| i).collect();
+    flows.sort();
+    flows.dedup();
+    assert_eq!(
+        (got.len(), flows.len()),
+        (usize::from(FLOWS), usize::from(FLOWS)),
+        "every frame, once: {got:?}"
+    );
+    let on_q0 = got.iter().filter(|&&(q, _)| q == 0).count();
+    assert!(on_q0 > 0 && on_q0 < got.len(), "the fanout did not share: {on_q0} of {} on queue 0", got.len());
+    assert!(drops.is_zero(), "{drops:?}");
 }
 
 #[test]
@@ -320,14 +386,15 @@ fn kernel_ring_overflow_is_counted() {
         peer.send(&frame(DST, SRC, &[], &format!("O{i:03}."), 1000));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let got = rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(50)).len();
-    // The kernel reports its losses with the next block it fills.
+    let mut got = rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(50)).len();
+    // The kernel reports its losses with the next block it fills (the P frames fill it). An
+    // O frame still on its way comes in before them, and is counted too.
     let end = std::time::Instant::now() + WAIT;
     let mut i = 0;
     while drops.get(DropReason::NoBuffer) == 0 && std::time::Instant::now() < end {
         peer.send(&frame(DST, SRC, &[], &format!("P{i}."), 100));
         i += 1;
-        rx_collect(&mut *rx, &mut cache, &mut drops, "P", Duration::from_millis(5));
+        got += rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(5)).len();
     }
     let lost = drops.get(DropReason::NoBuffer) as usize;
     assert!(lost > 0, "the kernel's drops were not counted");

@@ -316,8 +316,11 @@ fn collect_one(peer: &RingPeer, deadline: Duration) -> Option<Vec<u8>> {
 }
 
 /// The whole engine: a VM port and a ring port on one bridge. Idle, the worker sleeps on the
-/// kick fd (a few polls a second, not thousands); a frame the guest transmits and kicks
-/// comes out of the ring port within milliseconds.
+/// kick fd (no polls, no CPU, however long the idle time really lasts); a frame the guest
+/// transmits and kicks comes out of the ring port, woken for by the kick: the worker's timed
+/// wake-up (`idle_wait`) is set far beyond every wait of the test, so that no frame can come
+/// out by a timed poll. How fast the kick wakes it is measured (printed), not asserted: a
+/// loaded machine decides that.
 #[test]
 fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let path = sock("engine");
@@ -339,6 +342,7 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let t = task.clone();
     let opts = EngineOptions {
         pool_buffers: 4096,
+        idle_wait: Duration::from_secs(60),
         on_worker_start: Some(Arc::new(move |_| {
             // "<pid>/task/<tid>"
             let me = std::fs::read_link("/proc/thread-self").unwrap();
@@ -356,8 +360,8 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let task = task.lock().unwrap().clone();
     assert!(!task.is_empty(), "worker thread id");
 
-    // Let the worker settle into its sleep, then watch it idle for a second.
-    std::thread::sleep(Duration::from_millis(100));
+    // Once the worker sleeps (it asks the guest to kick), watch it idle for a second.
+    wait_for("the worker to sleep on the kick fd", || !fe.backend_polls(1));
     let s0 = eng.worker_stats()[0].clone();
     let cpu0 = thread_cpu_ticks(&task);
     let t0 = Instant::now();
@@ -371,31 +375,25 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     eprintln!(
         "idle {idle_s:.2} s: {idle_polls} idle polls, {busy_polls} busy polls, {ticks} CPU ticks (1/100 s)"
     );
+    // Asleep all along: neither figure grows with the length of the second (on a loaded
+    // machine, longer), only a worker that polls instead of sleeping would trip them.
     assert!(
         idle_polls < 300,
         "an idle worker should sleep on the kick fd: {idle_polls} polls in {idle_s:.2} s"
     );
     assert!(ticks <= 5, "idle worker used {ticks} CPU ticks in {idle_s:.2} s");
 
-    // Asleep now: the guest is asked to kick, and its frame goes out at once.
-    // (A frame posted in the microseconds in which the worker is between two sleeps, its
-    // 100 ms poll timeout, is not kicked and not needed to be; so count, don't insist.)
+    // Asleep each time (the worker asks for kicks): the guest kicks, and only the kick can
+    // have woken the worker for its frame.
     let mut lats = Vec::new();
-    let mut kicked = 0;
     for i in 1..=5u32 {
-        std::thread::sleep(Duration::from_millis(150));
+        wait_for("the worker to sleep on the kick fd", || !fe.backend_polls(1));
         let t = Instant::now();
-        kicked += u32::from(fe.transmit_notify(0, &frame(i)).expect("queued"));
-        assert_eq!(collect_one(&peer, WAIT), Some(frame(i)));
-        let lat = t.elapsed();
-        lats.push(lat);
-        eprintln!("frame {i}: out after {lat:?}");
+        assert_eq!(fe.transmit_notify(0, &frame(i)), Some(true), "a sleeping worker asks for a kick");
+        assert_eq!(collect_one(&peer, WAIT), Some(frame(i)), "the kick did not wake the worker");
+        lats.push(t.elapsed());
     }
-    assert!(kicked >= 1, "a sleeping worker asks for kicks");
-    // Woken by the kick, not by the 100 ms poll timeout. The median, so that one scheduling
-    // delay on a loaded machine does not decide the test.
-    lats.sort();
-    assert!(lats[lats.len() / 2] < Duration::from_millis(50), "wake-up latencies {lats:?}");
+    eprintln!("kick to frame out (measured, not asserted): {lats:?}");
     let ws = eng.stop();
     assert!(ws[0].rx_packets >= 6);
     drop(fe);

@@ -37,13 +37,10 @@ const H_GSO_SIZE: usize = 4;
 const H_CSUM_START: usize = 6;
 const H_CSUM_OFFSET: usize = 8;
 
+use super::{EtherType, ETH_HEADER_LEN, VLAN_TAG_LEN};
+
+/// The EtherType's offset in an Ethernet header.
 const ETH_TYPE: usize = 12;
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
 
 const IPV4_TOTAL_LEN: usize = 2;
 const IPV4_ID: usize = 4;
@@ -206,15 +203,15 @@ impl Segmenter {
             other => return Err(OffloadError::GsoUnsupported(other)),
         };
         // The layer-3 offset: after the Ethernet header and any tags still in the frame.
-        let mut l3 = ETH_HLEN;
+        let mut l3 = ETH_HEADER_LEN;
         let mut ethertype = be16(frame, ETH_TYPE).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
-        while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        while ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
             ethertype = be16(frame, l3 + 2).ok_or(OffloadError::GsoMalformed("VLAN tag"))?;
-            l3 += VLAN_HLEN;
+            l3 += VLAN_TAG_LEN;
         }
         let ipv4 = match ethertype {
-            ETHERTYPE_IPV4 => true,
-            ETHERTYPE_IPV6 => false,
+            EtherType::IPV4 => true,
+            EtherType::IPV6 => false,
             _ => return Err(OffloadError::GsoMalformed("not IP")),
         };
         if want_v4.is_some_and(|v4| v4 != ipv4) {

@@ -1306,88 +1306,271 @@ mod tests {
         }
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+    /// A value that is mostly within what the ring allows (`Fit`: taken modulo it), one time
+    /// in `one_in` anything.
+    #[derive(Debug, Clone, Copy)]
+    enum Aim {
+        Fit(u16),
+        Wild(u16),
+    }
 
-        /// Random memory tables, ring placements, descriptor tables, available rings and
-        /// indices: the queue code must never panic, and never touch memory outside the
-        /// regions (each region sits between guard pages, so a stray access would fault).
-        #[test]
-        fn random_rings_never_escape(
-            regions in proptest::collection::vec((0u64..64, 1u64..4), 1..4),
-            num_log in 0u32..6,
-            ring_at in proptest::collection::vec(0u64..(5 << 14), 3),
-            garbage in proptest::collection::vec(any::<u64>(), 0..256),
-            idx_words in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..64),
-            avail_idx in any::<u16>(),
-            base in any::<u16>(),
-            frames in proptest::collection::vec(0usize..3000, 0..40),
-            event_idx in any::<bool>(),
-            mrg in any::<bool>(),
-        ) {
-            // Regions of 4..16 pages at distinct 64-page slots.
-            let mut layout = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for (slot, pages) in regions {
-                if seen.insert(slot) {
+    fn aim(one_in: u32) -> impl Strategy<Value = Aim> {
+        prop_oneof![one_in - 1 => any::<u16>().prop_map(Aim::Fit), 1 => any::<u16>().prop_map(Aim::Wild)]
+    }
+
+    impl Aim {
+        fn within(self, n: u16) -> u16 {
+            match self {
+                Aim::Fit(v) => v % n.max(1),
+                Aim::Wild(v) => v,
+            }
+        }
+    }
+
+    /// One descriptor a hostile guest wrote: `addr` mostly inside one of the regions
+    /// (`region`, `offset` taken modulo what there is), else anything; flags mostly what the
+    /// ring's direction wants (`None`: read-only for a TX ring, writable for an RX ring, with
+    /// NEXT as `chain` says), else any mix; `next` mostly inside the table.
+    #[derive(Debug, Clone)]
+    struct RandomDesc {
+        region: usize,
+        offset: u64,
+        wild_addr: Option<u64>,
+        len: u32,
+        flags: Option<u16>,
+        chain: bool,
+        next: Aim,
+    }
+
+    fn random_desc() -> impl Strategy<Value = RandomDesc> {
+        let addr = prop_oneof![9 => Just(None), 1 => any::<u64>().prop_map(Some)];
+        let len = prop_oneof![9 => 0u32..2200, 1 => any::<u32>()];
+        let flags = prop_oneof![
+            8 => Just(None),
+            1 => proptest::sample::select(vec![
+                0,
+                DESC_F_NEXT,
+                DESC_F_WRITE,
+                DESC_F_NEXT | DESC_F_WRITE,
+                DESC_F_INDIRECT,
+            ])
+            .prop_map(Some),
+            1 => any::<u16>().prop_map(Some),
+        ];
+        (0usize..3, any::<u64>(), addr, len, flags, proptest::bool::weighted(0.25), aim(10)).prop_map(
+            |(region, offset, wild_addr, len, flags, chain, next)| RandomDesc {
+                region,
+                offset,
+                wild_addr,
+                len,
+                flags,
+                chain,
+                next,
+            },
+        )
+    }
+
+    /// A hostile guest's ring: the memory layout, where the three parts lie, what the
+    /// descriptor table and available ring hold, and how the indices stand.
+    #[derive(Debug, Clone)]
+    struct RandomRing {
+        regions: Vec<(u64, u64)>,
+        num_log: u32,
+        /// Whether the parts are placed so that they fit inside the first region (as a guest
+        /// does), or anywhere in and past it (set-up refused, mostly).
+        fit: bool,
+        ring_at: Vec<u64>,
+        /// Words sprayed anywhere over the first region before the ring is written.
+        garbage: Vec<(u64, u64)>,
+        descs: Vec<RandomDesc>,
+        /// The guest receives on the ring (the switch enqueues), or transmits (it dequeues).
+        rx: bool,
+        /// The available ring's entries: mostly heads inside the table.
+        heads: Vec<Aim>,
+        avail_flags: u16,
+        /// The used index in memory: mostly `base`, else anything (the ring then starts from
+        /// it, as after a frontend restart).
+        used_idx: Option<u16>,
+        base: u16,
+        /// How far the guest's available index runs ahead of the used one at first, and moves
+        /// on at each later round: mostly within the queue size, else anything.
+        ahead: Vec<Aim>,
+        frames: Vec<usize>,
+        event_idx: bool,
+        mrg: bool,
+    }
+
+    fn random_ring() -> impl Strategy<Value = RandomRing> {
+        (
+            (
+                proptest::collection::vec((0u64..64, 1u64..4), 1..4),
+                0u32..6,
+                proptest::bool::weighted(0.9),
+                proptest::collection::vec(any::<u64>(), 3),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..64),
+                proptest::collection::vec(random_desc(), 32),
+                any::<bool>(),
+            ),
+            (
+                proptest::collection::vec(aim(100), 32),
+                any::<u16>(),
+                prop_oneof![4 => Just(None), 1 => any::<u16>().prop_map(Some)],
+                any::<u16>(),
+                proptest::collection::vec(aim(40), 4),
+                proptest::collection::vec(0usize..3000, 0..40),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(|((regions, num_log, fit, ring_at, garbage, descs, rx), rest)| {
+                let (heads, avail_flags, used_idx, base, ahead, frames, event_idx, mrg) = rest;
+                RandomRing {
+                    regions,
+                    num_log,
+                    fit,
+                    ring_at,
+                    garbage,
+                    descs,
+                    rx,
+                    heads,
+                    avail_flags,
+                    used_idx,
+                    base,
+                    ahead,
+                    frames,
+                    event_idx,
+                    mrg,
+                }
+            })
+    }
+
+    /// Random memory tables, ring placements, descriptor tables, available rings and
+    /// indices, aimed as a guest would lay them out (as fuzz/fuzz_targets/vring.rs learns to),
+    /// with now and then a value that is anything: the queue code must never panic, never
+    /// touch memory outside the regions (each region sits between guard pages, so a stray
+    /// access would fault), and every buffer comes back. Over the run, most rings are
+    /// accepted and frames move both ways.
+    #[test]
+    fn random_rings_never_escape() {
+        use proptest::test_runner::{Config, TestRunner};
+        use std::cell::Cell;
+        let (cases, accepted, dequeued, enqueued) =
+            (256u32, Cell::new(0u32), Cell::new(0u64), Cell::new(0u64));
+        let mut runner = TestRunner::new(Config { cases, source_file: Some(file!()), ..Config::default() });
+        let outcome = runner.run(&random_ring(), |g| {
+            // Regions of 16, 32 or 48 KiB at distinct 256 KiB-aligned guest addresses.
+            let mut layout: Vec<(u64, u64, u64)> = Vec::new();
+            for &(slot, pages) in &g.regions {
+                if !layout.iter().any(|&(gpa, _, _)| gpa == slot << 18) {
                     layout.push((slot << 18, pages * 16384, (slot << 18) + UVA));
                 }
             }
             let mem = Arc::new(GuestMemory::anonymous(&layout).unwrap());
-            let (g0, _, _) = layout[0];
-            // Spray garbage (descriptors pointing anywhere, with any flags) over the first region.
-            for (i, w) in garbage.iter().enumerate() {
-                let w = if i % 2 == 0 && w % 3 == 0 { g0 + (w % (1 << 16)) } else { *w };
-                let _ = mem.write(g0 + 8 * i as u64, &w.to_le_bytes());
+            let (g0, size0, _) = layout[0];
+            for &(off, w) in &g.garbage {
+                let _ = mem.write(g0 + off % size0, &w.to_le_bytes());
             }
-            let num = 1u16 << num_log;
+            let num = 1u16 << g.num_log;
+            let n = u64::from(num);
+            // Offsets in the first region where a part of `len` bytes fits (or anywhere in
+            // and past it), aligned as the part must be.
+            let place = |r: u64, len: u64, align: u64| {
+                let room = if g.fit { size0 - len + 1 } else { size0 + 4096 };
+                g0 + ((r % room) & !(align - 1))
+            };
+            let (desc, avail, used) = (
+                place(g.ring_at[0], 16 * n, 16),
+                place(g.ring_at[1], 6 + 2 * n, 2),
+                place(g.ring_at[2], 6 + 8 * n, 4),
+            );
+            let u16_at = |gpa: u64, v: u16| {
+                let _ = mem.write(gpa, &v.to_le_bytes());
+            };
+            for (i, d) in g.descs.iter().take(usize::from(num)).enumerate() {
+                let (rg, size, _) = layout[d.region % layout.len()];
+                let addr = d.wild_addr.unwrap_or(rg + d.offset % size);
+                let mut b = [0u8; 16];
+                b[0..8].copy_from_slice(&addr.to_le_bytes());
+                b[8..12].copy_from_slice(&d.len.to_le_bytes());
+                let want = if g.rx { DESC_F_WRITE } else { 0 } | if d.chain { DESC_F_NEXT } else { 0 };
+                b[12..14].copy_from_slice(&d.flags.unwrap_or(want).to_le_bytes());
+                b[14..16].copy_from_slice(&d.next.within(num).to_le_bytes());
+                let _ = mem.write(desc + 16 * i as u64, &b);
+            }
+            let start = g.used_idx.unwrap_or(g.base);
+            u16_at(used + 2, start);
+            u16_at(avail, g.avail_flags);
+            for (i, &h) in g.heads.iter().take(usize::from(num)).enumerate() {
+                u16_at(avail + 4 + 2 * i as u64, h.within(num));
+            }
+            let mut avail_idx = start.wrapping_add(g.ahead[0].within(num + 1));
+            u16_at(avail + 2, avail_idx);
             let cfg = RingConfig {
                 num,
-                desc: UVA + g0 + (ring_at[0] & !15),
-                avail: UVA + g0 + (ring_at[1] & !1),
-                used: UVA + g0 + (ring_at[2] & !3),
-                used_log_gpa: Some(g0 + ring_at[2]),
-                base,
-                event_idx,
-                hdr_len: if mrg { 12 } else { 10 },
-                mrg_rxbuf: mrg,
-                in_order: mrg,
+                desc: UVA + desc,
+                avail: UVA + avail,
+                used: UVA + used,
+                used_log_gpa: Some(used),
+                base: g.base,
+                event_idx: g.event_idx,
+                hdr_len: if g.mrg { 12 } else { 10 },
+                mrg_rxbuf: g.mrg,
+                in_order: g.mrg,
             };
-            for (off, v) in idx_words {
-                let _ = mem.write(g0 + (cfg.avail - UVA - g0) + u64::from(off % 64) * 2, &v.to_le_bytes());
-            }
-            let _ = mem.write(cfg.avail - UVA + 2, &avail_idx.to_le_bytes());
             let log = Arc::new(DirtyLog::anonymous(8).unwrap());
             let call = Arc::new(sys::eventfd().unwrap());
             let p = Pool::with_hugepages("fuzz", 256, false).unwrap();
             let mut c = p.cache();
             if let Ok(mut r) = Vring::new(mem.clone(), &cfg, Some(log), Some(call)) {
+                accepted.set(accepted.get() + 1);
                 let mut d = DropTally::default();
                 for round in 0..4 {
-                    let mut out = Burst::new();
+                    if round > 0 {
+                        // The guest offers more (the same heads again: the ring wraps).
+                        avail_idx = avail_idx.wrapping_add(g.ahead[round].within(num + 1));
+                        u16_at(avail + 2, avail_idx);
+                    }
                     if r.enable_notify() {
                         r.disable_notify();
                     }
+                    if g.rx {
+                        let mut burst = Burst::new();
+                        for &len in g.frames.iter().skip(round * 10).take(10) {
+                            let mut b = c.alloc().unwrap();
+                            b.set_len(len.min(crate::buffer::DATA_ROOM)).unwrap();
+                            burst.push(b);
+                        }
+                        let n = burst.len();
+                        let sent = r.enqueue(&mut burst, &mut c, &mut d);
+                        prop_assert!(sent <= n);
+                        prop_assert!(burst.is_empty());
+                        enqueued.set(enqueued.get() + sent as u64);
+                        continue;
+                    }
+                    let mut out = Burst::new();
                     let got = r.dequeue(&mut c, &mut out, 64, &mut d);
                     prop_assert!(got <= 64);
+                    dequeued.set(dequeued.get() + got as u64);
                     for b in out.drain(..) {
                         prop_assert!(b.len() <= crate::buffer::DATA_ROOM);
                         c.free(b);
                     }
-                    let mut burst = Burst::new();
-                    for &len in frames.iter().skip(round * 10).take(10) {
-                        let mut b = c.alloc().unwrap();
-                        b.set_len(len.min(crate::buffer::DATA_ROOM)).unwrap();
-                        burst.push(b);
-                    }
-                    let n = burst.len();
-                    let sent = r.enqueue(&mut burst, &mut c, &mut d);
-                    prop_assert!(sent <= n);
-                    prop_assert!(burst.is_empty());
                 }
             }
             drop(c);
             prop_assert_eq!(p.in_use(), 0);
+            Ok(())
+        });
+        if let Err(e) = outcome {
+            panic!("{e}");
         }
+        let (accepted, dequeued, enqueued) = (accepted.get(), dequeued.get(), enqueued.get());
+        assert!(accepted * 4 >= cases * 3, "only {accepted} of {cases} rings were accepted");
+        // Measured: about 97% accepted, ~900 frames out of TX rings and ~200 into RX rings
+        // (before the generator was aimed: 12% accepted, no frame either way).
+        assert!(
+            dequeued >= 50 && enqueued >= 50,
+            "frames moved: {dequeued} out of rings, {enqueued} into them"
+        );
     }
 }
