@@ -8,7 +8,8 @@ fn the_example_nads_are_valid_plugin_configs() {
     let mut modes = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
-        let nad: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let nad: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(nad["kind"].as_str(), Some("NetworkAttachmentDefinition"), "{}", path.display());
         let config =
             nad["spec"]["config"].as_str().unwrap_or_else(|| panic!("{}: no spec.config", path.display()));
