@@ -10,12 +10,10 @@
 mod kports_common;
 mod traffic;
 
-use kports_common::{in_netns, ip, skip, skip_reason, LinkGuard, VethNs};
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use kports_common::{ip, skip, skip_reason, LinkGuard, VethNs};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use traffic::{byte_at, tcp_transfer};
+use traffic::tcp_transfer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const A: &str = "10.201.0.1";
@@ -136,69 +134,13 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod() {
     assert_no_drops(&stop_pmd(pmd));
 }
 
-const UDP_SEGMENT: libc::c_int = 103;
-
-/// The next datagram that is not a late copy of the start-up probe.
-fn recv_skipping_probes(rx: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        let (n, _) = rx.recv_from(buf)?;
-        if &buf[..n] != b"probe" {
-            return Ok(n);
-        }
-    }
-}
-
 #[test]
 fn udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads() {
     if let Some(why) = skip_reason() {
         return skip("udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads", &why);
     }
     let mut t = Topology::start().expect("topology");
-    let rx = in_netns(&t.b.ns, || UdpSocket::bind((B, 6000)).map_err(|e| e.to_string())).unwrap();
-    let tx = in_netns(&t.a.ns, || UdpSocket::bind((A, 6001)).map_err(|e| e.to_string())).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let to: SocketAddr = format!("{B}:6000").parse().unwrap();
-    // Until the switch forwards: a probe answered once.
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        tx.send_to(b"probe", to).unwrap();
-        if let Ok((n, _)) = rx.recv_from(&mut buf) {
-            if &buf[..n] == b"probe" {
-                break;
-            }
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no UDP through the switch");
-    }
-    // Datagrams of every size class up to the MTU, one at a time (so none is lost to a full
-    // socket buffer): each arrives whole, its checksum verified by B's stack.
-    for i in 0..600usize {
-        let len = 1 + (i * 37) % 1472;
-        let d: Vec<u8> = (0..len).map(|k| byte_at(i as u64, k)).collect();
-        tx.send_to(&d, to).unwrap();
-        let n =
-            recv_skipping_probes(&rx, &mut buf).unwrap_or_else(|e| panic!("datagram {i} ({len} bytes): {e}"));
-        assert_eq!(&buf[..n], &d[..], "datagram {i}");
-    }
-    // UDP GSO: one send of 8 x 1000 bytes leaves A as one super-frame; B gets 8 datagrams.
-    let gso: libc::c_int = 1000;
-    // SAFETY: setsockopt on our socket with a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            tx.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_SEGMENT,
-            &gso as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
-    let big: Vec<u8> = (0..8000).map(|k| byte_at(99, k)).collect();
-    tx.send_to(&big, to).unwrap();
-    for s in 0..8 {
-        let n = recv_skipping_probes(&rx, &mut buf).unwrap_or_else(|e| panic!("GSO segment {s}: {e}"));
-        assert_eq!(&buf[..n], &big[s * 1000..(s + 1) * 1000], "GSO segment {s}");
-    }
+    traffic::udp_exchange(Some(&t.a.ns), A, Some(&t.b.ns), B);
     let summary = t.stop();
     assert_no_drops(&summary);
 }

@@ -394,29 +394,46 @@ fn version_is_what_libcni_expects() {
     }
 }
 
-#[test]
-fn tcp_between_plugin_attached_pods_with_default_offloads() {
-    need_env!("tcp_between_plugin_attached_pods_with_default_offloads");
+/// TCP (16 MiB, every byte checked) and UDP (every datagram size, a UDP GSO send) between two
+/// pods the plugin attached, their veths with the default offloads, on ports of the given VLAN
+/// settings; no frame of the transfers dropped.
+fn transfers_between_plugin_attached_pods(net: &str, subnet: u8, vlan: Value, mode: &str) {
     let node = Node::start();
-    let conf = node.conf(
-        "1.0.0",
-        "tcp",
-        json!({"vlan": 80, "trunk": [{"id": 81}],
-               "ipam": node.host_local("tcp", "10.215.0.0/24", "10.215.0.10", "10.215.0.19")}),
-    );
-    let (a, b) = (Pod::new("ta"), Pod::new("tb"));
+    let pool = format!("10.{subnet}.0");
+    let mut extra = vlan;
+    extra["ipam"] =
+        node.host_local(net, &format!("{pool}.0/24"), &format!("{pool}.10"), &format!("{pool}.19"));
+    let conf = node.conf("1.0.0", net, extra);
+    let (a, b) = (Pod::new(&format!("{net}a")), Pod::new(&format!("{net}b")));
     node.libcni("add", &conf, &a, "net1", json!({})).ok();
     node.libcni("add", &conf, &b, "net1", json!({})).ok();
     let port = node.cni_ports();
-    assert_eq!(port[0]["port"]["vlan_mode"], "native-untagged", "{}", port[0]);
-    assert_eq!(port[0]["port"]["trunks"], json!([81]), "{}", port[0]);
-    let b_ip = b.ipv4("net1");
+    assert_eq!(port[0]["port"]["vlan_mode"], mode, "{}", port[0]);
+    let (a_ip, b_ip) = (a.ipv4("net1"), b.ipv4("net1"));
     // Frames flooded while a pod was alone on the VLAN (its IPv6 start-up) had nowhere to go;
-    // none of the transfer's may be dropped.
+    // none of the transfers' may be dropped.
     let before: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
     traffic::tcp_transfer(Some(&a.ns), Some(&b.ns), &b_ip, 16 << 20);
+    traffic::udp_exchange(Some(&b.ns), &b_ip, Some(&a.ns), &a_ip);
     let after: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
-    assert_eq!(before, after, "frames were dropped during the transfer:\n{}", node.ctl(&["show", "stats"]));
+    assert_eq!(before, after, "frames were dropped during the transfers:\n{}", node.ctl(&["show", "stats"]));
+}
+
+#[test]
+fn tcp_and_udp_between_plugin_attached_pods_on_access_ports() {
+    need_env!("tcp_and_udp_between_plugin_attached_pods_on_access_ports");
+    transfers_between_plugin_attached_pods("acc", 214, json!({"vlan": 70}), "access");
+}
+
+#[test]
+fn tcp_and_udp_between_plugin_attached_pods_on_native_untagged_ports() {
+    need_env!("tcp_and_udp_between_plugin_attached_pods_on_native_untagged_ports");
+    transfers_between_plugin_attached_pods(
+        "tcp",
+        215,
+        json!({"vlan": 80, "trunk": [{"id": 81}]}),
+        "native-untagged",
+    );
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Traffic between network-namespace "pods" for the kernel-port tests (tests/kernel_offloads.rs,
-//! cni/tests): a TCP stream whose receiver checks every byte, so a frame the switch corrupted
-//! or lost shows, and bounded waits throughout. The including test crate has the
+//! cni/tests): a TCP stream whose receiver checks every byte, UDP datagrams of every size and a
+//! UDP GSO send, so a frame the switch corrupted or lost shows, and bounded waits throughout. The including test crate has the
 //! `kports_common` module (dataplane/tests/kports_common) at its root.
 #![allow(dead_code)]
 
 use crate::kports_common::in_netns;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Deterministic bytes of a transfer: position `i` of stream `seed`.
@@ -72,4 +73,65 @@ pub fn tcp_transfer(from: Option<&str>, to: Option<&str>, to_ip: &str, bytes: us
     c.read_exact(&mut ack).expect("the receiver's acknowledgement");
     assert_eq!(&ack, b"done");
     assert_eq!(server.join().unwrap(), Ok(bytes));
+}
+
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// The next datagram that is not a late copy of the start-up probe.
+fn recv_skipping_probes(rx: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let (n, _) = rx.recv_from(buf)?;
+        if &buf[..n] != b"probe" {
+            return Ok(n);
+        }
+    }
+}
+
+/// UDP from `from_ip` in `from` to `to_ip` in `to` through the switch: 600 datagrams of every
+/// size up to a 1500-byte MTU, one at a time (none lost to a full socket buffer), each checked
+/// whole on arrival (the receiving stack verifies its checksum), then one UDP GSO send of 8 x
+/// 1000 bytes that must arrive as 8 datagrams.
+pub fn udp_exchange(from: Option<&str>, from_ip: &str, to: Option<&str>, to_ip: &str) {
+    let rx = maybe_in(to, || UdpSocket::bind((to_ip, 6000)).map_err(|e| e.to_string())).unwrap();
+    let tx = maybe_in(from, || UdpSocket::bind((from_ip, 6001)).map_err(|e| e.to_string())).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let dst: SocketAddr = format!("{to_ip}:6000").parse().unwrap();
+    // Until the switch forwards: a probe answered once.
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tx.send_to(b"probe", dst).unwrap();
+        if let Ok((n, _)) = rx.recv_from(&mut buf) {
+            if &buf[..n] == b"probe" {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no UDP through the switch");
+    }
+    for i in 0..600usize {
+        let len = 1 + (i * 37) % 1472;
+        let d: Vec<u8> = (0..len).map(|k| byte_at(i as u64, k)).collect();
+        tx.send_to(&d, dst).unwrap();
+        let n =
+            recv_skipping_probes(&rx, &mut buf).unwrap_or_else(|e| panic!("datagram {i} ({len} bytes): {e}"));
+        assert_eq!(&buf[..n], &d[..], "datagram {i}");
+    }
+    let gso: libc::c_int = 1000;
+    // SAFETY: setsockopt on our socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            tx.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            &gso as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    let big: Vec<u8> = (0..8000).map(|k| byte_at(99, k)).collect();
+    tx.send_to(&big, dst).unwrap();
+    for s in 0..8 {
+        let n = recv_skipping_probes(&rx, &mut buf).unwrap_or_else(|e| panic!("GSO segment {s}: {e}"));
+        assert_eq!(&buf[..n], &big[s * 1000..(s + 1) * 1000], "GSO segment {s}");
+    }
 }
