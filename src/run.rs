@@ -219,6 +219,9 @@ pub fn main(a: RunArgs) -> ExitCode {
         }
     };
     tracing::info!(socket = %a.socket.display(), "control socket ready");
+    // A DEL that ran between the start-up scan of the CNI state and the socket's binding left
+    // a tombstone: apply it now (the controller also looks again every few seconds).
+    rt.lock().unwrap_or_else(|e| e.into_inner()).cni_apply_tombstones();
     let res = ctl.run(&stop);
     server.stop();
     drop(ctl);

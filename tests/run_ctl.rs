@@ -432,3 +432,24 @@ fn cni_ports_are_added_refused_persisted_and_removed_over_the_control_socket() {
     let (st, _r) = r.terminate();
     assert!(st.success());
 }
+
+#[test]
+fn a_tombstone_left_while_the_daemon_runs_is_applied() {
+    use serde_json::json;
+    // A DEL that found the socket not answering (the daemon starting) leaves a tombstone; the
+    // running daemon applies it on its next look (every few seconds), not only at a restart.
+    let r = Run::start_switch(SWITCH);
+    assert_eq!(add(&r.sock, cni_port("c1", "ns/p/net1", 10))["ok"], true);
+    assert!(r.ctl(&["show", "ports"]).contains("ns/p/net1"));
+    let tomb = r.dir.join("cni").join(format!("{}.del", attachment_key("c1", "net1")));
+    std::fs::write(&tomb, json!({"container_id": "c1", "ifname": "net1"}).to_string()).unwrap();
+    let t = Instant::now();
+    while r.ctl(&["show", "ports"]).contains("ns/p/net1") {
+        assert!(t.elapsed() < Duration::from_secs(30), "tombstone not applied; log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!tomb.exists());
+    assert!(r.log().contains("deleted while the daemon was starting"), "{}", r.log());
+    let list = json_req(&r.sock, &json!({"v": 1, "op": "cni_list"}));
+    assert_eq!(list["ports"], json!([]), "{list}");
+}

@@ -174,14 +174,7 @@ impl CniPorts {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         files.sort();
-        let mut tombstones = Vec::new();
-        for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "del")) {
-            match std::fs::read_to_string(f).ok().and_then(|t| serde_json::from_str::<Attachment>(&t).ok()) {
-                Some(a) => tombstones.push(a),
-                None => report.push(format!("{}: tombstone does not parse; ignored", f.display())),
-            }
-            let _ = std::fs::remove_file(f);
-        }
+        let tombstones = take_tombstones(&files, &mut report);
         let mut ports = BTreeMap::new();
         for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
             let parsed = std::fs::read_to_string(f)
@@ -202,6 +195,16 @@ impl CniPorts {
             }
         }
         Ok((CniPorts { ports, dir: Some(dir.to_path_buf()) }, report))
+    }
+
+    /// Reads and removes the tombstones that DELs left in the state directory since it was
+    /// opened (a DEL that found the socket not yet answering while the daemon started).
+    pub fn new_tombstones(&self, report: &mut Vec<String>) -> Vec<Attachment> {
+        let Some(dir) = &self.dir else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        take_tombstones(&files, report)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &CniPort> {
@@ -275,6 +278,19 @@ impl CniPorts {
         }
         (cfg, left_out)
     }
+}
+
+/// The attachments named by the `.del` files among `files`, which are removed.
+fn take_tombstones(files: &[PathBuf], report: &mut Vec<String>) -> Vec<Attachment> {
+    let mut out = Vec::new();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "del")) {
+        match std::fs::read_to_string(f).ok().and_then(|t| serde_json::from_str::<Attachment>(&t).ok()) {
+            Some(a) => out.push(a),
+            None => report.push(format!("{}: tombstone does not parse; ignored", f.display())),
+        }
+        let _ = std::fs::remove_file(f);
+    }
+    out
 }
 
 /// Checks the parts of a CNI port that the configuration schema does not: the backend types a

@@ -308,6 +308,7 @@ impl Controller {
                 Err(RecvTimeoutError::Timeout) => {
                     if last.elapsed() >= self.opts.retry {
                         last = Instant::now();
+                        lock(&self.runtime).cni_apply_tombstones();
                         if lock(&self.runtime).has_down_ports() {
                             let _ = self.reconcile();
                         }

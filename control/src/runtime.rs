@@ -599,6 +599,31 @@ impl Runtime {
         Ok(Some(p.port.name))
     }
 
+    /// Applies the DEL tombstones written since the state directory was opened: a DEL that
+    /// found the daemon not answering yet (it had started but its socket was not bound).
+    /// Returns the names of the ports removed.
+    pub fn cni_apply_tombstones(&mut self) -> Vec<String> {
+        if self.cni_disabled.is_some() {
+            return Vec::new();
+        }
+        let mut report = Vec::new();
+        let mut gone = Vec::new();
+        for a in self.cni.new_tombstones(&mut report) {
+            match self.cni_del(&a) {
+                Ok(Some(name)) => {
+                    tracing::info!("CNI port {name} removed: deleted while the daemon was starting");
+                    gone.push(name);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("CNI tombstone of {}/{}: {e}", a.container_id, a.ifname),
+            }
+        }
+        for r in report {
+            tracing::warn!("CNI state: {r}");
+        }
+        gone
+    }
+
     /// Detaches every CNI port whose attachment is not in `valid`; their names.
     pub fn cni_gc(&mut self, valid: &[Attachment]) -> Result<Vec<String>, CniError> {
         self.cni_enabled()?;
