@@ -19,6 +19,9 @@ pub enum NadNetwork {
     OvnLayer2 { network: String },
     /// `type: sriov`: the VF is handed to the VM; no switch port.
     Sriov,
+    /// `type: switchyard`: the CNI plugin attaches the interface when the pod starts (docs/cni.md);
+    /// nothing is planned from the manifests.
+    SwitchyardCni,
     /// Something switchyard does not switch; the reason says what.
     Unsupported { reason: String },
 }
@@ -75,7 +78,7 @@ fn get_str<'a>(o: &'a Map<String, Value>, key: &str, base: &str) -> Result<Optio
 }
 
 /// The CNI types that put an interface somewhere (chained plugins like `tuning` do not).
-const MAIN_TYPES: &[&str] = &["bridge", "cnv-bridge", "ovn-k8s-cni-overlay", "sriov"];
+const MAIN_TYPES: &[&str] = &["bridge", "cnv-bridge", "ovn-k8s-cni-overlay", "sriov", "switchyard"];
 
 /// Parses `spec.config` of the NAD `ns/name`.
 pub fn parse(config: &str, ns: &str, name: &str) -> Result<NadNetwork, FieldError> {
@@ -125,6 +128,7 @@ pub fn parse(config: &str, ns: &str, name: &str) -> Result<NadNetwork, FieldErro
         "bridge" | "cnv-bridge" => parse_bridge(plugin, &base, cni_type).map(NadNetwork::Bridge),
         "ovn-k8s-cni-overlay" => parse_ovn(plugin, &base, net_name, ns, name),
         "sriov" => Ok(NadNetwork::Sriov),
+        "switchyard" => Ok(NadNetwork::SwitchyardCni),
         "" => err(format!("{base}.type"), "missing"),
         t => Ok(NadNetwork::Unsupported { reason: format!("CNI type {t:?} is not switched by switchyard") }),
     }

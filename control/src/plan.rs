@@ -582,6 +582,16 @@ impl Planner {
                     ));
                     continue;
                 }
+                NadNetwork::SwitchyardCni => {
+                    skipped.push(skip(
+                        &ifc.name,
+                        format!(
+                            "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
+                             the pod starts, nothing is planned from the manifests"
+                        ),
+                    ));
+                    continue;
+                }
                 NadNetwork::Unsupported { reason } => {
                     skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
                     continue;

@@ -641,3 +641,18 @@ status: {{nodeName: n{}}}
         text.len()
     );
 }
+
+#[test]
+fn switchyard_cni_nads_are_left_to_the_plugin() {
+    let n =
+        nad("ns", "sy", r#"{"cniVersion":"1.0.0","name":"sy","type":"switchyard","bridge":"br1","vlan":10}"#);
+    let p = plan_of(&[("n.yaml", &n), ("v1.yaml", &vmi("ns", "v1", "sy", ""))]);
+    assert!(p.config.bridges.is_empty(), "{:?}", p.config);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let reasons: Vec<String> = p.skipped.iter().map(|s| s.to_string()).collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("v1 interface net1") && reasons[0].contains("the plugin attaches the port"),
+        "{reasons:?}"
+    );
+}
