@@ -661,7 +661,7 @@ impl Planner {
             }
         }
         // The dataplane's port limit: uplinks first, then VM ports in name order.
-        let max = switchyard_dataplane::switch::MAX_PORTS;
+        let max = switchyard_dataplane::switch::MAX_PORTS_PER_NODE;
         if keep.len() > max {
             let (mut up, mut vm): (Vec<Built>, Vec<Built>) =
                 keep.into_iter().partition(|b| b.port.kind != Some(PortType::Vhostuser));

@@ -34,7 +34,7 @@ use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
-use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, FwdMode, Plan as WorkerPlan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 
 /// Backend overrides by port name (`run --config FILE`).
 ///
@@ -241,13 +241,13 @@ fn prepare_socket_dir(d: &Path, owner: Option<u32>, group: Option<u32>) -> Resul
     Ok(())
 }
 
-fn empty_plan(workers: usize) -> WorkerPlan {
-    WorkerPlan {
+fn empty_plan(workers: usize) -> ForwardingPlan {
+    ForwardingPlan {
         switch: Arc::new(SwitchConfig::default()),
         ports: Vec::new(),
         rx: vec![Vec::new(); workers.max(1)],
         mode: FwdMode::Switch,
-        peers: Vec::new(),
+        egress: Vec::new(),
         gen: TxGen::default(),
     }
 }
@@ -662,12 +662,12 @@ impl Runtime {
             load[wi] += 1;
             self.assign.insert((name, q), wi);
         }
-        let plan = WorkerPlan {
+        let plan = ForwardingPlan {
             switch: sw.clone(),
             ports,
             rx,
             mode: FwdMode::Switch,
-            peers: Vec::new(),
+            egress: Vec::new(),
             gen: TxGen::default(),
         };
         let gen = self.engine.publish(plan);
@@ -801,7 +801,7 @@ impl Runtime {
         let hz = self.engine.tsc_hz().max(1) as f64;
         for w in self.engine.worker_stats() {
             s.push_str(&format!(
-                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} tx {}, {:.0} \
+                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} forwarded {}, {:.0} \
                  cycles/packet\n",
                 w.worker,
                 w.core.map_or("-".to_string(), |c| c.to_string()),
@@ -810,7 +810,7 @@ impl Runtime {
                 w.busy_ratio() * 100.0,
                 w.busy_cycles as f64 / hz,
                 w.rx_packets,
-                w.tx_packets,
+                w.forwarded_packets,
                 w.cycles_per_packet()
             ));
         }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// A port's index in the snapshot and in MAC table entries.
 pub type PortId = u16;
 /// At most this many ports on a node (ids are u16; 20,000 VM interfaces fit).
-pub const MAX_PORTS: usize = 32768;
+pub const MAX_PORTS_PER_NODE: usize = 32768;
 
 macro_rules! drop_reasons {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -210,7 +210,7 @@ impl SwitchConfig {
     pub fn compile(cfg: &Config, prev: Option<&SwitchConfig>) -> Result<SwitchConfig, ConfigError> {
         cfg.validate()?;
         let mut ids: HashMap<String, PortId> = HashMap::new();
-        let mut used = vec![false; MAX_PORTS];
+        let mut used = vec![false; MAX_PORTS_PER_NODE];
         if let Some(p) = prev {
             for b in &cfg.bridges {
                 for port in &b.ports {

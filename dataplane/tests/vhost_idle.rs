@@ -15,7 +15,7 @@ use switchyard_dataplane::port::vhost::proto::{feat, req, VringState};
 use switchyard_dataplane::port::vhost::vring::USED_F_NO_NOTIFY;
 use switchyard_dataplane::port::vhost::{sys, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue};
-use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::SwitchConfig;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -329,9 +329,9 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let backends: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(vm.clone()), Some(Arc::new(ring))];
     let yaml = "bridges:\n- name: br\n  ports:\n  - {name: vm}\n  - {name: r}\n";
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), None).unwrap());
-    let rx = Plan::round_robin(&backends, 1);
-    let plan = Plan {
-        peers: Plan::paired_peers(backends.len()),
+    let rx = ForwardingPlan::round_robin(&backends, 1);
+    let plan = ForwardingPlan {
+        egress: ForwardingPlan::paired_egress(backends.len()),
         switch: sw,
         ports: backends,
         rx,

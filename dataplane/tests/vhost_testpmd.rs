@@ -394,7 +394,7 @@ fn testpmd_through_the_switch_pipeline() {
     use std::sync::Arc;
     use switchyard_dataplane::config::Config;
     use switchyard_dataplane::port::ring::RingPort;
-    use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+    use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
     use switchyard_dataplane::SwitchConfig;
     if !testpmd_runs("testpmd_through_the_switch_pipeline") {
         return;
@@ -410,9 +410,9 @@ fn testpmd_through_the_switch_pipeline() {
     );
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(&yaml).unwrap(), None).unwrap());
     let backends: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(Arc::new(ring)), Some(vm.clone())];
-    let rx = Plan::round_robin(&backends, 1);
-    let plan = Plan {
-        peers: Plan::paired_peers(2),
+    let rx = ForwardingPlan::round_robin(&backends, 1);
+    let plan = ForwardingPlan {
+        egress: ForwardingPlan::paired_egress(2),
         switch: sw,
         ports: backends,
         rx,
