@@ -16,8 +16,9 @@
 //! One worker plan is published per reconcile (two when a backend is reopened), and `apply`
 //! returns once every worker has applied it.
 //!
-//! A port whose backend cannot be opened (a vhost-user VM port today: that backend is not built
-//! yet) is present but down: it stays in the configuration (its static MACs are installed, `ctl`
+//! A port whose backend cannot be opened (an AF_PACKET port whose interface is missing, a
+//! vhost-user server port whose socket cannot be bound, a DPDK device that fails to probe) is
+//! present but down: it stays in the configuration (its static MACs are installed, `ctl`
 //! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
 //! and opening is tried again on every later reconcile.
 

@@ -389,7 +389,7 @@ impl Adopter<'_> {
     /// `window` finds for each item of `items`, as [`Adopter::adopt`] would, and stops at the
     /// first item for which `window` finds none or `adopt` would refuse, or when `out` is full.
     /// Returns how many were adopted: the first ones of `items`. A burst's common case: one
-    /// loop that keeps `out`'s length in a register and has no capacity check or call in it.
+    /// loop with no capacity check or call in it, `out`'s length set once at its end.
     ///
     /// # Safety
     /// For each item adopted, as [`Pool::adopt`] for its slot: the caller hands it over.

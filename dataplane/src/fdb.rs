@@ -515,9 +515,9 @@ impl MacTable {
     }
 }
 
-/// A burst's copy of a table's read-only parameters (slot array, mask, hash seed, aging), so
-/// that the forwarding loops keep them in registers: the table itself holds atomics, which the
-/// compiler must assume change under every store. Lookups and learning through a view behave
+/// A burst's copy of a table's read-only parameters (slot array, mask, hash seed, aging), as
+/// plain values because the table itself holds atomics, which must be assumed to change under
+/// every store and so be read again after each. Lookups and learning through a view behave
 /// exactly as through the table, except that they use the aging time of when the view was
 /// taken (one burst).
 #[derive(Clone, Copy)]

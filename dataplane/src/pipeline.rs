@@ -443,8 +443,8 @@ pub fn process_burst(
             }
             // Where each frame goes, when every one is a known unicast destination on another
             // port that takes the VLAN untagged: then queued a run of frames to the same port at
-            // a time (a batch's length is then kept in a register, not stored and loaded back
-            // for every frame), the whole burst at once when it all goes to one port.
+            // a time (a batch's length is updated once per run, not once per frame), the whole
+            // burst at once when it all goes to one port.
             // Otherwise frame by frame, as the general stages do.
             let mut out_ports = [0 as PortId; MAX_BURST];
             // The last egress port found to take the frames untagged (never the ingress
