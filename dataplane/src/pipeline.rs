@@ -28,7 +28,9 @@ use crate::buffer::{PacketBuf, PoolCache};
 use crate::fdb::{FdbHit, FdbView, LearnOutcome, Probe};
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
-use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
+use crate::wire::{
+    ArpPacket, EtherType, MacAddr, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, VLAN_TCI_OFFSET,
+};
 use arrayvec::ArrayVec;
 use std::sync::atomic::Ordering;
 
@@ -744,9 +746,9 @@ fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame
 /// the second.
 #[inline(always)]
 fn eth_header(d: &[u8]) -> Option<(u64, u64, u16)> {
-    let h = d.first_chunk::<14>()?;
+    let h = d.first_chunk::<ETH_HEADER_LEN>()?;
     let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-    let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
+    let w1 = u64::from_be_bytes(h[6..ETH_HEADER_LEN].try_into().unwrap_or_default());
     Some((w0 >> 16, w1 >> 16, w1 as u16))
 }
 
@@ -777,7 +779,7 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     };
     (m.dst, m.src) = (dst, src);
     let vlan = if ethertype == EtherType::VLAN {
-        let Some(&[.., t0, t1, _, _]) = d.first_chunk::<18>() else {
+        let Some(&[.., t0, t1, _, _]) = d.first_chunk::<ETH_VLAN_HEADER_LEN>() else {
             return drop(m, DropReason::TruncatedVlanTag);
         };
         m.tagged = true;
@@ -815,7 +817,7 @@ fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
     // classify() checked that the header (and the tag, when there is one) is inside `d`.
-    let off = if m.tagged { 18 } else { 14 };
+    let off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
     let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
     if et == EtherType::ARP || et == EtherType::RARP {
         return match ArpPacket::new_checked(&d[off..]) {
@@ -842,7 +844,7 @@ fn egress_rewrite(
             let tci = (m.tci & 0xf000) | m.vlan;
             if tci != m.tci {
                 let d = buf.data_mut();
-                d[14..16].copy_from_slice(&tci.to_be_bytes());
+                d[VLAN_TCI_OFFSET..VLAN_TCI_OFFSET + 2].copy_from_slice(&tci.to_be_bytes());
             }
             Ok(())
         }

@@ -20,7 +20,7 @@ use crate::cpu;
 use crate::pipeline::{process_burst, TxBatches};
 use crate::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue, DEFAULT_BURST, MAX_BURST};
 use crate::switch::{PortId, SwitchConfig};
-use crate::wire::MacAddr;
+use crate::wire::{EtherType, MacAddr, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET};
 use arc_swap::ArcSwap;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -705,9 +705,9 @@ impl Worker {
                             let (src, dst) = (port_mac(egress), port_mac(port));
                             for b in self.burst.iter_mut() {
                                 let d = b.data_mut();
-                                if d.len() >= 12 {
+                                if d.len() >= MAC_ADDRS_LEN {
                                     d[0..6].copy_from_slice(&dst.0);
-                                    d[6..12].copy_from_slice(&src.0);
+                                    d[6..MAC_ADDRS_LEN].copy_from_slice(&src.0);
                                 }
                             }
                             sent += self.send_direct(egress);
@@ -715,11 +715,11 @@ impl Worker {
                         FwdMode::MacSwap => {
                             for b in self.burst.iter_mut() {
                                 let d = b.data_mut();
-                                if d.len() >= 12 {
+                                if d.len() >= MAC_ADDRS_LEN {
                                     let mut a = [0u8; 6];
                                     a.copy_from_slice(&d[0..6]);
-                                    d.copy_within(6..12, 0);
-                                    d[6..12].copy_from_slice(&a);
+                                    d.copy_within(6..MAC_ADDRS_LEN, 0);
+                                    d[6..MAC_ADDRS_LEN].copy_from_slice(&a);
                                 }
                             }
                             sent += self.send_direct(egress);
@@ -830,14 +830,14 @@ fn build_udp_frame(
     vary(&mut s);
     vary(&mut d);
     f[0..6].copy_from_slice(&d);
-    f[6..12].copy_from_slice(&s);
-    let mut o = 12;
+    f[6..MAC_ADDRS_LEN].copy_from_slice(&s);
+    let mut o = MAC_ADDRS_LEN;
     if let Some(v) = vlan {
-        f[12..14].copy_from_slice(&[0x81, 0x00]);
-        f[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-        o = 16;
+        f[o..o + 2].copy_from_slice(&EtherType::VLAN.to_be_bytes());
+        f[VLAN_TCI_OFFSET..VLAN_TCI_OFFSET + 2].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        o += VLAN_TAG_LEN;
     }
-    f[o..o + 2].copy_from_slice(&[0x08, 0x00]);
+    f[o..o + 2].copy_from_slice(&EtherType::IPV4.to_be_bytes());
     let ip = o + 2;
     let ip_len = (len.saturating_sub(ip)).max(28) as u16;
     f[ip] = 0x45;
