@@ -853,3 +853,72 @@ fn egress_rewrite(
         (false, false) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// An access port `a` (VLAN 10) and a trunk `t` (VLANs 10 and 20) on one bridge.
+    fn switch() -> SwitchConfig {
+        let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  \
+                    - {name: t, vlan_mode: trunk, trunks: [10, 20]}\n";
+        SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid YAML"), None).expect("compiles")
+    }
+
+    /// Runs `classify` for `frame` arriving on port `name`.
+    fn classify_on(sw: &SwitchConfig, name: &str, frame: &[u8]) -> FrameMeta {
+        let port = sw.port_by_name(name).expect("port exists");
+        let table = sw.bridges[port.bridge].table.view();
+        classify(frame, port, port.vlan.ingress(None), &table)
+    }
+
+    /// Destination, source, then what follows the addresses.
+    fn frame(dst: [u8; 6], rest: &[u8]) -> Vec<u8> {
+        [&dst[..], &[2, 0, 0, 0, 0, 1], rest].concat()
+    }
+
+    const UCAST: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    /// The length checks sit exactly at the header sizes: 13 bytes is a runt and 14 is not;
+    /// a TPID with 3 bytes of the tag is a truncated tag and with all 4 it is not.
+    #[test]
+    fn header_length_edges() {
+        let sw = switch();
+        let full = frame(UCAST, &[0x08, 0x00]);
+        assert_eq!(full.len(), ETH_HEADER_LEN);
+        assert_eq!(
+            classify_on(&sw, "a", &full[..ETH_HEADER_LEN - 1]).verdict,
+            Some(Verdict::Drop(DropReason::Runt))
+        );
+        let m = classify_on(&sw, "a", &full);
+        assert_eq!((m.verdict, m.vlan, m.tagged), (None, 10, false), "a bare header goes on, on VLAN 10");
+
+        let tagged = frame(UCAST, &[0x81, 0x00, 0x00, 20, 0x08, 0x00]);
+        assert_eq!(
+            classify_on(&sw, "t", &tagged[..ETH_VLAN_HEADER_LEN - 1]).verdict,
+            Some(Verdict::Drop(DropReason::TruncatedVlanTag))
+        );
+        let m = classify_on(&sw, "t", &tagged[..ETH_VLAN_HEADER_LEN]);
+        assert_eq!((m.verdict, m.vlan, m.tagged), (None, 20, true));
+    }
+
+    /// A tag keeps its PCP and DEI bits when its VID is rewritten; a multicast or zero source
+    /// is refused before any VLAN decision.
+    #[test]
+    fn tag_bits_and_bad_sources() {
+        let sw = switch();
+        let m = classify_on(&sw, "t", &frame(UCAST, &[0x81, 0x00, 0xb0, 20, 0x08, 0x00]));
+        assert_eq!((m.tci >> 13, m.tci & 0x1000 != 0, m.vlan), (5, true, 20));
+        let group_src = [&UCAST[..], &[1, 0, 0, 0, 0, 1], &[0x08, 0x00]].concat();
+        assert_eq!(classify_on(&sw, "a", &group_src).verdict, Some(Verdict::Drop(DropReason::InvalidSrcMac)));
+        let zero_src = [&UCAST[..], &[0; 6], &[0x08, 0x00]].concat();
+        assert_eq!(classify_on(&sw, "a", &zero_src).verdict, Some(Verdict::Drop(DropReason::InvalidSrcMac)));
+        // A VLAN the trunk does not carry.
+        let other = frame(UCAST, &[0x81, 0x00, 0x00, 30, 0x08, 0x00]);
+        assert_eq!(classify_on(&sw, "t", &other).verdict, Some(Verdict::Drop(DropReason::VlanNotAllowed)));
+        // Broadcast floods, still to be learned from.
+        let m = classify_on(&sw, "a", &frame([0xff; 6], &[0x08, 0x00]));
+        assert_eq!((m.verdict, m.flood_pending), (Some(Verdict::Flood), true));
+    }
+}
