@@ -17,6 +17,7 @@ use switchyard_dataplane::port::vhost::{sys, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue};
 use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::SwitchConfig;
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const WAIT: Duration = Duration::from_secs(5);
 const WITH_EVENT_IDX: u64 = feat::OFFERED;
@@ -35,12 +36,11 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn frame(i: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14..18].copy_from_slice(&i.to_be_bytes());
-    f
+    Frame::new([0xff; 6], [0x02, 0, 0, 0, 0, 0x01])
+        .ethertype(ETHERTYPE_IPV4)
+        .payload(&i.to_be_bytes())
+        .pad(64, 0)
+        .build()
 }
 
 /// Whether `rx`'s wake fd is readable within `ms`.
