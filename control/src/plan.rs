@@ -483,7 +483,7 @@ impl Planner {
             let net = match &nad.net {
                 Ok(n) => n,
                 Err(reason) => {
-                    skipped.push(skip(&ifc.name, reason.clone()));
+                    skipped.push(skip(&ifc.name, reason.to_string()));
                     continue;
                 }
             };
