@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::port::ring::RingPort;
 use switchyard_dataplane::port::PortBackend;
-use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::{Pool, SwitchConfig};
 
 fn cpu_seconds() -> f64 {
@@ -46,10 +46,10 @@ fn main() {
     let cfg =
         Config::from_yaml_str("bridges:\n- name: br\n  ports:\n  - {name: a}\n  - {name: b}\n").unwrap();
     let sw = Arc::new(SwitchConfig::compile(&cfg, None).unwrap());
-    let rx = Plan::round_robin(&ports, 2);
-    let plan = Plan {
+    let rx = ForwardingPlan::round_robin(&ports, 2);
+    let plan = ForwardingPlan {
         switch: sw,
-        peers: Plan::paired_peers(2),
+        egress: ForwardingPlan::paired_egress(2),
         ports,
         rx,
         mode: FwdMode::Switch,
@@ -122,10 +122,10 @@ fn kick_wake(rounds: usize) {
     let ports: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(vm.clone()), Some(Arc::new(ring))];
     let cfg =
         Config::from_yaml_str("bridges:\n- name: br\n  ports:\n  - {name: vm}\n  - {name: r}\n").unwrap();
-    let plan = Plan {
+    let plan = ForwardingPlan {
         switch: Arc::new(SwitchConfig::compile(&cfg, None).unwrap()),
-        peers: Plan::paired_peers(2),
-        rx: Plan::round_robin(&ports, 1),
+        egress: ForwardingPlan::paired_egress(2),
+        rx: ForwardingPlan::round_robin(&ports, 1),
         ports,
         mode: FwdMode::Switch,
         gen: TxGen::default(),

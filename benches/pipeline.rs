@@ -9,8 +9,8 @@
 //! - `rewrite_only/*`: the same per-iteration work of writing the MACs into the buffers,
 //!   without the pipeline, so it can be subtracted.
 //!
-//! Per-frame cost = time per iteration / 32. `benches/pipeline-report.sh` prints ns/frame and
-//! the ratio.
+//! Per-frame cost = criterion's time per iteration / 32, less the matching `rewrite_only`
+//! figure; docs/benchmarks.md gives both cases and their ratio.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchyard_dataplane::config::Config;

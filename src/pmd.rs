@@ -23,7 +23,7 @@ use switchyard_dataplane::port::factory::{open_port, ring_peer, PortContext};
 use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
 use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot, SwitchConfig};
 use switchyard_dataplane::worker::{
-    available_cores, Engine, EngineOptions, FwdMode, Plan, TxGen, WorkerStatsSnapshot,
+    available_cores, Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen, WorkerStatsSnapshot,
 };
 
 /// Bytes a frame costs on the wire beyond what is counted: preamble and SFD (8), inter-frame
@@ -342,8 +342,8 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
     if a.pool_buffers < 1024 {
         return Err("--pool-buffers: must be at least 1024".into());
     }
-    if a.ports.len() > switchyard_dataplane::switch::MAX_PORTS {
-        return Err(format!("--port: at most {} ports", switchyard_dataplane::switch::MAX_PORTS));
+    if a.ports.len() > switchyard_dataplane::switch::MAX_PORTS_PER_NODE {
+        return Err(format!("--port: at most {} ports", switchyard_dataplane::switch::MAX_PORTS_PER_NODE));
     }
     let mut ports = Vec::new();
     for (i, spec) in a.ports.iter().enumerate() {
@@ -416,7 +416,7 @@ fn add_worker(total: &mut WorkerStatsSnapshot, w: &WorkerStatsSnapshot) {
     total.busy_cycles += w.busy_cycles;
     total.idle_cycles += w.idle_cycles;
     total.rx_packets += w.rx_packets;
-    total.tx_packets += w.tx_packets;
+    total.forwarded_packets += w.forwarded_packets;
     total.busy_polls += w.busy_polls;
     total.idle_polls += w.idle_polls;
 }
@@ -483,7 +483,7 @@ impl Session {
             .iter()
             .map(|&(p, q, w)| (switch.by_name[&setup.ports[usize::from(p)].name], q, w))
             .collect();
-        let rx = Plan::placement(&ports, setup.opts.cores.len(), &pinned)
+        let rx = ForwardingPlan::placement(&ports, setup.opts.cores.len(), &pinned)
             .map_err(|e| format!("--rxq-affinity: {e}"))?;
         let now = Instant::now();
         let s = Session {
@@ -518,18 +518,18 @@ impl Session {
         self.port_stats().iter().map(Mark::of).collect()
     }
 
-    fn plan(&self) -> Plan {
+    fn plan(&self) -> ForwardingPlan {
         let workers = self.setup_opts.cores.len();
-        Plan {
+        ForwardingPlan {
             switch: self.switch.clone(),
             ports: self.ports.clone(),
             rx: if self.rx.len() == workers {
                 self.rx.clone()
             } else {
-                Plan::round_robin(&self.ports, workers)
+                ForwardingPlan::round_robin(&self.ports, workers)
             },
             mode: self.mode,
-            peers: Plan::paired_peers(self.ports.len()),
+            egress: ForwardingPlan::paired_egress(self.ports.len()),
             gen: self.gen.clone(),
         }
     }
@@ -819,7 +819,7 @@ impl Session {
                     "worker": w.worker,
                     "core": w.core,
                     "rx": w.rx_packets,
-                    "tx": w.tx_packets,
+                    "tx": w.forwarded_packets,
                     "busy_cycles": w.busy_cycles,
                     "idle_cycles": w.idle_cycles,
                     "cycles_per_packet": w.cycles_per_packet(),
@@ -872,7 +872,7 @@ fn pmd_stats(ws: &[WorkerStatsSnapshot], tsc_hz: u64) -> String {
         let per = |c: u64| if w.rx_packets == 0 { 0.0 } else { c as f64 / w.rx_packets as f64 };
         out += &format!("pmd thread worker {} {core}:\n", w.worker);
         out += &format!("  packets received: {}\n", w.rx_packets);
-        out += &format!("  packets sent: {}\n", w.tx_packets);
+        out += &format!("  packets forwarded: {}\n", w.forwarded_packets);
         out += &format!("  polls: {} busy, {} idle\n", w.busy_polls, w.idle_polls);
         out += &format!("  idle cycles: {} ({:.2}%)\n", w.idle_cycles, pct(w.idle_cycles));
         out += &format!("  processing cycles: {} ({:.2}%)\n", w.busy_cycles, pct(w.busy_cycles));

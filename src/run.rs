@@ -116,7 +116,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         None => vec![None],
     };
     let overrides = match &a.config {
-        Some(p) => RunConfig::load(p)?,
+        Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
     };
     let vm_ports = match a.vm_ports.as_deref() {

@@ -9,6 +9,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -139,10 +140,12 @@ fn write_pcap(path: &Path, src: u8, dst: u8, n: u8) {
         f.extend_from_slice(&v.to_le_bytes());
     }
     for i in 0..n {
-        let mut frame = vec![0x02, 0, dst, 0, 0, i, 0x02, 0, src, 0, 0, i, 0x08, 0x00];
-        frame.extend_from_slice(&[0x45, 0, 0, 46, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 19, 0, 1]);
-        frame.extend_from_slice(&[0x04, 0x00, 0x04, 0x00, 0, 26, 0, 0]);
-        frame.resize(60, 0);
+        let frame = Frame::new([0x02, 0, dst, 0, 0, i], [0x02, 0, src, 0, 0, i])
+            .ethertype(ETHERTYPE_IPV4)
+            .payload(&[0x45, 0, 0, 46, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 19, 0, 1])
+            .payload(&[0x04, 0x00, 0x04, 0x00, 0, 26, 0, 0])
+            .pad(60, 0)
+            .build();
         for v in [0u32, u32::from(i), 60, 60] {
             f.extend_from_slice(&v.to_le_bytes());
         }

@@ -16,7 +16,7 @@
 use crate::k8s::ClusterState;
 use crate::lastgood::LastGood;
 use crate::plan::PlanOptions;
-use crate::runtime::{Applied, InputStatus, Runtime};
+use crate::runtime::{Applied, InputStatus, Runtime, RuntimeError};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::config::Config;
+use switchyard_dataplane::config::{Config, ConfigError};
 
 /// Where the switch's configuration comes from.
 #[derive(Debug, Clone)]
@@ -106,8 +106,26 @@ impl ControllerOptions {
     }
 }
 
+/// Why a reconcile or the watch failed. A failed reconcile leaves the running configuration
+/// as it was, which the messages say.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{path}: {source}; the running configuration stays")]
+    SwitchFile { path: PathBuf, source: ConfigError },
+    #[error("{dir}: cannot read the state directory ({source}); the running configuration stays")]
+    StateDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot apply the new configuration ({0}); the running configuration stays")]
+    Apply(#[source] RuntimeError),
+    #[error("cannot watch: {0}")]
+    Watcher(#[source] notify::Error),
+    #[error("cannot watch {dir}: {source}")]
+    Watch { dir: PathBuf, source: notify::Error },
+    #[error("the watcher stopped")]
+    WatcherStopped,
+}
+
 /// Type of the hook called after every reconcile.
-pub type ReconcileHook = Box<dyn FnMut(&Result<Applied, String>) + Send>;
+pub type ReconcileHook = Box<dyn FnMut(&Result<Applied, ControllerError>) + Send>;
 
 /// The control loop's state.
 pub struct Controller {
@@ -118,6 +136,12 @@ pub struct Controller {
     reconciles: u64,
     /// Called after each reconcile (tests and benchmarks use it to see a change go live).
     pub on_reconcile: Option<ReconcileHook>,
+}
+
+/// Logs a reconcile's failure where it happens (the caller may drop it).
+fn logged(e: ControllerError) -> ControllerError {
+    tracing::error!("{e}");
+    e
 }
 
 fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
@@ -175,7 +199,7 @@ impl Controller {
     }
 
     /// Loads, plans and applies once. An error leaves the running configuration as it was.
-    pub fn reconcile(&mut self) -> Result<Applied, String> {
+    pub fn reconcile(&mut self) -> Result<Applied, ControllerError> {
         let r = self.reconcile_inner();
         if let Some(h) = self.on_reconcile.as_mut() {
             h(&r);
@@ -183,7 +207,7 @@ impl Controller {
         r
     }
 
-    fn reconcile_inner(&mut self) -> Result<Applied, String> {
+    fn reconcile_inner(&mut self) -> Result<Applied, ControllerError> {
         self.reconciles += 1;
         match self.opts.source.clone() {
             Source::State(src) => self.reconcile_state(&src),
@@ -191,31 +215,18 @@ impl Controller {
         }
     }
 
-    fn reconcile_switch(&mut self, file: &std::path::Path) -> Result<Applied, String> {
-        let cfg = Config::load(file).map_err(|e| {
-            let m = format!("{}: {e}; the running configuration stays", file.display());
-            tracing::error!("{m}");
-            m
-        })?;
+    fn reconcile_switch(&mut self, file: &std::path::Path) -> Result<Applied, ControllerError> {
+        let cfg = Config::load(file)
+            .map_err(|source| logged(ControllerError::SwitchFile { path: file.to_path_buf(), source }))?;
         let mut rt = lock(&self.runtime);
         rt.input = InputStatus { reconciles: self.reconciles, ..Default::default() };
-        rt.apply(&cfg, &|_| None).map_err(|e| {
-            let m = format!("cannot apply the new configuration ({e}); the running configuration stays");
-            tracing::error!("{m}");
-            m
-        })
+        rt.apply(&cfg, &|_| None).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
-    fn reconcile_state(&mut self, src: &StateSource) -> Result<Applied, String> {
+    fn reconcile_state(&mut self, src: &StateSource) -> Result<Applied, ControllerError> {
         let dir = &src.dir;
-        let state = ClusterState::load_dir(dir).map_err(|e| {
-            let m = format!(
-                "{}: cannot read the state directory ({e}); the running configuration stays",
-                dir.display()
-            );
-            tracing::error!("{m}");
-            m
-        })?;
+        let state = ClusterState::load_dir(dir)
+            .map_err(|source| logged(ControllerError::StateDir { dir: dir.clone(), source }))?;
         let r = self.lastgood.resolve(state, &src.node, &src.labels, &src.plan);
         let mut input = InputStatus { reconciles: self.reconciles, ..Default::default() };
         let mut now = BTreeSet::new();
@@ -249,27 +260,23 @@ impl Controller {
         let origins = origins(&r.state, &r.plan.config);
         let mut rt = lock(&self.runtime);
         rt.input = input;
-        rt.apply(&r.plan.config, &|n| origins.get(n).cloned()).map_err(|e| {
-            let m = format!("cannot apply the new configuration ({e}); the running configuration stays");
-            tracing::error!("{m}");
-            m
-        })
+        rt.apply(&r.plan.config, &|n| origins.get(n).cloned()).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
     /// Watches the source and reconciles on every change until `stop` is set. Does one
     /// reconcile once the watch is in place (so no change is missed).
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ControllerError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res| {
             let _ = tx.send(res);
         })
-        .map_err(|e| format!("cannot watch: {e}"))?;
+        .map_err(ControllerError::Watcher)?;
         let dir = self.opts.source.watch_dir();
         let mode = match self.opts.source {
             Source::State(_) => RecursiveMode::Recursive,
             Source::Switch(_) => RecursiveMode::NonRecursive,
         };
-        watcher.watch(&dir, mode).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        watcher.watch(&dir, mode).map_err(|source| ControllerError::Watch { dir: dir.clone(), source })?;
         let _ = self.reconcile();
         let source = self.opts.source.clone();
         let relevant = move |r: &notify::Result<notify::Event>| match r {
@@ -314,7 +321,7 @@ impl Controller {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err("the watcher stopped".into()),
+                Err(RecvTimeoutError::Disconnected) => return Err(ControllerError::WatcherStopped),
             }
         }
         Ok(())

@@ -19,7 +19,7 @@
 //! plugin, [`crate::cni::Request`]); its answer is one JSON line, `{"ok": true, ...}` or
 //! `{"ok": false, "code": ..., "error": ...}` (docs/cni.md).
 
-use crate::runtime::{parse_hex, Runtime};
+use crate::runtime::{parse_hex, Runtime, RuntimeError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -41,6 +41,32 @@ const HELP: &str = "commands:
   fdb flush [BRIDGE]         remove learned MAC entries (static ones stay)
   trace PORT HEXFRAME        how a frame received on PORT would be forwarded
 ";
+
+/// Why a request failed, on the server (what it answers after `error: `) or in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("unknown command {0:?}; try `help`")]
+    UnknownCommand(String),
+    #[error("{dir}: {source}")]
+    SocketDir { dir: PathBuf, source: std::io::Error },
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("{0}: another switchyard is listening there")]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the control socket thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("{path}: {source} (is `switchyard run` running?)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server's answer to a failed request (without the `error: ` prefix).
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// Answers one JSON request (one line, without the newline).
 pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
@@ -74,7 +100,7 @@ pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
 }
 
 /// Answers one request line.
-pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, String> {
+pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, CtlError> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let mut rt = rt.lock().unwrap_or_else(|e| e.into_inner());
     if line.starts_with('{') {
@@ -83,18 +109,18 @@ pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, String> {
     match words.as_slice() {
         ["help"] | [] => Ok(HELP.to_string()),
         ["show", "ports"] => Ok(rt.show_ports()),
-        ["show", "fdb"] => rt.show_fdb(None),
-        ["show", "fdb", b] => rt.show_fdb(Some(b)),
+        ["show", "fdb"] => Ok(rt.show_fdb(None)?),
+        ["show", "fdb", b] => Ok(rt.show_fdb(Some(b))?),
         ["show", "stats"] => Ok(rt.show_stats()),
         ["show", "config"] => Ok(rt.show_config()),
         ["show", "problems"] => Ok(rt.show_problems()),
-        ["fdb", "flush"] => rt.fdb_flush(None),
-        ["fdb", "flush", b] => rt.fdb_flush(Some(b)),
+        ["fdb", "flush"] => Ok(rt.fdb_flush(None)?),
+        ["fdb", "flush", b] => Ok(rt.fdb_flush(Some(b))?),
         ["trace", port, hex @ ..] if !hex.is_empty() => {
             let frame = parse_hex(&hex.join(""))?;
-            rt.trace(port, &frame)
+            Ok(rt.trace(port, &frame)?)
         }
-        _ => Err(format!("unknown command {line:?}; try `help`")),
+        _ => Err(CtlError::UnknownCommand(line.to_string())),
     }
 }
 
@@ -121,31 +147,31 @@ impl CtlServer {
     /// Creates the socket at `path` (its directory too, mode 0700, when missing) and serves
     /// requests on a thread. A stale socket file is replaced; a live one (another `run`) is an
     /// error.
-    pub fn start(path: &Path, rt: Arc<Mutex<Runtime>>) -> Result<CtlServer, String> {
-        let shown = path.display();
+    pub fn start(path: &Path, rt: Arc<Mutex<Runtime>>) -> Result<CtlServer, CtlError> {
+        let socket = |source| CtlError::Socket { path: path.to_path_buf(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+                .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
         }
         if let Ok(m) = std::fs::symlink_metadata(path) {
             if !m.file_type().is_socket() {
-                return Err(format!("{shown} exists and is not a socket"));
+                return Err(CtlError::NotASocket(path.to_path_buf()));
             }
             if UnixStream::connect(path).is_ok() {
-                return Err(format!("{shown}: another switchyard is listening there"));
+                return Err(CtlError::InUse(path.to_path_buf()));
             }
-            std::fs::remove_file(path).map_err(|e| format!("{shown}: {e}"))?;
+            std::fs::remove_file(path).map_err(socket)?;
         }
-        let listener = bind_private(path).map_err(|e| format!("{shown}: {e}"))?;
+        let listener = bind_private(path).map_err(socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("sy-ctl".into())
             .spawn(move || serve(listener, rt, st))
-            .map_err(|e| format!("cannot start the control socket thread: {e}"))?;
+            .map_err(CtlError::Thread)?;
         Ok(CtlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
     }
 
@@ -197,15 +223,15 @@ fn serve(listener: UnixListener, rt: Arc<Mutex<Runtime>>, stop: Arc<AtomicBool>)
 }
 
 /// Sends one request to the server at `path`; the answer, or the error it gave.
-pub fn request(path: &Path, line: &str) -> Result<String, String> {
-    let mut s = UnixStream::connect(path)
-        .map_err(|e| format!("{}: {e} (is `switchyard run` running?)", path.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    s.write_all(format!("{}\n", line.trim()).as_bytes()).map_err(|e| e.to_string())?;
+pub fn request(path: &Path, line: &str) -> Result<String, CtlError> {
+    let mut s =
+        UnixStream::connect(path).map_err(|source| CtlError::Connect { path: path.to_path_buf(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{}\n", line.trim()).as_bytes())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    s.read_to_string(&mut out)?;
     match out.strip_prefix("error: ") {
-        Some(e) => Err(e.trim_end().to_string()),
+        Some(e) => Err(CtlError::Refused(e.trim_end().to_string())),
         None => Ok(out),
     }
 }

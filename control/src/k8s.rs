@@ -266,7 +266,15 @@ pub struct Loaded<T> {
 pub struct LoadedNad {
     pub src: Source,
     pub obj: NetworkAttachmentDefinition,
-    pub net: Result<NadNetwork, String>,
+    pub net: Result<NadNetwork, InvalidNad>,
+}
+
+/// Why a NAD is unusable (also reported as a problem when the state was loaded).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{nad} is invalid: {error}")]
+pub struct InvalidNad {
+    pub nad: ObjRef,
+    pub error: nad::FieldError,
 }
 
 /// Every object of the kinds switchyard reads, from one directory, indexed for the plan.
@@ -407,14 +415,12 @@ impl ClusterState {
                     n.metadata.namespace = Some(ns.clone());
                     let oref = ObjRef::new(&kind, Some(&ns), &name);
                     let net = match &n.spec.config {
-                        None => Err(("spec.config".to_string(), "missing".to_string())),
+                        None => Err(nad::FieldError { field: "spec.config".into(), msg: "missing".into() }),
                         Some(c) => nad::parse(c, &ns, &name),
                     };
-                    let net = net.map_err(|(field, msg)| {
-                        let p = Problem::object(&src, &oref, &field, &msg);
-                        let reason = format!("{oref} is invalid: {field}: {msg}");
-                        self.problems.push(p);
-                        reason
+                    let net = net.map_err(|error| {
+                        self.problems.push(Problem::object(&src, &oref, &error.field, &error.msg));
+                        InvalidNad { nad: oref.clone(), error }
                     });
                     let key = (ns, name);
                     if let Some(prev) = self.nads.get(&key) {

@@ -44,11 +44,16 @@ pub struct BridgeNet {
     pub mtu: Option<u32>,
 }
 
-/// (field, message) of the first thing wrong.
-pub type FieldError = (String, String);
+/// The first thing wrong in a CNI config: the field (its path from `spec.config`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {msg}")]
+pub struct FieldError {
+    pub field: String,
+    pub msg: String,
+}
 
 fn err<T>(field: String, msg: impl Into<String>) -> Result<T, FieldError> {
-    Err((field, msg.into()))
+    Err(FieldError { field, msg: msg.into() })
 }
 
 fn get_int(o: &Map<String, Value>, key: &str, base: &str) -> Result<Option<i64>, FieldError> {
@@ -305,13 +310,13 @@ mod tests {
         };
         assert_eq!(b.trunks, vec![5, 10, 11, 12]);
         let e = p(r#"{"type":"bridge","vlanTrunk":[{"id":5},{"minID":10}]}"#).unwrap_err();
-        assert_eq!(e.0, "spec.config.vlanTrunk[1].maxID");
+        assert_eq!(e.field, "spec.config.vlanTrunk[1].maxID");
         let e = p(r#"{"type":"bridge","vlanTrunk":[{"minID":20,"maxID":10}]}"#).unwrap_err();
-        assert_eq!(e.0, "spec.config.vlanTrunk[0].minID");
+        assert_eq!(e.field, "spec.config.vlanTrunk[0].minID");
         let e = p(r#"{"type":"bridge","vlan":4095}"#).unwrap_err();
-        assert_eq!(e.0, "spec.config.vlan");
+        assert_eq!(e.field, "spec.config.vlan");
         let e = p(r#"{"plugins":[{"type":"bridge","vlan":"x"}]}"#).unwrap_err();
-        assert_eq!(e.0, "spec.config.plugins[0].vlan");
+        assert_eq!(e.field, "spec.config.plugins[0].vlan");
     }
 
     #[test]
@@ -329,13 +334,13 @@ mod tests {
         let e =
             p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"localnet","netAttachDefName":"x/y"}"#)
                 .unwrap_err();
-        assert_eq!(e.0, "spec.config.netAttachDefName");
+        assert_eq!(e.field, "spec.config.netAttachDefName");
         let e = p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"layer2","vlanID":3}"#).unwrap_err();
-        assert_eq!(e.0, "spec.config.vlanID");
+        assert_eq!(e.field, "spec.config.vlanID");
         assert!(matches!(
             p(r#"{"name":"t","type":"ovn-k8s-cni-overlay","topology":"layer3"}"#).unwrap(),
             NadNetwork::Unsupported { .. }
         ));
-        assert_eq!(p("{nope").unwrap_err().0, "spec.config");
+        assert_eq!(p("{nope").unwrap_err().field, "spec.config");
     }
 }

@@ -483,7 +483,7 @@ impl Planner {
             let net = match &nad.net {
                 Ok(n) => n,
                 Err(reason) => {
-                    skipped.push(skip(&ifc.name, reason.clone()));
+                    skipped.push(skip(&ifc.name, reason.to_string()));
                     continue;
                 }
             };
@@ -671,7 +671,7 @@ impl Planner {
             }
         }
         // The dataplane's port limit: uplinks first, then VM ports in name order.
-        let max = switchyard_dataplane::switch::MAX_PORTS;
+        let max = switchyard_dataplane::switch::MAX_PORTS_PER_NODE;
         if keep.len() > max {
             let (mut up, mut vm): (Vec<Built>, Vec<Built>) =
                 keep.into_iter().partition(|b| b.port.kind != Some(PortType::Vhostuser));
@@ -744,4 +744,51 @@ impl Plan {
 
 fn one_line(s: &str) -> String {
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels given on the command line win over the Node object's, and the hostname label
+    /// defaults to the node's name unless one of them sets it.
+    #[test]
+    fn node_labels_order_and_hostname_default() {
+        let state = ClusterState::default();
+        let extra: BTreeMap<String, String> = [("zone".to_string(), "b".to_string())].into();
+        let l = node_labels(&state, "w1", &extra);
+        assert_eq!(l.get("zone").map(String::as_str), Some("b"));
+        assert_eq!(l.get("kubernetes.io/hostname").map(String::as_str), Some("w1"));
+        let own: BTreeMap<String, String> = [("kubernetes.io/hostname".to_string(), "h".to_string())].into();
+        assert_eq!(node_labels(&state, "w1", &own)["kubernetes.io/hostname"], "h");
+    }
+
+    /// The socket path is readable while it fits a Unix socket address (107 bytes) and a
+    /// stable hash of the port's name once it would not.
+    #[test]
+    fn socket_path_fits_sun_path() {
+        assert_eq!(socket_path("/run/vh/", "ns", "vm", "net1"), "/run/vh/ns_vm_net1.sock");
+        let long_vmi = "v".repeat(100);
+        let p = socket_path("/run/vh", "ns", &long_vmi, "net1");
+        assert!(p.len() <= MAX_SOCKET_PATH, "{p}");
+        assert_eq!(p, socket_path("/run/vh", "ns", &long_vmi, "net1"), "stable");
+        assert_ne!(p, socket_path("/run/vh", "ns", &long_vmi, "net2"), "one socket per port");
+        let fits = "v".repeat(MAX_SOCKET_PATH - "/d/n__i.sock".len());
+        assert_eq!(socket_path("/d", "n", &fits, "i").len(), MAX_SOCKET_PATH, "the longest readable path");
+    }
+
+    /// VLAN ids 1-4094 pass; 0 and 4095 are refused naming the field; a VM's MAC must be
+    /// unicast and not zero.
+    #[test]
+    fn vlan_ids_and_macs() {
+        let mut errs = Vec::new();
+        assert_eq!(vlan_id(1, "f", &mut errs), Some(1));
+        assert_eq!(vlan_id(4094, "f", &mut errs), Some(4094));
+        assert_eq!((vlan_id(0, "a", &mut errs), vlan_id(4095, "b", &mut errs)), (None, None));
+        assert_eq!(errs.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(parse_mac("02:00:00:00:00:01"), Ok(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_mac("00:00:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00").is_err());
+    }
 }

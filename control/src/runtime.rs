@@ -16,8 +16,9 @@
 //! One worker plan is published per reconcile (two when a backend is reopened), and `apply`
 //! returns once every worker has applied it.
 //!
-//! A port whose backend cannot be opened (a vhost-user VM port today: that backend is not built
-//! yet) is present but down: it stays in the configuration (its static MACs are installed, `ctl`
+//! A port whose backend cannot be opened (an AF_PACKET port whose interface is missing, a
+//! vhost-user server port whose socket cannot be bound, a DPDK device that fails to probe) is
+//! present but down: it stays in the configuration (its static MACs are installed, `ctl`
 //! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
 //! and opening is tried again on every later reconcile.
 
@@ -34,7 +35,7 @@ use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
-use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, FwdMode, Plan as WorkerPlan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 
 /// Backend overrides by port name (`run --config FILE`).
 ///
@@ -103,16 +104,18 @@ impl BackendOverride {
 
 impl RunConfig {
     /// Parses and checks the file: each override must be a valid backend for its type.
-    pub fn load(path: &Path) -> Result<RunConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        RunConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<RunConfig, RuntimeError> {
+        let in_file =
+            |e: RuntimeError| RuntimeError::RunConfigFile { path: path.to_path_buf(), source: Box::new(e) };
+        let text = std::fs::read_to_string(path).map_err(|e| in_file(RuntimeError::RunConfigRead(e)))?;
+        RunConfig::from_yaml(&text).map_err(in_file)
     }
 
-    pub fn from_yaml(text: &str) -> Result<RunConfig, String> {
+    pub fn from_yaml(text: &str) -> Result<RunConfig, RuntimeError> {
         let c: RunConfig = if text.trim().is_empty() {
             RunConfig::default()
         } else {
-            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?
+            serde_yaml_ng::from_str(text).map_err(RuntimeError::RunConfigYaml)?
         };
         for (name, o) in &c.ports {
             let mut p = PortConfig { name: name.clone(), ..Default::default() };
@@ -125,8 +128,9 @@ impl RunConfig {
                     ports: vec![p],
                 }],
             };
-            cfg.validate().map_err(|e| {
-                format!("ports.{name}: {}", e.to_string().replace("bridges[0].ports[0].", ""))
+            cfg.validate().map_err(|e| RuntimeError::RunConfigPort {
+                port: name.clone(),
+                reason: e.to_string().replace("bridges[0].ports[0].", ""),
             })?;
         }
         Ok(c)
@@ -167,7 +171,8 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// Failures of starting the runtime or applying a configuration.
+/// Failures of the runtime: loading its run configuration, starting, applying a
+/// configuration, and the requests of `ctl` that name something that is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{0}")]
@@ -176,6 +181,26 @@ pub enum RuntimeError {
     Config(#[from] ConfigError),
     #[error("buffer pool: {0}")]
     Pool(#[from] switchyard_dataplane::buffer::BufferError),
+    /// A run configuration file could not be used (the path, then why).
+    #[error("{path}: {source}")]
+    RunConfigFile { path: std::path::PathBuf, source: Box<RuntimeError> },
+    #[error("{0}")]
+    RunConfigRead(#[source] std::io::Error),
+    #[error("{0}")]
+    RunConfigYaml(#[source] serde_yaml_ng::Error),
+    /// An override that is not a valid backend for its type (`reason` names the field).
+    #[error("ports.{port}: {reason}")]
+    RunConfigPort { port: String, reason: String },
+    #[error("no bridge {0}")]
+    NoBridge(String),
+    #[error("no port {0}")]
+    NoPort(String),
+    #[error("frame of {0} bytes does not fit a buffer")]
+    FrameTooLong(usize),
+    #[error("odd number of hex digits")]
+    OddHexDigits,
+    #[error("{0:?} is not hex")]
+    NotHex(String),
 }
 
 /// A port's backend, or why it has none.
@@ -241,13 +266,13 @@ fn prepare_socket_dir(d: &Path, owner: Option<u32>, group: Option<u32>) -> Resul
     Ok(())
 }
 
-fn empty_plan(workers: usize) -> WorkerPlan {
-    WorkerPlan {
+fn empty_plan(workers: usize) -> ForwardingPlan {
+    ForwardingPlan {
         switch: Arc::new(SwitchConfig::default()),
         ports: Vec::new(),
         rx: vec![Vec::new(); workers.max(1)],
         mode: FwdMode::Switch,
-        peers: Vec::new(),
+        egress: Vec::new(),
         gen: TxGen::default(),
     }
 }
@@ -687,12 +712,12 @@ impl Runtime {
             load[wi] += 1;
             self.assign.insert((name, q), wi);
         }
-        let plan = WorkerPlan {
+        let plan = ForwardingPlan {
             switch: sw.clone(),
             ports,
             rx,
             mode: FwdMode::Switch,
-            peers: Vec::new(),
+            egress: Vec::new(),
             gen: TxGen::default(),
         };
         let gen = self.engine.publish(plan);
@@ -748,7 +773,7 @@ impl Runtime {
     }
 
     /// `show fdb [BRIDGE]`.
-    pub fn show_fdb(&self, bridge: Option<&str>) -> Result<String, String> {
+    pub fn show_fdb(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
         let now = self.engine.now();
         let mut rows = vec![["BRIDGE", "VLAN", "MAC", "PORT", "AGE", "STATIC"].map(String::from).to_vec()];
         let mut found = false;
@@ -769,13 +794,13 @@ impl Runtime {
             }
         }
         match bridge {
-            Some(n) if !found => Err(format!("no bridge {n}")),
+            Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
             _ => Ok(table(&rows)),
         }
     }
 
     /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay).
-    pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<String, String> {
+    pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
         let mut n = 0;
         let mut found = false;
         for b in &self.switch.bridges {
@@ -785,7 +810,7 @@ impl Runtime {
             }
         }
         match bridge {
-            Some(x) if !found => Err(format!("no bridge {x}")),
+            Some(x) if !found => Err(RuntimeError::NoBridge(x.to_string())),
             _ => Ok(format!("flushed {n} learned entr{}\n", if n == 1 { "y" } else { "ies" })),
         }
     }
@@ -826,7 +851,7 @@ impl Runtime {
         let hz = self.engine.tsc_hz().max(1) as f64;
         for w in self.engine.worker_stats() {
             s.push_str(&format!(
-                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} tx {}, {:.0} \
+                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} forwarded {}, {:.0} \
                  cycles/packet\n",
                 w.worker,
                 w.core.map_or("-".to_string(), |c| c.to_string()),
@@ -835,7 +860,7 @@ impl Runtime {
                 w.busy_ratio() * 100.0,
                 w.busy_cycles as f64 / hz,
                 w.rx_packets,
-                w.tx_packets,
+                w.forwarded_packets,
                 w.cycles_per_packet()
             ));
         }
@@ -864,12 +889,12 @@ impl Runtime {
     /// `trace PORT HEXFRAME`: how the frame would be forwarded now. It runs through the
     /// pipeline on a throwaway snapshot compiled from the running configuration, whose MAC
     /// tables are copies of the running ones: tracing never changes the running state.
-    pub fn trace(&self, port: &str, frame: &[u8]) -> Result<String, String> {
+    pub fn trace(&self, port: &str, frame: &[u8]) -> Result<String, RuntimeError> {
         let running = &self.switch;
         if running.port_by_name(port).is_none() {
-            return Err(format!("no port {port}"));
+            return Err(RuntimeError::NoPort(port.to_string()));
         }
-        let cfg = SwitchConfig::compile(&self.running, None).map_err(|e| e.to_string())?;
+        let cfg = SwitchConfig::compile(&self.running, None)?;
         let now = self.engine.now();
         // Copy the learned entries (static ones came with the compile), mapping port ids.
         for b in &running.bridges {
@@ -882,9 +907,7 @@ impl Runtime {
         }
         let in_port = cfg.by_name[port];
         let mut cache = self.trace_pool.cache();
-        let buf = cache
-            .alloc_copy(frame)
-            .ok_or_else(|| format!("frame of {} bytes does not fit a buffer", frame.len()))?;
+        let buf = cache.alloc_copy(frame).ok_or(RuntimeError::FrameTooLong(frame.len()))?;
         let mut burst = Burst::new();
         burst.push(buf);
         let mut tx = TxBatches::new(cfg.port_slots());
@@ -925,17 +948,17 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// Parses a frame given as hex digits (spaces, `:` and `-` between bytes are ignored).
-pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, RuntimeError> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-').collect();
     let digits = digits.strip_prefix("0x").unwrap_or(&digits);
     if !digits.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
+        return Err(RuntimeError::OddHexDigits);
     }
     (0..digits.len())
         .step_by(2)
         .map(|i| {
             u8::from_str_radix(&digits[i..i + 2], 16)
-                .map_err(|_| format!("{:?} is not hex", &digits[i..i + 2]))
+                .map_err(|_| RuntimeError::NotHex(digits[i..i + 2].to_string()))
         })
         .collect()
 }
@@ -1037,7 +1060,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.ports["eth1"].kind, PortType::Ring);
         let e = RunConfig::from_yaml("ports:\n  eth1: {type: ring, devargs: x}\n").unwrap_err();
-        assert!(e.contains("ports.eth1: devargs"), "{e}");
+        assert!(e.to_string().contains("ports.eth1: devargs"), "{e}");
         assert!(RunConfig::from_yaml("ports:\n  eth1: {typ: ring}\n").is_err());
         assert_eq!(parse_hex("ff:00 0a").unwrap(), [0xff, 0, 10]);
     }

@@ -11,6 +11,7 @@ use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, V
 use switchyard_dataplane::port::factory::ring_peer;
 use switchyard_dataplane::port::ring::RingPeer;
 use switchyard_dataplane::worker::EngineOptions;
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 const B: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -44,12 +45,7 @@ fn config(churn: &[PortConfig]) -> Config {
 }
 
 fn frame(src: [u8; 6], dst: [u8; 6], seq: u64) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14..22].copy_from_slice(&seq.to_be_bytes());
-    f
+    Frame::new(dst, src).ethertype(ETHERTYPE_IPV4).payload(&seq.to_be_bytes()).pad(64, 0).build()
 }
 
 /// Frames in flight per direction: well under a ring's depth, so a slow collector (a busy test

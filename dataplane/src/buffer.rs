@@ -34,6 +34,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::wire::{EtherType, MAC_ADDRS_LEN, VLAN_TAG_LEN};
+
 /// Bytes in front of the frame, for pushing a VLAN tag or a tunnel header without a copy.
 pub const HEADROOM: usize = 128;
 /// Bytes for the frame itself.
@@ -389,7 +391,7 @@ impl Adopter<'_> {
     /// `window` finds for each item of `items`, as [`Adopter::adopt`] would, and stops at the
     /// first item for which `window` finds none or `adopt` would refuse, or when `out` is full.
     /// Returns how many were adopted: the first ones of `items`. A burst's common case: one
-    /// loop that keeps `out`'s length in a register and has no capacity check or call in it.
+    /// loop with no capacity check or call in it, `out`'s length set once at its end.
     ///
     /// # Safety
     /// For each item adopted, as [`Pool::adopt`] for its slot: the caller hands it over.
@@ -723,19 +725,22 @@ impl PacketBuf {
     /// Inserts an 802.1Q tag (TPID 0x8100, `tci`) after the two MAC addresses, using headroom.
     #[inline]
     pub fn push_vlan(&mut self, tci: u16) -> Result<(), BufferError> {
-        if self.len < 12 {
+        const ADDRS: usize = MAC_ADDRS_LEN;
+        const TAG: usize = VLAN_TAG_LEN;
+        if self.len < ADDRS as u16 {
             return Err(BufferError::TooShort(self.len as usize));
         }
-        if self.head < 4 {
-            return Err(BufferError::NoHeadroom { need: 4, have: self.head as usize });
+        if self.head < TAG as u16 {
+            return Err(BufferError::NoHeadroom { need: TAG, have: self.head as usize });
         }
         let h = self.head as usize;
         let s = self.slot_mut();
-        s.copy_within(h..h + 12, h - 4);
-        s[h + 8..h + 10].copy_from_slice(&0x8100u16.to_be_bytes());
-        s[h + 10..h + 12].copy_from_slice(&tci.to_be_bytes());
-        self.head -= 4;
-        self.len += 4;
+        // The addresses move TAG bytes to the front; the tag goes into the gap behind them.
+        s.copy_within(h..h + ADDRS, h - TAG);
+        s[h + ADDRS - TAG..h + ADDRS - TAG + 2].copy_from_slice(&EtherType::VLAN.to_be_bytes());
+        s[h + ADDRS - TAG + 2..h + ADDRS].copy_from_slice(&tci.to_be_bytes());
+        self.head -= TAG as u16;
+        self.len += TAG as u16;
         Ok(())
     }
 
@@ -743,13 +748,13 @@ impl PacketBuf {
     /// that the frame is tagged.
     #[inline]
     pub fn pop_vlan(&mut self) -> Result<(), BufferError> {
-        if self.len < 16 {
+        if self.len < (MAC_ADDRS_LEN + VLAN_TAG_LEN) as u16 {
             return Err(BufferError::TooShort(self.len as usize));
         }
         let h = self.head as usize;
-        self.slot_mut().copy_within(h..h + 12, h + 4);
-        self.head += 4;
-        self.len -= 4;
+        self.slot_mut().copy_within(h..h + MAC_ADDRS_LEN, h + VLAN_TAG_LEN);
+        self.head += VLAN_TAG_LEN as u16;
+        self.len -= VLAN_TAG_LEN as u16;
         Ok(())
     }
 }

@@ -196,8 +196,8 @@ impl Config {
                 p.validate(&pf)?;
             }
         }
-        if nports > crate::switch::MAX_PORTS {
-            return Err(invalid("bridges", format!("more than {} ports", crate::switch::MAX_PORTS)));
+        if nports > crate::switch::MAX_PORTS_PER_NODE {
+            return Err(invalid("bridges", format!("more than {} ports", crate::switch::MAX_PORTS_PER_NODE)));
         }
         Ok(())
     }

@@ -22,8 +22,9 @@ use crate::wire::MacAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Port indices are u16; the table tracks per-port counts for all of them.
-pub const MAX_PORTS: usize = 1 << 16;
+/// How many distinct port ids there are (ids are u16): the size of the per-port count array,
+/// which covers every id so that indexing it by a `PortId` cannot go out of bounds.
+pub const PORT_IDS: usize = 1 << 16;
 
 const EMPTY: u64 = 0;
 const TOMBSTONE: u64 = u64::MAX;
@@ -191,7 +192,7 @@ impl MacTable {
         let nslots = (capacity * 2).next_power_of_two().max(64);
         // Zeroed: every key EMPTY.
         let slots = AtomicPairs::zeroed(nslots).map_err(|e| FdbError::NoMemory(e.to_string()))?;
-        let learned_per_port = (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect();
+        let learned_per_port = (0..PORT_IDS).map(|_| AtomicU32::new(0)).collect();
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -514,9 +515,9 @@ impl MacTable {
     }
 }
 
-/// A burst's copy of a table's read-only parameters (slot array, mask, hash seed, aging), so
-/// that the forwarding loops keep them in registers: the table itself holds atomics, which the
-/// compiler must assume change under every store. Lookups and learning through a view behave
+/// A burst's copy of a table's read-only parameters (slot array, mask, hash seed, aging), as
+/// plain values because the table itself holds atomics, which must be assumed to change under
+/// every store and so be read again after each. Lookups and learning through a view behave
 /// exactly as through the table, except that they use the aging time of when the view was
 /// taken (one burst).
 #[derive(Clone, Copy)]

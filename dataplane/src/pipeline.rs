@@ -28,7 +28,9 @@ use crate::buffer::{PacketBuf, PoolCache};
 use crate::fdb::{FdbHit, FdbView, LearnOutcome, Probe};
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
-use crate::wire::{ArpPacket, EtherType, MacAddr, VlanTci};
+use crate::wire::{
+    ArpPacket, EtherType, MacAddr, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, VLAN_TCI_OFFSET,
+};
 use arrayvec::ArrayVec;
 use std::sync::atomic::Ordering;
 
@@ -443,8 +445,8 @@ pub fn process_burst(
             }
             // Where each frame goes, when every one is a known unicast destination on another
             // port that takes the VLAN untagged: then queued a run of frames to the same port at
-            // a time (a batch's length is then kept in a register, not stored and loaded back
-            // for every frame), the whole burst at once when it all goes to one port.
+            // a time (a batch's length is updated once per run, not once per frame), the whole
+            // burst at once when it all goes to one port.
             // Otherwise frame by frame, as the general stages do.
             let mut out_ports = [0 as PortId; MAX_BURST];
             // The last egress port found to take the frames untagged (never the ingress
@@ -744,9 +746,9 @@ fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame
 /// the second.
 #[inline(always)]
 fn eth_header(d: &[u8]) -> Option<(u64, u64, u16)> {
-    let h = d.first_chunk::<14>()?;
+    let h = d.first_chunk::<ETH_HEADER_LEN>()?;
     let w0 = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-    let w1 = u64::from_be_bytes(h[6..14].try_into().unwrap_or_default());
+    let w1 = u64::from_be_bytes(h[6..ETH_HEADER_LEN].try_into().unwrap_or_default());
     Some((w0 >> 16, w1 >> 16, w1 as u16))
 }
 
@@ -777,7 +779,7 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     };
     (m.dst, m.src) = (dst, src);
     let vlan = if ethertype == EtherType::VLAN {
-        let Some(&[.., t0, t1, _, _]) = d.first_chunk::<18>() else {
+        let Some(&[.., t0, t1, _, _]) = d.first_chunk::<ETH_VLAN_HEADER_LEN>() else {
             return drop(m, DropReason::TruncatedVlanTag);
         };
         m.tagged = true;
@@ -815,7 +817,7 @@ fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
     // classify() checked that the header (and the tag, when there is one) is inside `d`.
-    let off = if m.tagged { 18 } else { 14 };
+    let off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
     let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
     if et == EtherType::ARP || et == EtherType::RARP {
         return match ArpPacket::new_checked(&d[off..]) {
@@ -842,12 +844,81 @@ fn egress_rewrite(
             let tci = (m.tci & 0xf000) | m.vlan;
             if tci != m.tci {
                 let d = buf.data_mut();
-                d[14..16].copy_from_slice(&tci.to_be_bytes());
+                d[VLAN_TCI_OFFSET..VLAN_TCI_OFFSET + 2].copy_from_slice(&tci.to_be_bytes());
             }
             Ok(())
         }
         (false, true) => buf.push_vlan(m.vlan),
         (true, false) => buf.pop_vlan(),
         (false, false) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// An access port `a` (VLAN 10) and a trunk `t` (VLANs 10 and 20) on one bridge.
+    fn switch() -> SwitchConfig {
+        let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  \
+                    - {name: t, vlan_mode: trunk, trunks: [10, 20]}\n";
+        SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid YAML"), None).expect("compiles")
+    }
+
+    /// Runs `classify` for `frame` arriving on port `name`.
+    fn classify_on(sw: &SwitchConfig, name: &str, frame: &[u8]) -> FrameMeta {
+        let port = sw.port_by_name(name).expect("port exists");
+        let table = sw.bridges[port.bridge].table.view();
+        classify(frame, port, port.vlan.ingress(None), &table)
+    }
+
+    /// Destination, source, then what follows the addresses.
+    fn frame(dst: [u8; 6], rest: &[u8]) -> Vec<u8> {
+        [&dst[..], &[2, 0, 0, 0, 0, 1], rest].concat()
+    }
+
+    const UCAST: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    /// The length checks sit exactly at the header sizes: 13 bytes is a runt and 14 is not;
+    /// a TPID with 3 bytes of the tag is a truncated tag and with all 4 it is not.
+    #[test]
+    fn header_length_edges() {
+        let sw = switch();
+        let full = frame(UCAST, &[0x08, 0x00]);
+        assert_eq!(full.len(), ETH_HEADER_LEN);
+        assert_eq!(
+            classify_on(&sw, "a", &full[..ETH_HEADER_LEN - 1]).verdict,
+            Some(Verdict::Drop(DropReason::Runt))
+        );
+        let m = classify_on(&sw, "a", &full);
+        assert_eq!((m.verdict, m.vlan, m.tagged), (None, 10, false), "a bare header goes on, on VLAN 10");
+
+        let tagged = frame(UCAST, &[0x81, 0x00, 0x00, 20, 0x08, 0x00]);
+        assert_eq!(
+            classify_on(&sw, "t", &tagged[..ETH_VLAN_HEADER_LEN - 1]).verdict,
+            Some(Verdict::Drop(DropReason::TruncatedVlanTag))
+        );
+        let m = classify_on(&sw, "t", &tagged[..ETH_VLAN_HEADER_LEN]);
+        assert_eq!((m.verdict, m.vlan, m.tagged), (None, 20, true));
+    }
+
+    /// A tag keeps its PCP and DEI bits when its VID is rewritten; a multicast or zero source
+    /// is refused before any VLAN decision.
+    #[test]
+    fn tag_bits_and_bad_sources() {
+        let sw = switch();
+        let m = classify_on(&sw, "t", &frame(UCAST, &[0x81, 0x00, 0xb0, 20, 0x08, 0x00]));
+        assert_eq!((m.tci >> 13, m.tci & 0x1000 != 0, m.vlan), (5, true, 20));
+        let group_src = [&UCAST[..], &[1, 0, 0, 0, 0, 1], &[0x08, 0x00]].concat();
+        assert_eq!(classify_on(&sw, "a", &group_src).verdict, Some(Verdict::Drop(DropReason::InvalidSrcMac)));
+        let zero_src = [&UCAST[..], &[0; 6], &[0x08, 0x00]].concat();
+        assert_eq!(classify_on(&sw, "a", &zero_src).verdict, Some(Verdict::Drop(DropReason::InvalidSrcMac)));
+        // A VLAN the trunk does not carry.
+        let other = frame(UCAST, &[0x81, 0x00, 0x00, 30, 0x08, 0x00]);
+        assert_eq!(classify_on(&sw, "t", &other).verdict, Some(Verdict::Drop(DropReason::VlanNotAllowed)));
+        // Broadcast floods, still to be learned from.
+        let m = classify_on(&sw, "a", &frame([0xff; 6], &[0x08, 0x00]));
+        assert_eq!((m.verdict, m.flood_pending), (Some(Verdict::Flood), true));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// A port's index in the snapshot and in MAC table entries.
 pub type PortId = u16;
 /// At most this many ports on a node (ids are u16; 20,000 VM interfaces fit).
-pub const MAX_PORTS: usize = 32768;
+pub const MAX_PORTS_PER_NODE: usize = 32768;
 
 macro_rules! drop_reasons {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -210,7 +210,7 @@ impl SwitchConfig {
     pub fn compile(cfg: &Config, prev: Option<&SwitchConfig>) -> Result<SwitchConfig, ConfigError> {
         cfg.validate()?;
         let mut ids: HashMap<String, PortId> = HashMap::new();
-        let mut used = vec![false; MAX_PORTS];
+        let mut used = vec![false; MAX_PORTS_PER_NODE];
         if let Some(p) = prev {
             for b in &cfg.bridges {
                 for port in &b.ports {
@@ -343,5 +343,78 @@ impl SwitchConfig {
     /// One past the highest port id in use: the size of per-port arrays.
     pub fn port_slots(&self) -> usize {
         self.ports.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str, prev: Option<&SwitchConfig>) -> SwitchConfig {
+        SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid YAML"), prev).expect("compiles")
+    }
+
+    const AB: &str = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: b, tag: 10}\n";
+
+    /// A recompile keeps each surviving port's id and counters, gives a new port a free id,
+    /// and keeps the bridge's MAC table with its learned entries.
+    #[test]
+    fn recompile_keeps_ids_counters_and_table() {
+        let first = compile(AB, None);
+        let (a, b) = (first.by_name["a"], first.by_name["b"]);
+        first.port(a).unwrap().stats.rx_packets.fetch_add(7, Ordering::Relaxed);
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        first.bridges[0].table.learn(10, mac, b, 1, u32::MAX);
+
+        // b first in the new order, a third port added.
+        let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: b, tag: 10}\n  - {name: a, tag: 10}\n  \
+                    - {name: c, tag: 10}\n";
+        let second = compile(yaml, Some(&first));
+        assert_eq!((second.by_name["a"], second.by_name["b"]), (a, b), "ids follow names, not order");
+        let c = second.by_name["c"];
+        assert!(c != a && c != b, "the new port gets an id of its own");
+        assert_eq!(second.port(a).unwrap().stats.snapshot().rx_packets, 7, "counters carried over");
+        assert!(Arc::ptr_eq(&first.bridges[0].table, &second.bridges[0].table), "same MAC table");
+        assert_eq!(second.bridges[0].table.lookup(10, mac, 1).map(|h| h.port), Some(b));
+        assert_eq!(second.bridges[0].ports, vec![b, a, c], "flood order is configuration order");
+    }
+
+    /// A port that leaves takes its learned entries with it; the ports that stay keep theirs,
+    /// and its id is free for the next new port.
+    #[test]
+    fn removed_port_loses_its_entries_and_frees_its_id() {
+        let first = compile(AB, None);
+        let (a, b) = (first.by_name["a"], first.by_name["b"]);
+        let (ma, mb) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        first.bridges[0].table.learn(10, ma, a, 1, u32::MAX);
+        first.bridges[0].table.learn(10, mb, b, 1, u32::MAX);
+
+        let only_a = compile("bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n", Some(&first));
+        let table = &only_a.bridges[0].table;
+        assert_eq!(table.lookup(10, ma, 1).map(|h| h.port), Some(a));
+        assert_eq!(table.lookup(10, mb, 1), None, "b's entry went with b");
+        assert!(only_a.port_by_name("b").is_none());
+
+        let again = compile(
+            "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: d, tag: 10}\n",
+            Some(&only_a),
+        );
+        assert_eq!(again.by_name["d"], b, "the lowest free id is reused");
+        assert_eq!(again.port(b).unwrap().stats.snapshot().rx_packets, 0, "a new port starts at zero");
+    }
+
+    /// Static MACs are installed on every VLAN the port carries, and a recompile without them
+    /// removes them.
+    #[test]
+    fn static_macs_follow_the_configuration() {
+        let yaml =
+            "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10, static_macs: ['02:00:00:00:00:0a']}\n  \
+                    - {name: b, tag: 10}\n";
+        let first = compile(yaml, None);
+        let mac = MacAddr([2, 0, 0, 0, 0, 0xa]);
+        let hit = first.bridges[0].table.lookup(10, mac, 1).expect("static entry installed");
+        assert_eq!((hit.port, hit.is_static), (first.by_name["a"], true));
+        let second = compile(AB, Some(&first));
+        assert_eq!(second.bridges[0].table.lookup(10, mac, 1), None, "static entry removed");
     }
 }

@@ -3,7 +3,7 @@
 //! of testpmd's modes for benchmarking).
 //!
 //! Invariants:
-//! - The control side never blocks a worker: it publishes a new [`Plan`] (an `ArcSwap` store
+//! - The control side never blocks a worker: it publishes a new [`ForwardingPlan`] (an `ArcSwap` store
 //!   plus a generation bump) and workers pick it up between bursts, opening queue handles for
 //!   ports that appeared and dropping the handles of ports that went away. Ports that did not
 //!   change keep their handles, so they lose nothing across a reconfiguration.
@@ -16,11 +16,11 @@
 //!   counts only buffers held by ports.
 
 use crate::buffer::{Pool, PoolCache};
-use crate::cpu as tsc;
+use crate::cpu;
 use crate::pipeline::{process_burst, TxBatches};
 use crate::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue, DEFAULT_BURST, MAX_BURST};
 use crate::switch::{PortId, SwitchConfig};
-use crate::wire::MacAddr;
+use crate::wire::{EtherType, MacAddr, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET};
 use arc_swap::ArcSwap;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 pub enum FwdMode {
     /// The full L2 pipeline.
     Switch,
-    /// Forward unchanged to the peer port (testpmd `io`).
+    /// Forward unchanged to the egress port the plan pairs with the ingress port (testpmd `io`).
     Io,
-    /// Set source to the egress port's MAC and destination to the peer's (testpmd `mac`).
+    /// Set source to the egress port's MAC and destination to the ingress port's (testpmd `mac`).
     Mac,
     /// Swap source and destination MACs (testpmd `macswap`).
     MacSwap,
@@ -99,7 +99,7 @@ pub fn port_mac(p: PortId) -> MacAddr {
 }
 
 /// Everything the workers need, published as one immutable unit.
-pub struct Plan {
+pub struct ForwardingPlan {
     pub switch: Arc<SwitchConfig>,
     /// Port backends by [`PortId`].
     pub ports: Vec<Option<Arc<dyn PortBackend>>>,
@@ -107,13 +107,13 @@ pub struct Plan {
     pub rx: Vec<Vec<(PortId, u16)>>,
     pub mode: FwdMode,
     /// For io, mac and macswap: where frames from port i go.
-    pub peers: Vec<PortId>,
+    pub egress: Vec<PortId>,
     pub gen: TxGen,
 }
 
-impl Plan {
+impl ForwardingPlan {
     /// testpmd's default pairing: 0<->1, 2<->3, ...; an odd last port answers itself.
-    pub fn paired_peers(n: usize) -> Vec<PortId> {
+    pub fn paired_egress(n: usize) -> Vec<PortId> {
         (0..n).map(|i| if i ^ 1 < n { (i ^ 1) as PortId } else { i as PortId }).collect()
     }
 
@@ -234,7 +234,10 @@ pub struct WorkerStats {
     pub busy_cycles: AtomicU64,
     pub idle_cycles: AtomicU64,
     pub rx_packets: AtomicU64,
-    pub tx_packets: AtomicU64,
+    /// Frames passed on: in switch mode every frame handed to the pipeline (which may then
+    /// drop or flood it; the ports count what went out), in the other modes the frames the
+    /// egress queue accepted.
+    pub forwarded_packets: AtomicU64,
     /// Polls that received something.
     pub busy_polls: AtomicU64,
     pub idle_polls: AtomicU64,
@@ -249,7 +252,8 @@ pub struct WorkerStatsSnapshot {
     pub busy_cycles: u64,
     pub idle_cycles: u64,
     pub rx_packets: u64,
-    pub tx_packets: u64,
+    /// See [`WorkerStats::forwarded_packets`].
+    pub forwarded_packets: u64,
     pub busy_polls: u64,
     pub idle_polls: u64,
 }
@@ -277,7 +281,7 @@ impl WorkerStatsSnapshot {
 struct Shared {
     /// One per worker: written on publish and stop to wake a worker sleeping in poll(2).
     wakers: Vec<Option<EventFd>>,
-    plan: ArcSwap<Plan>,
+    plan: ArcSwap<ForwardingPlan>,
     generation: AtomicU64,
     stop: AtomicBool,
     workers: Vec<WorkerStats>,
@@ -297,7 +301,7 @@ impl Shared {
     /// Seconds since the engine started, the clock of learning and aging.
     #[inline]
     fn now(&self) -> u32 {
-        seconds_at(self.tsc_start, self.tsc_hz, tsc::rdtsc())
+        seconds_at(self.tsc_start, self.tsc_hz, cpu::rdtsc())
     }
 }
 
@@ -365,7 +369,7 @@ pub struct Engine {
 impl Engine {
     /// Checks the options, then starts one thread per worker and a housekeeping thread that
     /// ages MAC tables once a second.
-    pub fn start(opts: EngineOptions, plan: Plan) -> Result<Engine, EngineError> {
+    pub fn start(opts: EngineOptions, plan: ForwardingPlan) -> Result<Engine, EngineError> {
         if opts.cores.is_empty() {
             return Err(EngineError::NoWorkers);
         }
@@ -389,8 +393,8 @@ impl Engine {
             stop: AtomicBool::new(false),
             workers: (0..n).map(|_| WorkerStats::default()).collect(),
             pool,
-            tsc_start: tsc::rdtsc(),
-            tsc_hz: tsc::hz(),
+            tsc_start: cpu::rdtsc(),
+            tsc_hz: cpu::hz(),
             opts,
         });
         let mut threads = Vec::new();
@@ -412,7 +416,7 @@ impl Engine {
     }
 
     /// Publishes a new plan; workers pick it up between bursts. Returns its generation.
-    pub fn publish(&self, plan: Plan) -> u64 {
+    pub fn publish(&self, plan: ForwardingPlan) -> u64 {
         self.shared.plan.store(Arc::new(plan));
         let g = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.wake_all();
@@ -420,7 +424,7 @@ impl Engine {
     }
 
     /// The plan workers are running (or about to).
-    pub fn plan(&self) -> Arc<Plan> {
+    pub fn plan(&self) -> Arc<ForwardingPlan> {
         self.shared.plan.load_full()
     }
 
@@ -458,7 +462,7 @@ impl Engine {
                 busy_cycles: l(&w.busy_cycles),
                 idle_cycles: l(&w.idle_cycles),
                 rx_packets: l(&w.rx_packets),
-                tx_packets: l(&w.tx_packets),
+                forwarded_packets: l(&w.forwarded_packets),
                 busy_polls: l(&w.busy_polls),
                 idle_polls: l(&w.idle_polls),
             })
@@ -467,9 +471,14 @@ impl Engine {
 
     pub fn clear_worker_stats(&self) {
         for w in &self.shared.workers {
-            for a in
-                [&w.busy_cycles, &w.idle_cycles, &w.rx_packets, &w.tx_packets, &w.busy_polls, &w.idle_polls]
-            {
+            for a in [
+                &w.busy_cycles,
+                &w.idle_cycles,
+                &w.rx_packets,
+                &w.forwarded_packets,
+                &w.busy_polls,
+                &w.idle_polls,
+            ] {
                 a.store(0, Ordering::Relaxed);
             }
         }
@@ -530,7 +539,7 @@ struct RxSlot {
 struct Worker {
     idx: usize,
     gen: u64,
-    plan: Arc<Plan>,
+    plan: Arc<ForwardingPlan>,
     rx: Vec<RxSlot>,
     /// Assigned (port, queue) pairs not opened yet (another worker still holds them).
     rx_pending: Vec<(PortId, u16)>,
@@ -597,7 +606,7 @@ impl Worker {
         self.plan = plan;
     }
 
-    fn open_pending(&mut self, plan: &Plan) {
+    fn open_pending(&mut self, plan: &ForwardingPlan) {
         let pending = std::mem::take(&mut self.rx_pending);
         for (port, queue) in pending {
             let Some(b) = plan.ports.get(usize::from(port)).and_then(|b| b.clone()) else { continue };
@@ -685,7 +694,7 @@ impl Worker {
                         spec.stats.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
                         spec.stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                     }
-                    let peer = self.plan.peers.get(usize::from(port)).copied().unwrap_or(port);
+                    let egress = self.plan.egress.get(usize::from(port)).copied().unwrap_or(port);
                     match mode {
                         FwdMode::RxOnly => {
                             for b in self.burst.drain(..) {
@@ -693,29 +702,29 @@ impl Worker {
                             }
                         }
                         FwdMode::Mac => {
-                            let (src, dst) = (port_mac(peer), port_mac(port));
+                            let (src, dst) = (port_mac(egress), port_mac(port));
                             for b in self.burst.iter_mut() {
                                 let d = b.data_mut();
-                                if d.len() >= 12 {
+                                if d.len() >= MAC_ADDRS_LEN {
                                     d[0..6].copy_from_slice(&dst.0);
-                                    d[6..12].copy_from_slice(&src.0);
+                                    d[6..MAC_ADDRS_LEN].copy_from_slice(&src.0);
                                 }
                             }
-                            sent += self.send_direct(peer);
+                            sent += self.send_direct(egress);
                         }
                         FwdMode::MacSwap => {
                             for b in self.burst.iter_mut() {
                                 let d = b.data_mut();
-                                if d.len() >= 12 {
+                                if d.len() >= MAC_ADDRS_LEN {
                                     let mut a = [0u8; 6];
                                     a.copy_from_slice(&d[0..6]);
-                                    d.copy_within(6..12, 0);
-                                    d[6..12].copy_from_slice(&a);
+                                    d.copy_within(6..MAC_ADDRS_LEN, 0);
+                                    d[6..MAC_ADDRS_LEN].copy_from_slice(&a);
                                 }
                             }
-                            sent += self.send_direct(peer);
+                            sent += self.send_direct(egress);
                         }
-                        _ => sent += self.send_direct(peer),
+                        _ => sent += self.send_direct(egress),
                     }
                 }
             }
@@ -727,7 +736,7 @@ impl Worker {
     fn generate(&mut self, port: PortId, n: usize, mode: FwdMode) -> usize {
         let g = &self.plan.gen;
         let len = g.frame_len.clamp(60, crate::buffer::DATA_ROOM);
-        let peer = self.plan.peers.get(usize::from(port)).copied().unwrap_or(port);
+        let egress = self.plan.egress.get(usize::from(port)).copied().unwrap_or(port);
         let mut made = 0;
         for _ in 0..n {
             let Some(mut b) = self.cache.alloc() else { break };
@@ -738,7 +747,7 @@ impl Worker {
             } else {
                 (0, 0)
             };
-            let frame = build_udp_frame(port_mac(port), port_mac(peer), mac_i, flow_i, g.vlan, len);
+            let frame = build_udp_frame(port_mac(port), port_mac(egress), mac_i, flow_i, g.vlan, len);
             // Cannot fail: len <= DATA_ROOM.
             let _ = b.extend_from_slice(&frame[..len]);
             self.burst.push(b);
@@ -821,14 +830,14 @@ fn build_udp_frame(
     vary(&mut s);
     vary(&mut d);
     f[0..6].copy_from_slice(&d);
-    f[6..12].copy_from_slice(&s);
-    let mut o = 12;
+    f[6..MAC_ADDRS_LEN].copy_from_slice(&s);
+    let mut o = MAC_ADDRS_LEN;
     if let Some(v) = vlan {
-        f[12..14].copy_from_slice(&[0x81, 0x00]);
-        f[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-        o = 16;
+        f[o..o + 2].copy_from_slice(&EtherType::VLAN.to_be_bytes());
+        f[VLAN_TCI_OFFSET..VLAN_TCI_OFFSET + 2].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        o += VLAN_TAG_LEN;
     }
-    f[o..o + 2].copy_from_slice(&[0x08, 0x00]);
+    f[o..o + 2].copy_from_slice(&EtherType::IPV4.to_be_bytes());
     let ip = o + 2;
     let ip_len = (len.saturating_sub(ip)).max(28) as u16;
     f[ip] = 0x45;
@@ -889,7 +898,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
     let mut idle_polls = 0u32;
     let mut sleep = Duration::from_micros(1);
     let mut last_retry = Instant::now();
-    let mut t_prev = tsc::rdtsc();
+    let mut t_prev = cpu::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
         // When the poll starts (the clock of learning): when the last one ended, unless a
         // reload or the opening of ports took time in between.
@@ -899,23 +908,23 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             w.reload(&sh);
             w.gen = g;
             stats.applied.store(g, Ordering::Release);
-            poll_tsc = tsc::rdtsc();
+            poll_tsc = cpu::rdtsc();
         }
         if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
             let plan = w.plan.clone();
             w.open_pending(&plan);
             last_retry = Instant::now();
-            poll_tsc = tsc::rdtsc();
+            poll_tsc = cpu::rdtsc();
         }
         let (got, sent) = w.poll(&sh, poll_tsc);
-        let t_now = tsc::rdtsc();
+        let t_now = cpu::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
         if got > 0 {
             stats.busy_cycles.fetch_add(dt, Ordering::Relaxed);
             stats.busy_polls.fetch_add(1, Ordering::Relaxed);
             stats.rx_packets.fetch_add(got as u64, Ordering::Relaxed);
-            stats.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            stats.forwarded_packets.fetch_add(sent as u64, Ordering::Relaxed);
             idle_polls = 0;
             sleep = Duration::from_micros(1);
             continue;
@@ -938,7 +947,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             sleep = (sleep * 2).min(sh.opts.max_sleep);
         }
         // Time spent backing off counts as idle too.
-        let t_after = tsc::rdtsc();
+        let t_after = cpu::rdtsc();
         stats.idle_cycles.fetch_add(t_after.wrapping_sub(t_prev), Ordering::Relaxed);
         t_prev = t_after;
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 /// The veth pair and an open port on its host end, or `None` (skip message printed).
 fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
@@ -305,19 +306,17 @@ fn link_down_counts_port_down_and_recovers() {
 /// the port's PACKET_FANOUT_HASH group spreads by, differs from flow to flow. Marked "Q" and
 /// `i` at the start of the UDP payload.
 fn udp_flow_frame(i: u8) -> Vec<u8> {
-    let mut f = Vec::with_capacity(80);
-    f.extend_from_slice(&DST);
-    f.extend_from_slice(&SRC);
-    f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0x45, 0, 0, 66, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
     let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
     let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&(1000 + u16::from(i)).to_be_bytes());
-    f.extend_from_slice(&[0x07, 0xd0, 0, 46, 0, 0, b'Q', i]);
-    f.resize(80, 0);
-    f
+    Frame::new(DST, SRC)
+        .ethertype(ETHERTYPE_IPV4)
+        .payload(&ip)
+        .payload(&(1000 + u16::from(i)).to_be_bytes())
+        .payload(&[0x07, 0xd0, 0, 46, 0, 0, b'Q', i])
+        .pad(80, 0)
+        .build()
 }
 
 /// The flow of a frame made by [`udp_flow_frame`], `None` for any other frame.

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
 use switchyard_dataplane::port::PortBackend;
-use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::{Pool, SwitchConfig};
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 fn frame(dst: u8, src: u8, n: u32) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x08, 0x00];
-    f.extend_from_slice(&n.to_be_bytes());
-    f.resize(60, 0);
-    f
+    Frame::new([2, 0, 0, 0, 0, dst], [2, 0, 0, 0, 0, src])
+        .ethertype(ETHERTYPE_IPV4)
+        .payload(&n.to_be_bytes())
+        .pad(60, 0)
+        .build()
 }
 
 struct Rig {
@@ -38,11 +40,11 @@ fn plan(
     prev: Option<&SwitchConfig>,
     backends: Vec<Option<Arc<dyn PortBackend>>>,
     mode: FwdMode,
-) -> Plan {
+) -> ForwardingPlan {
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), prev).unwrap());
-    let rx = Plan::round_robin(&backends, 1);
-    Plan {
-        peers: Plan::paired_peers(backends.len()),
+    let rx = ForwardingPlan::round_robin(&backends, 1);
+    ForwardingPlan {
+        egress: ForwardingPlan::paired_egress(backends.len()),
         switch: sw,
         ports: backends,
         rx,

@@ -9,6 +9,7 @@ use switchyard_dataplane::pipeline::{process_burst, TxBatches};
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
 use switchyard_dataplane::port::{Burst, PortBackend, TxQueue};
 use switchyard_dataplane::{Pool, SwitchConfig};
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -36,16 +37,12 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn frame(dst: [u8; 6], src: [u8; 6], vid: Option<u16>) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    if let Some(v) = vid {
-        f.extend_from_slice(&[0x81, 0x00]);
-        f.extend_from_slice(&v.to_be_bytes());
-    }
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(64, 0xab);
-    f
+    let f = Frame::new(dst, src);
+    let f = match vid {
+        Some(v) => f.vlan(v),
+        None => f,
+    };
+    f.ethertype(ETHERTYPE_IPV4).pad(64, 0xab).build()
 }
 
 #[test]

@@ -12,6 +12,7 @@ use switchyard_dataplane::pipeline::{process_burst, TxBatches, Verdict};
 use switchyard_dataplane::port::{Burst, DropTally, TxQueue};
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 /// A tag's TCI: the VID mostly one that `pipeline_config` carries (0, the priority tag, 10 or
 /// 20), else one next to them, the ends of the range or anything; PCP and DEI now and then.
@@ -584,9 +585,10 @@ fn a_full_batch_counts_tx_full_on_the_egress_port() {
         let mut tx = TxBatches::new(sw.port_slots());
         let mut traces = Vec::new();
         let frame = |dst: u8, src: u8| {
-            let mut f = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x08, 0x00];
-            f.resize(60, 0xab);
-            f
+            Frame::new([2, 0, 0, 0, 0, dst], [2, 0, 0, 0, 0, src])
+                .ethertype(ETHERTYPE_IPV4)
+                .pad(60, 0xab)
+                .build()
         };
         // b's host speaks first (flooded to a), so that a's frames to it are known unicast.
         let mut burst = Burst::new();

@@ -13,6 +13,7 @@ use switchyard_dataplane::port::vhost::vring::{DESC_F_INDIRECT, DESC_F_NEXT, DES
 use switchyard_dataplane::port::vhost::{sys, Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue};
 use switchyard_dataplane::DropReason;
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -29,15 +30,11 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn frame(i: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    for (k, b) in f.iter_mut().enumerate().skip(14) {
-        *b = (k as u32).wrapping_mul(7).wrapping_add(i) as u8;
-    }
-    f[14..18].copy_from_slice(&i.to_be_bytes());
-    f
+    Frame::new([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01])
+        .ethertype(ETHERTYPE_IPV4)
+        .payload(&i.to_be_bytes())
+        .fill(len, |k| (k as u32).wrapping_mul(7).wrapping_add(i) as u8)
+        .build()
 }
 
 fn server(name: &str, queues: u16) -> (VhostUserPort, PathBuf) {

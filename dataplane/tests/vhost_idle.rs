@@ -15,8 +15,9 @@ use switchyard_dataplane::port::vhost::proto::{feat, req, VringState};
 use switchyard_dataplane::port::vhost::vring::USED_F_NO_NOTIFY;
 use switchyard_dataplane::port::vhost::{sys, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue};
-use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::SwitchConfig;
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const WAIT: Duration = Duration::from_secs(5);
 const WITH_EVENT_IDX: u64 = feat::OFFERED;
@@ -35,12 +36,11 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn frame(i: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14..18].copy_from_slice(&i.to_be_bytes());
-    f
+    Frame::new([0xff; 6], [0x02, 0, 0, 0, 0, 0x01])
+        .ethertype(ETHERTYPE_IPV4)
+        .payload(&i.to_be_bytes())
+        .pad(64, 0)
+        .build()
 }
 
 /// Whether `rx`'s wake fd is readable within `ms`.
@@ -329,9 +329,9 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let backends: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(vm.clone()), Some(Arc::new(ring))];
     let yaml = "bridges:\n- name: br\n  ports:\n  - {name: vm}\n  - {name: r}\n";
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), None).unwrap());
-    let rx = Plan::round_robin(&backends, 1);
-    let plan = Plan {
-        peers: Plan::paired_peers(backends.len()),
+    let rx = ForwardingPlan::round_robin(&backends, 1);
+    let plan = ForwardingPlan {
+        egress: ForwardingPlan::paired_egress(backends.len()),
         switch: sw,
         ports: backends,
         rx,

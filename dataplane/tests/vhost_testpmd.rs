@@ -19,6 +19,7 @@ use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::port::vhost::proto::feat;
 use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
 
 use testkit::probe::TESTPMD;
 
@@ -133,15 +134,11 @@ fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn frame(i: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-    for (k, b) in f.iter_mut().enumerate().skip(14) {
-        *b = (k as u32).wrapping_mul(13).wrapping_add(i) as u8;
-    }
-    f[14..18].copy_from_slice(&i.to_be_bytes());
-    f
+    Frame::new([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01])
+        .ethertype(ETHERTYPE_LOCAL_EXPERIMENTAL)
+        .payload(&i.to_be_bytes())
+        .fill(len, |k| (k as u32).wrapping_mul(13).wrapping_add(i) as u8)
+        .build()
 }
 
 /// Starts testpmd as the guest of `port` and waits until the port's link is up.
@@ -394,7 +391,7 @@ fn testpmd_through_the_switch_pipeline() {
     use std::sync::Arc;
     use switchyard_dataplane::config::Config;
     use switchyard_dataplane::port::ring::RingPort;
-    use switchyard_dataplane::worker::{Engine, EngineOptions, FwdMode, Plan, TxGen};
+    use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
     use switchyard_dataplane::SwitchConfig;
     if !testpmd_runs("testpmd_through_the_switch_pipeline") {
         return;
@@ -410,9 +407,9 @@ fn testpmd_through_the_switch_pipeline() {
     );
     let sw = Arc::new(SwitchConfig::compile(&Config::from_yaml_str(&yaml).unwrap(), None).unwrap());
     let backends: Vec<Option<Arc<dyn PortBackend>>> = vec![Some(Arc::new(ring)), Some(vm.clone())];
-    let rx = Plan::round_robin(&backends, 1);
-    let plan = Plan {
-        peers: Plan::paired_peers(2),
+    let rx = ForwardingPlan::round_robin(&backends, 1);
+    let plan = ForwardingPlan {
+        egress: ForwardingPlan::paired_egress(2),
         switch: sw,
         ports: backends,
         rx,

@@ -1,5 +1,6 @@
-//! What switchyard's tests share about their environment: the probes that decide whether a
-//! machine can run an environment-dependent test, and the one way such a test skips.
+//! What switchyard's tests share: the probes that decide whether a machine can run an
+//! environment-dependent test, the one way such a test skips, and the one builder of test
+//! frames ([`frame`]).
 //!
 //! Invariant: a test skips only through [`skip`], and only for a missing environment (not
 //! root, no `dpdk-testpmd`, no `/dev/net/tun`, no free hugepages, no QEMU guest...), decided by
@@ -15,6 +16,7 @@
 //! A test is named as nextest names it: its binary id and its path, e.g.
 //! `switchyard-dataplane::tap frames_cross_between_switch_and_kernel`.
 
+pub mod frame;
 pub mod probe;
 pub mod summary;
 

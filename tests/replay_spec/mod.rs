@@ -121,12 +121,7 @@ pub fn pdv(pcp: u8, dei: bool, vid: u16) -> Option<Tag> {
 
 /// Destination, source, EtherType and payload, with no padding.
 pub fn raw(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    testkit::frame::Frame::new(dst, src).ethertype(ethertype).payload(payload).build()
 }
 
 /// Inserts `81 00 TCI` right after the two MACs (the frame must hold at least 12 bytes).

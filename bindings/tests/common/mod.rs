@@ -32,13 +32,12 @@ pub fn eal() -> Option<&'static Eal> {
 
 /// A frame of `len` bytes whose content is derived from `seed`.
 pub fn frame(seed: u32, len: usize) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8).collect();
-    // dst 02:00:00:00:00:01, src 02:00:00:xx:xx:xx, ethertype 0x88b5 (local experimental)
-    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
     let s = seed.to_be_bytes();
-    f[6..12].copy_from_slice(&[2, 0, 0, s[1], s[2], s[3]]);
-    f[12..14].copy_from_slice(&[0x88, 0xb5]);
-    f
+    Frame::new([2, 0, 0, 0, 0, 1], [2, 0, 0, s[1], s[2], s[3]])
+        .ethertype(ETHERTYPE_LOCAL_EXPERIMENTAL)
+        .fill(len, |i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .build()
 }
 
 /// A fresh directory for this test's files.

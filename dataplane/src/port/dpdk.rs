@@ -174,9 +174,9 @@ const _: () = assert!(SLOT_ODD.wrapping_mul(SLOT_ODD_INV) == 1);
 /// `u64::MAX / SLOT_SIZE`, so above any slot index. This is the exact-division test of Granlund
 /// and Montgomery (Hacker's Delight 10-17): multiplying by the inverse of the odd factor
 /// divides exactly the multiples of it and sends the rest above `u64::MAX / odd`; rotating
-/// right by the power of two divides by it and moves any bit below it to the top. One multiply
-/// and one rotate, where `off / SLOT_SIZE` and a check that it divides would take a multiply by
-/// the reciprocal, shifts and a second multiply (and two registers the multiply clobbers).
+/// right by the power of two divides by it and moves any bit below it to the top. One result
+/// decides both whether `off` is a multiple of SLOT_SIZE and the index, where `off / SLOT_SIZE`
+/// would need a second computation to check that it divides.
 #[inline(always)]
 fn slot_of_offset(off: u64) -> u64 {
     off.wrapping_mul(SLOT_ODD_INV).rotate_right(SLOT_SIZE.trailing_zeros())
@@ -406,7 +406,7 @@ impl RxQueue for DpdkRx {
             unreachable!("the shared DPDK pool is an external pool")
         };
         let slots = bufs.slots.map();
-        // The common case first, as one pass that keeps the burst's length in a register: every
+        // The common case first, as one pass that sets the burst's length once at its end: every
         // mbuf adopted as is. The general loop takes over from the first that is not.
         // SAFETY: rx_burst handed us these mbufs; each is adopted here or left to the loop below.
         let adopted = unsafe { adopt_while_own(&bufs.slots, adopter, &self.mbufs[..n], out) };
@@ -438,7 +438,7 @@ impl RxQueue for DpdkRx {
 /// Adopts the mbufs at the front of `mbufs` as long as each is one of the shared pool's with
 /// its own buffer ([`adopt_own`]), onto `out`; returns how many. It stops when `out` is full:
 /// the caller gives it room for them all (rx_burst asks the device for no more).
-/// Out of line, and with no call in its loop, so that the loop keeps everything in registers.
+/// Out of line, and with no call in its loop, so that no state of the loop has to outlive a call.
 ///
 /// # Safety
 /// The mbufs are valid mbufs that the caller holds; those adopted are handed over.

@@ -174,3 +174,45 @@ impl PortBackend for RingPort {
         self.shared.link_up.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Pool;
+
+    /// Frames cross in both directions in order; a full ring drops the overflow as `tx_full`,
+    /// a link set down drops everything as `port_down`, and an RX queue can be opened once.
+    #[test]
+    fn frames_cross_in_order_and_overflow_is_counted() {
+        let pool = Pool::new("ring-test", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (port, peer) = RingPort::new("r", 2);
+        let mut rx = port.open_rx(0).expect("first RX queue");
+        assert!(port.open_rx(0).is_err(), "queue 0 is taken");
+        let mut tx = port.open_tx(0).expect("TX queue");
+        let mut tally = DropTally::default();
+
+        for i in 1..=2u8 {
+            peer.inject(cache.alloc_copy(&[i; 60]).expect("buffer")).expect("room");
+        }
+        let mut burst = Burst::new();
+        assert_eq!(rx.rx_burst(&mut cache, &mut burst, 32, &mut tally), 2);
+        assert_eq!(burst.iter().map(|b| b.data()[0]).collect::<Vec<_>>(), [1, 2]);
+
+        burst.push(cache.alloc_copy(&[3; 60]).expect("buffer"));
+        assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut tally), 2, "depth 2: the third does not fit");
+        assert_eq!(tally.get(DropReason::TxFull), 1);
+        assert_eq!(peer.collect().map(|b| b.data()[0]), Some(1));
+        assert_eq!(peer.collect().map(|b| b.data()[0]), Some(2));
+        assert!(peer.collect().is_none());
+
+        peer.set_link(false);
+        assert!(!port.link_up());
+        burst.push(cache.alloc_copy(&[4; 60]).expect("buffer"));
+        assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut tally), 0);
+        assert_eq!(tally.get(DropReason::PortDown), 1);
+        drop(rx);
+        assert!(port.open_rx(0).is_ok(), "a dropped queue frees its claim");
+        assert_eq!(pool.in_use(), 0, "every buffer returned");
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const ETH_HLEN: usize = 14;
+use crate::wire::ETH_HEADER_LEN;
 
 /// Options of a TAP port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +284,7 @@ impl TxQueue for TapTx {
                 cache.free(b);
                 continue;
             }
-            if b.len() < ETH_HLEN {
+            if b.len() < ETH_HEADER_LEN {
                 drops.add(DropReason::Runt, 1);
                 cache.free(b);
                 continue;

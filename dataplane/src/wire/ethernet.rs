@@ -14,8 +14,15 @@ impl EtherType {
     pub const IPV6: u16 = 0x86dd;
 }
 
-pub const ETH_HEADER_LEN: usize = 14;
+/// The two MAC addresses (destination, then source) that start every frame; the EtherType,
+/// or an 802.1Q tag's TPID, follows them.
+pub const MAC_ADDRS_LEN: usize = 12;
+pub const ETH_HEADER_LEN: usize = MAC_ADDRS_LEN + 2;
 pub const VLAN_TAG_LEN: usize = 4;
+/// An Ethernet header with one 802.1Q tag.
+pub const ETH_VLAN_HEADER_LEN: usize = ETH_HEADER_LEN + VLAN_TAG_LEN;
+/// Where a tagged frame's TCI is (after the addresses and the TPID).
+pub const VLAN_TCI_OFFSET: usize = MAC_ADDRS_LEN + 2;
 
 /// An 802.1Q Tag Control Information field: PCP (3 bits), DEI (1 bit), VID (12 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -12,7 +12,9 @@ pub mod mac;
 pub mod offload;
 
 pub use arp::{ArpPacket, ArpRepr};
-pub use ethernet::{EtherType, VlanTci, ETH_HEADER_LEN, VLAN_TAG_LEN};
+pub use ethernet::{
+    EtherType, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET,
+};
 pub use mac::MacAddr;
 
 /// Why bytes are not a valid header of some format.

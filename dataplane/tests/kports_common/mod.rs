@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::port::{Burst, DropTally, RxQueue};
 use switchyard_dataplane::{PacketBuf, PoolCache};
+use testkit::frame::Frame;
 
 /// EtherType of the test frames (IEEE local experimental).
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
@@ -251,21 +252,10 @@ impl RawSock {
 /// A test frame: dst, src, optional tags (TPID, TCI), EtherType 0x88b5, a marker, padded with
 /// a byte pattern to `len` bytes in all.
 pub fn frame(dst: [u8; 6], src: [u8; 6], tags: &[(u16, u16)], marker: &str, len: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(len);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    for (tpid, tci) in tags {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&tci.to_be_bytes());
-    }
-    f.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
-    f.extend_from_slice(marker.as_bytes());
-    let mut i = 0u8;
-    while f.len() < len {
-        f.push(i);
-        i = i.wrapping_add(7);
-    }
-    f
+    let f = tags.iter().fold(Frame::new(dst, src), |f, &(tpid, tci)| f.tag(tpid, tci));
+    let f = f.ethertype(TEST_ETHERTYPE).payload(marker.as_bytes());
+    let start = f.len();
+    f.fill(len, |k| ((k - start) as u8).wrapping_mul(7)).build()
 }
 
 /// Whether `f` carries `marker` right after its EtherType (tags skipped).
