@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
-use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType};
+use switchyard_dataplane::config::{AfPacketRxMode, BridgeConfig, Config, PortConfig, PortType};
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::port::factory::{open_port, ring_peer, PortContext};
 use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
@@ -268,7 +268,17 @@ pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
         }
         "afpacket" | "tap" => {
             c.kind = Some(if kind == "tap" { PortType::Tap } else { PortType::Afpacket });
-            let iface = plain_arg(rest, "an interface name")?;
+            let (iface, mode) = match rest.split_once(',') {
+                Some((i, m)) if kind == "afpacket" => (i, Some(m)),
+                _ => (rest, None),
+            };
+            c.rx_mode = match mode {
+                None => None,
+                Some("ring") => Some(AfPacketRxMode::Ring),
+                Some("recvmmsg") => Some(AfPacketRxMode::Recvmmsg),
+                Some(m) => return Err(format!("unknown afpacket option {m:?} (ring or recvmmsg)")),
+            };
+            let iface = plain_arg(iface, "an interface name")?;
             if iface.len() > 15 {
                 return Err(format!("interface name {iface:?} is longer than 15 bytes"));
             }

@@ -8,9 +8,47 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort};
+use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
+
+/// Every test runs in both RX modes: `ring::NAME` and `recvmmsg::NAME`.
+macro_rules! in_both_rx_modes {
+    ($($t:ident),* $(,)?) => {
+        mod ring {
+            $(#[test]
+            fn $t() {
+                super::$t(super::AfPacketRxMode::Ring)
+            })*
+        }
+        mod recvmmsg {
+            $(#[test]
+            fn $t() {
+                super::$t(super::AfPacketRxMode::Recvmmsg)
+            })*
+        }
+    };
+}
+
+in_both_rx_modes!(
+    tx_frames_reach_the_peer_byte_for_byte,
+    rx_frames_from_the_peer_byte_for_byte,
+    vlan_tags_are_kept_on_rx,
+    oversize_frames_are_counted,
+    deleting_the_interface_marks_the_port_down,
+    link_down_counts_port_down_and_recovers,
+    two_rx_queues_share_the_traffic,
+    kernel_ring_overflow_is_counted,
+);
+
+/// The options a test's port gets in RX mode `mode`: the default port, or the light one the
+/// CNI plugin's ports are.
+fn opts(mode: AfPacketRxMode) -> AfPacketOptions {
+    match mode {
+        AfPacketRxMode::Ring => AfPacketOptions::default(),
+        AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
+    }
+}
 
 /// The veth pair and an open port on its host end, or `None` (skip message printed).
 fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
@@ -29,10 +67,8 @@ fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
     Some((veth, port))
 }
 
-#[test]
-fn tx_frames_reach_the_peer_byte_for_byte() {
-    let Some((veth, port)) = setup("tx_frames_reach_the_peer_byte_for_byte", AfPacketOptions::default())
-    else {
+fn tx_frames_reach_the_peer_byte_for_byte(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("tx_frames_reach_the_peer_byte_for_byte", opts(mode)) else {
         return;
     };
     assert!(port.link_up());
@@ -116,10 +152,8 @@ fn tx_frames_reach_the_peer_byte_for_byte() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn rx_frames_from_the_peer_byte_for_byte() {
-    let Some((veth, port)) = setup("rx_frames_from_the_peer_byte_for_byte", AfPacketOptions::default())
-    else {
+fn rx_frames_from_the_peer_byte_for_byte(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("rx_frames_from_the_peer_byte_for_byte", opts(mode)) else {
         return;
     };
     let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -161,9 +195,8 @@ fn rx_frames_from_the_peer_byte_for_byte() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn vlan_tags_are_kept_on_rx() {
-    let Some((veth, port)) = setup("vlan_tags_are_kept_on_rx", AfPacketOptions::default()) else {
+fn vlan_tags_are_kept_on_rx(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("vlan_tags_are_kept_on_rx", opts(mode)) else {
         return;
     };
     let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -190,9 +223,8 @@ fn vlan_tags_are_kept_on_rx() {
     assert!(drops.is_zero(), "unexpected drops: {drops:?}");
 }
 
-#[test]
-fn oversize_frames_are_counted() {
-    let Some((veth, port)) = setup("oversize_frames_are_counted", AfPacketOptions::default()) else {
+fn oversize_frames_are_counted(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("oversize_frames_are_counted", opts(mode)) else {
         return;
     };
     veth.set_mtu(4000).expect("raise the veth MTU");
@@ -223,10 +255,8 @@ fn oversize_frames_are_counted() {
     assert_eq!(peer.recv_matching(WAIT, |g| has_marker(g, "TXOK.")).as_deref(), Some(&big[..]));
 }
 
-#[test]
-fn deleting_the_interface_marks_the_port_down() {
-    let Some((veth, port)) = setup("deleting_the_interface_marks_the_port_down", AfPacketOptions::default())
-    else {
+fn deleting_the_interface_marks_the_port_down(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("deleting_the_interface_marks_the_port_down", opts(mode)) else {
         return;
     };
     let pool = Pool::with_hugepages("afp-del", 64, false).unwrap();
@@ -268,10 +298,8 @@ fn deleting_the_interface_marks_the_port_down() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn link_down_counts_port_down_and_recovers() {
-    let Some((veth, port)) = setup("link_down_counts_port_down_and_recovers", AfPacketOptions::default())
-    else {
+fn link_down_counts_port_down_and_recovers(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("link_down_counts_port_down_and_recovers", opts(mode)) else {
         return;
     };
     let mut peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -327,9 +355,8 @@ fn udp_flow_of(f: &[u8]) -> Option<u8> {
 
 /// Two RX queues are two sockets in one fanout group: frames of many flows are spread over
 /// both (each queue gets some), and each frame arrives on exactly one of them.
-#[test]
-fn two_rx_queues_share_the_traffic() {
-    let opts = AfPacketOptions { rx_queues: 2, ..AfPacketOptions::default() };
+fn two_rx_queues_share_the_traffic(mode: AfPacketRxMode) {
+    let opts = AfPacketOptions { rx_queues: 2, ..opts(mode) };
     let Some((veth, port)) = setup("two_rx_queues_share_the_traffic", opts) else {
         return;
     };
@@ -370,9 +397,8 @@ fn two_rx_queues_share_the_traffic() {
     assert!(drops.is_zero(), "{drops:?}");
 }
 
-#[test]
-fn kernel_ring_overflow_is_counted() {
-    let opts = AfPacketOptions { rx_block_size: 4096, rx_block_count: 2, ..AfPacketOptions::default() };
+fn kernel_ring_overflow_is_counted(mode: AfPacketRxMode) {
+    let opts = AfPacketOptions { rx_block_size: 4096, rx_block_count: 2, ..opts(mode) };
     let Some((veth, port)) = setup("kernel_ring_overflow_is_counted", opts) else {
         return;
     };
