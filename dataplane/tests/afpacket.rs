@@ -1,6 +1,7 @@
 //! The AF_PACKET port for real, over veth pairs in network namespaces that each test creates
 //! and removes. Needs root and iproute2; otherwise every test prints why and passes.
 
+#[macro_use]
 mod kports_common;
 
 /// A test frame: marker, tags (TPID, TCI), length.
@@ -12,25 +13,9 @@ use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort, AfPack
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
 
-/// Every test runs in both RX modes: `ring::NAME` and `recvmmsg::NAME`.
-macro_rules! in_both_rx_modes {
-    ($($t:ident),* $(,)?) => {
-        mod ring {
-            $(#[test]
-            fn $t() {
-                super::$t(super::AfPacketRxMode::Ring)
-            })*
-        }
-        mod recvmmsg {
-            $(#[test]
-            fn $t() {
-                super::$t(super::AfPacketRxMode::Recvmmsg)
-            })*
-        }
-    };
-}
-
 in_both_rx_modes!(
+    ring = super::AfPacketRxMode::Ring,
+    recvmmsg = super::AfPacketRxMode::Recvmmsg;
     tx_frames_reach_the_peer_byte_for_byte,
     rx_frames_from_the_peer_byte_for_byte,
     vlan_tags_are_kept_on_rx,
@@ -407,9 +392,14 @@ fn kernel_ring_overflow_is_counted(mode: AfPacketRxMode) {
     let mut cache = pool.cache();
     let mut rx = port.open_rx(0).unwrap();
     let mut drops = DropTally::default();
-    // Nobody reads while 300 frames arrive: a ring of two 4 KiB blocks holds a few of them.
-    for i in 0..300 {
-        peer.send(&frame(DST, SRC, &[], &format!("O{i:03}."), 1000));
+    // Nobody reads while the frames arrive: a ring of two 4 KiB blocks holds a few of 300; a
+    // socket's queue (recvmmsg) holds 4 MiB, about 2000 such frames.
+    let sent = match mode {
+        AfPacketRxMode::Ring => 300,
+        AfPacketRxMode::Recvmmsg => 5000,
+    };
+    for i in 0..sent {
+        peer.send(&frame(DST, SRC, &[], &format!("O{i:04}."), 1000));
     }
     std::thread::sleep(Duration::from_millis(50));
     let mut got = rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(50)).len();
@@ -424,6 +414,6 @@ fn kernel_ring_overflow_is_counted(mode: AfPacketRxMode) {
     }
     let lost = drops.get(DropReason::NoBuffer) as usize;
     assert!(lost > 0, "the kernel's drops were not counted");
-    assert!(got + lost >= 300, "received {got} + counted {lost} < 300 sent");
+    assert!(got + lost >= sent, "received {got} + counted {lost} < {sent} sent");
     assert_eq!(port.kernel_drops(), lost as u64);
 }

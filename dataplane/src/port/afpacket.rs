@@ -918,6 +918,8 @@ const RECV_BATCH: usize = 32;
 /// 64 KiB GSO super-frame and its Ethernet header). Only the pages a frame touches are ever
 /// faulted in, so small frames cost a page per slot.
 const RECV_SLOT: usize = 66 << 10;
+/// The socket's receive queue limit: what a default `ring` RX queue holds (16 x 256 KiB).
+const RECV_QUEUE_BYTES: libc::c_int = 4 << 20;
 /// Control-message room per frame: `PACKET_AUXDATA` (16 + 20 bytes, aligned) and
 /// `SO_RXQ_OVFL` (16 + 4, aligned), with slack.
 const RECV_CTRL_WORDS: usize = 16;
@@ -968,6 +970,14 @@ impl RxSock {
                 .map_err(|e| io(port, "PACKET_AUXDATA", e))?;
             // The drop count in each frame's control data says when to read PACKET_STATISTICS.
             setsockopt(raw, libc::SOL_SOCKET, SO_RXQ_OVFL, &one).map_err(|e| io(port, "SO_RXQ_OVFL", e))?;
+            // The queue may hold as much as a default ring (TSO super-frames are 64 KiB each;
+            // the default rmem_default holds three). A limit, not memory: nothing is
+            // allocated until frames wait. The kernel doubles the value; FORCE passes
+            // rmem_max where the process may (CAP_NET_ADMIN).
+            let limit: libc::c_int = RECV_QUEUE_BYTES / 2;
+            if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &limit).is_err() {
+                let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &limit);
+            }
             Ok(())
         })?;
         Ok(RxSock {

@@ -10,6 +10,26 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::port::{Burst, DropTally, RxQueue};
 use switchyard_dataplane::{PacketBuf, PoolCache};
 
+/// Runs each named test function (taking one argument: how the AF_PACKET ports receive) in
+/// both RX modes, as `ring::NAME(ring_arg)` and `recvmmsg::NAME(recvmmsg_arg)`.
+#[allow(unused_macros)]
+macro_rules! in_both_rx_modes {
+    (ring = $ring:expr, recvmmsg = $recv:expr; $($t:ident),* $(,)?) => {
+        mod ring {
+            $(#[test]
+            fn $t() {
+                super::$t($ring)
+            })*
+        }
+        mod recvmmsg {
+            $(#[test]
+            fn $t() {
+                super::$t($recv)
+            })*
+        }
+    };
+}
+
 /// EtherType of the test frames (IEEE local experimental).
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
 pub const WAIT: Duration = Duration::from_secs(3);
