@@ -417,3 +417,74 @@ fn kernel_ring_overflow_is_counted(mode: AfPacketRxMode) {
     assert!(got + lost >= sent, "received {got} + counted {lost} < {sent} sent");
     assert_eq!(port.kernel_drops(), lost as u64);
 }
+
+/// A `/proc/self/status` field in kB (`VmRSS` counts the pages of mapped packet rings).
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// 200 ports as the CNI plugin makes them (`AfPacketOptions::light`): each opens, each gets
+/// its own frames, they map no RX ring (a `ring` port maps 4 MiB more, which the kernel
+/// clears when the port opens, and runs a timer for: the costs that grow with the port count;
+/// the figures are in docs/benchmarks.md), and closing them leaves no descriptor and no ring
+/// memory behind.
+#[test]
+fn two_hundred_light_ports_open_receive_and_close_cleanly() {
+    const TEST: &str = "two_hundred_light_ports_open_receive_and_close_cleanly";
+    const N: usize = 200;
+    if let Some(why) = skip_reason() {
+        return skip(TEST, &why);
+    }
+    let veths = match kports_common::VethMany::create(N) {
+        Ok(v) => v,
+        Err(e) => return skip(TEST, &format!("cannot create {N} veth pairs: {e}")),
+    };
+    let pool = Pool::with_hugepages("afp-many", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let (fds0, rss0) = (open_fds(), status_kb("VmRSS"));
+    let mut drops = DropTally::default();
+    let mut ports = Vec::new();
+    for (i, h) in veths.host.iter().enumerate() {
+        let port =
+            AfPacketPort::open(&format!("p{i}"), h, AfPacketOptions::light()).expect("open a light port");
+        let rx = port.open_rx(0).unwrap();
+        let tx = port.open_tx(0).unwrap();
+        ports.push((port, rx, tx));
+    }
+    let grown = status_kb("VmRSS").saturating_sub(rss0);
+    eprintln!("{N} light ports open: {grown} kB more resident");
+    // The TX ring (128 frames: 320 KiB) is all the memory a light port maps.
+    assert!(grown < (N as u64) * 1024, "{N} light ports take {grown} kB: an RX ring is back?");
+    for i in (0..N).step_by(40) {
+        let peer = RawSock::open(Some(&veths.ns), &veths.peer[i]).expect("peer socket");
+        let marker = format!("M{i:03}.");
+        let f = frame(DST, SRC, &[], &marker, 100);
+        peer.send(&f);
+        let got = rx_wait(&mut *ports[i].1, &mut cache, &mut drops, &marker, WAIT)
+            .unwrap_or_else(|| panic!("port {i} did not receive its frame"));
+        assert_eq!(got.data(), &f[..]);
+        cache.free(got);
+        // No other port saw it.
+        for (j, (_, rx, _)) in ports.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                rx_collect(&mut **rx, &mut cache, &mut drops, &marker, Duration::from_millis(1)).is_empty(),
+                "port {j}"
+            );
+        }
+    }
+    assert!(drops.is_zero(), "{drops:?}");
+    drop(ports);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+    assert_eq!(open_fds(), fds0, "closed ports left descriptors");
+    let left = status_kb("VmRSS").saturating_sub(rss0);
+    assert!(left < 16 << 10, "closed ports left {left} kB mapped");
+}
