@@ -36,7 +36,8 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   ring:NAME                      an in-process ring (its far end is not connected here)
   pcap:FILE[,infinite]           receive FILE (once, or forever from memory); sent frames are counted and discarded
   pcap:rx=FILE,tx=FILE[,infinite]  receive rx=, write what is sent to tx= (either may be left out)
-  afpacket:IFACE                 a kernel interface over AF_PACKET (TPACKET_V3)
+  afpacket:IFACE[,recvmmsg]      a kernel interface over AF_PACKET (RX: TPACKET_V3 ring, or
+                                 recvmmsg(2) without a ring)
   tap:NAME                       a TAP interface (created if needed)
   vhost:PATH[,client]            vhost-user socket (switchyard listens; ,client: it connects)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
@@ -59,7 +60,7 @@ pub struct PmdArgs {
         long = "port",
         value_name = "SPEC",
         required = true,
-        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE, tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
+        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
     )]
     pub ports: Vec<String>,
     /// Forwarding mode: switch, io, mac, macswap, rxonly, txonly, flowgen.
@@ -1123,5 +1124,11 @@ mod tests {
         assert!(parse_port_spec("bogus:x", "p0").unwrap_err().contains("unknown port type"));
         assert!(parse_port_spec("nocolon", "p0").is_err());
         assert!(parse_port_spec("tap:waytoolonginterfacename", "p0").is_err());
+        let c = parse_port_spec("afpacket:eth1", "p0").unwrap();
+        assert_eq!((c.kind, c.iface.as_deref(), c.rx_mode), (Some(PortType::Afpacket), Some("eth1"), None));
+        let c = parse_port_spec("afpacket:eth1,recvmmsg", "p0").unwrap();
+        assert_eq!((c.iface.as_deref(), c.rx_mode), (Some("eth1"), Some(AfPacketRxMode::Recvmmsg)));
+        assert!(parse_port_spec("afpacket:eth1,v2", "p0").unwrap_err().contains("ring or recvmmsg"));
+        assert!(parse_port_spec("tap:sy0,recvmmsg", "p0").is_err());
     }
 }

@@ -393,4 +393,19 @@ bridges:
             .to_string();
         assert!(e.contains("socket_mode"), "{e}");
     }
+
+    #[test]
+    fn rx_mode_is_an_afpacket_option() {
+        let port = |t: &str, m: &str| {
+            format!("bridges:\n- name: b\n  ports:\n  - name: p\n    type: {t}\n    rx_mode: {m}\n")
+        };
+        let c = Config::from_yaml_str(&port("afpacket", "recvmmsg")).unwrap();
+        assert_eq!(c.bridges[0].ports[0].rx_mode, Some(AfPacketRxMode::Recvmmsg));
+        let c = Config::from_yaml_str(&port("afpacket", "ring")).unwrap();
+        assert_eq!(c.bridges[0].ports[0].rx_mode, Some(AfPacketRxMode::Ring));
+        let e = Config::from_yaml_str(&port("tap", "ring")).unwrap_err().to_string();
+        assert!(e.contains("bridges[0].ports[0].rx_mode") && e.contains("port type tap"), "{e}");
+        let e = Config::from_yaml_str(&port("afpacket", "v2")).unwrap_err().to_string();
+        assert!(e.contains("rx_mode") && e.contains("recvmmsg"), "{e}");
+    }
 }

@@ -1,12 +1,24 @@
 //! AF_PACKET port: a kernel network interface (an underlay NIC, a veth) driven through
 //! memory-mapped packet rings.
 //!
-//! - **RX** is a `TPACKET_V3` ring: the kernel fills blocks of frames and hands a whole block to
-//!   user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
-//!   ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the block,
-//!   copies each into a [`PacketBuf`] and hands the block back. The kernel strips VLAN tags into
-//!   the frame header; the tag is put back so the switch sees the frame as it was on the wire.
-//!   Several RX queues are several sockets in one `PACKET_FANOUT` (hash) group.
+//! - **RX** has two modes ([`AfPacketOptions::rx_mode`]), which differ only in how frames come
+//!   out of the kernel; each received frame then goes through the same `rx_frame` (VLAN tag put
+//!   back, checksum finished, GSO super-frame segmented, drop reasons).
+//!   - `ring`: a `TPACKET_V3` ring. The kernel fills blocks of frames and hands a whole block to
+//!     user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
+//!     ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the
+//!     block, copies each into a [`PacketBuf`] and hands the block back. The kernel re-arms the
+//!     block timer of every ring forever, idle or not, and clears the ring's 4 MiB at open.
+//!   - `recvmmsg`: no ring. `recvmmsg(2)` takes up to 32 frames into slots (the virtio-net
+//!     header before each frame, the stripped VLAN tag in a `PACKET_AUXDATA` control message,
+//!     the socket's drop count in `SO_RXQ_OVFL`); the kernel keeps no timer and no memory for an
+//!     idle socket. The receive queue is limited to 4 MiB, as much as a ring holds.
+//!
+//!   The kernel strips VLAN tags into the frame's metadata; the tag is put back so the switch
+//!   sees the frame as it was on the wire. Several RX queues are several sockets in one
+//!   `PACKET_FANOUT` (hash) group. Poll(2) on the RX socket wakes an idle worker in both modes:
+//!   a ring socket is readable while the current block is the user's, a plain one while its
+//!   queue holds a frame; `arm_wakeup` says "not idle" while frames already received are in hand.
 //! - **TX** is a `TPACKET_V2` ring per TX handle (each handle is its own socket, so workers never
 //!   share a ring and no lock is taken): frames are copied into the ring and one
 //!   `sendto(MSG_DONTWAIT)` per burst tells the kernel to send them (`PACKET_QDISC_BYPASS` when
@@ -18,8 +30,9 @@
 //!
 //! Every frame that is taken in and not delivered is counted: `oversize` (larger than a
 //! buffer's data room, or than the interface MTU on TX), `runt`, `truncated_capture`,
-//! `no_buffer` (pool empty, or the kernel's ring overflowed: read from `PACKET_STATISTICS`
-//! whenever a block says it lost frames), `tx_full` and `port_down`.
+//! `no_buffer` (pool empty, or the kernel's ring or queue overflowed: read from
+//! `PACKET_STATISTICS` whenever a block says it lost frames, or a frame's `SO_RXQ_OVFL` count
+//! changed), `bad_offload`, `tx_full` and `port_down`.
 
 use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
@@ -540,7 +553,9 @@ impl AfPacketPort {
         for _ in 0..opts.rx_queues {
             let src = match opts.rx_mode {
                 AfPacketRxMode::Ring => RxSource::Ring(RxRing::open(name, ifindex, &opts, fanout_id)?),
-                AfPacketRxMode::Recvmmsg => RxSource::Sock(RxSock::open(name, ifindex, &opts, fanout_id)?),
+                AfPacketRxMode::Recvmmsg => {
+                    RxSource::Sock(Box::new(RxSock::open(name, ifindex, &opts, fanout_id)?))
+                }
             };
             rx.push(Mutex::new(Some(src)));
         }
@@ -701,7 +716,7 @@ fn read_kernel_drops(fd: RawFd) -> u32 {
 /// One RX queue's source of frames: a ring or the socket itself.
 enum RxSource {
     Ring(RxRing),
-    Sock(RxSock),
+    Sock(Box<RxSock>),
 }
 
 // ---- RX mode `ring`: TPACKET_V3. ----
