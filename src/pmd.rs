@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
-use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType};
+use switchyard_dataplane::config::{AfPacketRxMode, BridgeConfig, Config, PortConfig, PortType};
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::port::factory::{open_port, ring_peer, PortContext};
 use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
@@ -36,7 +36,8 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   ring:NAME                      an in-process ring (its far end is not connected here)
   pcap:FILE[,infinite]           receive FILE (once, or forever from memory); sent frames are counted and discarded
   pcap:rx=FILE,tx=FILE[,infinite]  receive rx=, write what is sent to tx= (either may be left out)
-  afpacket:IFACE                 a kernel interface over AF_PACKET (TPACKET_V3)
+  afpacket:IFACE[,recvmmsg]      a kernel interface over AF_PACKET (RX: TPACKET_V3 ring, or
+                                 recvmmsg(2) without a ring)
   tap:NAME                       a TAP interface (created if needed)
   vhost:PATH[,client]            vhost-user socket (switchyard listens; ,client: it connects)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
@@ -59,7 +60,7 @@ pub struct PmdArgs {
         long = "port",
         value_name = "SPEC",
         required = true,
-        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE, tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
+        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
     )]
     pub ports: Vec<String>,
     /// Forwarding mode: switch, io, mac, macswap, rxonly, txonly, flowgen.
@@ -268,7 +269,17 @@ pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
         }
         "afpacket" | "tap" => {
             c.kind = Some(if kind == "tap" { PortType::Tap } else { PortType::Afpacket });
-            let iface = plain_arg(rest, "an interface name")?;
+            let (iface, mode) = match rest.split_once(',') {
+                Some((i, m)) if kind == "afpacket" => (i, Some(m)),
+                _ => (rest, None),
+            };
+            c.rx_mode = match mode {
+                None => None,
+                Some("ring") => Some(AfPacketRxMode::Ring),
+                Some("recvmmsg") => Some(AfPacketRxMode::Recvmmsg),
+                Some(m) => return Err(format!("unknown afpacket option {m:?} (ring or recvmmsg)")),
+            };
+            let iface = plain_arg(iface, "an interface name")?;
             if iface.len() > 15 {
                 return Err(format!("interface name {iface:?} is longer than 15 bytes"));
             }
@@ -1113,5 +1124,11 @@ mod tests {
         assert!(parse_port_spec("bogus:x", "p0").unwrap_err().contains("unknown port type"));
         assert!(parse_port_spec("nocolon", "p0").is_err());
         assert!(parse_port_spec("tap:waytoolonginterfacename", "p0").is_err());
+        let c = parse_port_spec("afpacket:eth1", "p0").unwrap();
+        assert_eq!((c.kind, c.iface.as_deref(), c.rx_mode), (Some(PortType::Afpacket), Some("eth1"), None));
+        let c = parse_port_spec("afpacket:eth1,recvmmsg", "p0").unwrap();
+        assert_eq!((c.iface.as_deref(), c.rx_mode), (Some("eth1"), Some(AfPacketRxMode::Recvmmsg)));
+        assert!(parse_port_spec("afpacket:eth1,v2", "p0").unwrap_err().contains("ring or recvmmsg"));
+        assert!(parse_port_spec("tap:sy0,recvmmsg", "p0").is_err());
     }
 }

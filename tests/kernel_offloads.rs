@@ -7,6 +7,7 @@
 //! Needs root (netns, veth); skips with a message elsewhere.
 
 #[path = "../dataplane/tests/kports_common/mod.rs"]
+#[macro_use]
 mod kports_common;
 mod traffic;
 
@@ -20,6 +21,14 @@ const A: &str = "10.201.0.1";
 const B: &str = "10.201.0.2";
 const TCP_BYTES: usize = 32 << 20;
 
+in_both_rx_modes!(
+    ring = "",
+    recvmmsg = ",recvmmsg";
+    tcp_transfer_between_veth_pods_with_default_offloads,
+    tcp_both_ways_between_a_tap_port_and_a_veth_pod,
+    udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads,
+);
+
 /// Two pods on one switch: pmd in switch mode between the host ends of their veths.
 struct Topology {
     a: VethNs,
@@ -28,12 +37,13 @@ struct Topology {
 }
 
 impl Topology {
-    fn start() -> Result<Topology, String> {
+    /// `rx`: the AF_PACKET ports' spec suffix (`""`, or `",recvmmsg"`).
+    fn start(rx: &str) -> Result<Topology, String> {
         let a = VethNs::create()?;
         let b = VethNs::create()?;
         ip(&["-n", &a.ns, "addr", "add", &format!("{A}/24"), "dev", &a.peer])?;
         ip(&["-n", &b.ns, "addr", "add", &format!("{B}/24"), "dev", &b.peer])?;
-        let pmd = spawn_pmd(&[format!("afpacket:{}", a.host), format!("afpacket:{}", b.host)])?;
+        let pmd = spawn_pmd(&[format!("afpacket:{}{rx}", a.host), format!("afpacket:{}{rx}", b.host)])?;
         Ok(Topology { a, b, pmd: Some(pmd) })
     }
 
@@ -94,12 +104,11 @@ fn assert_no_drops(summary: &serde_json::Value) {
     }
 }
 
-#[test]
-fn tcp_transfer_between_veth_pods_with_default_offloads() {
+fn tcp_transfer_between_veth_pods_with_default_offloads(rx: &str) {
     if let Some(why) = skip_reason() {
         return skip("tcp_transfer_between_veth_pods_with_default_offloads", &why);
     }
-    let mut t = Topology::start().expect("topology");
+    let mut t = Topology::start(rx).expect("topology");
     tcp_transfer(Some(&t.a.ns), Some(&t.b.ns), B, TCP_BYTES);
     let summary = t.stop();
     assert_no_drops(&summary);
@@ -112,8 +121,7 @@ fn tcp_transfer_between_veth_pods_with_default_offloads() {
 }
 
 /// A TAP port whose kernel side is this namespace's interface, and a veth pod: TCP both ways.
-#[test]
-fn tcp_both_ways_between_a_tap_port_and_a_veth_pod() {
+fn tcp_both_ways_between_a_tap_port_and_a_veth_pod(rx: &str) {
     if let Some(why) = skip_reason() {
         return skip("tcp_both_ways_between_a_tap_port_and_a_veth_pod", &why);
     }
@@ -121,7 +129,7 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod() {
     ip(&["-n", &a.ns, "addr", "add", "10.202.0.2/24", "dev", &a.peer]).unwrap();
     let tap = format!("sy{}tap", std::process::id());
     let _gone = LinkGuard(tap.clone());
-    let pmd = spawn_pmd(&[format!("afpacket:{}", a.host), format!("tap:{tap}")]).unwrap();
+    let pmd = spawn_pmd(&[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
     let t0 = Instant::now();
     while ip(&["link", "show", &tap]).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(10), "pmd did not create {tap}");
@@ -134,12 +142,11 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod() {
     assert_no_drops(&stop_pmd(pmd));
 }
 
-#[test]
-fn udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads() {
+fn udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads(rx: &str) {
     if let Some(why) = skip_reason() {
         return skip("udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads", &why);
     }
-    let mut t = Topology::start().expect("topology");
+    let mut t = Topology::start(rx).expect("topology");
     traffic::udp_exchange(Some(&t.a.ns), A, Some(&t.b.ns), B);
     let summary = t.stop();
     assert_no_drops(&summary);

@@ -64,6 +64,19 @@ pub enum PortType {
     Dpdk,
 }
 
+/// How an AF_PACKET port receives (docs/semantics.md, port options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfPacketRxMode {
+    /// A `TPACKET_V3` ring per RX queue (4 MiB, a 1 ms block-retire timer): the fastest under
+    /// load, but the kernel runs the ring's timer even while the port is idle.
+    #[default]
+    Ring,
+    /// `recvmmsg(2)` on the packet socket: no ring and no timer, so an idle port costs
+    /// nothing and opens fast; for the many mostly idle ports of a node's pods.
+    Recvmmsg,
+}
+
 /// One port: its backend (`type` plus that type's options) and its L2 settings.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +113,9 @@ pub struct PortConfig {
     /// afpacket, tap: the kernel interface (default: the port's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
+    /// afpacket: how the port receives (default `ring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_mode: Option<AfPacketRxMode>,
     /// vhostuser: the Unix socket path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -276,6 +292,7 @@ impl PortConfig {
             ("tx_pcap", self.tx_pcap.is_some(), &[PortType::Pcap]),
             ("infinite", self.infinite.is_some(), &[PortType::Pcap]),
             ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
+            ("rx_mode", self.rx_mode.is_some(), &[PortType::Afpacket]),
             ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
             ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
             ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
@@ -375,5 +392,20 @@ bridges:
             .unwrap_err()
             .to_string();
         assert!(e.contains("socket_mode"), "{e}");
+    }
+
+    #[test]
+    fn rx_mode_is_an_afpacket_option() {
+        let port = |t: &str, m: &str| {
+            format!("bridges:\n- name: b\n  ports:\n  - name: p\n    type: {t}\n    rx_mode: {m}\n")
+        };
+        let c = Config::from_yaml_str(&port("afpacket", "recvmmsg")).unwrap();
+        assert_eq!(c.bridges[0].ports[0].rx_mode, Some(AfPacketRxMode::Recvmmsg));
+        let c = Config::from_yaml_str(&port("afpacket", "ring")).unwrap();
+        assert_eq!(c.bridges[0].ports[0].rx_mode, Some(AfPacketRxMode::Ring));
+        let e = Config::from_yaml_str(&port("tap", "ring")).unwrap_err().to_string();
+        assert!(e.contains("bridges[0].ports[0].rx_mode") && e.contains("port type tap"), "{e}");
+        let e = Config::from_yaml_str(&port("afpacket", "v2")).unwrap_err().to_string();
+        assert!(e.contains("rx_mode") && e.contains("recvmmsg"), "{e}");
     }
 }

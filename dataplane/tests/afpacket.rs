@@ -1,6 +1,7 @@
 //! The AF_PACKET port for real, over veth pairs in network namespaces that each test creates
 //! and removes. Needs root and iproute2; otherwise every test prints why and passes.
 
+#[macro_use]
 mod kports_common;
 
 /// A test frame: marker, tags (TPID, TCI), length.
@@ -8,10 +9,32 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort};
+use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
+
+in_both_rx_modes!(
+    ring = super::AfPacketRxMode::Ring,
+    recvmmsg = super::AfPacketRxMode::Recvmmsg;
+    tx_frames_reach_the_peer_byte_for_byte,
+    rx_frames_from_the_peer_byte_for_byte,
+    vlan_tags_are_kept_on_rx,
+    oversize_frames_are_counted,
+    deleting_the_interface_marks_the_port_down,
+    link_down_counts_port_down_and_recovers,
+    two_rx_queues_share_the_traffic,
+    kernel_ring_overflow_is_counted,
+);
+
+/// The options a test's port gets in RX mode `mode`: the default port, or the light one the
+/// CNI plugin's ports are.
+fn opts(mode: AfPacketRxMode) -> AfPacketOptions {
+    match mode {
+        AfPacketRxMode::Ring => AfPacketOptions::default(),
+        AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
+    }
+}
 
 /// The veth pair and an open port on its host end, or `None` (skip message printed).
 fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
@@ -30,10 +53,8 @@ fn setup(test: &str, opts: AfPacketOptions) -> Option<(VethNs, AfPacketPort)> {
     Some((veth, port))
 }
 
-#[test]
-fn tx_frames_reach_the_peer_byte_for_byte() {
-    let Some((veth, port)) = setup("tx_frames_reach_the_peer_byte_for_byte", AfPacketOptions::default())
-    else {
+fn tx_frames_reach_the_peer_byte_for_byte(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("tx_frames_reach_the_peer_byte_for_byte", opts(mode)) else {
         return;
     };
     assert!(port.link_up());
@@ -117,10 +138,8 @@ fn tx_frames_reach_the_peer_byte_for_byte() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn rx_frames_from_the_peer_byte_for_byte() {
-    let Some((veth, port)) = setup("rx_frames_from_the_peer_byte_for_byte", AfPacketOptions::default())
-    else {
+fn rx_frames_from_the_peer_byte_for_byte(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("rx_frames_from_the_peer_byte_for_byte", opts(mode)) else {
         return;
     };
     let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -162,9 +181,8 @@ fn rx_frames_from_the_peer_byte_for_byte() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn vlan_tags_are_kept_on_rx() {
-    let Some((veth, port)) = setup("vlan_tags_are_kept_on_rx", AfPacketOptions::default()) else {
+fn vlan_tags_are_kept_on_rx(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("vlan_tags_are_kept_on_rx", opts(mode)) else {
         return;
     };
     let peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -191,9 +209,8 @@ fn vlan_tags_are_kept_on_rx() {
     assert!(drops.is_zero(), "unexpected drops: {drops:?}");
 }
 
-#[test]
-fn oversize_frames_are_counted() {
-    let Some((veth, port)) = setup("oversize_frames_are_counted", AfPacketOptions::default()) else {
+fn oversize_frames_are_counted(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("oversize_frames_are_counted", opts(mode)) else {
         return;
     };
     veth.set_mtu(4000).expect("raise the veth MTU");
@@ -224,10 +241,8 @@ fn oversize_frames_are_counted() {
     assert_eq!(peer.recv_matching(WAIT, |g| has_marker(g, "TXOK.")).as_deref(), Some(&big[..]));
 }
 
-#[test]
-fn deleting_the_interface_marks_the_port_down() {
-    let Some((veth, port)) = setup("deleting_the_interface_marks_the_port_down", AfPacketOptions::default())
-    else {
+fn deleting_the_interface_marks_the_port_down(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("deleting_the_interface_marks_the_port_down", opts(mode)) else {
         return;
     };
     let pool = Pool::with_hugepages("afp-del", 64, false).unwrap();
@@ -269,10 +284,8 @@ fn deleting_the_interface_marks_the_port_down() {
     assert_eq!(pool.in_use(), 0);
 }
 
-#[test]
-fn link_down_counts_port_down_and_recovers() {
-    let Some((veth, port)) = setup("link_down_counts_port_down_and_recovers", AfPacketOptions::default())
-    else {
+fn link_down_counts_port_down_and_recovers(mode: AfPacketRxMode) {
+    let Some((veth, port)) = setup("link_down_counts_port_down_and_recovers", opts(mode)) else {
         return;
     };
     let mut peer = RawSock::open(Some(&veth.ns), &veth.peer).expect("peer socket");
@@ -326,9 +339,8 @@ fn udp_flow_of(f: &[u8]) -> Option<u8> {
 
 /// Two RX queues are two sockets in one fanout group: frames of many flows are spread over
 /// both (each queue gets some), and each frame arrives on exactly one of them.
-#[test]
-fn two_rx_queues_share_the_traffic() {
-    let opts = AfPacketOptions { rx_queues: 2, ..AfPacketOptions::default() };
+fn two_rx_queues_share_the_traffic(mode: AfPacketRxMode) {
+    let opts = AfPacketOptions { rx_queues: 2, ..opts(mode) };
     let Some((veth, port)) = setup("two_rx_queues_share_the_traffic", opts) else {
         return;
     };
@@ -369,9 +381,8 @@ fn two_rx_queues_share_the_traffic() {
     assert!(drops.is_zero(), "{drops:?}");
 }
 
-#[test]
-fn kernel_ring_overflow_is_counted() {
-    let opts = AfPacketOptions { rx_block_size: 4096, rx_block_count: 2, ..AfPacketOptions::default() };
+fn kernel_ring_overflow_is_counted(mode: AfPacketRxMode) {
+    let opts = AfPacketOptions { rx_block_size: 4096, rx_block_count: 2, ..opts(mode) };
     let Some((veth, port)) = setup("kernel_ring_overflow_is_counted", opts) else {
         return;
     };
@@ -380,9 +391,14 @@ fn kernel_ring_overflow_is_counted() {
     let mut cache = pool.cache();
     let mut rx = port.open_rx(0).unwrap();
     let mut drops = DropTally::default();
-    // Nobody reads while 300 frames arrive: a ring of two 4 KiB blocks holds a few of them.
-    for i in 0..300 {
-        peer.send(&frame(DST, SRC, &[], &format!("O{i:03}."), 1000));
+    // Nobody reads while the frames arrive: a ring of two 4 KiB blocks holds a few of 300; a
+    // socket's queue (recvmmsg) holds 4 MiB, about 2000 such frames.
+    let sent = match mode {
+        AfPacketRxMode::Ring => 300,
+        AfPacketRxMode::Recvmmsg => 5000,
+    };
+    for i in 0..sent {
+        peer.send(&frame(DST, SRC, &[], &format!("O{i:04}."), 1000));
     }
     std::thread::sleep(Duration::from_millis(50));
     let mut got = rx_collect(&mut *rx, &mut cache, &mut drops, "O", Duration::from_millis(50)).len();
@@ -397,6 +413,77 @@ fn kernel_ring_overflow_is_counted() {
     }
     let lost = drops.get(DropReason::NoBuffer) as usize;
     assert!(lost > 0, "the kernel's drops were not counted");
-    assert!(got + lost >= 300, "received {got} + counted {lost} < 300 sent");
+    assert!(got + lost >= sent, "received {got} + counted {lost} < {sent} sent");
     assert_eq!(port.kernel_drops(), lost as u64);
+}
+
+/// A `/proc/self/status` field in kB (`VmRSS` counts the pages of mapped packet rings).
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// 200 ports as the CNI plugin makes them (`AfPacketOptions::light`): each opens, each gets
+/// its own frames, they map no RX ring (a `ring` port maps 4 MiB more, which the kernel
+/// clears when the port opens, and runs a timer for: the costs that grow with the port count;
+/// the figures are in docs/benchmarks.md), and closing them leaves no descriptor and no ring
+/// memory behind.
+#[test]
+fn two_hundred_light_ports_open_receive_and_close_cleanly() {
+    const TEST: &str = "two_hundred_light_ports_open_receive_and_close_cleanly";
+    const N: usize = 200;
+    if let Some(why) = skip_reason() {
+        return skip(TEST, &why);
+    }
+    let veths = match kports_common::VethMany::create(N) {
+        Ok(v) => v,
+        Err(e) => return skip(TEST, &format!("cannot create {N} veth pairs: {e}")),
+    };
+    let pool = Pool::with_hugepages("afp-many", 256, false).unwrap();
+    let mut cache = pool.cache();
+    let (fds0, rss0) = (open_fds(), status_kb("VmRSS"));
+    let mut drops = DropTally::default();
+    let mut ports = Vec::new();
+    for (i, h) in veths.host.iter().enumerate() {
+        let port =
+            AfPacketPort::open(&format!("p{i}"), h, AfPacketOptions::light()).expect("open a light port");
+        let rx = port.open_rx(0).unwrap();
+        let tx = port.open_tx(0).unwrap();
+        ports.push((port, rx, tx));
+    }
+    let grown = status_kb("VmRSS").saturating_sub(rss0);
+    eprintln!("{N} light ports open: {grown} kB more resident");
+    // The TX ring (128 frames: 320 KiB) is all the memory a light port maps.
+    assert!(grown < (N as u64) * 1024, "{N} light ports take {grown} kB: an RX ring is back?");
+    for i in (0..N).step_by(40) {
+        let peer = RawSock::open(Some(&veths.ns), &veths.peer[i]).expect("peer socket");
+        let marker = format!("M{i:03}.");
+        let f = frame(DST, SRC, &[], &marker, 100);
+        peer.send(&f);
+        let got = rx_wait(&mut *ports[i].1, &mut cache, &mut drops, &marker, WAIT)
+            .unwrap_or_else(|| panic!("port {i} did not receive its frame"));
+        assert_eq!(got.data(), &f[..]);
+        cache.free(got);
+        // No other port saw it.
+        for (j, (_, rx, _)) in ports.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                rx_collect(&mut **rx, &mut cache, &mut drops, &marker, Duration::from_millis(1)).is_empty(),
+                "port {j}"
+            );
+        }
+    }
+    assert!(drops.is_zero(), "{drops:?}");
+    drop(ports);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+    assert_eq!(open_fds(), fds0, "closed ports left descriptors");
+    let left = status_kb("VmRSS").saturating_sub(rss0);
+    assert!(left < 16 << 10, "closed ports left {left} kB mapped");
 }

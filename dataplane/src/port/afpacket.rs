@@ -1,12 +1,24 @@
 //! AF_PACKET port: a kernel network interface (an underlay NIC, a veth) driven through
 //! memory-mapped packet rings.
 //!
-//! - **RX** is a `TPACKET_V3` ring: the kernel fills blocks of frames and hands a whole block to
-//!   user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
-//!   ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the block,
-//!   copies each into a [`PacketBuf`] and hands the block back. The kernel strips VLAN tags into
-//!   the frame header; the tag is put back so the switch sees the frame as it was on the wire.
-//!   Several RX queues are several sockets in one `PACKET_FANOUT` (hash) group.
+//! - **RX** has two modes ([`AfPacketOptions::rx_mode`]), which differ only in how frames come
+//!   out of the kernel; each received frame then goes through the same `rx_frame` (VLAN tag put
+//!   back, checksum finished, GSO super-frame segmented, drop reasons).
+//!   - `ring`: a `TPACKET_V3` ring. The kernel fills blocks of frames and hands a whole block to
+//!     user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
+//!     ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the
+//!     block, copies each into a [`PacketBuf`] and hands the block back. The kernel re-arms the
+//!     block timer of every ring forever, idle or not, and clears the ring's 4 MiB at open.
+//!   - `recvmmsg`: no ring. `recvmmsg(2)` takes up to 32 frames into slots (the virtio-net
+//!     header before each frame, the stripped VLAN tag in a `PACKET_AUXDATA` control message,
+//!     the socket's drop count in `SO_RXQ_OVFL`); the kernel keeps no timer and no memory for an
+//!     idle socket. The receive queue is limited to 4 MiB, as much as a ring holds.
+//!
+//!   The kernel strips VLAN tags into the frame's metadata; the tag is put back so the switch
+//!   sees the frame as it was on the wire. Several RX queues are several sockets in one
+//!   `PACKET_FANOUT` (hash) group. Poll(2) on the RX socket wakes an idle worker in both modes:
+//!   a ring socket is readable while the current block is the user's, a plain one while its
+//!   queue holds a frame; `arm_wakeup` says "not idle" while frames already received are in hand.
 //! - **TX** is a `TPACKET_V2` ring per TX handle (each handle is its own socket, so workers never
 //!   share a ring and no lock is taken): frames are copied into the ring and one
 //!   `sendto(MSG_DONTWAIT)` per burst tells the kernel to send them (`PACKET_QDISC_BYPASS` when
@@ -18,11 +30,13 @@
 //!
 //! Every frame that is taken in and not delivered is counted: `oversize` (larger than a
 //! buffer's data room, or than the interface MTU on TX), `runt`, `truncated_capture`,
-//! `no_buffer` (pool empty, or the kernel's ring overflowed: read from `PACKET_STATISTICS`
-//! whenever a block says it lost frames), `tx_full` and `port_down`.
+//! `no_buffer` (pool empty, or the kernel's ring or queue overflowed: read from
+//! `PACKET_STATISTICS` whenever a block says it lost frames, or a frame's `SO_RXQ_OVFL` count
+//! changed), `bad_offload`, `tx_full` and `port_down`.
 
 use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
+pub use crate::config::AfPacketRxMode;
 use crate::switch::DropReason;
 use crate::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -42,6 +56,9 @@ const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_AUXDATA: libc::c_int = 8;
+/// asm-generic/socket.h; the libc crate has it only for some targets.
+const SO_RXQ_OVFL: libc::c_int = 40;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
 const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_OUTGOING: u8 = 4;
@@ -87,6 +104,13 @@ struct TpacketStatsV3 {
     tp_drops: u32,
     tp_freeze_q_cnt: u32,
 }
+
+// struct tpacket_auxdata { u32 tp_status; u32 tp_len; u32 tp_snaplen; u16 tp_mac; u16 tp_net;
+// u16 tp_vlan_tci; u16 tp_vlan_tpid; }: the PACKET_AUXDATA control message of recvmsg.
+const AUX_STATUS: usize = 0;
+const AUX_VLAN_TCI: usize = 16;
+const AUX_VLAN_TPID: usize = 18;
+const AUX_SIZE: usize = 20;
 
 #[repr(C)]
 struct PacketMreq {
@@ -400,6 +424,22 @@ pub struct AfPacketOptions {
     /// Skip the kernel's qdisc on TX (`PACKET_QDISC_BYPASS`) where the kernel has it.
     /// Default true.
     pub qdisc_bypass: bool,
+    /// How RX works: a `TPACKET_V3` ring (default) or `recvmmsg(2)` without a ring (the
+    /// `rx_block_*` options are then unused).
+    pub rx_mode: AfPacketRxMode,
+}
+
+impl AfPacketOptions {
+    /// The options of a port that is idle most of the time (a pod's veth): RX by
+    /// `recvmmsg(2)`, no ring and so no kernel timer, and a 128-frame TX ring (the kernel
+    /// clears every ring page when the ring is made: opening is cheaper with fewer).
+    pub fn light() -> AfPacketOptions {
+        AfPacketOptions {
+            rx_mode: AfPacketRxMode::Recvmmsg,
+            tx_frame_count: 128,
+            ..AfPacketOptions::default()
+        }
+    }
 }
 
 impl Default for AfPacketOptions {
@@ -412,6 +452,7 @@ impl Default for AfPacketOptions {
             tx_frame_count: 512,
             promiscuous: true,
             qdisc_bypass: true,
+            rx_mode: AfPacketRxMode::Ring,
         }
     }
 }
@@ -422,7 +463,7 @@ struct Shared {
     ifindex: i32,
     opts: AfPacketOptions,
     /// One slot per RX queue; empty while a worker holds it.
-    rx: Vec<Mutex<Option<RxRing>>>,
+    rx: Vec<Mutex<Option<RxSource>>>,
     /// The TX ring made by open(), handed to the first open_tx.
     tx_spare: Mutex<Option<TxRing>>,
     /// For interface ioctls (link state, MTU).
@@ -510,8 +551,13 @@ impl AfPacketPort {
         };
         let mut rx = Vec::with_capacity(opts.rx_queues as usize);
         for _ in 0..opts.rx_queues {
-            let ring = RxRing::open(name, ifindex, &opts, fanout_id)?;
-            rx.push(Mutex::new(Some(ring)));
+            let src = match opts.rx_mode {
+                AfPacketRxMode::Ring => RxSource::Ring(RxRing::open(name, ifindex, &opts, fanout_id)?),
+                AfPacketRxMode::Recvmmsg => {
+                    RxSource::Sock(Box::new(RxSock::open(name, ifindex, &opts, fanout_id)?))
+                }
+            };
+            rx.push(Mutex::new(Some(src)));
         }
         let tx = TxRing::open(name, ifindex, &opts)?;
         tracing::debug!(port = name, iface, ifindex, mtu, "AF_PACKET port open");
@@ -568,7 +614,7 @@ impl PortBackend for AfPacketPort {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| PortError::QueueTaken { port: self.shared.name.clone(), queue: q })?;
-        Ok(Box::new(AfPacketRx { shared: self.shared.clone(), q, ring: Some(ring) }))
+        Ok(Box::new(AfPacketRx { shared: self.shared.clone(), q, src: Some(ring) }))
     }
 
     fn open_tx(&self, _q: u16) -> Result<Box<dyn TxQueue>, PortError> {
@@ -599,7 +645,81 @@ impl PortBackend for AfPacketPort {
     }
 }
 
-// ---- RX: TPACKET_V3. ----
+// ---- RX: the socket setup both modes share. ----
+
+/// A bound RX socket of interface `ifindex`: `PACKET_VNET_HDR` asked for (the returned flag
+/// says whether the kernel agreed), `setup` run before the socket is bound (a ring must exist
+/// before frames arrive), outgoing frames ignored, promiscuous mode and fanout as `opts` say.
+fn rx_socket<T>(
+    port: &str,
+    ifindex: i32,
+    opts: &AfPacketOptions,
+    fanout: Option<u32>,
+    setup: impl FnOnce(RawFd) -> Result<T, PortError>,
+) -> Result<(OwnedFd, bool, T), PortError> {
+    let fd = packet_socket().map_err(|e| io(port, "AF_PACKET socket (needs CAP_NET_RAW)", e))?;
+    let raw = fd.as_raw_fd();
+    // A pod's veth sends with checksum offload and TSO on: without the virtio-net header
+    // its TCP and UDP frames would be forwarded with partial checksums and as 64 KiB
+    // super-frames. The header must be asked for before a ring exists.
+    let on: libc::c_int = 1;
+    let vnet = match setsockopt(raw, libc::SOL_PACKET, PACKET_VNET_HDR, &on) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(port, error = %e, "PACKET_VNET_HDR refused: frames with offloads from this interface will be dropped as bad_offload or oversize");
+            false
+        }
+    };
+    let extra = setup(raw)?;
+    // Ignore frames this host sends (ours included); older kernels lack the option, and the
+    // packet type is checked per frame anyway.
+    let one: libc::c_int = 1;
+    let _ = setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one);
+    bind_packet(raw, ifindex, libc::ETH_P_ALL as u16).map_err(|e| io(port, "bind", e))?;
+    if opts.promiscuous {
+        let mreq =
+            PacketMreq { mr_ifindex: ifindex, mr_type: PACKET_MR_PROMISC, mr_alen: 0, mr_address: [0; 8] };
+        setsockopt(raw, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq)
+            .map_err(|e| io(port, "PACKET_ADD_MEMBERSHIP promiscuous", e))?;
+    }
+    if let Some(id) = fanout {
+        let arg: u32 = id | (PACKET_FANOUT_HASH << 16);
+        setsockopt(raw, libc::SOL_PACKET, PACKET_FANOUT, &arg).map_err(|e| io(port, "PACKET_FANOUT", e))?;
+    }
+    Ok((fd, vnet, extra))
+}
+
+/// Reads (and so resets) the kernel's drop counter of a packet socket. Without a V3 ring the
+/// kernel writes the 8-byte `tpacket_stats`, whose fields are the first two of the V3 struct.
+#[cold]
+fn read_kernel_drops(fd: RawFd) -> u32 {
+    let mut st = TpacketStatsV3::default();
+    let mut len = std::mem::size_of::<TpacketStatsV3>() as libc::socklen_t;
+    // SAFETY: `st` is a writable tpacket_stats_v3 and `len` holds its size; the kernel
+    // writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            PACKET_STATISTICS,
+            &mut st as *mut TpacketStatsV3 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        0
+    } else {
+        st.tp_drops
+    }
+}
+
+/// One RX queue's source of frames: a ring or the socket itself.
+enum RxSource {
+    Ring(RxRing),
+    Sock(Box<RxSock>),
+}
+
+// ---- RX mode `ring`: TPACKET_V3. ----
 
 struct RxRing {
     fd: OwnedFd,
@@ -626,57 +746,27 @@ impl RxRing {
         opts: &AfPacketOptions,
         fanout: Option<u32>,
     ) -> Result<RxRing, PortError> {
-        let fd = packet_socket().map_err(|e| io(port, "AF_PACKET socket (needs CAP_NET_RAW)", e))?;
-        let raw = fd.as_raw_fd();
-        setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
-            .map_err(|e| io(port, "PACKET_VERSION TPACKET_V3", e))?;
-        // A pod's veth sends with checksum offload and TSO on: without the virtio-net header
-        // its TCP and UDP frames would be forwarded with partial checksums and as 64 KiB
-        // super-frames. The header must be asked for before the ring exists.
-        let on: libc::c_int = 1;
-        let vnet = match setsockopt(raw, libc::SOL_PACKET, PACKET_VNET_HDR, &on) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(port, error = %e, "PACKET_VNET_HDR refused: frames with offloads from this interface will be dropped as bad_offload or oversize");
-                false
-            }
-        };
         let page = page_size();
         // The kernel allocates each block as a power-of-two number of pages.
         let block_size = (opts.rx_block_size as usize).max(page).next_power_of_two();
         let frame_size = 2048usize; // only a hint for V3; blocks hold frames of any size
         let block_nr = opts.rx_block_count as usize;
-        let req = TpacketReq3 {
-            tp_block_size: block_size as u32,
-            tp_block_nr: block_nr as u32,
-            tp_frame_size: frame_size as u32,
-            tp_frame_nr: (block_size / frame_size * block_nr) as u32,
-            tp_retire_blk_tov: opts.rx_block_timeout_ms.max(1),
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
-        setsockopt(raw, libc::SOL_PACKET, PACKET_RX_RING, &req).map_err(|e| io(port, "PACKET_RX_RING", e))?;
-        let map = RingMap::new(raw, block_size * block_nr).map_err(|e| io(port, "mmap RX ring", e))?;
-        // Ignore frames this host sends (ours included); older kernels lack the option, and the
-        // packet type is checked per frame anyway.
-        let one: libc::c_int = 1;
-        let _ = setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one);
-        bind_packet(raw, ifindex, libc::ETH_P_ALL as u16).map_err(|e| io(port, "bind", e))?;
-        if opts.promiscuous {
-            let mreq = PacketMreq {
-                mr_ifindex: ifindex,
-                mr_type: PACKET_MR_PROMISC,
-                mr_alen: 0,
-                mr_address: [0; 8],
+        let (fd, vnet, map) = rx_socket(port, ifindex, opts, fanout, |raw| {
+            setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)
+                .map_err(|e| io(port, "PACKET_VERSION TPACKET_V3", e))?;
+            let req = TpacketReq3 {
+                tp_block_size: block_size as u32,
+                tp_block_nr: block_nr as u32,
+                tp_frame_size: frame_size as u32,
+                tp_frame_nr: (block_size / frame_size * block_nr) as u32,
+                tp_retire_blk_tov: opts.rx_block_timeout_ms.max(1),
+                tp_sizeof_priv: 0,
+                tp_feature_req_word: 0,
             };
-            setsockopt(raw, libc::SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq)
-                .map_err(|e| io(port, "PACKET_ADD_MEMBERSHIP promiscuous", e))?;
-        }
-        if let Some(id) = fanout {
-            let arg: u32 = id | (PACKET_FANOUT_HASH << 16);
-            setsockopt(raw, libc::SOL_PACKET, PACKET_FANOUT, &arg)
-                .map_err(|e| io(port, "PACKET_FANOUT", e))?;
-        }
+            setsockopt(raw, libc::SOL_PACKET, PACKET_RX_RING, &req)
+                .map_err(|e| io(port, "PACKET_RX_RING", e))?;
+            RingMap::new(raw, block_size * block_nr).map_err(|e| io(port, "mmap RX ring", e))
+        })?;
         Ok(RxRing {
             fd,
             map,
@@ -705,87 +795,109 @@ impl RxRing {
         self.cur = (self.cur + 1) % self.block_nr;
     }
 
-    /// Reads (and so resets) the kernel's drop counter.
-    #[cold]
-    fn read_kernel_drops(&self) -> u32 {
-        let mut st = TpacketStatsV3::default();
-        let mut len = std::mem::size_of::<TpacketStatsV3>() as libc::socklen_t;
-        // SAFETY: `st` is a writable tpacket_stats_v3 and `len` holds its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_STATISTICS,
-                &mut st as *mut TpacketStatsV3 as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            0
-        } else {
-            st.tp_drops
-        }
+    /// `false` if frames are waiting: poll(2) on a TPACKET_V3 socket reports readable while
+    /// the current block belongs to user space; a block we are part way through must be
+    /// finished first.
+    fn idle(&self) -> bool {
+        !self.in_block
+            && self.map.atomic_u32(self.block_off() + BD_BLOCK_STATUS).load(Ordering::Acquire)
+                & TP_STATUS_USER
+                == 0
     }
-}
 
-struct AfPacketRx {
-    shared: Arc<Shared>,
-    q: u16,
-    ring: Option<RxRing>,
-}
-
-impl Drop for AfPacketRx {
-    fn drop(&mut self) {
-        if let Some(r) = self.ring.take() {
-            if let Some(slot) = self.shared.rx.get(self.q as usize) {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    fn rx_burst(
+        &mut self,
+        shared: &Shared,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        room: usize,
+        drops: &mut DropTally,
+    ) -> usize {
+        let ring = self;
+        let mut n = 0;
+        while n < room {
+            if !ring.in_block {
+                let off = ring.block_off();
+                let st = ring.map.atomic_u32(off + BD_BLOCK_STATUS).load(Ordering::Acquire);
+                if st & TP_STATUS_USER == 0 {
+                    break;
+                }
+                if st & TP_STATUS_LOSING != 0 {
+                    shared.count_kernel_drops(read_kernel_drops(ring.fd.as_raw_fd()), drops);
+                }
+                ring.left = ring.map.read_u32(off + BD_NUM_PKTS);
+                ring.next_off = ring.map.read_u32(off + BD_FIRST_PKT) as usize;
+                ring.in_block = true;
+            }
+            if let Some(p) = ring.pending.as_mut() {
+                let (k, done) = rx_segments(ring.map.bytes(p.data, p.len), p, cache, out, room - n, drops);
+                n += k;
+                if !done {
+                    break;
+                }
+                ring.pending = None;
+            }
+            let boff = ring.block_off();
+            while ring.left > 0 && n < room {
+                let rel = ring.next_off;
+                // A header outside the block would be a kernel bug; give the block back.
+                if rel < BD_SIZE || rel + H3_PKTTYPE + 1 > ring.block_size {
+                    ring.left = 0;
+                    break;
+                }
+                let hdr = boff + rel;
+                ring.left -= 1;
+                ring.next_off = rel + ring.map.read_u32(hdr + H3_NEXT) as usize;
+                let pkttype = ring.map.bytes(hdr + H3_PKTTYPE, 1)[0];
+                if pkttype == PACKET_OUTGOING {
+                    continue;
+                }
+                match ring_frame(&ring.map, hdr, ring.block_size - rel, ring.vnet, cache) {
+                    Ok(RxFrame::Buf(b)) => {
+                        out.push(b);
+                        n += 1;
+                    }
+                    Ok(RxFrame::Gso(mut p)) => {
+                        let (k, done) =
+                            rx_segments(ring.map.bytes(p.data, p.len), &mut p, cache, out, room - n, drops);
+                        n += k;
+                        if !done {
+                            ring.pending = Some(p);
+                            break;
+                        }
+                    }
+                    Err(r) => drops.add(r, 1),
+                }
+            }
+            if ring.pending.is_some() {
+                break;
+            }
+            if ring.left == 0 {
+                ring.release_block();
             }
         }
+        n
     }
 }
 
-/// What one received frame became.
-enum RxFrame {
-    /// A finished frame in a buffer.
-    Buf(PacketBuf),
-    /// A GSO super-frame (its bytes at `data` in the ring), to be cut into segments.
-    Gso(PendingGso),
-}
-
-/// A super-frame being cut into segments, possibly across bursts: its block stays with user
-/// space until the last segment is out.
-struct PendingGso {
-    /// Offset of the frame's bytes in the ring, and their length.
-    data: usize,
-    len: usize,
-    /// The VLAN tag the kernel took out (TPID and TCI), put back into every segment.
-    tag: Option<[u8; VLAN_HLEN]>,
-    seg: Segmenter,
-}
-
-/// The tag the kernel stripped from a frame, if it did.
-fn stripped_tag(map: &RingMap, hdr: usize, status: u32) -> Option<[u8; VLAN_HLEN]> {
+/// The tag the kernel stripped from a frame (status word, TCI, TPID as the kernel gave them).
+fn stripped_tag(status: u32, tci: u16, tpid: u16) -> Option<[u8; VLAN_HLEN]> {
     if status & TP_STATUS_VLAN_VALID == 0 {
         return None;
     }
-    let tci = map.read_u32(hdr + H3_VLAN_TCI) as u16;
-    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
-        match map.read_u16(hdr + H3_VLAN_TPID) {
-            0 => ETH_P_8021Q,
-            t => t,
-        }
-    } else {
-        ETH_P_8021Q
+    let tpid = match tpid {
+        0 => ETH_P_8021Q,
+        t if status & TP_STATUS_VLAN_TPID_VALID != 0 => t,
+        _ => ETH_P_8021Q,
     };
     let (p, t) = (tpid.to_be_bytes(), tci.to_be_bytes());
     Some([p[0], p[1], t[0], t[1]])
 }
 
-/// Copies one received frame (given by its header at `hdr` in the ring) into a buffer,
-/// putting back a VLAN tag the kernel took out and finishing a checksum the sender left to
-/// the device. A GSO super-frame is handed back for segmentation. `Err` names the drop reason.
+/// Reads the ring's description of the frame whose header is at `hdr` (with `hdr_room`
+/// bytes of its block from there) and hands the frame to [`rx_frame`].
 #[inline]
-fn rx_frame(
+fn ring_frame(
     map: &RingMap,
     hdr: usize,
     hdr_room: usize,
@@ -796,8 +908,7 @@ fn rx_frame(
     let wire_len = map.read_u32(hdr + H3_LEN) as usize;
     let status = map.read_u32(hdr + H3_STATUS);
     let mac = map.read_u16(hdr + H3_MAC) as usize;
-    let tag = stripped_tag(map, hdr, status);
-    let extra = if tag.is_some() { VLAN_HLEN } else { 0 };
+    let tag = stripped_tag(status, map.read_u32(hdr + H3_VLAN_TCI) as u16, map.read_u16(hdr + H3_VLAN_TPID));
     if snaplen < wire_len || mac > hdr_room || snaplen > hdr_room - mac {
         return Err(DropReason::TruncatedCapture);
     }
@@ -811,21 +922,364 @@ fn rx_frame(
     } else {
         VnetHdrRepr::default()
     };
+    rx_frame(map.bytes(hdr + mac, snaplen), hdr + mac, tag, &vh, cache)
+}
+
+// ---- RX mode `recvmmsg`: no ring. ----
+
+/// Frames one `recvmmsg(2)` call takes at most.
+const RECV_BATCH: usize = 32;
+/// A receive slot: the virtio-net header and the largest frame the kernel hands over (a
+/// 64 KiB GSO super-frame and its Ethernet header). Only the pages a frame touches are ever
+/// faulted in, so small frames cost a page per slot.
+const RECV_SLOT: usize = 66 << 10;
+/// The socket's receive queue limit: what a default `ring` RX queue holds (16 x 256 KiB).
+const RECV_QUEUE_BYTES: libc::c_int = 4 << 20;
+/// Control-message room per frame: `PACKET_AUXDATA` (16 + 20 bytes, aligned) and
+/// `SO_RXQ_OVFL` (16 + 4, aligned), with slack.
+const RECV_CTRL_WORDS: usize = 16;
+
+/// What the kernel said about one frame of the last `recvmmsg` call.
+#[derive(Clone, Copy, Default)]
+struct RecvMeta {
+    /// Bytes of the message (virtio-net header included); with `MSG_TRUNC`, all of them,
+    /// not only those that fit the slot.
+    len: usize,
+    truncated: bool,
+    pkttype: u8,
+    /// `tp_status`, TCI and TPID of the `PACKET_AUXDATA` message.
+    aux: Option<(u32, u16, u16)>,
+    /// The socket's running drop count (`SO_RXQ_OVFL`), when the kernel sent it.
+    dropped: Option<u32>,
+}
+
+/// RX by `recvmmsg(2)` on the packet socket: frames are received into `RECV_BATCH` slots and
+/// handed one by one to [`rx_frame`], like the ring's. The kernel keeps no ring and no timer
+/// for this socket; poll(2) reports it readable while its receive queue is not empty.
+struct RxSock {
+    fd: OwnedFd,
+    vnet: bool,
+    /// `RECV_BATCH` slots of `RECV_SLOT` bytes.
+    slots: Box<[u8]>,
+    meta: [RecvMeta; RECV_BATCH],
+    /// Frames received by the last call, and the next of them to hand out.
+    got: usize,
+    next: usize,
+    /// A super-frame (in a slot) whose segments did not all fit the last burst.
+    pending: Option<PendingGso>,
+    /// The last `SO_RXQ_OVFL` count seen.
+    dropped: u32,
+}
+
+impl RxSock {
+    fn open(
+        port: &str,
+        ifindex: i32,
+        opts: &AfPacketOptions,
+        fanout: Option<u32>,
+    ) -> Result<RxSock, PortError> {
+        let (fd, vnet, ()) = rx_socket(port, ifindex, opts, fanout, |raw| {
+            let one: libc::c_int = 1;
+            // The VLAN tag the kernel took out comes only in this control message.
+            setsockopt(raw, libc::SOL_PACKET, PACKET_AUXDATA, &one)
+                .map_err(|e| io(port, "PACKET_AUXDATA", e))?;
+            // The drop count in each frame's control data says when to read PACKET_STATISTICS.
+            setsockopt(raw, libc::SOL_SOCKET, SO_RXQ_OVFL, &one).map_err(|e| io(port, "SO_RXQ_OVFL", e))?;
+            // The queue may hold as much as a default ring (TSO super-frames are 64 KiB each;
+            // the default rmem_default holds three). A limit, not memory: nothing is
+            // allocated until frames wait. The kernel doubles the value; FORCE passes
+            // rmem_max where the process may (CAP_NET_ADMIN).
+            let limit: libc::c_int = RECV_QUEUE_BYTES / 2;
+            if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &limit).is_err() {
+                let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &limit);
+            }
+            Ok(())
+        })?;
+        Ok(RxSock {
+            fd,
+            vnet,
+            slots: vec![0u8; RECV_BATCH * RECV_SLOT].into_boxed_slice(),
+            meta: [RecvMeta::default(); RECV_BATCH],
+            got: 0,
+            next: 0,
+            pending: None,
+            dropped: 0,
+        })
+    }
+
+    /// `false` if received frames are still in hand (the socket's own queue is level
+    /// triggered: poll(2) returns at once while it holds frames).
+    fn idle(&self) -> bool {
+        self.next == self.got && self.pending.is_none()
+    }
+
+    /// Receives up to `want` frames into the slots; the count, 0 when none are waiting.
+    fn recv(&mut self, shared: &Shared, want: usize, drops: &mut DropTally) -> usize {
+        let want = want.clamp(1, RECV_BATCH);
+        // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
+        let mut names: [libc::sockaddr_ll; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut ctrl = [[0u64; RECV_CTRL_WORDS]; RECV_BATCH];
+        // SAFETY: as above.
+        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let base = self.slots.as_mut_ptr();
+        for i in 0..want {
+            // SAFETY: slot i lies within `slots` (i < RECV_BATCH and slots is RECV_BATCH *
+            // RECV_SLOT bytes long).
+            iov[i].iov_base = unsafe { base.add(i * RECV_SLOT) } as *mut libc::c_void;
+            iov[i].iov_len = RECV_SLOT;
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = &mut names[i] as *mut libc::sockaddr_ll as *mut libc::c_void;
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = ctrl[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = std::mem::size_of_val(&ctrl[i]) as _;
+        }
+        // SAFETY: every header points at live, writable buffers of the lengths given (names,
+        // one iovec into `slots`, control words), all of which outlive the call; no timeout.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                want as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            match errno() {
+                libc::EAGAIN | libc::EINTR | libc::ENETDOWN => {}
+                // The kernel could not express a frame's offloads as a virtio-net header and
+                // dropped it (packet_rcv_vnet).
+                libc::EINVAL => drops.add(DropReason::BadOffload, 1),
+                libc::ENXIO | libc::ENODEV => shared.mark_gone(),
+                e => tracing::debug!(port = %shared.name, errno = e, "AF_PACKET recvmmsg error"),
+            }
+            return 0;
+        }
+        let got = rc as usize;
+        for i in 0..got {
+            let h = &hdrs[i].msg_hdr;
+            let words = &ctrl[i];
+            let bytes = u64s_as_bytes(words);
+            let clen = (h.msg_controllen as usize).min(bytes.len());
+            let mut m = RecvMeta {
+                len: hdrs[i].msg_len as usize,
+                truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+                pkttype: names[i].sll_pkttype,
+                aux: None,
+                dropped: None,
+            };
+            for (level, kind, data) in cmsgs(&bytes[..clen]) {
+                if level == libc::SOL_PACKET && kind == PACKET_AUXDATA && data.len() >= AUX_SIZE {
+                    let u32_at =
+                        |o: usize| u32::from_ne_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]);
+                    let u16_at = |o: usize| u16::from_ne_bytes([data[o], data[o + 1]]);
+                    m.aux = Some((u32_at(AUX_STATUS), u16_at(AUX_VLAN_TCI), u16_at(AUX_VLAN_TPID)));
+                } else if level == libc::SOL_SOCKET && kind == SO_RXQ_OVFL && data.len() >= 4 {
+                    m.dropped = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+                }
+            }
+            self.meta[i] = m;
+        }
+        self.got = got;
+        self.next = 0;
+        got
+    }
+
+    fn rx_burst(
+        &mut self,
+        shared: &Shared,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        room: usize,
+        drops: &mut DropTally,
+    ) -> usize {
+        let mut n = 0;
+        let mut received = false;
+        while n < room {
+            if let Some(p) = self.pending.as_mut() {
+                let (k, done) =
+                    rx_segments(&self.slots[p.data..p.data + p.len], p, cache, out, room - n, drops);
+                n += k;
+                if !done {
+                    break;
+                }
+                self.pending = None;
+            }
+            if self.next == self.got {
+                // One call per burst: a second would most likely find the queue empty.
+                if received || self.recv(shared, room - n, drops) == 0 {
+                    break;
+                }
+                received = true;
+            }
+            let i = self.next;
+            self.next += 1;
+            let m = self.meta[i];
+            if let Some(d) = m.dropped {
+                if d != self.dropped {
+                    self.dropped = d;
+                    shared.count_kernel_drops(read_kernel_drops(self.fd.as_raw_fd()), drops);
+                }
+            }
+            if m.pkttype == PACKET_OUTGOING {
+                continue;
+            }
+            match self.slot_frame(i, &m, cache) {
+                Ok(RxFrame::Buf(b)) => {
+                    out.push(b);
+                    n += 1;
+                }
+                Ok(RxFrame::Gso(mut p)) => {
+                    let (k, done) =
+                        rx_segments(&self.slots[p.data..p.data + p.len], &mut p, cache, out, room - n, drops);
+                    n += k;
+                    if !done {
+                        self.pending = Some(p);
+                        break;
+                    }
+                }
+                Err(r) => drops.add(r, 1),
+            }
+        }
+        n
+    }
+
+    /// Hands the frame in slot `i` to [`rx_frame`].
+    fn slot_frame(&self, i: usize, m: &RecvMeta, cache: &mut PoolCache) -> Result<RxFrame, DropReason> {
+        if m.truncated || m.len > RECV_SLOT {
+            return Err(DropReason::TruncatedCapture);
+        }
+        let start = i * RECV_SLOT;
+        let (vh, at) = if self.vnet {
+            if m.len < VNET_HDR_LEN {
+                return Err(DropReason::BadOffload);
+            }
+            let mut b = [0u8; VNET_HDR_LEN];
+            b.copy_from_slice(&self.slots[start..start + VNET_HDR_LEN]);
+            (VnetHdrRepr::parse(&b), start + VNET_HDR_LEN)
+        } else {
+            (VnetHdrRepr::default(), start)
+        };
+        let len = start + m.len - at;
+        let tag = m.aux.and_then(|(status, tci, tpid)| stripped_tag(status, tci, tpid));
+        rx_frame(&self.slots[at..at + len], at, tag, &vh, cache)
+    }
+}
+
+/// The bytes of control-message words.
+fn u64s_as_bytes(w: &[u64; RECV_CTRL_WORDS]) -> [u8; RECV_CTRL_WORDS * 8] {
+    let mut b = [0u8; RECV_CTRL_WORDS * 8];
+    for (d, s) in b.chunks_exact_mut(8).zip(w) {
+        d.copy_from_slice(&s.to_ne_bytes());
+    }
+    b
+}
+
+/// The control messages of a received message: (level, type, data), as CMSG_FIRSTHDR and
+/// CMSG_NXTHDR walk them (a `cmsghdr`, then data; each message aligned to `size_t`).
+fn cmsgs(buf: &[u8]) -> impl Iterator<Item = (libc::c_int, libc::c_int, &[u8])> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    const ALIGN: usize = std::mem::size_of::<usize>();
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        if off + HDR > buf.len() {
+            return None;
+        }
+        let h = &buf[off..off + HDR];
+        let mut lb = [0u8; ALIGN];
+        lb.copy_from_slice(&h[..ALIGN]);
+        let len = usize::from_ne_bytes(lb);
+        if len < HDR || off + len > buf.len() {
+            return None;
+        }
+        let level = libc::c_int::from_ne_bytes([h[ALIGN], h[ALIGN + 1], h[ALIGN + 2], h[ALIGN + 3]]);
+        let kind = libc::c_int::from_ne_bytes([h[ALIGN + 4], h[ALIGN + 5], h[ALIGN + 6], h[ALIGN + 7]]);
+        let item = (level, kind, &buf[off + HDR..off + len]);
+        off += len.next_multiple_of(ALIGN);
+        Some(item)
+    })
+}
+
+// ---- RX: what both modes share. ----
+
+struct AfPacketRx {
+    shared: Arc<Shared>,
+    q: u16,
+    src: Option<RxSource>,
+}
+
+impl Drop for AfPacketRx {
+    fn drop(&mut self) {
+        if let Some(r) = self.src.take() {
+            if let Some(slot) = self.shared.rx.get(self.q as usize) {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Counts frames the kernel dropped because the queue was full (`no_buffer`).
+    #[cold]
+    fn count_kernel_drops(&self, lost: u32, drops: &mut DropTally) {
+        if lost != 0 {
+            drops.add(DropReason::NoBuffer, lost);
+            self.kernel_drops.fetch_add(u64::from(lost), Ordering::Relaxed);
+        }
+    }
+}
+
+/// What one received frame became.
+enum RxFrame {
+    /// A finished frame in a buffer.
+    Buf(PacketBuf),
+    /// A GSO super-frame (its bytes where it was received), to be cut into segments.
+    Gso(PendingGso),
+}
+
+/// A super-frame being cut into segments, possibly across bursts: its bytes (in a ring block
+/// or a receive slot) stay with user space until the last segment is out.
+struct PendingGso {
+    /// Offset of the frame's bytes in the ring or the slots, and their length.
+    data: usize,
+    len: usize,
+    /// The VLAN tag the kernel took out (TPID and TCI), put back into every segment.
+    tag: Option<[u8; VLAN_HLEN]>,
+    seg: Segmenter,
+}
+
+/// Turns one received frame into a buffer, whichever way it was received: `data` is the
+/// frame as captured (found at offset `at` of its ring or slots), `tag` the VLAN tag the
+/// kernel took out (put back, so the switch sees the frame as it was on the wire), `vh` its
+/// virtio-net header (a checksum the sender left to the device is finished here). A GSO
+/// super-frame is handed back for segmentation. `Err` names the drop reason.
+#[inline]
+fn rx_frame(
+    data: &[u8],
+    at: usize,
+    tag: Option<[u8; VLAN_HLEN]>,
+    vh: &VnetHdrRepr,
+    cache: &mut PoolCache,
+) -> Result<RxFrame, DropReason> {
+    let snaplen = data.len();
+    let extra = if tag.is_some() { VLAN_HLEN } else { 0 };
     if vh.is_gso() {
-        let data = hdr + mac;
-        let seg = Segmenter::new(map.bytes(data, snaplen), &vh).map_err(|_| DropReason::BadOffload)?;
+        let seg = Segmenter::new(data, vh).map_err(|_| DropReason::BadOffload)?;
         if seg.max_segment_len() + extra > DATA_ROOM {
             return Err(DropReason::Oversize);
         }
-        return Ok(RxFrame::Gso(PendingGso { data, len: snaplen, tag, seg }));
+        return Ok(RxFrame::Gso(PendingGso { data: at, len: snaplen, tag, seg }));
     }
-    if wire_len + extra > DATA_ROOM {
+    if snaplen + extra > DATA_ROOM {
         return Err(DropReason::Oversize);
     }
     if snaplen < 12 && tag.is_some() {
         return Err(DropReason::Runt);
     }
-    let data = map.bytes(hdr + mac, snaplen);
     let mut buf = cache.alloc().ok_or(DropReason::NoBuffer)?;
     let tail = buf.tail_mut();
     if let Some(t) = tag {
@@ -848,17 +1302,16 @@ fn rx_frame(
     Ok(RxFrame::Buf(buf))
 }
 
-/// Moves the next segments of a super-frame into `out`, up to `room` of them; `true` once
-/// the last one is out (or the rest are dropped).
+/// Moves the next segments of a super-frame (`frame`: its bytes) into `out`, up to `room` of
+/// them; `true` once the last one is out (or the rest are dropped).
 fn rx_segments(
-    map: &RingMap,
+    frame: &[u8],
     p: &mut PendingGso,
     cache: &mut PoolCache,
     out: &mut Burst,
     room: usize,
     drops: &mut DropTally,
 ) -> (usize, bool) {
-    let frame = map.bytes(p.data, p.len);
     let mut n = 0;
     while n < room && !p.seg.finished() {
         let Some(mut buf) = cache.alloc() else {
@@ -897,19 +1350,16 @@ fn rx_segments(
 impl RxQueue for AfPacketRx {
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.ring.as_ref().map(|r| r.fd.as_fd())
+        match self.src.as_ref()? {
+            RxSource::Ring(r) => Some(r.fd.as_fd()),
+            RxSource::Sock(s) => Some(s.fd.as_fd()),
+        }
     }
 
     fn arm_wakeup(&mut self) -> bool {
-        // poll(2) on a TPACKET_V3 socket reports readable while the current block belongs to
-        // user space; a block we are part way through must be finished first.
-        match self.ring.as_ref() {
-            Some(r) => {
-                !r.in_block
-                    && r.map.atomic_u32(r.block_off() + BD_BLOCK_STATUS).load(Ordering::Acquire)
-                        & TP_STATUS_USER
-                        == 0
-            }
+        match self.src.as_ref() {
+            Some(RxSource::Ring(r)) => r.idle(),
+            Some(RxSource::Sock(s)) => s.idle(),
             None => true,
         }
     }
@@ -921,76 +1371,12 @@ impl RxQueue for AfPacketRx {
         max: usize,
         drops: &mut DropTally,
     ) -> usize {
-        let Some(ring) = self.ring.as_mut() else {
-            return 0;
-        };
         let room = max.min(out.remaining_capacity());
-        let mut n = 0;
-        while n < room {
-            if !ring.in_block {
-                let off = ring.block_off();
-                let st = ring.map.atomic_u32(off + BD_BLOCK_STATUS).load(Ordering::Acquire);
-                if st & TP_STATUS_USER == 0 {
-                    break;
-                }
-                if st & TP_STATUS_LOSING != 0 {
-                    let lost = ring.read_kernel_drops();
-                    if lost != 0 {
-                        drops.add(DropReason::NoBuffer, lost);
-                        self.shared.kernel_drops.fetch_add(u64::from(lost), Ordering::Relaxed);
-                    }
-                }
-                ring.left = ring.map.read_u32(off + BD_NUM_PKTS);
-                ring.next_off = ring.map.read_u32(off + BD_FIRST_PKT) as usize;
-                ring.in_block = true;
-            }
-            if let Some(p) = ring.pending.as_mut() {
-                let (k, done) = rx_segments(&ring.map, p, cache, out, room - n, drops);
-                n += k;
-                if !done {
-                    break;
-                }
-                ring.pending = None;
-            }
-            let boff = ring.block_off();
-            while ring.left > 0 && n < room {
-                let rel = ring.next_off;
-                // A header outside the block would be a kernel bug; give the block back.
-                if rel < BD_SIZE || rel + H3_PKTTYPE + 1 > ring.block_size {
-                    ring.left = 0;
-                    break;
-                }
-                let hdr = boff + rel;
-                ring.left -= 1;
-                ring.next_off = rel + ring.map.read_u32(hdr + H3_NEXT) as usize;
-                let pkttype = ring.map.bytes(hdr + H3_PKTTYPE, 1)[0];
-                if pkttype == PACKET_OUTGOING {
-                    continue;
-                }
-                match rx_frame(&ring.map, hdr, ring.block_size - rel, ring.vnet, cache) {
-                    Ok(RxFrame::Buf(b)) => {
-                        out.push(b);
-                        n += 1;
-                    }
-                    Ok(RxFrame::Gso(mut p)) => {
-                        let (k, done) = rx_segments(&ring.map, &mut p, cache, out, room - n, drops);
-                        n += k;
-                        if !done {
-                            ring.pending = Some(p);
-                            break;
-                        }
-                    }
-                    Err(r) => drops.add(r, 1),
-                }
-            }
-            if ring.pending.is_some() {
-                break;
-            }
-            if ring.left == 0 {
-                ring.release_block();
-            }
+        match self.src.as_mut() {
+            Some(RxSource::Ring(r)) => r.rx_burst(&self.shared, cache, out, room, drops),
+            Some(RxSource::Sock(s)) => s.rx_burst(&self.shared, cache, out, room, drops),
+            None => 0,
         }
-        n
     }
 }
 

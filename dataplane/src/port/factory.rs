@@ -59,7 +59,12 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
             Ok(Arc::new(p))
         }
         PortType::Afpacket => {
-            Ok(Arc::new(AfPacketPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?))
+            use super::afpacket::{AfPacketOptions, AfPacketRxMode};
+            let opts = match cfg.rx_mode.unwrap_or_default() {
+                AfPacketRxMode::Ring => AfPacketOptions::default(),
+                AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
+            };
+            Ok(Arc::new(AfPacketPort::open(name, cfg.iface.as_deref().unwrap_or(name), opts)?))
         }
         PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
         PortType::Vhostuser => open_vhost(cfg),

@@ -11,6 +11,26 @@ use switchyard_dataplane::port::{Burst, DropTally, RxQueue};
 use switchyard_dataplane::{PacketBuf, PoolCache};
 use testkit::frame::Frame;
 
+/// Runs each named test function (taking one argument: how the AF_PACKET ports receive) in
+/// both RX modes, as `ring::NAME(ring_arg)` and `recvmmsg::NAME(recvmmsg_arg)`.
+#[allow(unused_macros)]
+macro_rules! in_both_rx_modes {
+    (ring = $ring:expr, recvmmsg = $recv:expr; $($t:ident),* $(,)?) => {
+        mod ring {
+            $(#[test]
+            fn $t() {
+                super::$t($ring)
+            })*
+        }
+        mod recvmmsg {
+            $(#[test]
+            fn $t() {
+                super::$t($recv)
+            })*
+        }
+    };
+}
+
 /// EtherType of the test frames (IEEE local experimental).
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
 pub const WAIT: Duration = Duration::from_secs(3);
@@ -112,6 +132,64 @@ impl VethNs {
 impl Drop for VethNs {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.host]);
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// `count` veth pairs: host ends `host[i]` in the test's namespace, peers `peer[i]` in one
+/// network namespace `ns`, all up; made with two `ip -batch` runs, gone on drop.
+pub struct VethMany {
+    pub ns: String,
+    pub host: Vec<String>,
+    pub peer: Vec<String>,
+}
+
+fn ip_batch(ns: Option<&str>, lines: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip -batch: {e}"))?;
+    child.stdin.take().expect("piped").write_all(lines.as_bytes()).map_err(|e| format!("ip -batch: {e}"))?;
+    let o = child.wait_with_output().map_err(|e| format!("ip -batch: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip -batch: {}", String::from_utf8_lossy(&o.stderr).trim()))
+    }
+}
+
+impl VethMany {
+    pub fn create(count: usize) -> Result<VethMany, String> {
+        let (pid, n) = unique();
+        let g = VethMany {
+            ns: format!("sy-test-{pid}-{n}"),
+            host: (0..count).map(|i| format!("sy{pid}m{i}")).collect(),
+            peer: (0..count).map(|i| format!("sy{pid}n{i}")).collect(),
+        };
+        ip(&["netns", "add", &g.ns])?;
+        // From here on, drop cleans up.
+        let mut add = String::new();
+        let mut up = String::new();
+        for (h, p) in g.host.iter().zip(&g.peer) {
+            add += &format!("link add {h} type veth peer name {p} netns {}\nlink set {h} up\n", g.ns);
+            up += &format!("link set {p} up\n");
+        }
+        ip_batch(None, &add)?;
+        ip_batch(Some(&g.ns), &up)?;
+        Ok(g)
+    }
+}
+
+impl Drop for VethMany {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the peers, and with them the pairs.
         let _ = ip(&["netns", "del", &self.ns]);
     }
 }
