@@ -22,10 +22,9 @@
 //! Prints the machine's state, every figure and one JSON line. `SY_CNI_BENCH=latency` or
 //! `restart` runs only that part.
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../dataplane/tests/kports_common/mod.rs"]
 mod kports_common;
 
@@ -123,7 +122,7 @@ fn ramp(node: &Node, conf: &Value, pods: &mut Vec<Attached>, n: usize) -> Vec<Du
         pods.push(Attached { pod, mac });
         chunk.push(took);
         all.push(took);
-        if pods.len() % 100 == 0 || pods.len() == n {
+        if pods.len().is_multiple_of(100) || pods.len() == n {
             let (med, p99, max) = stats(&mut chunk);
             println!(
                 "  ramp: ADD of ports {:>4}..{:>4}: median {med:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
