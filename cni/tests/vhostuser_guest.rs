@@ -2,8 +2,8 @@
 //! reported in the device-info file, as Multus hands it to KubeVirt) and a pod's in veth mode
 //! to a running `switchyard run`; a real QEMU guest on the reported socket pings the pod
 //! through the switch; then libcni DELs the VM's attachment while the guest runs: its port and
-//! socket go, the daemon stays ready, and the pods' veth ports are as they were and still
-//! forward.
+//! socket go (the backend closes QEMU's connection, the guest's next pings get no answer), the
+//! daemon stays ready, and the pods' veth ports are as they were and still forward.
 //!
 //! Needs what cni/tests/plugin.rs needs (root, `ip`, Go and libcni's source, the IPAM plugins)
 //! and QEMU with the guest of `scripts/qemu-guest-assets.sh` (tests/qemu_common); skips with a
@@ -78,7 +78,7 @@ fn a_guest_on_a_cni_vhostuser_port_pings_a_veth_pod_and_survives_its_del() {
         ip: GUEST_IP,
         peer: &a_ip,
         pings: 3,
-        // Round 1, then it waits for a "go" that never comes: the guest runs on during the DEL.
+        // Round 1, then it waits for a "go": the guest runs on during the DEL, then tries again.
         rounds: 2,
         between: "wait",
         extra: &[],
@@ -104,6 +104,14 @@ fn a_guest_on_a_cni_vhostuser_port_pings_a_veth_pod_and_survives_its_del() {
     assert_eq!(after.iter().collect::<Vec<_>>(), pods_before, "the pods' ports changed with the VM's DEL");
     let shown = node.ctl(&["show", "ports"]);
     assert!(!shown.lines().any(|l| l.split_whitespace().next() == Some(vm_port.as_str())), "{shown}");
+    // The port is gone from the running switch, not only from the lists: its backend closed
+    // QEMU's connection, and the guest's next round of pings gets no answer.
+    let closed = format!("vhost: frontend gone; port down port={vm_port} reason=port closed");
+    common::wait_until("the VM's port to close its vhost-user connection", || {
+        node.daemon_log().contains(&closed)
+    });
+    q.go();
+    q.wait_marker(&["round 2 FAIL"], GUEST_WAIT, log);
     let b_ip = b.ipv4("net1");
     assert!(tcp_reachable(&a, &b, &b_ip, Duration::from_secs(10)), "the pods lost each other after the DEL");
     assert!(tcp_reachable(&b, &a, &a_ip, Duration::from_secs(10)), "the pods lost each other after the DEL");
