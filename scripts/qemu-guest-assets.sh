@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the tiny guest that tests/qemu_guest.rs boots under QEMU against a switchyard
-# vhost-user port:
+# Builds the tiny guest that tests/qemu_guest.rs and cni/tests/vhostuser_guest.rs boot under
+# QEMU against a switchyard vhost-user port:
 #   - vmlinuz: Debian 12's current amd64 kernel, fetched with `apt-get download` and unpacked
 #     with `dpkg-deb` (never installed on this machine);
 #   - initramfs.cpio.gz: busybox-static, the virtio modules the guest needs (virtio_net and

@@ -56,17 +56,17 @@ if [ "$(id -u)" = 0 ]; then
   hugepages
 fi
 
-# tests/qemu_guest.rs boots a real QEMU guest on a vhost-user port: as root, install QEMU and
-# build its guest (a Debian kernel downloaded, not installed, and a busybox initramfs; cached).
-# Without them the test skips (which strict mode refuses). SWITCHYARD_QEMU_TEST=0 leaves them out.
+# tests/qemu_guest.rs and cni/tests/vhostuser_guest.rs boot a real QEMU guest on a vhost-user
+# port: as root, install QEMU and build its guest (a Debian kernel downloaded, not installed,
+# and a busybox initramfs; cached). Without them the tests skip (which strict mode refuses). SWITCHYARD_QEMU_TEST=0 leaves them out.
 if [ "$(id -u)" = 0 ] && [ "${SWITCHYARD_QEMU_TEST:-1}" != 0 ]; then
-  echo "== QEMU guest for tests/qemu_guest.rs"
+  echo "== QEMU guest for tests/qemu_guest.rs and cni/tests/vhostuser_guest.rs"
   if ! timeout 900 scripts/qemu-guest-assets.sh; then
     if [ "$strict" = 1 ]; then
       echo "== error: no QEMU guest (scripts/qemu-guest-assets.sh failed); in strict mode this fails the run" >&2
       exit 1
     fi
-    echo "== no QEMU guest (scripts/qemu-guest-assets.sh failed): tests/qemu_guest.rs will skip"
+    echo "== no QEMU guest (scripts/qemu-guest-assets.sh failed): the QEMU guest tests will skip"
   fi
 fi
 

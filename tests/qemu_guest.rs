@@ -19,11 +19,11 @@
 //! `SWITCHYARD_QEMU=PATH` another QEMU binary, `SWITCHYARD_QEMU_KEEP=1` keeps the logs.
 //! Every wait is bounded; QEMU, switchyard and the namespace go away whatever happens.
 
-use std::io::{BufRead, BufReader, Write};
+mod qemu_common;
+
+use qemu_common::{Guest, Qemu, GUEST_WAIT, ONE_GUEST, SHORT_WAIT};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -32,31 +32,14 @@ const GUEST_IP: &str = "198.51.100.2";
 const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// Echo replies the guest wants per round.
 const PINGS: u32 = 3;
-/// Boot and one round of pings; TCG on a loaded 2-core machine is slow, a good run takes ~5 s.
-const GUEST_WAIT: Duration = Duration::from_secs(180);
-const SHORT_WAIT: Duration = Duration::from_secs(10);
 
-/// One QEMU guest at a time in this process (the cases share nothing but the CPUs; run in
-/// parallel under TCG they only slow each other down).
-static ONE_GUEST: Mutex<()> = Mutex::new(());
-
-fn runs(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-fn assets_dir() -> PathBuf {
-    match std::env::var_os("SWITCHYARD_QEMU_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from("/var/cache/switchyard-qemu"),
-    }
-}
-
-/// The kernel and initramfs, or why the test cannot run here.
-fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
+/// The guest, or why the test cannot run here.
+fn prerequisites() -> Result<qemu_common::Assets, String> {
     if !testkit::probe::is_root() {
         return Err("not running as root (needs network namespaces and a TAP interface)".into());
     }
-    if !runs("ip", "-V") {
+    let ip_ok = Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !ip_ok.is_ok_and(|s| s.success()) {
         return Err("the `ip` command (iproute2) is missing".into());
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -69,27 +52,7 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
         return Err("cannot create a network namespace here".into());
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-    if !runs(&qemu_bin(), "--version") {
-        return Err(format!("{} not found (Debian: apt install qemu-system-x86)", qemu_bin()));
-    }
-    let dir = assets_dir();
-    let (k, i) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
-    if !k.is_file() || !i.is_file() {
-        return Err(format!("no guest in {} (build it with scripts/qemu-guest-assets.sh)", dir.display()));
-    }
-    Ok((k, i))
-}
-
-/// The QEMU binary: `$SWITCHYARD_QEMU`, else qemu-system-x86_64 from PATH.
-fn qemu_bin() -> String {
-    std::env::var("SWITCHYARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
-}
-
-/// QEMU's major version (0 when it cannot be told).
-fn qemu_major() -> u32 {
-    let out = Command::new(qemu_bin()).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
-    let text = String::from_utf8_lossy(&out);
-    text.split("version ").nth(1).and_then(|v| v.split('.').next()?.parse().ok()).unwrap_or(0)
+    qemu_common::assets()
 }
 
 fn ip(args: &[&str]) {
@@ -227,158 +190,24 @@ impl Drop for Switchyard {
     }
 }
 
-/// QEMU with the guest; its serial console comes line by line through a channel.
-struct Qemu {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    console: Arc<Mutex<String>>,
-    stderr: PathBuf,
-}
-
-impl Qemu {
-    /// `chardev`: the socket chardev's options after `path=...` (e.g. `,reconnect=1`);
-    /// `between`: what the guest does between rounds (`wait` for [`Qemu::go`], or `rebind`
-    /// its driver); `extra`: more QEMU arguments.
-    fn start(c: &Case, chardev: &str, rounds: u32, between: &str, extra: &[&str]) -> Qemu {
-        let dir = c.dir.path();
-        let accel = std::env::var("SWITCHYARD_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-        // QEMU 7.2 (Debian 12) under TCG crashes when a vhost-user virtio-pci device uses MSI-X
-        // (virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers: a NULL dereference,
-        // before the backend is asked anything): there the device gets no MSI-X vectors and the
-        // guest uses INTx. QEMU 10.0 (bookworm-backports) runs MSI-X under TCG fine; versions in
-        // between are untested. With KVM (irqfd) MSI-X is always used.
-        let vectors = if accel == "tcg" && qemu_major() < 10 { ",vectors=0" } else { "" };
-        let stderr = dir.join("qemu.err");
-        let mut child = Command::new(qemu_bin())
-            .args(["-accel", &accel, "-smp", "1", "-m", "256M"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem"])
-            .arg("-chardev")
-            .arg(format!("socket,id=c0,path={}{chardev}", c.sock().display()))
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}{vectors}")])
-            .arg("-kernel")
-            .arg(&c.kernel)
-            .arg("-initrd")
-            .arg(&c.initrd)
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 panic=-1 ipv6.disable=1 loglevel=4 sy.ip={GUEST_IP}/24 sy.peer={HOST_IP} \
-                 sy.count={PINGS} sy.deadline=60 sy.rounds={rounds} sy.between={between}"
-            ))
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn qemu");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let console = Arc::new(Mutex::new(String::new()));
-        let all = console.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let line = line.trim_end_matches('\r').to_string();
-                all.lock().unwrap().push_str(&format!("{line}\n"));
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Qemu { child, stdin, lines, console, stderr }
-    }
-
-    fn dump(&self) -> String {
-        format!(
-            "console:\n{}\nqemu stderr:\n{}",
-            self.console.lock().unwrap(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
-    }
-
-    /// The first console line (from now) that starts with "SWITCHYARD-GUEST: " followed by one
-    /// of `wanted`; panics on a FAIL marker, on QEMU's exit or after `limit`.
-    fn wait_marker(&mut self, wanted: &[&str], limit: Duration, sy_log: impl Fn() -> String) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let Some(m) = line.strip_prefix("SWITCHYARD-GUEST: ") else { continue };
-                    if wanted.iter().any(|w| m.starts_with(w)) {
-                        return m.to_string();
-                    }
-                    if m.contains("FAIL") {
-                        panic!("the guest says {m:?}\n{}\nswitchyard log:\n{}", self.dump(), sy_log());
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no {wanted:?} from the guest in {limit:?}\n{}\nswitchyard log:\n{}",
-                        self.dump(),
-                        sy_log()
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let st = self.child.wait().ok();
-                    panic!(
-                        "QEMU exited ({st:?}) before {wanted:?}\n{}\nswitchyard log:\n{}",
-                        self.dump(),
-                        sy_log()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Tells a guest that waits between rounds to go on.
-    fn go(&mut self) {
-        let s = self.stdin.as_mut().expect("stdin");
-        s.write_all(b"go\n").and_then(|_| s.flush()).expect("write to the guest's console");
-    }
-
-    /// Waits (bounded) for QEMU to exit after the guest powered off.
-    fn wait_exit(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                assert!(st.success(), "QEMU exited with {st}\n{}", self.dump());
-                return;
-            }
-            assert!(
-                t0.elapsed() < SHORT_WAIT * 3,
-                "QEMU did not exit after the guest powered off\n{}",
-                self.dump()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The guest's eth0 packet counters from its final /proc/net/dev dump: (rx, tx).
-    fn guest_counters(&self) -> Option<(u64, u64)> {
-        let c = self.console.lock().unwrap();
-        let line = c.lines().rev().find(|l| l.trim_start().starts_with("eth0:"))?;
-        let f: Vec<u64> = line
-            .trim_start()
-            .trim_start_matches("eth0:")
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        (f.len() >= 10).then(|| (f[1], f[9]))
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::write(
-            self.stderr.with_file_name("console.txt"),
-            self.console.lock().unwrap().as_bytes(),
-        );
+impl Case {
+    /// QEMU with the guest on this case's socket: `chardev` the socket chardev's options,
+    /// `between` what the guest does between rounds, `extra` more QEMU arguments.
+    fn qemu(&self, chardev: &str, rounds: u32, between: &str, extra: &[&str]) -> Qemu {
+        let sock = self.sock();
+        Qemu::start(&Guest {
+            assets: &self.assets,
+            dir: self.dir.path(),
+            socket: &sock,
+            chardev,
+            mac: GUEST_MAC,
+            ip: &format!("{GUEST_IP}/24"),
+            peer: HOST_IP,
+            pings: PINGS,
+            rounds,
+            between,
+            extra,
+        })
     }
 }
 
@@ -431,15 +260,14 @@ fn requests(log: &str) -> Vec<String> {
 
 struct Case {
     _lock: std::sync::MutexGuard<'static, ()>,
-    kernel: PathBuf,
-    initrd: PathBuf,
+    assets: qemu_common::Assets,
     dir: tempfile::TempDir,
     ns: Netns,
 }
 
 impl Case {
     fn new(test: &str, case: &str) -> Option<Case> {
-        let (kernel, initrd) = match prerequisites() {
+        let assets = match prerequisites() {
             Ok(p) => p,
             Err(why) => {
                 testkit::skip(test, &why);
@@ -454,7 +282,7 @@ impl Case {
             eprintln!("{test}: keeping {}", dir.path().display());
         }
         let ns = Netns::create(case);
-        Some(Case { _lock: lock, kernel, initrd, dir, ns })
+        Some(Case { _lock: lock, assets, dir, ns })
     }
 
     fn sock(&self) -> PathBuf {
@@ -465,7 +293,7 @@ impl Case {
 /// One guest, one round of pings; checks and returns the switch's summary.
 fn one_round(c: &Case, sy: Switchyard, chardev: &str, extra: &[&str]) -> serde_json::Value {
     let t0 = Instant::now();
-    let mut q = Qemu::start(c, chardev, 1, "wait", extra);
+    let mut q = c.qemu(chardev, 1, "wait", extra);
     let sy_log = || sy.log();
     q.wait_marker(&["up"], GUEST_WAIT, sy_log);
     q.wait_marker(&["round 1 PASS"], GUEST_WAIT, sy_log);
@@ -509,7 +337,7 @@ fn guest_pings_again_after_switchyard_restarts() {
     let Some(c) = Case::new("guest_pings_again_after_switchyard_restarts", "rst") else { return };
     let spec = format!("vhost:{}", c.sock().display());
     let sy = Switchyard::start(&c.ns, &spec, c.dir.path(), 0);
-    let mut q = Qemu::start(&c, ",reconnect=1", 2, "wait", &[]);
+    let mut q = c.qemu(",reconnect=1", 2, "wait", &[]);
     q.wait_marker(&["round 1 PASS"], GUEST_WAIT, || sy.log());
     q.wait_marker(&["waiting"], SHORT_WAIT, || sy.log());
     let (j, log) = sy.stop();
@@ -538,7 +366,7 @@ fn guest_pings_again_after_its_driver_is_rebound() {
     // reboot does too).
     let spec = format!("vhost:{}", c.sock().display());
     let sy = Switchyard::start(&c.ns, &spec, c.dir.path(), 0);
-    let mut q = Qemu::start(&c, "", 2, "rebind", &[]);
+    let mut q = c.qemu("", 2, "rebind", &[]);
     q.wait_marker(&["round 1 PASS"], GUEST_WAIT, || sy.log());
     q.wait_marker(&["rebinding"], SHORT_WAIT, || sy.log());
     q.wait_marker(&["round 2 PASS"], GUEST_WAIT, || sy.log());

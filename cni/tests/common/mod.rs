@@ -276,6 +276,12 @@ impl Node {
 
     /// Starts the daemon and waits until it answers `status` ready.
     pub fn start_daemon(&mut self) {
+        self.spawn_daemon();
+        self.wait_ready(WAIT);
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn_daemon(&mut self) {
         assert!(self.daemon.is_none(), "the daemon runs already");
         self.starts += 1;
         let child = Command::new(daemon_bin())
@@ -295,6 +301,10 @@ impl Node {
             .spawn()
             .expect("spawn switchyard run");
         self.daemon = Some(child);
+    }
+
+    /// Waits (polling every 20 ms, at most `limit`) until the daemon answers `status` ready.
+    pub fn wait_ready(&self, limit: Duration) {
         let t = Instant::now();
         loop {
             if let Ok(v) = self.try_request(&json!({"v": 1, "op": "status"})) {
@@ -302,24 +312,40 @@ impl Node {
                     return;
                 }
             }
-            assert!(t.elapsed() < WAIT, "the daemon did not get ready; log:\n{}", self.daemon_log());
+            assert!(t.elapsed() < limit, "the daemon did not get ready; log:\n{}", self.daemon_log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Stops the daemon (SIGTERM, bounded wait).
     pub fn stop_daemon(&mut self) {
+        self.stop_daemon_within(WAIT);
+    }
+
+    /// Stops the daemon: SIGTERM, then at most `limit` for it to exit.
+    pub fn stop_daemon_within(&mut self, limit: Duration) {
         let mut c = self.daemon.take().expect("the daemon runs");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
         while c.try_wait().expect("wait").is_none() {
-            assert!(t.elapsed() < WAIT, "the daemon did not stop on SIGTERM; log:\n{}", self.daemon_log());
+            if t.elapsed() > limit {
+                // Not left behind: killed before the failure is reported.
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not stop on SIGTERM in {limit:?}; log:\n{}", self.daemon_log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn try_request(&self, req: &Value) -> std::io::Result<Value> {
+    /// One JSON request to the daemon: its answer, or why there is none (not answering yet).
+    pub fn try_request(&self, req: &Value) -> std::io::Result<Value> {
         let mut s = UnixStream::connect(&self.sock)?;
         s.set_read_timeout(Some(WAIT))?;
         s.write_all(format!("{req}\n").as_bytes())?;
