@@ -866,8 +866,10 @@ fn build_udp_frame(
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// A worker with more RX queues than this backs off with short sleeps instead of poll(2)
-/// over all their descriptors (which would cost more than it saves).
-const MAX_SLEEP_QUEUES: usize = 256;
+/// over all their descriptors. Sleeping in poll(2) is far cheaper than polling every queue:
+/// with 500 idle AF_PACKET ports the process used 45% of a core at a limit of 256 (short
+/// sleeps) and 11% with this one (benches/afpacket-scale.sh, docs/benchmarks.md).
+const MAX_SLEEP_QUEUES: usize = 4096;
 
 fn worker_main(idx: usize, sh: Arc<Shared>) {
     if let Some(core) = sh.opts.cores[idx] {
