@@ -12,7 +12,6 @@
 //! may call OnDefineDomain more than once, and it touches nothing but those interfaces and the
 //! memory backing.
 
-use std::borrow::Cow;
 use xmltree::{Element, EmitterConfig, ParserConfig, XMLNode};
 
 /// One interface to put on switchyard's vhost-user port.
@@ -79,10 +78,12 @@ fn interface(want: &VhostIface, old: Option<&Element>, queues: u32) -> Element {
     if let Some(mac) = want.mac.as_deref().or(old_mac) {
         kids.push(XMLNode::Element(elem("mac", &[("address", mac)])));
     }
-    kids.push(XMLNode::Element(elem(
-        "source",
-        &[("type", "unix"), ("path", &want.socket), ("mode", &want.mode)],
-    )));
+    let mut source = elem("source", &[("type", "unix"), ("path", &want.socket), ("mode", &want.mode)]);
+    if want.mode == "client" {
+        // QEMU connects again a second after the switch restarts: the guest keeps its NIC.
+        source.children.push(XMLNode::Element(elem("reconnect", &[("enabled", "yes"), ("timeout", "1")])));
+    }
+    kids.push(XMLNode::Element(source));
     kids.push(XMLNode::Element(elem("model", &[("type", "virtio")])));
     if want.multiqueue && queues > 1 {
         kids.push(XMLNode::Element(elem("driver", &[("queues", &queues.to_string())])));
@@ -169,9 +170,22 @@ pub fn rewrite(xml: &[u8], ifaces: &[VhostIface]) -> Result<Vec<u8>, DomainError
     Ok(out)
 }
 
-/// The vhost-user interfaces of a domain: (alias, socket path, QEMU's mode, queues), what the
-/// end-to-end test derives QEMU's arguments from.
-pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<(String, String, String, u32)>, DomainError> {
+/// A vhost-user interface of a domain, as QEMU's arguments need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostInterface {
+    pub alias: String,
+    pub socket: String,
+    /// QEMU's role: `client` or `server`.
+    pub mode: String,
+    /// Seconds between reconnection attempts (client mode), when enabled.
+    pub reconnect: Option<u32>,
+    pub mac: Option<String>,
+    pub queues: u32,
+}
+
+/// The vhost-user interfaces of a domain (what the end-to-end test derives QEMU's arguments
+/// from, as libvirt would).
+pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<VhostInterface>, DomainError> {
     let dom = Element::parse(xml)?;
     let devices = child(&dom, "devices").ok_or(DomainError::NoDevices)?;
     Ok(devices
@@ -182,9 +196,15 @@ pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<(String, String, String, u32)>
         .map(|e| {
             let s = child(e, "source");
             let get = |k| s.and_then(|s| attr(s, k)).unwrap_or_default().to_string();
-            let queues = child(e, "driver").and_then(|d| attr(d, "queues")).and_then(|q| q.parse().ok());
-            let name = child(e, "alias").and_then(|a| attr(a, "name")).map(Cow::Borrowed).unwrap_or_default();
-            (name.into_owned(), get("path"), get("mode"), queues.unwrap_or(1))
+            let rc = s.and_then(|s| child(s, "reconnect")).filter(|r| attr(r, "enabled") == Some("yes"));
+            VhostInterface {
+                alias: child(e, "alias").and_then(|a| attr(a, "name")).unwrap_or_default().to_string(),
+                socket: get("path"),
+                mode: get("mode"),
+                reconnect: rc.map(|r| attr(r, "timeout").and_then(|t| t.parse().ok()).unwrap_or(1)),
+                mac: child(e, "mac").and_then(|m| attr(m, "address")).map(str::to_string),
+                queues: child(e, "driver").and_then(|d| attr(d, "queues")).and_then(|q| q.parse().ok()).unwrap_or(1),
+            }
         })
         .collect())
 }

@@ -5,7 +5,8 @@ use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+pub use tonic::transport::Channel;
+use tonic::transport::{Endpoint, Uri};
 
 /// A channel to the gRPC server listening on `path`; the connection is made now, so an error
 /// means nobody listens there.

@@ -159,6 +159,8 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     assert_eq!(attr_of(blue, "source", "path").as_deref(), Some(SOCK));
     assert_eq!(attr_of(blue, "source", "mode").as_deref(), Some("client"));
     assert_eq!(attr_of(blue, "source", "type").as_deref(), Some("unix"));
+    let rc = blue.get_child("source").unwrap().get_child("reconnect").expect("QEMU would not reconnect");
+    assert_eq!((rc.attributes["enabled"].as_str(), rc.attributes["timeout"].as_str()), ("yes", "1"));
     assert_eq!(attr_of(blue, "mac", "address").as_deref(), Some("02:5a:00:00:00:0b"));
     assert_eq!(attr_of(blue, "model", "type").as_deref(), Some("virtio"));
     assert!(blue.get_child("driver").is_none(), "queues without multiqueue");
@@ -182,9 +184,11 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     // Multiqueue with 4 vCPUs: 4 queues.
     let out = define(&mut cb, &domain("multiqueue.xml"), &vmi(true, &[])).await.unwrap();
     validate(&out);
-    assert_eq!(vhost_interfaces(&out).unwrap(), [("ua-blue".to_string(), SOCK.to_string(), "client".to_string(), 4)]);
+    let vi = vhost_interfaces(&out).unwrap();
+    assert_eq!(vi.len(), 1);
+    assert_eq!((vi[0].alias.as_str(), vi[0].socket.as_str(), vi[0].queues), ("ua-blue", SOCK, 4));
     let out1 = define(&mut cb, &domain("multiqueue.xml"), &vmi(false, &[])).await.unwrap();
-    assert_eq!(vhost_interfaces(&out1).unwrap()[0].3, 1, "queues although the VMI has no multiqueue");
+    assert_eq!(vhost_interfaces(&out1).unwrap()[0].queues, 1, "queues although the VMI has no multiqueue");
 
     // A private memory backing: refused, saying why.
     let e = define(&mut cb, &domain("private.xml"), &vmi(false, &[])).await.unwrap_err();
@@ -241,6 +245,7 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     let blue = interfaces(&parse(&out))[1].clone();
     assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("9000"));
     assert_eq!(attr_of(&blue, "source", "mode").as_deref(), Some("server"));
+    assert!(blue.get_child("source").unwrap().get_child("reconnect").is_none(), "reconnect on a listening QEMU");
 
     // Shutdown ends the sidecar and removes its socket.
     cb.shutdown(ShutdownParams {}).await.unwrap();
