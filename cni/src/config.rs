@@ -346,8 +346,9 @@ impl NetConf {
         let state_dir = path("stateDir", DEFAULT_STATE_DIR)?;
         // The vhost-user keys mean nothing to a veth: naming one there is a mistake to report.
         if mode == Mode::Veth {
-            if let Some(k) =
-                ["vhostMode", "socketOwner", "socketGroup", "socketMode", "deviceID"].iter().find(|k| o.contains_key(**k))
+            if let Some(k) = ["vhostMode", "socketOwner", "socketGroup", "socketMode", "deviceID"]
+                .iter()
+                .find(|k| o.contains_key(**k))
             {
                 return Err(bad(*k, "applies only to \"mode\": \"vhostuser\""));
             }

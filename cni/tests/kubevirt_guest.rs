@@ -50,8 +50,11 @@ fn now_s() -> f64 {
 }
 
 fn tools_missing() -> Option<String> {
-    for (tool, pkg) in [("virt-xml-validate", "libvirt-clients"), ("xmllint", "libxml2-utils"), ("ping", "iputils-ping")] {
-        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status();
+    for (tool, pkg) in
+        [("virt-xml-validate", "libvirt-clients"), ("xmllint", "libxml2-utils"), ("ping", "iputils-ping")]
+    {
+        let ok =
+            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status();
         if !ok.is_ok_and(|s| s.success()) {
             return Some(format!("{tool} missing (Debian: {pkg})"));
         }
@@ -165,10 +168,12 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     }));
     let alloc = rt.block_on(async {
         let mut c = DevicePluginClient::new(dial(&cfg.plugin_dir.join(cfg.endpoint())).await);
-        c.allocate(AllocateRequest { container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["kv-1".into()] }] })
-            .await
-            .expect("Allocate")
-            .into_inner()
+        c.allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["kv-1".into()] }],
+        })
+        .await
+        .expect("Allocate")
+        .into_inner()
     });
     let mount = alloc.container_responses[0].mounts[0].clone();
     assert_eq!(mount.host_path, format!("{}/dev-kv-1", node.vhost.display()));
@@ -183,7 +188,8 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     );
     let vm = Pod::new("kvm");
     let cni_info = d.join("devinfo/cni/kv-vh-net1.json");
-    let r = node.libcni("add", &vh, &vm, "net1", json!({"mac": GUEST_MAC, "CNIDeviceInfoFile": cni_info})).ok();
+    let r =
+        node.libcni("add", &vh, &vm, "net1", json!({"mac": GUEST_MAC, "CNIDeviceInfoFile": cni_info})).ok();
     let host_sock = format!("{}/sock", mount.host_path);
     assert_eq!(r["interfaces"][0]["mac"], GUEST_MAC, "{r}");
     let ports = node.cni_ports();
@@ -200,13 +206,23 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     let dp_info: Value = serde_json::from_slice(&std::fs::read(cfg.devinfo_path("kv-1")).unwrap()).unwrap();
     let net_info = d.join("podinfo/network-info");
     std::fs::create_dir_all(net_info.parent().unwrap()).unwrap();
-    std::fs::write(&net_info, json!({"interfaces": [{"network": "blue", "deviceInfo": dp_info}]}).to_string()).unwrap();
+    std::fs::write(
+        &net_info,
+        json!({"interfaces": [{"network": "blue", "deviceInfo": dp_info}]}).to_string(),
+    )
+    .unwrap();
     let hook_sock = d.join("kubevirt-hooks/switchyard.sock");
     let sidecar = rt.spawn(hook::run(
-        SidecarConfig { binding: "switchyard".into(), socket: hook_sock.clone(), network_info: net_info, mtu: None },
+        SidecarConfig {
+            binding: "switchyard".into(),
+            socket: hook_sock.clone(),
+            network_info: net_info,
+            mtu: None,
+        },
         std::future::pending(),
     ));
-    let dom = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../kubevirt/tests/domains/plain.xml")).unwrap();
+    let dom =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../kubevirt/tests/domains/plain.xml")).unwrap();
     let vmi = json!({"spec": {"domain": {"devices": {"interfaces": [
         {"name": "default", "masquerade": {}},
         {"name": "blue", "binding": {"name": "switchyard"}, "macAddress": GUEST_MAC}]}},
@@ -222,9 +238,17 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     let xml_file = d.join("domain.xml");
     std::fs::write(&xml_file, &xml).unwrap();
     let v = Command::new("virt-xml-validate").arg(&xml_file).arg("domain").output().unwrap();
-    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
     let text = String::from_utf8_lossy(&xml);
-    assert!(text.contains(r#"<source type="memfd" />"#) && text.contains(r#"<access mode="shared" />"#), "{text}");
+    assert!(
+        text.contains(r#"<source type="memfd" />"#) && text.contains(r#"<access mode="shared" />"#),
+        "{text}"
+    );
     let ifs = vhost_interfaces(&xml).unwrap();
     assert_eq!(ifs.len(), 1, "{text}");
     let nic = &ifs[0];
@@ -275,9 +299,14 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     node.start_daemon();
     let t_ready = now_s();
     let first = ping.reply_after(t_spawn, SHORT_WAIT * 3).unwrap_or_else(|| {
-        panic!("no reply from the guest 30 s after the restart\n{}\nswitchyard log:\n{}", q.dump(), node.daemon_log())
+        panic!(
+            "no reply from the guest 30 s after the restart\n{}\nswitchyard log:\n{}",
+            q.dump(),
+            node.daemon_log()
+        )
     });
-    let last_before = ping.replies.lock().unwrap().iter().copied().filter(|r| *r < t_spawn).fold(0.0, f64::max);
+    let last_before =
+        ping.replies.lock().unwrap().iter().copied().filter(|r| *r < t_spawn).fold(0.0, f64::max);
     eprintln!(
         "switch restart: stopped in {:.0} ms, ready {:.0} ms after its start; pings resumed {:.0} ms after it \
          was ready ({:.0} ms without replies)",

@@ -20,9 +20,9 @@
 use crate::proto::deviceplugin::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use crate::proto::deviceplugin::registration_client::RegistrationClient;
 use crate::proto::deviceplugin::{
-    AllocateRequest, AllocateResponse, ContainerAllocateResponse, ContainerPreferredAllocationResponse, Device,
-    DevicePluginOptions, Empty, ListAndWatchResponse, Mount, PreStartContainerRequest, PreStartContainerResponse,
-    PreferredAllocationRequest, PreferredAllocationResponse, RegisterRequest,
+    AllocateRequest, AllocateResponse, ContainerAllocateResponse, ContainerPreferredAllocationResponse,
+    Device, DevicePluginOptions, Empty, ListAndWatchResponse, Mount, PreStartContainerRequest,
+    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse, RegisterRequest,
 };
 use crate::uds;
 use std::collections::HashMap;
@@ -129,7 +129,11 @@ impl PluginConfig {
 
     /// The device-info file of device `id`, named as Multus looks for it.
     pub fn devinfo_path(&self, id: &str) -> PathBuf {
-        self.devinfo_dir.join(format!("{}-{}-device.json", self.resource.replace('/', "-"), id.replace('/', "-")))
+        self.devinfo_dir.join(format!(
+            "{}-{}-device.json",
+            self.resource.replace('/', "-"),
+            id.replace('/', "-")
+        ))
     }
 
     /// The plugin's own socket in the kubelet's directory.
@@ -152,7 +156,8 @@ impl PluginConfig {
 
     /// The devices and their health now.
     pub fn devices_now(&self) -> Vec<Device> {
-        let switch_up = self.switch_socket.as_ref().is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
+        let switch_up =
+            self.switch_socket.as_ref().is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
         (0..self.devices)
             .map(|i| {
                 let id = self.device_id(i);
@@ -173,7 +178,10 @@ type DeviceStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Statu
 
 #[tonic::async_trait]
 impl DevicePlugin for Plugin {
-    async fn get_device_plugin_options(&self, _: Request<Empty>) -> Result<Response<DevicePluginOptions>, Status> {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
         Ok(Response::new(options()))
     }
 
@@ -276,7 +284,10 @@ pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>)
             tx.send_if_modified(|d| {
                 let changed = *d != now;
                 if changed {
-                    tracing::info!(healthy = now.iter().filter(|d| d.health == "Healthy").count(), "devices changed");
+                    tracing::info!(
+                        healthy = now.iter().filter(|d| d.health == "Healthy").count(),
+                        "devices changed"
+                    );
                     *d = now;
                 }
                 changed
@@ -296,13 +307,13 @@ pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>)
         };
         let (down_tx, down_rx) = tokio::sync::oneshot::channel::<()>();
         let svc = DevicePluginServer::new(Plugin { cfg: cfg.clone(), devices: rx.clone() });
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
+        let server =
+            tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
+                incoming,
+                async move {
                     let _ = down_rx.await;
-                }),
-        );
+                },
+            ));
         let ours_id = socket_id(&ours);
         // Register (retrying while the kubelet is not there), then watch both sockets.
         let mut registered_with = None;

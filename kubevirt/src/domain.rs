@@ -165,7 +165,10 @@ pub fn rewrite(xml: &[u8], ifaces: &[VhostIface]) -> Result<Vec<u8>, DomainError
         }
     }
     let mut out = Vec::new();
-    dom.write_with_config(&mut out, EmitterConfig::new().perform_indent(true).write_document_declaration(false))?;
+    dom.write_with_config(
+        &mut out,
+        EmitterConfig::new().perform_indent(true).write_document_declaration(false),
+    )?;
     out.push(b'\n');
     Ok(out)
 }
@@ -203,7 +206,10 @@ pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<VhostInterface>, DomainError> 
                 mode: get("mode"),
                 reconnect: rc.map(|r| attr(r, "timeout").and_then(|t| t.parse().ok()).unwrap_or(1)),
                 mac: child(e, "mac").and_then(|m| attr(m, "address")).map(str::to_string),
-                queues: child(e, "driver").and_then(|d| attr(d, "queues")).and_then(|q| q.parse().ok()).unwrap_or(1),
+                queues: child(e, "driver")
+                    .and_then(|d| attr(d, "queues"))
+                    .and_then(|q| q.parse().ok())
+                    .unwrap_or(1),
             }
         })
         .collect())

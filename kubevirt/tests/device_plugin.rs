@@ -65,9 +65,12 @@ fn start_kubelet(dir: &Path, seen: mpsc::UnboundedSender<Seen>) -> oneshot::Send
     let incoming = uds::bind(&dir.join(device_plugin::KUBELET_SOCKET)).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let svc = RegistrationServer::new(Kubelet { dir: dir.to_path_buf(), seen });
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = rx.await;
+        },
+    ));
     tx
 }
 
@@ -160,7 +163,9 @@ async fn registers_lists_allocates_and_survives_restarts() {
         .into_inner();
     assert_eq!(pref.container_responses[0].device_i_ds, ["blue-0"]);
     let a = c
-        .allocate(AllocateRequest { container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["blue-1".into()] }] })
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["blue-1".into()] }],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -178,7 +183,9 @@ async fn registers_lists_allocates_and_survives_restarts() {
             "vhost-user": {"mode": "client", "path": "/var/run/switchyard/kubevirt/blue-0/sock"}})
     );
     let e = c
-        .allocate(AllocateRequest { container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["red-0".into()] }] })
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["red-0".into()] }],
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

@@ -30,7 +30,10 @@ fn vmi(multiqueue: bool, more: &[&str]) -> Vec<u8> {
         json!({"name": "default", "masquerade": {}}),
         json!({"name": "blue", "binding": {"name": "switchyard"}, "macAddress": "02:5a:00:00:00:0b"}),
     ];
-    let mut nets = vec![json!({"name": "default", "pod": {}}), json!({"name": "blue", "multus": {"networkName": "blue-net"}})];
+    let mut nets = vec![
+        json!({"name": "default", "pod": {}}),
+        json!({"name": "blue", "multus": {"networkName": "blue-net"}}),
+    ];
     for m in more {
         ifaces.push(json!({"name": m, "bridge": {}}));
         nets.push(json!({"name": m, "multus": {"networkName": format!("{m}-net")}}));
@@ -54,7 +57,8 @@ fn validate(xml: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("domain.xml");
     std::fs::write(&f, xml).unwrap();
-    let out = Command::new("virt-xml-validate").arg(&f).arg("domain").output().expect("virt-xml-validate runs");
+    let out =
+        Command::new("virt-xml-validate").arg(&f).arg("domain").output().expect("virt-xml-validate runs");
     assert!(
         out.status.success(),
         "libvirt's schema refuses the domain:\n{}{}\n{}",
@@ -108,12 +112,19 @@ fn start(mtu: Option<u32>) -> Sidecar {
     let info = dir.path().join("podinfo/network-info");
     std::fs::create_dir_all(info.parent().unwrap()).unwrap();
     std::fs::write(&info, network_info().to_string()).unwrap();
-    let cfg = SidecarConfig { binding: "switchyard".into(), socket: socket.clone(), network_info: info.clone(), mtu };
+    let cfg = SidecarConfig {
+        binding: "switchyard".into(),
+        socket: socket.clone(),
+        network_info: info.clone(),
+        mtu,
+    };
     let task = tokio::spawn(hook::run(cfg, std::future::pending()));
     Sidecar { socket, info, task, _dir: dir }
 }
 
-async fn client(s: &Sidecar) -> (InfoClient<tonic::transport::Channel>, CallbacksClient<tonic::transport::Channel>) {
+async fn client(
+    s: &Sidecar,
+) -> (InfoClient<tonic::transport::Channel>, CallbacksClient<tonic::transport::Channel>) {
     for _ in 0..100 {
         if let Ok(ch) = uds::connect(&s.socket).await {
             return (InfoClient::new(ch.clone()), CallbacksClient::new(ch));
@@ -123,7 +134,11 @@ async fn client(s: &Sidecar) -> (InfoClient<tonic::transport::Channel>, Callback
     panic!("the sidecar does not listen on {}", s.socket.display());
 }
 
-async fn define(c: &mut CallbacksClient<tonic::transport::Channel>, dom: &[u8], vmi: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+async fn define(
+    c: &mut CallbacksClient<tonic::transport::Channel>,
+    dom: &[u8],
+    vmi: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
     c.on_define_domain(OnDefineDomainParams { domain_xml: dom.to_vec(), vmi: vmi.to_vec() })
         .await
         .map(|r| r.into_inner().domain_xml)
@@ -138,7 +153,9 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     let (mut info, mut cb) = client(&s).await;
 
     let i = info
-        .info(InfoParams { supported_hook_api_versions: vec!["v1alpha1".into(), "v1alpha2".into(), "v1alpha3".into()] })
+        .info(InfoParams {
+            supported_hook_api_versions: vec!["v1alpha1".into(), "v1alpha2".into(), "v1alpha3".into()],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -202,7 +219,10 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     validate(&out);
     let before = interfaces(&parse(&several));
     let after = interfaces(&parse(&out));
-    assert_eq!(after.iter().map(alias_of).collect::<Vec<_>>(), ["ua-default", "ua-red", "ua-blue", "ua-green"]);
+    assert_eq!(
+        after.iter().map(alias_of).collect::<Vec<_>>(),
+        ["ua-default", "ua-red", "ua-blue", "ua-green"]
+    );
     for k in [0, 1, 3] {
         assert_eq!(after[k], before[k], "interface {} changed", alias_of(&before[k]));
     }
@@ -214,13 +234,18 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     assert_eq!(define(&mut cb, &out, &vmi(false, &["red", "green"])).await.unwrap(), out);
 
     // A VMI without a switchyard interface: the domain comes back byte for byte.
-    let no_sy = json!({"spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]}}}});
+    let no_sy =
+        json!({"spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]}}}});
     assert_eq!(define(&mut cb, &plain, no_sy.to_string().as_bytes()).await.unwrap(), plain);
 
     // No device-info for blue (the NAD names no resource): refused, saying what to fix.
     std::fs::write(&s.info, json!({"interfaces": []}).to_string()).unwrap();
     let e = define(&mut cb, &plain, &vmi(false, &[])).await.unwrap_err();
-    assert!(e.message().contains("no device-info") && e.message().contains("resourceName"), "{}", e.message());
+    assert!(
+        e.message().contains("no device-info") && e.message().contains("resourceName"),
+        "{}",
+        e.message()
+    );
     // A device-info that is not vhost-user (a PCI device): refused.
     std::fs::write(
         &s.info,
@@ -245,7 +270,10 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     let blue = interfaces(&parse(&out))[1].clone();
     assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("9000"));
     assert_eq!(attr_of(&blue, "source", "mode").as_deref(), Some("server"));
-    assert!(blue.get_child("source").unwrap().get_child("reconnect").is_none(), "reconnect on a listening QEMU");
+    assert!(
+        blue.get_child("source").unwrap().get_child("reconnect").is_none(),
+        "reconnect on a listening QEMU"
+    );
 
     // Shutdown ends the sidecar and removes its socket.
     cb.shutdown(ShutdownParams {}).await.unwrap();
