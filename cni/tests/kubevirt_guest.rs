@@ -15,6 +15,12 @@
 //!    guest's memory in tests/qemu_common). The guest pings a veth pod through the switch;
 //! 5. switchyard is restarted under the running guest while the pod pings the guest every
 //!    50 ms: the test measures when the replies resume and the guest pings again.
+//!
+//! The second test live-migrates the guest with QEMU's own migration between two local QEMU
+//! processes over a Unix socket: the target pod has its own device, port and socket, mounted at
+//! the same container path in its own mount namespace; the pod pings the guest throughout; the
+//! source pod's DEL removes its port (not the device directory) and the guest pings on from the
+//! target.
 
 mod common;
 #[path = "../../dataplane/tests/kports_common/mod.rs"]
@@ -126,172 +132,256 @@ impl Drop for Pinger {
     }
 }
 
+/// The node of these tests: a running switch, a veth pod `a` on VLAN 100, the device plugin
+/// and the binding sidecar (both in this process).
+struct Kv {
+    node: Node,
+    rt: tokio::runtime::Runtime,
+    cfg: PluginConfig,
+    a: Pod,
+    a_ip: String,
+    stop_plugin: Option<tokio::sync::oneshot::Sender<()>>,
+    plugin: Option<tokio::task::JoinHandle<Result<(), device_plugin::PluginError>>>,
+    sidecar: tokio::task::JoinHandle<std::io::Result<()>>,
+    hook_sock: std::path::PathBuf,
+    net_info: std::path::PathBuf,
+}
+
+/// One VM pod's allocation and attachment.
+struct Vm {
+    pod: Pod,
+    conf: Value,
+    mount: switchyard_kubevirt::proto::deviceplugin::Mount,
+}
+
+impl Kv {
+    fn start() -> Kv {
+        let node = Node::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let veth = node.conf(
+            "1.0.0",
+            "kv-pods",
+            json!({"vlan": 100, "ipam": node.host_local("kv-pods", "10.217.0.0/24", "10.217.0.10", "10.217.0.19")}),
+        );
+        let a = Pod::new("ka");
+        node.libcni("add", &veth, &a, "net1", json!({})).ok();
+        let a_ip = a.ipv4("net1");
+        let d = node.dir.path().to_path_buf();
+        let cfg = PluginConfig {
+            resource: "switchyard.io/kv".into(),
+            devices: 2,
+            vhost_dir: node.vhost.display().to_string(),
+            // The container's root is a directory of the test: QEMU sees it through a mount.
+            container_dir: d.join("pod-root/var/run/switchyard/kubevirt").display().to_string(),
+            plugin_dir: d.join("device-plugins"),
+            devinfo_dir: d.join("devinfo/dp"),
+            owner: QEMU_ID,
+            group: QEMU_ID,
+            switch_socket: Some(node.sock.clone()),
+            poll: Duration::from_millis(200),
+        };
+        let (stop_plugin, stopped) = tokio::sync::oneshot::channel::<()>();
+        let plugin = rt.spawn(device_plugin::run(cfg.clone(), async {
+            let _ = stopped.await;
+        }));
+        let net_info = d.join("podinfo/network-info");
+        std::fs::create_dir_all(net_info.parent().unwrap()).unwrap();
+        let hook_sock = d.join("kubevirt-hooks/switchyard.sock");
+        let sidecar = rt.spawn(hook::run(
+            SidecarConfig {
+                binding: "switchyard".into(),
+                socket: hook_sock.clone(),
+                network_info: net_info.clone(),
+                mtu: None,
+            },
+            std::future::pending(),
+        ));
+        Kv {
+            node,
+            rt,
+            cfg,
+            a,
+            a_ip,
+            stop_plugin: Some(stop_plugin),
+            plugin: Some(plugin),
+            sidecar,
+            hook_sock,
+            net_info,
+        }
+    }
+
+    /// The kubelet's Allocate of device `id` for a VM pod's compute container, then Multus's
+    /// ADD for the NAD with the resource: the plugin config gets the device id.
+    fn vm(&self, name: &str, id: &str) -> Vm {
+        let alloc = self.rt.block_on(async {
+            let mut c = DevicePluginClient::new(dial(&self.cfg.plugin_dir.join(self.cfg.endpoint())).await);
+            c.allocate(AllocateRequest {
+                container_requests: vec![ContainerAllocateRequest { devices_ids: vec![id.into()] }],
+            })
+            .await
+            .expect("Allocate")
+            .into_inner()
+        });
+        let mount = alloc.container_responses[0].mounts[0].clone();
+        assert_eq!(mount.host_path, format!("{}/dev-{id}", self.node.vhost.display()));
+        assert_eq!(mount.container_path, self.cfg.container_path(0), "not the same path in every pod");
+
+        let conf = self.node.conf(
+            "1.0.0",
+            "kv-vh",
+            json!({"mode": "vhostuser", "vlan": 100, "deviceID": id, "socketOwner": QEMU_ID, "socketGroup": QEMU_ID,
+                   "capabilities": {"mac": true, "CNIDeviceInfoFile": true}}),
+        );
+        let pod = Pod::new(name);
+        let cni_info = self.node.dir.path().join(format!("devinfo/cni/kv-vh-{name}.json"));
+        let r = self
+            .node
+            .libcni("add", &conf, &pod, "net1", json!({"mac": GUEST_MAC, "CNIDeviceInfoFile": cni_info}))
+            .ok();
+        assert_eq!(r["interfaces"][0]["mac"], GUEST_MAC, "{r}");
+        let host_sock = format!("{}/sock", mount.host_path);
+        let ports = self.node.cni_ports();
+        let p = ports.iter().find(|p| p["port"]["name"] == pod.port("net1").as_str()).expect("the VM's port");
+        assert_eq!(p["port"]["socket"], host_sock.as_str(), "{p}");
+        assert_eq!(p["device"], id, "{p}");
+        let m = std::fs::metadata(&host_sock).expect("the socket in the allocated directory");
+        assert_eq!((m.uid(), m.gid()), (QEMU_ID, QEMU_ID), "the socket is not QEMU's");
+        let m = std::fs::metadata(&mount.host_path).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (QEMU_ID, QEMU_ID, 0o750));
+        assert!(!cni_info.exists(), "the CNI wrote a device-info with the host's path");
+        Vm { pod, conf, mount }
+    }
+
+    /// Multus reports the plugin's device-info of `id`; KubeVirt's downward API hands it to the
+    /// sidecar, which rewrites the domain; libvirt's schema accepts the result.
+    fn domain(&self, id: &str) -> Vec<u8> {
+        let dp_info: Value =
+            serde_json::from_slice(&std::fs::read(self.cfg.devinfo_path(id)).unwrap()).unwrap();
+        std::fs::write(
+            &self.net_info,
+            json!({"interfaces": [{"network": "blue", "deviceInfo": dp_info}]}).to_string(),
+        )
+        .unwrap();
+        let dom = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../kubevirt/tests/domains/plain.xml"))
+            .unwrap();
+        let vmi = json!({"spec": {"domain": {"devices": {"interfaces": [
+            {"name": "default", "masquerade": {}},
+            {"name": "blue", "binding": {"name": "switchyard"}, "macAddress": GUEST_MAC}]}},
+            "networks": [{"name": "default", "pod": {}}, {"name": "blue", "multus": {"networkName": "kv-vh"}}]}});
+        let xml = self.rt.block_on(async {
+            let mut c = CallbacksClient::new(dial(&self.hook_sock).await);
+            c.on_define_domain(OnDefineDomainParams { domain_xml: dom, vmi: vmi.to_string().into_bytes() })
+                .await
+                .expect("OnDefineDomain")
+                .into_inner()
+                .domain_xml
+        });
+        let xml_file = self.node.dir.path().join(format!("domain-{id}.xml"));
+        std::fs::write(&xml_file, &xml).unwrap();
+        let v = Command::new("virt-xml-validate").arg(&xml_file).arg("domain").output().unwrap();
+        assert!(
+            v.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let text = String::from_utf8_lossy(&xml);
+        assert!(
+            text.contains(r#"<source type="memfd" />"#) && text.contains(r#"<access mode="shared" />"#),
+            "{text}"
+        );
+        xml
+    }
+
+    /// QEMU in the VM pod's mount namespace (the allocated directory bind-mounted at the
+    /// container path, as the runtime does with the allocation's mount), its vhost-user chardev
+    /// and NIC from the domain's interface.
+    fn boot(&self, assets: &qemu_common::Assets, dir: &Path, vm: &Vm, xml: &[u8], extra: &[&str]) -> Qemu {
+        let ifs = vhost_interfaces(xml).unwrap();
+        assert_eq!(ifs.len(), 1, "{}", String::from_utf8_lossy(xml));
+        let nic = &ifs[0];
+        assert_eq!(nic.socket, format!("{}/sock", vm.mount.container_path));
+        assert_eq!(nic.mode, "client", "the switch listens, QEMU connects");
+        let chardev = nic.reconnect.map(|s| format!(",reconnect={s}")).unwrap_or_default();
+        let mac = nic.mac.clone().expect("the domain's MAC");
+        Qemu::start_in(
+            &Guest {
+                assets,
+                dir,
+                socket: Path::new(&nic.socket),
+                chardev: &chardev,
+                mac: &mac,
+                ip: &format!("{GUEST_ADDR}/24"),
+                peer: &self.a_ip,
+                pings: 3,
+                rounds: 2,
+                between: "wait",
+                extra,
+            },
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                r#"mkdir -p "$1" && mount --bind "$2" "$1" && shift 2 && exec "$@""#,
+                "sh",
+                &vm.mount.container_path,
+                &vm.mount.host_path,
+            ],
+        )
+    }
+
+    /// Stops the plugin and the sidecar; the daemon's log must hold no error.
+    fn finish(mut self) {
+        let _ = self.stop_plugin.take().unwrap().send(());
+        self.rt.block_on(self.plugin.take().unwrap()).unwrap().expect("the device plugin");
+        self.sidecar.abort();
+        let daemon = self.node.daemon_log();
+        let bad: Vec<&str> =
+            daemon.lines().filter(|l| l.contains(" ERROR ") || l.contains("panicked")).collect();
+        assert!(bad.is_empty(), "errors in the daemon's log:\n{}", bad.join("\n"));
+    }
+}
+
+/// Counter `key` (`rx`, `moved_in`...) of `port` in the switch's `show stats`.
+fn port_stat(node: &Node, port: &str, key: &str) -> u64 {
+    let stats = node.ctl(&["show", "stats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("port {port} (")))
+        .unwrap_or_else(|| panic!("no port {port} in\n{stats}"));
+    let after = line.split(&format!(" {key} ")).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+    after.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap()
+}
+
+fn skip_reason() -> Option<String> {
+    common::skip_reason().or_else(tools_missing)
+}
+
 #[test]
 fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     const NAME: &str = "a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart";
-    if let Some(why) = common::skip_reason().or_else(tools_missing) {
+    if let Some(why) = skip_reason() {
         return skip(NAME, &why);
     }
     let assets = match qemu_common::assets() {
         Ok(a) => a,
         Err(why) => return skip(NAME, &why),
     };
-    let mut node = Node::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let veth = node.conf(
-        "1.0.0",
-        "kv-pods",
-        json!({"vlan": 100, "ipam": node.host_local("kv-pods", "10.217.0.0/24", "10.217.0.10", "10.217.0.19")}),
-    );
-    let a = Pod::new("ka");
-    node.libcni("add", &veth, &a, "net1", json!({})).ok();
-    let a_ip = a.ipv4("net1");
-
-    // 1. The device plugin, and the kubelet's Allocate for virt-launcher's compute container.
-    let d = node.dir.path().to_path_buf();
-    let cfg = PluginConfig {
-        resource: "switchyard.io/kv".into(),
-        devices: 2,
-        vhost_dir: node.vhost.display().to_string(),
-        // The container's root is a directory of the test: QEMU sees it through a mount.
-        container_dir: d.join("pod-root/var/run/switchyard/kubevirt").display().to_string(),
-        plugin_dir: d.join("device-plugins"),
-        devinfo_dir: d.join("devinfo/dp"),
-        owner: QEMU_ID,
-        group: QEMU_ID,
-        switch_socket: Some(node.sock.clone()),
-        poll: Duration::from_millis(200),
-    };
-    let (stop_plugin, stopped) = tokio::sync::oneshot::channel::<()>();
-    let plugin = rt.spawn(device_plugin::run(cfg.clone(), async {
-        let _ = stopped.await;
-    }));
-    let alloc = rt.block_on(async {
-        let mut c = DevicePluginClient::new(dial(&cfg.plugin_dir.join(cfg.endpoint())).await);
-        c.allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["kv-1".into()] }],
-        })
-        .await
-        .expect("Allocate")
-        .into_inner()
-    });
-    let mount = alloc.container_responses[0].mounts[0].clone();
-    assert_eq!(mount.host_path, format!("{}/dev-kv-1", node.vhost.display()));
-    assert_eq!(mount.container_path, cfg.container_path(0));
-
-    // 2. Multus's ADD for the NAD with the resource: the plugin config gets the device id.
-    let vh = node.conf(
-        "1.0.0",
-        "kv-vh",
-        json!({"mode": "vhostuser", "vlan": 100, "deviceID": "kv-1", "socketOwner": QEMU_ID, "socketGroup": QEMU_ID,
-               "capabilities": {"mac": true, "CNIDeviceInfoFile": true}}),
-    );
-    let vm = Pod::new("kvm");
-    let cni_info = d.join("devinfo/cni/kv-vh-net1.json");
-    let r =
-        node.libcni("add", &vh, &vm, "net1", json!({"mac": GUEST_MAC, "CNIDeviceInfoFile": cni_info})).ok();
-    let host_sock = format!("{}/sock", mount.host_path);
-    assert_eq!(r["interfaces"][0]["mac"], GUEST_MAC, "{r}");
-    let ports = node.cni_ports();
-    let p = ports.iter().find(|p| p["port"]["name"] == vm.port("net1").as_str()).expect("the VM's port");
-    assert_eq!(p["port"]["socket"], host_sock.as_str(), "{p}");
-    assert_eq!(p["device"], "kv-1", "{p}");
-    let m = std::fs::metadata(&host_sock).expect("the socket in the allocated directory");
-    assert_eq!((m.uid(), m.gid()), (QEMU_ID, QEMU_ID), "the socket is not QEMU's");
-    let m = std::fs::metadata(&mount.host_path).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (QEMU_ID, QEMU_ID, 0o750));
-    assert!(!cni_info.exists(), "the CNI wrote a device-info with the host's path");
-
-    // 3. Multus reports the plugin's device-info; KubeVirt's downward API hands it to the sidecar.
-    let dp_info: Value = serde_json::from_slice(&std::fs::read(cfg.devinfo_path("kv-1")).unwrap()).unwrap();
-    let net_info = d.join("podinfo/network-info");
-    std::fs::create_dir_all(net_info.parent().unwrap()).unwrap();
-    std::fs::write(
-        &net_info,
-        json!({"interfaces": [{"network": "blue", "deviceInfo": dp_info}]}).to_string(),
-    )
-    .unwrap();
-    let hook_sock = d.join("kubevirt-hooks/switchyard.sock");
-    let sidecar = rt.spawn(hook::run(
-        SidecarConfig {
-            binding: "switchyard".into(),
-            socket: hook_sock.clone(),
-            network_info: net_info,
-            mtu: None,
-        },
-        std::future::pending(),
-    ));
-    let dom =
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../kubevirt/tests/domains/plain.xml")).unwrap();
-    let vmi = json!({"spec": {"domain": {"devices": {"interfaces": [
-        {"name": "default", "masquerade": {}},
-        {"name": "blue", "binding": {"name": "switchyard"}, "macAddress": GUEST_MAC}]}},
-        "networks": [{"name": "default", "pod": {}}, {"name": "blue", "multus": {"networkName": "kv-vh"}}]}});
-    let xml = rt.block_on(async {
-        let mut c = CallbacksClient::new(dial(&hook_sock).await);
-        c.on_define_domain(OnDefineDomainParams { domain_xml: dom, vmi: vmi.to_string().into_bytes() })
-            .await
-            .expect("OnDefineDomain")
-            .into_inner()
-            .domain_xml
-    });
-    let xml_file = d.join("domain.xml");
-    std::fs::write(&xml_file, &xml).unwrap();
-    let v = Command::new("virt-xml-validate").arg(&xml_file).arg("domain").output().unwrap();
-    assert!(
-        v.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    let text = String::from_utf8_lossy(&xml);
-    assert!(
-        text.contains(r#"<source type="memfd" />"#) && text.contains(r#"<access mode="shared" />"#),
-        "{text}"
-    );
-    let ifs = vhost_interfaces(&xml).unwrap();
-    assert_eq!(ifs.len(), 1, "{text}");
-    let nic = &ifs[0];
-    assert_eq!(nic.socket, format!("{}/sock", mount.container_path));
-    assert_eq!(nic.mode, "client", "the switch listens, QEMU connects");
-
-    // 4. QEMU in the container's mount namespace, from the domain's interface.
-    let chardev = nic.reconnect.map(|s| format!(",reconnect={s}")).unwrap_or_default();
+    let mut kv = Kv::start();
+    let vm = kv.vm("kvm", "kv-1");
+    let xml = kv.domain("kv-1");
     let qdir = tempfile::tempdir().unwrap();
-    let mac = nic.mac.clone().expect("the domain's MAC");
-    let mut q = Qemu::start_in(
-        &Guest {
-            assets: &assets,
-            dir: qdir.path(),
-            socket: Path::new(&nic.socket),
-            chardev: &chardev,
-            mac: &mac,
-            ip: &format!("{GUEST_ADDR}/24"),
-            peer: &a_ip,
-            pings: 3,
-            rounds: 2,
-            between: "wait",
-            extra: &[],
-        },
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            r#"mkdir -p "$1" && mount --bind "$2" "$1" && shift 2 && exec "$@""#,
-            "sh",
-            &mount.container_path,
-            &mount.host_path,
-        ],
-    );
+    let mut q = kv.boot(&assets, qdir.path(), &vm, &xml, &[]);
+    let node = &mut kv.node;
     q.wait_marker(&["up"], GUEST_WAIT, || node.daemon_log());
     q.wait_marker(&["round 1 PASS"], GUEST_WAIT, || node.daemon_log());
     q.wait_marker(&["waiting"], SHORT_WAIT, || node.daemon_log());
 
-    // 5. The switch restarts under the running guest, the pod pinging it all along.
-    let ping = Pinger::start(&a);
+    // The switch restarts under the running guest, the pod pinging it all along.
+    let ping = Pinger::start(&kv.a);
     assert!(ping.reply_after(0.0, SHORT_WAIT).is_some(), "the guest does not answer the pod");
     let t_stop = now_s();
     node.stop_daemon();
@@ -318,11 +408,141 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     drop(ping);
     q.go();
     q.wait_marker(&["round 2 PASS"], GUEST_WAIT, || node.daemon_log());
+    drop(q);
+    kv.finish();
+}
 
-    let _ = stop_plugin.send(());
-    rt.block_on(plugin).unwrap().expect("the device plugin");
-    sidecar.abort();
-    let daemon = node.daemon_log();
-    let bad: Vec<&str> = daemon.lines().filter(|l| l.contains(" ERROR ") || l.contains("panicked")).collect();
-    assert!(bad.is_empty(), "errors in the daemon's log:\n{}", bad.join("\n"));
+/// QEMU's monitor (QMP) on a Unix socket.
+struct Qmp {
+    r: BufReader<std::os::unix::net::UnixStream>,
+    w: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let t0 = Instant::now();
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(t0.elapsed() < SHORT_WAIT, "QMP at {}: {e}", path.display());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        s.set_read_timeout(Some(SHORT_WAIT)).unwrap();
+        let mut q = Qmp { r: BufReader::new(s.try_clone().unwrap()), w: s };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting).unwrap();
+        q.call(json!({"execute": "qmp_capabilities"}));
+        q
+    }
+
+    /// Runs a command; its `return` (events in between are skipped).
+    fn call(&mut self, cmd: Value) -> Value {
+        use std::io::Write;
+        writeln!(self.w, "{cmd}").unwrap();
+        loop {
+            let mut line = String::new();
+            assert!(self.r.read_line(&mut line).unwrap() > 0, "QMP closed");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if let Some(r) = v.get("return") {
+                return r.clone();
+            }
+            assert!(v.get("error").is_none(), "QMP {cmd}: {v}");
+        }
+    }
+}
+
+#[test]
+fn a_kubevirt_vm_live_migrates_to_its_target_pods_port() {
+    const NAME: &str = "a_kubevirt_vm_live_migrates_to_its_target_pods_port";
+    if let Some(why) = skip_reason() {
+        return skip(NAME, &why);
+    }
+    let assets = match qemu_common::assets() {
+        Ok(a) => a,
+        Err(why) => return skip(NAME, &why),
+    };
+    let kv = Kv::start();
+    // The source pod and the target pod: each its own device and port, the same container path.
+    let src = kv.vm("kvsrc", "kv-0");
+    let src_xml = kv.domain("kv-0");
+    let dst = kv.vm("kvdst", "kv-1");
+    let dst_xml = kv.domain("kv-1");
+    assert_eq!(src_xml, dst_xml, "the target's domain differs from the source's");
+    let (sdir, ddir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let qmp_path = sdir.path().join("qmp.sock");
+    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
+    let mig = ddir.path().join("migrate.sock");
+    let incoming = format!("unix:{}", mig.display());
+    let log = || kv.node.daemon_log();
+    let mut s = kv.boot(&assets, sdir.path(), &src, &src_xml, &["-qmp", &qmp_arg]);
+    s.wait_marker(&["up"], GUEST_WAIT, log);
+    s.wait_marker(&["round 1 PASS"], GUEST_WAIT, log);
+    s.wait_marker(&["waiting"], SHORT_WAIT, log);
+    let mut d = kv.boot(&assets, ddir.path(), &dst, &dst_xml, &["-incoming", &incoming]);
+
+    // The pod pings the guest through the migration.
+    let ping = Pinger::start(&kv.a);
+    assert!(ping.reply_after(0.0, SHORT_WAIT).is_some(), "the guest does not answer the pod");
+    let t0 = Instant::now();
+    while !mig.exists() {
+        assert!(t0.elapsed() < SHORT_WAIT, "the target QEMU does not listen for the migration\n{}", d.dump());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dst_port = dst.pod.port("net1");
+    assert_eq!(port_stat(&kv.node, &dst_port, "moved_in"), 0);
+    let dst_rx = port_stat(&kv.node, &dst_port, "rx");
+    let mut qmp = Qmp::connect(&qmp_path);
+    let t_mig = now_s();
+    qmp.call(json!({"execute": "migrate", "arguments": {"uri": incoming}}));
+    let t0 = Instant::now();
+    let status = loop {
+        let st = qmp.call(json!({"execute": "query-migrate"}));
+        match st["status"].as_str() {
+            Some("completed") | Some("failed") | Some("cancelled") => break st,
+            _ => {}
+        }
+        assert!(t0.elapsed() < GUEST_WAIT, "the migration did not end: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let t_done = now_s();
+    assert_eq!(status["status"], "completed", "{status}\nsource:\n{}\ntarget:\n{}", s.dump(), d.dump());
+    // The source is paused for good now: replies can only come from the target's port.
+    let first = ping.reply_after(t_done, SHORT_WAIT * 3).unwrap_or_else(|| {
+        panic!(
+            "no reply from the migrated guest\nsource:\n{}\ntarget:\n{}\nlog:\n{}",
+            s.dump(),
+            d.dump(),
+            log()
+        )
+    });
+    let last_before =
+        ping.replies.lock().unwrap().iter().copied().filter(|r| *r < t_done).fold(0.0, f64::max);
+    eprintln!(
+        "migration: {:.0} ms from migrate to completed (downtime {} ms by QEMU); first reply {:.0} ms after \
+         completion, {:.0} ms without replies",
+        (t_done - t_mig) * 1e3,
+        status["downtime"],
+        (first - t_done) * 1e3,
+        (first - last_before) * 1e3
+    );
+    drop(ping);
+    // The guest's MAC moved to the target's port (its announce on arrival, or its first frame).
+    assert!(port_stat(&kv.node, &dst_port, "rx") > dst_rx, "{}", kv.node.ctl(&["show", "stats"]));
+    assert!(port_stat(&kv.node, &dst_port, "moved_in") >= 1, "{}", kv.node.ctl(&["show", "stats"]));
+
+    // The source pod goes: its QEMU ends, Multus DELs its attachment.
+    drop(s);
+    kv.node.libcni("del", &src.conf, &src.pod, "net1", json!({"mac": GUEST_MAC})).ok();
+    let left: Vec<String> = kv.node.cni_port_names();
+    assert!(!left.contains(&src.pod.port("net1")) && left.contains(&dst.pod.port("net1")), "{left:?}");
+    assert!(Path::new(&src.mount.host_path).is_dir(), "the DEL removed the device's directory");
+    assert!(!Path::new(&format!("{}/sock", src.mount.host_path)).exists(), "the source's socket stayed");
+    // The guest, on the target, pings on.
+    d.go();
+    d.wait_marker(&["round 2 PASS"], GUEST_WAIT, log);
+    drop(d);
+    kv.finish();
 }
