@@ -356,19 +356,25 @@ fn port_stat(node: &Node, port: &str, key: &str) -> u64 {
     after.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap()
 }
 
-fn skip_reason() -> Option<String> {
-    common::skip_reason().or_else(tools_missing)
+/// The guest to boot, or `None` after skipping `test` where this machine cannot run it.
+fn guest_or_skip(test: &str) -> Option<qemu_common::Assets> {
+    let why = match common::skip_reason().or_else(tools_missing) {
+        Some(why) => why,
+        None => match qemu_common::assets() {
+            Ok(a) => return Some(a),
+            Err(why) => why,
+        },
+    };
+    skip(test, &why);
+    None
 }
 
 #[test]
 fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
-    const NAME: &str = "a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart";
-    if let Some(why) = skip_reason() {
-        return skip(NAME, &why);
-    }
-    let assets = match qemu_common::assets() {
-        Ok(a) => a,
-        Err(why) => return skip(NAME, &why),
+    let Some(assets) =
+        guest_or_skip("a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart")
+    else {
+        return;
     };
     let mut kv = Kv::start();
     let vm = kv.vm("kvm", "kv-1");
@@ -456,14 +462,7 @@ impl Qmp {
 
 #[test]
 fn a_kubevirt_vm_live_migrates_to_its_target_pods_port() {
-    const NAME: &str = "a_kubevirt_vm_live_migrates_to_its_target_pods_port";
-    if let Some(why) = skip_reason() {
-        return skip(NAME, &why);
-    }
-    let assets = match qemu_common::assets() {
-        Ok(a) => a,
-        Err(why) => return skip(NAME, &why),
-    };
+    let Some(assets) = guest_or_skip("a_kubevirt_vm_live_migrates_to_its_target_pods_port") else { return };
     let kv = Kv::start();
     // The source pod and the target pod: each its own device and port, the same container path.
     let src = kv.vm("kvsrc", "kv-0");

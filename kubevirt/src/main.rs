@@ -1,6 +1,6 @@
 //! `switchyard-kubevirt device-plugin | hook-sidecar`: see docs/kubevirt.md.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,35 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The kubelet device plugin: socket directories as devices of one resource.
-    DevicePlugin {
-        /// The extended resource (the NAD's k8s.v1.cni.cncf.io/resourceName).
-        #[arg(long, default_value = "switchyard.io/vhost")]
-        resource: String,
-        /// How many devices (VM interfaces at once on this node).
-        #[arg(long, default_value_t = 64)]
-        devices: usize,
-        /// The switch's vhost-user directory (`run --vhost-dir`).
-        #[arg(long, default_value = "/var/run/switchyard/vhost")]
-        vhost_dir: String,
-        /// Where the directories appear in the pod.
-        #[arg(long, default_value = device_plugin::DEFAULT_CONTAINER_DIR)]
-        container_dir: String,
-        #[arg(long, default_value = device_plugin::DEFAULT_PLUGIN_DIR)]
-        plugin_dir: PathBuf,
-        #[arg(long, default_value = device_plugin::DEFAULT_DEVINFO_DIR)]
-        devinfo_dir: PathBuf,
-        /// Owner of the directories (QEMU's uid in virt-launcher).
-        #[arg(long, default_value_t = device_plugin::QEMU_ID)]
-        owner: u32,
-        #[arg(long, default_value_t = device_plugin::QEMU_ID)]
-        group: u32,
-        /// The switch's control socket: devices are unhealthy while it does not answer.
-        #[arg(long)]
-        switch_socket: Option<PathBuf>,
-        /// Health and kubelet poll interval, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        poll_ms: u64,
-    },
+    DevicePlugin(DevicePluginArgs),
     /// The network binding sidecar (KubeVirt hook API v1alpha3).
     HookSidecar {
         /// The binding name of the VMI interfaces to rewrite.
@@ -60,6 +32,54 @@ enum Cmd {
         #[arg(long)]
         mtu: Option<u32>,
     },
+}
+
+#[derive(Args)]
+struct DevicePluginArgs {
+    /// The extended resource (the NAD's k8s.v1.cni.cncf.io/resourceName).
+    #[arg(long, default_value = "switchyard.io/vhost")]
+    resource: String,
+    /// How many devices (VM interfaces at once on this node).
+    #[arg(long, default_value_t = 64)]
+    devices: usize,
+    /// The switch's vhost-user directory (`run --vhost-dir`).
+    #[arg(long, default_value = "/var/run/switchyard/vhost")]
+    vhost_dir: String,
+    /// Where the directories appear in the pod.
+    #[arg(long, default_value = device_plugin::DEFAULT_CONTAINER_DIR)]
+    container_dir: String,
+    #[arg(long, default_value = device_plugin::DEFAULT_PLUGIN_DIR)]
+    plugin_dir: PathBuf,
+    #[arg(long, default_value = device_plugin::DEFAULT_DEVINFO_DIR)]
+    devinfo_dir: PathBuf,
+    /// Owner of the directories (QEMU's uid in virt-launcher).
+    #[arg(long, default_value_t = device_plugin::QEMU_ID)]
+    owner: u32,
+    #[arg(long, default_value_t = device_plugin::QEMU_ID)]
+    group: u32,
+    /// The switch's control socket: devices are unhealthy while it does not answer.
+    #[arg(long)]
+    switch_socket: Option<PathBuf>,
+    /// Health and kubelet poll interval, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    poll_ms: u64,
+}
+
+impl From<DevicePluginArgs> for device_plugin::PluginConfig {
+    fn from(a: DevicePluginArgs) -> Self {
+        device_plugin::PluginConfig {
+            resource: a.resource,
+            devices: a.devices,
+            vhost_dir: a.vhost_dir,
+            container_dir: a.container_dir,
+            plugin_dir: a.plugin_dir,
+            devinfo_dir: a.devinfo_dir,
+            owner: a.owner,
+            group: a.group,
+            switch_socket: a.switch_socket,
+            poll: Duration::from_millis(a.poll_ms.max(10)),
+        }
+    }
 }
 
 async fn ctrl_c() {
@@ -87,32 +107,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let r = match Cli::parse().cmd {
-        Cmd::DevicePlugin {
-            resource,
-            devices,
-            vhost_dir,
-            container_dir,
-            plugin_dir,
-            devinfo_dir,
-            owner,
-            group,
-            switch_socket,
-            poll_ms,
-        } => {
-            let cfg = device_plugin::PluginConfig {
-                resource,
-                devices,
-                vhost_dir,
-                container_dir,
-                plugin_dir,
-                devinfo_dir,
-                owner,
-                group,
-                switch_socket,
-                poll: Duration::from_millis(poll_ms.max(10)),
-            };
-            device_plugin::run(cfg, terminated()).await.map_err(|e| e.to_string())
-        }
+        Cmd::DevicePlugin(a) => device_plugin::run(a.into(), terminated()).await.map_err(|e| e.to_string()),
         Cmd::HookSidecar { binding, socket, network_info, mtu } => {
             let cfg = hook::SidecarConfig { binding, socket, network_info, mtu };
             hook::run(cfg, terminated()).await.map_err(|e| e.to_string())
