@@ -145,6 +145,8 @@ struct Kv {
     sidecar: tokio::task::JoinHandle<std::io::Result<()>>,
     hook_sock: std::path::PathBuf,
     net_info: std::path::PathBuf,
+    /// QEMU listens, the switch connects (`vhostMode: client`).
+    qemu_listens: bool,
 }
 
 /// One VM pod's allocation and attachment.
@@ -155,7 +157,7 @@ struct Vm {
 }
 
 impl Kv {
-    fn start() -> Kv {
+    fn start(qemu_listens: bool) -> Kv {
         let node = Node::start();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let veth = node.conf(
@@ -179,6 +181,7 @@ impl Kv {
             group: QEMU_ID,
             switch_socket: Some(node.sock.clone()),
             poll: Duration::from_millis(200),
+            qemu_listens,
         };
         let (stop_plugin, stopped) = tokio::sync::oneshot::channel::<()>();
         let plugin = rt.spawn(device_plugin::run(cfg.clone(), async {
@@ -207,6 +210,7 @@ impl Kv {
             sidecar,
             hook_sock,
             net_info,
+            qemu_listens,
         }
     }
 
@@ -229,7 +233,8 @@ impl Kv {
         let conf = self.node.conf(
             "1.0.0",
             "kv-vh",
-            json!({"mode": "vhostuser", "vlan": 100, "deviceID": id, "socketOwner": QEMU_ID, "socketGroup": QEMU_ID,
+            json!({"mode": "vhostuser", "vhostMode": if self.qemu_listens { "client" } else { "server" },
+                   "vlan": 100, "deviceID": id, "socketOwner": QEMU_ID, "socketGroup": QEMU_ID,
                    "capabilities": {"mac": true, "CNIDeviceInfoFile": true}}),
         );
         let pod = Pod::new(name);
@@ -244,8 +249,10 @@ impl Kv {
         let p = ports.iter().find(|p| p["port"]["name"] == pod.port("net1").as_str()).expect("the VM's port");
         assert_eq!(p["port"]["socket"], host_sock.as_str(), "{p}");
         assert_eq!(p["device"], id, "{p}");
-        let m = std::fs::metadata(&host_sock).expect("the socket in the allocated directory");
-        assert_eq!((m.uid(), m.gid()), (QEMU_ID, QEMU_ID), "the socket is not QEMU's");
+        if !self.qemu_listens {
+            let m = std::fs::metadata(&host_sock).expect("the socket in the allocated directory");
+            assert_eq!((m.uid(), m.gid()), (QEMU_ID, QEMU_ID), "the socket is not QEMU's");
+        }
         let m = std::fs::metadata(&mount.host_path).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (QEMU_ID, QEMU_ID, 0o750));
         assert!(!cni_info.exists(), "the CNI wrote a device-info with the host's path");
@@ -301,8 +308,12 @@ impl Kv {
         assert_eq!(ifs.len(), 1, "{}", String::from_utf8_lossy(xml));
         let nic = &ifs[0];
         assert_eq!(nic.socket, format!("{}/sock", vm.mount.container_path));
-        assert_eq!(nic.mode, "client", "the switch listens, QEMU connects");
-        let chardev = nic.reconnect.map(|s| format!(",reconnect={s}")).unwrap_or_default();
+        // As libvirt turns the interface's source into QEMU's chardev.
+        let chardev = match nic.mode.as_str() {
+            "server" => ",server=on".to_string(),
+            _ => nic.reconnect.map(|s| format!(",reconnect={s}")).unwrap_or_default(),
+        };
+        assert_eq!(nic.mode, if self.qemu_listens { "server" } else { "client" }, "QEMU's role");
         let mac = nic.mac.clone().expect("the domain's MAC");
         Qemu::start_in(
             &Guest {
@@ -369,14 +380,10 @@ fn guest_or_skip(test: &str) -> Option<qemu_common::Assets> {
     None
 }
 
-#[test]
-fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
-    let Some(assets) =
-        guest_or_skip("a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart")
-    else {
-        return;
-    };
-    let mut kv = Kv::start();
+/// Boot, then a switch restart under the running guest.
+fn boot_and_restart(test: &str, qemu_listens: bool) {
+    let Some(assets) = guest_or_skip(test) else { return };
+    let mut kv = Kv::start(qemu_listens);
     let vm = kv.vm("kvm", "kv-1");
     let xml = kv.domain("kv-1");
     let qdir = tempfile::tempdir().unwrap();
@@ -404,8 +411,9 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     let last_before =
         ping.replies.lock().unwrap().iter().copied().filter(|r| *r < t_spawn).fold(0.0, f64::max);
     eprintln!(
-        "switch restart: stopped in {:.0} ms, ready {:.0} ms after its start; pings resumed {:.0} ms after it \
+        "switch restart ({}): stopped in {:.0} ms, ready {:.0} ms after its start; pings resumed {:.0} ms after it \
          was ready ({:.0} ms without replies)",
+        if qemu_listens { "QEMU listens" } else { "the switch listens" },
         (t_spawn - t_stop) * 1e3,
         (t_ready - t_spawn) * 1e3,
         (first - t_ready) * 1e3,
@@ -416,6 +424,18 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
     q.wait_marker(&["round 2 PASS"], GUEST_WAIT, || node.daemon_log());
     drop(q);
     kv.finish();
+}
+
+#[test]
+fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
+    boot_and_restart("a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart", false);
+}
+
+/// The same with QEMU listening (`vhostMode: client`): the restarted switch connects at once
+/// instead of waiting for QEMU's next reconnection attempt.
+#[test]
+fn a_listening_kubevirt_vm_survives_a_switch_restart() {
+    boot_and_restart("a_listening_kubevirt_vm_survives_a_switch_restart", true);
 }
 
 /// QEMU's monitor (QMP) on a Unix socket.
@@ -463,7 +483,7 @@ impl Qmp {
 #[test]
 fn a_kubevirt_vm_live_migrates_to_its_target_pods_port() {
     let Some(assets) = guest_or_skip("a_kubevirt_vm_live_migrates_to_its_target_pods_port") else { return };
-    let kv = Kv::start();
+    let kv = Kv::start(false);
     // The source pod and the target pod: each its own device and port, the same container path.
     let src = kv.vm("kvsrc", "kv-0");
     let src_xml = kv.domain("kv-0");
@@ -531,6 +551,16 @@ fn a_kubevirt_vm_live_migrates_to_its_target_pods_port() {
     // The guest's MAC moved to the target's port (its announce on arrival, or its first frame).
     assert!(port_stat(&kv.node, &dst_port, "rx") > dst_rx, "{}", kv.node.ctl(&["show", "stats"]));
     assert!(port_stat(&kv.node, &dst_port, "moved_in") >= 1, "{}", kv.node.ctl(&["show", "stats"]));
+    // The target QEMU asked the target's port to announce the guest's MAC (the log shows the
+    // MAC as its bytes).
+    let mac_bytes: Vec<String> =
+        GUEST_MAC.split(':').map(|b| u8::from_str_radix(b, 16).unwrap().to_string()).collect();
+    let announce = format!("port={dst_port} mac=[{}]", mac_bytes.join(", "));
+    assert!(
+        log().lines().any(|l| l.contains("SEND_RARP") && l.contains(&announce)),
+        "QEMU did not ask the target's port to announce the guest ({announce}):\n{}",
+        log()
+    );
 
     // The source pod goes: its QEMU ends, Multus DELs its attachment.
     drop(s);

@@ -68,6 +68,9 @@ pub struct PluginConfig {
     pub switch_socket: Option<PathBuf>,
     /// How often health and the kubelet are looked at.
     pub poll: Duration,
+    /// QEMU listens on the socket and the switch connects (the NAD's `vhostMode: client`); by
+    /// default the switch listens. The device-info says which, in the container's terms.
+    pub qemu_listens: bool,
 }
 
 /// Why the plugin cannot serve.
@@ -253,7 +256,8 @@ fn allocate(cfg: &PluginConfig, ids: &[String]) -> Result<ContainerAllocateRespo
         }
         let container_path = cfg.container_path(i);
         let sock = format!("{container_path}/sock");
-        switchyard_cni::state::write_device_info(&cfg.devinfo_path(id), "client", &sock)
+        let role = if cfg.qemu_listens { "server" } else { "client" };
+        switchyard_cni::state::write_device_info(&cfg.devinfo_path(id), role, &sock)
             .map_err(|e| Status::internal(e.to_string()))?;
         mounts.push(Mount { container_path, host_path: host, read_only: false });
     }
@@ -389,6 +393,7 @@ mod tests {
             group: 0,
             switch_socket: None,
             poll: Duration::from_millis(50),
+            qemu_listens: false,
         }
     }
 
@@ -418,5 +423,15 @@ mod tests {
         assert_eq!(ok.mounts[0].container_path, "/var/run/switchyard/kubevirt/blue-0");
         assert_eq!(ok.mounts[0].host_path, format!("{}/dev-blue-2", c.vhost_dir));
         assert_eq!(ok.envs["SWITCHYARD_DEVICES_BLUE"], "blue-2,blue-0");
+        let role = |c: &PluginConfig| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(c.devinfo_path("blue-2")).unwrap()).unwrap();
+            (v["vhost-user"]["mode"].clone(), v["vhost-user"]["path"].clone())
+        };
+        let sock = serde_json::json!("/var/run/switchyard/kubevirt/blue-0/sock");
+        assert_eq!(role(&c), (serde_json::json!("client"), sock.clone()));
+        let listens = PluginConfig { qemu_listens: true, ..c };
+        allocate(&listens, &["blue-2".into()]).unwrap();
+        assert_eq!(role(&listens), (serde_json::json!("server"), sock));
     }
 }

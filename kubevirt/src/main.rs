@@ -63,6 +63,9 @@ struct DevicePluginArgs {
     /// Health and kubelet poll interval, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     poll_ms: u64,
+    /// QEMU listens and the switch connects (NADs with `vhostMode: client`).
+    #[arg(long)]
+    qemu_listens: bool,
 }
 
 impl From<DevicePluginArgs> for device_plugin::PluginConfig {
@@ -78,6 +81,7 @@ impl From<DevicePluginArgs> for device_plugin::PluginConfig {
             group: a.group,
             switch_socket: a.switch_socket,
             poll: Duration::from_millis(a.poll_ms.max(10)),
+            qemu_listens: a.qemu_listens,
         }
     }
 }

@@ -129,6 +129,7 @@ async fn registers_lists_allocates_and_survives_restarts() {
         group: std::os::unix::fs::MetadataExt::gid(&me),
         switch_socket: Some(switch_sock.clone()),
         poll: Duration::from_millis(100),
+        qemu_listens: false,
     };
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let kubelet = start_kubelet(&kdir, seen_tx.clone());
