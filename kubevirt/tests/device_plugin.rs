@@ -86,6 +86,17 @@ async fn registered(rx: &mut mpsc::UnboundedReceiver<Seen>) -> RegisterRequest {
     }
 }
 
+/// Waits for a device list with the healths `want` (id, health), in order.
+async fn devices_are(rx: &mut mpsc::UnboundedReceiver<Seen>, want: &[(&str, &str)]) -> Vec<Device> {
+    loop {
+        if let Seen::Devices(d) = next(rx).await {
+            if d.iter().map(|d| (d.id.as_str(), d.health.as_str())).eq(want.iter().copied()) {
+                return d;
+            }
+        }
+    }
+}
+
 /// Waits for a device list where every device has health `h`.
 async fn devices_all(rx: &mut mpsc::UnboundedReceiver<Seen>, h: &str) -> Vec<Device> {
     loop {
@@ -148,6 +159,13 @@ async fn registers_lists_allocates_and_survives_restarts() {
     devices_all(&mut seen, "Unhealthy").await;
     let switch = std::os::unix::net::UnixListener::bind(&switch_sock).unwrap();
     devices_all(&mut seen, "Healthy").await;
+    // One device's directory goes (a node cleanup): that device alone turns unhealthy, and
+    // healthy again when the directory is back.
+    let dir1 = format!("{}/dev-blue-1", cfg.vhost_dir);
+    std::fs::remove_dir(&dir1).unwrap();
+    devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Unhealthy")]).await;
+    std::fs::create_dir(&dir1).unwrap();
+    devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Healthy")]).await;
 
     // Allocate, as the kubelet calls it for a pod's container.
     let mut c = DevicePluginClient::new(uds::connect(&kdir.join(&r.endpoint)).await.unwrap());
