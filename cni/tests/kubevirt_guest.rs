@@ -182,6 +182,7 @@ impl Kv {
             switch_socket: Some(node.sock.clone()),
             poll: Duration::from_millis(200),
             qemu_listens,
+            spare: 0,
         };
         let (stop_plugin, stopped) = tokio::sync::oneshot::channel::<()>();
         let plugin = rt.spawn(device_plugin::run(cfg.clone(), async {

@@ -48,14 +48,20 @@ pub const DEFAULT_DEVINFO_DIR: &str = "/var/run/k8s.cni.cncf.io/devinfo/dp";
 pub const DEFAULT_CONTAINER_DIR: &str = "/var/run/switchyard/kubevirt";
 /// QEMU's uid and gid in virt-launcher.
 pub const QEMU_ID: u32 = 107;
+/// The most devices a pool grows to.
+pub const MAX_DEVICES: usize = 1024;
 
 /// What the plugin serves.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     /// The extended resource, `<domain>/<name>`.
     pub resource: String,
-    /// How many devices (VM interfaces at once on this node).
+    /// How many devices at least (VM interfaces at once on this node).
     pub devices: usize,
+    /// Free devices to keep beyond those bound to an attachment (a socket in the directory):
+    /// the pool grows as attachments come and shrinks back to `devices` as they go, never past
+    /// [`MAX_DEVICES`]. 0 keeps the pool at `devices`.
+    pub spare: usize,
     /// The switch's vhost-user directory (`run --vhost-dir`).
     pub vhost_dir: String,
     pub container_dir: String,
@@ -109,10 +115,9 @@ impl PluginConfig {
         if !ok {
             return Err(PluginError::Resource(self.resource.clone()));
         }
-        for i in 0..self.devices {
-            device_dir(&self.vhost_dir, &self.device_id(i))?;
-        }
-        let longest = self.container_path(self.devices.max(1) - 1);
+        let most = if self.spare == 0 { self.devices } else { MAX_DEVICES.max(self.devices) };
+        device_dir(&self.vhost_dir, &self.device_id(most.max(1) - 1))?;
+        let longest = self.container_path(most.max(1) - 1);
         if longest.len() + "/sock".len() > switchyard_control::cni::SUN_PATH_MAX {
             return Err(PluginError::ContainerPath(longest));
         }
@@ -147,9 +152,13 @@ impl PluginConfig {
     /// Creates the device directories (mode 0750, owned by QEMU's user): a pod's mount of one
     /// must exist before the CNI ADD puts a socket in it.
     pub fn prepare(&self) -> Result<(), PluginError> {
-        use std::os::unix::fs::DirBuilderExt;
         self.check()?;
-        for i in 0..self.devices {
+        self.create(0..self.devices)
+    }
+
+    fn create(&self, ids: std::ops::Range<usize>) -> Result<(), PluginError> {
+        use std::os::unix::fs::DirBuilderExt;
+        for i in ids {
             let d = PathBuf::from(device_dir(&self.vhost_dir, &self.device_id(i))?);
             std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&d).map_err(io(&d))?;
             std::os::unix::fs::chown(&d, Some(self.owner), Some(self.group)).map_err(io(&d))?;
@@ -157,11 +166,42 @@ impl PluginConfig {
         Ok(())
     }
 
-    /// The devices and their health now.
-    pub fn devices_now(&self) -> Vec<Device> {
-        let switch_up =
-            self.switch_socket.as_ref().is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
-        (0..self.devices)
+    /// The indices of the devices whose directory holds a socket (an attachment's).
+    fn bound(&self) -> Vec<usize> {
+        let prefix = format!("dev-{}-", self.short());
+        let Ok(rd) = std::fs::read_dir(&self.vhost_dir) else { return Vec::new() };
+        rd.flatten()
+            .filter_map(|e| {
+                let i = e.file_name().to_str()?.strip_prefix(&prefix)?.parse::<usize>().ok()?;
+                Some((i, e.path()))
+            })
+            .filter(|(_, p)| std::fs::symlink_metadata(p.join("sock")).is_ok())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// How many devices to advertise now.
+    pub fn pool_size(&self) -> usize {
+        if self.spare == 0 {
+            return self.devices;
+        }
+        let bound = self.bound();
+        let highest = bound.iter().max().map_or(0, |i| i + 1);
+        self.devices.max(bound.len() + self.spare).max(highest).min(MAX_DEVICES.max(self.devices))
+    }
+
+    /// The devices and their health now (`before` of them were listed): a pool that grows gets
+    /// its new directories first.
+    pub fn devices_now(&self, before: usize) -> Vec<Device> {
+        let n = self.pool_size();
+        if let Err(e) = self.create(before.min(n)..n) {
+            tracing::warn!("growing the pool: {e}");
+        }
+        let switch_up = match &self.switch_socket {
+            Some(s) => std::os::unix::net::UnixStream::connect(s).is_ok(),
+            None => true,
+        };
+        (0..n)
             .map(|i| {
                 let id = self.device_id(i);
                 let dir_ok = device_dir(&self.vhost_dir, &id).is_ok_and(|d| Path::new(&d).is_dir());
@@ -222,7 +262,8 @@ impl DevicePlugin for Plugin {
     async fn allocate(&self, r: Request<AllocateRequest>) -> Result<Response<AllocateResponse>, Status> {
         let mut container_responses = Vec::new();
         for c in r.into_inner().container_requests {
-            container_responses.push(allocate(&self.cfg, &c.devices_ids).map_err(|e| {
+            let listed: Vec<String> = self.devices.borrow().iter().map(|d| d.id.clone()).collect();
+            container_responses.push(allocate(&self.cfg, &listed, &c.devices_ids).map_err(|e| {
                 tracing::warn!("allocate {:?}: {e}", c.devices_ids);
                 e
             })?);
@@ -244,10 +285,14 @@ fn options() -> DevicePluginOptions {
 
 /// One container's allocation: a mount and a device-info file per device, in the order of the
 /// request, and `SWITCHYARD_DEVICES_<NAME>` listing the ids in that order.
-fn allocate(cfg: &PluginConfig, ids: &[String]) -> Result<ContainerAllocateResponse, Status> {
+fn allocate(
+    cfg: &PluginConfig,
+    listed: &[String],
+    ids: &[String],
+) -> Result<ContainerAllocateResponse, Status> {
     let mut mounts = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        if !(0..cfg.devices).any(|k| cfg.device_id(k) == *id) {
+        if !listed.contains(id) {
             return Err(Status::invalid_argument(format!("device {id:?} is not one of {}", cfg.resource)));
         }
         let host = device_dir(&cfg.vhost_dir, id).map_err(|e| Status::internal(e.to_string()))?;
@@ -279,12 +324,12 @@ fn socket_id(p: &Path) -> Option<(u64, u64)> {
 pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), PluginError> {
     cfg.prepare()?;
     let cfg = Arc::new(cfg);
-    let (tx, rx) = watch::channel(cfg.devices_now());
+    let (tx, rx) = watch::channel(cfg.devices_now(cfg.devices));
     let poll_cfg = cfg.clone();
     let health = tokio::spawn(async move {
         loop {
             tokio::time::sleep(poll_cfg.poll).await;
-            let now = poll_cfg.devices_now();
+            let now = poll_cfg.devices_now(tx.borrow().len());
             tx.send_if_modified(|d| {
                 let changed = *d != now;
                 if changed {
@@ -394,6 +439,7 @@ mod tests {
             switch_socket: None,
             poll: Duration::from_millis(50),
             qemu_listens: false,
+            spare: 0,
         }
     }
 
@@ -415,11 +461,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cfg(d.path());
         c.prepare().unwrap();
-        let e = allocate(&c, &["blue-0".into(), "red-0".into()]).unwrap_err();
+        let listed: Vec<String> = c.devices_now(3).into_iter().map(|d| d.id).collect();
+        let e = allocate(&c, &listed, &["blue-0".into(), "red-0".into()]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = allocate(&c, &["blue-3".into()]).unwrap_err();
+        let e = allocate(&c, &listed, &["blue-3".into()]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let ok = allocate(&c, &["blue-2".into(), "blue-0".into()]).unwrap();
+        let ok = allocate(&c, &listed, &["blue-2".into(), "blue-0".into()]).unwrap();
         assert_eq!(ok.mounts[0].container_path, "/var/run/switchyard/kubevirt/blue-0");
         assert_eq!(ok.mounts[0].host_path, format!("{}/dev-blue-2", c.vhost_dir));
         assert_eq!(ok.envs["SWITCHYARD_DEVICES_BLUE"], "blue-2,blue-0");
@@ -431,7 +478,7 @@ mod tests {
         let sock = serde_json::json!("/var/run/switchyard/kubevirt/blue-0/sock");
         assert_eq!(role(&c), (serde_json::json!("client"), sock.clone()));
         let listens = PluginConfig { qemu_listens: true, ..c };
-        allocate(&listens, &["blue-2".into()]).unwrap();
+        allocate(&listens, &listed, &["blue-2".into()]).unwrap();
         assert_eq!(role(&listens), (serde_json::json!("server"), sock));
     }
 }

@@ -39,9 +39,12 @@ struct DevicePluginArgs {
     /// The extended resource (the NAD's k8s.v1.cni.cncf.io/resourceName).
     #[arg(long, default_value = "switchyard.io/vhost")]
     resource: String,
-    /// How many devices (VM interfaces at once on this node).
+    /// How many devices at least (VM interfaces at once on this node).
     #[arg(long, default_value_t = 64)]
     devices: usize,
+    /// Free devices to keep beyond the bound ones (the pool grows and shrinks); 0: a fixed pool.
+    #[arg(long, default_value_t = 0)]
+    spare: usize,
     /// The switch's vhost-user directory (`run --vhost-dir`).
     #[arg(long, default_value = "/var/run/switchyard/vhost")]
     vhost_dir: String,
@@ -73,6 +76,7 @@ impl From<DevicePluginArgs> for device_plugin::PluginConfig {
         device_plugin::PluginConfig {
             resource: a.resource,
             devices: a.devices,
+            spare: a.spare,
             vhost_dir: a.vhost_dir,
             container_dir: a.container_dir,
             plugin_dir: a.plugin_dir,

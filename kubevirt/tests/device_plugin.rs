@@ -141,6 +141,7 @@ async fn registers_lists_allocates_and_survives_restarts() {
         switch_socket: Some(switch_sock.clone()),
         poll: Duration::from_millis(100),
         qemu_listens: false,
+        spare: 1,
     };
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let kubelet = start_kubelet(&kdir, seen_tx.clone());
@@ -165,6 +166,22 @@ async fn registers_lists_allocates_and_survives_restarts() {
     std::fs::remove_dir(&dir1).unwrap();
     devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Unhealthy")]).await;
     std::fs::create_dir(&dir1).unwrap();
+    devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Healthy")]).await;
+    // Attachments come (the switch's sockets appear in both directories): one spare device is
+    // kept, so the pool grows to three; they go: it shrinks back to two.
+    let socks: Vec<_> = ["dev-blue-0", "dev-blue-1"]
+        .iter()
+        .map(|d| {
+            let p = Path::new(&cfg.vhost_dir).join(d).join("sock");
+            (std::os::unix::net::UnixListener::bind(&p).unwrap(), p)
+        })
+        .collect();
+    devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Healthy"), ("blue-2", "Healthy")]).await;
+    assert!(Path::new(&cfg.vhost_dir).join("dev-blue-2").is_dir(), "a device without its directory");
+    for (l, p) in socks {
+        drop(l);
+        std::fs::remove_file(p).unwrap();
+    }
     devices_are(&mut seen, &[("blue-0", "Healthy"), ("blue-1", "Healthy")]).await;
 
     // Allocate, as the kubelet calls it for a pod's container.
