@@ -35,6 +35,7 @@ use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
+use switchyard_dataplane::worker::placement::{deal_all, place_rx, Deal};
 use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 
 /// Backend overrides by port name (`run --config FILE`).
@@ -690,27 +691,27 @@ impl Runtime {
         let slots = sw.port_slots();
         let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; slots];
         let w = self.engine.worker_count().max(1);
-        let mut rx: Vec<Vec<(PortId, u16)>> = vec![Vec::new(); w];
-        let mut load = vec![0usize; w];
-        let mut todo = Vec::new();
+        // Queues keep the worker they had (while it exists); the others are dealt.
+        let mut sticky = Vec::new();
         for spec in sw.ports.iter().flatten() {
             let Some(b) = self.ports.get(&spec.name).and_then(|s| s.backend.clone()) else { continue };
             for q in 0..b.rx_queue_count() {
-                match self.assign.get(&(spec.name.clone(), q)) {
-                    Some(&wi) if wi < w => {
-                        rx[wi].push((spec.id, q));
-                        load[wi] += 1;
-                    }
-                    _ => todo.push((spec.name.clone(), spec.id, q)),
+                if let Some(&wi) = self.assign.get(&(spec.name.clone(), q)).filter(|&&wi| wi < w) {
+                    sticky.push((spec.id, q, wi));
                 }
             }
             ports[usize::from(spec.id)] = Some(b);
         }
-        for (name, id, q) in todo {
-            let wi = (0..w).min_by_key(|i| load[*i]).unwrap_or(0);
-            rx[wi].push((id, q));
-            load[wi] += 1;
-            self.assign.insert((name, q), wi);
+        // Cannot fail: the sticky entries name existing ports, queues and workers, once each.
+        let rx = place_rx(&ports, w, &sticky, Deal::LeastLoaded).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "RX placement");
+            deal_all(&ports, w, Deal::LeastLoaded)
+        });
+        for (wi, queues) in rx.iter().enumerate() {
+            for &(id, q) in queues {
+                let Some(spec) = sw.port(id) else { continue };
+                self.assign.insert((spec.name.clone(), q), wi);
+            }
         }
         let plan = ForwardingPlan {
             switch: sw.clone(),
