@@ -11,8 +11,12 @@
 //! id to the CNI ADD (`deviceID`), which puts the attachment's socket in that directory, and
 //! reports the device-info in the pod's network-status, where the binding sidecar finds it.
 //!
-//! Invariants: Allocate only hands out devices of this plugin's pool (an unknown id is an error,
-//! never a path); a device is healthy while its directory is a directory and the switch's
+//! The pool is `devices` long, or, with `spare`, as long as it takes to keep that many free
+//! devices beyond those whose directory holds a socket (it grows and shrinks as attachments come
+//! and go; directories are created before they are listed and never removed).
+//!
+//! Invariants: Allocate only hands out devices listed now (an unknown id is an error, never a
+//! path); a device is healthy while its directory is a directory and the switch's
 //! control socket answers; ListAndWatch sends the whole list at once and again at every change;
 //! the plugin registers again whenever the kubelet restarts (its socket is replaced, or ours is
 //! removed, as a starting kubelet does).
