@@ -38,6 +38,8 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   pcap:rx=FILE,tx=FILE[,infinite]  receive rx=, write what is sent to tx= (either may be left out)
   afpacket:IFACE[,recvmmsg]      a kernel interface over AF_PACKET (RX: TPACKET_V3 ring, or
                                  recvmmsg(2) without a ring)
+  afxdp:IFACE[,queues=N]         a kernel interface over AF_XDP (RX queues 0..N, default 1; an XDP
+                                 program redirects them; frames between afxdp ports are not copied)
   tap:NAME                       a TAP interface (created if needed)
   vhost:PATH[,client]            vhost-user socket (switchyard listens; ,client: it connects)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
@@ -60,7 +62,7 @@ pub struct PmdArgs {
         long = "port",
         value_name = "SPEC",
         required = true,
-        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
+        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], afxdp:IFACE[,queues=N], tap:NAME, vhost:PATH[,client],\ndpdk:DEVARGS (see below)."
     )]
     pub ports: Vec<String>,
     /// Forwarding mode: switch, io, mac, macswap, rxonly, txonly, flowgen.
@@ -221,7 +223,7 @@ fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
 pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
     let (kind, rest) = spec
         .split_once(':')
-        .ok_or("expected TYPE:ARGS with TYPE one of ring, pcap, afpacket, tap, vhost, dpdk")?;
+        .ok_or("expected TYPE:ARGS with TYPE one of ring, pcap, afpacket, afxdp, tap, vhost, dpdk")?;
     let mut c = PortConfig { name: name.into(), ..Default::default() };
     match kind {
         "ring" => {
@@ -285,6 +287,22 @@ pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
             }
             c.iface = Some(iface.into());
         }
+        "afxdp" => {
+            c.kind = Some(PortType::Afxdp);
+            let mut parts = rest.split(',');
+            let iface = parts.next().unwrap_or_default();
+            if iface.is_empty() || iface.len() > 15 {
+                return Err(format!("interface name {iface:?}: expected 1 to 15 bytes"));
+            }
+            c.iface = Some(iface.into());
+            for p in parts {
+                let n = p.strip_prefix("queues=").and_then(|n| n.parse::<u16>().ok()).filter(|&n| n > 0);
+                match n {
+                    Some(n) => c.queues = Some(n),
+                    None => return Err(format!("unknown afxdp option {p:?} (queues=N, N >= 1)")),
+                }
+            }
+        }
         "vhost" | "vhostuser" => {
             c.kind = Some(PortType::Vhostuser);
             let mut parts = rest.split(',');
@@ -308,7 +326,7 @@ pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
             c.kind = Some(PortType::Dpdk);
             c.devargs = Some(rest.into());
         }
-        _ => return Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, tap, vhost, dpdk)")),
+        _ => return Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, afxdp, tap, vhost, dpdk)")),
     }
     Ok(c)
 }
@@ -1129,6 +1147,12 @@ mod tests {
         let c = parse_port_spec("afpacket:eth1,recvmmsg", "p0").unwrap();
         assert_eq!((c.iface.as_deref(), c.rx_mode), (Some("eth1"), Some(AfPacketRxMode::Recvmmsg)));
         assert!(parse_port_spec("afpacket:eth1,v2", "p0").unwrap_err().contains("ring or recvmmsg"));
+        let c = parse_port_spec("afxdp:eth1", "p0").unwrap();
+        assert_eq!((c.kind, c.iface.as_deref(), c.queues), (Some(PortType::Afxdp), Some("eth1"), None));
+        let c = parse_port_spec("afxdp:eth1,queues=4", "p0").unwrap();
+        assert_eq!((c.kind, c.iface.as_deref(), c.queues), (Some(PortType::Afxdp), Some("eth1"), Some(4)));
+        assert!(parse_port_spec("afxdp:eth1,queues=0", "p0").unwrap_err().contains("queues=N"));
+        assert!(parse_port_spec("afxdp:", "p0").unwrap_err().contains("1 to 15 bytes"));
         assert!(parse_port_spec("tap:sy0,recvmmsg", "p0").is_err());
     }
 }

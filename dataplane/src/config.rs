@@ -59,6 +59,7 @@ pub enum PortType {
     Ring,
     Pcap,
     Afpacket,
+    Afxdp,
     Tap,
     Vhostuser,
     Dpdk,
@@ -110,7 +111,7 @@ pub struct PortConfig {
     /// pcap: replay `rx_pcap` forever from memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infinite: Option<bool>,
-    /// afpacket, tap: the kernel interface (default: the port's name).
+    /// afpacket, afxdp, tap: the kernel interface (default: the port's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
     /// afpacket: how the port receives (default `ring`).
@@ -126,7 +127,7 @@ pub struct PortConfig {
     /// running as another user can connect. Default: the process's umask decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
-    /// vhostuser, dpdk: queue pairs.
+    /// afxdp: RX queues of the interface (0..queues); vhostuser, dpdk: queue pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
     /// dpdk: a PCI address or a vdev string.
@@ -140,6 +141,7 @@ impl PortType {
             PortType::Ring => "ring",
             PortType::Pcap => "pcap",
             PortType::Afpacket => "afpacket",
+            PortType::Afxdp => "afxdp",
             PortType::Tap => "tap",
             PortType::Vhostuser => "vhostuser",
             PortType::Dpdk => "dpdk",
@@ -291,12 +293,12 @@ impl PortConfig {
             ("rx_pcap", self.rx_pcap.is_some(), &[PortType::Pcap]),
             ("tx_pcap", self.tx_pcap.is_some(), &[PortType::Pcap]),
             ("infinite", self.infinite.is_some(), &[PortType::Pcap]),
-            ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
+            ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Afxdp, PortType::Tap]),
             ("rx_mode", self.rx_mode.is_some(), &[PortType::Afpacket]),
             ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
             ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
             ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
-            ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
+            ("queues", self.queues.is_some(), &[PortType::Afxdp, PortType::Vhostuser, PortType::Dpdk]),
             ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
         ];
         for (opt, present, types) in allowed {

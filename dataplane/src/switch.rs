@@ -63,6 +63,7 @@ drop_reasons! {
     VhostTxRetries => "vhost_tx_retries", "The guest's RX ring filled up mid-burst and stayed full after the retries (vhost-user).";
     VhostInvalidDesc => "vhost_invalid_desc", "A guest descriptor chain was invalid: outside guest memory, overflowing, looping, too long, indirect or of the wrong direction (vhost-user).";
     VhostRingBroken => "vhost_ring_broken", "The guest corrupted a ring's indices; the queue is stopped until the guest sets it up again (vhost-user).";
+    AfxdpRxDropped => "afxdp_rx_dropped", "The kernel dropped a frame on its way to an AF_XDP socket: larger than a UMEM chunk, no free chunk in the fill ring, or the socket's RX ring full (AF_XDP).";
 }
 
 /// Counters of one port. Workers add to them once per burst.

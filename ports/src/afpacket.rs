@@ -245,7 +245,7 @@ pub(super) fn link_state(ctl: RawFd, ifindex: i32) -> Option<(bool, u32)> {
     Some((up, mtu))
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> std::io::Result<()> {
+pub(super) fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> std::io::Result<()> {
     // SAFETY: `val` points to a live, initialised T and the length passed is its size.
     let rc = unsafe {
         libc::setsockopt(

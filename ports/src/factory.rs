@@ -66,6 +66,11 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
             };
             Ok(Arc::new(AfPacketPort::open(name, cfg.iface.as_deref().unwrap_or(name), opts)?))
         }
+        PortType::Afxdp => Ok(Arc::new(crate::afxdp::AfXdpPort::open(
+            name,
+            cfg.iface.as_deref().unwrap_or(name),
+            cfg.queues.unwrap_or(1),
+        )?)),
         PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
         PortType::Vhostuser => open_vhost(cfg),
         PortType::Dpdk => open_dpdk(cfg, ctx),

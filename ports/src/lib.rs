@@ -11,6 +11,8 @@
 // socket, ring and ioctl interfaces, read and write guest memory, or call DPDK.
 #[allow(unsafe_code)]
 pub mod afpacket;
+#[allow(unsafe_code)]
+pub mod afxdp;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 pub mod dpdk;

@@ -159,6 +159,64 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
     Ok(())
 }
 
+/// Finishes the TCP or UDP checksum of a frame that a sender with checksum offload left
+/// partial, for ports that get no virtio-net header to say so (AF_XDP: an XDP program sees a
+/// veth peer's frames as the peer's stack wrote them, partial checksums included). A frame is
+/// taken as partial when its checksum field holds the pseudo-header sum, as the kernel leaves
+/// it, and the checksum does not verify; a finished checksum can hold the same value only when
+/// it verifies, so no finished frame is changed. Returns whether it finished one. Anything
+/// that is not unfragmented IPv4 or IPv6 without extension headers (after up to two VLAN
+/// tags) carrying TCP or UDP, or whose lengths disagree with the frame, is left alone.
+pub fn finish_partial_l4_checksum(frame: &mut [u8]) -> bool {
+    let mut l3 = ETH_HEADER_LEN;
+    let Some(mut ethertype) = be16(frame, ETH_TYPE) else { return false };
+    for _ in 0..2 {
+        if ethertype != EtherType::VLAN && ethertype != EtherType::QINQ {
+            break;
+        }
+        let Some(t) = be16(frame, l3 + 2) else { return false };
+        ethertype = t;
+        l3 += VLAN_TAG_LEN;
+    }
+    // (layer-4 offset, layer-4 length, protocol, pseudo-header sum without the length)
+    let (l4, l4_len, proto, pseudo) = match ethertype {
+        EtherType::IPV4 => {
+            let Some(&vihl) = frame.get(l3) else { return false };
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let (Some(total), Some(frag)) = (be16(frame, l3 + IPV4_TOTAL_LEN), be16(frame, l3 + 6)) else {
+                return false;
+            };
+            // Not the first fragment alone, or not a whole datagram: no checksum to finish.
+            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || frag & 0x3fff != 0 || usize::from(total) < ihl {
+                return false;
+            }
+            let Some(addrs) = frame.get(l3 + IPV4_SRC..l3 + IPV4_SRC + 8) else { return false };
+            let Some(&proto) = frame.get(l3 + 9) else { return false };
+            (l3 + ihl, usize::from(total) - ihl, proto, ones_sum(addrs, 0))
+        }
+        EtherType::IPV6 => {
+            let (Some(plen), Some(&next)) = (be16(frame, l3 + IPV6_PAYLOAD_LEN), frame.get(l3 + 6)) else {
+                return false;
+            };
+            let Some(addrs) = frame.get(l3 + IPV6_SRC..l3 + IPV6_SRC + 32) else { return false };
+            (l3 + IPV6_HLEN, usize::from(plen), next, ones_sum(addrs, 0))
+        }
+        _ => return false,
+    };
+    let offset = match proto {
+        PROTO_TCP if l4_len >= TCP_MIN_HLEN => TCP_CHECKSUM,
+        PROTO_UDP if l4_len >= UDP_HLEN => UDP_CHECKSUM,
+        _ => return false,
+    };
+    let Some(seg) = frame.get_mut(..l4 + l4_len) else { return false };
+    let pseudo = pseudo + u64::from(proto) + l4_len as u64;
+    if be16(seg, l4 + offset) != Some(fold(pseudo)) || fold(ones_sum(&seg[l4..], pseudo)) == 0xffff {
+        return false;
+    }
+    // The field holds the pseudo-header sum: summing the segment from `l4` covers it.
+    complete_checksum(seg, l4, offset).is_ok()
+}
+
 /// The layer-4 protocol of a super-frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum L4 {
@@ -409,6 +467,55 @@ mod tests {
         };
         let s = ones_sum(&src, 0) + ones_sum(&dst, 0) + u64::from(proto) + proto_payload.len() as u64;
         fold(ones_sum(proto_payload, s)) == 0xffff
+    }
+
+    #[test]
+    fn partial_checksums_without_a_header_are_finished_and_finished_ones_kept() {
+        // TCP/IPv4 with the pseudo-header sum left in the field, as a veth peer sends it.
+        let data = payload(1000);
+        let good = tcp4(7, &data, false);
+        let mut f = good.clone();
+        let l4_len = f.len() - 14 - 20;
+        make_partial(&mut f, 14 + 20 + TCP_CHECKSUM, pseudo4(PROTO_TCP, l4_len));
+        assert!(!checks_out(&f));
+        assert!(finish_partial_l4_checksum(&mut f));
+        assert_eq!(f, good);
+        // A finished frame is left as it is.
+        assert!(!finish_partial_l4_checksum(&mut f));
+        assert_eq!(f, good);
+        // Ethernet padding after a short segment is not summed.
+        let short = tcp4(9, b"hi", false);
+        let mut f = short.clone();
+        let l4_len = f.len() - 14 - 20;
+        make_partial(&mut f, 14 + 20 + TCP_CHECKSUM, pseudo4(PROTO_TCP, l4_len));
+        f.resize(60, 0xaa);
+        assert!(finish_partial_l4_checksum(&mut f));
+        assert_eq!(&f[..short.len()], &short[..]);
+        // UDP over IPv6 behind a VLAN tag.
+        let mut good = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .single_vlan(10.try_into().unwrap())
+            .ipv6(SRC6, DST6, 64)
+            .udp(1000, 2000)
+            .write(&mut good, &data)
+            .unwrap();
+        let mut f = good.clone();
+        let l4 = 18 + 40;
+        let pseudo = ones_sum(&SRC6, 0) + ones_sum(&DST6, 0) + u64::from(PROTO_UDP) + (f.len() - l4) as u64;
+        make_partial(&mut f, l4 + UDP_CHECKSUM, pseudo);
+        assert!(finish_partial_l4_checksum(&mut f));
+        assert_eq!(f, good);
+        // A corrupted checksum that is not the pseudo-header sum stays as it is (the receiver
+        // drops it), and a frame cut short is not touched.
+        let mut bad = good.clone();
+        bad[l4 + UDP_CHECKSUM] ^= 0x55;
+        let copy = bad.clone();
+        assert!(!finish_partial_l4_checksum(&mut bad));
+        assert_eq!(bad, copy);
+        for cut in 0..f.len() {
+            let mut c = f[..cut].to_vec();
+            let _ = finish_partial_l4_checksum(&mut c);
+        }
     }
 
     #[test]

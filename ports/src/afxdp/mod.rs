@@ -1,0 +1,413 @@
+//! AF_XDP ports: a kernel interface's RX queues redirected by an XDP program into AF_XDP
+//! sockets, frames moved through the socket rings with no system call on RX and one on TX.
+//!
+//! Invariants:
+//! - Every AF_XDP socket of the process shares one UMEM ([`umem`]), whose slots are the slots
+//!   of a [`Pool::external`](switchyard_dataplane::buffer::Pool::external): a received frame
+//!   is adopted in place as a `PacketBuf`, and a buffer of that pool is sent by handing its
+//!   slot to the TX ring, so frames move between AF_XDP ports without a copy. A buffer of any
+//!   other pool is copied into a free UMEM slot on TX.
+//! - Each RX queue `q` has one socket (its RX and fill rings owned by the worker holding the
+//!   queue, its TX and completion rings by the TX handles of `q`); the port's XDP program
+//!   ([`bpf`]) redirects queue `q` to it and is detached when the port is dropped.
+//! - The fill ring is kept full after every burst; every slot the kernel hands back (RX,
+//!   completion) returns to the pool or becomes a buffer, never both.
+//! - A frame's TCP or UDP checksum left partial by a veth peer with checksum offload on (the
+//!   XDP path carries no virtio-net header to say so) is finished on RX
+//!   ([`finish_partial_l4_checksum`]). TSO needs nothing: the kernel turns a veth peer's
+//!   segmentation offload off while an XDP program is attached, so its frames arrive
+//!   MTU-sized.
+//! - Frames the kernel drops on the way to a socket (larger than a chunk, no fill buffer, RX
+//!   ring full) are read from `XDP_STATISTICS` and counted as `afxdp_rx_dropped`.
+//!
+//! Zero-copy binding where the driver has it (the kernel's default when no mode is forced),
+//! copy mode otherwise (veth: native XDP, copy mode). Slots in the rings of a socket that is
+//! closed while the interface holds them (port dropped, interface deleted) are not recovered;
+//! at most `4 * RING_DEPTH` slots per queue.
+
+pub mod bpf;
+mod sys;
+pub mod umem;
+
+use crate::afpacket::{is_link_error, link_state};
+use bpf::XdpProgram;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, AsFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use switchyard_dataplane::buffer::{PoolCache, HEADROOM, SLOT_SIZE};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::finish_partial_l4_checksum;
+use umem::Umem;
+
+/// Entries in each of a socket's four rings.
+pub const RING_DEPTH: u32 = 1024;
+/// An RX queue reads the kernel's drop counts once in this many bursts.
+const STATS_EVERY: u32 = 256;
+/// Most `sendto` kicks per TX burst (copy mode sends a batch of 32 per kick).
+const MAX_KICKS: usize = 8;
+
+struct RxPart {
+    sock: Arc<OwnedFd>,
+    rx: sys::Ring<sys::XdpDesc>,
+    fill: sys::Ring<u64>,
+    /// The kernel's drop count last read.
+    dropped: u64,
+    bursts: u32,
+}
+
+struct TxPart {
+    sock: Arc<OwnedFd>,
+    tx: sys::Ring<sys::XdpDesc>,
+    comp: sys::Ring<u64>,
+}
+
+struct Shared {
+    name: String,
+    iface: String,
+    ifindex: u32,
+    umem: Arc<Umem>,
+    /// One slot per RX queue; empty while a worker holds it.
+    rx: Vec<Mutex<Option<RxPart>>>,
+    tx: Vec<Arc<Mutex<TxPart>>>,
+    /// For interface ioctls (link state).
+    ctl: OwnedFd,
+    /// The interface is gone (deleted): permanent.
+    gone: AtomicBool,
+    zero_copy: bool,
+    /// Detaches the program when the port goes.
+    _prog: XdpProgram,
+}
+
+impl Shared {
+    fn mark_gone(&self) {
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!(port = %self.name, iface = %self.iface, "interface is gone; port down");
+        }
+    }
+}
+
+/// An AF_XDP port on the RX queues `0..queues` of one kernel interface.
+#[derive(Clone)]
+pub struct AfXdpPort {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AfXdpPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfXdpPort")
+            .field("name", &self.shared.name)
+            .field("iface", &self.shared.iface)
+            .field("ifindex", &self.shared.ifindex)
+            .field("zero_copy", &self.shared.zero_copy)
+            .finish()
+    }
+}
+
+fn backend(port: &str, msg: impl std::fmt::Display) -> PortError {
+    PortError::Backend { port: port.to_string(), msg: msg.to_string() }
+}
+
+/// Puts as many free UMEM slots into the fill ring as it has room for.
+fn refill(fill: &mut sys::Ring<u64>, umem: &Umem) {
+    use switchyard_dataplane::buffer::ExternalSlots;
+    let room = fill.free();
+    let mut k = 0;
+    while k < room {
+        let Some(idx) = umem.slots.alloc() else { break };
+        fill.write(k, idx as u64 * SLOT_SIZE as u64);
+        k += 1;
+    }
+    fill.submit(k);
+}
+
+/// The slot a descriptor address (RX, completion) lies in, and the frame's offset in it.
+#[inline(always)]
+fn slot_of(addr: u64) -> (u32, u64) {
+    let off = sys::desc_offset(addr);
+    ((off / SLOT_SIZE as u64) as u32, off % SLOT_SIZE as u64)
+}
+
+impl AfXdpPort {
+    /// Opens port `name` on RX queues `0..queues` of interface `iface`: binds a socket to each
+    /// queue (sharing the process's UMEM), fills the fill rings, and attaches the redirect
+    /// program. Fails when the interface is missing, lacks the queues, or AF_XDP or BPF are
+    /// not allowed (CAP_NET_ADMIN, CAP_BPF or root).
+    pub fn open(name: &str, iface: &str, queues: u16) -> Result<AfXdpPort, PortError> {
+        let queues = queues.max(1);
+        let cname = CString::new(iface).map_err(|_| backend(name, format!("bad interface name {iface:?}")))?;
+        // SAFETY: `cname` is a NUL-terminated string live for the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(backend(name, format!("no interface {iface:?}")));
+        }
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
+        let mut umem = None;
+        let mut fds = Vec::new();
+        for q in 0..queues {
+            let b = umem::bind_queue(ifindex, u32::from(q), RING_DEPTH).map_err(|e| {
+                backend(name, format!("AF_XDP socket on {iface} queue {q}: {e}"))
+            })?;
+            let mut fill = b.fill;
+            refill(&mut fill, &b.umem);
+            fds.push(b.sock.clone());
+            rx.push(Mutex::new(Some(RxPart { sock: b.sock.clone(), rx: b.rx, fill, dropped: 0, bursts: 0 })));
+            tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp })));
+            umem = Some(b.umem);
+        }
+        let umem = umem.ok_or_else(|| backend(name, "no queue"))?;
+        let mut prog = XdpProgram::load(u32::from(queues)).map_err(|e| backend(name, e))?;
+        for (q, s) in fds.iter().enumerate() {
+            prog.set(q as u32, s.as_raw_fd()).map_err(|e| backend(name, e))?;
+        }
+        prog.attach(ifindex).map_err(|e| backend(name, format!("{iface}: {e}")))?;
+        let zero_copy = sys::zero_copy(fds[0].as_raw_fd());
+        // SAFETY: plain socket(2) call; no pointers.
+        let ctl = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if ctl < 0 {
+            return Err(PortError::Io { port: name.into(), source: std::io::Error::last_os_error() });
+        }
+        // SAFETY: ctl was just returned by socket(2) and is owned by nobody else.
+        let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
+        tracing::info!(port = name, iface, queues, zero_copy, native_xdp = prog.native, "AF_XDP port open");
+        Ok(AfXdpPort {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                iface: iface.to_string(),
+                ifindex,
+                umem,
+                rx,
+                tx,
+                ctl,
+                gone: AtomicBool::new(false),
+                zero_copy,
+                _prog: prog,
+            }),
+        })
+    }
+
+    /// Whether the sockets run in zero-copy mode (the driver has it), not copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.shared.zero_copy
+    }
+}
+
+impl PortBackend for AfXdpPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn rx_queue_count(&self) -> u16 {
+        self.shared.rx.len() as u16
+    }
+
+    fn tx_queue_count(&self) -> u16 {
+        self.shared.tx.len() as u16
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        let count = self.rx_queue_count();
+        let slot = self.shared.rx.get(usize::from(q)).ok_or_else(|| PortError::NoSuchQueue {
+            port: self.shared.name.clone(),
+            queue: q,
+            count,
+        })?;
+        let part = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| PortError::QueueTaken { port: self.shared.name.clone(), queue: q })?;
+        Ok(Box::new(AfXdpRx { shared: self.shared.clone(), q, part: Some(part) }))
+    }
+
+    /// TX handle `q` sends through the socket of queue `q` modulo the queue count (handles
+    /// sharing a socket take turns on it).
+    fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        let part = self.shared.tx[usize::from(q) % self.shared.tx.len()].clone();
+        Ok(Box::new(AfXdpTx { shared: self.shared.clone(), part }))
+    }
+
+    fn link_up(&self) -> bool {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        match link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex as i32) {
+            Some((up, _)) => up,
+            None => {
+                self.shared.mark_gone();
+                false
+            }
+        }
+    }
+}
+
+struct AfXdpRx {
+    shared: Arc<Shared>,
+    q: u16,
+    part: Option<RxPart>,
+}
+
+impl Drop for AfXdpRx {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shared.rx.get(usize::from(self.q)) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = self.part.take();
+        }
+    }
+}
+
+impl AfXdpRx {
+    /// Counts what the kernel dropped since the last read.
+    #[cold]
+    fn read_kernel_drops(part: &mut RxPart, drops: &mut DropTally) {
+        if let Ok(s) = sys::statistics(part.sock.as_raw_fd()) {
+            let now = s.rx_dropped + s.rx_ring_full;
+            let new = now.saturating_sub(part.dropped);
+            part.dropped = now;
+            drops.add(DropReason::AfxdpRxDropped, u32::try_from(new).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+impl RxQueue for AfXdpRx {
+    fn rx_burst(&mut self, _cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+        let Some(part) = self.part.as_mut() else { return 0 };
+        part.bursts = part.bursts.wrapping_add(1);
+        if part.bursts % STATS_EVERY == 0 {
+            Self::read_kernel_drops(part, drops);
+        }
+        let room = max.min(out.capacity() - out.len()) as u32;
+        let n = part.rx.available().min(room);
+        if n == 0 {
+            return 0;
+        }
+        let umem = &self.shared.umem;
+        let Some(adopter) = umem.pool.adopter() else { return 0 };
+        let mut got = 0;
+        for i in 0..n {
+            let d = part.rx.read(i);
+            let (idx, head) = slot_of(d.addr);
+            let len = u16::try_from(d.len).unwrap_or(u16::MAX);
+            // SAFETY: the kernel hands the slot back through the RX ring: it came from this
+            // socket's fill ring, so nobody else holds it now.
+            match unsafe { adopter.adopt(idx, head as u16, len) } {
+                Some(mut b) => {
+                    // No virtio-net header says which checksums a veth peer left partial.
+                    finish_partial_l4_checksum(b.data_mut());
+                    out.push(b);
+                    got += 1;
+                }
+                None => {
+                    // A window outside its slot: not a frame the kernel should give; its slot
+                    // goes back to the pool when it is one.
+                    if (idx as usize) < adopter.count() {
+                        use switchyard_dataplane::buffer::ExternalSlots;
+                        umem.slots.free(idx);
+                    }
+                    drops.add(DropReason::Oversize, 1);
+                }
+            }
+        }
+        part.rx.release(n);
+        refill(&mut part.fill, umem);
+        got
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.part.as_ref().map(|p| p.sock.as_fd())
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        self.part.as_ref().is_none_or(|p| p.rx.available() == 0)
+    }
+}
+
+struct AfXdpTx {
+    shared: Arc<Shared>,
+    part: Arc<Mutex<TxPart>>,
+}
+
+fn drop_all(pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally, r: DropReason) {
+    drops.add(r, pkts.len() as u32);
+    for b in pkts.drain(..) {
+        cache.free(b);
+    }
+}
+
+impl TxQueue for AfXdpTx {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        use switchyard_dataplane::buffer::ExternalSlots;
+        if pkts.is_empty() {
+            return 0;
+        }
+        if self.shared.gone.load(Ordering::Relaxed) {
+            drop_all(pkts, cache, drops, DropReason::PortDown);
+            return 0;
+        }
+        let umem = &self.shared.umem;
+        let mut guard = self.part.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &mut *guard;
+        // Slots the kernel has sent go back to the pool.
+        let c = t.comp.available();
+        for i in 0..c {
+            umem.slots.free(slot_of(t.comp.read(i)).0);
+        }
+        t.comp.release(c);
+        let room = t.tx.free();
+        let mut k = 0u32;
+        for b in pkts.drain(..) {
+            if k == room {
+                drops.add(DropReason::TxFull, 1);
+                cache.free(b);
+                continue;
+            }
+            let desc = match b.release_to(&umem.pool) {
+                Ok((idx, head, len)) => {
+                    sys::XdpDesc { addr: u64::from(idx) * SLOT_SIZE as u64 + u64::from(head), len: len.into(), options: 0 }
+                }
+                Err(b) => {
+                    let Some(idx) = umem.slots.alloc() else {
+                        drops.add(DropReason::NoBuffer, 1);
+                        cache.free(b);
+                        continue;
+                    };
+                    // SAFETY: the slot was just taken from the free queue: ours alone.
+                    let slot = unsafe { umem.slots.slot_mut(idx) };
+                    let len = b.len();
+                    // A buffer's frame fits its data room, which a slot has behind HEADROOM.
+                    slot[HEADROOM..HEADROOM + len].copy_from_slice(b.data());
+                    cache.free(b);
+                    sys::XdpDesc {
+                        addr: u64::from(idx) * SLOT_SIZE as u64 + HEADROOM as u64,
+                        len: len as u32,
+                        options: 0,
+                    }
+                }
+            };
+            t.tx.write(k, desc);
+            k += 1;
+        }
+        t.tx.submit(k);
+        for _ in 0..MAX_KICKS {
+            if t.tx.outstanding() == 0 {
+                break;
+            }
+            match sys::kick_tx(t.sock.as_raw_fd()) {
+                Ok(()) => {}
+                Err(libc::EAGAIN) => {}
+                Err(e) if is_link_error(e) => {
+                    // The socket lost its interface: what it holds will never be sent.
+                    self.shared.mark_gone();
+                    drops.add(DropReason::PortDown, k);
+                    return 0;
+                }
+                Err(e) => {
+                    tracing::debug!(port = %self.shared.name, errno = e, "AF_XDP TX kick");
+                    break;
+                }
+            }
+        }
+        k as usize
+    }
+}

@@ -1,0 +1,175 @@
+//! The process's one UMEM: a buffer pool whose region every AF_XDP socket of switchyard shares
+//! (XDP_SHARED_UMEM), so that a frame received on one AF_XDP port is sent from another by
+//! handing its slot over, with no copy.
+//!
+//! Invariants: slot `i` is the `SLOT_SIZE` bytes at UMEM offset `i * SLOT_SIZE` (unaligned
+//! chunk mode: the kernel takes any chunk size); a slot is owned by exactly one of the free
+//! queue here, the pool's buffers and caches (see the buffer module), or one socket's fill or
+//! TX ring until the kernel gives it back (RX or completion ring). The region is unmapped only
+//! with the last holder of [`Slots`]: the pool keeps it alive while any buffer is out, and the
+//! kernel pins its pages while a socket uses them.
+
+use super::sys;
+use crossbeam_queue::ArrayQueue;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, Weak};
+use switchyard_dataplane::buffer::{ExternalSlots, Pool, SLOT_SIZE};
+
+/// Slots in the UMEM: room for the fill rings of several ports' queues and the frames in flight.
+pub const UMEM_SLOTS: usize = 16384;
+
+/// The UMEM's region and its free slots.
+pub(super) struct Slots {
+    base: NonNull<u8>,
+    len: usize,
+    free: ArrayQueue<u32>,
+}
+
+// SAFETY: the region is plain memory owned by this value; the free queue is thread-safe, and
+// slot bytes are touched only by the single owner of each slot (module invariant).
+unsafe impl Send for Slots {}
+// SAFETY: as Send.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    fn new(count: usize) -> io::Result<Slots> {
+        let len = count * SLOT_SIZE;
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let free = ArrayQueue::new(count);
+        for i in 0..count as u32 {
+            let _ = free.push(i);
+        }
+        // SAFETY: mmap succeeded, so `p` is not null.
+        Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free })
+    }
+
+    /// The bytes of slot `idx`, which the caller owns (module invariant).
+    ///
+    /// # Safety
+    /// The caller owns slot `idx` (it took it from [`ExternalSlots::alloc`] and has not given
+    /// it away) and `idx` is below the slot count.
+    pub(super) unsafe fn slot_mut(&self, idx: u32) -> &mut [u8] {
+        debug_assert!((idx as usize + 1) * SLOT_SIZE <= self.len);
+        // SAFETY: inside the region (contract), owned by the caller alone.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(idx as usize * SLOT_SIZE), SLOT_SIZE) }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by Slots::new with this length; no buffer, cache or
+        // socket refers to it any more (this was the last holder).
+        unsafe { libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+// SAFETY: the region lives as long as this value; each slot index is in the free queue at most
+// once (pushed only when its owner gives it back), so it is handed out at most once at a time.
+unsafe impl ExternalSlots for Slots {
+    #[inline]
+    fn alloc(&self) -> Option<u32> {
+        self.free.pop()
+    }
+    #[inline]
+    fn free(&self, idx: u32) {
+        let _ = self.free.push(idx);
+    }
+    fn in_use(&self) -> usize {
+        self.free.capacity() - self.free.len()
+    }
+}
+
+/// The shared UMEM: its pool, its slots, and the socket that registered it (the one others
+/// name in XDP_SHARED_UMEM; it stays bound while the UMEM lives).
+pub struct Umem {
+    pub(super) pool: Pool,
+    pub(super) slots: Arc<Slots>,
+    pub(super) anchor: Arc<OwnedFd>,
+}
+
+impl std::fmt::Debug for Umem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Umem").field("slots", &UMEM_SLOTS).field("anchor", &self.anchor.as_raw_fd()).finish()
+    }
+}
+
+fn registry() -> &'static Mutex<Weak<Umem>> {
+    static R: Mutex<Weak<Umem>> = Mutex::new(Weak::new());
+    &R
+}
+
+/// A socket bound to one queue, sharing the process's UMEM (registering it if it is the first).
+pub(super) struct Bound {
+    pub umem: Arc<Umem>,
+    pub sock: Arc<OwnedFd>,
+    pub rx: sys::Ring<sys::XdpDesc>,
+    pub tx: sys::Ring<sys::XdpDesc>,
+    pub fill: sys::Ring<u64>,
+    pub comp: sys::Ring<u64>,
+}
+
+fn set_u32(fd: &OwnedFd, opt: libc::c_int, v: u32) -> io::Result<()> {
+    crate::afpacket::setsockopt(fd.as_raw_fd(), sys::SOL_XDP, opt, &v)
+}
+
+/// Opens a socket on queue `queue` of `ifindex` with rings of `depth` entries.
+pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bound> {
+    let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let sock = sys::xdp_socket()?;
+    let existing = reg.upgrade();
+    let fresh = match &existing {
+        Some(_) => None,
+        None => {
+            let slots = Arc::new(Slots::new(UMEM_SLOTS)?);
+            let r = sys::UmemReg {
+                addr: slots.base.as_ptr() as u64,
+                len: slots.len as u64,
+                chunk_size: SLOT_SIZE as u32,
+                headroom: 0,
+                flags: sys::XDP_UMEM_UNALIGNED_CHUNK_FLAG,
+                tx_metadata_len: 0,
+            };
+            crate::afpacket::setsockopt(sock.as_raw_fd(), sys::SOL_XDP, sys::XDP_UMEM_REG, &r)?;
+            // SAFETY: the region is UMEM_SLOTS slots of SLOT_SIZE bytes that `slots` owns and
+            // keeps mapped while it lives; `slots` keeps the ExternalSlots contract (above).
+            let pool = unsafe { Pool::external("afxdp-umem", slots.base, UMEM_SLOTS, slots.clone()) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Some((slots, pool))
+        }
+    };
+    set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
+    set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
+    set_u32(&sock, sys::XDP_RX_RING, depth)?;
+    set_u32(&sock, sys::XDP_TX_RING, depth)?;
+    let rx = sys::Ring::map(&sock, sys::Which::Rx, depth)?;
+    let tx = sys::Ring::map(&sock, sys::Which::Tx, depth)?;
+    let fill = sys::Ring::map(&sock, sys::Which::Fill, depth)?;
+    let comp = sys::Ring::map(&sock, sys::Which::Completion, depth)?;
+    sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().map(|u| u.anchor.as_raw_fd()))?;
+    let sock = Arc::new(sock);
+    let umem = match (existing, fresh) {
+        (Some(u), _) => u,
+        (None, Some((slots, pool))) => {
+            let u = Arc::new(Umem { pool, slots, anchor: sock.clone() });
+            *reg = Arc::downgrade(&u);
+            u
+        }
+        (None, None) => return Err(io::Error::other("no UMEM to share")),
+    };
+    Ok(Bound { umem, sock, rx, tx, fill, comp })
+}
