@@ -12,9 +12,9 @@ mod kports_common;
 mod traffic;
 
 use kports_common::{ip, skip, skip_reason, LinkGuard, VethNs};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
-use traffic::tcp_transfer;
+use traffic::{stop_pmd, tcp_transfer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const A: &str = "10.201.0.1";
@@ -43,7 +43,7 @@ impl Topology {
         let b = VethNs::create()?;
         ip(&["-n", &a.ns, "addr", "add", &format!("{A}/24"), "dev", &a.peer])?;
         ip(&["-n", &b.ns, "addr", "add", &format!("{B}/24"), "dev", &b.peer])?;
-        let pmd = spawn_pmd(&[format!("afpacket:{}{rx}", a.host), format!("afpacket:{}{rx}", b.host)])?;
+        let pmd = traffic::spawn_pmd(BIN, &[format!("afpacket:{}{rx}", a.host), format!("afpacket:{}{rx}", b.host)])?;
         Ok(Topology { a, b, pmd: Some(pmd) })
     }
 
@@ -51,38 +51,6 @@ impl Topology {
     fn stop(&mut self) -> serde_json::Value {
         stop_pmd(self.pmd.take().expect("pmd running"))
     }
-}
-
-/// `switchyard pmd --fwd switch --json` on `ports`, running until stopped.
-fn spawn_pmd(ports: &[String]) -> Result<Child, String> {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["pmd", "--fwd", "switch", "--json"]);
-    for p in ports {
-        cmd.args(["--port", p]);
-    }
-    cmd
-        // stdin stays open: EOF on it would stop pmd.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn switchyard pmd: {e}"))
-}
-
-/// Stops pmd (SIGTERM) and returns its last JSON line.
-fn stop_pmd(child: Child) -> serde_json::Value {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().expect("pmd output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pmd failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("pmd's last line is not JSON ({e}): {stdout}"))
 }
 
 impl Drop for Topology {
@@ -129,7 +97,7 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod(rx: &str) {
     ip(&["-n", &a.ns, "addr", "add", "10.202.0.2/24", "dev", &a.peer]).unwrap();
     let tap = format!("sy{}tap", std::process::id());
     let _gone = LinkGuard(tap.clone());
-    let pmd = spawn_pmd(&[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
+    let pmd = traffic::spawn_pmd(BIN, &[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
     let t0 = Instant::now();
     while ip(&["link", "show", &tap]).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(10), "pmd did not create {tap}");

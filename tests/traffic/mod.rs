@@ -8,6 +8,7 @@ use crate::kports_common::in_netns;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Deterministic bytes of a transfer: position `i` of stream `seed`.
@@ -134,4 +135,36 @@ pub fn udp_exchange(from: Option<&str>, from_ip: &str, to: Option<&str>, to_ip: 
         let n = recv_skipping_probes(&rx, &mut buf).unwrap_or_else(|e| panic!("GSO segment {s}: {e}"));
         assert_eq!(&buf[..n], &big[s * 1000..(s + 1) * 1000], "GSO segment {s}");
     }
+}
+
+/// `switchyard pmd --fwd switch --json` (the binary `bin`) on `ports`, running until stopped.
+pub fn spawn_pmd(bin: &str, ports: &[String]) -> Result<Child, String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["pmd", "--fwd", "switch", "--json"]);
+    for p in ports {
+        cmd.args(["--port", p]);
+    }
+    cmd
+        // stdin stays open: EOF on it would stop pmd.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn switchyard pmd: {e}"))
+}
+
+/// Stops pmd (SIGTERM) and returns its last JSON line.
+pub fn stop_pmd(child: Child) -> serde_json::Value {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("pmd output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pmd failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("pmd's last line is not JSON ({e}): {stdout}"))
 }

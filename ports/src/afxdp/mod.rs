@@ -43,7 +43,7 @@ use umem::Umem;
 
 /// Entries in each of a socket's four rings.
 pub const RING_DEPTH: u32 = 1024;
-/// An RX queue reads the kernel's drop counts once in this many bursts.
+/// An RX queue reads the kernel's drop counts once in this many bursts (and before a sleep).
 const STATS_EVERY: u32 = 256;
 /// Most `sendto` kicks per TX burst (copy mode sends a batch of 32 per kick).
 const MAX_KICKS: usize = 8;
@@ -54,6 +54,8 @@ struct RxPart {
     fill: sys::Ring<u64>,
     /// The kernel's drop count last read.
     dropped: u64,
+    /// Drops read before a sleep, counted in the next burst.
+    pending: u64,
     bursts: u32,
 }
 
@@ -67,10 +69,12 @@ struct Shared {
     name: String,
     iface: String,
     ifindex: u32,
-    umem: Arc<Umem>,
     /// One slot per RX queue; empty while a worker holds it.
     rx: Vec<Mutex<Option<RxPart>>>,
     tx: Vec<Arc<Mutex<TxPart>>>,
+    /// After the sockets (fields drop in order): the last port closes the UMEM after its
+    /// sockets are closed.
+    umem: Arc<Umem>,
     /// For interface ioctls (link state).
     ctl: OwnedFd,
     /// The interface is gone (deleted): permanent.
@@ -116,6 +120,7 @@ fn refill(fill: &mut sys::Ring<u64>, umem: &Umem) {
     let mut k = 0;
     while k < room {
         let Some(idx) = umem.slots.alloc() else { break };
+        umem.slots.lend(idx);
         fill.write(k, idx as u64 * SLOT_SIZE as u64);
         k += 1;
     }
@@ -153,7 +158,7 @@ impl AfXdpPort {
             let mut fill = b.fill;
             refill(&mut fill, &b.umem);
             fds.push(b.sock.clone());
-            rx.push(Mutex::new(Some(RxPart { sock: b.sock.clone(), rx: b.rx, fill, dropped: 0, bursts: 0 })));
+            rx.push(Mutex::new(Some(RxPart { sock: b.sock.clone(), rx: b.rx, fill, dropped: 0, pending: 0, bursts: 0 })));
             tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp })));
             umem = Some(b.umem);
         }
@@ -257,15 +262,14 @@ impl Drop for AfXdpRx {
     }
 }
 
-impl AfXdpRx {
-    /// Counts what the kernel dropped since the last read.
+impl RxPart {
+    /// Adds what the kernel dropped since the last read to `pending`.
     #[cold]
-    fn read_kernel_drops(part: &mut RxPart, drops: &mut DropTally) {
-        if let Ok(s) = sys::statistics(part.sock.as_raw_fd()) {
+    fn read_kernel_drops(&mut self) {
+        if let Ok(s) = sys::statistics(self.sock.as_raw_fd()) {
             let now = s.rx_dropped + s.rx_ring_full;
-            let new = now.saturating_sub(part.dropped);
-            part.dropped = now;
-            drops.add(DropReason::AfxdpRxDropped, u32::try_from(new).unwrap_or(u32::MAX));
+            self.pending += now.saturating_sub(self.dropped);
+            self.dropped = now;
         }
     }
 }
@@ -275,7 +279,11 @@ impl RxQueue for AfXdpRx {
         let Some(part) = self.part.as_mut() else { return 0 };
         part.bursts = part.bursts.wrapping_add(1);
         if part.bursts % STATS_EVERY == 0 {
-            Self::read_kernel_drops(part, drops);
+            part.read_kernel_drops();
+        }
+        if part.pending != 0 {
+            let n = std::mem::take(&mut part.pending);
+            drops.add(DropReason::AfxdpRxDropped, u32::try_from(n).unwrap_or(u32::MAX));
         }
         let room = max.min(out.capacity() - out.len()) as u32;
         let n = part.rx.available().min(room);
@@ -288,6 +296,7 @@ impl RxQueue for AfXdpRx {
         for i in 0..n {
             let d = part.rx.read(i);
             let (idx, head) = slot_of(d.addr);
+            umem.slots.returned(idx);
             let len = u16::try_from(d.len).unwrap_or(u16::MAX);
             // SAFETY: the kernel hands the slot back through the RX ring: it came from this
             // socket's fill ring, so nobody else holds it now.
@@ -318,8 +327,12 @@ impl RxQueue for AfXdpRx {
         self.part.as_ref().map(|p| p.sock.as_fd())
     }
 
+    /// Also reads the kernel's drop counts: frames it dropped wake nobody, and a syscall
+    /// costs nothing next to a sleep.
     fn arm_wakeup(&mut self) -> bool {
-        self.part.as_ref().is_none_or(|p| p.rx.available() == 0)
+        let Some(p) = self.part.as_mut() else { return true };
+        p.read_kernel_drops();
+        p.pending == 0 && p.rx.available() == 0
     }
 }
 
@@ -351,7 +364,9 @@ impl TxQueue for AfXdpTx {
         // Slots the kernel has sent go back to the pool.
         let c = t.comp.available();
         for i in 0..c {
-            umem.slots.free(slot_of(t.comp.read(i)).0);
+            let idx = slot_of(t.comp.read(i)).0;
+            umem.slots.returned(idx);
+            umem.slots.free(idx);
         }
         t.comp.release(c);
         let room = t.tx.free();
@@ -385,6 +400,7 @@ impl TxQueue for AfXdpTx {
                     }
                 }
             };
+            umem.slots.lend(slot_of(desc.addr).0);
             t.tx.write(k, desc);
             k += 1;
         }

@@ -12,8 +12,9 @@
 use super::sys;
 use crossbeam_queue::ArrayQueue;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use switchyard_dataplane::buffer::{ExternalSlots, Pool, SLOT_SIZE};
 
@@ -25,6 +26,10 @@ pub(super) struct Slots {
     base: NonNull<u8>,
     len: usize,
     free: ArrayQueue<u32>,
+    /// Slot `i` is in a socket's fill or TX ring (lent to the kernel): set when a slot is
+    /// written to one, cleared when the kernel hands it back (RX, completion). What is set
+    /// when the last socket is closed goes back to the free queue.
+    lent: Box<[AtomicBool]>,
 }
 
 // SAFETY: the region is plain memory owned by this value; the free queue is thread-safe, and
@@ -54,8 +59,9 @@ impl Slots {
         for i in 0..count as u32 {
             let _ = free.push(i);
         }
+        let lent = (0..count).map(|_| AtomicBool::new(false)).collect();
         // SAFETY: mmap succeeded, so `p` is not null.
-        Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free })
+        Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free, lent })
     }
 
     /// The bytes of slot `idx`, which the caller owns (module invariant).
@@ -67,6 +73,24 @@ impl Slots {
         debug_assert!((idx as usize + 1) * SLOT_SIZE <= self.len);
         // SAFETY: inside the region (contract), owned by the caller alone.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(idx as usize * SLOT_SIZE), SLOT_SIZE) }
+    }
+}
+
+impl Slots {
+    /// Marks slot `idx` lent to the kernel (written to a fill or TX ring).
+    #[inline]
+    pub(super) fn lend(&self, idx: u32) {
+        if let Some(l) = self.lent.get(idx as usize) {
+            l.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks slot `idx` handed back by the kernel (read from an RX or completion ring).
+    #[inline]
+    pub(super) fn returned(&self, idx: u32) {
+        if let Some(l) = self.lent.get(idx as usize) {
+            l.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -99,12 +123,34 @@ unsafe impl ExternalSlots for Slots {
 pub struct Umem {
     pub(super) pool: Pool,
     pub(super) slots: Arc<Slots>,
-    pub(super) anchor: Arc<OwnedFd>,
+    /// `None` only while dropping.
+    anchor: Option<Arc<OwnedFd>>,
+}
+
+impl Umem {
+    fn anchor_fd(&self) -> Option<RawFd> {
+        self.anchor.as_ref().map(|a| a.as_raw_fd())
+    }
+}
+
+/// The last port using the UMEM is gone, so every other socket is closed; closing the anchor
+/// closes the last, and the kernel holds no slot any more: the ones it was lent go back to the
+/// free queue, so that the pool sees only buffers still out.
+impl Drop for Umem {
+    fn drop(&mut self) {
+        use switchyard_dataplane::buffer::ExternalSlots;
+        drop(self.anchor.take());
+        for (i, l) in self.slots.lent.iter().enumerate() {
+            if l.swap(false, Ordering::Relaxed) {
+                self.slots.free(i as u32);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Umem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Umem").field("slots", &UMEM_SLOTS).field("anchor", &self.anchor.as_raw_fd()).finish()
+        f.debug_struct("Umem").field("slots", &UMEM_SLOTS).field("anchor", &self.anchor_fd()).finish()
     }
 }
 
@@ -160,12 +206,12 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
     let tx = sys::Ring::map(&sock, sys::Which::Tx, depth)?;
     let fill = sys::Ring::map(&sock, sys::Which::Fill, depth)?;
     let comp = sys::Ring::map(&sock, sys::Which::Completion, depth)?;
-    sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().map(|u| u.anchor.as_raw_fd()))?;
+    sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().and_then(|u| u.anchor_fd()))?;
     let sock = Arc::new(sock);
     let umem = match (existing, fresh) {
         (Some(u), _) => u,
         (None, Some((slots, pool))) => {
-            let u = Arc::new(Umem { pool, slots, anchor: sock.clone() });
+            let u = Arc::new(Umem { pool, slots, anchor: Some(sock.clone()) });
             *reg = Arc::downgrade(&u);
             u
         }
