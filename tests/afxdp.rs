@@ -50,7 +50,7 @@ impl Pods {
         }
         ip(&["-n", &a.ns, "addr", "add", "10.203.0.1/24", "dev", &a.peer]).unwrap();
         ip(&["-n", &b.ns, "addr", "add", "10.203.0.2/24", "dev", &b.peer]).unwrap();
-        let pmd = spawn_pmd(BIN, &[format!("afxdp:{}", a.host), format!("afxdp:{}", b.host)]).unwrap();
+        let pmd = spawn_pmd(BIN, &[], &[format!("afxdp:{}", a.host), format!("afxdp:{}", b.host)]).unwrap();
         let p = Pods { a, b, pmd: Some(pmd) };
         p.wait_attached();
         p
@@ -186,4 +186,50 @@ fn an_interface_deleted_under_the_switch_takes_its_port_down() {
     assert!(port(&s, 1)["rx"].as_u64().unwrap() >= 53, "{s}");
     assert_eq!(port(&s, 0)["drop_reasons"]["port_down"].as_u64(), Some(50), "{s}");
     assert_eq!(port(&s, 0)["tx"].as_u64(), Some(3), "{s}");
+}
+
+/// A pod on a veth pair whose ends have two queues each (as [`VethNs`], gone on drop).
+fn two_queue_veth() -> VethNs {
+    let (pid, n) = kports_common::unique();
+    let v = VethNs { ns: format!("sy-test-{pid}-q{n}"), host: format!("sy{pid}q{n}"), peer: format!("sy{pid}r{n}") };
+    ip(&["netns", "add", &v.ns]).unwrap();
+    #[rustfmt::skip]
+    ip(&["link", "add", &v.host, "numtxqueues", "2", "numrxqueues", "2", "type", "veth",
+         "peer", "name", &v.peer, "numtxqueues", "2", "numrxqueues", "2"]).unwrap();
+    ip(&["link", "set", &v.peer, "netns", &v.ns]).unwrap();
+    ip(&["-n", &v.ns, "link", "set", &v.peer, "up"]).unwrap();
+    ip(&["link", "set", &v.host, "up"]).unwrap();
+    v
+}
+
+#[test]
+fn two_rx_queues_on_two_workers_and_too_many_queues_refused() {
+    if let Some(why) = why_not() {
+        return skip("two_rx_queues_on_two_workers_and_too_many_queues_refused", &why);
+    }
+    let a = two_queue_veth();
+    let b = VethNs::create().expect("veth pod b");
+    // More queues than the interface has: pmd refuses to start, naming the queue.
+    let out = std::process::Command::new(BIN)
+        .args(["pmd", "--fwd", "switch", "--seconds", "1", "--port"])
+        .arg(format!("afxdp:{},queues=3", a.host))
+        .args(["--port", &format!("afxdp:{}", b.host)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("queue 2"), "{err}");
+    // Two queues, two workers: TCP both ways (each flow lands on one of the queues).
+    ip(&["-n", &a.ns, "addr", "add", "10.204.0.1/24", "dev", &a.peer]).unwrap();
+    ip(&["-n", &b.ns, "addr", "add", "10.204.0.2/24", "dev", &b.peer]).unwrap();
+    let ports = [format!("afxdp:{},queues=2", a.host), format!("afxdp:{}", b.host)];
+    let pmd = spawn_pmd(BIN, &["--lcores", "0,1"], &ports).unwrap();
+    let mut p = Pods { a, b, pmd: Some(pmd) };
+    p.wait_attached();
+    tcp_transfer(Some(&p.a.ns), Some(&p.b.ns), "10.204.0.2", 4 << 20);
+    tcp_transfer(Some(&p.b.ns), Some(&p.a.ns), "10.204.0.1", 4 << 20);
+    let s = p.stop();
+    assert_eq!(s["workers"].as_array().map(Vec::len), Some(2), "{s}");
+    for i in 0..2 {
+        assert_eq!(port(&s, i)["drops"].as_u64(), Some(0), "{s}");
+    }
 }

@@ -137,10 +137,10 @@ pub fn udp_exchange(from: Option<&str>, from_ip: &str, to: Option<&str>, to_ip: 
     }
 }
 
-/// `switchyard pmd --fwd switch --json` (the binary `bin`) on `ports`, running until stopped.
-pub fn spawn_pmd(bin: &str, ports: &[String]) -> Result<Child, String> {
+/// `switchyard pmd --fwd switch --json` (the binary `bin`) with the options `extra` on `ports`, running until stopped.
+pub fn spawn_pmd(bin: &str, extra: &[&str], ports: &[String]) -> Result<Child, String> {
     let mut cmd = Command::new(bin);
-    cmd.args(["pmd", "--fwd", "switch", "--json"]);
+    cmd.args(["pmd", "--fwd", "switch", "--json"]).args(extra);
     for p in ports {
         cmd.args(["--port", p]);
     }
