@@ -326,7 +326,9 @@ pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
             c.kind = Some(PortType::Dpdk);
             c.devargs = Some(rest.into());
         }
-        _ => return Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, afxdp, tap, vhost, dpdk)")),
+        _ => {
+            return Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, afxdp, tap, vhost, dpdk)"))
+        }
     }
     Ok(c)
 }

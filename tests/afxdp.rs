@@ -88,7 +88,7 @@ impl Drop for Pods {
     }
 }
 
-fn port<'a>(summary: &'a serde_json::Value, i: usize) -> &'a serde_json::Value {
+fn port(summary: &serde_json::Value, i: usize) -> &serde_json::Value {
     &summary["ports"][i]
 }
 
@@ -191,7 +191,11 @@ fn an_interface_deleted_under_the_switch_takes_its_port_down() {
 /// A pod on a veth pair whose ends have two queues each (as [`VethNs`], gone on drop).
 fn two_queue_veth() -> VethNs {
     let (pid, n) = kports_common::unique();
-    let v = VethNs { ns: format!("sy-test-{pid}-q{n}"), host: format!("sy{pid}q{n}"), peer: format!("sy{pid}r{n}") };
+    let v = VethNs {
+        ns: format!("sy-test-{pid}-q{n}"),
+        host: format!("sy{pid}q{n}"),
+        peer: format!("sy{pid}r{n}"),
+    };
     ip(&["netns", "add", &v.ns]).unwrap();
     #[rustfmt::skip]
     ip(&["link", "add", &v.host, "numtxqueues", "2", "numrxqueues", "2", "type", "veth",

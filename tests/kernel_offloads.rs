@@ -43,7 +43,11 @@ impl Topology {
         let b = VethNs::create()?;
         ip(&["-n", &a.ns, "addr", "add", &format!("{A}/24"), "dev", &a.peer])?;
         ip(&["-n", &b.ns, "addr", "add", &format!("{B}/24"), "dev", &b.peer])?;
-        let pmd = traffic::spawn_pmd(BIN, &[], &[format!("afpacket:{}{rx}", a.host), format!("afpacket:{}{rx}", b.host)])?;
+        let pmd = traffic::spawn_pmd(
+            BIN,
+            &[],
+            &[format!("afpacket:{}{rx}", a.host), format!("afpacket:{}{rx}", b.host)],
+        )?;
         Ok(Topology { a, b, pmd: Some(pmd) })
     }
 
@@ -97,7 +101,8 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod(rx: &str) {
     ip(&["-n", &a.ns, "addr", "add", "10.202.0.2/24", "dev", &a.peer]).unwrap();
     let tap = format!("sy{}tap", std::process::id());
     let _gone = LinkGuard(tap.clone());
-    let pmd = traffic::spawn_pmd(BIN, &[], &[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
+    let pmd =
+        traffic::spawn_pmd(BIN, &[], &[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
     let t0 = Instant::now();
     while ip(&["link", "show", &tap]).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(10), "pmd did not create {tap}");

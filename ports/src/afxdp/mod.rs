@@ -32,7 +32,7 @@ pub mod umem;
 use crate::afpacket::{is_link_error, link_state};
 use bpf::XdpProgram;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, AsFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard_dataplane::buffer::{PoolCache, HEADROOM, SLOT_SIZE};
@@ -141,7 +141,8 @@ impl AfXdpPort {
     /// not allowed (CAP_NET_ADMIN, CAP_BPF or root).
     pub fn open(name: &str, iface: &str, queues: u16) -> Result<AfXdpPort, PortError> {
         let queues = queues.max(1);
-        let cname = CString::new(iface).map_err(|_| backend(name, format!("bad interface name {iface:?}")))?;
+        let cname =
+            CString::new(iface).map_err(|_| backend(name, format!("bad interface name {iface:?}")))?;
         // SAFETY: `cname` is a NUL-terminated string live for the call.
         let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
         if ifindex == 0 {
@@ -152,13 +153,19 @@ impl AfXdpPort {
         let mut umem = None;
         let mut fds = Vec::new();
         for q in 0..queues {
-            let b = umem::bind_queue(ifindex, u32::from(q), RING_DEPTH).map_err(|e| {
-                backend(name, format!("AF_XDP socket on {iface} queue {q}: {e}"))
-            })?;
+            let b = umem::bind_queue(ifindex, u32::from(q), RING_DEPTH)
+                .map_err(|e| backend(name, format!("AF_XDP socket on {iface} queue {q}: {e}")))?;
             let mut fill = b.fill;
             refill(&mut fill, &b.umem);
             fds.push(b.sock.clone());
-            rx.push(Mutex::new(Some(RxPart { sock: b.sock.clone(), rx: b.rx, fill, dropped: 0, pending: 0, bursts: 0 })));
+            rx.push(Mutex::new(Some(RxPart {
+                sock: b.sock.clone(),
+                rx: b.rx,
+                fill,
+                dropped: 0,
+                pending: 0,
+                bursts: 0,
+            })));
             tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp })));
             umem = Some(b.umem);
         }
@@ -275,7 +282,13 @@ impl RxPart {
 }
 
 impl RxQueue for AfXdpRx {
-    fn rx_burst(&mut self, _cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+    fn rx_burst(
+        &mut self,
+        _cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         let Some(part) = self.part.as_mut() else { return 0 };
         part.bursts = part.bursts.wrapping_add(1);
         if part.bursts % STATS_EVERY == 0 {
@@ -378,20 +391,26 @@ impl TxQueue for AfXdpTx {
                 continue;
             }
             let desc = match b.release_to(&umem.pool) {
-                Ok((idx, head, len)) => {
-                    sys::XdpDesc { addr: u64::from(idx) * SLOT_SIZE as u64 + u64::from(head), len: len.into(), options: 0 }
-                }
+                Ok((idx, head, len)) => sys::XdpDesc {
+                    addr: u64::from(idx) * SLOT_SIZE as u64 + u64::from(head),
+                    len: len.into(),
+                    options: 0,
+                },
                 Err(b) => {
                     let Some(idx) = umem.slots.alloc() else {
                         drops.add(DropReason::NoBuffer, 1);
                         cache.free(b);
                         continue;
                     };
-                    // SAFETY: the slot was just taken from the free queue: ours alone.
-                    let slot = unsafe { umem.slots.slot_mut(idx) };
                     let len = b.len();
-                    // A buffer's frame fits its data room, which a slot has behind HEADROOM.
-                    slot[HEADROOM..HEADROOM + len].copy_from_slice(b.data());
+                    // SAFETY: the slot was just taken from the free queue: ours alone.
+                    if !unsafe { umem.slots.write(idx, HEADROOM, b.data()) } {
+                        // A buffer's frame always fits the data room behind HEADROOM.
+                        umem.slots.free(idx);
+                        drops.add(DropReason::Oversize, 1);
+                        cache.free(b);
+                        continue;
+                    }
                     cache.free(b);
                     sys::XdpDesc {
                         addr: u64::from(idx) * SLOT_SIZE as u64 + HEADROOM as u64,

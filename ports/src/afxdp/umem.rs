@@ -64,19 +64,23 @@ impl Slots {
         Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free, lent })
     }
 
-    /// The bytes of slot `idx`, which the caller owns (module invariant).
+    /// Copies `bytes` into slot `idx` from byte `at` on; `false` (nothing written) when they
+    /// do not fit the slot.
     ///
     /// # Safety
     /// The caller owns slot `idx` (it took it from [`ExternalSlots::alloc`] and has not given
-    /// it away) and `idx` is below the slot count.
-    pub(super) unsafe fn slot_mut(&self, idx: u32) -> &mut [u8] {
-        debug_assert!((idx as usize + 1) * SLOT_SIZE <= self.len);
-        // SAFETY: inside the region (contract), owned by the caller alone.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(idx as usize * SLOT_SIZE), SLOT_SIZE) }
+    /// it away), so no one else reads or writes its bytes.
+    pub(super) unsafe fn write(&self, idx: u32, at: usize, bytes: &[u8]) -> bool {
+        let start = idx as usize * SLOT_SIZE + at;
+        if at + bytes.len() > SLOT_SIZE || (idx as usize + 1) * SLOT_SIZE > self.len {
+            return false;
+        }
+        // SAFETY: `start..start + bytes.len()` lies inside slot `idx` inside the region
+        // (checked above), which the caller alone owns; `bytes` is not in an owned slot.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(start), bytes.len()) };
+        true
     }
-}
 
-impl Slots {
     /// Marks slot `idx` lent to the kernel (written to a fill or TX ring).
     #[inline]
     pub(super) fn lend(&self, idx: u32) {
