@@ -25,6 +25,14 @@
 //! closed while the interface holds them (port dropped, interface deleted) are not recovered;
 //! at most `4 * RING_DEPTH` slots per queue.
 
+//!
+//! Why raw system calls and not libxdp/libbpf (Debian's libxdp-dev, libbpf-dev) or a Rust
+//! crate: the program is six instructions, built in Rust ([`bpf`]), so no clang and no object
+//! file; the socket setup is a handful of `setsockopt`s and four `mmap`s ([`sys`]); the rings'
+//! protocol is a few lines; and libxdp's own UMEM handling would have to be bypassed anyway to
+//! make the UMEM a switchyard buffer pool. No C library to build or ship, nothing that hides a
+//! failure behind a log line instead of an error.
+
 pub mod bpf;
 mod sys;
 pub mod umem;
