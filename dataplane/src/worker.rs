@@ -10,8 +10,11 @@
 //! - A worker that has applied a generation says so ([`Engine::wait_applied`]); once every
 //!   worker has, no worker holds a handle of a port that the plan no longer has.
 //! - Counters are added once per burst; busy and idle time is counted in TSC cycles.
-//! - Idle workers back off (spin, then yield, then sleeps doubling up to a bound) unless busy
-//!   polling is asked for; a stop request is seen within one sleep bound.
+//! - Idle workers back off unless busy polling is asked for, but only after a sustained idle
+//!   period ([`EngineOptions::idle_spin`] of TSC time without a frame, as OVS's
+//!   `pmd-sleep-max` sleeps only a PMD that has been idle): they spin until then, then yield a
+//!   little, then sleep (poll(2) on the queues' wake descriptors, or sleeps doubling up to a
+//!   bound). A stop request is seen within one sleep bound.
 //! - On stop, every worker frees what it holds (TX batches, cache), so the pool's `in_use`
 //!   counts only buffers held by ports.
 
@@ -186,8 +189,13 @@ pub struct EngineOptions {
     /// One entry per worker: the core to pin it to, or `None` to leave it unpinned.
     pub cores: Vec<Option<usize>>,
     pub burst: usize,
-    /// Poll without backing off (for benchmarks).
+    /// Poll without ever backing off (benchmarks, and dedicated cores: a DaemonSet's exclusive
+    /// CPUs).
     pub busy_poll: bool,
+    /// How long a worker must have received nothing (TSC time) before it yields or sleeps; a
+    /// gap shorter than this in a latency-bound loop costs nothing. Receiving a frame starts
+    /// the count again; waking from a sleep without one does not.
+    pub idle_spin: Duration,
     /// The longest an idle worker sleeps between polls.
     pub max_sleep: Duration,
     /// The longest an idle worker sleeps in poll(2) on its queues' wake descriptors before it
@@ -206,6 +214,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("cores", &self.cores)
             .field("burst", &self.burst)
             .field("busy_poll", &self.busy_poll)
+            .field("idle_spin", &self.idle_spin)
             .field("max_sleep", &self.max_sleep)
             .field("idle_wait", &self.idle_wait)
             .field("pool_buffers", &self.pool_buffers)
@@ -220,6 +229,7 @@ impl Default for EngineOptions {
             cores: vec![None],
             burst: DEFAULT_BURST,
             busy_poll: false,
+            idle_spin: IDLE_SPIN,
             max_sleep: Duration::from_micros(100),
             idle_wait: IDLE_WAIT,
             pool_buffers: 16384,
@@ -861,6 +871,11 @@ fn build_udp_frame(
     f
 }
 
+/// The default [`EngineOptions::idle_spin`]: longer than the gaps of a closed loop whose other
+/// end shares a core (benches/vm2vm.sh), short enough that a switch that has gone idle costs
+/// a few per mille of a core per wake-up a second.
+const IDLE_SPIN: Duration = Duration::from_millis(2);
+
 /// The longest a worker sleeps in poll(2) before it looks at the stop flag and the plan again
 /// (publish and stop also wake it at once), unless [`EngineOptions::idle_wait`] says otherwise.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -899,6 +914,9 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
     let stats = &sh.workers[idx];
     let mut idle_polls = 0u32;
     let mut sleep = Duration::from_micros(1);
+    // TSC ticks of idle_spin, and when the worker last received a frame.
+    let spin_ticks = (sh.opts.idle_spin.as_nanos() * u128::from(cpu::hz()) / 1_000_000_000) as u64;
+    let mut last_rx = cpu::rdtsc();
     let mut last_retry = Instant::now();
     let mut t_prev = cpu::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
@@ -929,6 +947,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             stats.forwarded_packets.fetch_add(sent as u64, Ordering::Relaxed);
             idle_polls = 0;
             sleep = Duration::from_micros(1);
+            last_rx = t_now;
             continue;
         }
         stats.idle_cycles.fetch_add(dt, Ordering::Relaxed);
@@ -937,12 +956,15 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
             std::hint::spin_loop();
             continue;
         }
-        idle_polls = idle_polls.saturating_add(1);
-        if idle_polls < 2000 {
+        if t_now.wrapping_sub(last_rx) < spin_ticks {
+            // Not idle for long: a gap in a loop, not a quiet switch.
             std::hint::spin_loop();
-        } else if idle_polls < 2100 {
+            continue;
+        }
+        idle_polls = idle_polls.saturating_add(1);
+        if idle_polls < 100 {
             std::thread::yield_now();
-        } else if idle_polls < 2200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, sh.opts.idle_wait)
+        } else if idle_polls < 200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, sh.opts.idle_wait)
         {
             // Queues that cannot wake us (or a short grace period): short, growing sleeps.
             std::thread::sleep(sleep);
