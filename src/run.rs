@@ -133,7 +133,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         engine: EngineOptions {
             cores,
             busy_poll: a.busy_poll,
-            on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
+            on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },
         overrides,
