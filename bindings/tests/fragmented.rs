@@ -130,7 +130,8 @@ fn pinned_pool_starts_on_physically_scattered_hugepages() {
     assert_eq!(unsafe { sys::shim::sy_rte_eal_iova_is_pa() }, 1, "EAL runs with IOVA as PA");
 
     let _held = Fragmenter::new(&dir).expect("fragment the hugepage free list");
-    let pool = Arc::new(Mempool::pinned_extbuf(eal, "frag", MBUFS, 32, ELT).expect("pool on scattered pages"));
+    let pool =
+        Arc::new(Mempool::pinned_extbuf(eal, "frag", MBUFS, 32, ELT).expect("pool on scattered pages"));
     let (base, elt) = pool.pinned_region().unwrap();
     let slots = pool.region_slots().unwrap() as usize;
     let pieces = pool.iova_pieces().unwrap();

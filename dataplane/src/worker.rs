@@ -964,8 +964,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
         idle_polls = idle_polls.saturating_add(1);
         if idle_polls < 100 {
             std::thread::yield_now();
-        } else if idle_polls < 200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, sh.opts.idle_wait)
-        {
+        } else if idle_polls < 200 || !w.rx_pending.is_empty() || !w.sleep_on_queues(&sh, sh.opts.idle_wait) {
             // Queues that cannot wake us (or a short grace period): short, growing sleeps.
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(sh.opts.max_sleep);
