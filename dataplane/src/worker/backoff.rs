@@ -1,0 +1,134 @@
+//! What a worker does when a poll received nothing: unless busy polling is asked for, it
+//! spins until it has received nothing for [`EngineOptions::idle_spin`] of TSC time (a
+//! sustained idle period, as OVS's `pmd-sleep-max` sleeps only an idle PMD: a gap in a
+//! latency-bound loop costs no sleep), then yields, then sleeps (in poll(2) on its queues'
+//! wake descriptors when every queue has one, else short sleeps doubling up to
+//! [`EngineOptions::max_sleep`]). Invariant:
+//! no sleep lasts longer than `max_sleep` or [`EngineOptions::idle_wait`] (a publish or a stop
+//! also wakes a worker sleeping in poll(2)), so a stop request is seen within one bound.
+
+use super::engine::{EngineOptions, Shared};
+use super::thread::Worker;
+use crate::cpu;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+/// The longest a worker sleeps in poll(2) before it looks at the stop flag and the plan again
+/// (publish and stop also wake it at once), unless [`EngineOptions::idle_wait`] says otherwise.
+pub(super) const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// A worker with more RX queues than this backs off with short sleeps instead of poll(2)
+/// over all their descriptors. Sleeping in poll(2) is far cheaper than polling every queue:
+/// with 500 idle AF_PACKET ports the process used 45% of a core at a limit of 256 (short
+/// sleeps) and 11% with this one (benches/afpacket-scale.sh, docs/benchmarks.md).
+const MAX_SLEEP_QUEUES: usize = 4096;
+
+/// The default [`EngineOptions::idle_spin`]: longer than the gaps of a closed loop whose other
+/// end shares a core (benches/vm2vm.sh), short enough that a switch gone idle spends a few per
+/// mille of a core per wake-up a second.
+pub(super) const IDLE_SPIN: Duration = Duration::from_millis(2);
+
+/// Idle polls after `idle_spin` spent yielding, then sleeping short before sleeping in poll(2).
+const YIELD_POLLS: u32 = 100;
+const SHORT_SLEEP_POLLS: u32 = 200;
+
+/// The first short sleep.
+const FIRST_SLEEP: Duration = Duration::from_micros(1);
+
+/// Where a worker is in its idle period.
+pub(super) struct Backoff {
+    idle_polls: u32,
+    sleep: Duration,
+    /// [`EngineOptions::idle_spin`] in TSC ticks.
+    spin_ticks: u64,
+    /// When a poll last received something (TSC).
+    last_rx: u64,
+}
+
+impl Backoff {
+    pub(super) fn new(opts: &EngineOptions) -> Backoff {
+        let spin_ticks = (opts.idle_spin.as_nanos() * u128::from(cpu::hz()) / 1_000_000_000) as u64;
+        Backoff { idle_polls: 0, sleep: FIRST_SLEEP, spin_ticks, last_rx: cpu::rdtsc() }
+    }
+
+    /// A poll that ended at `now` (TSC) received something: the next idle period starts from
+    /// the beginning.
+    #[inline]
+    pub(super) fn busy(&mut self, now: u64) {
+        self.idle_polls = 0;
+        self.sleep = FIRST_SLEEP;
+        self.last_rx = now;
+    }
+
+    /// A poll that ended at `now` (TSC) received nothing: spins (busy polling, or less than
+    /// `idle_spin` since the last frame), yields or sleeps. Waking from a sleep without a frame
+    /// does not start the spin again. `wait` sleeps on the queues for at most the time given
+    /// and says whether it could. Returns false when it only spun (no back-off, so no time to
+    /// count as backing off).
+    #[inline]
+    pub(super) fn idle(
+        &mut self,
+        opts: &EngineOptions,
+        now: u64,
+        wait: impl FnOnce(Duration) -> bool,
+    ) -> bool {
+        if opts.busy_poll || now.wrapping_sub(self.last_rx) < self.spin_ticks {
+            std::hint::spin_loop();
+            return false;
+        }
+        self.idle_polls = self.idle_polls.saturating_add(1);
+        if self.idle_polls < YIELD_POLLS {
+            std::thread::yield_now();
+        } else if self.idle_polls < SHORT_SLEEP_POLLS || !wait(opts.idle_wait) {
+            // Queues that cannot wake us (or a short grace period): short, growing sleeps.
+            std::thread::sleep(self.sleep);
+            self.sleep = (self.sleep * 2).min(opts.max_sleep);
+        }
+        true
+    }
+}
+
+impl Worker {
+    /// Sleeps in poll(2) on every RX queue's wake descriptor and this worker's own eventfd,
+    /// for at most `timeout`. Returns false without sleeping when some queue cannot be waited
+    /// on (no descriptor, or still to be opened) or already has frames.
+    pub(super) fn sleep_on_queues(&mut self, sh: &Shared, timeout: Duration) -> bool {
+        if !self.rx_pending.is_empty()
+            || self.plan.mode.generates()
+            || self.rx.len() > MAX_SLEEP_QUEUES
+            || self.rx.iter().any(|s| s.handle.wake_fd().is_none())
+        {
+            return false;
+        }
+        let mut armed = 0;
+        let mut ok = true;
+        for s in self.rx.iter_mut() {
+            if !s.handle.arm_wakeup() {
+                ok = false;
+                break;
+            }
+            armed += 1;
+        }
+        if ok {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.rx.len() + 1);
+            for s in &self.rx {
+                if let Some(fd) = s.handle.wake_fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+            }
+            if let Some(w) = &sh.wakers[self.idx] {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            }
+            let ms = timeout.as_millis().min(u128::from(u16::MAX)) as u16;
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        }
+        for s in self.rx.iter_mut().take(armed) {
+            s.handle.disarm_wakeup();
+        }
+        if let Some(w) = &sh.wakers[self.idx] {
+            let _ = w.read();
+        }
+        true
+    }
+}
