@@ -132,3 +132,67 @@ impl Worker {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(idle_spin: Duration) -> EngineOptions {
+        EngineOptions { idle_spin, ..EngineOptions::default() }
+    }
+
+    /// Within `idle_spin` of the last frame an empty poll only spins (no yield, no sleep);
+    /// after it the worker backs off, and waking from a sleep without a frame does not start
+    /// the spin again. No timing: the TSC values are given, the spans are 0 or an hour.
+    #[test]
+    fn spins_only_until_the_idle_period_is_sustained() {
+        let hour = opts(Duration::from_secs(3600));
+        let mut b = Backoff::new(&hour);
+        let now = cpu::rdtsc();
+        b.busy(now);
+        let mut waited = false;
+        for i in 0..10_000u64 {
+            assert!(
+                !b.idle(&hour, now + i, |_| {
+                    waited = true;
+                    true
+                }),
+                "a gap in a loop backs off"
+            );
+        }
+        assert!(!waited);
+        // An hour later with nothing received: it backs off, and keeps backing off (sleeping
+        // in poll(2) once past the yields) instead of spinning again after each wake-up.
+        let later = now + 2 * 3600 * cpu::hz();
+        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+            assert!(b.idle(&hour, later + i, |_| true), "a sustained idle period backs off");
+        }
+
+        let zero = opts(Duration::ZERO);
+        let mut b = Backoff::new(&zero);
+        b.busy(now);
+        let mut waits = 0;
+        // Empty polls 1 to SHORT_SLEEP_POLLS - 1 yield or sleep short, the rest wait in poll(2).
+        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+            assert!(
+                b.idle(&zero, now + i, |_| {
+                    waits += 1;
+                    true
+                }),
+                "idle: backs off"
+            );
+        }
+        assert_eq!(waits, 5, "poll(2) after the yields and short sleeps, every time after that");
+        b.busy(now + 1000);
+        waits = 0;
+        assert!(b.idle(&zero, now + 1001, |_| {
+            waits += 1;
+            true
+        }));
+        assert_eq!(waits, 0, "a frame starts the back-off from the beginning");
+
+        let busy = EngineOptions { busy_poll: true, ..zero };
+        let mut b = Backoff::new(&busy);
+        assert!(!b.idle(&busy, now + u64::MAX / 2, |_| unreachable!()), "busy polling never backs off");
+    }
+}
