@@ -18,6 +18,8 @@ pub mod pcap;
 pub mod ring;
 #[allow(unsafe_code)]
 pub mod tap;
+#[allow(unsafe_code)]
+pub mod udp_tunnel;
 pub mod vhost;
 
 use crate::buffer::{PacketBuf, PoolCache};
@@ -41,11 +43,11 @@ pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
 pub struct DropTally {
     counts: [u32; DropReason::COUNT],
     /// Bit `r` set exactly when `counts[r]` is not zero.
-    touched: u32,
+    touched: u64,
 }
 
 // Every reason has its bit.
-const _: () = assert!(DropReason::COUNT <= 32);
+const _: () = assert!(DropReason::COUNT <= 64);
 
 impl Default for DropTally {
     fn default() -> Self {
@@ -67,7 +69,7 @@ impl DropTally {
     pub fn add(&mut self, r: DropReason, n: u32) {
         self.counts[r as usize] += n;
         // Adding nothing (a flush's "no TX drops") leaves the tally empty.
-        self.touched |= u32::from(n != 0) << r as u32;
+        self.touched |= u64::from(n != 0) << r as u32;
     }
     pub fn get(&self, r: DropReason) -> u32 {
         self.counts[r as usize]
