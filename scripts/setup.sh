@@ -3,9 +3,10 @@
 # packages as root, the Rust toolchain through rustup) and sets FEATURES for cargo.
 # golang-go, golang-github-appc-cni-dev (libcni's source) and containernetworking-plugins (the
 # IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests).
-# python3-scapy: the tunnel tests check VXLAN and Geneve against scapy's layers.
+# python3-scapy: the tunnel tests check VXLAN and Geneve against scapy's layers; iputils-ping:
+# the overlay tests ping between namespaces.
 pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
-  golang-go golang-github-appc-cni-dev containernetworking-plugins python3-scapy ${EXTRA_PKGS:-})
+  golang-go golang-github-appc-cni-dev containernetworking-plugins python3-scapy iputils-ping ${EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
