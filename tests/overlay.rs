@@ -82,9 +82,23 @@ fn ping_eventually(ns: &str, to: &str) {
     }
 }
 
+/// Underlay address of host `i` (from 1): 10.99.0.i, or fd00:99::i.
+fn ul_addr(v6: bool, i: usize) -> String {
+    if v6 {
+        format!("fd00:99::{i}")
+    } else {
+        format!("10.99.0.{i}")
+    }
+}
+
 /// The underlay: a kernel bridge `ul` in namespace `N`, `hosts` namespaces each on a veth
 /// `eth0` with address 10.99.0.<i+1>/24.
 fn underlay(nss: &mut Namespaces, hosts: &[&str], mtu: u32) {
+    underlay_of(nss, hosts, mtu, false)
+}
+
+/// The underlay over IPv4 or IPv6 (`ul_addr`); with IPv6, only the hosts' `eth0` has it.
+fn underlay_of(nss: &mut Namespaces, hosts: &[&str], mtu: u32, v6: bool) {
     let n = nss.add("N");
     ip(&["-n", &n, "link", "add", "ul", "type", "bridge"]).unwrap();
     ip(&["-n", &n, "link", "set", "ul", "mtu", &mtu.to_string(), "up"]).unwrap();
@@ -92,7 +106,12 @@ fn underlay(nss: &mut Namespaces, hosts: &[&str], mtu: u32) {
         let up = format!("u{i}");
         nss.veth(&n, &up, h, "eth0", mtu);
         ip(&["-n", &n, "link", "set", &up, "master", "ul"]).unwrap();
-        ip(&["-n", h, "addr", "add", &format!("10.99.0.{}/24", i + 1), "dev", "eth0"]).unwrap();
+        if v6 {
+            assert!(run_in(h, &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]).status.success());
+            ip(&["-n", h, "addr", "add", &format!("{}/64", ul_addr(true, i + 1)), "dev", "eth0", "nodad"]).unwrap();
+        } else {
+            ip(&["-n", h, "addr", "add", &format!("{}/24", ul_addr(false, i + 1)), "dev", "eth0"]).unwrap();
+        }
     }
 }
 
@@ -242,6 +261,8 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     assert!(!ping(&b1, "10.50.0.2", 2, &[]), "VLAN 20 reached VLAN 10");
     assert!(!ping(&a1, "10.50.0.12", 2, &[]), "VLAN 10 reached VLAN 20");
     assert!(n1.log().contains("underlay_mtu=1400"), "{}", n1.log());
+    let ports = n1.ctl(&["show", "ports"]);
+    assert!(ports.contains("# tun0: vxlan vni 5001 flood 2 endpoints, underlay_mtu 1400 overlay_mtu 1350"), "{ports}");
 
     // Broadcasts from a1: one copy per flood endpoint, each counted as sent; node 2 and the
     // bare endpoint each get every one, with the inner VLAN tag (VID 10) inside the tunnel.
@@ -288,21 +309,32 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     assert_eq!(n1.drop_count("tun0", "tunnel_mtu") - before, 3, "{}", n1.stats("tun0").2);
 }
 
-/// Interop with the kernel's VXLAN: a switchyard node and a node made of the kernel's VXLAN
-/// device and a kernel bridge. Pings both ways; frames arrive byte for byte as they were
-/// sent, both ways.
 #[test]
 fn interop_with_the_kernel_vxlan_device() {
-    if !skip_unless_ready("interop_with_the_kernel_vxlan_device") {
-        return;
+    if skip_unless_ready("interop_with_the_kernel_vxlan_device") {
+        interop_with_kernel_vxlan(false);
     }
-    let mut nss = Namespaces::new(2);
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device_over_ipv6() {
+    if skip_unless_ready("interop_with_the_kernel_vxlan_device_over_ipv6") {
+        interop_with_kernel_vxlan(true);
+    }
+}
+
+/// Interop with the kernel's VXLAN: a switchyard node and a node made of the kernel's VXLAN
+/// device and a kernel bridge, over an IPv4 or IPv6 underlay. Pings both ways; frames arrive
+/// byte for byte as they were sent, both ways.
+fn interop_with_kernel_vxlan(v6: bool) {
+    let mut nss = Namespaces::new(if v6 { 3 } else { 2 });
     let (u1, k) = (nss.add("u1"), nss.add("k"));
-    underlay(&mut nss, &[&u1, &k], 1500);
+    underlay_of(&mut nss, &[&u1, &k], 1500, v6);
+    let (l1, l2) = (ul_addr(v6, 1), ul_addr(v6, 2));
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let kv = vm(&mut nss, "kv", &k, "vk", "02:00:00:00:0c:01", "10.50.0.3");
     ip(&["-n", &k, "link", "add", "kbr", "type", "bridge"]).unwrap();
-    ip(&["-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", "10.99.0.2", "remote", "10.99.0.1"])
+    ip(&["-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", &l2, "remote", &l1])
         .unwrap();
     for l in ["vx0", "vk"] {
         ip(&["-n", &k, "link", "set", l, "master", "kbr"]).unwrap();
@@ -311,7 +343,7 @@ fn interop_with_the_kernel_vxlan_device() {
     ip(&["-n", &k, "link", "set", "kbr", "up"]).unwrap();
     let n1 = Node::start(
         &u1,
-        &format!("bridges:\n- name: br\n  ports:\n{}{}", vm_port("va1", None), tunnel_port("10.99.0.1", &["10.99.0.2"])),
+        &format!("bridges:\n- name: br\n  ports:\n{}{}", vm_port("va1", None), tunnel_port(&format!("\"{l1}\""), &[&format!("\"{l2}\"")])),
     );
     ping_eventually(&a1, "10.50.0.3");
     assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");

@@ -768,6 +768,9 @@ impl Runtime {
             if let Some(e) = &st.error {
                 s.push_str(&format!("# {name}: {e}\n"));
             }
+            if let Some(i) = st.backend.as_ref().and_then(|b| b.info()) {
+                s.push_str(&format!("# {name}: {i}\n"));
+            }
         }
         s
     }

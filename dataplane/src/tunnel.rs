@@ -161,7 +161,7 @@ impl TunnelCodec {
 /// Most endpoints one tunnel port knows (flood list, static remotes and learned ones).
 pub const MAX_ENDPOINTS: usize = 4096;
 /// Most remote MACs one tunnel port holds.
-pub const REMOTE_MACS: usize = 65536;
+pub const REMOTE_MACS: usize = 16384;
 
 /// Failures of building a remote table.
 #[derive(Debug, thiserror::Error)]
@@ -290,10 +290,25 @@ impl Remotes {
     /// not held by a static entry).
     #[inline]
     pub fn learn(&self, src: MacAddr, from: IpAddr, now: u32) {
-        if !self.learn || src.is_multicast() || src.is_zero() {
-            return;
+        if let Some(i) = self.learning_index(from) {
+            self.learn_at(src, i, now);
         }
-        if let Some(i) = self.endpoint_index(from, true) {
+    }
+
+    /// The index to learn `from` under (added when new), `None` when learning is off or the
+    /// endpoints are full. A receiver keeps it for the next datagram from the same address.
+    pub fn learning_index(&self, from: IpAddr) -> Option<u16> {
+        if self.learn {
+            self.endpoint_index(from, true)
+        } else {
+            None
+        }
+    }
+
+    /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]).
+    #[inline]
+    pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
+        if self.learn && !src.is_multicast() && !src.is_zero() {
             self.macs.learn(ANY_VLAN, src, i, now, u32::MAX);
         }
     }

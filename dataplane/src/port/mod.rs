@@ -211,4 +211,9 @@ pub trait PortBackend: Send + Sync {
     fn link_up(&self) -> bool {
         true
     }
+    /// What the backend found out when it opened, worth showing (`ctl show ports`): a tunnel
+    /// port's underlay and overlay MTU, say. Default: nothing.
+    fn info(&self) -> Option<String> {
+        None
+    }
 }

@@ -207,11 +207,23 @@ impl PortBackend for UdpTunnelPort {
 
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
         self.claims.claim(q)?;
-        Ok(Box::new(UdpTunnelRx { shared: self.shared.clone(), claims: self.claims.clone(), q }))
+        Ok(Box::new(UdpTunnelRx { shared: self.shared.clone(), claims: self.claims.clone(), q, last: None }))
     }
 
     fn open_tx(&self, _q: u16) -> Result<Box<dyn TxQueue>, PortError> {
         Ok(Box::new(UdpTunnelTx { shared: self.shared.clone() }))
+    }
+
+    fn info(&self) -> Option<String> {
+        let sh = &self.shared;
+        Some(format!(
+            "{} vni {} flood {} endpoints, underlay_mtu {} overlay_mtu {}",
+            sh.codec.kind.name(),
+            sh.codec.vni,
+            sh.remotes.flood().len(),
+            sh.underlay_mtu,
+            self.overlay_mtu()
+        ))
     }
 }
 
@@ -259,6 +271,8 @@ struct UdpTunnelRx {
     shared: Arc<Shared>,
     claims: Arc<RxClaims>,
     q: u16,
+    /// The last source address learned from and its endpoint index.
+    last: Option<(IpAddr, u16)>,
 }
 
 impl Drop for UdpTunnelRx {
@@ -339,8 +353,15 @@ impl RxQueue for UdpTunnelRx {
             }
             if learn {
                 if let Some(from) = from_c_sockaddr(&names[i]) {
-                    let d = b.data();
-                    self.shared.remotes.learn(MacAddr::from_bytes(&d[6..ETH_HEADER_LEN - 2]), from, now);
+                    // Datagrams come in runs from one peer: its index is looked up once a run.
+                    let idx = match self.last {
+                        Some((ip, idx)) if ip == from => Some(idx),
+                        _ => self.shared.remotes.learning_index(from),
+                    };
+                    if let Some(idx) = idx {
+                        self.last = Some((from, idx));
+                        self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
+                    }
                 }
             }
             out.push(b);
