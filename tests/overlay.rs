@@ -4,11 +4,11 @@
 //! own VXLAN device plus a kernel bridge as a third node. Every namespace (and so every
 //! interface, all created inside them) goes away when the test ends, however it ends.
 
-#[path = "../dataplane/tests/kports_common/mod.rs"]
+#[path = "../ports/tests/kports_common/mod.rs"]
 #[allow(dead_code)]
 mod kports_common;
 
-use kports_common::{frame, has_marker, ip, in_netns, skip_reason, RawSock};
+use kports_common::{frame, has_marker, in_netns, ip, skip, skip_reason, RawSock};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -207,11 +207,11 @@ impl Drop for Node {
 
 fn skip_unless_ready(test: &str) -> bool {
     if let Some(why) = skip_reason() {
-        testkit::skip(test, &why);
+        skip(test, &why);
         return false;
     }
     if !Command::new("ping").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        testkit::skip(test, "the `ping` command (iputils-ping) is missing");
+        skip(test, "the `ping` command (iputils-ping) is missing");
         return false;
     }
     true

@@ -4,7 +4,7 @@
 //! checksum is always computed, over IPv4 as over IPv6, where it is required).
 //!
 //! Invariants:
-//! - RX hands on only the inner frame of a datagram that `tunnel::TunnelCodec::decap`
+//! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
 //!   accepted, received in place into a pool buffer (no copy); every other datagram is one
 //!   named drop.
 //! - TX writes the tunnel header into the frame's headroom (no copy) and sends one datagram
@@ -21,17 +21,17 @@
 //! The underlay MTU is the smallest route MTU (`IP_MTU` on a connected socket) towards the
 //! configured endpoints, read when the port opens (1500 when it has none).
 
-use super::afpacket::errno;
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
-use crate::buffer::{PacketBuf, PoolCache};
-use crate::switch::DropReason;
-use crate::tunnel::{Remotes, TunnelCodec, TunnelKind};
-use crate::wire::{MacAddr, ETH_HEADER_LEN};
+use crate::afpacket::errno;
 use arrayvec::ArrayVec;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
+use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! The VXLAN and Geneve tunnel port (`port::udp_tunnel`) against an independent
+//! The VXLAN and Geneve tunnel port (`switchyard_ports::udp_tunnel`) against an independent
 //! implementation: scapy's VXLAN and Geneve layers (tunnel_scapy.py, Debian's python3-scapy),
 //! over real UDP sockets on the loopback. Both directions: what the port sends, as scapy
 //! dissects it; what scapy builds (options/TLVs, reserved bits, and every malformed case), as
@@ -9,10 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::port::udp_tunnel::{TunnelOptions, UdpTunnelPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::tunnel::TunnelKind;
 use switchyard_dataplane::{DropReason, Pool};
+use switchyard_ports::udp_tunnel::{TunnelOptions, UdpTunnelPort};
 
 const PY: &str = "/usr/bin/python3";
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
