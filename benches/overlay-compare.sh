@@ -7,6 +7,8 @@
 #    `type: vxlan` port (VNI 5001) on one bridge;
 #  - kernel: on each node a `vxlan` device (id 5001, dstport 4789) and the VM's veth in a
 #    kernel bridge.
+#  - switchyard-l2: the same two processes with the underlay veth an AF_PACKET port instead of
+#    the tunnel (no encapsulation): what the two-process path costs without the tunnel.
 # It prints, for each: TCP throughput of one FWD_MB MiB transfer VM to VM (nc), and the
 # round-trip time of PINGS pings (ping -i 0.01, average), then the median over ROUNDS rounds
 # and the ratios switchyard/kernel. It asserts nothing. Needs root, iproute2, nc, ping; builds
@@ -53,15 +55,22 @@ for i in 1 2; do
     ip -n "$P-u$i" link set vm up
 done
 
-up_switchyard() {
+# $1: the port that joins the nodes: a vxlan port, or (mode switchyard-l2, the same two
+# processes without a tunnel) the underlay veth itself as an AF_PACKET port.
+start_switchyard() {
     for i in 1 2; do
-        local other=$((3 - i))
+        local other=$((3 - i)) link
+        if [ "$1" = vxlan ]; then
+            link="{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.$i, flood: [10.99.0.$other]}"
+        else
+            link="{name: eth0, type: afpacket}"
+        fi
         cat >"$TMP/sw$i.yaml" <<EOF
 bridges:
 - name: br
   ports:
   - {name: vm, type: afpacket}
-  - {name: tun0, type: vxlan, vni: 5001, local: 10.99.0.$i, flood: [10.99.0.$other]}
+  - $link
 EOF
         ip netns exec "$P-u$i" "$BIN" run --switch "$TMP/sw$i.yaml" --socket "$TMP/ctl$i.sock" \
             --cni-state "$TMP/cni$i" --vhost-dir "$TMP/vhost$i" 2>"$TMP/run$i.log" &
@@ -71,7 +80,10 @@ EOF
         for _ in $(seq 100); do [ -S "$TMP/ctl$i.sock" ] && break; sleep 0.1; done
     done
 }
+up_switchyard() { start_switchyard vxlan; }
+up_switchyard-l2() { start_switchyard l2; }
 down_switchyard() { stop_all; rm -f "$TMP"/ctl*.sock; }
+down_switchyard-l2() { down_switchyard; }
 
 up_kernel() {
     for i in 1 2; do
@@ -108,8 +120,9 @@ measure() {
 
 : >"$TMP/switchyard.txt"
 : >"$TMP/kernel.txt"
+: >"$TMP/switchyard-l2.txt"
 for ((r = 1; r <= ROUNDS; r++)); do
-    for mode in switchyard kernel; do
+    for mode in switchyard kernel switchyard-l2; do
         "up_$mode"
         m=$(measure)
         "down_$mode"
@@ -124,7 +137,10 @@ sy_t=$(awk '{ print $1 }' "$TMP/switchyard.txt" | median)
 k_t=$(awk '{ print $1 }' "$TMP/kernel.txt" | median)
 sy_r=$(awk '{ print $2 }' "$TMP/switchyard.txt" | median)
 k_r=$(awk '{ print $2 }' "$TMP/kernel.txt" | median)
-awk -v st="$sy_t" -v kt="$k_t" -v sr="$sy_r" -v kr="$k_r" -v n="$ROUNDS" 'BEGIN {
+l2_t=$(awk '{ print $1 }' "$TMP/switchyard-l2.txt" | median)
+l2_r=$(awk '{ print $2 }' "$TMP/switchyard-l2.txt" | median)
+awk -v st="$sy_t" -v kt="$k_t" -v sr="$sy_r" -v kr="$k_r" -v lt="$l2_t" -v lr="$l2_r" -v n="$ROUNDS" 'BEGIN {
     printf "median of %d: switchyard %s MiB/s, kernel vxlan+bridge %s MiB/s: ratio %.2f\n", n, st, kt, st / kt
     printf "median of %d: switchyard rtt %s ms, kernel vxlan+bridge rtt %s ms: ratio %.2f\n", n, sr, kr, sr / kr
+    printf "median of %d: switchyard-l2 (no tunnel) %s MiB/s, rtt %s ms: vxlan/l2 throughput ratio %.2f\n", n, lt, lr, st / lt
 }'

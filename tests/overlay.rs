@@ -46,8 +46,11 @@ impl Namespaces {
     /// A veth pair `a_if` in `a` and `b_if` in `b`, both up, with `mtu`.
     fn veth(&self, a: &str, a_if: &str, b: &str, b_if: &str, mtu: u32) {
         let m = mtu.to_string();
-        ip(&["link", "add", a_if, "netns", a, "mtu", &m, "type", "veth", "peer", "name", b_if, "netns", b, "mtu", &m])
-            .unwrap();
+        ip(&[
+            "link", "add", a_if, "netns", a, "mtu", &m, "type", "veth", "peer", "name", b_if, "netns", b,
+            "mtu", &m,
+        ])
+        .unwrap();
         ip(&["-n", a, "link", "set", a_if, "up"]).unwrap();
         ip(&["-n", b, "link", "set", b_if, "up"]).unwrap();
     }
@@ -108,7 +111,8 @@ fn underlay_of(nss: &mut Namespaces, hosts: &[&str], mtu: u32, v6: bool) {
         ip(&["-n", &n, "link", "set", &up, "master", "ul"]).unwrap();
         if v6 {
             assert!(run_in(h, &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]).status.success());
-            ip(&["-n", h, "addr", "add", &format!("{}/64", ul_addr(true, i + 1)), "dev", "eth0", "nodad"]).unwrap();
+            ip(&["-n", h, "addr", "add", &format!("{}/64", ul_addr(true, i + 1)), "dev", "eth0", "nodad"])
+                .unwrap();
         } else {
             ip(&["-n", h, "addr", "add", &format!("{}/24", ul_addr(false, i + 1)), "dev", "eth0"]).unwrap();
         }
@@ -262,7 +266,10 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     assert!(!ping(&a1, "10.50.0.12", 2, &[]), "VLAN 10 reached VLAN 20");
     assert!(n1.log().contains("underlay_mtu=1400"), "{}", n1.log());
     let ports = n1.ctl(&["show", "ports"]);
-    assert!(ports.contains("# tun0: vxlan vni 5001 flood 2 endpoints, underlay_mtu 1400 overlay_mtu 1350"), "{ports}");
+    assert!(
+        ports.contains("# tun0: vxlan vni 5001 flood 2 endpoints, underlay_mtu 1400 overlay_mtu 1350"),
+        "{ports}"
+    );
 
     // Broadcasts from a1: one copy per flood endpoint, each counted as sent; node 2 and the
     // bare endpoint each get every one, with the inner VLAN tag (VID 10) inside the tunnel.
@@ -334,8 +341,11 @@ fn interop_with_kernel_vxlan(v6: bool) {
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let kv = vm(&mut nss, "kv", &k, "vk", "02:00:00:00:0c:01", "10.50.0.3");
     ip(&["-n", &k, "link", "add", "kbr", "type", "bridge"]).unwrap();
-    ip(&["-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", &l2, "remote", &l1])
-        .unwrap();
+    ip(&[
+        "-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", &l2,
+        "remote", &l1,
+    ])
+    .unwrap();
     for l in ["vx0", "vk"] {
         ip(&["-n", &k, "link", "set", l, "master", "kbr"]).unwrap();
         ip(&["-n", &k, "link", "set", l, "up"]).unwrap();
@@ -343,7 +353,11 @@ fn interop_with_kernel_vxlan(v6: bool) {
     ip(&["-n", &k, "link", "set", "kbr", "up"]).unwrap();
     let n1 = Node::start(
         &u1,
-        &format!("bridges:\n- name: br\n  ports:\n{}{}", vm_port("va1", None), tunnel_port(&format!("\"{l1}\""), &[&format!("\"{l2}\"")])),
+        &format!(
+            "bridges:\n- name: br\n  ports:\n{}{}",
+            vm_port("va1", None),
+            tunnel_port(&format!("\"{l1}\""), &[&format!("\"{l2}\"")])
+        ),
     );
     ping_eventually(&a1, "10.50.0.3");
     assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");

@@ -408,7 +408,10 @@ impl PortConfig {
         }
         for (i, r) in self.remote_macs.iter().enumerate() {
             if r.mac.is_multicast() || r.mac.is_zero() {
-                return Err(invalid(format!("{pf}.remote_macs[{i}].mac"), format!("{} is not a unicast MAC", r.mac)));
+                return Err(invalid(
+                    format!("{pf}.remote_macs[{i}].mac"),
+                    format!("{} is not a unicast MAC", r.mac),
+                ));
             }
             if !family(&r.remote) || r.remote.is_unspecified() || r.remote.is_multicast() {
                 return Err(invalid(
@@ -527,7 +530,10 @@ bridges:
             let e = Config::from_yaml_str(&port(y)).unwrap_err().to_string();
             assert!(e.contains(field), "{y}: {e}");
         }
-        assert!(Config::from_yaml_str(&port("    type: geneve\n    vni: 7\n    local: fd00::1\n    flood: [\"fd00::2\"]\n")).is_ok());
+        assert!(Config::from_yaml_str(&port(
+            "    type: geneve\n    vni: 7\n    local: fd00::1\n    flood: [\"fd00::2\"]\n"
+        ))
+        .is_ok());
     }
 
     #[test]

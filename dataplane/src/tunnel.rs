@@ -414,7 +414,10 @@ mod tests {
         let off = Remotes::new(&[a], &[], false, 300).unwrap();
         off.learn(m2, c, 1);
         assert_eq!(off.lookup(m2, 1), None);
-        assert!(matches!(Remotes::new(&[], &[(m1, a), (m1, b)], true, 300), Err(RemotesError::Duplicate { .. })));
+        assert!(matches!(
+            Remotes::new(&[], &[(m1, a), (m1, b)], true, 300),
+            Err(RemotesError::Duplicate { .. })
+        ));
         assert!(matches!(
             Remotes::new(&[], &[(MacAddr::BROADCAST, a)], true, 300),
             Err(RemotesError::NotUnicast(_))

@@ -74,10 +74,14 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
     }
 }
 
-fn open_tunnel(cfg: &PortConfig, kind: switchyard_dataplane::tunnel::TunnelKind) -> Result<Arc<dyn PortBackend>, PortError> {
+fn open_tunnel(
+    cfg: &PortConfig,
+    kind: switchyard_dataplane::tunnel::TunnelKind,
+) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
     let name = cfg.name.as_str();
-    let missing = |what: &str| PortError::Backend { port: name.into(), msg: format!("a tunnel port needs {what}") };
+    let missing =
+        |what: &str| PortError::Backend { port: name.into(), msg: format!("a tunnel port needs {what}") };
     match cfg.underlay.as_deref() {
         None | Some("kernel") => {}
         Some(uplink) => {

@@ -28,7 +28,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
+};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
@@ -52,7 +54,7 @@ pub struct TunnelOptions {
 const RECV_BATCH: usize = 32;
 /// Messages one `sendmmsg` carries at most (a burst's frames times their endpoints).
 const SEND_BATCH: usize = 64;
-/// Socket buffers asked for, bytes (the kernel caps them at net.core.[rw]mem_max).
+/// Socket buffers asked for, bytes.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// The underlay MTU assumed when no endpoint is configured.
 const DEFAULT_UNDERLAY_MTU: u32 = 1500;
@@ -87,7 +89,12 @@ fn io_err(name: &str, e: std::io::Error) -> PortError {
     PortError::Io { port: name.to_string(), source: e }
 }
 
-fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: `v` is a live c_int and the length passed is its size; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
@@ -109,7 +116,8 @@ fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int, v: l
 pub fn route_mtu(local: IpAddr, remote: IpAddr, port: u16) -> std::io::Result<u32> {
     let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
     s.connect(SocketAddr::new(remote, port))?;
-    let (level, opt) = if local.is_ipv6() { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
+    let (level, opt) =
+        if local.is_ipv6() { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` and `len` are live and `len` is `v`'s size; the kernel writes at most that.
@@ -129,9 +137,15 @@ impl UdpTunnelPort {
         let sock = UdpSocket::bind(SocketAddr::new(o.local, o.dstport)).map_err(|e| io_err(name, e))?;
         sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
         let fd = sock.as_fd();
-        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-            // Best effort: the default buffers work, only with more drops under load.
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
+        // As deep as an AF_PACKET port's 4 MiB ring: a worker that is not scheduled for a few
+        // milliseconds must not cost a burst of datagrams. The *FORCE options (CAP_NET_ADMIN)
+        // go past net.core.[rw]mem_max; without the capability the capped size is taken.
+        for (force, opt) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+        {
+            if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                // Best effort: the default buffers work, only with more drops under load.
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
+            }
         }
         let ipv6 = o.local.is_ipv6();
         let pmtu = if ipv6 {
@@ -241,7 +255,9 @@ fn c_sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_in6, libc::socklen_t) {
             };
             // SAFETY: a sockaddr_in (16 bytes) fits in a sockaddr_in6 (28 bytes); both are plain
             // C structs, and the write is unaligned-safe.
-            unsafe { std::ptr::write_unaligned(&mut sa as *mut libc::sockaddr_in6 as *mut libc::sockaddr_in, sin) };
+            unsafe {
+                std::ptr::write_unaligned(&mut sa as *mut libc::sockaddr_in6 as *mut libc::sockaddr_in, sin)
+            };
             (sa, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
         }
         IpAddr::V6(v6) => {
@@ -260,7 +276,9 @@ fn from_c_sockaddr(sa: &libc::sockaddr_in6) -> Option<IpAddr> {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) at the start of `sa`,
             // which is larger; the read is unaligned-safe.
-            let sin = unsafe { std::ptr::read_unaligned(sa as *const libc::sockaddr_in6 as *const libc::sockaddr_in) };
+            let sin = unsafe {
+                std::ptr::read_unaligned(sa as *const libc::sockaddr_in6 as *const libc::sockaddr_in)
+            };
             Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
         }
         _ => None,
@@ -282,7 +300,13 @@ impl Drop for UdpTunnelRx {
 }
 
 impl RxQueue for UdpTunnelRx {
-    fn rx_burst(&mut self, cache: &mut PoolCache, out: &mut Burst, max: usize, drops: &mut DropTally) -> usize {
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         let want = max.min(out.remaining_capacity()).min(RECV_BATCH);
         let mut bufs: ArrayVec<PacketBuf, RECV_BATCH> = ArrayVec::new();
         while bufs.len() < want {
@@ -360,7 +384,11 @@ impl RxQueue for UdpTunnelRx {
                     };
                     if let Some(idx) = idx {
                         self.last = Some((from, idx));
-                        self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
+                        self.shared.remotes.learn_at(
+                            MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]),
+                            idx,
+                            now,
+                        );
                     }
                 }
             }

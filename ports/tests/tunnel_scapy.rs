@@ -101,7 +101,9 @@ fn tx_is_what_scapy_dissects(kind: TunnelKind) {
         match kind {
             TunnelKind::Vxlan => assert_eq!(v["flags"], 0x08, "{v}"),
             TunnelKind::Geneve => {
-                for (k, want) in [("version", 0), ("optionlen", 0), ("oam", 0), ("critical", 0), ("proto", 0x6558)] {
+                for (k, want) in
+                    [("version", 0), ("optionlen", 0), ("oam", 0), ("critical", 0), ("proto", 0x6558)]
+                {
                     assert_eq!(v[k], want, "{k}: {v}");
                 }
             }
@@ -125,7 +127,9 @@ fn rx_delivers_or_counts_what_scapy_builds(kind: TunnelKind) {
     let port = free_port();
     let tun = open(kind, port);
     let mut rx = tun.open_rx(0).unwrap();
-    let out = Command::new(PY).args([&script(), "send", kind.name(), PEER, &port.to_string(), "127.0.0.1"]).output();
+    let out = Command::new(PY)
+        .args([&script(), "send", kind.name(), PEER, &port.to_string(), "127.0.0.1"])
+        .output();
     let out = out.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cases: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
