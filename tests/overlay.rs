@@ -5,7 +5,6 @@
 //! interface, all created inside them) goes away when the test ends, however it ends.
 
 #[path = "../ports/tests/kports_common/mod.rs"]
-#[allow(dead_code)]
 mod kports_common;
 
 use kports_common::{frame, has_marker, in_netns, ip, skip, skip_reason, RawSock};
