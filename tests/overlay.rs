@@ -243,7 +243,20 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let b1 = vm(&mut nss, "b1", &u1, "vb1", "02:00:00:00:0b:01", "10.50.0.11");
     let a2 = vm(&mut nss, "a2", &u2, "va2", "02:00:00:00:0a:02", "10.50.0.2");
-    let _b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:0b:02", "10.50.0.12");
+    let b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:0b:02", "10.50.0.12");
+    // Permanent neighbours: no ARP moves (no late retries or probes in the counts below).
+    let vms = [
+        (&a1, "10.50.0.1", "02:00:00:00:0a:01"),
+        (&b1, "10.50.0.11", "02:00:00:00:0b:01"),
+        (&a2, "10.50.0.2", "02:00:00:00:0a:02"),
+        (&b2, "10.50.0.12", "02:00:00:00:0b:02"),
+    ];
+    for (ns, own, _) in vms {
+        for (_, addr, mac) in vms.iter().filter(|v| v.1 != own) {
+            ip(&["-n", ns, "neigh", "replace", addr, "lladdr", mac, "dev", "eth0", "nud", "permanent"])
+                .unwrap();
+        }
+    }
     // The third underlay host is a flood endpoint with no switch: a socket counts what arrives.
     let counter = in_netns(&u3, || UdpSocket::bind("10.99.0.3:4789").map_err(|e| e.to_string())).unwrap();
     counter.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
