@@ -28,7 +28,7 @@
 //!
 //! Why raw system calls and not libxdp/libbpf (Debian's libxdp-dev, libbpf-dev) or a Rust
 //! crate: the program is six instructions, built in Rust ([`bpf`]), so no clang and no object
-//! file; the socket setup is a handful of `setsockopt`s and four `mmap`s ([`sys`]); the rings'
+//! file; the socket setup is a handful of `setsockopt`s and four `mmap`s (`sys`); the rings'
 //! protocol is a few lines; and libxdp's own UMEM handling would have to be bypassed anyway to
 //! make the UMEM a switchyard buffer pool. No C library to build or ship, nothing that hides a
 //! failure behind a log line instead of an error.

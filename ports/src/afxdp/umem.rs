@@ -6,7 +6,7 @@
 //! chunk mode: the kernel takes any chunk size); a slot is owned by exactly one of the free
 //! queue here, the pool's buffers and caches (see the buffer module), or one socket's fill or
 //! TX ring until the kernel gives it back (RX or completion ring). The region is unmapped only
-//! with the last holder of [`Slots`]: the pool keeps it alive while any buffer is out, and the
+//! with the last holder of `Slots`: the pool keeps it alive while any buffer is out, and the
 //! kernel pins its pages while a socket uses them.
 
 use super::sys;
