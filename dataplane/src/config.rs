@@ -539,6 +539,17 @@ bridges:
     }
 
     #[test]
+    fn afxdp_ports_take_an_interface_and_queues() {
+        let y =
+            "bridges:\n- name: b\n  ports:\n  - name: p\n    type: afxdp\n    iface: eth1\n    queues: 4\n";
+        let c = Config::from_yaml_str(y).unwrap();
+        let p = &c.bridges[0].ports[0];
+        assert_eq!((p.kind, p.iface.as_deref(), p.queues), (Some(PortType::Afxdp), Some("eth1"), Some(4)));
+        let e = Config::from_yaml_str(&y.replace("queues: 4", "rx_mode: ring")).unwrap_err().to_string();
+        assert!(e.contains("rx_mode") && e.contains("port type afxdp"), "{e}");
+    }
+
+    #[test]
     fn rx_mode_is_an_afpacket_option() {
         let port = |t: &str, m: &str| {
             format!("bridges:\n- name: b\n  ports:\n  - name: p\n    type: {t}\n    rx_mode: {m}\n")

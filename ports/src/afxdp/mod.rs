@@ -22,8 +22,9 @@
 //!
 //! Zero-copy binding where the driver has it (the kernel's default when no mode is forced),
 //! copy mode otherwise (veth: native XDP, copy mode). Slots in the rings of a socket that is
-//! closed while the interface holds them (port dropped, interface deleted) are not recovered;
-//! at most `4 * RING_DEPTH` slots per queue.
+//! closed (port dropped or failed to open, interface deleted) return to the pool only when the
+//! last AF_XDP port of the process closes: until then at most `4 * RING_DEPTH` slots per
+//! closed queue stay out.
 
 //!
 //! Why raw system calls and not libxdp/libbpf (Debian's libxdp-dev, libbpf-dev) or a Rust
