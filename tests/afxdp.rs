@@ -10,29 +10,13 @@
 mod kports_common;
 mod traffic;
 
-use kports_common::{frame, has_marker, ip, skip, skip_reason, RawSock, VethNs, WAIT};
+use kports_common::{afxdp_skip_reason, frame, has_marker, ip, skip, RawSock, VethNs, WAIT};
 use std::process::Child;
 use traffic::{spawn_pmd, stop_pmd, tcp_transfer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
-
-/// Why AF_XDP tests cannot run here: not root, no `ip`, or a kernel without AF_XDP sockets
-/// (probed with socket(2), not with the code under test).
-fn why_not() -> Option<String> {
-    if let Some(why) = skip_reason() {
-        return Some(why);
-    }
-    // SAFETY: plain socket(2) call; the descriptor is closed right away.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Some(format!("the kernel gives no AF_XDP socket: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is ours.
-    unsafe { libc::close(fd) };
-    None
-}
 
 /// Two pods and pmd switching between the host ends of their veths over AF_XDP.
 struct Pods {
@@ -107,7 +91,7 @@ fn exchange(from: &RawSock, to: &mut RawSock, src: [u8; 6], dst: [u8; 6], marker
 
 #[test]
 fn frames_both_ways_through_two_afxdp_ports() {
-    if let Some(why) = why_not() {
+    if let Some(why) = afxdp_skip_reason() {
         return skip("frames_both_ways_through_two_afxdp_ports", &why);
     }
     let mut p = Pods::start(None);
@@ -128,7 +112,7 @@ fn frames_both_ways_through_two_afxdp_ports() {
 
 #[test]
 fn tcp_between_veth_pods_with_default_offloads_over_afxdp() {
-    if let Some(why) = why_not() {
+    if let Some(why) = afxdp_skip_reason() {
         return skip("tcp_between_veth_pods_with_default_offloads_over_afxdp", &why);
     }
     let mut p = Pods::start(None);
@@ -145,7 +129,7 @@ fn tcp_between_veth_pods_with_default_offloads_over_afxdp() {
 
 #[test]
 fn a_frame_larger_than_a_umem_chunk_is_counted() {
-    if let Some(why) = why_not() {
+    if let Some(why) = afxdp_skip_reason() {
         return skip("a_frame_larger_than_a_umem_chunk_is_counted", &why);
     }
     // Pod a's link takes 3000-byte frames; a chunk has room for fewer (2176 less the kernel's
@@ -169,7 +153,7 @@ fn a_frame_larger_than_a_umem_chunk_is_counted() {
 
 #[test]
 fn an_interface_deleted_under_the_switch_takes_its_port_down() {
-    if let Some(why) = why_not() {
+    if let Some(why) = afxdp_skip_reason() {
         return skip("an_interface_deleted_under_the_switch_takes_its_port_down", &why);
     }
     let mut p = Pods::start(None);
@@ -208,7 +192,7 @@ fn two_queue_veth() -> VethNs {
 
 #[test]
 fn two_rx_queues_on_two_workers_and_too_many_queues_refused() {
-    if let Some(why) = why_not() {
+    if let Some(why) = afxdp_skip_reason() {
         return skip("two_rx_queues_on_two_workers_and_too_many_queues_refused", &why);
     }
     let a = two_queue_veth();

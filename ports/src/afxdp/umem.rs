@@ -129,6 +129,8 @@ pub struct Umem {
     pub(super) slots: Arc<Slots>,
     /// `None` only while dropping.
     anchor: Option<Arc<OwnedFd>>,
+    /// The interface and queue the anchor is bound to.
+    anchor_at: (u32, u32),
 }
 
 impl Umem {
@@ -202,20 +204,28 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
             Some((slots, pool))
         }
     };
-    set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
-    set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
+    // A socket on the anchor's own interface and queue (its port was closed and opened again
+    // while other ports kept the UMEM) shares the anchor's fill and completion rings: the
+    // kernel refuses rings of its own there.
+    let anchor =
+        existing.as_ref().and_then(|u| u.anchor.as_ref().filter(|_| u.anchor_at == (ifindex, queue)));
+    if anchor.is_none() {
+        set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
+        set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
+    }
     set_u32(&sock, sys::XDP_RX_RING, depth)?;
     set_u32(&sock, sys::XDP_TX_RING, depth)?;
     let rx = sys::Ring::map(&sock, sys::Which::Rx, depth)?;
     let tx = sys::Ring::map(&sock, sys::Which::Tx, depth)?;
-    let fill = sys::Ring::map(&sock, sys::Which::Fill, depth)?;
-    let comp = sys::Ring::map(&sock, sys::Which::Completion, depth)?;
+    let umem_rings: &OwnedFd = anchor.map_or(&sock, |a| a);
+    let fill = sys::Ring::map(umem_rings, sys::Which::Fill, depth)?;
+    let comp = sys::Ring::map(umem_rings, sys::Which::Completion, depth)?;
     sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().and_then(|u| u.anchor_fd()))?;
     let sock = Arc::new(sock);
     let umem = match (existing, fresh) {
         (Some(u), _) => u,
         (None, Some((slots, pool))) => {
-            let u = Arc::new(Umem { pool, slots, anchor: Some(sock.clone()) });
+            let u = Arc::new(Umem { pool, slots, anchor: Some(sock.clone()), anchor_at: (ifindex, queue) });
             *reg = Arc::downgrade(&u);
             u
         }

@@ -47,6 +47,22 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Why AF_XDP tests cannot run here: [`skip_reason`], or a kernel without AF_XDP sockets
+/// (probed with socket(2), not with the code under test).
+pub fn afxdp_skip_reason() -> Option<String> {
+    if let Some(why) = skip_reason() {
+        return Some(why);
+    }
+    // SAFETY: plain socket(2) call; the descriptor is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Some(format!("the kernel gives no AF_XDP socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is ours.
+    unsafe { libc::close(fd) };
+    None
+}
+
 /// How these tests skip: the workspace's one way (printed, logged, refused in strict mode).
 pub use testkit::skip;
 
