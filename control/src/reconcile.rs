@@ -214,6 +214,7 @@ mod tests {
                     name: n.to_string(),
                     mac_aging_s: None,
                     mac_table_size: None,
+                    conntrack_size: None,
                     ports: p.clone(),
                 })
                 .collect(),

@@ -125,6 +125,7 @@ impl RunConfig {
                     name: "check".into(),
                     mac_aging_s: None,
                     mac_table_size: None,
+                    conntrack_size: None,
                     ports: vec![p],
                 }],
             };
@@ -980,7 +981,13 @@ mod tests {
 
     fn cfg(ports: Vec<PortConfig>) -> Config {
         Config {
-            bridges: vec![BridgeConfig { name: "br".into(), mac_aging_s: None, mac_table_size: None, ports }],
+            bridges: vec![BridgeConfig {
+                name: "br".into(),
+                mac_aging_s: None,
+                mac_table_size: None,
+                conntrack_size: None,
+                ports,
+            }],
         }
     }
 

@@ -14,6 +14,7 @@ pub mod cpu;
 #[allow(unsafe_code)]
 pub mod fdb;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod switch;
 pub mod vlan;
