@@ -208,6 +208,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some(n) = b.conntrack_size {
+                if n == 0 || n > crate::conntrack::MAX_CAPACITY {
+                    return Err(invalid(
+                        format!("{bf}.conntrack_size"),
+                        format!("must be between 1 and {}", crate::conntrack::MAX_CAPACITY),
+                    ));
+                }
+            }
             for (pi, p) in b.ports.iter().enumerate() {
                 let pf = format!("{bf}.ports[{pi}]");
                 nports += 1;

@@ -76,6 +76,8 @@ pub struct FrameTrace {
     pub verdict: Verdict,
     /// Ports the frame was queued to.
     pub out_ports: Vec<PortId>,
+    /// What the policy stage decided (bridges with policies or IP spoof filters only).
+    pub filter: Option<String>,
 }
 
 impl FrameTrace {
@@ -97,6 +99,9 @@ impl FrameTrace {
                 LearnOutcome::TableFull => "table-full".to_string(),
             };
             s.push_str(&format!(" learn={what}"));
+        }
+        if let Some(f) = &self.filter {
+            s.push_str(&format!(" policy={f}"));
         }
         match self.verdict {
             Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
@@ -417,11 +422,15 @@ pub fn process_burst(
     };
     let table = bridge.table.view();
     let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
+    let ct = bridge.conntrack.as_deref();
     let mut eg = Egress {
         cfg,
         table,
         now,
         in_port,
+        from: port,
+        ct,
+        cur: None,
         bridge_idx: port.bridge,
         members: &bridge.ports,
         memo: EgressMemo::NONE,
@@ -436,7 +445,7 @@ pub fn process_burst(
     // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
     // or metadata to write and read back. Any other burst takes the general stages below.
-    if let (None, None, Some(vlan)) = (&trace, &port.allowed_macs, untagged_vlan) {
+    if let (None, None, Some(vlan), false) = (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         if let Some(bytes) = plain_probes(burst, vlan, &table, &mut eg.tx.plain) {
             eg.t.rx_bytes = bytes;
             let plain = &eg.tx.plain[..n];
@@ -516,6 +525,25 @@ pub fn process_burst(
         }
     }
 
+    // Stage 2b: the policy stage (bridges with policies or IP spoof filters only): a frame it
+    // refuses is not learned from; what it found out goes to the last stage with the frame.
+    let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
+    if bridge.filter {
+        for (m, b) in meta.iter_mut().zip(burst.iter()) {
+            let mut fm = crate::filter::FilterMeta::default();
+            if m.verdict.is_none() || m.flood_pending {
+                match crate::filter::ingress(b.data(), m.tagged, port, ct, now) {
+                    Ok(f) => fm = f,
+                    Err(r) => {
+                        m.verdict = Some(Verdict::Drop(r));
+                        m.flood_pending = false;
+                    }
+                }
+            }
+            filt.push(fm);
+        }
+    }
+
     // Stage 3: learn (the source of every frame that passed the ingress checks), for the whole
     // burst before any lookup: a frame's destination may be learned from a later frame.
     for m in meta.iter_mut() {
@@ -531,15 +559,21 @@ pub fn process_burst(
     // traced or not: two loops, so that the untraced one carries nothing of the trace.
     match trace {
         None => {
-            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+            for (i, (m, buf)) in meta.iter().zip(burst.drain(..)).enumerate() {
+                eg.cur = filt.get(i).copied();
                 eg.emit(m, buf, None);
             }
         }
         Some(tr) => {
-            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+            for (i, (m, buf)) in meta.iter().zip(burst.drain(..)).enumerate() {
                 let len = buf.len();
                 let mut out_ports = Vec::new();
+                eg.cur = filt.get(i).copied();
                 let verdict = eg.emit(m, buf, Some(&mut out_ports));
+                let filter =
+                    eg.cur.as_ref().filter(|_| bridge.filter).map(|f| {
+                        crate::filter::describe(f, port, out_ports.last().and_then(|&p| cfg.port(p)))
+                    });
                 let reached_vlan = !matches!(
                     verdict,
                     Verdict::Drop(
@@ -559,6 +593,7 @@ pub fn process_burst(
                     learn: m.learn,
                     verdict,
                     out_ports,
+                    filter,
                 });
             }
         }
@@ -572,6 +607,12 @@ struct Egress<'a> {
     table: FdbView<'a>,
     now: u32,
     in_port: PortId,
+    /// The ingress port.
+    from: &'a PortSpec,
+    /// The bridge's connection table, when it has one.
+    ct: Option<&'a crate::conntrack::Conntrack>,
+    /// The policy stage's findings for the frame being emitted (`None`: no policy stage).
+    cur: Option<crate::filter::FilterMeta>,
     bridge_idx: usize,
     /// The bridge's member ports, in flood order.
     members: &'a [PortId],
@@ -595,6 +636,9 @@ impl Egress<'_> {
             }
             Some(Verdict::Drop(r)) => self.drop(r, buf),
             Some(Verdict::Unicast(op)) => {
+                if let Err(r) = self.admits(op) {
+                    return self.drop(r, buf);
+                }
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
                 self.send(op, tag_out, buf, m, outs);
                 Verdict::Unicast(op)
@@ -620,7 +664,13 @@ impl Egress<'_> {
         match hit {
             Some(hit) if hit.port != self.in_port => {
                 let op = hit.port;
-                match self.memo.get(self.cfg, self.bridge_idx, op, vlan) {
+                let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, vlan);
+                if tag_out.is_some() {
+                    if let Err(r) = self.admits(op) {
+                        return self.drop(r, buf);
+                    }
+                }
+                match tag_out {
                     Some(false) if !tagged && outs.is_none() => {
                         self.tx.push(op, buf, self.cache);
                         Verdict::Unicast(op)
@@ -635,6 +685,13 @@ impl Egress<'_> {
             Some(_) => self.drop(DropReason::DstIsIngress, buf),
             None => self.flood(&meta(), buf, outs),
         }
+    }
+
+    /// The policy stage's second half for egress port `op` (nothing to check without one).
+    #[inline(always)]
+    fn admits(&mut self, op: PortId) -> Result<(), DropReason> {
+        let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
+        crate::filter::admit(m, self.from, to, self.ct, self.now)
     }
 
     #[inline(always)]
@@ -658,12 +715,20 @@ impl Egress<'_> {
         self.t.flooded += 1;
         let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
+            // A port the policy refuses gets no copy (counted once per port refused).
+            if let Err(r) = self.admits(op) {
+                self.t.drops.add(r, 1);
+                continue;
+            }
             match self.cache.alloc_copy(buf.data()) {
                 Some(copy) => self.send(op, tag_out(op), copy, m, outs.as_deref_mut()),
                 None => self.t.drops.add(DropReason::NoBuffer, 1),
             }
         }
         let op = members[last];
+        if let Err(r) = self.admits(op) {
+            return self.drop(r, buf);
+        }
         self.send(op, tag_out(op), buf, m, outs);
         Verdict::Flood
     }

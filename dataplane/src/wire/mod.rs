@@ -8,6 +8,7 @@
 
 pub mod arp;
 pub mod ethernet;
+pub mod ip;
 pub mod mac;
 pub mod offload;
 
