@@ -800,6 +800,51 @@ impl Runtime {
         }
     }
 
+    /// `show conntrack [BRIDGE]`: the tracked connections (the first 1,000 of each bridge),
+    /// then how many each bridge tracks.
+    pub fn show_conntrack(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
+        const LIMIT: usize = 1000;
+        let now = self.engine.now();
+        let mut rows = vec![["BRIDGE", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"]
+            .map(String::from)
+            .to_vec()];
+        let mut found = false;
+        let mut totals = String::new();
+        for b in &self.switch.bridges {
+            if bridge.is_some_and(|n| n != b.name) {
+                continue;
+            }
+            found = true;
+            let Some(ct) = &b.conntrack else {
+                totals.push_str(&format!("bridge {}: no connection table (no port has a policy)\n", b.name));
+                continue;
+            };
+            let (entries, live) = ct.entries(now, LIMIT);
+            for e in entries {
+                rows.push(vec![
+                    b.name.clone(),
+                    e.key.proto.to_string(),
+                    e.key.src_ip().to_string(),
+                    e.key.sport.to_string(),
+                    e.key.dst_ip().to_string(),
+                    e.key.dport.to_string(),
+                    e.state.name().to_string(),
+                    e.ttl.to_string(),
+                    if e.blocked { "yes".into() } else { "no".into() },
+                ]);
+            }
+            totals.push_str(&format!(
+                "bridge {}: {live} connections tracked, capacity {}\n",
+                b.name,
+                ct.capacity()
+            ));
+        }
+        match bridge {
+            Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
+            _ => Ok(table(&rows) + &totals),
+        }
+    }
+
     /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay).
     pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
         let mut n = 0;
@@ -895,8 +940,16 @@ impl Runtime {
         if running.port_by_name(port).is_none() {
             return Err(RuntimeError::NoPort(port.to_string()));
         }
-        let cfg = SwitchConfig::compile(&self.running, None)?;
+        let mut cfg = SwitchConfig::compile(&self.running, None)?;
         let now = self.engine.now();
+        // The connection tables too, copied: the trace sees the tracked connections.
+        for tb in &mut cfg.bridges {
+            if let Some(ct) =
+                running.bridges.iter().find(|b| b.name == tb.name).and_then(|b| b.conntrack.as_ref())
+            {
+                tb.conntrack = Some(std::sync::Arc::new(ct.copy()));
+            }
+        }
         // Copy the learned entries (static ones came with the compile), mapping port ids.
         for b in &running.bridges {
             let Some(tb) = cfg.bridges.iter().find(|x| x.name == b.name) else { continue };

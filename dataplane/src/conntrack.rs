@@ -27,7 +27,7 @@ pub const DEFAULT_CAPACITY: usize = 65536;
 pub const MAX_CAPACITY: usize = 1 << 24;
 pub const SHARDS: usize = 64;
 /// The longest probe from a key's home slot.
-pub const MAX_PROBE: usize = 16;
+pub const MAX_PROBE: usize = 32;
 
 /// A connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,10 +156,11 @@ fn hash(k: &FlowKey) -> u64 {
 }
 
 impl Conntrack {
-    /// A table for `capacity` connections (slots: 1.25 times that, spread over the shards).
+    /// A table for `capacity` connections: twice as many slots, spread over the shards, so
+    /// that at capacity half the slots are free and probes stay short.
     pub fn new(capacity: usize) -> Conntrack {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
-        let per_shard = (capacity + capacity / 4).div_ceil(SHARDS).max(MAX_PROBE);
+        let per_shard = (2 * capacity).div_ceil(SHARDS).max(MAX_PROBE);
         let shards = (0..SHARDS)
             .map(|_| Mutex::new(Shard { slots: vec![EMPTY; per_shard].into_boxed_slice() }))
             .collect();
@@ -168,6 +169,24 @@ impl Conntrack {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// A copy of the table (for `ctl trace`, which must not change the running one).
+    pub fn copy(&self) -> Conntrack {
+        let shards = self
+            .shards
+            .iter()
+            .map(|sh| {
+                let g = sh.lock().unwrap_or_else(|e| e.into_inner());
+                Mutex::new(Shard { slots: g.slots.clone() })
+            })
+            .collect();
+        Conntrack { shards, per_shard: self.per_shard, capacity: self.capacity }
+    }
+
+    /// The slots in all (the most entries it can hold).
+    pub fn slots(&self) -> usize {
+        SHARDS * self.per_shard
     }
 
     /// The table's memory in bytes.

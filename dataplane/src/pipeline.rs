@@ -558,6 +558,11 @@ pub fn process_burst(
     // Stage 4: destination lookup (after every frame's learning), egress VLAN and TX batches;
     // traced or not: two loops, so that the untraced one carries nothing of the trace.
     match trace {
+        None if !bridge.filter => {
+            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+                eg.emit(m, buf, None);
+            }
+        }
         None => {
             for (i, (m, buf)) in meta.iter().zip(burst.drain(..)).enumerate() {
                 eg.cur = filt.get(i).copied();
