@@ -70,22 +70,29 @@ fn src_allowed(list: &[IpAddr], key: &FlowKey) -> bool {
     }
 }
 
-/// The first half of the stage for the frame `d` (`tagged`: with an 802.1Q tag, whose length
-/// the caller checked) received on `port`. `Err`: drop it for that reason.
+/// The payload of the frame `d` (`tagged`: with an 802.1Q tag, whose length the caller
+/// checked), read for [`ingress`]: its EtherType and what it holds.
+#[inline]
+pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
+    let off = if tagged { crate::wire::ETH_VLAN_HEADER_LEN } else { crate::wire::ETH_HEADER_LEN };
+    match (d.get(off - 2), d.get(off - 1)) {
+        (Some(a), Some(b)) => {
+            let et = u16::from_be_bytes([*a, *b]);
+            (et, parse_l3(et, d.get(off..).unwrap_or_default()))
+        }
+        _ => (0, L3::Malformed),
+    }
+}
+
+/// The first half of the stage for a frame received on `port`, as [`parse`] read it.
+/// `Err`: drop it for that reason.
 pub fn ingress(
-    d: &[u8],
-    tagged: bool,
+    (et, l3): (u16, L3),
     port: &PortSpec,
     ct: Option<&Conntrack>,
     now: u32,
 ) -> Result<FilterMeta, DropReason> {
-    let off = if tagged { crate::wire::ETH_VLAN_HEADER_LEN } else { crate::wire::ETH_HEADER_LEN };
-    let et = match (d.get(off - 2), d.get(off - 1)) {
-        (Some(a), Some(b)) => u16::from_be_bytes([*a, *b]),
-        _ => return Err(DropReason::Runt),
-    };
-    let payload = d.get(off..).unwrap_or_default();
-    let flow = match parse_l3(et, payload) {
+    let flow = match l3 {
         L3::Other => return Ok(FilterMeta::default()),
         L3::Malformed if et == crate::wire::EtherType::ARP => {
             return if port.allowed_ips.is_some() {

@@ -529,10 +529,24 @@ pub fn process_burst(
     // refuses is not learned from; what it found out goes to the last stage with the frame.
     let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
     if bridge.filter {
-        for (m, b) in meta.iter_mut().zip(burst.iter()) {
+        // Read every frame and prefetch its connection's slot first, so that the table's
+        // cache misses overlap across the burst.
+        let mut l3: ArrayVec<(u16, crate::wire::ip::L3), MAX_BURST> = ArrayVec::new();
+        for (m, b) in meta.iter().zip(burst.iter()) {
+            let r = if m.verdict.is_none() || m.flood_pending {
+                crate::filter::parse(b.data(), m.tagged)
+            } else {
+                (0, crate::wire::ip::L3::Other)
+            };
+            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (ct, &r.1) {
+                ct.prefetch(&f.key);
+            }
+            l3.push(r);
+        }
+        for (m, r) in meta.iter_mut().zip(l3) {
             let mut fm = crate::filter::FilterMeta::default();
             if m.verdict.is_none() || m.flood_pending {
-                match crate::filter::ingress(b.data(), m.tagged, port, ct, now) {
+                match crate::filter::ingress(r, port, ct, now) {
                     Ok(f) => fm = f,
                     Err(r) => {
                         m.verdict = Some(Verdict::Drop(r));

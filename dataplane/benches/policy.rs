@@ -9,7 +9,7 @@
 //!
 //! And the connection table alone, `conntrack/lookup_1k` and `conntrack/lookup_1m`: a lookup of
 //! a pseudo-random tracked connection in a table holding 1,000 and 1,000,000 (its memory is
-//! printed). Run: cargo bench --bench policy
+//! printed). Run: cargo bench -p switchyard-dataplane --bench policy
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::fmt::Write;
