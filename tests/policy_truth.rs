@@ -10,7 +10,7 @@
 //!
 //! Needs root (netns, veth); skips with a message elsewhere.
 
-#[path = "../dataplane/tests/kports_common/mod.rs"]
+#[path = "../ports/tests/kports_common/mod.rs"]
 mod kports_common;
 
 use kports_common::{in_netns, ip, skip, skip_reason, VethNs};
