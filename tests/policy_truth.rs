@@ -212,11 +212,11 @@ fn icmp_probe(ns: &str, to: &str) -> Seen {
 /// `(proto, from, to) -> seen`.
 fn matrix(ns: &[String]) -> Vec<(&'static str, usize, usize, Seen)> {
     let mut th = Vec::new();
-    for from in 0..4 {
-        for to in (0..4).filter(|&t| t != from) {
+    for (from, from_ns) in ns.iter().enumerate() {
+        for (to, vm) in VMS.iter().enumerate().filter(|&(t, _)| t != from) {
             for proto in ["tcp", "udp", "icmp"] {
-                let n = ns[from].clone();
-                let addr = VMS[to].3;
+                let n = from_ns.clone();
+                let addr = vm.3;
                 th.push(std::thread::spawn(move || {
                     let seen = match proto {
                         "tcp" => tcp_probe(&n, addr, TCP_PORT),
@@ -291,8 +291,8 @@ fn reachability_truth_table() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("net.yaml"), NAD).unwrap();
-    for i in 0..4 {
-        std::fs::write(state.join(format!("vm-{i}.yaml")), vmi(i, VMS[i].2)).unwrap();
+    for (i, vm) in VMS.iter().enumerate() {
+        std::fs::write(state.join(format!("vm-{i}.yaml")), vmi(i, vm.2)).unwrap();
     }
     std::fs::write(state.join("policies.yaml"), POLICIES).unwrap();
     let mut over = String::from("ports:\n");

@@ -254,12 +254,18 @@ fn networks(
     out
 }
 
+/// What a policy's peers are resolved against: the state, the policy's namespace, every
+/// attachment and the policy's networks.
+struct Scope<'a> {
+    state: &'a ClusterState,
+    ns: &'a str,
+    att: &'a [Attachment],
+    nets: &'a BTreeSet<(String, String)>,
+}
+
 /// Resolves one rule's peers and ports; bad parts are reported and left out.
 fn rule(
-    state: &ClusterState,
-    ns: &str,
-    att: &[Attachment],
-    nets: &BTreeSet<(String, String)>,
+    sc: &Scope,
     name: String,
     peers: Option<&Vec<MnpPeer>>,
     ports: Option<&Vec<MnpPort>>,
@@ -267,6 +273,7 @@ fn rule(
     pkey: &str,
     r: &mut Reporter,
 ) -> PolicyRule {
+    let (state, ns, att, nets) = (sc.state, sc.ns, sc.att, sc.nets);
     let peers = peers.filter(|p| !p.is_empty()).map(|list| {
         let mut blocks = Vec::new();
         for (j, p) in list.iter().enumerate() {
@@ -466,10 +473,7 @@ fn resolve_one(
                 continue;
             }
             out.push(rule(
-                state,
-                ns,
-                att,
-                &nets,
+                &Scope { state, ns, att, nets: &nets },
                 format!("{ns}/{name} {d}[{i}]"),
                 peers.as_ref(),
                 ru.ports.as_ref(),
