@@ -271,3 +271,50 @@ fn policy_change_cuts_an_open_connection() {
     let (out, drops, _) = send(&second, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 5);
     assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "blocked: replies stop");
 }
+
+fn v6(i: u8) -> [u8; 16] {
+    [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i]
+}
+
+/// IPv6: TCP and ICMPv6 echo from a to c through a's egress rule and back as replies; c's
+/// spoof filter refuses another global source and lets a link-local one through.
+#[test]
+fn ipv6_tracking_and_spoofing() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let tcp6 = |from: usize, src: [u8; 16], to: usize, dst: [u8; 16], sp: u16, dp: u16, synack: bool| {
+        let b = PacketBuilder::ethernet2(MAC[from], MAC[to]).ipv6(src, dst, 64).tcp(sp, dp, 1, 1000);
+        let b = if synack { b.syn().ack(2) } else { b.syn() };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "a", &tcp6(0, v6(1), 2, v6(3), 40000, 22, false), 1);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    let (out, drops, tr) = send(&sw, &pool, "c", &tcp6(2, v6(3), 0, v6(1), 22, 40000, true), 2);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "{}", tr.describe(&sw));
+    // A new connection from c to a: a's ingress refuses it.
+    let (out, drops, _) = send(&sw, &pool, "c", &tcp6(2, v6(3), 0, v6(1), 23, 40000, false), 3);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    let echo = |from: usize, src: [u8; 16], to: usize, dst: [u8; 16], reply: bool| {
+        let b = PacketBuilder::ethernet2(MAC[from], MAC[to]).ipv6(src, dst, 64);
+        let b = if reply { b.icmpv6_echo_reply(9, 1) } else { b.icmpv6_echo_request(9, 1) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[1, 2, 3]).expect("frame");
+        v
+    };
+    let (out, _, _) = send(&sw, &pool, "a", &echo(0, v6(1), 2, v6(3), false), 4);
+    assert_eq!(out, vec!["c".to_string()]);
+    let (out, drops, tr) = send(&sw, &pool, "c", &echo(2, v6(3), 0, v6(1), true), 5);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "{}", tr.describe(&sw));
+    assert!(tr.describe(&sw).contains("reply-of-tracked"));
+    // c's spoof filter: another global address is refused, its link-local passes (then b's
+    // ingress policy refuses it, as anything not from a).
+    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, v6(0x99), 1, v6(2), 1, 80, false), 6);
+    assert_eq!(drops, dropped("spoofed_src_ip"));
+    let mut ll = [0u8; 16];
+    ll[0] = 0xfe;
+    ll[1] = 0x80;
+    ll[15] = 3;
+    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, ll, 1, v6(2), 1, 80, false), 6);
+    assert_eq!(drops, dropped("policy_ingress_denied"));
+}
