@@ -2,9 +2,10 @@
 # Sourced by run-example.sh and test.sh: installs what a fresh Debian 12 machine lacks (system
 # packages as root, the Rust toolchain through rustup) and sets FEATURES for cargo.
 # golang-go, golang-github-appc-cni-dev (libcni's source) and containernetworking-plugins (the
-# IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests).
+# IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests). iputils-ping: the
+# policy truth table's ICMP probes (tests/policy_truth.rs).
 pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
-  golang-go golang-github-appc-cni-dev containernetworking-plugins ${EXTRA_PKGS:-})
+  golang-go golang-github-appc-cni-dev containernetworking-plugins iputils-ping ${EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -75,8 +75,9 @@ pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeEr
     const LIMIT: usize = 1000;
     let now = rt.engine().now();
     let switch = rt.switch();
-    let mut rows =
-        vec![["BRIDGE", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"].map(String::from).to_vec()];
+    let mut rows = vec![["BRIDGE", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"]
+        .map(String::from)
+        .to_vec()];
     let mut found = false;
     let mut totals = String::new();
     for b in &switch.bridges {
@@ -102,7 +103,11 @@ pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeEr
                 if e.blocked { "yes".into() } else { "no".into() },
             ]);
         }
-        totals.push_str(&format!("bridge {}: {live} connections tracked, capacity {}\n", b.name, ct.capacity()));
+        totals.push_str(&format!(
+            "bridge {}: {live} connections tracked, capacity {}\n",
+            b.name,
+            ct.capacity()
+        ));
     }
     match bridge {
         Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
