@@ -76,6 +76,39 @@ pub fn timeout(proto: u8, state: CtState) -> u32 {
     }
 }
 
+/// The state after a reply-direction packet with TCP flags `flags`.
+fn reply_state(proto: u8, state: CtState, flags: u8) -> CtState {
+    match (proto, state) {
+        (PROTO_TCP, _) if flags & TCP_RST != 0 => CtState::Closed,
+        (PROTO_TCP, CtState::Closed) => CtState::Closed,
+        (PROTO_TCP, _) if flags & TCP_FIN != 0 => CtState::Closing,
+        (PROTO_TCP, CtState::SynSent) if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
+            CtState::Established
+        }
+        (PROTO_TCP, st) => st,
+        (_, _) => CtState::Replied,
+    }
+}
+
+/// A TCP connection's state after an original-direction packet with flags `flags` (`prev`:
+/// its state before, `None` for a new one).
+fn original_tcp_state(flags: u8, prev: Option<CtState>) -> CtState {
+    if flags & TCP_RST != 0 {
+        CtState::Closed
+    } else if flags & TCP_FIN != 0 {
+        CtState::Closing
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new SYN: a (re)opened connection.
+        CtState::SynSent
+    } else {
+        // Picked up mid-stream, or going on.
+        match prev {
+            Some(CtState::SynSent) | None => CtState::Established,
+            Some(st) => st,
+        }
+    }
+}
+
 /// Which way a packet goes relative to its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -261,18 +294,29 @@ impl Conntrack {
         self.with(k, |slots, home| {
             if let Some((j, Dir::Reply)) = Self::find(slots, home, k, now) {
                 let s = &mut slots[j];
-                s.state = match (k.proto, s.state) {
-                    (PROTO_TCP, _) if flags & TCP_RST != 0 => CtState::Closed,
-                    (PROTO_TCP, CtState::Closed) => CtState::Closed,
-                    (PROTO_TCP, _) if flags & TCP_FIN != 0 => CtState::Closing,
-                    (PROTO_TCP, CtState::SynSent) if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
-                        CtState::Established
-                    }
-                    (PROTO_TCP, st) => st,
-                    (_, _) => CtState::Replied,
+                s.state = reply_state(k.proto, s.state, flags);
+                s.expires = now.saturating_add(timeout(k.proto, s.state)).max(1);
+            }
+        })
+    }
+
+    /// One probe for a packet (TCP flags `flags`) of a tracked connection: the entry as found
+    /// (`None`: not tracked), moved on as [`Conntrack::reply`] or [`Conntrack::commit`] would
+    /// (for its direction) unless it is blocked.
+    pub fn track(&self, k: &FlowKey, flags: u8, now: u32) -> Option<Found> {
+        self.with(k, |slots, home| {
+            let (j, dir) = Self::find(slots, home, k, now)?;
+            let s = &mut slots[j];
+            let found = Found { dir, state: s.state, blocked: s.blocked };
+            if !s.blocked {
+                s.state = match dir {
+                    Dir::Reply => reply_state(k.proto, s.state, flags),
+                    Dir::Original if k.proto == PROTO_TCP => original_tcp_state(flags, Some(s.state)),
+                    Dir::Original => s.state,
                 };
                 s.expires = now.saturating_add(timeout(k.proto, s.state)).max(1);
             }
+            Some(found)
         })
     }
 
@@ -281,22 +325,7 @@ impl Conntrack {
     #[allow(clippy::result_unit_err)]
     pub fn commit(&self, k: &FlowKey, flags: u8, now: u32) -> Result<(), ()> {
         self.with(k, |slots, home| {
-            let tcp_state = |prev: Option<CtState>| {
-                if flags & TCP_RST != 0 {
-                    CtState::Closed
-                } else if flags & TCP_FIN != 0 {
-                    CtState::Closing
-                } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                    // A new SYN: a (re)opened connection.
-                    CtState::SynSent
-                } else {
-                    // Picked up mid-stream, or going on.
-                    match prev {
-                        Some(CtState::SynSent) | None => CtState::Established,
-                        Some(st) => st,
-                    }
-                }
-            };
+            let tcp_state = |prev| original_tcp_state(flags, prev);
             if let Some((j, dir)) = Self::find(slots, home, k, now) {
                 let s = &mut slots[j];
                 s.blocked = false;

@@ -131,14 +131,16 @@ pub fn ingress(
             }
         }
         IpKind::Flow => {
-            let found = ct.and_then(|ct| ct.lookup(&flow.key, now));
-            if let (Some(ct), Some(f)) = (ct, found) {
-                if f.dir == Dir::Reply && !f.blocked {
-                    ct.reply(&flow.key, flow.tcp_flags, now);
+            // One probe: a reply passes; an original-direction packet's entry is refreshed
+            // here (and blocked below if the policies refuse it now).
+            match ct.and_then(|ct| ct.track(&flow.key, flow.tcp_flags, now)) {
+                Some(f) if f.dir == Dir::Reply && !f.blocked => {
                     m.note = Note::Reply;
                     m.flow = None;
                     return Ok(m);
                 }
+                Some(f) if !f.blocked => m.committed = true,
+                _ => {}
             }
         }
     }
