@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
-use switchyard_dataplane::config::{AfPacketRxMode, BridgeConfig, Config, PortConfig, PortType};
+use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig};
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
 use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot, SwitchConfig};
@@ -207,109 +208,24 @@ pub fn parse_lcores(s: &str, avail: &[usize]) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
-fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
-    if rest.is_empty() {
-        return Err(format!("needs {what}"));
-    }
-    if rest.contains(',') {
-        return Err(format!("takes only {what}, no options"));
-    }
-    Ok(rest)
-}
-
-/// Parses one `--port` SPEC into the configuration of a port named `name`.
+/// Parses one `--port` SPEC ([`Backend`]'s `FromStr`) into the configuration of a port named
+/// `name`, and checks what the syntax cannot: the capture to read exists, and so does the
+/// directory of the one to write.
 pub fn parse_port_spec(spec: &str, name: &str) -> Result<PortConfig, String> {
-    let (kind, rest) = spec
-        .split_once(':')
-        .ok_or("expected TYPE:ARGS with TYPE one of ring, pcap, afpacket, tap, vhost, dpdk")?;
-    let mut c = PortConfig { name: name.into(), ..Default::default() };
-    match kind {
-        "ring" => {
-            c.kind = Some(PortType::Ring);
-            c.ring = Some(plain_arg(rest, "a ring name")?.into());
+    let backend: Backend = spec.parse()?;
+    if let Backend::Pcap { rx, tx, .. } = &backend {
+        if let Some(f) = rx.as_deref().filter(|f| !Path::new(f).is_file()) {
+            return Err(format!("{f}: no such file"));
         }
-        "pcap" => {
-            c.kind = Some(PortType::Pcap);
-            let mut infinite = false;
-            for (i, p) in rest.split(',').enumerate() {
-                if p == "infinite" {
-                    infinite = true;
-                } else if let Some(f) = p.strip_prefix("rx=") {
-                    c.rx_pcap = Some(f.into());
-                } else if let Some(f) = p.strip_prefix("tx=") {
-                    c.tx_pcap = Some(f.into());
-                } else if p.contains('=') {
-                    return Err(format!("unknown pcap option {p:?} (rx=FILE, tx=FILE, infinite)"));
-                } else if i == 0 && !p.is_empty() {
-                    c.rx_pcap = Some(p.into());
-                } else {
-                    return Err(format!(
-                        "unexpected {p:?} (expected pcap:FILE[,infinite] or pcap:rx=FILE,tx=FILE[,infinite])"
-                    ));
-                }
-            }
-            for f in [&c.rx_pcap, &c.tx_pcap].into_iter().flatten() {
-                if f.is_empty() {
-                    return Err("empty file name".into());
-                }
-            }
-            match &c.rx_pcap {
-                Some(f) if !Path::new(f).is_file() => return Err(format!("{f}: no such file")),
-                None if c.tx_pcap.is_none() => return Err("needs a capture file".into()),
-                None if infinite => return Err("infinite needs a capture to receive (rx=FILE)".into()),
-                _ => {}
-            }
-            if let Some(t) = &c.tx_pcap {
-                let dir = Path::new(t).parent().filter(|d| !d.as_os_str().is_empty());
-                if dir.is_some_and(|d| !d.is_dir()) {
-                    return Err(format!("{t}: its directory does not exist"));
-                }
-            }
-            c.infinite = Some(infinite);
-        }
-        "afpacket" | "tap" => {
-            c.kind = Some(if kind == "tap" { PortType::Tap } else { PortType::Afpacket });
-            let (iface, mode) = match rest.split_once(',') {
-                Some((i, m)) if kind == "afpacket" => (i, Some(m)),
-                _ => (rest, None),
-            };
-            c.rx_mode = match mode {
-                None => None,
-                Some("ring") => Some(AfPacketRxMode::Ring),
-                Some("recvmmsg") => Some(AfPacketRxMode::Recvmmsg),
-                Some(m) => return Err(format!("unknown afpacket option {m:?} (ring or recvmmsg)")),
-            };
-            let iface = plain_arg(iface, "an interface name")?;
-            if iface.len() > 15 {
-                return Err(format!("interface name {iface:?} is longer than 15 bytes"));
-            }
-            c.iface = Some(iface.into());
-        }
-        "vhost" | "vhostuser" => {
-            c.kind = Some(PortType::Vhostuser);
-            let mut parts = rest.split(',');
-            let path = parts.next().unwrap_or_default();
-            if path.is_empty() {
-                return Err("needs a socket path".into());
-            }
-            c.socket = Some(path.into());
-            c.mode = Some("server".into());
-            for p in parts {
-                match p {
-                    "client" | "server" => c.mode = Some(p.into()),
-                    _ => return Err(format!("unknown vhost option {p:?} (client or server)")),
-                }
+        if let Some(t) = tx {
+            let dir = Path::new(t).parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(format!("{t}: its directory does not exist"));
             }
         }
-        "dpdk" => {
-            if rest.is_empty() {
-                return Err("needs DEVARGS (a PCI address or a vdev such as net_pcap0,rx_pcap=a.pcap)".into());
-            }
-            c.kind = Some(PortType::Dpdk);
-            c.devargs = Some(rest.into());
-        }
-        _ => return Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, tap, vhost, dpdk)")),
     }
+    let mut c = PortConfig { name: name.into(), ..Default::default() };
+    c.set_backend(&backend);
     Ok(c)
 }
 
@@ -1089,6 +1005,7 @@ pub fn main(a: PmdArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_dataplane::config::{AfPacketRxMode, PortType};
 
     #[test]
     fn lcores_lists_ranges_and_masks() {

@@ -52,7 +52,7 @@ pub enum VlanModeName {
     NativeUntagged,
 }
 
-/// The backend kinds a port can have.
+/// The backend kinds a port can have (each with its options: [`crate::backend::Backend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortType {
@@ -132,19 +132,6 @@ pub struct PortConfig {
     /// dpdk: a PCI address or a vdev string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devargs: Option<String>,
-}
-
-impl PortType {
-    fn name(self) -> &'static str {
-        match self {
-            PortType::Ring => "ring",
-            PortType::Pcap => "pcap",
-            PortType::Afpacket => "afpacket",
-            PortType::Tap => "tap",
-            PortType::Vhostuser => "vhostuser",
-            PortType::Dpdk => "dpdk",
-        }
-    }
 }
 
 /// An octal permission mode such as "0660" or "660" (at most 0777).
@@ -284,49 +271,8 @@ impl PortConfig {
                 return Err(invalid(format!("{pf}.static_macs[{i}]"), format!("{m} is not a unicast MAC")));
             }
         }
-        // Type options: each only with its types.
-        let kind = self.kind;
-        let allowed: &[(&str, bool, &[PortType])] = &[
-            ("ring", self.ring.is_some(), &[PortType::Ring]),
-            ("rx_pcap", self.rx_pcap.is_some(), &[PortType::Pcap]),
-            ("tx_pcap", self.tx_pcap.is_some(), &[PortType::Pcap]),
-            ("infinite", self.infinite.is_some(), &[PortType::Pcap]),
-            ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
-            ("rx_mode", self.rx_mode.is_some(), &[PortType::Afpacket]),
-            ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
-            ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
-            ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
-            ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
-            ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
-        ];
-        for (opt, present, types) in allowed {
-            if *present && !kind.is_some_and(|k| types.contains(&k)) {
-                let tn = kind.map(PortType::name).unwrap_or("(none)");
-                return Err(invalid(format!("{pf}.{opt}"), format!("not an option of port type {tn}")));
-            }
-        }
-        if let Some(m) = &self.mode {
-            if m != "server" && m != "client" {
-                return Err(invalid(format!("{pf}.mode"), format!("{m:?} is neither server nor client")));
-            }
-        }
-        if let Some(m) = &self.socket_mode {
-            if parse_socket_mode(m).is_none() {
-                return Err(invalid(
-                    format!("{pf}.socket_mode"),
-                    format!("{m:?} is not an octal mode like \"0660\""),
-                ));
-            }
-            if self.mode.as_deref() == Some("client") {
-                return Err(invalid(format!("{pf}.socket_mode"), "only a server creates the socket"));
-            }
-        }
-        if kind == Some(PortType::Vhostuser) && self.socket.is_none() {
-            return Err(invalid(format!("{pf}.socket"), "a vhostuser port needs a socket path"));
-        }
-        if kind == Some(PortType::Dpdk) && self.devargs.is_none() {
-            return Err(invalid(format!("{pf}.devargs"), "a dpdk port needs devargs"));
-        }
+        // Type options: each only with its types, each with a valid value.
+        self.backend().map_err(|e| invalid(format!("{pf}.{}", e.field), e.msg))?;
         Ok(())
     }
 }
