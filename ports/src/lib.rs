@@ -16,5 +16,7 @@ pub mod afpacket;
 pub mod dpdk;
 pub mod factory;
 #[allow(unsafe_code)]
+mod netdev;
+#[allow(unsafe_code)]
 pub mod tap;
 pub mod vhost;
