@@ -1,7 +1,13 @@
 //! The arguments of `switchyard pmd`, and the check of all of them before anything starts:
 //! a bad one is refused with a message that names it.
 
-use super::*;
+use std::path::Path;
+use switchyard_dataplane::backend::Backend;
+use switchyard_dataplane::buffer::DATA_ROOM;
+use switchyard_dataplane::config::PortConfig;
+use switchyard_dataplane::fdb::MacTable;
+use switchyard_dataplane::port::{DEFAULT_BURST, MAX_BURST};
+use switchyard_dataplane::worker::{available_cores, EngineOptions, FwdMode, TxGen};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\

@@ -1,6 +1,9 @@
 //! Interactive mode (`-i`): testpmd's commands, read from stdin on its own thread.
 
-use super::*;
+use super::args::parse_mode;
+use super::session::Session;
+use std::io::{BufRead, Write};
+use std::sync::mpsc;
 
 pub(super) const HELP: &str = "\
 Commands:

@@ -9,34 +9,21 @@
 //! it took is printed), the ports are closed, and the buffers still out of the pools are
 //! counted and printed (0 when nothing leaked). A second SIGINT/SIGTERM exits at once.
 
-use serde_json::json;
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::backend::Backend;
-use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
-use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig};
-use switchyard_dataplane::fdb::MacTable;
-use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
-use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot, SwitchConfig};
-use switchyard_dataplane::worker::{
-    available_cores, Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen, WorkerStatsSnapshot,
-};
-use switchyard_ports::factory::{open_port, ring_peer, PortContext};
 
 mod args;
 mod interactive;
 mod report;
 mod session;
 
+use args::check;
 pub use args::PmdArgs;
-use args::*;
-use interactive::*;
-use report::*;
-use session::*;
+use interactive::{command, stdin_lines, Next};
+use session::Session;
 
 pub fn main(a: PmdArgs) -> ExitCode {
     switchyard_dataplane::worker::raise_fd_limit();

@@ -1,7 +1,13 @@
 //! What `switchyard pmd` prints: rates, port and forwarding statistics (testpmd's and
 //! `pmd-stats-show`'s layout), and the final summary (text, or JSON with `--json`).
 
-use super::*;
+use super::session::Session;
+use serde_json::json;
+use std::io::Write;
+use std::time::Instant;
+use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot};
+use switchyard_dataplane::worker::{FwdMode, WorkerStatsSnapshot};
+use switchyard_ports::factory::ring_peer;
 
 /// Bytes a frame costs on the wire beyond what is counted: preamble and SFD (8), inter-frame
 /// gap (12) and FCS (4); counted frames exclude the FCS.

@@ -1,6 +1,17 @@
 //! The session: the ports, the engine while it runs, and the counters kept across runs.
 
-use super::*;
+use super::args::Setup;
+use super::report::{add_worker, Mark};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_dataplane::buffer::Pool;
+use switchyard_dataplane::config::{BridgeConfig, Config};
+use switchyard_dataplane::port::PortBackend;
+use switchyard_dataplane::switch::{PortStatsSnapshot, SwitchConfig};
+use switchyard_dataplane::worker::{
+    Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen, WorkerStatsSnapshot,
+};
+use switchyard_ports::factory::{open_port, PortContext};
 
 /// The ports, the engine when it runs, and the counters kept across runs.
 pub(super) struct Session {

@@ -2,7 +2,11 @@
 //! fixed, and the socket calls on it: creating, binding and configuring a packet socket, and the
 //! shared mapping of its rings ([`RingMap`]), through which every access is bounds-checked.
 
-use super::*;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use switchyard_dataplane::buffer::SLOT_SIZE;
+use switchyard_dataplane::wire::offload::VNET_HDR_LEN;
 
 pub(super) const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 pub(super) const PACKET_RX_RING: libc::c_int = 5;

@@ -34,17 +34,12 @@
 //! `PACKET_STATISTICS` whenever a block says it lost frames, or a frame's `SO_RXQ_OVFL` count
 //! changed), `bad_offload`, `tx_full` and `port_down`.
 
-use crate::netdev::{backend, errno, ifr_ioctl, io, is_link_error, link_state, IfReq};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use crate::netdev::{backend, ifr_ioctl, io, link_state, IfReq};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use switchyard_dataplane::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
 pub use switchyard_dataplane::config::AfPacketRxMode;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
-use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
-use switchyard_dataplane::wire::{EtherType, ETH_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN};
+use switchyard_dataplane::port::{PortBackend, PortError, RxQueue, TxQueue};
 
 mod abi;
 mod rx;
@@ -52,11 +47,11 @@ mod rx_recvmmsg;
 mod rx_ring;
 mod tx;
 
-use abi::*;
-use rx::*;
-use rx_recvmmsg::*;
-use rx_ring::*;
-use tx::*;
+use abi::packet_socket;
+use rx::{AfPacketRx, RxSource};
+use rx_recvmmsg::RxSock;
+use rx_ring::RxRing;
+use tx::{AfPacketTx, TxRing};
 
 // ---- Options and the port. ----
 

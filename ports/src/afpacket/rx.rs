@@ -2,7 +2,22 @@
 //! frame taken from the kernel (VLAN tag put back, checksum finished, GSO super-frame cut into
 //! segments, drop reasons).
 
-use super::*;
+use super::abi::{
+    bind_packet, packet_socket, setsockopt, PacketMreq, TpacketStatsV3, PACKET_ADD_MEMBERSHIP, PACKET_FANOUT,
+    PACKET_FANOUT_HASH, PACKET_IGNORE_OUTGOING, PACKET_MR_PROMISC, PACKET_STATISTICS, PACKET_VNET_HDR,
+};
+use super::rx_recvmmsg::RxSock;
+use super::rx_ring::RxRing;
+use super::{AfPacketOptions, Shared};
+use crate::netdev::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache, DATA_ROOM};
+use switchyard_dataplane::port::{Burst, DropTally, PortError, RxQueue};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr};
+use switchyard_dataplane::wire::{MAC_ADDRS_LEN, VLAN_TAG_LEN};
 
 /// Where a tag put back into a frame ends: it goes right after the MAC addresses.
 const TAG_END: usize = MAC_ADDRS_LEN + VLAN_TAG_LEN;

@@ -1,7 +1,19 @@
 //! RX mode `recvmmsg`: no ring; `recvmmsg(2)` into slots, the stripped tag and the drop count
 //! from control messages.
 
-use super::*;
+use super::abi::{
+    setsockopt, AUX_SIZE, AUX_STATUS, AUX_VLAN_TCI, AUX_VLAN_TPID, PACKET_AUXDATA, PACKET_OUTGOING,
+    SO_RXQ_OVFL,
+};
+use super::rx::{read_kernel_drops, rx_frame, rx_segments, rx_socket, PendingGso, RxFrame};
+use super::rx_ring::stripped_tag;
+use super::{AfPacketOptions, Shared};
+use crate::netdev::{errno, io};
+use std::os::fd::{AsRawFd, OwnedFd};
+use switchyard_dataplane::buffer::PoolCache;
+use switchyard_dataplane::port::{Burst, DropTally, PortError};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::{VnetHdrRepr, VNET_HDR_LEN};
 
 /// Frames one `recvmmsg(2)` call takes at most.
 pub(super) const RECV_BATCH: usize = 32;

@@ -1,6 +1,21 @@
 //! RX mode `ring`: a `TPACKET_V3` ring of blocks the kernel fills and hands over whole.
 
-use super::*;
+use super::abi::{
+    setsockopt, RingMap, TpacketReq3, BD_BLOCK_STATUS, BD_FIRST_PKT, BD_NUM_PKTS, BD_SIZE, H3_LEN, H3_MAC,
+    H3_MAC_MIN_VNET, H3_NEXT, H3_PKTTYPE, H3_SNAPLEN, H3_STATUS, H3_VLAN_TCI, H3_VLAN_TPID, PACKET_OUTGOING,
+    PACKET_RX_RING, PACKET_VERSION, TPACKET_V3, TP_STATUS_KERNEL, TP_STATUS_LOSING, TP_STATUS_USER,
+    TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID,
+};
+use super::rx::{read_kernel_drops, rx_frame, rx_segments, rx_socket, PendingGso, RxFrame};
+use super::{page_size, AfPacketOptions, Shared};
+use crate::netdev::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use switchyard_dataplane::buffer::PoolCache;
+use switchyard_dataplane::port::{Burst, DropTally, PortError};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::{VnetHdrRepr, VNET_HDR_LEN};
+use switchyard_dataplane::wire::{EtherType, VLAN_TAG_LEN};
 
 pub(super) struct RxRing {
     pub(super) fd: OwnedFd,

@@ -1,6 +1,19 @@
 //! TX: a `TPACKET_V2` ring per handle (each its own socket), flushed with one `sendto` a burst.
 
-use super::*;
+use super::abi::{
+    bind_packet, packet_socket, setsockopt, RingMap, TpacketReq, H2_DATA, H2_LEN, H2_STATUS, PACKET_LOSS,
+    PACKET_QDISC_BYPASS, PACKET_TX_RING, PACKET_VERSION, TPACKET_V2, TP_STATUS_AVAILABLE,
+    TP_STATUS_SEND_REQUEST, TX_FRAME_SIZE,
+};
+use super::{page_size, AfPacketOptions, Shared};
+use crate::netdev::{errno, io, is_link_error, link_state};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use switchyard_dataplane::buffer::PoolCache;
+use switchyard_dataplane::port::{Burst, DropTally, PortError, TxQueue};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::{EtherType, ETH_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN};
 
 pub(super) struct TxRing {
     fd: OwnedFd,
