@@ -1058,8 +1058,8 @@ mod tests {
     /// loop alone give the same frames in the same order, the same drops and the same copies,
     /// and both match what each mbuf should become: one of the shared pool in one segment is
     /// adopted as is (its window kept), one of another pool is copied while the worker's pool
-    /// has a buffer (else `no_buffer`), a chain is dropped as `oversize`. No mbuf is left
-    /// allocated.
+    /// has a buffer (else `no_buffer`) and the frame fits one (else `oversize`), a chain is
+    /// dropped as `oversize`. No mbuf is left allocated.
     #[test]
     fn plain_first_decides_as_the_general_loop() {
         use proptest::prelude::*;
@@ -1073,7 +1073,8 @@ mod tests {
         // The workers' pools the copies go to, one per run.
         let pools = [Pool::new("rxprop-a", 64).unwrap(), Pool::new("rxprop-b", 64).unwrap()];
         let strategy = (prop::collection::vec(mbuf_spec(), 1..=MAX_BURST), 0..=8usize);
-        let mut runner = TestRunner::new(Config { cases: 256, ..Config::default() });
+        let mut runner =
+            TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
         runner
             .run(&strategy, |(specs, spare)| {
                 let own_before = bufs.mempool.in_use();
@@ -1082,12 +1083,15 @@ mod tests {
                 let (mut oversize, mut no_buffer, mut copies, mut left) = (0u32, 0u32, 0u64, spare);
                 for s in &specs {
                     let bytes: Vec<u8> = (0..s.len).map(|i| s.fill ^ (i as u8)).collect();
-                    if s.chained || (!s.own && usize::from(s.len) > DATA_ROOM) {
+                    // rx_other's order: a chain, then a buffer to copy into, then its room.
+                    if s.chained {
                         oversize += 1;
                     } else if s.own {
                         want.push((true, usize::from(s.head), bytes));
                     } else if left == 0 {
                         no_buffer += 1;
+                    } else if usize::from(s.len) > DATA_ROOM {
+                        oversize += 1;
                     } else {
                         left -= 1;
                         copies += 1;

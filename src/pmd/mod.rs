@@ -3,7 +3,7 @@
 //! Every argument is checked before anything starts (no port is opened, no file written, no
 //! thread started): a bad argument is refused with a message that names it, exit code 2. Then
 //! the ports are opened with the port factory (named p0, p1, ... in order), all put on one
-//! bridge that trunks every VLAN, and the [`Engine`] runs them in the chosen forwarding mode.
+//! bridge that trunks every VLAN, and the [`Engine`](switchyard_dataplane::worker::Engine) runs them in the chosen forwarding mode.
 //!
 //! Stop is clean: `stop`, `quit`, EOF on stdin, SIGINT and SIGTERM stop every worker (the time
 //! it took is printed), the ports are closed, and the buffers still out of the pools are

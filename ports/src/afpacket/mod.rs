@@ -7,8 +7,9 @@
 //!   - `ring`: a `TPACKET_V3` ring. The kernel fills blocks of frames and hands a whole block to
 //!     user space (block status `TP_STATUS_USER`) when it is full or when the block timeout
 //!     ([`AfPacketOptions::rx_block_timeout_ms`]) expires; the queue walks the frames of the
-//!     block, copies each into a [`PacketBuf`] and hands the block back. The kernel re-arms the
-//!     block timer of every ring forever, idle or not, and clears the ring's 4 MiB at open.
+//!     block, copies each into a [`PacketBuf`](switchyard_dataplane::buffer::PacketBuf) and
+//!     hands the block back. The kernel re-arms the block timer of every ring forever, idle or
+//!     not, and clears the ring's 4 MiB at open.
 //!   - `recvmmsg`: no ring. `recvmmsg(2)` takes up to 32 frames into slots (the virtio-net
 //!     header before each frame, the stripped VLAN tag in a `PACKET_AUXDATA` control message,
 //!     the socket's drop count in `SO_RXQ_OVFL`); the kernel keeps no timer and no memory for an
