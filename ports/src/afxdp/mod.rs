@@ -38,7 +38,7 @@ pub mod bpf;
 mod sys;
 pub mod umem;
 
-use crate::afpacket::{is_link_error, link_state};
+use crate::netdev::{is_link_error, link_state};
 use bpf::XdpProgram;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

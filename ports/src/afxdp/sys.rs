@@ -160,7 +160,7 @@ pub(super) fn kick_tx(fd: RawFd) -> Result<(), i32> {
     // SAFETY: a zero-length send with no buffer and no address: the kernel reads no memory.
     let rc = unsafe { libc::sendto(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
     if rc < 0 {
-        Err(super::super::afpacket::errno())
+        Err(crate::netdev::errno())
     } else {
         Ok(())
     }

@@ -176,7 +176,7 @@ pub(super) struct Bound {
 }
 
 fn set_u32(fd: &OwnedFd, opt: libc::c_int, v: u32) -> io::Result<()> {
-    crate::afpacket::setsockopt(fd.as_raw_fd(), sys::SOL_XDP, opt, &v)
+    crate::netdev::setsockopt(fd.as_raw_fd(), sys::SOL_XDP, opt, &v)
 }
 
 /// Opens a socket on queue `queue` of `ifindex` with rings of `depth` entries.
@@ -196,7 +196,7 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
                 flags: sys::XDP_UMEM_UNALIGNED_CHUNK_FLAG,
                 tx_metadata_len: 0,
             };
-            crate::afpacket::setsockopt(sock.as_raw_fd(), sys::SOL_XDP, sys::XDP_UMEM_REG, &r)?;
+            crate::netdev::setsockopt(sock.as_raw_fd(), sys::SOL_XDP, sys::XDP_UMEM_REG, &r)?;
             // SAFETY: the region is UMEM_SLOTS slots of SLOT_SIZE bytes that `slots` owns and
             // keeps mapped while it lives; `slots` keeps the ExternalSlots contract (above).
             let pool = unsafe { Pool::external("afxdp-umem", slots.base, UMEM_SLOTS, slots.clone()) }
