@@ -14,8 +14,10 @@
 pub mod cni;
 pub mod controller;
 pub mod ctl;
+pub mod health;
 pub mod k8s;
 pub mod lastgood;
+pub mod metrics;
 pub mod nad;
 pub mod plan;
 pub mod reconcile;

@@ -241,6 +241,9 @@ pub struct WorkerStats {
     /// Polls that received something.
     pub busy_polls: AtomicU64,
     pub idle_polls: AtomicU64,
+    /// TSC value at the end of the worker's last poll (one store per loop iteration), so
+    /// that a health check can tell a stalled worker: see [`EngineView::poll_ages`].
+    pub last_poll_tsc: AtomicU64,
     applied: AtomicU64,
 }
 
@@ -366,6 +369,72 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A read-only handle on a running [`Engine`] for observers on other threads (the metrics and
+/// health endpoints): it loads the plan the workers run and reads their counters, and takes
+/// no lock that a worker or the control thread takes. It keeps the engine's shared state
+/// alive, not its workers.
+#[derive(Clone)]
+pub struct EngineView {
+    shared: Arc<Shared>,
+}
+
+impl EngineView {
+    /// The plan workers are running (or about to).
+    pub fn plan(&self) -> Arc<ForwardingPlan> {
+        self.shared.plan.load_full()
+    }
+
+    /// Every worker's counters.
+    pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
+        worker_snapshots(&self.shared)
+    }
+
+    /// TSC ticks per second.
+    pub fn tsc_hz(&self) -> u64 {
+        self.shared.tsc_hz
+    }
+
+    /// Seconds since start on the engine's clock.
+    pub fn now(&self) -> u32 {
+        self.shared.now()
+    }
+
+    /// How long ago each worker finished its last poll. A worker that sleeps in poll(2)
+    /// wakes at least every [`EngineOptions::idle_wait`], so an age well above that means a
+    /// stalled worker (or a stopped engine).
+    pub fn poll_ages(&self) -> Vec<Duration> {
+        let now = cpu::rdtsc();
+        let hz = self.shared.tsc_hz.max(1) as u128;
+        self.shared
+            .workers
+            .iter()
+            .map(|w| {
+                // A TSC read on another core may lag this one's: saturate at zero.
+                let ticks = now.saturating_sub(w.last_poll_tsc.load(Ordering::Relaxed)) as u128;
+                Duration::from_nanos((ticks * 1_000_000_000 / hz).min(u64::MAX as u128) as u64)
+            })
+            .collect()
+    }
+}
+
+fn worker_snapshots(sh: &Shared) -> Vec<WorkerStatsSnapshot> {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    sh.workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| WorkerStatsSnapshot {
+            worker: i,
+            core: sh.opts.cores[i],
+            busy_cycles: l(&w.busy_cycles),
+            idle_cycles: l(&w.idle_cycles),
+            rx_packets: l(&w.rx_packets),
+            forwarded_packets: l(&w.forwarded_packets),
+            busy_polls: l(&w.busy_polls),
+            idle_polls: l(&w.idle_polls),
+        })
+        .collect()
+}
+
 impl Engine {
     /// Checks the options, then starts one thread per worker and a housekeeping thread that
     /// ages MAC tables once a second.
@@ -384,6 +453,7 @@ impl Engine {
         }
         let pool = Pool::new("workers", opts.pool_buffers)?;
         let n = opts.cores.len();
+        let tsc_start = cpu::rdtsc();
         let shared = Arc::new(Shared {
             wakers: (0..n)
                 .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok())
@@ -391,9 +461,11 @@ impl Engine {
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             stop: AtomicBool::new(false),
-            workers: (0..n).map(|_| WorkerStats::default()).collect(),
+            workers: (0..n)
+                .map(|_| WorkerStats { last_poll_tsc: AtomicU64::new(tsc_start), ..Default::default() })
+                .collect(),
             pool,
-            tsc_start: cpu::rdtsc(),
+            tsc_start,
             tsc_hz: cpu::hz(),
             opts,
         });
@@ -451,22 +523,12 @@ impl Engine {
     }
 
     pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        self.shared
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| WorkerStatsSnapshot {
-                worker: i,
-                core: self.shared.opts.cores[i],
-                busy_cycles: l(&w.busy_cycles),
-                idle_cycles: l(&w.idle_cycles),
-                rx_packets: l(&w.rx_packets),
-                forwarded_packets: l(&w.forwarded_packets),
-                busy_polls: l(&w.busy_polls),
-                idle_polls: l(&w.idle_polls),
-            })
-            .collect()
+        worker_snapshots(&self.shared)
+    }
+
+    /// A read-only handle for observers on other threads.
+    pub fn view(&self) -> EngineView {
+        EngineView { shared: self.shared.clone() }
     }
 
     pub fn clear_worker_stats(&self) {
@@ -922,6 +984,7 @@ fn worker_main(idx: usize, sh: Arc<Shared>) {
         let t_now = cpu::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
+        stats.last_poll_tsc.store(t_now, Ordering::Relaxed);
         if got > 0 {
             stats.busy_cycles.fetch_add(dt, Ordering::Relaxed);
             stats.busy_polls.fetch_add(1, Ordering::Relaxed);
