@@ -2,8 +2,9 @@
 # Sourced by run-example.sh and test.sh: installs what a fresh Debian 12 machine lacks (system
 # packages as root, the Rust toolchain through rustup) and sets FEATURES for cargo.
 # golang-go, golang-github-appc-cni-dev (libcni's source) and containernetworking-plugins (the
-# IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests).
-pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
+# IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests). prometheus: its
+# promtool checks the scrape of `run --metrics` (tests/metrics_run.rs).
+pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev prometheus
   golang-go golang-github-appc-cni-dev containernetworking-plugins ${EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do

@@ -330,3 +330,19 @@ fn parse_mode_arg(s: &str) -> Result<String, String> {
         .map(|_| s.to_string())
         .ok_or_else(|| format!("{s:?} is not an octal mode like 0660"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_follow_an_imposed_cpuset_only() {
+        // The static CPU manager's exclusive CPUs: one pinned worker each.
+        assert_eq!(default_cores(&[2, 3], &[0, 1, 2, 3]), vec![Some(2), Some(3)]);
+        // Every online CPU (no cpuset imposed): one unpinned worker, as before.
+        assert_eq!(default_cores(&[0, 1, 2, 3], &[0, 1, 2, 3]), vec![None]);
+        // Nothing known: one unpinned worker.
+        assert_eq!(default_cores(&[], &[0, 1]), vec![None]);
+        assert_eq!(default_cores(&[1], &[]), vec![None]);
+    }
+}

@@ -24,6 +24,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use switchyard_dataplane::worker::EngineView;
 
+/// The routes.
+pub const METRICS_PATH: &str = "/metrics";
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+
 /// How long a client may take to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The request head's size limit.
@@ -98,13 +103,13 @@ impl Observed {
             Some(why) => (503, TEXT, why + "\n"),
         };
         match path {
-            "/metrics" => (
+            METRICS_PATH => (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 render(&self.engine, &self.control, self.not_ready().is_none()),
             ),
-            "/healthz" => check(self.unhealthy()),
-            "/readyz" => check(self.not_ready()),
+            HEALTHZ_PATH => check(self.unhealthy()),
+            READYZ_PATH => check(self.not_ready()),
             _ => (404, TEXT, "not found: /metrics, /healthz, /readyz\n".to_string()),
         }
     }
