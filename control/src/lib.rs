@@ -7,7 +7,7 @@
 //! - [`runtime::Runtime`] runs the switch and applies a configuration as a diff
 //!   ([`reconcile`]); [`controller::Controller`] watches a state directory and reconciles on
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
-//!   control socket.
+//!   control socket; [`health`] serves `/metrics` ([`metrics`]), `/healthz` and `/readyz`.
 
 #![forbid(unsafe_code)]
 
