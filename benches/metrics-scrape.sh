@@ -5,13 +5,15 @@
 #     p90 and max, the size of one scrape and its number of samples;
 #  2. forwarding: `run --switch FILE` with two pcap ports replaying benches/gen_pcaps.py's
 #     captures forever into each other (the L2 pipeline, one worker on core CORE), ROUNDS
-#     windows of SECS seconds each way, interleaved: without scraping, then with a scrape loop
-#     as fast as curl goes (not Prometheus's one every 15-60 s: a worst case). The rate is the
+#     windows of SECS seconds each way, interleaved: without scraping, then with a scrape every
+#     EVERY seconds (default 0: back to back, as fast as curl goes, a worst case next to
+#     Prometheus's one every 15-60 s; on a machine with few cores the loop's CPU competes with
+#     the run), curl pinned off CORE. The rate is the
 #     frames received by both ports per second, from the counters of scrapes at each window's
 #     ends. It prints each window and the median rates and their ratio.
 # It asserts nothing. Builds nothing: run `cargo build --release` first.
 #
-# usage: benches/metrics-scrape.sh      env: N=20000 SCRAPES=50 ROUNDS=3 SECS=3 CORE=(last)
+# usage: benches/metrics-scrape.sh   env: N=20000 SCRAPES=50 ROUNDS=3 SECS=3 EVERY=0 CORE=(last)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard
@@ -19,7 +21,9 @@ N=${N:-20000}
 SCRAPES=${SCRAPES:-50}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-3}
+EVERY=${EVERY:-0}
 CORE=${CORE:-$(($(nproc) - 1))}
+OTHERS=$(python3 -c "import os; print(','.join(str(c) for c in sorted(os.sched_getaffinity(0)) if c != $CORE) or '$CORE')")
 ADDR=127.0.0.1:$((20000 + $$ % 20000))
 TMP=$(mktemp -d)
 PID=
@@ -79,7 +83,8 @@ window() { # MODE: prints Mpps over SECS seconds
     local r0 r1 t0 t1 loop=
     r0=$(rx); t0=$(date +%s.%N)
     if [ "$1" = scraping ]; then
-        (while :; do curl -s -o /dev/null "http://$ADDR/metrics"; done) &
+        # The loop runs off the worker's core (the run's own control threads are not pinned).
+        (while :; do taskset -c "$OTHERS" curl -s -o /dev/null "http://$ADDR/metrics"; sleep "$EVERY"; done) &
         loop=$!
     fi
     sleep "$SECS"
@@ -96,5 +101,5 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 q=$(median <"$TMP/quiet")
 s=$(median <"$TMP/scraping")
-printf "== forwarding, median of %d windows: quiet %.3f Mpps, scraping %.3f Mpps, ratio %.3f\n" \
-    "$ROUNDS" "$q" "$s" "$(echo "$s / $q" | bc -l)"
+printf "== forwarding, median of %d windows: quiet %.3f Mpps, scraping (every %s s) %.3f Mpps, ratio %.3f\n" \
+    "$ROUNDS" "$q" "$EVERY" "$s" "$(echo "$s / $q" | bc -l)"
