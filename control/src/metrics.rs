@@ -6,7 +6,7 @@
 //! the control thread takes, so neither forwarding nor a reconcile ever waits for it, and a
 //! reconcile that takes seconds does not delay it.
 //!
-//! Every metric is named once in [`METRICS`] (name, type, help); the port counters are the
+//! Every metric is named once in `METRICS` (name, type, help); the port counters are the
 //! ones `switchyard ctl show stats` prints, read from the same atomics.
 
 use crate::controller::ControllerError;
@@ -257,8 +257,11 @@ fn idx(name: &str) -> usize {
     METRICS.iter().position(|m| m.0 == name).unwrap_or(0)
 }
 
+/// A port counter: its metric name and where [`PortStats`] keeps it.
+type PortCounter = (&'static str, fn(&PortStats) -> &AtomicU64);
+
 /// Port counters written for every port.
-const PORT_ALWAYS: [(&str, fn(&PortStats) -> &AtomicU64); 6] = [
+const PORT_ALWAYS: [PortCounter; 6] = [
     ("switchyard_port_rx_packets_total", |s| &s.rx_packets),
     ("switchyard_port_rx_bytes_total", |s| &s.rx_bytes),
     ("switchyard_port_tx_packets_total", |s| &s.tx_packets),
@@ -269,7 +272,7 @@ const PORT_ALWAYS: [(&str, fn(&PortStats) -> &AtomicU64); 6] = [
 
 /// Port counters that are zero on a healthy port: written only once they are not (as the drop
 /// reasons), which keeps a scrape of 20,000 ports at six samples a port.
-const PORT_IF_NONZERO: [(&str, fn(&PortStats) -> &AtomicU64); 4] = [
+const PORT_IF_NONZERO: [PortCounter; 4] = [
     ("switchyard_port_moved_in_total", |s| &s.moved_in),
     ("switchyard_port_static_conflicts_total", |s| &s.static_conflicts),
     ("switchyard_port_mac_limit_hits_total", |s| &s.mac_limit_hits),
@@ -277,7 +280,7 @@ const PORT_IF_NONZERO: [(&str, fn(&PortStats) -> &AtomicU64); 4] = [
 ];
 
 /// The whole exposition: ports and bridges of the plan the workers run, the workers, the
-/// control loop. Per port: the six [`PORT_ALWAYS`] counters, the others and each drop reason
+/// control loop. Per port: the six `PORT_ALWAYS` counters (rx/tx packets and bytes, flooded, learned), the others and each drop reason
 /// only once non-zero (as `ctl show stats` lists drops), and for a vhost-user port the sum of
 /// its guest faults ([`VHOST_GUEST_FAULTS`]; the drop reasons say which).
 pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
