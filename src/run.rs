@@ -180,7 +180,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     let ropts = RuntimeOptions {
         engine: EngineOptions {
             cores,
-            on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
+            on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },
         overrides,

@@ -32,10 +32,10 @@ use std::time::Duration;
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
-use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
 use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, ForwardingPlan, FwdMode, TxGen};
+use switchyard_ports::factory::{open_port, PortContext};
 
 /// Backend overrides by port name (`run --config FILE`).
 ///

@@ -6,17 +6,17 @@
 //! then answers `EBADFD`) or one that is down marks the port down: TX counts `port_down`, RX
 //! returns nothing, nothing panics. Without `persist`, the interface goes away with the port.
 
-use super::afpacket::{errno, ifr_ioctl, is_link_error, link_state, IfReq};
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
-use crate::buffer::{PacketBuf, PoolCache};
-use crate::switch::DropReason;
+use crate::afpacket::{errno, ifr_ioctl, is_link_error, link_state, IfReq};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use switchyard_dataplane::switch::DropReason;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-use crate::wire::ETH_HEADER_LEN;
+use switchyard_dataplane::wire::ETH_HEADER_LEN;
 
 /// Options of a TAP port.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,13 +16,13 @@
 
 use super::mem::{Area, DirtyLog, GuestMemory, MemError, Span};
 use super::sys;
-use crate::buffer::{PacketBuf, PoolCache};
-use crate::port::{Burst, DropTally, MAX_BURST};
-use crate::switch::DropReason;
 use arrayvec::ArrayVec;
 use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::port::{Burst, DropTally, MAX_BURST};
+use switchyard_dataplane::switch::DropReason;
 
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
@@ -827,8 +827,8 @@ impl Vring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::Pool;
     use proptest::prelude::*;
+    use switchyard_dataplane::buffer::Pool;
 
     const UVA: u64 = 0x7f00_0000_0000;
 
@@ -1537,7 +1537,7 @@ mod tests {
                         let mut burst = Burst::new();
                         for &len in g.frames.iter().skip(round * 10).take(10) {
                             let mut b = c.alloc().unwrap();
-                            b.set_len(len.min(crate::buffer::DATA_ROOM)).unwrap();
+                            b.set_len(len.min(switchyard_dataplane::buffer::DATA_ROOM)).unwrap();
                             burst.push(b);
                         }
                         let n = burst.len();
@@ -1552,7 +1552,7 @@ mod tests {
                     prop_assert!(got <= 64);
                     dequeued.set(dequeued.get() + got as u64);
                     for b in out.drain(..) {
-                        prop_assert!(b.len() <= crate::buffer::DATA_ROOM);
+                        prop_assert!(b.len() <= switchyard_dataplane::buffer::DATA_ROOM);
                         c.free(b);
                     }
                 }

@@ -9,9 +9,9 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
+use switchyard_ports::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 in_both_rx_modes!(

@@ -7,12 +7,12 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::port::vhost::frontend::{Frontend, UVA_OFFSET};
-use switchyard_dataplane::port::vhost::proto::{feat, req, VringAddr, VringState, VRING_F_LOG};
-use switchyard_dataplane::port::vhost::vring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use switchyard_dataplane::port::vhost::{sys, Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue};
 use switchyard_dataplane::DropReason;
+use switchyard_ports::vhost::frontend::{Frontend, UVA_OFFSET};
+use switchyard_ports::vhost::proto::{feat, req, VringAddr, VringState, VRING_F_LOG};
+use switchyard_ports::vhost::vring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use switchyard_ports::vhost::{sys, Mode, VhostOptions, VhostUserPort};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -161,7 +161,7 @@ fn no_rx_buffers_and_full_ring_have_their_counters() {
 fn malicious_tx_descriptors() {
     let mut r = Rig::new("evil-tx", 16);
     let i = 1usize;
-    let mem_end = switchyard_dataplane::port::vhost::frontend::MEM_SIZE;
+    let mem_end = switchyard_ports::vhost::frontend::MEM_SIZE;
     type Chain = Vec<(u64, u32, u16, u16)>;
     let cases: Vec<(&str, Chain)> = vec![
         ("outside memory", vec![(1 << 40, 100, 0, 0)]),
@@ -288,7 +288,7 @@ fn bad_memory_tables_and_ring_addresses_are_refused() {
     let st = VringState { index: 0, num: 100 }.bytes();
     assert_ne!(fe.request(req::SET_VRING_NUM, &st, &[]).unwrap(), 0);
     // Rings outside the memory: never started.
-    let good = switchyard_dataplane::port::vhost::proto::mem_table_bytes(&[Frontend::region()]);
+    let good = switchyard_ports::vhost::proto::mem_table_bytes(&[Frontend::region()]);
     fe.must(req::SET_MEM_TABLE, &good, &[memfd.as_fd()]).unwrap();
     for i in 0..2u32 {
         fe.must(req::SET_VRING_NUM, &VringState { index: i, num: 64 }.bytes(), &[]).unwrap();
@@ -316,15 +316,13 @@ fn malformed_messages_end_the_session_not_the_port() {
     let (port, path) = server("malformed", 1);
     for bad in [
         // Payload size far too large.
-        switchyard_dataplane::port::vhost::proto::Header { request: 1, flags: 1, size: 1 << 30 }
-            .bytes()
-            .to_vec(),
+        switchyard_ports::vhost::proto::Header { request: 1, flags: 1, size: 1 << 30 }.bytes().to_vec(),
         // Wrong version.
-        switchyard_dataplane::port::vhost::proto::Header { request: 1, flags: 2, size: 0 }.bytes().to_vec(),
+        switchyard_ports::vhost::proto::Header { request: 1, flags: 2, size: 0 }.bytes().to_vec(),
         // A memory table that is too short.
-        switchyard_dataplane::port::vhost::proto::message(req::SET_MEM_TABLE, 1, &[1, 0, 0, 0]),
+        switchyard_ports::vhost::proto::message(req::SET_MEM_TABLE, 1, &[1, 0, 0, 0]),
         // A vring state too short.
-        switchyard_dataplane::port::vhost::proto::message(req::SET_VRING_NUM, 1, &[0, 0]),
+        switchyard_ports::vhost::proto::message(req::SET_VRING_NUM, 1, &[0, 0]),
     ] {
         let n = port.sessions();
         let fe = Frontend::connect(&path, WAIT).unwrap();
@@ -468,7 +466,7 @@ fn send_rarp_announces_the_guest() {
 fn dirty_pages_are_logged_during_migration() {
     let mut r = Rig::new("log", 64);
     // QEMU's migration start: the log area, LOG_ALL, and used-ring logging per vring.
-    let log_bytes = (switchyard_dataplane::port::vhost::frontend::MEM_SIZE / 4096).div_ceil(8);
+    let log_bytes = (switchyard_ports::vhost::frontend::MEM_SIZE / 4096).div_ceil(8);
     let logfd = sys::memfd("log", log_bytes).unwrap();
     let mut p = log_bytes.to_le_bytes().to_vec();
     p.extend_from_slice(&0u64.to_le_bytes());
@@ -506,7 +504,7 @@ fn dirty_pages_are_logged_during_migration() {
 #[test]
 fn the_factory_opens_vhostuser_ports() {
     use switchyard_dataplane::config::Config;
-    use switchyard_dataplane::port::factory::{open_port, PortContext};
+    use switchyard_ports::factory::{open_port, PortContext};
     let p = sock("factory");
     let yaml = format!(
         "bridges:\n- name: b\n  ports:\n  - name: vm1\n    type: vhostuser\n    socket: {}\n    mode: server\n    queues: 2\n",
@@ -547,7 +545,7 @@ enum Op {
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
-    let mem = switchyard_dataplane::port::vhost::frontend::MEM_SIZE;
+    let mem = switchyard_ports::vhost::frontend::MEM_SIZE;
     // Mostly addresses in or near the guest's memory, sometimes anything.
     let addr = prop_oneof![4 => (0..mem + 0x10000).prop_map(|a| a + UVA_OFFSET), 1 => any::<u64>()];
     let vq = 0u8..5;
@@ -570,7 +568,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         1 => any::<u64>().prop_map(Op::Features),
         1 => (any::<u64>(), any::<u64>(), any::<u64>(), 0u64..0x2000)
             .prop_map(|(s, g, u, o)| Op::MemTable(s, g, u, o)),
-        1 => (0..switchyard_dataplane::port::vhost::frontend::MEM_SIZE, any::<u64>())
+        1 => (0..switchyard_ports::vhost::frontend::MEM_SIZE, any::<u64>())
             .prop_map(|(a, v)| Op::Poke(a, v)),
     ]
 }
@@ -640,13 +638,8 @@ fn random_protocol_sessions_never_hurt_the_port() {
                     }
                     Op::Features(f) => s(req::SET_FEATURES, &f.to_le_bytes(), &[]),
                     Op::MemTable(size, gpa, uva, off) => {
-                        let r = switchyard_dataplane::port::vhost::mem::RegionDesc {
-                            gpa,
-                            size,
-                            uva,
-                            mmap_offset: off,
-                        };
-                        let t = switchyard_dataplane::port::vhost::proto::mem_table_bytes(&[r]);
+                        let r = switchyard_ports::vhost::mem::RegionDesc { gpa, size, uva, mmap_offset: off };
+                        let t = switchyard_ports::vhost::proto::mem_table_bytes(&[r]);
                         s(req::SET_MEM_TABLE, &t, &[fe.memfd().as_fd()])
                     }
                     Op::Poke(a, v) => {
@@ -700,7 +693,7 @@ fn random_protocol_sessions_never_hurt_the_port() {
 #[test]
 fn server_socket_gets_the_configured_mode() {
     use std::os::unix::fs::PermissionsExt;
-    use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
+    use switchyard_ports::vhost::{Mode, VhostOptions, VhostUserPort};
     let dir = tempfile_dir();
     let path = dir.join("mode.sock");
     let opts = VhostOptions { mode: Mode::Server, socket_mode: Some(0o660), ..Default::default() };

@@ -1,15 +1,15 @@
 //! Opens a port backend from its configuration (`type` and the type's options), the one place
 //! that maps the configuration file's port types to backends.
 
-use super::afpacket::AfPacketPort;
-use super::pcap::{PcapPort, TxClock};
-use super::ring::{RingPeer, RingPort};
-use super::tap::TapPort;
-use super::{PortBackend, PortError};
-use crate::config::{PortConfig, PortType};
+use crate::afpacket::AfPacketPort;
+use crate::tap::TapPort;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use switchyard_dataplane::config::{PortConfig, PortType};
+use switchyard_dataplane::port::pcap::{PcapPort, TxClock};
+use switchyard_dataplane::port::ring::{RingPeer, RingPort};
+use switchyard_dataplane::port::{PortBackend, PortError};
 
 /// What opening a port needs beyond its own configuration.
 #[derive(Debug, Clone, Default)]
@@ -59,7 +59,7 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
             Ok(Arc::new(p))
         }
         PortType::Afpacket => {
-            use super::afpacket::{AfPacketOptions, AfPacketRxMode};
+            use crate::afpacket::{AfPacketOptions, AfPacketRxMode};
             let opts = match cfg.rx_mode.unwrap_or_default() {
                 AfPacketRxMode::Ring => AfPacketOptions::default(),
                 AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
@@ -73,7 +73,7 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
 }
 
 fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
-    use super::vhost::{Mode, VhostOptions, VhostUserPort};
+    use crate::vhost::{Mode, VhostOptions, VhostUserPort};
     let name = cfg.name.as_str();
     let socket = cfg.socket.as_deref().ok_or_else(|| PortError::Backend {
         port: name.into(),
@@ -89,7 +89,7 @@ fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
             })
         }
     };
-    let socket_mode = cfg.socket_mode.as_deref().and_then(crate::config::parse_socket_mode);
+    let socket_mode = cfg.socket_mode.as_deref().and_then(switchyard_dataplane::config::parse_socket_mode);
     let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), socket_mode, ..Default::default() };
     Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
 }
@@ -108,7 +108,7 @@ fn eal_options(ctx: &PortContext) -> switchyard_bindings::EalOptions {
 
 #[cfg(feature = "dpdk")]
 fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
-    use super::dpdk::{DpdkPort, DpdkPortConfig};
+    use crate::dpdk::{DpdkPort, DpdkPortConfig};
     let name = cfg.name.as_str();
     let devargs = cfg
         .devargs
@@ -137,7 +137,7 @@ fn open_dpdk(cfg: &PortConfig, _ctx: &PortContext) -> Result<Arc<dyn PortBackend
 
 /// A worker hook that registers each worker thread with DPDK's EAL when EAL is up (so that
 /// mempool per-core caches are used); does nothing otherwise.
-pub fn worker_hook() -> crate::worker::WorkerHook {
+pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
     Arc::new(|_idx| {
         #[cfg(feature = "dpdk")]
         if let Some(eal) = switchyard_bindings::Eal::get() {

@@ -11,7 +11,7 @@
 //!   epoll thread per queue that wakes on kicks and hands out descriptor chains one at a time
 //!   (`DescriptorChain` iterators, a `GuestMemoryAtomic` load per access). switchyard's workers
 //!   own their queues, poll them with no system call, copy whole bursts into its own
-//!   [`PacketBuf`](crate::buffer::PacketBuf)s, and publish the used index once per burst. That
+//!   [`PacketBuf`](switchyard_dataplane::buffer::PacketBuf)s, and publish the used index once per burst. That
 //!   is a few hundred lines of ring code ([`vring`]), simpler to make fast than to adapt.
 //! - **One small audited surface for untrusted memory.** Every guest access goes through
 //!   [`mem`] (region lookup with checked arithmetic, atomics for ring fields, raw copies for
@@ -66,9 +66,6 @@ pub mod proto;
 pub mod sys;
 pub mod vring;
 
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
-use crate::buffer::PoolCache;
-use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -78,6 +75,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use switchyard_dataplane::buffer::PoolCache;
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use switchyard_dataplane::switch::DropReason;
 
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 8;

@@ -97,7 +97,7 @@ pub mod feat {
     /// What this backend offers. Not offered: indirect descriptors (so an INDIRECT flag is an
     /// invalid descriptor), offloads (frames are plain Ethernet), the packed ring.
     ///
-    /// IN_ORDER is a promise kept by every path of [`crate::port::vhost::vring`]: each queue takes the
+    /// IN_ORDER is a promise kept by every path of [`crate::vhost::vring`]: each queue takes the
     /// guest's available entries strictly in order and returns each of them, valid or not,
     /// with one used entry in that same order (a frame spread over several RX buffers uses
     /// consecutive entries). It lets DPDK guests take their in-order paths, which recycle

@@ -16,9 +16,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::port::vhost::proto::feat;
-use switchyard_dataplane::port::vhost::{Mode, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_ports::vhost::proto::feat;
+use switchyard_ports::vhost::{Mode, VhostOptions, VhostUserPort};
 use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
 
 use testkit::probe::TESTPMD;
@@ -344,7 +344,7 @@ fn testpmd_kicks_a_sleeping_port() {
 
 /// Whether `fd` becomes readable within 2 s.
 fn readable_within_2s(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    switchyard_dataplane::port::vhost::sys::poll_readable(fd, 2000).unwrap()
+    switchyard_ports::vhost::sys::poll_readable(fd, 2000).unwrap()
 }
 
 #[test]

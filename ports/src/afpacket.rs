@@ -34,15 +34,15 @@
 //! `PACKET_STATISTICS` whenever a block says it lost frames, or a frame's `SO_RXQ_OVFL` count
 //! changed), `bad_offload`, `tx_full` and `port_down`.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
-use crate::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
-pub use crate::config::AfPacketRxMode;
-use crate::switch::DropReason;
-use crate::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache, DATA_ROOM, SLOT_SIZE};
+pub use switchyard_dataplane::config::AfPacketRxMode;
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 
 // ---- Kernel ABI (linux/if_packet.h), kept here so that the layout is visible and fixed. ----
 

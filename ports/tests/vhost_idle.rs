@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
-use switchyard_dataplane::port::vhost::frontend::Frontend;
-use switchyard_dataplane::port::vhost::proto::{feat, req, VringState};
-use switchyard_dataplane::port::vhost::vring::USED_F_NO_NOTIFY;
-use switchyard_dataplane::port::vhost::{sys, VhostOptions, VhostUserPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue};
 use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::SwitchConfig;
+use switchyard_ports::vhost::frontend::Frontend;
+use switchyard_ports::vhost::proto::{feat, req, VringState};
+use switchyard_ports::vhost::vring::USED_F_NO_NOTIFY;
+use switchyard_ports::vhost::{sys, VhostOptions, VhostUserPort};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const WAIT: Duration = Duration::from_secs(5);

@@ -51,14 +51,16 @@
 //! stopped and closed when the port and every queue handle are gone, so no burst can race a
 //! stop.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST};
-use crate::buffer::{Adopter, ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
-use crate::switch::DropReason;
 use std::mem::ManuallyDrop;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use switchyard_bindings::{mbuf::free_bulk, sys::rte_mbuf, Eal, EthDev, EthStats, Mbuf, Mempool};
+use switchyard_dataplane::buffer::{Adopter, ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
+};
+use switchyard_dataplane::switch::DropReason;
 
 /// How a DPDK port is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,8 +649,8 @@ impl PortBackend for DpdkPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::Pool;
     use switchyard_bindings::EalOptions;
+    use switchyard_dataplane::buffer::Pool;
 
     /// The DPDK tests of this module share the process's mbuf pool and copy counters; they
     /// run one at a time so that the counts they check are theirs.
@@ -789,7 +791,7 @@ mod tests {
     /// (moved), byte for byte; dropped or freed anywhere, every mbuf comes back.
     #[test]
     fn mixing_with_other_port_types() {
-        use crate::port::ring::RingPort;
+        use switchyard_dataplane::port::ring::RingPort;
         let _serial = serial();
         let Some(eal) = eal() else { return };
         let cfg = DpdkPortConfig { rx_desc: 256, tx_desc: 256, ..Default::default() };

@@ -10,9 +10,9 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::tap::{TapOptions, TapPort};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
 use switchyard_dataplane::{DropReason, Pool};
+use switchyard_ports::tap::{TapOptions, TapPort};
 
 fn tap_name() -> String {
     let (pid, n) = unique();
