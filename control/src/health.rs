@@ -9,16 +9,17 @@
 //! 503 before. Neither takes a lock that a worker or the control thread takes (see
 //! [`crate::metrics`]), so a stuck control loop cannot hang its own probe.
 //!
-//! The server is std's `TcpListener` on one thread, HTTP/1.1 with `Connection: close`: three
-//! GET routes for a scraper and a kubelet need no framework and no async runtime, and keeping
-//! it apart from any runtime the control side uses means it still answers when that one is
-//! stuck. A client gets [`READ_TIMEOUT`] to send its request head, so a slow one delays the
-//! others by at most that.
+//! The server is std's `TcpListener`, HTTP/1.1 with `Connection: close`, a thread per
+//! connection (at most [`MAX_CONNECTIONS`] at once; more are closed unanswered): three GET
+//! routes for a scraper and a kubelet need no framework and no async runtime, and keeping it
+//! apart from any runtime the control side uses means it still answers when that one is stuck.
+//! A slow client (a Prometheus reading 7 MB slowly, a connection that sends nothing) holds its
+//! own thread only, so it cannot make the kubelet's probes time out.
 
 use crate::metrics::{render, ControlStats};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub const READYZ_PATH: &str = "/readyz";
 
 /// How long a client may take to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
 /// The request head's size limit.
 const MAX_HEAD: u64 = 16 * 1024;
 
@@ -131,16 +134,7 @@ impl HealthServer {
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("sy-metrics".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    if st.load(Ordering::Acquire) {
-                        break;
-                    }
-                    if let Ok(s) = conn {
-                        serve_one(s, &obs);
-                    }
-                }
-            })
+            .spawn(move || accept_loop(l, obs, st))
             .map_err(HealthError::Thread)?;
         Ok(HealthServer { addr: bound, stop, thread: Some(thread) })
     }
@@ -158,6 +152,29 @@ impl Drop for HealthServer {
             // Wake the blocking accept.
             let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
             let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(l: TcpListener, obs: Observed, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in l.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(s) = conn else { continue };
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            // Closed unanswered: a client retries, a probe counts a failure.
+            active.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        let (obs, done) = (obs.clone(), active.clone());
+        let spawned = std::thread::Builder::new().name("sy-http".into()).spawn(move || {
+            serve_one(s, &obs);
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The `--metrics` endpoint in process: `/readyz` says what is missing until the CNI ports are
 //! restored and a full plan is applied, the reconcile counters and histogram follow the
-//! controller's reconciles (a bad file counts as an error and leaves the switch ready), and
-//! the scrape names the ports the workers run. Real HTTP over TCP (testkit's client).
+//! controller's reconciles (a bad file counts as an error and leaves the switch ready), the
+//! scrape names the ports the workers run, and a client that sends nothing does not hold up a
+//! probe. Real HTTP over TCP (testkit's client).
 
 use std::sync::{Arc, Mutex};
 use switchyard_control::controller::{Controller, ControllerOptions};
@@ -69,7 +70,16 @@ fn readyz_follows_the_plan_and_cni_and_metrics_follow_the_reconciles() {
     assert!(scrape.contains(r#"port="he-b""#));
     assert_eq!(get(addr, "/readyz").unwrap().0, 200);
 
-    // Not a route, not a GET.
+    // A client that connects and sends nothing does not hold up the others: /healthz answers
+    // while that connection is still open (not closed by the server's read timeout).
+    let idle = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(get(addr, "/healthz").unwrap().0, 200);
+    idle.set_nonblocking(true).unwrap();
+    let open = matches!(idle.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    assert!(open, "the idle connection was closed before /healthz was answered");
+    drop(idle);
+
+    // Not a route.
     assert_eq!(get(addr, "/metrics/x").unwrap().0, 404);
     drop(server);
     assert!(get(addr, "/healthz").is_err(), "the server stops when dropped");
