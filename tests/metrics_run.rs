@@ -29,10 +29,23 @@ impl Run {
     /// `run --switch DIR/switch.yaml --metrics 127.0.0.1:0` (the bound address read from the
     /// log), with `extra` arguments.
     fn start(yaml: &str, extra: &[&str]) -> Run {
+        Run::start_under(&[], yaml, extra)
+    }
+
+    /// [`Run::start`] with the command run by `wrapper` (e.g. `taskset -c 1`).
+    fn start_under(wrapper: &[&str], yaml: &str, extra: &[&str]) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("switch.yaml"), yaml).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("run")
             .arg("--switch")
             .arg(d.join("switch.yaml"))
@@ -344,4 +357,32 @@ fn log_format_json_writes_one_object_a_line() {
     assert!(lines.iter().any(|l| l["level"] == "INFO"
         && l["fields"]["message"].as_str().is_some_and(|m| m.contains("switchyard run starting"))));
     assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["target"].is_string()), "{lines:?}");
+}
+
+#[test]
+fn without_lcores_one_worker_is_pinned_to_each_cpu_of_an_imposed_cpuset() {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    // The last CPU this test may run on (so taskset may give it), when more than one is online.
+    let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or_default();
+    let last = allowed.trim().rsplit(['-', ',']).next().and_then(|c| c.parse::<usize>().ok());
+    let Some(last) = last.filter(|_| online.trim() != "0") else {
+        return testkit::skip(
+            "without_lcores_one_worker_is_pinned_to_each_cpu_of_an_imposed_cpuset",
+            "one online CPU: no cpuset can be a strict subset",
+        );
+    };
+    // As the static CPU manager does it: the process may run on one CPU only (util-linux's
+    // taskset sets the affinity before exec).
+    let tmp = tempfile::tempdir().unwrap();
+    let core = last.to_string();
+    let r =
+        Run::start_under(&["taskset", "-c", &core], &switch_yaml(tmp.path(), "{name: p0, type: ring}"), &[]);
+    r.wait_for("/readyz", || r.get("/readyz").0 == 200);
+    let scrape = r.get("/metrics").1;
+    let workers: Vec<&str> =
+        scrape.lines().filter(|l| l.starts_with("switchyard_worker_busy_cycles_total")).collect();
+    assert_eq!(workers.len(), 1, "{scrape}");
+    assert!(workers[0].contains(&format!("{{worker=\"0\",core=\"{core}\"}}")), "{}", workers[0]);
+    assert!(r.ctl(&["show", "stats"]).contains(&format!("worker 0 (core {core})")));
 }
