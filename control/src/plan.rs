@@ -266,6 +266,19 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
 }
 
 impl Planner {
+    /// Records each (field, message) error of object `oref` as a problem and skips the object
+    /// whole.
+    fn skip_invalid(&mut self, src: &Source, oref: ObjRef, errs: Vec<(String, String)>) {
+        for (field, msg) in errs {
+            self.problems.push(Problem::object(src, &oref, &field, &msg));
+        }
+        self.skipped.push(Skipped {
+            object: oref,
+            item: String::new(),
+            reason: "invalid (see problems)".into(),
+        });
+    }
+
     fn nncp(&mut self, l: &Loaded<NodeNetworkConfigurationPolicy>, labels: &BTreeMap<String, String>) {
         let o = &l.obj;
         let oref = ObjRef::new("NodeNetworkConfigurationPolicy", None, &o.metadata.name);
@@ -368,14 +381,7 @@ impl Planner {
             }
         }
         if !errs.is_empty() {
-            for (field, msg) in errs {
-                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
-            }
-            self.skipped.push(Skipped {
-                object: oref,
-                item: String::new(),
-                reason: "invalid (see problems)".into(),
-            });
+            self.skip_invalid(&l.src, oref, errs);
             return;
         }
         self.skipped.extend(skipped);
@@ -610,14 +616,7 @@ impl Planner {
             });
         }
         if !errs.is_empty() {
-            for (field, msg) in errs {
-                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
-            }
-            self.skipped.push(Skipped {
-                object: oref,
-                item: String::new(),
-                reason: "invalid (see problems)".into(),
-            });
+            self.skip_invalid(&l.src, oref, errs);
             return;
         }
         for b in &ports {

@@ -17,8 +17,10 @@
 //!   Forwarding reads the table through an [`FdbView`] taken once per burst, which holds the
 //!   aging time of that moment: a change of the aging time applies from the next burst.
 
-use crate::buffer::AtomicPairs;
+mod memory;
+
 use crate::wire::MacAddr;
+pub use memory::AtomicPairs;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -191,7 +193,7 @@ impl MacTable {
         }
         let nslots = (capacity * 2).next_power_of_two().max(64);
         // Zeroed: every key EMPTY.
-        let slots = AtomicPairs::zeroed(nslots).map_err(|e| FdbError::NoMemory(e.to_string()))?;
+        let slots = AtomicPairs::zeroed(nslots)?;
         let learned_per_port = (0..PORT_IDS).map(|_| AtomicU32::new(0)).collect();
         let seed = {
             use std::hash::{BuildHasher, Hasher};

@@ -19,7 +19,9 @@
 //! plugin, [`crate::cni::Request`]); its answer is one JSON line, `{"ok": true, ...}` or
 //! `{"ok": false, "code": ..., "error": ...}` (docs/cni.md).
 
-use crate::runtime::{parse_hex, Runtime, RuntimeError};
+pub mod show;
+
+use crate::runtime::{Runtime, RuntimeError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -63,6 +65,10 @@ pub enum CtlError {
     Connect { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("odd number of hex digits")]
+    OddHexDigits,
+    #[error("{0:?} is not hex")]
+    NotHex(String),
     /// The server's answer to a failed request (without the `error: ` prefix).
     #[error("{0}")]
     Refused(String),
@@ -108,18 +114,15 @@ pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, CtlError> {
     }
     match words.as_slice() {
         ["help"] | [] => Ok(HELP.to_string()),
-        ["show", "ports"] => Ok(rt.show_ports()),
-        ["show", "fdb"] => Ok(rt.show_fdb(None)?),
-        ["show", "fdb", b] => Ok(rt.show_fdb(Some(b))?),
-        ["show", "stats"] => Ok(rt.show_stats()),
-        ["show", "config"] => Ok(rt.show_config()),
-        ["show", "problems"] => Ok(rt.show_problems()),
-        ["fdb", "flush"] => Ok(rt.fdb_flush(None)?),
-        ["fdb", "flush", b] => Ok(rt.fdb_flush(Some(b))?),
-        ["trace", port, hex @ ..] if !hex.is_empty() => {
-            let frame = parse_hex(&hex.join(""))?;
-            Ok(rt.trace(port, &frame)?)
-        }
+        ["show", "ports"] => Ok(show::ports(&rt)),
+        ["show", "fdb"] => Ok(show::fdb(&rt, None)?),
+        ["show", "fdb", b] => Ok(show::fdb(&rt, Some(b))?),
+        ["show", "stats"] => Ok(show::stats(&rt)),
+        ["show", "config"] => Ok(show::config(&rt)),
+        ["show", "problems"] => Ok(show::problems(&rt)),
+        ["fdb", "flush"] => Ok(show::fdb_flush(&rt, None)?),
+        ["fdb", "flush", b] => Ok(show::fdb_flush(&rt, Some(b))?),
+        ["trace", port, hex @ ..] if !hex.is_empty() => show::trace(&rt, port, &hex.join("")),
         _ => Err(CtlError::UnknownCommand(line.to_string())),
     }
 }
