@@ -22,7 +22,7 @@
 //! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
 //! and opening is tried again on every later reconcile.
 
-use crate::cni::{check_port, vhost_socket_path, Attachment, CniError, CniPort, CniPorts};
+use crate::cni::{check_port, port_socket_path, Attachment, CniError, CniPort, CniPorts};
 use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -581,7 +581,7 @@ impl Runtime {
         };
         let mut vhost_dir = None;
         if p.port.kind == Some(PortType::Vhostuser) {
-            let sock = vhost_socket_path(&self.opts.vhost_dir, &p.attachment)?;
+            let sock = port_socket_path(&self.opts.vhost_dir, &p)?;
             vhost_dir = Path::new(&sock).parent().map(Path::to_path_buf);
             p.port.socket = Some(sock);
             p.port.mode.get_or_insert_with(|| "server".into());
@@ -670,11 +670,14 @@ impl Runtime {
         Ok(gone.into_iter().map(|p| p.port.name).collect())
     }
 
-    /// A vhost-user CNI port's own socket directory goes with it.
+    /// A vhost-user CNI port's own socket directory goes with it; in a device plugin's
+    /// directory, which stays mounted in the pod and is allocated again, only the socket goes.
     fn remove_socket_dir(&self, p: &CniPort) {
-        if let Ok(sock) = vhost_socket_path(&self.opts.vhost_dir, &p.attachment) {
+        if let Ok(sock) = port_socket_path(&self.opts.vhost_dir, p) {
             if p.port.socket.as_deref() == Some(sock.as_str()) {
-                if let Some(d) = Path::new(&sock).parent() {
+                if p.device.is_some() {
+                    let _ = std::fs::remove_file(&sock);
+                } else if let Some(d) = Path::new(&sock).parent() {
                     let _ = std::fs::remove_dir_all(d);
                 }
             }

@@ -177,6 +177,9 @@ fn round_trip(port: &VhostUserPort, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, DropTa
     let mut tx = port.open_tx(0).unwrap();
     let mut d = DropTally::default();
     let mut got = Vec::new();
+    // A probe injected while the first one was still on its way comes back late: not one of
+    // the 200.
+    let late_probe = swapped(&probe);
     for chunk in frames.chunks(16) {
         let mut b = Burst::new();
         for f in chunk {
@@ -448,6 +451,9 @@ fn testpmd_through_the_switch_pipeline() {
     });
     let frames: Vec<Vec<u8>> = (0..200u32).map(|i| frame(i, 60 + (i as usize * 31) % 1400)).collect();
     let mut got = Vec::new();
+    // A probe injected while the first one was still on its way comes back late: not one of
+    // the 200.
+    let late_probe = swapped(&probe);
     for chunk in frames.chunks(16) {
         for f in chunk {
             let mut b = inj.alloc().unwrap();
@@ -457,7 +463,9 @@ fn testpmd_through_the_switch_pipeline() {
         let want = got.len() + chunk.len();
         wait_for(Duration::from_secs(2), || {
             while let Some(b) = peer.collect() {
-                got.push(b.data().to_vec());
+                if b.data() != &late_probe[..] {
+                    got.push(b.data().to_vec());
+                }
             }
             got.len() >= want
         });
