@@ -177,9 +177,6 @@ fn round_trip(port: &VhostUserPort, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, DropTa
     let mut tx = port.open_tx(0).unwrap();
     let mut d = DropTally::default();
     let mut got = Vec::new();
-    // A probe injected while the first one was still on its way comes back late: not one of
-    // the 200.
-    let late_probe = swapped(&probe);
     for chunk in frames.chunks(16) {
         let mut b = Burst::new();
         for f in chunk {
