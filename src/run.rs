@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// Log lines as text (default) or one JSON object a line (for cluster log collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Keep the workers polling when idle instead of sleeping after 2 ms without a frame: for
+    /// cores given to the switch alone (--lcores, or a DaemonSet's exclusive CPUs under the
+    /// kubelet's static CPU manager policy), where a sleeping worker only adds wake-up latency.
+    #[arg(long)]
+    pub busy_poll: bool,
     /// The control socket (`switchyard ctl --socket`).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -168,6 +173,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     let ropts = RuntimeOptions {
         engine: EngineOptions {
             cores,
+            busy_poll: a.busy_poll,
             on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },
