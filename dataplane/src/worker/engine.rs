@@ -1,7 +1,7 @@
 //! The engine: starts one thread per worker and a housekeeping thread, publishes plans to
-//! them and stops them. Invariant: a published plan is seen by every worker within one
-//! back-off bound (a publish also wakes a worker sleeping in poll(2)), and
-//! [`Engine::wait_applied`] returns true only once every worker has applied it.
+//! them and stops them. Invariants: a publish or a stop wakes every worker sleeping in
+//! poll(2); [`Engine::wait_applied`] returns true only once every worker has applied the
+//! generation; a stopped engine has joined every thread it started.
 
 use super::backoff::{IDLE_SPIN, IDLE_WAIT};
 use super::clock::seconds_at;
