@@ -477,6 +477,7 @@ impl Session {
                 name: "pmd".into(),
                 mac_aging_s: None,
                 mac_table_size: Some(setup.mac_table_size),
+                conntrack_size: None,
                 ports: setup.ports.clone(),
             }],
         };

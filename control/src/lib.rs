@@ -20,6 +20,7 @@ pub mod lastgood;
 pub mod metrics;
 pub mod nad;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod runtime;
 

@@ -68,6 +68,8 @@ fn l2_part(p: &PortConfig) -> PortConfig {
         allowed_macs: p.allowed_macs.clone(),
         static_macs: p.static_macs.clone(),
         mac_limit: p.mac_limit,
+        allowed_ips: p.allowed_ips.clone(),
+        policy: p.policy.clone(),
         ..Default::default()
     }
 }
@@ -97,7 +99,7 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         }
     }
     d.removed = old.keys().filter(|n| !new.contains_key(*n)).map(|n| n.to_string()).collect();
-    let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size);
+    let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size, b.conntrack_size);
     for b in &wanted.bridges {
         match running.bridges.iter().find(|o| o.name == b.name) {
             Some(o) if settings(o) == settings(b) => {}
@@ -196,6 +198,21 @@ pub fn describe_l2_change(ob: &str, op: &PortConfig, nb: &str, np: &PortConfig) 
     if op.mac_limit != np.mac_limit {
         parts.push(format!("mac_limit {:?} -> {:?}", op.mac_limit, np.mac_limit));
     }
+    if op.allowed_ips != np.allowed_ips {
+        parts.push(format!("allowed_ips {:?} -> {:?}", op.allowed_ips, np.allowed_ips));
+    }
+    if op.policy != np.policy {
+        let rules = |p: &Option<switchyard_dataplane::policy::PortPolicy>| match p {
+            None => "none".to_string(),
+            Some(p) => {
+                let n = |d: &Option<switchyard_dataplane::policy::DirectionPolicy>| {
+                    d.as_ref().map_or("open".to_string(), |d| format!("{} rules", d.rules.len()))
+                };
+                format!("ingress {}, egress {}", n(&p.ingress), n(&p.egress))
+            }
+        };
+        parts.push(format!("policy {} -> {}", rules(&op.policy), rules(&np.policy)));
+    }
     parts.join(", ")
 }
 
@@ -216,6 +233,7 @@ mod tests {
                     name: n.to_string(),
                     mac_aging_s: None,
                     mac_table_size: None,
+                    conntrack_size: None,
                     ports: p.clone(),
                 })
                 .collect(),

@@ -126,6 +126,7 @@ impl RunConfig {
                     name: "check".into(),
                     mac_aging_s: None,
                     mac_table_size: None,
+                    conntrack_size: None,
                     ports: vec![p],
                 }],
             };
@@ -767,8 +768,16 @@ impl Runtime {
         if running.port_by_name(port).is_none() {
             return Err(RuntimeError::NoPort(port.to_string()));
         }
-        let cfg = SwitchConfig::compile(&self.running, None)?;
+        let mut cfg = SwitchConfig::compile(&self.running, None)?;
         let now = self.engine.now();
+        // The connection tables too, copied: the trace sees the tracked connections.
+        for tb in &mut cfg.bridges {
+            if let Some(ct) =
+                running.bridges.iter().find(|b| b.name == tb.name).and_then(|b| b.conntrack.as_ref())
+            {
+                tb.conntrack = Some(std::sync::Arc::new(ct.copy()));
+            }
+        }
         // Copy the learned entries (static ones came with the compile), mapping port ids.
         for b in &running.bridges {
             let Some(tb) = cfg.bridges.iter().find(|x| x.name == b.name) else { continue };
@@ -808,7 +817,13 @@ mod tests {
 
     fn cfg(ports: Vec<PortConfig>) -> Config {
         Config {
-            bridges: vec![BridgeConfig { name: "br".into(), mac_aging_s: None, mac_table_size: None, ports }],
+            bridges: vec![BridgeConfig {
+                name: "br".into(),
+                mac_aging_s: None,
+                mac_table_size: None,
+                conntrack_size: None,
+                ports,
+            }],
         }
     }
 

@@ -39,6 +39,10 @@ pub struct BridgeConfig {
     pub mac_aging_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_table_size: Option<usize>,
+    /// Connections the bridge's connection tracker holds (ports with a policy only;
+    /// default [`crate::conntrack::DEFAULT_CAPACITY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_size: Option<usize>,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
 }
@@ -109,6 +113,13 @@ pub struct PortConfig {
     pub static_macs: Vec<MacAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_limit: Option<u32>,
+    /// IP spoof filter: the source addresses (and ARP sender addresses) the port may send
+    /// (docs/policy.md); `None`: no filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<std::net::IpAddr>>,
+    /// Network policy (docs/policy.md); `None`: the port is open both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PortPolicy>,
 
     // Type options. Each is valid only with the types listed.
     /// ring: the ring's name (default: the port's name).
@@ -237,6 +248,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some(n) = b.conntrack_size {
+                if n == 0 || n > crate::conntrack::MAX_CAPACITY {
+                    return Err(invalid(
+                        format!("{bf}.conntrack_size"),
+                        format!("must be between 1 and {}", crate::conntrack::MAX_CAPACITY),
+                    ));
+                }
+            }
             for (pi, p) in b.ports.iter().enumerate() {
                 let pf = format!("{bf}.ports[{pi}]");
                 nports += 1;
@@ -318,6 +337,10 @@ impl PortConfig {
                     ));
                 }
             }
+        }
+        if let Some(p) = &self.policy {
+            p.validate(&format!("{pf}.policy"))
+                .map_err(|e| ConfigError::Invalid { field: e.field, msg: e.msg })?;
         }
         for (i, m) in self.static_macs.iter().enumerate() {
             if m.is_multicast() || m.is_zero() {

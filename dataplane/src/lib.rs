@@ -8,11 +8,14 @@
 #[allow(unsafe_code)]
 pub mod buffer;
 pub mod config;
+pub mod conntrack;
 #[allow(unsafe_code)]
 pub mod cpu;
 #[allow(unsafe_code)]
 pub mod fdb;
+pub mod filter;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod switch;
 pub mod tunnel;
