@@ -40,22 +40,10 @@ impl Diff {
     }
 }
 
-/// The backend part of a port's configuration: type and type options (and the name).
-pub fn backend_part(p: &PortConfig) -> PortConfig {
-    PortConfig {
-        name: p.name.clone(),
-        kind: p.kind,
-        ring: p.ring.clone(),
-        rx_pcap: p.rx_pcap.clone(),
-        tx_pcap: p.tx_pcap.clone(),
-        infinite: p.infinite,
-        iface: p.iface.clone(),
-        socket: p.socket.clone(),
-        mode: p.mode.clone(),
-        queues: p.queues,
-        devargs: p.devargs.clone(),
-        ..Default::default()
-    }
+/// Whether two ports have the same backend: the same `type` (or both none) and the same
+/// type options, compared as the typed `Backend` (every option of the type counts).
+fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
+    a.kind == b.kind && a.backend() == b.backend()
 }
 
 /// The L2 part of a port's configuration: everything that is not the backend's.
@@ -88,7 +76,7 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         match old.get(name) {
             None => d.added.push(name.to_string()),
             Some((ob, op)) => {
-                if backend_part(op) != backend_part(np) {
+                if !same_backend(op, np) {
                     d.reopened.push(name.to_string());
                 } else if ob.name != nb.name || l2_part(op) != l2_part(np) {
                     d.changed.push(name.to_string());
@@ -219,7 +207,7 @@ pub fn describe_l2_change(ob: &str, op: &PortConfig, nb: &str, np: &PortConfig) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_dataplane::config::PortType;
+    use switchyard_dataplane::config::{AfPacketRxMode, PortType};
 
     fn port(name: &str, tag: Option<u16>) -> PortConfig {
         PortConfig { name: name.into(), kind: Some(PortType::Ring), tag, ..Default::default() }
@@ -263,6 +251,31 @@ mod tests {
         let same = diff(&new, &new);
         assert!(same.is_empty(), "{same:?}");
         assert_eq!(same.unchanged.len(), 5);
+    }
+
+    #[test]
+    fn every_type_option_reopens_the_backend() {
+        let afp = |rx_mode| PortConfig {
+            name: "u".into(),
+            kind: Some(PortType::Afpacket),
+            iface: Some("eth1".into()),
+            rx_mode,
+            ..Default::default()
+        };
+        let old = cfg(&[("br1", vec![afp(None)])]);
+        let new = cfg(&[("br1", vec![afp(Some(AfPacketRxMode::Recvmmsg))])]);
+        assert_eq!(diff(&old, &new).reopened, ["u"]);
+        let vhost = |socket_mode: &str| PortConfig {
+            name: "v".into(),
+            kind: Some(PortType::Vhostuser),
+            socket: Some("/s".into()),
+            socket_mode: Some(socket_mode.into()),
+            ..Default::default()
+        };
+        let old = cfg(&[("br1", vec![vhost("0600")])]);
+        let new = cfg(&[("br1", vec![vhost("0660")])]);
+        assert_eq!(diff(&old, &new).reopened, ["v"]);
+        assert!(diff(&new, &new).is_empty());
     }
 
     #[test]
