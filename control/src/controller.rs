@@ -136,6 +136,8 @@ pub struct Controller {
     reconciles: u64,
     /// Called after each reconcile (tests and benchmarks use it to see a change go live).
     pub on_reconcile: Option<ReconcileHook>,
+    /// Reconcile counts and latencies, readiness and the loop's heartbeat, for `--metrics`.
+    pub stats: Option<Arc<crate::metrics::ControlStats>>,
 }
 
 /// Logs a reconcile's failure where it happens (the caller may drop it).
@@ -191,6 +193,7 @@ impl Controller {
             logged: BTreeSet::new(),
             reconciles: 0,
             on_reconcile: None,
+            stats: None,
         }
     }
 
@@ -200,7 +203,11 @@ impl Controller {
 
     /// Loads, plans and applies once. An error leaves the running configuration as it was.
     pub fn reconcile(&mut self) -> Result<Applied, ControllerError> {
+        let t0 = Instant::now();
         let r = self.reconcile_inner();
+        if let Some(s) = &self.stats {
+            s.reconcile_done(t0.elapsed(), &r);
+        }
         if let Some(h) = self.on_reconcile.as_mut() {
             h(&r);
         }
@@ -293,6 +300,9 @@ impl Controller {
         };
         let mut last = Instant::now();
         while !stop.load(Ordering::Acquire) {
+            if let Some(s) = &self.stats {
+                s.beat();
+            }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(ev) => {
                     if !relevant(&ev) {

@@ -7,15 +7,17 @@
 //! - [`runtime::Runtime`] runs the switch and applies a configuration as a diff
 //!   ([`reconcile`]); [`controller::Controller`] watches a state directory and reconciles on
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
-//!   control socket.
+//!   control socket; [`health`] serves `/metrics` ([`metrics`]), `/healthz` and `/readyz`.
 
 #![forbid(unsafe_code)]
 
 pub mod cni;
 pub mod controller;
 pub mod ctl;
+pub mod health;
 pub mod k8s;
 pub mod lastgood;
+pub mod metrics;
 pub mod nad;
 pub mod plan;
 pub mod policy;
