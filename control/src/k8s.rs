@@ -368,7 +368,8 @@ impl ClusterState {
         }
     }
 
-    fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
+    /// Adds one object (or a `List` of them) given as a parsed value, naming `src` in problems.
+    pub fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
         let map = match v {
             serde_yaml_ng::Value::Null => return, // an empty document
             serde_yaml_ng::Value::Mapping(m) => m,
