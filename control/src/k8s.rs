@@ -254,10 +254,12 @@ pub struct Source {
     pub doc: usize,
 }
 
+/// An object and where it came from. The object is shared: a state is cloned (last good
+/// versions, the API source's snapshots) without copying its objects.
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {
     pub src: Source,
-    pub obj: T,
+    pub obj: Arc<T>,
 }
 
 /// A NAD with its CNI config already parsed (`Err`: the reason it is unusable, also reported
@@ -443,7 +445,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.vmis.insert(key, Loaded { src, obj: o });
+                        self.vmis.insert(key, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -456,7 +458,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.nncps.insert(name, Loaded { src, obj: o });
+                        self.nncps.insert(name, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -469,7 +471,7 @@ impl ClusterState {
         if let Some(prev) = self.nodes.get(&name) {
             self.problems.push(Problem::duplicate(&src, &ObjRef::new("Node", None, &name), &prev.src));
         } else {
-            self.nodes.insert(name, Loaded { src, obj: n });
+            self.nodes.insert(name, Loaded { src, obj: Arc::new(n) });
         }
     }
 

@@ -333,7 +333,18 @@ impl Planner {
                     });
                     continue;
                 }
-                let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut errs);
+                let mut port_errs = Vec::new();
+                let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut port_errs);
+                if !port_errs.is_empty() {
+                    // This port is left out; the bridge keeps its other ports.
+                    errs.extend(port_errs);
+                    skipped.push(Skipped {
+                        object: oref.clone(),
+                        item: format!("bridge {} port {}", iface.name, port.name),
+                        reason: "invalid (see problems)".into(),
+                    });
+                    continue;
+                }
                 ports.push(PortConfig {
                     name: port.name.clone(),
                     kind: Some(PortType::Afpacket),
@@ -367,16 +378,9 @@ impl Planner {
                 }
             }
         }
-        if !errs.is_empty() {
-            for (field, msg) in errs {
-                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
-            }
-            self.skipped.push(Skipped {
-                object: oref,
-                item: String::new(),
-                reason: "invalid (see problems)".into(),
-            });
-            return;
+        // A bad part (a port, a bridge, a mapping) is left out, the rest is planned.
+        for (field, msg) in errs {
+            self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         self.skipped.extend(skipped);
         for (i, name, ports) in bridges {
@@ -433,192 +437,195 @@ impl Planner {
             reason,
         };
         for (i, ifc) in o.spec.domain.devices.interfaces.iter().enumerate() {
-            let f = format!("spec.domain.devices.interfaces[{i}]");
-            if ifc.name.is_empty() {
-                errs.push((format!("{f}.name"), "missing".into()));
-                continue;
-            }
-            if !seen.insert(ifc.name.as_str()) {
-                errs.push((format!("{f}.name"), format!("interface {} is listed twice", ifc.name)));
-                continue;
-            }
-            match ifc.state.as_deref() {
-                None | Some("up") | Some("down") => {}
-                Some("absent") => {
-                    skipped.push(skip(&ifc.name, "state absent: the interface is unplugged".into()));
-                    continue;
+            let before = errs.len();
+            'iface: {
+                let f = format!("spec.domain.devices.interfaces[{i}]");
+                if ifc.name.is_empty() {
+                    errs.push((format!("{f}.name"), "missing".into()));
+                    break 'iface;
                 }
-                Some(s) => {
-                    errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
-                    continue;
+                if !seen.insert(ifc.name.as_str()) {
+                    errs.push((format!("{f}.name"), format!("interface {} is listed twice", ifc.name)));
+                    break 'iface;
                 }
-            }
-            let Some((j, net)) = o.spec.networks.iter().enumerate().find(|(_, n)| n.name == ifc.name) else {
-                errs.push((format!("{f}.name"), format!("no network named {:?} in spec.networks", ifc.name)));
-                continue;
-            };
-            if let Binding::Skip(reason) = binding_of(ifc) {
-                skipped.push(skip(&ifc.name, reason));
-                continue;
-            }
-            if net.pod.is_some() {
-                skipped.push(skip(&ifc.name, "pod network: not a secondary network".into()));
-                continue;
-            }
-            let Some(multus) = &net.multus else {
-                errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
-                continue;
-            };
-            let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
-                Some((a, b)) => (a, b),
-                None => (ns, multus.network_name.as_str()),
-            };
-            let Some(nad) = state.nads.get(&(nad_ns.to_string(), nad_name.to_string())) else {
-                errs.push((
-                    format!("spec.networks[{j}].multus.networkName"),
-                    format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),
-                ));
-                continue;
-            };
-            let net = match &nad.net {
-                Ok(n) => n,
-                Err(reason) => {
-                    skipped.push(skip(&ifc.name, reason.to_string()));
-                    continue;
-                }
-            };
-            // The MAC: the spec's, else the one the VMI reports.
-            let mac = if let Some(m) = &ifc.mac_address {
-                match parse_mac(m) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        errs.push((format!("{f}.macAddress"), e));
-                        continue;
+                match ifc.state.as_deref() {
+                    None | Some("up") | Some("down") => {}
+                    Some("absent") => {
+                        skipped.push(skip(&ifc.name, "state absent: the interface is unplugged".into()));
+                        break 'iface;
+                    }
+                    Some(s) => {
+                        errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
+                        break 'iface;
                     }
                 }
-            } else {
-                match o
-                    .status
-                    .interfaces
-                    .iter()
-                    .enumerate()
-                    .find(|(_, s)| s.name.as_deref() == Some(&ifc.name))
-                {
-                    Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
+                let Some((j, net)) = o.spec.networks.iter().enumerate().find(|(_, n)| n.name == ifc.name)
+                else {
+                    errs.push((
+                        format!("{f}.name"),
+                        format!("no network named {:?} in spec.networks", ifc.name),
+                    ));
+                    break 'iface;
+                };
+                if let Binding::Skip(reason) = binding_of(ifc) {
+                    skipped.push(skip(&ifc.name, reason));
+                    break 'iface;
+                }
+                if net.pod.is_some() {
+                    skipped.push(skip(&ifc.name, "pod network: not a secondary network".into()));
+                    break 'iface;
+                }
+                let Some(multus) = &net.multus else {
+                    errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
+                    break 'iface;
+                };
+                let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
+                    Some((a, b)) => (a, b),
+                    None => (ns, multus.network_name.as_str()),
+                };
+                let Some(nad) = state.nads.get(&(nad_ns.to_string(), nad_name.to_string())) else {
+                    errs.push((
+                        format!("spec.networks[{j}].multus.networkName"),
+                        format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),
+                    ));
+                    break 'iface;
+                };
+                let net = match &nad.net {
+                    Ok(n) => n,
+                    Err(reason) => {
+                        skipped.push(skip(&ifc.name, reason.to_string()));
+                        break 'iface;
+                    }
+                };
+                // The MAC: the spec's, else the one the VMI reports.
+                let mac = if let Some(m) = &ifc.mac_address {
+                    match parse_mac(m) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            errs.push((format!("{f}.macAddress"), e));
+                            break 'iface;
+                        }
+                    }
+                } else {
+                    match o
+                        .status
+                        .interfaces
+                        .iter()
+                        .enumerate()
+                        .find(|(_, s)| s.name.as_deref() == Some(&ifc.name))
+                    {
+                        Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
+                            None => None,
+                            Some(Ok(m)) => Some(m),
+                            Some(Err(e)) => {
+                                errs.push((format!("status.interfaces[{k}].mac"), e));
+                                break 'iface;
+                            }
+                        },
                         None => None,
-                        Some(Ok(m)) => Some(m),
-                        Some(Err(e)) => {
-                            errs.push((format!("status.interfaces[{k}].mac"), e));
-                            continue;
-                        }
-                    },
-                    None => None,
-                }
-            };
-            let port_name = format!("{ns}/{vmi}/{}", ifc.name);
-            let mut port = PortConfig {
-                name: port_name,
-                kind: Some(PortType::Vhostuser),
-                socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
-                mode: Some("server".into()),
-                socket_mode: opts.vhost_socket_mode.clone(),
-                static_macs: mac.into_iter().collect(),
-                ..Default::default()
-            };
-            let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
-            let bridge = match net {
-                NadNetwork::Bridge(b) => {
-                    match (b.vlan, b.trunks.is_empty()) {
-                        (Some(v), true) => {
-                            port.vlan_mode = Some(VlanModeName::Access);
-                            port.tag = Some(v);
-                        }
-                        (Some(v), false) => {
-                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                            port.tag = Some(v);
-                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
-                        }
-                        (None, false) if b.preserve_default_vlan => {
-                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                            port.tag = Some(1);
-                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
-                        }
-                        (None, false) => {
-                            port.vlan_mode = Some(VlanModeName::Trunk);
-                            port.trunks = Some(b.trunks.clone());
-                        }
-                        (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
                     }
-                    if b.macspoofchk {
+                };
+                let port_name = format!("{ns}/{vmi}/{}", ifc.name);
+                let mut port = PortConfig {
+                    name: port_name,
+                    kind: Some(PortType::Vhostuser),
+                    socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
+                    mode: Some("server".into()),
+                    socket_mode: opts.vhost_socket_mode.clone(),
+                    static_macs: mac.into_iter().collect(),
+                    ..Default::default()
+                };
+                let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
+                let bridge = match net {
+                    NadNetwork::Bridge(b) => {
+                        match (b.vlan, b.trunks.is_empty()) {
+                            (Some(v), true) => {
+                                port.vlan_mode = Some(VlanModeName::Access);
+                                port.tag = Some(v);
+                            }
+                            (Some(v), false) => {
+                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                                port.tag = Some(v);
+                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
+                            }
+                            (None, false) if b.preserve_default_vlan => {
+                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                                port.tag = Some(1);
+                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
+                            }
+                            (None, false) => {
+                                port.vlan_mode = Some(VlanModeName::Trunk);
+                                port.trunks = Some(b.trunks.clone());
+                            }
+                            (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
+                        }
+                        if b.macspoofchk {
+                            port.allowed_macs = enforce();
+                        }
+                        b.bridge.clone()
+                    }
+                    NadNetwork::OvnLocalnet { physical_network, vlan, .. } => {
+                        port.vlan_mode = Some(VlanModeName::Access);
+                        port.tag = Some(vlan.unwrap_or(0));
                         port.allowed_macs = enforce();
-                    }
-                    b.bridge.clone()
-                }
-                NadNetwork::OvnLocalnet { physical_network, vlan, .. } => {
-                    port.vlan_mode = Some(VlanModeName::Access);
-                    port.tag = Some(vlan.unwrap_or(0));
-                    port.allowed_macs = enforce();
-                    match self.mappings.get(physical_network) {
-                        Some((b, _)) => b.clone(),
-                        None => {
-                            let b = format!("{OVN_LOCALNET_PREFIX}{physical_network}");
-                            self.notes.push(format!(
-                                "localnet {physical_network} has no ovn.bridge-mappings entry on this node: its VM \
-                                 ports are on bridge {b}, which has no uplink"
-                            ));
-                            b
+                        match self.mappings.get(physical_network) {
+                            Some((b, _)) => b.clone(),
+                            None => {
+                                let b = format!("{OVN_LOCALNET_PREFIX}{physical_network}");
+                                self.notes.push(format!(
+                                    "localnet {physical_network} has no ovn.bridge-mappings entry on this node: its VM \
+                                     ports are on bridge {b}, which has no uplink"
+                                ));
+                                b
+                            }
                         }
                     }
-                }
-                NadNetwork::OvnLayer2 { network } => {
-                    port.vlan_mode = Some(VlanModeName::Trunk);
-                    port.allowed_macs = enforce();
-                    format!("{OVN_LAYER2_PREFIX}{network}")
-                }
-                NadNetwork::Sriov => {
-                    skipped.push(skip(
-                        &ifc.name,
-                        format!("NAD {nad_ns}/{nad_name} is SR-IOV: the VF is passed through to the VM, no switch port"),
+                    NadNetwork::OvnLayer2 { network } => {
+                        port.vlan_mode = Some(VlanModeName::Trunk);
+                        port.allowed_macs = enforce();
+                        format!("{OVN_LAYER2_PREFIX}{network}")
+                    }
+                    NadNetwork::Sriov => {
+                        skipped.push(skip(
+                            &ifc.name,
+                            format!("NAD {nad_ns}/{nad_name} is SR-IOV: the VF is passed through to the VM, no switch port"),
+                        ));
+                        break 'iface;
+                    }
+                    NadNetwork::SwitchyardCni => {
+                        skipped.push(skip(
+                            &ifc.name,
+                            format!(
+                                "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
+                                 the pod starts, nothing is planned from the manifests"
+                            ),
+                        ));
+                        break 'iface;
+                    }
+                    NadNetwork::Unsupported { reason } => {
+                        skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
+                        break 'iface;
+                    }
+                };
+                if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
+                    self.notes.push(format!(
+                        "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
+                        port.name
                     ));
-                    continue;
                 }
-                NadNetwork::SwitchyardCni => {
-                    skipped.push(skip(
-                        &ifc.name,
-                        format!(
-                            "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
-                             the pod starts, nothing is planned from the manifests"
-                        ),
-                    ));
-                    continue;
-                }
-                NadNetwork::Unsupported { reason } => {
-                    skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
-                    continue;
-                }
-            };
-            if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
-                self.notes.push(format!(
-                    "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
-                    port.name
-                ));
+                ports.push(Built {
+                    bridge,
+                    port,
+                    src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
+                });
             }
-            ports.push(Built {
-                bridge,
-                port,
-                src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
-            });
+            if errs.len() > before {
+                // This interface is left out; the VMI's others are planned.
+                skipped.push(skip(&ifc.name, "invalid (see problems)".into()));
+            }
         }
-        if !errs.is_empty() {
-            for (field, msg) in errs {
-                self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
-            }
-            self.skipped.push(Skipped {
-                object: oref,
-                item: String::new(),
-                reason: "invalid (see problems)".into(),
-            });
-            return;
+        for (field, msg) in errs {
+            self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         for b in &ports {
             tracing::debug!("{oref}: port {} on bridge {}", b.port.name, b.bridge);

@@ -6,8 +6,8 @@
 
 mod apiserver;
 
-use apiserver::{objects_of_yaml, ApiServer};
-use serde_json::{json, Value};
+use apiserver::{example_objects, vmi, ApiServer};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,59 +20,11 @@ use switchyard_dataplane::port::factory::ring_peer;
 use switchyard_dataplane::port::ring::RingPeer;
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
-const NODE: &str = "worker-1";
+const NODE: &str = apiserver::NODE;
 const VM_A: &str = "tenant-a/vm-a/data";
 const VM_B: &str = "tenant-a/vm-b/data";
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0x0b, 1];
-
-/// The objects of examples/state, the VMIs labelled with their node as virt-controller does.
-fn example_objects() -> Vec<Value> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/state");
-    let mut files: Vec<_> = walk(std::path::Path::new(root));
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        for mut o in objects_of_yaml(&std::fs::read_to_string(&f).unwrap()) {
-            label_vmi(&mut o);
-            out.push(o);
-        }
-    }
-    out
-}
-
-fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if p.extension().is_some_and(|e| e == "yaml") {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn label_vmi(o: &mut Value) {
-    if o["kind"] == "VirtualMachineInstance" {
-        let node = o["status"]["nodeName"].clone();
-        o["metadata"]["labels"]["kubevirt.io/nodeName"] = node;
-    }
-}
-
-/// A VMI on this node with one bridge interface on NAD `net`.
-fn vmi(name: &str, net: &str, mac: &str) -> Value {
-    let mut o = json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name, "namespace": "tenant-a"},
-        "spec": {"domain": {"devices": {"interfaces": [{"name": "data", "bridge": {}, "macAddress": mac}]}},
-                 "networks": [{"name": "data", "multus": {"networkName": net}}]},
-        "status": {"nodeName": NODE}
-    });
-    label_vmi(&mut o);
-    o
-}
 
 /// A switch with ring VM ports and a ring uplink, and a controller on the double, running.
 struct Agent {

@@ -480,10 +480,18 @@ fn a_vlan_out_of_range() {
     assert!(has_port(&p, "ns/vm2/net1") && !has_port(&p, "ns/vm/net1"));
     assert_eq!(p.problems.len(), 1);
     assert_eq!(p.problems[0].field.as_deref(), Some("spec.config.vlan"));
-    // In an NNCP: the NNCP is skipped, the field named.
+    // In an NNCP: that port is left out, the field named; the bridge keeps its other ports.
     let bad = NNCP_TRUNK.replace("tag: 40", "tag: 4095").replace("role: dpdk", "{}");
     let p = plan_of(&[("nncp.yaml", &bad)]);
-    assert!(p.config.bridges.is_empty());
+    assert!(!has_port(&p, "eth2"));
+    for other in ["eth1", "eth3", "eth4"] {
+        assert_eq!(port(&p, other).0, "br1");
+    }
+    assert!(
+        p.skipped.iter().any(|s| s.item == "bridge br1 port eth2" && s.reason.contains("invalid")),
+        "{:?}",
+        p.skipped
+    );
     assert_eq!(p.problems.len(), 1);
     assert_eq!(
         p.problems[0].field.as_deref(),
@@ -514,6 +522,25 @@ fn a_mac_that_is_not_a_mac() {
         ("vm.yaml", &vmi("ns", "vm", "net", "          macAddress: 03:00:00:00:00:01")),
     ]);
     assert_eq!(p.problems.len(), 1);
+}
+
+#[test]
+fn one_bad_interface_of_a_vmi_leaves_its_other_interfaces_planned() {
+    let two = vmi("ns", "vm", "net", MAC1)
+        .replace(
+            "        - name: net1\n",
+            "        - name: net2\n          bridge: {}\n          macAddress: 02:00:zz:00:00:02\n        - name: net1\n",
+        )
+        .replace("  networks:\n", "  networks:\n    - name: net2\n      multus:\n        networkName: net\n");
+    let p = plan_of(&[("nad.yaml", &bridge_nad("")), ("vm.yaml", &two)]);
+    assert!(has_port(&p, "ns/vm/net1") && !has_port(&p, "ns/vm/net2"), "{}", p.to_yaml());
+    assert_eq!(p.problems.len(), 1);
+    assert_eq!(p.problems[0].field.as_deref(), Some("spec.domain.devices.interfaces[0].macAddress"));
+    assert!(
+        p.skipped.iter().any(|s| s.item == "interface net2" && s.reason.contains("invalid")),
+        "{:?}",
+        p.skipped
+    );
 }
 
 #[test]

@@ -22,6 +22,59 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The node of examples/state.
+pub const NODE: &str = "worker-1";
+
+/// The objects of examples/state, the VMIs labelled with their node as virt-controller does.
+pub fn example_objects() -> Vec<Value> {
+    // The workspace root's examples/state, from the root package or from control/.
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = [here.join("examples/state"), here.join("../examples/state")].into_iter().find(|p| p.is_dir());
+    let mut files: Vec<_> = walk(&root.expect("examples/state"));
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        for mut o in objects_of_yaml(&std::fs::read_to_string(&f).unwrap()) {
+            label_vmi(&mut o);
+            out.push(o);
+        }
+    }
+    out
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|e| e == "yaml") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn label_vmi(o: &mut Value) {
+    if o["kind"] == "VirtualMachineInstance" {
+        let node = o["status"]["nodeName"].clone();
+        o["metadata"]["labels"]["kubevirt.io/nodeName"] = node;
+    }
+}
+
+/// A VMI on this node with one bridge interface on NAD `net`.
+pub fn vmi(name: &str, net: &str, mac: &str) -> Value {
+    let mut o = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": "tenant-a"},
+        "spec": {"domain": {"devices": {"interfaces": [{"name": "data", "bridge": {}, "macAddress": mac}]}},
+                 "networks": [{"name": "data", "multus": {"networkName": net}}]},
+        "status": {"nodeName": NODE}
+    });
+    label_vmi(&mut o);
+    o
+}
+
 /// (group/version or "v1", plural) -> kind and whether it is namespaced.
 fn kind_of(gv: &str, plural: &str) -> Option<(&'static str, bool)> {
     Some(match (gv, plural) {
@@ -272,6 +325,16 @@ impl ApiServer {
         let mut c = kube::Config::new(self.url().parse().unwrap());
         c.connect_timeout = Some(Duration::from_secs(2));
         c
+    }
+
+    /// A kubeconfig (YAML) whose current context is this server.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: double, user: u}}\n\
+             current-context: c\n",
+            self.url()
+        )
     }
 
     /// Creates or replaces an object (a new resourceVersion); returns it.
