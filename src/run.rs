@@ -147,35 +147,20 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         vhost_dir: a.vhost_dir.clone(),
         ..Default::default()
     };
+    let plan = PlanOptions { vhost_dir: a.vhost_dir.clone(), vhost_socket_mode: a.vhost_socket_mode.clone() };
     let copts = match (&a.state, &a.switch, &a.node) {
         (Some(dir), None, Some(node)) => {
             if let Err(e) = std::fs::read_dir(dir) {
                 return Err(format!("{}: {e}", dir.display()));
             }
-            let mut copts = ControllerOptions::new(dir, node);
-            if let Source::State(s) = &mut copts.source {
-                s.labels = labels;
-                s.plan = PlanOptions {
-                    vhost_dir: a.vhost_dir.clone(),
-                    vhost_socket_mode: a.vhost_socket_mode.clone(),
-                };
-            }
-            copts
+            ControllerOptions::new(dir, node).planned_with(labels, plan)
         }
         (None, None, Some(node)) if a.kube => {
             let mut api = ApiOptions::new(node);
             if let Some(path) = &a.kubeconfig {
                 api.config = Some(kubeconfig(path)?);
             }
-            let mut copts = ControllerOptions::kube(api);
-            if let Source::Kube(k) = &mut copts.source {
-                k.labels = labels;
-                k.plan = PlanOptions {
-                    vhost_dir: a.vhost_dir.clone(),
-                    vhost_socket_mode: a.vhost_socket_mode.clone(),
-                };
-            }
-            copts
+            ControllerOptions::kube(api).planned_with(labels, plan)
         }
         (None, Some(file), None) => {
             Config::load(file).map_err(|e| format!("--switch {}: {e}", file.display()))?;

@@ -280,10 +280,11 @@ impl ApiStore {
             Ok(v) => one.add_value(src, v),
             Err(e) => one.problems.push(Problem::object(&src, &oref, "", &format!("cannot convert: {e}"))),
         }
-        self.state.nodes.append(&mut one.nodes);
+        // One object each: inserted (`BTreeMap::append` would rebuild the whole map).
+        self.state.nodes.extend(one.nodes);
         self.state.nads.extend(one.nads);
-        self.state.vmis.append(&mut one.vmis);
-        self.state.nncps.append(&mut one.nncps);
+        self.state.vmis.extend(one.vmis);
+        self.state.nncps.extend(one.nncps);
         if matches!(kind, Kind::Namespace | Kind::MultiNetworkPolicy) {
             self.ignored.insert(oref);
         }

@@ -20,7 +20,7 @@ use crate::plan::PlanOptions;
 use crate::runtime::{Applied, InputStatus, Runtime, RuntimeError};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -117,6 +117,17 @@ impl ControllerOptions {
         o
     }
 
+    /// With node labels (over the Node object's) and plan options, for a source planned for
+    /// a node (a state directory or the API); a switch file has neither.
+    pub fn planned_with(mut self, labels: BTreeMap<String, String>, plan: PlanOptions) -> ControllerOptions {
+        match &mut self.source {
+            Source::State(s) => (s.labels, s.plan) = (labels, plan),
+            Source::Kube(k) => (k.labels, k.plan) = (labels, plan),
+            Source::Switch(_) => {}
+        }
+        self
+    }
+
     /// For a switch configuration file alone.
     pub fn switch_file(file: impl Into<PathBuf>) -> ControllerOptions {
         ControllerOptions::with_source(Source::Switch(file.into()))
@@ -182,38 +193,32 @@ fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
     rt.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where each port of `cfg` comes from, for the log: `NAD ns/name` for VM ports, `NNCP name`
-/// for uplinks.
-pub fn origins(state: &ClusterState, cfg: &Config) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for p in cfg.bridges.iter().flat_map(|b| &b.ports) {
-        let parts: Vec<&str> = p.name.splitn(3, '/').collect();
-        let o =
-            if let [ns, vmi, iface] = parts[..] {
-                state.vmis.get(&(ns.to_string(), vmi.to_string())).and_then(|v| {
-                    let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
-                    let m = net.multus.as_ref()?;
-                    Some(match m.network_name.split_once('/') {
-                        Some((a, b)) => format!("NAD {a}/{b}"),
-                        None => format!("NAD {ns}/{}", m.network_name),
-                    })
-                })
-            } else {
-                state
-                    .nncps
-                    .values()
-                    .find(|n| {
-                        n.obj.spec.desired_state.interfaces.iter().any(|i| {
-                            i.bridge.as_ref().is_some_and(|b| b.port.iter().any(|bp| bp.name == p.name))
-                        })
-                    })
-                    .map(|n| format!("NNCP {}", n.obj.metadata.name))
-            };
-        if let Some(o) = o {
-            out.insert(p.name.clone(), o);
-        }
+/// Where port `name` comes from, for the log: `NAD ns/name` for a VM port, `NNCP name` for an
+/// uplink. Asked only for the ports a reconcile changes.
+pub fn origin(state: &ClusterState, name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.splitn(3, '/').collect();
+    if let [ns, vmi, iface] = parts[..] {
+        let v = state.vmis.get(&(ns.to_string(), vmi.to_string()))?;
+        let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
+        let m = net.multus.as_ref()?;
+        Some(match m.network_name.split_once('/') {
+            Some((a, b)) => format!("NAD {a}/{b}"),
+            None => format!("NAD {ns}/{}", m.network_name),
+        })
+    } else {
+        state
+            .nncps
+            .values()
+            .find(|n| {
+                n.obj
+                    .spec
+                    .desired_state
+                    .interfaces
+                    .iter()
+                    .any(|i| i.bridge.as_ref().is_some_and(|b| b.port.iter().any(|bp| bp.name == name)))
+            })
+            .map(|n| format!("NNCP {}", n.obj.metadata.name))
     }
-    out
 }
 
 impl Controller {
@@ -329,10 +334,9 @@ impl Controller {
             input.notes.push(n.clone());
         }
         self.logged = now;
-        let origins = origins(&r.state, &r.plan.config);
         let mut rt = lock(&self.runtime);
         rt.input = input;
-        rt.apply(&r.plan.config, &|n| origins.get(n).cloned()).map_err(|e| logged(ControllerError::Apply(e)))
+        rt.apply(&r.plan.config, &|n| origin(&r.state, n)).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
     /// Watches the source and reconciles on every change until `stop` is set. Does one

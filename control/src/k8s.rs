@@ -267,7 +267,7 @@ pub struct Loaded<T> {
 #[derive(Debug, Clone)]
 pub struct LoadedNad {
     pub src: Source,
-    pub obj: NetworkAttachmentDefinition,
+    pub obj: Arc<NetworkAttachmentDefinition>,
     pub net: Result<NadNetwork, InvalidNad>,
 }
 
@@ -429,7 +429,7 @@ impl ClusterState {
                     if let Some(prev) = self.nads.get(&key) {
                         self.problems.push(Problem::duplicate(&src, &oref, &prev.src));
                     } else {
-                        self.nads.insert(key, LoadedNad { src, obj: n, net });
+                        self.nads.insert(key, LoadedNad { src, obj: Arc::new(n), net });
                     }
                 }
             }

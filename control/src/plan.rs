@@ -6,12 +6,14 @@
 //! lookup of its NAD (whose CNI config was parsed once, at load). Linear in the state's size.
 
 use crate::k8s::{
-    ClusterState, Interface, Loaded, NmPort, NodeNetworkConfigurationPolicy, Source, VirtualMachineInstance,
+    ClusterState, Interface, Loaded, NetworkAttachmentDefinition, NmPort, NodeNetworkConfigurationPolicy,
+    Source, VirtualMachineInstance,
 };
 use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;
 
@@ -54,6 +56,7 @@ pub struct Plan {
 }
 
 /// A port as built, with where it came from (for problems found when ports meet).
+#[derive(Debug, Clone)]
 struct Built {
     bridge: String,
     port: PortConfig,
@@ -82,6 +85,50 @@ pub fn plan(
     extra_labels: &BTreeMap<String, String>,
     opts: &PlanOptions,
 ) -> Plan {
+    plan_memo(state, node, extra_labels, opts, &mut PlanMemo::default())
+}
+
+/// What planning each VMI gave, kept from one plan to the next: a VMI whose object, NADs and
+/// bridge mappings are the very same (`Arc` identity: the API source keeps an unchanged
+/// object's `Arc`) is not planned again, its ports are taken from here. The result is the one
+/// [`plan`] gives.
+#[derive(Debug, Clone, Default)]
+pub struct PlanMemo {
+    /// The node, vhost options and bridge mappings the entries were planned with.
+    key: Option<(String, String, Option<String>, Vec<(String, String)>)>,
+    vmis: HashMap<(String, String), VmiMemo>,
+}
+
+#[derive(Debug, Clone)]
+struct VmiMemo {
+    vmi: Arc<VirtualMachineInstance>,
+    /// The NADs it looked up, as they were (None: there was none).
+    nads: Vec<((String, String), Option<Arc<NetworkAttachmentDefinition>>)>,
+    ports: Vec<Built>,
+    skipped: Vec<Skipped>,
+    problems: Vec<Problem>,
+    notes: Vec<String>,
+}
+
+impl VmiMemo {
+    fn still_valid(&self, state: &ClusterState, vmi: &Arc<VirtualMachineInstance>) -> bool {
+        Arc::ptr_eq(&self.vmi, vmi)
+            && self.nads.iter().all(|(k, was)| match (state.nads.get(k), was) {
+                (Some(n), Some(w)) => Arc::ptr_eq(&n.obj, w),
+                (None, None) => true,
+                _ => false,
+            })
+    }
+}
+
+/// [`plan`], reusing and refreshing `memo`.
+pub fn plan_memo(
+    state: &ClusterState,
+    node: &str,
+    extra_labels: &BTreeMap<String, String>,
+    opts: &PlanOptions,
+    memo: &mut PlanMemo,
+) -> Plan {
     let labels = node_labels(state, node, extra_labels);
     let mut p = Planner {
         problems: state.problems.clone(),
@@ -90,15 +137,48 @@ pub fn plan(
         ports: Vec::new(),
         bridges: BTreeMap::new(),
         mappings: BTreeMap::new(),
+        nads_seen: Vec::new(),
     };
     for l in state.nncps.values() {
         p.nncp(l, &labels);
     }
-    for l in state.vmis.values() {
-        if l.obj.status.node_name.as_deref() == Some(node) {
-            p.vmi(state, l, opts);
-        }
+    let key = (
+        node.to_string(),
+        opts.vhost_dir.clone(),
+        opts.vhost_socket_mode.clone(),
+        p.mappings.iter().map(|(l, (b, _))| (l.clone(), b.clone())).collect(),
+    );
+    if memo.key.as_ref() != Some(&key) {
+        memo.vmis.clear();
+        memo.key = Some(key);
     }
+    let mut next = HashMap::with_capacity(memo.vmis.len());
+    for (k, l) in &state.vmis {
+        if l.obj.status.node_name.as_deref() != Some(node) {
+            continue;
+        }
+        if let Some(m) = memo.vmis.remove(k).filter(|m| m.still_valid(state, &l.obj)) {
+            p.ports.extend(m.ports.iter().cloned());
+            p.skipped.extend(m.skipped.iter().cloned());
+            p.problems.extend(m.problems.iter().cloned());
+            p.notes.extend(m.notes.iter().cloned());
+            next.insert(k.clone(), m);
+            continue;
+        }
+        let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
+        p.nads_seen.clear();
+        p.vmi(state, l, opts);
+        let m = VmiMemo {
+            vmi: l.obj.clone(),
+            nads: std::mem::take(&mut p.nads_seen),
+            ports: p.ports[before.0..].to_vec(),
+            skipped: p.skipped[before.1..].to_vec(),
+            problems: p.problems[before.2..].to_vec(),
+            notes: p.notes[before.3..].to_vec(),
+        };
+        next.insert(k.clone(), m);
+    }
+    memo.vmis = next;
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
     let mut plan = p.finish(node);
@@ -115,6 +195,8 @@ struct Planner {
     bridges: BTreeMap<String, ObjRef>,
     /// OVN localnet (physical network) -> bridge, from `ovn.bridge-mappings`.
     mappings: BTreeMap<String, (String, ObjRef)>,
+    /// The NADs the VMI being planned looked up (for [`PlanMemo`]).
+    nads_seen: Vec<((String, String), Option<Arc<NetworkAttachmentDefinition>>)>,
 }
 
 fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16> {
@@ -483,7 +565,10 @@ impl Planner {
                     Some((a, b)) => (a, b),
                     None => (ns, multus.network_name.as_str()),
                 };
-                let Some(nad) = state.nads.get(&(nad_ns.to_string(), nad_name.to_string())) else {
+                let nad_key = (nad_ns.to_string(), nad_name.to_string());
+                let nad = state.nads.get(&nad_key);
+                self.nads_seen.push((nad_key, nad.map(|n| n.obj.clone())));
+                let Some(nad) = nad else {
                     errs.push((
                         format!("spec.networks[{j}].multus.networkName"),
                         format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),

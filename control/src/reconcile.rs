@@ -86,7 +86,10 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         match old.get(name) {
             None => d.added.push(name.to_string()),
             Some((ob, op)) => {
-                if backend_part(op) != backend_part(np) {
+                // Most ports are the same: said without copying their parts.
+                if ob.name == nb.name && op == np {
+                    d.unchanged.push(name.to_string());
+                } else if backend_part(op) != backend_part(np) {
                     d.reopened.push(name.to_string());
                 } else if ob.name != nb.name || l2_part(op) != l2_part(np) {
                     d.changed.push(name.to_string());
