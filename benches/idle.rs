@@ -113,9 +113,9 @@ fn main() {
 /// worker: `rounds` times, once the worker sleeps on the kick fd, the guest transmits and
 /// kicks, and the frame is awaited on the ring by a spinning observer.
 fn kick_wake(rounds: usize) {
-    use switchyard_dataplane::port::vhost::frontend::Frontend;
-    use switchyard_dataplane::port::vhost::proto::feat;
-    use switchyard_dataplane::port::vhost::{VhostOptions, VhostUserPort};
+    use switchyard_ports::vhost::frontend::Frontend;
+    use switchyard_ports::vhost::proto::feat;
+    use switchyard_ports::vhost::{VhostOptions, VhostUserPort};
     let path = std::env::temp_dir().join(format!("sy-bench-kick-{}.sock", std::process::id()));
     let vm = Arc::new(VhostUserPort::open("vm", &path, VhostOptions::default()).unwrap());
     let (ring, peer) = RingPort::new("r", 1024);

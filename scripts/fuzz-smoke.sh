@@ -3,9 +3,9 @@
 # its own workspace (cargo-fuzz layout); its targets are built here the way `cargo fuzz build -s
 # none` builds them (libfuzzer-sys links libFuzzer; rustc's SanitizerCoverage pass, which stable
 # rustc runs through -Cpasses/-Cllvm-args, gives libFuzzer its coverage feedback), with debug
-# assertions and overflow checks on, and a warning in the targets or in switchyard-dataplane
-# (built here without the dpdk feature) fails the build (cargo caps the lints of registry
-# dependencies). Each target then runs FUZZ_SECONDS (default 20) from an
+# assertions and overflow checks on, and a warning in the targets, switchyard-dataplane or
+# switchyard-ports (built here without the dpdk feature) fails the build (cargo caps the lints
+# of registry dependencies). Each target then runs FUZZ_SECONDS (default 20) from an
 # empty corpus; a panic, a failed assertion, a leak or an input that takes over 10 s fails the
 # script, and the input that did it is left under fuzz/artifacts/.
 set -euo pipefail

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod args;
 mod ctl;
 mod plan_cmd;
 mod pmd;

@@ -1,7 +1,7 @@
 //! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--json]`: prints the
 //! configuration NODE gets from the manifests under DIR (docs/cluster-state.md).
 
-use std::collections::BTreeMap;
+use crate::args::{parse_labels, parse_mode_arg};
 use std::process::ExitCode;
 use switchyard_control::{plan, ClusterState, PlanOptions};
 
@@ -29,18 +29,6 @@ pub struct PlanArgs {
     /// Exit with status 2 when the input has problems (the plan is printed all the same).
     #[arg(long)]
     pub strict: bool,
-}
-
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut m = BTreeMap::new();
-    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--node-labels: {kv:?} is not k=v"))?;
-        if k.is_empty() {
-            return Err(format!("--node-labels: {kv:?} has an empty key"));
-        }
-        m.insert(k.to_string(), v.to_string());
-    }
-    Ok(m)
 }
 
 pub fn main(a: PlanArgs) -> ExitCode {
@@ -74,10 +62,4 @@ pub fn main(a: PlanArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
-}
-
-fn parse_mode_arg(s: &str) -> Result<String, String> {
-    switchyard_dataplane::config::parse_socket_mode(s)
-        .map(|_| s.to_string())
-        .ok_or_else(|| format!("{s:?} is not an octal mode like 0660"))
 }

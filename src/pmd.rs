@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
 use switchyard_dataplane::config::{AfPacketRxMode, BridgeConfig, Config, PortConfig, PortType};
 use switchyard_dataplane::fdb::MacTable;
-use switchyard_dataplane::port::factory::{open_port, ring_peer, PortContext};
 use switchyard_dataplane::port::{PortBackend, DEFAULT_BURST, MAX_BURST};
 use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot, SwitchConfig};
 use switchyard_dataplane::worker::{
     available_cores, Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen, WorkerStatsSnapshot,
 };
+use switchyard_ports::factory::{open_port, ring_peer, PortContext};
 
 /// Bytes a frame costs on the wire beyond what is counted: preamble and SFD (8), inter-frame
 /// gap (12) and FCS (4); counted frames exclude the FCS.
@@ -371,7 +371,7 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
         burst: a.burst,
         busy_poll: a.busy_poll,
         pool_buffers: a.pool_buffers,
-        on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
+        on_worker_start: Some(switchyard_ports::factory::worker_hook()),
         ..EngineOptions::default()
     };
     let gen = TxGen { frame_len: a.txpkt_len, macs: a.tx_macs, flows: a.tx_flows, vlan: a.tx_vlan };

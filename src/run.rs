@@ -21,7 +21,7 @@
 //!   eth3: {type: ring}          # any port type with that type's options
 //! ```
 
-use std::collections::BTreeMap;
+use crate::args::{parse_labels, parse_mode_arg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,18 +86,6 @@ pub struct RunArgs {
     pub vm_ports: Option<String>,
 }
 
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut m = BTreeMap::new();
-    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--node-labels: {kv:?} is not k=v"))?;
-        if k.is_empty() {
-            return Err(format!("--node-labels: {kv:?} has an empty key"));
-        }
-        m.insert(k.to_string(), v.to_string());
-    }
-    Ok(m)
-}
-
 /// `1,3,5-7` as core numbers.
 pub fn parse_lcores(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
@@ -139,7 +127,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     let ropts = RuntimeOptions {
         engine: EngineOptions {
             cores,
-            on_worker_start: Some(switchyard_dataplane::port::factory::worker_hook()),
+            on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },
         overrides,
@@ -270,10 +258,4 @@ pub fn main(a: RunArgs) -> ExitCode {
         Err(_) => stop.store(true, Ordering::Release),
     }
     code
-}
-
-fn parse_mode_arg(s: &str) -> Result<String, String> {
-    switchyard_dataplane::config::parse_socket_mode(s)
-        .map(|_| s.to_string())
-        .ok_or_else(|| format!("{s:?} is not an octal mode like 0660"))
 }

@@ -6,7 +6,7 @@
 //!
 //! Needs root (netns, veth); skips with a message elsewhere.
 
-#[path = "../dataplane/tests/kports_common/mod.rs"]
+#[path = "../ports/tests/kports_common/mod.rs"]
 #[macro_use]
 mod kports_common;
 mod traffic;

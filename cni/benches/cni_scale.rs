@@ -25,7 +25,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[allow(unused_imports)]
-#[path = "../../dataplane/tests/kports_common/mod.rs"]
+#[path = "../../ports/tests/kports_common/mod.rs"]
 mod kports_common;
 
 use common::{Node, Pod};

@@ -159,6 +159,7 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
         owner: None,
         group: None,
         network: Some(conf.name.clone()),
+        device: None,
     };
     add_port(daemon, &port, undo)?;
 
@@ -197,13 +198,17 @@ fn add_vhost(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, C
         owner: conf.socket_owner,
         group: conf.socket_group,
         network: Some(conf.name.clone()),
+        device: conf.device_id.clone(),
     };
     let stored = add_port(daemon, &port, undo)?;
     let socket = stored
         .port
         .socket
         .ok_or_else(|| CniError::new(code::DAEMON, "the daemon's answer has no vhost-user socket path"))?;
-    if let Some(f) = &conf.device_info_file {
+    // With a device, the device plugin wrote the device-info at Allocate, with the socket's
+    // path as the pod sees it: the host path here would be wrong in the pod, and Multus takes
+    // the plugin's when the CNI writes none.
+    if let (Some(f), None) = (&conf.device_info_file, &conf.device_id) {
         // The device-info spec names the container application's role: QEMU is the client
         // when the switch listens, the server when the switch connects.
         let qemu_role = match conf.vhost_mode {

@@ -45,6 +45,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "socketOwner",
     "socketGroup",
     "socketMode",
+    "deviceID",
 ];
 
 /// Why a configuration is refused.
@@ -138,6 +139,10 @@ pub struct NetConf {
     pub mac: Option<MacAddr>,
     /// `runtimeConfig.CNIDeviceInfoFile`.
     pub device_info_file: Option<PathBuf>,
+    /// vhostuser: the device of switchyard's device plugin that the kubelet allocated to the
+    /// pod, `deviceID` as Multus adds it for a network whose NAD names a resource (or
+    /// `runtimeConfig.deviceID`): the socket goes in that device's directory (docs/kubevirt.md).
+    pub device_id: Option<String>,
     pub dns: Map<String, Value>,
     pub prev_result: Option<CniResult>,
     /// GC: `cni.dev/valid-attachments`.
@@ -169,6 +174,13 @@ fn id(v: &Value, field: &str) -> Result<u32, ConfError> {
         _ => v.as_u64().and_then(|n| u32::try_from(n).ok()),
     };
     n.ok_or_else(|| bad(field, format!("must be a numeric uid/gid (got {v})")))
+}
+
+/// A device id of switchyard's device plugin (the daemon's rules: a file-name component).
+fn device(v: &Value, field: &str) -> Result<String, ConfError> {
+    let s = string(v, field)?;
+    switchyard_control::cni::device_dir("/", s).map_err(|e| bad(field, e.to_string()))?;
+    Ok(s.to_string())
 }
 
 fn mac(v: &Value, field: &str) -> Result<MacAddr, ConfError> {
@@ -334,8 +346,9 @@ impl NetConf {
         let state_dir = path("stateDir", DEFAULT_STATE_DIR)?;
         // The vhost-user keys mean nothing to a veth: naming one there is a mistake to report.
         if mode == Mode::Veth {
-            if let Some(k) =
-                ["vhostMode", "socketOwner", "socketGroup", "socketMode"].iter().find(|k| o.contains_key(**k))
+            if let Some(k) = ["vhostMode", "socketOwner", "socketGroup", "socketMode", "deviceID"]
+                .iter()
+                .find(|k| o.contains_key(**k))
             {
                 return Err(bad(*k, "applies only to \"mode\": \"vhostuser\""));
             }
@@ -375,12 +388,19 @@ impl NetConf {
             }
         }
         let mut device_info_file = None;
+        let mut device_id = o.get("deviceID").map(|v| device(v, "deviceID")).transpose()?;
         if let Some(rc) = o.get("runtimeConfig") {
             let rc = rc.as_object().ok_or_else(|| bad("runtimeConfig", "must be an object"))?;
             match rc.get("mac") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s.is_empty() => {}
                 Some(m) => mac_v = Some(mac(m, "runtimeConfig.mac")?),
+            }
+            if let (None, Some(d)) = (&device_id, rc.get("deviceID")) {
+                if mode == Mode::Veth {
+                    return Err(bad("runtimeConfig.deviceID", "applies only to \"mode\": \"vhostuser\""));
+                }
+                device_id = Some(device(d, "runtimeConfig.deviceID")?);
             }
             match rc.get("CNIDeviceInfoFile") {
                 None | Some(Value::Null) => {}
@@ -418,6 +438,7 @@ impl NetConf {
             socket_mode,
             mac: mac_v,
             device_info_file,
+            device_id,
             dns,
             prev_result,
             valid_attachments,
@@ -512,6 +533,16 @@ mod tests {
         assert_eq!(field_of(parse(vh.clone()).unwrap_err()), "socketMode");
         vh["socketMode"] = json!("0660");
         vh["vhostMode"] = json!("client");
+        let mut dev = base.clone();
+        dev["mode"] = json!("vhostuser");
+        dev["deviceID"] = json!("sy-1");
+        assert_eq!(parse(dev.clone()).unwrap().device_id.as_deref(), Some("sy-1"));
+        dev["deviceID"] = json!("../etc");
+        assert_eq!(field_of(parse(dev.clone()).unwrap_err()), "deviceID");
+        dev.as_object_mut().unwrap().remove("deviceID");
+        dev["runtimeConfig"] = json!({"deviceID": "sy-2"});
+        assert_eq!(parse(dev).unwrap().device_id.as_deref(), Some("sy-2"));
+        assert_eq!(field_of(with("deviceID", json!("sy-1"))), "deviceID");
         assert_eq!(field_of(parse(vh).unwrap_err()), "socketMode");
         assert!(matches!(with("cniVersion", json!("0.2.0")), ConfError::Version(_)));
         assert!(matches!(NetConf::parse(b"{\"cniVersion\": "), Err(ConfError::Decode(_))));

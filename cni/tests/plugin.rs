@@ -7,7 +7,7 @@
 //! them); skips with a message elsewhere.
 
 mod common;
-#[path = "../../dataplane/tests/kports_common/mod.rs"]
+#[path = "../../ports/tests/kports_common/mod.rs"]
 mod kports_common;
 #[path = "../../tests/traffic/mod.rs"]
 mod traffic;

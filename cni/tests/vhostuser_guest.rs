@@ -10,7 +10,7 @@
 //! message elsewhere.
 
 mod common;
-#[path = "../../dataplane/tests/kports_common/mod.rs"]
+#[path = "../../ports/tests/kports_common/mod.rs"]
 mod kports_common;
 #[path = "../../tests/qemu_common/mod.rs"]
 mod qemu_common;

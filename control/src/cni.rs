@@ -80,6 +80,11 @@ pub struct CniPort {
     /// a runtime runs per network, removes only ports of its own network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// vhostuser: the device the kubelet allocated to the VM's pod from switchyard's device
+    /// plugin (Multus passes it as `deviceID`); the socket then goes in that device's directory,
+    /// which the pod already has mounted ([`device_dir`]), instead of one of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Why a CNI request failed; `code()` is the protocol's error code.
@@ -320,7 +325,41 @@ pub fn check_port(p: &CniPort) -> Result<(), CniError> {
 /// The socket of a vhostuser CNI port: `<vhost_dir>/cni-<key>/sock`, a directory of its own per
 /// attachment (so that it can be mounted into the VM's pod alone), within `sun_path`.
 pub fn vhost_socket_path(vhost_dir: &str, a: &Attachment) -> Result<String, CniError> {
-    let p = format!("{}/cni-{}/sock", vhost_dir.trim_end_matches('/'), a.key());
+    fits_sun_path(vhost_dir, format!("{}/cni-{}/sock", vhost_dir.trim_end_matches('/'), a.key()))
+}
+
+/// Longest device id of the device plugin's devices.
+pub const DEVICE_ID_MAX: usize = 32;
+
+/// The directory of the device plugin's device `id`: `<vhost_dir>/dev-<id>`. The plugin creates
+/// it and the kubelet mounts it into the pod the device is allocated to; the CNI ADD that names
+/// the device puts the attachment's socket in it. An id is 1 to [`DEVICE_ID_MAX`] of
+/// `[A-Za-z0-9_.-]`, not starting with a dot: it can never leave `vhost_dir`.
+pub fn device_dir(vhost_dir: &str, id: &str) -> Result<String, CniError> {
+    let ok = !id.is_empty()
+        && id.len() <= DEVICE_ID_MAX
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        return Err(CniError::Invalid(format!(
+            "device id {id:?}: want 1 to {DEVICE_ID_MAX} of [A-Za-z0-9_.-], not starting with a dot"
+        )));
+    }
+    let d = format!("{}/dev-{id}", vhost_dir.trim_end_matches('/'));
+    fits_sun_path(vhost_dir, format!("{d}/sock"))?;
+    Ok(d)
+}
+
+/// The socket of a vhostuser CNI port: in its allocated device's directory when it has one,
+/// else in a directory of its own.
+pub fn port_socket_path(vhost_dir: &str, p: &CniPort) -> Result<String, CniError> {
+    match &p.device {
+        Some(id) => Ok(format!("{}/sock", device_dir(vhost_dir, id)?)),
+        None => vhost_socket_path(vhost_dir, &p.attachment),
+    }
+}
+
+fn fits_sun_path(vhost_dir: &str, p: String) -> Result<String, CniError> {
     if p.len() > SUN_PATH_MAX {
         return Err(CniError::Invalid(format!(
             "the vhost-user directory {vhost_dir:?} is too long for a socket path ({} > {SUN_PATH_MAX} bytes)",
@@ -359,6 +398,7 @@ mod tests {
             owner: None,
             group: None,
             network: None,
+            device: None,
         }
     }
 
@@ -454,5 +494,10 @@ mod tests {
         let p = vhost_socket_path("/var/run/switchyard/vhost", &a).unwrap();
         assert!(p.len() <= SUN_PATH_MAX && p.starts_with("/var/run/switchyard/vhost/cni-"), "{p}");
         assert!(vhost_socket_path(&"/x".repeat(50), &a).is_err());
+        assert_eq!(device_dir("/v/", "sy-0a-1").unwrap(), "/v/dev-sy-0a-1");
+        for bad in ["", "../x", ".x", "a/b", &"a".repeat(DEVICE_ID_MAX + 1)] {
+            assert!(device_dir("/v", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(device_dir(&"/x".repeat(50), "a").is_err());
     }
 }

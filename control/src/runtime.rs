@@ -22,7 +22,7 @@
 //! shows it), the error is logged once, it is left out of flooding, nothing is received on it,
 //! and opening is tried again on every later reconcile.
 
-use crate::cni::{check_port, vhost_socket_path, Attachment, CniError, CniPort, CniPorts};
+use crate::cni::{check_port, port_socket_path, Attachment, CniError, CniPort, CniPorts};
 use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -32,10 +32,11 @@ use std::time::Duration;
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
-use switchyard_dataplane::port::factory::{open_port, PortContext};
 use switchyard_dataplane::port::{Burst, PortBackend};
-use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
+use switchyard_dataplane::switch::{PortId, SwitchConfig};
+use switchyard_dataplane::worker::placement::{deal_all, place_rx, Deal};
 use switchyard_dataplane::worker::{Engine, EngineError, EngineOptions, ForwardingPlan, FwdMode, TxGen};
+use switchyard_ports::factory::{open_port, PortContext};
 
 /// Backend overrides by port name (`run --config FILE`).
 ///
@@ -197,10 +198,6 @@ pub enum RuntimeError {
     NoPort(String),
     #[error("frame of {0} bytes does not fit a buffer")]
     FrameTooLong(usize),
-    #[error("odd number of hex digits")]
-    OddHexDigits,
-    #[error("{0:?} is not hex")]
-    NotHex(String),
 }
 
 /// A port's backend, or why it has none.
@@ -590,7 +587,7 @@ impl Runtime {
         };
         let mut vhost_dir = None;
         if p.port.kind == Some(PortType::Vhostuser) {
-            let sock = vhost_socket_path(&self.opts.vhost_dir, &p.attachment)?;
+            let sock = port_socket_path(&self.opts.vhost_dir, &p)?;
             vhost_dir = Path::new(&sock).parent().map(Path::to_path_buf);
             p.port.socket = Some(sock);
             p.port.mode.get_or_insert_with(|| "server".into());
@@ -679,11 +676,14 @@ impl Runtime {
         Ok(gone.into_iter().map(|p| p.port.name).collect())
     }
 
-    /// A vhost-user CNI port's own socket directory goes with it.
+    /// A vhost-user CNI port's own socket directory goes with it; in a device plugin's
+    /// directory, which stays mounted in the pod and is allocated again, only the socket goes.
     fn remove_socket_dir(&self, p: &CniPort) {
-        if let Ok(sock) = vhost_socket_path(&self.opts.vhost_dir, &p.attachment) {
+        if let Ok(sock) = port_socket_path(&self.opts.vhost_dir, p) {
             if p.port.socket.as_deref() == Some(sock.as_str()) {
-                if let Some(d) = Path::new(&sock).parent() {
+                if p.device.is_some() {
+                    let _ = std::fs::remove_file(&sock);
+                } else if let Some(d) = Path::new(&sock).parent() {
                     let _ = std::fs::remove_dir_all(d);
                 }
             }
@@ -696,27 +696,27 @@ impl Runtime {
         let slots = sw.port_slots();
         let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; slots];
         let w = self.engine.worker_count().max(1);
-        let mut rx: Vec<Vec<(PortId, u16)>> = vec![Vec::new(); w];
-        let mut load = vec![0usize; w];
-        let mut todo = Vec::new();
+        // Queues keep the worker they had (while it exists); the others are dealt.
+        let mut sticky = Vec::new();
         for spec in sw.ports.iter().flatten() {
             let Some(b) = self.ports.get(&spec.name).and_then(|s| s.backend.clone()) else { continue };
             for q in 0..b.rx_queue_count() {
-                match self.assign.get(&(spec.name.clone(), q)) {
-                    Some(&wi) if wi < w => {
-                        rx[wi].push((spec.id, q));
-                        load[wi] += 1;
-                    }
-                    _ => todo.push((spec.name.clone(), spec.id, q)),
+                if let Some(&wi) = self.assign.get(&(spec.name.clone(), q)).filter(|&&wi| wi < w) {
+                    sticky.push((spec.id, q, wi));
                 }
             }
             ports[usize::from(spec.id)] = Some(b);
         }
-        for (name, id, q) in todo {
-            let wi = (0..w).min_by_key(|i| load[*i]).unwrap_or(0);
-            rx[wi].push((id, q));
-            load[wi] += 1;
-            self.assign.insert((name, q), wi);
+        // Cannot fail: the sticky entries name existing ports, queues and workers, once each.
+        let rx = place_rx(&ports, w, &sticky, Deal::LeastLoaded).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "RX placement");
+            deal_all(&ports, w, Deal::LeastLoaded)
+        });
+        for (wi, queues) in rx.iter().enumerate() {
+            for &(id, q) in queues {
+                let Some(spec) = sw.port(id) else { continue };
+                self.assign.insert((spec.name.clone(), q), wi);
+            }
         }
         let plan = ForwardingPlan {
             switch: sw.clone(),
@@ -737,76 +737,14 @@ impl Runtime {
         let _ = self.engine.stop();
     }
 
-    // ---- what `ctl` shows ----
-
-    fn port_name(&self, id: PortId) -> String {
-        self.switch.port(id).map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    /// Every port that is down with the error of its last opening: (name, error).
+    pub fn port_errors(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.ports.iter().filter_map(|(n, st)| st.error.as_deref().map(|e| (n.as_str(), e)))
     }
 
-    /// `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops.
-    pub fn show_ports(&self) -> String {
-        let mut rows =
-            vec![["PORT", "BRIDGE", "TYPE", "VLAN", "LINK", "RX", "TX", "DROPS"].map(String::from).to_vec()];
-        for b in &self.running.bridges {
-            for p in &b.ports {
-                let st = self.ports.get(&p.name);
-                let link = match st.and_then(|s| s.backend.as_ref()) {
-                    Some(be) if be.link_up() => "up".to_string(),
-                    Some(_) => "down".to_string(),
-                    None => "down (no backend)".to_string(),
-                };
-                let stats = self.switch.port_by_name(&p.name).map(|s| s.stats.snapshot()).unwrap_or_default();
-                let drops: u64 = stats.drops.values().sum();
-                rows.push(vec![
-                    p.name.clone(),
-                    b.name.clone(),
-                    describe_backend(p),
-                    describe_vlan(p),
-                    link,
-                    stats.rx_packets.to_string(),
-                    stats.tx_packets.to_string(),
-                    drops.to_string(),
-                ]);
-            }
-        }
-        let mut s = table(&rows);
-        for (name, st) in &self.ports {
-            if let Some(e) = &st.error {
-                s.push_str(&format!("# {name}: {e}\n"));
-            }
-        }
-        s
-    }
-
-    /// `show fdb [BRIDGE]`.
-    pub fn show_fdb(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
-        let now = self.engine.now();
-        let mut rows = vec![["BRIDGE", "VLAN", "MAC", "PORT", "AGE", "STATIC"].map(String::from).to_vec()];
-        let mut found = false;
-        for b in &self.switch.bridges {
-            if bridge.is_some_and(|n| n != b.name) {
-                continue;
-            }
-            found = true;
-            for e in b.table.entries(now) {
-                rows.push(vec![
-                    b.name.clone(),
-                    e.vlan.to_string(),
-                    e.mac.to_string(),
-                    self.port_name(e.port),
-                    if e.is_static { "-".into() } else { e.age.to_string() },
-                    if e.is_static { "yes".into() } else { "no".into() },
-                ]);
-            }
-        }
-        match bridge {
-            Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
-            _ => Ok(table(&rows)),
-        }
-    }
-
-    /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay).
-    pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<String, RuntimeError> {
+    /// Removes the learned entries of every bridge's MAC table (or of bridge `bridge`; static
+    /// entries stay). Returns how many went.
+    pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<usize, RuntimeError> {
         let mut n = 0;
         let mut found = false;
         for b in &self.switch.bridges {
@@ -817,85 +755,15 @@ impl Runtime {
         }
         match bridge {
             Some(x) if !found => Err(RuntimeError::NoBridge(x.to_string())),
-            _ => Ok(format!("flushed {n} learned entr{}\n", if n == 1 { "y" } else { "ies" })),
+            _ => Ok(n),
         }
     }
 
-    /// `show stats`: every port's counters with drop reasons, every worker's cycles.
-    pub fn show_stats(&self) -> String {
-        let mut s = String::new();
-        for b in &self.running.bridges {
-            for p in &b.ports {
-                let Some(spec) = self.switch.port_by_name(&p.name) else { continue };
-                let st = spec.stats.snapshot();
-                s.push_str(&format!(
-                    "port {} (bridge {}): rx {} pkts {} bytes, tx {} pkts {} bytes, flooded {}, learned {}, moved_in {}, \
-                     static_conflicts {}, mac_limit_hits {}, fdb_full {}\n",
-                    p.name,
-                    b.name,
-                    st.rx_packets,
-                    st.rx_bytes,
-                    st.tx_packets,
-                    st.tx_bytes,
-                    st.flooded,
-                    st.learned,
-                    st.moved_in,
-                    st.static_conflicts,
-                    st.mac_limit_hits,
-                    st.fdb_full
-                ));
-                let drops: Vec<String> =
-                    st.drops.iter().filter(|(_, n)| **n != 0).map(|(r, n)| format!("{r}={n}")).collect();
-                let total: u64 = st.drops.values().sum();
-                s.push_str(&format!(
-                    "  drops {total}{}{}\n",
-                    if drops.is_empty() { "" } else { ": " },
-                    drops.join(" ")
-                ));
-            }
-        }
-        let hz = self.engine.tsc_hz().max(1) as f64;
-        for w in self.engine.worker_stats() {
-            s.push_str(&format!(
-                "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} forwarded {}, {:.0} \
-                 cycles/packet\n",
-                w.worker,
-                w.core.map_or("-".to_string(), |c| c.to_string()),
-                w.busy_cycles,
-                w.idle_cycles,
-                w.busy_ratio() * 100.0,
-                w.busy_cycles as f64 / hz,
-                w.rx_packets,
-                w.forwarded_packets,
-                w.cycles_per_packet()
-            ));
-        }
-        s
-    }
-
-    /// `show config`: the running configuration as YAML.
-    pub fn show_config(&self) -> String {
-        self.running.to_yaml()
-    }
-
-    /// `show problems`: what is wrong in the input, what was kept, skipped, noted.
-    pub fn show_problems(&self) -> String {
-        let i = &self.input;
-        let mut s = format!("reconciles: {}\n", i.reconciles);
-        for (what, list) in
-            [("problem", &i.problems), ("kept", &i.kept), ("skipped", &i.skipped), ("note", &i.notes)]
-        {
-            for l in list {
-                s.push_str(&format!("{what}: {l}\n"));
-            }
-        }
-        s
-    }
-
-    /// `trace PORT HEXFRAME`: how the frame would be forwarded now. It runs through the
+    /// How `frame`, received on `port`, would be forwarded now (`ctl trace`), one
+    /// [`FrameTrace`] per frame, with the snapshot that names its ports. It runs through the
     /// pipeline on a throwaway snapshot compiled from the running configuration, whose MAC
     /// tables are copies of the running ones: tracing never changes the running state.
-    pub fn trace(&self, port: &str, frame: &[u8]) -> Result<String, RuntimeError> {
+    pub fn trace(&self, port: &str, frame: &[u8]) -> Result<(SwitchConfig, Vec<FrameTrace>), RuntimeError> {
         let running = &self.switch;
         if running.port_by_name(port).is_none() {
             return Err(RuntimeError::NoPort(port.to_string()));
@@ -920,53 +788,8 @@ impl Runtime {
         let mut traces: Vec<FrameTrace> = Vec::new();
         process_burst(&cfg, in_port, &mut burst, now, &mut cache, &mut tx, Some(&mut traces));
         tx.discard(&mut cache);
-        let mut s = String::new();
-        for t in &traces {
-            s.push_str(&trace_line(&cfg, t));
-            s.push('\n');
-        }
-        if traces.is_empty() {
-            // Counted at ingress before the pipeline's trace (cannot happen for one frame).
-            s.push_str(&format!("{port} len={} -> drop {}\n", frame.len(), DropReason::Runt.name()));
-        }
-        Ok(s)
+        Ok((cfg, traces))
     }
-}
-
-/// One traced frame, as `replay --trace` prints it (without the timestamp).
-pub fn trace_line(cfg: &SwitchConfig, t: &FrameTrace) -> String {
-    t.describe(cfg)
-}
-
-/// Rows as left-aligned columns.
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |x| x.len())).max().unwrap_or(0)).collect();
-    let mut s = String::new();
-    for r in rows {
-        let line: Vec<String> =
-            r.iter().enumerate().map(|(c, x)| format!("{x:<w$}", w = widths[c])).collect();
-        s.push_str(line.join("  ").trim_end());
-        s.push('\n');
-    }
-    s
-}
-
-/// Parses a frame given as hex digits (spaces, `:` and `-` between bytes are ignored).
-pub fn parse_hex(s: &str) -> Result<Vec<u8>, RuntimeError> {
-    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-').collect();
-    let digits = digits.strip_prefix("0x").unwrap_or(&digits);
-    if !digits.len().is_multiple_of(2) {
-        return Err(RuntimeError::OddHexDigits);
-    }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&digits[i..i + 2], 16)
-                .map_err(|_| RuntimeError::NotHex(digits[i..i + 2].to_string()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1049,8 +872,8 @@ mod tests {
         let a = rt.apply(&cfg(vec![ring_port("rt-up", 10), vm.clone()]), &|_| None).unwrap();
         assert!(a.lines.iter().any(|l| l.contains("ns/vm/eth1 is down")), "{:?}", a.lines);
         assert!(rt.port_error("ns/vm/eth1").is_some());
-        assert!(rt.show_ports().contains("down (no backend)"));
-        assert!(rt.show_fdb(None).unwrap().contains("02:00:00:00:00:01"));
+        assert!(crate::ctl::show::ports(&rt).contains("down (no backend)"));
+        assert!(crate::ctl::show::fdb(&rt, None).unwrap().contains("02:00:00:00:00:01"));
         // Not flooded to.
         let br = &rt.switch().bridges[0];
         assert_eq!(br.ports.len(), 1);
@@ -1068,6 +891,5 @@ mod tests {
         let e = RunConfig::from_yaml("ports:\n  eth1: {type: ring, devargs: x}\n").unwrap_err();
         assert!(e.to_string().contains("ports.eth1: devargs"), "{e}");
         assert!(RunConfig::from_yaml("ports:\n  eth1: {typ: ring}\n").is_err());
-        assert_eq!(parse_hex("ff:00 0a").unwrap(), [0xff, 0, 10]);
     }
 }

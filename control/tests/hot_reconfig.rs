@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use switchyard_control::runtime::{Runtime, RuntimeOptions};
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
-use switchyard_dataplane::port::factory::ring_peer;
 use switchyard_dataplane::port::ring::RingPeer;
 use switchyard_dataplane::worker::EngineOptions;
+use switchyard_ports::factory::ring_peer;
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];

@@ -1,11 +1,10 @@
-//! switchyard's dataplane: packet buffers, wire formats, ports, the MAC table and the L2
-//! pipeline. It compiles and is tested without DPDK; DPDK ports live behind the `dpdk`
-//! feature.
+//! switchyard's dataplane: packet buffers, wire formats, the port interface (with the
+//! in-memory ring and pcap ports), the MAC table and the L2 pipeline. It needs no raw sockets,
+//! ioctls or guest memory: the OS and guest ports live in the `switchyard-ports` crate.
 #![deny(unsafe_code)]
 
 // The modules allowed `unsafe` (each block with a SAFETY comment): the buffer pool's memory,
-// the TSC read, the MAC table's prefetch, and the ports below that touch raw sockets, rings,
-// mbufs and guest memory.
+// the TSC read and the MAC table's prefetch.
 #[allow(unsafe_code)]
 pub mod buffer;
 pub mod config;

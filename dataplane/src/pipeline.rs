@@ -416,7 +416,6 @@ pub fn process_burst(
         return;
     };
     let table = bridge.table.view();
-    let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
     let mut eg = Egress {
         cfg,
         table,
@@ -431,68 +430,95 @@ pub fn process_burst(
     };
     // The VLAN of untagged frames on this port, once per burst.
     let untagged_vlan = port.vlan.ingress(None);
-    let mac_limit = port.mac_limit;
 
     // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
-    // or metadata to write and read back. Any other burst takes the general stages below.
-    if let (None, None, Some(vlan)) = (&trace, &port.allowed_macs, untagged_vlan) {
-        if let Some(bytes) = plain_probes(burst, vlan, &table, &mut eg.tx.plain) {
-            eg.t.rx_bytes = bytes;
-            let plain = &eg.tx.plain[..n];
-            for f in plain.iter() {
-                eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
-            }
-            // Where each frame goes, when every one is a known unicast destination on another
-            // port that takes the VLAN untagged: then queued a run of frames to the same port at
-            // a time (a batch's length is updated once per run, not once per frame), the whole
-            // burst at once when it all goes to one port.
-            // Otherwise frame by frame, as the general stages do.
-            let mut out_ports = [0 as PortId; MAX_BURST];
-            // The last egress port found to take the frames untagged (never the ingress
-            // port; u32::MAX: none yet), and how many times that changed.
-            let mut ok_port = u32::MAX;
-            let mut changes = 0usize;
-            let mut all_plain = true;
-            for (f, op) in plain.iter().zip(out_ports.iter_mut()) {
-                let Some(hit) = eg.table.lookup_probe(&f.dst, now) else {
-                    all_plain = false;
-                    break;
-                };
-                if u32::from(hit.port) != ok_port {
-                    if hit.port == in_port || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
-                        all_plain = false;
-                        break;
-                    }
-                    ok_port = u32::from(hit.port);
-                    changes += 1;
-                }
-                *op = hit.port;
-            }
-            if all_plain && changes == 1 {
-                eg.tx.push_burst(out_ports[0], burst, bytes, eg.cache);
-            } else if all_plain {
-                let ports = &out_ports[..n];
-                let mut bufs = burst.drain(..);
-                let mut i = 0;
-                while let Some(&op) = ports.get(i) {
-                    let run = ports[i..].iter().take_while(|&&p| p == op).count();
-                    eg.tx.push_run(op, &mut bufs, run, eg.cache);
-                    i += run;
-                }
-            } else {
-                for (i, buf) in burst.drain(..).enumerate() {
-                    let f = eg.tx.plain[i];
-                    let hit = eg.table.lookup_probe(&f.dst, now);
-                    eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
-                }
-            }
-            eg.t.flush_into(port);
+    // or metadata to write and read back. Any other burst takes the general stages.
+    let plain = match (&trace, &port.allowed_macs, untagged_vlan) {
+        (None, None, Some(vlan)) => {
+            plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
+        }
+        _ => None,
+    };
+    match plain {
+        Some((vlan, bytes)) => {
+            plain_burst(&mut eg, port, burst, vlan, bytes);
             #[cfg(debug_assertions)]
             PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
-            return;
+        }
+        None => general_burst(&mut eg, port, burst, untagged_vlan, trace),
+    }
+    eg.t.flush_into(port);
+}
+
+/// The stages for a plain burst of VLAN `vlan` whose probes [`plain_probes`] left in
+/// `eg.tx.plain` (`bytes`: the burst's bytes): learn every source, then, when every frame is
+/// a known unicast destination on another port that takes the VLAN untagged, queue the frames
+/// a run to the same port at a time (a batch's length is updated once per run, not once per
+/// frame; the whole burst at once when it all goes to one port); otherwise frame by frame, as
+/// the general stages do.
+#[inline(always)]
+fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, bytes: u64) {
+    let (cfg, table, in_port, now, mac_limit) = (eg.cfg, eg.table, eg.in_port, eg.now, port.mac_limit);
+    let n = burst.len();
+    eg.t.rx_bytes = bytes;
+    let plain = &eg.tx.plain[..n];
+    for f in plain.iter() {
+        eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
+    }
+    let mut out_ports = [0 as PortId; MAX_BURST];
+    // The last egress port found to take the frames untagged (never the ingress port;
+    // u32::MAX: none yet), and how many times that changed.
+    let mut ok_port = u32::MAX;
+    let mut changes = 0usize;
+    let mut all_plain = true;
+    for (f, op) in plain.iter().zip(out_ports.iter_mut()) {
+        let Some(hit) = table.lookup_probe(&f.dst, now) else {
+            all_plain = false;
+            break;
+        };
+        if u32::from(hit.port) != ok_port {
+            if hit.port == in_port || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
+                all_plain = false;
+                break;
+            }
+            ok_port = u32::from(hit.port);
+            changes += 1;
+        }
+        *op = hit.port;
+    }
+    if all_plain && changes == 1 {
+        eg.tx.push_burst(out_ports[0], burst, bytes, eg.cache);
+    } else if all_plain {
+        let ports = &out_ports[..n];
+        let mut bufs = burst.drain(..);
+        let mut i = 0;
+        while let Some(&op) = ports.get(i) {
+            let run = ports[i..].iter().take_while(|&&p| p == op).count();
+            eg.tx.push_run(op, &mut bufs, run, eg.cache);
+            i += run;
+        }
+    } else {
+        for (i, buf) in burst.drain(..).enumerate() {
+            let f = eg.tx.plain[i];
+            let hit = table.lookup_probe(&f.dst, now);
+            eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
         }
     }
+}
+
+/// The general stages, for any burst (`untagged_vlan`: `port.vlan.ingress(None)`); with
+/// `trace`, one [`FrameTrace`] per frame is appended.
+#[inline(always)]
+fn general_burst(
+    eg: &mut Egress,
+    port: &PortSpec,
+    burst: &mut Burst,
+    untagged_vlan: Option<u16>,
+    trace: Option<&mut Vec<FrameTrace>>,
+) {
+    let (table, in_port, now, mac_limit) = (eg.table, eg.in_port, eg.now, port.mac_limit);
+    let mut meta: ArrayVec<FrameMeta, MAX_BURST> = ArrayVec::new();
 
     // Stage 1: parse, ingress VLAN, and the hash of the source and destination keys, whose
     // slots are prefetched for the whole burst so that with a large table the cache misses of
@@ -563,7 +589,6 @@ pub fn process_burst(
             }
         }
     }
-    eg.t.flush_into(port);
 }
 
 /// The last stage's view of the burst: where frames go out and what is counted.

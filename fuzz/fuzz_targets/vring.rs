@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
-use switchyard_dataplane::port::vhost::mem::{DirtyLog, GuestMemory};
-use switchyard_dataplane::port::vhost::sys;
-use switchyard_dataplane::port::vhost::vring::{RingConfig, Vring};
+use switchyard_ports::vhost::mem::{DirtyLog, GuestMemory};
+use switchyard_ports::vhost::sys;
+use switchyard_ports::vhost::vring::{RingConfig, Vring};
 use switchyard_dataplane::port::{Burst, DropTally};
 
 /// Where the fake frontend maps guest memory in its own address space.

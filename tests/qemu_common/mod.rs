@@ -102,6 +102,12 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn start(g: &Guest) -> Qemu {
+        Qemu::start_in(g, &[])
+    }
+
+    /// As [`Qemu::start`], QEMU's command line run by `prefix` (a command that ends by running
+    /// its arguments, e.g. `unshare` into the mount namespace of a pod's container).
+    pub fn start_in(g: &Guest, prefix: &[&str]) -> Qemu {
         let accel = std::env::var("SWITCHYARD_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
         // QEMU 7.2 (Debian 12) under TCG crashes when a vhost-user virtio-pci device uses MSI-X
         // (virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers: a NULL dereference,
@@ -110,7 +116,15 @@ impl Qemu {
         // between are untested. With KVM (irqfd) MSI-X is always used.
         let vectors = if accel == "tcg" && qemu_major() < 10 { ",vectors=0" } else { "" };
         let stderr = g.dir.join("qemu.err");
-        let mut child = Command::new(qemu_bin())
+        let mut cmd = match prefix.split_first() {
+            Some((run, args)) => {
+                let mut c = Command::new(run);
+                c.args(args).arg(qemu_bin());
+                c
+            }
+            None => Command::new(qemu_bin()),
+        };
+        let mut child = cmd
             .args(["-accel", &accel, "-smp", "1", "-m", "256M"])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem"])
             .arg("-chardev")

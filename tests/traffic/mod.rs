@@ -1,7 +1,7 @@
 //! Traffic between network-namespace "pods" for the kernel-port tests (tests/kernel_offloads.rs,
 //! cni/tests): a TCP stream whose receiver checks every byte, UDP datagrams of every size and a
 //! UDP GSO send, so a frame the switch corrupted or lost shows, and bounded waits throughout. The including test crate has the
-//! `kports_common` module (dataplane/tests/kports_common) at its root.
+//! `kports_common` module (ports/tests/kports_common) at its root.
 #![allow(dead_code)]
 
 use crate::kports_common::in_netns;

@@ -1,5 +1,6 @@
 //! Ports: the one interface every backend implements (burst RX and TX per queue, link state),
-//! and the in-memory ring and pcap backends.
+//! and the in-memory ring and pcap backends. The OS and guest backends (AF_PACKET, TAP,
+//! vhost-user, DPDK) live in the `switchyard-ports` crate.
 //!
 //! Ownership model: a backend hands out queue handles ([`RxQueue`], [`TxQueue`]); a worker
 //! owns the handles it was given and calls them with `&mut self`, so the fast path needs no
@@ -8,17 +9,8 @@
 //! Every frame a backend takes in and cannot deliver is counted in the caller's [`DropTally`]
 //! under a named [`DropReason`]; nothing is dropped silently.
 
-#[allow(unsafe_code)]
-pub mod afpacket;
-#[cfg(feature = "dpdk")]
-#[allow(unsafe_code)]
-pub mod dpdk;
-pub mod factory;
 pub mod pcap;
 pub mod ring;
-#[allow(unsafe_code)]
-pub mod tap;
-pub mod vhost;
 
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;

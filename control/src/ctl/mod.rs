@@ -1,0 +1,240 @@
+//! The control socket of `switchyard run`, and its client (`switchyard ctl`), as `ovs-appctl`.
+//!
+//! Protocol: a Unix stream socket, created with mode 0600 (only the owner, root on a node,
+//! may connect). The client sends one request line; the server answers with text and closes
+//! the connection. An answer that starts with `error: ` is a failed request.
+//!
+//! Requests:
+//! - `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops
+//! - `show fdb [BRIDGE]`: VLAN, MAC, port, age, static
+//! - `show stats`: per-port counters with drop reasons, per-worker cycles
+//! - `show config`: the running configuration as YAML
+//! - `show problems`: problems in the input, objects kept at their last good version, skips
+//! - `fdb flush [BRIDGE]`: removes learned MAC entries (static ones stay)
+//! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now (the
+//!   running state is not changed)
+//! - `help`
+//!
+//! A request line that starts with `{` is a versioned JSON request of a program (the CNI
+//! plugin, [`crate::cni::Request`]); its answer is one JSON line, `{"ok": true, ...}` or
+//! `{"ok": false, "code": ..., "error": ...}` (docs/cni.md).
+
+pub mod show;
+
+use crate::runtime::{Runtime, RuntimeError};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/switchyard/ctl.sock";
+
+const HELP: &str = "commands:
+  show ports                 ports: bridge, type, VLAN mode, link, rx/tx/drops
+  show fdb [BRIDGE]          MAC table entries: VLAN, MAC, port, age, static
+  show stats                 per-port counters and drop reasons, per-worker cycles
+  show config                the running configuration (YAML)
+  show problems              problems in the input, objects kept at their last good version
+  fdb flush [BRIDGE]         remove learned MAC entries (static ones stay)
+  trace PORT HEXFRAME        how a frame received on PORT would be forwarded
+";
+
+/// Why a request failed, on the server (what it answers after `error: `) or in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("unknown command {0:?}; try `help`")]
+    UnknownCommand(String),
+    #[error("{dir}: {source}")]
+    SocketDir { dir: PathBuf, source: std::io::Error },
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("{0}: another switchyard is listening there")]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the control socket thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("{path}: {source} (is `switchyard run` running?)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("odd number of hex digits")]
+    OddHexDigits,
+    #[error("{0:?} is not hex")]
+    NotHex(String),
+    /// The server's answer to a failed request (without the `error: ` prefix).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Answers one JSON request (one line, without the newline).
+pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
+    use crate::cni::{error_answer, Request};
+    use serde_json::json;
+    let link = |rt: &Runtime, name: &str| if rt.link_up(name) { "up" } else { "down" };
+    let r = Request::parse(line).and_then(|req| match req {
+        Request::Status { .. } => {
+            Ok(json!({"ok": true, "ready": true, "version": crate::cni::PROTOCOL_VERSION}))
+        }
+        Request::CniAdd { cni, .. } => {
+            let p = rt.cni_add(*cni)?;
+            let l = link(rt, &p.port.name);
+            Ok(json!({"ok": true, "cni": p, "link": l}))
+        }
+        Request::CniDel { attachment, .. } => {
+            let removed: Vec<String> = rt.cni_del(&attachment)?.into_iter().collect();
+            Ok(json!({"ok": true, "removed": removed}))
+        }
+        Request::CniList { .. } => {
+            let ports: Vec<_> =
+                rt.cni_ports().iter().map(|p| json!({"cni": p, "link": link(rt, &p.port.name)})).collect();
+            Ok(json!({"ok": true, "ports": ports}))
+        }
+        Request::CniGc { valid, .. } => Ok(json!({"ok": true, "removed": rt.cni_gc(&valid)?})),
+    });
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => error_answer(&e),
+    }
+}
+
+/// Answers one request line.
+pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, CtlError> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+    if line.starts_with('{') {
+        return Ok(handle_json(&mut rt, line) + "\n");
+    }
+    match words.as_slice() {
+        ["help"] | [] => Ok(HELP.to_string()),
+        ["show", "ports"] => Ok(show::ports(&rt)),
+        ["show", "fdb"] => Ok(show::fdb(&rt, None)?),
+        ["show", "fdb", b] => Ok(show::fdb(&rt, Some(b))?),
+        ["show", "stats"] => Ok(show::stats(&rt)),
+        ["show", "config"] => Ok(show::config(&rt)),
+        ["show", "problems"] => Ok(show::problems(&rt)),
+        ["fdb", "flush"] => Ok(show::fdb_flush(&rt, None)?),
+        ["fdb", "flush", b] => Ok(show::fdb_flush(&rt, Some(b))?),
+        ["trace", port, hex @ ..] if !hex.is_empty() => show::trace(&rt, port, &hex.join("")),
+        _ => Err(CtlError::UnknownCommand(line.to_string())),
+    }
+}
+
+/// The listening socket and its thread.
+pub struct CtlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    // The creation mask is restored right after the bind, so the socket is never created with
+    // wider permissions than 0600.
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let r = UnixListener::bind(path);
+    umask(old);
+    let l = r?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+impl CtlServer {
+    /// Creates the socket at `path` (its directory too, mode 0700, when missing) and serves
+    /// requests on a thread. A stale socket file is replaced; a live one (another `run`) is an
+    /// error.
+    pub fn start(path: &Path, rt: Arc<Mutex<Runtime>>) -> Result<CtlServer, CtlError> {
+        let socket = |source| CtlError::Socket { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
+        }
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                return Err(CtlError::NotASocket(path.to_path_buf()));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(CtlError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(socket)?;
+        }
+        let listener = bind_private(path).map_err(socket)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sy-ctl".into())
+            .spawn(move || serve(listener, rt, st))
+            .map_err(CtlError::Thread)?;
+        Ok(CtlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops serving and removes the socket.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            // Wake the blocking accept.
+            let _ = UnixStream::connect(&self.path);
+            let _ = t.join();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(listener: UnixListener, rt: Arc<Mutex<Runtime>>, stop: Arc<AtomicBool>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut line = String::new();
+        let mut r = BufReader::new((&s).take(1 << 20));
+        if r.read_line(&mut line).is_err() {
+            continue;
+        }
+        let answer = match handle(&rt, line.trim()) {
+            Ok(a) => a,
+            Err(e) => format!("error: {e}\n"),
+        };
+        let _ = s.write_all(answer.as_bytes());
+    }
+}
+
+/// Sends one request to the server at `path`; the answer, or the error it gave.
+pub fn request(path: &Path, line: &str) -> Result<String, CtlError> {
+    let mut s =
+        UnixStream::connect(path).map_err(|source| CtlError::Connect { path: path.to_path_buf(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{}\n", line.trim()).as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    match out.strip_prefix("error: ") {
+        Some(e) => Err(CtlError::Refused(e.trim_end().to_string())),
+        None => Ok(out),
+    }
+}

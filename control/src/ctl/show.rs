@@ -1,0 +1,210 @@
+//! The text answers of `ctl`'s requests, rendered from what the [`Runtime`] holds. Nothing
+//! here changes the running state; tables are left-aligned columns, one row a line.
+
+use crate::reconcile::{describe_backend, describe_vlan};
+use crate::runtime::{Runtime, RuntimeError};
+use switchyard_dataplane::switch::{DropReason, PortId};
+
+use super::CtlError;
+
+/// `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops, then why ports are down.
+pub fn ports(rt: &Runtime) -> String {
+    let switch = rt.switch();
+    let mut rows =
+        vec![["PORT", "BRIDGE", "TYPE", "VLAN", "LINK", "RX", "TX", "DROPS"].map(String::from).to_vec()];
+    for b in &rt.running().bridges {
+        for p in &b.ports {
+            let link = match rt.backend(&p.name) {
+                Some(be) if be.link_up() => "up".to_string(),
+                Some(_) => "down".to_string(),
+                None => "down (no backend)".to_string(),
+            };
+            let stats = switch.port_by_name(&p.name).map(|s| s.stats.snapshot()).unwrap_or_default();
+            let drops: u64 = stats.drops.values().sum();
+            rows.push(vec![
+                p.name.clone(),
+                b.name.clone(),
+                describe_backend(p),
+                describe_vlan(p),
+                link,
+                stats.rx_packets.to_string(),
+                stats.tx_packets.to_string(),
+                drops.to_string(),
+            ]);
+        }
+    }
+    let mut s = table(&rows);
+    for (name, e) in rt.port_errors() {
+        s.push_str(&format!("# {name}: {e}\n"));
+    }
+    s
+}
+
+/// `show fdb [BRIDGE]`: every bridge's MAC table (or one bridge's).
+pub fn fdb(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
+    let now = rt.engine().now();
+    let switch = rt.switch();
+    let port_name = |id: PortId| switch.port(id).map_or_else(|| format!("#{id}"), |s| s.name.clone());
+    let mut rows = vec![["BRIDGE", "VLAN", "MAC", "PORT", "AGE", "STATIC"].map(String::from).to_vec()];
+    let mut found = false;
+    for b in &switch.bridges {
+        if bridge.is_some_and(|n| n != b.name) {
+            continue;
+        }
+        found = true;
+        for e in b.table.entries(now) {
+            rows.push(vec![
+                b.name.clone(),
+                e.vlan.to_string(),
+                e.mac.to_string(),
+                port_name(e.port),
+                if e.is_static { "-".into() } else { e.age.to_string() },
+                if e.is_static { "yes".into() } else { "no".into() },
+            ]);
+        }
+    }
+    match bridge {
+        Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
+        _ => Ok(table(&rows)),
+    }
+}
+
+/// `fdb flush [BRIDGE]`: removes learned entries (static ones stay) and says how many.
+pub fn fdb_flush(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
+    let n = rt.fdb_flush(bridge)?;
+    Ok(format!("flushed {n} learned entr{}\n", if n == 1 { "y" } else { "ies" }))
+}
+
+/// `show stats`: every port's counters with drop reasons, every worker's cycles.
+pub fn stats(rt: &Runtime) -> String {
+    let switch = rt.switch();
+    let mut s = String::new();
+    for b in &rt.running().bridges {
+        for p in &b.ports {
+            let Some(spec) = switch.port_by_name(&p.name) else { continue };
+            let st = spec.stats.snapshot();
+            s.push_str(&format!(
+                "port {} (bridge {}): rx {} pkts {} bytes, tx {} pkts {} bytes, flooded {}, learned {}, moved_in {}, \
+                 static_conflicts {}, mac_limit_hits {}, fdb_full {}\n",
+                p.name,
+                b.name,
+                st.rx_packets,
+                st.rx_bytes,
+                st.tx_packets,
+                st.tx_bytes,
+                st.flooded,
+                st.learned,
+                st.moved_in,
+                st.static_conflicts,
+                st.mac_limit_hits,
+                st.fdb_full
+            ));
+            let drops: Vec<String> =
+                st.drops.iter().filter(|(_, n)| **n != 0).map(|(r, n)| format!("{r}={n}")).collect();
+            let total: u64 = st.drops.values().sum();
+            s.push_str(&format!(
+                "  drops {total}{}{}\n",
+                if drops.is_empty() { "" } else { ": " },
+                drops.join(" ")
+            ));
+        }
+    }
+    let engine = rt.engine();
+    let hz = engine.tsc_hz().max(1) as f64;
+    for w in engine.worker_stats() {
+        s.push_str(&format!(
+            "worker {} (core {}): busy {} cycles, idle {} cycles ({:.1}% busy, {:.3} s busy), rx {} forwarded {}, {:.0} \
+             cycles/packet\n",
+            w.worker,
+            w.core.map_or("-".to_string(), |c| c.to_string()),
+            w.busy_cycles,
+            w.idle_cycles,
+            w.busy_ratio() * 100.0,
+            w.busy_cycles as f64 / hz,
+            w.rx_packets,
+            w.forwarded_packets,
+            w.cycles_per_packet()
+        ));
+    }
+    s
+}
+
+/// `show config`: the running configuration as YAML.
+pub fn config(rt: &Runtime) -> String {
+    rt.running().to_yaml()
+}
+
+/// `show problems`: what is wrong in the input, what was kept, skipped, noted.
+pub fn problems(rt: &Runtime) -> String {
+    let i = &rt.input;
+    let mut s = format!("reconciles: {}\n", i.reconciles);
+    for (what, list) in
+        [("problem", &i.problems), ("kept", &i.kept), ("skipped", &i.skipped), ("note", &i.notes)]
+    {
+        for l in list {
+            s.push_str(&format!("{what}: {l}\n"));
+        }
+    }
+    s
+}
+
+/// `trace PORT HEXFRAME`: one line per frame traced ([`Runtime::trace`]), as `replay --trace`
+/// prints them (without the timestamp).
+pub fn trace(rt: &Runtime, port: &str, hex: &str) -> Result<String, CtlError> {
+    let frame = parse_hex(hex)?;
+    let (cfg, traces) = rt.trace(port, &frame)?;
+    let mut s = String::new();
+    for t in &traces {
+        s.push_str(&t.describe(&cfg));
+        s.push('\n');
+    }
+    if traces.is_empty() {
+        // Counted at ingress before the pipeline's trace (cannot happen for one frame).
+        s.push_str(&format!("{port} len={} -> drop {}\n", frame.len(), DropReason::Runt.name()));
+    }
+    Ok(s)
+}
+
+/// Rows as left-aligned columns.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |x| x.len())).max().unwrap_or(0)).collect();
+    let mut s = String::new();
+    for r in rows {
+        let line: Vec<String> =
+            r.iter().enumerate().map(|(c, x)| format!("{x:<w$}", w = widths[c])).collect();
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// Parses a frame given as hex digits (spaces, `:` and `-` between bytes are ignored).
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, CtlError> {
+    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-').collect();
+    let digits = digits.strip_prefix("0x").unwrap_or(&digits);
+    if !digits.len().is_multiple_of(2) {
+        return Err(CtlError::OddHexDigits);
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .map_err(|_| CtlError::NotHex(digits[i..i + 2].to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_frames() {
+        assert_eq!(parse_hex("ff:00 0a").unwrap(), [0xff, 0, 10]);
+        assert_eq!(parse_hex("0x0102-03").unwrap(), [1, 2, 3]);
+        assert_eq!(parse_hex("abc").unwrap_err().to_string(), "odd number of hex digits");
+        assert_eq!(parse_hex("zz").unwrap_err().to_string(), "\"zz\" is not hex");
+    }
+}

@@ -1,0 +1,271 @@
+//! One worker thread: its loop (pick up a new plan, poll, count, back off when idle) and the
+//! queue handles it owns. Invariant: the worker holds RX and TX handles only of ports in the
+//! plan it last applied, and on stop frees every buffer it holds.
+
+use super::backoff::Backoff;
+use super::clock::SecondClock;
+use super::engine::Shared;
+use super::{ForwardingPlan, FwdMode};
+use crate::buffer::PoolCache;
+use crate::cpu;
+use crate::pipeline::{process_burst, TxBatches};
+use crate::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use crate::switch::{DropReason, PortId};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An RX queue a worker polls, with the backend it was opened on.
+pub(super) struct RxSlot {
+    pub(super) port: PortId,
+    queue: u16,
+    backend: Arc<dyn PortBackend>,
+    pub(super) handle: Box<dyn RxQueue>,
+}
+
+pub(super) struct Worker {
+    pub(super) idx: usize,
+    gen: u64,
+    pub(super) plan: Arc<ForwardingPlan>,
+    pub(super) rx: Vec<RxSlot>,
+    /// Assigned (port, queue) pairs not opened yet (another worker still holds them).
+    pub(super) rx_pending: Vec<(PortId, u16)>,
+    tx: Vec<Option<Box<dyn TxQueue>>>,
+    tx_backends: Vec<Option<Arc<dyn PortBackend>>>,
+    batches: TxBatches,
+    pub(super) cache: PoolCache,
+    pub(super) burst: Burst,
+    tally: DropTally,
+    pub(super) flow_seq: u64,
+    clock: SecondClock,
+}
+
+fn same(a: &Arc<dyn PortBackend>, b: &Arc<dyn PortBackend>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// The body of worker thread `idx`, until the engine stops.
+pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
+    if let Some(core) = sh.opts.cores[idx] {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!(worker = idx, core, "could not pin worker to core");
+        }
+    }
+    if let Some(hook) = &sh.opts.on_worker_start {
+        hook(idx);
+    }
+    let plan = sh.plan.load_full();
+    let mut w = Worker {
+        idx,
+        gen: 0,
+        batches: TxBatches::new(plan.switch.port_slots()),
+        plan,
+        rx: Vec::new(),
+        rx_pending: Vec::new(),
+        tx: Vec::new(),
+        tx_backends: Vec::new(),
+        cache: sh.pool.cache(),
+        burst: Burst::new(),
+        tally: DropTally::default(),
+        flow_seq: 0,
+        clock: SecondClock::UNSET,
+    };
+    let stats = &sh.workers[idx];
+    let mut backoff = Backoff::new();
+    let mut last_retry = Instant::now();
+    let mut t_prev = cpu::rdtsc();
+    while !sh.stop.load(Ordering::Acquire) {
+        // When the poll starts (the clock of learning): when the last one ended, unless a
+        // reload or the opening of ports took time in between.
+        let mut poll_tsc = t_prev;
+        let g = sh.generation.load(Ordering::Acquire);
+        if g != w.gen {
+            w.reload(&sh);
+            w.gen = g;
+            stats.applied.store(g, Ordering::Release);
+            poll_tsc = cpu::rdtsc();
+        }
+        if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
+            let plan = w.plan.clone();
+            w.open_pending(&plan);
+            last_retry = Instant::now();
+            poll_tsc = cpu::rdtsc();
+        }
+        let (got, sent) = w.poll(&sh, poll_tsc);
+        let t_now = cpu::rdtsc();
+        let dt = t_now.wrapping_sub(t_prev);
+        t_prev = t_now;
+        if got > 0 {
+            stats.busy_cycles.fetch_add(dt, Ordering::Relaxed);
+            stats.busy_polls.fetch_add(1, Ordering::Relaxed);
+            stats.rx_packets.fetch_add(got as u64, Ordering::Relaxed);
+            stats.forwarded_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            backoff.busy();
+            continue;
+        }
+        stats.idle_cycles.fetch_add(dt, Ordering::Relaxed);
+        stats.idle_polls.fetch_add(1, Ordering::Relaxed);
+        if !backoff.idle(&sh.opts, |timeout| w.sleep_on_queues(&sh, timeout)) {
+            continue;
+        }
+        // Time spent backing off counts as idle too.
+        let t_after = cpu::rdtsc();
+        stats.idle_cycles.fetch_add(t_after.wrapping_sub(t_prev), Ordering::Relaxed);
+        t_prev = t_after;
+    }
+    w.release_all();
+}
+
+impl Worker {
+    fn reload(&mut self, sh: &Shared) {
+        let plan = sh.plan.load_full();
+        let mine: &[(PortId, u16)] = plan.rx.get(self.idx).map_or(&[], |v| v.as_slice());
+        let backend_of = |p: PortId| plan.ports.get(usize::from(p)).and_then(|b| b.clone());
+        // Keep RX handles that are still ours and whose backend did not change.
+        let old = std::mem::take(&mut self.rx);
+        for s in old {
+            let keep =
+                mine.contains(&(s.port, s.queue)) && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
+            if keep {
+                self.rx.push(s);
+            }
+        }
+        self.rx_pending =
+            mine.iter().copied().filter(|pq| !self.rx.iter().any(|s| (s.port, s.queue) == *pq)).collect();
+        self.open_pending(&plan);
+        // TX: one handle per port, reopened when the backend changed.
+        let n = plan.ports.len();
+        self.batches.discard(&mut self.cache);
+        self.batches.resize(plan.switch.port_slots().max(n));
+        self.tx.resize_with(n.max(self.tx.len()), || None);
+        self.tx_backends.resize_with(n.max(self.tx_backends.len()), || None);
+        for i in 0..self.tx.len() {
+            let want = plan.ports.get(i).and_then(|b| b.clone());
+            let keep = match (&want, &self.tx_backends[i]) {
+                (Some(a), Some(b)) => same(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !keep {
+                if let Some(mut q) = self.tx[i].take() {
+                    let _ = q.flush();
+                }
+                self.tx_backends[i] = None;
+                if let Some(b) = want {
+                    match b.open_tx(self.idx as u16) {
+                        Ok(q) => {
+                            self.tx[i] = Some(q);
+                            self.tx_backends[i] = Some(b);
+                        }
+                        Err(e) => tracing::error!(worker = self.idx, error = %e, "cannot open TX queue"),
+                    }
+                }
+            }
+        }
+        self.plan = plan;
+    }
+
+    fn open_pending(&mut self, plan: &ForwardingPlan) {
+        let pending = std::mem::take(&mut self.rx_pending);
+        for (port, queue) in pending {
+            let Some(b) = plan.ports.get(usize::from(port)).and_then(|b| b.clone()) else { continue };
+            match b.open_rx(queue) {
+                Ok(handle) => self.rx.push(RxSlot { port, queue, backend: b, handle }),
+                Err(PortError::QueueTaken { .. }) => self.rx_pending.push((port, queue)),
+                Err(e) => tracing::error!(worker = self.idx, error = %e, "cannot open RX queue"),
+            }
+        }
+    }
+
+    /// One poll of every RX queue (or one generated burst per owned port), which starts at TSC
+    /// value `tsc`. Returns the frames received (or generated) and the frames sent.
+    fn poll(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
+        match self.plan.mode {
+            FwdMode::Switch => self.poll_switch(sh, tsc),
+            mode @ (FwdMode::TxOnly | FwdMode::FlowGen) => self.poll_generate(mode, sh.opts.burst),
+            mode @ (FwdMode::Io | FwdMode::Mac | FwdMode::MacSwap | FwdMode::RxOnly) => {
+                self.poll_testpmd(mode, sh.opts.burst)
+            }
+        }
+    }
+
+    /// One poll of every RX queue through the L2 pipeline; "sent" counts every frame handed
+    /// to it.
+    fn poll_switch(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
+        let mut now = None;
+        let (mut got, mut sent) = (0, 0);
+        for k in 0..self.rx.len() {
+            let (port, n) = self.rx_burst(k, sh.opts.burst);
+            if n == 0 {
+                continue;
+            }
+            got += n;
+            let now = *now.get_or_insert_with(|| self.clock.at(sh.tsc_start, sh.tsc_hz, tsc));
+            // Field by field: disjoint borrows, no reference count touched per burst.
+            process_burst(
+                &self.plan.switch,
+                port,
+                &mut self.burst,
+                now,
+                &mut self.cache,
+                &mut self.batches,
+                None,
+            );
+            self.batches.flush(&self.plan.switch, &mut self.tx, &mut self.cache);
+            sent += n;
+        }
+        (got, sent)
+    }
+
+    /// Receives a burst from RX slot `k` into `self.burst`, counting on its port what the
+    /// queue dropped. Returns the port and the frames received.
+    #[inline(always)]
+    pub(super) fn rx_burst(&mut self, k: usize, burst_size: usize) -> (PortId, usize) {
+        let port = self.rx[k].port;
+        let n = self.rx[k].handle.rx_burst(&mut self.cache, &mut self.burst, burst_size, &mut self.tally);
+        if !self.tally.is_zero() {
+            if let Some(spec) = self.plan.switch.port(port) {
+                self.tally.flush_into(&spec.stats);
+            }
+        }
+        (port, n)
+    }
+
+    /// Sends `burst` out of `port` directly (modes other than switch), counting on that port.
+    pub(super) fn send_direct(&mut self, port: PortId) -> usize {
+        let n = self.burst.len();
+        if n == 0 {
+            return 0;
+        }
+        let bytes: usize = self.burst.iter().map(|b| b.len()).sum();
+        let sent = match self.tx.get_mut(usize::from(port)).and_then(|q| q.as_mut()) {
+            Some(q) => q.tx_burst(&mut self.burst, &mut self.cache, &mut self.tally),
+            None => {
+                self.tally.add(DropReason::PortDown, n as u32);
+                for b in self.burst.drain(..) {
+                    self.cache.free(b);
+                }
+                0
+            }
+        };
+        if let Some(spec) = self.plan.switch.port(port) {
+            spec.stats.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            spec.stats.tx_bytes.fetch_add((bytes * sent / n) as u64, Ordering::Relaxed);
+            self.tally.flush_into(&spec.stats);
+        }
+        sent
+    }
+
+    fn release_all(&mut self) {
+        self.batches.discard(&mut self.cache);
+        for b in self.burst.drain(..) {
+            self.cache.free(b);
+        }
+        for q in self.tx.iter_mut().flatten() {
+            let _ = q.flush();
+        }
+        self.rx.clear();
+        self.tx.clear();
+        self.tx_backends.clear();
+    }
+}

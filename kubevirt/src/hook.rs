@@ -1,0 +1,221 @@
+//! The KubeVirt network binding sidecar: hook API v1alpha3 on a Unix socket in
+//! `/var/run/kubevirt-hooks`, serving `Info` and `Callbacks.OnDefineDomain`.
+//!
+//! For every VMI interface whose binding is this plugin's name, OnDefineDomain finds the
+//! device-info of its network in the pod's network information (the file KubeVirt's
+//! `downwardAPI: device-info` mounts, or a Multus network-status list) and rewrites the domain
+//! ([`crate::domain::rewrite`]). A missing device-info, a device-info that is not vhost-user,
+//! or memory that cannot be shared fails the call with a message saying which and why:
+//! virt-launcher then refuses to start the VM rather than start it without its NIC.
+//!
+//! Invariant: the network information is read at every call (never cached), and a call
+//! changes nothing outside the domain it returns.
+
+use crate::domain::{rewrite, DomainError, VhostIface};
+use crate::proto::hooks_info::info_server::{Info, InfoServer};
+use crate::proto::hooks_info::{HookPoint, InfoParams, InfoResult};
+use crate::proto::hooks_v1alpha3::callbacks_server::{Callbacks, CallbacksServer};
+use crate::proto::hooks_v1alpha3::{
+    OnDefineDomainParams, OnDefineDomainResult, PreCloudInitIsoParams, PreCloudInitIsoResult, ShutdownParams,
+    ShutdownResult,
+};
+use crate::uds;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+/// The hook API version served.
+pub const HOOK_VERSION: &str = "v1alpha3";
+/// The hook point served.
+pub const ON_DEFINE_DOMAIN: &str = "OnDefineDomain";
+/// Where virt-launcher looks for hook sockets.
+pub const DEFAULT_HOOK_DIR: &str = "/var/run/kubevirt-hooks";
+/// Where KubeVirt mounts the network information of `downwardAPI: device-info`.
+pub const DEFAULT_NETWORK_INFO: &str = "/etc/podinfo/network-info";
+
+/// What the sidecar serves.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// The binding name VMI interfaces use (`binding: {name: ...}`).
+    pub binding: String,
+    pub socket: PathBuf,
+    pub network_info: PathBuf,
+    /// `<mtu>` of interfaces whose network information carries none.
+    pub mtu: Option<u32>,
+}
+
+/// Why OnDefineDomain refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("the VMI is not valid JSON: {0}")]
+    Vmi(serde_json::Error),
+    #[error("{path}: {msg}")]
+    NetworkInfo { path: String, msg: String },
+    #[error(
+        "interface {0:?}: no device-info for its network (does the NAD name switchyard's resource in \
+         k8s.v1.cni.cncf.io/resourceName, and is the binding registered with downwardAPI: device-info?)"
+    )]
+    NoDeviceInfo(String),
+    #[error("interface {0:?}: the device-info is not a vhost-user socket: {1}")]
+    NotVhost(String, String),
+    #[error("{0}")]
+    Domain(#[from] DomainError),
+}
+
+/// One network's device-info and MTU, from the network information.
+#[derive(Debug, Clone, Default)]
+struct NetInfo {
+    device_info: Option<Value>,
+    mtu: Option<u32>,
+}
+
+/// Looks up VMI network `net` (with its Multus `networkName`, if any) in the network
+/// information: KubeVirt's `{"interfaces": [{"network", "deviceInfo"}]}` or Multus's
+/// network-status list (`[{"name": "ns/nad", "device-info", "mtu"}]`).
+fn lookup(info: &Value, net: &str, nad: Option<&str>) -> NetInfo {
+    if let Some(ifs) = info.get("interfaces").and_then(Value::as_array) {
+        let hit = ifs.iter().find(|i| i.get("network").and_then(Value::as_str) == Some(net));
+        return NetInfo { device_info: hit.and_then(|i| i.get("deviceInfo")).cloned(), mtu: None };
+    }
+    let Some(list) = info.as_array() else { return NetInfo::default() };
+    let Some(nad) = nad else { return NetInfo::default() };
+    // A NAD named without its namespace is in the VMI's; network-status always names both.
+    let same = |name: &str| name == nad || (!nad.contains('/') && name.rsplit('/').next() == Some(nad));
+    let hit = list.iter().find(|s| s.get("name").and_then(Value::as_str).is_some_and(same));
+    NetInfo {
+        device_info: hit.and_then(|s| s.get("device-info")).cloned(),
+        mtu: hit.and_then(|s| s.get("mtu")).and_then(Value::as_u64).and_then(|m| u32::try_from(m).ok()),
+    }
+}
+
+/// The interfaces of `vmi` bound to `cfg.binding`, with their sockets.
+pub fn plan(cfg: &SidecarConfig, vmi: &Value, info: &Value) -> Result<Vec<VhostIface>, HookError> {
+    let spec = &vmi["spec"];
+    let multiqueue = spec["domain"]["devices"]["networkInterfaceMultiqueue"].as_bool().unwrap_or(false);
+    let networks = spec["networks"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for i in spec["domain"]["devices"]["interfaces"].as_array().into_iter().flatten() {
+        if i["binding"]["name"].as_str() != Some(cfg.binding.as_str()) {
+            continue;
+        }
+        let name = i["name"].as_str().unwrap_or_default().to_string();
+        let nad = networks
+            .iter()
+            .find(|n| n["name"].as_str() == Some(name.as_str()))
+            .and_then(|n| n["multus"]["networkName"].as_str());
+        let ni = lookup(info, &name, nad);
+        let di = ni.device_info.ok_or_else(|| HookError::NoDeviceInfo(name.clone()))?;
+        if di["type"].as_str() != Some("vhost-user") {
+            return Err(HookError::NotVhost(name, di.to_string()));
+        }
+        let socket = di["vhost-user"]["path"].as_str().filter(|p| p.starts_with('/'));
+        let mode = di["vhost-user"]["mode"].as_str().filter(|m| *m == "client" || *m == "server");
+        let (Some(socket), Some(mode)) = (socket, mode) else {
+            return Err(HookError::NotVhost(name, di.to_string()));
+        };
+        out.push(VhostIface {
+            socket: socket.into(),
+            mode: mode.into(),
+            mac: i["macAddress"].as_str().map(str::to_string),
+            mtu: ni.mtu.or(cfg.mtu),
+            multiqueue,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// OnDefineDomain's work: the rewritten domain.
+pub fn on_define_domain(cfg: &SidecarConfig, domain: &[u8], vmi: &[u8]) -> Result<Vec<u8>, HookError> {
+    let vmi: Value = serde_json::from_slice(vmi).map_err(HookError::Vmi)?;
+    let bound = vmi["spec"]["domain"]["devices"]["interfaces"]
+        .as_array()
+        .is_some_and(|is| is.iter().any(|i| i["binding"]["name"].as_str() == Some(cfg.binding.as_str())));
+    if !bound {
+        return Ok(domain.to_vec());
+    }
+    let path = cfg.network_info.display().to_string();
+    let text = std::fs::read(&cfg.network_info)
+        .map_err(|e| HookError::NetworkInfo { path: path.clone(), msg: e.to_string() })?;
+    let info: Value =
+        serde_json::from_slice(&text).map_err(|e| HookError::NetworkInfo { path, msg: e.to_string() })?;
+    Ok(rewrite(domain, &plan(cfg, &vmi, &info)?)?)
+}
+
+struct Sidecar {
+    cfg: Arc<SidecarConfig>,
+    shutdown: Arc<Notify>,
+}
+
+#[tonic::async_trait]
+impl Info for Sidecar {
+    async fn info(&self, r: Request<InfoParams>) -> Result<Response<InfoResult>, Status> {
+        let offered = r.into_inner().supported_hook_api_versions;
+        if !offered.iter().any(|v| v == HOOK_VERSION) {
+            tracing::warn!(?offered, "virt-launcher does not offer hook API {HOOK_VERSION}");
+        }
+        Ok(Response::new(InfoResult {
+            name: self.cfg.binding.clone(),
+            versions: vec![HOOK_VERSION.into()],
+            hook_points: vec![HookPoint { name: ON_DEFINE_DOMAIN.into(), priority: 0 }],
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Callbacks for Sidecar {
+    async fn on_define_domain(
+        &self,
+        r: Request<OnDefineDomainParams>,
+    ) -> Result<Response<OnDefineDomainResult>, Status> {
+        let p = r.into_inner();
+        match on_define_domain(&self.cfg, &p.domain_xml, &p.vmi) {
+            Ok(domain_xml) => Ok(Response::new(OnDefineDomainResult { domain_xml })),
+            Err(e) => {
+                tracing::error!("OnDefineDomain: {e}");
+                Err(Status::failed_precondition(format!("switchyard binding: {e}")))
+            }
+        }
+    }
+
+    async fn pre_cloud_init_iso(
+        &self,
+        r: Request<PreCloudInitIsoParams>,
+    ) -> Result<Response<PreCloudInitIsoResult>, Status> {
+        // Not a hook point of this sidecar: what comes goes back unchanged.
+        let p = r.into_inner();
+        Ok(Response::new(PreCloudInitIsoResult {
+            cloud_init_no_cloud_source: p.cloud_init_no_cloud_source,
+            cloud_init_data: p.cloud_init_data,
+        }))
+    }
+
+    async fn shutdown(&self, _: Request<ShutdownParams>) -> Result<Response<ShutdownResult>, Status> {
+        self.shutdown.notify_one();
+        Ok(Response::new(ShutdownResult {}))
+    }
+}
+
+/// Serves until `stop` resolves or virt-launcher calls Shutdown; removes the socket then.
+pub async fn run(cfg: SidecarConfig, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    let incoming = uds::bind(&cfg.socket)?;
+    let shutdown = Arc::new(Notify::new());
+    let socket = cfg.socket.clone();
+    let cfg = Arc::new(cfg);
+    let info = InfoServer::new(Sidecar { cfg: cfg.clone(), shutdown: shutdown.clone() });
+    let callbacks = CallbacksServer::new(Sidecar { cfg, shutdown: shutdown.clone() });
+    let r = tonic::transport::Server::builder()
+        .add_service(info)
+        .add_service(callbacks)
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = shutdown.notified() => {}
+            }
+        })
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    r.map_err(std::io::Error::other)
+}

@@ -1,0 +1,149 @@
+//! Opens a port backend from its configuration (`type` and the type's options), the one place
+//! that maps the configuration file's port types to backends.
+
+use crate::afpacket::AfPacketPort;
+use crate::tap::TapPort;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use switchyard_dataplane::config::{PortConfig, PortType};
+use switchyard_dataplane::port::pcap::{PcapPort, TxClock};
+use switchyard_dataplane::port::ring::{RingPeer, RingPort};
+use switchyard_dataplane::port::{PortBackend, PortError};
+
+/// What opening a port needs beyond its own configuration.
+#[derive(Debug, Clone, Default)]
+pub struct PortContext {
+    /// Workers that will poll the port (TX and, where the device has them, RX queues).
+    pub workers: u16,
+    /// Mbufs in the process-wide DPDK pool (made when the first DPDK port opens); 0: sized
+    /// for the first port's rings. net_pcap's `infinite_rx` keeps its whole capture in mbufs.
+    pub dpdk_mbufs: u32,
+    /// EAL options for the first DPDK port (EAL starts once per process).
+    #[cfg(feature = "dpdk")]
+    pub eal: switchyard_bindings::EalOptions,
+}
+
+/// Depth of an in-memory ring port's queues.
+pub const RING_DEPTH: usize = 1024;
+
+fn ring_registry() -> &'static Mutex<HashMap<String, RingPeer>> {
+    static R: OnceLock<Mutex<HashMap<String, RingPeer>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The far end of the ring port created under `ring` (the ring's name, by default the port's),
+/// for a test or an in-process peer to inject and collect frames.
+pub fn ring_peer(ring: &str) -> Option<RingPeer> {
+    ring_registry().lock().unwrap_or_else(|e| e.into_inner()).get(ring).cloned()
+}
+
+/// Opens the backend a port's configuration describes. A port without `type` is a ring.
+pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    let name = cfg.name.as_str();
+    match cfg.kind.unwrap_or(PortType::Ring) {
+        PortType::Ring => {
+            let ring = cfg.ring.as_deref().unwrap_or(name);
+            let (port, peer) = RingPort::new(name, RING_DEPTH);
+            ring_registry().lock().unwrap_or_else(|e| e.into_inner()).insert(ring.to_string(), peer);
+            Ok(Arc::new(port))
+        }
+        PortType::Pcap => {
+            let p = PcapPort::open(
+                name,
+                cfg.rx_pcap.as_deref().map(Path::new),
+                cfg.tx_pcap.as_deref().map(Path::new),
+                cfg.infinite.unwrap_or(false),
+                TxClock::Wall,
+            )?;
+            Ok(Arc::new(p))
+        }
+        PortType::Afpacket => {
+            use crate::afpacket::{AfPacketOptions, AfPacketRxMode};
+            let opts = match cfg.rx_mode.unwrap_or_default() {
+                AfPacketRxMode::Ring => AfPacketOptions::default(),
+                AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
+            };
+            Ok(Arc::new(AfPacketPort::open(name, cfg.iface.as_deref().unwrap_or(name), opts)?))
+        }
+        PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
+        PortType::Vhostuser => open_vhost(cfg),
+        PortType::Dpdk => open_dpdk(cfg, ctx),
+    }
+}
+
+fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
+    use crate::vhost::{Mode, VhostOptions, VhostUserPort};
+    let name = cfg.name.as_str();
+    let socket = cfg.socket.as_deref().ok_or_else(|| PortError::Backend {
+        port: name.into(),
+        msg: "a vhostuser port needs a socket path".into(),
+    })?;
+    let mode = match cfg.mode.as_deref().unwrap_or("server") {
+        "server" => Mode::Server,
+        "client" => Mode::Client,
+        m => {
+            return Err(PortError::Backend {
+                port: name.into(),
+                msg: format!("mode {m:?} is neither server nor client"),
+            })
+        }
+    };
+    let socket_mode = cfg.socket_mode.as_deref().and_then(switchyard_dataplane::config::parse_socket_mode);
+    let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), socket_mode, ..Default::default() };
+    Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
+}
+
+/// EAL's options for this context: room for the requested mbuf pool when the memory size is
+/// left to us (EAL's default under `--no-huge` is 256 MiB).
+#[cfg(feature = "dpdk")]
+fn eal_options(ctx: &PortContext) -> switchyard_bindings::EalOptions {
+    let mut o = ctx.eal.clone();
+    if o.memory_mb.is_none() && ctx.dpdk_mbufs > 0 {
+        let pool_mb = (u64::from(ctx.dpdk_mbufs) * 2560).div_ceil(1 << 20);
+        o.memory_mb = Some(256 + pool_mb as u32);
+    }
+    o
+}
+
+#[cfg(feature = "dpdk")]
+fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    use crate::dpdk::{DpdkPort, DpdkPortConfig};
+    let name = cfg.name.as_str();
+    let devargs = cfg
+        .devargs
+        .as_deref()
+        .ok_or_else(|| PortError::Backend { port: name.into(), msg: "a dpdk port needs devargs".into() })?;
+    let eal = switchyard_bindings::Eal::init(eal_options(ctx))
+        .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
+    let workers = ctx.workers.max(1);
+    let pc = DpdkPortConfig {
+        rx_queues: cfg.queues.unwrap_or(workers),
+        tx_queues: workers,
+        pool_size: ctx.dpdk_mbufs,
+        ..Default::default()
+    };
+    Ok(Arc::new(DpdkPort::open(eal, name, devargs, &pc)?))
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(cfg: &PortConfig, _ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+    Err(PortError::Unsupported {
+        port: cfg.name.clone(),
+        kind: "dpdk".into(),
+        hint: "build with `--features dpdk` (needs Debian's libdpdk-dev)".into(),
+    })
+}
+
+/// A worker hook that registers each worker thread with DPDK's EAL when EAL is up (so that
+/// mempool per-core caches are used); does nothing otherwise.
+pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
+    Arc::new(|_idx| {
+        #[cfg(feature = "dpdk")]
+        if let Some(eal) = switchyard_bindings::Eal::get() {
+            if let Err(e) = eal.register_thread() {
+                tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL");
+            }
+        }
+    })
+}
