@@ -15,6 +15,10 @@
 #                       /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk, package
 #                       openvswitch-switch-dpdk; the ovs-vswitchd alternative is left alone)
 #        CORE=C         the forwarding core of one-core runs (default: the last available one)
+#        HUGEPAGES=0    every DPDK contender with --no-huge (default: all on 2 MiB hugepages when
+#                       the machine can: as root the script mounts a hugetlbfs and reserves
+#                       HUGE_PAGES pages, default 1024, giving back what it added at the end;
+#                       otherwise it falls back to --no-huge for all and says so)
 #        CARGO_TARGET_DIR as cargo uses it
 #
 # Captures: 60-byte frames as captured (64 bytes on the wire with the FCS), UDP/IPv4; port 0's
@@ -23,6 +27,8 @@
 set -euo pipefail
 
 SECS=${1:-5}
+# shellcheck source=benches/hugepages.sh
+. "$(dirname "$0")/hugepages.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIG_MACS=${BIG_MACS:-1048576}
@@ -81,10 +87,17 @@ ovs_stop() {
 cleanup() {
     ovs_stop
     rm -rf "$WORK" "/var/run/dpdk/pmdcmp$$"
+    huge_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+huge_setup "${HUGE_PAGES:-1024}"
+# Each DPDK contender's memory: EAL's own on hugepages (every one of them allocates as it needs:
+# testpmd and switchyard with --in-memory, OVS adds it itself), a fixed -m without them.
+SY_HUGE=()
+[ "$HUGE" = 0 ] && SY_HUGE=(--no-huge)
 
 echo "== captures in $WORK"
 python3 "$ROOT/benches/gen_pcaps.py" --macs 256 "$WORK/a256.pcap" "$WORK/b256.pcap"
@@ -110,7 +123,7 @@ record() { # label mpps command...
 sy() { # label args...
     local label=$1
     shift
-    local cmd=("$BIN" pmd --busy-poll --seconds "$SECS" --json "$@")
+    local cmd=("$BIN" pmd --busy-poll --seconds "$SECS" --json "${SY_HUGE[@]}" "$@")
     local out
     if ! out=$("${cmd[@]}" 2>"$WORK/err"); then
         echo "$label: failed: $(tail -3 "$WORK/err")" >&2
@@ -140,7 +153,9 @@ testpmd() { # label a.pcap b.pcap frames-per-capture
         [ "$n" -gt 262144 ] && pool+=(--mbuf-size=256)
         settle=8
     fi
-    local cmd=(dpdk-testpmd --no-huge "${mem[@]}" --no-pci --file-prefix "pmdcmp$$"
+    [ "$HUGE" = 1 ] && mem=(--in-memory)
+    [ "$HUGE" = 0 ] && mem=(--no-huge "${mem[@]}")
+    local cmd=(dpdk-testpmd "${mem[@]}" --no-pci --file-prefix "pmdcmp$$"
         --vdev "net_pcap0,rx_pcap=$a,infinite_rx=1" --vdev "net_pcap1,rx_pcap=$b,infinite_rx=1"
         -l "$MAIN_CORE,$CORE" -- -i --forward-mode=io --nb-cores=1 "${pool[@]}")
     { sleep "$settle"; echo start; sleep 1; echo "show port stats all"; sleep "$SECS"
@@ -153,9 +168,9 @@ testpmd() { # label a.pcap b.pcap frames-per-capture
 
 # Open vSwitch with DPDK, private to this script: its own ovsdb-server on a fresh database and
 # its own ovs-vswitchd-dpdk, everything (database, sockets, pidfiles, logs) in $OVS_DIR under
-# $WORK, the system's Open vSwitch (if any) untouched. EAL without hugepages: OVS adds
-# --in-memory to the EAL arguments unless it sees --legacy-mem, and --in-memory refuses
-# --no-huge, hence "--no-huge --legacy-mem -m 2048". dpdk-lcore-mask on the main core,
+# $WORK, the system's Open vSwitch (if any) untouched. EAL on hugepages (OVS adds --in-memory to
+# the EAL arguments), or, in the --no-huge fallback, "--no-huge --legacy-mem -m 2048" (OVS adds
+# --in-memory unless it sees --legacy-mem, and --in-memory refuses --no-huge). dpdk-lcore-mask on the main core,
 # pmd-cpu-mask on the forwarding core; a netdev bridge with the two net_pcap ports and only the
 # default flow (NORMAL: MAC learning), its MAC table sized like switchyard's (4 x the MACs each
 # way; OVS's default of 8192 entries cannot hold a big capture's MACs and it floods and
@@ -188,8 +203,10 @@ ovs_dpdk() { # label a.pcap b.pcap frames-per-capture
     local lmask pmask
     lmask=$(printf '0x%x' $((1 << MAIN_CORE)))
     pmask=$(printf '0x%x' $((1 << CORE)))
+    local eal="--no-pci --file-prefix ovsbench$$"
+    [ "$HUGE" = 0 ] && eal="--no-huge --legacy-mem -m 2048 $eal"
     local config=(set Open_vSwitch . other_config:dpdk-init=true
-        "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix ovsbench$$"
+        "other_config:dpdk-extra=$eal"
         "other_config:dpdk-lcore-mask=$lmask" "other_config:pmd-cpu-mask=$pmask")
     local mac_table=$((4 * n > 8192 ? 4 * n : 8192))
     local bridge=(add-br br0 -- set bridge br0 datapath_type=netdev "other_config:mac-table-size=$mac_table"
@@ -322,6 +339,7 @@ ratio() { # label num den
 
 echo
 echo "== results ($SECS s each, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "   $HUGE_NOTE"
 printf '%s\n' "${RESULTS[@]}"
 echo "== ratios"
 ratio "switch / io (256 MACs)" "sy switch 256" "sy io 256"

@@ -18,6 +18,14 @@
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
 #        SY_ARGS="..."   extra arguments for every switchyard pmd (e.g. "--stats-period 1", whose
 #                        lines, with each worker's busy share, are in the kept sy.out)
+#        BACKOFF=1       switchyard without --busy-poll: its idle back-off, as `switchyard run`
+#                        has it by default
+#        SY_BASE=P       another switchyard binary (e.g. a build before a change) run as one more
+#                        contender in every round, "switchyard vhost switch (base)", same flags
+#        HUGEPAGES=0     every DPDK process with --no-huge (default: all on 2 MiB hugepages when
+#                        the machine can, see benches/hugepages.sh: as root the script mounts a
+#                        hugetlbfs and reserves HUGE_PAGES pages, default 1024, given back at
+#                        the end; otherwise --no-huge for all, printed as a fallback)
 #        (every round also prints the cores' cache-line hand-over latency, benches/core-latency.c,
 #        built with cc when there is one: this VM's rates follow it)
 #        KEEP=1          keep the work directory (logs of every process) for a look afterwards
@@ -26,9 +34,10 @@
 #
 # The VMs: one dpdk-testpmd (Debian's dpdk 22.11) with two virtio-user ports, net_virtio_user0 and
 # net_virtio_user1, each the frontend of one vhost-user socket, all of testpmd on VM_CORE (its
-# main lcore, which only reads commands, and its one forwarding lcore). EAL runs with --no-huge:
-# DPDK then backs its memory with a memfd, which virtio-user passes to the backend; no hugepage
-# is needed by anyone. testpmd is the vhost-user server (server=1) for every contender, so its
+# main lcore, which only reads commands, and its one forwarding lcore). EAL runs on hugepages
+# (--in-memory --single-file-segments -m 256: hugetlbfs memfds, one per memory segment list,
+# which virtio-user passes to the backend, within vhost-user's 8 regions), or with --no-huge
+# (then DPDK backs its memory with a plain memfd) in the fallback. testpmd is the vhost-user server (server=1) for every contender, so its
 # command line is the same each time; the switches connect as clients (switchyard
 # `vhost:PATH,client`, net_vhost `client=1`, OVS `dpdkvhostuserclient`).
 #
@@ -61,6 +70,8 @@
 set -euo pipefail
 
 SECS=${1:-5}
+# shellcheck source=benches/hugepages.sh
+. "$(dirname "$0")/hugepages.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SWITCHYARD:-$ROOT/target/release/switchyard}
 VM_CORE=${VM_CORE:-0}
@@ -135,6 +146,7 @@ cleanup() {
     tp_stop
     sw_stop
     ovs_stop
+    huge_release
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     local p
     for p in "${PREFIXES[@]}"; do
@@ -199,7 +211,9 @@ median() {
 # The VMs: testpmd, interactive, its commands through a FIFO on fd 7.
 tp_start() { # sock0 sock1
     local s0=$1 s1=$2
-    TP_CMD=(taskset -c "$VM_CORE" dpdk-testpmd --lcores "0@$VM_CORE,1@$VM_CORE" --no-huge -m 512 --no-pci
+    local mem=(--no-huge -m 512)
+    [ "$HUGE" = 1 ] && mem=(--in-memory --single-file-segments -m 256)
+    TP_CMD=(taskset -c "$VM_CORE" dpdk-testpmd --lcores "0@$VM_CORE,1@$VM_CORE" "${mem[@]}" --no-pci
         --file-prefix "$TP_PREFIX" --log-level=pmd.net.virtio.*:warning
         --vdev "net_virtio_user0,path=$s0,server=1,queues=1,queue_size=$QSIZE,mac=$MAC0"
         --vdev "net_virtio_user1,path=$s1,server=1,queues=1,queue_size=$QSIZE,mac=$MAC1"
@@ -282,7 +296,11 @@ sy() {
         a=${a//SOCK1/$s1}
         args+=("$a")
     done
-    local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --busy-poll --json --lcores "$SW_CORE" ${SY_ARGS:-} "${args[@]}")
+    local bin=$BIN poll=(--busy-poll)
+    [ "${BACKOFF:-0}" = 1 ] && poll=()
+    [ "$tag" = base ] && bin=$SY_BASE
+    [ "$HUGE" = 0 ] && poll+=(--no-huge)
+    local cmd=(taskset -c "$SW_CORE" "$bin" pmd "${poll[@]}" --json --lcores "$SW_CORE" ${SY_ARGS:-} "${args[@]}")
     hand_over
     echo "== $label"
     echo "   switch: ${cmd[*]}"
@@ -317,8 +335,8 @@ sy() {
 # ovs-vswitchd-dpdk, everything in $WORK/ovs, EAL with its own --file-prefix, the system's Open
 # vSwitch (if any) untouched; ovs-vswitchd in a network namespace of its own (unshare --net),
 # since the userspace datapath creates kernel tap devices (ovs-netdev and one per bridge) whose
-# names would collide with any other OVS on the machine. EAL without hugepages as in pmd-compare.sh ("--no-huge --legacy-mem
-# -m 2048": OVS adds --in-memory unless it sees --legacy-mem, and --in-memory refuses --no-huge).
+# names would collide with any other OVS on the machine. EAL on hugepages, or without them in
+# the fallback, as in pmd-compare.sh.
 # The whole process on SW_CORE (taskset; dpdk-lcore-mask and pmd-cpu-mask both SW_CORE), like
 # switchyard's. A netdev bridge with two dpdkvhostuserclient ports and only the default flow
 # (NORMAL: MAC learning); everything else at OVS's defaults.
@@ -334,8 +352,10 @@ ovs_dpdk() {
     local appctl=("${env[@]}" ovs-appctl -t "$OVS_DIR/vswitchd.ctl")
     local mask
     mask=$(printf '0x%x' $((1 << SW_CORE)))
+    local eal="--no-pci --file-prefix $OVS_PREFIX"
+    [ "$HUGE" = 0 ] && eal="--no-huge --legacy-mem -m 2048 $eal"
     local config=(set Open_vSwitch . other_config:dpdk-init=true
-        "other_config:dpdk-extra=--no-huge --legacy-mem -m 2048 --no-pci --file-prefix $OVS_PREFIX"
+        "other_config:dpdk-extra=$eal"
         "other_config:dpdk-lcore-mask=$mask" "other_config:pmd-cpu-mask=$mask")
     local bridge=(add-br vm2vm -- set bridge vm2vm datapath_type=netdev
         -- add-port vm2vm vm0 -- set interface vm0 type=dpdkvhostuserclient "options:vhost-server-path=$s0"
@@ -392,12 +412,17 @@ ovs_dpdk() {
     rm -f "$s0" "$s1"
 }
 
+huge_setup "${HUGE_PAGES:-1024}"
+[ "${BACKOFF:-0}" = 1 ] && echo "== switchyard without --busy-poll (BACKOFF=1): its idle back-off on"
 echo "== VM-to-VM over vhost-user: VMs (testpmd) on core $VM_CORE, the switch on core $SW_CORE, $FRAME-byte frames, $SECS s each"
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     [ "$ROUNDS" = 1 ] || echo "==== round $ROUND of $ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     sy "switchyard vhost switch" sy --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+    if [ -n "${SY_BASE:-}" ]; then
+        sy "switchyard vhost switch (base)" base --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+    fi
     if [ "$have_ovs" = 1 ]; then
         ovs_dpdk "ovs-dpdk NORMAL"
     fi
@@ -436,6 +461,9 @@ echo "== ratios"
 ratio "switchyard / OVS-DPDK (goal >= 2)" "switchyard vhost switch" "ovs-dpdk NORMAL"
 ratio "switchyard / switchyard-over-net_vhost (goal >= 1)" "switchyard vhost switch" "switchyard net_vhost switch"
 ratio "switch / io (switchyard vhost)" "switchyard vhost switch" "switchyard vhost io (ref)"
+ratio "switchyard / switchyard base (SY_BASE)" "switchyard vhost switch" "switchyard vhost switch (base)"
+ratio "switchyard base / OVS-DPDK" "switchyard vhost switch (base)" "ovs-dpdk NORMAL"
+echo "   $HUGE_NOTE"
 
 # The same by vCPU placement: a run counts for a placement when the hand-over latency before
 # and after it fall in the same class (under 90 cycles: "near", 90-250: "mid", over 250: "far",

@@ -115,6 +115,11 @@ pub struct PmdArgs {
     /// net_pcap port with infinite_rx needs one per frame of its capture).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub mbufs: u32,
+    /// dpdk ports: run EAL without hugepages (`--no-huge`) even when free ones are mounted
+    /// (default: hugepages when the machine has free ones), for a comparison with contenders
+    /// that cannot have them.
+    #[arg(long)]
+    pub no_huge: bool,
 }
 
 /// Parses `--rxq-affinity`.
@@ -149,6 +154,7 @@ struct Setup {
     mac_table_size: usize,
     rxq_affinity: Vec<(u16, u16, usize)>,
     mbufs: u32,
+    no_huge: bool,
 }
 
 fn mode_names() -> String {
@@ -389,6 +395,7 @@ fn check(a: &PmdArgs) -> Result<Setup, String> {
         mac_table_size: a.mac_table_size,
         rxq_affinity,
         mbufs: a.mbufs,
+        no_huge: a.no_huge,
     })
 }
 
@@ -481,6 +488,15 @@ impl Session {
             dpdk_mbufs: setup.mbufs,
             ..Default::default()
         };
+        #[cfg(feature = "dpdk")]
+        let ctx = {
+            let mut ctx = ctx;
+            ctx.eal.no_huge = setup.no_huge.then_some(true);
+            ctx
+        };
+        // Without DPDK there is no EAL to tell.
+        #[cfg(not(feature = "dpdk"))]
+        let _ = setup.no_huge;
         let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; switch.port_slots()];
         for (pc, spec) in setup.ports.iter().zip(&setup.specs) {
             let id = switch.by_name[&pc.name];

@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Cores to pin one worker each to (`2,3` or `2-5`); unset: one unpinned worker.
     #[arg(long, value_name = "LIST")]
     pub lcores: Option<String>,
+    /// Keep the workers polling when idle instead of sleeping after 2 ms without a frame: for
+    /// cores given to the switch alone (with --lcores: a DaemonSet's exclusive CPUs, the
+    /// kubelet's static CPU manager policy), where a sleeping worker only adds wake-up latency.
+    #[arg(long)]
+    pub busy_poll: bool,
     /// The control socket (`switchyard ctl --socket`).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -127,6 +132,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     let ropts = RuntimeOptions {
         engine: EngineOptions {
             cores,
+            busy_poll: a.busy_poll,
             on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },

@@ -18,6 +18,7 @@
 #include <rte_ethdev.h>
 #include <rte_memzone.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 /* The directory EAL loads driver plugins from when linked dynamically. */
 const char *sy_pmd_path(void) { return RTE_EAL_PMD_PATH; }
@@ -78,40 +79,144 @@ uint16_t sy_rte_mbuf_refcnt_read(const struct rte_mbuf *m) { return rte_mbuf_ref
 uint16_t sy_rte_pktmbuf_data_room_size(struct rte_mempool *mp) { return rte_pktmbuf_data_room_size(mp); }
 
 /*
+ * IOVA of the byte at va (RTE_BAD_IOVA when unknown): rte_mem_virt2iova, which
+ * under IOVA as PA reads the memseg that holds va, so the answer is per page.
+ */
+uint64_t sy_rte_mem_virt2iova(const void *va) { return rte_mem_virt2iova(va); }
+
+/* Whether EAL runs with IOVA as physical addresses. */
+int sy_rte_eal_iova_is_pa(void) { return rte_eal_iova_mode() == RTE_IOVA_PA; }
+
+/*
+ * The pieces of [addr, addr + len) that are IOVA-contiguous, cut at slot
+ * boundaries: ext[k] covers whole slots of elt bytes (slot i = addr + i * elt)
+ * that lie inside one IOVA-contiguous run of pages. A slot that straddles two
+ * runs (its pages are not physically adjacent) is in no piece: no mbuf gets it,
+ * since DMA into it would cross into an unrelated page. Returns the number of
+ * pieces written (at most max), or -1 when more were needed; *usable is the
+ * number of slots the pieces hold. Memory whose IOVA is unknown (RTE_BAD_IOVA:
+ * --no-huge with IOVA as PA) is one piece with RTE_BAD_IOVA, as DPDK does for
+ * such memory: only devices that never DMA can use it.
+ */
+static int sy_iova_pieces(char *addr, size_t len, size_t pg, unsigned int elt,
+                          struct rte_pktmbuf_extmem *ext, int max,
+                          size_t *usable)
+{
+	rte_iova_t run_iova = rte_mem_virt2iova(addr);
+	size_t run = 0, off, nslots = len / elt;
+	int k = 0;
+
+	*usable = 0;
+	if (run_iova == RTE_BAD_IOVA) {
+		ext[0].buf_ptr = addr;
+		ext[0].buf_iova = RTE_BAD_IOVA;
+		ext[0].buf_len = nslots * elt;
+		ext[0].elt_size = elt;
+		*usable = nslots;
+		return 1;
+	}
+	/* off walks the page boundaries inside the region, then its end. */
+	off = RTE_ALIGN_CEIL((uintptr_t)addr + 1, pg) - (uintptr_t)addr;
+	for (;;) {
+		int end = off >= len;
+		rte_iova_t iova = end ? RTE_BAD_IOVA : rte_mem_virt2iova(addr + off);
+
+		if (end || iova != run_iova + (off - run)) {
+			/* The run [run, min(off, len)) ends: its whole slots. */
+			size_t first = (run + elt - 1) / elt;
+			size_t last = (end ? len : off) / elt;
+
+			if (last > first) {
+				if (k == max)
+					return -1;
+				ext[k].buf_ptr = addr + first * elt;
+				ext[k].buf_iova = run_iova == RTE_BAD_IOVA ?
+					RTE_BAD_IOVA : run_iova + (first * elt - run);
+				ext[k].buf_len = (last - first) * elt;
+				ext[k].elt_size = elt;
+				*usable += last - first;
+				k++;
+			}
+			if (end)
+				return k;
+			run = off;
+			run_iova = iova;
+		}
+		off += pg;
+	}
+}
+
+/*
  * A packet mbuf pool whose data buffers are pinned external buffers
- * (rte_pktmbuf_pool_create_extbuf) of elt_size bytes each, carved in order
- * from one IOVA-contiguous memzone of n * elt_size bytes. DPDK-managed memory
- * is already DMA-mapped (VFIO) and its IOVA is known, so the same pool serves
- * vdevs under --no-huge and real devices. On success *base is the region and
- * *mz its memzone (free with sy_extbuf_pool_free); on failure NULL with
- * rte_errno set and nothing left allocated.
+ * (rte_pktmbuf_pool_create_extbuf) of elt_size bytes each, slot i of one
+ * memzone at base + i * elt_size. The memzone is contiguous in virtual
+ * addresses only: a node that has run for a while may have no two physically
+ * adjacent hugepages, and with IOVA as PA an IOVA-contiguous zone would need
+ * them. So the zone is registered with DPDK as its IOVA-contiguous pieces
+ * (sy_iova_pieces), each with its own IOVA; a slot that straddles two pieces
+ * gets no mbuf, and the zone is made larger until n slots are usable. DPDK
+ * memory is DMA-mapped (VFIO) and its IOVA known, so the same pool serves
+ * vdevs under --no-huge and real devices. On success *base is the region,
+ * *slots its size in slots (n or more: the others have no mbuf), *pieces the
+ * number of pieces registered, and *mz its memzone (free with
+ * sy_extbuf_pool_free); on failure NULL with rte_errno set and nothing left
+ * allocated.
  */
 struct rte_mempool *sy_extbuf_pool_create(const char *name, unsigned int n,
                                           unsigned int cache, uint16_t elt_size,
                                           int socket, void **base,
-                                          const void **mz_out)
+                                          const void **mz_out,
+                                          unsigned int *slots,
+                                          unsigned int *pieces)
 {
 	char zname[RTE_MEMZONE_NAMESIZE];
-	size_t len = (size_t)n * elt_size;
-	const struct rte_memzone *mz;
-	struct rte_pktmbuf_extmem ext;
+	size_t want = n, usable = 0;
+	const struct rte_memzone *mz = NULL;
+	struct rte_pktmbuf_extmem *ext = NULL;
 	struct rte_mempool *mp;
-	int err;
+	int attempt, k = -1, err;
 
 	if (snprintf(zname, sizeof(zname), "%s_x", name) >= (int)sizeof(zname)) {
 		rte_errno = ENAMETOOLONG;
 		return NULL;
 	}
-	mz = rte_memzone_reserve_aligned(zname, len, socket,
-	                                 RTE_MEMZONE_IOVA_CONTIG, 4096);
-	if (mz == NULL)
+	/*
+	 * Each try reserves the slots still missing on top of the last zone's
+	 * size, plus one per piece for the straddlers; page boundaries are
+	 * few (one per page), so two tries are the most it takes in practice.
+	 */
+	for (attempt = 0; attempt < 8; attempt++) {
+		size_t len = want * elt_size, pg;
+		int max;
+
+		mz = rte_memzone_reserve_aligned(zname, len, socket, 0,
+		                                 RTE_CACHE_LINE_SIZE);
+		if (mz == NULL)
+			return NULL;
+		pg = mz->hugepage_sz;
+		max = (int)(len / pg + 2);
+		free(ext);
+		ext = calloc((size_t)max, sizeof(*ext));
+		if (ext == NULL) {
+			rte_memzone_free(mz);
+			rte_errno = ENOMEM;
+			return NULL;
+		}
+		k = sy_iova_pieces(mz->addr, len, pg, elt_size, ext, max, &usable);
+		if (k > 0 && usable >= n)
+			break;
+		rte_memzone_free(mz);
+		mz = NULL;
+		want += (usable < n ? n - usable : 0) + (size_t)(k > 0 ? k : max);
+	}
+	if (mz == NULL) {
+		free(ext);
+		rte_errno = ENOMEM;
 		return NULL;
-	ext.buf_ptr = mz->addr;
-	ext.buf_iova = mz->iova;
-	ext.buf_len = len;
-	ext.elt_size = elt_size;
+	}
 	mp = rte_pktmbuf_pool_create_extbuf(name, n, cache, 0, elt_size, socket,
-	                                    &ext, 1);
+	                                    ext, (unsigned int)k);
+	free(ext);
 	if (mp == NULL) {
 		err = rte_errno;
 		rte_memzone_free(mz);
@@ -120,6 +225,8 @@ struct rte_mempool *sy_extbuf_pool_create(const char *name, unsigned int n,
 	}
 	*base = mz->addr;
 	*mz_out = mz;
+	*slots = (unsigned int)(want);
+	*pieces = (unsigned int)k;
 	return mp;
 }
 

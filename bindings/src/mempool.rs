@@ -21,12 +21,15 @@ pub struct Mempool {
     ext: Option<ExtMem>,
 }
 
-/// The buffer region of a pinned-extbuf pool: `size` buffers of `elt_size` bytes from `base`,
-/// in one memzone.
+/// The buffer region of a pinned-extbuf pool: `slots` buffers of `elt_size` bytes from
+/// `base`, in one memzone registered with DPDK as `pieces` IOVA-contiguous pieces; `size` of
+/// the slots have an mbuf, the others (straddling two pieces) none.
 #[derive(Debug)]
 struct ExtMem {
     base: NonNull<u8>,
     elt_size: u16,
+    slots: u32,
+    pieces: u32,
     memzone: *const std::ffi::c_void,
 }
 
@@ -72,11 +75,16 @@ impl Mempool {
     }
 
     /// A pool of `n` mbufs whose data buffers are pinned external buffers of `elt_size` bytes
-    /// each (headroom included), laid out back to back in one IOVA-contiguous memzone
+    /// each (headroom included), laid out back to back in one memzone
     /// (`rte_pktmbuf_pool_create_extbuf`): buffer `i` is `base + i * elt_size` and belongs to
-    /// the same mbuf for the pool's whole life. [`Mempool::pinned_region`] and
-    /// [`Mempool::slot_table`] describe it. Works under `--no-huge` and with DMA-capable
-    /// devices alike (memzone memory is mapped for DMA and its IOVA is known).
+    /// the same mbuf for the pool's whole life. The memzone need not be physically
+    /// contiguous (hugepages of a node that has run for a while seldom are, and with IOVA as
+    /// PA that matters): DPDK gets it as its IOVA-contiguous pieces, each with its own IOVA,
+    /// and a slot that straddles two pieces has no mbuf, so the region may hold a few more
+    /// slots than `n` ([`Mempool::region_slots`], [`Mempool::iova_pieces`]).
+    /// [`Mempool::pinned_region`] and [`Mempool::slot_table`] describe it. Works under
+    /// `--no-huge` and with DMA-capable devices alike (memzone memory is mapped for DMA and
+    /// its IOVA is known).
     pub fn pinned_extbuf(_eal: &Eal, name: &str, n: u32, cache: u32, elt_size: u16) -> Result<Mempool> {
         let bad = |reason: String| Error::InvalidArgument { what: format!("mempool {name}"), reason };
         // The memzone is named "<name>_x" (RTE_MEMZONE_NAMESIZE 32) and the ring "MP_<name>".
@@ -98,8 +106,10 @@ impl Mempool {
         let cname = CString::new(name).map_err(|_| bad("name contains a NUL byte".into()))?;
         let mut base = std::ptr::null_mut();
         let mut memzone = std::ptr::null();
+        let (mut slots, mut pieces) = (0, 0);
         // SAFETY: EAL is initialised (we hold &Eal); cname is a valid C string that DPDK
-        // copies; base and memzone are valid out-pointers; the numbers were checked above.
+        // copies; base, memzone, slots and pieces are valid out-pointers; the numbers were
+        // checked above.
         let p = unsafe {
             sys::shim::sy_extbuf_pool_create(
                 cname.as_ptr(),
@@ -109,6 +119,8 @@ impl Mempool {
                 sys::SOCKET_ID_ANY,
                 &mut base,
                 &mut memzone,
+                &mut slots,
+                &mut pieces,
             )
         };
         match (NonNull::new(p), NonNull::new(base as *mut u8)) {
@@ -116,7 +128,7 @@ impl Mempool {
                 ptr,
                 name: name.to_string(),
                 size: n,
-                ext: Some(ExtMem { base, elt_size, memzone }),
+                ext: Some(ExtMem { base, elt_size, slots, pieces, memzone }),
             }),
             _ => {
                 let errno = rte_errno();
@@ -130,11 +142,24 @@ impl Mempool {
         self.ext.as_ref().map(|e| (e.base, e.elt_size))
     }
 
+    /// For a pinned-extbuf pool: how many buffers of `elt_size` bytes its region holds (the
+    /// pool's size or more; see [`Mempool::pinned_extbuf`]).
+    pub fn region_slots(&self) -> Option<u32> {
+        self.ext.as_ref().map(|e| e.slots)
+    }
+
+    /// For a pinned-extbuf pool: how many IOVA-contiguous pieces of its region were registered
+    /// with DPDK, each with its own IOVA (1 when the region is physically contiguous).
+    pub fn iova_pieces(&self) -> Option<u32> {
+        self.ext.as_ref().map(|e| e.pieces)
+    }
+
     /// For a pinned-extbuf pool: `table[i]` is the mbuf whose buffer is buffer `i` of the
-    /// region (fixed for the pool's life). `None` for other pools.
+    /// region (fixed for the pool's life), null for a buffer without an mbuf; the table has
+    /// [`Mempool::region_slots`] entries. `None` for other pools.
     pub fn slot_table(&self) -> Option<Vec<*mut sys::rte_mbuf>> {
         let e = self.ext.as_ref()?;
-        let mut table = vec![std::ptr::null_mut(); self.size as usize];
+        let mut table = vec![std::ptr::null_mut(); e.slots as usize];
         // SAFETY: the pool is live; table has room for size entries; the shim only reads the
         // mbufs' buf_addr while iterating the pool's objects.
         let filled = unsafe {
@@ -143,7 +168,7 @@ impl Mempool {
                 e.base.as_ptr().cast(),
                 u32::from(e.elt_size),
                 table.as_mut_ptr(),
-                self.size,
+                e.slots,
             )
         };
         (filled == self.size as i32).then_some(table)

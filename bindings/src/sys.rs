@@ -64,8 +64,10 @@ pub mod shim {
         pub fn sy_rte_mbuf_refcnt_read(m: *const rte_mbuf) -> u16;
         pub fn sy_rte_pktmbuf_data_room_size(mp: *mut rte_mempool) -> u16;
         /// Creates a pktmbuf pool of `n` mbufs whose buffers are pinned external buffers of
-        /// `elt_size` bytes carved in order from one IOVA-contiguous memzone; writes the
-        /// region to `*base` and the memzone to `*mz`. NULL with rte_errno on failure.
+        /// `elt_size` bytes, slot `i` at `base + i * elt_size` of one memzone registered as its
+        /// IOVA-contiguous pieces; writes the region to `*base`, its size in slots (`n` or
+        /// more, the others have no mbuf) to `*slots`, the number of pieces to `*pieces` and
+        /// the memzone to `*mz`. NULL with rte_errno on failure.
         pub fn sy_extbuf_pool_create(
             name: *const c_char,
             n: c_uint,
@@ -74,11 +76,18 @@ pub mod shim {
             socket: c_int,
             base: *mut *mut c_void,
             mz: *mut *const c_void,
+            slots: *mut c_uint,
+            pieces: *mut c_uint,
         ) -> *mut rte_mempool;
+        /// `rte_mem_virt2iova`: the IOVA of the byte at `va`, `RTE_BAD_IOVA` when unknown.
+        pub fn sy_rte_mem_virt2iova(va: *const c_void) -> u64;
+        /// Whether EAL runs with IOVA as physical addresses.
+        pub fn sy_rte_eal_iova_is_pa() -> c_int;
         /// Frees a pool made by `sy_extbuf_pool_create` and its memzone.
         pub fn sy_extbuf_pool_free(mp: *mut rte_mempool, mz: *const c_void);
-        /// Fills `table[i]` with the mbuf whose buffer is `base + i * elt_size`; returns how
-        /// many were filled, or -1 when a buffer lies outside the region or is shared.
+        /// Fills `table[i]` (`n` slots) with the mbuf whose buffer is `base + i * elt_size`, NULL
+        /// for a slot without one; returns how many were filled, or -1 when a buffer lies
+        /// outside the region or is shared.
         pub fn sy_extbuf_pool_slots(
             mp: *mut rte_mempool,
             base: *mut c_void,

@@ -91,22 +91,14 @@ fn main() {
         lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let n = lat.len();
+    let (median, p90, p99) = (ms(pct(0.5)), ms(pct(0.9)), ms(pct(0.99)));
+    let max = ms(lat.last().copied().unwrap_or_default());
     println!(
-        "reconcile latency over {} changes ({} missed): median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(),
-        missed,
-        ms(pct(0.5)),
-        ms(pct(0.9)),
-        ms(pct(0.99)),
-        ms(lat.last().copied().unwrap_or_default())
+        "reconcile latency over {n} changes ({missed} missed): median {median:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, \
+         max {max:.2} ms"
     );
     println!(
-        "{{\"changes\":{},\"missed\":{},\"median_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
-        lat.len(),
-        missed,
-        ms(pct(0.5)),
-        ms(pct(0.9)),
-        ms(pct(0.99)),
-        ms(lat.last().copied().unwrap_or_default())
+        "{{\"changes\":{n},\"missed\":{missed},\"median_ms\":{median:.3},\"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3}}}"
     );
 }

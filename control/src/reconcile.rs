@@ -156,7 +156,7 @@ pub fn describe_backend(p: &PortConfig) -> String {
         .kind
         .map_or("ring".to_string(), |k| serde_yaml_ng::to_string(&k).unwrap_or_default().trim().to_string());
     let mut s = kind;
-    let opts: [(&str, Option<String>); 8] = [
+    let opts: [(&str, Option<String>); 10] = [
         ("iface", p.iface.clone()),
         ("ring", p.ring.clone()),
         ("socket", p.socket.clone()),
@@ -165,6 +165,8 @@ pub fn describe_backend(p: &PortConfig) -> String {
         ("tx_pcap", p.tx_pcap.clone()),
         ("queues", p.queues.map(|q| q.to_string())),
         ("devargs", p.devargs.clone()),
+        ("vni", p.vni.map(|v| v.to_string())),
+        ("local", p.local.map(|a| a.to_string())),
     ];
     for (k, v) in opts {
         if let Some(v) = v {

@@ -742,6 +742,11 @@ impl Runtime {
         self.ports.iter().filter_map(|(n, st)| st.error.as_deref().map(|e| (n.as_str(), e)))
     }
 
+    /// What each open backend has to say about itself (`PortBackend::info`): (name, info).
+    pub fn port_infos(&self) -> impl Iterator<Item = (&str, String)> {
+        self.ports.iter().filter_map(|(n, st)| st.backend.as_ref()?.info().map(|i| (n.as_str(), i)))
+    }
+
     /// Removes the learned entries of every bridge's MAC table (or of bridge `bridge`; static
     /// entries stay). Returns how many went.
     pub fn fdb_flush(&self, bridge: Option<&str>) -> Result<usize, RuntimeError> {

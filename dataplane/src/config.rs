@@ -5,6 +5,7 @@
 use crate::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// Failures of loading or checking a configuration.
@@ -62,6 +63,18 @@ pub enum PortType {
     Tap,
     Vhostuser,
     Dpdk,
+    /// A VXLAN tunnel port (RFC 7348) over the kernel's UDP stack.
+    Vxlan,
+    /// A Geneve tunnel port (RFC 8926) over the kernel's UDP stack.
+    Geneve,
+}
+
+/// A remote MAC of a tunnel port: frames to `mac` go to the endpoint `remote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteMac {
+    pub mac: MacAddr,
+    pub remote: IpAddr,
 }
 
 /// How an AF_PACKET port receives (docs/semantics.md, port options).
@@ -132,6 +145,28 @@ pub struct PortConfig {
     /// dpdk: a PCI address or a vdev string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devargs: Option<String>,
+    /// vxlan, geneve: the network's 24-bit identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// vxlan, geneve: the underlay source address (IPv4 or IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<IpAddr>,
+    /// vxlan, geneve: the UDP port (default 4789 for vxlan, 6081 for geneve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dstport: Option<u16>,
+    /// vxlan, geneve: `kernel` (the kernel's UDP socket, the default) or the name of an
+    /// uplink port to write the outer headers on (not built yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+    /// vxlan, geneve: the endpoints of broadcast, multicast and unknown unicast frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<Vec<IpAddr>>,
+    /// vxlan, geneve: known remote MACs (static, never learned over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_macs: Vec<RemoteMac>,
+    /// vxlan, geneve: learn remote MACs from received frames (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn: Option<bool>,
 }
 
 impl PortType {
@@ -143,9 +178,14 @@ impl PortType {
             PortType::Tap => "tap",
             PortType::Vhostuser => "vhostuser",
             PortType::Dpdk => "dpdk",
+            PortType::Vxlan => "vxlan",
+            PortType::Geneve => "geneve",
         }
     }
 }
+
+/// The tunnel port types.
+const TUNNELS: &[PortType] = &[PortType::Vxlan, PortType::Geneve];
 
 /// An octal permission mode such as "0660" or "660" (at most 0777).
 pub fn parse_socket_mode(s: &str) -> Option<u32> {
@@ -298,6 +338,13 @@ impl PortConfig {
             ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
             ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
             ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
+            ("vni", self.vni.is_some(), TUNNELS),
+            ("local", self.local.is_some(), TUNNELS),
+            ("dstport", self.dstport.is_some(), TUNNELS),
+            ("underlay", self.underlay.is_some(), TUNNELS),
+            ("flood", self.flood.is_some(), TUNNELS),
+            ("remote_macs", !self.remote_macs.is_empty(), TUNNELS),
+            ("learn", self.learn.is_some(), TUNNELS),
         ];
         for (opt, present, types) in allowed {
             if *present && !kind.is_some_and(|k| types.contains(&k)) {
@@ -326,6 +373,55 @@ impl PortConfig {
         }
         if kind == Some(PortType::Dpdk) && self.devargs.is_none() {
             return Err(invalid(format!("{pf}.devargs"), "a dpdk port needs devargs"));
+        }
+        if kind.is_some_and(|k| TUNNELS.contains(&k)) {
+            self.validate_tunnel(pf)?;
+        }
+        Ok(())
+    }
+
+    fn validate_tunnel(&self, pf: &str) -> Result<(), ConfigError> {
+        match self.vni {
+            None => return Err(invalid(format!("{pf}.vni"), "a tunnel port needs a vni")),
+            Some(v) if v > crate::wire::vxlan::VNI_MAX => {
+                return Err(invalid(format!("{pf}.vni"), format!("{v} is not a 24-bit VNI")))
+            }
+            Some(_) => {}
+        }
+        let Some(local) = self.local else {
+            return Err(invalid(format!("{pf}.local"), "a tunnel port needs a local address"));
+        };
+        if local.is_unspecified() || local.is_multicast() {
+            return Err(invalid(format!("{pf}.local"), format!("{local} is not a unicast address")));
+        }
+        if self.dstport == Some(0) {
+            return Err(invalid(format!("{pf}.dstport"), "must not be 0"));
+        }
+        let family = |ip: &IpAddr| ip.is_ipv6() == local.is_ipv6();
+        for (i, ip) in self.flood.iter().flatten().enumerate() {
+            if !family(ip) || ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid(
+                    format!("{pf}.flood[{i}]"),
+                    format!("{ip} is not a unicast address of the local address's family"),
+                ));
+            }
+        }
+        for (i, r) in self.remote_macs.iter().enumerate() {
+            if r.mac.is_multicast() || r.mac.is_zero() {
+                return Err(invalid(
+                    format!("{pf}.remote_macs[{i}].mac"),
+                    format!("{} is not a unicast MAC", r.mac),
+                ));
+            }
+            if !family(&r.remote) || r.remote.is_unspecified() || r.remote.is_multicast() {
+                return Err(invalid(
+                    format!("{pf}.remote_macs[{i}].remote"),
+                    format!("{} is not a unicast address of the local address's family", r.remote),
+                ));
+            }
+            if self.remote_macs[..i].iter().any(|o| o.mac == r.mac) {
+                return Err(invalid(format!("{pf}.remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
+            }
         }
         Ok(())
     }
@@ -392,6 +488,52 @@ bridges:
             .unwrap_err()
             .to_string();
         assert!(e.contains("socket_mode"), "{e}");
+    }
+
+    #[test]
+    fn tunnel_ports_parse_and_are_checked() {
+        let c = Config::from_yaml_str(
+            r#"
+bridges:
+  - name: br1
+    ports:
+      - name: tun0
+        type: vxlan
+        vni: 5001
+        local: 192.0.2.1
+        dstport: 4789
+        underlay: kernel
+        flood: [192.0.2.2, 192.0.2.3]
+        remote_macs:
+          - {mac: "02:00:00:00:0b:01", remote: 192.0.2.2}
+        learn: true
+"#,
+        )
+        .unwrap();
+        let p = &c.bridges[0].ports[0];
+        assert_eq!((p.kind, p.vni, p.learn), (Some(PortType::Vxlan), Some(5001), Some(true)));
+        assert_eq!(p.remote_macs[0].remote, "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.effective_vlan_mode(), VlanModeName::Trunk);
+        let port = |extra: &str| format!("bridges:\n- name: b\n  ports:\n  - name: t\n{extra}");
+        let bad = [
+            ("    type: geneve\n    local: 10.0.0.1\n", "ports[0].vni"),
+            ("    type: geneve\n    vni: 16777216\n    local: 10.0.0.1\n", "ports[0].vni"),
+            ("    type: vxlan\n    vni: 1\n", "ports[0].local"),
+            ("    type: vxlan\n    vni: 1\n    local: 10.0.0.1\n    flood: [\"fd00::2\"]\n", "flood[0]"),
+            (
+                "    type: vxlan\n    vni: 1\n    local: fd00::1\n    remote_macs: [{mac: \"ff:ff:ff:ff:ff:ff\", remote: \"fd00::2\"}]\n",
+                "remote_macs[0].mac",
+            ),
+            ("    type: afpacket\n    vni: 1\n", "ports[0].vni"),
+        ];
+        for (y, field) in bad {
+            let e = Config::from_yaml_str(&port(y)).unwrap_err().to_string();
+            assert!(e.contains(field), "{y}: {e}");
+        }
+        assert!(Config::from_yaml_str(&port(
+            "    type: geneve\n    vni: 7\n    local: fd00::1\n    flood: [\"fd00::2\"]\n"
+        ))
+        .is_ok());
     }
 
     #[test]

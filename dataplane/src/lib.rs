@@ -15,6 +15,7 @@ pub mod fdb;
 pub mod pipeline;
 pub mod port;
 pub mod switch;
+pub mod tunnel;
 pub mod vlan;
 pub mod wire;
 pub mod worker;

@@ -185,7 +185,8 @@ fn slot_of_offset(off: u64) -> u64 {
 }
 
 // SAFETY: slot i is mbuf table[i]'s pinned buffer (SLOT_SIZE bytes at base + i * SLOT_SIZE, in
-// a memzone that lives as long as the mempool, which this owner keeps). A slot is handed out
+// a memzone that lives as long as the mempool, which this owner keeps); a slot whose entry is
+// null has no mbuf and is never handed out (own_slot matches only a live mbuf pointer). A slot is handed out
 // only with its mbuf allocated (alloc, or an RX mbuf adopted by DpdkRx), so DPDK gives the
 // buffer to nobody else until `free` frees the mbuf.
 unsafe impl ExternalSlots for MbufSlots {
@@ -231,6 +232,10 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
         Mempool::pinned_extbuf(eal, "sy_zc", size, 256, SLOT_SIZE as u16).map_err(|e| e.to_string())?;
     let (base, elt) = mempool.pinned_region().ok_or("extbuf pool without a region")?;
     let table = mempool.slot_table().ok_or("extbuf pool: mbufs and buffers do not pair up")?;
+    // The region may hold a few slots more than the pool has mbufs: those straddling two
+    // physically separate pages have none (Mempool::pinned_extbuf), their table entry is null,
+    // so own_slot never matches them and the external pool never hands them out.
+    let slots_in_region = table.len();
     if usize::from(elt) != SLOT_SIZE {
         return Err(format!("extbuf pool buffers are {elt} bytes, not {SLOT_SIZE}"));
     }
@@ -248,10 +253,10 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     let mempool = Arc::new(mempool);
     let slots =
         Arc::new(MbufSlots { mempool: mempool.clone(), table: table.into(), base: base.as_ptr() as usize });
-    // SAFETY: the region is size * SLOT_SIZE bytes from base (one memzone), valid while the
-    // mempool lives, which `slots` keeps; MbufSlots keeps the ExternalSlots contract.
+    // SAFETY: the region is slots_in_region * SLOT_SIZE bytes from base (one memzone), valid
+    // while the mempool lives, which `slots` keeps; MbufSlots keeps the ExternalSlots contract.
     let pool =
-        unsafe { Pool::external("dpdk", base, size as usize, slots.clone()) }.map_err(|e| e.to_string())?;
+        unsafe { Pool::external("dpdk", base, slots_in_region, slots.clone()) }.map_err(|e| e.to_string())?;
     Ok(BUFS.get_or_init(|| DpdkBufs { mempool, slots, pool }))
 }
 

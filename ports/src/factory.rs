@@ -69,7 +69,40 @@ pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBack
         PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
         PortType::Vhostuser => open_vhost(cfg),
         PortType::Dpdk => open_dpdk(cfg, ctx),
+        PortType::Vxlan => open_tunnel(cfg, switchyard_dataplane::tunnel::TunnelKind::Vxlan),
+        PortType::Geneve => open_tunnel(cfg, switchyard_dataplane::tunnel::TunnelKind::Geneve),
     }
+}
+
+fn open_tunnel(
+    cfg: &PortConfig,
+    kind: switchyard_dataplane::tunnel::TunnelKind,
+) -> Result<Arc<dyn PortBackend>, PortError> {
+    use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
+    let name = cfg.name.as_str();
+    let missing =
+        |what: &str| PortError::Backend { port: name.into(), msg: format!("a tunnel port needs {what}") };
+    match cfg.underlay.as_deref() {
+        None | Some("kernel") => {}
+        Some(uplink) => {
+            return Err(PortError::Unsupported {
+                port: name.into(),
+                kind: format!("{} over uplink {uplink:?}", kind.name()),
+                hint: "only `underlay: kernel` (the kernel's UDP socket) is built".into(),
+            })
+        }
+    }
+    let opts = TunnelOptions {
+        kind,
+        vni: cfg.vni.ok_or_else(|| missing("a vni"))?,
+        local: cfg.local.ok_or_else(|| missing("a local address"))?,
+        dstport: cfg.dstport.unwrap_or(kind.default_port()),
+        flood: cfg.flood.clone().unwrap_or_default(),
+        remote_macs: cfg.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
+        learn: cfg.learn.unwrap_or(true),
+        aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
+    };
+    Ok(Arc::new(UdpTunnelPort::open(name, &opts)?))
 }
 
 fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {

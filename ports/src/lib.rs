@@ -17,4 +17,6 @@ pub mod dpdk;
 pub mod factory;
 #[allow(unsafe_code)]
 pub mod tap;
+#[allow(unsafe_code)]
+pub mod udp_tunnel;
 pub mod vhost;

@@ -4,6 +4,8 @@
 //! self-check fails too); an EAL failure where DPDK runs fails the test.
 #![allow(dead_code)]
 
+pub mod scatter;
+
 use switchyard_bindings::{Eal, EalOptions};
 
 /// Vdev given to EAL at init (not probed at runtime) by every test process.

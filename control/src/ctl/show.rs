@@ -37,6 +37,9 @@ pub fn ports(rt: &Runtime) -> String {
     for (name, e) in rt.port_errors() {
         s.push_str(&format!("# {name}: {e}\n"));
     }
+    for (name, i) in rt.port_infos() {
+        s.push_str(&format!("# {name}: {i}\n"));
+    }
     s
 }
 

@@ -219,7 +219,7 @@ impl Pool {
         self.shared().in_use()
     }
 
-    /// Takes one buffer from the shared queue (slow path; workers use a [`PoolCache`]).
+    /// Takes one buffer from the shared queue (slow path; workers use a [`PoolCache`](super::PoolCache)).
     pub fn alloc(&self) -> Option<PacketBuf> {
         let s = self.shared();
         s.take().map(|idx| PacketBuf::fresh(self.owner.0, s, idx))

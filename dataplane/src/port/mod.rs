@@ -33,11 +33,11 @@ pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
 pub struct DropTally {
     counts: [u32; DropReason::COUNT],
     /// Bit `r` set exactly when `counts[r]` is not zero.
-    touched: u32,
+    touched: u64,
 }
 
 // Every reason has its bit.
-const _: () = assert!(DropReason::COUNT <= 32);
+const _: () = assert!(DropReason::COUNT <= 64);
 
 impl Default for DropTally {
     fn default() -> Self {
@@ -59,7 +59,7 @@ impl DropTally {
     pub fn add(&mut self, r: DropReason, n: u32) {
         self.counts[r as usize] += n;
         // Adding nothing (a flush's "no TX drops") leaves the tally empty.
-        self.touched |= u32::from(n != 0) << r as u32;
+        self.touched |= u64::from(n != 0) << r as u32;
     }
     pub fn get(&self, r: DropReason) -> u32 {
         self.counts[r as usize]
@@ -200,5 +200,10 @@ pub trait PortBackend: Send + Sync {
     /// Whether the link is up.
     fn link_up(&self) -> bool {
         true
+    }
+    /// What the backend found out when it opened, worth showing (`ctl show ports`): a tunnel
+    /// port's underlay and overlay MTU, say. Default: nothing.
+    fn info(&self) -> Option<String> {
+        None
     }
 }

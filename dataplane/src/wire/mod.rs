@@ -8,14 +8,18 @@
 
 pub mod arp;
 pub mod ethernet;
+pub mod geneve;
 pub mod mac;
 pub mod offload;
+pub mod vxlan;
 
 pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{
     EtherType, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET,
 };
+pub use geneve::{GenevePacket, GeneveRepr};
 pub use mac::MacAddr;
+pub use vxlan::{VxlanPacket, VxlanRepr};
 
 /// Why bytes are not a valid header of some format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,4 +28,16 @@ pub enum WireError {
     TruncatedArp(usize),
     #[error("ARP with hardware address length {0}, not 6")]
     ArpNotEthernet(u8),
+    #[error("tunnel header cut short ({0} bytes)")]
+    TruncatedTunnel(usize),
+    #[error("VXLAN header without the I flag (no valid VNI)")]
+    VxlanNoVni,
+    #[error("Geneve version {0}, not 0")]
+    GeneveVersion(u8),
+    #[error("Geneve options of {options} bytes past the end of a {len}-byte packet")]
+    GeneveOptionsPastEnd { options: usize, len: usize },
+    #[error("Geneve option overruns the option list")]
+    GeneveBadOption,
+    #[error("Geneve critical option class {class:#06x} type {kind:#04x} not understood")]
+    GeneveCriticalOption { class: u16, kind: u8 },
 }

@@ -1,11 +1,15 @@
 //! What a worker does when a poll received nothing: unless busy polling is asked for, it
-//! spins, then yields, then sleeps (in poll(2) on its queues' wake descriptors when every
-//! queue has one, else short sleeps doubling up to [`EngineOptions::max_sleep`]). Invariant:
+//! spins until it has received nothing for [`EngineOptions::idle_spin`] of TSC time (a
+//! sustained idle period, as OVS's `pmd-sleep-max` sleeps only an idle PMD: a gap in a
+//! latency-bound loop costs no sleep), then yields, then sleeps (in poll(2) on its queues'
+//! wake descriptors when every queue has one, else short sleeps doubling up to
+//! [`EngineOptions::max_sleep`]). Invariant:
 //! no sleep lasts longer than `max_sleep` or [`EngineOptions::idle_wait`] (a publish or a stop
 //! also wakes a worker sleeping in poll(2)), so a stop request is seen within one bound.
 
 use super::engine::{EngineOptions, Shared};
 use super::thread::Worker;
+use crate::cpu;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -20,10 +24,14 @@ pub(super) const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// sleeps) and 11% with this one (benches/afpacket-scale.sh, docs/benchmarks.md).
 const MAX_SLEEP_QUEUES: usize = 4096;
 
-/// Idle polls spent spinning, then yielding, then sleeping short before sleeping in poll(2).
-const SPIN_POLLS: u32 = 2000;
-const YIELD_POLLS: u32 = 2100;
-const SHORT_SLEEP_POLLS: u32 = 2200;
+/// The default [`EngineOptions::idle_spin`]: longer than the gaps of a closed loop whose other
+/// end shares a core (benches/vm2vm.sh), short enough that a switch gone idle spends a few per
+/// mille of a core per wake-up a second.
+pub(super) const IDLE_SPIN: Duration = Duration::from_millis(2);
+
+/// Idle polls after `idle_spin` spent yielding, then sleeping short before sleeping in poll(2).
+const YIELD_POLLS: u32 = 100;
+const SHORT_SLEEP_POLLS: u32 = 200;
 
 /// The first short sleep.
 const FIRST_SLEEP: Duration = Duration::from_micros(1);
@@ -32,33 +40,45 @@ const FIRST_SLEEP: Duration = Duration::from_micros(1);
 pub(super) struct Backoff {
     idle_polls: u32,
     sleep: Duration,
+    /// [`EngineOptions::idle_spin`] in TSC ticks.
+    spin_ticks: u64,
+    /// When a poll last received something (TSC).
+    last_rx: u64,
 }
 
 impl Backoff {
-    pub(super) const fn new() -> Backoff {
-        Backoff { idle_polls: 0, sleep: FIRST_SLEEP }
+    pub(super) fn new(opts: &EngineOptions) -> Backoff {
+        let spin_ticks = (opts.idle_spin.as_nanos() * u128::from(cpu::hz()) / 1_000_000_000) as u64;
+        Backoff { idle_polls: 0, sleep: FIRST_SLEEP, spin_ticks, last_rx: cpu::rdtsc() }
     }
 
-    /// A poll received something: the next idle period starts from the beginning.
+    /// A poll that ended at `now` (TSC) received something: the next idle period starts from
+    /// the beginning.
     #[inline]
-    pub(super) fn busy(&mut self) {
+    pub(super) fn busy(&mut self, now: u64) {
         self.idle_polls = 0;
         self.sleep = FIRST_SLEEP;
+        self.last_rx = now;
     }
 
-    /// A poll received nothing: spins, yields or sleeps. `wait` sleeps on the queues for at
-    /// most the time given and says whether it could. Returns false when it only spun for busy
-    /// polling (no back-off, so no time to count as backing off).
+    /// A poll that ended at `now` (TSC) received nothing: spins (busy polling, or less than
+    /// `idle_spin` since the last frame), yields or sleeps. Waking from a sleep without a frame
+    /// does not start the spin again. `wait` sleeps on the queues for at most the time given
+    /// and says whether it could. Returns false when it only spun (no back-off, so no time to
+    /// count as backing off).
     #[inline]
-    pub(super) fn idle(&mut self, opts: &EngineOptions, wait: impl FnOnce(Duration) -> bool) -> bool {
-        if opts.busy_poll {
+    pub(super) fn idle(
+        &mut self,
+        opts: &EngineOptions,
+        now: u64,
+        wait: impl FnOnce(Duration) -> bool,
+    ) -> bool {
+        if opts.busy_poll || now.wrapping_sub(self.last_rx) < self.spin_ticks {
             std::hint::spin_loop();
             return false;
         }
         self.idle_polls = self.idle_polls.saturating_add(1);
-        if self.idle_polls < SPIN_POLLS {
-            std::hint::spin_loop();
-        } else if self.idle_polls < YIELD_POLLS {
+        if self.idle_polls < YIELD_POLLS {
             std::thread::yield_now();
         } else if self.idle_polls < SHORT_SLEEP_POLLS || !wait(opts.idle_wait) {
             // Queues that cannot wake us (or a short grace period): short, growing sleeps.
@@ -110,5 +130,69 @@ impl Worker {
             let _ = w.read();
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(idle_spin: Duration) -> EngineOptions {
+        EngineOptions { idle_spin, ..EngineOptions::default() }
+    }
+
+    /// Within `idle_spin` of the last frame an empty poll only spins (no yield, no sleep);
+    /// after it the worker backs off, and waking from a sleep without a frame does not start
+    /// the spin again. No timing: the TSC values are given, the spans are 0 or an hour.
+    #[test]
+    fn spins_only_until_the_idle_period_is_sustained() {
+        let hour = opts(Duration::from_secs(3600));
+        let mut b = Backoff::new(&hour);
+        let now = cpu::rdtsc();
+        b.busy(now);
+        let mut waited = false;
+        for i in 0..10_000u64 {
+            assert!(
+                !b.idle(&hour, now + i, |_| {
+                    waited = true;
+                    true
+                }),
+                "a gap in a loop backs off"
+            );
+        }
+        assert!(!waited);
+        // An hour later with nothing received: it backs off, and keeps backing off (sleeping
+        // in poll(2) once past the yields) instead of spinning again after each wake-up.
+        let later = now + 2 * 3600 * cpu::hz();
+        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+            assert!(b.idle(&hour, later + i, |_| true), "a sustained idle period backs off");
+        }
+
+        let zero = opts(Duration::ZERO);
+        let mut b = Backoff::new(&zero);
+        b.busy(now);
+        let mut waits = 0;
+        // Empty polls 1 to SHORT_SLEEP_POLLS - 1 yield or sleep short, the rest wait in poll(2).
+        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+            assert!(
+                b.idle(&zero, now + i, |_| {
+                    waits += 1;
+                    true
+                }),
+                "idle: backs off"
+            );
+        }
+        assert_eq!(waits, 5, "poll(2) after the yields and short sleeps, every time after that");
+        b.busy(now + 1000);
+        waits = 0;
+        assert!(b.idle(&zero, now + 1001, |_| {
+            waits += 1;
+            true
+        }));
+        assert_eq!(waits, 0, "a frame starts the back-off from the beginning");
+
+        let busy = EngineOptions { busy_poll: true, ..zero };
+        let mut b = Backoff::new(&busy);
+        assert!(!b.idle(&busy, now + u64::MAX / 2, |_| unreachable!()), "busy polling never backs off");
     }
 }

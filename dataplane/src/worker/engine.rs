@@ -1,9 +1,9 @@
 //! The engine: starts one thread per worker and a housekeeping thread, publishes plans to
-//! them and stops them. Invariant: a published plan is seen by every worker within one
-//! back-off bound (a publish also wakes a worker sleeping in poll(2)), and
-//! [`Engine::wait_applied`] returns true only once every worker has applied it.
+//! them and stops them. Invariants: a publish or a stop wakes every worker sleeping in
+//! poll(2); [`Engine::wait_applied`] returns true only once every worker has applied the
+//! generation; a stopped engine has joined every thread it started.
 
-use super::backoff::IDLE_WAIT;
+use super::backoff::{IDLE_SPIN, IDLE_WAIT};
 use super::clock::seconds_at;
 use super::stats::{WorkerStats, WorkerStatsSnapshot};
 use super::thread::worker_main;
@@ -28,8 +28,13 @@ pub struct EngineOptions {
     /// One entry per worker: the core to pin it to, or `None` to leave it unpinned.
     pub cores: Vec<Option<usize>>,
     pub burst: usize,
-    /// Poll without backing off (for benchmarks).
+    /// Poll without ever backing off (benchmarks, and dedicated cores: a DaemonSet's exclusive
+    /// CPUs).
     pub busy_poll: bool,
+    /// How long a worker must have received nothing (TSC time) before it yields or sleeps; a
+    /// gap shorter than this in a latency-bound loop costs nothing. Receiving a frame starts
+    /// the count again; waking from a sleep without one does not.
+    pub idle_spin: Duration,
     /// The longest an idle worker sleeps between polls.
     pub max_sleep: Duration,
     /// The longest an idle worker sleeps in poll(2) on its queues' wake descriptors before it
@@ -48,6 +53,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("cores", &self.cores)
             .field("burst", &self.burst)
             .field("busy_poll", &self.busy_poll)
+            .field("idle_spin", &self.idle_spin)
             .field("max_sleep", &self.max_sleep)
             .field("idle_wait", &self.idle_wait)
             .field("pool_buffers", &self.pool_buffers)
@@ -62,6 +68,7 @@ impl Default for EngineOptions {
             cores: vec![None],
             burst: DEFAULT_BURST,
             busy_poll: false,
+            idle_spin: IDLE_SPIN,
             max_sleep: Duration::from_micros(100),
             idle_wait: IDLE_WAIT,
             pool_buffers: 16384,

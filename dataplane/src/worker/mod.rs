@@ -10,8 +10,9 @@
 //! - A worker that has applied a generation says so ([`Engine::wait_applied`]); once every
 //!   worker has, no worker holds a handle of a port that the plan no longer has.
 //! - Counters are added once per burst; busy and idle time is counted in TSC cycles.
-//! - Idle workers back off (spin, then yield, then sleeps doubling up to a bound) unless busy
-//!   polling is asked for; a stop request is seen within one sleep bound.
+//! - Idle workers back off unless busy polling is asked for, but only after a sustained idle
+//!   period ([`EngineOptions::idle_spin`] without a frame): they spin until then, then yield,
+//!   then sleep; a stop request is seen within one sleep bound.
 //! - On stop, every worker frees what it holds (TX batches, cache), so the pool's `in_use`
 //!   counts only buffers held by ports.
 //!

@@ -71,7 +71,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         clock: SecondClock::UNSET,
     };
     let stats = &sh.workers[idx];
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(&sh.opts);
     let mut last_retry = Instant::now();
     let mut t_prev = cpu::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
@@ -100,12 +100,12 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
             stats.busy_polls.fetch_add(1, Ordering::Relaxed);
             stats.rx_packets.fetch_add(got as u64, Ordering::Relaxed);
             stats.forwarded_packets.fetch_add(sent as u64, Ordering::Relaxed);
-            backoff.busy();
+            backoff.busy(t_now);
             continue;
         }
         stats.idle_cycles.fetch_add(dt, Ordering::Relaxed);
         stats.idle_polls.fetch_add(1, Ordering::Relaxed);
-        if !backoff.idle(&sh.opts, |timeout| w.sleep_on_queues(&sh, timeout)) {
+        if !backoff.idle(&sh.opts, t_now, |timeout| w.sleep_on_queues(&sh, timeout)) {
             continue;
         }
         // Time spent backing off counts as idle too.

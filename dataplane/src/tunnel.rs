@@ -1,0 +1,426 @@
+//! Overlay tunnels (VXLAN, Geneve) apart from any socket: the header a tunnel port puts in
+//! front of an inner frame and takes off a received datagram, the MTU arithmetic, and the
+//! table of remote MACs that says which endpoint an inner frame goes to.
+//!
+//! Invariants:
+//! - [`TunnelCodec::decap`] looks at bytes only through the checked views of `wire::vxlan` and
+//!   `wire::geneve`: whatever a datagram holds, it returns the inner frame's offset or one
+//!   [`DropReason`], never panics.
+//! - A received inner frame is at least an Ethernet header long; one in another VNI, a
+//!   Geneve control message or a non-Ethernet payload is refused (the RFCs' "MUST drop" and
+//!   "MUST NOT forward"); reserved fields are ignored.
+//! - [`Remotes`] never moves a static remote MAC (`remote_macs`) by learning, and learns
+//!   nothing when learning is off; the flood list is fixed at construction.
+
+use crate::buffer::{BufferError, PacketBuf};
+use crate::fdb::{FdbError, MacTable};
+use crate::switch::DropReason;
+use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
+use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN, VXLAN_PORT};
+use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The two encapsulations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelKind {
+    /// RFC 7348.
+    Vxlan,
+    /// RFC 8926.
+    Geneve,
+}
+
+/// Outer IPv4 header (no options), as the kernel writes it.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// Outer IPv6 header (no extension headers).
+pub const IPV6_HEADER_LEN: usize = 40;
+/// Outer UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+/// Geneve option bytes the MTU leaves room for, although switchyard sends none: the 8 bytes
+/// of one option as OVN's Geneve carries, so that the overlay MTU is the same whichever
+/// implementation sends (58 bytes of overhead over IPv4, as OVN-Kubernetes plans).
+pub const GENEVE_OPTIONS_RESERVED: usize = 8;
+
+impl TunnelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Vxlan => "vxlan",
+            TunnelKind::Geneve => "geneve",
+        }
+    }
+
+    /// The header switchyard writes (Geneve without options).
+    pub fn header_len(self) -> usize {
+        match self {
+            TunnelKind::Vxlan => VXLAN_HEADER_LEN,
+            TunnelKind::Geneve => GENEVE_HEADER_LEN,
+        }
+    }
+
+    /// The IANA UDP port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            TunnelKind::Vxlan => VXLAN_PORT,
+            TunnelKind::Geneve => GENEVE_PORT,
+        }
+    }
+
+    /// Bytes an underlay packet may carry besides the inner frame, as MTUs are planned:
+    /// outer IP, UDP and the tunnel header, for Geneve with [`GENEVE_OPTIONS_RESERVED`] bytes
+    /// of options.
+    pub fn outer_len(self, ipv6: bool) -> usize {
+        let reserved = match self {
+            TunnelKind::Vxlan => 0,
+            TunnelKind::Geneve => GENEVE_OPTIONS_RESERVED,
+        };
+        (if ipv6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN }) + UDP_HEADER_LEN + self.header_len() + reserved
+    }
+
+    /// The overhead as MTUs count it: the outer headers plus the inner Ethernet header
+    /// (50 bytes for VXLAN and 58 for Geneve over IPv4, 20 more over IPv6).
+    pub fn mtu_overhead(self, ipv6: bool) -> usize {
+        self.outer_len(ipv6) + ETH_HEADER_LEN
+    }
+
+    /// The MTU a VM on the overlay gets over an underlay of `underlay_mtu`.
+    pub fn overlay_mtu(self, ipv6: bool, underlay_mtu: u32) -> u32 {
+        underlay_mtu.saturating_sub(self.mtu_overhead(ipv6) as u32)
+    }
+
+    /// The largest inner frame (Ethernet header and any VLAN tag included) whose underlay
+    /// packet fits `underlay_mtu` without fragmentation.
+    pub fn max_inner_frame(self, ipv6: bool, underlay_mtu: u32) -> usize {
+        (underlay_mtu as usize).saturating_sub(self.outer_len(ipv6))
+    }
+}
+
+/// The drop reason for a datagram the wire views refuse.
+fn wire_reason(e: WireError) -> DropReason {
+    match e {
+        WireError::TruncatedTunnel(_) => DropReason::TunnelTruncated,
+        WireError::GeneveOptionsPastEnd { .. }
+        | WireError::GeneveBadOption
+        | WireError::GeneveCriticalOption { .. } => DropReason::GeneveBadOptions,
+        _ => DropReason::TunnelBadHeader,
+    }
+}
+
+/// One tunnel's encapsulation: its kind and VNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelCodec {
+    pub kind: TunnelKind,
+    pub vni: u32,
+}
+
+impl TunnelCodec {
+    /// Where the inner frame starts in a received UDP payload, or why the datagram is dropped.
+    #[inline]
+    pub fn decap(&self, datagram: &[u8]) -> Result<usize, DropReason> {
+        let (vni, off) = match self.kind {
+            TunnelKind::Vxlan => {
+                let p = VxlanPacket::new_checked(datagram).map_err(wire_reason)?;
+                (p.vni(), VXLAN_HEADER_LEN)
+            }
+            TunnelKind::Geneve => {
+                let p = GenevePacket::new_checked(datagram).map_err(wire_reason)?;
+                if p.oam() || p.protocol() != GENEVE_PROTO_ETHERNET {
+                    return Err(DropReason::TunnelBadHeader);
+                }
+                (p.vni(), p.header_len())
+            }
+        };
+        if vni != self.vni {
+            return Err(DropReason::TunnelWrongVni);
+        }
+        if datagram.len() - off < ETH_HEADER_LEN {
+            return Err(DropReason::TunnelInnerRunt);
+        }
+        Ok(off)
+    }
+
+    /// Decapsulates a received datagram in place: `buf` keeps the inner frame.
+    #[inline]
+    pub fn decap_buf(&self, buf: &mut PacketBuf) -> Result<(), DropReason> {
+        let off = self.decap(buf.data())?;
+        buf.trim_front(off).map_err(|_| DropReason::TunnelTruncated)
+    }
+
+    /// Writes the tunnel header in front of the inner frame in `buf` (into its headroom).
+    #[inline]
+    pub fn encap_buf(&self, buf: &mut PacketBuf) -> Result<(), BufferError> {
+        let h = buf.prepend(self.kind.header_len())?;
+        match self.kind {
+            TunnelKind::Vxlan => VxlanRepr { vni: self.vni }.emit(h),
+            TunnelKind::Geneve => GeneveRepr::ethernet(self.vni).emit(h),
+        }
+        Ok(())
+    }
+}
+
+/// Most endpoints one tunnel port knows (flood list, static remotes and learned ones).
+pub const MAX_ENDPOINTS: usize = 4096;
+/// Most remote MACs one tunnel port holds.
+pub const REMOTE_MACS: usize = 16384;
+
+/// Failures of building a remote table.
+#[derive(Debug, thiserror::Error)]
+pub enum RemotesError {
+    #[error("more than {MAX_ENDPOINTS} endpoints")]
+    TooManyEndpoints,
+    #[error("remote MAC {0} is not a unicast address")]
+    NotUnicast(MacAddr),
+    #[error("remote MAC {mac} given twice ({a} and {b})")]
+    Duplicate { mac: MacAddr, a: IpAddr, b: IpAddr },
+    #[error("remote MAC table: {0}")]
+    Table(#[from] FdbError),
+}
+
+/// Where a tunnel port's inner frames go: the endpoints by index, the flood list, and the
+/// remote MACs (static, and learned from received frames when learning is on).
+///
+/// Readers (TX and RX workers) take no lock; adding an endpoint never seen before (learning
+/// from a new source address) takes one, off the common path.
+pub struct Remotes {
+    endpoints: Box<[OnceLock<IpAddr>]>,
+    len: AtomicUsize,
+    grow: Mutex<()>,
+    flood: Box<[u16]>,
+    macs: MacTable,
+    learn: bool,
+}
+
+impl std::fmt::Debug for Remotes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remotes")
+            .field("endpoints", &self.len.load(Ordering::Relaxed))
+            .field("flood", &self.flood)
+            .field("learn", &self.learn)
+            .finish()
+    }
+}
+
+/// The VLAN key of every remote MAC: the remote table is per VNI, the inner VLAN plays no part.
+const ANY_VLAN: u16 = 0;
+
+impl Remotes {
+    /// A table with the flood list, the static remote MACs and learning on or off; learned
+    /// entries age after `aging_s`.
+    pub fn new(
+        flood: &[IpAddr],
+        statics: &[(MacAddr, IpAddr)],
+        learn: bool,
+        aging_s: u32,
+    ) -> Result<Remotes, RemotesError> {
+        let r = Remotes {
+            endpoints: (0..MAX_ENDPOINTS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            grow: Mutex::new(()),
+            flood: Box::new([]),
+            macs: MacTable::new(REMOTE_MACS, aging_s)?,
+            learn,
+        };
+        let mut fl = Vec::with_capacity(flood.len());
+        for ip in flood {
+            let i = r.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
+            if !fl.contains(&i) {
+                fl.push(i);
+            }
+        }
+        for (k, (mac, ip)) in statics.iter().enumerate() {
+            if mac.is_multicast() || mac.is_zero() {
+                return Err(RemotesError::NotUnicast(*mac));
+            }
+            if let Some((_, b)) = statics[..k].iter().find(|(m, _)| m == mac) {
+                return Err(RemotesError::Duplicate { mac: *mac, a: *b, b: *ip });
+            }
+            let i = r.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
+            r.macs.insert_static(ANY_VLAN, *mac, i)?;
+        }
+        Ok(Remotes { flood: fl.into_boxed_slice(), ..r })
+    }
+
+    /// The index of endpoint `ip`, added when `add` and there is room.
+    fn endpoint_index(&self, ip: IpAddr, add: bool) -> Option<u16> {
+        let find = |n: usize| (0..n).find(|&i| self.endpoints[i].get() == Some(&ip));
+        if let Some(i) = find(self.len.load(Ordering::Acquire)) {
+            return Some(i as u16);
+        }
+        if !add {
+            return None;
+        }
+        let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.len.load(Ordering::Acquire);
+        if let Some(i) = find(n) {
+            return Some(i as u16);
+        }
+        let slot = self.endpoints.get(n)?;
+        let _ = slot.set(ip);
+        self.len.store(n + 1, Ordering::Release);
+        Some(n as u16)
+    }
+
+    /// The endpoint at `i`.
+    #[inline]
+    pub fn endpoint(&self, i: u16) -> Option<IpAddr> {
+        self.endpoints.get(usize::from(i)).and_then(|s| s.get().copied())
+    }
+
+    /// The flood list's endpoint indices.
+    pub fn flood(&self) -> &[u16] {
+        &self.flood
+    }
+
+    /// Every endpoint known, in index order.
+    pub fn endpoints(&self) -> Vec<IpAddr> {
+        (0..self.len.load(Ordering::Acquire)).filter_map(|i| self.endpoints[i].get().copied()).collect()
+    }
+
+    /// Where a frame to `dst` goes at `now` (seconds): one endpoint for a known unicast MAC,
+    /// `None` for broadcast, multicast and unknown unicast (the flood list).
+    #[inline]
+    pub fn lookup(&self, dst: MacAddr, now: u32) -> Option<u16> {
+        if dst.is_multicast() {
+            return None;
+        }
+        self.macs.lookup(ANY_VLAN, dst, now).map(|h| h.port)
+    }
+
+    /// Learns that `src` lives behind `from` (when learning is on and `src` is a unicast MAC
+    /// not held by a static entry).
+    #[inline]
+    pub fn learn(&self, src: MacAddr, from: IpAddr, now: u32) {
+        if let Some(i) = self.learning_index(from) {
+            self.learn_at(src, i, now);
+        }
+    }
+
+    /// The index to learn `from` under (added when new), `None` when learning is off or the
+    /// endpoints are full. A receiver keeps it for the next datagram from the same address.
+    pub fn learning_index(&self, from: IpAddr) -> Option<u16> {
+        if self.learn {
+            self.endpoint_index(from, true)
+        } else {
+            None
+        }
+    }
+
+    /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]).
+    #[inline]
+    pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
+        if self.learn && !src.is_multicast() && !src.is_zero() {
+            self.macs.learn(ANY_VLAN, src, i, now, u32::MAX);
+        }
+    }
+
+    /// Whether learning is on.
+    pub fn learns(&self) -> bool {
+        self.learn
+    }
+
+    /// Every remote MAC with its endpoint and whether it is static (for `show`).
+    pub fn macs(&self, now: u32) -> Vec<(MacAddr, IpAddr, bool)> {
+        self.macs
+            .entries(now)
+            .into_iter()
+            .filter_map(|e| Some((e.mac, self.endpoint(e.port)?, e.is_static)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Pool;
+    use std::net::Ipv4Addr;
+
+    fn frame() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        f.extend_from_slice(&[0u8; 28]);
+        f
+    }
+
+    #[test]
+    fn mtu_overheads_are_the_rfcs() {
+        assert_eq!(TunnelKind::Vxlan.mtu_overhead(false), 50);
+        assert_eq!(TunnelKind::Geneve.mtu_overhead(false), 58);
+        assert_eq!(TunnelKind::Vxlan.mtu_overhead(true), 70);
+        assert_eq!(TunnelKind::Geneve.mtu_overhead(true), 78);
+        assert_eq!(TunnelKind::Vxlan.overlay_mtu(false, 1500), 1450);
+        // A 1450-byte IP packet in a 14-byte Ethernet header fills a 1500-byte underlay.
+        assert_eq!(TunnelKind::Vxlan.max_inner_frame(false, 1500), 1464);
+    }
+
+    #[test]
+    fn encap_then_decap_gives_the_frame_back() {
+        let pool = Pool::new("t", 4).unwrap();
+        for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
+            let c = TunnelCodec { kind, vni: 5001 };
+            let mut b = pool.alloc().unwrap();
+            b.extend_from_slice(&frame()).unwrap();
+            c.encap_buf(&mut b).unwrap();
+            assert_eq!(b.len(), frame().len() + kind.header_len());
+            c.decap_buf(&mut b).unwrap();
+            assert_eq!(b.data(), &frame()[..]);
+        }
+    }
+
+    #[test]
+    fn decap_drops_are_named() {
+        let c = TunnelCodec { kind: TunnelKind::Vxlan, vni: 5001 };
+        let mut d = vec![0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
+        d.extend_from_slice(&frame());
+        assert_eq!(c.decap(&d), Ok(8));
+        assert_eq!(c.decap(&d[..5]), Err(DropReason::TunnelTruncated));
+        assert_eq!(c.decap(&d[..8 + 13]), Err(DropReason::TunnelInnerRunt));
+        assert_eq!(TunnelCodec { vni: 5002, ..c }.decap(&d), Err(DropReason::TunnelWrongVni));
+        let mut no_i = d.clone();
+        no_i[0] = 0;
+        assert_eq!(c.decap(&no_i), Err(DropReason::TunnelBadHeader));
+        let g = TunnelCodec { kind: TunnelKind::Geneve, vni: 5001 };
+        let mut gd = vec![0, 0, 0x65, 0x58, 0, 0x13, 0x89, 0];
+        gd.extend_from_slice(&frame());
+        assert_eq!(g.decap(&gd), Ok(8));
+        let mut oam = gd.clone();
+        oam[1] = 0x80;
+        assert_eq!(g.decap(&oam), Err(DropReason::TunnelBadHeader));
+        let mut ip = gd.clone();
+        ip[2..4].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(g.decap(&ip), Err(DropReason::TunnelBadHeader));
+        let mut past = gd.clone();
+        past[0] = 63;
+        assert_eq!(g.decap(&past), Err(DropReason::GeneveBadOptions));
+    }
+
+    #[test]
+    fn remotes_static_learned_and_flood() {
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let b = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+        let c = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        let m1 = MacAddr([2, 0, 0, 0, 0xb, 1]);
+        let m2 = MacAddr([2, 0, 0, 0, 0xb, 2]);
+        let r = Remotes::new(&[a, b, a], &[(m1, a)], true, 300).unwrap();
+        assert_eq!(r.flood(), &[0, 1]);
+        assert_eq!(r.lookup(m1, 0).and_then(|i| r.endpoint(i)), Some(a));
+        assert_eq!(r.lookup(MacAddr::BROADCAST, 0), None);
+        assert_eq!(r.lookup(m2, 0), None);
+        // Learning from a new endpoint adds it; a static MAC never moves.
+        r.learn(m2, c, 1);
+        r.learn(m1, b, 1);
+        assert_eq!(r.lookup(m2, 1).and_then(|i| r.endpoint(i)), Some(c));
+        assert_eq!(r.lookup(m1, 1).and_then(|i| r.endpoint(i)), Some(a));
+        assert_eq!(r.endpoints(), vec![a, b, c]);
+        let off = Remotes::new(&[a], &[], false, 300).unwrap();
+        off.learn(m2, c, 1);
+        assert_eq!(off.lookup(m2, 1), None);
+        assert!(matches!(
+            Remotes::new(&[], &[(m1, a), (m1, b)], true, 300),
+            Err(RemotesError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            Remotes::new(&[], &[(MacAddr::BROADCAST, a)], true, 300),
+            Err(RemotesError::NotUnicast(_))
+        ));
+    }
+}

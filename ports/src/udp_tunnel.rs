@@ -1,0 +1,550 @@
+//! A VXLAN or Geneve tunnel port over the kernel's UDP stack: one UDP socket bound to
+//! `local:dstport`, batched with `recvmmsg(2)` and `sendmmsg(2)`. Routing, neighbour
+//! resolution, the outer IP and UDP headers and their checksums stay the kernel's (a UDP
+//! checksum is always computed, over IPv4 as over IPv6, where it is required).
+//!
+//! Invariants:
+//! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
+//!   accepted, received in place into a pool buffer (no copy); every other datagram is one
+//!   named drop.
+//! - TX writes the tunnel header into the frame's headroom (no copy) and sends one datagram
+//!   per endpoint: a known remote MAC's endpoint, else every endpoint of the flood list (the
+//!   copies share the frame's bytes, each is one `sendmmsg` message and counts as one frame
+//!   sent). An inner frame too big for the underlay MTU is dropped (`tunnel_mtu`), never
+//!   fragmented; the socket also refuses to fragment (`IP_PMTUDISC_DO`).
+//!
+//! UDP source port: the kernel socket sends every datagram from `dstport`. A per-flow source
+//! port (entropy for the underlay's ECMP, RFC 7348 section 5) needs the outer headers written
+//! by switchyard (a raw socket or the uplink fast path) or one socket per source port; with one
+//! kernel socket, batching with `sendmmsg` matters more, and the source port is fixed.
+//!
+//! The underlay MTU is the smallest route MTU (`IP_MTU` on a connected socket) towards the
+//! configured endpoints, read when the port opens (1500 when it has none).
+
+use crate::afpacket::errno;
+use arrayvec::ArrayVec;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
+};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
+use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
+
+/// What a tunnel port is opened with.
+#[derive(Debug, Clone)]
+pub struct TunnelOptions {
+    pub kind: TunnelKind,
+    pub vni: u32,
+    pub local: IpAddr,
+    /// The UDP port, both ends.
+    pub dstport: u16,
+    pub flood: Vec<IpAddr>,
+    pub remote_macs: Vec<(MacAddr, IpAddr)>,
+    pub learn: bool,
+    /// Aging of learned remote MACs, seconds.
+    pub aging_s: u32,
+}
+
+/// Datagrams one `recvmmsg` takes at most.
+const RECV_BATCH: usize = 32;
+/// Messages one `sendmmsg` carries at most (a burst's frames times their endpoints).
+const SEND_BATCH: usize = 64;
+/// Socket buffers asked for, bytes.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+/// The underlay MTU assumed when no endpoint is configured.
+const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    sock: UdpSocket,
+    codec: TunnelCodec,
+    remotes: Remotes,
+    ipv6: bool,
+    port: u16,
+    underlay_mtu: u32,
+    max_inner: usize,
+    start: Instant,
+}
+
+impl Shared {
+    fn now_s(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
+    }
+}
+
+/// A VXLAN or Geneve port on a kernel UDP socket.
+#[derive(Debug)]
+pub struct UdpTunnelPort {
+    shared: Arc<Shared>,
+    claims: Arc<RxClaims>,
+}
+
+fn io_err(name: &str, e: std::io::Error) -> PortError {
+    PortError::Io { port: name.to_string(), source: e }
+}
+
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: `v` is a live c_int and the length passed is its size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The route MTU from `local` towards `remote` (the kernel's answer for a connected socket).
+pub fn route_mtu(local: IpAddr, remote: IpAddr, port: u16) -> std::io::Result<u32> {
+    let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
+    s.connect(SocketAddr::new(remote, port))?;
+    let (level, opt) =
+        if local.is_ipv6() { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live and `len` is `v`'s size; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), level, opt, &mut v as *mut libc::c_int as *mut libc::c_void, &mut len)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v.max(0) as u32)
+}
+
+impl UdpTunnelPort {
+    pub fn open(name: &str, o: &TunnelOptions) -> Result<UdpTunnelPort, PortError> {
+        let remotes = Remotes::new(&o.flood, &o.remote_macs, o.learn, o.aging_s)
+            .map_err(|e| PortError::Backend { port: name.into(), msg: e.to_string() })?;
+        let sock = UdpSocket::bind(SocketAddr::new(o.local, o.dstport)).map_err(|e| io_err(name, e))?;
+        sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
+        let fd = sock.as_fd();
+        // As deep as an AF_PACKET port's 4 MiB ring: a worker that is not scheduled for a few
+        // milliseconds must not cost a burst of datagrams. The *FORCE options (CAP_NET_ADMIN)
+        // go past net.core.[rw]mem_max; without the capability the capped size is taken.
+        for (force, opt) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+        {
+            if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                // Best effort: the default buffers work, only with more drops under load.
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
+            }
+        }
+        let ipv6 = o.local.is_ipv6();
+        let pmtu = if ipv6 {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        } else {
+            setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        };
+        pmtu.map_err(|e| io_err(name, e))?;
+        let mut underlay_mtu = None::<u32>;
+        for ip in remotes.endpoints() {
+            let m = route_mtu(o.local, ip, o.dstport).map_err(|e| PortError::Backend {
+                port: name.into(),
+                msg: format!("no route from {} to endpoint {ip}: {e}", o.local),
+            })?;
+            underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m)));
+        }
+        let underlay_mtu = underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
+        let shared = Shared {
+            name: name.to_string(),
+            sock,
+            codec: TunnelCodec { kind: o.kind, vni: o.vni },
+            remotes,
+            ipv6,
+            port: o.dstport,
+            underlay_mtu,
+            max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
+            start: Instant::now(),
+        };
+        tracing::info!(
+            port = name,
+            kind = o.kind.name(),
+            vni = o.vni,
+            local = %o.local,
+            dstport = o.dstport,
+            underlay_mtu,
+            overlay_mtu = o.kind.overlay_mtu(ipv6, underlay_mtu),
+            "tunnel port open"
+        );
+        Ok(UdpTunnelPort { shared: Arc::new(shared), claims: Arc::new(RxClaims::new(name, 1)) })
+    }
+
+    /// The underlay MTU the port works with.
+    pub fn underlay_mtu(&self) -> u32 {
+        self.shared.underlay_mtu
+    }
+
+    /// The MTU a VM on this overlay should be given.
+    pub fn overlay_mtu(&self) -> u32 {
+        self.shared.codec.kind.overlay_mtu(self.shared.ipv6, self.shared.underlay_mtu)
+    }
+
+    /// The remote table (endpoints, flood list, remote MACs).
+    pub fn remotes(&self) -> &Remotes {
+        &self.shared.remotes
+    }
+
+    /// The endpoint a frame to `mac` goes to now (`None`: the flood list).
+    pub fn remote_of(&self, mac: MacAddr) -> Option<IpAddr> {
+        let r = &self.shared.remotes;
+        r.lookup(mac, self.shared.now_s()).and_then(|i| r.endpoint(i))
+    }
+
+    /// The bound socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.sock.local_addr()
+    }
+}
+
+impl PortBackend for UdpTunnelPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        self.claims.claim(q)?;
+        Ok(Box::new(UdpTunnelRx { shared: self.shared.clone(), claims: self.claims.clone(), q, last: None }))
+    }
+
+    fn open_tx(&self, _q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        Ok(Box::new(UdpTunnelTx { shared: self.shared.clone() }))
+    }
+
+    fn info(&self) -> Option<String> {
+        let sh = &self.shared;
+        Some(format!(
+            "{} vni {} flood {} endpoints, underlay_mtu {} overlay_mtu {}",
+            sh.codec.kind.name(),
+            sh.codec.vni,
+            sh.remotes.flood().len(),
+            sh.underlay_mtu,
+            self.overlay_mtu()
+        ))
+    }
+}
+
+/// A socket address in the C layout, and its length.
+fn c_sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_in6, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_in6 (and sockaddr_in, which it is large enough for).
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    match ip {
+        IpAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a sockaddr_in (16 bytes) fits in a sockaddr_in6 (28 bytes); both are plain
+            // C structs, and the write is unaligned-safe.
+            unsafe {
+                std::ptr::write_unaligned(&mut sa as *mut libc::sockaddr_in6 as *mut libc::sockaddr_in, sin)
+            };
+            (sa, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        IpAddr::V6(v6) => {
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = port.to_be();
+            sa.sin6_addr = libc::in6_addr { s6_addr: v6.octets() };
+            (sa, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+/// The address the kernel wrote into a `sockaddr_in6`-sized name (IPv4 or IPv6).
+fn from_c_sockaddr(sa: &libc::sockaddr_in6) -> Option<IpAddr> {
+    match libc::c_int::from(sa.sin6_family) {
+        libc::AF_INET6 => Some(IpAddr::from(sa.sin6_addr.s6_addr)),
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) at the start of `sa`,
+            // which is larger; the read is unaligned-safe.
+            let sin = unsafe {
+                std::ptr::read_unaligned(sa as *const libc::sockaddr_in6 as *const libc::sockaddr_in)
+            };
+            Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
+        }
+        _ => None,
+    }
+}
+
+struct UdpTunnelRx {
+    shared: Arc<Shared>,
+    claims: Arc<RxClaims>,
+    q: u16,
+    /// The last source address learned from and its endpoint index.
+    last: Option<(IpAddr, u16)>,
+}
+
+impl Drop for UdpTunnelRx {
+    fn drop(&mut self) {
+        self.claims.release(self.q);
+    }
+}
+
+impl RxQueue for UdpTunnelRx {
+    fn rx_burst(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        max: usize,
+        drops: &mut DropTally,
+    ) -> usize {
+        let want = max.min(out.remaining_capacity()).min(RECV_BATCH);
+        let mut bufs: ArrayVec<PacketBuf, RECV_BATCH> = ArrayVec::new();
+        while bufs.len() < want {
+            match cache.alloc() {
+                Some(b) => bufs.push(b),
+                None => break,
+            }
+        }
+        if bufs.is_empty() {
+            return 0;
+        }
+        let n = bufs.len();
+        // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
+        let mut names: [libc::sockaddr_in6; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let room = b.tail_mut();
+            iov[i].iov_base = room.as_mut_ptr() as *mut libc::c_void;
+            iov[i].iov_len = room.len();
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = &mut names[i] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at live buffers of the lengths given (a name, one iovec
+        // over the tail room of a buffer this function owns), all of which outlive the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.shared.sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc <= 0 {
+            if rc < 0 && !matches!(errno(), libc::EAGAIN | libc::EINTR) {
+                tracing::debug!(port = %self.shared.name, errno = errno(), "tunnel recvmmsg error");
+            }
+            for b in bufs {
+                cache.free(b);
+            }
+            return 0;
+        }
+        let got = rc as usize;
+        let now = self.shared.now_s();
+        let learn = self.shared.remotes.learns();
+        let mut delivered = 0;
+        for (i, mut b) in bufs.into_iter().enumerate() {
+            if i >= got {
+                cache.free(b);
+                continue;
+            }
+            let h = &hdrs[i];
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || b.set_len(h.msg_len as usize).is_err() {
+                drops.add(DropReason::Oversize, 1);
+                cache.free(b);
+                continue;
+            }
+            if let Err(r) = self.shared.codec.decap_buf(&mut b) {
+                drops.add(r, 1);
+                cache.free(b);
+                continue;
+            }
+            if learn {
+                if let Some(from) = from_c_sockaddr(&names[i]) {
+                    // Datagrams come in runs from one peer: its index is looked up once a run.
+                    let idx = match self.last {
+                        Some((ip, idx)) if ip == from => Some(idx),
+                        _ => self.shared.remotes.learning_index(from),
+                    };
+                    if let Some(idx) = idx {
+                        self.last = Some((from, idx));
+                        self.shared.remotes.learn_at(
+                            MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]),
+                            idx,
+                            now,
+                        );
+                    }
+                }
+            }
+            out.push(b);
+            delivered += 1;
+        }
+        delivered
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.shared.sock.as_fd())
+    }
+}
+
+/// Where one encapsulated frame goes.
+#[derive(Clone, Copy)]
+enum Dest {
+    One(u16),
+    Flood,
+}
+
+struct UdpTunnelTx {
+    shared: Arc<Shared>,
+}
+
+impl UdpTunnelTx {
+    /// Sends `msgs` (frame index in `ready`, endpoint index) with as few `sendmmsg` calls as
+    /// the kernel allows; returns the datagrams sent and counts the rest.
+    fn send(&self, ready: &[(PacketBuf, Dest)], msgs: &[(u8, u16)], drops: &mut DropTally) -> usize {
+        let n = msgs.len();
+        // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
+        let mut names: [libc::sockaddr_in6; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        let mut unknown = 0;
+        let mut k = 0;
+        for &(f, e) in msgs {
+            let Some(ip) = self.shared.remotes.endpoint(e) else {
+                unknown += 1;
+                continue;
+            };
+            let (sa, len) = c_sockaddr(ip, self.shared.port);
+            names[k] = sa;
+            let d = ready[usize::from(f)].0.data();
+            iov[k].iov_base = d.as_ptr() as *mut libc::c_void;
+            iov[k].iov_len = d.len();
+            let h = &mut hdrs[k].msg_hdr;
+            h.msg_name = &mut names[k] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+            h.msg_namelen = len;
+            h.msg_iov = &mut iov[k];
+            h.msg_iovlen = 1;
+            k += 1;
+        }
+        drops.add(DropReason::TunnelNoEndpoint, unknown);
+        let n = n - unknown as usize;
+        let mut sent = 0;
+        let mut at = 0;
+        while at < n {
+            // SAFETY: headers at..n point at live names and iovecs over frames in `ready`,
+            // which outlive the call; the kernel only reads them (and writes msg_len).
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.shared.sock.as_raw_fd(),
+                    hdrs[at..].as_mut_ptr(),
+                    (n - at) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc > 0 {
+                sent += rc as usize;
+                at += rc as usize;
+                continue;
+            }
+            match errno() {
+                libc::EINTR => {}
+                libc::EAGAIN | libc::ENOBUFS => {
+                    drops.add(DropReason::TxFull, (n - at) as u32);
+                    break;
+                }
+                libc::EMSGSIZE => {
+                    drops.add(DropReason::TunnelMtu, 1);
+                    at += 1;
+                }
+                e => {
+                    tracing::debug!(port = %self.shared.name, errno = e, "tunnel sendmmsg error");
+                    drops.add(DropReason::TunnelSendError, 1);
+                    at += 1;
+                }
+            }
+        }
+        sent
+    }
+}
+
+impl TxQueue for UdpTunnelTx {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        let sh = &*self.shared;
+        let now = sh.now_s();
+        let mut ready: ArrayVec<(PacketBuf, Dest), MAX_BURST> = ArrayVec::new();
+        for mut b in pkts.drain(..) {
+            let len = b.len();
+            let reason = if len < ETH_HEADER_LEN {
+                Some(DropReason::Runt)
+            } else if len > sh.max_inner {
+                Some(DropReason::TunnelMtu)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                drops.add(r, 1);
+                cache.free(b);
+                continue;
+            }
+            let dest = match sh.remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now) {
+                Some(e) => Dest::One(e),
+                None if sh.remotes.flood().is_empty() => {
+                    drops.add(DropReason::TunnelNoEndpoint, 1);
+                    cache.free(b);
+                    continue;
+                }
+                None => Dest::Flood,
+            };
+            if sh.codec.encap_buf(&mut b).is_err() {
+                drops.add(DropReason::NoBuffer, 1);
+                cache.free(b);
+                continue;
+            }
+            ready.push((b, dest));
+        }
+        let mut msgs: ArrayVec<(u8, u16), SEND_BATCH> = ArrayVec::new();
+        let mut sent = 0;
+        for (f, (_, dest)) in ready.iter().enumerate() {
+            let one;
+            let eps: &[u16] = match dest {
+                Dest::One(e) => {
+                    one = [*e];
+                    &one
+                }
+                Dest::Flood => sh.remotes.flood(),
+            };
+            for &e in eps {
+                if msgs.is_full() {
+                    sent += self.send(&ready, &msgs, drops);
+                    msgs.clear();
+                }
+                msgs.push((f as u8, e));
+            }
+        }
+        if !msgs.is_empty() {
+            sent += self.send(&ready, &msgs, drops);
+        }
+        for (b, _) in ready {
+            cache.free(b);
+        }
+        sent
+    }
+}

@@ -1,0 +1,396 @@
+//! VXLAN overlays end to end, with real components only: `switchyard run --switch` processes
+//! as "nodes", each in its own network namespace, joined by a veth underlay (a kernel bridge
+//! in another namespace), with namespaces as the "VMs" on AF_PACKET ports; and the kernel's
+//! own VXLAN device plus a kernel bridge as a third node. Every namespace (and so every
+//! interface, all created inside them) goes away when the test ends, however it ends.
+
+#[path = "../ports/tests/kports_common/mod.rs"]
+mod kports_common;
+
+use kports_common::{frame, has_marker, in_netns, ip, skip, skip_reason, RawSock};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Network namespaces named `sy<pid>-<tag>`, deleted on drop (with everything in them).
+struct Namespaces {
+    prefix: String,
+    made: Vec<String>,
+}
+
+impl Namespaces {
+    fn new(test: u32) -> Namespaces {
+        Namespaces { prefix: format!("sy{}-{test}", std::process::id()), made: Vec::new() }
+    }
+
+    fn name(&self, tag: &str) -> String {
+        format!("{}-{tag}", self.prefix)
+    }
+
+    /// A namespace with IPv6 off (so that nothing but the test's traffic moves) and lo up.
+    fn add(&mut self, tag: &str) -> String {
+        let ns = self.name(tag);
+        ip(&["netns", "add", &ns]).unwrap();
+        self.made.push(ns.clone());
+        let off = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"];
+        assert!(run_in(&ns, &[&["sysctl", "-qw"][..], &off[..]].concat()).status.success());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+        ns
+    }
+
+    /// A veth pair `a_if` in `a` and `b_if` in `b`, both up, with `mtu`.
+    fn veth(&self, a: &str, a_if: &str, b: &str, b_if: &str, mtu: u32) {
+        let m = mtu.to_string();
+        ip(&[
+            "link", "add", a_if, "netns", a, "mtu", &m, "type", "veth", "peer", "name", b_if, "netns", b,
+            "mtu", &m,
+        ])
+        .unwrap();
+        ip(&["-n", a, "link", "set", a_if, "up"]).unwrap();
+        ip(&["-n", b, "link", "set", b_if, "up"]).unwrap();
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.made {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn run_in(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap()
+}
+
+/// `ping` from `ns`: whether `count` echoes came back.
+fn ping(ns: &str, to: &str, count: u32, extra: &[&str]) -> bool {
+    let c = count.to_string();
+    let mut a = vec!["ping", "-q", "-n", "-c", &c, "-i", "0.2", "-W", "1"];
+    a.extend_from_slice(extra);
+    a.push(to);
+    run_in(ns, &a).status.success()
+}
+
+/// The first ping may wait for the switches to come up: retried within WAIT.
+fn ping_eventually(ns: &str, to: &str) {
+    let t = Instant::now();
+    while !ping(ns, to, 1, &[]) {
+        assert!(t.elapsed() < WAIT, "no ping from {ns} to {to}");
+    }
+}
+
+/// Underlay address of host `i` (from 1): 10.99.0.i, or fd00:99::i.
+fn ul_addr(v6: bool, i: usize) -> String {
+    if v6 {
+        format!("fd00:99::{i}")
+    } else {
+        format!("10.99.0.{i}")
+    }
+}
+
+/// The underlay: a kernel bridge `ul` in namespace `N`, `hosts` namespaces each on a veth
+/// `eth0` with address 10.99.0.<i+1>/24.
+fn underlay(nss: &mut Namespaces, hosts: &[&str], mtu: u32) {
+    underlay_of(nss, hosts, mtu, false)
+}
+
+/// The underlay over IPv4 or IPv6 (`ul_addr`); with IPv6, only the hosts' `eth0` has it.
+fn underlay_of(nss: &mut Namespaces, hosts: &[&str], mtu: u32, v6: bool) {
+    let n = nss.add("N");
+    ip(&["-n", &n, "link", "add", "ul", "type", "bridge"]).unwrap();
+    ip(&["-n", &n, "link", "set", "ul", "mtu", &mtu.to_string(), "up"]).unwrap();
+    for (i, h) in hosts.iter().enumerate() {
+        let up = format!("u{i}");
+        nss.veth(&n, &up, h, "eth0", mtu);
+        ip(&["-n", &n, "link", "set", &up, "master", "ul"]).unwrap();
+        if v6 {
+            assert!(run_in(h, &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]).status.success());
+            ip(&["-n", h, "addr", "add", &format!("{}/64", ul_addr(true, i + 1)), "dev", "eth0", "nodad"])
+                .unwrap();
+        } else {
+            ip(&["-n", h, "addr", "add", &format!("{}/24", ul_addr(false, i + 1)), "dev", "eth0"]).unwrap();
+        }
+    }
+}
+
+/// A "VM": namespace `vm` with `eth0` (`mac`, `addr`/24) whose peer `port_if` is in `node`.
+fn vm(nss: &mut Namespaces, tag: &str, node: &str, port_if: &str, mac: &str, addr: &str) -> String {
+    let v = nss.add(tag);
+    nss.veth(&v, "eth0", node, port_if, 1500);
+    ip(&["-n", &v, "link", "set", "eth0", "address", mac]).unwrap();
+    ip(&["-n", &v, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+    v
+}
+
+/// A `switchyard run --switch` process in a namespace; killed on drop.
+struct Node {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(ns: &str, yaml: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("switch.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let p = |f: &str| dir.path().join(f);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "run", "--switch"])
+            .arg(&file)
+            .arg("--socket")
+            .arg(p("ctl.sock"))
+            .arg("--cni-state")
+            .arg(p("cni"))
+            .arg("--vhost-dir")
+            .arg(p("vhost"))
+            .env("SWITCHYARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(p("run.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let n = Node { child, dir };
+        let t = Instant::now();
+        while !n.sock().exists() {
+            assert!(t.elapsed() < WAIT, "no control socket; log:\n{}", n.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN).arg("ctl").arg("--socket").arg(self.sock()).args(args).output().unwrap();
+        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A port's counters from `show stats`: (rx packets, tx packets, the drops line).
+    fn stats(&self, port: &str) -> (u64, u64, String) {
+        let s = self.ctl(&["show", "stats"]);
+        let mut lines = s.lines();
+        let head = format!("port {port} ");
+        while let Some(l) = lines.next() {
+            if let Some(rest) = l.strip_prefix(&head) {
+                let num = |key: &str| -> u64 {
+                    let at = rest.find(key).unwrap_or_else(|| panic!("{key} in {l}")) + key.len();
+                    rest[at..].split_whitespace().next().unwrap().parse().unwrap()
+                };
+                return (num(": rx "), num(", tx "), lines.next().unwrap_or("").to_string());
+            }
+        }
+        panic!("no port {port} in:\n{s}");
+    }
+
+    fn drop_count(&self, port: &str, reason: &str) -> u64 {
+        let (_, _, d) = self.stats(port);
+        let key = format!("{reason}=");
+        d.split_whitespace().find_map(|w| w.strip_prefix(&key)).map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn skip_unless_ready(test: &str) -> bool {
+    if let Some(why) = skip_reason() {
+        skip(test, &why);
+        return false;
+    }
+    if !Command::new("ping").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        skip(test, "the `ping` command (iputils-ping) is missing");
+        return false;
+    }
+    true
+}
+
+fn vm_port(name: &str, tag: Option<u16>) -> String {
+    let tag = tag.map_or(String::new(), |t| format!(", tag: {t}"));
+    format!("  - {{name: {name}, type: afpacket, rx_mode: recvmmsg{tag}}}\n")
+}
+
+fn tunnel_port(local: &str, flood: &[&str]) -> String {
+    format!("  - {{name: tun0, type: vxlan, vni: 5001, local: {local}, flood: [{}]}}\n", flood.join(", "))
+}
+
+/// Two switchyard nodes: pings across, VLANs kept apart inside the tunnel, broadcast copies
+/// to every flood endpoint counted, and inner frames too big for the underlay's 1400-byte
+/// MTU dropped as `tunnel_mtu` exactly from the first byte over.
+#[test]
+fn two_switchyard_nodes_over_a_vxlan_underlay() {
+    if !skip_unless_ready("two_switchyard_nodes_over_a_vxlan_underlay") {
+        return;
+    }
+    let mut nss = Namespaces::new(1);
+    let (u1, u2, u3) = (nss.add("u1"), nss.add("u2"), nss.add("u3"));
+    underlay(&mut nss, &[&u1, &u2, &u3], 1400);
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let b1 = vm(&mut nss, "b1", &u1, "vb1", "02:00:00:00:0b:01", "10.50.0.11");
+    let a2 = vm(&mut nss, "a2", &u2, "va2", "02:00:00:00:0a:02", "10.50.0.2");
+    let b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:0b:02", "10.50.0.12");
+    // Permanent neighbours: no ARP moves (no late retries or probes in the counts below).
+    let vms = [
+        (&a1, "10.50.0.1", "02:00:00:00:0a:01"),
+        (&b1, "10.50.0.11", "02:00:00:00:0b:01"),
+        (&a2, "10.50.0.2", "02:00:00:00:0a:02"),
+        (&b2, "10.50.0.12", "02:00:00:00:0b:02"),
+    ];
+    for (ns, own, _) in vms {
+        for (_, addr, mac) in vms.iter().filter(|v| v.1 != own) {
+            ip(&["-n", ns, "neigh", "replace", addr, "lladdr", mac, "dev", "eth0", "nud", "permanent"])
+                .unwrap();
+        }
+    }
+    // The third underlay host is a flood endpoint with no switch: a socket counts what arrives.
+    let counter = in_netns(&u3, || UdpSocket::bind("10.99.0.3:4789").map_err(|e| e.to_string())).unwrap();
+    counter.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let cfg = |local: &str, flood: &[&str], n: &str| {
+        format!(
+            "bridges:\n- name: br\n  ports:\n{}{}{}",
+            vm_port(&format!("va{n}"), Some(10)),
+            vm_port(&format!("vb{n}"), Some(20)),
+            tunnel_port(local, flood)
+        )
+    };
+    let n1 = Node::start(&u1, &cfg("10.99.0.1", &["10.99.0.2", "10.99.0.3"], "1"));
+    let n2 = Node::start(&u2, &cfg("10.99.0.2", &["10.99.0.1", "10.99.0.3"], "2"));
+    ping_eventually(&a1, "10.50.0.2");
+    assert!(ping(&b1, "10.50.0.12", 3, &[]), "VLAN 20 across");
+    assert!(ping(&a1, "10.50.0.2", 3, &[]), "VLAN 10 across");
+    // VLAN 10 and 20 are apart: from VLAN 20 the VLAN 10 address does not answer.
+    assert!(!ping(&b1, "10.50.0.2", 2, &[]), "VLAN 20 reached VLAN 10");
+    assert!(!ping(&a1, "10.50.0.12", 2, &[]), "VLAN 10 reached VLAN 20");
+    assert!(n1.log().contains("underlay_mtu=1400"), "{}", n1.log());
+    let ports = n1.ctl(&["show", "ports"]);
+    assert!(
+        ports.contains("# tun0: vxlan vni 5001 flood 2 endpoints, underlay_mtu 1400 overlay_mtu 1350"),
+        "{ports}"
+    );
+
+    // Broadcasts from a1: one copy per flood endpoint, each counted as sent; node 2 and the
+    // bare endpoint each get every one, with the inner VLAN tag (VID 10) inside the tunnel.
+    while counter.recv(&mut [0u8; 2048]).is_ok() {}
+    let (_, tx0, _) = n1.stats("tun0");
+    let (rx0, _, _) = n2.stats("tun0");
+    let sock = RawSock::open(Some(&a1), "eth0").unwrap();
+    let mut at_a2 = RawSock::open(Some(&a2), "eth0").unwrap();
+    const N: usize = 5;
+    for i in 0..N {
+        sock.send(&frame([0xff; 6], [2, 0, 0, 0, 0xa, 1], &[], &format!("flood-{i}"), 100));
+    }
+    let mut at_u3 = 0;
+    let mut buf = [0u8; 2048];
+    let t = Instant::now();
+    while at_u3 < N && t.elapsed() < WAIT {
+        let Ok(n) = counter.recv(&mut buf) else { continue };
+        let d = &buf[..n];
+        // VXLAN header (I flag, VNI 5001), then the inner frame tagged 0x8100 VID 10.
+        if n > 8 + 18 && has_marker(&d[8..], "flood-") {
+            assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0x00, 0x13, 0x89, 0], "VXLAN header");
+            assert_eq!(&d[8 + 12..8 + 16], &[0x81, 0x00, 0x00, 10], "inner tag");
+            at_u3 += 1;
+        }
+    }
+    assert_eq!(at_u3, N, "copies at the bare endpoint");
+    for i in 0..N {
+        let m = format!("flood-{i}");
+        assert!(at_a2.recv_matching(WAIT, |f| has_marker(f, &m)).is_some(), "{m} at a2");
+    }
+    let (_, tx1, _) = n1.stats("tun0");
+    assert_eq!(tx1 - tx0, 2 * N as u64, "node 1 sent one copy per endpoint");
+    let t = Instant::now();
+    while n2.stats("tun0").0 - rx0 < N as u64 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(n2.stats("tun0").0 - rx0, N as u64, "node 2 received each once");
+
+    // MTU: 1400 - 20 (IP) - 8 (UDP) - 8 (VXLAN) = 1364 bytes of inner frame, tag included:
+    // a 1346-byte IP packet fits (ping -s 1318), one byte more does not.
+    assert!(ping(&a1, "10.50.0.2", 2, &["-M", "do", "-s", "1318"]), "largest inner frame");
+    let before = n1.drop_count("tun0", "tunnel_mtu");
+    assert!(!ping(&a1, "10.50.0.2", 3, &["-M", "do", "-s", "1319"]), "one byte over went through");
+    assert_eq!(n1.drop_count("tun0", "tunnel_mtu") - before, 3, "{}", n1.stats("tun0").2);
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device() {
+    if skip_unless_ready("interop_with_the_kernel_vxlan_device") {
+        interop_with_kernel_vxlan(false);
+    }
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device_over_ipv6() {
+    if skip_unless_ready("interop_with_the_kernel_vxlan_device_over_ipv6") {
+        interop_with_kernel_vxlan(true);
+    }
+}
+
+/// Interop with the kernel's VXLAN: a switchyard node and a node made of the kernel's VXLAN
+/// device and a kernel bridge, over an IPv4 or IPv6 underlay. Pings both ways; frames arrive
+/// byte for byte as they were sent, both ways.
+fn interop_with_kernel_vxlan(v6: bool) {
+    let mut nss = Namespaces::new(if v6 { 3 } else { 2 });
+    let (u1, k) = (nss.add("u1"), nss.add("k"));
+    underlay_of(&mut nss, &[&u1, &k], 1500, v6);
+    let (l1, l2) = (ul_addr(v6, 1), ul_addr(v6, 2));
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let kv = vm(&mut nss, "kv", &k, "vk", "02:00:00:00:0c:01", "10.50.0.3");
+    ip(&["-n", &k, "link", "add", "kbr", "type", "bridge"]).unwrap();
+    ip(&[
+        "-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", &l2,
+        "remote", &l1,
+    ])
+    .unwrap();
+    for l in ["vx0", "vk"] {
+        ip(&["-n", &k, "link", "set", l, "master", "kbr"]).unwrap();
+        ip(&["-n", &k, "link", "set", l, "up"]).unwrap();
+    }
+    ip(&["-n", &k, "link", "set", "kbr", "up"]).unwrap();
+    let n1 = Node::start(
+        &u1,
+        &format!(
+            "bridges:\n- name: br\n  ports:\n{}{}",
+            vm_port("va1", None),
+            tunnel_port(&format!("\"{l1}\""), &[&format!("\"{l2}\"")])
+        ),
+    );
+    ping_eventually(&a1, "10.50.0.3");
+    assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
+
+    let (a_mac, k_mac) = ([2, 0, 0, 0, 0xa, 1], [2, 0, 0, 0, 0xc, 1]);
+    let mut at_a = RawSock::open(Some(&a1), "eth0").unwrap();
+    let mut at_k = RawSock::open(Some(&kv), "eth0").unwrap();
+    // Untagged only: the receiving namespace's kernel takes an 802.1Q tag out of the frame
+    // before a packet socket sees it (tags inside the tunnel: the test above).
+    for (i, len) in [60, 1400].into_iter().enumerate() {
+        let there = frame(k_mac, a_mac, &[], &format!("to-kernel-{i}"), len);
+        at_a.send(&there);
+        let got = at_k.recv_matching(WAIT, |f| has_marker(f, &format!("to-kernel-{i}")));
+        assert_eq!(got.as_deref(), Some(&there[..]), "switchyard -> kernel, {len} bytes");
+        let back = frame(a_mac, k_mac, &[], &format!("to-switchyard-{i}"), len);
+        at_k.send(&back);
+        let got = at_a.recv_matching(WAIT, |f| has_marker(f, &format!("to-switchyard-{i}")));
+        assert_eq!(got.as_deref(), Some(&back[..]), "kernel -> switchyard, {len} bytes");
+    }
+    let (rx, tx, drops) = n1.stats("tun0");
+    assert!(rx > 0 && tx > 0, "{rx} {tx}");
+    assert!(drops.starts_with("  drops 0"), "{drops}");
+}
