@@ -38,7 +38,7 @@ pub enum Source {
     Switch(PathBuf),
     /// The Kubernetes API, planned for one node (`run --kube`): the same objects as a state
     /// directory, watched (see [`crate::api_source`]).
-    Kube(KubeSource),
+    Kube(Box<KubeSource>),
 }
 
 /// The API server to watch and the node it is planned for.
@@ -108,11 +108,11 @@ impl ControllerOptions {
     /// For the Kubernetes API: a change is planned 1 ms after the last event (at most
     /// `max_batch` after the first), as watch events come one object at a time.
     pub fn kube(api: ApiOptions) -> ControllerOptions {
-        let mut o = ControllerOptions::with_source(Source::Kube(KubeSource {
+        let mut o = ControllerOptions::with_source(Source::Kube(Box::new(KubeSource {
             api,
             labels: BTreeMap::new(),
             plan: PlanOptions::default(),
-        }));
+        })));
         o.debounce = Duration::from_millis(1);
         o
     }

@@ -88,6 +88,12 @@ pub fn plan(
     plan_memo(state, node, extra_labels, opts, &mut PlanMemo::default())
 }
 
+/// A NAD looked up by a VMI, as it was (None: there was none).
+type SeenNad = ((String, String), Option<Arc<NetworkAttachmentDefinition>>);
+/// What a memo's entries depend on besides their VMI and NADs: node, vhost directory and
+/// socket mode, bridge mappings.
+type MemoKey = (String, String, Option<String>, Vec<(String, String)>);
+
 /// What planning each VMI gave, kept from one plan to the next: a VMI whose object, NADs and
 /// bridge mappings are the very same (`Arc` identity: the API source keeps an unchanged
 /// object's `Arc`) is not planned again, its ports are taken from here. The result is the one
@@ -95,7 +101,7 @@ pub fn plan(
 #[derive(Debug, Clone, Default)]
 pub struct PlanMemo {
     /// The node, vhost options and bridge mappings the entries were planned with.
-    key: Option<(String, String, Option<String>, Vec<(String, String)>)>,
+    key: Option<MemoKey>,
     vmis: HashMap<(String, String), VmiMemo>,
 }
 
@@ -103,7 +109,7 @@ pub struct PlanMemo {
 struct VmiMemo {
     vmi: Arc<VirtualMachineInstance>,
     /// The NADs it looked up, as they were (None: there was none).
-    nads: Vec<((String, String), Option<Arc<NetworkAttachmentDefinition>>)>,
+    nads: Vec<SeenNad>,
     ports: Vec<Built>,
     skipped: Vec<Skipped>,
     problems: Vec<Problem>,
@@ -196,7 +202,7 @@ struct Planner {
     /// OVN localnet (physical network) -> bridge, from `ovn.bridge-mappings`.
     mappings: BTreeMap<String, (String, ObjRef)>,
     /// The NADs the VMI being planned looked up (for [`PlanMemo`]).
-    nads_seen: Vec<((String, String), Option<Arc<NetworkAttachmentDefinition>>)>,
+    nads_seen: Vec<SeenNad>,
 }
 
 fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16> {

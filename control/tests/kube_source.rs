@@ -126,7 +126,7 @@ impl Flow {
                         Some(b) => {
                             let d = b.data();
                             let seq = u64::from_be_bytes(d[14..22].try_into().unwrap());
-                            if &d[6..12] != &src || seq != n {
+                            if d[6..12] != src || seq != n {
                                 bad.store(true, Ordering::Release);
                             }
                             n += 1;
