@@ -5,8 +5,9 @@
 # IPAM plugins): the CNI plugin's tests drive it through libcni (cni/tests).
 # protobuf-compiler: protoc for kubevirt/build.rs (the device plugin and hook gRPC APIs);
 # libvirt-clients + libxml2-utils: virt-xml-validate, which the binding sidecar's tests run;
-# iputils-ping: the KubeVirt end-to-end test and the overlay tests ping between namespaces;
-# python3-scapy: the tunnel tests check VXLAN and Geneve against scapy's layers.
+# iputils-ping: the KubeVirt end-to-end test, the overlay tests and the policy truth table
+# (tests/policy_truth.rs) ping between namespaces; python3-scapy: the tunnel tests check VXLAN
+# and Geneve against scapy's layers.
 pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins
   protobuf-compiler libvirt-clients libxml2-utils iputils-ping python3-scapy ${EXTRA_PKGS:-})

@@ -5,7 +5,10 @@
 //! In-process: a `Controller` watches a temporary copy of examples/state (uplink and VM ports
 //! as ring ports); each change flips a NAD's VLAN (two VM ports change), and the controller's
 //! reconcile hook reports when the new configuration was applied. `SY_LAT_CHANGES` sets the
-//! number of changes (default 1000). Run: benches/reconcile-latency.sh
+//! number of changes (default 1000). With `SY_LAT_POLICY=1` each change instead rewrites a
+//! MultiNetworkPolicy on the NAD's network (its allowed TCP port flips between 80 and 443):
+//! the time from the write to every worker running the snapshot with the new classifier
+//! (docs/policy.md). Run: benches/reconcile-latency.sh
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,16 +59,33 @@ fn main() {
     std::thread::sleep(Duration::from_millis(200));
     while rx.try_recv().is_ok() {}
 
+    let policy_mode = std::env::var("SY_LAT_POLICY").is_ok_and(|v| v == "1");
     let nads = state.join("network/nads.yaml");
     let base = std::fs::read_to_string(&nads).unwrap();
+    let policy_file = state.join("network/policy.yaml");
+    let policy = |port: u16| {
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata:\n  name: web\n  namespace: tenant-a\n  \
+             annotations:\n    k8s.v1.cni.cncf.io/policy-for: tenant-a/vlan100\nspec:\n  podSelector: {{}}\n  ingress:\n  \
+             - from: [{{ipBlock: {{cidr: 10.0.0.0/8}}}}]\n    ports: [{{protocol: TCP, port: {port}}}]\n"
+        )
+    };
     let mut lat = Vec::with_capacity(n);
     let mut missed = 0;
     for i in 0..n {
         let vlan = if i % 2 == 0 { 101 } else { 100 };
-        let want = format!("-> access VLAN {vlan}");
-        let text = base.replace("\"vlan\": 100", &format!("\"vlan\": {vlan}"));
+        let (file, text, want) = if policy_mode {
+            // The first write adds the policy (none -> ...), later ones change its port.
+            (&policy_file, policy(if i % 2 == 0 { 443 } else { 80 }), "policy ".to_string())
+        } else {
+            (
+                &nads,
+                base.replace("\"vlan\": 100", &format!("\"vlan\": {vlan}")),
+                format!("-> access VLAN {vlan}"),
+            )
+        };
         let t0 = Instant::now();
-        std::fs::write(&nads, text).unwrap();
+        std::fs::write(file, text).unwrap();
         let deadline = t0 + Duration::from_secs(2);
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {

@@ -240,7 +240,8 @@ impl ApiStore {
             Kind::Nad => drop(self.state.nads.remove(&pair())),
             Kind::Vmi => drop(self.state.vmis.remove(&pair())),
             Kind::Nncp => drop(self.state.nncps.remove(name)),
-            Kind::Namespace | Kind::MultiNetworkPolicy => {}
+            Kind::Namespace => drop(self.state.namespaces.remove(name)),
+            Kind::MultiNetworkPolicy => drop(self.state.policies.remove(&pair())),
         }
         let oref = ObjRef::new(kind.gvk().2, ns.as_deref(), name);
         self.ignored.remove(&oref);
@@ -285,9 +286,9 @@ impl ApiStore {
         self.state.nads.extend(one.nads);
         self.state.vmis.extend(one.vmis);
         self.state.nncps.extend(one.nncps);
-        if matches!(kind, Kind::Namespace | Kind::MultiNetworkPolicy) {
-            self.ignored.insert(oref);
-        }
+        self.state.namespaces.extend(one.namespaces);
+        self.state.policies.extend(one.policies);
+        self.ignored.extend(one.ignored);
         if !one.problems.is_empty() {
             self.problems.insert(k.clone(), one.problems);
         }

@@ -21,6 +21,16 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+// ---- Namespace (v1) ----
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Namespace {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
 }
 
 // ---- Node (v1) ----
@@ -137,11 +147,18 @@ pub struct VmiStatus {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VmiStatusInterface {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// The interface's first address, as the guest agent reports it.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// Every address of the interface.
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
 }
 
 // ---- NodeNetworkConfigurationPolicy (nmstate.io/v1) ----
@@ -290,6 +307,10 @@ pub struct ClusterState {
     pub nncps: BTreeMap<String, Loaded<NodeNetworkConfigurationPolicy>>,
     /// VMIs by (namespace, name), in order.
     pub vmis: BTreeMap<(String, String), Loaded<VirtualMachineInstance>>,
+    /// MultiNetworkPolicies by (namespace, name), in order.
+    pub policies: BTreeMap<(String, String), Loaded<crate::policy::MultiNetworkPolicy>>,
+    /// Namespaces by name (for namespaceSelector).
+    pub namespaces: BTreeMap<String, Loaded<Namespace>>,
     /// Objects of other kinds (VirtualMachine, Pod, ...): (kind, namespace/name), not used.
     pub ignored: Vec<ObjRef>,
     /// Everything wrong found while loading.
@@ -446,6 +467,37 @@ impl ClusterState {
                         ));
                     } else {
                         self.vmis.insert(key, Loaded { src, obj: Arc::new(o) });
+                    }
+                }
+            }
+            ("MultiNetworkPolicy", "k8s.cni.cncf.io") => {
+                let ns = ns.unwrap_or_else(|| "default".into());
+                if let Some(mut o) =
+                    self.typed::<crate::policy::MultiNetworkPolicy>(&src, &kind, Some(&ns), &name, v)
+                {
+                    o.metadata.namespace = Some(ns.clone());
+                    let key = (ns.clone(), name.clone());
+                    if let Some(prev) = self.policies.get(&key) {
+                        self.problems.push(Problem::duplicate(
+                            &src,
+                            &ObjRef::new(&kind, Some(&ns), &name),
+                            &prev.src,
+                        ));
+                    } else {
+                        self.policies.insert(key, Loaded { src, obj: Arc::new(o) });
+                    }
+                }
+            }
+            ("Namespace", "") => {
+                if let Some(o) = self.typed::<Namespace>(&src, &kind, None, &name, v) {
+                    if let Some(prev) = self.namespaces.get(&name) {
+                        self.problems.push(Problem::duplicate(
+                            &src,
+                            &ObjRef::new(&kind, None, &name),
+                            &prev.src,
+                        ));
+                    } else {
+                        self.namespaces.insert(name, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }

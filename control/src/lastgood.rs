@@ -1,7 +1,7 @@
 //! Keeping the last good version of an object whose manifest turned bad.
 //!
-//! The rule (per object, at the manifest level): `run` remembers, for every Node, NAD, NNCP and
-//! VMI, the last version of it that had no problem. When a reload finds a problem with an
+//! The rule (per object, at the manifest level): `run` remembers, for every Node, NAD, NNCP,
+//! VMI, MultiNetworkPolicy and Namespace, the last version of it that had no problem. When a reload finds a problem with an
 //! object (its document does not parse into the object's type, a NAD's `spec.config` is not
 //! usable, a VMI names a missing network or carries a bad MAC, an NNCP has a VLAN out of range,
 //! ...), the object's last good version is planned in its place, so the ports it contributed
@@ -15,9 +15,10 @@
 //! which keeping port configs by port name could not attribute.
 
 use crate::k8s::{
-    ClusterState, Loaded, LoadedNad, Node, NodeNetworkConfigurationPolicy, VirtualMachineInstance,
+    ClusterState, Loaded, LoadedNad, Namespace, Node, NodeNetworkConfigurationPolicy, VirtualMachineInstance,
 };
 use crate::plan::{plan_memo, Plan, PlanMemo, PlanOptions};
+use crate::policy::MultiNetworkPolicy;
 use crate::ObjRef;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,6 +31,8 @@ pub struct LastGood {
     vmis: BTreeMap<(String, String), Loaded<VirtualMachineInstance>>,
     /// What each VMI planned to last time (a VMI that did not change is not planned again).
     memo: PlanMemo,
+    policies: BTreeMap<(String, String), Loaded<MultiNetworkPolicy>>,
+    namespaces: BTreeMap<String, Loaded<Namespace>>,
 }
 
 /// An object planned from its last good version, and why.
@@ -70,6 +73,12 @@ fn nncp_ref(k: &str) -> ObjRef {
 }
 fn node_ref(k: &str) -> ObjRef {
     ObjRef::new("Node", None, k)
+}
+fn policy_ref(k: &(String, String)) -> ObjRef {
+    ObjRef::new("MultiNetworkPolicy", Some(&k.0), &k.1)
+}
+fn namespace_ref(k: &str) -> ObjRef {
+    ObjRef::new("Namespace", None, k)
 }
 
 /// A map of objects by key (the state's maps are BTreeMaps and a HashMap).
@@ -177,6 +186,20 @@ impl LastGood {
                 |v| file(&v.src),
                 &mut bad,
             );
+            substitute(
+                &mut state.policies,
+                self.policies.iter().map(|(k, v)| (k.clone(), v.clone())),
+                policy_ref,
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.namespaces,
+                self.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())),
+                |k| namespace_ref(k),
+                |v| file(&v.src),
+                &mut bad,
+            );
         }
         let Bad { objects: bad, mut kept, .. } = bad;
         kept.sort_by(|a, b| a.object.cmp(&b.object));
@@ -206,6 +229,18 @@ impl LastGood {
             .nodes
             .iter()
             .filter(|(k, _)| bad.is_empty() || keep(&node_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.policies = state
+            .policies
+            .iter()
+            .filter(|(k, _)| keep(&policy_ref(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.namespaces = state
+            .namespaces
+            .iter()
+            .filter(|(k, _)| keep(&namespace_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if kept.is_empty() {
@@ -287,6 +322,32 @@ status: {nodeName: n1}
         let r = resolve(&mut lg, s);
         assert_eq!(tag(&r.plan), None);
         assert!(r.kept.is_empty());
+    }
+
+    /// A policy that turns bad keeps its last good version: the port it isolates stays
+    /// isolated with the old rules, not opened.
+    #[test]
+    fn bad_policy_keeps_its_last_good_version() {
+        const POL: &str = "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata:\n  name: p\n  \
+                           namespace: ns\n  annotations: {k8s.v1.cni.cncf.io/policy-for: net1}\nspec:\n  podSelector: {}\n  \
+                           ingress: [{from: [{ipBlock: {cidr: CIDR}}]}]\n";
+        let with = |cidr: &str| {
+            let mut s = state("100", "02:00:00:00:00:01");
+            s.add_yaml("pol.yaml", &POL.replace("CIDR", cidr));
+            s
+        };
+        let rules = |p: &Plan| {
+            let port =
+                p.config.bridges.iter().flat_map(|b| &b.ports).find(|p| p.name == "ns/vm/eth1").cloned();
+            port.and_then(|p| p.policy).and_then(|p| p.ingress).map(|d| d.rules[0].peers.clone())
+        };
+        let mut lg = LastGood::new();
+        let r = resolve(&mut lg, with("10.0.0.0/8"));
+        let good = rules(&r.plan).expect("isolated");
+        let r = resolve(&mut lg, with("10.0.0.0/99"));
+        assert_eq!(r.kept.len(), 1, "{:?}", r.kept);
+        assert_eq!(r.kept[0].object.kind, "MultiNetworkPolicy");
+        assert_eq!(rules(&r.plan), Some(good), "the last good rules");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod k8s;
 pub mod lastgood;
 pub mod nad;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod runtime;
 

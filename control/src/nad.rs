@@ -40,6 +40,8 @@ pub struct BridgeNet {
     pub preserve_default_vlan: bool,
     /// `macspoofchk` (default false).
     pub macspoofchk: bool,
+    /// `ipspoofchk` (default false): drop what the VM sends from addresses not its own.
+    pub ipspoofchk: bool,
     /// `mtu` (accepted, not used: the dataplane has no per-port MTU).
     pub mtu: Option<u32>,
 }
@@ -210,6 +212,7 @@ fn parse_bridge(o: &Map<String, Value>, base: &str, cni_type: &str) -> Result<Br
         trunks,
         preserve_default_vlan: get_bool(o, "preserveDefaultVlan", base)?.unwrap_or(true),
         macspoofchk: get_bool(o, "macspoofchk", base)?.unwrap_or(false),
+        ipspoofchk: get_bool(o, "ipspoofchk", base)?.unwrap_or(false),
         mtu,
     })
 }

@@ -188,6 +188,7 @@ pub fn plan_memo(
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
     let mut plan = p.finish(node);
+    crate::policy::apply(state, &mut plan);
     plan.skipped.sort_by(|a, b| (&a.object, &a.item).cmp(&(&b.object, &b.item)));
     plan
 }
@@ -794,7 +795,13 @@ impl Planner {
         let config = Config {
             bridges: bridges
                 .into_iter()
-                .map(|(name, ports)| BridgeConfig { name, mac_aging_s: None, mac_table_size: None, ports })
+                .map(|(name, ports)| BridgeConfig {
+                    name,
+                    mac_aging_s: None,
+                    mac_table_size: None,
+                    conntrack_size: None,
+                    ports,
+                })
                 .collect(),
         };
         if let Err(e) = config.validate() {

@@ -40,22 +40,10 @@ impl Diff {
     }
 }
 
-/// The backend part of a port's configuration: type and type options (and the name).
-pub fn backend_part(p: &PortConfig) -> PortConfig {
-    PortConfig {
-        name: p.name.clone(),
-        kind: p.kind,
-        ring: p.ring.clone(),
-        rx_pcap: p.rx_pcap.clone(),
-        tx_pcap: p.tx_pcap.clone(),
-        infinite: p.infinite,
-        iface: p.iface.clone(),
-        socket: p.socket.clone(),
-        mode: p.mode.clone(),
-        queues: p.queues,
-        devargs: p.devargs.clone(),
-        ..Default::default()
-    }
+/// Whether two ports have the same backend: the same `type` (or both none) and the same
+/// type options, compared as the typed `Backend` (every option of the type counts).
+fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
+    a.kind == b.kind && a.backend() == b.backend()
 }
 
 /// The L2 part of a port's configuration: everything that is not the backend's.
@@ -68,6 +56,8 @@ fn l2_part(p: &PortConfig) -> PortConfig {
         allowed_macs: p.allowed_macs.clone(),
         static_macs: p.static_macs.clone(),
         mac_limit: p.mac_limit,
+        allowed_ips: p.allowed_ips.clone(),
+        policy: p.policy.clone(),
         ..Default::default()
     }
 }
@@ -86,10 +76,7 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         match old.get(name) {
             None => d.added.push(name.to_string()),
             Some((ob, op)) => {
-                // Most ports are the same: said without copying their parts.
-                if ob.name == nb.name && op == np {
-                    d.unchanged.push(name.to_string());
-                } else if backend_part(op) != backend_part(np) {
+                if !same_backend(op, np) {
                     d.reopened.push(name.to_string());
                 } else if ob.name != nb.name || l2_part(op) != l2_part(np) {
                     d.changed.push(name.to_string());
@@ -100,7 +87,7 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         }
     }
     d.removed = old.keys().filter(|n| !new.contains_key(*n)).map(|n| n.to_string()).collect();
-    let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size);
+    let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size, b.conntrack_size);
     for b in &wanted.bridges {
         match running.bridges.iter().find(|o| o.name == b.name) {
             Some(o) if settings(o) == settings(b) => {}
@@ -199,13 +186,28 @@ pub fn describe_l2_change(ob: &str, op: &PortConfig, nb: &str, np: &PortConfig) 
     if op.mac_limit != np.mac_limit {
         parts.push(format!("mac_limit {:?} -> {:?}", op.mac_limit, np.mac_limit));
     }
+    if op.allowed_ips != np.allowed_ips {
+        parts.push(format!("allowed_ips {:?} -> {:?}", op.allowed_ips, np.allowed_ips));
+    }
+    if op.policy != np.policy {
+        let rules = |p: &Option<switchyard_dataplane::policy::PortPolicy>| match p {
+            None => "none".to_string(),
+            Some(p) => {
+                let n = |d: &Option<switchyard_dataplane::policy::DirectionPolicy>| {
+                    d.as_ref().map_or("open".to_string(), |d| format!("{} rules", d.rules.len()))
+                };
+                format!("ingress {}, egress {}", n(&p.ingress), n(&p.egress))
+            }
+        };
+        parts.push(format!("policy {} -> {}", rules(&op.policy), rules(&np.policy)));
+    }
     parts.join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_dataplane::config::PortType;
+    use switchyard_dataplane::config::{AfPacketRxMode, PortType};
 
     fn port(name: &str, tag: Option<u16>) -> PortConfig {
         PortConfig { name: name.into(), kind: Some(PortType::Ring), tag, ..Default::default() }
@@ -219,6 +221,7 @@ mod tests {
                     name: n.to_string(),
                     mac_aging_s: None,
                     mac_table_size: None,
+                    conntrack_size: None,
                     ports: p.clone(),
                 })
                 .collect(),
@@ -248,6 +251,31 @@ mod tests {
         let same = diff(&new, &new);
         assert!(same.is_empty(), "{same:?}");
         assert_eq!(same.unchanged.len(), 5);
+    }
+
+    #[test]
+    fn every_type_option_reopens_the_backend() {
+        let afp = |rx_mode| PortConfig {
+            name: "u".into(),
+            kind: Some(PortType::Afpacket),
+            iface: Some("eth1".into()),
+            rx_mode,
+            ..Default::default()
+        };
+        let old = cfg(&[("br1", vec![afp(None)])]);
+        let new = cfg(&[("br1", vec![afp(Some(AfPacketRxMode::Recvmmsg))])]);
+        assert_eq!(diff(&old, &new).reopened, ["u"]);
+        let vhost = |socket_mode: &str| PortConfig {
+            name: "v".into(),
+            kind: Some(PortType::Vhostuser),
+            socket: Some("/s".into()),
+            socket_mode: Some(socket_mode.into()),
+            ..Default::default()
+        };
+        let old = cfg(&[("br1", vec![vhost("0600")])]);
+        let new = cfg(&[("br1", vec![vhost("0660")])]);
+        assert_eq!(diff(&old, &new).reopened, ["v"]);
+        assert!(diff(&new, &new).is_empty());
     }
 
     #[test]

@@ -24,13 +24,14 @@
 
 use crate::cni::{check_port, port_socket_path, Attachment, CniError, CniPort, CniPorts};
 use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_dataplane::backend::{Backend, TYPE_OPTIONS};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
+use switchyard_dataplane::config::{Config, ConfigError, PortConfig, PortType};
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{PortId, SwitchConfig};
@@ -44,63 +45,25 @@ use switchyard_ports::factory::{open_port, PortContext};
 /// ports:
 ///   eth1:                 # a port name: an uplink (NNCP bridge port) or a VM port ns/vmi/iface
 ///     type: afpacket      # ring | pcap | afpacket | tap | vhostuser | dpdk
-///     iface: ens2f0       # and that type's options, as in the configuration file:
-///                         # ring, rx_pcap, tx_pcap, infinite, iface, socket, mode, queues, devargs
+///     iface: ens2f0       # and that type's options, as a port of the configuration file has them
 ///   eth2: {type: dpdk, devargs: "0000:3b:00.1"}
 /// ```
 ///
 /// A listed port gets exactly this backend (type and options replace the planned ones); its L2
 /// settings still come from the cluster state. Unlisted uplinks are AF_PACKET on the interface
 /// of the same name; unlisted VM ports are vhost-user on their planned socket.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunConfig {
-    #[serde(default)]
-    pub ports: BTreeMap<String, BackendOverride>,
+    pub ports: BTreeMap<String, Backend>,
 }
 
-/// One port's backend: its type and that type's options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The file as written: each override is a port entry of the configuration file without its
+/// name and L2 settings, converted by the configuration's own rules ([`PortConfig::backend`]).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendOverride {
-    #[serde(rename = "type")]
-    pub kind: PortType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ring: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_pcap: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_pcap: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub infinite: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iface: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queues: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub devargs: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket_mode: Option<String>,
-}
-
-impl BackendOverride {
-    fn apply(&self, p: &mut PortConfig) {
-        p.kind = Some(self.kind);
-        p.ring = self.ring.clone();
-        p.rx_pcap = self.rx_pcap.clone();
-        p.tx_pcap = self.tx_pcap.clone();
-        p.infinite = self.infinite;
-        p.iface = self.iface.clone();
-        p.socket = self.socket.clone();
-        p.mode = self.mode.clone();
-        p.queues = self.queues;
-        p.devargs = self.devargs.clone();
-        p.socket_mode = self.socket_mode.clone();
-    }
+struct RunConfigFile {
+    #[serde(default)]
+    ports: BTreeMap<String, serde_yaml_ng::Mapping>,
 }
 
 impl RunConfig {
@@ -113,29 +76,35 @@ impl RunConfig {
     }
 
     pub fn from_yaml(text: &str) -> Result<RunConfig, RuntimeError> {
-        let c: RunConfig = if text.trim().is_empty() {
-            RunConfig::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(RuntimeError::RunConfigYaml)?
-        };
-        for (name, o) in &c.ports {
-            let mut p = PortConfig { name: name.clone(), ..Default::default() };
-            o.apply(&mut p);
-            let cfg = Config {
-                bridges: vec![BridgeConfig {
-                    name: "check".into(),
-                    mac_aging_s: None,
-                    mac_table_size: None,
-                    ports: vec![p],
-                }],
-            };
-            cfg.validate().map_err(|e| RuntimeError::RunConfigPort {
-                port: name.clone(),
-                reason: e.to_string().replace("bridges[0].ports[0].", ""),
-            })?;
+        if text.trim().is_empty() {
+            return Ok(RunConfig::default());
         }
-        Ok(c)
+        let f: RunConfigFile = serde_yaml_ng::from_str(text).map_err(RuntimeError::RunConfigYaml)?;
+        let ports = f
+            .ports
+            .into_iter()
+            .map(|(name, entry)| Ok((name.clone(), override_backend(&name, entry)?)))
+            .collect::<Result<_, RuntimeError>>()?;
+        Ok(RunConfig { ports })
     }
+}
+
+/// One override entry (`type` and that type's options) as a [`Backend`].
+fn override_backend(port: &str, mut entry: serde_yaml_ng::Mapping) -> Result<Backend, RuntimeError> {
+    let bad = |reason: String| RuntimeError::RunConfigPort { port: port.to_string(), reason };
+    for k in entry.keys() {
+        let k = k.as_str().unwrap_or_default();
+        if k != "type" && !TYPE_OPTIONS.contains(&k) {
+            return Err(bad(format!("unknown field `{k}` (an override is `type` and that type's options)")));
+        }
+    }
+    if !entry.contains_key("type") {
+        return Err(bad("missing field `type`".into()));
+    }
+    entry.insert("name".into(), port.into());
+    let p: PortConfig =
+        serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(entry)).map_err(|e| bad(e.to_string()))?;
+    p.backend().map_err(|e| bad(e.to_string()))
 }
 
 /// What VM ports (planned as vhost-user) become.
@@ -306,23 +275,10 @@ impl Runtime {
         let mut c = planned.clone();
         for b in &mut c.bridges {
             for p in &mut b.ports {
-                if let Some(o) = self.opts.overrides.ports.get(&p.name) {
-                    o.apply(p);
+                if let Some(b) = self.opts.overrides.ports.get(&p.name) {
+                    p.set_backend(b);
                 } else if p.kind == Some(PortType::Vhostuser) && self.opts.vm_ports == VmPorts::Ring {
-                    BackendOverride {
-                        kind: PortType::Ring,
-                        ring: None,
-                        rx_pcap: None,
-                        tx_pcap: None,
-                        infinite: None,
-                        iface: None,
-                        socket: None,
-                        mode: None,
-                        queues: None,
-                        devargs: None,
-                        socket_mode: None,
-                    }
-                    .apply(p);
+                    p.set_backend(&Backend::Ring { ring: None });
                 }
             }
         }
@@ -773,8 +729,16 @@ impl Runtime {
         if running.port_by_name(port).is_none() {
             return Err(RuntimeError::NoPort(port.to_string()));
         }
-        let cfg = SwitchConfig::compile(&self.running, None)?;
+        let mut cfg = SwitchConfig::compile(&self.running, None)?;
         let now = self.engine.now();
+        // The connection tables too, copied: the trace sees the tracked connections.
+        for tb in &mut cfg.bridges {
+            if let Some(ct) =
+                running.bridges.iter().find(|b| b.name == tb.name).and_then(|b| b.conntrack.as_ref())
+            {
+                tb.conntrack = Some(std::sync::Arc::new(ct.copy()));
+            }
+        }
         // Copy the learned entries (static ones came with the compile), mapping port ids.
         for b in &running.bridges {
             let Some(tb) = cfg.bridges.iter().find(|x| x.name == b.name) else { continue };
@@ -800,7 +764,7 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_dataplane::config::VlanModeName;
+    use switchyard_dataplane::config::{BridgeConfig, VlanModeName};
 
     fn ring_port(name: &str, tag: u16) -> PortConfig {
         PortConfig {
@@ -814,7 +778,13 @@ mod tests {
 
     fn cfg(ports: Vec<PortConfig>) -> Config {
         Config {
-            bridges: vec![BridgeConfig { name: "br".into(), mac_aging_s: None, mac_table_size: None, ports }],
+            bridges: vec![BridgeConfig {
+                name: "br".into(),
+                mac_aging_s: None,
+                mac_table_size: None,
+                conntrack_size: None,
+                ports,
+            }],
         }
     }
 
@@ -892,9 +862,25 @@ mod tests {
     fn run_config_schema() {
         let c = RunConfig::from_yaml("ports:\n  eth1: {type: ring}\n  eth2: {type: afpacket, iface: ens1}\n")
             .unwrap();
-        assert_eq!(c.ports["eth1"].kind, PortType::Ring);
+        assert_eq!(c.ports["eth1"].port_type(), PortType::Ring);
         let e = RunConfig::from_yaml("ports:\n  eth1: {type: ring, devargs: x}\n").unwrap_err();
         assert!(e.to_string().contains("ports.eth1: devargs"), "{e}");
         assert!(RunConfig::from_yaml("ports:\n  eth1: {typ: ring}\n").is_err());
+        // Every option of the configuration file's ports, typed; nothing else.
+        let c = RunConfig::from_yaml("ports:\n  eth1: {type: afpacket, rx_mode: recvmmsg}\n").unwrap();
+        assert_eq!(
+            c.ports["eth1"],
+            Backend::Afpacket {
+                iface: None,
+                rx_mode: Some(switchyard_dataplane::config::AfPacketRxMode::Recvmmsg)
+            }
+        );
+        let e = RunConfig::from_yaml("ports:\n  eth1: {type: ring, tag: 5}\n").unwrap_err();
+        assert!(e.to_string().contains("ports.eth1: unknown field `tag`"), "{e}");
+        let e =
+            RunConfig::from_yaml("ports:\n  eth1: {type: vhostuser, socket: /s, mode: both}\n").unwrap_err();
+        assert!(e.to_string().contains("ports.eth1: mode: \"both\" is neither server nor client"), "{e}");
+        let e = RunConfig::from_yaml("ports:\n  eth1: {iface: x}\n").unwrap_err();
+        assert!(e.to_string().contains("ports.eth1: missing field `type`"), "{e}");
     }
 }

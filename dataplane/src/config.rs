@@ -39,6 +39,10 @@ pub struct BridgeConfig {
     pub mac_aging_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_table_size: Option<usize>,
+    /// Connections the bridge's connection tracker holds (ports with a policy only;
+    /// default [`crate::conntrack::DEFAULT_CAPACITY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_size: Option<usize>,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
 }
@@ -53,7 +57,7 @@ pub enum VlanModeName {
     NativeUntagged,
 }
 
-/// The backend kinds a port can have.
+/// The backend kinds a port can have (each with its options: [`crate::backend::Backend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortType {
@@ -109,6 +113,13 @@ pub struct PortConfig {
     pub static_macs: Vec<MacAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_limit: Option<u32>,
+    /// IP spoof filter: the source addresses (and ARP sender addresses) the port may send
+    /// (docs/policy.md); `None`: no filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<std::net::IpAddr>>,
+    /// Network policy (docs/policy.md); `None`: the port is open both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PortPolicy>,
 
     // Type options. Each is valid only with the types listed.
     /// ring: the ring's name (default: the port's name).
@@ -169,24 +180,6 @@ pub struct PortConfig {
     pub learn: Option<bool>,
 }
 
-impl PortType {
-    fn name(self) -> &'static str {
-        match self {
-            PortType::Ring => "ring",
-            PortType::Pcap => "pcap",
-            PortType::Afpacket => "afpacket",
-            PortType::Tap => "tap",
-            PortType::Vhostuser => "vhostuser",
-            PortType::Dpdk => "dpdk",
-            PortType::Vxlan => "vxlan",
-            PortType::Geneve => "geneve",
-        }
-    }
-}
-
-/// The tunnel port types.
-const TUNNELS: &[PortType] = &[PortType::Vxlan, PortType::Geneve];
-
 /// An octal permission mode such as "0660" or "660" (at most 0777).
 pub fn parse_socket_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777 && !s.is_empty())
@@ -234,6 +227,14 @@ impl Config {
                     return Err(invalid(
                         format!("{bf}.mac_table_size"),
                         format!("must be between 1 and {}", crate::fdb::MacTable::MAX_CAPACITY),
+                    ));
+                }
+            }
+            if let Some(n) = b.conntrack_size {
+                if n == 0 || n > crate::conntrack::MAX_CAPACITY {
+                    return Err(invalid(
+                        format!("{bf}.conntrack_size"),
+                        format!("must be between 1 and {}", crate::conntrack::MAX_CAPACITY),
                     ));
                 }
             }
@@ -319,110 +320,17 @@ impl PortConfig {
                 }
             }
         }
+        if let Some(p) = &self.policy {
+            p.validate(&format!("{pf}.policy"))
+                .map_err(|e| ConfigError::Invalid { field: e.field, msg: e.msg })?;
+        }
         for (i, m) in self.static_macs.iter().enumerate() {
             if m.is_multicast() || m.is_zero() {
                 return Err(invalid(format!("{pf}.static_macs[{i}]"), format!("{m} is not a unicast MAC")));
             }
         }
-        // Type options: each only with its types.
-        let kind = self.kind;
-        let allowed: &[(&str, bool, &[PortType])] = &[
-            ("ring", self.ring.is_some(), &[PortType::Ring]),
-            ("rx_pcap", self.rx_pcap.is_some(), &[PortType::Pcap]),
-            ("tx_pcap", self.tx_pcap.is_some(), &[PortType::Pcap]),
-            ("infinite", self.infinite.is_some(), &[PortType::Pcap]),
-            ("iface", self.iface.is_some(), &[PortType::Afpacket, PortType::Tap]),
-            ("rx_mode", self.rx_mode.is_some(), &[PortType::Afpacket]),
-            ("socket", self.socket.is_some(), &[PortType::Vhostuser]),
-            ("mode", self.mode.is_some(), &[PortType::Vhostuser]),
-            ("socket_mode", self.socket_mode.is_some(), &[PortType::Vhostuser]),
-            ("queues", self.queues.is_some(), &[PortType::Vhostuser, PortType::Dpdk]),
-            ("devargs", self.devargs.is_some(), &[PortType::Dpdk]),
-            ("vni", self.vni.is_some(), TUNNELS),
-            ("local", self.local.is_some(), TUNNELS),
-            ("dstport", self.dstport.is_some(), TUNNELS),
-            ("underlay", self.underlay.is_some(), TUNNELS),
-            ("flood", self.flood.is_some(), TUNNELS),
-            ("remote_macs", !self.remote_macs.is_empty(), TUNNELS),
-            ("learn", self.learn.is_some(), TUNNELS),
-        ];
-        for (opt, present, types) in allowed {
-            if *present && !kind.is_some_and(|k| types.contains(&k)) {
-                let tn = kind.map(PortType::name).unwrap_or("(none)");
-                return Err(invalid(format!("{pf}.{opt}"), format!("not an option of port type {tn}")));
-            }
-        }
-        if let Some(m) = &self.mode {
-            if m != "server" && m != "client" {
-                return Err(invalid(format!("{pf}.mode"), format!("{m:?} is neither server nor client")));
-            }
-        }
-        if let Some(m) = &self.socket_mode {
-            if parse_socket_mode(m).is_none() {
-                return Err(invalid(
-                    format!("{pf}.socket_mode"),
-                    format!("{m:?} is not an octal mode like \"0660\""),
-                ));
-            }
-            if self.mode.as_deref() == Some("client") {
-                return Err(invalid(format!("{pf}.socket_mode"), "only a server creates the socket"));
-            }
-        }
-        if kind == Some(PortType::Vhostuser) && self.socket.is_none() {
-            return Err(invalid(format!("{pf}.socket"), "a vhostuser port needs a socket path"));
-        }
-        if kind == Some(PortType::Dpdk) && self.devargs.is_none() {
-            return Err(invalid(format!("{pf}.devargs"), "a dpdk port needs devargs"));
-        }
-        if kind.is_some_and(|k| TUNNELS.contains(&k)) {
-            self.validate_tunnel(pf)?;
-        }
-        Ok(())
-    }
-
-    fn validate_tunnel(&self, pf: &str) -> Result<(), ConfigError> {
-        match self.vni {
-            None => return Err(invalid(format!("{pf}.vni"), "a tunnel port needs a vni")),
-            Some(v) if v > crate::wire::vxlan::VNI_MAX => {
-                return Err(invalid(format!("{pf}.vni"), format!("{v} is not a 24-bit VNI")))
-            }
-            Some(_) => {}
-        }
-        let Some(local) = self.local else {
-            return Err(invalid(format!("{pf}.local"), "a tunnel port needs a local address"));
-        };
-        if local.is_unspecified() || local.is_multicast() {
-            return Err(invalid(format!("{pf}.local"), format!("{local} is not a unicast address")));
-        }
-        if self.dstport == Some(0) {
-            return Err(invalid(format!("{pf}.dstport"), "must not be 0"));
-        }
-        let family = |ip: &IpAddr| ip.is_ipv6() == local.is_ipv6();
-        for (i, ip) in self.flood.iter().flatten().enumerate() {
-            if !family(ip) || ip.is_unspecified() || ip.is_multicast() {
-                return Err(invalid(
-                    format!("{pf}.flood[{i}]"),
-                    format!("{ip} is not a unicast address of the local address's family"),
-                ));
-            }
-        }
-        for (i, r) in self.remote_macs.iter().enumerate() {
-            if r.mac.is_multicast() || r.mac.is_zero() {
-                return Err(invalid(
-                    format!("{pf}.remote_macs[{i}].mac"),
-                    format!("{} is not a unicast MAC", r.mac),
-                ));
-            }
-            if !family(&r.remote) || r.remote.is_unspecified() || r.remote.is_multicast() {
-                return Err(invalid(
-                    format!("{pf}.remote_macs[{i}].remote"),
-                    format!("{} is not a unicast address of the local address's family", r.remote),
-                ));
-            }
-            if self.remote_macs[..i].iter().any(|o| o.mac == r.mac) {
-                return Err(invalid(format!("{pf}.remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
-            }
-        }
+        // Type options: each only with its types, each with a valid value.
+        self.backend().map_err(|e| invalid(format!("{pf}.{}", e.field), e.msg))?;
         Ok(())
     }
 }

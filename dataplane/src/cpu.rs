@@ -34,6 +34,21 @@ pub fn hz() -> u64 {
     })
 }
 
+/// Asks the CPU to bring the cache line at address `addr` closer (a hint; it never faults,
+/// whatever the address, and reads nothing Rust can see).
+#[inline]
+pub fn prefetch_addr(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = std::ptr::without_provenance::<i8>(addr);
+        // SAFETY: PREFETCHT0 is a hint with no architectural effect; an invalid address does
+        // not fault.
+        unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// Asks the CPU to bring the cache lines of `bytes` closer (a hint; it never faults).
 #[inline]
 pub fn prefetch(bytes: &[u8]) {

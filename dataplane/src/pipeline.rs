@@ -76,6 +76,8 @@ pub struct FrameTrace {
     pub verdict: Verdict,
     /// Ports the frame was queued to.
     pub out_ports: Vec<PortId>,
+    /// What the policy stage decided (bridges with policies or IP spoof filters only).
+    pub filter: Option<String>,
 }
 
 impl FrameTrace {
@@ -97,6 +99,9 @@ impl FrameTrace {
                 LearnOutcome::TableFull => "table-full".to_string(),
             };
             s.push_str(&format!(" learn={what}"));
+        }
+        if let Some(f) = &self.filter {
+            s.push_str(&format!(" policy={f}"));
         }
         match self.verdict {
             Verdict::Drop(r) => s.push_str(&format!(" -> drop {}", r.name())),
@@ -421,6 +426,10 @@ pub fn process_burst(
         table,
         now,
         in_port,
+        from: port,
+        filter: bridge.filter,
+        ct: bridge.conntrack.as_deref(),
+        cur: None,
         bridge_idx: port.bridge,
         members: &bridge.ports,
         memo: EgressMemo::NONE,
@@ -434,8 +443,8 @@ pub fn process_burst(
     // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
     // or metadata to write and read back. Any other burst takes the general stages.
-    let plain = match (&trace, &port.allowed_macs, untagged_vlan) {
-        (None, None, Some(vlan)) => {
+    let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
+        (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
         _ => None,
@@ -542,6 +551,39 @@ fn general_burst(
         }
     }
 
+    // Stage 2b: the policy stage (bridges with policies or IP spoof filters only): a frame it
+    // refuses is not learned from; what it found out goes to the last stage with the frame.
+    let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
+    if eg.filter {
+        // Read every frame and prefetch its connection's slot first, so that the table's
+        // cache misses overlap across the burst.
+        let mut l3: ArrayVec<(u16, crate::wire::ip::L3), MAX_BURST> = ArrayVec::new();
+        for (m, b) in meta.iter().zip(burst.iter()) {
+            let r = if m.verdict.is_none() || m.flood_pending {
+                crate::filter::parse(b.data(), m.tagged)
+            } else {
+                (0, crate::wire::ip::L3::Other)
+            };
+            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (eg.ct, &r.1) {
+                ct.prefetch(&f.key);
+            }
+            l3.push(r);
+        }
+        for (m, r) in meta.iter_mut().zip(l3) {
+            let mut fm = crate::filter::FilterMeta::default();
+            if m.verdict.is_none() || m.flood_pending {
+                match crate::filter::ingress(r, port, eg.ct, now) {
+                    Ok(f) => fm = f,
+                    Err(r) => {
+                        m.verdict = Some(Verdict::Drop(r));
+                        m.flood_pending = false;
+                    }
+                }
+            }
+            filt.push(fm);
+        }
+    }
+
     // Stage 3: learn (the source of every frame that passed the ingress checks), for the whole
     // burst before any lookup: a frame's destination may be learned from a later frame.
     for m in meta.iter_mut() {
@@ -556,16 +598,26 @@ fn general_burst(
     // Stage 4: destination lookup (after every frame's learning), egress VLAN and TX batches;
     // traced or not: two loops, so that the untraced one carries nothing of the trace.
     match trace {
-        None => {
+        None if !eg.filter => {
             for (m, buf) in meta.iter().zip(burst.drain(..)) {
                 eg.emit(m, buf, None);
             }
         }
+        None => {
+            for (i, (m, buf)) in meta.iter().zip(burst.drain(..)).enumerate() {
+                eg.cur = filt.get(i).copied();
+                eg.emit(m, buf, None);
+            }
+        }
         Some(tr) => {
-            for (m, buf) in meta.iter().zip(burst.drain(..)) {
+            for (i, (m, buf)) in meta.iter().zip(burst.drain(..)).enumerate() {
                 let len = buf.len();
                 let mut out_ports = Vec::new();
+                eg.cur = filt.get(i).copied();
                 let verdict = eg.emit(m, buf, Some(&mut out_ports));
+                let filter = eg.cur.as_ref().filter(|_| eg.filter).map(|f| {
+                    crate::filter::describe(f, port, out_ports.last().and_then(|&p| eg.cfg.port(p)))
+                });
                 let reached_vlan = !matches!(
                     verdict,
                     Verdict::Drop(
@@ -585,6 +637,7 @@ fn general_burst(
                     learn: m.learn,
                     verdict,
                     out_ports,
+                    filter,
                 });
             }
         }
@@ -597,6 +650,14 @@ struct Egress<'a> {
     table: FdbView<'a>,
     now: u32,
     in_port: PortId,
+    /// The ingress port.
+    from: &'a PortSpec,
+    /// The bridge has a port with a policy or an IP spoof filter: the policy stage runs.
+    filter: bool,
+    /// The bridge's connection table, when it has one.
+    ct: Option<&'a crate::conntrack::Conntrack>,
+    /// The policy stage's findings for the frame being emitted (`None`: no policy stage).
+    cur: Option<crate::filter::FilterMeta>,
     bridge_idx: usize,
     /// The bridge's member ports, in flood order.
     members: &'a [PortId],
@@ -620,6 +681,9 @@ impl Egress<'_> {
             }
             Some(Verdict::Drop(r)) => self.drop(r, buf),
             Some(Verdict::Unicast(op)) => {
+                if let Err(r) = self.admits(op) {
+                    return self.drop(r, buf);
+                }
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
                 self.send(op, tag_out, buf, m, outs);
                 Verdict::Unicast(op)
@@ -645,7 +709,13 @@ impl Egress<'_> {
         match hit {
             Some(hit) if hit.port != self.in_port => {
                 let op = hit.port;
-                match self.memo.get(self.cfg, self.bridge_idx, op, vlan) {
+                let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, vlan);
+                if tag_out.is_some() {
+                    if let Err(r) = self.admits(op) {
+                        return self.drop(r, buf);
+                    }
+                }
+                match tag_out {
                     Some(false) if !tagged && outs.is_none() => {
                         self.tx.push(op, buf, self.cache);
                         Verdict::Unicast(op)
@@ -660,6 +730,13 @@ impl Egress<'_> {
             Some(_) => self.drop(DropReason::DstIsIngress, buf),
             None => self.flood(&meta(), buf, outs),
         }
+    }
+
+    /// The policy stage's second half for egress port `op` (nothing to check without one).
+    #[inline(always)]
+    fn admits(&mut self, op: PortId) -> Result<(), DropReason> {
+        let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
+        crate::filter::admit(m, self.from, to, self.ct, self.now)
     }
 
     #[inline(always)]
@@ -683,12 +760,20 @@ impl Egress<'_> {
         self.t.flooded += 1;
         let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
+            // A port the policy refuses gets no copy (counted once per port refused).
+            if let Err(r) = self.admits(op) {
+                self.t.drops.add(r, 1);
+                continue;
+            }
             match self.cache.alloc_copy(buf.data()) {
                 Some(copy) => self.send(op, tag_out(op), copy, m, outs.as_deref_mut()),
                 None => self.t.drops.add(DropReason::NoBuffer, 1),
             }
         }
         let op = members[last];
+        if let Err(r) = self.admits(op) {
+            return self.drop(r, buf);
+        }
         self.send(op, tag_out(op), buf, m, outs);
         Verdict::Flood
     }

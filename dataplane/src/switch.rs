@@ -71,10 +71,16 @@ drop_reasons! {
     TunnelMtu => "tunnel_mtu", "An inner frame too big for the underlay MTU once encapsulated (never fragmented).";
     TunnelNoEndpoint => "tunnel_no_endpoint", "A frame for a tunnel port that knows no endpoint for it (unknown destination, empty flood list).";
     TunnelSendError => "tunnel_send_error", "The kernel refused to send a tunnel datagram (no route, unreachable).";
+    SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips).";
+    SpoofedArpSpa => "spoofed_arp_spa", "ARP sender protocol address not one of the port's addresses (allowed_ips).";
+    MalformedIp => "malformed_ip", "An IPv4/IPv6 or transport header cut short or invalid, on a bridge with policies or IP spoof filters.";
+    PolicyEgressDenied => "policy_egress_denied", "No rule of the sending port's egress policy allows the packet, and it is no reply of a tracked connection.";
+    PolicyIngressDenied => "policy_ingress_denied", "No rule of the receiving port's ingress policy allows the packet, and it is no reply of a tracked connection (counted on the sending port, once per receiving port refused).";
+    ConntrackFull => "conntrack_full", "A new connection found the bridge's connection table full: not tracked, dropped (fails closed).";
 }
 
 /// Counters of one port. Workers add to them once per burst.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PortStats {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
@@ -93,6 +99,25 @@ pub struct PortStats {
     /// New MACs not learned because the bridge's table was full (frames still forwarded).
     pub fdb_full: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements, and there are more reasons.
+impl Default for PortStats {
+    fn default() -> Self {
+        PortStats {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            flooded: AtomicU64::new(0),
+            learned: AtomicU64::new(0),
+            moved_in: AtomicU64::new(0),
+            static_conflicts: AtomicU64::new(0),
+            mac_limit_hits: AtomicU64::new(0),
+            fdb_full: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// A plain copy of [`PortStats`].
@@ -177,6 +202,10 @@ pub struct PortSpec {
     /// The spoof filter: `None` when the port has none.
     pub allowed_macs: Option<Box<[MacAddr]>>,
     pub mac_limit: u32,
+    /// The IP spoof filter: `None` when the port has none.
+    pub allowed_ips: Option<Box<[std::net::IpAddr]>>,
+    /// The compiled policy: `None` when the port is open both ways.
+    pub policy: Option<Arc<crate::policy::CompiledPolicy>>,
     pub stats: Arc<PortStats>,
     /// The configuration this port was built from (backend type and options).
     pub config: PortConfig,
@@ -199,6 +228,10 @@ pub struct Bridge {
     pub table: Arc<MacTable>,
     /// Member ports, in configuration order (the flood order).
     pub ports: Vec<PortId>,
+    /// Some port has a policy or an IP spoof filter: frames go through the policy stage.
+    pub filter: bool,
+    /// The connection table, when some port has a policy.
+    pub conntrack: Option<Arc<crate::conntrack::Conntrack>>,
 }
 
 /// The immutable configuration snapshot.
@@ -279,6 +312,8 @@ impl SwitchConfig {
                         .filter(|l| !l.is_empty())
                         .map(|l| l.clone().into_boxed_slice()),
                     mac_limit: port.mac_limit.unwrap_or(u32::MAX),
+                    allowed_ips: port.allowed_ips.as_ref().map(|l| l.clone().into_boxed_slice()),
+                    policy: port.policy.as_ref().map(|p| Arc::new(crate::policy::CompiledPolicy::compile(p))),
                     stats,
                     config: port.clone(),
                 };
@@ -289,7 +324,15 @@ impl SwitchConfig {
                 out.ports[usize::from(id)] = Some(spec);
                 members.push(id);
             }
-            out.bridges.push(Bridge { name: b.name.clone(), table, ports: members });
+            let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
+            let conntrack = b.ports.iter().any(|p| p.policy.is_some()).then(|| {
+                let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
+                prev.and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
+                    .and_then(|pb| pb.conntrack.clone())
+                    .filter(|ct| ct.capacity() == size)
+                    .unwrap_or_else(|| Arc::new(crate::conntrack::Conntrack::new(size)))
+            });
+            out.bridges.push(Bridge { name: b.name.clone(), table, ports: members, filter, conntrack });
         }
         // Entries of ports that left a bridge (or the node): one pass per table, so that a large
         // change costs a scan per bridge, not one per port.

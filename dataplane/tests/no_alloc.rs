@@ -116,3 +116,81 @@ fn forwarding_path_does_not_allocate() {
     drop(peers);
     assert_eq!(pool.in_use(), 0, "every buffer came back");
 }
+
+/// IPv4/UDP from `src` (MAC index, address) to `dst`, ports `sp` -> `dp`.
+fn udp(src: (u8, [u8; 4]), dst: (u8, [u8; 4]), sp: u16, dp: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, src.0], [2, 0, 0, 0, 0, dst.0])
+        .ipv4(src.1, dst.1, 64)
+        .udp(sp, dp)
+        .write(&mut v, &[0; 18])
+        .unwrap();
+    v
+}
+
+/// The policy stage allocates nothing either: the IP spoof filter, connection tracking
+/// (new connections, replies, refreshes), both policies, and their drops.
+#[test]
+fn policy_stage_does_not_allocate() {
+    let cfg = Config::from_yaml_str(
+        r#"
+bridges:
+- name: br0
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1]
+    policy: {ingress: {rules: []}, egress: {rules: [{name: r, peers: [{cidr: 10.0.0.0/24}], ports: [{protocol: UDP, port: 53, end_port: 60}]}]}}
+  - name: b
+    static_macs: ['02:00:00:00:00:0b']
+    policy: {ingress: {rules: [{name: s, peers: [{cidr: 10.0.0.1/32}]}]}}
+"#,
+    )
+    .unwrap();
+    let sw = SwitchConfig::compile(&cfg, None).unwrap();
+    let pool = Pool::new("noalloc-policy", 2048).unwrap();
+    let mut cache = pool.cache();
+    let mut tx = TxBatches::new(sw.port_slots());
+    let (a, b) = ((0xa, [10, 0, 0, 1]), (0xb, [10, 0, 0, 2]));
+    let inputs: Vec<(u16, Vec<u8>)> = vec![
+        (0, udp(a, b, 5000, 53)),                    // new, allowed both ways
+        (1, udp(b, a, 53, 5000)),                    // its reply
+        (0, udp(a, b, 5000, 80)),                    // a's egress refuses
+        (1, udp(b, a, 7, 7)),                        // a's ingress refuses
+        (0, udp((0xa, [10, 0, 0, 9]), b, 5000, 53)), // spoofed
+    ];
+    let mut burst = Burst::new();
+    let mut round = |cache: &mut switchyard_dataplane::PoolCache, tx: &mut TxBatches| {
+        for (port, f) in &inputs {
+            for _ in 0..8 {
+                burst.push(cache.alloc_copy(f).unwrap());
+            }
+            process_burst(&sw, *port, &mut burst, 5, cache, tx, None);
+            tx.drain_with(|_, out| {
+                for x in out.drain(..) {
+                    cache.free(x);
+                }
+            });
+        }
+    };
+    for _ in 0..3 {
+        round(&mut cache, &mut tx);
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..200 {
+        round(&mut cache, &mut tx);
+    }
+    let after = ALLOCS.load(Ordering::Relaxed);
+    assert_eq!(after - before, 0, "the policy stage allocated {} times", after - before);
+    let sa = sw.port_by_name("a").unwrap().stats.snapshot();
+    let sb = sw.port_by_name("b").unwrap().stats.snapshot();
+    assert_eq!((sa.drops["policy_egress_denied"], sa.drops["spoofed_src_ip"]), (8 * 203, 8 * 203));
+    assert_eq!(sb.drops["policy_ingress_denied"], 8 * 203);
+    assert_eq!(
+        sa.drops.values().sum::<u64>() + sb.drops.values().sum::<u64>(),
+        3 * 8 * 203,
+        "the rest passed"
+    );
+    drop(cache);
+    assert_eq!(pool.in_use(), 0, "every buffer came back");
+}

@@ -407,39 +407,62 @@ impl RxQueue for DpdkRx {
         if n == 0 {
             return 0;
         }
-        let bufs = self.shared.bufs;
-        // The shared pool is external (shared_bufs made it so).
-        let Some(adopter) = bufs.pool.adopter() else {
-            unreachable!("the shared DPDK pool is an external pool")
-        };
-        let slots = bufs.slots.map();
-        // The common case first, as one pass that sets the burst's length once at its end: every
-        // mbuf adopted as is. The general loop takes over from the first that is not.
-        // SAFETY: rx_burst handed us these mbufs; each is adopted here or left to the loop below.
-        let adopted = unsafe { adopt_while_own(&bufs.slots, adopter, &self.mbufs[..n], out) };
-        let mut got = adopted;
-        // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
-        let mut unused = 0;
-        for i in adopted..n {
-            let p = self.mbufs[i];
-            // SAFETY: rx_burst handed us this mbuf, and nothing else holds it.
-            if let Some(b) = unsafe { adopt_own(&slots, &adopter, p) } {
-                out.push(b);
-                got += 1;
-                continue;
-            }
-            // SAFETY: as above; ManuallyDrop: it is freed in bulk below.
-            let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
-            self.mbufs[unused] = p;
-            unused += 1;
-            got += rx_other(&m, cache, out, drops);
-        }
-        if unused != 0 {
-            // SAFETY: these are mbufs we received and did not adopt; none is used after this.
-            unsafe { free_bulk(&mut self.mbufs[..unused]) };
-        }
-        got
+        // SAFETY: rx_burst handed us these n mbufs, and nothing else holds them.
+        unsafe { take_mbufs::<true>(self.shared.bufs, &mut self.mbufs[..n], cache, out, drops) }
     }
+}
+
+/// Turns a burst of received mbufs into buffers on `out` (room for them all, as rx_burst asks
+/// the device for no more): each mbuf of the shared pool, in one segment, with its own buffer
+/// is adopted as is; any other is copied ([`rx_other`]) or dropped, and freed. Returns the
+/// frames pushed.
+///
+/// With `PLAIN_FIRST` (what RX runs) the common case goes first, as one pass that sets the
+/// burst's length once at its end ([`adopt_while_own`]), and the general loop takes over from
+/// the first mbuf it leaves; without it the general loop takes every mbuf. Both decide every
+/// mbuf alike (the property test `plain_first_decides_as_the_general_loop`).
+///
+/// # Safety
+/// The mbufs are valid mbufs that the caller holds; all are handed over (adopted or freed).
+#[inline(always)]
+unsafe fn take_mbufs<const PLAIN_FIRST: bool>(
+    bufs: &DpdkBufs,
+    mbufs: &mut [*mut rte_mbuf],
+    cache: &mut PoolCache,
+    out: &mut Burst,
+    drops: &mut DropTally,
+) -> usize {
+    // The shared pool is external (shared_bufs made it so).
+    let Some(adopter) = bufs.pool.adopter() else { unreachable!("the shared DPDK pool is an external pool") };
+    let slots = bufs.slots.map();
+    let adopted = if PLAIN_FIRST {
+        // SAFETY: the caller's mbufs; each is adopted here or left to the loop below.
+        unsafe { adopt_while_own(&bufs.slots, adopter, mbufs, out) }
+    } else {
+        0
+    };
+    let mut got = adopted;
+    // Mbufs not adopted as buffers are gathered at the front and freed in bulk below.
+    let mut unused = 0;
+    for i in adopted..mbufs.len() {
+        let p = mbufs[i];
+        // SAFETY: the caller handed us this mbuf, and nothing else holds it.
+        if let Some(b) = unsafe { adopt_own(&slots, &adopter, p) } {
+            out.push(b);
+            got += 1;
+            continue;
+        }
+        // SAFETY: as above; ManuallyDrop: it is freed in bulk below.
+        let m = ManuallyDrop::new(unsafe { Mbuf::from_raw(p) });
+        mbufs[unused] = p;
+        unused += 1;
+        got += rx_other(&m, cache, out, drops);
+    }
+    if unused != 0 {
+        // SAFETY: these are mbufs we received and did not adopt; none is used after this.
+        unsafe { free_bulk(&mut mbufs[..unused]) };
+    }
+    got
 }
 
 /// Adopts the mbufs at the front of `mbufs` as long as each is one of the shared pool's with
@@ -655,7 +678,7 @@ impl PortBackend for DpdkPort {
 mod tests {
     use super::*;
     use switchyard_bindings::EalOptions;
-    use switchyard_dataplane::buffer::Pool;
+    use switchyard_dataplane::buffer::{Pool, DATA_ROOM, HEADROOM};
 
     /// The DPDK tests of this module share the process's mbuf pool and copy counters; they
     /// run one at a time so that the counts they check are theirs.
@@ -984,6 +1007,144 @@ mod tests {
             let other = slots.table[(i + 1) % n];
             assert_eq!(slots.own_slot(other, base + i * SLOT_SIZE), None, "another mbuf");
         }
+    }
+
+    /// One mbuf of a random RX burst: which pool it is from, whether a second segment is
+    /// chained to it, and its window and bytes.
+    #[derive(Debug, Clone)]
+    struct MbufSpec {
+        own: bool,
+        chained: bool,
+        head: u16,
+        len: u16,
+        fill: u8,
+    }
+
+    fn mbuf_spec() -> impl proptest::strategy::Strategy<Value = MbufSpec> {
+        use proptest::prelude::*;
+        let slot = SLOT_SIZE as u16;
+        // Mostly what drivers give (the default headroom, a frame), and any window at all.
+        let window = prop_oneof![
+            3 => (Just(128u16), 0..=2048u16),
+            1 => (0..=slot).prop_flat_map(move |h| (Just(h), 0..=slot - h)),
+        ];
+        (prop::bool::weighted(0.7), prop::bool::weighted(0.15), window, any::<u8>())
+            .prop_map(|(own, chained, (head, len), fill)| MbufSpec { own, chained, head, len, fill })
+    }
+
+    /// An mbuf as `spec` says, from the shared pool (`own`) or the other one, its bytes a
+    /// pattern of `fill`; the second segment of a chain is a plain 60-byte one.
+    fn make_mbuf(spec: &MbufSpec, own: &Mempool, other: &Mempool) -> *mut rte_mbuf {
+        let pool = if spec.own { own } else { other };
+        let mut m = pool.alloc().expect("an mbuf");
+        assert!(m.set_window(spec.head, spec.len));
+        for (i, b) in m.data_mut().iter_mut().enumerate() {
+            *b = spec.fill ^ (i as u8);
+        }
+        let head = m.into_raw();
+        if spec.chained {
+            let mut t = pool.alloc().expect("an mbuf");
+            assert!(t.set_window(128, 60));
+            let tail = t.into_raw();
+            // SAFETY: both mbufs are ours and valid; this is rte_pktmbuf_chain's bookkeeping
+            // (next, nb_segs, pkt_len), which rte_pktmbuf_free_bulk walks to free both.
+            unsafe {
+                (*head).next = tail;
+                (*head).nb_segs = 2;
+                (*head).pkt_len += 60;
+            }
+        }
+        head
+    }
+
+    /// The DPDK RX path's two loops decide alike: over random bursts mixing mbufs of the
+    /// shared pool and of another pool, single and chained, with any window, RX as it runs
+    /// (the plain loop, then the general one from the first mbuf it leaves) and the general
+    /// loop alone give the same frames in the same order, the same drops and the same copies,
+    /// and both match what each mbuf should become: one of the shared pool in one segment is
+    /// adopted as is (its window kept), one of another pool is copied while the worker's pool
+    /// has a buffer (else `no_buffer`) and the frame fits one (else `oversize`), a chain is
+    /// dropped as `oversize`. No mbuf is left allocated.
+    #[test]
+    fn plain_first_decides_as_the_general_loop() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestCaseError, TestRunner};
+        let _serial = serial();
+        let Some(eal) = eal() else { return };
+        let cfg = DpdkPortConfig { rx_desc: 128, tx_desc: 128, ..Default::default() };
+        let port = DpdkPort::open(eal, "rxp", "net_ring_rxp", &cfg).expect("open");
+        let bufs = port.shared.bufs;
+        let other = Mempool::new(eal, "sy_rxprop", 1024, 0, Mempool::DEFAULT_DATA_ROOM).expect("a mempool");
+        // The workers' pools the copies go to, one per run.
+        let pools = [Pool::new("rxprop-a", 64).unwrap(), Pool::new("rxprop-b", 64).unwrap()];
+        let strategy = (prop::collection::vec(mbuf_spec(), 1..=MAX_BURST), 0..=8usize);
+        let mut runner =
+            TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&strategy, |(specs, spare)| {
+                let own_before = bufs.mempool.in_use();
+                // What each mbuf must become: Some((zero copy, headroom, bytes)), or a drop.
+                let mut want = Vec::new();
+                let (mut oversize, mut no_buffer, mut copies, mut left) = (0u32, 0u32, 0u64, spare);
+                for s in &specs {
+                    let bytes: Vec<u8> = (0..s.len).map(|i| s.fill ^ (i as u8)).collect();
+                    // rx_other's order: a chain, then a buffer to copy into, then its room.
+                    if s.chained {
+                        oversize += 1;
+                    } else if s.own {
+                        want.push((true, usize::from(s.head), bytes));
+                    } else if left == 0 {
+                        no_buffer += 1;
+                    } else if usize::from(s.len) > DATA_ROOM {
+                        oversize += 1;
+                    } else {
+                        left -= 1;
+                        copies += 1;
+                        want.push((false, HEADROOM, bytes));
+                    }
+                }
+                let mut results = Vec::new();
+                for (run, pool) in pools.iter().enumerate() {
+                    let mut cache = pool.cache();
+                    // Exactly `spare` buffers left to copy into.
+                    let mut held: Vec<PacketBuf> = std::iter::from_fn(|| cache.alloc()).collect();
+                    for b in held.drain(..spare) {
+                        cache.free(b);
+                    }
+                    let mut mbufs: Vec<*mut rte_mbuf> =
+                        specs.iter().map(|s| make_mbuf(s, &bufs.mempool, &other)).collect();
+                    let mut out = Burst::new();
+                    let mut drops = DropTally::default();
+                    let (rx_copies, _) = DpdkPort::copies();
+                    // SAFETY: the mbufs were just made and are handed over.
+                    let n = unsafe {
+                        if run == 0 {
+                            take_mbufs::<true>(bufs, &mut mbufs, &mut cache, &mut out, &mut drops)
+                        } else {
+                            take_mbufs::<false>(bufs, &mut mbufs, &mut cache, &mut out, &mut drops)
+                        }
+                    };
+                    let got: Vec<(bool, usize, Vec<u8>)> =
+                        out.iter().map(|b| (bufs.pool.owns(b), b.headroom(), b.data().to_vec())).collect();
+                    let copied = DpdkPort::copies().0 - rx_copies;
+                    let tally =
+                        (drops.get(DropReason::Oversize), drops.get(DropReason::NoBuffer), drops.total());
+                    for b in out.drain(..).chain(held) {
+                        cache.free(b);
+                    }
+                    drop(cache);
+                    prop_assert_eq!(n, got.len());
+                    prop_assert_eq!(pool.in_use(), 0);
+                    prop_assert_eq!(bufs.mempool.in_use(), own_before, "an mbuf left allocated");
+                    results.push((got, tally, copied));
+                }
+                let want = (want, (oversize, no_buffer, oversize + no_buffer), copies);
+                prop_assert_eq!(&results[0], &want, "plain loop first");
+                prop_assert_eq!(&results[1], &want, "general loop alone");
+                Ok::<(), TestCaseError>(())
+            })
+            .unwrap();
+        drop(port);
     }
 
     #[test]

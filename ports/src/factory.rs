@@ -1,12 +1,13 @@
-//! Opens a port backend from its configuration (`type` and the type's options), the one place
-//! that maps the configuration file's port types to backends.
+//! Opens a port backend from its configuration (`type` and the type's options, checked and
+//! typed as a [`Backend`]), the one place that maps backends to the ports that implement them.
 
 use crate::afpacket::AfPacketPort;
 use crate::tap::TapPort;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use switchyard_dataplane::config::{PortConfig, PortType};
+use switchyard_dataplane::backend::{Backend, TunnelBackend};
+use switchyard_dataplane::config::PortConfig;
 use switchyard_dataplane::port::pcap::{PcapPort, TxClock};
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
 use switchyard_dataplane::port::{PortBackend, PortError};
@@ -40,91 +41,84 @@ pub fn ring_peer(ring: &str) -> Option<RingPeer> {
 
 /// Opens the backend a port's configuration describes. A port without `type` is a ring.
 pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
-    let name = cfg.name.as_str();
-    match cfg.kind.unwrap_or(PortType::Ring) {
-        PortType::Ring => {
-            let ring = cfg.ring.as_deref().unwrap_or(name);
+    let backend =
+        cfg.backend().map_err(|e| PortError::Backend { port: cfg.name.clone(), msg: e.to_string() })?;
+    open_backend(&cfg.name, &backend, ctx)
+}
+
+/// Opens `backend` as the port `name` (whose name is the default of a ring's or an
+/// interface's name).
+pub fn open_backend(
+    name: &str,
+    backend: &Backend,
+    ctx: &PortContext,
+) -> Result<Arc<dyn PortBackend>, PortError> {
+    match backend {
+        Backend::Ring { ring } => {
+            let ring = ring.as_deref().unwrap_or(name);
             let (port, peer) = RingPort::new(name, RING_DEPTH);
             ring_registry().lock().unwrap_or_else(|e| e.into_inner()).insert(ring.to_string(), peer);
             Ok(Arc::new(port))
         }
-        PortType::Pcap => {
+        Backend::Pcap { rx, tx, infinite } => {
             let p = PcapPort::open(
                 name,
-                cfg.rx_pcap.as_deref().map(Path::new),
-                cfg.tx_pcap.as_deref().map(Path::new),
-                cfg.infinite.unwrap_or(false),
+                rx.as_deref().map(Path::new),
+                tx.as_deref().map(Path::new),
+                infinite.unwrap_or(false),
                 TxClock::Wall,
             )?;
             Ok(Arc::new(p))
         }
-        PortType::Afpacket => {
+        Backend::Afpacket { iface, rx_mode } => {
             use crate::afpacket::{AfPacketOptions, AfPacketRxMode};
-            let opts = match cfg.rx_mode.unwrap_or_default() {
+            let opts = match rx_mode.unwrap_or_default() {
                 AfPacketRxMode::Ring => AfPacketOptions::default(),
                 AfPacketRxMode::Recvmmsg => AfPacketOptions::light(),
             };
-            Ok(Arc::new(AfPacketPort::open(name, cfg.iface.as_deref().unwrap_or(name), opts)?))
+            Ok(Arc::new(AfPacketPort::open(name, iface.as_deref().unwrap_or(name), opts)?))
         }
-        PortType::Tap => Ok(Arc::new(TapPort::open_default(name, cfg.iface.as_deref().unwrap_or(name))?)),
-        PortType::Vhostuser => open_vhost(cfg),
-        PortType::Dpdk => open_dpdk(cfg, ctx),
-        PortType::Vxlan => open_tunnel(cfg, switchyard_dataplane::tunnel::TunnelKind::Vxlan),
-        PortType::Geneve => open_tunnel(cfg, switchyard_dataplane::tunnel::TunnelKind::Geneve),
+        Backend::Tap { iface } => {
+            Ok(Arc::new(TapPort::open_default(name, iface.as_deref().unwrap_or(name))?))
+        }
+        Backend::Vhostuser { socket, mode, socket_mode, queues } => {
+            use crate::vhost::{VhostOptions, VhostUserPort};
+            let opts = VhostOptions {
+                mode: mode.unwrap_or_default(),
+                queues: queues.unwrap_or(1),
+                socket_mode: socket_mode.map(|m| m.bits()),
+                ..Default::default()
+            };
+            Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
+        }
+        Backend::Dpdk { devargs, queues } => open_dpdk(name, devargs, *queues, ctx),
+        Backend::Tunnel(t) => open_tunnel(name, t),
     }
 }
 
-fn open_tunnel(
-    cfg: &PortConfig,
-    kind: switchyard_dataplane::tunnel::TunnelKind,
-) -> Result<Arc<dyn PortBackend>, PortError> {
+fn open_tunnel(name: &str, t: &TunnelBackend) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
-    let name = cfg.name.as_str();
-    let missing =
-        |what: &str| PortError::Backend { port: name.into(), msg: format!("a tunnel port needs {what}") };
-    match cfg.underlay.as_deref() {
+    match t.underlay.as_deref() {
         None | Some("kernel") => {}
         Some(uplink) => {
             return Err(PortError::Unsupported {
                 port: name.into(),
-                kind: format!("{} over uplink {uplink:?}", kind.name()),
+                kind: format!("{} over uplink {uplink:?}", t.kind.name()),
                 hint: "only `underlay: kernel` (the kernel's UDP socket) is built".into(),
             })
         }
     }
     let opts = TunnelOptions {
-        kind,
-        vni: cfg.vni.ok_or_else(|| missing("a vni"))?,
-        local: cfg.local.ok_or_else(|| missing("a local address"))?,
-        dstport: cfg.dstport.unwrap_or(kind.default_port()),
-        flood: cfg.flood.clone().unwrap_or_default(),
-        remote_macs: cfg.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
-        learn: cfg.learn.unwrap_or(true),
+        kind: t.kind,
+        vni: t.vni,
+        local: t.local,
+        dstport: t.port(),
+        flood: t.flood.clone().unwrap_or_default(),
+        remote_macs: t.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
+        learn: t.learn.unwrap_or(true),
         aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
     };
     Ok(Arc::new(UdpTunnelPort::open(name, &opts)?))
-}
-
-fn open_vhost(cfg: &PortConfig) -> Result<Arc<dyn PortBackend>, PortError> {
-    use crate::vhost::{Mode, VhostOptions, VhostUserPort};
-    let name = cfg.name.as_str();
-    let socket = cfg.socket.as_deref().ok_or_else(|| PortError::Backend {
-        port: name.into(),
-        msg: "a vhostuser port needs a socket path".into(),
-    })?;
-    let mode = match cfg.mode.as_deref().unwrap_or("server") {
-        "server" => Mode::Server,
-        "client" => Mode::Client,
-        m => {
-            return Err(PortError::Backend {
-                port: name.into(),
-                msg: format!("mode {m:?} is neither server nor client"),
-            })
-        }
-    };
-    let socket_mode = cfg.socket_mode.as_deref().and_then(switchyard_dataplane::config::parse_socket_mode);
-    let opts = VhostOptions { mode, queues: cfg.queues.unwrap_or(1), socket_mode, ..Default::default() };
-    Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
 }
 
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is
@@ -140,18 +134,18 @@ fn eal_options(ctx: &PortContext) -> switchyard_bindings::EalOptions {
 }
 
 #[cfg(feature = "dpdk")]
-fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+fn open_dpdk(
+    name: &str,
+    devargs: &str,
+    queues: Option<u16>,
+    ctx: &PortContext,
+) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::dpdk::{DpdkPort, DpdkPortConfig};
-    let name = cfg.name.as_str();
-    let devargs = cfg
-        .devargs
-        .as_deref()
-        .ok_or_else(|| PortError::Backend { port: name.into(), msg: "a dpdk port needs devargs".into() })?;
     let eal = switchyard_bindings::Eal::init(eal_options(ctx))
         .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
     let workers = ctx.workers.max(1);
     let pc = DpdkPortConfig {
-        rx_queues: cfg.queues.unwrap_or(workers),
+        rx_queues: queues.unwrap_or(workers),
         tx_queues: workers,
         pool_size: ctx.dpdk_mbufs,
         ..Default::default()
@@ -160,9 +154,14 @@ fn open_dpdk(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>
 }
 
 #[cfg(not(feature = "dpdk"))]
-fn open_dpdk(cfg: &PortConfig, _ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
+fn open_dpdk(
+    name: &str,
+    _devargs: &str,
+    _queues: Option<u16>,
+    _ctx: &PortContext,
+) -> Result<Arc<dyn PortBackend>, PortError> {
     Err(PortError::Unsupported {
-        port: cfg.name.clone(),
+        port: name.into(),
         kind: "dpdk".into(),
         hint: "build with `--features dpdk` (needs Debian's libdpdk-dev)".into(),
     })

@@ -16,6 +16,8 @@ pub mod afpacket;
 pub mod dpdk;
 pub mod factory;
 #[allow(unsafe_code)]
+mod netdev;
+#[allow(unsafe_code)]
 pub mod tap;
 #[allow(unsafe_code)]
 pub mod udp_tunnel;

@@ -6,7 +6,7 @@
 //! then answers `EBADFD`) or one that is down marks the port down: TX counts `port_down`, RX
 //! returns nothing, nothing panics. Without `persist`, the interface goes away with the port.
 
-use crate::afpacket::{errno, ifr_ioctl, is_link_error, link_state, IfReq};
+use crate::netdev::{backend, errno, ifr_ioctl, io, is_link_error, link_state, IfReq};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,14 +70,6 @@ impl std::fmt::Debug for TapPort {
             .field("ifindex", &self.shared.ifindex)
             .finish()
     }
-}
-
-fn backend(port: &str, msg: impl Into<String>) -> PortError {
-    PortError::Backend { port: port.to_string(), msg: msg.into() }
-}
-
-fn io(port: &str, what: &str, e: std::io::Error) -> PortError {
-    PortError::Io { port: port.to_string(), source: std::io::Error::new(e.kind(), format!("{what}: {e}")) }
 }
 
 impl TapPort {

@@ -21,7 +21,7 @@
 //! The underlay MTU is the smallest route MTU (`IP_MTU` on a connected socket) towards the
 //! configured endpoints, read when the port opens (1500 when it has none).
 
-use crate::afpacket::errno;
+use crate::netdev::errno;
 use arrayvec::ArrayVec;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

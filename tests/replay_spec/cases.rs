@@ -69,7 +69,42 @@ pub fn all() -> Vec<Case> {
         merge_order_and_ties(),
         port_names_with_slash(),
         mixed_node(),
+        policy_stateful_udp(),
     ]
+}
+
+/// docs/policy.md: a port isolated both ways whose egress allows UDP 53 to one peer.
+fn policy_stateful_udp() -> Case {
+    let ip = |n: u8| [10, 0, 0, n];
+    let udp = |dst: Mac, src: Mac, s: u8, d: u8, sp: u16, dp: u16, text: &str| {
+        eth(dst, src, None, 0x0800, &ipv4_udp(ip(s), ip(d), sp, dp, text))
+    };
+    let mut c = Case::new(
+        "policy_stateful_udp",
+        "vm-a (10.0.0.1, IP spoof filter) is isolated both ways; its egress allows UDP 53 to          10.0.0.2 (vm-b, no policy). Its query to vm-b passes and starts a tracked connection, so          vm-b's answer passes a's deny-all ingress; a datagram vm-b sends to another of a's ports          is refused by that ingress (counted on vm-b); a's datagram to port 80 is refused by its          egress; one from a source address not its own is spoofed. ARP always passes the policy.",
+        vec![bridge(
+            "br0",
+            vec![
+                access("vm-a", 10)
+                    .statics(&[A])
+                    .with_yaml("allowed_ips: [10.0.0.1]")
+                    .with_yaml(
+                        "policy: {ingress: {rules: []}, egress: {rules: [{name: dns, peers: [{cidr: 10.0.0.2/32}], ports: [{protocol: UDP, port: 53}]}]}}",
+                    ),
+                access("vm-b", 10).statics(&[B]),
+            ],
+        )],
+    );
+    c.send("vm-a", udp(B, A, 1, 2, 5000, 53, "query"));
+    c.out("vm-b", udp(B, A, 1, 2, 5000, 53, "query"));
+    c.send("vm-b", udp(A, B, 2, 1, 53, 5000, "answer"));
+    c.out("vm-a", udp(A, B, 2, 1, 53, 5000, "answer"));
+    c.send("vm-b", udp(A, B, 2, 1, 53, 6000, "unsolicited")).drop("vm-b", "policy_ingress_denied");
+    c.send("vm-a", udp(B, A, 1, 2, 5000, 80, "not dns")).drop("vm-a", "policy_egress_denied");
+    c.send("vm-a", udp(B, A, 9, 2, 5000, 53, "spoofed")).drop("vm-a", "spoofed_src_ip");
+    c.send("vm-a", arp_req(BCAST, A, None, A, ip(1), ip(2)));
+    c.out("vm-b", arp_req(BCAST, A, None, A, ip(1), ip(2)));
+    c
 }
 
 fn access_untagged_in() -> Case {

@@ -197,6 +197,24 @@ pub fn arp_reply(
     eth(dst, src, tag, ET_ARP, &arp_body(2, sha, spa, tha, tpa))
 }
 
+/// An IPv4 packet (RFC 791: version 4, 20-byte header, TTL 64, checksum left 0) carrying a UDP
+/// datagram (RFC 768: checksum 0, none) from `src:sp` to `dst:dp` with `text` as its payload.
+pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, text: &str) -> Vec<u8> {
+    let udp_len = 8 + text.len();
+    let total = (20 + udp_len) as u16;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&sp.to_be_bytes());
+    p.extend_from_slice(&dp.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(text.as_bytes());
+    p
+}
+
 /// A RARP request (EtherType 0x8035, op 3): "who am I", sender and target hw address `sha`.
 pub fn rarp_req(dst: Mac, src: Mac, tag: Option<Tag>, sha: Mac) -> Vec<u8> {
     eth(dst, src, tag, ET_RARP, &arp_body(3, sha, [0; 4], sha, [0; 4]))
@@ -214,6 +232,8 @@ pub struct Port {
     pub allowed_macs: Option<Vec<Mac>>,
     pub static_macs: Vec<Mac>,
     pub mac_limit: Option<u32>,
+    /// Further keys, as YAML lines written under the port (`allowed_ips`, `policy`).
+    pub yaml: Vec<String>,
 }
 
 pub fn access(name: &str, tag: u16) -> Port {
@@ -252,6 +272,11 @@ impl Port {
     }
     pub fn statics(mut self, macs: &[Mac]) -> Self {
         self.static_macs = macs.to_vec();
+        self
+    }
+    /// Adds a YAML line to the port (docs/policy.md's `allowed_ips` and `policy`).
+    pub fn with_yaml(mut self, line: &str) -> Self {
+        self.yaml.push(line.to_string());
         self
     }
     pub fn limit(mut self, n: u32) -> Self {
@@ -330,6 +355,17 @@ pub const DROP_REASONS: &[&str] = &[
     "port_down",
 ];
 
+/// The policy stage's reasons (docs/policy.md), in the stats of cases with a port that has
+/// `allowed_ips` or a `policy`.
+pub const POLICY_DROP_REASONS: &[&str] = &[
+    "spoofed_src_ip",
+    "spoofed_arp_spa",
+    "malformed_ip",
+    "policy_egress_denied",
+    "policy_ingress_denied",
+    "conntrack_full",
+];
+
 /// Reasons for which the frame never enters the pipeline (not counted in rx_*).
 const REFUSED: &[&str] = &["oversize", "truncated_capture"];
 
@@ -372,6 +408,11 @@ impl Case {
 
     pub fn ports(&self) -> Vec<&Port> {
         self.bridges.iter().flat_map(|b| b.ports.iter()).collect()
+    }
+
+    /// Some port has policy keys (then the policy stage's reasons are in the stats).
+    fn has_policy(&self) -> bool {
+        self.ports().iter().any(|p| !p.yaml.is_empty())
     }
 
     fn has_port(&self, p: &str) -> bool {
@@ -422,7 +463,11 @@ impl Case {
 
     /// Expects the last input frame to be dropped with `reason`, counted on `port`.
     pub fn drop(&mut self, port: &str, reason: &'static str) -> &mut Self {
-        assert!(DROP_REASONS.contains(&reason), "{}: unknown reason {reason}", self.name);
+        assert!(
+            DROP_REASONS.contains(&reason) || (self.has_policy() && POLICY_DROP_REASONS.contains(&reason)),
+            "{}: unknown reason {reason}",
+            self.name
+        );
         assert!(self.has_port(port), "{}: no port {port}", self.name);
         *self.drops.entry(port.into()).or_default().entry(reason).or_default() += 1;
         if REFUSED.contains(&reason) {
@@ -495,6 +540,9 @@ impl Case {
                 if let Some(l) = p.mac_limit {
                     writeln!(y, "        mac_limit: {l}").unwrap();
                 }
+                for l in &p.yaml {
+                    writeln!(y, "        {l}").unwrap();
+                }
             }
         }
         writeln!(y, "inputs:").unwrap();
@@ -526,7 +574,8 @@ impl Case {
                 }
             }
             let mut d = Map::new();
-            for r in DROP_REASONS {
+            let policy: &[&str] = if self.has_policy() { POLICY_DROP_REASONS } else { &[] };
+            for r in DROP_REASONS.iter().chain(policy) {
                 let n = self.drops.get(name).and_then(|s| s.get(r)).copied().unwrap_or(0);
                 d.insert((*r).into(), json!(n));
             }

@@ -7,12 +7,14 @@
 //! Requests:
 //! - `show ports`: name, bridge, type, VLAN mode, link, rx/tx/drops
 //! - `show fdb [BRIDGE]`: VLAN, MAC, port, age, static
+//! - `show conntrack [BRIDGE]`: tracked connections (bridges with policies)
 //! - `show stats`: per-port counters with drop reasons, per-worker cycles
 //! - `show config`: the running configuration as YAML
 //! - `show problems`: problems in the input, objects kept at their last good version, skips
 //! - `fdb flush [BRIDGE]`: removes learned MAC entries (static ones stay)
-//! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now (the
-//!   running state is not changed)
+//! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now, with
+//!   the policy rule that allowed it or the reason it was dropped (the running state is not
+//!   changed)
 //! - `help`
 //!
 //! A request line that starts with `{` is a versioned JSON request of a program (the CNI
@@ -37,6 +39,7 @@ pub const DEFAULT_SOCKET: &str = "/run/switchyard/ctl.sock";
 const HELP: &str = "commands:
   show ports                 ports: bridge, type, VLAN mode, link, rx/tx/drops
   show fdb [BRIDGE]          MAC table entries: VLAN, MAC, port, age, static
+  show conntrack [BRIDGE]    tracked connections: protocol, addresses, ports, state, TTL
   show stats                 per-port counters and drop reasons, per-worker cycles
   show config                the running configuration (YAML)
   show problems              problems in the input, objects kept at their last good version
@@ -117,6 +120,8 @@ pub fn handle(rt: &Mutex<Runtime>, line: &str) -> Result<String, CtlError> {
         ["show", "ports"] => Ok(show::ports(&rt)),
         ["show", "fdb"] => Ok(show::fdb(&rt, None)?),
         ["show", "fdb", b] => Ok(show::fdb(&rt, Some(b))?),
+        ["show", "conntrack"] => Ok(show::conntrack(&rt, None)?),
+        ["show", "conntrack", b] => Ok(show::conntrack(&rt, Some(b))?),
         ["show", "stats"] => Ok(show::stats(&rt)),
         ["show", "config"] => Ok(show::config(&rt)),
         ["show", "problems"] => Ok(show::problems(&rt)),

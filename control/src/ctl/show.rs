@@ -72,6 +72,52 @@ pub fn fdb(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
     }
 }
 
+/// `show conntrack [BRIDGE]`: the tracked connections (the first 1,000 of each bridge), then
+/// how many each bridge tracks.
+pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
+    const LIMIT: usize = 1000;
+    let now = rt.engine().now();
+    let switch = rt.switch();
+    let mut rows = vec![["BRIDGE", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"]
+        .map(String::from)
+        .to_vec()];
+    let mut found = false;
+    let mut totals = String::new();
+    for b in &switch.bridges {
+        if bridge.is_some_and(|n| n != b.name) {
+            continue;
+        }
+        found = true;
+        let Some(ct) = &b.conntrack else {
+            totals.push_str(&format!("bridge {}: no connection table (no port has a policy)\n", b.name));
+            continue;
+        };
+        let (entries, live) = ct.entries(now, LIMIT);
+        for e in entries {
+            rows.push(vec![
+                b.name.clone(),
+                e.key.proto.to_string(),
+                e.key.src_ip().to_string(),
+                e.key.sport.to_string(),
+                e.key.dst_ip().to_string(),
+                e.key.dport.to_string(),
+                e.state.name().to_string(),
+                e.ttl.to_string(),
+                if e.blocked { "yes".into() } else { "no".into() },
+            ]);
+        }
+        totals.push_str(&format!(
+            "bridge {}: {live} connections tracked, capacity {}\n",
+            b.name,
+            ct.capacity()
+        ));
+    }
+    match bridge {
+        Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
+        _ => Ok(table(&rows) + &totals),
+    }
+}
+
 /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay) and says how many.
 pub fn fdb_flush(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
     let n = rt.fdb_flush(bridge)?;

@@ -9,6 +9,7 @@
 pub mod arp;
 pub mod ethernet;
 pub mod geneve;
+pub mod ip;
 pub mod mac;
 pub mod offload;
 pub mod vxlan;

@@ -82,15 +82,8 @@ use switchyard_dataplane::switch::DropReason;
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 8;
 
-/// Who opens the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// switchyard listens and takes the frontend (QEMU with `reconnect=`) back when it comes
-    /// again.
-    Server,
-    /// switchyard connects (QEMU listens with `server=on`) and reconnects when it goes away.
-    Client,
-}
+/// Who opens the socket (the configuration's `mode`).
+pub use switchyard_dataplane::backend::VhostMode as Mode;
 
 /// How a vhost-user port is opened.
 #[derive(Debug, Clone)]

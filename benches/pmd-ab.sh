@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Two builds of `switchyard pmd` side by side (a change against its base): the same ports and
+# mode, OLD and NEW interleaved (OLD, NEW, OLD, NEW, ...) so that a machine whose load drifts
+# shifts both alike. For each case it prints every run's Mpps (frames received per second,
+# summed over the ports), the medians and the ratio NEW/OLD; it asserts nothing.
+#
+# usage: benches/pmd-ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]   (default 5 rounds of 2 s)
+# Cases: switch and io on infinite pcap ports (256 MACs each way, benches/gen_pcaps.py), io on
+# DPDK net_pcap ports (when DPDK is installed; as root, EAL runs without hugepages, --no-huge
+# as the unit tests run it: the run is in a private mount namespace with the hugetlbfs mounts
+# taken away), and txonly over a veth pair on AF_PACKET ports (as root; the rate is what is
+# sent, since txonly does not receive). One forwarding core: CORE (default the last one).
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n '2,9p' "$0"; exit 2; }
+OLD=$1 NEW=$2 ROUNDS=${3:-5} SECS=${4:-2}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CORE=${CORE:-$(($(nproc) - 1))}
+WORK=$(mktemp -d)
+VETH=sab$$
+cleanup() {
+    ip link del "${VETH}a" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+python3 "$ROOT/benches/gen_pcaps.py" --macs 256 "$WORK/a.pcap" "$WORK/b.pcap"
+
+# Mpps of one run: RATE (rx_pps, or tx_pps) of the JSON summary; WRAP runs the binary.
+RATE=rx_pps
+WRAP=()
+run() { # binary args...
+    local bin=$1
+    shift
+    "${WRAP[@]}" "$bin" pmd --busy-poll --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
+        python3 -c "import json,sys; print('%.3f' % (json.load(sys.stdin)['$RATE']/1e6))" ||
+        { echo "failed: $(tail -3 "$WORK/err")" >&2; echo nan; }
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+case_ab() { # label args...
+    local label=$1 old="" new="" i
+    shift
+    for ((i = 0; i < ROUNDS; i++)); do
+        old+=" $(run "$OLD" "$@")"
+        new+=" $(run "$NEW" "$@")"
+    done
+    local mo mn
+    mo=$(median <<<"$old")
+    mn=$(median <<<"$new")
+    printf '%-28s old%s | new%s | median old %s new %s Mpps, new/old %s\n' "$label" "$old" "$new" "$mo" "$mn" \
+        "$(awk -v a="$mn" -v b="$mo" 'BEGIN { printf "%.3f", a / b }')"
+}
+
+pcaps=(--port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite")
+echo "== $ROUNDS rounds of $SECS s, old and new interleaved, core $CORE"
+case_ab "switch pcap 256" --fwd switch "${pcaps[@]}"
+case_ab "io pcap 256" --fwd io "${pcaps[@]}"
+if pkg-config --exists libdpdk 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        WRAP=(unshare -m sh -c 'awk '"'"'$3 == "hugetlbfs" { print $2 }'"'"' /proc/mounts | xargs -r -n1 umount; exec "$@"' sh)
+    fi
+    case_ab "io dpdk:net_pcap 256" --fwd io \
+        --port "dpdk:net_pcap0,rx_pcap=$WORK/a.pcap,infinite_rx=1" \
+        --port "dpdk:net_pcap1,rx_pcap=$WORK/b.pcap,infinite_rx=1"
+    WRAP=()
+fi
+if [ "$(id -u)" = 0 ] && ip link add "${VETH}a" type veth peer name "${VETH}b" 2>/dev/null; then
+    ip link set "${VETH}a" up
+    ip link set "${VETH}b" up
+    RATE=tx_pps
+    case_ab "txonly afpacket veth" --fwd txonly --port "afpacket:${VETH}a" --port "afpacket:${VETH}b"
+fi

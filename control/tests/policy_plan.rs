@@ -1,0 +1,253 @@
+//! MultiNetworkPolicy resolution (docs/policy.md): selectors to addresses, rules to each
+//! port's policy, the IP spoof filter, and bad input reported per object with its field.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use switchyard_control::{plan, ClusterState, Plan, PlanOptions};
+use switchyard_dataplane::config::PortConfig;
+use switchyard_dataplane::policy::{Cidr, DirectionPolicy, PeerBlock, PolicyRule, PortRange, Protocol};
+
+const NODE: &str = "n1";
+
+fn plan_of(files: &[String]) -> Plan {
+    let mut s = ClusterState::default();
+    for (i, t) in files.iter().enumerate() {
+        s.add_yaml(&format!("f{i}.yaml"), t);
+    }
+    let p = plan(&s, NODE, &BTreeMap::new(), &PlanOptions::default());
+    p.config.validate().expect("every plan is a valid config");
+    p
+}
+
+fn port<'a>(p: &'a Plan, name: &str) -> &'a PortConfig {
+    p.config
+        .bridges
+        .iter()
+        .flat_map(|b| b.ports.iter())
+        .find(|q| q.name == name)
+        .unwrap_or_else(|| panic!("no port {name} in\n{}", p.to_yaml()))
+}
+
+fn nad(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {name}\n  namespace: infra\nspec:\n  config: '{{\"cniVersion\":\"0.3.1\",\"name\":\"{name}\",\"type\":\"bridge\",\"bridge\":\"br-{name}\"{extra}}}'\n"
+    )
+}
+
+fn ns(name: &str, labels: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n")
+}
+
+/// A VMI with one interface `net1` on NAD `infra/<network>`, its labels and the addresses its
+/// status reports; on NODE unless `node` says otherwise.
+fn vmi(ns: &str, name: &str, network: &str, labels: &str, addrs: &[&str], node: &str) -> String {
+    let list = addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{{labels}}}
+spec:
+  domain:
+    devices:
+      interfaces:
+        - name: net1
+          bridge: {{}}
+  networks:
+    - name: net1
+      multus:
+        networkName: infra/{network}
+status:
+  nodeName: {node}
+  interfaces:
+    - name: net1
+      ipAddresses: [{list}]
+"#
+    )
+}
+
+fn policy(ns: &str, name: &str, policy_for: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: k8s.cni.cncf.io/v1beta2\nkind: MultiNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    k8s.v1.cni.cncf.io/policy-for: {policy_for}\nspec:\n{spec}"
+    )
+}
+
+fn host(s: &str) -> PeerBlock {
+    PeerBlock { cidr: Cidr::host(s.parse::<IpAddr>().expect("address")), except: vec![] }
+}
+
+/// Two namespaces, VMs on this node and another; a policy with a podSelector peer, a
+/// namespaceSelector peer, an ipBlock with except and a port range: the subject port gets
+/// exactly those addresses and ports, the others nothing; a VM on another network is no peer.
+fn cluster(web_labels: &str) -> Vec<String> {
+    vec![
+        nad("net", ""),
+        nad("other", ""),
+        ns("a", "team: red"),
+        ns("b", "team: blue"),
+        vmi("a", "web", "net", web_labels, &["10.0.0.10"], NODE),
+        vmi("a", "client", "net", "role: client", &["10.0.0.11", "fd00::11"], "n2"),
+        vmi("b", "db", "net", "role: db", &["10.0.0.20"], NODE),
+        vmi("b", "stranger", "other", "role: client", &["10.0.0.30"], NODE),
+        policy(
+            "a",
+            "web-in",
+            "infra/net",
+            r#"  podSelector:
+    matchLabels: {app: web}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector: {matchLabels: {role: client}}
+        - namespaceSelector: {matchLabels: {team: blue}}
+        - ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}
+      ports:
+        - {protocol: TCP, port: 8000, endPort: 8080}
+        - {protocol: UDP, port: 53}
+"#,
+        ),
+    ]
+}
+
+#[test]
+fn selectors_resolve_to_addresses() {
+    let p = plan_of(&cluster("app: web"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let web = port(&p, "a/web/net1");
+    let pol = web.policy.as_ref().expect("web is selected");
+    assert_eq!(pol.egress, None, "policyTypes [Ingress]: egress stays open");
+    let want = DirectionPolicy {
+        rules: vec![PolicyRule {
+            name: "a/web-in ingress[0]".into(),
+            peers: Some(vec![
+                host("10.0.0.11"),
+                host("fd00::11"),
+                host("10.0.0.20"),
+                PeerBlock {
+                    cidr: "192.168.0.0/16".parse().unwrap(),
+                    except: vec!["192.168.1.0/24".parse().unwrap()],
+                },
+            ]),
+            ports: Some(vec![
+                PortRange { protocol: Protocol::Tcp, port: Some(8000), end_port: Some(8080) },
+                PortRange { protocol: Protocol::Udp, port: Some(53), end_port: None },
+            ]),
+        }],
+    };
+    assert_eq!(pol.ingress.as_ref(), Some(&want));
+    assert_eq!(
+        web.allowed_ips.as_deref(),
+        Some(&["10.0.0.10".parse::<IpAddr>().unwrap()][..]),
+        "a policy turns on the IP spoof filter"
+    );
+    let db = port(&p, "b/db/net1");
+    assert!(db.policy.is_none() && db.allowed_ips.is_none(), "not selected, no ipspoofchk");
+}
+
+/// A VM's labels change: the next plan drops its port's policy.
+#[test]
+fn label_change_follows() {
+    let p = plan_of(&cluster("app: api"));
+    assert!(port(&p, "a/web/net1").policy.is_none());
+}
+
+/// Default deny both ways; policies add up on a port; an egress rule's `to`.
+#[test]
+fn default_deny_and_policies_add_up() {
+    let mut files = cluster("app: web");
+    files.push(policy("a", "deny-all", "net", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"));
+    files.push(policy(
+        "a",
+        "dns-out",
+        "infra/net",
+        "  podSelector: {matchExpressions: [{key: app, operator: Exists}]}\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.0.53/32}}]\n      ports: [{protocol: UDP, port: 53}]\n",
+    ));
+    // `net` alone means the policy's own namespace: a/net does not exist.
+    let p = plan_of(&files);
+    let missing: Vec<_> =
+        p.problems.iter().filter(|q| q.message.contains("no NetworkAttachmentDefinition a/net")).collect();
+    assert_eq!(missing.len(), 1, "{:?}", p.problems);
+    assert_eq!(missing[0].field.as_deref(), Some("metadata.annotations.k8s.v1.cni.cncf.io/policy-for"));
+    let pol = port(&p, "a/web/net1").policy.clone().expect("selected");
+    // deny-all applies to no network (a/net is missing), web-in and dns-out do.
+    let eg = pol.egress.expect("dns-out isolates egress");
+    assert_eq!(eg.rules.len(), 1);
+    assert_eq!(eg.rules[0].name, "a/dns-out egress[0]");
+    assert_eq!(pol.ingress.expect("web-in").rules.len(), 1);
+
+    let mut files = cluster("app: web");
+    files.push(policy("a", "deny-all", "infra/net", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"));
+    let p = plan_of(&files);
+    let pol = port(&p, "a/web/net1").policy.clone().expect("selected");
+    assert_eq!(pol.egress, Some(DirectionPolicy::default()), "deny-all egress: no rule");
+    assert_eq!(pol.ingress.expect("ingress").rules.len(), 1, "web-in's rule, deny-all adds none");
+}
+
+/// Bad input: each reported with its field; the bad part is left out, the policy still
+/// isolates its ports; an unknown field rejects the object; other objects are applied.
+#[test]
+fn bad_input_is_reported_per_field() {
+    let mut files = cluster("app: web");
+    files.push(policy(
+        "b",
+        "bad",
+        "infra/net",
+        r#"  podSelector: {}
+  ingress:
+    - from: [{ipBlock: {cidr: 10.0.0.0/33}}]
+    - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]
+      ports: [{port: http}, {protocol: ICMP}, {port: 90, endPort: 80}]
+"#,
+    ));
+    files.push(policy("b", "unknown", "infra/net", "  podSelector: {}\n  ingres: []\n"));
+    let p = plan_of(&files);
+    let fields: Vec<(String, String)> = p
+        .problems
+        .iter()
+        .map(|q| {
+            (
+                q.object.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                q.field.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for f in [
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "spec.ingress[1].from[0].ipBlock.except[0]",
+        "spec.ingress[1].ports[0].port",
+        "spec.ingress[1].ports[1].protocol",
+        "spec.ingress[1].ports[2].endPort",
+    ] {
+        assert!(fields.contains(&("MultiNetworkPolicy b/bad".into(), f.into())), "{f} not in {fields:?}");
+    }
+    let unknown =
+        p.problems.iter().find(|q| q.object.as_ref().is_some_and(|o| o.name == "unknown")).expect("reported");
+    assert!(unknown.message.contains("ingres"), "{unknown:?}");
+    let db = port(&p, "b/db/net1").policy.clone().expect("b/bad still selects db");
+    let rules = db.ingress.expect("isolated").rules;
+    // Rule 0 lost its only peer: it matches nothing (not everything). Rule 1 kept its block.
+    assert_eq!(rules[0].peers, Some(vec![]));
+    assert_eq!(rules[1].peers.as_ref().map(|p| p[0].except.len()), Some(0));
+    assert_eq!(rules[1].ports, Some(vec![]), "every port entry was bad: no port, not any port");
+    assert!(port(&p, "a/web/net1").policy.is_some(), "the rest applied");
+}
+
+/// `ipspoofchk: true` on a NAD turns the filter on without a policy; an interface with no
+/// known address gets none, and a note says so.
+#[test]
+fn ipspoofchk_by_itself() {
+    let files = vec![
+        nad("net", r#","ipspoofchk":true"#),
+        vmi("a", "x", "net", "", &["10.0.0.1", "fd00::1/64"], NODE),
+        vmi("a", "y", "net", "", &[], NODE),
+    ];
+    let p = plan_of(&files);
+    let x = port(&p, "a/x/net1");
+    assert!(x.policy.is_none());
+    let want: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+    assert_eq!(x.allowed_ips.as_ref(), Some(&want));
+    assert!(port(&p, "a/y/net1").allowed_ips.is_none());
+    assert!(p.notes.iter().any(|n| n.contains("a/y/net1") && n.contains("no known IP")), "{:?}", p.notes);
+}

@@ -1,0 +1,619 @@
+//! A port's backend, typed: the port type with that type's options, and nothing else.
+//!
+//! The configuration file writes a backend flat on its port (`type: afpacket`, `iface: eth1`,
+//! `rx_mode: recvmmsg`: [`PortConfig`]); validation converts it once into a [`Backend`]
+//! ([`PortConfig::backend`]), where each type carries exactly its options and string-typed
+//! settings are types. What opens ports (the factory), `pmd --port` ([`Backend`]'s `FromStr`)
+//! and `run`'s backend overrides ([`PortConfig::set_backend`]) all go through this one enum, so
+//! adding a backend is one new [`PortType`] and one new variant, and the compiler points at
+//! every place that must handle it.
+//!
+//! Invariant: a `Backend` made by [`PortConfig::backend`] or by parsing passed every check of
+//! its type's options (docs/semantics.md, port options); writing it back with
+//! [`PortConfig::set_backend`] gives a port that converts to the same `Backend`.
+
+use crate::config::{AfPacketRxMode, PortConfig, PortType, RemoteMac};
+use crate::tunnel::TunnelKind;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Who opens a vhost-user socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VhostMode {
+    /// switchyard listens and takes the frontend (QEMU with `reconnect=`) back when it comes
+    /// again.
+    #[default]
+    Server,
+    /// switchyard connects (QEMU listens with `server=on`) and reconnects when it goes away.
+    Client,
+}
+
+impl VhostMode {
+    /// The name the configuration file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            VhostMode::Server => "server",
+            VhostMode::Client => "client",
+        }
+    }
+}
+
+/// Permissions of a socket switchyard creates (at most 0o777).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(u32);
+
+impl SocketMode {
+    /// An octal permission mode such as "0660" or "660".
+    pub fn parse(s: &str) -> Option<SocketMode> {
+        crate::config::parse_socket_mode(s).map(SocketMode)
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+/// One port's backend: its type and that type's options. An option left `None` takes its
+/// documented default where the port is opened (an interface or ring named like the port,
+/// one queue pair, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// An in-memory ring (its far end is reachable in the process), named `ring`.
+    Ring { ring: Option<String> },
+    /// Captures: `rx` is read (once, or forever from memory when `infinite`), `tx` written.
+    Pcap { rx: Option<String>, tx: Option<String>, infinite: Option<bool> },
+    /// A kernel interface over AF_PACKET.
+    Afpacket { iface: Option<String>, rx_mode: Option<AfPacketRxMode> },
+    /// A TAP interface (created if it does not exist).
+    Tap { iface: Option<String> },
+    /// A vhost-user socket: `queues` queue pairs, `socket_mode` set on a socket it creates.
+    Vhostuser {
+        socket: String,
+        mode: Option<VhostMode>,
+        socket_mode: Option<SocketMode>,
+        queues: Option<u16>,
+    },
+    /// A DPDK ethdev (a PCI address or a vdev string) with `queues` RX queues.
+    Dpdk { devargs: String, queues: Option<u16> },
+    /// A VXLAN or Geneve tunnel port (docs/overlay.md).
+    Tunnel(TunnelBackend),
+}
+
+/// A tunnel port's settings, checked: a 24-bit VNI, a unicast local address, endpoints and
+/// remote MACs of the local address's family, no MAC given twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelBackend {
+    pub kind: TunnelKind,
+    pub vni: u32,
+    pub local: IpAddr,
+    /// The UDP port (`None`: the encapsulation's default).
+    pub dstport: Option<u16>,
+    /// `None` or `kernel`: the kernel's UDP socket; otherwise an uplink port's name.
+    pub underlay: Option<String>,
+    pub flood: Option<Vec<IpAddr>>,
+    pub remote_macs: Vec<RemoteMac>,
+    /// Learn remote MACs from received frames (`None`: yes).
+    pub learn: Option<bool>,
+}
+
+impl TunnelBackend {
+    /// The UDP port, the encapsulation's default when none is configured.
+    pub fn port(&self) -> u16 {
+        self.dstport.unwrap_or(self.kind.default_port())
+    }
+}
+
+/// A backend that breaks a rule of its type's options: `field` is the option (as the
+/// configuration file names it), `msg` what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {msg}")]
+pub struct BackendError {
+    pub field: String,
+    pub msg: String,
+}
+
+fn err(field: impl Into<String>, msg: impl Into<String>) -> BackendError {
+    BackendError { field: field.into(), msg: msg.into() }
+}
+
+/// The type options of a port, in the order they are checked (and named in errors).
+pub const TYPE_OPTIONS: [&str; 18] = [
+    "ring",
+    "rx_pcap",
+    "tx_pcap",
+    "infinite",
+    "iface",
+    "rx_mode",
+    "socket",
+    "mode",
+    "socket_mode",
+    "queues",
+    "devargs",
+    "vni",
+    "local",
+    "dstport",
+    "underlay",
+    "flood",
+    "remote_macs",
+    "learn",
+];
+
+/// The options of the tunnel types.
+const TUNNEL_OPTIONS: &[&str] = &["vni", "local", "dstport", "underlay", "flood", "remote_macs", "learn"];
+
+impl PortType {
+    /// The name the configuration file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortType::Ring => "ring",
+            PortType::Pcap => "pcap",
+            PortType::Afpacket => "afpacket",
+            PortType::Tap => "tap",
+            PortType::Vhostuser => "vhostuser",
+            PortType::Dpdk => "dpdk",
+            PortType::Vxlan => "vxlan",
+            PortType::Geneve => "geneve",
+        }
+    }
+
+    /// The type options this type takes (a subset of [`TYPE_OPTIONS`]).
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            PortType::Ring => &["ring"],
+            PortType::Pcap => &["rx_pcap", "tx_pcap", "infinite"],
+            PortType::Afpacket => &["iface", "rx_mode"],
+            PortType::Tap => &["iface"],
+            PortType::Vhostuser => &["socket", "mode", "socket_mode", "queues"],
+            PortType::Dpdk => &["queues", "devargs"],
+            PortType::Vxlan | PortType::Geneve => TUNNEL_OPTIONS,
+        }
+    }
+}
+
+impl Backend {
+    /// The port type of this backend.
+    pub fn port_type(&self) -> PortType {
+        match self {
+            Backend::Ring { .. } => PortType::Ring,
+            Backend::Pcap { .. } => PortType::Pcap,
+            Backend::Afpacket { .. } => PortType::Afpacket,
+            Backend::Tap { .. } => PortType::Tap,
+            Backend::Vhostuser { .. } => PortType::Vhostuser,
+            Backend::Dpdk { .. } => PortType::Dpdk,
+            Backend::Tunnel(t) => match t.kind {
+                TunnelKind::Vxlan => PortType::Vxlan,
+                TunnelKind::Geneve => PortType::Geneve,
+            },
+        }
+    }
+}
+
+impl PortConfig {
+    /// Which type options are set, in the order of [`TYPE_OPTIONS`]. The destructuring names
+    /// every field, so that a new field of `PortConfig` cannot be forgotten here.
+    fn options_set(&self) -> [bool; TYPE_OPTIONS.len()] {
+        let PortConfig {
+            name: _,
+            kind: _,
+            vlan_mode: _,
+            tag: _,
+            trunks: _,
+            allowed_macs: _,
+            static_macs: _,
+            mac_limit: _,
+            allowed_ips: _,
+            policy: _,
+            ring,
+            rx_pcap,
+            tx_pcap,
+            infinite,
+            iface,
+            rx_mode,
+            socket,
+            mode,
+            socket_mode,
+            queues,
+            devargs,
+            vni,
+            local,
+            dstport,
+            underlay,
+            flood,
+            remote_macs,
+            learn,
+        } = self;
+        [
+            ring.is_some(),
+            rx_pcap.is_some(),
+            tx_pcap.is_some(),
+            infinite.is_some(),
+            iface.is_some(),
+            rx_mode.is_some(),
+            socket.is_some(),
+            mode.is_some(),
+            socket_mode.is_some(),
+            queues.is_some(),
+            devargs.is_some(),
+            vni.is_some(),
+            local.is_some(),
+            dstport.is_some(),
+            underlay.is_some(),
+            flood.is_some(),
+            !remote_macs.is_empty(),
+            learn.is_some(),
+        ]
+    }
+
+    /// The port's backend, checked: every option set belongs to the port's type, and each has
+    /// a valid value. A port without `type` is a ring and takes no option.
+    pub fn backend(&self) -> Result<Backend, BackendError> {
+        let kind = self.kind;
+        let allowed = kind.map(PortType::options).unwrap_or_default();
+        for (opt, set) in TYPE_OPTIONS.iter().zip(self.options_set()) {
+            if set && !allowed.contains(opt) {
+                let tn = kind.map(PortType::name).unwrap_or("(none)");
+                return Err(err(*opt, format!("not an option of port type {tn}")));
+            }
+        }
+        let Some(kind) = kind else { return Ok(Backend::Ring { ring: None }) };
+        Ok(match kind {
+            PortType::Ring => Backend::Ring { ring: self.ring.clone() },
+            PortType::Pcap => {
+                Backend::Pcap { rx: self.rx_pcap.clone(), tx: self.tx_pcap.clone(), infinite: self.infinite }
+            }
+            PortType::Afpacket => Backend::Afpacket { iface: self.iface.clone(), rx_mode: self.rx_mode },
+            PortType::Tap => Backend::Tap { iface: self.iface.clone() },
+            PortType::Vhostuser => {
+                let mode = match self.mode.as_deref() {
+                    None => None,
+                    Some("server") => Some(VhostMode::Server),
+                    Some("client") => Some(VhostMode::Client),
+                    Some(m) => return Err(err("mode", format!("{m:?} is neither server nor client"))),
+                };
+                let socket_mode = match &self.socket_mode {
+                    None => None,
+                    Some(m) => Some(SocketMode::parse(m).ok_or_else(|| {
+                        err("socket_mode", format!("{m:?} is not an octal mode like \"0660\""))
+                    })?),
+                };
+                if socket_mode.is_some() && mode == Some(VhostMode::Client) {
+                    return Err(err("socket_mode", "only a server creates the socket"));
+                }
+                let socket = self
+                    .socket
+                    .clone()
+                    .ok_or_else(|| err("socket", "a vhostuser port needs a socket path"))?;
+                Backend::Vhostuser { socket, mode, socket_mode, queues: self.queues }
+            }
+            PortType::Dpdk => {
+                let devargs =
+                    self.devargs.clone().ok_or_else(|| err("devargs", "a dpdk port needs devargs"))?;
+                Backend::Dpdk { devargs, queues: self.queues }
+            }
+            PortType::Vxlan => Backend::Tunnel(self.tunnel(TunnelKind::Vxlan)?),
+            PortType::Geneve => Backend::Tunnel(self.tunnel(TunnelKind::Geneve)?),
+        })
+    }
+
+    fn tunnel(&self, kind: TunnelKind) -> Result<TunnelBackend, BackendError> {
+        let vni = match self.vni {
+            None => return Err(err("vni", "a tunnel port needs a vni")),
+            Some(v) if v > crate::wire::vxlan::VNI_MAX => {
+                return Err(err("vni", format!("{v} is not a 24-bit VNI")))
+            }
+            Some(v) => v,
+        };
+        let local = self.local.ok_or_else(|| err("local", "a tunnel port needs a local address"))?;
+        if local.is_unspecified() || local.is_multicast() {
+            return Err(err("local", format!("{local} is not a unicast address")));
+        }
+        if self.dstport == Some(0) {
+            return Err(err("dstport", "must not be 0"));
+        }
+        let unicast_like_local =
+            |ip: &IpAddr| ip.is_ipv6() == local.is_ipv6() && !ip.is_unspecified() && !ip.is_multicast();
+        for (i, ip) in self.flood.iter().flatten().enumerate() {
+            if !unicast_like_local(ip) {
+                return Err(err(
+                    format!("flood[{i}]"),
+                    format!("{ip} is not a unicast address of the local address's family"),
+                ));
+            }
+        }
+        for (i, r) in self.remote_macs.iter().enumerate() {
+            if r.mac.is_multicast() || r.mac.is_zero() {
+                return Err(err(format!("remote_macs[{i}].mac"), format!("{} is not a unicast MAC", r.mac)));
+            }
+            if !unicast_like_local(&r.remote) {
+                return Err(err(
+                    format!("remote_macs[{i}].remote"),
+                    format!("{} is not a unicast address of the local address's family", r.remote),
+                ));
+            }
+            if self.remote_macs[..i].iter().any(|o| o.mac == r.mac) {
+                return Err(err(format!("remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
+            }
+        }
+        Ok(TunnelBackend {
+            kind,
+            vni,
+            local,
+            dstport: self.dstport,
+            underlay: self.underlay.clone(),
+            flood: self.flood.clone(),
+            remote_macs: self.remote_macs.clone(),
+            learn: self.learn,
+        })
+    }
+
+    /// Gives the port this backend: its type and exactly that type's options (every other
+    /// option cleared). The port's name and L2 settings stay.
+    pub fn set_backend(&mut self, b: &Backend) {
+        let PortConfig {
+            name,
+            vlan_mode,
+            tag,
+            trunks,
+            allowed_macs,
+            static_macs,
+            mac_limit,
+            allowed_ips,
+            policy,
+            ..
+        } = std::mem::take(self);
+        *self = PortConfig {
+            name,
+            kind: Some(b.port_type()),
+            vlan_mode,
+            tag,
+            trunks,
+            allowed_macs,
+            static_macs,
+            mac_limit,
+            allowed_ips,
+            policy,
+            ..Default::default()
+        };
+        match b {
+            Backend::Ring { ring } => self.ring = ring.clone(),
+            Backend::Pcap { rx, tx, infinite } => {
+                self.rx_pcap = rx.clone();
+                self.tx_pcap = tx.clone();
+                self.infinite = *infinite;
+            }
+            Backend::Afpacket { iface, rx_mode } => {
+                self.iface = iface.clone();
+                self.rx_mode = *rx_mode;
+            }
+            Backend::Tap { iface } => self.iface = iface.clone(),
+            Backend::Vhostuser { socket, mode, socket_mode, queues } => {
+                self.socket = Some(socket.clone());
+                self.mode = mode.map(|m| m.name().to_string());
+                self.socket_mode = socket_mode.map(|m| m.to_string());
+                self.queues = *queues;
+            }
+            Backend::Dpdk { devargs, queues } => {
+                self.devargs = Some(devargs.clone());
+                self.queues = *queues;
+            }
+            Backend::Tunnel(t) => {
+                self.vni = Some(t.vni);
+                self.local = Some(t.local);
+                self.dstport = t.dstport;
+                self.underlay = t.underlay.clone();
+                self.flood = t.flood.clone();
+                self.remote_macs = t.remote_macs.clone();
+                self.learn = t.learn;
+            }
+        }
+    }
+}
+
+fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
+    if rest.is_empty() {
+        return Err(format!("needs {what}"));
+    }
+    if rest.contains(',') {
+        return Err(format!("takes only {what}, no options"));
+    }
+    Ok(rest)
+}
+
+/// A backend written as `switchyard pmd --port` takes it, `TYPE:ARGS`:
+///
+/// ```text
+/// ring:NAME
+/// pcap:FILE[,infinite]  or  pcap:rx=FILE,tx=FILE[,infinite]  (either file may be left out)
+/// afpacket:IFACE[,ring|,recvmmsg]
+/// tap:IFACE
+/// vhost:PATH[,server|,client]  (also vhostuser:)
+/// dpdk:DEVARGS
+/// ```
+///
+/// Only the syntax is checked here (whether a file exists is the caller's business). The
+/// error says what is wrong with ARGS, without repeating the spec.
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Backend, String> {
+        let (kind, rest) = spec
+            .split_once(':')
+            .ok_or("expected TYPE:ARGS with TYPE one of ring, pcap, afpacket, tap, vhost, dpdk")?;
+        match kind {
+            "ring" => Ok(Backend::Ring { ring: Some(plain_arg(rest, "a ring name")?.into()) }),
+            "pcap" => {
+                let (mut rx, mut tx, mut infinite) = (None::<String>, None::<String>, false);
+                for (i, p) in rest.split(',').enumerate() {
+                    if p == "infinite" {
+                        infinite = true;
+                    } else if let Some(f) = p.strip_prefix("rx=") {
+                        rx = Some(f.into());
+                    } else if let Some(f) = p.strip_prefix("tx=") {
+                        tx = Some(f.into());
+                    } else if p.contains('=') {
+                        return Err(format!("unknown pcap option {p:?} (rx=FILE, tx=FILE, infinite)"));
+                    } else if i == 0 && !p.is_empty() {
+                        rx = Some(p.into());
+                    } else {
+                        return Err(format!(
+                            "unexpected {p:?} (expected pcap:FILE[,infinite] or pcap:rx=FILE,tx=FILE[,infinite])"
+                        ));
+                    }
+                }
+                if [&rx, &tx].into_iter().flatten().any(|f| f.is_empty()) {
+                    return Err("empty file name".into());
+                }
+                match rx {
+                    None if tx.is_none() => return Err("needs a capture file".into()),
+                    None if infinite => return Err("infinite needs a capture to receive (rx=FILE)".into()),
+                    _ => {}
+                }
+                Ok(Backend::Pcap { rx, tx, infinite: Some(infinite) })
+            }
+            "afpacket" | "tap" => {
+                let (iface, mode) = match rest.split_once(',') {
+                    Some((i, m)) if kind == "afpacket" => (i, Some(m)),
+                    _ => (rest, None),
+                };
+                let rx_mode = match mode {
+                    None => None,
+                    Some("ring") => Some(AfPacketRxMode::Ring),
+                    Some("recvmmsg") => Some(AfPacketRxMode::Recvmmsg),
+                    Some(m) => return Err(format!("unknown afpacket option {m:?} (ring or recvmmsg)")),
+                };
+                let iface = plain_arg(iface, "an interface name")?;
+                if iface.len() > 15 {
+                    return Err(format!("interface name {iface:?} is longer than 15 bytes"));
+                }
+                let iface = Some(iface.to_string());
+                Ok(if kind == "tap" { Backend::Tap { iface } } else { Backend::Afpacket { iface, rx_mode } })
+            }
+            "vhost" | "vhostuser" => {
+                let mut parts = rest.split(',');
+                let socket = parts.next().unwrap_or_default();
+                if socket.is_empty() {
+                    return Err("needs a socket path".into());
+                }
+                let mut mode = VhostMode::Server;
+                for p in parts {
+                    mode = match p {
+                        "server" => VhostMode::Server,
+                        "client" => VhostMode::Client,
+                        _ => return Err(format!("unknown vhost option {p:?} (client or server)")),
+                    };
+                }
+                Ok(Backend::Vhostuser {
+                    socket: socket.into(),
+                    mode: Some(mode),
+                    socket_mode: None,
+                    queues: None,
+                })
+            }
+            "dpdk" => {
+                if rest.is_empty() {
+                    return Err(
+                        "needs DEVARGS (a PCI address or a vdev such as net_pcap0,rx_pcap=a.pcap)".into()
+                    );
+                }
+                Ok(Backend::Dpdk { devargs: rest.into(), queues: None })
+            }
+            _ => Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, tap, vhost, dpdk)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(kind: PortType) -> PortConfig {
+        PortConfig { name: "p".into(), kind: Some(kind), ..Default::default() }
+    }
+
+    #[test]
+    fn each_type_converts_and_writes_back_to_the_same_backend() {
+        let backends = [
+            Backend::Ring { ring: None },
+            Backend::Ring { ring: Some("r".into()) },
+            Backend::Pcap { rx: Some("a.pcap".into()), tx: None, infinite: Some(true) },
+            Backend::Afpacket { iface: Some("eth1".into()), rx_mode: Some(AfPacketRxMode::Recvmmsg) },
+            Backend::Tap { iface: None },
+            Backend::Vhostuser {
+                socket: "/s".into(),
+                mode: Some(VhostMode::Server),
+                socket_mode: SocketMode::parse("660"),
+                queues: Some(2),
+            },
+            Backend::Dpdk { devargs: "net_null0".into(), queues: Some(4) },
+            Backend::Tunnel(TunnelBackend {
+                kind: TunnelKind::Geneve,
+                vni: 7,
+                local: "fd00::1".parse().unwrap(),
+                dstport: Some(6082),
+                underlay: None,
+                flood: Some(vec!["fd00::2".parse().unwrap()]),
+                remote_macs: vec![RemoteMac {
+                    mac: "02:00:00:00:0b:01".parse().unwrap(),
+                    remote: "fd00::3".parse().unwrap(),
+                }],
+                learn: Some(false),
+            }),
+        ];
+        for b in backends {
+            // From a port of another type with L2 settings: the options are replaced, the L2
+            // settings kept.
+            let mut p = PortConfig {
+                name: "p".into(),
+                tag: Some(5),
+                kind: Some(PortType::Dpdk),
+                devargs: Some("x".into()),
+                queues: Some(9),
+                ..Default::default()
+            };
+            p.set_backend(&b);
+            assert_eq!(p.backend(), Ok(b.clone()), "{p:?}");
+            assert_eq!((p.kind, p.tag), (Some(b.port_type()), Some(5)));
+        }
+    }
+
+    #[test]
+    fn options_of_other_types_and_bad_values_name_the_field() {
+        let mut p = port(PortType::Tap);
+        p.rx_mode = Some(AfPacketRxMode::Ring);
+        assert_eq!(p.backend(), Err(err("rx_mode", "not an option of port type tap")));
+        let p = PortConfig { name: "p".into(), ring: Some("r".into()), ..Default::default() };
+        assert_eq!(p.backend(), Err(err("ring", "not an option of port type (none)")));
+        let mut p = port(PortType::Vhostuser);
+        assert_eq!(p.backend().unwrap_err().field, "socket");
+        p.socket = Some("/s".into());
+        p.mode = Some("both".into());
+        assert_eq!(p.backend().unwrap_err().field, "mode");
+        p.mode = Some("client".into());
+        p.socket_mode = Some("0660".into());
+        assert_eq!(p.backend(), Err(err("socket_mode", "only a server creates the socket")));
+        p.mode = None;
+        p.socket_mode = Some("999".into());
+        assert_eq!(p.backend().unwrap_err().field, "socket_mode");
+        assert_eq!(port(PortType::Dpdk).backend().unwrap_err().field, "devargs");
+        // Every type's options are type options.
+        for t in [
+            PortType::Ring,
+            PortType::Pcap,
+            PortType::Afpacket,
+            PortType::Tap,
+            PortType::Vhostuser,
+            PortType::Dpdk,
+            PortType::Vxlan,
+            PortType::Geneve,
+        ] {
+            assert!(t.options().iter().all(|o| TYPE_OPTIONS.contains(o)), "{t:?}");
+        }
+    }
+}

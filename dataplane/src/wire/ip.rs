@@ -1,0 +1,223 @@
+//! The IPv4/IPv6 and transport header fields that the policy stage reads: addresses,
+//! protocol, ports, TCP flags, ICMP type, and for ICMP errors the flow of the packet they quote.
+//!
+//! [`parse_l3`] reads everything through bounds-checked `get`s: whatever the bytes, it returns
+//! a value (a cut-short header is [`L3::Malformed`]), never panics.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// IPv4 header: version/IHL, fragment field, protocol, source, destination offsets.
+const V4_VER_IHL: usize = 0;
+const V4_FRAG: usize = 6;
+const V4_PROTO: usize = 9;
+const V4_SRC: usize = 12;
+const V4_DST: usize = 16;
+const V4_MIN_LEN: usize = 20;
+/// IPv6 header: next header, source, destination offsets and the fixed header's length.
+const V6_NEXT: usize = 6;
+const V6_SRC: usize = 8;
+const V6_DST: usize = 24;
+const V6_LEN: usize = 40;
+/// ARP: the sender protocol address (Ethernet/IPv4 ARP).
+const ARP_SPA: usize = 14;
+const ARP_PLEN: usize = 5;
+/// TCP flags byte.
+const TCP_FLAGS: usize = 13;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo: the
+/// identifier as the source port of a request and the destination port of a reply) and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: u128,
+    pub dst: u128,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub v4: bool,
+}
+
+impl FlowKey {
+    /// The other direction of the same flow.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+
+    fn ip(&self, a: u128) -> IpAddr {
+        if self.v4 {
+            IpAddr::V4(Ipv4Addr::from(a as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+    }
+
+    pub fn src_ip(&self) -> IpAddr {
+        self.ip(self.src)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        self.ip(self.dst)
+    }
+}
+
+/// What kind of IP packet, for the policy stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpKind {
+    /// A connection's packet (TCP, UDP, SCTP, ICMP echo, other protocols).
+    Flow,
+    /// IPv6 neighbour discovery or router solicitation/advertisement: always passes.
+    NeighborDiscovery,
+    /// An ICMP error quoting the packet of `FlowKey` (as that packet went).
+    IcmpError(FlowKey),
+}
+
+/// An IP packet's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpFlow {
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+    pub kind: IpKind,
+}
+
+/// What the frame's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L3 {
+    Ip(IpFlow),
+    /// An Ethernet/IPv4 ARP packet with its sender protocol address.
+    Arp(Ipv4Addr),
+    /// Neither IP nor ARP (or ARP of another protocol).
+    Other,
+    /// IPv4/IPv6 (or ARP) cut short or with a bad version/header length.
+    Malformed,
+}
+
+fn be16(d: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*d.get(off)?, *d.get(off + 1)?]))
+}
+
+fn be32(d: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(d.get(off..off + 4)?.try_into().ok()?))
+}
+
+fn be128(d: &[u8], off: usize) -> Option<u128> {
+    Some(u128::from_be_bytes(d.get(off..off + 16)?.try_into().ok()?))
+}
+
+/// Reads the payload `p` of a frame of EtherType `ethertype`.
+pub fn parse_l3(ethertype: u16, p: &[u8]) -> L3 {
+    match ethertype {
+        0x0800 => parse_v4(p, true).map_or(L3::Malformed, L3::Ip),
+        0x86dd => parse_v6(p, true).map_or(L3::Malformed, L3::Ip),
+        0x0806 => {
+            // Ethernet/IPv4 ARP only: hardware type 1, protocol 0x0800, lengths 6 and 4.
+            match (be16(p, 0), be16(p, 2), p.get(ARP_PLEN - 1), p.get(ARP_PLEN), be32(p, ARP_SPA)) {
+                (Some(1), Some(0x0800), Some(6), Some(4), Some(spa)) => L3::Arp(Ipv4Addr::from(spa)),
+                (Some(_), Some(_), Some(_), Some(_), Some(_)) => L3::Other,
+                _ => L3::Malformed,
+            }
+        }
+        _ => L3::Other,
+    }
+}
+
+/// Ports (or ICMP identifiers) and flags of the transport header at `t`; `outer`: the
+/// packet itself, not one quoted by an ICMP error (whose transport header may be cut to 8
+/// bytes, and which is not classified further).
+fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u8, IpKind)> {
+    match key.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            key.sport = be16(t, 0)?;
+            key.dport = be16(t, 2)?;
+            let flags = if key.proto == PROTO_TCP && outer { *t.get(TCP_FLAGS)? } else { 0 };
+            Some((flags, IpKind::Flow))
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let ty = *t.first()?;
+            let (echo_req, echo_rep, err, nd) = if icmp6 {
+                (ty == 128, ty == 129, (1..=4).contains(&ty), (133..=137).contains(&ty))
+            } else {
+                (ty == 8, ty == 0, matches!(ty, 3 | 4 | 5 | 11 | 12), false)
+            };
+            if echo_req || echo_rep {
+                let id = be16(t, 4)?;
+                (key.sport, key.dport) = if echo_req { (id, 0) } else { (0, id) };
+                return Some((0, IpKind::Flow));
+            }
+            if nd {
+                return Some((0, IpKind::NeighborDiscovery));
+            }
+            if err && outer {
+                // The quoted packet starts 8 bytes in.
+                let inner = t.get(8..)?;
+                let q = if icmp6 { parse_v6(inner, false)? } else { parse_v4(inner, false)? };
+                return Some((0, IpKind::IcmpError(q.key)));
+            }
+            Some((0, IpKind::Flow))
+        }
+        _ => Some((0, IpKind::Flow)),
+    }
+}
+
+fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
+    let vi = *p.get(V4_VER_IHL)?;
+    let ihl = usize::from(vi & 0x0f) * 4;
+    if vi >> 4 != 4 || ihl < V4_MIN_LEN || p.len() < ihl {
+        return None;
+    }
+    let mut key = FlowKey {
+        src: u128::from(be32(p, V4_SRC)?),
+        dst: u128::from(be32(p, V4_DST)?),
+        proto: *p.get(V4_PROTO)?,
+        v4: true,
+        ..Default::default()
+    };
+    // A fragment other than the first has no transport header: ports 0.
+    if be16(p, V4_FRAG)? & 0x1fff != 0 {
+        return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
+    }
+    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, outer)?;
+    Some(IpFlow { key, tcp_flags, kind })
+}
+
+fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
+    if *p.first()? >> 4 != 6 || p.len() < V6_LEN {
+        return None;
+    }
+    let mut key = FlowKey { src: be128(p, V6_SRC)?, dst: be128(p, V6_DST)?, v4: false, ..Default::default() };
+    let mut next = *p.get(V6_NEXT)?;
+    let mut off = V6_LEN;
+    // Extension headers (a bounded number): hop-by-hop, routing, destination options,
+    // fragment (a non-first fragment ends the walk with ports 0).
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(*p.get(off + 1)?) + 1) * 8;
+                next = *p.get(off)?;
+                off += len;
+            }
+            44 => {
+                let frag = be16(p, off + 2)? & 0xfff8;
+                next = *p.get(off)?;
+                off += 8;
+                if frag != 0 {
+                    key.proto = next;
+                    return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
+                }
+            }
+            _ => break,
+        }
+    }
+    key.proto = next;
+    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, outer)?;
+    Some(IpFlow { key, tcp_flags, kind })
+}

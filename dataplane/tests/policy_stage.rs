@@ -1,0 +1,320 @@
+//! The policy stage through the real `process_burst` (docs/policy.md): IP and ARP spoof
+//! filters, egress and ingress policies, connection tracking (TCP replies, UDP replies, ICMP
+//! errors related to a tracked flow, neighbour discovery), a full table failing closed, and
+//! a policy change while a connection is open. Frames are built with etherparse; every drop
+//! is checked by its counter on the sending port.
+
+use etherparse::PacketBuilder;
+use std::collections::BTreeMap;
+use switchyard_dataplane::config::Config;
+use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
+use switchyard_dataplane::port::Burst;
+use switchyard_dataplane::{Pool, SwitchConfig};
+
+const MAC: [[u8; 6]; 3] = [[2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]];
+const IP: [[u8; 4]; 3] = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]];
+
+/// a: ingress deny-all; egress to b on TCP 80, and anything to c.
+/// b: ingress from a on TCP 80 (or `b_ingress` in its place); egress open.
+/// c: no policy, an IP spoof filter.
+fn config(b_ingress: &str, ct_size: usize) -> Config {
+    let yaml = format!(
+        r#"
+bridges:
+- name: br0
+  conntrack_size: {ct_size}
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1, 'fd00::1']
+    policy:
+      ingress: {{rules: []}}
+      egress:
+        rules:
+        - {{name: p/a-to-b-web, peers: [{{cidr: 10.0.0.2/32}}], ports: [{{protocol: TCP, port: 80}}]}}
+        - {{name: p/a-to-c, peers: [{{cidr: 10.0.0.3/32}}, {{cidr: 'fd00::3/128'}}]}}
+  - name: b
+    static_macs: ['02:00:00:00:00:0b']
+    policy:
+      ingress:
+        rules:
+        - {b_ingress}
+  - name: c
+    static_macs: ['02:00:00:00:00:0c']
+    allowed_ips: [10.0.0.3, 'fd00::3']
+"#
+    );
+    Config::from_yaml_str(&yaml).expect("valid config")
+}
+
+const B_WEB: &str = "{name: q/b-web, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: TCP, port: 80}]}";
+
+fn tcp(from: usize, to: usize, sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let b =
+        PacketBuilder::ethernet2(MAC[from], MAC[to]).ipv4(IP[from], IP[to], 64).tcp(sport, dport, 1, 1000);
+    let b = match flags {
+        "syn" => b.syn(),
+        "synack" => b.syn().ack(2),
+        "ack" => b.ack(2),
+        "rst" => b.rst(),
+        _ => b,
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("frame");
+    v
+}
+
+fn udp_from(from: usize, src_ip: [u8; 4], to: usize, sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC[from], MAC[to])
+        .ipv4(src_ip, IP[to], 64)
+        .udp(sport, dport)
+        .write(&mut v, b"q")
+        .expect("frame");
+    v
+}
+
+fn udp(from: usize, to: usize, sport: u16, dport: u16) -> Vec<u8> {
+    udp_from(from, IP[from], to, sport, dport)
+}
+
+/// An ICMP port unreachable from `from` to `to` quoting `quoted` (a frame).
+fn icmp_unreach(from: usize, to: usize, quoted: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC[from], MAC[to])
+        .ipv4(IP[from], IP[to], 64)
+        .icmpv4_raw(3, 3, [0; 4])
+        .write(&mut v, &quoted[14..14 + 28])
+        .expect("frame");
+    v
+}
+
+fn arp(from: usize, spa: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    p.extend_from_slice(&MAC[from]);
+    p.extend_from_slice(&spa);
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&IP[0]);
+    testkit::frame::Frame::new([0xff; 6], MAC[from]).ethertype(0x0806).payload(&p).build()
+}
+
+/// Runs one frame from port `from`: (ports it went to, drops counted on `from`, trace).
+fn send(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frame: &[u8],
+    now: u32,
+) -> (Vec<String>, BTreeMap<String, u64>, FrameTrace) {
+    let port = sw.port_by_name(from).expect("port");
+    let before = port.stats.snapshot();
+    let mut cache = pool.cache();
+    let mut tx = TxBatches::new(sw.port_slots());
+    let mut burst = Burst::new();
+    burst.push(cache.alloc_copy(frame).expect("buffer"));
+    let mut tr = Vec::new();
+    process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, Some(&mut tr));
+    let mut out = Vec::new();
+    tx.drain_with(|id, b| {
+        out.push(sw.port(id).expect("port").name.clone());
+        for buf in b.drain(..) {
+            cache.free(buf);
+        }
+    });
+    out.sort();
+    let after = port.stats.snapshot();
+    let drops = after
+        .drops
+        .iter()
+        .map(|(&r, &n)| (r.to_string(), n - before.drops[r]))
+        .filter(|&(_, n)| n != 0)
+        .collect();
+    (out, drops, tr.pop().expect("one trace"))
+}
+
+fn dropped(r: &str) -> BTreeMap<String, u64> {
+    [(r.to_string(), 1)].into()
+}
+
+fn pool() -> Pool {
+    Pool::new("policy-stage", 256).expect("pool")
+}
+
+#[test]
+fn tcp_connect_reply_and_denials() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let (out, drops, tr) = send(&sw, &pool, "a", &tcp(0, 1, 40000, 80, "syn"), 10);
+    assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "{}", tr.describe(&sw));
+    let line = tr.describe(&sw);
+    assert!(
+        line.contains("egress-allowed-by=[p/a-to-b-web]") && line.contains("ingress-allowed-by=[q/b-web]"),
+        "{line}"
+    );
+    // The reply passes a's deny-all ingress: it is a reply of a tracked connection.
+    let (out, drops, tr) = send(&sw, &pool, "b", &tcp(1, 0, 80, 40000, "synack"), 11);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0));
+    assert!(tr.describe(&sw).contains("policy=reply-of-tracked"));
+    // Not port 80: a's egress refuses.
+    let (out, drops, _) = send(&sw, &pool, "a", &tcp(0, 1, 40001, 81, "syn"), 12);
+    assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")));
+    // b opens a connection to a: a's ingress refuses (counted on b).
+    let (out, drops, tr) = send(&sw, &pool, "b", &tcp(1, 0, 5555, 22, "syn"), 13);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "{}", tr.describe(&sw));
+    // c to b:80: not a peer of b's rule.
+    let (out, drops, _) = send(&sw, &pool, "c", &tcp(2, 1, 5555, 80, "syn"), 14);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    // b to c: b's egress and c are open.
+    let (out, drops, _) = send(&sw, &pool, "b", &tcp(1, 2, 5555, 443, "syn"), 15);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    // An RST from b closes the connection: 10 s later its replies are no longer let in.
+    send(&sw, &pool, "b", &tcp(1, 0, 80, 40000, "rst"), 20);
+    let (out, drops, _) = send(&sw, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 31);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+}
+
+#[test]
+fn udp_icmp_related_and_neighbor_discovery() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let query = udp(0, 2, 5353, 53);
+    let (out, drops, _) = send(&sw, &pool, "a", &query, 10);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    let (out, drops, _) = send(&sw, &pool, "c", &udp(2, 0, 53, 5353), 11);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "UDP reply");
+    let (out, drops, tr) = send(&sw, &pool, "c", &icmp_unreach(2, 0, &query), 12);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "{}", tr.describe(&sw));
+    assert!(tr.describe(&sw).contains("related-to-tracked"));
+    // An ICMP error about a flow never seen: a's ingress refuses it.
+    let (out, drops, _) = send(&sw, &pool, "c", &icmp_unreach(2, 0, &udp(0, 2, 7777, 53)), 13);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    // UDP without a reply expires after 30 s.
+    let (_, drops, _) = send(&sw, &pool, "c", &udp(2, 0, 53, 5353), 11 + 121);
+    assert_eq!(drops, dropped("policy_ingress_denied"), "replied UDP expires after 120 s");
+    // Neighbour solicitation from a (egress isolated, to no allowed peer) passes.
+    let mut ns = Vec::new();
+    PacketBuilder::ethernet2(MAC[0], [0x33, 0x33, 0xff, 0, 0, 2])
+        .ipv6(
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2],
+            255,
+        )
+        .icmpv6_raw(135, 0, [0; 4])
+        .write(&mut ns, &[0; 16])
+        .expect("frame");
+    let (out, drops, _) = send(&sw, &pool, "a", &ns, 14);
+    assert_eq!((out.len(), drops.len()), (2, 0), "flooded to b and c");
+}
+
+#[test]
+fn ip_and_arp_spoofing() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let (out, drops, _) = send(&sw, &pool, "c", &udp_from(2, [10, 0, 0, 99], 1, 1, 2), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")));
+    let (out, drops, _) = send(&sw, &pool, "c", &arp(2, [10, 0, 0, 99]), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_arp_spa")));
+    let (out, drops, _) = send(&sw, &pool, "c", &arp(2, IP[2]), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "its own address: flooded");
+    let (out, drops, _) = send(&sw, &pool, "c", &udp_from(2, [0, 0, 0, 0], 1, 68, 67), 1);
+    // Past the spoof filter, then refused by b's ingress policy.
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "DHCP from 0.0.0.0 is no spoof");
+    let (_, drops, _) = send(&sw, &pool, "c", &udp_from(2, [0, 0, 0, 0], 1, 68, 68), 1);
+    assert_eq!(drops, dropped("spoofed_src_ip"), "0.0.0.0 only for DHCP");
+    // A cut IPv4 header on a filtering bridge.
+    let cut = udp(2, 1, 1, 2)[..14 + 12].to_vec();
+    let (out, drops, _) = send(&sw, &pool, "c", &cut, 1);
+    assert_eq!((out.len(), drops), (0, dropped("malformed_ip")));
+}
+
+/// A table that cannot take more connections drops new ones (counted), and still passes the
+/// replies of the ones it holds.
+#[test]
+fn full_table_fails_closed() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1), None).unwrap(), pool());
+    let (out, _, _) = send(&sw, &pool, "a", &udp(0, 2, 1000, 53), 1);
+    assert_eq!(out, vec!["c".to_string()]);
+    let mut full = 0;
+    for p in 1001..4000u16 {
+        let (out, drops, _) = send(&sw, &pool, "a", &udp(0, 2, p, 53), 1);
+        if out.is_empty() {
+            assert_eq!(drops, dropped("conntrack_full"));
+            full += 1;
+        }
+    }
+    assert!(full > 0, "the table filled");
+    let (out, _, _) = send(&sw, &pool, "c", &udp(2, 0, 53, 1000), 2);
+    assert_eq!(out, vec!["a".to_string()], "a tracked connection's reply still passes");
+}
+
+/// b's ingress changes from "a on TCP 80" to "a on TCP 443" while a connection to port 80 is
+/// open: as in OVN-Kubernetes, the next packet a sends on it is refused, the connection is
+/// marked blocked, and b's replies stop too.
+#[test]
+fn policy_change_cuts_an_open_connection() {
+    let pool = pool();
+    let first = SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap();
+    send(&first, &pool, "a", &tcp(0, 1, 40000, 80, "syn"), 1);
+    let (out, _, _) = send(&first, &pool, "b", &tcp(1, 0, 80, 40000, "synack"), 2);
+    assert_eq!(out, vec!["a".to_string()]);
+    let other = "{name: q/b-tls, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: TCP, port: 443}]}";
+    let second = SwitchConfig::compile(&config(other, 1024), Some(&first)).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(
+            second.bridges[0].conntrack.as_ref().unwrap(),
+            first.bridges[0].conntrack.as_ref().unwrap()
+        ),
+        "the table survives the change"
+    );
+    // b's reply still passes until a sends again (a's own egress still allows port 80).
+    let (out, _, _) = send(&second, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 3);
+    assert_eq!(out, vec!["a".to_string()]);
+    let (out, drops, _) = send(&second, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 4);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    let (out, drops, _) = send(&second, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 5);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "blocked: replies stop");
+}
+
+fn v6(i: u8) -> [u8; 16] {
+    [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i]
+}
+
+/// IPv6: TCP and ICMPv6 echo from a to c through a's egress rule and back as replies; c's
+/// spoof filter refuses another global source and lets a link-local one through.
+#[test]
+fn ipv6_tracking_and_spoofing() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let tcp6 = |from: usize, src: [u8; 16], to: usize, dst: [u8; 16], sp: u16, dp: u16, synack: bool| {
+        let b = PacketBuilder::ethernet2(MAC[from], MAC[to]).ipv6(src, dst, 64).tcp(sp, dp, 1, 1000);
+        let b = if synack { b.syn().ack(2) } else { b.syn() };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "a", &tcp6(0, v6(1), 2, v6(3), 40000, 22, false), 1);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    let (out, drops, tr) = send(&sw, &pool, "c", &tcp6(2, v6(3), 0, v6(1), 22, 40000, true), 2);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "{}", tr.describe(&sw));
+    // A new connection from c to a: a's ingress refuses it.
+    let (out, drops, _) = send(&sw, &pool, "c", &tcp6(2, v6(3), 0, v6(1), 23, 40000, false), 3);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    let echo = |from: usize, src: [u8; 16], to: usize, dst: [u8; 16], reply: bool| {
+        let b = PacketBuilder::ethernet2(MAC[from], MAC[to]).ipv6(src, dst, 64);
+        let b = if reply { b.icmpv6_echo_reply(9, 1) } else { b.icmpv6_echo_request(9, 1) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[1, 2, 3]).expect("frame");
+        v
+    };
+    let (out, _, _) = send(&sw, &pool, "a", &echo(0, v6(1), 2, v6(3), false), 4);
+    assert_eq!(out, vec!["c".to_string()]);
+    let (out, drops, tr) = send(&sw, &pool, "c", &echo(2, v6(3), 0, v6(1), true), 5);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "{}", tr.describe(&sw));
+    assert!(tr.describe(&sw).contains("reply-of-tracked"));
+    // c's spoof filter: another global address is refused, its link-local passes (then b's
+    // ingress policy refuses it, as anything not from a).
+    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, v6(0x99), 1, v6(2), 1, 80, false), 6);
+    assert_eq!(drops, dropped("spoofed_src_ip"));
+    let mut ll = [0u8; 16];
+    ll[0] = 0xfe;
+    ll[1] = 0x80;
+    ll[15] = 3;
+    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, ll, 1, v6(2), 1, 80, false), 6);
+    assert_eq!(drops, dropped("policy_ingress_denied"));
+}
