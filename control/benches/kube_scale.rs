@@ -89,6 +89,7 @@ fn rings_alone(vmis: u32) {
         .map(|b| BridgeConfig {
             name: format!("br{b}"),
             mac_aging_s: None,
+            conntrack_size: None,
             mac_table_size: None,
             ports: vec![],
         })
