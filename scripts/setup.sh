@@ -7,10 +7,11 @@
 # libvirt-clients + libxml2-utils: virt-xml-validate, which the binding sidecar's tests run;
 # iputils-ping: the KubeVirt end-to-end test, the overlay tests and the policy truth table
 # (tests/policy_truth.rs) ping between namespaces; python3-scapy: the tunnel tests check VXLAN
-# and Geneve against scapy's layers.
+# and Geneve against scapy's layers; prometheus: its promtool checks the scrape of
+# `run --metrics` (tests/metrics_run.rs).
 pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins
-  protobuf-compiler libvirt-clients libxml2-utils iputils-ping python3-scapy ${EXTRA_PKGS:-})
+  protobuf-compiler libvirt-clients libxml2-utils iputils-ping python3-scapy prometheus ${EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

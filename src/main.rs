@@ -37,14 +37,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` says what it changes (info); the other commands only warn.
     let default_log = if matches!(cli.cmd, Cmd::Run(_)) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match &cli.cmd {
+        // One JSON object a line: timestamp, level, target, fields (the message among them).
+        Cmd::Run(a) if a.log_format == run::LogFormat::Json => log.json().init(),
+        _ => log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     match cli.cmd {
         Cmd::Replay(a) => replay::main(a),
         Cmd::Plan(a) => plan_cmd::main(a),

@@ -4,6 +4,12 @@
 //! `switchyard run --kube --node NODE [--kubeconfig FILE] [...]`: the node agent, the same
 //! objects taken from the Kubernetes API (kubeconfig: `--kubeconfig`, else `$KUBECONFIG` or
 //! `~/.kube/config`, else the in-cluster service account), problems posted as Events.
+//! Common: `--metrics ADDR` (HTTP: `/metrics`, `/healthz`, `/readyz`, switchyard_control::health),
+//! `--log-format json`.
+//!
+//! Worker cores: `--lcores LIST`; without it, when this process may run only on some of the
+//! online CPUs (a cpuset, as the kubelet's static CPU manager gives a Guaranteed pod its
+//! exclusive CPUs), one worker pinned to each of them; otherwise one unpinned worker.
 //!
 //! Loads the manifests under DIR and plans the node's configuration (or reads FILE, the
 //! dataplane's configuration schema, as it is), starts the workers, then watches DIR (or FILE)
@@ -30,6 +36,8 @@ use switchyard_control::api_source::ApiOptions;
 use switchyard_control::cni::{CniPorts, DEFAULT_CNI_STATE};
 use switchyard_control::controller::{Controller, ControllerOptions, Source};
 use switchyard_control::ctl::{CtlServer, DEFAULT_SOCKET};
+use switchyard_control::health::{HealthOptions, HealthServer, Observed};
+use switchyard_control::metrics::ControlStats;
 use switchyard_control::plan::DEFAULT_VHOST_DIR;
 use switchyard_control::runtime::{RunConfig, Runtime, RuntimeOptions, VmPorts};
 use switchyard_control::Config;
@@ -63,11 +71,23 @@ pub struct RunArgs {
     /// Node labels, `k=v,k2=v2`, over those of the Node object in DIR (for NNCP nodeSelectors).
     #[arg(long, value_name = "K=V,...")]
     pub node_labels: Option<String>,
-    /// Cores to pin one worker each to (`2,3` or `2-5`); unset: one unpinned worker.
+    /// Cores to pin one worker each to (`2,3` or `2-5`); unset: one worker pinned to each CPU
+    /// of this process's cpuset when that is not all online CPUs (the static CPU manager's
+    /// exclusive CPUs), else one unpinned worker.
     #[arg(long, value_name = "LIST")]
     pub lcores: Option<String>,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP on ADDR
+    /// (`HOST:PORT`, e.g. `0.0.0.0:9477`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// `/healthz` fails when the control loop has not turned for this long (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub control_stall_s: u64,
+    /// Log lines as text (default) or one JSON object a line (for cluster log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Keep the workers polling when idle instead of sleeping after 2 ms without a frame: for
-    /// cores given to the switch alone (with --lcores: a DaemonSet's exclusive CPUs, the
+    /// cores given to the switch alone (--lcores, or a DaemonSet's exclusive CPUs under the
     /// kubelet's static CPU manager policy), where a sleeping worker only adds wake-up latency.
     #[arg(long)]
     pub busy_poll: bool,
@@ -89,6 +109,33 @@ pub struct RunArgs {
     /// Testing: make VM ports `ring` (in-memory) or leave them `vhostuser`.
     #[arg(long, hide = true, value_name = "ring|vhostuser")]
     pub vm_ports: Option<String>,
+}
+
+/// How `run` writes its log lines.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a worker runs when `--lcores` is absent: one per CPU of `allowed` (this process's
+/// affinity) when that is a strict subset of `online` (a cpuset was imposed), else one unpinned.
+pub fn default_cores(allowed: &[usize], online: &[usize]) -> Vec<Option<usize>> {
+    let imposed =
+        !allowed.is_empty() && allowed.iter().all(|c| online.contains(c)) && allowed.len() < online.len();
+    if imposed {
+        allowed.iter().copied().map(Some).collect()
+    } else {
+        vec![None]
+    }
+}
+
+/// The online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-3,6`).
+fn online_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_lcores(s.trim()).ok())
+        .unwrap_or_default()
 }
 
 /// `1,3,5-7` as core numbers.
@@ -118,7 +165,13 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
     let labels = a.node_labels.as_deref().map(parse_labels).transpose()?.unwrap_or_default();
     let cores = match &a.lcores {
         Some(l) => parse_lcores(l)?.into_iter().map(Some).collect(),
-        None => vec![None],
+        None => {
+            let cores = default_cores(&switchyard_dataplane::worker::available_cores(), &online_cpus());
+            if cores[0].is_some() {
+                tracing::info!(?cores, "no --lcores: one worker on each CPU of this process's cpuset");
+            }
+            cores
+        }
     };
     let overrides = match &a.config {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
@@ -198,6 +251,31 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Probes answer from here on (not ready until the first plan is applied).
+    let control = Arc::new(ControlStats::default());
+    let _metrics = match &a.metrics {
+        None => None,
+        Some(addr) => {
+            let obs = Observed {
+                engine: rt.engine().view(),
+                control: control.clone(),
+                opts: HealthOptions {
+                    control_stall: std::time::Duration::from_secs(a.control_stall_s),
+                    ..Default::default()
+                },
+            };
+            match HealthServer::start(addr, obs) {
+                Ok(s) => {
+                    tracing::info!(addr = %s.addr(), "metrics and probes listening");
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("switchyard run: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     // CNI ports come back before the first reconcile, so that the first configuration the
     // workers run already has them, and before the control socket answers.
     let cni_dir = a.cni_state.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_STATE));
@@ -208,6 +286,7 @@ pub fn main(a: RunArgs) -> ExitCode {
             }
             tracing::info!(dir = %cni_dir.display(), ports = ports.len(), "CNI ports restored");
             rt.set_cni(ports);
+            control.set_cni_restored();
         }
         Err(e) if a.cni_state.is_some() => {
             eprintln!("switchyard run: --cni-state: {e}");
@@ -216,6 +295,8 @@ pub fn main(a: RunArgs) -> ExitCode {
         Err(e) => {
             tracing::warn!("CNI state directory: {e}; CNI requests will be refused");
             rt.disable_cni(e.to_string());
+            // Nothing to restore: CNI requests are refused.
+            control.set_cni_restored();
         }
     }
     let rt = Arc::new(Mutex::new(rt));
@@ -233,6 +314,7 @@ pub fn main(a: RunArgs) -> ExitCode {
         eprintln!("switchyard run: {e}");
         return ExitCode::FAILURE;
     }
+    ctl.stats = Some(control.clone());
     let _ = ctl.reconcile();
     let server = match CtlServer::start(&a.socket, rt.clone()) {
         Ok(s) => s,
@@ -264,4 +346,20 @@ pub fn main(a: RunArgs) -> ExitCode {
         Err(_) => stop.store(true, Ordering::Release),
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_follow_an_imposed_cpuset_only() {
+        // The static CPU manager's exclusive CPUs: one pinned worker each.
+        assert_eq!(default_cores(&[2, 3], &[0, 1, 2, 3]), vec![Some(2), Some(3)]);
+        // Every online CPU (no cpuset imposed): one unpinned worker, as before.
+        assert_eq!(default_cores(&[0, 1, 2, 3], &[0, 1, 2, 3]), vec![None]);
+        // Nothing known: one unpinned worker.
+        assert_eq!(default_cores(&[], &[0, 1]), vec![None]);
+        assert_eq!(default_cores(&[1], &[]), vec![None]);
+    }
 }

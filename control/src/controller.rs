@@ -181,6 +181,8 @@ pub struct Controller {
     api: Option<ApiSource>,
     /// Called after each reconcile (tests and benchmarks use it to see a change go live).
     pub on_reconcile: Option<ReconcileHook>,
+    /// Reconcile counts and latencies, readiness and the loop's heartbeat, for `--metrics`.
+    pub stats: Option<Arc<crate::metrics::ControlStats>>,
 }
 
 /// Logs a reconcile's failure where it happens (the caller may drop it).
@@ -232,6 +234,7 @@ impl Controller {
             problems: None,
             api: None,
             on_reconcile: None,
+            stats: None,
         }
     }
 
@@ -241,7 +244,11 @@ impl Controller {
 
     /// Loads, plans and applies once. An error leaves the running configuration as it was.
     pub fn reconcile(&mut self) -> Result<Applied, ControllerError> {
+        let t0 = Instant::now();
         let r = self.reconcile_inner();
+        if let Some(s) = &self.stats {
+            s.reconcile_done(t0.elapsed(), &r);
+        }
         if let Some(h) = self.on_reconcile.as_mut() {
             h(&r);
         }
@@ -372,6 +379,9 @@ impl Controller {
         };
         let mut last = Instant::now();
         while !stop.load(Ordering::Acquire) {
+            if let Some(s) = &self.stats {
+                s.beat();
+            }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(ev) => {
                     if !relevant(&ev) {

@@ -7,7 +7,7 @@
 //! - [`runtime::Runtime`] runs the switch and applies a configuration as a diff
 //!   ([`reconcile`]); [`controller::Controller`] watches a state directory and reconciles on
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
-//!   control socket.
+//!   control socket; [`health`] serves `/metrics` ([`metrics`]), `/healthz` and `/readyz`.
 //! - [`api_source`] takes the same objects from the Kubernetes API (`run --kube`) and posts
 //!   the problems found as Events on the objects they concern.
 
@@ -17,8 +17,10 @@ pub mod api_source;
 pub mod cni;
 pub mod controller;
 pub mod ctl;
+pub mod health;
 pub mod k8s;
 pub mod lastgood;
+pub mod metrics;
 pub mod nad;
 pub mod plan;
 pub mod policy;

@@ -17,6 +17,7 @@
 //! `switchyard-dataplane::tap frames_cross_between_switch_and_kernel`.
 
 pub mod frame;
+pub mod http;
 pub mod probe;
 pub mod summary;
 

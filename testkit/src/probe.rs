@@ -164,3 +164,22 @@ pub fn page_size_at(addr: usize) -> Result<(u64, bool), String> {
     }
     Err(format!("no mapping of this process holds {addr:#x}"))
 }
+
+/// Prometheus's `promtool` (Debian: package `prometheus`) runs, or why not.
+pub fn promtool() -> Result<(), String> {
+    match Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("promtool --version: {s}")),
+        Err(e) => Err(format!("promtool: {e} (apt install prometheus)")),
+    }
+}
+
+/// Whether this process may ptrace its children's threads: root, and Yama's `ptrace_scope`
+/// not 3 (no ptrace at all).
+pub fn ptrace() -> Result<(), String> {
+    root()?;
+    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        Ok(s) if s.trim() == "3" => Err("kernel.yama.ptrace_scope is 3: ptrace is disabled".into()),
+        _ => Ok(()),
+    }
+}

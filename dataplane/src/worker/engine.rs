@@ -98,6 +98,11 @@ impl Shared {
         }
     }
 
+    fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
+        let cores = &self.opts.cores;
+        self.workers.iter().enumerate().map(|(i, w)| w.snapshot(i, cores[i])).collect()
+    }
+
     /// Seconds since the engine started, the clock of learning and aging.
     #[inline]
     fn now(&self) -> u32 {
@@ -131,6 +136,54 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A read-only handle on a running [`Engine`] for observers on other threads (the metrics and
+/// health endpoints): it loads the plan the workers run and reads their counters, and takes
+/// no lock that a worker or the control thread takes. It keeps the engine's shared state
+/// alive, not its workers.
+#[derive(Clone)]
+pub struct EngineView {
+    shared: Arc<Shared>,
+}
+
+impl EngineView {
+    /// The plan workers are running (or about to).
+    pub fn plan(&self) -> Arc<ForwardingPlan> {
+        self.shared.plan.load_full()
+    }
+
+    /// Every worker's counters.
+    pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
+        self.shared.worker_stats()
+    }
+
+    /// TSC ticks per second.
+    pub fn tsc_hz(&self) -> u64 {
+        self.shared.tsc_hz
+    }
+
+    /// Seconds since start on the engine's clock.
+    pub fn now(&self) -> u32 {
+        self.shared.now()
+    }
+
+    /// How long ago each worker finished its last poll. A worker that sleeps in poll(2)
+    /// wakes at least every [`EngineOptions::idle_wait`], so an age well above that means a
+    /// stalled worker (or a stopped engine).
+    pub fn poll_ages(&self) -> Vec<Duration> {
+        let now = cpu::rdtsc();
+        let hz = self.shared.tsc_hz.max(1) as u128;
+        self.shared
+            .workers
+            .iter()
+            .map(|w| {
+                // A TSC read on another core may lag this one's: saturate at zero.
+                let ticks = now.saturating_sub(w.last_poll_tsc.load(Ordering::Relaxed)) as u128;
+                Duration::from_nanos((ticks * 1_000_000_000 / hz).min(u64::MAX as u128) as u64)
+            })
+            .collect()
+    }
+}
+
 impl Engine {
     /// Checks the options, then starts one thread per worker and a housekeeping thread that
     /// ages MAC tables once a second.
@@ -149,6 +202,7 @@ impl Engine {
         }
         let pool = Pool::new("workers", opts.pool_buffers)?;
         let n = opts.cores.len();
+        let tsc_start = cpu::rdtsc();
         let shared = Arc::new(Shared {
             wakers: (0..n)
                 .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok())
@@ -156,9 +210,11 @@ impl Engine {
             plan: ArcSwap::from_pointee(plan),
             generation: AtomicU64::new(1),
             stop: AtomicBool::new(false),
-            workers: (0..n).map(|_| WorkerStats::default()).collect(),
+            workers: (0..n)
+                .map(|_| WorkerStats { last_poll_tsc: AtomicU64::new(tsc_start), ..Default::default() })
+                .collect(),
             pool,
-            tsc_start: cpu::rdtsc(),
+            tsc_start,
             tsc_hz: cpu::hz(),
             opts,
         });
@@ -216,8 +272,12 @@ impl Engine {
     }
 
     pub fn worker_stats(&self) -> Vec<WorkerStatsSnapshot> {
-        let cores = &self.shared.opts.cores;
-        self.shared.workers.iter().enumerate().map(|(i, w)| w.snapshot(i, cores[i])).collect()
+        self.shared.worker_stats()
+    }
+
+    /// A read-only handle for observers on other threads.
+    pub fn view(&self) -> EngineView {
+        EngineView { shared: self.shared.clone() }
     }
 
     pub fn clear_worker_stats(&self) {

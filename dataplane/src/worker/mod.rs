@@ -30,7 +30,9 @@ pub mod placement;
 mod stats;
 mod thread;
 
-pub use engine::{available_cores, raise_fd_limit, Engine, EngineError, EngineOptions, WorkerHook};
+pub use engine::{
+    available_cores, raise_fd_limit, Engine, EngineError, EngineOptions, EngineView, WorkerHook,
+};
 pub use generator::TxGen;
 pub use modes::port_mac;
 pub use placement::{Deal, PlacementError};

@@ -16,6 +16,10 @@ pub struct WorkerStats {
     /// Polls that received something.
     pub busy_polls: AtomicU64,
     pub idle_polls: AtomicU64,
+    /// TSC value at the end of the worker's last poll (one store per loop iteration), so
+    /// that a health check can tell a stalled worker: see
+    /// [`EngineView::poll_ages`](super::EngineView::poll_ages).
+    pub last_poll_tsc: AtomicU64,
     /// The last plan generation this worker applied.
     pub(super) applied: AtomicU64,
 }

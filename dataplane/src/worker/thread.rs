@@ -95,6 +95,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         let t_now = cpu::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
+        stats.last_poll_tsc.store(t_now, Ordering::Relaxed);
         if got > 0 {
             stats.busy_cycles.fetch_add(dt, Ordering::Relaxed);
             stats.busy_polls.fetch_add(1, Ordering::Relaxed);

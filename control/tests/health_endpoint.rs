@@ -1,0 +1,88 @@
+//! The `--metrics` endpoint in process: `/readyz` says what is missing until the CNI ports are
+//! restored and a full plan is applied, the reconcile counters and histogram follow the
+//! controller's reconciles (a bad file counts as an error and leaves the switch ready), the
+//! scrape names the ports the workers run, and a client that sends nothing does not hold up a
+//! probe. Real HTTP over TCP (testkit's client).
+
+use std::sync::{Arc, Mutex};
+use switchyard_control::controller::{Controller, ControllerOptions};
+use switchyard_control::health::{HealthOptions, HealthServer, Observed};
+use switchyard_control::metrics::ControlStats;
+use switchyard_control::runtime::{Runtime, RuntimeOptions};
+use testkit::http::get;
+
+const SWITCH: &str = "bridges:\n  - name: br0\n    ports:\n      - {name: he-a, type: ring}\n      - {name: he-b, type: ring, vlan_mode: access, tag: 7}\n";
+
+fn value(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} not in:\n{scrape}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn readyz_follows_the_plan_and_cni_and_metrics_follow_the_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switch.yaml");
+    std::fs::write(&file, SWITCH).unwrap();
+    let rt = Runtime::start(RuntimeOptions::default()).unwrap();
+    let control = Arc::new(ControlStats::default());
+    let obs =
+        Observed { engine: rt.engine().view(), control: control.clone(), opts: HealthOptions::default() };
+    let rt = Arc::new(Mutex::new(rt));
+    let server = HealthServer::start("127.0.0.1:0", obs).unwrap();
+    let addr = server.addr();
+
+    assert_eq!(
+        get(addr, "/readyz").unwrap(),
+        (503, "no full plan applied yet\nCNI ports not restored yet\n".to_string())
+    );
+    // Live from the start: the workers poll, the control loop has not started yet.
+    assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_string()));
+    control.set_cni_restored();
+    assert_eq!(get(addr, "/readyz").unwrap(), (503, "no full plan applied yet\n".to_string()));
+    let (code, scrape) = get(addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(value(&scrape, "switchyard_ready"), 0.0);
+    assert!(!scrape.contains("he-a"), "no port before the plan:\n{scrape}");
+
+    let mut ctl = Controller::new(ControllerOptions::switch_file(&file), rt.clone());
+    ctl.stats = Some(control.clone());
+    ctl.reconcile().unwrap();
+    assert_eq!(get(addr, "/readyz").unwrap(), (200, "ok\n".to_string()));
+    let scrape = get(addr, "/metrics").unwrap().1;
+    assert_eq!(value(&scrape, "switchyard_ready"), 1.0);
+    assert_eq!(value(&scrape, "switchyard_reconciles_total"), 1.0);
+    assert_eq!(value(&scrape, "switchyard_reconcile_duration_seconds_count"), 1.0);
+    assert_eq!(value(&scrape, r#"switchyard_reconcile_duration_seconds_bucket{le="+Inf"}"#), 1.0);
+    assert_eq!(value(&scrape, r#"switchyard_port_rx_packets_total{bridge="br0",port="he-b"}"#), 0.0);
+    assert_eq!(value(&scrape, r#"switchyard_bridge_mac_entries{bridge="br0"}"#), 0.0);
+
+    // A bad edit: an error counted, the running configuration and readiness stay.
+    std::fs::write(&file, "bridges: [{name: br0, ports: [{name: he-a, type: nosuch}]}]\n").unwrap();
+    assert!(ctl.reconcile().is_err());
+    let scrape = get(addr, "/metrics").unwrap().1;
+    assert_eq!(value(&scrape, "switchyard_reconciles_total"), 2.0);
+    assert_eq!(value(&scrape, "switchyard_reconcile_errors_total"), 1.0);
+    assert_eq!(value(&scrape, "switchyard_ready"), 1.0);
+    assert!(scrape.contains(r#"port="he-b""#));
+    assert_eq!(get(addr, "/readyz").unwrap().0, 200);
+
+    // A client that connects and sends nothing does not hold up the others: /healthz answers
+    // while that connection is still open (not closed by the server's read timeout).
+    let idle = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(get(addr, "/healthz").unwrap().0, 200);
+    idle.set_nonblocking(true).unwrap();
+    let open = matches!(idle.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    assert!(open, "the idle connection was closed before /healthz was answered");
+    drop(idle);
+
+    // Not a route.
+    assert_eq!(get(addr, "/metrics/x").unwrap().0, 404);
+    drop(server);
+    assert!(get(addr, "/healthz").is_err(), "the server stops when dropped");
+    drop(ctl);
+    Arc::try_unwrap(rt).ok().unwrap().into_inner().unwrap().stop();
+}
