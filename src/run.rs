@@ -1,6 +1,9 @@
 //! `switchyard run --state DIR --node NODE [--config FILE] [--node-labels K=V,...]
 //! [--lcores LIST] [--socket PATH] [--vhost-dir DIR]`: the sidecar.
 //! `switchyard run --switch FILE [...]`: a static switch from a configuration file alone.
+//! `switchyard run --kube --node NODE [--kubeconfig FILE] [...]`: the node agent, the same
+//! objects taken from the Kubernetes API (kubeconfig: `--kubeconfig`, else `$KUBECONFIG` or
+//! `~/.kube/config`, else the in-cluster service account), problems posted as Events.
 //! Common: `--metrics ADDR` (HTTP: `/metrics`, `/healthz`, `/readyz`, switchyard_control::health),
 //! `--log-format json`.
 //!
@@ -29,6 +32,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_control::api_source::ApiOptions;
 use switchyard_control::cni::{CniPorts, DEFAULT_CNI_STATE};
 use switchyard_control::controller::{Controller, ControllerOptions, Source};
 use switchyard_control::ctl::{CtlServer, DEFAULT_SOCKET};
@@ -41,7 +45,7 @@ use switchyard_control::PlanOptions;
 use switchyard_dataplane::worker::EngineOptions;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "switch"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "switch", "kube"])))]
 pub struct RunArgs {
     /// Directory of Kubernetes manifests to watch (YAML, multi-document, any depth).
     #[arg(long, requires = "node")]
@@ -50,6 +54,14 @@ pub struct RunArgs {
     /// as it is, watched and reloaded; no cluster state.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["node", "node_labels"])]
     pub switch: Option<PathBuf>,
+    /// Watch the Kubernetes API (NADs, this node's VMIs, NNCPs, this Node) instead of a
+    /// directory.
+    #[arg(long, requires = "node")]
+    pub kube: bool,
+    /// The kubeconfig to use with `--kube` (default: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
     /// This node's name (VMIs are placed by status.nodeName).
     #[arg(long)]
     pub node: Option<String>,
@@ -182,29 +194,39 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         vhost_dir: a.vhost_dir.clone(),
         ..Default::default()
     };
+    let plan = PlanOptions { vhost_dir: a.vhost_dir.clone(), vhost_socket_mode: a.vhost_socket_mode.clone() };
     let copts = match (&a.state, &a.switch, &a.node) {
         (Some(dir), None, Some(node)) => {
             if let Err(e) = std::fs::read_dir(dir) {
                 return Err(format!("{}: {e}", dir.display()));
             }
-            let mut copts = ControllerOptions::new(dir, node);
-            if let Source::State(s) = &mut copts.source {
-                s.labels = labels;
-                s.plan = PlanOptions {
-                    vhost_dir: a.vhost_dir.clone(),
-                    vhost_socket_mode: a.vhost_socket_mode.clone(),
-                };
+            ControllerOptions::new(dir, node).planned_with(labels, plan)
+        }
+        (None, None, Some(node)) if a.kube => {
+            let mut api = ApiOptions::new(node);
+            if let Some(path) = &a.kubeconfig {
+                api.config = Some(kubeconfig(path)?);
             }
-            copts
+            ControllerOptions::kube(api).planned_with(labels, plan)
         }
         (None, Some(file), None) => {
             Config::load(file).map_err(|e| format!("--switch {}: {e}", file.display()))?;
             ControllerOptions::switch_file(file)
         }
         // clap's argument groups allow nothing else.
-        _ => return Err("give --state DIR --node NODE, or --switch FILE".into()),
+        _ => return Err("give --state DIR --node NODE, --kube --node NODE, or --switch FILE".into()),
     };
     Ok((ropts, copts))
+}
+
+/// The client configuration of a kubeconfig file (its current context).
+fn kubeconfig(path: &std::path::Path) -> Result<kube::Config, String> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+    let opts = kube::config::KubeConfigOptions::default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(kube::Config::from_custom_kubeconfig(kc, &opts))
+        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))
 }
 
 pub fn main(a: RunArgs) -> ExitCode {
@@ -283,8 +305,15 @@ pub fn main(a: RunArgs) -> ExitCode {
             tracing::info!(state = %s.dir.display(), node = %s.node, "switchyard run starting")
         }
         Source::Switch(f) => tracing::info!(switch = %f.display(), "switchyard run starting"),
+        Source::Kube(k) => {
+            tracing::info!(node = %k.api.node, "switchyard run starting on the Kubernetes API")
+        }
     }
     let mut ctl = Controller::new(copts, rt.clone());
+    if let Err(e) = ctl.start_api() {
+        eprintln!("switchyard run: {e}");
+        return ExitCode::FAILURE;
+    }
     ctl.stats = Some(control.clone());
     let _ = ctl.reconcile();
     let server = match CtlServer::start(&a.socket, rt.clone()) {

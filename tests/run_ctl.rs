@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard_control::cni::attachment_key;
 
+#[path = "../control/tests/apiserver/mod.rs"]
+mod apiserver;
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -452,4 +455,37 @@ fn a_tombstone_left_while_the_daemon_runs_is_applied() {
     assert!(r.log().contains("deleted while the daemon was starting"), "{}", r.log());
     let list = json_req(&r.sock, &json!({"v": 1, "op": "cni_list"}));
     assert_eq!(list["ports"], json!([]), "{list}");
+}
+
+#[test]
+fn run_kube_takes_the_state_from_the_api_server() {
+    let server = apiserver::ApiServer::start(apiserver::example_objects(), Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, server.kubeconfig_yaml()).unwrap();
+    let over = dir.path().join("run.yaml");
+    std::fs::write(&over, "ports:\n  eth1: {type: ring}\n").unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["--kube".into(), "--node".into(), "worker-1".into()];
+    args.extend(["--kubeconfig".into(), kc.into_os_string(), "--config".into(), over.into_os_string()]);
+    args.extend(["--vm-ports".into(), "ring".into()]);
+    let r = Run::spawn(dir.path().to_path_buf(), Some(dir), args);
+    r.wait_ctl(&["show", "ports"], "the example's ports", |s| {
+        ["eth1", "tenant-a/vm-a/data", "tenant-a/vm-a/ext", "tenant-a/vm-b/data"]
+            .iter()
+            .all(|p| s.contains(p))
+    });
+    server.put(apiserver::vmi("vm-c", "vlan100", "02:00:00:00:0c:01"));
+    r.wait_ctl(&["show", "ports"], "vm-c's port", |s| s.contains("tenant-a/vm-c/data"));
+    assert!(r.log().contains("port tenant-a/vm-c/data added: access VLAN 100 on br1"), "{}", r.log());
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "{st:?}");
+
+    // A kubeconfig that does not exist: an error at start, naming it.
+    let out = Command::new(BIN)
+        .args(["run", "--kube", "--node", "n", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig /nonexistent/kubeconfig"), "{err}");
 }

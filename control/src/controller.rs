@@ -13,13 +13,14 @@
 //! Logging (tracing): one line per object decision that is new since the last reconcile
 //! (`problem:`, `kept:`, `skipped:`, `note:`) and one line per port change (by the runtime).
 
+use crate::api_source::{self, ApiError, ApiOptions, ApiSource};
 use crate::k8s::ClusterState;
 use crate::lastgood::LastGood;
 use crate::plan::PlanOptions;
 use crate::runtime::{Applied, InputStatus, Runtime, RuntimeError};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -35,6 +36,18 @@ pub enum Source {
     /// A switch configuration file in the dataplane's schema, with no cluster state
     /// (`run --switch`): applied as it is, watched and reloaded.
     Switch(PathBuf),
+    /// The Kubernetes API, planned for one node (`run --kube`): the same objects as a state
+    /// directory, watched (see [`crate::api_source`]).
+    Kube(Box<KubeSource>),
+}
+
+/// The API server to watch and the node it is planned for.
+#[derive(Debug, Clone)]
+pub struct KubeSource {
+    pub api: ApiOptions,
+    /// Node labels given on the command line (over the Node object's).
+    pub labels: BTreeMap<String, String>,
+    pub plan: PlanOptions,
 }
 
 /// A state directory and the node it is planned for.
@@ -57,13 +70,14 @@ impl Source {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             },
+            Source::Kube(_) => PathBuf::new(),
         }
     }
 
     /// Whether a change of `path` can change the configuration.
     fn concerns(&self, path: &std::path::Path) -> bool {
         match self {
-            Source::State(_) => true,
+            Source::State(_) | Source::Kube(_) => true,
             Source::Switch(f) => path.file_name() == f.file_name(),
         }
     }
@@ -89,6 +103,29 @@ impl ControllerOptions {
             labels: BTreeMap::new(),
             plan: PlanOptions::default(),
         }))
+    }
+
+    /// For the Kubernetes API: a change is planned 1 ms after the last event (at most
+    /// `max_batch` after the first), as watch events come one object at a time.
+    pub fn kube(api: ApiOptions) -> ControllerOptions {
+        let mut o = ControllerOptions::with_source(Source::Kube(Box::new(KubeSource {
+            api,
+            labels: BTreeMap::new(),
+            plan: PlanOptions::default(),
+        })));
+        o.debounce = Duration::from_millis(1);
+        o
+    }
+
+    /// With node labels (over the Node object's) and plan options, for a source planned for
+    /// a node (a state directory or the API); a switch file has neither.
+    pub fn planned_with(mut self, labels: BTreeMap<String, String>, plan: PlanOptions) -> ControllerOptions {
+        match &mut self.source {
+            Source::State(s) => (s.labels, s.plan) = (labels, plan),
+            Source::Kube(k) => (k.labels, k.plan) = (labels, plan),
+            Source::Switch(_) => {}
+        }
+        self
     }
 
     /// For a switch configuration file alone.
@@ -122,6 +159,10 @@ pub enum ControllerError {
     Watch { dir: PathBuf, source: notify::Error },
     #[error("the watcher stopped")]
     WatcherStopped,
+    #[error("cannot watch the Kubernetes API: {0}")]
+    Api(#[source] ApiError),
+    #[error("not every kind has been listed from the Kubernetes API yet; nothing is planned")]
+    NotSynced,
 }
 
 /// Type of the hook called after every reconcile.
@@ -134,6 +175,10 @@ pub struct Controller {
     runtime: Arc<Mutex<Runtime>>,
     logged: BTreeSet<String>,
     reconciles: u64,
+    /// The problems of the last plan (for the API source's Events).
+    problems: Option<Vec<crate::Problem>>,
+    /// The running API watches (a `Kube` source), started by [`Controller::start_api`].
+    api: Option<ApiSource>,
     /// Called after each reconcile (tests and benchmarks use it to see a change go live).
     pub on_reconcile: Option<ReconcileHook>,
     /// Reconcile counts and latencies, readiness and the loop's heartbeat, for `--metrics`.
@@ -150,38 +195,32 @@ fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
     rt.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where each port of `cfg` comes from, for the log: `NAD ns/name` for VM ports, `NNCP name`
-/// for uplinks.
-pub fn origins(state: &ClusterState, cfg: &Config) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for p in cfg.bridges.iter().flat_map(|b| &b.ports) {
-        let parts: Vec<&str> = p.name.splitn(3, '/').collect();
-        let o =
-            if let [ns, vmi, iface] = parts[..] {
-                state.vmis.get(&(ns.to_string(), vmi.to_string())).and_then(|v| {
-                    let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
-                    let m = net.multus.as_ref()?;
-                    Some(match m.network_name.split_once('/') {
-                        Some((a, b)) => format!("NAD {a}/{b}"),
-                        None => format!("NAD {ns}/{}", m.network_name),
-                    })
-                })
-            } else {
-                state
-                    .nncps
-                    .values()
-                    .find(|n| {
-                        n.obj.spec.desired_state.interfaces.iter().any(|i| {
-                            i.bridge.as_ref().is_some_and(|b| b.port.iter().any(|bp| bp.name == p.name))
-                        })
-                    })
-                    .map(|n| format!("NNCP {}", n.obj.metadata.name))
-            };
-        if let Some(o) = o {
-            out.insert(p.name.clone(), o);
-        }
+/// Where port `name` comes from, for the log: `NAD ns/name` for a VM port, `NNCP name` for an
+/// uplink. Asked only for the ports a reconcile changes.
+pub fn origin(state: &ClusterState, name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.splitn(3, '/').collect();
+    if let [ns, vmi, iface] = parts[..] {
+        let v = state.vmis.get(&(ns.to_string(), vmi.to_string()))?;
+        let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
+        let m = net.multus.as_ref()?;
+        Some(match m.network_name.split_once('/') {
+            Some((a, b)) => format!("NAD {a}/{b}"),
+            None => format!("NAD {ns}/{}", m.network_name),
+        })
+    } else {
+        state
+            .nncps
+            .values()
+            .find(|n| {
+                n.obj
+                    .spec
+                    .desired_state
+                    .interfaces
+                    .iter()
+                    .any(|i| i.bridge.as_ref().is_some_and(|b| b.port.iter().any(|bp| bp.name == name)))
+            })
+            .map(|n| format!("NNCP {}", n.obj.metadata.name))
     }
-    out
 }
 
 impl Controller {
@@ -192,6 +231,8 @@ impl Controller {
             runtime,
             logged: BTreeSet::new(),
             reconciles: 0,
+            problems: None,
+            api: None,
             on_reconcile: None,
             stats: None,
         }
@@ -217,9 +258,41 @@ impl Controller {
     fn reconcile_inner(&mut self) -> Result<Applied, ControllerError> {
         self.reconciles += 1;
         match self.opts.source.clone() {
-            Source::State(src) => self.reconcile_state(&src),
+            Source::State(src) => {
+                let state = ClusterState::load_dir(&src.dir)
+                    .map_err(|source| logged(ControllerError::StateDir { dir: src.dir.clone(), source }))?;
+                self.reconcile_state(state, &src.node, &src.labels, &src.plan)
+            }
             Source::Switch(file) => self.reconcile_switch(&file),
+            Source::Kube(src) => {
+                let api = self.api.as_ref().ok_or(ControllerError::NotSynced)?;
+                let state = {
+                    let st = api_source::lock(api.store());
+                    if !st.ready() {
+                        return Err(ControllerError::NotSynced);
+                    }
+                    st.snapshot()
+                };
+                let r = self.reconcile_state(state, &src.api.node, &src.labels, &src.plan);
+                if let (Some(api), Some(problems)) = (self.api.as_mut(), self.problems.take()) {
+                    api.report(&problems);
+                }
+                r
+            }
         }
+    }
+
+    /// Starts the API watches of a `Kube` source (once; `run` does it).
+    pub fn start_api(&mut self) -> Result<(), ControllerError> {
+        if let (Source::Kube(k), None) = (&self.opts.source, &self.api) {
+            self.api = Some(ApiSource::start(k.api.clone()).map_err(ControllerError::Api)?);
+        }
+        Ok(())
+    }
+
+    /// The running API source, if any.
+    pub fn api(&self) -> Option<&ApiSource> {
+        self.api.as_ref()
     }
 
     fn reconcile_switch(&mut self, file: &std::path::Path) -> Result<Applied, ControllerError> {
@@ -230,11 +303,15 @@ impl Controller {
         rt.apply(&cfg, &|_| None).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
-    fn reconcile_state(&mut self, src: &StateSource) -> Result<Applied, ControllerError> {
-        let dir = &src.dir;
-        let state = ClusterState::load_dir(dir)
-            .map_err(|source| logged(ControllerError::StateDir { dir: dir.clone(), source }))?;
-        let r = self.lastgood.resolve(state, &src.node, &src.labels, &src.plan);
+    fn reconcile_state(
+        &mut self,
+        state: ClusterState,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        plan: &PlanOptions,
+    ) -> Result<Applied, ControllerError> {
+        let r = self.lastgood.resolve(state, node, labels, plan);
+        self.problems = Some(r.plan.problems.clone());
         let mut input = InputStatus { reconciles: self.reconciles, ..Default::default() };
         let mut now = BTreeSet::new();
         let mut say = |line: String, warn: bool, logged: &BTreeSet<String>| {
@@ -264,15 +341,17 @@ impl Controller {
             input.notes.push(n.clone());
         }
         self.logged = now;
-        let origins = origins(&r.state, &r.plan.config);
         let mut rt = lock(&self.runtime);
         rt.input = input;
-        rt.apply(&r.plan.config, &|n| origins.get(n).cloned()).map_err(|e| logged(ControllerError::Apply(e)))
+        rt.apply(&r.plan.config, &|n| origin(&r.state, n)).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
     /// Watches the source and reconciles on every change until `stop` is set. Does one
     /// reconcile once the watch is in place (so no change is missed).
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ControllerError> {
+        if matches!(self.opts.source, Source::Kube(_)) {
+            return self.run_kube(stop);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res| {
             let _ = tx.send(res);
@@ -281,7 +360,7 @@ impl Controller {
         let dir = self.opts.source.watch_dir();
         let mode = match self.opts.source {
             Source::State(_) => RecursiveMode::Recursive,
-            Source::Switch(_) => RecursiveMode::NonRecursive,
+            Source::Switch(_) | Source::Kube(_) => RecursiveMode::NonRecursive,
         };
         watcher.watch(&dir, mode).map_err(|source| ControllerError::Watch { dir: dir.clone(), source })?;
         let _ = self.reconcile();
@@ -332,6 +411,42 @@ impl Controller {
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(ControllerError::WatcherStopped),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Controller::run`] for the Kubernetes API: plans once every required kind is listed,
+    /// then after every change of the store (debounced as the directory's events are).
+    fn run_kube(&mut self, stop: &AtomicBool) -> Result<(), ControllerError> {
+        self.start_api()?;
+        let mut last = Instant::now();
+        let mut waiting = true;
+        while !stop.load(Ordering::Acquire) {
+            let Some(api) = self.api.as_ref() else { return Err(ControllerError::NotSynced) };
+            if api.wait(Duration::from_millis(100)) {
+                let deadline = Instant::now() + self.opts.max_batch;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !api.wait(self.opts.debounce.min(left)) {
+                        break;
+                    }
+                }
+                if !api_source::lock(api.store()).ready() {
+                    continue;
+                }
+                if waiting {
+                    tracing::info!("every kind listed from the Kubernetes API: planning");
+                    waiting = false;
+                }
+                let _ = self.reconcile();
+                last = Instant::now();
+            } else if last.elapsed() >= self.opts.retry {
+                last = Instant::now();
+                lock(&self.runtime).cni_apply_tombstones();
+                if !waiting && lock(&self.runtime).has_down_ports() {
+                    let _ = self.reconcile();
+                }
             }
         }
         Ok(())

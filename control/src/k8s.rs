@@ -271,10 +271,12 @@ pub struct Source {
     pub doc: usize,
 }
 
+/// An object and where it came from. The object is shared: a state is cloned (last good
+/// versions, the API source's snapshots) without copying its objects.
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {
     pub src: Source,
-    pub obj: T,
+    pub obj: Arc<T>,
 }
 
 /// A NAD with its CNI config already parsed (`Err`: the reason it is unusable, also reported
@@ -282,7 +284,7 @@ pub struct Loaded<T> {
 #[derive(Debug, Clone)]
 pub struct LoadedNad {
     pub src: Source,
-    pub obj: NetworkAttachmentDefinition,
+    pub obj: Arc<NetworkAttachmentDefinition>,
     pub net: Result<NadNetwork, InvalidNad>,
 }
 
@@ -389,7 +391,8 @@ impl ClusterState {
         }
     }
 
-    fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
+    /// Adds one object (or a `List` of them) given as a parsed value, naming `src` in problems.
+    pub fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
         let map = match v {
             serde_yaml_ng::Value::Null => return, // an empty document
             serde_yaml_ng::Value::Mapping(m) => m,
@@ -447,7 +450,7 @@ impl ClusterState {
                     if let Some(prev) = self.nads.get(&key) {
                         self.problems.push(Problem::duplicate(&src, &oref, &prev.src));
                     } else {
-                        self.nads.insert(key, LoadedNad { src, obj: n, net });
+                        self.nads.insert(key, LoadedNad { src, obj: Arc::new(n), net });
                     }
                 }
             }
@@ -463,7 +466,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.vmis.insert(key, Loaded { src, obj: o });
+                        self.vmis.insert(key, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -481,7 +484,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.policies.insert(key, Loaded { src, obj: o });
+                        self.policies.insert(key, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -494,7 +497,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.namespaces.insert(name, Loaded { src, obj: o });
+                        self.namespaces.insert(name, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -507,7 +510,7 @@ impl ClusterState {
                             &prev.src,
                         ));
                     } else {
-                        self.nncps.insert(name, Loaded { src, obj: o });
+                        self.nncps.insert(name, Loaded { src, obj: Arc::new(o) });
                     }
                 }
             }
@@ -520,7 +523,7 @@ impl ClusterState {
         if let Some(prev) = self.nodes.get(&name) {
             self.problems.push(Problem::duplicate(&src, &ObjRef::new("Node", None, &name), &prev.src));
         } else {
-            self.nodes.insert(name, Loaded { src, obj: n });
+            self.nodes.insert(name, Loaded { src, obj: Arc::new(n) });
         }
     }
 

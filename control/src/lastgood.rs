@@ -17,7 +17,7 @@
 use crate::k8s::{
     ClusterState, Loaded, LoadedNad, Namespace, Node, NodeNetworkConfigurationPolicy, VirtualMachineInstance,
 };
-use crate::plan::{plan, Plan, PlanOptions};
+use crate::plan::{plan_memo, Plan, PlanMemo, PlanOptions};
 use crate::policy::MultiNetworkPolicy;
 use crate::ObjRef;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +29,8 @@ pub struct LastGood {
     nads: HashMap<(String, String), LoadedNad>,
     nncps: BTreeMap<String, Loaded<NodeNetworkConfigurationPolicy>>,
     vmis: BTreeMap<(String, String), Loaded<VirtualMachineInstance>>,
+    /// What each VMI planned to last time (a VMI that did not change is not planned again).
+    memo: PlanMemo,
     policies: BTreeMap<(String, String), Loaded<MultiNetworkPolicy>>,
     namespaces: BTreeMap<String, Loaded<Namespace>>,
 }
@@ -147,55 +149,58 @@ impl LastGood {
         labels: &BTreeMap<String, String>,
         opts: &PlanOptions,
     ) -> Resolved {
-        let first = plan(&state, node, labels, opts);
+        let first = plan_memo(&state, node, labels, opts, &mut self.memo);
         let mut bad = Bad {
             objects: first.problems.iter().filter_map(|p| p.object.clone()).collect(),
             files: first.problems.iter().filter(|p| p.object.is_none()).map(|p| p.file.clone()).collect(),
             kept: Vec::new(),
         };
-        let file = |s: &crate::k8s::Source| s.file.to_string();
-        substitute(
-            &mut state.nads,
-            self.nads.iter().map(|(k, v)| (k.clone(), v.clone())),
-            nad_ref,
-            |v| file(&v.src),
-            &mut bad,
-        );
-        substitute(
-            &mut state.vmis,
-            self.vmis.iter().map(|(k, v)| (k.clone(), v.clone())),
-            vmi_ref,
-            |v| file(&v.src),
-            &mut bad,
-        );
-        substitute(
-            &mut state.nncps,
-            self.nncps.iter().map(|(k, v)| (k.clone(), v.clone())),
-            |k| nncp_ref(k),
-            |v| file(&v.src),
-            &mut bad,
-        );
-        substitute(
-            &mut state.nodes,
-            self.nodes.iter().map(|(k, v)| (k.clone(), v.clone())),
-            |k| node_ref(k),
-            |v| file(&v.src),
-            &mut bad,
-        );
-        substitute(
-            &mut state.policies,
-            self.policies.iter().map(|(k, v)| (k.clone(), v.clone())),
-            policy_ref,
-            |v| file(&v.src),
-            &mut bad,
-        );
-        substitute(
-            &mut state.namespaces,
-            self.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())),
-            |k| namespace_ref(k),
-            |v| file(&v.src),
-            &mut bad,
-        );
+        // Nothing bad (the usual case): nothing to look up.
+        if !bad.objects.is_empty() || !bad.files.is_empty() {
+            let file = |s: &crate::k8s::Source| s.file.to_string();
+            substitute(
+                &mut state.nads,
+                self.nads.iter().map(|(k, v)| (k.clone(), v.clone())),
+                nad_ref,
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.vmis,
+                self.vmis.iter().map(|(k, v)| (k.clone(), v.clone())),
+                vmi_ref,
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.nncps,
+                self.nncps.iter().map(|(k, v)| (k.clone(), v.clone())),
+                |k| nncp_ref(k),
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.nodes,
+                self.nodes.iter().map(|(k, v)| (k.clone(), v.clone())),
+                |k| node_ref(k),
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.policies,
+                self.policies.iter().map(|(k, v)| (k.clone(), v.clone())),
+                policy_ref,
+                |v| file(&v.src),
+                &mut bad,
+            );
+            substitute(
+                &mut state.namespaces,
+                self.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())),
+                |k| namespace_ref(k),
+                |v| file(&v.src),
+                &mut bad,
+            );
+        }
         let Bad { objects: bad, mut kept, .. } = bad;
         kept.sort_by(|a, b| a.object.cmp(&b.object));
         let restored: BTreeSet<ObjRef> = kept.iter().map(|k| k.object.clone()).collect();
@@ -205,25 +210,25 @@ impl LastGood {
         self.nads = state
             .nads
             .iter()
-            .filter(|(k, _)| keep(&nad_ref(k)))
+            .filter(|(k, _)| bad.is_empty() || keep(&nad_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.vmis = state
             .vmis
             .iter()
-            .filter(|(k, _)| keep(&vmi_ref(k)))
+            .filter(|(k, _)| bad.is_empty() || keep(&vmi_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.nncps = state
             .nncps
             .iter()
-            .filter(|(k, _)| keep(&nncp_ref(k)))
+            .filter(|(k, _)| bad.is_empty() || keep(&nncp_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.nodes = state
             .nodes
             .iter()
-            .filter(|(k, _)| keep(&node_ref(k)))
+            .filter(|(k, _)| bad.is_empty() || keep(&node_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.policies = state
@@ -241,7 +246,7 @@ impl LastGood {
         if kept.is_empty() {
             return Resolved { plan: first, kept, state };
         }
-        let mut second = plan(&state, node, labels, opts);
+        let mut second = plan_memo(&state, node, labels, opts, &mut self.memo);
         let mut problems = first.problems;
         for p in second.problems.drain(..) {
             if !problems.contains(&p) {

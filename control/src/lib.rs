@@ -8,9 +8,12 @@
 //!   ([`reconcile`]); [`controller::Controller`] watches a state directory and reconciles on
 //!   every change, keeping last good versions of bad objects ([`lastgood`]); [`ctl`] is the
 //!   control socket; [`health`] serves `/metrics` ([`metrics`]), `/healthz` and `/readyz`.
+//! - [`api_source`] takes the same objects from the Kubernetes API (`run --kube`) and posts
+//!   the problems found as Events on the objects they concern.
 
 #![forbid(unsafe_code)]
 
+pub mod api_source;
 pub mod cni;
 pub mod controller;
 pub mod ctl;

@@ -6,12 +6,14 @@
 //! lookup of its NAD (whose CNI config was parsed once, at load). Linear in the state's size.
 
 use crate::k8s::{
-    ClusterState, Interface, Loaded, NmPort, NodeNetworkConfigurationPolicy, Source, VirtualMachineInstance,
+    ClusterState, Interface, Loaded, NetworkAttachmentDefinition, NmPort, NodeNetworkConfigurationPolicy,
+    Source, VirtualMachineInstance,
 };
 use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;
 
@@ -54,6 +56,7 @@ pub struct Plan {
 }
 
 /// A port as built, with where it came from (for problems found when ports meet).
+#[derive(Debug, Clone)]
 struct Built {
     bridge: String,
     port: PortConfig,
@@ -82,6 +85,56 @@ pub fn plan(
     extra_labels: &BTreeMap<String, String>,
     opts: &PlanOptions,
 ) -> Plan {
+    plan_memo(state, node, extra_labels, opts, &mut PlanMemo::default())
+}
+
+/// A NAD looked up by a VMI, as it was (None: there was none).
+type SeenNad = ((String, String), Option<Arc<NetworkAttachmentDefinition>>);
+/// What a memo's entries depend on besides their VMI and NADs: node, vhost directory and
+/// socket mode, bridge mappings.
+type MemoKey = (String, String, Option<String>, Vec<(String, String)>);
+
+/// What planning each VMI gave, kept from one plan to the next: a VMI whose object, NADs and
+/// bridge mappings are the very same (`Arc` identity: the API source keeps an unchanged
+/// object's `Arc`) is not planned again, its ports are taken from here. The result is the one
+/// [`plan`] gives.
+#[derive(Debug, Clone, Default)]
+pub struct PlanMemo {
+    /// The node, vhost options and bridge mappings the entries were planned with.
+    key: Option<MemoKey>,
+    vmis: HashMap<(String, String), VmiMemo>,
+}
+
+#[derive(Debug, Clone)]
+struct VmiMemo {
+    vmi: Arc<VirtualMachineInstance>,
+    /// The NADs it looked up, as they were (None: there was none).
+    nads: Vec<SeenNad>,
+    ports: Vec<Built>,
+    skipped: Vec<Skipped>,
+    problems: Vec<Problem>,
+    notes: Vec<String>,
+}
+
+impl VmiMemo {
+    fn still_valid(&self, state: &ClusterState, vmi: &Arc<VirtualMachineInstance>) -> bool {
+        Arc::ptr_eq(&self.vmi, vmi)
+            && self.nads.iter().all(|(k, was)| match (state.nads.get(k), was) {
+                (Some(n), Some(w)) => Arc::ptr_eq(&n.obj, w),
+                (None, None) => true,
+                _ => false,
+            })
+    }
+}
+
+/// [`plan`], reusing and refreshing `memo`.
+pub fn plan_memo(
+    state: &ClusterState,
+    node: &str,
+    extra_labels: &BTreeMap<String, String>,
+    opts: &PlanOptions,
+    memo: &mut PlanMemo,
+) -> Plan {
     let labels = node_labels(state, node, extra_labels);
     let mut p = Planner {
         problems: state.problems.clone(),
@@ -90,15 +143,48 @@ pub fn plan(
         ports: Vec::new(),
         bridges: BTreeMap::new(),
         mappings: BTreeMap::new(),
+        nads_seen: Vec::new(),
     };
     for l in state.nncps.values() {
         p.nncp(l, &labels);
     }
-    for l in state.vmis.values() {
-        if l.obj.status.node_name.as_deref() == Some(node) {
-            p.vmi(state, l, opts);
-        }
+    let key = (
+        node.to_string(),
+        opts.vhost_dir.clone(),
+        opts.vhost_socket_mode.clone(),
+        p.mappings.iter().map(|(l, (b, _))| (l.clone(), b.clone())).collect(),
+    );
+    if memo.key.as_ref() != Some(&key) {
+        memo.vmis.clear();
+        memo.key = Some(key);
     }
+    let mut next = HashMap::with_capacity(memo.vmis.len());
+    for (k, l) in &state.vmis {
+        if l.obj.status.node_name.as_deref() != Some(node) {
+            continue;
+        }
+        if let Some(m) = memo.vmis.remove(k).filter(|m| m.still_valid(state, &l.obj)) {
+            p.ports.extend(m.ports.iter().cloned());
+            p.skipped.extend(m.skipped.iter().cloned());
+            p.problems.extend(m.problems.iter().cloned());
+            p.notes.extend(m.notes.iter().cloned());
+            next.insert(k.clone(), m);
+            continue;
+        }
+        let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
+        p.nads_seen.clear();
+        p.vmi(state, l, opts);
+        let m = VmiMemo {
+            vmi: l.obj.clone(),
+            nads: std::mem::take(&mut p.nads_seen),
+            ports: p.ports[before.0..].to_vec(),
+            skipped: p.skipped[before.1..].to_vec(),
+            problems: p.problems[before.2..].to_vec(),
+            notes: p.notes[before.3..].to_vec(),
+        };
+        next.insert(k.clone(), m);
+    }
+    memo.vmis = next;
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
     let mut plan = p.finish(node);
@@ -116,6 +202,8 @@ struct Planner {
     bridges: BTreeMap<String, ObjRef>,
     /// OVN localnet (physical network) -> bridge, from `ovn.bridge-mappings`.
     mappings: BTreeMap<String, (String, ObjRef)>,
+    /// The NADs the VMI being planned looked up (for [`PlanMemo`]).
+    nads_seen: Vec<SeenNad>,
 }
 
 fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16> {
@@ -267,19 +355,6 @@ fn parse_mac(s: &str) -> Result<MacAddr, String> {
 }
 
 impl Planner {
-    /// Records each (field, message) error of object `oref` as a problem and skips the object
-    /// whole.
-    fn skip_invalid(&mut self, src: &Source, oref: ObjRef, errs: Vec<(String, String)>) {
-        for (field, msg) in errs {
-            self.problems.push(Problem::object(src, &oref, &field, &msg));
-        }
-        self.skipped.push(Skipped {
-            object: oref,
-            item: String::new(),
-            reason: "invalid (see problems)".into(),
-        });
-    }
-
     fn nncp(&mut self, l: &Loaded<NodeNetworkConfigurationPolicy>, labels: &BTreeMap<String, String>) {
         let o = &l.obj;
         let oref = ObjRef::new("NodeNetworkConfigurationPolicy", None, &o.metadata.name);
@@ -347,7 +422,18 @@ impl Planner {
                     });
                     continue;
                 }
-                let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut errs);
+                let mut port_errs = Vec::new();
+                let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut port_errs);
+                if !port_errs.is_empty() {
+                    // This port is left out; the bridge keeps its other ports.
+                    errs.extend(port_errs);
+                    skipped.push(Skipped {
+                        object: oref.clone(),
+                        item: format!("bridge {} port {}", iface.name, port.name),
+                        reason: "invalid (see problems)".into(),
+                    });
+                    continue;
+                }
                 ports.push(PortConfig {
                     name: port.name.clone(),
                     kind: Some(PortType::Afpacket),
@@ -381,9 +467,9 @@ impl Planner {
                 }
             }
         }
-        if !errs.is_empty() {
-            self.skip_invalid(&l.src, oref, errs);
-            return;
+        // A bad part (a port, a bridge, a mapping) is left out, the rest is planned.
+        for (field, msg) in errs {
+            self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         self.skipped.extend(skipped);
         for (i, name, ports) in bridges {
@@ -440,185 +526,198 @@ impl Planner {
             reason,
         };
         for (i, ifc) in o.spec.domain.devices.interfaces.iter().enumerate() {
-            let f = format!("spec.domain.devices.interfaces[{i}]");
-            if ifc.name.is_empty() {
-                errs.push((format!("{f}.name"), "missing".into()));
-                continue;
-            }
-            if !seen.insert(ifc.name.as_str()) {
-                errs.push((format!("{f}.name"), format!("interface {} is listed twice", ifc.name)));
-                continue;
-            }
-            match ifc.state.as_deref() {
-                None | Some("up") | Some("down") => {}
-                Some("absent") => {
-                    skipped.push(skip(&ifc.name, "state absent: the interface is unplugged".into()));
-                    continue;
+            let before = errs.len();
+            'iface: {
+                let f = format!("spec.domain.devices.interfaces[{i}]");
+                if ifc.name.is_empty() {
+                    errs.push((format!("{f}.name"), "missing".into()));
+                    break 'iface;
                 }
-                Some(s) => {
-                    errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
-                    continue;
+                if !seen.insert(ifc.name.as_str()) {
+                    errs.push((format!("{f}.name"), format!("interface {} is listed twice", ifc.name)));
+                    break 'iface;
                 }
-            }
-            let Some((j, net)) = o.spec.networks.iter().enumerate().find(|(_, n)| n.name == ifc.name) else {
-                errs.push((format!("{f}.name"), format!("no network named {:?} in spec.networks", ifc.name)));
-                continue;
-            };
-            if let Binding::Skip(reason) = binding_of(ifc) {
-                skipped.push(skip(&ifc.name, reason));
-                continue;
-            }
-            if net.pod.is_some() {
-                skipped.push(skip(&ifc.name, "pod network: not a secondary network".into()));
-                continue;
-            }
-            let Some(multus) = &net.multus else {
-                errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
-                continue;
-            };
-            let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
-                Some((a, b)) => (a, b),
-                None => (ns, multus.network_name.as_str()),
-            };
-            let Some(nad) = state.nads.get(&(nad_ns.to_string(), nad_name.to_string())) else {
-                errs.push((
-                    format!("spec.networks[{j}].multus.networkName"),
-                    format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),
-                ));
-                continue;
-            };
-            let net = match &nad.net {
-                Ok(n) => n,
-                Err(reason) => {
-                    skipped.push(skip(&ifc.name, reason.to_string()));
-                    continue;
-                }
-            };
-            // The MAC: the spec's, else the one the VMI reports.
-            let mac = if let Some(m) = &ifc.mac_address {
-                match parse_mac(m) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        errs.push((format!("{f}.macAddress"), e));
-                        continue;
+                match ifc.state.as_deref() {
+                    None | Some("up") | Some("down") => {}
+                    Some("absent") => {
+                        skipped.push(skip(&ifc.name, "state absent: the interface is unplugged".into()));
+                        break 'iface;
+                    }
+                    Some(s) => {
+                        errs.push((format!("{f}.state"), format!("{s:?} is not up, down or absent")));
+                        break 'iface;
                     }
                 }
-            } else {
-                match o
-                    .status
-                    .interfaces
-                    .iter()
-                    .enumerate()
-                    .find(|(_, s)| s.name.as_deref() == Some(&ifc.name))
-                {
-                    Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
+                let Some((j, net)) = o.spec.networks.iter().enumerate().find(|(_, n)| n.name == ifc.name)
+                else {
+                    errs.push((
+                        format!("{f}.name"),
+                        format!("no network named {:?} in spec.networks", ifc.name),
+                    ));
+                    break 'iface;
+                };
+                if let Binding::Skip(reason) = binding_of(ifc) {
+                    skipped.push(skip(&ifc.name, reason));
+                    break 'iface;
+                }
+                if net.pod.is_some() {
+                    skipped.push(skip(&ifc.name, "pod network: not a secondary network".into()));
+                    break 'iface;
+                }
+                let Some(multus) = &net.multus else {
+                    errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
+                    break 'iface;
+                };
+                let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
+                    Some((a, b)) => (a, b),
+                    None => (ns, multus.network_name.as_str()),
+                };
+                let nad_key = (nad_ns.to_string(), nad_name.to_string());
+                let nad = state.nads.get(&nad_key);
+                self.nads_seen.push((nad_key, nad.map(|n| n.obj.clone())));
+                let Some(nad) = nad else {
+                    errs.push((
+                        format!("spec.networks[{j}].multus.networkName"),
+                        format!("no NetworkAttachmentDefinition {nad_ns}/{nad_name}"),
+                    ));
+                    break 'iface;
+                };
+                let net = match &nad.net {
+                    Ok(n) => n,
+                    Err(reason) => {
+                        skipped.push(skip(&ifc.name, reason.to_string()));
+                        break 'iface;
+                    }
+                };
+                // The MAC: the spec's, else the one the VMI reports.
+                let mac = if let Some(m) = &ifc.mac_address {
+                    match parse_mac(m) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            errs.push((format!("{f}.macAddress"), e));
+                            break 'iface;
+                        }
+                    }
+                } else {
+                    match o
+                        .status
+                        .interfaces
+                        .iter()
+                        .enumerate()
+                        .find(|(_, s)| s.name.as_deref() == Some(&ifc.name))
+                    {
+                        Some((k, s)) => match s.mac.as_deref().map(parse_mac) {
+                            None => None,
+                            Some(Ok(m)) => Some(m),
+                            Some(Err(e)) => {
+                                errs.push((format!("status.interfaces[{k}].mac"), e));
+                                break 'iface;
+                            }
+                        },
                         None => None,
-                        Some(Ok(m)) => Some(m),
-                        Some(Err(e)) => {
-                            errs.push((format!("status.interfaces[{k}].mac"), e));
-                            continue;
-                        }
-                    },
-                    None => None,
-                }
-            };
-            let port_name = format!("{ns}/{vmi}/{}", ifc.name);
-            let mut port = PortConfig {
-                name: port_name,
-                kind: Some(PortType::Vhostuser),
-                socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
-                mode: Some("server".into()),
-                socket_mode: opts.vhost_socket_mode.clone(),
-                static_macs: mac.into_iter().collect(),
-                ..Default::default()
-            };
-            let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
-            let bridge = match net {
-                NadNetwork::Bridge(b) => {
-                    match (b.vlan, b.trunks.is_empty()) {
-                        (Some(v), true) => {
-                            port.vlan_mode = Some(VlanModeName::Access);
-                            port.tag = Some(v);
-                        }
-                        (Some(v), false) => {
-                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                            port.tag = Some(v);
-                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
-                        }
-                        (None, false) if b.preserve_default_vlan => {
-                            port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                            port.tag = Some(1);
-                            port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
-                        }
-                        (None, false) => {
-                            port.vlan_mode = Some(VlanModeName::Trunk);
-                            port.trunks = Some(b.trunks.clone());
-                        }
-                        (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
                     }
-                    if b.macspoofchk {
+                };
+                let port_name = format!("{ns}/{vmi}/{}", ifc.name);
+                let mut port = PortConfig {
+                    name: port_name,
+                    kind: Some(PortType::Vhostuser),
+                    socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
+                    mode: Some("server".into()),
+                    socket_mode: opts.vhost_socket_mode.clone(),
+                    static_macs: mac.into_iter().collect(),
+                    ..Default::default()
+                };
+                let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
+                let bridge = match net {
+                    NadNetwork::Bridge(b) => {
+                        match (b.vlan, b.trunks.is_empty()) {
+                            (Some(v), true) => {
+                                port.vlan_mode = Some(VlanModeName::Access);
+                                port.tag = Some(v);
+                            }
+                            (Some(v), false) => {
+                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                                port.tag = Some(v);
+                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
+                            }
+                            (None, false) if b.preserve_default_vlan => {
+                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
+                                port.tag = Some(1);
+                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
+                            }
+                            (None, false) => {
+                                port.vlan_mode = Some(VlanModeName::Trunk);
+                                port.trunks = Some(b.trunks.clone());
+                            }
+                            (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
+                        }
+                        if b.macspoofchk {
+                            port.allowed_macs = enforce();
+                        }
+                        b.bridge.clone()
+                    }
+                    NadNetwork::OvnLocalnet { physical_network, vlan, .. } => {
+                        port.vlan_mode = Some(VlanModeName::Access);
+                        port.tag = Some(vlan.unwrap_or(0));
                         port.allowed_macs = enforce();
-                    }
-                    b.bridge.clone()
-                }
-                NadNetwork::OvnLocalnet { physical_network, vlan, .. } => {
-                    port.vlan_mode = Some(VlanModeName::Access);
-                    port.tag = Some(vlan.unwrap_or(0));
-                    port.allowed_macs = enforce();
-                    match self.mappings.get(physical_network) {
-                        Some((b, _)) => b.clone(),
-                        None => {
-                            let b = format!("{OVN_LOCALNET_PREFIX}{physical_network}");
-                            self.notes.push(format!(
-                                "localnet {physical_network} has no ovn.bridge-mappings entry on this node: its VM \
-                                 ports are on bridge {b}, which has no uplink"
-                            ));
-                            b
+                        match self.mappings.get(physical_network) {
+                            Some((b, _)) => b.clone(),
+                            None => {
+                                let b = format!("{OVN_LOCALNET_PREFIX}{physical_network}");
+                                self.notes.push(format!(
+                                    "localnet {physical_network} has no ovn.bridge-mappings entry on this node: its VM \
+                                     ports are on bridge {b}, which has no uplink"
+                                ));
+                                b
+                            }
                         }
                     }
-                }
-                NadNetwork::OvnLayer2 { network } => {
-                    port.vlan_mode = Some(VlanModeName::Trunk);
-                    port.allowed_macs = enforce();
-                    format!("{OVN_LAYER2_PREFIX}{network}")
-                }
-                NadNetwork::Sriov => {
-                    skipped.push(skip(
-                        &ifc.name,
-                        format!("NAD {nad_ns}/{nad_name} is SR-IOV: the VF is passed through to the VM, no switch port"),
+                    NadNetwork::OvnLayer2 { network } => {
+                        port.vlan_mode = Some(VlanModeName::Trunk);
+                        port.allowed_macs = enforce();
+                        format!("{OVN_LAYER2_PREFIX}{network}")
+                    }
+                    NadNetwork::Sriov => {
+                        skipped.push(skip(
+                            &ifc.name,
+                            format!("NAD {nad_ns}/{nad_name} is SR-IOV: the VF is passed through to the VM, no switch port"),
+                        ));
+                        break 'iface;
+                    }
+                    NadNetwork::SwitchyardCni => {
+                        skipped.push(skip(
+                            &ifc.name,
+                            format!(
+                                "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
+                                 the pod starts, nothing is planned from the manifests"
+                            ),
+                        ));
+                        break 'iface;
+                    }
+                    NadNetwork::Unsupported { reason } => {
+                        skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
+                        break 'iface;
+                    }
+                };
+                if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
+                    self.notes.push(format!(
+                        "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
+                        port.name
                     ));
-                    continue;
                 }
-                NadNetwork::SwitchyardCni => {
-                    skipped.push(skip(
-                        &ifc.name,
-                        format!(
-                            "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
-                             the pod starts, nothing is planned from the manifests"
-                        ),
-                    ));
-                    continue;
-                }
-                NadNetwork::Unsupported { reason } => {
-                    skipped.push(skip(&ifc.name, format!("NAD {nad_ns}/{nad_name}: {reason}")));
-                    continue;
-                }
-            };
-            if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
-                self.notes.push(format!(
-                    "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
-                    port.name
-                ));
+                ports.push(Built {
+                    bridge,
+                    port,
+                    src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
+                });
             }
-            ports.push(Built {
-                bridge,
-                port,
-                src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
-            });
+            if errs.len() > before {
+                // This interface is left out; the VMI's others are planned.
+                skipped.push(skip(&ifc.name, "invalid (see problems)".into()));
+            }
         }
-        if !errs.is_empty() {
-            self.skip_invalid(&l.src, oref, errs);
-            return;
+        for (field, msg) in errs {
+            self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         for b in &ports {
             tracing::debug!("{oref}: port {} on bridge {}", b.port.name, b.bridge);

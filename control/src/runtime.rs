@@ -323,7 +323,13 @@ impl Runtime {
         planned: &Config,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
-        let (merged, left_out) = self.cni.merge_into(planned);
+        // With no CNI port (the usual node agent) the plan is taken as it is, not copied.
+        let (merged, left_out) = if self.cni.is_empty() {
+            (std::borrow::Cow::Borrowed(planned), Vec::new())
+        } else {
+            let (m, l) = self.cni.merge_into(planned);
+            (std::borrow::Cow::Owned(m), l)
+        };
         let cni_origin: HashMap<String, String> = self
             .cni
             .iter()
@@ -366,10 +372,10 @@ impl Runtime {
         let wanted_ports = reconcile::ports_by_name(&wanted);
         let mut came_up = false;
         for (name, (_, p)) in &wanted_ports {
-            let st = self.ports.entry(name.to_string()).or_insert(PortState { backend: None, error: None });
-            if st.backend.is_some() {
+            if self.ports.get(*name).is_some_and(|st| st.backend.is_some()) {
                 continue;
             }
+            let st = self.ports.entry(name.to_string()).or_insert(PortState { backend: None, error: None });
             match open_port(p, &self.ctx) {
                 Ok(b) => {
                     if st.error.take().is_some() {

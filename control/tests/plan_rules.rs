@@ -1,7 +1,7 @@
 //! One test per mapping rule of docs/cluster-state.md, and the bad-input cases.
 
 use std::collections::BTreeMap;
-use switchyard_control::plan::{socket_path, DEFAULT_VHOST_DIR};
+use switchyard_control::plan::{plan_memo, socket_path, PlanMemo, DEFAULT_VHOST_DIR};
 use switchyard_control::{plan, ClusterState, Config, Plan, PlanOptions};
 use switchyard_dataplane::config::{PortConfig, PortType, VlanModeName};
 
@@ -480,10 +480,18 @@ fn a_vlan_out_of_range() {
     assert!(has_port(&p, "ns/vm2/net1") && !has_port(&p, "ns/vm/net1"));
     assert_eq!(p.problems.len(), 1);
     assert_eq!(p.problems[0].field.as_deref(), Some("spec.config.vlan"));
-    // In an NNCP: the NNCP is skipped, the field named.
+    // In an NNCP: that port is left out, the field named; the bridge keeps its other ports.
     let bad = NNCP_TRUNK.replace("tag: 40", "tag: 4095").replace("role: dpdk", "{}");
     let p = plan_of(&[("nncp.yaml", &bad)]);
-    assert!(p.config.bridges.is_empty());
+    assert!(!has_port(&p, "eth2"));
+    for other in ["eth1", "eth3", "eth4"] {
+        assert_eq!(port(&p, other).0, "br1");
+    }
+    assert!(
+        p.skipped.iter().any(|s| s.item == "bridge br1 port eth2" && s.reason.contains("invalid")),
+        "{:?}",
+        p.skipped
+    );
     assert_eq!(p.problems.len(), 1);
     assert_eq!(
         p.problems[0].field.as_deref(),
@@ -514,6 +522,25 @@ fn a_mac_that_is_not_a_mac() {
         ("vm.yaml", &vmi("ns", "vm", "net", "          macAddress: 03:00:00:00:00:01")),
     ]);
     assert_eq!(p.problems.len(), 1);
+}
+
+#[test]
+fn one_bad_interface_of_a_vmi_leaves_its_other_interfaces_planned() {
+    let two = vmi("ns", "vm", "net", MAC1)
+        .replace(
+            "        - name: net1\n",
+            "        - name: net2\n          bridge: {}\n          macAddress: 02:00:zz:00:00:02\n        - name: net1\n",
+        )
+        .replace("  networks:\n", "  networks:\n    - name: net2\n      multus:\n        networkName: net\n");
+    let p = plan_of(&[("nad.yaml", &bridge_nad("")), ("vm.yaml", &two)]);
+    assert!(has_port(&p, "ns/vm/net1") && !has_port(&p, "ns/vm/net2"), "{}", p.to_yaml());
+    assert_eq!(p.problems.len(), 1);
+    assert_eq!(p.problems[0].field.as_deref(), Some("spec.domain.devices.interfaces[0].macAddress"));
+    assert!(
+        p.skipped.iter().any(|s| s.item == "interface net2" && s.reason.contains("invalid")),
+        "{:?}",
+        p.skipped
+    );
 }
 
 #[test]
@@ -655,4 +682,43 @@ fn switchyard_cni_nads_are_left_to_the_plugin() {
         reasons[0].contains("v1 interface net1") && reasons[0].contains("the plugin attaches the port"),
         "{reasons:?}"
     );
+}
+
+#[test]
+fn a_memo_plans_what_plan_plans_and_follows_changed_nads_and_vmis() {
+    let labels = BTreeMap::new();
+    let opts = PlanOptions::default();
+    let st1 = state(&[
+        ("nad.yaml", &bridge_nad(r#","vlan":10"#)),
+        ("vm.yaml", &vmi("ns", "vm", "net", MAC1)),
+        ("vm2.yaml", &vmi("ns", "vm2", "net", "")),
+    ]);
+    let mut memo = PlanMemo::default();
+    let p1 = plan_memo(&st1, NODE, &labels, &opts, &mut memo);
+    assert_eq!(p1.config, plan(&st1, NODE, &labels, &opts).config);
+    assert_eq!(port(&p1, "ns/vm/net1").1.tag, Some(10));
+    // The same objects (the same Arcs): the memo's ports, the same plan.
+    let again = plan_memo(&st1.clone(), NODE, &labels, &opts, &mut memo);
+    assert_eq!(again.config, p1.config);
+    // The NAD changes (a new object), the VMIs do not: both ports follow it.
+    let mut st2 = st1.clone();
+    let other = state(&[("nad.yaml", &bridge_nad(r#","vlan":20"#))]);
+    st2.nads = other.nads.clone();
+    let p2 = plan_memo(&st2, NODE, &labels, &opts, &mut memo);
+    assert_eq!(p2.config, plan(&st2, NODE, &labels, &opts).config);
+    assert_eq!(port(&p2, "ns/vm/net1").1.tag, Some(20));
+    assert_eq!(port(&p2, "ns/vm2/net1").1.tag, Some(20));
+    // One VMI changes: its port follows, the other stays.
+    let mut st3 = st2.clone();
+    let moved = state(&[("vm.yaml", &vmi("ns", "vm", "missing", MAC1))]);
+    st3.vmis.extend(moved.vmis.clone());
+    let p3 = plan_memo(&st3, NODE, &labels, &opts, &mut memo);
+    assert_eq!(p3.config, plan(&st3, NODE, &labels, &opts).config);
+    assert_eq!(p3.problems, plan(&st3, NODE, &labels, &opts).problems);
+    assert!(!has_port(&p3, "ns/vm/net1") && has_port(&p3, "ns/vm2/net1"));
+    // The NAD goes away: the memo does not keep its ports.
+    let mut st4 = st3.clone();
+    st4.nads.clear();
+    let p4 = plan_memo(&st4, NODE, &labels, &opts, &mut memo);
+    assert!(p4.config.bridges.is_empty(), "{}", p4.to_yaml());
 }

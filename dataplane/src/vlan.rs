@@ -52,8 +52,24 @@ impl VlanSet {
         *self == VlanSet::all()
     }
 
+    /// The VLANs in the set, ascending. Word by word: most words of a port's set are empty (an
+    /// access port carries one VLAN), and compiling a switch iterates every port's set.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..4095u16).filter(|v| self.contains(*v))
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &word)| {
+                let mut bits = word;
+                std::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let b = bits.trailing_zeros() as u16;
+                    bits &= bits - 1;
+                    Some(((w as u16) << 6) | b)
+                })
+            })
+            .filter(|v| *v < 4095)
     }
 }
 
@@ -162,6 +178,22 @@ impl VlanPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_iterates_its_vlans_in_order() {
+        let by_contains = |s: &VlanSet| (0..4095u16).filter(|v| s.contains(*v)).collect::<Vec<_>>();
+        let sets = [
+            VlanSet::empty(),
+            VlanSet::all(),
+            VlanSet::from_list(&[0, 1, 63, 64, 65, 100, 4093, 4094]),
+            VlanSet::from_list(&[4094]),
+        ];
+        for s in &sets {
+            assert_eq!(s.iter().collect::<Vec<_>>(), by_contains(s));
+        }
+        assert_eq!(VlanSet::all().iter().count(), 4095);
+        assert_eq!(VlanSet::from_list(&[7]).iter().collect::<Vec<_>>(), [7]);
+    }
 
     fn t(vid: u16) -> Option<VlanTci> {
         Some(VlanTci::new(0, false, vid))

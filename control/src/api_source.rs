@@ -1,0 +1,625 @@
+//! The Kubernetes API as the source of cluster state (`run --kube`): watches, a store of the
+//! objects they deliver, and the Events that tell the cluster what was found wrong.
+//!
+//! Invariant: [`ApiStore::snapshot`] is a [`ClusterState`] made by the same
+//! [`ClusterState::add_value`] the directory source uses, one object at a time, so both
+//! sources plan through the same code. A kind's objects enter the store only from a complete
+//! list (kube-runtime's `Init` .. `InitDone`, buffered here): a relist removes the objects it no
+//! longer finds only once the list is complete, never from a partial one. Nothing is planned
+//! before every required kind has been listed once ([`ApiStore::ready`]).
+//!
+//! What is watched (see [`Kind`]): NADs in all namespaces, the VMIs with the label
+//! `kubevirt.io/nodeName=<node>` (every VMI when [`ApiOptions::all_vmis`] is set: the hook for
+//! overlay networks, which need the other nodes' VMIs), NNCPs, this node's Node, Namespaces and
+//! MultiNetworkPolicies (the last two reach the state as ignored objects). Each watch is
+//! kube-runtime's watcher: it restarts by itself, relists on 410 Gone and asks for bookmarks;
+//! errors are retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
+//! [`ApiOptions::max_backoff`]). A kind the API server does not serve (404: its CRD is not
+//! installed) counts as listed and empty, and is retried.
+//!
+//! The watches run on a tokio runtime of their own thread; the control thread only locks the
+//! store to take a snapshot, so an unreachable API server never blocks it: the dataplane keeps
+//! the last configuration applied.
+
+use crate::k8s::{ClusterState, Source};
+use crate::{ObjRef, Problem};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The kinds switchyard watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Node,
+    Nad,
+    Vmi,
+    Nncp,
+    Namespace,
+    MultiNetworkPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] =
+        [Kind::Node, Kind::Nad, Kind::Vmi, Kind::Nncp, Kind::Namespace, Kind::MultiNetworkPolicy];
+
+    /// (group, version, kind, plural).
+    pub fn gvk(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Kind::Node => ("", "v1", "Node", "nodes"),
+            Kind::Nad => {
+                ("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition", "network-attachment-definitions")
+            }
+            Kind::Vmi => ("kubevirt.io", "v1", "VirtualMachineInstance", "virtualmachineinstances"),
+            Kind::Nncp => {
+                ("nmstate.io", "v1", "NodeNetworkConfigurationPolicy", "nodenetworkconfigurationpolicies")
+            }
+            Kind::Namespace => ("", "v1", "Namespace", "namespaces"),
+            Kind::MultiNetworkPolicy => {
+                ("k8s.cni.cncf.io", "v1beta1", "MultiNetworkPolicy", "multi-networkpolicies")
+            }
+        }
+    }
+
+    /// Whether the first plan waits for this kind's first complete list.
+    pub fn required(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::MultiNetworkPolicy)
+    }
+
+    fn resource(self) -> ApiResource {
+        let (g, v, k, plural) = self.gvk();
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
+    }
+
+    fn api_version(self) -> String {
+        match self.gvk() {
+            ("", v, ..) => v.to_string(),
+            (g, v, ..) => format!("{g}/{v}"),
+        }
+    }
+}
+
+/// How the API source connects and what it watches.
+#[derive(Clone)]
+pub struct ApiOptions {
+    /// This node's name: its Node object, and the label selector of its VMIs.
+    pub node: String,
+    /// Watch every VMI of the cluster, not only this node's (for overlay networks).
+    pub all_vmis: bool,
+    /// First retry delay after an error of a watch; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Where to connect: `None` infers it (kubeconfig, then the in-cluster service account).
+    pub config: Option<kube::Config>,
+    /// Post problems as Events on the objects they concern.
+    pub events: bool,
+}
+
+impl ApiOptions {
+    pub fn new(node: &str) -> ApiOptions {
+        ApiOptions {
+            node: node.into(),
+            all_vmis: false,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            config: None,
+            events: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiOptions")
+            .field("node", &self.node)
+            .field("all_vmis", &self.all_vmis)
+            .field("cluster_url", &self.config.as_ref().map(|c| c.cluster_url.to_string()))
+            .finish()
+    }
+}
+
+/// Why the API source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot start the API watch thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("no Kubernetes configuration (neither a kubeconfig nor in-cluster): {0}")]
+    Config(String),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+type Key = (Kind, Option<String>, String);
+
+/// The objects the watches delivered, by kind, and what parsing them found wrong.
+#[derive(Default)]
+pub struct ApiStore {
+    state: ClusterState,
+    problems: BTreeMap<Key, Vec<Problem>>,
+    /// resourceVersion of every object stored (a relist skips what did not change).
+    versions: HashMap<Key, String>,
+    /// For Events: each object's reference (uid, apiVersion, ...).
+    refs: HashMap<ObjRef, ObjectReference>,
+    ignored: BTreeSet<ObjRef>,
+    /// Kinds listed completely at least once.
+    synced: BTreeSet<Kind>,
+    /// Objects of a list in progress, by kind.
+    listing: BTreeMap<Kind, Vec<DynamicObject>>,
+    /// Counts changes (stored, replaced or removed objects).
+    pub changes: u64,
+}
+
+fn key_of(kind: Kind, o: &DynamicObject) -> Key {
+    (kind, o.metadata.namespace.clone(), o.metadata.name.clone().unwrap_or_default())
+}
+
+/// The API path of an object, which names it in problems (as a file does for the directory).
+fn path_of(kind: Kind, ns: Option<&str>, name: &str) -> String {
+    let (g, v, _, plural) = kind.gvk();
+    let base = if g.is_empty() { format!("/api/{v}") } else { format!("/apis/{g}/{v}") };
+    match ns {
+        Some(ns) => format!("{base}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("{base}/{plural}/{name}"),
+    }
+}
+
+impl ApiStore {
+    /// Whether every required kind has been listed completely once.
+    pub fn ready(&self) -> bool {
+        Kind::ALL.iter().filter(|k| k.required()).all(|k| self.synced.contains(k))
+    }
+
+    /// The state to plan: every object stored, with the problems found parsing them.
+    pub fn snapshot(&self) -> ClusterState {
+        let mut st = self.state.clone();
+        st.problems = self.problems.values().flatten().cloned().collect();
+        st.ignored = self.ignored.iter().cloned().collect();
+        st
+    }
+
+    /// The reference of an object stored (for an Event about it).
+    pub fn reference(&self, o: &ObjRef) -> Option<&ObjectReference> {
+        self.refs.get(o)
+    }
+
+    /// Takes one watcher event of `kind`.
+    pub fn event(&mut self, kind: Kind, ev: Event<DynamicObject>) {
+        match ev {
+            Event::Init => {
+                self.listing.insert(kind, Vec::new());
+            }
+            Event::InitApply(o) => self.listing.entry(kind).or_default().push(o),
+            Event::InitDone => {
+                let listed = self.listing.remove(&kind).unwrap_or_default();
+                self.replace_all(kind, listed);
+            }
+            Event::Apply(o) => self.put(kind, o),
+            Event::Delete(o) => {
+                let k = key_of(kind, &o);
+                self.remove(&k);
+            }
+        }
+    }
+
+    /// A complete list of `kind`: what it lacks is gone, the rest is stored.
+    pub fn replace_all(&mut self, kind: Kind, listed: Vec<DynamicObject>) {
+        let keep: BTreeSet<Key> = listed.iter().map(|o| key_of(kind, o)).collect();
+        let gone: Vec<Key> =
+            self.versions.keys().filter(|k| k.0 == kind && !keep.contains(*k)).cloned().collect();
+        for k in gone {
+            self.remove(&k);
+        }
+        for o in listed {
+            self.put(kind, o);
+        }
+        self.synced.insert(kind);
+    }
+
+    /// Marks `kind` as listed (and empty) when the API server does not serve it.
+    pub fn not_served(&mut self, kind: Kind) {
+        if self.synced.insert(kind) {
+            self.changes += 1;
+        }
+    }
+
+    fn remove(&mut self, k: &Key) {
+        let (kind, ns, name) = k;
+        if self.versions.remove(k).is_none() {
+            return;
+        }
+        let pair = || (ns.clone().unwrap_or_default(), name.clone());
+        match kind {
+            Kind::Node => drop(self.state.nodes.remove(name)),
+            Kind::Nad => drop(self.state.nads.remove(&pair())),
+            Kind::Vmi => drop(self.state.vmis.remove(&pair())),
+            Kind::Nncp => drop(self.state.nncps.remove(name)),
+            Kind::Namespace => drop(self.state.namespaces.remove(name)),
+            Kind::MultiNetworkPolicy => drop(self.state.policies.remove(&pair())),
+        }
+        let oref = ObjRef::new(kind.gvk().2, ns.as_deref(), name);
+        self.ignored.remove(&oref);
+        self.refs.remove(&oref);
+        self.problems.remove(k);
+        self.changes += 1;
+    }
+
+    /// Stores (or replaces) one object, parsed as the directory source parses a document.
+    pub fn put(&mut self, kind: Kind, mut o: DynamicObject) {
+        let k = key_of(kind, &o);
+        let rv = o.metadata.resource_version.clone().unwrap_or_default();
+        if !rv.is_empty() && self.versions.get(&k) == Some(&rv) {
+            return;
+        }
+        self.remove(&k);
+        let kname = kind.gvk().2;
+        let api_version = kind.api_version();
+        // List items of built-in kinds carry no apiVersion/kind: the kind watched says it.
+        o.types = Some(kube::api::TypeMeta { api_version: api_version.clone(), kind: kname.into() });
+        let oref = ObjRef::new(kname, k.1.as_deref(), &k.2);
+        self.refs.insert(
+            oref.clone(),
+            ObjectReference {
+                api_version: Some(api_version),
+                kind: Some(kname.into()),
+                name: Some(k.2.clone()),
+                namespace: k.1.clone(),
+                uid: o.metadata.uid.clone(),
+                resource_version: o.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+        );
+        let src = Source { file: Arc::from(path_of(kind, k.1.as_deref(), &k.2)), doc: 0 };
+        let mut one = ClusterState::default();
+        match serde_yaml_ng::to_value(&o) {
+            Ok(v) => one.add_value(src, v),
+            Err(e) => one.problems.push(Problem::object(&src, &oref, "", &format!("cannot convert: {e}"))),
+        }
+        // One object each: inserted (`BTreeMap::append` would rebuild the whole map).
+        self.state.nodes.extend(one.nodes);
+        self.state.nads.extend(one.nads);
+        self.state.vmis.extend(one.vmis);
+        self.state.nncps.extend(one.nncps);
+        self.state.namespaces.extend(one.namespaces);
+        self.state.policies.extend(one.policies);
+        self.ignored.extend(one.ignored);
+        if !one.problems.is_empty() {
+            self.problems.insert(k.clone(), one.problems);
+        }
+        self.versions.insert(k, rv);
+        self.changes += 1;
+    }
+}
+
+/// A retry delay that doubles from `min` to `max`, reset when a watch works again.
+struct Expo {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Iterator for Expo {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl Backoff for Expo {
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// A problem to post as an Event.
+#[derive(Debug, Clone)]
+pub struct EventRequest {
+    pub regarding: ObjectReference,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The running API source: the store the watches fill, and the way to post Events.
+pub struct ApiSource {
+    store: Arc<Mutex<ApiStore>>,
+    changed: Receiver<()>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<EventRequest>>,
+    /// Problems already posted (each once while it lasts).
+    posted: BTreeSet<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Locks the store (a panicked holder leaves it usable: every update is one map operation).
+pub fn lock(s: &Mutex<ApiStore>) -> MutexGuard<'_, ApiStore> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ApiSource {
+    /// Starts the watches on their own thread. Fails only when no configuration can be found
+    /// or no client built; an unreachable API server is retried.
+    pub fn start(opts: ApiOptions) -> Result<ApiSource, ApiError> {
+        let store = Arc::new(Mutex::new(ApiStore::default()));
+        let (tx, changed) = std::sync::mpsc::channel();
+        let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (ok_tx, ok_rx) = std::sync::mpsc::channel();
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ApiError::Thread)?;
+        let st = store.clone();
+        let events = opts.events;
+        let thread = std::thread::Builder::new()
+            .name("kube-watch".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let config = match opts.config.clone() {
+                        Some(c) => c,
+                        None => match kube::Config::infer().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = ok_tx.send(Err(ApiError::Config(e.to_string())));
+                                return;
+                            }
+                        },
+                    };
+                    let client = match kube::Client::try_from(config) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ok_tx.send(Err(ApiError::Client(e)));
+                            return;
+                        }
+                    };
+                    let _ = ok_tx.send(Ok(()));
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for kind in Kind::ALL {
+                        tasks.spawn(watch_kind(client.clone(), kind, opts.clone(), st.clone(), tx.clone()));
+                    }
+                    if events {
+                        tasks.spawn(post_events(client.clone(), opts.node.clone(), ev_rx));
+                    }
+                    let _ = stop_rx.await;
+                    tasks.abort_all();
+                });
+            })
+            .map_err(ApiError::Thread)?;
+        match ok_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(ApiError::Config("the watch thread ended".into()));
+            }
+        }
+        Ok(ApiSource {
+            store,
+            changed,
+            events: events.then_some(ev_tx),
+            posted: BTreeSet::new(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Mutex<ApiStore>> {
+        &self.store
+    }
+
+    /// Waits up to `d` for a change of the store; true if one came.
+    pub fn wait(&self, d: Duration) -> bool {
+        self.changed.recv_timeout(d).is_ok()
+    }
+
+    /// Takes the changes signalled so far without waiting.
+    pub fn drain(&self) {
+        while self.changed.try_recv().is_ok() {}
+    }
+
+    /// Posts an Event for each problem about an object that was not posted yet (a problem
+    /// that goes away and comes back is posted again).
+    pub fn report(&mut self, problems: &[Problem]) {
+        let Some(tx) = &self.events else { return };
+        let store = lock(&self.store);
+        let mut now = BTreeSet::new();
+        for p in problems {
+            let Some(o) = &p.object else { continue };
+            let id = format!("{o}|{}|{}", p.field.as_deref().unwrap_or(""), p.message);
+            if !self.posted.contains(&id) {
+                if let Some(r) = store.reference(o) {
+                    let note = match &p.field {
+                        Some(f) => format!("{f}: {}", p.message),
+                        None => p.message.clone(),
+                    };
+                    let reason = if p.field.is_some() { "InvalidField" } else { "Invalid" };
+                    let _ = tx.send(EventRequest { regarding: r.clone(), reason: reason.into(), note });
+                }
+            }
+            now.insert(id);
+        }
+        self.posted = now;
+    }
+}
+
+impl Drop for ApiSource {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs one kind's watcher for ever, feeding the store.
+async fn watch_kind(
+    client: kube::Client,
+    kind: Kind,
+    opts: ApiOptions,
+    store: Arc<Mutex<ApiStore>>,
+    changed: Sender<()>,
+) {
+    let ar = kind.resource();
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let mut cfg = watcher::Config::default();
+    match kind {
+        Kind::Vmi if !opts.all_vmis => cfg = cfg.labels(&format!("kubevirt.io/nodeName={}", opts.node)),
+        Kind::Node => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
+        _ => {}
+    }
+    let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+    let mut stream = watcher::watcher(api, cfg).backoff(backoff).boxed();
+    let mut failing = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                if failing {
+                    tracing::info!("watch of {} works again", kind.gvk().3);
+                    failing = false;
+                }
+                let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
+                let mut st = lock(&store);
+                let before = st.changes;
+                let was_synced = st.synced.contains(&kind);
+                st.event(kind, ev);
+                let signal = relevant && (st.changes != before || st.synced.contains(&kind) != was_synced);
+                drop(st);
+                if signal {
+                    let _ = changed.send(());
+                }
+            }
+            Err(e) => {
+                if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = &e {
+                    if s.code == 404 {
+                        lock(&store).not_served(kind);
+                        let _ = changed.send(());
+                    }
+                }
+                if !failing {
+                    tracing::warn!("watch of {}: {e}; retrying with backoff", kind.gvk().3);
+                    failing = true;
+                } else {
+                    tracing::debug!("watch of {}: {e}", kind.gvk().3);
+                }
+            }
+        }
+    }
+}
+
+/// Posts Events (events.k8s.io/v1) as the control thread asks; a failed post is retried a few
+/// times with a growing delay, then logged and dropped.
+async fn post_events(
+    client: kube::Client,
+    node: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EventRequest>,
+) {
+    let rec = Recorder::new(client, Reporter { controller: "switchyard".into(), instance: Some(node) });
+    while let Some(r) = rx.recv().await {
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: r.reason.clone(),
+            note: Some(truncate(&r.note, 1024)),
+            action: "Plan".into(),
+            secondary: None,
+        };
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=4 {
+            match rec.publish(&ev, &r.regarding).await {
+                Ok(()) => break,
+                Err(e) if attempt == 4 => {
+                    tracing::warn!("cannot post an Event on {:?}: {e}", r.regarding.name);
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nad(name: &str, rv: &str, vlan: u32) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "uid": format!("u-{name}")},
+            "spec": {"config": format!(r#"{{"cniVersion":"0.3.1","name":"{name}","type":"bridge","bridge":"br","vlan":{vlan}}}"#)}
+        }))
+        .unwrap()
+    }
+
+    fn names(st: &ApiStore) -> Vec<String> {
+        let mut v: Vec<String> = st.snapshot().nads.keys().map(|k| k.1.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_relist_removes_objects_only_once_it_is_complete() {
+        let mut st = ApiStore::default();
+        st.event(Kind::Nad, Event::Init);
+        st.event(Kind::Nad, Event::InitApply(nad("a", "1", 10)));
+        assert!(names(&st).is_empty(), "a list in progress is not stored");
+        st.event(Kind::Nad, Event::InitApply(nad("b", "2", 20)));
+        st.event(Kind::Nad, Event::InitDone);
+        assert_eq!(names(&st), ["a", "b"]);
+        assert!(!st.ready(), "the other required kinds are not listed yet");
+        // A relist that breaks off after its first page (b not seen yet) removes nothing; the
+        // complete one that follows removes b and stores c.
+        st.event(Kind::Nad, Event::Init);
+        st.event(Kind::Nad, Event::InitApply(nad("a", "1", 10)));
+        assert_eq!(names(&st), ["a", "b"]);
+        st.event(Kind::Nad, Event::Init);
+        st.event(Kind::Nad, Event::InitApply(nad("a", "1", 10)));
+        st.event(Kind::Nad, Event::InitApply(nad("c", "5", 30)));
+        assert_eq!(names(&st), ["a", "b"]);
+        st.event(Kind::Nad, Event::InitDone);
+        assert_eq!(names(&st), ["a", "c"]);
+        for k in [Kind::Node, Kind::Vmi, Kind::Nncp] {
+            st.replace_all(k, Vec::new());
+        }
+        assert!(st.ready());
+    }
+
+    #[test]
+    fn a_bad_object_is_a_problem_naming_its_path_and_field_until_it_is_fixed() {
+        let mut st = ApiStore::default();
+        st.event(Kind::Nad, Event::Apply(nad("a", "1", 5000)));
+        let s = st.snapshot();
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        let p = &s.problems[0];
+        assert_eq!(p.file, "/apis/k8s.cni.cncf.io/v1/namespaces/ns/network-attachment-definitions/a");
+        assert_eq!(p.field.as_deref(), Some("spec.config.vlan"));
+        let r = st.reference(p.object.as_ref().unwrap()).unwrap();
+        assert_eq!(r.uid.as_deref(), Some("u-a"));
+        assert_eq!(r.api_version.as_deref(), Some("k8s.cni.cncf.io/v1"));
+        st.event(Kind::Nad, Event::Apply(nad("a", "2", 50)));
+        assert!(st.snapshot().problems.is_empty());
+        st.event(Kind::Nad, Event::Delete(nad("a", "3", 50)));
+        assert!(st.snapshot().nads.is_empty() && st.reference(p.object.as_ref().unwrap()).is_none());
+    }
+}

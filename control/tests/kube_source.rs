@@ -1,0 +1,342 @@
+//! `run --kube` end to end: the real kube-rs client stack (kube-runtime watchers, hyper)
+//! against an in-process API server double (tests/apiserver) serving the manifests of
+//! examples/state, driving a running switch (ring VM ports) through the same plan and reconcile
+//! code as a state directory. Frames flow between two VM ports that no change touches, and
+//! every one is counted out, in order.
+
+mod apiserver;
+
+use apiserver::{example_objects, vmi, ApiServer};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard_control::api_source::ApiOptions;
+use switchyard_control::controller::{Controller, ControllerOptions};
+use switchyard_control::runtime::{RunConfig, Runtime, RuntimeOptions, VmPorts};
+use switchyard_dataplane::buffer::Pool;
+use switchyard_dataplane::config::PortConfig;
+use switchyard_dataplane::port::ring::RingPeer;
+use switchyard_ports::factory::ring_peer;
+use testkit::frame::{Frame, ETHERTYPE_IPV4};
+
+const NODE: &str = apiserver::NODE;
+const VM_A: &str = "tenant-a/vm-a/data";
+const VM_B: &str = "tenant-a/vm-b/data";
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0x0b, 1];
+
+/// A switch with ring VM ports and a ring uplink, and a controller on the double, running.
+struct Agent {
+    rt: Arc<Mutex<Runtime>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(server: &ApiServer) -> Agent {
+        let overrides = RunConfig::from_yaml("ports: {eth1: {type: ring, ring: kube-eth1}}").unwrap();
+        let opts = RuntimeOptions { vm_ports: VmPorts::Ring, overrides, ..Default::default() };
+        let rt = Arc::new(Mutex::new(Runtime::start(opts).unwrap()));
+        let mut api = ApiOptions::new(NODE);
+        api.config = Some(server.kube_config());
+        api.min_backoff = Duration::from_millis(50);
+        api.max_backoff = Duration::from_secs(1);
+        let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || ctl.run(&s).unwrap());
+        Agent { rt, stop, thread: Some(thread) }
+    }
+
+    fn port(&self, name: &str) -> Option<PortConfig> {
+        let rt = self.rt.lock().unwrap();
+        rt.running().bridges.iter().flat_map(|b| &b.ports).find(|p| p.name == name).cloned()
+    }
+
+    /// Waits (bounded) until `cond` holds of the running switch.
+    fn until(&self, what: &str, secs: u64, cond: impl Fn(&Agent) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.rt.lock().unwrap().input.problems.clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn frame(src: [u8; 6], dst: [u8; 6], seq: u64) -> Vec<u8> {
+    Frame::new(dst, src).ethertype(ETHERTYPE_IPV4).payload(&seq.to_be_bytes()).pad(64, 0).build()
+}
+
+/// Numbered frames from one port to another, about one a millisecond, while it runs; checks
+/// each arrives once and in order.
+struct Flow {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    got: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    bad: Arc<AtomicBool>,
+}
+
+impl Flow {
+    fn start(from: RingPeer, to: RingPeer, src: [u8; 6], dst: [u8; 6]) -> Flow {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, got) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let bad = Arc::new(AtomicBool::new(false));
+        let pool = Pool::new("kube-flow", 1024).unwrap();
+        let inj = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut cache = pool.cache();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    if let Some(b) = cache.alloc_copy(&frame(src, dst, seq)) {
+                        match from.inject(b) {
+                            Ok(()) => {
+                                seq += 1;
+                                sent.store(seq, Ordering::Release);
+                            }
+                            Err(b) => cache.free(b),
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let col = {
+            let (stop, sent, got, bad) = (stop.clone(), sent.clone(), got.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut deadline = None;
+                loop {
+                    match to.collect() {
+                        Some(b) => {
+                            let d = b.data();
+                            let seq = u64::from_be_bytes(d[14..22].try_into().unwrap());
+                            if d[6..12] != src || seq != n {
+                                bad.store(true, Ordering::Release);
+                            }
+                            n += 1;
+                            got.store(n, Ordering::Release);
+                        }
+                        None => {
+                            if stop.load(Ordering::Acquire) {
+                                if n >= sent.load(Ordering::Acquire) {
+                                    return;
+                                }
+                                let dl =
+                                    *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(5));
+                                if Instant::now() > dl {
+                                    return;
+                                }
+                            }
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                }
+            })
+        };
+        Flow { stop, sent, got, threads: vec![inj, col], bad }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    fn got(&self) -> u64 {
+        self.got.load(Ordering::Acquire)
+    }
+
+    /// Stops; returns (sent, received) and asserts nothing came out of order or twice.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        assert!(!self.bad.load(Ordering::Acquire), "a frame came twice, out of order or from elsewhere");
+        (self.sent(), self.got())
+    }
+}
+
+fn start_flow(agent: &Agent) -> Flow {
+    agent.until("the two VM ports run", 20, |a| a.port(VM_A).is_some() && a.port(VM_B).is_some());
+    Flow::start(ring_peer(VM_A).unwrap(), ring_peer(VM_B).unwrap(), MAC_A, MAC_B)
+}
+
+/// The number of list (not watch) requests for a collection path.
+fn lists(server: &ApiServer, plural: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(&format!("/{plural}")) && !r.contains("watch=true"))
+        .count()
+}
+
+#[test]
+fn initial_list_programs_the_switch_and_watch_events_reconfigure_it() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("the example's ports run", 20, |a| {
+        ["eth1", VM_A, VM_B, "tenant-a/vm-a/ext"].iter().all(|p| a.port(p).is_some())
+    });
+    assert!(agent.problems().is_empty(), "{:?}", agent.problems());
+    assert_eq!(agent.port("tenant-a/vm-a/ext").unwrap().tag, Some(200));
+    // The VMIs were asked for by label, the Node by name.
+    let reqs = server.requests();
+    assert!(reqs.iter().any(|r| r.contains("virtualmachineinstances") && r.contains("kubevirt.io%2FnodeName%3Dworker-1")), "{reqs:?}");
+    assert!(reqs.iter().any(|r| r.contains("/nodes") && r.contains("metadata.name%3Dworker-1")), "{reqs:?}");
+
+    let flow = start_flow(&agent);
+    // Add a VMI, change a NAD (VLAN 200 -> 201 for vm-a/ext), delete the VMI.
+    server.put(vmi("vm-c", "vlan100", "02:00:00:00:0c:01"));
+    agent.until("vm-c's port runs", 10, |a| a.port("tenant-a/vm-c/data").is_some());
+    let mut nad = server.get("NetworkAttachmentDefinition", "tenant-a", "localnet200").unwrap();
+    let cfg = nad["spec"]["config"].as_str().unwrap().replace("\"vlanID\": 200", "\"vlanID\": 201");
+    nad["spec"]["config"] = json!(cfg);
+    server.put(nad);
+    agent.until("vm-a/ext is on VLAN 201", 10, |a| {
+        a.port("tenant-a/vm-a/ext").and_then(|p| p.tag) == Some(201)
+    });
+    assert!(server.delete("VirtualMachineInstance", "tenant-a", "vm-c"));
+    agent.until("vm-c's port is gone", 10, |a| a.port("tenant-a/vm-c/data").is_none());
+    // A VMI moved to another node leaves this one (its label no longer matches the watch).
+    let mut b = server.get("VirtualMachineInstance", "tenant-a", "vm-b").unwrap();
+    let before = flow.got();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(flow.got() > before, "frames flow between the unchanged ports");
+    let (sent, got) = flow.finish();
+    assert!(sent > 20, "too little traffic: {sent}");
+    assert_eq!(got, sent, "frames lost between unchanged ports while others changed");
+    b["metadata"]["labels"]["kubevirt.io/nodeName"] = json!("worker-2");
+    b["status"]["nodeName"] = json!("worker-2");
+    server.put(b);
+    agent.until("vm-b's port is gone", 10, |a| a.port(VM_B).is_none());
+    let rt = agent.rt.lock().unwrap();
+    let s = rt.switch().port_by_name(VM_A).unwrap().stats.snapshot();
+    assert_eq!(s.drops.values().sum::<u64>(), 0, "{:?}", s.drops);
+}
+
+#[test]
+fn a_dropped_watch_and_a_410_lose_no_update_and_bookmarks_are_used() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(100));
+    let agent = Agent::start(&server);
+    let flow = start_flow(&agent);
+    let vmi_lists = lists(&server, "virtualmachineinstances");
+    assert_eq!(vmi_lists, 1);
+
+    // Every connection drops; a change made before the watches are back is not lost.
+    server.drop_connections();
+    server.put(vmi("vm-d", "vlan100", "02:00:00:00:0d:01"));
+    agent.until("vm-d's port runs", 10, |a| a.port("tenant-a/vm-d/data").is_some());
+    assert_eq!(lists(&server, "virtualmachineinstances"), 1, "a dropped watch resumes, it does not relist");
+
+    // Bookmarks: NAD changes move the resourceVersion on; the VMI watch hears it through
+    // bookmarks, so after a compaction it resumes without a 410 and a relist.
+    let mut nad = server.get("NetworkAttachmentDefinition", "tenant-a", "sriov-net").unwrap();
+    nad["metadata"]["annotations"]["touched"] = json!("1");
+    server.put(nad);
+    std::thread::sleep(Duration::from_millis(600));
+    server.compact();
+    server.drop_connections();
+    server.put(vmi("vm-e", "vlan100", "02:00:00:00:0e:01"));
+    agent.until("vm-e's port runs", 10, |a| a.port("tenant-a/vm-e/data").is_some());
+    assert_eq!(lists(&server, "virtualmachineinstances"), 1, "the VMI watch resumed from a bookmark");
+    let nad_lists = lists(&server, "network-attachment-definitions");
+
+    // A 410: connections drop, a VMI is added and another deleted while they are down, the
+    // history is compacted: the watches get 410 Gone, relist, and the relist removes the
+    // deleted VMI's port and adds the new one.
+    server.drop_connections();
+    server.put(vmi("vm-f", "vlan100", "02:00:00:00:0f:01"));
+    assert!(server.delete("VirtualMachineInstance", "tenant-a", "vm-d"));
+    let mut nad = server.get("NetworkAttachmentDefinition", "tenant-a", "sriov-net").unwrap();
+    nad["metadata"]["annotations"]["touched"] = json!("2");
+    server.put(nad);
+    server.compact();
+    agent.until("vm-f's port runs and vm-d's is gone", 10, |a| {
+        a.port("tenant-a/vm-f/data").is_some() && a.port("tenant-a/vm-d/data").is_none()
+    });
+    assert!(lists(&server, "network-attachment-definitions") > nad_lists, "the NAD watch relisted after 410");
+    assert!(agent.port("tenant-a/vm-e/data").is_some());
+    let (sent, got) = flow.finish();
+    assert!(sent > 20, "too little traffic: {sent}");
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn forwarding_continues_while_the_api_server_is_gone_and_a_change_applies_on_return() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(500));
+    let agent = Agent::start(&server);
+    let flow = start_flow(&agent);
+    server.set_down(true);
+    // The change made meanwhile (the double's store is the cluster's).
+    server.put(vmi("vm-g", "vlan100", "02:00:00:00:10:01"));
+    let outage = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut last = flow.got();
+    while t0.elapsed() < outage {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = flow.got();
+        assert!(now > last, "forwarding stopped while the API server is gone");
+        last = now;
+        assert!(agent.port(VM_A).is_some() && agent.port("tenant-a/vm-g/data").is_none());
+    }
+    server.set_down(false);
+    agent.until("the change made meanwhile applies", 15, |a| a.port("tenant-a/vm-g/data").is_some());
+    assert!(agent.port(VM_B).is_some() && agent.port("eth1").is_some());
+    let (sent, got) = flow.finish();
+    assert!(sent > 1000, "too little traffic: {sent}");
+    assert_eq!(got, sent, "frames lost while the API server was gone");
+}
+
+#[test]
+fn a_bad_nad_becomes_one_event_naming_the_field_and_the_other_interfaces_stay_up() {
+    let mut objs = example_objects();
+    for o in &mut objs {
+        if o["metadata"]["name"] == "vlan100" {
+            let c = o["spec"]["config"].as_str().unwrap().replace("\"vlan\": 100", "\"vlan\": 5000");
+            o["spec"]["config"] = json!(c);
+        }
+    }
+    let server = ApiServer::start(objs, Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("vm-a's other interface runs", 20, |a| a.port("tenant-a/vm-a/ext").is_some());
+    assert!(agent.port(VM_A).is_none() && agent.port(VM_B).is_none());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.events().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another change: the problem is planned again, and not posted twice.
+    server.put(vmi("vm-h", "localnet200", "02:00:00:00:11:01"));
+    agent.until("vm-h's port runs", 10, |a| a.port("tenant-a/vm-h/data").is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    let events = server.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(e["kind"], "Event");
+    assert_eq!(e["metadata"]["namespace"], "tenant-a");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "InvalidField");
+    assert_eq!(e["reportingController"], "switchyard");
+    assert_eq!(e["reportingInstance"], NODE);
+    assert_eq!(e["regarding"]["kind"], "NetworkAttachmentDefinition");
+    assert_eq!(e["regarding"]["name"], "vlan100");
+    assert_eq!(e["regarding"]["uid"], "uid-NetworkAttachmentDefinition-tenant-a-vlan100");
+    let note = e["note"].as_str().unwrap();
+    assert!(note.starts_with("spec.config.vlan: "), "{note}");
+    assert!(note.contains("5000"), "{note}");
+}
