@@ -255,8 +255,8 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
         Arc::new(MbufSlots { mempool: mempool.clone(), table: table.into(), base: base.as_ptr() as usize });
     // SAFETY: the region is slots_in_region * SLOT_SIZE bytes from base (one memzone), valid
     // while the mempool lives, which `slots` keeps; MbufSlots keeps the ExternalSlots contract.
-    let pool =
-        unsafe { Pool::external("dpdk", base, slots_in_region, slots.clone()) }.map_err(|e| e.to_string())?;
+    let pool = unsafe { Pool::external("dpdk", base, slots_in_region, slots.clone()) };
+    let pool = pool.map_err(|e| e.to_string())?;
     Ok(BUFS.get_or_init(|| DpdkBufs { mempool, slots, pool }))
 }
 
