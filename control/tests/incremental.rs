@@ -44,7 +44,7 @@ fn vmi(i: usize, v: usize) -> Value {
     let mut networks = vec![json!({"name": "default", "pod": {}})];
     for (k, n) in nets.iter().enumerate().take(1 + v % 2) {
         let mut ifc = json!({"name": format!("e{k}"), "bridge": {}});
-        if (v + k) % 3 != 0 {
+        if !(v + k).is_multiple_of(3) {
             ifc["macAddress"] = json!(MACS[(i + v + k) % MACS.len()]);
         }
         ifaces.push(ifc);
@@ -53,19 +53,19 @@ fn vmi(i: usize, v: usize) -> Value {
     let node = if v % 7 == 6 { "n1" } else { NODE };
     json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
         "metadata": {"name": format!("vm{i}"), "namespace": "ns",
-                     "labels": {"kubevirt.io/nodeName": node, "app": if v % 2 == 0 { "a" } else { "b" }}},
+                     "labels": {"kubevirt.io/nodeName": node, "app": if v.is_multiple_of(2) { "a" } else { "b" }}},
         "spec": {"domain": {"devices": {"interfaces": ifaces}}, "networks": networks},
         "status": {"nodeName": node,
                    "interfaces": [{"name": "e0", "ipAddress": format!("10.0.0.{}", 1 + i + v % 3)}]}})
 }
 
 fn nncp(i: usize, v: usize) -> Value {
-    let port = json!({"name": format!("eth{}", (i + v) % 3), "vlan": if v % 2 == 0 {
+    let port = json!({"name": format!("eth{}", (i + v) % 3), "vlan": if v.is_multiple_of(2) {
         json!({"mode": "access", "tag": 10 + v % 3})
     } else {
         json!({"mode": "trunk", "trunk-tags": [{"id": 100}, {"id-range": {"min": 200, "max": 202}}]})
     }});
-    let selector = if v % 3 == 0 { json!({"zone": "a"}) } else { json!({}) };
+    let selector = if v.is_multiple_of(3) { json!({"zone": "a"}) } else { json!({}) };
     json!({"apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
         "metadata": {"name": format!("p{i}")},
         "spec": {"nodeSelector": selector, "desiredState": {"interfaces": [
@@ -75,14 +75,14 @@ fn nncp(i: usize, v: usize) -> Value {
 
 fn node(v: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE, "labels": {"zone": if v % 2 == 0 { "a" } else { "b" }}}})
+        "metadata": {"name": NODE, "labels": {"zone": if v.is_multiple_of(2) { "a" } else { "b" }}}})
 }
 
 fn policy(i: usize, v: usize) -> Value {
     json!({"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
         "metadata": {"name": format!("pol{i}"), "namespace": "ns",
                      "annotations": {"k8s.v1.cni.cncf.io/policy-for": format!("net{}", v % 3)}},
-        "spec": {"podSelector": {"matchLabels": {"app": if v % 2 == 0 { "a" } else { "b" }}},
+        "spec": {"podSelector": {"matchLabels": {"app": if v.is_multiple_of(2) { "a" } else { "b" }}},
                  "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}]}})
 }
 
