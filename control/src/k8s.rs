@@ -39,6 +39,24 @@ pub struct Namespace {
 pub struct Node {
     #[serde(default)]
     pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeStatus {
+    /// The node's addresses as the kubelet reports them (`InternalIP`, `ExternalIP`,
+    /// `Hostname`, ...).
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeAddress {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub address: String,
 }
 
 // ---- NetworkAttachmentDefinition (k8s.cni.cncf.io/v1) ----
