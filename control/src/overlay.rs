@@ -244,18 +244,28 @@ pub fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, Stri
     })
 }
 
-/// This node's endpoint: `--tunnel-ip`, else its Node object's.
-fn local_endpoint(state: &ClusterState, node: &str, opts: &PlanOptions) -> Result<IpAddr, Problem> {
+/// This node's endpoint: `--tunnel-ip`, else its Node object's (`None`: a problem says why).
+fn local_endpoint(
+    state: &ClusterState,
+    node: &str,
+    opts: &PlanOptions,
+    problems: &mut Vec<Problem>,
+) -> Option<IpAddr> {
     if let Some(ip) = opts.tunnel_ip {
-        return Ok(ip);
+        return Some(ip);
     }
-    match state.nodes.get(node) {
-        Some(l) => node_endpoint(&l.obj, None).map_err(|(field, msg)| node_problem(l, &field, &msg)),
-        None => Err(Problem::file(
+    let p = match state.nodes.get(node) {
+        Some(l) => match node_endpoint(&l.obj, None) {
+            Ok(ip) => return Some(ip),
+            Err((field, msg)) => node_problem(l, &field, &msg),
+        },
+        None => Problem::file(
             "(plan)",
             format!("no Node object {node} and no --tunnel-ip: this node's overlay networks get no tunnel"),
-        )),
-    }
+        ),
+    };
+    problems.push(p);
+    None
 }
 
 fn node_problem(l: &Loaded<Node>, field: &str, msg: &str) -> Problem {
@@ -271,7 +281,7 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     }
     let members = members(state, &nets);
     let node = plan.node.clone();
-    let mut local: Option<Result<IpAddr, ()>> = None;
+    let mut local: Option<Option<IpAddr>> = None;
     // (local address, UDP port) of the tunnel ports planned so far: one socket each.
     let mut sockets: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
     // Nodes and VMIs already reported (a problem once, however many networks it touches).
@@ -284,11 +294,10 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         // This node's endpoint matters (and its absence is a problem) only where another node
         // hosts a VMI of the network.
         let remote = members.iter().any(|m| &m.network == name && m.node != node);
-        let local_ip = match remote.then(|| {
-            local.get_or_insert_with(|| local_endpoint(state, &node, opts).map_err(|p| plan.problems.push(p)))
-        }) {
-            Some(Ok(ip)) => Some(*ip),
-            _ => None,
+        let local_ip = if remote {
+            *local.get_or_insert_with(|| local_endpoint(state, &node, opts, &mut plan.problems))
+        } else {
+            None
         };
         let v6 = local_ip.map(|ip| ip.is_ipv6());
         let mtu = kind.overlay_mtu(v6.unwrap_or(false), underlay_mtu);
