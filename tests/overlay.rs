@@ -419,7 +419,7 @@ fn mig_vmi(name: &str, mac: &str, node: &str) -> String {
     format!(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: {name}, namespace: ns}}\n\
          spec:\n  domain: {{devices: {{interfaces: [{{name: net1, bridge: {{}}, macAddress: \"{mac}\"}}]}}}}\n  \
-         networks: [{{name: net1, multus: {{networkName: blue}}}}]\nstatus: {{nodeName: {node}}}\n"
+         networks: [{{name: net1, multus: {{networkName: blue}}}}]\nstatus:\n  nodeName: {node}\n"
     )
 }
 
@@ -473,10 +473,12 @@ fn replied_seqs(out: &str) -> Vec<u32> {
 /// Two `switchyard run --state` nodes planned from one directory of manifests (an OVN
 /// layer2 NAD, two Nodes with InternalIPs, three VMIs): the overlay's tunnel ports come from
 /// the plan alone (VNI derived, flood list and static remote MACs from the VMIs' nodes). VM b
-/// then "migrates" from n1 to n2 while a (on n1) pings it every 10 ms: b's twin (same MAC and
-/// IP) appears on n2, the VMI's status.nodeName changes, the old b stops (link down), the
-/// new b sends a gratuitous ARP, the old namespace goes. The longest run of unanswered pings
-/// is the gap; it is printed and must stay under 2 s.
+/// then migrates from n1 to n2 as KubeVirt does it, while a (on n1) pings it every 10 ms:
+/// the VMI's status.migrationState names n2 as the target (n2 plans b's port, without the MAC
+/// static) and b's twin (same MAC and IP) appears there; at the switch-over the old b stops
+/// (link down) and the new one sends a gratuitous ARP, which moves b's MAC on n2 at once (c
+/// on n2 reaches the new b before any replan); then status.nodeName becomes n2. The longest
+/// run of unanswered pings is the gap; it is printed and must stay under 2 s.
 #[test]
 fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     if !skip_unless_ready("a_vm_migrates_across_an_overlay_planned_from_cluster_state") {
@@ -512,6 +514,8 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     assert!(cfg1.contains(mac_c) && cfg1.contains(&ul_addr(false, 2)), "{cfg1}");
     ping_eventually(&va, "10.50.0.3");
     ping_eventually(&va, "10.50.0.2");
+    // c talks to b: n2 learns b's MAC behind its tunnel port, where the announcement must move it.
+    ping_eventually(&vc, "10.50.0.2");
 
     // 10 ms pings for 6 s from a to b, across the migration.
     let interval = Duration::from_millis(10);
@@ -536,16 +540,28 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    // The target "pod": b's twin on n2, same MAC and address, its port named in n2's overrides.
+    // The target "pod": b's twin on n2, same MAC and address, its port planned on n2 from the
+    // migration state while b still runs on n1.
     let vb2 = vm(&mut nss, "vb2", &h2, "pb2", mac_b, "10.50.0.2");
-    let moved = Instant::now();
-    put("b.yaml", &mig_vmi("b", mac_b, "n2"));
+    let migrating =
+        format!("{}  migrationState: {{sourceNode: n1, targetNode: n2}}\n", mig_vmi("b", mac_b, "n1"));
+    put("b.yaml", &migrating);
     port_up(&n2, "ns/b/net1");
-    // Switch-over: the source stops, the target announces itself.
+    // Switch-over: the source stops, the target announces itself; c (on n2) reaches the new b
+    // at once, before any node has replanned.
+    let switched = Instant::now();
     ip(&["-n", &vb1, "link", "set", "eth0", "down"]).unwrap();
     let sock = RawSock::open(Some(&vb2), "eth0").unwrap();
     sock.send(&garp([2, 0x50, 0, 0, 0, 0x0b], [10, 50, 0, 2]));
-    let port_after = moved.elapsed();
+    assert!(ping(&vc, "10.50.0.2", 1, &[]), "c reaches the new b right after its announcement");
+    put(
+        "b.yaml",
+        &format!(
+            "{}  migrationState: {{sourceNode: n1, targetNode: n2, completed: true}}\n",
+            mig_vmi("b", mac_b, "n2")
+        ),
+    );
+    let written = switched.elapsed();
     drop(sock);
     let out = stream.wait_with_output().unwrap();
     let _ = ip(&["netns", "del", &vb1]);
@@ -563,9 +579,9 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     let gap = interval * longest;
     println!(
         "migration: {lost} of {count} pings lost, longest gap {longest} pings = {} ms (10 ms interval); \
-         n2's port up {} ms after the state change",
+         nodeName written {} ms after the switch-over",
         gap.as_millis(),
-        port_after.as_millis()
+        written.as_millis()
     );
     assert!(got.iter().any(|&s| s > count - 50), "replies resumed after the migration:\n{out}");
     assert!(gap < Duration::from_secs(2), "gap {} ms", gap.as_millis());

@@ -689,6 +689,41 @@ mod tests {
         assert_eq!(t.flood, Some(vec!["10.0.0.1".parse().unwrap()]));
     }
 
+    /// During a migration (status.migrationState.targetNode, not completed) the target node
+    /// has the VM's port already, without the MAC static, and the MAC stays remote at the
+    /// source; the source keeps its port and static entry. Completed or failed: as usual.
+    #[test]
+    fn a_migration_in_progress_gives_the_target_a_port_without_the_static_mac() {
+        let mut docs = vec![
+            nad("ns", "blue", "blue", ""),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("c", "blue", "02:00:00:00:00:0c", "n2"),
+        ];
+        let b = vmi("b", "blue", "02:00:00:00:00:0b", "n1");
+        docs.push(format!("{b}  migrationState: {{targetNode: n2, sourceNode: n1, completed: false}}\n"));
+        let port_b = |p: &Plan| {
+            p.config.bridges.iter().flat_map(|b| &b.ports).find(|q| q.name == "ns/b/net1").cloned()
+        };
+        let p2 = plan_of(&docs, "n2");
+        assert!(p2.problems.is_empty(), "{:?}", p2.problems);
+        let q = port_b(&p2).expect("the target has b's port");
+        assert!(q.static_macs.is_empty(), "{q:?}");
+        let rm: Vec<String> = tunnel(&p2, "blue")
+            .unwrap()
+            .remote_macs
+            .iter()
+            .map(|r| format!("{}@{}", r.mac, r.remote))
+            .collect();
+        assert_eq!(rm, ["02:00:00:00:00:0b@10.0.0.1"]);
+        let p1 = plan_of(&docs, "n1");
+        assert_eq!(port_b(&p1).unwrap().static_macs.len(), 1);
+        // Failed: the target has no port any more.
+        docs.pop();
+        docs.push(format!("{b}  migrationState: {{targetNode: n2, sourceNode: n1, failed: true}}\n"));
+        assert!(port_b(&plan_of(&docs, "n2")).is_none());
+    }
+
     /// Migration: the VMI's MAC is local on the node named by status.nodeName and remote to
     /// that node everywhere else; an NAD MTU above the overlay's is a problem on `mtu`.
     #[test]

@@ -173,7 +173,8 @@ pub fn plan_memo(
     }
     let mut next = HashMap::with_capacity(memo.vmis.len());
     for (k, l) in &state.vmis {
-        if l.obj.status.node_name.as_deref() != Some(node) {
+        // A VMI's ports are on its node, and on the target node of a migration in progress.
+        if l.obj.status.node_name.as_deref() != Some(node) && l.obj.status.migration_target() != Some(node) {
             continue;
         }
         if let Some(m) = memo.vmis.remove(k).filter(|m| m.still_valid(state, &l.obj)) {
@@ -186,7 +187,7 @@ pub fn plan_memo(
         }
         let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
         p.nads_seen.clear();
-        p.vmi(state, l, opts);
+        p.vmi(state, l, opts, l.obj.status.node_name.as_deref() != Some(node));
         let m = VmiMemo {
             vmi: l.obj.clone(),
             nads: std::mem::take(&mut p.nads_seen),
@@ -534,7 +535,15 @@ impl Planner {
         }
     }
 
-    fn vmi(&mut self, state: &ClusterState, l: &Loaded<VirtualMachineInstance>, opts: &PlanOptions) {
+    /// Plans the ports of one VMI; `migrating`: this node is the target of its migration in
+    /// progress, not its node.
+    fn vmi(
+        &mut self,
+        state: &ClusterState,
+        l: &Loaded<VirtualMachineInstance>,
+        opts: &PlanOptions,
+        migrating: bool,
+    ) {
         let o = &l.obj;
         let ns = o.metadata.namespace.as_deref().unwrap_or("default");
         let vmi = o.metadata.name.as_str();
@@ -644,7 +653,9 @@ impl Planner {
                     socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
                     mode: Some("server".into()),
                     socket_mode: opts.vhost_socket_mode.clone(),
-                    static_macs: mac.into_iter().collect(),
+                    // On a migration's target, the MAC is not static before the switch-over:
+                    // the guest still runs on the source (docs/overlay.md, "Live migration").
+                    static_macs: if migrating { Vec::new() } else { mac.into_iter().collect() },
                     ..Default::default()
                 };
                 let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
