@@ -562,6 +562,38 @@ mod tests {
         )));
     }
 
+    /// Dual-stack Nodes: a remote endpoint is the InternalIP of this node's endpoint's family
+    /// (IPv6 with an IPv6 `--tunnel-ip`), and the overlay MTU counts the IPv6 header.
+    #[test]
+    fn endpoints_follow_the_local_family() {
+        let dual = |name: &str, v4: &str, v6: &str| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n    \
+                 - {{type: InternalIP, address: \"{v4}\"}}\n    - {{type: InternalIP, address: \"{v6}\"}}\n"
+            )
+        };
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            dual("n1", "10.0.0.1", "fd00::1"),
+            dual("n2", "10.0.0.2", "fd00::2"),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+        ];
+        let p = plan_of(&docs, "n1");
+        assert_eq!(tunnel(&p, "blue").unwrap().flood, Some(vec!["10.0.0.2".parse().unwrap()]));
+        let mut st = ClusterState::default();
+        for (i, d) in docs.iter().enumerate() {
+            st.add_yaml(&format!("f{i}.yaml"), d);
+        }
+        let opts = PlanOptions { tunnel_ip: Some("fd00::1".parse().unwrap()), ..Default::default() };
+        let p = plan(&st, "n1", &BTreeMap::new(), &opts);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let t = tunnel(&p, "blue").unwrap();
+        assert_eq!(t.flood, Some(vec!["fd00::2".parse().unwrap()]));
+        assert_eq!(t.remote_macs[0].remote, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.overlays[0].mtu, 1430);
+    }
+
     /// A network alone on its node has a bridge but no tunnel port, and needs no endpoint.
     #[test]
     fn a_network_on_one_node_has_no_tunnel_and_needs_no_node_ip() {
