@@ -3,7 +3,7 @@
 //! with the queues crossed), like DPDK's net_ring. Each queue's slots are allocated by its
 //! first frame, so an idle ring port holds no frame slots.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
@@ -120,7 +120,7 @@ impl Drop for RingRx {
 }
 
 impl RxQueue for RingRx {
-    fn rx_burst(&mut self, _c: &mut PoolCache, out: &mut Burst, max: usize, _d: &mut DropTally) -> usize {
+    fn rx_burst(&mut self, _rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let room = max.min(out.remaining_capacity());
         let mut n = 0;
         while n < room {
@@ -227,7 +227,7 @@ mod tests {
             peer.inject(cache.alloc_copy(&[i; 60]).expect("buffer")).expect("room");
         }
         let mut burst = Burst::new();
-        assert_eq!(rx.rx_burst(&mut cache, &mut burst, 32, &mut tally), 2);
+        assert_eq!(rx.rx_burst(RxCtx::new(&mut cache, &mut tally), &mut burst, 32), 2);
         assert_eq!(burst.iter().map(|b| b.data()[0]).collect::<Vec<_>>(), [1, 2]);
 
         burst.push(cache.alloc_copy(&[3; 60]).expect("buffer"));
