@@ -95,6 +95,79 @@ impl TunnelKind {
     }
 }
 
+/// The first 32 bits of a Geneve header that needs no option walk: version 0 and no options
+/// (first byte), O and C clear, protocol Ethernet; the 6 reserved flag bits are ignored.
+const GENEVE_PLAIN_MASK: u32 = 0xffc0_ffff;
+const GENEVE_PLAIN: u32 = GENEVE_PROTO_ETHERNET as u32;
+
+/// The UDP source port range of RFC 7348 section 5 (the dynamic ports, 49152-65535).
+pub const SOURCE_PORT_MIN: u16 = 49152;
+const SOURCE_PORT_SPAN: u64 = 65536 - SOURCE_PORT_MIN as u64;
+
+/// A hash of an inner frame's flow: the Ethernet addresses and EtherType, and for IPv4/IPv6
+/// (behind at most one VLAN tag) the addresses, the protocol and, for TCP, UDP and SCTP, the
+/// ports. Frames of one flow hash alike, so one flow keeps one underlay path and its order.
+/// Reads only within `frame` (fixed offsets, bounds-checked), whatever its bytes.
+#[inline]
+pub fn flow_hash(frame: &[u8]) -> u32 {
+    #[inline(always)]
+    fn mix(h: u64, v: u64) -> u64 {
+        (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+    }
+    let word = |off: usize| -> u64 {
+        frame.get(off..off + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let be16 = |off: usize| frame.get(off..off + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let mut h = mix(mix(0, word(0)), word(6));
+    let mut l3 = ETH_HEADER_LEN;
+    let mut ethertype = be16(12);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = be16(16);
+        l3 += 4;
+    }
+    let (proto, ports_at) = match ethertype {
+        0x0800 if frame.len() >= l3 + 20 => {
+            // Source and destination addresses are the 8 bytes at 12.
+            h = mix(h, word(l3 + 12));
+            let ihl = usize::from(frame[l3] & 0x0f) * 4;
+            let first_fragment = be16(l3 + 6) & 0x1fff == 0;
+            (frame[l3 + 9], if first_fragment { Some(l3 + ihl) } else { None })
+        }
+        0x86dd if frame.len() >= l3 + 40 => {
+            for k in 0..4 {
+                h = mix(h, word(l3 + 8 + 8 * k));
+            }
+            (frame[l3 + 6], Some(l3 + 40))
+        }
+        _ => (0, None),
+    };
+    h = mix(h, (u64::from(ethertype) << 8) | u64::from(proto));
+    if let (6 | 17 | 132, Some(at)) = (proto, ports_at) {
+        h = mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// The UDP source port for a flow hash: spread evenly over 49152-65535 (as the kernel's
+/// `udp_flow_src_port` scales a hash into its range).
+#[inline]
+pub fn source_port(hash: u32) -> u16 {
+    SOURCE_PORT_MIN + ((u64::from(hash) * SOURCE_PORT_SPAN) >> 32) as u16
+}
+
+/// Why an inner frame of `len` bytes cannot be sent through a tunnel whose largest inner
+/// frame is `max_inner`: shorter than an Ethernet header, or too big (never fragmented).
+#[inline]
+pub fn inner_len_drop(len: usize, max_inner: usize) -> Option<DropReason> {
+    if len < ETH_HEADER_LEN {
+        Some(DropReason::Runt)
+    } else if len > max_inner {
+        Some(DropReason::TunnelMtu)
+    } else {
+        None
+    }
+}
+
 /// The drop reason for a datagram the wire views refuse.
 fn wire_reason(e: WireError) -> DropReason {
     match e {
@@ -123,6 +196,14 @@ impl TunnelCodec {
                 (p.vni(), VXLAN_HEADER_LEN)
             }
             TunnelKind::Geneve => {
+                // What switchyard, the kernel and OVN send: version 0, no options, neither O
+                // nor C, an Ethernet payload -- one compare of the first word.
+                if let Some(&[b0, b1, b2, b3, v0, v1, v2, _]) = datagram.first_chunk::<GENEVE_HEADER_LEN>() {
+                    if u32::from_be_bytes([b0, b1, b2, b3]) & GENEVE_PLAIN_MASK == GENEVE_PLAIN {
+                        let vni = u32::from_be_bytes([0, v0, v1, v2]);
+                        return self.checked_inner(datagram, vni, GENEVE_HEADER_LEN);
+                    }
+                }
                 let p = GenevePacket::new_checked(datagram).map_err(wire_reason)?;
                 if p.oam() || p.protocol() != GENEVE_PROTO_ETHERNET {
                     return Err(DropReason::TunnelBadHeader);
@@ -130,10 +211,16 @@ impl TunnelCodec {
                 (p.vni(), p.header_len())
             }
         };
+        self.checked_inner(datagram, vni, off)
+    }
+
+    /// `off` once the VNI is the port's and an Ethernet header follows it.
+    #[inline(always)]
+    fn checked_inner(&self, datagram: &[u8], vni: u32, off: usize) -> Result<usize, DropReason> {
         if vni != self.vni {
             return Err(DropReason::TunnelWrongVni);
         }
-        if datagram.len() - off < ETH_HEADER_LEN {
+        if datagram.len() < off + ETH_HEADER_LEN {
             return Err(DropReason::TunnelInnerRunt);
         }
         Ok(off)
@@ -258,6 +345,11 @@ impl Remotes {
         let _ = slot.set(ip);
         self.len.store(n + 1, Ordering::Release);
         Some(n as u16)
+    }
+
+    /// The index of endpoint `ip` when it is known.
+    pub fn index_of(&self, ip: IpAddr) -> Option<u16> {
+        self.endpoint_index(ip, false)
     }
 
     /// The endpoint at `i`.
@@ -391,6 +483,68 @@ mod tests {
         let mut past = gd.clone();
         past[0] = 63;
         assert_eq!(g.decap(&past), Err(DropReason::GeneveBadOptions));
+    }
+
+    #[test]
+    fn geneve_plain_and_walked_headers_agree() {
+        let g = TunnelCodec { kind: TunnelKind::Geneve, vni: 5001 };
+        let mut gd = vec![0, 0, 0x65, 0x58, 0, 0x13, 0x89, 0];
+        gd.extend_from_slice(&frame());
+        // Reserved flag bits and the reserved byte are ignored on both paths.
+        for (b1, b7) in [(0, 0), (0x3f, 0xff)] {
+            let mut d = gd.clone();
+            d[1] = b1;
+            d[7] = b7;
+            assert_eq!(g.decap(&d), Ok(8));
+            assert_eq!(g.decap(&d[..8 + 13]), Err(DropReason::TunnelInnerRunt));
+            assert_eq!(TunnelCodec { vni: 5002, ..g }.decap(&d), Err(DropReason::TunnelWrongVni));
+        }
+        // One 4-byte option takes the walked path and gives the same answers.
+        let mut opt = vec![1, 0, 0x65, 0x58, 0, 0x13, 0x89, 0, 1, 2, 3, 0];
+        opt.extend_from_slice(&frame());
+        assert_eq!(g.decap(&opt), Ok(12));
+        assert_eq!(g.decap(&opt[..12 + 13]), Err(DropReason::TunnelInnerRunt));
+        let mut v1 = gd.clone();
+        v1[0] = 0x40;
+        assert_eq!(g.decap(&v1), Err(DropReason::TunnelBadHeader));
+        for n in 0..8 {
+            assert_eq!(g.decap(&gd[..n]), Err(DropReason::TunnelTruncated));
+        }
+    }
+
+    #[test]
+    fn source_ports_follow_the_inner_flow() {
+        // IPv4/UDP 10.0.0.1:1000 -> 10.0.0.2:2000 behind MACs.
+        let udp = |sport: u16, tag: bool| {
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+            if tag {
+                f.extend_from_slice(&[0x81, 0x00, 0, 10]);
+            }
+            f.extend_from_slice(&[
+                0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            ]);
+            f.extend_from_slice(&sport.to_be_bytes());
+            f.extend_from_slice(&[0x07, 0xd0, 0, 8, 0, 0]);
+            f
+        };
+        assert_eq!(flow_hash(&udp(1000, false)), flow_hash(&udp(1000, false)));
+        assert_ne!(flow_hash(&udp(1000, false)), flow_hash(&udp(1001, false)));
+        assert_ne!(flow_hash(&udp(1000, true)), flow_hash(&udp(1001, true)));
+        // 4096 source ports of one host pair spread over the range: every port in range,
+        // and most of the 64 sixteenths of it used.
+        let mut seen = [false; 64];
+        for sport in 0..4096u16 {
+            let p = source_port(flow_hash(&udp(sport, false)));
+            assert!(p >= SOURCE_PORT_MIN);
+            seen[usize::from(p - SOURCE_PORT_MIN) / 256] = true;
+        }
+        assert!(seen.iter().filter(|&&s| s).count() >= 60, "{seen:?}");
+        assert_eq!(source_port(0), 49152);
+        assert_eq!(source_port(u32::MAX), 65535);
+        // Anything, however short, hashes without a panic.
+        for n in 0..udp(1, true).len() {
+            flow_hash(&udp(1, true)[..n]);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
+use switchyard_dataplane::tunnel::{inner_len_drop, Remotes, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
@@ -491,15 +491,7 @@ impl TxQueue for UdpTunnelTx {
         let now = sh.now_s();
         let mut ready: ArrayVec<(PacketBuf, Dest), MAX_BURST> = ArrayVec::new();
         for mut b in pkts.drain(..) {
-            let len = b.len();
-            let reason = if len < ETH_HEADER_LEN {
-                Some(DropReason::Runt)
-            } else if len > sh.max_inner {
-                Some(DropReason::TunnelMtu)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
+            if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
                 drops.add(r, 1);
                 cache.free(b);
                 continue;
