@@ -16,7 +16,7 @@ use crate::buffer::{BufferError, PacketBuf};
 use crate::fdb::{FdbError, MacTable};
 use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
-use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN, VXLAN_PORT};
+use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
 use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,10 +95,10 @@ impl TunnelKind {
     }
 }
 
-/// The first 32 bits of a Geneve header that needs no option walk: version 0 and no options
-/// (first byte), O and C clear, protocol Ethernet; the 6 reserved flag bits are ignored.
-const GENEVE_PLAIN_MASK: u32 = 0xffc0_ffff;
-const GENEVE_PLAIN: u32 = GENEVE_PROTO_ETHERNET as u32;
+/// The length of both headers switchyard writes, and of every header decapsulated by one
+/// compare (VXLAN; Geneve without options).
+const PLAIN_HEADER_LEN: usize = 8;
+const _: () = assert!(PLAIN_HEADER_LEN == VXLAN_HEADER_LEN && PLAIN_HEADER_LEN == GENEVE_HEADER_LEN);
 
 /// The UDP source port range of RFC 7348 section 5 (the dynamic ports, 49152-65535).
 pub const SOURCE_PORT_MIN: u16 = 49152;
@@ -187,23 +187,50 @@ pub struct TunnelCodec {
 }
 
 impl TunnelCodec {
+    /// The first 8 bytes of a header that needs no more than one compare, as a mask and the
+    /// value they must have: VXLAN with the I flag and this VNI; Geneve version 0 without
+    /// options, O and C clear, protocol Ethernet, this VNI. Reserved bits are masked out
+    /// (ignored, as both RFCs say).
+    #[inline(always)]
+    fn plain_header(&self) -> (u64, u64) {
+        let vni = u64::from(self.vni & VNI_MAX) << 8;
+        match self.kind {
+            TunnelKind::Vxlan => (0x0800_0000_ffff_ff00, 0x0800_0000_0000_0000 | vni),
+            TunnelKind::Geneve => (0xffc0_ffff_ffff_ff00, u64::from(GENEVE_PROTO_ETHERNET) << 32 | vni),
+        }
+    }
+
+    /// Whether `datagram` starts with the plain header of [`TunnelCodec::plain_header`] and
+    /// holds an Ethernet header after it: the common case, decided with one compare, whose
+    /// answer is always `Ok(8)`.
+    #[inline(always)]
+    fn is_plain(&self, datagram: &[u8]) -> bool {
+        let (mask, want) = self.plain_header();
+        match datagram.first_chunk::<PLAIN_HEADER_LEN>() {
+            Some(h) => {
+                u64::from_be_bytes(*h) & mask == want && datagram.len() >= PLAIN_HEADER_LEN + ETH_HEADER_LEN
+            }
+            None => false,
+        }
+    }
+
     /// Where the inner frame starts in a received UDP payload, or why the datagram is dropped.
     #[inline]
     pub fn decap(&self, datagram: &[u8]) -> Result<usize, DropReason> {
+        if self.is_plain(datagram) {
+            return Ok(PLAIN_HEADER_LEN);
+        }
+        self.decap_checked(datagram)
+    }
+
+    /// [`TunnelCodec::decap`] through the wire views: every header, options included.
+    fn decap_checked(&self, datagram: &[u8]) -> Result<usize, DropReason> {
         let (vni, off) = match self.kind {
             TunnelKind::Vxlan => {
                 let p = VxlanPacket::new_checked(datagram).map_err(wire_reason)?;
                 (p.vni(), VXLAN_HEADER_LEN)
             }
             TunnelKind::Geneve => {
-                // What switchyard, the kernel and OVN send: version 0, no options, neither O
-                // nor C, an Ethernet payload -- one compare of the first word.
-                if let Some(&[b0, b1, b2, b3, v0, v1, v2, _]) = datagram.first_chunk::<GENEVE_HEADER_LEN>() {
-                    if u32::from_be_bytes([b0, b1, b2, b3]) & GENEVE_PLAIN_MASK == GENEVE_PLAIN {
-                        let vni = u32::from_be_bytes([0, v0, v1, v2]);
-                        return self.checked_inner(datagram, vni, GENEVE_HEADER_LEN);
-                    }
-                }
                 let p = GenevePacket::new_checked(datagram).map_err(wire_reason)?;
                 if p.oam() || p.protocol() != GENEVE_PROTO_ETHERNET {
                     return Err(DropReason::TunnelBadHeader);
@@ -211,12 +238,6 @@ impl TunnelCodec {
                 (p.vni(), p.header_len())
             }
         };
-        self.checked_inner(datagram, vni, off)
-    }
-
-    /// `off` once the VNI is the port's and an Ethernet header follows it.
-    #[inline(always)]
-    fn checked_inner(&self, datagram: &[u8], vni: u32, off: usize) -> Result<usize, DropReason> {
         if vni != self.vni {
             return Err(DropReason::TunnelWrongVni);
         }
@@ -229,7 +250,8 @@ impl TunnelCodec {
     /// Decapsulates a received datagram in place: `buf` keeps the inner frame.
     #[inline]
     pub fn decap_buf(&self, buf: &mut PacketBuf) -> Result<(), DropReason> {
-        let off = self.decap(buf.data())?;
+        // The plain case trims a constant, the others what the header says.
+        let off = if self.is_plain(buf.data()) { PLAIN_HEADER_LEN } else { self.decap_checked(buf.data())? };
         buf.trim_front(off).map_err(|_| DropReason::TunnelTruncated)
     }
 

@@ -50,6 +50,14 @@ pub struct TunnelOptions {
     pub aging_s: u32,
 }
 
+impl TunnelOptions {
+    /// The remote table these options describe (flood list, static remote MACs, learning).
+    pub fn remotes(&self, port: &str) -> Result<Remotes, PortError> {
+        Remotes::new(&self.flood, &self.remote_macs, self.learn, self.aging_s)
+            .map_err(|e| PortError::Backend { port: port.into(), msg: e.to_string() })
+    }
+}
+
 /// Datagrams one `recvmmsg` takes at most.
 const RECV_BATCH: usize = 32;
 /// Messages one `sendmmsg` carries at most (a burst's frames times their endpoints).
@@ -132,8 +140,7 @@ pub fn route_mtu(local: IpAddr, remote: IpAddr, port: u16) -> std::io::Result<u3
 
 impl UdpTunnelPort {
     pub fn open(name: &str, o: &TunnelOptions) -> Result<UdpTunnelPort, PortError> {
-        let remotes = Remotes::new(&o.flood, &o.remote_macs, o.learn, o.aging_s)
-            .map_err(|e| PortError::Backend { port: name.into(), msg: e.to_string() })?;
+        let remotes = o.remotes(name)?;
         let sock = UdpSocket::bind(SocketAddr::new(o.local, o.dstport)).map_err(|e| io_err(name, e))?;
         sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
         let fd = sock.as_fd();

@@ -81,8 +81,7 @@ impl UplinkTunnelPort {
         mac: MacAddr,
         underlay_mtu: u32,
     ) -> Result<UplinkTunnelPort, PortError> {
-        let remotes = Remotes::new(&o.flood, &o.remote_macs, o.learn, o.aging_s)
-            .map_err(|e| PortError::Backend { port: name.into(), msg: e.to_string() })?;
+        let remotes = o.remotes(name)?;
         let ipv6 = o.local.is_ipv6();
         tracing::info!(
             port = name,
