@@ -512,8 +512,11 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     }
     assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");
     assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
-    // Resolution, both ways: the kernel node asked for our tunnel address and has our
-    // uplink's MAC from switchyard's answer; switchyard resolved the kernel node's.
+    // Resolution, both ways. The kernel node may have taken our MAC from switchyard's own
+    // request; with that entry gone, it must ask, and only switchyard's answer lets the
+    // kernel's VM reach ours again.
+    ip(&["-n", &k, "neigh", "del", &l1, "dev", "eth0"]).unwrap();
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard, its neighbour entry for {l1} deleted");
     let neigh = String::from_utf8(run_in(&k, &["ip", "neigh", "show", &l1, "dev", "eth0"]).stdout).unwrap();
     assert!(neigh.contains("lladdr 02:00:00:00:99:01"), "kernel's neighbour entry: {neigh:?}");
     let ports = n1.ctl(&["show", "ports"]);
