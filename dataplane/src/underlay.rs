@@ -200,7 +200,7 @@ pub fn arp_frame(
     out[6..12].copy_from_slice(&mac.0);
     out[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
     ArpRepr { operation: op, sha: mac, spa: ip, tha, tpa: target }.emit_into(&mut out[ETH_HEADER_LEN..]);
-    debug_assert!(ETH_HEADER_LEN + ARP_ETH_IPV4_LEN <= ETH_MIN_FRAME);
+    const { assert!(ETH_HEADER_LEN + ARP_ETH_IPV4_LEN <= ETH_MIN_FRAME) };
     ETH_MIN_FRAME
 }
 

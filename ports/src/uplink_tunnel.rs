@@ -219,8 +219,10 @@ impl UplinkTunnelRx {
         }
         self.probed_at = Some(now);
         let sh = self.shared.clone();
-        for (i, ip) in sh.remotes.endpoints().into_iter().enumerate() {
-            if sh.neighbours.take_probe(i as u16, now) {
+        // Endpoints are numbered densely from 0: the first index without one ends the list.
+        for i in 0..MAX_ENDPOINTS as u16 {
+            let Some(ip) = sh.remotes.endpoint(i) else { break };
+            if sh.neighbours.take_probe(i, now) {
                 self.control_frame(cache, ip, None, drops);
             }
         }
