@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{
     flow_hash, inner_len_drop, source_port, Remotes, TunnelCodec, MAX_ENDPOINTS,
@@ -243,17 +243,12 @@ impl UplinkTunnelRx {
 }
 
 impl RxQueue for UplinkTunnelRx {
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let now = self.shared.now_s();
         self.probe(cache, now, drops);
         let want = max.min(out.remaining_capacity());
-        self.rx.rx_burst(cache, &mut self.frames, want, drops);
+        self.rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want);
         let sh = self.shared.clone();
         let mut delivered = 0;
         let mut frames = std::mem::take(&mut self.frames);
