@@ -12,7 +12,11 @@
 //! - the control thread's CPU time per event (its thread CPU clock between two reconciles),
 //!   which the machine's load does not stretch as it does the wall time;
 //! - the resident memory of the 20,000 ring backends alone (a child process opens them from a
-//!   switch configuration, no control plane): the test backend's share of the agent's RSS.
+//!   switch configuration, no control plane): the test backend's share of the agent's RSS. A
+//!   ring port allocates its queues on its first frame (as a vhost-user port maps guest
+//!   memory only once a guest connects), so these idle ports hold no frame slots;
+//! - where a reconcile's time goes: the phases of the initial sync's reconcile, and each
+//!   phase's median over the events' reconciles.
 //!
 //! Asserts nothing about time. Run: `cargo bench -p switchyard-control --bench kube_scale`
 //! (`SY_VMIS=N` for another size).
@@ -110,6 +114,12 @@ fn rings_alone(vmis: u32) {
     rt.stop();
 }
 
+/// A reconcile's phases in words: `plan 1.2 ms, compile 3.4 ms, ...`.
+fn words(phases: &[(&'static str, Duration)]) -> String {
+    let w: Vec<String> = phases.iter().map(|(n, d)| format!("{n} {:.1} ms", d.as_secs_f64() * 1e3)).collect();
+    w.join(", ")
+}
+
 /// The calling thread's CPU time.
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -163,13 +173,20 @@ fn main() {
     api.config = Some(kube::Config::new(url.trim().parse().unwrap()));
     let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
     // Each reconcile's end, with the ports it added and removed.
-    type Done = (Instant, Vec<String>, Vec<String>, usize, Duration);
+    type Done = (Instant, Vec<String>, Vec<String>, usize, Duration, Vec<(&'static str, Duration)>);
     let (tx, rx) = mpsc::channel::<Done>();
     ctl.on_reconcile = Some(Box::new(move |r| {
         if let Ok(a) = r {
             let n =
                 a.diff.added.len() + a.diff.unchanged.len() + a.diff.changed.len() + a.diff.reopened.len();
-            let _ = tx.send((Instant::now(), a.diff.added.clone(), a.diff.removed.clone(), n, thread_cpu()));
+            let _ = tx.send((
+                Instant::now(),
+                a.diff.added.clone(),
+                a.diff.removed.clone(),
+                n,
+                thread_cpu(),
+                a.phases.spans.clone(),
+            ));
         }
     }));
     let stop = Arc::new(AtomicBool::new(false));
@@ -178,8 +195,10 @@ fn main() {
     let thread = std::thread::spawn(move || ctl.run(&s).unwrap());
     let want = 2 * vmis as usize;
     let (synced, mut cpu_last) = loop {
-        let (t, _, _, n, cpu) = rx.recv_timeout(Duration::from_secs(120)).expect("initial sync within 120 s");
+        let (t, _, _, n, cpu, phases) =
+            rx.recv_timeout(Duration::from_secs(120)).expect("initial sync within 120 s");
         if n >= want {
+            println!("initial sync reconcile phases: {}", words(&phases));
             break (t, cpu);
         }
     };
@@ -195,6 +214,7 @@ fn main() {
     );
 
     let mut lat = Vec::with_capacity(events);
+    let mut phase_ms: Vec<(&'static str, Vec<f64>)> = Vec::new();
     let mut cpu = Vec::with_capacity(events);
     let mut ok = String::new();
     for k in 0..events {
@@ -211,8 +231,14 @@ fn main() {
         ok.clear();
         from_double.read_line(&mut ok).unwrap();
         loop {
-            let (at, added, removed, _, c) =
+            let (at, added, removed, _, c, phases) =
                 rx.recv_timeout(Duration::from_secs(30)).expect("the change went live");
+            for (k, (name, d)) in phases.iter().enumerate() {
+                if phase_ms.len() <= k {
+                    phase_ms.push((name, Vec::new()));
+                }
+                phase_ms[k].1.push(d.as_secs_f64() * 1e3);
+            }
             cpu.push((c - cpu_last).as_secs_f64() * 1e3);
             cpu_last = c;
             if (add && added.contains(&port)) || (!add && removed.contains(&port)) {
@@ -238,6 +264,14 @@ fn main() {
         stats(&mut lat)
     );
     println!("control thread CPU per reconcile ({} reconciles): {}", cpu.len(), stats(&mut cpu));
+    for (name, v) in &mut phase_ms {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "  reconcile phase {name:>16}: median {:.2} ms, max {:.2} ms",
+            v[v.len() / 2],
+            v[v.len() - 1]
+        );
+    }
     let mut load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     load.truncate(load.trim_end().len());
     println!("load average at the end: {load}");

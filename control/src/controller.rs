@@ -17,10 +17,10 @@ use crate::api_source::{self, ApiError, ApiOptions, ApiSource};
 use crate::k8s::ClusterState;
 use crate::lastgood::LastGood;
 use crate::plan::PlanOptions;
-use crate::runtime::{Applied, InputStatus, Runtime, RuntimeError};
+use crate::runtime::{Applied, InputStatus, Phases, Runtime, RuntimeError};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -173,7 +173,7 @@ pub struct Controller {
     opts: ControllerOptions,
     lastgood: LastGood,
     runtime: Arc<Mutex<Runtime>>,
-    logged: BTreeSet<String>,
+    logged: HashSet<String>,
     reconciles: u64,
     /// The problems of the last plan (for the API source's Events).
     problems: Option<Vec<crate::Problem>>,
@@ -229,7 +229,7 @@ impl Controller {
             opts,
             lastgood: LastGood::new(),
             runtime,
-            logged: BTreeSet::new(),
+            logged: HashSet::new(),
             reconciles: 0,
             problems: None,
             api: None,
@@ -259,13 +259,15 @@ impl Controller {
         self.reconciles += 1;
         match self.opts.source.clone() {
             Source::State(src) => {
+                let ph = Phases::start();
                 let state = ClusterState::load_dir(&src.dir)
                     .map_err(|source| logged(ControllerError::StateDir { dir: src.dir.clone(), source }))?;
-                self.reconcile_state(state, &src.node, &src.labels, &src.plan)
+                self.reconcile_state(state, &src.node, &src.labels, &src.plan, ph)
             }
             Source::Switch(file) => self.reconcile_switch(&file),
             Source::Kube(src) => {
                 let api = self.api.as_ref().ok_or(ControllerError::NotSynced)?;
+                let ph = Phases::start();
                 let state = {
                     let st = api_source::lock(api.store());
                     if !st.ready() {
@@ -273,7 +275,7 @@ impl Controller {
                     }
                     st.snapshot()
                 };
-                let r = self.reconcile_state(state, &src.api.node, &src.labels, &src.plan);
+                let r = self.reconcile_state(state, &src.api.node, &src.labels, &src.plan, ph);
                 if let (Some(api), Some(problems)) = (self.api.as_mut(), self.problems.take()) {
                     api.report(&problems);
                 }
@@ -309,12 +311,15 @@ impl Controller {
         node: &str,
         labels: &BTreeMap<String, String>,
         plan: &PlanOptions,
+        mut ph: Phases,
     ) -> Result<Applied, ControllerError> {
-        let r = self.lastgood.resolve(state, node, labels, plan);
+        ph.mark("load state");
+        let mut r = self.lastgood.resolve(state, node, labels, plan);
+        ph = self.lastgood.take_phases().after(ph);
         self.problems = Some(r.plan.problems.clone());
         let mut input = InputStatus { reconciles: self.reconciles, ..Default::default() };
-        let mut now = BTreeSet::new();
-        let mut say = |line: String, warn: bool, logged: &BTreeSet<String>| {
+        let mut now = HashSet::with_capacity(self.logged.len());
+        let mut say = |line: String, warn: bool, logged: &HashSet<String>| {
             if !logged.contains(&line) {
                 if warn {
                     tracing::warn!("{line}");
@@ -341,9 +346,15 @@ impl Controller {
             input.notes.push(n.clone());
         }
         self.logged = now;
+        ph.mark("log decisions");
         let mut rt = lock(&self.runtime);
         rt.input = input;
-        rt.apply(&r.plan.config, &|n| origin(&r.state, n)).map_err(|e| logged(ControllerError::Apply(e)))
+        let config = Arc::new(std::mem::take(&mut r.plan.config));
+        let mut a = rt
+            .apply_shared(config, &|n| origin(&r.state, n))
+            .map_err(|e| logged(ControllerError::Apply(e)))?;
+        a.phases = std::mem::take(&mut a.phases).after(ph);
+        Ok(a)
     }
 
     /// Watches the source and reconciles on every change until `stop` is set. Does one

@@ -140,6 +140,11 @@ impl LastGood {
         LastGood::default()
     }
 
+    /// Where the last [`LastGood::resolve`]'s time went (the plan's phases, then its own).
+    pub fn take_phases(&mut self) -> crate::phases::Phases {
+        std::mem::take(&mut self.memo.phases)
+    }
+
     /// Plans `state` for `node`, substituting last good versions of bad objects, and
     /// remembers the good ones for next time.
     pub fn resolve(
@@ -150,6 +155,7 @@ impl LastGood {
         opts: &PlanOptions,
     ) -> Resolved {
         let first = plan_memo(&state, node, labels, opts, &mut self.memo);
+        let mut ph = std::mem::take(&mut self.memo.phases);
         let mut bad = Bad {
             objects: first.problems.iter().filter_map(|p| p.object.clone()).collect(),
             files: first.problems.iter().filter(|p| p.object.is_none()).map(|p| p.file.clone()).collect(),
@@ -243,7 +249,9 @@ impl LastGood {
             .filter(|(k, _)| keep(&namespace_ref(k)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        ph.mark("last good");
         if kept.is_empty() {
+            self.memo.phases = ph;
             return Resolved { plan: first, kept, state };
         }
         let mut second = plan_memo(&state, node, labels, opts, &mut self.memo);
@@ -254,6 +262,7 @@ impl LastGood {
             }
         }
         second.problems = problems;
+        self.memo.phases = std::mem::take(&mut self.memo.phases).after(ph);
         Resolved { plan: second, kept, state }
     }
 }

@@ -23,6 +23,7 @@ pub mod lastgood;
 pub mod metrics;
 pub mod nad;
 pub mod overlay;
+pub mod phases;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

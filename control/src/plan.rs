@@ -4,6 +4,9 @@
 //!
 //! Cost: one pass over the NNCPs, one over the VMIs; each VMI network is resolved with a hash
 //! lookup of its NAD (whose CNI config was parsed once, at load). Linear in the state's size.
+//! [`plan_memo`] re-plans only the VMIs whose object or NADs changed (`Arc` identity) and
+//! gives the result [`plan`] gives (control/tests/incremental.rs checks it on random event
+//! sequences); docs/cluster-state.md describes the incremental reconcile.
 
 use crate::k8s::{
     ClusterState, Interface, Loaded, NetworkAttachmentDefinition, NmPort, NodeNetworkConfigurationPolicy,
@@ -73,7 +76,8 @@ pub struct Plan {
 struct Built {
     bridge: String,
     port: PortConfig,
-    src: Option<(Source, ObjRef, String)>,
+    /// Shared: a memoised VMI's ports are copied into every plan.
+    src: Option<Arc<(Source, ObjRef, String)>>,
 }
 
 /// The labels a node is matched with: its Node object's, then `extra` over them, and
@@ -116,6 +120,8 @@ pub struct PlanMemo {
     /// The node, vhost options and bridge mappings the entries were planned with.
     key: Option<MemoKey>,
     vmis: HashMap<(String, String), VmiMemo>,
+    /// Where the last plan's time went (NNCPs, VMIs, finish, policies).
+    pub phases: crate::phases::Phases,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +154,7 @@ pub fn plan_memo(
     opts: &PlanOptions,
     memo: &mut PlanMemo,
 ) -> Plan {
+    let mut ph = crate::phases::Phases::start();
     let labels = node_labels(state, node, extra_labels);
     let mut p = Planner {
         problems: state.problems.clone(),
@@ -171,18 +178,22 @@ pub fn plan_memo(
         memo.vmis.clear();
         memo.key = Some(key);
     }
-    let mut next = HashMap::with_capacity(memo.vmis.len());
+    ph.mark("plan NNCPs");
+    // Entries stay where they are (no key is copied for a VMI that did not change).
+    // A VMI's ports are on its node, and on the target node of a migration in progress.
+    let on_node = |l: &Loaded<VirtualMachineInstance>| {
+        l.obj.status.node_name.as_deref() == Some(node) || l.obj.status.migration_target() == Some(node)
+    };
+    memo.vmis.retain(|k, m| state.vmis.get(k).is_some_and(|l| on_node(l) && m.still_valid(state, &l.obj)));
     for (k, l) in &state.vmis {
-        // A VMI's ports are on its node, and on the target node of a migration in progress.
-        if l.obj.status.node_name.as_deref() != Some(node) && l.obj.status.migration_target() != Some(node) {
+        if !on_node(l) {
             continue;
         }
-        if let Some(m) = memo.vmis.remove(k).filter(|m| m.still_valid(state, &l.obj)) {
+        if let Some(m) = memo.vmis.get(k) {
             p.ports.extend(m.ports.iter().cloned());
             p.skipped.extend(m.skipped.iter().cloned());
             p.problems.extend(m.problems.iter().cloned());
             p.notes.extend(m.notes.iter().cloned());
-            next.insert(k.clone(), m);
             continue;
         }
         let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
@@ -196,15 +207,18 @@ pub fn plan_memo(
             problems: p.problems[before.2..].to_vec(),
             notes: p.notes[before.3..].to_vec(),
         };
-        next.insert(k.clone(), m);
+        memo.vmis.insert(k.clone(), m);
     }
-    memo.vmis = next;
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
+    ph.mark("plan VMIs");
     let mut plan = p.finish(node);
+    ph.mark("plan finish");
     crate::overlay::apply(state, opts, &mut plan);
     crate::policy::apply(state, &mut plan);
     plan.skipped.sort_by(|a, b| (&a.object, &a.item).cmp(&(&b.object, &b.item)));
+    ph.mark("plan overlays, policies");
+    memo.phases = ph;
     plan
 }
 
@@ -513,11 +527,11 @@ impl Planner {
                 self.ports.push(Built {
                     bridge: name.clone(),
                     port,
-                    src: Some((
+                    src: Some(Arc::new((
                         l.src.clone(),
                         oref.clone(),
                         format!("spec.desiredState.interfaces[{i}].bridge.port"),
-                    )),
+                    ))),
                 });
             }
         }
@@ -739,7 +753,7 @@ impl Planner {
                 ports.push(Built {
                     bridge,
                     port,
-                    src: Some((l.src.clone(), oref.clone(), format!("{f}.macAddress"))),
+                    src: Some(Arc::new((l.src.clone(), oref.clone(), format!("{f}.macAddress")))),
                 });
             }
             if errs.len() > before {
@@ -761,44 +775,59 @@ impl Planner {
         // Sorted: bridges by name, ports by name.
         self.ports.sort_by(|a, b| (&a.bridge, &a.port.name).cmp(&(&b.bridge, &b.port.name)));
         // Port names are unique on the node: an uplink named in two bridges keeps the first.
-        let mut names: HashMap<String, String> = HashMap::new();
-        let mut keep = Vec::with_capacity(self.ports.len());
-        for b in std::mem::take(&mut self.ports) {
-            if let Some(first) = names.get(&b.port.name) {
-                if let Some((src, oref, field)) = &b.src {
+        // (Borrowed keys: a plan of 20,000 ports copies no name to check them.)
+        let mut dropped = vec![false; self.ports.len()];
+        let mut names: HashMap<&str, &str> = HashMap::with_capacity(self.ports.len());
+        for (i, b) in self.ports.iter().enumerate() {
+            if let Some(first) = names.get(b.port.name.as_str()) {
+                if let Some((src, oref, field)) = b.src.as_deref() {
                     let msg = format!(
                         "port {} is already on bridge {first}; not added to {}",
                         b.port.name, b.bridge
                     );
                     self.problems.push(Problem::object(src, oref, field, &msg));
                 }
+                dropped[i] = true;
                 continue;
             }
-            names.insert(b.port.name.clone(), b.bridge.clone());
-            keep.push(b);
+            names.insert(&b.port.name, &b.bridge);
         }
+        drop(names);
+        let mut keep: Vec<Built> = std::mem::take(&mut self.ports)
+            .into_iter()
+            .zip(dropped)
+            .filter(|(_, d)| !d)
+            .map(|(b, _)| b)
+            .collect();
         // One static entry per (bridge, MAC): a MAC on two VM ports of a bridge stays on the
-        // first port (by name) only.
-        let mut macs: HashMap<(String, MacAddr), String> = HashMap::new();
-        for b in &mut keep {
-            let mut dup = None;
-            b.port.static_macs.retain(|m| match macs.get(&(b.bridge.clone(), *m)) {
-                Some(first) => {
-                    dup = Some((*m, first.clone()));
-                    false
+        // first port (by name) only. Found on borrowed keys first, then removed.
+        let mut gone: Vec<(usize, usize)> = Vec::new();
+        {
+            let mut macs: HashMap<(&str, MacAddr), &str> = HashMap::with_capacity(keep.len());
+            for (i, b) in keep.iter().enumerate() {
+                let mut dup = None;
+                for (k, m) in b.port.static_macs.iter().enumerate() {
+                    match macs.get(&(b.bridge.as_str(), *m)) {
+                        Some(first) => {
+                            dup = Some((*m, *first));
+                            gone.push((i, k));
+                        }
+                        None => {
+                            macs.insert((&b.bridge, *m), &b.port.name);
+                        }
+                    }
                 }
-                None => {
-                    macs.insert((b.bridge.clone(), *m), b.port.name.clone());
-                    true
+                if let (Some((m, first)), Some((src, oref, field))) = (dup, b.src.as_deref()) {
+                    let msg = format!(
+                        "MAC {m} is also on port {first} of bridge {}; its static entry stays on {first}",
+                        b.bridge
+                    );
+                    self.problems.push(Problem::object(src, oref, field, &msg));
                 }
-            });
-            if let (Some((m, first)), Some((src, oref, field))) = (dup, &b.src) {
-                let msg = format!(
-                    "MAC {m} is also on port {first} of bridge {}; its static entry stays on {first}",
-                    b.bridge
-                );
-                self.problems.push(Problem::object(src, oref, field, &msg));
             }
+        }
+        for (i, k) in gone.into_iter().rev() {
+            keep[i].port.static_macs.remove(k);
         }
         // The dataplane's port limit: uplinks first, then VM ports in name order.
         let max = switchyard_dataplane::switch::MAX_PORTS_PER_NODE;
@@ -808,7 +837,7 @@ impl Planner {
             vm.sort_by(|a, b| a.port.name.cmp(&b.port.name));
             let room = max.saturating_sub(up.len());
             for b in vm.drain(room.min(vm.len())..) {
-                if let Some((src, oref, _)) = &b.src {
+                if let Some((src, oref, _)) = b.src.as_deref() {
                     let msg = format!("port {} left out: the node has more than {max} ports", b.port.name);
                     self.problems.push(Problem::object(src, oref, "", &msg));
                 }

@@ -46,20 +46,18 @@ fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
     a.kind == b.kind && a.backend() == b.backend()
 }
 
-/// The L2 part of a port's configuration: everything that is not the backend's.
-fn l2_part(p: &PortConfig) -> PortConfig {
-    PortConfig {
-        name: p.name.clone(),
-        vlan_mode: p.vlan_mode,
-        tag: p.tag,
-        trunks: p.trunks.clone(),
-        allowed_macs: p.allowed_macs.clone(),
-        static_macs: p.static_macs.clone(),
-        mac_limit: p.mac_limit,
-        allowed_ips: p.allowed_ips.clone(),
-        policy: p.policy.clone(),
-        ..Default::default()
-    }
+/// Whether the L2 part of two ports' configurations (everything that is not the backend's)
+/// is the same. Compared field by field, without copying: a reconcile compares every port.
+fn same_l2(a: &PortConfig, b: &PortConfig) -> bool {
+    a.name == b.name
+        && a.vlan_mode == b.vlan_mode
+        && a.tag == b.tag
+        && a.trunks == b.trunks
+        && a.allowed_macs == b.allowed_macs
+        && a.static_macs == b.static_macs
+        && a.mac_limit == b.mac_limit
+        && a.allowed_ips == b.allowed_ips
+        && a.policy == b.policy
 }
 
 /// Ports by name, with their bridge.
@@ -76,9 +74,12 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
         match old.get(name) {
             None => d.added.push(name.to_string()),
             Some((ob, op)) => {
-                if !same_backend(op, np) {
+                // The usual case first, without building the typed backends.
+                if ob.name == nb.name && op == np {
+                    d.unchanged.push(name.to_string());
+                } else if !same_backend(op, np) {
                     d.reopened.push(name.to_string());
-                } else if ob.name != nb.name || l2_part(op) != l2_part(np) {
+                } else if ob.name != nb.name || !same_l2(op, np) {
                     d.changed.push(name.to_string());
                 } else {
                     d.unchanged.push(name.to_string());

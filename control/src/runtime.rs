@@ -23,6 +23,7 @@
 //! and opening is tried again on every later reconcile.
 
 use crate::cni::{check_port, port_socket_path, Attachment, CniError, CniPort, CniPorts};
+pub use crate::phases::Phases;
 use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -186,6 +187,8 @@ pub struct Applied {
     pub in_time: bool,
     /// One line per port change, as logged.
     pub lines: Vec<String>,
+    /// Where the reconcile's wall time went, phase by phase (the benches print it).
+    pub phases: Phases,
 }
 
 /// What the controller knows about the input, for `ctl show problems`.
@@ -203,15 +206,17 @@ pub struct Runtime {
     engine: Engine,
     opts: RuntimeOptions,
     ctx: PortContext,
-    running: Config,
+    /// Shared with `base` when no override, VM port mode or CNI port changes it (no copy).
+    running: Arc<Config>,
     switch: Arc<SwitchConfig>,
     ports: BTreeMap<String, PortState>,
-    /// (port name, RX queue) -> worker: sticky, so unchanged ports stay on their worker.
-    assign: HashMap<(String, u16), usize>,
+    /// Port name -> the worker of each RX queue (`usize::MAX`: none yet): sticky, so unchanged
+    /// ports stay on their worker. Looked up by `&str`, so a publish copies no name.
+    assign: HashMap<String, Vec<usize>>,
     trace_pool: Pool,
     pub input: InputStatus,
     /// The configuration last applied from the source (without the CNI ports).
-    base: Config,
+    base: Arc<Config>,
     /// Ports attached by the CNI plugin, merged into every configuration applied.
     cni: CniPorts,
     /// Why CNI requests are refused (no state directory), if they are.
@@ -257,13 +262,13 @@ impl Runtime {
             engine,
             opts,
             ctx,
-            running: Config::default(),
+            running: Arc::new(Config::default()),
             switch: Arc::new(SwitchConfig::default()),
             ports: BTreeMap::new(),
             assign: HashMap::new(),
             trace_pool: Pool::with_hugepages("trace", 256, false)?,
             input: InputStatus::default(),
-            base: Config::default(),
+            base: Arc::new(Config::default()),
             cni: CniPorts::in_memory(),
             cni_disabled: Some("no CNI state directory configured".into()),
         })
@@ -323,12 +328,21 @@ impl Runtime {
         planned: &Config,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
+        self.apply_shared(Arc::new(planned.clone()), origin)
+    }
+
+    /// [`Runtime::apply`] of a configuration the runtime may keep as it is (no copy).
+    pub fn apply_shared(
+        &mut self,
+        planned: Arc<Config>,
+        origin: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Applied, RuntimeError> {
         // With no CNI port (the usual node agent) the plan is taken as it is, not copied.
         let (merged, left_out) = if self.cni.is_empty() {
-            (std::borrow::Cow::Borrowed(planned), Vec::new())
+            (planned.clone(), Vec::new())
         } else {
-            let (m, l) = self.cni.merge_into(planned);
-            (std::borrow::Cow::Owned(m), l)
+            let (m, l) = self.cni.merge_into(&planned);
+            (Arc::new(m), l)
         };
         let cni_origin: HashMap<String, String> = self
             .cni
@@ -338,22 +352,26 @@ impl Runtime {
                 (p.port.name.clone(), format!("CNI {}/{}", a.container_id, a.ifname))
             })
             .collect();
-        let r = self.apply_config(&merged, &|n| origin(n).or_else(|| cni_origin.get(n).cloned()))?;
+        let r = self.apply_config(merged, &|n| origin(n).or_else(|| cni_origin.get(n).cloned()))?;
         for l in &left_out {
             tracing::warn!("{l}");
         }
-        self.base = planned.clone();
+        self.base = planned;
         Ok(r)
     }
 
     fn apply_config(
         &mut self,
-        planned: &Config,
+        planned: Arc<Config>,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
-        let wanted = self.effective(planned);
+        let mut ph = Phases::start();
+        let as_planned = self.opts.overrides.ports.is_empty() && self.opts.vm_ports == VmPorts::Vhostuser;
+        let wanted = if as_planned { planned } else { Arc::new(self.effective(&planned)) };
         wanted.validate()?;
+        ph.mark("effective config");
         let d = reconcile::diff(&self.running, &wanted);
+        ph.mark("diff");
         let mut lines = Vec::new();
         let from = |n: &str| origin(n).map(|o| format!(" ({o})")).unwrap_or_default();
         // 1. Backends to reopen are closed first.
@@ -400,8 +418,9 @@ impl Runtime {
                 }
             }
         }
+        ph.mark("open backends");
         if d.is_empty() && !came_up {
-            return Ok(Applied { diff: d, generation: None, in_time: true, lines });
+            return Ok(Applied { diff: d, generation: None, in_time: true, lines, phases: ph });
         }
         // 3. The new snapshot (ports keep ids, counters and MAC tables), published.
         let mut sw = match SwitchConfig::compile(&wanted, Some(&self.switch)) {
@@ -424,12 +443,14 @@ impl Runtime {
         for b in &mut sw.bridges {
             b.ports.retain(|p| !down.contains(p));
         }
+        ph.mark("compile");
         let (gen, in_time) = self.publish(Arc::new(sw));
+        ph.mark("publish");
         // 4. Every worker has dropped its handles of removed ports: close them.
         for n in &d.removed {
             self.ports.remove(n);
         }
-        self.assign.retain(|(n, _), _| wanted_ports.contains_key(n.as_str()));
+        self.assign.retain(|n, _| wanted_ports.contains_key(n.as_str()));
         // 5. Say what changed.
         let logged = lines.len();
         let old = reconcile::ports_by_name(&self.running);
@@ -485,7 +506,8 @@ impl Runtime {
             tracing::warn!(generation = gen, "the workers did not apply the new configuration in time");
         }
         self.running = wanted;
-        Ok(Applied { diff: d, generation: Some(gen), in_time, lines })
+        ph.mark("close and log");
+        Ok(Applied { diff: d, generation: Some(gen), in_time, lines, phases: ph })
     }
 
     /// Takes the CNI ports restored from their state directory (before the first apply), and
@@ -519,7 +541,7 @@ impl Runtime {
     /// Re-applies the source's configuration with the CNI ports as they are now.
     fn reapply(&mut self) -> Result<Applied, CniError> {
         let base = self.base.clone();
-        self.apply(&base, &|_| None).map_err(|e| CniError::Internal(e.to_string()))
+        self.apply_shared(base, &|_| None).map_err(|e| CniError::Internal(e.to_string()))
     }
 
     /// Attaches a CNI port: checked against the running switch, persisted, applied. Nothing is
@@ -549,7 +571,7 @@ impl Runtime {
             p.port.mode.get_or_insert_with(|| "server".into());
         }
         // The schema's checks, on the port as it will run, naming the field as `port.X`.
-        let mut trial = self.base.clone();
+        let mut trial = (*self.base).clone();
         let at = trial.bridges[bi].ports.len();
         trial.bridges[bi].ports.push(p.port.clone());
         trial.validate().map_err(|e| {
@@ -656,9 +678,11 @@ impl Runtime {
         let mut sticky = Vec::new();
         for spec in sw.ports.iter().flatten() {
             let Some(b) = self.ports.get(&spec.name).and_then(|s| s.backend.clone()) else { continue };
-            for q in 0..b.rx_queue_count() {
-                if let Some(&wi) = self.assign.get(&(spec.name.clone(), q)).filter(|&&wi| wi < w) {
-                    sticky.push((spec.id, q, wi));
+            if let Some(ws) = self.assign.get(spec.name.as_str()) {
+                for q in 0..b.rx_queue_count() {
+                    if let Some(&wi) = ws.get(usize::from(q)).filter(|&&wi| wi < w) {
+                        sticky.push((spec.id, q, wi));
+                    }
                 }
             }
             ports[usize::from(spec.id)] = Some(b);
@@ -671,7 +695,15 @@ impl Runtime {
         for (wi, queues) in rx.iter().enumerate() {
             for &(id, q) in queues {
                 let Some(spec) = sw.port(id) else { continue };
-                self.assign.insert((spec.name.clone(), q), wi);
+                let q = usize::from(q);
+                let ws = match self.assign.get_mut(spec.name.as_str()) {
+                    Some(ws) => ws,
+                    None => self.assign.entry(spec.name.clone()).or_default(),
+                };
+                if ws.len() <= q {
+                    ws.resize(q + 1, usize::MAX);
+                }
+                ws[q] = wi;
             }
         }
         let plan = ForwardingPlan {

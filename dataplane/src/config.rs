@@ -240,7 +240,7 @@ impl Config {
                 }
             }
             for (pi, p) in b.ports.iter().enumerate() {
-                let pf = format!("{bf}.ports[{pi}]");
+                let pf = PortField(bi, pi);
                 nports += 1;
                 if p.name.is_empty() {
                     return Err(invalid(format!("{pf}.name"), "must not be empty"));
@@ -265,6 +265,16 @@ impl Config {
     }
 }
 
+/// The path of a port in a configuration, `bridges[B].ports[P]`, written out only when an
+/// error names it (a node's configuration has tens of thousands of ports).
+struct PortField(usize, usize);
+
+impl std::fmt::Display for PortField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bridges[{}].ports[{}]", self.0, self.1)
+    }
+}
+
 impl PortConfig {
     /// The VLAN mode after applying OVS's defaults: a port with a tag is an access port, one
     /// without is a trunk.
@@ -272,7 +282,7 @@ impl PortConfig {
         self.vlan_mode.unwrap_or(if self.tag.is_some() { VlanModeName::Access } else { VlanModeName::Trunk })
     }
 
-    fn validate(&self, pf: &str) -> Result<(), ConfigError> {
+    fn validate(&self, pf: &PortField) -> Result<(), ConfigError> {
         if let Some(t) = self.tag {
             if t > 4094 {
                 return Err(invalid(format!("{pf}.tag"), format!("VLAN {t} out of range 0-4094")));

@@ -242,27 +242,28 @@ pub struct Bridge {
 #[derive(Debug, Default)]
 pub struct SwitchConfig {
     pub bridges: Vec<Bridge>,
-    /// Indexed by [`PortId`]; `None` for ids not in use.
-    pub ports: Vec<Option<PortSpec>>,
+    /// Indexed by [`PortId`]; `None` for ids not in use. Shared with the previous snapshot
+    /// for every port whose configuration did not change.
+    pub ports: Vec<Option<Arc<PortSpec>>>,
     pub by_name: HashMap<String, PortId>,
-    pub source: Config,
 }
 
 impl SwitchConfig {
     /// Compiles a validated configuration. With `prev`, ports keep their ids, counters and
-    /// bridges keep their MAC tables (when the size did not change); static entries of every
-    /// port are re-installed, and entries of removed ports are flushed.
+    /// bridges keep their MAC tables (when the size did not change); entries of removed ports
+    /// are flushed. Incremental: a port whose configuration and bridge are as in `prev` keeps
+    /// `prev`'s compiled spec (the same `Arc`) and its static entries as installed; only the
+    /// other ports are compiled and have their static entries removed and installed. The
+    /// result is the snapshot a compile from scratch would give, with the MAC tables kept.
     pub fn compile(cfg: &Config, prev: Option<&SwitchConfig>) -> Result<SwitchConfig, ConfigError> {
         cfg.validate()?;
-        let mut ids: HashMap<String, PortId> = HashMap::new();
+        // A port keeps its id: looked up in `prev` (twice, rather than copying every name).
+        let prev_id = |name: &str| prev.and_then(|p| p.by_name.get(name).copied());
         let mut used = vec![false; MAX_PORTS_PER_NODE];
-        if let Some(p) = prev {
-            for b in &cfg.bridges {
-                for port in &b.ports {
-                    if let Some(&id) = p.by_name.get(&port.name) {
-                        ids.insert(port.name.clone(), id);
-                        used[usize::from(id)] = true;
-                    }
+        for b in &cfg.bridges {
+            for port in &b.ports {
+                if let Some(id) = prev_id(&port.name) {
+                    used[usize::from(id)] = true;
                 }
             }
         }
@@ -275,7 +276,10 @@ impl SwitchConfig {
             next as PortId
         };
 
-        let mut out = SwitchConfig { source: cfg.clone(), ..Default::default() };
+        let mut out = SwitchConfig::default();
+        out.by_name.reserve(cfg.bridges.iter().map(|b| b.ports.len()).sum());
+        // Ports of `prev` taken over as they were (same id, bridge and configuration).
+        let mut same: std::collections::HashSet<PortId> = std::collections::HashSet::new();
         for (bi, b) in cfg.bridges.iter().enumerate() {
             let size = b.mac_table_size.unwrap_or(MacTable::DEFAULT_CAPACITY);
             let aging = b.mac_aging_s.unwrap_or(MacTable::DEFAULT_AGING_S);
@@ -293,12 +297,32 @@ impl SwitchConfig {
                     msg: e.to_string(),
                 })?),
             };
-            let mut members = Vec::new();
+            let mut members = Vec::with_capacity(b.ports.len());
             for port in &b.ports {
-                let id = match ids.get(&port.name) {
-                    Some(&id) => id,
+                let id = match prev_id(&port.name) {
+                    Some(id) => id,
                     None => alloc_id(&mut used),
                 };
+                if out.ports.len() <= usize::from(id) {
+                    out.ports.resize_with(usize::from(id) + 1, || None);
+                }
+                let kept = prev.and_then(|p| {
+                    let ps = p.ports.get(usize::from(id))?.as_ref()?;
+                    (ps.name == port.name
+                        && ps.bridge == bi
+                        && p.bridges
+                            .get(bi)
+                            .is_some_and(|pb| pb.name == b.name && Arc::ptr_eq(&pb.table, &table))
+                        && ps.config == *port)
+                        .then(|| ps.clone())
+                });
+                if let Some(spec) = kept {
+                    same.insert(id);
+                    out.by_name.insert(port.name.clone(), id);
+                    out.ports[usize::from(id)] = Some(spec);
+                    members.push(id);
+                    continue;
+                }
                 let stats = prev
                     .and_then(|p| p.port_by_name(&port.name))
                     .map(|ps| ps.stats.clone())
@@ -321,11 +345,8 @@ impl SwitchConfig {
                     stats,
                     config: port.clone(),
                 };
-                if out.ports.len() <= usize::from(id) {
-                    out.ports.resize_with(usize::from(id) + 1, || None);
-                }
                 out.by_name.insert(port.name.clone(), id);
-                out.ports[usize::from(id)] = Some(spec);
+                out.ports[usize::from(id)] = Some(Arc::new(spec));
                 members.push(id);
             }
             let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
@@ -339,7 +360,8 @@ impl SwitchConfig {
             out.bridges.push(Bridge { name: b.name.clone(), table, ports: members, filter, conntrack });
         }
         // Entries of ports that left a bridge (or the node): one pass per table, so that a large
-        // change costs a scan per bridge, not one per port.
+        // change costs a scan per bridge, not one per port. The tables they left have changed.
+        let mut lost: Vec<&Arc<MacTable>> = Vec::new();
         if let Some(p) = prev {
             let mut gone: HashMap<usize, std::collections::HashSet<PortId>> = HashMap::new();
             for old in p.ports.iter().flatten() {
@@ -352,26 +374,47 @@ impl SwitchConfig {
             }
             for (bi, ids) in gone {
                 p.bridges[bi].table.remove_where(|_, _, port, _| ids.contains(&port));
+                lost.push(&p.bridges[bi].table);
             }
         }
-        // Static entries: drop the ones no longer wanted in one pass, then (re)install the rest.
+        // Static entries, per bridge whose ports changed: each (VLAN, MAC) belongs to the last
+        // port (in configuration order) that names it, as installing them in order gives.
+        // Entries owned otherwise go, missing ones are installed. A bridge whose ports were
+        // all taken over, in a table that lost none, keeps its entries as they are.
         for (bi, b) in cfg.bridges.iter().enumerate() {
             let table = &out.bridges[bi].table;
-            let mut want: std::collections::HashSet<(u16, MacAddr, PortId)> =
-                std::collections::HashSet::new();
-            let mut fields = Vec::new();
+            let reused = prev.is_some_and(|p| p.bridges.iter().any(|pb| Arc::ptr_eq(&pb.table, table)));
+            let touched = b.ports.iter().any(|port| !same.contains(&out.by_name[&port.name]));
+            if reused && !touched && !lost.iter().any(|t| Arc::ptr_eq(t, table)) {
+                continue;
+            }
+            let mut want: HashMap<(u16, MacAddr), (PortId, usize)> = HashMap::new();
             for (pi, port) in b.ports.iter().enumerate() {
+                if port.static_macs.is_empty() {
+                    continue;
+                }
                 let id = out.by_name[&port.name];
                 let Some(spec) = out.ports[usize::from(id)].as_ref() else { continue };
                 for mac in &port.static_macs {
                     for v in spec.vlan.carried().iter() {
-                        if want.insert((v, *mac, id)) {
-                            fields.push((v, *mac, id, pi));
-                        }
+                        want.insert((v, *mac), (id, pi));
                     }
                 }
             }
-            table.remove_where(|vlan, mac, port, is_static| is_static && !want.contains(&(vlan, mac, port)));
+            if reused {
+                table.remove_where(|vlan, mac, port, is_static| {
+                    is_static && want.get(&(vlan, mac)).is_none_or(|w| w.0 != port)
+                });
+            }
+            let mut fields: Vec<(u16, MacAddr, PortId, usize)> = want
+                .into_iter()
+                .filter(|((v, mac), (id, _))| {
+                    table.lookup(*v, *mac, 0).is_none_or(|h| !h.is_static || h.port != *id)
+                })
+                .map(|((v, mac), (id, pi))| (v, mac, id, pi))
+                .collect();
+            // In configuration order, so that a full table names the same port each time.
+            fields.sort_unstable_by_key(|f| (f.3, f.0, f.1));
             for (v, mac, id, pi) in fields {
                 table.insert_static(v, mac, id).map_err(|e| ConfigError::Invalid {
                     field: format!("bridges[{bi}].ports[{pi}].static_macs"),
@@ -384,7 +427,7 @@ impl SwitchConfig {
 
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&PortSpec> {
-        self.ports.get(usize::from(id)).and_then(|p| p.as_ref())
+        self.ports.get(usize::from(id)).and_then(|p| p.as_deref())
     }
 
     pub fn port_by_name(&self, name: &str) -> Option<&PortSpec> {

@@ -1,6 +1,7 @@
 //! The in-memory ring port: two bounded lock-free queues, one towards the switch and one
 //! from it. A [`RingPeer`] is the other end (a test, a load generator, or another ring port
-//! with the queues crossed), like DPDK's net_ring.
+//! with the queues crossed), like DPDK's net_ring. Each queue's slots are allocated by its
+//! first frame, so an idle ring port holds no frame slots.
 
 use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
@@ -11,10 +12,40 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// A bounded queue whose slots are allocated by the first push: a ring port that never
+/// carries a frame (a node agent's VM port before its guest sends) costs a few words, not
+/// `depth` slots.
+struct LazyQueue {
+    depth: usize,
+    q: std::sync::OnceLock<ArrayQueue<PacketBuf>>,
+}
+
+impl LazyQueue {
+    fn new(depth: usize) -> LazyQueue {
+        LazyQueue { depth: depth.max(1), q: std::sync::OnceLock::new() }
+    }
+
+    fn push(&self, b: PacketBuf) -> Result<(), PacketBuf> {
+        self.q.get_or_init(|| ArrayQueue::new(self.depth)).push(b)
+    }
+
+    fn pop(&self) -> Option<PacketBuf> {
+        self.q.get()?.pop()
+    }
+
+    fn len(&self) -> usize {
+        self.q.get().map_or(0, ArrayQueue::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.q.get().is_none_or(ArrayQueue::is_empty)
+    }
+}
+
 struct RingShared {
     name: String,
-    to_switch: ArrayQueue<PacketBuf>,
-    from_switch: ArrayQueue<PacketBuf>,
+    to_switch: LazyQueue,
+    from_switch: LazyQueue,
     link_up: AtomicBool,
     rx_claims: RxClaims,
     /// Set by an idle worker before it sleeps on `wake`; the peer signals `wake` once.
@@ -40,8 +71,8 @@ impl RingPort {
     pub fn new(name: &str, depth: usize) -> (RingPort, RingPeer) {
         let shared = Arc::new(RingShared {
             name: name.to_string(),
-            to_switch: ArrayQueue::new(depth.max(1)),
-            from_switch: ArrayQueue::new(depth.max(1)),
+            to_switch: LazyQueue::new(depth),
+            from_switch: LazyQueue::new(depth),
             link_up: AtomicBool::new(true),
             rx_claims: RxClaims::new(name, 1),
             armed: AtomicBool::new(false),

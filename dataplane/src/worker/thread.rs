@@ -156,17 +156,20 @@ impl Worker {
         let plan = sh.plan.load_full();
         let mine: &[(PortId, u16)] = plan.rx.get(self.idx).map_or(&[], |v| v.as_slice());
         let backend_of = |p: PortId| plan.ports.get(usize::from(p)).and_then(|b| b.clone());
-        // Keep RX handles that are still ours and whose backend did not change.
+        // Keep RX handles that are still ours and whose backend did not change. Sets, not
+        // scans: a worker may own tens of thousands of queues, and a reload must stay linear.
+        let wanted: std::collections::HashSet<(PortId, u16)> = mine.iter().copied().collect();
         let old = std::mem::take(&mut self.rx);
         for s in old {
-            let keep =
-                mine.contains(&(s.port, s.queue)) && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
+            let keep = wanted.contains(&(s.port, s.queue))
+                && backend_of(s.port).is_some_and(|b| same(&b, &s.backend));
             if keep {
                 self.rx.push(s);
             }
         }
-        self.rx_pending =
-            mine.iter().copied().filter(|pq| !self.rx.iter().any(|s| (s.port, s.queue) == *pq)).collect();
+        let kept: std::collections::HashSet<(PortId, u16)> =
+            self.rx.iter().map(|s| (s.port, s.queue)).collect();
+        self.rx_pending = mine.iter().copied().filter(|pq| !kept.contains(pq)).collect();
         self.open_pending(&plan);
         // TX: one handle per port, reopened when the backend changed.
         let n = plan.ports.len();
