@@ -151,6 +151,10 @@ pub struct PortConfig {
     /// running as another user can connect. Default: the process's umask decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
+    /// vhostuser: offer the guest checksum and TCP segmentation offload on its transmit side
+    /// (default false; docs/vhost.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<bool>,
     /// afxdp: RX queues of the interface (0..queues); vhostuser, dpdk: queue pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
