@@ -398,6 +398,16 @@ const SERVE: &str = "mkdir /www && dd if=/dev/urandom of=/www/d bs=1024 count=40
 echo \"SWITCHYARD-GUEST: sha $(sha256sum /www/d | cut -c1-64)\" && httpd -p 8080 -h /www && \
 echo \"SWITCHYARD-GUEST: serving\" && read -r -t 300 line";
 
+/// Prints the TCP segments the stack dropped for a bad checksum (InCsumErrors, the last field
+/// of /proc/net/snmp's second Tcp line) as "SWITCHYARD-GUEST: csumerr N".
+const CSUM_ERRORS: &str =
+    "echo \"SWITCHYARD-GUEST: csumerr $(awk '/^Tcp:/ {n++; if (n == 2) print $NF}' /proc/net/snmp)\"";
+
+/// The number in a marker "WORD N".
+fn number_in(marker: &str) -> u64 {
+    marker.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number: {marker:?}"))
+}
+
 /// The SHA-256 in a "sha HASH" marker.
 fn sha_of(marker: &str) -> String {
     let h = marker.strip_prefix("sha ").unwrap_or_default().trim().to_string();
@@ -444,6 +454,12 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
         .expect("wget in the namespace");
     assert!(o.status.success(), "wget from the guest: {}\n{}", String::from_utf8_lossy(&o.stderr), sy.log());
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), sent, "guest -> namespace");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &c.ns.name, "sh", "-c", CSUM_ERRORS])
+        .output()
+        .expect("/proc/net/snmp in the namespace");
+    let bad = number_in(String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("SWITCHYARD-GUEST: "));
+    assert_eq!(bad, 0, "the namespace dropped {bad} TCP segments with bad checksums");
 
     // Guest -> guest: the receiving guest's driver checks the checksums (the switch never
     // says they were checked).
@@ -453,11 +469,13 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
     // the response's last 4 MiB.)
     let fetch = format!(
         "s=$(printf 'GET /d HTTP/1.0\\r\\n\\r\\n' | nc -w 60 {GUEST_IP} 8080 | tail -c 4194304 | \
-         sha256sum | cut -c1-64) && echo \"SWITCHYARD-GUEST: sha $s\""
+         sha256sum | cut -c1-64) && echo \"SWITCHYARD-GUEST: sha $s\" && {CSUM_ERRORS}"
     );
     let mut b = guest(&dir_b, &sock_b, GUEST_B_MAC, &format!("{GUEST_B_IP}/24"), &fetch);
     let got = sha_of(&b.wait_marker(&["sha "], GUEST_WAIT, || sy.log()));
     assert_eq!(got, sent, "guest -> guest");
+    let bad = number_in(&b.wait_marker(&["csumerr"], SHORT_WAIT, || sy.log()));
+    assert_eq!(bad, 0, "guest B dropped {bad} TCP segments with bad checksums\n{}", b.dump());
     b.wait_marker(&["PASS"], SHORT_WAIT, || sy.log());
     b.wait_exit();
     a.say("go");
