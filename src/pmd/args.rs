@@ -328,6 +328,10 @@ mod tests {
         assert_eq!((c.kind, c.iface.as_deref()), (Some(PortType::Tap), Some("sy0")));
         let c = parse_port_spec("vhost:/tmp/v.sock,client", "p0").unwrap();
         assert_eq!((c.kind, c.mode.as_deref()), (Some(PortType::Vhostuser), Some("client")));
+        assert_eq!(c.offloads, None);
+        let c = parse_port_spec("vhost:/tmp/v.sock,client,offloads", "p0").unwrap();
+        assert_eq!((c.mode.as_deref(), c.offloads), (Some("client"), Some(true)));
+        assert!(parse_port_spec("vhost:/tmp/v.sock,tso", "p0").unwrap_err().contains("offloads"));
         let c = parse_port_spec("dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1", "p0").unwrap();
         assert_eq!(c.devargs.as_deref(), Some("net_pcap0,rx_pcap=a.pcap,infinite_rx=1"));
         let c = parse_port_spec("pcap:tx=/tmp/out.pcap", "p0").unwrap();
