@@ -10,9 +10,9 @@
 # (scripts/qemu-guest-assets.sh, built when missing), one vCPU and 512 MiB each (memfd, shared),
 # virtio-net-pci on the contender's vhost-user socket, under TCG by default (ACCEL=kvm where
 # the machine has working KVM). Guest B listens with `nc -l`; guest A sends SIZE_MB MiB of
-# zeros with `dd if=/dev/zero bs=64k | nc B`, and the rate is dd's own (bytes over its elapsed
-# time, printed on A's console), which ends when the last bytes are in A's socket buffer: a few
-# hundred KiB of the transfer, under 1% at the default size. Under TCG the guests' emulated
+# zeros with `dd if=/dev/zero bs=64k | nc B`, timed by A's /proc/uptime around it (10 ms
+# resolution; nc returns once its last bytes are in A's socket buffer: a few hundred KiB of
+# the transfer, under 1% at the default size). Under TCG the guests' emulated
 # CPUs are the bottleneck, so the figure says what offloads save the guest (its per-segment
 # work), not what the switch can forward.
 #
@@ -106,19 +106,20 @@ wait_for() {
     return 1
 }
 
-# One transfer between guests on sockets $1 (A) and $2 (B), QEMU's chardev options $3; prints
-# the Gbit/s, or n/a.
+# One transfer between guests on sockets $1 (A) and $2 (B), QEMU's chardev options $3; sets
+# RESULT to the Gbit/s, or n/a. (Results go through RESULT, not $(...), so that the processes
+# started here are in PIDS for stop_all.)
 transfer() {
     local count=$((SIZE_MB * 16))
     rm -f "$WORK"/a.console "$WORK"/b.console
     guest b "$2" "$3" 52:54:00:00:00:0b 198.51.100.3 'echo "SWITCHYARD-GUEST: listening"; nc -l -p 5001 >/dev/null'
-    if ! wait_for "$WORK/b.console" "SWITCHYARD-GUEST: listening" 120; then echo n/a; return; fi
+    RESULT=n/a
+    wait_for "$WORK/b.console" "SWITCHYARD-GUEST: listening" 120 || return 0
     guest a "$1" "$3" 52:54:00:00:00:0a 198.51.100.2 \
-        "sleep 1; dd if=/dev/zero bs=65536 count=$count 2>/dev/console | nc 198.51.100.3 5001"
-    if ! wait_for "$WORK/a.console" "copied" 600; then echo n/a; return; fi
-    # busybox dd: "N bytes (X) copied, S seconds, R"
-    grep "copied" "$WORK/a.console" | head -n1 |
-        awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^seconds/) s = $(i - 1); printf "%.3f\n", $1 * 8 / s / 1e9 }'
+        "sleep 1; t0=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=65536 count=$count 2>/dev/null | nc 198.51.100.3 5001; echo \"SWITCHYARD-GUEST: sent $((count * 65536)) from \$t0 to \$(cut -d' ' -f1 /proc/uptime)\""
+    wait_for "$WORK/a.console" "SWITCHYARD-GUEST: sent" "${XFER_WAIT:-300}" || return 0
+    RESULT=$(sed -n 's/.*SWITCHYARD-GUEST: sent \([0-9]*\) from \([0-9.]*\) to \([0-9.]*\).*/\1 \2 \3/p' "$WORK/a.console" |
+        head -n1 | awk '{ printf "%.3f\n", $1 * 8 / ($3 - $2) / 1e9 }')
 }
 
 switchyard() { # label offloads(0|1)
@@ -130,7 +131,8 @@ switchyard() { # label offloads(0|1)
     [ "$ROUND" = 1 ] && echo "   $1: ${cmd[*]}" >&2
     "${cmd[@]}" >"$WORK/sw.out" 2>&1 &
     PIDS+=($!)
-    wait_for "$WORK/sw.out" "Forwarding" 10 || { echo n/a; return; }
+    RESULT=n/a
+    wait_for "$WORK/sw.out" "Forwarding" 10 || return 0
     transfer "$WORK/a.sock" "$WORK/b.sock" ""
 }
 
@@ -160,8 +162,8 @@ ovs() { # label tso(true|false)
             --unixctl="$OVS_DIR/vswitchd.ctl" --detach >>"$OVS_DIR/setup.out" 2>&1 ||
         ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
         echo "$1: OVS failed: $(tail -3 "$OVS_DIR/setup.out")" >&2
-        echo n/a
-        return
+        RESULT=n/a
+        return 0
     fi
     transfer "$OVS_DIR/vma" "$OVS_DIR/vmb" ""
 }
@@ -175,10 +177,11 @@ echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for l in "${LABELS[@]}"; do
         case $l in
-        "switchyard offloads") g=$(switchyard "$l" 1) ;;
-        "switchyard no offloads") g=$(switchyard "$l" 0) ;;
-        "OVS-DPDK userspace-tso") g=$(ovs "$l" true) ;;
+        "switchyard offloads") switchyard "$l" 1 ;;
+        "switchyard no offloads") switchyard "$l" 0 ;;
+        "OVS-DPDK userspace-tso") ovs "$l" true ;;
         esac
+        g=$RESULT
         stop_all
         printf '  round %d %-24s %s Gbit/s\n' "$ROUND" "$l" "$g"
         RES[$l]+="$g "

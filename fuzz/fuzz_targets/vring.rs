@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let num = 1u16 << (inp.u8() % 9);
     let at = |inp: &mut Input, align: u64| UVA + g0 + ((inp.u64() % size0) & !(align - 1));
     // The last flag byte also turns offloads on (so earlier inputs keep their meaning).
-    let mut flags = 0u8;
+    let flags: u8;
     let cfg = RingConfig {
         num,
         desc: at(&mut inp, 16),
