@@ -405,7 +405,11 @@ const CSUM_ERRORS: &str =
 
 /// The number in a marker "WORD N".
 fn number_in(marker: &str) -> u64 {
-    marker.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number: {marker:?}"))
+    marker
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number: {marker:?}"))
 }
 
 /// The SHA-256 in a "sha HASH" marker.

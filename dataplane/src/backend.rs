@@ -543,7 +543,13 @@ impl FromStr for Backend {
                         _ => return Err(format!("unknown vhost option {p:?} (client, server or offloads)")),
                     }
                 }
-                Ok(Backend::Vhostuser { socket: socket.into(), mode: Some(mode), socket_mode: None, queues: None, offloads })
+                Ok(Backend::Vhostuser {
+                    socket: socket.into(),
+                    mode: Some(mode),
+                    socket_mode: None,
+                    queues: None,
+                    offloads,
+                })
             }
             "dpdk" => {
                 if rest.is_empty() {

@@ -225,7 +225,9 @@ impl Qemu {
     /// Sends one line to the guest's console (a guest's script may wait for it).
     pub fn say(&mut self, line: &str) {
         let s = self.stdin.as_mut().expect("stdin");
-        s.write_all(format!("{line}\n").as_bytes()).and_then(|_| s.flush()).expect("write to the guest's console");
+        s.write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| s.flush())
+            .expect("write to the guest's console");
     }
 
     /// Tells a guest that waits between rounds to go on.

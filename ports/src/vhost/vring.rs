@@ -21,7 +21,7 @@ use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{PoolCache, DATA_ROOM};
-use switchyard_dataplane::port::{Burst, DropTally, MAX_BURST};
+use switchyard_dataplane::port::{Burst, DropTally, RxCtx, MAX_BURST};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 
@@ -183,7 +183,11 @@ impl Vring {
             signalled_valid: false,
             broken: None,
             tx_offload: cfg.tx_offload,
-            scratch: if cfg.tx_offload { vec![0u8; GSO_MAX_FRAME].into_boxed_slice() } else { Box::default() },
+            scratch: if cfg.tx_offload {
+                vec![0u8; GSO_MAX_FRAME].into_boxed_slice()
+            } else {
+                Box::default()
+            },
             pending: None,
         };
         // As DPDK: when the used index in memory disagrees with the base we were given (the
@@ -447,13 +451,8 @@ impl Vring {
     }
 
     /// Guest TX: takes up to `max` frames into `out` (skipping the virtio-net header).
-    pub fn dequeue(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    pub fn dequeue(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         if self.broken.is_some() {
             return 0;
         }
@@ -527,7 +526,8 @@ impl Vring {
                         got += self.drain_segments(cache, out, max - got, drops);
                         continue;
                     }
-                    csum = vh.needs_csum().then_some((usize::from(vh.csum_start), usize::from(vh.csum_offset)));
+                    csum =
+                        vh.needs_csum().then_some((usize::from(vh.csum_start), usize::from(vh.csum_offset)));
                 }
             }
             // No buffer: leave the frame in the ring for the next poll.
@@ -620,7 +620,13 @@ impl Vring {
 
     /// Moves up to `room` segments of the pending super-frame into `out`. With no buffer left
     /// the rest waits in `scratch` for the next poll, as a frame waits in the ring.
-    fn drain_segments(&mut self, cache: &mut PoolCache, out: &mut Burst, room: usize, drops: &mut DropTally) -> usize {
+    fn drain_segments(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        room: usize,
+        drops: &mut DropTally,
+    ) -> usize {
         let Some((seg, len)) = self.pending.as_mut() else { return 0 };
         let frame = &self.scratch[..*len];
         let mut n = 0;
@@ -1047,7 +1053,7 @@ mod tests {
         let mut c = p.cache();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
         assert_eq!(out[0].data(), &frame[..]);
         assert_eq!(f.used_idx(), 1);
         assert_eq!(f.used_elem(0), (0, 0));
@@ -1130,7 +1136,7 @@ mod tests {
         // Three segments a poll: the super-frames are cut across polls, in ring order.
         for _ in 0..8 {
             let mut out = Burst::new();
-            r.dequeue(&mut c, &mut out, 3, &mut d);
+            r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 3);
             assert!(out.len() <= 3);
             frames.extend(out.drain(..).map(|b| b.data().to_vec()));
         }
@@ -1190,7 +1196,7 @@ mod tests {
         let mut c = p.cache();
         let mut d = DropTally::default();
         let mut out = Burst::new();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
         assert_eq!(d.get(DropReason::BadOffload), 8, "{d:?}");
         assert_eq!(d.get(DropReason::Oversize), 1, "{d:?}");
         assert_eq!(d.total(), 9);
@@ -1212,7 +1218,7 @@ mod tests {
         let mut c = p.cache();
         let mut d = DropTally::default();
         let mut out = Burst::new();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
         assert_eq!(out[0].data(), &one[12..]);
     }
 
@@ -1283,7 +1289,7 @@ mod tests {
         let mut c = p.cache();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 6);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 6);
         for (b, want) in out.iter().zip(&frames) {
             assert_eq!(b.data(), &want[..]);
         }
@@ -1408,7 +1414,7 @@ mod tests {
             let mut r = f.ring();
             let mut out = Burst::new();
             let mut d = DropTally::default();
-            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0, "{name}");
+            assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0, "{name}");
             assert_eq!(d.get(reason), 1, "{name}");
             assert_eq!(f.used_idx(), 1, "{name}: chain returned");
             assert!(r.broken().is_none(), "{name}");
@@ -1425,7 +1431,7 @@ mod tests {
         let mut r = f.ring();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(d.get(DropReason::VhostRingBroken), 1);
         let mut burst = Burst::new();
@@ -1437,7 +1443,7 @@ mod tests {
         f.post(77);
         let mut r = f.ring();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(p.in_use(), 0);
     }
@@ -1547,7 +1553,7 @@ mod tests {
             assert!(kicked);
             assert!(!guest_kicks(&f, event_idx, 1, 2), "a failed arm leaves kicks suppressed");
             let mut out = Burst::new();
-            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+            assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
             c.free(out.pop().unwrap());
             // Polled far past the index of the disarm (more than the queue size, as a busy
             // worker does): still no kick.
@@ -1556,7 +1562,7 @@ mod tests {
                 f.desc(0, 0x8000, 12 + 60, 0, 0);
                 f.post(0);
                 assert!(!guest_kicks(&f, event_idx, k, k + 1), "event_idx {event_idx}: kick at {k}");
-                assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+                assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
                 c.free(out.pop().unwrap());
             }
             assert!(r.enable_notify());
@@ -1576,7 +1582,7 @@ mod tests {
         assert!(!r.enable_notify());
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(d.get(DropReason::VhostRingBroken), 1, "counted once, by the dequeue");
         // Broken: nothing will come until the frontend sets the ring up again.
@@ -1847,7 +1853,7 @@ mod tests {
                         continue;
                     }
                     let mut out = Burst::new();
-                    let got = r.dequeue(&mut c, &mut out, 64, &mut d);
+                    let got = r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 64);
                     prop_assert!(got <= 64);
                     dequeued.set(dequeued.get() + got as u64);
                     for b in out.drain(..) {
