@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The incumbent side by side: the same veth "pods" and the same traffic through (a) the Linux
 # kernel bridge, (b) switchyard on AF_PACKET ports, TPACKET_V3 ring RX, (c) switchyard on
-# AF_PACKET ports, recvmmsg RX (the CNI veth mode's). It asserts nothing.
+# AF_PACKET ports, recvmmsg RX (the CNI veth mode's), (d) switchyard on AF_XDP ports (its own
+# XDP program redirects each veth's frames into an AF_XDP socket; veth has native XDP; TX in
+# copy mode, which is what veth offers). It asserts nothing; it prints AF_XDP's frames per
+# second per core spent and its ping latency as ratios to the kernel bridge's.
 #
 # Topology (one per contender, made afresh): the generator's veth gen0 <-> sy$$g (a switch
 # port), the sink's veth, in netns S, sink0 <-> sy$$s (a switch port), and two ping "pods",
@@ -97,13 +100,14 @@ attach() {
         for l in g s a b; do ip link set "$P$l" master "${P}br"; done
         ip link set "${P}br" up
         ;;
-    ring | recvmmsg)
-        local suffix= busy=()
+    ring | recvmmsg | afxdp)
+        local kind=afpacket suffix= busy=()
         [ "$1" = recvmmsg ] && suffix=,recvmmsg
+        [ "$1" = afxdp ] && kind=afxdp
         [ "$BUSY" = 1 ] && busy=(--busy-poll)
         local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --fwd switch --lcores "$SW_CORE" "${busy[@]}"
-            --port "afpacket:${P}g$suffix" --port "afpacket:${P}s$suffix"
-            --port "afpacket:${P}a$suffix" --port "afpacket:${P}b$suffix")
+            --port "$kind:${P}g$suffix" --port "$kind:${P}s$suffix"
+            --port "$kind:${P}a$suffix" --port "$kind:${P}b$suffix")
         echo "   switch: ${cmd[*]}" >&2
         "${cmd[@]}" >"$TMP/sw.out" 2>&1 &
         SW_PID=$!
@@ -150,9 +154,9 @@ lat() { # median and p99 round trip (us) of PINGS pings A -> B
 }
 
 declare -A ROWS
-MODES=(none bridge ring recvmmsg)
+MODES=(none bridge ring recvmmsg afxdp)
 echo "== bridge netfilter hooks (net.bridge.bridge-nf-call-iptables): $(sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo 'no br_netfilter')"
-echo "== kernel bridge vs switchyard AF_PACKET: $RATE frames/s offered (0 = flat out), $SECS s, generator on core $GEN_CORE, switchyard on core $SW_CORE$([ "$BUSY" = 1 ] && echo ', busy polling'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== kernel bridge vs switchyard AF_PACKET and AF_XDP: $RATE frames/s offered (0 = flat out), $SECS s, generator on core $GEN_CORE, switchyard on core $SW_CORE$([ "$BUSY" = 1 ] && echo ', busy polling'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((round = 1; round <= ROUNDS; round++)); do
     for m in "${MODES[@]}"; do
         topology
@@ -174,7 +178,7 @@ median_col() { # mode column(1-based)
 echo
 echo "== medians of $ROUNDS rounds (ns of CPU per delivered frame; 'forwarder' = total - none's total)"
 base_total=$(awk -v a="$(median_col none 2)" -v b="$(median_col none 3)" -v c="$(median_col none 4)" 'BEGIN { print a + b + c }')
-for m in bridge ring recvmmsg; do
+for m in bridge ring recvmmsg afxdp; do
     pps=$(median_col "$m" 1) gen=$(median_col "$m" 2) soft=$(median_col "$m" 3) sw=$(median_col "$m" 4)
     awk -v m="$m" -v pps="$pps" -v g="$gen" -v s="$soft" -v w="$sw" -v b="$base_total" \
         -v med="$(median_col "$m" 5)" -v p99="$(median_col "$m" 6)" 'BEGIN {
@@ -183,4 +187,14 @@ for m in bridge ring recvmmsg; do
             m, pps, t, g, s, w, f, (f > 0 ? 1e3 / f : 0), med, p99 }'
 done
 echo "  none      generator + receive alone: $base_total ns/frame"
+# AF_XDP against the bridge: frames per second per core spent (the inverse of the forwarder's
+# ns per frame; goal >= 2) and the ping round trips (goal <= 1).
+fwd_ns() { awk -v g="$(median_col "$1" 2)" -v s="$(median_col "$1" 3)" -v w="$(median_col "$1" 4)" -v b="$base_total" \
+    'BEGIN { if (g == "n/a" || s == "n/a" || w == "n/a") print "n/a"; else print g + s + w - b }'; }
+awk -v xb="$(fwd_ns bridge)" -v xx="$(fwd_ns afxdp)" -v lb="$(median_col bridge 5)" -v lx="$(median_col afxdp 5)" \
+    -v pb="$(median_col bridge 6)" -v px="$(median_col afxdp 6)" 'BEGIN {
+    r = (xb + 0 > 0 && xx + 0 > 0) ? sprintf("%.2f", xb / xx) : "n/a"
+    l = (lb + 0 > 0 && lx ~ /^[0-9.]+$/) ? sprintf("%.2f", lx / lb) : "n/a"
+    q = (pb + 0 > 0 && px ~ /^[0-9.]+$/) ? sprintf("%.2f", px / pb) : "n/a"
+    printf "  afxdp / bridge: frames per second per core spent %sx (goal >= 2); ping median %sx, p99 %sx of the bridge'"'"'s (goal <= 1)\n", r, l, q }'
 echo "   load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

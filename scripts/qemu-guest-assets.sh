@@ -93,6 +93,8 @@ fi
 #   sy.between=rebind  between rounds, instead of waiting: unbind eth0's virtio device from
 #                      virtio_net and bind it again (the device is reset and set up anew on
 #                      the same vhost-user connection, as when a guest reboots)
+#   sy.run=HEX         instead of the pings: run this shell script (hex-encoded, as `xxd -p`
+#                      writes it) once eth0 is up; the verdict is its exit status
 # Markers (one line each, on the serial console):
 #   SWITCHYARD-GUEST: up          eth0 is up and addressed
 #   SWITCHYARD-GUEST: round R PASS / round R FAIL
@@ -113,7 +115,7 @@ finish() {
   echo o >/proc/sysrq-trigger
 }
 
-ip_cidr=198.51.100.2/24 peer=198.51.100.1 count=3 deadline=30 rounds=1 between=wait
+ip_cidr=198.51.100.2/24 peer=198.51.100.1 count=3 deadline=30 rounds=1 between=wait run=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     sy.ip=*) ip_cidr=${arg#sy.ip=} ;;
@@ -122,6 +124,7 @@ for arg in $(cat /proc/cmdline); do
     sy.deadline=*) deadline=${arg#sy.deadline=} ;;
     sy.rounds=*) rounds=${arg#sy.rounds=} ;;
     sy.between=*) between=${arg#sy.between=} ;;
+    sy.run=*) run=${arg#sy.run=} ;;
   esac
 done
 
@@ -145,6 +148,13 @@ eth0_up() {
 }
 ip link set lo up
 eth0_up
+
+if [ -n "$run" ]; then
+  echo "$run" | xxd -r -p >/run.sh
+  if sh /run.sh; then verdict=PASS; else verdict=FAIL; fi
+  cat /proc/net/dev
+  finish "$verdict"
+fi
 
 verdict=PASS
 r=1

@@ -75,12 +75,14 @@ pub enum Backend {
     Afxdp { iface: Option<String>, queues: Option<u16> },
     /// A TAP interface (created if it does not exist).
     Tap { iface: Option<String> },
-    /// A vhost-user socket: `queues` queue pairs, `socket_mode` set on a socket it creates.
+    /// A vhost-user socket: `queues` queue pairs, `socket_mode` set on a socket it creates,
+    /// `offloads`: checksum and TCP segmentation offload offered to the guest (default off).
     Vhostuser {
         socket: String,
         mode: Option<VhostMode>,
         socket_mode: Option<SocketMode>,
         queues: Option<u16>,
+        offloads: Option<bool>,
     },
     /// A DPDK ethdev (a PCI address or a vdev string) with `queues` RX queues.
     Dpdk { devargs: String, queues: Option<u16> },
@@ -126,7 +128,7 @@ fn err(field: impl Into<String>, msg: impl Into<String>) -> BackendError {
 }
 
 /// The type options of a port, in the order they are checked (and named in errors).
-pub const TYPE_OPTIONS: [&str; 18] = [
+pub const TYPE_OPTIONS: [&str; 19] = [
     "ring",
     "rx_pcap",
     "tx_pcap",
@@ -136,6 +138,7 @@ pub const TYPE_OPTIONS: [&str; 18] = [
     "socket",
     "mode",
     "socket_mode",
+    "offloads",
     "queues",
     "devargs",
     "vni",
@@ -174,7 +177,7 @@ impl PortType {
             PortType::Afpacket => &["iface", "rx_mode"],
             PortType::Afxdp => &["iface", "queues"],
             PortType::Tap => &["iface"],
-            PortType::Vhostuser => &["socket", "mode", "socket_mode", "queues"],
+            PortType::Vhostuser => &["socket", "mode", "socket_mode", "offloads", "queues"],
             PortType::Dpdk => &["queues", "devargs"],
             PortType::Vxlan | PortType::Geneve => TUNNEL_OPTIONS,
         }
@@ -224,6 +227,7 @@ impl PortConfig {
             socket,
             mode,
             socket_mode,
+            offloads,
             queues,
             devargs,
             vni,
@@ -244,6 +248,7 @@ impl PortConfig {
             socket.is_some(),
             mode.is_some(),
             socket_mode.is_some(),
+            offloads.is_some(),
             queues.is_some(),
             devargs.is_some(),
             vni.is_some(),
@@ -296,7 +301,7 @@ impl PortConfig {
                     .socket
                     .clone()
                     .ok_or_else(|| err("socket", "a vhostuser port needs a socket path"))?;
-                Backend::Vhostuser { socket, mode, socket_mode, queues: self.queues }
+                Backend::Vhostuser { socket, mode, socket_mode, queues: self.queues, offloads: self.offloads }
             }
             PortType::Dpdk => {
                 let devargs =
@@ -403,7 +408,8 @@ impl PortConfig {
                 self.queues = *queues;
             }
             Backend::Tap { iface } => self.iface = iface.clone(),
-            Backend::Vhostuser { socket, mode, socket_mode, queues } => {
+            Backend::Vhostuser { socket, mode, socket_mode, queues, offloads } => {
+                self.offloads = *offloads;
                 self.socket = Some(socket.clone());
                 self.mode = mode.map(|m| m.name().to_string());
                 self.socket_mode = socket_mode.map(|m| m.to_string());
@@ -443,7 +449,7 @@ fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
 /// pcap:FILE[,infinite]  or  pcap:rx=FILE,tx=FILE[,infinite]  (either file may be left out)
 /// afpacket:IFACE[,ring|,recvmmsg]
 /// tap:IFACE
-/// vhost:PATH[,server|,client]  (also vhostuser:)
+/// vhost:PATH[,server|,client][,offloads]  (also vhostuser:)
 /// dpdk:DEVARGS
 /// ```
 ///
@@ -528,18 +534,21 @@ impl FromStr for Backend {
                     return Err("needs a socket path".into());
                 }
                 let mut mode = VhostMode::Server;
+                let mut offloads = None;
                 for p in parts {
-                    mode = match p {
-                        "server" => VhostMode::Server,
-                        "client" => VhostMode::Client,
-                        _ => return Err(format!("unknown vhost option {p:?} (client or server)")),
-                    };
+                    match p {
+                        "server" => mode = VhostMode::Server,
+                        "client" => mode = VhostMode::Client,
+                        "offloads" => offloads = Some(true),
+                        _ => return Err(format!("unknown vhost option {p:?} (client, server or offloads)")),
+                    }
                 }
                 Ok(Backend::Vhostuser {
                     socket: socket.into(),
                     mode: Some(mode),
                     socket_mode: None,
                     queues: None,
+                    offloads,
                 })
             }
             "dpdk" => {
@@ -576,6 +585,7 @@ mod tests {
                 mode: Some(VhostMode::Server),
                 socket_mode: SocketMode::parse("660"),
                 queues: Some(2),
+                offloads: Some(true),
             },
             Backend::Dpdk { devargs: "net_null0".into(), queues: Some(4) },
             Backend::Tunnel(TunnelBackend {

@@ -151,6 +151,10 @@ pub struct PortConfig {
     /// running as another user can connect. Default: the process's umask decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<String>,
+    /// vhostuser: offer the guest checksum and TCP segmentation offload on its transmit side
+    /// (default false; docs/vhost.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<bool>,
     /// afxdp: RX queues of the interface (0..queues); vhostuser, dpdk: queue pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
@@ -401,6 +405,9 @@ bridges:
         assert!(e.contains("bridges[0].ports[0].devargs"), "{e}");
         let vm = "bridges:\n- name: b\n  ports:\n  - name: p\n    type: vhostuser\n    socket: /tmp/x.sock\n";
         assert!(Config::from_yaml_str(&format!("{vm}    socket_mode: \"0660\"\n")).is_ok());
+        assert!(Config::from_yaml_str(&format!("{vm}    offloads: true\n")).is_ok());
+        let e = Config::from_yaml_str(&format!("{vm}    offloads: 3\n")).unwrap_err().to_string();
+        assert!(e.contains("offloads"), "{e}");
         let e = Config::from_yaml_str(&format!("{vm}    socket_mode: \"0999\"\n")).unwrap_err().to_string();
         assert!(e.contains("bridges[0].ports[0].socket_mode"), "{e}");
         let e = Config::from_yaml_str(&format!("{vm}    mode: client\n    socket_mode: \"0660\"\n"))

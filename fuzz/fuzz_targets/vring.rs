@@ -53,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
     let spray: Vec<u8> = inp.0.iter().copied().take(size0 as usize).collect();
     let num = 1u16 << (inp.u8() % 9);
     let at = |inp: &mut Input, align: u64| UVA + g0 + ((inp.u64() % size0) & !(align - 1));
+    // The last flag byte also turns offloads on (so earlier inputs keep their meaning).
+    let flags: u8;
     let cfg = RingConfig {
         num,
         desc: at(&mut inp, 16),
@@ -63,7 +65,12 @@ fuzz_target!(|data: &[u8]| {
         event_idx: inp.u8() & 1 == 1,
         hdr_len: if inp.u8() & 1 == 1 { 12 } else { 10 },
         mrg_rxbuf: inp.u8() & 1 == 1,
-        in_order: inp.u8() & 1 == 1,
+        in_order: {
+            flags = inp.u8();
+            flags & 1 == 1
+        },
+        // Offload requests in the sprayed headers: checksums finished, super-frames segmented.
+        tx_offload: flags & 2 == 2,
     };
     let frames: Vec<usize> = (0..8).map(|_| usize::from(inp.u16()) % 3000).collect();
     let _ = mem.write(g0, &spray);

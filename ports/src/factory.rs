@@ -86,10 +86,11 @@ pub fn open_backend(
         Backend::Tap { iface } => {
             Ok(Arc::new(TapPort::open_default(name, iface.as_deref().unwrap_or(name))?))
         }
-        Backend::Vhostuser { socket, mode, socket_mode, queues } => {
+        Backend::Vhostuser { socket, mode, socket_mode, queues, offloads } => {
             use crate::vhost::{VhostOptions, VhostUserPort};
             let opts = VhostOptions {
                 mode: mode.unwrap_or_default(),
+                offloads: offloads.unwrap_or(false),
                 queues: queues.unwrap_or(1),
                 socket_mode: socket_mode.map(|m| m.bits()),
                 ..Default::default()

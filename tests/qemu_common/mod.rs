@@ -108,6 +108,18 @@ impl Qemu {
     /// As [`Qemu::start`], QEMU's command line run by `prefix` (a command that ends by running
     /// its arguments, e.g. `unshare` into the mount namespace of a pod's container).
     pub fn start_in(g: &Guest, prefix: &[&str]) -> Qemu {
+        Qemu::spawn(g, prefix, "")
+    }
+
+    /// As [`Qemu::start`], the guest running `script` (a busybox shell script, short: it
+    /// travels on the kernel command line) instead of its pings once eth0 is up; its exit
+    /// status is the verdict ("PASS"/"FAIL").
+    pub fn start_script(g: &Guest, script: &str) -> Qemu {
+        let hex: String = script.bytes().map(|b| format!("{b:02x}")).collect();
+        Qemu::spawn(g, &[], &format!(" sy.run={hex}"))
+    }
+
+    fn spawn(g: &Guest, prefix: &[&str], append: &str) -> Qemu {
         let accel = std::env::var("SWITCHYARD_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
         // QEMU 7.2 (Debian 12) under TCG crashes when a vhost-user virtio-pci device uses MSI-X
         // (virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers: a NULL dereference,
@@ -138,7 +150,7 @@ impl Qemu {
             .arg("-append")
             .arg(format!(
                 "console=ttyS0 panic=-1 ipv6.disable=1 loglevel=4 sy.ip={} sy.peer={} \
-                 sy.count={} sy.deadline=60 sy.rounds={} sy.between={}",
+                 sy.count={} sy.deadline=60 sy.rounds={} sy.between={}{append}",
                 g.ip, g.peer, g.pings, g.rounds, g.between
             ))
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot"])
@@ -210,10 +222,17 @@ impl Qemu {
         }
     }
 
+    /// Sends one line to the guest's console (a guest's script may wait for it).
+    pub fn say(&mut self, line: &str) {
+        let s = self.stdin.as_mut().expect("stdin");
+        s.write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| s.flush())
+            .expect("write to the guest's console");
+    }
+
     /// Tells a guest that waits between rounds to go on.
     pub fn go(&mut self) {
-        let s = self.stdin.as_mut().expect("stdin");
-        s.write_all(b"go\n").and_then(|_| s.flush()).expect("write to the guest's console");
+        self.say("go");
     }
 
     /// Whether QEMU still runs.

@@ -237,13 +237,14 @@ impl Session {
             |what: &str| format!("request {request}: payload too short for {what} ({} bytes)", p.len());
         let u64_arg = || if p.len() >= 8 { Ok(proto::le64(p, 0)) } else { Err(short("u64")) };
         Ok(match request {
-            req::GET_FEATURES => Outcome::Reply(feat::OFFERED.to_le_bytes().to_vec()),
+            req::GET_FEATURES => Outcome::Reply(feat::offered(self.sh.opts.offloads).to_le_bytes().to_vec()),
             req::SET_FEATURES => {
                 let f = u64_arg()?;
-                if f & !feat::OFFERED != 0 {
-                    tracing::debug!(port = %self.sh.name, extra = f & !feat::OFFERED, "vhost: ignoring features not offered");
+                let offered = feat::offered(self.sh.opts.offloads);
+                if f & !offered != 0 {
+                    tracing::debug!(port = %self.sh.name, extra = f & !offered, "vhost: ignoring features not offered");
                 }
-                self.features = f & feat::OFFERED;
+                self.features = f & offered;
                 self.sh.features.store(self.features, Ordering::Release);
                 self.rebuild_all();
                 Outcome::Ok
@@ -441,6 +442,8 @@ impl Session {
             hdr_len: if self.features & (feat::F_VERSION_1 | feat::NET_F_MRG_RXBUF) != 0 { 12 } else { 10 },
             mrg_rxbuf: self.features & feat::NET_F_MRG_RXBUF != 0,
             in_order: self.features & feat::F_IN_ORDER != 0,
+            // The guest's TX rings are the odd ones; only they take requests from headers.
+            tx_offload: i % 2 == 1 && self.features & feat::NET_F_CSUM != 0,
         };
         let log = if log_on { self.log.clone() } else { None };
         match Vring::new(mem.clone(), &cfg, log, c.call.clone()) {

@@ -97,6 +97,9 @@ pub struct VhostOptions {
     pub reconnect_interval: Duration,
     /// Server mode: permissions given to the socket after it is created.
     pub socket_mode: Option<u32>,
+    /// Offer the guest checksum and TCP segmentation offload on its transmit side
+    /// ([`proto::feat::OFFLOADS`]); switchyard finishes the frames where they enter.
+    pub offloads: bool,
 }
 
 impl Default for VhostOptions {
@@ -106,6 +109,7 @@ impl Default for VhostOptions {
             queues: 1,
             reconnect_interval: Duration::from_millis(200),
             socket_mode: None,
+            offloads: false,
         }
     }
 }

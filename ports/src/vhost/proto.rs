@@ -80,6 +80,15 @@ pub mod req {
 
 /// Virtio and vhost feature bits.
 pub mod feat {
+    /// The driver may leave a TCP/UDP checksum partial (`NEEDS_CSUM` in the header).
+    pub const NET_F_CSUM: u64 = 1 << 0;
+    /// The device may leave one partial towards the driver (not offered: see [`OFFLOADS`]).
+    pub const NET_F_GUEST_CSUM: u64 = 1 << 1;
+    pub const NET_F_GUEST_TSO4: u64 = 1 << 7;
+    pub const NET_F_GUEST_TSO6: u64 = 1 << 8;
+    /// The driver may send TCP super-frames for the device to segment.
+    pub const NET_F_HOST_TSO4: u64 = 1 << 11;
+    pub const NET_F_HOST_TSO6: u64 = 1 << 12;
     pub const NET_F_MTU: u64 = 1 << 3;
     pub const NET_F_MRG_RXBUF: u64 = 1 << 15;
     pub const NET_F_STATUS: u64 = 1 << 16;
@@ -109,6 +118,23 @@ pub mod feat {
         | LOG_ALL
         | USER_F_PROTOCOL_FEATURES
         | F_IN_ORDER;
+
+    /// The offloads a port with `offloads` on offers on top of [`OFFERED`]: the guest's
+    /// transmit side only (checksum and TCP segmentation), which switchyard finishes where the
+    /// frame enters (`crate::vhost::vring`'s offload path), so every other port still gets
+    /// finished, MTU-sized frames. The receive-side features (GUEST_CSUM, GUEST_TSO4/6) would
+    /// need the offload request carried with the frame across the switch, which the packet
+    /// buffer does not do: they are not offered.
+    pub const OFFLOADS: u64 = NET_F_CSUM | NET_F_HOST_TSO4 | NET_F_HOST_TSO6;
+
+    /// What a port offers: [`OFFERED`], plus [`OFFLOADS`] when `offloads` is on.
+    pub const fn offered(offloads: bool) -> u64 {
+        if offloads {
+            OFFERED | OFFLOADS
+        } else {
+            OFFERED
+        }
+    }
 }
 
 /// Protocol feature bits.

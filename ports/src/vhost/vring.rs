@@ -20,9 +20,10 @@ use arrayvec::ArrayVec;
 use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::buffer::{PoolCache, DATA_ROOM};
 use switchyard_dataplane::port::{Burst, DropTally, RxCtx, MAX_BURST};
 use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
 
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
@@ -33,6 +34,9 @@ pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub const MAX_QUEUE_SIZE: u32 = 32768;
 /// Most guest buffer segments one frame may be copied into.
 pub const MAX_SEGS: usize = 64;
+/// The largest frame a guest may hand over for segmentation: an IP packet of 64 KiB behind an
+/// Ethernet header and two VLAN tags, rounded up. A longer chain is dropped as `oversize`.
+pub const GSO_MAX_FRAME: usize = 65536 + 64;
 /// How many times a burst towards a guest whose RX ring filled up re-reads the ring before
 /// dropping the rest (OVS's `tx-retries` default).
 pub const TX_RETRIES: u32 = 8;
@@ -56,6 +60,9 @@ pub struct RingConfig {
     /// VIRTIO_F_IN_ORDER was agreed: the driver's descriptors are used (and so posted) in
     /// ring order, which lets us fetch them before we have read the available ring.
     pub in_order: bool,
+    /// A guest TX ring whose headers may ask for offloads (VIRTIO_NET_F_CSUM and the HOST_TSO
+    /// features were agreed): checksums are finished and super-frames segmented on the way in.
+    pub tx_offload: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +117,15 @@ pub struct Vring {
     signalled_used: u16,
     signalled_valid: bool,
     broken: Option<&'static str>,
+    /// Offload requests in the guest's headers are carried out (see [`RingConfig::tx_offload`]).
+    tx_offload: bool,
+    /// With `tx_offload`: room for one super-frame ([`GSO_MAX_FRAME`]), allocated with the
+    /// ring. The frame is copied out of guest memory once, so that the guest cannot change
+    /// the headers between their check and their use; empty otherwise.
+    scratch: Box<[u8]>,
+    /// The super-frame in `scratch` (its length) being cut into segments; it may take several
+    /// bursts. Its descriptor chain went back to the guest when it was copied.
+    pending: Option<(Segmenter, usize)>,
 }
 
 impl std::fmt::Debug for Vring {
@@ -166,6 +182,13 @@ impl Vring {
             signalled_used: 0,
             signalled_valid: false,
             broken: None,
+            tx_offload: cfg.tx_offload,
+            scratch: if cfg.tx_offload {
+                vec![0u8; GSO_MAX_FRAME].into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            pending: None,
         };
         // As DPDK: when the used index in memory disagrees with the base we were given (the
         // frontend restarted and lost track), trust the ring.
@@ -433,16 +456,20 @@ impl Vring {
         if self.broken.is_some() {
             return 0;
         }
+        // The rest of a super-frame goes first (ring order); only then is the ring read again.
+        let mut got = if self.pending.is_some() { self.drain_segments(cache, out, max, drops) } else { 0 };
+        if self.pending.is_some() {
+            return got;
+        }
         let Some(avail) = self.fresh_avail() else {
             drops.add(DropReason::VhostRingBroken, 1);
-            return 0;
+            return got;
         };
         let pending = usize::from(avail.wrapping_sub(self.last_avail));
-        let n = pending.min(max).min(out.remaining_capacity()).min(MAX_BURST);
+        let n = pending.min(max - got).min(out.remaining_capacity()).min(MAX_BURST);
         if n == 0 {
-            return 0;
+            return got;
         }
-        let mut got = 0;
         let start_used = self.last_used;
         // Stages over the burst, so that the cache misses of many frames overlap (the guest's
         // core wrote every one of these lines): the heads, then their descriptors (frame data
@@ -477,15 +504,50 @@ impl Vring {
             }
         }
         for (head, span) in heads[..n_heads].iter().copied().zip(spans) {
+            // (csum_start, csum_offset) of a checksum the guest left partial.
+            let mut csum = None;
+            if self.tx_offload {
+                // Segments may have filled the burst: the rest stays in the ring.
+                if got >= max || out.is_full() {
+                    break;
+                }
+                let mut h = [0u8; VNET_HDR_LEN];
+                if !self.read_chain_prefix(head, &mut h) {
+                    drops.add(DropReason::VhostInvalidDesc, 1);
+                    self.put_used(head, 0);
+                    self.last_avail = self.last_avail.wrapping_add(1);
+                    continue;
+                } else {
+                    let vh = VnetHdrRepr::parse(&h);
+                    if vh.is_gso() {
+                        self.take_super_frame(head, &vh, drops);
+                        self.put_used(head, 0);
+                        self.last_avail = self.last_avail.wrapping_add(1);
+                        got += self.drain_segments(cache, out, max - got, drops);
+                        continue;
+                    }
+                    csum =
+                        vh.needs_csum().then_some((usize::from(vh.csum_start), usize::from(vh.csum_offset)));
+                }
+            }
             // No buffer: leave the frame in the ring for the next poll.
             let Some(mut buf) = cache.alloc() else { break };
             let copied = match span {
                 Some(s) if s.read_into(buf.tail_mut()) => Ok(s.len()),
                 Some(_) => Err(ChainError::TooLong),
-                None => self.copy_chain_out(head, &mut buf),
+                None => self.copy_chain_out(head, buf.tail_mut()),
             };
             match copied {
                 Ok(len) if buf.set_len(len).is_ok() => {
+                    if let Some((start, offset)) = csum {
+                        if complete_checksum(buf.data_mut(), start, offset).is_err() {
+                            drops.add(DropReason::BadOffload, 1);
+                            cache.free(buf);
+                            self.put_used(head, 0);
+                            self.last_avail = self.last_avail.wrapping_add(1);
+                            continue;
+                        }
+                    }
                     out.push(buf);
                     got += 1;
                 }
@@ -511,10 +573,94 @@ impl Vring {
         got
     }
 
-    /// Copies the chain at `head` (device-readable descriptors) into `buf`'s tail, without the
+    /// Reads the first `out.len()` bytes of the chain at `head` (the virtio-net header, which
+    /// a guest may split over descriptors). `false` when the chain is invalid or shorter.
+    fn read_chain_prefix(&self, head: u16, out: &mut [u8]) -> bool {
+        let mut idx = head;
+        let mut got = 0;
+        for _ in 0..self.num {
+            let Some(d) = self.read_desc(idx) else { return false };
+            if d.flags & (DESC_F_INDIRECT | DESC_F_WRITE) != 0 {
+                return false;
+            }
+            // l <= out.len() - got.
+            let l = (out.len() - got).min(d.len as usize);
+            if l > 0 && self.mem.read(d.addr, &mut out[got..got + l]).is_err() {
+                return false;
+            }
+            got += l;
+            if got == out.len() {
+                return true;
+            }
+            if d.flags & DESC_F_NEXT == 0 || d.next >= self.num {
+                return false;
+            }
+            idx = d.next;
+        }
+        false
+    }
+
+    /// Copies the super-frame at `head` into `scratch` and sets it up for segmentation, or
+    /// counts why it cannot be: `bad_offload` (an unknown GSO type, a segment size of 0,
+    /// headers that do not parse or lie past the frame), `oversize` (longer than
+    /// [`GSO_MAX_FRAME`], or segments that would not fit a buffer), `vhost_invalid_desc`.
+    fn take_super_frame(&mut self, head: u16, vh: &VnetHdrRepr, drops: &mut DropTally) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match self.copy_chain_out(head, &mut scratch) {
+            Ok(len) => match Segmenter::new(&scratch[..len], vh) {
+                Ok(seg) if seg.max_segment_len() <= DATA_ROOM => self.pending = Some((seg, len)),
+                Ok(_) => drops.add(DropReason::Oversize, 1),
+                Err(_) => drops.add(DropReason::BadOffload, 1),
+            },
+            Err(ChainError::TooLong) => drops.add(DropReason::Oversize, 1),
+            Err(ChainError::Invalid) => drops.add(DropReason::VhostInvalidDesc, 1),
+        }
+        self.scratch = scratch;
+    }
+
+    /// Moves up to `room` segments of the pending super-frame into `out`. With no buffer left
+    /// the rest waits in `scratch` for the next poll, as a frame waits in the ring.
+    fn drain_segments(
+        &mut self,
+        cache: &mut PoolCache,
+        out: &mut Burst,
+        room: usize,
+        drops: &mut DropTally,
+    ) -> usize {
+        let Some((seg, len)) = self.pending.as_mut() else { return 0 };
+        let frame = &self.scratch[..*len];
+        let mut n = 0;
+        let mut failed = false;
+        while n < room && !out.is_full() && !seg.finished() {
+            let Some(mut buf) = cache.alloc() else { break };
+            let tail = buf.tail_mut();
+            let lim = tail.len().min(DATA_ROOM);
+            match seg.next_into(frame, &mut tail[..lim]) {
+                Ok(Some(l)) if buf.set_len(l).is_ok() => {
+                    out.push(buf);
+                    n += 1;
+                }
+                // Segmenter::new checked the headers and max_segment_len the room, so no
+                // segment should fail; if one does, the rest of the frame is dropped.
+                _ => {
+                    cache.free(buf);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            drops.add(DropReason::BadOffload, 1);
+        }
+        if failed || seg.finished() {
+            self.pending = None;
+        }
+        n
+    }
+
+    /// Copies the chain at `head` (device-readable descriptors) into `tail`, without the
     /// header. Returns the frame length.
-    fn copy_chain_out(&self, head: u16, buf: &mut PacketBuf) -> Result<usize, ChainError> {
-        let tail = buf.tail_mut();
+    fn copy_chain_out(&self, head: u16, tail: &mut [u8]) -> Result<usize, ChainError> {
         let cap = tail.len();
         let mut idx = head;
         let mut skip = self.hdr_len as u64;
@@ -855,6 +1001,7 @@ mod tests {
                 hdr_len: 12,
                 mrg_rxbuf: true,
                 in_order: false,
+                tx_offload: false,
             }
         }
         fn ring(&self) -> Vring {
@@ -911,6 +1058,168 @@ mod tests {
         assert_eq!(f.used_idx(), 1);
         assert_eq!(f.used_elem(0), (0, 0));
         assert!(d.is_zero());
+    }
+
+    /// A TCP/IPv4 frame of `payload` bytes from a sender with offloads on: with `gso`, one
+    /// super-frame of MSS `mss` (the IP lengths cover it all), otherwise one frame; either way
+    /// the TCP checksum field holds only the pseudo-header sum. Returns the virtio-net header
+    /// (12 bytes) followed by the frame, and the payload.
+    fn offload_frame(payload: usize, mss: u16, gso: bool) -> (Vec<u8>, Vec<u8>) {
+        use switchyard_dataplane::wire::offload::{fold, ones_sum, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4};
+        let data: Vec<u8> = (0..payload).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 5201, 1_000_000, 512)
+            .write(&mut f, &data)
+            .unwrap();
+        let l4 = 34;
+        let mut pseudo = ones_sum(&f[26..34], 0) + 6 + (f.len() - l4) as u64;
+        pseudo = u64::from(fold(pseudo));
+        f[l4 + 16..l4 + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        let h = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: if gso { VNET_GSO_TCPV4 } else { 0 },
+            hdr_len: 54,
+            gso_size: if gso { mss } else { 0 },
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        let mut out = vec![0u8; 12];
+        h.emit((&mut out[..VNET_HDR_LEN]).try_into().unwrap());
+        out.extend_from_slice(&f);
+        (out, data)
+    }
+
+    /// Checks one segment's IPv4 and TCP checksums and returns (sequence number, payload).
+    fn checked_segment(frame: &[u8]) -> (u32, Vec<u8>) {
+        let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+        let iph = ip.header().to_header();
+        assert_eq!(iph.header_checksum, iph.calc_header_checksum(), "IPv4 header checksum");
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = &p.transport else { panic!("not TCP") };
+        let th = tcp.to_header();
+        assert_eq!(th.checksum, th.calc_checksum_ipv4(&iph, tcp.payload()).unwrap(), "TCP checksum");
+        (tcp.sequence_number(), tcp.payload().to_vec())
+    }
+
+    fn offload_ring(f: &Fake) -> Vring {
+        Vring::new(f.mem.clone(), &RingConfig { tx_offload: true, ..f.cfg() }, None, None).unwrap()
+    }
+
+    /// Posts `bytes` (header and frame) as a one-descriptor chain.
+    fn post_chain(f: &mut Fake, i: u16, bytes: &[u8]) {
+        let addr = 0x4_0000 + 0x1_0000 * u64::from(i);
+        f.mem.write(addr, bytes).unwrap();
+        f.desc(i, addr, bytes.len() as u32, 0, 0);
+        f.post(i);
+    }
+
+    #[test]
+    fn tx_offload_segments_super_frames_and_finishes_checksums() {
+        let mut f = Fake::new(8);
+        let (sup, data) = offload_frame(5000, 1448, true);
+        let (one, one_data) = offload_frame(700, 0, false);
+        post_chain(&mut f, 0, &sup);
+        // The same super-frame with its header split from the frame over two descriptors.
+        f.mem.write(0x6_0000, &sup[..12]).unwrap();
+        f.mem.write(0x6_1000, &sup[12..]).unwrap();
+        f.desc(1, 0x6_0000, 12, DESC_F_NEXT, 2);
+        f.desc(2, 0x6_1000, (sup.len() - 12) as u32, 0, 0);
+        f.post(1);
+        post_chain(&mut f, 3, &one);
+        let mut r = offload_ring(&f);
+        let p = pool();
+        let mut c = p.cache();
+        let mut d = DropTally::default();
+        let mut frames = Vec::new();
+        // Three segments a poll: the super-frames are cut across polls, in ring order.
+        for _ in 0..8 {
+            let mut out = Burst::new();
+            r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 3);
+            assert!(out.len() <= 3);
+            frames.extend(out.drain(..).map(|b| b.data().to_vec()));
+        }
+        assert!(d.is_zero(), "{d:?}");
+        assert_eq!(frames.len(), 4 + 4 + 1);
+        for sup_frames in [&frames[0..4], &frames[4..8]] {
+            let mut seq = 1_000_000u32;
+            let mut got = Vec::new();
+            for fr in sup_frames {
+                assert!(fr.len() <= 14 + 40 + 1448);
+                let (s, pl) = checked_segment(fr);
+                assert_eq!(s, seq);
+                seq += pl.len() as u32;
+                got.extend(pl);
+            }
+            assert_eq!(got, data);
+        }
+        let (_, pl) = checked_segment(&frames[8]);
+        assert_eq!(pl, one_data);
+        assert_eq!(f.used_idx(), 3);
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn malformed_offload_headers_are_dropped_as_bad_offload() {
+        use switchyard_dataplane::wire::offload::VNET_GSO_TCPV6;
+        let mut f = Fake::new(16);
+        let (sup, _) = offload_frame(3000, 1448, true);
+        let (one, _) = offload_frame(100, 0, false);
+        let with = |base: &[u8], edit: &dyn Fn(&mut VnetHdrRepr)| {
+            let mut b = base.to_vec();
+            let mut h = VnetHdrRepr::parse(b[..VNET_HDR_LEN].try_into().unwrap());
+            edit(&mut h);
+            h.emit((&mut b[..VNET_HDR_LEN]).try_into().unwrap());
+            b
+        };
+        let bad = [
+            with(&sup, &|h| h.gso_size = 0),
+            with(&sup, &|h| h.gso_type = 2),
+            with(&sup, &|h| h.gso_type = 3),
+            with(&sup, &|h| h.gso_type = VNET_GSO_TCPV6),
+            with(&sup, &|h| h.csum_start = 60000),
+            with(&sup, &|h| h.csum_start = 20),
+            with(&one, &|h| h.csum_start = (one.len() - 12) as u16),
+            with(&one, &|h| h.csum_offset = u16::MAX),
+        ];
+        for (i, b) in bad.iter().enumerate() {
+            post_chain(&mut f, i as u16, b);
+        }
+        // A frame after them still arrives, and one whose segments would not fit a buffer is
+        // oversize.
+        post_chain(&mut f, 8, &one);
+        post_chain(&mut f, 9, &with(&sup, &|h| h.gso_size = 4000));
+        let mut r = offload_ring(&f);
+        let p = pool();
+        let mut c = p.cache();
+        let mut d = DropTally::default();
+        let mut out = Burst::new();
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
+        assert_eq!(d.get(DropReason::BadOffload), 8, "{d:?}");
+        assert_eq!(d.get(DropReason::Oversize), 1, "{d:?}");
+        assert_eq!(d.total(), 9);
+        checked_segment(out[0].data());
+        assert_eq!(f.used_idx(), 10);
+        drop(out);
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn without_offloads_agreed_headers_are_ignored() {
+        // A ring without tx_offload copies frames as they are: the partial checksum stays.
+        let mut f = Fake::new(8);
+        let (one, _) = offload_frame(100, 0, false);
+        post_chain(&mut f, 0, &one);
+        let mut r = f.ring();
+        let p = pool();
+        let mut c = p.cache();
+        let mut d = DropTally::default();
+        let mut out = Burst::new();
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
+        assert_eq!(out[0].data(), &one[12..]);
     }
 
     #[test]
@@ -1511,6 +1820,7 @@ mod tests {
                 hdr_len: if g.mrg { 12 } else { 10 },
                 mrg_rxbuf: g.mrg,
                 in_order: g.mrg,
+                tx_offload: g.event_idx,
             };
             let log = Arc::new(DirtyLog::anonymous(8).unwrap());
             let call = Arc::new(sys::eventfd().unwrap());
