@@ -394,6 +394,10 @@ pub fn plain_bursts_on_this_thread() -> u64 {
     PLAIN_BURSTS.with(|c| c.get())
 }
 
+/// Connection-table slots the incremental sweep looks at per burst on a bridge with policies
+/// (a 1,000,000-connection table, 1,500,000 slots, is swept every 94,000 bursts).
+const SWEEP_SLOTS: usize = 16;
+
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
 /// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
 /// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
@@ -429,6 +433,8 @@ pub fn process_burst(
         from: port,
         filter: bridge.filter,
         ct: bridge.conntrack.as_deref(),
+        // Traces name the rules: they use no stored verdicts.
+        epoch: if trace.is_some() { 0 } else { bridge.policy_epoch },
         cur: None,
         bridge_idx: port.bridge,
         members: &bridge.ports,
@@ -443,10 +449,27 @@ pub fn process_burst(
     // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
     // or metadata to write and read back. Any other burst takes the general stages.
+    // On a bridge with policies, a plain burst whose every frame the policy stage would pass
+    // unchanged (replies and connections with the snapshot's stored verdict, see
+    // `filter::fast_burst`) takes the same plain stages.
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
+        (None, None, Some(vlan), true) => plain_probes(burst, vlan, &table, &mut eg.tx.plain)
+            .filter(|_| {
+                let cx = eg.ctx();
+                if let Some(ct) = cx.ct {
+                    ct.sweep(now, SWEEP_SLOTS);
+                }
+                let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
+                crate::filter::fast_burst(burst, port, cx, |i| {
+                    let hit = table.lookup_probe(&probes.get(i)?.dst, now)?;
+                    let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
+                    ok.then_some(hit.port)
+                })
+            })
+            .map(|bytes| (vlan, bytes)),
         _ => None,
     };
     match plain {
@@ -555,24 +578,30 @@ fn general_burst(
     // refuses is not learned from; what it found out goes to the last stage with the frame.
     let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
     if eg.filter {
-        // Read every frame and prefetch its connection's slot first, so that the table's
-        // cache misses overlap across the burst.
-        let mut l3: ArrayVec<(u16, crate::wire::ip::L3), MAX_BURST> = ArrayVec::new();
+        let cx = eg.ctx();
+        if let Some(ct) = cx.ct {
+            ct.sweep(now, SWEEP_SLOTS);
+        }
+        // Read every frame, hash its flow key and prefetch its connection's slot first, so
+        // that the table's cache misses overlap across the burst.
+        let mut l3: ArrayVec<((u16, crate::wire::ip::L3), u64), MAX_BURST> = ArrayVec::new();
         for (m, b) in meta.iter().zip(burst.iter()) {
             let r = if m.verdict.is_none() || m.flood_pending {
                 crate::filter::parse(b.data(), m.tagged)
             } else {
                 (0, crate::wire::ip::L3::Other)
             };
-            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (eg.ct, &r.1) {
-                ct.prefetch(&f.key);
+            let mut h = 0;
+            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (cx.ct, &r.1) {
+                h = crate::conntrack::hash(&f.key);
+                ct.prefetch(h);
             }
-            l3.push(r);
+            l3.push((r, h));
         }
-        for (m, r) in meta.iter_mut().zip(l3) {
+        for (m, (r, h)) in meta.iter_mut().zip(l3.iter().copied()) {
             let mut fm = crate::filter::FilterMeta::default();
             if m.verdict.is_none() || m.flood_pending {
-                match crate::filter::ingress(r, port, eg.ct, now) {
+                match crate::filter::ingress(r, h, port, cx) {
                     Ok(f) => fm = f,
                     Err(r) => {
                         m.verdict = Some(Verdict::Drop(r));
@@ -656,6 +685,8 @@ struct Egress<'a> {
     filter: bool,
     /// The bridge's connection table, when it has one.
     ct: Option<&'a crate::conntrack::Conntrack>,
+    /// The snapshot's policy epoch (0 when tracing: no stored verdicts).
+    epoch: u32,
     /// The policy stage's findings for the frame being emitted (`None`: no policy stage).
     cur: Option<crate::filter::FilterMeta>,
     bridge_idx: usize,
@@ -666,6 +697,13 @@ struct Egress<'a> {
     tx: &'a mut TxBatches,
     /// The ingress port's counters for this burst (all stages add to them).
     t: IngressTally,
+}
+
+impl<'a> Egress<'a> {
+    /// What the policy stage needs.
+    fn ctx(&self) -> crate::filter::Ctx<'a> {
+        crate::filter::Ctx { ct: self.ct, now: self.now, epoch: self.epoch }
+    }
 }
 
 impl Egress<'_> {
@@ -735,9 +773,11 @@ impl Egress<'_> {
     /// The policy stage's second half for egress port `op` (nothing to check without one).
     #[inline(always)]
     fn admits(&mut self, op: PortId) -> Result<(), DropReason> {
+        let cx = self.ctx();
         let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
-        crate::filter::admit(m, self.from, to, self.ct, self.now)
+        crate::filter::admit(m, self.from, to, cx)
     }
+
 
     #[inline(always)]
     fn drop(&mut self, r: DropReason, buf: PacketBuf) -> Verdict {

@@ -233,6 +233,20 @@ pub struct Bridge {
     pub filter: bool,
     /// The connection table, when some port has a policy.
     pub conntrack: Option<Arc<crate::conntrack::Conntrack>>,
+    /// The policy epoch of this snapshot: a number no other compiled snapshot has (never 0),
+    /// which the connection table's verdicts name ([`crate::conntrack::verdict`]).
+    pub policy_epoch: u32,
+}
+
+/// The next policy epoch (1, 2, ...; 0 skipped when it wraps).
+fn next_epoch() -> u32 {
+    static EPOCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let e = EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 /// The immutable configuration snapshot.
@@ -333,7 +347,14 @@ impl SwitchConfig {
                     .filter(|ct| ct.capacity() == size)
                     .unwrap_or_else(|| Arc::new(crate::conntrack::Conntrack::new(size)))
             });
-            out.bridges.push(Bridge { name: b.name.clone(), table, ports: members, filter, conntrack });
+            out.bridges.push(Bridge {
+                name: b.name.clone(),
+                table,
+                ports: members,
+                filter,
+                conntrack,
+                policy_epoch: next_epoch(),
+            });
         }
         // Entries of ports that left a bridge (or the node): one pass per table, so that a large
         // change costs a scan per bridge, not one per port.
