@@ -278,23 +278,43 @@ fn meta(expires: u32, state: CtState, blocked: bool) -> u64 {
 
 impl Slot {
     /// Reads the slot without a lock: retries while a writer holds it.
-    #[inline]
+    #[inline(always)]
     fn read(&self) -> Snap {
+        let s1 = self.w[0].load(Ordering::Acquire);
+        let snap = self.words();
+        fence(Ordering::Acquire);
+        if s1 & 1 == 0 && self.w[0].load(Ordering::Relaxed) == s1 {
+            return snap;
+        }
+        self.read_contended()
+    }
+
+    /// Words 1-7 as they are (consistent only under the lock, or when the sequence number
+    /// was even and unchanged around the reads).
+    #[inline(always)]
+    fn words(&self) -> Snap {
+        Snap {
+            meta: self.w[1].load(Ordering::Relaxed),
+            key: [
+                self.w[2].load(Ordering::Relaxed),
+                self.w[3].load(Ordering::Relaxed),
+                self.w[4].load(Ordering::Relaxed),
+                self.w[5].load(Ordering::Relaxed),
+                self.w[6].load(Ordering::Relaxed),
+            ],
+            verdict: self.w[7].load(Ordering::Relaxed),
+        }
+    }
+
+    /// [`Slot::read`] when a writer held the slot: waits for a consistent view.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) -> Snap {
         let mut spins = 0u32;
         loop {
             let s1 = self.w[0].load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let snap = Snap {
-                    meta: self.w[1].load(Ordering::Relaxed),
-                    key: [
-                        self.w[2].load(Ordering::Relaxed),
-                        self.w[3].load(Ordering::Relaxed),
-                        self.w[4].load(Ordering::Relaxed),
-                        self.w[5].load(Ordering::Relaxed),
-                        self.w[6].load(Ordering::Relaxed),
-                    ],
-                    verdict: self.w[7].load(Ordering::Relaxed),
-                };
+                let snap = self.words();
                 fence(Ordering::Acquire);
                 if self.w[0].load(Ordering::Relaxed) == s1 {
                     return snap;
@@ -334,11 +354,7 @@ impl Slot {
 
     /// Under the lock: reads words 1-7.
     fn snap_locked(&self) -> Snap {
-        Snap {
-            meta: self.w[1].load(Ordering::Relaxed),
-            key: std::array::from_fn(|i| self.w[2 + i].load(Ordering::Relaxed)),
-            verdict: self.w[7].load(Ordering::Relaxed),
-        }
+        self.words()
     }
 
     /// Under the lock: writes words 1-7.
@@ -470,7 +486,7 @@ impl Conntrack {
     }
 
     /// Finds the live entry of `k` (hash `h`, either direction) at `now`, without a lock.
-    #[inline]
+    #[inline(always)]
     fn find(&self, k: &FlowKey, h: u64, now: u32) -> Option<Hit> {
         let kw = key_words(k);
         // The reverse: addresses swapped, ports swapped, protocol and family kept.
@@ -644,12 +660,14 @@ impl Conntrack {
     pub fn sweep(&self, now: u32, n: usize) {
         let len = self.slots.len();
         let n = n.min(len);
-        let end = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
+        let mut j = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
         // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
         // an empty one empties in one pass.
-        for i in 1..=n {
-            let j = (end + len - i) % len;
-            let (a, b) = (&self.slots[j], &self.slots[self.next(j)]);
+        for _ in 0..n {
+            // Slot j and the one after it (the previous j).
+            let after = j;
+            j = if j == 0 { len - 1 } else { j - 1 };
+            let (Some(a), Some(b)) = (self.slots.get(j), self.slots.get(after)) else { break };
             // A glance first (no write to a slot that stays as it is; a torn view only decides
             // whether to look again under the locks).
             let exp = a.w[1].load(Ordering::Relaxed) as u32;
