@@ -34,6 +34,7 @@
 use crate::wire::ip::{
     FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+use crate::fdb::AtomicPairs;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -48,8 +49,15 @@ pub const SLOTS_PER_100: usize = 150;
 pub const MAX_PROBE: usize = 256;
 /// Slots per insert mutex.
 const STRIPE: usize = 64;
-/// The size of one slot (one cache line).
-pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+/// The size of one slot (one cache line: 4 pairs of [`AtomicPairs`]).
+pub const SLOT_BYTES: usize = 64;
+
+/// The table could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("cannot map the connection table: {0}")]
+    NoMemory(String),
+}
 
 /// A connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,15 +210,13 @@ pub struct Entry {
     pub ttl: u32,
 }
 
-/// One slot: 8 words, one cache line. `w[0]`: the sequence number (odd: a writer holds the
-/// slot); `w[1]`: expires (low 32 bits; 0: empty, never used or emptied by the sweep),
-/// state (bits 32-39), blocked (bit 40); `w[2..7]`: the key in the connection's original
-/// direction ([`KeyWords`]); `w[7]`: the verdict.
-#[repr(align(64))]
-#[derive(Default)]
-struct Slot {
-    w: [AtomicU64; 8],
-}
+/// One slot: 8 words, one cache line (4 pairs of the table's [`AtomicPairs`], whose start is
+/// page aligned). Word 0: the sequence number (odd: a writer holds the slot); word 1: expires
+/// (low 32 bits; 0: empty, never used or emptied by the sweep), state (bits 32-39), blocked
+/// (bit 40); words 2-6: the key in the connection's original direction ([`KeyWords`]); word 7:
+/// the verdict.
+#[derive(Clone, Copy)]
+struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 
 /// A key as the slot stores it: source (2 words), destination (2 words), then ports,
 /// protocol and family.
@@ -276,14 +282,19 @@ fn meta(expires: u32, state: CtState, blocked: bool) -> u64 {
     u64::from(expires) | u64::from(state as u8) << 32 | u64::from(blocked) << 40
 }
 
-impl Slot {
+impl Slot<'_> {
+    #[inline(always)]
+    fn w(&self, i: usize) -> &AtomicU64 {
+        &self.0[i >> 1][i & 1]
+    }
+
     /// Reads the slot without a lock: retries while a writer holds it.
     #[inline(always)]
     fn read(&self) -> Snap {
-        let s1 = self.w[0].load(Ordering::Acquire);
+        let s1 = self.w(0).load(Ordering::Acquire);
         let snap = self.words();
         fence(Ordering::Acquire);
-        if s1 & 1 == 0 && self.w[0].load(Ordering::Relaxed) == s1 {
+        if s1 & 1 == 0 && self.w(0).load(Ordering::Relaxed) == s1 {
             return snap;
         }
         self.read_contended()
@@ -294,15 +305,15 @@ impl Slot {
     #[inline(always)]
     fn words(&self) -> Snap {
         Snap {
-            meta: self.w[1].load(Ordering::Relaxed),
+            meta: self.w(1).load(Ordering::Relaxed),
             key: [
-                self.w[2].load(Ordering::Relaxed),
-                self.w[3].load(Ordering::Relaxed),
-                self.w[4].load(Ordering::Relaxed),
-                self.w[5].load(Ordering::Relaxed),
-                self.w[6].load(Ordering::Relaxed),
+                self.w(2).load(Ordering::Relaxed),
+                self.w(3).load(Ordering::Relaxed),
+                self.w(4).load(Ordering::Relaxed),
+                self.w(5).load(Ordering::Relaxed),
+                self.w(6).load(Ordering::Relaxed),
             ],
-            verdict: self.w[7].load(Ordering::Relaxed),
+            verdict: self.w(7).load(Ordering::Relaxed),
         }
     }
 
@@ -312,11 +323,11 @@ impl Slot {
     fn read_contended(&self) -> Snap {
         let mut spins = 0u32;
         loop {
-            let s1 = self.w[0].load(Ordering::Acquire);
+            let s1 = self.w(0).load(Ordering::Acquire);
             if s1 & 1 == 0 {
                 let snap = self.words();
                 fence(Ordering::Acquire);
-                if self.w[0].load(Ordering::Relaxed) == s1 {
+                if self.w(0).load(Ordering::Relaxed) == s1 {
                     return snap;
                 }
             }
@@ -337,9 +348,9 @@ impl Slot {
     }
 
     fn try_lock(&self) -> Option<u64> {
-        let s = self.w[0].load(Ordering::Relaxed);
+        let s = self.w(0).load(Ordering::Relaxed);
         if s & 1 == 0
-            && self.w[0].compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            && self.w(0).compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
         {
             // Readers that see the new words must also see the odd number.
             fence(Ordering::Release);
@@ -349,7 +360,7 @@ impl Slot {
     }
 
     fn unlock(&self, s: u64) {
-        self.w[0].store(s + 2, Ordering::Release);
+        self.w(0).store(s + 2, Ordering::Release);
     }
 
     /// Under the lock: reads words 1-7.
@@ -359,11 +370,11 @@ impl Slot {
 
     /// Under the lock: writes words 1-7.
     fn write(&self, s: &Snap) {
-        self.w[1].store(s.meta, Ordering::Relaxed);
-        for (w, v) in self.w[2..7].iter().zip(s.key) {
-            w.store(v, Ordering::Relaxed);
+        self.w(1).store(s.meta, Ordering::Relaxed);
+        for (i, v) in s.key.into_iter().enumerate() {
+            self.w(2 + i).store(v, Ordering::Relaxed);
         }
-        self.w[7].store(s.verdict, Ordering::Relaxed);
+        self.w(7).store(s.verdict, Ordering::Relaxed);
     }
 }
 
@@ -380,7 +391,10 @@ fn backoff(spins: &mut u32) {
 
 /// A bridge's connection table.
 pub struct Conntrack {
-    slots: Box<[Slot]>,
+    /// The slots' words, [`SLOT_BYTES`] a slot, on transparent huge pages when large.
+    mem: AtomicPairs,
+    /// How many slots.
+    n: usize,
     /// Insert locks, one per [`STRIPE`] home slots.
     stripes: Box<[Mutex<()>]>,
     capacity: usize,
@@ -422,15 +436,23 @@ struct Hit {
 
 impl Conntrack {
     /// A table for `capacity` connections ([`SLOTS_PER_100`] slots for each 100).
-    pub fn new(capacity: usize) -> Conntrack {
+    pub fn new(capacity: usize) -> Result<Conntrack, ConntrackError> {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
         let n = (capacity * SLOTS_PER_100).div_ceil(100).max(2);
-        Conntrack {
-            slots: (0..n).map(|_| Slot::default()).collect(),
+        Ok(Conntrack {
+            mem: AtomicPairs::zeroed(n * 4).map_err(|e| ConntrackError::NoMemory(e.to_string()))?,
+            n,
             stripes: (0..n.div_ceil(STRIPE)).map(|_| Mutex::new(())).collect(),
             capacity,
             sweep_at: AtomicUsize::new(0),
-        }
+        })
+    }
+
+    /// Slot `j` (`None` past the end).
+    #[inline(always)]
+    fn slot(&self, j: usize) -> Option<Slot<'_>> {
+        let pairs = self.mem.pairs().get(j.checked_mul(4)?..)?.first_chunk::<4>()?;
+        Some(Slot(pairs))
     }
 
     pub fn capacity(&self) -> usize {
@@ -438,38 +460,40 @@ impl Conntrack {
     }
 
     /// A copy of the table (for `ctl trace`, which must not change the running one).
-    pub fn copy(&self) -> Conntrack {
-        let t = Conntrack::new(self.capacity);
-        for (a, b) in self.slots.iter().zip(t.slots.iter()) {
-            b.write(&a.read());
+    pub fn copy(&self) -> Result<Conntrack, ConntrackError> {
+        let t = Conntrack::new(self.capacity)?;
+        for j in 0..self.n {
+            if let (Some(a), Some(b)) = (self.slot(j), t.slot(j)) {
+                b.write(&a.read());
+            }
         }
-        t
+        Ok(t)
     }
 
     /// The slots in all (the most entries it can hold).
     pub fn slots(&self) -> usize {
-        self.slots.len()
+        self.n
     }
 
     /// The table's memory in bytes (slots and insert locks).
     pub fn memory(&self) -> usize {
-        self.slots.len() * SLOT_BYTES + self.stripes.len() * std::mem::size_of::<Mutex<()>>()
+        self.n * SLOT_BYTES + self.stripes.len() * std::mem::size_of::<Mutex<()>>()
     }
 
     #[inline]
     fn home(&self, h: u64) -> usize {
-        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
+        ((u128::from(h) * self.n as u128) >> 64) as usize
     }
 
     /// The longest probe in this table.
     #[inline]
     fn probe(&self) -> usize {
-        MAX_PROBE.min(self.slots.len())
+        MAX_PROBE.min(self.n)
     }
 
     #[inline]
     fn next(&self, j: usize) -> usize {
-        if j + 1 == self.slots.len() {
+        if j + 1 == self.n {
             0
         } else {
             j + 1
@@ -480,8 +504,8 @@ impl Conntrack {
     /// a burst, before its lookups, so that their cache misses overlap.
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        if let Some(s) = self.slots.get(self.home(h)) {
-            crate::cpu::prefetch_addr(s as *const Slot as usize);
+        if let Some(s) = self.slot(self.home(h)) {
+            crate::cpu::prefetch_addr(s.0.as_ptr() as usize);
         }
     }
 
@@ -494,7 +518,7 @@ impl Conntrack {
         let rw = [kw[2], kw[3], kw[0], kw[1], (p & !0xffff_ffff) | (p & 0xffff) << 16 | (p >> 16 & 0xffff)];
         let mut j = self.home(h);
         for _ in 0..self.probe() {
-            let snap = self.slots.get(j)?.read();
+            let snap = self.slot(j)?.read();
             let exp = snap.expires();
             if exp == 0 {
                 return None;
@@ -515,7 +539,7 @@ impl Conntrack {
     /// Changes the entry at `hit` under its slot's lock, if it still holds the same
     /// connection and is live at `now`; `f` gets the words and may change them.
     fn update(&self, hit: &Hit, now: u32, f: impl FnOnce(&mut Snap)) {
-        let slot = &self.slots[hit.slot];
+        let Some(slot) = self.slot(hit.slot) else { return };
         let s = slot.lock();
         let mut snap = slot.snap_locked();
         if snap.key == hit.snap.key && snap.expires() > now {
@@ -622,7 +646,7 @@ impl Conntrack {
         };
         let mut j = home;
         for _ in 0..self.probe() {
-            let slot = &self.slots[j];
+            let Some(slot) = self.slot(j) else { break };
             let s = slot.lock();
             let free = slot.snap_locked().expires() <= now;
             if free {
@@ -658,7 +682,7 @@ impl Conntrack {
     /// shared by all callers) and empties each expired one whose next slot is empty, so that
     /// probes for unknown keys stay short. A slot a writer holds is left for the next pass.
     pub fn sweep(&self, now: u32, n: usize) {
-        let len = self.slots.len();
+        let len = self.n;
         let n = n.min(len);
         let mut j = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
         // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
@@ -667,16 +691,16 @@ impl Conntrack {
             // Slot j and the one after it (the previous j).
             let after = j;
             j = if j == 0 { len - 1 } else { j - 1 };
-            let (Some(a), Some(b)) = (self.slots.get(j), self.slots.get(after)) else { break };
+            let (Some(a), Some(b)) = (self.slot(j), self.slot(after)) else { break };
             // A glance first (no write to a slot that stays as it is; a torn view only decides
             // whether to look again under the locks).
-            let exp = a.w[1].load(Ordering::Relaxed) as u32;
-            if exp == 0 || exp > now || b.w[1].load(Ordering::Relaxed) as u32 != 0 {
+            let exp = a.w(1).load(Ordering::Relaxed) as u32;
+            if exp == 0 || exp > now || b.w(1).load(Ordering::Relaxed) as u32 != 0 {
                 continue;
             }
             let Some(sa) = a.try_lock() else { continue };
             let exp = a.snap_locked().expires();
-            if exp != 0 && exp <= now && !std::ptr::eq(a, b) {
+            if exp != 0 && exp <= now && j != after {
                 if let Some(sb) = b.try_lock() {
                     if b.snap_locked().expires() == 0 {
                         a.write(&Snap { meta: 0, key: [0; 5], verdict: 0 });
@@ -693,7 +717,7 @@ impl Conntrack {
     pub fn entries(&self, now: u32, limit: usize) -> (Vec<Entry>, usize) {
         let mut out = Vec::new();
         let mut n = 0;
-        for snap in self.slots.iter().map(Slot::read).filter(|s| s.expires() > now) {
+        for snap in (0..self.n).filter_map(|j| self.slot(j)).map(|s| s.read()).filter(|s| s.expires() > now) {
             n += 1;
             if out.len() < limit {
                 out.push(Entry {
@@ -720,7 +744,7 @@ mod tests {
     /// it expires after the close timeout.
     #[test]
     fn tcp_states_and_aging() {
-        let ct = Conntrack::new(1024);
+        let ct = Conntrack::new(1024).unwrap();
         let k = key(40000, 80, PROTO_TCP);
         ct.commit(&k, TCP_SYN, 100).unwrap();
         assert_eq!(ct.lookup(&k, 100).map(|f| (f.dir, f.state)), Some((Dir::Original, CtState::SynSent)));
@@ -737,7 +761,7 @@ mod tests {
 
     #[test]
     fn udp_timeouts_and_block() {
-        let ct = Conntrack::new(1024);
+        let ct = Conntrack::new(1024).unwrap();
         let k = key(5000, 53, PROTO_UDP);
         ct.commit(&k, 0, 10).unwrap();
         assert!(ct.lookup(&k, 39).is_some() && ct.lookup(&k, 40).is_none(), "unreplied: 30 s");
@@ -754,7 +778,7 @@ mod tests {
     /// once entries have expired.
     #[test]
     fn full_table_refuses_then_ages() {
-        let ct = Conntrack::new(64);
+        let ct = Conntrack::new(64).unwrap();
         let mut refused = 0;
         for p in 0..10_000u16 {
             if ct.commit(&key(p, 53, PROTO_UDP), 0, 1).is_err() {
@@ -835,7 +859,7 @@ mod tests {
         /// table of 33 slots for 30 keys (long probes, wrap-around, reuse of expired slots).
         #[test]
         fn table_agrees_with_hashmap_model(ops in proptest::collection::vec(op(), 1..200)) {
-            let ct = Conntrack::new(22);
+            let ct = Conntrack::new(22).unwrap();
             assert_eq!(ct.slots(), 33);
             let mut m: std::collections::HashMap<FlowKey, ModelEntry> = std::collections::HashMap::new();
             let mut now = 1u32;

@@ -340,13 +340,22 @@ impl SwitchConfig {
                 members.push(id);
             }
             let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
-            let conntrack = b.ports.iter().any(|p| p.policy.is_some()).then(|| {
-                let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
-                prev.and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
-                    .and_then(|pb| pb.conntrack.clone())
-                    .filter(|ct| ct.capacity() == size)
-                    .unwrap_or_else(|| Arc::new(crate::conntrack::Conntrack::new(size)))
-            });
+            let conntrack = match b.ports.iter().any(|p| p.policy.is_some()) {
+                false => None,
+                true => {
+                    let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
+                    let kept = prev
+                        .and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
+                        .and_then(|pb| pb.conntrack.clone())
+                        .filter(|ct| ct.capacity() == size);
+                    Some(match kept {
+                        Some(ct) => ct,
+                        None => Arc::new(crate::conntrack::Conntrack::new(size).map_err(|e| {
+                            ConfigError::Invalid { field: format!("bridges[{bi}].conntrack_size"), msg: e.to_string() }
+                        })?),
+                    })
+                }
+            };
             out.bridges.push(Bridge {
                 name: b.name.clone(),
                 table,

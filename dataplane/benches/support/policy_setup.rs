@@ -112,7 +112,7 @@ pub fn next_frames(burst: &mut Burst, seq: &mut u32) {
 
 /// A table of capacity `n` holding `n` TCP connections, and the key of connection `i`.
 pub fn lookup_table(n: u32) -> (Conntrack, impl Fn(u32) -> FlowKey) {
-    let ct = Conntrack::new(n as usize);
+    let ct = Conntrack::new(n as usize).expect("table");
     let key = |i: u32| FlowKey {
         src: u128::from(0x0a00_0000 + (i >> 16)),
         dst: 0x0b00_0001,
