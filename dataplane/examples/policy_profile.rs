@@ -19,7 +19,7 @@
 mod setup;
 
 use setup::{next_frames, switch, BURST, CONNS};
-use switchyard_dataplane::conntrack::hash;
+use switchyard_dataplane::conntrack::{hash, Conntrack};
 use switchyard_dataplane::cpu::{hz, rdtsc};
 use switchyard_dataplane::filter::parse;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
@@ -151,6 +151,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  hash + prefetch (less key making)   {:8.1}", hash_c - key_c);
     println!("  conntrack lookup (less hash+pf)     {:8.1}", lookup_c - hash_c);
     println!("  classifier, 1000 rules              {:8.1}", class_c);
+    println!("({sink} hits)");
+
+    // Lookups alone, bursts of 32 (hashed and prefetched first), 1,000 against 1,000,000
+    // connections, alternating rounds.
+    let small = setup::lookup_table(1000);
+    let large = setup::lookup_table(1_000_000);
+    let mut rng = 7u64;
+    let mut out = [None; BURST];
+    let mut lk = |t: &(Conntrack, fn(u32) -> FlowKey), n: u64| {
+        let mut ks = [FlowKey::default(); BURST];
+        for k in ks.iter_mut() {
+            *k = (t.1)((setup::splitmix(&mut rng) % n) as u32);
+        }
+        t.0.lookup_burst(&ks, 2, &mut out);
+        sink += out.iter().flatten().count() as u64;
+    };
+    let (mut t1k, mut t1m) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        t1k.push(span(bursts, || lk(&small, 1000)));
+        t1m.push(span(bursts, || lk(&large, 1_000_000)));
+    }
+    let (t1k, t1m) = (median(t1k), median(t1m));
+    println!("lookup (burst of 32, with key making), cycles per lookup:");
+    println!("  1,000 connections      {t1k:8.1}");
+    println!("  1,000,000 connections  {t1m:8.1}  ({} MiB)  ratio {:.2}", large.0.memory() >> 20, t1m / t1k);
     println!("({sink} hits)");
     Ok(())
 }

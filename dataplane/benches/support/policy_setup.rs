@@ -110,19 +110,16 @@ pub fn next_frames(burst: &mut Burst, seq: &mut u32) {
     }
 }
 
-/// A table of capacity `n` holding `n` TCP connections, and the key of connection `i`.
-pub fn lookup_table(n: u32) -> (Conntrack, impl Fn(u32) -> FlowKey) {
+/// Connection `i` of [`lookup_table`]'s.
+pub fn lookup_key(i: u32) -> FlowKey {
+    FlowKey { src: u128::from(0x0a00_0000 + (i >> 16)), dst: 0x0b00_0001, sport: i as u16, dport: 80, proto: 6, v4: true }
+}
+
+/// A table of capacity `n` holding `n` TCP connections ([`lookup_key`]), and the key function.
+pub fn lookup_table(n: u32) -> (Conntrack, fn(u32) -> FlowKey) {
     let ct = Conntrack::new(n as usize).expect("table");
-    let key = |i: u32| FlowKey {
-        src: u128::from(0x0a00_0000 + (i >> 16)),
-        dst: 0x0b00_0001,
-        sport: i as u16,
-        dport: 80,
-        proto: 6,
-        v4: true,
-    };
     for i in 0..n {
-        ct.commit(&key(i), 0x02, 1).expect("room");
+        ct.commit(&lookup_key(i), 0x02, 1).expect("room");
     }
-    (ct, key)
+    (ct, lookup_key)
 }
