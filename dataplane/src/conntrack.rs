@@ -31,10 +31,10 @@
 //!   B was allowed by the policies of snapshot E". The pipeline skips the classifiers for a
 //!   packet whose entry holds the verdict of the running snapshot for the same ports.
 
+use crate::fdb::AtomicPairs;
 use crate::wire::ip::{
     FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
-use crate::fdb::AtomicPairs;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -349,9 +349,7 @@ impl Slot<'_> {
 
     fn try_lock(&self) -> Option<u64> {
         let s = self.w(0).load(Ordering::Relaxed);
-        if s & 1 == 0
-            && self.w(0).compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
-        {
+        if s & 1 == 0 && self.w(0).compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             // Readers that see the new words must also see the odd number.
             fence(Ordering::Release);
             return Some(s);
@@ -418,7 +416,8 @@ pub fn hash(k: &FlowKey) -> u64 {
         (a as u64 ^ u64::from(port) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15)
             ^ ((a >> 64) as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
     }
-    let mut h = end(k.src, k.sport).wrapping_add(end(k.dst, k.dport)) ^ (u64::from(k.proto) << 8 | u64::from(k.v4));
+    let mut h =
+        end(k.src, k.sport).wrapping_add(end(k.dst, k.dport)) ^ (u64::from(k.proto) << 8 | u64::from(k.v4));
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -827,7 +826,8 @@ mod tests {
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         use proptest::prelude::*;
-        let flags = prop_oneof![Just(TCP_SYN), Just(TCP_SYN | TCP_ACK), Just(TCP_ACK), Just(TCP_FIN), Just(TCP_RST)];
+        let flags =
+            prop_oneof![Just(TCP_SYN), Just(TCP_SYN | TCP_ACK), Just(TCP_ACK), Just(TCP_FIN), Just(TCP_RST)];
         prop_oneof![
             (0..30usize, flags.clone(), 0..3u64).prop_map(|(k, f, v)| Op::Commit(k, f, v)),
             (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Track(k, f)),
@@ -841,7 +841,11 @@ mod tests {
     }
 
     /// The model's live entry of `k`'s connection at `now`, and `k`'s direction.
-    fn model_find(m: &std::collections::HashMap<FlowKey, ModelEntry>, k: &FlowKey, now: u32) -> Option<(FlowKey, Dir)> {
+    fn model_find(
+        m: &std::collections::HashMap<FlowKey, ModelEntry>,
+        k: &FlowKey,
+        now: u32,
+    ) -> Option<(FlowKey, Dir)> {
         let live = |x: &FlowKey| m.get(x).is_some_and(|e| e.expires > now);
         if live(k) {
             Some((*k, Dir::Original))

@@ -19,7 +19,9 @@
 use crate::conntrack::{verdict, Conntrack, Dir};
 use crate::port::Burst;
 use crate::switch::{DropReason, PortId, PortSpec};
-use crate::wire::ip::{parse_l3, simple_v4_flow, FlowKey, IpFlow, IpKind, L3, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use crate::wire::ip::{
+    parse_l3, simple_v4_flow, FlowKey, IpFlow, IpKind, L3, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
 use arrayvec::ArrayVec;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -48,11 +50,16 @@ pub struct FilterMeta {
     /// The last receiver's ingress rule that allowed it.
     pub ingress_rule: Option<u32>,
     committed: bool,
-    /// The verdict the connection's entry carried (0: none, or not original direction).
-    verdict: u64,
-    /// It is the running snapshot's verdict for this ingress port: the egress classifier
-    /// was skipped, and the ingress one is skipped for the port it names.
-    cached: bool,
+    /// The receiving port named by the connection entry's verdict, when that verdict is the
+    /// running snapshot's for this sending port: the egress classifier was skipped, and the
+    /// ingress one is skipped for that port.
+    verdict_to: Option<PortId>,
+}
+
+/// Whether verdict `v` is the running snapshot's (epoch `epoch`, not 0) for ingress port `from`.
+#[inline]
+fn stands(v: u64, epoch: u32, from: PortId) -> bool {
+    epoch != 0 && v >> 16 == verdict(epoch, from, 0) >> 16
 }
 
 /// What the policy stage needs besides the frame: the bridge's connection table, the clock
@@ -155,15 +162,16 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
                 }
                 Some(f) if !f.blocked => {
                     m.committed = true;
-                    m.verdict = f.verdict;
-                    m.cached = cx.epoch != 0 && f.verdict >> 16 == verdict(cx.epoch, port.id, 0) >> 16;
+                    if stands(f.verdict, cx.epoch, port.id) {
+                        m.verdict_to = Some(f.verdict as PortId);
+                    }
                 }
                 _ => {}
             }
         }
     }
     m.note = Note::Checked;
-    if m.cached {
+    if m.verdict_to.is_some() {
         // This port's egress policy allowed the connection under this snapshot.
         return Ok(m);
     }
@@ -187,8 +195,7 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
 pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Result<(), DropReason> {
     let Some(flow) = m.flow else { return Ok(()) };
     let (ct, now) = (cx.ct, cx.now);
-    let v = verdict(cx.epoch, from.id, to.id);
-    if m.cached && m.verdict == v {
+    if m.verdict_to == Some(to.id) {
         return Ok(());
     }
     if let Some(ing) = to.policy.as_ref().and_then(|p| p.ingress.as_ref()) {
@@ -204,18 +211,16 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
     }
     // Both classifiers allowed it (or the egress one's verdict stood): the entry keeps the
     // verdict for the next packets.
-    let v = if cx.epoch == 0 { 0 } else { v };
+    let v = if cx.epoch == 0 { 0 } else { verdict(cx.epoch, from.id, to.id) };
     if !m.committed && (from.policy.is_some() || to.policy.is_some()) {
         if let Some(ct) = ct {
             ct.commit_verdict(&flow.key, flow.tcp_flags, now, v).map_err(|()| DropReason::ConntrackFull)?;
         }
         m.committed = true;
-        m.verdict = v;
-    } else if m.committed && v != 0 && m.verdict != v {
+    } else if m.committed && v != 0 {
         if let Some(ct) = ct {
             ct.remember(&flow.key, now, v);
         }
-        m.verdict = v;
     }
     Ok(())
 }
@@ -228,7 +233,12 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
 /// It reads only: on false the general stages take the burst. Two passes (every key hashed
 /// and its slot prefetched, then the lookups) so that the table's cache misses overlap.
 #[inline]
-pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, mut to: impl FnMut(usize) -> Option<PortId>) -> bool {
+pub fn fast_burst(
+    burst: &Burst,
+    port: &PortSpec,
+    cx: Ctx,
+    mut to: impl FnMut(usize) -> Option<PortId>,
+) -> bool {
     let Some(ct) = cx.ct else { return false };
     if cx.epoch == 0 {
         return false;

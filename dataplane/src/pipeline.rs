@@ -433,8 +433,6 @@ pub fn process_burst(
         from: port,
         filter: bridge.filter,
         ct: bridge.conntrack.as_deref(),
-        // Traces name the rules: they use no stored verdicts.
-        epoch: if trace.is_some() { 0 } else { bridge.policy_epoch },
         cur: None,
         bridge_idx: port.bridge,
         members: &bridge.ports,
@@ -456,20 +454,7 @@ pub fn process_burst(
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
-        (None, None, Some(vlan), true) => plain_probes(burst, vlan, &table, &mut eg.tx.plain)
-            .filter(|_| {
-                let cx = eg.ctx();
-                if let Some(ct) = cx.ct {
-                    ct.sweep(now, SWEEP_SLOTS);
-                }
-                let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
-                crate::filter::fast_burst(burst, port, cx, |i| {
-                    let hit = table.lookup_probe(&probes.get(i)?.dst, now)?;
-                    let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
-                    ok.then_some(hit.port)
-                })
-            })
-            .map(|bytes| (vlan, bytes)),
+        (None, None, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
         _ => None,
     };
     match plain {
@@ -481,6 +466,26 @@ pub fn process_burst(
         None => general_burst(&mut eg, port, burst, untagged_vlan, trace),
     }
     eg.t.flush_into(port);
+}
+
+/// On a bridge with policies: [`plain_probes`], and whether the plain burst may take the
+/// plain stages, i.e. whether the policy stage would pass every frame unchanged (see
+/// `filter::fast_burst`); also the incremental sweep of the connection table. Out of line, so
+/// that the plain path of bridges without policies stays as it was.
+#[inline(never)]
+fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> Option<u64> {
+    let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
+    let cx = eg.ctx(false);
+    let ct = cx.ct?;
+    ct.sweep(cx.now, SWEEP_SLOTS);
+    let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
+    let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
+    crate::filter::fast_burst(burst, port, cx, |i| {
+        let hit = table.lookup_probe(&probes.get(i)?.dst, now)?;
+        let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
+        ok.then_some(hit.port)
+    })
+    .then_some(bytes)
 }
 
 /// The stages for a plain burst of VLAN `vlan` whose probes [`plain_probes`] left in
@@ -578,7 +583,7 @@ fn general_burst(
     // refuses is not learned from; what it found out goes to the last stage with the frame.
     let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
     if eg.filter {
-        let cx = eg.ctx();
+        let cx = eg.ctx(trace.is_some());
         if let Some(ct) = cx.ct {
             ct.sweep(now, SWEEP_SLOTS);
         }
@@ -685,8 +690,6 @@ struct Egress<'a> {
     filter: bool,
     /// The bridge's connection table, when it has one.
     ct: Option<&'a crate::conntrack::Conntrack>,
-    /// The snapshot's policy epoch (0 when tracing: no stored verdicts).
-    epoch: u32,
     /// The policy stage's findings for the frame being emitted (`None`: no policy stage).
     cur: Option<crate::filter::FilterMeta>,
     bridge_idx: usize,
@@ -700,10 +703,27 @@ struct Egress<'a> {
 }
 
 impl<'a> Egress<'a> {
-    /// What the policy stage needs.
-    fn ctx(&self) -> crate::filter::Ctx<'a> {
-        crate::filter::Ctx { ct: self.ct, now: self.now, epoch: self.epoch }
+    /// What the policy stage needs; `traced`: for a traced burst, which must name the rules
+    /// and so uses no stored verdicts (epoch 0).
+    fn ctx(&self, traced: bool) -> crate::filter::Ctx<'a> {
+        policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, traced)
     }
+}
+
+/// The policy stage's context for bridge `bridge_idx` of `cfg` (see [`Egress::ctx`]).
+#[inline(always)]
+fn policy_ctx<'a>(
+    cfg: &'a SwitchConfig,
+    bridge_idx: usize,
+    ct: Option<&'a crate::conntrack::Conntrack>,
+    now: u32,
+    traced: bool,
+) -> crate::filter::Ctx<'a> {
+    let epoch = match cfg.bridges.get(bridge_idx) {
+        Some(b) if !traced => b.policy_epoch,
+        _ => 0,
+    };
+    crate::filter::Ctx { ct, now, epoch }
 }
 
 impl Egress<'_> {
@@ -719,7 +739,7 @@ impl Egress<'_> {
             }
             Some(Verdict::Drop(r)) => self.drop(r, buf),
             Some(Verdict::Unicast(op)) => {
-                if let Err(r) = self.admits(op) {
+                if let Err(r) = self.admits(op, outs.is_some()) {
                     return self.drop(r, buf);
                 }
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
@@ -749,7 +769,7 @@ impl Egress<'_> {
                 let op = hit.port;
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, vlan);
                 if tag_out.is_some() {
-                    if let Err(r) = self.admits(op) {
+                    if let Err(r) = self.admits(op, outs.is_some()) {
                         return self.drop(r, buf);
                     }
                 }
@@ -772,12 +792,11 @@ impl Egress<'_> {
 
     /// The policy stage's second half for egress port `op` (nothing to check without one).
     #[inline(always)]
-    fn admits(&mut self, op: PortId) -> Result<(), DropReason> {
-        let cx = self.ctx();
+    fn admits(&mut self, op: PortId, traced: bool) -> Result<(), DropReason> {
         let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
+        let cx = policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, traced);
         crate::filter::admit(m, self.from, to, cx)
     }
-
 
     #[inline(always)]
     fn drop(&mut self, r: DropReason, buf: PacketBuf) -> Verdict {
@@ -801,7 +820,7 @@ impl Egress<'_> {
         let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
             // A port the policy refuses gets no copy (counted once per port refused).
-            if let Err(r) = self.admits(op) {
+            if let Err(r) = self.admits(op, outs.is_some()) {
                 self.t.drops.add(r, 1);
                 continue;
             }
@@ -811,7 +830,7 @@ impl Egress<'_> {
             }
         }
         let op = members[last];
-        if let Err(r) = self.admits(op) {
+        if let Err(r) = self.admits(op, outs.is_some()) {
             return self.drop(r, buf);
         }
         self.send(op, tag_out(op), buf, m, outs);

@@ -351,7 +351,10 @@ impl SwitchConfig {
                     Some(match kept {
                         Some(ct) => ct,
                         None => Arc::new(crate::conntrack::Conntrack::new(size).map_err(|e| {
-                            ConfigError::Invalid { field: format!("bridges[{bi}].conntrack_size"), msg: e.to_string() }
+                            ConfigError::Invalid {
+                                field: format!("bridges[{bi}].conntrack_size"),
+                                msg: e.to_string(),
+                            }
                         })?),
                     })
                 }

@@ -148,7 +148,13 @@ fn run(
 
 /// Runs one untraced frame: (ports it went to, drops on `from`, whether it took the plain
 /// stages, i.e. the policy stage's fast path).
-fn run_fast(sw: &SwitchConfig, pool: &Pool, from: &str, frame: &[u8], now: u32) -> (Vec<String>, BTreeMap<String, u64>, bool) {
+fn run_fast(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frame: &[u8],
+    now: u32,
+) -> (Vec<String>, BTreeMap<String, u64>, bool) {
     let plain = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
     let (out, drops) = run(sw, pool, from, frame, now, None);
     (out, drops, switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > plain)

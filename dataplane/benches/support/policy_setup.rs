@@ -112,7 +112,14 @@ pub fn next_frames(burst: &mut Burst, seq: &mut u32) {
 
 /// Connection `i` of [`lookup_table`]'s.
 pub fn lookup_key(i: u32) -> FlowKey {
-    FlowKey { src: u128::from(0x0a00_0000 + (i >> 16)), dst: 0x0b00_0001, sport: i as u16, dport: 80, proto: 6, v4: true }
+    FlowKey {
+        src: u128::from(0x0a00_0000 + (i >> 16)),
+        dst: 0x0b00_0001,
+        sport: i as u16,
+        dport: 80,
+        proto: 6,
+        v4: true,
+    }
 }
 
 /// A table of capacity `n` holding `n` TCP connections ([`lookup_key`]), and the key function.
