@@ -768,7 +768,11 @@ impl Runtime {
             if let Some(ct) =
                 running.bridges.iter().find(|b| b.name == tb.name).and_then(|b| b.conntrack.as_ref())
             {
-                tb.conntrack = Some(std::sync::Arc::new(ct.copy()));
+                let copy = ct.copy().map_err(|e| ConfigError::Invalid {
+                    field: format!("bridges.{}.conntrack_size", tb.name),
+                    msg: e.to_string(),
+                })?;
+                tb.conntrack = Some(std::sync::Arc::new(copy));
             }
         }
         // Copy the learned entries (static ones came with the compile), mapping port ids.

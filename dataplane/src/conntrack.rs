@@ -3,31 +3,61 @@
 //!
 //! One table per bridge (kept across snapshots while its size stays), shared by the workers:
 //! the two directions of a connection arrive on different ports, which different workers may
-//! poll, so a per-worker table would miss replies. It is cut into [`SHARDS`] shards, each a
-//! fixed array of slots under its own mutex (held for one probe of at most [`MAX_PROBE`]
-//! slots); nothing is allocated after creation.
+//! poll, so a per-worker table would miss replies. The table is one open-addressed array of
+//! 64-byte slots (one cache line each; [`SLOTS_PER_100`] slots for every 100 connections of
+//! its capacity), probed linearly from a key's home slot for at most [`MAX_PROBE`] slots;
+//! nothing is allocated after creation.
+//!
+//! Concurrency (seqlock per slot): a slot's first word is its sequence number, odd while a
+//! writer holds it. Readers take no lock: they read the slot's words and retry when the number
+//! was odd or changed. Writers lock the one slot they change (a compare-and-swap on the
+//! number); a new entry is placed under a striped mutex of its home slot, so that two workers
+//! never add the same connection twice. A packet of a known connection whose state and expiry
+//! would not change (the common case: expiry is kept in seconds) writes nothing.
 //!
 //! Invariants:
-//! - An entry is found from either direction (keys are stored in the direction the
-//!   connection was opened, and looked up both ways).
-//! - Aging: an entry is live until its `expires` (seconds); an expired slot is free for reuse.
-//!   Timeouts follow Linux conntrack's defaults (see [`timeout`]).
+//! - An entry is found from either direction: the hash is symmetric and keys are stored in the
+//!   direction the connection was opened, looked up both ways.
+//! - No live entry is separated from its home slot by an empty slot (a probe stops at the
+//!   first empty slot). Expired slots are reused by new entries; the incremental sweep
+//!   ([`Conntrack::sweep`], a few slots a burst, walking the table downwards) empties an expired
+//!   slot only when the next slot is empty, which keeps the invariant and shortens probes.
+//! - Aging: an entry is live until its `expires` (seconds); timeouts follow Linux
+//!   conntrack's defaults (see [`timeout`]).
 //! - Full: when no free or expired slot is within [`MAX_PROBE`] of a new key's home, the
 //!   connection is not tracked and [`Conntrack::commit`] says so: the caller drops the packet
 //!   (fails closed) and counts it.
+//! - An entry may carry a verdict ([`verdict`]): "its original direction from port A to port
+//!   B was allowed by the policies of snapshot E". The pipeline skips the classifiers for a
+//!   packet whose entry holds the verdict of the running snapshot for the same ports.
 
+use crate::fdb::AtomicPairs;
 use crate::wire::ip::{
     FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Connections a bridge tracks unless its `conntrack_size` says otherwise.
 pub const DEFAULT_CAPACITY: usize = 65536;
 /// The largest `conntrack_size`.
 pub const MAX_CAPACITY: usize = 1 << 24;
-pub const SHARDS: usize = 64;
-/// The longest probe from a key's home slot.
-pub const MAX_PROBE: usize = 32;
+/// Slots for every 100 connections of the capacity (load factor 2/3 when full).
+pub const SLOTS_PER_100: usize = 150;
+/// The longest probe from a key's home slot (linear probing at a load of 2/3 makes runs of
+/// 100 taken slots rare but not absent in a large table; a probe of a known key averages 2).
+pub const MAX_PROBE: usize = 256;
+/// Slots per insert mutex.
+const STRIPE: usize = 64;
+/// The size of one slot (one cache line: 4 pairs of [`AtomicPairs`]).
+pub const SLOT_BYTES: usize = 64;
+
+/// The table could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("cannot map the connection table: {0}")]
+    NoMemory(String),
+}
 
 /// A connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +78,17 @@ pub enum CtState {
 }
 
 impl CtState {
+    fn from_u8(v: u8) -> CtState {
+        match v {
+            0 => CtState::SynSent,
+            1 => CtState::Established,
+            2 => CtState::Closing,
+            3 => CtState::Closed,
+            4 => CtState::Unreplied,
+            _ => CtState::Replied,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CtState::SynSent => "syn_sent",
@@ -63,6 +104,7 @@ impl CtState {
 /// How long a connection in `state` of protocol `proto` lives without a packet (seconds):
 /// Linux's nf_conntrack defaults (tcp_timeout_syn_sent 120, _established 432000, _fin_wait
 /// 120, _close 10; udp_timeout 30, udp_timeout_stream 120; icmp_timeout 30; generic 600).
+#[inline]
 pub fn timeout(proto: u8, state: CtState) -> u32 {
     match (proto, state) {
         (PROTO_TCP, CtState::SynSent) => 120,
@@ -77,6 +119,7 @@ pub fn timeout(proto: u8, state: CtState) -> u32 {
 }
 
 /// The state after a reply-direction packet with TCP flags `flags`.
+#[inline]
 fn reply_state(proto: u8, state: CtState, flags: u8) -> CtState {
     match (proto, state) {
         (PROTO_TCP, _) if flags & TCP_RST != 0 => CtState::Closed,
@@ -92,6 +135,7 @@ fn reply_state(proto: u8, state: CtState, flags: u8) -> CtState {
 
 /// A TCP connection's state after an original-direction packet with flags `flags` (`prev`:
 /// its state before, `None` for a new one).
+#[inline]
 fn original_tcp_state(flags: u8, prev: Option<CtState>) -> CtState {
     if flags & TCP_RST != 0 {
         CtState::Closed
@@ -124,6 +168,36 @@ pub struct Found {
     /// The connection's original direction was denied by the policy since it was allowed:
     /// its replies are dropped too (OVN's `ct_mark.blocked`).
     pub blocked: bool,
+    /// When it expires (seconds).
+    pub expires: u32,
+    /// The verdict it carries ([`verdict`]; 0: none).
+    pub verdict: u64,
+}
+
+impl Found {
+    /// The state and expiry a packet with TCP flags `flags` of protocol `proto` at `now` moves
+    /// the entry to ([`Conntrack::track`]'s update), or `None` when nothing changes (blocked,
+    /// or same state and same expiry).
+    #[inline]
+    pub fn next(&self, proto: u8, flags: u8, now: u32) -> Option<(CtState, u32)> {
+        if self.blocked {
+            return None;
+        }
+        let state = match self.dir {
+            Dir::Reply => reply_state(proto, self.state, flags),
+            Dir::Original if proto == PROTO_TCP => original_tcp_state(flags, Some(self.state)),
+            Dir::Original => self.state,
+        };
+        let expires = now.saturating_add(timeout(proto, state)).max(1);
+        (state != self.state || expires != self.expires).then_some((state, expires))
+    }
+}
+
+/// The verdict word for "allowed from port `from` to port `to` under policy epoch `epoch`"
+/// (epochs start at 1, so no verdict is 0).
+#[inline]
+pub fn verdict(epoch: u32, from: u16, to: u16) -> u64 {
+    (u64::from(epoch) << 32) | (u64::from(from) << 16) | u64::from(to)
 }
 
 /// One entry as `ctl show conntrack` lists it.
@@ -136,33 +210,194 @@ pub struct Entry {
     pub ttl: u32,
 }
 
+/// One slot: 8 words, one cache line (4 pairs of the table's [`AtomicPairs`], whose start is
+/// page aligned). Word 0: the sequence number (odd: a writer holds the slot); word 1: expires
+/// (low 32 bits; 0: empty, never used or emptied by the sweep), state (bits 32-39), blocked
+/// (bit 40); words 2-6: the key in the connection's original direction ([`KeyWords`]); word 7:
+/// the verdict.
 #[derive(Clone, Copy)]
-struct Slot {
-    /// In the connection's original direction. Unused while `expires` is 0.
-    key: FlowKey,
-    expires: u32,
-    state: CtState,
-    blocked: bool,
+struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
+
+/// A key as the slot stores it: source (2 words), destination (2 words), then ports,
+/// protocol and family.
+type KeyWords = [u64; 5];
+
+fn key_words(k: &FlowKey) -> KeyWords {
+    [
+        k.src as u64,
+        (k.src >> 64) as u64,
+        k.dst as u64,
+        (k.dst >> 64) as u64,
+        u64::from(k.sport) | u64::from(k.dport) << 16 | u64::from(k.proto) << 32 | u64::from(k.v4) << 40,
+    ]
 }
 
-const EMPTY: Slot = Slot {
-    key: FlowKey { src: 0, dst: 0, sport: 0, dport: 0, proto: 0, v4: false },
-    expires: 0,
-    state: CtState::Unreplied,
-    blocked: false,
-};
+/// Key equality without a call to `memcmp`.
+#[inline(always)]
+fn same(a: &KeyWords, b: &KeyWords) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
 
-struct Shard {
-    slots: Box<[Slot]>,
+fn words_key(w: &KeyWords) -> FlowKey {
+    FlowKey {
+        src: u128::from(w[0]) | u128::from(w[1]) << 64,
+        dst: u128::from(w[2]) | u128::from(w[3]) << 64,
+        sport: w[4] as u16,
+        dport: (w[4] >> 16) as u16,
+        proto: (w[4] >> 32) as u8,
+        v4: (w[4] >> 40) & 1 == 1,
+    }
+}
+
+/// A consistent copy of a slot's words 1-7.
+#[derive(Clone, Copy)]
+struct Snap {
+    meta: u64,
+    key: KeyWords,
+    verdict: u64,
+}
+
+impl Snap {
+    fn expires(&self) -> u32 {
+        self.meta as u32
+    }
+    fn state(&self) -> CtState {
+        CtState::from_u8((self.meta >> 32) as u8)
+    }
+    fn blocked(&self) -> bool {
+        (self.meta >> 40) & 1 == 1
+    }
+    fn found(&self, dir: Dir) -> Found {
+        Found {
+            dir,
+            state: self.state(),
+            blocked: self.blocked(),
+            expires: self.expires(),
+            verdict: self.verdict,
+        }
+    }
+}
+
+fn meta(expires: u32, state: CtState, blocked: bool) -> u64 {
+    u64::from(expires) | u64::from(state as u8) << 32 | u64::from(blocked) << 40
+}
+
+impl Slot<'_> {
+    #[inline(always)]
+    fn w(&self, i: usize) -> &AtomicU64 {
+        &self.0[i >> 1][i & 1]
+    }
+
+    /// Reads the slot without a lock: retries while a writer holds it.
+    #[inline(always)]
+    fn read(&self) -> Snap {
+        let s1 = self.w(0).load(Ordering::Acquire);
+        let snap = self.words();
+        fence(Ordering::Acquire);
+        if s1 & 1 == 0 && self.w(0).load(Ordering::Relaxed) == s1 {
+            return snap;
+        }
+        self.read_contended()
+    }
+
+    /// Words 1-7 as they are (consistent only under the lock, or when the sequence number
+    /// was even and unchanged around the reads).
+    #[inline(always)]
+    fn words(&self) -> Snap {
+        Snap {
+            meta: self.w(1).load(Ordering::Relaxed),
+            key: [
+                self.w(2).load(Ordering::Relaxed),
+                self.w(3).load(Ordering::Relaxed),
+                self.w(4).load(Ordering::Relaxed),
+                self.w(5).load(Ordering::Relaxed),
+                self.w(6).load(Ordering::Relaxed),
+            ],
+            verdict: self.w(7).load(Ordering::Relaxed),
+        }
+    }
+
+    /// [`Slot::read`] when a writer held the slot: waits for a consistent view.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) -> Snap {
+        let mut spins = 0u32;
+        loop {
+            let s1 = self.w(0).load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let snap = self.words();
+                fence(Ordering::Acquire);
+                if self.w(0).load(Ordering::Relaxed) == s1 {
+                    return snap;
+                }
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    /// Takes the slot's write lock (waits while another writer holds it): the number to pass
+    /// to [`Slot::unlock`].
+    fn lock(&self) -> u64 {
+        let mut spins = 0u32;
+        loop {
+            if let Some(s) = self.try_lock() {
+                return s;
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    fn try_lock(&self) -> Option<u64> {
+        let s = self.w(0).load(Ordering::Relaxed);
+        if s & 1 == 0 && self.w(0).compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            // Readers that see the new words must also see the odd number.
+            fence(Ordering::Release);
+            return Some(s);
+        }
+        None
+    }
+
+    fn unlock(&self, s: u64) {
+        self.w(0).store(s + 2, Ordering::Release);
+    }
+
+    /// Under the lock: reads words 1-7.
+    fn snap_locked(&self) -> Snap {
+        self.words()
+    }
+
+    /// Under the lock: writes words 1-7.
+    fn write(&self, s: &Snap) {
+        self.w(1).store(s.meta, Ordering::Relaxed);
+        for (i, v) in s.key.into_iter().enumerate() {
+            self.w(2 + i).store(v, Ordering::Relaxed);
+        }
+        self.w(7).store(s.verdict, Ordering::Relaxed);
+    }
+}
+
+/// Waits a little: spins, then yields (a writer holds a slot for a few stores, but may be
+/// descheduled on a busy core).
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 /// A bridge's connection table.
 pub struct Conntrack {
-    shards: Box<[Mutex<Shard>]>,
-    /// The address of each shard's slots (which never move), for prefetching without the lock.
-    bases: Box<[usize]>,
-    per_shard: usize,
+    /// The slots' words, [`SLOT_BYTES`] a slot, on transparent huge pages when large.
+    mem: AtomicPairs,
+    /// How many slots.
+    n: usize,
+    /// Insert locks, one per [`STRIPE`] home slots.
+    stripes: Box<[Mutex<()>]>,
     capacity: usize,
+    /// Where the incremental sweep goes on (it walks downwards).
+    sweep_at: AtomicUsize,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -171,49 +406,52 @@ impl std::fmt::Debug for Conntrack {
     }
 }
 
-/// The same hash for both directions: the two endpoints combined in order.
-fn hash(k: &FlowKey) -> u64 {
-    let a = (k.src, k.sport);
-    let b = (k.dst, k.dport);
-    let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(k.proto) ^ (u64::from(k.v4) << 8);
-    for w in [
-        x.0 as u64,
-        (x.0 >> 64) as u64,
-        y.0 as u64,
-        (y.0 >> 64) as u64,
-        u64::from(x.1) << 16 | u64::from(y.1),
-    ] {
-        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
+/// The hash of a key, the same for both directions (the sum of the two endpoints' mixes,
+/// then Murmur3's finalizer, so that every bit reaches the top bits that pick the home slot):
+/// computed once per packet and handed to [`Conntrack::prefetch`] and the lookups.
+#[inline]
+pub fn hash(k: &FlowKey) -> u64 {
+    #[inline(always)]
+    fn end(a: u128, port: u16) -> u64 {
+        (a as u64 ^ u64::from(port) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ ((a >> 64) as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
     }
-    h
+    let mut h =
+        end(k.src, k.sport).wrapping_add(end(k.dst, k.dport)) ^ (u64::from(k.proto) << 8 | u64::from(k.v4));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Where a probe found a key.
+#[derive(Clone, Copy)]
+struct Hit {
+    slot: usize,
+    dir: Dir,
+    snap: Snap,
 }
 
 impl Conntrack {
-    /// A table for `capacity` connections: twice as many slots, spread over the shards, so
-    /// that at capacity half the slots are free and probes stay short.
-    pub fn new(capacity: usize) -> Conntrack {
+    /// A table for `capacity` connections ([`SLOTS_PER_100`] slots for each 100).
+    pub fn new(capacity: usize) -> Result<Conntrack, ConntrackError> {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
-        let per_shard = (2 * capacity).div_ceil(SHARDS).max(MAX_PROBE);
-        let shards: Box<[Mutex<Shard>]> = (0..SHARDS)
-            .map(|_| Mutex::new(Shard { slots: vec![EMPTY; per_shard].into_boxed_slice() }))
-            .collect();
-        Conntrack { bases: Self::bases(&shards), shards, per_shard, capacity }
+        let n = (capacity * SLOTS_PER_100).div_ceil(100).max(2);
+        Ok(Conntrack {
+            mem: AtomicPairs::zeroed(n * 4).map_err(|e| ConntrackError::NoMemory(e.to_string()))?,
+            n,
+            stripes: (0..n.div_ceil(STRIPE)).map(|_| Mutex::new(())).collect(),
+            capacity,
+            sweep_at: AtomicUsize::new(0),
+        })
     }
 
-    fn bases(shards: &[Mutex<Shard>]) -> Box<[usize]> {
-        shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).slots.as_ptr() as usize).collect()
-    }
-
-    /// Brings the home slot of `k`'s connection towards the cache (for a burst, before its
-    /// lookups, so that their cache misses overlap).
-    #[inline]
-    pub fn prefetch(&self, k: &FlowKey) {
-        let (s, home) = self.home(hash(k));
-        if let Some(b) = self.bases.get(s) {
-            crate::cpu::prefetch_addr(b + home * std::mem::size_of::<Slot>());
-        }
+    /// Slot `j` (`None` past the end).
+    #[inline(always)]
+    fn slot(&self, j: usize) -> Option<Slot<'_>> {
+        let pairs = self.mem.pairs().get(j.checked_mul(4)?..)?.first_chunk::<4>()?;
+        Some(Slot(pairs))
     }
 
     pub fn capacity(&self) -> usize {
@@ -221,144 +459,256 @@ impl Conntrack {
     }
 
     /// A copy of the table (for `ctl trace`, which must not change the running one).
-    pub fn copy(&self) -> Conntrack {
-        let shards = self
-            .shards
-            .iter()
-            .map(|sh| {
-                let g = sh.lock().unwrap_or_else(|e| e.into_inner());
-                Mutex::new(Shard { slots: g.slots.clone() })
-            })
-            .collect::<Box<[_]>>();
-        Conntrack { bases: Self::bases(&shards), shards, per_shard: self.per_shard, capacity: self.capacity }
+    pub fn copy(&self) -> Result<Conntrack, ConntrackError> {
+        let t = Conntrack::new(self.capacity)?;
+        for j in 0..self.n {
+            if let (Some(a), Some(b)) = (self.slot(j), t.slot(j)) {
+                b.write(&a.read());
+            }
+        }
+        Ok(t)
     }
 
     /// The slots in all (the most entries it can hold).
     pub fn slots(&self) -> usize {
-        SHARDS * self.per_shard
+        self.n
     }
 
-    /// The table's memory in bytes.
+    /// The table's memory in bytes (slots and insert locks).
     pub fn memory(&self) -> usize {
-        SHARDS * self.per_shard * std::mem::size_of::<Slot>()
+        self.n * SLOT_BYTES + self.stripes.len() * std::mem::size_of::<Mutex<()>>()
     }
 
-    fn home(&self, h: u64) -> (usize, usize) {
-        let shard = (h >> 58) as usize % SHARDS;
-        let slot = ((u128::from(h & ((1 << 58) - 1)) * self.per_shard as u128) >> 58) as usize;
-        (shard, slot)
+    #[inline]
+    fn home(&self, h: u64) -> usize {
+        ((u128::from(h) * self.n as u128) >> 64) as usize
     }
 
-    fn with<R>(&self, k: &FlowKey, f: impl FnOnce(&mut [Slot], usize) -> R) -> R {
-        let (s, home) = self.home(hash(k));
-        // A worker that panicked while holding the lock left the slots consistent (each
-        // write is one slot assignment): keep going.
-        let mut g = self.shards[s].lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut g.slots, home)
+    /// The longest probe in this table.
+    #[inline]
+    fn probe(&self) -> usize {
+        MAX_PROBE.min(self.n)
     }
 
-    /// Finds the live entry of `k` (either direction) at `now`, by its slot index.
-    fn find(slots: &[Slot], home: usize, k: &FlowKey, now: u32) -> Option<(usize, Dir)> {
-        let r = k.reversed();
-        for i in 0..MAX_PROBE {
-            let j = (home + i) % slots.len();
-            let s = &slots[j];
-            if s.expires == 0 {
+    #[inline]
+    fn next(&self, j: usize) -> usize {
+        if j + 1 == self.n {
+            0
+        } else {
+            j + 1
+        }
+    }
+
+    /// Brings the home slot of the key with hash `h` (from [`hash`]) towards the cache: for
+    /// a burst, before its lookups, so that their cache misses overlap.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if let Some(s) = self.slot(self.home(h)) {
+            crate::cpu::prefetch_addr(s.0.as_ptr() as usize);
+        }
+    }
+
+    /// Finds the live entry of `k` (hash `h`, either direction) at `now`, without a lock.
+    #[inline(always)]
+    fn find(&self, k: &FlowKey, h: u64, now: u32) -> Option<Hit> {
+        let kw = key_words(k);
+        // The reverse: addresses swapped, ports swapped, protocol and family kept.
+        let p = kw[4];
+        let rw = [kw[2], kw[3], kw[0], kw[1], (p & !0xffff_ffff) | (p & 0xffff) << 16 | (p >> 16 & 0xffff)];
+        let mut j = self.home(h);
+        for _ in 0..self.probe() {
+            let snap = self.slot(j)?.read();
+            let exp = snap.expires();
+            if exp == 0 {
                 return None;
             }
-            if s.expires > now {
-                if s.key == *k {
-                    return Some((j, Dir::Original));
+            if exp > now {
+                if same(&snap.key, &kw) {
+                    return Some(Hit { slot: j, dir: Dir::Original, snap });
                 }
-                if s.key == r {
-                    return Some((j, Dir::Reply));
+                if same(&snap.key, &rw) {
+                    return Some(Hit { slot: j, dir: Dir::Reply, snap });
                 }
             }
+            j = self.next(j);
         }
         None
     }
 
+    /// Changes the entry at `hit` under its slot's lock, if it still holds the same
+    /// connection and is live at `now`; `f` gets the words and may change them.
+    fn update(&self, hit: &Hit, now: u32, f: impl FnOnce(&mut Snap)) {
+        let Some(slot) = self.slot(hit.slot) else { return };
+        let s = slot.lock();
+        let mut snap = slot.snap_locked();
+        if snap.key == hit.snap.key && snap.expires() > now {
+            f(&mut snap);
+            slot.write(&snap);
+        }
+        slot.unlock(s);
+    }
+
     /// The live entry of the connection `k` belongs to, at `now`.
     pub fn lookup(&self, k: &FlowKey, now: u32) -> Option<Found> {
-        self.with(k, |slots, home| {
-            Self::find(slots, home, k, now).map(|(j, dir)| Found {
-                dir,
-                state: slots[j].state,
-                blocked: slots[j].blocked,
-            })
-        })
+        self.lookup_hashed(k, hash(k), now)
+    }
+
+    /// [`Conntrack::lookup`] with the key's hash already computed.
+    #[inline]
+    pub fn lookup_hashed(&self, k: &FlowKey, h: u64, now: u32) -> Option<Found> {
+        self.find(k, h, now).map(|hit| hit.snap.found(hit.dir))
+    }
+
+    /// Looks up a burst of keys the way the pipeline does: every key hashed and its home
+    /// slot prefetched first, then the lookups (`out[i]` for `keys[i]`, at most 32).
+    pub fn lookup_burst(&self, keys: &[FlowKey], now: u32, out: &mut [Option<Found>]) {
+        let mut hs = [0u64; 32];
+        for (k, h) in keys.iter().zip(hs.iter_mut()) {
+            *h = hash(k);
+            self.prefetch(*h);
+        }
+        for ((k, h), o) in keys.iter().zip(hs).zip(out.iter_mut()) {
+            *o = self.lookup_hashed(k, h, now);
+        }
     }
 
     /// A reply-direction packet with TCP flags `flags` passed: moves the state on.
     pub fn reply(&self, k: &FlowKey, flags: u8, now: u32) {
-        self.with(k, |slots, home| {
-            if let Some((j, Dir::Reply)) = Self::find(slots, home, k, now) {
-                let s = &mut slots[j];
-                s.state = reply_state(k.proto, s.state, flags);
-                s.expires = now.saturating_add(timeout(k.proto, s.state)).max(1);
-            }
-        })
+        if let Some(hit) = self.find(k, hash(k), now).filter(|h| h.dir == Dir::Reply) {
+            self.update(&hit, now, |s| {
+                let state = reply_state(k.proto, s.state(), flags);
+                let expires = now.saturating_add(timeout(k.proto, state)).max(1);
+                s.meta = meta(expires, state, s.blocked());
+            });
+        }
     }
 
     /// One probe for a packet (TCP flags `flags`) of a tracked connection: the entry as found
     /// (`None`: not tracked), moved on as [`Conntrack::reply`] or [`Conntrack::commit`] would
-    /// (for its direction) unless it is blocked.
+    /// (for its direction) unless it is blocked. Writes only when the state or expiry changes.
     pub fn track(&self, k: &FlowKey, flags: u8, now: u32) -> Option<Found> {
-        self.with(k, |slots, home| {
-            let (j, dir) = Self::find(slots, home, k, now)?;
-            let s = &mut slots[j];
-            let found = Found { dir, state: s.state, blocked: s.blocked };
-            if !s.blocked {
-                s.state = match dir {
-                    Dir::Reply => reply_state(k.proto, s.state, flags),
-                    Dir::Original if k.proto == PROTO_TCP => original_tcp_state(flags, Some(s.state)),
-                    Dir::Original => s.state,
-                };
-                s.expires = now.saturating_add(timeout(k.proto, s.state)).max(1);
-            }
-            Some(found)
-        })
+        self.track_hashed(k, hash(k), flags, now)
+    }
+
+    /// [`Conntrack::track`] with the key's hash already computed.
+    #[inline]
+    pub fn track_hashed(&self, k: &FlowKey, h: u64, flags: u8, now: u32) -> Option<Found> {
+        let hit = self.find(k, h, now)?;
+        let found = hit.snap.found(hit.dir);
+        if let Some((state, expires)) = found.next(k.proto, flags, now) {
+            self.update(&hit, now, |s| {
+                if !s.blocked() {
+                    s.meta = meta(expires, state, false);
+                }
+            });
+        }
+        Some(found)
     }
 
     /// An original-direction packet (`flags`: its TCP flags) was allowed: creates the entry
     /// or moves it on (and clears `blocked`). `Err(())`: the table is full, not tracked.
     #[allow(clippy::result_unit_err)]
     pub fn commit(&self, k: &FlowKey, flags: u8, now: u32) -> Result<(), ()> {
-        self.with(k, |slots, home| {
-            let tcp_state = |prev| original_tcp_state(flags, prev);
-            if let Some((j, dir)) = Self::find(slots, home, k, now) {
-                let s = &mut slots[j];
-                s.blocked = false;
-                if dir == Dir::Original && k.proto == PROTO_TCP {
-                    s.state = tcp_state(Some(s.state));
+        self.commit_verdict(k, flags, now, 0)
+    }
+
+    /// [`Conntrack::commit`], also storing the verdict `v` ([`verdict`]) on the entry.
+    #[allow(clippy::result_unit_err)]
+    pub fn commit_verdict(&self, k: &FlowKey, flags: u8, now: u32, v: u64) -> Result<(), ()> {
+        let h = hash(k);
+        let home = self.home(h);
+        let stripe = &self.stripes[home / STRIPE];
+        // A worker that panicked while holding it left nothing half done (the mutex guards
+        // no data): keep going.
+        let _g = stripe.lock().unwrap_or_else(|e| e.into_inner());
+        let tcp_state = |prev| original_tcp_state(flags, prev);
+        if let Some(hit) = self.find(k, h, now) {
+            self.update(&hit, now, |s| {
+                let mut state = s.state();
+                if hit.dir == Dir::Original && k.proto == PROTO_TCP {
+                    state = tcp_state(Some(state));
                 }
-                s.expires = now.saturating_add(timeout(k.proto, s.state)).max(1);
+                let expires = now.saturating_add(timeout(k.proto, state)).max(1);
+                s.meta = meta(expires, state, false);
+                // A verdict is about the original direction only.
+                if v != 0 && hit.dir == Dir::Original {
+                    s.verdict = v;
+                }
+            });
+            return Ok(());
+        }
+        let state = if k.proto == PROTO_TCP { tcp_state(None) } else { CtState::Unreplied };
+        let new = Snap {
+            meta: meta(now.saturating_add(timeout(k.proto, state)).max(1), state, false),
+            key: key_words(k),
+            verdict: v,
+        };
+        let mut j = home;
+        for _ in 0..self.probe() {
+            let Some(slot) = self.slot(j) else { break };
+            let s = slot.lock();
+            let free = slot.snap_locked().expires() <= now;
+            if free {
+                slot.write(&new);
+            }
+            slot.unlock(s);
+            if free {
                 return Ok(());
             }
-            let state = if k.proto == PROTO_TCP { tcp_state(None) } else { CtState::Unreplied };
-            for i in 0..MAX_PROBE {
-                let j = (home + i) % slots.len();
-                if slots[j].expires <= now {
-                    slots[j] = Slot {
-                        key: *k,
-                        expires: now.saturating_add(timeout(k.proto, state)).max(1),
-                        state,
-                        blocked: false,
-                    };
-                    return Ok(());
-                }
-            }
-            Err(())
-        })
+            j = self.next(j);
+        }
+        Err(())
+    }
+
+    /// Stores the verdict `v` ([`verdict`]) on the live entry of `k`'s connection.
+    pub fn remember(&self, k: &FlowKey, now: u32, v: u64) {
+        if let Some(hit) = self.find(k, hash(k), now).filter(|h| h.dir == Dir::Original) {
+            self.update(&hit, now, |s| s.verdict = v);
+        }
     }
 
     /// The original direction of `k`'s connection was denied: its replies stop passing.
     pub fn block(&self, k: &FlowKey, now: u32) {
-        self.with(k, |slots, home| {
-            if let Some((j, _)) = Self::find(slots, home, k, now) {
-                slots[j].blocked = true;
+        if let Some(hit) = self.find(k, hash(k), now) {
+            self.update(&hit, now, |s| {
+                s.meta |= 1 << 40;
+                s.verdict = 0;
+            });
+        }
+    }
+
+    /// The incremental sweep: looks at the next `n` slots (walking the table downwards,
+    /// shared by all callers) and empties each expired one whose next slot is empty, so that
+    /// probes for unknown keys stay short. A slot a writer holds is left for the next pass.
+    pub fn sweep(&self, now: u32, n: usize) {
+        let len = self.n;
+        let n = n.min(len);
+        let mut j = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
+        // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
+        // an empty one empties in one pass.
+        for _ in 0..n {
+            // Slot j and the one after it (the previous j).
+            let after = j;
+            j = if j == 0 { len - 1 } else { j - 1 };
+            let (Some(a), Some(b)) = (self.slot(j), self.slot(after)) else { break };
+            // A glance first (no write to a slot that stays as it is; a torn view only decides
+            // whether to look again under the locks).
+            let exp = a.w(1).load(Ordering::Relaxed) as u32;
+            if exp == 0 || exp > now || b.w(1).load(Ordering::Relaxed) as u32 != 0 {
+                continue;
             }
-        })
+            let Some(sa) = a.try_lock() else { continue };
+            let exp = a.snap_locked().expires();
+            if exp != 0 && exp <= now && j != after {
+                if let Some(sb) = b.try_lock() {
+                    if b.snap_locked().expires() == 0 {
+                        a.write(&Snap { meta: 0, key: [0; 5], verdict: 0 });
+                    }
+                    b.unlock(sb);
+                }
+            }
+            a.unlock(sa);
+        }
     }
 
     /// Every live entry at `now` (for `ctl show conntrack`), at most `limit`; and how many
@@ -366,13 +716,15 @@ impl Conntrack {
     pub fn entries(&self, now: u32, limit: usize) -> (Vec<Entry>, usize) {
         let mut out = Vec::new();
         let mut n = 0;
-        for sh in self.shards.iter() {
-            let g = sh.lock().unwrap_or_else(|e| e.into_inner());
-            for s in g.slots.iter().filter(|s| s.expires > now) {
-                n += 1;
-                if out.len() < limit {
-                    out.push(Entry { key: s.key, state: s.state, blocked: s.blocked, ttl: s.expires - now });
-                }
+        for snap in (0..self.n).filter_map(|j| self.slot(j)).map(|s| s.read()).filter(|s| s.expires() > now) {
+            n += 1;
+            if out.len() < limit {
+                out.push(Entry {
+                    key: words_key(&snap.key),
+                    state: snap.state(),
+                    blocked: snap.blocked(),
+                    ttl: snap.expires() - now,
+                });
             }
         }
         (out, n)
@@ -391,7 +743,7 @@ mod tests {
     /// it expires after the close timeout.
     #[test]
     fn tcp_states_and_aging() {
-        let ct = Conntrack::new(1024);
+        let ct = Conntrack::new(1024).unwrap();
         let k = key(40000, 80, PROTO_TCP);
         ct.commit(&k, TCP_SYN, 100).unwrap();
         assert_eq!(ct.lookup(&k, 100).map(|f| (f.dir, f.state)), Some((Dir::Original, CtState::SynSent)));
@@ -408,7 +760,7 @@ mod tests {
 
     #[test]
     fn udp_timeouts_and_block() {
-        let ct = Conntrack::new(1024);
+        let ct = Conntrack::new(1024).unwrap();
         let k = key(5000, 53, PROTO_UDP);
         ct.commit(&k, 0, 10).unwrap();
         assert!(ct.lookup(&k, 39).is_some() && ct.lookup(&k, 40).is_none(), "unreplied: 30 s");
@@ -425,7 +777,7 @@ mod tests {
     /// once entries have expired.
     #[test]
     fn full_table_refuses_then_ages() {
-        let ct = Conntrack::new(64);
+        let ct = Conntrack::new(64).unwrap();
         let mut refused = 0;
         for p in 0..10_000u16 {
             if ct.commit(&key(p, 53, PROTO_UDP), 0, 1).is_err() {
@@ -433,7 +785,176 @@ mod tests {
             }
         }
         let (_, live) = ct.entries(1, 0);
-        assert!(refused > 0 && live >= 64 && live <= SHARDS * ct.per_shard, "live {live}, refused {refused}");
+        assert!(refused > 0 && live >= 64 && live <= ct.slots(), "live {live}, refused {refused}");
         assert!(ct.commit(&key(60000, 53, PROTO_UDP), 0, 1 + 30).is_ok(), "expired slots are reused");
+    }
+
+    /// What the model keeps per connection (keyed by its original direction).
+    #[derive(Debug, Clone, Copy)]
+    struct ModelEntry {
+        state: CtState,
+        blocked: bool,
+        expires: u32,
+        verdict: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Commit(usize, u8, u64),
+        Track(usize, u8),
+        Reply(usize, u8),
+        Block(usize),
+        Remember(usize, u64),
+        Lookup(usize),
+        Advance(u32),
+        Sweep(usize),
+    }
+
+    /// 30 keys (fewer connections than the table's 33 slots, so a commit always finds room) over
+    /// few addresses and ports, so that some are each other's reverse.
+    fn pool_key(i: usize) -> FlowKey {
+        let i = i % 30;
+        FlowKey {
+            src: (i % 3) as u128 + 1,
+            dst: ((i / 3) % 3) as u128 + 1,
+            sport: (i / 9) as u16 % 2 + 1,
+            dport: 1 + (i % 2) as u16,
+            proto: if i < 18 { PROTO_TCP } else { PROTO_UDP },
+            v4: true,
+        }
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let flags =
+            prop_oneof![Just(TCP_SYN), Just(TCP_SYN | TCP_ACK), Just(TCP_ACK), Just(TCP_FIN), Just(TCP_RST)];
+        prop_oneof![
+            (0..30usize, flags.clone(), 0..3u64).prop_map(|(k, f, v)| Op::Commit(k, f, v)),
+            (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Track(k, f)),
+            (0..30usize, flags).prop_map(|(k, f)| Op::Reply(k, f)),
+            (0..30usize).prop_map(Op::Block),
+            (0..30usize, 1..3u64).prop_map(|(k, v)| Op::Remember(k, v)),
+            (0..30usize).prop_map(Op::Lookup),
+            prop_oneof![0..3u32, 8..40u32, Just(200u32)].prop_map(Op::Advance),
+            (1..40usize).prop_map(Op::Sweep),
+        ]
+    }
+
+    /// The model's live entry of `k`'s connection at `now`, and `k`'s direction.
+    fn model_find(
+        m: &std::collections::HashMap<FlowKey, ModelEntry>,
+        k: &FlowKey,
+        now: u32,
+    ) -> Option<(FlowKey, Dir)> {
+        let live = |x: &FlowKey| m.get(x).is_some_and(|e| e.expires > now);
+        if live(k) {
+            Some((*k, Dir::Original))
+        } else if live(&k.reversed()) {
+            Some((k.reversed(), Dir::Reply))
+        } else {
+            None
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The open-addressed table agrees with a HashMap over random sequences of commits,
+        /// tracks, replies, blocks, verdicts, lookups, time passing (expiry) and sweeps, in a
+        /// table of 33 slots for 30 keys (long probes, wrap-around, reuse of expired slots).
+        #[test]
+        fn table_agrees_with_hashmap_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let ct = Conntrack::new(22).unwrap();
+            assert_eq!(ct.slots(), 33);
+            let mut m: std::collections::HashMap<FlowKey, ModelEntry> = std::collections::HashMap::new();
+            let mut now = 1u32;
+            for op in ops {
+                match op {
+                    Op::Commit(i, flags, v) => {
+                        let k = pool_key(i);
+                        let flags = if k.proto == PROTO_TCP { flags } else { 0 };
+                        proptest::prop_assert!(ct.commit_verdict(&k, flags, now, v).is_ok());
+                        match model_find(&m, &k, now) {
+                            Some((ok, dir)) => {
+                                let e = m.get_mut(&ok).unwrap();
+                                if dir == Dir::Original && k.proto == PROTO_TCP {
+                                    e.state = original_tcp_state(flags, Some(e.state));
+                                }
+                                e.expires = now + timeout(k.proto, e.state);
+                                e.blocked = false;
+                                if v != 0 && dir == Dir::Original {
+                                    e.verdict = v;
+                                }
+                            }
+                            None => {
+                                let state = if k.proto == PROTO_TCP { original_tcp_state(flags, None) } else { CtState::Unreplied };
+                                m.remove(&k.reversed());
+                                m.insert(k, ModelEntry { state, blocked: false, expires: now + timeout(k.proto, state), verdict: v });
+                            }
+                        }
+                    }
+                    Op::Track(i, flags) => {
+                        let k = pool_key(i);
+                        let got = ct.track(&k, flags, now);
+                        let want = model_find(&m, &k, now).map(|(ok, dir)| {
+                            let e = m.get_mut(&ok).unwrap();
+                            let f = Found { dir, state: e.state, blocked: e.blocked, expires: e.expires, verdict: e.verdict };
+                            if let Some((st, exp)) = f.next(k.proto, flags, now) {
+                                e.state = st;
+                                e.expires = exp;
+                            }
+                            f
+                        });
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    Op::Reply(i, flags) => {
+                        let k = pool_key(i);
+                        ct.reply(&k, flags, now);
+                        if let Some((ok, Dir::Reply)) = model_find(&m, &k, now) {
+                            let e = m.get_mut(&ok).unwrap();
+                            e.state = reply_state(k.proto, e.state, flags);
+                            e.expires = now + timeout(k.proto, e.state);
+                        }
+                    }
+                    Op::Block(i) => {
+                        let k = pool_key(i);
+                        ct.block(&k, now);
+                        if let Some((ok, _)) = model_find(&m, &k, now) {
+                            let e = m.get_mut(&ok).unwrap();
+                            e.blocked = true;
+                            e.verdict = 0;
+                        }
+                    }
+                    Op::Remember(i, v) => {
+                        let k = pool_key(i);
+                        ct.remember(&k, now, v);
+                        if let Some((ok, Dir::Original)) = model_find(&m, &k, now) {
+                            m.get_mut(&ok).unwrap().verdict = v;
+                        }
+                    }
+                    Op::Lookup(i) => {
+                        let k = pool_key(i);
+                        let want = model_find(&m, &k, now).map(|(ok, dir)| {
+                            let e = m[&ok];
+                            Found { dir, state: e.state, blocked: e.blocked, expires: e.expires, verdict: e.verdict }
+                        });
+                        proptest::prop_assert_eq!(ct.lookup(&k, now), want);
+                    }
+                    Op::Advance(dt) => now += dt,
+                    Op::Sweep(n) => ct.sweep(now, n),
+                }
+                // The live entries are the model's.
+                let (entries, live) = ct.entries(now, usize::MAX);
+                let mut got: Vec<_> = entries.iter().map(|e| (e.key, e.state, e.blocked, e.ttl)).collect();
+                let mut want: Vec<_> = m
+                    .iter()
+                    .filter(|(_, e)| e.expires > now)
+                    .map(|(k, e)| (*k, e.state, e.blocked, e.expires - now))
+                    .collect();
+                got.sort_by_key(|e| format!("{e:?}"));
+                want.sort_by_key(|e| format!("{e:?}"));
+                proptest::prop_assert_eq!(live, want.len());
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }

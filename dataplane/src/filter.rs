@@ -9,15 +9,20 @@
 //!   policy, then the connection is committed to the table.
 //!
 //! Stateful as OVN-Kubernetes' `allow-related` ACLs: packets of a connection's original
-//! direction are checked against the policies as they are now (every packet), replies pass
-//! while the connection is tracked; once the original direction is denied the connection is
+//! direction are checked against the policies as they are now (every packet: the entry's
+//! verdict, see [`crate::conntrack::verdict`], stands for the classifiers while the snapshot
+//! and the ports are the same), replies pass while the connection is tracked; once the original direction is denied the connection is
 //! marked blocked and its replies stop too. ARP and IPv6 neighbour discovery always pass the
 //! policies (the spoof filter still checks ARP's sender address); non-IP frames are not
 //! subject to policies.
 
-use crate::conntrack::{Conntrack, Dir};
-use crate::switch::{DropReason, PortSpec};
-use crate::wire::ip::{parse_l3, FlowKey, IpFlow, IpKind, L3, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use crate::conntrack::{verdict, Conntrack, Dir};
+use crate::port::Burst;
+use crate::switch::{DropReason, PortId, PortSpec};
+use crate::wire::ip::{
+    parse_l3, simple_v4_flow, FlowKey, IpFlow, IpKind, L3, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
+use arrayvec::ArrayVec;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Why the stage let a frame on (for traces).
@@ -45,6 +50,26 @@ pub struct FilterMeta {
     /// The last receiver's ingress rule that allowed it.
     pub ingress_rule: Option<u32>,
     committed: bool,
+    /// The receiving port named by the connection entry's verdict, when that verdict is the
+    /// running snapshot's for this sending port: the egress classifier was skipped, and the
+    /// ingress one is skipped for that port.
+    verdict_to: Option<PortId>,
+}
+
+/// Whether verdict `v` is the running snapshot's (epoch `epoch`, not 0) for ingress port `from`.
+#[inline]
+fn stands(v: u64, epoch: u32, from: PortId) -> bool {
+    epoch != 0 && v >> 16 == verdict(epoch, from, 0) >> 16
+}
+
+/// What the policy stage needs besides the frame: the bridge's connection table, the clock
+/// (seconds) and the policy epoch of the running snapshot (0: use no stored verdicts, as
+/// traces do, which must name the rules).
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub ct: Option<&'a Conntrack>,
+    pub now: u32,
+    pub epoch: u32,
 }
 
 /// The destination port a policy rule sees: TCP, UDP and SCTP have one, other protocols 0.
@@ -84,14 +109,10 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
     }
 }
 
-/// The first half of the stage for a frame received on `port`, as [`parse`] read it.
-/// `Err`: drop it for that reason.
-pub fn ingress(
-    (et, l3): (u16, L3),
-    port: &PortSpec,
-    ct: Option<&Conntrack>,
-    now: u32,
-) -> Result<FilterMeta, DropReason> {
+/// The first half of the stage for a frame received on `port`, as [`parse`] read it (`h`: the
+/// [`crate::conntrack::hash`] of its flow key, when it is IP). `Err`: drop it for that reason.
+pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<FilterMeta, DropReason> {
+    let (ct, now) = (cx.ct, cx.now);
     let flow = match l3 {
         L3::Other => return Ok(FilterMeta::default()),
         L3::Malformed if et == crate::wire::EtherType::ARP => {
@@ -133,18 +154,27 @@ pub fn ingress(
         IpKind::Flow => {
             // One probe: a reply passes; an original-direction packet's entry is refreshed
             // here (and blocked below if the policies refuse it now).
-            match ct.and_then(|ct| ct.track(&flow.key, flow.tcp_flags, now)) {
+            match ct.and_then(|ct| ct.track_hashed(&flow.key, h, flow.tcp_flags, now)) {
                 Some(f) if f.dir == Dir::Reply && !f.blocked => {
                     m.note = Note::Reply;
                     m.flow = None;
                     return Ok(m);
                 }
-                Some(f) if !f.blocked => m.committed = true,
+                Some(f) if !f.blocked => {
+                    m.committed = true;
+                    if stands(f.verdict, cx.epoch, port.id) {
+                        m.verdict_to = Some(f.verdict as PortId);
+                    }
+                }
                 _ => {}
             }
         }
     }
     m.note = Note::Checked;
+    if m.verdict_to.is_some() {
+        // This port's egress policy allowed the connection under this snapshot.
+        return Ok(m);
+    }
     if let Some(eg) = port.policy.as_ref().and_then(|p| p.egress.as_ref()) {
         match eg.matches(flow.key.dst_ip(), flow.key.proto, l4_port(&flow.key)) {
             Some(r) => m.egress_rule = Some(r),
@@ -162,14 +192,12 @@ pub fn ingress(
 /// The second half, for receiving port `to` of a frame from `from`. `Err`: do not queue it
 /// there, for that reason.
 #[inline]
-pub fn admit(
-    m: &mut FilterMeta,
-    from: &PortSpec,
-    to: &PortSpec,
-    ct: Option<&Conntrack>,
-    now: u32,
-) -> Result<(), DropReason> {
+pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Result<(), DropReason> {
     let Some(flow) = m.flow else { return Ok(()) };
+    let (ct, now) = (cx.ct, cx.now);
+    if m.verdict_to == Some(to.id) {
+        return Ok(());
+    }
     if let Some(ing) = to.policy.as_ref().and_then(|p| p.ingress.as_ref()) {
         match ing.matches(flow.key.src_ip(), flow.key.proto, l4_port(&flow.key)) {
             Some(r) => m.ingress_rule = Some(r),
@@ -181,13 +209,71 @@ pub fn admit(
             }
         }
     }
+    // Both classifiers allowed it (or the egress one's verdict stood): the entry keeps the
+    // verdict for the next packets.
+    let v = if cx.epoch == 0 { 0 } else { verdict(cx.epoch, from.id, to.id) };
     if !m.committed && (from.policy.is_some() || to.policy.is_some()) {
         if let Some(ct) = ct {
-            ct.commit(&flow.key, flow.tcp_flags, now).map_err(|()| DropReason::ConntrackFull)?;
+            ct.commit_verdict(&flow.key, flow.tcp_flags, now, v).map_err(|()| DropReason::ConntrackFull)?;
         }
         m.committed = true;
+    } else if m.committed && v != 0 {
+        if let Some(ct) = ct {
+            ct.remember(&flow.key, now, v);
+        }
     }
     Ok(())
+}
+
+/// The stage's fast path, for a burst on `port` of frames that the pipeline forwards plainly
+/// (untagged Ethernet, known unicast), `to(i)` being frame i's destination port: true when every
+/// frame is an IP packet of a tracked connection that passes the spoof filter and needs no
+/// change to its entry, and is either a reply or carries the running snapshot's verdict for
+/// (`port`, `to(i)`): then the general stage would pass each frame unchanged, with no write.
+/// It reads only: on false the general stages take the burst. Two passes (every key hashed
+/// and its slot prefetched, then the lookups) so that the table's cache misses overlap.
+#[inline]
+pub fn fast_burst(
+    burst: &Burst,
+    port: &PortSpec,
+    cx: Ctx,
+    mut to: impl FnMut(usize) -> Option<PortId>,
+) -> bool {
+    let Some(ct) = cx.ct else { return false };
+    if cx.epoch == 0 {
+        return false;
+    }
+    let mut flows: ArrayVec<(FlowKey, u64, u8), { crate::port::MAX_BURST }> = ArrayVec::new();
+    for b in burst.iter() {
+        let d = b.data();
+        let simple = match d.get(crate::wire::ETH_HEADER_LEN - 2..crate::wire::ETH_HEADER_LEN) {
+            Some([8, 0]) => simple_v4_flow(d.get(crate::wire::ETH_HEADER_LEN..).unwrap_or_default()),
+            _ => None,
+        };
+        let (key, flags) = match simple {
+            Some(f) => f,
+            None => match parse(d, false).1 {
+                L3::Ip(f) if f.kind == IpKind::Flow => (f.key, f.tcp_flags),
+                _ => return false,
+            },
+        };
+        if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &key)) {
+            return false;
+        }
+        let h = crate::conntrack::hash(&key);
+        ct.prefetch(h);
+        flows.push((key, h, flags));
+    }
+    for (i, (k, h, flags)) in flows.iter().enumerate() {
+        let Some(f) = ct.lookup_hashed(k, *h, cx.now) else { return false };
+        if f.blocked || f.next(k.proto, *flags, cx.now).is_some() {
+            return false;
+        }
+        if f.dir == Dir::Original && to(i).is_none_or(|op| f.verdict != verdict(cx.epoch, port.id, op)) {
+            return false;
+        }
+    }
+    true
 }
 
 /// One line for traces: what the stage decided, naming the rules.

@@ -394,6 +394,10 @@ pub fn plain_bursts_on_this_thread() -> u64 {
     PLAIN_BURSTS.with(|c| c.get())
 }
 
+/// Connection-table slots the incremental sweep looks at per burst on a bridge with policies
+/// (a 1,000,000-connection table, 1,500,000 slots, is swept every 94,000 bursts).
+const SWEEP_SLOTS: usize = 16;
+
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
 /// frame is queued in `tx` or dropped (counted) and freed to `cache`. `now` is the clock in
 /// seconds for learning and aging. With `trace`, one [`FrameTrace`] per frame is appended.
@@ -443,10 +447,14 @@ pub fn process_burst(
     // A plain burst (see `plain_probes`) on a port without a spoof filter, untraced, goes
     // through the same stages with nothing but each frame's two probes: no per-frame verdict
     // or metadata to write and read back. Any other burst takes the general stages.
+    // On a bridge with policies, a plain burst whose every frame the policy stage would pass
+    // unchanged (replies and connections with the snapshot's stored verdict, see
+    // `filter::fast_burst`) takes the same plain stages.
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
+        (None, None, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
         _ => None,
     };
     match plain {
@@ -458,6 +466,26 @@ pub fn process_burst(
         None => general_burst(&mut eg, port, burst, untagged_vlan, trace),
     }
     eg.t.flush_into(port);
+}
+
+/// On a bridge with policies: [`plain_probes`], and whether the plain burst may take the
+/// plain stages, i.e. whether the policy stage would pass every frame unchanged (see
+/// `filter::fast_burst`); also the incremental sweep of the connection table. Out of line, so
+/// that the plain path of bridges without policies stays as it was.
+#[inline(never)]
+fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> Option<u64> {
+    let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
+    let cx = eg.ctx(false);
+    let ct = cx.ct?;
+    ct.sweep(cx.now, SWEEP_SLOTS);
+    let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
+    let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
+    crate::filter::fast_burst(burst, port, cx, |i| {
+        let hit = table.lookup_probe(&probes.get(i)?.dst, now)?;
+        let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
+        ok.then_some(hit.port)
+    })
+    .then_some(bytes)
 }
 
 /// The stages for a plain burst of VLAN `vlan` whose probes [`plain_probes`] left in
@@ -555,24 +583,30 @@ fn general_burst(
     // refuses is not learned from; what it found out goes to the last stage with the frame.
     let mut filt: ArrayVec<crate::filter::FilterMeta, MAX_BURST> = ArrayVec::new();
     if eg.filter {
-        // Read every frame and prefetch its connection's slot first, so that the table's
-        // cache misses overlap across the burst.
-        let mut l3: ArrayVec<(u16, crate::wire::ip::L3), MAX_BURST> = ArrayVec::new();
+        let cx = eg.ctx(trace.is_some());
+        if let Some(ct) = cx.ct {
+            ct.sweep(now, SWEEP_SLOTS);
+        }
+        // Read every frame, hash its flow key and prefetch its connection's slot first, so
+        // that the table's cache misses overlap across the burst.
+        let mut l3: ArrayVec<((u16, crate::wire::ip::L3), u64), MAX_BURST> = ArrayVec::new();
         for (m, b) in meta.iter().zip(burst.iter()) {
             let r = if m.verdict.is_none() || m.flood_pending {
                 crate::filter::parse(b.data(), m.tagged)
             } else {
                 (0, crate::wire::ip::L3::Other)
             };
-            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (eg.ct, &r.1) {
-                ct.prefetch(&f.key);
+            let mut h = 0;
+            if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (cx.ct, &r.1) {
+                h = crate::conntrack::hash(&f.key);
+                ct.prefetch(h);
             }
-            l3.push(r);
+            l3.push((r, h));
         }
-        for (m, r) in meta.iter_mut().zip(l3) {
+        for (m, (r, h)) in meta.iter_mut().zip(l3.iter().copied()) {
             let mut fm = crate::filter::FilterMeta::default();
             if m.verdict.is_none() || m.flood_pending {
-                match crate::filter::ingress(r, port, eg.ct, now) {
+                match crate::filter::ingress(r, h, port, cx) {
                     Ok(f) => fm = f,
                     Err(r) => {
                         m.verdict = Some(Verdict::Drop(r));
@@ -668,6 +702,30 @@ struct Egress<'a> {
     t: IngressTally,
 }
 
+impl<'a> Egress<'a> {
+    /// What the policy stage needs; `traced`: for a traced burst, which must name the rules
+    /// and so uses no stored verdicts (epoch 0).
+    fn ctx(&self, traced: bool) -> crate::filter::Ctx<'a> {
+        policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, traced)
+    }
+}
+
+/// The policy stage's context for bridge `bridge_idx` of `cfg` (see [`Egress::ctx`]).
+#[inline(always)]
+fn policy_ctx<'a>(
+    cfg: &'a SwitchConfig,
+    bridge_idx: usize,
+    ct: Option<&'a crate::conntrack::Conntrack>,
+    now: u32,
+    traced: bool,
+) -> crate::filter::Ctx<'a> {
+    let epoch = match cfg.bridges.get(bridge_idx) {
+        Some(b) if !traced => b.policy_epoch,
+        _ => 0,
+    };
+    crate::filter::Ctx { ct, now, epoch }
+}
+
 impl Egress<'_> {
     /// Queues (or drops, counted) one frame as its verdict says (a frame still going: as
     /// its destination's lookup says); with `outs`, notes the ports it was queued to. Returns
@@ -681,7 +739,7 @@ impl Egress<'_> {
             }
             Some(Verdict::Drop(r)) => self.drop(r, buf),
             Some(Verdict::Unicast(op)) => {
-                if let Err(r) = self.admits(op) {
+                if let Err(r) = self.admits(op, outs.is_some()) {
                     return self.drop(r, buf);
                 }
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
@@ -711,7 +769,7 @@ impl Egress<'_> {
                 let op = hit.port;
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, vlan);
                 if tag_out.is_some() {
-                    if let Err(r) = self.admits(op) {
+                    if let Err(r) = self.admits(op, outs.is_some()) {
                         return self.drop(r, buf);
                     }
                 }
@@ -734,9 +792,10 @@ impl Egress<'_> {
 
     /// The policy stage's second half for egress port `op` (nothing to check without one).
     #[inline(always)]
-    fn admits(&mut self, op: PortId) -> Result<(), DropReason> {
+    fn admits(&mut self, op: PortId, traced: bool) -> Result<(), DropReason> {
         let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
-        crate::filter::admit(m, self.from, to, self.ct, self.now)
+        let cx = policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, traced);
+        crate::filter::admit(m, self.from, to, cx)
     }
 
     #[inline(always)]
@@ -761,7 +820,7 @@ impl Egress<'_> {
         let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
             // A port the policy refuses gets no copy (counted once per port refused).
-            if let Err(r) = self.admits(op) {
+            if let Err(r) = self.admits(op, outs.is_some()) {
                 self.t.drops.add(r, 1);
                 continue;
             }
@@ -771,7 +830,7 @@ impl Egress<'_> {
             }
         }
         let op = members[last];
-        if let Err(r) = self.admits(op) {
+        if let Err(r) = self.admits(op, outs.is_some()) {
             return self.drop(r, buf);
         }
         self.send(op, tag_out(op), buf, m, outs);

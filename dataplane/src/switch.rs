@@ -236,6 +236,20 @@ pub struct Bridge {
     pub filter: bool,
     /// The connection table, when some port has a policy.
     pub conntrack: Option<Arc<crate::conntrack::Conntrack>>,
+    /// The policy epoch of this snapshot: a number no other compiled snapshot has (never 0),
+    /// which the connection table's verdicts name ([`crate::conntrack::verdict`]).
+    pub policy_epoch: u32,
+}
+
+/// The next policy epoch (1, 2, ...; 0 skipped when it wraps).
+fn next_epoch() -> u32 {
+    static EPOCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let e = EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 /// The immutable configuration snapshot.
@@ -350,14 +364,33 @@ impl SwitchConfig {
                 members.push(id);
             }
             let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
-            let conntrack = b.ports.iter().any(|p| p.policy.is_some()).then(|| {
-                let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
-                prev.and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
-                    .and_then(|pb| pb.conntrack.clone())
-                    .filter(|ct| ct.capacity() == size)
-                    .unwrap_or_else(|| Arc::new(crate::conntrack::Conntrack::new(size)))
+            let conntrack = match b.ports.iter().any(|p| p.policy.is_some()) {
+                false => None,
+                true => {
+                    let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
+                    let kept = prev
+                        .and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
+                        .and_then(|pb| pb.conntrack.clone())
+                        .filter(|ct| ct.capacity() == size);
+                    Some(match kept {
+                        Some(ct) => ct,
+                        None => Arc::new(crate::conntrack::Conntrack::new(size).map_err(|e| {
+                            ConfigError::Invalid {
+                                field: format!("bridges[{bi}].conntrack_size"),
+                                msg: e.to_string(),
+                            }
+                        })?),
+                    })
+                }
+            };
+            out.bridges.push(Bridge {
+                name: b.name.clone(),
+                table,
+                ports: members,
+                filter,
+                conntrack,
+                policy_epoch: next_epoch(),
             });
-            out.bridges.push(Bridge { name: b.name.clone(), table, ports: members, filter, conntrack });
         }
         // Entries of ports that left a bridge (or the node): one pass per table, so that a large
         // change costs a scan per bridge, not one per port. The tables they left have changed.

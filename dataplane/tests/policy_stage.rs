@@ -106,14 +106,28 @@ fn send(
     frame: &[u8],
     now: u32,
 ) -> (Vec<String>, BTreeMap<String, u64>, FrameTrace) {
+    let mut tr = Vec::new();
+    let (out, drops) = run(sw, pool, from, frame, now, Some(&mut tr));
+    (out, drops, tr.pop().expect("one trace"))
+}
+
+/// Runs one frame from port `from` (traced when `trace` is given): the ports it went to and
+/// the drops counted on `from`.
+fn run(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frame: &[u8],
+    now: u32,
+    trace: Option<&mut Vec<FrameTrace>>,
+) -> (Vec<String>, BTreeMap<String, u64>) {
     let port = sw.port_by_name(from).expect("port");
     let before = port.stats.snapshot();
     let mut cache = pool.cache();
     let mut tx = TxBatches::new(sw.port_slots());
     let mut burst = Burst::new();
     burst.push(cache.alloc_copy(frame).expect("buffer"));
-    let mut tr = Vec::new();
-    process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, Some(&mut tr));
+    process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, trace);
     let mut out = Vec::new();
     tx.drain_with(|id, b| {
         out.push(sw.port(id).expect("port").name.clone());
@@ -129,7 +143,21 @@ fn send(
         .map(|(&r, &n)| (r.to_string(), n - before.drops[r]))
         .filter(|&(_, n)| n != 0)
         .collect();
-    (out, drops, tr.pop().expect("one trace"))
+    (out, drops)
+}
+
+/// Runs one untraced frame: (ports it went to, drops on `from`, whether it took the plain
+/// stages, i.e. the policy stage's fast path).
+fn run_fast(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frame: &[u8],
+    now: u32,
+) -> (Vec<String>, BTreeMap<String, u64>, bool) {
+    let plain = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
+    let (out, drops) = run(sw, pool, from, frame, now, None);
+    (out, drops, switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > plain)
 }
 
 fn dropped(r: &str) -> BTreeMap<String, u64> {
@@ -270,6 +298,53 @@ fn policy_change_cuts_an_open_connection() {
     assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
     let (out, drops, _) = send(&second, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 5);
     assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "blocked: replies stop");
+}
+
+/// The fast path for established connections (the entry's stored verdict stands for the
+/// classifiers): it is taken once a connection's verdict is stored, for both directions, and
+/// never across a policy change: the next packet after the change is checked against the new
+/// policy (refused here), and then neither direction takes it.
+#[test]
+fn established_fast_path_follows_policy_changes() {
+    let pool = pool();
+    let first = SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap();
+    let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "syn"), 1);
+    assert_eq!((out, fast), (vec!["b".to_string()], false), "a new connection is checked");
+    let (out, _, fast) = run_fast(&first, &pool, "b", &tcp(1, 0, 80, 40000, "synack"), 1);
+    assert_eq!((out, fast), (vec!["a".to_string()], false), "the reply moves the state on");
+    let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 1);
+    assert_eq!((out, fast), (vec!["b".to_string()], true), "established, verdict stored");
+    let (out, _, fast) = run_fast(&first, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 1);
+    assert_eq!((out, fast), (vec!["a".to_string()], true), "a reply needs no verdict");
+    let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out, fast), (vec!["b".to_string()], false), "the expiry moves on once a second");
+    let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out, fast), (vec!["b".to_string()], true));
+    // c sending with a's address on a's established connection: the spoof filter drops it.
+    let mut spoofed = Vec::new();
+    PacketBuilder::ethernet2(MAC[2], MAC[1])
+        .ipv4(IP[0], IP[1], 64)
+        .tcp(40000, 80, 1, 1000)
+        .ack(2)
+        .write(&mut spoofed, &[])
+        .expect("frame");
+    let (out, drops, fast) = run_fast(&first, &pool, "c", &spoofed, 2);
+    assert_eq!((out.len(), drops, fast), (0, dropped("spoofed_src_ip"), false));
+    // The same policy compiled again (a new snapshot): checked once, then fast again.
+    let same = SwitchConfig::compile(&config(B_WEB, 1024), Some(&first)).unwrap();
+    let (out, _, fast) = run_fast(&same, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out, fast), (vec!["b".to_string()], false), "a new snapshot checks again");
+    let (out, _, fast) = run_fast(&same, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out, fast), (vec!["b".to_string()], true));
+    // b now takes only TCP 443 from a: the open connection is cut at its next packet.
+    let other = "{name: q/b-tls, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: TCP, port: 443}]}";
+    let second = SwitchConfig::compile(&config(other, 1024), Some(&same)).unwrap();
+    let (out, drops, fast) = run_fast(&second, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out.len(), drops, fast), (0, dropped("policy_ingress_denied"), false));
+    let (out, drops, fast) = run_fast(&second, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 2);
+    assert_eq!((out.len(), drops, fast), (0, dropped("policy_ingress_denied"), false), "blocked");
+    let (out, drops, fast) = run_fast(&second, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
+    assert_eq!((out.len(), drops, fast), (0, dropped("policy_ingress_denied"), false));
 }
 
 fn v6(i: u8) -> [u8; 16] {

@@ -189,6 +189,34 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     Some(IpFlow { key, tcp_flags, kind })
 }
 
+/// The common case of [`parse_l3`] for IPv4, read in one bounds check: a header without
+/// options, not a later fragment, carrying TCP, UDP or SCTP. `Some` only for such a packet,
+/// with the key and TCP flags that [`parse_l3`] returns for it; `None`: ask [`parse_l3`].
+#[inline]
+pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
+    const PORTS_END: usize = V4_MIN_LEN + 4;
+    let h = p.first_chunk::<PORTS_END>()?;
+    let proto = h[V4_PROTO];
+    if h[V4_VER_IHL] != 0x45
+        || u16::from_be_bytes([h[V4_FRAG], h[V4_FRAG + 1]]) & 0x1fff != 0
+        || !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+    {
+        return None;
+    }
+    let flags = if proto == PROTO_TCP { *p.get(V4_MIN_LEN + TCP_FLAGS)? } else { 0 };
+    let w = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let ports = w(V4_MIN_LEN);
+    let key = FlowKey {
+        src: u128::from(w(V4_SRC)),
+        dst: u128::from(w(V4_DST)),
+        sport: (ports >> 16) as u16,
+        dport: ports as u16,
+        proto,
+        v4: true,
+    };
+    Some((key, flags))
+}
+
 fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
     if *p.first()? >> 4 != 6 || p.len() < V6_LEN {
         return None;
@@ -220,4 +248,35 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
     key.proto = next;
     let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, outer)?;
     Some(IpFlow { key, tcp_flags, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The IPv4 shortcut returns what the full parser returns, whenever it answers;
+        /// and it answers for plain TCP/UDP headers.
+        #[test]
+        fn simple_v4_agrees_with_parse_l3(
+            mut p in proptest::collection::vec(any::<u8>(), 0..60),
+            plain in any::<bool>(),
+            proto in prop_oneof![Just(6u8), Just(17u8), Just(132u8), any::<u8>()],
+        ) {
+            if plain && p.len() >= 34 {
+                p[0] = 0x45;
+                p[6] &= 0xe0;
+                p[7] = 0;
+                p[9] = proto;
+            }
+            let fast = simple_v4_flow(&p);
+            if let Some((key, flags)) = fast {
+                prop_assert_eq!(parse_l3(0x0800, &p), L3::Ip(IpFlow { key, tcp_flags: flags, kind: IpKind::Flow }));
+            }
+            if plain && p.len() >= 34 && matches!(proto, 6 | 17 | 132) {
+                prop_assert!(fast.is_some());
+            }
+        }
+    }
 }

@@ -1,0 +1,181 @@
+//! Where the policy stage's time goes: the setup of the policy benchmark
+//! (benches/support/policy_setup.rs: 64-byte UDP frames from p0 to p1, 1,000 ingress rules on
+//! p1, 100,000 established connections) run a fixed number of bursts, for TSC spans and for
+//! instruction counts under callgrind:
+//!
+//! ```text
+//! cargo build --release --example policy_profile -p switchyard-dataplane
+//! target/release/examples/policy_profile 20000            # TSC: pipeline and stages
+//! valgrind --tool=callgrind --toggle-collect='*process_burst*' \
+//!     target/release/examples/policy_profile 2000 policy   # or none
+//! ```
+//!
+//! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
+//! pipeline without policy, with policy, their ratio, and each piece of the policy stage run
+//! alone over the same frames: L3 parse, hash + prefetch, connection lookups, the 1,000-rule
+//! classifier.
+
+#[path = "../benches/support/policy_setup.rs"]
+mod setup;
+
+use setup::{next_frames, switch, BURST, CONNS};
+use switchyard_dataplane::conntrack::{hash, Conntrack};
+use switchyard_dataplane::cpu::{hz, rdtsc};
+use switchyard_dataplane::filter::parse;
+use switchyard_dataplane::pipeline::{process_burst, TxBatches};
+use switchyard_dataplane::port::Burst;
+use switchyard_dataplane::wire::ip::{FlowKey, L3};
+use switchyard_dataplane::{Pool, SwitchConfig};
+
+struct Case {
+    sw: SwitchConfig,
+    burst: Burst,
+    tx: TxBatches,
+    seq: u32,
+}
+
+impl Case {
+    fn new(policy: bool, cache: &mut switchyard_dataplane::buffer::PoolCache) -> Case {
+        let sw = switch(policy);
+        let mut burst = Burst::new();
+        for _ in 0..BURST {
+            burst.push(cache.alloc_copy(&setup::frame()).expect("buffer"));
+        }
+        let tx = TxBatches::new(sw.port_slots());
+        let mut c = Case { sw, burst, tx, seq: 0 };
+        // The first packet of each connection under this snapshot checks the policies.
+        for _ in 0..CONNS as usize / BURST {
+            c.run(cache);
+        }
+        c
+    }
+
+    #[inline]
+    fn run(&mut self, cache: &mut switchyard_dataplane::buffer::PoolCache) {
+        next_frames(&mut self.burst, &mut self.seq);
+        process_burst(&self.sw, 0, &mut self.burst, 1, cache, &mut self.tx, None);
+        let burst = &mut self.burst;
+        self.tx.drain_with(|_, out| burst.extend(out.drain(..)));
+    }
+}
+
+/// Cycles per frame of `bursts` calls of `f`.
+fn span(bursts: u32, mut f: impl FnMut()) -> f64 {
+    let t0 = rdtsc();
+    for _ in 0..bursts {
+        f();
+    }
+    rdtsc().wrapping_sub(t0) as f64 / f64::from(bursts) / BURST as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let bursts: u32 = std::env::args().nth(1).map_or(Ok(20_000), |s| s.parse())?;
+    let mode = std::env::args().nth(2);
+    let pool = Pool::new("policy-profile", 4096)?;
+    let mut cache = pool.cache();
+    if let Some(mode) = mode {
+        let mut c = Case::new(mode == "policy", &mut cache);
+        for _ in 0..bursts {
+            c.run(&mut cache);
+        }
+        let drops = c.sw.port(0).map(|p| p.stats.total_drops()).unwrap_or(0);
+        println!("{mode}: {bursts} bursts of {BURST}, {drops} drops");
+        return Ok(());
+    }
+    let mut none = Case::new(false, &mut cache);
+    let mut pol = Case::new(true, &mut cache);
+    let (mut tn, mut tp) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        tn.push(span(bursts, || none.run(&mut cache)));
+        tp.push(span(bursts, || pol.run(&mut cache)));
+    }
+    let (tn, tp) = (median(tn), median(tp));
+    let ghz = hz() as f64 / 1e9;
+    println!("TSC {ghz:.2} GHz; cycles per frame, median of 7 rounds of {bursts} bursts of {BURST}:");
+    println!("pipeline, no policy          {tn:8.1}  ({:.1} ns)", tn / ghz);
+    println!("pipeline, 1000 rules, 100k   {tp:8.1}  ({:.1} ns)  rate ratio {:.3}", tp / ghz, tn / tp);
+
+    // The pieces alone, over the same frame stream.
+    let ct = pol.sw.bridges[0].conntrack.clone().ok_or("no table")?;
+    let ing = pol.sw.port(1).and_then(|p| p.policy.clone()).ok_or("no policy")?;
+    let ing = ing.ingress.as_ref().ok_or("no ingress")?;
+    let mut keys = [(FlowKey::default(), 0u64); BURST];
+    let mut seq = 0u32;
+    let mut sink = 0u64;
+    let parse_c = span(bursts, || {
+        next_frames(&mut pol.burst, &mut seq);
+        for (b, k) in pol.burst.iter().zip(keys.iter_mut()) {
+            if let L3::Ip(f) = parse(b.data(), false).1 {
+                k.0 = f.key;
+            }
+        }
+    });
+    let rewrite_c = span(bursts, || next_frames(&mut pol.burst, &mut seq));
+    let hash_c = span(bursts, || {
+        for (i, k) in keys.iter_mut().enumerate() {
+            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
+            k.1 = hash(&k.0);
+            ct.prefetch(k.1);
+        }
+        seq = seq.wrapping_add(BURST as u32);
+    });
+    let key_c = span(bursts, || {
+        for (i, k) in keys.iter_mut().enumerate() {
+            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
+        }
+        seq = seq.wrapping_add(BURST as u32);
+    });
+    let lookup_c = span(bursts, || {
+        for (i, k) in keys.iter_mut().enumerate() {
+            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
+            k.1 = hash(&k.0);
+            ct.prefetch(k.1);
+        }
+        seq = seq.wrapping_add(BURST as u32);
+        for k in keys.iter() {
+            sink += u64::from(ct.lookup_hashed(&k.0, k.1, 1).is_some());
+        }
+    });
+    let class_c = span(bursts, || {
+        for k in keys.iter() {
+            sink += u64::from(ing.matches(k.0.src_ip(), k.0.proto, k.0.dport).is_some());
+        }
+    });
+    println!("stages alone (cycles per frame):");
+    println!("  L3 parse (less the frame rewrite)   {:8.1}", parse_c - rewrite_c);
+    println!("  hash + prefetch (less key making)   {:8.1}", hash_c - key_c);
+    println!("  conntrack lookup (less hash+pf)     {:8.1}", lookup_c - hash_c);
+    println!("  classifier, 1000 rules              {:8.1}", class_c);
+    println!("({sink} hits)");
+
+    // Lookups alone, bursts of 32 (hashed and prefetched first), 1,000 against 1,000,000
+    // connections, alternating rounds.
+    let small = setup::lookup_table(1000);
+    let large = setup::lookup_table(1_000_000);
+    let mut rng = 7u64;
+    let mut out = [None; BURST];
+    let mut lk = |t: &(Conntrack, fn(u32) -> FlowKey), n: u64| {
+        let mut ks = [FlowKey::default(); BURST];
+        for k in ks.iter_mut() {
+            *k = (t.1)((setup::splitmix(&mut rng) % n) as u32);
+        }
+        t.0.lookup_burst(&ks, 2, &mut out);
+        sink += out.iter().flatten().count() as u64;
+    };
+    let (mut t1k, mut t1m) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        t1k.push(span(bursts, || lk(&small, 1000)));
+        t1m.push(span(bursts, || lk(&large, 1_000_000)));
+    }
+    let (t1k, t1m) = (median(t1k), median(t1m));
+    println!("lookup (burst of 32, with key making), cycles per lookup:");
+    println!("  1,000 connections      {t1k:8.1}");
+    println!("  1,000,000 connections  {t1m:8.1}  ({} MiB)  ratio {:.2}", large.0.memory() >> 20, t1m / t1k);
+    println!("({sink} hits)");
+    Ok(())
+}
