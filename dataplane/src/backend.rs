@@ -443,7 +443,7 @@ fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
 /// pcap:FILE[,infinite]  or  pcap:rx=FILE,tx=FILE[,infinite]  (either file may be left out)
 /// afpacket:IFACE[,ring|,recvmmsg]
 /// tap:IFACE
-/// vhost:PATH[,server|,client]  (also vhostuser:)
+/// vhost:PATH[,server|,client][,queues=N]  (also vhostuser:)
 /// dpdk:DEVARGS
 /// ```
 ///
@@ -528,19 +528,22 @@ impl FromStr for Backend {
                     return Err("needs a socket path".into());
                 }
                 let mut mode = VhostMode::Server;
+                let mut queues = None;
                 for p in parts {
+                    if let Some(n) = p.strip_prefix("queues=") {
+                        match n.parse::<u16>() {
+                            Ok(n) if n > 0 => queues = Some(n),
+                            _ => return Err(format!("bad vhost option {p:?} (queues=N, N >= 1)")),
+                        }
+                        continue;
+                    }
                     mode = match p {
                         "server" => VhostMode::Server,
                         "client" => VhostMode::Client,
-                        _ => return Err(format!("unknown vhost option {p:?} (client or server)")),
+                        _ => return Err(format!("unknown vhost option {p:?} (client, server or queues=N)")),
                     };
                 }
-                Ok(Backend::Vhostuser {
-                    socket: socket.into(),
-                    mode: Some(mode),
-                    socket_mode: None,
-                    queues: None,
-                })
+                Ok(Backend::Vhostuser { socket: socket.into(), mode: Some(mode), socket_mode: None, queues })
             }
             "dpdk" => {
                 if rest.is_empty() {
