@@ -619,7 +619,8 @@ impl TxQueue for DpdkTx {
             return 0;
         }
         let sent = {
-            let _guard = self.shared.tx_locks[usize::from(self.q)].0.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard =
+                self.shared.tx_locks[usize::from(self.q)].0.lock().unwrap_or_else(|e| e.into_inner());
             // The first k pointers are valid mbufs we own; the lock serialises TX queue q; the
             // device is not stopped while we hold an Arc<Shared>.
             // SAFETY: owned mbufs, TX queue q serialised by the lock, device alive (above).
