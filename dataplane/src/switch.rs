@@ -477,6 +477,42 @@ mod tests {
 
     const AB: &str = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: b, tag: 10}\n";
 
+    /// Workers add to their own copies of a port's RX/TX counters (shards 0 to
+    /// COUNTER_SHARDS, the last one shared with worker 0); readers see the sum, and a clear
+    /// zeroes every copy.
+    #[test]
+    fn per_worker_counter_copies_sum_up_and_clear() {
+        let stats = Arc::new(PortStats::default());
+        let threads: Vec<_> = (0..=COUNTER_SHARDS)
+            .map(|w| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    set_counter_shard(w);
+                    for _ in 0..1000 {
+                        stats.add_rx(1, 60);
+                        stats.add_tx(2, 128);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = (COUNTER_SHARDS as u64 + 1) * 1000;
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.rx_packets, snap.rx_bytes, snap.tx_packets, snap.tx_bytes),
+            (n, 60 * n, 2 * n, 128 * n)
+        );
+        // Every copy got its share: no shard was left out of the writes.
+        assert!(stats.burst.iter().all(|c| c.rx_packets.load(Ordering::Relaxed) >= 1000));
+        stats.clear();
+        assert_eq!(
+            (stats.rx_packets(), stats.rx_bytes(), stats.tx_packets(), stats.tx_bytes()),
+            (0, 0, 0, 0)
+        );
+    }
+
     /// A recompile keeps each surviving port's id and counters, gives a new port a free id,
     /// and keeps the bridge's MAC table with its learned entries.
     #[test]
