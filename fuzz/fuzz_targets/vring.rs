@@ -10,7 +10,7 @@ use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
 use switchyard_ports::vhost::mem::{DirtyLog, GuestMemory};
 use switchyard_ports::vhost::sys;
 use switchyard_ports::vhost::vring::{RingConfig, Vring};
-use switchyard_dataplane::port::{Burst, DropTally};
+use switchyard_dataplane::port::{Burst, DropTally, RxCtx};
 
 /// Where the fake frontend maps guest memory in its own address space.
 const UVA: u64 = 0x7f00_0000_0000;
@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
             if ring.enable_notify() {
                 ring.disable_notify();
             }
-            let got = ring.dequeue(&mut cache, &mut out, 32, &mut drops);
+            let got = ring.dequeue(RxCtx::new(&mut cache, &mut drops), &mut out, 32);
             assert!(got <= 32);
             for b in out.drain(..) {
                 assert!(b.len() <= DATA_ROOM);

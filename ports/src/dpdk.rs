@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use switchyard_bindings::{mbuf::free_bulk, sys::rte_mbuf, Eal, EthDev, EthStats, Mbuf, Mempool};
 use switchyard_dataplane::buffer::{Adopter, ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
 use switchyard_dataplane::port::{
-    Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
 
@@ -395,13 +395,8 @@ impl Drop for DpdkRx {
 }
 
 impl RxQueue for DpdkRx {
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let room = max.min(out.remaining_capacity()).min(MAX_BURST);
         if room == 0 {
             return 0;
@@ -734,7 +729,7 @@ mod tests {
         let mut out = Burst::new();
         let mut tries = 0;
         while out.len() < frames.len() && tries < 1000 {
-            rx.rx_burst(&mut cache, &mut out, MAX_BURST, &mut drops);
+            rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut out, MAX_BURST);
             tries += 1;
         }
         let got: Vec<Vec<u8>> = out.iter().map(|b| b.data().to_vec()).collect();
@@ -758,7 +753,7 @@ mod tests {
         let mut drops = DropTally::default();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while out.len() < n && std::time::Instant::now() < deadline {
-            rx.rx_burst(cache, &mut out, MAX_BURST, &mut drops);
+            rx.rx_burst(RxCtx::new(cache, &mut drops), &mut out, MAX_BURST);
         }
         assert!(drops.is_zero());
         out
@@ -844,7 +839,7 @@ mod tests {
         // ring -> dpdk
         let mut drops = DropTally::default();
         let mut burst = Burst::new();
-        rrx.rx_burst(&mut cache, &mut burst, MAX_BURST, &mut drops);
+        rrx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, MAX_BURST);
         assert_eq!(burst.len(), frames.len());
         let (_, tx0) = DpdkPort::copies();
         assert_eq!(dtx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());
@@ -925,7 +920,7 @@ mod tests {
         let t = std::time::Instant::now();
         let mut done = 0;
         while done < N {
-            rx.rx_burst(&mut cache, &mut burst, 32, &mut drops);
+            rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, 32);
             done += tx.tx_burst(&mut burst, &mut cache, &mut drops);
         }
         let copied = t.elapsed().as_secs_f64();

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue,
+};
 use switchyard_dataplane::switch::DropReason;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -198,13 +200,8 @@ impl RxQueue for TapRx {
         Some(self.shared.fd.as_fd())
     }
 
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         if self.shared.gone.load(Ordering::Relaxed) {
             return 0;
         }

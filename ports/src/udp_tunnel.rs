@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::port::{
-    Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue, MAX_BURST,
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
@@ -300,13 +300,8 @@ impl Drop for UdpTunnelRx {
 }
 
 impl RxQueue for UdpTunnelRx {
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let want = max.min(out.remaining_capacity()).min(RECV_BATCH);
         let mut bufs: ArrayVec<PacketBuf, RECV_BATCH> = ArrayVec::new();
         while bufs.len() < want {

@@ -9,7 +9,7 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -107,7 +107,7 @@ fn tx_frames_reach_the_peer_byte_for_byte(mode: AfPacketRxMode) {
     let mut burst = Burst::new();
     'wait: loop {
         assert!(std::time::Instant::now() < end, "the peer's frame never arrived");
-        rx.rx_burst(&mut cache, &mut burst, 32, &mut drops);
+        rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, 32);
         for b in burst.drain(..) {
             own += usize::from(has_marker(b.data(), "TX"));
             let peers = has_marker(b.data(), "PEER.");
@@ -270,7 +270,7 @@ fn deleting_the_interface_marks_the_port_down(mode: AfPacketRxMode) {
     assert_eq!(tx2.tx_burst(&mut burst, &mut cache, &mut drops), 0);
     assert_eq!(drops.get(DropReason::PortDown), 7);
     let mut out = Burst::new();
-    assert_eq!(rx.rx_burst(&mut cache, &mut out, 32, &mut drops), 0);
+    assert_eq!(rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut out, 32), 0);
     tx.flush().unwrap();
     // A new TX handle on a gone interface: an error or a handle that counts, never a panic.
     if let Ok(mut tx3) = port.open_tx(2) {
@@ -360,7 +360,7 @@ fn two_rx_queues_share_the_traffic(mode: AfPacketRxMode) {
     let mut burst = Burst::new();
     while got.len() < usize::from(FLOWS) && std::time::Instant::now() < end {
         for (q, rx) in queues.iter_mut().enumerate() {
-            rx.rx_burst(&mut cache, &mut burst, 32, &mut drops);
+            rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, 32);
             for b in burst.drain(..) {
                 got.extend(udp_flow_of(b.data()).map(|i| (q, i)));
                 cache.free(b);

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::DATA_ROOM;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, MAX_BURST};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx, MAX_BURST};
 use switchyard_ports::dpdk::{DpdkPort, DpdkPortConfig};
 
 #[test]
@@ -76,7 +76,7 @@ fn dpdk_port_on_physically_scattered_hugepages() {
     let mut out = Burst::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while out.len() < frames.len() && Instant::now() < deadline {
-        rx.rx_burst(&mut cache, &mut out, MAX_BURST, &mut drops);
+        rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut out, MAX_BURST);
     }
     assert!(drops.is_zero());
     let got: Vec<Vec<u8>> = out.iter().map(|b| b.data().to_vec()).collect();

@@ -10,7 +10,7 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::tap::{TapOptions, TapPort};
 
@@ -144,7 +144,7 @@ fn deleting_the_interface_marks_the_port_down() {
     assert_eq!(drops.get(DropReason::PortDown), 5, "{drops:?}");
     assert!(!port.link_up());
     let mut out = Burst::new();
-    assert_eq!(rx.rx_burst(&mut cache, &mut out, 32, &mut drops), 0);
+    assert_eq!(rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut out, 32), 0);
     burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "E.", 100)).unwrap());
     assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 0);
     assert_eq!(drops.get(DropReason::PortDown), 6);
@@ -173,7 +173,7 @@ fn attaches_to_an_existing_tap_and_counts_while_down() {
     let mut rx = port.open_rx(0).unwrap();
     let mut drops = DropTally::default();
     let mut out = Burst::new();
-    assert_eq!(rx.rx_burst(&mut cache, &mut out, 32, &mut drops), 0);
+    assert_eq!(rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut out, 32), 0);
     let mut tx = port.open_tx(0).unwrap();
     let mut burst = Burst::new();
     burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "DOWN.", 100)).unwrap());

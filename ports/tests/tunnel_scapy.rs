@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::tunnel::TunnelKind;
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::udp_tunnel::{TunnelOptions, UdpTunnelPort};
@@ -143,7 +143,7 @@ fn rx_delivers_or_counts_what_scapy_builds(kind: TunnelKind) {
     let t = Instant::now();
     while (got.len() + drops.total() as usize) < cases.len() && t.elapsed() < Duration::from_secs(5) {
         let mut burst = Burst::new();
-        if rx.rx_burst(&mut cache, &mut burst, 32, &mut drops) == 0 {
+        if rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, 32) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
         for b in burst {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue, TxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::DropReason;
 use switchyard_ports::vhost::frontend::{Frontend, UVA_OFFSET};
 use switchyard_ports::vhost::proto::{feat, req, VringAddr, VringState, VRING_F_LOG};
@@ -73,7 +73,7 @@ impl Rig {
         let end = Instant::now() + WAIT;
         loop {
             let mut out = Burst::new();
-            let k = self.rx.rx_burst(&mut c, &mut out, 32, drops);
+            let k = self.rx.rx_burst(RxCtx::new(&mut c, drops), &mut out, 32);
             for b in out.drain(..) {
                 got.push(b.data().to_vec());
                 c.free(b);
@@ -184,7 +184,7 @@ fn malicious_tx_descriptors() {
         let mut c = r.pool.cache();
         let mut out = Burst::new();
         wait_for("chain returned", || {
-            r.rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            r.rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
             r.fe.used_idx(i) != before
         });
         assert!(out.is_empty(), "{name}");
@@ -359,7 +359,7 @@ fn guest_going_away_downs_the_link_and_server_takes_it_back() {
         drop(fe);
         wait_for("link down", || !port.link_up() && !port.connected());
         let mut out = Burst::new();
-        assert_eq!(rx.rx_burst(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         let mut b = Burst::new();
         b.push(c.alloc_copy(&f).unwrap());
         assert_eq!(tx.tx_burst(&mut b, &mut c, &mut d), 0);
@@ -418,10 +418,10 @@ fn multiqueue_pairs_are_separate() {
     fe.transmit(1, &b);
     let mut d = DropTally::default();
     let mut out = Burst::new();
-    assert_eq!(rx1.rx_burst(&mut c, &mut out, 32, &mut d), 1);
+    assert_eq!(rx1.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
     assert_eq!(out[0].data(), &b[..]);
     out.clear();
-    assert_eq!(rx0.rx_burst(&mut c, &mut out, 32, &mut d), 1);
+    assert_eq!(rx0.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
     assert_eq!(out[0].data(), &a[..]);
     out.clear();
     // TX handle of worker 1 -> pair 1; worker 2 -> pair 0 (2 % 2).
@@ -654,7 +654,7 @@ fn random_protocol_sessions_never_hurt_the_port() {
                     Op::GuestTake => moved.1 += fe.receive(0).len(),
                 }
                 let mut out = Burst::new();
-                moved.0 += rx.borrow_mut().rx_burst(&mut c, &mut out, 32, &mut d);
+                moved.0 += rx.borrow_mut().rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
                 for b in out.drain(..) {
                     c.free(b);
                 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx, RxQueue};
 use switchyard_dataplane::worker::{Engine, EngineOptions, ForwardingPlan, FwdMode, TxGen};
 use switchyard_dataplane::SwitchConfig;
 use switchyard_ports::vhost::frontend::Frontend;
@@ -75,7 +75,7 @@ impl Rig {
         let mut c = self.pool.cache();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        self.rx.rx_burst(&mut c, &mut out, 32, &mut d);
+        self.rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
         assert!(d.is_zero(), "{d:?}");
         out.drain(..)
             .map(|b| {
@@ -172,7 +172,7 @@ fn sleeper_follows_reconnects_and_rebuilds() {
     let mut d = DropTally::default();
     let mut burst = |rx: &mut Box<dyn RxQueue>| {
         let mut out = Burst::new();
-        let n = rx.rx_burst(&mut c, &mut out, 32, &mut d);
+        let n = rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
         for b in out.drain(..) {
             c.free(b);
         }
@@ -256,7 +256,7 @@ fn no_lost_wakeups(name: &str, features: u64) {
     while next <= N {
         assert!(Instant::now() < end, "timed out at frame {next}");
         let mut out = Burst::new();
-        if rx.rx_burst(&mut c, &mut out, 32, &mut d) > 0 {
+        if rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32) > 0 {
             for b in out.drain(..) {
                 assert_eq!(b.data(), &frame(next)[..]);
                 next += 1;

@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
 use switchyard_ports::vhost::proto::feat;
 use switchyard_ports::vhost::{Mode, VhostOptions, VhostUserPort};
 use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
@@ -187,7 +187,7 @@ fn round_trip(port: &VhostUserPort, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, DropTa
         let want = got.len() + chunk.len();
         wait_for(Duration::from_secs(2), || {
             let mut out = Burst::new();
-            rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
             for b in out.drain(..) {
                 got.push(b.data().to_vec());
                 c.free(b);
@@ -262,7 +262,7 @@ fn testpmd_txonly_reaches_the_port() {
     let start = Instant::now();
     while n < 100_000 && start.elapsed() < Duration::from_secs(5) {
         let mut out = Burst::new();
-        rx.rx_burst(&mut c, &mut out, 32, &mut d);
+        rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
         for b in out.drain(..) {
             // testpmd's txonly frames: 64 bytes (virtio carries no CRC), IPv4/UDP, alike.
             assert_eq!(b.len(), 64);
@@ -302,7 +302,7 @@ fn testpmd_kicks_a_sleeping_port() {
     let mut d = DropTally::default();
     let take = |rx: &mut Box<dyn switchyard_dataplane::port::RxQueue>, c: &mut _, d: &mut _| {
         let mut out = Burst::new();
-        rx.rx_burst(c, &mut out, 32, d);
+        rx.rx_burst(RxCtx::new(c, d), &mut out, 32);
         out.drain(..)
             .map(|b| {
                 let v = b.data().to_vec();
@@ -510,13 +510,13 @@ fn testpmd_throughput() {
         let warm = Instant::now();
         while warm.elapsed() < Duration::from_millis(300) {
             let mut out = Burst::new();
-            rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
             out.drain(..).for_each(|b| c.free(b));
         }
         let t0 = Instant::now();
         while t0.elapsed().as_secs_f64() < secs {
             let mut out = Burst::new();
-            n += rx.rx_burst(&mut c, &mut out, 32, &mut d) as u64;
+            n += rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32) as u64;
             out.drain(..).for_each(|b| c.free(b));
         }
         let el = t0.elapsed().as_secs_f64();
@@ -577,7 +577,7 @@ fn testpmd_multiqueue() {
     wait_for(Duration::from_secs(5), || {
         for (q, rx) in rxs.iter_mut().enumerate() {
             let mut out = Burst::new();
-            counts[q] += rx.rx_burst(&mut c, &mut out, 32, &mut d);
+            counts[q] += rx.rx_burst(RxCtx::new(&mut c, &mut d), &mut out, 32);
             out.drain(..).for_each(|b| c.free(b));
         }
         counts.iter().all(|n| *n >= 1000)

@@ -104,17 +104,33 @@ pub enum PortError {
     Unsupported { port: String, kind: String, hint: String },
 }
 
+/// What a worker lends a queue for one receive: the buffer cache that fresh frames come from
+/// and the tally that counts what the queue had to drop. Two references passed by value (in
+/// two registers, as two separate arguments would be); [`RxCtx::reborrow`] lends it again.
+pub struct RxCtx<'a> {
+    pub cache: &'a mut PoolCache,
+    pub drops: &'a mut DropTally,
+}
+
+impl<'a> RxCtx<'a> {
+    #[inline(always)]
+    pub fn new(cache: &'a mut PoolCache, drops: &'a mut DropTally) -> RxCtx<'a> {
+        RxCtx { cache, drops }
+    }
+
+    /// The same cache and tally for a shorter call, leaving `self` usable after it.
+    #[inline(always)]
+    pub fn reborrow(&mut self) -> RxCtx<'_> {
+        RxCtx { cache: self.cache, drops: self.drops }
+    }
+}
+
 /// The receive side of one queue, owned by one worker.
 pub trait RxQueue: Send {
     /// Appends up to `max` received frames to `out` (never beyond its capacity) and returns
-    /// how many it appended. Frames it had to drop are counted in `drops`.
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize;
+    /// how many it appended. Buffers come from `rx.cache`; frames it had to drop are counted
+    /// in `rx.drops`.
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize;
 
     /// A descriptor that becomes readable when frames may have arrived, so that an idle worker
     /// can sleep in `poll(2)` instead of waking on a timer. `None`: the queue cannot tell, and

@@ -5,7 +5,7 @@
 //! Only classic pcap with the Ethernet link type is accepted; anything else is an error that
 //! names the file (and the frame number for a damaged record).
 
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue};
 use crate::buffer::{PoolCache, DATA_ROOM};
 use crate::switch::DropReason;
 use pcap_file::pcap::PcapReader;
@@ -211,13 +211,8 @@ impl RxQueue for PcapRx {
         }
     }
 
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let Some(store) = &self.store else { return 0 };
         let n_frames = store.index.len();
         let want = max.min(out.remaining_capacity());

@@ -2,7 +2,7 @@
 //! from it. A [`RingPeer`] is the other end (a test, a load generator, or another ring port
 //! with the queues crossed), like DPDK's net_ring.
 
-use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use super::{Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue};
 use crate::buffer::{PacketBuf, PoolCache};
 use crate::switch::DropReason;
 use crossbeam_queue::ArrayQueue;
@@ -89,7 +89,7 @@ impl Drop for RingRx {
 }
 
 impl RxQueue for RingRx {
-    fn rx_burst(&mut self, _c: &mut PoolCache, out: &mut Burst, max: usize, _d: &mut DropTally) -> usize {
+    fn rx_burst(&mut self, _rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let room = max.min(out.remaining_capacity());
         let mut n = 0;
         while n < room {
@@ -196,7 +196,7 @@ mod tests {
             peer.inject(cache.alloc_copy(&[i; 60]).expect("buffer")).expect("room");
         }
         let mut burst = Burst::new();
-        assert_eq!(rx.rx_burst(&mut cache, &mut burst, 32, &mut tally), 2);
+        assert_eq!(rx.rx_burst(RxCtx::new(&mut cache, &mut tally), &mut burst, 32), 2);
         assert_eq!(burst.iter().map(|b| b.data()[0]).collect::<Vec<_>>(), [1, 2]);
 
         burst.push(cache.alloc_copy(&[3; 60]).expect("buffer"));

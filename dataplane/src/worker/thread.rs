@@ -9,7 +9,7 @@ use super::{ForwardingPlan, FwdMode};
 use crate::buffer::PoolCache;
 use crate::cpu;
 use crate::pipeline::{process_burst, TxBatches};
-use crate::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use crate::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use crate::switch::{DropReason, PortId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -224,7 +224,8 @@ impl Worker {
     #[inline(always)]
     pub(super) fn rx_burst(&mut self, k: usize, burst_size: usize) -> (PortId, usize) {
         let port = self.rx[k].port;
-        let n = self.rx[k].handle.rx_burst(&mut self.cache, &mut self.burst, burst_size, &mut self.tally);
+        let rx = RxCtx::new(&mut self.cache, &mut self.tally);
+        let n = self.rx[k].handle.rx_burst(rx, &mut self.burst, burst_size);
         if !self.tally.is_zero() {
             if let Some(spec) = self.plan.switch.port(port) {
                 self.tally.flush_into(&spec.stats);

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache, DATA_ROOM};
-use switchyard_dataplane::port::{Burst, DropTally, PortError, RxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortError, RxCtx, RxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr};
 use switchyard_dataplane::wire::{MAC_ADDRS_LEN, VLAN_TAG_LEN};
@@ -253,17 +253,11 @@ impl RxQueue for AfPacketRx {
         }
     }
 
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let room = max.min(out.remaining_capacity());
         match self.src.as_mut() {
-            Some(RxSource::Ring(r)) => r.rx_burst(&self.shared, cache, out, room, drops),
-            Some(RxSource::Sock(s)) => s.rx_burst(&self.shared, cache, out, room, drops),
+            Some(RxSource::Ring(r)) => r.rx_burst(&self.shared, rx, out, room),
+            Some(RxSource::Sock(s)) => s.rx_burst(&self.shared, rx, out, room),
             None => 0,
         }
     }

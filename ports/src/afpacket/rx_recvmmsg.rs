@@ -11,7 +11,7 @@ use super::{AfPacketOptions, Shared};
 use crate::netdev::{errno, io};
 use std::os::fd::{AsRawFd, OwnedFd};
 use switchyard_dataplane::buffer::PoolCache;
-use switchyard_dataplane::port::{Burst, DropTally, PortError};
+use switchyard_dataplane::port::{Burst, DropTally, PortError, RxCtx};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::{VnetHdrRepr, VNET_HDR_LEN};
 
@@ -177,14 +177,8 @@ impl RxSock {
         got
     }
 
-    pub(super) fn rx_burst(
-        &mut self,
-        shared: &Shared,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        room: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    pub(super) fn rx_burst(&mut self, shared: &Shared, rx: RxCtx<'_>, out: &mut Burst, room: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let mut n = 0;
         let mut received = false;
         while n < room {

@@ -12,7 +12,7 @@ use crate::netdev::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use switchyard_dataplane::buffer::PoolCache;
-use switchyard_dataplane::port::{Burst, DropTally, PortError};
+use switchyard_dataplane::port::{Burst, PortError, RxCtx};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::{VnetHdrRepr, VNET_HDR_LEN};
 use switchyard_dataplane::wire::{EtherType, VLAN_TAG_LEN};
@@ -101,14 +101,8 @@ impl RxRing {
                 == 0
     }
 
-    pub(super) fn rx_burst(
-        &mut self,
-        shared: &Shared,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        room: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    pub(super) fn rx_burst(&mut self, shared: &Shared, rx: RxCtx<'_>, out: &mut Burst, room: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let ring = self;
         let mut n = 0;
         while n < room {

@@ -45,7 +45,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard_dataplane::buffer::{PoolCache, HEADROOM, SLOT_SIZE};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxQueue, TxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::finish_partial_l4_checksum;
 use umem::Umem;
@@ -291,13 +291,8 @@ impl RxPart {
 }
 
 impl RxQueue for AfXdpRx {
-    fn rx_burst(
-        &mut self,
-        _cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let drops = rx.drops;
         let Some(part) = self.part.as_mut() else { return 0 };
         part.bursts = part.bursts.wrapping_add(1);
         if part.bursts % STATS_EVERY == 0 {

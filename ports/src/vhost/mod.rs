@@ -76,7 +76,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use switchyard_dataplane::buffer::PoolCache;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxClaims, RxQueue, TxQueue};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue,
+};
 use switchyard_dataplane::switch::DropReason;
 
 /// Most queue pairs a port offers.
@@ -271,13 +273,8 @@ impl Drop for VhostRx {
 }
 
 impl RxQueue for VhostRx {
-    fn rx_burst(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         let mut n = 0;
         if self.q == 0 && !self.shared.rarp.is_empty() {
             while n < max && !out.is_full() {
@@ -294,7 +291,7 @@ impl RxQueue for VhostRx {
         let mut st = self.shared.vq(self.vq());
         Self::refresh_kick(&mut self.kick, st.ring.as_ref());
         if let Some(r) = st.ring.as_mut() {
-            n += r.dequeue(cache, out, max - n, drops);
+            n += r.dequeue(RxCtx { cache, drops }, out, max - n);
         }
         n
     }

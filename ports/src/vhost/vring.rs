@@ -21,7 +21,7 @@ use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
-use switchyard_dataplane::port::{Burst, DropTally, MAX_BURST};
+use switchyard_dataplane::port::{Burst, DropTally, RxCtx, MAX_BURST};
 use switchyard_dataplane::switch::DropReason;
 
 pub const DESC_F_NEXT: u16 = 1;
@@ -428,13 +428,8 @@ impl Vring {
     }
 
     /// Guest TX: takes up to `max` frames into `out` (skipping the virtio-net header).
-    pub fn dequeue(
-        &mut self,
-        cache: &mut PoolCache,
-        out: &mut Burst,
-        max: usize,
-        drops: &mut DropTally,
-    ) -> usize {
+    pub fn dequeue(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
         if self.broken.is_some() {
             return 0;
         }
@@ -911,7 +906,7 @@ mod tests {
         let mut c = p.cache();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
         assert_eq!(out[0].data(), &frame[..]);
         assert_eq!(f.used_idx(), 1);
         assert_eq!(f.used_elem(0), (0, 0));
@@ -985,7 +980,7 @@ mod tests {
         let mut c = p.cache();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 6);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 6);
         for (b, want) in out.iter().zip(&frames) {
             assert_eq!(b.data(), &want[..]);
         }
@@ -1110,7 +1105,7 @@ mod tests {
             let mut r = f.ring();
             let mut out = Burst::new();
             let mut d = DropTally::default();
-            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0, "{name}");
+            assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0, "{name}");
             assert_eq!(d.get(reason), 1, "{name}");
             assert_eq!(f.used_idx(), 1, "{name}: chain returned");
             assert!(r.broken().is_none(), "{name}");
@@ -1127,7 +1122,7 @@ mod tests {
         let mut r = f.ring();
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(d.get(DropReason::VhostRingBroken), 1);
         let mut burst = Burst::new();
@@ -1139,7 +1134,7 @@ mod tests {
         f.post(77);
         let mut r = f.ring();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(p.in_use(), 0);
     }
@@ -1249,7 +1244,7 @@ mod tests {
             assert!(kicked);
             assert!(!guest_kicks(&f, event_idx, 1, 2), "a failed arm leaves kicks suppressed");
             let mut out = Burst::new();
-            assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+            assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
             c.free(out.pop().unwrap());
             // Polled far past the index of the disarm (more than the queue size, as a busy
             // worker does): still no kick.
@@ -1258,7 +1253,7 @@ mod tests {
                 f.desc(0, 0x8000, 12 + 60, 0, 0);
                 f.post(0);
                 assert!(!guest_kicks(&f, event_idx, k, k + 1), "event_idx {event_idx}: kick at {k}");
-                assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 1);
+                assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 1);
                 c.free(out.pop().unwrap());
             }
             assert!(r.enable_notify());
@@ -1278,7 +1273,7 @@ mod tests {
         assert!(!r.enable_notify());
         let mut out = Burst::new();
         let mut d = DropTally::default();
-        assert_eq!(r.dequeue(&mut c, &mut out, 32, &mut d), 0);
+        assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 0);
         assert!(r.broken().is_some());
         assert_eq!(d.get(DropReason::VhostRingBroken), 1, "counted once, by the dequeue");
         // Broken: nothing will come until the frontend sets the ring up again.
@@ -1548,7 +1543,7 @@ mod tests {
                         continue;
                     }
                     let mut out = Burst::new();
-                    let got = r.dequeue(&mut c, &mut out, 64, &mut d);
+                    let got = r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 64);
                     prop_assert!(got <= 64);
                     dequeued.set(dequeued.get() + got as u64);
                     for b in out.drain(..) {

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::port::{Burst, DropTally, RxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, RxCtx, RxQueue};
 use switchyard_dataplane::{PacketBuf, PoolCache};
 use testkit::frame::Frame;
 
@@ -374,7 +374,7 @@ pub fn rx_wait(
     let end = Instant::now() + timeout;
     let mut burst = Burst::new();
     loop {
-        rx.rx_burst(cache, &mut burst, 32, drops);
+        rx.rx_burst(RxCtx::new(cache, drops), &mut burst, 32);
         let mut found = None;
         for b in burst.drain(..) {
             if found.is_none() && has_marker(b.data(), marker) {
@@ -405,7 +405,7 @@ pub fn rx_collect(
     let mut burst = Burst::new();
     let mut got = Vec::new();
     while Instant::now() < end {
-        rx.rx_burst(cache, &mut burst, 32, drops);
+        rx.rx_burst(RxCtx::new(cache, drops), &mut burst, 32);
         for b in burst.drain(..) {
             if has_marker(b.data(), marker_prefix) {
                 got.push(b.data().to_vec());
