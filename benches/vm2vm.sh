@@ -18,10 +18,23 @@
 #        OVS=0 / NET_VHOST=0 / IO=0   skip OVS-DPDK / switchyard over net_vhost / the io reference
 #        SY_ARGS="..."   extra arguments for every switchyard pmd (e.g. "--stats-period 1", whose
 #                        lines, with each worker's busy share, are in the kept sy.out)
-#        BACKOFF=1       switchyard without --busy-poll: its idle back-off, as `switchyard run`
-#                        has it by default
+#        DEFAULT=0       skip "switchyard vhost switch, default": the same switch without
+#                        --busy-poll (its idle back-off, as `switchyard run` has it unless told
+#                        --busy-poll), run next to the --busy-poll one in every round (the two
+#                        swap places every other round)
+#        TP_VHOST=0      skip "testpmd net_vhost io": DPDK's vhost library alone as the switch
+#                        (a second dpdk-testpmd, io forwarding between two net_vhost ports,
+#                        --record-core-cycles), for its busy cycles a frame
 #        SY_BASE=P       another switchyard binary (e.g. a build before a change) run as one more
 #                        contender in every round, "switchyard vhost switch (base)", same flags
+#        QUEUES=N        queue pairs of every VM port and every vhost port (default 1; testpmd
+#                        --rxq/--txq N, still one forwarding core)
+#        WORKERS2=1      one more contender: "switchyard vhost switch, 2 workers" (--lcores
+#                        VM_CORE,SW_CORE: its second worker shares the VMs' core), for
+#                        benches/scaling.sh; each switchyard line then also gives its capacity,
+#                        the sum over its workers of frames / busy seconds
+#        VM_DEVARGS=...  more devargs for both virtio-user ports (e.g. "in_order=0" to turn
+#                        VIRTIO_F_IN_ORDER off, which virtio-user offers by default)
 #        HUGEPAGES=0     every DPDK process with --no-huge (default: all on 2 MiB hugepages when
 #                        the machine can, see benches/hugepages.sh: as root the script mounts a
 #                        hugetlbfs and reserves HUGE_PAGES pages, default 1024, given back at
@@ -62,11 +75,16 @@
 # the interval makes the round n/a. The measure is what the VMs received: testpmd's Rx-pps of
 # both ports summed (its own TSC-timed rate between two `show port stats all`, after 2 s of
 # warm-up), i.e. both directions together, each frame delivered to a receiving VM counted once.
-# The switch's own counters follow each rate: for switchyard over its whole run (setup
-# included), for OVS over the measured interval; "avg processing cycles per packet" (busy cycles
-# / frames) says what the switch would do alone on its core. The io reference (switchyard
-# --fwd io between the two vhost ports) shows the ceiling of the switchyard vhost path and
-# testpmd together.
+# The switch's own counters follow each rate: for switchyard and testpmd-as-switch over their
+# whole run (setup included: it moves no frames, so it adds no busy cycles), for OVS over the
+# measured interval. The cost of each switch is its busy cycles a frame: TSC cycles spent in
+# the polls that moved frames / frames received (switchyard's "avg processing cycles per
+# packet", OVS's `pmd-stats-show` "avg processing cycles per packet", testpmd's
+# `--record-core-cycles` "CPU cycles/packet", which in DPDK 22.11 counts only bursts that
+# received something); it is what a switch would spend alone on its core, independent of how
+# fast the "VMs" are, and is reported as a median with its ratios. The io reference
+# (switchyard --fwd io between the two vhost ports) shows the ceiling of the switchyard vhost
+# path and testpmd together.
 set -euo pipefail
 
 SECS=${1:-5}
@@ -79,6 +97,7 @@ SW_CORE=${SW_CORE:-1}
 FRAME=${FRAME:-60}
 INFLIGHT=${INFLIGHT:-4}
 QSIZE=${QSIZE:-256}
+QUEUES=${QUEUES:-1}
 ROUNDS=${ROUNDS:-3}
 OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
 OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
@@ -189,24 +208,29 @@ hand_over() {
     [ -z "$LAT_BIN" ] || LAT=$("$LAT_BIN" "$VM_CORE" "$SW_CORE" 200000 2>/dev/null || echo n/a)
 }
 
-declare -A RATE RUNS LATS
+declare -A RATE RUNS LATS CYC CAPS
 LABELS=()
 ROUND=1
-record() { # label mpps
-    local label=$1 mpps=$2
+record() { # label mpps [busy cycles a frame]
+    local label=$1 mpps=$2 cyc=${3:-n/a}
     [ -n "${RUNS[$label]+x}" ] || LABELS+=("$label")
     RUNS[$label]="${RUNS[$label]:-} $mpps"
+    [[ $cyc =~ ^[0-9.]+$ ]] || cyc=n/a
+    CYC[$label]="${CYC[$label]:-} $cyc"
     local before=$LAT
     hand_over
     LAT="$before/$LAT"
     LATS[$label]="${LATS[$label]:-} $LAT"
-    printf '%-30s %9s Mpps   (round %d; core hand-over %s cycles before/after)\n' "$label" "$mpps" "$ROUND" "$LAT"
+    printf '%-34s %9s Mpps %8s busy cycles/frame   (round %d; core hand-over %s cycles before/after)\n' \
+        "$label" "$mpps" "$cyc" "$ROUND" "$LAT"
 }
-# The median of a label's rounds (n/a rounds left out).
-median() {
-    tr ' ' '\n' <<<"${RUNS[$1]}" | grep -E '^[0-9.]+$' | sort -n |
+# The median of a list of values (n/a left out).
+median_of() {
+    tr ' ' '\n' <<<"$1" | { grep -E '^[0-9.]+$' || true; } | sort -n |
         awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
+# The median of a label's rounds.
+median() { median_of "${RUNS[$1]}"; }
 
 # The VMs: testpmd, interactive, its commands through a FIFO on fd 7.
 tp_start() { # sock0 sock1
@@ -215,9 +239,9 @@ tp_start() { # sock0 sock1
     [ "$HUGE" = 1 ] && mem=(--in-memory --single-file-segments -m 256)
     TP_CMD=(taskset -c "$VM_CORE" dpdk-testpmd --lcores "0@$VM_CORE,1@$VM_CORE" "${mem[@]}" --no-pci
         --file-prefix "$TP_PREFIX" --log-level=pmd.net.virtio.*:warning
-        --vdev "net_virtio_user0,path=$s0,server=1,queues=1,queue_size=$QSIZE,mac=$MAC0"
-        --vdev "net_virtio_user1,path=$s1,server=1,queues=1,queue_size=$QSIZE,mac=$MAC1"
-        -- -i --nb-cores=1 --forward-mode=io --burst=32 --rxd="$QSIZE" --txd="$QSIZE" --txpkts="$FRAME" --total-num-mbufs=16384
+        --vdev "net_virtio_user0,path=$s0,server=1,queues=$QUEUES,queue_size=$QSIZE,mac=$MAC0${VM_DEVARGS:+,$VM_DEVARGS}"
+        --vdev "net_virtio_user1,path=$s1,server=1,queues=$QUEUES,queue_size=$QSIZE,mac=$MAC1${VM_DEVARGS:+,$VM_DEVARGS}"
+        -- -i --nb-cores=1 --rxq="$QUEUES" --txq="$QUEUES" --forward-mode=io --burst=32 --rxd="$QSIZE" --txd="$QSIZE" --txpkts="$FRAME" --total-num-mbufs=16384
         --eth-peer="0,$MAC1" --eth-peer="1,$MAC0")
     rm -f "$WORK/tp.in"
     mkfifo "$WORK/tp.in"
@@ -296,11 +320,13 @@ sy() {
         a=${a//SOCK1/$s1}
         args+=("$a")
     done
-    local bin=$BIN poll=(--busy-poll)
-    [ "${BACKOFF:-0}" = 1 ] && poll=()
+    local bin=$BIN poll=(--busy-poll) cores=$SW_CORE
+    # the default: the idle back-off
+    [ "$tag" = dflt ] && poll=()
     [ "$tag" = base ] && bin=$SY_BASE
+    [ "$tag" = w2 ] && cores=$VM_CORE,$SW_CORE
     [ "$HUGE" = 0 ] && poll+=(--no-huge)
-    local cmd=(taskset -c "$SW_CORE" "$bin" pmd "${poll[@]}" --json --lcores "$SW_CORE" ${SY_ARGS:-} "${args[@]}")
+    local cmd=(taskset -c "$cores" "$bin" pmd "${poll[@]}" --json --lcores "$cores" ${SY_ARGS:-} "${args[@]}")
     hand_over
     echo "== $label"
     echo "   switch: ${cmd[*]}"
@@ -321,7 +347,19 @@ sy() {
     tp_measure
     mpps=$MPPS
     sw_stop
-    record "$label" "$mpps"
+    # busy cycles a frame over all workers, and the capacity: the sum of each worker's
+    # frames / busy seconds (the rate it would reach if the switch were the bottleneck)
+    local cyc cap
+    read -r cyc cap < <(awk '
+        /Summary:/ { s = 1 }
+        s && /^ *avg processing cycles per packet:/ { split($NF, f, /[()\/]/); b[++n] = f[2]; r[n] = f[3] }
+        /\(TSC at [0-9.]+ GHz\)/ { ghz = $3 }
+        END {
+            for (i = 1; i <= n; i++) { B += b[i]; R += r[i]; if (b[i] > 0 && ghz > 0) c += r[i] / (b[i] / (ghz * 1e9)) }
+            if (R > 0) printf "%.2f %.3f\n", B / R, c / 1e6; else print "n/a n/a"
+        }' "$WORK/sy.out")
+    CAPS[$label]="${CAPS[$label]:-} $cap"
+    record "$label" "$mpps" "$cyc"
     tp_report
     # (over its whole run, setup included: its idle share says whether it was the bottleneck)
     grep -E 'total: |idle cycles|avg processing cycles per packet' "$WORK/sy.out" | sed 's/^ */      switch /' || true
@@ -405,26 +443,95 @@ ovs_dpdk() {
     if [ "$mpps" = n/a ]; then
         grep -E 'ERR|WARN' "$OVS_DIR/ovs-vswitchd.log" | tail -5 >&2 || true
     fi
+    local cyc
+    cyc=$(sed -n 's/^ *avg processing cycles per packet: \([0-9.]*\) .*/\1/p' "$OVS_DIR/pmd-stats" 2>/dev/null | tail -1)
     ovs_stop
     # (recorded once OVS's PMD has stopped spinning on the switch's core: the hand-over
     # latency is measured again there)
-    record "$label" "$mpps"
+    record "$label" "$mpps" "$cyc"
+    rm -f "$s0" "$s1"
+}
+
+# DPDK's vhost library alone as the switch: a second dpdk-testpmd on SW_CORE (main and
+# forwarding lcore both there, as for the other switches) with two net_vhost ports (clients of
+# the VMs' sockets, as the other switches are) in io mode: port 0's frames out of port 1 and
+# back, which is where this loop's MACs live, so it does a switch's port I/O without its
+# lookups. `--record-core-cycles` gives its busy cycles a frame ("CPU cycles/packet" of
+# `show fwd stats all`, over its whole run).
+TPV_PREFIX=vm2vmtpv$$
+PREFIXES+=("$TPV_PREFIX")
+tpv_cmd() { echo "$*" >&8; }
+tpv_show() { tpv_cmd "show fwd stats all"; }
+tpv() {
+    local label=$1 tag=tpv
+    local s0 s1
+    read -r s0 s1 < <(socks "$tag")
+    local mem=(--no-huge -m 1024)
+    [ "$HUGE" = 1 ] && mem=(--in-memory --single-file-segments -m 512)
+    local cmd=(taskset -c "$SW_CORE" dpdk-testpmd --lcores "0@$SW_CORE,1@$SW_CORE" "${mem[@]}" --no-pci
+        --file-prefix "$TPV_PREFIX" --log-level=pmd.net.vhost.*:warning --log-level=lib.vhost.*:warning
+        --vdev "net_vhost0,iface=$s0,client=1,queues=1" --vdev "net_vhost1,iface=$s1,client=1,queues=1"
+        -- -i --auto-start --nb-cores=1 --forward-mode=io --burst=32 --record-core-cycles
+        --rxd=1024 --txd=1024 --total-num-mbufs=16384)
+    hand_over
+    echo "== $label"
+    echo "   switch: ${cmd[*]}"
+    rm -f "$WORK/tpv.in"
+    mkfifo "$WORK/tpv.in"
+    timeout -s KILL $((SECS + 120)) "${cmd[@]}" <"$WORK/tpv.in" >"$WORK/tpv.out" 2>&1 &
+    SW_PID=$!
+    exec 8>"$WORK/tpv.in"
+    if ! wait_until 60 grep -q 'testpmd> ' "$WORK/tpv.out"; then
+        echo "$label: testpmd did not come up: $(tail -3 "$WORK/tpv.out")" >&2
+        exec 8>&-
+        sw_stop
+        record "$label" n/a
+        return
+    fi
+    tp_start "$s0" "$s1"
+    echo "   VMs:    ${TP_CMD[*]}"
+    local mpps cyc
+    ON_END=tpv_show tp_measure
+    mpps=$MPPS
+    sleep 0.3
+    tpv_cmd "quit"
+    exec 8>&-
+    wait_until 10 eval '! alive "$SW_PID"' || true
+    sw_stop
+    cyc=$(sed -n 's/.*CPU cycles\/packet=\([0-9.]*\) .*/\1/p' "$WORK/tpv.out" | head -1)
+    record "$label" "$mpps" "$cyc"
+    tp_report
+    grep -E 'CPU cycles/packet' "$WORK/tpv.out" | head -1 | sed 's/^ */      switch /' || true
     rm -f "$s0" "$s1"
 }
 
 huge_setup "${HUGE_PAGES:-1024}"
-[ "${BACKOFF:-0}" = 1 ] && echo "== switchyard without --busy-poll (BACKOFF=1): its idle back-off on"
 echo "== VM-to-VM over vhost-user: VMs (testpmd) on core $VM_CORE, the switch on core $SW_CORE, $FRAME-byte frames, $SECS s each"
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+QOPT=
+[ "$QUEUES" = 1 ] || QOPT=",queues=$QUEUES"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     [ "$ROUNDS" = 1 ] || echo "==== round $ROUND of $ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-    sy "switchyard vhost switch" sy --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+    # the two poll modes swap places every other round
+    if [ "${DEFAULT:-1}" != 0 ] && ((ROUND % 2 == 0)); then
+        sy "switchyard vhost switch, default" dflt --fwd switch --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
+    fi
+    sy "switchyard vhost switch" sy --fwd switch --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
+    if [ "${DEFAULT:-1}" != 0 ] && ((ROUND % 2 == 1)); then
+        sy "switchyard vhost switch, default" dflt --fwd switch --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
+    fi
+    if [ "${WORKERS2:-0}" = 1 ]; then
+        sy "switchyard vhost switch, 2 workers" w2 --fwd switch --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
+    fi
     if [ -n "${SY_BASE:-}" ]; then
-        sy "switchyard vhost switch (base)" base --fwd switch --port vhost:SOCK0,client --port vhost:SOCK1,client
+        sy "switchyard vhost switch (base)" base --fwd switch --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
     fi
     if [ "$have_ovs" = 1 ]; then
         ovs_dpdk "ovs-dpdk NORMAL"
+    fi
+    if [ "${TP_VHOST:-1}" != 0 ]; then
+        tpv "testpmd net_vhost io"
     fi
     if [ "${NET_VHOST:-1}" != 0 ]; then
         sy "switchyard net_vhost switch" nv --fwd switch \
@@ -432,15 +539,20 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             --port "dpdk:net_vhost1,iface=SOCK1,client=1,queues=1"
     fi
     if [ "${IO:-1}" != 0 ]; then
-        sy "switchyard vhost io (ref)" io --fwd io --port vhost:SOCK0,client --port vhost:SOCK1,client
+        sy "switchyard vhost io (ref)" io --fwd io --port "vhost:SOCK0,client$QOPT" --port "vhost:SOCK1,client$QOPT"
     fi
 done
 
-ratio() { # label num den
-    local n=${RATE[$2]:-} d=${RATE[$3]:-}
+# ratio LABEL NUM DEN: of the Mpps medians; cratio: of the busy cycles a frame medians.
+ratio() { ratio_of RATE RUNS "$@"; }
+cratio() { ratio_of CYCM CYC "$@"; }
+ratio_of() { # medians-array rounds-array label num den
+    local -n med=$1 rounds=$2
+    shift 2
+    local n=${med[$2]:-} d=${med[$3]:-}
     # the same ratio within each round (both contenders ran under the same vCPU placement)
     local per
-    per=$(awk -v n="${RUNS[$2]:-}" -v d="${RUNS[$3]:-}" 'BEGIN {
+    per=$(awk -v n="${rounds[$2]:-}" -v d="${rounds[$3]:-}" 'BEGIN {
         k = split(n, a, " "); split(d, b, " ");
         for (i = 1; i <= k; i++) printf " %s", (a[i] ~ /^[0-9.]+$/ && b[i] ~ /^[0-9.]+$/ && b[i] > 0) ? sprintf("%.2f", a[i] / b[i]) : "n/a" }')
     if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ ]]; then
@@ -452,17 +564,42 @@ ratio() { # label num den
 
 echo
 echo "== results: Mpps received by the VMs, both directions; median of $ROUNDS round(s) of $SECS s ($FRAME-byte frames, $INFLIGHT x 32 frames in flight each way, rings of $QSIZE, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+declare -A CYCM CAPM
 for l in "${LABELS[@]}"; do
     RATE[$l]=$(median "$l")
-    printf '%-30s %9s Mpps   (rounds:%s; hand-over cycles:%s)\n' "$l" "${RATE[$l]}" "${RUNS[$l]}" "${LATS[$l]}"
+    printf '%-34s %9s Mpps   (rounds:%s; hand-over cycles:%s)\n' "$l" "${RATE[$l]}" "${RUNS[$l]}" "${LATS[$l]}"
 done
+echo "== busy cycles a frame (TSC cycles in the polls that moved frames / frames received), median of the rounds"
+for l in "${LABELS[@]}"; do
+    CYCM[$l]=$(median_of "${CYC[$l]}")
+    printf '%-34s %9s cycles (rounds:%s)\n' "$l" "${CYCM[$l]}" "${CYC[$l]}"
+done
+if [ "${WORKERS2:-0}" = 1 ]; then
+    echo "== capacity: the sum over a switch's workers of frames / busy seconds (Mpps), median of the rounds"
+    for l in "${LABELS[@]}"; do
+        [ -n "${CAPS[$l]+x}" ] || continue
+        CAPM[$l]=$(median_of "${CAPS[$l]}")
+        printf '%-34s %9s Mpps (rounds:%s)\n' "$l" "${CAPM[$l]}" "${CAPS[$l]}"
+    done
+fi
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== ratios"
+ratio "default / --busy-poll (goal: within noise)" "switchyard vhost switch, default" "switchyard vhost switch"
+ratio "default / OVS-DPDK" "switchyard vhost switch, default" "ovs-dpdk NORMAL"
 ratio "switchyard / OVS-DPDK (goal >= 2)" "switchyard vhost switch" "ovs-dpdk NORMAL"
 ratio "switchyard / switchyard-over-net_vhost (goal >= 1)" "switchyard vhost switch" "switchyard net_vhost switch"
 ratio "switch / io (switchyard vhost)" "switchyard vhost switch" "switchyard vhost io (ref)"
 ratio "switchyard / switchyard base (SY_BASE)" "switchyard vhost switch" "switchyard vhost switch (base)"
 ratio "switchyard base / OVS-DPDK" "switchyard vhost switch (base)" "ovs-dpdk NORMAL"
+if [ "${WORKERS2:-0}" = 1 ]; then
+    ratio "2 workers / 1 worker, Mpps (goal >= 1.8)" "switchyard vhost switch, 2 workers" "switchyard vhost switch"
+    ratio_of CAPM CAPS "2 workers / 1 worker, capacity (goal >= 1.8)" "switchyard vhost switch, 2 workers" "switchyard vhost switch"
+fi
+echo "== ratios of busy cycles a frame (lower is cheaper)"
+cratio "switchyard / OVS-DPDK (goal <= 0.5)" "switchyard vhost switch" "ovs-dpdk NORMAL"
+cratio "switchyard / testpmd net_vhost io (goal <= 0.8)" "switchyard vhost switch" "testpmd net_vhost io"
+cratio "switchyard io / testpmd net_vhost io" "switchyard vhost io (ref)" "testpmd net_vhost io"
+cratio "switchyard / switchyard base (SY_BASE)" "switchyard vhost switch" "switchyard vhost switch (base)"
 echo "   $HUGE_NOTE"
 
 # The same by vCPU placement: a run counts for a placement when the hand-over latency before

@@ -257,26 +257,30 @@ fn idx(name: &str) -> usize {
     METRICS.iter().position(|m| m.0 == name).unwrap_or(0)
 }
 
-/// A port counter: its metric name and where [`PortStats`] keeps it.
-type PortCounter = (&'static str, fn(&PortStats) -> &AtomicU64);
+/// A port counter: its metric name and how to read it from [`PortStats`].
+type PortCounter = (&'static str, fn(&PortStats) -> u64);
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
 
 /// Port counters written for every port.
 const PORT_ALWAYS: [PortCounter; 6] = [
-    ("switchyard_port_rx_packets_total", |s| &s.rx_packets),
-    ("switchyard_port_rx_bytes_total", |s| &s.rx_bytes),
-    ("switchyard_port_tx_packets_total", |s| &s.tx_packets),
-    ("switchyard_port_tx_bytes_total", |s| &s.tx_bytes),
-    ("switchyard_port_flooded_total", |s| &s.flooded),
-    ("switchyard_port_learned_total", |s| &s.learned),
+    ("switchyard_port_rx_packets_total", PortStats::rx_packets),
+    ("switchyard_port_rx_bytes_total", PortStats::rx_bytes),
+    ("switchyard_port_tx_packets_total", PortStats::tx_packets),
+    ("switchyard_port_tx_bytes_total", PortStats::tx_bytes),
+    ("switchyard_port_flooded_total", |s| load(&s.flooded)),
+    ("switchyard_port_learned_total", |s| load(&s.learned)),
 ];
 
 /// Port counters that are zero on a healthy port: written only once they are not (as the drop
 /// reasons), which keeps a scrape of 20,000 ports at six samples a port.
 const PORT_IF_NONZERO: [PortCounter; 4] = [
-    ("switchyard_port_moved_in_total", |s| &s.moved_in),
-    ("switchyard_port_static_conflicts_total", |s| &s.static_conflicts),
-    ("switchyard_port_mac_limit_hits_total", |s| &s.mac_limit_hits),
-    ("switchyard_port_fdb_full_total", |s| &s.fdb_full),
+    ("switchyard_port_moved_in_total", |s| load(&s.moved_in)),
+    ("switchyard_port_static_conflicts_total", |s| load(&s.static_conflicts)),
+    ("switchyard_port_mac_limit_hits_total", |s| load(&s.mac_limit_hits)),
+    ("switchyard_port_fdb_full_total", |s| load(&s.fdb_full)),
 ];
 
 /// The whole exposition: ports and bridges of the plan the workers run, the workers, the
@@ -297,10 +301,10 @@ pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
         let bridge = sw.bridges.get(p.bridge).map_or("", |b| b.name.as_str());
         let set = labels(&[("bridge", bridge), ("port", p.name.as_str())]);
         for (section, field) in &always {
-            e.sample(*section, "", &set, field(&p.stats).load(Ordering::Relaxed));
+            e.sample(*section, "", &set, field(&p.stats));
         }
         for (section, field) in &if_nonzero {
-            let v = field(&p.stats).load(Ordering::Relaxed);
+            let v = field(&p.stats);
             if v != 0 {
                 e.sample(*section, "", &set, v);
             }

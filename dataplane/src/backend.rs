@@ -449,7 +449,7 @@ fn plain_arg<'a>(rest: &'a str, what: &str) -> Result<&'a str, String> {
 /// pcap:FILE[,infinite]  or  pcap:rx=FILE,tx=FILE[,infinite]  (either file may be left out)
 /// afpacket:IFACE[,ring|,recvmmsg]
 /// tap:IFACE
-/// vhost:PATH[,server|,client][,offloads]  (also vhostuser:)
+/// vhost:PATH[,server|,client][,offloads][,queues=N]  (also vhostuser:)
 /// dpdk:DEVARGS
 /// ```
 ///
@@ -535,19 +535,31 @@ impl FromStr for Backend {
                 }
                 let mut mode = VhostMode::Server;
                 let mut offloads = None;
+                let mut queues = None;
                 for p in parts {
+                    if let Some(n) = p.strip_prefix("queues=") {
+                        match n.parse::<u16>() {
+                            Ok(n) if n > 0 => queues = Some(n),
+                            _ => return Err(format!("bad vhost option {p:?} (queues=N, N >= 1)")),
+                        }
+                        continue;
+                    }
                     match p {
                         "server" => mode = VhostMode::Server,
                         "client" => mode = VhostMode::Client,
                         "offloads" => offloads = Some(true),
-                        _ => return Err(format!("unknown vhost option {p:?} (client, server or offloads)")),
+                        _ => {
+                            return Err(format!(
+                                "unknown vhost option {p:?} (client, server, offloads or queues=N)"
+                            ))
+                        }
                     }
                 }
                 Ok(Backend::Vhostuser {
                     socket: socket.into(),
                     mode: Some(mode),
                     socket_mode: None,
-                    queues: None,
+                    queues,
                     offloads,
                 })
             }

@@ -274,9 +274,8 @@ impl TxBatches {
             debug_assert!(b.frames.is_empty(), "tx_burst must drain its batch");
             if let Some(spec) = spec {
                 let st = &spec.stats;
-                st.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
                 let sent_bytes = if sent == n { bytes } else { bytes * sent as u64 / n.max(1) as u64 };
-                st.tx_bytes.fetch_add(sent_bytes, Ordering::Relaxed);
+                st.add_tx(sent as u64, sent_bytes);
                 tally.flush_into(st);
             } else {
                 tally = DropTally::default();
@@ -342,8 +341,9 @@ impl IngressTally {
                 a.fetch_add(n, Ordering::Relaxed);
             }
         };
-        add(&s.rx_packets, self.rx_packets);
-        add(&s.rx_bytes, self.rx_bytes);
+        if self.rx_packets != 0 {
+            s.add_rx(self.rx_packets, self.rx_bytes);
+        }
         add(&s.flooded, self.flooded);
         add(&s.learned, self.learned);
         add(&s.moved_in, self.moved_in);

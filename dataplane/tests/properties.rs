@@ -365,10 +365,7 @@ fn pipeline_accounts_for_every_frame() {
         }
         let total: u64 = sw.port_ids().map(|p| sw.port(p).unwrap().stats.total_drops()).sum();
         prop_assert_eq!(total, expected_drops);
-        let rx: u64 = sw
-            .port_ids()
-            .map(|p| sw.port(p).unwrap().stats.rx_packets.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+        let rx: u64 = sw.port_ids().map(|p| sw.port(p).unwrap().stats.rx_packets()).sum();
         prop_assert_eq!(rx as usize, frames.len());
         drop(cache);
         prop_assert_eq!(pool.in_use(), 0);

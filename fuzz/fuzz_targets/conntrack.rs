@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(live <= ct.slots(), "more entries than slots");
     let rx: u64 = sw
         .port_ids()
-        .map(|p| sw.port(p).unwrap().stats.rx_packets.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|p| sw.port(p).unwrap().stats.rx_packets())
         .sum();
     assert_eq!(rx, frames);
     drop(cache);

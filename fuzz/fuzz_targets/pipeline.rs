@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let rx: u64 = sw
         .port_ids()
-        .map(|p| sw.port(p).unwrap().stats.rx_packets.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|p| sw.port(p).unwrap().stats.rx_packets())
         .sum();
     assert_eq!(rx, frames);
     assert_eq!(dropped + queued, frames);

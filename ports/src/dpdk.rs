@@ -269,8 +269,14 @@ struct Shared {
     dev: EthDev,
     bufs: &'static DpdkBufs,
     rx_claims: RxClaims,
-    tx_locks: Vec<Mutex<()>>,
+    tx_locks: Vec<TxLock>,
 }
+
+/// A TX queue's lock, alone on its cache line: workers sending on different queues of one
+/// port take their locks every burst, and must not pass one line between their cores.
+#[derive(Default)]
+#[repr(align(64))]
+struct TxLock(Mutex<()>);
 
 /// A DPDK ethdev port.
 #[derive(Clone)]
@@ -338,7 +344,7 @@ impl DpdkPort {
                 dev,
                 bufs,
                 rx_claims: RxClaims::new(name, nrx),
-                tx_locks: (0..ntx).map(|_| Mutex::new(())).collect(),
+                tx_locks: (0..ntx).map(|_| TxLock::default()).collect(),
             }),
         })
     }
@@ -608,7 +614,8 @@ impl TxQueue for DpdkTx {
             return 0;
         }
         let sent = {
-            let _guard = self.shared.tx_locks[usize::from(self.q)].lock().unwrap_or_else(|e| e.into_inner());
+            let _guard =
+                self.shared.tx_locks[usize::from(self.q)].0.lock().unwrap_or_else(|e| e.into_inner());
             // The first k pointers are valid mbufs we own; the lock serialises TX queue q; the
             // device is not stopped while we hold an Arc<Shared>.
             // SAFETY: owned mbufs, TX queue q serialised by the lock, device alive (above).

@@ -20,8 +20,10 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   afxdp:IFACE[,queues=N]         a kernel interface over AF_XDP (RX queues 0..N, default 1; an XDP
                                  program redirects them; frames between afxdp ports are not copied)
   tap:NAME                       a TAP interface (created if needed)
-  vhost:PATH[,client][,offloads] vhost-user socket (switchyard listens; ,client: it connects;
-                                 ,offloads: offer the guest checksum + TSO on its TX side)
+  vhost:PATH[,client][,offloads][,queues=N]
+                                 vhost-user socket (switchyard listens; ,client: it connects;
+                                 ,offloads: offer the guest checksum + TSO on its TX side;
+                                 N queue pairs offered, default 1)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
 
 Forwarding modes: switch (the full L2 pipeline: all ports on one bridge, trunking every VLAN),
@@ -42,7 +44,7 @@ pub struct PmdArgs {
         long = "port",
         value_name = "SPEC",
         required = true,
-        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], afxdp:IFACE[,queues=N], tap:NAME, vhost:PATH[,client][,offloads],\ndpdk:DEVARGS (see below)."
+        help = "A port: ring:NAME, pcap:FILE[,infinite], afpacket:IFACE[,recvmmsg], afxdp:IFACE[,queues=N], tap:NAME, vhost:PATH[,client][,offloads][,queues=N],\ndpdk:DEVARGS (see below)."
     )]
     pub ports: Vec<String>,
     /// Forwarding mode: switch, io, mac, macswap, rxonly, txonly, flowgen.
@@ -337,6 +339,11 @@ mod tests {
         let c = parse_port_spec("vhost:/tmp/v.sock,client,offloads", "p0").unwrap();
         assert_eq!((c.mode.as_deref(), c.offloads), (Some("client"), Some(true)));
         assert!(parse_port_spec("vhost:/tmp/v.sock,tso", "p0").unwrap_err().contains("offloads"));
+        let c = parse_port_spec("vhost:/tmp/v.sock,client,queues=2", "p0").unwrap();
+        assert_eq!((c.mode.as_deref(), c.queues), (Some("client"), Some(2)));
+        assert_eq!(parse_port_spec("vhost:/tmp/v.sock", "p0").unwrap().queues, None);
+        assert!(parse_port_spec("vhost:/tmp/v.sock,queues=0", "p0").unwrap_err().contains("queues=N"));
+        assert!(parse_port_spec("vhost:/tmp/v.sock,queues=x", "p0").is_err());
         let c = parse_port_spec("dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1", "p0").unwrap();
         assert_eq!(c.devargs.as_deref(), Some("net_pcap0,rx_pcap=a.pcap,infinite_rx=1"));
         let c = parse_port_spec("pcap:tx=/tmp/out.pcap", "p0").unwrap();

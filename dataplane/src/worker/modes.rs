@@ -9,7 +9,6 @@ use crate::cpu;
 use crate::port::Burst;
 use crate::switch::PortId;
 use crate::wire::{MacAddr, MAC_ADDRS_LEN};
-use std::sync::atomic::Ordering;
 
 /// The MAC address the `mac` mode and generators give port `p` (as testpmd's defaults).
 pub fn port_mac(p: PortId) -> MacAddr {
@@ -40,8 +39,7 @@ impl Worker {
             got += n;
             if let Some(spec) = self.plan.switch.port(port) {
                 let bytes: usize = self.burst.iter().map(|b| b.len()).sum();
-                spec.stats.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
-                spec.stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                spec.stats.add_rx(n as u64, bytes as u64);
             }
             let egress = self.plan.egress.get(usize::from(port)).copied().unwrap_or(port);
             let to_send = rewrite(mode, &mut self.burst, &mut self.cache, port, egress);

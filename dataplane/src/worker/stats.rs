@@ -12,8 +12,10 @@ pub(super) fn thread_cpu_us() -> u64 {
     })
 }
 
-/// Counters of one worker.
+/// Counters of one worker, on cache lines of their own (128 bytes: the adjacent-line
+/// prefetcher pairs lines), so that the workers' per-poll adds never share a line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerStats {
     pub busy_cycles: AtomicU64,
     pub idle_cycles: AtomicU64,

@@ -54,6 +54,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
             tracing::warn!(worker = idx, core, "could not pin worker to core");
         }
     }
+    crate::switch::set_counter_shard(idx);
     if let Some(hook) = &sh.opts.on_worker_start {
         hook(idx);
     }
@@ -297,8 +298,7 @@ impl Worker {
             }
         };
         if let Some(spec) = self.plan.switch.port(port) {
-            spec.stats.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
-            spec.stats.tx_bytes.fetch_add((bytes * sent / n) as u64, Ordering::Relaxed);
+            spec.stats.add_tx(sent as u64, (bytes * sent / n) as u64);
             self.tally.flush_into(&spec.stats);
         }
         sent

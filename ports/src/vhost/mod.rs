@@ -121,11 +121,17 @@ pub struct VqState {
     pub ring: Option<vring::Vring>,
 }
 
+/// One vring's lock and state on cache lines of their own: the workers of a multiqueue port
+/// each lock and update their own vrings every burst, which must not share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PaddedVq(Mutex<VqState>);
+
 pub(crate) struct Shared {
     name: String,
     path: PathBuf,
     opts: VhostOptions,
-    vqs: Box<[Mutex<VqState>]>,
+    vqs: Box<[PaddedVq]>,
     rx_claims: RxClaims,
     link: AtomicBool,
     connected: AtomicBool,
@@ -137,7 +143,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn vq(&self, i: usize) -> MutexGuard<'_, VqState> {
-        self.vqs[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.vqs[i].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -182,7 +188,7 @@ impl VhostUserPort {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             path: path.to_path_buf(),
-            vqs: (0..nvq).map(|_| Mutex::new(VqState::default())).collect(),
+            vqs: (0..nvq).map(|_| PaddedVq::default()).collect(),
             rx_claims: RxClaims::new(name, opts.queues),
             opts,
             link: AtomicBool::new(false),
