@@ -1,4 +1,4 @@
-//! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--json]`: prints the
+//! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--tunnel-ip IP] [--json]`: prints the
 //! configuration NODE gets from the manifests under DIR (docs/cluster-state.md).
 
 use crate::args::{parse_labels, parse_mode_arg};
@@ -26,6 +26,13 @@ pub struct PlanArgs {
     /// runs as another user; default: left to the umask.
     #[arg(long, value_name = "MODE", value_parser = parse_mode_arg)]
     pub vhost_socket_mode: Option<String>,
+    /// This node's tunnel endpoint for overlay networks; default: its Node's
+    /// `switchyard.io/tunnel-ip` annotation, else its InternalIP.
+    #[arg(long, value_name = "IP")]
+    pub tunnel_ip: Option<std::net::IpAddr>,
+    /// The underlay MTU the overlay networks' MTU is planned from (default 1500).
+    #[arg(long, value_name = "BYTES")]
+    pub underlay_mtu: Option<u32>,
     /// Exit with status 2 when the input has problems (the plan is printed all the same).
     #[arg(long)]
     pub strict: bool,
@@ -50,7 +57,12 @@ pub fn main(a: PlanArgs) -> ExitCode {
         &state,
         &a.node,
         &labels,
-        &PlanOptions { vhost_dir: a.vhost_dir, vhost_socket_mode: a.vhost_socket_mode },
+        &PlanOptions {
+            vhost_dir: a.vhost_dir,
+            vhost_socket_mode: a.vhost_socket_mode,
+            tunnel_ip: a.tunnel_ip,
+            underlay_mtu: a.underlay_mtu,
+        },
     );
     for pr in &p.problems {
         eprintln!("problem: {pr}");

@@ -106,6 +106,17 @@ pub struct RunArgs {
     /// CNI requests are refused (an explicit DIR that cannot be is an error).
     #[arg(long, value_name = "DIR")]
     pub cni_state: Option<PathBuf>,
+    /// This node's tunnel endpoint for overlay networks (the address the tunnel sockets bind);
+    /// default: the Node's `switchyard.io/tunnel-ip` annotation, else its InternalIP.
+    #[arg(long, value_name = "IP")]
+    pub tunnel_ip: Option<std::net::IpAddr>,
+    /// The underlay MTU the overlay networks' MTU is planned from (default 1500).
+    #[arg(long, value_name = "BYTES")]
+    pub underlay_mtu: Option<u32>,
+    /// With `--kube`: watch the VMIs and Nodes of every node, not only this node's, so that
+    /// overlay networks (OVN-Kubernetes layer2 NADs) know the other nodes' VMs and endpoints.
+    #[arg(long, requires = "kube")]
+    pub all_vmis: bool,
     /// Testing: make VM ports `ring` (in-memory) or leave them `vhostuser`.
     #[arg(long, hide = true, value_name = "ring|vhostuser")]
     pub vm_ports: Option<String>,
@@ -194,7 +205,12 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         vhost_dir: a.vhost_dir.clone(),
         ..Default::default()
     };
-    let plan = PlanOptions { vhost_dir: a.vhost_dir.clone(), vhost_socket_mode: a.vhost_socket_mode.clone() };
+    let plan = PlanOptions {
+        vhost_dir: a.vhost_dir.clone(),
+        vhost_socket_mode: a.vhost_socket_mode.clone(),
+        tunnel_ip: a.tunnel_ip,
+        underlay_mtu: a.underlay_mtu,
+    };
     let copts = match (&a.state, &a.switch, &a.node) {
         (Some(dir), None, Some(node)) => {
             if let Err(e) = std::fs::read_dir(dir) {
@@ -204,6 +220,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         }
         (None, None, Some(node)) if a.kube => {
             let mut api = ApiOptions::new(node);
+            api.all_vmis = a.all_vmis;
             if let Some(path) = &a.kubeconfig {
                 api.config = Some(kubeconfig(path)?);
             }

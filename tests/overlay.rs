@@ -138,10 +138,15 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("switch.yaml");
         std::fs::write(&file, yaml).unwrap();
+        Node::spawn(ns, dir, &["--switch".into(), file.into_os_string()])
+    }
+
+    /// `switchyard run ARGS` in namespace `ns`, its files in `dir`.
+    fn spawn(ns: &str, dir: tempfile::TempDir, args: &[std::ffi::OsString]) -> Node {
         let p = |f: &str| dir.path().join(f);
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "run", "--switch"])
-            .arg(&file)
+            .args(["netns", "exec", ns, BIN, "run"])
+            .args(args)
             .arg("--socket")
             .arg(p("ctl.sock"))
             .arg("--cni-state")
@@ -393,4 +398,266 @@ fn interop_with_kernel_vxlan(v6: bool) {
     let (rx, tx, drops) = n1.stats("tun0");
     assert!(rx > 0 && tx > 0, "{rx} {tx}");
     assert!(drops.starts_with("  drops 0"), "{drops}");
+}
+
+// ---- an overlay planned from cluster state, and a live migration across it ----
+
+const MIG_NAD: &str = r#"apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: blue, namespace: ns}
+spec:
+  config: '{"cniVersion":"1.0.0","name":"blue","type":"ovn-k8s-cni-overlay","topology":"layer2","netAttachDefName":"ns/blue","subnets":"10.50.0.0/24"}'
+"#;
+
+fn mig_node(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  addresses:\n    - {{type: InternalIP, address: {ip}}}\n"
+    )
+}
+
+fn mig_vmi(name: &str, mac: &str, node: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: {name}, namespace: ns}}\n\
+         spec:\n  domain: {{devices: {{interfaces: [{{name: net1, bridge: {{}}, macAddress: \"{mac}\"}}]}}}}\n  \
+         networks: [{{name: net1, multus: {{networkName: blue}}}}]\nstatus:\n  nodeName: {node}\n"
+    )
+}
+
+/// A gratuitous ARP (a request for its own address) from `mac`/`ip`, as a guest sends on
+/// arrival after a migration (QEMU's announce sends RARP; the switch treats both alike: a
+/// frame from the MAC on its new port).
+fn garp(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&ip);
+    f.resize(60, 0);
+    f
+}
+
+/// `switchyard run --state DIR --node NODE --config OVERRIDES` in namespace `ns`.
+fn state_node(ns: &str, state: &std::path::Path, node: &str, overrides: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let over = dir.path().join("run.yaml");
+    std::fs::write(&over, overrides).unwrap();
+    let args: Vec<std::ffi::OsString> =
+        vec!["--state".into(), state.into(), "--node".into(), node.into(), "--config".into(), over.into()];
+    Node::spawn(ns, dir, &args)
+}
+
+/// Waits (bounded) until `ctl show ports` of `n` lists `port` up.
+fn port_up(n: &Node, port: &str) {
+    let t = Instant::now();
+    loop {
+        let s = n.ctl(&["show", "ports"]);
+        if s.lines().any(|l| l.contains(port) && l.contains(" up")) {
+            return;
+        }
+        assert!(t.elapsed() < WAIT, "port {port} not up:\n{s}\nlog:\n{}", n.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sequence numbers `ping -i INTERVAL` got replies for, from its output.
+fn replied_seqs(out: &str) -> Vec<u32> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq=")))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The longest time between two replies of `ping -D` (its `[seconds.micros]` stamps): the
+/// gap in wall-clock time, which a loaded machine's ping (sending late, never catching up)
+/// does not show in sequence numbers.
+fn longest_silence(out: &str) -> Duration {
+    let stamps: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let max = stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Duration::from_secs_f64(max)
+}
+
+/// Of `count` pings, how many got no reply, and the longest run of sequence numbers (from 1)
+/// without one.
+fn gaps(replied: &[u32], count: u32) -> (u32, u32) {
+    let mut longest = 0;
+    let mut prev = 0;
+    for &s in replied.iter().chain(std::iter::once(&(count + 1))) {
+        longest = longest.max(s.saturating_sub(prev + 1));
+        prev = s;
+    }
+    (count - replied.len() as u32, longest)
+}
+
+/// Two `switchyard run --state` nodes planned from one directory of manifests (an OVN
+/// layer2 NAD, two Nodes with InternalIPs, three VMIs): the overlay's tunnel ports come from
+/// the plan alone (VNI derived, flood list and static remote MACs from the VMIs' nodes). VM b
+/// then migrates from n1 to n2 as KubeVirt does it, while a (on n1) pings it every 10 ms:
+/// the VMI's status.migrationState names n2 as the target (n2 plans b's port, without the MAC
+/// static) and b's twin (same MAC and IP) appears there; at the switch-over the old b stops
+/// (link down) and the new one sends a gratuitous ARP, which moves b's MAC on n2 at once (c
+/// on n2 reaches the new b before any replan); then status.nodeName becomes n2. The longest
+/// run of unanswered pings is the gap; it is printed and must stay under 2 s.
+#[test]
+fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
+    if !skip_unless_ready("a_vm_migrates_across_an_overlay_planned_from_cluster_state") {
+        return;
+    }
+    let mut nss = Namespaces::new(4);
+    let (h1, h2) = (nss.add("h1"), nss.add("h2"));
+    underlay(&mut nss, &[&h1, &h2], 1500);
+    let (mac_a, mac_b, mac_c) = ("02:50:00:00:00:0a", "02:50:00:00:00:0b", "02:50:00:00:00:0c");
+    let va = vm(&mut nss, "va", &h1, "pa", mac_a, "10.50.0.1");
+    let vb1 = vm(&mut nss, "vb1", &h1, "pb", mac_b, "10.50.0.2");
+    let vc = vm(&mut nss, "vc", &h2, "pc", mac_c, "10.50.0.3");
+
+    let state = tempfile::tempdir().unwrap();
+    let put = |f: &str, t: &str| std::fs::write(state.path().join(f), t).unwrap();
+    put("nad.yaml", MIG_NAD);
+    put(
+        "nodes.yaml",
+        &format!("{}---\n{}", mig_node("n1", &ul_addr(false, 1)), mig_node("n2", &ul_addr(false, 2))),
+    );
+    put("a.yaml", &mig_vmi("a", mac_a, "n1"));
+    put("b.yaml", &mig_vmi("b", mac_b, "n1"));
+    put("c.yaml", &mig_vmi("c", mac_c, "n2"));
+    let port =
+        |n: &str, i: &str| format!("  ns/{n}/net1: {{type: afpacket, iface: {i}, rx_mode: recvmmsg}}\n");
+    let n1 = state_node(&h1, state.path(), "n1", &format!("ports:\n{}{}", port("a", "pa"), port("b", "pb")));
+    let n2 = state_node(&h2, state.path(), "n2", &format!("ports:\n{}{}", port("c", "pc"), port("b", "pb2")));
+    for (n, p) in [(&n1, "tunnel/blue"), (&n1, "ns/b/net1"), (&n2, "tunnel/blue"), (&n2, "ns/c/net1")] {
+        port_up(n, p);
+    }
+    // The tunnel ports as planned: n1's floods to n2 only and knows c there (and not b).
+    let cfg1 = n1.ctl(&["show", "config"]);
+    assert!(cfg1.contains(mac_c) && cfg1.contains(&ul_addr(false, 2)), "{cfg1}");
+    ping_eventually(&va, "10.50.0.3");
+    ping_eventually(&va, "10.50.0.2");
+    // c talks to b: n2 learns b's MAC behind its tunnel port, where the announcement must move it.
+    ping_eventually(&vc, "10.50.0.2");
+
+    // 10 ms pings for 6 s from a to b, across the migration.
+    let interval = Duration::from_millis(10);
+    let count = 600;
+    let stream = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &va,
+            "ping",
+            "-D",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            "10.50.0.2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // And a to c, which do not move: what the tunnel ports' reopening (their flood list and
+    // remote MACs are backend options) costs the bystanders.
+    let bystander = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &va,
+            "ping",
+            "-D",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            "10.50.0.3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The target "pod": b's twin on n2, same MAC and address, its port planned on n2 from the
+    // migration state while b still runs on n1.
+    let vb2 = vm(&mut nss, "vb2", &h2, "pb2", mac_b, "10.50.0.2");
+    let migrating =
+        format!("{}  migrationState: {{sourceNode: n1, targetNode: n2}}\n", mig_vmi("b", mac_b, "n1"));
+    put("b.yaml", &migrating);
+    port_up(&n2, "ns/b/net1");
+    // Switch-over: the source stops, the target announces itself; c (on n2) reaches the new b
+    // at once, before any node has replanned (without the announcement n2 sends c's frames to
+    // b into the tunnel, where it learned b's MAC).
+    let switched = Instant::now();
+    ip(&["-n", &vb1, "link", "set", "eth0", "down"]).unwrap();
+    let sock = RawSock::open(Some(&vb2), "eth0").unwrap();
+    sock.send(&garp([2, 0x50, 0, 0, 0, 0x0b], [10, 50, 0, 2]));
+    // Once n2 has taken the announcement (a frame of c's port polled in the same round before
+    // it still goes the old way), one echo from c must reach the new b.
+    let t = Instant::now();
+    while !n2.ctl(&["show", "fdb"]).lines().any(|l| l.contains(mac_b) && l.contains("ns/b/net1")) {
+        assert!(t.elapsed() < WAIT, "n2 never learned b on its new port:\n{}", n2.ctl(&["show", "fdb"]));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reached = ping(&vc, "10.50.0.2", 1, &[]);
+    assert!(
+        reached,
+        "c reaches the new b right after its announcement; n2:\n{}\n{}\nn1:\n{}",
+        n2.ctl(&["show", "fdb"]),
+        n2.ctl(&["show", "stats"]),
+        n1.ctl(&["show", "fdb"])
+    );
+    put(
+        "b.yaml",
+        &format!(
+            "{}  migrationState: {{sourceNode: n1, targetNode: n2, completed: true}}\n",
+            mig_vmi("b", mac_b, "n2")
+        ),
+    );
+    let written = switched.elapsed();
+    drop(sock);
+    let out = stream.wait_with_output().unwrap();
+    let _ = ip(&["netns", "del", &vb1]);
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let got = replied_seqs(&out);
+    assert!(!got.is_empty(), "no replies at all:\n{out}");
+    let (lost, longest) = gaps(&got, count);
+    let gap = interval * longest;
+    let silence = longest_silence(&out);
+    let by_out = String::from_utf8_lossy(&bystander.wait_with_output().unwrap().stdout).to_string();
+    let (by_lost, by_longest) = gaps(&replied_seqs(&by_out), count);
+    let by_silence = longest_silence(&by_out);
+    println!(
+        "bystander a -> c: {by_lost} of {count} pings lost, longest gap {by_longest} pings, {} ms between replies",
+        by_silence.as_millis()
+    );
+    println!(
+        "migration: {lost} of {count} pings lost, longest gap {longest} pings = {} ms, {} ms between replies \
+         (10 ms interval); nodeName written {} ms after the switch-over",
+        gap.as_millis(),
+        silence.as_millis(),
+        written.as_millis()
+    );
+    assert!(got.iter().any(|&s| s > count - 50), "replies resumed after the migration:\n{out}");
+    assert!(silence < Duration::from_secs(2), "{} ms without a reply", silence.as_millis());
+    assert!(by_silence < Duration::from_secs(2), "a -> c: {} ms without a reply", by_silence.as_millis());
+    // After: n1 has no port for b and knows b's MAC at n2's endpoint; n2 has b local and a
+    // remote at n1; c still answers, and the new b answers on its own.
+    let cfg1 = n1.ctl(&["show", "config"]);
+    assert!(!cfg1.contains("ns/b/net1") && cfg1.contains(mac_b), "{cfg1}");
+    let cfg2 = n2.ctl(&["show", "config"]);
+    assert!(cfg2.contains("ns/b/net1") && cfg2.contains(mac_a), "{cfg2}");
+    assert!(ping(&va, "10.50.0.2", 3, &[]));
+    assert!(ping(&vc, "10.50.0.2", 3, &[]));
+    drop(vb2);
 }

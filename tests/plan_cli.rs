@@ -76,3 +76,73 @@ fn plan_reports_problems_and_strict_fails() {
     assert!(!run(&["--node-labels", "novalue"]).status.success());
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// An OVN layer2 NAD whose VMIs are on two nodes: `plan` prints the overlay (VNI, endpoints,
+/// remote MACs, the VM's MTU) as a comment and under `overlays` in JSON, `--tunnel-ip` and
+/// `--underlay-mtu` change it, and a node without an address is a problem naming its field.
+#[test]
+fn plan_shows_overlays_and_their_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmi = |name: &str, mac: &str, node: &str| {
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: {name}, namespace: t}}\n\
+             spec:\n  domain: {{devices: {{interfaces: [{{name: n, bridge: {{}}, macAddress: \"{mac}\"}}]}}}}\n  \
+             networks: [{{name: n, multus: {{networkName: blue}}}}]\nstatus: {{nodeName: {node}}}\n"
+        )
+    };
+    let state = [
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: blue, namespace: t}\n\
+         spec:\n  config: '{\"name\":\"blue\",\"type\":\"ovn-k8s-cni-overlay\",\"topology\":\"layer2\",\"vni\":7001,\"mtu\":1400}'\n"
+            .to_string(),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: w1}\nstatus: {addresses: [{type: InternalIP, address: 192.0.2.1}]}\n".into(),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: w2}\nstatus: {addresses: [{type: InternalIP, address: 192.0.2.2}]}\n".into(),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: w3}\n".into(),
+        vmi("a", "02:00:00:00:00:0a", "w1"),
+        vmi("b", "02:00:00:00:00:0b", "w2"),
+        vmi("c", "02:00:00:00:00:0c", "w3"),
+    ];
+    std::fs::write(dir.path().join("all.yaml"), state.join("---\n")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("plan")
+            .arg("--state")
+            .arg(dir.path())
+            .args(["--node", "w1"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains(
+            "# overlay: ovn-layer2/blue vni 7001 vxlan mtu 1450 port tunnel/blue local 192.0.2.1 \
+             endpoints [w2=192.0.2.2] remote_macs [02:00:00:00:00:0b@w2]"
+        ),
+        "{yaml}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Node w3: status.addresses: no IPv4 InternalIP"), "{err}");
+    Config::from_yaml_str(&yaml).expect("the plan with its tunnel port loads as a configuration");
+
+    let out = run(&["--json", "--tunnel-ip", "198.51.100.1", "--underlay-mtu", "9000"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &j["overlays"][0];
+    assert_eq!((o["vni"].as_u64(), o["mtu"].as_u64()), (Some(7001), Some(8950)));
+    assert_eq!(o["local"], "198.51.100.1");
+    assert_eq!(o["endpoints"], serde_json::json!([{"node": "w2", "ip": "192.0.2.2"}]));
+    assert_eq!(o["remote_macs"][0]["mac"], "02:00:00:00:00:0b");
+    let t = j["config"]["bridges"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tunnel/blue")
+        .unwrap();
+    assert_eq!((t["local"].as_str(), t["learn"].as_bool()), (Some("198.51.100.1"), Some(false)));
+    // The NAD's MTU 1400 fits a 1450-byte overlay, not a 1350-byte one (1400-byte underlay).
+    let out = run(&["--underlay-mtu", "1400", "--strict"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("spec.config.mtu: MTU 1400 is larger than the overlay's 1350"));
+}

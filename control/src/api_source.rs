@@ -9,8 +9,8 @@
 //! before every required kind has been listed once ([`ApiStore::ready`]).
 //!
 //! What is watched (see [`Kind`]): NADs in all namespaces, the VMIs with the label
-//! `kubevirt.io/nodeName=<node>` (every VMI when [`ApiOptions::all_vmis`] is set: the hook for
-//! overlay networks, which need the other nodes' VMIs), NNCPs, this node's Node, Namespaces and
+//! `kubevirt.io/nodeName=<node>` (every VMI, and every Node, when [`ApiOptions::all_vmis`] is
+//! set: overlay networks need the other nodes' VMIs and endpoints), NNCPs, this node's Node, Namespaces and
 //! MultiNetworkPolicies (the last two reach the state as ignored objects). Each watch is
 //! kube-runtime's watcher: it restarts by itself, relists on 410 Gone and asks for bookmarks;
 //! errors are retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
@@ -91,7 +91,9 @@ impl Kind {
 pub struct ApiOptions {
     /// This node's name: its Node object, and the label selector of its VMIs.
     pub node: String,
-    /// Watch every VMI of the cluster, not only this node's (for overlay networks).
+    /// Watch every VMI and every Node of the cluster, not only this node's: overlay networks
+    /// need the other nodes' VMIs (their MACs) and Nodes (their tunnel endpoints). Ports are
+    /// still planned for this node's VMIs only (by status.nodeName).
     pub all_vmis: bool,
     /// First retry delay after an error of a watch; doubles up to `max_backoff`.
     pub min_backoff: Duration,
@@ -474,7 +476,7 @@ async fn watch_kind(
     let mut cfg = watcher::Config::default();
     match kind {
         Kind::Vmi if !opts.all_vmis => cfg = cfg.labels(&format!("kubevirt.io/nodeName={}", opts.node)),
-        Kind::Node => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
+        Kind::Node if !opts.all_vmis => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
         _ => {}
     }
     let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };

@@ -39,6 +39,24 @@ pub struct Namespace {
 pub struct Node {
     #[serde(default)]
     pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeStatus {
+    /// The node's addresses as the kubelet reports them (`InternalIP`, `ExternalIP`,
+    /// `Hostname`, ...).
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeAddress {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub address: String,
 }
 
 // ---- NetworkAttachmentDefinition (k8s.cni.cncf.io/v1) ----
@@ -144,6 +162,28 @@ pub struct VmiStatus {
     pub node_name: Option<String>,
     #[serde(default)]
     pub interfaces: Vec<VmiStatusInterface>,
+    /// A live migration's state (KubeVirt's `status.migrationState`).
+    #[serde(default)]
+    pub migration_state: Option<MigrationState>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationState {
+    #[serde(default)]
+    pub target_node: Option<String>,
+    #[serde(default)]
+    pub completed: bool,
+    #[serde(default)]
+    pub failed: bool,
+}
+
+impl VmiStatus {
+    /// The node a migration in progress (neither completed nor failed) moves the VMI to.
+    pub fn migration_target(&self) -> Option<&str> {
+        let m = self.migration_state.as_ref().filter(|m| !m.completed && !m.failed)?;
+        m.target_node.as_deref().filter(|t| !t.is_empty() && Some(*t) != self.node_name.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

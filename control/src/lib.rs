@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod lastgood;
 pub mod metrics;
 pub mod nad;
+pub mod overlay;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

@@ -15,8 +15,8 @@ pub enum NadNetwork {
     Bridge(BridgeNet),
     /// OVN-Kubernetes `topology: localnet`.
     OvnLocalnet { network: String, physical_network: String, vlan: Option<u16> },
-    /// OVN-Kubernetes `topology: layer2`.
-    OvnLayer2 { network: String },
+    /// OVN-Kubernetes `topology: layer2`: an overlay across the nodes (control/src/overlay.rs).
+    OvnLayer2(Layer2Net),
     /// `type: sriov`: the VF is handed to the VM; no switch port.
     Sriov,
     /// `type: switchyard`: the CNI plugin attaches the interface when the pod starts (docs/cni.md);
@@ -25,6 +25,29 @@ pub enum NadNetwork {
     /// Something switchyard does not switch; the reason says what.
     Unsupported { reason: String },
 }
+
+/// An OVN-Kubernetes layer2 network, with switchyard's own keys for its overlay
+/// (docs/overlay.md, "From cluster state").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer2Net {
+    /// The network's `name`: the same network in every NAD (and namespace) that names it.
+    pub network: String,
+    /// `vni` (switchyard's key): the overlay's VNI, 1 to 16777215; absent: derived from the
+    /// network's name.
+    pub vni: Option<u32>,
+    /// `mtu`: the MTU OVN-Kubernetes gives the VMs of the network.
+    pub mtu: Option<u32>,
+    /// `tunnel` (switchyard's key): `vxlan` (default) or `geneve`.
+    pub geneve: bool,
+    /// `tunnelPort` (switchyard's key): the underlay UDP port; absent: the encapsulation's
+    /// (4789, 6081).
+    pub dstport: Option<u16>,
+    /// Where the plugin's keys are (`spec.config` or `spec.config.plugins[N]`), for problems.
+    pub path: String,
+}
+
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = 0xFF_FFFF;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeNet {
@@ -236,11 +259,11 @@ fn parse_ovn(
             );
         }
     }
-    if let Some(m) = get_int(o, "mtu", base)? {
-        if !(0..=65535).contains(&m) {
-            return err(format!("{base}.mtu"), format!("MTU {m} out of range"));
-        }
-    }
+    let mtu = match get_int(o, "mtu", base)? {
+        None => None,
+        Some(m) if (0..=65535).contains(&m) => Some(m as u32),
+        Some(m) => return err(format!("{base}.mtu"), format!("MTU {m} out of range")),
+    };
     match o.get("subnets") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(v) => return err(format!("{base}.subnets"), format!("{v} is not a string")),
@@ -266,7 +289,33 @@ fn parse_ovn(
             if vlan.is_some() {
                 return err(format!("{base}.vlanID"), "only a localnet topology has a vlanID");
             }
-            Ok(NadNetwork::OvnLayer2 { network: network.to_string() })
+            let vni = match get_int(o, "vni", base)? {
+                None => None,
+                Some(v) if (1..=i64::from(MAX_VNI)).contains(&v) => Some(v as u32),
+                Some(v) => return err(format!("{base}.vni"), format!("VNI {v} out of range 1-{MAX_VNI}")),
+            };
+            let geneve = match get_str(o, "tunnel", base)? {
+                None | Some("vxlan") => false,
+                Some("geneve") => true,
+                Some(t) => {
+                    return err(format!("{base}.tunnel"), format!("{t:?} is neither vxlan nor geneve"))
+                }
+            };
+            let dstport = match get_int(o, "tunnelPort", base)? {
+                None => None,
+                Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+                Some(p) => {
+                    return err(format!("{base}.tunnelPort"), format!("UDP port {p} out of range 1-65535"))
+                }
+            };
+            Ok(NadNetwork::OvnLayer2(Layer2Net {
+                network: network.to_string(),
+                vni,
+                mtu,
+                geneve,
+                dstport,
+                path: base.to_string(),
+            }))
         }
         Some("layer3") => Ok(NadNetwork::Unsupported {
             reason: "OVN-Kubernetes layer3 networks are routed, not switched".into(),

@@ -25,11 +25,21 @@ pub struct PlanOptions {
     /// Permissions of those sockets (octal, e.g. "0660"), so that QEMU running as another
     /// user can connect; `None` leaves them to the process's umask.
     pub vhost_socket_mode: Option<String>,
+    /// This node's tunnel endpoint for overlay networks (`--tunnel-ip`); `None`: its Node
+    /// object's (control/src/overlay.rs).
+    pub tunnel_ip: Option<std::net::IpAddr>,
+    /// The underlay MTU overlay MTUs are computed from; `None`: 1500.
+    pub underlay_mtu: Option<u32>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { vhost_dir: DEFAULT_VHOST_DIR.into(), vhost_socket_mode: None }
+        PlanOptions {
+            vhost_dir: DEFAULT_VHOST_DIR.into(),
+            vhost_socket_mode: None,
+            tunnel_ip: None,
+            underlay_mtu: None,
+        }
     }
 }
 
@@ -53,6 +63,9 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Bad input: each names file, object and field; that object (or part) was skipped.
     pub problems: Vec<Problem>,
+    /// The overlay networks with a bridge on this node (control/src/overlay.rs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<crate::overlay::Overlay>,
 }
 
 /// A port as built, with where it came from (for problems found when ports meet).
@@ -160,7 +173,8 @@ pub fn plan_memo(
     }
     let mut next = HashMap::with_capacity(memo.vmis.len());
     for (k, l) in &state.vmis {
-        if l.obj.status.node_name.as_deref() != Some(node) {
+        // A VMI's ports are on its node, and on the target node of a migration in progress.
+        if l.obj.status.node_name.as_deref() != Some(node) && l.obj.status.migration_target() != Some(node) {
             continue;
         }
         if let Some(m) = memo.vmis.remove(k).filter(|m| m.still_valid(state, &l.obj)) {
@@ -173,7 +187,7 @@ pub fn plan_memo(
         }
         let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
         p.nads_seen.clear();
-        p.vmi(state, l, opts);
+        p.vmi(state, l, opts, l.obj.status.node_name.as_deref() != Some(node));
         let m = VmiMemo {
             vmi: l.obj.clone(),
             nads: std::mem::take(&mut p.nads_seen),
@@ -188,6 +202,7 @@ pub fn plan_memo(
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
     let mut plan = p.finish(node);
+    crate::overlay::apply(state, opts, &mut plan);
     crate::policy::apply(state, &mut plan);
     plan.skipped.sort_by(|a, b| (&a.object, &a.item).cmp(&(&b.object, &b.item)));
     plan
@@ -311,15 +326,24 @@ pub fn socket_path(dir: &str, ns: &str, vmi: &str, iface: &str) -> String {
     }
 }
 
+/// The (namespace, name) of the NAD a VMI in namespace `vmi_ns` names as `networkName`
+/// (`ns/name`, or `name` in the VMI's namespace).
+pub(crate) fn nad_key(vmi_ns: &str, network_name: &str) -> (String, String) {
+    match network_name.split_once('/') {
+        Some((a, b)) => (a.to_string(), b.to_string()),
+        None => (vmi_ns.to_string(), network_name.to_string()),
+    }
+}
+
 /// How a VMI interface's binding relates to the switch.
-enum Binding {
+pub(crate) enum Binding {
     /// It gets a switch port.
     Port,
     /// It does not; the reason.
     Skip(String),
 }
 
-fn binding_of(i: &Interface) -> Binding {
+pub(crate) fn binding_of(i: &Interface) -> Binding {
     if i.masquerade.is_some() {
         return Binding::Skip("masquerade binding: pod network, not switched".into());
     }
@@ -346,7 +370,7 @@ fn binding_of(i: &Interface) -> Binding {
     Binding::Port
 }
 
-fn parse_mac(s: &str) -> Result<MacAddr, String> {
+pub(crate) fn parse_mac(s: &str) -> Result<MacAddr, String> {
     let m: MacAddr = s.parse().map_err(|e: switchyard_dataplane::wire::mac::MacParseError| e.to_string())?;
     if m.is_multicast() || m.is_zero() {
         return Err(format!("{m} is not a unicast MAC"));
@@ -511,7 +535,15 @@ impl Planner {
         }
     }
 
-    fn vmi(&mut self, state: &ClusterState, l: &Loaded<VirtualMachineInstance>, opts: &PlanOptions) {
+    /// Plans the ports of one VMI; `migrating`: this node is the target of its migration in
+    /// progress, not its node.
+    fn vmi(
+        &mut self,
+        state: &ClusterState,
+        l: &Loaded<VirtualMachineInstance>,
+        opts: &PlanOptions,
+        migrating: bool,
+    ) {
         let o = &l.obj;
         let ns = o.metadata.namespace.as_deref().unwrap_or("default");
         let vmi = o.metadata.name.as_str();
@@ -568,13 +600,10 @@ impl Planner {
                     errs.push((format!("spec.networks[{j}]"), "neither pod nor multus".into()));
                     break 'iface;
                 };
-                let (nad_ns, nad_name) = match multus.network_name.split_once('/') {
-                    Some((a, b)) => (a, b),
-                    None => (ns, multus.network_name.as_str()),
-                };
-                let nad_key = (nad_ns.to_string(), nad_name.to_string());
+                let nad_key = nad_key(ns, &multus.network_name);
+                let (nad_ns, nad_name) = (nad_key.0.as_str(), nad_key.1.as_str());
                 let nad = state.nads.get(&nad_key);
-                self.nads_seen.push((nad_key, nad.map(|n| n.obj.clone())));
+                self.nads_seen.push((nad_key.clone(), nad.map(|n| n.obj.clone())));
                 let Some(nad) = nad else {
                     errs.push((
                         format!("spec.networks[{j}].multus.networkName"),
@@ -624,7 +653,9 @@ impl Planner {
                     socket: Some(socket_path(&opts.vhost_dir, ns, vmi, &ifc.name)),
                     mode: Some("server".into()),
                     socket_mode: opts.vhost_socket_mode.clone(),
-                    static_macs: mac.into_iter().collect(),
+                    // On a migration's target, the MAC is not static before the switch-over:
+                    // the guest still runs on the source (docs/overlay.md, "Live migration").
+                    static_macs: if migrating { Vec::new() } else { mac.into_iter().collect() },
                     ..Default::default()
                 };
                 let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
@@ -672,10 +703,10 @@ impl Planner {
                             }
                         }
                     }
-                    NadNetwork::OvnLayer2 { network } => {
+                    NadNetwork::OvnLayer2(l2) => {
                         port.vlan_mode = Some(VlanModeName::Trunk);
                         port.allowed_macs = enforce();
-                        format!("{OVN_LAYER2_PREFIX}{network}")
+                        format!("{OVN_LAYER2_PREFIX}{}", l2.network)
                     }
                     NadNetwork::Sriov => {
                         skipped.push(skip(
@@ -819,6 +850,7 @@ impl Planner {
             skipped: self.skipped,
             notes: self.notes,
             problems: self.problems,
+            overlays: Vec::new(),
         }
     }
 }
@@ -837,11 +869,15 @@ impl Plan {
         for n in &self.notes {
             s.push_str(&format!("# note: {}\n", one_line(n)));
         }
+        for o in &self.overlays {
+            s.push_str(&format!("# overlay: {}\n", o.summary()));
+        }
         s.push_str(&self.config.to_yaml());
         s
     }
 
-    /// The plan as one JSON object: `{"node", "config", "skipped", "notes", "problems"}`.
+    /// The plan as one JSON object: `{"node", "config", "skipped", "notes", "problems"}`, and
+    /// `"overlays"` when there are any.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }

@@ -340,3 +340,117 @@ fn a_bad_nad_becomes_one_event_naming_the_field_and_the_other_interfaces_stay_up
     assert!(note.starts_with("spec.config.vlan: "), "{note}");
     assert!(note.contains("5000"), "{note}");
 }
+
+/// A Node of the double with an InternalIP.
+fn node_obj(name: &str, ip: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+}
+
+/// A VMI of the layer2 network `blue` on `node` (labelled as virt-controller does).
+fn blue_vmi(name: &str, mac: &str, node: &str) -> serde_json::Value {
+    let mut o = vmi(name, "blue", mac);
+    o["status"]["nodeName"] = json!(node);
+    o["metadata"]["labels"]["kubevirt.io/nodeName"] = json!(node);
+    o
+}
+
+/// The tunnel port NODE's plan gives network `blue` from the API source's current state.
+fn blue_tunnel(src: &switchyard_control::api_source::ApiSource) -> Option<PortConfig> {
+    let st = switchyard_control::api_source::lock(src.store()).snapshot();
+    let p = switchyard_control::plan(&st, NODE, &Default::default(), &Default::default());
+    p.config.bridges.iter().flat_map(|b| &b.ports).find(|q| q.name == "tunnel/blue").cloned()
+}
+
+/// With `all_vmis` the API source watches every VMI and every Node (no label or field
+/// selector), so NODE's plan has the overlay's tunnel port with the other node's endpoint and
+/// VMI MACs; its own ports are still only its own VMIs'. A migration (status.nodeName and the
+/// label change) moves the MAC into NODE's remote entries. Without `all_vmis`, the watches
+/// keep their selectors and no other node's VMI is seen.
+#[test]
+fn all_vmis_watches_other_nodes_for_overlays() {
+    let objects = vec![
+        apiserver::objects_of_yaml(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: blue, namespace: tenant-a}\n\
+             spec:\n  config: '{\"name\":\"blue\",\"type\":\"ovn-k8s-cni-overlay\",\"topology\":\"layer2\",\"vni\":4242}'\n",
+        )
+        .remove(0),
+        node_obj(NODE, "192.0.2.1"),
+        node_obj("worker-2", "192.0.2.2"),
+        blue_vmi("here", "02:00:00:00:0e:01", NODE),
+        blue_vmi("there", "02:00:00:00:0e:02", "worker-2"),
+        blue_vmi("moving", "02:00:00:00:0e:03", NODE),
+    ];
+    let server = ApiServer::start(objects, Duration::from_millis(200));
+    let start = |all: bool| {
+        let mut api = ApiOptions::new(NODE);
+        api.config = Some(server.kube_config());
+        api.all_vmis = all;
+        api.events = false;
+        api.min_backoff = Duration::from_millis(50);
+        switchyard_control::api_source::ApiSource::start(api).unwrap()
+    };
+    let until = |src: &switchyard_control::api_source::ApiSource,
+                 what: &str,
+                 cond: &dyn Fn(Option<PortConfig>) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = switchyard_control::api_source::lock(src.store()).ready();
+            if ready && cond(blue_tunnel(src)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}: {:?}", blue_tunnel(src));
+            src.wait(Duration::from_millis(50));
+        }
+    };
+    let macs = |t: &PortConfig| -> Vec<String> {
+        let mut v: Vec<String> = t.remote_macs.iter().map(|r| format!("{}@{}", r.mac, r.remote)).collect();
+        v.sort();
+        v
+    };
+
+    let local_only = start(false);
+    until(&local_only, "listed", &|t| t.is_none());
+    let st = switchyard_control::api_source::lock(local_only.store()).snapshot();
+    assert_eq!(st.vmis.len(), 2, "only this node's VMIs: {:?}", st.vmis.keys());
+    assert_eq!(st.nodes.keys().collect::<Vec<_>>(), [NODE]);
+    drop(local_only);
+
+    let all = start(true);
+    until(&all, "the tunnel port knows worker-2's VMI", &|t| {
+        t.is_some_and(|t| macs(&t) == ["02:00:00:00:0e:02@192.0.2.2"])
+    });
+    let t = blue_tunnel(&all).unwrap();
+    assert_eq!((t.vni, t.local, t.learn), (Some(4242), Some("192.0.2.1".parse().unwrap()), Some(false)));
+    assert_eq!(t.flood, Some(vec!["192.0.2.2".parse().unwrap()]));
+    let st = switchyard_control::api_source::lock(all.store()).snapshot();
+    let p = switchyard_control::plan(&st, NODE, &Default::default(), &Default::default());
+    let vm_ports: Vec<&str> = p
+        .config
+        .bridges
+        .iter()
+        .flat_map(|b| &b.ports)
+        .filter(|q| q.vni.is_none())
+        .map(|q| q.name.as_str())
+        .collect();
+    assert_eq!(vm_ports, ["tenant-a/here/data", "tenant-a/moving/data"], "ports only for this node's VMIs");
+    let reqs = server.requests();
+    let unselected = |plural: &str| {
+        reqs.iter()
+            .any(|r| r.contains(plural) && !r.contains("labelSelector") && !r.contains("fieldSelector"))
+    };
+    assert!(unselected("/virtualmachineinstances") && unselected("/nodes"), "{reqs:?}");
+
+    // Migration of `moving` to worker-2: remote now, at worker-2's endpoint.
+    server.put(blue_vmi("moving", "02:00:00:00:0e:03", "worker-2"));
+    until(&all, "the migrated MAC is remote", &|t| {
+        t.is_some_and(|t| macs(&t) == ["02:00:00:00:0e:02@192.0.2.2", "02:00:00:00:0e:03@192.0.2.2"])
+    });
+    // worker-2's endpoint changes (the annotation overrides its InternalIP).
+    let mut n2 = node_obj("worker-2", "192.0.2.2");
+    n2["metadata"]["annotations"] = json!({"switchyard.io/tunnel-ip": "198.51.100.2"});
+    server.put(n2);
+    until(&all, "worker-2's annotation is its endpoint", &|t| {
+        t.is_some_and(|t| t.flood == Some(vec!["198.51.100.2".parse().unwrap()]))
+    });
+}
