@@ -30,7 +30,7 @@ pub enum Cmd {
         /// The pod's network information (KubeVirt's device-info, or Multus network-status).
         #[arg(long, default_value = hook::DEFAULT_NETWORK_INFO)]
         network_info: PathBuf,
-        /// <mtu> for interfaces whose network information has none.
+        /// `<mtu>` for interfaces whose network information has none.
         #[arg(long)]
         mtu: Option<u32>,
     },
