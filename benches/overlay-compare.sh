@@ -9,6 +9,9 @@
 #    kernel bridge.
 #  - switchyard-l2: the same two processes with the underlay veth an AF_PACKET port instead of
 #    the tunnel (no encapsulation): what the two-process path costs without the tunnel.
+#  - switchyard-fast: the fast path, the `type: vxlan` port on the underlay veth as its AF_PACKET
+#    uplink (`underlay: eth0`: switchyard writes the outer headers and answers ARP for the
+#    tunnel address, which is taken off the node's kernel for the round).
 # It prints, for each: TCP throughput of one FWD_MB MiB transfer VM to VM (nc), and the
 # round-trip time of PINGS pings (ping -i 0.01, average), then the median over ROUNDS rounds
 # and the ratios switchyard/kernel. It asserts nothing. Needs root, iproute2, nc, ping; builds
@@ -62,6 +65,8 @@ start_switchyard() {
         local other=$((3 - i)) link
         if [ "$1" = vxlan ]; then
             link="{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.$i, flood: [10.99.0.$other]}"
+        elif [ "$1" = fast ]; then
+            link="{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.$i, underlay: eth0, flood: [10.99.0.$other]}"
         else
             link="{name: eth0, type: afpacket}"
         fi
@@ -84,6 +89,14 @@ up_switchyard() { start_switchyard vxlan; }
 up_switchyard-l2() { start_switchyard l2; }
 down_switchyard() { stop_all; rm -f "$TMP"/ctl*.sock; }
 down_switchyard-l2() { down_switchyard; }
+up_switchyard-fast() {
+    for i in 1 2; do ip -n "$P-u$i" addr flush dev eth0; done
+    start_switchyard fast
+}
+down_switchyard-fast() {
+    down_switchyard
+    for i in 1 2; do ip -n "$P-u$i" addr add "10.99.0.$i/24" dev eth0; done
+}
 
 up_kernel() {
     for i in 1 2; do
@@ -121,8 +134,9 @@ measure() {
 : >"$TMP/switchyard.txt"
 : >"$TMP/kernel.txt"
 : >"$TMP/switchyard-l2.txt"
+: >"$TMP/switchyard-fast.txt"
 for ((r = 1; r <= ROUNDS; r++)); do
-    for mode in switchyard kernel switchyard-l2; do
+    for mode in switchyard kernel switchyard-l2 switchyard-fast; do
         "up_$mode"
         m=$(measure)
         "down_$mode"
@@ -139,8 +153,12 @@ sy_r=$(awk '{ print $2 }' "$TMP/switchyard.txt" | median)
 k_r=$(awk '{ print $2 }' "$TMP/kernel.txt" | median)
 l2_t=$(awk '{ print $1 }' "$TMP/switchyard-l2.txt" | median)
 l2_r=$(awk '{ print $2 }' "$TMP/switchyard-l2.txt" | median)
-awk -v st="$sy_t" -v kt="$k_t" -v sr="$sy_r" -v kr="$k_r" -v lt="$l2_t" -v lr="$l2_r" -v n="$ROUNDS" 'BEGIN {
+f_t=$(awk '{ print $1 }' "$TMP/switchyard-fast.txt" | median)
+f_r=$(awk '{ print $2 }' "$TMP/switchyard-fast.txt" | median)
+awk -v st="$sy_t" -v kt="$k_t" -v sr="$sy_r" -v kr="$k_r" -v lt="$l2_t" -v lr="$l2_r" -v ft="$f_t" -v fr="$f_r" \
+    -v n="$ROUNDS" 'BEGIN {
     printf "median of %d: switchyard %s MiB/s, kernel vxlan+bridge %s MiB/s: ratio %.2f\n", n, st, kt, st / kt
     printf "median of %d: switchyard rtt %s ms, kernel vxlan+bridge rtt %s ms: ratio %.2f\n", n, sr, kr, sr / kr
     printf "median of %d: switchyard-l2 (no tunnel) %s MiB/s, rtt %s ms: vxlan/l2 throughput ratio %.2f\n", n, lt, lr, st / lt
+    printf "median of %d: switchyard-fast (AF_PACKET uplink) %s MiB/s, rtt %s ms: fast/kernel throughput ratio %.2f\n", n, ft, fr, ft / kt
 }'

@@ -3,6 +3,12 @@
 # DPDK net_pcap ports) against dpdk-testpmd io mode and Open vSwitch with DPDK (NORMAL action),
 # on the same captures, one forwarding core each, one contender at a time. It prints Mpps (frames received per second, summed over both
 # ports) for each and the ratios; it asserts nothing.
+# Next to each rate: the forwarding thread's CPU time per frame (ns; switchyard's worker from
+# getrusage, testpmd's and OVS's forwarding thread from /proc/PID/task/TID/schedstat over the
+# measured interval), and the ratios of the rates that these give (1e3 / ns = Mpps per
+# CPU-second). On a machine shared with other work the wall-clock rates fall with the share of
+# the core the thread gets, while the CPU time per frame stays the cost of a frame: compare
+# those there.
 #
 # usage: benches/pmd-compare.sh [SECONDS]     (default 5 seconds per contender)
 # env:   BIG_MACS=N     MACs each way of the big variant (default 1048576; 0 skips it)
@@ -108,15 +114,36 @@ if [ "$have_ovs" = 1 ] && [ "$MID_MACS" != 0 ]; then
     python3 "$ROOT/benches/gen_pcaps.py" --macs "$MID_MACS" "$WORK/amid.pcap" "$WORK/bmid.pcap"
 fi
 
-declare -A RATE
+declare -A RATE CPU_RATE
 RESULTS=()
 
+# The CPU time (ns) that thread TID of process PID has run so far (schedstat's first field).
+thread_ns() { awk '{print $1}' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
+# The thread of PID whose name matches the pattern and that has run longest: the forwarding one.
+busiest_thread() { # pid pattern
+    local t best= most=-1 ns
+    for t in /proc/"$1"/task/*; do
+        [[ $(cat "$t/comm" 2>/dev/null) =~ $2 ]] || continue
+        ns=$(awk '{print $1}' "$t/schedstat" 2>/dev/null) || continue
+        if [ "${ns:-0}" -gt "$most" ]; then most=$ns best=${t##*/}; fi
+    done
+    echo "$best"
+}
+
+CPU_NS= # the CPU time per frame (ns) of the contender measured last, or empty
 record() { # label mpps command...
-    local label=$1 mpps=$2
+    local label=$1 mpps=$2 cpu=${CPU_NS:-n/a}
     shift 2
     RATE[$label]=$mpps
-    RESULTS+=("$(printf '%-34s %9s Mpps' "$label" "$mpps")")
-    printf '%-34s %9s Mpps   %s\n' "$label" "$mpps" "$*"
+    if [[ $cpu =~ ^[0-9.]+$ ]] && awk -v c="$cpu" 'BEGIN {exit !(c > 0)}'; then
+        CPU_RATE[$label]=$(awk -v c="$cpu" 'BEGIN {printf "%.3f", 1e3 / c}')
+        cpu=$(printf '%.2f' "$cpu")
+    else
+        cpu=n/a
+    fi
+    CPU_NS=
+    RESULTS+=("$(printf '%-34s %9s Mpps %8s ns CPU/frame' "$label" "$mpps" "$cpu")")
+    printf '%-34s %9s Mpps %8s ns CPU/frame   %s\n' "$label" "$mpps" "$cpu" "$*"
 }
 
 # switchyard pmd ... --json: the rate is rx_pps of the last line.
@@ -132,8 +159,9 @@ sy() { # label args...
     fi
     local mpps
     mpps=$(tail -1 <<<"$out" | python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["rx_pps"]/1e6))')
+    CPU_NS=$(tail -1 <<<"$out" | python3 -c 'import json,sys; print("%.3f" % json.load(sys.stdin).get("cpu_ns_per_frame", 0))')
     record "$label" "$mpps" "${cmd[@]}"
-    grep -E "avg processing cycles per packet|drops: " <<<"$out" | sed 's/^/      /' || true
+    grep -E "avg processing cycles per packet|by stage|drops: " <<<"$out" | sed 's/^/      /' || true
 }
 
 # dpdk-testpmd io mode, interactive through a pipe: start, warm up 1 s, show port stats, wait
@@ -158,11 +186,33 @@ testpmd() { # label a.pcap b.pcap frames-per-capture
     local cmd=(dpdk-testpmd "${mem[@]}" --no-pci --file-prefix "pmdcmp$$"
         --vdev "net_pcap0,rx_pcap=$a,infinite_rx=1" --vdev "net_pcap1,rx_pcap=$b,infinite_rx=1"
         -l "$MAIN_CORE,$CORE" -- -i --forward-mode=io --nb-cores=1 "${pool[@]}")
-    { sleep "$settle"; echo start; sleep 1; echo "show port stats all"; sleep "$SECS"
-      echo "show port stats all"; echo stop; echo quit; } | timeout $((SECS + 60)) "${cmd[@]}" >"$WORK/testpmd.out" 2>&1 || true
+    # Commands through a FIFO, so that the forwarding thread's CPU time can be read at the
+    # two "show port stats all" (the interval whose frames are counted).
+    rm -f "$WORK/testpmd.in"
+    mkfifo "$WORK/testpmd.in"
+    timeout $((SECS + 60)) "${cmd[@]}" <"$WORK/testpmd.in" >"$WORK/testpmd.out" 2>&1 &
+    local pid=$! child tid c0=0 c1=0
+    exec 3>"$WORK/testpmd.in"
+    sleep "$settle"
+    echo start >&3
+    sleep 1
+    # $! is timeout's; testpmd is its child.
+    child=$(pgrep -P "$pid" | head -1) || true
+    [ -n "$child" ] && pid=$child
+    tid=$(busiest_thread "$pid" 'worker')
+    [ -n "$tid" ] && c0=$(thread_ns "$pid" "$tid")
+    echo "show port stats all" >&3
+    sleep "$SECS"
+    [ -n "$tid" ] && c1=$(thread_ns "$pid" "$tid")
+    { echo "show port stats all"; echo stop; echo quit; } >&3
+    exec 3>&-
+    wait || true
     local mpps
-    mpps=$(grep -E '^ +Rx-pps:' "$WORK/testpmd.out" | tail -2 | awk '{s += $2} END {if (NR == 2 && s > 0) printf "%.3f", s / 1e6; else print "n/a"}')
+    mpps=$(grep -E '^ +Rx-pps:' "$WORK/testpmd.out" | head -4 | tail -2 | awk '{s += $2} END {if (NR == 2 && s > 0) printf "%.3f", s / 1e6; else print "n/a"}')
     [ "$mpps" = n/a ] && tail -5 "$WORK/testpmd.out" >&2
+    # Frames of the interval: RX-packets of both ports at the second show less at the first.
+    CPU_NS=$(grep -E '^ +RX-packets:' "$WORK/testpmd.out" | head -4 | awk -v c="$((c1 - c0))" \
+        '{n[NR] = $2} END {d = n[3] + n[4] - n[1] - n[2]; if (NR >= 4 && d > 0 && c > 0) printf "%.3f", c / d}')
     record "$label" "$mpps" "${cmd[@]}"
 }
 
@@ -247,11 +297,17 @@ ovs_dpdk() { # label a.pcap b.pcap frames-per-capture
             'BEGIN {printf "warm-up %.1f s to %d of %d datapath flows%s", now - w0, f, want, (f < want ? " (gave up waiting)" : "")}')
         sleep 1
         "${appctl[@]}" dpif-netdev/pmd-stats-clear >/dev/null || true
+        local vpid ptid c0=0 c1=0
+        vpid=$(cat "$OVS_DIR/ovs-vswitchd.pid" 2>/dev/null) || true
+        ptid=$([ -n "$vpid" ] && busiest_thread "$vpid" '^pmd') || true
         t0=$(date +%s.%N)
+        [ -n "$ptid" ] && c0=$(thread_ns "$vpid" "$ptid")
         r0=$(ovs_rx || echo 0)
         sleep "$SECS"
         t1=$(date +%s.%N)
+        [ -n "$ptid" ] && c1=$(thread_ns "$vpid" "$ptid")
         r1=$(ovs_rx || echo 0)
+        CPU_NS=$(awk -v r0="$r0" -v r1="$r1" -v c="$((c1 - c0))" 'BEGIN {if (r1 > r0 && c > 0) printf "%.3f", c / (r1 - r0)}')
         stats=$("${appctl[@]}" dpif-netdev/pmd-stats-show) || true
         mpps=$(awk -v r0="$r0" -v r1="$r1" -v t0="$t0" -v t1="$t1" \
             'BEGIN {if (r1 > r0) printf "%.3f", (r1 - r0) / (t1 - t0) / 1e6; else print "n/a"}')
@@ -330,15 +386,19 @@ if [ "$NCPU" -ge 2 ]; then
     sy "sy io 256 x2 workers" --fwd io --lcores 0,1 $(pc "$WORK/a256.pcap") $(pc "$WORK/b256.pcap")
 fi
 
-ratio() { # label num den
-    local n=${RATE[$2]:-} d=${RATE[$3]:-}
+ratio() { # label num den [wall]: the ratio of the wall-clock rates, and of the rates per
+    # CPU-second (unless "wall": the scaling of several workers is a wall-clock matter)
+    local n=${RATE[$2]:-} d=${RATE[$3]:-} cn=${CPU_RATE[$2]:-} cd=${CPU_RATE[$3]:-} by_cpu=
+    if [ "${4:-}" != wall ] && [[ $cn =~ ^[0-9.]+$ && $cd =~ ^[0-9.]+$ ]]; then
+        by_cpu=$(awk -v n="$cn" -v d="$cd" 'BEGIN {printf "%7.3f by CPU time", (d > 0 ? n / d : 0)}')
+    fi
     if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ ]]; then
-        printf '  %-52s %7.3f   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$2" "$3"
+        printf '  %-52s %7.3f wall %s   (%s / %s)\n' "$1" "$(awk -v n="$n" -v d="$d" 'BEGIN {print (d > 0 ? n / d : 0)}')" "$by_cpu" "$2" "$3"
     fi
 }
 
 echo
-echo "== results ($SECS s each, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "== results ($SECS s each, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(uptime | sed 's/.*load/load/'))"
 echo "   $HUGE_NOTE"
 printf '%s\n' "${RESULTS[@]}"
 echo "== ratios"
@@ -357,5 +417,30 @@ ratio "switch / testpmd io ($MID_MACS MACs, pcap ports)" "sy switch $MID_MACS" "
 ratio "switch on dpdk ports / testpmd io ($MID_MACS; goal >= 0.6)" "sy switch dpdk:net_pcap $MID_MACS" "testpmd io $MID_MACS"
 ratio "switch / OVS-DPDK ($MID_MACS MACs)" "sy switch $MID_MACS" "ovs-dpdk NORMAL $MID_MACS"
 ratio "OVS-DPDK / testpmd io ($MID_MACS MACs)" "ovs-dpdk NORMAL $MID_MACS" "testpmd io $MID_MACS"
-ratio "switch: 2 workers / 1 worker" "sy switch 256 x2 workers" "sy switch 256"
-ratio "io: 2 workers / 1 worker" "sy io 256 x2 workers" "sy io 256"
+ratio "switch: 2 workers / 1 worker" "sy switch 256 x2 workers" "sy switch 256" wall
+ratio "io: 2 workers / 1 worker" "sy io 256 x2 workers" "sy io 256" wall
+
+# What a switch adds to a frame over testpmd io on the same net_pcap ports (whose own receive
+# copy, mbuf allocation and free are most of testpmd io's cost): CPU ns per frame less testpmd
+# io's, from the same run.
+own() { # label contender reference
+    local c=${CPU_RATE[$2]:-} r=${CPU_RATE[$3]:-}
+    if [[ $c =~ ^[0-9.]+$ && $r =~ ^[0-9.]+$ ]]; then
+        awk -v l="$1" -v c="$c" -v r="$r" 'BEGIN {printf "  %-52s %7.2f ns CPU/frame over testpmd io\n", l, 1e3 / c - 1e3 / r}'
+    fi
+}
+echo "== the switches' own cost (net_pcap ports)"
+own "switchyard switch on dpdk ports (256 MACs)" "sy switch dpdk:net_pcap 256" "testpmd io 256"
+own "switchyard io on dpdk ports (256 MACs)" "sy io dpdk:net_pcap 256" "testpmd io 256"
+own "OVS-DPDK NORMAL (256 MACs)" "ovs-dpdk NORMAL 256" "testpmd io 256"
+own "switchyard switch on dpdk ports ($MID_MACS MACs)" "sy switch dpdk:net_pcap $MID_MACS" "testpmd io $MID_MACS"
+own "OVS-DPDK NORMAL ($MID_MACS MACs)" "ovs-dpdk NORMAL $MID_MACS" "testpmd io $MID_MACS"
+own_ratio() { # label num den reference: (num - reference) / (den - reference), CPU ns per frame
+    local n=${CPU_RATE[$2]:-} d=${CPU_RATE[$3]:-} r=${CPU_RATE[$4]:-}
+    if [[ $n =~ ^[0-9.]+$ && $d =~ ^[0-9.]+$ && $r =~ ^[0-9.]+$ ]]; then
+        awk -v l="$1" -v n="$n" -v d="$d" -v r="$r" \
+            'BEGIN {a = 1e3 / n - 1e3 / r; b = 1e3 / d - 1e3 / r; if (a > 0 && b > 0) printf "  %-52s %7.3f\n", l, a / b}'
+    fi
+}
+own_ratio "OVS-DPDK's own cost / switchyard switch's (256)" "ovs-dpdk NORMAL 256" "sy switch dpdk:net_pcap 256" "testpmd io 256"
+own_ratio "OVS-DPDK's own cost / switchyard switch's ($MID_MACS)" "ovs-dpdk NORMAL $MID_MACS" "sy switch dpdk:net_pcap $MID_MACS" "testpmd io $MID_MACS"

@@ -347,6 +347,47 @@ fn interop_with_the_kernel_vxlan_device_over_ipv6() {
     }
 }
 
+/// The kernel's node in namespace `k`: a VXLAN device (VNI 5001, `local` to `remote`) and a
+/// "VM" namespace `kv` (02:00:00:00:0c:01, 10.50.0.3) on one kernel bridge; `extra`: more
+/// options of the VXLAN device. Returns `kv`.
+fn kernel_node(nss: &mut Namespaces, k: &str, local: &str, remote: &str, extra: &[&str]) -> String {
+    let kv = vm(nss, "kv", k, "vk", "02:00:00:00:0c:01", "10.50.0.3");
+    ip(&["-n", k, "link", "add", "kbr", "type", "bridge"]).unwrap();
+    let vx = [
+        "-n", k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", local,
+        "remote", remote,
+    ];
+    ip(&[&vx[..], extra].concat()).unwrap();
+    for l in ["vx0", "vk"] {
+        ip(&["-n", k, "link", "set", l, "master", "kbr"]).unwrap();
+        ip(&["-n", k, "link", "set", l, "up"]).unwrap();
+    }
+    ip(&["-n", k, "link", "set", "kbr", "up"]).unwrap();
+    kv
+}
+
+const A_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
+const K_MAC: [u8; 6] = [2, 0, 0, 0, 0xc, 1];
+
+/// Frames between VM `a1` (A_MAC) and the kernel node's VM `kv` (K_MAC) arrive byte for byte
+/// as sent, both ways, 60 and 1400 bytes long.
+fn frames_byte_for_byte(a1: &str, kv: &str) {
+    let mut at_a = RawSock::open(Some(a1), "eth0").unwrap();
+    let mut at_k = RawSock::open(Some(kv), "eth0").unwrap();
+    // Untagged only: the receiving namespace's kernel takes an 802.1Q tag out of the frame
+    // before a packet socket sees it (tags inside the tunnel: the test above).
+    for (i, len) in [60, 1400].into_iter().enumerate() {
+        let there = frame(K_MAC, A_MAC, &[], &format!("to-kernel-{i}"), len);
+        at_a.send(&there);
+        let got = at_k.recv_matching(WAIT, |f| has_marker(f, &format!("to-kernel-{i}")));
+        assert_eq!(got.as_deref(), Some(&there[..]), "switchyard -> kernel, {len} bytes");
+        let back = frame(A_MAC, K_MAC, &[], &format!("to-switchyard-{i}"), len);
+        at_k.send(&back);
+        let got = at_a.recv_matching(WAIT, |f| has_marker(f, &format!("to-switchyard-{i}")));
+        assert_eq!(got.as_deref(), Some(&back[..]), "kernel -> switchyard, {len} bytes");
+    }
+}
+
 /// Interop with the kernel's VXLAN: a switchyard node and a node made of the kernel's VXLAN
 /// device and a kernel bridge, over an IPv4 or IPv6 underlay. Pings both ways; frames arrive
 /// byte for byte as they were sent, both ways.
@@ -356,18 +397,7 @@ fn interop_with_kernel_vxlan(v6: bool) {
     underlay_of(&mut nss, &[&u1, &k], 1500, v6);
     let (l1, l2) = (ul_addr(v6, 1), ul_addr(v6, 2));
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
-    let kv = vm(&mut nss, "kv", &k, "vk", "02:00:00:00:0c:01", "10.50.0.3");
-    ip(&["-n", &k, "link", "add", "kbr", "type", "bridge"]).unwrap();
-    ip(&[
-        "-n", &k, "link", "add", "vx0", "type", "vxlan", "id", "5001", "dstport", "4789", "local", &l2,
-        "remote", &l1,
-    ])
-    .unwrap();
-    for l in ["vx0", "vk"] {
-        ip(&["-n", &k, "link", "set", l, "master", "kbr"]).unwrap();
-        ip(&["-n", &k, "link", "set", l, "up"]).unwrap();
-    }
-    ip(&["-n", &k, "link", "set", "kbr", "up"]).unwrap();
+    let kv = kernel_node(&mut nss, &k, &l2, &l1, &[]);
     let n1 = Node::start(
         &u1,
         &format!(
@@ -379,25 +409,189 @@ fn interop_with_kernel_vxlan(v6: bool) {
     ping_eventually(&a1, "10.50.0.3");
     assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");
     assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
-
-    let (a_mac, k_mac) = ([2, 0, 0, 0, 0xa, 1], [2, 0, 0, 0, 0xc, 1]);
-    let mut at_a = RawSock::open(Some(&a1), "eth0").unwrap();
-    let mut at_k = RawSock::open(Some(&kv), "eth0").unwrap();
-    // Untagged only: the receiving namespace's kernel takes an 802.1Q tag out of the frame
-    // before a packet socket sees it (tags inside the tunnel: the test above).
-    for (i, len) in [60, 1400].into_iter().enumerate() {
-        let there = frame(k_mac, a_mac, &[], &format!("to-kernel-{i}"), len);
-        at_a.send(&there);
-        let got = at_k.recv_matching(WAIT, |f| has_marker(f, &format!("to-kernel-{i}")));
-        assert_eq!(got.as_deref(), Some(&there[..]), "switchyard -> kernel, {len} bytes");
-        let back = frame(a_mac, k_mac, &[], &format!("to-switchyard-{i}"), len);
-        at_k.send(&back);
-        let got = at_a.recv_matching(WAIT, |f| has_marker(f, &format!("to-switchyard-{i}")));
-        assert_eq!(got.as_deref(), Some(&back[..]), "kernel -> switchyard, {len} bytes");
-    }
+    frames_byte_for_byte(&a1, &kv);
     let (rx, tx, drops) = n1.stats("tun0");
     assert!(rx > 0 && tx > 0, "{rx} {tx}");
     assert!(drops.starts_with("  drops 0"), "{drops}");
+}
+
+#[test]
+fn fast_path_on_an_afpacket_uplink() {
+    if skip_unless_ready("fast_path_on_an_afpacket_uplink") {
+        fast_path_with_kernel_vxlan(false, "eth0");
+    }
+}
+
+#[test]
+fn fast_path_on_an_afpacket_uplink_over_ipv6() {
+    if skip_unless_ready("fast_path_on_an_afpacket_uplink_over_ipv6") {
+        fast_path_with_kernel_vxlan(true, "eth0");
+    }
+}
+
+/// The same over a DPDK uplink: DPDK's `net_af_packet` driver on the same interface.
+#[cfg(feature = "dpdk")]
+#[test]
+fn fast_path_on_a_dpdk_uplink() {
+    if skip_unless_ready("fast_path_on_a_dpdk_uplink") {
+        fast_path_with_kernel_vxlan(false, "dpdk:net_af_packet0,iface=eth0");
+    }
+}
+
+/// The uplink's MAC address on the switchyard node of the fast-path tests.
+const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 1];
+/// The kernel node's underlay MAC address in those tests.
+const K_UL_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 2];
+
+/// The IPv4 header checksum (RFC 1071), computed here independently of switchyard's code.
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet/IPv4/UDP frame to the fast-path node's tunnel address 10.99.0.1:4789 from
+/// `src_mac` 10.99.0.2, carrying `payload`, with a zero UDP checksum.
+fn outer_v4(src_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = UPLINK_MAC.to_vec();
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 2, 10, 99, 0, 1];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let c = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0xc3, 0x50, 0x12, 0xb5]);
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The fast path: switchyard's tunnel port on uplink `uplink` (`underlay: eth0`, the
+/// tunnel address not configured in that namespace's kernel), against the kernel's VXLAN and
+/// bridge. Each side resolves the other's tunnel address (ARP or ND, switchyard answering for
+/// its own); pings both ways; frames byte for byte both ways; the outer headers as RFC 7348
+/// asks (source port from the inner flow in 49152-65535, one port per flow; UDP checksum zero
+/// over IPv4, valid over IPv6, which the kernel checks); malformed packets on the uplink each
+/// counted under their reason.
+fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
+    let mut nss = Namespaces::new(if v6 {
+        5
+    } else if uplink == "eth0" {
+        4
+    } else {
+        6
+    });
+    let (u1, k) = (nss.add("u1"), nss.add("k"));
+    underlay_of(&mut nss, &[&u1, &k], 1500, v6);
+    let (l1, l2) = (ul_addr(v6, 1), ul_addr(v6, 2));
+    // The tunnel address lives in switchyard only: the kernel of u1 neither answers ARP/ND
+    // for it nor sees its datagrams as its own.
+    ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
+    assert!(run_in(&u1, &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]).status.success());
+    ip(&["-n", &u1, "link", "set", "eth0", "address", "02:00:00:00:99:01"]).unwrap();
+    ip(&["-n", &k, "link", "set", "eth0", "address", "02:00:00:00:99:02"]).unwrap();
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    // The kernel's VXLAN sends IPv4 UDP checksums by default (`udpcsum`), and over veth they
+    // stay partial (offloaded, never finished): an AF_PACKET port reads the kernel's note and
+    // finishes them, DPDK's net_af_packet cannot, and switchyard refuses the unfinished sum.
+    // A NIC puts finished sums on the wire; here the kernel node sends none instead.
+    let extra: &[&str] = if uplink.starts_with("dpdk:") { &["noudpcsum"] } else { &[] };
+    let kv = kernel_node(&mut nss, &k, &l2, &l1, extra);
+    let n1 = Node::start(
+        &u1,
+        &format!(
+            "bridges:\n- name: br\n  ports:\n{}  - {{name: tun0, type: vxlan, vni: 5001, local: \"{l1}\", \
+             underlay: \"{uplink}\", flood: [\"{l2}\"]}}\n",
+            vm_port("va1", None),
+        ),
+    );
+    let t = Instant::now();
+    while !ping(&a1, "10.50.0.3", 1, &[]) {
+        let ports = n1.ctl(&["show", "ports"]);
+        assert!(t.elapsed() < WAIT, "no ping across; {ports}\n{}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+    }
+    assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
+    // Resolution, both ways. The kernel node may have taken our MAC from switchyard's own
+    // request; with that entry gone, it must ask, and only switchyard's answer lets the
+    // kernel's VM reach ours again.
+    ip(&["-n", &k, "neigh", "del", &l1, "dev", "eth0"]).unwrap();
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard, its neighbour entry for {l1} deleted");
+    let neigh = String::from_utf8(run_in(&k, &["ip", "neigh", "show", &l1, "dev", "eth0"]).stdout).unwrap();
+    assert!(neigh.contains("lladdr 02:00:00:00:99:01"), "kernel's neighbour entry: {neigh:?}");
+    let ports = n1.ctl(&["show", "ports"]);
+    assert!(ports.contains("# tun0: vxlan vni 5001 on uplink tun0-uplink (02:00:00:00:99:01), flood 1 endpoints, 1 resolved, underlay_mtu 1500 overlay_mtu"), "{ports}");
+    frames_byte_for_byte(&a1, &kv);
+
+    // The outer headers on the underlay, as the kernel node's uplink sees them.
+    let mut at_ul = RawSock::open(Some(&k), "eth0").unwrap();
+    let at_a = RawSock::open(Some(&a1), "eth0").unwrap();
+    let (l3, ethertype) = if v6 { (40, [0x86, 0xdd]) } else { (20, [0x08, 0x00]) };
+    let udp = 14 + l3;
+    let mut ports_of = Vec::new();
+    for flow in 0..8u8 {
+        let mut seen = Vec::new();
+        for rep in 0..2 {
+            let m = format!("flow-{flow}-{rep}");
+            // One flow = one pair of MACs here (the frames are not IP).
+            at_a.send(&frame(K_MAC, [2, 0, 0, 0, 0xf, flow], &[], &m, 80));
+            let f = at_ul
+                .recv_matching(WAIT, |f| f.len() > udp + 16 && has_marker(&f[udp + 16..], &m))
+                .unwrap_or_else(|| panic!("{m} on the underlay"));
+            assert_eq!(&f[..12], &[&K_UL_MAC[..], &UPLINK_MAC[..]].concat()[..], "outer MACs");
+            assert_eq!(&f[12..14], &ethertype, "outer EtherType");
+            assert_eq!(&f[udp + 2..udp + 4], &[0x12, 0xb5], "destination port 4789");
+            let csum = u16::from_be_bytes([f[udp + 6], f[udp + 7]]);
+            assert_eq!(csum == 0, !v6, "UDP checksum {csum:#x}: zero over IPv4, computed over IPv6");
+            assert_eq!(&f[udp + 8..udp + 16], &[0x08, 0, 0, 0, 0, 0x13, 0x89, 0], "VXLAN header");
+            let sport = u16::from_be_bytes([f[udp], f[udp + 1]]);
+            assert!(sport >= 49152, "source port {sport}");
+            seen.push(sport);
+        }
+        assert_eq!(seen[0], seen[1], "one flow, one source port");
+        ports_of.push(seen[0]);
+    }
+    ports_of.sort_unstable();
+    ports_of.dedup();
+    assert!(ports_of.len() >= 4, "8 flows over {} source ports: {ports_of:?}", ports_of.len());
+
+    if v6 {
+        return;
+    }
+    // Malformed on the uplink, each three times: cut-short outer headers and a wrong IPv4
+    // header checksum (tunnel_outer_malformed), a wrong VNI, an inner frame of 10 bytes.
+    // Sent from the underlay bridge's port towards u1: the bridge itself would drop the
+    // malformed IPv4 headers when bridge netfilter is loaded.
+    let k_ul = RawSock::open(Some(&nss.name("N")), "u0").unwrap();
+    let inner = frame(A_MAC, K_MAC, &[], "bad", 60);
+    let vxlan = |vni: u8, inner: &[u8]| [&[0x08, 0, 0, 0, 0, 0x13, vni, 0][..], inner].concat();
+    let good = outer_v4(K_UL_MAC, &vxlan(0x89, &inner));
+    let mut bad_csum = good.clone();
+    bad_csum[14 + 8] = 1; // TTL changed, checksum not
+    let cases: [(&str, Vec<u8>, u64); 4] = [
+        ("tunnel_outer_malformed", good[..40].to_vec(), 6),
+        ("tunnel_outer_malformed", bad_csum, 6),
+        ("tunnel_wrong_vni", outer_v4(K_UL_MAC, &vxlan(0x8a, &inner)), 3),
+        ("tunnel_inner_runt", outer_v4(K_UL_MAC, &vxlan(0x89, &inner[..10])), 3),
+    ];
+    let before: Vec<u64> = cases.iter().map(|c| n1.drop_count("tun0", c.0)).collect();
+    for (_, f, _) in &cases {
+        for _ in 0..3 {
+            k_ul.send(f);
+        }
+    }
+    // The good one last: once it is through, the bad ones before it have been counted.
+    let mut at_a = RawSock::open(Some(&a1), "eth0").unwrap();
+    k_ul.send(&good);
+    assert!(at_a.recv_matching(WAIT, |f| has_marker(f, "bad")).is_some(), "the good packet");
+    for (c, b) in cases.iter().zip(before) {
+        assert_eq!(n1.drop_count("tun0", c.0) - b, c.2, "{}: {}", c.0, n1.stats("tun0").2);
+    }
 }
 
 // ---- an overlay planned from cluster state, and a live migration across it ----

@@ -213,6 +213,48 @@ fn timed_json_run_on_two_infinite_pcap_ports() {
     assert!(s.contains("avg processing cycles per packet"), "{s}");
 }
 
+/// `--stage-cycles` splits the busy cycles by stage: each of RX, pipeline and TX got some, and
+/// together they are no more than the busy cycles; the worker's CPU time per frame is there
+/// with or without the flag, and without it the stages are all zero.
+#[test]
+fn stage_cycles_and_cpu_time_per_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    for (mode, staged) in [("switch", true), ("io", true), ("switch", false)] {
+        let mut args = vec!["--port", &pa, "--port", &pb, "--fwd", mode, "--seconds", "0.5", "--json"];
+        args.extend(staged.then_some("--stage-cycles"));
+        args.push("--busy-poll");
+        let out = pmd(&args);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        let j = last_json(&out);
+        let w = &j["workers"][0];
+        let busy = w["busy_cycles"].as_u64().expect("busy_cycles");
+        let st = &w["stage_cycles"];
+        let stage = |k: &str| st[k].as_u64().unwrap_or_else(|| panic!("stage_cycles.{k} in {j}"));
+        let (rx, pipe, tx) = (stage("rx"), stage("pipeline"), stage("tx"));
+        let s = text(&out.stdout);
+        if staged {
+            assert!(rx > 0 && pipe > 0 && tx > 0, "{mode}: {j}");
+            assert!(rx + pipe + tx <= busy, "{mode}: stages {rx} + {pipe} + {tx} > busy {busy}");
+            assert!(s.contains("processing cycles per packet by stage: rx "), "{s}");
+        } else {
+            assert_eq!((rx, pipe, tx), (0, 0, 0), "{j}");
+            assert!(!s.contains("by stage"), "{s}");
+        }
+        // Busy polling used CPU time, and one thread cannot use more than the run's wall time
+        // (however little of a core a loaded machine gave it).
+        let cpu_us = w["cpu_us"].as_u64().expect("cpu_us");
+        let wall_us = j["elapsed_s"].as_f64().expect("elapsed_s") * 1e6;
+        assert!(cpu_us > 0 && cpu_us as f64 <= wall_us + 10_000.0, "{cpu_us} us of CPU in {wall_us} us: {j}");
+        let per = j["cpu_ns_per_frame"].as_f64().expect("cpu_ns_per_frame");
+        let want = w["cpu_us"].as_u64().unwrap() as f64 * 1e3 / w["rx"].as_u64().expect("rx") as f64;
+        assert!((per - want).abs() <= want * 1e-9 + 1e-9, "{per} vs {want}: {j}");
+        assert!(s.contains("ns per packet received"), "{s}");
+    }
+}
+
 #[test]
 fn stats_period_prints_rates() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod port;
 pub mod switch;
 pub mod tunnel;
+pub mod underlay;
 pub mod vlan;
 pub mod wire;
 pub mod worker;

@@ -71,6 +71,9 @@ drop_reasons! {
     TunnelMtu => "tunnel_mtu", "An inner frame too big for the underlay MTU once encapsulated (never fragmented).";
     TunnelNoEndpoint => "tunnel_no_endpoint", "A frame for a tunnel port that knows no endpoint for it (unknown destination, empty flood list).";
     TunnelSendError => "tunnel_send_error", "The kernel refused to send a tunnel datagram (no route, unreachable).";
+    TunnelUnresolved => "tunnel_unresolved", "A tunnel frame to an endpoint whose MAC address is not resolved yet (uplink fast path: ARP/ND probe sent, the frame is not held).";
+    UplinkNotTunnel => "uplink_not_tunnel", "A frame on a tunnel port's uplink that is neither for the tunnel's address and UDP port nor ARP/ND about it (uplink fast path; an AF_PACKET uplink's kernel still gets it).";
+    TunnelOuterMalformed => "tunnel_outer_malformed", "Outer IP/UDP headers to the tunnel's address cut short or invalid: lengths, IPv4 header checksum, UDP checksum (required over IPv6), a fragment (uplink fast path).";
     SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips).";
     SpoofedArpSpa => "spoofed_arp_spa", "ARP sender protocol address not one of the port's addresses (allowed_ips).";
     MalformedIp => "malformed_ip", "An IPv4/IPv6 or transport header cut short or invalid, on a bridge with policies or IP spoof filters.";

@@ -16,7 +16,7 @@ use crate::buffer::{BufferError, PacketBuf};
 use crate::fdb::{FdbError, MacTable};
 use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
-use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN, VXLAN_PORT};
+use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
 use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,6 +95,79 @@ impl TunnelKind {
     }
 }
 
+/// The length of both headers switchyard writes, and of every header decapsulated by one
+/// compare (VXLAN; Geneve without options).
+const PLAIN_HEADER_LEN: usize = 8;
+const _: () = assert!(PLAIN_HEADER_LEN == VXLAN_HEADER_LEN && PLAIN_HEADER_LEN == GENEVE_HEADER_LEN);
+
+/// The UDP source port range of RFC 7348 section 5 (the dynamic ports, 49152-65535).
+pub const SOURCE_PORT_MIN: u16 = 49152;
+const SOURCE_PORT_SPAN: u64 = 65536 - SOURCE_PORT_MIN as u64;
+
+/// A hash of an inner frame's flow: the Ethernet addresses and EtherType, and for IPv4/IPv6
+/// (behind at most one VLAN tag) the addresses, the protocol and, for TCP, UDP and SCTP, the
+/// ports. Frames of one flow hash alike, so one flow keeps one underlay path and its order.
+/// Reads only within `frame` (fixed offsets, bounds-checked), whatever its bytes.
+#[inline]
+pub fn flow_hash(frame: &[u8]) -> u32 {
+    #[inline(always)]
+    fn mix(h: u64, v: u64) -> u64 {
+        (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+    }
+    let word = |off: usize| -> u64 {
+        frame.get(off..off + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let be16 = |off: usize| frame.get(off..off + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let mut h = mix(mix(0, word(0)), word(6));
+    let mut l3 = ETH_HEADER_LEN;
+    let mut ethertype = be16(12);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = be16(16);
+        l3 += 4;
+    }
+    let (proto, ports_at) = match ethertype {
+        0x0800 if frame.len() >= l3 + 20 => {
+            // Source and destination addresses are the 8 bytes at 12.
+            h = mix(h, word(l3 + 12));
+            let ihl = usize::from(frame[l3] & 0x0f) * 4;
+            let first_fragment = be16(l3 + 6) & 0x1fff == 0;
+            (frame[l3 + 9], if first_fragment { Some(l3 + ihl) } else { None })
+        }
+        0x86dd if frame.len() >= l3 + 40 => {
+            for k in 0..4 {
+                h = mix(h, word(l3 + 8 + 8 * k));
+            }
+            (frame[l3 + 6], Some(l3 + 40))
+        }
+        _ => (0, None),
+    };
+    h = mix(h, (u64::from(ethertype) << 8) | u64::from(proto));
+    if let (6 | 17 | 132, Some(at)) = (proto, ports_at) {
+        h = mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// The UDP source port for a flow hash: spread evenly over 49152-65535 (as the kernel's
+/// `udp_flow_src_port` scales a hash into its range).
+#[inline]
+pub fn source_port(hash: u32) -> u16 {
+    SOURCE_PORT_MIN + ((u64::from(hash) * SOURCE_PORT_SPAN) >> 32) as u16
+}
+
+/// Why an inner frame of `len` bytes cannot be sent through a tunnel whose largest inner
+/// frame is `max_inner`: shorter than an Ethernet header, or too big (never fragmented).
+#[inline]
+pub fn inner_len_drop(len: usize, max_inner: usize) -> Option<DropReason> {
+    if len < ETH_HEADER_LEN {
+        Some(DropReason::Runt)
+    } else if len > max_inner {
+        Some(DropReason::TunnelMtu)
+    } else {
+        None
+    }
+}
+
 /// The drop reason for a datagram the wire views refuse.
 fn wire_reason(e: WireError) -> DropReason {
     match e {
@@ -114,9 +187,44 @@ pub struct TunnelCodec {
 }
 
 impl TunnelCodec {
+    /// The first 8 bytes of a header that needs no more than one compare, as a mask and the
+    /// value they must have: VXLAN with the I flag and this VNI; Geneve version 0 without
+    /// options, O and C clear, protocol Ethernet, this VNI. Reserved bits are masked out
+    /// (ignored, as both RFCs say).
+    #[inline(always)]
+    fn plain_header(&self) -> (u64, u64) {
+        let vni = u64::from(self.vni & VNI_MAX) << 8;
+        match self.kind {
+            TunnelKind::Vxlan => (0x0800_0000_ffff_ff00, 0x0800_0000_0000_0000 | vni),
+            TunnelKind::Geneve => (0xffc0_ffff_ffff_ff00, u64::from(GENEVE_PROTO_ETHERNET) << 32 | vni),
+        }
+    }
+
+    /// Whether `datagram` starts with the plain header of [`TunnelCodec::plain_header`] and
+    /// holds an Ethernet header after it: the common case, decided with one compare, whose
+    /// answer is always `Ok(8)`.
+    #[inline(always)]
+    fn is_plain(&self, datagram: &[u8]) -> bool {
+        let (mask, want) = self.plain_header();
+        match datagram.first_chunk::<PLAIN_HEADER_LEN>() {
+            Some(h) => {
+                u64::from_be_bytes(*h) & mask == want && datagram.len() >= PLAIN_HEADER_LEN + ETH_HEADER_LEN
+            }
+            None => false,
+        }
+    }
+
     /// Where the inner frame starts in a received UDP payload, or why the datagram is dropped.
     #[inline]
     pub fn decap(&self, datagram: &[u8]) -> Result<usize, DropReason> {
+        if self.is_plain(datagram) {
+            return Ok(PLAIN_HEADER_LEN);
+        }
+        self.decap_checked(datagram)
+    }
+
+    /// [`TunnelCodec::decap`] through the wire views: every header, options included.
+    fn decap_checked(&self, datagram: &[u8]) -> Result<usize, DropReason> {
         let (vni, off) = match self.kind {
             TunnelKind::Vxlan => {
                 let p = VxlanPacket::new_checked(datagram).map_err(wire_reason)?;
@@ -133,7 +241,7 @@ impl TunnelCodec {
         if vni != self.vni {
             return Err(DropReason::TunnelWrongVni);
         }
-        if datagram.len() - off < ETH_HEADER_LEN {
+        if datagram.len() < off + ETH_HEADER_LEN {
             return Err(DropReason::TunnelInnerRunt);
         }
         Ok(off)
@@ -142,7 +250,8 @@ impl TunnelCodec {
     /// Decapsulates a received datagram in place: `buf` keeps the inner frame.
     #[inline]
     pub fn decap_buf(&self, buf: &mut PacketBuf) -> Result<(), DropReason> {
-        let off = self.decap(buf.data())?;
+        // The plain case trims a constant, the others what the header says.
+        let off = if self.is_plain(buf.data()) { PLAIN_HEADER_LEN } else { self.decap_checked(buf.data())? };
         buf.trim_front(off).map_err(|_| DropReason::TunnelTruncated)
     }
 
@@ -258,6 +367,11 @@ impl Remotes {
         let _ = slot.set(ip);
         self.len.store(n + 1, Ordering::Release);
         Some(n as u16)
+    }
+
+    /// The index of endpoint `ip` when it is known.
+    pub fn index_of(&self, ip: IpAddr) -> Option<u16> {
+        self.endpoint_index(ip, false)
     }
 
     /// The endpoint at `i`.
@@ -391,6 +505,68 @@ mod tests {
         let mut past = gd.clone();
         past[0] = 63;
         assert_eq!(g.decap(&past), Err(DropReason::GeneveBadOptions));
+    }
+
+    #[test]
+    fn geneve_plain_and_walked_headers_agree() {
+        let g = TunnelCodec { kind: TunnelKind::Geneve, vni: 5001 };
+        let mut gd = vec![0, 0, 0x65, 0x58, 0, 0x13, 0x89, 0];
+        gd.extend_from_slice(&frame());
+        // Reserved flag bits and the reserved byte are ignored on both paths.
+        for (b1, b7) in [(0, 0), (0x3f, 0xff)] {
+            let mut d = gd.clone();
+            d[1] = b1;
+            d[7] = b7;
+            assert_eq!(g.decap(&d), Ok(8));
+            assert_eq!(g.decap(&d[..8 + 13]), Err(DropReason::TunnelInnerRunt));
+            assert_eq!(TunnelCodec { vni: 5002, ..g }.decap(&d), Err(DropReason::TunnelWrongVni));
+        }
+        // One 4-byte option takes the walked path and gives the same answers.
+        let mut opt = vec![1, 0, 0x65, 0x58, 0, 0x13, 0x89, 0, 1, 2, 3, 0];
+        opt.extend_from_slice(&frame());
+        assert_eq!(g.decap(&opt), Ok(12));
+        assert_eq!(g.decap(&opt[..12 + 13]), Err(DropReason::TunnelInnerRunt));
+        let mut v1 = gd.clone();
+        v1[0] = 0x40;
+        assert_eq!(g.decap(&v1), Err(DropReason::TunnelBadHeader));
+        for n in 0..8 {
+            assert_eq!(g.decap(&gd[..n]), Err(DropReason::TunnelTruncated));
+        }
+    }
+
+    #[test]
+    fn source_ports_follow_the_inner_flow() {
+        // IPv4/UDP 10.0.0.1:1000 -> 10.0.0.2:2000 behind MACs.
+        let udp = |sport: u16, tag: bool| {
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+            if tag {
+                f.extend_from_slice(&[0x81, 0x00, 0, 10]);
+            }
+            f.extend_from_slice(&[
+                0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            ]);
+            f.extend_from_slice(&sport.to_be_bytes());
+            f.extend_from_slice(&[0x07, 0xd0, 0, 8, 0, 0]);
+            f
+        };
+        assert_eq!(flow_hash(&udp(1000, false)), flow_hash(&udp(1000, false)));
+        assert_ne!(flow_hash(&udp(1000, false)), flow_hash(&udp(1001, false)));
+        assert_ne!(flow_hash(&udp(1000, true)), flow_hash(&udp(1001, true)));
+        // 4096 source ports of one host pair spread over the range: every port in range,
+        // and most of the 64 sixteenths of it used.
+        let mut seen = [false; 64];
+        for sport in 0..4096u16 {
+            let p = source_port(flow_hash(&udp(sport, false)));
+            assert!(p >= SOURCE_PORT_MIN);
+            seen[usize::from(p - SOURCE_PORT_MIN) / 256] = true;
+        }
+        assert!(seen.iter().filter(|&&s| s).count() >= 60, "{seen:?}");
+        assert_eq!(source_port(0), 49152);
+        assert_eq!(source_port(u32::MAX), 65535);
+        // Anything, however short, hashes without a panic.
+        for n in 0..udp(1, true).len() {
+            flow_hash(&udp(1, true)[..n]);
+        }
     }
 
     #[test]

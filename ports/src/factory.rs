@@ -97,22 +97,12 @@ pub fn open_backend(
             Ok(Arc::new(VhostUserPort::open(name, Path::new(socket), opts)?))
         }
         Backend::Dpdk { devargs, queues } => open_dpdk(name, devargs, *queues, ctx),
-        Backend::Tunnel(t) => open_tunnel(name, t),
+        Backend::Tunnel(t) => open_tunnel(name, t, ctx),
     }
 }
 
-fn open_tunnel(name: &str, t: &TunnelBackend) -> Result<Arc<dyn PortBackend>, PortError> {
+fn open_tunnel(name: &str, t: &TunnelBackend, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
-    match t.underlay.as_deref() {
-        None | Some("kernel") => {}
-        Some(uplink) => {
-            return Err(PortError::Unsupported {
-                port: name.into(),
-                kind: format!("{} over uplink {uplink:?}", t.kind.name()),
-                hint: "only `underlay: kernel` (the kernel's UDP socket) is built".into(),
-            })
-        }
-    }
     let opts = TunnelOptions {
         kind: t.kind,
         vni: t.vni,
@@ -123,7 +113,61 @@ fn open_tunnel(name: &str, t: &TunnelBackend) -> Result<Arc<dyn PortBackend>, Po
         learn: t.learn.unwrap_or(true),
         aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
     };
-    Ok(Arc::new(UdpTunnelPort::open(name, &opts)?))
+    match t.underlay.as_deref() {
+        None | Some("kernel") => Ok(Arc::new(UdpTunnelPort::open(name, &opts)?)),
+        Some(spec) => open_uplink_tunnel(name, spec, &opts, ctx),
+    }
+}
+
+/// The underlay MTU of a DPDK uplink (the ethdev default).
+const DPDK_UPLINK_MTU: u32 = 1500;
+
+/// A tunnel port on the uplink `spec`: an interface name (AF_PACKET), or a port SPEC as
+/// `pmd --port` takes them, `afpacket:IFACE` or `dpdk:DEVARGS`.
+fn open_uplink_tunnel(
+    name: &str,
+    spec: &str,
+    opts: &crate::udp_tunnel::TunnelOptions,
+    ctx: &PortContext,
+) -> Result<Arc<dyn PortBackend>, PortError> {
+    use crate::uplink_tunnel::UplinkTunnelPort;
+    use switchyard_dataplane::wire::MacAddr;
+    let bad =
+        |msg: String| PortError::Backend { port: name.into(), msg: format!("underlay {spec:?}: {msg}") };
+    let backend = if spec.contains(':') {
+        spec.parse::<Backend>().map_err(bad)?
+    } else {
+        Backend::Afpacket { iface: Some(spec.into()), rx_mode: None }
+    };
+    let uplink_name = format!("{name}-uplink");
+    let (uplink, mac, mtu): (Arc<dyn PortBackend>, MacAddr, u32) = match &backend {
+        Backend::Afpacket { iface, .. } => {
+            let iface = iface.as_deref().unwrap_or(spec);
+            let sys = |f: &str| {
+                std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| bad(format!("{iface}: {f}: {e}")))
+            };
+            let mac =
+                sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
+            let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
+            (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
+        }
+        #[cfg(feature = "dpdk")]
+        Backend::Dpdk { devargs, queues } => {
+            let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
+            let mac = MacAddr(port.mac_addr()?);
+            (Arc::new(port), mac, DPDK_UPLINK_MTU)
+        }
+        other => {
+            return Err(PortError::Unsupported {
+                port: name.into(),
+                kind: format!("tunnel uplink {}", other.port_type().name()),
+                hint: format!("an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"),
+            })
+        }
+    };
+    Ok(Arc::new(UplinkTunnelPort::new(name, opts, uplink, mac, mtu)?))
 }
 
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is
@@ -145,6 +189,16 @@ fn open_dpdk(
     queues: Option<u16>,
     ctx: &PortContext,
 ) -> Result<Arc<dyn PortBackend>, PortError> {
+    Ok(Arc::new(dpdk_port(name, devargs, queues, ctx)?))
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_port(
+    name: &str,
+    devargs: &str,
+    queues: Option<u16>,
+    ctx: &PortContext,
+) -> Result<crate::dpdk::DpdkPort, PortError> {
     use crate::dpdk::{DpdkPort, DpdkPortConfig};
     let eal = switchyard_bindings::Eal::init(eal_options(ctx))
         .map_err(|e| PortError::Backend { port: name.into(), msg: format!("EAL: {e}") })?;
@@ -155,7 +209,7 @@ fn open_dpdk(
         pool_size: ctx.dpdk_mbufs,
         ..Default::default()
     };
-    Ok(Arc::new(DpdkPort::open(eal, name, devargs, &pc)?))
+    DpdkPort::open(eal, name, devargs, &pc)
 }
 
 #[cfg(not(feature = "dpdk"))]

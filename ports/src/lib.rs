@@ -23,4 +23,5 @@ mod netdev;
 pub mod tap;
 #[allow(unsafe_code)]
 pub mod udp_tunnel;
+pub mod uplink_tunnel;
 pub mod vhost;

@@ -32,7 +32,7 @@ use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
+use switchyard_dataplane::tunnel::{inner_len_drop, Remotes, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
@@ -48,6 +48,14 @@ pub struct TunnelOptions {
     pub learn: bool,
     /// Aging of learned remote MACs, seconds.
     pub aging_s: u32,
+}
+
+impl TunnelOptions {
+    /// The remote table these options describe (flood list, static remote MACs, learning).
+    pub fn remotes(&self, port: &str) -> Result<Remotes, PortError> {
+        Remotes::new(&self.flood, &self.remote_macs, self.learn, self.aging_s)
+            .map_err(|e| PortError::Backend { port: port.into(), msg: e.to_string() })
+    }
 }
 
 /// Datagrams one `recvmmsg` takes at most.
@@ -132,8 +140,7 @@ pub fn route_mtu(local: IpAddr, remote: IpAddr, port: u16) -> std::io::Result<u3
 
 impl UdpTunnelPort {
     pub fn open(name: &str, o: &TunnelOptions) -> Result<UdpTunnelPort, PortError> {
-        let remotes = Remotes::new(&o.flood, &o.remote_macs, o.learn, o.aging_s)
-            .map_err(|e| PortError::Backend { port: name.into(), msg: e.to_string() })?;
+        let remotes = o.remotes(name)?;
         let sock = UdpSocket::bind(SocketAddr::new(o.local, o.dstport)).map_err(|e| io_err(name, e))?;
         sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
         let fd = sock.as_fd();
@@ -486,15 +493,7 @@ impl TxQueue for UdpTunnelTx {
         let now = sh.now_s();
         let mut ready: ArrayVec<(PacketBuf, Dest), MAX_BURST> = ArrayVec::new();
         for mut b in pkts.drain(..) {
-            let len = b.len();
-            let reason = if len < ETH_HEADER_LEN {
-                Some(DropReason::Runt)
-            } else if len > sh.max_inner {
-                Some(DropReason::TunnelMtu)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
+            if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
                 drops.add(r, 1);
                 cache.free(b);
                 continue;

@@ -101,6 +101,10 @@ pub struct PmdArgs {
     /// that cannot have them.
     #[arg(long)]
     pub no_huge: bool,
+    /// Count each worker's busy cycles by stage (RX, pipeline, TX) and print them per frame
+    /// in the summary (four TSC reads a burst; without the flag the loop has none).
+    #[arg(long)]
+    pub stage_cycles: bool,
 }
 
 /// Parses `--rxq-affinity`.
@@ -278,6 +282,7 @@ pub(super) fn check(a: &PmdArgs) -> Result<Setup, String> {
         busy_poll: a.busy_poll,
         pool_buffers: a.pool_buffers,
         on_worker_start: Some(switchyard_ports::factory::worker_hook()),
+        stage_cycles: a.stage_cycles,
         ..EngineOptions::default()
     };
     let gen = TxGen { frame_len: a.txpkt_len, macs: a.tx_macs, flows: a.tx_flows, vlan: a.tx_vlan };

@@ -51,6 +51,10 @@ pub(super) fn add_worker(total: &mut WorkerStatsSnapshot, w: &WorkerStatsSnapsho
     total.forwarded_packets += w.forwarded_packets;
     total.busy_polls += w.busy_polls;
     total.idle_polls += w.idle_polls;
+    total.cpu_us += w.cpu_us;
+    total.stages.rx += w.stages.rx;
+    total.stages.pipeline += w.stages.pipeline;
+    total.stages.tx += w.stages.tx;
 }
 
 impl Session {
@@ -272,14 +276,24 @@ impl Session {
                     "idle_cycles": w.idle_cycles,
                     "cycles_per_packet": w.cycles_per_packet(),
                     "busy_ratio": w.busy_ratio(),
+                    "stage_cycles": w.stages,
+                    "cpu_us": w.cpu_us,
+                    "cpu_ns_per_packet": w.cpu_ns_per_packet(),
                 })
             })
             .collect();
+        // The workers' CPU time per frame received (all workers together).
+        let mut all = WorkerStatsSnapshot::default();
+        for w in &self.worker_totals {
+            add_worker(&mut all, w);
+        }
+        let cpu_ns_per_frame = all.cpu_ns_per_packet();
         let j = json!({
             "seconds": requested.unwrap_or(secs),
             "elapsed_s": secs,
             "mode": self.mode.name(),
             "rx_pps": rx_pps,
+            "cpu_ns_per_frame": cpu_ns_per_frame,
             "tx_pps": tx_pps,
             "ports": jports,
             "workers": workers,
@@ -331,6 +345,24 @@ pub(super) fn pmd_stats(ws: &[WorkerStatsSnapshot], tsc_hz: u64) -> String {
             w.busy_cycles,
             w.rx_packets
         );
+        if w.cpu_us > 0 {
+            out += &format!(
+                "  CPU time: {:.3} s, {:.2} ns per packet received\n",
+                w.cpu_us as f64 / 1e6,
+                w.cpu_ns_per_packet()
+            );
+        }
+        let st = &w.stages;
+        if st.total() > 0 {
+            let other = w.busy_cycles.saturating_sub(st.total());
+            out += &format!(
+                "  processing cycles per packet by stage: rx {:.2}, pipeline {:.2}, tx {:.2}, loop {:.2}\n",
+                per(st.rx),
+                per(st.pipeline),
+                per(st.tx),
+                per(other)
+            );
+        }
         if tsc_hz > 0 {
             out += &format!("  (TSC at {:.3} GHz)\n", tsc_hz as f64 / 1e9);
         }

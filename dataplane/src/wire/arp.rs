@@ -98,12 +98,19 @@ impl ArpRepr {
     }
 
     pub fn emit(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
-        out.extend_from_slice(&self.operation.to_be_bytes());
-        out.extend_from_slice(&self.sha.0);
-        out.extend_from_slice(&self.spa.octets());
-        out.extend_from_slice(&self.tha.0);
-        out.extend_from_slice(&self.tpa.octets());
+        let at = out.len();
+        out.resize(at + ARP_ETH_IPV4_LEN, 0);
+        self.emit_into(&mut out[at..]);
+    }
+
+    /// Writes the packet into `out[..ARP_ETH_IPV4_LEN]`; `out` must be at least that long.
+    pub fn emit_into(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 0]);
+        out[6..8].copy_from_slice(&self.operation.to_be_bytes());
+        out[8..14].copy_from_slice(&self.sha.0);
+        out[14..18].copy_from_slice(&self.spa.octets());
+        out[18..24].copy_from_slice(&self.tha.0);
+        out[24..28].copy_from_slice(&self.tpa.octets());
     }
 }
 

@@ -136,10 +136,11 @@ impl GeneveRepr {
     /// Writes the base header into `out[..GENEVE_HEADER_LEN]` (version 0, no options,
     /// reserved fields zero); `out` must be at least that long.
     pub fn emit(&self, out: &mut [u8]) {
-        let v = self.vni.to_be_bytes();
-        let p = self.protocol.to_be_bytes();
+        // One 64-bit word: version/length 0, flags, protocol, VNI, reserved 0.
         let flags = if self.oam { FLAG_O } else { 0 };
-        out[..GENEVE_HEADER_LEN].copy_from_slice(&[0, flags, p[0], p[1], v[1], v[2], v[3], 0]);
+        let w =
+            u64::from(flags) << 48 | u64::from(self.protocol) << 32 | u64::from(self.vni & 0xff_ffff) << 8;
+        out[..GENEVE_HEADER_LEN].copy_from_slice(&w.to_be_bytes());
     }
 }
 

@@ -12,6 +12,7 @@ pub mod geneve;
 pub mod ip;
 pub mod mac;
 pub mod offload;
+pub mod outer;
 pub mod vxlan;
 
 pub use arp::{ArpPacket, ArpRepr};
@@ -39,6 +40,18 @@ pub enum WireError {
     GeneveOptionsPastEnd { options: usize, len: usize },
     #[error("Geneve option overruns the option list")]
     GeneveBadOption,
+    #[error("outer headers cut short ({0} bytes)")]
+    TruncatedOuter(usize),
+    #[error("outer IP header invalid (version, header length, or length past the frame)")]
+    BadOuterIp,
+    #[error("outer UDP length invalid")]
+    BadOuterUdp,
+    #[error("outer IPv4 header or UDP checksum wrong (or a zero UDP checksum over IPv6)")]
+    OuterChecksum,
+    #[error("outer IP packet is a fragment")]
+    OuterFragment,
+    #[error("not IPv4/IPv6 with UDP")]
+    NotUdp,
     #[error("Geneve critical option class {class:#06x} type {kind:#04x} not understood")]
     GeneveCriticalOption { class: u16, kind: u8 },
 }

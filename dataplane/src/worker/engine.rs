@@ -45,6 +45,9 @@ pub struct EngineOptions {
     pub pool_buffers: usize,
     /// Run on each worker thread before it polls.
     pub on_worker_start: Option<WorkerHook>,
+    /// Count busy cycles by stage ([`WorkerStatsSnapshot::stages`]): four TSC reads a burst.
+    /// Off, the workers run a loop compiled without them.
+    pub stage_cycles: bool,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("idle_wait", &self.idle_wait)
             .field("pool_buffers", &self.pool_buffers)
             .field("on_worker_start", &self.on_worker_start.is_some())
+            .field("stage_cycles", &self.stage_cycles)
             .finish()
     }
 }
@@ -73,6 +77,7 @@ impl Default for EngineOptions {
             idle_wait: IDLE_WAIT,
             pool_buffers: 16384,
             on_worker_start: None,
+            stage_cycles: false,
         }
     }
 }

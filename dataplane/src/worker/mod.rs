@@ -36,7 +36,7 @@ pub use engine::{
 pub use generator::TxGen;
 pub use modes::port_mac;
 pub use placement::{Deal, PlacementError};
-pub use stats::{WorkerStats, WorkerStatsSnapshot};
+pub use stats::{StageCycles, WorkerStats, WorkerStatsSnapshot};
 
 use crate::port::PortBackend;
 use crate::switch::{PortId, SwitchConfig};

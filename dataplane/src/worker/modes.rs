@@ -2,9 +2,10 @@
 //! and free them (`rxonly`). Invariant: a frame shorter than two MAC addresses is forwarded
 //! unchanged; nothing here reads past a frame's length.
 
-use super::thread::Worker;
+use super::thread::{stage_mark, Worker};
 use super::FwdMode;
 use crate::buffer::PoolCache;
+use crate::cpu;
 use crate::port::Burst;
 use crate::switch::PortId;
 use crate::wire::{MacAddr, MAC_ADDRS_LEN};
@@ -20,13 +21,22 @@ impl Worker {
     /// One poll of every RX queue in a testpmd mode other than the generators: each burst is
     /// counted on its port, rewritten as `mode` says and sent to the port's egress port.
     /// Returns the frames received and the frames sent.
-    pub(super) fn poll_testpmd(&mut self, mode: FwdMode, burst_size: usize) -> (usize, usize) {
+    pub(super) fn poll_testpmd<const STAGES: bool>(
+        &mut self,
+        mode: FwdMode,
+        burst_size: usize,
+    ) -> (usize, usize) {
         let (mut got, mut sent) = (0, 0);
         for k in 0..self.rx.len() {
+            let t0 = stage_mark::<STAGES>();
             let (port, n) = self.rx_burst(k, burst_size);
             if n == 0 {
+                if STAGES {
+                    self.stages.rx += cpu::rdtsc().wrapping_sub(t0);
+                }
                 continue;
             }
+            let t1 = stage_mark::<STAGES>();
             got += n;
             if let Some(spec) = self.plan.switch.port(port) {
                 let bytes: usize = self.burst.iter().map(|b| b.len()).sum();
@@ -34,8 +44,13 @@ impl Worker {
                 spec.stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             }
             let egress = self.plan.egress.get(usize::from(port)).copied().unwrap_or(port);
-            if rewrite(mode, &mut self.burst, &mut self.cache, port, egress) {
+            let to_send = rewrite(mode, &mut self.burst, &mut self.cache, port, egress);
+            let t2 = stage_mark::<STAGES>();
+            if to_send {
                 sent += self.send_direct(egress);
+            }
+            if STAGES {
+                self.stages.add_marks([t0, t1, t2, cpu::rdtsc()]);
             }
         }
         (got, sent)

@@ -5,6 +5,7 @@
 use super::backoff::Backoff;
 use super::clock::SecondClock;
 use super::engine::Shared;
+use super::stats::{thread_cpu_us, StageCycles};
 use super::{ForwardingPlan, FwdMode};
 use crate::buffer::PoolCache;
 use crate::cpu;
@@ -38,6 +39,8 @@ pub(super) struct Worker {
     tally: DropTally,
     pub(super) flow_seq: u64,
     clock: SecondClock,
+    /// This poll's stages so far (with stage counting on).
+    pub(super) stages: StageCycles,
 }
 
 fn same(a: &Arc<dyn PortBackend>, b: &Arc<dyn PortBackend>) -> bool {
@@ -69,8 +72,21 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         tally: DropTally::default(),
         flow_seq: 0,
         clock: SecondClock::UNSET,
+        stages: StageCycles::default(),
     };
-    let stats = &sh.workers[idx];
+    if sh.opts.stage_cycles {
+        poll_loop::<true>(&mut w, &sh);
+    } else {
+        poll_loop::<false>(&mut w, &sh);
+    }
+    w.release_all();
+}
+
+/// The worker's loop until the engine stops; with `STAGES` it also counts busy cycles by
+/// stage ([`StageCycles`]), compiled out otherwise.
+fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
+    let stats = &sh.workers[w.idx];
+    let cpu_start = thread_cpu_us();
     let mut backoff = Backoff::new(&sh.opts);
     let mut last_retry = Instant::now();
     let mut t_prev = cpu::rdtsc();
@@ -80,7 +96,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         let mut poll_tsc = t_prev;
         let g = sh.generation.load(Ordering::Acquire);
         if g != w.gen {
-            w.reload(&sh);
+            w.reload(sh);
             w.gen = g;
             stats.applied.store(g, Ordering::Release);
             poll_tsc = cpu::rdtsc();
@@ -91,7 +107,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
             last_retry = Instant::now();
             poll_tsc = cpu::rdtsc();
         }
-        let (got, sent) = w.poll(&sh, poll_tsc);
+        let (got, sent) = w.poll::<STAGES>(sh, poll_tsc);
         let t_now = cpu::rdtsc();
         let dt = t_now.wrapping_sub(t_prev);
         t_prev = t_now;
@@ -101,12 +117,20 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
             stats.busy_polls.fetch_add(1, Ordering::Relaxed);
             stats.rx_packets.fetch_add(got as u64, Ordering::Relaxed);
             stats.forwarded_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            if STAGES {
+                stats.stages.add(&w.stages);
+                w.stages = StageCycles::default();
+            }
             backoff.busy(t_now);
             continue;
         }
         stats.idle_cycles.fetch_add(dt, Ordering::Relaxed);
         stats.idle_polls.fetch_add(1, Ordering::Relaxed);
-        if !backoff.idle(&sh.opts, t_now, |timeout| w.sleep_on_queues(&sh, timeout)) {
+        if STAGES {
+            // An empty poll's RX time is idle time.
+            w.stages = StageCycles::default();
+        }
+        if !backoff.idle(&sh.opts, t_now, |timeout| w.sleep_on_queues(sh, timeout)) {
             continue;
         }
         // Time spent backing off counts as idle too.
@@ -114,7 +138,17 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         stats.idle_cycles.fetch_add(t_after.wrapping_sub(t_prev), Ordering::Relaxed);
         t_prev = t_after;
     }
-    w.release_all();
+    stats.cpu_us.fetch_add(thread_cpu_us().saturating_sub(cpu_start), Ordering::Relaxed);
+}
+
+/// A TSC mark for stage counting; 0 (and no read) without it.
+#[inline(always)]
+pub(super) fn stage_mark<const STAGES: bool>() -> u64 {
+    if STAGES {
+        cpu::rdtsc()
+    } else {
+        0
+    }
 }
 
 impl Worker {
@@ -180,26 +214,31 @@ impl Worker {
 
     /// One poll of every RX queue (or one generated burst per owned port), which starts at TSC
     /// value `tsc`. Returns the frames received (or generated) and the frames sent.
-    fn poll(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
+    fn poll<const STAGES: bool>(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
         match self.plan.mode {
-            FwdMode::Switch => self.poll_switch(sh, tsc),
+            FwdMode::Switch => self.poll_switch::<STAGES>(sh, tsc),
             mode @ (FwdMode::TxOnly | FwdMode::FlowGen) => self.poll_generate(mode, sh.opts.burst),
             mode @ (FwdMode::Io | FwdMode::Mac | FwdMode::MacSwap | FwdMode::RxOnly) => {
-                self.poll_testpmd(mode, sh.opts.burst)
+                self.poll_testpmd::<STAGES>(mode, sh.opts.burst)
             }
         }
     }
 
     /// One poll of every RX queue through the L2 pipeline; "sent" counts every frame handed
     /// to it.
-    fn poll_switch(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
+    fn poll_switch<const STAGES: bool>(&mut self, sh: &Shared, tsc: u64) -> (usize, usize) {
         let mut now = None;
         let (mut got, mut sent) = (0, 0);
         for k in 0..self.rx.len() {
+            let t0 = stage_mark::<STAGES>();
             let (port, n) = self.rx_burst(k, sh.opts.burst);
             if n == 0 {
+                if STAGES {
+                    self.stages.rx += cpu::rdtsc().wrapping_sub(t0);
+                }
                 continue;
             }
+            let t1 = stage_mark::<STAGES>();
             got += n;
             let now = *now.get_or_insert_with(|| self.clock.at(sh.tsc_start, sh.tsc_hz, tsc));
             // Field by field: disjoint borrows, no reference count touched per burst.
@@ -212,7 +251,11 @@ impl Worker {
                 &mut self.batches,
                 None,
             );
+            let t2 = stage_mark::<STAGES>();
             self.batches.flush(&self.plan.switch, &mut self.tx, &mut self.cache);
+            if STAGES {
+                self.stages.add_marks([t0, t1, t2, cpu::rdtsc()]);
+            }
             sent += n;
         }
         (got, sent)

@@ -1,0 +1,461 @@
+//! The fast path's underlay, apart from any port: what a tunnel port carried on an Ethernet
+//! uplink (AF_PACKET, DPDK) does with the frames of that uplink, and how it finds the MAC
+//! address of a remote tunnel endpoint.
+//!
+//! - [`classify`] sorts an uplink frame into a tunnel packet for this endpoint (local IP and
+//!   UDP port), an ARP or Neighbour Discovery message about the local address or a known
+//!   endpoint, or something else -- never panicking, whatever the bytes.
+//! - [`Neighbours`] holds one MAC per remote endpoint (by the endpoint index of
+//!   [`crate::tunnel::Remotes`]), read without a lock by TX, written by RX when an ARP
+//!   reply, a Neighbour Advertisement, a request about the local address or a tunnel packet
+//!   confirms it. A binding not confirmed for [`REACHABLE_S`] is still used but probed again
+//!   (as the kernel's STALE state); an endpoint without a binding is probed at most once a
+//!   second ([`PROBE_INTERVAL_S`]) and frames to it are dropped (`tunnel_unresolved`), not
+//!   held.
+//! - [`arp_frame`] and [`nd_frame`] write the requests and replies (ARP, RFC 826; Neighbour
+//!   Solicitation/Advertisement, RFC 4861) into a fixed array.
+//!
+//! The next hop is the endpoint itself: endpoints must be on the uplink's link (a
+//! configured gateway or the kernel's routes are not read; docs/overlay.md).
+
+use crate::wire::arp::{ArpPacket, ArpRepr, ARP_ETH_IPV4_LEN};
+use crate::wire::offload::{fold, ones_sum};
+use crate::wire::outer::{OuterPacket, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV6_HEADER_LEN};
+use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A binding not confirmed for this long (seconds) is probed again.
+pub const REACHABLE_S: u32 = 30;
+/// Probes for one endpoint at most this often (seconds).
+pub const PROBE_INTERVAL_S: u32 = 1;
+/// The longest frame [`arp_frame`] or [`nd_frame`] writes.
+pub const CONTROL_FRAME_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + ND_LEN;
+
+const ETHERTYPE_ARP: u16 = 0x0806;
+const PROTO_ICMPV6: u8 = 58;
+const ND_SOLICIT: u8 = 135;
+const ND_ADVERT: u8 = 136;
+/// An NS/NA with one link-layer address option: type, code, checksum, 4 bytes of flags or
+/// reserved, the target (16), the option (8).
+const ND_LEN: usize = 32;
+const ND_TARGET: usize = 8;
+const ND_OPTIONS: usize = 24;
+const ND_OPT_SOURCE_LLA: u8 = 1;
+const ND_OPT_TARGET_LLA: u8 = 2;
+/// NA flags: Solicited, Override.
+const ND_FLAGS_SOLICITED_OVERRIDE: u8 = 0x60;
+const ND_HOP_LIMIT: u8 = 255;
+/// Ethernet's minimum frame (without FCS): ARP frames are padded to it.
+const ETH_MIN_FRAME: usize = 60;
+// IPv6 header fields.
+const V6_PAYLOAD_LEN: usize = 4;
+const V6_NEXT: usize = 6;
+const V6_HOPS: usize = 7;
+const V6_SRC: usize = 8;
+const V6_DST: usize = 24;
+
+/// What an uplink frame is to a tunnel endpoint at `local`:`port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkFrame {
+    /// A UDP datagram to the local address and port: the tunnel header starts at `payload`
+    /// and the datagram is `len` bytes long.
+    Tunnel { payload: usize, len: usize, src_ip: IpAddr, src_mac: MacAddr },
+    /// `ip` is at `mac` (an ARP request or reply, a Neighbour Solicitation or Advertisement);
+    /// `answer`: it asked for the local address, and a reply is due.
+    Neighbour { ip: IpAddr, mac: MacAddr, answer: bool },
+    /// A frame that is neither: another address, protocol or port, ARP or ND about others.
+    NotOurs,
+    /// IP/UDP to the local address and port but malformed (length, checksum, fragment).
+    Malformed,
+}
+
+fn be16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]))
+}
+
+/// Sorts an uplink frame (see [`UplinkFrame`]).
+pub fn classify(frame: &[u8], local: IpAddr, port: u16) -> UplinkFrame {
+    match (be16(frame, 12), local) {
+        (Some(ETHERTYPE_ARP), IpAddr::V4(l)) => classify_arp(frame, l),
+        (Some(ETHERTYPE_IPV6), IpAddr::V6(l))
+            if frame.get(ETH_HEADER_LEN + V6_NEXT) == Some(&PROTO_ICMPV6) =>
+        {
+            classify_nd(frame, l)
+        }
+        (Some(ETHERTYPE_IPV4), IpAddr::V4(_)) | (Some(ETHERTYPE_IPV6), IpAddr::V6(_)) => {
+            match OuterPacket::new_checked(frame) {
+                Ok(p) if p.dst_ip() == local && p.dst_port() == port => UplinkFrame::Tunnel {
+                    payload: p.payload_offset(),
+                    len: p.payload_len(),
+                    src_ip: p.src_ip(),
+                    src_mac: p.src_mac(),
+                },
+                Ok(_) | Err(WireError::NotUdp) => UplinkFrame::NotOurs,
+                Err(_) if !addressed_to(frame, local) => UplinkFrame::NotOurs,
+                Err(_) => UplinkFrame::Malformed,
+            }
+        }
+        _ => UplinkFrame::NotOurs,
+    }
+}
+
+/// Whether an IP frame's destination address (where it can be read) is `local`.
+fn addressed_to(frame: &[u8], local: IpAddr) -> bool {
+    let l3 = ETH_HEADER_LEN;
+    match local {
+        IpAddr::V4(l) => frame.get(l3 + 16..l3 + 20) == Some(&l.octets()[..]),
+        IpAddr::V6(l) => frame.get(l3 + V6_DST..l3 + V6_DST + 16) == Some(&l.octets()[..]),
+    }
+}
+
+fn classify_arp(frame: &[u8], local: Ipv4Addr) -> UplinkFrame {
+    let Some(r) = ArpPacket::new_checked(&frame[ETH_HEADER_LEN..]).ok().and_then(|p| ArpRepr::parse(&p))
+    else {
+        return UplinkFrame::NotOurs;
+    };
+    if r.sha.is_multicast() || r.sha.is_zero() || r.spa.is_unspecified() || r.spa == local {
+        return UplinkFrame::NotOurs;
+    }
+    let for_us = r.tpa == local;
+    // A request or reply to us binds its sender; so does a gratuitous ARP (sender = target),
+    // which the caller takes only for an endpoint it knows.
+    if for_us || r.spa == r.tpa {
+        UplinkFrame::Neighbour {
+            ip: IpAddr::V4(r.spa),
+            mac: r.sha,
+            answer: for_us && r.operation == ArpRepr::REQUEST,
+        }
+    } else {
+        UplinkFrame::NotOurs
+    }
+}
+
+fn classify_nd(frame: &[u8], local: Ipv6Addr) -> UplinkFrame {
+    let l3 = ETH_HEADER_LEN;
+    let ip = match frame.get(l3..l3 + IPV6_HEADER_LEN) {
+        Some(ip) => ip,
+        None => return UplinkFrame::NotOurs,
+    };
+    let plen = usize::from(u16::from_be_bytes([ip[V6_PAYLOAD_LEN], ip[V6_PAYLOAD_LEN + 1]]));
+    let Some(icmp) = frame.get(l3 + IPV6_HEADER_LEN..l3 + IPV6_HEADER_LEN + plen) else {
+        return UplinkFrame::NotOurs;
+    };
+    // RFC 4861 section 7.1: hop limit 255 (not forwarded), a valid checksum, 24 bytes at least.
+    if ip[V6_HOPS] != ND_HOP_LIMIT || icmp.len() < ND_OPTIONS || !matches!(icmp[0], ND_SOLICIT | ND_ADVERT) {
+        return UplinkFrame::NotOurs;
+    }
+    let sum =
+        ones_sum(icmp, ones_sum(&ip[V6_SRC..V6_DST + 16], 0) + icmp.len() as u64 + u64::from(PROTO_ICMPV6));
+    if fold(sum) != 0xffff {
+        return UplinkFrame::NotOurs;
+    }
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[V6_SRC..V6_SRC + 16]).unwrap_or([0; 16]));
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[ND_TARGET..ND_TARGET + 16]).unwrap_or([0; 16]));
+    let want = if icmp[0] == ND_SOLICIT { ND_OPT_SOURCE_LLA } else { ND_OPT_TARGET_LLA };
+    let mut opts = &icmp[ND_OPTIONS..];
+    let mut lla = None;
+    while let [ty, len, ..] = *opts {
+        let n = usize::from(len) * 8;
+        if n == 0 || n > opts.len() {
+            return UplinkFrame::NotOurs;
+        }
+        if ty == want && n >= 8 {
+            lla = Some(MacAddr::from_bytes(&opts[2..8]));
+        }
+        opts = &opts[n..];
+    }
+    let Some(mac) = lla.filter(|m| !m.is_multicast() && !m.is_zero()) else {
+        return UplinkFrame::NotOurs;
+    };
+    if icmp[0] == ND_SOLICIT {
+        // A solicitation for the local address binds its sender (duplicate address
+        // detection, from ::, carries no source option and binds nothing).
+        if target == local && !src.is_unspecified() && src != local {
+            return UplinkFrame::Neighbour { ip: IpAddr::V6(src), mac, answer: true };
+        }
+        UplinkFrame::NotOurs
+    } else if target != local {
+        UplinkFrame::Neighbour { ip: IpAddr::V6(target), mac, answer: false }
+    } else {
+        UplinkFrame::NotOurs
+    }
+}
+
+/// Writes into `out` an ARP request (`to` = `None`: broadcast, asking for `target`) or a
+/// reply to `to`; returns the frame's length (padded to 60 bytes).
+pub fn arp_frame(
+    out: &mut [u8; CONTROL_FRAME_LEN],
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    target: Ipv4Addr,
+    to: Option<MacAddr>,
+) -> usize {
+    let (dst, op, tha) = match to {
+        Some(m) => (m, ArpRepr::REPLY, m),
+        None => (MacAddr::BROADCAST, ArpRepr::REQUEST, MacAddr::ZERO),
+    };
+    out.fill(0);
+    out[..6].copy_from_slice(&dst.0);
+    out[6..12].copy_from_slice(&mac.0);
+    out[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    ArpRepr { operation: op, sha: mac, spa: ip, tha, tpa: target }.emit_into(&mut out[ETH_HEADER_LEN..]);
+    const { assert!(ETH_HEADER_LEN + ARP_ETH_IPV4_LEN <= ETH_MIN_FRAME) };
+    ETH_MIN_FRAME
+}
+
+/// Writes into `out` a Neighbour Solicitation for `target` (`to` = `None`: to its
+/// solicited-node multicast address) or a solicited Advertisement of `ip` to `to` =
+/// (address, MAC); returns the frame's length.
+pub fn nd_frame(
+    out: &mut [u8; CONTROL_FRAME_LEN],
+    mac: MacAddr,
+    ip: Ipv6Addr,
+    target: Ipv6Addr,
+    to: Option<(Ipv6Addr, MacAddr)>,
+) -> usize {
+    let t = target.octets();
+    let (dst_ip, dst_mac, ty, flags, opt, tgt) = match to {
+        Some((a, m)) => (a, m, ND_ADVERT, ND_FLAGS_SOLICITED_OVERRIDE, ND_OPT_TARGET_LLA, ip),
+        None => {
+            let solicited = Ipv6Addr::new(
+                0xff02,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0xff00 | u16::from(t[13]),
+                u16::from_be_bytes([t[14], t[15]]),
+            );
+            (
+                solicited,
+                MacAddr([0x33, 0x33, 0xff, t[13], t[14], t[15]]),
+                ND_SOLICIT,
+                0,
+                ND_OPT_SOURCE_LLA,
+                target,
+            )
+        }
+    };
+    out.fill(0);
+    out[..6].copy_from_slice(&dst_mac.0);
+    out[6..12].copy_from_slice(&mac.0);
+    out[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let l3 = ETH_HEADER_LEN;
+    let ipv6 = &mut out[l3..l3 + IPV6_HEADER_LEN];
+    ipv6[0] = 0x60;
+    ipv6[V6_PAYLOAD_LEN..V6_PAYLOAD_LEN + 2].copy_from_slice(&(ND_LEN as u16).to_be_bytes());
+    ipv6[V6_NEXT] = PROTO_ICMPV6;
+    ipv6[V6_HOPS] = ND_HOP_LIMIT;
+    ipv6[V6_SRC..V6_SRC + 16].copy_from_slice(&ip.octets());
+    ipv6[V6_DST..V6_DST + 16].copy_from_slice(&dst_ip.octets());
+    let icmp = &mut out[l3 + IPV6_HEADER_LEN..];
+    icmp[0] = ty;
+    icmp[4] = flags;
+    icmp[ND_TARGET..ND_TARGET + 16].copy_from_slice(&tgt.octets());
+    icmp[ND_OPTIONS] = opt;
+    icmp[ND_OPTIONS + 1] = 1;
+    icmp[ND_OPTIONS + 2..ND_OPTIONS + 8].copy_from_slice(&mac.0);
+    let sum = ones_sum(
+        &icmp[..ND_LEN],
+        ones_sum(&ip.octets(), ones_sum(&dst_ip.octets(), 0)) + ND_LEN as u64 + u64::from(PROTO_ICMPV6),
+    );
+    icmp[2..4].copy_from_slice(&(!fold(sum)).to_be_bytes());
+    CONTROL_FRAME_LEN
+}
+
+/// A MAC with the valid bit, in one atomic word.
+const VALID: u64 = 1 << 63;
+
+struct Slot {
+    mac: AtomicU64,
+    confirmed: AtomicU32,
+    asked: AtomicU32,
+}
+
+/// The MAC of each remote endpoint (by endpoint index), see the module documentation.
+pub struct Neighbours {
+    slots: Box<[Slot]>,
+}
+
+impl std::fmt::Debug for Neighbours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Neighbours").field("resolved", &self.resolved()).finish()
+    }
+}
+
+impl Neighbours {
+    /// A table for endpoint indices below `n`, all unresolved.
+    pub fn new(n: usize) -> Neighbours {
+        Neighbours {
+            slots: (0..n)
+                .map(|_| Slot {
+                    mac: AtomicU64::new(0),
+                    confirmed: AtomicU32::new(0),
+                    asked: AtomicU32::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// The MAC of endpoint `i`, when resolved.
+    #[inline]
+    pub fn get(&self, i: u16) -> Option<MacAddr> {
+        let v = self.slots.get(usize::from(i))?.mac.load(Ordering::Acquire);
+        (v & VALID != 0).then(|| {
+            let b = v.to_be_bytes();
+            MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+        })
+    }
+
+    /// Endpoint `i` is at `mac`, as seen at `now` (seconds).
+    pub fn confirm(&self, i: u16, mac: MacAddr, now: u32) {
+        if let Some(s) = self.slots.get(usize::from(i)) {
+            let m = mac.0;
+            let v = VALID | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
+            if s.mac.load(Ordering::Relaxed) != v {
+                s.mac.store(v, Ordering::Release);
+            }
+            if s.confirmed.load(Ordering::Relaxed) != now {
+                s.confirmed.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether endpoint `i` should be probed at `now` (unresolved, or not confirmed for
+    /// [`REACHABLE_S`], and not probed in the last [`PROBE_INTERVAL_S`]); when so, the probe
+    /// is taken as sent.
+    pub fn take_probe(&self, i: u16, now: u32) -> bool {
+        let Some(s) = self.slots.get(usize::from(i)) else {
+            return false;
+        };
+        let resolved = s.mac.load(Ordering::Acquire) & VALID != 0;
+        let fresh = resolved && now.saturating_sub(s.confirmed.load(Ordering::Relaxed)) < REACHABLE_S;
+        let asked = s.asked.load(Ordering::Relaxed);
+        // `asked` holds the probe's time plus one, so that 0 means never.
+        if fresh || (asked != 0 && now.saturating_sub(asked - 1) < PROBE_INTERVAL_S) {
+            return false;
+        }
+        s.asked.store(now + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// How many endpoints are resolved.
+    pub fn resolved(&self) -> usize {
+        self.slots.iter().filter(|s| s.mac.load(Ordering::Relaxed) & VALID != 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::outer::{outer_headers_len, OuterRepr};
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const PEER: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    #[test]
+    fn arp_request_and_reply_as_rfc_826() {
+        let local = Ipv4Addr::new(192, 0, 2, 1);
+        let peer = Ipv4Addr::new(192, 0, 2, 2);
+        let mut f = [0u8; CONTROL_FRAME_LEN];
+        let n = arp_frame(&mut f, MAC, local, peer, None);
+        #[rustfmt::skip]
+        let want = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06,
+            0, 1, 0x08, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 192, 0, 2, 2,
+        ];
+        assert_eq!((n, &f[..42]), (60, &want[..]));
+        assert!(f[42..60].iter().all(|&b| b == 0));
+        // Our request seen from the peer: it binds us and asks for an answer.
+        assert_eq!(
+            classify(&f[..n], IpAddr::V4(peer), 4789),
+            UplinkFrame::Neighbour { ip: IpAddr::V4(local), mac: MAC, answer: true }
+        );
+        // A reply to us binds the peer, no answer due.
+        let n = arp_frame(&mut f, PEER, peer, local, Some(MAC));
+        assert_eq!(&f[..6], &MAC.0);
+        assert_eq!(
+            classify(&f[..n], IpAddr::V4(local), 4789),
+            UplinkFrame::Neighbour { ip: IpAddr::V4(peer), mac: PEER, answer: false }
+        );
+        // A request for someone else is not ours.
+        let n = arp_frame(&mut f, PEER, peer, Ipv4Addr::new(192, 0, 2, 9), None);
+        assert_eq!(classify(&f[..n], IpAddr::V4(local), 4789), UplinkFrame::NotOurs);
+        for k in 0..42 {
+            assert_eq!(classify(&f[..k], IpAddr::V4(local), 4789), UplinkFrame::NotOurs);
+        }
+    }
+
+    #[test]
+    fn neighbour_solicitation_and_advertisement() {
+        let local: Ipv6Addr = "fd00::1".parse().unwrap();
+        let peer: Ipv6Addr = "fd00::2:3".parse().unwrap();
+        let mut f = [0u8; CONTROL_FRAME_LEN];
+        let n = nd_frame(&mut f, MAC, local, peer, None);
+        // To the solicited-node address ff02::1:ff02:3 and its MAC 33:33:ff:02:00:03.
+        assert_eq!(&f[..6], &[0x33, 0x33, 0xff, 0x02, 0x00, 0x03]);
+        let sn: Ipv6Addr = "ff02::1:ff02:3".parse().unwrap();
+        assert_eq!(&f[38..54], &sn.octets());
+        assert_eq!((f[54], f[21]), (135, 255));
+        assert_eq!(
+            classify(&f[..n], IpAddr::V6(peer), 4789),
+            UplinkFrame::Neighbour { ip: IpAddr::V6(local), mac: MAC, answer: true }
+        );
+        let n = nd_frame(&mut f, PEER, peer, local, Some((local, MAC)));
+        assert_eq!((f[54], f[58]), (136, 0x60));
+        assert_eq!(
+            classify(&f[..n], IpAddr::V6(local), 4789),
+            UplinkFrame::Neighbour { ip: IpAddr::V6(peer), mac: PEER, answer: false }
+        );
+        let mut bad = f;
+        bad[80] ^= 1;
+        assert_eq!(classify(&bad[..n], IpAddr::V6(local), 4789), UplinkFrame::NotOurs);
+        let mut hops = f;
+        hops[21] = 64;
+        assert_eq!(classify(&hops[..n], IpAddr::V6(local), 4789), UplinkFrame::NotOurs);
+        for k in 0..n {
+            assert_eq!(classify(&f[..k], IpAddr::V6(local), 4789), UplinkFrame::NotOurs);
+        }
+    }
+
+    #[test]
+    fn tunnel_packets_and_others() {
+        let local = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let mut f = vec![0u8; outer_headers_len(false) + 30];
+        let r = OuterRepr {
+            src_mac: PEER,
+            dst_mac: MAC,
+            src_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+            dst_ip: local,
+            src_port: 50000,
+            dst_port: 4789,
+        };
+        assert!(r.emit(&mut f));
+        assert_eq!(
+            classify(&f, local, 4789),
+            UplinkFrame::Tunnel { payload: 42, len: 30, src_ip: r.src_ip, src_mac: PEER }
+        );
+        assert_eq!(classify(&f, local, 6081), UplinkFrame::NotOurs);
+        assert_eq!(classify(&f, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 4789), UplinkFrame::NotOurs);
+        assert_eq!(classify(&f[..50], local, 4789), UplinkFrame::Malformed);
+        assert_eq!(classify(&f[..20], local, 4789), UplinkFrame::NotOurs);
+    }
+
+    #[test]
+    fn neighbours_resolve_go_stale_and_probe_once_a_second() {
+        let n = Neighbours::new(4);
+        assert_eq!(n.get(1), None);
+        assert!(n.take_probe(1, 10));
+        assert!(!n.take_probe(1, 10));
+        assert!(n.take_probe(1, 11));
+        n.confirm(1, PEER, 11);
+        assert_eq!(n.get(1), Some(PEER));
+        assert!(!n.take_probe(1, 12));
+        assert!(n.take_probe(1, 11 + REACHABLE_S));
+        assert_eq!(n.get(1), Some(PEER), "a stale binding is still used");
+        assert!(!n.take_probe(9, 0));
+        assert_eq!(n.resolved(), 1);
+    }
+}

@@ -1,0 +1,405 @@
+//! A VXLAN or Geneve tunnel port carried on an Ethernet uplink port (AF_PACKET or DPDK): the
+//! fast path, where switchyard writes and reads the outer Ethernet/IP/UDP headers itself and
+//! resolves the endpoints' MAC addresses (ARP, Neighbour Discovery), as OVS-DPDK's userspace
+//! tunnels do. No kernel socket, no system call besides the uplink's own.
+//!
+//! Invariants:
+//! - TX writes the tunnel header and the outer headers into the frame's headroom: a frame to
+//!   one endpoint is never copied; a flood copy per further endpoint is (each copy gets its
+//!   own outer headers). The UDP source port is [`switchyard_dataplane::tunnel::source_port`]
+//!   of the inner flow's hash; the outer IPv4 UDP checksum is zero, the IPv6 one computed.
+//! - RX hands on only inner frames of tunnel packets to the local address and port that the
+//!   outer checks ([`switchyard_dataplane::wire::outer::OuterPacket`]) and the codec accept,
+//!   trimmed in place (no copy). Every other uplink frame is consumed here: ARP/ND about the
+//!   local address or an endpoint updates the neighbour table (a request for the local
+//!   address is answered); anything else is dropped as `uplink_not_tunnel` (an AF_PACKET
+//!   uplink's kernel still receives its own copy and handles it as usual).
+//! - A frame to an endpoint without a resolved MAC is dropped (`tunnel_unresolved`) and the
+//!   endpoint is probed (at most once a second; RX sends the probes, as it polls anyway).
+//! - The next hop is the endpoint itself (on-link endpoints only).
+
+use crate::udp_tunnel::TunnelOptions;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
+use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::tunnel::{
+    flow_hash, inner_len_drop, source_port, Remotes, TunnelCodec, MAX_ENDPOINTS,
+};
+use switchyard_dataplane::underlay::{
+    arp_frame, classify, nd_frame, Neighbours, UplinkFrame, CONTROL_FRAME_LEN,
+};
+use switchyard_dataplane::wire::outer::{outer_headers_len, OuterRepr};
+use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
+
+struct Shared {
+    name: String,
+    uplink: Arc<dyn PortBackend>,
+    codec: TunnelCodec,
+    remotes: Remotes,
+    neighbours: Neighbours,
+    local: IpAddr,
+    mac: MacAddr,
+    port: u16,
+    underlay_mtu: u32,
+    max_inner: usize,
+    start: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkTunnel")
+            .field("name", &self.name)
+            .field("uplink", &self.uplink.name())
+            .field("codec", &self.codec)
+            .field("local", &self.local)
+            .field("mac", &self.mac)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn now_s(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
+    }
+}
+
+/// A tunnel port on an uplink port.
+#[derive(Debug)]
+pub struct UplinkTunnelPort {
+    shared: Arc<Shared>,
+}
+
+impl UplinkTunnelPort {
+    /// A tunnel port that owns `uplink` (whose MAC address is `mac` and MTU `underlay_mtu`).
+    pub fn new(
+        name: &str,
+        o: &TunnelOptions,
+        uplink: Arc<dyn PortBackend>,
+        mac: MacAddr,
+        underlay_mtu: u32,
+    ) -> Result<UplinkTunnelPort, PortError> {
+        let remotes = o.remotes(name)?;
+        let ipv6 = o.local.is_ipv6();
+        tracing::info!(
+            port = name,
+            kind = o.kind.name(),
+            vni = o.vni,
+            local = %o.local,
+            uplink = uplink.name(),
+            %mac,
+            underlay_mtu,
+            overlay_mtu = o.kind.overlay_mtu(ipv6, underlay_mtu),
+            "tunnel port open on uplink"
+        );
+        Ok(UplinkTunnelPort {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                uplink,
+                codec: TunnelCodec { kind: o.kind, vni: o.vni },
+                remotes,
+                neighbours: Neighbours::new(MAX_ENDPOINTS),
+                local: o.local,
+                mac,
+                port: o.dstport,
+                underlay_mtu,
+                max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
+                start: Instant::now(),
+            }),
+        })
+    }
+
+    /// The remote table (endpoints, flood list, remote MACs).
+    pub fn remotes(&self) -> &Remotes {
+        &self.shared.remotes
+    }
+
+    /// The MAC address endpoint `ip` resolved to, if it has.
+    pub fn neighbour(&self, ip: IpAddr) -> Option<MacAddr> {
+        let sh = &self.shared;
+        sh.remotes.index_of(ip).and_then(|i| sh.neighbours.get(i))
+    }
+}
+
+impl PortBackend for UplinkTunnelPort {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn rx_queue_count(&self) -> u16 {
+        self.shared.uplink.rx_queue_count()
+    }
+
+    fn tx_queue_count(&self) -> u16 {
+        self.shared.uplink.tx_queue_count()
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        let sh = &self.shared;
+        Ok(Box::new(UplinkTunnelRx {
+            shared: sh.clone(),
+            rx: sh.uplink.open_rx(q)?,
+            tx: sh.uplink.open_tx(q)?,
+            frames: Burst::new(),
+            control: Burst::new(),
+            probed_at: None,
+            last: None,
+        }))
+    }
+
+    fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        let sh = &self.shared;
+        Ok(Box::new(UplinkTunnelTx { shared: sh.clone(), tx: sh.uplink.open_tx(q)?, out: Burst::new() }))
+    }
+
+    fn link_up(&self) -> bool {
+        self.shared.uplink.link_up()
+    }
+
+    fn info(&self) -> Option<String> {
+        let sh = &self.shared;
+        Some(format!(
+            "{} vni {} on uplink {} ({}), flood {} endpoints, {} resolved, underlay_mtu {} overlay_mtu {}",
+            sh.codec.kind.name(),
+            sh.codec.vni,
+            sh.uplink.name(),
+            sh.mac,
+            sh.remotes.flood().len(),
+            sh.neighbours.resolved(),
+            sh.underlay_mtu,
+            sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), sh.underlay_mtu)
+        ))
+    }
+}
+
+struct UplinkTunnelRx {
+    shared: Arc<Shared>,
+    rx: Box<dyn RxQueue>,
+    /// Sends ARP/ND replies and probes.
+    tx: Box<dyn TxQueue>,
+    frames: Burst,
+    control: Burst,
+    /// The second of the last probe round.
+    probed_at: Option<u32>,
+    /// The last tunnel source address and its endpoint index.
+    last: Option<(IpAddr, u16)>,
+}
+
+impl UplinkTunnelRx {
+    /// Queues an ARP/ND frame (a reply to `to`, or a probe for `target`).
+    fn control_frame(
+        &mut self,
+        cache: &mut PoolCache,
+        target: IpAddr,
+        to: Option<MacAddr>,
+        drops: &mut DropTally,
+    ) {
+        let sh = &*self.shared;
+        let mut f = [0u8; CONTROL_FRAME_LEN];
+        let n = match (sh.local, target) {
+            (IpAddr::V4(l), IpAddr::V4(t)) => arp_frame(&mut f, sh.mac, l, t, to),
+            (IpAddr::V6(l), IpAddr::V6(t)) => nd_frame(&mut f, sh.mac, l, t, to.map(|m| (t, m))),
+            _ => return,
+        };
+        if self.control.is_full() {
+            self.tx.tx_burst(&mut self.control, cache, drops);
+        }
+        match cache.alloc_copy(&f[..n]) {
+            Some(b) => self.control.push(b),
+            None => drops.add(DropReason::NoBuffer, 1),
+        }
+    }
+
+    /// Once a second: probes every endpoint that is unresolved or stale.
+    fn probe(&mut self, cache: &mut PoolCache, now: u32, drops: &mut DropTally) {
+        if self.probed_at == Some(now) {
+            return;
+        }
+        self.probed_at = Some(now);
+        let sh = self.shared.clone();
+        // Endpoints are numbered densely from 0: the first index without one ends the list.
+        for i in 0..MAX_ENDPOINTS as u16 {
+            let Some(ip) = sh.remotes.endpoint(i) else { break };
+            if sh.neighbours.take_probe(i, now) {
+                self.control_frame(cache, ip, None, drops);
+            }
+        }
+    }
+
+    /// The endpoint index of tunnel source `ip` (added when learning is on).
+    fn source_index(&mut self, ip: IpAddr) -> Option<u16> {
+        match self.last {
+            Some((a, i)) if a == ip => Some(i),
+            _ => {
+                let r = &self.shared.remotes;
+                let i = r.index_of(ip).or_else(|| r.learning_index(ip))?;
+                self.last = Some((ip, i));
+                Some(i)
+            }
+        }
+    }
+}
+
+impl RxQueue for UplinkTunnelRx {
+    fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
+        let RxCtx { cache, drops } = rx;
+        let now = self.shared.now_s();
+        self.probe(cache, now, drops);
+        let want = max.min(out.remaining_capacity());
+        self.rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want);
+        let sh = self.shared.clone();
+        let mut delivered = 0;
+        let mut frames = std::mem::take(&mut self.frames);
+        for mut b in frames.drain(..) {
+            match classify(b.data(), sh.local, sh.port) {
+                UplinkFrame::Tunnel { payload, len, src_ip, src_mac } => {
+                    let trimmed = b.trim_front(payload).is_ok() && b.set_len(len).is_ok();
+                    let decap =
+                        if trimmed { sh.codec.decap_buf(&mut b) } else { Err(DropReason::TunnelTruncated) };
+                    if let Err(r) = decap {
+                        drops.add(r, 1);
+                        cache.free(b);
+                        continue;
+                    }
+                    if let Some(i) = self.source_index(src_ip) {
+                        sh.neighbours.confirm(i, src_mac, now);
+                        sh.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), i, now);
+                    }
+                    out.push(b);
+                    delivered += 1;
+                }
+                UplinkFrame::Neighbour { ip, mac, answer } => {
+                    cache.free(b);
+                    if let Some(i) = sh.remotes.index_of(ip) {
+                        sh.neighbours.confirm(i, mac, now);
+                    }
+                    if answer {
+                        self.control_frame(cache, ip, Some(mac), drops);
+                    }
+                }
+                UplinkFrame::NotOurs => {
+                    drops.add(DropReason::UplinkNotTunnel, 1);
+                    cache.free(b);
+                }
+                UplinkFrame::Malformed => {
+                    drops.add(DropReason::TunnelOuterMalformed, 1);
+                    cache.free(b);
+                }
+            }
+        }
+        self.frames = frames;
+        if !self.control.is_empty() {
+            self.tx.tx_burst(&mut self.control, cache, drops);
+        }
+        delivered
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.rx.wake_fd()
+    }
+
+    fn arm_wakeup(&mut self) -> bool {
+        self.rx.arm_wakeup()
+    }
+
+    fn disarm_wakeup(&mut self) {
+        self.rx.disarm_wakeup()
+    }
+}
+
+struct UplinkTunnelTx {
+    shared: Arc<Shared>,
+    tx: Box<dyn TxQueue>,
+    out: Burst,
+}
+
+impl UplinkTunnelTx {
+    /// Writes the outer headers for endpoint `e` in front of `b` (tunnel header already in
+    /// place) and queues it; frees it and counts why when it cannot.
+    fn push(
+        &mut self,
+        mut b: PacketBuf,
+        e: u16,
+        sport: u16,
+        cache: &mut PoolCache,
+        drops: &mut DropTally,
+    ) -> usize {
+        let sh = &*self.shared;
+        let (Some(dst_mac), Some(dst_ip)) = (sh.neighbours.get(e), sh.remotes.endpoint(e)) else {
+            drops.add(DropReason::TunnelUnresolved, 1);
+            cache.free(b);
+            return 0;
+        };
+        let repr = OuterRepr {
+            src_mac: sh.mac,
+            dst_mac,
+            src_ip: sh.local,
+            dst_ip,
+            src_port: sport,
+            dst_port: sh.port,
+        };
+        if b.prepend(outer_headers_len(sh.local.is_ipv6())).is_err() || !repr.emit(b.data_mut()) {
+            drops.add(DropReason::NoBuffer, 1);
+            cache.free(b);
+            return 0;
+        }
+        self.out.push(b);
+        if self.out.is_full() {
+            return self.tx.tx_burst(&mut self.out, cache, drops);
+        }
+        0
+    }
+}
+
+impl TxQueue for UplinkTunnelTx {
+    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
+        let sh = self.shared.clone();
+        let now = sh.now_s();
+        let mut sent = 0;
+        for mut b in pkts.drain(..) {
+            if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
+                drops.add(r, 1);
+                cache.free(b);
+                continue;
+            }
+            let sport = source_port(flow_hash(b.data()));
+            let one = sh.remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now);
+            if sh.codec.encap_buf(&mut b).is_err() {
+                drops.add(DropReason::NoBuffer, 1);
+                cache.free(b);
+                continue;
+            }
+            match one {
+                Some(e) => sent += self.push(b, e, sport, cache, drops),
+                None => {
+                    let Some((&last, rest)) = sh.remotes.flood().split_last() else {
+                        drops.add(DropReason::TunnelNoEndpoint, 1);
+                        cache.free(b);
+                        continue;
+                    };
+                    for &e in rest {
+                        if sh.neighbours.get(e).is_none() {
+                            drops.add(DropReason::TunnelUnresolved, 1);
+                            continue;
+                        }
+                        match cache.alloc_copy(b.data()) {
+                            Some(c) => sent += self.push(c, e, sport, cache, drops),
+                            None => drops.add(DropReason::NoBuffer, 1),
+                        }
+                    }
+                    sent += self.push(b, last, sport, cache, drops);
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            sent += self.tx.tx_burst(&mut self.out, cache, drops);
+        }
+        sent
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        self.tx.flush()
+    }
+}
