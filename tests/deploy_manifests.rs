@@ -11,10 +11,17 @@
 //!   manager), every flag it passes is one `switchyard run --help` lists, the init container
 //!   installs the CNI plugin under the name NADs use, from where the Containerfile puts it;
 //! - RBAC: get/list/watch on exactly the kinds the API source reads, create/patch on Events,
-//!   bound to the DaemonSet's service account.
+//!   bound to the DaemonSet's service account;
+//! - the KubeVirt hand-off: the DaemonSet's device-plugin container, its arguments parsed by
+//!   `switchyard-kubevirt`'s own parser, registers in the kubelet's device-plugins directory,
+//!   writes Multus's device-info directory, and uses the switch's vhost-user directory and
+//!   control socket (the same hostPaths); the binding registered in deploy/kubevirt/ runs the
+//!   Containerfile's hook-sidecar image for the binding name the sidecar rewrites, and its NAD
+//!   (parsed by the CNI plugin's own parser) names the device plugin's resource.
 
+use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, Namespace, Probe, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Probe, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -25,6 +32,8 @@ use switchyard_control::cni::DEFAULT_CNI_STATE;
 use switchyard_control::ctl::DEFAULT_SOCKET;
 use switchyard_control::health::{HEALTHZ_PATH, READYZ_PATH};
 use switchyard_control::plan::DEFAULT_VHOST_DIR;
+use switchyard_kubevirt::cli::{Cli, Cmd};
+use switchyard_kubevirt::device_plugin::{self, PluginConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -78,6 +87,8 @@ struct Deploy {
     namespaces: Vec<Namespace>,
     /// Custom resources by kind.
     custom: BTreeMap<String, usize>,
+    /// The custom resources themselves (file, object).
+    objects: Vec<(String, serde_json::Value)>,
 }
 
 fn load() -> Deploy {
@@ -94,7 +105,12 @@ fn load() -> Deploy {
             ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")
             | ("kubevirt.io/v1", "VirtualMachineInstance")
             | ("nmstate.io/v1", "NodeNetworkConfigurationPolicy")
-            | ("k8s.cni.cncf.io/v1beta1", "MultiNetworkPolicy") => *d.custom.entry(kind).or_default() += 1,
+            | ("k8s.cni.cncf.io/v1beta1", "MultiNetworkPolicy")
+            | ("kubevirt.io/v1", "KubeVirt")
+            | ("kubevirt.io/v1", "VirtualMachine") => {
+                *d.custom.entry(kind).or_default() += 1;
+                d.objects.push((file, v));
+            }
             _ => panic!("{file}: {api} {kind} is not a kind this test knows how to check"),
         }
     }
@@ -190,7 +206,10 @@ fn the_daemonset_uses_the_binarys_paths_ports_probes_and_capabilities() {
     assert_ne!(sc.privileged, Some(true));
     let caps = sc.capabilities.as_ref().unwrap();
     let added: BTreeSet<&str> = caps.add.as_ref().unwrap().iter().map(String::as_str).collect();
-    assert_eq!(added, BTreeSet::from(["NET_ADMIN", "NET_RAW", "IPC_LOCK", "SYS_NICE"]));
+    // CHOWN and DAC_OVERRIDE: a vhost-user socket owned by the NAD's socketOwner, in the
+    // device plugin's directory (mode 0750 of QEMU's user).
+    let want = ["NET_ADMIN", "NET_RAW", "IPC_LOCK", "SYS_NICE", "CHOWN", "DAC_OVERRIDE"];
+    assert_eq!(added, BTreeSet::from(want));
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
 
     // Guaranteed QoS with whole CPUs (the static CPU manager's exclusive CPUs), hugepages.
@@ -293,4 +312,145 @@ fn the_example_resources_load_and_plan_a_bridge_for_a_labelled_node() {
     let ds = &load().daemonsets[0];
     let sel = ds.spec.template.spec.as_ref().unwrap().node_selector.clone().unwrap();
     assert_eq!(sel, labels);
+}
+
+/// The host directory mounted at `dir` in container `c` (a hostPath volume), if any.
+fn host_dir(pod: &PodSpec, c: &Container, dir: &str) -> Option<String> {
+    let m = c.volume_mounts.as_ref()?.iter().find(|m| m.mount_path == dir)?;
+    let v = pod.volumes.as_ref()?.iter().find(|v| v.name == m.name)?;
+    Some(v.host_path.as_ref()?.path.clone())
+}
+
+/// The capabilities a container adds (it must drop ALL and not be privileged).
+fn added_caps(c: &Container) -> BTreeSet<String> {
+    let sc = c.security_context.as_ref().unwrap();
+    assert_ne!(sc.privileged, Some(true), "{}", c.name);
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]), "{}", c.name);
+    caps.add.clone().unwrap_or_default().into_iter().collect()
+}
+
+/// The one custom resource of `kind` under deploy/kubevirt/.
+fn kubevirt_object<'a>(d: &'a Deploy, kind: &str) -> &'a serde_json::Value {
+    let mut it = d.objects.iter().filter(|(f, v)| f.starts_with("kubevirt/") && v["kind"] == kind);
+    let (_, v) = it.next().unwrap_or_else(|| panic!("no {kind} in deploy/kubevirt/"));
+    assert!(it.next().is_none(), "more than one {kind} in deploy/kubevirt/");
+    v
+}
+
+/// The device-plugin container's configuration, parsed as `switchyard-kubevirt` parses it.
+fn device_plugin_config(c: &Container) -> PluginConfig {
+    let mut args: Vec<String> = c.command.clone().unwrap_or_default();
+    args.extend(c.args.clone().unwrap_or_default());
+    assert_eq!(args[..2], ["switchyard-kubevirt".to_string(), "device-plugin".to_string()]);
+    match Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}")).cmd {
+        Cmd::DevicePlugin(a) => a.into(),
+        Cmd::HookSidecar { .. } => unreachable!("parsed device-plugin"),
+    }
+}
+
+#[test]
+fn the_device_plugin_uses_the_kubelets_directories_and_the_switchs_sockets() {
+    let d = load();
+    let pod = d.daemonsets[0].spec.template.spec.as_ref().unwrap();
+    let c = |name: &str| pod.containers.iter().find(|c| c.name == name).unwrap();
+    let (switch, dp) = (c("switchyard"), c("device-plugin"));
+    let cfg = device_plugin_config(dp);
+
+    // The kubelet's socket and the plugin's own live in the kubelet's device-plugins
+    // directory: the same path on the host, where the kubelet looks.
+    assert_eq!(cfg.plugin_dir, Path::new(device_plugin::DEFAULT_PLUGIN_DIR));
+    assert_eq!(
+        cfg.plugin_dir.join(device_plugin::KUBELET_SOCKET),
+        Path::new("/var/lib/kubelet/device-plugins/kubelet.sock")
+    );
+    let plugin_dir = cfg.plugin_dir.to_str().unwrap();
+    assert_eq!(host_dir(pod, dp, plugin_dir).as_deref(), Some(plugin_dir));
+    // Multus reads the device-info from its host directory.
+    assert_eq!(cfg.devinfo_dir, Path::new(device_plugin::DEFAULT_DEVINFO_DIR));
+    let devinfo = cfg.devinfo_dir.to_str().unwrap();
+    assert_eq!(host_dir(pod, dp, devinfo).as_deref(), Some(devinfo));
+
+    // The switch's vhost-user directory (where the CNI ADD puts a device's socket) and its
+    // control socket (the devices' health): the switch's own, from the same host directories.
+    let f = flags(&[switch.command.clone().unwrap(), switch.args.clone().unwrap()].concat());
+    assert_eq!(cfg.vhost_dir, f["--vhost-dir"]);
+    assert_eq!(host_dir(pod, dp, &cfg.vhost_dir), host_dir(pod, switch, &f["--vhost-dir"]));
+    assert!(host_dir(pod, dp, &cfg.vhost_dir).is_some());
+    let ctl = cfg.switch_socket.clone().expect("--switch-socket");
+    assert_eq!(ctl, Path::new(&f["--socket"]));
+    let ctl_dir = ctl.parent().unwrap().to_str().unwrap();
+    assert_eq!(host_dir(pod, dp, ctl_dir), host_dir(pod, switch, ctl_dir));
+    assert!(host_dir(pod, dp, ctl_dir).is_some());
+    // Every socket path the plugin will use fits sun_path, as its own start-up check says.
+    cfg.check().unwrap_or_else(|e| panic!("{e}"));
+
+    // The directories belong to QEMU's user: CHOWN; looking into them (0750): DAC_READ_SEARCH.
+    assert_eq!(added_caps(dp), BTreeSet::from(["CHOWN".to_string(), "DAC_READ_SEARCH".to_string()]));
+
+    // The binary is in the image, where the command finds it.
+    let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
+    assert!(containerfile.contains("-p switchyard-kubevirt"));
+    assert!(containerfile.contains("/out/switchyard-kubevirt /usr/local/bin/"));
+    assert_eq!(dp.image, switch.image);
+}
+
+#[test]
+fn the_kubevirt_binding_runs_the_hook_sidecar_for_the_device_plugins_resource() {
+    let d = load();
+    let pod = d.daemonsets[0].spec.template.spec.as_ref().unwrap();
+    let dp = pod.containers.iter().find(|c| c.name == "device-plugin").unwrap();
+    let cfg = device_plugin_config(dp);
+
+    // The sidecar as the image's entrypoint runs it (no arguments: its defaults).
+    let Cmd::HookSidecar { binding, socket, network_info, .. } =
+        Cli::try_parse_from(["switchyard-kubevirt", "hook-sidecar"]).unwrap().cmd
+    else {
+        unreachable!("parsed hook-sidecar")
+    };
+    // virt-launcher looks for sidecar sockets in this directory; `downwardAPI: device-info`
+    // writes the networks' device-info to this file.
+    assert_eq!(socket.parent().unwrap(), Path::new("/var/run/kubevirt-hooks"));
+    assert_eq!(network_info, Path::new("/etc/podinfo/network-info"));
+
+    // The registration: the binding the sidecar rewrites, the image the Containerfile builds
+    // with the sidecar as its entrypoint, the device-info passed down.
+    let kv = kubevirt_object(&d, "KubeVirt");
+    let reg = &kv["spec"]["configuration"]["network"]["binding"][&binding];
+    assert!(reg.is_object(), "no binding {binding:?} registered: {kv}");
+    assert_eq!(reg["downwardAPI"], "device-info");
+    let image = reg["sidecarImage"].as_str().unwrap();
+    let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
+    assert!(containerfile.contains(&format!("--target hook-sidecar \\\n#     -t {image} .")), "{image}");
+    let stage = containerfile.split("AS hook-sidecar").nth(1).expect("a hook-sidecar stage");
+    let stage = stage.split("FROM ").next().unwrap();
+    assert!(
+        stage.contains(r#"ENTRYPOINT ["/usr/local/bin/switchyard-kubevirt", "hook-sidecar"]"#),
+        "{stage}"
+    );
+    let features = kv["spec"]["configuration"]["developerConfiguration"]["featureGates"].to_string();
+    assert!(features.contains("\"NetworkBindingPlugins\""), "{features}");
+
+    // The VM's interface uses that binding on a network whose NAD names the device plugin's
+    // resource; the NAD's config is one the CNI plugin takes, in vhostuser mode, on the
+    // switch's control socket, its socket owned by the user the plugin gives the directories.
+    let vm = kubevirt_object(&d, "VirtualMachine");
+    let spec = &vm["spec"]["template"]["spec"];
+    let iface = spec["domain"]["devices"]["interfaces"].as_array().unwrap();
+    let iface = iface.iter().find(|i| i["binding"]["name"] == binding.as_str()).expect("an interface bound");
+    let net = spec["networks"].as_array().unwrap().iter().find(|n| n["name"] == iface["name"]).unwrap();
+    let nad_name = net["multus"]["networkName"].as_str().unwrap();
+    let nad = d
+        .objects
+        .iter()
+        .map(|(_, v)| v)
+        .find(|v| v["kind"] == "NetworkAttachmentDefinition" && v["metadata"]["name"] == nad_name)
+        .unwrap_or_else(|| panic!("no NAD {nad_name}"));
+    assert_eq!(nad["metadata"]["namespace"], vm["metadata"]["namespace"]);
+    assert_eq!(nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"], cfg.resource.as_str());
+    let conf = switchyard_cni::config::NetConf::parse(nad["spec"]["config"].as_str().unwrap().as_bytes())
+        .unwrap_or_else(|e| panic!("NAD {nad_name}: {e}"));
+    assert_eq!(conf.mode, switchyard_cni::config::Mode::Vhostuser);
+    assert_eq!(conf.socket, Path::new(DEFAULT_SOCKET));
+    assert_eq!((conf.socket_owner, conf.socket_group), (Some(cfg.owner), Some(cfg.group)));
 }

@@ -11,7 +11,7 @@
 mod kports_common;
 mod traffic;
 
-use kports_common::{ip, skip, skip_reason, LinkGuard, VethNs};
+use kports_common::{ip, skip, skip_reason, VethNs};
 use std::process::Child;
 use std::time::{Duration, Instant};
 use traffic::{stop_pmd, tcp_transfer};
@@ -92,27 +92,49 @@ fn tcp_transfer_between_veth_pods_with_default_offloads(rx: &str) {
     eprintln!("frames from A: {a_rx}, segments to B: {b_tx}");
 }
 
-/// A TAP port whose kernel side is this namespace's interface, and a veth pod: TCP both ways.
+/// A TAP port whose kernel side is a namespace of its own, and a veth pod: TCP both ways. pmd
+/// runs in that namespace (a TAP interface stays in the namespace that created it, and the
+/// port follows its link there), with the veth pod's host end moved in beside it; nothing of
+/// the test is in the root namespace, so copies of it run at once.
 fn tcp_both_ways_between_a_tap_port_and_a_veth_pod(rx: &str) {
     if let Some(why) = skip_reason() {
         return skip("tcp_both_ways_between_a_tap_port_and_a_veth_pod", &why);
     }
     let a = VethNs::create().expect("veth pod");
     ip(&["-n", &a.ns, "addr", "add", "10.202.0.2/24", "dev", &a.peer]).unwrap();
-    let tap = format!("sy{}tap", std::process::id());
-    let _gone = LinkGuard(tap.clone());
-    let pmd =
-        traffic::spawn_pmd(BIN, &[], &[format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")]).unwrap();
+    let (pid, n) = kports_common::unique();
+    let sw = NetnsGuard::create(format!("sy-tapsw-{pid}-{n}")).expect("the switch's namespace");
+    ip(&["link", "set", &a.host, "netns", &sw.0]).unwrap();
+    ip(&["-n", &sw.0, "link", "set", &a.host, "up"]).unwrap();
+    let tap = format!("sy{pid}t{n}");
+    let ports = [format!("afpacket:{}{rx}", a.host), format!("tap:{tap}")];
+    let pmd = traffic::spawn_pmd_in(Some(&sw.0), BIN, &[], &ports).unwrap();
     let t0 = Instant::now();
-    while ip(&["link", "show", &tap]).is_err() {
+    while ip(&["-n", &sw.0, "link", "show", &tap]).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(10), "pmd did not create {tap}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    ip(&["addr", "add", "10.202.0.1/24", "dev", &tap]).unwrap();
-    ip(&["link", "set", &tap, "up"]).unwrap();
-    tcp_transfer(Some(&a.ns), None, "10.202.0.1", TCP_BYTES);
-    tcp_transfer(None, Some(&a.ns), "10.202.0.2", TCP_BYTES);
+    ip(&["-n", &sw.0, "addr", "add", "10.202.0.1/24", "dev", &tap]).unwrap();
+    ip(&["-n", &sw.0, "link", "set", &tap, "up"]).unwrap();
+    tcp_transfer(Some(&a.ns), Some(&sw.0), "10.202.0.1", TCP_BYTES);
+    tcp_transfer(Some(&sw.0), Some(&a.ns), "10.202.0.2", TCP_BYTES);
     assert_no_drops(&stop_pmd(pmd));
+}
+
+/// A network namespace, deleted on drop (with every interface still in it).
+struct NetnsGuard(String);
+
+impl NetnsGuard {
+    fn create(name: String) -> Result<NetnsGuard, String> {
+        ip(&["netns", "add", &name])?;
+        Ok(NetnsGuard(name))
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
 }
 
 fn udp_datagrams_and_udp_gso_between_veth_pods_with_default_offloads(rx: &str) {

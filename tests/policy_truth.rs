@@ -14,13 +14,15 @@
 mod kports_common;
 
 use kports_common::{in_netns, ip, skip, skip_reason, VethNs};
+use std::ffi::OsStr;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::run::RunProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const TCP_PORT: u16 = 8080;
@@ -125,40 +127,10 @@ metadata: {name: blue, labels: {team: blue}}
 "#;
 
 /// The running switch; killed on drop.
-struct Run {
-    child: Child,
-    sock: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
+/// The switch under test; `ctl` and its waits are [`RunProcess`]'s.
+type Run = RunProcess;
 
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Run {
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN).arg("ctl").arg("--socket").arg(&self.sock).args(args).output().unwrap();
-        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn wait_ctl(&self, args: &[&str], what: &str, cond: impl Fn(&str) -> bool) {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if cond(&self.ctl(args)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "timed out waiting for {what}; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
+const WAIT: Duration = Duration::from_secs(10);
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,8 +273,8 @@ fn reachability_truth_table() {
     }
     std::fs::write(dir.path().join("run.yaml"), over).unwrap();
     let run = start(dir.path(), &state);
-    run.wait_ctl(&["show", "ports"], "four ports up", |s| s.matches(" up").count() >= 4);
-    run.wait_ctl(&["show", "config"], "the policies", |s| s.matches("policy:").count() == 2);
+    run.wait_ctl(&["show", "ports"], "four ports up", WAIT, |s| s.matches(" up").count() >= 4);
+    run.wait_ctl(&["show", "config"], "the policies", WAIT, |s| s.matches("policy:").count() == 2);
 
     let stop = Arc::new(AtomicBool::new(false));
     let srv = servers(&ns, &stop);
@@ -338,7 +310,7 @@ fn reachability_truth_table() {
 
     // web's labels change: no policy selects it any more, client's UDP gets through.
     std::fs::write(state.join("vm-0.yaml"), vmi(0, "app: retired")).unwrap();
-    run.wait_ctl(&["show", "config"], "web's policy gone", |s| s.matches("policy:").count() == 1);
+    run.wait_ctl(&["show", "config"], "web's policy gone", WAIT, |s| s.matches("policy:").count() == 1);
     assert_eq!(udp_probe(&ns[1], VMS[0].3), Seen::Reply, "web is open now");
 
     stop.store(true, Ordering::Relaxed);
@@ -348,31 +320,14 @@ fn reachability_truth_table() {
 }
 
 fn start(dir: &Path, state: &Path) -> Run {
-    let sock = dir.join("ctl.sock");
-    let log = dir.join("run.log");
-    let child = Command::new(BIN)
-        .arg("run")
-        .arg("--state")
-        .arg(state)
-        .args(["--node", "n1", "--config"])
-        .arg(dir.join("run.yaml"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--vhost-dir")
-        .arg(dir.join("vhost"))
-        .arg("--cni-state")
-        .arg(dir.join("cni"))
-        .env("SWITCHYARD_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Run { child, sock, log };
-    let t = Instant::now();
-    while !run.sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    run
+    let config = dir.join("run.yaml");
+    let args: [&OsStr; 6] = [
+        "--state".as_ref(),
+        state.as_ref(),
+        "--node".as_ref(),
+        "n1".as_ref(),
+        "--config".as_ref(),
+        config.as_ref(),
+    ];
+    RunProcess::spawn(BIN, dir, args, WAIT)
 }

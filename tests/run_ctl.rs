@@ -3,9 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_control::cni::attachment_key;
+use testkit::run::RunProcess;
 
 #[path = "../control/tests/apiserver/mod.rs"]
 mod apiserver;
@@ -27,12 +28,18 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 struct Run {
-    child: Child,
+    /// Declared first: the process is killed before its directory goes.
+    p: RunProcess,
     /// The run's files (socket, log, state, switch file, CNI state); `_tmp` removes it.
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    sock: PathBuf,
-    log: PathBuf,
+}
+
+impl std::ops::Deref for Run {
+    type Target = RunProcess;
+    fn deref(&self) -> &RunProcess {
+        &self.p
+    }
 }
 
 impl Run {
@@ -64,81 +71,33 @@ impl Run {
     }
 
     fn spawn(dir: PathBuf, tmp: Option<tempfile::TempDir>, args: Vec<std::ffi::OsString>) -> Run {
-        let sock = dir.join("ctl.sock");
-        let log = dir.join("run.log");
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(args)
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--vhost-dir")
-            .arg(dir.join("vhost"))
-            .arg("--cni-state")
-            .arg(dir.join("cni"))
-            .env("SWITCHYARD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let r = Run { child, dir, _tmp: tmp, sock, log };
-        r.wait_for("the control socket", || r.sock.exists());
-        r
+        Run { p: RunProcess::spawn(BIN, &dir, args, WAIT), dir, _tmp: tmp }
     }
 
     fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
 
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN).arg("ctl").arg("--socket").arg(&self.sock).args(args).output().unwrap();
-        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while t.elapsed() < WAIT {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("timed out waiting for {what}; log:\n{}", self.log());
+    fn wait_for(&self, what: &str, cond: impl FnMut() -> bool) {
+        self.p.wait_for(what, WAIT, cond)
     }
 
     fn wait_ctl(&self, args: &[&str], what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let mut last = String::new();
-        self.wait_for(what, || {
-            last = self.ctl(args);
-            cond(&last)
-        });
-        last
+        self.p.wait_ctl(args, what, WAIT, cond)
     }
 
     /// SIGTERM, then the exit status (bounded).
     fn terminate(mut self) -> (std::process::ExitStatus, Run) {
-        let ok = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill").arg("-TERM").arg(self.p.child.id().to_string()).status().unwrap();
         assert!(ok.success());
         let t = Instant::now();
         loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
+            if let Some(st) = self.p.child.try_wait().unwrap() {
                 return (st, self);
             }
             assert!(t.elapsed() < WAIT, "run did not stop on SIGTERM; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -367,31 +367,11 @@ impl PortConfig {
     /// Gives the port this backend: its type and exactly that type's options (every other
     /// option cleared). The port's name and L2 settings stay.
     pub fn set_backend(&mut self, b: &Backend) {
-        let PortConfig {
-            name,
-            vlan_mode,
-            tag,
-            trunks,
-            allowed_macs,
-            static_macs,
-            mac_limit,
-            allowed_ips,
-            policy,
-            ..
-        } = std::mem::take(self);
-        *self = PortConfig {
-            name,
-            kind: Some(b.port_type()),
-            vlan_mode,
-            tag,
-            trunks,
-            allowed_macs,
-            static_macs,
-            mac_limit,
-            allowed_ips,
-            policy,
-            ..Default::default()
-        };
+        let old = std::mem::replace(self, PortConfig { kind: Some(b.port_type()), ..Default::default() });
+        macro_rules! keep {
+            ($($field:ident),*) => { $(self.$field = old.$field;)* };
+        }
+        keep!(name, vlan_mode, tag, trunks, allowed_macs, static_macs, mac_limit, allowed_ips, policy);
         match b {
             Backend::Ring { ring } => self.ring = ring.clone(),
             Backend::Pcap { rx, tx, infinite } => {

@@ -106,7 +106,10 @@ impl PluginConfig {
         self.resource.rsplit('/').next().unwrap_or(&self.resource)
     }
 
-    fn check(&self) -> Result<(), PluginError> {
+    /// What [`PluginConfig::prepare`] checks before creating anything: a valid resource name,
+    /// and every device directory and socket path, on the host and in the pod, within
+    /// `sun_path`.
+    pub fn check(&self) -> Result<(), PluginError> {
         let ok = match self.resource.split_once('/') {
             Some((d, n)) => {
                 !d.is_empty()

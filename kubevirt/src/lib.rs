@@ -9,6 +9,7 @@
 //!
 //! The gRPC code comes from the published APIs' .proto files (proto/), compiled by build.rs.
 
+pub mod cli;
 pub mod device_plugin;
 pub mod domain;
 pub mod hook;

@@ -1,94 +1,9 @@
 //! `switchyard-kubevirt device-plugin | hook-sidecar`: see docs/kubevirt.md.
 
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use clap::Parser;
 use std::process::ExitCode;
-use std::time::Duration;
+use switchyard_kubevirt::cli::{Cli, Cmd};
 use switchyard_kubevirt::{device_plugin, hook};
-
-#[derive(Parser)]
-#[command(version, about = "KubeVirt hand-off of switchyard's vhost-user sockets")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// The kubelet device plugin: socket directories as devices of one resource.
-    DevicePlugin(DevicePluginArgs),
-    /// The network binding sidecar (KubeVirt hook API v1alpha3).
-    HookSidecar {
-        /// The binding name of the VMI interfaces to rewrite.
-        #[arg(long, default_value = "switchyard")]
-        binding: String,
-        /// The hook socket.
-        #[arg(long, default_value = "/var/run/kubevirt-hooks/switchyard.sock")]
-        socket: PathBuf,
-        /// The pod's network information (KubeVirt's device-info, or Multus network-status).
-        #[arg(long, default_value = hook::DEFAULT_NETWORK_INFO)]
-        network_info: PathBuf,
-        /// <mtu> for interfaces whose network information has none.
-        #[arg(long)]
-        mtu: Option<u32>,
-    },
-}
-
-#[derive(Args)]
-struct DevicePluginArgs {
-    /// The extended resource (the NAD's k8s.v1.cni.cncf.io/resourceName).
-    #[arg(long, default_value = "switchyard.io/vhost")]
-    resource: String,
-    /// How many devices at least (VM interfaces at once on this node).
-    #[arg(long, default_value_t = 64)]
-    devices: usize,
-    /// Free devices to keep beyond the bound ones (the pool grows and shrinks); 0: a fixed pool.
-    #[arg(long, default_value_t = 0)]
-    spare: usize,
-    /// The switch's vhost-user directory (`run --vhost-dir`).
-    #[arg(long, default_value = "/var/run/switchyard/vhost")]
-    vhost_dir: String,
-    /// Where the directories appear in the pod.
-    #[arg(long, default_value = device_plugin::DEFAULT_CONTAINER_DIR)]
-    container_dir: String,
-    #[arg(long, default_value = device_plugin::DEFAULT_PLUGIN_DIR)]
-    plugin_dir: PathBuf,
-    #[arg(long, default_value = device_plugin::DEFAULT_DEVINFO_DIR)]
-    devinfo_dir: PathBuf,
-    /// Owner of the directories (QEMU's uid in virt-launcher).
-    #[arg(long, default_value_t = device_plugin::QEMU_ID)]
-    owner: u32,
-    #[arg(long, default_value_t = device_plugin::QEMU_ID)]
-    group: u32,
-    /// The switch's control socket: devices are unhealthy while it does not answer.
-    #[arg(long)]
-    switch_socket: Option<PathBuf>,
-    /// Health and kubelet poll interval, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    poll_ms: u64,
-    /// QEMU listens and the switch connects (NADs with `vhostMode: client`).
-    #[arg(long)]
-    qemu_listens: bool,
-}
-
-impl From<DevicePluginArgs> for device_plugin::PluginConfig {
-    fn from(a: DevicePluginArgs) -> Self {
-        device_plugin::PluginConfig {
-            resource: a.resource,
-            devices: a.devices,
-            spare: a.spare,
-            vhost_dir: a.vhost_dir,
-            container_dir: a.container_dir,
-            plugin_dir: a.plugin_dir,
-            devinfo_dir: a.devinfo_dir,
-            owner: a.owner,
-            group: a.group,
-            switch_socket: a.switch_socket,
-            poll: Duration::from_millis(a.poll_ms.max(10)),
-            qemu_listens: a.qemu_listens,
-        }
-    }
-}
 
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;

@@ -1,7 +1,9 @@
-//! Network-device helpers the AF_PACKET and TAP ports share: `struct ifreq`, the interface
-//! ioctls on it, the link state of an interface by index, and the port errors they build.
+//! Network-device helpers the AF_PACKET, AF_XDP and TAP ports share: `struct ifreq`, the
+//! interface ioctls on it, the link state of an interface by index, the mark of an interface
+//! that is gone, and the port errors they build.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard_dataplane::port::PortError;
 
 /// `struct ifreq`: the name and 24 bytes of union (flags, index, MTU are at its start).
@@ -92,6 +94,44 @@ pub(crate) fn link_state(ctl: RawFd, ifindex: i32) -> Option<(bool, u32)> {
         Err(_) => 0,
     };
     Some((up, mtu))
+}
+
+/// Whether the interface under a port is gone (deleted): set once, for good, and logged once.
+#[derive(Debug, Default)]
+pub(crate) struct Gone(AtomicBool);
+
+impl Gone {
+    #[inline]
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Marks the interface gone; the first time, logs it with the port's and interface's names.
+    #[cold]
+    pub(crate) fn mark(&self, port: &str, iface: &str) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::warn!(port, iface, "interface is gone; port down");
+        }
+    }
+
+    /// The interface's state as [`link_state`] reads it (up, MTU), `None` once it is gone (and
+    /// marked so here when the kernel no longer knows its index).
+    pub(crate) fn link_state(
+        &self,
+        ctl: RawFd,
+        ifindex: i32,
+        port: &str,
+        iface: &str,
+    ) -> Option<(bool, u32)> {
+        if self.get() {
+            return None;
+        }
+        let state = link_state(ctl, ifindex);
+        if state.is_none() {
+            self.mark(port, iface);
+        }
+        state
+    }
 }
 
 /// A port error that says what went wrong in words.

@@ -6,9 +6,8 @@
 //! then answers `EBADFD`) or one that is down marks the port down: TX counts `port_down`, RX
 //! returns nothing, nothing panics. Without `persist`, the interface goes away with the port.
 
-use crate::netdev::{backend, errno, ifr_ioctl, io, is_link_error, link_state, IfReq};
+use crate::netdev::{backend, errno, ifr_ioctl, io, is_link_error, Gone, IfReq};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::port::{
@@ -46,16 +45,8 @@ struct Shared {
     /// For interface ioctls.
     ctl: OwnedFd,
     /// The interface is gone (deleted): permanent.
-    gone: AtomicBool,
+    gone: Gone,
     rx_claims: RxClaims,
-}
-
-impl Shared {
-    fn mark_gone(&self) {
-        if !self.gone.swap(true, Ordering::Relaxed) {
-            tracing::warn!(port = %self.name, iface = %self.ifname, "TAP interface is gone; port down");
-        }
-    }
 }
 
 /// A TAP port. Cheap to clone; every clone uses the same fd.
@@ -135,7 +126,7 @@ impl TapPort {
                 ifindex,
                 fd,
                 ctl,
-                gone: AtomicBool::new(false),
+                gone: Gone::default(),
                 rx_claims: RxClaims::new(name, 1),
             }),
         })
@@ -171,16 +162,8 @@ impl PortBackend for TapPort {
     }
 
     fn link_up(&self) -> bool {
-        if self.shared.gone.load(Ordering::Relaxed) {
-            return false;
-        }
-        match link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex) {
-            Some((up, _)) => up,
-            None => {
-                self.shared.mark_gone();
-                false
-            }
-        }
+        let s = &self.shared;
+        s.gone.link_state(s.ctl.as_raw_fd(), s.ifindex, &s.name, &s.ifname).is_some_and(|(up, _)| up)
     }
 }
 
@@ -202,7 +185,7 @@ impl RxQueue for TapRx {
 
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
-        if self.shared.gone.load(Ordering::Relaxed) {
+        if self.shared.gone.get() {
             return 0;
         }
         let room = max.min(out.remaining_capacity());
@@ -235,7 +218,9 @@ impl RxQueue for TapRx {
                 if rc < 0 {
                     match errno() {
                         libc::EAGAIN | libc::EINTR => {}
-                        libc::EBADFD | libc::ENODEV | libc::ENXIO => self.shared.mark_gone(),
+                        libc::EBADFD | libc::ENODEV | libc::ENXIO => {
+                            self.shared.gone.mark(&self.shared.name, &self.shared.ifname)
+                        }
                         e => tracing::debug!(port = %self.shared.name, errno = e, "TAP read error"),
                     }
                 }
@@ -266,7 +251,7 @@ struct TapTx {
 impl TxQueue for TapTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let mut sent = 0;
-        let mut down = self.shared.gone.load(Ordering::Relaxed);
+        let mut down = self.shared.gone.get();
         for b in pkts.drain(..) {
             if down {
                 drops.add(DropReason::PortDown, 1);
@@ -292,7 +277,7 @@ impl TxQueue for TapTx {
                     libc::EINVAL | libc::EMSGSIZE => drops.add(DropReason::Oversize, 1),
                     e => {
                         if matches!(e, libc::EBADFD | libc::ENODEV | libc::ENXIO) {
-                            self.shared.mark_gone();
+                            self.shared.gone.mark(&self.shared.name, &self.shared.ifname);
                         } else if !is_link_error(e) {
                             tracing::debug!(port = %self.shared.name, errno = e, "TAP write error");
                         }

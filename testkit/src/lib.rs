@@ -1,6 +1,6 @@
 //! What switchyard's tests share: the probes that decide whether a machine can run an
 //! environment-dependent test, the one way such a test skips, and the one builder of test
-//! frames ([`frame`]).
+//! frames ([`frame`]), and a `switchyard run` process for end-to-end tests ([`run`]).
 //!
 //! Invariant: a test skips only through [`skip`], and only for a missing environment (not
 //! root, no `dpdk-testpmd`, no `/dev/net/tun`, no free hugepages, no QEMU guest...), decided by
@@ -19,6 +19,7 @@
 pub mod frame;
 pub mod http;
 pub mod probe;
+pub mod run;
 pub mod summary;
 
 use std::io::Write;

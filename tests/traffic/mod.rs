@@ -25,11 +25,33 @@ pub fn maybe_in<T>(ns: Option<&str>, f: impl FnOnce() -> Result<T, String>) -> R
     }
 }
 
+/// The receiver's socket buffer (`SO_RCVBUF`; the kernel doubles it, and advertises at most
+/// part of that as its window). A switch port buffers what its kernel queue holds while the
+/// worker is not running (an AF_PACKET port's default ring: 4 MiB, about 2,600 full-size frames
+/// or 48 GSO super-frames); with a window above that (Linux lets a receive window grow to
+/// `tcp_rmem`'s maximum, 6 to 32 MiB), a worker starved on a loaded machine lets the ring
+/// overflow and the frames are counted as `no_buffer`. A window far below it means the sender
+/// never has more in flight than the ring holds, however long the worker waits for a core.
+const RECV_BUFFER: libc::c_int = 512 << 10;
+
 /// Sends `bytes` bytes from a socket in `from` to a listener in `to` (`to_ip`), through the
-/// switch, and checks every byte on arrival.
+/// switch, and checks every byte on arrival. The receive window is bounded ([`RECV_BUFFER`]).
 pub fn tcp_transfer(from: Option<&str>, to: Option<&str>, to_ip: &str, bytes: usize) {
     let port = 5201;
     let listener = maybe_in(to, || TcpListener::bind((to_ip, port)).map_err(|e| e.to_string())).unwrap();
+    // Set before any connection arrives: the accepted socket inherits it, and its window
+    // scale is chosen from it.
+    // SAFETY: setsockopt on our socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &RECV_BUFFER as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
     let server = std::thread::spawn(move || -> Result<usize, String> {
         let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
@@ -139,7 +161,20 @@ pub fn udp_exchange(from: Option<&str>, from_ip: &str, to: Option<&str>, to_ip: 
 
 /// `switchyard pmd --fwd switch --json` (the binary `bin`) with the options `extra` on `ports`, running until stopped.
 pub fn spawn_pmd(bin: &str, extra: &[&str], ports: &[String]) -> Result<Child, String> {
-    let mut cmd = Command::new(bin);
+    spawn_pmd_in(None, bin, extra, ports)
+}
+
+/// [`spawn_pmd`] in network namespace `ns` (`ip netns exec`, which execs pmd: the child is
+/// pmd itself, as [`stop_pmd`] needs).
+pub fn spawn_pmd_in(ns: Option<&str>, bin: &str, extra: &[&str], ports: &[String]) -> Result<Child, String> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(["pmd", "--fwd", "switch", "--json"]).args(extra);
     for p in ports {
         cmd.args(["--port", p]);

@@ -35,9 +35,9 @@
 //! `PACKET_STATISTICS` whenever a block says it lost frames, or a frame's `SO_RXQ_OVFL` count
 //! changed), `bad_offload`, `tx_full` and `port_down`.
 
-use crate::netdev::{backend, ifr_ioctl, io, link_state, IfReq};
+use crate::netdev::{backend, ifr_ioctl, io, link_state, Gone, IfReq};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 pub use switchyard_dataplane::config::AfPacketRxMode;
 use switchyard_dataplane::port::{PortBackend, PortError, RxQueue, TxQueue};
@@ -121,20 +121,12 @@ struct Shared {
     /// For interface ioctls (link state, MTU).
     ctl: OwnedFd,
     /// The interface is gone (deleted): permanent.
-    gone: AtomicBool,
+    gone: Gone,
     /// MTU last read; refreshed by link_up().
     mtu: AtomicU32,
     /// Frames the kernel dropped on RX (ring full), summed over queues; also counted as
     /// `no_buffer` in the drops of the burst that noticed them.
     kernel_drops: AtomicU64,
-}
-
-impl Shared {
-    fn mark_gone(&self) {
-        if !self.gone.swap(true, Ordering::Relaxed) {
-            tracing::warn!(port = %self.name, iface = %self.iface, "interface is gone; port down");
-        }
-    }
 }
 
 /// An AF_PACKET port bound to one kernel interface. Cheap to clone.
@@ -214,7 +206,7 @@ impl AfPacketPort {
                 rx,
                 tx_spare: Mutex::new(Some(tx)),
                 ctl,
-                gone: AtomicBool::new(false),
+                gone: Gone::default(),
                 mtu: AtomicU32::new(mtu),
                 kernel_drops: AtomicU64::new(0),
             }),
@@ -271,20 +263,13 @@ impl PortBackend for AfPacketPort {
     }
 
     fn link_up(&self) -> bool {
-        if self.shared.gone.load(Ordering::Relaxed) {
+        let s = &self.shared;
+        let Some((up, mtu)) = s.gone.link_state(s.ctl.as_raw_fd(), s.ifindex, &s.name, &s.iface) else {
             return false;
+        };
+        if mtu != 0 {
+            s.mtu.store(mtu, Ordering::Relaxed);
         }
-        match link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex) {
-            Some((up, mtu)) => {
-                if mtu != 0 {
-                    self.shared.mtu.store(mtu, Ordering::Relaxed);
-                }
-                up
-            }
-            None => {
-                self.shared.mark_gone();
-                false
-            }
-        }
+        up
     }
 }

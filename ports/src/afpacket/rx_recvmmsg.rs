@@ -142,7 +142,7 @@ impl RxSock {
                 // The kernel could not express a frame's offloads as a virtio-net header and
                 // dropped it (packet_rcv_vnet).
                 libc::EINVAL => drops.add(DropReason::BadOffload, 1),
-                libc::ENXIO | libc::ENODEV => shared.mark_gone(),
+                libc::ENXIO | libc::ENODEV => shared.gone.mark(&shared.name, &shared.iface),
                 e => tracing::debug!(port = %shared.name, errno = e, "AF_PACKET recvmmsg error"),
             }
             return 0;

@@ -143,14 +143,14 @@ impl AfPacketTx {
                     }
                     Some((false, _)) => self.take_back(queued, drops),
                     None => {
-                        self.shared.mark_gone();
+                        self.shared.gone.mark(&self.shared.name, &self.shared.iface);
                         self.take_back(queued, drops)
                     }
                 }
             }
             Err(e) => {
                 if matches!(e, libc::ENXIO | libc::ENODEV) {
-                    self.shared.mark_gone();
+                    self.shared.gone.mark(&self.shared.name, &self.shared.iface);
                 } else if !is_link_error(e) {
                     tracing::debug!(port = %self.shared.name, errno = e, "AF_PACKET TX error");
                 }
@@ -170,7 +170,7 @@ impl AfPacketTx {
 
 impl TxQueue for AfPacketTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
-        if self.shared.gone.load(Ordering::Relaxed) {
+        if self.shared.gone.get() {
             if self.pending {
                 self.take_back(0, drops);
             }
@@ -228,7 +228,7 @@ impl TxQueue for AfPacketTx {
     }
 
     fn flush(&mut self) -> Result<(), PortError> {
-        if self.pending && !self.shared.gone.load(Ordering::Relaxed) {
+        if self.pending && !self.shared.gone.get() {
             let mut d = DropTally::default();
             self.kick_and_settle(0, &mut d);
         }

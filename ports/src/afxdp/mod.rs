@@ -38,11 +38,10 @@ pub mod bpf;
 mod sys;
 pub mod umem;
 
-use crate::netdev::{is_link_error, link_state};
+use crate::netdev::{is_link_error, Gone};
 use bpf::XdpProgram;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard_dataplane::buffer::{PoolCache, HEADROOM, SLOT_SIZE};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
@@ -87,18 +86,10 @@ struct Shared {
     /// For interface ioctls (link state).
     ctl: OwnedFd,
     /// The interface is gone (deleted): permanent.
-    gone: AtomicBool,
+    gone: Gone,
     zero_copy: bool,
     /// Detaches the program when the port goes.
     _prog: XdpProgram,
-}
-
-impl Shared {
-    fn mark_gone(&self) {
-        if !self.gone.swap(true, Ordering::Relaxed) {
-            tracing::warn!(port = %self.name, iface = %self.iface, "interface is gone; port down");
-        }
-    }
 }
 
 /// An AF_XDP port on the RX queues `0..queues` of one kernel interface.
@@ -202,7 +193,7 @@ impl AfXdpPort {
                 rx,
                 tx,
                 ctl,
-                gone: AtomicBool::new(false),
+                gone: Gone::default(),
                 zero_copy,
                 _prog: prog,
             }),
@@ -251,16 +242,8 @@ impl PortBackend for AfXdpPort {
     }
 
     fn link_up(&self) -> bool {
-        if self.shared.gone.load(Ordering::Relaxed) {
-            return false;
-        }
-        match link_state(self.shared.ctl.as_raw_fd(), self.shared.ifindex as i32) {
-            Some((up, _)) => up,
-            None => {
-                self.shared.mark_gone();
-                false
-            }
-        }
+        let s = &self.shared;
+        s.gone.link_state(s.ctl.as_raw_fd(), s.ifindex as i32, &s.name, &s.iface).is_some_and(|(up, _)| up)
     }
 }
 
@@ -371,7 +354,7 @@ impl TxQueue for AfXdpTx {
         if pkts.is_empty() {
             return 0;
         }
-        if self.shared.gone.load(Ordering::Relaxed) {
+        if self.shared.gone.get() {
             drop_all(pkts, cache, drops, DropReason::PortDown);
             return 0;
         }
@@ -437,7 +420,7 @@ impl TxQueue for AfXdpTx {
                 Err(libc::EAGAIN) => {}
                 Err(e) if is_link_error(e) => {
                     // The socket lost its interface: what it holds will never be sent.
-                    self.shared.mark_gone();
+                    self.shared.gone.mark(&self.shared.name, &self.shared.iface);
                     drops.add(DropReason::PortDown, k);
                     return 0;
                 }
