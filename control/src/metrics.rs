@@ -120,6 +120,7 @@ impl ControlStats {
 }
 
 /// Name, type and help of every exported metric, in the order of the exposition.
+#[rustfmt::skip]
 const METRICS: &[(&str, &str, &str)] = &[
     ("switchyard_build_info", "gauge", "Always 1; the labels name the build."),
     ("switchyard_ready", "gauge", "1 once the first full plan is applied and the CNI ports are restored."),
@@ -130,57 +131,21 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("switchyard_port_flooded_total", "counter", "Frames received on the port that were flooded."),
     ("switchyard_port_learned_total", "counter", "New MAC addresses learned on the port."),
     ("switchyard_port_moved_in_total", "counter", "MAC addresses that moved to the port from another."),
-    (
-        "switchyard_port_static_conflicts_total",
-        "counter",
-        "Frames whose source is another port's static MAC entry (forwarded, not learned).",
-    ),
-    (
-        "switchyard_port_mac_limit_hits_total",
-        "counter",
-        "New MACs not learned because of the port's mac_limit.",
-    ),
-    (
-        "switchyard_port_fdb_full_total",
-        "counter",
-        "New MACs not learned because the bridge's table was full.",
-    ),
-    (
-        "switchyard_port_drops_total",
-        "counter",
-        "Frames dropped, by reason (docs/semantics.md); written once non-zero.",
-    ),
-    (
-        "switchyard_vhost_guest_faults_total",
-        "counter",
-        "Frames dropped on a vhost-user port because of the guest (vhost_* drop reasons).",
-    ),
+    ("switchyard_port_static_conflicts_total", "counter", "Frames whose source is another port's static MAC entry (forwarded, not learned)."),
+    ("switchyard_port_mac_limit_hits_total", "counter", "New MACs not learned because of the port's mac_limit."),
+    ("switchyard_port_fdb_full_total", "counter", "New MACs not learned because the bridge's table was full."),
+    ("switchyard_port_drops_total", "counter", "Frames dropped, by reason (docs/semantics.md); written once non-zero."),
+    ("switchyard_vhost_guest_faults_total", "counter", "Frames dropped on a vhost-user port because of the guest (vhost_* drop reasons)."),
     ("switchyard_bridge_mac_entries", "gauge", "Entries in the bridge's MAC table (static and learned)."),
     ("switchyard_bridge_mac_capacity", "gauge", "Entries the bridge's MAC table can hold."),
-    (
-        "switchyard_worker_busy_cycles_total",
-        "counter",
-        "TSC cycles the worker spent on polls that received frames.",
-    ),
-    (
-        "switchyard_worker_idle_cycles_total",
-        "counter",
-        "TSC cycles the worker spent on empty polls and backing off.",
-    ),
+    ("switchyard_worker_busy_cycles_total", "counter", "TSC cycles the worker spent on polls that received frames."),
+    ("switchyard_worker_idle_cycles_total", "counter", "TSC cycles the worker spent on empty polls and backing off."),
     ("switchyard_worker_rx_packets_total", "counter", "Frames the worker received."),
     ("switchyard_worker_last_poll_age_seconds", "gauge", "Time since the worker's last poll."),
     ("switchyard_tsc_hz", "gauge", "TSC cycles per second (to turn worker cycles into time)."),
     ("switchyard_reconciles_total", "counter", "Reconciles of the source's state into the switch."),
-    (
-        "switchyard_reconcile_errors_total",
-        "counter",
-        "Reconciles that failed (the running configuration stayed).",
-    ),
-    (
-        "switchyard_reconcile_duration_seconds",
-        "histogram",
-        "Time from reading the source to the workers running the plan.",
-    ),
+    ("switchyard_reconcile_errors_total", "counter", "Reconciles that failed (the running configuration stayed)."),
+    ("switchyard_reconcile_duration_seconds", "histogram", "Time from reading the source to the workers running the plan."),
 ];
 
 /// Appends a label value with `\`, `"` and newlines escaped as the format requires.

@@ -27,15 +27,7 @@ impl Worker {
     ) -> (usize, usize) {
         let (mut got, mut sent) = (0, 0);
         for k in 0..self.rx.len() {
-            let t0 = stage_mark::<STAGES>();
-            let (port, n) = self.rx_burst(k, burst_size);
-            if n == 0 {
-                if STAGES {
-                    self.stages.rx += cpu::rdtsc().wrapping_sub(t0);
-                }
-                continue;
-            }
-            let t1 = stage_mark::<STAGES>();
+            let Some((port, n, t0, t1)) = self.rx_timed::<STAGES>(k, burst_size) else { continue };
             got += n;
             if let Some(spec) = self.plan.switch.port(port) {
                 let bytes: usize = self.burst.iter().map(|b| b.len()).sum();

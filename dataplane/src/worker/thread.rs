@@ -234,15 +234,7 @@ impl Worker {
         let mut now = None;
         let (mut got, mut sent) = (0, 0);
         for k in 0..self.rx.len() {
-            let t0 = stage_mark::<STAGES>();
-            let (port, n) = self.rx_burst(k, sh.opts.burst);
-            if n == 0 {
-                if STAGES {
-                    self.stages.rx += cpu::rdtsc().wrapping_sub(t0);
-                }
-                continue;
-            }
-            let t1 = stage_mark::<STAGES>();
+            let Some((port, n, t0, t1)) = self.rx_timed::<STAGES>(k, sh.opts.burst) else { continue };
             got += n;
             let now = *now.get_or_insert_with(|| self.clock.at(sh.tsc_start, sh.tsc_hz, tsc));
             // Field by field: disjoint borrows, no reference count touched per burst.
@@ -263,6 +255,26 @@ impl Worker {
             sent += n;
         }
         (got, sent)
+    }
+
+    /// [`Self::rx_burst`] as the first stage of a poll: `None` for an empty poll (whose
+    /// cycles, with `STAGES`, count as RX), else the port, the frames and the stage marks
+    /// before and after the receive.
+    #[inline(always)]
+    pub(super) fn rx_timed<const STAGES: bool>(
+        &mut self,
+        k: usize,
+        burst_size: usize,
+    ) -> Option<(PortId, usize, u64, u64)> {
+        let t0 = stage_mark::<STAGES>();
+        let (port, n) = self.rx_burst(k, burst_size);
+        if n == 0 {
+            if STAGES {
+                self.stages.rx += cpu::rdtsc().wrapping_sub(t0);
+            }
+            return None;
+        }
+        Some((port, n, t0, stage_mark::<STAGES>()))
     }
 
     /// Receives a burst from RX slot `k` into `self.burst`, counting on its port what the
