@@ -116,27 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let rewrite_c = span(bursts, || next_frames(&mut pol.burst, &mut seq));
-    let hash_c = span(bursts, || {
-        for (i, k) in keys.iter_mut().enumerate() {
-            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
-            k.1 = hash(&k.0);
-            ct.prefetch(k.1);
-        }
-        seq = seq.wrapping_add(BURST as u32);
-    });
-    let key_c = span(bursts, || {
-        for (i, k) in keys.iter_mut().enumerate() {
-            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
-        }
-        seq = seq.wrapping_add(BURST as u32);
-    });
+    let hash_c = span(bursts, || next_keys(&mut keys, &mut seq, Some(&ct)));
+    let key_c = span(bursts, || next_keys(&mut keys, &mut seq, None));
     let lookup_c = span(bursts, || {
-        for (i, k) in keys.iter_mut().enumerate() {
-            k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
-            k.1 = hash(&k.0);
-            ct.prefetch(k.1);
-        }
-        seq = seq.wrapping_add(BURST as u32);
+        next_keys(&mut keys, &mut seq, Some(&ct));
         for k in keys.iter() {
             sink += u64::from(ct.lookup_hashed(&k.0, k.1, 1).is_some());
         }
@@ -178,4 +161,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  1,000,000 connections  {t1m:8.1}  ({} MiB)  ratio {:.2}", large.0.memory() >> 20, t1m / t1k);
     println!("({sink} hits)");
     Ok(())
+}
+
+/// The next burst's connection keys; with a table, each hashed and its slot prefetched (the
+/// conntrack stage's first half).
+fn next_keys(keys: &mut [(FlowKey, u64); BURST], seq: &mut u32, ct: Option<&Conntrack>) {
+    for (i, k) in keys.iter_mut().enumerate() {
+        k.0 = setup::conn((seq.wrapping_add(i as u32)) % CONNS);
+        if let Some(ct) = ct {
+            k.1 = hash(&k.0);
+            ct.prefetch(k.1);
+        }
+    }
+    *seq = seq.wrapping_add(BURST as u32);
 }
