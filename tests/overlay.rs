@@ -739,48 +739,33 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     // 10 ms pings for 6 s from a to b, across the migration.
     let interval = Duration::from_millis(10);
     let count = 600;
-    let stream = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &va,
-            "ping",
-            "-D",
-            "-n",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            "10.50.0.2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // `-D`: timestamps, so the gap is wall-clock time between replies.
+    let ping_stream = |dst: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &va,
+                "ping",
+                "-D",
+                "-n",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                dst,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let stream = ping_stream("10.50.0.2");
     // And a to c, which do not move: what the tunnel ports' reopening (their flood list and
     // remote MACs are backend options) costs the bystanders.
-    let bystander = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &va,
-            "ping",
-            "-D",
-            "-n",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            "10.50.0.3",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let bystander = ping_stream("10.50.0.3");
     std::thread::sleep(Duration::from_millis(1500));
     // The target "pod": b's twin on n2, same MAC and address, its port planned on n2 from the
     // migration state while b still runs on n1.

@@ -253,8 +253,9 @@ fn shared_bufs(eal: &Eal, size: u32) -> Result<&'static DpdkBufs, String> {
     let mempool = Arc::new(mempool);
     let slots =
         Arc::new(MbufSlots { mempool: mempool.clone(), table: table.into(), base: base.as_ptr() as usize });
-    // SAFETY: the region is slots_in_region * SLOT_SIZE bytes from base (one memzone), valid
-    // while the mempool lives, which `slots` keeps; MbufSlots keeps the ExternalSlots contract.
+    // The region is slots_in_region * SLOT_SIZE bytes from base (one memzone), valid while
+    // the mempool lives, which `slots` keeps.
+    // SAFETY: that region is the pool's for its life; MbufSlots keeps the ExternalSlots contract.
     let pool = unsafe { Pool::external("dpdk", base, slots_in_region, slots.clone()) };
     let pool = pool.map_err(|e| e.to_string())?;
     Ok(BUFS.get_or_init(|| DpdkBufs { mempool, slots, pool }))
