@@ -42,7 +42,9 @@ const RULES: [Option<&str>; 7] = [
 ];
 
 fn config(shapes: [usize; 4]) -> Config {
-    let dir = |name: &str, s: usize| RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"));
+    let dir = |name: &str, s: usize| {
+        RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"))
+    };
     let pol = |i: usize, o: usize| {
         let body = dir("ingress", i) + &dir("egress", o);
         if body.is_empty() {
@@ -158,8 +160,10 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
     let mut runner = proptest::test_runner::TestRunner::new(cases);
     let result = runner.run(&strategy, |(shapes, stream)| {
         let cfg = config(shapes);
-        let (fast_sw, general_sw) =
-            (SwitchConfig::compile(&cfg, None).expect("compile"), SwitchConfig::compile(&cfg, None).expect("compile"));
+        let (fast_sw, general_sw) = (
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+        );
         for (i, (from, pkts)) in stream.iter().enumerate() {
             let now = 1 + i as u32 / 16;
             let made: Vec<(Vec<u8>, bool)> = pkts.iter().map(|p| frame(*from, *p)).collect();
@@ -169,22 +173,37 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
             let fast = run(&fast_sw, &pool, NAMES[*from], &frames, now, false);
             let took_fast = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > before;
             let general = run(&general_sw, &pool, NAMES[*from], &frames, now, true);
-            prop_assert_eq!(&fast, &general, "burst {} from {} (fast path taken: {})", i, NAMES[*from], took_fast);
+            prop_assert_eq!(
+                &fast,
+                &general,
+                "burst {} from {} (fast path taken: {})",
+                i,
+                NAMES[*from],
+                took_fast
+            );
             // The spoof filters, written out: no frame with a foreign source leaves, each is
             // counted (a foreign MAC only on a and b, which filter MACs; c learns it).
             let (out, drops) = &fast;
             for (f, s) in &made {
                 if *s && (*from != 2 || f[6..12] != OTHER_MAC) {
-                    prop_assert!(!out.iter().any(|(_, o)| o == f), "a spoofed frame from {} left", NAMES[*from]);
+                    prop_assert!(
+                        !out.iter().any(|(_, o)| o == f),
+                        "a spoofed frame from {} left",
+                        NAMES[*from]
+                    );
                 }
             }
             let counted = drops.get("spoofed_src_mac").copied().unwrap_or(0)
                 + drops.get("spoofed_src_ip").copied().unwrap_or(0);
-            let expected = made
-                .iter()
-                .filter(|(f, s)| *s && (*from != 2 || f[6..12] != OTHER_MAC))
-                .count() as u64;
-            prop_assert_eq!(counted, expected, "spoofed frames from {} counted ({} foreign sources)", NAMES[*from], spoofed);
+            let expected =
+                made.iter().filter(|(f, s)| *s && (*from != 2 || f[6..12] != OTHER_MAC)).count() as u64;
+            prop_assert_eq!(
+                counted,
+                expected,
+                "spoofed frames from {} counted ({} foreign sources)",
+                NAMES[*from],
+                spoofed
+            );
             bursts_run.set(bursts_run.get() + 1);
             fast_run.set(fast_run.get() + u64::from(took_fast));
         }
@@ -194,5 +213,8 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
         panic!("{e}");
     }
     let (n, f) = (bursts_run.get(), fast_run.get());
-    assert!(f * 20 >= n, "the fast path ran for {f} of {n} bursts: the comparison would be of one path with itself");
+    assert!(
+        f * 20 >= n,
+        "the fast path ran for {f} of {n} bursts: the comparison would be of one path with itself"
+    );
 }

@@ -51,7 +51,7 @@ impl Session {
                 name: "pmd".into(),
                 mac_aging_s: None,
                 mac_table_size: Some(setup.mac_table_size),
-                conntrack_size: None,
+                conntrack_size: setup.conntrack_size,
                 ports: setup.ports.clone(),
             }],
         };

@@ -6,10 +6,5 @@ use switchyard_dataplane::switch::PortStatsSnapshot;
 
 /// The reasons whose count went up from `before` to `after`, with how much.
 pub fn drops_since(before: &PortStatsSnapshot, after: &PortStatsSnapshot) -> BTreeMap<String, u64> {
-    after
-        .drops
-        .iter()
-        .map(|(&r, &n)| (r.to_string(), n - before.drops[r]))
-        .filter(|&(_, n)| n != 0)
-        .collect()
+    after.drops.iter().map(|(&r, &n)| (r.to_string(), n - before.drops[r])).filter(|&(_, n)| n != 0).collect()
 }
