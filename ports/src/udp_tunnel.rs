@@ -25,14 +25,16 @@ use crate::netdev::errno;
 use arrayvec::ArrayVec;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use switchyard_dataplane::backend::{Backend, TunnelBackend};
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::tunnel::{inner_len_drop, Remotes, TunnelCodec, TunnelKind};
+use switchyard_dataplane::tunnel::{inner_len_drop, Remotes, RemotesError, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
@@ -51,11 +53,62 @@ pub struct TunnelOptions {
 }
 
 impl TunnelOptions {
+    /// The options a checked tunnel backend describes (learned MACs age as a bridge's do).
+    pub fn from_backend(t: &TunnelBackend) -> TunnelOptions {
+        TunnelOptions {
+            kind: t.kind,
+            vni: t.vni,
+            local: t.local,
+            dstport: t.port(),
+            flood: t.flood.clone().unwrap_or_default(),
+            remote_macs: t.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
+            learn: t.learn.unwrap_or(true),
+            aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
+        }
+    }
+
     /// The remote table these options describe (flood list, static remote MACs, learning).
     pub fn remotes(&self, port: &str) -> Result<Remotes, PortError> {
         Remotes::new(&self.flood, &self.remote_macs, self.learn, self.aging_s)
-            .map_err(|e| PortError::Backend { port: port.into(), msg: e.to_string() })
+            .map_err(|e| remotes_err(port, e))
     }
+
+    /// Whether a port opened with `self` can take `o` in place: the same encapsulation, VNI,
+    /// local address and UDP port (the socket or uplink stays; only the remote table changes).
+    fn same_transport(&self, o: &TunnelOptions) -> bool {
+        (self.kind, self.vni, self.local, self.dstport) == (o.kind, o.vni, o.local, o.dstport)
+    }
+}
+
+fn remotes_err(port: &str, e: RemotesError) -> PortError {
+    PortError::Backend { port: port.into(), msg: e.to_string() }
+}
+
+/// `PortBackend::update` of both tunnel transports: when `wanted` is a tunnel with the
+/// transport of `opened`, its flood list, static remote MACs and learning are stored into
+/// `remotes` in place and the new options returned; `None` when the change needs a reopen.
+/// (Whether the underlay, kernel or an uplink, is the same is the caller's to check: the
+/// options do not hold it.)
+pub(crate) fn update_remotes(
+    port: &str,
+    opened: &TunnelOptions,
+    remotes: &Remotes,
+    wanted: &Backend,
+) -> Result<Option<TunnelOptions>, PortError> {
+    let Backend::Tunnel(t) = wanted else { return Ok(None) };
+    let o = TunnelOptions::from_backend(t);
+    if !opened.same_transport(&o) {
+        return Ok(None);
+    }
+    remotes.update(&o.flood, &o.remote_macs, o.learn).map_err(|e| remotes_err(port, e))?;
+    tracing::info!(
+        port,
+        flood = o.flood.len(),
+        remote_macs = o.remote_macs.len(),
+        learn = o.learn,
+        "tunnel port remote table updated in place"
+    );
+    Ok(Some(o))
 }
 
 /// Datagrams one `recvmmsg` takes at most.
@@ -75,9 +128,13 @@ struct Shared {
     remotes: Remotes,
     ipv6: bool,
     port: u16,
-    underlay_mtu: u32,
-    max_inner: usize,
+    /// The underlay MTU and the largest inner frame it carries: set when the port opens and
+    /// when an update brings endpoints with another route MTU.
+    underlay_mtu: AtomicU32,
+    max_inner: AtomicUsize,
     start: Instant,
+    /// The options the port runs with (the last update's), for the next update.
+    opts: Mutex<TunnelOptions>,
 }
 
 impl Shared {
@@ -118,6 +175,20 @@ fn setsockopt_int(
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The underlay MTU of a port with options `o` towards `endpoints`: the smallest route MTU,
+/// [`DEFAULT_UNDERLAY_MTU`] when there is no endpoint.
+fn underlay_mtu_of(name: &str, o: &TunnelOptions, endpoints: &[IpAddr]) -> Result<u32, PortError> {
+    let mut underlay_mtu = None::<u32>;
+    for &ip in endpoints {
+        let m = route_mtu(o.local, ip, o.dstport).map_err(|e| PortError::Backend {
+            port: name.into(),
+            msg: format!("no route from {} to endpoint {ip}: {e}", o.local),
+        })?;
+        underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m)));
+    }
+    Ok(underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU))
 }
 
 /// The route MTU from `local` towards `remote` (the kernel's answer for a connected socket).
@@ -161,15 +232,7 @@ impl UdpTunnelPort {
             setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
         };
         pmtu.map_err(|e| io_err(name, e))?;
-        let mut underlay_mtu = None::<u32>;
-        for ip in remotes.endpoints() {
-            let m = route_mtu(o.local, ip, o.dstport).map_err(|e| PortError::Backend {
-                port: name.into(),
-                msg: format!("no route from {} to endpoint {ip}: {e}", o.local),
-            })?;
-            underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m)));
-        }
-        let underlay_mtu = underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
+        let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints())?;
         let shared = Shared {
             name: name.to_string(),
             sock,
@@ -177,9 +240,10 @@ impl UdpTunnelPort {
             remotes,
             ipv6,
             port: o.dstport,
-            underlay_mtu,
-            max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
+            underlay_mtu: AtomicU32::new(underlay_mtu),
+            max_inner: AtomicUsize::new(o.kind.max_inner_frame(ipv6, underlay_mtu)),
             start: Instant::now(),
+            opts: Mutex::new(o.clone()),
         };
         tracing::info!(
             port = name,
@@ -196,12 +260,12 @@ impl UdpTunnelPort {
 
     /// The underlay MTU the port works with.
     pub fn underlay_mtu(&self) -> u32 {
-        self.shared.underlay_mtu
+        self.shared.underlay_mtu.load(Ordering::Relaxed)
     }
 
     /// The MTU a VM on this overlay should be given.
     pub fn overlay_mtu(&self) -> u32 {
-        self.shared.codec.kind.overlay_mtu(self.shared.ipv6, self.shared.underlay_mtu)
+        self.shared.codec.kind.overlay_mtu(self.shared.ipv6, self.underlay_mtu())
     }
 
     /// The remote table (endpoints, flood list, remote MACs).
@@ -242,9 +306,29 @@ impl PortBackend for UdpTunnelPort {
             sh.codec.kind.name(),
             sh.codec.vni,
             sh.remotes.flood().len(),
-            sh.underlay_mtu,
+            self.underlay_mtu(),
             self.overlay_mtu()
         ))
+    }
+
+    fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
+        let sh = &self.shared;
+        let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
+        // The route MTU towards the new endpoints first: an endpoint without a route refuses
+        // the update before anything changed (the reopen then reports it).
+        if let Backend::Tunnel(t) = wanted {
+            let o = TunnelOptions::from_backend(t);
+            let eps: Vec<IpAddr> = o.flood.iter().chain(o.remote_macs.iter().map(|(_, ip)| ip)).copied().collect();
+            let mtu = underlay_mtu_of(&sh.name, &o, &eps)?;
+            let Some(o) = update_remotes(&sh.name, &opts, &sh.remotes, wanted)? else { return Ok(false) };
+            if sh.underlay_mtu.swap(mtu, Ordering::Relaxed) != mtu {
+                sh.max_inner.store(o.kind.max_inner_frame(sh.ipv6, mtu), Ordering::Relaxed);
+                tracing::info!(port = %sh.name, underlay_mtu = mtu, overlay_mtu = o.kind.overlay_mtu(sh.ipv6, mtu), "tunnel port MTU changed");
+            }
+            *opts = o;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
@@ -491,16 +575,19 @@ impl TxQueue for UdpTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let sh = &*self.shared;
         let now = sh.now_s();
+        let max_inner = sh.max_inner.load(Ordering::Relaxed);
+        // One flood list for the whole burst, however an update swaps it meanwhile.
+        let flood = sh.remotes.flood();
         let mut ready: ArrayVec<(PacketBuf, Dest), MAX_BURST> = ArrayVec::new();
         for mut b in pkts.drain(..) {
-            if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
+            if let Some(r) = inner_len_drop(b.len(), max_inner) {
                 drops.add(r, 1);
                 cache.free(b);
                 continue;
             }
             let dest = match sh.remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now) {
                 Some(e) => Dest::One(e),
-                None if sh.remotes.flood().is_empty() => {
+                None if flood.is_empty() => {
                     drops.add(DropReason::TunnelNoEndpoint, 1);
                     cache.free(b);
                     continue;
@@ -523,7 +610,7 @@ impl TxQueue for UdpTunnelTx {
                     one = [*e];
                     &one
                 }
-                Dest::Flood => sh.remotes.flood(),
+                Dest::Flood => &flood,
             };
             for &e in eps {
                 if msgs.is_full() {
