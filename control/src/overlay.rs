@@ -20,7 +20,7 @@ use crate::nad::{Layer2Net, NadNetwork, MAX_VNI};
 use crate::plan::{binding_of, nad_key, parse_mac, Binding, Plan, PlanOptions, OVN_LAYER2_PREFIX};
 use crate::{ObjRef, Problem};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use switchyard_dataplane::config::{PortConfig, PortType, RemoteMac};
 use switchyard_dataplane::tunnel::TunnelKind;
@@ -282,8 +282,10 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     let members = members(state, &nets);
     let node = plan.node.clone();
     let mut local: Option<Option<IpAddr>> = None;
-    // (local address, UDP port) of the tunnel ports planned so far: one socket each.
-    let mut sockets: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+    // (local address, UDP port) of the tunnel ports planned so far, and their encapsulation:
+    // the networks of one encapsulation share the socket (demultiplexed by VNI), another
+    // encapsulation cannot use it.
+    let mut sockets: BTreeMap<(IpAddr, u16), TunnelKind> = BTreeMap::new();
     // Nodes and VMIs already reported (a problem once, however many networks it touches).
     let mut reported: HashSet<ObjRef> = HashSet::new();
     let underlay_mtu = opts.underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
@@ -361,7 +363,7 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         let dstport = net.l2.dstport.unwrap_or_else(|| kind.default_port());
         let mut port = None;
         if let (Some(lip), false, false) = (local_ip, endpoints.is_empty(), net.collided) {
-            if sockets.insert((lip, dstport)) {
+            if *sockets.entry((lip, dstport)).or_insert(kind) == kind {
                 let p = PortConfig {
                     name: format!("{TUNNEL_PORT_PREFIX}{name}"),
                     kind: Some(if net.l2.geneve { PortType::Geneve } else { PortType::Vxlan }),
@@ -378,8 +380,8 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
             } else {
                 let (src, oref, l2) = &net.nads[0];
                 let msg = format!(
-                    "another overlay network on this node already uses UDP port {dstport} on {lip}: give network \
-                     {name} its own tunnelPort (one socket per VNI)"
+                    "an overlay network of another encapsulation on this node already uses UDP port {dstport} on \
+                     {lip}: give network {name} its own tunnelPort (one socket serves one encapsulation)"
                 );
                 plan.problems.push(Problem::object(src, oref, &format!("{}.tunnelPort", l2.path), &msg));
             }

@@ -185,6 +185,18 @@ fn wire_reason(e: WireError) -> DropReason {
     }
 }
 
+/// Where VXLAN's header and Geneve's base header both carry the 24-bit VNI (bytes 4-6).
+const VNI_AT: usize = 4;
+
+/// The VNI a datagram's header names, read alike for VXLAN and Geneve, nothing else checked:
+/// how a socket shared by the tunnel ports of several VNIs picks the port a datagram is for
+/// (that port's [`TunnelCodec::decap`] checks the header). `None`: shorter than a header.
+#[inline]
+pub fn peek_vni(datagram: &[u8]) -> Option<u32> {
+    let h = datagram.first_chunk::<PLAIN_HEADER_LEN>()?;
+    Some(u32::from_be_bytes([0, h[VNI_AT], h[VNI_AT + 1], h[VNI_AT + 2]]))
+}
+
 /// One tunnel's encapsulation: its kind and VNI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelCodec {
@@ -656,5 +668,20 @@ mod tests {
         assert_eq!(r.lookup(m(1), 2).and_then(|i| r.endpoint(i)), Some(ip(5)));
         assert_eq!(r.flood()[..], [1, 3]);
         assert!(!r.learns());
+    }
+
+    #[test]
+    fn peek_vni_reads_both_headers() {
+        let mut f = frame();
+        for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
+            let pool = Pool::new("t", 2).unwrap();
+            let mut b = pool.alloc().unwrap();
+            b.extend_from_slice(&f).unwrap();
+            TunnelCodec { kind, vni: 0xabcdef }.encap_buf(&mut b).unwrap();
+            assert_eq!(peek_vni(b.data()), Some(0xabcdef), "{kind:?}");
+            assert_eq!(peek_vni(&b.data()[..7]), None);
+        }
+        f.truncate(0);
+        assert_eq!(peek_vni(&f), None);
     }
 }

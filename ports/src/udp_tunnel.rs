@@ -1,9 +1,16 @@
 //! A VXLAN or Geneve tunnel port over the kernel's UDP stack: one UDP socket bound to
-//! `local:dstport`, batched with `recvmmsg(2)` and `sendmmsg(2)`. Routing, neighbour
+//! `local:dstport`, batched with `recvmmsg(2)` and `sendmmsg(2)`, shared by every tunnel port
+//! of that encapsulation, address and port (one per VNI, as the kernel's VXLAN serves several
+//! VNIs behind one `dstport`). Routing, neighbour
 //! resolution, the outer IP and UDP headers and their checksums stay the kernel's (a UDP
 //! checksum is always computed, over IPv4 as over IPv6, where it is required).
 //!
 //! Invariants:
+//! - A shared socket serves each VNI at most once. Whichever member port's RX reads a batch
+//!   off it keeps its own VNI's datagrams and hands the others, undecapsulated, to the inbox of
+//!   the member of their VNI (a bounded queue; full: `tunnel_demux_full`), waking it; a
+//!   datagram of no member's VNI is the reading port's `tunnel_wrong_vni`. A member's RX
+//!   queue sleeps on an epoll descriptor that holds the socket and its inbox's eventfd.
 //! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
 //!   accepted, received in place into a pool buffer (no copy); every other datagram is one
 //!   named drop.
@@ -22,11 +29,15 @@
 //! configured endpoints, read when the port opens (1500 when it has none).
 
 use crate::netdev::errno;
+use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
+use crossbeam_queue::ArrayQueue;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 use switchyard_dataplane::backend::{Backend, TunnelBackend};
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
@@ -34,7 +45,7 @@ use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::tunnel::{inner_len_drop, Remotes, RemotesError, TunnelCodec, TunnelKind};
+use switchyard_dataplane::tunnel::{inner_len_drop, peek_vni, Remotes, RemotesError, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
@@ -120,10 +131,102 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// The underlay MTU assumed when no endpoint is configured.
 const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
+/// The socket's identity: encapsulation, local address, UDP port.
+type SocketKey = (TunnelKind, IpAddr, u16);
+
+/// Datagrams of a port's VNI that another member's RX took off the shared socket.
+const INBOX_DEPTH: usize = 1024;
+
+/// What another member hands a port: the datagram (tunnel header still on) and its sender.
+#[derive(Debug)]
+struct Inbox {
+    q: ArrayQueue<(PacketBuf, Option<IpAddr>)>,
+    /// Written (once per batch) when datagrams were queued, so a sleeping RX wakes.
+    wake: EventFd,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    vni: u32,
+    inbox: Arc<Inbox>,
+}
+
+/// A UDP socket shared by the tunnel ports of one [`SocketKey`], one port per VNI.
+#[derive(Debug)]
+struct SharedSocket {
+    key: SocketKey,
+    sock: UdpSocket,
+    /// Read once per RX batch without a lock; changed under [`SOCKETS`]'s lock.
+    members: ArcSwap<Vec<Member>>,
+}
+
+/// Every shared socket open in the process (dead ones pruned on the next open).
+static SOCKETS: Mutex<Vec<Weak<SharedSocket>>> = Mutex::new(Vec::new());
+
+impl SharedSocket {
+    /// Joins the socket of `o`'s key (binding it when no port holds it) as the port of `o.vni`.
+    fn join(name: &str, o: &TunnelOptions, inbox: Arc<Inbox>) -> Result<Arc<SharedSocket>, PortError> {
+        let key = (o.kind, o.local, o.dstport);
+        let mut all = SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        let s = match all.iter().filter_map(Weak::upgrade).find(|s| s.key == key) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(SharedSocket::bind(name, key)?);
+                all.push(Arc::downgrade(&s));
+                s
+            }
+        };
+        let mut members = Vec::clone(&s.members.load());
+        if members.iter().any(|m| m.vni == o.vni) {
+            return Err(PortError::Backend {
+                port: name.into(),
+                msg: format!("VNI {} is already served by another tunnel port on {}:{}", o.vni, o.local, o.dstport),
+            });
+        }
+        members.push(Member { vni: o.vni, inbox });
+        s.members.store(Arc::new(members));
+        Ok(s)
+    }
+
+    /// The port of `vni` is gone: its datagrams are `tunnel_wrong_vni` from now on.
+    fn leave(&self, vni: u32) {
+        let _all = SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<Member> = self.members.load().iter().filter(|m| m.vni != vni).cloned().collect();
+        self.members.store(Arc::new(members));
+    }
+
+    fn bind(name: &str, (kind, local, port): SocketKey) -> Result<SharedSocket, PortError> {
+        let sock = UdpSocket::bind(SocketAddr::new(local, port)).map_err(|e| io_err(name, e))?;
+        sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
+        let fd = sock.as_fd();
+        // As deep as an AF_PACKET port's 4 MiB ring: a worker that is not scheduled for a few
+        // milliseconds must not cost a burst of datagrams. The *FORCE options (CAP_NET_ADMIN)
+        // go past net.core.[rw]mem_max; without the capability the capped size is taken.
+        for (force, opt) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+        {
+            if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                // Best effort: the default buffers work, only with more drops under load.
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
+            }
+        }
+        let pmtu = if local.is_ipv6() {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        } else {
+            setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        };
+        pmtu.map_err(|e| io_err(name, e))?;
+        Ok(SharedSocket { key: (kind, local, port), sock, members: ArcSwap::from_pointee(Vec::new()) })
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     name: String,
-    sock: UdpSocket,
+    sock: Arc<SharedSocket>,
+    inbox: Arc<Inbox>,
+    /// The socket and the inbox's eventfd: what an idle RX queue sleeps on.
+    epoll: Epoll,
     codec: TunnelCodec,
     remotes: Remotes,
     ipv6: bool,
@@ -140,6 +243,16 @@ struct Shared {
 impl Shared {
     fn now_s(&self) -> u32 {
         self.start.elapsed().as_secs() as u32
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.sock.as_fd()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.sock.leave(self.codec.vni);
     }
 }
 
@@ -212,30 +325,22 @@ pub fn route_mtu(local: IpAddr, remote: IpAddr, port: u16) -> std::io::Result<u3
 impl UdpTunnelPort {
     pub fn open(name: &str, o: &TunnelOptions) -> Result<UdpTunnelPort, PortError> {
         let remotes = o.remotes(name)?;
-        let sock = UdpSocket::bind(SocketAddr::new(o.local, o.dstport)).map_err(|e| io_err(name, e))?;
-        sock.set_nonblocking(true).map_err(|e| io_err(name, e))?;
-        let fd = sock.as_fd();
-        // As deep as an AF_PACKET port's 4 MiB ring: a worker that is not scheduled for a few
-        // milliseconds must not cost a burst of datagrams. The *FORCE options (CAP_NET_ADMIN)
-        // go past net.core.[rw]mem_max; without the capability the capped size is taken.
-        for (force, opt) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
-        {
-            if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
-                // Best effort: the default buffers work, only with more drops under load.
-                let _ = setsockopt_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
-            }
-        }
         let ipv6 = o.local.is_ipv6();
-        let pmtu = if ipv6 {
-            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
-        } else {
-            setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
-        };
-        pmtu.map_err(|e| io_err(name, e))?;
+        let nix_err = |e: nix::errno::Errno| io_err(name, e.into());
+        let inbox = Arc::new(Inbox {
+            q: ArrayQueue::new(INBOX_DEPTH),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(nix_err)?,
+        });
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_err)?;
+        epoll.add(&inbox.wake, EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(nix_err)?;
         let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints())?;
+        let sock = SharedSocket::join(name, o, inbox.clone())?;
         let shared = Shared {
             name: name.to_string(),
             sock,
+            inbox,
+            epoll,
             codec: TunnelCodec { kind: o.kind, vni: o.vni },
             remotes,
             ipv6,
@@ -245,12 +350,15 @@ impl UdpTunnelPort {
             start: Instant::now(),
             opts: Mutex::new(o.clone()),
         };
+        // Dropping `shared` on an error leaves the socket again.
+        shared.epoll.add(shared.fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(nix_err)?;
         tracing::info!(
             port = name,
             kind = o.kind.name(),
             vni = o.vni,
             local = %o.local,
             dstport = o.dstport,
+            sharing = shared.sock.members.load().len() - 1,
             underlay_mtu,
             overlay_mtu = o.kind.overlay_mtu(ipv6, underlay_mtu),
             "tunnel port open"
@@ -281,7 +389,7 @@ impl UdpTunnelPort {
 
     /// The bound socket's address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.shared.sock.local_addr()
+        self.shared.sock.sock.local_addr()
     }
 }
 
@@ -390,10 +498,52 @@ impl Drop for UdpTunnelRx {
     }
 }
 
+impl UdpTunnelRx {
+    /// Decapsulates a datagram of this port's VNI (from this socket read or a member's) and
+    /// appends the inner frame to `out`, learning its source; or counts why not.
+    fn deliver(
+        &mut self,
+        mut b: PacketBuf,
+        from: Option<IpAddr>,
+        now: u32,
+        out: &mut Burst,
+        cache: &mut PoolCache,
+        drops: &mut DropTally,
+    ) -> usize {
+        if let Err(r) = self.shared.codec.decap_buf(&mut b) {
+            drops.add(r, 1);
+            cache.free(b);
+            return 0;
+        }
+        if let Some(from) = from.filter(|_| self.shared.remotes.learns()) {
+            // Datagrams come in runs from one peer: its index is looked up once a run.
+            let idx = match self.last {
+                Some((ip, idx)) if ip == from => Some(idx),
+                _ => self.shared.remotes.learning_index(from),
+            };
+            if let Some(idx) = idx {
+                self.last = Some((from, idx));
+                self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
+            }
+        }
+        out.push(b);
+        1
+    }
+}
+
 impl RxQueue for UdpTunnelRx {
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
-        let want = max.min(out.remaining_capacity()).min(RECV_BATCH);
+        let now = self.shared.now_s();
+        let mut delivered = 0;
+        let mut max = max.min(out.remaining_capacity());
+        // First what other members read for this VNI.
+        while max > 0 {
+            let Some((b, from)) = self.shared.inbox.q.pop() else { break };
+            max -= 1;
+            delivered += self.deliver(b, from, now, out, cache, drops);
+        }
+        let want = max.min(RECV_BATCH);
         let mut bufs: ArrayVec<PacketBuf, RECV_BATCH> = ArrayVec::new();
         while bufs.len() < want {
             match cache.alloc() {
@@ -402,7 +552,7 @@ impl RxQueue for UdpTunnelRx {
             }
         }
         if bufs.is_empty() {
-            return 0;
+            return delivered;
         }
         let n = bufs.len();
         // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
@@ -425,7 +575,7 @@ impl RxQueue for UdpTunnelRx {
         // over the tail room of a buffer this function owns), all of which outlive the call.
         let rc = unsafe {
             libc::recvmmsg(
-                self.shared.sock.as_raw_fd(),
+                self.shared.fd().as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
@@ -439,12 +589,13 @@ impl RxQueue for UdpTunnelRx {
             for b in bufs {
                 cache.free(b);
             }
-            return 0;
+            return delivered;
         }
         let got = rc as usize;
-        let now = self.shared.now_s();
-        let learn = self.shared.remotes.learns();
-        let mut delivered = 0;
+        let own = self.shared.codec.vni;
+        let members = self.shared.sock.members.load();
+        // Members handed datagrams in this batch, woken once each at the end.
+        let mut woken: ArrayVec<usize, RECV_BATCH> = ArrayVec::new();
         for (i, mut b) in bufs.into_iter().enumerate() {
             if i >= got {
                 cache.free(b);
@@ -456,36 +607,44 @@ impl RxQueue for UdpTunnelRx {
                 cache.free(b);
                 continue;
             }
-            if let Err(r) = self.shared.codec.decap_buf(&mut b) {
-                drops.add(r, 1);
-                cache.free(b);
-                continue;
-            }
-            if learn {
-                if let Some(from) = from_c_sockaddr(&names[i]) {
-                    // Datagrams come in runs from one peer: its index is looked up once a run.
-                    let idx = match self.last {
-                        Some((ip, idx)) if ip == from => Some(idx),
-                        _ => self.shared.remotes.learning_index(from),
-                    };
-                    if let Some(idx) = idx {
-                        self.last = Some((from, idx));
-                        self.shared.remotes.learn_at(
-                            MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]),
-                            idx,
-                            now,
-                        );
+            let from = from_c_sockaddr(&names[i]);
+            // Another member's VNI goes to its inbox; this port's, a short datagram and an
+            // unknown VNI are decapsulated (and refused) here.
+            let other = match peek_vni(b.data()) {
+                Some(vni) if vni != own => members.iter().position(|m| m.vni == vni),
+                _ => None,
+            };
+            match other {
+                Some(k) => {
+                    if let Err((b, _)) = members[k].inbox.q.push((b, from)) {
+                        drops.add(DropReason::TunnelDemuxFull, 1);
+                        cache.free(b);
+                    } else if !woken.contains(&k) {
+                        woken.push(k);
                     }
                 }
+                None => delivered += self.deliver(b, from, now, out, cache, drops),
             }
-            out.push(b);
-            delivered += 1;
+        }
+        for k in woken {
+            // A failed write means the counter is already huge: the member is awake anyway.
+            let _ = members[k].inbox.wake.write(1);
         }
         delivered
     }
 
+    /// Frames may be waiting in the inbox although the socket is empty: then no sleep.
+    fn arm_wakeup(&mut self) -> bool {
+        self.shared.inbox.q.is_empty()
+    }
+
+    fn disarm_wakeup(&mut self) {
+        // Non-blocking: EAGAIN when nothing was written.
+        let _ = self.shared.inbox.wake.read();
+    }
+
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.shared.sock.as_fd())
+        Some(self.shared.epoll.0.as_fd())
     }
 }
 
@@ -539,7 +698,7 @@ impl UdpTunnelTx {
             // which outlive the call; the kernel only reads them (and writes msg_len).
             let rc = unsafe {
                 libc::sendmmsg(
-                    self.shared.sock.as_raw_fd(),
+                    self.shared.fd().as_raw_fd(),
                     hdrs[at..].as_mut_ptr(),
                     (n - at) as libc::c_uint,
                     libc::MSG_DONTWAIT,
