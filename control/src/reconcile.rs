@@ -330,7 +330,10 @@ mod tests {
         let old = tun(&|_| {});
         let updates: [&dyn Fn(&mut PortConfig); 3] = [
             &|p| p.flood = Some(vec![ip("192.0.2.3")]),
-            &|p| p.remote_macs = vec![RemoteMac { mac: "02:00:00:00:0b:01".parse().unwrap(), remote: ip("192.0.2.2") }],
+            &|p| {
+                p.remote_macs =
+                    vec![RemoteMac { mac: "02:00:00:00:0b:01".parse().unwrap(), remote: ip("192.0.2.2") }]
+            },
             &|p| p.learn = Some(false),
         ];
         for f in updates {

@@ -358,7 +358,12 @@ impl Remotes {
     /// listed are removed, the flood list is swapped whole. Turning learning off forgets the
     /// learned MACs. A refused update (a bad or duplicate MAC) changes nothing; one that runs
     /// out of room (endpoints, MAC table) may have stored part of the new statics.
-    pub fn update(&self, flood: &[IpAddr], statics: &[(MacAddr, IpAddr)], learn: bool) -> Result<(), RemotesError> {
+    pub fn update(
+        &self,
+        flood: &[IpAddr],
+        statics: &[(MacAddr, IpAddr)],
+        learn: bool,
+    ) -> Result<(), RemotesError> {
         let mut seen: HashSet<MacAddr> = HashSet::with_capacity(statics.len());
         for (k, (mac, ip)) in statics.iter().enumerate() {
             if mac.is_multicast() || mac.is_zero() {

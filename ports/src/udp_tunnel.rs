@@ -45,7 +45,9 @@ use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::tunnel::{inner_len_drop, peek_vni, Remotes, RemotesError, TunnelCodec, TunnelKind};
+use switchyard_dataplane::tunnel::{
+    inner_len_drop, peek_vni, Remotes, RemotesError, TunnelCodec, TunnelKind,
+};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// What a tunnel port is opened with.
@@ -181,7 +183,10 @@ impl SharedSocket {
         if members.iter().any(|m| m.vni == o.vni) {
             return Err(PortError::Backend {
                 port: name.into(),
-                msg: format!("VNI {} is already served by another tunnel port on {}:{}", o.vni, o.local, o.dstport),
+                msg: format!(
+                    "VNI {} is already served by another tunnel port on {}:{}",
+                    o.vni, o.local, o.dstport
+                ),
             });
         }
         members.push(Member { vni: o.vni, inbox });
@@ -426,7 +431,8 @@ impl PortBackend for UdpTunnelPort {
         // the update before anything changed (the reopen then reports it).
         if let Backend::Tunnel(t) = wanted {
             let o = TunnelOptions::from_backend(t);
-            let eps: Vec<IpAddr> = o.flood.iter().chain(o.remote_macs.iter().map(|(_, ip)| ip)).copied().collect();
+            let eps: Vec<IpAddr> =
+                o.flood.iter().chain(o.remote_macs.iter().map(|(_, ip)| ip)).copied().collect();
             let mtu = underlay_mtu_of(&sh.name, &o, &eps)?;
             let Some(o) = update_remotes(&sh.name, &opts, &sh.remotes, wanted)? else { return Ok(false) };
             if sh.underlay_mtu.swap(mtu, Ordering::Relaxed) != mtu {

@@ -19,10 +19,10 @@
 //! - The next hop is the endpoint itself (on-link endpoints only).
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
-use switchyard_dataplane::backend::Backend;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;

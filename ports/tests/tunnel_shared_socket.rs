@@ -8,9 +8,9 @@
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx, RxQueue};
 use switchyard_dataplane::tunnel::TunnelKind;
-use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::udp_tunnel::{TunnelOptions, UdpTunnelPort};
 
