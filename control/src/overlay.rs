@@ -564,6 +564,37 @@ mod tests {
         )));
     }
 
+    /// Networks of one encapsulation on the same nodes share the default UDP port (one socket
+    /// demultiplexed by VNI); a network of the other encapsulation on that port is a problem
+    /// and gets no tunnel port.
+    #[test]
+    fn networks_of_one_encapsulation_share_the_udp_port() {
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            nad("ns", "red", "red", r#","vni":77"#),
+            nad("ns", "green", "green", r#","vni":78,"tunnel":"geneve","tunnelPort":4789"#),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "red", "02:00:00:00:00:0c", "n1"),
+            vmi("d", "red", "02:00:00:00:00:0d", "n2"),
+            vmi("e", "green", "02:00:00:00:00:0e", "n1"),
+            vmi("f", "green", "02:00:00:00:00:0f", "n2"),
+        ];
+        let p = plan_of(&docs, "n1");
+        let (blue, red) = (tunnel(&p, "blue").unwrap(), tunnel(&p, "red").unwrap());
+        assert_eq!((blue.dstport, red.dstport), (Some(4789), Some(4789)));
+        assert_eq!((blue.local, red.local), (red.local, Some("10.0.0.1".parse().unwrap())));
+        assert_ne!(blue.vni, red.vni);
+        assert!(tunnel(&p, "green").is_none());
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition ns/green".to_string(), "spec.config.tunnelPort".to_string())]
+        );
+        assert!(p.problems[0].message.contains("another encapsulation"), "{:?}", p.problems);
+    }
+
     /// Dual-stack Nodes: a remote endpoint is the InternalIP of this node's endpoint's family
     /// (IPv6 with an IPv6 `--tunnel-ip`), and the overlay MTU counts the IPv6 header.
     #[test]
