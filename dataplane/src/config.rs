@@ -170,8 +170,9 @@ pub struct PortConfig {
     /// vxlan, geneve: the UDP port (default 4789 for vxlan, 6081 for geneve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dstport: Option<u16>,
-    /// vxlan, geneve: `kernel` (the kernel's UDP socket, the default) or the name of an
-    /// uplink port to write the outer headers on (not built yet).
+    /// vxlan, geneve: `kernel` (the kernel's UDP socket, the default) or the uplink to write
+    /// the outer headers on: an interface name (AF_PACKET) or a port SPEC (`afpacket:IFACE`,
+    /// `dpdk:DEVARGS`), see ports/src/uplink_tunnel.rs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<String>,
     /// vxlan, geneve: the endpoints of broadcast, multicast and unknown unicast frames.
