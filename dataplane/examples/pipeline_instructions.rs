@@ -15,7 +15,6 @@
 
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
-use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 

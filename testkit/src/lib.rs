@@ -142,6 +142,20 @@ fn binary_id() -> String {
     }
 }
 
+/// Copies the directory tree `from` into `to` (created), files and subdirectories.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Under nextest and under `cargo test` alike, a test is named `<binary id> <test path>`
@@ -155,19 +169,5 @@ mod tests {
         // Off the harness's thread, the name given is all there is.
         let id = std::thread::spawn(|| super::test_id("helper")).join().unwrap();
         assert_eq!(id, "switchyard-testkit helper");
-    }
-}
-
-/// Copies the directory tree `from` into `to` (created), files and subdirectories.
-pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
     }
 }
