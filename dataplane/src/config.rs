@@ -47,6 +47,19 @@ pub struct BridgeConfig {
     pub ports: Vec<PortConfig>,
 }
 
+impl BridgeConfig {
+    /// A bridge `name` with `ports` and every option at its default.
+    pub fn new(name: impl Into<String>, ports: Vec<PortConfig>) -> BridgeConfig {
+        BridgeConfig {
+            name: name.into(),
+            mac_aging_s: None,
+            mac_table_size: None,
+            conntrack_size: None,
+            ports,
+        }
+    }
+}
+
 /// VLAN modes, named as in Open vSwitch's Port table `vlan_mode` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
