@@ -202,7 +202,11 @@ impl ApiStore {
     }
 
     /// VMI `ns/name` as stored, and whether storing it found no problem.
-    pub fn vmi(&self, ns: &str, name: &str) -> (Option<&crate::k8s::Loaded<crate::k8s::VirtualMachineInstance>>, bool) {
+    pub fn vmi(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> (Option<&crate::k8s::Loaded<crate::k8s::VirtualMachineInstance>>, bool) {
         let k = (Kind::Vmi, Some(ns.to_string()), name.to_string());
         (self.state.vmis.get(&(ns.to_string(), name.to_string())), !self.problems.contains_key(&k))
     }

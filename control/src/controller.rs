@@ -10,6 +10,10 @@
 //! `max_batch` (100 ms), so a burst of writes is one reconcile. Opening the workers' own reads
 //! of the files (access events) does not count.
 //!
+//! The API source's changes come object by object: when only VMIs changed since the last
+//! reconcile, they are planned and applied alone ([`crate::delta`]); anything else plans the
+//! whole state.
+//!
 //! Logging (tracing): one line per object decision that is new since the last reconcile
 //! (`problem:`, `kept:`, `skipped:`, `note:`) and one line per port change (by the runtime).
 
@@ -300,7 +304,9 @@ impl Controller {
             }
             // The VMIs changed as they are now (and whether they are good), when only VMIs
             // changed.
-            let d = st.take_dirty().filter(|d| self.opts.delta && !d.is_empty() && d.iter().all(|k| k.0 == Kind::Vmi));
+            let d = st
+                .take_dirty()
+                .filter(|d| self.opts.delta && !d.is_empty() && d.iter().all(|k| k.0 == Kind::Vmi));
             d.map(|d| {
                 d.into_iter()
                     .map(|(_, ns, name)| {
@@ -332,7 +338,8 @@ impl Controller {
             return None;
         }
         let changed = changed.into_iter().map(|(k, l, _)| (k, l)).collect();
-        let (delta, changes) = delta::plan_delta(&mut cur, &self.lastgood, changed, &src.api.node, &src.plan)?;
+        let (delta, changes) =
+            delta::plan_delta(&mut cur, &self.lastgood, changed, &src.api.node, &src.plan)?;
         for c in &changes {
             match &c.now {
                 Some(l) => drop(cur.state.vmis.insert(c.key.clone(), l.clone())),

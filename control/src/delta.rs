@@ -103,7 +103,12 @@ pub(crate) struct Current {
 
 impl Current {
     /// After a full plan; `None` when no delta may follow it (over the port limit).
-    pub(crate) fn new(state: ClusterState, plan: &mut crate::Plan, kept: &[crate::lastgood::Kept], memo: &PlanMemo) -> Option<Current> {
+    pub(crate) fn new(
+        state: ClusterState,
+        plan: &mut crate::Plan,
+        kept: &[crate::lastgood::Kept],
+        memo: &PlanMemo,
+    ) -> Option<Current> {
         let index = Index::build(memo)?;
         Some(Current {
             state,
@@ -136,7 +141,8 @@ fn stays_local(state: &ClusterState, v: &VirtualMachineInstance) -> bool {
             _ => true,
         }
     });
-    let parses = |a: &String| a.split_once('/').map_or(a.as_str(), |(b, _)| b).parse::<std::net::IpAddr>().is_ok();
+    let parses =
+        |a: &String| a.split_once('/').map_or(a.as_str(), |(b, _)| b).parse::<std::net::IpAddr>().is_ok();
     nads_ok && v.status.interfaces.iter().all(|s| s.ip_address.iter().chain(&s.ip_addresses).all(parses))
 }
 
@@ -160,8 +166,14 @@ pub(crate) fn plan_delta(
     let mut touched_bridges = BTreeSet::new();
     for (key, now) in changed {
         let oref = ObjRef::new("VirtualMachineInstance", Some(&key.0), &key.1);
-        let file = now.as_ref().map(|l| l.src.file.to_string()).unwrap_or_else(|| crate::api_source::vmi_path(&key.0, &key.1));
-        if cur.kept.contains(&oref) || cur.problem_objects.contains(&oref) || cur.problem_files.contains(&file) {
+        let file = now
+            .as_ref()
+            .map(|l| l.src.file.to_string())
+            .unwrap_or_else(|| crate::api_source::vmi_path(&key.0, &key.1));
+        if cur.kept.contains(&oref)
+            || cur.problem_objects.contains(&oref)
+            || cur.problem_files.contains(&file)
+        {
             return None;
         }
         let before = cur.state.vmis.get(&key);

@@ -424,7 +424,10 @@ impl ClusterState {
     /// of its files) every object of a file whose text did not change: the same `Arc`, so that
     /// what is memoised per object ([`crate::plan::PlanMemo`]) is found again. `prev` becomes
     /// this load's.
-    pub fn load_dir_reusing(dir: &Path, prev: &mut Option<(ClusterState, DirTexts)>) -> Result<ClusterState, std::io::Error> {
+    pub fn load_dir_reusing(
+        dir: &Path,
+        prev: &mut Option<(ClusterState, DirTexts)>,
+    ) -> Result<ClusterState, std::io::Error> {
         let mut texts = DirTexts::default();
         let mut st = ClusterState::load_dir_texts(dir, &mut |file, text| {
             let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -216,7 +216,8 @@ pub fn plan_memo(
     memo.uplinks.clone_from(&p.ports);
     ph.mark("plan NNCPs");
     // Entries stay where they are (no key is copied for a VMI that did not change).
-    memo.vmis.retain(|k, m| state.vmis.get(k).is_some_and(|l| on_node(l, node) && m.still_valid(state, &l.obj)));
+    memo.vmis
+        .retain(|k, m| state.vmis.get(k).is_some_and(|l| on_node(l, node) && m.still_valid(state, &l.obj)));
     for (k, l) in &state.vmis {
         if !on_node(l, node) {
             continue;

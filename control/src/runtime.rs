@@ -14,7 +14,8 @@
 //!   keep their queue handles and lose no frame.
 //!
 //! One worker plan is published per reconcile (two when a backend is reopened), and `apply`
-//! returns once every worker has applied it.
+//! returns once every worker has applied it. [`Runtime::apply_delta`] does the same for a
+//! change given port by port, touching only those ports (and their bridges).
 //!
 //! A port whose backend cannot be opened (an AF_PACKET port whose interface is missing, a
 //! vhost-user server port whose socket cannot be bound, a DPDK device that fails to probe) is
@@ -259,7 +260,12 @@ fn change_lines<'a>(
 ) {
     for n in &d.added {
         let Some((b, p)) = new(n) else { continue };
-        lines.push(format!("port {n} added: {} on {b}, {}{}", describe_vlan(p), describe_backend(p), from(n)));
+        lines.push(format!(
+            "port {n} added: {} on {b}, {}{}",
+            describe_vlan(p),
+            describe_backend(p),
+            from(n)
+        ));
     }
     for n in &d.removed {
         let Some((b, _)) = old(n) else { continue };
@@ -282,7 +288,10 @@ fn change_lines<'a>(
 }
 
 /// Port `n` of a [`reconcile::ports_by_name`] map: (bridge name, port).
-fn lookup<'a>(m: &BTreeMap<&str, (&'a BridgeConfig, &'a PortConfig)>, n: &str) -> Option<(&'a str, &'a PortConfig)> {
+fn lookup<'a>(
+    m: &BTreeMap<&str, (&'a BridgeConfig, &'a PortConfig)>,
+    n: &str,
+) -> Option<(&'a str, &'a PortConfig)> {
     m.get(n).map(|(b, p)| (b.name.as_str(), *p))
 }
 
@@ -521,8 +530,11 @@ impl Runtime {
         mut ph: Phases,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
-        let mut names: Vec<&str> =
-            before.keys().map(String::as_str).chain(delta.upserted.iter().map(|(_, p)| p.name.as_str())).collect();
+        let mut names: Vec<&str> = before
+            .keys()
+            .map(String::as_str)
+            .chain(delta.upserted.iter().map(|(_, p)| p.name.as_str()))
+            .collect();
         names.sort_unstable();
         names.dedup();
         let now: BTreeMap<&str, (&str, &PortConfig)> = names
@@ -649,7 +661,8 @@ impl Runtime {
         };
         for bi in 0..sw.bridges.len() {
             if which(bi) {
-                let keep: Vec<PortId> = sw.bridges[bi].ports.iter().copied().filter(|id| up(sw, *id)).collect();
+                let keep: Vec<PortId> =
+                    sw.bridges[bi].ports.iter().copied().filter(|id| up(sw, *id)).collect();
                 sw.bridges[bi].ports = keep;
             }
         }

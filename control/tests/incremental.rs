@@ -211,7 +211,11 @@ fn controller(delta: bool) -> (Controller, Arc<Mutex<Runtime>>) {
 fn outcome(rt: &Mutex<Runtime>) -> (String, BTreeMap<String, String>, String) {
     let rt = rt.lock().unwrap();
     let i = &rt.input;
-    (format!("{:?}", rt.running()), describe(rt.switch()), format!("{:?}", (&i.problems, &i.kept, &i.skipped, &i.notes)))
+    (
+        format!("{:?}", rt.running()),
+        describe(rt.switch()),
+        format!("{:?}", (&i.problems, &i.kept, &i.skipped, &i.notes)),
+    )
 }
 
 /// Runs `events` through a delta controller and a full one, comparing after each; returns how

@@ -340,7 +340,11 @@ impl PortSpec {
             name: port.name.clone(),
             bridge: bi,
             vlan: VlanPolicy::new(mode, port.tag.unwrap_or(0), port.trunks.as_deref()),
-            allowed_macs: port.allowed_macs.as_ref().filter(|l| !l.is_empty()).map(|l| l.clone().into_boxed_slice()),
+            allowed_macs: port
+                .allowed_macs
+                .as_ref()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.clone().into_boxed_slice()),
             mac_limit: port.mac_limit.unwrap_or(u32::MAX),
             allowed_ips: port.allowed_ips.as_ref().map(|l| l.clone().into_boxed_slice()),
             policy: port.policy.as_ref().map(|p| Arc::new(crate::policy::CompiledPolicy::compile(p))),
@@ -563,7 +567,10 @@ impl SwitchConfig {
             }
         }
         let find = |b: &'_ BridgeConfig, name: &str| -> Option<usize> {
-            b.ports.binary_search_by(|p| p.name.as_str().cmp(name)).ok().or_else(|| b.ports.iter().position(|p| p.name == name))
+            b.ports
+                .binary_search_by(|p| p.name.as_str().cmp(name))
+                .ok()
+                .or_else(|| b.ports.iter().position(|p| p.name == name))
         };
         let set: HashSet<&str> = touched.iter().copied().collect();
         // Bridges the touched ports are or were on.
@@ -594,7 +601,11 @@ impl SwitchConfig {
         let mut held: Vec<HashSet<(u16, MacAddr)>> = vec![HashSet::new(); cfg.bridges.len()];
         let mut want: Vec<HashMap<(u16, MacAddr), PortId>> = vec![HashMap::new(); cfg.bridges.len()];
         let statics = |spec: &PortSpec| -> Vec<(u16, MacAddr)> {
-            spec.config.static_macs.iter().flat_map(|m| spec.vlan.carried().iter().map(move |v| (v, *m))).collect()
+            spec.config
+                .static_macs
+                .iter()
+                .flat_map(|m| spec.vlan.carried().iter().map(move |v| (v, *m)))
+                .collect()
         };
         for n in &set {
             let Some(old) = self.port_by_name(n) else { continue };
@@ -609,7 +620,8 @@ impl SwitchConfig {
         }
         // The MACs in play on each bridge: any other port naming one makes the patch a
         // whole-bridge decision.
-        let mut play: Vec<HashSet<MacAddr>> = held.iter().map(|h| h.iter().map(|(_, m)| *m).collect()).collect();
+        let mut play: Vec<HashSet<MacAddr>> =
+            held.iter().map(|h| h.iter().map(|(_, m)| *m).collect()).collect();
         for (n, bi) in &now_on {
             if let Some(pi) = find(&cfg.bridges[*bi], n) {
                 play[*bi].extend(cfg.bridges[*bi].ports[pi].static_macs.iter().copied());
@@ -691,7 +703,8 @@ impl SwitchConfig {
             let table = &out.bridges[bi].table;
             for ((v, mac), id) in w {
                 if let Some(h) = table.lookup(*v, *mac, 0) {
-                    let mine = h.port == *id || self.port(h.port).is_some_and(|ps| set.contains(ps.name.as_str()));
+                    let mine =
+                        h.port == *id || self.port(h.port).is_some_and(|ps| set.contains(ps.name.as_str()));
                     if h.is_static && !mine {
                         return Ok(None);
                     }
@@ -707,11 +720,14 @@ impl SwitchConfig {
             let table = &out.bridges[bi].table;
             let (l, h, w) = (&leave[bi], &held[bi], &want[bi]);
             table.remove_where(|vlan, mac, port, is_static| {
-                l.contains(&port) || (is_static && h.contains(&(vlan, mac)) && w.get(&(vlan, mac)) != Some(&port))
+                l.contains(&port)
+                    || (is_static && h.contains(&(vlan, mac)) && w.get(&(vlan, mac)) != Some(&port))
             });
             let mut fields: Vec<(u16, MacAddr, PortId)> = w
                 .iter()
-                .filter(|((v, mac), id)| table.lookup(*v, *mac, 0).is_none_or(|h| !h.is_static || h.port != **id))
+                .filter(|((v, mac), id)| {
+                    table.lookup(*v, *mac, 0).is_none_or(|h| !h.is_static || h.port != **id)
+                })
                 .map(|((v, mac), id)| (*v, *mac, *id))
                 .collect();
             fields.sort_unstable();
