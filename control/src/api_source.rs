@@ -188,7 +188,7 @@ impl ApiStore {
     /// is not known (the first call, a kind found not served, a large relist), and the whole
     /// state is to be planned.
     pub fn take_dirty(&mut self) -> Option<BTreeSet<(Kind, Option<String>, String)>> {
-        std::mem::replace(&mut self.dirty, Some(BTreeSet::new()))
+        self.dirty.replace(BTreeSet::new())
     }
 
     fn mark(&mut self, k: &Key) {

@@ -19,7 +19,7 @@
 
 use crate::api_source::{self, ApiError, ApiOptions, ApiSource, ApiStore, Kind};
 use crate::delta;
-use crate::k8s::{ClusterState, Loaded, VirtualMachineInstance};
+use crate::k8s::ClusterState;
 use crate::lastgood::LastGood;
 use crate::plan::PlanOptions;
 use crate::runtime::{Applied, InputStatus, Phases, Runtime, RuntimeError};
@@ -312,7 +312,7 @@ impl Controller {
                     .map(|(_, ns, name)| {
                         let key = (ns.unwrap_or_default(), name);
                         let (l, good) = st.vmi(&key.0, &key.1);
-                        (key, l.cloned(), good)
+                        ((key, l.cloned()), good)
                     })
                     .collect::<Vec<_>>()
             })
@@ -329,15 +329,15 @@ impl Controller {
     /// is not one the delta path takes, and the full plan is to run.
     fn reconcile_delta(
         &mut self,
-        changed: Vec<((String, String), Option<Loaded<VirtualMachineInstance>>, bool)>,
+        changed: Vec<(delta::VmiNow, bool)>,
         src: &KubeSource,
         mut ph: Phases,
     ) -> Option<Result<Applied, ControllerError>> {
         let mut cur = self.cur.take()?;
-        if changed.iter().any(|c| !c.2) {
+        if changed.iter().any(|c| !c.1) {
             return None;
         }
-        let changed = changed.into_iter().map(|(k, l, _)| (k, l)).collect();
+        let changed = changed.into_iter().map(|(c, _)| c).collect();
         let (delta, changes) =
             delta::plan_delta(&mut cur, &self.lastgood, changed, &src.api.node, &src.plan)?;
         for c in &changes {

@@ -121,6 +121,9 @@ impl Current {
     }
 }
 
+/// A VMI's key and what the store has now (None: deleted).
+pub(crate) type VmiNow = ((String, String), Option<Loaded<VirtualMachineInstance>>);
+
 /// One VMI changed: its key, what the store has now (None: deleted), its plan alone.
 pub(crate) struct VmiChange {
     pub(crate) key: (String, String),
@@ -153,7 +156,7 @@ fn stays_local(state: &ClusterState, v: &VirtualMachineInstance) -> bool {
 pub(crate) fn plan_delta(
     cur: &mut Current,
     lastgood: &LastGood,
-    changed: Vec<((String, String), Option<Loaded<VirtualMachineInstance>>)>,
+    changed: Vec<VmiNow>,
     node: &str,
     opts: &PlanOptions,
 ) -> Option<(PortDelta, Vec<VmiChange>)> {
