@@ -6,10 +6,10 @@
 //! random event sequences). It is taken only where the planner's cross-object rules cannot
 //! make a VMI's change reach other objects' results; everywhere else the full plan runs.
 //!
-//! How: the last full plan leaves a [`Current`]: the state it planned (last good versions in
-//! place), its skipped list, what it kept, and an [`Index`] of what its ports declared (port
+//! How: the last full plan leaves a `Current`: the state it planned (last good versions in
+//! place), its skipped list, what it kept, and an `Index` of what its ports declared (port
 //! names, static MACs per bridge, ports per bridge). A VMI that changed is planned alone by
-//! the one planner ([`crate::plan::plan_vmi`], the function a full plan memoises per VMI), its
+//! the one planner (`plan::plan_vmi`, the function a full plan memoises per VMI), its
 //! ports replace those its memo entry had ([`crate::runtime::PortDelta`]), and the runtime
 //! patches the running configuration and the compiled switch ([`Runtime::apply_delta`]).
 //!
