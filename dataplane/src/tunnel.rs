@@ -267,7 +267,7 @@ impl TunnelCodec {
     }
 
     /// Writes the tunnel header in front of the inner frame in `buf` (into its headroom): the
-    /// value [`TunnelCodec::plain_header`] accepts (VXLAN: the I flag and the VNI; Geneve:
+    /// value the one-compare decapsulation accepts (VXLAN: the I flag and the VNI; Geneve:
     /// version 0, no options, Ethernet, the VNI), both kinds 8 bytes, in one store.
     #[inline]
     pub fn encap_buf(&self, buf: &mut PacketBuf) -> Result<(), BufferError> {
