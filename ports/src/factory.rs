@@ -104,16 +104,7 @@ pub fn open_backend(
 
 fn open_tunnel(name: &str, t: &TunnelBackend, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
-    let opts = TunnelOptions {
-        kind: t.kind,
-        vni: t.vni,
-        local: t.local,
-        dstport: t.port(),
-        flood: t.flood.clone().unwrap_or_default(),
-        remote_macs: t.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
-        learn: t.learn.unwrap_or(true),
-        aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
-    };
+    let opts = TunnelOptions::from_backend(t);
     match t.underlay.as_deref() {
         None | Some("kernel") => Ok(Arc::new(UdpTunnelPort::open(name, &opts)?)),
         Some(spec) => open_uplink_tunnel(name, spec, &opts, &t.routes, ctx),
@@ -133,7 +124,6 @@ fn open_uplink_tunnel(
     ctx: &PortContext,
 ) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::uplink_tunnel::{NextHops, UplinkTunnelPort};
-    use switchyard_dataplane::underlay::Route;
     use switchyard_dataplane::wire::MacAddr;
     let bad =
         |msg: String| PortError::Backend { port: name.into(), msg: format!("underlay {spec:?}: {msg}") };
@@ -143,10 +133,7 @@ fn open_uplink_tunnel(
         Backend::Afpacket { iface: Some(spec.into()), rx_mode: None }
     };
     let uplink_name = format!("{name}-uplink");
-    let mut hops = NextHops {
-        routes: routes.iter().map(|r| Route { dst: r.dst, via: Some(r.via) }).collect(),
-        kernel_iface: None,
-    };
+    let mut hops = NextHops { routes: NextHops::routes_of(routes), kernel_iface: None };
     let (uplink, mac, mtu): (Arc<dyn PortBackend>, MacAddr, u32) = match &backend {
         Backend::Afpacket { iface, .. } => {
             let iface = iface.as_deref().unwrap_or(spec);

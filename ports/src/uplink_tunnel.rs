@@ -23,12 +23,14 @@
 //!   tunnel packet confirms its source's MAC only for an endpoint on the link (behind a
 //!   gateway, the packet's source MAC is a router's).
 
-use crate::udp_tunnel::TunnelOptions;
+use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::config::UnderlayRoute;
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{
@@ -47,6 +49,13 @@ pub struct NextHops {
     pub routes: Vec<Route>,
     /// The interface whose kernel routes follow them (an AF_PACKET uplink's).
     pub kernel_iface: Option<String>,
+}
+
+impl NextHops {
+    /// The routes of a tunnel port's `routes` option.
+    pub fn routes_of(config: &[UnderlayRoute]) -> Vec<Route> {
+        config.iter().map(|r| Route { dst: r.dst, via: Some(r.via) }).collect()
+    }
 }
 
 /// A hop index no neighbour slot has: the endpoint cannot be reached (its gateway found no
@@ -80,6 +89,8 @@ struct Shared {
     underlay_mtu: u32,
     max_inner: usize,
     start: Instant,
+    /// The options the port runs with (the last update's), for the next update.
+    opts: Mutex<TunnelOptions>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -136,6 +147,16 @@ impl Shared {
             }
         }
         hops
+    }
+
+    /// Takes the port's `routes` option anew (in effect at the next probe round).
+    fn set_routes(&self, config: &[UnderlayRoute]) {
+        let routes = NextHops::routes_of(config);
+        let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        if r.config.routes != routes {
+            r.table = Routes::new([&routes[..], r.kernel.routes()].concat());
+            r.config.routes = routes;
+        }
     }
 
     /// The slot of gateway `ip`, given one when new and there is room.
@@ -201,6 +222,7 @@ impl UplinkTunnelPort {
                 underlay_mtu,
                 max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
                 start: Instant::now(),
+                opts: Mutex::new(o.clone()),
             }),
         })
     }
@@ -265,6 +287,23 @@ impl PortBackend for UplinkTunnelPort {
             sh.underlay_mtu,
             sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), sh.underlay_mtu)
         ))
+    }
+
+    /// New endpoints get indices of their own, and so neighbour slots; RX probes them. New
+    /// `routes` take effect at the next probe round.
+    fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
+        let sh = &self.shared;
+        let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
+        match update_remotes(&sh.name, &opts, &sh.remotes, wanted)? {
+            Some(o) => {
+                *opts = o;
+                if let Backend::Tunnel(t) = wanted {
+                    sh.set_routes(&t.routes);
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -452,6 +491,8 @@ impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let sh = self.shared.clone();
         let now = sh.now_s();
+        // One flood list for the whole burst, however an update swaps it meanwhile.
+        let flood = sh.remotes.flood();
         let mut sent = 0;
         for mut b in pkts.drain(..) {
             if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
@@ -469,7 +510,7 @@ impl TxQueue for UplinkTunnelTx {
             match one {
                 Some(e) => sent += self.push(b, e, sport, cache, drops),
                 None => {
-                    let Some((&last, rest)) = sh.remotes.flood().split_last() else {
+                    let Some((&last, rest)) = flood.split_last() else {
                         drops.add(DropReason::TunnelNoEndpoint, 1);
                         cache.free(b);
                         continue;
