@@ -708,8 +708,9 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 0xfe];
 /// AF_PACKET uplink the route is the kernel's, added to u1 while switchyard runs: until then
 /// the endpoint is taken as on the link, never answers, and frames to it are dropped as
 /// `tunnel_unresolved`; then switchyard follows the route. On a DPDK uplink the route is the
-/// port's `routes`. Pings both ways, frames byte for byte both ways, and the outer frames go
-/// to the router's MAC with the far endpoint's address.
+/// port's `routes`, given the same way while it runs (the port updated in place). Pings both
+/// ways, frames byte for byte both ways, and the outer frames go to the router's MAC with the
+/// far endpoint's address.
 fn fast_path_through_a_gateway(uplink: &str) {
     let dpdk = uplink.starts_with("dpdk:");
     let mut nss = Namespaces::new(if dpdk { 11 } else { 10 });
@@ -730,22 +731,27 @@ fn fast_path_through_a_gateway(uplink: &str) {
     assert!(run_in(&k, &["sysctl", "-qw", "net.ipv4.igmp_link_local_mcast_reports=0"]).status.success());
     // DPDK's net_af_packet cannot finish the kernel's partial UDP checksums (see above).
     let kv = kernel_node(&mut nss, &k, "10.99.20.2", "10.99.0.1", if dpdk { &["noudpcsum"] } else { &[] });
-    let routes = if dpdk { ", routes: [{dst: 10.99.20.0/24, via: 10.99.0.2}]" } else { "" };
-    let n1 = Node::start(
-        &u1,
-        &format!(
+    let config = |routes: &str| {
+        format!(
             "bridges:\n- name: br\n  ports:\n{}  - {{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, \
              underlay: \"{uplink}\", flood: [10.99.20.2]{routes}}}\n",
             vm_port("va1", None),
-        ),
+        )
+    };
+    let n1 = Node::start(&u1, &config(""));
+    assert!(
+        !ping(&a1, "10.50.0.3", 2, &[]),
+        "a ping across before the route exists: {}",
+        n1.ctl(&["show", "ports"])
     );
-    if !dpdk {
-        assert!(
-            !ping(&a1, "10.50.0.3", 2, &[]),
-            "a ping across before the route exists: {}",
-            n1.ctl(&["show", "ports"])
-        );
-        assert!(n1.drop_count("tun0", "tunnel_unresolved") > 0, "{}", n1.stats("tun0").2);
+    assert!(n1.drop_count("tun0", "tunnel_unresolved") > 0, "{}", n1.stats("tun0").2);
+    if dpdk {
+        // The port's routes, given while it runs: taken in place.
+        let file = n1.dir.path().join("switch.yaml");
+        let tmp = n1.dir.path().join("switch.yaml.new");
+        std::fs::write(&tmp, config(", routes: [{dst: 10.99.20.0/24, via: 10.99.0.2}]")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    } else {
         ip(&["-n", &u1, "route", "add", "10.99.20.0/24", "via", "10.99.0.2", "dev", "eth0", "onlink"])
             .unwrap();
     }
@@ -758,6 +764,9 @@ fn fast_path_through_a_gateway(uplink: &str) {
     assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
     let ports = n1.ctl(&["show", "ports"]);
     assert!(ports.contains("flood 1 endpoints, 1 resolved"), "{ports}");
+    if dpdk {
+        assert!(n1.log().contains("updated in place"), "{}", n1.log());
+    }
     frames_byte_for_byte(&a1, &kv);
     // On the router's side of the link: to the router's MAC, for the far endpoint.
     let mut at_r = RawSock::open(Some(&r), "eth0").unwrap();
