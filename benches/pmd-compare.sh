@@ -43,10 +43,8 @@ BIG_MACS=${BIG_MACS:-1048576}
 MID_MACS=${MID_MACS:-32768}
 OVS_VSWITCHD=${OVS_VSWITCHD:-/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk}
 OVS_SCHEMA=${OVS_SCHEMA:-/usr/share/openvswitch/vswitch.ovsschema}
-NCPU=$(nproc)
-CORE=${CORE:-$((NCPU - 1))}
-MAIN_CORE=0
-[ "$CORE" = 0 ] && MAIN_CORE=$((NCPU > 1 ? 1 : 0))
+# shellcheck source=benches/one-core.sh
+. "$(dirname "$0")/one-core.sh"
 
 have_dpdk=0
 if [ "${DPDK:-1}" != 0 ] && pkg-config --exists libdpdk 2>/dev/null; then
@@ -71,7 +69,6 @@ BIN=$TARGET/release/switchyard
 
 WORK=$(mktemp -d /tmp/pmd-compare.XXXXXX)
 OVS_DIR=
-alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 # Stops the private Open vSwitch of ovs_dpdk (below) if one is running.
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
@@ -119,18 +116,6 @@ fi
 declare -A RATE CPU_RATE
 RESULTS=()
 
-# The CPU time (ns) that thread TID of process PID has run so far (schedstat's first field).
-thread_ns() { awk '{print $1}' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
-# The thread of PID whose name matches the pattern and that has run longest: the forwarding one.
-busiest_thread() { # pid pattern
-    local t best= most=-1 ns
-    for t in /proc/"$1"/task/*; do
-        [[ $(cat "$t/comm" 2>/dev/null) =~ $2 ]] || continue
-        ns=$(awk '{print $1}' "$t/schedstat" 2>/dev/null) || continue
-        if [ "${ns:-0}" -gt "$most" ]; then most=$ns best=${t##*/}; fi
-    done
-    echo "$best"
-}
 
 CPU_NS= # the CPU time per frame (ns) of the contender measured last, or empty
 record() { # label mpps command...

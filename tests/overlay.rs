@@ -683,6 +683,103 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     }
 }
 
+#[test]
+fn fast_path_through_a_gateway_from_the_kernels_routes() {
+    if skip_unless_ready("fast_path_through_a_gateway_from_the_kernels_routes") {
+        fast_path_through_a_gateway("eth0");
+    }
+}
+
+/// The same with a DPDK uplink, the gateway from the port's `routes`.
+#[cfg(feature = "dpdk")]
+#[test]
+fn fast_path_through_a_gateway_from_the_ports_routes() {
+    if skip_unless_ready("fast_path_through_a_gateway_from_the_ports_routes") {
+        fast_path_through_a_gateway("dpdk:net_af_packet0,iface=eth0");
+    }
+}
+
+/// The router's MAC address on the switchyard node's link in the gateway tests.
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 0xfe];
+
+/// The fast path with the far endpoint on another subnet: switchyard's node u1 (tunnel
+/// address 10.99.0.1 in switchyard only) and a router namespace (10.99.0.2, forwarding) on
+/// one link; the kernel's VXLAN node (10.99.20.2) behind the router on 10.99.20.0/24. On an
+/// AF_PACKET uplink the route is the kernel's, added to u1 while switchyard runs: until then
+/// the endpoint is taken as on the link, never answers, and frames to it are dropped as
+/// `tunnel_unresolved`; then switchyard follows the route. On a DPDK uplink the route is the
+/// port's `routes`, given the same way while it runs (the port updated in place). Pings both
+/// ways, frames byte for byte both ways, and the outer frames go to the router's MAC with the
+/// far endpoint's address.
+fn fast_path_through_a_gateway(uplink: &str) {
+    let dpdk = uplink.starts_with("dpdk:");
+    let mut nss = Namespaces::new(if dpdk { 11 } else { 10 });
+    let (u1, r, k) = (nss.add("u1"), nss.add("r"), nss.add("k"));
+    underlay(&mut nss, &[&u1, &r], 1500);
+    ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
+    ip(&["-n", &u1, "link", "set", "eth0", "address", "02:00:00:00:99:01"]).unwrap();
+    ip(&["-n", &r, "link", "set", "eth0", "address", "02:00:00:00:99:fe"]).unwrap();
+    nss.veth(&r, "eth1", &k, "eth0", 1500);
+    ip(&["-n", &r, "addr", "add", "10.99.20.254/24", "dev", "eth1"]).unwrap();
+    assert!(run_in(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).status.success());
+    ip(&["-n", &k, "addr", "add", "10.99.20.2/24", "dev", "eth0"]).unwrap();
+    ip(&["-n", &k, "route", "add", "default", "via", "10.99.20.254"]).unwrap();
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    // Nothing from the kernel node before the pings: its bridge's IGMP reports would reach
+    // switchyard through the tunnel, and a tunnel packet from an endpoint taken as on the
+    // link resolves it to the packet's source MAC (here the router's).
+    assert!(run_in(&k, &["sysctl", "-qw", "net.ipv4.igmp_link_local_mcast_reports=0"]).status.success());
+    // DPDK's net_af_packet cannot finish the kernel's partial UDP checksums (see above).
+    let kv = kernel_node(&mut nss, &k, "10.99.20.2", "10.99.0.1", if dpdk { &["noudpcsum"] } else { &[] });
+    let config = |routes: &str| {
+        format!(
+            "bridges:\n- name: br\n  ports:\n{}  - {{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, \
+             underlay: \"{uplink}\", flood: [10.99.20.2]{routes}}}\n",
+            vm_port("va1", None),
+        )
+    };
+    let n1 = Node::start(&u1, &config(""));
+    assert!(
+        !ping(&a1, "10.50.0.3", 2, &[]),
+        "a ping across before the route exists: {}",
+        n1.ctl(&["show", "ports"])
+    );
+    assert!(n1.drop_count("tun0", "tunnel_unresolved") > 0, "{}", n1.stats("tun0").2);
+    if dpdk {
+        // The port's routes, given while it runs: taken in place.
+        let file = n1.dir.path().join("switch.yaml");
+        let tmp = n1.dir.path().join("switch.yaml.new");
+        std::fs::write(&tmp, config(", routes: [{dst: 10.99.20.0/24, via: 10.99.0.2}]")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    } else {
+        ip(&["-n", &u1, "route", "add", "10.99.20.0/24", "via", "10.99.0.2", "dev", "eth0", "onlink"])
+            .unwrap();
+    }
+    let t = Instant::now();
+    while !ping(&a1, "10.50.0.3", 1, &[]) {
+        let ports = n1.ctl(&["show", "ports"]);
+        assert!(t.elapsed() < WAIT, "no ping across; {ports}\n{}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+    }
+    assert!(ping(&a1, "10.50.0.3", 3, &[]), "switchyard to kernel");
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
+    let ports = n1.ctl(&["show", "ports"]);
+    assert!(ports.contains("flood 1 endpoints, 1 resolved"), "{ports}");
+    if dpdk {
+        assert!(n1.log().contains("updated in place"), "{}", n1.log());
+    }
+    frames_byte_for_byte(&a1, &kv);
+    // On the router's side of the link: to the router's MAC, for the far endpoint.
+    let mut at_r = RawSock::open(Some(&r), "eth0").unwrap();
+    let at_a = RawSock::open(Some(&a1), "eth0").unwrap();
+    at_a.send(&frame(K_MAC, A_MAC, &[], "via-gateway", 80));
+    let f = at_r
+        .recv_matching(WAIT, |f| f.len() > 50 && has_marker(&f[50..], "via-gateway"))
+        .expect("the tunnel packet at the router");
+    assert_eq!(&f[..12], &[&ROUTER_MAC[..], &UPLINK_MAC[..]].concat()[..], "outer MACs");
+    assert_eq!(&f[14 + 12..14 + 20], &[10, 99, 0, 1, 10, 99, 20, 2], "outer addresses");
+    assert_eq!(&f[14 + 22..14 + 24], &[0x12, 0xb5], "destination port 4789");
+}
+
 // ---- an overlay planned from cluster state, and a live migration across it ----
 
 const MIG_NAD: &str = r#"apiVersion: k8s.cni.cncf.io/v1

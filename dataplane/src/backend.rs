@@ -12,7 +12,7 @@
 //! its type's options (docs/semantics.md, port options); writing it back with
 //! [`PortConfig::set_backend`] gives a port that converts to the same `Backend`.
 
-use crate::config::{AfPacketRxMode, PortConfig, PortType, RemoteMac};
+use crate::config::{AfPacketRxMode, PortConfig, PortType, RemoteMac, UnderlayRoute};
 use crate::tunnel::TunnelKind;
 use std::fmt;
 use std::net::IpAddr;
@@ -105,6 +105,8 @@ pub struct TunnelBackend {
     pub remote_macs: Vec<RemoteMac>,
     /// Learn remote MACs from received frames (`None`: yes).
     pub learn: Option<bool>,
+    /// Gateways towards endpoints off the uplink's link (an uplink underlay only).
+    pub routes: Vec<UnderlayRoute>,
 }
 
 impl TunnelBackend {
@@ -137,7 +139,7 @@ fn err(field: impl Into<String>, msg: impl Into<String>) -> BackendError {
 }
 
 /// The type options of a port, in the order they are checked (and named in errors).
-pub const TYPE_OPTIONS: [&str; 19] = [
+pub const TYPE_OPTIONS: [&str; 20] = [
     "ring",
     "rx_pcap",
     "tx_pcap",
@@ -157,10 +159,12 @@ pub const TYPE_OPTIONS: [&str; 19] = [
     "flood",
     "remote_macs",
     "learn",
+    "routes",
 ];
 
 /// The options of the tunnel types.
-const TUNNEL_OPTIONS: &[&str] = &["vni", "local", "dstport", "underlay", "flood", "remote_macs", "learn"];
+const TUNNEL_OPTIONS: &[&str] =
+    &["vni", "local", "dstport", "underlay", "flood", "remote_macs", "learn", "routes"];
 
 impl PortType {
     /// The name the configuration file uses.
@@ -246,6 +250,7 @@ impl PortConfig {
             flood,
             remote_macs,
             learn,
+            routes,
         } = self;
         [
             ring.is_some(),
@@ -267,6 +272,7 @@ impl PortConfig {
             flood.is_some(),
             !remote_macs.is_empty(),
             learn.is_some(),
+            !routes.is_empty(),
         ]
     }
 
@@ -361,6 +367,29 @@ impl PortConfig {
                 return Err(err(format!("remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
             }
         }
+        if !self.routes.is_empty() && matches!(self.underlay.as_deref(), None | Some("kernel")) {
+            return Err(err(
+                "routes",
+                "only for an uplink underlay (the kernel's UDP socket follows the kernel's routes)",
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.dst.addr.is_ipv6() != local.is_ipv6() {
+                return Err(err(
+                    format!("routes[{i}].dst"),
+                    format!("{} is not of the local address's family", r.dst),
+                ));
+            }
+            if !unicast_like_local(&r.via) || r.via == local {
+                return Err(err(
+                    format!("routes[{i}].via"),
+                    format!(
+                        "{} is not a unicast address of the local address's family, other than it",
+                        r.via
+                    ),
+                ));
+            }
+        }
         Ok(TunnelBackend {
             kind,
             vni,
@@ -370,6 +399,7 @@ impl PortConfig {
             flood: self.flood.clone(),
             remote_macs: self.remote_macs.clone(),
             learn: self.learn,
+            routes: self.routes.clone(),
         })
     }
 
@@ -416,6 +446,7 @@ impl PortConfig {
                 self.flood = t.flood.clone();
                 self.remote_macs = t.remote_macs.clone();
                 self.learn = t.learn;
+                self.routes = t.routes.clone();
             }
         }
     }
@@ -594,13 +625,17 @@ mod tests {
                 vni: 7,
                 local: "fd00::1".parse().unwrap(),
                 dstport: Some(6082),
-                underlay: None,
+                underlay: Some("dpdk:net_null1".into()),
                 flood: Some(vec!["fd00::2".parse().unwrap()]),
                 remote_macs: vec![RemoteMac {
                     mac: "02:00:00:00:0b:01".parse().unwrap(),
                     remote: "fd00::3".parse().unwrap(),
                 }],
                 learn: Some(false),
+                routes: vec![UnderlayRoute {
+                    dst: "fd00:20::/64".parse().unwrap(),
+                    via: "fd00::fe".parse().unwrap(),
+                }],
             }),
         ];
         for b in backends {
@@ -639,6 +674,20 @@ mod tests {
         p.socket_mode = Some("999".into());
         assert_eq!(p.backend().unwrap_err().field, "socket_mode");
         assert_eq!(port(PortType::Dpdk).backend().unwrap_err().field, "devargs");
+        // Underlay routes: only on an uplink, of the local address's family, via another.
+        let mut p = port(PortType::Vxlan);
+        p.vni = Some(1);
+        p.local = "10.0.0.1".parse().ok();
+        let route =
+            |dst: &str, via: &str| UnderlayRoute { dst: dst.parse().unwrap(), via: via.parse().unwrap() };
+        p.routes = vec![route("10.1.0.0/16", "10.0.0.254")];
+        assert_eq!(p.backend().unwrap_err().field, "routes");
+        p.underlay = Some("eth0".into());
+        assert!(p.backend().is_ok());
+        p.routes.push(route("fd00::/64", "10.0.0.254"));
+        assert_eq!(p.backend().unwrap_err().field, "routes[1].dst");
+        p.routes[1] = route("0.0.0.0/0", "10.0.0.1");
+        assert_eq!(p.backend().unwrap_err().field, "routes[1].via");
         // Every type's options are type options.
         for t in [
             PortType::Ring,

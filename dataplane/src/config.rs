@@ -95,6 +95,15 @@ pub struct RemoteMac {
     pub remote: IpAddr,
 }
 
+/// A route of a tunnel port's underlay: endpoints in `dst` are reached through the gateway
+/// `via` (fast path only; docs/overlay.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayRoute {
+    pub dst: crate::policy::Cidr,
+    pub via: IpAddr,
+}
+
 /// How an AF_PACKET port receives (docs/semantics.md, port options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,6 +206,9 @@ pub struct PortConfig {
     /// vxlan, geneve: learn remote MACs from received frames (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learn: Option<bool>,
+    /// vxlan, geneve on an uplink: gateways towards endpoints off the uplink's link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<UnderlayRoute>,
 }
 
 /// An octal permission mode such as "0660" or "660" (at most 0777).

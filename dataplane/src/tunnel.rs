@@ -19,12 +19,12 @@
 use crate::buffer::{BufferError, PacketBuf};
 use crate::fdb::{FdbError, MacTable};
 use crate::switch::DropReason;
-use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
+use crate::wire::geneve::{GenevePacket, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
 use crate::wire::ip::{
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_SCTP, PROTO_TCP, PROTO_UDP, UDP_HEADER_LEN, V4_FRAG, V4_PROTO,
     V4_SRC, V6_NEXT, V6_SRC,
 };
-use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
+use crate::wire::vxlan::{VxlanPacket, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
 use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET, VLAN_TAG_LEN};
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashSet;
@@ -222,9 +222,10 @@ impl TunnelCodec {
     #[inline(always)]
     fn is_plain(&self, datagram: &[u8]) -> bool {
         let (mask, want) = self.plain_header();
-        match datagram.first_chunk::<PLAIN_HEADER_LEN>() {
-            Some(h) => {
-                u64::from_be_bytes(*h) & mask == want && datagram.len() >= PLAIN_HEADER_LEN + ETH_HEADER_LEN
+        // One length check: the header and the inner Ethernet header.
+        match datagram.first_chunk::<{ PLAIN_HEADER_LEN + ETH_HEADER_LEN }>() {
+            Some(&[b0, b1, b2, b3, b4, b5, b6, b7, ..]) => {
+                u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]) & mask == want
             }
             None => false,
         }
@@ -266,19 +267,28 @@ impl TunnelCodec {
     /// Decapsulates a received datagram in place: `buf` keeps the inner frame.
     #[inline]
     pub fn decap_buf(&self, buf: &mut PacketBuf) -> Result<(), DropReason> {
-        // The plain case trims a constant, the others what the header says.
-        let off = if self.is_plain(buf.data()) { PLAIN_HEADER_LEN } else { self.decap_checked(buf.data())? };
+        // The plain case trims a constant; the others, out of line, what the header says.
+        if self.is_plain(buf.data()) {
+            return buf.trim_front(PLAIN_HEADER_LEN).map_err(|_| DropReason::TunnelTruncated);
+        }
+        self.decap_buf_checked(buf)
+    }
+
+    /// [`TunnelCodec::decap_buf`] of a header that is not plain (options, another VNI, bad).
+    #[cold]
+    #[inline(never)]
+    fn decap_buf_checked(&self, buf: &mut PacketBuf) -> Result<(), DropReason> {
+        let off = self.decap_checked(buf.data())?;
         buf.trim_front(off).map_err(|_| DropReason::TunnelTruncated)
     }
 
-    /// Writes the tunnel header in front of the inner frame in `buf` (into its headroom).
+    /// Writes the tunnel header in front of the inner frame in `buf` (into its headroom): the
+    /// value the one-compare decapsulation accepts (VXLAN: the I flag and the VNI; Geneve:
+    /// version 0, no options, Ethernet, the VNI), both kinds 8 bytes, in one store.
     #[inline]
     pub fn encap_buf(&self, buf: &mut PacketBuf) -> Result<(), BufferError> {
-        let h = buf.prepend(self.kind.header_len())?;
-        match self.kind {
-            TunnelKind::Vxlan => VxlanRepr { vni: self.vni }.emit(h),
-            TunnelKind::Geneve => GeneveRepr::ethernet(self.vni).emit(h),
-        }
+        let (_, header) = self.plain_header();
+        buf.prepend(PLAIN_HEADER_LEN)?.copy_from_slice(&header.to_be_bytes());
         Ok(())
     }
 }

@@ -15,9 +15,13 @@
 //! - [`arp_frame`] and [`nd_frame`] write the requests and replies (ARP, RFC 826; Neighbour
 //!   Solicitation/Advertisement, RFC 4861) into a fixed array.
 //!
-//! The next hop is the endpoint itself: endpoints must be on the uplink's link (a
-//! configured gateway or the kernel's routes are not read; docs/overlay.md).
+//! - [`Routes`] picks each endpoint's next hop: the gateway of the longest route that holds
+//!   it (the tunnel port's `routes`, and for an AF_PACKET uplink the kernel's routes through
+//!   the uplink's interface, [`Routes::from_proc`]), or the endpoint itself when no route
+//!   with a gateway holds it (on the link). A gateway is resolved like an endpoint, in a slot
+//!   of its own after the endpoints' ([`MAX_GATEWAYS`]), shared by every endpoint behind it.
 
+use crate::policy::Cidr;
 use crate::wire::arp::{ArpPacket, ArpRepr, ARP_ETH_IPV4_LEN};
 use crate::wire::ip::{PROTO_ICMPV6, V6_DST, V6_HOPS, V6_NEXT, V6_PAYLOAD_LEN, V6_SRC};
 use crate::wire::offload::{fold, ones_sum};
@@ -258,6 +262,103 @@ pub fn nd_frame(
     CONTROL_FRAME_LEN
 }
 
+/// Gateways one tunnel port resolves at most; their neighbour slots follow the endpoints'.
+pub const MAX_GATEWAYS: usize = 16;
+
+/// A route of the underlay: endpoints in `dst` are reached through `via` (`None`: on the
+/// link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Cidr,
+    pub via: Option<IpAddr>,
+}
+
+/// `RTF_GATEWAY` of the kernel's route flags (/proc/net/route, /proc/net/ipv6_route).
+const RTF_GATEWAY: u32 = 0x2;
+/// `RTF_UP`.
+const RTF_UP: u32 = 0x1;
+
+/// Routes, looked up by longest prefix (the first given wins among equally long ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// The table of `routes`.
+    pub fn new(mut routes: Vec<Route>) -> Routes {
+        // Stable: among routes of one length, the order given stays.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.dst.len));
+        Routes(routes)
+    }
+
+    /// The routes, longest prefix first.
+    pub fn routes(&self) -> &[Route] {
+        &self.0
+    }
+
+    /// The next hop towards `ip`: the gateway of the longest route holding it, or `ip` itself
+    /// (on the link: a route without gateway holds it, or none does).
+    pub fn next_hop(&self, ip: IpAddr) -> IpAddr {
+        self.0.iter().find(|r| r.dst.contains(ip)).and_then(|r| r.via).unwrap_or(ip)
+    }
+
+    /// The kernel's routes out of interface `iface`, from the text of `/proc/net/route` (`v4`)
+    /// and `/proc/net/ipv6_route` (`v6`); lines that do not parse, are down or belong to
+    /// other interfaces are left out.
+    pub fn from_proc(iface: &str, v4: &str, v6: &str) -> Routes {
+        let hex32 = |s: &str| u32::from_str_radix(s, 16).ok();
+        let mut routes = Vec::new();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...: addresses as the
+        // kernel's network-order words printed in host order.
+        for l in v4.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (Some(&dev), Some(dst), Some(gw), Some(flags), Some(mask)) = (
+                f.first(),
+                f.get(1).and_then(|s| hex32(s)),
+                f.get(2).and_then(|s| hex32(s)),
+                f.get(3).and_then(|s| hex32(s)),
+                f.get(7).and_then(|s| hex32(s)),
+            ) else {
+                continue;
+            };
+            let mask = u32::from_be_bytes(mask.to_ne_bytes());
+            if dev != iface || flags & RTF_UP == 0 || mask.leading_ones() != mask.count_ones() {
+                continue;
+            }
+            let via = (flags & RTF_GATEWAY != 0).then(|| IpAddr::V4(Ipv4Addr::from(gw.to_ne_bytes())));
+            let dst =
+                Cidr { addr: IpAddr::V4(Ipv4Addr::from(dst.to_ne_bytes())), len: mask.count_ones() as u8 };
+            routes.push(Route { dst, via });
+        }
+        // dst(32 hex) dst_len src src_len gateway(32 hex) metric refcnt use flags dev.
+        for l in v6.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let v6addr =
+                |s: &str| u128::from_str_radix(s, 16).ok().filter(|_| s.len() == 32).map(Ipv6Addr::from);
+            let (Some(dst), Some(len), Some(gw), Some(flags), Some(&dev)) = (
+                f.first().and_then(|s| v6addr(s)),
+                f.get(1).and_then(|s| u8::from_str_radix(s, 16).ok()).filter(|&n| n <= 128),
+                f.get(4).and_then(|s| v6addr(s)),
+                f.get(8).and_then(|s| hex32(s)),
+                f.get(9),
+            ) else {
+                continue;
+            };
+            if dev != iface || flags & RTF_UP == 0 || dst.is_multicast() {
+                continue;
+            }
+            let via = (flags & RTF_GATEWAY != 0).then_some(IpAddr::V6(gw));
+            routes.push(Route { dst: Cidr { addr: IpAddr::V6(dst), len }, via });
+        }
+        Routes::new(routes)
+    }
+
+    /// [`Routes::from_proc`] of this host's kernel (no routes where the files cannot be read).
+    pub fn of_kernel(iface: &str) -> Routes {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        Routes::from_proc(iface, &read("/proc/net/route"), &read("/proc/net/ipv6_route"))
+    }
+}
+
 /// A MAC with the valid bit, in one atomic word.
 const VALID: u64 = 1 << 63;
 
@@ -434,6 +535,39 @@ mod tests {
         assert_eq!(classify(&f, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 4789), UplinkFrame::NotOurs);
         assert_eq!(classify(&f[..50], local, 4789), UplinkFrame::Malformed);
         assert_eq!(classify(&f[..20], local, 4789), UplinkFrame::NotOurs);
+    }
+
+    #[test]
+    fn kernel_routes_of_one_interface_longest_prefix_first() {
+        // As this kernel prints them (little-endian words); eth1's and the down route left out.
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\tFE00630A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  eth0\t0000630A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth0\t0014630A\tFD00630A\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth0\t0015630A\tFD00630A\t0002\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth1\t0016630A\tFD00630A\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth0\tgarbage\n";
+        let v6 = "fd000000000000990000000000000000 40 00000000000000000000000000000000 00 \
+                  00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
+                  fd000000000000200000000000000000 40 00000000000000000000000000000000 00 \
+                  fe8000000000000000000000000000fe 00000400 00000001 00000000 00000003     eth0\n\
+                  ff000000000000000000000000000000 08 00000000000000000000000000000000 00 \
+                  00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n";
+        let r = Routes::from_proc("eth0", v4, v6);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(r.routes().len(), 5, "{r:?}");
+        assert_eq!(r.next_hop(ip("10.99.20.7")), ip("10.99.0.253"), "the /24 over the default");
+        assert_eq!(r.next_hop(ip("10.99.0.7")), ip("10.99.0.7"), "on the link");
+        assert_eq!(r.next_hop(ip("10.99.21.7")), ip("10.99.0.254"), "a route that is down: the default");
+        assert_eq!(r.next_hop(ip("10.99.22.7")), ip("10.99.0.254"), "another interface's: the default");
+        assert_eq!(r.next_hop(ip("192.0.2.1")), ip("10.99.0.254"));
+        assert_eq!(r.next_hop(ip("fd00:0:0:20::9")), ip("fe80::fe"));
+        assert_eq!(r.next_hop(ip("fd00:0:0:99::9")), ip("fd00:0:0:99::9"));
+        assert_eq!(r.next_hop(ip("fd00:0:0:30::9")), ip("fd00:0:0:30::9"), "no route: on the link");
+        // Configured routes come first among equally long ones.
+        let cfg = Route { dst: "10.99.20.0/24".parse().unwrap(), via: Some(ip("10.99.0.1")) };
+        let both = Routes::new([&[cfg][..], r.routes()].concat());
+        assert_eq!(both.next_hop(ip("10.99.20.7")), ip("10.99.0.1"));
     }
 
     #[test]

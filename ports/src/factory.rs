@@ -107,7 +107,7 @@ fn open_tunnel(name: &str, t: &TunnelBackend, ctx: &PortContext) -> Result<Arc<d
     let opts = TunnelOptions::from_backend(t);
     match t.underlay.as_deref() {
         None | Some("kernel") => Ok(Arc::new(UdpTunnelPort::open(name, &opts)?)),
-        Some(spec) => open_uplink_tunnel(name, spec, &opts, ctx),
+        Some(spec) => open_uplink_tunnel(name, spec, &opts, &t.routes, ctx),
     }
 }
 
@@ -120,9 +120,10 @@ fn open_uplink_tunnel(
     name: &str,
     spec: &str,
     opts: &crate::udp_tunnel::TunnelOptions,
+    routes: &[switchyard_dataplane::config::UnderlayRoute],
     ctx: &PortContext,
 ) -> Result<Arc<dyn PortBackend>, PortError> {
-    use crate::uplink_tunnel::UplinkTunnelPort;
+    use crate::uplink_tunnel::{NextHops, UplinkTunnelPort};
     use switchyard_dataplane::wire::MacAddr;
     let bad =
         |msg: String| PortError::Backend { port: name.into(), msg: format!("underlay {spec:?}: {msg}") };
@@ -132,6 +133,7 @@ fn open_uplink_tunnel(
         Backend::Afpacket { iface: Some(spec.into()), rx_mode: None }
     };
     let uplink_name = format!("{name}-uplink");
+    let mut hops = NextHops { routes: NextHops::routes_of(routes), kernel_iface: None };
     let (uplink, mac, mtu): (Arc<dyn PortBackend>, MacAddr, u32) = match &backend {
         Backend::Afpacket { iface, .. } => {
             let iface = iface.as_deref().unwrap_or(spec);
@@ -143,6 +145,7 @@ fn open_uplink_tunnel(
             let mac =
                 sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
             let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
+            hops.kernel_iface = Some(iface.to_string());
             (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
         }
         #[cfg(feature = "dpdk")]
@@ -159,7 +162,7 @@ fn open_uplink_tunnel(
             })
         }
     };
-    Ok(Arc::new(UplinkTunnelPort::new(name, opts, uplink, mac, mtu)?))
+    Ok(Arc::new(UplinkTunnelPort::new(name, opts, uplink, mac, mtu, hops)?))
 }
 
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is

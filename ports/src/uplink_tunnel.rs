@@ -16,31 +16,73 @@
 //!   uplink's kernel still receives its own copy and handles it as usual).
 //! - A frame to an endpoint without a resolved MAC is dropped (`tunnel_unresolved`) and the
 //!   endpoint is probed (at most once a second; RX sends the probes, as it polls anyway).
-//! - The next hop is the endpoint itself (on-link endpoints only).
+//! - The next hop of an endpoint is the gateway of the longest route holding it (the port's
+//!   `routes`, then for an AF_PACKET uplink the kernel's routes through the uplink's
+//!   interface, read again once a second), else the endpoint itself
+//!   ([`switchyard_dataplane::underlay::Routes`]). Frames to it carry the next hop's MAC; a
+//!   tunnel packet confirms its source's MAC only for an endpoint on the link (behind a
+//!   gateway, the packet's source MAC is a router's).
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
+use switchyard_dataplane::config::UnderlayRoute;
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{
     flow_hash, inner_len_drop, source_port, Remotes, TunnelCodec, MAX_ENDPOINTS,
 };
 use switchyard_dataplane::underlay::{
-    arp_frame, classify, nd_frame, Neighbours, UplinkFrame, CONTROL_FRAME_LEN,
+    arp_frame, classify, nd_frame, Neighbours, Route, Routes, UplinkFrame, CONTROL_FRAME_LEN, MAX_GATEWAYS,
 };
 use switchyard_dataplane::wire::outer::{outer_headers_len, OuterRepr};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
+
+/// How a tunnel port on an uplink finds its endpoints' next hops.
+#[derive(Debug, Clone, Default)]
+pub struct NextHops {
+    /// The port's own routes (its `routes` option).
+    pub routes: Vec<Route>,
+    /// The interface whose kernel routes follow them (an AF_PACKET uplink's).
+    pub kernel_iface: Option<String>,
+}
+
+impl NextHops {
+    /// The routes of a tunnel port's `routes` option.
+    pub fn routes_of(config: &[UnderlayRoute]) -> Vec<Route> {
+        config.iter().map(|r| Route { dst: r.dst, via: Some(r.via) }).collect()
+    }
+}
+
+/// A hop index no neighbour slot has: the endpoint cannot be reached (its gateway found no
+/// slot).
+const NO_HOP: u16 = u16::MAX;
+
+/// The routes in use, changed only by the once-a-second refresh.
+#[derive(Debug)]
+struct Routing {
+    config: NextHops,
+    table: Routes,
+    /// The kernel's part of `table`, as last read.
+    kernel: Routes,
+}
 
 struct Shared {
     name: String,
     uplink: Arc<dyn PortBackend>,
     codec: TunnelCodec,
     remotes: Remotes,
+    /// Neighbour slots: the endpoints' (by endpoint index), then the gateways'.
     neighbours: Neighbours,
+    /// Per endpoint: the slot of its next hop (its own, a gateway's, or [`NO_HOP`]).
+    via: Box<[AtomicU16]>,
+    /// The gateways of slots `MAX_ENDPOINTS + k`: set once, never changed.
+    gateways: Box<[OnceLock<IpAddr>]>,
+    routing: Mutex<Routing>,
     local: IpAddr,
     mac: MacAddr,
     port: u16,
@@ -67,6 +109,67 @@ impl Shared {
     fn now_s(&self) -> u32 {
         self.start.elapsed().as_secs() as u32
     }
+
+    /// The MAC of endpoint `e`'s next hop, when resolved.
+    #[inline]
+    fn next_hop_mac(&self, e: u16) -> Option<MacAddr> {
+        let hop = self.via.get(usize::from(e))?.load(Ordering::Relaxed);
+        self.neighbours.get(hop)
+    }
+
+    /// The neighbour slots of address `ip`: an endpoint's, a gateway's, or both.
+    fn slots_of(&self, ip: IpAddr) -> impl Iterator<Item = u16> + '_ {
+        let gw = self.gateways.iter().position(|g| g.get() == Some(&ip));
+        self.remotes.index_of(ip).into_iter().chain(gw.map(|k| (MAX_ENDPOINTS + k) as u16))
+    }
+
+    /// Reads the kernel's routes again (when they are followed), points every endpoint at
+    /// its next hop's slot, and returns the slots to resolve with their addresses.
+    fn route(&self) -> Vec<(u16, IpAddr)> {
+        let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(iface) = &r.config.kernel_iface {
+            let kernel = Routes::of_kernel(iface);
+            if kernel != r.kernel {
+                tracing::info!(port = %self.name, %iface, routes = ?kernel.routes(), "underlay routes");
+                r.table = Routes::new([&r.config.routes[..], kernel.routes()].concat());
+                r.kernel = kernel;
+            }
+        }
+        let mut hops = Vec::new();
+        // Endpoints are numbered densely from 0: the first index without one ends the list.
+        for i in 0..MAX_ENDPOINTS as u16 {
+            let Some(ip) = self.remotes.endpoint(i) else { break };
+            let nh = r.table.next_hop(ip);
+            let hop = if nh == ip { Some(i) } else { self.gateway_slot(nh) };
+            self.via[usize::from(i)].store(hop.unwrap_or(NO_HOP), Ordering::Relaxed);
+            if let Some(h) = hop.filter(|h| !hops.iter().any(|(x, _)| x == h)) {
+                hops.push((h, nh));
+            }
+        }
+        hops
+    }
+
+    /// Takes the port's `routes` option anew (in effect at the next probe round).
+    fn set_routes(&self, config: &[UnderlayRoute]) {
+        let routes = NextHops::routes_of(config);
+        let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        if r.config.routes != routes {
+            r.table = Routes::new([&routes[..], r.kernel.routes()].concat());
+            r.config.routes = routes;
+        }
+    }
+
+    /// The slot of gateway `ip`, given one when new and there is room.
+    fn gateway_slot(&self, ip: IpAddr) -> Option<u16> {
+        // Only `route` (under the routing lock) adds gateways.
+        for (k, g) in self.gateways.iter().enumerate() {
+            if *g.get_or_init(|| ip) == ip {
+                return Some((MAX_ENDPOINTS + k) as u16);
+            }
+        }
+        tracing::warn!(port = %self.name, gateway = %ip, "more than {MAX_GATEWAYS} gateways: endpoints behind it unreachable");
+        None
+    }
 }
 
 /// A tunnel port on an uplink port.
@@ -76,13 +179,15 @@ pub struct UplinkTunnelPort {
 }
 
 impl UplinkTunnelPort {
-    /// A tunnel port that owns `uplink` (whose MAC address is `mac` and MTU `underlay_mtu`).
+    /// A tunnel port that owns `uplink` (whose MAC address is `mac` and MTU `underlay_mtu`),
+    /// its endpoints' next hops found as `hops` says.
     pub fn new(
         name: &str,
         o: &TunnelOptions,
         uplink: Arc<dyn PortBackend>,
         mac: MacAddr,
         underlay_mtu: u32,
+        hops: NextHops,
     ) -> Result<UplinkTunnelPort, PortError> {
         let remotes = o.remotes(name)?;
         let ipv6 = o.local.is_ipv6();
@@ -103,7 +208,14 @@ impl UplinkTunnelPort {
                 uplink,
                 codec: TunnelCodec { kind: o.kind, vni: o.vni },
                 remotes,
-                neighbours: Neighbours::new(MAX_ENDPOINTS),
+                neighbours: Neighbours::new(MAX_ENDPOINTS + MAX_GATEWAYS),
+                via: (0..MAX_ENDPOINTS as u16).map(AtomicU16::new).collect(),
+                gateways: (0..MAX_GATEWAYS).map(|_| OnceLock::new()).collect(),
+                routing: Mutex::new(Routing {
+                    table: Routes::new(hops.routes.clone()),
+                    config: hops,
+                    kernel: Routes::default(),
+                }),
                 local: o.local,
                 mac,
                 port: o.dstport,
@@ -120,10 +232,10 @@ impl UplinkTunnelPort {
         &self.shared.remotes
     }
 
-    /// The MAC address endpoint `ip` resolved to, if it has.
+    /// The MAC address of endpoint `ip`'s next hop, if resolved.
     pub fn neighbour(&self, ip: IpAddr) -> Option<MacAddr> {
         let sh = &self.shared;
-        sh.remotes.index_of(ip).and_then(|i| sh.neighbours.get(i))
+        sh.remotes.index_of(ip).and_then(|i| sh.next_hop_mac(i))
     }
 }
 
@@ -177,13 +289,17 @@ impl PortBackend for UplinkTunnelPort {
         ))
     }
 
-    /// New endpoints get indices of their own, and so neighbour slots; RX probes them.
+    /// New endpoints get indices of their own, and so neighbour slots; RX probes them. New
+    /// `routes` take effect at the next probe round.
     fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
         let sh = &self.shared;
         let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
         match update_remotes(&sh.name, &opts, &sh.remotes, wanted)? {
             Some(o) => {
                 *opts = o;
+                if let Backend::Tunnel(t) = wanted {
+                    sh.set_routes(&t.routes);
+                }
                 Ok(true)
             }
             None => Ok(false),
@@ -229,17 +345,16 @@ impl UplinkTunnelRx {
         }
     }
 
-    /// Once a second: probes every endpoint that is unresolved or stale.
+    /// Once a second: follows route changes and probes every next hop that is unresolved
+    /// or stale.
     fn probe(&mut self, cache: &mut PoolCache, now: u32, drops: &mut DropTally) {
         if self.probed_at == Some(now) {
             return;
         }
         self.probed_at = Some(now);
         let sh = self.shared.clone();
-        // Endpoints are numbered densely from 0: the first index without one ends the list.
-        for i in 0..MAX_ENDPOINTS as u16 {
-            let Some(ip) = sh.remotes.endpoint(i) else { break };
-            if sh.neighbours.take_probe(i, now) {
+        for (hop, ip) in sh.route() {
+            if sh.neighbours.take_probe(hop, now) {
                 self.control_frame(cache, ip, None, drops);
             }
         }
@@ -281,7 +396,9 @@ impl RxQueue for UplinkTunnelRx {
                         continue;
                     }
                     if let Some(i) = self.source_index(src_ip) {
-                        sh.neighbours.confirm(i, src_mac, now);
+                        if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
+                            sh.neighbours.confirm(i, src_mac, now);
+                        }
                         sh.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), i, now);
                     }
                     out.push(b);
@@ -289,7 +406,7 @@ impl RxQueue for UplinkTunnelRx {
                 }
                 UplinkFrame::Neighbour { ip, mac, answer } => {
                     cache.free(b);
-                    if let Some(i) = sh.remotes.index_of(ip) {
+                    for i in sh.slots_of(ip) {
                         sh.neighbours.confirm(i, mac, now);
                     }
                     if answer {
@@ -344,7 +461,7 @@ impl UplinkTunnelTx {
         drops: &mut DropTally,
     ) -> usize {
         let sh = &*self.shared;
-        let (Some(dst_mac), Some(dst_ip)) = (sh.neighbours.get(e), sh.remotes.endpoint(e)) else {
+        let (Some(dst_mac), Some(dst_ip)) = (sh.next_hop_mac(e), sh.remotes.endpoint(e)) else {
             drops.add(DropReason::TunnelUnresolved, 1);
             cache.free(b);
             return 0;
@@ -399,7 +516,7 @@ impl TxQueue for UplinkTunnelTx {
                         continue;
                     };
                     for &e in rest {
-                        if sh.neighbours.get(e).is_none() {
+                        if sh.next_hop_mac(e).is_none() {
                             drops.add(DropReason::TunnelUnresolved, 1);
                             continue;
                         }
