@@ -35,20 +35,24 @@ pub const REACHABLE_S: u32 = 30;
 /// Probes for one endpoint at most this often (seconds).
 pub const PROBE_INTERVAL_S: u32 = 1;
 /// The longest frame [`arp_frame`] or [`nd_frame`] writes.
-pub const CONTROL_FRAME_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + ND_LEN;
+pub const CONTROL_FRAME_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + nd::LEN;
 
-const ND_SOLICIT: u8 = 135;
-const ND_ADVERT: u8 = 136;
-/// An NS/NA with one link-layer address option: type, code, checksum, 4 bytes of flags or
-/// reserved, the target (16), the option (8).
-const ND_LEN: usize = 32;
-const ND_TARGET: usize = 8;
-const ND_OPTIONS: usize = 24;
-const ND_OPT_SOURCE_LLA: u8 = 1;
-const ND_OPT_TARGET_LLA: u8 = 2;
-/// NA flags: Solicited, Override.
-const ND_FLAGS_SOLICITED_OVERRIDE: u8 = 0x60;
-const ND_HOP_LIMIT: u8 = 255;
+/// Neighbour discovery messages as this module writes and reads them (RFC 4861).
+mod nd {
+    use core::ops::Range;
+    pub const SOLICIT: u8 = 135;
+    pub const ADVERT: u8 = 136;
+    /// An NS/NA with one link-layer address option: type, code, checksum, 4 bytes of flags
+    /// or reserved, the target (16), the option (8).
+    pub const LEN: usize = 32;
+    pub const TARGET: Range<usize> = 8..24;
+    pub const OPTIONS: usize = 24;
+    pub const OPT_SOURCE_LLA: u8 = 1;
+    pub const OPT_TARGET_LLA: u8 = 2;
+    /// NA flags: Solicited, Override.
+    pub const FLAGS_SOLICITED_OVERRIDE: u8 = 0x60;
+    pub const HOP_LIMIT: u8 = 255;
+}
 /// Ethernet's minimum frame (without FCS): ARP frames are padded to it.
 const ETH_MIN_FRAME: usize = 60;
 
@@ -139,7 +143,10 @@ fn classify_nd(frame: &[u8], local: Ipv6Addr) -> UplinkFrame {
         return UplinkFrame::NotOurs;
     };
     // RFC 4861 section 7.1: hop limit 255 (not forwarded), a valid checksum, 24 bytes at least.
-    if ip[V6_HOPS] != ND_HOP_LIMIT || icmp.len() < ND_OPTIONS || !matches!(icmp[0], ND_SOLICIT | ND_ADVERT) {
+    if ip[V6_HOPS] != nd::HOP_LIMIT
+        || icmp.len() < nd::OPTIONS
+        || !matches!(icmp[0], nd::SOLICIT | nd::ADVERT)
+    {
         return UplinkFrame::NotOurs;
     }
     let sum =
@@ -148,9 +155,9 @@ fn classify_nd(frame: &[u8], local: Ipv6Addr) -> UplinkFrame {
         return UplinkFrame::NotOurs;
     }
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[V6_SRC..V6_SRC + 16]).unwrap_or([0; 16]));
-    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[ND_TARGET..ND_TARGET + 16]).unwrap_or([0; 16]));
-    let want = if icmp[0] == ND_SOLICIT { ND_OPT_SOURCE_LLA } else { ND_OPT_TARGET_LLA };
-    let mut opts = &icmp[ND_OPTIONS..];
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[nd::TARGET]).unwrap_or([0; 16]));
+    let want = if icmp[0] == nd::SOLICIT { nd::OPT_SOURCE_LLA } else { nd::OPT_TARGET_LLA };
+    let mut opts = &icmp[nd::OPTIONS..];
     let mut lla = None;
     while let [ty, len, ..] = *opts {
         let n = usize::from(len) * 8;
@@ -165,7 +172,7 @@ fn classify_nd(frame: &[u8], local: Ipv6Addr) -> UplinkFrame {
     let Some(mac) = lla.filter(|m| !m.is_multicast() && !m.is_zero()) else {
         return UplinkFrame::NotOurs;
     };
-    if icmp[0] == ND_SOLICIT {
+    if icmp[0] == nd::SOLICIT {
         // A solicitation for the local address binds its sender (duplicate address
         // detection, from ::, carries no source option and binds nothing).
         if target == local && !src.is_unspecified() && src != local {
@@ -213,7 +220,7 @@ pub fn nd_frame(
 ) -> usize {
     let t = target.octets();
     let (dst_ip, dst_mac, ty, flags, opt, tgt) = match to {
-        Some((a, m)) => (a, m, ND_ADVERT, ND_FLAGS_SOLICITED_OVERRIDE, ND_OPT_TARGET_LLA, ip),
+        Some((a, m)) => (a, m, nd::ADVERT, nd::FLAGS_SOLICITED_OVERRIDE, nd::OPT_TARGET_LLA, ip),
         None => {
             let solicited = Ipv6Addr::new(
                 0xff02,
@@ -228,9 +235,9 @@ pub fn nd_frame(
             (
                 solicited,
                 MacAddr([0x33, 0x33, 0xff, t[13], t[14], t[15]]),
-                ND_SOLICIT,
+                nd::SOLICIT,
                 0,
-                ND_OPT_SOURCE_LLA,
+                nd::OPT_SOURCE_LLA,
                 target,
             )
         }
@@ -242,21 +249,21 @@ pub fn nd_frame(
     let l3 = ETH_HEADER_LEN;
     let ipv6 = &mut out[l3..l3 + IPV6_HEADER_LEN];
     ipv6[0] = 0x60;
-    ipv6[V6_PAYLOAD_LEN..V6_PAYLOAD_LEN + 2].copy_from_slice(&(ND_LEN as u16).to_be_bytes());
+    ipv6[V6_PAYLOAD_LEN..V6_PAYLOAD_LEN + 2].copy_from_slice(&(nd::LEN as u16).to_be_bytes());
     ipv6[V6_NEXT] = PROTO_ICMPV6;
-    ipv6[V6_HOPS] = ND_HOP_LIMIT;
+    ipv6[V6_HOPS] = nd::HOP_LIMIT;
     ipv6[V6_SRC..V6_SRC + 16].copy_from_slice(&ip.octets());
     ipv6[V6_DST..V6_DST + 16].copy_from_slice(&dst_ip.octets());
     let icmp = &mut out[l3 + IPV6_HEADER_LEN..];
     icmp[0] = ty;
     icmp[4] = flags;
-    icmp[ND_TARGET..ND_TARGET + 16].copy_from_slice(&tgt.octets());
-    icmp[ND_OPTIONS] = opt;
-    icmp[ND_OPTIONS + 1] = 1;
-    icmp[ND_OPTIONS + 2..ND_OPTIONS + 8].copy_from_slice(&mac.0);
+    icmp[nd::TARGET].copy_from_slice(&tgt.octets());
+    icmp[nd::OPTIONS] = opt;
+    icmp[nd::OPTIONS + 1] = 1;
+    icmp[nd::OPTIONS + 2..nd::OPTIONS + 8].copy_from_slice(&mac.0);
     let sum = ones_sum(
-        &icmp[..ND_LEN],
-        ones_sum(&ip.octets(), ones_sum(&dst_ip.octets(), 0)) + ND_LEN as u64 + u64::from(PROTO_ICMPV6),
+        &icmp[..nd::LEN],
+        ones_sum(&ip.octets(), ones_sum(&dst_ip.octets(), 0)) + nd::LEN as u64 + u64::from(PROTO_ICMPV6),
     );
     icmp[2..4].copy_from_slice(&(!fold(sum)).to_be_bytes());
     CONTROL_FRAME_LEN

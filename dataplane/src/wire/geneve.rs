@@ -28,11 +28,20 @@ pub const GENEVE_OPTION_HEADER_LEN: usize = 4;
 /// An option type's critical bit.
 pub const GENEVE_OPTION_CRITICAL: u8 = 0x80;
 
-const VER_OPTLEN: usize = 0;
-const FLAGS: usize = 1;
-const PROTO: usize = 2;
-const VNI: usize = 4;
+/// Where the base header's fields lie (RFC 8926, section 3.4).
+mod field {
+    use core::ops::Range;
+    /// Version (2 bits) and option length in 4-byte words (6 bits).
+    pub const VER_OPTLEN: usize = 0;
+    /// O and C bits, then reserved.
+    pub const FLAGS: usize = 1;
+    pub const PROTO: Range<usize> = 2..4;
+    pub const VNI: Range<usize> = 4..7;
+}
+use field::{FLAGS, PROTO, VER_OPTLEN, VNI};
+/// The O bit of `FLAGS`.
 const FLAG_O: u8 = 0x80;
+/// The C bit of `FLAGS`.
 const FLAG_C: u8 = 0x40;
 
 /// A view of a Geneve header. After `new_checked` the whole option list lies inside the
@@ -96,12 +105,12 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
 
     pub fn protocol(&self) -> u16 {
         let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[PROTO], b[PROTO + 1]])
+        u16::from_be_bytes([b[PROTO.start], b[PROTO.start + 1]])
     }
 
     pub fn vni(&self) -> u32 {
         let b = self.buffer.as_ref();
-        u32::from_be_bytes([0, b[VNI], b[VNI + 1], b[VNI + 2]])
+        u32::from_be_bytes([0, b[VNI.start], b[VNI.start + 1], b[VNI.start + 2]])
     }
 
     /// Header plus options: where the payload starts.

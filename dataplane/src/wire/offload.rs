@@ -35,12 +35,15 @@ impl VnetGso {
 
 // Offsets inside the header (native byte order: the legacy virtio layout the kernel uses for
 // packet sockets and, without TUNSETVNETLE/BE, for TAP).
-const H_FLAGS: usize = 0;
-const H_GSO_TYPE: usize = 1;
-const H_HDR_LEN: usize = 2;
-const H_GSO_SIZE: usize = 4;
-const H_CSUM_START: usize = 6;
-const H_CSUM_OFFSET: usize = 8;
+mod field {
+    use core::ops::Range;
+    pub const FLAGS: usize = 0;
+    pub const GSO_TYPE: usize = 1;
+    pub const HDR_LEN: Range<usize> = 2..4;
+    pub const GSO_SIZE: Range<usize> = 4..6;
+    pub const CSUM_START: Range<usize> = 6..8;
+    pub const CSUM_OFFSET: Range<usize> = 8..10;
+}
 
 use super::{EtherType, ETH_HEADER_LEN, VLAN_TAG_LEN};
 
@@ -78,25 +81,25 @@ pub struct VnetHdrRepr {
 impl VnetHdrRepr {
     /// Reads a header from its 10 bytes.
     pub fn parse(b: &[u8; VNET_HDR_LEN]) -> VnetHdrRepr {
-        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let u16_at = |r: core::ops::Range<usize>| u16::from_ne_bytes([b[r.start], b[r.start + 1]]);
         VnetHdrRepr {
-            flags: b[H_FLAGS],
-            gso_type: b[H_GSO_TYPE],
-            hdr_len: u16_at(H_HDR_LEN),
-            gso_size: u16_at(H_GSO_SIZE),
-            csum_start: u16_at(H_CSUM_START),
-            csum_offset: u16_at(H_CSUM_OFFSET),
+            flags: b[field::FLAGS],
+            gso_type: b[field::GSO_TYPE],
+            hdr_len: u16_at(field::HDR_LEN),
+            gso_size: u16_at(field::GSO_SIZE),
+            csum_start: u16_at(field::CSUM_START),
+            csum_offset: u16_at(field::CSUM_OFFSET),
         }
     }
 
     /// Writes the header into its 10 bytes.
     pub fn emit(&self, b: &mut [u8; VNET_HDR_LEN]) {
-        b[H_FLAGS] = self.flags;
-        b[H_GSO_TYPE] = self.gso_type;
-        b[H_HDR_LEN..H_HDR_LEN + 2].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        b[H_GSO_SIZE..H_GSO_SIZE + 2].copy_from_slice(&self.gso_size.to_ne_bytes());
-        b[H_CSUM_START..H_CSUM_START + 2].copy_from_slice(&self.csum_start.to_ne_bytes());
-        b[H_CSUM_OFFSET..H_CSUM_OFFSET + 2].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b[field::FLAGS] = self.flags;
+        b[field::GSO_TYPE] = self.gso_type;
+        b[field::HDR_LEN].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[field::GSO_SIZE].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[field::CSUM_START].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[field::CSUM_OFFSET].copy_from_slice(&self.csum_offset.to_ne_bytes());
     }
 
     pub fn needs_csum(&self) -> bool {
