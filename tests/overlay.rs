@@ -333,6 +333,95 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     assert_eq!(n1.drop_count("tun0", "tunnel_mtu") - before, 3, "{}", n1.stats("tun0").2);
 }
 
+/// Two overlay networks (blue VNI 5001, red VNI 5002) on the same two nodes, both tunnel
+/// ports on the default UDP port of one local address: one socket per node serves both,
+/// demultiplexed by VNI. The networks use the same IP addresses (with their own MACs): pings
+/// in each; a broadcast in blue reaches blue on the far node and never red; a datagram of a
+/// VNI neither network has (sent by a bare underlay host) is counted once as
+/// `tunnel_wrong_vni` and reaches nobody.
+#[test]
+fn two_overlay_networks_share_one_udp_port() {
+    if !skip_unless_ready("two_overlay_networks_share_one_udp_port") {
+        return;
+    }
+    let mut nss = Namespaces::new(9);
+    let (u1, u2, u3) = (nss.add("u1"), nss.add("u2"), nss.add("u3"));
+    underlay(&mut nss, &[&u1, &u2, &u3], 1500);
+    let b1 = vm(&mut nss, "b1", &u1, "vb1", "02:00:00:00:b1:01", "10.50.0.1");
+    let r1 = vm(&mut nss, "r1", &u1, "vr1", "02:00:00:00:e1:01", "10.50.0.1");
+    let b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:b1:02", "10.50.0.2");
+    let r2 = vm(&mut nss, "r2", &u2, "vr2", "02:00:00:00:e1:02", "10.50.0.2");
+    let cfg = |n: &str, local: &str, peer: &str| {
+        let net = |color: &str, vni: u32| {
+            format!(
+                "- name: {color}\n  ports:\n{}  - {{name: tun-{color}, type: vxlan, vni: {vni}, local: {local}, flood: [{peer}]}}\n",
+                vm_port(&format!("v{}{n}", &color[..1]), None)
+            )
+        };
+        format!("bridges:\n{}{}", net("blue", 5001), net("red", 5002))
+    };
+    let n1 = Node::start(&u1, &cfg("1", "10.99.0.1", "10.99.0.2"));
+    let n2 = Node::start(&u2, &cfg("2", "10.99.0.2", "10.99.0.1"));
+    for n in [&n1, &n2] {
+        for p in ["tun-blue", "tun-red"] {
+            port_up(n, p);
+        }
+    }
+    ping_eventually(&b1, "10.50.0.2");
+    ping_eventually(&r1, "10.50.0.2");
+    assert!(ping(&b2, "10.50.0.1", 3, &[]), "blue across");
+    assert!(ping(&r2, "10.50.0.1", 3, &[]), "red across");
+    // Each network learned only its own far VM: the same address, its own MAC.
+    let fdb = n1.ctl(&["show", "fdb"]);
+    let line = |mac: &str| {
+        fdb.lines().find(|l| l.contains(mac)).unwrap_or_else(|| panic!("{mac}:\n{fdb}")).to_string()
+    };
+    assert!(line("02:00:00:00:b1:02").contains("tun-blue"), "{fdb}");
+    assert!(line("02:00:00:00:e1:02").contains("tun-red"), "{fdb}");
+
+    // A broadcast in blue: at b2, never at r2.
+    let mut at_b1 = RawSock::open(Some(&b1), "eth0").unwrap();
+    let mut at_b2 = RawSock::open(Some(&b2), "eth0").unwrap();
+    let mut at_r2 = RawSock::open(Some(&r2), "eth0").unwrap();
+    let mut at_r1 = RawSock::open(Some(&r1), "eth0").unwrap();
+    at_b1.send(&frame([0xff; 6], [2, 0, 0, 0, 0xb1, 1], &[], "blue-only", 100));
+    assert!(at_b2.recv_matching(WAIT, |f| has_marker(f, "blue-only")).is_some(), "blue broadcast at b2");
+    assert!(
+        at_r2.recv_matching(Duration::from_millis(500), |f| has_marker(f, "blue-only")).is_none(),
+        "blue at r2"
+    );
+
+    // VNI 5003 from the bare host u3 to node 1: nobody's.
+    let wrong = |p: &str| n1.drop_count(p, "tunnel_wrong_vni");
+    let before = wrong("tun-blue") + wrong("tun-red");
+    let mut d = vec![0x08, 0, 0, 0, 0x00, 0x13, 0x8b, 0];
+    d.extend_from_slice(&frame([0xff; 6], [2, 0, 0, 0, 0xee, 1], &[], "no-network", 100));
+    let s3 = in_netns(&u3, || UdpSocket::bind("10.99.0.3:0").map_err(|e| e.to_string())).unwrap();
+    s3.send_to(&d, "10.99.0.1:4789").unwrap();
+    let t = Instant::now();
+    while wrong("tun-blue") + wrong("tun-red") == before && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        wrong("tun-blue") + wrong("tun-red") - before,
+        1,
+        "{}\n{}",
+        n1.stats("tun-blue").2,
+        n1.stats("tun-red").2
+    );
+    for (name, sock) in [("b1", &mut at_b1), ("r1", &mut at_r1)] {
+        assert!(
+            sock.recv_matching(Duration::from_millis(300), |f| has_marker(f, "no-network")).is_none(),
+            "at {name}"
+        );
+    }
+    assert!(
+        n1.log().contains("sharing=1"),
+        "the second tunnel port did not join the first's socket:\n{}",
+        n1.log()
+    );
+}
+
 #[test]
 fn interop_with_the_kernel_vxlan_device() {
     if skip_unless_ready("interop_with_the_kernel_vxlan_device") {
@@ -763,8 +852,8 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
             .unwrap()
     };
     let stream = ping_stream("10.50.0.2");
-    // And a to c, which do not move: what the tunnel ports' reopening (their flood list and
-    // remote MACs are backend options) costs the bystanders.
+    // And a to c, which do not move: the tunnel ports take the new remote MACs in place (the
+    // socket stays open), so the bystanders lose nothing.
     let bystander = ping_stream("10.50.0.3");
     std::thread::sleep(Duration::from_millis(1500));
     // The target "pod": b's twin on n2, same MAC and address, its port planned on n2 from the
@@ -830,6 +919,14 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     assert!(got.iter().any(|&s| s > count - 50), "replies resumed after the migration:\n{out}");
     assert!(silence < Duration::from_secs(2), "{} ms without a reply", silence.as_millis());
     assert!(by_silence < Duration::from_secs(2), "a -> c: {} ms without a reply", by_silence.as_millis());
+    // The bystanders lose at most one ping (one 10 ms interval) across the migration: no
+    // tunnel port was reopened, both took their new remote MACs in place.
+    assert!(by_lost <= 1, "a -> c lost {by_lost} pings (longest run {by_longest}):\n{by_out}");
+    for (name, n) in [("n1", &n1), ("n2", &n2)] {
+        let log = n.log();
+        assert!(!log.contains("port tunnel/blue backend changed"), "{name} reopened its tunnel port:\n{log}");
+    }
+    assert!(n1.log().contains("port tunnel/blue updated in place"), "n1:\n{}", n1.log());
     // After: n1 has no port for b and knows b's MAC at n2's endpoint; n2 has b local and a
     // remote at n1; c still answers, and the new b answers on its own.
     let cfg1 = n1.ctl(&["show", "config"]);

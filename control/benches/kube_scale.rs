@@ -177,8 +177,11 @@ fn main() {
     let (tx, rx) = mpsc::channel::<Done>();
     ctl.on_reconcile = Some(Box::new(move |r| {
         if let Ok(a) = r {
-            let n =
-                a.diff.added.len() + a.diff.unchanged.len() + a.diff.changed.len() + a.diff.reopened.len();
+            let n = a.diff.added.len()
+                + a.diff.unchanged.len()
+                + a.diff.changed.len()
+                + a.diff.reopened.len()
+                + a.diff.updated.len();
             let _ = tx.send((
                 Instant::now(),
                 a.diff.added.clone(),

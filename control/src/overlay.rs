@@ -20,7 +20,7 @@ use crate::nad::{Layer2Net, NadNetwork, MAX_VNI};
 use crate::plan::{binding_of, nad_key, parse_mac, Binding, Plan, PlanOptions, OVN_LAYER2_PREFIX};
 use crate::{ObjRef, Problem};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use switchyard_dataplane::config::{PortConfig, PortType, RemoteMac};
 use switchyard_dataplane::tunnel::TunnelKind;
@@ -282,8 +282,10 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     let members = members(state, &nets);
     let node = plan.node.clone();
     let mut local: Option<Option<IpAddr>> = None;
-    // (local address, UDP port) of the tunnel ports planned so far: one socket each.
-    let mut sockets: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+    // (local address, UDP port) of the tunnel ports planned so far, and their encapsulation:
+    // the networks of one encapsulation share the socket (demultiplexed by VNI), another
+    // encapsulation cannot use it.
+    let mut sockets: BTreeMap<(IpAddr, u16), TunnelKind> = BTreeMap::new();
     // Nodes and VMIs already reported (a problem once, however many networks it touches).
     let mut reported: HashSet<ObjRef> = HashSet::new();
     let underlay_mtu = opts.underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
@@ -361,7 +363,7 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         let dstport = net.l2.dstport.unwrap_or_else(|| kind.default_port());
         let mut port = None;
         if let (Some(lip), false, false) = (local_ip, endpoints.is_empty(), net.collided) {
-            if sockets.insert((lip, dstport)) {
+            if *sockets.entry((lip, dstport)).or_insert(kind) == kind {
                 let p = PortConfig {
                     name: format!("{TUNNEL_PORT_PREFIX}{name}"),
                     kind: Some(if net.l2.geneve { PortType::Geneve } else { PortType::Vxlan }),
@@ -378,8 +380,8 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
             } else {
                 let (src, oref, l2) = &net.nads[0];
                 let msg = format!(
-                    "another overlay network on this node already uses UDP port {dstport} on {lip}: give network \
-                     {name} its own tunnelPort (one socket per VNI)"
+                    "an overlay network of another encapsulation on this node already uses UDP port {dstport} on \
+                     {lip}: give network {name} its own tunnelPort (one socket serves one encapsulation)"
                 );
                 plan.problems.push(Problem::object(src, oref, &format!("{}.tunnelPort", l2.path), &msg));
             }
@@ -560,6 +562,37 @@ mod tests {
             "# overlay: ovn-layer2/blue vni {} (derived) vxlan mtu 1450",
             t.vni.unwrap()
         )));
+    }
+
+    /// Networks of one encapsulation on the same nodes share the default UDP port (one socket
+    /// demultiplexed by VNI); a network of the other encapsulation on that port is a problem
+    /// and gets no tunnel port.
+    #[test]
+    fn networks_of_one_encapsulation_share_the_udp_port() {
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            nad("ns", "red", "red", r#","vni":77"#),
+            nad("ns", "green", "green", r#","vni":78,"tunnel":"geneve","tunnelPort":4789"#),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "red", "02:00:00:00:00:0c", "n1"),
+            vmi("d", "red", "02:00:00:00:00:0d", "n2"),
+            vmi("e", "green", "02:00:00:00:00:0e", "n1"),
+            vmi("f", "green", "02:00:00:00:00:0f", "n2"),
+        ];
+        let p = plan_of(&docs, "n1");
+        let (blue, red) = (tunnel(&p, "blue").unwrap(), tunnel(&p, "red").unwrap());
+        assert_eq!((blue.dstport, red.dstport), (Some(4789), Some(4789)));
+        assert_eq!((blue.local, red.local), (red.local, Some("10.0.0.1".parse().unwrap())));
+        assert_ne!(blue.vni, red.vni);
+        assert!(tunnel(&p, "green").is_none());
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition ns/green".to_string(), "spec.config.tunnelPort".to_string())]
+        );
+        assert!(p.problems[0].message.contains("another encapsulation"), "{:?}", p.problems);
     }
 
     /// Dual-stack Nodes: a remote endpoint is the InternalIP of this node's endpoint's family

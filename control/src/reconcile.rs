@@ -6,6 +6,10 @@
 //! - **added**: no port of that name runs;
 //! - **reopened**: its backend (`type` or a type option: `iface`, `ring`, `socket`, ...)
 //!   changed, so the backend is closed and opened again;
+//! - **updated**: a tunnel port whose flood list, static remote MACs or learning changed (and
+//!   nothing else of its backend): the backend stays open and takes the change in place
+//!   (`PortBackend::update`; a backend that refuses is reopened instead), L2 settings as for
+//!   a changed port;
 //! - **changed**: only L2 settings changed (bridge, VLAN mode, tag, trunks, allowed/static MACs,
 //!   MAC limit): the same backend object stays, only a new snapshot is published;
 //! - **unchanged**: keeps the same backend object (the same `Arc`), so it loses no frame.
@@ -13,6 +17,7 @@
 //! and ports that run but are no longer wanted are **removed**.
 
 use std::collections::BTreeMap;
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, VlanModeName};
 
 /// What to do with each port, by name (each list sorted).
@@ -24,6 +29,8 @@ pub struct Diff {
     pub changed: Vec<String>,
     /// Backend type or options changed: close, then open again.
     pub reopened: Vec<String>,
+    /// A tunnel port's remote table changed: updated in place, same backend.
+    pub updated: Vec<String>,
     pub unchanged: Vec<String>,
     /// Bridges whose own settings (aging, table size) changed, were added or removed.
     pub bridges_changed: Vec<String>,
@@ -36,6 +43,7 @@ impl Diff {
             && self.removed.is_empty()
             && self.changed.is_empty()
             && self.reopened.is_empty()
+            && self.updated.is_empty()
             && self.bridges_changed.is_empty()
     }
 }
@@ -44,6 +52,15 @@ impl Diff {
 /// type options, compared as the typed `Backend` (every option of the type counts).
 fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
     a.kind == b.kind && a.backend() == b.backend()
+}
+
+/// Whether two ports with different backends are tunnel ports on one transport, so that the
+/// running one can take the other's remote table in place.
+fn updatable_in_place(a: &PortConfig, b: &PortConfig) -> bool {
+    match (a.backend(), b.backend()) {
+        (Ok(Backend::Tunnel(x)), Ok(Backend::Tunnel(y))) => x.same_transport(&y),
+        _ => false,
+    }
 }
 
 /// Whether the L2 part of two ports' configurations (everything that is not the backend's)
@@ -78,7 +95,11 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
                 if ob.name == nb.name && op == np {
                     d.unchanged.push(name.to_string());
                 } else if !same_backend(op, np) {
-                    d.reopened.push(name.to_string());
+                    if updatable_in_place(op, np) {
+                        d.updated.push(name.to_string());
+                    } else {
+                        d.reopened.push(name.to_string());
+                    }
                 } else if ob.name != nb.name || !same_l2(op, np) {
                     d.changed.push(name.to_string());
                 } else {
@@ -162,6 +183,17 @@ pub fn describe_backend(p: &PortConfig) -> String {
         }
     }
     s
+}
+
+/// A tunnel port's remote table in words: `flood [192.0.2.2], 1 remote MAC(s), learning off`.
+pub fn describe_remotes(p: &PortConfig) -> String {
+    let flood: Vec<String> = p.flood.iter().flatten().map(|ip| ip.to_string()).collect();
+    format!(
+        "flood [{}], {} remote MAC(s), learning {}",
+        flood.join(", "),
+        p.remote_macs.len(),
+        if p.learn.unwrap_or(true) { "on" } else { "off" }
+    )
 }
 
 /// What differs in the L2 settings of a port, in words (for the log).
@@ -277,6 +309,53 @@ mod tests {
         let new = cfg(&[("br1", vec![vhost("0660")])]);
         assert_eq!(diff(&old, &new).reopened, ["v"]);
         assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn a_tunnels_remote_table_is_updated_in_place_its_transport_reopens() {
+        use switchyard_dataplane::config::RemoteMac;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let tun = |f: &dyn Fn(&mut PortConfig)| {
+            let mut p = PortConfig {
+                name: "t".into(),
+                kind: Some(PortType::Vxlan),
+                vni: Some(5001),
+                local: Some(ip("192.0.2.1")),
+                flood: Some(vec![ip("192.0.2.2")]),
+                ..Default::default()
+            };
+            f(&mut p);
+            cfg(&[("br1", vec![p])])
+        };
+        let old = tun(&|_| {});
+        let updates: [&dyn Fn(&mut PortConfig); 3] = [
+            &|p| p.flood = Some(vec![ip("192.0.2.3")]),
+            &|p| {
+                p.remote_macs =
+                    vec![RemoteMac { mac: "02:00:00:00:0b:01".parse().unwrap(), remote: ip("192.0.2.2") }]
+            },
+            &|p| p.learn = Some(false),
+        ];
+        for f in updates {
+            let d = diff(&old, &tun(f));
+            assert_eq!((d.updated.as_slice(), d.reopened.len()), (&["t".to_string()][..], 0), "{d:?}");
+            assert!(!d.is_empty());
+        }
+        let reopens: [&dyn Fn(&mut PortConfig); 5] = [
+            &|p| p.vni = Some(5002),
+            &|p| p.local = Some(ip("192.0.2.9")),
+            &|p| p.dstport = Some(4790),
+            &|p| p.underlay = Some("eth1".into()),
+            &|p| p.kind = Some(PortType::Geneve),
+        ];
+        for f in reopens {
+            let d = diff(&old, &tun(f));
+            assert_eq!((d.reopened.as_slice(), d.updated.len()), (&["t".to_string()][..], 0), "{d:?}");
+        }
+        // The default port and an explicit 4789 are one transport, as are no underlay and
+        // `kernel`: written differently, taken in place.
+        assert_eq!(diff(&old, &tun(&|p| p.dstport = Some(4789))).updated, ["t"]);
+        assert_eq!(diff(&old, &tun(&|p| p.underlay = Some("kernel".into()))).updated, ["t"]);
     }
 
     #[test]

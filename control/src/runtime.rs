@@ -24,7 +24,7 @@
 
 use crate::cni::{check_port, port_socket_path, Attachment, CniError, CniPort, CniPorts};
 pub use crate::phases::Phases;
-use crate::reconcile::{self, describe_backend, describe_l2_change, describe_vlan, Diff};
+use crate::reconcile::{self, describe_backend, describe_l2_change, describe_remotes, describe_vlan, Diff};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -370,10 +370,15 @@ impl Runtime {
         let wanted = if as_planned { planned } else { Arc::new(self.effective(&planned)) };
         wanted.validate()?;
         ph.mark("effective config");
-        let d = reconcile::diff(&self.running, &wanted);
+        let mut d = reconcile::diff(&self.running, &wanted);
         ph.mark("diff");
         let mut lines = Vec::new();
         let from = |n: &str| origin(n).map(|o| format!(" ({o})")).unwrap_or_default();
+        // 0. Tunnel ports take their new remote table in place; one that cannot is reopened.
+        if !d.updated.is_empty() {
+            self.update_in_place(&mut d, &wanted);
+            ph.mark("update in place");
+        }
         // 1. Backends to reopen are closed first.
         if !d.reopened.is_empty() {
             let mut closing = Vec::new();
@@ -476,6 +481,17 @@ impl Runtime {
                 from(n)
             ));
         }
+        for n in &d.updated {
+            let ((ob, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
+            let l2 = describe_l2_change(&ob.name, op, &nb.name, np);
+            lines.push(format!(
+                "port {n} updated in place: {} -> {}{}{}",
+                describe_remotes(op),
+                describe_remotes(np),
+                if l2.is_empty() { String::new() } else { format!("; {l2}") },
+                from(n)
+            ));
+        }
         for n in &d.reopened {
             let ((_, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
             lines.push(format!(
@@ -508,6 +524,33 @@ impl Runtime {
         self.running = wanted;
         ph.mark("close and log");
         Ok(Applied { diff: d, generation: Some(gen), in_time, lines, phases: ph })
+    }
+
+    /// Hands each port of `d.updated` its wanted backend (`PortBackend::update`); a port whose
+    /// backend is down, refuses or cannot take the change in place moves to `d.reopened`.
+    fn update_in_place(&mut self, d: &mut Diff, wanted: &Config) {
+        let wanted_ports = reconcile::ports_by_name(wanted);
+        let mut reopen = Vec::new();
+        d.updated.retain(|n| {
+            let backend = self.ports.get(n).and_then(|st| st.backend.as_ref());
+            let new = wanted_ports.get(n.as_str()).map(|(_, p)| p.backend());
+            let done = match (backend, new) {
+                (Some(b), Some(Ok(new))) => match b.update(&new) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::warn!(port = %n, "cannot update the port in place ({e}): reopening it");
+                        false
+                    }
+                },
+                _ => false,
+            };
+            if !done {
+                reopen.push(n.clone());
+            }
+            done
+        });
+        d.reopened.extend(reopen);
+        d.reopened.sort();
     }
 
     /// Takes the CNI ports restored from their state directory (before the first apply), and

@@ -112,6 +112,15 @@ impl TunnelBackend {
     pub fn port(&self) -> u16 {
         self.dstport.unwrap_or(self.kind.default_port())
     }
+
+    /// Whether `self` and `o` differ at most in what a running tunnel port changes in place
+    /// (`PortBackend::update`): the flood list, the static remote MACs and learning. The
+    /// encapsulation, VNI, local address, UDP port and underlay (the socket or uplink) are
+    /// the same.
+    pub fn same_transport(&self, o: &TunnelBackend) -> bool {
+        (self.kind, self.vni, self.local, self.port()) == (o.kind, o.vni, o.local, o.port())
+            && self.underlay.as_deref().unwrap_or("kernel") == o.underlay.as_deref().unwrap_or("kernel")
+    }
 }
 
 /// A backend that breaks a rule of its type's options: `field` is the option (as the

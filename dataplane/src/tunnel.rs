@@ -10,7 +10,11 @@
 //!   Geneve control message or a non-Ethernet payload is refused (the RFCs' "MUST drop" and
 //!   "MUST NOT forward"); reserved fields are ignored.
 //! - [`Remotes`] never moves a static remote MAC (`remote_macs`) by learning, and learns
-//!   nothing when learning is off; the flood list is fixed at construction.
+//!   nothing when learning is off. [`Remotes::update`] changes the flood list, the static
+//!   remote MACs and learning in place while readers run: a MAC that moves is replaced in one
+//!   store (a reader sees the old endpoint or the new one, never none), the flood list is
+//!   swapped whole, and endpoint indices never change (only new ones are added), so tables
+//!   indexed like the endpoints (the fast path's neighbours) stay valid.
 
 use crate::buffer::{BufferError, PacketBuf};
 use crate::fdb::{FdbError, MacTable};
@@ -18,9 +22,11 @@ use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
 use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
 use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
+use arc_swap::{ArcSwap, Guard};
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The two encapsulations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +185,18 @@ fn wire_reason(e: WireError) -> DropReason {
     }
 }
 
+/// Where VXLAN's header and Geneve's base header both carry the 24-bit VNI (bytes 4-6).
+const VNI_AT: usize = 4;
+
+/// The VNI a datagram's header names, read alike for VXLAN and Geneve, nothing else checked:
+/// how a socket shared by the tunnel ports of several VNIs picks the port a datagram is for
+/// (that port's [`TunnelCodec::decap`] checks the header). `None`: shorter than a header.
+#[inline]
+pub fn peek_vni(datagram: &[u8]) -> Option<u32> {
+    let h = datagram.first_chunk::<PLAIN_HEADER_LEN>()?;
+    Some(u32::from_be_bytes([0, h[VNI_AT], h[VNI_AT + 1], h[VNI_AT + 2]]))
+}
+
 /// One tunnel's encapsulation: its kind and VNI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelCodec {
@@ -289,22 +307,23 @@ pub enum RemotesError {
 /// remote MACs (static, and learned from received frames when learning is on).
 ///
 /// Readers (TX and RX workers) take no lock; adding an endpoint never seen before (learning
-/// from a new source address) takes one, off the common path.
+/// from a new source address, or an update) takes one, off the common path. Updates
+/// ([`Remotes::update`]) are serialised by the control plane (one reconcile at a time).
 pub struct Remotes {
     endpoints: Box<[OnceLock<IpAddr>]>,
     len: AtomicUsize,
     grow: Mutex<()>,
-    flood: Box<[u16]>,
+    flood: ArcSwap<Box<[u16]>>,
     macs: MacTable,
-    learn: bool,
+    learn: AtomicBool,
 }
 
 impl std::fmt::Debug for Remotes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remotes")
             .field("endpoints", &self.len.load(Ordering::Relaxed))
-            .field("flood", &self.flood)
-            .field("learn", &self.learn)
+            .field("flood", &**self.flood.load())
+            .field("learn", &self.learns())
             .finish()
     }
 }
@@ -325,28 +344,54 @@ impl Remotes {
             endpoints: (0..MAX_ENDPOINTS).map(|_| OnceLock::new()).collect(),
             len: AtomicUsize::new(0),
             grow: Mutex::new(()),
-            flood: Box::new([]),
+            flood: ArcSwap::from_pointee(Box::new([])),
             macs: MacTable::new(REMOTE_MACS, aging_s)?,
-            learn,
+            learn: AtomicBool::new(learn),
         };
-        let mut fl = Vec::with_capacity(flood.len());
-        for ip in flood {
-            let i = r.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
-            if !fl.contains(&i) {
-                fl.push(i);
-            }
-        }
+        r.update(flood, statics, learn)?;
+        Ok(r)
+    }
+
+    /// Makes the flood list, the static remote MACs and learning these, in place, while
+    /// readers run: new endpoints are added (indices never change), every static MAC of
+    /// `statics` is stored at its endpoint (a moved MAC in one store), static MACs no longer
+    /// listed are removed, the flood list is swapped whole. Turning learning off forgets the
+    /// learned MACs. A refused update (a bad or duplicate MAC) changes nothing; one that runs
+    /// out of room (endpoints, MAC table) may have stored part of the new statics.
+    pub fn update(
+        &self,
+        flood: &[IpAddr],
+        statics: &[(MacAddr, IpAddr)],
+        learn: bool,
+    ) -> Result<(), RemotesError> {
+        let mut seen: HashSet<MacAddr> = HashSet::with_capacity(statics.len());
         for (k, (mac, ip)) in statics.iter().enumerate() {
             if mac.is_multicast() || mac.is_zero() {
                 return Err(RemotesError::NotUnicast(*mac));
             }
-            if let Some((_, b)) = statics[..k].iter().find(|(m, _)| m == mac) {
-                return Err(RemotesError::Duplicate { mac: *mac, a: *b, b: *ip });
+            if !seen.insert(*mac) {
+                let (_, a) = statics[..k].iter().find(|(m, _)| m == mac).copied().unwrap_or((*mac, *ip));
+                return Err(RemotesError::Duplicate { mac: *mac, a, b: *ip });
             }
-            let i = r.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
-            r.macs.insert_static(ANY_VLAN, *mac, i)?;
         }
-        Ok(Remotes { flood: fl.into_boxed_slice(), ..r })
+        let mut fl = Vec::with_capacity(flood.len());
+        for ip in flood {
+            let i = self.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
+            if !fl.contains(&i) {
+                fl.push(i);
+            }
+        }
+        for (mac, ip) in statics {
+            let i = self.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
+            self.macs.insert_static(ANY_VLAN, *mac, i)?;
+        }
+        self.macs.remove_where(|_, mac, _, is_static| is_static && !seen.contains(&mac));
+        self.flood.store(Arc::new(fl.into_boxed_slice()));
+        if !learn && self.learn.swap(false, Ordering::Relaxed) {
+            self.macs.flush_dynamic();
+        }
+        self.learn.store(learn, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The index of endpoint `ip`, added when `add` and there is room.
@@ -380,9 +425,10 @@ impl Remotes {
         self.endpoints.get(usize::from(i)).and_then(|s| s.get().copied())
     }
 
-    /// The flood list's endpoint indices.
-    pub fn flood(&self) -> &[u16] {
-        &self.flood
+    /// The flood list's endpoint indices, as they are now (a TX burst loads it once).
+    #[inline]
+    pub fn flood(&self) -> Guard<Arc<Box<[u16]>>> {
+        self.flood.load()
     }
 
     /// Every endpoint known, in index order.
@@ -412,7 +458,7 @@ impl Remotes {
     /// The index to learn `from` under (added when new), `None` when learning is off or the
     /// endpoints are full. A receiver keeps it for the next datagram from the same address.
     pub fn learning_index(&self, from: IpAddr) -> Option<u16> {
-        if self.learn {
+        if self.learns() {
             self.endpoint_index(from, true)
         } else {
             None
@@ -422,14 +468,15 @@ impl Remotes {
     /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]).
     #[inline]
     pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
-        if self.learn && !src.is_multicast() && !src.is_zero() {
+        if self.learns() && !src.is_multicast() && !src.is_zero() {
             self.macs.learn(ANY_VLAN, src, i, now, u32::MAX);
         }
     }
 
     /// Whether learning is on.
+    #[inline]
     pub fn learns(&self) -> bool {
-        self.learn
+        self.learn.load(Ordering::Relaxed)
     }
 
     /// Every remote MAC with its endpoint and whether it is static (for `show`).
@@ -577,7 +624,7 @@ mod tests {
         let m1 = MacAddr([2, 0, 0, 0, 0xb, 1]);
         let m2 = MacAddr([2, 0, 0, 0, 0xb, 2]);
         let r = Remotes::new(&[a, b, a], &[(m1, a)], true, 300).unwrap();
-        assert_eq!(r.flood(), &[0, 1]);
+        assert_eq!(r.flood()[..], [0, 1]);
         assert_eq!(r.lookup(m1, 0).and_then(|i| r.endpoint(i)), Some(a));
         assert_eq!(r.lookup(MacAddr::BROADCAST, 0), None);
         assert_eq!(r.lookup(m2, 0), None);
@@ -598,5 +645,48 @@ mod tests {
             Remotes::new(&[], &[(MacAddr::BROADCAST, a)], true, 300),
             Err(RemotesError::NotUnicast(_))
         ));
+    }
+
+    #[test]
+    fn remotes_update_in_place() {
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        let m = |n: u8| MacAddr([2, 0, 0, 0, 0xb, n]);
+        let r = Remotes::new(&[ip(2), ip(3)], &[(m(1), ip(2)), (m(2), ip(3))], true, 300).unwrap();
+        r.learn(m(9), ip(4), 1);
+        assert_eq!(r.lookup(m(9), 1).and_then(|i| r.endpoint(i)), Some(ip(4)));
+        // m1 moves to a new endpoint, m2 is no longer remote, m3 is new; the flood list
+        // becomes [3, 5]; learning goes off, so the learned m9 is forgotten.
+        r.update(&[ip(3), ip(5)], &[(m(1), ip(5)), (m(3), ip(3))], false).unwrap();
+        assert_eq!(r.lookup(m(1), 2).and_then(|i| r.endpoint(i)), Some(ip(5)));
+        assert_eq!(r.lookup(m(2), 2), None);
+        assert_eq!(r.lookup(m(3), 2).and_then(|i| r.endpoint(i)), Some(ip(3)));
+        assert_eq!(r.lookup(m(9), 2), None);
+        assert!(!r.learns());
+        // Indices of known endpoints never change; the new one is appended.
+        assert_eq!(r.endpoints(), vec![ip(2), ip(3), ip(4), ip(5)]);
+        assert_eq!(r.flood()[..], [1, 3]);
+        // A refused update changes nothing.
+        assert!(matches!(
+            r.update(&[], &[(m(1), ip(2)), (m(1), ip(3))], true),
+            Err(RemotesError::Duplicate { .. })
+        ));
+        assert_eq!(r.lookup(m(1), 2).and_then(|i| r.endpoint(i)), Some(ip(5)));
+        assert_eq!(r.flood()[..], [1, 3]);
+        assert!(!r.learns());
+    }
+
+    #[test]
+    fn peek_vni_reads_both_headers() {
+        let mut f = frame();
+        for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
+            let pool = Pool::new("t", 2).unwrap();
+            let mut b = pool.alloc().unwrap();
+            b.extend_from_slice(&f).unwrap();
+            TunnelCodec { kind, vni: 0xabcdef }.encap_buf(&mut b).unwrap();
+            assert_eq!(peek_vni(b.data()), Some(0xabcdef), "{kind:?}");
+            assert_eq!(peek_vni(&b.data()[..7]), None);
+        }
+        f.truncate(0);
+        assert_eq!(peek_vni(&f), None);
     }
 }

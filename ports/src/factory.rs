@@ -104,16 +104,7 @@ pub fn open_backend(
 
 fn open_tunnel(name: &str, t: &TunnelBackend, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     use crate::udp_tunnel::{TunnelOptions, UdpTunnelPort};
-    let opts = TunnelOptions {
-        kind: t.kind,
-        vni: t.vni,
-        local: t.local,
-        dstport: t.port(),
-        flood: t.flood.clone().unwrap_or_default(),
-        remote_macs: t.remote_macs.iter().map(|r| (r.mac, r.remote)).collect(),
-        learn: t.learn.unwrap_or(true),
-        aging_s: switchyard_dataplane::fdb::MacTable::DEFAULT_AGING_S,
-    };
+    let opts = TunnelOptions::from_backend(t);
     match t.underlay.as_deref() {
         None | Some("kernel") => Ok(Arc::new(UdpTunnelPort::open(name, &opts)?)),
         Some(spec) => open_uplink_tunnel(name, spec, &opts, ctx),

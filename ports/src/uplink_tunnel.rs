@@ -18,10 +18,11 @@
 //!   endpoint is probed (at most once a second; RX sends the probes, as it polls anyway).
 //! - The next hop is the endpoint itself (on-link endpoints only).
 
-use crate::udp_tunnel::TunnelOptions;
+use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
@@ -46,6 +47,8 @@ struct Shared {
     underlay_mtu: u32,
     max_inner: usize,
     start: Instant,
+    /// The options the port runs with (the last update's), for the next update.
+    opts: Mutex<TunnelOptions>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +110,7 @@ impl UplinkTunnelPort {
                 underlay_mtu,
                 max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
                 start: Instant::now(),
+                opts: Mutex::new(o.clone()),
             }),
         })
     }
@@ -171,6 +175,19 @@ impl PortBackend for UplinkTunnelPort {
             sh.underlay_mtu,
             sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), sh.underlay_mtu)
         ))
+    }
+
+    /// New endpoints get indices of their own, and so neighbour slots; RX probes them.
+    fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
+        let sh = &self.shared;
+        let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
+        match update_remotes(&sh.name, &opts, &sh.remotes, wanted)? {
+            Some(o) => {
+                *opts = o;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -357,6 +374,8 @@ impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let sh = self.shared.clone();
         let now = sh.now_s();
+        // One flood list for the whole burst, however an update swaps it meanwhile.
+        let flood = sh.remotes.flood();
         let mut sent = 0;
         for mut b in pkts.drain(..) {
             if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
@@ -374,7 +393,7 @@ impl TxQueue for UplinkTunnelTx {
             match one {
                 Some(e) => sent += self.push(b, e, sport, cache, drops),
                 None => {
-                    let Some((&last, rest)) = sh.remotes.flood().split_last() else {
+                    let Some((&last, rest)) = flood.split_last() else {
                         drops.add(DropReason::TunnelNoEndpoint, 1);
                         cache.free(b);
                         continue;

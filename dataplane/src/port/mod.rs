@@ -222,4 +222,14 @@ pub trait PortBackend: Send + Sync {
     fn info(&self) -> Option<String> {
         None
     }
+    /// Applies `wanted`, a changed backend of this port, in place, keeping the port's sockets
+    /// and queues open (no frame lost): `Ok(true)` when done, `Ok(false)` when this backend
+    /// cannot take that change in place (the caller closes and reopens it), `Err` when the
+    /// update was refused (the caller reopens too, and the reopening reports the error).
+    /// Tunnel ports take a new flood list, static remote MACs and learning this way.
+    /// Default: never in place.
+    fn update(&self, wanted: &crate::backend::Backend) -> Result<bool, PortError> {
+        let _ = wanted;
+        Ok(false)
+    }
 }
