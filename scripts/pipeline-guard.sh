@@ -2,12 +2,12 @@
 # A guard on speed: the L2 pipeline's instructions per frame, counted by callgrind (repeatable
 # for the same binary and input, whatever else the machine does) on
 # dataplane/examples/pipeline_instructions.rs, must stay at or under the stated limit. The
-# figure that docs/benchmarks.md describes is about 108 instructions a frame; the limit leaves
-# room for compiler drift, not for a new stage on the hot path.
-#   PIPELINE_MAX_INSNS   the limit (default 120)
+# figure that docs/benchmarks.md describes is about 106 instructions a frame; the limit (10%
+# above it) leaves room for compiler drift, not for a new stage on the hot path.
+#   PIPELINE_MAX_INSNS   the limit (default 117)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-max=${PIPELINE_MAX_INSNS:-120}
+max=${PIPELINE_MAX_INSNS:-117}
 bursts=20000
 if ! command -v valgrind >/dev/null; then
   if [ "$(id -u)" = 0 ]; then

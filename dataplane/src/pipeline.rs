@@ -127,6 +127,11 @@ pub struct TxBatches {
     /// burst to burst (a fixed array, so that filling it needs no length or capacity kept),
     /// never cleared: only the first `burst.len()` entries are the burst's.
     plain: Box<[PlainFrame; MAX_BURST]>,
+    /// The drops of the burst in process (of its ingress port in [`process_burst`], of each
+    /// egress port in turn in [`TxBatches::flush`]): kept from burst to burst and empty
+    /// between them (every user flushes it into a port's counters, which empties it), so that
+    /// no burst zeroes a count for every reason.
+    drops: DropTally,
 }
 
 /// One port's batch and what flushing it counts.
@@ -159,6 +164,7 @@ impl TxBatches {
             ports: Vec::new(),
             dirty: Vec::new(),
             plain: Box::new([PlainFrame::default(); MAX_BURST]),
+            drops: DropTally::default(),
         };
         t.resize(port_slots);
         t
@@ -255,16 +261,16 @@ impl TxBatches {
         queues: &mut [Option<Box<dyn TxQueue>>],
         cache: &mut PoolCache,
     ) {
-        let mut tally = DropTally::default();
-        for port in self.dirty.drain(..) {
+        let TxBatches { ports, dirty, drops: tally, .. } = self;
+        for port in dirty.drain(..) {
             let i = usize::from(port);
-            let b = &mut self.ports[i];
+            let b = &mut ports[i];
             let spec = cfg.port(port);
             tally.add(DropReason::TxFull, std::mem::take(&mut b.drops));
             let n = b.frames.len();
             let bytes = std::mem::take(&mut b.bytes);
             let sent = match queues.get_mut(i).and_then(|q| q.as_mut()) {
-                Some(q) => q.tx_burst(&mut b.frames, cache, &mut tally),
+                Some(q) => q.tx_burst(&mut b.frames, cache, tally),
                 None => {
                     tally.add(DropReason::PortDown, n as u32);
                     for f in b.frames.drain(..) {
@@ -281,7 +287,7 @@ impl TxBatches {
                 st.add_tx(sent as u64, sent_bytes);
                 tally.flush_into(st);
             } else {
-                tally = DropTally::default();
+                *tally = DropTally::default();
             }
         }
     }
@@ -321,7 +327,6 @@ struct IngressTally {
     static_conflicts: u64,
     mac_limit_hits: u64,
     fdb_full: u64,
-    drops: DropTally,
 }
 
 impl IngressTally {
@@ -337,7 +342,9 @@ impl IngressTally {
         }
     }
 
-    fn flush_into(&mut self, p: &PortSpec) {
+    /// Adds the burst's counts to port `p`'s, with `drops`, the burst's drops (which it
+    /// empties).
+    fn flush_into(&mut self, p: &PortSpec, drops: &mut DropTally) {
         let s = &p.stats;
         let add = |a: &std::sync::atomic::AtomicU64, n: u64| {
             if n != 0 {
@@ -347,13 +354,24 @@ impl IngressTally {
         if self.rx_packets != 0 {
             s.add_rx(self.rx_packets, self.rx_bytes);
         }
-        add(&s.flooded, self.flooded);
-        add(&s.learned, self.learned);
-        add(&s.moved_in, self.moved_in);
-        add(&s.static_conflicts, self.static_conflicts);
-        add(&s.mac_limit_hits, self.mac_limit_hits);
-        add(&s.fdb_full, self.fdb_full);
-        self.drops.flush_into(s);
+        // Most bursts flood nothing and learn nothing new: one test for all six.
+        let rare = [
+            self.flooded,
+            self.learned,
+            self.moved_in,
+            self.static_conflicts,
+            self.mac_limit_hits,
+            self.fdb_full,
+        ];
+        if rare.iter().any(|&n| n != 0) {
+            add(&s.flooded, self.flooded);
+            add(&s.learned, self.learned);
+            add(&s.moved_in, self.moved_in);
+            add(&s.static_conflicts, self.static_conflicts);
+            add(&s.mac_limit_hits, self.mac_limit_hits);
+            add(&s.fdb_full, self.fdb_full);
+        }
+        drops.flush_into(s);
     }
 }
 
@@ -427,10 +445,9 @@ pub fn process_burst(
         }
         return;
     };
-    let table = bridge.table.view();
     let mut eg = Egress {
         cfg,
-        table,
+        table: bridge.table.view(),
         now,
         in_port,
         from: port,
@@ -457,7 +474,7 @@ pub fn process_burst(
     // stages.
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
-            plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
+            plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
         (None, _, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
         _ => None,
@@ -470,7 +487,7 @@ pub fn process_burst(
         }
         None => general_burst(&mut eg, port, burst, untagged_vlan, trace),
     }
-    eg.t.flush_into(port);
+    eg.t.flush_into(port, &mut eg.tx.drops);
 }
 
 /// On a bridge with policies: [`plain_probes`], and whether the plain burst may take the
@@ -509,37 +526,38 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
     for f in plain.iter() {
         eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
     }
-    let mut out_ports = [0 as PortId; MAX_BURST];
-    // The last egress port found to take the frames untagged (never the ingress port;
-    // u32::MAX: none yet), and how many times that changed.
+    // Where each run of frames to one port starts (frame index, port): a run starts where
+    // the destination changes. Each port is checked once per run: a known unicast
+    // destination on another port that takes the VLAN untagged (`ok_port`: the last one
+    // found, never the ingress port; u32::MAX: none yet).
+    let mut runs: ArrayVec<(usize, PortId), MAX_BURST> = ArrayVec::new();
     let mut ok_port = u32::MAX;
-    let mut changes = 0usize;
     let mut all_plain = true;
-    for (f, op) in plain.iter().zip(out_ports.iter_mut()) {
+    for (i, f) in plain.iter().enumerate() {
         let Some(hit) = table.lookup_probe(&f.dst, now) else {
             all_plain = false;
             break;
         };
         if u32::from(hit.port) != ok_port {
-            if hit.port == in_port || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false) {
+            // A run per frame at most, so try_push never fails (were it to, the frames would
+            // take the frame-by-frame path, which decides the same).
+            if hit.port == in_port
+                || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false)
+                || runs.try_push((i, hit.port)).is_err()
+            {
                 all_plain = false;
                 break;
             }
             ok_port = u32::from(hit.port);
-            changes += 1;
         }
-        *op = hit.port;
     }
-    if all_plain && changes == 1 {
-        eg.tx.push_burst(out_ports[0], burst, bytes, eg.cache);
+    if let (true, [(_, op)]) = (all_plain, runs.as_slice()) {
+        eg.tx.push_burst(*op, burst, bytes, eg.cache);
     } else if all_plain {
-        let ports = &out_ports[..n];
         let mut bufs = burst.drain(..);
-        let mut i = 0;
-        while let Some(&op) = ports.get(i) {
-            let run = ports[i..].iter().take_while(|&&p| p == op).count();
-            eg.tx.push_run(op, &mut bufs, run, eg.cache);
-            i += run;
+        for (k, &(start, op)) in runs.iter().enumerate() {
+            let end = runs.get(k + 1).map_or(n, |r| r.0);
+            eg.tx.push_run(op, &mut bufs, end - start, eg.cache);
         }
     } else {
         for (i, buf) in burst.drain(..).enumerate() {
@@ -551,8 +569,9 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
 }
 
 /// The general stages, for any burst (`untagged_vlan`: `port.vlan.ingress(None)`); with
-/// `trace`, one [`FrameTrace`] per frame is appended.
-#[inline(always)]
+/// `trace`, one [`FrameTrace`] per frame is appended. Out of line: its per-frame metadata
+/// arrays would otherwise size (and probe) the stack frame of every plain burst too.
+#[inline(never)]
 fn general_burst(
     eg: &mut Egress,
     port: &PortSpec,
@@ -704,7 +723,8 @@ struct Egress<'a> {
     memo: EgressMemo,
     cache: &'a mut PoolCache,
     tx: &'a mut TxBatches,
-    /// The ingress port's counters for this burst (all stages add to them).
+    /// The ingress port's counters for this burst (all stages add to them; its drops are
+    /// counted in `tx.drops`).
     t: IngressTally,
 }
 
@@ -806,7 +826,7 @@ impl Egress<'_> {
 
     #[inline(always)]
     fn drop(&mut self, r: DropReason, buf: PacketBuf) -> Verdict {
-        self.t.drops.add(r, 1);
+        self.tx.drops.add(r, 1);
         self.cache.free(buf);
         Verdict::Drop(r)
     }
@@ -818,7 +838,7 @@ impl Egress<'_> {
         let (cfg, in_port, members) = (self.cfg, self.in_port, self.members);
         let carries = |p: PortId| p != in_port && cfg.port(p).is_some_and(|o| o.vlan.carries(m.vlan));
         let Some(last) = members.iter().rposition(|&p| carries(p)) else {
-            self.t.drops.add(DropReason::NoEgressPort, 1);
+            self.tx.drops.add(DropReason::NoEgressPort, 1);
             self.cache.free(buf);
             return Verdict::Drop(DropReason::NoEgressPort);
         };
@@ -827,12 +847,12 @@ impl Egress<'_> {
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
             // A port the policy refuses gets no copy (counted once per port refused).
             if let Err(r) = self.admits(op, outs.is_some()) {
-                self.t.drops.add(r, 1);
+                self.tx.drops.add(r, 1);
                 continue;
             }
             match self.cache.alloc_copy(buf.data()) {
                 Some(copy) => self.send(op, tag_out(op), copy, m, outs.as_deref_mut()),
-                None => self.t.drops.add(DropReason::NoBuffer, 1),
+                None => self.tx.drops.add(DropReason::NoBuffer, 1),
             }
         }
         let op = members[last];
@@ -861,7 +881,7 @@ impl Egress<'_> {
                 v.push(op);
             }
         } else {
-            self.t.drops.add(DropReason::NoBuffer, 1);
+            self.tx.drops.add(DropReason::NoBuffer, 1);
             self.cache.free(buf);
         }
     }
@@ -897,8 +917,10 @@ impl PlainFrame {
 /// [`classify`] passes on with VLAN `vlan` (the port admits untagged frames) and no verdict.
 /// Hashes and prefetches both keys of every frame into `out` (frame i's in `out[i]`), and
 /// returns the bytes. `None` as soon as a frame is not plain: the general stages then take the
-/// whole burst.
-#[inline(always)]
+/// whole burst. Out of line, so that the loop has the registers to itself: inlined into
+/// `process_burst`, beside the policy and general stages' state, it kept per-burst values
+/// (the hash seed and shift) on the stack and read them back for every frame.
+#[inline(never)]
 fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame; MAX_BURST]) -> Option<u64> {
     let mut bytes = 0u64;
     for (b, f) in burst.iter().zip(out.iter_mut()) {
