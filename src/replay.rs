@@ -6,10 +6,11 @@
 //! timestamp, so learning and aging are deterministic. Every input is checked before any frame
 //! is processed: a bad scenario, an unknown port or a damaged pcap writes nothing.
 //!
-//! A tunnel port (`type: vxlan | geneve`) runs as on a node with an uplink (`underlay:
-//! IFACE`, the fast path, ports/src/uplink_tunnel.rs): its capture is the uplink's, outer
-//! headers and ARP/ND included, and the scenario gives the uplink's MAC and MTU under
-//! `uplinks` (what a node reads from the interface). Its seconds (neighbour probes, remote MAC
+//! Every port is pcap-backed, its `type` ignored, except a tunnel port (`type: vxlan |
+//! geneve`) that the scenario gives an uplink (`uplinks: {PORT: {mac, mtu}}`, what a node
+//! reads from the interface): it runs as the fast path does (ports/src/uplink_tunnel.rs)
+//! with the capture as its uplink's, outer headers and ARP/ND included, whatever its
+//! `underlay` says. Its seconds (neighbour probes, remote MAC
 //! aging) are the capture's too, and its RX queue is polled before every input frame, as a
 //! worker polls it between frames: probes leave at the first frame's time.
 //!
@@ -101,7 +102,7 @@ pub struct Scenario {
     pub config: Config,
     /// (port name, frames), in the order of `inputs`.
     pub inputs: Vec<(String, Vec<PcapFrame>)>,
-    /// The uplink of every tunnel port, by port name.
+    /// The uplink of each tunnel port that runs on one, by port name.
     pub uplinks: BTreeMap<String, Uplink>,
 }
 
@@ -141,22 +142,13 @@ impl Scenario {
         }
         let uplinks_err = |msg: String| ReplayError::Uplinks { file: file.clone(), msg };
         let mut uplinks = BTreeMap::new();
-        for p in config.bridges.iter().flat_map(|b| &b.ports) {
-            let Ok(Backend::Tunnel(t)) = p.backend() else { continue };
-            if matches!(t.underlay.as_deref(), None | Some("kernel")) {
-                return Err(uplinks_err(format!(
-                    "port {:?}: replay runs tunnel ports on an uplink only (`underlay: IFACE`)",
-                    p.name
-                )));
+        for (name, u) in &s.uplinks {
+            let port = config.bridges.iter().flat_map(|b| &b.ports).find(|p| &p.name == name);
+            if !matches!(port.map(|p| p.backend()), Some(Ok(Backend::Tunnel(_)))) {
+                return Err(uplinks_err(format!("{name:?} is not a tunnel port (vxlan, geneve)")));
             }
-            let Some(u) = s.uplinks.get(&p.name) else {
-                return Err(uplinks_err(format!("tunnel port {:?} has no uplink (mac, mtu)", p.name)));
-            };
-            let mac = u.mac.parse::<MacAddr>().map_err(|e| uplinks_err(format!("{}: mac: {e}", p.name)))?;
-            uplinks.insert(p.name.clone(), Uplink { mac, mtu: u.mtu.unwrap_or(1500) });
-        }
-        if let Some(k) = s.uplinks.keys().find(|k| !uplinks.contains_key(*k)) {
-            return Err(uplinks_err(format!("{k:?} is not a tunnel port")));
+            let mac = u.mac.parse::<MacAddr>().map_err(|e| uplinks_err(format!("{name}: mac: {e}")))?;
+            uplinks.insert(name.clone(), Uplink { mac, mtu: u.mtu.unwrap_or(1500) });
         }
         for (port, pcap) in named {
             inputs.push((port, read_pcap(&pcap)?));
@@ -552,6 +544,35 @@ mod tests {
         assert_eq!(stats_diffs(leak, Some(r#"{"ports": {}}"#)), want, "stats.json without the field");
         assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 0}"#)), want, "stats.json with 0");
         assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 3}"#)), Vec::<String>::new());
+    }
+
+    /// Loads a scenario of a VM port and a VXLAN port with `uplinks` as given.
+    fn load_with_uplinks(uplinks: &str) -> Result<Scenario, ReplayError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("scenario.yaml");
+        let text = format!(
+            "bridges:\n  - name: br0\n    ports:\n      - {{name: vm-a}}\n      - {{name: tun0, type: vxlan, vni: 1, local: 192.0.2.1, flood: [192.0.2.2]}}\nuplinks: {uplinks}\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        Scenario::load(&path)
+    }
+
+    #[test]
+    fn uplinks_name_tunnel_ports_with_a_mac() {
+        let ok = load_with_uplinks(r#"{tun0: {mac: "02:00:00:00:01:01"}}"#).expect("load");
+        let u = &ok.uplinks["tun0"];
+        assert_eq!((u.mac, u.mtu), (MacAddr([2, 0, 0, 0, 1, 1]), 1500));
+        for (bad, why) in [
+            (r#"{vm-a: {mac: "02:00:00:00:01:01"}}"#, "\"vm-a\" is not a tunnel port"),
+            (r#"{tun9: {mac: "02:00:00:00:01:01"}}"#, "\"tun9\" is not a tunnel port"),
+            (r#"{tun0: {mac: "02:00:00:00:01"}}"#, "tun0: mac:"),
+        ] {
+            match load_with_uplinks(bad) {
+                Err(e @ ReplayError::Uplinks { .. }) => assert!(e.to_string().contains(why), "{bad}: {e}"),
+                Err(e) => panic!("{bad}: {e}"),
+                Ok(_) => panic!("{bad}: accepted"),
+            }
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 uplink whose capture holds the outer Ethernet/IP/UDP/VXLAN headers and the ARP exchange.
 
 Every frame, input and expected, is built here with scapy from the RFC fields (RFC 7348
-VXLAN, RFC 791/768 outer IPv4/UDP, RFC 826 ARP) and the documented choices of
-docs/overlay.md (IPv4 DF, identification 0, TTL 64, UDP checksum 0, source port from the
+VXLAN, RFC 8926 Geneve, RFC 791/8200/768 outer IPv4/IPv6/UDP, RFC 826 ARP, RFC 4861
+Neighbour Discovery) and the documented choices of
+docs/overlay.md (IPv4 DF, identification 0, TTL 64, UDP checksum 0; IPv6 hop limit 64, UDP checksum
+computed; source port from the
 inner flow's hash in 49152-65535, copies of a flood in flood-list order), never from
 switchyard's output. The UDP source port is `flow_hash` below, written from the description
 in docs/overlay.md ("The UDP source port") and dataplane/src/tunnel.rs's documentation of its
@@ -17,12 +19,16 @@ tests/replay_tunnel_cases.rs runs it into a temporary directory and compares byt
 with the committed files.
 """
 
+import ipaddress
 import json
 import os
 import struct
 import sys
 
+from scapy.contrib.geneve import GENEVE
 from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr,
+                                ICMPv6NDOptSrcLLAddr, IPv6)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
@@ -112,6 +118,42 @@ def from_ep(inner, ep, **kw):
     return vxlan(inner, ep, src=(ep[1], ep[0]), dst=(LOCAL_IP, UPLINK_MAC), **kw)
 
 
+LOCAL6 = "fd00::1"
+EP6_2 = ("fd00::2", "02:00:00:00:02:02")
+EP6_3 = ("fd00::3", "02:00:00:00:03:03")
+GENEVE_PORT = 6081
+
+
+def geneve6(inner, src, dst, sport=None, version=0, chksum=None):
+    """`inner` in Geneve (no options) in UDP in IPv6 in Ethernet, `src`/`dst` = (MAC, IP);
+    the UDP checksum is computed (scapy sends a computed 0 as 0xffff) unless given."""
+    sport = source_port(inner) if sport is None else sport
+    return bytes(Ether(src=src[0], dst=dst[0], type=0x86DD)
+                 / IPv6(src=src[1], dst=dst[1], hlim=64, tc=0, fl=0)
+                 / UDP(sport=sport, dport=GENEVE_PORT, chksum=chksum)
+                 / GENEVE(version=version, proto=0x6558, vni=VNI)
+                 / Raw(inner))
+
+
+def solicitation_from_us(ep):
+    """A Neighbour Solicitation for `ep` to its solicited-node multicast address."""
+    low = ipaddress.IPv6Address(ep[0]).packed[13:]
+    snm = str(ipaddress.IPv6Address(bytes.fromhex("ff0200000000000000000001ff") + low))
+    mac = "33:33:ff:" + ":".join(f"{b:02x}" for b in low)
+    return bytes(Ether(dst=mac, src=UPLINK_MAC)
+                 / IPv6(src=LOCAL6, dst=snm, hlim=255)
+                 / ICMPv6ND_NS(tgt=ep[0])
+                 / ICMPv6NDOptSrcLLAddr(lladdr=UPLINK_MAC))
+
+
+def advertisement_from(ep):
+    """A solicited Neighbour Advertisement of `ep` (Override), to us."""
+    return bytes(Ether(dst=UPLINK_MAC, src=ep[1])
+                 / IPv6(src=ep[0], dst=LOCAL6, hlim=255)
+                 / ICMPv6ND_NA(tgt=ep[0], R=0, S=1, O=1)
+                 / ICMPv6NDOptDstLLAddr(lladdr=ep[1]))
+
+
 def arp_request_from_us(ep):
     return pad60(Ether(dst="ff:ff:ff:ff:ff:ff", src=UPLINK_MAC)
                  / ARP(op=1, hwsrc=UPLINK_MAC, psrc=LOCAL_IP, hwdst="00:00:00:00:00:00", pdst=ep[0]))
@@ -172,13 +214,13 @@ bridges:
         vlan_mode: access
         tag: {tag}
       - name: tun0
-        type: vxlan
+        type: {kind}
         vni: {vni}
-        local: {local}
+        local: "{local}"
         underlay: uplink0
-        flood: [{ep2}, {ep3}]
+        flood: ["{ep2}", "{ep3}"]
         remote_macs:
-          - {{mac: "{mac_b}", remote: {ep2}}}
+          - {{mac: "{mac_b}", remote: "{ep2}"}}
         learn: false
 uplinks:
   tun0: {{mac: "{uplink_mac}", mtu: 1500}}
@@ -186,7 +228,7 @@ inputs:
 {inputs}"""
 
 
-def case(out, name, readme, inputs, expected, stats):
+def case(out, name, readme, inputs, expected, stats, kind="vxlan", addrs=(LOCAL_IP, EP2[0], EP3[0])):
     d = os.path.join(out, name)
     for sub in ("in", "expected"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -205,7 +247,8 @@ def case(out, name, readme, inputs, expected, stats):
         f.write(json.dumps(js, indent=2, sort_keys=True) + "\n")
     with open(os.path.join(d, "scenario.yaml"), "w") as f:
         f.write(SCENARIO.format(
-            name=name, tag=TAG, vni=VNI, local=LOCAL_IP, ep2=EP2[0], ep3=EP3[0], mac_b=MAC_B,
+            name=name, tag=TAG, vni=VNI, kind=kind, local=addrs[0], ep2=addrs[1], ep3=addrs[2],
+            mac_b=MAC_B,
             uplink_mac=UPLINK_MAC,
             inputs="".join(f"  {p}: in/{p}.pcap\n" for p in inputs)))
     with open(os.path.join(d, "README.md"), "w") as f:
@@ -302,10 +345,51 @@ def decap(out):
     case(out, "tunnel_vxlan_decap_ipv4", readme, inputs, expected, stats)
 
 
+def geneve_ipv6(out):
+    us = (UPLINK_MAC, LOCAL6)
+    udp_ab = vm_udp(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1234, 5678)
+    arp_a = vm_arp_request(MAC_A, "10.0.0.1", "10.0.0.2")
+    udp_ba = vm_udp(MAC_B, MAC_A, "10.0.0.2", "10.0.0.1", 5678, 1234, b"over geneve")
+    t_ab, t_arp, t_ba = (tagged(f, TAG) for f in (udp_ab, arp_a, udp_ba))
+    from2 = lambda **kw: geneve6(t_ba, (EP6_2[1], EP6_2[0]), us, sport=50001, **kw)
+    inputs = {
+        "vm-a": [("1.0", udp_ab), ("2.0", arp_a), ("2.5", udp_ab)],
+        "tun0": [("1.5", advertisement_from(EP6_2)), ("1.6", advertisement_from(EP6_3)),
+                 ("3.0", from2()), ("3.1", from2(chksum=0)), ("3.2", from2(version=1))],
+    }
+    to = lambda ep, f: geneve6(f, us, (ep[1], ep[0]))
+    expected = {
+        "tun0": [
+            ("1.0", solicitation_from_us(EP6_2)),
+            ("1.0", solicitation_from_us(EP6_3)),
+            ("2.0", to(EP6_2, t_arp)),
+            ("2.0", to(EP6_3, t_arp)),
+            ("2.5", to(EP6_2, t_ab)),
+        ],
+        "vm-a": [("3.0", udp_ba)],
+    }
+    stats = {"vm-a": {"rx_packets": 3, "tx_packets": 1},
+             "tun0": {"rx_packets": 1, "tx_packets": 3, "tunnel_unresolved": 1,
+                      "tunnel_outer_malformed": 1, "tunnel_bad_header": 1}}
+    readme = ("vm-a is an access port of VLAN 10; tun0 is a Geneve port (VNI 5001, fd00::1) on an "
+              "uplink (MAC 02:00:00:00:01:01) whose capture is tun0's; flood list fd00::2 and "
+              "fd00::3, MAC 02:00:00:00:00:0b static at fd00::2, learning off. At 1.0 tun0 "
+              "solicits both endpoints (Neighbour Solicitations to their solicited-node "
+              "addresses) and a's frame to b finds fd00::2 unresolved (`tunnel_unresolved`); "
+              "both advertise; a's broadcast goes to both, its frame to b to fd00::2 only "
+              "(Geneve without options, protocol 0x6558, outer IPv6 hop limit 64, UDP checksum "
+              "computed). A Geneve packet from fd00::2 with b's frame to a (tagged 10) reaches "
+              "a untagged; the same with a zero UDP checksum (required over IPv6: "
+              "`tunnel_outer_malformed`) or Geneve version 1 (`tunnel_bad_header`) is dropped.")
+    case(out, "tunnel_geneve_ipv6", readme, inputs, expected, stats, kind="geneve",
+         addrs=(LOCAL6, EP6_2[0], EP6_3[0]))
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
     encap(out)
     decap(out)
+    geneve_ipv6(out)
 
 
 if __name__ == "__main__":
