@@ -19,6 +19,9 @@ use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 
+#[path = "../dataplane/benches/support/frames.rs"]
+mod frames;
+
 const BURST: usize = 32;
 
 fn mac(side: u8, n: u32) -> MacAddr {
@@ -34,15 +37,6 @@ fn setup(table_size: usize) -> SwitchConfig {
     SwitchConfig::compile(&cfg, None).expect("compile")
 }
 
-/// A splitmix64 step: a cheap, reproducible pseudo-random sequence.
-fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn bench_case(c: &mut Criterion, name: &str, table_size: usize, dst_macs: u32, random_dst: bool) {
     let sw = setup(table_size);
     let table = &sw.bridges[0].table;
@@ -54,20 +48,18 @@ fn bench_case(c: &mut Criterion, name: &str, table_size: usize, dst_macs: u32, r
     }
     let pool = Pool::new("bench", 4096).expect("pool");
     let mut cache = pool.cache();
-    let mut burst = Burst::new();
-    let mut frame = [0u8; 64];
-    frame[12] = 0x08;
-    for _ in 0..BURST {
-        burst.push(cache.alloc_copy(&frame).expect("buffer"));
-    }
+    let mut burst = frames::ipv4_burst(&mut cache, BURST, 64);
     let mut tx = TxBatches::new(sw.port_slots());
     let mut seq = 0u32;
     let mut rng = 0x1234_5678u64;
     let mut write_macs = |burst: &mut Burst| {
         for b in burst.iter_mut() {
             let d = b.data_mut();
-            let dst =
-                if random_dst { (splitmix(&mut rng) % u64::from(dst_macs)) as u32 } else { seq % dst_macs };
+            let dst = if random_dst {
+                (frames::splitmix(&mut rng) % u64::from(dst_macs)) as u32
+            } else {
+                seq % dst_macs
+            };
             d[0..6].copy_from_slice(&mac(1, dst).0);
             d[6..12].copy_from_slice(&mac(0, seq % 256).0);
             seq = seq.wrapping_add(1);

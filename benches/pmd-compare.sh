@@ -35,6 +35,8 @@ set -euo pipefail
 SECS=${1:-5}
 # shellcheck source=benches/hugepages.sh
 . "$(dirname "$0")/hugepages.sh"
+# shellcheck source=benches/ovs.sh
+. "$(dirname "$0")/ovs.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIG_MACS=${BIG_MACS:-1048576}
@@ -267,20 +269,7 @@ ovs_dpdk() { # label a.pcap b.pcap frames-per-capture
     local cmd=(unshare --net "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" --pidfile="$OVS_DIR/ovs-vswitchd.pid"
         --log-file="$OVS_DIR/ovs-vswitchd.log" --unixctl="$OVS_DIR/vswitchd.ctl" --detach)
     local fail=
-    if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${env[@]}" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
-            --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log" \
-            --unixctl="$OVS_DIR/ovsdb-server.ctl" --detach >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${vsctl[@]}" --no-wait init >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${vsctl[@]}" --no-wait "${config[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
-        fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
-    elif ! "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
-        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3 || true)"
-    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! [[ $("${vsctl[@]}" get interface p0 ofport) =~ ^[1-9][0-9]*$ ]] ||
-        ! [[ $("${vsctl[@]}" get interface p1 ofport) =~ ^[1-9][0-9]*$ ]]; then
-        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3 || true)"
-    fi
+    ovs_up config cmd bridge p0 p1 || fail=$OVS_FAIL
     local mpps=n/a stats= warm=
     if [ -z "$fail" ]; then
         local r0 r1 t0 t1 w0 flows=0

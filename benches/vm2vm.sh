@@ -90,6 +90,8 @@ set -euo pipefail
 SECS=${1:-5}
 # shellcheck source=benches/hugepages.sh
 . "$(dirname "$0")/hugepages.sh"
+# shellcheck source=benches/ovs.sh
+. "$(dirname "$0")/ovs.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SWITCHYARD:-$ROOT/target/release/switchyard}
 VM_CORE=${VM_CORE:-0}
@@ -406,20 +408,7 @@ ovs_dpdk() {
     echo "           ovs-vsctl ${config[*]}"
     echo "           ovs-vsctl ${bridge[*]}"
     local fail=
-    if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${env[@]}" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
-            --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log" \
-            --unixctl="$OVS_DIR/ovsdb-server.ctl" --detach >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${vsctl[@]}" --no-wait init >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! "${vsctl[@]}" --no-wait "${config[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
-        fail="ovsdb: $(tail -3 "$OVS_DIR/setup.out")"
-    elif ! timeout 120 "${env[@]}" "${cmd[@]}" >>"$OVS_DIR/setup.out" 2>&1; then
-        fail="ovs-vswitchd: $(grep -E 'ERR|EMER' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
-    elif ! "${vsctl[@]}" --timeout=120 "${bridge[@]}" >>"$OVS_DIR/setup.out" 2>&1 ||
-        ! [[ $("${vsctl[@]}" get interface vm0 ofport) =~ ^[1-9][0-9]*$ ]] ||
-        ! [[ $("${vsctl[@]}" get interface vm1 ofport) =~ ^[1-9][0-9]*$ ]]; then
-        fail="bridge: $(grep -E 'ERR' "$OVS_DIR/ovs-vswitchd.log" | tail -3)"
-    fi
+    ovs_up config cmd bridge vm0 vm1 || fail=$OVS_FAIL
     if [ -n "$fail" ]; then
         echo "$label: failed: $fail" >&2
         record "$label" n/a

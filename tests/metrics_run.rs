@@ -9,20 +9,30 @@ use nix::sys::ptrace;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::frame::Frame;
 use testkit::http::get;
+use testkit::run::RunProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Run {
-    child: Child,
+    /// Declared first: the process is killed before its directory goes.
+    p: RunProcess,
     dir: tempfile::TempDir,
     metrics: SocketAddr,
+}
+
+impl std::ops::Deref for Run {
+    type Target = RunProcess;
+    fn deref(&self) -> &RunProcess {
+        &self.p
+    }
 }
 
 impl Run {
@@ -35,32 +45,14 @@ impl Run {
     /// [`Run::start`] with the command run by `wrapper` (e.g. `taskset -c 1`).
     fn start_under(wrapper: &[&str], yaml: &str, extra: &[&str]) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("switch.yaml"), yaml).unwrap();
-        let mut cmd = match wrapper.split_first() {
-            Some((prog, args)) => {
-                let mut c = Command::new(prog);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = cmd
-            .arg("run")
-            .arg("--switch")
-            .arg(d.join("switch.yaml"))
-            .arg("--socket")
-            .arg(d.join("ctl.sock"))
-            .arg("--cni-state")
-            .arg(d.join("cni"))
-            .args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("SWITCHYARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("run.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut r = Run { child, dir, metrics: "127.0.0.1:1".parse().unwrap() };
+        let switch = dir.path().join("switch.yaml");
+        std::fs::write(&switch, yaml).unwrap();
+        let mut args: Vec<OsString> = vec!["--switch".into(), switch.into()];
+        args.extend(
+            ["--metrics", "127.0.0.1:0", "--log-format", "json"].iter().chain(extra).map(OsString::from),
+        );
+        let p = RunProcess::spawn_under(wrapper, BIN, dir.path(), args, WAIT);
+        let mut r = Run { p, dir, metrics: "127.0.0.1:1".parse().unwrap() };
         let mut addr = None;
         r.wait_for("the metrics address in the log", || {
             addr = r.json_log().iter().find_map(|l| l["fields"]["addr"].as_str().map(str::to_string));
@@ -68,10 +60,6 @@ impl Run {
         });
         r.metrics = addr.unwrap().parse().unwrap();
         r
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
     }
 
     /// Every log line, each of which must be one JSON object.
@@ -82,31 +70,12 @@ impl Run {
             .collect()
     }
 
-    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while t.elapsed() < WAIT {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("timed out waiting for {what}; log:\n{}", self.log());
+    fn wait_for(&self, what: &str, cond: impl FnMut() -> bool) {
+        self.p.wait_for(what, WAIT, cond);
     }
 
     fn get(&self, path: &str) -> (u16, String) {
         get(self.metrics, path).unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()))
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.dir.path().join("ctl.sock"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
     }
 
     /// The thread of the running process named `comm`.
@@ -119,13 +88,6 @@ impl Run {
             }
         }
         panic!("no thread {comm} in {}", task.display());
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

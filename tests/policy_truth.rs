@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::manifest::{policy, Vmi};
 use testkit::run::RunProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -41,28 +42,15 @@ const VMS: [(&str, &str, &str, &str); 4] = [
 /// red/web-in: web takes TCP 8080 from red's clients and UDP 5353 from namespace blue.
 /// blue/db-lock: db takes anything from 10.77.0.0/24 except tester, and may only open TCP
 /// 8080 to red's web.
-const POLICIES: &str = r#"apiVersion: k8s.cni.cncf.io/v1beta1
-kind: MultiNetworkPolicy
-metadata:
-  name: web-in
-  namespace: red
-  annotations: {k8s.v1.cni.cncf.io/policy-for: infra/polnet}
-spec:
-  podSelector: {matchLabels: {app: web}}
+fn policies() -> String {
+    let web_in = r#"  podSelector: {matchLabels: {app: web}}
   ingress:
     - from: [{podSelector: {matchLabels: {role: client}}}]
       ports: [{protocol: TCP, port: 8080}]
     - from: [{namespaceSelector: {matchLabels: {team: blue}}}]
       ports: [{protocol: UDP, port: 5353}]
----
-apiVersion: k8s.cni.cncf.io/v1beta2
-kind: MultiNetworkPolicy
-metadata:
-  name: db-lock
-  namespace: blue
-  annotations: {k8s.v1.cni.cncf.io/policy-for: infra/polnet}
-spec:
-  podSelector: {matchLabels: {app: db}}
+"#;
+    let db_lock = r#"  podSelector: {matchLabels: {app: db}}
   policyTypes: [Ingress, Egress]
   ingress:
     - from: [{ipBlock: {cidr: 10.77.0.0/24, except: [10.77.0.4/32]}}]
@@ -70,6 +58,9 @@ spec:
     - to: [{namespaceSelector: {matchLabels: {team: red}}, podSelector: {matchLabels: {app: web}}}]
       ports: [{protocol: TCP, port: 8000, endPort: 8080}]
 "#;
+    [policy("red", "web-in", "infra/polnet", web_in), policy("blue", "db-lock", "infra/polnet", db_lock)]
+        .join("---\n")
+}
 
 /// Rows: from web, client, db, tester; columns: to web, client, db, tester. `.` self, `Y`
 /// allowed, `-` refused.
@@ -84,31 +75,9 @@ const ICMP: [&str; 4] = [".YYY", "-.YY", "--.-", "-Y-."];
 
 fn vmi(i: usize, labels: &str) -> String {
     let (ns, name, _, addr) = VMS[i];
-    format!(
-        r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels: {{{labels}}}
-spec:
-  domain:
-    devices:
-      interfaces:
-        - name: net1
-          bridge: {{}}
-          macAddress: "02:77:00:00:00:0{n}"
-  networks:
-    - name: net1
-      multus: {{networkName: infra/polnet}}
-status:
-  nodeName: n1
-  interfaces:
-    - name: net1
-      ipAddress: {addr}
-"#,
-        n = i + 1
-    )
+    let mac = format!("          macAddress: \"02:77:00:00:00:0{}\"", i + 1);
+    let status = format!("  interfaces:\n    - name: net1\n      ipAddress: {addr}\n");
+    Vmi::new(ns, name, "infra/polnet", "n1").labels(labels).iface(&mac).status(&status).yaml()
 }
 
 const NAD: &str = r#"apiVersion: k8s.cni.cncf.io/v1
@@ -126,7 +95,6 @@ kind: Namespace
 metadata: {name: blue, labels: {team: blue}}
 "#;
 
-/// The running switch; killed on drop.
 /// The switch under test; `ctl` and its waits are [`RunProcess`]'s.
 type Run = RunProcess;
 
@@ -266,7 +234,7 @@ fn reachability_truth_table() {
     for (i, vm) in VMS.iter().enumerate() {
         std::fs::write(state.join(format!("vm-{i}.yaml")), vmi(i, vm.2)).unwrap();
     }
-    std::fs::write(state.join("policies.yaml"), POLICIES).unwrap();
+    std::fs::write(state.join("policies.yaml"), policies()).unwrap();
     let mut over = String::from("ports:\n");
     for (i, v) in vms.iter().enumerate() {
         over += &format!("  {}/{}/net1: {{type: afpacket, iface: {}}}\n", VMS[i].0, VMS[i].1, v.host);

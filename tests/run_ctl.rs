@@ -14,19 +14,6 @@ mod apiserver;
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WAIT: Duration = Duration::from_secs(5);
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
-
 struct Run {
     /// Declared first: the process is killed before its directory goes.
     p: RunProcess,
@@ -47,7 +34,7 @@ impl Run {
     fn start(extra: &[&str], overrides: &str) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/state"), &state);
+        testkit::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/state"), &state);
         let over = dir.path().join("run.yaml");
         std::fs::write(&over, format!("ports:\n  eth1: {{type: ring}}\n{overrides}")).unwrap();
         let mut args: Vec<std::ffi::OsString> = vec!["--state".into(), state.into()];
@@ -375,6 +362,9 @@ fn cni_ports_are_added_refused_persisted_and_removed_over_the_control_socket() {
     assert!(ports.contains("ns/p/net1") && !ports.contains("ns/vm/net1"), "{ports}");
     assert!(!tomb.exists());
     assert!(r.log().contains("deleted while the daemon was down"), "{}", r.log());
+    // Its socket directory went with it, as a DEL would have removed it.
+    let sock_dir = Path::new(&sock).parent().unwrap();
+    assert!(!sock_dir.exists(), "{} outlived its tombstoned port", sock_dir.display());
 
     // DEL is idempotent; GC removes what is not valid.
     assert!(add(&r.sock, cni_port("c8", "ns/u/net1", 10))["ok"] == true);
@@ -386,6 +376,14 @@ fn cni_ports_are_added_refused_persisted_and_removed_over_the_control_socket() {
     };
     assert_eq!(del("c1")["removed"], json!(["ns/p/net1"]));
     assert_eq!(del("c1")["removed"], json!([]));
+    // GC for one network leaves another network's ports alone.
+    let mut other = cni_port("c9", "ns/o/net1", 10);
+    other["network"] = json!("other-net");
+    assert!(add(&r.sock, other)["ok"] == true);
+    let gc_other = json!({"v": 1, "op": "cni_gc", "valid": [], "network": "no-such-net"});
+    assert_eq!(json_req(&r.sock, &gc_other)["removed"], json!([]));
+    let gc_other = json!({"v": 1, "op": "cni_gc", "valid": [], "network": "other-net"});
+    assert_eq!(json_req(&r.sock, &gc_other)["removed"], json!(["ns/o/net1"]));
     let gc = json_req(&r.sock, &json!({"v": 1, "op": "cni_gc", "valid": []}));
     assert_eq!(gc["removed"], json!(["ns/u/net1"]), "{gc}");
     let ports = r.ctl(&["show", "ports"]);

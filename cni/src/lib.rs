@@ -8,6 +8,7 @@
 //!
 //! Invariants: stdout carries exactly one answer (logs go to stderr); a failed ADD leaves
 //! nothing behind; DEL is idempotent and works with the daemon down (tombstones).
+#![deny(unsafe_code)]
 
 mod add;
 pub mod attach;
@@ -19,6 +20,8 @@ pub mod env;
 pub mod error;
 mod gc;
 pub mod ipam;
+// The one module allowed `unsafe`: setns(2) for a netlink socket in the pod's namespace.
+#[allow(unsafe_code)]
 pub mod link;
 pub mod result;
 pub mod state;

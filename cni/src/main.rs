@@ -1,5 +1,6 @@
 //! The `switchyard-cni` binary (installed in the CNI bin directory as `switchyard`): reads the
 //! configuration from stdin, the environment from the process, and prints one answer.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 

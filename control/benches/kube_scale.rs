@@ -89,15 +89,8 @@ fn serve(vmis: u32) {
 /// without the control plane; prints its VmRSS in KiB.
 fn rings_alone(vmis: u32) {
     use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType};
-    let mut bridges: Vec<BridgeConfig> = (0..4)
-        .map(|b| BridgeConfig {
-            name: format!("br{b}"),
-            mac_aging_s: None,
-            conntrack_size: None,
-            mac_table_size: None,
-            ports: vec![],
-        })
-        .collect();
+    let mut bridges: Vec<BridgeConfig> =
+        (0..4).map(|b| BridgeConfig::new(format!("br{b}"), vec![])).collect();
     for i in 0..vmis {
         for (k, net) in [(1, i % 20), (2, (i + 7) % 20)] {
             let name = format!("ns/vm{i}/{}", if k == 1 { "a" } else { "b" });

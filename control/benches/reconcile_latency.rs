@@ -18,25 +18,12 @@ use std::time::{Duration, Instant};
 use switchyard_control::controller::{Controller, ControllerOptions};
 use switchyard_control::runtime::{RunConfig, Runtime, RuntimeOptions, VmPorts};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let n: usize = std::env::var("SY_LAT_CHANGES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/state"), &state);
+    testkit::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/state"), &state);
     let opts = RuntimeOptions {
         overrides: RunConfig::from_yaml("ports: {eth1: {type: ring, ring: lat-eth1}}").unwrap(),
         vm_ports: VmPorts::Ring,

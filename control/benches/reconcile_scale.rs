@@ -18,41 +18,7 @@ use switchyard_control::{plan, ClusterState, PlanOptions};
 fn main() {
     let vmis: u32 = std::env::var("SY_VMIS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::new();
-    for i in 0..20 {
-        text.push_str(&format!(
-            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {{name: net{i}, namespace: ns}}\nspec:\n  config: '{{\"cniVersion\":\"0.3.1\",\"name\":\"net{i}\",\"type\":\"bridge\",\"bridge\":\"br{}\",\"vlan\":{}}}'\n---\n",
-            i % 4,
-            100 + i
-        ));
-    }
-    for i in 0..vmis {
-        text.push_str(&format!(
-            r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata: {{name: vm{i}, namespace: ns}}
-spec:
-  domain:
-    devices:
-      interfaces:
-        - {{name: default, masquerade: {{}}}}
-        - {{name: a, bridge: {{}}, macAddress: "02:00:00:{:02x}:{:02x}:01"}}
-        - {{name: b, bridge: {{}}, macAddress: "02:00:00:{:02x}:{:02x}:02"}}
-  networks:
-    - {{name: default, pod: {{}}}}
-    - {{name: a, multus: {{networkName: net{}}}}}
-    - {{name: b, multus: {{networkName: net{}}}}}
-status: {{nodeName: n0}}
----
-"#,
-            i >> 8,
-            i & 0xff,
-            i >> 8,
-            i & 0xff,
-            i % 20,
-            (i + 7) % 20
-        ));
-    }
+    let text = testkit::manifest::scale_state(vmis, 1);
     std::fs::write(dir.path().join("state.yaml"), &text).unwrap();
 
     let t0 = Instant::now();

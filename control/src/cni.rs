@@ -118,11 +118,28 @@ impl CniError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Status { v: u32 },
-    CniAdd { v: u32, cni: Box<CniPort> },
-    CniDel { v: u32, attachment: Attachment },
-    CniList { v: u32 },
-    CniGc { v: u32, valid: Vec<Attachment> },
+    Status {
+        v: u32,
+    },
+    CniAdd {
+        v: u32,
+        cni: Box<CniPort>,
+    },
+    CniDel {
+        v: u32,
+        attachment: Attachment,
+    },
+    CniList {
+        v: u32,
+    },
+    /// `network`: only that CNI network's ports are candidates (as a runtime's GC, which runs
+    /// per network); without it every CNI port is.
+    CniGc {
+        v: u32,
+        valid: Vec<Attachment>,
+        #[serde(default)]
+        network: Option<String>,
+    },
 }
 
 impl Request {
@@ -155,6 +172,10 @@ pub struct CniPorts {
     /// By port name.
     ports: BTreeMap<String, CniPort>,
     dir: Option<PathBuf>,
+    /// The ports that tombstones removed when the directory was opened, until the runtime
+    /// takes them ([`CniPorts::take_deleted`]) to remove what they left outside it (a
+    /// vhost-user port's socket directory).
+    deleted: Vec<CniPort>,
 }
 
 fn io_err(what: &Path, e: std::io::Error) -> CniError {
@@ -181,6 +202,7 @@ impl CniPorts {
         files.sort();
         let tombstones = take_tombstones(&files, &mut report);
         let mut ports = BTreeMap::new();
+        let mut deleted = Vec::new();
         for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
             let parsed = std::fs::read_to_string(f)
                 .map_err(|e| e.to_string())
@@ -189,6 +211,7 @@ impl CniPorts {
                 Ok(p) if tombstones.iter().any(|t| t.same(&p.attachment)) => {
                     report.push(format!("port {} removed: deleted while the daemon was down", p.port.name));
                     let _ = std::fs::remove_file(f);
+                    deleted.push(p);
                 }
                 Ok(p) => {
                     ports.insert(p.port.name.clone(), p);
@@ -199,7 +222,12 @@ impl CniPorts {
                 }
             }
         }
-        Ok((CniPorts { ports, dir: Some(dir.to_path_buf()) }, report))
+        Ok((CniPorts { ports, dir: Some(dir.to_path_buf()), deleted }, report))
+    }
+
+    /// The ports that tombstones removed at [`CniPorts::open`] (once).
+    pub fn take_deleted(&mut self) -> Vec<CniPort> {
+        std::mem::take(&mut self.deleted)
     }
 
     /// Reads and removes the tombstones that DELs left in the state directory since it was

@@ -217,7 +217,7 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
 
 /// A node's tunnel endpoint: the annotation, else its first InternalIP (of family `v6` when
 /// given). `Err`: the field to blame and why.
-pub fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, String)> {
+pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, String)> {
     if let Some(a) = n.metadata.annotations.get(TUNNEL_IP_ANNOTATION) {
         let field = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
         return match a.trim().parse::<IpAddr>() {

@@ -107,7 +107,7 @@ pub struct SelectorRequirement {
 
 impl LabelSelector {
     /// Checks the operators (and that In/NotIn have values, Exists/DoesNotExist none).
-    pub fn validate(&self, field: &str) -> Result<(), (String, String)> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), (String, String)> {
         for (i, r) in self.match_expressions.iter().enumerate() {
             let f = format!("{field}.matchExpressions[{i}]");
             match r.operator.as_str() {

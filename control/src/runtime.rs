@@ -554,8 +554,12 @@ impl Runtime {
     }
 
     /// Takes the CNI ports restored from their state directory (before the first apply), and
-    /// accepts CNI requests from then on.
-    pub fn set_cni(&mut self, ports: CniPorts) {
+    /// accepts CNI requests from then on. Ports that tombstones removed while the daemon was
+    /// down lose their socket directories here, as a DEL would have removed them.
+    pub fn set_cni(&mut self, mut ports: CniPorts) {
+        for p in ports.take_deleted() {
+            self.remove_socket_dir(&p);
+        }
         self.cni = ports;
         self.cni_disabled = None;
     }
@@ -673,12 +677,14 @@ impl Runtime {
         gone
     }
 
-    /// Detaches every CNI port whose attachment is not in `valid`; their names.
-    pub fn cni_gc(&mut self, valid: &[Attachment]) -> Result<Vec<String>, CniError> {
+    /// Detaches every CNI port (of the CNI network `network`, when given) whose attachment is
+    /// not in `valid`; their names.
+    pub fn cni_gc(&mut self, valid: &[Attachment], network: Option<&str>) -> Result<Vec<String>, CniError> {
         self.cni_enabled()?;
         let stale: Vec<Attachment> = self
             .cni
             .iter()
+            .filter(|p| network.is_none_or(|n| p.network.as_deref() == Some(n)))
             .filter(|p| !valid.iter().any(|v| v.same(&p.attachment)))
             .map(|p| p.attachment.clone())
             .collect();

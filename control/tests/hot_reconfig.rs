@@ -30,22 +30,10 @@ fn port(name: &str, tag: u16, mac: Option<[u8; 6]>) -> PortConfig {
 fn config(churn: &[PortConfig]) -> Config {
     let mut ports = vec![port("hr-keep-a", 10, Some(A)), port("hr-keep-b", 10, Some(B))];
     ports.extend(churn.iter().cloned());
-    let mut bridges = vec![BridgeConfig {
-        name: "br".into(),
-        mac_aging_s: None,
-        mac_table_size: None,
-        conntrack_size: None,
-        ports,
-    }];
+    let mut bridges = vec![BridgeConfig::new("br", ports)];
     // A second bridge that comes and goes with the churn.
     if churn.len() % 2 == 1 {
-        bridges.push(BridgeConfig {
-            name: "br-extra".into(),
-            mac_aging_s: None,
-            mac_table_size: None,
-            conntrack_size: None,
-            ports: vec![port("hr-extra", 5, None)],
-        });
+        bridges.push(BridgeConfig::new("br-extra", vec![port("hr-extra", 5, None)]));
     }
     Config { bridges }
 }

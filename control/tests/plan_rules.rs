@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use switchyard_control::plan::{plan_memo, socket_path, PlanMemo, DEFAULT_VHOST_DIR};
 use switchyard_control::{plan, ClusterState, Config, Plan, PlanOptions};
 use switchyard_dataplane::config::{PortConfig, PortType, VlanModeName};
+use testkit::manifest::{nad, scale_state, Vmi};
 
 const NODE: &str = "n1";
 
@@ -36,39 +37,13 @@ fn has_port(p: &Plan, name: &str) -> bool {
     p.config.bridges.iter().any(|b| b.ports.iter().any(|q| q.name == name))
 }
 
-fn nad(ns: &str, name: &str, config: &str) -> String {
-    format!(
-        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  config: '{config}'\n"
-    )
-}
-
 /// A VMI on NODE with one interface `net1` (binding `bridge`) on multus network `network`.
 fn vmi(ns: &str, name: &str, network: &str, iface_extra: &str) -> String {
     vmi_on(ns, name, network, iface_extra, NODE)
 }
 
 fn vmi_on(ns: &str, name: &str, network: &str, iface_extra: &str, node: &str) -> String {
-    format!(
-        r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  domain:
-    devices:
-      interfaces:
-        - name: net1
-          bridge: {{}}
-{iface_extra}
-  networks:
-    - name: net1
-      multus:
-        networkName: {network}
-status:
-  nodeName: {node}
-"#
-    )
+    Vmi::new(ns, name, network, node).iface(iface_extra).yaml()
 }
 
 const MAC1: &str = "          macAddress: 02:00:00:00:00:01";
@@ -611,43 +586,7 @@ fn output_is_sorted_deterministic_and_loads_back() {
 /// limit; load and plan still go through all 10,000.
 #[test]
 fn scale_10k_vmis() {
-    let mut text = String::new();
-    for i in 0..20 {
-        text.push_str(&nad(
-            "ns",
-            &format!("net{i}"),
-            &format!(r#"{{"name":"net{i}","type":"bridge","bridge":"br{}","vlan":{}}}"#, i % 4, 100 + i),
-        ));
-        text.push_str("---\n");
-    }
-    for i in 0..10_000u32 {
-        text.push_str(&format!(
-            r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata: {{name: vm{i}, namespace: ns}}
-spec:
-  domain:
-    devices:
-      interfaces:
-        - {{name: default, masquerade: {{}}}}
-        - {{name: a, bridge: {{}}, macAddress: "02:00:00:{:02x}:{:02x}:01"}}
-        - {{name: b, bridge: {{}}, macAddress: "02:00:00:{:02x}:{:02x}:02"}}
-  networks:
-    - {{name: default, pod: {{}}}}
-    - {{name: a, multus: {{networkName: net{}}}}}
-    - {{name: b, multus: {{networkName: net{}}}}}
-status: {{nodeName: n{}}}
----
-"#,
-            i >> 8,
-            i & 0xff,
-            i >> 8,
-            i & 0xff,
-            i % 20,
-            (i + 7) % 20,
-            i % 5
-        ));
-    }
+    let text = scale_state(10_000, 5);
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("state.yaml"), &text).unwrap();
     let t0 = std::time::Instant::now();

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use switchyard_control::{plan, ClusterState, Plan, PlanOptions};
 use switchyard_dataplane::config::PortConfig;
 use switchyard_dataplane::policy::{Cidr, DirectionPolicy, PeerBlock, PolicyRule, PortRange, Protocol};
+use testkit::manifest::{self, policy, Vmi};
 
 const NODE: &str = "n1";
 
@@ -28,9 +29,12 @@ fn port<'a>(p: &'a Plan, name: &str) -> &'a PortConfig {
         .unwrap_or_else(|| panic!("no port {name} in\n{}", p.to_yaml()))
 }
 
+/// A bridge NAD `infra/<name>` on bridge `br-<name>`; `extra` adds config fields.
 fn nad(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {name}\n  namespace: infra\nspec:\n  config: '{{\"cniVersion\":\"0.3.1\",\"name\":\"{name}\",\"type\":\"bridge\",\"bridge\":\"br-{name}\"{extra}}}'\n"
+    manifest::nad(
+        "infra",
+        name,
+        &format!(r#"{{"cniVersion":"0.3.1","name":"{name}","type":"bridge","bridge":"br-{name}"{extra}}}"#),
     )
 }
 
@@ -42,36 +46,8 @@ fn ns(name: &str, labels: &str) -> String {
 /// status reports; on NODE unless `node` says otherwise.
 fn vmi(ns: &str, name: &str, network: &str, labels: &str, addrs: &[&str], node: &str) -> String {
     let list = addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    format!(
-        r#"apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels: {{{labels}}}
-spec:
-  domain:
-    devices:
-      interfaces:
-        - name: net1
-          bridge: {{}}
-  networks:
-    - name: net1
-      multus:
-        networkName: infra/{network}
-status:
-  nodeName: {node}
-  interfaces:
-    - name: net1
-      ipAddresses: [{list}]
-"#
-    )
-}
-
-fn policy(ns: &str, name: &str, policy_for: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: k8s.cni.cncf.io/v1beta2\nkind: MultiNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    k8s.v1.cni.cncf.io/policy-for: {policy_for}\nspec:\n{spec}"
-    )
+    let status = format!("  interfaces:\n    - name: net1\n      ipAddresses: [{list}]\n");
+    Vmi::new(ns, name, &format!("infra/{network}"), node).labels(labels).status(&status).yaml()
 }
 
 fn host(s: &str) -> PeerBlock {

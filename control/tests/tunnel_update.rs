@@ -33,15 +33,7 @@ fn config(vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
         ..Default::default()
     };
     let vm = PortConfig { name: "tu-vm".into(), kind: Some(PortType::Ring), ..Default::default() };
-    Config {
-        bridges: vec![BridgeConfig {
-            name: "br".into(),
-            mac_aging_s: None,
-            mac_table_size: None,
-            conntrack_size: None,
-            ports: vec![vm, tunnel],
-        }],
-    }
+    Config { bridges: vec![BridgeConfig::new("br", vec![vm, tunnel])] }
 }
 
 /// An endpoint: a socket on `addr` and the tunnel's port, reading with a short timeout.

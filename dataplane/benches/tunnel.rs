@@ -15,6 +15,9 @@ use switchyard_dataplane::tunnel::{Remotes, TunnelCodec, TunnelKind};
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::Pool;
 
+#[path = "support/frames.rs"]
+mod frames;
+
 const BURST: usize = 32;
 
 fn bench(c: &mut Criterion) {
@@ -24,12 +27,7 @@ fn bench(c: &mut Criterion) {
     let remotes = Remotes::new(&[ep(2), ep(3)], &statics, true, 300).expect("remotes");
     let pool = Pool::new("bench", 256).expect("pool");
     let mut cache = pool.cache();
-    let mut burst = Burst::new();
-    let mut frame = [0u8; 64];
-    frame[12] = 0x08;
-    for _ in 0..BURST {
-        burst.push(cache.alloc_copy(&frame).expect("buffer"));
-    }
+    let mut burst = frames::ipv4_burst(&mut cache, BURST, 64);
     let mut seq = 0u32;
     let mut rewrite = |burst: &mut Burst| {
         for b in burst.iter_mut() {

@@ -15,9 +15,11 @@
 
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
-use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
+
+#[path = "../benches/support/frames.rs"]
+mod frames;
 
 const BURST: usize = 32;
 
@@ -39,12 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let pool = Pool::new("bench", 4096)?;
     let mut cache = pool.cache();
-    let mut burst = Burst::new();
-    let mut frame = [0u8; 60];
-    frame[12] = 0x08;
-    for _ in 0..BURST {
-        burst.push(cache.alloc_copy(&frame).ok_or("no buffer")?);
-    }
+    let mut burst = frames::ipv4_burst(&mut cache, BURST, 60);
     let mut tx = TxBatches::new(sw.port_slots());
     let mut seq = 0u32;
     let start = std::time::Instant::now();

@@ -16,6 +16,9 @@ use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::tunnel::{TunnelCodec, TunnelKind};
 use switchyard_dataplane::Pool;
 
+#[path = "../benches/support/frames.rs"]
+mod frames;
+
 const BURST: usize = 32;
 
 #[inline(never)]
@@ -39,12 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let codec = TunnelCodec { kind, vni: 5001 };
     let pool = Pool::new("insns", 256)?;
     let mut cache = pool.cache();
-    let mut burst = Burst::new();
-    let mut frame = [0u8; 64];
-    frame[12] = 0x08;
-    for _ in 0..BURST {
-        burst.push(cache.alloc_copy(&frame).ok_or("buffer")?);
-    }
+    let mut burst = frames::ipv4_burst(&mut cache, BURST, 64);
     let t = std::time::Instant::now();
     for _ in 0..bursts {
         encap_decap_burst(&codec, std::hint::black_box(&mut burst));

@@ -47,6 +47,19 @@ pub struct BridgeConfig {
     pub ports: Vec<PortConfig>,
 }
 
+impl BridgeConfig {
+    /// A bridge `name` with `ports` and every option at its default.
+    pub fn new(name: impl Into<String>, ports: Vec<PortConfig>) -> BridgeConfig {
+        BridgeConfig {
+            name: name.into(),
+            mac_aging_s: None,
+            mac_table_size: None,
+            conntrack_size: None,
+            ports,
+        }
+    }
+}
+
 /// VLAN modes, named as in Open vSwitch's Port table `vlan_mode` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -170,8 +183,9 @@ pub struct PortConfig {
     /// vxlan, geneve: the UDP port (default 4789 for vxlan, 6081 for geneve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dstport: Option<u16>,
-    /// vxlan, geneve: `kernel` (the kernel's UDP socket, the default) or the name of an
-    /// uplink port to write the outer headers on (not built yet).
+    /// vxlan, geneve: `kernel` (the kernel's UDP socket, the default) or the uplink to write
+    /// the outer headers on: an interface name (AF_PACKET) or a port SPEC (`afpacket:IFACE`,
+    /// `dpdk:DEVARGS`), see ports/src/uplink_tunnel.rs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<String>,
     /// vxlan, geneve: the endpoints of broadcast, multicast and unknown unicast frames.

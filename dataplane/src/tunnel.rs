@@ -20,8 +20,12 @@ use crate::buffer::{BufferError, PacketBuf};
 use crate::fdb::{FdbError, MacTable};
 use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GeneveRepr, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
+use crate::wire::ip::{
+    IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_SCTP, PROTO_TCP, PROTO_UDP, UDP_HEADER_LEN, V4_FRAG, V4_PROTO,
+    V4_SRC, V6_NEXT, V6_SRC,
+};
 use crate::wire::vxlan::{VxlanPacket, VxlanRepr, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
-use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
+use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET, VLAN_TAG_LEN};
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -37,12 +41,6 @@ pub enum TunnelKind {
     Geneve,
 }
 
-/// Outer IPv4 header (no options), as the kernel writes it.
-pub const IPV4_HEADER_LEN: usize = 20;
-/// Outer IPv6 header (no extension headers).
-pub const IPV6_HEADER_LEN: usize = 40;
-/// Outer UDP header.
-pub const UDP_HEADER_LEN: usize = 8;
 /// Geneve option bytes the MTU leaves room for, although switchyard sends none: the 8 bytes
 /// of one option as OVN's Geneve carries, so that the overlay MTU is the same whichever
 /// implementation sends (58 bytes of overhead over IPv4, as OVN-Kubernetes plans).
@@ -126,29 +124,29 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     let be16 = |off: usize| frame.get(off..off + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     let mut h = mix(mix(0, word(0)), word(6));
     let mut l3 = ETH_HEADER_LEN;
-    let mut ethertype = be16(12);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
-        ethertype = be16(16);
-        l3 += 4;
+    let mut ethertype = be16(ETH_TYPE_OFFSET);
+    if ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
+        ethertype = be16(ETH_TYPE_OFFSET + VLAN_TAG_LEN);
+        l3 += VLAN_TAG_LEN;
     }
     let (proto, ports_at) = match ethertype {
-        0x0800 if frame.len() >= l3 + 20 => {
-            // Source and destination addresses are the 8 bytes at 12.
-            h = mix(h, word(l3 + 12));
+        EtherType::IPV4 if frame.len() >= l3 + IPV4_HEADER_LEN => {
+            // Source and destination addresses are the 8 bytes from the source on.
+            h = mix(h, word(l3 + V4_SRC));
             let ihl = usize::from(frame[l3] & 0x0f) * 4;
-            let first_fragment = be16(l3 + 6) & 0x1fff == 0;
-            (frame[l3 + 9], if first_fragment { Some(l3 + ihl) } else { None })
+            let first_fragment = be16(l3 + V4_FRAG) & 0x1fff == 0;
+            (frame[l3 + V4_PROTO], if first_fragment { Some(l3 + ihl) } else { None })
         }
-        0x86dd if frame.len() >= l3 + 40 => {
+        EtherType::IPV6 if frame.len() >= l3 + IPV6_HEADER_LEN => {
             for k in 0..4 {
-                h = mix(h, word(l3 + 8 + 8 * k));
+                h = mix(h, word(l3 + V6_SRC + 8 * k));
             }
-            (frame[l3 + 6], Some(l3 + 40))
+            (frame[l3 + V6_NEXT], Some(l3 + IPV6_HEADER_LEN))
         }
         _ => (0, None),
     };
     h = mix(h, (u64::from(ethertype) << 8) | u64::from(proto));
-    if let (6 | 17 | 132, Some(at)) = (proto, ports_at) {
+    if let (PROTO_TCP | PROTO_UDP | PROTO_SCTP, Some(at)) = (proto, ports_at) {
         h = mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
     }
     (h ^ (h >> 32)) as u32

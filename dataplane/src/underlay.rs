@@ -19,9 +19,10 @@
 //! configured gateway or the kernel's routes are not read; docs/overlay.md).
 
 use crate::wire::arp::{ArpPacket, ArpRepr, ARP_ETH_IPV4_LEN};
+use crate::wire::ip::{PROTO_ICMPV6, V6_DST, V6_HOPS, V6_NEXT, V6_PAYLOAD_LEN, V6_SRC};
 use crate::wire::offload::{fold, ones_sum};
-use crate::wire::outer::{OuterPacket, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV6_HEADER_LEN};
-use crate::wire::{MacAddr, WireError, ETH_HEADER_LEN};
+use crate::wire::outer::{OuterPacket, IPV6_HEADER_LEN};
+use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -32,8 +33,6 @@ pub const PROBE_INTERVAL_S: u32 = 1;
 /// The longest frame [`arp_frame`] or [`nd_frame`] writes.
 pub const CONTROL_FRAME_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + ND_LEN;
 
-const ETHERTYPE_ARP: u16 = 0x0806;
-const PROTO_ICMPV6: u8 = 58;
 const ND_SOLICIT: u8 = 135;
 const ND_ADVERT: u8 = 136;
 /// An NS/NA with one link-layer address option: type, code, checksum, 4 bytes of flags or
@@ -48,12 +47,6 @@ const ND_FLAGS_SOLICITED_OVERRIDE: u8 = 0x60;
 const ND_HOP_LIMIT: u8 = 255;
 /// Ethernet's minimum frame (without FCS): ARP frames are padded to it.
 const ETH_MIN_FRAME: usize = 60;
-// IPv6 header fields.
-const V6_PAYLOAD_LEN: usize = 4;
-const V6_NEXT: usize = 6;
-const V6_HOPS: usize = 7;
-const V6_SRC: usize = 8;
-const V6_DST: usize = 24;
 
 /// What an uplink frame is to a tunnel endpoint at `local`:`port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +70,13 @@ fn be16(b: &[u8], off: usize) -> Option<u16> {
 /// Sorts an uplink frame (see [`UplinkFrame`]).
 pub fn classify(frame: &[u8], local: IpAddr, port: u16) -> UplinkFrame {
     match (be16(frame, 12), local) {
-        (Some(ETHERTYPE_ARP), IpAddr::V4(l)) => classify_arp(frame, l),
-        (Some(ETHERTYPE_IPV6), IpAddr::V6(l))
+        (Some(EtherType::ARP), IpAddr::V4(l)) => classify_arp(frame, l),
+        (Some(EtherType::IPV6), IpAddr::V6(l))
             if frame.get(ETH_HEADER_LEN + V6_NEXT) == Some(&PROTO_ICMPV6) =>
         {
             classify_nd(frame, l)
         }
-        (Some(ETHERTYPE_IPV4), IpAddr::V4(_)) | (Some(ETHERTYPE_IPV6), IpAddr::V6(_)) => {
+        (Some(EtherType::IPV4), IpAddr::V4(_)) | (Some(EtherType::IPV6), IpAddr::V6(_)) => {
             match OuterPacket::new_checked(frame) {
                 Ok(p) if p.dst_ip() == local && p.dst_port() == port => UplinkFrame::Tunnel {
                     payload: p.payload_offset(),
@@ -198,7 +191,7 @@ pub fn arp_frame(
     out.fill(0);
     out[..6].copy_from_slice(&dst.0);
     out[6..12].copy_from_slice(&mac.0);
-    out[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    out[ETH_TYPE_OFFSET..ETH_HEADER_LEN].copy_from_slice(&EtherType::ARP.to_be_bytes());
     ArpRepr { operation: op, sha: mac, spa: ip, tha, tpa: target }.emit_into(&mut out[ETH_HEADER_LEN..]);
     const { assert!(ETH_HEADER_LEN + ARP_ETH_IPV4_LEN <= ETH_MIN_FRAME) };
     ETH_MIN_FRAME
@@ -241,7 +234,7 @@ pub fn nd_frame(
     out.fill(0);
     out[..6].copy_from_slice(&dst_mac.0);
     out[6..12].copy_from_slice(&mac.0);
-    out[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    out[ETH_TYPE_OFFSET..ETH_HEADER_LEN].copy_from_slice(&EtherType::IPV6.to_be_bytes());
     let l3 = ETH_HEADER_LEN;
     let ipv6 = &mut out[l3..l3 + IPV6_HEADER_LEN];
     ipv6[0] = 0x60;

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches, Verdict};
-use switchyard_dataplane::port::Burst;
+use switchyard_dataplane::port::burst_of;
 use switchyard_dataplane::switch::{DropReason, PortId};
 use switchyard_dataplane::{Pool, SwitchConfig};
 
@@ -252,10 +252,7 @@ impl Run {
         let before = st.snapshot();
         let mut cache = pool.cache();
         let mut tx = TxBatches::new(self.sw.port_slots());
-        let mut burst = Burst::new();
-        for f in frames {
-            burst.push(cache.alloc_copy(f).unwrap());
-        }
+        let mut burst = burst_of(&mut cache, frames).unwrap();
         let mut traces = Vec::new();
         let trace = self.traced.then_some(&mut traces);
         process_burst(&self.sw, self.ids[in_port], &mut burst, 5, &mut cache, &mut tx, trace);

@@ -8,7 +8,7 @@ use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
 use switchyard_dataplane::port::ring::{RingPeer, RingPort};
 use switchyard_dataplane::port::{Burst, PortBackend, TxQueue};
-use switchyard_dataplane::{Pool, SwitchConfig};
+use switchyard_dataplane::{Pool, PoolCache, SwitchConfig};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
 
 struct Counting;
@@ -45,6 +45,36 @@ fn frame(dst: [u8; 6], src: [u8; 6], vid: Option<u16>) -> Vec<u8> {
     f.ethertype(ETHERTYPE_IPV4).pad(64, 0xab).build()
 }
 
+/// Rounds of `inputs` (8 copies of each frame, one burst a frame, `drain` after each burst):
+/// 3 to warm up (learn every MAC, which takes the writer path once, and fill the caches), then
+/// 200 counted; returns the allocations of the counted rounds.
+fn allocations_in_steady_state(
+    sw: &SwitchConfig,
+    inputs: &[(u16, Vec<u8>)],
+    cache: &mut PoolCache,
+    tx: &mut TxBatches,
+    mut drain: impl FnMut(&mut PoolCache, &mut TxBatches),
+) -> u64 {
+    let mut burst = Burst::new();
+    let mut round = |cache: &mut PoolCache, tx: &mut TxBatches| {
+        for (port, f) in inputs {
+            for _ in 0..8 {
+                burst.push(cache.alloc_copy(f).unwrap());
+            }
+            process_burst(sw, *port, &mut burst, 5, cache, tx, None);
+            drain(cache, tx);
+        }
+    };
+    for _ in 0..3 {
+        round(cache, tx);
+    }
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..200 {
+        round(cache, tx);
+    }
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
 #[test]
 fn forwarding_path_does_not_allocate() {
     let cfg = Config::from_yaml_str(
@@ -77,31 +107,15 @@ fn forwarding_path_does_not_allocate() {
         (0, frame(mb, ma, Some(10))),
         (1, frame(ma, mt, Some(30))),
     ];
-    let mut burst = Burst::new();
-    let mut round = |cache: &mut switchyard_dataplane::PoolCache, tx: &mut TxBatches| {
-        for (port, f) in &inputs {
-            for _ in 0..8 {
-                burst.push(cache.alloc_copy(f).unwrap());
-            }
-            process_burst(&sw, *port, &mut burst, 5, cache, tx, None);
-            tx.flush(&sw, &mut queues, cache);
-        }
+    let allocs = allocations_in_steady_state(&sw, &inputs, &mut cache, &mut tx, |cache, tx| {
+        tx.flush(&sw, &mut queues, cache);
         for p in &peers {
             while let Some(b) = p.collect() {
                 cache.free(b);
             }
         }
-    };
-    // Warm-up: learn every MAC (inserting takes the writer path once) and fill caches.
-    for _ in 0..3 {
-        round(&mut cache, &mut tx);
-    }
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..200 {
-        round(&mut cache, &mut tx);
-    }
-    let after = ALLOCS.load(Ordering::Relaxed);
-    assert_eq!(after - before, 0, "the forwarding path allocated {} times", after - before);
+    });
+    assert_eq!(allocs, 0, "the forwarding path allocated {allocs} times");
 
     // It did real work: tagged and untagged output, floods, drops.
     let a = sw.port_by_name("a").unwrap().stats.snapshot();
@@ -159,29 +173,14 @@ bridges:
         (1, udp(b, a, 7, 7)),                        // a's ingress refuses
         (0, udp((0xa, [10, 0, 0, 9]), b, 5000, 53)), // spoofed
     ];
-    let mut burst = Burst::new();
-    let mut round = |cache: &mut switchyard_dataplane::PoolCache, tx: &mut TxBatches| {
-        for (port, f) in &inputs {
-            for _ in 0..8 {
-                burst.push(cache.alloc_copy(f).unwrap());
+    let allocs = allocations_in_steady_state(&sw, &inputs, &mut cache, &mut tx, |cache, tx| {
+        tx.drain_with(|_, out| {
+            for x in out.drain(..) {
+                cache.free(x);
             }
-            process_burst(&sw, *port, &mut burst, 5, cache, tx, None);
-            tx.drain_with(|_, out| {
-                for x in out.drain(..) {
-                    cache.free(x);
-                }
-            });
-        }
-    };
-    for _ in 0..3 {
-        round(&mut cache, &mut tx);
-    }
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..200 {
-        round(&mut cache, &mut tx);
-    }
-    let after = ALLOCS.load(Ordering::Relaxed);
-    assert_eq!(after - before, 0, "the policy stage allocated {} times", after - before);
+        });
+    });
+    assert_eq!(allocs, 0, "the policy stage allocated {allocs} times");
     let sa = sw.port_by_name("a").unwrap().stats.snapshot();
     let sb = sw.port_by_name("b").unwrap().stats.snapshot();
     assert_eq!((sa.drops["policy_egress_denied"], sa.drops["spoofed_src_ip"]), (8 * 203, 8 * 203));

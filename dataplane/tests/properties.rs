@@ -9,7 +9,7 @@ use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::{FdbHit, LearnOutcome, MacTable};
 use switchyard_dataplane::pipeline::{process_burst, TxBatches, Verdict};
-use switchyard_dataplane::port::{Burst, DropTally, TxQueue};
+use switchyard_dataplane::port::{burst_of, Burst, DropTally, TxQueue};
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -316,10 +316,7 @@ fn pipeline_accounts_for_every_frame() {
                 if sent.is_empty() {
                     continue;
                 }
-                let mut burst = Burst::new();
-                for f in &sent {
-                    burst.push(cache.alloc_copy(f).unwrap());
-                }
+                let mut burst = burst_of(&mut cache, &sent).unwrap();
                 traces.clear();
                 process_burst(&sw, port, &mut burst, now, &mut cache, &mut tx, Some(&mut traces));
                 prop_assert!(burst.is_empty());

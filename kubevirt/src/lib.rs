@@ -8,6 +8,7 @@
 //!   and it turns each interface bound to switchyard into a vhost-user interface on that socket.
 //!
 //! The gRPC code comes from the published APIs' .proto files (proto/), compiled by build.rs.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod device_plugin;

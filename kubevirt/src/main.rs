@@ -1,4 +1,5 @@
 //! `switchyard-kubevirt device-plugin | hook-sidecar`: see docs/kubevirt.md.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -682,6 +682,7 @@ mod tests {
     use super::*;
     use switchyard_bindings::EalOptions;
     use switchyard_dataplane::buffer::{Pool, DATA_ROOM, HEADROOM};
+    use switchyard_dataplane::port::burst_of;
 
     /// The DPDK tests of this module share the process's mbuf pool and copy counters; they
     /// run one at a time so that the counts they check are theirs.
@@ -720,10 +721,7 @@ mod tests {
         let mut tx = port.open_tx(3).unwrap();
         let frames: Vec<Vec<u8>> =
             (0..20u8).map(|i| (0..60 + usize::from(i)).map(|j| (j as u8) ^ i).collect()).collect();
-        let mut burst = Burst::new();
-        for f in &frames {
-            burst.push(cache.alloc_copy(f).unwrap());
-        }
+        let mut burst = burst_of(&mut cache, &frames).unwrap();
         let mut drops = DropTally::default();
         assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());
         assert!(drops.is_zero());
@@ -776,10 +774,7 @@ mod tests {
         let (mut brx, mut btx) = (b.open_rx(0).unwrap(), b.open_tx(0).unwrap());
         let frames: Vec<Vec<u8>> =
             (0..32u8).map(|i| (0..60 + usize::from(i) * 40).map(|j| (j as u8) ^ i).collect()).collect();
-        let mut burst = Burst::new();
-        for f in &frames {
-            burst.push(cache.alloc_copy(f).unwrap());
-        }
+        let mut burst = burst_of(&mut cache, &frames).unwrap();
         let mut drops = DropTally::default();
         assert_eq!(atx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());
         let mut got = receive(&mut arx, &mut cache, frames.len());

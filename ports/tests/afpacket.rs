@@ -9,7 +9,7 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
+use switchyard_dataplane::port::{burst_of, Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::afpacket::{AfPacketOptions, AfPacketPort, AfPacketRxMode};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -68,10 +68,7 @@ fn tx_frames_reach_the_peer_byte_for_byte(mode: AfPacketRxMode) {
     let sizes = [60usize, 64, 128, 1000, 1514];
     let frames: Vec<Vec<u8>> =
         sizes.iter().enumerate().map(|(i, n)| frame(DST, SRC, &[], &format!("TX{i}."), *n)).collect();
-    let mut burst = Burst::new();
-    for f in &frames {
-        burst.push(cache.alloc_copy(f).unwrap());
-    }
+    let mut burst = burst_of(&mut cache, &frames).unwrap();
     // A frame over the interface MTU (1500) and a runt are counted, not sent.
     burst.push(cache.alloc_copy(&frame(DST, SRC, &[], "TXBIG.", 1600)).unwrap());
     burst.push(cache.alloc_copy(&[0u8; 10]).unwrap());

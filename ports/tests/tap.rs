@@ -10,7 +10,7 @@ type Case = (&'static str, Vec<(u16, u16)>, usize);
 
 use kports_common::*;
 use std::time::Duration;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
+use switchyard_dataplane::port::{burst_of, Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::tap::{TapOptions, TapPort};
 
@@ -66,10 +66,7 @@ fn frames_cross_between_switch_and_kernel() {
         .enumerate()
         .map(|(i, n)| frame(DST, SRC, &[], &format!("TX{i}."), *n))
         .collect();
-    let mut burst = Burst::new();
-    for f in &frames {
-        burst.push(cache.alloc_copy(f).unwrap());
-    }
+    let mut burst = burst_of(&mut cache, &frames).unwrap();
     burst.push(cache.alloc_copy(&[1u8; 8]).unwrap()); // runt
     assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());
     assert_eq!(drops.get(DropReason::Runt), 1);

@@ -9,10 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, RxCtx};
+use switchyard_dataplane::port::{burst_of, Burst, DropTally, PortBackend, RxCtx};
 use switchyard_dataplane::tunnel::TunnelKind;
 use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::udp_tunnel::{TunnelOptions, UdpTunnelPort};
+use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
 
 const PY: &str = testkit::probe::SCAPY_PYTHON;
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -48,10 +49,10 @@ fn open(kind: TunnelKind, port: u16) -> UdpTunnelPort {
 }
 
 fn frame(n: u8, len: usize) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&[2, 0, 0, 0, 0xa, n, 0x88, 0xb5]);
-    f.extend((0..len - 14).map(|i| (i as u8).wrapping_mul(7) ^ n));
-    f
+    Frame::new([0xff; 6], [2, 0, 0, 0, 0xa, n])
+        .ethertype(ETHERTYPE_LOCAL_EXPERIMENTAL)
+        .fill(len, |k| (k as u8).wrapping_mul(7) ^ n)
+        .build()
 }
 
 fn tx_is_what_scapy_dissects(kind: TunnelKind) {
@@ -72,10 +73,7 @@ fn tx_is_what_scapy_dissects(kind: TunnelKind) {
     let pool = Pool::new("t", 64).unwrap();
     let mut cache = pool.cache();
     let mut tx = tun.open_tx(0).unwrap();
-    let mut burst = Burst::new();
-    for f in &frames {
-        burst.push(cache.alloc_copy(f).unwrap());
-    }
+    let mut burst = burst_of(&mut cache, &frames).unwrap();
     let mut drops = DropTally::default();
     // Broadcast destinations: one copy each to the flood list's one endpoint.
     assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), frames.len());

@@ -48,11 +48,8 @@ impl Session {
     pub(super) fn open(setup: &Setup) -> Result<Session, String> {
         let cfg = Config {
             bridges: vec![BridgeConfig {
-                name: "pmd".into(),
-                mac_aging_s: None,
                 mac_table_size: Some(setup.mac_table_size),
-                conntrack_size: None,
-                ports: setup.ports.clone(),
+                ..BridgeConfig::new("pmd", setup.ports.clone())
             }],
         };
         let switch = SwitchConfig::compile(&cfg, None).map_err(|e| format!("configuration: {e}"))?;

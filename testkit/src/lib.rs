@@ -1,6 +1,7 @@
 //! What switchyard's tests share: the probes that decide whether a machine can run an
 //! environment-dependent test, the one way such a test skips, and the one builder of test
-//! frames ([`frame`]), and a `switchyard run` process for end-to-end tests ([`run`]).
+//! frames ([`frame`]), and a `switchyard run` process for end-to-end tests ([`run`]), the
+//! Kubernetes manifests they load ([`manifest`]).
 //!
 //! Invariant: a test skips only through [`skip`], and only for a missing environment (not
 //! root, no `dpdk-testpmd`, no `/dev/net/tun`, no free hugepages, no QEMU guest...), decided by
@@ -18,6 +19,7 @@
 
 pub mod frame;
 pub mod http;
+pub mod manifest;
 pub mod probe;
 pub mod run;
 pub mod summary;
@@ -137,6 +139,20 @@ fn binary_id() -> String {
         Ok(pkg) if pkg.replace('-', "_") == target => pkg,
         Ok(pkg) => format!("{pkg}::{target}"),
         Err(_) => target,
+    }
+}
+
+/// Copies the directory tree `from` into `to` (created), files and subdirectories.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
     }
 }
 

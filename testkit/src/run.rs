@@ -27,9 +27,27 @@ impl RunProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn_under(&[], bin, dir, args, wait)
+    }
+
+    /// [`RunProcess::spawn`] with the command run by `wrapper` (e.g. `taskset -c 1`); `child`
+    /// is then the wrapper's process, which `exec`s switchyard.
+    pub fn spawn_under<I, S>(wrapper: &[&str], bin: &str, dir: &Path, args: I, wait: Duration) -> RunProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let sock = dir.join("ctl.sock");
         let log = dir.join("run.log");
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .args(args)
             .arg("--socket")

@@ -100,7 +100,9 @@ pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
                 rt.cni_ports().iter().map(|p| json!({"cni": p, "link": link(rt, &p.port.name)})).collect();
             Ok(json!({"ok": true, "ports": ports}))
         }
-        Request::CniGc { valid, .. } => Ok(json!({"ok": true, "removed": rt.cni_gc(&valid)?})),
+        Request::CniGc { valid, network, .. } => {
+            Ok(json!({"ok": true, "removed": rt.cni_gc(&valid, network.as_deref())?}))
+        }
     });
     match r {
         Ok(v) => v.to_string(),

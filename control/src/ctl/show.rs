@@ -1,9 +1,12 @@
 //! The text answers of `ctl`'s requests, rendered from what the [`Runtime`] holds. Nothing
 //! here changes the running state; tables are left-aligned columns, one row a line.
 
-use crate::reconcile::{describe_backend, describe_vlan};
+use crate::reconcile::{describe_backend, describe_vlan, ranges};
 use crate::runtime::{Runtime, RuntimeError};
+use std::collections::BTreeMap;
+use switchyard_dataplane::fdb::FdbEntry;
 use switchyard_dataplane::switch::{DropReason, PortId};
+use switchyard_dataplane::wire::MacAddr;
 
 use super::CtlError;
 
@@ -55,21 +58,33 @@ pub fn fdb(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeError> {
             continue;
         }
         found = true;
-        for e in b.table.entries(now) {
-            rows.push(vec![
-                b.name.clone(),
-                e.vlan.to_string(),
-                e.mac.to_string(),
-                port_name(e.port),
-                if e.is_static { "-".into() } else { e.age.to_string() },
-                if e.is_static { "yes".into() } else { "no".into() },
-            ]);
-        }
+        rows.extend(fdb_rows(&b.name, &b.table.entries(now), &port_name));
     }
     match bridge {
         Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
         _ => Ok(table(&rows)),
     }
+}
+
+/// One bridge's rows of `show fdb`: a static MAC once per port with the VLANs it is installed
+/// on as ranges (a trunk port's static MAC stands in every VLAN of the trunk: one row, not
+/// 4,094), ordered by port and MAC; then each learned entry, one a VLAN.
+fn fdb_rows(bridge: &str, entries: &[FdbEntry], port_name: &dyn Fn(PortId) -> String) -> Vec<Vec<String>> {
+    let mut statics: BTreeMap<(PortId, [u8; 6]), Vec<u16>> = BTreeMap::new();
+    let mut learned = Vec::new();
+    for e in entries {
+        if e.is_static {
+            statics.entry((e.port, e.mac.0)).or_default().push(e.vlan);
+        } else {
+            let row =
+                [e.vlan.to_string(), e.mac.to_string(), port_name(e.port), e.age.to_string(), "no".into()];
+            learned.push(row);
+        }
+    }
+    let statics = statics.into_iter().map(|((port, mac), vlans)| {
+        [ranges(&vlans), MacAddr(mac).to_string(), port_name(port), "-".into(), "yes".into()]
+    });
+    statics.chain(learned).map(|r| std::iter::once(bridge.to_string()).chain(r).collect()).collect()
 }
 
 /// `show conntrack [BRIDGE]`: the tracked connections (the first 1,000 of each bridge), then
@@ -255,5 +270,28 @@ mod tests {
         assert_eq!(parse_hex("0x0102-03").unwrap(), [1, 2, 3]);
         assert_eq!(parse_hex("abc").unwrap_err().to_string(), "odd number of hex digits");
         assert_eq!(parse_hex("zz").unwrap_err().to_string(), "\"zz\" is not hex");
+    }
+
+    /// A trunk port's static MAC, installed in every VLAN, is one row with the VLAN range; a
+    /// MAC static on two ports is a row each; learned entries stay one a VLAN.
+    #[test]
+    fn fdb_prints_a_static_mac_once_with_its_vlans() {
+        let (m1, m2) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
+        let st = |vlan, mac, port| FdbEntry { vlan, mac, port, is_static: true, age: 0 };
+        let mut entries: Vec<FdbEntry> = (1..=4094).map(|v| st(v, m1, 1)).collect();
+        entries.extend([7, 5, 6, 9].map(|v| st(v, m1, 0)));
+        entries.push(FdbEntry { vlan: 5, mac: m2, port: 0, is_static: false, age: 3 });
+        entries.push(FdbEntry { vlan: 6, mac: m2, port: 0, is_static: false, age: 4 });
+        let name = |p: PortId| ["p0", "trunk"][usize::from(p)].to_string();
+        let rows: Vec<String> = fdb_rows("br0", &entries, &name).into_iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            rows,
+            [
+                "br0 5-7,9 02:00:00:00:00:01 p0 - yes",
+                "br0 1-4094 02:00:00:00:00:01 trunk - yes",
+                "br0 5 02:00:00:00:00:02 p0 3 no",
+                "br0 6 02:00:00:00:00:02 p0 4 no",
+            ]
+        );
     }
 }

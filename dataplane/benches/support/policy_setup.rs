@@ -21,13 +21,9 @@ pub const BURST: usize = 32;
 pub const CONNS: u32 = 100_000;
 const SRC: u32 = 0x0a00_0001;
 
-pub fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+#[path = "frames.rs"]
+mod frames;
+pub use frames::splitmix;
 
 /// Connection `i`: 10.0.0.1:(1024 + i % 60000) -> 10.(1 + i / 60000).0.2:53 over UDP.
 pub fn conn(i: u32) -> FlowKey {

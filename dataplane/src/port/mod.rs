@@ -26,6 +26,17 @@ pub const DEFAULT_BURST: usize = 32;
 /// A burst of buffers in a fixed-size array: no allocation on the fast path.
 pub type Burst = ArrayVec<PacketBuf, MAX_BURST>;
 
+/// A burst holding copies of `frames` in buffers of `cache` (tests and tools; the fast path
+/// fills bursts in place). `None` when the cache runs out of buffers, a frame does not fit in
+/// one, or there are more than [`MAX_BURST`] frames.
+pub fn burst_of<F: AsRef<[u8]>>(cache: &mut PoolCache, frames: &[F]) -> Option<Burst> {
+    let mut burst = Burst::new();
+    for f in frames {
+        burst.try_push(cache.alloc_copy(f.as_ref())?).ok()?;
+    }
+    Some(burst)
+}
+
 /// Drops counted during one burst, added to a port's counters once per burst. A bitmask of
 /// the reasons counted makes the common cases (nothing dropped, one reason) cost one test, not
 /// a pass over every reason.
@@ -105,8 +116,8 @@ pub enum PortError {
 }
 
 /// What a worker lends a queue for one receive: the buffer cache that fresh frames come from
-/// and the tally that counts what the queue had to drop. Two references passed by value (in
-/// two registers, as two separate arguments would be); [`RxCtx::reborrow`] lends it again.
+/// and the tally that counts what the queue had to drop. Two references passed by value, so
+/// that it costs what two separate arguments would; [`RxCtx::reborrow`] lends it again.
 pub struct RxCtx<'a> {
     pub cache: &'a mut PoolCache,
     pub drops: &'a mut DropTally,

@@ -17,6 +17,10 @@ impl EtherType {
 /// The two MAC addresses (destination, then source) that start every frame; the EtherType,
 /// or an 802.1Q tag's TPID, follows them.
 pub const MAC_ADDRS_LEN: usize = 12;
+/// Offsets in an Ethernet header: destination MAC, source MAC, EtherType (or TPID).
+pub const ETH_DST_OFFSET: usize = 0;
+pub const ETH_SRC_OFFSET: usize = 6;
+pub const ETH_TYPE_OFFSET: usize = MAC_ADDRS_LEN;
 pub const ETH_HEADER_LEN: usize = MAC_ADDRS_LEN + 2;
 pub const VLAN_TAG_LEN: usize = 4;
 /// An Ethernet header with one 802.1Q tag.

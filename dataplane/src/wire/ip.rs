@@ -6,23 +6,48 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// IPv4 header: version/IHL, fragment field, protocol, source, destination offsets.
-const V4_VER_IHL: usize = 0;
-const V4_FRAG: usize = 6;
-const V4_PROTO: usize = 9;
-const V4_SRC: usize = 12;
-const V4_DST: usize = 16;
-const V4_MIN_LEN: usize = 20;
-/// IPv6 header: next header, source, destination offsets and the fixed header's length.
-const V6_NEXT: usize = 6;
-const V6_SRC: usize = 8;
-const V6_DST: usize = 24;
-const V6_LEN: usize = 40;
+// Header layouts, named once here for every module of `wire` that reads or writes them.
+/// IPv4 header offsets: version/IHL, total length, identification, fragment field, TTL,
+/// protocol, checksum, source, destination.
+pub(crate) const V4_VER_IHL: usize = 0;
+pub(crate) const V4_TOTAL_LEN: usize = 2;
+pub(crate) const V4_ID: usize = 4;
+pub(crate) const V4_FRAG: usize = 6;
+pub(crate) const V4_TTL: usize = 8;
+pub(crate) const V4_PROTO: usize = 9;
+pub(crate) const V4_CSUM: usize = 10;
+pub(crate) const V4_SRC: usize = 12;
+pub(crate) const V4_DST: usize = 16;
+/// The fragment field's don't-fragment bit, and its more-fragments bit with the offset.
+pub(crate) const V4_DF: u16 = 0x4000;
+pub(crate) const V4_MF_OFFSET: u16 = 0x3fff;
+/// An IPv4 header without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// IPv6 header offsets: payload length, next header, hop limit, source, destination.
+pub(crate) const V6_PAYLOAD_LEN: usize = 4;
+pub(crate) const V6_NEXT: usize = 6;
+pub(crate) const V6_HOPS: usize = 7;
+pub(crate) const V6_SRC: usize = 8;
+pub(crate) const V6_DST: usize = 24;
+/// The fixed IPv6 header (no extension headers).
+pub const IPV6_HEADER_LEN: usize = 40;
+/// UDP header offsets: source port, destination port, length, checksum.
+pub(crate) const UDP_SPORT: usize = 0;
+pub(crate) const UDP_DPORT: usize = 2;
+pub(crate) const UDP_LEN: usize = 4;
+pub(crate) const UDP_CSUM: usize = 6;
+/// The UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+/// TCP header offsets: sequence number, data offset, flags, checksum.
+pub(crate) const TCP_SEQ: usize = 4;
+pub(crate) const TCP_DATA_OFF: usize = 12;
+pub(crate) const TCP_FLAGS: usize = 13;
+pub(crate) const TCP_CSUM: usize = 16;
+/// A TCP header without options.
+pub const TCP_HEADER_LEN: usize = 20;
 /// ARP: the sender protocol address (Ethernet/IPv4 ARP).
 const ARP_SPA: usize = 14;
 const ARP_PLEN: usize = 5;
-/// TCP flags byte.
-const TCP_FLAGS: usize = 13;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -33,7 +58,9 @@ pub const PROTO_SCTP: u8 = 132;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_CWR: u8 = 0x80;
 
 /// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo: the
 /// identifier as the source port of a request and the destination port of a reply) and protocol.
@@ -171,7 +198,7 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u
 fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     let vi = *p.get(V4_VER_IHL)?;
     let ihl = usize::from(vi & 0x0f) * 4;
-    if vi >> 4 != 4 || ihl < V4_MIN_LEN || p.len() < ihl {
+    if vi >> 4 != 4 || ihl < IPV4_HEADER_LEN || p.len() < ihl {
         return None;
     }
     let mut key = FlowKey {
@@ -194,7 +221,7 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
 /// with the key and TCP flags that [`parse_l3`] returns for it; `None`: ask [`parse_l3`].
 #[inline]
 pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
-    const PORTS_END: usize = V4_MIN_LEN + 4;
+    const PORTS_END: usize = IPV4_HEADER_LEN + 4;
     let h = p.first_chunk::<PORTS_END>()?;
     let proto = h[V4_PROTO];
     if h[V4_VER_IHL] != 0x45
@@ -203,9 +230,9 @@ pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
     {
         return None;
     }
-    let flags = if proto == PROTO_TCP { *p.get(V4_MIN_LEN + TCP_FLAGS)? } else { 0 };
+    let flags = if proto == PROTO_TCP { *p.get(IPV4_HEADER_LEN + TCP_FLAGS)? } else { 0 };
     let w = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let ports = w(V4_MIN_LEN);
+    let ports = w(IPV4_HEADER_LEN);
     let key = FlowKey {
         src: u128::from(w(V4_SRC)),
         dst: u128::from(w(V4_DST)),
@@ -218,12 +245,12 @@ pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
 }
 
 fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
-    if *p.first()? >> 4 != 6 || p.len() < V6_LEN {
+    if *p.first()? >> 4 != 6 || p.len() < IPV6_HEADER_LEN {
         return None;
     }
     let mut key = FlowKey { src: be128(p, V6_SRC)?, dst: be128(p, V6_DST)?, v4: false, ..Default::default() };
     let mut next = *p.get(V6_NEXT)?;
-    let mut off = V6_LEN;
+    let mut off = IPV6_HEADER_LEN;
     // Extension headers (a bounded number): hop-by-hop, routing, destination options,
     // fragment (a non-first fragment ends the walk with ports 0).
     for _ in 0..8 {

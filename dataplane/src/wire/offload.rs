@@ -18,15 +18,20 @@ pub const VNET_HDR_LEN: usize = 10;
 
 /// `flags`: the checksum from `csum_start` on is for the device to finish.
 pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// `gso_type` values.
-pub const VNET_GSO_NONE: u8 = 0;
-pub const VNET_GSO_TCPV4: u8 = 1;
-pub const VNET_GSO_UDP: u8 = 3;
-pub const VNET_GSO_TCPV6: u8 = 4;
-pub const VNET_GSO_UDP_L4: u8 = 5;
-/// `gso_type` flag: the TCP super-frame carries ECN (CWR goes on the first segment only,
-/// which this module always does).
-pub const VNET_GSO_ECN: u8 = 0x80;
+
+/// The values of the header's `gso_type` (`VIRTIO_NET_HDR_GSO_*`).
+pub struct VnetGso;
+
+impl VnetGso {
+    pub const NONE: u8 = 0;
+    pub const TCPV4: u8 = 1;
+    pub const UDP: u8 = 3;
+    pub const TCPV6: u8 = 4;
+    pub const UDP_L4: u8 = 5;
+    /// A flag: the TCP super-frame carries ECN (CWR goes on the first segment only, which
+    /// this module always does).
+    pub const ECN: u8 = 0x80;
+}
 
 // Offsets inside the header (native byte order: the legacy virtio layout the kernel uses for
 // packet sockets and, without TUNSETVNETLE/BE, for TAP).
@@ -39,31 +44,12 @@ const H_CSUM_OFFSET: usize = 8;
 
 use super::{EtherType, ETH_HEADER_LEN, VLAN_TAG_LEN};
 
-/// The EtherType's offset in an Ethernet header.
-const ETH_TYPE: usize = 12;
-
-const IPV4_TOTAL_LEN: usize = 2;
-const IPV4_ID: usize = 4;
-const IPV4_CHECKSUM: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_PAYLOAD_LEN: usize = 4;
-const IPV6_SRC: usize = 8;
-const IPV6_HLEN: usize = 40;
-
-const TCP_SEQ: usize = 4;
-const TCP_DATA_OFF: usize = 12;
-const TCP_FLAGS: usize = 13;
-const TCP_CHECKSUM: usize = 16;
-const TCP_MIN_HLEN: usize = 20;
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
-const UDP_LEN: usize = 4;
-const UDP_CHECKSUM: usize = 6;
-const UDP_HLEN: usize = 8;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+use super::ethernet::ETH_TYPE_OFFSET;
+use super::ip::{
+    IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_TCP, PROTO_UDP, TCP_CSUM, TCP_CWR, TCP_DATA_OFF, TCP_FIN,
+    TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_SEQ, UDP_CSUM, UDP_HEADER_LEN, UDP_LEN, V4_CSUM, V4_ID, V4_SRC,
+    V4_TOTAL_LEN, V6_PAYLOAD_LEN, V6_SRC,
+};
 
 /// Why an offload request cannot be carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,7 +104,7 @@ impl VnetHdrRepr {
     }
 
     pub fn is_gso(&self) -> bool {
-        self.gso_type & !VNET_GSO_ECN != VNET_GSO_NONE
+        self.gso_type & !VnetGso::ECN != VnetGso::NONE
     }
 }
 
@@ -169,7 +155,7 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
 /// tags) carrying TCP or UDP, or whose lengths disagree with the frame, is left alone.
 pub fn finish_partial_l4_checksum(frame: &mut [u8]) -> bool {
     let mut l3 = ETH_HEADER_LEN;
-    let Some(mut ethertype) = be16(frame, ETH_TYPE) else { return false };
+    let Some(mut ethertype) = be16(frame, ETH_TYPE_OFFSET) else { return false };
     for _ in 0..2 {
         if ethertype != EtherType::VLAN && ethertype != EtherType::QINQ {
             break;
@@ -183,29 +169,29 @@ pub fn finish_partial_l4_checksum(frame: &mut [u8]) -> bool {
         EtherType::IPV4 => {
             let Some(&vihl) = frame.get(l3) else { return false };
             let ihl = usize::from(vihl & 0x0f) * 4;
-            let (Some(total), Some(frag)) = (be16(frame, l3 + IPV4_TOTAL_LEN), be16(frame, l3 + 6)) else {
+            let (Some(total), Some(frag)) = (be16(frame, l3 + V4_TOTAL_LEN), be16(frame, l3 + 6)) else {
                 return false;
             };
             // Not the first fragment alone, or not a whole datagram: no checksum to finish.
-            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || frag & 0x3fff != 0 || usize::from(total) < ihl {
+            if vihl >> 4 != 4 || ihl < IPV4_HEADER_LEN || frag & 0x3fff != 0 || usize::from(total) < ihl {
                 return false;
             }
-            let Some(addrs) = frame.get(l3 + IPV4_SRC..l3 + IPV4_SRC + 8) else { return false };
+            let Some(addrs) = frame.get(l3 + V4_SRC..l3 + V4_SRC + 8) else { return false };
             let Some(&proto) = frame.get(l3 + 9) else { return false };
             (l3 + ihl, usize::from(total) - ihl, proto, ones_sum(addrs, 0))
         }
         EtherType::IPV6 => {
-            let (Some(plen), Some(&next)) = (be16(frame, l3 + IPV6_PAYLOAD_LEN), frame.get(l3 + 6)) else {
+            let (Some(plen), Some(&next)) = (be16(frame, l3 + V6_PAYLOAD_LEN), frame.get(l3 + 6)) else {
                 return false;
             };
-            let Some(addrs) = frame.get(l3 + IPV6_SRC..l3 + IPV6_SRC + 32) else { return false };
-            (l3 + IPV6_HLEN, usize::from(plen), next, ones_sum(addrs, 0))
+            let Some(addrs) = frame.get(l3 + V6_SRC..l3 + V6_SRC + 32) else { return false };
+            (l3 + IPV6_HEADER_LEN, usize::from(plen), next, ones_sum(addrs, 0))
         }
         _ => return false,
     };
     let offset = match proto {
-        PROTO_TCP if l4_len >= TCP_MIN_HLEN => TCP_CHECKSUM,
-        PROTO_UDP if l4_len >= UDP_HLEN => UDP_CHECKSUM,
+        PROTO_TCP if l4_len >= TCP_HEADER_LEN => TCP_CSUM,
+        PROTO_UDP if l4_len >= UDP_HEADER_LEN => UDP_CSUM,
         _ => return false,
     };
     let Some(seg) = frame.get_mut(..l4 + l4_len) else { return false };
@@ -253,16 +239,16 @@ impl Segmenter {
     /// Checks the super-frame's headers against the request. `csum_start` of the header is
     /// taken as the layer-4 offset (the kernel always sets it with GSO).
     pub fn new(frame: &[u8], h: &VnetHdrRepr) -> Result<Segmenter, OffloadError> {
-        let kind = h.gso_type & !VNET_GSO_ECN;
+        let kind = h.gso_type & !VnetGso::ECN;
         let (want_v4, proto) = match kind {
-            VNET_GSO_TCPV4 => (Some(true), L4::Tcp),
-            VNET_GSO_TCPV6 => (Some(false), L4::Tcp),
-            VNET_GSO_UDP_L4 => (None, L4::Udp),
+            VnetGso::TCPV4 => (Some(true), L4::Tcp),
+            VnetGso::TCPV6 => (Some(false), L4::Tcp),
+            VnetGso::UDP_L4 => (None, L4::Udp),
             other => return Err(OffloadError::GsoUnsupported(other)),
         };
         // The layer-3 offset: after the Ethernet header and any tags still in the frame.
         let mut l3 = ETH_HEADER_LEN;
-        let mut ethertype = be16(frame, ETH_TYPE).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
+        let mut ethertype = be16(frame, ETH_TYPE_OFFSET).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
         while ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
             ethertype = be16(frame, l3 + 2).ok_or(OffloadError::GsoMalformed("VLAN tag"))?;
             l3 += VLAN_TAG_LEN;
@@ -276,7 +262,7 @@ impl Segmenter {
             return Err(OffloadError::GsoMalformed("IP version differs from the GSO type"));
         }
         let l4 = usize::from(h.csum_start);
-        let min_l3 = if ipv4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
+        let min_l3 = if ipv4 { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
         if l4 < l3 + min_l3 {
             return Err(OffloadError::GsoMalformed("layer-4 offset inside the IP header"));
         }
@@ -285,9 +271,9 @@ impl Segmenter {
                 let off = frame.get(l4 + TCP_DATA_OFF).ok_or(OffloadError::GsoMalformed("TCP"))?;
                 usize::from(off >> 4) * 4
             }
-            L4::Udp => UDP_HLEN,
+            L4::Udp => UDP_HEADER_LEN,
         };
-        if proto == L4::Tcp && l4_hlen < TCP_MIN_HLEN {
+        if proto == L4::Tcp && l4_hlen < TCP_HEADER_LEN {
             return Err(OffloadError::GsoMalformed("TCP data offset"));
         }
         let hdrs = l4 + l4_hlen;
@@ -340,14 +326,14 @@ impl Segmenter {
         let l4_len = len - self.l4;
         if self.ipv4 {
             let ip = &mut seg[self.l3..self.l4];
-            put16(ip, IPV4_TOTAL_LEN, (len - self.l3) as u16);
-            let id = be16(ip, IPV4_ID).unwrap_or(0).wrapping_add(self.index as u16);
-            put16(ip, IPV4_ID, id);
-            put16(ip, IPV4_CHECKSUM, 0);
+            put16(ip, V4_TOTAL_LEN, (len - self.l3) as u16);
+            let id = be16(ip, V4_ID).unwrap_or(0).wrapping_add(self.index as u16);
+            put16(ip, V4_ID, id);
+            put16(ip, V4_CSUM, 0);
             let c = !fold(ones_sum(ip, 0));
-            put16(ip, IPV4_CHECKSUM, c);
+            put16(ip, V4_CSUM, c);
         } else {
-            put16(&mut seg[self.l3..], IPV6_PAYLOAD_LEN, (len - self.l3 - IPV6_HLEN) as u16);
+            put16(&mut seg[self.l3..], V6_PAYLOAD_LEN, (len - self.l3 - IPV6_HEADER_LEN) as u16);
         }
         let l4 = &mut seg[self.l4..];
         let csum_field = match self.proto {
@@ -362,11 +348,11 @@ impl Segmenter {
                 if !first {
                     l4[TCP_FLAGS] &= !TCP_CWR;
                 }
-                TCP_CHECKSUM
+                TCP_CSUM
             }
             L4::Udp => {
                 put16(l4, UDP_LEN, l4_len as u16);
-                UDP_CHECKSUM
+                UDP_CSUM
             }
         };
         put16(l4, csum_field, 0);
@@ -375,9 +361,9 @@ impl Segmenter {
             L4::Udp => PROTO_UDP,
         };
         let pseudo = if self.ipv4 {
-            ones_sum(&seg[self.l3 + IPV4_SRC..self.l3 + IPV4_SRC + 8], 0)
+            ones_sum(&seg[self.l3 + V4_SRC..self.l3 + V4_SRC + 8], 0)
         } else {
-            ones_sum(&seg[self.l3 + IPV6_SRC..self.l3 + IPV6_SRC + 32], 0)
+            ones_sum(&seg[self.l3 + V6_SRC..self.l3 + V6_SRC + 32], 0)
         } + u64::from(proto)
             + l4_len as u64;
         let c = !fold(ones_sum(&seg[self.l4..], pseudo));
@@ -476,7 +462,7 @@ mod tests {
         let good = tcp4(7, &data, false);
         let mut f = good.clone();
         let l4_len = f.len() - 14 - 20;
-        make_partial(&mut f, 14 + 20 + TCP_CHECKSUM, pseudo4(PROTO_TCP, l4_len));
+        make_partial(&mut f, 14 + 20 + TCP_CSUM, pseudo4(PROTO_TCP, l4_len));
         assert!(!checks_out(&f));
         assert!(finish_partial_l4_checksum(&mut f));
         assert_eq!(f, good);
@@ -487,7 +473,7 @@ mod tests {
         let short = tcp4(9, b"hi", false);
         let mut f = short.clone();
         let l4_len = f.len() - 14 - 20;
-        make_partial(&mut f, 14 + 20 + TCP_CHECKSUM, pseudo4(PROTO_TCP, l4_len));
+        make_partial(&mut f, 14 + 20 + TCP_CSUM, pseudo4(PROTO_TCP, l4_len));
         f.resize(60, 0xaa);
         assert!(finish_partial_l4_checksum(&mut f));
         assert_eq!(&f[..short.len()], &short[..]);
@@ -502,13 +488,13 @@ mod tests {
         let mut f = good.clone();
         let l4 = 18 + 40;
         let pseudo = ones_sum(&SRC6, 0) + ones_sum(&DST6, 0) + u64::from(PROTO_UDP) + (f.len() - l4) as u64;
-        make_partial(&mut f, l4 + UDP_CHECKSUM, pseudo);
+        make_partial(&mut f, l4 + UDP_CSUM, pseudo);
         assert!(finish_partial_l4_checksum(&mut f));
         assert_eq!(f, good);
         // A corrupted checksum that is not the pseudo-header sum stays as it is (the receiver
         // drops it), and a frame cut short is not touched.
         let mut bad = good.clone();
-        bad[l4 + UDP_CHECKSUM] ^= 0x55;
+        bad[l4 + UDP_CSUM] ^= 0x55;
         let copy = bad.clone();
         assert!(!finish_partial_l4_checksum(&mut bad));
         assert_eq!(bad, copy);
@@ -522,7 +508,7 @@ mod tests {
     fn header_round_trips() {
         let h = VnetHdrRepr {
             flags: VNET_F_NEEDS_CSUM,
-            gso_type: VNET_GSO_TCPV4 | VNET_GSO_ECN,
+            gso_type: VnetGso::TCPV4 | VnetGso::ECN,
             hdr_len: 66,
             gso_size: 1448,
             csum_start: 34,
@@ -532,7 +518,7 @@ mod tests {
         h.emit(&mut b);
         assert_eq!(VnetHdrRepr::parse(&b), h);
         assert!(h.needs_csum() && h.is_gso());
-        assert!(!VnetHdrRepr { gso_type: VNET_GSO_ECN, ..h }.is_gso());
+        assert!(!VnetHdrRepr { gso_type: VnetGso::ECN, ..h }.is_gso());
     }
 
     #[test]
@@ -542,9 +528,9 @@ mod tests {
         let mut f = good.clone();
         let l4 = 34;
         let pseudo = pseudo4(PROTO_TCP, f.len() - l4);
-        make_partial(&mut f, l4 + TCP_CHECKSUM, pseudo);
+        make_partial(&mut f, l4 + TCP_CSUM, pseudo);
         assert!(!checks_out(&f));
-        complete_checksum(&mut f, l4, TCP_CHECKSUM).unwrap();
+        complete_checksum(&mut f, l4, TCP_CSUM).unwrap();
         assert_eq!(f, good);
     }
 
@@ -561,13 +547,13 @@ mod tests {
                 .write(&mut f, &data)
                 .unwrap();
             let l4 = 34;
-            if f[l4 + UDP_CHECKSUM..l4 + UDP_CHECKSUM + 2] != [0xff, 0xff] {
+            if f[l4 + UDP_CSUM..l4 + UDP_CSUM + 2] != [0xff, 0xff] {
                 continue;
             }
             let pseudo = pseudo4(PROTO_UDP, f.len() - l4);
-            make_partial(&mut f, l4 + UDP_CHECKSUM, pseudo);
-            complete_checksum(&mut f, l4, UDP_CHECKSUM).unwrap();
-            assert_eq!(&f[l4 + UDP_CHECKSUM..l4 + UDP_CHECKSUM + 2], &[0xff, 0xff]);
+            make_partial(&mut f, l4 + UDP_CSUM, pseudo);
+            complete_checksum(&mut f, l4, UDP_CSUM).unwrap();
+            assert_eq!(&f[l4 + UDP_CSUM..l4 + UDP_CSUM + 2], &[0xff, 0xff]);
             assert!(checks_out(&f));
             return;
         }
@@ -590,14 +576,14 @@ mod tests {
         let data = payload(total);
         let mut sup = tcp4(5000, &data, true);
         let l4 = 34;
-        make_partial(&mut sup, l4 + TCP_CHECKSUM, pseudo4(PROTO_TCP, 0));
+        make_partial(&mut sup, l4 + TCP_CSUM, pseudo4(PROTO_TCP, 0));
         let h = VnetHdrRepr {
             flags: VNET_F_NEEDS_CSUM,
-            gso_type: VNET_GSO_TCPV4,
+            gso_type: VnetGso::TCPV4,
             hdr_len: 54,
             gso_size: mss as u16,
             csum_start: l4 as u16,
-            csum_offset: TCP_CHECKSUM as u16,
+            csum_offset: TCP_CSUM as u16,
         };
         let mut s = Segmenter::new(&sup, &h).unwrap();
         let n = total.div_ceil(mss).max(1);
@@ -610,12 +596,12 @@ mod tests {
             // CWR on the first segment only, FIN and PSH on the last only.
             let mut want = tcp4_flags(5000 + (got * mss) as u32, chunk, last, got == 0);
             // IPv4 identification: etherparse writes 0; the segments count up from it.
-            want[14 + IPV4_ID..14 + IPV4_ID + 2].copy_from_slice(&(got as u16).to_be_bytes());
+            want[14 + V4_ID..14 + V4_ID + 2].copy_from_slice(&(got as u16).to_be_bytes());
             let ipc = {
-                put16(&mut want[14..34], IPV4_CHECKSUM, 0);
+                put16(&mut want[14..34], V4_CSUM, 0);
                 !fold(ones_sum(&want[14..34], 0))
             };
-            put16(&mut want[14..34], IPV4_CHECKSUM, ipc);
+            put16(&mut want[14..34], V4_CSUM, ipc);
             assert_eq!(&out[..len], &want[..], "segment {got}");
             assert!(checks_out(&out[..len]), "segment {got}");
             got += 1;
@@ -644,7 +630,7 @@ mod tests {
             .write(&mut f, &data)
             .unwrap();
         let h = VnetHdrRepr {
-            gso_type: VNET_GSO_TCPV6,
+            gso_type: VnetGso::TCPV6,
             gso_size: 1000,
             csum_start: 54,
             csum_offset: 16,
@@ -668,14 +654,14 @@ mod tests {
             .udp(7, 8)
             .write(&mut u, &data)
             .unwrap();
-        let h = VnetHdrRepr { gso_type: VNET_GSO_UDP_L4, gso_size: 1400, csum_start: 34, ..h };
+        let h = VnetHdrRepr { gso_type: VnetGso::UDP_L4, gso_size: 1400, csum_start: 34, ..h };
         let mut s = Segmenter::new(&u, &h).unwrap();
         let mut sizes = Vec::new();
         while let Some(len) = s.next_into(&u, &mut out).unwrap() {
             assert!(checks_out(&out[..len]));
             let p = SlicedPacket::from_ethernet(&out[..len]).unwrap();
             let Some(TransportSlice::Udp(d)) = p.transport else { panic!() };
-            assert_eq!(usize::from(d.length()), d.payload().len() + UDP_HLEN);
+            assert_eq!(usize::from(d.length()), d.payload().len() + UDP_HEADER_LEN);
             sizes.push(d.payload().len());
         }
         assert_eq!(sizes, [1400, 1400, 1200]);
@@ -686,16 +672,16 @@ mod tests {
         let f = tcp4(1, &payload(3000), false);
         let base = VnetHdrRepr {
             flags: VNET_F_NEEDS_CSUM,
-            gso_type: VNET_GSO_TCPV4,
+            gso_type: VnetGso::TCPV4,
             gso_size: 1000,
             csum_start: 34,
             csum_offset: 16,
             ..Default::default()
         };
         let bad = [
-            VnetHdrRepr { gso_type: VNET_GSO_UDP, ..base },
+            VnetHdrRepr { gso_type: VnetGso::UDP, ..base },
             VnetHdrRepr { gso_type: 9, ..base },
-            VnetHdrRepr { gso_type: VNET_GSO_TCPV6, ..base },
+            VnetHdrRepr { gso_type: VnetGso::TCPV6, ..base },
             VnetHdrRepr { gso_size: 0, ..base },
             VnetHdrRepr { csum_start: 20, ..base },
             VnetHdrRepr { csum_start: 60000, ..base },

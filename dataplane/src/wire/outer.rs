@@ -13,44 +13,18 @@
 //! UDP checksum is written as zero (RFC 7348 section 5 allows it, and the kernel's VXLAN
 //! sends it so by default), the IPv6 one is computed.
 
+use super::ethernet::{ETH_DST_OFFSET, ETH_SRC_OFFSET, ETH_TYPE_OFFSET};
+pub use super::ip::{IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
+use super::ip::{
+    PROTO_UDP, UDP_CSUM, UDP_DPORT, UDP_LEN, UDP_SPORT, V4_CSUM, V4_DF, V4_DST, V4_FRAG, V4_MF_OFFSET,
+    V4_PROTO, V4_SRC, V4_TOTAL_LEN, V4_TTL, V6_DST, V6_HOPS, V6_NEXT, V6_PAYLOAD_LEN, V6_SRC,
+};
 use super::offload::{fold, ones_sum};
-use super::{MacAddr, WireError, ETH_HEADER_LEN};
+use super::{EtherType, MacAddr, WireError, ETH_HEADER_LEN};
 use std::net::IpAddr;
 
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-pub const IPV4_HEADER_LEN: usize = 20;
-pub const IPV6_HEADER_LEN: usize = 40;
-pub const UDP_HEADER_LEN: usize = 8;
 /// The hop limit / TTL written (the kernel's default).
 pub const OUTER_TTL: u8 = 64;
-const PROTO_UDP: u8 = 17;
-
-// Ethernet.
-const ETH_DST: usize = 0;
-const ETH_SRC: usize = 6;
-const ETH_TYPE: usize = 12;
-// IPv4, from the start of its header.
-const V4_TOTAL_LEN: usize = 2;
-const V4_FRAG: usize = 6;
-const V4_TTL: usize = 8;
-const V4_PROTO: usize = 9;
-const V4_CSUM: usize = 10;
-const V4_SRC: usize = 12;
-const V4_DST: usize = 16;
-const V4_DF: u16 = 0x4000;
-const V4_MF_OFFSET: u16 = 0x3fff;
-// IPv6.
-const V6_PAYLOAD_LEN: usize = 4;
-const V6_NEXT: usize = 6;
-const V6_HOPS: usize = 7;
-const V6_SRC: usize = 8;
-const V6_DST: usize = 24;
-// UDP, from the start of its header.
-const UDP_SPORT: usize = 0;
-const UDP_DPORT: usize = 2;
-const UDP_LEN: usize = 4;
-const UDP_CSUM: usize = 6;
 
 /// Bytes in front of the UDP payload: Ethernet, IP and UDP headers.
 pub fn outer_headers_len(ipv6: bool) -> usize {
@@ -86,8 +60,8 @@ impl<T: AsRef<[u8]>> OuterPacket<T> {
             return Err(WireError::TruncatedOuter(b.len()));
         }
         let l3 = ETH_HEADER_LEN;
-        let (udp, ip_end, pseudo) = match be16(b, ETH_TYPE) {
-            ETHERTYPE_IPV4 => {
+        let (udp, ip_end, pseudo) = match be16(b, ETH_TYPE_OFFSET) {
+            EtherType::IPV4 => {
                 if b.len() < l3 + IPV4_HEADER_LEN {
                     return Err(WireError::TruncatedOuter(b.len()));
                 }
@@ -110,7 +84,7 @@ impl<T: AsRef<[u8]>> OuterPacket<T> {
                 }
                 (l3 + ihl, l3 + total, None)
             }
-            ETHERTYPE_IPV6 => {
+            EtherType::IPV6 => {
                 if b.len() < l3 + IPV6_HEADER_LEN {
                     return Err(WireError::TruncatedOuter(b.len()));
                 }
@@ -151,17 +125,17 @@ impl<T: AsRef<[u8]>> OuterPacket<T> {
     }
 
     pub fn src_mac(&self) -> MacAddr {
-        MacAddr::from_bytes(&self.buffer.as_ref()[ETH_SRC..ETH_SRC + 6])
+        MacAddr::from_bytes(&self.buffer.as_ref()[ETH_SRC_OFFSET..ETH_SRC_OFFSET + 6])
     }
 
     pub fn dst_mac(&self) -> MacAddr {
-        MacAddr::from_bytes(&self.buffer.as_ref()[ETH_DST..ETH_DST + 6])
+        MacAddr::from_bytes(&self.buffer.as_ref()[ETH_DST_OFFSET..ETH_DST_OFFSET + 6])
     }
 
     fn ip(&self, v4: usize, v6: usize) -> IpAddr {
         let b = self.buffer.as_ref();
         let l3 = ETH_HEADER_LEN;
-        if self.udp - l3 == IPV6_HEADER_LEN && be16(b, ETH_TYPE) == ETHERTYPE_IPV6 {
+        if self.udp - l3 == IPV6_HEADER_LEN && be16(b, ETH_TYPE_OFFSET) == EtherType::IPV6 {
             let a: [u8; 16] = b[l3 + v6..l3 + v6 + 16].try_into().unwrap_or([0; 16]);
             IpAddr::from(a)
         } else {
@@ -225,11 +199,11 @@ impl OuterRepr {
         if udp_len + if ipv6 { 0 } else { ip_len } > usize::from(u16::MAX) {
             return false;
         }
-        frame[ETH_DST..ETH_DST + 6].copy_from_slice(&self.dst_mac.0);
-        frame[ETH_SRC..ETH_SRC + 6].copy_from_slice(&self.src_mac.0);
+        frame[ETH_DST_OFFSET..ETH_DST_OFFSET + 6].copy_from_slice(&self.dst_mac.0);
+        frame[ETH_SRC_OFFSET..ETH_SRC_OFFSET + 6].copy_from_slice(&self.src_mac.0);
         let udp = l3 + ip_len;
-        let ethertype = if ipv6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
-        frame[ETH_TYPE..ETH_TYPE + 2].copy_from_slice(&ethertype.to_be_bytes());
+        let ethertype = if ipv6 { EtherType::IPV6 } else { EtherType::IPV4 };
+        frame[ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2].copy_from_slice(&ethertype.to_be_bytes());
         let ip = &mut frame[l3..udp];
         match (self.src_ip, self.dst_ip) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {

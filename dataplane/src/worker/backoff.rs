@@ -3,7 +3,10 @@
 //! sustained idle period, as OVS's `pmd-sleep-max` sleeps only an idle PMD: a gap in a
 //! latency-bound loop costs no sleep), then yields, then sleeps (in poll(2) on its queues'
 //! wake descriptors when every queue has one, else short sleeps doubling up to
-//! [`EngineOptions::max_sleep`]). Invariant:
+//! [`EngineOptions::max_sleep`]). Past the spin, a worker whose queues can wake it never
+//! sleeps short: a frame that arrives during a timed sleep waits out the rest of it (plus the
+//! timer's slack), a frame that arrives during poll(2) wakes the worker at once (a ping every
+//! 10 ms through AF_XDP ports, docs/benchmarks.md). Invariant:
 //! no sleep lasts longer than `max_sleep` or [`EngineOptions::idle_wait`] (a publish or a stop
 //! also wakes a worker sleeping in poll(2)), so a stop request is seen within one bound.
 
@@ -29,9 +32,8 @@ const MAX_SLEEP_QUEUES: usize = 4096;
 /// mille of a core per wake-up a second.
 pub(super) const IDLE_SPIN: Duration = Duration::from_millis(2);
 
-/// Idle polls after `idle_spin` spent yielding, then sleeping short before sleeping in poll(2).
+/// Idle polls after `idle_spin` spent yielding before sleeping.
 const YIELD_POLLS: u32 = 100;
-const SHORT_SLEEP_POLLS: u32 = 200;
 
 /// The first short sleep.
 const FIRST_SLEEP: Duration = Duration::from_micros(1);
@@ -80,8 +82,8 @@ impl Backoff {
         self.idle_polls = self.idle_polls.saturating_add(1);
         if self.idle_polls < YIELD_POLLS {
             std::thread::yield_now();
-        } else if self.idle_polls < SHORT_SLEEP_POLLS || !wait(opts.idle_wait) {
-            // Queues that cannot wake us (or a short grace period): short, growing sleeps.
+        } else if !wait(opts.idle_wait) {
+            // Queues that cannot wake us: short, growing sleeps.
             std::thread::sleep(self.sleep);
             self.sleep = (self.sleep * 2).min(opts.max_sleep);
         }
@@ -164,7 +166,7 @@ mod tests {
         // An hour later with nothing received: it backs off, and keeps backing off (sleeping
         // in poll(2) once past the yields) instead of spinning again after each wake-up.
         let later = now + 2 * 3600 * cpu::hz();
-        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+        for i in 0..u64::from(YIELD_POLLS) + 4 {
             assert!(b.idle(&hour, later + i, |_| true), "a sustained idle period backs off");
         }
 
@@ -172,8 +174,9 @@ mod tests {
         let mut b = Backoff::new(&zero);
         b.busy(now);
         let mut waits = 0;
-        // Empty polls 1 to SHORT_SLEEP_POLLS - 1 yield or sleep short, the rest wait in poll(2).
-        for i in 0..u64::from(SHORT_SLEEP_POLLS) + 4 {
+        // Empty polls 1 to YIELD_POLLS - 1 yield, the rest wait in poll(2): no short sleeps
+        // (a frame arriving in one would wait for its end) when the queues can wake us.
+        for i in 0..u64::from(YIELD_POLLS) + 4 {
             assert!(
                 b.idle(&zero, now + i, |_| {
                     waits += 1;
@@ -182,7 +185,7 @@ mod tests {
                 "idle: backs off"
             );
         }
-        assert_eq!(waits, 5, "poll(2) after the yields and short sleeps, every time after that");
+        assert_eq!(waits, 5, "poll(2) right after the yields, every time after that");
         b.busy(now + 1000);
         waits = 0;
         assert!(b.idle(&zero, now + 1001, |_| {

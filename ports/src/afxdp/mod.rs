@@ -51,7 +51,8 @@ use umem::Umem;
 
 /// Entries in each of a socket's four rings.
 pub const RING_DEPTH: u32 = 1024;
-/// An RX queue reads the kernel's drop counts once in this many bursts (and before a sleep).
+/// An RX queue reads the kernel's drop counts once in this many bursts that received frames
+/// (and before a sleep): a busy-polling worker's empty polls make no system call.
 const STATS_EVERY: u32 = 256;
 /// Most `sendto` kicks per TX burst (copy mode sends a batch of 32 per kick).
 const MAX_KICKS: usize = 8;
@@ -267,6 +268,15 @@ impl RxPart {
     fn read_kernel_drops(&mut self) {
         if let Ok(s) = sys::statistics(self.sock.as_raw_fd()) {
             let now = s.rx_dropped + s.rx_ring_full;
+            if now != self.dropped {
+                tracing::debug!(
+                    rx_dropped = s.rx_dropped,
+                    rx_ring_full = s.rx_ring_full,
+                    fill_empty = s.rx_fill_ring_empty_descs,
+                    invalid = s.rx_invalid_descs,
+                    "AF_XDP kernel drops"
+                );
+            }
             self.pending += now.saturating_sub(self.dropped);
             self.dropped = now;
         }
@@ -277,10 +287,6 @@ impl RxQueue for AfXdpRx {
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let drops = rx.drops;
         let Some(part) = self.part.as_mut() else { return 0 };
-        part.bursts = part.bursts.wrapping_add(1);
-        if part.bursts % STATS_EVERY == 0 {
-            part.read_kernel_drops();
-        }
         if part.pending != 0 {
             let n = std::mem::take(&mut part.pending);
             drops.add(DropReason::AfxdpRxDropped, u32::try_from(n).unwrap_or(u32::MAX));
@@ -288,7 +294,16 @@ impl RxQueue for AfXdpRx {
         let room = max.min(out.capacity() - out.len()) as u32;
         let n = part.rx.available().min(room);
         if n == 0 {
+            // A zero-copy driver out of fill buffers waits for a system call (need-wakeup);
+            // copy mode never sets the flag.
+            if part.fill.needs_wakeup() {
+                sys::wake_rx(part.sock.as_raw_fd());
+            }
             return 0;
+        }
+        part.bursts = part.bursts.wrapping_add(1);
+        if part.bursts % STATS_EVERY == 0 {
+            part.read_kernel_drops();
         }
         let umem = &self.shared.umem;
         let Some(adopter) = umem.pool.adopter() else { return 0 };
@@ -412,7 +427,10 @@ impl TxQueue for AfXdpTx {
         }
         t.tx.submit(k);
         for _ in 0..MAX_KICKS {
-            if t.tx.outstanding() == 0 {
+            // Need-wakeup: a zero-copy driver that is still sending clears the flag, and a
+            // kick would only cost a system call; copy mode keeps it set (it sends only when
+            // asked).
+            if t.tx.outstanding() == 0 || !t.tx.needs_wakeup() {
                 break;
             }
             match sys::kick_tx(t.sock.as_raw_fd()) {

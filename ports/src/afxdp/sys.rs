@@ -21,6 +21,12 @@ const XDP_STATISTICS: libc::c_int = 7;
 const XDP_OPTIONS: libc::c_int = 8;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 pub(super) const XDP_SHARED_UMEM: u16 = 1;
+/// Bind flag: the kernel says in each ring's flags word when it must be woken (a `sendto` for
+/// TX, a `recvfrom` or `poll` for the fill ring) instead of needing a system call every time.
+/// A socket sharing the UMEM takes it from the first socket (the kernel refuses it there).
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+/// The flags word's bit: the kernel waits for a system call to go on with this ring.
+const XDP_RING_NEED_WAKEUP: u32 = 1;
 pub(super) const XDP_UMEM_UNALIGNED_CHUNK_FLAG: u32 = 1;
 const PGOFF_RX: libc::off_t = 0;
 const PGOFF_TX: libc::off_t = 0x8000_0000;
@@ -130,11 +136,12 @@ pub(super) fn zero_copy(fd: RawFd) -> bool {
 
 /// Binds the socket to queue `queue` of interface `ifindex`; `shared`: the socket whose UMEM
 /// it shares. No mode flag: the kernel binds zero-copy where the driver has it and falls back
-/// to copy mode otherwise (and a socket sharing a UMEM may give none).
+/// to copy mode otherwise (and a socket sharing a UMEM may give none). The first socket asks
+/// for need-wakeup flags (the sharing ones inherit them).
 pub(super) fn bind(fd: RawFd, ifindex: u32, queue: u32, shared: Option<RawFd>) -> io::Result<()> {
     let sa = SockaddrXdp {
         family: libc::AF_XDP as u16,
-        flags: if shared.is_some() { XDP_SHARED_UMEM } else { 0 },
+        flags: if shared.is_some() { XDP_SHARED_UMEM } else { XDP_USE_NEED_WAKEUP },
         ifindex,
         queue_id: queue,
         shared_umem_fd: shared.map_or(0, |f| f as u32),
@@ -152,6 +159,23 @@ pub(super) fn bind(fd: RawFd, ifindex: u32, queue: u32, shared: Option<RawFd>) -
     } else {
         Ok(())
     }
+}
+
+/// Wakes the driver to go on filling the RX ring (zero-copy drivers that ran out of fill
+/// buffers set the fill ring's need-wakeup flag and wait for this). Errors are the driver's
+/// to report through the rings; nothing to do about them here.
+pub(super) fn wake_rx(fd: RawFd) {
+    // SAFETY: a zero-length receive with no buffer and no address: the kernel writes no memory.
+    unsafe {
+        libc::recvfrom(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
 }
 
 /// Asks the kernel to send what the TX ring holds (copy mode sends only when asked). `Ok`
@@ -173,6 +197,7 @@ pub(super) struct Ring<T> {
     map_len: usize,
     producer: NonNull<AtomicU32>,
     consumer: NonNull<AtomicU32>,
+    flags: NonNull<AtomicU32>,
     entries: NonNull<T>,
     mask: u32,
     /// Our index: the producer for a ring we fill, the consumer for one we drain.
@@ -220,10 +245,11 @@ impl<T: Copy> Ring<T> {
         let base = p as *mut u8;
         // SAFETY: the kernel's offsets lie inside the mapping of `map_len` bytes (it sized the
         // ring for `size` entries behind `desc`); the index words are 4-byte aligned u32s.
-        let (producer, consumer, entries) = unsafe {
+        let (producer, consumer, flags, entries) = unsafe {
             (
                 NonNull::new_unchecked(base.add(off.producer as usize) as *mut AtomicU32),
                 NonNull::new_unchecked(base.add(off.consumer as usize) as *mut AtomicU32),
+                NonNull::new_unchecked(base.add(off.flags as usize) as *mut AtomicU32),
                 NonNull::new_unchecked(base.add(off.desc as usize) as *mut T),
             )
         };
@@ -233,6 +259,7 @@ impl<T: Copy> Ring<T> {
             map_len,
             producer,
             consumer,
+            flags,
             entries,
             mask: size - 1,
             local: 0,
@@ -252,6 +279,13 @@ impl<T: Copy> Ring<T> {
     fn cons(&self) -> &AtomicU32 {
         // SAFETY: as prod().
         unsafe { self.consumer.as_ref() }
+    }
+
+    /// Whether the kernel waits for a system call to go on with this ring (need-wakeup).
+    #[inline]
+    pub(super) fn needs_wakeup(&self) -> bool {
+        // SAFETY: points into the mapping, which lives as long as `self`.
+        unsafe { self.flags.as_ref() }.load(Ordering::Acquire) & XDP_RING_NEED_WAKEUP != 0
     }
 
     /// Producer side: entries we may write now.

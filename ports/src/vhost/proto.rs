@@ -2,6 +2,12 @@
 //! payloads this backend reads and writes (little-endian, as QEMU and DPDK send them on x86
 //! and arm64).
 
+use std::net::Ipv4Addr;
+use switchyard_dataplane::wire::arp::ArpRepr;
+use switchyard_dataplane::wire::{
+    EtherType, MacAddr, ETH_DST_OFFSET, ETH_HEADER_LEN, ETH_SRC_OFFSET, ETH_TYPE_OFFSET,
+};
+
 /// Requests (frontend to backend).
 pub mod req {
     pub const GET_FEATURES: u32 = 1;
@@ -303,23 +309,34 @@ pub fn mem_table_bytes(regions: &[super::mem::RegionDesc]) -> Vec<u8> {
 /// vhost library build it): broadcast, EtherType 0x8035, a reverse request with `mac` as
 /// sender and target hardware address, padded to 60 bytes.
 pub fn rarp_frame(mac: [u8; 6]) -> [u8; 60] {
+    let mac = MacAddr(mac);
     let mut f = [0u8; 60];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
-    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
-    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
-    f[18] = 6;
-    f[19] = 4;
-    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
-    f[22..28].copy_from_slice(&mac);
-    f[32..38].copy_from_slice(&mac);
+    f[ETH_DST_OFFSET..ETH_SRC_OFFSET].copy_from_slice(&MacAddr::BROADCAST.0);
+    f[ETH_SRC_OFFSET..ETH_TYPE_OFFSET].copy_from_slice(&mac.0);
+    f[ETH_TYPE_OFFSET..ETH_HEADER_LEN].copy_from_slice(&EtherType::RARP.to_be_bytes());
+    let unknown = Ipv4Addr::UNSPECIFIED;
+    ArpRepr { operation: ArpRepr::RARP_REQUEST, sha: mac, spa: unknown, tha: mac, tpa: unknown }
+        .emit_into(&mut f[ETH_HEADER_LEN..]);
     f
 }
 
 #[cfg(test)]
 mod tests {
-    use super::req;
+    use super::{rarp_frame, req};
+
+    /// The bytes QEMU's `qemu_announce_self` sends (RFC 903 layout): broadcast, EtherType
+    /// 0x8035, Ethernet/IPv4 sizes 6/4, operation 3, the MAC as sender and target, no addresses.
+    #[test]
+    fn rarp_frame_is_the_announcement_qemu_sends() {
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let mut want = [0u8; 60];
+        want[..6].fill(0xff);
+        want[6..12].copy_from_slice(&mac);
+        want[12..22].copy_from_slice(&[0x80, 0x35, 0, 1, 0x08, 0, 6, 4, 0, 3]);
+        want[22..28].copy_from_slice(&mac);
+        want[32..38].copy_from_slice(&mac);
+        assert_eq!(rarp_frame(mac), want);
+    }
 
     #[test]
     fn request_names() {

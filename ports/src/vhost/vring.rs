@@ -1065,7 +1065,7 @@ mod tests {
     /// the TCP checksum field holds only the pseudo-header sum. Returns the virtio-net header
     /// (12 bytes) followed by the frame, and the payload.
     fn offload_frame(payload: usize, mss: u16, gso: bool) -> (Vec<u8>, Vec<u8>) {
-        use switchyard_dataplane::wire::offload::{fold, ones_sum, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4};
+        use switchyard_dataplane::wire::offload::{fold, ones_sum, VnetGso, VNET_F_NEEDS_CSUM};
         let data: Vec<u8> = (0..payload).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut f = Vec::new();
         etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
@@ -1079,7 +1079,7 @@ mod tests {
         f[l4 + 16..l4 + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
         let h = VnetHdrRepr {
             flags: VNET_F_NEEDS_CSUM,
-            gso_type: if gso { VNET_GSO_TCPV4 } else { 0 },
+            gso_type: if gso { VnetGso::TCPV4 } else { 0 },
             hdr_len: 54,
             gso_size: if gso { mss } else { 0 },
             csum_start: l4 as u16,
@@ -1163,7 +1163,7 @@ mod tests {
 
     #[test]
     fn malformed_offload_headers_are_dropped_as_bad_offload() {
-        use switchyard_dataplane::wire::offload::VNET_GSO_TCPV6;
+        use switchyard_dataplane::wire::offload::VnetGso;
         let mut f = Fake::new(16);
         let (sup, _) = offload_frame(3000, 1448, true);
         let (one, _) = offload_frame(100, 0, false);
@@ -1178,7 +1178,7 @@ mod tests {
             with(&sup, &|h| h.gso_size = 0),
             with(&sup, &|h| h.gso_type = 2),
             with(&sup, &|h| h.gso_type = 3),
-            with(&sup, &|h| h.gso_type = VNET_GSO_TCPV6),
+            with(&sup, &|h| h.gso_type = VnetGso::TCPV6),
             with(&sup, &|h| h.csum_start = 60000),
             with(&sup, &|h| h.csum_start = 20),
             with(&one, &|h| h.csum_start = (one.len() - 12) as u16),
