@@ -342,7 +342,14 @@ fn bad_arguments_are_refused_before_anything_starts() {
     let outp = dir.path().join("never.pcap");
     let good = format!("pcap:rx={},tx={}", a.display(), outp.display());
     let missing = format!("pcap:{}", dir.path().join("missing.pcap").display());
+    let (bad_port, bad_field) = (dir.path().join("p7.yaml"), dir.path().join("field.yaml"));
+    std::fs::write(&bad_port, "ports: {p7: {allowed_ips: [10.0.0.1]}}\n").unwrap();
+    std::fs::write(&bad_field, "ports: {p0: {allowed_ip: [10.0.0.1]}}\n").unwrap();
+    let (bad_port, bad_field) = (bad_port.display().to_string(), bad_field.display().to_string());
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--fwd", "switch", "--policy", &bad_port], "ports.p7: no such port"),
+        (vec!["--fwd", "switch", "--policy", &bad_field], "unknown field `allowed_ip`"),
+        (vec!["--fwd", "io", "--policy", &bad_port], "--policy: only with --fwd switch"),
         (vec!["--fwd", "bogus"], "--fwd"),
         (vec!["--fwd", "io", "--port", "bogus:x"], "--port bogus:x"),
         (vec!["--fwd", "io", "--port", "pcap:"], "--port pcap:"),
@@ -542,4 +549,58 @@ fn explicit_rx_queue_placement() {
         pmd(&["--port", &pa, "--port", &pb, "--fwd", "io", "--rxq-affinity", "0:3@0", "--seconds", "0.3"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("--rxq-affinity"), "{}", text(&out.stderr));
+}
+
+/// `--policy FILE` puts filters and policies on pmd's ports: p0 lets two of its four source
+/// MACs through (the others `spoofed_src_mac`), and those go to p1, whose ingress policy allows
+/// them (UDP 1024); p1's every frame has a source address it does not own (`spoofed_src_ip`).
+#[test]
+fn policy_file_filters_the_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_pcaps(dir.path());
+    let pol = dir.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "conntrack_size: 1024
+ports:
+  p0:
+    allowed_macs: ['02:00:0a:00:00:00', '02:00:0a:00:00:01']
+    allowed_ips: [198.18.0.1]
+  p1:
+    allowed_ips: [10.9.9.9]
+    policy: {ingress: {rules: [{name: t/udp, ports: [{protocol: UDP, port: 1024}]}]}}
+",
+    )
+    .unwrap();
+    let pa = format!("pcap:{},infinite", a.display());
+    let pb = format!("pcap:{},infinite", b.display());
+    let polf = pol.display().to_string();
+    let out = pmd(&[
+        "--port",
+        &pa,
+        "--port",
+        &pb,
+        "--fwd",
+        "switch",
+        "--seconds",
+        "0.5",
+        "--json",
+        "--policy",
+        &polf,
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let j = last_json(&out);
+    let (p0, p1) = (&j["ports"][0], &j["ports"][1]);
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (rx0, rx1) = (n(&p0["rx"]), n(&p1["rx"]));
+    assert!(rx0 > 0 && rx1 > 0, "{j}");
+    let mac = n(&p0["drop_reasons"]["spoofed_src_mac"]);
+    assert!(mac > 0 && n(&p0["drops"]) == mac, "{j}");
+    // The rest of p0's frames reach p1 (flooded: p1 never taught its MACs), one copy each.
+    assert_eq!(n(&p1["tx"]), rx0 - mac, "{j}");
+    assert_eq!(
+        (n(&p1["drop_reasons"]["spoofed_src_ip"]), n(&p1["drops"]), n(&p0["tx"])),
+        (rx1, rx1, 0),
+        "{j}"
+    );
 }

@@ -276,6 +276,15 @@ fn reachability_truth_table() {
     let ct = run.ctl(&["show", "conntrack"]);
     assert!(ct.contains("10.77.0.1") && ct.contains("connections tracked"), "{ct}");
 
+    // ctl trace names the rule that allowed a new connection, and the drop of a refused one
+    // (on copies of the tables: nothing is committed to the running one).
+    let t = run.ctl(&["trace", "red/web/net1", &syn_hex(0, 2, 40999)]);
+    assert!(t.contains("policy=new ingress-allowed-by=[blue/db-lock") && t.contains("-> unicast"), "{t}");
+    let t = run.ctl(&["trace", "blue/tester/net1", &syn_hex(3, 0, 40998)]);
+    assert!(t.contains("-> drop policy_ingress_denied"), "{t}");
+    let ct = run.ctl(&["show", "conntrack"]);
+    assert!(!ct.contains("40999") && !ct.contains("40998"), "a trace committed a connection:\n{ct}");
+
     // web's labels change: no policy selects it any more, client's UDP gets through.
     std::fs::write(state.join("vm-0.yaml"), vmi(0, "app: retired")).unwrap();
     run.wait_ctl(&["show", "config"], "web's policy gone", WAIT, |s| s.matches("policy:").count() == 1);
@@ -285,6 +294,21 @@ fn reachability_truth_table() {
     for t in srv {
         t.join().unwrap();
     }
+}
+
+/// A TCP SYN from VM `from` to VM `to`'s port 8080 (source port `sport`), as `ctl trace`
+/// takes it: hex.
+fn syn_hex(from: usize, to: usize, sport: u16) -> String {
+    let ip = |i: usize| VMS[i].3.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mac = |i: usize| [2, 0x77, 0, 0, 0, i as u8 + 1];
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(from), mac(to))
+        .ipv4(ip(from), ip(to), 64)
+        .tcp(sport, TCP_PORT, 1, 1000)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn start(dir: &Path, state: &Path) -> Run {

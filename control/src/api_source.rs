@@ -156,10 +156,21 @@ pub struct ApiStore {
     listing: BTreeMap<Kind, Vec<DynamicObject>>,
     /// Counts changes (stored, replaced or removed objects).
     pub changes: u64,
+    /// The objects changed since [`ApiStore::take_dirty`] last took them; `None` once a change
+    /// is not one of objects (a kind found not served) or too many piled up.
+    dirty: Option<BTreeSet<Key>>,
 }
+
+/// The most changed objects [`ApiStore::take_dirty`] names before it says "everything".
+const MAX_DIRTY: usize = 256;
 
 fn key_of(kind: Kind, o: &DynamicObject) -> Key {
     (kind, o.metadata.namespace.clone(), o.metadata.name.clone().unwrap_or_default())
+}
+
+/// The API path of VMI `ns/name` (the file its problems name).
+pub(crate) fn vmi_path(ns: &str, name: &str) -> String {
+    path_of(Kind::Vmi, Some(ns), name)
 }
 
 /// The API path of an object, which names it in problems (as a file does for the directory).
@@ -173,6 +184,33 @@ fn path_of(kind: Kind, ns: Option<&str>, name: &str) -> String {
 }
 
 impl ApiStore {
+    /// The objects changed since the last call, as (kind, namespace, name): `None` when that
+    /// is not known (the first call, a kind found not served, a large relist), and the whole
+    /// state is to be planned.
+    pub fn take_dirty(&mut self) -> Option<BTreeSet<(Kind, Option<String>, String)>> {
+        self.dirty.replace(BTreeSet::new())
+    }
+
+    fn mark(&mut self, k: &Key) {
+        self.changes += 1;
+        if let Some(d) = &mut self.dirty {
+            d.insert(k.clone());
+            if d.len() > MAX_DIRTY {
+                self.dirty = None;
+            }
+        }
+    }
+
+    /// VMI `ns/name` as stored, and whether storing it found no problem.
+    pub fn vmi(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> (Option<&crate::k8s::Loaded<crate::k8s::VirtualMachineInstance>>, bool) {
+        let k = (Kind::Vmi, Some(ns.to_string()), name.to_string());
+        (self.state.vmis.get(&(ns.to_string(), name.to_string())), !self.problems.contains_key(&k))
+    }
+
     /// Whether every required kind has been listed completely once.
     pub fn ready(&self) -> bool {
         Kind::ALL.iter().filter(|k| k.required()).all(|k| self.synced.contains(k))
@@ -228,6 +266,7 @@ impl ApiStore {
     pub fn not_served(&mut self, kind: Kind) {
         if self.synced.insert(kind) {
             self.changes += 1;
+            self.dirty = None;
         }
     }
 
@@ -249,7 +288,7 @@ impl ApiStore {
         self.ignored.remove(&oref);
         self.refs.remove(&oref);
         self.problems.remove(k);
-        self.changes += 1;
+        self.mark(k);
     }
 
     /// Stores (or replaces) one object, parsed as the directory source parses a document.
@@ -294,8 +333,8 @@ impl ApiStore {
         if !one.problems.is_empty() {
             self.problems.insert(k.clone(), one.problems);
         }
-        self.versions.insert(k, rv);
-        self.changes += 1;
+        self.versions.insert(k.clone(), rv);
+        self.mark(&k);
     }
 }
 

@@ -10,10 +10,15 @@
 //! `max_batch` (100 ms), so a burst of writes is one reconcile. Opening the workers' own reads
 //! of the files (access events) does not count.
 //!
+//! The API source's changes come object by object: when only VMIs changed since the last
+//! reconcile, they are planned and applied alone ([`crate::delta`]); anything else plans the
+//! whole state.
+//!
 //! Logging (tracing): one line per object decision that is new since the last reconcile
 //! (`problem:`, `kept:`, `skipped:`, `note:`) and one line per port change (by the runtime).
 
-use crate::api_source::{self, ApiError, ApiOptions, ApiSource};
+use crate::api_source::{self, ApiError, ApiOptions, ApiSource, ApiStore, Kind};
+use crate::delta;
 use crate::k8s::ClusterState;
 use crate::lastgood::LastGood;
 use crate::plan::PlanOptions;
@@ -93,6 +98,9 @@ pub struct ControllerOptions {
     pub max_batch: Duration,
     /// How often ports that are down are retried when nothing changes.
     pub retry: Duration,
+    /// Reconcile a change of a few VMIs of the API source alone ([`crate::delta`]); off, every
+    /// change plans the whole state (the reference the differential test compares with).
+    pub delta: bool,
 }
 
 impl ControllerOptions {
@@ -139,6 +147,7 @@ impl ControllerOptions {
             debounce: Duration::from_millis(10),
             max_batch: Duration::from_millis(100),
             retry: Duration::from_secs(5),
+            delta: true,
         }
     }
 }
@@ -179,6 +188,10 @@ pub struct Controller {
     problems: Option<Vec<crate::Problem>>,
     /// The running API watches (a `Kube` source), started by [`Controller::start_api`].
     api: Option<ApiSource>,
+    /// What the last reconcile planned, for a delta (None: the next one plans in full).
+    cur: Option<delta::Current>,
+    /// The state directory's last load (objects of files that did not change are reused).
+    dir_prev: Option<(ClusterState, crate::k8s::DirTexts)>,
     /// Called after each reconcile (tests and benchmarks use it to see a change go live).
     pub on_reconcile: Option<ReconcileHook>,
     /// Reconcile counts and latencies, readiness and the loop's heartbeat, for `--metrics`.
@@ -233,6 +246,8 @@ impl Controller {
             reconciles: 0,
             problems: None,
             api: None,
+            cur: None,
+            dir_prev: None,
             on_reconcile: None,
             stats: None,
         }
@@ -260,28 +275,105 @@ impl Controller {
         match self.opts.source.clone() {
             Source::State(src) => {
                 let ph = Phases::start();
-                let state = ClusterState::load_dir(&src.dir)
+                let state = ClusterState::load_dir_reusing(&src.dir, &mut self.dir_prev)
                     .map_err(|source| logged(ControllerError::StateDir { dir: src.dir.clone(), source }))?;
                 self.reconcile_state(state, &src.node, &src.labels, &src.plan, ph)
             }
             Source::Switch(file) => self.reconcile_switch(&file),
-            Source::Kube(src) => {
-                let api = self.api.as_ref().ok_or(ControllerError::NotSynced)?;
-                let ph = Phases::start();
-                let state = {
-                    let st = api_source::lock(api.store());
-                    if !st.ready() {
-                        return Err(ControllerError::NotSynced);
-                    }
-                    st.snapshot()
-                };
-                let r = self.reconcile_state(state, &src.api.node, &src.labels, &src.plan, ph);
+            Source::Kube(_) => {
+                let store = self.api.as_ref().ok_or(ControllerError::NotSynced)?.store().clone();
+                let r = self.reconcile_store(&store);
                 if let (Some(api), Some(problems)) = (self.api.as_mut(), self.problems.take()) {
                     api.report(&problems);
                 }
                 r
             }
         }
+    }
+
+    /// The reconcile of a `Kube` source from the objects of `store` (its watches' store, or one
+    /// a test fills): the VMIs changed since the last one alone when that is all that changed
+    /// ([`crate::delta`]), else the whole state.
+    pub fn reconcile_store(&mut self, store: &Mutex<ApiStore>) -> Result<Applied, ControllerError> {
+        let Source::Kube(src) = self.opts.source.clone() else { return Err(ControllerError::NotSynced) };
+        let mut ph = Phases::start();
+        let changed = {
+            let mut st = api_source::lock(store);
+            if !st.ready() {
+                return Err(ControllerError::NotSynced);
+            }
+            // The VMIs changed as they are now (and whether they are good), when only VMIs
+            // changed.
+            let d = st
+                .take_dirty()
+                .filter(|d| self.opts.delta && !d.is_empty() && d.iter().all(|k| k.0 == Kind::Vmi));
+            d.map(|d| {
+                d.into_iter()
+                    .map(|(_, ns, name)| {
+                        let key = (ns.unwrap_or_default(), name);
+                        let (l, good) = st.vmi(&key.0, &key.1);
+                        ((key, l.cloned()), good)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        ph.mark("load changes");
+        if let Some(r) = changed.and_then(|c| self.reconcile_delta(c, &src, ph.clone())) {
+            return r;
+        }
+        let state = api_source::lock(store).snapshot();
+        self.reconcile_state(state, &src.api.node, &src.labels, &src.plan, ph)
+    }
+
+    /// A reconcile of the VMIs `changed` alone (see [`crate::delta`]); `None` when the change
+    /// is not one the delta path takes, and the full plan is to run.
+    fn reconcile_delta(
+        &mut self,
+        changed: Vec<(delta::VmiNow, bool)>,
+        src: &KubeSource,
+        mut ph: Phases,
+    ) -> Option<Result<Applied, ControllerError>> {
+        let mut cur = self.cur.take()?;
+        if changed.iter().any(|c| !c.1) {
+            return None;
+        }
+        let changed = changed.into_iter().map(|(c, _)| c).collect();
+        let (delta, changes) =
+            delta::plan_delta(&mut cur, &self.lastgood, changed, &src.api.node, &src.plan)?;
+        for c in &changes {
+            match &c.now {
+                Some(l) => drop(cur.state.vmis.insert(c.key.clone(), l.clone())),
+                None => drop(cur.state.vmis.remove(&c.key)),
+            }
+        }
+        ph.mark("plan delta");
+        let mut rt = lock(&self.runtime);
+        rt.input.reconciles = self.reconciles;
+        let mut a = match rt.apply_delta(&delta, &|n| origin(&cur.state, n)) {
+            Ok(Some(a)) => a,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(logged(ControllerError::Apply(e)))),
+        };
+        for c in changes {
+            let (at, old, new) = delta::splice_skipped(&mut cur.skipped, &c.key, &c.skipped);
+            rt.input.skipped.splice(at..at + old.len(), new.iter().map(|s| s.to_string()));
+            let gone: HashSet<String> = old.iter().map(|s| format!("skipped: {s}")).collect();
+            for l in &gone {
+                self.logged.remove(l);
+            }
+            for s in &new {
+                let l = format!("skipped: {s}");
+                if !gone.contains(&l) && !self.logged.contains(&l) {
+                    tracing::info!("{l}");
+                }
+                self.logged.insert(l);
+            }
+            self.lastgood.set_vmi(&c.key, c.now, c.memo);
+        }
+        drop(rt);
+        self.cur = Some(cur);
+        a.phases = std::mem::take(&mut a.phases).after(ph);
+        Some(Ok(a))
     }
 
     /// Starts the API watches of a `Kube` source (once; `run` does it).
@@ -350,9 +442,16 @@ impl Controller {
         let mut rt = lock(&self.runtime);
         rt.input = input;
         let config = Arc::new(std::mem::take(&mut r.plan.config));
+        self.cur = None;
         let mut a = rt
             .apply_shared(config, &|n| origin(&r.state, n))
             .map_err(|e| logged(ControllerError::Apply(e)))?;
+        drop(rt);
+        // The API source's changes come object by object: what a delta starts from.
+        if matches!(self.opts.source, Source::Kube(_)) {
+            self.cur = delta::Current::new(r.state, &mut r.plan, &r.kept, self.lastgood.memo());
+            a.phases.mark("index for deltas");
+        }
         a.phases = std::mem::take(&mut a.phases).after(ph);
         Ok(a)
     }

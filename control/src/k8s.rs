@@ -357,6 +357,44 @@ pub struct ClusterState {
     pub problems: Vec<Problem>,
 }
 
+/// The files of a state directory as last loaded: a hash and the length of each one's text.
+#[derive(Debug, Clone, Default)]
+pub struct DirTexts(HashMap<String, (u64, usize)>);
+
+/// An object with where it came from.
+trait Sourced: Clone {
+    fn src(&self) -> &Source;
+}
+
+impl<T: Clone> Sourced for Loaded<T> {
+    fn src(&self) -> &Source {
+        &self.src
+    }
+}
+
+impl Sourced for LoadedNad {
+    fn src(&self) -> &Source {
+        &self.src
+    }
+}
+
+/// Takes the earlier version (`old`) of every object that comes from the same document of a
+/// file whose text is the `same` as then: parsed from the same text, it is the same object.
+fn reuse<'a, K: 'a, V: Sourced + 'a>(
+    new: impl Iterator<Item = (&'a K, &'a mut V)>,
+    old: impl Fn(&K) -> Option<&'a V>,
+    same: &dyn Fn(&str) -> bool,
+) {
+    for (k, v) in new {
+        if !same(&v.src().file) {
+            continue;
+        }
+        if let Some(o) = old(k).filter(|o| o.src().file == v.src().file && o.src().doc == v.src().doc) {
+            *v = o.clone();
+        }
+    }
+}
+
 fn is_hidden(e: &walkdir::DirEntry) -> bool {
     e.depth() > 0 && e.file_name().to_str().is_some_and(|s| s.starts_with('.'))
 }
@@ -379,6 +417,38 @@ impl ClusterState {
     /// be listed is an error (nothing is planned from a partial view); a file that cannot be
     /// read or parsed is a problem in the result, and its objects keep their last good version.
     pub fn load_dir(dir: &Path) -> Result<ClusterState, std::io::Error> {
+        ClusterState::load_dir_texts(dir, &mut |_, _| {})
+    }
+
+    /// [`ClusterState::load_dir`], taking from `prev` (what the last load gave, and the texts
+    /// of its files) every object of a file whose text did not change: the same `Arc`, so that
+    /// what is memoised per object ([`crate::plan::PlanMemo`]) is found again. `prev` becomes
+    /// this load's.
+    pub fn load_dir_reusing(
+        dir: &Path,
+        prev: &mut Option<(ClusterState, DirTexts)>,
+    ) -> Result<ClusterState, std::io::Error> {
+        let mut texts = DirTexts::default();
+        let mut st = ClusterState::load_dir_texts(dir, &mut |file, text| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(text, &mut h);
+            texts.0.insert(file.to_string(), (std::hash::Hasher::finish(&h), text.len()));
+        })?;
+        if let Some((old, old_texts)) = prev.as_ref() {
+            let same = |f: &str| old_texts.0.get(f).is_some_and(|t| texts.0.get(f) == Some(t));
+            reuse(st.nodes.iter_mut(), |k| old.nodes.get(k), &same);
+            reuse(st.nads.iter_mut(), |k| old.nads.get(k), &same);
+            reuse(st.nncps.iter_mut(), |k| old.nncps.get(k), &same);
+            reuse(st.vmis.iter_mut(), |k| old.vmis.get(k), &same);
+            reuse(st.policies.iter_mut(), |k| old.policies.get(k), &same);
+            reuse(st.namespaces.iter_mut(), |k| old.namespaces.get(k), &same);
+        }
+        *prev = Some((st.clone(), texts));
+        Ok(st)
+    }
+
+    /// The walk of [`ClusterState::load_dir`], giving `text` each file's path and text.
+    fn load_dir_texts(dir: &Path, text: &mut dyn FnMut(&str, &str)) -> Result<ClusterState, std::io::Error> {
         let meta = std::fs::metadata(dir)?;
         if !meta.is_dir() {
             return Err(std::io::Error::new(
@@ -407,7 +477,10 @@ impl ClusterState {
             }
             let file = entry.path().display().to_string();
             match std::fs::read_to_string(entry.path()) {
-                Ok(text) => st.add_yaml(&file, &text),
+                Ok(t) => {
+                    text(&file, &t);
+                    st.add_yaml(&file, &t);
+                }
                 Err(e) => st.problems.push(Problem::file(&file, format!("cannot read: {e}"))),
             }
         }

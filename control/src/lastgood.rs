@@ -145,6 +145,26 @@ impl LastGood {
         std::mem::take(&mut self.memo.phases)
     }
 
+    /// The plan memo: what each VMI planned to last time.
+    pub(crate) fn memo(&self) -> &PlanMemo {
+        &self.memo
+    }
+
+    /// Takes VMI `k` as it is now (None: gone), good (no problem), planned alone to `m`
+    /// ([`crate::plan::plan_vmi`]): its last good version and its memo entry from now on.
+    pub(crate) fn set_vmi(
+        &mut self,
+        k: &(String, String),
+        l: Option<Loaded<VirtualMachineInstance>>,
+        m: Option<crate::plan::VmiMemo>,
+    ) {
+        match l {
+            Some(l) => drop(self.vmis.insert(k.clone(), l)),
+            None => drop(self.vmis.remove(k)),
+        }
+        self.memo.set_vmi(k, m);
+    }
+
     /// Plans `state` for `node`, substituting last good versions of bad objects, and
     /// remembers the good ones for next time.
     pub fn resolve(

@@ -17,6 +17,7 @@ pub mod api_source;
 pub mod cni;
 pub mod controller;
 pub mod ctl;
+pub mod delta;
 pub mod health;
 pub mod k8s;
 pub mod lastgood;

@@ -73,9 +73,9 @@ pub struct Plan {
 
 /// A port as built, with where it came from (for problems found when ports meet).
 #[derive(Debug, Clone)]
-struct Built {
-    bridge: String,
-    port: PortConfig,
+pub(crate) struct Built {
+    pub(crate) bridge: String,
+    pub(crate) port: PortConfig,
     /// Shared: a memoised VMI's ports are copied into every plan.
     src: Option<Arc<(Source, ObjRef, String)>>,
 }
@@ -119,20 +119,62 @@ type MemoKey = (String, String, Option<String>, Vec<(String, String)>);
 pub struct PlanMemo {
     /// The node, vhost options and bridge mappings the entries were planned with.
     key: Option<MemoKey>,
+    /// The OVN bridge mappings of the last plan (a VMI planned alone needs them).
+    mappings: BTreeMap<String, (String, ObjRef)>,
+    /// The uplinks (NNCP ports) of the last plan, as built.
+    pub(crate) uplinks: Vec<Built>,
     vmis: HashMap<(String, String), VmiMemo>,
     /// Where the last plan's time went (NNCPs, VMIs, finish, policies).
     pub phases: crate::phases::Phases,
 }
 
 #[derive(Debug, Clone)]
-struct VmiMemo {
+pub(crate) struct VmiMemo {
     vmi: Arc<VirtualMachineInstance>,
     /// The NADs it looked up, as they were (None: there was none).
-    nads: Vec<SeenNad>,
-    ports: Vec<Built>,
-    skipped: Vec<Skipped>,
-    problems: Vec<Problem>,
-    notes: Vec<String>,
+    pub(crate) nads: Vec<SeenNad>,
+    pub(crate) ports: Vec<Built>,
+    pub(crate) skipped: Vec<Skipped>,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl PlanMemo {
+    /// What VMI `k` planned to last time (None: it was not planned, not being on the node).
+    pub(crate) fn vmi(&self, k: &(String, String)) -> Option<&VmiMemo> {
+        self.vmis.get(k)
+    }
+
+    /// Every VMI planned last time.
+    pub(crate) fn vmis(&self) -> impl Iterator<Item = &VmiMemo> {
+        self.vmis.values()
+    }
+
+    /// Replaces what VMI `k` planned to (None: it is gone or not on the node), after a plan of
+    /// it alone ([`plan_vmi`]) that the caller applied.
+    pub(crate) fn set_vmi(&mut self, k: &(String, String), m: Option<VmiMemo>) {
+        match m {
+            Some(m) => drop(self.vmis.insert(k.clone(), m)),
+            None => drop(self.vmis.remove(k)),
+        }
+    }
+}
+
+/// Whether a VMI has ports on `node`: it runs there, or is the target of a migration to it.
+fn on_node(l: &Loaded<VirtualMachineInstance>, node: &str) -> bool {
+    l.obj.status.node_name.as_deref() == Some(node) || l.obj.status.migration_target() == Some(node)
+}
+
+/// Plans one VMI alone, as [`plan_memo`] plans it with the bridge mappings of `memo`'s last
+/// plan (None: it has no ports on `node`).
+pub(crate) fn plan_vmi(
+    state: &ClusterState,
+    l: &Loaded<VirtualMachineInstance>,
+    node: &str,
+    opts: &PlanOptions,
+    memo: &PlanMemo,
+) -> Option<VmiMemo> {
+    on_node(l, node).then(|| Planner::new(Vec::new(), memo.mappings.clone()).vmi_memo(state, l, node, opts))
 }
 
 impl VmiMemo {
@@ -156,15 +198,7 @@ pub fn plan_memo(
 ) -> Plan {
     let mut ph = crate::phases::Phases::start();
     let labels = node_labels(state, node, extra_labels);
-    let mut p = Planner {
-        problems: state.problems.clone(),
-        skipped: Vec::new(),
-        notes: Vec::new(),
-        ports: Vec::new(),
-        bridges: BTreeMap::new(),
-        mappings: BTreeMap::new(),
-        nads_seen: Vec::new(),
-    };
+    let mut p = Planner::new(state.problems.clone(), BTreeMap::new());
     for l in state.nncps.values() {
         p.nncp(l, &labels);
     }
@@ -178,36 +212,25 @@ pub fn plan_memo(
         memo.vmis.clear();
         memo.key = Some(key);
     }
+    memo.mappings.clone_from(&p.mappings);
+    memo.uplinks.clone_from(&p.ports);
     ph.mark("plan NNCPs");
     // Entries stay where they are (no key is copied for a VMI that did not change).
-    // A VMI's ports are on its node, and on the target node of a migration in progress.
-    let on_node = |l: &Loaded<VirtualMachineInstance>| {
-        l.obj.status.node_name.as_deref() == Some(node) || l.obj.status.migration_target() == Some(node)
-    };
-    memo.vmis.retain(|k, m| state.vmis.get(k).is_some_and(|l| on_node(l) && m.still_valid(state, &l.obj)));
+    memo.vmis
+        .retain(|k, m| state.vmis.get(k).is_some_and(|l| on_node(l, node) && m.still_valid(state, &l.obj)));
     for (k, l) in &state.vmis {
-        if !on_node(l) {
+        if !on_node(l, node) {
             continue;
         }
-        if let Some(m) = memo.vmis.get(k) {
-            p.ports.extend(m.ports.iter().cloned());
-            p.skipped.extend(m.skipped.iter().cloned());
-            p.problems.extend(m.problems.iter().cloned());
-            p.notes.extend(m.notes.iter().cloned());
-            continue;
+        if !memo.vmis.contains_key(k) {
+            let m = Planner::new(Vec::new(), p.mappings.clone()).vmi_memo(state, l, node, opts);
+            memo.vmis.insert(k.clone(), m);
         }
-        let before = (p.ports.len(), p.skipped.len(), p.problems.len(), p.notes.len());
-        p.nads_seen.clear();
-        p.vmi(state, l, opts, l.obj.status.node_name.as_deref() != Some(node));
-        let m = VmiMemo {
-            vmi: l.obj.clone(),
-            nads: std::mem::take(&mut p.nads_seen),
-            ports: p.ports[before.0..].to_vec(),
-            skipped: p.skipped[before.1..].to_vec(),
-            problems: p.problems[before.2..].to_vec(),
-            notes: p.notes[before.3..].to_vec(),
-        };
-        memo.vmis.insert(k.clone(), m);
+        let m = &memo.vmis[k];
+        p.ports.extend(m.ports.iter().cloned());
+        p.skipped.extend(m.skipped.iter().cloned());
+        p.problems.extend(m.problems.iter().cloned());
+        p.notes.extend(m.notes.iter().cloned());
     }
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
@@ -393,6 +416,37 @@ pub(crate) fn parse_mac(s: &str) -> Result<MacAddr, String> {
 }
 
 impl Planner {
+    fn new(problems: Vec<Problem>, mappings: BTreeMap<String, (String, ObjRef)>) -> Planner {
+        Planner {
+            problems,
+            skipped: Vec::new(),
+            notes: Vec::new(),
+            ports: Vec::new(),
+            bridges: BTreeMap::new(),
+            mappings,
+            nads_seen: Vec::new(),
+        }
+    }
+
+    /// Plans VMI `l` (on `node`) into an empty planner, as its memo entry.
+    fn vmi_memo(
+        mut self,
+        state: &ClusterState,
+        l: &Loaded<VirtualMachineInstance>,
+        node: &str,
+        opts: &PlanOptions,
+    ) -> VmiMemo {
+        self.vmi(state, l, opts, l.obj.status.node_name.as_deref() != Some(node));
+        VmiMemo {
+            vmi: l.obj.clone(),
+            nads: self.nads_seen,
+            ports: self.ports,
+            skipped: self.skipped,
+            problems: self.problems,
+            notes: self.notes,
+        }
+    }
+
     fn nncp(&mut self, l: &Loaded<NodeNetworkConfigurationPolicy>, labels: &BTreeMap<String, String>) {
         let o = &l.obj;
         let oref = ObjRef::new("NodeNetworkConfigurationPolicy", None, &o.metadata.name);

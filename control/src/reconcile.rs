@@ -77,6 +77,27 @@ fn same_l2(a: &PortConfig, b: &PortConfig) -> bool {
         && a.policy == b.policy
 }
 
+impl Diff {
+    /// Files port `name` under what happened to it, from its (bridge, configuration) before
+    /// and after (`None`: not there).
+    pub fn note(&mut self, name: &str, old: Option<(&str, &PortConfig)>, new: Option<(&str, &PortConfig)>) {
+        let list = match (old, new) {
+            (None, None) => return,
+            (None, Some(_)) => &mut self.added,
+            (Some(_), None) => &mut self.removed,
+            // The usual case first, without building the typed backends.
+            (Some((ob, op)), Some((nb, np))) if ob == nb && op == np => &mut self.unchanged,
+            (Some((_, op)), Some((_, np))) if !same_backend(op, np) && updatable_in_place(op, np) => {
+                &mut self.updated
+            }
+            (Some((_, op)), Some((_, np))) if !same_backend(op, np) => &mut self.reopened,
+            (Some((ob, op)), Some((nb, np))) if ob != nb || !same_l2(op, np) => &mut self.changed,
+            _ => &mut self.unchanged,
+        };
+        list.push(name.to_string());
+    }
+}
+
 /// Ports by name, with their bridge.
 pub fn ports_by_name(c: &Config) -> BTreeMap<&str, (&BridgeConfig, &PortConfig)> {
     c.bridges.iter().flat_map(|b| b.ports.iter().map(move |p| (p.name.as_str(), (b, p)))).collect()
@@ -88,25 +109,8 @@ pub fn diff(running: &Config, wanted: &Config) -> Diff {
     let new = ports_by_name(wanted);
     let mut d = Diff::default();
     for (name, (nb, np)) in &new {
-        match old.get(name) {
-            None => d.added.push(name.to_string()),
-            Some((ob, op)) => {
-                // The usual case first, without building the typed backends.
-                if ob.name == nb.name && op == np {
-                    d.unchanged.push(name.to_string());
-                } else if !same_backend(op, np) {
-                    if updatable_in_place(op, np) {
-                        d.updated.push(name.to_string());
-                    } else {
-                        d.reopened.push(name.to_string());
-                    }
-                } else if ob.name != nb.name || !same_l2(op, np) {
-                    d.changed.push(name.to_string());
-                } else {
-                    d.unchanged.push(name.to_string());
-                }
-            }
-        }
+        let old = old.get(name).map(|(ob, op)| (ob.name.as_str(), *op));
+        d.note(name, old, Some((nb.name.as_str(), np)));
     }
     d.removed = old.keys().filter(|n| !new.contains_key(*n)).map(|n| n.to_string()).collect();
     let settings = |b: &BridgeConfig| (b.mac_aging_s, b.mac_table_size, b.conntrack_size);

@@ -14,7 +14,8 @@
 //!   keep their queue handles and lose no frame.
 //!
 //! One worker plan is published per reconcile (two when a backend is reopened), and `apply`
-//! returns once every worker has applied it.
+//! returns once every worker has applied it. [`Runtime::apply_delta`] does the same for a
+//! change given port by port, touching only those ports (and their bridges).
 //!
 //! A port whose backend cannot be opened (an AF_PACKET port whose interface is missing, a
 //! vhost-user server port whose socket cannot be bound, a DPDK device that fails to probe) is
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::backend::{Backend, TYPE_OPTIONS};
 use switchyard_dataplane::buffer::Pool;
-use switchyard_dataplane::config::{Config, ConfigError, PortConfig, PortType};
+use switchyard_dataplane::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::{Burst, PortBackend};
 use switchyard_dataplane::switch::{PortId, SwitchConfig};
@@ -248,6 +249,113 @@ fn empty_plan(workers: usize) -> ForwardingPlan {
     }
 }
 
+/// One line per port change of `d`: `old` and `new` give a port's (bridge, configuration)
+/// before and after, `from` where it comes from (` (NAD ns/net1)`).
+fn change_lines<'a>(
+    d: &Diff,
+    old: impl Fn(&str) -> Option<(&'a str, &'a PortConfig)>,
+    new: impl Fn(&str) -> Option<(&'a str, &'a PortConfig)>,
+    from: &dyn Fn(&str) -> String,
+    lines: &mut Vec<String>,
+) {
+    for n in &d.added {
+        let Some((b, p)) = new(n) else { continue };
+        lines.push(format!(
+            "port {n} added: {} on {b}, {}{}",
+            describe_vlan(p),
+            describe_backend(p),
+            from(n)
+        ));
+    }
+    for n in &d.removed {
+        let Some((b, _)) = old(n) else { continue };
+        lines.push(format!("port {n} removed from {b}"));
+    }
+    for n in &d.changed {
+        let (Some((ob, op)), Some((nb, np))) = (old(n), new(n)) else { continue };
+        lines.push(format!("port {n} changed: {}{}", describe_l2_change(ob, op, nb, np), from(n)));
+    }
+    for n in &d.updated {
+        let (Some((ob, op)), Some((nb, np))) = (old(n), new(n)) else { continue };
+        let l2 = describe_l2_change(ob, op, nb, np);
+        lines.push(format!(
+            "port {n} updated in place: {} -> {}{}{}",
+            describe_remotes(op),
+            describe_remotes(np),
+            if l2.is_empty() { String::new() } else { format!("; {l2}") },
+            from(n)
+        ));
+    }
+    for n in &d.reopened {
+        let (Some((_, op)), Some((nb, np))) = (old(n), new(n)) else { continue };
+        lines.push(format!(
+            "port {n} backend changed: {} -> {}, reopened; {} on {nb}{}",
+            describe_backend(op),
+            describe_backend(np),
+            describe_vlan(np),
+            from(n)
+        ));
+    }
+}
+
+/// Port `n` of a [`reconcile::ports_by_name`] map: (bridge name, port).
+fn lookup<'a>(
+    m: &BTreeMap<&str, (&'a BridgeConfig, &'a PortConfig)>,
+    n: &str,
+) -> Option<(&'a str, &'a PortConfig)> {
+    m.get(n).map(|(b, p)| (b.name.as_str(), *p))
+}
+
+/// A change of the planned configuration port by port, for [`Runtime::apply_delta`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortDelta {
+    /// Ports no longer planned, by name.
+    pub removed: Vec<String>,
+    /// Ports planned anew or again, each with its bridge: (bridge, port).
+    pub upserted: Vec<(String, PortConfig)>,
+}
+
+impl PortDelta {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.upserted.is_empty()
+    }
+}
+
+/// Where port `name` is in `cfg`: (bridge index, port index). Ports are in name order within
+/// a bridge as planned (binary search), else found by a scan of the bridge.
+fn locate(cfg: &Config, name: &str) -> Option<(usize, usize)> {
+    cfg.bridges.iter().enumerate().find_map(|(bi, b)| {
+        let pi = b.ports.binary_search_by(|p| p.name.as_str().cmp(name)).ok();
+        pi.or_else(|| b.ports.iter().position(|p| p.name == name)).map(|pi| (bi, pi))
+    })
+}
+
+/// `cfg` with the ports of `delta` taken out and its upserted ports (made into what runs by
+/// `eff`) put in, in name order within their bridge; returns what was there before, by name:
+/// (bridge, port). Every bridge of `delta` is in `cfg` (the caller checked).
+fn patch_config(
+    cfg: &mut Config,
+    delta: &PortDelta,
+    eff: impl Fn(&mut PortConfig),
+) -> BTreeMap<String, (String, PortConfig)> {
+    let mut before = BTreeMap::new();
+    let names = delta.removed.iter().chain(delta.upserted.iter().map(|(_, p)| &p.name));
+    for n in names {
+        if let Some((bi, pi)) = locate(cfg, n) {
+            let p = cfg.bridges[bi].ports.remove(pi);
+            before.insert(n.clone(), (cfg.bridges[bi].name.clone(), p));
+        }
+    }
+    for (b, p) in &delta.upserted {
+        let Some(bc) = cfg.bridges.iter_mut().find(|x| &x.name == b) else { continue };
+        let mut p = p.clone();
+        eff(&mut p);
+        let at = bc.ports.partition_point(|q| q.name < p.name);
+        bc.ports.insert(at, p);
+    }
+    before
+}
+
 impl Runtime {
     /// Starts the workers with no port; [`Runtime::apply`] gives them some.
     pub fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
@@ -280,14 +388,25 @@ impl Runtime {
         let mut c = planned.clone();
         for b in &mut c.bridges {
             for p in &mut b.ports {
-                if let Some(b) = self.opts.overrides.ports.get(&p.name) {
-                    p.set_backend(b);
-                } else if p.kind == Some(PortType::Vhostuser) && self.opts.vm_ports == VmPorts::Ring {
-                    p.set_backend(&Backend::Ring { ring: None });
-                }
+                self.effective_port(p);
             }
         }
         c
+    }
+
+    /// One port of [`Runtime::effective`].
+    fn effective_port(&self, p: &mut PortConfig) {
+        if let Some(b) = self.opts.overrides.ports.get(&p.name) {
+            p.set_backend(b);
+        } else if p.kind == Some(PortType::Vhostuser) && self.opts.vm_ports == VmPorts::Ring {
+            p.set_backend(&Backend::Ring { ring: None });
+        }
+    }
+
+    /// Whether what runs is the planned configuration itself (no override, VM ports as
+    /// planned): then `running` and `base` are one `Arc`.
+    fn as_planned(&self) -> bool {
+        self.opts.overrides.ports.is_empty() && self.opts.vm_ports == VmPorts::Vhostuser
     }
 
     /// The configuration that runs (after overrides).
@@ -360,14 +479,216 @@ impl Runtime {
         Ok(r)
     }
 
+    /// Applies a change of the planned configuration given port by port, in work proportional
+    /// to the ports it names (and one pass over each bridge they are on): the planned and the
+    /// running configurations are patched in place, only the named ports are diffed, opened,
+    /// closed and compiled ([`SwitchConfig::patch`]), and the snapshot is published as
+    /// [`Runtime::apply`] publishes it. The result is what `apply` of the patched planned
+    /// configuration gives, except that its diff lists only the named ports (`unchanged`
+    /// included) and ports down since an earlier apply are not retried. `Ok(None)`: nothing
+    /// was done, as the change is not one a patch can take (a CNI port runs, or a bridge of
+    /// `delta` is not in the configuration): apply the whole configuration instead. On error
+    /// the configurations are as they were.
+    pub fn apply_delta(
+        &mut self,
+        delta: &PortDelta,
+        origin: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Applied>, RuntimeError> {
+        let mut ph = Phases::start();
+        let known = |b: &String| self.base.bridges.iter().any(|x| &x.name == b);
+        if !self.cni.is_empty() || !delta.upserted.iter().all(|(b, _)| known(b)) {
+            return Ok(None);
+        }
+        // Patched in place: `running` lets go of `base` first when they are one `Arc`.
+        let mut running = std::mem::take(&mut self.running);
+        let (base_before, before) = if self.as_planned() {
+            drop(running);
+            let b = patch_config(Arc::make_mut(&mut self.base), delta, |_| {});
+            running = self.base.clone();
+            (None, b)
+        } else {
+            let bb = patch_config(Arc::make_mut(&mut self.base), delta, |_| {});
+            (Some(bb), patch_config(Arc::make_mut(&mut running), delta, |p| self.effective_port(p)))
+        };
+        ph.mark("patch config");
+        let r = self.apply_patched(&running, delta, &before, ph, origin);
+        if r.is_err() {
+            // Back as it was: the touched ports out, their earlier versions in.
+            let undo = |b: &BTreeMap<String, (String, PortConfig)>| PortDelta {
+                removed: delta.upserted.iter().map(|(_, p)| p.name.clone()).collect(),
+                upserted: b.values().cloned().collect(),
+            };
+            if let Some(bb) = &base_before {
+                patch_config(Arc::make_mut(&mut self.base), &undo(bb), |_| {});
+                patch_config(Arc::make_mut(&mut running), &undo(&before), |_| {});
+            } else {
+                drop(running);
+                patch_config(Arc::make_mut(&mut self.base), &undo(&before), |_| {});
+                running = self.base.clone();
+            }
+        }
+        self.running = running;
+        r.map(Some)
+    }
+
+    /// [`Runtime::apply_delta`] once the configurations are patched: `running` is what runs
+    /// from now on, `before` the touched ports as they ran.
+    fn apply_patched(
+        &mut self,
+        running: &Config,
+        delta: &PortDelta,
+        before: &BTreeMap<String, (String, PortConfig)>,
+        mut ph: Phases,
+        origin: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Applied, RuntimeError> {
+        let mut names: Vec<&str> = before
+            .keys()
+            .map(String::as_str)
+            .chain(delta.upserted.iter().map(|(_, p)| p.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let now: BTreeMap<&str, (&str, &PortConfig)> = names
+            .iter()
+            .filter_map(|n| {
+                let (bi, pi) = locate(running, n)?;
+                Some((*n, (running.bridges[bi].name.as_str(), &running.bridges[bi].ports[pi])))
+            })
+            .collect();
+        let old = |n: &str| before.get(n).map(|(b, p)| (b.as_str(), p));
+        let old = &old;
+        let mut d = Diff::default();
+        for n in &names {
+            d.note(n, old(n), now.get(n).copied());
+        }
+        ph.mark("diff");
+        let mut lines = Vec::new();
+        if !d.updated.is_empty() {
+            self.update_in_place(&mut d, running);
+        }
+        self.close_reopened(&d);
+        let mut came_up = false;
+        for n in d.added.iter().chain(&d.reopened) {
+            came_up |= self.open_one(n, now[n.as_str()].1, &mut lines);
+        }
+        ph.mark("open backends");
+        if d.is_empty() && !came_up {
+            return Ok(Applied { diff: d, generation: None, in_time: true, lines, phases: ph });
+        }
+        let compiled = match self.switch.patch(running, &names) {
+            Ok(Some(sw)) => Ok((sw, false)),
+            Ok(None) => SwitchConfig::compile(running, Some(&self.switch)).map(|sw| (sw, true)),
+            Err(e) => Err(e),
+        };
+        let (mut sw, whole) = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                for n in &d.added {
+                    self.ports.remove(n);
+                }
+                return Err(e.into());
+            }
+        };
+        // The bridges the touched ports are on or left (the same indexes in a patch).
+        let touched: std::collections::HashSet<usize> = names
+            .iter()
+            .flat_map(|n| [sw.port_by_name(n), self.switch.port_by_name(n)])
+            .flatten()
+            .map(|s| s.bridge)
+            .collect();
+        self.drop_down(&mut sw, |bi| whole || touched.contains(&bi));
+        ph.mark("compile");
+        let (gen, in_time) = self.publish(Arc::new(sw));
+        ph.mark("publish");
+        for n in &d.removed {
+            self.ports.remove(n);
+            self.assign.remove(n);
+        }
+        let logged = lines.len();
+        let from = |n: &str| origin(n).map(|o| format!(" ({o})")).unwrap_or_default();
+        change_lines(&d, old, |n| now.get(n).copied(), &from, &mut lines);
+        for l in &lines[logged..] {
+            tracing::info!("{l}");
+        }
+        if !in_time {
+            tracing::warn!(generation = gen, "the workers did not apply the new configuration in time");
+        }
+        ph.mark("close and log");
+        Ok(Applied { diff: d, generation: Some(gen), in_time, lines, phases: ph })
+    }
+
+    /// Closes the backends of the ports `d` reopens (publishing the running snapshot without
+    /// them first, since old and new may want the same device or socket).
+    fn close_reopened(&mut self, d: &Diff) {
+        if d.reopened.is_empty() {
+            return;
+        }
+        let mut closing = Vec::new();
+        for n in &d.reopened {
+            if let Some(st) = self.ports.get_mut(n) {
+                closing.extend(st.backend.take());
+                st.error = None;
+            }
+        }
+        self.publish(self.switch.clone());
+        drop(closing);
+    }
+
+    /// Opens port `name`'s backend unless it has one; whether a port that was down came up.
+    fn open_one(&mut self, name: &str, p: &PortConfig, lines: &mut Vec<String>) -> bool {
+        if self.ports.get(name).is_some_and(|st| st.backend.is_some()) {
+            return false;
+        }
+        let st = self.ports.entry(name.to_string()).or_insert(PortState { backend: None, error: None });
+        match open_port(p, &self.ctx) {
+            Ok(b) => {
+                st.backend = Some(b);
+                if st.error.take().is_some() {
+                    let l = format!("port {name} is up: backend {} opened", describe_backend(p));
+                    tracing::info!("{l}");
+                    lines.push(l);
+                    return true;
+                }
+                false
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if st.error.as_deref() != Some(msg.as_str()) {
+                    let l = format!(
+                        "port {name} is down: cannot open its backend ({msg}); it stays configured and opening is \
+                         retried on every reconcile"
+                    );
+                    tracing::warn!("{l}");
+                    lines.push(l);
+                }
+                st.error = Some(msg);
+                false
+            }
+        }
+    }
+
+    /// Leaves the ports that are down out of the member lists (flooding) of the bridges `which`
+    /// selects, as a port whose link is down.
+    fn drop_down(&self, sw: &mut SwitchConfig, which: impl Fn(usize) -> bool) {
+        let up = |sw: &SwitchConfig, id: PortId| {
+            sw.port(id).is_some_and(|s| self.ports.get(&s.name).is_some_and(|st| st.backend.is_some()))
+        };
+        for bi in 0..sw.bridges.len() {
+            if which(bi) {
+                let keep: Vec<PortId> =
+                    sw.bridges[bi].ports.iter().copied().filter(|id| up(sw, *id)).collect();
+                sw.bridges[bi].ports = keep;
+            }
+        }
+    }
+
     fn apply_config(
         &mut self,
         planned: Arc<Config>,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
         let mut ph = Phases::start();
-        let as_planned = self.opts.overrides.ports.is_empty() && self.opts.vm_ports == VmPorts::Vhostuser;
-        let wanted = if as_planned { planned } else { Arc::new(self.effective(&planned)) };
+        let wanted = if self.as_planned() { planned } else { Arc::new(self.effective(&planned)) };
         wanted.validate()?;
         ph.mark("effective config");
         let mut d = reconcile::diff(&self.running, &wanted);
@@ -380,48 +701,12 @@ impl Runtime {
             ph.mark("update in place");
         }
         // 1. Backends to reopen are closed first.
-        if !d.reopened.is_empty() {
-            let mut closing = Vec::new();
-            for n in &d.reopened {
-                if let Some(st) = self.ports.get_mut(n) {
-                    closing.extend(st.backend.take());
-                    st.error = None;
-                }
-            }
-            self.publish(self.switch.clone());
-            drop(closing);
-        }
+        self.close_reopened(&d);
         // 2. Open what has no backend: new ports, reopened ones, and down ones (a retry).
         let wanted_ports = reconcile::ports_by_name(&wanted);
         let mut came_up = false;
         for (name, (_, p)) in &wanted_ports {
-            if self.ports.get(*name).is_some_and(|st| st.backend.is_some()) {
-                continue;
-            }
-            let st = self.ports.entry(name.to_string()).or_insert(PortState { backend: None, error: None });
-            match open_port(p, &self.ctx) {
-                Ok(b) => {
-                    if st.error.take().is_some() {
-                        let l = format!("port {name} is up: backend {} opened", describe_backend(p));
-                        tracing::info!("{l}");
-                        lines.push(l);
-                        came_up = true;
-                    }
-                    st.backend = Some(b);
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if st.error.as_deref() != Some(msg.as_str()) {
-                        let l = format!(
-                            "port {name} is down: cannot open its backend ({msg}); it stays configured and opening is \
-                             retried on every reconcile"
-                        );
-                        tracing::warn!("{l}");
-                        lines.push(l);
-                    }
-                    st.error = Some(msg);
-                }
-            }
+            came_up |= self.open_one(name, p, &mut lines);
         }
         ph.mark("open backends");
         if d.is_empty() && !came_up {
@@ -438,16 +723,7 @@ impl Runtime {
             }
         };
         // Down ports are not flooded to (as a port whose link is down).
-        let down: Vec<PortId> = sw
-            .ports
-            .iter()
-            .flatten()
-            .filter(|s| self.ports.get(&s.name).is_none_or(|st| st.backend.is_none()))
-            .map(|s| s.id)
-            .collect();
-        for b in &mut sw.bridges {
-            b.ports.retain(|p| !down.contains(p));
-        }
+        self.drop_down(&mut sw, |_| true);
         ph.mark("compile");
         let (gen, in_time) = self.publish(Arc::new(sw));
         ph.mark("publish");
@@ -459,50 +735,7 @@ impl Runtime {
         // 5. Say what changed.
         let logged = lines.len();
         let old = reconcile::ports_by_name(&self.running);
-        for n in &d.added {
-            let (b, p) = wanted_ports[n.as_str()];
-            lines.push(format!(
-                "port {n} added: {} on {}, {}{}",
-                describe_vlan(p),
-                b.name,
-                describe_backend(p),
-                from(n)
-            ));
-        }
-        for n in &d.removed {
-            let (b, _) = old[n.as_str()];
-            lines.push(format!("port {n} removed from {}", b.name));
-        }
-        for n in &d.changed {
-            let ((ob, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
-            lines.push(format!(
-                "port {n} changed: {}{}",
-                describe_l2_change(&ob.name, op, &nb.name, np),
-                from(n)
-            ));
-        }
-        for n in &d.updated {
-            let ((ob, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
-            let l2 = describe_l2_change(&ob.name, op, &nb.name, np);
-            lines.push(format!(
-                "port {n} updated in place: {} -> {}{}{}",
-                describe_remotes(op),
-                describe_remotes(np),
-                if l2.is_empty() { String::new() } else { format!("; {l2}") },
-                from(n)
-            ));
-        }
-        for n in &d.reopened {
-            let ((_, op), (nb, np)) = (old[n.as_str()], wanted_ports[n.as_str()]);
-            lines.push(format!(
-                "port {n} backend changed: {} -> {}, reopened; {} on {}{}",
-                describe_backend(op),
-                describe_backend(np),
-                describe_vlan(np),
-                nb.name,
-                from(n)
-            ));
-        }
+        change_lines(&d, |n| lookup(&old, n), |n| lookup(&wanted_ports, n), &from, &mut lines);
         for b in &d.bridges_changed {
             match wanted.bridges.iter().find(|x| &x.name == b) {
                 Some(x) if !self.running.bridges.iter().any(|o| &o.name == b) => {

@@ -5,6 +5,12 @@
 //! and the same compiled switch (ports, bridges, VLANs, filters, static MAC entries) as a full
 //! plan from scratch of the final state applied to a fresh switch.
 //!
+//! The same sequences go through two controllers of the API source, one taking a change of a
+//! few VMIs alone (control/src/delta.rs: the port delta, the running configuration and the
+//! compiled switch patched) and one planning the whole state every time: after every event
+//! both run the same configuration, the same compiled switch, and tell `ctl` the same
+//! problems, kept objects, skipped items and notes.
+//!
 //! The objects are small variations that hit the planner's cross-object rules: VMIs naming
 //! missing or bad NADs, MACs shared between VMIs (static entry conflicts), the same uplink in
 //! two NNCPs, a Node label that switches an NNCP's selection, a NAD changing bridge or VLAN
@@ -15,8 +21,9 @@ use kube::runtime::watcher::Event;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use switchyard_control::api_source::{ApiStore, Kind};
+use std::sync::{Arc, Mutex};
+use switchyard_control::api_source::{ApiOptions, ApiStore, Kind};
+use switchyard_control::controller::{Controller, ControllerOptions};
 use switchyard_control::plan::{plan, plan_memo, PlanMemo, PlanOptions};
 use switchyard_control::runtime::{Runtime, RuntimeOptions, VmPorts};
 use switchyard_dataplane::switch::SwitchConfig;
@@ -190,6 +197,73 @@ fn check(events: &[Ev]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A controller of the API source over ring ports, taking VMI changes alone (`delta`) or not;
+/// and its runtime.
+fn controller(delta: bool) -> (Controller, Arc<Mutex<Runtime>>) {
+    let mut o = ControllerOptions::kube(ApiOptions::new(NODE));
+    o.delta = delta;
+    let rt = Arc::new(Mutex::new(runtime()));
+    (Controller::new(o, rt.clone()), rt)
+}
+
+/// What a controller's reconciles made: the configuration that runs, the compiled switch, and
+/// what `ctl show problems` says.
+fn outcome(rt: &Mutex<Runtime>) -> (String, BTreeMap<String, String>, String) {
+    let rt = rt.lock().unwrap();
+    let i = &rt.input;
+    (
+        format!("{:?}", rt.running()),
+        describe(rt.switch()),
+        format!("{:?}", (&i.problems, &i.kept, &i.skipped, &i.notes)),
+    )
+}
+
+/// Runs `events` through a delta controller and a full one, comparing after each; returns how
+/// many reconciles the delta controller made by the delta path.
+fn check_delta(events: &[Ev]) -> Result<usize, TestCaseError> {
+    let stores = [Mutex::new(ApiStore::default()), Mutex::new(ApiStore::default())];
+    for st in &stores {
+        let mut st = st.lock().unwrap();
+        for k in Kind::ALL {
+            st.event(k, Event::Init);
+            st.event(k, Event::InitDone);
+        }
+    }
+    let (mut cd, rd) = controller(true);
+    let (mut cf, rf) = controller(false);
+    let mut deltas = 0;
+    let mut rv = 1;
+    for (n, &(kind, i, v, delete)) in events.iter().enumerate() {
+        let (k, obj) = object(kind, i, v);
+        rv += 1;
+        for st in &stores {
+            let o = dynamic(obj.clone(), rv);
+            st.lock().unwrap().event(k, if delete { Event::Delete(o) } else { Event::Apply(o) });
+        }
+        let (a, b) = (cd.reconcile_store(&stores[0]), cf.reconcile_store(&stores[1]));
+        prop_assert_eq!(a.is_ok(), b.is_ok(), "event {}: {:?} / {:?}", n, a.as_ref().err(), b.as_ref().err());
+        if a.is_ok_and(|a| a.phases.spans.iter().any(|(p, _)| *p == "plan delta")) {
+            deltas += 1;
+        }
+        let (x, y) = (outcome(&rd), outcome(&rf));
+        prop_assert_eq!(x.0, y.0, "event {}: the running configurations differ", n);
+        prop_assert_eq!(x.1, y.1, "event {}: the compiled switches differ", n);
+        prop_assert_eq!(x.2, y.2, "event {}: what ctl says differs", n);
+    }
+    drop((cd, cf));
+    for rt in [rd, rf] {
+        if let Ok(rt) = Arc::try_unwrap(rt) {
+            rt.into_inner().unwrap().stop();
+        }
+    }
+    Ok(deltas)
+}
+
+/// Events that are mostly VMIs (no policy, which turns the delta path off).
+fn vmi_event() -> impl Strategy<Value = Ev> {
+    (prop::sample::select(vec![0usize, 1, 1, 2, 2, 3, 4]), 0usize..8, 0usize..14, prop::bool::weighted(0.25))
+}
+
 fn event() -> impl Strategy<Value = Ev> {
     (0usize..6, 0usize..8, 0usize..14, prop::bool::weighted(0.25))
 }
@@ -202,6 +276,38 @@ proptest! {
     fn incremental_equals_full(events in prop::collection::vec(event(), 1..40)) {
         check(&events)?;
     }
+
+    /// The property for the delta path: delta == full after every event, for any sequence.
+    #[test]
+    fn delta_equals_full(events in prop::collection::vec(prop_oneof![3 => vmi_event(), 1 => event()], 1..40)) {
+        check_delta(&events)?;
+    }
+}
+
+/// A fixed sequence of VMI changes the delta path takes (added, changed, deleted, off the
+/// node, unchanged) among ones it must not (a bridge to create, a bad MAC and the change that
+/// mends it), equal to the full path after each, with the delta path taken where it may be.
+#[test]
+fn delta_fixed_sequence() {
+    let mut seq: Vec<Ev> = vec![(4, 0, 0, false)];
+    seq.extend((0..5).map(|i| (0, i, 0, false)));
+    seq.extend([
+        (1, 0, 0, false),
+        (1, 1, 0, false),
+        (1, 2, 0, false),
+        (1, 3, 0, false),
+        (1, 4, 3, false),
+        (1, 2, 3, false),
+        (1, 3, 0, true),
+        (1, 5, 4, false),
+        (1, 4, 0, true),
+        (1, 6, 6, false),
+        (1, 2, 1, false),
+        (1, 2, 0, false),
+        (1, 2, 0, false),
+    ]);
+    let deltas = check_delta(&seq).unwrap();
+    assert!(deltas >= 8, "only {deltas} of {} reconciles took the delta path", seq.len());
 }
 
 /// A fixed sequence through the cases the random ones may miss: a NAD changing bridge under

@@ -13,7 +13,14 @@
 //! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
 //! pipeline without policy, with policy, their ratio, and each piece of the policy stage run
 //! alone over the same frames: L3 parse, hash + prefetch, connection lookups, the 1,000-rule
-//! classifier.
+//! classifier, then the `lookup` mode's output. TSC spans count the time the thread was
+//! preempted too; on a loaded machine the thread's CPU time (`getrusage(RUSAGE_THREAD)`) is the
+//! measure, printed next to them for the two pipelines.
+//!
+//! `policy_profile N lookup [ROUNDS]`: connection lookups alone, bursts of 32 random tracked
+//! keys hashed and prefetched first, 1,000 against 1,000,000 connections, ROUNDS (default 7)
+//! alternating rounds of N bursts each, in CPU time per lookup: every round, the medians, the
+//! ratio and the large table's memory.
 
 #[path = "../benches/support/policy_setup.rs"]
 mod setup;
@@ -68,6 +75,25 @@ fn span(bursts: u32, mut f: impl FnMut()) -> f64 {
     rdtsc().wrapping_sub(t0) as f64 / f64::from(bursts) / BURST as f64
 }
 
+/// The calling thread's CPU time in nanoseconds (microsecond resolution).
+fn cpu_ns() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0.0, |u| {
+        let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+        (us(u.user_time()) + us(u.system_time())) * 1e3
+    })
+}
+
+/// TSC cycles and CPU nanoseconds per frame of `bursts` calls of `f`.
+fn span_cpu(bursts: u32, mut f: impl FnMut()) -> (f64, f64) {
+    let (c0, t0) = (cpu_ns(), rdtsc());
+    for _ in 0..bursts {
+        f();
+    }
+    let frames = f64::from(bursts) * BURST as f64;
+    (rdtsc().wrapping_sub(t0) as f64 / frames, (cpu_ns() - c0) / frames)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -78,6 +104,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = std::env::args().nth(2);
     let pool = Pool::new("policy-profile", 4096)?;
     let mut cache = pool.cache();
+    if mode.as_deref() == Some("lookup") {
+        let rounds: usize = std::env::args().nth(3).map_or(Ok(7), |s| s.parse())?;
+        return lookups(bursts, rounds);
+    }
     if let Some(mode) = mode {
         let mut c = Case::new(mode == "policy", &mut cache);
         for _ in 0..bursts {
@@ -89,16 +119,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut none = Case::new(false, &mut cache);
     let mut pol = Case::new(true, &mut cache);
-    let (mut tn, mut tp) = (Vec::new(), Vec::new());
+    let (mut tn, mut tp, mut cn, mut cp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..7 {
-        tn.push(span(bursts, || none.run(&mut cache)));
-        tp.push(span(bursts, || pol.run(&mut cache)));
+        let (t, c) = span_cpu(bursts, || none.run(&mut cache));
+        tn.push(t);
+        cn.push(c);
+        let (t, c) = span_cpu(bursts, || pol.run(&mut cache));
+        tp.push(t);
+        cp.push(c);
     }
-    let (tn, tp) = (median(tn), median(tp));
+    let (tn, tp, cn, cp) = (median(tn), median(tp), median(cn), median(cp));
     let ghz = hz() as f64 / 1e9;
-    println!("TSC {ghz:.2} GHz; cycles per frame, median of 7 rounds of {bursts} bursts of {BURST}:");
-    println!("pipeline, no policy          {tn:8.1}  ({:.1} ns)", tn / ghz);
-    println!("pipeline, 1000 rules, 100k   {tp:8.1}  ({:.1} ns)  rate ratio {:.3}", tp / ghz, tn / tp);
+    println!("TSC {ghz:.2} GHz; per frame, median of 7 rounds of {bursts} bursts of {BURST}:");
+    println!("pipeline, no policy          {tn:8.1} cycles  ({:.1} ns)  CPU {cn:.1} ns", tn / ghz);
+    println!(
+        "pipeline, 1000 rules, 100k   {tp:8.1} cycles  ({:.1} ns)  CPU {cp:.1} ns  rate ratio {:.3} (TSC), {:.3} (CPU)",
+        tp / ghz,
+        tn / tp,
+        cn / cp
+    );
 
     // The pieces alone, over the same frame stream.
     let ct = pol.sw.bridges[0].conntrack.clone().ok_or("no table")?;
@@ -136,30 +175,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  classifier, 1000 rules              {:8.1}", class_c);
     println!("({sink} hits)");
 
-    // Lookups alone, bursts of 32 (hashed and prefetched first), 1,000 against 1,000,000
-    // connections, alternating rounds.
+    // Lookups alone, 1,000 against 1,000,000 connections.
+    lookups(bursts, 7)
+}
+
+/// The `lookup` mode: 1,000 against 1,000,000 connections in CPU time per lookup.
+fn lookups(bursts: u32, rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
     let small = setup::lookup_table(1000);
     let large = setup::lookup_table(1_000_000);
     let mut rng = 7u64;
     let mut out = [None; BURST];
+    let mut hits = 0u64;
     let mut lk = |t: &(Conntrack, fn(u32) -> FlowKey), n: u64| {
         let mut ks = [FlowKey::default(); BURST];
         for k in ks.iter_mut() {
             *k = (t.1)((setup::splitmix(&mut rng) % n) as u32);
         }
         t.0.lookup_burst(&ks, 2, &mut out);
-        sink += out.iter().flatten().count() as u64;
+        hits += out.iter().flatten().count() as u64;
     };
-    let (mut t1k, mut t1m) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        t1k.push(span(bursts, || lk(&small, 1000)));
-        t1m.push(span(bursts, || lk(&large, 1_000_000)));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let (_, s) = span_cpu(bursts, || lk(&small, 1000));
+        let (_, l) = span_cpu(bursts, || lk(&large, 1_000_000));
+        println!(
+            "round {r}: 1,000 connections {s:6.1} ns, 1,000,000 {l:6.1} ns a lookup (CPU time), ratio {:.2}",
+            l / s
+        );
+        a.push(s);
+        b.push(l);
     }
-    let (t1k, t1m) = (median(t1k), median(t1m));
-    println!("lookup (burst of 32, with key making), cycles per lookup:");
-    println!("  1,000 connections      {t1k:8.1}");
-    println!("  1,000,000 connections  {t1m:8.1}  ({} MiB)  ratio {:.2}", large.0.memory() >> 20, t1m / t1k);
-    println!("({sink} hits)");
+    let (s, l) = (median(a), median(b));
+    println!(
+        "median of {rounds}: 1,000 connections {s:.1} ns, 1,000,000 connections {l:.1} ns ({:.1} MiB), ratio {:.2}",
+        large.0.memory() as f64 / 1048576.0,
+        l / s
+    );
+    println!("({hits} hits of {})", u64::from(bursts) * BURST as u64 * 2 * rounds as u64);
     Ok(())
 }
 

@@ -300,6 +300,12 @@ impl PortConfig {
         self.vlan_mode.unwrap_or(if self.tag.is_some() { VlanModeName::Access } else { VlanModeName::Trunk })
     }
 
+    /// The checks [`Config::validate`] makes of one port, as port `pi` of bridge `bi` (the
+    /// field names of its errors): for a port changed alone.
+    pub fn validate_in(&self, bi: usize, pi: usize) -> Result<(), ConfigError> {
+        self.validate(&PortField(bi, pi))
+    }
+
     fn validate(&self, pf: &PortField) -> Result<(), ConfigError> {
         if let Some(t) = self.tag {
             if t > 4094 {

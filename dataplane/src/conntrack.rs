@@ -553,10 +553,34 @@ impl Conntrack {
         self.lookup_hashed(k, hash(k), now)
     }
 
-    /// [`Conntrack::lookup`] with the key's hash already computed.
-    #[inline]
+    /// [`Conntrack::lookup`] with the key's hash already computed (inlined: the policy fast
+    /// path's per-frame call).
+    #[inline(always)]
     pub fn lookup_hashed(&self, k: &FlowKey, h: u64, now: u32) -> Option<Found> {
         self.find(k, h, now).map(|hit| hit.snap.found(hit.dir))
+    }
+
+    /// [`Conntrack::lookup_hashed`] for the pipeline's fast path, making the one write of
+    /// [`Conntrack::track_hashed`] that leaves the entry's state as it is: a packet (TCP flags
+    /// `flags`) that moves only the expiry on (once a second) refreshes it. The entry as found,
+    /// and whether the packet would change its state (not written: the caller's general
+    /// stage tracks it).
+    #[inline(always)]
+    pub fn lookup_refresh(&self, k: &FlowKey, h: u64, flags: u8, now: u32) -> Option<(Found, bool)> {
+        let hit = self.find(k, h, now)?;
+        let found = hit.snap.found(hit.dir);
+        match found.next(k.proto, flags, now) {
+            Some((state, _)) if state != found.state => Some((found, true)),
+            Some((state, expires)) => {
+                self.update(&hit, now, |s| {
+                    if !s.blocked() {
+                        s.meta = meta(expires, state, false);
+                    }
+                });
+                Some((found, false))
+            }
+            None => Some((found, false)),
+        }
     }
 
     /// Looks up a burst of keys the way the pipeline does: every key hashed and its home

@@ -227,11 +227,15 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
 
 /// The stage's fast path, for a burst on `port` of frames that the pipeline forwards plainly
 /// (untagged Ethernet, known unicast), `to(i)` being frame i's destination port: true when every
-/// frame is an IP packet of a tracked connection that passes the spoof filter and needs no
-/// change to its entry, and is either a reply or carries the running snapshot's verdict for
-/// (`port`, `to(i)`): then the general stage would pass each frame unchanged, with no write.
-/// It reads only: on false the general stages take the burst. Two passes (every key hashed
-/// and its slot prefetched, then the lookups) so that the table's cache misses overlap.
+/// frame is an IP packet of a tracked connection that passes the port's spoof filters (its
+/// source MAC in `allowed_macs`, its source address in `allowed_ips`; an IP packet has no ARP
+/// sender to check) and leaves its entry's state as it is, and is either a reply or carries
+/// the running snapshot's verdict for (`port`, `to(i)`): then the MAC spoof check and the
+/// general stage would pass each frame unchanged. Its one write is the general stage's own
+/// for such a packet, made in the same frame order: an entry's expiry moved on (once a second;
+/// the general stage, tracking the packet again, then finds nothing to change). On false the
+/// general stages take the burst. Two passes (every key hashed and its slot prefetched, then
+/// the lookups) so that the table's cache misses overlap.
 #[inline]
 pub fn fast_burst(
     burst: &Burst,
@@ -239,18 +243,17 @@ pub fn fast_burst(
     cx: Ctx,
     mut to: impl FnMut(usize) -> Option<PortId>,
 ) -> bool {
-    let Some(ct) = cx.ct else { return false };
+    let Some(ct) = cx.ct else { return spoof_filtered_burst(burst, port) };
     if cx.epoch == 0 {
         return false;
     }
     let mut flows: ArrayVec<(FlowKey, u64, u8), { crate::port::MAX_BURST }> = ArrayVec::new();
     for b in burst.iter() {
         let d = b.data();
-        let simple = match d.get(crate::wire::ETH_HEADER_LEN - 2..crate::wire::ETH_HEADER_LEN) {
-            Some([8, 0]) => simple_v4_flow(d.get(crate::wire::ETH_HEADER_LEN..).unwrap_or_default()),
-            _ => None,
-        };
-        let (key, flags) = match simple {
+        if !mac_allowed(port, d) {
+            return false;
+        }
+        let (key, flags) = match simple_flow(d) {
             Some(f) => f,
             None => match parse(d, false).1 {
                 L3::Ip(f) if f.kind == IpKind::Flow => (f.key, f.tcp_flags),
@@ -265,8 +268,8 @@ pub fn fast_burst(
         flows.push((key, h, flags));
     }
     for (i, (k, h, flags)) in flows.iter().enumerate() {
-        let Some(f) = ct.lookup_hashed(k, *h, cx.now) else { return false };
-        if f.blocked || f.next(k.proto, *flags, cx.now).is_some() {
+        let Some((f, state_changes)) = ct.lookup_refresh(k, *h, *flags, cx.now) else { return false };
+        if f.blocked || state_changes {
             return false;
         }
         if f.dir == Dir::Original && to(i).is_none_or(|op| f.verdict != verdict(cx.epoch, port.id, op)) {
@@ -274,6 +277,47 @@ pub fn fast_burst(
         }
     }
     true
+}
+
+/// Whether the untagged frame `d`'s source MAC passes `port`'s MAC spoof filter (the MAC
+/// spoof check's first half; the fast paths take no ARP frame, whose sender it also checks).
+#[inline(always)]
+fn mac_allowed(port: &PortSpec, d: &[u8]) -> bool {
+    let Some(list) = &port.allowed_macs else { return true };
+    let src = d.get(6..crate::wire::ETH_HEADER_LEN - 2).map(crate::wire::MacAddr::from_bytes);
+    src.is_some_and(|m| list.contains(&m))
+}
+
+/// The key and TCP flags of the untagged frame `d` when it is a simple IPv4 packet (see
+/// [`simple_v4_flow`]).
+#[inline(always)]
+fn simple_flow(d: &[u8]) -> Option<(FlowKey, u8)> {
+    match d.get(crate::wire::ETH_HEADER_LEN - 2..crate::wire::ETH_HEADER_LEN) {
+        Some([8, 0]) => simple_v4_flow(d.get(crate::wire::ETH_HEADER_LEN..).unwrap_or_default()),
+        _ => None,
+    }
+}
+
+/// [`fast_burst`] on a bridge without policies (no connection table; some port has an IP
+/// spoof filter, `ipspoofchk` alone): there the stage passes unchanged every frame that is
+/// neither ARP nor malformed IP and whose source address the sending port owns, so true when
+/// every frame is such a frame with an allowed source MAC.
+fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
+    burst.iter().all(|b| {
+        let d = b.data();
+        if !mac_allowed(port, d) {
+            return false;
+        }
+        let key = match simple_flow(d) {
+            Some((k, _)) => k,
+            None => match parse(d, false).1 {
+                L3::Ip(f) => f.key,
+                L3::Other => return true,
+                _ => return false,
+            },
+        };
+        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key))
+    })
 }
 
 /// One line for traces: what the stage decided, naming the rules.

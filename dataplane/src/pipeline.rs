@@ -5,8 +5,11 @@
 //! A plain burst (every frame untagged, unicast to unicast, on a port that admits untagged
 //! frames and has no spoof filter; not traced) runs the same stages keeping nothing but each
 //! frame's two probes, and when every destination is a known port that takes the frames
-//! untagged, queues them a run of frames per egress port at a time. It decides exactly what the
-//! general stages decide: a property test runs both on the same bursts and compares frames,
+//! untagged, queues them a run of frames per egress port at a time. On a bridge with policies,
+//! a plain burst of established connections (see `filter::fast_burst`) takes the same stages,
+//! on ports with MAC or IP spoof filters too (both checked for every frame). It decides exactly
+//! what the general stages decide: property tests (dataplane/tests/properties.rs,
+//! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
 //! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
 //!
 //! Invariants:
@@ -449,12 +452,14 @@ pub fn process_burst(
     // or metadata to write and read back. Any other burst takes the general stages.
     // On a bridge with policies, a plain burst whose every frame the policy stage would pass
     // unchanged (replies and connections with the snapshot's stored verdict, see
-    // `filter::fast_burst`) takes the same plain stages.
+    // `filter::fast_burst`) and the MAC spoof filter would pass (every source allowed; the
+    // fast path takes IP frames only, so no ARP sender is left to check) takes the same plain
+    // stages.
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
-        (None, None, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
+        (None, _, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
         _ => None,
     };
     match plain {
@@ -476,8 +481,9 @@ pub fn process_burst(
 fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> Option<u64> {
     let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
     let cx = eg.ctx(false);
-    let ct = cx.ct?;
-    ct.sweep(cx.now, SWEEP_SLOTS);
+    if let Some(ct) = cx.ct {
+        ct.sweep(cx.now, SWEEP_SLOTS);
+    }
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
     let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
     crate::filter::fast_burst(burst, port, cx, |i| {

@@ -13,7 +13,7 @@
 //!   copy ([`set_counter_shard`]), so that workers receiving from or sending to one port do
 //!   not pass its counters' line between their cores every burst; readers sum the copies.
 
-use crate::config::{Config, ConfigError, PortConfig};
+use crate::config::{BridgeConfig, Config, ConfigError, PortConfig};
 use crate::fdb::MacTable;
 use crate::vlan::{VlanMode, VlanPolicy};
 use crate::wire::MacAddr;
@@ -332,6 +332,55 @@ pub struct SwitchConfig {
     pub by_name: HashMap<String, PortId>,
 }
 
+impl PortSpec {
+    /// The compiled form of `port`, as port `id` of bridge `bi`, counting into `stats`.
+    fn build(id: PortId, bi: usize, port: &PortConfig, stats: Arc<PortStats>) -> PortSpec {
+        let mode = VlanMode::from(port.effective_vlan_mode());
+        PortSpec {
+            id,
+            name: port.name.clone(),
+            bridge: bi,
+            vlan: VlanPolicy::new(mode, port.tag.unwrap_or(0), port.trunks.as_deref()),
+            allowed_macs: port
+                .allowed_macs
+                .as_ref()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.clone().into_boxed_slice()),
+            mac_limit: port.mac_limit.unwrap_or(u32::MAX),
+            allowed_ips: port.allowed_ips.as_ref().map(|l| l.clone().into_boxed_slice()),
+            policy: port.policy.as_ref().map(|p| Arc::new(crate::policy::CompiledPolicy::compile(p))),
+            stats,
+            config: port.clone(),
+        }
+    }
+}
+
+/// A bridge's policy stage: whether frames go through it, and its connection table (kept
+/// from `prev`'s bridge of the same name when the size is the same).
+fn bridge_filter(
+    b: &BridgeConfig,
+    bi: usize,
+    prev: Option<&SwitchConfig>,
+) -> Result<(bool, Option<Arc<crate::conntrack::Conntrack>>), ConfigError> {
+    let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
+    if !b.ports.iter().any(|p| p.policy.is_some()) {
+        return Ok((filter, None));
+    }
+    let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
+    let kept = prev
+        .and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
+        .and_then(|pb| pb.conntrack.clone())
+        .filter(|ct| ct.capacity() == size);
+    let ct = match kept {
+        Some(ct) => ct,
+        None => Arc::new(crate::conntrack::Conntrack::new(size).map_err(|e| ConfigError::Invalid {
+            field: format!("bridges[{bi}].conntrack_size"),
+            msg: e.to_string(),
+        })?),
+    };
+    Ok((filter, Some(ct)))
+}
+
 impl SwitchConfig {
     /// Compiles a validated configuration. With `prev`, ports keep their ids, counters and
     /// bridges keep their MAC tables (when the size did not change); entries of removed ports
@@ -411,48 +460,11 @@ impl SwitchConfig {
                     .and_then(|p| p.port_by_name(&port.name))
                     .map(|ps| ps.stats.clone())
                     .unwrap_or_default();
-                let mode = VlanMode::from(port.effective_vlan_mode());
-                let vlan = VlanPolicy::new(mode, port.tag.unwrap_or(0), port.trunks.as_deref());
-                let spec = PortSpec {
-                    id,
-                    name: port.name.clone(),
-                    bridge: bi,
-                    vlan,
-                    allowed_macs: port
-                        .allowed_macs
-                        .as_ref()
-                        .filter(|l| !l.is_empty())
-                        .map(|l| l.clone().into_boxed_slice()),
-                    mac_limit: port.mac_limit.unwrap_or(u32::MAX),
-                    allowed_ips: port.allowed_ips.as_ref().map(|l| l.clone().into_boxed_slice()),
-                    policy: port.policy.as_ref().map(|p| Arc::new(crate::policy::CompiledPolicy::compile(p))),
-                    stats,
-                    config: port.clone(),
-                };
                 out.by_name.insert(port.name.clone(), id);
-                out.ports[usize::from(id)] = Some(Arc::new(spec));
+                out.ports[usize::from(id)] = Some(Arc::new(PortSpec::build(id, bi, port, stats)));
                 members.push(id);
             }
-            let filter = b.ports.iter().any(|p| p.policy.is_some() || p.allowed_ips.is_some());
-            let conntrack = match b.ports.iter().any(|p| p.policy.is_some()) {
-                false => None,
-                true => {
-                    let size = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
-                    let kept = prev
-                        .and_then(|p| p.bridges.iter().find(|pb| pb.name == b.name))
-                        .and_then(|pb| pb.conntrack.clone())
-                        .filter(|ct| ct.capacity() == size);
-                    Some(match kept {
-                        Some(ct) => ct,
-                        None => Arc::new(crate::conntrack::Conntrack::new(size).map_err(|e| {
-                            ConfigError::Invalid {
-                                field: format!("bridges[{bi}].conntrack_size"),
-                                msg: e.to_string(),
-                            }
-                        })?),
-                    })
-                }
-            };
+            let (filter, conntrack) = bridge_filter(b, bi, prev)?;
             out.bridges.push(Bridge {
                 name: b.name.clone(),
                 table,
@@ -526,6 +538,208 @@ impl SwitchConfig {
             }
         }
         Ok(out)
+    }
+
+    /// This snapshot with the ports named in `touched` (added to, changed in or removed from
+    /// `cfg`) compiled again and every other port and bridge taken over as it is: the snapshot
+    /// [`SwitchConfig::compile`] of `cfg` with `Some(self)` gives, when `cfg` differs from the
+    /// configuration `self` was compiled from only in the touched ports. Its work is the
+    /// touched ports and one pass over each bridge they are or were on (membership, the MAC
+    /// table's entries of the ports that left); untouched bridges keep their member lists and
+    /// policy epochs. `None` where a patch cannot stand in for a compile: the bridges differ,
+    /// or a static MAC entry a touched port names or held is also named by another port of
+    /// its bridge (which of them owns it is a whole-bridge decision). Nothing is changed
+    /// before that is known.
+    pub fn patch(&self, cfg: &Config, touched: &[&str]) -> Result<Option<SwitchConfig>, ConfigError> {
+        use std::collections::HashSet;
+        if cfg.bridges.len() != self.bridges.len() {
+            return Ok(None);
+        }
+        for (b, pb) in cfg.bridges.iter().zip(&self.bridges) {
+            let size = b.mac_table_size.unwrap_or(MacTable::DEFAULT_CAPACITY);
+            let aging = b.mac_aging_s.unwrap_or(MacTable::DEFAULT_AGING_S);
+            let ct = b.conntrack_size.unwrap_or(crate::conntrack::DEFAULT_CAPACITY);
+            if b.name != pb.name
+                || pb.table.capacity() != size
+                || pb.table.aging_s() != aging
+                || pb.conntrack.as_ref().is_some_and(|c| c.capacity() != ct)
+            {
+                return Ok(None);
+            }
+        }
+        let find = |b: &'_ BridgeConfig, name: &str| -> Option<usize> {
+            b.ports
+                .binary_search_by(|p| p.name.as_str().cmp(name))
+                .ok()
+                .or_else(|| b.ports.iter().position(|p| p.name == name))
+        };
+        let set: HashSet<&str> = touched.iter().copied().collect();
+        // Bridges the touched ports are or were on.
+        let mut hit = vec![false; cfg.bridges.len()];
+        let mut now_on: HashMap<&str, usize> = HashMap::with_capacity(set.len());
+        for n in &set {
+            if let Some(ps) = self.port_by_name(n) {
+                hit[ps.bridge] = true;
+            }
+            for (bi, b) in cfg.bridges.iter().enumerate() {
+                if let Some(pi) = find(b, n) {
+                    b.ports[pi].validate_in(bi, pi)?;
+                    now_on.insert(n, bi);
+                    hit[bi] = true;
+                    break;
+                }
+            }
+        }
+        let mut out = SwitchConfig {
+            bridges: Vec::with_capacity(self.bridges.len()),
+            ports: self.ports.clone(),
+            by_name: self.by_name.clone(),
+        };
+        // Ports gone from the node, or from their bridge: all their entries go from the table
+        // they leave.
+        let mut leave: Vec<HashSet<PortId>> = vec![HashSet::new(); cfg.bridges.len()];
+        // Static entries touched ports held (before) and want (after), by bridge.
+        let mut held: Vec<HashSet<(u16, MacAddr)>> = vec![HashSet::new(); cfg.bridges.len()];
+        let mut want: Vec<HashMap<(u16, MacAddr), PortId>> = vec![HashMap::new(); cfg.bridges.len()];
+        let statics = |spec: &PortSpec| -> Vec<(u16, MacAddr)> {
+            spec.config
+                .static_macs
+                .iter()
+                .flat_map(|m| spec.vlan.carried().iter().map(move |v| (v, *m)))
+                .collect()
+        };
+        for n in &set {
+            let Some(old) = self.port_by_name(n) else { continue };
+            if now_on.get(n) != Some(&old.bridge) {
+                leave[old.bridge].insert(old.id);
+                if !now_on.contains_key(n) {
+                    out.ports[usize::from(old.id)] = None;
+                    out.by_name.remove(*n);
+                }
+            }
+            held[old.bridge].extend(statics(old));
+        }
+        // The MACs in play on each bridge: any other port naming one makes the patch a
+        // whole-bridge decision.
+        let mut play: Vec<HashSet<MacAddr>> =
+            held.iter().map(|h| h.iter().map(|(_, m)| *m).collect()).collect();
+        for (n, bi) in &now_on {
+            if let Some(pi) = find(&cfg.bridges[*bi], n) {
+                play[*bi].extend(cfg.bridges[*bi].ports[pi].static_macs.iter().copied());
+            }
+        }
+        // New ports take the lowest free ids, in configuration order (as a compile gives them).
+        let mut next = 0usize;
+        for (bi, b) in cfg.bridges.iter().enumerate() {
+            if !hit[bi] {
+                let pb = &self.bridges[bi];
+                out.bridges.push(Bridge {
+                    name: pb.name.clone(),
+                    table: pb.table.clone(),
+                    ports: pb.ports.clone(),
+                    filter: pb.filter,
+                    conntrack: pb.conntrack.clone(),
+                    policy_epoch: pb.policy_epoch,
+                });
+                continue;
+            }
+            let mut members = Vec::with_capacity(b.ports.len());
+            for port in &b.ports {
+                let name = port.name.as_str();
+                if !set.contains(name) {
+                    // An untouched port naming a MAC in play: a whole-bridge decision.
+                    if port.static_macs.iter().any(|m| play[bi].contains(m)) {
+                        return Ok(None);
+                    }
+                    let Some(&id) = self.by_name.get(name) else { return Ok(None) };
+                    members.push(id);
+                    continue;
+                }
+                let prev = self.port_by_name(name);
+                let id = match prev {
+                    Some(ps) => ps.id,
+                    None => {
+                        while out.ports.get(next).is_some_and(|p| p.is_some()) {
+                            next += 1;
+                        }
+                        if next >= MAX_PORTS_PER_NODE {
+                            return Ok(None);
+                        }
+                        next as PortId
+                    }
+                };
+                if out.ports.len() <= usize::from(id) {
+                    out.ports.resize_with(usize::from(id) + 1, || None);
+                }
+                let spec = match prev {
+                    Some(ps) if ps.bridge == bi && ps.config == *port => self.ports[usize::from(id)].clone(),
+                    _ => {
+                        let stats = prev.map(|ps| ps.stats.clone()).unwrap_or_default();
+                        Some(Arc::new(PortSpec::build(id, bi, port, stats)))
+                    }
+                };
+                if let Some(sp) = &spec {
+                    for k in statics(sp) {
+                        if want[bi].insert(k, id).is_some() {
+                            return Ok(None);
+                        }
+                    }
+                }
+                out.ports[usize::from(id)] = spec;
+                out.by_name.insert(port.name.clone(), id);
+                members.push(id);
+            }
+            let (filter, conntrack) = bridge_filter(b, bi, Some(self))?;
+            out.bridges.push(Bridge {
+                name: b.name.clone(),
+                table: self.bridges[bi].table.clone(),
+                ports: members,
+                filter,
+                conntrack,
+                policy_epoch: next_epoch(),
+            });
+        }
+        // A wanted entry held by a port that is not touched: a whole-bridge decision.
+        for (bi, w) in want.iter().enumerate() {
+            let table = &out.bridges[bi].table;
+            for ((v, mac), id) in w {
+                if let Some(h) = table.lookup(*v, *mac, 0) {
+                    let mine =
+                        h.port == *id || self.port(h.port).is_some_and(|ps| set.contains(ps.name.as_str()));
+                    if h.is_static && !mine {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        // Only now the tables change (they are live): entries of ports that left, static
+        // entries held but no longer wanted, then the wanted ones missing.
+        for bi in 0..cfg.bridges.len() {
+            if leave[bi].is_empty() && held[bi].is_empty() && want[bi].is_empty() {
+                continue;
+            }
+            let table = &out.bridges[bi].table;
+            let (l, h, w) = (&leave[bi], &held[bi], &want[bi]);
+            table.remove_where(|vlan, mac, port, is_static| {
+                l.contains(&port)
+                    || (is_static && h.contains(&(vlan, mac)) && w.get(&(vlan, mac)) != Some(&port))
+            });
+            let mut fields: Vec<(u16, MacAddr, PortId)> = w
+                .iter()
+                .filter(|((v, mac), id)| {
+                    table.lookup(*v, *mac, 0).is_none_or(|h| !h.is_static || h.port != **id)
+                })
+                .map(|((v, mac), id)| (*v, *mac, *id))
+                .collect();
+            fields.sort_unstable();
+            for (v, mac, id) in fields {
+                table.insert_static(v, mac, id).map_err(|e| ConfigError::Invalid {
+                    field: format!("bridges[{bi}].static_macs"),
+                    msg: e.to_string(),
+                })?;
+            }
+        }
+        Ok(Some(out))
     }
 
     #[inline]

@@ -4,6 +4,9 @@
 //! a policy change while a connection is open. Frames are built with etherparse; every drop
 //! is checked by its counter on the sending port.
 
+#[path = "support/drops.rs"]
+mod support;
+
 use etherparse::PacketBuilder;
 use std::collections::BTreeMap;
 use switchyard_dataplane::config::Config;
@@ -136,14 +139,7 @@ fn run(
         }
     });
     out.sort();
-    let after = port.stats.snapshot();
-    let drops = after
-        .drops
-        .iter()
-        .map(|(&r, &n)| (r.to_string(), n - before.drops[r]))
-        .filter(|&(_, n)| n != 0)
-        .collect();
-    (out, drops)
+    (out, support::drops_since(&before, &port.stats.snapshot()))
 }
 
 /// Runs one untraced frame: (ports it went to, drops on `from`, whether it took the plain
@@ -316,8 +312,20 @@ fn established_fast_path_follows_policy_changes() {
     assert_eq!((out, fast), (vec!["b".to_string()], true), "established, verdict stored");
     let (out, _, fast) = run_fast(&first, &pool, "b", &tcp(1, 0, 80, 40000, "ack"), 1);
     assert_eq!((out, fast), (vec!["a".to_string()], true), "a reply needs no verdict");
+    // A second later the expiry moves on: the fast path makes that write itself.
+    let key = switchyard_dataplane::wire::ip::FlowKey {
+        src: u128::from(u32::from_be_bytes(IP[0])),
+        dst: u128::from(u32::from_be_bytes(IP[1])),
+        sport: 40000,
+        dport: 80,
+        proto: 6,
+        v4: true,
+    };
+    let ct = first.bridges[0].conntrack.clone().expect("a table");
+    assert_eq!(ct.lookup(&key, 1).map(|f| f.expires), Some(1 + 432_000));
     let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
-    assert_eq!((out, fast), (vec!["b".to_string()], false), "the expiry moves on once a second");
+    assert_eq!((out, fast), (vec!["b".to_string()], true), "the expiry moves on once a second");
+    assert_eq!(ct.lookup(&key, 2).map(|f| f.expires), Some(2 + 432_000), "refreshed by the fast path");
     let (out, _, fast) = run_fast(&first, &pool, "a", &tcp(0, 1, 40000, 80, "ack"), 2);
     assert_eq!((out, fast), (vec!["b".to_string()], true));
     // c sending with a's address on a's established connection: the spoof filter drops it.

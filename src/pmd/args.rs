@@ -113,6 +113,56 @@ pub struct PmdArgs {
     /// in the summary (four TSC reads a burst; without the flag the loop has none).
     #[arg(long)]
     pub stage_cycles: bool,
+    /// switch: a policy file (YAML) putting the configuration file's filtering fields on the
+    /// ports: `{conntrack_size: N, ports: {p0: {policy: .., allowed_ips: [..],
+    /// allowed_macs: [..], static_macs: [..]}, ...}}` (ports named p0, p1, ... in --port order).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+/// A `--policy` file: the filtering fields of the configuration file (docs/semantics.md,
+/// docs/policy.md) for the bridge and for each port, by the name pmd gives it.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicyFile {
+    #[serde(default)]
+    pub(super) conntrack_size: Option<usize>,
+    #[serde(default)]
+    pub(super) ports: std::collections::BTreeMap<String, PortFilters>,
+}
+
+/// One port's entry of a [`PolicyFile`].
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PortFilters {
+    #[serde(default)]
+    policy: Option<switchyard_dataplane::policy::PortPolicy>,
+    #[serde(default)]
+    allowed_ips: Option<Vec<std::net::IpAddr>>,
+    #[serde(default)]
+    allowed_macs: Option<Vec<switchyard_dataplane::wire::MacAddr>>,
+    #[serde(default)]
+    static_macs: Vec<switchyard_dataplane::wire::MacAddr>,
+}
+
+/// Reads the `--policy` file `text` onto `ports` (named p0, p1, ...): the bridge's
+/// `conntrack_size`. The error names the field or the port (the configuration's own checks
+/// run when the switch is compiled).
+pub(super) fn apply_policy(text: &str, ports: &mut [PortConfig]) -> Result<Option<usize>, String> {
+    let f: PolicyFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    for (name, pf) in f.ports {
+        let Some(c) = ports.iter_mut().find(|p| p.name == name) else {
+            return Err(format!(
+                "ports.{name}: no such port (they are p0..p{})",
+                ports.len().saturating_sub(1)
+            ));
+        };
+        c.policy = pf.policy;
+        c.allowed_ips = pf.allowed_ips;
+        c.allowed_macs = pf.allowed_macs;
+        c.static_macs = pf.static_macs;
+    }
+    Ok(f.conntrack_size)
 }
 
 /// Parses `--rxq-affinity`.
@@ -152,6 +202,8 @@ pub(super) struct Setup {
     pub(super) rxq_affinity: Vec<(u16, u16, usize)>,
     pub(super) mbufs: u32,
     pub(super) no_huge: bool,
+    /// The bridge's `conntrack_size` from `--policy`.
+    pub(super) conntrack_size: Option<usize>,
 }
 
 pub(super) fn mode_names() -> String {
@@ -284,6 +336,15 @@ pub(super) fn check(a: &PmdArgs) -> Result<Setup, String> {
         }
         ports.push(c);
     }
+    let mut conntrack_size = None;
+    if let Some(path) = &a.policy {
+        if mode != FwdMode::Switch {
+            return Err("--policy: only with --fwd switch".into());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--policy {}: {e}", path.display()))?;
+        conntrack_size =
+            apply_policy(&text, &mut ports).map_err(|e| format!("--policy {}: {e}", path.display()))?;
+    }
     let defaults = EngineOptions::default();
     let opts = EngineOptions {
         cores: if cores.is_empty() { vec![None] } else { cores.into_iter().map(Some).collect() },
@@ -311,6 +372,7 @@ pub(super) fn check(a: &PmdArgs) -> Result<Setup, String> {
         rxq_affinity,
         mbufs: a.mbufs,
         no_huge: a.no_huge,
+        conntrack_size,
     })
 }
 

@@ -49,6 +49,7 @@ impl Session {
         let cfg = Config {
             bridges: vec![BridgeConfig {
                 mac_table_size: Some(setup.mac_table_size),
+                conntrack_size: setup.conntrack_size,
                 ..BridgeConfig::new("pmd", setup.ports.clone())
             }],
         };

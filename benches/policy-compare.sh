@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The policy stage as a user sees it, with port I/O (docs/policy.md "Numbers"): one
+# `switchyard pmd --fwd switch` binary on two ports, without and with `--policy`, side by side
+# in interleaved rounds (none, policy, none, policy, ...) so that a machine whose load drifts
+# shifts both alike. Prints every run's Mpps (frames received per second, both ports), the
+# medians, the ratio policy/none, and the worker's CPU time per frame; it asserts nothing.
+#
+# usage: benches/policy-compare.sh [ROUNDS] [SECONDS] [BINARY]   (default 5 rounds of 3 s,
+#        target/release/switchyard)
+# Traffic (benches/gen_pcaps.py --flows): FLOWS (default 100,000) distinct UDP connections
+# from host A on port p0 to host B on p1, and B's replies, 64-byte frames, on infinite pcap
+# ports (and on DPDK net_pcap ports when DPDK is installed and DPDK=1, run without hugepages as
+# pmd-ab.sh's io case runs them). The policy: p1 isolated for ingress by RULES (default 1,000)
+# rules, a /32 peer and a UDP port each, rule 500 the one that allows A's connections; both
+# ports are VM ports as the plan makes them (`allowed_macs` and `allowed_ips`); a 131,072-entry
+# connection table. Every connection is checked against the rules once, on the first pass
+# over the capture (FLOWS frames a port, a few tens of milliseconds), and established after.
+# One forwarding core: CORE (default the last one).
+set -euo pipefail
+ROUNDS=${1:-5} SECS=${2:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${3:-$ROOT/target/release/switchyard}
+FLOWS=${FLOWS:-100000} RULES=${RULES:-1000}
+CORE=${CORE:-$(($(nproc) - 1))}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pcap"
+{
+    echo "conntrack_size: 131072"
+    echo "ports:"
+    echo "  p0:"
+    echo "    allowed_macs: ['02:00:0a:00:00:01']"
+    echo "    allowed_ips: [10.0.0.1]"
+    echo "  p1:"
+    echo "    allowed_macs: ['02:00:0b:00:00:01']"
+    echo "    allowed_ips: [10.1.0.0, 10.1.0.1, 10.1.0.2, 10.1.0.3]"
+    echo "    policy:"
+    echo "      ingress:"
+    echo "        rules:"
+    for ((r = 0; r < RULES; r++)); do
+        if ((r == RULES / 2)); then
+            echo "        - {name: r$r, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: UDP, port: 53}]}"
+        else
+            echo "        - {name: r$r, peers: [{cidr: 11.0.$((r / 256)).$((r % 256))/32}], ports: [{protocol: UDP, port: $((1000 + r))}]}"
+        fi
+    done
+} >"$WORK/policy.yaml"
+
+WRAP=()
+# One run: "Mpps cpu-ns-a-frame drops" from the JSON summary.
+run() { # args...
+    "${WRAP[@]}" "$BIN" pmd --busy-poll --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
+        python3 -c "
+import json, sys
+j = json.load(sys.stdin)
+print('%.3f %.1f %d' % (j['rx_pps'] / 1e6, j.get('cpu_ns_per_frame', float('nan')), sum(p['drops'] for p in j['ports'])))" ||
+        { echo "failed: $(tail -3 "$WORK/err")" >&2; echo "nan nan 0"; }
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+compare() { # label port-args...
+    local label=$1 i r none="" pol="" ncpu="" pcpu="" drops=0
+    shift
+    for ((i = 0; i < ROUNDS; i++)); do
+        read -r -a r <<<"$(run --fwd switch "$@")"
+        none+=" ${r[0]}" ncpu+=" ${r[1]}"
+        read -r -a r <<<"$(run --fwd switch "$@" --policy "$WORK/policy.yaml")"
+        pol+=" ${r[0]}" pcpu+=" ${r[1]}" drops=$((drops + r[2]))
+    done
+    local mn mp
+    mn=$(median <<<"$none")
+    mp=$(median <<<"$pol")
+    printf '%s\n  none   Mpps%s (median %s; CPU ns a frame, median %s)\n' "$label" "$none" "$mn" "$(median <<<"$ncpu")"
+    printf '  policy Mpps%s (median %s; CPU ns a frame, median %s; drops %s)\n' "$pol" "$mp" "$(median <<<"$pcpu")" "$drops"
+    printf '  policy/none %s\n' "$(awk -v a="$mp" -v b="$mn" 'BEGIN { printf "%.3f", a / b }')"
+}
+
+echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+compare "switch pcap, $FLOWS flows" --port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite"
+if [ "${DPDK:-0}" = 1 ] && pkg-config --exists libdpdk 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        WRAP=(unshare -m sh -c 'awk '"'"'$3 == "hugetlbfs" { print $2 }'"'"' /proc/mounts | xargs -r -n1 umount; exec "$@"' sh)
+    fi
+    compare "switch dpdk:net_pcap, $FLOWS flows" --mbufs $((2 * FLOWS + 16384)) \
+        --port "dpdk:net_pcap0,rx_pcap=$WORK/a.pcap,infinite_rx=1" \
+        --port "dpdk:net_pcap1,rx_pcap=$WORK/b.pcap,infinite_rx=1"
+    WRAP=()
+fi
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,220 @@
+//! The policy stage's fast path for established connections (`filter::fast_burst`, taken by
+//! untraced bursts) against the general stages (which traced bursts always take, storing no
+//! verdicts), on ports with MAC spoof filters (`allowed_macs`, as the plan sets on every VM
+//! port) and IP spoof filters (`allowed_ips`): random policies on two ports (none at all in a
+//! quarter of the cases: spoof filters alone, no connection table), random bursts of
+//! TCP and UDP packets of a few connections both ways (opened, replied, closed), some of them
+//! with a source MAC or IP that the sending port does not own. Both runs must queue the same
+//! frames to the same ports in the same order and count the same drops; independently of
+//! either, a frame with a source its port does not own is never delivered and is counted under
+//! `spoofed_src_mac` or `spoofed_src_ip`. The fast path must have run for a good share of the
+//! bursts (the pipeline counts them in builds with debug assertions, as tests are), so that
+//! the comparison is not of the general stages with themselves.
+
+#[path = "support/drops.rs"]
+mod support;
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use switchyard_dataplane::config::Config;
+use switchyard_dataplane::pipeline::{process_burst, TxBatches};
+use switchyard_dataplane::port::Burst;
+use switchyard_dataplane::{Pool, SwitchConfig};
+
+/// Port i's host: its MAC and IPv4 address. Ports 0 and 1 have both spoof filters and
+/// policies; port 2 only an IP spoof filter (`ipspoofchk` by itself).
+const MAC: [[u8; 6]; 3] = [[2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]];
+const IP: [[u8; 4]; 3] = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]];
+const NAMES: [&str; 3] = ["a", "b", "c"];
+/// A MAC no port owns, and an address no port owns.
+const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
+const OTHER_IP: [u8; 4] = [10, 0, 0, 99];
+
+/// The policy shapes a direction of ports a and b gets (`None`: open).
+const RULES: [Option<&str>; 7] = [
+    None,
+    Some("rules: []"),
+    Some("rules: [{name: r/any}]"),
+    Some("rules: [{name: r/tcp80, ports: [{protocol: TCP, port: 80}]}]"),
+    Some("rules: [{name: r/udp, ports: [{protocol: UDP, port: 50, end_port: 60}]}]"),
+    Some("rules: [{name: r/net, peers: [{cidr: 10.0.0.0/24, except: [10.0.0.3/32]}]}]"),
+    Some("rules: [{name: r/c, peers: [{cidr: 10.0.0.3/32}]}, {name: r/b, peers: [{cidr: 10.0.0.2/32}], ports: [{protocol: TCP, port: 80}, {protocol: UDP, port: 53}]}]"),
+];
+
+fn config(shapes: [usize; 4]) -> Config {
+    let dir = |name: &str, s: usize| {
+        RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"))
+    };
+    let pol = |i: usize, o: usize| {
+        let body = dir("ingress", i) + &dir("egress", o);
+        if body.is_empty() {
+            String::new()
+        } else {
+            format!("    policy:\n{body}")
+        }
+    };
+    let yaml = format!(
+        "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+         \x20 - name: a\n    static_macs: ['02:00:00:00:00:0a']\n    allowed_macs: ['02:00:00:00:00:0a']\n    allowed_ips: [10.0.0.1]\n{}\
+         \x20 - name: b\n    static_macs: ['02:00:00:00:00:0b']\n    allowed_macs: ['02:00:00:00:00:0b']\n    allowed_ips: [10.0.0.2]\n{}\
+         \x20 - name: c\n    static_macs: ['02:00:00:00:00:0c']\n    allowed_ips: [10.0.0.3]\n",
+        pol(shapes[0], shapes[1]),
+        pol(shapes[2], shapes[3]),
+    );
+    Config::from_yaml_str(&yaml).expect("valid config")
+}
+
+/// One packet between the sender and the port `peer` (1 or 2) places on: of connection `conn`
+/// (0-3: to TCP port 80, TCP 22, UDP 53, UDP 55), from the client end when `orig`, else from
+/// the service end; TCP flags `flags` (0 ack, 1 syn, 2 syn+ack, 3 fin, 4 rst); `spoof` 0-7:
+/// 6 a foreign source MAC, 7 a foreign source IP, else none.
+#[derive(Debug, Clone, Copy)]
+struct Pkt {
+    peer: usize,
+    conn: usize,
+    orig: bool,
+    flags: u8,
+    spoof: u8,
+}
+
+fn arb_pkt() -> impl Strategy<Value = Pkt> {
+    (1usize..3, 0usize..4, any::<bool>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5], 0u8..8)
+        .prop_map(|(peer, conn, orig, flags, spoof)| Pkt { peer, conn, orig, flags, spoof })
+}
+
+/// The frame port `from` sends for `p`; and whether its source is one `from` does not own.
+fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
+    let to = (from + p.peer) % 3;
+    let (mut smac, mut sip) = (MAC[from], IP[from]);
+    match p.spoof {
+        6 => smac = OTHER_MAC,
+        7 => sip = OTHER_IP,
+        _ => {}
+    }
+    // The client's port is fixed per connection and pair, so that both ends name it alike.
+    let client = 40000 + (from.min(to) * 3 + from.max(to)) as u16 * 4 + p.conn as u16;
+    let service = [80u16, 22, 53, 55][p.conn];
+    let (sport, dport) = if p.orig { (client, service) } else { (service, client) };
+    let b = etherparse::PacketBuilder::ethernet2(smac, MAC[to]).ipv4(sip, IP[to], 64);
+    let mut v = Vec::new();
+    if p.conn < 2 {
+        let b = b.tcp(sport, dport, 1, 1000);
+        let b = match p.flags {
+            1 => b.syn(),
+            2 => b.syn().ack(2),
+            3 => b.fin().ack(2),
+            4 => b.rst(),
+            _ => b.ack(2),
+        };
+        b.write(&mut v, &[]).expect("frame");
+    } else {
+        b.udp(sport, dport).write(&mut v, b"q").expect("frame");
+    }
+    (v, p.spoof >= 6)
+}
+
+/// Frames queued (egress port name, bytes), in order.
+type Out = Vec<(String, Vec<u8>)>;
+
+/// Runs one burst from `from`: what was queued, and the drops counted on `from` by reason.
+fn run(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frames: &[Vec<u8>],
+    now: u32,
+    traced: bool,
+) -> (Out, BTreeMap<String, u64>) {
+    let port = sw.port_by_name(from).expect("port");
+    let before = port.stats.snapshot();
+    let mut cache = pool.cache();
+    let mut tx = TxBatches::new(sw.port_slots());
+    let mut burst = Burst::new();
+    for f in frames {
+        burst.push(cache.alloc_copy(f).expect("buffer"));
+    }
+    let mut traces = Vec::new();
+    process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, traced.then_some(&mut traces));
+    let mut out = Vec::new();
+    tx.drain_with(|id, b| {
+        let name = sw.port(id).expect("port").name.clone();
+        for buf in b.drain(..) {
+            out.push((name.clone(), buf.data().to_vec()));
+            cache.free(buf);
+        }
+    });
+    (out, support::drops_since(&before, &port.stats.snapshot()))
+}
+
+#[test]
+fn fast_path_matches_the_general_stages_on_filtered_ports() {
+    let pool = Pool::new("policy-fast-path", 1024).expect("pool");
+    let (bursts_run, fast_run) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    // Each burst: the sending port, then its packets; a stream of bursts mostly repeating a
+    // few connections, so that most of them are established.
+    let stream = prop::collection::vec((0usize..3, prop::collection::vec(arb_pkt(), 1..12)), 1..80);
+    // One case in four without any policy: spoof filters alone, no connection table.
+    let shapes = prop_oneof![1 => Just([0usize; 4]), 3 => prop::array::uniform4(0usize..RULES.len())];
+    let strategy = (shapes, stream);
+    let cases = ProptestConfig { cases: 64, source_file: Some(file!()), ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cases);
+    let result = runner.run(&strategy, |(shapes, stream)| {
+        let cfg = config(shapes);
+        let (fast_sw, general_sw) = (
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+        );
+        for (i, (from, pkts)) in stream.iter().enumerate() {
+            let now = 1 + i as u32 / 16;
+            let made: Vec<(Vec<u8>, bool)> = pkts.iter().map(|p| frame(*from, *p)).collect();
+            let frames: Vec<Vec<u8>> = made.iter().map(|(f, _)| f.clone()).collect();
+            let spoofed = made.iter().filter(|(_, s)| *s).count() as u64;
+            let before = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
+            let fast = run(&fast_sw, &pool, NAMES[*from], &frames, now, false);
+            let took_fast = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > before;
+            let general = run(&general_sw, &pool, NAMES[*from], &frames, now, true);
+            prop_assert_eq!(
+                &fast,
+                &general,
+                "burst {} from {} (fast path taken: {})",
+                i,
+                NAMES[*from],
+                took_fast
+            );
+            // The spoof filters, written out: no frame with a foreign source leaves, each is
+            // counted (a foreign MAC only on a and b, which filter MACs; c learns it).
+            let (out, drops) = &fast;
+            for (f, s) in &made {
+                if *s && (*from != 2 || f[6..12] != OTHER_MAC) {
+                    prop_assert!(
+                        !out.iter().any(|(_, o)| o == f),
+                        "a spoofed frame from {} left",
+                        NAMES[*from]
+                    );
+                }
+            }
+            let counted = drops.get("spoofed_src_mac").copied().unwrap_or(0)
+                + drops.get("spoofed_src_ip").copied().unwrap_or(0);
+            let expected =
+                made.iter().filter(|(f, s)| *s && (*from != 2 || f[6..12] != OTHER_MAC)).count() as u64;
+            prop_assert_eq!(
+                counted,
+                expected,
+                "spoofed frames from {} counted ({} foreign sources)",
+                NAMES[*from],
+                spoofed
+            );
+            bursts_run.set(bursts_run.get() + 1);
+            fast_run.set(fast_run.get() + u64::from(took_fast));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (n, f) = (bursts_run.get(), fast_run.get());
+    assert!(
+        f * 20 >= n,
+        "the fast path ran for {f} of {n} bursts: the comparison would be of one path with itself"
+    );
+}
