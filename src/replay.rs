@@ -6,6 +6,14 @@
 //! timestamp, so learning and aging are deterministic. Every input is checked before any frame
 //! is processed: a bad scenario, an unknown port or a damaged pcap writes nothing.
 //!
+//! Every port is pcap-backed, its `type` ignored, except a tunnel port (`type: vxlan |
+//! geneve`) that the scenario gives an uplink (`uplinks: {PORT: {mac, mtu}}`, what a node
+//! reads from the interface): it runs as the fast path does (ports/src/uplink_tunnel.rs)
+//! with the capture as its uplink's, outer headers and ARP/ND included, whatever its
+//! `underlay` says. Its seconds (neighbour probes, remote MAC
+//! aging) are the capture's too, and its RX queue is polled before every input frame, as a
+//! worker polls it between frames: probes leave at the first frame's time.
+//!
 //! `--expect` is the oracle of every case under tests/replay: any difference in a frame's bytes,
 //! timestamp or presence, in a counter the expected `stats.json` lists, or a buffer not back in
 //! the pool at the end (`buffers_leaked`, 0 unless the expected file says otherwise) fails the
@@ -17,12 +25,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
 use switchyard_dataplane::config::{from_yaml, BridgeConfig, Config};
 use switchyard_dataplane::pipeline::{process_burst, FrameTrace, TxBatches};
 use switchyard_dataplane::port::pcap::{read_pcap, resolve, PcapFrame, PcapPort, TxClock};
-use switchyard_dataplane::port::{Burst, PortBackend, TxQueue};
+use switchyard_dataplane::port::ring::{RingPeer, RingPort};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue, MAX_BURST,
+};
 use switchyard_dataplane::switch::{DropReason, PortId, SwitchConfig};
+use switchyard_dataplane::wire::MacAddr;
+use switchyard_ports::udp_tunnel::TunnelOptions;
+use switchyard_ports::uplink_tunnel::{NextHops, TunnelClock, UplinkTunnelPort};
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -47,6 +62,8 @@ pub enum ReplayError {
     Config(#[from] switchyard_dataplane::config::ConfigError),
     #[error("{file}: inputs: {msg}")]
     Inputs { file: String, msg: String },
+    #[error("{file}: uplinks: {msg}")]
+    Uplinks { file: String, msg: String },
     #[error("{0}")]
     Port(#[from] switchyard_dataplane::port::PortError),
     #[error("{path}: {source}")]
@@ -62,6 +79,22 @@ struct ScenarioFile {
     bridges: Vec<BridgeConfig>,
     #[serde(default)]
     inputs: serde_yaml_ng::Mapping,
+    #[serde(default)]
+    uplinks: BTreeMap<String, UplinkFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkFile {
+    mac: String,
+    mtu: Option<u32>,
+}
+
+/// The uplink of a tunnel port in a scenario: what a node reads from the interface.
+pub struct Uplink {
+    pub mac: MacAddr,
+    /// The underlay MTU (default 1500).
+    pub mtu: u32,
 }
 
 /// A loaded, checked scenario.
@@ -69,6 +102,8 @@ pub struct Scenario {
     pub config: Config,
     /// (port name, frames), in the order of `inputs`.
     pub inputs: Vec<(String, Vec<PcapFrame>)>,
+    /// The uplink of each tunnel port that runs on one, by port name.
+    pub uplinks: BTreeMap<String, Uplink>,
 }
 
 /// The file name a port's capture gets: `/` (as in `ns/vmi/iface`) becomes `_`.
@@ -105,10 +140,20 @@ impl Scenario {
             }
             named.push((port.to_string(), resolve(base, pcap)));
         }
+        let uplinks_err = |msg: String| ReplayError::Uplinks { file: file.clone(), msg };
+        let mut uplinks = BTreeMap::new();
+        for (name, u) in &s.uplinks {
+            let port = config.bridges.iter().flat_map(|b| &b.ports).find(|p| &p.name == name);
+            if !matches!(port.map(|p| p.backend()), Some(Ok(Backend::Tunnel(_)))) {
+                return Err(uplinks_err(format!("{name:?} is not a tunnel port (vxlan, geneve)")));
+            }
+            let mac = u.mac.parse::<MacAddr>().map_err(|e| uplinks_err(format!("{name}: mac: {e}")))?;
+            uplinks.insert(name.clone(), Uplink { mac, mtu: u.mtu.unwrap_or(1500) });
+        }
         for (port, pcap) in named {
             inputs.push((port, read_pcap(&pcap)?));
         }
-        Ok(Scenario { config, inputs })
+        Ok(Scenario { config, inputs, uplinks })
     }
 }
 
@@ -129,6 +174,60 @@ fn trace_line(cfg: &SwitchConfig, ts: u64, t: &FrameTrace) -> String {
     format!("{} {}", fmt_time(ts), t.describe(cfg))
 }
 
+/// A tunnel port's uplink in replay: its capture's frames come in through a ring, the frames
+/// it sends go to its pcap.
+struct ReplayUplink {
+    name: String,
+    ring: RingPort,
+    pcap: PcapPort,
+}
+
+impl PortBackend for ReplayUplink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
+        self.ring.open_rx(q)
+    }
+
+    fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
+        self.pcap.open_tx(q)
+    }
+}
+
+/// The receive side of a tunnel port in replay.
+struct TunnelRx {
+    port: PortId,
+    peer: RingPeer,
+    rx: Box<dyn RxQueue>,
+}
+
+/// Opens port `spec` of the scenario: a pcap writer, or a tunnel port on an uplink whose
+/// frames go to that writer.
+fn open_port(
+    sc: &Scenario,
+    spec: &switchyard_dataplane::switch::PortSpec,
+    path: &Path,
+    clock: &Arc<AtomicU64>,
+) -> Result<(Box<dyn TxQueue>, Option<TunnelRx>), ReplayError> {
+    let pcap = PcapPort::open(&spec.name, None, Some(path), false, TxClock::Shared(clock.clone()))?;
+    let (Some(u), Ok(Backend::Tunnel(t))) = (sc.uplinks.get(&spec.name), spec.config.backend()) else {
+        return Ok((pcap.open_tx(0)?, None));
+    };
+    let name = format!("{}-uplink", spec.name);
+    let (ring, peer) = RingPort::new(&name, 64);
+    let uplink = Arc::new(ReplayUplink { name, ring, pcap });
+    let opts = TunnelOptions::from_backend(&t);
+    // The port's own `routes` only: replay never reads the kernel's.
+    let hops = NextHops { routes: NextHops::routes_of(&t.routes), kernel_iface: None };
+    let port = UplinkTunnelPort::new(&spec.name, &opts, uplink, u.mac, u.mtu, hops)?
+        .with_clock(TunnelClock::Shared(clock.clone()))
+        .ok_or_else(|| PortError::Backend { port: spec.name.clone(), msg: "clock not set".into() })?;
+    let rx = port.open_rx(0)?;
+    Ok((port.open_tx(0)?, Some(TunnelRx { port: spec.id, peer, rx })))
+}
+
 /// Runs the scenario, writing `<port>.pcap` and `stats.json` into `out`.
 pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome, ReplayError> {
     let cfg = SwitchConfig::compile(&sc.config, None)?;
@@ -136,11 +235,12 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
         .map_err(|e| ReplayError::Io { path: out.display().to_string(), source: e })?;
     let clock = Arc::new(AtomicU64::new(0));
     let mut queues: Vec<Option<Box<dyn TxQueue>>> = (0..cfg.port_slots()).map(|_| None).collect();
+    let mut tunnels = Vec::new();
     for id in cfg.port_ids().collect::<Vec<_>>() {
         let spec = cfg.port(id).expect("id from port_ids");
-        let path = out.join(port_file_name(&spec.name));
-        let port = PcapPort::open(&spec.name, None, Some(&path), false, TxClock::Shared(clock.clone()))?;
-        queues[usize::from(id)] = Some(port.open_tx(0)?);
+        let (q, rx) = open_port(sc, spec, &out.join(port_file_name(&spec.name)), &clock)?;
+        queues[usize::from(id)] = Some(q);
+        tunnels.extend(rx);
     }
 
     // Merge: a stable sort by time keeps the order of `inputs`, then file order, on ties.
@@ -153,10 +253,8 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
 
     let pool = Pool::new("replay", 8192)?;
     let mut cache = pool.cache();
-    let mut tx = TxBatches::new(cfg.port_slots());
+    let mut outputs = Outputs { tx: TxBatches::new(cfg.port_slots()), queues, lines: Vec::new(), want_trace };
     let mut burst = Burst::new();
-    let mut traces = Vec::new();
-    let mut lines = Vec::new();
     let mut last_sweep: Option<u32> = None;
     for (ts, port, f) in frames {
         clock.store(ts, std::sync::atomic::Ordering::Relaxed);
@@ -168,6 +266,7 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
             last_sweep = Some(now);
         }
         let spec = cfg.port(port).expect("input ports checked at load");
+        let to_tunnel = tunnels.iter().position(|t| t.port == port);
         let refused = if (f.data.len() as u64) < u64::from(f.orig_len) {
             Some(DropReason::TruncatedCapture)
         } else if f.data.len() > DATA_ROOM {
@@ -183,7 +282,7 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
             let r = refused.unwrap_or(DropReason::NoBuffer);
             spec.stats.add_drop(r, 1);
             if want_trace {
-                lines.push(format!(
+                outputs.lines.push(format!(
                     "{} {} len={} -> drop {}",
                     fmt_time(ts),
                     spec.name,
@@ -193,14 +292,29 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
             }
             continue;
         };
-        burst.push(buf);
-        traces.clear();
-        process_burst(&cfg, port, &mut burst, now, &mut cache, &mut tx, want_trace.then_some(&mut traces));
-        tx.flush(&cfg, &mut queues, &mut cache);
-        for t in &traces {
-            lines.push(trace_line(&cfg, ts, t));
+        let mut buf = Some(buf);
+        // Every tunnel port's RX is polled (its probes are due at this time), the one the
+        // frame is for with the frame in its ring.
+        for (k, t) in tunnels.iter_mut().enumerate() {
+            if to_tunnel == Some(k) {
+                if let Some(b) = buf.take().and_then(|b| t.peer.inject(b).err()) {
+                    cache.free(b);
+                    spec.stats.add_drop(DropReason::NoBuffer, 1);
+                }
+            }
+            let mut drops = DropTally::default();
+            t.rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, MAX_BURST);
+            if let Some(s) = cfg.port(t.port) {
+                drops.flush_into(&s.stats);
+            }
+            outputs.switch(&cfg, t.port, &mut burst, (ts, now), &mut cache);
+        }
+        if let Some(b) = buf {
+            burst.push(b);
+            outputs.switch(&cfg, port, &mut burst, (ts, now), &mut cache);
         }
     }
+    let Outputs { mut queues, lines, .. } = outputs;
     for q in queues.iter_mut().flatten() {
         q.flush()?;
     }
@@ -228,6 +342,34 @@ pub fn run(sc: &Scenario, out: &Path, want_trace: bool) -> Result<ReplayOutcome,
     let sp = out.join("stats.json");
     std::fs::write(&sp, text).map_err(|e| ReplayError::Io { path: sp.display().to_string(), source: e })?;
     Ok(ReplayOutcome { trace: lines })
+}
+
+/// Where switched frames go: the ports' TX queues, and the trace.
+struct Outputs {
+    tx: TxBatches,
+    queues: Vec<Option<Box<dyn TxQueue>>>,
+    lines: Vec<String>,
+    want_trace: bool,
+}
+
+impl Outputs {
+    /// Switches `burst` (received on `port` at `ts` ns, `now` s) and sends what it makes.
+    fn switch(
+        &mut self,
+        cfg: &SwitchConfig,
+        port: PortId,
+        burst: &mut Burst,
+        (ts, now): (u64, u32),
+        cache: &mut switchyard_dataplane::buffer::PoolCache,
+    ) {
+        if burst.is_empty() {
+            return;
+        }
+        let mut traces = Vec::new();
+        process_burst(cfg, port, burst, now, cache, &mut self.tx, self.want_trace.then_some(&mut traces));
+        self.tx.flush(cfg, &mut self.queues, cache);
+        self.lines.extend(traces.iter().map(|t| trace_line(cfg, ts, t)));
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -404,6 +546,35 @@ mod tests {
         assert_eq!(stats_diffs(leak, Some(r#"{"ports": {}}"#)), want, "stats.json without the field");
         assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 0}"#)), want, "stats.json with 0");
         assert_eq!(stats_diffs(leak, Some(r#"{"buffers_leaked": 3}"#)), Vec::<String>::new());
+    }
+
+    /// Loads a scenario of a VM port and a VXLAN port with `uplinks` as given.
+    fn load_with_uplinks(uplinks: &str) -> Result<Scenario, ReplayError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("scenario.yaml");
+        let text = format!(
+            "bridges:\n  - name: br0\n    ports:\n      - {{name: vm-a}}\n      - {{name: tun0, type: vxlan, vni: 1, local: 192.0.2.1, flood: [192.0.2.2]}}\nuplinks: {uplinks}\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        Scenario::load(&path)
+    }
+
+    #[test]
+    fn uplinks_name_tunnel_ports_with_a_mac() {
+        let ok = load_with_uplinks(r#"{tun0: {mac: "02:00:00:00:01:01"}}"#).expect("load");
+        let u = &ok.uplinks["tun0"];
+        assert_eq!((u.mac, u.mtu), (MacAddr([2, 0, 0, 0, 1, 1]), 1500));
+        for (bad, why) in [
+            (r#"{vm-a: {mac: "02:00:00:00:01:01"}}"#, "\"vm-a\" is not a tunnel port"),
+            (r#"{tun9: {mac: "02:00:00:00:01:01"}}"#, "\"tun9\" is not a tunnel port"),
+            (r#"{tun0: {mac: "02:00:00:00:01"}}"#, "tun0: mac:"),
+        ] {
+            match load_with_uplinks(bad) {
+                Err(e @ ReplayError::Uplinks { .. }) => assert!(e.to_string().contains(why), "{bad}: {e}"),
+                Err(e) => panic!("{bad}: {e}"),
+                Ok(_) => panic!("{bad}: accepted"),
+            }
+        }
     }
 
     #[test]

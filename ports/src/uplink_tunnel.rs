@@ -25,7 +25,7 @@
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use switchyard_dataplane::backend::Backend;
@@ -88,7 +88,7 @@ struct Shared {
     port: u16,
     underlay_mtu: u32,
     max_inner: usize,
-    start: Instant,
+    clock: TunnelClock,
     /// The options the port runs with (the last update's), for the next update.
     opts: Mutex<TunnelOptions>,
 }
@@ -107,7 +107,10 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     fn now_s(&self) -> u32 {
-        self.start.elapsed().as_secs() as u32
+        match &self.clock {
+            TunnelClock::Monotonic(start) => start.elapsed().as_secs() as u32,
+            TunnelClock::Shared(ns) => (ns.load(Ordering::Relaxed) / 1_000_000_000) as u32,
+        }
     }
 
     /// The MAC of endpoint `e`'s next hop, when resolved.
@@ -172,6 +175,17 @@ impl Shared {
     }
 }
 
+/// Where the port's seconds come from (neighbour probes and confirmations, the aging of
+/// learned remote MACs).
+#[derive(Debug, Clone)]
+pub enum TunnelClock {
+    /// Seconds since the port opened.
+    Monotonic(Instant),
+    /// A shared clock in nanoseconds: the replay harness sets it to the capture's time, so
+    /// that probes and aging follow the capture, not the wall clock.
+    Shared(Arc<AtomicU64>),
+}
+
 /// A tunnel port on an uplink port.
 #[derive(Debug)]
 pub struct UplinkTunnelPort {
@@ -221,10 +235,17 @@ impl UplinkTunnelPort {
                 port: o.dstport,
                 underlay_mtu,
                 max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
-                start: Instant::now(),
+                clock: TunnelClock::Monotonic(Instant::now()),
                 opts: Mutex::new(o.clone()),
             }),
         })
+    }
+
+    /// The port with its seconds read from `clock` instead; `None` once a queue was opened
+    /// (the queues share the clock the port had then).
+    pub fn with_clock(mut self, clock: TunnelClock) -> Option<UplinkTunnelPort> {
+        Arc::get_mut(&mut self.shared)?.clock = clock;
+        Some(self)
     }
 
     /// The remote table (endpoints, flood list, remote MACs).

@@ -15,26 +15,12 @@ use switchyard_dataplane::{DropReason, Pool};
 use switchyard_ports::udp_tunnel::{TunnelOptions, UdpTunnelPort};
 use testkit::frame::{Frame, ETHERTYPE_LOCAL_EXPERIMENTAL};
 
-const PY: &str = "/usr/bin/python3";
+const PY: &str = testkit::probe::SCAPY_PYTHON;
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const PEER: &str = "127.0.0.2";
 
 fn script() -> String {
     format!("{}/tests/tunnel_scapy.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether Debian's python3 with scapy is here (the probe does not touch switchyard).
-fn scapy() -> Result<(), String> {
-    let ok = Command::new(PY)
-        .args(["-c", "import scapy.contrib.geneve, scapy.layers.vxlan"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{PY} with scapy (Debian's python3-scapy) is not installed"))
-    }
 }
 
 /// A UDP port free on both loopback addresses right now.
@@ -70,7 +56,7 @@ fn frame(n: u8, len: usize) -> Vec<u8> {
 }
 
 fn tx_is_what_scapy_dissects(kind: TunnelKind) {
-    if let Err(why) = scapy() {
+    if let Err(why) = testkit::probe::scapy() {
         testkit::skip(&testkit::current_test(), &why);
         return;
     }
@@ -118,7 +104,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn rx_delivers_or_counts_what_scapy_builds(kind: TunnelKind) {
-    if let Err(why) = scapy() {
+    if let Err(why) = testkit::probe::scapy() {
         testkit::skip(&testkit::current_test(), &why);
         return;
     }

@@ -165,6 +165,24 @@ pub fn page_size_at(addr: usize) -> Result<(u64, bool), String> {
     Err(format!("no mapping of this process holds {addr:#x}"))
 }
 
+/// Debian's python3 with scapy: the independent implementation tunnel tests build and
+/// dissect VXLAN and Geneve with.
+pub const SCAPY_PYTHON: &str = "/usr/bin/python3";
+
+/// [`SCAPY_PYTHON`] imports scapy's VXLAN and Geneve layers, or why not.
+pub fn scapy() -> Result<(), String> {
+    let ok = Command::new(SCAPY_PYTHON)
+        .args(["-c", "import scapy.contrib.geneve, scapy.layers.vxlan"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{SCAPY_PYTHON} with scapy (Debian's python3-scapy) is not installed"))
+    }
+}
+
 /// Prometheus's `promtool` (Debian: package `prometheus`) runs, or why not.
 pub fn promtool() -> Result<(), String> {
     match Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {

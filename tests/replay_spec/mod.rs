@@ -703,4 +703,8 @@ The cases are specified in `tests/replay_spec/cases.rs`: input frames and expect
 built by a small frame builder from reasoning about the L2 semantics of docs/semantics.md, never \
 from the switch's own output. Regenerate the files with \
 `REGENERATE=1 cargo test --test replay_gen -- --ignored`; `cargo test --test replay_gen` checks \
-that the committed files match the specification byte for byte.\n";
+that the committed files match the specification byte for byte.\n\n\
+The cases with outer headers (`tunnel_*`: a tunnel port on an uplink, `uplinks` in the \
+scenario) are written by `tunnel_cases.py` with scapy, from the RFC fields; run \
+`/usr/bin/python3 tests/replay/tunnel_cases.py` to rewrite them; `cargo test --test \
+replay_tunnel_cases` checks that the committed files are what it writes.\n";
