@@ -26,7 +26,9 @@ use crate::wire::arp::{ArpPacket, ArpRepr, ARP_ETH_IPV4_LEN};
 use crate::wire::ip::{PROTO_ICMPV6, V6_DST, V6_HOPS, V6_NEXT, V6_PAYLOAD_LEN, V6_SRC};
 use crate::wire::offload::{fold, ones_sum};
 use crate::wire::outer::{OuterPacket, IPV6_HEADER_LEN};
-use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET};
+use crate::wire::{
+    EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_SRC_OFFSET, ETH_TYPE_OFFSET, MAC_ADDRS_LEN,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -77,7 +79,7 @@ fn be16(b: &[u8], off: usize) -> Option<u16> {
 
 /// Sorts an uplink frame (see [`UplinkFrame`]).
 pub fn classify(frame: &[u8], local: IpAddr, port: u16) -> UplinkFrame {
-    match (be16(frame, 12), local) {
+    match (be16(frame, ETH_TYPE_OFFSET), local) {
         (Some(EtherType::ARP), IpAddr::V4(l)) => classify_arp(frame, l),
         (Some(EtherType::IPV6), IpAddr::V6(l))
             if frame.get(ETH_HEADER_LEN + V6_NEXT) == Some(&PROTO_ICMPV6) =>
@@ -200,8 +202,8 @@ pub fn arp_frame(
         None => (MacAddr::BROADCAST, ArpRepr::REQUEST, MacAddr::ZERO),
     };
     out.fill(0);
-    out[..6].copy_from_slice(&dst.0);
-    out[6..12].copy_from_slice(&mac.0);
+    out[..ETH_SRC_OFFSET].copy_from_slice(&dst.0);
+    out[ETH_SRC_OFFSET..MAC_ADDRS_LEN].copy_from_slice(&mac.0);
     out[ETH_TYPE_OFFSET..ETH_HEADER_LEN].copy_from_slice(&EtherType::ARP.to_be_bytes());
     ArpRepr { operation: op, sha: mac, spa: ip, tha, tpa: target }.emit_into(&mut out[ETH_HEADER_LEN..]);
     const { assert!(ETH_HEADER_LEN + ARP_ETH_IPV4_LEN <= ETH_MIN_FRAME) };
@@ -243,8 +245,8 @@ pub fn nd_frame(
         }
     };
     out.fill(0);
-    out[..6].copy_from_slice(&dst_mac.0);
-    out[6..12].copy_from_slice(&mac.0);
+    out[..ETH_SRC_OFFSET].copy_from_slice(&dst_mac.0);
+    out[ETH_SRC_OFFSET..MAC_ADDRS_LEN].copy_from_slice(&mac.0);
     out[ETH_TYPE_OFFSET..ETH_HEADER_LEN].copy_from_slice(&EtherType::IPV6.to_be_bytes());
     let l3 = ETH_HEADER_LEN;
     let ipv6 = &mut out[l3..l3 + IPV6_HEADER_LEN];

@@ -7,7 +7,10 @@ use super::thread::Worker;
 use super::FwdMode;
 use crate::buffer::DATA_ROOM;
 use crate::switch::PortId;
-use crate::wire::{EtherType, MacAddr, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET};
+use crate::wire::ip::{
+    IPV4_HEADER_LEN, PROTO_UDP, V4_CSUM, V4_DST, V4_PROTO, V4_SRC, V4_TOTAL_LEN, V4_TTL, V4_VER_IHL,
+};
+use crate::wire::{EtherType, MacAddr, ETH_SRC_OFFSET, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET};
 
 /// The frames `txonly` and `flowgen` send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +87,8 @@ fn build_udp_frame(
     };
     vary(&mut s);
     vary(&mut d);
-    f[0..6].copy_from_slice(&d);
-    f[6..MAC_ADDRS_LEN].copy_from_slice(&s);
+    f[..ETH_SRC_OFFSET].copy_from_slice(&d);
+    f[ETH_SRC_OFFSET..MAC_ADDRS_LEN].copy_from_slice(&s);
     let mut o = MAC_ADDRS_LEN;
     if let Some(v) = vlan {
         f[o..o + 2].copy_from_slice(&EtherType::VLAN.to_be_bytes());
@@ -95,23 +98,23 @@ fn build_udp_frame(
     f[o..o + 2].copy_from_slice(&EtherType::IPV4.to_be_bytes());
     let ip = o + 2;
     let ip_len = (len.saturating_sub(ip)).max(28) as u16;
-    f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&ip_len.to_be_bytes());
-    f[ip + 8] = 64;
-    f[ip + 9] = 17;
-    f[ip + 12..ip + 16].copy_from_slice(&[198, 18, 0, 1]);
-    f[ip + 16..ip + 20].copy_from_slice(&[198, 19, 0, 1]);
+    f[ip + V4_VER_IHL] = 0x45;
+    f[ip + V4_TOTAL_LEN..ip + V4_TOTAL_LEN + 2].copy_from_slice(&ip_len.to_be_bytes());
+    f[ip + V4_TTL] = 64;
+    f[ip + V4_PROTO] = PROTO_UDP;
+    f[ip + V4_SRC..ip + V4_DST].copy_from_slice(&[198, 18, 0, 1]);
+    f[ip + V4_DST..ip + IPV4_HEADER_LEN].copy_from_slice(&[198, 19, 0, 1]);
     let mut sum = 0u32;
-    for i in (ip..ip + 20).step_by(2) {
+    for i in (ip..ip + IPV4_HEADER_LEN).step_by(2) {
         sum += u32::from(u16::from_be_bytes([f[i], f[i + 1]]));
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    f[ip + 10..ip + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    let udp = ip + 20;
+    f[ip + V4_CSUM..ip + V4_CSUM + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp = ip + IPV4_HEADER_LEN;
     f[udp..udp + 2].copy_from_slice(&(1024u16.wrapping_add(flow_i as u16)).to_be_bytes());
     f[udp + 2..udp + 4].copy_from_slice(&1024u16.to_be_bytes());
-    f[udp + 4..udp + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f[udp + 4..udp + 6].copy_from_slice(&(ip_len - IPV4_HEADER_LEN as u16).to_be_bytes());
     f
 }

@@ -8,7 +8,7 @@ use crate::buffer::PoolCache;
 use crate::cpu;
 use crate::port::Burst;
 use crate::switch::PortId;
-use crate::wire::{MacAddr, MAC_ADDRS_LEN};
+use crate::wire::{MacAddr, ETH_SRC_OFFSET, MAC_ADDRS_LEN};
 
 /// The MAC address the `mac` mode and generators give port `p` (as testpmd's defaults).
 pub fn port_mac(p: PortId) -> MacAddr {
@@ -62,8 +62,8 @@ fn rewrite(mode: FwdMode, burst: &mut Burst, cache: &mut PoolCache, port: PortId
             for b in burst.iter_mut() {
                 let d = b.data_mut();
                 if d.len() >= MAC_ADDRS_LEN {
-                    d[0..6].copy_from_slice(&dst.0);
-                    d[6..MAC_ADDRS_LEN].copy_from_slice(&src.0);
+                    d[..ETH_SRC_OFFSET].copy_from_slice(&dst.0);
+                    d[ETH_SRC_OFFSET..MAC_ADDRS_LEN].copy_from_slice(&src.0);
                 }
             }
         }
@@ -72,9 +72,9 @@ fn rewrite(mode: FwdMode, burst: &mut Burst, cache: &mut PoolCache, port: PortId
                 let d = b.data_mut();
                 if d.len() >= MAC_ADDRS_LEN {
                     let mut a = [0u8; 6];
-                    a.copy_from_slice(&d[0..6]);
-                    d.copy_within(6..MAC_ADDRS_LEN, 0);
-                    d[6..MAC_ADDRS_LEN].copy_from_slice(&a);
+                    a.copy_from_slice(&d[..ETH_SRC_OFFSET]);
+                    d.copy_within(ETH_SRC_OFFSET..MAC_ADDRS_LEN, 0);
+                    d[ETH_SRC_OFFSET..MAC_ADDRS_LEN].copy_from_slice(&a);
                 }
             }
         }
