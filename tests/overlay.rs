@@ -95,6 +95,14 @@ fn ul_addr(v6: bool, i: usize) -> String {
 
 /// The underlay: a kernel bridge `ul` in namespace `N`, `hosts` namespaces each on a veth
 /// `eth0` with address 10.99.0.<i+1>/24.
+/// Namespaces set `id` with three underlay hosts u1, u2, u3 on one link of MTU `mtu`.
+fn three_nodes(id: u32, mtu: u32) -> (Namespaces, [String; 3]) {
+    let mut nss = Namespaces::new(id);
+    let u = [nss.add("u1"), nss.add("u2"), nss.add("u3")];
+    underlay(&mut nss, &[&u[0], &u[1], &u[2]], mtu);
+    (nss, u)
+}
+
 fn underlay(nss: &mut Namespaces, hosts: &[&str], mtu: u32) {
     underlay_of(nss, hosts, mtu, false)
 }
@@ -242,9 +250,7 @@ fn two_switchyard_nodes_over_a_vxlan_underlay() {
     if !skip_unless_ready("two_switchyard_nodes_over_a_vxlan_underlay") {
         return;
     }
-    let mut nss = Namespaces::new(1);
-    let (u1, u2, u3) = (nss.add("u1"), nss.add("u2"), nss.add("u3"));
-    underlay(&mut nss, &[&u1, &u2, &u3], 1400);
+    let (mut nss, [u1, u2, u3]) = three_nodes(1, 1400);
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let b1 = vm(&mut nss, "b1", &u1, "vb1", "02:00:00:00:0b:01", "10.50.0.11");
     let a2 = vm(&mut nss, "a2", &u2, "va2", "02:00:00:00:0a:02", "10.50.0.2");
@@ -344,9 +350,7 @@ fn two_overlay_networks_share_one_udp_port() {
     if !skip_unless_ready("two_overlay_networks_share_one_udp_port") {
         return;
     }
-    let mut nss = Namespaces::new(9);
-    let (u1, u2, u3) = (nss.add("u1"), nss.add("u2"), nss.add("u3"));
-    underlay(&mut nss, &[&u1, &u2, &u3], 1500);
+    let (mut nss, [u1, u2, u3]) = three_nodes(9, 1500);
     let b1 = vm(&mut nss, "b1", &u1, "vb1", "02:00:00:00:b1:01", "10.50.0.1");
     let r1 = vm(&mut nss, "r1", &u1, "vr1", "02:00:00:00:e1:01", "10.50.0.1");
     let b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:b1:02", "10.50.0.2");
