@@ -19,9 +19,10 @@
 //! nodes' tunnels, spoof filters come from the policy stage); its status has an address that
 //! does not parse (a problem the policy stage reports); its planning has a problem or a note,
 //! before or after, or its last good version was kept; a port name or a static MAC it names
-//! is named by another port too (the duplicate rules decide between ports); a bridge would be
-//! left without ports or is not there yet; the node would exceed its port limit; or the
-//! runtime cannot patch (CNI ports merged in).
+//! is named by another port too (the duplicate rules decide between ports); the last full
+//! plan had such a conflict anywhere (a VMI kept or left out for it may come back when another
+//! one changes); a bridge would be left without ports or is not there yet; the node would
+//! exceed its port limit; or the runtime cannot patch (CNI ports merged in).
 //!
 //! [`Runtime::apply_delta`]: crate::runtime::Runtime::apply_delta
 
@@ -102,13 +103,18 @@ pub(crate) struct Current {
 }
 
 impl Current {
-    /// After a full plan; `None` when no delta may follow it (over the port limit).
+    /// After a full plan; `None` when no delta may follow it: a rule between ports (a name
+    /// or static MAC twice, the port limit) made a problem, which another VMI's change may
+    /// mend (a VMI kept at its last good version for a MAC another one held, say).
     pub(crate) fn new(
         state: ClusterState,
         plan: &mut crate::Plan,
         kept: &[crate::lastgood::Kept],
         memo: &PlanMemo,
     ) -> Option<Current> {
+        if plan.ports_conflict {
+            return None;
+        }
         let index = Index::build(memo)?;
         Some(Current {
             state,

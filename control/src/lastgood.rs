@@ -282,6 +282,8 @@ impl LastGood {
             }
         }
         second.problems = problems;
+        // The bad version's conflict is what kept it: gone once another VMI changes.
+        second.ports_conflict |= first.ports_conflict;
         self.memo.phases = std::mem::take(&mut self.memo.phases).after(ph);
         Resolved { plan: second, kept, state }
     }

@@ -69,6 +69,10 @@ pub struct Plan {
     /// The overlay networks with a bridge on this node (control/src/overlay.rs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub overlays: Vec<crate::overlay::Overlay>,
+    /// Whether a rule between ports (a port name or a static MAC named twice, the port limit)
+    /// made a problem: another VMI's change may then mend it, so no delta follows this plan.
+    #[serde(skip)]
+    pub(crate) ports_conflict: bool,
 }
 
 /// A port as built, with where it came from (for problems found when ports meet).
@@ -826,6 +830,8 @@ impl Planner {
     }
 
     fn finish(mut self, node: &str) -> Plan {
+        // Set where a rule between ports decides (the problem may name no object).
+        let mut conflict = false;
         // Sorted: bridges by name, ports by name.
         self.ports.sort_by(|a, b| (&a.bridge, &a.port.name).cmp(&(&b.bridge, &b.port.name)));
         // Port names are unique on the node: an uplink named in two bridges keeps the first.
@@ -842,6 +848,7 @@ impl Planner {
                     self.problems.push(Problem::object(src, oref, field, &msg));
                 }
                 dropped[i] = true;
+                conflict = true;
                 continue;
             }
             names.insert(&b.port.name, &b.bridge);
@@ -865,6 +872,7 @@ impl Planner {
                         Some(first) => {
                             dup = Some((*m, *first));
                             gone.push((i, k));
+                            conflict = true;
                         }
                         None => {
                             macs.insert((&b.bridge, *m), &b.port.name);
@@ -886,6 +894,7 @@ impl Planner {
         // The dataplane's port limit: uplinks first, then VM ports in name order.
         let max = switchyard_dataplane::switch::MAX_PORTS_PER_NODE;
         if keep.len() > max {
+            conflict = true;
             let (mut up, mut vm): (Vec<Built>, Vec<Built>) =
                 keep.into_iter().partition(|b| b.port.kind != Some(PortType::Vhostuser));
             vm.sort_by(|a, b| a.port.name.cmp(&b.port.name));
@@ -932,6 +941,7 @@ impl Planner {
             config,
             skipped: self.skipped,
             notes: self.notes,
+            ports_conflict: conflict,
             problems: self.problems,
             overlays: Vec::new(),
         }

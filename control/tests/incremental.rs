@@ -269,7 +269,11 @@ fn event() -> impl Strategy<Value = Ev> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases a run (CI); PROPTEST_CASES=N for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     /// The property: incremental == from scratch, for any sequence of events.
     #[test]
@@ -330,4 +334,21 @@ fn fixed_sequence() {
         (1, 4, 3, false),
     ];
     check(&seq).unwrap();
+}
+
+/// The sequence CI's random run found (2026-12-05): a NAD created under a VMI's first network
+/// (full path), then the VMI changed to drop its second network and move its MAC to the first.
+#[test]
+fn delta_after_a_nad_appears_under_a_vmi() {
+    let seq: Vec<Ev> = vec![
+        (1, 6, 9, false),
+        (0, 6, 1, false),
+        (0, 2, 0, false),
+        (1, 0, 10, false),
+        (1, 2, 3, false),
+        (0, 0, 1, false),
+        (1, 2, 8, false),
+        (1, 0, 0, false),
+    ];
+    check_delta(&seq).unwrap();
 }
