@@ -1,10 +1,12 @@
 //! The Kubernetes API as the source of cluster state (`run --kube`): watches, a store of the
 //! objects they deliver, and the Events that tell the cluster what was found wrong.
 //!
-//! Invariant: [`ApiStore::snapshot`] is a [`ClusterState`] made by the same
-//! [`ClusterState::add_value`] the directory source uses, one object at a time, so both
-//! sources plan through the same code. A kind's objects enter the store only from a complete
-//! list (kube-runtime's `Init` .. `InitDone`, buffered here): a relist removes the objects it no
+//! Invariant: [`ApiStore::snapshot`] is a [`ClusterState`] made by the same per-kind code
+//! the directory source's [`ClusterState::add_value`] runs (`ClusterState::add_object`), one
+//! object at a time, so both sources plan through the same code. Each object is deserialized
+//! once, from the watch's JSON straight into its kind's type (no intermediate YAML value), as
+//! it arrives. A kind's objects enter the store only from a complete list (kube-runtime's
+//! `Init` .. `InitDone`, buffered here already parsed): a relist removes the objects it no
 //! longer finds only once the list is complete, never from a partial one. Nothing is planned
 //! before every required kind has been listed once ([`ApiStore::ready`]).
 //!
@@ -140,20 +142,35 @@ pub enum ApiError {
 
 type Key = (Kind, Option<String>, String);
 
+/// What the store keeps of an object besides its parsed form: its resourceVersion (a relist
+/// skips what did not change) and uid (an Event's reference names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    rv: String,
+    uid: Option<String>,
+}
+
+/// One object as a watch delivered it, parsed (or found unchanged), ready to store.
+struct Parsed {
+    key: Key,
+    version: Version,
+    /// The object parsed into a one-object state, with the problems parsing found; `None`
+    /// when the store has this very version already.
+    one: Option<ClusterState>,
+}
+
 /// The objects the watches delivered, by kind, and what parsing them found wrong.
 #[derive(Default)]
 pub struct ApiStore {
     state: ClusterState,
     problems: BTreeMap<Key, Vec<Problem>>,
-    /// resourceVersion of every object stored (a relist skips what did not change).
-    versions: HashMap<Key, String>,
-    /// For Events: each object's reference (uid, apiVersion, ...).
-    refs: HashMap<ObjRef, ObjectReference>,
+    /// Every object stored, by key.
+    versions: HashMap<Key, Version>,
     ignored: BTreeSet<ObjRef>,
     /// Kinds listed completely at least once.
     synced: BTreeSet<Kind>,
-    /// Objects of a list in progress, by kind.
-    listing: BTreeMap<Kind, Vec<DynamicObject>>,
+    /// Objects of a list in progress, by kind, parsed as they came.
+    listing: BTreeMap<Kind, Vec<Parsed>>,
     /// Counts changes (stored, replaced or removed objects).
     pub changes: u64,
     /// The objects changed since [`ApiStore::take_dirty`] last took them; `None` once a change
@@ -224,9 +241,19 @@ impl ApiStore {
         st
     }
 
-    /// The reference of an object stored (for an Event about it).
-    pub fn reference(&self, o: &ObjRef) -> Option<&ObjectReference> {
-        self.refs.get(o)
+    /// The reference of an object stored (for an Event about it), made when asked.
+    pub fn reference(&self, o: &ObjRef) -> Option<ObjectReference> {
+        let kind = Kind::ALL.into_iter().find(|k| k.gvk().2 == o.kind)?;
+        let v = self.versions.get(&(kind, o.namespace.clone(), o.name.clone()))?;
+        Some(ObjectReference {
+            api_version: Some(kind.api_version()),
+            kind: Some(o.kind.clone()),
+            name: Some(o.name.clone()),
+            namespace: o.namespace.clone(),
+            uid: v.uid.clone(),
+            resource_version: Some(v.rv.clone()).filter(|rv| !rv.is_empty()),
+            ..Default::default()
+        })
     }
 
     /// Takes one watcher event of `kind`.
@@ -235,10 +262,13 @@ impl ApiStore {
             Event::Init => {
                 self.listing.insert(kind, Vec::new());
             }
-            Event::InitApply(o) => self.listing.entry(kind).or_default().push(o),
+            Event::InitApply(o) => {
+                let p = self.parse(kind, o);
+                self.listing.entry(kind).or_default().push(p);
+            }
             Event::InitDone => {
                 let listed = self.listing.remove(&kind).unwrap_or_default();
-                self.replace_all(kind, listed);
+                self.replace_parsed(kind, listed);
             }
             Event::Apply(o) => self.put(kind, o),
             Event::Delete(o) => {
@@ -250,14 +280,20 @@ impl ApiStore {
 
     /// A complete list of `kind`: what it lacks is gone, the rest is stored.
     pub fn replace_all(&mut self, kind: Kind, listed: Vec<DynamicObject>) {
-        let keep: BTreeSet<Key> = listed.iter().map(|o| key_of(kind, o)).collect();
+        let parsed = listed.into_iter().map(|o| self.parse(kind, o)).collect();
+        self.replace_parsed(kind, parsed);
+    }
+
+    fn replace_parsed(&mut self, kind: Kind, listed: Vec<Parsed>) {
+        let keep: BTreeSet<&Key> = listed.iter().map(|p| &p.key).collect();
         let gone: Vec<Key> =
             self.versions.keys().filter(|k| k.0 == kind && !keep.contains(*k)).cloned().collect();
+        drop(keep);
         for k in gone {
             self.remove(&k);
         }
-        for o in listed {
-            self.put(kind, o);
+        for p in listed {
+            self.store(p);
         }
         self.synced.insert(kind);
     }
@@ -284,44 +320,55 @@ impl ApiStore {
             Kind::Namespace => drop(self.state.namespaces.remove(name)),
             Kind::MultiNetworkPolicy => drop(self.state.policies.remove(&pair())),
         }
-        let oref = ObjRef::new(kind.gvk().2, ns.as_deref(), name);
-        self.ignored.remove(&oref);
-        self.refs.remove(&oref);
+        self.ignored.remove(&ObjRef::new(kind.gvk().2, ns.as_deref(), name));
         self.problems.remove(k);
         self.mark(k);
     }
 
     /// Stores (or replaces) one object, parsed as the directory source parses a document.
-    pub fn put(&mut self, kind: Kind, mut o: DynamicObject) {
-        let k = key_of(kind, &o);
-        let rv = o.metadata.resource_version.clone().unwrap_or_default();
-        if !rv.is_empty() && self.versions.get(&k) == Some(&rv) {
-            return;
+    pub fn put(&mut self, kind: Kind, o: DynamicObject) {
+        let p = self.parse(kind, o);
+        self.store(p);
+    }
+
+    /// Parses one object of `kind` (unless the store has this version of it already): its
+    /// JSON, with its metadata put back in, deserialized once into the kind's type by the
+    /// directory source's per-kind code.
+    fn parse(&self, kind: Kind, mut o: DynamicObject) -> Parsed {
+        let key = key_of(kind, &o);
+        let version = Version {
+            rv: o.metadata.resource_version.take().unwrap_or_default(),
+            uid: o.metadata.uid.take(),
+        };
+        if !version.rv.is_empty() && self.versions.get(&key).is_some_and(|v| v.rv == version.rv) {
+            return Parsed { key, version, one: None };
         }
-        self.remove(&k);
-        let kname = kind.gvk().2;
-        let api_version = kind.api_version();
-        // List items of built-in kinds carry no apiVersion/kind: the kind watched says it.
-        o.types = Some(kube::api::TypeMeta { api_version: api_version.clone(), kind: kname.into() });
-        let oref = ObjRef::new(kname, k.1.as_deref(), &k.2);
-        self.refs.insert(
-            oref.clone(),
-            ObjectReference {
-                api_version: Some(api_version),
-                kind: Some(kname.into()),
-                name: Some(k.2.clone()),
-                namespace: k.1.clone(),
-                uid: o.metadata.uid.clone(),
-                resource_version: o.metadata.resource_version.clone(),
-                ..Default::default()
-            },
+        let src = Source { file: Arc::from(path_of(kind, key.1.as_deref(), &key.2)), doc: 0 };
+        // What the types read of metadata (`DynamicObject` holds it apart from the rest).
+        let m = &mut o.metadata;
+        let mut meta = serde_json::Map::new();
+        let string = serde_json::Value::String;
+        let labels = |l: BTreeMap<String, String>| l.into_iter().map(|(k, v)| (k, string(v))).collect();
+        meta.extend(m.name.take().map(|v| ("name".to_string(), string(v))));
+        meta.extend(m.namespace.take().map(|v| ("namespace".to_string(), string(v))));
+        meta.extend(m.labels.take().map(|l| ("labels".to_string(), serde_json::Value::Object(labels(l)))));
+        meta.extend(
+            m.annotations.take().map(|l| ("annotations".to_string(), serde_json::Value::Object(labels(l)))),
         );
-        let src = Source { file: Arc::from(path_of(kind, k.1.as_deref(), &k.2)), doc: 0 };
-        let mut one = ClusterState::default();
-        match serde_yaml_ng::to_value(&o) {
-            Ok(v) => one.add_value(src, v),
-            Err(e) => one.problems.push(Problem::object(&src, &oref, "", &format!("cannot convert: {e}"))),
+        let mut doc = std::mem::take(&mut o.data);
+        if let serde_json::Value::Object(map) = &mut doc {
+            map.insert("metadata".into(), serde_json::Value::Object(meta));
         }
+        let mut one = ClusterState::default();
+        one.add_object(src, kind.gvk().2, &kind.api_version(), key.2.clone(), key.1.clone(), doc);
+        Parsed { key, version, one: Some(one) }
+    }
+
+    /// Stores a parsed object in place of what the store had under its key.
+    fn store(&mut self, p: Parsed) {
+        let Parsed { key: k, version, one } = p;
+        let Some(one) = one else { return };
+        self.remove(&k);
         // One object each: inserted (`BTreeMap::append` would rebuild the whole map).
         self.state.nodes.extend(one.nodes);
         self.state.nads.extend(one.nads);
@@ -333,7 +380,7 @@ impl ApiStore {
         if !one.problems.is_empty() {
             self.problems.insert(k.clone(), one.problems);
         }
-        self.versions.insert(k.clone(), rv);
+        self.versions.insert(k.clone(), version);
         self.mark(&k);
     }
 }
@@ -482,7 +529,7 @@ impl ApiSource {
                         None => p.message.clone(),
                     };
                     let reason = if p.field.is_some() { "InvalidField" } else { "Invalid" };
-                    let _ = tx.send(EventRequest { regarding: r.clone(), reason: reason.into(), note });
+                    let _ = tx.send(EventRequest { regarding: r, reason: reason.into(), note });
                 }
             }
             now.insert(id);

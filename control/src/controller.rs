@@ -211,8 +211,8 @@ fn lock(rt: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
 /// Where port `name` comes from, for the log: `NAD ns/name` for a VM port, `NNCP name` for an
 /// uplink. Asked only for the ports a reconcile changes.
 pub fn origin(state: &ClusterState, name: &str) -> Option<String> {
-    let parts: Vec<&str> = name.splitn(3, '/').collect();
-    if let [ns, vmi, iface] = parts[..] {
+    let mut parts = name.splitn(3, '/');
+    if let (Some(ns), Some(vmi), Some(iface)) = (parts.next(), parts.next(), parts.next()) {
         let v = state.vmis.get(&(ns.to_string(), vmi.to_string()))?;
         let net = v.obj.spec.networks.iter().find(|n| n.name == iface)?;
         let m = net.multus.as_ref()?;
@@ -430,8 +430,9 @@ impl Controller {
             input.kept.push(k.to_string());
         }
         for s in &r.plan.skipped {
+            let s = s.to_string();
             say(format!("skipped: {s}"), false, &self.logged);
-            input.skipped.push(s.to_string());
+            input.skipped.push(s);
         }
         for n in &r.plan.notes {
             say(format!("note: {n}"), false, &self.logged);

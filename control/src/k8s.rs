@@ -107,6 +107,17 @@ pub struct Devices {
     pub interfaces: Vec<Interface>,
 }
 
+/// A field whose presence alone matters (a binding's settings, which switchyard does not
+/// read): any value but `null` is present. Holds nothing, so a stored VMI keeps no copy of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present;
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Present, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present)
+    }
+}
+
 /// A VMI interface. The binding is whichever of the binding fields is set (KubeVirt allows
 /// one); with none set KubeVirt defaults to `bridge`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -114,17 +125,17 @@ pub struct Devices {
 pub struct Interface {
     pub name: String,
     #[serde(default)]
-    pub bridge: Option<serde_yaml_ng::Value>,
+    pub bridge: Option<Present>,
     #[serde(default)]
-    pub masquerade: Option<serde_yaml_ng::Value>,
+    pub masquerade: Option<Present>,
     #[serde(default)]
-    pub sriov: Option<serde_yaml_ng::Value>,
+    pub sriov: Option<Present>,
     #[serde(default)]
-    pub slirp: Option<serde_yaml_ng::Value>,
+    pub slirp: Option<Present>,
     #[serde(default)]
-    pub passt: Option<serde_yaml_ng::Value>,
+    pub passt: Option<Present>,
     #[serde(default)]
-    pub macvtap: Option<serde_yaml_ng::Value>,
+    pub macvtap: Option<Present>,
     #[serde(default)]
     pub binding: Option<PluginBinding>,
     #[serde(default)]
@@ -142,7 +153,7 @@ pub struct PluginBinding {
 pub struct Network {
     pub name: String,
     #[serde(default)]
-    pub pod: Option<serde_yaml_ng::Value>,
+    pub pod: Option<Present>,
     #[serde(default)]
     pub multus: Option<MultusNetwork>,
 }
@@ -254,7 +265,7 @@ pub struct NmPort {
     pub vlan: Option<NmVlan>,
     /// OVS bonds (`link-aggregation`) are not uplinks switchyard can open.
     #[serde(default)]
-    pub link_aggregation: Option<serde_yaml_ng::Value>,
+    pub link_aggregation: Option<Present>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -506,7 +517,7 @@ impl ClusterState {
 
     /// Adds one object (or a `List` of them) given as a parsed value, naming `src` in problems.
     pub fn add_value(&mut self, src: Source, v: serde_yaml_ng::Value) {
-        let map = match v {
+        let mut map = match v {
             serde_yaml_ng::Value::Null => return, // an empty document
             serde_yaml_ng::Value::Mapping(m) => m,
             _ => {
@@ -529,16 +540,29 @@ impl ClusterState {
         let meta = map.get("metadata").and_then(|m| m.as_mapping());
         let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
         let ns = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).map(str::to_string);
-        let v = serde_yaml_ng::Value::Mapping(map);
-        let group = group_of(&api);
-        match (kind.as_str(), group) {
-            (k, _) if k.ends_with("List") => {
-                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
-                    for it in items.clone() {
-                        self.add_value(src.clone(), it);
-                    }
+        if kind.ends_with("List") {
+            if let Some(serde_yaml_ng::Value::Sequence(items)) = map.remove("items") {
+                for it in items {
+                    self.add_value(src.clone(), it);
                 }
             }
+            return;
+        }
+        self.add_object(src, &kind, &api, name, ns, serde_yaml_ng::Value::Mapping(map));
+    }
+
+    /// Adds one object of `kind` (`api` its apiVersion) named `ns/name`, whose document `v`
+    /// (a manifest's, or the API's JSON) is deserialized once, straight into the kind's type.
+    pub(crate) fn add_object(
+        &mut self,
+        src: Source,
+        kind: &str,
+        api: &str,
+        name: String,
+        ns: Option<String>,
+        v: impl Doc,
+    ) {
+        match (kind, group_of(api)) {
             ("Node", "") => {
                 if let Some(n) = self.typed::<Node>(&src, &kind, None, &name, v) {
                     self.insert_unique_node(src, n);
@@ -627,7 +651,7 @@ impl ClusterState {
                     }
                 }
             }
-            _ => self.ignored.push(ObjRef::new(&kind, ns.as_deref(), &name)),
+            _ => self.ignored.push(ObjRef::new(kind, ns.as_deref(), &name)),
         }
     }
 
@@ -647,21 +671,39 @@ impl ClusterState {
         kind: &str,
         ns: Option<&str>,
         name: &str,
-        v: serde_yaml_ng::Value,
+        v: impl Doc,
     ) -> Option<T> {
-        let oref = ObjRef::new(kind, ns, name);
         if name.is_empty() {
+            let oref = ObjRef::new(kind, ns, name);
             self.problems.push(Problem::object(src, &oref, "metadata.name", "missing"));
             return None;
         }
-        match serde_path_to_error::deserialize::<_, T>(v) {
+        match v.typed::<T>() {
             Ok(t) => Some(t),
-            Err(e) => {
-                let field = e.path().to_string();
-                let msg = e.into_inner().to_string();
+            Err((field, msg)) => {
+                let oref = ObjRef::new(kind, ns, name);
                 self.problems.push(Problem::object(src, &oref, &field, &msg));
                 None
             }
         }
+    }
+}
+
+/// An object's document as a value of some format: deserialized into a kind's type, a type
+/// error named by its field path (`spec.domain.devices.interfaces[1].macAddress`).
+pub(crate) trait Doc {
+    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)>;
+}
+
+impl Doc for serde_yaml_ng::Value {
+    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    }
+}
+
+/// The API source's objects: taken by value, so strings move into the typed object.
+impl Doc for serde_json::Value {
+    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
     }
 }

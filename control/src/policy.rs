@@ -157,18 +157,14 @@ struct Attachment {
 }
 
 /// Every VMI interface attached to a NAD, with the addresses its status reports (unparsable
-/// ones reported as problems).
-fn attachments(state: &ClusterState, problems: &mut Vec<Problem>) -> Vec<Attachment> {
+/// ones reported as problems); with `build` false, only the problems (none is returned).
+fn attachments(state: &ClusterState, problems: &mut Vec<Problem>, build: bool) -> Vec<Attachment> {
     let mut out = Vec::new();
     for ((ns, name), l) in &state.vmis {
         let o = &l.obj;
         for ifc in &o.spec.domain.devices.interfaces {
             let Some(net) = o.spec.networks.iter().find(|n| n.name == ifc.name) else { continue };
             let Some(m) = &net.multus else { continue };
-            let nad = match m.network_name.split_once('/') {
-                Some((a, b)) => (a.to_string(), b.to_string()),
-                None => (ns.clone(), m.network_name.clone()),
-            };
             let mut addrs = Vec::new();
             for (k, s) in o.status.interfaces.iter().enumerate() {
                 if s.name.as_deref() != Some(ifc.name.as_str()) {
@@ -195,6 +191,13 @@ fn attachments(state: &ClusterState, problems: &mut Vec<Problem>) -> Vec<Attachm
                     }
                 }
             }
+            if !build {
+                continue;
+            }
+            let nad = match m.network_name.split_once('/') {
+                Some((a, b)) => (a.to_string(), b.to_string()),
+                None => (ns.clone(), m.network_name.clone()),
+            };
             out.push(Attachment {
                 ns: ns.clone(),
                 port: format!("{ns}/{name}/{}", ifc.name),
@@ -401,7 +404,15 @@ pub struct Resolved {
 /// filter of the ports of `plan` (problems and notes added to it).
 pub fn apply(state: &ClusterState, plan: &mut Plan) {
     let mut problems = Vec::new();
-    let att = attachments(state, &mut problems);
+    // Attachments serve policies and IP spoof filters alone: with neither, only the status
+    // addresses are checked (the same problems), and no port changes.
+    let spoofchk = |n: &crate::k8s::LoadedNad| matches!(&n.net, Ok(NadNetwork::Bridge(b)) if b.ipspoofchk);
+    let needed = !state.policies.is_empty() || state.nads.values().any(spoofchk);
+    let att = attachments(state, &mut problems, needed);
+    if !needed {
+        plan.problems.extend(problems);
+        return;
+    }
     let mut per_port: HashMap<String, PortPolicy> = HashMap::new();
     for ((ns, name), l) in &state.policies {
         resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems);

@@ -165,25 +165,23 @@ pub fn ranges(v: &[u16]) -> String {
 
 /// A port's backend in words: `afpacket iface eth1`, `ring`, `vhostuser socket /x.sock`.
 pub fn describe_backend(p: &PortConfig) -> String {
-    let kind = p
-        .kind
-        .map_or("ring".to_string(), |k| serde_yaml_ng::to_string(&k).unwrap_or_default().trim().to_string());
-    let mut s = kind;
-    let opts: [(&str, Option<String>); 10] = [
-        ("iface", p.iface.clone()),
-        ("ring", p.ring.clone()),
-        ("socket", p.socket.clone()),
-        ("mode", p.mode.clone()),
-        ("rx_pcap", p.rx_pcap.clone()),
-        ("tx_pcap", p.tx_pcap.clone()),
-        ("queues", p.queues.map(|q| q.to_string())),
-        ("devargs", p.devargs.clone()),
-        ("vni", p.vni.map(|v| v.to_string())),
-        ("local", p.local.map(|a| a.to_string())),
+    use std::fmt::Write;
+    let mut s = p.kind.map_or("ring", |k| k.name()).to_string();
+    let opts: [(&str, Option<&dyn std::fmt::Display>); 10] = [
+        ("iface", p.iface.as_ref().map(|v| v as _)),
+        ("ring", p.ring.as_ref().map(|v| v as _)),
+        ("socket", p.socket.as_ref().map(|v| v as _)),
+        ("mode", p.mode.as_ref().map(|v| v as _)),
+        ("rx_pcap", p.rx_pcap.as_ref().map(|v| v as _)),
+        ("tx_pcap", p.tx_pcap.as_ref().map(|v| v as _)),
+        ("queues", p.queues.as_ref().map(|v| v as _)),
+        ("devargs", p.devargs.as_ref().map(|v| v as _)),
+        ("vni", p.vni.as_ref().map(|v| v as _)),
+        ("local", p.local.as_ref().map(|v| v as _)),
     ];
     for (k, v) in opts {
         if let Some(v) = v {
-            s.push_str(&format!(" {k} {v}"));
+            let _ = write!(s, " {k} {v}");
         }
     }
     s

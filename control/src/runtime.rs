@@ -351,6 +351,11 @@ fn patch_config(
         let mut p = p.clone();
         eff(&mut p);
         let at = bc.ports.partition_point(|q| q.name < p.name);
+        if bc.ports.len() == bc.ports.capacity() {
+            // A sixteenth more room, not double: a bridge of 5,000 ports would otherwise hold
+            // room for 5,000 more (a few MiB per bridge and per copy) after one added port.
+            bc.ports.reserve_exact(bc.ports.len() / 16 + 1);
+        }
         bc.ports.insert(at, p);
     }
     before
