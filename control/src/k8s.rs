@@ -564,17 +564,17 @@ impl ClusterState {
     ) {
         match (kind, group_of(api)) {
             ("Node", "") => {
-                if let Some(n) = self.typed::<Node>(&src, &kind, None, &name, v) {
+                if let Some(n) = self.typed::<Node>(&src, kind, None, &name, v) {
                     self.insert_unique_node(src, n);
                 }
             }
             ("NetworkAttachmentDefinition", "k8s.cni.cncf.io") => {
                 let ns = ns.unwrap_or_else(|| "default".into());
                 if let Some(mut n) =
-                    self.typed::<NetworkAttachmentDefinition>(&src, &kind, Some(&ns), &name, v)
+                    self.typed::<NetworkAttachmentDefinition>(&src, kind, Some(&ns), &name, v)
                 {
                     n.metadata.namespace = Some(ns.clone());
-                    let oref = ObjRef::new(&kind, Some(&ns), &name);
+                    let oref = ObjRef::new(kind, Some(&ns), &name);
                     let net = match &n.spec.config {
                         None => Err(nad::FieldError { field: "spec.config".into(), msg: "missing".into() }),
                         Some(c) => nad::parse(c, &ns, &name),
@@ -593,13 +593,13 @@ impl ClusterState {
             }
             ("VirtualMachineInstance", "kubevirt.io") => {
                 let ns = ns.unwrap_or_else(|| "default".into());
-                if let Some(mut o) = self.typed::<VirtualMachineInstance>(&src, &kind, Some(&ns), &name, v) {
+                if let Some(mut o) = self.typed::<VirtualMachineInstance>(&src, kind, Some(&ns), &name, v) {
                     o.metadata.namespace = Some(ns.clone());
                     let key = (ns.clone(), name.clone());
                     if let Some(prev) = self.vmis.get(&key) {
                         self.problems.push(Problem::duplicate(
                             &src,
-                            &ObjRef::new(&kind, Some(&ns), &name),
+                            &ObjRef::new(kind, Some(&ns), &name),
                             &prev.src,
                         ));
                     } else {
@@ -610,14 +610,14 @@ impl ClusterState {
             ("MultiNetworkPolicy", "k8s.cni.cncf.io") => {
                 let ns = ns.unwrap_or_else(|| "default".into());
                 if let Some(mut o) =
-                    self.typed::<crate::policy::MultiNetworkPolicy>(&src, &kind, Some(&ns), &name, v)
+                    self.typed::<crate::policy::MultiNetworkPolicy>(&src, kind, Some(&ns), &name, v)
                 {
                     o.metadata.namespace = Some(ns.clone());
                     let key = (ns.clone(), name.clone());
                     if let Some(prev) = self.policies.get(&key) {
                         self.problems.push(Problem::duplicate(
                             &src,
-                            &ObjRef::new(&kind, Some(&ns), &name),
+                            &ObjRef::new(kind, Some(&ns), &name),
                             &prev.src,
                         ));
                     } else {
@@ -626,11 +626,11 @@ impl ClusterState {
                 }
             }
             ("Namespace", "") => {
-                if let Some(o) = self.typed::<Namespace>(&src, &kind, None, &name, v) {
+                if let Some(o) = self.typed::<Namespace>(&src, kind, None, &name, v) {
                     if let Some(prev) = self.namespaces.get(&name) {
                         self.problems.push(Problem::duplicate(
                             &src,
-                            &ObjRef::new(&kind, None, &name),
+                            &ObjRef::new(kind, None, &name),
                             &prev.src,
                         ));
                     } else {
@@ -639,11 +639,11 @@ impl ClusterState {
                 }
             }
             ("NodeNetworkConfigurationPolicy", "nmstate.io") => {
-                if let Some(o) = self.typed::<NodeNetworkConfigurationPolicy>(&src, &kind, None, &name, v) {
+                if let Some(o) = self.typed::<NodeNetworkConfigurationPolicy>(&src, kind, None, &name, v) {
                     if let Some(prev) = self.nncps.get(&name) {
                         self.problems.push(Problem::duplicate(
                             &src,
-                            &ObjRef::new(&kind, None, &name),
+                            &ObjRef::new(kind, None, &name),
                             &prev.src,
                         ));
                     } else {
