@@ -750,8 +750,8 @@ impl RxQueue for UdpTunnelRx {
         let mut now = None;
         let mut delivered = 0;
         let max = max.min(out.remaining_capacity());
-        // First what other members read for this VNI.
-        // Datagrams of this VNI taken (delivered or dropped), at most `max`.
+        // Datagrams of this VNI taken (delivered or dropped), at most `max`: first what other
+        // members read for this VNI.
         let mut taken = 0;
         while taken < max {
             let Some((b, from)) = self.shared.inbox.q.pop() else { break };
