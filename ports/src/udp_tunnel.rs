@@ -333,7 +333,7 @@ impl RxBatch {
             let h = &hdrs[i].msg_hdr;
             let len = hdrs[i].msg_len as usize;
             let c = &cmsgs[i];
-            let coalesced = h.msg_controllen as usize >= std::mem::size_of::<libc::cmsghdr>() + 4
+            let coalesced = h.msg_controllen as u64 >= (std::mem::size_of::<libc::cmsghdr>() + 4) as u64
                 && c.hdr.cmsg_level == libc::SOL_UDP
                 && c.hdr.cmsg_type == libc::UDP_GRO
                 && c.size > 0;
