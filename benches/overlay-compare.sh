@@ -20,7 +20,8 @@
 #    for an A/B of two builds or two option sets in the same rounds.
 # It prints, for each: TCP throughput of one FWD_MB MiB transfer VM to VM (nc); the CPU time
 # of the transfer per MiB (both nc processes, whose system time holds the kernel's forwarding
-# run in their context, ksoftirqd, and every switchyard thread; and switchyard's share); the
+# run in their context, the head feeding the sender, ksoftirqd, and every switchyard thread;
+# and switchyard's share); the
 # round-trip time of PINGS pings (ping -i 0.01, average); then the medians over ROUNDS rounds
 # and the ratios to the kernel. PROFILE=1 also prints each switchyard thread's CPU time. It
 # asserts nothing. Needs root, iproute2, nc, ping; builds nothing: run
@@ -169,7 +170,8 @@ thread_ns() {
 KSOFTIRQD=$(pgrep -x 'ksoftirqd/[0-9]+' | tr '\n' ' ')
 
 # Prints "MiB/s rtt_ms cpu_ms_per_MiB switchyard_ms_per_MiB" for the path that is up: the CPU
-# time of the transfer is that of both nc processes (their system time holds the kernel's
+# time of the transfer is that of both nc processes and the head feeding one (nc's system time
+# holds the kernel's
 # forwarding done in their context: softirq on the way out of a send), ksoftirqd and every
 # thread of the switchyard processes; the last column is switchyard's share.
 measure() {
