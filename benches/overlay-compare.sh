@@ -171,9 +171,8 @@ KSOFTIRQD=$(pgrep -x 'ksoftirqd/[0-9]+' | tr '\n' ' ')
 
 # Prints "MiB/s rtt_ms cpu_ms_per_MiB switchyard_ms_per_MiB" for the path that is up: the CPU
 # time of the transfer is that of both nc processes and the head feeding one (nc's system time
-# holds the kernel's
-# forwarding done in their context: softirq on the way out of a send), ksoftirqd and every
-# thread of the switchyard processes; the last column is switchyard's share.
+# holds the kernel's forwarding done in its context: softirq on the way out of a send),
+# ksoftirqd and every thread of the switchyard processes; the last column is switchyard's share.
 measure() {
     for _ in $(seq 50); do ip netns exec "$P-a1" ping -q -c1 -W1 10.50.0.2 >/dev/null 2>&1 && break; done
     local c0 k0 s0 c1 k1 s1
