@@ -6,8 +6,8 @@
 //! random event sequences). It is taken only where the planner's cross-object rules cannot
 //! make a VMI's change reach other objects' results; everywhere else the full plan runs.
 //!
-//! How: the last full plan leaves a `Current`: the state it planned, its skipped list, and an
-//! `Index` of what its ports declared (port
+//! How: the last full plan leaves a `Current`: the state it planned, its skipped list, the
+//! objects its problems name, and an `Index` of what its ports declared (port
 //! names, static MACs per bridge, ports per bridge). A VMI that changed is planned alone by
 //! the one planner (`plan::plan_vmi`, the function a full plan memoises per VMI), its
 //! ports replace those its memo entry had ([`crate::runtime::PortDelta`]), and the runtime
@@ -18,13 +18,12 @@
 //! (OVN layer2) NAD or an `ipspoofchk` NAD, before or after (overlays put VMIs' MACs on other
 //! nodes' tunnels, spoof filters come from the policy stage); its status has an address that
 //! does not parse (a problem the policy stage reports); its planning has a problem or a note,
-//! before or after; a port name or a static MAC it names is named by another port too (the
-//! duplicate rules decide between ports); the last full plan had such a conflict anywhere (a
-//! VMI kept or left out for it may come back when another one changes) or kept any object at
-//! its last good version (that plan's first pass planned the bad version too, and the
-//! problems its ports meet with other VMIs' ports are reported: a change of those VMIs
-//! changes them); a bridge would be left without ports or is not there yet; the node would
-//! exceed its port limit; or the runtime cannot patch (CNI ports merged in).
+//! before or after, or its last good version was kept; a port name or a static MAC it names
+//! is named by another port too (the duplicate rules decide between ports); the last full
+//! plan had such a conflict anywhere (a VMI kept or left out for it may come back when another
+//! one changes) or kept any object at its last good version (the bad version's ports took part
+//! in its first pass); a bridge would be left without ports or is not there yet; the node
+//! would exceed its port limit; or the runtime cannot patch (CNI ports merged in).
 //!
 //! [`Runtime::apply_delta`]: crate::runtime::Runtime::apply_delta
 
@@ -105,16 +104,17 @@ pub(crate) struct Current {
 impl Current {
     /// After a full plan; `None` when no delta may follow it: a rule between ports (a name
     /// or static MAC twice, the port limit) made a problem, which another VMI's change may
-    /// mend (a VMI kept at its last good version for a MAC another one held, say); or an
-    /// object was kept at its last good version (the plan's first pass planned its bad
-    /// version, whose ports' problems with other VMIs' ports another VMI's change may make or
-    /// mend, and which the index, made from the plan of the good version, does not hold).
+    /// mend (a VMI kept at its last good version for a MAC another one held, say), or an
+    /// object was kept at its last good version.
     pub(crate) fn new(
         state: ClusterState,
         plan: &mut crate::Plan,
         kept: &[crate::lastgood::Kept],
         memo: &PlanMemo,
     ) -> Option<Current> {
+        // A kept object's bad version took part in the first pass of that plan (its ports
+        // could push another VMI's MAC or name out): another VMI's change is judged against
+        // those only by a full plan.
         if plan.ports_conflict || !kept.is_empty() {
             return None;
         }
