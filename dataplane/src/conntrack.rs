@@ -18,6 +18,8 @@
 //! Invariants:
 //! - An entry is found from either direction: the hash is symmetric and keys are stored in the
 //!   direction the connection was opened, looked up both ways.
+//! - A live slot's word 1 carries 16 bits of its key's hash (its tag): a probe reads a slot's
+//!   key only when the tag is the one it looks for, so a slot of another key costs one load.
 //! - No live entry is separated from its home slot by an empty slot (a probe stops at the
 //!   first empty slot). Expired slots are reused by new entries; the incremental sweep
 //!   ([`Conntrack::sweep`], a few slots a burst, walking the table downwards) empties an expired
@@ -223,8 +225,8 @@ pub struct Entry {
 /// One slot: 8 words, one cache line (4 pairs of the table's [`AtomicPairs`], whose start is
 /// page aligned). Word 0: the sequence number (odd: a writer holds the slot); word 1: expires
 /// (low 32 bits; 0: empty, never used or emptied by the sweep), state (bits 32-39), blocked
-/// (bit 40); words 2-6: the key in the connection's original direction ([`KeyWords`]); word 7:
-/// the verdict.
+/// (bit 40), the key's tag (bits 48-63, [`tag`]); words 2-6: the key in the connection's
+/// original direction ([`KeyWords`]); word 7: the verdict.
 #[derive(Clone, Copy)]
 struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 
