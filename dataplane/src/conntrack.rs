@@ -235,9 +235,10 @@ struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 /// word), protocol (bits 32-39) and family (bit 40, IPv4).
 type KeyWords = [u64; 5];
 
-/// A flow key in the words a slot stores ([`KeyWords`]): made once per packet, straight from
-/// an IPv4 header ([`PackedKey::v4`]) or from a [`FlowKey`], then hashed ([`hash_packed`]) and
-/// compared against slots with no further conversion.
+/// A flow key in the five words a slot stores (source, destination, then ports, protocol and
+/// family): made once per packet, straight from an IPv4 header ([`PackedKey::v4`]) or from a
+/// [`FlowKey`], then hashed ([`hash_packed`]) and compared against slots with no further
+/// conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PackedKey(KeyWords);
 
@@ -673,7 +674,7 @@ impl Conntrack {
     /// (once a second) refreshes it. [`Fast::Slow`] when the key is not tracked, its
     /// connection is blocked, the packet would change its state (not written: the caller's
     /// general stage tracks it), or a writer held the key's slot (the general stage waits for
-    /// it). The probe glances at word 1 as [`Conntrack::find_packed`] does; the key's slot is
+    /// it). The probe glances at each slot's word 1 first, as every lookup does; the key's slot is
     /// read in place and compared as it is read, keeping only its words 1 and 7 (no copy of
     /// the slot or of the key).
     #[inline(always)]

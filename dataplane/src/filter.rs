@@ -271,7 +271,7 @@ impl<'a> FastKeys<'a> {
 
     /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
     /// first stage read them): checks its spoof filters against the port's lists as words
-    /// ([`Lists`]), reads a simple IPv4 packet straight into the table's [`PackedKey`] (no
+    /// (made once per burst), reads a simple IPv4 packet straight into the table's [`PackedKey`] (no
     /// [`FlowKey`] in between), hashes it and prefetches its slots. False: not for the fast
     /// path.
     #[inline(always)]
