@@ -6,8 +6,8 @@
 //! random event sequences). It is taken only where the planner's cross-object rules cannot
 //! make a VMI's change reach other objects' results; everywhere else the full plan runs.
 //!
-//! How: the last full plan leaves a `Current`: the state it planned (last good versions in
-//! place), its skipped list, what it kept, and an `Index` of what its ports declared (port
+//! How: the last full plan leaves a `Current`: the state it planned, its skipped list, the
+//! objects its problems name, and an `Index` of what its ports declared (port
 //! names, static MACs per bridge, ports per bridge). A VMI that changed is planned alone by
 //! the one planner (`plan::plan_vmi`, the function a full plan memoises per VMI), its
 //! ports replace those its memo entry had ([`crate::runtime::PortDelta`]), and the runtime
@@ -21,8 +21,9 @@
 //! before or after, or its last good version was kept; a port name or a static MAC it names
 //! is named by another port too (the duplicate rules decide between ports); the last full
 //! plan had such a conflict anywhere (a VMI kept or left out for it may come back when another
-//! one changes); a bridge would be left without ports or is not there yet; the node would
-//! exceed its port limit; or the runtime cannot patch (CNI ports merged in).
+//! one changes) or kept any object at its last good version (the bad version's ports took part
+//! in its first pass); a bridge would be left without ports or is not there yet; the node
+//! would exceed its port limit; or the runtime cannot patch (CNI ports merged in).
 //!
 //! [`Runtime::apply_delta`]: crate::runtime::Runtime::apply_delta
 
@@ -94,9 +95,7 @@ pub(crate) struct Current {
     pub(crate) state: ClusterState,
     /// The plan's skipped list (sorted by object, then item).
     pub(crate) skipped: Vec<Skipped>,
-    /// The objects planned from their last good version, and those (and the files, API paths
-    /// for the API source) the plan's problems name.
-    kept: BTreeSet<ObjRef>,
+    /// The objects (and the files, API paths for the API source) the plan's problems name.
     problem_objects: BTreeSet<ObjRef>,
     problem_files: BTreeSet<String>,
     index: Index,
@@ -105,21 +104,24 @@ pub(crate) struct Current {
 impl Current {
     /// After a full plan; `None` when no delta may follow it: a rule between ports (a name
     /// or static MAC twice, the port limit) made a problem, which another VMI's change may
-    /// mend (a VMI kept at its last good version for a MAC another one held, say).
+    /// mend (a VMI kept at its last good version for a MAC another one held, say), or an
+    /// object was kept at its last good version.
     pub(crate) fn new(
         state: ClusterState,
         plan: &mut crate::Plan,
         kept: &[crate::lastgood::Kept],
         memo: &PlanMemo,
     ) -> Option<Current> {
-        if plan.ports_conflict {
+        // A kept object's bad version took part in the first pass of that plan (its ports
+        // could push another VMI's MAC or name out): another VMI's change is judged against
+        // those only by a full plan.
+        if plan.ports_conflict || !kept.is_empty() {
             return None;
         }
         let index = Index::build(memo)?;
         Some(Current {
             state,
             skipped: std::mem::take(&mut plan.skipped),
-            kept: kept.iter().map(|k| k.object.clone()).collect(),
             problem_objects: plan.problems.iter().filter_map(|p| p.object.clone()).collect(),
             problem_files: plan.problems.iter().map(|p| p.file.clone()).collect(),
             index,
@@ -179,10 +181,7 @@ pub(crate) fn plan_delta(
             .as_ref()
             .map(|l| l.src.file.to_string())
             .unwrap_or_else(|| crate::api_source::vmi_path(&key.0, &key.1));
-        if cur.kept.contains(&oref)
-            || cur.problem_objects.contains(&oref)
-            || cur.problem_files.contains(&file)
-        {
+        if cur.problem_objects.contains(&oref) || cur.problem_files.contains(&file) {
             return None;
         }
         let before = cur.state.vmis.get(&key);

@@ -19,7 +19,7 @@ use crate::k8s::{
 };
 use crate::plan::{plan_memo, Plan, PlanMemo, PlanOptions};
 use crate::policy::MultiNetworkPolicy;
-use crate::ObjRef;
+use crate::{ObjRef, Problem};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The last good version of every object seen.
@@ -275,7 +275,14 @@ impl LastGood {
             return Resolved { plan: first, kept, state };
         }
         let mut second = plan_memo(&state, node, labels, opts, &mut self.memo);
-        let mut problems = first.problems;
+        // The kept objects' problems are those of their bad versions (the first pass); any
+        // other object's are as the second pass finds them (a conflict with a bad version
+        // that is no longer planned is gone).
+        let mut problems: Vec<Problem> = first
+            .problems
+            .into_iter()
+            .filter(|p| p.object.as_ref().is_none_or(|o| restored.contains(o)))
+            .collect();
         for p in second.problems.drain(..) {
             if !problems.contains(&p) {
                 problems.push(p);
@@ -323,6 +330,48 @@ status: {nodeName: n1}
 
     fn resolve(lg: &mut LastGood, s: ClusterState) -> Resolved {
         lg.resolve(s, "n1", &BTreeMap::new(), &PlanOptions::default())
+    }
+
+    /// A kept object's bad version takes part in the first pass only: a conflict it made
+    /// there with another object is not reported once the last good version is planned.
+    #[test]
+    fn a_conflict_with_a_bad_version_is_not_reported() {
+        let mut lg = LastGood::new();
+        let r = resolve(&mut lg, state("100", "02:00:00:00:00:01"));
+        assert!(r.plan.problems.is_empty(), "{:?}", r.plan.problems);
+        // vm: its MAC becomes 02 and a second interface names a missing NAD (bad: kept with
+        // 01); vm2 (never seen before) takes 02 on the same bridge.
+        let mut s = ClusterState::default();
+        s.add_yaml("nad.yaml", &NAD.replace("VLAN", "100"));
+        let bad = VMI
+            .replace("MAC", "02:00:00:00:00:02")
+            .replace(
+                "macAddress: \"02:00:00:00:00:02\"}]",
+                "macAddress: \"02:00:00:00:00:02\"}, {name: eth2, bridge: {}}]",
+            )
+            .replace(
+                "networkName: net1}}]",
+                "networkName: net1}}, {name: eth2, multus: {networkName: net2}}]",
+            );
+        assert!(bad.contains("net2"), "{bad}");
+        s.add_yaml("vmi.yaml", &bad);
+        s.add_yaml("vmi2.yaml", &VMI.replace("name: vm,", "name: vm2,").replace("MAC", "02:00:00:00:00:02"));
+        let r = resolve(&mut lg, s);
+        assert_eq!(r.kept.len(), 1, "{:?}", r.kept);
+        let named: Vec<String> =
+            r.plan.problems.iter().filter_map(|p| p.object.as_ref()).map(|o| o.name.clone()).collect();
+        assert_eq!(named, ["vm"], "{:?}", r.plan.problems);
+        let macs = |n: &str| {
+            r.plan
+                .config
+                .bridges
+                .iter()
+                .flat_map(|b| &b.ports)
+                .find(|p| p.name == n)
+                .map(|p| p.static_macs.clone())
+        };
+        assert_eq!(macs("ns/vm/eth1").unwrap()[0].to_string(), "02:00:00:00:00:01");
+        assert_eq!(macs("ns/vm2/eth1").unwrap()[0].to_string(), "02:00:00:00:00:02");
     }
 
     #[test]

@@ -352,3 +352,25 @@ fn delta_after_a_nad_appears_under_a_vmi() {
     ];
     check_delta(&seq).unwrap();
 }
+
+/// The second sequence a long random run found: a VMI kept at its last good version (a missing
+/// NAD) whose bad version's port held a MAC that another VMI then names; that VMI must be
+/// planned and reported the same by both paths.
+#[test]
+fn delta_beside_a_kept_vmi() {
+    let seq: Vec<Ev> = vec![
+        (0, 4, 0, false),
+        (0, 7, 5, false),
+        (0, 5, 13, false),
+        (1, 4, 1, false),
+        (1, 4, 7, false),
+        (0, 3, 0, false),
+        (1, 6, 9, false),
+    ];
+    check_delta(&seq).unwrap();
+    // The same with the new VMI good before: its change to a MAC the bad version holds makes
+    // the full plan keep it too.
+    let mut seq2 = seq.clone();
+    seq2.insert(6, (1, 6, 4, false));
+    check_delta(&seq2).unwrap();
+}
