@@ -184,13 +184,20 @@ impl Found {
         if self.blocked {
             return None;
         }
-        let state = match self.dir {
-            Dir::Reply => reply_state(proto, self.state, flags),
-            Dir::Original if proto == PROTO_TCP => original_tcp_state(flags, Some(self.state)),
-            Dir::Original => self.state,
-        };
+        let state = moved(self.dir, proto, self.state, flags);
         let expires = now.saturating_add(timeout(proto, state)).max(1);
         (state != self.state || expires != self.expires).then_some((state, expires))
+    }
+}
+
+/// The state a packet of protocol `proto` with TCP flags `flags`, in direction `dir`, moves a
+/// connection in `state` to.
+#[inline(always)]
+fn moved(dir: Dir, proto: u8, state: CtState, flags: u8) -> CtState {
+    match dir {
+        Dir::Reply => reply_state(proto, state, flags),
+        Dir::Original if proto == PROTO_TCP => original_tcp_state(flags, Some(state)),
+        Dir::Original => state,
     }
 }
 
@@ -680,9 +687,13 @@ impl Conntrack {
     #[inline(always)]
     pub fn lookup_fast(&self, k: &PackedKey, h: u64, flags: u8, now: u32) -> Fast {
         let t = tag(h);
+        let pairs = self.mem.pairs();
         let mut j = self.home(h);
         for _ in 0..self.probe() {
-            let Some(slot) = self.slot(j) else { return Fast::Slow };
+            let Some(slot) = pairs.get(j.wrapping_mul(4)..).and_then(|p| p.first_chunk::<4>()).map(Slot)
+            else {
+                return Fast::Slow;
+            };
             let glance = slot.w(1).load(Ordering::Relaxed);
             if glance as u32 == 0 {
                 return Fast::Slow;
@@ -703,42 +714,30 @@ impl Conntrack {
                     j = self.next(j);
                     continue;
                 };
-                return self.fast_verdict(k, j, dir, meta, v, flags, now);
+                // Blocked, or a change of state: the general stage's. The same expiry: nothing
+                // to write (the common case, as expiry is in seconds).
+                let (state, proto) = (CtState::from_u8((meta >> 32) as u8), k.proto());
+                if (meta >> 40) & 1 == 1 || moved(dir, proto, state, flags) != state {
+                    return Fast::Slow;
+                }
+                let expires = now.saturating_add(timeout(proto, state)).max(1);
+                if expires != meta as u32 {
+                    let key = if dir == Dir::Original { k.0 } else { k.reversed() };
+                    self.refresh(
+                        &Hit { slot: j, dir, snap: Snap { meta, key, verdict: v } },
+                        now,
+                        state,
+                        expires,
+                    );
+                }
+                return match dir {
+                    Dir::Reply => Fast::Reply,
+                    Dir::Original => Fast::Original(v),
+                };
             }
             j = self.next(j);
         }
         Fast::Slow
-    }
-
-    /// [`Conntrack::lookup_fast`] for the live entry in slot `j` whose words 1 and 7 were
-    /// `meta` and `v`, matching the packet in direction `dir`.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn fast_verdict(
-        &self,
-        k: &PackedKey,
-        j: usize,
-        dir: Dir,
-        meta: u64,
-        v: u64,
-        flags: u8,
-        now: u32,
-    ) -> Fast {
-        let snap = Snap { meta, key: if dir == Dir::Original { k.0 } else { k.reversed() }, verdict: v };
-        let found = snap.found(dir);
-        if found.blocked {
-            return Fast::Slow;
-        }
-        if let Some((state, expires)) = found.next(k.proto(), flags, now) {
-            if state != found.state {
-                return Fast::Slow;
-            }
-            self.refresh(&Hit { slot: j, dir, snap }, now, state, expires);
-        }
-        match dir {
-            Dir::Reply => Fast::Reply,
-            Dir::Original => Fast::Original(v),
-        }
     }
 
     /// [`Conntrack::lookup_fast`]'s write: the entry at `hit` moves on to `expires` in the same
