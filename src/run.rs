@@ -91,6 +91,12 @@ pub struct RunArgs {
     /// kubelet's static CPU manager policy), where a sleeping worker only adds wake-up latency.
     #[arg(long)]
     pub busy_poll: bool,
+    /// Microseconds with nothing received before an idle worker stops spinning and backs off
+    /// (yields, then sleeps until a queue wakes it); default 2000. On cores shared with the
+    /// VMs' own work (a node without dedicated CPUs), a shorter spin leaves them the CPU that
+    /// spinning between a stream's frames would take, at the cost of a wake-up after each gap.
+    #[arg(long, value_name = "US")]
+    pub idle_spin_us: Option<u64>,
     /// The control socket (`switchyard ctl --socket`).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -197,6 +203,9 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         engine: EngineOptions {
             cores,
             busy_poll: a.busy_poll,
+            idle_spin: a
+                .idle_spin_us
+                .map_or(EngineOptions::default().idle_spin, std::time::Duration::from_micros),
             on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },

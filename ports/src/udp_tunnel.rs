@@ -10,15 +10,20 @@
 //!   off it keeps its own VNI's datagrams and hands the others, undecapsulated, to the inbox of
 //!   the member of their VNI (a bounded queue; full: `tunnel_demux_full`), waking it; a
 //!   datagram of no member's VNI is the reading port's `tunnel_wrong_vni`. A member's RX
-//!   queue sleeps on an epoll descriptor that holds the socket and its inbox's eventfd.
+//!   queue sleeps on an epoll descriptor that holds the socket and its inbox's eventfd, and
+//!   does not sleep while its inbox or the socket's batch still holds datagrams.
 //! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
-//!   accepted, received in place into a pool buffer (no copy); every other datagram is one
-//!   named drop.
+//!   accepted; every other datagram is one named drop. The socket has `UDP_GRO`: a run of
+//!   datagrams of one sender may arrive as one message, which is cut back into the datagrams
+//!   it carried (the kernel reports their size), each copied once into a pool buffer.
 //! - TX writes the tunnel header into the frame's headroom (no copy) and sends one datagram
 //!   per endpoint: a known remote MAC's endpoint, else every endpoint of the flood list (the
 //!   copies share the frame's bytes, each is one `sendmmsg` message and counts as one frame
-//!   sent). An inner frame too big for the underlay MTU is dropped (`tunnel_mtu`), never
-//!   fragmented; the socket also refuses to fragment (`IP_PMTUDISC_DO`).
+//!   sent). Consecutive datagrams to one endpoint, all of one length but the last, go as one
+//!   UDP GSO send (`UDP_SEGMENT`): the kernel cuts them into the same datagrams (the same
+//!   bytes on the wire), but the stack below the socket, and a peer's with `UDP_GRO`, handles
+//!   the run as one packet. An inner frame too big for the underlay MTU is dropped
+//!   (`tunnel_mtu`), never fragmented; the socket also refuses to fragment (`IP_PMTUDISC_DO`).
 //!
 //! UDP source port: the kernel socket sends every datagram from `dstport`. A per-flow source
 //! port (entropy for the underlay's ECMP, RFC 7348 section 5) needs the outer headers written
@@ -36,7 +41,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 use switchyard_dataplane::backend::{Backend, TunnelBackend};
@@ -160,6 +165,191 @@ struct SharedSocket {
     sock: UdpSocket,
     /// Read once per RX batch without a lock; changed under [`SOCKETS`]'s lock.
     members: ArcSwap<Vec<Member>>,
+    /// What the socket's last `recvmmsg` took and is still to be handed out; held by the one
+    /// member reading the socket (another finds its datagrams in its inbox meanwhile).
+    rx: Mutex<RxBatch>,
+}
+
+/// Bytes of one receive slot: the largest UDP payload, as a message the kernel coalesced
+/// (UDP GRO) may be.
+const RX_SLOT: usize = 65536;
+
+/// A `UDP_GRO` control message as the kernel writes it (`CMSG_SPACE(4)`): the size of the
+/// datagrams a coalesced message holds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GroCmsg {
+    hdr: libc::cmsghdr,
+    size: libc::c_int,
+    _pad: [u8; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<GroCmsg>() == 24);
+
+/// The `recvmmsg` headers of an [`RxBatch`] and what they point at (but the slots).
+struct RxMsgs {
+    names: [libc::sockaddr_in6; RECV_BATCH],
+    iov: [libc::iovec; RECV_BATCH],
+    cmsgs: [GroCmsg; RECV_BATCH],
+    hdrs: [libc::mmsghdr; RECV_BATCH],
+}
+
+/// The datagrams one `recvmmsg` took off a shared socket, handed out one by one. With
+/// `UDP_GRO` on the socket, a message may hold a run of datagrams of one sender (sent as one
+/// UDP GSO send, or coalesced by the device): it is cut at the segment size the kernel
+/// reports, the datagrams it carried on the wire. A batch is used up before the next is read.
+struct RxBatch {
+    /// `RECV_BATCH` slots of `RX_SLOT` bytes.
+    buf: Box<[u8]>,
+    msgs: Box<RxMsgs>,
+    /// Per message: its bytes, the size of its datagrams (its bytes when not coalesced), the
+    /// sender.
+    len: [usize; RECV_BATCH],
+    seg: [usize; RECV_BATCH],
+    from: [Option<IpAddr>; RECV_BATCH],
+    /// The message was cut short (`MSG_TRUNC`, counted as `oversize`): nothing of it is
+    /// handed out.
+    trunc: [bool; RECV_BATCH],
+    /// Messages received, the one being handed out and the offset of its next datagram.
+    got: usize,
+    msg: usize,
+    off: usize,
+}
+
+// SAFETY: the raw pointers in `msgs` point into this batch's own boxes, are set again before
+// every `recvmmsg` and used only by it, under the batch's mutex; nothing else is shared.
+unsafe impl Send for RxBatch {}
+
+impl std::fmt::Debug for RxBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxBatch").field("got", &self.got).field("msg", &self.msg).finish()
+    }
+}
+
+impl RxBatch {
+    fn new() -> RxBatch {
+        RxBatch {
+            buf: vec![0u8; RECV_BATCH * RX_SLOT].into_boxed_slice(),
+            // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero
+            // lengths).
+            msgs: Box::new(unsafe { std::mem::zeroed() }),
+            len: [0; RECV_BATCH],
+            seg: [0; RECV_BATCH],
+            from: [None; RECV_BATCH],
+            trunc: [false; RECV_BATCH],
+            got: 0,
+            msg: 0,
+            off: 0,
+        }
+    }
+
+    /// The next datagram; `None` when the batch is used up.
+    fn peek(&self) -> Option<&[u8]> {
+        let m = self.msg;
+        if m >= self.got {
+            return None;
+        }
+        let n = self.seg[m].min(self.len[m] - self.off);
+        let at = m * RX_SLOT + self.off;
+        self.buf.get(at..at + n)
+    }
+
+    /// Copies the next datagram into a pool buffer, with its sender, and moves past it (also
+    /// when it cannot be copied: `no_buffer`, or `oversize` past a buffer's room).
+    fn take(&mut self, cache: &mut PoolCache) -> Result<(PacketBuf, Option<IpAddr>), DropReason> {
+        let m = self.msg;
+        let from = self.from.get(m).copied().flatten();
+        let r = match self.peek() {
+            None => Err(DropReason::Runt),
+            Some(d) => match cache.alloc() {
+                None => Err(DropReason::NoBuffer),
+                Some(mut b) => match b.extend_from_slice(d) {
+                    Ok(()) => Ok((b, from)),
+                    Err(_) => {
+                        cache.free(b);
+                        Err(DropReason::Oversize)
+                    }
+                },
+            },
+        };
+        if m < self.got {
+            self.off += self.seg[m].min(self.len[m] - self.off);
+            if self.off >= self.len[m] {
+                self.msg += 1;
+                self.off = 0;
+                self.skip_truncated();
+            }
+        }
+        r
+    }
+
+    /// Moves past messages cut short (already counted).
+    fn skip_truncated(&mut self) {
+        while self.msg < self.got && self.trunc[self.msg] {
+            self.msg += 1;
+        }
+    }
+
+    /// Reads the next batch off `sock` (the last one must be used up): the messages received.
+    /// A message cut short (`MSG_TRUNC`) is one `oversize`.
+    fn recv(&mut self, sock: &UdpSocket, port: &str, drops: &mut DropTally) -> usize {
+        // The headers are kept between calls (no 4 KiB to clear for a poll that finds the
+        // socket empty); every field the kernel reads is set here.
+        let RxMsgs { names, iov, cmsgs, hdrs } = &mut *self.msgs;
+        for (i, slot) in self.buf.chunks_exact_mut(RX_SLOT).enumerate() {
+            iov[i].iov_base = slot.as_mut_ptr() as *mut libc::c_void;
+            iov[i].iov_len = slot.len();
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = &mut names[i] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = &mut cmsgs[i] as *mut GroCmsg as *mut libc::c_void;
+            h.msg_controllen = std::mem::size_of::<GroCmsg>() as _;
+            h.msg_flags = 0;
+        }
+        // SAFETY: every header points at live memory of the lengths given (a name, one iovec
+        // over a slot of `self.buf`, a control buffer), all of which outlive the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        self.msg = 0;
+        self.off = 0;
+        self.got = 0;
+        if rc <= 0 {
+            if rc < 0 && !matches!(errno(), libc::EAGAIN | libc::EINTR) {
+                tracing::debug!(port, errno = errno(), "tunnel recvmmsg error");
+            }
+            return 0;
+        }
+        let got = rc as usize;
+        for i in 0..got {
+            let h = &hdrs[i].msg_hdr;
+            let len = hdrs[i].msg_len as usize;
+            let c = &cmsgs[i];
+            let coalesced = h.msg_controllen as u64 >= (std::mem::size_of::<libc::cmsghdr>() + 4) as u64
+                && c.hdr.cmsg_level == libc::SOL_UDP
+                && c.hdr.cmsg_type == libc::UDP_GRO
+                && c.size > 0;
+            self.trunc[i] = h.msg_flags & libc::MSG_TRUNC != 0;
+            if self.trunc[i] {
+                // Nothing of it is handed out.
+                drops.add(DropReason::Oversize, 1);
+            }
+            self.len[i] = len.min(RX_SLOT);
+            self.seg[i] = if coalesced { c.size as usize } else { len.max(1) };
+            self.from[i] = from_c_sockaddr(&names[i]);
+        }
+        self.got = got;
+        self.skip_truncated();
+        got
+    }
 }
 
 /// Every shared socket open in the process (dead ones pruned on the next open).
@@ -221,7 +411,18 @@ impl SharedSocket {
             setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
         };
         pmtu.map_err(|e| io_err(name, e))?;
-        Ok(SharedSocket { key: (kind, local, port), sock, members: ArcSwap::from_pointee(Vec::new()) })
+        // Runs of datagrams of one sender (a peer's UDP GSO send, or a device's GRO) arrive as
+        // one message: one trip through the stack for the run. Best effort: without it every
+        // datagram is a message of its own, as before kernel 5.0.
+        if let Err(e) = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1) {
+            tracing::debug!(port = name, error = %e, "UDP_GRO refused: one datagram a message");
+        }
+        Ok(SharedSocket {
+            key: (kind, local, port),
+            sock,
+            members: ArcSwap::from_pointee(Vec::new()),
+            rx: Mutex::new(RxBatch::new()),
+        })
     }
 }
 
@@ -243,6 +444,9 @@ struct Shared {
     start: Instant,
     /// The options the port runs with (the last update's), for the next update.
     opts: Mutex<TunnelOptions>,
+    /// TX sends runs of datagrams as one UDP GSO send (`UDP_SEGMENT`); cleared when the
+    /// kernel refuses it for good (EIO: the route's device has no checksum offload).
+    gso: AtomicBool,
 }
 
 impl Shared {
@@ -354,6 +558,7 @@ impl UdpTunnelPort {
             max_inner: AtomicUsize::new(o.kind.max_inner_frame(ipv6, underlay_mtu)),
             start: Instant::now(),
             opts: Mutex::new(o.clone()),
+            gso: AtomicBool::new(true),
         };
         // Dropping `shared` on an error leaves the socket again.
         shared.epoll.add(shared.fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(nix_err)?;
@@ -511,7 +716,7 @@ impl UdpTunnelRx {
         &mut self,
         mut b: PacketBuf,
         from: Option<IpAddr>,
-        now: u32,
+        now: &mut Option<u32>,
         out: &mut Burst,
         cache: &mut PoolCache,
         drops: &mut DropTally,
@@ -529,6 +734,8 @@ impl UdpTunnelRx {
             };
             if let Some(idx) = idx {
                 self.last = Some((from, idx));
+                // The clock is read once a call, and only when something is learned.
+                let now = *now.get_or_insert_with(|| self.shared.now_s());
                 self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
             }
         }
@@ -540,85 +747,51 @@ impl UdpTunnelRx {
 impl RxQueue for UdpTunnelRx {
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
-        let now = self.shared.now_s();
+        let mut now = None;
         let mut delivered = 0;
-        let mut max = max.min(out.remaining_capacity());
-        // First what other members read for this VNI.
-        while max > 0 {
+        let max = max.min(out.remaining_capacity());
+        // Datagrams of this VNI taken (delivered or dropped), at most `max`: first what other
+        // members read for this VNI.
+        let mut taken = 0;
+        while taken < max {
             let Some((b, from)) = self.shared.inbox.q.pop() else { break };
-            max -= 1;
-            delivered += self.deliver(b, from, now, out, cache, drops);
+            taken += 1;
+            delivered += self.deliver(b, from, &mut now, out, cache, drops);
         }
-        let want = max.min(RECV_BATCH);
-        let mut bufs: ArrayVec<PacketBuf, RECV_BATCH> = ArrayVec::new();
-        while bufs.len() < want {
-            match cache.alloc() {
-                Some(b) => bufs.push(b),
-                None => break,
-            }
-        }
-        if bufs.is_empty() {
+        if taken >= max {
             return delivered;
         }
-        let n = bufs.len();
-        // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
-        let mut names: [libc::sockaddr_in6; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        for (i, b) in bufs.iter_mut().enumerate() {
-            let room = b.tail_mut();
-            iov[i].iov_base = room.as_mut_ptr() as *mut libc::c_void;
-            iov[i].iov_len = room.len();
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = &mut names[i] as *mut libc::sockaddr_in6 as *mut libc::c_void;
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-        }
-        // SAFETY: every header points at live buffers of the lengths given (a name, one iovec
-        // over the tail room of a buffer this function owns), all of which outlive the call.
-        let rc = unsafe {
-            libc::recvmmsg(
-                self.shared.fd().as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc <= 0 {
-            if rc < 0 && !matches!(errno(), libc::EAGAIN | libc::EINTR) {
-                tracing::debug!(port = %self.shared.name, errno = errno(), "tunnel recvmmsg error");
-            }
-            for b in bufs {
-                cache.free(b);
-            }
-            return delivered;
-        }
-        let got = rc as usize;
+        // One member reads the socket at a time; another finds its datagrams in its inbox.
+        let sock = self.shared.sock.clone();
+        let Ok(mut rxb) = sock.rx.try_lock() else { return delivered };
         let own = self.shared.codec.vni;
-        let members = self.shared.sock.members.load();
-        // Members handed datagrams in this batch, woken once each at the end.
+        let members = sock.members.load();
+        // Members handed datagrams in this call, woken once each at the end.
         let mut woken: ArrayVec<usize, RECV_BATCH> = ArrayVec::new();
-        for (i, mut b) in bufs.into_iter().enumerate() {
-            if i >= got {
-                cache.free(b);
+        let mut received = false;
+        loop {
+            let Some(d) = rxb.peek() else {
+                if received || rxb.recv(&sock.sock, &self.shared.name, drops) == 0 {
+                    break;
+                }
+                received = true;
                 continue;
-            }
-            let h = &hdrs[i];
-            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || b.set_len(h.msg_len as usize).is_err() {
-                drops.add(DropReason::Oversize, 1);
-                cache.free(b);
-                continue;
-            }
-            let from = from_c_sockaddr(&names[i]);
-            // Another member's VNI goes to its inbox; this port's, a short datagram and an
-            // unknown VNI are decapsulated (and refused) here.
-            let other = match peek_vni(b.data()) {
+            };
+            let vni = peek_vni(d);
+            let other = match vni {
                 Some(vni) if vni != own => members.iter().position(|m| m.vni == vni),
                 _ => None,
+            };
+            if other.is_none() && taken >= max {
+                // The rest stays for the next call (or the member that reads next).
+                break;
+            }
+            let (b, from) = match rxb.take(cache) {
+                Ok(b) => b,
+                Err(r) => {
+                    drops.add(r, 1);
+                    continue;
+                }
             };
             match other {
                 Some(k) => {
@@ -626,12 +799,21 @@ impl RxQueue for UdpTunnelRx {
                         drops.add(DropReason::TunnelDemuxFull, 1);
                         cache.free(b);
                     } else if !woken.contains(&k) {
-                        woken.push(k);
+                        if woken.is_full() {
+                            // More members than a batch has messages: wake this one now.
+                            let _ = members[k].inbox.wake.write(1);
+                        } else {
+                            woken.push(k);
+                        }
                     }
                 }
-                None => delivered += self.deliver(b, from, now, out, cache, drops),
+                None => {
+                    taken += 1;
+                    delivered += self.deliver(b, from, &mut now, out, cache, drops);
+                }
             }
         }
+        drop(rxb);
         for k in woken {
             // A failed write means the counter is already huge: the member is awake anyway.
             let _ = members[k].inbox.wake.write(1);
@@ -639,9 +821,11 @@ impl RxQueue for UdpTunnelRx {
         delivered
     }
 
-    /// Frames may be waiting in the inbox although the socket is empty: then no sleep.
+    /// Frames may be waiting in the inbox, or in the socket's batch (read off the socket
+    /// already, so it would not wake us), although the socket is empty: then no sleep. A batch
+    /// another member holds is that member's to hand out (to our inbox, waking us).
     fn arm_wakeup(&mut self) -> bool {
-        self.shared.inbox.q.is_empty()
+        self.shared.inbox.q.is_empty() && self.shared.sock.rx.try_lock().map_or(true, |b| b.peek().is_none())
     }
 
     fn disarm_wakeup(&mut self) {
@@ -665,19 +849,48 @@ struct UdpTunnelTx {
     shared: Arc<Shared>,
 }
 
+/// A `UDP_SEGMENT` control message (`cmsg_len` = `CMSG_LEN(2)`, the whole `CMSG_SPACE(2)`):
+/// the segment size of one GSO send.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GsoCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+const GSO_CMSG_LEN: usize = std::mem::size_of::<libc::cmsghdr>() + std::mem::size_of::<u16>();
+const _: () = assert!(std::mem::size_of::<GsoCmsg>() == 24 && std::mem::align_of::<GsoCmsg>() == 8);
+
+/// Datagrams one UDP GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS` is 64 or more).
+const GSO_MAX_SEGS: usize = 64;
+/// UDP payload bytes one GSO send carries at most: the IPv4 total length's limit (65535) less
+/// the IPv4 and UDP headers (an IPv6 payload may be 20 bytes more; one limit keeps it simple).
+const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
+
+/// One message of a `sendmmsg` batch: `count` datagrams from `first` on (the iovecs and names
+/// of `UdpTunnelTx::send`), one UDP GSO send when `count` > 1.
+#[derive(Clone, Copy, Default)]
+struct Msg {
+    first: u8,
+    count: u8,
+}
+
 impl UdpTunnelTx {
-    /// Sends `msgs` (frame index in `ready`, endpoint index) with as few `sendmmsg` calls as
-    /// the kernel allows; returns the datagrams sent and counts the rest.
+    /// Sends `msgs` (frame index in `ready`, endpoint index) with as few system calls as the
+    /// kernel allows: runs of datagrams to one endpoint, all of one length but the last (which
+    /// may be shorter), go out as one UDP GSO send (`UDP_SEGMENT`: the kernel cuts the run into
+    /// the same datagrams on the wire, and the stack below the socket sees one packet); the
+    /// messages of a burst go in one `sendmmsg`. Returns the datagrams sent and counts the rest.
     fn send(&self, ready: &[(PacketBuf, Dest)], msgs: &[(u8, u16)], drops: &mut DropTally) -> usize {
-        let n = msgs.len();
         // SAFETY: all-zero is a valid value of these plain C structs (null pointers, zero lengths).
         let mut names: [libc::sockaddr_in6; SEND_BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        let mut lens = [0u32; SEND_BATCH];
         let mut unknown = 0;
         let mut k = 0;
+        let mut dst = [0u16; SEND_BATCH];
         for &(f, e) in msgs {
             let Some(ip) = self.shared.remotes.endpoint(e) else {
                 unknown += 1;
@@ -685,23 +898,129 @@ impl UdpTunnelTx {
             };
             let (sa, len) = c_sockaddr(ip, self.shared.port);
             names[k] = sa;
+            lens[k] = len;
+            dst[k] = e;
             let d = ready[usize::from(f)].0.data();
             iov[k].iov_base = d.as_ptr() as *mut libc::c_void;
             iov[k].iov_len = d.len();
-            let h = &mut hdrs[k].msg_hdr;
-            h.msg_name = &mut names[k] as *mut libc::sockaddr_in6 as *mut libc::c_void;
-            h.msg_namelen = len;
-            h.msg_iov = &mut iov[k];
-            h.msg_iovlen = 1;
             k += 1;
         }
         drops.add(DropReason::TunnelNoEndpoint, unknown);
-        let n = n - unknown as usize;
+        // Runs of one endpoint and one length into messages.
+        let gso = self.shared.gso.load(Ordering::Relaxed);
+        let mut plan: ArrayVec<Msg, SEND_BATCH> = ArrayVec::new();
+        let mut i = 0;
+        while i < k {
+            let (seg, mut count, mut bytes) = (iov[i].iov_len, 1, iov[i].iov_len);
+            while gso
+                && i + count < k
+                && count < GSO_MAX_SEGS
+                && dst[i + count] == dst[i]
+                && iov[i + count - 1].iov_len == seg
+                && iov[i + count].iov_len <= seg
+                && bytes + iov[i + count].iov_len <= GSO_MAX_BYTES
+            {
+                bytes += iov[i + count].iov_len;
+                count += 1;
+            }
+            plan.push(Msg { first: i as u8, count: count as u8 });
+            i += count;
+        }
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut cmsgs: [GsoCmsg; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        for (j, m) in plan.iter().enumerate() {
+            let first = usize::from(m.first);
+            let h = &mut hdrs[j].msg_hdr;
+            h.msg_name = &mut names[first] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+            h.msg_namelen = lens[first];
+            h.msg_iov = &mut iov[first];
+            h.msg_iovlen = usize::from(m.count);
+            if m.count > 1 {
+                let c = &mut cmsgs[j];
+                c.hdr.cmsg_len = GSO_CMSG_LEN as _;
+                c.hdr.cmsg_level = libc::SOL_UDP;
+                c.hdr.cmsg_type = libc::UDP_SEGMENT;
+                c.size = iov[first].iov_len as u16;
+                h.msg_control = c as *mut GsoCmsg as *mut libc::c_void;
+                h.msg_controllen = std::mem::size_of::<GsoCmsg>() as _;
+            }
+        }
+        let counts: ArrayVec<u8, SEND_BATCH> = plan.iter().map(|m| m.count).collect();
+        self.sendmmsg_all(&mut hdrs[..plan.len()], &counts, drops, |j, e, drops| {
+            let m = plan[j];
+            if m.count == 1 {
+                self.refused(e, drops);
+                return 0;
+            }
+            // The kernel refused the GSO send (a device without checksum offload: EIO; a route
+            // whose MTU dropped under the segment size: EINVAL): the run goes again one
+            // datagram a message, so each gets its own fate and counter. EIO will not change:
+            // GSO is off for the port from now on.
+            if e == libc::EIO && self.shared.gso.swap(false, Ordering::Relaxed) {
+                tracing::info!(port = %self.shared.name, "UDP GSO refused by the kernel (EIO): one datagram a message from now on");
+            }
+            let first = usize::from(m.first);
+            let range = first..first + usize::from(m.count);
+            self.send_singles(&mut names[range.clone()], &lens[range.clone()], &mut iov[range], drops)
+        })
+    }
+
+    /// Sends each datagram of `iov` (to `names`, of name lengths `lens`) as its own message:
+    /// a run the kernel refused as one GSO send. Returns the datagrams sent and counts the rest.
+    fn send_singles(
+        &self,
+        names: &mut [libc::sockaddr_in6],
+        lens: &[u32],
+        iov: &mut [libc::iovec],
+        drops: &mut DropTally,
+    ) -> usize {
+        let n = iov.len().min(GSO_MAX_SEGS);
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut hdrs: [libc::mmsghdr; GSO_MAX_SEGS] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = &mut names[i] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+            h.msg_namelen = lens[i];
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+        }
+        self.sendmmsg_all(&mut hdrs[..n], &[1; GSO_MAX_SEGS][..n], drops, |_, e, drops| {
+            self.refused(e, drops);
+            0
+        })
+    }
+
+    /// Counts one datagram the kernel refused with `e`.
+    fn refused(&self, e: i32, drops: &mut DropTally) {
+        if e == libc::EMSGSIZE {
+            drops.add(DropReason::TunnelMtu, 1);
+        } else {
+            tracing::debug!(port = %self.shared.name, errno = e, "tunnel sendmmsg error");
+            drops.add(DropReason::TunnelSendError, 1);
+        }
+    }
+
+    /// Sends the messages `hdrs` (message `j` carrying `counts[j]` datagrams) with as few
+    /// `sendmmsg` calls as the kernel allows. A full socket buffer counts every datagram left
+    /// as `tx_full`; a message the kernel refuses goes to `refused(j, errno, drops)`, which
+    /// returns the datagrams it still sent. Returns the datagrams sent.
+    fn sendmmsg_all(
+        &self,
+        hdrs: &mut [libc::mmsghdr],
+        counts: &[u8],
+        drops: &mut DropTally,
+        mut refused: impl FnMut(usize, i32, &mut DropTally) -> usize,
+    ) -> usize {
+        let n = hdrs.len();
+        let datagrams = |r: std::ops::Range<usize>| counts[r].iter().map(|&c| usize::from(c)).sum::<usize>();
         let mut sent = 0;
         let mut at = 0;
         while at < n {
-            // SAFETY: headers at..n point at live names and iovecs over frames in `ready`,
-            // which outlive the call; the kernel only reads them (and writes msg_len).
+            // SAFETY: the caller's headers point at live names, iovecs over frames it holds and
+            // control messages, all of which outlive the call; the kernel only reads them (and
+            // writes msg_len).
             let rc = unsafe {
                 libc::sendmmsg(
                     self.shared.fd().as_raw_fd(),
@@ -711,23 +1030,18 @@ impl UdpTunnelTx {
                 )
             };
             if rc > 0 {
-                sent += rc as usize;
+                sent += datagrams(at..at + rc as usize);
                 at += rc as usize;
                 continue;
             }
             match errno() {
                 libc::EINTR => {}
                 libc::EAGAIN | libc::ENOBUFS => {
-                    drops.add(DropReason::TxFull, (n - at) as u32);
+                    drops.add(DropReason::TxFull, datagrams(at..n) as u32);
                     break;
                 }
-                libc::EMSGSIZE => {
-                    drops.add(DropReason::TunnelMtu, 1);
-                    at += 1;
-                }
                 e => {
-                    tracing::debug!(port = %self.shared.name, errno = e, "tunnel sendmmsg error");
-                    drops.add(DropReason::TunnelSendError, 1);
+                    sent += refused(at, e, drops);
                     at += 1;
                 }
             }
