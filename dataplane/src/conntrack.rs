@@ -708,7 +708,9 @@ impl Conntrack {
                 }
                 let dir = if same(&key, &k.0) {
                     Dir::Original
-                } else if same(&key, &k.reversed()) {
+                } else if same(&PackedKey(key).reversed(), &k.0) {
+                    // The stored key turned round (not the packet's, which the compiler would
+                    // work out before the loop and keep on the stack).
                     Dir::Reply
                 } else {
                     j = self.next(j);
