@@ -17,7 +17,7 @@
 //!   indexed like the endpoints (the fast path's neighbours) stay valid.
 
 use crate::buffer::{BufferError, PacketBuf};
-use crate::fdb::{FdbError, MacTable};
+use crate::fdb::{FdbError, FdbView, MacTable};
 use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
 use crate::wire::ip::{
@@ -448,10 +448,20 @@ impl Remotes {
     /// `None` for broadcast, multicast and unknown unicast (the flood list).
     #[inline]
     pub fn lookup(&self, dst: MacAddr, now: u32) -> Option<u16> {
-        if dst.is_multicast() {
-            return None;
-        }
-        self.macs.lookup(ANY_VLAN, dst, now).map(|h| h.port)
+        self.view().lookup(dst, now)
+    }
+
+    /// How many endpoints are known (indices `0..n`).
+    #[inline]
+    pub fn endpoint_count(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// The table as a burst reads it: the remote MAC table's parameters and whether learning
+    /// is on, read once ([`RemotesView`]).
+    #[inline]
+    pub fn view(&self) -> RemotesView<'_> {
+        RemotesView { macs: self.macs.view(), learn: self.learns() }
     }
 
     /// Learns that `src` lives behind `from` (when learning is on and `src` is a unicast MAC
@@ -476,9 +486,7 @@ impl Remotes {
     /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]).
     #[inline]
     pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
-        if self.learns() && !src.is_multicast() && !src.is_zero() {
-            self.macs.learn(ANY_VLAN, src, i, now, u32::MAX);
-        }
+        self.view().learn_at(src, i, now)
     }
 
     /// Whether learning is on.
@@ -494,6 +502,34 @@ impl Remotes {
             .into_iter()
             .filter_map(|e| Some((e.mac, self.endpoint(e.port)?, e.is_static)))
             .collect()
+    }
+}
+
+/// A burst's reading of a [`Remotes`]: lookups and learning as through the table, with the
+/// MAC table's parameters ([`crate::fdb::FdbView`]) and the learning switch as they were when
+/// the view was taken.
+#[derive(Clone, Copy)]
+pub struct RemotesView<'a> {
+    macs: FdbView<'a>,
+    learn: bool,
+}
+
+impl RemotesView<'_> {
+    /// [`Remotes::lookup`].
+    #[inline]
+    pub fn lookup(&self, dst: MacAddr, now: u32) -> Option<u16> {
+        if dst.is_multicast() {
+            return None;
+        }
+        self.macs.lookup_probe(&self.macs.probe_u64(ANY_VLAN, dst.to_u64()), now).map(|h| h.port)
+    }
+
+    /// [`Remotes::learn_at`].
+    #[inline]
+    pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
+        if self.learn && !src.is_multicast() && !src.is_zero() {
+            self.macs.learn_probe(&self.macs.probe_u64(ANY_VLAN, src.to_u64()), i, now, u32::MAX);
+        }
     }
 }
 

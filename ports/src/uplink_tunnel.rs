@@ -39,7 +39,7 @@ use switchyard_dataplane::tunnel::{
 use switchyard_dataplane::underlay::{
     arp_frame, classify, nd_frame, Neighbours, Route, Routes, UplinkFrame, CONTROL_FRAME_LEN, MAX_GATEWAYS,
 };
-use switchyard_dataplane::wire::outer::{outer_headers_len, OuterRepr};
+use switchyard_dataplane::wire::outer::{OuterRepr, OuterTemplate};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 
 /// How a tunnel port on an uplink finds its endpoints' next hops.
@@ -288,7 +288,12 @@ impl PortBackend for UplinkTunnelPort {
 
     fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
         let sh = &self.shared;
-        Ok(Box::new(UplinkTunnelTx { shared: sh.clone(), tx: sh.uplink.open_tx(q)?, out: Burst::new() }))
+        Ok(Box::new(UplinkTunnelTx {
+            shared: sh.clone(),
+            tx: sh.uplink.open_tx(q)?,
+            out: Burst::new(),
+            templates: Box::new(Templates([None; TEMPLATES])),
+        }))
     }
 
     fn link_up(&self) -> bool {
@@ -341,31 +346,32 @@ struct UplinkTunnelRx {
     last: Option<(IpAddr, u16)>,
 }
 
-impl UplinkTunnelRx {
-    /// Queues an ARP/ND frame (a reply to `to`, or a probe for `target`).
-    fn control_frame(
-        &mut self,
-        cache: &mut PoolCache,
-        target: IpAddr,
-        to: Option<MacAddr>,
-        drops: &mut DropTally,
-    ) {
-        let sh = &*self.shared;
-        let mut f = [0u8; CONTROL_FRAME_LEN];
-        let n = match (sh.local, target) {
-            (IpAddr::V4(l), IpAddr::V4(t)) => arp_frame(&mut f, sh.mac, l, t, to),
-            (IpAddr::V6(l), IpAddr::V6(t)) => nd_frame(&mut f, sh.mac, l, t, to.map(|m| (t, m))),
-            _ => return,
-        };
-        if self.control.is_full() {
-            self.tx.tx_burst(&mut self.control, cache, drops);
-        }
-        match cache.alloc_copy(&f[..n]) {
-            Some(b) => self.control.push(b),
-            None => drops.add(DropReason::NoBuffer, 1),
-        }
+/// Queues an ARP/ND frame on `control` (a reply to `to`, or a probe for `target`), sending
+/// the queue through `tx` first when it is full.
+fn control_frame(
+    sh: &Shared,
+    (control, tx): (&mut Burst, &mut dyn TxQueue),
+    cache: &mut PoolCache,
+    target: IpAddr,
+    to: Option<MacAddr>,
+    drops: &mut DropTally,
+) {
+    let mut f = [0u8; CONTROL_FRAME_LEN];
+    let n = match (sh.local, target) {
+        (IpAddr::V4(l), IpAddr::V4(t)) => arp_frame(&mut f, sh.mac, l, t, to),
+        (IpAddr::V6(l), IpAddr::V6(t)) => nd_frame(&mut f, sh.mac, l, t, to.map(|m| (t, m))),
+        _ => return,
+    };
+    if control.is_full() {
+        tx.tx_burst(control, cache, drops);
     }
+    match cache.alloc_copy(&f[..n]) {
+        Some(b) => control.push(b),
+        None => drops.add(DropReason::NoBuffer, 1),
+    }
+}
 
+impl UplinkTunnelRx {
     /// Once a second: follows route changes and probes every next hop that is unresolved
     /// or stale.
     fn probe(&mut self, cache: &mut PoolCache, now: u32, drops: &mut DropTally) {
@@ -373,24 +379,26 @@ impl UplinkTunnelRx {
             return;
         }
         self.probed_at = Some(now);
-        let sh = self.shared.clone();
+        let sh = &*self.shared;
         for (hop, ip) in sh.route() {
             if sh.neighbours.take_probe(hop, now) {
-                self.control_frame(cache, ip, None, drops);
+                control_frame(sh, (&mut self.control, &mut *self.tx), cache, ip, None, drops);
             }
         }
     }
+}
 
-    /// The endpoint index of tunnel source `ip` (added when learning is on).
-    fn source_index(&mut self, ip: IpAddr) -> Option<u16> {
-        match self.last {
-            Some((a, i)) if a == ip => Some(i),
-            _ => {
-                let r = &self.shared.remotes;
-                let i = r.index_of(ip).or_else(|| r.learning_index(ip))?;
-                self.last = Some((ip, i));
-                Some(i)
-            }
+/// The endpoint index of tunnel source `ip` (added when learning is on), `last` holding the
+/// previous answer.
+#[inline]
+fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Option<u16> {
+    match *last {
+        Some((a, i)) if a == ip => Some(i),
+        _ => {
+            let r = &sh.remotes;
+            let i = r.index_of(ip).or_else(|| r.learning_index(ip))?;
+            *last = Some((ip, i));
+            Some(i)
         }
     }
 }
@@ -402,36 +410,44 @@ impl RxQueue for UplinkTunnelRx {
         self.probe(cache, now, drops);
         let want = max.min(out.remaining_capacity());
         self.rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want);
-        let sh = self.shared.clone();
+        let UplinkTunnelRx { shared, tx, frames, control, last, .. } = self;
+        let sh = &**shared;
+        let (remotes, codec) = (sh.remotes.view(), sh.codec);
         let mut delivered = 0;
-        let mut frames = std::mem::take(&mut self.frames);
+        // The endpoint and MAC this burst last confirmed: a burst of one sender's packets
+        // confirms its neighbour entry once.
+        let mut confirmed = None;
         for mut b in frames.drain(..) {
             match classify(b.data(), sh.local, sh.port) {
                 UplinkFrame::Tunnel { payload, len, src_ip, src_mac } => {
                     let trimmed = b.trim_front(payload).is_ok() && b.set_len(len).is_ok();
                     let decap =
-                        if trimmed { sh.codec.decap_buf(&mut b) } else { Err(DropReason::TunnelTruncated) };
+                        if trimmed { codec.decap_buf(&mut b) } else { Err(DropReason::TunnelTruncated) };
                     if let Err(r) = decap {
                         drops.add(r, 1);
                         cache.free(b);
                         continue;
                     }
-                    if let Some(i) = self.source_index(src_ip) {
-                        if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
-                            sh.neighbours.confirm(i, src_mac, now);
+                    if let Some(i) = source_index(sh, last, src_ip) {
+                        if confirmed != Some((i, src_mac)) {
+                            if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
+                                sh.neighbours.confirm(i, src_mac, now);
+                            }
+                            confirmed = Some((i, src_mac));
                         }
-                        sh.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), i, now);
+                        remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), i, now);
                     }
                     out.push(b);
                     delivered += 1;
                 }
                 UplinkFrame::Neighbour { ip, mac, answer } => {
                     cache.free(b);
+                    confirmed = None;
                     for i in sh.slots_of(ip) {
                         sh.neighbours.confirm(i, mac, now);
                     }
                     if answer {
-                        self.control_frame(cache, ip, Some(mac), drops);
+                        control_frame(sh, (control, &mut **tx), cache, ip, Some(mac), drops);
                     }
                 }
                 UplinkFrame::NotOurs => {
@@ -444,9 +460,8 @@ impl RxQueue for UplinkTunnelRx {
                 }
             }
         }
-        self.frames = frames;
-        if !self.control.is_empty() {
-            self.tx.tx_burst(&mut self.control, cache, drops);
+        if !control.is_empty() {
+            tx.tx_burst(control, cache, drops);
         }
         delivered
     }
@@ -468,52 +483,87 @@ struct UplinkTunnelTx {
     shared: Arc<Shared>,
     tx: Box<dyn TxQueue>,
     out: Burst,
+    templates: Box<Templates>,
 }
 
-impl UplinkTunnelTx {
-    /// Writes the outer headers for endpoint `e` in front of `b` (tunnel header already in
-    /// place) and queues it; frees it and counts why when it cannot.
-    fn push(
-        &mut self,
-        mut b: PacketBuf,
-        e: u16,
-        sport: u16,
-        cache: &mut PoolCache,
-        drops: &mut DropTally,
-    ) -> usize {
-        let sh = &*self.shared;
-        let (Some(dst_mac), Some(dst_ip)) = (sh.next_hop_mac(e), sh.remotes.endpoint(e)) else {
-            drops.add(DropReason::TunnelUnresolved, 1);
-            cache.free(b);
-            return 0;
-        };
-        let repr = OuterRepr {
-            src_mac: sh.mac,
-            dst_mac,
-            src_ip: sh.local,
-            dst_ip,
-            src_port: sport,
-            dst_port: sh.port,
-        };
-        if b.prepend(outer_headers_len(sh.local.is_ipv6())).is_err() || !repr.emit(b.data_mut()) {
-            drops.add(DropReason::NoBuffer, 1);
-            cache.free(b);
-            return 0;
+/// How many endpoints' outer headers a TX queue keeps written ([`Templates`]).
+const TEMPLATES: usize = 16;
+
+/// The outer headers of the endpoints a TX queue sent to lately, by endpoint index modulo
+/// [`TEMPLATES`], each with the next hop MAC it was written for: an endpoint's address never
+/// changes (indices are never reused), the rest of the headers but the next hop's MAC is the
+/// port's, so a template is good as long as that MAC is the one resolved now.
+struct Templates([Option<(u16, MacAddr, OuterTemplate)>; TEMPLATES]);
+
+impl Templates {
+    /// The template for endpoint `e` at `dst_ip` through next hop `dst_mac`, written when
+    /// not kept; `None` when the addresses are of two families.
+    #[inline]
+    fn get(&mut self, sh: &Shared, e: u16, dst_mac: MacAddr) -> Result<&OuterTemplate, DropReason> {
+        let slot = &mut self.0[usize::from(e) % TEMPLATES];
+        if !matches!(slot, Some((i, m, _)) if *i == e && *m == dst_mac) {
+            let dst_ip = sh.remotes.endpoint(e).ok_or(DropReason::TunnelUnresolved)?;
+            let repr = OuterRepr {
+                src_mac: sh.mac,
+                dst_mac,
+                src_ip: sh.local,
+                dst_ip,
+                src_port: 0,
+                dst_port: sh.port,
+            };
+            *slot = Some((e, dst_mac, OuterTemplate::new(&repr).ok_or(DropReason::NoBuffer)?));
         }
-        self.out.push(b);
-        if self.out.is_full() {
-            return self.tx.tx_burst(&mut self.out, cache, drops);
-        }
-        0
+        slot.as_ref().map(|(_, _, t)| t).ok_or(DropReason::NoBuffer)
     }
+}
+
+/// Writes the outer headers for endpoint `e` in front of `b` (tunnel header already in
+/// place) and queues it on `out`, sending `out` through `tx` when full; frees `b` and counts
+/// why when it cannot. Returns the frames sent.
+#[inline(always)]
+fn push_to(
+    sh: &Shared,
+    (out, tx, templates): (&mut Burst, &mut dyn TxQueue, &mut Templates),
+    mut b: PacketBuf,
+    e: u16,
+    sport: u16,
+    cache: &mut PoolCache,
+    drops: &mut DropTally,
+) -> usize {
+    let written = match sh.next_hop_mac(e) {
+        None => Err(DropReason::TunnelUnresolved),
+        Some(dst_mac) => templates.get(sh, e, dst_mac).and_then(|t| {
+            let ok = b.prepend(t.headers_len()).is_ok() && t.write(b.data_mut(), sport);
+            ok.then_some(()).ok_or(DropReason::NoBuffer)
+        }),
+    };
+    if let Err(r) = written {
+        drops.add(r, 1);
+        cache.free(b);
+        return 0;
+    }
+    out.push(b);
+    if out.is_full() {
+        return tx.tx_burst(out, cache, drops);
+    }
+    0
 }
 
 impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
-        let sh = self.shared.clone();
+        let UplinkTunnelTx { shared, tx, out, templates } = self;
+        let sh = &**shared;
+        let q = (out, &mut **tx, &mut **templates);
         let now = sh.now_s();
         // One flood list for the whole burst, however an update swaps it meanwhile.
         let flood = sh.remotes.flood();
+        let (remotes, codec) = (sh.remotes.view(), sh.codec);
+        // A port whose one endpoint is its whole flood list sends every frame there, known
+        // or not: no lookup (as a port with one `remote_ip`).
+        let only = match ***flood {
+            [e] if sh.remotes.endpoint_count() == 1 => Some(e),
+            _ => None,
+        };
         let mut sent = 0;
         for mut b in pkts.drain(..) {
             if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
@@ -522,14 +572,14 @@ impl TxQueue for UplinkTunnelTx {
                 continue;
             }
             let sport = source_port(flow_hash(b.data()));
-            let one = sh.remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now);
-            if sh.codec.encap_buf(&mut b).is_err() {
+            let one = only.or_else(|| remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now));
+            if codec.encap_buf(&mut b).is_err() {
                 drops.add(DropReason::NoBuffer, 1);
                 cache.free(b);
                 continue;
             }
             match one {
-                Some(e) => sent += self.push(b, e, sport, cache, drops),
+                Some(e) => sent += push_to(sh, (q.0, q.1, q.2), b, e, sport, cache, drops),
                 None => {
                     let Some((&last, rest)) = flood.split_last() else {
                         drops.add(DropReason::TunnelNoEndpoint, 1);
@@ -542,21 +592,180 @@ impl TxQueue for UplinkTunnelTx {
                             continue;
                         }
                         match cache.alloc_copy(b.data()) {
-                            Some(c) => sent += self.push(c, e, sport, cache, drops),
+                            Some(c) => sent += push_to(sh, (q.0, q.1, q.2), c, e, sport, cache, drops),
                             None => drops.add(DropReason::NoBuffer, 1),
                         }
                     }
-                    sent += self.push(b, last, sport, cache, drops);
+                    sent += push_to(sh, (q.0, q.1, q.2), b, last, sport, cache, drops);
                 }
             }
         }
-        if !self.out.is_empty() {
-            sent += self.tx.tx_burst(&mut self.out, cache, drops);
+        let (out, tx, _) = q;
+        if !out.is_empty() {
+            sent += tx.tx_burst(out, cache, drops);
         }
         sent
     }
 
     fn flush(&mut self) -> Result<(), PortError> {
         self.tx.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use switchyard_dataplane::buffer::Pool;
+    use switchyard_dataplane::port::ring::{RingPeer, RingPort};
+    use switchyard_dataplane::tunnel::TunnelKind;
+    use switchyard_dataplane::wire::outer::OuterPacket;
+    use switchyard_dataplane::wire::EtherType;
+
+    const LOCAL_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const X: MacAddr = MacAddr([2, 0, 0, 0, 0xb, 1]);
+
+    fn v4(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, n)
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(v4(n))
+    }
+
+    /// A VXLAN port (VNI 5001, 192.0.2.1) on a ring uplink, its queues, and the ring's far end.
+    fn port(flood: &[IpAddr]) -> (UplinkTunnelPort, RingPeer, Box<dyn RxQueue>, Box<dyn TxQueue>) {
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let o = TunnelOptions {
+            kind: TunnelKind::Vxlan,
+            vni: 5001,
+            local: ip(1),
+            dstport: 4789,
+            flood: flood.to_vec(),
+            remote_macs: Vec::new(),
+            learn: true,
+            aging_s: 300,
+        };
+        let p = UplinkTunnelPort::new("tun", &o, Arc::new(ring), LOCAL_MAC, 1500, NextHops::default())
+            .expect("port")
+            .with_clock(TunnelClock::Shared(Arc::new(AtomicU64::new(0))))
+            .expect("no queue yet");
+        let (rx, tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
+        (p, peer, rx, tx)
+    }
+
+    /// Hands `frame` to the port as received on the uplink; returns the inner frames delivered.
+    fn receive(peer: &RingPeer, rx: &mut dyn RxQueue, cache: &mut PoolCache, frame: &[u8]) -> Vec<Vec<u8>> {
+        peer.inject(cache.alloc_copy(frame).expect("buffer")).expect("room");
+        let (mut out, mut drops) = (Burst::new(), DropTally::default());
+        rx.rx_burst(RxCtx::new(cache, &mut drops), &mut out, 32);
+        assert!(drops.is_zero(), "{drops:?}");
+        out.drain(..)
+            .map(|b| {
+                let v = b.data().to_vec();
+                cache.free(b);
+                v
+            })
+            .collect()
+    }
+
+    /// An ARP reply from `n` at `mac` to the port.
+    fn arp_reply(n: u8, mac: MacAddr) -> Vec<u8> {
+        let mut f = [0u8; CONTROL_FRAME_LEN];
+        let len = arp_frame(&mut f, mac, v4(n), v4(1), Some(LOCAL_MAC));
+        f[..len].to_vec()
+    }
+
+    /// An inner frame from `src` to `dst`.
+    fn inner(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&EtherType::IPV4.to_be_bytes());
+        f
+    }
+
+    /// Sends `frame` into the tunnel; returns (next hop MAC, endpoint) of every VXLAN packet
+    /// out of the uplink, each checked by the receive side's checks and carrying `frame`.
+    fn send(
+        peer: &RingPeer,
+        tx: &mut dyn TxQueue,
+        cache: &mut PoolCache,
+        frame: &[u8],
+    ) -> Vec<(MacAddr, IpAddr)> {
+        let mut b = Burst::new();
+        b.push(cache.alloc_copy(frame).expect("buffer"));
+        tx.tx_burst(&mut b, cache, &mut DropTally::default());
+        let mut got = Vec::new();
+        while let Some(o) = peer.collect() {
+            if o.data()[12..14] == EtherType::IPV4.to_be_bytes() {
+                let p = OuterPacket::new_checked(o.data()).expect("outer headers as received");
+                assert_eq!(&o.data()[p.payload_offset() + 8..], frame);
+                got.push((p.dst_mac(), p.dst_ip()));
+            }
+            cache.free(o);
+        }
+        got
+    }
+
+    /// The outer headers are written from a template per endpoint; when the next hop's MAC
+    /// changes (a new ARP reply), the next packet carries the new one.
+    #[test]
+    fn outer_headers_follow_a_changed_next_hop_mac() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (_p, peer, mut rx, mut tx) = port(&[ip(2)]);
+        let (m1, m2) = (MacAddr([2, 0, 0, 0, 0x99, 1]), MacAddr([2, 0, 0, 0, 0x99, 2]));
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m1));
+        for _ in 0..2 {
+            assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m1, ip(2))]);
+        }
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
+        for _ in 0..2 {
+            assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m2, ip(2))]);
+        }
+        drop((rx, tx));
+        while let Some(b) = peer.collect() {
+            cache.free(b);
+        }
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    /// A port whose one endpoint is its flood list sends everything there without a lookup;
+    /// once learning adds a second endpoint, frames go by the remote table again.
+    #[test]
+    fn one_endpoint_then_two() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (p, peer, mut rx, mut tx) = port(&[ip(2)]);
+        let (m2, m3) = (MacAddr([2, 0, 0, 0, 0x99, 2]), MacAddr([2, 0, 0, 0, 0x99, 3]));
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
+        assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m2, ip(2))]);
+        // A tunnel packet from 192.0.2.3 with inner source X: endpoint 3 learned (on the
+        // link, its MAC confirmed by the packet), X behind it.
+        let payload = [&[0x08, 0, 0, 0, 0, 0x13, 0x89, 0][..], &inner(LOCAL_MAC, X)].concat();
+        let mut f = vec![0u8; 42];
+        f.extend_from_slice(&payload);
+        let r = OuterRepr {
+            src_mac: m3,
+            dst_mac: LOCAL_MAC,
+            src_ip: ip(3),
+            dst_ip: ip(1),
+            src_port: 50000,
+            dst_port: 4789,
+        };
+        assert!(r.emit(&mut f));
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &f), [inner(LOCAL_MAC, X)]);
+        assert_eq!(p.remotes().endpoints(), [ip(2), ip(3)]);
+        assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
+        let unknown = MacAddr([2, 0, 0, 0, 0xc, 1]);
+        assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(unknown, LOCAL_MAC)), [(m2, ip(2))]);
+        drop((rx, tx));
+        while let Some(b) = peer.collect() {
+            cache.free(b);
+        }
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
     }
 }

@@ -134,6 +134,7 @@ impl PacketBuf {
     }
 
     /// Grows or shrinks the frame at the tail (new bytes hold whatever the slot held).
+    #[inline]
     pub fn set_len(&mut self, len: usize) -> Result<(), BufferError> {
         let have = SLOT_SIZE - self.head as usize;
         if len > have {
@@ -151,6 +152,7 @@ impl PacketBuf {
     }
 
     /// Grows the frame by `n` bytes at the front and returns them.
+    #[inline]
     pub fn prepend(&mut self, n: usize) -> Result<&mut [u8], BufferError> {
         let have = self.head as usize;
         if n > have {
@@ -163,6 +165,7 @@ impl PacketBuf {
     }
 
     /// Removes `n` bytes from the front.
+    #[inline]
     pub fn trim_front(&mut self, n: usize) -> Result<(), BufferError> {
         if n > self.len as usize {
             return Err(BufferError::TooShort(self.len as usize));

@@ -188,62 +188,113 @@ impl OuterRepr {
     /// headers, the addresses are of two families, or the payload is too long for one IP
     /// packet.
     pub fn emit(&self, frame: &mut [u8]) -> bool {
-        let ipv6 = self.src_ip.is_ipv6();
-        let hl = outer_headers_len(ipv6);
-        if frame.len() < hl || self.dst_ip.is_ipv6() != ipv6 {
-            return false;
-        }
-        let udp_len = frame.len() - hl + UDP_HEADER_LEN;
+        OuterTemplate::new(self).is_some_and(|t| t.write(frame, self.src_port))
+    }
+}
+
+/// The longest outer headers: Ethernet, IPv6, UDP.
+pub const MAX_OUTER_HEADERS_LEN: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN + UDP_HEADER_LEN;
+const V4_HEADERS_LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+
+/// The outer headers of an [`OuterRepr`] written once, for every packet to one endpoint
+/// through one next hop: [`OuterTemplate::write`] copies them and fills in what differs per
+/// packet -- the lengths, the UDP source port, the IPv4 header checksum (the template's sum
+/// plus the total length, RFC 1624's incremental update from a header whose length and
+/// checksum are zero) and the IPv6 UDP checksum (over the packet, from the pseudo-header's
+/// sum kept in the template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterTemplate {
+    /// The headers with zero lengths, source port and checksums.
+    bytes: [u8; MAX_OUTER_HEADERS_LEN],
+    ipv6: bool,
+    /// IPv4: the ones' complement sum of the IP header as in `bytes`; IPv6: the sum of the
+    /// pseudo-header less the UDP length.
+    sum: u64,
+}
+
+impl OuterTemplate {
+    /// The template of `r`'s headers (its `src_port` is not part of it); `None` when its
+    /// addresses are of two families.
+    pub fn new(r: &OuterRepr) -> Option<OuterTemplate> {
+        let mut bytes = [0u8; MAX_OUTER_HEADERS_LEN];
+        bytes[ETH_DST_OFFSET..ETH_DST_OFFSET + 6].copy_from_slice(&r.dst_mac.0);
+        bytes[ETH_SRC_OFFSET..ETH_SRC_OFFSET + 6].copy_from_slice(&r.src_mac.0);
         let l3 = ETH_HEADER_LEN;
-        let ip_len = if ipv6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN };
-        if udp_len + if ipv6 { 0 } else { ip_len } > usize::from(u16::MAX) {
-            return false;
-        }
-        frame[ETH_DST_OFFSET..ETH_DST_OFFSET + 6].copy_from_slice(&self.dst_mac.0);
-        frame[ETH_SRC_OFFSET..ETH_SRC_OFFSET + 6].copy_from_slice(&self.src_mac.0);
-        let udp = l3 + ip_len;
-        let ethertype = if ipv6 { EtherType::IPV6 } else { EtherType::IPV4 };
-        frame[ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2].copy_from_slice(&ethertype.to_be_bytes());
-        let ip = &mut frame[l3..udp];
-        match (self.src_ip, self.dst_ip) {
+        let (ethertype, ip_len, sum) = match (r.src_ip, r.dst_ip) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let ip = &mut bytes[l3..l3 + IPV4_HEADER_LEN];
                 ip[..V4_TOTAL_LEN].copy_from_slice(&[0x45, 0]);
-                ip[V4_TOTAL_LEN..V4_TOTAL_LEN + 2]
-                    .copy_from_slice(&((udp_len + ip_len) as u16).to_be_bytes());
-                // Identification 0 with DF: never fragmented (RFC 6864 section 4.1).
-                ip[4..V4_FRAG + 2].copy_from_slice(&[0, 0, (V4_DF >> 8) as u8, 0]);
+                ip[V4_FRAG..V4_FRAG + 2].copy_from_slice(&V4_DF.to_be_bytes());
                 ip[V4_TTL] = OUTER_TTL;
                 ip[V4_PROTO] = PROTO_UDP;
-                ip[V4_CSUM..V4_CSUM + 2].copy_from_slice(&[0, 0]);
                 ip[V4_SRC..V4_SRC + 4].copy_from_slice(&s.octets());
                 ip[V4_DST..V4_DST + 4].copy_from_slice(&d.octets());
-                let c = !fold(ones_sum(ip, 0));
-                ip[V4_CSUM..V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
+                (EtherType::IPV4, IPV4_HEADER_LEN, ones_sum(ip, 0))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ip = &mut bytes[l3..l3 + IPV6_HEADER_LEN];
                 ip[..V6_PAYLOAD_LEN].copy_from_slice(&[0x60, 0, 0, 0]);
-                ip[V6_PAYLOAD_LEN..V6_PAYLOAD_LEN + 2].copy_from_slice(&(udp_len as u16).to_be_bytes());
                 ip[V6_NEXT] = PROTO_UDP;
                 ip[V6_HOPS] = OUTER_TTL;
                 ip[V6_SRC..V6_SRC + 16].copy_from_slice(&s.octets());
                 ip[V6_DST..V6_DST + 16].copy_from_slice(&d.octets());
+                (EtherType::IPV6, IPV6_HEADER_LEN, pseudo_sum(&s.octets(), &d.octets(), 0))
             }
-            _ => return false,
+            _ => return None,
+        };
+        bytes[ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2].copy_from_slice(&ethertype.to_be_bytes());
+        let udp = l3 + ip_len;
+        bytes[udp + UDP_DPORT..udp + UDP_DPORT + 2].copy_from_slice(&r.dst_port.to_be_bytes());
+        Some(OuterTemplate { bytes, ipv6: ethertype == EtherType::IPV6, sum })
+    }
+
+    /// The length of the headers ([`outer_headers_len`]).
+    #[inline]
+    pub fn headers_len(&self) -> usize {
+        outer_headers_len(self.ipv6)
+    }
+
+    /// Writes the headers into `frame[..self.headers_len()]` with UDP source port
+    /// `src_port`, the UDP payload being the rest of `frame`. Returns false (and writes
+    /// nothing) when `frame` is shorter than the headers or the payload too long for one IP
+    /// packet.
+    #[inline]
+    pub fn write(&self, frame: &mut [u8], src_port: u16) -> bool {
+        if self.ipv6 {
+            return self.write_v6(frame, src_port);
         }
+        let total = frame.len().wrapping_sub(ETH_HEADER_LEN);
+        let Some(h) = frame.first_chunk_mut::<V4_HEADERS_LEN>() else { return false };
+        let Ok(total) = u16::try_from(total) else { return false };
+        *h = *self.bytes.first_chunk::<V4_HEADERS_LEN>().unwrap_or(&[0; V4_HEADERS_LEN]);
+        let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
+        h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+        let c = !fold(self.sum + u64::from(total));
+        h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
+        h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
+        let udp_len = total - IPV4_HEADER_LEN as u16;
+        h[udp + UDP_LEN..udp + UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+        true
+    }
+
+    fn write_v6(&self, frame: &mut [u8], src_port: u16) -> bool {
+        let udp = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+        let Some(Ok(udp_len)) = frame.len().checked_sub(udp).map(u16::try_from) else { return false };
+        if usize::from(udp_len) < UDP_HEADER_LEN {
+            return false;
+        }
+        frame[..MAX_OUTER_HEADERS_LEN].copy_from_slice(&self.bytes);
+        let l3 = ETH_HEADER_LEN;
+        frame[l3 + V6_PAYLOAD_LEN..l3 + V6_PAYLOAD_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
         let u = &mut frame[udp..];
-        u[UDP_SPORT..UDP_SPORT + 2].copy_from_slice(&self.src_port.to_be_bytes());
-        u[UDP_DPORT..UDP_DPORT + 2].copy_from_slice(&self.dst_port.to_be_bytes());
-        u[UDP_LEN..UDP_LEN + 2].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        u[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&[0, 0]);
-        if let (IpAddr::V6(s), IpAddr::V6(d)) = (self.src_ip, self.dst_ip) {
-            let sum = ones_sum(u, pseudo_sum(&s.octets(), &d.octets(), udp_len));
-            // Zero means "no checksum": a computed zero is sent as 0xffff (RFC 768).
-            let c = match !fold(sum) {
-                0 => 0xffff,
-                c => c,
-            };
-            u[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&c.to_be_bytes());
-        }
+        u[UDP_SPORT..UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
+        u[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+        // The checksum field is zero (the template's) while the sum runs.
+        let c = match !fold(ones_sum(u, self.sum + u64::from(udp_len))) {
+            0 => 0xffff,
+            c => c,
+        };
+        u[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&c.to_be_bytes());
         true
     }
 }
@@ -296,6 +347,40 @@ mod tests {
         let mut padded = f.clone();
         padded.extend_from_slice(&[0; 10]);
         assert_eq!(OuterPacket::new_checked(&padded[..]).unwrap().payload_len(), 8);
+    }
+
+    /// One template written in front of payloads of every length up to 300 bytes, with
+    /// several source ports: each packet as the receive check reads it (lengths, both
+    /// checksums: RFC 1624's incremental IPv4 sum agrees with the full one); the longest
+    /// payload one IP packet holds is written, one byte more refused.
+    #[test]
+    fn one_template_writes_every_length_and_port() {
+        for v6 in [false, true] {
+            let t = OuterTemplate::new(&repr(v6)).expect("one family");
+            let hl = outer_headers_len(v6);
+            assert_eq!(t.headers_len(), hl);
+            for len in 0..300usize {
+                for sport in [49152u16, 50000, 65535] {
+                    let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                    let mut f = vec![0xeeu8; hl];
+                    f.extend_from_slice(&payload);
+                    assert!(t.write(&mut f, sport), "len {len}");
+                    let p = OuterPacket::new_checked(&f[..]).expect("checks pass");
+                    assert_eq!((p.payload_offset(), p.payload_len(), p.src_port()), (hl, len, sport));
+                    assert_eq!(&f[hl..], &payload[..]);
+                }
+            }
+            let mut short = vec![0u8; hl - 1];
+            assert!(!t.write(&mut short, 50000));
+            // IPv4: the total length (IP header included) fits 16 bits; IPv6: the UDP length.
+            let longest = ETH_HEADER_LEN + if v6 { IPV6_HEADER_LEN } else { 0 } + usize::from(u16::MAX);
+            let mut long = vec![0u8; longest];
+            assert!(t.write(&mut long, 50000));
+            assert!(OuterPacket::new_checked(&long[..]).is_ok());
+            long.push(0);
+            assert!(!t.write(&mut long, 50000));
+        }
+        assert!(OuterTemplate::new(&OuterRepr { dst_ip: repr(true).dst_ip, ..repr(false) }).is_none());
     }
 
     #[test]
