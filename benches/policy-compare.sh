@@ -15,13 +15,16 @@
 # ports are VM ports as the plan makes them (`allowed_macs` and `allowed_ips`); a 131,072-entry
 # connection table. Every connection is checked against the rules once, on the first pass
 # over the capture (FLOWS frames a port, a few tens of milliseconds), and established after.
-# One forwarding core: CORE (default the last one).
+# One forwarding core: CORE (default the last one). Both contenders run with `pmd --busy-poll`
+# (the worker never sleeps); BUSY=0 runs them with pmd's default back-off instead.
 set -euo pipefail
 ROUNDS=${1:-5} SECS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${3:-$ROOT/target/release/switchyard}
 FLOWS=${FLOWS:-100000} RULES=${RULES:-1000}
 CORE=${CORE:-$(($(nproc) - 1))}
+POLL=(--busy-poll)
+if [ "${BUSY:-1}" = 0 ]; then POLL=(); fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pcap"
@@ -49,7 +52,7 @@ python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pc
 WRAP=()
 # One run: "Mpps cpu-ns-a-frame drops" from the JSON summary.
 run() { # args...
-    "${WRAP[@]}" "$BIN" pmd --busy-poll --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
+    "${WRAP[@]}" "$BIN" pmd "${POLL[@]}" --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
         python3 -c "
 import json, sys
 j = json.load(sys.stdin)
@@ -76,7 +79,7 @@ compare() { # label port-args...
     printf '  policy/none %s\n' "$(awk -v a="$mp" -v b="$mn" 'BEGIN { printf "%.3f", a / b }')"
 }
 
-echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE, ${POLL[*]:-default back-off}; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 compare "switch pcap, $FLOWS flows" --port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite"
 if [ "${DPDK:-0}" = 1 ] && pkg-config --exists libdpdk 2>/dev/null; then
     if [ "$(id -u)" = 0 ]; then

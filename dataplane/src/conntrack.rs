@@ -18,6 +18,8 @@
 //! Invariants:
 //! - An entry is found from either direction: the hash is symmetric and keys are stored in the
 //!   direction the connection was opened, looked up both ways.
+//! - A live slot's word 1 carries 16 bits of its key's hash (its tag): a probe reads a slot's
+//!   key only when the tag is the one it looks for, so a slot of another key costs one load.
 //! - No live entry is separated from its home slot by an empty slot (a probe stops at the
 //!   first empty slot). Expired slots are reused by new entries; the incremental sweep
 //!   ([`Conntrack::sweep`], a few slots a burst, walking the table downwards) empties an expired
@@ -106,14 +108,13 @@ impl CtState {
 /// 120, _close 10; udp_timeout 30, udp_timeout_stream 120; icmp_timeout 30; generic 600).
 #[inline]
 pub fn timeout(proto: u8, state: CtState) -> u32 {
-    match (proto, state) {
-        (PROTO_TCP, CtState::SynSent) => 120,
-        (PROTO_TCP, CtState::Established) => 432_000,
-        (PROTO_TCP, CtState::Closing) => 120,
-        (PROTO_TCP, _) => 10,
-        (PROTO_UDP, CtState::Unreplied) => 30,
-        (PROTO_UDP, _) => 120,
-        (PROTO_ICMP | PROTO_ICMPV6, _) => 30,
+    // By state (in CtState's order): a table read, not a chain of compares, per packet.
+    const TCP: [u32; 6] = [120, 432_000, 120, 10, 10, 10];
+    const UDP: [u32; 6] = [120, 120, 120, 120, 30, 120];
+    match proto {
+        PROTO_TCP => TCP[state as usize],
+        PROTO_UDP => UDP[state as usize],
+        PROTO_ICMP | PROTO_ICMPV6 => 30,
         _ => 600,
     }
 }
@@ -183,14 +184,32 @@ impl Found {
         if self.blocked {
             return None;
         }
-        let state = match self.dir {
-            Dir::Reply => reply_state(proto, self.state, flags),
-            Dir::Original if proto == PROTO_TCP => original_tcp_state(flags, Some(self.state)),
-            Dir::Original => self.state,
-        };
+        let state = moved(self.dir, proto, self.state, flags);
         let expires = now.saturating_add(timeout(proto, state)).max(1);
         (state != self.state || expires != self.expires).then_some((state, expires))
     }
+}
+
+/// The state a packet of protocol `proto` with TCP flags `flags`, in direction `dir`, moves a
+/// connection in `state` to.
+#[inline(always)]
+fn moved(dir: Dir, proto: u8, state: CtState, flags: u8) -> CtState {
+    match dir {
+        Dir::Reply => reply_state(proto, state, flags),
+        Dir::Original if proto == PROTO_TCP => original_tcp_state(flags, Some(state)),
+        Dir::Original => state,
+    }
+}
+
+/// What [`Conntrack::lookup_fast`] found for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// Not for the fast path: not tracked, blocked, or a change of state.
+    Slow,
+    /// A reply of a tracked connection.
+    Reply,
+    /// The original direction, with the verdict its entry carries ([`verdict`]).
+    Original(u64),
 }
 
 /// The verdict word for "allowed from port `from` to port `to` under policy epoch `epoch`"
@@ -213,23 +232,70 @@ pub struct Entry {
 /// One slot: 8 words, one cache line (4 pairs of the table's [`AtomicPairs`], whose start is
 /// page aligned). Word 0: the sequence number (odd: a writer holds the slot); word 1: expires
 /// (low 32 bits; 0: empty, never used or emptied by the sweep), state (bits 32-39), blocked
-/// (bit 40); words 2-6: the key in the connection's original direction ([`KeyWords`]); word 7:
-/// the verdict.
+/// (bit 40), the key's tag (bits 48-63, [`tag`]); words 2-6: the key in the connection's
+/// original direction ([`KeyWords`]); word 7: the verdict.
 #[derive(Clone, Copy)]
 struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 
-/// A key as the slot stores it: source (2 words), destination (2 words), then ports,
-/// protocol and family.
+/// A key as the slot stores it: source (2 words), destination (2 words), then the ports
+/// (source in bits 16-31, destination in bits 0-15: the order of a TCP/UDP header's first
+/// word), protocol (bits 32-39) and family (bit 40, IPv4).
 type KeyWords = [u64; 5];
 
+/// A flow key in the five words a slot stores (source, destination, then ports, protocol and
+/// family): made once per packet, straight from an IPv4 header ([`PackedKey::v4`]) or from a
+/// [`FlowKey`], then hashed ([`hash_packed`]) and compared against slots with no further
+/// conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PackedKey(KeyWords);
+
+impl PackedKey {
+    /// An IPv4 key: source and destination addresses, the transport header's first word
+    /// (source port << 16 | destination port), protocol.
+    #[inline(always)]
+    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8) -> PackedKey {
+        PackedKey([u64::from(src), 0, u64::from(dst), 0, u64::from(ports) | u64::from(proto) << 32 | 1 << 40])
+    }
+
+    #[inline]
+    pub fn new(k: &FlowKey) -> PackedKey {
+        PackedKey([
+            k.src as u64,
+            (k.src >> 64) as u64,
+            k.dst as u64,
+            (k.dst >> 64) as u64,
+            u64::from(k.sport) << 16 | u64::from(k.dport) | u64::from(k.proto) << 32 | u64::from(k.v4) << 40,
+        ])
+    }
+
+    /// The protocol.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        (self.0[4] >> 32) as u8
+    }
+
+    /// The other direction: addresses swapped, ports swapped, protocol and family kept.
+    #[inline(always)]
+    fn reversed(&self) -> KeyWords {
+        let [s0, s1, d0, d1, p] = self.0;
+        [d0, d1, s0, s1, (p & !0xffff_ffff) | (p & 0xffff) << 16 | (p >> 16 & 0xffff)]
+    }
+
+    pub fn flow_key(&self) -> FlowKey {
+        let w = &self.0;
+        FlowKey {
+            src: u128::from(w[0]) | u128::from(w[1]) << 64,
+            dst: u128::from(w[2]) | u128::from(w[3]) << 64,
+            sport: (w[4] >> 16) as u16,
+            dport: w[4] as u16,
+            proto: (w[4] >> 32) as u8,
+            v4: (w[4] >> 40) & 1 == 1,
+        }
+    }
+}
+
 fn key_words(k: &FlowKey) -> KeyWords {
-    [
-        k.src as u64,
-        (k.src >> 64) as u64,
-        k.dst as u64,
-        (k.dst >> 64) as u64,
-        u64::from(k.sport) | u64::from(k.dport) << 16 | u64::from(k.proto) << 32 | u64::from(k.v4) << 40,
-    ]
+    PackedKey::new(k).0
 }
 
 /// Key equality without a call to `memcmp`.
@@ -239,14 +305,7 @@ fn same(a: &KeyWords, b: &KeyWords) -> bool {
 }
 
 fn words_key(w: &KeyWords) -> FlowKey {
-    FlowKey {
-        src: u128::from(w[0]) | u128::from(w[1]) << 64,
-        dst: u128::from(w[2]) | u128::from(w[3]) << 64,
-        sport: w[4] as u16,
-        dport: (w[4] >> 16) as u16,
-        proto: (w[4] >> 32) as u8,
-        v4: (w[4] >> 40) & 1 == 1,
-    }
+    PackedKey(*w).flow_key()
 }
 
 /// A consistent copy of a slot's words 1-7.
@@ -267,6 +326,10 @@ impl Snap {
     fn blocked(&self) -> bool {
         (self.meta >> 40) & 1 == 1
     }
+    /// Sets expiry, state and blocked, keeping the tag.
+    fn set(&mut self, expires: u32, state: CtState, blocked: bool) {
+        self.meta = meta(expires, state, blocked) | self.meta & !0 << TAG_SHIFT;
+    }
     fn found(&self, dir: Dir) -> Found {
         Found {
             dir,
@@ -276,6 +339,18 @@ impl Snap {
             verdict: self.verdict,
         }
     }
+}
+
+/// Where a slot's word 1 keeps its key's tag ([`tag`]).
+const TAG_SHIFT: u32 = 48;
+
+/// A key's tag: 16 bits of its hash (the same for both directions), kept in the top bits of
+/// its slot's word 1, so that a probe passes over a slot holding another key after one load
+/// and one compare, without reading or comparing the key (one slot in 65,536 holding another
+/// key has the same tag, and is then compared in full).
+#[inline(always)]
+fn tag(h: u64) -> u64 {
+    h & 0xffff
 }
 
 fn meta(expires: u32, state: CtState, blocked: bool) -> u64 {
@@ -406,18 +481,35 @@ impl std::fmt::Debug for Conntrack {
     }
 }
 
-/// The hash of a key, the same for both directions (the sum of the two endpoints' mixes,
-/// then Murmur3's finalizer, so that every bit reaches the top bits that pick the home slot):
-/// computed once per packet and handed to [`Conntrack::prefetch`] and the lookups.
+/// The hash of a key, the same for both directions: computed once per packet and handed to
+/// [`Conntrack::prefetch`] and the lookups ([`hash_packed`] of its [`PackedKey`]).
 #[inline]
 pub fn hash(k: &FlowKey) -> u64 {
-    #[inline(always)]
-    fn end(a: u128, port: u16) -> u64 {
-        (a as u64 ^ u64::from(port) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            ^ ((a >> 64) as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+    hash_packed(&PackedKey::new(k))
+}
+
+/// The hash of a packed key, the same for both directions, with every bit reaching the top
+/// bits that pick the home slot. An IPv4 endpoint (address and port) fits one word: the two
+/// are taken in order (smaller first) and hashed with two multiplications. An IPv6 endpoint
+/// is mixed on its own (two multiplications), the two mixes added (so the order does not
+/// count), then Murmur3's finalizer.
+#[inline(always)]
+pub fn hash_packed(k: &PackedKey) -> u64 {
+    let [s0, s1, d0, d1, p] = k.0;
+    let (sport, dport) = (p >> 16 & 0xffff, p & 0xffff);
+    if (p >> 40) & 1 == 1 {
+        // The two endpoints in order (smaller first, so the order of the packet does not
+        // count), the protocol in the first one's free top bits.
+        let (e1, e2) = (s0 << 16 | sport, d0 << 16 | dport);
+        let (a, b) = (e1.min(e2) | (p >> 32) << 48, e1.max(e2));
+        let h = (a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        return h ^ (h >> 32);
     }
-    let mut h =
-        end(k.src, k.sport).wrapping_add(end(k.dst, k.dport)) ^ (u64::from(k.proto) << 8 | u64::from(k.v4));
+    #[inline(always)]
+    fn end(lo: u64, hi: u64, port: u64) -> u64 {
+        (lo ^ port << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+    }
+    let mut h = end(s0, s1, sport).wrapping_add(end(d0, d1, dport)) ^ (p >> 32);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -499,35 +591,58 @@ impl Conntrack {
         }
     }
 
-    /// Brings the home slot of the key with hash `h` (from [`hash`]) towards the cache: for
-    /// a burst, before its lookups, so that their cache misses overlap.
+    /// Brings the home slot of the key with hash `h` (from [`hash`]) and the slot after it
+    /// towards the cache: for a burst, before its lookups, so that their cache misses overlap.
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        if let Some(s) = self.slot(self.home(h)) {
-            crate::cpu::prefetch_addr(s.0.as_ptr() as usize);
-        }
+        self.prefetch_home(self.home(h));
+    }
+
+    /// [`Conntrack::prefetch`] for a home slot. Two lines: a known key's probe reads 1.5 slots
+    /// on average at the table's full load, and without the second line every other lookup
+    /// in a table larger than the cache waits for a miss that starts only once the first line
+    /// has come. No bounds check: a prefetch never faults (past the last slot it is wasted).
+    #[inline(always)]
+    fn prefetch_home(&self, home: usize) {
+        let at = self.mem.pairs().as_ptr() as usize + home.wrapping_mul(SLOT_BYTES);
+        crate::cpu::prefetch_addr(at);
+        crate::cpu::prefetch_addr(at.wrapping_add(SLOT_BYTES));
     }
 
     /// Finds the live entry of `k` (hash `h`, either direction) at `now`, without a lock.
     #[inline(always)]
     fn find(&self, k: &FlowKey, h: u64, now: u32) -> Option<Hit> {
-        let kw = key_words(k);
-        // The reverse: addresses swapped, ports swapped, protocol and family kept.
-        let p = kw[4];
-        let rw = [kw[2], kw[3], kw[0], kw[1], (p & !0xffff_ffff) | (p & 0xffff) << 16 | (p >> 16 & 0xffff)];
+        self.find_packed(&PackedKey::new(k), h, now)
+    }
+
+    /// [`Conntrack::find`] for a packed key. A slot is first glanced at by its word 1 alone
+    /// (one atomic load, so never torn): an empty one ends the probe, one holding another
+    /// tag ([`tag`]) or an expired entry is passed over without reading or comparing its key;
+    /// only a live slot of the key's tag is read in full (under its sequence number) and
+    /// compared.
+    #[inline(always)]
+    fn find_packed(&self, k: &PackedKey, h: u64, now: u32) -> Option<Hit> {
+        let t = tag(h);
         let mut j = self.home(h);
         for _ in 0..self.probe() {
-            let snap = self.slot(j)?.read();
-            let exp = snap.expires();
-            if exp == 0 {
+            let slot = self.slot(j)?;
+            let glance = slot.w(1).load(Ordering::Relaxed);
+            if glance as u32 == 0 {
                 return None;
             }
-            if exp > now {
-                if same(&snap.key, &kw) {
-                    return Some(Hit { slot: j, dir: Dir::Original, snap });
+            if glance >> TAG_SHIFT == t && glance as u32 > now {
+                let snap = slot.read();
+                let exp = snap.expires();
+                if exp == 0 {
+                    return None;
                 }
-                if same(&snap.key, &rw) {
-                    return Some(Hit { slot: j, dir: Dir::Reply, snap });
+                if exp > now {
+                    if same(&snap.key, &k.0) {
+                        return Some(Hit { slot: j, dir: Dir::Original, snap });
+                    }
+                    if same(&snap.key, &k.reversed()) {
+                        return Some(Hit { slot: j, dir: Dir::Reply, snap });
+                    }
                 }
             }
             j = self.next(j);
@@ -560,39 +675,96 @@ impl Conntrack {
         self.find(k, h, now).map(|hit| hit.snap.found(hit.dir))
     }
 
-    /// [`Conntrack::lookup_hashed`] for the pipeline's fast path, making the one write of
-    /// [`Conntrack::track_hashed`] that leaves the entry's state as it is: a packet (TCP flags
-    /// `flags`) that moves only the expiry on (once a second) refreshes it. The entry as found,
-    /// and whether the packet would change its state (not written: the caller's general
-    /// stage tracks it).
+    /// [`Conntrack::lookup_hashed`] for the pipeline's fast path, for a packed key (hash `h`
+    /// from [`hash_packed`]), making the one write of [`Conntrack::track_hashed`] that leaves
+    /// the entry's state as it is: a packet (TCP flags `flags`) that moves only the expiry on
+    /// (once a second) refreshes it. [`Fast::Slow`] when the key is not tracked, its
+    /// connection is blocked, the packet would change its state (not written: the caller's
+    /// general stage tracks it), or a writer held the key's slot (the general stage waits for
+    /// it). The probe glances at each slot's word 1 first, as every lookup does; the key's slot is
+    /// read in place and compared as it is read, keeping only its words 1 and 7 (no copy of
+    /// the slot or of the key).
     #[inline(always)]
-    pub fn lookup_refresh(&self, k: &FlowKey, h: u64, flags: u8, now: u32) -> Option<(Found, bool)> {
-        let hit = self.find(k, h, now)?;
-        let found = hit.snap.found(hit.dir);
-        match found.next(k.proto, flags, now) {
-            Some((state, _)) if state != found.state => Some((found, true)),
-            Some((state, expires)) => {
-                self.update(&hit, now, |s| {
-                    if !s.blocked() {
-                        s.meta = meta(expires, state, false);
-                    }
-                });
-                Some((found, false))
+    pub fn lookup_fast(&self, k: &PackedKey, h: u64, flags: u8, now: u32) -> Fast {
+        let t = tag(h);
+        let pairs = self.mem.pairs();
+        let mut j = self.home(h);
+        for _ in 0..self.probe() {
+            let Some(slot) = pairs.get(j.wrapping_mul(4)..).and_then(|p| p.first_chunk::<4>()).map(Slot)
+            else {
+                return Fast::Slow;
+            };
+            let glance = slot.w(1).load(Ordering::Relaxed);
+            if glance as u32 == 0 {
+                return Fast::Slow;
             }
-            None => Some((found, false)),
+            if glance >> TAG_SHIFT == t && glance as u32 > now {
+                let s1 = slot.w(0).load(Ordering::Acquire);
+                let (meta, v) = (slot.w(1).load(Ordering::Relaxed), slot.w(7).load(Ordering::Relaxed));
+                let key = [2, 3, 4, 5, 6].map(|i| slot.w(i).load(Ordering::Relaxed));
+                fence(Ordering::Acquire);
+                if s1 & 1 != 0 || slot.w(0).load(Ordering::Relaxed) != s1 || meta as u32 <= now {
+                    return Fast::Slow;
+                }
+                let dir = if same(&key, &k.0) {
+                    Dir::Original
+                } else if same(&PackedKey(key).reversed(), &k.0) {
+                    // The stored key turned round (not the packet's, which the compiler would
+                    // work out before the loop and keep on the stack).
+                    Dir::Reply
+                } else {
+                    j = self.next(j);
+                    continue;
+                };
+                // Blocked, or a change of state: the general stage's. The same expiry: nothing
+                // to write (the common case, as expiry is in seconds).
+                let (state, proto) = (CtState::from_u8((meta >> 32) as u8), k.proto());
+                if (meta >> 40) & 1 == 1 || moved(dir, proto, state, flags) != state {
+                    return Fast::Slow;
+                }
+                let expires = now.saturating_add(timeout(proto, state)).max(1);
+                if expires != meta as u32 {
+                    let key = if dir == Dir::Original { k.0 } else { k.reversed() };
+                    self.refresh(
+                        &Hit { slot: j, dir, snap: Snap { meta, key, verdict: v } },
+                        now,
+                        state,
+                        expires,
+                    );
+                }
+                return match dir {
+                    Dir::Reply => Fast::Reply,
+                    Dir::Original => Fast::Original(v),
+                };
+            }
+            j = self.next(j);
         }
+        Fast::Slow
     }
 
-    /// Looks up a burst of keys the way the pipeline does: every key hashed and its home
-    /// slot prefetched first, then the lookups (`out[i]` for `keys[i]`, at most 32).
+    /// [`Conntrack::lookup_fast`]'s write: the entry at `hit` moves on to `expires` in the same
+    /// `state` (once a second per connection: out of line).
+    #[cold]
+    #[inline(never)]
+    fn refresh(&self, hit: &Hit, now: u32, state: CtState, expires: u32) {
+        self.update(hit, now, |s| {
+            if !s.blocked() {
+                s.set(expires, state, false);
+            }
+        });
+    }
+
+    /// Looks up a burst of keys the way the pipeline does: every key packed, hashed and its
+    /// slots prefetched first, then the lookups (`out[i]` for `keys[i]`, at most 32).
     pub fn lookup_burst(&self, keys: &[FlowKey], now: u32, out: &mut [Option<Found>]) {
-        let mut hs = [0u64; 32];
-        for (k, h) in keys.iter().zip(hs.iter_mut()) {
-            *h = hash(k);
-            self.prefetch(*h);
+        let mut pk = [(PackedKey::default(), 0u64); 32];
+        for (k, p) in keys.iter().zip(pk.iter_mut()) {
+            let key = PackedKey::new(k);
+            *p = (key, hash_packed(&key));
+            self.prefetch(p.1);
         }
-        for ((k, h), o) in keys.iter().zip(hs).zip(out.iter_mut()) {
-            *o = self.lookup_hashed(k, h, now);
+        for ((k, h), o) in pk.iter().take(keys.len()).zip(out.iter_mut()) {
+            *o = self.find_packed(k, *h, now).map(|hit| hit.snap.found(hit.dir));
         }
     }
 
@@ -602,7 +774,7 @@ impl Conntrack {
             self.update(&hit, now, |s| {
                 let state = reply_state(k.proto, s.state(), flags);
                 let expires = now.saturating_add(timeout(k.proto, state)).max(1);
-                s.meta = meta(expires, state, s.blocked());
+                s.set(expires, state, s.blocked());
             });
         }
     }
@@ -622,7 +794,7 @@ impl Conntrack {
         if let Some((state, expires)) = found.next(k.proto, flags, now) {
             self.update(&hit, now, |s| {
                 if !s.blocked() {
-                    s.meta = meta(expires, state, false);
+                    s.set(expires, state, false);
                 }
             });
         }
@@ -653,7 +825,7 @@ impl Conntrack {
                     state = tcp_state(Some(state));
                 }
                 let expires = now.saturating_add(timeout(k.proto, state)).max(1);
-                s.meta = meta(expires, state, false);
+                s.set(expires, state, false);
                 // A verdict is about the original direction only.
                 if v != 0 && hit.dir == Dir::Original {
                     s.verdict = v;
@@ -663,7 +835,8 @@ impl Conntrack {
         }
         let state = if k.proto == PROTO_TCP { tcp_state(None) } else { CtState::Unreplied };
         let new = Snap {
-            meta: meta(now.saturating_add(timeout(k.proto, state)).max(1), state, false),
+            meta: meta(now.saturating_add(timeout(k.proto, state)).max(1), state, false)
+                | tag(h) << TAG_SHIFT,
             key: key_words(k),
             verdict: v,
         };
@@ -708,31 +881,40 @@ impl Conntrack {
         let len = self.n;
         let n = n.min(len);
         let mut j = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
+        let pairs = self.mem.pairs();
+        // A glance at a slot's expiry word (no write to a slot that stays as it is; a torn
+        // view only decides whether to look again under the locks).
+        let expires = |j: usize| pairs.get(j * 4).map_or(0, |p| p[1].load(Ordering::Relaxed) as u32);
         // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
         // an empty one empties in one pass.
         for _ in 0..n {
             // Slot j and the one after it (the previous j).
             let after = j;
             j = if j == 0 { len - 1 } else { j - 1 };
-            let (Some(a), Some(b)) = (self.slot(j), self.slot(after)) else { break };
-            // A glance first (no write to a slot that stays as it is; a torn view only decides
-            // whether to look again under the locks).
-            let exp = a.w(1).load(Ordering::Relaxed) as u32;
-            if exp == 0 || exp > now || b.w(1).load(Ordering::Relaxed) as u32 != 0 {
+            let exp = expires(j);
+            if exp == 0 || exp > now || expires(after) != 0 {
                 continue;
             }
-            let Some(sa) = a.try_lock() else { continue };
-            let exp = a.snap_locked().expires();
-            if exp != 0 && exp <= now && j != after {
-                if let Some(sb) = b.try_lock() {
-                    if b.snap_locked().expires() == 0 {
-                        a.write(&Snap { meta: 0, key: [0; 5], verdict: 0 });
-                    }
-                    b.unlock(sb);
-                }
-            }
-            a.unlock(sa);
+            self.sweep_slot(j, after, now);
         }
+    }
+
+    /// [`Conntrack::sweep`] for slot `j`, which looked expired with the empty slot `after`
+    /// after it: empties it, if both still are so under their locks.
+    #[cold]
+    fn sweep_slot(&self, j: usize, after: usize, now: u32) {
+        let (Some(a), Some(b)) = (self.slot(j), self.slot(after)) else { return };
+        let Some(sa) = a.try_lock() else { return };
+        let exp = a.snap_locked().expires();
+        if exp != 0 && exp <= now && j != after {
+            if let Some(sb) = b.try_lock() {
+                if b.snap_locked().expires() == 0 {
+                    a.write(&Snap { meta: 0, key: [0; 5], verdict: 0 });
+                }
+                b.unlock(sb);
+            }
+        }
+        a.unlock(sa);
     }
 
     /// Every live entry at `now` (for `ctl show conntrack`), at most `limit`; and how many

@@ -16,11 +16,12 @@
 //! policies (the spoof filter still checks ARP's sender address); non-IP frames are not
 //! subject to policies.
 
-use crate::conntrack::{verdict, Conntrack, Dir};
+use crate::conntrack::{hash_packed, verdict, Conntrack, Dir, Fast, PackedKey};
 use crate::port::Burst;
 use crate::switch::{DropReason, PortId, PortSpec};
 use crate::wire::ip::{
-    parse_l3, simple_v4_flow, FlowKey, IpFlow, IpKind, L3, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    parse_l3, simple_v4, simple_v4_flow, FlowKey, IpFlow, IpKind, SimpleV4, L3, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 use arrayvec::ArrayVec;
 use std::net::{IpAddr, Ipv4Addr};
@@ -234,49 +235,173 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
 /// general stage would pass each frame unchanged. Its one write is the general stage's own
 /// for such a packet, made in the same frame order: an entry's expiry moved on (once a second;
 /// the general stage, tracking the packet again, then finds nothing to change). On false the
-/// general stages take the burst. Two passes (every key hashed and its slot prefetched, then
-/// the lookups) so that the table's cache misses overlap.
-#[inline]
-pub fn fast_burst(
-    burst: &Burst,
-    port: &PortSpec,
-    cx: Ctx,
-    mut to: impl FnMut(usize) -> Option<PortId>,
-) -> bool {
-    let Some(ct) = cx.ct else { return spoof_filtered_burst(burst, port) };
-    if cx.epoch == 0 {
-        return false;
+/// general stages take the burst.
+///
+/// Two stages over the burst ([`FastKeys`]), as VPP's and OVS's flow lookups: the first reads
+/// each frame once, the second looks every key up, so that the table's cache misses overlap.
+/// The pipeline runs the first inside its own first stage (one read of each frame for both);
+/// this is the same for a burst on its own.
+pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize) -> Option<PortId>) -> bool {
+    if cx.ct.is_none() {
+        return spoof_filtered_burst(burst, port);
     }
-    let mut flows: ArrayVec<(FlowKey, u64, u8), { crate::port::MAX_BURST }> = ArrayVec::new();
-    for b in burst.iter() {
+    let Some(mut keys) = FastKeys::new(port, cx) else { return false };
+    burst.iter().all(|b| {
         let d = b.data();
-        if !mac_allowed(port, d) {
+        eth_src(d).is_some_and(|(src, et)| keys.push(port, d, src, et))
+    }) && keys.check(port, cx, to)
+}
+
+/// The fast path's two stages over a burst on a bridge with policies ([`fast_burst`]).
+pub struct FastKeys<'a> {
+    ct: &'a Conntrack,
+    lists: Lists,
+    /// Frame i's key, its hash and TCP flags.
+    keys: ArrayVec<(PackedKey, u64, u8), { crate::port::MAX_BURST }>,
+}
+
+impl<'a> FastKeys<'a> {
+    /// `None` when the bridge has no connection table (spoof filters alone: see
+    /// [`spoof_filtered_burst`]) or the context stores no verdicts.
+    #[inline(always)]
+    pub fn new(port: &PortSpec, cx: Ctx<'a>) -> Option<FastKeys<'a>> {
+        let ct = cx.ct.filter(|_| cx.epoch != 0)?;
+        Some(FastKeys { ct, lists: Lists::of(port), keys: ArrayVec::new() })
+    }
+
+    /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
+    /// first stage read them): checks its spoof filters against the port's lists as words
+    /// (made once per burst), reads a simple IPv4 packet straight into the table's [`PackedKey`] (no
+    /// [`FlowKey`] in between), hashes it and prefetches its slots. False: not for the fast
+    /// path.
+    #[inline(always)]
+    pub fn push(&mut self, port: &PortSpec, d: &[u8], src: u64, et: u16) -> bool {
+        if !self.lists.mac_allowed(port, src) {
             return false;
         }
-        let (key, flags) = match simple_flow(d) {
-            Some(f) => f,
+        let v4 = match et {
+            crate::wire::EtherType::IPV4 => {
+                simple_v4(d.get(crate::wire::ETH_HEADER_LEN..).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let (key, flags) = match v4 {
+            Some(s) => {
+                if !self.lists.v4_allowed(port, &s) {
+                    return false;
+                }
+                (PackedKey::v4(s.src, s.dst, s.ports, s.proto), s.tcp_flags)
+            }
             None => match parse(d, false).1 {
-                L3::Ip(f) if f.kind == IpKind::Flow => (f.key, f.tcp_flags),
+                L3::Ip(f) if f.kind == IpKind::Flow => {
+                    if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
+                        return false;
+                    }
+                    (PackedKey::new(&f.key), f.tcp_flags)
+                }
                 _ => return false,
             },
         };
-        if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &key)) {
-            return false;
-        }
-        let h = crate::conntrack::hash(&key);
-        ct.prefetch(h);
-        flows.push((key, h, flags));
+        let h = hash_packed(&key);
+        self.ct.prefetch(h);
+        self.keys.try_push((key, h, flags)).is_ok()
     }
-    for (i, (k, h, flags)) in flows.iter().enumerate() {
-        let Some((f, state_changes)) = ct.lookup_refresh(k, *h, *flags, cx.now) else { return false };
-        if f.blocked || state_changes {
-            return false;
-        }
-        if f.dir == Dir::Original && to(i).is_none_or(|op| f.verdict != verdict(cx.epoch, port.id, op)) {
-            return false;
+
+    /// Stage 2, the lookups, once every frame of the burst went through [`FastKeys::push`]:
+    /// true when every frame is a reply or carries the snapshot's verdict for (`port`, `to(i)`).
+    #[inline(always)]
+    pub fn check(&self, port: &PortSpec, cx: Ctx, mut to: impl FnMut(usize) -> Option<PortId>) -> bool {
+        let base = verdict(cx.epoch, port.id, 0);
+        self.keys.iter().enumerate().all(|(i, (k, h, flags))| {
+            match self.ct.lookup_fast(k, *h, *flags, cx.now) {
+                Fast::Reply => true,
+                Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
+                Fast::Slow => false,
+            }
+        })
+    }
+}
+
+/// The source MAC (as [`crate::wire::MacAddr::to_u64`] holds it) and the EtherType of a
+/// frame, in one 8-byte read; `None` when it is shorter than an Ethernet header.
+#[inline(always)]
+fn eth_src(d: &[u8]) -> Option<(u64, u16)> {
+    let w = d.get(6..crate::wire::ETH_HEADER_LEN)?.first_chunk::<8>()?;
+    let w = u64::from_be_bytes(*w);
+    Some((w >> 16, w as u16))
+}
+
+/// How many of a port's allowed MACs and IPv4 addresses [`Lists`] keeps as words (a VM port
+/// has one MAC and an address or two); a longer list is searched as it is.
+const LIST_WORDS: usize = 4;
+
+/// A port's spoof filters as a burst checks them: the allowed MACs and IPv4 addresses as
+/// words, made once per burst, so that a frame costs [`LIST_WORDS`] compares without a branch
+/// and no address is built per frame. A list shorter than that repeats its first entry;
+/// `None`: the port's list is longer, or (IPv4) holds no IPv4 address.
+struct Lists {
+    macs: Option<[u64; LIST_WORDS]>,
+    v4: Option<[u32; LIST_WORDS]>,
+}
+
+/// The first [`LIST_WORDS`] of `items`, the first repeated to fill; `None` when there are none
+/// or more.
+#[inline(always)]
+fn words<T: Copy>(mut items: impl Iterator<Item = T>) -> Option<[T; LIST_WORDS]> {
+    let first = items.next()?;
+    let mut w = [first; LIST_WORDS];
+    for slot in w.iter_mut().skip(1) {
+        match items.next() {
+            Some(x) => *slot = x,
+            None => return Some(w),
         }
     }
-    true
+    items.next().is_none().then_some(w)
+}
+
+impl Lists {
+    #[inline(always)]
+    fn of(port: &PortSpec) -> Lists {
+        let macs = port.allowed_macs.as_ref().and_then(|l| words(l.iter().map(|m| m.to_u64())));
+        let v4 = port.allowed_ips.as_ref().and_then(|l| {
+            words(l.iter().filter_map(|a| match a {
+                IpAddr::V4(a) => Some(u32::from(*a)),
+                IpAddr::V6(_) => None,
+            }))
+        });
+        Lists { macs, v4 }
+    }
+
+    /// [`mac_allowed`] for the source MAC `src` of a frame.
+    #[inline(always)]
+    fn mac_allowed(&self, port: &PortSpec, src: u64) -> bool {
+        match (&self.macs, &port.allowed_macs) {
+            (_, None) => true,
+            (Some(w), _) => w.iter().fold(false, |a, &x| a | (x == src)),
+            (None, Some(l)) => l.iter().any(|m| m.to_u64() == src),
+        }
+    }
+
+    /// Whether the port's IP spoof filter lets the simple IPv4 packet `s` through
+    /// ([`src_allowed`]; a source not among the words is asked of it, for its exceptions).
+    #[inline(always)]
+    fn v4_allowed(&self, port: &PortSpec, s: &SimpleV4) -> bool {
+        let Some(l) = &port.allowed_ips else { return true };
+        if let Some(w) = &self.v4 {
+            if w.iter().fold(false, |a, &x| a | (x == s.src)) {
+                return true;
+            }
+        }
+        let key = FlowKey {
+            src: u128::from(s.src),
+            dst: u128::from(s.dst),
+            sport: (s.ports >> 16) as u16,
+            dport: s.ports as u16,
+            proto: s.proto,
+            v4: true,
+        };
+        src_allowed(l, &key)
+    }
 }
 
 /// Whether the untagged frame `d`'s source MAC passes `port`'s MAC spoof filter (the MAC
@@ -302,7 +427,7 @@ fn simple_flow(d: &[u8]) -> Option<(FlowKey, u8)> {
 /// spoof filter, `ipspoofchk` alone): there the stage passes unchanged every frame that is
 /// neither ARP nor malformed IP and whose source address the sending port owns, so true when
 /// every frame is such a frame with an allowed source MAC.
-fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
+pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
     burst.iter().all(|b| {
         let d = b.data();
         if !mac_allowed(port, d) {

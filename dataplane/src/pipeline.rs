@@ -496,17 +496,35 @@ pub fn process_burst(
 /// that the plain path of bridges without policies stays as it was.
 #[inline(never)]
 fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> Option<u64> {
-    let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
     let cx = eg.ctx(false);
     if let Some(ct) = cx.ct {
         ct.sweep(cx.now, SWEEP_SLOTS);
     }
+    let Some(mut keys) = crate::filter::FastKeys::new(port, cx) else {
+        // No connection table (spoof filters alone), or no verdicts to trust.
+        let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
+        return (cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port)).then_some(bytes);
+    };
+    // Stage 1 of both: the frame's MAC probes and its connection key, in one read.
+    let bytes = plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
+        keys.push(port, d, src, et)
+    })?;
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
     let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
-    crate::filter::fast_burst(burst, port, cx, |i| {
-        let hit = table.lookup_probe(&probes.get(i)?.dst, now)?;
-        let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
-        ok.then_some(hit.port)
+    // The last destination looked up and its port: a burst's frames of the original direction
+    // mostly go to one or two MACs, each looked up once per run of them.
+    let mut last: Option<(u64, Option<PortId>)> = None;
+    keys.check(port, cx, |i| {
+        let dst = &probes.get(i)?.dst;
+        if let Some((_, to)) = last.filter(|l| l.0 == dst.mac_u64()) {
+            return to;
+        }
+        let to = table.lookup_probe(dst, now).and_then(|hit| {
+            let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
+            ok.then_some(hit.port)
+        });
+        last = Some((dst.mac_u64(), to));
+        to
     })
     .then_some(bytes)
 }
@@ -922,6 +940,20 @@ impl PlainFrame {
 /// (the hash seed and shift) on the stack and read them back for every frame.
 #[inline(never)]
 fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame; MAX_BURST]) -> Option<u64> {
+    plain_probes_with(burst, vlan, table, out, |_, _, _| true)
+}
+
+/// [`plain_probes`], also calling `each(frame, source MAC, EtherType)` for every plain frame
+/// as it is read (the policy fast path's first stage, so that a frame is read once for both):
+/// `None` as soon as it returns false.
+#[inline(always)]
+fn plain_probes_with(
+    burst: &Burst,
+    vlan: u16,
+    table: &FdbView,
+    out: &mut [PlainFrame; MAX_BURST],
+    mut each: impl FnMut(&[u8], u64, u16) -> bool,
+) -> Option<u64> {
     let mut bytes = 0u64;
     for (b, f) in burst.iter().zip(out.iter_mut()) {
         let d = b.data();
@@ -933,6 +965,9 @@ fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame
         *f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
         table.prefetch(&f.src);
         table.prefetch(&f.dst);
+        if !each(d, src, ethertype) {
+            return None;
+        }
     }
     Some(bytes)
 }

@@ -216,11 +216,22 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     Some(IpFlow { key, tcp_flags, kind })
 }
 
+/// The fields of a simple IPv4 packet ([`simple_v4`]), as the header holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimpleV4 {
+    pub src: u32,
+    pub dst: u32,
+    /// The transport header's first word: source port << 16 | destination port.
+    pub ports: u32,
+    pub proto: u8,
+    pub tcp_flags: u8,
+}
+
 /// The common case of [`parse_l3`] for IPv4, read in one bounds check: a header without
-/// options, not a later fragment, carrying TCP, UDP or SCTP. `Some` only for such a packet,
-/// with the key and TCP flags that [`parse_l3`] returns for it; `None`: ask [`parse_l3`].
-#[inline]
-pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
+/// options, not a later fragment, carrying TCP, UDP or SCTP. `Some` only for such a packet;
+/// `None`: ask [`parse_l3`].
+#[inline(always)]
+pub fn simple_v4(p: &[u8]) -> Option<SimpleV4> {
     const PORTS_END: usize = IPV4_HEADER_LEN + 4;
     let h = p.first_chunk::<PORTS_END>()?;
     let proto = h[V4_PROTO];
@@ -230,18 +241,24 @@ pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
     {
         return None;
     }
-    let flags = if proto == PROTO_TCP { *p.get(IPV4_HEADER_LEN + TCP_FLAGS)? } else { 0 };
+    let tcp_flags = if proto == PROTO_TCP { *p.get(IPV4_HEADER_LEN + TCP_FLAGS)? } else { 0 };
     let w = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let ports = w(IPV4_HEADER_LEN);
+    Some(SimpleV4 { src: w(V4_SRC), dst: w(V4_DST), ports: w(IPV4_HEADER_LEN), proto, tcp_flags })
+}
+
+/// [`simple_v4`] as the key and TCP flags that [`parse_l3`] returns for such a packet.
+#[inline]
+pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
+    let s = simple_v4(p)?;
     let key = FlowKey {
-        src: u128::from(w(V4_SRC)),
-        dst: u128::from(w(V4_DST)),
-        sport: (ports >> 16) as u16,
-        dport: ports as u16,
-        proto,
+        src: u128::from(s.src),
+        dst: u128::from(s.dst),
+        sport: (s.ports >> 16) as u16,
+        dport: s.ports as u16,
+        proto: s.proto,
         v4: true,
     };
-    Some((key, flags))
+    Some((key, s.tcp_flags))
 }
 
 fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
