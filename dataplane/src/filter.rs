@@ -392,15 +392,7 @@ impl Lists {
                 return true;
             }
         }
-        let key = FlowKey {
-            src: u128::from(s.src),
-            dst: u128::from(s.dst),
-            sport: (s.ports >> 16) as u16,
-            dport: s.ports as u16,
-            proto: s.proto,
-            v4: true,
-        };
-        src_allowed(l, &key)
+        src_allowed(l, &s.key())
     }
 }
 

@@ -599,15 +599,10 @@ mod tests {
         }
     }
 
-    /// The fixed-offset check answers only for frames the full check takes as tunnel
-    /// packets, and then as the full check does: every byte of the headers (and the first of
-    /// the payload) set to every value, with the IPv4 header checksum as it falls and made
-    /// right again, and every truncation and padding.
-    #[test]
-    fn plain_ipv4_is_classified_as_in_full() {
-        let l = Ipv4Addr::new(192, 0, 2, 1);
-        let local = IpAddr::V4(l);
-        let mut base = vec![0u8; outer_headers_len(false) + 30];
+    /// A VXLAN packet from PEER (192.0.2.2) to `local` with 30 bytes of zero payload, and its
+    /// outer headers.
+    fn tunnel_packet(local: IpAddr) -> (Vec<u8>, OuterRepr) {
+        let mut f = vec![0u8; outer_headers_len(false) + 30];
         let r = OuterRepr {
             src_mac: PEER,
             dst_mac: MAC,
@@ -616,7 +611,19 @@ mod tests {
             src_port: 50000,
             dst_port: 4789,
         };
-        assert!(r.emit(&mut base));
+        assert!(r.emit(&mut f));
+        (f, r)
+    }
+
+    /// The fixed-offset check answers only for frames the full check takes as tunnel
+    /// packets, and then as the full check does: every byte of the headers (and the first of
+    /// the payload) set to every value, with the IPv4 header checksum as it falls and made
+    /// right again, and every truncation and padding.
+    #[test]
+    fn plain_ipv4_is_classified_as_in_full() {
+        let l = Ipv4Addr::new(192, 0, 2, 1);
+        let local = IpAddr::V4(l);
+        let (base, _) = tunnel_packet(local);
         let fix = |f: &mut [u8]| {
             f[24..26].copy_from_slice(&[0, 0]);
             let c = !fold(ones_sum(&f[14..34], 0));
@@ -657,16 +664,7 @@ mod tests {
     #[test]
     fn tunnel_packets_and_others() {
         let local = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        let mut f = vec![0u8; outer_headers_len(false) + 30];
-        let r = OuterRepr {
-            src_mac: PEER,
-            dst_mac: MAC,
-            src_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
-            dst_ip: local,
-            src_port: 50000,
-            dst_port: 4789,
-        };
-        assert!(r.emit(&mut f));
+        let (f, r) = tunnel_packet(local);
         assert_eq!(
             classify(&f, local, 4789),
             UplinkFrame::Tunnel { payload: 42, len: 30, src_ip: r.src_ip, src_mac: PEER }

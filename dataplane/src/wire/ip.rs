@@ -246,19 +246,26 @@ pub fn simple_v4(p: &[u8]) -> Option<SimpleV4> {
     Some(SimpleV4 { src: w(V4_SRC), dst: w(V4_DST), ports: w(IPV4_HEADER_LEN), proto, tcp_flags })
 }
 
+impl SimpleV4 {
+    /// The flow key [`parse_l3`] returns for the packet.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: u128::from(self.src),
+            dst: u128::from(self.dst),
+            sport: (self.ports >> 16) as u16,
+            dport: self.ports as u16,
+            proto: self.proto,
+            v4: true,
+        }
+    }
+}
+
 /// [`simple_v4`] as the key and TCP flags that [`parse_l3`] returns for such a packet.
 #[inline]
 pub fn simple_v4_flow(p: &[u8]) -> Option<(FlowKey, u8)> {
     let s = simple_v4(p)?;
-    let key = FlowKey {
-        src: u128::from(s.src),
-        dst: u128::from(s.dst),
-        sport: (s.ports >> 16) as u16,
-        dport: s.ports as u16,
-        proto: s.proto,
-        v4: true,
-    };
-    Some((key, s.tcp_flags))
+    Some((s.key(), s.tcp_flags))
 }
 
 fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
