@@ -98,10 +98,15 @@ fn ul_addr(v6: bool, i: usize) -> String {
 /// `eth0` with address 10.99.0.<i+1>/24.
 /// Namespaces set `id` with three underlay hosts u1, u2, u3 on one link of MTU `mtu`.
 fn three_nodes(id: u32, mtu: u32) -> (Namespaces, [String; 3]) {
+    hosts(id, ["u1", "u2", "u3"], mtu, false)
+}
+
+/// Namespaces `names` (test `id`'s) on one underlay (IPv6 or not), with their names.
+fn hosts<const N: usize>(id: u32, names: [&str; N], mtu: u32, v6: bool) -> (Namespaces, [String; N]) {
     let mut nss = Namespaces::new(id);
-    let u = [nss.add("u1"), nss.add("u2"), nss.add("u3")];
-    underlay(&mut nss, &[&u[0], &u[1], &u[2]], mtu);
-    (nss, u)
+    let h = names.map(|n| nss.add(n));
+    underlay_of(&mut nss, &h.each_ref().map(String::as_str), mtu, v6);
+    (nss, h)
 }
 
 fn underlay(nss: &mut Namespaces, hosts: &[&str], mtu: u32) {
@@ -350,9 +355,7 @@ fn tcp_across_two_switchyard_nodes_arrives_intact() {
     if !skip_unless_ready("tcp_across_two_switchyard_nodes_arrives_intact") {
         return;
     }
-    let mut nss = Namespaces::new(12);
-    let (u1, u2) = (nss.add("u1"), nss.add("u2"));
-    underlay(&mut nss, &[&u1, &u2], 1500);
+    let (mut nss, [u1, u2]) = hosts(12, ["u1", "u2"], 1500, false);
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let a2 = vm(&mut nss, "a2", &u2, "va2", "02:00:00:00:0a:02", "10.50.0.2");
     for v in [&a1, &a2] {
@@ -561,9 +564,7 @@ fn frames_byte_for_byte(a1: &str, kv: &str) {
 /// device and a kernel bridge, over an IPv4 or IPv6 underlay. Pings both ways; frames arrive
 /// byte for byte as they were sent, both ways.
 fn interop_with_kernel_vxlan(v6: bool) {
-    let mut nss = Namespaces::new(if v6 { 3 } else { 2 });
-    let (u1, k) = (nss.add("u1"), nss.add("k"));
-    underlay_of(&mut nss, &[&u1, &k], 1500, v6);
+    let (mut nss, [u1, k]) = hosts(if v6 { 3 } else { 2 }, ["u1", "k"], 1500, v6);
     let (l1, l2) = (ul_addr(v6, 1), ul_addr(v6, 2));
     let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
     let kv = kernel_node(&mut nss, &k, &l2, &l1, &[]);
@@ -969,9 +970,7 @@ fn a_vm_migrates_across_an_overlay_planned_from_cluster_state() {
     if !skip_unless_ready("a_vm_migrates_across_an_overlay_planned_from_cluster_state") {
         return;
     }
-    let mut nss = Namespaces::new(4);
-    let (h1, h2) = (nss.add("h1"), nss.add("h2"));
-    underlay(&mut nss, &[&h1, &h2], 1500);
+    let (mut nss, [h1, h2]) = hosts(4, ["h1", "h2"], 1500, false);
     let (mac_a, mac_b, mac_c) = ("02:50:00:00:00:0a", "02:50:00:00:00:0b", "02:50:00:00:00:0c");
     let va = vm(&mut nss, "va", &h1, "pa", mac_a, "10.50.0.1");
     let vb1 = vm(&mut nss, "vb1", &h1, "pb", mac_b, "10.50.0.2");
