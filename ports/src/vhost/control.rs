@@ -473,10 +473,12 @@ impl Session {
 
     /// Stops every ring and lets go of the guest's memory.
     fn teardown(&mut self) {
-        self.sh.link.store(false, Ordering::Release);
+        // The rings stop before the link reads down: whoever sees the link down (the
+        // runtime, a test) finds no ring and no kick fd left behind it.
         for i in 0..self.vrings.len() {
             self.sh.vq(i).ring = None;
         }
+        self.sh.link.store(false, Ordering::Release);
         self.mem = None;
         self.log = None;
         self.sh.features.store(0, Ordering::Release);
