@@ -212,7 +212,10 @@ fn open_port(
     clock: &Arc<AtomicU64>,
 ) -> Result<(Box<dyn TxQueue>, Option<TunnelRx>), ReplayError> {
     let pcap = PcapPort::open(&spec.name, None, Some(path), false, TxClock::Shared(clock.clone()))?;
-    let (Some(u), Ok(Backend::Tunnel(t))) = (sc.uplinks.get(&spec.name), spec.config.backend()) else {
+    let configured = sc.config.bridges.iter().flat_map(|b| &b.ports).find(|p| p.name == spec.name);
+    let (Some(u), Some(Ok(Backend::Tunnel(t)))) =
+        (sc.uplinks.get(&spec.name), configured.map(|p| p.backend()))
+    else {
         return Ok((pcap.open_tx(0)?, None));
     };
     let name = format!("{}-uplink", spec.name);

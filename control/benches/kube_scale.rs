@@ -312,10 +312,13 @@ fn main() {
     load.truncate(load.trim_end().len());
     println!("load average at the end: {load}");
     let (rss2, hwm2) = rss();
+    let (used2, held2) = malloc_kib();
     println!(
-        "agent VmRSS after the events {:.0} MiB (VmHWM {:.0} MiB)",
+        "agent VmRSS after the events {:.0} MiB (VmHWM {:.0} MiB; malloc in use {:.0} MiB of {:.0} MiB held)",
         rss2 as f64 / 1024.0,
-        hwm2 as f64 / 1024.0
+        hwm2 as f64 / 1024.0,
+        used2 as f64 / 1024.0,
+        held2 as f64 / 1024.0
     );
     drop(to_double);
     let _ = child.wait();

@@ -280,7 +280,7 @@ pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
                 e.sample(drops, "", &with_label(&set, "reason", r.name()), v);
             }
         }
-        if p.config.kind == Some(PortType::Vhostuser) {
+        if p.kind == Some(PortType::Vhostuser) {
             let v: u64 = VHOST_GUEST_FAULTS.iter().map(|r| p.stats.drop_count(*r)).sum();
             e.sample(faults, "", &set, v);
         }

@@ -371,12 +371,15 @@ impl Runtime {
         // Other fields exist in `dpdk` builds.
         #[allow(clippy::needless_update)]
         let ctx = PortContext { workers: engine.worker_count() as u16, ..Default::default() };
+        let engine_workers = engine.worker_count();
         Ok(Runtime {
             engine,
             opts,
             ctx,
             running: Arc::new(Config::default()),
-            switch: Arc::new(SwitchConfig::default()),
+            // Every later snapshot is compiled or patched from this one: its ports' counters
+            // have a copy per worker.
+            switch: Arc::new(SwitchConfig::with_counter_shards(engine_workers)),
             ports: BTreeMap::new(),
             assign: HashMap::new(),
             trace_pool: Pool::with_hugepages("trace", 256, false)?,

@@ -15,7 +15,9 @@
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
 //!   MAC that was never seen before takes the MAC table's writer mutex; see `fdb`). The frame
-//!   metadata lives in a fixed array on the stack, egress batches are pre-sized.
+//!   metadata lives in a fixed array on the stack; egress batches are slots kept from burst
+//!   to burst ([`TxBatches`]), added to only when a flush has more egress ports than any
+//!   before it (a warm-up, as a new MAC's learning is).
 //! - Every frame that enters either leaves through at least one TX batch or is counted under
 //!   exactly one [`DropReason`] on its ingress port; buffers always go back to the pool.
 //! - A frame dropped at ingress (runt, bad VLAN, invalid or spoofed source, reserved
@@ -118,11 +120,21 @@ impl FrameTrace {
     }
 }
 
-/// Frames waiting to be sent, one batch per port, filled by [`process_burst`] and emptied by
-/// [`TxBatches::flush`].
+/// Frames waiting to be sent, one batch per egress port that has frames, filled by
+/// [`process_burst`] and emptied by [`TxBatches::flush`].
+///
+/// The batches are slots handed out in the order their ports get a first frame (as VPP's next
+/// frames), found through a port -> slot index of two bytes a port: a worker holds as many
+/// batches as the most egress ports one flush ever had (at most [`MAX_BURST`] for unicast
+/// bursts; a flood over N ports needs N), not one per port of the node. Slots are kept from
+/// flush to flush, so after the first bursts queueing allocates nothing.
 pub struct TxBatches {
-    ports: Vec<PortBatch>,
-    dirty: Vec<PortId>,
+    /// Per port id: its batch's index in `slots`, or [`NO_SLOT`] while it has none.
+    slot_of: Vec<u16>,
+    /// The batches: the first `used` are in use (each non-empty, its port's `slot_of` naming
+    /// it), in the order of their ports' first frames; the rest are empty, kept for reuse.
+    slots: Vec<PortBatch>,
+    used: usize,
     /// The plain path's probes, one per frame of the burst in process: scratch space kept from
     /// burst to burst (a fixed array, so that filling it needs no length or capacity kept),
     /// never cleared: only the first `burst.len()` entries are the burst's.
@@ -134,8 +146,14 @@ pub struct TxBatches {
     drops: DropTally,
 }
 
+/// `TxBatches::slot_of` of a port without a batch (port ids are below
+/// [`crate::switch::MAX_PORTS_PER_NODE`], so a slot index never is this).
+const NO_SLOT: u16 = u16::MAX;
+
 /// One port's batch and what flushing it counts.
 struct PortBatch {
+    /// The port the batch is for (while in use).
+    port: PortId,
     frames: Burst,
     /// The bytes of `frames` (kept as they are queued, so that a flush need not add them up).
     bytes: u64,
@@ -145,7 +163,7 @@ struct PortBatch {
 
 impl PortBatch {
     fn new() -> PortBatch {
-        PortBatch { frames: Burst::new(), bytes: 0, drops: 0 }
+        PortBatch { port: 0, frames: Burst::new(), bytes: 0, drops: 0 }
     }
 
     /// Frames that found the batch full: freed, counted as `tx_full` at the next flush.
@@ -158,11 +176,19 @@ impl PortBatch {
     }
 }
 
+/// One more batch slot: a flush with more egress ports than any before it.
+#[cold]
+#[inline(never)]
+fn grow(slots: &mut Vec<PortBatch>) {
+    slots.push(PortBatch::new());
+}
+
 impl TxBatches {
     pub fn new(port_slots: usize) -> TxBatches {
         let mut t = TxBatches {
-            ports: Vec::new(),
-            dirty: Vec::new(),
+            slot_of: Vec::new(),
+            slots: Vec::new(),
+            used: 0,
             plain: Box::new([PlainFrame::default(); MAX_BURST]),
             drops: DropTally::default(),
         };
@@ -170,26 +196,41 @@ impl TxBatches {
         t
     }
 
-    /// Makes room for a snapshot with `port_slots` port ids. Only called between bursts.
+    /// Makes room for a snapshot with `port_slots` port ids: the index, and the batches a
+    /// unicast burst can need. Only called between bursts.
     pub fn resize(&mut self, port_slots: usize) {
-        if self.ports.len() < port_slots {
-            self.ports.resize_with(port_slots, PortBatch::new);
+        if self.slot_of.len() < port_slots {
+            self.slot_of.resize(port_slots, NO_SLOT);
         }
-        if self.dirty.capacity() < port_slots {
-            self.dirty.reserve(port_slots - self.dirty.len());
+        let want = port_slots.min(MAX_BURST);
+        if self.slots.len() < want {
+            self.slots.resize_with(want, PortBatch::new);
         }
     }
 
-    /// The batch of `port`, put on the flush list if it is empty and `adding` frames to it;
-    /// `None` for a port id beyond the batches (not in the snapshot they were sized for).
+    /// The batch of `port`, given a slot (and so put on the flush list) if it has none and
+    /// `adding` frames to it; `None` for a port id beyond the index (not in the snapshot it
+    /// was sized for), or for a port without a batch when not `adding`.
     #[inline(always)]
     fn batch(&mut self, port: PortId, adding: bool) -> Option<&mut PortBatch> {
-        let b = self.ports.get_mut(usize::from(port))?;
-        // A port's batch is only emptied by a flush, and a drop needs a full batch: an empty
-        // batch means the port is not in `dirty` yet.
-        if adding && b.frames.is_empty() {
-            self.dirty.push(port);
-        }
+        let TxBatches { slot_of, slots, used, .. } = self;
+        let slot = slot_of.get_mut(usize::from(port))?;
+        let s = if *slot != NO_SLOT {
+            usize::from(*slot)
+        } else if adding {
+            let s = *used;
+            if s == slots.len() {
+                grow(slots);
+            }
+            *used = s + 1;
+            // At most one slot per port id, so `s` < MAX_PORTS_PER_NODE < NO_SLOT.
+            *slot = s as u16;
+            s
+        } else {
+            return None;
+        };
+        let b = slots.get_mut(s)?;
+        b.port = port;
         Some(b)
     }
 
@@ -245,12 +286,28 @@ impl TxBatches {
 
     /// Whether anything is waiting.
     pub fn is_empty(&self) -> bool {
-        self.dirty.is_empty()
+        self.used == 0
     }
 
     /// Frames queued for `port` (for tests and the replay harness).
     pub fn queued(&self, port: PortId) -> usize {
-        self.ports.get(usize::from(port)).map_or(0, |b| b.frames.len())
+        match self.slot_of.get(usize::from(port)) {
+            Some(&s) if s != NO_SLOT => self.slots[usize::from(s)].frames.len(),
+            _ => 0,
+        }
+    }
+
+    /// The batches in use, in the order their ports got a first frame, each taken off the
+    /// flush list (its port given no slot) and handed to `f`, which must empty it; then no
+    /// slot is in use.
+    #[inline(always)]
+    fn take_each(&mut self, mut f: impl FnMut(&mut PortBatch, &mut DropTally)) {
+        let TxBatches { slot_of, slots, used, drops, .. } = self;
+        for b in &mut slots[..*used] {
+            slot_of[usize::from(b.port)] = NO_SLOT;
+            f(b, drops);
+        }
+        *used = 0;
     }
 
     /// Sends every batch through `queues[port]` and counts what was sent and dropped on the
@@ -261,11 +318,9 @@ impl TxBatches {
         queues: &mut [Option<Box<dyn TxQueue>>],
         cache: &mut PoolCache,
     ) {
-        let TxBatches { ports, dirty, drops: tally, .. } = self;
-        for port in dirty.drain(..) {
-            let i = usize::from(port);
-            let b = &mut ports[i];
-            let spec = cfg.port(port);
+        self.take_each(|b, tally| {
+            let i = usize::from(b.port);
+            let spec = cfg.port(b.port);
             tally.add(DropReason::TxFull, std::mem::take(&mut b.drops));
             let n = b.frames.len();
             let bytes = std::mem::take(&mut b.bytes);
@@ -279,7 +334,7 @@ impl TxBatches {
                     0
                 }
             };
-            // The TxQueue contract; push() relies on it (an empty batch is not in `dirty`).
+            // The TxQueue contract: a slot not in use holds an empty batch.
             debug_assert!(b.frames.is_empty(), "tx_burst must drain its batch");
             if let Some(spec) = spec {
                 let st = &spec.stats;
@@ -289,30 +344,28 @@ impl TxBatches {
             } else {
                 *tally = DropTally::default();
             }
-        }
+        });
     }
 
-    /// Hands every non-empty batch to `f` (which must empty it: `push` takes an empty batch
-    /// for one that is not queued for flushing), without counting anything:
+    /// Hands every non-empty batch to `f` (which must empty it: a slot not in use must hold an
+    /// empty batch), without counting anything:
     /// for benchmarks and tests that measure the pipeline without port I/O.
     pub fn drain_with(&mut self, mut f: impl FnMut(PortId, &mut Burst)) {
-        for port in self.dirty.drain(..) {
-            let b = &mut self.ports[usize::from(port)];
+        self.take_each(|b, _| {
             (b.drops, b.bytes) = (0, 0);
-            f(port, &mut b.frames);
+            f(b.port, &mut b.frames);
             debug_assert!(b.frames.is_empty(), "drain_with's closure must empty the batch");
-        }
+        });
     }
 
     /// Frees everything queued without sending it (used when a snapshot drops ports).
     pub fn discard(&mut self, cache: &mut PoolCache) {
-        for port in self.dirty.drain(..) {
-            let b = &mut self.ports[usize::from(port)];
+        self.take_each(|b, _| {
             (b.drops, b.bytes) = (0, 0);
             for f in b.frames.drain(..) {
                 cache.free(f);
             }
-        }
+        });
     }
 }
 
@@ -1152,5 +1205,53 @@ mod tests {
         // Broadcast floods, still to be learned from.
         let m = classify_on(&sw, "a", &frame([0xff; 6], &[0x08, 0x00]));
         assert_eq!((m.verdict, m.flood_pending), (Some(Verdict::Flood), true));
+    }
+
+    /// Batches are slots of the ports that got frames, not one per port: a broadcast over 99
+    /// ports takes 99 slots (more than a unicast burst's 64 kept from the start), flushed in
+    /// flood order; then a unicast burst reuses the first slot, and nothing stays queued.
+    #[test]
+    fn batch_slots_follow_the_ports_that_got_frames() {
+        let mut yaml = "bridges:\n- name: br0\n  ports:\n".to_string();
+        for i in 0..100 {
+            yaml.push_str(&format!("  - {{name: p{i}}}\n"));
+        }
+        let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml).expect("valid YAML"), None)
+            .expect("compiles");
+        let pool = crate::Pool::new("slots", 1024).expect("pool");
+        let mut cache = pool.cache();
+        let mut tx = TxBatches::new(sw.port_slots());
+        assert_eq!((tx.slot_of.len(), tx.slots.len(), tx.used), (100, MAX_BURST, 0));
+        let (p0, p5) = (sw.by_name["p0"], sw.by_name["p5"]);
+        let mac = |i: u8| [2, 0, 0, 0, 0, i];
+        let send = |tx: &mut TxBatches, cache: &mut PoolCache, port: PortId, frames: &[Vec<u8>]| {
+            let mut burst = Burst::new();
+            for f in frames {
+                burst.push(cache.alloc_copy(f).expect("buffer"));
+            }
+            process_burst(&sw, port, &mut burst, 1, cache, tx, None);
+        };
+        let bcast = [&[0xff; 6][..], &mac(0xa), &[0x08, 0x00], &[0; 50]].concat();
+        send(&mut tx, &mut cache, p0, &[bcast.clone(), bcast]);
+        assert_eq!(tx.used, 99);
+        assert!(tx.slots.len() >= 99);
+        let others: Vec<PortId> = sw.bridges[0].ports.iter().copied().filter(|&p| p != p0).collect();
+        assert!(others.iter().all(|&p| tx.queued(p) == 2) && tx.queued(p0) == 0);
+        let mut order = Vec::new();
+        tx.drain_with(|port, out| {
+            order.push(port);
+            out.drain(..).for_each(|f| cache.free(f));
+        });
+        assert_eq!(order, others, "flushed in the order the ports got their first frame");
+        assert!(tx.is_empty() && others.iter().all(|&p| tx.queued(p) == 0));
+
+        // p0's MAC is learned: a unicast burst to it from p5 takes one slot, the first.
+        let ucast = [&mac(0xa)[..], &mac(0xb), &[0x08, 0x00], &[0; 50]].concat();
+        send(&mut tx, &mut cache, p5, &[ucast.clone(), ucast.clone(), ucast]);
+        assert_eq!((tx.used, tx.slot_of[usize::from(p0)], tx.queued(p0)), (1, 0, 3));
+        tx.discard(&mut cache);
+        assert!(tx.is_empty() && tx.slot_of.iter().all(|&s| s == NO_SLOT));
+        drop(cache);
+        assert_eq!(pool.in_use(), 0, "every buffer came back");
     }
 }

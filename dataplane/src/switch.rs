@@ -8,12 +8,15 @@
 //!   reused only after its entries were flushed.
 //! - Bridges keep their MAC table across snapshots unless the table's size changes.
 //! - Counters live outside the snapshot (`Arc<PortStats>`) and survive reconfiguration.
-//! - The per-burst counters every frame moves (RX and TX packets and bytes) are kept in
-//!   [`COUNTER_SHARDS`] copies on cache lines of their own, each worker adding to its own
-//!   copy ([`set_counter_shard`]), so that workers receiving from or sending to one port do
-//!   not pass its counters' line between their cores every burst; readers sum the copies.
+//! - The per-burst counters every frame moves (RX and TX packets and bytes) are kept in one
+//!   copy per worker (at most [`COUNTER_SHARDS`]; [`SwitchConfig::counter_shards`]) on cache
+//!   lines of their own, each worker adding to its own copy ([`set_counter_shard`]), so that
+//!   workers receiving from or sending to one port do not pass its counters' line between
+//!   their cores every burst; readers sum the copies. A port's copies are as many as its
+//!   first snapshot's `counter_shards`: a thread whose shard a port lacks adds to the first
+//!   copy (atomic adds: the sums stay exact, only the line is shared).
 
-use crate::config::{BridgeConfig, Config, ConfigError, PortConfig};
+use crate::config::{BridgeConfig, Config, ConfigError, PortConfig, PortType};
 use crate::fdb::MacTable;
 use crate::vlan::{VlanMode, VlanPolicy};
 use crate::wire::MacAddr;
@@ -89,8 +92,8 @@ drop_reasons! {
     AfxdpRxDropped => "afxdp_rx_dropped", "The kernel dropped a frame on its way to an AF_XDP socket: larger than a UMEM chunk, no free chunk in the fill ring, or the socket's RX ring full (AF_XDP).";
 }
 
-/// Copies of a port's per-burst counters: workers `w` and `w + COUNTER_SHARDS` share one.
-/// 8 x 64 bytes a port (10 MiB for 20,000 ports).
+/// The most copies of a port's per-burst counters: workers `w` and `w + COUNTER_SHARDS`
+/// share one. 64 bytes a copy (8 copies: 10 MiB for 20,000 ports).
 pub const COUNTER_SHARDS: usize = 8;
 
 thread_local! {
@@ -117,8 +120,9 @@ struct BurstCounters {
 /// Counters of one port. Workers add to them once per burst.
 #[derive(Debug)]
 pub struct PortStats {
-    /// RX/TX packets and bytes, one copy per [`set_counter_shard`] shard.
-    burst: [BurstCounters; COUNTER_SHARDS],
+    /// RX/TX packets and bytes, one copy per [`set_counter_shard`] shard (1 to
+    /// [`COUNTER_SHARDS`] of them).
+    burst: Box<[BurstCounters]>,
     /// Frames this port received that were flooded.
     pub flooded: AtomicU64,
     /// New MACs learned on this port.
@@ -134,11 +138,19 @@ pub struct PortStats {
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
-// By hand: `Default` is derived for arrays of at most 32 elements, and there are more reasons.
+/// [`COUNTER_SHARDS`] copies of the per-burst counters.
 impl Default for PortStats {
     fn default() -> Self {
+        PortStats::new(COUNTER_SHARDS)
+    }
+}
+
+impl PortStats {
+    /// Zeroed counters with `shards` copies of the per-burst ones (clamped to 1 to
+    /// [`COUNTER_SHARDS`]): as many as the workers that add to them.
+    pub fn new(shards: usize) -> PortStats {
         PortStats {
-            burst: Default::default(),
+            burst: (0..shards.clamp(1, COUNTER_SHARDS)).map(|_| BurstCounters::default()).collect(),
             flooded: AtomicU64::new(0),
             learned: AtomicU64::new(0),
             moved_in: AtomicU64::new(0),
@@ -168,11 +180,20 @@ pub struct PortStatsSnapshot {
 }
 
 impl PortStats {
-    /// This thread's copy of the per-burst counters.
+    /// This thread's copy of the per-burst counters (the first for a shard this port lacks).
     #[inline]
     fn mine(&self) -> &BurstCounters {
-        // COUNTER_SHARD < COUNTER_SHARDS (set_counter_shard takes the remainder).
-        &self.burst[COUNTER_SHARD.with(Cell::get) % COUNTER_SHARDS]
+        let all = &self.burst[..];
+        match all.get(COUNTER_SHARD.with(Cell::get)) {
+            Some(c) => c,
+            // `new` makes at least one copy.
+            None => &all[0],
+        }
+    }
+
+    /// How many copies of the per-burst counters this port has.
+    pub fn shards(&self) -> usize {
+        self.burst.len()
     }
 
     /// Adds a burst received: `packets` frames of `bytes` bytes in all.
@@ -244,7 +265,7 @@ impl PortStats {
     }
 
     pub fn clear(&self) {
-        for c in &self.burst {
+        for c in self.burst.iter() {
             for a in [&c.rx_packets, &c.rx_bytes, &c.tx_packets, &c.tx_bytes] {
                 a.store(0, Ordering::Relaxed);
             }
@@ -281,11 +302,30 @@ pub struct PortSpec {
     /// The compiled policy: `None` when the port is open both ways.
     pub policy: Option<Arc<crate::policy::CompiledPolicy>>,
     pub stats: Arc<PortStats>,
-    /// The configuration this port was built from (backend type and options).
-    pub config: PortConfig,
+    /// The backend type it was configured with (metrics tell vhost-user ports apart).
+    pub kind: Option<PortType>,
+    /// The static MAC entries it names.
+    pub static_macs: Box<[MacAddr]>,
+    /// The policy as configured (what `policy` was compiled from).
+    policy_config: Option<Box<crate::policy::PortPolicy>>,
 }
 
 impl PortSpec {
+    /// Whether [`PortSpec::build`] of `port` would give this spec (counters and id aside):
+    /// every field the pipeline reads, and the type, are as `port` names them. Backend options
+    /// are not kept here (the runtime opens and updates backends from the configuration),
+    /// so a snapshot holds no copy of each port's configuration.
+    pub fn built_from(&self, port: &PortConfig) -> bool {
+        self.name == port.name
+            && self.kind == port.kind
+            && self.mac_limit == port.mac_limit.unwrap_or(u32::MAX)
+            && self.allowed_macs.as_deref() == port.allowed_macs.as_deref().filter(|l| !l.is_empty())
+            && self.allowed_ips.as_deref() == port.allowed_ips.as_deref()
+            && self.static_macs[..] == port.static_macs[..]
+            && self.policy_config.as_deref() == port.policy.as_ref()
+            && self.vlan == vlan_of(port)
+    }
+
     #[inline]
     pub fn allows_src(&self, mac: MacAddr) -> bool {
         match &self.allowed_macs {
@@ -293,6 +333,11 @@ impl PortSpec {
             Some(list) => list.contains(&mac),
         }
     }
+}
+
+/// The VLAN policy `port` configures.
+fn vlan_of(port: &PortConfig) -> VlanPolicy {
+    VlanPolicy::new(VlanMode::from(port.effective_vlan_mode()), port.tag.unwrap_or(0), port.trunks.as_deref())
 }
 
 /// One bridge: its ports and MAC table.
@@ -330,17 +375,19 @@ pub struct SwitchConfig {
     /// for every port whose configuration did not change.
     pub ports: Vec<Option<Arc<PortSpec>>>,
     pub by_name: HashMap<String, PortId>,
+    /// The copies of the per-burst counters a new port gets; 0: [`COUNTER_SHARDS`]. Taken
+    /// over from the previous snapshot ([`SwitchConfig::with_counter_shards`]).
+    shards: usize,
 }
 
 impl PortSpec {
     /// The compiled form of `port`, as port `id` of bridge `bi`, counting into `stats`.
     fn build(id: PortId, bi: usize, port: &PortConfig, stats: Arc<PortStats>) -> PortSpec {
-        let mode = VlanMode::from(port.effective_vlan_mode());
         PortSpec {
             id,
             name: port.name.clone(),
             bridge: bi,
-            vlan: VlanPolicy::new(mode, port.tag.unwrap_or(0), port.trunks.as_deref()),
+            vlan: vlan_of(port),
             allowed_macs: port
                 .allowed_macs
                 .as_ref()
@@ -350,7 +397,9 @@ impl PortSpec {
             allowed_ips: port.allowed_ips.as_ref().map(|l| l.clone().into_boxed_slice()),
             policy: port.policy.as_ref().map(|p| Arc::new(crate::policy::CompiledPolicy::compile(p))),
             stats,
-            config: port.clone(),
+            kind: port.kind,
+            static_macs: port.static_macs.clone().into_boxed_slice(),
+            policy_config: port.policy.clone().map(Box::new),
         }
     }
 }
@@ -409,7 +458,7 @@ impl SwitchConfig {
             next as PortId
         };
 
-        let mut out = SwitchConfig::default();
+        let mut out = SwitchConfig { shards: prev.map_or(0, |p| p.shards), ..SwitchConfig::default() };
         out.by_name.reserve(cfg.bridges.iter().map(|b| b.ports.len()).sum());
         // Ports of `prev` taken over as they were (same id, bridge and configuration).
         let mut same: std::collections::HashSet<PortId> = std::collections::HashSet::new();
@@ -441,13 +490,12 @@ impl SwitchConfig {
                 }
                 let kept = prev.and_then(|p| {
                     let ps = p.ports.get(usize::from(id))?.as_ref()?;
-                    (ps.name == port.name
-                        && ps.bridge == bi
+                    (ps.bridge == bi
                         && p.bridges
                             .get(bi)
                             .is_some_and(|pb| pb.name == b.name && Arc::ptr_eq(&pb.table, &table))
-                        && ps.config == *port)
-                        .then(|| ps.clone())
+                        && ps.built_from(port))
+                    .then(|| ps.clone())
                 });
                 if let Some(spec) = kept {
                     same.insert(id);
@@ -459,7 +507,7 @@ impl SwitchConfig {
                 let stats = prev
                     .and_then(|p| p.port_by_name(&port.name))
                     .map(|ps| ps.stats.clone())
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| out.new_stats());
                 out.by_name.insert(port.name.clone(), id);
                 out.ports[usize::from(id)] = Some(Arc::new(PortSpec::build(id, bi, port, stats)));
                 members.push(id);
@@ -511,7 +559,7 @@ impl SwitchConfig {
                 let id = out.by_name[&port.name];
                 let Some(spec) = out.ports[usize::from(id)].as_ref() else { continue };
                 for mac in &port.static_macs {
-                    for v in spec.vlan.carried().iter() {
+                    for v in spec.vlan.carried() {
                         want.insert((v, *mac), (id, pi));
                     }
                 }
@@ -594,6 +642,7 @@ impl SwitchConfig {
             bridges: Vec::with_capacity(self.bridges.len()),
             ports: self.ports.clone(),
             by_name: self.by_name.clone(),
+            shards: self.shards,
         };
         // Ports gone from the node, or from their bridge: all their entries go from the table
         // they leave.
@@ -602,11 +651,7 @@ impl SwitchConfig {
         let mut held: Vec<HashSet<(u16, MacAddr)>> = vec![HashSet::new(); cfg.bridges.len()];
         let mut want: Vec<HashMap<(u16, MacAddr), PortId>> = vec![HashMap::new(); cfg.bridges.len()];
         let statics = |spec: &PortSpec| -> Vec<(u16, MacAddr)> {
-            spec.config
-                .static_macs
-                .iter()
-                .flat_map(|m| spec.vlan.carried().iter().map(move |v| (v, *m)))
-                .collect()
+            spec.static_macs.iter().flat_map(|m| spec.vlan.carried().map(move |v| (v, *m))).collect()
         };
         for n in &set {
             let Some(old) = self.port_by_name(n) else { continue };
@@ -672,9 +717,9 @@ impl SwitchConfig {
                     out.ports.resize_with(usize::from(id) + 1, || None);
                 }
                 let spec = match prev {
-                    Some(ps) if ps.bridge == bi && ps.config == *port => self.ports[usize::from(id)].clone(),
+                    Some(ps) if ps.bridge == bi && ps.built_from(port) => self.ports[usize::from(id)].clone(),
                     _ => {
-                        let stats = prev.map(|ps| ps.stats.clone()).unwrap_or_default();
+                        let stats = prev.map(|ps| ps.stats.clone()).unwrap_or_else(|| self.new_stats());
                         Some(Arc::new(PortSpec::build(id, bi, port, stats)))
                     }
                 };
@@ -759,6 +804,27 @@ impl SwitchConfig {
     pub fn port_slots(&self) -> usize {
         self.ports.len()
     }
+
+    /// An empty snapshot whose new ports get `workers` copies of their per-burst counters
+    /// (at most [`COUNTER_SHARDS`]), as do the ports of every snapshot compiled or patched
+    /// from it: one per worker of the switch that runs it, whose shards are its indexes.
+    pub fn with_counter_shards(workers: usize) -> SwitchConfig {
+        SwitchConfig { shards: workers.clamp(1, COUNTER_SHARDS), ..SwitchConfig::default() }
+    }
+
+    /// The copies of the per-burst counters a port new in this snapshot gets.
+    pub fn counter_shards(&self) -> usize {
+        if self.shards == 0 {
+            COUNTER_SHARDS
+        } else {
+            self.shards
+        }
+    }
+
+    /// New counters for a port of this snapshot.
+    fn new_stats(&self) -> Arc<PortStats> {
+        Arc::new(PortStats::new(self.counter_shards()))
+    }
 }
 
 #[cfg(test)]
@@ -805,6 +871,82 @@ mod tests {
             (stats.rx_packets(), stats.rx_bytes(), stats.tx_packets(), stats.tx_bytes()),
             (0, 0, 0, 0)
         );
+    }
+
+    /// A switch of 2 workers gives its ports 2 copies of the per-burst counters, through
+    /// compiles and patches alike (a port kept keeps its counters); a thread whose shard a
+    /// port lacks adds to the first copy, and the sums stay exact.
+    #[test]
+    fn counter_copies_follow_the_workers() {
+        let empty = SwitchConfig::with_counter_shards(2);
+        let first = compile(AB, Some(&empty));
+        assert_eq!(first.counter_shards(), 2);
+        assert!(first.ports.iter().flatten().all(|p| p.stats.shards() == 2));
+        let three = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: b, tag: 10}\n  \
+                     - {name: c, tag: 10}\n";
+        let patched = first
+            .patch(&Config::from_yaml_str(three).unwrap(), &["c"])
+            .unwrap()
+            .expect("a new port is a patch");
+        assert_eq!(patched.port_by_name("c").unwrap().stats.shards(), 2);
+        let again = compile(three, Some(&patched));
+        assert!(again.ports.iter().flatten().all(|p| p.stats.shards() == 2));
+        assert_eq!(compile(AB, None).port_by_name("a").unwrap().stats.shards(), COUNTER_SHARDS);
+
+        let stats = again.port_by_name("a").unwrap().stats.clone();
+        let threads: Vec<_> = (0..4)
+            .map(|w| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    set_counter_shard(w);
+                    for _ in 0..1000 {
+                        stats.add_rx(1, 60);
+                        stats.add_tx(1, 60);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((stats.rx_packets(), stats.tx_bytes()), (4000, 240_000));
+        let per: Vec<u64> = stats.burst.iter().map(|c| c.rx_packets.load(Ordering::Relaxed)).collect();
+        assert_eq!(per, [3000, 1000], "shards 0, 2 and 3 add to the first copy");
+    }
+
+    /// A snapshot keeps no copy of a port's configuration: a port whose backend options alone
+    /// changed keeps its compiled spec (the runtime reopens backends from the configuration),
+    /// and a change to any field the spec holds (type included) compiles it again, in a
+    /// compile and in a patch alike.
+    #[test]
+    fn a_spec_is_kept_unless_a_field_it_holds_changed() {
+        let port =
+            |a: &str| format!("bridges:\n- name: br0\n  ports:\n  - {{name: a, {a}}}\n  - {{name: b}}\n");
+        let base = port("tag: 10, type: ring, ring: r1");
+        let first = compile(&base, None);
+        let spec = |sw: &SwitchConfig| sw.ports[usize::from(sw.by_name["a"])].clone().unwrap();
+        let kept = compile(&port("tag: 10, type: ring, ring: r2"), Some(&first));
+        assert!(Arc::ptr_eq(&spec(&first), &spec(&kept)), "a backend option alone keeps the spec");
+        for changed in [
+            "tag: 11, type: ring, ring: r1",
+            "tag: 10",
+            "tag: 10, type: ring, ring: r1, vlan_mode: native-untagged",
+            "tag: 10, type: ring, ring: r1, static_macs: ['02:00:00:00:00:01']",
+            "tag: 10, type: ring, ring: r1, allowed_macs: ['02:00:00:00:00:01']",
+            "tag: 10, type: ring, ring: r1, mac_limit: 5",
+            "tag: 10, type: ring, ring: r1, allowed_ips: [10.0.0.1]",
+            "tag: 10, type: ring, ring: r1, policy: {ingress: {rules: []}}",
+        ] {
+            let cfg = Config::from_yaml_str(&port(changed)).unwrap();
+            let p = &cfg.bridges[0].ports[0];
+            assert!(!spec(&first).built_from(p), "{changed}");
+            let again = SwitchConfig::compile(&cfg, Some(&first)).unwrap();
+            assert!(!Arc::ptr_eq(&spec(&first), &spec(&again)), "compile: {changed}");
+            assert!(spec(&again).built_from(p), "{changed}");
+            let patched = first.patch(&cfg, &["a"]).unwrap().expect("a patch");
+            assert!(!Arc::ptr_eq(&spec(&first), &spec(&patched)), "patch: {changed}");
+            assert_eq!(spec(&patched).stats.snapshot(), spec(&first).stats.snapshot(), "{changed}");
+        }
     }
 
     /// A recompile keeps each surviving port's id and counters, gives a new port a free id,

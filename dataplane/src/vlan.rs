@@ -1,6 +1,7 @@
 //! VLAN policy of a port: the four Open vSwitch VLAN modes (ovs-vswitchd.conf.db(5), Port
-//! table, `vlan_mode`, `tag`, `trunks`), compiled into a bitmap so ingress and egress checks
-//! are a shift and a mask.
+//! table, `vlan_mode`, `tag`, `trunks`), compiled so that ingress and egress checks are a
+//! compare (an access port's one VLAN) or a shift and a mask (the other modes' sets, a bitmap
+//! held in a box: 512 bytes that 20,000 access ports need not carry each).
 
 use crate::config::VlanModeName;
 use crate::wire::VlanTci;
@@ -105,7 +106,8 @@ pub struct VlanPolicy {
     pub tag: u16,
     /// Ingress: VLANs accepted tagged (trunk: also VLAN 0 for untagged frames).
     /// Egress: every VLAN the port carries, native VLAN included.
-    carried: VlanSet,
+    /// `None` for an access port: it carries its `tag` alone.
+    carried: Option<Box<VlanSet>>,
 }
 
 impl VlanPolicy {
@@ -116,12 +118,12 @@ impl VlanPolicy {
             _ => VlanSet::all(),
         };
         let carried = match mode {
-            VlanMode::Access => VlanSet::from_list(&[tag]),
-            VlanMode::Trunk => list,
+            VlanMode::Access => None,
+            VlanMode::Trunk => Some(Box::new(list)),
             VlanMode::NativeTagged | VlanMode::NativeUntagged => {
                 let mut s = list;
                 s.insert(tag);
-                s
+                Some(Box::new(s))
             }
         };
         VlanPolicy { mode, tag, carried }
@@ -142,12 +144,12 @@ impl VlanPolicy {
         let vid = tci.map_or(0, |t| t.vid());
         match self.mode {
             VlanMode::Access => (vid == 0).then_some(self.tag),
-            VlanMode::Trunk => self.carried.contains(vid).then_some(vid),
+            VlanMode::Trunk => self.carries(vid).then_some(vid),
             VlanMode::NativeTagged | VlanMode::NativeUntagged => {
                 if vid == 0 {
                     Some(self.tag)
                 } else {
-                    self.carried.contains(vid).then_some(vid)
+                    self.carries(vid).then_some(vid)
                 }
             }
         }
@@ -156,7 +158,11 @@ impl VlanPolicy {
     /// Whether frames of VLAN `v` leave through this port.
     #[inline]
     pub fn carries(&self, v: u16) -> bool {
-        self.carried.contains(v)
+        match &self.carried {
+            // As `VlanSet::from_list(&[tag])` would answer.
+            None => v == self.tag && v < 4095,
+            Some(s) => s.contains(v),
+        }
     }
 
     /// Whether frames of VLAN `v` leave this port tagged.
@@ -169,9 +175,10 @@ impl VlanPolicy {
         }
     }
 
-    /// The VLANs the port carries, for installing static entries and for display.
-    pub fn carried(&self) -> &VlanSet {
-        &self.carried
+    /// The VLANs the port carries, ascending, for installing static entries and for display.
+    pub fn carried(&self) -> impl Iterator<Item = u16> + '_ {
+        let access = (self.carried.is_none() && self.tag < 4095).then_some(self.tag);
+        self.carried.iter().flat_map(|s| s.iter()).chain(access)
     }
 }
 
@@ -193,6 +200,31 @@ mod tests {
         }
         assert_eq!(VlanSet::all().iter().count(), 4095);
         assert_eq!(VlanSet::from_list(&[7]).iter().collect::<Vec<_>>(), [7]);
+    }
+
+    /// An access port keeps no bitmap; every mode answers `carries` and `carried` as the
+    /// bitmap of its VLANs (access: `{tag}`) would, for every VID, 4095 included.
+    #[test]
+    fn carried_vlans_are_the_sets_of_the_modes() {
+        let trunks: &[u16] = &[1, 10, 4094];
+        let cases = [
+            (VlanMode::Access, 0, None, VlanSet::from_list(&[0])),
+            (VlanMode::Access, 10, None, VlanSet::from_list(&[10])),
+            (VlanMode::Access, 4094, None, VlanSet::from_list(&[4094])),
+            (VlanMode::Access, 4095, None, VlanSet::empty()),
+            (VlanMode::Trunk, 0, None, VlanSet::all()),
+            (VlanMode::Trunk, 0, Some(trunks), VlanSet::from_list(trunks)),
+            (VlanMode::NativeTagged, 20, Some(trunks), VlanSet::from_list(&[1, 10, 20, 4094])),
+            (VlanMode::NativeUntagged, 20, Some(trunks), VlanSet::from_list(&[1, 10, 20, 4094])),
+        ];
+        for (mode, tag, list, want) in cases {
+            let p = VlanPolicy::new(mode, tag, list);
+            assert_eq!(p.carried.is_none(), mode == VlanMode::Access);
+            for v in 0..=4095u16 {
+                assert_eq!(p.carries(v), want.contains(v), "{mode:?} {tag} carries {v}");
+            }
+            assert_eq!(p.carried().collect::<Vec<_>>(), want.iter().collect::<Vec<_>>(), "{mode:?} {tag}");
+        }
     }
 
     fn t(vid: u16) -> Option<VlanTci> {
