@@ -4,7 +4,9 @@
 #     GETs of /metrics with curl (time_total: connect, render, transfer) and prints the median,
 #     p90 and max, the size of one scrape and its number of samples;
 #  2. forwarding: `run --switch FILE` with two pcap ports replaying benches/gen_pcaps.py's
-#     captures forever into each other (the L2 pipeline, one worker on core CORE), ROUNDS
+#     captures forever into each other (the L2 pipeline, one worker on core CORE), and IDLE
+#     idle ring ports on a second bridge (default 0; each scrape renders them all, but the
+#     worker also polls each of their RX queues every poll, which then sets the rate), ROUNDS
 #     windows of SECS seconds each way, interleaved: without scraping, then with a scrape every
 #     EVERY seconds (default 0: back to back, as fast as curl goes, a worst case next to
 #     Prometheus's one every 15-60 s; on a machine with few cores the loop's CPU competes with
@@ -13,7 +15,7 @@
 #     ends. It prints each window and the median rates and their ratio.
 # It asserts nothing. Builds nothing: run `cargo build --release` first.
 #
-# usage: benches/metrics-scrape.sh   env: N=20000 SCRAPES=50 ROUNDS=3 SECS=3 EVERY=0 CORE=(last)
+# usage: benches/metrics-scrape.sh   env: N=20000 SCRAPES=50 ROUNDS=3 SECS=3 EVERY=0 IDLE=0 CORE=(last)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard
@@ -22,6 +24,7 @@ SCRAPES=${SCRAPES:-50}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-3}
 EVERY=${EVERY:-0}
+IDLE=${IDLE:-0}
 CORE=${CORE:-$(($(nproc) - 1))}
 OTHERS=$(python3 -c "import os; print(','.join(str(c) for c in sorted(os.sched_getaffinity(0)) if c != $CORE) or '$CORE')")
 ADDR=127.0.0.1:$((20000 + $$ % 20000))
@@ -77,6 +80,11 @@ bridges:
       - {name: a, type: pcap, rx_pcap: $TMP/a.pcap, tx_pcap: /dev/null, infinite: true}
       - {name: b, type: pcap, rx_pcap: $TMP/b.pcap, tx_pcap: /dev/null, infinite: true}
 YAML
+if ((IDLE > 0)); then
+    echo "  - name: br1" >>"$TMP/fwd.yaml"
+    echo "    ports:" >>"$TMP/fwd.yaml"
+    for ((i = 0; i < IDLE; i++)); do echo "      - {name: p$i, type: ring}"; done >>"$TMP/fwd.yaml"
+fi
 start "$TMP/fwd.yaml"
 rx() { curl -s "http://$ADDR/metrics" | awk '/^switchyard_port_rx_packets_total/ { s += $2 } END { printf "%d", s }'; }
 window() { # MODE: prints Mpps over SECS seconds

@@ -137,14 +137,15 @@ fn describe(sw: &SwitchConfig) -> BTreeMap<String, String> {
         out.insert(
             format!("port {}", p.name),
             format!(
-                "bridge {} vlan {:?} allowed_macs {:?} mac_limit {} allowed_ips {:?} policy {} config {:?}",
+                "bridge {} vlan {:?} allowed_macs {:?} mac_limit {} allowed_ips {:?} policy {} kind {:?} static_macs {:?}",
                 sw.bridges[p.bridge].name,
                 p.vlan,
                 p.allowed_macs,
                 p.mac_limit,
                 p.allowed_ips,
                 p.policy.is_some(),
-                p.config
+                p.kind,
+                p.static_macs
             ),
         );
     }
