@@ -311,7 +311,7 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
-    /// Whether [`PortSpec::build`] of `port` would give this spec (counters and id aside):
+    /// Whether compiling `port` would give this spec (counters and id aside):
     /// every field the pipeline reads, and the type, are as `port` names them. Backend options
     /// are not kept here (the runtime opens and updates backends from the configuration),
     /// so a snapshot holds no copy of each port's configuration.
