@@ -288,7 +288,6 @@ mod tests {
             etherparse::NetSlice::Ipv6(v) => {
                 (v.header().source().to_vec(), v.header().destination().to_vec(), false)
             }
-            _ => return false,
         };
         let l4 = ETH_HEADER_LEN + if ipv4 { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
         let pseudo = ones_sum(&src, ones_sum(&dst, 0)) + u64::from(PROTO_TCP) + (f.len() - l4) as u64;
