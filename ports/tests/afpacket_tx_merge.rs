@@ -239,6 +239,7 @@ fn tcp_across_two_ports_with_merging() {
     let mut cache = pool.cache();
     let mut drops = DropTally::default();
     let (mut rxa, mut rxb) = (pa.open_rx(0).unwrap(), pb.open_rx(0).unwrap());
+    assert!(!rxa.spin_when_idle(), "a packet socket wakes an idle worker for free: no spin");
     let (mut txa, mut txb) = (pa.open_tx(0).unwrap(), pb.open_tx(0).unwrap());
     let mut burst = Burst::new();
     let end = Instant::now() + Duration::from_secs(30);
