@@ -239,8 +239,7 @@ impl Steady {
     /// end, where the general rules saturate).
     pub fn at(now: u32) -> Steady {
         let word = |proto, state| {
-            now.checked_add(timeout(proto, state))
-                .map_or(NEVER, |exp| meta(exp, state, false))
+            now.checked_add(timeout(proto, state)).map_or(NEVER, |exp| meta(exp, state, false))
         };
         Steady {
             tcp: word(PROTO_TCP, CtState::Established),
@@ -297,7 +296,12 @@ impl FastView<'_> {
         crate::cpu::prefetch_addr(at);
         crate::cpu::prefetch_addr(at.wrapping_add(SLOT_BYTES));
         // home < n <= 1.5 * MAX_CAPACITY < 2^32.
-        FastProbe { key, want: steady.word(key.proto(), flags) | tag(h) << TAG_SHIFT, home: home as u32, flags }
+        FastProbe {
+            key,
+            want: steady.word(key.proto(), flags) | tag(h) << TAG_SHIFT,
+            home: home as u32,
+            flags,
+        }
     }
 
     /// [`Conntrack::lookup_fast`] for a probe from [`FastView::probe`], the same answer and

@@ -268,7 +268,12 @@ impl<'a> FastKeys<'a> {
     #[inline(always)]
     pub fn new(port: &PortSpec, cx: Ctx<'a>) -> Option<FastKeys<'a>> {
         let ct = cx.ct.filter(|_| cx.epoch != 0)?;
-        Some(FastKeys { ct: ct.fast_view(), lists: Lists::of(port), steady: Steady::at(cx.now), keys: ArrayVec::new() })
+        Some(FastKeys {
+            ct: ct.fast_view(),
+            lists: Lists::of(port),
+            steady: Steady::at(cx.now),
+            keys: ArrayVec::new(),
+        })
     }
 
     /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
