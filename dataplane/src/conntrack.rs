@@ -235,8 +235,8 @@ pub struct Steady {
 const NEVER: u64 = (1 << TAG_SHIFT) - 1;
 
 impl Steady {
-    /// The steady words at clock `now` (all [`NEVER`] when an expiry would pass the clock's
-    /// end, where the general rules saturate).
+    /// The steady words at clock `now` (none of them a word any slot holds when an expiry
+    /// would pass the clock's end, where the general rules saturate).
     pub fn at(now: u32) -> Steady {
         let word = |proto, state| {
             now.checked_add(timeout(proto, state)).map_or(NEVER, |exp| meta(exp, state, false))
