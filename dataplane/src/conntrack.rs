@@ -312,8 +312,9 @@ impl FastView<'_> {
     /// state, expiry or timeout to work out and nothing to write. An empty slot ends the probe
     /// (not tracked); a slot of another tag or an expired one is passed over, as every probe
     /// does; anything else (a live slot of the key's tag that is not steady: the key's own
-    /// needing its expiry moved on or its state changed, or another key's; a writer holding
-    /// the slot) hands the packet to [`Conntrack::lookup_fast`], out of line.
+    /// needing its expiry moved on or its state changed, or another key's; a steady slot of
+    /// another key of the same tag, one in 65,536; a writer holding the slot) hands the
+    /// packet to [`Conntrack::lookup_fast`], out of line.
     #[inline(always)]
     pub fn lookup(&self, p: &FastProbe, now: u32) -> Fast {
         match self.lookup_steady(p, now) {
@@ -327,36 +328,45 @@ impl FastView<'_> {
     #[inline(always)]
     pub fn lookup_steady(&self, p: &FastProbe, now: u32) -> Option<Fast> {
         let t = p.want >> TAG_SHIFT;
-        let mut j = p.home as usize;
-        for _ in 0..self.probe {
-            let Some(line) = self.lines.get(j) else { break };
-            let slot = Slot(line);
-            let m = slot.w(1).load(Ordering::Relaxed);
+        let (mut j, mut left) = (p.home as usize, self.probe);
+        // The first slot holding the probe's steady word; the key is compared once, after the
+        // loop (a slot of that word holding another key, one in 65,536, goes the general way).
+        let line = loop {
+            let line = self.lines.get(j)?;
+            let m = Slot(line).w(1).load(Ordering::Relaxed);
             if m == p.want {
-                let s1 = slot.w(0).load(Ordering::Acquire);
-                let (m2, v) = (slot.w(1).load(Ordering::Relaxed), slot.w(7).load(Ordering::Relaxed));
-                let key = [2, 3, 4, 5, 6].map(|i| slot.w(i).load(Ordering::Relaxed));
-                fence(Ordering::Acquire);
-                if s1 & 1 != 0 || slot.w(0).load(Ordering::Relaxed) != s1 || m2 != m {
-                    break;
-                }
-                if same(&key, &p.key.0) {
-                    return Some(Fast::Original(v));
-                }
-                if same(&PackedKey(key).reversed(), &p.key.0) {
-                    return Some(Fast::Reply);
-                }
-            } else if m as u32 == 0 {
+                break line;
+            }
+            if m as u32 == 0 {
                 return Some(Fast::Slow);
-            } else if m >> TAG_SHIFT == t && m as u32 > now {
-                break;
+            }
+            if m >> TAG_SHIFT == t && m as u32 > now {
+                return None;
+            }
+            left -= 1;
+            if left == 0 {
+                return None;
             }
             j += 1;
             if j == self.lines.len() {
                 j = 0;
             }
+        };
+        let slot = Slot(line);
+        let s1 = slot.w(0).load(Ordering::Acquire);
+        let (m, v) = (slot.w(1).load(Ordering::Relaxed), slot.w(7).load(Ordering::Relaxed));
+        let key = [2, 3, 4, 5, 6].map(|i| slot.w(i).load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        if s1 & 1 != 0 || slot.w(0).load(Ordering::Relaxed) != s1 || m != p.want {
+            return None;
         }
-        None
+        if same(&key, &p.key.0) {
+            Some(Fast::Original(v))
+        } else if same(&PackedKey(key).reversed(), &p.key.0) {
+            Some(Fast::Reply)
+        } else {
+            None
+        }
     }
 
     /// [`FastView::lookup`] where [`FastView::lookup_steady`] said `None`: the general fast
