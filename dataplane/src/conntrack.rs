@@ -212,6 +212,170 @@ pub enum Fast {
     Original(u64),
 }
 
+/// Word 1 of a *steady* entry, per class of protocol, at one clock second: the entry a packet
+/// leaves exactly as it is (not blocked, its state unchanged by the packet, its expiry already
+/// the one the packet would set). Made once per burst ([`Steady::at`]); a packet's
+/// [`FastProbe`] holds its class's word with its tag, so that the fast path tells a steady
+/// entry of the packet's tag by one compare of the slot's word 1 (see
+/// [`FastView::lookup_steady`]).
+///
+/// Steady: TCP in `established` for a packet without SYN, FIN or RST (either direction
+/// leaves it there); any other protocol in `replied` (either direction leaves it there).
+#[derive(Debug, Clone, Copy)]
+pub struct Steady {
+    tcp: u64,
+    udp: u64,
+    icmp: u64,
+    other: u64,
+}
+
+/// Bits 0-47 of a word 1 that no slot holds (its state byte is no [`CtState`]; bits 41-47
+/// are never set): a packet that no steady entry can answer. Bits 48-63 stay free for the
+/// probe's tag, which the probe still needs to tell the key's slots from others.
+const NEVER: u64 = (1 << TAG_SHIFT) - 1;
+
+impl Steady {
+    /// The steady words at clock `now` (none of them a word any slot holds when an expiry
+    /// would pass the clock's end, where the general rules saturate).
+    pub fn at(now: u32) -> Steady {
+        let word = |proto, state| {
+            now.checked_add(timeout(proto, state)).map_or(NEVER, |exp| meta(exp, state, false))
+        };
+        Steady {
+            tcp: word(PROTO_TCP, CtState::Established),
+            udp: word(PROTO_UDP, CtState::Replied),
+            icmp: word(PROTO_ICMP, CtState::Replied),
+            other: word(0, CtState::Replied),
+        }
+    }
+
+    /// The steady word for a packet of protocol `proto` with TCP flags `flags`.
+    #[inline(always)]
+    fn word(&self, proto: u8, flags: u8) -> u64 {
+        match proto {
+            PROTO_TCP if flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => self.tcp,
+            PROTO_TCP => NEVER,
+            PROTO_UDP => self.udp,
+            PROTO_ICMP | PROTO_ICMPV6 => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// A packet's lookup as the fast path's first stage makes it ([`FastView::probe`]) and
+/// its second stage reads it ([`FastView::lookup_steady`]): the key, its home slot (its
+/// lines prefetched), the word 1 its entry holds when steady ([`Steady`], with the key's
+/// tag), and the TCP flags for the general rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FastProbe {
+    key: PackedKey,
+    want: u64,
+    home: u32,
+    flags: u8,
+}
+
+/// The table as the fast path reads it over one burst ([`Conntrack::fast_view`]): its slots as
+/// lines and the probe limit, taken once per burst rather than once per packet.
+#[derive(Clone, Copy)]
+pub struct FastView<'a> {
+    ct: &'a Conntrack,
+    lines: &'a [[[AtomicU64; 2]; 4]],
+    probe: usize,
+}
+
+impl FastView<'_> {
+    /// The fast path's first stage for one packet: hashes `key` (TCP flags `flags`), prefetches
+    /// its home slot and the next, and returns the probe [`FastView::lookup_steady`] reads
+    /// (`steady`: [`Steady::at`] the burst's clock).
+    #[inline(always)]
+    pub fn probe(&self, key: PackedKey, flags: u8, steady: &Steady) -> FastProbe {
+        let h = hash_packed(&key);
+        let home = ((u128::from(h) * self.lines.len() as u128) >> 64) as usize;
+        // No bounds check: a prefetch never faults (past the last slot it is wasted).
+        let at = self.lines.as_ptr() as usize + home.wrapping_mul(SLOT_BYTES);
+        crate::cpu::prefetch_addr(at);
+        crate::cpu::prefetch_addr(at.wrapping_add(SLOT_BYTES));
+        // home < n <= 1.5 * MAX_CAPACITY < 2^32.
+        FastProbe {
+            key,
+            want: steady.word(key.proto(), flags) | tag(h) << TAG_SHIFT,
+            home: home as u32,
+            flags,
+        }
+    }
+
+    /// [`Conntrack::lookup_fast`] for a probe from [`FastView::probe`], the same answer and
+    /// the same write, by a shorter road for the common case: a slot whose word 1 is the
+    /// probe's steady word holds a live, unblocked entry of the key's tag that the packet
+    /// leaves as it is, so when its key is the packet's (read under the slot's sequence
+    /// number, word 1 read again with it), the answer is its direction and verdict, with no
+    /// state, expiry or timeout to work out and nothing to write. An empty slot ends the probe
+    /// (not tracked); a slot of another tag or an expired one is passed over, as every probe
+    /// does; anything else (a live slot of the key's tag that is not steady: the key's own
+    /// needing its expiry moved on or its state changed, or another key's; a steady slot of
+    /// another key of the same tag, one in 65,536; a writer holding the slot) hands the
+    /// packet to [`Conntrack::lookup_fast`], out of line.
+    #[inline(always)]
+    pub fn lookup(&self, p: &FastProbe, now: u32) -> Fast {
+        match self.lookup_steady(p, now) {
+            Some(f) => f,
+            None => self.ct.lookup_unsteady(p, now),
+        }
+    }
+
+    /// [`FastView::lookup`]'s short road alone, which writes nothing: `None` where it would
+    /// hand the packet to [`Conntrack::lookup_fast`] (see [`FastView::unsteady`]).
+    #[inline(always)]
+    pub fn lookup_steady(&self, p: &FastProbe, now: u32) -> Option<Fast> {
+        let t = p.want >> TAG_SHIFT;
+        let (mut j, mut left) = (p.home as usize, self.probe);
+        // The first slot holding the probe's steady word; the key is compared once, after the
+        // loop (a slot of that word holding another key, one in 65,536, goes the general way).
+        let line = loop {
+            let line = self.lines.get(j)?;
+            let m = Slot(line).w(1).load(Ordering::Relaxed);
+            if m == p.want {
+                break line;
+            }
+            if m as u32 == 0 {
+                return Some(Fast::Slow);
+            }
+            if m >> TAG_SHIFT == t && m as u32 > now {
+                return None;
+            }
+            left -= 1;
+            if left == 0 {
+                return None;
+            }
+            j += 1;
+            if j == self.lines.len() {
+                j = 0;
+            }
+        };
+        let slot = Slot(line);
+        let s1 = slot.w(0).load(Ordering::Acquire);
+        let (m, v) = (slot.w(1).load(Ordering::Relaxed), slot.w(7).load(Ordering::Relaxed));
+        let key = [2, 3, 4, 5, 6].map(|i| slot.w(i).load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        if s1 & 1 != 0 || slot.w(0).load(Ordering::Relaxed) != s1 || m != p.want {
+            return None;
+        }
+        if same(&key, &p.key.0) {
+            Some(Fast::Original(v))
+        } else if same(&PackedKey(key).reversed(), &p.key.0) {
+            Some(Fast::Reply)
+        } else {
+            None
+        }
+    }
+
+    /// [`FastView::lookup`] where [`FastView::lookup_steady`] said `None`: the general fast
+    /// lookup, out of line (about once a second per connection, when its expiry moves on).
+    pub fn unsteady(&self, p: &FastProbe, now: u32) -> Fast {
+        self.ct.lookup_unsteady(p, now)
+    }
+}
+
 /// The verdict word for "allowed from port `from` to port `to` under policy epoch `epoch`"
 /// (epochs start at 1, so no verdict is 0).
 #[inline]
@@ -742,6 +906,19 @@ impl Conntrack {
         Fast::Slow
     }
 
+    /// The table as the fast path reads it over a burst.
+    #[inline(always)]
+    pub fn fast_view(&self) -> FastView<'_> {
+        FastView { ct: self, lines: self.mem.pairs().as_chunks::<4>().0, probe: self.probe() }
+    }
+
+    /// [`FastView::unsteady`]: [`Conntrack::lookup_fast`] for a probe.
+    #[cold]
+    #[inline(never)]
+    fn lookup_unsteady(&self, p: &FastProbe, now: u32) -> Fast {
+        self.lookup_fast(&p.key, hash_packed(&p.key), p.flags, now)
+    }
+
     /// [`Conntrack::lookup_fast`]'s write: the entry at `hit` moves on to `expires` in the same
     /// `state` (once a second per connection: out of line).
     #[cold]
@@ -1012,6 +1189,9 @@ mod tests {
         Block(usize),
         Remember(usize, u64),
         Lookup(usize),
+        /// The fast path's two stages for one packet ([`FastView::probe`] and
+        /// [`FastView::lookup`]).
+        Fast(usize, u8),
         Advance(u32),
         Sweep(usize),
     }
@@ -1034,13 +1214,17 @@ mod tests {
         use proptest::prelude::*;
         let flags =
             prop_oneof![Just(TCP_SYN), Just(TCP_SYN | TCP_ACK), Just(TCP_ACK), Just(TCP_FIN), Just(TCP_RST)];
+        // The fast path also sees segments without SYN, FIN or RST, which leave an established
+        // connection as it is.
+        let flags2 = prop_oneof![flags.clone(), Just(TCP_ACK | crate::wire::ip::TCP_PSH), Just(0)];
         prop_oneof![
             (0..30usize, flags.clone(), 0..3u64).prop_map(|(k, f, v)| Op::Commit(k, f, v)),
             (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Track(k, f)),
-            (0..30usize, flags).prop_map(|(k, f)| Op::Reply(k, f)),
+            (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Reply(k, f)),
             (0..30usize).prop_map(Op::Block),
             (0..30usize, 1..3u64).prop_map(|(k, v)| Op::Remember(k, v)),
             (0..30usize).prop_map(Op::Lookup),
+            (0..30usize, flags2).prop_map(|(k, f)| Op::Fast(k, f)),
             prop_oneof![0..3u32, 8..40u32, Just(200u32)].prop_map(Op::Advance),
             (1..40usize).prop_map(Op::Sweep),
         ]
@@ -1063,7 +1247,10 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        // 256 cases a run; PROPTEST_CASES=N for a longer hunt.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
         /// The open-addressed table agrees with a HashMap over random sequences of commits,
         /// tracks, replies, blocks, verdicts, lookups, time passing (expiry) and sweeps, in a
         /// table of 33 slots for 30 keys (long probes, wrap-around, reuse of expired slots).
@@ -1144,6 +1331,31 @@ mod tests {
                             Found { dir, state: e.state, blocked: e.blocked, expires: e.expires, verdict: e.verdict }
                         });
                         proptest::prop_assert_eq!(ct.lookup(&k, now), want);
+                    }
+                    Op::Fast(i, flags) => {
+                        let k = pool_key(i);
+                        let flags = if k.proto == PROTO_TCP { flags } else { 0 };
+                        let view = ct.fast_view();
+                        let p = view.probe(PackedKey::new(&k), flags, &Steady::at(now));
+                        let got = view.lookup(&p, now);
+                        // lookup_fast's answer: not tracked, blocked or a change of state is
+                        // for the general stage (nothing written); otherwise the expiry moves on.
+                        let want = match model_find(&m, &k, now) {
+                            None => Fast::Slow,
+                            Some((ok, dir)) => {
+                                let e = m.get_mut(&ok).unwrap();
+                                if e.blocked || moved(dir, k.proto, e.state, flags) != e.state {
+                                    Fast::Slow
+                                } else {
+                                    e.expires = now + timeout(k.proto, e.state);
+                                    match dir {
+                                        Dir::Reply => Fast::Reply,
+                                        Dir::Original => Fast::Original(e.verdict),
+                                    }
+                                }
+                            }
+                        };
+                        proptest::prop_assert_eq!(got, want);
                     }
                     Op::Advance(dt) => now += dt,
                     Op::Sweep(n) => ct.sweep(now, n),

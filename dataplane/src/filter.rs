@@ -16,7 +16,7 @@
 //! policies (the spoof filter still checks ARP's sender address); non-IP frames are not
 //! subject to policies.
 
-use crate::conntrack::{hash_packed, verdict, Conntrack, Dir, Fast, PackedKey};
+use crate::conntrack::{verdict, Conntrack, Dir, Fast, FastProbe, FastView, PackedKey, Steady};
 use crate::port::Burst;
 use crate::switch::{DropReason, PortId, PortSpec};
 use crate::wire::ip::{
@@ -254,10 +254,12 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
 
 /// The fast path's two stages over a burst on a bridge with policies ([`fast_burst`]).
 pub struct FastKeys<'a> {
-    ct: &'a Conntrack,
+    ct: FastView<'a>,
     lists: Lists,
-    /// Frame i's key, its hash and TCP flags.
-    keys: ArrayVec<(PackedKey, u64, u8), { crate::port::MAX_BURST }>,
+    /// The steady entry words at the burst's clock.
+    steady: Steady,
+    /// Frame i's probe.
+    keys: ArrayVec<FastProbe, { crate::port::MAX_BURST }>,
 }
 
 impl<'a> FastKeys<'a> {
@@ -266,7 +268,12 @@ impl<'a> FastKeys<'a> {
     #[inline(always)]
     pub fn new(port: &PortSpec, cx: Ctx<'a>) -> Option<FastKeys<'a>> {
         let ct = cx.ct.filter(|_| cx.epoch != 0)?;
-        Some(FastKeys { ct, lists: Lists::of(port), keys: ArrayVec::new() })
+        Some(FastKeys {
+            ct: ct.fast_view(),
+            lists: Lists::of(port),
+            steady: Steady::at(cx.now),
+            keys: ArrayVec::new(),
+        })
     }
 
     /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
@@ -302,22 +309,21 @@ impl<'a> FastKeys<'a> {
                 _ => return false,
             },
         };
-        let h = hash_packed(&key);
-        self.ct.prefetch(h);
-        self.keys.try_push((key, h, flags)).is_ok()
+        self.keys.try_push(self.ct.probe(key, flags, &self.steady)).is_ok()
     }
 
     /// Stage 2, the lookups, once every frame of the burst went through [`FastKeys::push`]:
     /// true when every frame is a reply or carries the snapshot's verdict for (`port`, `to(i)`).
+    /// Frame by frame, stopping at the first that fails: the only writes
+    /// ([`FastView::lookup`]'s, an expiry moved on) are made for the frames before it, in
+    /// their order, as the general stage makes them.
     #[inline(always)]
     pub fn check(&self, port: &PortSpec, cx: Ctx, mut to: impl FnMut(usize) -> Option<PortId>) -> bool {
         let base = verdict(cx.epoch, port.id, 0);
-        self.keys.iter().enumerate().all(|(i, (k, h, flags))| {
-            match self.ct.lookup_fast(k, *h, *flags, cx.now) {
-                Fast::Reply => true,
-                Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
-                Fast::Slow => false,
-            }
+        self.keys.iter().enumerate().all(|(i, p)| match self.ct.lookup(p, cx.now) {
+            Fast::Reply => true,
+            Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
+            Fast::Slow => false,
         })
     }
 }

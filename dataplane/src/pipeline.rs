@@ -566,18 +566,18 @@ fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> O
     let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
     // The last destination looked up and its port: a burst's frames of the original direction
     // mostly go to one or two MACs, each looked up once per run of them.
-    let mut last: Option<(u64, Option<PortId>)> = None;
+    // (`u64::MAX`: no MAC yet; a MAC is 48 bits.)
+    let (mut last_mac, mut last_to) = (u64::MAX, None);
     keys.check(port, cx, |i| {
         let dst = &probes.get(i)?.dst;
-        if let Some((_, to)) = last.filter(|l| l.0 == dst.mac_u64()) {
-            return to;
+        if dst.mac_u64() != last_mac {
+            last_mac = dst.mac_u64();
+            last_to = table.lookup_probe(dst, now).and_then(|hit| {
+                let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
+                ok.then_some(hit.port)
+            });
         }
-        let to = table.lookup_probe(dst, now).and_then(|hit| {
-            let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
-            ok.then_some(hit.port)
-        });
-        last = Some((dst.mac_u64(), to));
-        to
+        last_to
     })
     .then_some(bytes)
 }

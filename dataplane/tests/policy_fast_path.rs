@@ -156,7 +156,9 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
     // One case in four without any policy: spoof filters alone, no connection table.
     let shapes = prop_oneof![1 => Just([0usize; 4]), 3 => prop::array::uniform4(0usize..RULES.len())];
     let strategy = (shapes, stream);
-    let cases = ProptestConfig { cases: 64, source_file: Some(file!()), ..ProptestConfig::default() };
+    // 64 cases a run; PROPTEST_CASES=N for a longer hunt.
+    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let cases = ProptestConfig { cases: n, source_file: Some(file!()), ..ProptestConfig::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cases);
     let result = runner.run(&strategy, |(shapes, stream)| {
         let cfg = config(shapes);
