@@ -270,6 +270,7 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let pinned: Vec<usize> = ropts.engine.cores.iter().flatten().copied().collect();
     let mut rt = match Runtime::start(ropts) {
         Ok(rt) => rt,
         Err(e) => {
@@ -277,6 +278,13 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every thread started from here on (control, metrics, vhost-user, Kubernetes watches)
+    // stays off the pinned workers' cores when other cores are allowed.
+    match switchyard_dataplane::worker::keep_off_worker_cores(&pinned) {
+        Ok(Some(cores)) => tracing::info!(?cores, "control threads kept off the workers' cores"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}; control threads share the workers' cores"),
+    }
     // Probes answer from here on (not ready until the first plan is applied).
     let control = Arc::new(ControlStats::default());
     let _metrics = match &a.metrics {

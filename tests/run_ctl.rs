@@ -230,6 +230,74 @@ fn run_switch_applies_a_configuration_file_and_follows_it() {
     assert!(st.success(), "exit status {st:?}");
 }
 
+/// Each thread of process `pid`: (name, the CPUs it may run on as /proc lists them).
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out
+}
+
+/// `0,2-3` as CPU numbers.
+fn cpu_list(s: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+#[test]
+fn control_threads_stay_off_a_pinned_workers_core() {
+    let cpus = switchyard_dataplane::worker::available_cores();
+    if cpus.len() < 2 {
+        testkit::skip("control_threads_stay_off_a_pinned_workers_core", "needs two CPUs to split");
+        return;
+    }
+    let worker = cpus[cpus.len() - 1];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switch.yaml");
+    std::fs::write(&file, SWITCH).unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--switch".into(),
+        file.into(),
+        "--lcores".into(),
+        worker.to_string().into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let r = Run::spawn(dir.path().to_path_buf(), Some(dir), args);
+    r.wait_ctl(&["show", "ports"], "p1", |s| s.contains("p1"));
+    let threads = thread_cpus(r.child.id());
+    let mut others = 0;
+    for (name, allowed) in &threads {
+        let set = cpu_list(allowed);
+        match name.as_str() {
+            "sy-worker-0" => assert_eq!(set, vec![worker], "{threads:?}"),
+            // Started before the split: it ages MAC tables once a second.
+            "sy-housekeeping" => {}
+            _ => {
+                others += 1;
+                let want: Vec<usize> = cpus.iter().copied().filter(|&c| c != worker).collect();
+                assert_eq!(set, want, "{name} may run on the worker's core: {threads:?}");
+            }
+        }
+    }
+    // The main (control) thread and the metrics server at least.
+    assert!(others >= 2, "{threads:?}");
+    assert!(r.log().contains("control threads kept off the workers' cores"), "{}", r.log());
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "exit status {st:?}");
+}
+
 #[test]
 fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,11 +132,39 @@ pub enum EngineError {
     Pool(#[from] crate::buffer::BufferError),
     #[error("cannot start worker thread: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot set the control threads' CPU affinity: {0}")]
+    Affinity(std::io::Error),
 }
 
 /// Cores this process may run on.
 pub fn available_cores() -> Vec<usize> {
     core_affinity::get_core_ids().map(|v| v.into_iter().map(|c| c.id).collect()).unwrap_or_default()
+}
+
+/// The cores left to a process's other threads once `workers` are taken: `allowed` less
+/// `workers`, or `None` when that leaves nothing or takes nothing (then the other threads keep
+/// every allowed core, the workers' included).
+pub fn other_cores(allowed: &[usize], workers: &[usize]) -> Option<Vec<usize>> {
+    let rest: Vec<usize> = allowed.iter().copied().filter(|c| !workers.contains(c)).collect();
+    (!rest.is_empty() && rest.len() < allowed.len()).then_some(rest)
+}
+
+/// Keeps the calling thread, and every thread it starts from now on, off the workers' cores
+/// (as OVS keeps its non-PMD threads off the PMD cores): the control loop, the metrics
+/// endpoint and the vhost-user control threads then do not take a pinned worker's CPU. Call it
+/// after [`Engine::start`], whose workers pin themselves; their threads are not affected.
+/// Returns the cores the thread now runs on, or `None` when [`other_cores`] leaves it as it was.
+pub fn keep_off_worker_cores(workers: &[usize]) -> Result<Option<Vec<usize>>, EngineError> {
+    let Some(rest) = other_cores(&available_cores(), workers) else {
+        return Ok(None);
+    };
+    let mut set = nix::sched::CpuSet::new();
+    for &c in &rest {
+        set.set(c).map_err(|e| EngineError::Affinity(e.into()))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| EngineError::Affinity(e.into()))?;
+    Ok(Some(rest))
 }
 
 /// The running workers.
@@ -362,4 +390,19 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::other_cores;
+
+    #[test]
+    fn other_threads_get_the_cores_the_workers_leave() {
+        assert_eq!(other_cores(&[0, 1], &[1]), Some(vec![0]));
+        assert_eq!(other_cores(&[0, 1, 2, 3], &[2, 3]), Some(vec![0, 1]));
+        // Nothing left, or nothing taken: the other threads keep every core.
+        assert_eq!(other_cores(&[0, 1], &[0, 1]), None);
+        assert_eq!(other_cores(&[2, 3], &[0]), None);
+        assert_eq!(other_cores(&[], &[]), None);
+    }
 }

@@ -31,7 +31,8 @@ mod stats;
 mod thread;
 
 pub use engine::{
-    available_cores, raise_fd_limit, Engine, EngineError, EngineOptions, EngineView, WorkerHook,
+    available_cores, keep_off_worker_cores, other_cores, raise_fd_limit, Engine, EngineError, EngineOptions,
+    EngineView, WorkerHook,
 };
 pub use generator::TxGen;
 pub use modes::port_mac;
