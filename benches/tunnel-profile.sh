@@ -70,9 +70,9 @@ callgrind_control -d "$PID" >/dev/null
 kill "$PID"
 wait "$PID" 2>/dev/null || true
 PID=
-# The worker: the thread file with the most instructions among those of the dump.
+# The worker: the thread file of the dump (part 1) with the most instructions.
 best= most=0
-for f in "$OUT"/callgrind.out*-[0-9]*; do
+for f in "$OUT"/callgrind.out.1-[0-9]*; do
     [ -f "$f" ] || continue
     ir=$(awk '/^summary:/ {print $2}' "$f")
     [ "${ir:-0}" -gt "$most" ] && most=$ir best=$f
