@@ -344,7 +344,7 @@ struct UplinkTunnelRx {
     /// The second of the last probe round.
     probed_at: Option<u32>,
     /// The last tunnel source address and its endpoint index.
-    last: Option<(IpAddr, u16)>,
+    last: LastSource,
 }
 
 /// Queues an ARP/ND frame on `control` (a reply to `to`, or a probe for `target`), sending
@@ -392,7 +392,7 @@ impl UplinkTunnelRx {
 /// The endpoint index of tunnel source `ip` (added when learning is on), `last` holding the
 /// previous answer.
 #[inline]
-fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Option<u16> {
+fn source_index(sh: &Shared, last: &mut LastSource, ip: IpAddr) -> Option<u16> {
     match *last {
         Some((a, i)) if a == ip => Some(i),
         _ => {
@@ -404,6 +404,9 @@ fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Op
     }
 }
 
+/// The last tunnel source address and its endpoint index ([`source_index`]).
+type LastSource = Option<(IpAddr, u16)>;
+
 /// What the arrival of inner frame `inner` from tunnel source `src` (address, MAC) does: the
 /// source's endpoint index found (learned when new and learning is on), its neighbour entry
 /// confirmed (for an endpoint on the link; once while `confirmed` says the same endpoint and
@@ -413,7 +416,7 @@ fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Op
 fn arrived(
     sh: &Shared,
     remotes: &RemotesView<'_>,
-    (last, confirmed): (&mut Option<(IpAddr, u16)>, &mut Option<(u16, MacAddr)>),
+    (last, confirmed): (&mut LastSource, &mut Option<(u16, MacAddr)>),
     (src_ip, src_mac): (IpAddr, MacAddr),
     inner: &[u8],
     now: u32,
