@@ -6,9 +6,11 @@
 #  - switchyard: `switchyard run --switch` on each node, the VM's veth an AF_PACKET port
 #    (`rx_mode: recvmmsg`, as the CNI plugin opens a pod's veth: no ring, whose 1 ms
 #    block-retire timer would hold a lone frame) and a `type: vxlan` port (VNI 5001) on one
-#    bridge, run with RUN_ARGS (default `--idle-spin-us 0`: the cores are shared with both VMs'
-#    TCP stacks, which a worker spinning between frames would starve);
-#  - switchyard-spin: the same with `run`'s default idle spin (2 ms);
+#    bridge, run with RUN_ARGS (default none: `run`'s defaults, under which a worker whose
+#    ports are all kernel sockets does not spin when idle);
+#  - switchyard-spin: the same with a 2 ms idle spin (`--idle-spin-us 2000`, `run`'s default
+#    before it was decided per worker: the cores are shared with both VMs' TCP stacks, which a
+#    worker spinning between frames starves);
 #  - kernel: on each node a `vxlan` device (id 5001, dstport 4789) and the VM's veth in a
 #    kernel bridge;
 #  - switchyard-l2: the switchyard processes with the underlay veth an AF_PACKET port instead
@@ -29,13 +31,13 @@
 #
 # usage: benches/overlay-compare.sh
 #   env: ROUNDS=3 FWD_MB=256 PINGS=200 MODES="switchyard switchyard-spin kernel switchyard-l2
-#        switchyard-fast" RUN_ARGS="--idle-spin-us 0" VM_RX_MODE=recvmmsg BIN=target/release/switchyard
+#        switchyard-fast" RUN_ARGS="" VM_RX_MODE=recvmmsg BIN=target/release/switchyard
 #        ALT_BIN=$BIN ALT_ARGS=$RUN_ARGS PROFILE=0
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard}
 VM_RX_MODE=${VM_RX_MODE:-recvmmsg}
-RUN_ARGS=${RUN_ARGS---idle-spin-us 0}
+RUN_ARGS=${RUN_ARGS-}
 ALT_BIN=${ALT_BIN:-$BIN}
 ALT_ARGS=${ALT_ARGS-$RUN_ARGS}
 ROUNDS=${ROUNDS:-3}
@@ -107,7 +109,7 @@ EOF
 }
 up_switchyard() { start_switchyard vxlan; }
 up_switchyard-alt() { start_switchyard vxlan "$ALT_BIN" "$ALT_ARGS"; }
-up_switchyard-spin() { start_switchyard vxlan "$BIN" ""; }
+up_switchyard-spin() { start_switchyard vxlan "$BIN" "--idle-spin-us 2000"; }
 down_switchyard-spin() { down_switchyard; }
 down_switchyard-alt() { down_switchyard; }
 up_switchyard-l2() { start_switchyard l2; }

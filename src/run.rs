@@ -92,9 +92,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub busy_poll: bool,
     /// Microseconds with nothing received before an idle worker stops spinning and backs off
-    /// (yields, then sleeps until a queue wakes it); default 2000. On cores shared with the
-    /// VMs' own work (a node without dedicated CPUs), a shorter spin leaves them the CPU that
-    /// spinning between a stream's frames would take, at the cost of a wake-up after each gap.
+    /// (yields, then sleeps until a queue wakes it). Default: per worker, 2000 when one of its
+    /// RX queues cannot wake it cheaply (vhost-user, DPDK), 0 when all are kernel sockets
+    /// (AF_PACKET, UDP tunnel, TAP, AF_XDP), which wake it on readiness for free. On cores
+    /// shared with the VMs' own work, a shorter spin leaves them the CPU that spinning between
+    /// a stream's frames would take, at the cost of a wake-up after each gap.
     #[arg(long, value_name = "US")]
     pub idle_spin_us: Option<u64>,
     /// The control socket (`switchyard ctl --socket`).
@@ -203,9 +205,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         engine: EngineOptions {
             cores,
             busy_poll: a.busy_poll,
-            idle_spin: a
-                .idle_spin_us
-                .map_or(EngineOptions::default().idle_spin, std::time::Duration::from_micros),
+            idle_spin: a.idle_spin_us.map(std::time::Duration::from_micros),
             on_worker_start: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },

@@ -178,6 +178,11 @@ impl Drop for TapRx {
 }
 
 impl RxQueue for TapRx {
+    /// A kernel socket: readiness wakes the worker at no cost to the sender.
+    fn spin_when_idle(&self) -> bool {
+        false
+    }
+
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         Some(self.shared.fd.as_fd())

@@ -745,6 +745,11 @@ impl UdpTunnelRx {
 }
 
 impl RxQueue for UdpTunnelRx {
+    /// A kernel socket: readiness wakes the worker at no cost to the sender.
+    fn spin_when_idle(&self) -> bool {
+        false
+    }
+
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
         let mut now = None;

@@ -433,6 +433,11 @@ fn arrived(
 }
 
 impl RxQueue for UplinkTunnelRx {
+    /// As its uplink's queue: an AF_PACKET uplink wakes for free, a DPDK one cannot wake.
+    fn spin_when_idle(&self) -> bool {
+        self.rx.spin_when_idle()
+    }
+
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
         let now = self.shared.now_s();

@@ -57,6 +57,7 @@ fn frames_cross_between_switch_and_kernel() {
     let mut cache = pool.cache();
     let mut rx = port.open_rx(0).unwrap();
     assert!(port.open_rx(0).is_err(), "an RX queue can be taken once");
+    assert!(!rx.spin_when_idle(), "a TAP fd wakes an idle worker for free: no spin");
     let mut tx = port.open_tx(0).unwrap();
     let mut drops = DropTally::default();
 

@@ -140,6 +140,7 @@ fn a_run_is_one_gso_send_and_a_gro_port_cuts_it_back() {
     // A switchyard port on B gets the same runs and hands out every inner frame, in order.
     let b = UdpTunnelPort::open("tun-b", &opts(B, A, port)).unwrap();
     let mut rx = b.open_rx(0).unwrap();
+    assert!(!rx.spin_when_idle(), "a UDP socket wakes an idle worker for free: no spin");
     let (a2, sent, _) = {
         drop(a);
         send_burst(&mut cache, port)

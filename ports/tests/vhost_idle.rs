@@ -168,6 +168,8 @@ fn sleeper_follows_reconnects_and_rebuilds() {
     let port = VhostUserPort::open("reconnect", &path, VhostOptions::default()).unwrap();
     let pool = Pool::with_hugepages("reconnect", 256, false).unwrap();
     let mut rx = port.open_rx(0).unwrap();
+    // A guest's kick costs it a VM exit: a worker with a vhost-user queue spins when idle.
+    assert!(rx.spin_when_idle());
     let mut c = pool.cache();
     let mut d = DropTally::default();
     let mut burst = |rx: &mut Box<dyn RxQueue>| {

@@ -73,8 +73,10 @@ pub struct PmdArgs {
     #[arg(long)]
     pub busy_poll: bool,
     /// Microseconds with nothing received before an idle worker stops spinning and backs
-    /// off (yields, then sleeps until a queue wakes it); default 2000. Shorter spends less
-    /// CPU between sparse bursts, at the cost of a wake-up for the frame after each gap.
+    /// off (yields, then sleeps until a queue wakes it). Default: per worker, 2000 when one of
+    /// its RX queues cannot wake it cheaply (vhost-user, DPDK, ring), 0 when all are kernel
+    /// sockets (AF_PACKET, UDP tunnel, TAP, AF_XDP). Shorter spends less CPU between sparse
+    /// bursts, at the cost of a wake-up for the frame after each gap.
     #[arg(long, value_name = "US")]
     pub idle_spin_us: Option<u64>,
     /// txonly/flowgen: frame length in bytes, without FCS (60 to 2048).
@@ -350,7 +352,7 @@ pub(super) fn check(a: &PmdArgs) -> Result<Setup, String> {
         cores: if cores.is_empty() { vec![None] } else { cores.into_iter().map(Some).collect() },
         burst: a.burst,
         busy_poll: a.busy_poll,
-        idle_spin: a.idle_spin_us.map_or(defaults.idle_spin, std::time::Duration::from_micros),
+        idle_spin: a.idle_spin_us.map(std::time::Duration::from_micros),
         pool_buffers: a.pool_buffers,
         on_worker_start: Some(switchyard_ports::factory::worker_hook()),
         stage_cycles: a.stage_cycles,

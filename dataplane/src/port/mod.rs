@@ -158,6 +158,17 @@ pub trait RxQueue: Send {
 
     /// After a sleep: clears whatever `arm_wakeup` set up (drains an eventfd, say).
     fn disarm_wakeup(&mut self) {}
+
+    /// Whether an idle worker gains by spinning before it sleeps on this queue. `false` for a
+    /// kernel socket or device (AF_PACKET, a UDP socket, TAP, AF_XDP): the kernel makes its
+    /// [`RxQueue::wake_fd`] readable when a frame arrives, at no cost to the sender, and a
+    /// spinning worker only takes the CPU the kernel needs to deliver that frame. `true` (the
+    /// default) for queues that cannot wake a worker (a DPDK ethdev) or whose wake-ups cost the
+    /// sender (a vhost-user guest's kick, an in-process ring's eventfd). A worker spins only
+    /// when one of its queues says `true` (`EngineOptions::idle_spin`).
+    fn spin_when_idle(&self) -> bool {
+        true
+    }
 }
 
 /// The transmit side of one queue, owned by one worker.

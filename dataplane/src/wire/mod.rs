@@ -13,6 +13,7 @@ pub mod ip;
 pub mod mac;
 pub mod offload;
 pub mod outer;
+pub mod tcp_merge;
 pub mod vxlan;
 
 pub use arp::{ArpPacket, ArpRepr};

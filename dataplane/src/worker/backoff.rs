@@ -1,5 +1,7 @@
 //! What a worker does when a poll received nothing: unless busy polling is asked for, it
-//! spins until it has received nothing for [`EngineOptions::idle_spin`] of TSC time (a
+//! spins until it has received nothing for its spin of TSC time ([`spin_for`]:
+//! [`EngineOptions::idle_spin`] when given, else 2 ms for a worker with a queue that cannot
+//! wake it cheaply and none for one whose queues are all kernel sockets) -- a
 //! sustained idle period, as OVS's `pmd-sleep-max` sleeps only an idle PMD: a gap in a
 //! latency-bound loop costs no sleep), then yields, then sleeps (in poll(2) on its queues'
 //! wake descriptors when every queue has one, else short sleeps doubling up to
@@ -27,12 +29,23 @@ pub(super) const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// sleeps) and 11% with this one (benches/afpacket-scale.sh, docs/benchmarks.md).
 const MAX_SLEEP_QUEUES: usize = 4096;
 
-/// The default [`EngineOptions::idle_spin`]: longer than the gaps of a closed loop whose other
+/// The spin of a worker that has a queue gaining by it ([`RxQueue::spin_when_idle`]) when
+/// [`EngineOptions::idle_spin`] is not given: longer than the gaps of a closed loop whose other
 /// end shares a core (benches/vm2vm.sh), short enough that a switch gone idle spends a few per
-/// mille of a core per wake-up a second.
+/// mille of a core per wake-up a second. A worker whose every queue is a kernel socket does
+/// not spin: the kernel wakes it on readiness for free, and a spin would take the CPU the
+/// kernel needs to deliver the next frame (benches/overlay-compare.sh, docs/benchmarks.md).
+///
+/// [`RxQueue::spin_when_idle`]: crate::port::RxQueue::spin_when_idle
 pub(super) const IDLE_SPIN: Duration = Duration::from_millis(2);
 
-/// Idle polls after `idle_spin` spent yielding before sleeping.
+/// The spin of a worker with the queues `spins` says (one bool per queue, whether it gains by
+/// spinning): `idle_spin` when given, else [`IDLE_SPIN`] if any queue gains by it, else none.
+pub(super) fn spin_for(opts: &EngineOptions, mut spins: impl Iterator<Item = bool>) -> Duration {
+    opts.idle_spin.unwrap_or_else(|| if spins.any(|s| s) { IDLE_SPIN } else { Duration::ZERO })
+}
+
+/// Idle polls after the spin spent yielding before sleeping.
 const YIELD_POLLS: u32 = 100;
 
 /// The first short sleep.
@@ -42,16 +55,23 @@ const FIRST_SLEEP: Duration = Duration::from_micros(1);
 pub(super) struct Backoff {
     idle_polls: u32,
     sleep: Duration,
-    /// [`EngineOptions::idle_spin`] in TSC ticks.
+    /// The worker's spin ([`spin_for`]) in TSC ticks.
     spin_ticks: u64,
     /// When a poll last received something (TSC).
     last_rx: u64,
 }
 
 impl Backoff {
-    pub(super) fn new(opts: &EngineOptions) -> Backoff {
-        let spin_ticks = (opts.idle_spin.as_nanos() * u128::from(cpu::hz()) / 1_000_000_000) as u64;
-        Backoff { idle_polls: 0, sleep: FIRST_SLEEP, spin_ticks, last_rx: cpu::rdtsc() }
+    /// A back-off that spins for `spin` (see [`spin_for`]).
+    pub(super) fn new(spin: Duration) -> Backoff {
+        let mut b = Backoff { idle_polls: 0, sleep: FIRST_SLEEP, spin_ticks: 0, last_rx: cpu::rdtsc() };
+        b.set_spin(spin);
+        b
+    }
+
+    /// Changes the spin (the worker's queues changed).
+    pub(super) fn set_spin(&mut self, spin: Duration) {
+        self.spin_ticks = (spin.as_nanos() * u128::from(cpu::hz()) / 1_000_000_000) as u64;
     }
 
     /// A poll that ended at `now` (TSC) received something: the next idle period starts from
@@ -64,7 +84,7 @@ impl Backoff {
     }
 
     /// A poll that ended at `now` (TSC) received nothing: spins (busy polling, or less than
-    /// `idle_spin` since the last frame), yields or sleeps. Waking from a sleep without a frame
+    /// the spin since the last frame), yields or sleeps. Waking from a sleep without a frame
     /// does not start the spin again. `wait` sleeps on the queues for at most the time given
     /// and says whether it could. Returns false when it only spun (no back-off, so no time to
     /// count as backing off).
@@ -140,7 +160,21 @@ mod tests {
     use super::*;
 
     fn opts(idle_spin: Duration) -> EngineOptions {
-        EngineOptions { idle_spin, ..EngineOptions::default() }
+        EngineOptions { idle_spin: Some(idle_spin), ..EngineOptions::default() }
+    }
+
+    /// Not given, the spin follows the worker's queues: 2 ms when one gains by spinning, none
+    /// when all are kernel sockets (or there are none); given, it holds whatever the queues.
+    #[test]
+    fn the_spin_follows_the_queues_unless_given() {
+        let auto = EngineOptions::default();
+        assert_eq!(auto.idle_spin, None);
+        assert_eq!(spin_for(&auto, [false, true, false].into_iter()), IDLE_SPIN);
+        assert_eq!(spin_for(&auto, [false, false].into_iter()), Duration::ZERO);
+        assert_eq!(spin_for(&auto, std::iter::empty()), Duration::ZERO);
+        let given = opts(Duration::from_micros(50));
+        assert_eq!(spin_for(&given, [false].into_iter()), Duration::from_micros(50));
+        assert_eq!(spin_for(&opts(Duration::ZERO), [true].into_iter()), Duration::ZERO);
     }
 
     /// Within `idle_spin` of the last frame an empty poll only spins (no yield, no sleep);
@@ -149,7 +183,7 @@ mod tests {
     #[test]
     fn spins_only_until_the_idle_period_is_sustained() {
         let hour = opts(Duration::from_secs(3600));
-        let mut b = Backoff::new(&hour);
+        let mut b = Backoff::new(Duration::from_secs(3600));
         let now = cpu::rdtsc();
         b.busy(now);
         let mut waited = false;
@@ -171,7 +205,7 @@ mod tests {
         }
 
         let zero = opts(Duration::ZERO);
-        let mut b = Backoff::new(&zero);
+        let mut b = Backoff::new(Duration::ZERO);
         b.busy(now);
         let mut waits = 0;
         // Empty polls 1 to YIELD_POLLS - 1 yield, the rest wait in poll(2): no short sleeps
@@ -195,7 +229,7 @@ mod tests {
         assert_eq!(waits, 0, "a frame starts the back-off from the beginning");
 
         let busy = EngineOptions { busy_poll: true, ..zero };
-        let mut b = Backoff::new(&busy);
+        let mut b = Backoff::new(Duration::ZERO);
         assert!(!b.idle(&busy, now + u64::MAX / 2, |_| unreachable!()), "busy polling never backs off");
     }
 }

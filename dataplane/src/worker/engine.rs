@@ -3,7 +3,7 @@
 //! poll(2); [`Engine::wait_applied`] returns true only once every worker has applied the
 //! generation; a stopped engine has joined every thread it started.
 
-use super::backoff::{IDLE_SPIN, IDLE_WAIT};
+use super::backoff::IDLE_WAIT;
 use super::clock::seconds_at;
 use super::stats::{WorkerStats, WorkerStatsSnapshot};
 use super::thread::worker_main;
@@ -33,8 +33,12 @@ pub struct EngineOptions {
     pub busy_poll: bool,
     /// How long a worker must have received nothing (TSC time) before it yields or sleeps; a
     /// gap shorter than this in a latency-bound loop costs nothing. Receiving a frame starts
-    /// the count again; waking from a sleep without one does not.
-    pub idle_spin: Duration,
+    /// the count again; waking from a sleep without one does not. `None` (the default): per
+    /// worker from its RX queues, 2 ms when one of them gains by spinning
+    /// ([`RxQueue::spin_when_idle`](crate::port::RxQueue::spin_when_idle): a DPDK ethdev, a
+    /// vhost-user guest, a ring), none when every one is a kernel socket that wakes the worker
+    /// on readiness (AF_PACKET, UDP tunnel, TAP, AF_XDP).
+    pub idle_spin: Option<Duration>,
     /// The longest an idle worker sleeps between polls.
     pub max_sleep: Duration,
     /// The longest an idle worker sleeps in poll(2) on its queues' wake descriptors before it
@@ -72,7 +76,7 @@ impl Default for EngineOptions {
             cores: vec![None],
             burst: DEFAULT_BURST,
             busy_poll: false,
-            idle_spin: IDLE_SPIN,
+            idle_spin: None,
             max_sleep: Duration::from_micros(100),
             idle_wait: IDLE_WAIT,
             pool_buffers: 16384,

@@ -23,7 +23,10 @@
 //! - **TX** is a `TPACKET_V2` ring per TX handle (each handle is its own socket, so workers never
 //!   share a ring and no lock is taken): frames are copied into the ring and one
 //!   `sendto(MSG_DONTWAIT)` per burst tells the kernel to send them (`PACKET_QDISC_BYPASS` when
-//!   the kernel has it).
+//!   the kernel has it). Runs of consecutive segments of one TCP flow in a burst leave instead
+//!   as one GSO super-frame through a second socket with `PACKET_VNET_HDR` (`tx_merge`; the
+//!   ring is kicked first, so the burst's order holds), which a veth hands to the peer's
+//!   stack whole; counted by [`AfPacketPort::tx_merges`].
 //! - The RX socket ignores outgoing frames (`PACKET_IGNORE_OUTGOING`, and the packet type is
 //!   checked as well), so the switch never receives its own transmissions.
 //! - A socket error saying the interface is down or gone (`ENETDOWN`, `ENXIO`, `ENODEV`) marks
@@ -47,12 +50,14 @@ mod rx;
 mod rx_recvmmsg;
 mod rx_ring;
 mod tx;
+mod tx_merge;
 
 use abi::packet_socket;
 use rx::{AfPacketRx, RxSource};
 use rx_recvmmsg::RxSock;
 use rx_ring::RxRing;
 use tx::{AfPacketTx, TxRing};
+use tx_merge::MergeSock;
 
 // ---- Options and the port. ----
 
@@ -79,6 +84,10 @@ pub struct AfPacketOptions {
     /// How RX works: a `TPACKET_V3` ring (default) or `recvmmsg(2)` without a ring (the
     /// `rx_block_*` options are then unused).
     pub rx_mode: AfPacketRxMode,
+    /// Send runs of segments of one TCP flow in a TX burst as one GSO super-frame (a second
+    /// socket with `PACKET_VNET_HDR`; `tx_merge`). Default true; off where the kernel refuses
+    /// the header.
+    pub tx_merge: bool,
 }
 
 impl AfPacketOptions {
@@ -105,6 +114,7 @@ impl Default for AfPacketOptions {
             promiscuous: true,
             qdisc_bypass: true,
             rx_mode: AfPacketRxMode::Ring,
+            tx_merge: true,
         }
     }
 }
@@ -127,6 +137,9 @@ struct Shared {
     /// Frames the kernel dropped on RX (ring full), summed over queues; also counted as
     /// `no_buffer` in the drops of the burst that noticed them.
     kernel_drops: AtomicU64,
+    /// Super-frames sent by TX merging, and the segments they held.
+    tx_merged: AtomicU64,
+    tx_merged_segments: AtomicU64,
 }
 
 /// An AF_PACKET port bound to one kernel interface. Cheap to clone.
@@ -209,6 +222,8 @@ impl AfPacketPort {
                 gone: Gone::default(),
                 mtu: AtomicU32::new(mtu),
                 kernel_drops: AtomicU64::new(0),
+                tx_merged: AtomicU64::new(0),
+                tx_merged_segments: AtomicU64::new(0),
             }),
         })
     }
@@ -226,6 +241,15 @@ impl AfPacketPort {
     /// Frames the kernel dropped because an RX ring was full (also counted as `no_buffer`).
     pub fn kernel_drops(&self) -> u64 {
         self.shared.kernel_drops.load(Ordering::Relaxed)
+    }
+
+    /// TX merging so far: super-frames sent, and the segments they held (each also counted
+    /// as a frame sent).
+    pub fn tx_merges(&self) -> (u64, u64) {
+        (
+            self.shared.tx_merged.load(Ordering::Relaxed),
+            self.shared.tx_merged_segments.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -259,7 +283,9 @@ impl PortBackend for AfPacketPort {
             Some(r) => r,
             None => TxRing::open(&self.shared.name, self.shared.ifindex, &self.shared.opts)?,
         };
-        Ok(Box::new(AfPacketTx { shared: self.shared.clone(), ring, pending: false }))
+        let s = &self.shared;
+        let merge = if s.opts.tx_merge { MergeSock::open(&s.name, s.ifindex, &s.opts) } else { None };
+        Ok(Box::new(AfPacketTx { shared: s.clone(), ring, pending: false, merge }))
     }
 
     fn link_up(&self) -> bool {

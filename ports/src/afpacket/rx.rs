@@ -237,6 +237,11 @@ pub(super) fn rx_segments(
 }
 
 impl RxQueue for AfPacketRx {
+    /// A kernel socket: readiness wakes the worker at no cost to the sender.
+    fn spin_when_idle(&self) -> bool {
+        false
+    }
+
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         match self.src.as_ref()? {

@@ -5,14 +5,16 @@ use super::abi::{
     PACKET_QDISC_BYPASS, PACKET_TX_RING, PACKET_VERSION, TPACKET_V2, TP_STATUS_AVAILABLE,
     TP_STATUS_SEND_REQUEST, TX_FRAME_SIZE,
 };
+use super::tx_merge::MergeSock;
 use super::{page_size, AfPacketOptions, Shared};
 use crate::netdev::{errno, io, is_link_error, link_state};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use switchyard_dataplane::buffer::PoolCache;
-use switchyard_dataplane::port::{Burst, DropTally, PortError, TxQueue};
+use switchyard_dataplane::port::{Burst, DropTally, PortError, TxQueue, MAX_BURST};
 use switchyard_dataplane::switch::DropReason;
+use switchyard_dataplane::wire::tcp_merge::merge_tcp_run;
 use switchyard_dataplane::wire::{EtherType, ETH_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN};
 
 pub(super) struct TxRing {
@@ -111,6 +113,9 @@ pub(super) struct AfPacketTx {
     pub(super) ring: TxRing,
     /// Frames may still wait in the ring (the last kick did not take them all).
     pub(super) pending: bool,
+    /// Where runs of one TCP flow go as one super-frame; `None`: merging is off, or the
+    /// kernel refused it.
+    pub(super) merge: Option<MergeSock>,
 }
 
 pub(super) fn drop_all(pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally, r: DropReason) {
@@ -168,7 +173,60 @@ impl AfPacketTx {
     }
 }
 
+impl AfPacketTx {
+    /// Copies one frame into the ring (not yet kicked); `false` when it was dropped (counted).
+    /// `full` is set once the ring is found full: the burst's later frames are dropped.
+    #[inline]
+    fn ring_one(&mut self, d: &[u8], max_len: usize, full: &mut bool, drops: &mut DropTally) -> bool {
+        let len = d.len();
+        if len < ETH_HEADER_LEN {
+            drops.add(DropReason::Runt, 1);
+            return false;
+        }
+        let tagged = matches!(
+            u16::from_be_bytes([d[MAC_ADDRS_LEN], d[MAC_ADDRS_LEN + 1]]),
+            EtherType::VLAN | EtherType::QINQ
+        );
+        let limit = if tagged { max_len + VLAN_TAG_LEN } else { max_len };
+        if len > limit || len > TX_FRAME_SIZE - H2_DATA {
+            drops.add(DropReason::Oversize, 1);
+            return false;
+        }
+        if *full {
+            drops.add(DropReason::TxFull, 1);
+            return false;
+        }
+        let i = self.ring.head;
+        if self.ring.status(i).load(Ordering::Acquire) != TP_STATUS_AVAILABLE {
+            // Still owned by the kernel: the ring is full.
+            *full = true;
+            drops.add(DropReason::TxFull, 1);
+            return false;
+        }
+        let off = self.ring.frame_off(i);
+        self.ring.map.copy_in(off + H2_DATA, d);
+        self.ring.map.write_u32(off + H2_LEN, len as u32);
+        self.ring.status(i).store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+        self.ring.head = (i + 1) % self.ring.frame_nr;
+        true
+    }
+
+    /// A merged send failed with `e`: a passing condition (buffer full, interrupted, link
+    /// down: the ring path counts that) leaves merging on; anything else (the kernel refuses
+    /// the super-frame) turns it off for this handle.
+    #[cold]
+    fn merge_failed(&mut self, e: i32) {
+        if !matches!(e, libc::EAGAIN | libc::ENOBUFS | libc::EINTR) && !is_link_error(e) {
+            tracing::warn!(port = %self.shared.name, errno = e, "TX merge refused: TCP runs are sent segment by segment");
+            self.merge = None;
+        }
+    }
+}
+
 impl TxQueue for AfPacketTx {
+    /// Frames go through the ring in order, except runs of one TCP flow
+    /// ([`merge_tcp_run`]), each sent as one super-frame (the ring kicked first, so the
+    /// burst's order holds); a run the kernel does not take goes through the ring.
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         if self.shared.gone.get() {
             if self.pending {
@@ -179,52 +237,59 @@ impl TxQueue for AfPacketTx {
         }
         let mtu = self.shared.mtu.load(Ordering::Relaxed) as usize;
         let max_len = if mtu == 0 { TX_FRAME_SIZE - H2_DATA } else { mtu + ETH_HEADER_LEN };
-        let mut queued = 0usize;
+        // Ring frames of this burst, those not kicked yet, and those taken back.
+        let (mut queued, mut unkicked, mut lost) = (0usize, 0usize, 0usize);
+        let (mut merged, mut merged_segs) = (0u64, 0usize);
         let mut full = false;
+        let n = pkts.len();
+        let mut i = 0;
+        while i < n {
+            if self.merge.is_some() && n - i >= 2 {
+                // Untagged segments only (merge_tcp_run takes no tag): their limit is max_len.
+                let run = pkts[i..].iter().map(|b| b.data()).take_while(|d| d.len() <= max_len);
+                if let Some(m) = merge_tcp_run(run, MAX_BURST) {
+                    let segs = &pkts[i..i + m.segments];
+                    if unkicked > 0 {
+                        lost += self.kick_and_settle(unkicked, drops);
+                        unkicked = 0;
+                    }
+                    let sent = self.merge.as_ref().map_or(Err(0), |s| s.send(&m, segs));
+                    match sent {
+                        Ok(()) => {
+                            merged += 1;
+                            merged_segs += m.segments;
+                        }
+                        Err(e) => {
+                            self.merge_failed(e);
+                            for b in segs {
+                                if self.ring_one(b.data(), max_len, &mut full, drops) {
+                                    queued += 1;
+                                    unkicked += 1;
+                                }
+                            }
+                        }
+                    }
+                    i += m.segments;
+                    continue;
+                }
+            }
+            if self.ring_one(pkts[i].data(), max_len, &mut full, drops) {
+                queued += 1;
+                unkicked += 1;
+            }
+            i += 1;
+        }
         for b in pkts.drain(..) {
-            let len = b.len();
-            let d = b.data();
-            if len < ETH_HEADER_LEN {
-                drops.add(DropReason::Runt, 1);
-                cache.free(b);
-                continue;
-            }
-            let tagged = matches!(
-                u16::from_be_bytes([d[MAC_ADDRS_LEN], d[MAC_ADDRS_LEN + 1]]),
-                EtherType::VLAN | EtherType::QINQ
-            );
-            let limit = if tagged { max_len + VLAN_TAG_LEN } else { max_len };
-            if len > limit || len > TX_FRAME_SIZE - H2_DATA {
-                drops.add(DropReason::Oversize, 1);
-                cache.free(b);
-                continue;
-            }
-            if full {
-                drops.add(DropReason::TxFull, 1);
-                cache.free(b);
-                continue;
-            }
-            let i = self.ring.head;
-            if self.ring.status(i).load(Ordering::Acquire) != TP_STATUS_AVAILABLE {
-                // Still owned by the kernel: the ring is full.
-                full = true;
-                drops.add(DropReason::TxFull, 1);
-                cache.free(b);
-                continue;
-            }
-            let off = self.ring.frame_off(i);
-            self.ring.map.copy_in(off + H2_DATA, d);
-            self.ring.map.write_u32(off + H2_LEN, len as u32);
-            self.ring.status(i).store(TP_STATUS_SEND_REQUEST, Ordering::Release);
-            self.ring.head = (i + 1) % self.ring.frame_nr;
-            queued += 1;
             cache.free(b);
         }
-        if queued == 0 && !self.pending {
-            return 0;
+        if merged != 0 {
+            self.shared.tx_merged.fetch_add(merged, Ordering::Relaxed);
+            self.shared.tx_merged_segments.fetch_add(merged_segs as u64, Ordering::Relaxed);
         }
-        let lost = self.kick_and_settle(queued, drops);
-        queued - lost
+        if unkicked != 0 || self.pending {
+            lost += self.kick_and_settle(unkicked, drops);
+        }
+        queued - lost.min(queued) + merged_segs
     }
 
     fn flush(&mut self) -> Result<(), PortError> {

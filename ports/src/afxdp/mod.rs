@@ -284,6 +284,11 @@ impl RxPart {
 }
 
 impl RxQueue for AfXdpRx {
+    /// A kernel socket: readiness wakes the worker at no cost to the sender.
+    fn spin_when_idle(&self) -> bool {
+        false
+    }
+
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let drops = rx.drops;
         let Some(part) = self.part.as_mut() else { return 0 };
