@@ -101,7 +101,7 @@ impl TunnelKind {
 
 /// The length of both headers switchyard writes, and of every header decapsulated by one
 /// compare (VXLAN; Geneve without options).
-const PLAIN_HEADER_LEN: usize = 8;
+pub const PLAIN_HEADER_LEN: usize = 8;
 const _: () = assert!(PLAIN_HEADER_LEN == VXLAN_HEADER_LEN && PLAIN_HEADER_LEN == GENEVE_HEADER_LEN);
 
 /// The UDP source port range of RFC 7348 section 5 (the dynamic ports, 49152-65535).
@@ -114,10 +114,37 @@ const SOURCE_PORT_SPAN: u64 = 65536 - SOURCE_PORT_MIN as u64;
 /// Reads only within `frame` (fixed offsets, bounds-checked), whatever its bytes.
 #[inline]
 pub fn flow_hash(frame: &[u8]) -> u32 {
-    #[inline(always)]
-    fn mix(h: u64, v: u64) -> u64 {
-        (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+    // The common frame, untagged IPv4 without options and long enough for the ports, read
+    // after one length check; any other in flow_hash_any, which hashes these alike (the test
+    // `flow_hash_of_plain_ipv4_is_the_general_one`).
+    const LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + 4;
+    let Some(f) = frame.first_chunk::<LEN>() else { return flow_hash_any(frame) };
+    let be16 = |off: usize| u16::from_be_bytes([f[off], f[off + 1]]);
+    let l3 = ETH_HEADER_LEN;
+    if be16(ETH_TYPE_OFFSET) != EtherType::IPV4 || f[l3] & 0x0f != 5 {
+        return flow_hash_any(frame);
     }
+    let word = |off: usize| u64::from_be_bytes(f[off..off + 8].try_into().unwrap_or([0; 8]));
+    let mut h = flow_mix(flow_mix(flow_mix(0, word(0)), word(6)), word(l3 + V4_SRC));
+    let proto = f[l3 + V4_PROTO];
+    h = flow_mix(h, (u64::from(EtherType::IPV4) << 8) | u64::from(proto));
+    if matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && be16(l3 + V4_FRAG) & 0x1fff == 0 {
+        let at = l3 + IPV4_HEADER_LEN;
+        h = flow_mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// One step of [`flow_hash`].
+#[inline(always)]
+fn flow_mix(h: u64, v: u64) -> u64 {
+    (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
+
+/// [`flow_hash`] of any frame.
+#[inline(never)]
+fn flow_hash_any(frame: &[u8]) -> u32 {
+    let mix = flow_mix;
     let word = |off: usize| -> u64 {
         frame.get(off..off + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
     };
@@ -220,7 +247,7 @@ impl TunnelCodec {
     /// holds an Ethernet header after it: the common case, decided with one compare, whose
     /// answer is always `Ok(8)`.
     #[inline(always)]
-    fn is_plain(&self, datagram: &[u8]) -> bool {
+    pub(crate) fn is_plain(&self, datagram: &[u8]) -> bool {
         let (mask, want) = self.plain_header();
         // One length check: the header and the inner Ethernet header.
         match datagram.first_chunk::<{ PLAIN_HEADER_LEN + ETH_HEADER_LEN }>() {
@@ -287,9 +314,14 @@ impl TunnelCodec {
     /// version 0, no options, Ethernet, the VNI), both kinds 8 bytes, in one store.
     #[inline]
     pub fn encap_buf(&self, buf: &mut PacketBuf) -> Result<(), BufferError> {
-        let (_, header) = self.plain_header();
-        buf.prepend(PLAIN_HEADER_LEN)?.copy_from_slice(&header.to_be_bytes());
+        buf.prepend(PLAIN_HEADER_LEN)?.copy_from_slice(&self.header());
         Ok(())
+    }
+
+    /// The 8-byte tunnel header [`TunnelCodec::encap_buf`] writes.
+    #[inline]
+    pub fn header(&self) -> [u8; PLAIN_HEADER_LEN] {
+        self.plain_header().1.to_be_bytes()
     }
 }
 
@@ -658,6 +690,38 @@ mod tests {
         for n in 0..udp(1, true).len() {
             flow_hash(&udp(1, true)[..n]);
         }
+    }
+
+    /// The one-length-check hash of untagged IPv4 is the general one: every byte of a TCP,
+    /// a UDP and an ICMP frame (headers and ports) set to every value, every truncation and
+    /// padding.
+    #[test]
+    fn flow_hash_of_plain_ipv4_is_the_general_one() {
+        let mut fast = 0;
+        for proto in [6u8, 17, 1] {
+            let mut base = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+            base.extend_from_slice(&[0x45, 0, 0, 46, 0, 1, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+            base.extend_from_slice(&[0x13, 0x88, 0x07, 0xd0, 0, 26, 0, 0]);
+            base.resize(60, 0x5a);
+            let mut check = |f: &[u8]| {
+                assert_eq!(flow_hash(f), flow_hash_any(f), "frame {f:02x?}");
+                fast += usize::from(f.len() >= 38 && f[12..14] == [8, 0] && f[14] & 0x0f == 5);
+            };
+            for at in 0..42 {
+                for v in 0..=255u8 {
+                    let mut f = base.clone();
+                    f[at] = v;
+                    check(&f);
+                }
+            }
+            for n in 0..base.len() {
+                check(&base[..n]);
+            }
+            let mut padded = base.clone();
+            padded.extend_from_slice(&[0xaa; 40]);
+            check(&padded);
+        }
+        assert!(fast > 3 * 30 * 256, "{fast} frames took the one-check path");
     }
 
     #[test]

@@ -34,10 +34,11 @@ use switchyard_dataplane::config::UnderlayRoute;
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{
-    flow_hash, inner_len_drop, source_port, Remotes, TunnelCodec, MAX_ENDPOINTS,
+    flow_hash, inner_len_drop, source_port, Remotes, RemotesView, TunnelCodec, MAX_ENDPOINTS,
 };
 use switchyard_dataplane::underlay::{
-    arp_frame, classify, nd_frame, Neighbours, Route, Routes, UplinkFrame, CONTROL_FRAME_LEN, MAX_GATEWAYS,
+    arp_frame, classify, nd_frame, plain_ipv4_inner, Neighbours, Route, Routes, UplinkFrame,
+    CONTROL_FRAME_LEN, MAX_GATEWAYS, PLAIN_INNER_AT,
 };
 use switchyard_dataplane::wire::outer::{OuterRepr, OuterTemplate};
 use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
@@ -343,7 +344,7 @@ struct UplinkTunnelRx {
     /// The second of the last probe round.
     probed_at: Option<u32>,
     /// The last tunnel source address and its endpoint index.
-    last: Option<(IpAddr, u16)>,
+    last: LastSource,
 }
 
 /// Queues an ARP/ND frame on `control` (a reply to `to`, or a probe for `target`), sending
@@ -391,7 +392,7 @@ impl UplinkTunnelRx {
 /// The endpoint index of tunnel source `ip` (added when learning is on), `last` holding the
 /// previous answer.
 #[inline]
-fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Option<u16> {
+fn source_index(sh: &Shared, last: &mut LastSource, ip: IpAddr) -> Option<u16> {
     match *last {
         Some((a, i)) if a == ip => Some(i),
         _ => {
@@ -400,6 +401,34 @@ fn source_index(sh: &Shared, last: &mut Option<(IpAddr, u16)>, ip: IpAddr) -> Op
             *last = Some((ip, i));
             Some(i)
         }
+    }
+}
+
+/// The last tunnel source address and its endpoint index ([`source_index`]).
+type LastSource = Option<(IpAddr, u16)>;
+
+/// What the arrival of inner frame `inner` from tunnel source `src` (address, MAC) does: the
+/// source's endpoint index found (learned when new and learning is on), its neighbour entry
+/// confirmed (for an endpoint on the link; once while `confirmed` says the same endpoint and
+/// MAC), and the inner source MAC learned behind it. `inner` is at least an Ethernet header
+/// long (decapsulation refuses shorter ones).
+#[inline(always)]
+fn arrived(
+    sh: &Shared,
+    remotes: &RemotesView<'_>,
+    (last, confirmed): (&mut LastSource, &mut Option<(u16, MacAddr)>),
+    (src_ip, src_mac): (IpAddr, MacAddr),
+    inner: &[u8],
+    now: u32,
+) {
+    if let Some(i) = source_index(sh, last, src_ip) {
+        if *confirmed != Some((i, src_mac)) {
+            if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
+                sh.neighbours.confirm(i, src_mac, now);
+            }
+            *confirmed = Some((i, src_mac));
+        }
+        remotes.learn_at(MacAddr::from_bytes(&inner[6..ETH_HEADER_LEN - 2]), i, now);
     }
 }
 
@@ -422,26 +451,37 @@ impl RxQueue for UplinkTunnelRx {
         // The endpoint and MAC this burst last confirmed: a burst of one sender's packets
         // confirms its neighbour entry once.
         let mut confirmed = None;
+        let local4 = match sh.local {
+            IpAddr::V4(l) => Some(l),
+            IpAddr::V6(_) => None,
+        };
         for mut b in frames.drain(..) {
+            // The common packet first: outer headers and tunnel header at fixed offsets, the
+            // frame narrowed to the inner frame at once.
+            if let Some(p) = local4.and_then(|l| plain_ipv4_inner(b.data(), l, sh.port, &codec)) {
+                if b.narrow(PLAIN_INNER_AT, p.len).is_ok() {
+                    let src = (IpAddr::V4(p.src_ip), p.src_mac);
+                    arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now);
+                    out.push(b);
+                    delivered += 1;
+                    continue;
+                }
+            }
             match classify(b.data(), sh.local, sh.port) {
                 UplinkFrame::Tunnel { payload, len, src_ip, src_mac } => {
-                    let trimmed = b.trim_front(payload).is_ok() && b.set_len(len).is_ok();
-                    let decap =
-                        if trimmed { codec.decap_buf(&mut b) } else { Err(DropReason::TunnelTruncated) };
-                    if let Err(r) = decap {
+                    // The datagram's tunnel header decided, then the frame narrowed to the
+                    // inner frame in one step (classify's lengths lie within the frame).
+                    let datagram = b.data().get(payload..payload.wrapping_add(len));
+                    let decap = datagram.map_or(Err(DropReason::TunnelTruncated), |d| codec.decap(d));
+                    let inner = decap.and_then(|off| {
+                        b.narrow(payload + off, len - off).map_err(|_| DropReason::TunnelTruncated)
+                    });
+                    if let Err(r) = inner {
                         drops.add(r, 1);
                         cache.free(b);
                         continue;
                     }
-                    if let Some(i) = source_index(sh, last, src_ip) {
-                        if confirmed != Some((i, src_mac)) {
-                            if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
-                                sh.neighbours.confirm(i, src_mac, now);
-                            }
-                            confirmed = Some((i, src_mac));
-                        }
-                        remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), i, now);
-                    }
+                    arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now);
                     out.push(b);
                     delivered += 1;
                 }
@@ -554,21 +594,69 @@ fn push_to(
     0
 }
 
+/// Sends every frame of `pkts` through template `t` (one endpoint's next hop): per frame the
+/// length check, the flow hash, and the tunnel header and outer headers put in front in one
+/// prepend. Returns the frames sent.
+#[inline(always)]
+fn send_through(
+    sh: &Shared,
+    t: &OuterTemplate,
+    pkts: &mut Burst,
+    (out, tx): (&mut Burst, &mut dyn TxQueue),
+    cache: &mut PoolCache,
+    drops: &mut DropTally,
+) -> usize {
+    let (header, outer) = (sh.codec.header(), t.headers_len());
+    let mut sent = 0;
+    for mut b in pkts.drain(..) {
+        if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
+            drops.add(r, 1);
+            cache.free(b);
+            continue;
+        }
+        let sport = source_port(flow_hash(b.data()));
+        let ok = match b.prepend(outer + header.len()) {
+            Ok(h) => {
+                h[outer..].copy_from_slice(&header);
+                t.write(b.data_mut(), sport)
+            }
+            Err(_) => false,
+        };
+        if !ok {
+            drops.add(DropReason::NoBuffer, 1);
+            cache.free(b);
+            continue;
+        }
+        out.push(b);
+        if out.is_full() {
+            sent += tx.tx_burst(out, cache, drops);
+        }
+    }
+    if !out.is_empty() {
+        sent += tx.tx_burst(out, cache, drops);
+    }
+    sent
+}
+
 impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let UplinkTunnelTx { shared, tx, out, templates } = self;
         let sh = &**shared;
-        let q = (out, &mut **tx, &mut **templates);
-        let now = sh.now_s();
         // One flood list for the whole burst, however an update swaps it meanwhile.
         let flood = sh.remotes.flood();
-        let (remotes, codec) = (sh.remotes.view(), sh.codec);
         // A port whose one endpoint is its whole flood list sends every frame there, known
-        // or not: no lookup (as a port with one `remote_ip`).
+        // or not: no lookup (as a port with one `remote_ip`). Its next hop's MAC and its
+        // template are read once a burst.
         let only = match ***flood {
             [e] if sh.remotes.endpoint_count() == 1 => Some(e),
             _ => None,
         };
+        if let Some(t) = only.and_then(|e| templates.get(sh, e, sh.next_hop_mac(e)?).ok()) {
+            return send_through(sh, t, pkts, (out, &mut **tx), cache, drops);
+        }
+        let q = (out, &mut **tx, &mut **templates);
+        let now = sh.now_s();
+        let (remotes, codec) = (sh.remotes.view(), sh.codec);
         let mut sent = 0;
         for mut b in pkts.drain(..) {
             if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {

@@ -175,6 +175,19 @@ impl PacketBuf {
         Ok(())
     }
 
+    /// Keeps the `len` bytes from `off` on (both within the frame) as the frame: a trim at
+    /// each end in one step.
+    #[inline]
+    pub fn narrow(&mut self, off: usize, len: usize) -> Result<(), BufferError> {
+        let have = self.len as usize;
+        if off > have || len > have - off {
+            return Err(BufferError::TooShort(have));
+        }
+        self.head += off as u16;
+        self.len = len as u16;
+        Ok(())
+    }
+
     /// Inserts an 802.1Q tag (TPID 0x8100, `tci`) after the two MAC addresses, using headroom.
     #[inline]
     pub fn push_vlan(&mut self, tci: u16) -> Result<(), BufferError> {

@@ -207,8 +207,8 @@ pub struct OuterTemplate {
     /// The headers with zero lengths, source port and checksums.
     bytes: [u8; MAX_OUTER_HEADERS_LEN],
     ipv6: bool,
-    /// IPv4: the ones' complement sum of the IP header as in `bytes`; IPv6: the sum of the
-    /// pseudo-header less the UDP length.
+    /// IPv4: the ones' complement sum of the IP header as in `bytes`, folded to 16 bits;
+    /// IPv6: the sum of the pseudo-header less the UDP length.
     sum: u64,
 }
 
@@ -229,7 +229,7 @@ impl OuterTemplate {
                 ip[V4_PROTO] = PROTO_UDP;
                 ip[V4_SRC..V4_SRC + 4].copy_from_slice(&s.octets());
                 ip[V4_DST..V4_DST + 4].copy_from_slice(&d.octets());
-                (EtherType::IPV4, IPV4_HEADER_LEN, ones_sum(ip, 0))
+                (EtherType::IPV4, IPV4_HEADER_LEN, u64::from(fold(ones_sum(ip, 0))))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let ip = &mut bytes[l3..l3 + IPV6_HEADER_LEN];
@@ -269,7 +269,10 @@ impl OuterTemplate {
         *h = *self.bytes.first_chunk::<V4_HEADERS_LEN>().unwrap_or(&[0; V4_HEADERS_LEN]);
         let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
         h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        let c = !fold(self.sum + u64::from(total));
+        // The sum is folded (at most 0xffff), and so is the total length: one end-around
+        // carry brings theirs to 16 bits.
+        let s = self.sum + u64::from(total);
+        let c = !(((s & 0xffff) + (s >> 16)) as u16);
         h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
         h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
         let udp_len = total - IPV4_HEADER_LEN as u16;
