@@ -149,22 +149,39 @@ pub fn other_cores(allowed: &[usize], workers: &[usize]) -> Option<Vec<usize>> {
     (!rest.is_empty() && rest.len() < allowed.len()).then_some(rest)
 }
 
-/// Keeps the calling thread, and every thread it starts from now on, off the workers' cores
-/// (as OVS keeps its non-PMD threads off the PMD cores): the control loop, the metrics
-/// endpoint and the vhost-user control threads then do not take a pinned worker's CPU. Call it
-/// after [`Engine::start`], whose workers pin themselves; their threads are not affected.
-/// Returns the cores the thread now runs on, or `None` when [`other_cores`] leaves it as it was.
-pub fn keep_off_worker_cores(workers: &[usize]) -> Result<Option<Vec<usize>>, EngineError> {
+/// Runs `start` with the calling thread kept off the workers' cores, then puts the thread's
+/// affinity back: the threads `start` spawns (a metrics server) inherit the other cores and so
+/// never take a pinned worker's CPU, as OVS keeps its non-PMD threads off the PMD cores. The
+/// calling thread itself keeps its cores: EAL, initialised later from it, places its own
+/// threads from that affinity. Also returns the cores the spawned threads got, `None` when
+/// [`other_cores`] leaves nothing to change, or why the affinity could not be set.
+pub fn spawn_off_worker_cores<T>(
+    workers: &[usize],
+    start: impl FnOnce() -> T,
+) -> (T, Result<Option<Vec<usize>>, EngineError>) {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
     let Some(rest) = other_cores(&available_cores(), workers) else {
-        return Ok(None);
+        return (start(), Ok(None));
     };
-    let mut set = nix::sched::CpuSet::new();
-    for &c in &rest {
-        set.set(c).map_err(|e| EngineError::Affinity(e.into()))?;
+    let this = Pid::from_raw(0);
+    let confine = || -> nix::Result<CpuSet> {
+        let before = sched_getaffinity(this)?;
+        let mut set = CpuSet::new();
+        for &c in &rest {
+            set.set(c)?;
+        }
+        sched_setaffinity(this, &set)?;
+        Ok(before)
+    };
+    match confine() {
+        Ok(before) => {
+            let out = start();
+            let restored = sched_setaffinity(this, &before).map_err(|e| EngineError::Affinity(e.into()));
+            (out, restored.map(|()| Some(rest)))
+        }
+        Err(e) => (start(), Err(EngineError::Affinity(e.into()))),
     }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| EngineError::Affinity(e.into()))?;
-    Ok(Some(rest))
 }
 
 /// The running workers.

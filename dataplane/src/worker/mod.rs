@@ -31,7 +31,7 @@ mod stats;
 mod thread;
 
 pub use engine::{
-    available_cores, keep_off_worker_cores, other_cores, raise_fd_limit, Engine, EngineError, EngineOptions,
+    available_cores, other_cores, raise_fd_limit, spawn_off_worker_cores, Engine, EngineError, EngineOptions,
     EngineView, WorkerHook,
 };
 pub use generator::TxGen;
