@@ -837,20 +837,21 @@ mod tests {
 
     const AB: &str = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: b, tag: 10}\n";
 
-    /// Workers add to their own copies of a port's RX/TX counters (shards 0 to
-    /// COUNTER_SHARDS, the last one shared with worker 0); readers see the sum, and a clear
-    /// zeroes every copy.
-    #[test]
-    fn per_worker_counter_copies_sum_up_and_clear() {
-        let stats = Arc::new(PortStats::default());
-        let threads: Vec<_> = (0..=COUNTER_SHARDS)
+    /// One thread per worker index of `workers`, each on that worker's counter shard, adding
+    /// 1,000 times one received frame of `rx_bytes` and `tx_frames` sent of `tx_bytes`.
+    fn from_workers(
+        stats: &Arc<PortStats>,
+        workers: impl Iterator<Item = usize>,
+        (rx_bytes, tx_frames, tx_bytes): (u64, u64, u64),
+    ) {
+        let threads: Vec<_> = workers
             .map(|w| {
                 let stats = stats.clone();
                 std::thread::spawn(move || {
                     set_counter_shard(w);
                     for _ in 0..1000 {
-                        stats.add_rx(1, 60);
-                        stats.add_tx(2, 128);
+                        stats.add_rx(1, rx_bytes);
+                        stats.add_tx(tx_frames, tx_bytes);
                     }
                 })
             })
@@ -858,6 +859,15 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    /// Workers add to their own copies of a port's RX/TX counters (shards 0 to
+    /// COUNTER_SHARDS, the last one shared with worker 0); readers see the sum, and a clear
+    /// zeroes every copy.
+    #[test]
+    fn per_worker_counter_copies_sum_up_and_clear() {
+        let stats = Arc::new(PortStats::default());
+        from_workers(&stats, 0..=COUNTER_SHARDS, (60, 2, 128));
         let n = (COUNTER_SHARDS as u64 + 1) * 1000;
         let snap = stats.snapshot();
         assert_eq!(
@@ -894,21 +904,7 @@ mod tests {
         assert_eq!(compile(AB, None).port_by_name("a").unwrap().stats.shards(), COUNTER_SHARDS);
 
         let stats = again.port_by_name("a").unwrap().stats.clone();
-        let threads: Vec<_> = (0..4)
-            .map(|w| {
-                let stats = stats.clone();
-                std::thread::spawn(move || {
-                    set_counter_shard(w);
-                    for _ in 0..1000 {
-                        stats.add_rx(1, 60);
-                        stats.add_tx(1, 60);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        from_workers(&stats, 0..4, (60, 1, 60));
         assert_eq!((stats.rx_packets(), stats.tx_bytes()), (4000, 240_000));
         let per: Vec<u64> = stats.burst.iter().map(|c| c.rx_packets.load(Ordering::Relaxed)).collect();
         assert_eq!(per, [3000, 1000], "shards 0, 2 and 3 add to the first copy");

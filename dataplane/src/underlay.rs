@@ -658,6 +658,29 @@ mod tests {
         (f, r)
     }
 
+    /// Calls `check` on every variant of `base` with one of its first `bytes` bytes set to
+    /// every value, each also with its outer IPv4 header checksum made right again; on every
+    /// truncation; and padded with 20 bytes.
+    fn each_variant(base: &[u8], bytes: usize, check: &mut dyn FnMut(&[u8])) {
+        for at in 0..bytes {
+            for v in 0..=255u8 {
+                let mut f = base.to_vec();
+                f[at] = v;
+                check(&f);
+                f[24..26].copy_from_slice(&[0, 0]);
+                let c = !fold(ones_sum(&f[14..34], 0));
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+                check(&f);
+            }
+        }
+        for n in 0..base.len() {
+            check(&base[..n]);
+        }
+        let mut padded = base.to_vec();
+        padded.extend_from_slice(&[0xaa; 20]);
+        check(&padded);
+    }
+
     /// The fixed-offset check answers only for frames the full check takes as tunnel
     /// packets, and then as the full check does: every byte of the headers (and the first of
     /// the payload) set to every value, with the IPv4 header checksum as it falls and made
@@ -667,11 +690,6 @@ mod tests {
         let l = Ipv4Addr::new(192, 0, 2, 1);
         let local = IpAddr::V4(l);
         let (base, _) = tunnel_packet(local);
-        let fix = |f: &mut [u8]| {
-            f[24..26].copy_from_slice(&[0, 0]);
-            let c = !fold(ones_sum(&f[14..34], 0));
-            f[24..26].copy_from_slice(&c.to_be_bytes());
-        };
         let (mut answered, mut declined) = (0, 0);
         let mut check = |f: &[u8]| match plain_ipv4_tunnel(f, l, 4789) {
             Some(t) => {
@@ -682,21 +700,7 @@ mod tests {
             None => declined += 1,
         };
         check(&base);
-        for at in 0..=outer_headers_len(false) {
-            for v in 0..=255u8 {
-                let mut f = base.clone();
-                f[at] = v;
-                check(&f);
-                fix(&mut f);
-                check(&f);
-            }
-        }
-        for n in 0..base.len() {
-            check(&base[..n]);
-        }
-        let mut padded = base.clone();
-        padded.extend_from_slice(&[0xaa; 20]);
-        check(&padded);
+        each_variant(&base, outer_headers_len(false) + 1, &mut check);
         // The base frame and its variants with other addresses, ports, TTL, identification,
         // and payload bytes (over 40 positions with 256 values each) take the plain path;
         // others (options, fragments, other protocols, UDP checksums, bad sums) do not.
@@ -723,20 +727,7 @@ mod tests {
             base.extend_from_slice(&header);
             base.extend_from_slice(&[2, 0, 0, 0, 0, 0xa, 2, 0, 0, 0, 0, 0xb, 0x08, 0x00]);
             base.extend_from_slice(&[0x5a; 16]);
-            let r = OuterRepr {
-                src_mac: PEER,
-                dst_mac: MAC,
-                src_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
-                dst_ip: local,
-                src_port: 50000,
-                dst_port: 4789,
-            };
-            assert!(r.emit(&mut base));
-            let fix = |f: &mut [u8]| {
-                f[24..26].copy_from_slice(&[0, 0]);
-                let c = !fold(ones_sum(&f[14..34], 0));
-                f[24..26].copy_from_slice(&c.to_be_bytes());
-            };
+            assert!(tunnel_packet(local).1.emit(&mut base));
             let (mut answered, mut declined) = (0, 0);
             let mut check = |f: &[u8]| match plain_ipv4_inner(f, l, 4789, &codec) {
                 Some(p) => {
@@ -760,21 +751,9 @@ mod tests {
                 }
             };
             assert!(check(&base), "{kind:?}: the base packet is plain");
-            for at in 0..PLAIN_INNER_AT + ETH_HEADER_LEN {
-                for v in 0..=255u8 {
-                    let mut f = base.clone();
-                    f[at] = v;
-                    check(&f);
-                    fix(&mut f);
-                    check(&f);
-                }
-            }
-            for n in 0..base.len() {
-                check(&base[..n]);
-            }
-            let mut padded = base.clone();
-            padded.extend_from_slice(&[0xaa; 20]);
-            check(&padded);
+            each_variant(&base, PLAIN_INNER_AT + ETH_HEADER_LEN, &mut |f| {
+                check(f);
+            });
             // Variants of addresses, ports, TTL, identification, the VNI's last byte... and
             // the inner header's 14 bytes take the one-pass path; others do not.
             assert!(answered > 40 * 256, "{kind:?}: answered {answered}");

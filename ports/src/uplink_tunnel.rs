@@ -597,6 +597,19 @@ fn push_to(
 /// Sends every frame of `pkts` through template `t` (one endpoint's next hop): per frame the
 /// length check, the flow hash, and the tunnel header and outer headers put in front in one
 /// prepend. Returns the frames sent.
+/// `b`, or `None` when its inner frame is too big for the underlay (dropped and counted).
+#[inline(always)]
+fn fits(sh: &Shared, b: PacketBuf, cache: &mut PoolCache, drops: &mut DropTally) -> Option<PacketBuf> {
+    match inner_len_drop(b.len(), sh.max_inner) {
+        None => Some(b),
+        Some(r) => {
+            drops.add(r, 1);
+            cache.free(b);
+            None
+        }
+    }
+}
+
 #[inline(always)]
 fn send_through(
     sh: &Shared,
@@ -608,12 +621,8 @@ fn send_through(
 ) -> usize {
     let (header, outer) = (sh.codec.header(), t.headers_len());
     let mut sent = 0;
-    for mut b in pkts.drain(..) {
-        if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
-            drops.add(r, 1);
-            cache.free(b);
-            continue;
-        }
+    for b in pkts.drain(..) {
+        let Some(mut b) = fits(sh, b, cache, drops) else { continue };
         let sport = source_port(flow_hash(b.data()));
         let ok = match b.prepend(outer + header.len()) {
             Ok(h) => {
@@ -658,12 +667,8 @@ impl TxQueue for UplinkTunnelTx {
         let now = sh.now_s();
         let (remotes, codec) = (sh.remotes.view(), sh.codec);
         let mut sent = 0;
-        for mut b in pkts.drain(..) {
-            if let Some(r) = inner_len_drop(b.len(), sh.max_inner) {
-                drops.add(r, 1);
-                cache.free(b);
-                continue;
-            }
+        for b in pkts.drain(..) {
+            let Some(mut b) = fits(sh, b, cache, drops) else { continue };
             let sport = source_port(flow_hash(b.data()));
             let one = only.or_else(|| remotes.lookup(MacAddr::from_bytes(&b.data()[..6]), now));
             if codec.encap_buf(&mut b).is_err() {
