@@ -225,8 +225,9 @@ impl AfPacketTx {
 
 impl TxQueue for AfPacketTx {
     /// Frames go through the ring in order, except runs of one TCP flow
-    /// ([`merge_tcp_run`]), each sent as one super-frame (the ring kicked first, so the
-    /// burst's order holds); a run the kernel does not take goes through the ring.
+    /// ([`merge_tcp_run`]), each sent as one super-frame once the ring is empty (kicked first;
+    /// a run behind frames the kernel left pending goes through the ring), so the burst's order
+    /// holds; a run the kernel does not take goes through the ring.
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         if self.shared.gone.get() {
             if self.pending {
@@ -249,11 +250,18 @@ impl TxQueue for AfPacketTx {
                 let run = pkts[i..].iter().map(|b| b.data()).take_while(|d| d.len() <= max_len);
                 if let Some(m) = merge_tcp_run(run, MAX_BURST) {
                     let segs = &pkts[i..i + m.segments];
-                    if unkicked > 0 {
-                        lost += self.kick_and_settle(unkicked, drops);
+                    // What the ring holds leaves first (this burst's frames and any an earlier
+                    // kick left pending), so that the run cannot overtake them; while the ring
+                    // cannot be emptied the run goes through it, behind them.
+                    if unkicked > 0 || self.pending {
+                        lost += self.kick_and_settle(queued - lost, drops);
                         unkicked = 0;
                     }
-                    let sent = self.merge.as_ref().map_or(Err(0), |s| s.send(&m, segs));
+                    let sent = if self.pending {
+                        Err(libc::EAGAIN)
+                    } else {
+                        self.merge.as_ref().map_or(Err(0), |s| s.send(&m, segs))
+                    };
                     match sent {
                         Ok(()) => {
                             merged += 1;
@@ -287,7 +295,8 @@ impl TxQueue for AfPacketTx {
             self.shared.tx_merged_segments.fetch_add(merged_segs as u64, Ordering::Relaxed);
         }
         if unkicked != 0 || self.pending {
-            lost += self.kick_and_settle(unkicked, drops);
+            // Frames taken back may include this burst's from an earlier kick left pending.
+            lost += self.kick_and_settle(queued - lost, drops);
         }
         queued - lost.min(queued) + merged_segs
     }
