@@ -753,6 +753,15 @@ mod tests {
     }
 
     /// Hands `frame` to the port as received on the uplink; returns the inner frames delivered.
+    /// Once the port's queues are gone: frames left on the peer freed, every buffer back.
+    fn all_returned(peer: &RingPeer, mut cache: PoolCache, pool: &Pool) {
+        while let Some(b) = peer.collect() {
+            cache.free(b);
+        }
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
+    }
+
     fn receive(peer: &RingPeer, rx: &mut dyn RxQueue, cache: &mut PoolCache, frame: &[u8]) -> Vec<Vec<u8>> {
         peer.inject(cache.alloc_copy(frame).expect("buffer")).expect("room");
         let (mut out, mut drops) = (Burst::new(), DropTally::default());
@@ -823,11 +832,7 @@ mod tests {
             assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m2, ip(2))]);
         }
         drop((rx, tx));
-        while let Some(b) = peer.collect() {
-            cache.free(b);
-        }
-        drop(cache);
-        assert_eq!(pool.in_use(), 0);
+        all_returned(&peer, cache, &pool);
     }
 
     /// A port whose one endpoint is its flood list sends everything there without a lookup;
@@ -860,10 +865,6 @@ mod tests {
         let unknown = MacAddr([2, 0, 0, 0, 0xc, 1]);
         assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(unknown, LOCAL_MAC)), [(m2, ip(2))]);
         drop((rx, tx));
-        while let Some(b) = peer.collect() {
-            cache.free(b);
-        }
-        drop(cache);
-        assert_eq!(pool.in_use(), 0);
+        all_returned(&peer, cache, &pool);
     }
 }
