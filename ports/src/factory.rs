@@ -221,14 +221,27 @@ fn open_dpdk(
     })
 }
 
-/// A worker hook that registers each worker thread with DPDK's EAL when EAL is up (so that
-/// mempool per-core caches are used); does nothing otherwise.
+/// A worker hook that registers each worker thread with DPDK's EAL once EAL is up, so that
+/// the mempool's per-lcore cache serves the thread's allocations and frees (without one,
+/// every mbuf a driver frees is a locked enqueue on the pool's ring). EAL comes up with the
+/// first DPDK port, which `run` opens after its workers started: the engine calls the hook
+/// again with every new plan, and a thread already registered is left as it is (each
+/// registration would take another lcore id). Does nothing without EAL.
 pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
     Arc::new(|_idx| {
         #[cfg(feature = "dpdk")]
         if let Some(eal) = switchyard_bindings::Eal::get() {
-            if let Err(e) = eal.register_thread() {
-                tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL");
+            if switchyard_bindings::eal::lcore_id() != switchyard_bindings::eal::LCORE_ID_ANY {
+                return;
+            }
+            thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            match eal.register_thread() {
+                Ok(lcore) => tracing::debug!(worker = _idx, lcore, "worker thread registered with EAL"),
+                // Tried again with each plan, said once.
+                Err(e) if !WARNED.replace(true) => {
+                    tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL")
+                }
+                Err(_) => {}
             }
         }
     })
