@@ -438,6 +438,11 @@ impl RxQueue for UplinkTunnelRx {
         self.rx.spin_when_idle()
     }
 
+    /// As its uplink's queue.
+    fn nap_while_busy(&self) -> bool {
+        self.rx.nap_while_busy()
+    }
+
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let RxCtx { cache, drops } = rx;
         let now = self.shared.now_s();
