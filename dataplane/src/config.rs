@@ -544,6 +544,42 @@ bridges:
         .is_ok());
     }
 
+    /// Tunnel ports on one uplink (`eth1` and `afpacket:eth1` being one): one local address,
+    /// encapsulation and UDP port, one port per VNI; on other uplinks or the kernel
+    /// transport, anything.
+    #[test]
+    fn tunnel_ports_sharing_an_uplink_agree() {
+        let tun = |name: &str, kind: &str, vni: u32, local: &str, underlay: &str| {
+            format!(
+                "  - {{name: {name}, type: {kind}, vni: {vni}, local: {local}, underlay: \"{underlay}\"}}\n"
+            )
+        };
+        let two = |a: String, b: String| {
+            Config::from_yaml_str(&format!("bridges:\n- name: b1\n  ports:\n{a}- name: b2\n  ports:\n{b}"))
+        };
+        let ok = |a, b| two(a, b).unwrap_or_else(|e| panic!("{e}"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 1, "192.0.2.9", "eth2"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "geneve", 1, "192.0.2.9", "kernel"));
+        let err = |a, b| two(a, b).expect_err("refused").to_string();
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.2", "afpacket:eth1"),
+        );
+        assert!(e.starts_with("bridges[1].ports[0].local: 192.0.2.2 differs from 192.0.2.1"), "{e}");
+        assert!(e.contains("bridges[0].ports[0] (t1)") && e.contains("\"afpacket:eth1\""), "{e}");
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "dpdk:net_af_packet0,iface=eth0"),
+            tun("t2", "geneve", 2, "192.0.2.1", "dpdk:net_af_packet0,iface=eth0"),
+        );
+        assert!(
+            e.starts_with("bridges[1].ports[0].dstport: geneve port 6081 differs from vxlan port 4789"),
+            "{e}"
+        );
+        let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
+        assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
+    }
+
     #[test]
     fn afxdp_ports_take_an_interface_and_queues() {
         let y =

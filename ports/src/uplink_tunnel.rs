@@ -721,20 +721,22 @@ fn source_index(sh: &Shared, last: &mut LastSource, ip: IpAddr) -> Option<u16> {
     match *last {
         Some((a, i)) if a == ip => Some(i),
         _ => {
-            let r = &sh.remotes;
-            let i = match r.index_of(ip) {
-                Some(i) => i,
-                None => {
-                    // A new endpoint: its next hop at once, so that the reply finds its MAC.
-                    let i = r.learning_index(ip)?;
-                    sh.route_one(i, ip);
-                    i
-                }
-            };
+            let i = sh.remotes.index_of(ip).or_else(|| learned_source(sh, ip))?;
             *last = Some((ip, i));
             Some(i)
         }
     }
+}
+
+/// The index of new tunnel source `ip`, learned (when learning is on) and routed at once, so
+/// that the reply finds its next hop's MAC. Out of line: rare, and `source_index` runs for
+/// every packet.
+#[cold]
+#[inline(never)]
+fn learned_source(sh: &Shared, ip: IpAddr) -> Option<u16> {
+    let i = sh.remotes.learning_index(ip)?;
+    sh.route_one(i, ip);
+    Some(i)
 }
 
 /// The last tunnel source address and its endpoint index ([`source_index`]).
