@@ -30,7 +30,9 @@
 # median and p99 of the round trips in microseconds.
 #
 # usage: benches/bridge-compare.sh          env: SECS=5 RATE=200000 ROUNDS=3 PINGS=200
-#        MODES="none bridge ring recvmmsg afxdp" (none is the baseline: keep it)
+#        MODES="none bridge ring recvmmsg afxdp" (none is the baseline: keep it; ring-base,
+#        recvmmsg-base and afxdp-base run the binary SY_BASE names instead, in the same rounds,
+#        so that two builds are compared side by side)
 #        GEN_CORE=0 SW_CORE=1 BUSY=0 SW_ARGS= (more pmd options, e.g. --idle-spin-us 50)
 #        PRIO=0 (1: see below). Needs root, iproute2, util-linux (setsid), cc, and
 #        target/release/switchyard.
@@ -116,12 +118,13 @@ attach() {
         for l in g s a b; do ip link set "$P$l" master "${P}br"; done
         ip link set "${P}br" up
         ;;
-    ring | recvmmsg | afxdp)
-        local kind=afpacket suffix= busy=()
-        [ "$1" = recvmmsg ] && suffix=,recvmmsg
-        [ "$1" = afxdp ] && kind=afxdp
+    ring | recvmmsg | afxdp | ring-base | recvmmsg-base | afxdp-base)
+        local kind=afpacket suffix= busy=() bin=$BIN mode=${1%-base}
+        [ "$mode" != "$1" ] && bin=${SY_BASE:?"SY_BASE=<another switchyard binary> for the -base modes"}
+        [ "$mode" = recvmmsg ] && suffix=,recvmmsg
+        [ "$mode" = afxdp ] && kind=afxdp
         [ "$BUSY" = 1 ] && busy=(--busy-poll)
-        local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --fwd switch --lcores "$SW_CORE" "${busy[@]}" --stage-cycles ${SW_ARGS:-}
+        local cmd=(taskset -c "$SW_CORE" "$bin" pmd --fwd switch --lcores "$SW_CORE" "${busy[@]}" --stage-cycles ${SW_ARGS:-}
             --port "$kind:${P}g$suffix" --port "$kind:${P}s$suffix"
             --port "$kind:${P}a$suffix" --port "$kind:${P}b$suffix")
         echo "   switch: ${cmd[*]}" >&2
@@ -130,7 +133,7 @@ attach() {
         sleep 1.5
         kill -0 "$SW_PID" 2>/dev/null || { echo "switchyard exited: $(tail -3 "$TMP/sw.out")" >&2; return 1; }
         # "xdp" = native (in the veth driver), "xdpgeneric" = the skb path.
-        [ "$1" = afxdp ] && echo "   XDP on the switch ports: $(ip -d link show "${P}g" | grep -o 'xdp[a-z]*' | head -1)" >&2
+        [ "$mode" = afxdp ] && echo "   XDP on the switch ports: $(ip -d link show "${P}g" | grep -o 'xdp[a-z]*' | head -1)" >&2
         ;;
     esac
     # Let every port learn its MACs (pings fail on `none`; that is fine).
@@ -209,7 +212,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             # The switch's own account (its summary on SIGTERM): busy cycles a frame, by stage.
             stop "$SW_PID"
             SW_PID=
-            grep -E 'processing cycles per packet|CPU time|TSC at' "$TMP/sw.out" | sed 's/^ */      switchyard: /' >&2 || true
+            grep -E 'processing cycles per packet|CPU time|TSC at|drops:' "$TMP/sw.out" | sed 's/^ */      switchyard: /' >&2 || true
         fi
         teardown
     done
@@ -244,4 +247,12 @@ awk -v xb="$(fwd_ns bridge)" -v xx="$(fwd_ns afxdp)" -v lb="$(median_col bridge 
     l = (lb + 0 > 0 && lx ~ /^[0-9.]+$/) ? sprintf("%.2f", lx / lb) : "n/a"
     q = (pb + 0 > 0 && px ~ /^[0-9.]+$/) ? sprintf("%.2f", px / pb) : "n/a"
     printf "  afxdp / bridge: frames per second per core spent %sx (goal >= 2); ping median %sx, p99 %sx of the bridge'"'"'s (goal <= 1)\n", r, l, q }'
+# Two builds side by side (SY_BASE): each mode's forwarder CPU a frame and ping median over
+# its -base row's.
+for m in "${MODES[@]}"; do
+    [ "${m%-base}" != "$m" ] || [[ " ${MODES[*]} " != *" $m-base "* ]] && continue
+    awk -v m="$m" -v x="$(fwd_ns "$m")" -v y="$(fwd_ns "$m-base")" -v l="$(median_col "$m" 5)" -v lb="$(median_col "$m-base" 5)" 'BEGIN {
+        printf "  %s / %s-base: forwarder CPU a frame %s, ping median %s\n", m, m,
+            (x + 0 > 0 && y + 0 > 0) ? sprintf("%.2fx", x / y) : "n/a", (l + 0 > 0 && lb + 0 > 0) ? sprintf("%.2fx", l / lb) : "n/a" }'
+done
 echo "   load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -124,6 +124,7 @@ struct UplinkQueue {
     /// Held by the member RX reading the queue, for one `rx_burst`.
     rx: Mutex<Box<dyn RxQueue>>,
     spin: bool,
+    nap: bool,
     /// Whether the queue has a wake descriptor (then members sleep on it and their inbox).
     wakes: bool,
 }
@@ -210,6 +211,7 @@ impl Uplink {
         let rx = self.port.open_rx(q)?;
         let u = Arc::new(UplinkQueue {
             spin: rx.spin_when_idle(),
+            nap: rx.nap_while_busy(),
             wakes: rx.wake_fd().is_some(),
             rx: Mutex::new(rx),
         });
@@ -772,6 +774,11 @@ impl RxQueue for UplinkTunnelRx {
     /// As its uplink's queue: an AF_PACKET uplink wakes for free, a DPDK one cannot wake.
     fn spin_when_idle(&self) -> bool {
         self.queue.spin
+    }
+
+    /// As its uplink's queue.
+    fn nap_while_busy(&self) -> bool {
+        self.queue.nap
     }
 
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {

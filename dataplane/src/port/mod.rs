@@ -169,6 +169,17 @@ pub trait RxQueue: Send {
     fn spin_when_idle(&self) -> bool {
         true
     }
+
+    /// Whether a worker, past its spin, should nap on a timer while frames keep coming instead
+    /// of yielding and then sleeping in poll(2) at once. `true` for a queue whose sender pays
+    /// for every wake-up (AF_XDP: each flush that finds the worker asleep on the socket wakes
+    /// it from the sender's softirq, an IPI to the worker's core); a napping worker is on no
+    /// wait queue, so the sender pays nothing and the worker gathers a burst. A worker naps
+    /// only when every one of its queues says `true`; after the naps it sleeps in poll(2), so
+    /// the first frame after an idle period still wakes it at once. Default `false`.
+    fn nap_while_busy(&self) -> bool {
+        false
+    }
 }
 
 /// The transmit side of one queue, owned by one worker.

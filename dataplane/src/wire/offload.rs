@@ -50,8 +50,8 @@ use super::{EtherType, ETH_HEADER_LEN, VLAN_TAG_LEN};
 use super::ethernet::ETH_TYPE_OFFSET;
 use super::ip::{
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_TCP, PROTO_UDP, TCP_CSUM, TCP_CWR, TCP_DATA_OFF, TCP_FIN,
-    TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_SEQ, UDP_CSUM, UDP_HEADER_LEN, UDP_LEN, V4_CSUM, V4_ID, V4_SRC,
-    V4_TOTAL_LEN, V6_PAYLOAD_LEN, V6_SRC,
+    TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_SEQ, UDP_CSUM, UDP_HEADER_LEN, UDP_LEN, V4_CSUM, V4_ID, V4_PROTO,
+    V4_SRC, V4_TOTAL_LEN, V4_VER_IHL, V6_NEXT, V6_PAYLOAD_LEN, V6_SRC,
 };
 
 /// Why an offload request cannot be carried out.
@@ -239,8 +239,9 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
-    /// Checks the super-frame's headers against the request. `csum_start` of the header is
-    /// taken as the layer-4 offset (the kernel always sets it with GSO).
+    /// Checks the super-frame's headers against the request. With `NEEDS_CSUM`, `csum_start`
+    /// of the header is the layer-4 offset (the kernel sets it on transmit offload); without
+    /// it (a receive-offload super-frame, checksums already checked) the IP header gives it.
     pub fn new(frame: &[u8], h: &VnetHdrRepr) -> Result<Segmenter, OffloadError> {
         let kind = h.gso_type & !VnetGso::ECN;
         let (want_v4, proto) = match kind {
@@ -264,7 +265,14 @@ impl Segmenter {
         if want_v4.is_some_and(|v4| v4 != ipv4) {
             return Err(OffloadError::GsoMalformed("IP version differs from the GSO type"));
         }
-        let l4 = usize::from(h.csum_start);
+        let l4 = if h.needs_csum() {
+            usize::from(h.csum_start)
+        } else {
+            // A super-frame merged on receive with its checksums checked (a NIC's LRO: the
+            // kernel hands it over with `DATA_VALID` and no checksum start; GRO's own carry
+            // `NEEDS_CSUM`): the layer-4 offset is the IP header's end.
+            l4_offset(frame, l3, ipv4, proto)?
+        };
         let min_l3 = if ipv4 { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
         if l4 < l3 + min_l3 {
             return Err(OffloadError::GsoMalformed("layer-4 offset inside the IP header"));
@@ -375,6 +383,27 @@ impl Segmenter {
         self.done += chunk;
         self.index += 1;
         Ok(Some(len))
+    }
+}
+
+/// The layer-4 offset of a super-frame whose IP header (at `l3`) carries `proto` directly:
+/// IPv4 with or without options, IPv6 without extension headers (the kernel's GRO merges no
+/// others).
+fn l4_offset(frame: &[u8], l3: usize, ipv4: bool, proto: L4) -> Result<usize, OffloadError> {
+    let want = match proto {
+        L4::Tcp => PROTO_TCP,
+        L4::Udp => PROTO_UDP,
+    };
+    let (next, hlen) = if ipv4 {
+        let ver_ihl = frame.get(l3 + V4_VER_IHL).ok_or(OffloadError::GsoMalformed("IPv4"))?;
+        (frame.get(l3 + V4_PROTO), usize::from(ver_ihl & 0x0f) * 4)
+    } else {
+        (frame.get(l3 + V6_NEXT), IPV6_HEADER_LEN)
+    };
+    match next {
+        Some(&p) if p == want => Ok(l3 + hlen),
+        Some(_) => Err(OffloadError::GsoMalformed("IP protocol differs from the GSO type")),
+        None => Err(OffloadError::GsoMalformed("IP header past the frame")),
     }
 }
 
@@ -621,6 +650,65 @@ mod tests {
         check_tcp4_segmentation(500, 1448);
         check_tcp4_segmentation(0, 1448);
         check_tcp4_segmentation(65000, 1448);
+    }
+
+    /// Every segment of `f` under header `h`, or the error.
+    fn segments(f: &[u8], h: &VnetHdrRepr) -> Result<Vec<Vec<u8>>, OffloadError> {
+        let mut s = Segmenter::new(f, h)?;
+        let mut out = [0u8; 2048];
+        let mut all = Vec::new();
+        while let Some(len) = s.next_into(f, &mut out)? {
+            all.push(out[..len].to_vec());
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn receive_offload_super_frames_without_a_checksum_start_are_cut_at_the_ip_header() {
+        // What AF_PACKET hands over for an LRO super-frame: DATA_VALID (2), no NEEDS_CSUM,
+        // csum_start 0. The segments are those of the same frame with the transmit header.
+        let data = payload(1448 * 2 + 100);
+        let gro = |gso_type| VnetHdrRepr { flags: 2, gso_type, gso_size: 1448, ..Default::default() };
+        let tx = |gso_type, l4: usize| VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: l4 as u16,
+            csum_offset: TCP_CSUM as u16,
+            ..gro(gso_type)
+        };
+        let f4 = tcp4(7, &data, true);
+        let want = segments(&f4, &tx(VnetGso::TCPV4, 34)).unwrap();
+        assert_eq!(want.len(), 3);
+        assert_eq!(segments(&f4, &gro(VnetGso::TCPV4)).unwrap(), want);
+        // IPv4 with options: the layer-4 offset follows the header length.
+        let mut opt = f4.clone();
+        opt.splice(34..34, [1u8, 1, 1, 1]);
+        opt[14] = 0x46;
+        let ip_len = (opt.len() - 14) as u16;
+        put16(&mut opt[14..], V4_TOTAL_LEN, ip_len);
+        let want = segments(&opt, &tx(VnetGso::TCPV4, 38)).unwrap();
+        assert_eq!(segments(&opt, &gro(VnetGso::TCPV4)).unwrap(), want);
+        assert!(want.iter().all(|s| checks_out(s)));
+        // IPv6.
+        let mut f6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(SRC6, DST6, 64)
+            .tcp(1, 2, 9, 100)
+            .write(&mut f6, &data)
+            .unwrap();
+        let want = segments(&f6, &tx(VnetGso::TCPV6, 54)).unwrap();
+        assert_eq!(segments(&f6, &gro(VnetGso::TCPV6)).unwrap(), want);
+        // Refused: the IP protocol is not the GSO type's, an IPv6 extension header, an IPv4
+        // header length inside the minimum, a frame cut inside the IP header.
+        assert!(segments(&f4, &gro(VnetGso::UDP_L4)).is_err());
+        let mut ext = f6.clone();
+        ext[14 + V6_NEXT] = 0;
+        assert!(segments(&ext, &gro(VnetGso::TCPV6)).is_err());
+        let mut short_ihl = f4.clone();
+        short_ihl[14] = 0x44;
+        assert!(segments(&short_ihl, &gro(VnetGso::TCPV4)).is_err());
+        for cut in 0..40 {
+            assert!(segments(&f4[..cut], &gro(VnetGso::TCPV4)).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

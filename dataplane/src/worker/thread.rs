@@ -2,7 +2,7 @@
 //! queue handles it owns. Invariant: the worker holds RX and TX handles only of ports in the
 //! plan it last applied, and on stop frees every buffer it holds.
 
-use super::backoff::{spin_for, Backoff};
+use super::backoff::{naps_for, spin_for, Backoff};
 use super::clock::SecondClock;
 use super::engine::Shared;
 use super::stats::{thread_cpu_us, StageCycles};
@@ -88,7 +88,8 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
 fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
     let stats = &sh.workers[w.idx];
     let cpu_start = thread_cpu_us();
-    let mut backoff = Backoff::new(w.idle_spin(sh));
+    let (spin, naps) = w.idle_mode(sh);
+    let mut backoff = Backoff::new(spin, naps);
     let mut last_retry = Instant::now();
     let mut t_prev = cpu::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
@@ -100,13 +101,15 @@ fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
             w.reload(sh);
             w.gen = g;
             stats.applied.store(g, Ordering::Release);
-            backoff.set_spin(w.idle_spin(sh));
+            let (spin, naps) = w.idle_mode(sh);
+            backoff.set_queues(spin, naps);
             poll_tsc = cpu::rdtsc();
         }
         if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
             let plan = w.plan.clone();
             w.open_pending(&plan);
-            backoff.set_spin(w.idle_spin(sh));
+            let (spin, naps) = w.idle_mode(sh);
+            backoff.set_queues(spin, naps);
             last_retry = Instant::now();
             poll_tsc = cpu::rdtsc();
         }
@@ -155,9 +158,13 @@ pub(super) fn stage_mark<const STAGES: bool>() -> u64 {
 }
 
 impl Worker {
-    /// This worker's idle spin, from the options or its open RX queues ([`spin_for`]).
-    fn idle_spin(&self, sh: &Shared) -> Duration {
-        spin_for(&sh.opts, self.rx.iter().map(|s| s.handle.spin_when_idle()))
+    /// This worker's idle spin, from the options or its open RX queues ([`spin_for`]), and
+    /// whether it naps instead of yielding ([`naps_for`]).
+    fn idle_mode(&self, sh: &Shared) -> (Duration, bool) {
+        (
+            spin_for(&sh.opts, self.rx.iter().map(|s| s.handle.spin_when_idle())),
+            naps_for(self.rx.iter().map(|s| s.handle.nap_while_busy())),
+        )
     }
 
     fn reload(&mut self, sh: &Shared) {

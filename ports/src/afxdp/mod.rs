@@ -289,6 +289,14 @@ impl RxQueue for AfXdpRx {
         false
     }
 
+    /// Every frame that finds the worker asleep on the socket costs the sender's softirq a
+    /// wake-up (`sock_def_readable` from the XDP flush, an IPI to the worker's core): under
+    /// load the worker naps on a timer instead and takes the frames in bursts
+    /// (benches/bridge-compare.sh, docs/benchmarks.md).
+    fn nap_while_busy(&self) -> bool {
+        true
+    }
+
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
         let drops = rx.drops;
         let Some(part) = self.part.as_mut() else { return 0 };
