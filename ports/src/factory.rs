@@ -123,7 +123,8 @@ fn open_uplink_tunnel(
     routes: &[switchyard_dataplane::config::UnderlayRoute],
     ctx: &PortContext,
 ) -> Result<Arc<dyn PortBackend>, PortError> {
-    use crate::uplink_tunnel::{NextHops, UplinkTunnelPort};
+    use crate::uplink_tunnel::{NextHops, OpenedUplink, UplinkTunnelPort};
+    use switchyard_dataplane::backend::uplink_key;
     use switchyard_dataplane::wire::MacAddr;
     let bad =
         |msg: String| PortError::Backend { port: name.into(), msg: format!("underlay {spec:?}: {msg}") };
@@ -134,35 +135,43 @@ fn open_uplink_tunnel(
     };
     let uplink_name = format!("{name}-uplink");
     let mut hops = NextHops { routes: NextHops::routes_of(routes), kernel_iface: None };
-    let (uplink, mac, mtu): (Arc<dyn PortBackend>, MacAddr, u32) = match &backend {
-        Backend::Afpacket { iface, .. } => {
-            let iface = iface.as_deref().unwrap_or(spec);
-            let sys = |f: &str| {
-                std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
-                    .map(|s| s.trim().to_string())
-                    .map_err(|e| bad(format!("{iface}: {f}: {e}")))
-            };
-            let mac =
-                sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
-            let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
-            hops.kernel_iface = Some(iface.to_string());
-            (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
-        }
-        #[cfg(feature = "dpdk")]
-        Backend::Dpdk { devargs, queues } => {
-            let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
-            let mac = MacAddr(port.mac_addr()?);
-            (Arc::new(port), mac, DPDK_UPLINK_MTU)
-        }
-        other => {
-            return Err(PortError::Unsupported {
-                port: name.into(),
-                kind: format!("tunnel uplink {}", other.port_type().name()),
-                hint: format!("an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"),
-            })
-        }
+    if let Backend::Afpacket { iface, .. } = &backend {
+        hops.kernel_iface = Some(iface.as_deref().unwrap_or(spec).to_string());
+    }
+    let key = uplink_key(Some(spec)).unwrap_or_else(|| spec.to_string());
+    // The first port on the uplink opens it; the others join it (one per VNI).
+    let open = || -> Result<OpenedUplink, PortError> {
+        Ok(match &backend {
+            Backend::Afpacket { iface, .. } => {
+                let iface = iface.as_deref().unwrap_or(spec);
+                let sys = |f: &str| {
+                    std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
+                        .map(|s| s.trim().to_string())
+                        .map_err(|e| bad(format!("{iface}: {f}: {e}")))
+                };
+                let mac =
+                    sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
+                let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
+                (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
+            }
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk { devargs, queues } => {
+                let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
+                let mac = MacAddr(port.mac_addr()?);
+                (Arc::new(port), mac, DPDK_UPLINK_MTU)
+            }
+            other => {
+                return Err(PortError::Unsupported {
+                    port: name.into(),
+                    kind: format!("tunnel uplink {}", other.port_type().name()),
+                    hint: format!(
+                        "an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"
+                    ),
+                })
+            }
+        })
     };
-    Ok(Arc::new(UplinkTunnelPort::new(name, opts, uplink, mac, mtu, hops)?))
+    Ok(Arc::new(UplinkTunnelPort::join(name, opts, &key, hops, open)?))
 }
 
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is
