@@ -126,9 +126,18 @@ impl TunnelBackend {
 }
 
 /// The uplink a tunnel port's `underlay` names, as one key for every spelling of it
-/// (`IFACE` is `afpacket:IFACE`); `None` for the kernel transport (`kernel` or none). Tunnel
-/// ports with one key share that uplink.
+/// (`IFACE` is `afpacket:IFACE`; the options after the device, `afpacket:IFACE,recvmmsg` or
+/// `dpdk:NAME,iface=..`, are not part of it: one interface or DPDK device is one uplink);
+/// `None` for the kernel transport (`kernel` or none). Tunnel ports with one key share that
+/// uplink, which the configuration check lets them do only with one spelling
+/// ([`uplink_spelling`]).
 pub fn uplink_key(underlay: Option<&str>) -> Option<String> {
+    let spelled = uplink_spelling(underlay)?;
+    Some(spelled.split(',').next().unwrap_or_default().to_string())
+}
+
+/// The underlay as the uplink is opened from it: `IFACE` is `afpacket:IFACE`, the options kept.
+pub fn uplink_spelling(underlay: Option<&str>) -> Option<String> {
     match underlay {
         None | Some("kernel") => None,
         Some(s) if s.contains(':') => Some(s.to_string()),

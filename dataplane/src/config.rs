@@ -301,18 +301,28 @@ impl Config {
 
 /// The first tunnel port seen on each uplink (by [`crate::backend::uplink_key`]), with its
 /// type, local address, UDP port and path, and the VNIs of the ports on it.
-type Uplinks = HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String), HashSet<u32>)>;
+type Uplinks = HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String, String), HashSet<u32>)>;
 
 /// The rules of tunnel ports sharing an uplink: one type, local address and UDP port per
 /// uplink (its tunnel endpoint), one port per VNI. `p` is a valid tunnel port.
 fn shared_uplink(uplinks: &mut Uplinks, p: &PortConfig, pf: &PortField) -> Result<(), ConfigError> {
     let Ok(crate::backend::Backend::Tunnel(t)) = p.backend() else { return Ok(()) };
     let Some(key) = crate::backend::uplink_key(t.underlay.as_deref()) else { return Ok(()) };
+    let spelled = crate::backend::uplink_spelling(t.underlay.as_deref()).unwrap_or_default();
     let kind = t.kind;
-    let (first, vnis) = uplinks
-        .entry(key.clone())
-        .or_insert_with(|| ((kind, t.local, t.port(), format!("{pf} ({})", p.name)), HashSet::new()));
-    let (k0, local0, port0, at) = first;
+    let (first, vnis) = uplinks.entry(key.clone()).or_insert_with(|| {
+        ((kind, t.local, t.port(), format!("{pf} ({})", p.name), spelled.clone()), HashSet::new())
+    });
+    let (k0, local0, port0, at, spelled0) = first;
+    if *spelled0 != spelled {
+        return Err(invalid(
+            format!("{pf}.underlay"),
+            format!(
+                "{spelled:?} differs from {spelled0:?}, the underlay of {at}: it names the same \
+                 uplink {key:?} with other options (the ports on one uplink open it once)"
+            ),
+        ));
+    }
     if *local0 != t.local {
         return Err(invalid(
             format!("{pf}.local"),
@@ -576,6 +586,11 @@ bridges:
             e.starts_with("bridges[1].ports[0].dstport: geneve port 6081 differs from vxlan port 4789"),
             "{e}"
         );
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1,recvmmsg"),
+        );
+        assert!(e.starts_with("bridges[1].ports[0].underlay: \"afpacket:eth1,recvmmsg\" differs"), "{e}");
         let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
         assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
     }

@@ -87,8 +87,9 @@ const NO_HOP: u16 = u16::MAX;
 /// Neighbour slots of one uplink: every endpoint and gateway address of its ports, each once.
 const NEIGHBOUR_SLOTS: usize = MAX_ENDPOINTS + MAX_GATEWAYS;
 
-/// Tunnel packets of a member's VNI that another member's RX took off the uplink, per RX queue.
-const INBOX_DEPTH: usize = 1024;
+/// Tunnel packets of a member's VNI that another member's RX took off the uplink, per RX queue:
+/// a few bursts, so that inboxes of ports whose worker lags cannot hold much of the pool.
+const INBOX_DEPTH: usize = 256;
 
 /// The routes in use, changed only by the once-a-second refresh.
 #[derive(Debug)]
@@ -789,13 +790,21 @@ impl RxQueue for UplinkTunnelRx {
         // First what other members read for this port, then the uplink unless another
         // member is reading it (that one hands this port its packets).
         let (taken, mut delivered) = self.handed((cache, drops), out, want, now);
-        if taken >= want {
+        let read = taken < want
+            && match self.queue.rx.try_lock() {
+                Ok(mut rx) => {
+                    rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want - taken);
+                    true
+                }
+                Err(_) => false,
+            };
+        if !read {
+            // The probes `probe` queued go now: its slot is marked probed already.
+            if !self.control.is_empty() {
+                self.tx.tx_burst(&mut self.control, cache, drops);
+            }
             return delivered;
         }
-        match self.queue.rx.try_lock() {
-            Ok(mut rx) => rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want - taken),
-            Err(_) => return delivered,
-        };
         let UplinkTunnelRx { shared, tx, frames, control, last, q, .. } = self;
         let sh = &**shared;
         let (remotes, codec) = (sh.remotes.view(), sh.codec);
