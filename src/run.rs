@@ -206,7 +206,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
             cores,
             busy_poll: a.busy_poll,
             idle_spin: a.idle_spin_us.map(std::time::Duration::from_micros),
-            on_worker_start: Some(switchyard_ports::factory::worker_hook()),
+            on_worker_plan: Some(switchyard_ports::factory::worker_hook()),
             ..Default::default()
         },
         overrides,

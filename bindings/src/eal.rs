@@ -174,7 +174,10 @@ impl Eal {
     }
 }
 
-/// The calling thread's lcore id (`u32::MAX` = LCORE_ID_ANY: not an EAL thread).
+/// The lcore id of a thread that is not an EAL thread (DPDK's `LCORE_ID_ANY`).
+pub const LCORE_ID_ANY: u32 = u32::MAX;
+
+/// The calling thread's lcore id ([`LCORE_ID_ANY`]: not an EAL thread).
 pub fn lcore_id() -> u32 {
     // SAFETY: reads a thread-local value.
     unsafe { sys::shim::sy_rte_lcore_id() }

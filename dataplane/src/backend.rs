@@ -125,6 +125,17 @@ impl TunnelBackend {
     }
 }
 
+/// The uplink a tunnel port's `underlay` names, as one key for every spelling of it
+/// (`IFACE` is `afpacket:IFACE`); `None` for the kernel transport (`kernel` or none). Tunnel
+/// ports with one key share that uplink.
+pub fn uplink_key(underlay: Option<&str>) -> Option<String> {
+    match underlay {
+        None | Some("kernel") => None,
+        Some(s) if s.contains(':') => Some(s.to_string()),
+        Some(iface) => Some(format!("afpacket:{iface}")),
+    }
+}
+
 /// A backend that breaks a rule of its type's options: `field` is the option (as the
 /// configuration file names it), `msg` what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

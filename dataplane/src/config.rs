@@ -4,7 +4,7 @@
 
 use crate::wire::MacAddr;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -242,6 +242,7 @@ impl Config {
         let mut bridges = HashSet::new();
         let mut ports = HashSet::new();
         let mut nports = 0usize;
+        let mut uplinks = HashMap::new();
         for (bi, b) in self.bridges.iter().enumerate() {
             let bf = format!("bridges[{bi}]");
             if b.name.is_empty() {
@@ -282,6 +283,9 @@ impl Config {
                     ));
                 }
                 p.validate(&pf)?;
+                if matches!(p.kind, Some(PortType::Vxlan | PortType::Geneve)) {
+                    shared_uplink(&mut uplinks, p, &pf)?;
+                }
             }
         }
         if nports > crate::switch::MAX_PORTS_PER_NODE {
@@ -293,6 +297,52 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_default()
     }
+}
+
+/// The first tunnel port seen on each uplink (by [`crate::backend::uplink_key`]), with its
+/// type, local address, UDP port and path, and the VNIs of the ports on it.
+type Uplinks = HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String), HashSet<u32>)>;
+
+/// The rules of tunnel ports sharing an uplink: one type, local address and UDP port per
+/// uplink (its tunnel endpoint), one port per VNI. `p` is a valid tunnel port.
+fn shared_uplink(uplinks: &mut Uplinks, p: &PortConfig, pf: &PortField) -> Result<(), ConfigError> {
+    let Ok(crate::backend::Backend::Tunnel(t)) = p.backend() else { return Ok(()) };
+    let Some(key) = crate::backend::uplink_key(t.underlay.as_deref()) else { return Ok(()) };
+    let kind = t.kind;
+    let (first, vnis) = uplinks
+        .entry(key.clone())
+        .or_insert_with(|| ((kind, t.local, t.port(), format!("{pf} ({})", p.name)), HashSet::new()));
+    let (k0, local0, port0, at) = first;
+    if *local0 != t.local {
+        return Err(invalid(
+            format!("{pf}.local"),
+            format!(
+                "{} differs from {local0}, the local address of {at} on the same uplink {key:?}: the \
+                 tunnel ports on one uplink share its one tunnel endpoint",
+                t.local
+            ),
+        ));
+    }
+    if (*k0, *port0) != (kind, t.port()) {
+        return Err(invalid(
+            format!("{pf}.dstport"),
+            format!(
+                "{} port {} differs from {} port {port0} of {at} on the same uplink {key:?}: one \
+                 uplink carries one encapsulation and UDP port (another needs another uplink or \
+                 underlay: kernel)",
+                kind.name(),
+                t.port(),
+                k0.name()
+            ),
+        ));
+    }
+    if !vnis.insert(t.vni) {
+        return Err(invalid(
+            format!("{pf}.vni"),
+            format!("VNI {} is served already by another tunnel port on uplink {key:?}", t.vni),
+        ));
+    }
+    Ok(())
 }
 
 /// The path of a port in a configuration, `bridges[B].ports[P]`, written out only when an
@@ -492,6 +542,42 @@ bridges:
             "    type: geneve\n    vni: 7\n    local: fd00::1\n    flood: [\"fd00::2\"]\n"
         ))
         .is_ok());
+    }
+
+    /// Tunnel ports on one uplink (`eth1` and `afpacket:eth1` being one): one local address,
+    /// encapsulation and UDP port, one port per VNI; on other uplinks or the kernel
+    /// transport, anything.
+    #[test]
+    fn tunnel_ports_sharing_an_uplink_agree() {
+        let tun = |name: &str, kind: &str, vni: u32, local: &str, underlay: &str| {
+            format!(
+                "  - {{name: {name}, type: {kind}, vni: {vni}, local: {local}, underlay: \"{underlay}\"}}\n"
+            )
+        };
+        let two = |a: String, b: String| {
+            Config::from_yaml_str(&format!("bridges:\n- name: b1\n  ports:\n{a}- name: b2\n  ports:\n{b}"))
+        };
+        let ok = |a, b| two(a, b).unwrap_or_else(|e| panic!("{e}"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 1, "192.0.2.9", "eth2"));
+        ok(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "geneve", 1, "192.0.2.9", "kernel"));
+        let err = |a, b| two(a, b).expect_err("refused").to_string();
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.2", "afpacket:eth1"),
+        );
+        assert!(e.starts_with("bridges[1].ports[0].local: 192.0.2.2 differs from 192.0.2.1"), "{e}");
+        assert!(e.contains("bridges[0].ports[0] (t1)") && e.contains("\"afpacket:eth1\""), "{e}");
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "dpdk:net_af_packet0,iface=eth0"),
+            tun("t2", "geneve", 2, "192.0.2.1", "dpdk:net_af_packet0,iface=eth0"),
+        );
+        assert!(
+            e.starts_with("bridges[1].ports[0].dstport: geneve port 6081 differs from vxlan port 4789"),
+            "{e}"
+        );
+        let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
+        assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
     }
 
     #[test]

@@ -73,8 +73,8 @@ drop_reasons! {
     VhostRingBroken => "vhost_ring_broken", "The guest corrupted a ring's indices; the queue is stopped until the guest sets it up again (vhost-user).";
     TunnelTruncated => "tunnel_truncated", "A tunnel datagram shorter than its VXLAN or Geneve header.";
     TunnelBadHeader => "tunnel_bad_header", "A VXLAN header without the I flag, a Geneve version other than 0, a Geneve control message (O bit) or a Geneve payload that is not Ethernet.";
-    TunnelWrongVni => "tunnel_wrong_vni", "A tunnel datagram for a VNI that is not the port's (on a socket shared by several VNIs: none of its ports').";
-    TunnelDemuxFull => "tunnel_demux_full", "A tunnel datagram read off a socket shared by several VNIs found the queue of its VNI's port full (kernel UDP transport; counted on the port that read it).";
+    TunnelWrongVni => "tunnel_wrong_vni", "A tunnel datagram for a VNI that is not the port's (on a socket or uplink shared by several VNIs: none of its ports').";
+    TunnelDemuxFull => "tunnel_demux_full", "A tunnel datagram read off a socket or uplink shared by several VNIs found the queue of its VNI's port full (counted on the port that read it).";
     TunnelInnerRunt => "tunnel_inner_runt", "The frame inside a tunnel datagram is shorter than an Ethernet header.";
     GeneveBadOptions => "geneve_bad_options", "Geneve options past the end of the packet, an option overrunning the list, or a critical option switchyard does not understand.";
     TunnelMtu => "tunnel_mtu", "An inner frame too big for the underlay MTU once encapsulated (never fragmented).";

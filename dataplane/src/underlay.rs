@@ -5,8 +5,8 @@
 //! - [`classify`] sorts an uplink frame into a tunnel packet for this endpoint (local IP and
 //!   UDP port), an ARP or Neighbour Discovery message about the local address or a known
 //!   endpoint, or something else -- never panicking, whatever the bytes.
-//! - [`Neighbours`] holds one MAC per remote endpoint (by the endpoint index of
-//!   [`crate::tunnel::Remotes`]), read without a lock by TX, written by RX when an ARP
+//! - [`Neighbours`] holds one MAC per next hop (by slot: the uplink's tunnel ports give each
+//!   endpoint or gateway address one), read without a lock by TX, written by RX when an ARP
 //!   reply, a Neighbour Advertisement, a request about the local address or a tunnel packet
 //!   confirms it. A binding not confirmed for [`REACHABLE_S`] is still used but probed again
 //!   (as the kernel's STALE state); an endpoint without a binding is probed at most once a
@@ -19,7 +19,8 @@
 //!   it (the tunnel port's `routes`, and for an AF_PACKET uplink the kernel's routes through
 //!   the uplink's interface, [`Routes::from_proc`]), or the endpoint itself when no route
 //!   with a gateway holds it (on the link). A gateway is resolved like an endpoint, in a slot
-//!   of its own after the endpoints' ([`MAX_GATEWAYS`]), shared by every endpoint behind it.
+//!   of its own, shared by every endpoint behind it (an uplink has slots for
+//!   [`crate::tunnel::MAX_ENDPOINTS`] plus [`MAX_GATEWAYS`] addresses).
 
 use crate::policy::Cidr;
 use crate::tunnel::{TunnelCodec, PLAIN_HEADER_LEN};
@@ -390,7 +391,7 @@ pub fn nd_frame(
     CONTROL_FRAME_LEN
 }
 
-/// Gateways one tunnel port resolves at most; their neighbour slots follow the endpoints'.
+/// Room for gateways in an uplink's neighbour table, beyond one slot per endpoint.
 pub const MAX_GATEWAYS: usize = 16;
 
 /// A route of the underlay: endpoints in `dst` are reached through `via` (`None`: on the

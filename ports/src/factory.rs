@@ -123,7 +123,8 @@ fn open_uplink_tunnel(
     routes: &[switchyard_dataplane::config::UnderlayRoute],
     ctx: &PortContext,
 ) -> Result<Arc<dyn PortBackend>, PortError> {
-    use crate::uplink_tunnel::{NextHops, UplinkTunnelPort};
+    use crate::uplink_tunnel::{NextHops, OpenedUplink, UplinkTunnelPort};
+    use switchyard_dataplane::backend::uplink_key;
     use switchyard_dataplane::wire::MacAddr;
     let bad =
         |msg: String| PortError::Backend { port: name.into(), msg: format!("underlay {spec:?}: {msg}") };
@@ -134,35 +135,43 @@ fn open_uplink_tunnel(
     };
     let uplink_name = format!("{name}-uplink");
     let mut hops = NextHops { routes: NextHops::routes_of(routes), kernel_iface: None };
-    let (uplink, mac, mtu): (Arc<dyn PortBackend>, MacAddr, u32) = match &backend {
-        Backend::Afpacket { iface, .. } => {
-            let iface = iface.as_deref().unwrap_or(spec);
-            let sys = |f: &str| {
-                std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
-                    .map(|s| s.trim().to_string())
-                    .map_err(|e| bad(format!("{iface}: {f}: {e}")))
-            };
-            let mac =
-                sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
-            let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
-            hops.kernel_iface = Some(iface.to_string());
-            (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
-        }
-        #[cfg(feature = "dpdk")]
-        Backend::Dpdk { devargs, queues } => {
-            let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
-            let mac = MacAddr(port.mac_addr()?);
-            (Arc::new(port), mac, DPDK_UPLINK_MTU)
-        }
-        other => {
-            return Err(PortError::Unsupported {
-                port: name.into(),
-                kind: format!("tunnel uplink {}", other.port_type().name()),
-                hint: format!("an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"),
-            })
-        }
+    if let Backend::Afpacket { iface, .. } = &backend {
+        hops.kernel_iface = Some(iface.as_deref().unwrap_or(spec).to_string());
+    }
+    let key = uplink_key(Some(spec)).unwrap_or_else(|| spec.to_string());
+    // The first port on the uplink opens it; the others join it (one per VNI).
+    let open = || -> Result<OpenedUplink, PortError> {
+        Ok(match &backend {
+            Backend::Afpacket { iface, .. } => {
+                let iface = iface.as_deref().unwrap_or(spec);
+                let sys = |f: &str| {
+                    std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
+                        .map(|s| s.trim().to_string())
+                        .map_err(|e| bad(format!("{iface}: {f}: {e}")))
+                };
+                let mac =
+                    sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
+                let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
+                (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
+            }
+            #[cfg(feature = "dpdk")]
+            Backend::Dpdk { devargs, queues } => {
+                let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
+                let mac = MacAddr(port.mac_addr()?);
+                (Arc::new(port), mac, DPDK_UPLINK_MTU)
+            }
+            other => {
+                return Err(PortError::Unsupported {
+                    port: name.into(),
+                    kind: format!("tunnel uplink {}", other.port_type().name()),
+                    hint: format!(
+                        "an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"
+                    ),
+                })
+            }
+        })
     };
-    Ok(Arc::new(UplinkTunnelPort::new(name, opts, uplink, mac, mtu, hops)?))
+    Ok(Arc::new(UplinkTunnelPort::join(name, opts, &key, hops, open)?))
 }
 
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is
@@ -221,14 +230,27 @@ fn open_dpdk(
     })
 }
 
-/// A worker hook that registers each worker thread with DPDK's EAL when EAL is up (so that
-/// mempool per-core caches are used); does nothing otherwise.
+/// A worker hook that registers each worker thread with DPDK's EAL once EAL is up, so that
+/// the mempool's per-lcore cache serves the thread's allocations and frees (without one,
+/// every mbuf a driver frees is a locked enqueue on the pool's ring). EAL comes up with the
+/// first DPDK port, which `run` opens after its workers started: the engine calls the hook
+/// again with every new plan, and a thread already registered is left as it is (each
+/// registration would take another lcore id). Does nothing without EAL.
 pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
     Arc::new(|_idx| {
         #[cfg(feature = "dpdk")]
         if let Some(eal) = switchyard_bindings::Eal::get() {
-            if let Err(e) = eal.register_thread() {
-                tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL");
+            if switchyard_bindings::eal::lcore_id() != switchyard_bindings::eal::LCORE_ID_ANY {
+                return;
+            }
+            thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            match eal.register_thread() {
+                Ok(lcore) => tracing::debug!(worker = _idx, lcore, "worker thread registered with EAL"),
+                // Tried again with each plan, said once.
+                Err(e) if !WARNED.replace(true) => {
+                    tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL")
+                }
+                Err(_) => {}
             }
         }
     })

@@ -22,19 +22,40 @@
 //!   ([`switchyard_dataplane::underlay::Routes`]). Frames to it carry the next hop's MAC; a
 //!   tunnel packet confirms its source's MAC only for an endpoint on the link (behind a
 //!   gateway, the packet's source MAC is a router's).
+//! - One uplink carries the tunnel ports of every network on it ([`UplinkTunnelPort::join`]:
+//!   one encapsulation, local address and UDP port, one port per VNI), as the kernel
+//!   transport's socket does: the uplink's RX queue `q` is read by whichever member port's RX
+//!   queue `q` takes it first (one at a time, a `try_lock`); a tunnel packet of another
+//!   member's VNI goes, narrowed to its datagram, to that member's inbox `q` (bounded; full:
+//!   `tunnel_demux_full`), and the member is woken once a burst; one of no member's VNI is the
+//!   reader's `tunnel_wrong_vni`. The neighbour table (by address: one slot per endpoint or
+//!   gateway of any member), its probes and the answers to ARP/ND are the uplink's, once; every
+//!   member sends through its own handle of the uplink's TX queue of its worker (the uplink's
+//!   own TX rules: a DPDK queue locked, an AF_PACKET handle a socket of its own). The uplink
+//!   stays open while any member does.
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
+use arc_swap::ArcSwap;
+use arrayvec::ArrayVec;
+use crossbeam_queue::ArrayQueue;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::config::UnderlayRoute;
-use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
+use switchyard_dataplane::port::{
+    Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
+};
 use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::tunnel::{
-    flow_hash, inner_len_drop, source_port, Remotes, RemotesView, TunnelCodec, MAX_ENDPOINTS,
+    flow_hash, inner_len_drop, peek_vni, source_port, Remotes, RemotesView, TunnelCodec, TunnelKind,
+    MAX_ENDPOINTS,
 };
 use switchyard_dataplane::underlay::{
     arp_frame, classify, nd_frame, plain_ipv4_inner, Neighbours, Route, Routes, UplinkFrame,
@@ -59,9 +80,15 @@ impl NextHops {
     }
 }
 
-/// A hop index no neighbour slot has: the endpoint cannot be reached (its gateway found no
-/// slot).
+/// A hop index no neighbour slot has: the endpoint cannot be reached (the uplink's table of
+/// addresses is full).
 const NO_HOP: u16 = u16::MAX;
+
+/// Neighbour slots of one uplink: every endpoint and gateway address of its ports, each once.
+const NEIGHBOUR_SLOTS: usize = MAX_ENDPOINTS + MAX_GATEWAYS;
+
+/// Tunnel packets of a member's VNI that another member's RX took off the uplink, per RX queue.
+const INBOX_DEPTH: usize = 1024;
 
 /// The routes in use, changed only by the once-a-second refresh.
 #[derive(Debug)]
@@ -72,33 +99,211 @@ struct Routing {
     kernel: Routes,
 }
 
+/// A tunnel packet handed to the member of its VNI: the buffer narrowed to the datagram
+/// (tunnel header on), the outer source address and MAC.
+type Handed = (PacketBuf, IpAddr, MacAddr);
+
+/// What other members hand one RX queue of a port.
+#[derive(Debug)]
+struct Inbox {
+    q: ArrayQueue<Handed>,
+    /// Written once a burst when packets were queued and the uplink's queue can wake a worker
+    /// (AF_PACKET; a DPDK uplink's workers poll without sleeping).
+    wake: EventFd,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    vni: u32,
+    /// One inbox per RX queue of the uplink.
+    inboxes: Arc<[Inbox]>,
+}
+
+/// The uplink's RX queue `q`, opened by the first member that opens its queue `q`.
+struct UplinkQueue {
+    /// Held by the member RX reading the queue, for one `rx_burst`.
+    rx: Mutex<Box<dyn RxQueue>>,
+    spin: bool,
+    nap: bool,
+    /// Whether the queue has a wake descriptor (then members sleep on it and their inbox).
+    wakes: bool,
+}
+
+/// An uplink port and what the tunnel ports on it share: the encapsulation, local address
+/// and UDP port, the neighbour table, the clock, the members by VNI.
+struct Uplink {
+    /// The registry's key (`afpacket:IFACE`, `dpdk:DEVARGS`); `None` for a port's own uplink.
+    key: Option<String>,
+    port: Arc<dyn PortBackend>,
+    kind: TunnelKind,
+    local: IpAddr,
+    mac: MacAddr,
+    dstport: u16,
+    underlay_mtu: u32,
+    clock: TunnelClock,
+    /// By slot: the addresses' MACs ([`Uplink::slots`]).
+    neighbours: Neighbours,
+    /// The slot of each address a member resolves, given when first needed, never reused.
+    slots: Mutex<HashMap<IpAddr, u16>>,
+    /// Read once a burst, and only when a packet of another VNI came; changed under
+    /// [`UPLINKS`]' lock.
+    members: ArcSwap<Vec<Member>>,
+    queues: Box<[OnceLock<Arc<UplinkQueue>>]>,
+    /// Serialises the opening of the RX queues.
+    opening: Mutex<()>,
+}
+
+impl std::fmt::Debug for Uplink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uplink")
+            .field("port", &self.port.name())
+            .field("key", &self.key)
+            .field("local", &self.local)
+            .field("mac", &self.mac)
+            .finish()
+    }
+}
+
+/// Every shared uplink open in the process (dead ones pruned on the next join).
+static UPLINKS: Mutex<Vec<Weak<Uplink>>> = Mutex::new(Vec::new());
+
+/// What opening an uplink gives: the port, its MAC address and MTU.
+pub type OpenedUplink = (Arc<dyn PortBackend>, MacAddr, u32);
+
+impl Uplink {
+    fn new(key: Option<String>, o: &TunnelOptions, (port, mac, underlay_mtu): OpenedUplink) -> Uplink {
+        let queues = (0..port.rx_queue_count()).map(|_| OnceLock::new()).collect();
+        Uplink {
+            key,
+            port,
+            kind: o.kind,
+            local: o.local,
+            mac,
+            dstport: o.dstport,
+            underlay_mtu,
+            clock: TunnelClock::Monotonic(Instant::now()),
+            neighbours: Neighbours::new(NEIGHBOUR_SLOTS),
+            slots: Mutex::new(HashMap::new()),
+            members: ArcSwap::from_pointee(Vec::new()),
+            queues,
+            opening: Mutex::new(()),
+        }
+    }
+
+    fn now_s(&self) -> u32 {
+        match &self.clock {
+            TunnelClock::Monotonic(start) => start.elapsed().as_secs() as u32,
+            TunnelClock::Shared(ns) => (ns.load(Ordering::Relaxed) / 1_000_000_000) as u32,
+        }
+    }
+
+    /// The uplink's RX queue `q`, opened when no member had it yet.
+    fn queue(&self, q: u16) -> Result<Arc<UplinkQueue>, PortError> {
+        let slot = self.queues.get(usize::from(q)).ok_or_else(|| PortError::NoSuchQueue {
+            port: self.port.name().into(),
+            queue: q,
+            count: self.queues.len() as u16,
+        })?;
+        let _opening = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = slot.get() {
+            return Ok(u.clone());
+        }
+        let rx = self.port.open_rx(q)?;
+        let u = Arc::new(UplinkQueue {
+            spin: rx.spin_when_idle(),
+            nap: rx.nap_while_busy(),
+            wakes: rx.wake_fd().is_some(),
+            rx: Mutex::new(rx),
+        });
+        Ok(slot.get_or_init(|| u).clone())
+    }
+
+    /// Adds a member for `o.vni`; refused when `o` is of another encapsulation, local
+    /// address or UDP port than the uplink's, or its VNI is served already.
+    fn join(&self, name: &str, o: &TunnelOptions, inboxes: Arc<[Inbox]>) -> Result<usize, PortError> {
+        let refuse = |msg: String| Err(PortError::Backend { port: name.into(), msg });
+        let on = self.key.as_deref().unwrap_or(self.port.name());
+        if (o.kind, o.local, o.dstport) != (self.kind, self.local, self.dstport) {
+            return refuse(format!(
+                "uplink {on} carries {} from {} port {}: every tunnel port on one uplink has that \
+                 type, local address and dstport",
+                self.kind.name(),
+                self.local,
+                self.dstport
+            ));
+        }
+        let mut members = Vec::clone(&self.members.load());
+        if members.iter().any(|m| m.vni == o.vni) {
+            return refuse(format!("VNI {} is already served by another tunnel port on uplink {on}", o.vni));
+        }
+        members.push(Member { vni: o.vni, inboxes });
+        let n = members.len();
+        self.members.store(Arc::new(members));
+        Ok(n - 1)
+    }
+
+    /// The member of `vni` is gone: its packets are `tunnel_wrong_vni` from now on.
+    fn leave(&self, vni: u32) {
+        let _all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<Member> = self.members.load().iter().filter(|m| m.vni != vni).cloned().collect();
+        self.members.store(Arc::new(members));
+    }
+
+    /// The slot of address `ip`, when it has one.
+    fn slot_of(&self, ip: IpAddr) -> Option<u16> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied()
+    }
+}
+
+/// The slot of `ip` in `slots`, given one when new and there is room.
+fn slot_for(slots: &mut HashMap<IpAddr, u16>, ip: IpAddr, port: &str) -> Option<u16> {
+    if let Some(&s) = slots.get(&ip) {
+        return Some(s);
+    }
+    if slots.len() >= NEIGHBOUR_SLOTS {
+        tracing::warn!(port, address = %ip, "more than {NEIGHBOUR_SLOTS} next hops on one uplink: {ip} unreachable");
+        return None;
+    }
+    let s = slots.len() as u16;
+    slots.insert(ip, s);
+    Some(s)
+}
+
 struct Shared {
     name: String,
-    uplink: Arc<dyn PortBackend>,
+    up: Arc<Uplink>,
     codec: TunnelCodec,
     remotes: Remotes,
-    /// Neighbour slots: the endpoints' (by endpoint index), then the gateways'.
-    neighbours: Neighbours,
-    /// Per endpoint: the slot of its next hop (its own, a gateway's, or [`NO_HOP`]).
+    /// Per endpoint: the neighbour slot of its next hop (its own, a gateway's, or [`NO_HOP`]).
     via: Box<[AtomicU16]>,
-    /// The gateways of slots `MAX_ENDPOINTS + k`: set once, never changed.
-    gateways: Box<[OnceLock<IpAddr>]>,
+    /// Per endpoint on the link: its own slot, which its tunnel packets confirm; [`NO_HOP`]
+    /// behind a gateway (the packets' source MAC is the router's).
+    direct: Box<[AtomicU16]>,
     routing: Mutex<Routing>,
+    /// Which of the port's RX queues a handle holds.
+    claims: RxClaims,
+    /// What other members hand this port, by RX queue (also in the uplink's member list).
+    inboxes: Arc<[Inbox]>,
+    /// The uplink's, copied: read every burst.
     local: IpAddr,
     mac: MacAddr,
     port: u16,
-    underlay_mtu: u32,
     max_inner: usize,
-    clock: TunnelClock,
     /// The options the port runs with (the last update's), for the next update.
     opts: Mutex<TunnelOptions>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.up.leave(self.codec.vni);
+    }
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UplinkTunnel")
             .field("name", &self.name)
-            .field("uplink", &self.uplink.name())
+            .field("uplink", &self.up.port.name())
             .field("codec", &self.codec)
             .field("local", &self.local)
             .field("mac", &self.mac)
@@ -107,24 +312,16 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    #[inline]
     fn now_s(&self) -> u32 {
-        match &self.clock {
-            TunnelClock::Monotonic(start) => start.elapsed().as_secs() as u32,
-            TunnelClock::Shared(ns) => (ns.load(Ordering::Relaxed) / 1_000_000_000) as u32,
-        }
+        self.up.now_s()
     }
 
     /// The MAC of endpoint `e`'s next hop, when resolved.
     #[inline]
     fn next_hop_mac(&self, e: u16) -> Option<MacAddr> {
         let hop = self.via.get(usize::from(e))?.load(Ordering::Relaxed);
-        self.neighbours.get(hop)
-    }
-
-    /// The neighbour slots of address `ip`: an endpoint's, a gateway's, or both.
-    fn slots_of(&self, ip: IpAddr) -> impl Iterator<Item = u16> + '_ {
-        let gw = self.gateways.iter().position(|g| g.get() == Some(&ip));
-        self.remotes.index_of(ip).into_iter().chain(gw.map(|k| (MAX_ENDPOINTS + k) as u16))
+        self.up.neighbours.get(hop)
     }
 
     /// Reads the kernel's routes again (when they are followed), points every endpoint at
@@ -140,17 +337,31 @@ impl Shared {
             }
         }
         let mut hops = Vec::new();
+        let mut slots = self.up.slots.lock().unwrap_or_else(|e| e.into_inner());
         // Endpoints are numbered densely from 0: the first index without one ends the list.
         for i in 0..MAX_ENDPOINTS as u16 {
             let Some(ip) = self.remotes.endpoint(i) else { break };
             let nh = r.table.next_hop(ip);
-            let hop = if nh == ip { Some(i) } else { self.gateway_slot(nh) };
+            let hop = slot_for(&mut slots, nh, &self.name);
             self.via[usize::from(i)].store(hop.unwrap_or(NO_HOP), Ordering::Relaxed);
+            let own = if nh == ip { hop } else { None };
+            self.direct[usize::from(i)].store(own.unwrap_or(NO_HOP), Ordering::Relaxed);
             if let Some(h) = hop.filter(|h| !hops.iter().any(|(x, _)| x == h)) {
                 hops.push((h, nh));
             }
         }
         hops
+    }
+
+    /// Points endpoint `i` at `ip` (new: learned) at its next hop's slot.
+    fn route_one(&self, i: u16, ip: IpAddr) {
+        let r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let nh = r.table.next_hop(ip);
+        let hop = slot_for(&mut self.up.slots.lock().unwrap_or_else(|e| e.into_inner()), nh, &self.name);
+        if let (Some(via), Some(direct)) = (self.via.get(usize::from(i)), self.direct.get(usize::from(i))) {
+            via.store(hop.unwrap_or(NO_HOP), Ordering::Relaxed);
+            direct.store(if nh == ip { hop.unwrap_or(NO_HOP) } else { NO_HOP }, Ordering::Relaxed);
+        }
     }
 
     /// Takes the port's `routes` option anew (in effect at the next probe round).
@@ -161,18 +372,6 @@ impl Shared {
             r.table = Routes::new([&routes[..], r.kernel.routes()].concat());
             r.config.routes = routes;
         }
-    }
-
-    /// The slot of gateway `ip`, given one when new and there is room.
-    fn gateway_slot(&self, ip: IpAddr) -> Option<u16> {
-        // Only `route` (under the routing lock) adds gateways.
-        for (k, g) in self.gateways.iter().enumerate() {
-            if *g.get_or_init(|| ip) == ip {
-                return Some((MAX_ENDPOINTS + k) as u16);
-            }
-        }
-        tracing::warn!(port = %self.name, gateway = %ip, "more than {MAX_GATEWAYS} gateways: endpoints behind it unreachable");
-        None
     }
 }
 
@@ -194,8 +393,8 @@ pub struct UplinkTunnelPort {
 }
 
 impl UplinkTunnelPort {
-    /// A tunnel port that owns `uplink` (whose MAC address is `mac` and MTU `underlay_mtu`),
-    /// its endpoints' next hops found as `hops` says.
+    /// A tunnel port with an uplink of its own, `uplink` (whose MAC address is `mac` and MTU
+    /// `underlay_mtu`), its endpoints' next hops found as `hops` says.
     pub fn new(
         name: &str,
         o: &TunnelOptions,
@@ -204,48 +403,94 @@ impl UplinkTunnelPort {
         underlay_mtu: u32,
         hops: NextHops,
     ) -> Result<UplinkTunnelPort, PortError> {
+        let up = Arc::new(Uplink::new(None, o, (uplink, mac, underlay_mtu)));
+        UplinkTunnelPort::member(name, o, up, hops)
+    }
+
+    /// A tunnel port on the uplink known as `key` (`afpacket:IFACE`, `dpdk:DEVARGS`): joins
+    /// the one the process has open (the tunnel ports of every network on it share it), or
+    /// opens it with `open`. Refused when the uplink carries another encapsulation, local
+    /// address or UDP port, or `o.vni` already.
+    pub fn join(
+        name: &str,
+        o: &TunnelOptions,
+        key: &str,
+        hops: NextHops,
+        open: impl FnOnce() -> Result<OpenedUplink, PortError>,
+    ) -> Result<UplinkTunnelPort, PortError> {
+        let mut all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        let up = match all.iter().filter_map(Weak::upgrade).find(|u| u.key.as_deref() == Some(key)) {
+            Some(up) => up,
+            None => {
+                let up = Arc::new(Uplink::new(Some(key.to_string()), o, open()?));
+                all.push(Arc::downgrade(&up));
+                up
+            }
+        };
+        // Under the registry's lock: a member leaving meanwhile cannot undo the join.
+        UplinkTunnelPort::member(name, o, up, hops)
+    }
+
+    fn member(
+        name: &str,
+        o: &TunnelOptions,
+        up: Arc<Uplink>,
+        hops: NextHops,
+    ) -> Result<UplinkTunnelPort, PortError> {
         let remotes = o.remotes(name)?;
         let ipv6 = o.local.is_ipv6();
+        let queues = up.port.rx_queue_count();
+        // Written only when the uplink's queue has a wake descriptor (workers sleep on it).
+        let wake = || {
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| PortError::Backend { port: name.into(), msg: format!("eventfd: {e}") })
+        };
+        let inboxes: Arc<[Inbox]> = (0..queues)
+            .map(|_| Ok(Inbox { q: ArrayQueue::new(INBOX_DEPTH), wake: wake()? }))
+            .collect::<Result<_, PortError>>()?;
+        let sharing = up.join(name, o, inboxes.clone())?;
+        let underlay_mtu = up.underlay_mtu;
         tracing::info!(
             port = name,
             kind = o.kind.name(),
             vni = o.vni,
             local = %o.local,
-            uplink = uplink.name(),
-            %mac,
+            uplink = up.port.name(),
+            mac = %up.mac,
             underlay_mtu,
             overlay_mtu = o.kind.overlay_mtu(ipv6, underlay_mtu),
+            sharing,
             "tunnel port open on uplink"
         );
         Ok(UplinkTunnelPort {
             shared: Arc::new(Shared {
                 name: name.to_string(),
-                uplink,
                 codec: TunnelCodec { kind: o.kind, vni: o.vni },
                 remotes,
-                neighbours: Neighbours::new(MAX_ENDPOINTS + MAX_GATEWAYS),
-                via: (0..MAX_ENDPOINTS as u16).map(AtomicU16::new).collect(),
-                gateways: (0..MAX_GATEWAYS).map(|_| OnceLock::new()).collect(),
+                via: (0..MAX_ENDPOINTS).map(|_| AtomicU16::new(NO_HOP)).collect(),
+                direct: (0..MAX_ENDPOINTS).map(|_| AtomicU16::new(NO_HOP)).collect(),
                 routing: Mutex::new(Routing {
                     table: Routes::new(hops.routes.clone()),
                     config: hops,
                     kernel: Routes::default(),
                 }),
+                claims: RxClaims::new(name, queues),
+                inboxes,
                 local: o.local,
-                mac,
+                mac: up.mac,
                 port: o.dstport,
-                underlay_mtu,
                 max_inner: o.kind.max_inner_frame(ipv6, underlay_mtu),
-                clock: TunnelClock::Monotonic(Instant::now()),
                 opts: Mutex::new(o.clone()),
+                up,
             }),
         })
     }
 
-    /// The port with its seconds read from `clock` instead; `None` once a queue was opened
-    /// (the queues share the clock the port had then).
+    /// The port with its seconds read from `clock` instead; `None` once a queue was opened,
+    /// or when the port shares its uplink (the clock is the uplink's).
     pub fn with_clock(mut self, clock: TunnelClock) -> Option<UplinkTunnelPort> {
-        Arc::get_mut(&mut self.shared)?.clock = clock;
+        Arc::get_mut(&mut Arc::get_mut(&mut self.shared)?.up)?.clock = clock;
         Some(self)
     }
 
@@ -267,52 +512,55 @@ impl PortBackend for UplinkTunnelPort {
     }
 
     fn rx_queue_count(&self) -> u16 {
-        self.shared.uplink.rx_queue_count()
+        self.shared.up.port.rx_queue_count()
     }
 
     fn tx_queue_count(&self) -> u16 {
-        self.shared.uplink.tx_queue_count()
+        self.shared.up.port.tx_queue_count()
     }
 
+    /// The port's queue `q` reads its inbox `q` and, when no other member is reading it, the
+    /// uplink's queue `q` (opened by the first member that asks).
     fn open_rx(&self, q: u16) -> Result<Box<dyn RxQueue>, PortError> {
         let sh = &self.shared;
-        Ok(Box::new(UplinkTunnelRx {
-            shared: sh.clone(),
-            rx: sh.uplink.open_rx(q)?,
-            tx: sh.uplink.open_tx(q)?,
-            frames: Burst::new(),
-            control: Burst::new(),
-            probed_at: None,
-            last: None,
-        }))
+        sh.claims.claim(q)?;
+        let rx = UplinkTunnelRx::open(sh, q);
+        if rx.is_err() {
+            sh.claims.release(q);
+        }
+        Ok(Box::new(rx?))
     }
 
     fn open_tx(&self, q: u16) -> Result<Box<dyn TxQueue>, PortError> {
         let sh = &self.shared;
         Ok(Box::new(UplinkTunnelTx {
             shared: sh.clone(),
-            tx: sh.uplink.open_tx(q)?,
+            tx: sh.up.port.open_tx(q)?,
             out: Burst::new(),
             templates: Box::new(Templates([None; TEMPLATES])),
         }))
     }
 
     fn link_up(&self) -> bool {
-        self.shared.uplink.link_up()
+        self.shared.up.port.link_up()
     }
 
+    /// "resolved" counts the uplink's next hops (shared by its ports) with a MAC.
     fn info(&self) -> Option<String> {
         let sh = &self.shared;
+        let up = &sh.up;
+        let others = up.members.load().len().saturating_sub(1);
+        let shared = if others > 0 { format!(" shared with {others} other port(s)") } else { String::new() };
         Some(format!(
-            "{} vni {} on uplink {} ({}), flood {} endpoints, {} resolved, underlay_mtu {} overlay_mtu {}",
+            "{} vni {} on uplink {} ({}){shared}, flood {} endpoints, {} resolved, underlay_mtu {} overlay_mtu {}",
             sh.codec.kind.name(),
             sh.codec.vni,
-            sh.uplink.name(),
+            up.port.name(),
             sh.mac,
             sh.remotes.flood().len(),
-            sh.neighbours.resolved(),
-            sh.underlay_mtu,
-            sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), sh.underlay_mtu)
+            up.neighbours.resolved(),
+            up.underlay_mtu,
+            sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), up.underlay_mtu)
         ))
     }
 
@@ -336,7 +584,13 @@ impl PortBackend for UplinkTunnelPort {
 
 struct UplinkTunnelRx {
     shared: Arc<Shared>,
-    rx: Box<dyn RxQueue>,
+    /// The uplink's queue `q`, read when no other member's RX is reading it.
+    queue: Arc<UplinkQueue>,
+    q: u16,
+    /// The uplink queue's wake descriptor and inbox `q`'s eventfd, when the queue has one.
+    epoll: Option<Epoll>,
+    /// `arm_wakeup` armed the uplink's queue: `disarm_wakeup` disarms it.
+    armed: bool,
     /// Sends ARP/ND replies and probes.
     tx: Box<dyn TxQueue>,
     frames: Burst,
@@ -372,7 +626,80 @@ fn control_frame(
     }
 }
 
+impl Drop for UplinkTunnelRx {
+    fn drop(&mut self) {
+        self.shared.claims.release(self.q);
+    }
+}
+
 impl UplinkTunnelRx {
+    /// Member `sh`'s RX queue `q` (claimed by the caller).
+    fn open(sh: &Arc<Shared>, q: u16) -> Result<UplinkTunnelRx, PortError> {
+        let queue = sh.up.queue(q)?;
+        let err =
+            |e: nix::errno::Errno| PortError::Backend { port: sh.name.clone(), msg: format!("epoll: {e}") };
+        let epoll = if queue.wakes {
+            let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(err)?;
+            let inbox = &sh.inboxes[usize::from(q)];
+            ep.add(inbox.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(err)?;
+            if let Some(fd) = queue.rx.lock().unwrap_or_else(|e| e.into_inner()).wake_fd() {
+                ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(err)?;
+            }
+            Some(ep)
+        } else {
+            None
+        };
+        Ok(UplinkTunnelRx {
+            shared: sh.clone(),
+            tx: sh.up.port.open_tx(q)?,
+            queue,
+            q,
+            epoll,
+            armed: false,
+            frames: Burst::new(),
+            control: Burst::new(),
+            probed_at: None,
+            last: None,
+        })
+    }
+
+    /// Takes up to `max` packets other members handed this queue: each decapsulated and
+    /// delivered as one read off the uplink, or counted. Returns (taken, delivered).
+    fn handed(
+        &mut self,
+        (cache, drops): (&mut PoolCache, &mut DropTally),
+        out: &mut Burst,
+        max: usize,
+        now: u32,
+    ) -> (usize, usize) {
+        let UplinkTunnelRx { shared, last, q, .. } = self;
+        let sh = &**shared;
+        let inbox = &sh.inboxes[usize::from(*q)];
+        if inbox.q.is_empty() {
+            // The one-network case, every burst: nothing more.
+            return (0, 0);
+        }
+        let (remotes, codec) = (sh.remotes.view(), sh.codec);
+        let (mut taken, mut delivered, mut confirmed) = (0, 0, None);
+        while taken < max {
+            let Some((mut b, src_ip, src_mac)) = inbox.q.pop() else { break };
+            taken += 1;
+            let len = b.len();
+            let inner = codec
+                .decap(b.data())
+                .and_then(|off| b.narrow(off, len - off).map_err(|_| DropReason::TunnelTruncated));
+            if let Err(r) = inner {
+                drops.add(r, 1);
+                cache.free(b);
+                continue;
+            }
+            arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now);
+            out.push(b);
+            delivered += 1;
+        }
+        (taken, delivered)
+    }
+
     /// Once a second: follows route changes and probes every next hop that is unresolved
     /// or stale.
     fn probe(&mut self, cache: &mut PoolCache, now: u32, drops: &mut DropTally) {
@@ -382,7 +709,7 @@ impl UplinkTunnelRx {
         self.probed_at = Some(now);
         let sh = &*self.shared;
         for (hop, ip) in sh.route() {
-            if sh.neighbours.take_probe(hop, now) {
+            if sh.up.neighbours.take_probe(hop, now) {
                 control_frame(sh, (&mut self.control, &mut *self.tx), cache, ip, None, drops);
             }
         }
@@ -396,12 +723,22 @@ fn source_index(sh: &Shared, last: &mut LastSource, ip: IpAddr) -> Option<u16> {
     match *last {
         Some((a, i)) if a == ip => Some(i),
         _ => {
-            let r = &sh.remotes;
-            let i = r.index_of(ip).or_else(|| r.learning_index(ip))?;
+            let i = sh.remotes.index_of(ip).or_else(|| learned_source(sh, ip))?;
             *last = Some((ip, i));
             Some(i)
         }
     }
+}
+
+/// The index of new tunnel source `ip`, learned (when learning is on) and routed at once, so
+/// that the reply finds its next hop's MAC. Out of line: rare, and `source_index` runs for
+/// every packet.
+#[cold]
+#[inline(never)]
+fn learned_source(sh: &Shared, ip: IpAddr) -> Option<u16> {
+    let i = sh.remotes.learning_index(ip)?;
+    sh.route_one(i, ip);
+    Some(i)
 }
 
 /// The last tunnel source address and its endpoint index ([`source_index`]).
@@ -423,8 +760,9 @@ fn arrived(
 ) {
     if let Some(i) = source_index(sh, last, src_ip) {
         if *confirmed != Some((i, src_mac)) {
-            if sh.via[usize::from(i)].load(Ordering::Relaxed) == i {
-                sh.neighbours.confirm(i, src_mac, now);
+            let own = sh.direct[usize::from(i)].load(Ordering::Relaxed);
+            if own != NO_HOP {
+                sh.up.neighbours.confirm(own, src_mac, now);
             }
             *confirmed = Some((i, src_mac));
         }
@@ -435,12 +773,12 @@ fn arrived(
 impl RxQueue for UplinkTunnelRx {
     /// As its uplink's queue: an AF_PACKET uplink wakes for free, a DPDK one cannot wake.
     fn spin_when_idle(&self) -> bool {
-        self.rx.spin_when_idle()
+        self.queue.spin
     }
 
     /// As its uplink's queue.
     fn nap_while_busy(&self) -> bool {
-        self.rx.nap_while_busy()
+        self.queue.nap
     }
 
     fn rx_burst(&mut self, rx: RxCtx<'_>, out: &mut Burst, max: usize) -> usize {
@@ -448,11 +786,23 @@ impl RxQueue for UplinkTunnelRx {
         let now = self.shared.now_s();
         self.probe(cache, now, drops);
         let want = max.min(out.remaining_capacity());
-        self.rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want);
-        let UplinkTunnelRx { shared, tx, frames, control, last, .. } = self;
+        // First what other members read for this port, then the uplink unless another
+        // member is reading it (that one hands this port its packets).
+        let (taken, mut delivered) = self.handed((cache, drops), out, want, now);
+        if taken >= want {
+            return delivered;
+        }
+        match self.queue.rx.try_lock() {
+            Ok(mut rx) => rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want - taken),
+            Err(_) => return delivered,
+        };
+        let UplinkTunnelRx { shared, tx, frames, control, last, q, .. } = self;
         let sh = &**shared;
         let (remotes, codec) = (sh.remotes.view(), sh.codec);
-        let mut delivered = 0;
+        // The members, read at the first packet of another VNI; those handed packets, woken
+        // once each at the end.
+        let mut members = None;
+        let mut woken: ArrayVec<usize, MAX_BURST> = ArrayVec::new();
         // The endpoint and MAC this burst last confirmed: a burst of one sender's packets
         // confirms its neighbour entry once.
         let mut confirmed = None;
@@ -477,6 +827,28 @@ impl RxQueue for UplinkTunnelRx {
                     // The datagram's tunnel header decided, then the frame narrowed to the
                     // inner frame in one step (classify's lengths lie within the frame).
                     let datagram = b.data().get(payload..payload.wrapping_add(len));
+                    if let Some(vni) = datagram.and_then(peek_vni).filter(|&v| v != codec.vni) {
+                        let members: &[Member] = members.get_or_insert_with(|| sh.up.members.load());
+                        if let Some(k) = members.iter().position(|m| m.vni == vni) {
+                            // Another network's: to its port, the tunnel header still on.
+                            let handed = b.narrow(payload, len).is_ok();
+                            match members[k].inboxes.get(usize::from(*q)) {
+                                Some(inbox) if handed => match inbox.q.push((b, src_ip, src_mac)) {
+                                    Ok(()) if !woken.contains(&k) => woken.push(k),
+                                    Ok(()) => {}
+                                    Err((b, ..)) => {
+                                        drops.add(DropReason::TunnelDemuxFull, 1);
+                                        cache.free(b);
+                                    }
+                                },
+                                _ => {
+                                    drops.add(DropReason::TunnelTruncated, 1);
+                                    cache.free(b);
+                                }
+                            }
+                            continue;
+                        }
+                    }
                     let decap = datagram.map_or(Err(DropReason::TunnelTruncated), |d| codec.decap(d));
                     let inner = decap.and_then(|off| {
                         b.narrow(payload + off, len - off).map_err(|_| DropReason::TunnelTruncated)
@@ -493,8 +865,8 @@ impl RxQueue for UplinkTunnelRx {
                 UplinkFrame::Neighbour { ip, mac, answer } => {
                     cache.free(b);
                     confirmed = None;
-                    for i in sh.slots_of(ip) {
-                        sh.neighbours.confirm(i, mac, now);
+                    if let Some(i) = sh.up.slot_of(ip) {
+                        sh.up.neighbours.confirm(i, mac, now);
                     }
                     if answer {
                         control_frame(sh, (control, &mut **tx), cache, ip, Some(mac), drops);
@@ -513,19 +885,42 @@ impl RxQueue for UplinkTunnelRx {
         if !control.is_empty() {
             tx.tx_burst(control, cache, drops);
         }
+        if let (Some(members), true) = (members, self.queue.wakes) {
+            for k in woken {
+                // A failed write means the counter is huge already: the member is awake.
+                let _ = members[k].inboxes[usize::from(*q)].wake.write(1);
+            }
+        }
         delivered
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.rx.wake_fd()
+        self.epoll.as_ref().map(|e| e.0.as_fd())
     }
 
+    /// Packets in the inbox, or frames the uplink's queue holds already: no sleep. A queue
+    /// another member is reading is that member's to hand out (to the inbox, waking us).
     fn arm_wakeup(&mut self) -> bool {
-        self.rx.arm_wakeup()
+        if !self.shared.inboxes[usize::from(self.q)].q.is_empty() {
+            return false;
+        }
+        match self.queue.rx.try_lock() {
+            Ok(mut rx) => {
+                self.armed = rx.arm_wakeup();
+                self.armed
+            }
+            Err(_) => true,
+        }
     }
 
     fn disarm_wakeup(&mut self) {
-        self.rx.disarm_wakeup()
+        // Non-blocking: EAGAIN when nothing was written.
+        let _ = self.shared.inboxes[usize::from(self.q)].wake.read();
+        if std::mem::take(&mut self.armed) {
+            if let Ok(mut rx) = self.queue.rx.try_lock() {
+                rx.disarm_wakeup();
+            }
+        }
     }
 }
 
@@ -818,6 +1213,145 @@ mod tests {
             cache.free(o);
         }
         got
+    }
+
+    /// A tunnel packet from endpoint 192.0.2.2 (at `mac`) to the port, VNI `vni`, carrying
+    /// `inner`.
+    fn tunnel_packet(mac: MacAddr, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let v = vni.to_be_bytes();
+        let mut f = vec![0u8; 42];
+        f.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
+        f.extend_from_slice(inner);
+        let r = OuterRepr {
+            src_mac: mac,
+            dst_mac: LOCAL_MAC,
+            src_ip: ip(2),
+            dst_ip: ip(1),
+            src_port: 50000,
+            dst_port: 4789,
+        };
+        assert!(r.emit(&mut f));
+        f
+    }
+
+    /// One poll of `rx`: the frames delivered and the drops counted.
+    fn poll(rx: &mut dyn RxQueue, cache: &mut PoolCache) -> (Vec<Vec<u8>>, DropTally) {
+        let (mut out, mut drops) = (Burst::new(), DropTally::default());
+        rx.rx_burst(RxCtx::new(cache, &mut drops), &mut out, 32);
+        let frames = out
+            .drain(..)
+            .map(|b| {
+                let v = b.data().to_vec();
+                cache.free(b);
+                v
+            })
+            .collect();
+        (frames, drops)
+    }
+
+    /// Every frame the uplink sent since the last call: (EtherType, the VXLAN VNI of a tunnel
+    /// packet).
+    fn sent(peer: &RingPeer, cache: &mut PoolCache) -> Vec<(u16, Option<u32>)> {
+        let mut got = Vec::new();
+        while let Some(o) = peer.collect() {
+            let et = u16::from_be_bytes([o.data()[12], o.data()[13]]);
+            let vni = OuterPacket::new_checked(o.data())
+                .ok()
+                .and_then(|p| switchyard_dataplane::tunnel::peek_vni(&o.data()[p.payload_offset()..]));
+            got.push((et, vni));
+            cache.free(o);
+        }
+        got
+    }
+
+    /// Two networks (VNIs 5001 and 5002) on one uplink: each port gets its own packets
+    /// whichever port's RX reads the uplink; a third VNI is the reader's `tunnel_wrong_vni`;
+    /// one neighbour table (one probe, one ARP reply resolves both ports' endpoint); an ARP
+    /// request answered once; each port sends its own VNI; another local address or a served
+    /// VNI is refused; the uplink stays with the port left when the other goes.
+    #[test]
+    fn two_networks_share_one_uplink() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:shared-{}", std::process::id());
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let ring = Mutex::new(Some(ring));
+        let opts = |vni: u32, local: IpAddr| TunnelOptions {
+            kind: TunnelKind::Vxlan,
+            vni,
+            local,
+            dstport: 4789,
+            flood: vec![ip(2)],
+            remote_macs: Vec::new(),
+            learn: true,
+            aging_s: 300,
+        };
+        let join = |name: &str, vni: u32, local: IpAddr| {
+            UplinkTunnelPort::join(name, &opts(vni, local), &key, NextHops::default(), || {
+                let r = ring.lock().unwrap().take().expect("the uplink opened once");
+                Ok((Arc::new(r), LOCAL_MAC, 1500))
+            })
+        };
+        let a = join("a", 5001, ip(1)).expect("a");
+        let b = join("b", 5002, ip(1)).expect("b joins a's uplink");
+        assert!(join("c", 5003, ip(9)).is_err(), "another local address");
+        assert!(join("d", 5001, ip(1)).is_err(), "VNI 5001 served");
+        let (mut ra, mut ta) = (a.open_rx(0).expect("rx"), a.open_tx(0).expect("tx"));
+        let (mut rb, mut tb) = (b.open_rx(0).expect("rx"), b.open_tx(0).expect("tx"));
+        assert!(a.open_rx(0).is_err(), "queue 0 of a taken");
+        // First polls: both ports route endpoint 2 to one slot, probed once.
+        assert_eq!(poll(&mut *ra, &mut cache).0.len(), 0);
+        assert_eq!(poll(&mut *rb, &mut cache).0.len(), 0);
+        assert_eq!(sent(&peer, &mut cache), [(EtherType::ARP, None)], "one probe for both ports");
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        peer.inject(cache.alloc_copy(&arp_reply(2, m2)).unwrap()).unwrap();
+        assert_eq!(poll(&mut *rb, &mut cache).0.len(), 0);
+        assert_eq!((a.neighbour(ip(2)), b.neighbour(ip(2))), (Some(m2), Some(m2)));
+
+        let (ia, ib, ic) =
+            (inner(LOCAL_MAC, X), inner(LOCAL_MAC, MacAddr([2, 0, 0, 0, 0xb, 2])), inner(X, X));
+        for reader in 0..2 {
+            for (vni, f) in [(5001, &ia), (5002, &ib), (5003, &ic)] {
+                peer.inject(cache.alloc_copy(&tunnel_packet(m2, vni, f)).unwrap()).unwrap();
+            }
+            let (first, second) = if reader == 0 { (&mut ra, &mut rb) } else { (&mut rb, &mut ra) };
+            let (got, drops) = poll(&mut **first, &mut cache);
+            assert_eq!(drops.get(DropReason::TunnelWrongVni), 1, "5003 at the reader");
+            assert_eq!(drops.total(), 1);
+            assert_eq!(got, [if reader == 0 { ia.clone() } else { ib.clone() }]);
+            let (got, drops) = poll(&mut **second, &mut cache);
+            assert!(drops.is_zero(), "{drops:?}");
+            assert_eq!(got, [if reader == 0 { ib.clone() } else { ia.clone() }], "handed over");
+        }
+        // The inner source MACs were learned by their own port only.
+        assert_eq!(a.remotes().lookup(X, 0), Some(0));
+        assert_eq!(b.remotes().lookup(X, 0), None);
+
+        // An ARP request for the local address: answered once, by the reader.
+        let mut req = [0u8; CONTROL_FRAME_LEN];
+        let n = arp_frame(&mut req, m2, v4(2), v4(1), None);
+        peer.inject(cache.alloc_copy(&req[..n]).unwrap()).unwrap();
+        poll(&mut *ra, &mut cache);
+        poll(&mut *rb, &mut cache);
+        assert_eq!(sent(&peer, &mut cache), [(EtherType::ARP, None)], "one reply");
+
+        // Each port sends its own VNI through the one uplink.
+        for (tx, vni) in [(&mut ta, 5001), (&mut tb, 5002)] {
+            let mut burst = Burst::new();
+            burst.push(cache.alloc_copy(&inner(X, LOCAL_MAC)).unwrap());
+            tx.tx_burst(&mut burst, &mut cache, &mut DropTally::default());
+            assert_eq!(sent(&peer, &mut cache), [(EtherType::IPV4, Some(vni))]);
+        }
+
+        // a goes: b keeps the uplink; 5001 is nobody's now.
+        drop((ra, ta, a));
+        for (vni, f) in [(5001, &ia), (5002, &ib)] {
+            peer.inject(cache.alloc_copy(&tunnel_packet(m2, vni, f)).unwrap()).unwrap();
+        }
+        let (got, drops) = poll(&mut *rb, &mut cache);
+        assert_eq!((got, drops.get(DropReason::TunnelWrongVni)), (vec![ib.clone()], 1));
+        drop((rb, tb, b));
+        all_returned(&peer, cache, &pool);
     }
 
     /// The outer headers are written from a template per endpoint; when the next hop's MAC

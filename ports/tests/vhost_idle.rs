@@ -345,7 +345,7 @@ fn idle_engine_sleeps_and_wakes_on_a_kick() {
     let opts = EngineOptions {
         pool_buffers: 4096,
         idle_wait: Duration::from_secs(60),
-        on_worker_start: Some(Arc::new(move |_| {
+        on_worker_plan: Some(Arc::new(move |_| {
             // "<pid>/task/<tid>"
             let me = std::fs::read_link("/proc/thread-self").unwrap();
             *t.lock().unwrap() = me.to_string_lossy().into_owned();

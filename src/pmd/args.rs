@@ -354,7 +354,7 @@ pub(super) fn check(a: &PmdArgs) -> Result<Setup, String> {
         busy_poll: a.busy_poll,
         idle_spin: a.idle_spin_us.map(std::time::Duration::from_micros),
         pool_buffers: a.pool_buffers,
-        on_worker_start: Some(switchyard_ports::factory::worker_hook()),
+        on_worker_plan: Some(switchyard_ports::factory::worker_hook()),
         stage_cycles: a.stage_cycles,
         ..defaults
     };

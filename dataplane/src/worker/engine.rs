@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Called on each worker thread when it starts (worker index), e.g. to register the thread
-/// with DPDK's EAL so that mempool caches work.
+/// Called on a worker thread (worker index) when it starts and again whenever it takes up a
+/// new plan, before it opens that plan's queues: e.g. to register the thread with DPDK's EAL
+/// so that mempool caches work, EAL being brought up by the first DPDK port of a plan, after
+/// the workers started. Must be idempotent.
 pub type WorkerHook = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// How the workers run.
@@ -47,8 +49,9 @@ pub struct EngineOptions {
     pub idle_wait: Duration,
     /// Buffers in the shared pool.
     pub pool_buffers: usize,
-    /// Run on each worker thread before it polls.
-    pub on_worker_start: Option<WorkerHook>,
+    /// Run on each worker thread before it polls and before it opens a new plan's queues
+    /// ([`WorkerHook`]).
+    pub on_worker_plan: Option<WorkerHook>,
     /// Count busy cycles by stage ([`WorkerStatsSnapshot::stages`]): four TSC reads a burst.
     /// Off, the workers run a loop compiled without them.
     pub stage_cycles: bool,
@@ -64,7 +67,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("max_sleep", &self.max_sleep)
             .field("idle_wait", &self.idle_wait)
             .field("pool_buffers", &self.pool_buffers)
-            .field("on_worker_start", &self.on_worker_start.is_some())
+            .field("on_worker_plan", &self.on_worker_plan.is_some())
             .field("stage_cycles", &self.stage_cycles)
             .finish()
     }
@@ -80,7 +83,7 @@ impl Default for EngineOptions {
             max_sleep: Duration::from_micros(100),
             idle_wait: IDLE_WAIT,
             pool_buffers: 16384,
-            on_worker_start: None,
+            on_worker_plan: None,
             stage_cycles: false,
         }
     }

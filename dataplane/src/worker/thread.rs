@@ -55,7 +55,7 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
         }
     }
     crate::switch::set_counter_shard(idx);
-    if let Some(hook) = &sh.opts.on_worker_start {
+    if let Some(hook) = &sh.opts.on_worker_plan {
         hook(idx);
     }
     let plan = sh.plan.load_full();
@@ -191,6 +191,11 @@ impl Worker {
     }
 
     fn reload(&mut self, sh: &Shared) {
+        // Before this plan's queues are opened: its ports may need what the hook sets up
+        // (a DPDK port brings EAL up after the worker started; the worker then registers).
+        if let Some(hook) = &sh.opts.on_worker_plan {
+            hook(self.idx);
+        }
         let plan = sh.plan.load_full();
         let mine: &[(PortId, u16)] = plan.rx.get(self.idx).map_or(&[], |v| v.as_slice());
         let backend_of = |p: PortId| plan.ports.get(usize::from(p)).and_then(|b| b.clone());
