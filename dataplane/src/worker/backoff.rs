@@ -64,6 +64,21 @@ pub(super) fn naps_for(naps: impl Iterator<Item = bool>) -> bool {
     any
 }
 
+/// The scheduler's time slice a napping worker asks for ([`cpu::set_slice`]; `None`, the
+/// kernel's default, for a worker that does not nap). A nap ends with a wake-up on a core that
+/// other processes use meanwhile; with the default slice (1.4 ms on 2 cores) the woken worker
+/// waits for the running process's slice to end, up to the next 4 ms tick, while its AF_XDP
+/// fill ring (1,024 frames = 2 ms at 500,000 frames/s) runs dry and the kernel drops frames.
+/// With a shorter slice than the running process's it preempts it at once (EEVDF, Linux
+/// 6.12 on): fewer drops at the same CPU a frame (benches/bridge-compare.sh,
+/// docs/benchmarks.md). 100 µs is the kernel's least.
+pub(super) fn slice_for(naps: bool) -> Option<Duration> {
+    naps.then_some(NAP_SLICE)
+}
+
+/// See [`slice_for`].
+const NAP_SLICE: Duration = Duration::from_micros(100);
+
 /// Idle polls after the spin spent yielding before sleeping.
 const YIELD_POLLS: u32 = 100;
 

@@ -2,7 +2,7 @@
 //! queue handles it owns. Invariant: the worker holds RX and TX handles only of ports in the
 //! plan it last applied, and on stop frees every buffer it holds.
 
-use super::backoff::{naps_for, spin_for, Backoff};
+use super::backoff::{naps_for, slice_for, spin_for, Backoff};
 use super::clock::SecondClock;
 use super::engine::Shared;
 use super::stats::{thread_cpu_us, StageCycles};
@@ -83,6 +83,25 @@ pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
     w.release_all();
 }
 
+/// The worker thread's scheduler slice as last set ([`slice_for`]; a thread starts with the
+/// default): a system call only when the worker starts or stops napping.
+struct Slice {
+    naps: Option<bool>,
+}
+
+impl Slice {
+    fn set(&mut self, naps: bool) {
+        if self.naps == Some(naps) {
+            return;
+        }
+        self.naps = Some(naps);
+        if let Err(e) = cpu::set_slice(slice_for(naps)) {
+            // Only the wake-up latency of naps suffers; the worker works as before.
+            tracing::debug!(error = %e, "worker: scheduler slice not set");
+        }
+    }
+}
+
 /// The worker's loop until the engine stops; with `STAGES` it also counts busy cycles by
 /// stage ([`StageCycles`]), compiled out otherwise.
 fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
@@ -90,6 +109,8 @@ fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
     let cpu_start = thread_cpu_us();
     let (spin, naps) = w.idle_mode(sh);
     let mut backoff = Backoff::new(spin, naps);
+    let mut slice = Slice { naps: Some(false) };
+    slice.set(naps);
     let mut last_retry = Instant::now();
     let mut t_prev = cpu::rdtsc();
     while !sh.stop.load(Ordering::Acquire) {
@@ -103,6 +124,7 @@ fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
             stats.applied.store(g, Ordering::Release);
             let (spin, naps) = w.idle_mode(sh);
             backoff.set_queues(spin, naps);
+            slice.set(naps);
             poll_tsc = cpu::rdtsc();
         }
         if !w.rx_pending.is_empty() && last_retry.elapsed() > Duration::from_millis(1) {
@@ -110,6 +132,7 @@ fn poll_loop<const STAGES: bool>(w: &mut Worker, sh: &Shared) {
             w.open_pending(&plan);
             let (spin, naps) = w.idle_mode(sh);
             backoff.set_queues(spin, naps);
+            slice.set(naps);
             last_retry = Instant::now();
             poll_tsc = cpu::rdtsc();
         }
