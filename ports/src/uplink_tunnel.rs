@@ -686,10 +686,7 @@ impl UplinkTunnelRx {
             let Some((mut b, src_ip, src_mac)) = inbox.q.pop() else { break };
             taken += 1;
             let len = b.len();
-            let inner = codec
-                .decap(b.data())
-                .and_then(|off| b.narrow(off, len - off).map_err(|_| DropReason::TunnelTruncated));
-            if let Err(r) = inner {
+            if let Err(r) = to_inner(&codec, &mut b, 0, len) {
                 drops.add(r, 1);
                 cache.free(b);
                 continue;
@@ -744,6 +741,15 @@ fn learned_source(sh: &Shared, ip: IpAddr) -> Option<u16> {
 
 /// The last tunnel source address and its endpoint index ([`source_index`]).
 type LastSource = Option<(IpAddr, u16)>;
+
+/// Checks the tunnel header of the datagram at `payload..payload + len` of `b` and narrows
+/// `b` to the inner frame: the one decapsulation of the reader's own packets and of those
+/// another member handed over.
+fn to_inner(codec: &TunnelCodec, b: &mut PacketBuf, payload: usize, len: usize) -> Result<(), DropReason> {
+    let datagram = b.data().get(payload..payload.wrapping_add(len)).ok_or(DropReason::TunnelTruncated)?;
+    let off = codec.decap(datagram)?;
+    b.narrow(payload + off, len - off).map_err(|_| DropReason::TunnelTruncated)
+}
 
 /// What the arrival of inner frame `inner` from tunnel source `src` (address, MAC) does: the
 /// source's endpoint index found (learned when new and learning is on), its neighbour entry
@@ -858,11 +864,7 @@ impl RxQueue for UplinkTunnelRx {
                             continue;
                         }
                     }
-                    let decap = datagram.map_or(Err(DropReason::TunnelTruncated), |d| codec.decap(d));
-                    let inner = decap.and_then(|off| {
-                        b.narrow(payload + off, len - off).map_err(|_| DropReason::TunnelTruncated)
-                    });
-                    if let Err(r) = inner {
+                    if let Err(r) = to_inner(&codec, &mut b, payload, len) {
                         drops.add(r, 1);
                         cache.free(b);
                         continue;
