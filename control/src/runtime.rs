@@ -575,6 +575,7 @@ impl Runtime {
             self.update_in_place(&mut d, running);
         }
         self.close_reopened(&d);
+        self.retire_removed(&d);
         let mut came_up = false;
         for n in d.added.iter().chain(&d.reopened) {
             came_up |= self.open_one(n, now[n.as_str()].1, &mut lines);
@@ -640,6 +641,18 @@ impl Runtime {
         }
         self.publish(self.switch.clone());
         drop(closing);
+    }
+
+    /// Has the backends of the ports `d` removes give up now what a port opened in this
+    /// reconcile may need ([`PortBackend::retire`]): a port renamed, or a VNI moved to a new
+    /// port, on a shared tunnel socket or uplink opens at once. Their queues run on until
+    /// the publish without them, as before.
+    fn retire_removed(&self, d: &Diff) {
+        for n in &d.removed {
+            if let Some(b) = self.ports.get(n).and_then(|st| st.backend.as_ref()) {
+                b.retire();
+            }
+        }
     }
 
     /// Opens port `name`'s backend unless it has one; whether a port that was down came up.
@@ -708,8 +721,10 @@ impl Runtime {
             self.update_in_place(&mut d, &wanted);
             ph.mark("update in place");
         }
-        // 1. Backends to reopen are closed first.
+        // 1. Backends to reopen are closed first; removed ones give up what a port opened
+        // now may need (a tunnel port's VNI on a shared socket or uplink).
         self.close_reopened(&d);
+        self.retire_removed(&d);
         // 2. Open what has no backend: new ports, reopened ones, and down ones (a retry).
         let wanted_ports = reconcile::ports_by_name(&wanted);
         let mut came_up = false;
@@ -961,6 +976,8 @@ impl Runtime {
     /// Publishes `sw` with the current backends, RX queues dealt to workers (sticky; new
     /// queues to the least loaded worker), and waits until every worker applied it.
     fn publish(&mut self, sw: Arc<SwitchConfig>) -> (u64, bool) {
+        // What a worker let go of last (a tunnel uplink) is closed here, off the workers.
+        switchyard_ports::factory::close_retired();
         let slots = sw.port_slots();
         let mut ports: Vec<Option<Arc<dyn PortBackend>>> = vec![None; slots];
         let w = self.engine.worker_count().max(1);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchyard_control::runtime::{Runtime, RuntimeOptions};
 use switchyard_dataplane::buffer::Pool;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, RemoteMac};
+use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_ports::factory::ring_peer;
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -21,8 +22,12 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn config(vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
+    named("tu-tun", vni, port, flood, remote)
+}
+
+fn named(name: &str, vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
     let tunnel = PortConfig {
-        name: "tu-tun".into(),
+        name: name.into(),
         kind: Some(PortType::Vxlan),
         vni: Some(vni),
         local: Some(ip("127.0.0.1")),
@@ -108,4 +113,54 @@ fn a_tunnel_port_takes_new_endpoints_in_place() {
     send(FAR);
     assert_eq!(arrivals(&e2), [(5002, FAR)]);
     drop(tun);
+}
+
+/// A tunnel port renamed (its VNI moved to a new port on the same socket) works after one
+/// reconcile: the removed port gives its VNI up before the new one joins the socket, which
+/// stays bound. The new port sends and receives at once, and its counters count exactly
+/// that; nothing is counted as another VNI's.
+#[test]
+fn a_renamed_tunnel_port_serves_its_vni_at_once() {
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e2 = endpoint("127.0.0.2", port);
+    let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+    let none = |_: &str| None;
+    rt.apply(&named("tr-a", 5001, port, &["127.0.0.2"], None), &none).unwrap();
+    let a = rt.apply(&named("tr-b", 5001, port, &["127.0.0.2"], None), &none).unwrap();
+    assert_eq!(
+        (a.diff.added.as_slice(), a.diff.removed.as_slice()),
+        (&["tr-b".to_string()][..], &["tr-a".to_string()][..])
+    );
+    assert_eq!(rt.port_error("tr-b"), None, "the renamed port is down: {:?}", a.lines);
+    assert!(rt.backend("tr-a").is_none());
+
+    // Out: a frame from the VM reaches the endpoint in VNI 5001.
+    let vm = ring_peer("tu-vm").unwrap();
+    let pool = Pool::new("tr", 64).unwrap();
+    let mut cache = pool.cache();
+    let f = Frame::new(FAR, VM).ethertype(ETHERTYPE_IPV4).pad(64, 0).build();
+    vm.inject(cache.alloc_copy(&f).unwrap()).map_err(|_| "ring full").unwrap();
+    assert_eq!(arrivals(&e2), [(5001, FAR)]);
+    // In: a datagram of VNI 5001 from the endpoint reaches the VM.
+    let inner = Frame::new(VM, FAR).ethertype(ETHERTYPE_IPV4).pad(64, 0).build();
+    let dgram = [&[0x08, 0, 0, 0, 0, 0x13, 0x89, 0][..], &inner].concat();
+    e2.send_to(&dgram, ("127.0.0.1", port)).unwrap();
+    let t = std::time::Instant::now();
+    let got = loop {
+        if let Some(b) = vm.collect() {
+            break b.data().to_vec();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "nothing at the VM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(got, inner);
+    let st = rt.switch().port_by_name("tr-b").unwrap().stats.clone();
+    // Counted after the burst that carried the frame: a moment after it arrived.
+    let t = std::time::Instant::now();
+    while (st.rx_packets(), st.tx_packets()) != (1, 1) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!((st.rx_packets(), st.tx_packets()), (1, 1));
+    assert_eq!(st.total_drops(), 0, "{:?}", st.snapshot());
+    assert_eq!(st.drop_count(DropReason::TunnelWrongVni), 0);
 }

@@ -527,6 +527,24 @@ impl Remotes {
         self.learn.load(Ordering::Relaxed)
     }
 
+    /// By endpoint index, whether a frame can go there at `now`: it is in the flood list or
+    /// holds a remote MAC (static, or learned and not aged out). Off the per-frame path: a
+    /// walk of the remote MAC table.
+    pub fn endpoints_in_use(&self, now: u32) -> Vec<bool> {
+        let mut used = vec![false; self.endpoint_count()];
+        for &i in self.flood.load().iter() {
+            if let Some(u) = used.get_mut(usize::from(i)) {
+                *u = true;
+            }
+        }
+        for e in self.macs.entries(now) {
+            if let Some(u) = used.get_mut(usize::from(e.port)) {
+                *u = true;
+            }
+        }
+        used
+    }
+
     /// Every remote MAC with its endpoint and whether it is static (for `show`).
     pub fn macs(&self, now: u32) -> Vec<(MacAddr, IpAddr, bool)> {
         self.macs

@@ -7,11 +7,14 @@
 //!   endpoint, or something else -- never panicking, whatever the bytes.
 //! - [`Neighbours`] holds one MAC per next hop (by slot: the uplink's tunnel ports give each
 //!   endpoint or gateway address one), read without a lock by TX, written by RX when an ARP
-//!   reply, a Neighbour Advertisement, a request about the local address or a tunnel packet
-//!   confirms it. A binding not confirmed for [`REACHABLE_S`] is still used but probed again
-//!   (as the kernel's STALE state); an endpoint without a binding is probed at most once a
-//!   second ([`PROBE_INTERVAL_S`]) and frames to it are dropped (`tunnel_unresolved`), not
-//!   held.
+//!   reply, a Neighbour Advertisement or a request about the local address confirms it (as
+//!   OVS's tunnel neighbour cache, which snoops ARP/ND only). A tunnel packet never overwrites
+//!   a binding: it gives an unresolved slot its source MAC, unconfirmed, and makes a binding
+//!   to another MAC unconfirmed ([`Neighbours::seen`]); either is probed at the next round
+//!   and the answer decides. A binding not confirmed for [`REACHABLE_S`] is still used but
+//!   probed again (as the kernel's STALE state); an endpoint without a binding is probed at
+//!   most once a second ([`PROBE_INTERVAL_S`]) and frames to it are dropped
+//!   (`tunnel_unresolved`), not held.
 //! - [`arp_frame`] and [`nd_frame`] write the requests and replies (ARP, RFC 826; Neighbour
 //!   Solicitation/Advertisement, RFC 4861) into a fixed array.
 //!
@@ -490,11 +493,20 @@ impl Routes {
 
 /// A MAC with the valid bit, in one atomic word.
 const VALID: u64 = 1 << 63;
+/// With [`VALID`]: the MAC is in use but not confirmed by ARP/ND (taken from a tunnel packet,
+/// or doubted by one from another MAC): probed at the next round, whatever its age.
+const UNCONFIRMED: u64 = 1 << 62;
 
 struct Slot {
     mac: AtomicU64,
     confirmed: AtomicU32,
     asked: AtomicU32,
+}
+
+/// `mac` in the low 48 bits of a word.
+fn mac_word(mac: MacAddr) -> u64 {
+    let m = mac.0;
+    u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
 /// The MAC of each remote endpoint (by endpoint index), see the module documentation.
@@ -532,11 +544,37 @@ impl Neighbours {
         })
     }
 
-    /// Endpoint `i` is at `mac`, as seen at `now` (seconds).
+    /// What a tunnel packet from endpoint `i` (on the link) with source MAC `mac` tells: a
+    /// slot without a MAC takes it, unconfirmed (used at once, probed at the next round); a
+    /// slot with another MAC keeps its own but is probed at the next round (the answer
+    /// decides: an outer source MAC is no ARP/ND answer, and may be a router's); the same
+    /// MAC changes nothing (data confirms no binding: ARP/ND do).
+    #[inline]
+    pub fn seen(&self, i: u16, mac: MacAddr) {
+        if let Some(s) = self.slots.get(usize::from(i)) {
+            let v = s.mac.load(Ordering::Relaxed);
+            let m = mac_word(mac);
+            if v & VALID == 0 {
+                s.mac.store(VALID | UNCONFIRMED | m, Ordering::Release);
+            } else if v & !(VALID | UNCONFIRMED) != m && v & UNCONFIRMED == 0 {
+                s.mac.store(v | UNCONFIRMED, Ordering::Release);
+            }
+        }
+    }
+
+    /// Forgets slot `i` (its address is no next hop any more): no MAC, never asked.
+    pub fn clear(&self, i: u16) {
+        if let Some(s) = self.slots.get(usize::from(i)) {
+            s.mac.store(0, Ordering::Release);
+            s.confirmed.store(0, Ordering::Relaxed);
+            s.asked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Endpoint `i` is at `mac`, as an ARP/ND message said at `now` (seconds).
     pub fn confirm(&self, i: u16, mac: MacAddr, now: u32) {
         if let Some(s) = self.slots.get(usize::from(i)) {
-            let m = mac.0;
-            let v = VALID | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
+            let v = VALID | mac_word(mac);
             if s.mac.load(Ordering::Relaxed) != v {
                 s.mac.store(v, Ordering::Release);
             }
@@ -553,8 +591,9 @@ impl Neighbours {
         let Some(s) = self.slots.get(usize::from(i)) else {
             return false;
         };
-        let resolved = s.mac.load(Ordering::Acquire) & VALID != 0;
-        let fresh = resolved && now.saturating_sub(s.confirmed.load(Ordering::Relaxed)) < REACHABLE_S;
+        let v = s.mac.load(Ordering::Acquire);
+        let fresh = v & (VALID | UNCONFIRMED) == VALID
+            && now.saturating_sub(s.confirmed.load(Ordering::Relaxed)) < REACHABLE_S;
         let asked = s.asked.load(Ordering::Relaxed);
         // `asked` holds the probe's time plus one, so that 0 means never.
         if fresh || (asked != 0 && now.saturating_sub(asked - 1) < PROBE_INTERVAL_S) {
@@ -823,5 +862,34 @@ mod tests {
         assert_eq!(n.get(1), Some(PEER), "a stale binding is still used");
         assert!(!n.take_probe(9, 0));
         assert_eq!(n.resolved(), 1);
+    }
+
+    /// A tunnel packet never overwrites a binding: one from another MAC (a router's, or the
+    /// node's new NIC) has the binding probed at the next round, and only the answer moves
+    /// it; one to an unresolved slot gives it a MAC to use, probed all the same.
+    #[test]
+    fn tunnel_packets_do_not_overwrite_a_binding() {
+        const OTHER: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
+        let n = Neighbours::new(4);
+        n.confirm(1, PEER, 10);
+        assert!(!n.take_probe(1, 11));
+        n.seen(1, PEER);
+        assert!(!n.take_probe(1, 11), "the same MAC: nothing to ask");
+        n.seen(1, OTHER);
+        assert_eq!(n.get(1), Some(PEER), "not overwritten by a data packet");
+        assert!(n.take_probe(1, 11), "doubted: asked at the next round");
+        assert!(!n.take_probe(1, 11));
+        n.confirm(1, PEER, 11);
+        assert!(!n.take_probe(1, 12), "the answer confirms it");
+        n.seen(1, OTHER);
+        n.confirm(1, OTHER, 13);
+        assert_eq!(n.get(1), Some(OTHER), "an answer moves it");
+        // Unresolved: the packet's MAC is used at once, and asked about.
+        n.seen(2, OTHER);
+        assert_eq!(n.get(2), Some(OTHER));
+        assert!(n.take_probe(2, 13));
+        n.clear(2);
+        assert_eq!(n.get(2), None);
+        assert!(n.take_probe(2, 13), "a cleared slot was never asked");
     }
 }

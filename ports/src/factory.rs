@@ -174,6 +174,12 @@ fn open_uplink_tunnel(
     Ok(Arc::new(UplinkTunnelPort::join(name, opts, &key, hops, open)?))
 }
 
+/// Closes what workers dropped last and left to the control thread (a tunnel uplink whose
+/// last port went on a worker: a device's close may wait on another device's probe).
+pub fn close_retired() {
+    crate::uplink_tunnel::close_retired();
+}
+
 /// EAL's options for this context: room for the requested mbuf pool when the memory size is
 /// left to us (EAL's default under `--no-huge` is 256 MiB).
 #[cfg(feature = "dpdk")]

@@ -41,8 +41,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 use switchyard_dataplane::backend::{Backend, TunnelBackend};
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
@@ -150,6 +150,20 @@ struct Inbox {
     q: ArrayQueue<(PacketBuf, Option<IpAddr>)>,
     /// Written (once per batch) when datagrams were queued, so a sleeping RX wakes.
     wake: EventFd,
+    /// The socket's [`SharedSocket::orphaned`]: what is left here when the inbox goes (its
+    /// port left before taking it) is counted there. Set when the port joins.
+    orphaned: OnceLock<Arc<AtomicU64>>,
+}
+
+impl Drop for Inbox {
+    /// The last holder is the leaving port, or a reader that loaded the member list before
+    /// the port left: nobody pushes after this.
+    fn drop(&mut self) {
+        let n = self.q.len();
+        if let (true, Some(o)) = (n > 0, self.orphaned.get()) {
+            o.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,8 +177,12 @@ struct Member {
 struct SharedSocket {
     key: SocketKey,
     sock: UdpSocket,
-    /// Read once per RX batch without a lock; changed under [`SOCKETS`]'s lock.
+    /// Read once per RX batch without a lock; changed by read-copy-update (a leaving port,
+    /// maybe on a worker, takes no lock).
     members: ArcSwap<Vec<Member>>,
+    /// Datagrams handed to ports that left before taking them ([`Inbox`]'s drop): the next
+    /// member to read the socket counts them as `tunnel_wrong_vni` (their VNI is nobody's).
+    orphaned: Arc<AtomicU64>,
     /// What the socket's last `recvmmsg` took and is still to be handed out; held by the one
     /// member reading the socket (another finds its datagrams in its inbox meanwhile).
     rx: Mutex<RxBatch>,
@@ -369,8 +387,17 @@ impl SharedSocket {
                 s
             }
         };
-        let mut members = Vec::clone(&s.members.load());
-        if members.iter().any(|m| m.vni == o.vni) {
+        let _ = inbox.orphaned.set(s.orphaned.clone());
+        let mut served = false;
+        s.members.rcu(|cur| {
+            served = cur.iter().any(|m| m.vni == o.vni);
+            let mut next = Vec::clone(cur);
+            if !served {
+                next.push(Member { vni: o.vni, inbox: inbox.clone() });
+            }
+            next
+        });
+        if served {
             return Err(PortError::Backend {
                 port: name.into(),
                 msg: format!(
@@ -379,16 +406,17 @@ impl SharedSocket {
                 ),
             });
         }
-        members.push(Member { vni: o.vni, inbox });
-        s.members.store(Arc::new(members));
         Ok(s)
     }
 
-    /// The port of `vni` is gone: its datagrams are `tunnel_wrong_vni` from now on.
-    fn leave(&self, vni: u32) {
-        let _all = SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
-        let members: Vec<Member> = self.members.load().iter().filter(|m| m.vni != vni).cloned().collect();
-        self.members.store(Arc::new(members));
+    /// The port whose inbox is `inbox` is gone (a no-op when it left already): its VNI's
+    /// datagrams are `tunnel_wrong_vni` from now on, or another port's that joined with it.
+    fn leave(&self, inbox: &Arc<Inbox>) {
+        let gone = |m: &Member| Arc::ptr_eq(&m.inbox, inbox);
+        if !self.members.load().iter().any(gone) {
+            return;
+        }
+        self.members.rcu(|cur| cur.iter().filter(|m| !gone(m)).cloned().collect::<Vec<_>>());
     }
 
     fn bind(name: &str, (kind, local, port): SocketKey) -> Result<SharedSocket, PortError> {
@@ -421,6 +449,7 @@ impl SharedSocket {
             key: (kind, local, port),
             sock,
             members: ArcSwap::from_pointee(Vec::new()),
+            orphaned: Arc::new(AtomicU64::new(0)),
             rx: Mutex::new(RxBatch::new()),
         })
     }
@@ -461,7 +490,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.sock.leave(self.codec.vni);
+        self.sock.leave(&self.inbox);
     }
 }
 
@@ -540,6 +569,7 @@ impl UdpTunnelPort {
             q: ArrayQueue::new(INBOX_DEPTH),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
                 .map_err(nix_err)?,
+            orphaned: OnceLock::new(),
         });
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_err)?;
         epoll.add(&inbox.wake, EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(nix_err)?;
@@ -627,6 +657,12 @@ impl PortBackend for UdpTunnelPort {
             self.underlay_mtu(),
             self.overlay_mtu()
         ))
+    }
+
+    /// Leaves the socket's member list: a port joining with this VNI now is served (the
+    /// socket stays open while this port's queues use it).
+    fn retire(&self) {
+        self.shared.sock.leave(&self.shared.inbox);
     }
 
     fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
@@ -769,6 +805,10 @@ impl RxQueue for UdpTunnelRx {
         // One member reads the socket at a time; another finds its datagrams in its inbox.
         let sock = self.shared.sock.clone();
         let Ok(mut rxb) = sock.rx.try_lock() else { return delivered };
+        if sock.orphaned.load(Ordering::Relaxed) != 0 {
+            let n = sock.orphaned.swap(0, Ordering::Relaxed);
+            drops.add(DropReason::TunnelWrongVni, n.min(u64::from(u32::MAX)) as u32);
+        }
         let own = self.shared.codec.vni;
         let members = sock.members.load();
         // Members handed datagrams in this call, woken once each at the end.

@@ -37,7 +37,7 @@
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
@@ -111,6 +111,20 @@ struct Inbox {
     /// Written once a burst when packets were queued and the uplink's queue can wake a worker
     /// (AF_PACKET; a DPDK uplink's workers poll without sleeping).
     wake: EventFd,
+    /// The uplink's [`Uplink::orphaned`]: what is left here when the inbox goes (its port
+    /// left before taking it) is counted there.
+    orphaned: Arc<AtomicU64>,
+}
+
+impl Drop for Inbox {
+    /// The last holder is the leaving port, or a reader that loaded the member list before
+    /// the port left: nobody pushes after this.
+    fn drop(&mut self) {
+        let n = self.q.len();
+        if n > 0 {
+            self.orphaned.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,11 +158,14 @@ struct Uplink {
     clock: TunnelClock,
     /// By slot: the addresses' MACs ([`Uplink::slots`]).
     neighbours: Neighbours,
-    /// The slot of each address a member resolves, given when first needed, never reused.
-    slots: Mutex<HashMap<IpAddr, u16>>,
-    /// Read once a burst, and only when a packet of another VNI came; changed under
-    /// [`UPLINKS`]' lock.
+    /// The slot of each next hop address the members use ([`SlotTable`]).
+    slots: Mutex<SlotTable>,
+    /// Read once a burst, and only when a packet of another VNI came; changed by
+    /// read-copy-update (a join and a leave never wait on each other or on a lock).
     members: ArcSwap<Vec<Member>>,
+    /// Packets handed to ports that left before taking them ([`Inbox`]'s drop): the next
+    /// member RX to probe counts them as `tunnel_wrong_vni` (their VNI is nobody's now).
+    orphaned: Arc<AtomicU64>,
     queues: Box<[OnceLock<Arc<UplinkQueue>>]>,
     /// Serialises the opening of the RX queues.
     opening: Mutex<()>,
@@ -165,8 +182,83 @@ impl std::fmt::Debug for Uplink {
     }
 }
 
-/// Every shared uplink open in the process (dead ones pruned on the next join).
-static UPLINKS: Mutex<Vec<Weak<Uplink>>> = Mutex::new(Vec::new());
+/// One uplink's place in [`UPLINKS`]: its own lock, held while the first port opens the
+/// uplink (a DPDK device probe can take seconds) and while a port joins it, so that ports of
+/// other uplinks open meanwhile. No worker ever takes it: a leaving port does not.
+type UplinkSlot = Arc<Mutex<Weak<Uplink>>>;
+
+/// Every shared uplink of the process by key; the registry's lock is held only to find or
+/// add a key's slot (slots of closed uplinks are pruned then).
+static UPLINKS: Mutex<Vec<(String, UplinkSlot)>> = Mutex::new(Vec::new());
+
+/// Uplinks whose last port went on a worker thread: closed by the control thread (the next
+/// [`close_retired`]), as a device's close may wait on the locks of another's probe.
+static RETIRED: SegQueue<Arc<Uplink>> = SegQueue::new();
+
+/// Closes the uplinks whose last port was dropped on a worker (see [`RETIRED`]); the
+/// control thread calls it on every reconcile, and every join does.
+pub fn close_retired() {
+    while let Some(up) = RETIRED.pop() {
+        drop(up);
+    }
+}
+
+/// The neighbour slots of one uplink: each next hop address its members route an endpoint
+/// through has one, counted per (member, endpoint) pointing at it; a slot nobody points at
+/// is freed (its binding forgotten) and given to the next new address, so the table holds
+/// the addresses in use, whatever came and went before.
+#[derive(Debug, Default)]
+struct SlotTable {
+    by_ip: HashMap<IpAddr, u16>,
+    /// By slot: its address and how many endpoints point at it (0: free).
+    users: Vec<(IpAddr, u32)>,
+    free: Vec<u16>,
+}
+
+impl SlotTable {
+    /// The address of slot `s`, when in use.
+    fn ip_of(&self, s: u16) -> Option<IpAddr> {
+        self.users.get(usize::from(s)).filter(|u| u.1 > 0).map(|u| u.0)
+    }
+
+    /// One more endpoint points at `ip`'s slot (given one when new and there is room).
+    fn acquire(&mut self, ip: IpAddr, port: &str) -> Option<u16> {
+        if let Some(&s) = self.by_ip.get(&ip) {
+            self.users[usize::from(s)].1 += 1;
+            return Some(s);
+        }
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None if self.users.len() < NEIGHBOUR_SLOTS => {
+                self.users.push((ip, 0));
+                (self.users.len() - 1) as u16
+            }
+            None => {
+                tracing::warn!(port, address = %ip, "more than {NEIGHBOUR_SLOTS} next hops on one uplink: {ip} unreachable");
+                return None;
+            }
+        };
+        self.users[usize::from(s)] = (ip, 1);
+        self.by_ip.insert(ip, s);
+        Some(s)
+    }
+
+    /// One endpoint less points at slot `s`; the last one frees it.
+    fn release(&mut self, s: u16, neighbours: &Neighbours) {
+        let Some(u) = self.users.get_mut(usize::from(s)) else { return };
+        u.1 = u.1.saturating_sub(1);
+        if u.1 == 0 {
+            self.by_ip.remove(&u.0);
+            self.free.push(s);
+            neighbours.clear(s);
+        }
+    }
+
+    /// How many slots are in use.
+    fn in_use(&self) -> usize {
+        self.by_ip.len()
+    }
+}
 
 /// What opening an uplink gives: the port, its MAC address and MTU.
 pub type OpenedUplink = (Arc<dyn PortBackend>, MacAddr, u32);
@@ -184,8 +276,9 @@ impl Uplink {
             underlay_mtu,
             clock: TunnelClock::Monotonic(Instant::now()),
             neighbours: Neighbours::new(NEIGHBOUR_SLOTS),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(SlotTable::default()),
             members: ArcSwap::from_pointee(Vec::new()),
+            orphaned: Arc::new(AtomicU64::new(0)),
             queues,
             opening: Mutex::new(()),
         }
@@ -233,41 +326,36 @@ impl Uplink {
                 self.dstport
             ));
         }
-        let mut members = Vec::clone(&self.members.load());
-        if members.iter().any(|m| m.vni == o.vni) {
+        let mut served = false;
+        let before = self.members.rcu(|cur| {
+            served = cur.iter().any(|m| m.vni == o.vni);
+            let mut next = Vec::clone(cur);
+            if !served {
+                next.push(Member { vni: o.vni, inboxes: inboxes.clone() });
+            }
+            next
+        });
+        if served {
             return refuse(format!("VNI {} is already served by another tunnel port on uplink {on}", o.vni));
         }
-        members.push(Member { vni: o.vni, inboxes });
-        let n = members.len();
-        self.members.store(Arc::new(members));
-        Ok(n - 1)
+        Ok(before.len())
     }
 
-    /// The member of `vni` is gone: its packets are `tunnel_wrong_vni` from now on.
-    fn leave(&self, vni: u32) {
-        let _all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
-        let members: Vec<Member> = self.members.load().iter().filter(|m| m.vni != vni).cloned().collect();
-        self.members.store(Arc::new(members));
+    /// The member whose inboxes are `inboxes` is gone (a no-op when it left already): its
+    /// VNI's packets are `tunnel_wrong_vni` from now on, or another port's that joined with
+    /// it. Takes no lock: a worker may drop a port's last handle.
+    fn leave(&self, inboxes: &Arc<[Inbox]>) {
+        let gone = |m: &Member| Arc::ptr_eq(&m.inboxes, inboxes);
+        if !self.members.load().iter().any(gone) {
+            return;
+        }
+        self.members.rcu(|cur| cur.iter().filter(|m| !gone(m)).cloned().collect::<Vec<_>>());
     }
 
     /// The slot of address `ip`, when it has one.
     fn slot_of(&self, ip: IpAddr) -> Option<u16> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied()
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied()
     }
-}
-
-/// The slot of `ip` in `slots`, given one when new and there is room.
-fn slot_for(slots: &mut HashMap<IpAddr, u16>, ip: IpAddr, port: &str) -> Option<u16> {
-    if let Some(&s) = slots.get(&ip) {
-        return Some(s);
-    }
-    if slots.len() >= NEIGHBOUR_SLOTS {
-        tracing::warn!(port, address = %ip, "more than {NEIGHBOUR_SLOTS} next hops on one uplink: {ip} unreachable");
-        return None;
-    }
-    let s = slots.len() as u16;
-    slots.insert(ip, s);
-    Some(s)
 }
 
 struct Shared {
@@ -295,8 +383,22 @@ struct Shared {
 }
 
 impl Drop for Shared {
+    /// Leaves the uplink (no lock but the uplink's slot table, which no open holds) and
+    /// frees the neighbour slots only this port used. On a worker the uplink, which may close
+    /// with this port, goes to [`RETIRED`]: the control thread closes it.
     fn drop(&mut self) {
-        self.up.leave(self.codec.vni);
+        self.up.leave(&self.inboxes);
+        let mut t = self.up.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for v in self.via.iter() {
+            let s = v.swap(NO_HOP, Ordering::Relaxed);
+            if s != NO_HOP {
+                t.release(s, &self.up.neighbours);
+            }
+        }
+        drop(t);
+        if switchyard_dataplane::worker::on_worker_thread() {
+            RETIRED.push(self.up.clone());
+        }
     }
 }
 
@@ -325,9 +427,32 @@ impl Shared {
         self.up.neighbours.get(hop)
     }
 
-    /// Reads the kernel's routes again (when they are followed), points every endpoint at
-    /// its next hop's slot, and returns the slots to resolve with their addresses.
-    fn route(&self) -> Vec<(u16, IpAddr)> {
+    /// Points endpoint `i` (at `ip`) at next hop `nh`'s slot, or at none (`None`: the
+    /// endpoint is not in use), giving back the slot it pointed at before. Returns its slot.
+    fn point(&self, t: &mut SlotTable, i: u16, ip: IpAddr, nh: Option<IpAddr>) -> u16 {
+        let (Some(via), Some(direct)) = (self.via.get(usize::from(i)), self.direct.get(usize::from(i)))
+        else {
+            return NO_HOP;
+        };
+        let old = via.load(Ordering::Relaxed);
+        let hop = if old != NO_HOP && nh.is_some() && t.ip_of(old) == nh {
+            old
+        } else {
+            let new = nh.and_then(|nh| t.acquire(nh, &self.name)).unwrap_or(NO_HOP);
+            via.store(new, Ordering::Relaxed);
+            if old != NO_HOP {
+                t.release(old, &self.up.neighbours);
+            }
+            new
+        };
+        direct.store(if nh == Some(ip) { hop } else { NO_HOP }, Ordering::Relaxed);
+        hop
+    }
+
+    /// Reads the kernel's routes again (when they are followed), points every endpoint in
+    /// use at `now` (in the flood list or holding a remote MAC) at its next hop's slot and
+    /// every other at none, and returns the slots to resolve with their addresses.
+    fn route(&self, now: u32) -> Vec<(u16, IpAddr)> {
         let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(iface) = &r.config.kernel_iface {
             let kernel = Routes::of_kernel(iface);
@@ -338,17 +463,15 @@ impl Shared {
             }
         }
         let mut hops = Vec::new();
+        let used = self.remotes.endpoints_in_use(now);
         let mut slots = self.up.slots.lock().unwrap_or_else(|e| e.into_inner());
         // Endpoints are numbered densely from 0: the first index without one ends the list.
         for i in 0..MAX_ENDPOINTS as u16 {
             let Some(ip) = self.remotes.endpoint(i) else { break };
-            let nh = r.table.next_hop(ip);
-            let hop = slot_for(&mut slots, nh, &self.name);
-            self.via[usize::from(i)].store(hop.unwrap_or(NO_HOP), Ordering::Relaxed);
-            let own = if nh == ip { hop } else { None };
-            self.direct[usize::from(i)].store(own.unwrap_or(NO_HOP), Ordering::Relaxed);
-            if let Some(h) = hop.filter(|h| !hops.iter().any(|(x, _)| x == h)) {
-                hops.push((h, nh));
+            let nh = used.get(usize::from(i)).is_some_and(|&u| u).then(|| r.table.next_hop(ip));
+            let hop = self.point(&mut slots, i, ip, nh);
+            if let (Some(nh), true) = (nh, hop != NO_HOP && !hops.iter().any(|(x, _)| *x == hop)) {
+                hops.push((hop, nh));
             }
         }
         hops
@@ -358,11 +481,7 @@ impl Shared {
     fn route_one(&self, i: u16, ip: IpAddr) {
         let r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         let nh = r.table.next_hop(ip);
-        let hop = slot_for(&mut self.up.slots.lock().unwrap_or_else(|e| e.into_inner()), nh, &self.name);
-        if let (Some(via), Some(direct)) = (self.via.get(usize::from(i)), self.direct.get(usize::from(i))) {
-            via.store(hop.unwrap_or(NO_HOP), Ordering::Relaxed);
-            direct.store(if nh == ip { hop.unwrap_or(NO_HOP) } else { NO_HOP }, Ordering::Relaxed);
-        }
+        self.point(&mut self.up.slots.lock().unwrap_or_else(|e| e.into_inner()), i, ip, Some(nh));
     }
 
     /// Takes the port's `routes` option anew (in effect at the next probe round).
@@ -419,17 +538,30 @@ impl UplinkTunnelPort {
         hops: NextHops,
         open: impl FnOnce() -> Result<OpenedUplink, PortError>,
     ) -> Result<UplinkTunnelPort, PortError> {
-        let mut all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|w| w.strong_count() > 0);
-        let up = match all.iter().filter_map(Weak::upgrade).find(|u| u.key.as_deref() == Some(key)) {
+        close_retired();
+        let slot = {
+            let mut all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
+            // A slot nobody holds (no join under way: its lock is free) of a closed uplink.
+            all.retain(|(_, s)| s.try_lock().map_or(true, |w| w.strong_count() > 0));
+            match all.iter().find(|(k, _)| k == key) {
+                Some((_, s)) => s.clone(),
+                None => {
+                    let s = UplinkSlot::default();
+                    all.push((key.to_string(), s.clone()));
+                    s
+                }
+            }
+        };
+        // This uplink's joins wait for its opening; nothing else does.
+        let mut open_one = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let up = match open_one.upgrade() {
             Some(up) => up,
             None => {
                 let up = Arc::new(Uplink::new(Some(key.to_string()), o, open()?));
-                all.push(Arc::downgrade(&up));
+                *open_one = Arc::downgrade(&up);
                 up
             }
         };
-        // Under the registry's lock: a member leaving meanwhile cannot undo the join.
         UplinkTunnelPort::member(name, o, up, hops)
     }
 
@@ -448,7 +580,9 @@ impl UplinkTunnelPort {
                 .map_err(|e| PortError::Backend { port: name.into(), msg: format!("eventfd: {e}") })
         };
         let inboxes: Arc<[Inbox]> = (0..queues)
-            .map(|_| Ok(Inbox { q: ArrayQueue::new(INBOX_DEPTH), wake: wake()? }))
+            .map(|_| {
+                Ok(Inbox { q: ArrayQueue::new(INBOX_DEPTH), wake: wake()?, orphaned: up.orphaned.clone() })
+            })
             .collect::<Result<_, PortError>>()?;
         let sharing = up.join(name, o, inboxes.clone())?;
         let underlay_mtu = up.underlay_mtu;
@@ -498,6 +632,11 @@ impl UplinkTunnelPort {
     /// The remote table (endpoints, flood list, remote MACs).
     pub fn remotes(&self) -> &Remotes {
         &self.shared.remotes
+    }
+
+    /// How many next hop addresses hold a neighbour slot on the uplink (all its ports').
+    pub fn next_hops_in_use(&self) -> usize {
+        self.shared.up.slots.lock().unwrap_or_else(|e| e.into_inner()).in_use()
     }
 
     /// The MAC address of endpoint `ip`'s next hop, if resolved.
@@ -563,6 +702,12 @@ impl PortBackend for UplinkTunnelPort {
             up.underlay_mtu,
             sh.codec.kind.overlay_mtu(sh.local.is_ipv6(), up.underlay_mtu)
         ))
+    }
+
+    /// Leaves the uplink's member list: a port joining with this VNI now is served (the
+    /// uplink, its slots and this port's queues stay until the port goes).
+    fn retire(&self) {
+        self.shared.up.leave(&self.shared.inboxes);
     }
 
     /// New endpoints get indices of their own, and so neighbour slots; RX probes them. New
@@ -706,7 +851,11 @@ impl UplinkTunnelRx {
         }
         self.probed_at = Some(now);
         let sh = &*self.shared;
-        for (hop, ip) in sh.route() {
+        let orphaned = sh.up.orphaned.swap(0, Ordering::Relaxed);
+        if orphaned > 0 {
+            drops.add(DropReason::TunnelWrongVni, orphaned.min(u64::from(u32::MAX)) as u32);
+        }
+        for (hop, ip) in sh.route(now) {
             if sh.up.neighbours.take_probe(hop, now) {
                 control_frame(sh, (&mut self.control, &mut *self.tx), cache, ip, None, drops);
             }
@@ -769,7 +918,7 @@ fn arrived(
         if *confirmed != Some((i, src_mac)) {
             let own = sh.direct[usize::from(i)].load(Ordering::Relaxed);
             if own != NO_HOP {
-                sh.up.neighbours.confirm(own, src_mac, now);
+                sh.up.neighbours.seen(own, src_mac);
             }
             *confirmed = Some((i, src_mac));
         }
@@ -1414,6 +1563,246 @@ mod tests {
         assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
         let unknown = MacAddr([2, 0, 0, 0, 0xc, 1]);
         assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(unknown, LOCAL_MAC)), [(m2, ip(2))]);
+        drop((rx, tx));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// VXLAN options for VNI `vni` from 192.0.2.1, flooding to `flood`.
+    fn vxlan(vni: u32, flood: &[IpAddr]) -> TunnelOptions {
+        TunnelOptions {
+            kind: TunnelKind::Vxlan,
+            vni,
+            local: ip(1),
+            dstport: 4789,
+            flood: flood.to_vec(),
+            remote_macs: Vec::new(),
+            learn: false,
+            aging_s: 300,
+        }
+    }
+
+    /// Joins `key` as port `name` of `vni`; a new uplink is a ring whose peer is put in `peer`.
+    fn join_ring(
+        name: &str,
+        vni: u32,
+        flood: &[IpAddr],
+        key: &str,
+        peer: &Mutex<Option<RingPeer>>,
+    ) -> Result<UplinkTunnelPort, PortError> {
+        UplinkTunnelPort::join(name, &vxlan(vni, flood), key, NextHops::default(), || {
+            let (r, p) = RingPort::new("uplink", 256);
+            *peer.lock().unwrap() = Some(p);
+            Ok((Arc::new(r), LOCAL_MAC, 1500))
+        })
+    }
+
+    /// The first port of an uplink opens it while holding only that uplink's slot: a port
+    /// of another uplink opens, and a port of a third leaves, meanwhile; a second port of the
+    /// uplink being opened waits for the opening and joins it (opened once).
+    #[test]
+    fn an_uplink_opening_slowly_holds_up_only_its_own_joins() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let pid = std::process::id();
+        let (key_a, key_b, key_c) =
+            (format!("ring:slow-a-{pid}"), format!("ring:slow-b-{pid}"), format!("ring:slow-c-{pid}"));
+        let c = join_ring("c", 5003, &[ip(2)], &key_c, &Mutex::new(None)).expect("c");
+        let (opening_tx, opening_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let opens = Arc::new(AtomicU64::new(0));
+        let slow = {
+            let (key_a, opens) = (key_a.clone(), opens.clone());
+            std::thread::spawn(move || {
+                UplinkTunnelPort::join("a", &vxlan(5001, &[ip(2)]), &key_a, NextHops::default(), || {
+                    opens.fetch_add(1, Ordering::Relaxed);
+                    opening_tx.send(()).expect("test waits");
+                    // A device probe that takes a while (bounded: the test never hangs).
+                    let _ = go_rx.recv_timeout(Duration::from_secs(10));
+                    let (r, _) = RingPort::new("uplink", 16);
+                    Ok((Arc::new(r), LOCAL_MAC, 1500))
+                })
+            })
+        };
+        opening_rx.recv_timeout(Duration::from_secs(10)).expect("a opens its uplink");
+        let (done_tx, done_rx) = mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let b = join_ring("b", 5002, &[ip(2)], &key_b, &Mutex::new(None));
+            drop(c);
+            done_tx.send(b.is_ok()).expect("test waits");
+            b
+        });
+        let done = done_rx.recv_timeout(Duration::from_secs(5));
+        let same = {
+            let (key_a, opens) = (key_a.clone(), opens.clone());
+            std::thread::spawn(move || {
+                UplinkTunnelPort::join("a2", &vxlan(5004, &[ip(2)]), &key_a, NextHops::default(), || {
+                    opens.fetch_add(1, Ordering::Relaxed);
+                    Err(PortError::Backend { port: "a2".into(), msg: "opened twice".into() })
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let waited = !same.is_finished();
+        go_tx.send(()).expect("a still opening");
+        let a = slow.join().expect("no panic").expect("a");
+        let a2 = same.join().expect("no panic").expect("a2 joins a's uplink");
+        let b = other.join().expect("no panic");
+        assert_eq!(done, Ok(true), "another uplink's join and a leaving port waited for a's opening");
+        assert!(waited, "a2 did not wait for the uplink it joins to open");
+        assert_eq!(opens.load(Ordering::Relaxed), 1);
+        assert!(a2.info().expect("info").contains("shared with 1 other port(s)"));
+        drop((a, a2, b));
+    }
+
+    /// A port being removed gives its VNI up (`retire`): a new port of that VNI joins at once
+    /// and keeps it when the old one's last handle goes; packets of the VNI that another
+    /// port reads are handed to the new port.
+    #[test]
+    fn a_retired_port_hands_its_vni_to_a_new_one() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:retire-{}", std::process::id());
+        let peer = Mutex::new(None);
+        let a = join_ring("a", 5001, &[ip(2)], &key, &peer).expect("a");
+        let b = join_ring("b", 5002, &[ip(2)], &key, &peer).expect("b");
+        let peer = peer.lock().unwrap().take().expect("opened");
+        let (ra, ta) = (a.open_rx(0).expect("rx"), a.open_tx(0).expect("tx"));
+        let mut rb = b.open_rx(0).expect("rx");
+        assert!(join_ring("a-new", 5001, &[ip(2)], &key, &Mutex::new(None)).is_err(), "5001 served");
+        a.retire();
+        let n = join_ring("a-new", 5001, &[ip(2)], &key, &Mutex::new(None)).expect("5001 free after retire");
+        let mut rn = n.open_rx(0).expect("rx");
+        // The old port's last handles go after the new one joined: the new one stays.
+        drop((ra, ta, a));
+        let ia = inner(LOCAL_MAC, X);
+        peer.inject(cache.alloc_copy(&tunnel_packet(MacAddr([2, 0, 0, 0, 0x99, 2]), 5001, &ia)).unwrap())
+            .unwrap();
+        let (got, drops) = poll(&mut *rb, &mut cache);
+        assert!(got.is_empty() && drops.is_zero(), "b handed it over: {drops:?}");
+        let (got, drops) = poll(&mut *rn, &mut cache);
+        assert_eq!((got, drops.total()), (vec![ia], 0));
+        drop((rb, rn, b, n));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// Packets another port handed to a port that then left are counted (`tunnel_wrong_vni`,
+    /// by the next port to probe: their VNI is nobody's), not freed unseen; the next hops
+    /// only the leaving port used are freed with it.
+    #[test]
+    fn packets_left_for_a_port_that_left_are_counted() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:orphans-{}", std::process::id());
+        let peer = Mutex::new(None);
+        let a = join_ring("a", 5001, &[ip(2)], &key, &peer).expect("a");
+        let b = join_ring("b", 5002, &[ip(2), ip(4)], &key, &peer).expect("b");
+        let peer = peer.lock().unwrap().take().expect("opened");
+        let mut ra = a.open_rx(0).expect("rx");
+        let mut rb = b.open_rx(0).expect("rx");
+        // First polls route both ports' endpoints: 192.0.2.2 (both) and .4 (b's).
+        poll(&mut *rb, &mut cache);
+        poll(&mut *ra, &mut cache);
+        assert_eq!(a.next_hops_in_use(), 2);
+        sent(&peer, &mut cache);
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        for _ in 0..3 {
+            let f = tunnel_packet(m2, 5002, &inner(LOCAL_MAC, X));
+            peer.inject(cache.alloc_copy(&f).unwrap()).unwrap();
+        }
+        let (got, drops) = poll(&mut *ra, &mut cache);
+        assert!(got.is_empty() && drops.is_zero(), "three in b's inbox: {drops:?}");
+        drop((rb, b));
+        assert_eq!(a.next_hops_in_use(), 1, "b's own next hop freed with it");
+        // Counted at a's next probe round (once a second, on the uplink's own clock).
+        let (mut wrong, t) = (0, Instant::now());
+        while wrong == 0 && t.elapsed().as_secs() < 4 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            wrong += u64::from(poll(&mut *ra, &mut cache).1.get(DropReason::TunnelWrongVni));
+        }
+        assert_eq!(wrong, 3);
+        drop((ra, a));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// The uplink's neighbour slots hold the next hops in use: an endpoint that leaves the
+    /// flood list (and holds no remote MAC) gives its slot back, its binding forgotten, and
+    /// endpoints that come and go one after another never take more than one slot.
+    #[test]
+    fn neighbour_slots_of_endpoints_no_longer_used_are_reused() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let clock = Arc::new(AtomicU64::new(0));
+        let p = UplinkTunnelPort::new(
+            "tun",
+            &vxlan(5001, &[ip(2)]),
+            Arc::new(ring),
+            LOCAL_MAC,
+            1500,
+            NextHops::default(),
+        )
+        .expect("port")
+        .with_clock(TunnelClock::Shared(clock.clone()))
+        .expect("no queue yet");
+        let mut rx = p.open_rx(0).expect("rx");
+        poll(&mut *rx, &mut cache);
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
+        assert_eq!((p.next_hops_in_use(), p.neighbour(ip(2))), (1, Some(m2)));
+        for (k, n) in (3..60).enumerate() {
+            p.remotes().update(&[ip(n)], &[], false).expect("update");
+            clock.store((k as u64 + 1) * 1_000_000_000, Ordering::Relaxed);
+            sent(&peer, &mut cache);
+            poll(&mut *rx, &mut cache);
+            assert_eq!(p.next_hops_in_use(), 1, "endpoint {n}");
+            assert_eq!(p.neighbour(ip(n)), None, "endpoint {n} has a binding it never got");
+            assert_eq!(sent(&peer, &mut cache), [(EtherType::ARP, None)], "endpoint {n} probed");
+        }
+        assert_eq!(p.remotes().endpoint_count(), 58, "the port's own table keeps its indices");
+        drop(rx);
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// A tunnel packet from an endpoint with another source MAC than its binding (a router's,
+    /// or a node's new NIC) leaves the binding as it is and has it probed at the next round;
+    /// the answer moves it.
+    #[test]
+    fn a_tunnel_packet_from_another_mac_does_not_move_the_binding() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let clock = Arc::new(AtomicU64::new(0));
+        let p = UplinkTunnelPort::new(
+            "tun",
+            &vxlan(5001, &[ip(2)]),
+            Arc::new(ring),
+            LOCAL_MAC,
+            1500,
+            NextHops::default(),
+        )
+        .expect("port")
+        .with_clock(TunnelClock::Shared(clock.clone()))
+        .expect("no queue yet");
+        let (mut rx, mut tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
+        let (m2, m9) = (MacAddr([2, 0, 0, 0, 0x99, 2]), MacAddr([2, 0, 0, 0, 0x99, 9]));
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
+        sent(&peer, &mut cache);
+        let ia = inner(LOCAL_MAC, X);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &tunnel_packet(m9, 5001, &ia)), [ia.clone()]);
+        assert_eq!(
+            send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)),
+            [(m2, ip(2))],
+            "moved by a data packet"
+        );
+        clock.store(1_000_000_000, Ordering::Relaxed);
+        poll(&mut *rx, &mut cache);
+        assert_eq!(sent(&peer, &mut cache), [(EtherType::ARP, None)], "doubted: probed");
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m9));
+        assert_eq!(
+            send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)),
+            [(m9, ip(2))],
+            "the answer moves it"
+        );
         drop((rx, tx));
         all_returned(&peer, cache, &pool);
     }

@@ -265,4 +265,10 @@ pub trait PortBackend: Send + Sync {
         let _ = wanted;
         Ok(false)
     }
+    /// The port is being removed (its queues may run until the workers drop them): gives up
+    /// now what a port opened in the same reconcile may need, so that the new one opens at
+    /// once. A tunnel port leaves its VNI on its shared socket or uplink (the socket or
+    /// uplink itself stays open while the port's queues use it). Called once, by the control
+    /// thread, before the reconcile opens ports. Default: nothing.
+    fn retire(&self) {}
 }

@@ -38,6 +38,7 @@ pub use generator::TxGen;
 pub use modes::port_mac;
 pub use placement::{Deal, PlacementError};
 pub use stats::{StageCycles, WorkerStats, WorkerStatsSnapshot};
+pub use thread::on_worker_thread;
 
 use crate::port::PortBackend;
 use crate::switch::{PortId, SwitchConfig};

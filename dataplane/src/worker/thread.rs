@@ -47,8 +47,21 @@ fn same(a: &Arc<dyn PortBackend>, b: &Arc<dyn PortBackend>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
+thread_local! {
+    /// Set on a worker thread for its whole life ([`on_worker_thread`]).
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a forwarding worker: a port backend whose drop would close a
+/// device (a call that may wait on the locks of another device's opening) hands that work to
+/// the control thread when dropped here.
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(|w| w.get())
+}
+
 /// The body of worker thread `idx`, until the engine stops.
 pub(super) fn worker_main(idx: usize, sh: Arc<Shared>) {
+    ON_WORKER.with(|w| w.set(true));
     if let Some(core) = sh.opts.cores[idx] {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             tracing::warn!(worker = idx, core, "could not pin worker to core");
