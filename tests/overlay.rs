@@ -903,24 +903,24 @@ fn two_networks_on_one_uplink(uplink: &str) {
     // The kernel's VXLAN to node 1 only (DPDK's net_af_packet cannot finish the kernel's
     // partial UDP checksums: none sent there, as in fast_path_on_a_dpdk_uplink).
     let kv = kernel_node(&mut nss, &k, "10.99.0.3", "10.99.0.1", if dpdk { &["noudpcsum"] } else { &[] });
-    let cfg = |n: &str, local: &str, uplink: &str, blue: &[&str], red: bool| {
-        let net = |color: &str, vni: u32, flood: &[&str]| {
+    // Red's tunnel port is `red` (none: no red tunnel port).
+    let cfg = |n: &str, local: &str, uplink: &str, blue: &[&str], red: Option<&str>| {
+        let net = |color: &str, port: &str, vni: u32, flood: &[&str]| {
             format!(
-                "- name: {color}\n  ports:\n{}  - {{name: tun-{color}, type: vxlan, vni: {vni}, local: {local}, \
+                "- name: {color}\n  ports:\n{}  - {{name: {port}, type: vxlan, vni: {vni}, local: {local}, \
                  underlay: \"{uplink}\", flood: [{}]}}\n",
                 vm_port(&format!("v{}{n}", &color[..1]), None),
                 flood.join(", ")
             )
         };
-        let red = if red {
-            net("red", 5002, &[if n == "1" { "10.99.0.2" } else { "10.99.0.1" }])
-        } else {
-            String::new()
+        let red = match red {
+            Some(port) => net("red", port, 5002, &[if n == "1" { "10.99.0.2" } else { "10.99.0.1" }]),
+            None => String::new(),
         };
-        format!("bridges:\n{}{red}", net("blue", 5001, blue))
+        format!("bridges:\n{}{red}", net("blue", "tun-blue", 5001, blue))
     };
-    let n1 = Node::start(&u1, &cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], true));
-    let n2 = Node::start(&u2, &cfg("2", "10.99.0.2", "eth0", &["10.99.0.1"], true));
+    let n1 = Node::start(&u1, &cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], Some("tun-red")));
+    let n2 = Node::start(&u2, &cfg("2", "10.99.0.2", "eth0", &["10.99.0.1"], Some("tun-red")));
     for n in [&n1, &n2] {
         for p in ["tun-blue", "tun-red"] {
             port_up(n, p);
@@ -1016,10 +1016,10 @@ fn two_networks_on_one_uplink(uplink: &str) {
         }
     };
     std::thread::sleep(Duration::from_millis(500));
-    write(cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], false));
+    write(cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], None));
     gone(true);
     assert!(!ping(&r1, "10.50.0.2", 1, &[]), "red without its tunnel port");
-    write(cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], true));
+    write(cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], Some("tun-red")));
     gone(false);
     ping_eventually(&r1, "10.50.0.2");
     let out = pinger.wait_with_output().unwrap();
@@ -1034,6 +1034,21 @@ fn two_networks_on_one_uplink(uplink: &str) {
     };
     assert_eq!((opened("tun-blue"), opened("tun-red")), (1, 2), "{log}");
     assert!(log.contains("sharing=1"), "red did not join blue's uplink:\n{log}");
+
+    // Red's port renamed (its VNI moved to a new port on the same uplink) in one reload: the
+    // new port opens in that reconcile (the old one gave VNI 5002 up first) and carries red
+    // at once; its counters count what it carried.
+    write(cfg("1", "10.99.0.1", uplink, &["10.99.0.2", "10.99.0.3"], Some("tun-red2")));
+    port_up(&n1, "tun-red2");
+    assert!(ping(&r1, "10.50.0.2", 3, &[]), "red through its renamed port; log:\n{}", n1.log());
+    let log = n1.log();
+    assert!(!log.contains("port tun-red2 is down"), "the renamed port was refused first:\n{log}");
+    let red2 =
+        log.lines().filter(|l| l.contains("tunnel port open on uplink") && l.contains("port=\"tun-red2\""));
+    assert_eq!(red2.count(), 1, "{log}");
+    let (rx, tx, drops) = n1.stats("tun-red2");
+    assert!(rx >= 3 && tx >= 3, "tun-red2 rx {rx} tx {tx}, {drops}");
+    assert!(!drops.contains("tunnel_wrong_vni"), "{drops}");
 }
 
 // ---- an overlay planned from cluster state, and a live migration across it ----

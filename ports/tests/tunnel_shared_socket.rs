@@ -2,7 +2,8 @@
 //! port reads the socket keeps its own VNI's datagrams and hands the others to their ports;
 //! an unknown VNI is counted (`tunnel_wrong_vni`), a full hand-over queue too
 //! (`tunnel_demux_full`); the port that was handed datagrams is woken through its wake
-//! descriptor. Real sockets on the loopback; the datagrams are written by hand here (RFC 7348
+//! descriptor; what a port leaves in its hand-over queue is counted; a port being removed
+//! hands its VNI to a new one at once. Real sockets on the loopback; the datagrams are written by hand here (RFC 7348
 //! section 5: flags 0x08, 24 reserved bits, the VNI, 8 reserved bits).
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -117,9 +118,29 @@ fn two_vnis_share_one_socket_demultiplexed_by_vni() {
     send(100, 4);
     assert_eq!(drain(&mut rx_a, &mut cache, &mut drops_a), [4]);
     assert_eq!(drops_a.get(DropReason::TunnelWrongVni), 3);
-    // And a new port may serve it again.
+    // And a new port may serve it again. What it was handed and never took when it goes is
+    // counted by the next reader (its VNI is nobody's then), not freed unseen.
     let b2 = UdpTunnelPort::open("tun-b2", &opts(TunnelKind::Vxlan, 200, port)).unwrap();
+    for n in 0..5 {
+        send(200, 40 + n);
+    }
+    assert!(drain(&mut rx_a, &mut cache, &mut drops_a).is_empty(), "handed to b2");
+    let wrong = drops_a.get(DropReason::TunnelWrongVni);
     drop(b2);
+    send(100, 5);
+    assert_eq!(drain(&mut rx_a, &mut cache, &mut drops_a), [5]);
+    assert_eq!(drops_a.get(DropReason::TunnelWrongVni) - wrong, 5, "b2's leftovers");
+    // A port being removed gives its VNI up first (`retire`): a new port of it opens at once
+    // and keeps it when the old one goes.
+    let b3 = UdpTunnelPort::open("tun-b3", &opts(TunnelKind::Vxlan, 200, port)).unwrap();
+    b3.retire();
+    let b4 = UdpTunnelPort::open("tun-b4", &opts(TunnelKind::Vxlan, 200, port)).unwrap();
+    drop(b3);
+    let mut rx_b4 = b4.open_rx(0).unwrap();
+    send(200, 50);
+    assert!(drain(&mut rx_a, &mut cache, &mut drops_a).is_empty(), "handed to b4");
+    assert_eq!(drain(&mut rx_b4, &mut cache, &mut drops_b), [50]);
+    drop((rx_b4, b4));
     drop(rx_a);
     drop(cache);
     assert_eq!(pool.in_use(), 0);
