@@ -6,7 +6,9 @@
 //! - added ports: the backend is opened through the port factory, the port joins the snapshot
 //!   and its RX queues go to the least loaded worker;
 //! - removed ports: they leave the snapshot; once every worker has applied it (and so dropped
-//!   its queue handles) the runtime drops its `Arc`, which closes the backend;
+//!   its queue handles) the runtime drops its `Arc`, which closes the backend. Before any port
+//!   opens, each gives up what a new port may need (`PortBackend::retire`: a tunnel port's
+//!   VNI on a shared socket or uplink), so a renamed port opens in the same reconcile;
 //! - ports whose L2 settings changed: same backend, new snapshot;
 //! - ports whose backend changed: the old backend is closed first (one extra snapshot without
 //!   it, since old and new may want the same device or socket), then the new one is opened;

@@ -73,7 +73,7 @@ drop_reasons! {
     VhostRingBroken => "vhost_ring_broken", "The guest corrupted a ring's indices; the queue is stopped until the guest sets it up again (vhost-user).";
     TunnelTruncated => "tunnel_truncated", "A tunnel datagram shorter than its VXLAN or Geneve header.";
     TunnelBadHeader => "tunnel_bad_header", "A VXLAN header without the I flag, a Geneve version other than 0, a Geneve control message (O bit) or a Geneve payload that is not Ethernet.";
-    TunnelWrongVni => "tunnel_wrong_vni", "A tunnel datagram for a VNI that is not the port's (on a socket or uplink shared by several VNIs: none of its ports').";
+    TunnelWrongVni => "tunnel_wrong_vni", "A tunnel datagram for a VNI that is not the port's (on a socket or uplink shared by several VNIs: none of its ports'; also datagrams handed to a port of the socket or uplink that left before taking them, counted on a port still there).";
     TunnelDemuxFull => "tunnel_demux_full", "A tunnel datagram read off a socket or uplink shared by several VNIs found the queue of its VNI's port full (counted on the port that read it).";
     TunnelInnerRunt => "tunnel_inner_runt", "The frame inside a tunnel datagram is shorter than an Ethernet header.";
     GeneveBadOptions => "geneve_bad_options", "Geneve options past the end of the packet, an option overrunning the list, or a critical option switchyard does not understand.";

@@ -19,9 +19,11 @@
 //! - The next hop of an endpoint is the gateway of the longest route holding it (the port's
 //!   `routes`, then for an AF_PACKET uplink the kernel's routes through the uplink's
 //!   interface, read again once a second), else the endpoint itself
-//!   ([`switchyard_dataplane::underlay::Routes`]). Frames to it carry the next hop's MAC; a
-//!   tunnel packet confirms its source's MAC only for an endpoint on the link (behind a
-//!   gateway, the packet's source MAC is a router's).
+//!   ([`switchyard_dataplane::underlay::Routes`]). Frames to it carry the next hop's MAC.
+//!   Bindings are ARP/ND's: a tunnel packet from an endpoint on the link only gives an
+//!   unresolved slot a MAC to use until the probe's answer, or has a binding to another MAC
+//!   probed ([`switchyard_dataplane::underlay::Neighbours::seen`]); behind a gateway the
+//!   packet's source MAC is a router's and says nothing.
 //! - One uplink carries the tunnel ports of every network on it ([`UplinkTunnelPort::join`]:
 //!   one encapsulation, local address and UDP port, one port per VNI), as the kernel
 //!   transport's socket does: the uplink's RX queue `q` is read by whichever member port's RX
@@ -33,6 +35,18 @@
 //!   member sends through its own handle of the uplink's TX queue of its worker (the uplink's
 //!   own TX rules: a DPDK queue locked, an AF_PACKET handle a socket of its own). The uplink
 //!   stays open while any member does.
+//! - Opening and leaving: the registry ([`UPLINKS`]) gives each uplink a slot with its own
+//!   lock, held while the uplink opens and a port joins it; nothing else waits on an opening.
+//!   A leaving port (its last handle may go on a worker) takes no lock an open holds: the
+//!   member list is read-copy-update, and an uplink whose last port goes on a worker is
+//!   closed by the control thread ([`close_retired`]). A port being removed leaves the member
+//!   list early ([`PortBackend::retire`]), so a new port of its VNI joins in the same
+//!   reconcile. What is left in a leaving port's inboxes is counted (`tunnel_wrong_vni`) by
+//!   the next member's probe round.
+//! - Neighbour slots ([`SlotTable`]): one per next hop address that some member routes an
+//!   endpoint in use through (in its flood list or holding a remote MAC), counted per
+//!   (member, endpoint); a slot nobody points at is freed, its binding forgotten, and given to
+//!   the next new address (at most [`NEIGHBOUR_SLOTS`] at once).
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use arc_swap::ArcSwap;
@@ -860,25 +874,34 @@ impl UplinkTunnelRx {
                 control_frame(sh, (&mut self.control, &mut *self.tx), cache, ip, None, drops);
             }
         }
+        // The round may have freed the slot of the last source (its learned MACs aged out):
+        // its next packet looks it up again, and is routed again ([`source_index`]).
+        self.last = None;
     }
 }
 
 /// The endpoint index of tunnel source `ip` (added when learning is on), `last` holding the
-/// previous answer.
+/// previous answer (forgotten every probe round). A known source without a next hop slot
+/// (not in use, its slot freed) that learning puts in use again is routed again at once.
 #[inline]
 fn source_index(sh: &Shared, last: &mut LastSource, ip: IpAddr) -> Option<u16> {
     match *last {
         Some((a, i)) if a == ip => Some(i),
         _ => {
-            let i = sh.remotes.index_of(ip).or_else(|| learned_source(sh, ip))?;
+            let routed =
+                |i: u16| sh.via.get(usize::from(i)).is_some_and(|v| v.load(Ordering::Relaxed) != NO_HOP);
+            let i = match sh.remotes.index_of(ip) {
+                Some(i) if routed(i) || !sh.remotes.learns() => i,
+                _ => learned_source(sh, ip)?,
+            };
             *last = Some((ip, i));
             Some(i)
         }
     }
 }
 
-/// The index of new tunnel source `ip`, learned (when learning is on) and routed at once, so
-/// that the reply finds its next hop's MAC. Out of line: rare, and `source_index` runs for
+/// The index of new (or unrouted) tunnel source `ip`, learned (when learning is on) and
+/// routed at once, so that the reply finds its next hop's MAC. Out of line: rare, and `source_index` runs for
 /// every packet.
 #[cold]
 #[inline(never)]
@@ -1378,6 +1401,12 @@ mod tests {
     /// A tunnel packet from endpoint 192.0.2.2 (at `mac`) to the port, VNI `vni`, carrying
     /// `inner`.
     fn tunnel_packet(mac: MacAddr, vni: u32, inner: &[u8]) -> Vec<u8> {
+        tunnel_packet_from(2, mac, vni, inner)
+    }
+
+    /// A tunnel packet from endpoint 192.0.2.`n` (at `mac`) to the port, VNI `vni`, carrying
+    /// `inner`.
+    fn tunnel_packet_from(n: u8, mac: MacAddr, vni: u32, inner: &[u8]) -> Vec<u8> {
         let v = vni.to_be_bytes();
         let mut f = vec![0u8; 42];
         f.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
@@ -1385,7 +1414,7 @@ mod tests {
         let r = OuterRepr {
             src_mac: mac,
             dst_mac: LOCAL_MAC,
-            src_ip: ip(2),
+            src_ip: ip(n),
             dst_ip: ip(1),
             src_port: 50000,
             dst_port: 4789,
@@ -1760,6 +1789,38 @@ mod tests {
         }
         assert_eq!(p.remotes().endpoint_count(), 58, "the port's own table keeps its indices");
         drop(rx);
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// A learned endpoint whose MACs aged out gives its slot back; its next packet routes it
+    /// again at once (the reply is not `tunnel_unresolved`).
+    #[test]
+    fn a_learned_endpoint_that_comes_back_is_routed_at_once() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let clock = Arc::new(AtomicU64::new(0));
+        let o = TunnelOptions { learn: true, ..vxlan(5001, &[ip(2)]) };
+        let p = UplinkTunnelPort::new("tun", &o, Arc::new(ring), LOCAL_MAC, 1500, NextHops::default())
+            .expect("port")
+            .with_clock(TunnelClock::Shared(clock.clone()))
+            .expect("no queue yet");
+        let (mut rx, mut tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
+        let m3 = MacAddr([2, 0, 0, 0, 0x99, 3]);
+        let from3 = |inner: &[u8]| tunnel_packet_from(3, m3, 5001, inner);
+        let ix = inner(LOCAL_MAC, X);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.clone()]);
+        assert_eq!(p.next_hops_in_use(), 2);
+        assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
+        // X ages out (300 s): 192.0.2.3 is no longer in use.
+        clock.store(400_000_000_000, Ordering::Relaxed);
+        poll(&mut *rx, &mut cache);
+        assert_eq!(p.next_hops_in_use(), 1);
+        sent(&peer, &mut cache);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.clone()]);
+        assert_eq!(p.next_hops_in_use(), 2);
+        assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
+        drop((rx, tx));
         all_returned(&peer, cache, &pool);
     }
 
