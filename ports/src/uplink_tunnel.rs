@@ -35,7 +35,7 @@
 //!   member sends through its own handle of the uplink's TX queue of its worker (the uplink's
 //!   own TX rules: a DPDK queue locked, an AF_PACKET handle a socket of its own). The uplink
 //!   stays open while any member does.
-//! - Opening and leaving: the registry ([`UPLINKS`]) gives each uplink a slot with its own
+//! - Opening and leaving: the registry (`UPLINKS`) gives each uplink a slot with its own
 //!   lock, held while the uplink opens and a port joins it; nothing else waits on an opening.
 //!   A leaving port (its last handle may go on a worker) takes no lock an open holds: the
 //!   member list is read-copy-update, and an uplink whose last port goes on a worker is
@@ -43,10 +43,10 @@
 //!   list early ([`PortBackend::retire`]), so a new port of its VNI joins in the same
 //!   reconcile. What is left in a leaving port's inboxes is counted (`tunnel_wrong_vni`) by
 //!   the next member's probe round.
-//! - Neighbour slots ([`SlotTable`]): one per next hop address that some member routes an
+//! - Neighbour slots (`SlotTable`): one per next hop address that some member routes an
 //!   endpoint in use through (in its flood list or holding a remote MAC), counted per
 //!   (member, endpoint); a slot nobody points at is freed, its binding forgotten, and given to
-//!   the next new address (at most [`NEIGHBOUR_SLOTS`] at once).
+//!   the next new address (at most 4,112 (`NEIGHBOUR_SLOTS`) at once).
 
 use crate::udp_tunnel::{update_remotes, TunnelOptions};
 use arc_swap::ArcSwap;
@@ -209,7 +209,7 @@ static UPLINKS: Mutex<Vec<(String, UplinkSlot)>> = Mutex::new(Vec::new());
 /// [`close_retired`]), as a device's close may wait on the locks of another's probe.
 static RETIRED: SegQueue<Arc<Uplink>> = SegQueue::new();
 
-/// Closes the uplinks whose last port was dropped on a worker (see [`RETIRED`]); the
+/// Closes the uplinks whose last port was dropped on a worker (see `RETIRED`); the
 /// control thread calls it on every reconcile, and every join does.
 pub fn close_retired() {
     while let Some(up) = RETIRED.pop() {
@@ -1809,7 +1809,7 @@ mod tests {
         let m3 = MacAddr([2, 0, 0, 0, 0x99, 3]);
         let from3 = |inner: &[u8]| tunnel_packet_from(3, m3, 5001, inner);
         let ix = inner(LOCAL_MAC, X);
-        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.clone()]);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.as_slice()]);
         assert_eq!(p.next_hops_in_use(), 2);
         assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
         // X ages out (300 s): 192.0.2.3 is no longer in use.
@@ -1817,7 +1817,7 @@ mod tests {
         poll(&mut *rx, &mut cache);
         assert_eq!(p.next_hops_in_use(), 1);
         sent(&peer, &mut cache);
-        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.clone()]);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &from3(&ix)), [ix.as_slice()]);
         assert_eq!(p.next_hops_in_use(), 2);
         assert_eq!(send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)), [(m3, ip(3))]);
         drop((rx, tx));
@@ -1849,7 +1849,7 @@ mod tests {
         receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
         sent(&peer, &mut cache);
         let ia = inner(LOCAL_MAC, X);
-        assert_eq!(receive(&peer, &mut *rx, &mut cache, &tunnel_packet(m9, 5001, &ia)), [ia.clone()]);
+        assert_eq!(receive(&peer, &mut *rx, &mut cache, &tunnel_packet(m9, 5001, &ia)), [ia.as_slice()]);
         assert_eq!(
             send(&peer, &mut *tx, &mut cache, &inner(X, LOCAL_MAC)),
             [(m2, ip(2))],
