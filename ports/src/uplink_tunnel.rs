@@ -25,7 +25,8 @@
 //! - One uplink carries the tunnel ports of every network on it ([`UplinkTunnelPort::join`]:
 //!   one encapsulation, local address and UDP port, one port per VNI), as the kernel
 //!   transport's socket does: the uplink's RX queue `q` is read by whichever member port's RX
-//!   queue `q` takes it first (one at a time, a `try_lock`); a tunnel packet of another
+//!   queue `q` takes it first (one at a time, a `try_lock`; the only member keeps it between
+//!   polls, and gives it back at its first poll after another joined); a tunnel packet of another
 //!   member's VNI goes, narrowed to its datagram, to that member's inbox `q` (bounded; full:
 //!   `tunnel_demux_full`), and the member is woken once a burst; one of no member's VNI is the
 //!   reader's `tunnel_wrong_vni`. The neighbour table (by address: one slot per endpoint or
@@ -42,13 +43,13 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
 use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::config::UnderlayRoute;
+use switchyard_dataplane::cpu::coarse_seconds;
 use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
@@ -122,12 +123,14 @@ struct Member {
 
 /// The uplink's RX queue `q`, opened by the first member that opens its queue `q`.
 struct UplinkQueue {
-    /// Held by the member RX reading the queue, for one `rx_burst`.
-    rx: Mutex<Box<dyn RxQueue>>,
+    /// Locked by the member RX reading the queue, for one `rx_burst`; `None` while the
+    /// uplink's only member holds it ([`UplinkTunnelRx::alone`]).
+    rx: Mutex<Option<Box<dyn RxQueue>>>,
     spin: bool,
     nap: bool,
-    /// Whether the queue has a wake descriptor (then members sleep on it and their inbox).
-    wakes: bool,
+    /// A duplicate of the queue's wake descriptor, when it has one (then members sleep on it
+    /// and their inbox): there whoever holds the queue.
+    wake: Option<OwnedFd>,
 }
 
 /// An uplink port and what the tunnel ports on it share: the encapsulation, local address
@@ -149,6 +152,9 @@ struct Uplink {
     /// Read once a burst, and only when a packet of another VNI came; changed under
     /// [`UPLINKS`]' lock.
     members: ArcSwap<Vec<Member>>,
+    /// Whether `members` has one member: read every burst (that member then holds the RX
+    /// queues it reads, [`UplinkTunnelRx::alone`]).
+    alone: AtomicBool,
     queues: Box<[OnceLock<Arc<UplinkQueue>>]>,
     /// Serialises the opening of the RX queues.
     opening: Mutex<()>,
@@ -182,10 +188,11 @@ impl Uplink {
             mac,
             dstport: o.dstport,
             underlay_mtu,
-            clock: TunnelClock::Monotonic(Instant::now()),
+            clock: TunnelClock::Monotonic(coarse_seconds()),
             neighbours: Neighbours::new(NEIGHBOUR_SLOTS),
             slots: Mutex::new(HashMap::new()),
             members: ArcSwap::from_pointee(Vec::new()),
+            alone: AtomicBool::new(false),
             queues,
             opening: Mutex::new(()),
         }
@@ -193,7 +200,7 @@ impl Uplink {
 
     fn now_s(&self) -> u32 {
         match &self.clock {
-            TunnelClock::Monotonic(start) => start.elapsed().as_secs() as u32,
+            TunnelClock::Monotonic(start) => coarse_seconds().saturating_sub(*start) as u32,
             TunnelClock::Shared(ns) => (ns.load(Ordering::Relaxed) / 1_000_000_000) as u32,
         }
     }
@@ -210,11 +217,14 @@ impl Uplink {
             return Ok(u.clone());
         }
         let rx = self.port.open_rx(q)?;
+        let wake = rx.wake_fd().map(|fd| fd.try_clone_to_owned()).transpose().map_err(|e| {
+            PortError::Backend { port: self.port.name().into(), msg: format!("wake descriptor: {e}") }
+        })?;
         let u = Arc::new(UplinkQueue {
             spin: rx.spin_when_idle(),
             nap: rx.nap_while_busy(),
-            wakes: rx.wake_fd().is_some(),
-            rx: Mutex::new(rx),
+            wake,
+            rx: Mutex::new(Some(rx)),
         });
         Ok(slot.get_or_init(|| u).clone())
     }
@@ -240,6 +250,7 @@ impl Uplink {
         members.push(Member { vni: o.vni, inboxes });
         let n = members.len();
         self.members.store(Arc::new(members));
+        self.alone.store(n == 1, Ordering::Release);
         Ok(n - 1)
     }
 
@@ -247,6 +258,7 @@ impl Uplink {
     fn leave(&self, vni: u32) {
         let _all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
         let members: Vec<Member> = self.members.load().iter().filter(|m| m.vni != vni).cloned().collect();
+        self.alone.store(members.len() == 1, Ordering::Release);
         self.members.store(Arc::new(members));
     }
 
@@ -380,8 +392,10 @@ impl Shared {
 /// learned remote MACs).
 #[derive(Debug, Clone)]
 pub enum TunnelClock {
-    /// Seconds since the port opened.
-    Monotonic(Instant),
+    /// Seconds since the port opened (the kernel's coarse monotonic clock, read every burst:
+    /// no time-stamp counter read, which costs tens of nanoseconds in some VMs), from this
+    /// reading of it.
+    Monotonic(u64),
     /// A shared clock in nanoseconds: the replay harness sets it to the capture's time, so
     /// that probes and aging follow the capture, not the wall clock.
     Shared(Arc<AtomicU64>),
@@ -587,6 +601,9 @@ struct UplinkTunnelRx {
     shared: Arc<Shared>,
     /// The uplink's queue `q`, read when no other member's RX is reading it.
     queue: Arc<UplinkQueue>,
+    /// `queue`'s RX queue while this port is the uplink's only member: read with no lock,
+    /// given back to `queue` at the first burst that finds another member.
+    alone: Option<Box<dyn RxQueue>>,
     q: u16,
     /// The uplink queue's wake descriptor and inbox `q`'s eventfd, when the queue has one.
     epoll: Option<Epoll>,
@@ -629,6 +646,7 @@ fn control_frame(
 
 impl Drop for UplinkTunnelRx {
     fn drop(&mut self) {
+        self.give_back();
         self.shared.claims.release(self.q);
     }
 }
@@ -639,21 +657,21 @@ impl UplinkTunnelRx {
         let queue = sh.up.queue(q)?;
         let err =
             |e: nix::errno::Errno| PortError::Backend { port: sh.name.clone(), msg: format!("epoll: {e}") };
-        let epoll = if queue.wakes {
-            let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(err)?;
-            let inbox = &sh.inboxes[usize::from(q)];
-            ep.add(inbox.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(err)?;
-            if let Some(fd) = queue.rx.lock().unwrap_or_else(|e| e.into_inner()).wake_fd() {
+        let epoll = match &queue.wake {
+            Some(fd) => {
+                let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(err)?;
+                let inbox = &sh.inboxes[usize::from(q)];
+                ep.add(inbox.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(err)?;
                 ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(err)?;
+                Some(ep)
             }
-            Some(ep)
-        } else {
-            None
+            None => None,
         };
         Ok(UplinkTunnelRx {
             shared: sh.clone(),
             tx: sh.up.port.open_tx(q)?,
             queue,
+            alone: None,
             q,
             epoll,
             armed: false,
@@ -696,6 +714,34 @@ impl UplinkTunnelRx {
             delivered += 1;
         }
         (taken, delivered)
+    }
+
+    /// Gives the uplink's queue back to the others when this port held it alone.
+    fn give_back(&mut self) {
+        if let Some(rx) = self.alone.take() {
+            *self.queue.rx.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        }
+    }
+
+    /// Reads up to `n` frames of the uplink's queue into `frames`, unless another member is
+    /// reading it (false). The uplink's only member keeps the queue (no lock a burst); with
+    /// several, each burst takes it with a `try_lock`.
+    fn read_uplink(&mut self, (cache, drops): (&mut PoolCache, &mut DropTally), n: usize) -> bool {
+        let alone = self.shared.up.alone.load(Ordering::Acquire);
+        if !alone {
+            self.give_back();
+        }
+        if let Some(rx) = &mut self.alone {
+            rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+            return true;
+        }
+        let Ok(mut held) = self.queue.rx.try_lock() else { return false };
+        let Some(rx) = held.as_mut() else { return false };
+        rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+        if alone {
+            self.alone = held.take();
+        }
+        true
     }
 
     /// Once a second: follows route changes and probes every next hop that is unresolved
@@ -796,14 +842,7 @@ impl RxQueue for UplinkTunnelRx {
         // First what other members read for this port, then the uplink unless another
         // member is reading it (that one hands this port its packets).
         let (taken, mut delivered) = self.handed((cache, drops), out, want, now);
-        let read = taken < want
-            && match self.queue.rx.try_lock() {
-                Ok(mut rx) => {
-                    rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want - taken);
-                    true
-                }
-                Err(_) => false,
-            };
+        let read = taken < want && self.read_uplink((cache, drops), want - taken);
         if !read {
             // The probes `probe` queued go now: its slot is marked probed already.
             if !self.control.is_empty() {
@@ -896,7 +935,7 @@ impl RxQueue for UplinkTunnelRx {
         if !control.is_empty() {
             tx.tx_burst(control, cache, drops);
         }
-        if let (Some(members), true) = (members, self.queue.wakes) {
+        if let (Some(members), true) = (members, self.queue.wake.is_some()) {
             for k in woken {
                 // A failed write means the counter is huge already: the member is awake.
                 let _ = members[k].inboxes[usize::from(*q)].wake.write(1);
@@ -915,11 +954,18 @@ impl RxQueue for UplinkTunnelRx {
         if !self.shared.inboxes[usize::from(self.q)].q.is_empty() {
             return false;
         }
+        if let Some(rx) = &mut self.alone {
+            self.armed = rx.arm_wakeup();
+            return self.armed;
+        }
         match self.queue.rx.try_lock() {
-            Ok(mut rx) => {
-                self.armed = rx.arm_wakeup();
-                self.armed
-            }
+            Ok(mut held) => match held.as_mut() {
+                Some(rx) => {
+                    self.armed = rx.arm_wakeup();
+                    self.armed
+                }
+                None => true,
+            },
             Err(_) => true,
         }
     }
@@ -928,8 +974,12 @@ impl RxQueue for UplinkTunnelRx {
         // Non-blocking: EAGAIN when nothing was written.
         let _ = self.shared.inboxes[usize::from(self.q)].wake.read();
         if std::mem::take(&mut self.armed) {
-            if let Ok(mut rx) = self.queue.rx.try_lock() {
+            if let Some(rx) = &mut self.alone {
                 rx.disarm_wakeup();
+            } else if let Ok(mut held) = self.queue.rx.try_lock() {
+                if let Some(rx) = held.as_mut() {
+                    rx.disarm_wakeup();
+                }
             }
         }
     }
@@ -1062,18 +1112,15 @@ impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let UplinkTunnelTx { shared, tx, out, templates } = self;
         let sh = &**shared;
-        // One flood list for the whole burst, however an update swaps it meanwhile.
-        let flood = sh.remotes.flood();
         // A port whose one endpoint is its whole flood list sends every frame there, known
         // or not: no lookup (as a port with one `remote_ip`). Its next hop's MAC and its
         // template are read once a burst.
-        let only = match ***flood {
-            [e] if sh.remotes.endpoint_count() == 1 => Some(e),
-            _ => None,
-        };
+        let only = sh.remotes.sole_endpoint();
         if let Some(t) = only.and_then(|e| templates.get(sh, e, sh.next_hop_mac(e)?).ok()) {
             return send_through(sh, t, pkts, (out, &mut **tx), cache, drops);
         }
+        // One flood list for the whole burst, however an update swaps it meanwhile.
+        let flood = sh.remotes.flood();
         let q = (out, &mut **tx, &mut **templates);
         let now = sh.now_s();
         let (remotes, codec) = (sh.remotes.view(), sh.codec);
@@ -1362,6 +1409,70 @@ mod tests {
         let (got, drops) = poll(&mut *rb, &mut cache);
         assert_eq!((got, drops.get(DropReason::TunnelWrongVni)), (vec![ib.clone()], 1));
         drop((rb, tb, b));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// The uplink's only member keeps its RX queue (no lock a burst) and gives it back at its
+    /// first poll after another port joins, then takes it again when that port has left; a
+    /// queue handle going away gives it back too.
+    #[test]
+    fn a_port_alone_holds_the_uplink_until_another_joins() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:alone-{}", std::process::id());
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let ring = Mutex::new(Some(ring));
+        let join = |name: &str, vni: u32| {
+            let o = TunnelOptions {
+                kind: TunnelKind::Vxlan,
+                vni,
+                local: ip(1),
+                dstport: 4789,
+                flood: vec![ip(2)],
+                remote_macs: Vec::new(),
+                learn: true,
+                aging_s: 300,
+            };
+            UplinkTunnelPort::join(name, &o, &key, NextHops::default(), || {
+                let r = ring.lock().unwrap().take().expect("the uplink opened once");
+                Ok((Arc::new(r), LOCAL_MAC, 1500))
+            })
+            .expect("port")
+        };
+        let a = join("a", 5001);
+        // Whether the uplink's queue 0 is in the registry (no member holds it).
+        let free = |p: &UplinkTunnelPort| {
+            let q = p.shared.up.queues[0].get().expect("queue 0 open");
+            q.rx.lock().unwrap().is_some()
+        };
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        let (ia, ib) = (inner(LOCAL_MAC, X), inner(LOCAL_MAC, MacAddr([2, 0, 0, 0, 0xb, 2])));
+        let mut ra = a.open_rx(0).expect("rx");
+        assert!(free(&a), "opened, not read yet");
+        assert_eq!(receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)), [ia.clone()]);
+        assert!(!free(&a), "a, alone, keeps the queue");
+
+        let b = join("b", 5002);
+        let mut rb = b.open_rx(0).expect("rx");
+        peer.inject(cache.alloc_copy(&tunnel_packet(m2, 5002, &ib)).unwrap()).unwrap();
+        assert_eq!(poll(&mut *rb, &mut cache).0, Vec::<Vec<u8>>::new(), "a holds the uplink");
+        assert_eq!(poll(&mut *ra, &mut cache).0, Vec::<Vec<u8>>::new(), "a reads it for b");
+        assert!(free(&a), "given back at a's first poll with b there");
+        assert_eq!(poll(&mut *rb, &mut cache).0, [ib.clone()], "handed over");
+        // Now b can read the uplink: a's packet goes to a through b.
+        peer.inject(cache.alloc_copy(&tunnel_packet(m2, 5001, &ia)).unwrap()).unwrap();
+        assert_eq!(poll(&mut *rb, &mut cache).0, Vec::<Vec<u8>>::new());
+        assert_eq!(poll(&mut *ra, &mut cache).0, [ia.clone()], "read by b, handed to a");
+        assert!(free(&a), "with two members nobody keeps it");
+
+        drop((rb, b));
+        assert_eq!(receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)), [ia.clone()]);
+        assert!(!free(&a), "alone again: kept again");
+        drop(ra);
+        assert!(free(&a), "a handle going away gives it back");
+        let mut ra = a.open_rx(0).expect("rx again");
+        assert_eq!(receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)), [ia.clone()]);
+        drop((ra, a));
         all_returned(&peer, cache, &pool);
     }
 
