@@ -521,6 +521,9 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
     // (segments, as counted) reached its driver as far fewer packets (super-frames).
     let to_b = count(&j, 1, "tx");
     assert!(count(&j, 1, "tx_bytes") > 4 * 1024 * 1024, "{why}");
-    assert!(to_b > 2 * b_rx, "the switch sent guest B {to_b} frames, its driver received {b_rx} packets: {why}");
+    assert!(
+        to_b > 2 * b_rx,
+        "the switch sent guest B {to_b} frames, its driver received {b_rx} packets: {why}"
+    );
     eprintln!("the switch sent guest B {to_b} frames (segments), its driver received {b_rx} packets");
 }

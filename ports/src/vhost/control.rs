@@ -447,7 +447,8 @@ impl Session {
             // The guest's RX rings are the even ones (see RxGso for the features it needs).
             rx_gso: {
                 let f = self.features;
-                let base = i % 2 == 0 && f & feat::NET_F_MRG_RXBUF != 0 && f & feat::NET_F_GUEST_CSUM != 0;
+                let base =
+                    i.is_multiple_of(2) && f & feat::NET_F_MRG_RXBUF != 0 && f & feat::NET_F_GUEST_CSUM != 0;
                 RxGso {
                     tcpv4: base && f & feat::NET_F_GUEST_TSO4 != 0,
                     tcpv6: base && f & feat::NET_F_GUEST_TSO6 != 0,

@@ -1,6 +1,9 @@
 //! The split virtqueue, device side: taking the guest's transmitted frames out of its TX
 //! rings and copying the switch's frames into the buffers of its RX rings (mergeable RX
-//! buffers), with notification suppression and event-idx.
+//! buffers), with notification suppression and event-idx. With offloads agreed, TX super-frames
+//! are segmented on the way in, and towards a guest that takes them ([`RxGso`]) runs of TCP
+//! segments are merged into super-frames on the way out; either way every guest buffer is
+//! written through the same checked placement, never past a descriptor's length.
 //!
 //! Every value read from guest memory is untrusted. The checks, and what a failure costs:
 //! - a descriptor whose range is not inside the memory table, whose address + length
