@@ -235,7 +235,9 @@ fn open_dpdk(
 /// every mbuf a driver frees is a locked enqueue on the pool's ring). EAL comes up with the
 /// first DPDK port, which `run` opens after its workers started: the engine calls the hook
 /// again with every new plan, and a thread already registered is left as it is (each
-/// registration would take another lcore id). Does nothing without EAL.
+/// registration would take another lcore id). The id goes back to EAL when the thread ends
+/// (DPDK has 128; an engine stopped and started again, as `pmd -i` does, would use them up).
+/// Does nothing without EAL.
 pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
     Arc::new(|_idx| {
         #[cfg(feature = "dpdk")]
@@ -243,9 +245,21 @@ pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
             if switchyard_bindings::eal::lcore_id() != switchyard_bindings::eal::LCORE_ID_ANY {
                 return;
             }
+            /// Unregisters the thread it lives on when that thread ends.
+            struct Registered(&'static switchyard_bindings::Eal);
+            impl Drop for Registered {
+                fn drop(&mut self) {
+                    self.0.unregister_thread();
+                }
+            }
             thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            thread_local!(static REGISTERED: std::cell::RefCell<Option<Registered>> =
+                const { std::cell::RefCell::new(None) });
             match eal.register_thread() {
-                Ok(lcore) => tracing::debug!(worker = _idx, lcore, "worker thread registered with EAL"),
+                Ok(lcore) => {
+                    REGISTERED.with(|r| *r.borrow_mut() = Some(Registered(eal)));
+                    tracing::debug!(worker = _idx, lcore, "worker thread registered with EAL")
+                }
                 // Tried again with each plan, said once.
                 Err(e) if !WARNED.replace(true) => {
                     tracing::warn!(worker = _idx, error = %e, "cannot register worker thread with EAL")

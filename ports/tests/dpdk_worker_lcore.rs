@@ -3,7 +3,7 @@
 //! plan, and EAL comes up with the first DPDK port a reconcile opens) is registered with EAL
 //! by the factory's worker hook when it takes up the plan with that port, before it polls the
 //! port's queues, so that the mempool's per-lcore cache serves it; later plans keep its one
-//! lcore id.
+//! lcore id, and the id goes back to EAL when the worker ends.
 
 #[path = "../../bindings/tests/common/mod.rs"]
 mod common;
@@ -35,9 +35,9 @@ fn plan_with(port: Arc<dyn PortBackend>) -> ForwardingPlan {
     }
 }
 
-#[test]
-fn a_worker_started_before_eal_is_registered_with_its_first_dpdk_plan() {
-    // What the worker's lcore id was after each call of the hook, and how many calls.
+/// An engine with an empty plan whose worker hook is the factory's, and what the worker's
+/// lcore id was after the hook's last call, and how many calls.
+fn engine_seeing_lcores() -> (Engine, Arc<AtomicU32>, Arc<AtomicUsize>) {
     let seen = Arc::new(AtomicU32::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
     let hook = switchyard_ports::factory::worker_hook();
@@ -65,6 +65,12 @@ fn a_worker_started_before_eal_is_registered_with_its_first_dpdk_plan() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(calls.load(Ordering::Acquire) > 0, "the hook ran on the worker's start");
+    (eng, seen, calls)
+}
+
+#[test]
+fn a_worker_started_before_eal_is_registered_with_its_first_dpdk_plan() {
+    let (eng, seen, calls) = engine_seeing_lcores();
     assert_eq!(seen.load(Ordering::Acquire), LCORE_ID_ANY, "no EAL yet: the worker is no lcore");
 
     // EAL comes up with the port, after the worker started.
@@ -80,9 +86,17 @@ fn a_worker_started_before_eal_is_registered_with_its_first_dpdk_plan() {
 
     // A later plan: the hook runs again and the worker keeps its lcore id.
     let before = calls.load(Ordering::Acquire);
-    let g = eng.publish(plan_with(port));
+    let g = eng.publish(plan_with(port.clone()));
     assert!(eng.wait_applied(g, WAIT), "second plan applied");
     assert!(calls.load(Ordering::Acquire) > before, "the hook ran with the new plan");
     assert_eq!(seen.load(Ordering::Acquire), lcore, "registered once");
+    eng.stop();
+
+    // The stopped worker gave its id back: the next engine's worker gets the same one
+    // (EAL hands out the lowest free id), not a new one.
+    let (eng, seen, _) = engine_seeing_lcores();
+    let g = eng.publish(plan_with(port));
+    assert!(eng.wait_applied(g, WAIT), "plan applied on the second engine");
+    assert_eq!(seen.load(Ordering::Acquire), lcore, "the first worker's lcore id was released");
     eng.stop();
 }
