@@ -97,8 +97,9 @@ pub struct VhostOptions {
     pub reconnect_interval: Duration,
     /// Server mode: permissions given to the socket after it is created.
     pub socket_mode: Option<u32>,
-    /// Offer the guest checksum and TCP segmentation offload on its transmit side
-    /// ([`proto::feat::OFFLOADS`]); switchyard finishes the frames where they enter.
+    /// Offer the guest checksum and TCP segmentation offload both ways
+    /// ([`proto::feat::OFFLOADS`]): switchyard finishes the guest's frames where they enter,
+    /// and merges runs of TCP segments into super-frames towards it.
     pub offloads: bool,
 }
 
