@@ -217,6 +217,13 @@ impl Vring {
         if num == 0 || !num.is_power_of_two() || num > MAX_QUEUE_SIZE {
             return Err(MemError::BadRegion { index: 0, msg: format!("bad queue size {num}") });
         }
+        // The virtio-net header is 10 or 12 bytes; the RX paths write it from a 12-byte array.
+        if cfg.hdr_len != 10 && cfg.hdr_len != 12 {
+            return Err(MemError::BadRegion {
+                index: 0,
+                msg: format!("bad virtio-net header length {}", cfg.hdr_len),
+            });
+        }
         let n = u64::from(num);
         let desc = mem.area_uva(cfg.desc, 16 * n, 16)?;
         let avail = mem.area_uva(cfg.avail, 6 + 2 * n, 2)?;
