@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# A bulk TCP transfer VM to VM through the switch over vhost-user: switchyard with the guest's
-# offloads (`vhost:PATH,offloads`: checksum and TSO offered, the guest sends up to 64 KiB
-# super-frames that switchyard segments), switchyard without them (the guest segments and
-# checksums itself), and Open vSwitch with DPDK with `other_config:userspace-tso-enable=true`
-# (dpdkvhostuser ports, NORMAL action) when its DPDK build is installed. It prints each
+# A bulk TCP transfer VM to VM through the switch over vhost-user: switchyard with the guests'
+# offloads (`vhost:PATH,offloads`: checksum and TSO offered both ways, the sending guest hands
+# over up to 64 KiB super-frames that switchyard segments, the receiving guest gets the runs of
+# segments merged into super-frames again), the same with the receive side turned off in the
+# guests' devices (QEMU's guest_csum/guest_tso4/guest_tso6=off: TX offloads only, the receiving
+# guest gets MSS-sized frames), switchyard without offloads (the guests segment and checksum
+# themselves), and Open vSwitch with DPDK with `other_config:userspace-tso-enable=true`
+# (dpdkvhostuserclient ports, NORMAL action) when its DPDK build is installed. It prints each
 # contender's Gbit/s and the ratios; it asserts nothing.
 #
 # The VMs: two QEMU guests, the tiny Debian kernel + busybox guest of the QEMU tests
@@ -23,6 +26,7 @@
 #        ACCEL=tcg|kvm  (default tcg)                      OVS=0     skip OVS-DPDK
 #        BACKOFF=1      switchyard without --busy-poll (its idle back-off)
 #        KEEP=1         keep the work directory (consoles, logs)
+#        ONLY=TEXT      run only the contenders whose label contains TEXT
 #        OVS_VSWITCHD=P the DPDK build of ovs-vswitchd (default Debian's
 #                       /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk)
 set -euo pipefail
@@ -89,7 +93,7 @@ guest() {
     taskset -c "$VM_CORE" qemu-system-x86_64 -accel "$ACCEL" -smp 1 -m 512M \
         -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
         -chardev "socket,id=c0,path=$sock$chopts" -netdev vhost-user,id=n0,chardev=c0 \
-        -device "virtio-net-pci,netdev=n0,mac=$mac$vectors" \
+        -device "virtio-net-pci,netdev=n0,mac=$mac$vectors$DEV_EXTRA" \
         -kernel "$ASSETS/vmlinuz" -initrd "$ASSETS/initramfs.cpio.gz" \
         -append "console=ttyS0 panic=-1 ipv6.disable=1 loglevel=4 sy.ip=$ip/24 sy.run=$hex" \
         -display none -serial "file:$WORK/$name.console" -monitor none -nodefaults -no-reboot \
@@ -112,19 +116,32 @@ wait_for() {
 transfer() {
     local count=$((SIZE_MB * 16))
     rm -f "$WORK"/a.console "$WORK"/b.console
-    guest b "$2" "$3" 52:54:00:00:00:0b 198.51.100.3 'echo "SWITCHYARD-GUEST: listening"; nc -l -p 5001 >/dev/null'
-    RESULT=n/a
+    # B prints its CPU's busy ticks (user, nice, system, irq, softirq of /proc/stat) around
+    # the transfer: what receiving cost its stack.
+    guest b "$2" "$3" 52:54:00:00:00:0b 198.51.100.3 'busy() { head -n1 /proc/stat | awk "{ print \$2 + \$3 + \$4 + \$7 + \$8 }"; }; echo "SWITCHYARD-GUEST: listening"; b0=$(busy); nc -l -p 5001 >/dev/null; echo "SWITCHYARD-GUEST: busy $(($(busy) - b0)) ticks"'
+    RESULT=n/a BUSY=n/a
     wait_for "$WORK/b.console" "SWITCHYARD-GUEST: listening" 120 || return 0
     guest a "$1" "$3" 52:54:00:00:00:0a 198.51.100.2 \
         "sleep 1; t0=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=65536 count=$count 2>/dev/null | nc 198.51.100.3 5001; echo \"SWITCHYARD-GUEST: sent $((count * 65536)) from \$t0 to \$(cut -d' ' -f1 /proc/uptime)\""
     wait_for "$WORK/a.console" "SWITCHYARD-GUEST: sent" "${XFER_WAIT:-300}" || return 0
     RESULT=$(sed -n 's/.*SWITCHYARD-GUEST: sent \([0-9]*\) from \([0-9.]*\) to \([0-9.]*\).*/\1 \2 \3/p' "$WORK/a.console" |
         head -n1 | awk '{ printf "%.3f\n", $1 * 8 / ($3 - $2) / 1e9 }')
+    # Guest B's busy time a MiB received (USER_HZ ticks of 10 ms).
+    wait_for "$WORK/b.console" "SWITCHYARD-GUEST: busy" 30 || return 0
+    BUSY=$(sed -n 's/.*SWITCHYARD-GUEST: busy \([0-9]*\) ticks.*/\1/p' "$WORK/b.console" | head -n1 |
+        awk -v mb="$SIZE_MB" '{ printf "%.1f\n", $1 * 10 / mb }')
 }
 
-switchyard() { # label offloads(0|1)
+# Extra virtio-net-pci properties of both guests' devices.
+DEV_EXTRA=
+# The receive-side offloads off in the guest's device (QEMU then never offers them to the guest).
+NO_GUEST_RX=,guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off
+
+switchyard() { # label offloads(0|1) [device properties]
     local opt= busy=(--busy-poll)
     [ "$2" = 1 ] && opt=,offloads
+    DEV_EXTRA=${3:-}
+    [ "$ROUND" = 1 ] && [ -n "$DEV_EXTRA" ] && echo "   $1: guests' virtio-net-pci$DEV_EXTRA" >&2
     [ "${BACKOFF:-0}" = 1 ] && busy=()
     local cmd=(taskset -c "$SW_CORE" "$BIN" pmd --fwd switch --lcores "$SW_CORE" "${busy[@]}"
         --port "vhost:$WORK/a.sock$opt" --port "vhost:$WORK/b.sock$opt")
@@ -148,9 +165,11 @@ ovs() { # label tso(true|false)
     local config=(set Open_vSwitch . other_config:dpdk-init=true "other_config:dpdk-extra=$eal"
         "other_config:dpdk-lcore-mask=$mask" "other_config:pmd-cpu-mask=$mask"
         "other_config:userspace-tso-enable=$2")
+    # Client ports (QEMU serves the sockets): OVS 3.1 sets userspace TSO up on those only
+    # (server-mode dpdkvhostuser ports drop every offloaded packet: "No TCP checksum support").
     local bridge=(add-br tcp -- set bridge tcp datapath_type=netdev
-        -- add-port tcp vma -- set interface vma type=dpdkvhostuser
-        -- add-port tcp vmb -- set interface vmb type=dpdkvhostuser)
+        -- add-port tcp vma -- set interface vma type=dpdkvhostuserclient "options:vhost-server-path=$WORK/a.sock"
+        -- add-port tcp vmb -- set interface vmb type=dpdkvhostuserclient "options:vhost-server-path=$WORK/b.sock")
     [ "$ROUND" = 1 ] && echo "   $1: ovs-vsctl ${config[*]}; ovs-vsctl ${bridge[*]}" >&2
     if ! ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/setup.out" 2>&1 ||
         ! "${env[@]}" ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
@@ -165,36 +184,51 @@ ovs() { # label tso(true|false)
         RESULT=n/a
         return 0
     fi
-    transfer "$OVS_DIR/vma" "$OVS_DIR/vmb" ""
+    DEV_EXTRA=
+    rm -f "$WORK/a.sock" "$WORK/b.sock"
+    transfer "$WORK/a.sock" "$WORK/b.sock" ",server=on,wait=off"
 }
 
 huge_setup "${HUGE_PAGES:-1024}"
-LABELS=("switchyard offloads" "switchyard no offloads")
+LABELS=("switchyard offloads" "switchyard TX offloads only" "switchyard no offloads")
 [ "$have_ovs" = 1 ] && LABELS+=("OVS-DPDK userspace-tso")
-declare -A RES
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for l in "${LABELS[@]}"; do [[ "$l" == *"$ONLY"* ]] && kept+=("$l"); done
+    LABELS=("${kept[@]}")
+fi
+declare -A RES BUS
 echo "== VM to VM bulk TCP over vhost-user: $SIZE_MB MiB a transfer, QEMU ($ACCEL) guests on core $VM_CORE, the switch on core $SW_CORE"
 echo "   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for l in "${LABELS[@]}"; do
         case $l in
         "switchyard offloads") switchyard "$l" 1 ;;
+        "switchyard TX offloads only") switchyard "$l" 1 "$NO_GUEST_RX" ;;
         "switchyard no offloads") switchyard "$l" 0 ;;
         "OVS-DPDK userspace-tso") ovs "$l" true ;;
         esac
-        g=$RESULT
+        g=$RESULT b=$BUSY
         stop_all
-        printf '  round %d %-24s %s Gbit/s\n' "$ROUND" "$l" "$g"
+        printf '  round %d %-28s %s Gbit/s, receiving guest busy %s ms a MiB\n' "$ROUND" "$l" "$g" "$b"
         RES[$l]+="$g "
+        BUS[$l]+="$b "
     done
 done
 median() { tr ' ' '\n' <<<"$1" | grep -E '^[0-9.]+$' | sort -n |
     awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 echo "== medians of $ROUNDS rounds"
-for l in "${LABELS[@]}"; do printf '  %-24s %s Gbit/s\n' "$l" "$(median "${RES[$l]}")"; done
-on=$(median "${RES["switchyard offloads"]}") off=$(median "${RES["switchyard no offloads"]}")
-awk -v a="$on" -v b="$off" 'BEGIN { printf "  switchyard offloads / no offloads: %s\n", (b + 0 > 0 && a + 0 > 0) ? sprintf("%.2fx", a / b) : "n/a" }'
+for l in "${LABELS[@]}"; do
+    printf '  %-28s %s Gbit/s, receiving guest busy %s ms a MiB\n' "$l" "$(median "${RES[$l]}")" "$(median "${BUS[$l]}")"
+done
+on=$(median "${RES["switchyard offloads"]:-}") off=$(median "${RES["switchyard no offloads"]:-}")
+txo=$(median "${RES["switchyard TX offloads only"]:-}")
+ratio() { awk -v a="$2" -v b="$3" -v l="$1" 'BEGIN { printf "  %s: %s\n", l, (b + 0 > 0 && a + 0 > 0) ? sprintf("%.2fx", a / b) : "n/a" }'; }
+ratio "switchyard offloads / no offloads" "$on" "$off"
+ratio "switchyard offloads / TX offloads only (what the guest RX side adds)" "$on" "$txo"
+ratio "receiving guest busy a MiB, TX offloads only / offloads (what merging saves it)" \
+    "$(median "${BUS["switchyard TX offloads only"]:-}")" "$(median "${BUS["switchyard offloads"]:-}")"
 if [ "$have_ovs" = 1 ]; then
-    awk -v a="$on" -v b="$(median "${RES["OVS-DPDK userspace-tso"]}")" \
-        'BEGIN { printf "  switchyard offloads / OVS-DPDK userspace-tso: %s\n", (b + 0 > 0 && a + 0 > 0) ? sprintf("%.2fx", a / b) : "n/a" }'
+    ratio "switchyard offloads / OVS-DPDK userspace-tso" "$on" "$(median "${RES["OVS-DPDK userspace-tso"]:-}")"
 fi
 echo "   load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

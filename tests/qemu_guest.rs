@@ -11,9 +11,10 @@
 //! with `reconnect=1`, the guest pings again), and the guest's driver unbound and bound again
 //! (a device reset and a new setup on the same connection, as in a guest reboot). The guest
 //! sends small and full-size (1514-byte) frames. With offloads on (two guests, the Linux
-//! driver's defaults: checksum offload and TSO), a guest serves 4 MiB of random data over HTTP
-//! to the namespace (through the TAP port) and to the second guest, both of which check the
-//! TCP checksums; the data's SHA-256 must match on both ends.
+//! driver's defaults: checksum offload and TSO both ways), a guest serves 4 MiB of random data
+//! over HTTP to the namespace (through the TAP port) and to the second guest, which receives it
+//! as super-frames again (GUEST_TSO4: fewer packets at its driver than segments sent, no frame
+//! errors); both check the TCP checksums; the data's SHA-256 must match on both ends.
 //!
 //! Needs root, `ip`, `qemu-system-x86_64` and the guest built by
 //! `scripts/qemu-guest-assets.sh` (in `$SWITCHYARD_QEMU_CACHE`, else
@@ -465,8 +466,10 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
     let bad = number_in(String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("SWITCHYARD-GUEST: "));
     assert_eq!(bad, 0, "the namespace dropped {bad} TCP segments with bad checksums");
 
-    // Guest -> guest: the receiving guest's driver checks the checksums (the switch never
-    // says they were checked).
+    // Guest -> guest: guest B agreed to GUEST_CSUM and GUEST_TSO4 (offloads on, mergeable
+    // buffers), so the segments cut from guest A's super-frames reach it merged again as
+    // super-frames marked NEEDS_CSUM; its driver refuses a header it cannot take (counted as
+    // a frame error) and its stack checks the checksum of every frame not so marked.
     let dir_b = c.dir.path().join("b");
     std::fs::create_dir_all(&dir_b).unwrap();
     // (busybox's static wget crashes in this guest: nc speaks the request, and the file is
@@ -482,6 +485,9 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
     assert_eq!(bad, 0, "guest B dropped {bad} TCP segments with bad checksums\n{}", b.dump());
     b.wait_marker(&["PASS"], SHORT_WAIT, || sy.log());
     b.wait_exit();
+    let (b_rx, _) = b.guest_counters().unwrap_or_else(|| panic!("no eth0 counters\n{}", b.dump()));
+    let b_errors = b.guest_rx_errors().unwrap_or_else(|| panic!("no eth0 counters\n{}", b.dump()));
+    assert_eq!(b_errors, (0, 0), "guest B's receive errors (errs, frame)\n{}", b.dump());
     a.say("go");
     a.wait_marker(&["PASS"], SHORT_WAIT, || sy.log());
     a.wait_exit();
@@ -511,4 +517,13 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
     let segments = count(&j, 0, "rx");
     assert!(segments > 2 * a_tx, "guest A sent {a_tx} packets, p0 received {segments} frames: {why}");
     eprintln!("guest A sent {a_tx} packets, the switch received {segments} frames from it");
+    // ... and guest B got them as fewer, larger packets: the frames the switch sent it
+    // (segments, as counted) reached its driver as far fewer packets (super-frames).
+    let to_b = count(&j, 1, "tx");
+    assert!(count(&j, 1, "tx_bytes") > 4 * 1024 * 1024, "{why}");
+    assert!(
+        to_b > 2 * b_rx,
+        "the switch sent guest B {to_b} frames, its driver received {b_rx} packets: {why}"
+    );
+    eprintln!("the switch sent guest B {to_b} frames (segments), its driver received {b_rx} packets");
 }

@@ -50,6 +50,21 @@ pub fn prefetch_addr(addr: usize) {
     let _ = addr;
 }
 
+/// Whole seconds of the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: the time
+/// of the last timer tick, read from the vDSO's data page without reading the time-stamp
+/// counter, which is slow in some VMs); 0 where it cannot be read.
+#[inline]
+pub fn coarse_seconds() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is, and keeps no pointer to it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as u64
+    } else {
+        0
+    }
+}
+
 /// Asks the CPU to bring the cache lines of `bytes` closer (a hint; it never faults).
 #[inline]
 pub fn prefetch(bytes: &[u8]) {

@@ -29,7 +29,7 @@ use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The two encapsulations.
@@ -354,9 +354,14 @@ pub struct Remotes {
     len: AtomicUsize,
     grow: Mutex<()>,
     flood: ArcSwap<Box<[u16]>>,
+    /// The flood list's endpoint when the list has one, else [`NO_SOLE`]: set with it.
+    sole: AtomicU32,
     macs: MacTable,
     learn: AtomicBool,
 }
+
+/// [`Remotes`]' `sole` when the flood list has not exactly one endpoint.
+const NO_SOLE: u32 = u32::MAX;
 
 impl std::fmt::Debug for Remotes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -385,6 +390,7 @@ impl Remotes {
             len: AtomicUsize::new(0),
             grow: Mutex::new(()),
             flood: ArcSwap::from_pointee(Box::new([])),
+            sole: AtomicU32::new(NO_SOLE),
             macs: MacTable::new(REMOTE_MACS, aging_s)?,
             learn: AtomicBool::new(learn),
         };
@@ -426,7 +432,12 @@ impl Remotes {
             self.macs.insert_static(ANY_VLAN, *mac, i)?;
         }
         self.macs.remove_where(|_, mac, _, is_static| is_static && !seen.contains(&mac));
+        let sole = match fl[..] {
+            [e] => u32::from(e),
+            _ => NO_SOLE,
+        };
         self.flood.store(Arc::new(fl.into_boxed_slice()));
+        self.sole.store(sole, Ordering::Relaxed);
         if !learn && self.learn.swap(false, Ordering::Relaxed) {
             self.macs.flush_dynamic();
         }
@@ -481,6 +492,14 @@ impl Remotes {
     #[inline]
     pub fn lookup(&self, dst: MacAddr, now: u32) -> Option<u16> {
         self.view().lookup(dst, now)
+    }
+
+    /// The one endpoint there is, when it is also the whole flood list: every frame goes
+    /// there, known or not (a port with one remote). Two atomic loads, no reference taken.
+    #[inline]
+    pub fn sole_endpoint(&self) -> Option<u16> {
+        let s = self.sole.load(Ordering::Relaxed);
+        (s != NO_SOLE && self.endpoint_count() == 1).then_some(s as u16)
     }
 
     /// How many endpoints are known (indices `0..n`).
@@ -771,6 +790,26 @@ mod tests {
             Remotes::new(&[], &[(MacAddr::BROADCAST, a)], true, 300),
             Err(RemotesError::NotUnicast(_))
         ));
+    }
+
+    /// `sole_endpoint` is the flood list's endpoint exactly while it is the only endpoint
+    /// and the whole list, through updates and learning.
+    #[test]
+    fn sole_endpoint_follows_the_flood_list_and_the_endpoints() {
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        let r = Remotes::new(&[ip(2)], &[], true, 300).unwrap();
+        assert_eq!(r.sole_endpoint(), Some(0));
+        r.update(&[ip(2), ip(3)], &[], true).unwrap();
+        assert_eq!(r.sole_endpoint(), None, "two in the flood list");
+        let r = Remotes::new(&[], &[], true, 300).unwrap();
+        assert_eq!(r.sole_endpoint(), None, "no endpoint");
+        r.update(&[ip(3)], &[], true).unwrap();
+        assert_eq!(r.sole_endpoint(), Some(0));
+        r.learn(MacAddr([2, 0, 0, 0, 0xb, 1]), ip(4), 1);
+        assert_eq!(r.sole_endpoint(), None, "a second endpoint learned");
+        let r = Remotes::new(&[ip(2), ip(3)], &[], true, 300).unwrap();
+        r.update(&[ip(3)], &[], true).unwrap();
+        assert_eq!(r.sole_endpoint(), None, "one in the flood list, two endpoints known");
     }
 
     #[test]

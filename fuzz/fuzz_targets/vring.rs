@@ -9,7 +9,7 @@ use std::sync::Arc;
 use switchyard_dataplane::buffer::{Pool, DATA_ROOM};
 use switchyard_ports::vhost::mem::{DirtyLog, GuestMemory};
 use switchyard_ports::vhost::sys;
-use switchyard_ports::vhost::vring::{RingConfig, Vring};
+use switchyard_ports::vhost::vring::{RingConfig, RxGso, Vring};
 use switchyard_dataplane::port::{Burst, DropTally, RxCtx};
 
 /// Where the fake frontend maps guest memory in its own address space.
@@ -71,6 +71,8 @@ fuzz_target!(|data: &[u8]| {
         },
         // Offload requests in the sprayed headers: checksums finished, super-frames segmented.
         tx_offload: flags & 2 == 2,
+        // Runs of TCP segments towards the guest merged (with mergeable buffers only).
+        rx_gso: RxGso { tcpv4: flags & 4 == 4, tcpv6: flags & 8 == 8 },
     };
     let frames: Vec<usize> = (0..8).map(|_| usize::from(inp.u16()) % 3000).collect();
     let _ = mem.write(g0, &spray);

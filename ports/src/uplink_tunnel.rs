@@ -27,7 +27,8 @@
 //! - One uplink carries the tunnel ports of every network on it ([`UplinkTunnelPort::join`]:
 //!   one encapsulation, local address and UDP port, one port per VNI), as the kernel
 //!   transport's socket does: the uplink's RX queue `q` is read by whichever member port's RX
-//!   queue `q` takes it first (one at a time, a `try_lock`); a tunnel packet of another
+//!   queue `q` takes it first (one at a time, a `try_lock`; the only member keeps it between
+//!   polls, and gives it back at its first poll after another joined); a tunnel packet of another
 //!   member's VNI goes, narrowed to its datagram, to that member's inbox `q` (bounded; full:
 //!   `tunnel_demux_full`), and the member is woken once a burst; one of no member's VNI is the
 //!   reader's `tunnel_wrong_vni`. The neighbour table (by address: one slot per endpoint or
@@ -56,13 +57,13 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
 use switchyard_dataplane::backend::Backend;
 use switchyard_dataplane::buffer::{PacketBuf, PoolCache};
 use switchyard_dataplane::config::UnderlayRoute;
+use switchyard_dataplane::cpu::coarse_seconds;
 use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
 };
@@ -150,12 +151,14 @@ struct Member {
 
 /// The uplink's RX queue `q`, opened by the first member that opens its queue `q`.
 struct UplinkQueue {
-    /// Held by the member RX reading the queue, for one `rx_burst`.
-    rx: Mutex<Box<dyn RxQueue>>,
+    /// Locked by the member RX reading the queue, for one `rx_burst`; `None` while the
+    /// uplink's only member holds it ([`UplinkTunnelRx::alone`]).
+    rx: Mutex<Option<Box<dyn RxQueue>>>,
     spin: bool,
     nap: bool,
-    /// Whether the queue has a wake descriptor (then members sleep on it and their inbox).
-    wakes: bool,
+    /// A duplicate of the queue's wake descriptor, when it has one (then members sleep on it
+    /// and their inbox): there whoever holds the queue.
+    wake: Option<OwnedFd>,
 }
 
 /// An uplink port and what the tunnel ports on it share: the encapsulation, local address
@@ -177,6 +180,9 @@ struct Uplink {
     /// Read once a burst, and only when a packet of another VNI came; changed by
     /// read-copy-update (a join and a leave never wait on each other or on a lock).
     members: ArcSwap<Vec<Member>>,
+    /// Whether `members` has one member: read every burst (that member then holds the RX
+    /// queues it reads, [`UplinkTunnelRx::alone`]); set after every change ([`Uplink::set_alone`]).
+    alone: AtomicBool,
     /// Packets handed to ports that left before taking them ([`Inbox`]'s drop): the next
     /// member RX to probe counts them as `tunnel_wrong_vni` (their VNI is nobody's now).
     orphaned: Arc<AtomicU64>,
@@ -288,10 +294,11 @@ impl Uplink {
             mac,
             dstport: o.dstport,
             underlay_mtu,
-            clock: TunnelClock::Monotonic(Instant::now()),
+            clock: TunnelClock::Monotonic(coarse_seconds()),
             neighbours: Neighbours::new(NEIGHBOUR_SLOTS),
             slots: Mutex::new(SlotTable::default()),
             members: ArcSwap::from_pointee(Vec::new()),
+            alone: AtomicBool::new(false),
             orphaned: Arc::new(AtomicU64::new(0)),
             queues,
             opening: Mutex::new(()),
@@ -300,7 +307,7 @@ impl Uplink {
 
     fn now_s(&self) -> u32 {
         match &self.clock {
-            TunnelClock::Monotonic(start) => start.elapsed().as_secs() as u32,
+            TunnelClock::Monotonic(start) => coarse_seconds().saturating_sub(*start) as u32,
             TunnelClock::Shared(ns) => (ns.load(Ordering::Relaxed) / 1_000_000_000) as u32,
         }
     }
@@ -317,11 +324,14 @@ impl Uplink {
             return Ok(u.clone());
         }
         let rx = self.port.open_rx(q)?;
+        let wake = rx.wake_fd().map(|fd| fd.try_clone_to_owned()).transpose().map_err(|e| {
+            PortError::Backend { port: self.port.name().into(), msg: format!("wake descriptor: {e}") }
+        })?;
         let u = Arc::new(UplinkQueue {
             spin: rx.spin_when_idle(),
             nap: rx.nap_while_busy(),
-            wakes: rx.wake_fd().is_some(),
-            rx: Mutex::new(rx),
+            wake,
+            rx: Mutex::new(Some(rx)),
         });
         Ok(slot.get_or_init(|| u).clone())
     }
@@ -352,6 +362,7 @@ impl Uplink {
         if served {
             return refuse(format!("VNI {} is already served by another tunnel port on uplink {on}", o.vni));
         }
+        self.set_alone();
         Ok(before.len())
     }
 
@@ -364,6 +375,20 @@ impl Uplink {
             return;
         }
         self.members.rcu(|cur| cur.iter().filter(|m| !gone(m)).cloned().collect::<Vec<_>>());
+        self.set_alone();
+    }
+
+    /// Makes `alone` say whether the member list has one member. A join and a leave may race
+    /// (no lock): each stores what it read and stores again while the list it read is no
+    /// longer the list, so the last store is of the list that holds.
+    fn set_alone(&self) {
+        loop {
+            let m = self.members.load_full();
+            self.alone.store(m.len() == 1, Ordering::Release);
+            if Arc::ptr_eq(&m, &self.members.load_full()) {
+                break;
+            }
+        }
     }
 
     /// The slot of address `ip`, when it has one.
@@ -513,8 +538,10 @@ impl Shared {
 /// learned remote MACs).
 #[derive(Debug, Clone)]
 pub enum TunnelClock {
-    /// Seconds since the port opened.
-    Monotonic(Instant),
+    /// Seconds since the port opened (the kernel's coarse monotonic clock, read every burst:
+    /// no time-stamp counter read, which costs tens of nanoseconds in some VMs), from this
+    /// reading of it.
+    Monotonic(u64),
     /// A shared clock in nanoseconds: the replay harness sets it to the capture's time, so
     /// that probes and aging follow the capture, not the wall clock.
     Shared(Arc<AtomicU64>),
@@ -746,6 +773,9 @@ struct UplinkTunnelRx {
     shared: Arc<Shared>,
     /// The uplink's queue `q`, read when no other member's RX is reading it.
     queue: Arc<UplinkQueue>,
+    /// `queue`'s RX queue while this port is the uplink's only member: read with no lock,
+    /// given back to `queue` at the first burst that finds another member.
+    alone: Option<Box<dyn RxQueue>>,
     q: u16,
     /// The uplink queue's wake descriptor and inbox `q`'s eventfd, when the queue has one.
     epoll: Option<Epoll>,
@@ -788,6 +818,7 @@ fn control_frame(
 
 impl Drop for UplinkTunnelRx {
     fn drop(&mut self) {
+        self.give_back();
         self.shared.claims.release(self.q);
     }
 }
@@ -798,21 +829,21 @@ impl UplinkTunnelRx {
         let queue = sh.up.queue(q)?;
         let err =
             |e: nix::errno::Errno| PortError::Backend { port: sh.name.clone(), msg: format!("epoll: {e}") };
-        let epoll = if queue.wakes {
-            let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(err)?;
-            let inbox = &sh.inboxes[usize::from(q)];
-            ep.add(inbox.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(err)?;
-            if let Some(fd) = queue.rx.lock().unwrap_or_else(|e| e.into_inner()).wake_fd() {
+        let epoll = match &queue.wake {
+            Some(fd) => {
+                let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(err)?;
+                let inbox = &sh.inboxes[usize::from(q)];
+                ep.add(inbox.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(err)?;
                 ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, 1)).map_err(err)?;
+                Some(ep)
             }
-            Some(ep)
-        } else {
-            None
+            None => None,
         };
         Ok(UplinkTunnelRx {
             shared: sh.clone(),
             tx: sh.up.port.open_tx(q)?,
             queue,
+            alone: None,
             q,
             epoll,
             armed: false,
@@ -855,6 +886,34 @@ impl UplinkTunnelRx {
             delivered += 1;
         }
         (taken, delivered)
+    }
+
+    /// Gives the uplink's queue back to the others when this port held it alone.
+    fn give_back(&mut self) {
+        if let Some(rx) = self.alone.take() {
+            *self.queue.rx.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        }
+    }
+
+    /// Reads up to `n` frames of the uplink's queue into `frames`, unless another member is
+    /// reading it (false). The uplink's only member keeps the queue (no lock a burst); with
+    /// several, each burst takes it with a `try_lock`.
+    fn read_uplink(&mut self, (cache, drops): (&mut PoolCache, &mut DropTally), n: usize) -> bool {
+        let alone = self.shared.up.alone.load(Ordering::Acquire);
+        if !alone {
+            self.give_back();
+        }
+        if let Some(rx) = &mut self.alone {
+            rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+            return true;
+        }
+        let Ok(mut held) = self.queue.rx.try_lock() else { return false };
+        let Some(rx) = held.as_mut() else { return false };
+        rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+        if alone {
+            self.alone = held.take();
+        }
+        true
     }
 
     /// Once a second: follows route changes and probes every next hop that is unresolved
@@ -968,14 +1027,7 @@ impl RxQueue for UplinkTunnelRx {
         // First what other members read for this port, then the uplink unless another
         // member is reading it (that one hands this port its packets).
         let (taken, mut delivered) = self.handed((cache, drops), out, want, now);
-        let read = taken < want
-            && match self.queue.rx.try_lock() {
-                Ok(mut rx) => {
-                    rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, want - taken);
-                    true
-                }
-                Err(_) => false,
-            };
+        let read = taken < want && self.read_uplink((cache, drops), want - taken);
         if !read {
             // The probes `probe` queued go now: its slot is marked probed already.
             if !self.control.is_empty() {
@@ -1068,7 +1120,7 @@ impl RxQueue for UplinkTunnelRx {
         if !control.is_empty() {
             tx.tx_burst(control, cache, drops);
         }
-        if let (Some(members), true) = (members, self.queue.wakes) {
+        if let (Some(members), true) = (members, self.queue.wake.is_some()) {
             for k in woken {
                 // A failed write means the counter is huge already: the member is awake.
                 let _ = members[k].inboxes[usize::from(*q)].wake.write(1);
@@ -1087,11 +1139,18 @@ impl RxQueue for UplinkTunnelRx {
         if !self.shared.inboxes[usize::from(self.q)].q.is_empty() {
             return false;
         }
+        if let Some(rx) = &mut self.alone {
+            self.armed = rx.arm_wakeup();
+            return self.armed;
+        }
         match self.queue.rx.try_lock() {
-            Ok(mut rx) => {
-                self.armed = rx.arm_wakeup();
-                self.armed
-            }
+            Ok(mut held) => match held.as_mut() {
+                Some(rx) => {
+                    self.armed = rx.arm_wakeup();
+                    self.armed
+                }
+                None => true,
+            },
             Err(_) => true,
         }
     }
@@ -1100,8 +1159,12 @@ impl RxQueue for UplinkTunnelRx {
         // Non-blocking: EAGAIN when nothing was written.
         let _ = self.shared.inboxes[usize::from(self.q)].wake.read();
         if std::mem::take(&mut self.armed) {
-            if let Ok(mut rx) = self.queue.rx.try_lock() {
+            if let Some(rx) = &mut self.alone {
                 rx.disarm_wakeup();
+            } else if let Ok(mut held) = self.queue.rx.try_lock() {
+                if let Some(rx) = held.as_mut() {
+                    rx.disarm_wakeup();
+                }
             }
         }
     }
@@ -1234,18 +1297,15 @@ impl TxQueue for UplinkTunnelTx {
     fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         let UplinkTunnelTx { shared, tx, out, templates } = self;
         let sh = &**shared;
-        // One flood list for the whole burst, however an update swaps it meanwhile.
-        let flood = sh.remotes.flood();
         // A port whose one endpoint is its whole flood list sends every frame there, known
         // or not: no lookup (as a port with one `remote_ip`). Its next hop's MAC and its
         // template are read once a burst.
-        let only = match ***flood {
-            [e] if sh.remotes.endpoint_count() == 1 => Some(e),
-            _ => None,
-        };
+        let only = sh.remotes.sole_endpoint();
         if let Some(t) = only.and_then(|e| templates.get(sh, e, sh.next_hop_mac(e)?).ok()) {
             return send_through(sh, t, pkts, (out, &mut **tx), cache, drops);
         }
+        // One flood list for the whole burst, however an update swaps it meanwhile.
+        let flood = sh.remotes.flood();
         let q = (out, &mut **tx, &mut **templates);
         let now = sh.now_s();
         let (remotes, codec) = (sh.remotes.view(), sh.codec);
@@ -1543,6 +1603,79 @@ mod tests {
         all_returned(&peer, cache, &pool);
     }
 
+    /// The uplink's only member keeps its RX queue (no lock a burst) and gives it back at its
+    /// first poll after another port joins, then takes it again when that port has left; a
+    /// queue handle going away gives it back too.
+    #[test]
+    fn a_port_alone_holds_the_uplink_until_another_joins() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:alone-{}", std::process::id());
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let ring = Mutex::new(Some(ring));
+        let join = |name: &str, vni: u32| {
+            let o = TunnelOptions {
+                kind: TunnelKind::Vxlan,
+                vni,
+                local: ip(1),
+                dstport: 4789,
+                flood: vec![ip(2)],
+                remote_macs: Vec::new(),
+                learn: true,
+                aging_s: 300,
+            };
+            UplinkTunnelPort::join(name, &o, &key, NextHops::default(), || {
+                let r = ring.lock().unwrap().take().expect("the uplink opened once");
+                Ok((Arc::new(r), LOCAL_MAC, 1500))
+            })
+            .expect("port")
+        };
+        let a = join("a", 5001);
+        // Whether the uplink's queue 0 is in the registry (no member holds it).
+        let free = |p: &UplinkTunnelPort| {
+            let q = p.shared.up.queues[0].get().expect("queue 0 open");
+            q.rx.lock().unwrap().is_some()
+        };
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        let (ia, ib) = (inner(LOCAL_MAC, X), inner(LOCAL_MAC, MacAddr([2, 0, 0, 0, 0xb, 2])));
+        let mut ra = a.open_rx(0).expect("rx");
+        assert!(free(&a), "opened, not read yet");
+        assert_eq!(
+            receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)),
+            std::slice::from_ref(&ia)
+        );
+        assert!(!free(&a), "a, alone, keeps the queue");
+
+        let b = join("b", 5002);
+        let mut rb = b.open_rx(0).expect("rx");
+        peer.inject(cache.alloc_copy(&tunnel_packet(m2, 5002, &ib)).unwrap()).unwrap();
+        assert_eq!(poll(&mut *rb, &mut cache).0, Vec::<Vec<u8>>::new(), "a holds the uplink");
+        assert_eq!(poll(&mut *ra, &mut cache).0, Vec::<Vec<u8>>::new(), "a reads it for b");
+        assert!(free(&a), "given back at a's first poll with b there");
+        assert_eq!(poll(&mut *rb, &mut cache).0, std::slice::from_ref(&ib), "handed over");
+        // Now b can read the uplink: a's packet goes to a through b.
+        peer.inject(cache.alloc_copy(&tunnel_packet(m2, 5001, &ia)).unwrap()).unwrap();
+        assert_eq!(poll(&mut *rb, &mut cache).0, Vec::<Vec<u8>>::new());
+        assert_eq!(poll(&mut *ra, &mut cache).0, std::slice::from_ref(&ia), "read by b, handed to a");
+        assert!(free(&a), "with two members nobody keeps it");
+
+        drop((rb, b));
+        assert_eq!(
+            receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)),
+            std::slice::from_ref(&ia)
+        );
+        assert!(!free(&a), "alone again: kept again");
+        drop(ra);
+        assert!(free(&a), "a handle going away gives it back");
+        let mut ra = a.open_rx(0).expect("rx again");
+        assert_eq!(
+            receive(&peer, &mut *ra, &mut cache, &tunnel_packet(m2, 5001, &ia)),
+            std::slice::from_ref(&ia)
+        );
+        drop((ra, a));
+        all_returned(&peer, cache, &pool);
+    }
+
     /// The outer headers are written from a template per endpoint; when the next hop's MAC
     /// changes (a new ARP reply), the next packet carries the new one.
     #[test]
@@ -1743,7 +1876,7 @@ mod tests {
         drop((rb, b));
         assert_eq!(a.next_hops_in_use(), 1, "b's own next hop freed with it");
         // Counted at a's next probe round (once a second, on the uplink's own clock).
-        let (mut wrong, t) = (0, Instant::now());
+        let (mut wrong, t) = (0, std::time::Instant::now());
         while wrong == 0 && t.elapsed().as_secs() < 4 {
             std::thread::sleep(std::time::Duration::from_millis(50));
             wrong += u64::from(poll(&mut *ra, &mut cache).1.get(DropReason::TunnelWrongVni));

@@ -22,7 +22,7 @@ Port specs (repeat --port; the ports are named p0, p1, ... in that order):
   tap:NAME                       a TAP interface (created if needed)
   vhost:PATH[,client][,offloads][,queues=N]
                                  vhost-user socket (switchyard listens; ,client: it connects;
-                                 ,offloads: offer the guest checksum + TSO on its TX side;
+                                 ,offloads: offer the guest checksum + TSO both ways;
                                  N queue pairs offered, default 1)
   dpdk:DEVARGS                   a DPDK ethdev, e.g. dpdk:net_pcap0,rx_pcap=a.pcap,infinite_rx=1 (needs --features dpdk)
 

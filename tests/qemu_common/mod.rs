@@ -259,6 +259,18 @@ impl Qemu {
 
     /// The guest's eth0 packet counters from its final /proc/net/dev dump: (rx, tx).
     pub fn guest_counters(&self) -> Option<(u64, u64)> {
+        self.guest_dev_fields().map(|f| (f[1], f[9]))
+    }
+
+    /// The guest's eth0 receive errors from its final /proc/net/dev dump: (errs, frame), the
+    /// latter where its driver counts frames it refused (virtio_net's "bad gso").
+    pub fn guest_rx_errors(&self) -> Option<(u64, u64)> {
+        self.guest_dev_fields().map(|f| (f[2], f[5]))
+    }
+
+    /// The numbers of the guest's eth0 line in its final /proc/net/dev dump (rx bytes,
+    /// packets, errs, drop, fifo, frame, compressed, multicast, then tx bytes, packets, ...).
+    fn guest_dev_fields(&self) -> Option<Vec<u64>> {
         let c = self.console.lock().unwrap();
         let line = c.lines().rev().find(|l| l.trim_start().starts_with("eth0:"))?;
         let f: Vec<u64> = line
@@ -267,7 +279,7 @@ impl Qemu {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        (f.len() >= 10).then(|| (f[1], f[9]))
+        (f.len() >= 10).then_some(f)
     }
 }
 

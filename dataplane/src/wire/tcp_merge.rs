@@ -1,8 +1,8 @@
 //! The reverse of [`Segmenter`](super::offload::Segmenter): a run of consecutive segments of
 //! one TCP flow becomes one super-frame (the headers of the first, the payloads of all) with a
 //! virtio-net header asking for GSO, so that a kernel port (`PACKET_VNET_HDR` on AF_PACKET)
-//! hands the receiving stack one packet instead of dozens, as the kernel's own GRO and its
-//! VXLAN + bridge path do.
+//! or a guest that agreed to GUEST_TSO4/6 (vhost-user RX) gets one packet instead of dozens,
+//! as the kernel's own GRO and its VXLAN + bridge path hand over.
 //!
 //! A run is what GRO would merge, and nothing else: untagged IPv4 without options or
 //! fragments, or IPv6 without extension headers; every segment's headers equal to the first's
@@ -18,7 +18,10 @@
 //! here (that would read every payload byte once more); a full checksum would not help
 //! either: the kernel makes a GSO packet without `NEEDS_CSUM` into one with it before sending
 //! (`tcp4_gso_segment` on an untrusted packet), dropping the checksum (ports/tests/
-//! afpacket_tx_merge.rs sees the pseudo-header sum arrive).
+//! afpacket_tx_merge.rs sees the pseudo-header sum arrive). A guest is different: virtio
+//! requires a device that marks a packet `NEEDS_CSUM` to have validated its checksums, and the
+//! guest's stack trusts the mark, so [`merge_verified_tcp_run`] (vhost-user RX) verifies every
+//! segment's checksums first and ends the run before one that fails.
 //!
 //! The promise: nothing here panics or reads outside the frames it is given; frames that do
 //! not qualify are left for the caller to send one by one.
@@ -54,6 +57,16 @@ impl TcpMerge {
     /// (`frame[hdrs..]` of each segment, in order).
     pub fn head(&self) -> &[u8] {
         &self.head[..VNET_HDR_LEN + self.hdrs]
+    }
+
+    /// The virtio-net header alone.
+    pub fn vnet_hdr(&self) -> &[u8; VNET_HDR_LEN] {
+        self.head.first_chunk().unwrap_or(&[0; VNET_HDR_LEN])
+    }
+
+    /// The super-frame's headers alone (Ethernet to TCP).
+    pub fn headers(&self) -> &[u8] {
+        &self.head[VNET_HDR_LEN..VNET_HDR_LEN + self.hdrs]
     }
 }
 
@@ -147,9 +160,33 @@ fn addr_sum(s: &Seg, f: &[u8]) -> u64 {
     }
 }
 
+/// Whether a segment's checksums verify: the IPv4 header's, and the TCP checksum over the
+/// pseudo-header (`addrs`: the addresses' sum) and the whole segment.
+fn checksums_ok(s: &Seg, f: &[u8], addrs: u64) -> bool {
+    let ip_ok = !s.ipv4 || fold(ones_sum(&f[s.l3..s.l4], 0)) == 0xffff;
+    let pseudo = addrs + u64::from(PROTO_TCP) + (f.len() - s.l4) as u64;
+    ip_ok && fold(ones_sum(&f[s.l4..], pseudo)) == 0xffff
+}
+
 /// Merges the longest run at the start of `frames` (at most `max` of them): `None` when it is
 /// shorter than two segments. The first frame of a run that did not merge can still go alone.
+/// The segments' checksums are not looked at (see the module doc).
 pub fn merge_tcp_run<'a>(frames: impl IntoIterator<Item = &'a [u8]>, max: usize) -> Option<TcpMerge> {
+    merge(frames, max, false)
+}
+
+/// As [`merge_tcp_run`], and every segment's checksums verify (the IPv4 header's and the TCP
+/// checksum), as GRO checks them and as virtio requires of a device that hands a guest a
+/// packet marked `NEEDS_CSUM`: the run ends before the first segment that fails (it then goes
+/// alone, and its receiver finds the error).
+pub fn merge_verified_tcp_run<'a>(
+    frames: impl IntoIterator<Item = &'a [u8]>,
+    max: usize,
+) -> Option<TcpMerge> {
+    merge(frames, max, true)
+}
+
+fn merge<'a>(frames: impl IntoIterator<Item = &'a [u8]>, max: usize, verify: bool) -> Option<TcpMerge> {
     let mut it = frames.into_iter().take(max);
     let f0 = it.next()?;
     let s0 = parse(f0)?;
@@ -180,6 +217,10 @@ pub fn merge_tcp_run<'a>(frames: impl IntoIterator<Item = &'a [u8]>, max: usize)
             || s.id == s0.id.wrapping_add(n as u16)
             || be16(f0, s0.l3 + V4_FRAG).is_some_and(|v| v & V4_DF != 0);
         if !in_order || !id_ok {
+            break;
+        }
+        // The first segment's checksums only once a second one could join it.
+        if verify && ((n == 1 && !checksums_ok(&s0, f0, addrs)) || !checksums_ok(&s, f, addrs)) {
             break;
         }
         payload += s.payload;
@@ -390,6 +431,38 @@ mod tests {
         assert_eq!(run(&[]), None);
     }
 
+    /// The verified merge ends a run before the first segment whose IPv4 header or TCP
+    /// checksum fails; the unverified one does not look.
+    #[test]
+    fn a_verified_merge_ends_before_a_bad_checksum() {
+        let d = payload(1000, 3);
+        let frames: Vec<Vec<u8>> = (0..4).map(|i| seg4(i * 1000, 1 + i as u16, false, false, &d)).collect();
+        let verified =
+            |fs: &[Vec<u8>]| merge_verified_tcp_run(fs.iter().map(|f| f.as_slice()), 64).map(|m| m.segments);
+        let plain = |fs: &[Vec<u8>]| merge_tcp_run(fs.iter().map(|f| f.as_slice()), 64).map(|m| m.segments);
+        assert_eq!(verified(&frames), Some(4));
+        let l4 = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+        let mut bad = frames.clone();
+        bad[2][l4 + TCP_HEADER_LEN + 100] ^= 0x40;
+        assert_eq!(verified(&bad), Some(2), "a payload byte of the third segment");
+        assert_eq!(plain(&bad), Some(4), "unverified: merged");
+        let mut bad = frames.clone();
+        bad[0][ETH_HEADER_LEN + V4_CSUM] ^= 1;
+        assert_eq!(verified(&bad), None, "the first segment's IPv4 header checksum");
+        let mut bad = frames.clone();
+        bad[1][l4 + TCP_CSUM] ^= 1;
+        assert_eq!(verified(&bad), None, "the second segment's TCP checksum: a run of one");
+        let mut bad = frames.clone();
+        bad[3][ETH_HEADER_LEN + V4_CSUM + 1] ^= 0x10;
+        assert_eq!(verified(&bad), Some(3), "the last segment's IPv4 header checksum");
+        let f6: Vec<Vec<u8>> = (0..3).map(|i| seg6(i * 1000, false, &d)).collect();
+        assert_eq!(verified(&f6), Some(3));
+        let mut bad6 = f6.clone();
+        let last = bad6[2].len() - 1;
+        bad6[2][last] ^= 1;
+        assert_eq!(verified(&bad6), Some(2), "IPv6: the last byte of the third segment");
+    }
+
     proptest::proptest! {
         /// Whatever bytes the frames hold (valid runs with up to four bytes changed, a frame
         /// cut short), merging never panics, and a merge is lossless: the Segmenter cuts the
@@ -412,6 +485,7 @@ mod tests {
                     if v6 { seg6(seq, false, &data) } else { seg4(seq, 40 + i as u16, false, false, &data) }
                 })
                 .collect();
+            let touched = !flips.is_empty() || cut.is_some();
             for (f, at, x) in flips {
                 if let Some(b) = frames.get_mut(f % count).and_then(|f| f.get_mut(at)) {
                     *b ^= x;
@@ -422,7 +496,15 @@ mod tests {
                 let at = at.min(f.len());
                 f.truncate(at);
             }
-            let Some(m) = merge_tcp_run(frames.iter().map(|f| f.as_slice()), 64) else { return Ok(()) };
+            let plain = merge_tcp_run(frames.iter().map(|f| f.as_slice()), 64);
+            // Verifying only ends runs earlier; untouched frames (finished checksums) verify.
+            let verified = merge_verified_tcp_run(frames.iter().map(|f| f.as_slice()), 64);
+            let (p, v) = (plain.as_ref().map_or(0, |m| m.segments), verified.as_ref().map_or(0, |m| m.segments));
+            proptest::prop_assert!(v <= p, "verified {} > plain {}", v, p);
+            if !touched {
+                proptest::prop_assert_eq!(v, p);
+            }
+            let Some(m) = plain else { return Ok(()) };
             proptest::prop_assert!(m.segments >= 2 && m.segments <= count);
             let (vh, sf) = super_frame(&m, &frames);
             let mut seg = Segmenter::new(&sf, &vh).expect("a merge segments");

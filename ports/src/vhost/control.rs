@@ -8,7 +8,7 @@
 
 use super::mem::{DirtyLog, GuestMemory};
 use super::proto::{self, feat, pfeat, req, Header, VringAddr, VringState, HDR_SIZE};
-use super::vring::{RingConfig, Vring, MAX_QUEUE_SIZE};
+use super::vring::{RingConfig, RxGso, Vring, MAX_QUEUE_SIZE};
 use super::{sys, Mode, Shared};
 use std::fs::File;
 use std::io::{self, Read};
@@ -444,6 +444,16 @@ impl Session {
             in_order: self.features & feat::F_IN_ORDER != 0,
             // The guest's TX rings are the odd ones; only they take requests from headers.
             tx_offload: i % 2 == 1 && self.features & feat::NET_F_CSUM != 0,
+            // The guest's RX rings are the even ones (see RxGso for the features it needs).
+            rx_gso: {
+                let f = self.features;
+                let base =
+                    i.is_multiple_of(2) && f & feat::NET_F_MRG_RXBUF != 0 && f & feat::NET_F_GUEST_CSUM != 0;
+                RxGso {
+                    tcpv4: base && f & feat::NET_F_GUEST_TSO4 != 0,
+                    tcpv6: base && f & feat::NET_F_GUEST_TSO6 != 0,
+                }
+            },
         };
         let log = if log_on { self.log.clone() } else { None };
         match Vring::new(mem.clone(), &cfg, log, c.call.clone()) {

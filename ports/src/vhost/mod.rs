@@ -97,8 +97,9 @@ pub struct VhostOptions {
     pub reconnect_interval: Duration,
     /// Server mode: permissions given to the socket after it is created.
     pub socket_mode: Option<u32>,
-    /// Offer the guest checksum and TCP segmentation offload on its transmit side
-    /// ([`proto::feat::OFFLOADS`]); switchyard finishes the frames where they enter.
+    /// Offer the guest checksum and TCP segmentation offload both ways
+    /// ([`proto::feat::OFFLOADS`]): switchyard finishes the guest's frames where they enter,
+    /// and merges runs of TCP segments into super-frames towards it.
     pub offloads: bool,
 }
 
@@ -139,6 +140,9 @@ pub(crate) struct Shared {
     sessions: AtomicU64,
     features: AtomicU64,
     rarp: ArrayQueue<[u8; 60]>,
+    /// Super-frames written into the guest's RX buffers, and their segments.
+    rx_merged: AtomicU64,
+    rx_merged_segments: AtomicU64,
 }
 
 impl Shared {
@@ -197,6 +201,8 @@ impl VhostUserPort {
             sessions: AtomicU64::new(0),
             features: AtomicU64::new(0),
             rarp: ArrayQueue::new(16),
+            rx_merged: AtomicU64::new(0),
+            rx_merged_segments: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -219,6 +225,16 @@ impl VhostUserPort {
     /// The virtio features the frontend negotiated in the current session.
     pub fn negotiated_features(&self) -> u64 {
         self.shared.features.load(Ordering::Acquire)
+    }
+
+    /// TCP super-frames written into the guest's RX buffers (runs of segments merged: a guest
+    /// that agreed to GUEST_TSO4/6 with mergeable buffers, `offloads` on), and the segments
+    /// they were made of.
+    pub fn guest_rx_merges(&self) -> (u64, u64) {
+        (
+            self.shared.rx_merged.load(Ordering::Relaxed),
+            self.shared.rx_merged_segments.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether vring `i` is running (set up and enabled by the frontend).
@@ -368,7 +384,15 @@ impl TxQueue for VhostTx {
             st = self.shared.vq(0);
         }
         match st.ring.as_mut() {
-            Some(r) => r.enqueue(pkts, cache, drops),
+            Some(r) => {
+                let sent = r.enqueue(pkts, cache, drops);
+                let m = r.take_merges();
+                if m.frames != 0 {
+                    self.shared.rx_merged.fetch_add(m.frames, Ordering::Relaxed);
+                    self.shared.rx_merged_segments.fetch_add(m.segments, Ordering::Relaxed);
+                }
+                sent
+            }
             None => {
                 drop_all(pkts, cache, drops, DropReason::PortDown);
                 0

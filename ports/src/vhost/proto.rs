@@ -88,8 +88,10 @@ pub mod req {
 pub mod feat {
     /// The driver may leave a TCP/UDP checksum partial (`NEEDS_CSUM` in the header).
     pub const NET_F_CSUM: u64 = 1 << 0;
-    /// The device may leave one partial towards the driver (not offered: see [`OFFLOADS`]).
+    /// The device may leave a checksum partial towards the driver (`NEEDS_CSUM`, after
+    /// validating it) or say it validated one (`DATA_VALID`).
     pub const NET_F_GUEST_CSUM: u64 = 1 << 1;
+    /// The device may hand the driver TCP super-frames (GSO TCPV4, TCPV6).
     pub const NET_F_GUEST_TSO4: u64 = 1 << 7;
     pub const NET_F_GUEST_TSO6: u64 = 1 << 8;
     /// The driver may send TCP super-frames for the device to segment.
@@ -125,13 +127,18 @@ pub mod feat {
         | USER_F_PROTOCOL_FEATURES
         | F_IN_ORDER;
 
-    /// The offloads a port with `offloads` on offers on top of [`OFFERED`]: the guest's
-    /// transmit side only (checksum and TCP segmentation), which switchyard finishes where the
-    /// frame enters (`crate::vhost::vring`'s offload path), so every other port still gets
-    /// finished, MTU-sized frames. The receive-side features (GUEST_CSUM, GUEST_TSO4/6) would
-    /// need the offload request carried with the frame across the switch, which the packet
-    /// buffer does not do: they are not offered.
-    pub const OFFLOADS: u64 = NET_F_CSUM | NET_F_HOST_TSO4 | NET_F_HOST_TSO6;
+    /// The offloads a port with `offloads` on offers on top of [`OFFERED`]. The guest's
+    /// transmit side (checksum and TCP segmentation): switchyard finishes its frames where
+    /// they enter (`crate::vhost::vring`'s offload path), so every other port gets finished,
+    /// MTU-sized frames. The guest's receive side (GUEST_CSUM, which GUEST_TSO4/6 require):
+    /// runs of TCP segments towards the guest are merged into super-frames again, with mergeable
+    /// RX buffers only (`crate::vhost::vring::RxGso`); every other frame goes finished, flags 0.
+    pub const OFFLOADS: u64 = NET_F_CSUM
+        | NET_F_HOST_TSO4
+        | NET_F_HOST_TSO6
+        | NET_F_GUEST_CSUM
+        | NET_F_GUEST_TSO4
+        | NET_F_GUEST_TSO6;
 
     /// What a port offers: [`OFFERED`], plus [`OFFLOADS`] when `offloads` is on.
     pub const fn offered(offloads: bool) -> u64 {

@@ -1,6 +1,9 @@
 //! The split virtqueue, device side: taking the guest's transmitted frames out of its TX
 //! rings and copying the switch's frames into the buffers of its RX rings (mergeable RX
-//! buffers), with notification suppression and event-idx.
+//! buffers), with notification suppression and event-idx. With offloads agreed, TX super-frames
+//! are segmented on the way in, and towards a guest that takes them ([`RxGso`]) runs of TCP
+//! segments are merged into super-frames on the way out; either way every guest buffer is
+//! written through the same checked placement, never past a descriptor's length.
 //!
 //! Every value read from guest memory is untrusted. The checks, and what a failure costs:
 //! - a descriptor whose range is not inside the memory table, whose address + length
@@ -20,10 +23,11 @@ use arrayvec::ArrayVec;
 use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use switchyard_dataplane::buffer::{PoolCache, DATA_ROOM};
+use switchyard_dataplane::buffer::{PacketBuf, PoolCache, DATA_ROOM};
 use switchyard_dataplane::port::{Burst, DropTally, RxCtx, MAX_BURST};
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetHdrRepr, VNET_HDR_LEN};
+use switchyard_dataplane::wire::offload::{complete_checksum, Segmenter, VnetGso, VnetHdrRepr, VNET_HDR_LEN};
+use switchyard_dataplane::wire::tcp_merge::{merge_verified_tcp_run, TcpMerge};
 
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
@@ -63,6 +67,42 @@ pub struct RingConfig {
     /// A guest TX ring whose headers may ask for offloads (VIRTIO_NET_F_CSUM and the HOST_TSO
     /// features were agreed): checksums are finished and super-frames segmented on the way in.
     pub tx_offload: bool,
+    /// A guest RX ring that takes TCP super-frames ([`RxGso`]); none without mergeable RX
+    /// buffers and GUEST_CSUM.
+    pub rx_gso: RxGso,
+}
+
+/// Which TCP super-frames a guest RX ring takes: GUEST_TSO4 and GUEST_TSO6 agreed, with
+/// GUEST_CSUM (which they require) and mergeable RX buffers (without them a guest that agreed
+/// to TSO posts 64 KiB buffers, and this device writes no super-frames there: delivering
+/// segments is always allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RxGso {
+    pub tcpv4: bool,
+    pub tcpv6: bool,
+}
+
+impl RxGso {
+    /// Whether any super-frame may be written.
+    pub fn any(self) -> bool {
+        self.tcpv4 || self.tcpv6
+    }
+
+    /// Whether a merge of this type may be written.
+    fn takes(self, m: &TcpMerge) -> bool {
+        match VnetHdrRepr::parse(m.vnet_hdr()).gso_type {
+            VnetGso::TCPV4 => self.tcpv4,
+            VnetGso::TCPV6 => self.tcpv6,
+            _ => false,
+        }
+    }
+}
+
+/// Super-frames written into guest RX buffers: how many, and of how many segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxMerges {
+    pub frames: u64,
+    pub segments: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +130,22 @@ enum Place {
     Invalid,
     TooBig,
     Broken,
+    /// A super-frame needs more guest buffers than one frame may take ([`MAX_SEGS`]): nothing
+    /// was consumed; its segments go one by one.
+    Split,
 }
+
+/// One guest RX burst's progress: the guest's available index as last read, frames delivered,
+/// why the rest is dropped (once the guest stopped taking frames), retries spent.
+struct Delivery {
+    avail: u16,
+    sent: usize,
+    give_up: Option<DropReason>,
+    retries: u32,
+}
+
+/// The virtio-net header of a frame that asks for nothing (flags 0: the frame is finished).
+const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// One running split ring.
 pub struct Vring {
@@ -126,6 +181,10 @@ pub struct Vring {
     /// The super-frame in `scratch` (its length) being cut into segments; it may take several
     /// bursts. Its descriptor chain went back to the guest when it was copied.
     pending: Option<(Segmenter, usize)>,
+    /// Guest RX: which super-frames runs of TCP segments are merged into.
+    rx_gso: RxGso,
+    /// Super-frames written since [`Vring::take_merges`] last asked.
+    merges: RxMerges,
 }
 
 impl std::fmt::Debug for Vring {
@@ -158,6 +217,13 @@ impl Vring {
         if num == 0 || !num.is_power_of_two() || num > MAX_QUEUE_SIZE {
             return Err(MemError::BadRegion { index: 0, msg: format!("bad queue size {num}") });
         }
+        // The virtio-net header is 10 or 12 bytes; the RX paths write it from a 12-byte array.
+        if cfg.hdr_len != 10 && cfg.hdr_len != 12 {
+            return Err(MemError::BadRegion {
+                index: 0,
+                msg: format!("bad virtio-net header length {}", cfg.hdr_len),
+            });
+        }
         let n = u64::from(num);
         let desc = mem.area_uva(cfg.desc, 16 * n, 16)?;
         let avail = mem.area_uva(cfg.avail, 6 + 2 * n, 2)?;
@@ -189,6 +255,8 @@ impl Vring {
                 Box::default()
             },
             pending: None,
+            rx_gso: if cfg.mrg_rxbuf { cfg.rx_gso } else { RxGso::default() },
+            merges: RxMerges::default(),
         };
         // As DPDK: when the used index in memory disagrees with the base we were given (the
         // frontend restarted and lost track), trust the ring.
@@ -332,6 +400,11 @@ impl Vring {
 
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
+    }
+
+    /// The super-frames written into the guest's buffers since the last call (then zero).
+    pub fn take_merges(&mut self) -> RxMerges {
+        std::mem::take(&mut self.merges)
     }
 
     fn set_broken(&mut self, why: &'static str) {
@@ -721,7 +794,8 @@ impl Vring {
                 if !self.mem.contains(d.addr, u64::from(d.len)) {
                     return Err(ChainError::Invalid);
                 }
-                segs.try_push(Seg { addr: d.addr, len: d.len }).map_err(|_| ChainError::Invalid)?;
+                // Out of room for segments: the frame needs more than one frame may take.
+                segs.try_push(Seg { addr: d.addr, len: d.len }).map_err(|_| ChainError::TooLong)?;
                 cap += u64::from(d.len);
             }
             if d.flags & DESC_F_NEXT == 0 || cap >= want {
@@ -735,11 +809,16 @@ impl Vring {
         Err(ChainError::Invalid)
     }
 
-    /// Copies one frame into the guest's RX buffers. `avail` caches the guest's available
-    /// index. Commits (moves `last_avail`, adds used entries) only on success or when a chain
-    /// was invalid (then every chain taken for the frame goes back with length 0).
-    fn place(&mut self, frame: &[u8], avail: &mut u16) -> Place {
-        let need = (self.hdr_len + frame.len()) as u64;
+    /// Copies one frame into the guest's RX buffers: the virtio-net header `vnet` (with
+    /// `num_buffers` added), then `pieces` one after the other (a frame, or a super-frame's
+    /// headers and its segments' payloads). `avail` caches the guest's available index.
+    /// Commits (moves `last_avail`, adds used entries) only on success or when a chain was
+    /// invalid (then every chain taken for the frame goes back with length 0). A `merged`
+    /// frame that would need more buffers than [`MAX_SEGS`] is [`Place::Split`], nothing
+    /// consumed.
+    fn place(&mut self, vnet: &[u8; VNET_HDR_LEN], pieces: &[&[u8]], avail: &mut u16, merged: bool) -> Place {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let need = (self.hdr_len + len) as u64;
         let mut cursor = self.last_avail;
         let mut segs: ArrayVec<Seg, MAX_SEGS> = ArrayVec::new();
         // (head, first segment, end segment)
@@ -765,9 +844,14 @@ impl Vring {
                     have += cap;
                     chains.try_push((head, first, segs.len() as u8)).is_ok()
                 }
+                Err(ChainError::TooLong) if merged => return Place::Split,
                 Err(_) => false,
             };
-            if !pushed || (have < need && (segs.is_full() || chains.is_full())) {
+            let out_of_room = have < need && (segs.is_full() || chains.is_full());
+            if merged && pushed && out_of_room {
+                return Place::Split;
+            }
+            if !pushed || out_of_room {
                 for (h, _, _) in chains.iter().copied() {
                     self.put_used(h, 0);
                 }
@@ -784,38 +868,36 @@ impl Vring {
         }
         // Write the header and the frame across the segments.
         let mut hdr = [0u8; 12];
+        hdr[..VNET_HDR_LEN].copy_from_slice(vnet);
         if self.hdr_len >= 12 {
             hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         }
-        let hdr = &hdr[..self.hdr_len];
-        let total = hdr.len() + frame.len();
-        let mut pos = 0usize;
+        let hdr = &hdr[..self.hdr_len.min(12)];
+        let mut sources = std::iter::once(hdr).chain(pieces.iter().copied());
+        let mut cur: &[u8] = &[];
         let mut lens: ArrayVec<u32, MAX_SEGS> = ArrayVec::new();
         let mut failed = false;
         for &(_, s, e) in &chains {
             let mut written = 0u32;
             for seg in &segs[usize::from(s)..usize::from(e)] {
                 let mut off = 0usize;
-                while off < seg.len as usize && pos < total {
-                    let n = (seg.len as usize - off).min(if pos < hdr.len() {
-                        hdr.len() - pos
-                    } else {
-                        total - pos
-                    });
-                    let src = if pos < hdr.len() {
-                        &hdr[pos..pos + n]
-                    } else {
-                        &frame[pos - hdr.len()..pos - hdr.len() + n]
-                    };
+                while off < seg.len as usize {
+                    if cur.is_empty() {
+                        match sources.find(|p| !p.is_empty()) {
+                            Some(p) => cur = p,
+                            None => break,
+                        }
+                    }
+                    let n = (seg.len as usize - off).min(cur.len());
                     let gpa = seg.addr + off as u64;
-                    if self.mem.write(gpa, src).is_err() {
+                    if self.mem.write(gpa, &cur[..n]).is_err() {
                         failed = true;
                     }
                     if let Some(log) = &self.log {
                         log.mark(gpa, n as u64);
                     }
+                    cur = &cur[n..];
                     off += n;
-                    pos += n;
                     written += n as u32;
                 }
             }
@@ -837,9 +919,9 @@ impl Vring {
     /// entry) are written in two stages, descriptors first (destinations prefetched for
     /// writing, so the misses of the burst overlap), then the copies. Stops at the first frame
     /// that needs anything else (a chain, several buffers, a bad descriptor, an empty ring),
-    /// which the general path then judges. Returns how many frames it delivered (removed from
-    /// `pkts`, their buffers freed); `avail` is the guest's available index, already checked.
-    fn enqueue_simple(&mut self, pkts: &mut Burst, cache: &mut PoolCache, avail: u16) -> usize {
+    /// which the general path then judges. Returns how many leading frames it delivered;
+    /// `avail` is the guest's available index, already checked.
+    fn enqueue_simple(&mut self, pkts: &[PacketBuf], avail: u16) -> usize {
         let room = usize::from(avail.wrapping_sub(self.last_avail)).min(pkts.len()).min(MAX_BURST);
         let mem = Arc::clone(&self.mem);
         let hdr_len = self.hdr_len;
@@ -872,11 +954,11 @@ impl Vring {
             spans[k] = Some(span);
             k += 1;
         }
-        // One buffer per frame: num_buffers (VERSION_1 / mergeable header) is 1.
+        // One buffer per frame: num_buffers (VERSION_1 / mergeable header) is 1; flags 0.
         let mut hdr = [0u8; 12];
         hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
         let hdr = &hdr[..hdr_len];
-        for (i, b) in pkts.drain(..k).enumerate() {
+        for (i, b) in pkts[..k].iter().enumerate() {
             let (head, span) = (heads[i], spans[i]);
             let frame = b.data();
             // Both fit: the span holds hdr_len + frame bytes (checked above).
@@ -884,13 +966,101 @@ impl Vring {
             debug_assert!(ok);
             self.put_used(head, (hdr_len + frame.len()) as u32);
             self.last_avail = self.last_avail.wrapping_add(1);
-            cache.free(b);
         }
         k
     }
 
+    /// Places one frame (`pieces`: see [`Vring::place`]) of `segments` segments, waiting for
+    /// the guest's buffers as the burst allows, and counts the outcome in `q` and `drops`.
+    /// Returns `false`, with nothing consumed or counted, when a `merged` frame does not fit
+    /// the buffers the guest has posted or may take: its segments must then go one by one.
+    fn deliver(
+        &mut self,
+        vnet: &[u8; VNET_HDR_LEN],
+        pieces: &[&[u8]],
+        segments: usize,
+        merged: bool,
+        q: &mut Delivery,
+        drops: &mut DropTally,
+    ) -> bool {
+        let count = segments as u32;
+        if let Some(r) = q.give_up {
+            drops.add(r, count);
+            return true;
+        }
+        loop {
+            match self.place(vnet, pieces, &mut q.avail, merged) {
+                Place::Done => {
+                    q.sent += segments;
+                    if merged {
+                        self.merges.frames += 1;
+                        self.merges.segments += segments as u64;
+                    }
+                }
+                Place::Split | Place::NoRoom if merged => return false,
+                Place::Split | Place::Invalid => drops.add(DropReason::VhostInvalidDesc, count),
+                Place::TooBig => drops.add(DropReason::Oversize, count),
+                Place::Broken => {
+                    q.give_up = Some(DropReason::VhostRingBroken);
+                    drops.add(DropReason::VhostRingBroken, count);
+                }
+                Place::NoRoom if q.sent == 0 => {
+                    // The guest posted no buffers: it is not reading. Do not wait for it.
+                    q.give_up = Some(DropReason::VhostNoRxDesc);
+                    drops.add(DropReason::VhostNoRxDesc, count);
+                }
+                Place::NoRoom if q.retries >= TX_RETRIES => {
+                    q.give_up = Some(DropReason::VhostTxRetries);
+                    drops.add(DropReason::VhostTxRetries, count);
+                }
+                Place::NoRoom => {
+                    // Show the guest what we placed so far and give it a moment to refill.
+                    q.retries += 1;
+                    self.publish_and_notify();
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
+                    continue;
+                }
+            }
+            return true;
+        }
+    }
+
+    /// The leading run of `pkts` that merges into a super-frame this guest takes, if any.
+    fn run_at(&self, pkts: &[PacketBuf]) -> Option<TcpMerge> {
+        if pkts.len() < 2 {
+            return None;
+        }
+        merge_verified_tcp_run(pkts.iter().map(PacketBuf::data), MAX_BURST).filter(|m| self.rx_gso.takes(m))
+    }
+
+    /// Writes a merged run (`segs`, the segments `m` was made of) as one super-frame; where it
+    /// does not fit (more buffers than one frame may take, or the guest's ring cannot hold it
+    /// now) its segments go one by one.
+    fn deliver_run(&mut self, m: &TcpMerge, segs: &[PacketBuf], q: &mut Delivery, drops: &mut DropTally) {
+        let mut pieces: ArrayVec<&[u8], { MAX_BURST + 1 }> = ArrayVec::new();
+        pieces.push(m.headers());
+        for b in segs {
+            // The merge checked that each segment is longer than its headers.
+            if pieces.try_push(b.data().get(m.hdrs..).unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+        if pieces.len() == segs.len() + 1 && self.deliver(m.vnet_hdr(), &pieces, segs.len(), true, q, drops) {
+            return;
+        }
+        for b in segs {
+            self.deliver(&PLAIN_HDR, &[b.data()], 1, false, q, drops);
+        }
+    }
+
     /// Guest RX: copies every frame of `pkts` into the guest (draining it; buffers go back to
-    /// `cache`). Returns how many were delivered; the rest are counted in `drops`.
+    /// `cache`). Returns how many were delivered; the rest are counted in `drops`. Where the
+    /// guest takes super-frames ([`RxGso`]), each run of consecutive segments of one TCP flow
+    /// ([`merge_verified_tcp_run`]) is written as one, with a header asking for GSO
+    /// (`NEEDS_CSUM`, the checksum field holding the pseudo-header sum: the segments' checksums
+    /// were verified); every other frame goes as without (flags 0: a finished frame).
     pub fn enqueue(&mut self, pkts: &mut Burst, cache: &mut PoolCache, drops: &mut DropTally) -> usize {
         if self.broken.is_some() {
             drops.add(DropReason::VhostRingBroken, pkts.len() as u32);
@@ -900,68 +1070,52 @@ impl Vring {
             return 0;
         }
         let start_used = self.last_used;
-        let mut avail = self.last_avail;
-        let mut sent = 0usize;
-        if self.log.is_none() && !pkts.is_empty() {
+        let mut q = Delivery { avail: self.last_avail, sent: 0, give_up: None, retries: 0 };
+        let fast = self.log.is_none() && !pkts.is_empty();
+        if fast {
             if let Some(a) = self.fresh_avail() {
-                avail = a;
-                sent = self.enqueue_simple(pkts, cache, avail);
+                q.avail = a;
             }
         }
-        let mut give_up: Option<DropReason> = None;
-        let mut retries = 0u32;
-        for b in pkts.drain(..) {
-            if let Some(r) = give_up {
-                drops.add(r, 1);
-                cache.free(b);
-                continue;
-            }
-            loop {
-                match self.place(b.data(), &mut avail) {
-                    Place::Done => {
-                        sent += 1;
+        let n = pkts.len();
+        let mut i = 0;
+        while i < n {
+            // The frames up to the next run (all of them, without super-frames), fast path first.
+            let mut j = i;
+            let mut run = None;
+            if self.rx_gso.any() {
+                while j < n {
+                    run = self.run_at(&pkts[j..]);
+                    if run.is_some() {
                         break;
                     }
-                    Place::Invalid => {
-                        drops.add(DropReason::VhostInvalidDesc, 1);
-                        break;
-                    }
-                    Place::TooBig => {
-                        drops.add(DropReason::Oversize, 1);
-                        break;
-                    }
-                    Place::Broken => {
-                        give_up = Some(DropReason::VhostRingBroken);
-                        drops.add(DropReason::VhostRingBroken, 1);
-                        break;
-                    }
-                    Place::NoRoom if sent == 0 => {
-                        // The guest posted no buffers: it is not reading. Do not wait for it.
-                        give_up = Some(DropReason::VhostNoRxDesc);
-                        drops.add(DropReason::VhostNoRxDesc, 1);
-                        break;
-                    }
-                    Place::NoRoom if retries >= TX_RETRIES => {
-                        give_up = Some(DropReason::VhostTxRetries);
-                        drops.add(DropReason::VhostTxRetries, 1);
-                        break;
-                    }
-                    Place::NoRoom => {
-                        // Show the guest what we placed so far and give it a moment to refill.
-                        retries += 1;
-                        self.publish_and_notify();
-                        for _ in 0..64 {
-                            std::hint::spin_loop();
-                        }
-                    }
+                    j += 1;
                 }
+            } else {
+                j = n;
             }
+            if fast && self.broken.is_none() && q.give_up.is_none() && j > i {
+                let k = self.enqueue_simple(&pkts[i..j], q.avail);
+                q.sent += k;
+                i += k;
+            }
+            for b in &pkts[i..j] {
+                self.deliver(&PLAIN_HDR, &[b.data()], 1, false, &mut q, drops);
+            }
+            i = j;
+            if let Some(m) = run {
+                let end = (i + m.segments).min(n);
+                self.deliver_run(&m, &pkts[i..end], &mut q, drops);
+                i = end;
+            }
+        }
+        for b in pkts.drain(..) {
             cache.free(b);
         }
         if self.last_used != start_used {
             self.publish_and_notify();
         }
-        sent
+        q.sent
     }
 }
 
@@ -1002,6 +1156,7 @@ mod tests {
                 mrg_rxbuf: true,
                 in_order: false,
                 tx_offload: false,
+                rx_gso: RxGso::default(),
             }
         }
         fn ring(&self) -> Vring {
@@ -1336,6 +1491,283 @@ mod tests {
         assert_eq!(u16::from_le_bytes([b3[10], b3[11]]), 1);
         assert_eq!(&b3[12..], &frames[2][..]);
         assert_eq!(d.get(DropReason::VhostInvalidDesc), 1);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// The finished segments a sender's TSO super-frame of `payload` bytes is cut into (MSS
+    /// `mss`), as the guest TX path cuts it: checksums and IPv4 IDs written.
+    fn tcp_segments(payload: usize, mss: u16) -> Vec<Vec<u8>> {
+        let (mut bytes, _) = offload_frame(payload, mss, true);
+        // ACK set, as in a connection's data (the checksum is left partial: nothing to redo).
+        bytes[12 + 34 + 13] |= 0x10;
+        let vh = VnetHdrRepr::parse(bytes[..VNET_HDR_LEN].try_into().unwrap());
+        let frame = &bytes[12..];
+        let mut seg = Segmenter::new(frame, &vh).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        while let Some(n) = seg.next_into(frame, &mut buf).unwrap() {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    /// Finished TCP/IPv6 segments of one flow, `mss` bytes each.
+    fn tcp6_segments(count: usize, mss: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let data: Vec<u8> = (0..mss).map(|k| (k * 3 + i) as u8).collect();
+                let mut f = Vec::new();
+                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                    .ipv6(
+                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                        64,
+                    )
+                    .tcp(40000, 5201, 7 + (i * mss) as u32, 512)
+                    .ack(1)
+                    .write(&mut f, &data)
+                    .unwrap();
+                f
+            })
+            .collect()
+    }
+
+    /// A ring whose guest takes TCP super-frames (`rx_gso`), with `count` one-descriptor RX
+    /// buffers of `len` bytes posted (buffer `i` at `rx_buf_addr(i, len)`).
+    fn gso_rx_ring(f: &mut Fake, count: u16, len: u32, rx_gso: RxGso) -> Vring {
+        for i in 0..count {
+            f.desc(i, rx_buf_addr(i, len), len, DESC_F_WRITE, 0);
+            f.post(i);
+        }
+        Vring::new(f.mem.clone(), &RingConfig { rx_gso, ..f.cfg() }, None, None).unwrap()
+    }
+
+    fn rx_buf_addr(i: u16, len: u32) -> u64 {
+        0x4_0000 + u64::from(i) * u64::from(len)
+    }
+
+    /// The frames the guest finds in its RX buffers from used entry `from` to `to`: for each,
+    /// its virtio-net header (the first 12 bytes) and the frame, put together from as many
+    /// buffers as `num_buffers` says (each read with the length of its used entry).
+    fn guest_frames(f: &Fake, len: u32, from: u16, to: u16) -> Vec<(VnetHdrRepr, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut k = from;
+        while k != to {
+            let mut bytes = Vec::new();
+            let mut nbuf = 1u16;
+            let mut i = 0;
+            while i < nbuf {
+                let (id, l) = f.used_elem(k.wrapping_add(i));
+                let mut b = vec![0u8; l as usize];
+                f.mem.read(rx_buf_addr(id as u16, len), &mut b).unwrap();
+                bytes.extend_from_slice(&b);
+                if i == 0 {
+                    nbuf = u16::from_le_bytes([bytes[10], bytes[11]]);
+                    assert!(nbuf >= 1);
+                }
+                i += 1;
+            }
+            k = k.wrapping_add(nbuf);
+            let vh = VnetHdrRepr::parse(bytes[..VNET_HDR_LEN].try_into().unwrap());
+            out.push((vh, nbuf, bytes[12..].to_vec()));
+        }
+        out
+    }
+
+    fn burst_of(c: &mut PoolCache, frames: &[Vec<u8>]) -> Burst {
+        let mut burst = Burst::new();
+        for fr in frames {
+            burst.push(c.alloc_copy(fr).unwrap());
+        }
+        burst
+    }
+
+    /// What the guest's stack does with a super-frame: checks the header as Linux's
+    /// `virtio_net_hdr_to_skb` does for TCP GSO (NEEDS_CSUM at the TCP checksum field, the
+    /// headers' length), then cuts it with the checksum finished, as its software GSO would
+    /// when it forwards it: the very segments it was made of, checksums and all.
+    fn cuts_back_into(vh: &VnetHdrRepr, frame: &[u8], segs: &[Vec<u8>], v6: bool) {
+        let l4 = 14 + if v6 { 40 } else { 20 };
+        assert_eq!(vh.gso_type, if v6 { VnetGso::TCPV6 } else { VnetGso::TCPV4 });
+        assert!(vh.needs_csum(), "NEEDS_CSUM");
+        assert_eq!((usize::from(vh.csum_start), usize::from(vh.csum_offset)), (l4, 16), "csum_start/offset");
+        assert_eq!(usize::from(vh.hdr_len), l4 + 20, "hdr_len: the headers through TCP");
+        assert_eq!(usize::from(vh.gso_size), segs[0].len() - (l4 + 20), "gso_size: the MSS");
+        // Finished where the header says, the super-frame's checksum verifies.
+        let mut finished = frame.to_vec();
+        complete_checksum(&mut finished, usize::from(vh.csum_start), usize::from(vh.csum_offset)).unwrap();
+        let sp = etherparse::SlicedPacket::from_ethernet(&finished).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = &sp.transport else { panic!("not TCP") };
+        let th = tcp.to_header();
+        let want_csum = match &sp.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) => {
+                th.calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+            }
+            Some(etherparse::NetSlice::Ipv6(ip)) => {
+                th.calc_checksum_ipv6(&ip.header().to_header(), tcp.payload())
+            }
+            None => panic!("no IP"),
+        };
+        assert_eq!(th.checksum, want_csum.unwrap(), "the finished super-frame's TCP checksum");
+        let mut seg = Segmenter::new(frame, vh).unwrap();
+        for (i, want) in segs.iter().enumerate() {
+            let mut out = vec![0u8; 2048];
+            let n = seg.next_into(frame, &mut out).unwrap().expect("a segment");
+            assert_eq!(&out[..n], &want[..], "segment {i}");
+            if !v6 {
+                checked_segment(&out[..n]);
+            }
+        }
+        assert!(seg.finished());
+    }
+
+    /// A guest that takes super-frames gets a burst's run of one TCP flow as one, across
+    /// mergeable buffers (num_buffers), between frames that go as they are (flags 0); the
+    /// header is what Linux expects and the super-frame cuts back into the segments. IPv4
+    /// and IPv6 each only where agreed.
+    #[test]
+    fn rx_runs_of_tcp_segments_become_one_super_frame() {
+        let p = pool();
+        let mut c = p.cache();
+        let segs = tcp_segments(10_000, 1000);
+        assert_eq!(segs.len(), 10);
+        let udp = {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(1, 2)
+                .write(&mut v, &[9u8; 100])
+                .unwrap();
+            v
+        };
+        let mut frames = vec![udp.clone()];
+        frames.extend(segs.iter().cloned());
+        frames.push(udp.clone());
+        let both = RxGso { tcpv4: true, tcpv6: true };
+        let mut f = Fake::new(32);
+        let mut r = gso_rx_ring(&mut f, 32, 2048, both);
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &frames), &mut c, &mut d), 12, "segments count as frames");
+        assert!(d.is_zero());
+        assert_eq!(r.take_merges(), RxMerges { frames: 1, segments: 10 });
+        assert_eq!(r.take_merges(), RxMerges::default());
+        let got = guest_frames(&f, 2048, 0, f.used_idx());
+        assert_eq!(got.len(), 3);
+        for k in [0, 2] {
+            assert_eq!((got[k].0, got[k].1), (VnetHdrRepr::default(), 1), "a plain frame: flags 0");
+            assert_eq!(got[k].2, udp);
+        }
+        // 12 + 54 + 10,000 bytes in 2 KiB buffers.
+        assert_eq!(got[1].1, 5, "num_buffers");
+        assert_eq!(got[1].2.len(), 54 + 10_000);
+        cuts_back_into(&got[1].0, &got[1].2, &segs, false);
+
+        // IPv6 the same; an IPv6 run towards a guest that agreed to TCPV4 only goes as it is.
+        let segs6 = tcp6_segments(6, 1200);
+        for (agreed, merged) in [(both, true), (RxGso { tcpv4: true, tcpv6: false }, false)] {
+            let mut f = Fake::new(32);
+            let mut r = gso_rx_ring(&mut f, 32, 2048, agreed);
+            assert_eq!(r.enqueue(&mut burst_of(&mut c, &segs6), &mut c, &mut d), 6);
+            let got = guest_frames(&f, 2048, 0, f.used_idx());
+            if merged {
+                assert_eq!(got.len(), 1);
+                cuts_back_into(&got[0].0, &got[0].2, &segs6, true);
+            } else {
+                let plain: Vec<Vec<u8>> = got.iter().map(|g| g.2.clone()).collect();
+                assert_eq!(plain, segs6);
+                assert!(got.iter().all(|g| g.0 == VnetHdrRepr::default()));
+            }
+        }
+        assert!(d.is_zero());
+
+        // Without the features (or without mergeable buffers) every frame goes as it is.
+        for cfg_gso in [RxGso::default(), both] {
+            let mut f = Fake::new(32);
+            for i in 0..32 {
+                f.desc(i, rx_buf_addr(i, 2048), 2048, DESC_F_WRITE, 0);
+                f.post(i);
+            }
+            let mrg = cfg_gso == RxGso::default();
+            let cfg = RingConfig { rx_gso: cfg_gso, mrg_rxbuf: mrg, ..f.cfg() };
+            let mut r = Vring::new(f.mem.clone(), &cfg, None, None).unwrap();
+            assert_eq!(r.enqueue(&mut burst_of(&mut c, &frames), &mut c, &mut d), 12);
+            assert_eq!(r.take_merges(), RxMerges::default());
+            let got = guest_frames(&f, 2048, 0, f.used_idx());
+            assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), frames);
+        }
+        assert!(d.is_zero());
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// A segment whose checksum fails ends a run (virtio: a device marking a packet
+    /// NEEDS_CSUM has validated it): it goes alone, as it came, and the guest finds the error.
+    #[test]
+    fn rx_a_bad_checksum_ends_the_run() {
+        let p = pool();
+        let mut c = p.cache();
+        let mut segs = tcp_segments(10_000, 1000);
+        segs[5][100] ^= 0x20;
+        let mut f = Fake::new(32);
+        let mut r = gso_rx_ring(&mut f, 32, 2048, RxGso { tcpv4: true, tcpv6: true });
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &segs), &mut c, &mut d), 10);
+        assert!(d.is_zero());
+        assert_eq!(r.take_merges(), RxMerges { frames: 2, segments: 9 });
+        let got = guest_frames(&f, 2048, 0, f.used_idx());
+        assert_eq!(got.len(), 3);
+        cuts_back_into(&got[0].0, &got[0].2, &segs[..5], false);
+        assert_eq!(
+            (got[1].0, &got[1].2),
+            (VnetHdrRepr::default(), &segs[5]),
+            "the bad one, untouched, flags 0"
+        );
+        cuts_back_into(&got[2].0, &got[2].2, &segs[6..], false);
+    }
+
+    /// Where a run's super-frame cannot be written as one, its segments go one by one: when it
+    /// would need more buffers than one frame may take (small buffers), and when the guest's
+    /// ring holds fewer buffers than it needs (then, as for any frame, what fits is delivered
+    /// and the rest counted as `vhost_tx_retries` once the ring stays full). Nothing is
+    /// written past a buffer.
+    #[test]
+    fn rx_runs_that_do_not_fit_go_segment_by_segment() {
+        let p = pool();
+        let mut c = p.cache();
+        let segs = tcp_segments(10_000, 1000);
+        let both = RxGso { tcpv4: true, tcpv6: true };
+        // 128-byte buffers: the super-frame would take 79 (> MAX_SEGS), each segment takes 9.
+        let mut f = Fake::new(128);
+        // A canary after the last buffer.
+        f.mem.write(rx_buf_addr(128, 128), &[0xa5; 64]).unwrap();
+        let mut r = gso_rx_ring(&mut f, 128, 128, both);
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &segs), &mut c, &mut d), 10);
+        assert!(d.is_zero());
+        assert_eq!(r.take_merges(), RxMerges::default());
+        let got = guest_frames(&f, 128, 0, f.used_idx());
+        assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), segs);
+        assert!(got.iter().all(|g| g.0 == VnetHdrRepr::default() && g.1 == 9));
+        let mut canary = [0u8; 64];
+        f.mem.read(rx_buf_addr(128, 128), &mut canary).unwrap();
+        assert_eq!(canary, [0xa5; 64]);
+
+        // Three 2 KiB buffers for a super-frame that needs five.
+        let mut f = Fake::new(32);
+        let mut r = gso_rx_ring(&mut f, 3, 2048, both);
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &segs), &mut c, &mut d), 3);
+        assert_eq!(d.get(DropReason::VhostTxRetries), 7);
+        assert_eq!(r.take_merges(), RxMerges::default());
+        let got = guest_frames(&f, 2048, 0, f.used_idx());
+        assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), segs[..3].to_vec());
+
+        // No buffers at all: counted as for any frame.
+        let mut f = Fake::new(32);
+        let mut r = gso_rx_ring(&mut f, 0, 2048, both);
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &segs), &mut c, &mut d), 0);
+        assert_eq!(d.get(DropReason::VhostNoRxDesc), 10);
+        drop(c);
         assert_eq!(p.in_use(), 0);
     }
 
@@ -1821,6 +2253,7 @@ mod tests {
                 mrg_rxbuf: g.mrg,
                 in_order: g.mrg,
                 tx_offload: g.event_idx,
+                rx_gso: RxGso { tcpv4: g.event_idx, tcpv6: g.event_idx },
             };
             let log = Arc::new(DirtyLog::anonymous(8).unwrap());
             let call = Arc::new(sys::eventfd().unwrap());
@@ -1840,7 +2273,14 @@ mod tests {
                     }
                     if g.rx {
                         let mut burst = Burst::new();
-                        for &len in g.frames.iter().skip(round * 10).take(10) {
+                        if g.event_idx && round % 2 == 0 {
+                            // A run of TCP segments (merged where the ring takes super-frames).
+                            let mss = 200 + g.frames.get(round).map_or(0, |l| l % 1200) as u16;
+                            for s in tcp_segments(usize::from(mss) * 10 - 7, mss) {
+                                burst.push(c.alloc_copy(&s).unwrap());
+                            }
+                        }
+                        for &len in g.frames.iter().skip(round * 10).take(10 - burst.len()) {
                             let mut b = c.alloc().unwrap();
                             b.set_len(len.min(switchyard_dataplane::buffer::DATA_ROOM)).unwrap();
                             burst.push(b);
