@@ -551,6 +551,7 @@ impl Runtime {
         mut ph: Phases,
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
+        switchyard_ports::factory::close_retired();
         let mut names: Vec<&str> = before
             .keys()
             .map(String::as_str)
@@ -576,6 +577,8 @@ impl Runtime {
         if !d.updated.is_empty() {
             self.update_in_place(&mut d, running);
         }
+        // As in `apply_config`: compiled before a removed port gives up its VNI.
+        let early = if d.removed.is_empty() { None } else { Some(self.compile_patch(running, &names)?) };
         self.close_reopened(&d);
         self.retire_removed(&d);
         let mut came_up = false;
@@ -586,12 +589,7 @@ impl Runtime {
         if d.is_empty() && !came_up {
             return Ok(Applied { diff: d, generation: None, in_time: true, lines, phases: ph });
         }
-        let compiled = match self.switch.patch(running, &names) {
-            Ok(Some(sw)) => Ok((sw, false)),
-            Ok(None) => SwitchConfig::compile(running, Some(&self.switch)).map(|sw| (sw, true)),
-            Err(e) => Err(e),
-        };
-        let (mut sw, whole) = match compiled {
+        let (mut sw, whole) = match early.map_or_else(|| self.compile_patch(running, &names), Ok) {
             Ok(c) => c,
             Err(e) => {
                 for n in &d.added {
@@ -626,6 +624,16 @@ impl Runtime {
         }
         ph.mark("close and log");
         Ok(Applied { diff: d, generation: Some(gen), in_time, lines, phases: ph })
+    }
+
+    /// The snapshot of `running` with the ports `names` patched in (whether it was compiled
+    /// whole instead: a patch that cannot be made).
+    fn compile_patch(&self, running: &Config, names: &[&str]) -> Result<(SwitchConfig, bool), ConfigError> {
+        match self.switch.patch(running, names) {
+            Ok(Some(sw)) => Ok((sw, false)),
+            Ok(None) => SwitchConfig::compile(running, Some(&self.switch)).map(|sw| (sw, true)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Closes the backends of the ports `d` reopens (publishing the running snapshot without
@@ -711,6 +719,9 @@ impl Runtime {
         origin: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Applied, RuntimeError> {
         let mut ph = Phases::start();
+        // A tunnel uplink a worker let go of since the last publish: closed before anything
+        // opens (a plain port may want its device), even when nothing changes.
+        switchyard_ports::factory::close_retired();
         let wanted = if self.as_planned() { planned } else { Arc::new(self.effective(&planned)) };
         wanted.validate()?;
         ph.mark("effective config");
@@ -723,6 +734,13 @@ impl Runtime {
             self.update_in_place(&mut d, &wanted);
             ph.mark("update in place");
         }
+        // A removed port gives up its VNI before the new ports open (below), and cannot take it
+        // back: compile first, so that a configuration that does not compile leaves it serving.
+        let early = if d.removed.is_empty() {
+            None
+        } else {
+            Some(SwitchConfig::compile(&wanted, Some(&self.switch))?)
+        };
         // 1. Backends to reopen are closed first; removed ones give up what a port opened
         // now may need (a tunnel port's VNI on a shared socket or uplink).
         self.close_reopened(&d);
@@ -738,7 +756,7 @@ impl Runtime {
             return Ok(Applied { diff: d, generation: None, in_time: true, lines, phases: ph });
         }
         // 3. The new snapshot (ports keep ids, counters and MAC tables), published.
-        let mut sw = match SwitchConfig::compile(&wanted, Some(&self.switch)) {
+        let mut sw = match early.map_or_else(|| SwitchConfig::compile(&wanted, Some(&self.switch)), Ok) {
             Ok(sw) => sw,
             Err(e) => {
                 for n in &d.added {
@@ -1032,6 +1050,8 @@ impl Runtime {
     /// Stops the workers.
     pub fn stop(self) {
         let _ = self.engine.stop();
+        // What the workers let go of last (a tunnel uplink) is closed here, off the workers.
+        switchyard_ports::factory::close_retired();
     }
 
     /// Every port that is down with the error of its last opening: (name, error).

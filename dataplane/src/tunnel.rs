@@ -548,19 +548,18 @@ impl Remotes {
 
     /// By endpoint index, whether a frame can go there at `now`: it is in the flood list or
     /// holds a remote MAC (static, or learned and not aged out). Off the per-frame path: a
-    /// walk of the remote MAC table.
+    /// walk of the remote MAC table, with no allocation but the result's.
     pub fn endpoints_in_use(&self, now: u32) -> Vec<bool> {
         let mut used = vec![false; self.endpoint_count()];
-        for &i in self.flood.load().iter() {
+        let mut mark = |i: u16| {
             if let Some(u) = used.get_mut(usize::from(i)) {
                 *u = true;
             }
+        };
+        for &i in self.flood.load().iter() {
+            mark(i);
         }
-        for e in self.macs.entries(now) {
-            if let Some(u) = used.get_mut(usize::from(e.port)) {
-                *u = true;
-            }
-        }
+        self.macs.each_live_port(now, mark);
         used
     }
 

@@ -233,6 +233,8 @@ struct SlotTable {
     /// By slot: its address and how many endpoints point at it (0: free).
     users: Vec<(IpAddr, u32)>,
     free: Vec<u16>,
+    /// The table was found full (and said so) since a slot was last freed.
+    full_warned: bool,
 }
 
 impl SlotTable {
@@ -242,7 +244,7 @@ impl SlotTable {
     }
 
     /// One more endpoint points at `ip`'s slot (given one when new and there is room).
-    fn acquire(&mut self, ip: IpAddr, port: &str) -> Option<u16> {
+    fn acquire(&mut self, ip: IpAddr, port: &str, neighbours: &Neighbours) -> Option<u16> {
         if let Some(&s) = self.by_ip.get(&ip) {
             self.users[usize::from(s)].1 += 1;
             return Some(s);
@@ -254,22 +256,30 @@ impl SlotTable {
                 (self.users.len() - 1) as u16
             }
             None => {
-                tracing::warn!(port, address = %ip, "more than {NEIGHBOUR_SLOTS} next hops on one uplink: {ip} unreachable");
+                // Once until a slot frees: a learning port retries on every source change.
+                if !std::mem::replace(&mut self.full_warned, true) {
+                    tracing::warn!(port, address = %ip, "more than {NEIGHBOUR_SLOTS} next hops on one uplink: {ip} (and any other new one) unreachable");
+                }
                 return None;
             }
         };
         self.users[usize::from(s)] = (ip, 1);
         self.by_ip.insert(ip, s);
+        // Cleared at release too; again here, under this table's lock, for a binding a worker
+        // wrote with a slot number it read before the slot was freed.
+        neighbours.clear(s);
         Some(s)
     }
 
     /// One endpoint less points at slot `s`; the last one frees it.
     fn release(&mut self, s: u16, neighbours: &Neighbours) {
-        let Some(u) = self.users.get_mut(usize::from(s)) else { return };
-        u.1 = u.1.saturating_sub(1);
+        // A slot already free is not pushed again (two addresses would share it).
+        let Some(u) = self.users.get_mut(usize::from(s)).filter(|u| u.1 > 0) else { return };
+        u.1 -= 1;
         if u.1 == 0 {
             self.by_ip.remove(&u.0);
             self.free.push(s);
+            self.full_warned = false;
             neighbours.clear(s);
         }
     }
@@ -391,9 +401,13 @@ impl Uplink {
         }
     }
 
-    /// The slot of address `ip`, when it has one.
-    fn slot_of(&self, ip: IpAddr) -> Option<u16> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied()
+    /// Binds `ip`'s slot, if it has one, to `mac` (an ARP/ND answer): under the slot table's
+    /// lock, so that the slot cannot be freed and given to another address in between.
+    fn confirm(&self, ip: IpAddr, mac: MacAddr, now: u32) {
+        let t = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = t.by_ip.get(&ip) {
+            self.neighbours.confirm(i, mac, now);
+        }
     }
 }
 
@@ -477,12 +491,15 @@ impl Shared {
         let hop = if old != NO_HOP && nh.is_some() && t.ip_of(old) == nh {
             old
         } else {
-            let new = nh.and_then(|nh| t.acquire(nh, &self.name)).unwrap_or(NO_HOP);
+            let new = nh.and_then(|nh| t.acquire(nh, &self.name, &self.up.neighbours)).unwrap_or(NO_HOP);
             via.store(new, Ordering::Relaxed);
+            // Both stores before the old slot is freed: a worker reading them after the free
+            // finds the new slot (one reading before may still use the old one once).
+            direct.store(if nh == Some(ip) { new } else { NO_HOP }, Ordering::Relaxed);
             if old != NO_HOP {
                 t.release(old, &self.up.neighbours);
             }
-            new
+            return new;
         };
         direct.store(if nh == Some(ip) { hop } else { NO_HOP }, Ordering::Relaxed);
         hop
@@ -502,6 +519,8 @@ impl Shared {
             }
         }
         let mut hops = Vec::new();
+        // The slots already in `hops`, one bit each (a set, not a search: 4,096 endpoints).
+        let mut listed = [0u64; NEIGHBOUR_SLOTS.div_ceil(64)];
         let used = self.remotes.endpoints_in_use(now);
         let mut slots = self.up.slots.lock().unwrap_or_else(|e| e.into_inner());
         // Endpoints are numbered densely from 0: the first index without one ends the list.
@@ -509,8 +528,12 @@ impl Shared {
             let Some(ip) = self.remotes.endpoint(i) else { break };
             let nh = used.get(usize::from(i)).is_some_and(|&u| u).then(|| r.table.next_hop(ip));
             let hop = self.point(&mut slots, i, ip, nh);
-            if let (Some(nh), true) = (nh, hop != NO_HOP && !hops.iter().any(|(x, _)| *x == hop)) {
-                hops.push((hop, nh));
+            let (word, bit) = (usize::from(hop) / 64, 1u64 << (hop % 64));
+            if let (Some(nh), Some(w)) = (nh, listed.get_mut(word)) {
+                if hop != NO_HOP && *w & bit == 0 {
+                    *w |= bit;
+                    hops.push((hop, nh));
+                }
             }
         }
         hops
@@ -770,7 +793,6 @@ impl PortBackend for UplinkTunnelPort {
 }
 
 struct UplinkTunnelRx {
-    shared: Arc<Shared>,
     /// The uplink's queue `q`, read when no other member's RX is reading it.
     queue: Arc<UplinkQueue>,
     /// `queue`'s RX queue while this port is the uplink's only member: read with no lock,
@@ -789,6 +811,10 @@ struct UplinkTunnelRx {
     probed_at: Option<u32>,
     /// The last tunnel source address and its endpoint index.
     last: LastSource,
+    /// Last, so dropped after the uplink's queues above: the port's last handle gives the
+    /// uplink to the control thread to close ([`RETIRED`]) only once it holds none of its
+    /// device's queues (fields drop in declaration order).
+    shared: Arc<Shared>,
 }
 
 /// Queues an ARP/ND frame on `control` (a reply to `to`, or a probe for `target`), sending
@@ -1100,9 +1126,7 @@ impl RxQueue for UplinkTunnelRx {
                 UplinkFrame::Neighbour { ip, mac, answer } => {
                     cache.free(b);
                     confirmed = None;
-                    if let Some(i) = sh.up.slot_of(ip) {
-                        sh.up.neighbours.confirm(i, mac, now);
-                    }
+                    sh.up.confirm(ip, mac, now);
                     if answer {
                         control_frame(sh, (control, &mut **tx), cache, ip, Some(mac), drops);
                     }
@@ -1171,10 +1195,11 @@ impl RxQueue for UplinkTunnelRx {
 }
 
 struct UplinkTunnelTx {
-    shared: Arc<Shared>,
     tx: Box<dyn TxQueue>,
     out: Burst,
     templates: Box<Templates>,
+    /// Last: dropped after `tx` (see [`UplinkTunnelRx`]'s `shared`).
+    shared: Arc<Shared>,
 }
 
 /// How many endpoints' outer headers a TX queue keeps written ([`Templates`]).
@@ -1911,12 +1936,16 @@ mod tests {
         let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
         receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
         assert_eq!((p.next_hops_in_use(), p.neighbour(ip(2))), (1, Some(m2)));
+        let slot_of = |n: u8| p.shared.up.slots.lock().expect("slots").by_ip.get(&ip(n)).copied();
+        let mut first = None;
         for (k, n) in (3..60).enumerate() {
             p.remotes().update(&[ip(n)], &[], false).expect("update");
             clock.store((k as u64 + 1) * 1_000_000_000, Ordering::Relaxed);
             sent(&peer, &mut cache);
             poll(&mut *rx, &mut cache);
             assert_eq!(p.next_hops_in_use(), 1, "endpoint {n}");
+            let s = slot_of(n).expect("a slot");
+            assert_eq!(*first.get_or_insert(s), s, "endpoint {n} reuses the freed slot");
             assert_eq!(p.neighbour(ip(n)), None, "endpoint {n} has a binding it never got");
             assert_eq!(sent(&peer, &mut cache), [(EtherType::ARP, None)], "endpoint {n} probed");
         }

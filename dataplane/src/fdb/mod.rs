@@ -491,6 +491,21 @@ impl MacTable {
     }
 
     /// A copy of the live entries at `now`, sorted by VLAN then MAC.
+    /// Calls `f` with the port of every entry live at `now` (once per entry, in slot order):
+    /// a walk of the table with no allocation.
+    pub fn each_live_port(&self, now: u32, mut f: impl FnMut(u16)) {
+        for s in self.slots().iter() {
+            let k = s[KEY].load(Ordering::Acquire);
+            if k == EMPTY || k == TOMBSTONE {
+                continue;
+            }
+            let v = s[VAL].load(Ordering::Acquire);
+            if !self.expired(v, now) {
+                f(val_port(v));
+            }
+        }
+    }
+
     pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
         let mut out = Vec::new();
         for s in self.slots().iter() {
