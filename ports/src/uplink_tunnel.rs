@@ -1420,7 +1420,18 @@ mod tests {
         (p, peer, rx, tx)
     }
 
-    /// Hands `frame` to the port as received on the uplink; returns the inner frames delivered.
+    /// A port of `o` on a ring uplink, with a clock the test sets (nanoseconds): the port,
+    /// the uplink's far end and the clock.
+    fn clocked_port(o: &TunnelOptions) -> (UplinkTunnelPort, RingPeer, Arc<AtomicU64>) {
+        let (ring, peer) = RingPort::new("uplink", 256);
+        let clock = Arc::new(AtomicU64::new(0));
+        let p = UplinkTunnelPort::new("tun", o, Arc::new(ring), LOCAL_MAC, 1500, NextHops::default())
+            .expect("port")
+            .with_clock(TunnelClock::Shared(clock.clone()))
+            .expect("no queue yet");
+        (p, peer, clock)
+    }
+
     /// Once the port's queues are gone: frames left on the peer freed, every buffer back.
     fn all_returned(peer: &RingPeer, mut cache: PoolCache, pool: &Pool) {
         while let Some(b) = peer.collect() {
@@ -1430,6 +1441,7 @@ mod tests {
         assert_eq!(pool.in_use(), 0);
     }
 
+    /// Hands `frame` to the port as received on the uplink; returns the inner frames delivered.
     fn receive(peer: &RingPeer, rx: &mut dyn RxQueue, cache: &mut PoolCache, frame: &[u8]) -> Vec<Vec<u8>> {
         peer.inject(cache.alloc_copy(frame).expect("buffer")).expect("room");
         let (mut out, mut drops) = (Burst::new(), DropTally::default());
@@ -1918,19 +1930,7 @@ mod tests {
     fn neighbour_slots_of_endpoints_no_longer_used_are_reused() {
         let pool = Pool::new("t", 64).expect("pool");
         let mut cache = pool.cache();
-        let (ring, peer) = RingPort::new("uplink", 256);
-        let clock = Arc::new(AtomicU64::new(0));
-        let p = UplinkTunnelPort::new(
-            "tun",
-            &vxlan(5001, &[ip(2)]),
-            Arc::new(ring),
-            LOCAL_MAC,
-            1500,
-            NextHops::default(),
-        )
-        .expect("port")
-        .with_clock(TunnelClock::Shared(clock.clone()))
-        .expect("no queue yet");
+        let (p, peer, clock) = clocked_port(&vxlan(5001, &[ip(2)]));
         let mut rx = p.open_rx(0).expect("rx");
         poll(&mut *rx, &mut cache);
         let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
@@ -1960,13 +1960,7 @@ mod tests {
     fn a_learned_endpoint_that_comes_back_is_routed_at_once() {
         let pool = Pool::new("t", 64).expect("pool");
         let mut cache = pool.cache();
-        let (ring, peer) = RingPort::new("uplink", 256);
-        let clock = Arc::new(AtomicU64::new(0));
-        let o = TunnelOptions { learn: true, ..vxlan(5001, &[ip(2)]) };
-        let p = UplinkTunnelPort::new("tun", &o, Arc::new(ring), LOCAL_MAC, 1500, NextHops::default())
-            .expect("port")
-            .with_clock(TunnelClock::Shared(clock.clone()))
-            .expect("no queue yet");
+        let (p, peer, clock) = clocked_port(&TunnelOptions { learn: true, ..vxlan(5001, &[ip(2)]) });
         let (mut rx, mut tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
         let m3 = MacAddr([2, 0, 0, 0, 0x99, 3]);
         let from3 = |inner: &[u8]| tunnel_packet_from(3, m3, 5001, inner);
@@ -1993,19 +1987,7 @@ mod tests {
     fn a_tunnel_packet_from_another_mac_does_not_move_the_binding() {
         let pool = Pool::new("t", 64).expect("pool");
         let mut cache = pool.cache();
-        let (ring, peer) = RingPort::new("uplink", 256);
-        let clock = Arc::new(AtomicU64::new(0));
-        let p = UplinkTunnelPort::new(
-            "tun",
-            &vxlan(5001, &[ip(2)]),
-            Arc::new(ring),
-            LOCAL_MAC,
-            1500,
-            NextHops::default(),
-        )
-        .expect("port")
-        .with_clock(TunnelClock::Shared(clock.clone()))
-        .expect("no queue yet");
+        let (p, peer, clock) = clocked_port(&vxlan(5001, &[ip(2)]));
         let (mut rx, mut tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
         let (m2, m9) = (MacAddr([2, 0, 0, 0, 0x99, 2]), MacAddr([2, 0, 0, 0, 0x99, 9]));
         receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
