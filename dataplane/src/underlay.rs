@@ -554,11 +554,15 @@ impl Neighbours {
         if let Some(s) = self.slots.get(usize::from(i)) {
             let v = s.mac.load(Ordering::Relaxed);
             let m = mac_word(mac);
-            if v & VALID == 0 {
-                s.mac.store(VALID | UNCONFIRMED | m, Ordering::Release);
+            let new = if v & VALID == 0 {
+                VALID | UNCONFIRMED | m
             } else if v & !(VALID | UNCONFIRMED) != m && v & UNCONFIRMED == 0 {
-                s.mac.store(v | UNCONFIRMED, Ordering::Release);
-            }
+                v | UNCONFIRMED
+            } else {
+                return;
+            };
+            // Only over what was read: an ARP/ND answer written meanwhile wins.
+            let _ = s.mac.compare_exchange(v, new, Ordering::Release, Ordering::Relaxed);
         }
     }
 

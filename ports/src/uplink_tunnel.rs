@@ -605,8 +605,11 @@ impl UplinkTunnelPort {
         close_retired();
         let slot = {
             let mut all = UPLINKS.lock().unwrap_or_else(|e| e.into_inner());
-            // A slot nobody holds (no join under way: its lock is free) of a closed uplink.
-            all.retain(|(_, s)| s.try_lock().map_or(true, |w| w.strong_count() > 0));
+            // A slot of a closed uplink that only the registry holds (no join under way or
+            // about to lock it).
+            all.retain(|(_, s)| {
+                Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |w| w.strong_count() > 0)
+            });
             match all.iter().find(|(k, _)| k == key) {
                 Some((_, s)) => s.clone(),
                 None => {
