@@ -166,6 +166,27 @@ impl Drop for Inbox {
     }
 }
 
+/// Adds the member `make` gives to `members` unless one of them `serves` its VNI already, by
+/// read-copy-update (no lock; a concurrent leave is not undone): the list before the join,
+/// `None` when the VNI was served. The kernel transport's sockets and the fast path's uplinks
+/// both keep their members so.
+pub(crate) fn join_vni<M: Clone>(
+    members: &ArcSwap<Vec<M>>,
+    serves: impl Fn(&M) -> bool,
+    make: impl Fn() -> M,
+) -> Option<Arc<Vec<M>>> {
+    let mut served = false;
+    let before = members.rcu(|cur| {
+        served = cur.iter().any(&serves);
+        let mut next = Vec::clone(cur);
+        if !served {
+            next.push(make());
+        }
+        next
+    });
+    (!served).then_some(before)
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     vni: u32,
@@ -388,16 +409,8 @@ impl SharedSocket {
             }
         };
         let _ = inbox.orphaned.set(s.orphaned.clone());
-        let mut served = false;
-        s.members.rcu(|cur| {
-            served = cur.iter().any(|m| m.vni == o.vni);
-            let mut next = Vec::clone(cur);
-            if !served {
-                next.push(Member { vni: o.vni, inbox: inbox.clone() });
-            }
-            next
-        });
-        if served {
+        if join_vni(&s.members, |m| m.vni == o.vni, || Member { vni: o.vni, inbox: inbox.clone() }).is_none()
+        {
             return Err(PortError::Backend {
                 port: name.into(),
                 msg: format!(

@@ -49,7 +49,7 @@
 //!   (member, endpoint); a slot nobody points at is freed, its binding forgotten, and given to
 //!   the next new address (at most 4,112 (`NEIGHBOUR_SLOTS`) at once).
 
-use crate::udp_tunnel::{update_remotes, TunnelOptions};
+use crate::udp_tunnel::{join_vni, update_remotes, TunnelOptions};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -360,18 +360,11 @@ impl Uplink {
                 self.dstport
             ));
         }
-        let mut served = false;
-        let before = self.members.rcu(|cur| {
-            served = cur.iter().any(|m| m.vni == o.vni);
-            let mut next = Vec::clone(cur);
-            if !served {
-                next.push(Member { vni: o.vni, inboxes: inboxes.clone() });
-            }
-            next
-        });
-        if served {
+        let Some(before) =
+            join_vni(&self.members, |m| m.vni == o.vni, || Member { vni: o.vni, inboxes: inboxes.clone() })
+        else {
             return refuse(format!("VNI {} is already served by another tunnel port on uplink {on}", o.vni));
-        }
+        };
         self.set_alone();
         Ok(before.len())
     }
