@@ -512,7 +512,8 @@ impl Remotes {
     /// is on, read once ([`RemotesView`]).
     #[inline]
     pub fn view(&self) -> RemotesView<'_> {
-        RemotesView { macs: self.macs.view(), learn: self.learns() }
+        let sole = self.sole_endpoint().map_or(NO_SOLE, u32::from);
+        RemotesView { macs: self.macs.view(), learn: self.learns(), sole }
     }
 
     /// Learns that `src` lives behind `from` (when learning is on and `src` is a unicast MAC
@@ -574,12 +575,21 @@ impl Remotes {
 }
 
 /// A burst's reading of a [`Remotes`]: lookups and learning as through the table, with the
-/// MAC table's parameters ([`crate::fdb::FdbView`]) and the learning switch as they were when
-/// the view was taken.
+/// MAC table's parameters ([`crate::fdb::FdbView`]), the learning switch and the sole endpoint
+/// ([`Remotes::sole_endpoint`]) as they were when the view was taken.
+///
+/// A MAC behind the sole endpoint is not learned: while a port has one endpoint, every frame
+/// goes there, known or not, so the entry would never be read (a port with one `remote_ip` in
+/// OVS learns none either), and the per-packet probe of the remote table is saved. When a
+/// second endpoint appears (learned from a new source, or in an updated flood list), learning
+/// starts with the next packet of each source; until then a frame to a MAC behind the first
+/// endpoint is flooded to the flood list, as an unknown MAC is.
 #[derive(Clone, Copy)]
 pub struct RemotesView<'a> {
     macs: FdbView<'a>,
     learn: bool,
+    /// [`Remotes::sole_endpoint`] when the view was taken, or [`NO_SOLE`].
+    sole: u32,
 }
 
 impl RemotesView<'_> {
@@ -595,7 +605,7 @@ impl RemotesView<'_> {
     /// [`Remotes::learn_at`].
     #[inline]
     pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
-        if self.learn && !src.is_multicast() && !src.is_zero() {
+        if self.learn && u32::from(i) != self.sole && !src.is_multicast() && !src.is_zero() {
             self.macs.learn_probe(&self.macs.probe_u64(ANY_VLAN, src.to_u64()), i, now, u32::MAX);
         }
     }
@@ -809,6 +819,33 @@ mod tests {
         let r = Remotes::new(&[ip(2), ip(3)], &[], true, 300).unwrap();
         r.update(&[ip(3)], &[], true).unwrap();
         assert_eq!(r.sole_endpoint(), None, "one in the flood list, two endpoints known");
+    }
+
+    /// A MAC behind the sole endpoint is not learned (every frame goes there anyway); once a
+    /// second endpoint is in the flood list, the next packet of that MAC is learned, and a
+    /// MAC from a second, learned endpoint is learned at once.
+    #[test]
+    fn a_sole_endpoint_learns_nothing_until_a_second_appears() {
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        let m = |n: u8| MacAddr([2, 0, 0, 0, 0xb, n]);
+        let r = Remotes::new(&[ip(2)], &[], true, 300).unwrap();
+        r.learn(m(1), ip(2), 1);
+        assert_eq!(r.lookup(m(1), 1), None, "behind the sole endpoint: not learned");
+        assert_eq!(r.sole_endpoint(), Some(0));
+        r.update(&[ip(2), ip(3)], &[], true).unwrap();
+        r.learn(m(1), ip(2), 2);
+        assert_eq!(r.lookup(m(1), 2).and_then(|i| r.endpoint(i)), Some(ip(2)), "two endpoints");
+        // One endpoint again in the flood list, but two known: no longer sole, learned.
+        let r = Remotes::new(&[ip(2)], &[], true, 300).unwrap();
+        r.learn(m(2), ip(4), 1);
+        assert_eq!(r.lookup(m(2), 1).and_then(|i| r.endpoint(i)), Some(ip(4)), "a new source");
+        r.learn(m(1), ip(2), 1);
+        assert_eq!(r.lookup(m(1), 1).and_then(|i| r.endpoint(i)), Some(ip(2)));
+        // A view taken while sole keeps its reading for its burst.
+        let r = Remotes::new(&[ip(2)], &[], true, 300).unwrap();
+        let v = r.view();
+        v.learn_at(m(1), 0, 1);
+        assert_eq!(r.lookup(m(1), 1), None);
     }
 
     #[test]

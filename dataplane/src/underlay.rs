@@ -214,14 +214,16 @@ pub fn plain_ipv4_inner(frame: &[u8], local: Ipv4Addr, port: u16, codec: &Tunnel
 }
 
 /// Whether the IPv4 header at [`plain_v4::IP`] (20 bytes) has a correct checksum: its ones'
-/// complement sum is 0xffff. Ten 16-bit words sum to less than 2^20, which two folds bring
-/// to 16 bits.
+/// complement sum is 0xffff. The sum is taken over five 32-bit words in the machine's byte
+/// order (RFC 1071 2.(B) and (C): the ones' complement sum does not depend on byte order, and
+/// 32-bit words add as pairs of 16-bit ones once the carries are folded back); five words sum
+/// to less than 2^35, which three folds bring to 16 bits, and 0xffff reads the same either way.
 #[inline(always)]
 fn header_sum_ok(h: &[u8; plain_v4::PAYLOAD]) -> bool {
-    let mut sum = 0u32;
-    for k in (plain_v4::IP..plain_v4::UDP).step_by(2) {
-        sum += u32::from(u16::from_be_bytes([h[k], h[k + 1]]));
-    }
+    let w = |k: usize| u64::from(u32::from_ne_bytes([h[k], h[k + 1], h[k + 2], h[k + 3]]));
+    let at = plain_v4::IP;
+    let sum = w(at) + w(at + 4) + w(at + 8) + w(at + 12) + w(at + 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     (sum & 0xffff) + (sum >> 16) == 0xffff
 }
