@@ -12,7 +12,8 @@
 #  - switchyard: `switchyard run --switch FILE --lcores CORE --busy-poll`, one bridge with the
 #    dpdk port p0 and `type: vxlan, local: 10.99.0.1, underlay: "dpdk:net_pcap1,..."`, flood
 #    [10.99.0.2] (learning on). The endpoint's MAC is learned from the decap direction's
-#    packets (no ARP reply can come from a capture).
+#    packets (no ARP reply can come from a capture). Also, as `sy-default` (DEFAULT=0 leaves it
+#    out), the same without `--busy-poll`: `run`'s default idle back-off, reported apart.
 #  - OVS-DPDK (Debian's ovs-vswitchd-dpdk, private ovsdb and vswitchd as in pmd-compare.sh, in
 #    a network namespace of its own): netdev bridge br-int with p0 and a `type=vxlan` port
 #    (remote_ip 10.99.0.2, local_ip 10.99.0.1, key 5001), netdev bridge br-phy with p1, its MAC
@@ -28,7 +29,7 @@
 # rates and of the rates per CPU-second. It asserts nothing.
 #
 # usage: benches/tunnel-compare.sh [SECONDS]     (default 5 s per contender and round)
-# env:   ROUNDS=3  MACS=256  CORE=C (default: the last core)  HUGEPAGES=0 (see hugepages.sh)
+# env:   ROUNDS=3  MACS=256  DEFAULT=1  CORE=C (default: the last core)  HUGEPAGES=0 (see hugepages.sh)
 #        OVS_VSWITCHD=P (default Debian's /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk)
 #        BUILD=0 (use target/release/switchyard as it is)  CARGO_TARGET_DIR as cargo uses it
 set -euo pipefail
@@ -137,7 +138,7 @@ sy_ctl() { "$BIN" ctl --socket "$WORK/sy.sock" "$@"; }
 sy_tx() { # frames out of p0 and tun0, summed
     sy_ctl show stats | awk '/^port (p0|tun0) / {for (i = 1; i < NF; i++) if ($i == "tx") {gsub(/[^0-9]/, "", $(i + 1)); s += $(i + 1)}} END {print s + 0}'
 }
-sy_start() { # check|run
+sy_start() { # check|run [default: without --busy-poll]
     cat >"$WORK/sy.yaml" <<EOF
 bridges:
 - name: br
@@ -146,7 +147,7 @@ bridges:
   - {name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, underlay: "dpdk:$(devargs 1 "$1" sy)", flood: [10.99.0.2]}
 EOF
     rm -f "$WORK/sy.sock"
-    ip netns exec "$NS" "$BIN" run --switch "$WORK/sy.yaml" --socket "$WORK/sy.sock" --lcores "$CORE" --busy-poll \
+    ip netns exec "$NS" "$BIN" run --switch "$WORK/sy.yaml" --socket "$WORK/sy.sock" --lcores "$CORE" $([ "${2:-}" = default ] || echo --busy-poll) \
         --cni-state "$WORK/cni" --vhost-dir "$WORK/vhost" >"$WORK/sy.log" 2>&1 &
     SY_PID=$!
     local i
@@ -290,6 +291,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         sy_ctl show stats | grep -A1 -E '^port (p0|tun0) ' | sed 's/^/      /'
         sy_stop
     fi
+    if [ "${DEFAULT:-1}" = 1 ] && sy_start run default; then
+        measure sy-default "$SY_PID" '' sy_tx
+        sy_stop
+    fi
     if ovs_start run; then
         measure ovs-dpdk "$(cat "$OVS_DIR/ovs-vswitchd.pid")" '^pmd' ovs_tx
         ovs_appctl dpctl/show -s | grep -E 'port [0-9]+: p[01] |TX packets' | grep -A1 -E ': p[01] ' | grep TX | sed 's/^ */      /' || true
@@ -303,7 +308,8 @@ echo
 echo "== results: medians of $ROUNDS rounds ($SECS s each, $NCPU cores; $(uptime | sed 's/.*load/load/'))"
 echo "   $HUGE_NOTE"
 declare -A MPPS CPUNS
-for l in switchyard ovs-dpdk; do
+for l in switchyard sy-default ovs-dpdk; do
+    [ -n "${SERIES[$l]:-}" ] || continue
     MPPS[$l]=$(tr ' ' '\n' <<<"${SERIES[$l]:-}" | cut -d/ -f1 | median)
     CPUNS[$l]=$(tr ' ' '\n' <<<"${SERIES[$l]:-}" | cut -d/ -f2 | median)
     printf '   %-12s %8s Mpps out %8s ns CPU/frame   rounds: %s\n' "$l" "${MPPS[$l]}" "${CPUNS[$l]}" "${SERIES[$l]:-}"
@@ -313,5 +319,8 @@ if [[ ${MPPS[switchyard]} =~ ^[0-9.]+$ && ${MPPS[ovs-dpdk]} =~ ^[0-9.]+$ ]]; the
 fi
 if [[ ${CPUNS[switchyard]} =~ ^[0-9.]+$ && ${CPUNS[ovs-dpdk]} =~ ^[0-9.]+$ ]]; then
     awk -v a="${CPUNS[switchyard]}" -v b="${CPUNS[ovs-dpdk]}" 'BEGIN {if (a > 0) printf "   switchyard / OVS-DPDK, rate per CPU-second: %.2f (goal >= 3)\n", b / a}'
+fi
+if [[ ${CPUNS[sy-default]:-} =~ ^[0-9.]+$ && ${CPUNS[ovs-dpdk]} =~ ^[0-9.]+$ ]]; then
+    awk -v a="${CPUNS[sy-default]}" -v b="${CPUNS[ovs-dpdk]}" -v m="${MPPS[sy-default]}" -v o="${MPPS[ovs-dpdk]}" 'BEGIN {if (a > 0 && o > 0) printf "   switchyard without --busy-poll (run'"'"'s default back-off) / OVS-DPDK: wall-clock %.2f, per CPU-second %.2f\n", m / o, b / a}'
 fi
 printf '   %s\n' "OVS-DPDK setup: ${OVS_SETUP[@]/#/; }"
