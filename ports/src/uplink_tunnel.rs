@@ -801,6 +801,7 @@ struct UplinkTunnelRx {
     armed: bool,
     /// Sends ARP/ND replies and probes.
     tx: Box<dyn TxQueue>,
+    /// The packets of a burst from its first uncommon one on, decided one by one.
     frames: Burst,
     control: Burst,
     /// The second of the last probe round.
@@ -917,21 +918,26 @@ impl UplinkTunnelRx {
         }
     }
 
-    /// Reads up to `n` frames of the uplink's queue into `frames`, unless another member is
+    /// Appends up to `n` frames of the uplink's queue to `to`, unless another member is
     /// reading it (false). The uplink's only member keeps the queue (no lock a burst); with
     /// several, each burst takes it with a `try_lock`.
-    fn read_uplink(&mut self, (cache, drops): (&mut PoolCache, &mut DropTally), n: usize) -> bool {
+    fn read_uplink(
+        &mut self,
+        (cache, drops): (&mut PoolCache, &mut DropTally),
+        to: &mut Burst,
+        n: usize,
+    ) -> bool {
         let alone = self.shared.up.alone.load(Ordering::Acquire);
         if !alone {
             self.give_back();
         }
         if let Some(rx) = &mut self.alone {
-            rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+            rx.rx_burst(RxCtx::new(cache, drops), to, n);
             return true;
         }
         let Ok(mut held) = self.queue.rx.try_lock() else { return false };
         let Some(rx) = held.as_mut() else { return false };
-        rx.rx_burst(RxCtx::new(cache, drops), &mut self.frames, n);
+        rx.rx_burst(RxCtx::new(cache, drops), to, n);
         if alone {
             self.alone = held.take();
         }
@@ -1049,7 +1055,9 @@ impl RxQueue for UplinkTunnelRx {
         // First what other members read for this port, then the uplink unless another
         // member is reading it (that one hands this port its packets).
         let (taken, mut delivered) = self.handed((cache, drops), out, want, now);
-        let read = taken < want && self.read_uplink((cache, drops), want - taken);
+        // Read straight onto `out`: the common packets stay where they are (below).
+        let start = out.len();
+        let read = taken < want && self.read_uplink((cache, drops), out, want - taken);
         if !read {
             // The probes `probe` queued go now: its slot is marked probed already.
             if !self.control.is_empty() {
@@ -1071,9 +1079,30 @@ impl RxQueue for UplinkTunnelRx {
             IpAddr::V4(l) => Some(l),
             IpAddr::V6(_) => None,
         };
+        // The common packets, where they were read: outer headers and tunnel header at fixed
+        // offsets, each narrowed in place to its inner frame, up to the first other packet.
+        let mut k = start;
+        if let Some(l) = local4 {
+            while let Some(b) = out.get_mut(k) {
+                let Some(p) = plain_ipv4_inner(b.data(), l, sh.port, &codec) else { break };
+                if b.narrow(PLAIN_INNER_AT, p.len).is_err() {
+                    break;
+                }
+                let src = (IpAddr::V4(p.src_ip), p.src_mac);
+                arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now);
+                k += 1;
+            }
+        }
+        delivered += k - start;
+        // From the first other packet on, each is taken off `out` and decided one by one:
+        // those delivered go back on in their order.
+        if k < out.len() {
+            for b in out.drain(k..) {
+                frames.push(b);
+            }
+        }
         for mut b in frames.drain(..) {
-            // The common packet first: outer headers and tunnel header at fixed offsets, the
-            // frame narrowed to the inner frame at once.
+            // A common packet behind another: as above.
             if let Some(p) = local4.and_then(|l| plain_ipv4_inner(b.data(), l, sh.port, &codec)) {
                 if b.narrow(PLAIN_INNER_AT, p.len).is_ok() {
                     let src = (IpAddr::V4(p.src_ip), p.src_mac);
@@ -1632,6 +1661,39 @@ mod tests {
         let (got, drops) = poll(&mut *rb, &mut cache);
         assert_eq!((got, drops.get(DropReason::TunnelWrongVni)), (vec![ib.clone()], 1));
         drop((rb, tb, b));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// A burst whose common tunnel packets are interleaved with others (an ARP reply, a frame
+    /// not for the tunnel, a runt inner frame) delivers the inner frames in their order, each
+    /// once, and counts the others.
+    #[test]
+    fn a_mixed_burst_keeps_its_order() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let (p, peer, mut rx, _tx) = port(&[ip(2)]);
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        let f = |n: u8| inner(LOCAL_MAC, MacAddr([2, 0, 0, 0, 0xb, n]));
+        let mut not_ours = inner(X, X);
+        not_ours[14] = 0x45;
+        let burst = [
+            tunnel_packet(m2, 5001, &f(1)),
+            tunnel_packet(m2, 5001, &f(2)),
+            arp_reply(2, m2),
+            tunnel_packet(m2, 5001, &f(3)),
+            not_ours,
+            tunnel_packet(m2, 5001, &f(4)[..10]),
+            tunnel_packet(m2, 5001, &f(5)),
+        ];
+        for b in &burst {
+            peer.inject(cache.alloc_copy(b).unwrap()).unwrap();
+        }
+        let (got, drops) = poll(&mut *rx, &mut cache);
+        assert_eq!(got, [f(1), f(2), f(3), f(5)]);
+        assert_eq!(drops.total(), 2, "{drops:?}");
+        assert_eq!(drops.get(DropReason::UplinkNotTunnel), 1, "{drops:?}");
+        assert_eq!(p.neighbour(ip(2)), Some(m2), "the ARP reply in the burst was read");
+        drop((rx, _tx));
         all_returned(&peer, cache, &pool);
     }
 
