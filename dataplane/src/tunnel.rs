@@ -516,8 +516,8 @@ impl Remotes {
         RemotesView { macs: self.macs.view(), learn: self.learns(), sole }
     }
 
-    /// Learns that `src` lives behind `from` (when learning is on and `src` is a unicast MAC
-    /// not held by a static entry).
+    /// Learns that `src` lives behind `from` (when learning is on, `src` is a unicast MAC not
+    /// held by a static entry, and `from` is not the port's sole endpoint: [`RemotesView`]).
     #[inline]
     pub fn learn(&self, src: MacAddr, from: IpAddr, now: u32) {
         if let Some(i) = self.learning_index(from) {
@@ -535,7 +535,8 @@ impl Remotes {
         }
     }
 
-    /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]).
+    /// Learns that `src` lives behind endpoint `i` (from [`Remotes::learning_index`]), as
+    /// [`Remotes::learn`] does.
     #[inline]
     pub fn learn_at(&self, src: MacAddr, i: u16, now: u32) {
         self.view().learn_at(src, i, now)
@@ -841,11 +842,15 @@ mod tests {
         assert_eq!(r.lookup(m(2), 1).and_then(|i| r.endpoint(i)), Some(ip(4)), "a new source");
         r.learn(m(1), ip(2), 1);
         assert_eq!(r.lookup(m(1), 1).and_then(|i| r.endpoint(i)), Some(ip(2)));
-        // A view taken while sole keeps its reading for its burst.
+        // A view taken while sole keeps that reading for its burst: a second endpoint learned
+        // meanwhile counts from the next view on.
         let r = Remotes::new(&[ip(2)], &[], true, 300).unwrap();
         let v = r.view();
+        r.learn(m(2), ip(4), 1);
         v.learn_at(m(1), 0, 1);
-        assert_eq!(r.lookup(m(1), 1), None);
+        assert_eq!(r.lookup(m(1), 1), None, "the view's reading: sole");
+        r.view().learn_at(m(1), 0, 1);
+        assert_eq!(r.lookup(m(1), 1).and_then(|i| r.endpoint(i)), Some(ip(2)), "a new view");
     }
 
     #[test]

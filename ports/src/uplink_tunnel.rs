@@ -1634,8 +1634,8 @@ mod tests {
             assert!(drops.is_zero(), "{drops:?}");
             assert_eq!(got, [if reader == 0 { ib.clone() } else { ia.clone() }], "handed over");
         }
-        // Each port's only endpoint: no inner source MAC learned (every frame goes there).
-        assert_eq!((a.remotes().lookup(X, 0), b.remotes().lookup(X, 0)), (None, None));
+        // (Each port here has one endpoint and learns no remote MAC: where each port learns
+        // its own, `handed_packets_are_learned_by_their_own_port`.)
 
         // An ARP request for the local address: answered once, by the reader.
         let mut req = [0u8; CONTROL_FRAME_LEN];
@@ -1938,6 +1938,40 @@ mod tests {
         let (got, drops) = poll(&mut *rn, &mut cache);
         assert_eq!((got, drops.total()), (vec![ia], 0));
         drop((rb, rn, b, n));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// The inner source MACs of packets one port read for another are learned by the port
+    /// whose VNI they carry, and only by it (ports with two endpoints, so both learn).
+    #[test]
+    fn handed_packets_are_learned_by_their_own_port() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:learn-{}", std::process::id());
+        let peer = Mutex::new(None);
+        let join = |name: &str, vni: u32| {
+            let o = TunnelOptions { learn: true, ..vxlan(vni, &[ip(2), ip(3)]) };
+            UplinkTunnelPort::join(name, &o, &key, NextHops::default(), || {
+                let (r, p) = RingPort::new("uplink", 256);
+                *peer.lock().unwrap() = Some(p);
+                Ok((Arc::new(r), LOCAL_MAC, 1500))
+            })
+        };
+        let (a, b) = (join("a", 5001).expect("a"), join("b", 5002).expect("b"));
+        let peer = peer.lock().unwrap().take().expect("opened");
+        let (mut ra, mut rb) = (a.open_rx(0).expect("rx"), b.open_rx(0).expect("rx"));
+        let (m2, y) = (MacAddr([2, 0, 0, 0, 0x99, 2]), MacAddr([2, 0, 0, 0, 0xb, 2]));
+        let (ia, ib) = (inner(LOCAL_MAC, X), inner(LOCAL_MAC, y));
+        for (vni, f) in [(5002, &ib), (5001, &ia)] {
+            peer.inject(cache.alloc_copy(&tunnel_packet(m2, vni, f)).unwrap()).unwrap();
+        }
+        assert_eq!(poll(&mut *ra, &mut cache).0, [ia.clone()], "a read both");
+        assert_eq!(poll(&mut *rb, &mut cache).0, [ib.clone()], "handed to b");
+        let at =
+            |p: &UplinkTunnelPort, m: MacAddr| p.remotes().lookup(m, 0).and_then(|i| p.remotes().endpoint(i));
+        assert_eq!((at(&a, X), at(&a, y)), (Some(ip(2)), None));
+        assert_eq!((at(&b, X), at(&b, y)), (None, Some(ip(2))));
+        drop((ra, rb, a, b));
         all_returned(&peer, cache, &pool);
     }
 

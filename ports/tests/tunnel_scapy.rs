@@ -34,13 +34,14 @@ fn free_port() -> u16 {
     }
 }
 
-fn open(kind: TunnelKind, port: u16) -> UdpTunnelPort {
+/// A tunnel port on `port` flooding to `flood`.
+fn open(kind: TunnelKind, port: u16, flood: &[&str]) -> UdpTunnelPort {
     let o = TunnelOptions {
         kind,
         vni: 5001,
         local: IpAddr::V4(LOCAL),
         dstport: port,
-        flood: vec![PEER.parse().unwrap()],
+        flood: flood.iter().map(|a| a.parse().unwrap()).collect(),
         remote_macs: vec![],
         learn: true,
         aging_s: 300,
@@ -61,7 +62,7 @@ fn tx_is_what_scapy_dissects(kind: TunnelKind) {
         return;
     }
     let port = free_port();
-    let tun = open(kind, port);
+    let tun = open(kind, port, &[PEER]);
     let frames: Vec<Vec<u8>> = vec![frame(1, 60), frame(2, 1000), frame(3, 14)];
     let mut py = Command::new(PY)
         .args([&script(), "recv", kind.name(), PEER, &port.to_string(), &frames.len().to_string()])
@@ -109,7 +110,8 @@ fn rx_delivers_or_counts_what_scapy_builds(kind: TunnelKind) {
         return;
     }
     let port = free_port();
-    let tun = open(kind, port);
+    // Two endpoints: a port with one learns no remote MAC (every frame goes there).
+    let tun = open(kind, port, &[PEER, "127.0.0.3"]);
     let mut rx = tun.open_rx(0).unwrap();
     let out = Command::new(PY)
         .args([&script(), "send", kind.name(), PEER, &port.to_string(), "127.0.0.1"])
@@ -140,8 +142,8 @@ fn rx_delivers_or_counts_what_scapy_builds(kind: TunnelKind) {
         let want = cases.iter().filter(|c| c["verdict"] == r.name()).count() as u32;
         assert_eq!(drops.get(*r), want, "{}", r.name());
     }
-    // The senders' MACs were learned: a frame to one goes to the peer alone (it is also the
-    // only flood endpoint here, so the check is on the remote table).
+    // The senders' MACs were learned: a frame to one goes to the peer alone, not to the
+    // flood list.
     let mac = switchyard_dataplane::wire::MacAddr([2, 0, 0, 0, 0xb, 1]);
     assert_eq!(tun.remote_of(mac), Some(PEER.parse().unwrap()));
     drop(cache);
