@@ -601,19 +601,20 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
     // every lookup, what it is after all the burst's learning, as the stages' order demands.
     // From the first source that learning may change on, the rest is learned first and every
     // lookup done again after it.
-    let mut i = 0;
+    // The frames whose sources are learned.
+    let mut learned = 0;
     let mut all_plain = true;
-    while let Some(f) = plain.get(i) {
+    while let Some(f) = plain.get(learned) {
         if !table.learn_is_noop(&f.src, in_port, now) {
             break;
         }
-        i += 1;
-        if !route.add(i - 1, table.lookup_probe(&f.dst, now), &mut eg.memo, cfg, port.bridge) {
+        learned += 1;
+        if !route.add(learned - 1, table.lookup_probe(&f.dst, now), &mut eg.memo, cfg, port.bridge) {
             all_plain = false;
             break;
         }
     }
-    let rest = &plain[i.min(n)..];
+    let rest = &plain[learned.min(n)..];
     for f in rest {
         eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
     }
@@ -1270,7 +1271,7 @@ mod tests {
         let vlan = sw.port(a).and_then(|p| p.vlan.ingress(None)).expect("untagged VLAN");
         let now = 7;
         for (m, p) in [(1, a), (2, b), (3, c)] {
-            assert_ne!(table.learn(vlan, mac(m), p, now, u32::MAX), LearnOutcome::TableFull);
+            assert_eq!(table.learn(vlan, mac(m), p, now, u32::MAX), LearnOutcome::Learned);
         }
         let pool = crate::Pool::new("moved", 64).expect("pool");
         let mut cache = pool.cache();
