@@ -583,45 +583,52 @@ fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> O
 }
 
 /// The stages for a plain burst of VLAN `vlan` whose probes [`plain_probes`] left in
-/// `eg.tx.plain` (`bytes`: the burst's bytes): learn every source, then, when every frame is
-/// a known unicast destination on another port that takes the VLAN untagged, queue the frames
-/// a run to the same port at a time (a batch's length is updated once per run, not once per
-/// frame; the whole burst at once when it all goes to one port); otherwise frame by frame, as
-/// the general stages do.
+/// `eg.tx.plain` (`bytes`: the burst's bytes): learn every source and look every destination
+/// up (as if all learning came first: see below), then, when every frame is a known unicast
+/// destination on another port that takes the VLAN untagged, queue the frames a run to the
+/// same port at a time (a batch's length is updated once per run, not once per frame; the
+/// whole burst at once when it all goes to one port); otherwise frame by frame, as the general
+/// stages do.
 #[inline(always)]
 fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, bytes: u64) {
     let (cfg, table, in_port, now, mac_limit) = (eg.cfg, eg.table, eg.in_port, eg.now, port.mac_limit);
     let n = burst.len();
     eg.t.rx_bytes = bytes;
     let plain = &eg.tx.plain[..n];
-    for f in plain.iter() {
-        eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
-    }
-    // Where each run of frames to one port starts (frame index, port): a run starts where
-    // the destination changes. Each port is checked once per run: a known unicast
-    // destination on another port that takes the VLAN untagged (`ok_port`: the last one
-    // found, never the ingress port; u32::MAX: none yet).
-    let mut runs: ArrayVec<(usize, PortId), MAX_BURST> = ArrayVec::new();
-    let mut ok_port = u32::MAX;
+    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan };
+    // Learning and lookups in one pass as long as every source is learned already (a learn
+    // that writes and counts nothing, see `FdbView::learn_is_noop`): the table is then, for
+    // every lookup, what it is after all the burst's learning, as the stages' order demands.
+    // From the first source that learning may change on, the rest is learned first and every
+    // lookup done again after it.
+    // The frames whose sources are learned.
+    let mut learned = 0;
     let mut all_plain = true;
-    for (i, f) in plain.iter().enumerate() {
-        let Some(hit) = table.lookup_probe(&f.dst, now) else {
+    while let Some(f) = plain.get(learned) {
+        if !table.learn_is_noop(&f.src, in_port, now) {
+            break;
+        }
+        learned += 1;
+        if !route.add(learned - 1, table.lookup_probe(&f.dst, now), &mut eg.memo, cfg, port.bridge) {
             all_plain = false;
             break;
-        };
-        if u32::from(hit.port) != ok_port {
-            // A run per frame at most, so try_push never fails (were it to, the frames would
-            // take the frame-by-frame path, which decides the same).
-            if hit.port == in_port
-                || eg.memo.get(cfg, port.bridge, hit.port, vlan) != Some(false)
-                || runs.try_push((i, hit.port)).is_err()
-            {
+        }
+    }
+    let rest = &plain[learned.min(n)..];
+    for f in rest {
+        eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
+    }
+    if all_plain && !rest.is_empty() {
+        route.runs.clear();
+        route.ok_port = u32::MAX;
+        for (i, f) in plain.iter().enumerate() {
+            if !route.add(i, table.lookup_probe(&f.dst, now), &mut eg.memo, cfg, port.bridge) {
                 all_plain = false;
                 break;
             }
-            ok_port = u32::from(hit.port);
         }
     }
+    let runs = &route.runs;
     if let (true, [(_, op)]) = (all_plain, runs.as_slice()) {
         eg.tx.push_burst(*op, burst, bytes, eg.cache);
     } else if all_plain {
@@ -636,6 +643,47 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
             let hit = table.lookup_probe(&f.dst, now);
             eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
         }
+    }
+}
+
+/// Where each run of frames to one port of a plain burst starts (frame index, port): a run
+/// starts where the destination changes. Each port is checked once per run: a known unicast
+/// destination on another port than `in_port` that takes `vlan` untagged.
+struct Runs {
+    runs: ArrayVec<(usize, PortId), MAX_BURST>,
+    /// The port of the run in progress (never the ingress port; u32::MAX: none yet).
+    ok_port: u32,
+    in_port: PortId,
+    vlan: u16,
+}
+
+impl Runs {
+    /// Adds frame `i`, whose destination's lookup found `hit` (a bridge `bridge` port, through
+    /// `memo`); false when the frame cannot take the run path (unknown destination, or a port
+    /// that is the ingress port, is not in the bridge or does not take the VLAN untagged).
+    #[inline(always)]
+    fn add(
+        &mut self,
+        i: usize,
+        hit: Option<FdbHit>,
+        memo: &mut EgressMemo,
+        cfg: &SwitchConfig,
+        bridge: usize,
+    ) -> bool {
+        let Some(hit) = hit else { return false };
+        if u32::from(hit.port) == self.ok_port {
+            return true;
+        }
+        // A run per frame at most, so try_push never fails (were it to, the frames would take
+        // the frame-by-frame path, which decides the same).
+        if hit.port == self.in_port
+            || memo.get(cfg, bridge, hit.port, self.vlan) != Some(false)
+            || self.runs.try_push((i, hit.port)).is_err()
+        {
+            return false;
+        }
+        self.ok_port = u32::from(hit.port);
+        true
     }
 }
 
@@ -1205,6 +1253,42 @@ mod tests {
         // Broadcast floods, still to be learned from.
         let m = classify_on(&sw, "a", &frame([0xff; 6], &[0x08, 0x00]));
         assert_eq!((m.verdict, m.flood_pending), (Some(Verdict::Flood), true));
+    }
+
+    /// A plain burst looks its destinations up in the table that all of its learning leaves,
+    /// even when its first frames are looked up before a later source is learned (the plain
+    /// path does both in one pass while learning changes nothing): A on `a` sends to B, then B
+    /// itself sends from `a` (a move). The first frame's destination is then on its ingress
+    /// port: dropped as `dst_is_ingress`, not sent to `b`, where B was when it was looked up.
+    #[test]
+    fn a_source_moved_later_in_the_burst_redirects_earlier_frames() {
+        let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: a}\n  - {name: b}\n  - {name: c}\n";
+        let sw =
+            SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid YAML"), None).expect("compiles");
+        let (a, b, c) = (sw.by_name["a"], sw.by_name["b"], sw.by_name["c"]);
+        let mac = |i: u8| MacAddr([2, 0, 0, 0, 0, i]);
+        let table = &sw.bridges[0].table;
+        let vlan = sw.port(a).and_then(|p| p.vlan.ingress(None)).expect("untagged VLAN");
+        let now = 7;
+        for (m, p) in [(1, a), (2, b), (3, c)] {
+            assert_eq!(table.learn(vlan, mac(m), p, now, u32::MAX), LearnOutcome::Learned);
+        }
+        let pool = crate::Pool::new("moved", 64).expect("pool");
+        let mut cache = pool.cache();
+        let mut tx = TxBatches::new(sw.port_slots());
+        let f = |dst: u8, src: u8| [&mac(dst).0[..], &mac(src).0, &[0x08, 0x00], &[0; 46]].concat();
+        let mut burst = Burst::new();
+        for frame in [f(2, 1), f(3, 2)] {
+            burst.push(cache.alloc_copy(&frame).expect("buffer"));
+        }
+        process_burst(&sw, a, &mut burst, now, &mut cache, &mut tx, None);
+        assert_eq!(table.lookup(vlan, mac(2), now), Some(crate::fdb::FdbHit { port: a, is_static: false }));
+        assert_eq!((tx.queued(b), tx.queued(c)), (0, 1), "A's frame to B is not sent to b");
+        let st = sw.port(a).expect("port a").stats.snapshot();
+        assert_eq!((st.moved_in, st.drops["dst_is_ingress"]), (1, 1));
+        tx.discard(&mut cache);
+        drop(cache);
+        assert_eq!(pool.in_use(), 0);
     }
 
     /// Batches are slots of the ports that got frames, not one per port: a broadcast over 99

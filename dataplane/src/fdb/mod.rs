@@ -630,12 +630,18 @@ impl FdbView<'_> {
         // second, or a static entry of this port (a VM's own MAC, which the cluster plan makes
         // static: every frame of the VM learns it); one compare each, the value holding nothing
         // else. Nothing to write for either. learn_slow does the rest.
-        if let Some((_, v)) = self.find(p) {
-            if v == encode_val(port, false, now) || v == encode_val(port, true, 0) {
-                return LearnOutcome::Refreshed;
-            }
+        if self.learn_is_noop(p, port, now) {
+            return LearnOutcome::Refreshed;
         }
         self.table.learn_slow(p, port, now, limit)
+    }
+
+    /// Whether [`FdbView::learn_probe`] of the probe's key on `port` at `now` would find it
+    /// learned already, writing nothing and answering [`LearnOutcome::Refreshed`]: a dynamic
+    /// entry on `port` refreshed at `now`, or a static entry of `port`.
+    #[inline(always)]
+    pub fn learn_is_noop(&self, p: &Probe, port: u16, now: u32) -> bool {
+        matches!(self.find(p), Some((_, v)) if v == encode_val(port, false, now) || v == encode_val(port, true, 0))
     }
 }
 
