@@ -600,7 +600,9 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
     // that writes and counts nothing, see `FdbView::learn_is_noop`): the table is then, for
     // every lookup, what it is after all the burst's learning, as the stages' order demands.
     // From the first source that learning may change on, the rest is learned first and every
-    // lookup done again after it.
+    // lookup done again after it. (The table's other writers, workers polling other queues of
+    // this port, may move a source between a lookup and its check: one frame may then go to
+    // the old port during a move, as it may in a frame-by-frame switch.)
     // The frames whose sources are learned.
     let mut learned = 0;
     let mut all_plain = true;
@@ -614,7 +616,7 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
             break;
         }
     }
-    let rest = &plain[learned.min(n)..];
+    let rest = &plain[learned..];
     for f in rest {
         eg.t.count_learn(table.learn_probe(&f.src, in_port, now, mac_limit));
     }
