@@ -22,7 +22,7 @@ use crate::switch::DropReason;
 use crate::wire::geneve::{GenevePacket, GENEVE_HEADER_LEN, GENEVE_PORT, GENEVE_PROTO_ETHERNET};
 use crate::wire::ip::{
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_SCTP, PROTO_TCP, PROTO_UDP, UDP_HEADER_LEN, V4_FRAG, V4_PROTO,
-    V4_SRC, V6_NEXT, V6_SRC,
+    V4_SRC, V6_DST, V6_NEXT, V6_SRC,
 };
 use crate::wire::vxlan::{VxlanPacket, VNI_MAX, VXLAN_HEADER_LEN, VXLAN_PORT};
 use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET, VLAN_TAG_LEN};
@@ -112,6 +112,12 @@ const SOURCE_PORT_SPAN: u64 = 65536 - SOURCE_PORT_MIN as u64;
 /// (behind at most one VLAN tag) the addresses, the protocol and, for TCP, UDP and SCTP, the
 /// ports. Frames of one flow hash alike, so one flow keeps one underlay path and its order.
 /// Reads only within `frame` (fixed offsets, bounds-checked), whatever its bytes.
+///
+/// The bytes are taken 8 at a time (little-endian) and mixed two words a step by a folded
+/// 64x64->128-bit multiply (`flow_fold`, as foldhash's): the Ethernet addresses and
+/// EtherType in one step, the IPv6 addresses in two; the last step takes the IPv4 addresses
+/// (nothing for another protocol) and the protocol word (`flow_key`: EtherType, protocol,
+/// ports).
 #[inline]
 pub fn flow_hash(frame: &[u8]) -> u32 {
     // The common frame, untagged IPv4 without options and long enough for the ports, read
@@ -119,64 +125,99 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     // `flow_hash_of_plain_ipv4_is_the_general_one`).
     const LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + 4;
     let Some(f) = frame.first_chunk::<LEN>() else { return flow_hash_any(frame) };
-    let be16 = |off: usize| u16::from_be_bytes([f[off], f[off + 1]]);
+    let word = |off: usize| u64::from_le_bytes(f[off..off + 8].try_into().unwrap_or([0; 8]));
     let l3 = ETH_HEADER_LEN;
-    if be16(ETH_TYPE_OFFSET) != EtherType::IPV4 || f[l3] & 0x0f != 5 {
+    // EtherType IPv4 (08 00) and a version/IHL byte whose IHL is 5, in one compare.
+    let at12 = u32::from_le_bytes(f[ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 4].try_into().unwrap_or([0; 4]));
+    if at12 & 0x000f_ffff != 0x0005_0008 {
         return flow_hash_any(frame);
     }
-    let word = |off: usize| u64::from_be_bytes(f[off..off + 8].try_into().unwrap_or([0; 8]));
-    let mut h = flow_mix(flow_mix(flow_mix(0, word(0)), word(6)), word(l3 + V4_SRC));
     let proto = f[l3 + V4_PROTO];
-    h = flow_mix(h, (u64::from(EtherType::IPV4) << 8) | u64::from(proto));
-    if matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && be16(l3 + V4_FRAG) & 0x1fff == 0 {
+    let first_fragment = u16::from_be_bytes([f[l3 + V4_FRAG], f[l3 + V4_FRAG + 1]]) & 0x1fff == 0;
+    let ports = if PORTS_PROTO[usize::from(proto)] & first_fragment {
         let at = l3 + IPV4_HEADER_LEN;
-        h = flow_mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
-    }
-    (h ^ (h >> 32)) as u32
+        Some(u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]))
+    } else {
+        None
+    };
+    let h = flow_fold(word(0) ^ FLOW_K0, word(6) ^ FLOW_K1);
+    flow_finish(flow_fold(word(l3 + V4_SRC) ^ FLOW_K2, flow_key(EtherType::IPV4, proto, ports) ^ h))
 }
 
-/// One step of [`flow_hash`].
+/// The IP protocols whose ports [`flow_hash`] takes (TCP, UDP, SCTP), by number: one load
+/// instead of three compares.
+static PORTS_PROTO: [bool; 256] = {
+    let mut t = [false; 256];
+    t[PROTO_TCP as usize] = true;
+    t[PROTO_UDP as usize] = true;
+    t[PROTO_SCTP as usize] = true;
+    t
+};
+
+/// The constants of [`flow_fold`]'s steps (fractional digits of pi, as foldhash's).
+const FLOW_K0: u64 = 0x243f_6a88_85a3_08d3;
+const FLOW_K1: u64 = 0x1319_8a2e_0370_7344;
+const FLOW_K2: u64 = 0xa409_3822_299f_31d0;
+
+/// One step of [`flow_hash`]: the 128-bit product's halves xored.
 #[inline(always)]
-fn flow_mix(h: u64, v: u64) -> u64 {
-    (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+fn flow_fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ (p >> 64) as u64
+}
+
+/// [`flow_hash`]'s protocol word: EtherType, IP protocol and, when the hash takes them, the
+/// ports as they lie in the frame.
+#[inline(always)]
+fn flow_key(ethertype: u16, proto: u8, ports: Option<u32>) -> u64 {
+    let ports = ports.map_or(0, |p| u64::from(p) << 32 | 1 << 24);
+    u64::from(ethertype) << 8 | u64::from(proto) | ports
+}
+
+/// The 32 bits of a [`flow_hash`]: the top half of the last step times an odd constant, each
+/// bit of which depends on every bit of the step (the source port is the hash's top bits).
+#[inline(always)]
+fn flow_finish(h: u64) -> u32 {
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
 /// [`flow_hash`] of any frame.
 #[inline(never)]
 fn flow_hash_any(frame: &[u8]) -> u32 {
-    let mix = flow_mix;
     let word = |off: usize| -> u64 {
-        frame.get(off..off + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+        frame.get(off..off + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     };
     let be16 = |off: usize| frame.get(off..off + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    let mut h = mix(mix(0, word(0)), word(6));
+    let ports_at = |off: usize| frame.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut h = flow_fold(word(0) ^ FLOW_K0, word(6) ^ FLOW_K1);
     let mut l3 = ETH_HEADER_LEN;
     let mut ethertype = be16(ETH_TYPE_OFFSET);
     if ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
         ethertype = be16(ETH_TYPE_OFFSET + VLAN_TAG_LEN);
         l3 += VLAN_TAG_LEN;
     }
-    let (proto, ports_at) = match ethertype {
+    // IPv6's addresses are mixed into `h` here; IPv4's 8 bytes go with the protocol word.
+    let (last, proto, at) = match ethertype {
         EtherType::IPV4 if frame.len() >= l3 + IPV4_HEADER_LEN => {
-            // Source and destination addresses are the 8 bytes from the source on.
-            h = mix(h, word(l3 + V4_SRC));
             let ihl = usize::from(frame[l3] & 0x0f) * 4;
             let first_fragment = be16(l3 + V4_FRAG) & 0x1fff == 0;
-            (frame[l3 + V4_PROTO], if first_fragment { Some(l3 + ihl) } else { None })
+            // Source and destination addresses are the 8 bytes from the source on.
+            (word(l3 + V4_SRC), frame[l3 + V4_PROTO], first_fragment.then_some(l3 + ihl))
         }
         EtherType::IPV6 if frame.len() >= l3 + IPV6_HEADER_LEN => {
-            for k in 0..4 {
-                h = mix(h, word(l3 + V6_SRC + 8 * k));
+            // Source, then destination: 16 bytes a step.
+            for at in [l3 + V6_SRC, l3 + V6_DST] {
+                h = flow_fold(word(at) ^ FLOW_K2, word(at + 8) ^ h);
             }
-            (frame[l3 + V6_NEXT], Some(l3 + IPV6_HEADER_LEN))
+            (0, frame[l3 + V6_NEXT], Some(l3 + IPV6_HEADER_LEN))
         }
-        _ => (0, None),
+        _ => (0, 0, None),
     };
-    h = mix(h, (u64::from(ethertype) << 8) | u64::from(proto));
-    if let (PROTO_TCP | PROTO_UDP | PROTO_SCTP, Some(at)) = (proto, ports_at) {
-        h = mix(h, u64::from(be16(at)) << 16 | u64::from(be16(at + 2)));
-    }
-    (h ^ (h >> 32)) as u32
+    let ports = match (proto, at) {
+        (PROTO_TCP | PROTO_UDP | PROTO_SCTP, Some(at)) => Some(ports_at(at).unwrap_or(0)),
+        _ => None,
+    };
+    flow_finish(flow_fold(last ^ FLOW_K2, flow_key(ethertype, proto, ports) ^ h))
 }
 
 /// The UDP source port for a flow hash: spread evenly over 49152-65535 (as the kernel's

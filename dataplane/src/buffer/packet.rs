@@ -164,6 +164,29 @@ impl PacketBuf {
         Ok(&mut self.slot_mut()[h..h + n])
     }
 
+    /// Grows the frame by `N` bytes at the front, as [`PacketBuf::prepend`], and returns them
+    /// with the bytes behind them (the frame as it was): for a writer whose new front depends
+    /// on the frame (one window computed for both). Nothing changes on an error.
+    #[inline]
+    pub fn prepend_split<const N: usize>(&mut self) -> Result<(&mut [u8; N], &mut [u8]), BufferError> {
+        let (head, len) = (self.head as usize, self.len as usize);
+        if N > head {
+            return Err(BufferError::NoHeadroom { need: N, have: head });
+        }
+        // head + len <= SLOT_SIZE (module invariant), so len + N fits 16 bits.
+        self.head = (head - N) as u16;
+        self.len = (len + N) as u16;
+        let p = self.slot_ptr().as_ptr();
+        // Built without bounds checks, as data(): [head - N, head + len) is inside the slot
+        // (head + len <= SLOT_SIZE, module invariant), SLOT_SIZE bytes inside the live mapping,
+        // which this handle owns; &mut self makes the access exclusive, and the two parts do
+        // not overlap.
+        // SAFETY: both parts lie in this handle's slot, apart (above).
+        unsafe {
+            Ok((&mut *p.add(head - N).cast::<[u8; N]>(), std::slice::from_raw_parts_mut(p.add(head), len)))
+        }
+    }
+
     /// Removes `n` bytes from the front.
     #[inline]
     pub fn trim_front(&mut self, n: usize) -> Result<(), BufferError> {

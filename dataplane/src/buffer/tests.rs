@@ -109,6 +109,32 @@ fn bounds_are_errors() {
     assert!(b.trim_front(HEADROOM + 1).is_err());
 }
 
+/// prepend_split: the new front and the frame behind it, apart; the frame grown by N; too
+/// little headroom an error that changes nothing; at the end of the slot too.
+#[test]
+fn prepend_split_gives_the_front_and_the_frame() {
+    let pool = Pool::with_hugepages("t", 2, false).unwrap();
+    let mut b = pool.alloc().unwrap();
+    b.extend_from_slice(b"frame").unwrap();
+    let (front, rest) = b.prepend_split::<4>().unwrap();
+    assert_eq!(rest, b"frame");
+    front.copy_from_slice(b"head");
+    rest[0] = b'F';
+    assert_eq!(b.data(), b"headFrame");
+    assert_eq!(b.headroom(), HEADROOM - 4);
+    assert!(b.prepend_split::<{ HEADROOM - 3 }>().is_err());
+    assert_eq!((b.data(), b.headroom()), (&b"headFrame"[..], HEADROOM - 4));
+    let (front, rest) = b.prepend_split::<{ HEADROOM - 4 }>().unwrap();
+    assert_eq!((front.len(), &rest[..]), (HEADROOM - 4, &b"headFrame"[..]));
+    assert_eq!((b.headroom(), b.len()), (0, HEADROOM + 5));
+    // A frame that ends at the slot's end.
+    let mut c = pool.alloc().unwrap();
+    c.set_len(DATA_ROOM).unwrap();
+    let (_, rest) = c.prepend_split::<HEADROOM>().unwrap();
+    assert_eq!(rest.len(), DATA_ROOM);
+    assert_eq!(c.len(), HEADROOM + DATA_ROOM);
+}
+
 /// A toy owner: a Vec of slots and a free list.
 struct Toy {
     mem: Box<[u8]>,

@@ -280,6 +280,19 @@ impl OuterTemplate {
         true
     }
 
+    /// The IPv4 template with `head`, the first 8 bytes of every UDP payload (a tunnel
+    /// header), after the headers: [`HeadedV4`]. `None` for an IPv6 template.
+    pub fn v4_headed(&self, head: [u8; PAYLOAD_HEAD_LEN]) -> Option<HeadedV4> {
+        if self.ipv6 {
+            return None;
+        }
+        let mut bytes = [0u8; V4_HEADED_LEN];
+        bytes[..V4_HEADERS_LEN].copy_from_slice(&self.bytes[..V4_HEADERS_LEN]);
+        bytes[V4_HEADERS_LEN..].copy_from_slice(&head);
+        // `sum` of an IPv4 template is folded to 16 bits.
+        Some(HeadedV4 { bytes, sum: self.sum as u32 })
+    }
+
     fn write_v6(&self, frame: &mut [u8], src_port: u16) -> bool {
         let udp = ETH_HEADER_LEN + IPV6_HEADER_LEN;
         let Some(Ok(udp_len)) = frame.len().checked_sub(udp).map(u16::try_from) else { return false };
@@ -298,6 +311,47 @@ impl OuterTemplate {
             c => c,
         };
         u[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&c.to_be_bytes());
+        true
+    }
+}
+
+/// The bytes of a UDP payload a [`HeadedV4`] holds: a VXLAN or Geneve header.
+pub const PAYLOAD_HEAD_LEN: usize = 8;
+/// What [`HeadedV4::write`] puts in front of a frame: Ethernet, IPv4 and UDP headers and the
+/// payload's first [`PAYLOAD_HEAD_LEN`] bytes (50).
+pub const V4_HEADED_LEN: usize = V4_HEADERS_LEN + PAYLOAD_HEAD_LEN;
+
+/// An IPv4 [`OuterTemplate`] followed by the first bytes of every payload (a tunnel header):
+/// the whole of what goes in front of an inner frame, written with one copy of
+/// [`V4_HEADED_LEN`] bytes and four 16-bit fields (IP total length, IP header checksum, UDP
+/// source port, UDP length). The IPv4 UDP checksum stays zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadedV4 {
+    /// The template's headers, then the payload's first bytes.
+    bytes: [u8; V4_HEADED_LEN],
+    /// The template's IP header sum (folded to 16 bits).
+    sum: u32,
+}
+
+impl HeadedV4 {
+    /// Writes the headers and the payload's first bytes into `h`, the front of a packet whose
+    /// rest (after `h`) is `rest` bytes long, with UDP source port `src_port`. Returns false
+    /// (and writes nothing) when the packet is too long for one IP packet.
+    #[inline(always)]
+    pub fn write(&self, h: &mut [u8; V4_HEADED_LEN], rest: u16, src_port: u16) -> bool {
+        const IP_AND_AFTER: u16 = (V4_HEADED_LEN - ETH_HEADER_LEN) as u16;
+        let Some(total) = rest.checked_add(IP_AND_AFTER) else { return false };
+        *h = self.bytes;
+        let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
+        h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+        // Both the sum and the total length are at most 0xffff: one end-around carry folds
+        // theirs (RFC 1624's update of a header whose length and checksum were zero).
+        let s = self.sum + u32::from(total);
+        let c = !(((s & 0xffff) + (s >> 16)) as u16);
+        h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
+        h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
+        let udp_len = total - IPV4_HEADER_LEN as u16;
+        h[udp + UDP_LEN..udp + UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
         true
     }
 }
@@ -384,6 +438,35 @@ mod tests {
             assert!(!t.write(&mut long, 50000));
         }
         assert!(OuterTemplate::new(&OuterRepr { dst_ip: repr(true).dst_ip, ..repr(false) }).is_none());
+    }
+
+    /// The headed template writes what the template writes, then its head; for every length
+    /// up to 300 bytes and several source ports, up to the longest IP packet (one byte more
+    /// refused, nothing written); an IPv6 template has none.
+    #[test]
+    fn headed_v4_is_the_template_then_the_head() {
+        let t = OuterTemplate::new(&repr(false)).expect("one family");
+        let head = [0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
+        let h = t.v4_headed(head).expect("IPv4");
+        for rest in (0..300u16).chain([u16::MAX - 36]) {
+            for sport in [49152u16, 50000, 65535] {
+                let mut want = vec![0u8; V4_HEADERS_LEN];
+                want.extend_from_slice(&head);
+                want.resize(V4_HEADED_LEN + usize::from(rest), 0x5a);
+                assert!(t.write(&mut want, sport));
+                let mut got = want.clone();
+                got[..V4_HEADED_LEN].fill(0xee);
+                let front = got.first_chunk_mut::<V4_HEADED_LEN>().expect("long enough");
+                assert!(h.write(front, rest, sport), "rest {rest}");
+                assert_eq!(got, want, "rest {rest} sport {sport}");
+                let p = OuterPacket::new_checked(&got[..]).expect("checks pass");
+                assert_eq!((p.payload_len(), p.src_port()), (usize::from(rest) + 8, sport));
+            }
+        }
+        let mut front = [0xeeu8; V4_HEADED_LEN];
+        assert!(!h.write(&mut front, u16::MAX - 35, 50000));
+        assert_eq!(front, [0xee; V4_HEADED_LEN], "nothing written");
+        assert!(OuterTemplate::new(&repr(true)).expect("one family").v4_headed(head).is_none());
     }
 
     #[test]
