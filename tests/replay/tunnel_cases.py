@@ -45,43 +45,51 @@ MAC_C = "02:00:00:00:00:0c"
 TAG = 10
 
 M64 = (1 << 64) - 1
+# The constants of the hash's steps (fractional digits of pi).
+K0, K1, K2 = 0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0
 
 
-def mix(h, v):
-    x = ((h ^ v) * 0x9E3779B97F4A7C15) & M64
-    return ((x << 29) | (x >> 35)) & M64
+def fold(a, b):
+    """One step: the 128-bit product of two 64-bit words, its halves xored."""
+    p = (a & M64) * (b & M64)
+    return (p & M64) ^ (p >> 64)
 
 
 def flow_hash(f):
-    """The inner flow's hash: MACs + EtherType, then (behind at most one tag) the IPv4/IPv6
-    addresses and protocol, then TCP/UDP/SCTP ports (first fragments only)."""
+    """The inner flow's hash: the bytes taken 8 at a time, little-endian, two words a step;
+    the MACs + EtherType first, then (behind at most one tag) the IPv6 addresses two steps,
+    and last the IPv4 addresses (nothing for other protocols) with the protocol word:
+    EtherType << 8 | protocol, and for TCP/UDP/SCTP (first fragments only) the 4 port bytes
+    as they lie (little-endian) << 32 with bit 24 set. The top 32 bits of the last step
+    times 0x9e3779b97f4a7c15 are the hash."""
 
     def word(off):
-        return int.from_bytes(f[off:off + 8], "big") if off + 8 <= len(f) else 0
+        return int.from_bytes(f[off:off + 8], "little") if off + 8 <= len(f) else 0
 
     def be16(off):
         return int.from_bytes(f[off:off + 2], "big") if off + 2 <= len(f) else 0
 
-    h = mix(mix(0, word(0)), word(6))
+    h = fold(word(0) ^ K0, word(6) ^ K1)
     l3 = 14
     et = be16(12)
     if et in (0x8100, 0x88A8):
         et = be16(16)
         l3 += 4
-    proto, ports_at = 0, None
+    last, proto, ports_at = 0, 0, None
     if et == 0x0800 and len(f) >= l3 + 20:
-        h = mix(h, word(l3 + 12))
         ihl = (f[l3] & 0x0F) * 4
-        proto = f[l3 + 9]
+        last, proto = word(l3 + 12), f[l3 + 9]
         ports_at = l3 + ihl if be16(l3 + 6) & 0x1FFF == 0 else None
     elif et == 0x86DD and len(f) >= l3 + 40:
-        for k in range(4):
-            h = mix(h, word(l3 + 8 + 8 * k))
+        for at in (l3 + 8, l3 + 24):
+            h = fold(word(at) ^ K2, word(at + 8) ^ h)
         proto, ports_at = f[l3 + 6], l3 + 40
-    h = mix(h, (et << 8) | proto)
+    key = (et << 8) | proto
     if proto in (6, 17, 132) and ports_at is not None:
-        h = mix(h, (be16(ports_at) << 16) | be16(ports_at + 2))
-    return (h ^ (h >> 32)) & 0xFFFFFFFF
+        ports = int.from_bytes(f[ports_at:ports_at + 4], "little") if ports_at + 4 <= len(f) else 0
+        key |= (ports << 32) | (1 << 24)
+    h = fold(last ^ K2, key ^ h)
+    return ((h * 0x9E3779B97F4A7C15) & M64) >> 32
 
 
 def source_port(inner):
