@@ -2098,8 +2098,8 @@ mod tests {
         for (vni, f) in [(5002, &ib), (5001, &ia)] {
             peer.inject(cache.alloc_copy(&tunnel_packet(m2, vni, f)).unwrap()).unwrap();
         }
-        assert_eq!(poll(&mut *ra, &mut cache).0, [ia.clone()], "a read both");
-        assert_eq!(poll(&mut *rb, &mut cache).0, [ib.clone()], "handed to b");
+        assert_eq!(poll(&mut *ra, &mut cache).0, [ia], "a read both");
+        assert_eq!(poll(&mut *rb, &mut cache).0, [ib], "handed to b");
         let at =
             |p: &UplinkTunnelPort, m: MacAddr| p.remotes().lookup(m, 0).and_then(|i| p.remotes().endpoint(i));
         assert_eq!((at(&a, X), at(&a, y)), (Some(ip(2)), None));
