@@ -6,8 +6,10 @@
 //! frames and has no spoof filter; not traced) runs the same stages keeping nothing but each
 //! frame's two probes, and when every destination is a known port that takes the frames
 //! untagged, queues them a run of frames per egress port at a time. On a bridge with policies,
-//! a plain burst of established connections (see `filter::fast_burst`) takes the same stages,
-//! on ports with MAC or IP spoof filters too (both checked for every frame). It decides exactly
+//! a plain burst of established connections (see `filter::fast_burst`) whose sources are all
+//! learned and destinations all known takes a short form of the same stages (`policy_fast`:
+//! nothing learned, each frame checked against the port it is queued to), on ports with MAC or
+//! IP spoof filters too (both checked for every frame). It decides exactly
 //! what the general stages decide: property tests (dataplane/tests/properties.rs,
 //! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
 //! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
@@ -523,13 +525,12 @@ pub fn process_burst(
     // On a bridge with policies, a plain burst whose every frame the policy stage would pass
     // unchanged (replies and connections with the snapshot's stored verdict, see
     // `filter::fast_burst`) and the MAC spoof filter would pass (every source allowed; the
-    // fast path takes IP frames only, so no ARP sender is left to check) takes the same plain
-    // stages.
+    // fast path takes IP frames only, so no ARP sender is left to check) takes a short form of
+    // the same stages (`policy_fast`).
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
         }
-        (None, _, Some(vlan), true) => policy_plain(&mut eg, port, burst, vlan).map(|bytes| (vlan, bytes)),
         _ => None,
     };
     match plain {
@@ -538,48 +539,75 @@ pub fn process_burst(
             #[cfg(debug_assertions)]
             PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
         }
-        None => general_burst(&mut eg, port, burst, untagged_vlan, trace),
+        None => match (&trace, untagged_vlan, bridge.filter) {
+            (None, Some(vlan), true) if policy_fast(&mut eg, port, burst, vlan) => {
+                #[cfg(debug_assertions)]
+                PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
+            }
+            _ => general_burst(&mut eg, port, burst, untagged_vlan, trace),
+        },
     }
     eg.t.flush_into(port, &mut eg.tx.drops);
 }
 
-/// On a bridge with policies: [`plain_probes`], and whether the plain burst may take the
-/// plain stages, i.e. whether the policy stage would pass every frame unchanged (see
-/// `filter::fast_burst`); also the incremental sweep of the connection table. Out of line, so
-/// that the plain path of bridges without policies stays as it was.
+/// On a bridge with policies: the plain stages for a plain burst (see [`plain_burst`]) whose
+/// every source is learned already (learning would write and count nothing), whose every
+/// frame goes to a known unicast destination on another port that takes the VLAN untagged,
+/// and whose every frame the spoof filters and the policy stage pass unchanged for the port it
+/// goes to (replies and connections with the snapshot's stored verdict for the two ports, see
+/// `filter::FastKeys::check`): then true, the burst queued. Otherwise false, the burst
+/// untouched for the general stages, which decide and write everything themselves (the writes
+/// made here, a connection entry's expiry moved on and the incremental sweep of the table,
+/// are theirs too). The policy is checked against the ports the frames are queued to, after
+/// they are looked up, and nothing is learned: a frame never goes elsewhere than where it was
+/// checked. Out of line, so that the plain path of bridges without policies stays as it was.
 #[inline(never)]
-fn policy_plain(eg: &mut Egress, port: &PortSpec, burst: &Burst, vlan: u16) -> Option<u64> {
+fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -> bool {
     let cx = eg.ctx(false);
     if let Some(ct) = cx.ct {
         ct.sweep(cx.now, SWEEP_SLOTS);
     }
-    let Some(mut keys) = crate::filter::FastKeys::new(port, cx) else {
+    let mut keys = crate::filter::FastKeys::new(port, cx);
+    // Stage 1: the frame's MAC probes and its connection key, in one read.
+    let bytes = match &mut keys {
+        Some(keys) => plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
+            keys.push(port, d, src, et)
+        }),
         // No connection table (spoof filters alone), or no verdicts to trust.
-        let bytes = plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)?;
-        return (cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port)).then_some(bytes);
-    };
-    // Stage 1 of both: the frame's MAC probes and its connection key, in one read.
-    let bytes = plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
-        keys.push(port, d, src, et)
-    })?;
-    let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
-    let (probes, memo) = (&eg.tx.plain, &mut eg.memo);
-    // The last destination looked up and its port: a burst's frames of the original direction
-    // mostly go to one or two MACs, each looked up once per run of them.
-    // (`u64::MAX`: no MAC yet; a MAC is 48 bits.)
-    let (mut last_mac, mut last_to) = (u64::MAX, None);
-    keys.check(port, cx, |i| {
-        let dst = &probes.get(i)?.dst;
-        if dst.mac_u64() != last_mac {
-            last_mac = dst.mac_u64();
-            last_to = table.lookup_probe(dst, now).and_then(|hit| {
-                let ok = hit.port != in_port && memo.get(cfg, port.bridge, hit.port, vlan) == Some(false);
-                ok.then_some(hit.port)
-            });
+        None if cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port) => {
+            plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)
         }
-        last_to
-    })
-    .then_some(bytes)
+        None => None,
+    };
+    let Some(bytes) = bytes else { return false };
+    // Stage 2: every source learned, every destination looked up, the burst cut into runs to
+    // one port each.
+    let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
+    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan };
+    for (i, f) in eg.tx.plain[..burst.len()].iter().enumerate() {
+        let hit = table.lookup_probe(&f.dst, now);
+        if !table.learn_is_noop(&f.src, in_port, now) || !route.add(i, hit, &mut eg.memo, cfg, port.bridge) {
+            return false;
+        }
+    }
+    // Stage 3: the connection table, each frame's verdict against its run's port (the frames
+    // are asked for in order).
+    if let Some(keys) = &keys {
+        let runs = route.runs.as_slice();
+        let mut k = 0;
+        let checked = keys.check(port, cx, |i| {
+            while runs.get(k + 1).is_some_and(|r| r.0 <= i) {
+                k += 1;
+            }
+            runs.get(k).map(|r| r.1)
+        });
+        if !checked {
+            return false;
+        }
+    }
+    eg.t.rx_bytes = bytes;
+    route.queue(eg, burst, bytes);
+    true
 }
 
 /// The stages for a plain burst of VLAN `vlan` whose probes [`plain_probes`] left in
@@ -660,6 +688,22 @@ struct Runs {
 }
 
 impl Runs {
+    /// Queues the burst (`bytes`: its bytes) whose every frame was added: a batch's length is
+    /// updated once per run, the whole burst at once when it all goes to one port.
+    #[inline(always)]
+    fn queue(&self, eg: &mut Egress, burst: &mut Burst, bytes: u64) {
+        let n = burst.len();
+        if let [(_, op)] = self.runs.as_slice() {
+            eg.tx.push_burst(*op, burst, bytes, eg.cache);
+        } else {
+            let mut bufs = burst.drain(..);
+            for (k, &(start, op)) in self.runs.iter().enumerate() {
+                let end = self.runs.get(k + 1).map_or(n, |r| r.0);
+                eg.tx.push_run(op, &mut bufs, end - start, eg.cache);
+            }
+        }
+    }
+
     /// Adds frame `i`, whose destination's lookup found `hit` (a bridge `bridge` port, through
     /// `memo`); false when the frame cannot take the run path (unknown destination, or a port
     /// that is the ingress port, is not in the bridge or does not take the VLAN untagged).

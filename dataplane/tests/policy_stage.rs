@@ -401,3 +401,81 @@ fn ipv6_tracking_and_spoofing() {
     let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, ll, 1, v6(2), 1, 80, false), 6);
     assert_eq!(drops, dropped("policy_ingress_denied"));
 }
+
+/// A burst that passed the fast path's checks against its destinations' ports, whose own
+/// learning then forgets a destination (a move refused at the sending port's `mac_limit`
+/// removes the stale entry, so that the MAC floods): the flood's copies are checked against
+/// every port's ingress policy, as the general stages check them. x is a MAC that port a may
+/// send from (`allowed_macs`) but has not learned (a is at its limit of one), learned behind
+/// p; q refuses everything.
+#[test]
+fn a_fast_burst_whose_learning_forgets_its_destination_floods_checked() {
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const X: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
+    const Q: [u8; 6] = [2, 0, 0, 0, 0, 0x71];
+    let yaml = r#"
+bridges:
+- name: br0
+  conntrack_size: 64
+  ports:
+  - name: a
+    allowed_macs: ['02:00:00:00:00:0a', '02:00:00:00:00:77']
+    allowed_ips: [10.0.0.1]
+    mac_limit: 1
+  - name: p
+    policy:
+      ingress:
+        rules:
+        - {name: n/p-dns, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: UDP, port: 53}]}
+  - name: q
+    static_macs: ['02:00:00:00:00:71']
+    policy:
+      ingress: {rules: []}
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let pool = pool();
+    let frame = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sport: u16, dport: u16| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src, dst)
+            .ipv4(src_ip, dst_ip, 64)
+            .udp(sport, dport)
+            .write(&mut v, b"q")
+            .expect("frame");
+        v
+    };
+    // x learned behind p (its flood copy to q refused, to a not checked: a has no policy).
+    let (out, _) = run(&sw, &pool, "p", &frame(X, [10, 0, 0, 9], Q, [10, 0, 0, 7], 53, 9), 1, None);
+    assert!(out.is_empty(), "q refuses it: {out:?}");
+    // a learns its own MAC (its one), then opens a connection to x behind p, established.
+    let dns = frame(A, [10, 0, 0, 1], X, [10, 0, 0, 9], 5000, 53);
+    let (out, drops) = run(&sw, &pool, "a", &dns, 1, None);
+    assert_eq!((out, drops.len()), (vec!["p".to_string()], 0));
+    let (out, _, fast) = run_fast(&sw, &pool, "a", &dns, 1);
+    assert_eq!((out, fast), (vec!["p".to_string()], true), "established: the fast path");
+    // One burst: a frame of the connection from x's MAC (a refused move: x forgotten), then one
+    // from a's. Both were checked against p; both now flood, q's copies refused.
+    let port = sw.port_by_name("a").expect("port");
+    let before = port.stats.snapshot();
+    let mut cache = pool.cache();
+    let mut tx = TxBatches::new(sw.port_slots());
+    let mut burst = Burst::new();
+    burst.push(cache.alloc_copy(&frame(X, [10, 0, 0, 1], X, [10, 0, 0, 9], 5000, 53)).expect("buffer"));
+    burst.push(cache.alloc_copy(&dns).expect("buffer"));
+    process_burst(&sw, port.id, &mut burst, 1, &mut cache, &mut tx, None);
+    let mut out = Vec::new();
+    tx.drain_with(|id, b| {
+        for buf in b.drain(..) {
+            out.push(sw.port(id).expect("port").name.clone());
+            cache.free(buf);
+        }
+    });
+    out.sort();
+    let drops = support::drops_since(&before, &port.stats.snapshot());
+    assert_eq!(
+        sw.bridges[0].table.lookup(0, switchyard_dataplane::wire::MacAddr(X), 1).map(|h| h.port),
+        None,
+        "forgotten"
+    );
+    assert_eq!(out, vec!["p".to_string(), "p".to_string()], "q gets no copy");
+    assert_eq!(drops, [("policy_ingress_denied".to_string(), 2)].into());
+}
