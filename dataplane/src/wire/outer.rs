@@ -267,16 +267,9 @@ impl OuterTemplate {
         let Some(h) = frame.first_chunk_mut::<V4_HEADERS_LEN>() else { return false };
         let Ok(total) = u16::try_from(total) else { return false };
         *h = *self.bytes.first_chunk::<V4_HEADERS_LEN>().unwrap_or(&[0; V4_HEADERS_LEN]);
-        let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
-        h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        // The sum is folded (at most 0xffff), and so is the total length: one end-around
-        // carry brings theirs to 16 bits.
-        let s = self.sum + u64::from(total);
-        let c = !(((s & 0xffff) + (s >> 16)) as u16);
-        h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
-        h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
-        let udp_len = total - IPV4_HEADER_LEN as u16;
-        h[udp + UDP_LEN..udp + UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+        // `sum` of an IPv4 template is folded to 16 bits; `total` covers the IPv4 and UDP
+        // headers at least, `h` being that long.
+        write_v4_fields(h, self.sum as u32, total, src_port);
         true
     }
 
@@ -342,18 +335,28 @@ impl HeadedV4 {
         const IP_AND_AFTER: u16 = (V4_HEADED_LEN - ETH_HEADER_LEN) as u16;
         let Some(total) = rest.checked_add(IP_AND_AFTER) else { return false };
         *h = self.bytes;
-        let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
-        h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        // Both the sum and the total length are at most 0xffff: one end-around carry folds
-        // theirs (RFC 1624's update of a header whose length and checksum were zero).
-        let s = self.sum + u32::from(total);
-        let c = !(((s & 0xffff) + (s >> 16)) as u16);
-        h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
-        h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
-        let udp_len = total - IPV4_HEADER_LEN as u16;
-        h[udp + UDP_LEN..udp + UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+        let Some(headers) = h.first_chunk_mut::<V4_HEADERS_LEN>() else { return false };
+        write_v4_fields(headers, self.sum, total, src_port);
         true
     }
+}
+
+/// Fills the four per-packet fields of IPv4 template headers copied into `h`: the IP total
+/// length `total` (at least the IPv4 and UDP headers' 28 bytes), the IP header checksum from
+/// `sum` (the template's header sum with its length and checksum zero, folded to 16 bits), the
+/// UDP source port `src_port` and the UDP length.
+#[inline(always)]
+fn write_v4_fields(h: &mut [u8; V4_HEADERS_LEN], sum: u32, total: u16, src_port: u16) {
+    let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
+    h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+    // Both the sum and the total length are at most 0xffff: one end-around carry folds
+    // theirs (RFC 1624's update of a header whose length and checksum were zero).
+    let s = sum + u32::from(total);
+    let c = !(((s & 0xffff) + (s >> 16)) as u16);
+    h[l3 + V4_CSUM..l3 + V4_CSUM + 2].copy_from_slice(&c.to_be_bytes());
+    h[udp + UDP_SPORT..udp + UDP_SPORT + 2].copy_from_slice(&src_port.to_be_bytes());
+    let udp_len = total.wrapping_sub(IPV4_HEADER_LEN as u16);
+    h[udp + UDP_LEN..udp + UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
 }
 
 #[cfg(test)]
