@@ -191,9 +191,16 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
 }
 
 /// The second half, for receiving port `to` of a frame from `from`. `Err`: do not queue it
-/// there, for that reason.
+/// there, for that reason; with `block`, the connection's replies then stop passing too (a
+/// unicast frame; a flood blocks it only when every port refused it, see [`refused`]).
 #[inline]
-pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Result<(), DropReason> {
+pub fn admit(
+    m: &mut FilterMeta,
+    from: &PortSpec,
+    to: &PortSpec,
+    cx: Ctx,
+    block: bool,
+) -> Result<(), DropReason> {
     let Some(flow) = m.flow else { return Ok(()) };
     let (ct, now) = (cx.ct, cx.now);
     if m.verdict_to == Some(to.id) {
@@ -203,7 +210,7 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
         match ing.matches(flow.key.src_ip(), flow.key.proto, l4_port(&flow.key)) {
             Some(r) => m.ingress_rule = Some(r),
             None => {
-                if let Some(ct) = ct {
+                if let (Some(ct), true) = (ct, block) {
                     ct.block(&flow.key, now);
                 }
                 return Err(DropReason::PolicyIngressDenied);
@@ -224,6 +231,16 @@ pub fn admit(m: &mut FilterMeta, from: &PortSpec, to: &PortSpec, cx: Ctx) -> Res
         }
     }
     Ok(())
+}
+
+/// A flooded frame that every port's ingress policy refused ([`admit`] without `block` for
+/// each): its connection's replies stop passing, as after a refused unicast frame. (A flood
+/// that some port took keeps the connection for that port: a refusal is about the port that
+/// refused.)
+pub fn refused(m: &FilterMeta, cx: Ctx) {
+    if let (Some(flow), Some(ct)) = (m.flow, cx.ct) {
+        ct.block(&flow.key, cx.now);
+    }
 }
 
 /// The stage's fast path, for a burst on `port` of frames that the pipeline forwards plainly

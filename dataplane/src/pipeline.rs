@@ -930,7 +930,7 @@ impl Egress<'_> {
             }
             Some(Verdict::Drop(r)) => self.drop(r, buf),
             Some(Verdict::Unicast(op)) => {
-                if let Err(r) = self.admits(op, outs.is_some()) {
+                if let Err(r) = self.admits(op, outs.is_some(), true) {
                     return self.drop(r, buf);
                 }
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, m.vlan);
@@ -960,7 +960,7 @@ impl Egress<'_> {
                 let op = hit.port;
                 let tag_out = self.memo.get(self.cfg, self.bridge_idx, op, vlan);
                 if tag_out.is_some() {
-                    if let Err(r) = self.admits(op, outs.is_some()) {
+                    if let Err(r) = self.admits(op, outs.is_some(), true) {
                         return self.drop(r, buf);
                     }
                 }
@@ -981,12 +981,14 @@ impl Egress<'_> {
         }
     }
 
-    /// The policy stage's second half for egress port `op` (nothing to check without one).
+    /// The policy stage's second half for egress port `op` (nothing to check without one;
+    /// `block`: see [`crate::filter::admit`]: a unicast frame's refusal cuts its connection,
+    /// a flood copy's does not).
     #[inline(always)]
-    fn admits(&mut self, op: PortId, traced: bool) -> Result<(), DropReason> {
+    fn admits(&mut self, op: PortId, traced: bool, block: bool) -> Result<(), DropReason> {
         let (Some(m), Some(to)) = (self.cur.as_mut(), self.cfg.port(op)) else { return Ok(()) };
         let cx = policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, traced);
-        crate::filter::admit(m, self.from, to, cx)
+        crate::filter::admit(m, self.from, to, cx, block)
     }
 
     #[inline(always)]
@@ -1009,19 +1011,31 @@ impl Egress<'_> {
         };
         self.t.flooded += 1;
         let tag_out = |p: PortId| cfg.port(p).map(|o| o.vlan.egress_tagged(m.vlan));
+        // A port the policy refuses gets no copy (counted once per port refused); the
+        // connection is cut only when no port took it.
+        let (mut taken, mut denied) = (false, false);
         for &op in members[..last].iter().filter(|&&p| carries(p)) {
-            // A port the policy refuses gets no copy (counted once per port refused).
-            if let Err(r) = self.admits(op, outs.is_some()) {
+            if let Err(r) = self.admits(op, outs.is_some(), false) {
                 self.tx.drops.add(r, 1);
+                denied |= r == DropReason::PolicyIngressDenied;
                 continue;
             }
+            taken = true;
             match self.cache.alloc_copy(buf.data()) {
                 Some(copy) => self.send(op, tag_out(op), copy, m, outs.as_deref_mut()),
                 None => self.tx.drops.add(DropReason::NoBuffer, 1),
             }
         }
         let op = members[last];
-        if let Err(r) = self.admits(op, outs.is_some()) {
+        if let Err(r) = self.admits(op, outs.is_some(), false) {
+            if !taken && (denied || r == DropReason::PolicyIngressDenied) {
+                if let Some(m) = &self.cur {
+                    crate::filter::refused(
+                        m,
+                        policy_ctx(self.cfg, self.bridge_idx, self.ct, self.now, outs.is_some()),
+                    );
+                }
+            }
             return self.drop(r, buf);
         }
         self.send(op, tag_out(op), buf, m, outs);

@@ -479,3 +479,45 @@ bridges:
     assert_eq!(out, vec!["p".to_string(), "p".to_string()], "q gets no copy");
     assert_eq!(drops, [("policy_ingress_denied".to_string(), 2)].into());
 }
+
+/// A connection's first packet flooded (its destination not learned yet): a port whose ingress
+/// policy refuses it gets no copy, and that refusal does not cut the connection that the port
+/// which took it may answer (each port's refusal is about that port, as OVN's per-port
+/// connection zones keep it). Member order decides nothing: q refuses before and after p.
+#[test]
+fn a_flood_refused_by_one_port_keeps_the_connection_for_another() {
+    for q_first in [false, true] {
+        let (p, q) = (
+            "  - name: p\n    policy:\n      ingress:\n        rules:\n        - {name: n/from-a, peers: [{cidr: 10.0.0.1/32}]}\n",
+            "  - name: q\n    policy:\n      ingress: {rules: []}\n",
+        );
+        let yaml = format!(
+            "bridges:\n- name: br0\n  conntrack_size: 64\n  ports:\n  - name: a\n    allowed_ips: [10.0.0.1]\n    policy:\n      ingress: {{rules: []}}\n{}{}",
+            if q_first { q } else { p },
+            if q_first { p } else { q },
+        );
+        let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml).expect("valid config"), None).unwrap();
+        let pool = pool();
+        let frame = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sport: u16, dport: u16| {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(src, dst)
+                .ipv4(src_ip, dst_ip, 64)
+                .udp(sport, dport)
+                .write(&mut v, b"q")
+                .expect("frame");
+            v
+        };
+        const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+        const X: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
+        let (out, drops) =
+            run(&sw, &pool, "a", &frame(A, [10, 0, 0, 1], X, [10, 0, 0, 9], 5000, 53), 1, None);
+        assert_eq!(
+            (out, drops),
+            (vec!["p".to_string()], dropped("policy_ingress_denied")),
+            "q first: {q_first}"
+        );
+        let (out, drops) =
+            run(&sw, &pool, "p", &frame(X, [10, 0, 0, 9], A, [10, 0, 0, 1], 53, 5000), 1, None);
+        assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "the reply passes (q first: {q_first})");
+    }
+}
