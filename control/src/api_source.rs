@@ -16,8 +16,10 @@
 //! MultiNetworkPolicies (the last two reach the state as ignored objects). Each watch is
 //! kube-runtime's watcher: it restarts by itself, relists on 410 Gone and asks for bookmarks;
 //! errors are retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
-//! [`ApiOptions::max_backoff`]). A kind the API server does not serve (404: its CRD is not
-//! installed) counts as listed and empty, and is retried.
+//! [`ApiOptions::max_backoff`]). MultiNetworkPolicies are watched at `v1beta2` where the API
+//! server serves it, else at `v1beta1` ([`Kind::watch_versions`]). A kind the API server does
+//! not serve at any of its versions (404: its CRD is not installed) counts as listed and
+//! empty, and is retried.
 //!
 //! The watches run on a tokio runtime of their own thread; the control thread only locks the
 //! store to take a snapshot, so an unreachable API server never blocks it: the dataplane keeps
@@ -75,9 +77,21 @@ impl Kind {
         !matches!(self, Kind::Namespace | Kind::MultiNetworkPolicy)
     }
 
-    fn resource(self) -> ApiResource {
-        let (g, v, k, plural) = self.gvk();
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural)
+    /// The versions the kind is watched at, preferred first. MultiNetworkPolicy: `v1beta2`
+    /// (the version with `endPort`: read at `v1beta1`, whose schema lacks it, the API server
+    /// prunes it), else `v1beta1`, which is what clusters served first (and some serve
+    /// alone). Objects of either version are read alike (by group and kind).
+    pub fn watch_versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::MultiNetworkPolicy => &["v1beta2", "v1beta1"],
+            Kind::Node | Kind::Namespace => &["v1"],
+            Kind::Nad | Kind::Vmi | Kind::Nncp => &["v1"],
+        }
+    }
+
+    fn resource_at(self, version: &str) -> ApiResource {
+        let (g, _, k, plural) = self.gvk();
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, version, k), plural)
     }
 
     fn api_version(self) -> String {
@@ -549,7 +563,10 @@ impl Drop for ApiSource {
     }
 }
 
-/// Runs one kind's watcher for ever, feeding the store.
+/// Runs one kind's watcher for ever, feeding the store. A kind watched at several versions
+/// ([`Kind::watch_versions`]) is watched at the first the API server serves: a version it
+/// answers 404 for passes the watch on to the next, and only when none is served does the
+/// kind count as listed and empty (then the versions are tried again after a backoff).
 async fn watch_kind(
     client: kube::Client,
     kind: Kind,
@@ -557,14 +574,58 @@ async fn watch_kind(
     store: Arc<Mutex<ApiStore>>,
     changed: Sender<()>,
 ) {
-    let ar = kind.resource();
-    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let versions = kind.watch_versions();
+    let mut unserved = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+    let mut at = 0;
+    loop {
+        let version = versions.get(at).copied().unwrap_or(kind.gvk().1);
+        match watch_version(&client, kind, version, &opts, &store, &changed).await {
+            Watched::Ended => return,
+            Watched::NotServed if at + 1 < versions.len() => {
+                tracing::info!("{} not served at {version}: watching the next version", kind.gvk().3);
+                at += 1;
+            }
+            Watched::NotServed => {
+                lock(&store).not_served(kind);
+                let _ = changed.send(());
+                tracing::warn!("{} not served at {versions:?}: taken as none; retrying", kind.gvk().3);
+                at = 0;
+                if let Some(d) = unserved.next() {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+}
+
+/// How [`watch_version`] ended.
+enum Watched {
+    /// The stream ended (the runtime is shutting down).
+    Ended,
+    /// The API server answered 404 to the list: it does not serve the kind at that version.
+    NotServed,
+}
+
+/// Watches one kind at one version until the stream ends, or its list is answered 404 while
+/// the kind has other versions to try (with one version, 404 is retried as any error, the
+/// kind counting as listed and empty meanwhile).
+async fn watch_version(
+    client: &kube::Client,
+    kind: Kind,
+    version: &str,
+    opts: &ApiOptions,
+    store: &Arc<Mutex<ApiStore>>,
+    changed: &Sender<()>,
+) -> Watched {
+    let ar = kind.resource_at(version);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let mut cfg = watcher::Config::default();
     match kind {
         Kind::Vmi if !opts.all_vmis => cfg = cfg.labels(&format!("kubevirt.io/nodeName={}", opts.node)),
         Kind::Node if !opts.all_vmis => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
         _ => {}
     }
+    let several = kind.watch_versions().len() > 1;
     let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
     let mut stream = watcher::watcher(api, cfg).backoff(backoff).boxed();
     let mut failing = false;
@@ -576,7 +637,7 @@ async fn watch_kind(
                     failing = false;
                 }
                 let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
-                let mut st = lock(&store);
+                let mut st = lock(store);
                 let before = st.changes;
                 let was_synced = st.synced.contains(&kind);
                 st.event(kind, ev);
@@ -588,8 +649,11 @@ async fn watch_kind(
             }
             Err(e) => {
                 if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = &e {
+                    if s.code == 404 && several {
+                        return Watched::NotServed;
+                    }
                     if s.code == 404 {
-                        lock(&store).not_served(kind);
+                        lock(store).not_served(kind);
                         let _ = changed.send(());
                     }
                 }
@@ -602,6 +666,7 @@ async fn watch_kind(
             }
         }
     }
+    Watched::Ended
 }
 
 /// Posts Events (events.k8s.io/v1) as the control thread asks; a failed post is retried a few

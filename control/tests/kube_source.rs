@@ -460,3 +460,33 @@ fn all_vmis_watches_other_nodes_for_overlays() {
         t.is_some_and(|t| t.flood == Some(vec!["198.51.100.2".parse().unwrap()]))
     });
 }
+
+/// MultiNetworkPolicies are read at `v1beta2` where the API server serves it (the version with
+/// `endPort`), else at `v1beta1`: a cluster whose CRD serves one of them alone gets its
+/// policies enforced either way, and the port range of a rule with `endPort` arrives whole.
+#[test]
+fn multi_network_policies_are_watched_at_a_version_the_server_serves() {
+    let spec = "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{protocol: TCP, port: 8000, endPort: 8080}]\n";
+    let mnp = testkit::manifest::policy("tenant-a", "web", "tenant-a/vlan100", spec);
+    for (unserved, watched) in [(None, "v1beta2"), (Some("v1beta1"), "v1beta2"), (Some("v1beta2"), "v1beta1")]
+    {
+        let mut objects = example_objects();
+        objects.extend(apiserver::objects_of_yaml(&mnp));
+        let server = ApiServer::start(objects, Duration::from_millis(200));
+        if let Some(v) = unserved {
+            server.set_served(&format!("k8s.cni.cncf.io/{v}"), false);
+        }
+        let agent = Agent::start(&server);
+        agent.until(&format!("vm-a's port has the policy ({watched})"), 20, |a| {
+            a.port(VM_A).is_some_and(|p| p.policy.is_some())
+        });
+        let policy = agent.port(VM_A).and_then(|p| p.policy).unwrap();
+        let rules = policy.ingress.expect("ingress isolated").rules;
+        let ports: Vec<_> =
+            rules.iter().flat_map(|r| r.ports.iter().flatten()).map(|p| (p.port, p.end_port)).collect();
+        assert_eq!(ports, vec![(Some(8000), Some(8080))], "{watched}: {rules:?}");
+        let path = format!("/apis/k8s.cni.cncf.io/{watched}/multi-networkpolicies");
+        let reqs = server.requests();
+        assert!(reqs.iter().any(|r| r.contains(&path) && r.contains("watch=true")), "{watched}: {reqs:?}");
+    }
+}

@@ -81,7 +81,9 @@ fn kind_of(gv: &str, plural: &str) -> Option<(&'static str, bool)> {
         ("v1", "nodes") => ("Node", false),
         ("v1", "namespaces") => ("Namespace", false),
         ("k8s.cni.cncf.io/v1", "network-attachment-definitions") => ("NetworkAttachmentDefinition", true),
-        ("k8s.cni.cncf.io/v1beta1", "multi-networkpolicies") => ("MultiNetworkPolicy", true),
+        ("k8s.cni.cncf.io/v1beta1" | "k8s.cni.cncf.io/v1beta2", "multi-networkpolicies") => {
+            ("MultiNetworkPolicy", true)
+        }
         ("kubevirt.io/v1", "virtualmachineinstances") => ("VirtualMachineInstance", true),
         ("nmstate.io/v1", "nodenetworkconfigurationpolicies") => ("NodeNetworkConfigurationPolicy", false),
         ("events.k8s.io/v1", "events") => ("Event", true),
@@ -107,6 +109,8 @@ struct St {
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     down: bool,
+    /// API versions ("group/version") answered 404, as for a CRD version not served.
+    unserved: std::collections::BTreeSet<String>,
     /// Bumped to end every connection.
     epoch: u64,
     conns: Vec<TcpStream>,
@@ -383,6 +387,17 @@ impl ApiServer {
         st.snapshots.clear();
     }
 
+    /// Serves API version `gv` ("group/version") or not (404 for its paths, as for a CRD
+    /// version with `served: false`). Every version of the table is served at first.
+    pub fn set_served(&self, gv: &str, served: bool) {
+        let mut st = lock(&self.inner);
+        if served {
+            st.unserved.remove(gv);
+        } else {
+            st.unserved.insert(gv.to_string());
+        }
+    }
+
     /// Ends every open connection abruptly (watches included), as a restarting server or a
     /// broken network does.
     pub fn drop_connections(&self) {
@@ -498,7 +513,7 @@ fn serve(inner: &Inner, c: TcpStream, epoch: u64) -> std::io::Result<()> {
         let (method, target) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let q = parse_query(query);
-        let Some(t) = parse_path(path) else {
+        let Some(t) = parse_path(path).filter(|t| !lock(inner).unserved.contains(&t.gv)) else {
             respond(&mut w, 404, &status(404, "NotFound", &format!("the server could not find {path}")))?;
             continue;
         };
@@ -556,7 +571,7 @@ fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Res
                 .objects
                 .iter()
                 .filter(|(k, o)| k.0 == t.kind && matches(o, t, q))
-                .map(|(_, o)| o.clone())
+                .map(|(_, o)| served_as(o.clone(), &t.gv))
                 .collect();
             let id = st.next_snapshot;
             st.next_snapshot += 1;
@@ -579,6 +594,15 @@ fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Res
     let body =
         json!({"apiVersion": t.gv, "kind": format!("{}List", t.kind), "metadata": meta, "items": items});
     respond(w, 200, &body)
+}
+
+/// An object as the API server returns it at API version `gv` (a CRD's versions here differ
+/// in name only, as with the `None` conversion strategy).
+fn served_as(mut o: Value, gv: &str) -> Value {
+    if let Some(m) = o.as_object_mut() {
+        m.insert("apiVersion".into(), json!(gv));
+    }
+    o
 }
 
 fn chunk(w: &mut TcpStream, v: &Value) -> std::io::Result<()> {
@@ -625,7 +649,7 @@ fn watch(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query, epoch: u64) ->
                 }
                 (false, false) => continue,
             };
-            out.push(json!({"type": ev.0, "object": ev.1}));
+            out.push(json!({"type": ev.0, "object": ev.1.map(|o| served_as(o, &t.gv))}));
         }
         seen = st.rv;
         drop(st);
