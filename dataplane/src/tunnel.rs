@@ -113,11 +113,19 @@ const SOURCE_PORT_SPAN: u64 = 65536 - SOURCE_PORT_MIN as u64;
 /// ports. Frames of one flow hash alike, so one flow keeps one underlay path and its order.
 /// Reads only within `frame` (fixed offsets, bounds-checked), whatever its bytes.
 ///
-/// The bytes are taken 8 at a time (little-endian) and mixed two words a step by a folded
-/// 64x64->128-bit multiply (`flow_fold`, as foldhash's): the Ethernet addresses and
-/// EtherType in one step, the IPv6 addresses in two; the last step takes the IPv4 addresses
-/// (nothing for another protocol) and the protocol word (`flow_key`: EtherType, protocol,
-/// ports).
+/// Exactly: the bytes are taken 8 at a time (little-endian; a word past the frame's end is 0)
+/// and mixed two words a step by a folded 64x64->128-bit multiply (`flow_fold`: the product's
+/// halves xored, as foldhash's). Step one: `h = fold(word(0) ^ K0, word(6) ^ K1)` (the MACs
+/// and EtherType). Behind an 802.1Q or 802.1ad tag the EtherType and the IP header are 4 bytes
+/// further on. IPv6 (a 40-byte header present): for the source, then the destination
+/// address, `h = fold(word(at) ^ K2, word(at + 8) ^ h)`. The last step: `fold(last ^ K2, key
+/// ^ h)`, where `last` is the word at the IPv4 source address (a 20-byte header present; 0
+/// otherwise) and `key` (`flow_key`) is `EtherType << 8 | protocol`, with, for TCP (6), UDP
+/// (17) and SCTP (132) on IPv4 that is not a fragment (`V4_FRAGMENT_BITS` clear) or on IPv6
+/// whose first Next Header is one of them, the 4 bytes after the IP header (after IPv4's IHL
+/// words; 0 where the frame is shorter) as a little-endian word `<< 32`, and bit 24 set. The
+/// hash is the top 32 bits of the last step times `0x9e3779b97f4a7c15`. K0, K1, K2: the
+/// constants below. tests/replay/tunnel_cases.py holds a rewrite of this in Python.
 #[inline]
 pub fn flow_hash(frame: &[u8]) -> u32 {
     // The common frame, untagged IPv4 without options and long enough for the ports, read
@@ -133,8 +141,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
         return flow_hash_any(frame);
     }
     let proto = f[l3 + V4_PROTO];
-    let first_fragment = u16::from_be_bytes([f[l3 + V4_FRAG], f[l3 + V4_FRAG + 1]]) & 0x1fff == 0;
-    let ports = if PORTS_PROTO[usize::from(proto)] & first_fragment {
+    let whole = u16::from_be_bytes([f[l3 + V4_FRAG], f[l3 + V4_FRAG + 1]]) & V4_FRAGMENT_BITS == 0;
+    let ports = if PORTS_PROTO[usize::from(proto)] & whole {
         let at = l3 + IPV4_HEADER_LEN;
         Some(u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]))
     } else {
@@ -143,6 +151,12 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     let h = flow_fold(word(0) ^ FLOW_K0, word(6) ^ FLOW_K1);
     flow_finish(flow_fold(word(l3 + V4_SRC) ^ FLOW_K2, flow_key(EtherType::IPV4, proto, ports) ^ h))
 }
+
+/// An IPv4 header's more-fragments flag and fragment offset (of the flags and offset field):
+/// any of them set, the packet is a fragment, the first included, and [`flow_hash`] leaves its
+/// ports out, so that every fragment of a datagram hashes alike (as the kernel's flow
+/// dissector and OVS do).
+const V4_FRAGMENT_BITS: u16 = 0x3fff;
 
 /// The IP protocols whose ports [`flow_hash`] takes (TCP, UDP, SCTP), by number: one load
 /// instead of three compares.
@@ -200,9 +214,9 @@ fn flow_hash_any(frame: &[u8]) -> u32 {
     let (last, proto, at) = match ethertype {
         EtherType::IPV4 if frame.len() >= l3 + IPV4_HEADER_LEN => {
             let ihl = usize::from(frame[l3] & 0x0f) * 4;
-            let first_fragment = be16(l3 + V4_FRAG) & 0x1fff == 0;
+            let whole = be16(l3 + V4_FRAG) & V4_FRAGMENT_BITS == 0;
             // Source and destination addresses are the 8 bytes from the source on.
-            (word(l3 + V4_SRC), frame[l3 + V4_PROTO], first_fragment.then_some(l3 + ihl))
+            (word(l3 + V4_SRC), frame[l3 + V4_PROTO], whole.then_some(l3 + ihl))
         }
         EtherType::IPV6 if frame.len() >= l3 + IPV6_HEADER_LEN => {
             // Source, then destination: 16 bytes a step.
@@ -935,5 +949,34 @@ mod tests {
         }
         f.truncate(0);
         assert_eq!(peek_vni(&f), None);
+    }
+
+    /// The fragments of one IPv4 datagram share one source port (one underlay path), the
+    /// first included: none of them hashes its ports, as the kernel's flow dissector and OVS
+    /// hash fragments (found by s15v's review: the first fragment took its ports).
+    #[test]
+    fn fragments_of_one_datagram_share_a_source_port() {
+        let frag = |flags_off: u16| {
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+            f.extend_from_slice(&[0x45, 0, 0, 60, 0x12, 0x34]);
+            f.extend_from_slice(&flags_off.to_be_bytes());
+            f.extend_from_slice(&[64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+            f.extend_from_slice(&[0x13, 0x88, 0x07, 0xd0, 0, 40, 0, 0]);
+            f.resize(74, 0x5a);
+            f
+        };
+        let first = source_port(flow_hash(&frag(0x2000)));
+        let later = source_port(flow_hash(&frag(0x00b9)));
+        let last = source_port(flow_hash(&frag(0x0172)));
+        assert_eq!(later, last);
+        assert_eq!(first, later, "first fragment {first}, later ones {later}");
+        // A whole datagram (DF alone) takes its ports: another flow's port.
+        let whole = source_port(flow_hash(&frag(0x4000)));
+        let other = {
+            let mut f = frag(0x4000);
+            f[34] ^= 1;
+            source_port(flow_hash(&f))
+        };
+        assert_ne!(whole, other, "the ports count for a whole datagram");
     }
 }

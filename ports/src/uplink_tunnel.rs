@@ -1923,6 +1923,50 @@ mod tests {
         all_returned(&peer, cache, &pool);
     }
 
+    /// Geneve over IPv4 through the one-endpoint path (the HeadedV4 template
+    /// with the Geneve header): for inner lengths 14, 15, 60, 1000 and the underlay's largest,
+    /// the outer checks pass, the lengths are exact, the Geneve header is version 0 without
+    /// options, protocol Ethernet, VNI 5001, and the source port is the inner flow's.
+    #[test]
+    fn geneve_over_ipv4_through_the_one_endpoint_path() {
+        use switchyard_dataplane::wire::GenevePacket;
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let o = TunnelOptions { kind: TunnelKind::Geneve, dstport: 6081, ..vxlan(5001, &[ip(2)]) };
+        let (p, peer, _clock) = clocked_port(&o);
+        let (mut rx, mut tx) = (p.open_rx(0).expect("rx"), p.open_tx(0).expect("tx"));
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        receive(&peer, &mut *rx, &mut cache, &arp_reply(2, m2));
+        sent(&peer, &mut cache);
+        let max_inner = TunnelKind::Geneve.max_inner_frame(false, 1500);
+        for len in [14usize, 15, 60, 1000, max_inner] {
+            let mut f = inner(X, LOCAL_MAC);
+            f.resize(len, len as u8);
+            let mut burst = Burst::new();
+            burst.push(cache.alloc_copy(&f).expect("buffer"));
+            let mut drops = DropTally::default();
+            assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 1, "len {len}");
+            assert!(drops.is_zero(), "{drops:?}");
+            let o = peer.collect().expect("one packet");
+            assert!(peer.collect().is_none());
+            let d = o.data();
+            assert_eq!(d.len(), 14 + 20 + 8 + 8 + len);
+            let op = OuterPacket::new_checked(d).expect("outer checks");
+            assert_eq!((op.dst_mac(), op.dst_ip(), op.dst_port()), (m2, ip(2), 6081));
+            assert_eq!(u16::from_be_bytes([d[16], d[17]]) as usize, 20 + 8 + 8 + len, "IP total");
+            assert_eq!(op.payload_len(), 8 + len);
+            let g = GenevePacket::new_checked(&d[op.payload_offset()..]).expect("geneve");
+            assert_eq!((g.options_len(), g.oam(), g.critical()), (0, false, false));
+            assert_eq!((g.protocol(), g.vni()), (0x6558, 5001));
+            assert_eq!(d[op.payload_offset()] >> 6, 0, "version 0");
+            assert_eq!(&d[op.payload_offset() + 8..], &f[..]);
+            assert_eq!(op.src_port(), source_port(flow_hash(&f)));
+            cache.free(o);
+        }
+        drop((rx, tx));
+        all_returned(&peer, cache, &pool);
+    }
+
     /// A port whose one endpoint is its flood list sends everything there without a lookup;
     /// once learning adds a second endpoint, frames go by the remote table again.
     #[test]

@@ -59,7 +59,7 @@ def flow_hash(f):
     """The inner flow's hash: the bytes taken 8 at a time, little-endian, two words a step;
     the MACs + EtherType first, then (behind at most one tag) the IPv6 addresses two steps,
     and last the IPv4 addresses (nothing for other protocols) with the protocol word:
-    EtherType << 8 | protocol, and for TCP/UDP/SCTP (first fragments only) the 4 port bytes
+    EtherType << 8 | protocol, and for TCP/UDP/SCTP (IPv4: not a fragment) the 4 port bytes
     as they lie (little-endian) << 32 with bit 24 set. The top 32 bits of the last step
     times 0x9e3779b97f4a7c15 are the hash."""
 
@@ -79,7 +79,7 @@ def flow_hash(f):
     if et == 0x0800 and len(f) >= l3 + 20:
         ihl = (f[l3] & 0x0F) * 4
         last, proto = word(l3 + 12), f[l3 + 9]
-        ports_at = l3 + ihl if be16(l3 + 6) & 0x1FFF == 0 else None
+        ports_at = l3 + ihl if be16(l3 + 6) & 0x3FFF == 0 else None
     elif et == 0x86DD and len(f) >= l3 + 40:
         for at in (l3 + 8, l3 + 24):
             h = fold(word(at) ^ K2, word(at + 8) ^ h)

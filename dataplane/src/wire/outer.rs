@@ -335,18 +335,19 @@ impl HeadedV4 {
         const IP_AND_AFTER: u16 = (V4_HEADED_LEN - ETH_HEADER_LEN) as u16;
         let Some(total) = rest.checked_add(IP_AND_AFTER) else { return false };
         *h = self.bytes;
-        let Some(headers) = h.first_chunk_mut::<V4_HEADERS_LEN>() else { return false };
-        write_v4_fields(headers, self.sum, total, src_port);
+        write_v4_fields(h, self.sum, total, src_port);
         true
     }
 }
 
-/// Fills the four per-packet fields of IPv4 template headers copied into `h`: the IP total
+/// Fills the four per-packet fields of IPv4 template headers copied into the front of `h`
+/// (at least the [`V4_HEADERS_LEN`] bytes of the headers, checked when compiled): the IP total
 /// length `total` (at least the IPv4 and UDP headers' 28 bytes), the IP header checksum from
 /// `sum` (the template's header sum with its length and checksum zero, folded to 16 bits), the
 /// UDP source port `src_port` and the UDP length.
 #[inline(always)]
-fn write_v4_fields(h: &mut [u8; V4_HEADERS_LEN], sum: u32, total: u16, src_port: u16) {
+fn write_v4_fields<const N: usize>(h: &mut [u8; N], sum: u32, total: u16, src_port: u16) {
+    const { assert!(N >= V4_HEADERS_LEN) };
     let (l3, udp) = (ETH_HEADER_LEN, ETH_HEADER_LEN + IPV4_HEADER_LEN);
     h[l3 + V4_TOTAL_LEN..l3 + V4_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
     // Both the sum and the total length are at most 0xffff: one end-around carry folds
