@@ -366,7 +366,16 @@ impl Session {
                         }
                     });
                 } else {
-                    self.vrings[i].call = fd.map(|f| Arc::new(File::from(f)));
+                    // The worker signals it on every burst the guest wants a call for; a
+                    // frontend's fd that never drains (a pipe nobody reads) must not block it.
+                    self.vrings[i].call = fd.and_then(|f| match sys::set_nonblocking(f.as_fd()) {
+                        Ok(()) => Some(Arc::new(File::from(f))),
+                        Err(e) => {
+                            tracing::warn!(port = %self.sh.name, vring = i, error = %e,
+                                "vhost: call fd cannot be made non-blocking; not calling the guest");
+                            None
+                        }
+                    });
                 }
                 self.rebuild(i);
                 Outcome::Ok
