@@ -63,6 +63,7 @@ struct RxPart {
     fill: sys::Ring<u64>,
     /// The kernel's drop count last read.
     dropped: u64,
+    _claim: Option<Arc<umem::RingsClaim>>,
     /// Drops read before a sleep, counted in the next burst.
     pending: u64,
     bursts: u32,
@@ -72,6 +73,7 @@ struct TxPart {
     sock: Arc<OwnedFd>,
     tx: sys::Ring<sys::XdpDesc>,
     comp: sys::Ring<u64>,
+    _claim: Option<Arc<umem::RingsClaim>>,
 }
 
 struct Shared {
@@ -164,10 +166,11 @@ impl AfXdpPort {
                 rx: b.rx,
                 fill,
                 dropped: 0,
+                _claim: b.claim.clone(),
                 pending: 0,
                 bursts: 0,
             })));
-            tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp })));
+            tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp, _claim: b.claim })));
             umem = Some(b.umem);
         }
         let umem = umem.ok_or_else(|| backend(name, "no queue"))?;
@@ -462,5 +465,49 @@ impl TxQueue for AfXdpTx {
             }
         }
         k as usize
+    }
+}
+
+#[cfg(test)]
+#[allow(unused_imports)]
+#[path = "../../tests/kports_common/mod.rs"]
+mod kc;
+
+#[cfg(test)]
+mod anchor_rings {
+    use super::kc;
+    use super::*;
+    use std::time::Duration;
+    use switchyard_dataplane::buffer::{ExternalSlots, Pool};
+
+    /// A second port refused on the interface queue of the UMEM's anchor must leave the
+    /// anchor's fill ring alone: that ring belongs to the first port's worker (one producer).
+    #[test]
+    fn a_refused_port_on_the_anchor_queue_does_not_fill_the_anchors_ring() {
+        if let Some(why) = kc::afxdp_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let a = kc::VethNs::create().unwrap();
+        let first = AfXdpPort::open("a", &a.host, 1).unwrap();
+        let slots = first.shared.umem.slots.clone();
+        let mut rx = first.open_rx(0).unwrap();
+        let peer = kc::RawSock::open(Some(&a.ns), &a.peer).unwrap();
+        // Frames the kernel receives into 8 slots of the fill ring (the worker does not poll).
+        for i in 0..8 {
+            peer.send(&kc::frame(kc::DST, [2, 0, 0, 0, 0, 0x11], &[], &format!("m{i}"), 100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let lent = slots.in_use();
+        assert!(AfXdpPort::open("dup", &a.host, 1).is_err(), "the interface has a program already");
+        let pool = Pool::new("s15x", 256).unwrap();
+        let mut cache = pool.cache();
+        let mut drops = DropTally::default();
+        let got = kc::rx_collect(rx.as_mut(), &mut cache, &mut drops, "m", Duration::from_millis(300));
+        assert_eq!(got.len(), 8);
+        // Received, freed and replaced by as many fresh slots: the fill ring is full again and
+        // nothing else is out.
+        assert_eq!(slots.in_use(), lent, "slots lost in the anchor's fill ring");
+        drop((rx, first));
     }
 }

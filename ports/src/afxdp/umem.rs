@@ -131,6 +131,19 @@ pub struct Umem {
     anchor: Option<Arc<OwnedFd>>,
     /// The interface and queue the anchor is bound to.
     anchor_at: (u32, u32),
+    /// The anchor's fill and completion rings are in a port's hands (see [`RingsClaim`]).
+    anchor_rings: Arc<AtomicBool>,
+}
+
+/// A port's hold on the anchor's fill and completion rings: each ring has one producer and
+/// one consumer on our side, so no second socket on the anchor's queue may map them while it
+/// lives. Released when the port's RX and TX parts are gone.
+pub(super) struct RingsClaim(Arc<AtomicBool>);
+
+impl Drop for RingsClaim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Umem {
@@ -173,6 +186,8 @@ pub(super) struct Bound {
     pub tx: sys::Ring<sys::XdpDesc>,
     pub fill: sys::Ring<u64>,
     pub comp: sys::Ring<u64>,
+    /// Held while the fill and completion rings are the anchor's.
+    pub claim: Option<Arc<RingsClaim>>,
 }
 
 fn set_u32(fd: &OwnedFd, opt: libc::c_int, v: u32) -> io::Result<()> {
@@ -209,6 +224,17 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
     // kernel refuses rings of its own there.
     let anchor =
         existing.as_ref().and_then(|u| u.anchor.as_ref().filter(|_| u.anchor_at == (ifindex, queue)));
+    let claim = match (&existing, anchor.is_some()) {
+        (Some(u), true) => {
+            if u.anchor_rings.swap(true, Ordering::AcqRel) {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            Some(Arc::new(RingsClaim(u.anchor_rings.clone())))
+        }
+        (Some(_), false) => None,
+        // This socket becomes the anchor: its rings are the anchor's.
+        (None, _) => Some(Arc::new(RingsClaim(Arc::new(AtomicBool::new(true))))),
+    };
     if anchor.is_none() {
         set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
         set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
@@ -225,11 +251,19 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
     let umem = match (existing, fresh) {
         (Some(u), _) => u,
         (None, Some((slots, pool))) => {
-            let u = Arc::new(Umem { pool, slots, anchor: Some(sock.clone()), anchor_at: (ifindex, queue) });
+            let anchor_rings =
+                claim.as_ref().map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.0.clone());
+            let u = Arc::new(Umem {
+                pool,
+                slots,
+                anchor: Some(sock.clone()),
+                anchor_at: (ifindex, queue),
+                anchor_rings,
+            });
             *reg = Arc::downgrade(&u);
             u
         }
         (None, None) => return Err(io::Error::other("no UMEM to share")),
     };
-    Ok(Bound { umem, sock, rx, tx, fill, comp })
+    Ok(Bound { umem, sock, rx, tx, fill, comp, claim })
 }
