@@ -123,35 +123,45 @@ impl Mbuf {
         usize::from(self.raw().data_off)
     }
 
-    /// Free bytes after the data of the first segment.
+    /// Free bytes after the data of the first segment (0 when the window does not fit the
+    /// buffer, see [`Mbuf::window_fits`]).
     pub fn tailroom(&self) -> usize {
         let m = self.raw();
-        usize::from(m.buf_len) - usize::from(m.data_off) - usize::from(m.data_len)
+        usize::from(m.buf_len).saturating_sub(usize::from(m.data_off) + usize::from(m.data_len))
     }
 
-    /// The first segment's data.
-    pub fn data(&self) -> &[u8] {
+    /// Whether the data window (`data_off` + `data_len`) lies inside the buffer, as DPDK
+    /// promises and a driver with a bug may not keep: [`Mbuf::data`] of one that does not is
+    /// cut to the buffer.
+    pub fn window_fits(&self) -> bool {
         let m = self.raw();
-        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's
-        // buffer (DPDK invariant); we own the mbuf, so nobody writes it while
-        // this shared borrow lives.
-        unsafe {
-            std::slice::from_raw_parts(
-                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
-                usize::from(m.data_len),
-            )
-        }
+        usize::from(m.data_off) + usize::from(m.data_len) <= usize::from(m.buf_len)
     }
 
-    /// The first segment's data, writable.
+    /// The data window cut to the buffer: (offset, length).
+    fn window(&self) -> (usize, usize) {
+        let m = self.raw();
+        let off = usize::from(m.data_off).min(usize::from(m.buf_len));
+        (off, usize::from(m.data_len).min(usize::from(m.buf_len) - off))
+    }
+
+    /// The first segment's data (cut to the buffer, should a driver have left a window past
+    /// it: [`Mbuf::window_fits`]).
+    pub fn data(&self) -> &[u8] {
+        let (off, len) = self.window();
+        // SAFETY: buf_addr .. + buf_len is the mbuf's buffer, and off + len <= buf_len (cut
+        // so in window()); we own the mbuf, so nobody writes it while this shared borrow
+        // lives.
+        unsafe { std::slice::from_raw_parts((self.raw().buf_addr as *const u8).add(off), len) }
+    }
+
+    /// The first segment's data, writable (cut to the buffer, as [`Mbuf::data`]).
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let (addr, off, len) = {
-            let m = self.raw();
-            (m.buf_addr as *mut u8, m.data_off, m.data_len)
-        };
+        let (off, len) = self.window();
+        let addr = self.raw().buf_addr as *mut u8;
         // SAFETY: as in data(); &mut self makes the borrow exclusive, and a
         // direct buffer (refcnt 1, ours) is writable.
-        unsafe { std::slice::from_raw_parts_mut(addr.add(usize::from(off)), usize::from(len)) }
+        unsafe { std::slice::from_raw_parts_mut(addr.add(off), len) }
     }
 
     /// Grows the data by `len` bytes at the end (of the last segment) and

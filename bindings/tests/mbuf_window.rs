@@ -7,7 +7,6 @@ mod common;
 use switchyard_bindings::Mempool;
 
 #[test]
-#[ignore = "fails: Mbuf::data trusts data_off + data_len (review s15x); un-ignore with the fix"]
 fn data_stays_inside_the_buffer_whatever_the_mbuf_says() {
     let Some(eal) = common::eal() else { return };
     let pool = Mempool::new(eal, "s15x", 255, 0, Mempool::DEFAULT_DATA_ROOM).unwrap();
@@ -18,4 +17,6 @@ fn data_stays_inside_the_buffer_whatever_the_mbuf_says() {
     unsafe { (*m.as_ptr()).data_len = u16::MAX };
     let end = m.headroom() + m.data().len();
     assert!(end <= usize::from(m.buf_len()), "data() reaches byte {end} of a {}-byte buffer", m.buf_len());
+    assert!(!m.window_fits());
+    assert_eq!(m.tailroom(), 0);
 }

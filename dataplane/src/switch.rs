@@ -53,7 +53,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     Runt => "runt", "Shorter than an Ethernet header (14 bytes).";
     TruncatedVlanTag => "truncated_vlan_tag", "EtherType 0x8100 but the tag is cut short.";
-    Oversize => "oversize", "Larger than a buffer's data room.";
+    Oversize => "oversize", "Larger than a buffer's data room (or, from a DPDK driver, a data window past the mbuf's own buffer, or a chain of segments).";
     TruncatedCapture => "truncated_capture", "A capture record shorter than the frame it recorded.";
     BadOffload => "bad_offload", "A checksum or segmentation request in a virtio-net header (a kernel port's, or a vhost-user guest's with offloads on) that cannot be carried out: an unsupported type, a segment size of 0, or offsets outside the frame.";
     InvalidSrcMac => "invalid_src_mac", "Source MAC is multicast, broadcast or all-zero.";

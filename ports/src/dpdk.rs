@@ -533,7 +533,9 @@ unsafe fn adopt_own(slots: &SlotMap<'_>, adopter: &Adopter<'_>, p: *mut rte_mbuf
 #[cold]
 #[inline(never)]
 fn rx_other(m: &Mbuf, cache: &mut PoolCache, out: &mut Burst, drops: &mut DropTally) -> usize {
-    if m.nb_segs() != 1 {
+    // A data window past the buffer (a driver's bug: DPDK promises otherwise) is no frame to
+    // copy.
+    if m.nb_segs() != 1 || !m.window_fits() {
         drops.add(DropReason::Oversize, 1);
         return 0;
     }
