@@ -327,7 +327,12 @@ impl RxQueue for AfXdpRx {
         for i in 0..n {
             let d = part.rx.read(i);
             let (idx, head) = slot_of(d.addr);
-            umem.slots.returned(idx);
+            if !umem.slots.returned(idx) {
+                // Not a slot this port lent the kernel: not a frame it should give (adopting
+                // it could hand out a buffer in use).
+                drops.add(DropReason::Oversize, 1);
+                continue;
+            }
             let len = u16::try_from(d.len).unwrap_or(u16::MAX);
             // SAFETY: the kernel hands the slot back through the RX ring: it came from this
             // socket's fill ring, so nobody else holds it now.
@@ -396,8 +401,10 @@ impl TxQueue for AfXdpTx {
         let c = t.comp.available();
         for i in 0..c {
             let idx = slot_of(t.comp.read(i)).0;
-            umem.slots.returned(idx);
-            umem.slots.free(idx);
+            // Only a slot lent goes back (each index at most once in the free queue).
+            if umem.slots.returned(idx) {
+                umem.slots.free(idx);
+            }
         }
         t.comp.release(c);
         let room = t.tx.free();

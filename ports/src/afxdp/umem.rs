@@ -89,12 +89,13 @@ impl Slots {
         }
     }
 
-    /// Marks slot `idx` handed back by the kernel (read from an RX or completion ring).
+    /// Marks slot `idx` handed back by the kernel (read from an RX or completion ring): true
+    /// when it was lent (false for an index the kernel should not have given: beyond the
+    /// slots, or not in its hands, which the caller must then leave alone, since it may be
+    /// in use or in the free queue already).
     #[inline]
-    pub(super) fn returned(&self, idx: u32) {
-        if let Some(l) = self.lent.get(idx as usize) {
-            l.store(false, Ordering::Relaxed);
-        }
+    pub(super) fn returned(&self, idx: u32) -> bool {
+        self.lent.get(idx as usize).is_some_and(|l| l.swap(false, Ordering::Relaxed))
     }
 }
 
