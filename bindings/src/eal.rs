@@ -33,7 +33,9 @@ pub struct EalOptions {
     /// Extra driver plugin files or directories (`-d`). EAL already loads
     /// its built-in plugin directory ([`pmd_path`]).
     pub driver_paths: Vec<PathBuf>,
-    /// Anything else, passed verbatim after the arguments above.
+    /// Anything else, passed verbatim after the arguments above (not
+    /// `--mbuf-pool-ops-name`: [`crate::Mempool`]'s sharing between threads
+    /// needs the default multi-producer ring ops).
     pub extra_args: Vec<String>,
 }
 

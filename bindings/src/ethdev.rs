@@ -76,9 +76,13 @@ pub struct EthDev {
 // SAFETY: the port id and device pointer may be used from any thread; DPDK's
 // ethdev control functions are not tied to the thread that probed the port.
 unsafe impl Send for EthDev {}
-// SAFETY: the &self methods are the counters/link/MAC queries, which DPDK
-// allows concurrently with the data path, and the `unsafe` shared bursts,
-// whose callers take on the per-queue exclusivity.
+// SAFETY: the &self methods are the counters/link/MAC queries, stats reset and
+// promiscuous mode, which DPDK allows concurrently with the data path, and the
+// `unsafe` shared bursts, whose callers take on the per-queue exclusivity. An
+// assumption beyond DPDK's word: two of those control calls at once (a stats
+// read from the metrics thread while the control thread reads the link) are
+// safe; DPDK documents no such promise, and the PMDs switchyard runs read
+// counters there.
 unsafe impl Sync for EthDev {}
 
 /// The ethdev name that devargs give: everything before the first comma

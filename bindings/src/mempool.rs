@@ -35,7 +35,9 @@ struct ExtMem {
 
 // SAFETY: an rte_mempool with the default ring_mp_mc ops may be used from
 // any thread; the handle itself is just pointers (the pool and, for a
-// pinned-extbuf pool, its region and memzone) and a name.
+// pinned-extbuf pool, its region and memzone) and a name. (EAL arguments
+// could name other default ops, `--mbuf-pool-ops-name`, e.g. single-producer
+// ones: EalOptions::extra_args must not.)
 unsafe impl Send for Mempool {}
 // SAFETY: every method takes &self and calls thread-safe mempool functions.
 unsafe impl Sync for Mempool {}

@@ -10,13 +10,20 @@
 //! Rules this module keeps:
 //! - No reference (`&[u8]`, `&T`) to guest memory is ever created: the guest may change it at
 //!   any time, so bytes are copied with raw-pointer copies and ring fields are read and written
-//!   with atomic operations on naturally aligned addresses.
+//!   with atomic operations on naturally aligned addresses. A stated assumption: a frame copy
+//!   (`copy_nonoverlapping`) of bytes the guest writes at the same time is, in Rust's memory
+//!   model, a data race all the same; switchyard relies on such a copy of shared memory giving
+//!   some bytes (what C's memcpy gives DPDK's and QEMU's vhost backends), never trusting them
+//!   before they are in its own buffer and checked there. vm-memory's volatile copies avoid the
+//!   assumption at a cost per byte that the frame path does not pay.
 //! - A mapping is unmapped only when its owner is dropped, and every [`Area`] holds an `Arc` of
 //!   its [`GuestMemory`], so no access can reach unmapped memory.
 //! - A region is mapped only when the file behind it is at least as large as the region (a
 //!   shorter file would raise SIGBUS on access). A frontend that shrinks the file after the
 //!   mapping is outside what this check can catch (DPDK and QEMU's libvhost-user share this
-//!   limit); memfd seals would close it.
+//!   limit); memfd seals would close it. So is a hugetlbfs file whose pages were never touched
+//!   when the node runs out of huge pages: the first access to such a page raises SIGBUS too
+//!   (QEMU prealloc's guest memory, which is what KubeVirt's hugepage VMs do).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -134,8 +141,9 @@ pub struct GuestMemory {
     regions: Vec<Region>,
 }
 
-// SAFETY: the raw pointers refer to mappings owned by this struct; all accesses through them
-// are raw copies or atomics that never create references, so sharing between threads is sound.
+// SAFETY: the raw pointers refer to mappings owned by this struct, unmapped only when it is
+// dropped; all accesses through them are raw copies or atomics that never create references
+// (see the module's rules, and its stated assumption about copies racing the guest's writes).
 unsafe impl Send for GuestMemory {}
 // SAFETY: as above.
 unsafe impl Sync for GuestMemory {}
