@@ -98,9 +98,12 @@ fn lease(ctx: &Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     match &ctx.conf.ipam {
         None => Ok(CniResult::default()),
         Some(t) => {
-            let r = ipam::add(t, ctx.stdin, ctx.ipam_path()?)?;
+            let path = ctx.ipam_path()?;
+            // From here on a failed ADD runs the IPAM plugin's DEL, whatever happened: the
+            // plugin may hold a lease although its result is unusable (no address, bad JSON),
+            // and the spec asks the same after the plugin's own failure.
             undo.ipam = true;
-            Ok(r)
+            Ok(ipam::add(t, ctx.stdin, path)?)
         }
     }
 }

@@ -41,6 +41,11 @@ impl Version {
     pub fn has_check(self) -> bool {
         self >= Version::V0_4_0
     }
+
+    /// STATUS and GC exist from 1.1.0 on.
+    pub fn has_status_and_gc(self) -> bool {
+        self >= Version::V1_1_0
+    }
 }
 
 /// The VERSION answer.
@@ -60,6 +65,7 @@ mod tests {
         }
         assert_eq!(Version::parse("0.2.0"), None);
         assert!(Version::V0_3_1.ips_have_version() && !Version::V1_0_0.ips_have_version());
+        assert!(!Version::V1_0_0.has_status_and_gc() && Version::V1_1_0.has_status_and_gc());
         let info: serde_json::Value = serde_json::from_str(&version_info()).unwrap();
         assert_eq!(info["supportedVersions"], serde_json::json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     }

@@ -167,8 +167,11 @@ fn gc_removes_only_its_networks_stale_attachments() {
     node.libcni("add", &gc_a, &p2, "net1", json!({})).ok();
     node.libcni("add", &gc_b, &p3, "net1", json!({})).ok();
 
+    // The list as libcni 1.2.3 and later inject it: under the spec's name and the name spec
+    // 1.1.0 was first published with.
     let mut gc = node.conf("1.1.0", "gc-a", json!({"vlan": 50}));
     gc["cni.dev/valid-attachments"] = json!([{"containerID": p1.id, "ifname": "net1"}]);
+    gc["cni.dev/attachments"] = gc["cni.dev/valid-attachments"].clone();
     node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
     assert_eq!(node.cni_port_names(), [p1.port("net1"), p3.port("net1")]);
     assert!(!host_link_exists(&host_end(&p2, "net1")), "GC left p2's veth");
@@ -178,6 +181,79 @@ fn gc_removes_only_its_networks_stale_attachments() {
     let bare = node.conf("1.1.0", "gc-a", json!({}));
     node.plugin("GC", &[], bare.to_string().as_bytes()).err(7, "cni.dev/valid-attachments");
     assert_eq!(node.cni_port_names().len(), 2);
+}
+
+/// An IPAM plugin that logs each call (`VERB stdin`) and fails STATUS and GC while the file
+/// `fail` exists next to its log; ADD hands out one IPv4 address (none while `fail` exists).
+fn logging_ipam(node: &Node) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = node.dir.path().join("ipam.log");
+    let fail = node.dir.path().join("fail");
+    let script = format!(
+        r#"#!/bin/sh
+in=$(cat)
+echo "$CNI_COMMAND $in" >> {log}
+case "$CNI_COMMAND" in
+ADD) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "ips": []}}'; exit 0; }}
+    echo '{{"cniVersion": "1.1.0", "ips": [{{"address": "10.216.0.5/24"}}]}}' ;;
+STATUS) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 50, "msg": "pool exhausted"}}'; exit 1; }} ;;
+GC) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 5, "msg": "leases unreadable"}}'; exit 1; }} ;;
+esac
+exit 0
+"#,
+        log = log.display(),
+        fail = fail.display()
+    );
+    let p = node.cni_bin.join("logging-ipam");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (log, fail)
+}
+
+#[test]
+fn status_gc_and_a_failed_add_are_passed_on_to_the_ipam_plugin() {
+    need_env!("status_gc_and_a_failed_add_are_passed_on_to_the_ipam_plugin");
+    let mut node = Node::start();
+    let (log, fail) = logging_ipam(&node);
+    let calls = |verb: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().filter(|l| l.split(' ').next() == Some(verb)).map(str::to_string).collect()
+    };
+    let conf = node.conf("1.1.0", "gcipam", json!({"mode": "vhostuser", "ipam": {"type": "logging-ipam"}}));
+    let (p1, p2) = (Pod::new("gi1"), Pod::new("gi2"));
+    node.plugin_for("ADD", &p1, "net1", &conf).ok();
+    node.plugin_for("ADD", &p2, "net1", &conf).ok();
+
+    node.plugin("STATUS", &[], conf.to_string().as_bytes()).ok();
+    assert_eq!(calls("STATUS").len(), 1, "STATUS did not reach the IPAM plugin");
+    std::fs::write(&fail, "").unwrap();
+    node.plugin("STATUS", &[], conf.to_string().as_bytes()).err(50, "pool exhausted");
+
+    // GC as libcni sends it; the IPAM plugin fails it, yet the stale port is removed and the
+    // IPAM plugin got the list to release the stale leases from.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": p1.id, "ifname": "net1"}]);
+    gc["cni.dev/attachments"] = gc["cni.dev/valid-attachments"].clone();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).err(5, "leases unreadable");
+    assert_eq!(node.cni_port_names(), [p1.port("net1")]);
+    let got = calls("GC");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let sent: Value = serde_json::from_str(got[0].split_once(' ').unwrap().1).unwrap();
+    assert_eq!(sent, gc, "the IPAM plugin did not get the configuration unchanged");
+    // An ADD whose IPAM result is unusable (no address): refused, and the IPAM plugin's DEL
+    // releases whatever it may hold.
+    let p3 = Pod::new("gi3");
+    node.plugin_for("ADD", &p3, "net1", &conf).err(103, "no IP addresses");
+    let dels = calls("DEL");
+    assert_eq!(dels.len(), 1, "the failed ADD did not release the IPAM plugin's lease: {dels:?}");
+    std::fs::remove_file(&fail).unwrap();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
+    assert_eq!(calls("GC").len(), 2);
+    assert_eq!(node.cni_port_names(), [p1.port("net1")]);
+    // With the daemon down the ports cannot be listed; the IPAM plugin still gets its GC.
+    node.stop_daemon();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).err(11, "does not answer");
+    assert_eq!(calls("GC").len(), 3, "a failed port listing stopped the GC");
 }
 
 #[test]
