@@ -53,7 +53,7 @@ const PLUGIN_KEYS: &[&str] = &[
 pub enum ConfError {
     #[error("the network configuration is not valid JSON: {0}")]
     Decode(String),
-    #[error("cniVersion {0:?} is not supported (supported: 0.3.1, 0.4.0, 1.0.0, 1.1.0)")]
+    #[error("cniVersion {0:?} is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)")]
     Version(String),
     #[error("{field}: {msg}")]
     Field { field: String, msg: String },

@@ -156,7 +156,7 @@ fn objects<'a>(v: &'a Value, k: &str) -> Result<Vec<&'a Map<String, Value>>, Res
 }
 
 impl CniResult {
-    /// Reads a result of any supported version (0.3.1 to 1.1.0).
+    /// Reads a result of any supported version (0.3.0 to 1.1.0).
     pub fn parse(v: &Value) -> Result<CniResult, ResultError> {
         if !v.is_object() {
             return Err(bad("result", "must be a JSON object"));

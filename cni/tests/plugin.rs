@@ -156,6 +156,29 @@ fn del_is_idempotent_and_works_with_the_daemon_down() {
     assert!(node.ctl(&["show", "ports"]).lines().count() <= 1, "{}", node.ctl(&["show", "ports"]));
 }
 
+/// `cniVersion` 0.3.0, as in Multus's examples and many NADs written for the Go plugins:
+/// attached and detached through libcni, the result in 0.3.0's format.
+#[test]
+fn a_0_3_0_config_attaches_and_detaches_through_libcni() {
+    need_env!("a_0_3_0_config_attaches_and_detaches_through_libcni");
+    let node = Node::start();
+    let conf = node.conf(
+        "0.3.0",
+        "v030",
+        json!({"vlan": 41, "ipam": node.host_local("v030", "10.217.0.0/24", "10.217.0.10", "10.217.0.19")}),
+    );
+    let pod = Pod::new("v030");
+    let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(r["cniVersion"], "0.3.0", "{r}");
+    assert_eq!(r["ips"][0]["version"], "4", "a 0.3.0 result names the IP version: {r}");
+    assert_eq!(node.cni_port_names(), [pod.port("net1")]);
+    assert_eq!(pod.links(), ["net1"]);
+    node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+    assert!(node.cni_port_names().is_empty());
+    assert!(!host_link_exists(&host_end(&pod, "net1")));
+    assert!(node.leases("v030").is_empty(), "{:?}", node.leases("v030"));
+}
+
 #[test]
 fn gc_removes_only_its_networks_stale_attachments() {
     need_env!("gc_removes_only_its_networks_stale_attachments");
@@ -461,10 +484,10 @@ fn version_is_what_libcni_expects() {
     need_env!("version_is_what_libcni_expects");
     let node = Node::stopped();
     let v = node.plugin("VERSION", &[], b"{\"cniVersion\": \"1.1.0\"}").ok();
-    assert_eq!(v["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
+    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
     // libcni asks VERSION and checks the config's version against the answer.
     let pod = Pod::new("ver");
-    for version in ["0.3.1", "0.4.0", "1.0.0"] {
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
         let conf = node.conf(version, &format!("ver{}", version.replace('.', "")), json!({}));
         node.libcni("validate", &conf, &pod, "net1", json!({})).ok();
     }
