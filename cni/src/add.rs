@@ -11,7 +11,7 @@ use crate::daemon::{Daemon, DaemonError};
 use crate::error::{code, CniError};
 use crate::ipam;
 use crate::link::{disable_ipv6, random_mac, Netlink};
-use crate::result::{CniResult, Interface};
+use crate::result::{CniResult, Interface, Route};
 use crate::state;
 use std::fs::File;
 use switchyard_control::cni::CniPort;
@@ -149,7 +149,14 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
         cnl.add_addr(c.index, &ip.address)?;
     }
     for r in &res.routes {
-        cnl.add_route(c.index, r)?;
+        // A route without `gw` goes through the `gateway` of the result's first address of
+        // its family (the spec: "If unset, a value in `gateway` in the `ips` array may be
+        // used"), as the Go plugins apply it: host-local's `"routes": [{"dst": "0.0.0.0/0"}]`
+        // is a default route through the subnet's gateway, not one that is on-link.
+        let gw = r.gw.or_else(|| {
+            res.ips.iter().filter_map(|ip| ip.gateway).find(|g| g.is_ipv4() == r.dst.addr.is_ipv4())
+        });
+        cnl.add_route(c.index, &Route { gw, ..r.clone() })?;
     }
     let h = hnl.link(&host)?.ok_or_else(|| CniError::new(code::LINK, format!("{host} vanished")))?;
     hnl.set_up(h.index, &host)?;

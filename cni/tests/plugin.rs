@@ -179,6 +179,28 @@ fn a_0_3_0_config_attaches_and_detaches_through_libcni() {
     assert!(node.leases("v030").is_empty(), "{:?}", node.leases("v030"));
 }
 
+/// host-local's routes as the Multus examples write them: a route without `gw` goes through
+/// the gateway of the address (host-local's default, the subnet's `.1`), one with `gw` through
+/// its own; neither is on-link.
+#[test]
+fn routes_without_gw_go_through_the_ipam_gateway() {
+    need_env!("routes_without_gw_go_through_the_ipam_gateway");
+    let node = Node::start();
+    let mut ipam = node.host_local("gw", "10.218.0.0/24", "10.218.0.10", "10.218.0.19");
+    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.218.0.254"}]);
+    let conf = node.conf("1.0.0", "gw", json!({"vlan": 42, "ipam": ipam}));
+    let pod = Pod::new("gw");
+    let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(r["ips"][0]["gateway"], "10.218.0.1", "{r}");
+    let o = std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show"]).output().unwrap();
+    let routes = String::from_utf8_lossy(&o.stdout).into_owned();
+    let has = |prefix: &str| routes.lines().any(|l| l.starts_with(prefix));
+    assert!(has("default via 10.218.0.1 dev net1"), "{routes}");
+    assert!(has("192.0.2.0/24 via 10.218.0.254 dev net1"), "{routes}");
+    node.libcni("check", &conf, &pod, "net1", json!({})).ok();
+    node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+}
+
 #[test]
 fn gc_removes_only_its_networks_stale_attachments() {
     need_env!("gc_removes_only_its_networks_stale_attachments");
