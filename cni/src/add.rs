@@ -152,9 +152,12 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
         // A route without `gw` goes through the `gateway` of the result's first address of
         // its family (the spec: "If unset, a value in `gateway` in the `ips` array may be
         // used"), as the Go plugins apply it: host-local's `"routes": [{"dst": "0.0.0.0/0"}]`
-        // is a default route through the subnet's gateway, not one that is on-link.
+        // is a default route through the subnet's gateway, not one that is on-link. A route
+        // whose `scope` says link or host has no next hop by definition.
         let gw = r.gw.or_else(|| {
-            res.ips.iter().filter_map(|ip| ip.gateway).find(|g| g.is_ipv4() == r.dst.addr.is_ipv4())
+            let scoped = r.scope().is_some_and(|s| s != 0);
+            let same_family = |g: &std::net::IpAddr| g.is_ipv4() == r.dst.addr.is_ipv4();
+            res.ips.iter().filter_map(|ip| ip.gateway).find(same_family).filter(|_| !scoped)
         });
         cnl.add_route(c.index, &Route { gw, ..r.clone() })?;
     }

@@ -165,7 +165,7 @@ fn a_0_3_0_config_attaches_and_detaches_through_libcni() {
     let conf = node.conf(
         "0.3.0",
         "v030",
-        json!({"vlan": 41, "ipam": node.host_local("v030", "10.217.0.0/24", "10.217.0.10", "10.217.0.19")}),
+        json!({"vlan": 41, "ipam": node.host_local("v030", "10.220.0.0/24", "10.220.0.10", "10.220.0.19")}),
     );
     let pod = Pod::new("v030");
     let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
@@ -186,19 +186,62 @@ fn a_0_3_0_config_attaches_and_detaches_through_libcni() {
 fn routes_without_gw_go_through_the_ipam_gateway() {
     need_env!("routes_without_gw_go_through_the_ipam_gateway");
     let node = Node::start();
-    let mut ipam = node.host_local("gw", "10.218.0.0/24", "10.218.0.10", "10.218.0.19");
-    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.218.0.254"}]);
+    let mut ipam = node.host_local("gw", "10.222.0.0/24", "10.222.0.10", "10.222.0.19");
+    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.222.0.254"}]);
     let conf = node.conf("1.0.0", "gw", json!({"vlan": 42, "ipam": ipam}));
     let pod = Pod::new("gw");
     let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
-    assert_eq!(r["ips"][0]["gateway"], "10.218.0.1", "{r}");
+    assert_eq!(r["ips"][0]["gateway"], "10.222.0.1", "{r}");
     let o = std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show"]).output().unwrap();
     let routes = String::from_utf8_lossy(&o.stdout).into_owned();
     let has = |prefix: &str| routes.lines().any(|l| l.starts_with(prefix));
-    assert!(has("default via 10.218.0.1 dev net1"), "{routes}");
-    assert!(has("192.0.2.0/24 via 10.218.0.254 dev net1"), "{routes}");
+    assert!(has("default via 10.222.0.1 dev net1"), "{routes}");
+    assert!(has("192.0.2.0/24 via 10.222.0.254 dev net1"), "{routes}");
     node.libcni("check", &conf, &pod, "net1", json!({})).ok();
     node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+}
+
+/// A 1.1.0 IPAM result's route attributes are applied: `table` (one that fits the header and
+/// one that does not), `scope`, `mtu` and `advmss`, `priority`.
+#[test]
+fn the_route_attributes_of_1_1_0_are_applied() {
+    need_env!("the_route_attributes_of_1_1_0_are_applied");
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::start();
+    let result = json!({"cniVersion": "1.1.0", "ips": [{"address": "10.223.0.5/24", "gateway": "10.223.0.1"}],
+        "routes": [
+            {"dst": "198.51.100.0/24", "table": 100},
+            {"dst": "198.51.101.0/24", "gw": "10.223.0.2", "table": 1000, "priority": 7},
+            {"dst": "203.0.113.0/24", "scope": 253},
+            {"dst": "192.0.2.0/24", "mtu": 1400, "advmss": 1360}]});
+    let p = node.cni_bin.join("routes-ipam");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && echo '{result}'\nexit 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = node.conf("1.1.0", "rattr", json!({"ipam": {"type": "routes-ipam"}}));
+    let pod = Pod::new("rattr");
+    let r = node.plugin_for("ADD", &pod, "net1", &conf).ok();
+    assert_eq!(r["routes"][1]["table"], 1000, "{r}");
+    let show = |args: &[&str]| {
+        let o =
+            std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show"]).args(args).output();
+        String::from_utf8_lossy(&o.unwrap().stdout).into_owned()
+    };
+    let (t100, t1000, main) = (show(&["table", "100"]), show(&["table", "1000"]), show(&[]));
+    assert!(t100.starts_with("198.51.100.0/24 via 10.223.0.1 dev net1"), "table 100: {t100}");
+    assert!(
+        t1000.starts_with("198.51.101.0/24 via 10.223.0.2 dev net1") && t1000.contains("metric 7"),
+        "{t1000}"
+    );
+    assert!(!main.contains("198.51.10"), "a route of another table is in main: {main}");
+    let link_scope = main.lines().find(|l| l.starts_with("203.0.113.0/24")).unwrap_or_default();
+    assert!(link_scope.contains("scope link") && !link_scope.contains("via"), "{main}");
+    let m = main.lines().find(|l| l.starts_with("192.0.2.0/24")).unwrap_or_default();
+    assert!(m.contains("via 10.223.0.1") && m.contains("mtu 1400") && m.contains("advmss 1360"), "{main}");
+    node.plugin_for("DEL", &pod, "net1", &conf).ok();
 }
 
 #[test]
@@ -240,7 +283,7 @@ in=$(cat)
 echo "$CNI_COMMAND $in" >> {log}
 case "$CNI_COMMAND" in
 ADD) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "ips": []}}'; exit 0; }}
-    echo '{{"cniVersion": "1.1.0", "ips": [{{"address": "10.216.0.5/24"}}]}}' ;;
+    echo '{{"cniVersion": "1.1.0", "ips": [{{"address": "10.221.0.5/24"}}]}}' ;;
 STATUS) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 50, "msg": "pool exhausted"}}'; exit 1; }} ;;
 GC) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 5, "msg": "leases unreadable"}}'; exit 1; }} ;;
 esac
