@@ -484,6 +484,36 @@ fn a_tombstone_left_while_the_daemon_runs_is_applied() {
 }
 
 #[test]
+fn an_add_after_a_tombstoned_del_of_the_same_attachment_keeps_its_port() {
+    use serde_json::json;
+    // A DEL that found the socket not answering left a tombstone the daemon has not applied
+    // yet; then the runtime adds the same attachment again (it runs one container's DEL and
+    // ADD in order). The tombstone is older than the ADD: it must not remove the new port.
+    let r = Run::start_switch(SWITCH);
+    let tomb = |c: &str| r.dir.join("cni").join(format!("{}.del", attachment_key(c, "net1")));
+    let write_tomb =
+        |c: &str| std::fs::write(tomb(c), json!({"container_id": c, "ifname": "net1"}).to_string()).unwrap();
+    write_tomb("c1");
+    assert_eq!(add(&r.sock, cni_port("c1", "ns/p/net1", 10))["ok"], true);
+    // The daemon's next look at the state directory (every 5 s) finds nothing to apply.
+    std::thread::sleep(Duration::from_secs(6));
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(
+        ports.contains("ns/p/net1"),
+        "the older tombstone removed the new port: {ports}\nlog:\n{}",
+        r.log()
+    );
+    assert!(!tomb("c1").exists());
+    // The port the tombstoned DEL did not reach is removed before its attachment's new ADD
+    // (rather than the ADD refused as "exists" until the daemon's next look).
+    assert_eq!(add(&r.sock, cni_port("c2", "ns/q/net1", 10))["ok"], true);
+    write_tomb("c2");
+    let again = add(&r.sock, cni_port("c2", "ns/q/net1", 10));
+    assert_eq!(again["ok"], true, "{again}");
+    assert!(r.ctl(&["show", "ports"]).contains("ns/q/net1"));
+}
+
+#[test]
 fn run_kube_takes_the_state_from_the_api_server() {
     let server = apiserver::ApiServer::start(apiserver::example_objects(), Duration::from_millis(200));
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use crate::daemon::{Daemon, DaemonError};
 use crate::error::{code, CniError};
 use crate::ipam;
 use crate::link::{disable_ipv6, random_mac, Netlink};
-use crate::result::{CniResult, Interface};
+use crate::result::{CniResult, Interface, Route};
 use crate::state;
 use std::fs::File;
 use switchyard_control::cni::CniPort;
@@ -98,9 +98,12 @@ fn lease(ctx: &Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     match &ctx.conf.ipam {
         None => Ok(CniResult::default()),
         Some(t) => {
-            let r = ipam::add(t, ctx.stdin, ctx.ipam_path()?)?;
+            let path = ctx.ipam_path()?;
+            // From here on a failed ADD runs the IPAM plugin's DEL, whatever happened: the
+            // plugin may hold a lease although its result is unusable (no address, bad JSON),
+            // and the spec asks the same after the plugin's own failure.
             undo.ipam = true;
-            Ok(r)
+            Ok(ipam::add(t, ctx.stdin, path)?)
         }
     }
 }
@@ -146,7 +149,17 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
         cnl.add_addr(c.index, &ip.address)?;
     }
     for r in &res.routes {
-        cnl.add_route(c.index, r)?;
+        // A route without `gw` goes through the `gateway` of the result's first address of
+        // its family (the spec: "If unset, a value in `gateway` in the `ips` array may be
+        // used"), as the Go plugins apply it: host-local's `"routes": [{"dst": "0.0.0.0/0"}]`
+        // is a default route through the subnet's gateway, not one that is on-link. A route
+        // whose `scope` says link or host has no next hop by definition.
+        let gw = r.gw.or_else(|| {
+            let scoped = r.scope().is_some_and(|s| s != 0);
+            let same_family = |g: &std::net::IpAddr| g.is_ipv4() == r.dst.addr.is_ipv4();
+            res.ips.iter().filter_map(|ip| ip.gateway).find(same_family).filter(|_| !scoped)
+        });
+        cnl.add_route(c.index, &Route { gw, ..r.clone() })?;
     }
     let h = hnl.link(&host)?.ok_or_else(|| CniError::new(code::LINK, format!("{host} vanished")))?;
     hnl.set_up(h.index, &host)?;

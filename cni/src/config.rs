@@ -1,7 +1,7 @@
 //! The network configuration the runtime passes on stdin, checked key by key.
 //!
 //! Invariant: a [`NetConf`] is only built from a configuration whose every key is known (the
-//! CNI-level keys plus this plugin's, docs/cni.md) and whose every value is in range; the first
+//! CNI-level keys, the runtime's reserved `cni.dev/` keys, plus this plugin's, docs/cni.md) and whose every value is in range; the first
 //! problem is a [`ConfError`] naming the key (`vlan`, `trunk[1].maxID`, ...), which the runtime
 //! receives as error 7 (6 for JSON that does not parse, 1 for an unsupported `cniVersion`).
 
@@ -53,7 +53,7 @@ const PLUGIN_KEYS: &[&str] = &[
 pub enum ConfError {
     #[error("the network configuration is not valid JSON: {0}")]
     Decode(String),
-    #[error("cniVersion {0:?} is not supported (supported: 0.3.1, 0.4.0, 1.0.0, 1.1.0)")]
+    #[error("cniVersion {0:?} is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)")]
     Version(String),
     #[error("{field}: {msg}")]
     Field { field: String, msg: String },
@@ -231,9 +231,8 @@ fn trunk(v: &Value) -> Result<Vec<u16>, ConfError> {
     Ok(out)
 }
 
-fn valid_attachments(v: &Value) -> Result<Vec<ValidAttachment>, ConfError> {
-    const F: &str = "cni.dev/valid-attachments";
-    let items = v.as_array().ok_or_else(|| bad(F, "must be an array"))?;
+fn valid_attachments(key: &str, v: &Value) -> Result<Vec<ValidAttachment>, ConfError> {
+    let items = v.as_array().ok_or_else(|| bad(key, "must be an array"))?;
     items
         .iter()
         .enumerate()
@@ -242,7 +241,7 @@ fn valid_attachments(v: &Value) -> Result<Vec<ValidAttachment>, ConfError> {
                 a.get(k)
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .ok_or_else(|| bad(format!("{F}[{i}].{k}"), "missing or not a string"))
+                    .ok_or_else(|| bad(format!("{key}[{i}].{k}"), "missing or not a string"))
             };
             Ok(ValidAttachment { container_id: get("containerID")?, ifname: get("ifname")? })
         })
@@ -260,9 +259,13 @@ impl NetConf {
     }
 
     fn from_map(o: &Map<String, Value>) -> Result<NetConf, ConfError> {
-        if let Some(k) =
-            o.keys().find(|k| !CNI_KEYS.contains(&k.as_str()) && !PLUGIN_KEYS.contains(&k.as_str()))
-        {
+        // `cni.dev/` keys are the runtime's (the spec reserves the prefix): libcni 1.2.3 and
+        // later send GC's list under two names, and a newer runtime may add more.
+        if let Some(k) = o.keys().find(|k| {
+            !CNI_KEYS.contains(&k.as_str())
+                && !PLUGIN_KEYS.contains(&k.as_str())
+                && !k.starts_with("cni.dev/")
+        }) {
             let hint = match k.as_str() {
                 "vlanTrunk" => " (switchyard's key for it is \"trunk\")",
                 _ => "",
@@ -419,7 +422,16 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(p) => Some(CniResult::parse(p)?),
         };
-        let valid_attachments = o.get("cni.dev/valid-attachments").map(valid_attachments).transpose()?;
+        // The spec's name, else the name spec 1.1.0 was first published with (libcni sends
+        // both); `null` is how libcni (Go) writes an empty list.
+        let valid_attachments = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+            .iter()
+            .find_map(|k| o.get(*k).map(|v| (*k, v)))
+            .map(|(k, v)| match v {
+                Value::Null => Ok(Vec::new()),
+                v => valid_attachments(k, v),
+            })
+            .transpose()?;
         Ok(NetConf {
             version,
             name,
@@ -558,5 +570,31 @@ mod tests {
             c.valid_attachments,
             Some(vec![ValidAttachment { container_id: "c1".into(), ifname: "net1".into() }])
         );
+    }
+
+    /// What libcni 1.2.3 and later inject for GC: the list under both names (`null` when the
+    /// runtime keeps nothing); other `cni.dev/` keys are the runtime's and accepted.
+    #[test]
+    fn gc_config_as_libcni_writes_it_is_accepted() {
+        let base = json!({"cniVersion": "1.1.0", "name": "n", "type": "switchyard", "bridge": "br1"});
+        let list = json!([{"containerID": "c1", "ifname": "net1"}]);
+        let mut both = base.clone();
+        both["cni.dev/valid-attachments"] = list.clone();
+        both["cni.dev/attachments"] = list.clone();
+        let want = Some(vec![ValidAttachment { container_id: "c1".into(), ifname: "net1".into() }]);
+        assert_eq!(parse(both).unwrap().valid_attachments, want);
+        let mut old_name = base.clone();
+        old_name["cni.dev/attachments"] = list;
+        assert_eq!(parse(old_name).unwrap().valid_attachments, want);
+        let mut null = base.clone();
+        null["cni.dev/valid-attachments"] = Value::Null;
+        null["cni.dev/attachments"] = Value::Null;
+        assert_eq!(parse(null).unwrap().valid_attachments, Some(Vec::new()));
+        let mut other = base.clone();
+        other["cni.dev/some-future-key"] = json!(1);
+        assert_eq!(parse(other).unwrap().valid_attachments, None);
+        let mut bad_list = base;
+        bad_list["cni.dev/valid-attachments"] = json!({});
+        assert_eq!(field_of(parse(bad_list).unwrap_err()), "cni.dev/valid-attachments");
     }
 }

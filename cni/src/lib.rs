@@ -83,12 +83,55 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     }
 }
 
-/// STATUS: the plugin can serve ADDs when its daemon answers and is ready.
+/// STATUS: the plugin can serve ADDs when its daemon answers and is ready, and the IPAM
+/// plugin, when the config delegates to one, answers its own STATUS with success (the spec:
+/// a plugin that relies on a delegated plugin for ADD asks it; its error is passed on).
 fn status(ctx: &Ctx) -> Result<(), CniError> {
+    if !ctx.conf.version.has_status_and_gc() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("STATUS is not defined for cniVersion {}", ctx.conf.version.as_str()),
+        ));
+    }
     let d = daemon::Daemon::new(&ctx.conf.socket).with_timeout(STATUS_TIMEOUT);
     match d.status() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(CniError::new(code::NOT_AVAILABLE, "the switchyard daemon is starting (not ready)")),
-        Err(e) => Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(CniError::new(code::NOT_AVAILABLE, "the switchyard daemon is starting (not ready)"))
+        }
+        Err(e) => return Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+    }
+    if let Some(t) = &ctx.conf.ipam {
+        match ipam::exec(t, "STATUS", ctx.stdin, ctx.ipam_path()?) {
+            Ok(_) => {}
+            Err(ipam::IpamError::Plugin(e)) => return Err(e),
+            // An IPAM plugin that cannot be run cannot serve an ADD either.
+            Err(e) => return Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// STATUS and GC came with spec 1.1.0: an older config is refused as the Go plugins'
+    /// skel refuses it (error 1), before any daemon is asked.
+    #[test]
+    fn status_and_gc_need_a_1_1_0_config() {
+        let get = |k: &str| match k {
+            "CNI_PATH" => Some("/nonexistent".to_string()),
+            _ => None,
+        };
+        for verb in ["STATUS", "GC"] {
+            let getv = |k: &str| if k == "CNI_COMMAND" { Some(verb.to_string()) } else { get(k) };
+            let conf = br#"{"cniVersion": "1.0.0", "name": "n", "type": "switchyard", "bridge": "br1",
+                "socket": "/nonexistent/sock", "cni.dev/valid-attachments": []}"#;
+            let out = run(&getv, conf);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!((out.status, v["code"].as_u64()), (1, Some(1)), "{verb}: {out:?}");
+            assert!(v["msg"].as_str().unwrap().contains("1.0.0"), "{verb}: {out:?}");
+        }
     }
 }

@@ -20,7 +20,8 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -310,9 +311,23 @@ impl Netlink {
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst.addr);
         m.header.destination_prefix_length = dst.prefix;
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        // A table above 255 does not fit the header: the attribute carries it then.
+        match route.table() {
+            None => m.header.table = RouteHeader::RT_TABLE_MAIN,
+            Some(t) => match u8::try_from(t) {
+                Ok(t) => m.header.table = t,
+                Err(_) => {
+                    m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+                    m.attributes.push(RouteAttribute::Table(t));
+                }
+            },
+        }
         m.header.protocol = RouteProtocol::Boot;
-        m.header.scope = if route.gw.is_some() { RouteScope::Universe } else { RouteScope::Link };
+        m.header.scope = match route.scope() {
+            Some(s) => RouteScope::from(s),
+            None if route.gw.is_some() => RouteScope::Universe,
+            None => RouteScope::Link,
+        };
         m.header.kind = RouteType::Unicast;
         if dst.prefix > 0 {
             m.attributes.push(RouteAttribute::Destination(route_addr(dst.addr)));
@@ -323,6 +338,14 @@ impl Netlink {
         m.attributes.push(RouteAttribute::Oif(index));
         if let Some(p) = route.priority() {
             m.attributes.push(RouteAttribute::Priority(p));
+        }
+        let metrics: Vec<RouteMetric> =
+            [route.mtu().map(RouteMetric::Mtu), route.advmss().map(RouteMetric::Advmss)]
+                .into_iter()
+                .flatten()
+                .collect();
+        if !metrics.is_empty() {
+            m.attributes.push(RouteAttribute::Metrics(metrics));
         }
         let op = format!("add route {dst}");
         match self.exchange(RouteNetlinkMessage::NewRoute(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &op) {

@@ -99,14 +99,36 @@ pub struct IpConfig {
 pub struct Route {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
-    /// The 1.1.0 route attributes (`mtu`, `advmss`, `priority`, `table`, `scope`) as given;
-    /// `priority` is applied as the route's metric.
+    /// The 1.1.0 route attributes (`mtu`, `advmss`, `priority`, `table`, `scope`) as given,
+    /// all applied (`priority` as the route's metric).
     pub extra: Map<String, Value>,
 }
 
 impl Route {
+    fn uint(&self, k: &str) -> Option<u32> {
+        self.extra.get(k).and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok())
+    }
+
     pub fn priority(&self) -> Option<u32> {
-        self.extra.get("priority").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok())
+        self.uint("priority")
+    }
+
+    /// The routing table (the main table when unset).
+    pub fn table(&self) -> Option<u32> {
+        self.uint("table")
+    }
+
+    /// The scope (0 global, 253 link, 254 host).
+    pub fn scope(&self) -> Option<u8> {
+        self.uint("scope").and_then(|s| u8::try_from(s).ok())
+    }
+
+    pub fn mtu(&self) -> Option<u32> {
+        self.uint("mtu")
+    }
+
+    pub fn advmss(&self) -> Option<u32> {
+        self.uint("advmss")
     }
 }
 
@@ -156,7 +178,7 @@ fn objects<'a>(v: &'a Value, k: &str) -> Result<Vec<&'a Map<String, Value>>, Res
 }
 
 impl CniResult {
-    /// Reads a result of any supported version (0.3.1 to 1.1.0).
+    /// Reads a result of any supported version (0.3.0 to 1.1.0).
     pub fn parse(v: &Value) -> Result<CniResult, ResultError> {
         if !v.is_object() {
             return Err(bad("result", "must be a JSON object"));

@@ -6,6 +6,9 @@
 /// A spec version of the result and configuration formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Version {
+    /// The result format of 0.3.1 (which only clarified the spec's text); accepted because
+    /// configurations written for the Go plugins use it (Multus's own examples do).
+    V0_3_0,
     V0_3_1,
     V0_4_0,
     V1_0_0,
@@ -13,7 +16,8 @@ pub enum Version {
 }
 
 /// Every version accepted, oldest first (what VERSION lists).
-pub const SUPPORTED: [Version; 4] = [Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
+pub const SUPPORTED: [Version; 5] =
+    [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
 
 impl Version {
     /// The newest: what the plugin implements.
@@ -25,6 +29,7 @@ impl Version {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Version::V0_3_0 => "0.3.0",
             Version::V0_3_1 => "0.3.1",
             Version::V0_4_0 => "0.4.0",
             Version::V1_0_0 => "1.0.0",
@@ -40,6 +45,11 @@ impl Version {
     /// CHECK exists from 0.4.0 on.
     pub fn has_check(self) -> bool {
         self >= Version::V0_4_0
+    }
+
+    /// STATUS and GC exist from 1.1.0 on.
+    pub fn has_status_and_gc(self) -> bool {
+        self >= Version::V1_1_0
     }
 }
 
@@ -59,8 +69,13 @@ mod tests {
             assert_eq!(Version::parse(v.as_str()), Some(v));
         }
         assert_eq!(Version::parse("0.2.0"), None);
+        assert!(Version::V0_3_0.ips_have_version() && !Version::V0_3_0.has_check());
         assert!(Version::V0_3_1.ips_have_version() && !Version::V1_0_0.ips_have_version());
+        assert!(!Version::V1_0_0.has_status_and_gc() && Version::V1_1_0.has_status_and_gc());
         let info: serde_json::Value = serde_json::from_str(&version_info()).unwrap();
-        assert_eq!(info["supportedVersions"], serde_json::json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            info["supportedVersions"],
+            serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
     }
 }

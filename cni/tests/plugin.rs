@@ -156,6 +156,94 @@ fn del_is_idempotent_and_works_with_the_daemon_down() {
     assert!(node.ctl(&["show", "ports"]).lines().count() <= 1, "{}", node.ctl(&["show", "ports"]));
 }
 
+/// `cniVersion` 0.3.0, as in Multus's examples and many NADs written for the Go plugins:
+/// attached and detached through libcni, the result in 0.3.0's format.
+#[test]
+fn a_0_3_0_config_attaches_and_detaches_through_libcni() {
+    need_env!("a_0_3_0_config_attaches_and_detaches_through_libcni");
+    let node = Node::start();
+    let conf = node.conf(
+        "0.3.0",
+        "v030",
+        json!({"vlan": 41, "ipam": node.host_local("v030", "10.220.0.0/24", "10.220.0.10", "10.220.0.19")}),
+    );
+    let pod = Pod::new("v030");
+    let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(r["cniVersion"], "0.3.0", "{r}");
+    assert_eq!(r["ips"][0]["version"], "4", "a 0.3.0 result names the IP version: {r}");
+    assert_eq!(node.cni_port_names(), [pod.port("net1")]);
+    assert_eq!(pod.links(), ["net1"]);
+    node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+    assert!(node.cni_port_names().is_empty());
+    assert!(!host_link_exists(&host_end(&pod, "net1")));
+    assert!(node.leases("v030").is_empty(), "{:?}", node.leases("v030"));
+}
+
+/// host-local's routes as the Multus examples write them: a route without `gw` goes through
+/// the gateway of the address (host-local's default, the subnet's `.1`), one with `gw` through
+/// its own; neither is on-link.
+#[test]
+fn routes_without_gw_go_through_the_ipam_gateway() {
+    need_env!("routes_without_gw_go_through_the_ipam_gateway");
+    let node = Node::start();
+    let mut ipam = node.host_local("gw", "10.222.0.0/24", "10.222.0.10", "10.222.0.19");
+    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.222.0.254"}]);
+    let conf = node.conf("1.0.0", "gw", json!({"vlan": 42, "ipam": ipam}));
+    let pod = Pod::new("gw");
+    let r = node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(r["ips"][0]["gateway"], "10.222.0.1", "{r}");
+    let o = std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show"]).output().unwrap();
+    let routes = String::from_utf8_lossy(&o.stdout).into_owned();
+    let has = |prefix: &str| routes.lines().any(|l| l.starts_with(prefix));
+    assert!(has("default via 10.222.0.1 dev net1"), "{routes}");
+    assert!(has("192.0.2.0/24 via 10.222.0.254 dev net1"), "{routes}");
+    node.libcni("check", &conf, &pod, "net1", json!({})).ok();
+    node.libcni("del", &conf, &pod, "net1", json!({})).ok();
+}
+
+/// A 1.1.0 IPAM result's route attributes are applied: `table` (one that fits the header and
+/// one that does not), `scope`, `mtu` and `advmss`, `priority`.
+#[test]
+fn the_route_attributes_of_1_1_0_are_applied() {
+    need_env!("the_route_attributes_of_1_1_0_are_applied");
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::start();
+    let result = json!({"cniVersion": "1.1.0", "ips": [{"address": "10.223.0.5/24", "gateway": "10.223.0.1"}],
+        "routes": [
+            {"dst": "198.51.100.0/24", "table": 100},
+            {"dst": "198.51.101.0/24", "gw": "10.223.0.2", "table": 1000, "priority": 7},
+            {"dst": "203.0.113.0/24", "scope": 253},
+            {"dst": "192.0.2.0/24", "mtu": 1400, "advmss": 1360}]});
+    let p = node.cni_bin.join("routes-ipam");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && echo '{result}'\nexit 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = node.conf("1.1.0", "rattr", json!({"ipam": {"type": "routes-ipam"}}));
+    let pod = Pod::new("rattr");
+    let r = node.plugin_for("ADD", &pod, "net1", &conf).ok();
+    assert_eq!(r["routes"][1]["table"], 1000, "{r}");
+    let show = |args: &[&str]| {
+        let o =
+            std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show"]).args(args).output();
+        String::from_utf8_lossy(&o.unwrap().stdout).into_owned()
+    };
+    let (t100, t1000, main) = (show(&["table", "100"]), show(&["table", "1000"]), show(&[]));
+    assert!(t100.starts_with("198.51.100.0/24 via 10.223.0.1 dev net1"), "table 100: {t100}");
+    assert!(
+        t1000.starts_with("198.51.101.0/24 via 10.223.0.2 dev net1") && t1000.contains("metric 7"),
+        "{t1000}"
+    );
+    assert!(!main.contains("198.51.10"), "a route of another table is in main: {main}");
+    let link_scope = main.lines().find(|l| l.starts_with("203.0.113.0/24")).unwrap_or_default();
+    assert!(link_scope.contains("scope link") && !link_scope.contains("via"), "{main}");
+    let m = main.lines().find(|l| l.starts_with("192.0.2.0/24")).unwrap_or_default();
+    assert!(m.contains("via 10.223.0.1") && m.contains("mtu 1400") && m.contains("advmss 1360"), "{main}");
+    node.plugin_for("DEL", &pod, "net1", &conf).ok();
+}
+
 #[test]
 fn gc_removes_only_its_networks_stale_attachments() {
     need_env!("gc_removes_only_its_networks_stale_attachments");
@@ -167,8 +255,11 @@ fn gc_removes_only_its_networks_stale_attachments() {
     node.libcni("add", &gc_a, &p2, "net1", json!({})).ok();
     node.libcni("add", &gc_b, &p3, "net1", json!({})).ok();
 
+    // The list as libcni 1.2.3 and later inject it: under the spec's name and the name spec
+    // 1.1.0 was first published with.
     let mut gc = node.conf("1.1.0", "gc-a", json!({"vlan": 50}));
     gc["cni.dev/valid-attachments"] = json!([{"containerID": p1.id, "ifname": "net1"}]);
+    gc["cni.dev/attachments"] = gc["cni.dev/valid-attachments"].clone();
     node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
     assert_eq!(node.cni_port_names(), [p1.port("net1"), p3.port("net1")]);
     assert!(!host_link_exists(&host_end(&p2, "net1")), "GC left p2's veth");
@@ -178,6 +269,79 @@ fn gc_removes_only_its_networks_stale_attachments() {
     let bare = node.conf("1.1.0", "gc-a", json!({}));
     node.plugin("GC", &[], bare.to_string().as_bytes()).err(7, "cni.dev/valid-attachments");
     assert_eq!(node.cni_port_names().len(), 2);
+}
+
+/// An IPAM plugin that logs each call (`VERB stdin`) and fails STATUS and GC while the file
+/// `fail` exists next to its log; ADD hands out one IPv4 address (none while `fail` exists).
+fn logging_ipam(node: &Node) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = node.dir.path().join("ipam.log");
+    let fail = node.dir.path().join("fail");
+    let script = format!(
+        r#"#!/bin/sh
+in=$(cat)
+echo "$CNI_COMMAND $in" >> {log}
+case "$CNI_COMMAND" in
+ADD) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "ips": []}}'; exit 0; }}
+    echo '{{"cniVersion": "1.1.0", "ips": [{{"address": "10.221.0.5/24"}}]}}' ;;
+STATUS) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 50, "msg": "pool exhausted"}}'; exit 1; }} ;;
+GC) [ -e {fail} ] && {{ echo '{{"cniVersion": "1.1.0", "code": 5, "msg": "leases unreadable"}}'; exit 1; }} ;;
+esac
+exit 0
+"#,
+        log = log.display(),
+        fail = fail.display()
+    );
+    let p = node.cni_bin.join("logging-ipam");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (log, fail)
+}
+
+#[test]
+fn status_gc_and_a_failed_add_are_passed_on_to_the_ipam_plugin() {
+    need_env!("status_gc_and_a_failed_add_are_passed_on_to_the_ipam_plugin");
+    let mut node = Node::start();
+    let (log, fail) = logging_ipam(&node);
+    let calls = |verb: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().filter(|l| l.split(' ').next() == Some(verb)).map(str::to_string).collect()
+    };
+    let conf = node.conf("1.1.0", "gcipam", json!({"mode": "vhostuser", "ipam": {"type": "logging-ipam"}}));
+    let (p1, p2) = (Pod::new("gi1"), Pod::new("gi2"));
+    node.plugin_for("ADD", &p1, "net1", &conf).ok();
+    node.plugin_for("ADD", &p2, "net1", &conf).ok();
+
+    node.plugin("STATUS", &[], conf.to_string().as_bytes()).ok();
+    assert_eq!(calls("STATUS").len(), 1, "STATUS did not reach the IPAM plugin");
+    std::fs::write(&fail, "").unwrap();
+    node.plugin("STATUS", &[], conf.to_string().as_bytes()).err(50, "pool exhausted");
+
+    // GC as libcni sends it; the IPAM plugin fails it, yet the stale port is removed and the
+    // IPAM plugin got the list to release the stale leases from.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": p1.id, "ifname": "net1"}]);
+    gc["cni.dev/attachments"] = gc["cni.dev/valid-attachments"].clone();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).err(5, "leases unreadable");
+    assert_eq!(node.cni_port_names(), [p1.port("net1")]);
+    let got = calls("GC");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let sent: Value = serde_json::from_str(got[0].split_once(' ').unwrap().1).unwrap();
+    assert_eq!(sent, gc, "the IPAM plugin did not get the configuration unchanged");
+    // An ADD whose IPAM result is unusable (no address): refused, and the IPAM plugin's DEL
+    // releases whatever it may hold.
+    let p3 = Pod::new("gi3");
+    node.plugin_for("ADD", &p3, "net1", &conf).err(103, "no IP addresses");
+    let dels = calls("DEL");
+    assert_eq!(dels.len(), 1, "the failed ADD did not release the IPAM plugin's lease: {dels:?}");
+    std::fs::remove_file(&fail).unwrap();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
+    assert_eq!(calls("GC").len(), 2);
+    assert_eq!(node.cni_port_names(), [p1.port("net1")]);
+    // With the daemon down the ports cannot be listed; the IPAM plugin still gets its GC.
+    node.stop_daemon();
+    node.plugin("GC", &[], gc.to_string().as_bytes()).err(11, "does not answer");
+    assert_eq!(calls("GC").len(), 3, "a failed port listing stopped the GC");
 }
 
 #[test]
@@ -385,10 +549,10 @@ fn version_is_what_libcni_expects() {
     need_env!("version_is_what_libcni_expects");
     let node = Node::stopped();
     let v = node.plugin("VERSION", &[], b"{\"cniVersion\": \"1.1.0\"}").ok();
-    assert_eq!(v["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
+    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
     // libcni asks VERSION and checks the config's version against the answer.
     let pod = Pod::new("ver");
-    for version in ["0.3.1", "0.4.0", "1.0.0"] {
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
         let conf = node.conf(version, &format!("ver{}", version.replace('.', "")), json!({}));
         node.libcni("validate", &conf, &pod, "net1", json!({})).ok();
     }

@@ -240,6 +240,11 @@ impl CniPorts {
         take_tombstones(&files, report)
     }
 
+    /// Whether a tombstone of `a` waits in the state directory (one `stat`).
+    pub fn has_tombstone(&self, a: &Attachment) -> bool {
+        self.dir.as_ref().is_some_and(|d| d.join(format!("{}.del", a.key())).exists())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &CniPort> {
         self.ports.values()
     }

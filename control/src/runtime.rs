@@ -869,8 +869,15 @@ impl Runtime {
 
     /// Attaches a CNI port: checked against the running switch, persisted, applied. Nothing is
     /// replaced: an attachment or a port name already present is [`CniError::Exists`].
+    ///
+    /// A tombstone of the attachment not applied yet is applied first: a runtime runs one
+    /// container's DEL and ADD in order, so it is from a DEL older than this ADD, and applied
+    /// later it would remove the port being added.
     pub fn cni_add(&mut self, mut p: CniPort) -> Result<CniPort, CniError> {
         self.cni_enabled()?;
+        if self.cni.has_tombstone(&p.attachment) {
+            self.cni_apply_tombstones();
+        }
         check_port(&p)?;
         if let Some(q) = self.cni.find(&p.attachment) {
             return Err(CniError::Exists(format!(
