@@ -701,9 +701,26 @@ impl Doc for serde_yaml_ng::Value {
     }
 }
 
-/// The API source's objects: taken by value, so strings move into the typed object.
+/// The API source's objects: taken by value, so strings move into the typed object. A field
+/// whose value is `null` reads as one left out (Kubernetes' reading, and the YAML
+/// deserializer's for the optional and defaulted fields of these types): a MultiNetworkPolicy
+/// with `ingress: null` (its CRD keeps unknown and null fields) isolates its ports with no rule
+/// allowed, from the API as from a manifest, instead of failing to parse and isolating nothing.
 impl Doc for serde_json::Value {
-    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+    fn typed<T: serde::de::DeserializeOwned>(mut self) -> Result<T, (String, String)> {
+        drop_nulls(&mut self);
         serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    }
+}
+
+/// Removes every object member whose value is `null`, at any depth (in place, no copies).
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
