@@ -3,11 +3,12 @@
 # its own workspace (cargo-fuzz layout); its targets are built here the way `cargo fuzz build -s
 # none` builds them (libfuzzer-sys links libFuzzer; rustc's SanitizerCoverage pass, which stable
 # rustc runs through -Cpasses/-Cllvm-args, gives libFuzzer its coverage feedback), with debug
-# assertions and overflow checks on, and a warning in the targets, switchyard-dataplane or
-# switchyard-ports (built here without the dpdk feature) fails the build (cargo caps the lints
-# of registry dependencies). Each target then runs FUZZ_SECONDS (default 20) from an
-# empty corpus; a panic, a failed assertion, a leak or an input that takes over 10 s fails the
-# script, and the input that did it is left under fuzz/artifacts/.
+# assertions and overflow checks on, and a warning in the targets or the switchyard crates they
+# test (dataplane, ports, control, cni; built here without the dpdk feature) fails the build
+# (cargo caps the lints of registry dependencies). Each target then runs FUZZ_SECONDS (default
+# 20) from its seeds (fuzz/seeds/<target>.txt, or the files of fuzz/seeds/<target>/), if any; a
+# panic, a failed assertion, a leak or an input that takes over 10 s fails the script, and the
+# input that did it is left under fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-20}
@@ -48,11 +49,28 @@ seed_corpus() {
   if [ -n "$buf" ]; then printf "$buf" >"$2/seed-$n"; fi
 }
 
+# Copies the files of fuzz/seeds/<target>/ into $2: a `.hex` file is written as the bytes its
+# hex digits spell (white space and `#` comments ignored), any other file as it is.
+seed_files() {
+  local f hex
+  for f in "$1"/*; do
+    [ -f "$f" ] || continue
+    case "$f" in
+      *.hex)
+        hex=$(sed 's/#.*//' "$f" | tr -d ' \t\n')
+        printf "$(sed 's/../\\x&/g' <<<"$hex")" >"$2/$(basename "$f" .hex)"
+        ;;
+      *) cp "$f" "$2/" ;;
+    esac
+  done
+}
+
 targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -vx switchyard-fuzz)
 mkdir -p fuzz/artifacts
 for t in $targets; do
   corpus=$(mktemp -d)
   if [ -f "fuzz/seeds/$t.txt" ]; then seed_corpus "fuzz/seeds/$t.txt" "$corpus"; fi
+  if [ -d "fuzz/seeds/$t" ]; then seed_files "fuzz/seeds/$t" "$corpus"; fi
   echo "== fuzz: $t for ${secs}s"
   if ! "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t-" "$corpus" >"$corpus.log" 2>&1; then

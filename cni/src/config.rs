@@ -195,7 +195,9 @@ fn mac(v: &Value, field: &str) -> Result<MacAddr, ConfError> {
 /// `[{"id": N}, {"minID": A, "maxID": B}]`: VLANs 1 to 4094, as the bridge plugin reads them.
 fn trunk(v: &Value) -> Result<Vec<u16>, ConfError> {
     let items = v.as_array().ok_or_else(|| bad("trunk", "must be an array of {id} or {minID, maxID}"))?;
-    let mut out = Vec::new();
+    // A set, not a list to sort: each range item costs no more than an `id` (a list of
+    // `{"minID": 1, "maxID": 4094}` items would grow by 4094 entries for every 24 bytes).
+    let mut set = [false; 4095];
     for (i, item) in items.iter().enumerate() {
         let f = format!("trunk[{i}]");
         let o = item.as_object().ok_or_else(|| bad(&f, "must be an object: {id} or {minID, maxID}"))?;
@@ -212,7 +214,7 @@ fn trunk(v: &Value) -> Result<Vec<u16>, ConfError> {
             }
         };
         match (vid("minID")?, vid("maxID")?) {
-            (Some(a), Some(b)) if a <= b => out.extend(a..=b),
+            (Some(a), Some(b)) if a <= b => set[usize::from(a)..=usize::from(b)].fill(true),
             (Some(a), Some(b)) => {
                 return Err(bad(format!("{f}.minID"), format!("{a} is greater than maxID {b}")))
             }
@@ -221,14 +223,12 @@ fn trunk(v: &Value) -> Result<Vec<u16>, ConfError> {
             (None, None) => {}
         }
         match vid("id")? {
-            Some(n) => out.push(n),
+            Some(n) => set[usize::from(n)] = true,
             None if !o.contains_key("minID") => return Err(bad(&f, "needs id, or minID and maxID")),
             None => {}
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    Ok((1..=4094u16).filter(|&v| set[usize::from(v)]).collect())
 }
 
 fn valid_attachments(key: &str, v: &Value) -> Result<Vec<ValidAttachment>, ConfError> {
@@ -465,6 +465,17 @@ mod tests {
 
     fn parse(v: Value) -> Result<NetConf, ConfError> {
         NetConf::parse(v.to_string().as_bytes())
+    }
+
+    /// A config of 40,000 full-range trunk items (1 MB) parses without a large allocation:
+    /// the peak RSS grows by far less than the 320 MiB that expanding every range took.
+    #[test]
+    fn trunk_ranges_do_not_amplify() {
+        let items = vec![json!({"minID": 1, "maxID": 4094}); 40_000];
+        let conf = json!({"cniVersion": "1.0.0", "bridge": "br0", "trunk": items}).to_string();
+        let (r, grew) = testkit::peak_rss_growth(|| NetConf::parse(conf.as_bytes()));
+        assert_eq!(r.unwrap().trunk, (1..=4094).collect::<Vec<u16>>());
+        assert!(grew < 128 << 20, "peak RSS grew by {} MiB", grew >> 20);
     }
 
     fn field_of(e: ConfError) -> String {

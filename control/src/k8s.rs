@@ -695,15 +695,48 @@ pub(crate) trait Doc {
     fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)>;
 }
 
+/// In both formats a field whose value is `null` reads as one left out (Kubernetes' reading):
+/// a MultiNetworkPolicy with `ingress: null` (its CRD keeps unknown and null fields) isolates
+/// its ports with no rule allowed, from the API as from a manifest (serde_json alone refuses a
+/// null list, so the policy failed to parse and isolated nothing), and an unknown field set to
+/// null is no unknown field in either.
 impl Doc for serde_yaml_ng::Value {
-    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+    fn typed<T: serde::de::DeserializeOwned>(mut self) -> Result<T, (String, String)> {
+        drop_yaml_nulls(&mut self);
         serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
     }
 }
 
-/// The API source's objects: taken by value, so strings move into the typed object.
+/// Removes every mapping entry whose value is `null`, at any depth (in place, no copies).
+fn drop_yaml_nulls(v: &mut serde_yaml_ng::Value) {
+    match v {
+        serde_yaml_ng::Value::Mapping(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_yaml_nulls);
+        }
+        serde_yaml_ng::Value::Sequence(a) => a.iter_mut().for_each(drop_yaml_nulls),
+        serde_yaml_ng::Value::Tagged(t) => drop_yaml_nulls(&mut t.value),
+        _ => {}
+    }
+}
+
+/// The API source's objects: taken by value, so strings move into the typed object; `null`
+/// as in a manifest (above).
 impl Doc for serde_json::Value {
-    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+    fn typed<T: serde::de::DeserializeOwned>(mut self) -> Result<T, (String, String)> {
+        drop_nulls(&mut self);
         serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    }
+}
+
+/// Removes every object member whose value is `null`, at any depth (in place, no copies).
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }

@@ -156,6 +156,25 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Runs `f` and returns its result with how much the process's peak resident set (VmHWM) grew
+/// meanwhile, in bytes: the peak is reset first (`/proc/self/clear_refs`). Other threads'
+/// allocations count too, so a test gives its bound room for them.
+pub fn peak_rss_growth<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    fn hwm() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let kib = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/self/status");
+        kib * 1024
+    }
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS (/proc/self/clear_refs)");
+    let before = hwm();
+    let r = f();
+    (r, hwm().saturating_sub(before))
+}
+
 #[cfg(test)]
 mod tests {
     /// Under nextest and under `cargo test` alike, a test is named `<binary id> <test path>`

@@ -99,7 +99,9 @@ fn serve(sh: &Arc<Shared>, stream: UnixStream) {
         match read_message(&stream, &mut fds) {
             Ok(None) => break "frontend closed the connection".to_string(),
             Ok(Some((hdr, payload))) => {
-                if let Err(e) = s.dispatch(&stream, hdr, &payload, fds) {
+                let mut send =
+                    |m: &[u8]| sys::send_with_fds(&stream, m, &[]).map_err(|e| format!("write: {e}"));
+                if let Err(e) = s.dispatch(&mut send, hdr, &payload, fds) {
                     break e;
                 }
             }
@@ -122,24 +124,30 @@ fn read_message(stream: &UnixStream, fds: &mut Vec<OwnedFd>) -> io::Result<Optio
         (&*stream).read_exact(&mut hb[n..])?;
     }
     let hdr = Header::parse(&hb);
-    if hdr.flags & 0x3 != proto::VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad version in flags {:#x}", hdr.flags),
-        ));
-    }
-    let size = hdr.size as usize;
-    if size > proto::MAX_PAYLOAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("payload of {size} bytes")));
-    }
+    let size = payload_size(&hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut payload = vec![0u8; size];
     (&*stream).read_exact(&mut payload)?;
     Ok(Some((hdr, payload)))
 }
 
-fn send_reply(stream: &UnixStream, request: u32, payload: &[u8]) -> Result<(), String> {
-    let m = proto::message(request, proto::VERSION | proto::FLAG_REPLY, payload);
-    sys::send_with_fds(stream, &m, &[]).map_err(|e| format!("write: {e}"))
+/// The size of the payload that follows `hdr`, or why the message is malformed (which ends the
+/// session: nothing after it can be framed).
+fn payload_size(hdr: &Header) -> Result<usize, String> {
+    if hdr.flags & 0x3 != proto::VERSION {
+        return Err(format!("bad version in flags {:#x}", hdr.flags));
+    }
+    let size = hdr.size as usize;
+    if size > proto::MAX_PAYLOAD {
+        return Err(format!("payload of {size} bytes"));
+    }
+    Ok(size)
+}
+
+/// Where a session's replies go: the socket, or (for [`Loopback`]) a list.
+type Send<'a> = dyn FnMut(&[u8]) -> Result<(), String> + 'a;
+
+fn send_reply(send: &mut Send<'_>, request: u32, payload: &[u8]) -> Result<(), String> {
+    send(&proto::message(request, proto::VERSION | proto::FLAG_REPLY, payload))
 }
 
 #[derive(Default)]
@@ -187,13 +195,15 @@ impl Session {
         }
     }
 
+    /// Handles one message and sends its reply, if any. `Ok(true)`: refused (the session goes
+    /// on); `Err`: malformed, the session ends.
     fn dispatch(
         &mut self,
-        stream: &UnixStream,
+        send: &mut Send<'_>,
         hdr: Header,
         p: &[u8],
         fds: Vec<OwnedFd>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         if tracing::enabled!(tracing::Level::DEBUG) {
             // The first word: a vring's index for the vring requests, the value of a u64.
             let first = match p.len() {
@@ -204,22 +214,28 @@ impl Session {
             tracing::debug!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
                 size = p.len(), first = %first, fds = fds.len(), need_reply = hdr.need_reply(), "vhost: message");
         }
+        let before = self.proto;
         let out = self.handle(hdr.request, p, fds)?;
-        let ack = hdr.need_reply() && self.proto & pfeat::REPLY_ACK != 0;
+        // REPLY_ACK as negotiated once the message is handled (SET_PROTOCOL_FEATURES may just
+        // have turned it on), except for RESET_OWNER: it clears the negotiation, but the
+        // frontend that sent it under REPLY_ACK waits for the ack.
+        let proto = if hdr.request == req::RESET_OWNER { before } else { self.proto };
+        let ack = hdr.need_reply() && proto & pfeat::REPLY_ACK != 0;
+        let refused = matches!(out, Outcome::Nack(_));
         match out {
-            Outcome::Reply(payload) => send_reply(stream, hdr.request, &payload)?,
-            Outcome::Ok if ack => send_reply(stream, hdr.request, &0u64.to_le_bytes())?,
+            Outcome::Reply(payload) => send_reply(send, hdr.request, &payload)?,
+            Outcome::Ok if ack => send_reply(send, hdr.request, &0u64.to_le_bytes())?,
             Outcome::Ok => {}
             Outcome::Nack(msg) => {
                 tracing::warn!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
                     "vhost: refused: {msg}");
                 if ack {
-                    send_reply(stream, hdr.request, &1u64.to_le_bytes())?;
+                    send_reply(send, hdr.request, &1u64.to_le_bytes())?;
                 }
             }
         }
         self.update_link();
-        Ok(())
+        Ok(refused)
     }
 
     fn vring_index(&self, raw: u32) -> Result<usize, Outcome> {
@@ -501,5 +517,204 @@ impl Session {
         self.mem = None;
         self.log = None;
         self.sh.features.store(0, Ordering::Release);
+    }
+}
+
+/// What became of one message given to a [`Loopback`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Handled; the reply messages sent (none, or one: a reply or a REPLY_ACK).
+    Handled(Vec<Vec<u8>>),
+    /// Refused, the session going on; the REPLY_ACK sent when the frontend asked for one.
+    Refused(Vec<Vec<u8>>),
+    /// Malformed: the session ended (as it does on the socket), with this reason.
+    Ended(String),
+}
+
+/// A port's control session without a socket or a thread: the messages (header and payload)
+/// and their file descriptors are handed over one at a time, and the replies come back, from
+/// the very code that serves the socket (framing checks, request handling, ring setup, link
+/// state). For tests and the `vhost_msg` fuzz target.
+pub struct Loopback {
+    sh: Arc<Shared>,
+    session: Option<Session>,
+}
+
+impl Loopback {
+    /// A session of a port opened with `opts` (its `mode` and `socket_mode` do not matter).
+    pub fn new(opts: super::VhostOptions) -> Result<Loopback, super::PortError> {
+        let sh = Arc::new(Shared::new("loopback", std::path::Path::new(""), opts)?);
+        sh.connected.store(true, Ordering::Release);
+        Ok(Loopback { session: Some(Session::new(sh.clone())), sh })
+    }
+
+    /// Gives the session one whole message. After [`Answer::Ended`], every message is refused
+    /// with `Ended` too (the connection is gone).
+    pub fn message(&mut self, msg: &[u8], fds: Vec<OwnedFd>) -> Answer {
+        let Some(s) = self.session.as_mut() else {
+            return Answer::Ended("the session has ended".into());
+        };
+        let mut sent = Vec::new();
+        let r = match msg.first_chunk::<HDR_SIZE>() {
+            None => Err(format!("a message of {} bytes has no header", msg.len())),
+            Some(h) => {
+                let hdr = Header::parse(h);
+                payload_size(&hdr)
+                    .and_then(|size| match msg.len() - HDR_SIZE {
+                        n if n == size => Ok(()),
+                        n => Err(format!("header says {size} payload bytes, {n} came")),
+                    })
+                    .and_then(|()| {
+                        let mut send = |m: &[u8]| {
+                            sent.push(m.to_vec());
+                            Ok(())
+                        };
+                        s.dispatch(&mut send, hdr, &msg[HDR_SIZE..], fds)
+                    })
+            }
+        };
+        match r {
+            Ok(false) => Answer::Handled(sent),
+            Ok(true) => Answer::Refused(sent),
+            Err(e) => {
+                self.end();
+                Answer::Ended(e)
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(mut s) = self.session.take() {
+            s.teardown();
+            self.sh.connected.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether vring `i` is running (set up and enabled by the frontend).
+    pub fn vring_running(&self, i: usize) -> bool {
+        i < self.sh.vqs.len() && self.sh.vq(i).ring.is_some()
+    }
+
+    /// How many vrings the port has.
+    pub fn vrings(&self) -> usize {
+        self.sh.vqs.len()
+    }
+
+    /// Whether the link is up (vrings 0 and 1 running).
+    pub fn link_up(&self) -> bool {
+        self.sh.link.load(Ordering::Acquire)
+    }
+
+    /// The virtio features the frontend negotiated.
+    pub fn negotiated_features(&self) -> u64 {
+        self.sh.features.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhost::VhostOptions;
+
+    fn msg(request: u32, need_reply: bool, payload: &[u8]) -> Vec<u8> {
+        let flags = proto::VERSION | if need_reply { proto::FLAG_NEED_REPLY } else { 0 };
+        proto::message(request, flags, payload)
+    }
+
+    fn ack(request: u32, v: u64) -> Vec<Vec<u8>> {
+        vec![proto::message(request, proto::VERSION | proto::FLAG_REPLY, &v.to_le_bytes())]
+    }
+
+    /// A frontend that negotiated REPLY_ACK and asks for one on RESET_OWNER gets it, though
+    /// the reset clears the negotiation (it waited forever for it before).
+    #[test]
+    fn reset_owner_is_acked_under_reply_ack() {
+        let mut s = Loopback::new(VhostOptions::default()).unwrap();
+        let on = s.message(&msg(req::SET_PROTOCOL_FEATURES, false, &pfeat::REPLY_ACK.to_le_bytes()), vec![]);
+        assert_eq!(on, Answer::Handled(vec![]));
+        assert_eq!(
+            s.message(&msg(req::RESET_OWNER, true, &[]), vec![]),
+            Answer::Handled(ack(req::RESET_OWNER, 0))
+        );
+        // Negotiated no more: no ack asked for is owed.
+        assert_eq!(s.message(&msg(req::SET_OWNER, true, &[]), vec![]), Answer::Handled(vec![]));
+    }
+
+    /// The messages of a QEMU start (the fuzz target's seed fuzz/seeds/vhost_msg/qemu-start.hex)
+    /// bring both vrings and the link up; GET_VRING_BASE stops a ring and the link goes down.
+    #[test]
+    fn loopback_brings_the_link_up() {
+        let mut s = Loopback::new(VhostOptions::default()).unwrap();
+        let ok = |a: Answer| assert!(matches!(a, Answer::Handled(_)), "{a:?}");
+        let f = feat::F_VERSION_1 | feat::USER_F_PROTOCOL_FEATURES;
+        ok(s.message(&msg(req::SET_FEATURES, false, &f.to_le_bytes()), vec![]));
+        let uva = 0x7f00_0000_0000u64;
+        let table = proto::mem_table_bytes(&[crate::vhost::mem::RegionDesc {
+            gpa: 0,
+            size: 0x10000,
+            uva,
+            mmap_offset: 0,
+        }]);
+        let fd = OwnedFd::from(sys::memfd("guest", 0x10000).unwrap());
+        ok(s.message(&msg(req::SET_MEM_TABLE, false, &table), vec![fd]));
+        for i in 0..2u32 {
+            let base = uva + 0x4000 * u64::from(i);
+            ok(s.message(
+                &msg(req::SET_VRING_NUM, false, &VringState { index: i, num: 256 }.bytes()),
+                vec![],
+            ));
+            let a = VringAddr {
+                index: i,
+                desc: base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+                ..VringAddr::default()
+            };
+            ok(s.message(&msg(req::SET_VRING_ADDR, false, &a.bytes()), vec![]));
+            ok(s.message(&msg(req::SET_VRING_BASE, false, &VringState { index: i, num: 0 }.bytes()), vec![]));
+            let kick = OwnedFd::from(sys::eventfd().unwrap());
+            ok(s.message(&msg(req::SET_VRING_KICK, false, &u64::from(i).to_le_bytes()), vec![kick]));
+            assert!(!s.vring_running(i as usize), "not enabled yet");
+            ok(s.message(
+                &msg(req::SET_VRING_ENABLE, false, &VringState { index: i, num: 1 }.bytes()),
+                vec![],
+            ));
+            assert!(s.vring_running(i as usize));
+        }
+        assert!(s.link_up());
+        ok(s.message(&msg(req::GET_VRING_BASE, false, &VringState { index: 0, num: 0 }.bytes()), vec![]));
+        assert!(!s.vring_running(0) && !s.link_up());
+    }
+
+    /// Handled, refused (acked 1 under REPLY_ACK) or ended, as on the socket.
+    #[test]
+    fn loopback_answers_refuses_and_ends() {
+        let mut s = Loopback::new(VhostOptions::default()).unwrap();
+        assert_eq!(
+            s.message(&msg(req::GET_QUEUE_NUM, false, &[]), vec![]),
+            Answer::Handled(vec![proto::message(
+                req::GET_QUEUE_NUM,
+                proto::VERSION | proto::FLAG_REPLY,
+                &1u64.to_le_bytes()
+            )])
+        );
+        assert_eq!(
+            s.message(&msg(req::SET_VRING_NUM, true, &[5, 0, 0, 0, 0, 1, 0, 0]), vec![]),
+            Answer::Refused(vec![])
+        );
+        s.message(&msg(req::SET_PROTOCOL_FEATURES, false, &pfeat::REPLY_ACK.to_le_bytes()), vec![]);
+        assert_eq!(
+            s.message(&msg(req::SET_VRING_NUM, true, &[0, 0, 0, 0, 3, 0, 0, 0]), vec![]),
+            Answer::Refused(ack(req::SET_VRING_NUM, 1))
+        );
+        assert!(matches!(s.message(&msg(req::SET_FEATURES, false, &[1]), vec![]), Answer::Ended(_)));
+        assert!(matches!(s.message(&msg(req::GET_FEATURES, false, &[]), vec![]), Answer::Ended(_)));
+        assert!(!s.link_up());
     }
 }

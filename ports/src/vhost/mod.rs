@@ -32,7 +32,9 @@
 //! - [`proto`]: message formats, feature bits.
 //! - [`vring`]: the split ring data path (guest TX -> switch, switch -> guest RX with mergeable
 //!   buffers), notification suppression, event-idx, dirty logging, and every guest check.
-//! - `control`: the per-port control thread (server or client socket, reconnects, messages).
+//! - `control`: the per-port control thread (server or client socket, reconnects, messages);
+//!   [`Loopback`] runs its session code without the socket (message in, replies out), for
+//!   tests and the `vhost_msg` fuzz target.
 //! - [`frontend`]: a small vhost-user frontend that plays the guest, for tests and benchmarks.
 //!
 //! ## Queues
@@ -58,6 +60,7 @@
 //! [`vring::TX_RETRIES`] re-reads), `oversize` (a frame larger than a buffer).
 
 mod control;
+pub use control::{Answer, Loopback};
 pub mod frontend;
 #[allow(unsafe_code)]
 pub mod mem;
@@ -146,6 +149,38 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The options a port is refused with.
+    fn check(name: &str, opts: &VhostOptions) -> Result<(), PortError> {
+        if opts.queues == 0 || opts.queues > MAX_QUEUE_PAIRS {
+            return Err(PortError::Backend {
+                port: name.into(),
+                msg: format!("queues must be between 1 and {MAX_QUEUE_PAIRS}, not {}", opts.queues),
+            });
+        }
+        Ok(())
+    }
+
+    /// A port's state before any session, its vrings stopped.
+    fn new(name: &str, path: &Path, opts: VhostOptions) -> Result<Shared, PortError> {
+        Shared::check(name, &opts)?;
+        let nvq = usize::from(opts.queues) * 2;
+        Ok(Shared {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            vqs: (0..nvq).map(|_| PaddedVq::default()).collect(),
+            rx_claims: RxClaims::new(name, opts.queues),
+            opts,
+            link: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
+            features: AtomicU64::new(0),
+            rarp: ArrayQueue::new(16),
+            rx_merged: AtomicU64::new(0),
+            rx_merged_segments: AtomicU64::new(0),
+        })
+    }
+
     fn vq(&self, i: usize) -> MutexGuard<'_, VqState> {
         self.vqs[i].0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -162,12 +197,7 @@ impl VhostUserPort {
     /// Opens the port: in server mode binds `path` now (replacing a stale socket), in client
     /// mode starts connecting to it in the background.
     pub fn open(name: &str, path: &Path, opts: VhostOptions) -> Result<VhostUserPort, PortError> {
-        if opts.queues == 0 || opts.queues > MAX_QUEUE_PAIRS {
-            return Err(PortError::Backend {
-                port: name.into(),
-                msg: format!("queues must be between 1 and {MAX_QUEUE_PAIRS}, not {}", opts.queues),
-            });
-        }
+        Shared::check(name, &opts)?;
         let listener = match opts.mode {
             Mode::Server => {
                 if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -188,22 +218,7 @@ impl VhostUserPort {
             }
             Mode::Client => None,
         };
-        let nvq = usize::from(opts.queues) * 2;
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            path: path.to_path_buf(),
-            vqs: (0..nvq).map(|_| PaddedVq::default()).collect(),
-            rx_claims: RxClaims::new(name, opts.queues),
-            opts,
-            link: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            sessions: AtomicU64::new(0),
-            features: AtomicU64::new(0),
-            rarp: ArrayQueue::new(16),
-            rx_merged: AtomicU64::new(0),
-            rx_merged_segments: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(name, path, opts)?);
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
