@@ -165,6 +165,15 @@ fn net(o: &Map<String, Value>, k: &str, field: &str) -> Result<IpNet, ResultErro
     IpNet::parse(&s).ok_or_else(|| bad(format!("{field}.{k}"), format!("{s:?} is not ADDRESS/PREFIX")))
 }
 
+/// The 1.1.0 route attributes and their largest values (`scope`: a `rtm_scope` byte).
+const ROUTE_ATTRIBUTES: [(&str, u64); 5] = [
+    ("mtu", 0xffff_ffff),
+    ("advmss", 0xffff_ffff),
+    ("priority", 0xffff_ffff),
+    ("table", 0xffff_ffff),
+    ("scope", 255),
+];
+
 fn objects<'a>(v: &'a Value, k: &str) -> Result<Vec<&'a Map<String, Value>>, ResultError> {
     match v.get(k) {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -215,6 +224,17 @@ impl CniResult {
             let mut extra = o.clone();
             extra.remove("dst");
             extra.remove("gw");
+            // The 1.1.0 attributes are numbers in range, or the ADD would do other than the
+            // result says (Go's types.Route refuses them as well).
+            for (k, max) in ROUTE_ATTRIBUTES {
+                match extra.get(k) {
+                    None | Some(Value::Null) => {}
+                    Some(x) if x.as_u64().is_some_and(|n| n <= max) => {}
+                    Some(_) => {
+                        return Err(bad(format!("{f}.{k}"), format!("must be an integer up to {max}")))
+                    }
+                }
+            }
             r.routes.push(Route { dst: net(o, "dst", &f)?, gw: opt_ip(o, "gw", &f)?, extra });
         }
         match v.get("dns") {
@@ -335,5 +355,26 @@ mod tests {
         assert!(e.to_string().starts_with("ips[0].address"), "{e}");
         let e = CniResult::parse(&json!({"routes": [{"dst": "0.0.0.0/0", "gw": "x"}]})).unwrap_err();
         assert!(e.to_string().starts_with("routes[0].gw"), "{e}");
+        // Route attributes of another type or out of range (s15w's review: they were dropped,
+        // the route going to the main table while the result said otherwise).
+        for (k, v) in [
+            ("table", json!("100")),
+            ("table", json!(-1)),
+            ("table", json!(4294967296u64)),
+            ("scope", json!(300)),
+            ("mtu", json!(1.5)),
+        ] {
+            let e =
+                CniResult::parse(&json!({"cniVersion": "1.1.0", "routes": [{"dst": "10.0.0.0/8", k: v}]}))
+                    .unwrap_err();
+            assert!(e.to_string().starts_with(&format!("routes[0].{k}")), "{k}={v}: {e}");
+        }
+        let ok = CniResult::parse(
+            &json!({"routes": [{"dst": "10.0.0.0/8", "table": 4294967295u64, "scope": 253}]}),
+        );
+        assert_eq!(
+            ok.map(|r| (r.routes[0].table(), r.routes[0].scope())).ok(),
+            Some((Some(u32::MAX), Some(253)))
+        );
     }
 }

@@ -789,6 +789,24 @@ mod tests {
              spec: {podSelector: {}, ingress: [], apiVersion: null}\n",
         );
         assert!(dir.problems.is_empty() && dir.policies.len() == 1, "{:?}", dir.problems);
+        // A null label value is no label left out (that would widen the selector to every
+        // pod): a problem both ways, as before nulls were dropped.
+        let mnp: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": null}}}]}]}
+        }))
+        .unwrap();
+        let mut st = ApiStore::default();
+        st.put(Kind::MultiNetworkPolicy, mnp);
+        let s = st.snapshot();
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        let mut dir = ClusterState::default();
+        dir.add_yaml(
+            "p.yaml",
+            "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata: {name: p, namespace: ns}\n\
+             spec: {podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {role: null}}}]}]}\n",
+        );
+        assert_eq!(dir.problems.len(), 1, "{:?}", dir.problems);
     }
 
     #[test]

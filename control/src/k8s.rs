@@ -707,12 +707,23 @@ impl Doc for serde_yaml_ng::Value {
     }
 }
 
-/// Removes every mapping entry whose value is `null`, at any depth (in place, no copies).
+/// The fields that are maps of strings (labels, annotations, a selector's labels): a `null`
+/// value in them is no field left out but a wrong value (Go reads it as `""`, which would
+/// make `matchLabels: {role: null}` match pods labelled `role: ""`, where dropping it would
+/// widen the selector to every pod), so it stays, to be reported.
+const STRING_MAPS: [&str; 3] = ["labels", "annotations", "matchLabels"];
+
+/// Removes every mapping entry whose value is `null`, at any depth (in place, no copies),
+/// except inside [`STRING_MAPS`].
 fn drop_yaml_nulls(v: &mut serde_yaml_ng::Value) {
     match v {
         serde_yaml_ng::Value::Mapping(m) => {
             m.retain(|_, x| !x.is_null());
-            m.values_mut().for_each(drop_yaml_nulls);
+            for (k, x) in m.iter_mut() {
+                if !k.as_str().is_some_and(|k| STRING_MAPS.contains(&k)) {
+                    drop_yaml_nulls(x);
+                }
+            }
         }
         serde_yaml_ng::Value::Sequence(a) => a.iter_mut().for_each(drop_yaml_nulls),
         serde_yaml_ng::Value::Tagged(t) => drop_yaml_nulls(&mut t.value),
@@ -729,12 +740,17 @@ impl Doc for serde_json::Value {
     }
 }
 
-/// Removes every object member whose value is `null`, at any depth (in place, no copies).
+/// Removes every object member whose value is `null`, at any depth (in place, no copies),
+/// except inside [`STRING_MAPS`].
 fn drop_nulls(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             m.retain(|_, x| !x.is_null());
-            m.values_mut().for_each(drop_nulls);
+            for (k, x) in m.iter_mut() {
+                if !STRING_MAPS.contains(&k.as_str()) {
+                    drop_nulls(x);
+                }
+            }
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
         _ => {}

@@ -214,12 +214,10 @@ impl Session {
             tracing::debug!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
                 size = p.len(), first = %first, fds = fds.len(), need_reply = hdr.need_reply(), "vhost: message");
         }
-        let before = self.proto;
         let out = self.handle(hdr.request, p, fds)?;
         // REPLY_ACK as negotiated once the message is handled (SET_PROTOCOL_FEATURES may just
-        // have turned it on), except for RESET_OWNER: it clears the negotiation, but the
-        // frontend that sent it under REPLY_ACK waits for the ack.
-        let proto = if hdr.request == req::RESET_OWNER { before } else { self.proto };
+        // have turned it on; RESET_OWNER keeps it).
+        let proto = self.proto;
         let ack = hdr.need_reply() && proto & pfeat::REPLY_ACK != 0;
         let refused = matches!(out, Outcome::Nack(_));
         match out {
@@ -272,9 +270,15 @@ impl Session {
             }
             req::SET_OWNER => Outcome::Ok,
             req::RESET_OWNER => {
+                // Deprecated (vhost-user.rst): a back-end ignores it or disables every ring;
+                // discarding the connection's negotiation "would lead to bugs" (a frontend
+                // that sets its rings up again without sending SET_PROTOCOL_FEATURES again,
+                // as older cloud-hypervisor did, would wait for acks forever). The rings stop
+                // and the memory table goes; the features and protocol features stay agreed.
                 self.teardown();
-                let sh = self.sh.clone();
-                *self = Session::new(sh);
+                let n = self.vrings.len();
+                self.vrings = (0..n).map(|_| VringCfg::default()).collect();
+                self.sh.features.store(self.features, Ordering::Release);
                 Outcome::Ok
             }
             req::GET_QUEUE_NUM => Outcome::Reply(u64::from(self.sh.opts.queues).to_le_bytes().to_vec()),
@@ -631,8 +635,9 @@ mod tests {
         vec![proto::message(request, proto::VERSION | proto::FLAG_REPLY, &v.to_le_bytes())]
     }
 
-    /// A frontend that negotiated REPLY_ACK and asks for one on RESET_OWNER gets it, though
-    /// the reset clears the negotiation (it waited forever for it before).
+    /// A frontend that negotiated REPLY_ACK and asks for one on RESET_OWNER gets it (it waited
+    /// forever for it before), and the negotiation stays: the next message asking for an ack
+    /// gets one (vhost-user.rst: a back-end only disables its rings on RESET_OWNER).
     #[test]
     fn reset_owner_is_acked_under_reply_ack() {
         let mut s = Loopback::new(VhostOptions::default()).unwrap();
@@ -642,8 +647,11 @@ mod tests {
             s.message(&msg(req::RESET_OWNER, true, &[]), vec![]),
             Answer::Handled(ack(req::RESET_OWNER, 0))
         );
-        // Negotiated no more: no ack asked for is owed.
-        assert_eq!(s.message(&msg(req::SET_OWNER, true, &[]), vec![]), Answer::Handled(vec![]));
+        // Still negotiated: an ack asked for is owed.
+        assert_eq!(
+            s.message(&msg(req::SET_OWNER, true, &[]), vec![]),
+            Answer::Handled(ack(req::SET_OWNER, 0))
+        );
     }
 
     /// The messages of a QEMU start (the fuzz target's seed fuzz/seeds/vhost_msg/qemu-start.hex)
