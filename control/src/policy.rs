@@ -459,7 +459,9 @@ fn resolve_one(
     }
     let nets = networks(state, ns, &l.obj.metadata, &mut r);
     let (mut ing, mut eg) = (false, !spec.egress.is_empty());
-    match &spec.policy_types {
+    // An empty list is a missing one, as Kubernetes defaults it (and as the Go
+    // implementations read it, which cannot tell the two apart).
+    match spec.policy_types.as_deref().filter(|t| !t.is_empty()) {
         None => ing = true,
         Some(t) => {
             eg = false;

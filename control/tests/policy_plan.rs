@@ -227,3 +227,32 @@ fn ipspoofchk_by_itself() {
     assert!(port(&p, "a/y/net1").allowed_ips.is_none());
     assert!(p.notes.iter().any(|n| n.contains("a/y/net1") && n.contains("no known IP")), "{:?}", p.notes);
 }
+
+/// `policyTypes: []` is `policyTypes` left out: Ingress, and Egress when the policy has egress
+/// rules. Kubernetes defaults an empty list as a missing one, and the Go implementations of
+/// MultiNetworkPolicy (which cannot tell the two apart: `len(PolicyTypes) == 0`) do the same;
+/// read as "no direction", it would isolate nothing and open the ports it means to close.
+#[test]
+fn empty_policy_types_mean_the_default() {
+    let mut files = cluster("app: web");
+    files.push(policy(
+        "b",
+        "db-lockdown",
+        "infra/net",
+        "  podSelector: {}\n  policyTypes: []\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.0.53/32}}]\n",
+    ));
+    files.push(policy(
+        "a",
+        "web-deny",
+        "infra/net",
+        "  podSelector: {matchLabels: {app: web}}\n  policyTypes: []\n",
+    ));
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let db = port(&p, "b/db/net1").policy.clone().expect("db is selected");
+    assert_eq!(db.ingress, Some(DirectionPolicy::default()), "ingress isolated, no rule");
+    assert_eq!(db.egress.map(|e| e.rules.len()), Some(1), "egress isolated by its rule");
+    let web = port(&p, "a/web/net1").policy.clone().expect("web is selected");
+    assert_eq!(web.ingress.map(|d| d.rules.len()), Some(1), "web-in's rule; web-deny isolates, adds none");
+    assert_eq!(web.egress, None, "no egress rule: egress open");
+}
