@@ -154,6 +154,21 @@ fn original_tcp_state(flags: u8, prev: Option<CtState>) -> CtState {
     }
 }
 
+/// Whether a packet (`dir`, protocol `proto`, TCP flags `flags`) opens a new connection the
+/// other way on a connection in `state`: a SYN without ACK in the reply direction of a TCP
+/// connection that is closing or closed. Linux conntrack, which OVN uses, never lets it
+/// through as a reply: from TIME_WAIT it drops the old entry and takes the SYN as a new
+/// connection, in the other states it calls it invalid (which OVN drops). Here it is a new
+/// connection: checked against the policies ([`Conntrack::turn_round`]).
+/// In any other state (a SYN answering a SYN: simultaneous open) it is a reply.
+#[inline(always)]
+fn reopens(dir: Dir, proto: u8, state: CtState, flags: u8) -> bool {
+    dir == Dir::Reply
+        && proto == PROTO_TCP
+        && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && matches!(state, CtState::Closing | CtState::Closed)
+}
+
 /// Which way a packet goes relative to its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -176,6 +191,15 @@ pub struct Found {
 }
 
 impl Found {
+    /// Whether a packet of protocol `proto` with TCP flags `flags`, in this entry's direction,
+    /// opens a new connection the other way: a SYN without ACK in the reply direction of a TCP
+    /// connection that is closing or closed. Then it is no reply (see
+    /// [`Conntrack::turn_round`]).
+    #[inline]
+    pub fn reopened_by(&self, proto: u8, flags: u8) -> bool {
+        reopens(self.dir, proto, self.state, flags)
+    }
+
     /// The state and expiry a packet with TCP flags `flags` of protocol `proto` at `now` moves
     /// the entry to ([`Conntrack::track`]'s update), or `None` when nothing changes (blocked,
     /// or same state and same expiry).
@@ -880,10 +904,13 @@ impl Conntrack {
                     j = self.next(j);
                     continue;
                 };
-                // Blocked, or a change of state: the general stage's. The same expiry: nothing
-                // to write (the common case, as expiry is in seconds).
+                // Blocked, a change of state or a reopened connection: the general stage's.
+                // The same expiry: nothing to write (the common case, as expiry is in seconds).
                 let (state, proto) = (CtState::from_u8((meta >> 32) as u8), k.proto());
-                if (meta >> 40) & 1 == 1 || moved(dir, proto, state, flags) != state {
+                if (meta >> 40) & 1 == 1
+                    || moved(dir, proto, state, flags) != state
+                    || reopens(dir, proto, state, flags)
+                {
                     return Fast::Slow;
                 }
                 let expires = now.saturating_add(timeout(proto, state)).max(1);
@@ -959,6 +986,8 @@ impl Conntrack {
     /// One probe for a packet (TCP flags `flags`) of a tracked connection: the entry as found
     /// (`None`: not tracked), moved on as [`Conntrack::reply`] or [`Conntrack::commit`] would
     /// (for its direction) unless it is blocked. Writes only when the state or expiry changes.
+    /// (A SYN that reopens the connection the other way, [`Found::reopened_by`], is the
+    /// caller's to see: then [`Conntrack::turn_round`].)
     pub fn track(&self, k: &FlowKey, flags: u8, now: u32) -> Option<Found> {
         self.track_hashed(k, hash(k), flags, now)
     }
@@ -976,6 +1005,24 @@ impl Conntrack {
             });
         }
         Some(found)
+    }
+
+    /// A SYN `k` (hash `h`) reopened its connection the other way ([`Found::reopened_by`]):
+    /// when `k` is the reply direction of a live entry, the entry is turned round, keyed in
+    /// `k`'s direction (the same hash and tag: the slot stays the key's), in `syn_sent`,
+    /// blocked until a commit (the policies allowing the SYN) clears it, without a verdict.
+    /// Out of line: rare.
+    #[cold]
+    #[inline(never)]
+    pub fn turn_round(&self, k: &FlowKey, h: u64, now: u32) {
+        let Some(hit) = self.find(k, h, now).filter(|h| h.dir == Dir::Reply) else { return };
+        let state = CtState::SynSent;
+        let expires = now.saturating_add(timeout(PROTO_TCP, state)).max(1);
+        self.update(&hit, now, |s| {
+            s.key = key_words(k);
+            s.set(expires, state, true);
+            s.verdict = 0;
+        });
     }
 
     /// An original-direction packet (`flags`: its TCP flags) was allowed: creates the entry
@@ -1188,6 +1235,8 @@ mod tests {
         Reply(usize, u8),
         Block(usize),
         Remember(usize, u64),
+        /// [`Conntrack::turn_round`].
+        TurnRound(usize),
         Lookup(usize),
         /// The fast path's two stages for one packet ([`FastView::probe`] and
         /// [`FastView::lookup`]).
@@ -1223,6 +1272,7 @@ mod tests {
             (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Reply(k, f)),
             (0..30usize).prop_map(Op::Block),
             (0..30usize, 1..3u64).prop_map(|(k, v)| Op::Remember(k, v)),
+            (0..30usize).prop_map(Op::TurnRound),
             (0..30usize).prop_map(Op::Lookup),
             (0..30usize, flags2).prop_map(|(k, f)| Op::Fast(k, f)),
             prop_oneof![0..3u32, 8..40u32, Just(200u32)].prop_map(Op::Advance),
@@ -1317,6 +1367,21 @@ mod tests {
                             e.verdict = 0;
                         }
                     }
+                    Op::TurnRound(i) => {
+                        let k = pool_key(i);
+                        ct.turn_round(&k, hash(&k), now);
+                        if let Some((ok, Dir::Reply)) = model_find(&m, &k, now) {
+                            // Keyed in k's direction, blocked, no verdict.
+                            let e = ModelEntry {
+                                state: CtState::SynSent,
+                                blocked: true,
+                                expires: now + timeout(PROTO_TCP, CtState::SynSent),
+                                verdict: 0,
+                            };
+                            m.remove(&ok);
+                            m.insert(k, e);
+                        }
+                    }
                     Op::Remember(i, v) => {
                         let k = pool_key(i);
                         ct.remember(&k, now, v);
@@ -1344,7 +1409,10 @@ mod tests {
                             None => Fast::Slow,
                             Some((ok, dir)) => {
                                 let e = m.get_mut(&ok).unwrap();
-                                if e.blocked || moved(dir, k.proto, e.state, flags) != e.state {
+                                if e.blocked
+                                    || moved(dir, k.proto, e.state, flags) != e.state
+                                    || reopens(dir, k.proto, e.state, flags)
+                                {
                                     Fast::Slow
                                 } else {
                                     e.expires = now + timeout(k.proto, e.state);

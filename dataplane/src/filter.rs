@@ -97,16 +97,44 @@ fn src_allowed(list: &[IpAddr], key: &FlowKey) -> bool {
 }
 
 /// The payload of the frame `d` (`tagged`: with an 802.1Q tag, whose length the caller
-/// checked), read for [`ingress`]: its EtherType and what it holds.
+/// checked), read for [`ingress`]: its EtherType and what it holds, behind any VLAN tags
+/// stacked inside the one the port read ([`crate::wire::inner_ethertype`]: a guest reads
+/// what they carry; a frame that ends inside them is malformed).
 #[inline]
 pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
     let off = if tagged { crate::wire::ETH_VLAN_HEADER_LEN } else { crate::wire::ETH_HEADER_LEN };
     match (d.get(off - 2), d.get(off - 1)) {
         (Some(a), Some(b)) => {
             let et = u16::from_be_bytes([*a, *b]);
+            if et == crate::wire::EtherType::VLAN || et == crate::wire::EtherType::QINQ {
+                return parse_stacked(d, off);
+            }
             (et, parse_l3(et, d.get(off..).unwrap_or_default()))
         }
         _ => (0, L3::Malformed),
+    }
+}
+
+/// What the untagged frame `d` carries, for the fast path, which takes IP packets only: a
+/// VLAN tag behind the header (a stacked one) is not IP here (the general stages read behind
+/// it, [`parse`]).
+#[inline(always)]
+fn parse_untagged(d: &[u8]) -> L3 {
+    let off = crate::wire::ETH_HEADER_LEN;
+    match (d.get(off - 2), d.get(off - 1)) {
+        (Some(a), Some(b)) => parse_l3(u16::from_be_bytes([*a, *b]), d.get(off..).unwrap_or_default()),
+        _ => L3::Malformed,
+    }
+}
+
+/// [`parse`] for a frame with a tag inside the one the port read: out of line (rare; inlined,
+/// its loop cost the fast path's first stage, which inlines [`parse`], registers).
+#[cold]
+#[inline(never)]
+fn parse_stacked(d: &[u8], off: usize) -> (u16, L3) {
+    match crate::wire::inner_ethertype(d, off) {
+        Some((et, off)) => (et, parse_l3(et, d.get(off..).unwrap_or_default())),
+        None => (0, L3::Malformed),
     }
 }
 
@@ -115,6 +143,11 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
 pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<FilterMeta, DropReason> {
     let (ct, now) = (cx.ct, cx.now);
     let flow = match l3 {
+        // ARP that is not Ethernet/IPv4 names no sender a port's addresses can be checked
+        // against: refused where ARP senders are checked (as OVN's port security refuses it).
+        L3::Other if et == crate::wire::EtherType::ARP && port.allowed_ips.is_some() => {
+            return Err(DropReason::MalformedArp)
+        }
         L3::Other => return Ok(FilterMeta::default()),
         L3::Malformed if et == crate::wire::EtherType::ARP => {
             return if port.allowed_ips.is_some() {
@@ -146,7 +179,13 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
             return Ok(m);
         }
         IpKind::IcmpError(quoted) => {
-            if ct.and_then(|ct| ct.lookup(&quoted, now)).is_some_and(|f| !f.blocked) {
+            // Related only when it goes back to the quoted packet's sender, as Linux
+            // conntrack requires (`nf_conntrack_inet_error`: outer destination = the quoted
+            // packet's source); otherwise it is the sender's own packet, checked as any.
+            if quoted.v4 == flow.key.v4
+                && quoted.src == flow.key.dst
+                && ct.and_then(|ct| ct.lookup(&quoted, now)).is_some_and(|f| !f.blocked)
+            {
                 m.note = Note::Related;
                 m.flow = None;
                 return Ok(m);
@@ -157,9 +196,16 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
             // here (and blocked below if the policies refuse it now).
             match ct.and_then(|ct| ct.track_hashed(&flow.key, h, flow.tcp_flags, now)) {
                 Some(f) if f.dir == Dir::Reply && !f.blocked => {
-                    m.note = Note::Reply;
-                    m.flow = None;
-                    return Ok(m);
+                    if !f.reopened_by(flow.key.proto, flow.tcp_flags) {
+                        m.note = Note::Reply;
+                        m.flow = None;
+                        return Ok(m);
+                    }
+                    // A SYN reopening a closed connection the other way: no reply, a new
+                    // connection, checked below (its entry turned round, blocked until then).
+                    if let Some(ct) = ct {
+                        ct.turn_round(&flow.key, h, now);
+                    }
                 }
                 Some(f) if !f.blocked => {
                     m.committed = true;
@@ -316,7 +362,7 @@ impl<'a> FastKeys<'a> {
                 }
                 (PackedKey::v4(s.src, s.dst, s.ports, s.proto), s.tcp_flags)
             }
-            None => match parse(d, false).1 {
+            None => match parse_untagged(d) {
                 L3::Ip(f) if f.kind == IpKind::Flow => {
                     if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
                         return false;

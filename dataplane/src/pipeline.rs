@@ -1204,16 +1204,21 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
 }
 
 /// MAC spoof filtering: the Ethernet source, and the sender hardware address of ARP and RARP
-/// frames, must be in the port's `allowed_macs`.
+/// frames (also behind VLAN tags stacked inside the one the port reads, which a guest strips
+/// when they are priority tags), must be in the port's `allowed_macs`.
 fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
     if !port.allows_src(MacAddr::from_u64(m.src)) {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
     // classify() checked that the header (and the tag, when there is one) is inside `d`.
-    let off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
-    let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+    let mut off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
+    let mut et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+    if et == EtherType::VLAN || et == EtherType::QINQ {
+        // A frame that ends inside its tags carries nothing to check.
+        (et, off) = crate::wire::inner_ethertype(d, off)?;
+    }
     if et == EtherType::ARP || et == EtherType::RARP {
-        return match ArpPacket::new_checked(&d[off..]) {
+        return match ArpPacket::new_checked(d.get(off..).unwrap_or_default()) {
             Err(_) => Some(Verdict::Drop(DropReason::MalformedArp)),
             Ok(a) if !port.allows_src(a.sha()) => Some(Verdict::Drop(DropReason::SpoofedArpSha)),
             Ok(_) => None,

@@ -61,7 +61,7 @@ drop_reasons! {
     VlanNotAllowed => "vlan_not_allowed", "The port's VLAN mode does not accept the frame's VLAN.";
     SpoofedSrcMac => "spoofed_src_mac", "Source MAC not in the port's allowed_macs.";
     SpoofedArpSha => "spoofed_arp_sha", "ARP sender hardware address not in the port's allowed_macs.";
-    MalformedArp => "malformed_arp", "ARP too short to read on a port that filters ARP senders.";
+    MalformedArp => "malformed_arp", "ARP too short to read on a port that filters ARP senders, or (on a port with allowed_ips) not Ethernet/IPv4 ARP.";
     DstIsIngress => "dst_is_ingress", "Destination learned on the port the frame came in on.";
     NoEgressPort => "no_egress_port", "No other port carries the frame's VLAN (or the destination's port does not).";
     NoBuffer => "no_buffer", "No buffer for a flood copy or a received frame.";

@@ -146,9 +146,10 @@ pub fn parse_l3(ethertype: u16, p: &[u8]) -> L3 {
         0x0800 => parse_v4(p, true).map_or(L3::Malformed, L3::Ip),
         0x86dd => parse_v6(p, true).map_or(L3::Malformed, L3::Ip),
         0x0806 => {
-            // Ethernet/IPv4 ARP only: hardware type 1, protocol 0x0800, lengths 6 and 4.
+            // Ethernet/IPv4 ARP only: hardware type 1 or 6 (IEEE 802, which Linux takes on an
+            // Ethernet device as 1), protocol 0x0800, lengths 6 and 4.
             match (be16(p, 0), be16(p, 2), p.get(ARP_PLEN - 1), p.get(ARP_PLEN), be32(p, ARP_SPA)) {
-                (Some(1), Some(0x0800), Some(6), Some(4), Some(spa)) => L3::Arp(Ipv4Addr::from(spa)),
+                (Some(1 | 6), Some(0x0800), Some(6), Some(4), Some(spa)) => L3::Arp(Ipv4Addr::from(spa)),
                 (Some(_), Some(_), Some(_), Some(_), Some(_)) => L3::Other,
                 _ => L3::Malformed,
             }
@@ -159,8 +160,8 @@ pub fn parse_l3(ethertype: u16, p: &[u8]) -> L3 {
 
 /// Ports (or ICMP identifiers) and flags of the transport header at `t`; `outer`: the
 /// packet itself, not one quoted by an ICMP error (whose transport header may be cut to 8
-/// bytes, and which is not classified further).
-fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u8, IpKind)> {
+/// bytes, and which is not classified further); `hops`: an IPv6 packet's hop limit.
+fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, hops: u8, outer: bool) -> Option<(u8, IpKind)> {
     match key.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             key.sport = be16(t, 0)?;
@@ -171,7 +172,12 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u
         PROTO_ICMP | PROTO_ICMPV6 => {
             let ty = *t.first()?;
             let (echo_req, echo_rep, err, nd) = if icmp6 {
-                (ty == 128, ty == 129, (1..=4).contains(&ty), (133..=137).contains(&ty))
+                // Neighbour discovery as OVN lets it past every ACL (`nd`, `nd_rs`, `nd_ra`):
+                // router solicitation and advertisement, neighbour solicitation and
+                // advertisement, code 0, hop limit 255 (which a receiver requires too, RFC
+                // 4861). A redirect (137) is not among them.
+                let nd = (133..=136).contains(&ty) && t.get(1) == Some(&0) && hops == 255;
+                (ty == 128, ty == 129, (1..=4).contains(&ty), nd)
             } else {
                 (ty == 8, ty == 0, matches!(ty, 3 | 4 | 5 | 11 | 12), false)
             };
@@ -212,7 +218,7 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     if be16(p, V4_FRAG)? & 0x1fff != 0 {
         return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
     }
-    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, outer)?;
+    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, 0, outer)?;
     Some(IpFlow { key, tcp_flags, kind })
 }
 
@@ -297,7 +303,7 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
         }
     }
     key.proto = next;
-    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, outer)?;
+    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, *p.get(V6_HOPS)?, outer)?;
     Some(IpFlow { key, tcp_flags, kind })
 }
 
