@@ -427,7 +427,7 @@ struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 
 /// A key as the slot stores it: source (2 words), destination (2 words), then the ports
 /// (source in bits 16-31, destination in bits 0-15: the order of a TCP/UDP header's first
-/// word), protocol (bits 32-39) and family (bit 40, IPv4).
+/// word), protocol (bits 32-39), family (bit 40, IPv4) and VLAN (bits 44-55, [`VLAN_SHIFT`]).
 type KeyWords = [u64; 5];
 
 /// A flow key in the five words a slot stores (source, destination, then ports, protocol and
@@ -439,10 +439,17 @@ pub struct PackedKey(KeyWords);
 
 impl PackedKey {
     /// An IPv4 key: source and destination addresses, the transport header's first word
-    /// (source port << 16 | destination port), protocol.
+    /// (source port << 16 | destination port), protocol, and `fam`: [`PackedKey::v4_family`]
+    /// of the VLAN (made once per burst).
     #[inline(always)]
-    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8) -> PackedKey {
-        PackedKey([u64::from(src), 0, u64::from(dst), 0, u64::from(ports) | u64::from(proto) << 32 | 1 << 40])
+    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8, fam: u64) -> PackedKey {
+        PackedKey([u64::from(src), 0, u64::from(dst), 0, u64::from(ports) | u64::from(proto) << 32 | fam])
+    }
+
+    /// The family and VLAN bits of an IPv4 key in VLAN `vlan`.
+    #[inline(always)]
+    pub fn v4_family(vlan: u16) -> u64 {
+        1 << 40 | u64::from(vlan & 0x0fff) << VLAN_SHIFT
     }
 
     #[inline]
@@ -452,7 +459,11 @@ impl PackedKey {
             (k.src >> 64) as u64,
             k.dst as u64,
             (k.dst >> 64) as u64,
-            u64::from(k.sport) << 16 | u64::from(k.dport) | u64::from(k.proto) << 32 | u64::from(k.v4) << 40,
+            u64::from(k.sport) << 16
+                | u64::from(k.dport)
+                | u64::from(k.proto) << 32
+                | u64::from(k.v4) << 40
+                | u64::from(k.vlan & 0x0fff) << VLAN_SHIFT,
         ])
     }
 
@@ -462,7 +473,7 @@ impl PackedKey {
         (self.0[4] >> 32) as u8
     }
 
-    /// The other direction: addresses swapped, ports swapped, protocol and family kept.
+    /// The other direction: addresses swapped, ports swapped, protocol, family and VLAN kept.
     #[inline(always)]
     fn reversed(&self) -> KeyWords {
         let [s0, s1, d0, d1, p] = self.0;
@@ -478,9 +489,13 @@ impl PackedKey {
             dport: w[4] as u16,
             proto: (w[4] >> 32) as u8,
             v4: (w[4] >> 40) & 1 == 1,
+            vlan: (w[4] >> VLAN_SHIFT) as u16 & 0x0fff,
         }
     }
 }
+
+/// Where a key's fifth word keeps its VLAN.
+const VLAN_SHIFT: u32 = 44;
 
 fn key_words(k: &FlowKey) -> KeyWords {
     PackedKey::new(k).0
@@ -1166,7 +1181,7 @@ mod tests {
     use super::*;
 
     fn key(sport: u16, dport: u16, proto: u8) -> FlowKey {
-        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, sport, dport, proto, v4: true }
+        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, sport, dport, proto, v4: true, vlan: 0 }
     }
 
     /// A TCP connection through its states, found from both directions; RST closes it, and
@@ -1248,7 +1263,12 @@ mod tests {
     /// 30 keys (fewer connections than the table's 33 slots, so a commit always finds room) over
     /// few addresses and ports, so that some are each other's reverse.
     fn pool_key(i: usize) -> FlowKey {
-        let i = i % 30;
+        // Keys 24-29 are keys 18-23 in another VLAN: the same addresses and ports, other
+        // connections.
+        let (i, vlan) = match i % 30 {
+            i @ 24.. => (i - 6, 5),
+            i => (i, 0),
+        };
         FlowKey {
             src: (i % 3) as u128 + 1,
             dst: ((i / 3) % 3) as u128 + 1,
@@ -1256,6 +1276,7 @@ mod tests {
             dport: 1 + (i % 2) as u16,
             proto: if i < 18 { PROTO_TCP } else { PROTO_UDP },
             v4: true,
+            vlan,
         }
     }
 

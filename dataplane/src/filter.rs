@@ -115,6 +115,22 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
     }
 }
 
+/// [`FastKeys::push`] for a frame that is not a simple IPv4 packet: its key (in VLAN `vlan`)
+/// and TCP flags when it is an IP packet of a flow whose source passes the port's IP spoof
+/// filter. Out of line: inlined, its code cost the simple IPv4 packets registers.
+#[inline(never)]
+fn other_ip(port: &PortSpec, d: &[u8], vlan: u16) -> Option<(PackedKey, u8)> {
+    match parse_untagged(d) {
+        L3::Ip(f) if f.kind == IpKind::Flow => {
+            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
+                return None;
+            }
+            Some((PackedKey::new(&FlowKey { vlan, ..f.key }), f.tcp_flags))
+        }
+        _ => None,
+    }
+}
+
 /// What the untagged frame `d` carries, for the fast path, which takes IP packets only: a
 /// VLAN tag behind the header (a stacked one) is not IP here (the general stages read behind
 /// it, [`parse`]).
@@ -179,6 +195,8 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
             return Ok(m);
         }
         IpKind::IcmpError(quoted) => {
+            // The quoted packet went in this packet's VLAN.
+            let quoted = FlowKey { vlan: flow.key.vlan, ..quoted };
             // Related only when it goes back to the quoted packet's sender, as Linux
             // conntrack requires (`nf_conntrack_inet_error`: outer destination = the quoted
             // packet's source); otherwise it is the sender's own packet, checked as any.
@@ -308,7 +326,8 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
     if cx.ct.is_none() {
         return spoof_filtered_burst(burst, port);
     }
-    let Some(mut keys) = FastKeys::new(port, cx) else { return false };
+    let Some(vlan) = port.vlan.ingress(None) else { return false };
+    let Some(mut keys) = FastKeys::new(port, cx, vlan) else { return false };
     burst.iter().all(|b| {
         let d = b.data();
         eth_src(d).is_some_and(|(src, et)| keys.push(port, d, src, et))
@@ -321,20 +340,25 @@ pub struct FastKeys<'a> {
     lists: Lists,
     /// The steady entry words at the burst's clock.
     steady: Steady,
+    /// The burst's VLAN, and the family and VLAN bits of its IPv4 keys.
+    vlan: u16,
+    fam: u64,
     /// Frame i's probe.
     keys: ArrayVec<FastProbe, { crate::port::MAX_BURST }>,
 }
 
 impl<'a> FastKeys<'a> {
-    /// `None` when the bridge has no connection table (spoof filters alone: see
-    /// [`spoof_filtered_burst`]) or the context stores no verdicts.
+    /// For a burst of VLAN `vlan` on `port`. `None` when the bridge has no connection table
+    /// (spoof filters alone: see [`spoof_filtered_burst`]) or the context stores no verdicts.
     #[inline(always)]
-    pub fn new(port: &PortSpec, cx: Ctx<'a>) -> Option<FastKeys<'a>> {
+    pub fn new(port: &PortSpec, cx: Ctx<'a>, vlan: u16) -> Option<FastKeys<'a>> {
         let ct = cx.ct.filter(|_| cx.epoch != 0)?;
         Some(FastKeys {
             ct: ct.fast_view(),
             lists: Lists::of(port),
             steady: Steady::at(cx.now),
+            vlan,
+            fam: PackedKey::v4_family(vlan),
             keys: ArrayVec::new(),
         })
     }
@@ -360,16 +384,11 @@ impl<'a> FastKeys<'a> {
                 if !self.lists.v4_allowed(port, &s) {
                     return false;
                 }
-                (PackedKey::v4(s.src, s.dst, s.ports, s.proto), s.tcp_flags)
+                (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), s.tcp_flags)
             }
-            None => match parse_untagged(d) {
-                L3::Ip(f) if f.kind == IpKind::Flow => {
-                    if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
-                        return false;
-                    }
-                    (PackedKey::new(&f.key), f.tcp_flags)
-                }
-                _ => return false,
+            None => match other_ip(port, d, self.vlan) {
+                Some(kf) => kf,
+                None => return false,
             },
         };
         self.keys.try_push(self.ct.probe(key, flags, &self.steady)).is_ok()

@@ -567,7 +567,7 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
     if let Some(ct) = cx.ct {
         ct.sweep(cx.now, SWEEP_SLOTS);
     }
-    let mut keys = crate::filter::FastKeys::new(port, cx);
+    let mut keys = crate::filter::FastKeys::new(port, cx, vlan);
     // Stage 1: the frame's MAC probes and its connection key, in one read.
     let bytes = match &mut keys {
         Some(keys) => plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
@@ -781,11 +781,15 @@ fn general_burst(
         // that the table's cache misses overlap across the burst.
         let mut l3: ArrayVec<((u16, crate::wire::ip::L3), u64), MAX_BURST> = ArrayVec::new();
         for (m, b) in meta.iter().zip(burst.iter()) {
-            let r = if m.verdict.is_none() || m.flood_pending {
+            let mut r = if m.verdict.is_none() || m.flood_pending {
                 crate::filter::parse(b.data(), m.tagged)
             } else {
                 (0, crate::wire::ip::L3::Other)
             };
+            // A connection is its VLAN's (two VLANs may hold the same addresses).
+            if let crate::wire::ip::L3::Ip(f) = &mut r.1 {
+                f.key.vlan = m.vlan;
+            }
             let mut h = 0;
             if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (cx.ct, &r.1) {
                 h = crate::conntrack::hash(&f.key);

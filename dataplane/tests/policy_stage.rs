@@ -320,6 +320,7 @@ fn established_fast_path_follows_policy_changes() {
         dport: 80,
         proto: 6,
         v4: true,
+        vlan: 0,
     };
     let ct = first.bridges[0].conntrack.clone().expect("a table");
     assert_eq!(ct.lookup(&key, 1).map(|f| f.expires), Some(1 + 432_000));
@@ -727,4 +728,79 @@ fn non_first_fragments_are_checked_with_port_0() {
     // a -> b: a's rule to b is TCP 80 only, which port 0 is not.
     let (out, drops, _) = send(&sw, &pool, "a", &frag(0, 1, 6), 4);
     assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")));
+}
+
+/// Two VLANs of one bridge (two NADs on one bridge, each with its own VLAN) may hold the same
+/// addresses: a connection is one VLAN's, as OVN keeps it in the zone of its own ports. a1 on
+/// VLAN 10 connects to b1:80; on VLAN 20, b2 (b1's address) sending "the reply" to a2 (a1's
+/// address, ingress closed) is no reply of it: a2 refuses it. And a2 refusing a packet of the
+/// same addresses and ports does not cut a1's connection.
+#[test]
+fn a_connection_is_one_vlans() {
+    let yaml = r#"
+bridges:
+- name: br0
+  conntrack_size: 64
+  ports:
+  - name: a1
+    tag: 10
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1]
+    policy:
+      egress: {rules: [{name: p/a1-out}]}
+  - name: b1
+    tag: 10
+    static_macs: ['02:00:00:00:00:0b']
+    policy:
+      ingress: {rules: [{name: p/b1-web, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: TCP, port: 80}]}]}
+  - name: a2
+    tag: 20
+    static_macs: ['02:00:00:00:00:1a']
+    policy:
+      ingress: {rules: []}
+  - name: b2
+    tag: 20
+    static_macs: ['02:00:00:00:00:1b']
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let pool = pool();
+    const A2: [u8; 6] = [2, 0, 0, 0, 0, 0x1a];
+    const B2: [u8; 6] = [2, 0, 0, 0, 0, 0x1b];
+    let seg = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sp: u16, dp: u16, syn: bool| {
+        let b = PacketBuilder::ethernet2(src, dst).ipv4(src_ip, dst_ip, 64).tcp(sp, dp, 1, 1000);
+        let b = if syn { b.syn() } else { b.ack(2) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("frame");
+        v
+    };
+    for traced in [true, false] {
+        let go = |from: &str, f: &[u8], now: u32| {
+            if traced {
+                let (out, drops, _) = send(&sw, &pool, from, f, now);
+                (out, drops)
+            } else {
+                run(&sw, &pool, from, f, now, None)
+            }
+        };
+        let sport = if traced { 40000 } else { 40001 };
+        let (out, _) = go("a1", &seg(MAC[0], IP[0], MAC[1], IP[1], sport, 80, true), 1);
+        assert_eq!(out, vec!["b1".to_string()]);
+        let (out, _) = go("b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, sport, false), 1);
+        assert_eq!(out, vec!["a1".to_string()], "the reply on VLAN 10");
+        let (out, drops) = go("b2", &seg(B2, IP[1], A2, IP[0], 80, sport, false), 2);
+        assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "VLAN 20 (traced {traced})");
+        let (out, _) = go("b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, sport, false), 3);
+        assert_eq!(out, vec!["a1".to_string()], "VLAN 10's connection stands (traced {traced})");
+    }
+    // The fast path makes the same key as the general stages: an established connection on
+    // VLAN 10 takes it (its first packet of the second stores the verdict).
+    let mut synack = seg(MAC[1], IP[1], MAC[0], IP[0], 80, 40002, true);
+    synack[14 + 20 + 13] = 0x12;
+    run(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, true), 4, None);
+    run(&sw, &pool, "b1", &synack, 4, None);
+    run(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, false), 4, None);
+    let (out, _, fast) = run_fast(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, false), 4);
+    assert_eq!((out, fast), (vec!["b1".to_string()], true));
+    let (out, _, fast) = run_fast(&sw, &pool, "b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, 40002, false), 4);
+    assert_eq!((out, fast), (vec!["a1".to_string()], true), "a reply, fast");
 }

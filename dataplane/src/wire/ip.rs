@@ -63,7 +63,10 @@ pub const TCP_ACK: u8 = 0x10;
 pub const TCP_CWR: u8 = 0x80;
 
 /// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo: the
-/// identifier as the source port of a request and the destination port of a reply) and protocol.
+/// identifier as the source port of a request and the destination port of a reply), protocol,
+/// and the VLAN it travels in (the pipeline's VLAN, 0-4095; the header reads leave it 0 and
+/// the policy stage sets it): two VLANs of one bridge may hold the same addresses, and their
+/// connections are two, as OVN keeps each in the zone of its own ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: u128,
@@ -72,6 +75,7 @@ pub struct FlowKey {
     pub dport: u16,
     pub proto: u8,
     pub v4: bool,
+    pub vlan: u16,
 }
 
 impl FlowKey {
@@ -263,6 +267,7 @@ impl SimpleV4 {
             dport: self.ports as u16,
             proto: self.proto,
             v4: true,
+            vlan: 0,
         }
     }
 }
