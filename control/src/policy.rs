@@ -414,8 +414,12 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
         return;
     }
     let mut per_port: HashMap<String, PortPolicy> = HashMap::new();
+    // The networks some policy is for: every port on them gets the IP spoof filter, selected
+    // or not, since peers are told by their source addresses (a VM without the filter could
+    // send from a peer's address and be let in as that peer).
+    let mut policy_nets = BTreeSet::new();
     for ((ns, name), l) in &state.policies {
-        resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems);
+        policy_nets.extend(resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems));
     }
     let by_port: HashMap<&str, &Attachment> = att.iter().map(|a| (a.port.as_str(), a)).collect();
     for b in &mut plan.config.bridges {
@@ -426,7 +430,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                 .nads
                 .get(&a.nad)
                 .is_some_and(|n| matches!(&n.net, Ok(NadNetwork::Bridge(b)) if b.ipspoofchk));
-            if policy.is_some() || spoofchk {
+            if policy.is_some() || spoofchk || policy_nets.contains(&a.nad) {
                 if a.addrs.is_empty() {
                     plan.notes.push(format!(
                         "{} has no known IP address yet (no status.interfaces addresses): no IP spoof filter",
@@ -442,6 +446,8 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
     plan.problems.extend(problems);
 }
 
+/// Resolves one policy into `per_port` (problems reported); returns its networks (none when
+/// it is skipped whole).
 fn resolve_one(
     state: &ClusterState,
     ns: &str,
@@ -450,12 +456,12 @@ fn resolve_one(
     att: &[Attachment],
     per_port: &mut HashMap<String, PortPolicy>,
     problems: &mut Vec<Problem>,
-) {
+) -> BTreeSet<(String, String)> {
     let mut r = Reporter { src: &l.src, oref: ObjRef::new("MultiNetworkPolicy", Some(ns), name), problems };
     let spec = &l.obj.spec;
     if let Err((f, m)) = spec.pod_selector.validate("spec.podSelector") {
         r.push(&f, &m);
-        return;
+        return BTreeSet::new();
     }
     let nets = networks(state, ns, &l.obj.metadata, &mut r);
     let (mut ing, mut eg) = (false, !spec.egress.is_empty());
@@ -509,6 +515,7 @@ fn resolve_one(
             }
         }
     }
+    nets
 }
 
 #[cfg(test)]

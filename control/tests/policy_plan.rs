@@ -118,8 +118,21 @@ fn selectors_resolve_to_addresses() {
         Some(&["10.0.0.10".parse::<IpAddr>().unwrap()][..]),
         "a policy turns on the IP spoof filter"
     );
+    assert!(port(&p, "b/db/net1").policy.is_none(), "not selected");
+}
+
+/// Every port on a network that some policy is for gets the IP spoof filter, selected or not:
+/// peers are told by their source addresses, so a VM left without it could send from a peer's
+/// address and be let in as that peer (OVN-Kubernetes gives every pod port of a network with
+/// IPAM port security on its addresses). A network no policy is for stays as it was.
+#[test]
+fn every_port_of_a_policy_network_is_spoof_filtered() {
+    let p = plan_of(&cluster("app: web"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
     let db = port(&p, "b/db/net1");
-    assert!(db.policy.is_none() && db.allowed_ips.is_none(), "not selected, no ipspoofchk");
+    assert!(db.policy.is_none(), "not selected");
+    assert_eq!(db.allowed_ips.as_deref(), Some(&["10.0.0.20".parse::<IpAddr>().unwrap()][..]));
+    assert!(port(&p, "b/stranger/net1").allowed_ips.is_none(), "no policy is for `other`");
 }
 
 /// A VM's labels change: the next plan drops its port's policy.
