@@ -333,8 +333,14 @@ fn rule(
                 };
                 let pod_ok = p.pod_selector.as_ref().is_none_or(|s| s.matches(&a.labels));
                 if ns_ok && pod_ok {
-                    blocks
-                        .extend(a.addrs.iter().map(|ip| PeerBlock { cidr: Cidr::host(*ip), except: vec![] }));
+                    // An IPv6 link-local address names no one: the IP spoof filter lets any VM
+                    // send from any of them (docs/policy.md), so a peer is its other addresses.
+                    blocks.extend(
+                        a.addrs
+                            .iter()
+                            .filter(|ip| !is_link_local(ip))
+                            .map(|ip| PeerBlock { cidr: Cidr::host(*ip), except: vec![] }),
+                    );
                 }
             }
         }
@@ -391,6 +397,11 @@ fn rule(
         out
     });
     PolicyRule { name, peers, ports }
+}
+
+/// Whether `ip` is an IPv6 link-local address (`fe80::/10`).
+fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// What a node's ports get from the policies.

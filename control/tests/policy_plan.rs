@@ -269,3 +269,19 @@ fn empty_policy_types_mean_the_default() {
     assert_eq!(web.ingress.map(|d| d.rules.len()), Some(1), "web-in's rule; web-deny isolates, adds none");
     assert_eq!(web.egress, None, "no egress rule: egress open");
 }
+
+/// A peer's IPv6 link-local address (a guest agent may report it) is left out of the rules:
+/// the IP spoof filter lets every VM send from any link-local address (neighbour discovery,
+/// DHCPv6), so allowing one would allow every VM on the network.
+#[test]
+fn a_peers_link_local_address_is_no_peer() {
+    let mut files = cluster("app: web");
+    files.retain(|f| !f.contains("name: client"));
+    files.push(vmi("a", "client", "net", "role: client", &["10.0.0.11", "fe80::11", "fd00::11"], "n2"));
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let rules = port(&p, "a/web/net1").policy.clone().expect("selected").ingress.expect("isolated").rules;
+    let peers = rules[0].peers.clone().expect("peers");
+    assert!(peers.contains(&host("fd00::11")) && peers.contains(&host("10.0.0.11")), "{peers:?}");
+    assert!(!peers.contains(&host("fe80::11")), "{peers:?}");
+}
