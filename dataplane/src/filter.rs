@@ -73,6 +73,16 @@ pub struct Ctx<'a> {
     pub epoch: u32,
 }
 
+/// Whether `k` is an ICMP message that is no request (a reply, an error not related to a
+/// tracked connection, any other type: source port 0, see [`FlowKey`]): it opens no
+/// connection, so that nothing the other way passes as its reply. Linux conntrack calls such
+/// a message invalid when it comes first (which OVN drops); here the policies decide it, and
+/// it is not tracked. (An echo request of identifier 0 reads the same: not tracked either.)
+#[inline]
+fn icmp_answer(k: &FlowKey) -> bool {
+    matches!(k.proto, crate::wire::ip::PROTO_ICMP | crate::wire::ip::PROTO_ICMPV6) && k.sport == 0
+}
+
 /// The destination port a policy rule sees: TCP, UDP and SCTP have one, other protocols 0.
 fn l4_port(k: &FlowKey) -> u16 {
     match k.proto {
@@ -284,7 +294,7 @@ pub fn admit(
     // Both classifiers allowed it (or the egress one's verdict stood): the entry keeps the
     // verdict for the next packets.
     let v = if cx.epoch == 0 { 0 } else { verdict(cx.epoch, from.id, to.id) };
-    if !m.committed && (from.policy.is_some() || to.policy.is_some()) {
+    if !m.committed && (from.policy.is_some() || to.policy.is_some()) && !icmp_answer(&flow.key) {
         if let Some(ct) = ct {
             ct.commit_verdict(&flow.key, flow.tcp_flags, now, v).map_err(|()| DropReason::ConntrackFull)?;
         }

@@ -804,3 +804,39 @@ bridges:
     let (out, _, fast) = run_fast(&sw, &pool, "b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, 40002, false), 4);
     assert_eq!((out, fast), (vec!["a1".to_string()], true), "a reply, fast");
 }
+
+/// An ICMP message that is no request opens no connection (Linux conntrack calls it invalid
+/// when it comes first, and OVN drops it): a's unsolicited echo reply to c (a's egress takes
+/// anything to c) passes, but c's echo request of that identifier is then no reply: a's closed
+/// ingress refuses it. Likewise any other ICMP type a sends: c's ICMP back is refused. An echo
+/// request and a timestamp request are tracked: their replies pass.
+#[test]
+fn an_icmp_message_that_is_no_request_opens_nothing() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let icmp = |from: usize, to: usize, ty: u8, id: u16| {
+        let mut v = Vec::new();
+        let [a, b] = id.to_be_bytes();
+        PacketBuilder::ethernet2(MAC[from], MAC[to])
+            .ipv4(IP[from], IP[to], 64)
+            .icmpv4_raw(ty, 0, [a, b, 0, 1])
+            .write(&mut v, &[0; 12])
+            .expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "a", &icmp(0, 2, 0, 77), 1);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0), "a's unsolicited echo reply");
+    let (out, drops, _) = send(&sw, &pool, "c", &icmp(2, 0, 8, 77), 2);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "c's echo request");
+    let (out, _, _) = send(&sw, &pool, "a", &icmp(0, 2, 9, 0), 3);
+    assert_eq!(out, vec!["c".to_string()], "a router advertisement");
+    let (out, drops, _) = send(&sw, &pool, "c", &icmp(2, 0, 9, 0), 4);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "c's, back");
+    // Requests are tracked.
+    for (req, rep) in [(8, 0), (13, 14)] {
+        let (out, _, _) = send(&sw, &pool, "a", &icmp(0, 2, req, 5), 5);
+        assert_eq!(out, vec!["c".to_string()]);
+        let (out, drops, tr) = send(&sw, &pool, "c", &icmp(2, 0, rep, 5), 6);
+        assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "reply {rep}");
+        assert!(tr.describe(&sw).contains("reply-of-tracked"));
+    }
+}

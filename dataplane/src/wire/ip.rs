@@ -62,8 +62,9 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_CWR: u8 = 0x80;
 
-/// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo: the
-/// identifier as the source port of a request and the destination port of a reply), protocol,
+/// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo, and ICMPv4
+/// timestamp, information and address mask: the identifier as the source port of a request
+/// and the destination port of a reply; other ICMP: 0 and 0), protocol,
 /// and the VLAN it travels in (the pipeline's VLAN, 0-4095; the header reads leave it 0 and
 /// the policy stage sets it): two VLANs of one bridge may hold the same addresses, and their
 /// connections are two, as OVN keeps each in the zone of its own ports.
@@ -183,7 +184,14 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, hops: u8, outer: bool) ->
                 let nd = (133..=136).contains(&ty) && t.get(1) == Some(&0) && hops == 255;
                 (ty == 128, ty == 129, (1..=4).contains(&ty), nd)
             } else {
-                (ty == 8, ty == 0, matches!(ty, 3 | 4 | 5 | 11 | 12), false)
+                // Echo, and timestamp, information and address mask requests and replies, which
+                // carry an identifier in the same place.
+                (
+                    matches!(ty, 8 | 13 | 15 | 17),
+                    matches!(ty, 0 | 14 | 16 | 18),
+                    matches!(ty, 3 | 4 | 5 | 11 | 12),
+                    false,
+                )
             };
             if echo_req || echo_rep {
                 let id = be16(t, 4)?;
