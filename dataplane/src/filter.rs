@@ -199,7 +199,16 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
     }
     let mut m = FilterMeta { flow: Some(flow), ..Default::default() };
     match flow.kind {
-        IpKind::NeighborDiscovery => {
+        IpKind::NeighborDiscovery(target) => {
+            // A neighbour advertisement claims its target address: on a port with an IP spoof
+            // filter, one of the port's addresses (or a link-local one, as sources), as OVN's
+            // port security checks `nd.target` (the IPv6 form of ARP's sender address).
+            if let (t @ 1.., Some(list)) = (target, &port.allowed_ips) {
+                let a = std::net::Ipv6Addr::from(t);
+                if !list.contains(&IpAddr::V6(a)) && (a.segments()[0] & 0xffc0) != 0xfe80 {
+                    return Err(DropReason::SpoofedSrcIp);
+                }
+            }
             m.note = Note::NeighborDiscovery;
             m.flow = None;
             return Ok(m);

@@ -585,7 +585,8 @@ fn only_genuine_neighbor_discovery_passes_every_policy() {
         PacketBuilder::ethernet2(MAC[0], MAC[1])
             .ipv6(ll, b_ll, hops)
             .icmpv6_raw(ty, code, [0; 4])
-            .write(&mut v, &[0; 32])
+            // A target address (a's own: an advertisement claims it) and room for options.
+            .write(&mut v, &[&v6(1)[..], &[0; 16]].concat())
             .expect("frame");
         v
     };
@@ -839,4 +840,36 @@ fn an_icmp_message_that_is_no_request_opens_nothing() {
         assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "reply {rep}");
         assert!(tr.describe(&sw).contains("reply-of-tracked"));
     }
+}
+
+/// A neighbour advertisement claims its target address: on a port with an IP spoof filter it
+/// must be one of the port's addresses (or link-local), as ARP's sender address must, and as
+/// OVN's port security checks `nd.target`; otherwise a VM could take another's IPv6 address
+/// in its neighbours' caches. A solicitation's target (the address asked about) is anyone's.
+#[test]
+fn a_neighbor_advertisement_claims_only_the_ports_addresses() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let ll = |i: u8| [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+    let nd = |from: usize, ty: u8, target: [u8; 16]| {
+        let mut body = target.to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&MAC[from]);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[from], [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(ll(from as u8 + 1), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255)
+            .icmpv6_raw(ty, 0, [0x20, 0, 0, 0])
+            .write(&mut v, &body)
+            .expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, v6(1)), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims a's address");
+    for target in [v6(3), ll(3)] {
+        let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, target), 1);
+        assert_eq!((out.len(), drops.len()), (2, 0), "its own address {target:?}");
+    }
+    let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 135, v6(1)), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "a solicitation for a's address");
+    let (out, drops, _) = send(&sw, &pool, "b", &nd(1, 136, v6(1)), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "b has no IP spoof filter");
 }

@@ -107,8 +107,10 @@ impl FlowKey {
 pub enum IpKind {
     /// A connection's packet (TCP, UDP, SCTP, ICMP echo, other protocols).
     Flow,
-    /// IPv6 neighbour discovery or router solicitation/advertisement: always passes.
-    NeighborDiscovery,
+    /// IPv6 neighbour discovery or router solicitation/advertisement: passes every policy
+    /// (an IP spoof filter still checks it); with a neighbour advertisement's target address
+    /// (0, the unspecified address, which no advertisement claims, for the other messages).
+    NeighborDiscovery(u128),
     /// An ICMP error quoting the packet of `FlowKey` (as that packet went).
     IcmpError(FlowKey),
 }
@@ -199,7 +201,9 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, hops: u8, outer: bool) ->
                 return Some((0, IpKind::Flow));
             }
             if nd {
-                return Some((0, IpKind::NeighborDiscovery));
+                // A neighbour advertisement's target address (the address it claims).
+                let target = if ty == 136 { be128(t, 8)? } else { 0 };
+                return Some((0, IpKind::NeighborDiscovery(target)));
             }
             if err && outer {
                 // The quoted packet starts 8 bytes in.
