@@ -333,8 +333,14 @@ fn rule(
                 };
                 let pod_ok = p.pod_selector.as_ref().is_none_or(|s| s.matches(&a.labels));
                 if ns_ok && pod_ok {
-                    blocks
-                        .extend(a.addrs.iter().map(|ip| PeerBlock { cidr: Cidr::host(*ip), except: vec![] }));
+                    // An IPv6 link-local address names no one: the IP spoof filter lets any VM
+                    // send from any of them (docs/policy.md), so a peer is its other addresses.
+                    blocks.extend(
+                        a.addrs
+                            .iter()
+                            .filter(|ip| !is_link_local(ip))
+                            .map(|ip| PeerBlock { cidr: Cidr::host(*ip), except: vec![] }),
+                    );
                 }
             }
         }
@@ -393,6 +399,11 @@ fn rule(
     PolicyRule { name, peers, ports }
 }
 
+/// Whether `ip` is an IPv6 link-local address (`fe80::/10`).
+fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// What a node's ports get from the policies.
 #[derive(Debug, Default)]
 pub struct Resolved {
@@ -414,8 +425,12 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
         return;
     }
     let mut per_port: HashMap<String, PortPolicy> = HashMap::new();
+    // The networks some policy is for: every port on them gets the IP spoof filter, selected
+    // or not, since peers are told by their source addresses (a VM without the filter could
+    // send from a peer's address and be let in as that peer).
+    let mut policy_nets = BTreeSet::new();
     for ((ns, name), l) in &state.policies {
-        resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems);
+        policy_nets.extend(resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems));
     }
     let by_port: HashMap<&str, &Attachment> = att.iter().map(|a| (a.port.as_str(), a)).collect();
     for b in &mut plan.config.bridges {
@@ -426,7 +441,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                 .nads
                 .get(&a.nad)
                 .is_some_and(|n| matches!(&n.net, Ok(NadNetwork::Bridge(b)) if b.ipspoofchk));
-            if policy.is_some() || spoofchk {
+            if policy.is_some() || spoofchk || policy_nets.contains(&a.nad) {
                 if a.addrs.is_empty() {
                     plan.notes.push(format!(
                         "{} has no known IP address yet (no status.interfaces addresses): no IP spoof filter",
@@ -442,6 +457,8 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
     plan.problems.extend(problems);
 }
 
+/// Resolves one policy into `per_port` (problems reported); returns its networks (none when
+/// it is skipped whole).
 fn resolve_one(
     state: &ClusterState,
     ns: &str,
@@ -450,16 +467,18 @@ fn resolve_one(
     att: &[Attachment],
     per_port: &mut HashMap<String, PortPolicy>,
     problems: &mut Vec<Problem>,
-) {
+) -> BTreeSet<(String, String)> {
     let mut r = Reporter { src: &l.src, oref: ObjRef::new("MultiNetworkPolicy", Some(ns), name), problems };
     let spec = &l.obj.spec;
     if let Err((f, m)) = spec.pod_selector.validate("spec.podSelector") {
         r.push(&f, &m);
-        return;
+        return BTreeSet::new();
     }
     let nets = networks(state, ns, &l.obj.metadata, &mut r);
     let (mut ing, mut eg) = (false, !spec.egress.is_empty());
-    match &spec.policy_types {
+    // An empty list is a missing one, as Kubernetes defaults it (and as the Go
+    // implementations read it, which cannot tell the two apart).
+    match spec.policy_types.as_deref().filter(|t| !t.is_empty()) {
         None => ing = true,
         Some(t) => {
             eg = false;
@@ -507,6 +526,7 @@ fn resolve_one(
             }
         }
     }
+    nets
 }
 
 #[cfg(test)]

@@ -118,8 +118,21 @@ fn selectors_resolve_to_addresses() {
         Some(&["10.0.0.10".parse::<IpAddr>().unwrap()][..]),
         "a policy turns on the IP spoof filter"
     );
+    assert!(port(&p, "b/db/net1").policy.is_none(), "not selected");
+}
+
+/// Every port on a network that some policy is for gets the IP spoof filter, selected or not:
+/// peers are told by their source addresses, so a VM left without it could send from a peer's
+/// address and be let in as that peer (OVN-Kubernetes gives every pod port of a network with
+/// IPAM port security on its addresses). A network no policy is for stays as it was.
+#[test]
+fn every_port_of_a_policy_network_is_spoof_filtered() {
+    let p = plan_of(&cluster("app: web"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
     let db = port(&p, "b/db/net1");
-    assert!(db.policy.is_none() && db.allowed_ips.is_none(), "not selected, no ipspoofchk");
+    assert!(db.policy.is_none(), "not selected");
+    assert_eq!(db.allowed_ips.as_deref(), Some(&["10.0.0.20".parse::<IpAddr>().unwrap()][..]));
+    assert!(port(&p, "b/stranger/net1").allowed_ips.is_none(), "no policy is for `other`");
 }
 
 /// A VM's labels change: the next plan drops its port's policy.
@@ -226,4 +239,49 @@ fn ipspoofchk_by_itself() {
     assert_eq!(x.allowed_ips.as_ref(), Some(&want));
     assert!(port(&p, "a/y/net1").allowed_ips.is_none());
     assert!(p.notes.iter().any(|n| n.contains("a/y/net1") && n.contains("no known IP")), "{:?}", p.notes);
+}
+
+/// `policyTypes: []` is `policyTypes` left out: Ingress, and Egress when the policy has egress
+/// rules. Kubernetes defaults an empty list as a missing one, and the Go implementations of
+/// MultiNetworkPolicy (which cannot tell the two apart: `len(PolicyTypes) == 0`) do the same;
+/// read as "no direction", it would isolate nothing and open the ports it means to close.
+#[test]
+fn empty_policy_types_mean_the_default() {
+    let mut files = cluster("app: web");
+    files.push(policy(
+        "b",
+        "db-lockdown",
+        "infra/net",
+        "  podSelector: {}\n  policyTypes: []\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.0.53/32}}]\n",
+    ));
+    files.push(policy(
+        "a",
+        "web-deny",
+        "infra/net",
+        "  podSelector: {matchLabels: {app: web}}\n  policyTypes: []\n",
+    ));
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let db = port(&p, "b/db/net1").policy.clone().expect("db is selected");
+    assert_eq!(db.ingress, Some(DirectionPolicy::default()), "ingress isolated, no rule");
+    assert_eq!(db.egress.map(|e| e.rules.len()), Some(1), "egress isolated by its rule");
+    let web = port(&p, "a/web/net1").policy.clone().expect("web is selected");
+    assert_eq!(web.ingress.map(|d| d.rules.len()), Some(1), "web-in's rule; web-deny isolates, adds none");
+    assert_eq!(web.egress, None, "no egress rule: egress open");
+}
+
+/// A peer's IPv6 link-local address (a guest agent may report it) is left out of the rules:
+/// the IP spoof filter lets every VM send from any link-local address (neighbour discovery,
+/// DHCPv6), so allowing one would allow every VM on the network.
+#[test]
+fn a_peers_link_local_address_is_no_peer() {
+    let mut files = cluster("app: web");
+    files.retain(|f| !f.contains("name: client"));
+    files.push(vmi("a", "client", "net", "role: client", &["10.0.0.11", "fe80::11", "fd00::11"], "n2"));
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let rules = port(&p, "a/web/net1").policy.clone().expect("selected").ingress.expect("isolated").rules;
+    let peers = rules[0].peers.clone().expect("peers");
+    assert!(peers.contains(&host("fd00::11")) && peers.contains(&host("10.0.0.11")), "{peers:?}");
+    assert!(!peers.contains(&host("fe80::11")), "{peers:?}");
 }

@@ -154,6 +154,21 @@ fn original_tcp_state(flags: u8, prev: Option<CtState>) -> CtState {
     }
 }
 
+/// Whether a packet (`dir`, protocol `proto`, TCP flags `flags`) opens a new connection the
+/// other way on a connection in `state`: a SYN without ACK in the reply direction of a TCP
+/// connection that is closing or closed. Linux conntrack, which OVN uses, never lets it
+/// through as a reply: from TIME_WAIT it drops the old entry and takes the SYN as a new
+/// connection, in the other states it calls it invalid (which OVN drops). Here it is a new
+/// connection: checked against the policies ([`Conntrack::turn_round`]).
+/// In any other state (a SYN answering a SYN: simultaneous open) it is a reply.
+#[inline(always)]
+fn reopens(dir: Dir, proto: u8, state: CtState, flags: u8) -> bool {
+    dir == Dir::Reply
+        && proto == PROTO_TCP
+        && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && matches!(state, CtState::Closing | CtState::Closed)
+}
+
 /// Which way a packet goes relative to its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -176,6 +191,15 @@ pub struct Found {
 }
 
 impl Found {
+    /// Whether a packet of protocol `proto` with TCP flags `flags`, in this entry's direction,
+    /// opens a new connection the other way: a SYN without ACK in the reply direction of a TCP
+    /// connection that is closing or closed. Then it is no reply (see
+    /// [`Conntrack::turn_round`]).
+    #[inline]
+    pub fn reopened_by(&self, proto: u8, flags: u8) -> bool {
+        reopens(self.dir, proto, self.state, flags)
+    }
+
     /// The state and expiry a packet with TCP flags `flags` of protocol `proto` at `now` moves
     /// the entry to ([`Conntrack::track`]'s update), or `None` when nothing changes (blocked,
     /// or same state and same expiry).
@@ -403,7 +427,7 @@ struct Slot<'a>(&'a [[AtomicU64; 2]; 4]);
 
 /// A key as the slot stores it: source (2 words), destination (2 words), then the ports
 /// (source in bits 16-31, destination in bits 0-15: the order of a TCP/UDP header's first
-/// word), protocol (bits 32-39) and family (bit 40, IPv4).
+/// word), protocol (bits 32-39), family (bit 40, IPv4) and VLAN (bits 44-55, [`VLAN_SHIFT`]).
 type KeyWords = [u64; 5];
 
 /// A flow key in the five words a slot stores (source, destination, then ports, protocol and
@@ -415,10 +439,17 @@ pub struct PackedKey(KeyWords);
 
 impl PackedKey {
     /// An IPv4 key: source and destination addresses, the transport header's first word
-    /// (source port << 16 | destination port), protocol.
+    /// (source port << 16 | destination port), protocol, and `fam`: [`PackedKey::v4_family`]
+    /// of the VLAN (made once per burst).
     #[inline(always)]
-    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8) -> PackedKey {
-        PackedKey([u64::from(src), 0, u64::from(dst), 0, u64::from(ports) | u64::from(proto) << 32 | 1 << 40])
+    pub fn v4(src: u32, dst: u32, ports: u32, proto: u8, fam: u64) -> PackedKey {
+        PackedKey([u64::from(src), 0, u64::from(dst), 0, u64::from(ports) | u64::from(proto) << 32 | fam])
+    }
+
+    /// The family and VLAN bits of an IPv4 key in VLAN `vlan`.
+    #[inline(always)]
+    pub fn v4_family(vlan: u16) -> u64 {
+        1 << 40 | u64::from(vlan & 0x0fff) << VLAN_SHIFT
     }
 
     #[inline]
@@ -428,7 +459,11 @@ impl PackedKey {
             (k.src >> 64) as u64,
             k.dst as u64,
             (k.dst >> 64) as u64,
-            u64::from(k.sport) << 16 | u64::from(k.dport) | u64::from(k.proto) << 32 | u64::from(k.v4) << 40,
+            u64::from(k.sport) << 16
+                | u64::from(k.dport)
+                | u64::from(k.proto) << 32
+                | u64::from(k.v4) << 40
+                | u64::from(k.vlan & 0x0fff) << VLAN_SHIFT,
         ])
     }
 
@@ -438,7 +473,7 @@ impl PackedKey {
         (self.0[4] >> 32) as u8
     }
 
-    /// The other direction: addresses swapped, ports swapped, protocol and family kept.
+    /// The other direction: addresses swapped, ports swapped, protocol, family and VLAN kept.
     #[inline(always)]
     fn reversed(&self) -> KeyWords {
         let [s0, s1, d0, d1, p] = self.0;
@@ -454,9 +489,13 @@ impl PackedKey {
             dport: w[4] as u16,
             proto: (w[4] >> 32) as u8,
             v4: (w[4] >> 40) & 1 == 1,
+            vlan: (w[4] >> VLAN_SHIFT) as u16 & 0x0fff,
         }
     }
 }
+
+/// Where a key's fifth word keeps its VLAN.
+const VLAN_SHIFT: u32 = 44;
 
 fn key_words(k: &FlowKey) -> KeyWords {
     PackedKey::new(k).0
@@ -880,10 +919,13 @@ impl Conntrack {
                     j = self.next(j);
                     continue;
                 };
-                // Blocked, or a change of state: the general stage's. The same expiry: nothing
-                // to write (the common case, as expiry is in seconds).
+                // Blocked, a change of state or a reopened connection: the general stage's.
+                // The same expiry: nothing to write (the common case, as expiry is in seconds).
                 let (state, proto) = (CtState::from_u8((meta >> 32) as u8), k.proto());
-                if (meta >> 40) & 1 == 1 || moved(dir, proto, state, flags) != state {
+                if (meta >> 40) & 1 == 1
+                    || moved(dir, proto, state, flags) != state
+                    || reopens(dir, proto, state, flags)
+                {
                     return Fast::Slow;
                 }
                 let expires = now.saturating_add(timeout(proto, state)).max(1);
@@ -959,6 +1001,8 @@ impl Conntrack {
     /// One probe for a packet (TCP flags `flags`) of a tracked connection: the entry as found
     /// (`None`: not tracked), moved on as [`Conntrack::reply`] or [`Conntrack::commit`] would
     /// (for its direction) unless it is blocked. Writes only when the state or expiry changes.
+    /// (A SYN that reopens the connection the other way, [`Found::reopened_by`], is the
+    /// caller's to see: then [`Conntrack::turn_round`].)
     pub fn track(&self, k: &FlowKey, flags: u8, now: u32) -> Option<Found> {
         self.track_hashed(k, hash(k), flags, now)
     }
@@ -976,6 +1020,24 @@ impl Conntrack {
             });
         }
         Some(found)
+    }
+
+    /// A SYN `k` (hash `h`) reopened its connection the other way ([`Found::reopened_by`]):
+    /// when `k` is the reply direction of a live entry, the entry is turned round, keyed in
+    /// `k`'s direction (the same hash and tag: the slot stays the key's), in `syn_sent`,
+    /// blocked until a commit (the policies allowing the SYN) clears it, without a verdict.
+    /// Out of line: rare.
+    #[cold]
+    #[inline(never)]
+    pub fn turn_round(&self, k: &FlowKey, h: u64, now: u32) {
+        let Some(hit) = self.find(k, h, now).filter(|h| h.dir == Dir::Reply) else { return };
+        let state = CtState::SynSent;
+        let expires = now.saturating_add(timeout(PROTO_TCP, state)).max(1);
+        self.update(&hit, now, |s| {
+            s.key = key_words(k);
+            s.set(expires, state, true);
+            s.verdict = 0;
+        });
     }
 
     /// An original-direction packet (`flags`: its TCP flags) was allowed: creates the entry
@@ -1119,7 +1181,7 @@ mod tests {
     use super::*;
 
     fn key(sport: u16, dport: u16, proto: u8) -> FlowKey {
-        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, sport, dport, proto, v4: true }
+        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, sport, dport, proto, v4: true, vlan: 0 }
     }
 
     /// A TCP connection through its states, found from both directions; RST closes it, and
@@ -1188,6 +1250,8 @@ mod tests {
         Reply(usize, u8),
         Block(usize),
         Remember(usize, u64),
+        /// [`Conntrack::turn_round`].
+        TurnRound(usize),
         Lookup(usize),
         /// The fast path's two stages for one packet ([`FastView::probe`] and
         /// [`FastView::lookup`]).
@@ -1199,7 +1263,12 @@ mod tests {
     /// 30 keys (fewer connections than the table's 33 slots, so a commit always finds room) over
     /// few addresses and ports, so that some are each other's reverse.
     fn pool_key(i: usize) -> FlowKey {
-        let i = i % 30;
+        // Keys 24-29 are keys 18-23 in another VLAN: the same addresses and ports, other
+        // connections.
+        let (i, vlan) = match i % 30 {
+            i @ 24.. => (i - 6, 5),
+            i => (i, 0),
+        };
         FlowKey {
             src: (i % 3) as u128 + 1,
             dst: ((i / 3) % 3) as u128 + 1,
@@ -1207,6 +1276,7 @@ mod tests {
             dport: 1 + (i % 2) as u16,
             proto: if i < 18 { PROTO_TCP } else { PROTO_UDP },
             v4: true,
+            vlan,
         }
     }
 
@@ -1223,6 +1293,7 @@ mod tests {
             (0..30usize, flags.clone()).prop_map(|(k, f)| Op::Reply(k, f)),
             (0..30usize).prop_map(Op::Block),
             (0..30usize, 1..3u64).prop_map(|(k, v)| Op::Remember(k, v)),
+            (0..30usize).prop_map(Op::TurnRound),
             (0..30usize).prop_map(Op::Lookup),
             (0..30usize, flags2).prop_map(|(k, f)| Op::Fast(k, f)),
             prop_oneof![0..3u32, 8..40u32, Just(200u32)].prop_map(Op::Advance),
@@ -1317,6 +1388,21 @@ mod tests {
                             e.verdict = 0;
                         }
                     }
+                    Op::TurnRound(i) => {
+                        let k = pool_key(i);
+                        ct.turn_round(&k, hash(&k), now);
+                        if let Some((ok, Dir::Reply)) = model_find(&m, &k, now) {
+                            // Keyed in k's direction, blocked, no verdict.
+                            let e = ModelEntry {
+                                state: CtState::SynSent,
+                                blocked: true,
+                                expires: now + timeout(PROTO_TCP, CtState::SynSent),
+                                verdict: 0,
+                            };
+                            m.remove(&ok);
+                            m.insert(k, e);
+                        }
+                    }
                     Op::Remember(i, v) => {
                         let k = pool_key(i);
                         ct.remember(&k, now, v);
@@ -1344,7 +1430,10 @@ mod tests {
                             None => Fast::Slow,
                             Some((ok, dir)) => {
                                 let e = m.get_mut(&ok).unwrap();
-                                if e.blocked || moved(dir, k.proto, e.state, flags) != e.state {
+                                if e.blocked
+                                    || moved(dir, k.proto, e.state, flags) != e.state
+                                    || reopens(dir, k.proto, e.state, flags)
+                                {
                                     Fast::Slow
                                 } else {
                                     e.expires = now + timeout(k.proto, e.state);

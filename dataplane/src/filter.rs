@@ -73,6 +73,16 @@ pub struct Ctx<'a> {
     pub epoch: u32,
 }
 
+/// Whether `k` is an ICMP message that is no request (a reply, an error not related to a
+/// tracked connection, any other type: source port 0, see [`FlowKey`]): it opens no
+/// connection, so that nothing the other way passes as its reply. Linux conntrack calls such
+/// a message invalid when it comes first (which OVN drops); here the policies decide it, and
+/// it is not tracked. (An echo request of identifier 0 reads the same: not tracked either.)
+#[inline]
+fn icmp_answer(k: &FlowKey) -> bool {
+    matches!(k.proto, crate::wire::ip::PROTO_ICMP | crate::wire::ip::PROTO_ICMPV6) && k.sport == 0
+}
+
 /// The destination port a policy rule sees: TCP, UDP and SCTP have one, other protocols 0.
 fn l4_port(k: &FlowKey) -> u16 {
     match k.proto {
@@ -97,16 +107,60 @@ fn src_allowed(list: &[IpAddr], key: &FlowKey) -> bool {
 }
 
 /// The payload of the frame `d` (`tagged`: with an 802.1Q tag, whose length the caller
-/// checked), read for [`ingress`]: its EtherType and what it holds.
+/// checked), read for [`ingress`]: its EtherType and what it holds, behind any VLAN tags
+/// stacked inside the one the port read ([`crate::wire::inner_ethertype`]: a guest reads
+/// what they carry; a frame that ends inside them is malformed).
 #[inline]
 pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
     let off = if tagged { crate::wire::ETH_VLAN_HEADER_LEN } else { crate::wire::ETH_HEADER_LEN };
     match (d.get(off - 2), d.get(off - 1)) {
         (Some(a), Some(b)) => {
             let et = u16::from_be_bytes([*a, *b]);
+            if et == crate::wire::EtherType::VLAN || et == crate::wire::EtherType::QINQ {
+                return parse_stacked(d, off);
+            }
             (et, parse_l3(et, d.get(off..).unwrap_or_default()))
         }
         _ => (0, L3::Malformed),
+    }
+}
+
+/// [`FastKeys::push`] for a frame that is not a simple IPv4 packet: its key (in VLAN `vlan`)
+/// and TCP flags when it is an IP packet of a flow whose source passes the port's IP spoof
+/// filter. Out of line: inlined, its code cost the simple IPv4 packets registers.
+#[inline(never)]
+fn other_ip(port: &PortSpec, d: &[u8], vlan: u16) -> Option<(PackedKey, u8)> {
+    match parse_untagged(d) {
+        L3::Ip(f) if f.kind == IpKind::Flow => {
+            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
+                return None;
+            }
+            Some((PackedKey::new(&FlowKey { vlan, ..f.key }), f.tcp_flags))
+        }
+        _ => None,
+    }
+}
+
+/// What the untagged frame `d` carries, for the fast path, which takes IP packets only: a
+/// VLAN tag behind the header (a stacked one) is not IP here (the general stages read behind
+/// it, [`parse`]).
+#[inline(always)]
+fn parse_untagged(d: &[u8]) -> L3 {
+    let off = crate::wire::ETH_HEADER_LEN;
+    match (d.get(off - 2), d.get(off - 1)) {
+        (Some(a), Some(b)) => parse_l3(u16::from_be_bytes([*a, *b]), d.get(off..).unwrap_or_default()),
+        _ => L3::Malformed,
+    }
+}
+
+/// [`parse`] for a frame with a tag inside the one the port read: out of line (rare; inlined,
+/// its loop cost the fast path's first stage, which inlines [`parse`], registers).
+#[cold]
+#[inline(never)]
+fn parse_stacked(d: &[u8], off: usize) -> (u16, L3) {
+    match crate::wire::inner_ethertype(d, off) {
+        Some((et, off)) => (et, parse_l3(et, d.get(off..).unwrap_or_default())),
+        None => (0, L3::Malformed),
     }
 }
 
@@ -115,6 +169,11 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
 pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<FilterMeta, DropReason> {
     let (ct, now) = (cx.ct, cx.now);
     let flow = match l3 {
+        // ARP that is not Ethernet/IPv4 names no sender a port's addresses can be checked
+        // against: refused where ARP senders are checked (as OVN's port security refuses it).
+        L3::Other if et == crate::wire::EtherType::ARP && port.allowed_ips.is_some() => {
+            return Err(DropReason::MalformedArp)
+        }
         L3::Other => return Ok(FilterMeta::default()),
         L3::Malformed if et == crate::wire::EtherType::ARP => {
             return if port.allowed_ips.is_some() {
@@ -140,13 +199,30 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
     }
     let mut m = FilterMeta { flow: Some(flow), ..Default::default() };
     match flow.kind {
-        IpKind::NeighborDiscovery => {
+        IpKind::NeighborDiscovery(target) => {
+            // A neighbour advertisement claims its target address: on a port with an IP spoof
+            // filter, one of the port's addresses (or a link-local one, as sources), as OVN's
+            // port security checks `nd.target` (the IPv6 form of ARP's sender address).
+            if let (t @ 1.., Some(list)) = (target, &port.allowed_ips) {
+                let a = std::net::Ipv6Addr::from(t);
+                if !list.contains(&IpAddr::V6(a)) && (a.segments()[0] & 0xffc0) != 0xfe80 {
+                    return Err(DropReason::SpoofedSrcIp);
+                }
+            }
             m.note = Note::NeighborDiscovery;
             m.flow = None;
             return Ok(m);
         }
         IpKind::IcmpError(quoted) => {
-            if ct.and_then(|ct| ct.lookup(&quoted, now)).is_some_and(|f| !f.blocked) {
+            // The quoted packet went in this packet's VLAN.
+            let quoted = FlowKey { vlan: flow.key.vlan, ..quoted };
+            // Related only when it goes back to the quoted packet's sender, as Linux
+            // conntrack requires (`nf_conntrack_inet_error`: outer destination = the quoted
+            // packet's source); otherwise it is the sender's own packet, checked as any.
+            if quoted.v4 == flow.key.v4
+                && quoted.src == flow.key.dst
+                && ct.and_then(|ct| ct.lookup(&quoted, now)).is_some_and(|f| !f.blocked)
+            {
                 m.note = Note::Related;
                 m.flow = None;
                 return Ok(m);
@@ -157,9 +233,16 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
             // here (and blocked below if the policies refuse it now).
             match ct.and_then(|ct| ct.track_hashed(&flow.key, h, flow.tcp_flags, now)) {
                 Some(f) if f.dir == Dir::Reply && !f.blocked => {
-                    m.note = Note::Reply;
-                    m.flow = None;
-                    return Ok(m);
+                    if !f.reopened_by(flow.key.proto, flow.tcp_flags) {
+                        m.note = Note::Reply;
+                        m.flow = None;
+                        return Ok(m);
+                    }
+                    // A SYN reopening a closed connection the other way: no reply, a new
+                    // connection, checked below (its entry turned round, blocked until then).
+                    if let Some(ct) = ct {
+                        ct.turn_round(&flow.key, h, now);
+                    }
                 }
                 Some(f) if !f.blocked => {
                     m.committed = true;
@@ -220,7 +303,7 @@ pub fn admit(
     // Both classifiers allowed it (or the egress one's verdict stood): the entry keeps the
     // verdict for the next packets.
     let v = if cx.epoch == 0 { 0 } else { verdict(cx.epoch, from.id, to.id) };
-    if !m.committed && (from.policy.is_some() || to.policy.is_some()) {
+    if !m.committed && (from.policy.is_some() || to.policy.is_some()) && !icmp_answer(&flow.key) {
         if let Some(ct) = ct {
             ct.commit_verdict(&flow.key, flow.tcp_flags, now, v).map_err(|()| DropReason::ConntrackFull)?;
         }
@@ -262,7 +345,8 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
     if cx.ct.is_none() {
         return spoof_filtered_burst(burst, port);
     }
-    let Some(mut keys) = FastKeys::new(port, cx) else { return false };
+    let Some(vlan) = port.vlan.ingress(None) else { return false };
+    let Some(mut keys) = FastKeys::new(port, cx, vlan) else { return false };
     burst.iter().all(|b| {
         let d = b.data();
         eth_src(d).is_some_and(|(src, et)| keys.push(port, d, src, et))
@@ -275,20 +359,25 @@ pub struct FastKeys<'a> {
     lists: Lists,
     /// The steady entry words at the burst's clock.
     steady: Steady,
+    /// The burst's VLAN, and the family and VLAN bits of its IPv4 keys.
+    vlan: u16,
+    fam: u64,
     /// Frame i's probe.
     keys: ArrayVec<FastProbe, { crate::port::MAX_BURST }>,
 }
 
 impl<'a> FastKeys<'a> {
-    /// `None` when the bridge has no connection table (spoof filters alone: see
-    /// [`spoof_filtered_burst`]) or the context stores no verdicts.
+    /// For a burst of VLAN `vlan` on `port`. `None` when the bridge has no connection table
+    /// (spoof filters alone: see [`spoof_filtered_burst`]) or the context stores no verdicts.
     #[inline(always)]
-    pub fn new(port: &PortSpec, cx: Ctx<'a>) -> Option<FastKeys<'a>> {
+    pub fn new(port: &PortSpec, cx: Ctx<'a>, vlan: u16) -> Option<FastKeys<'a>> {
         let ct = cx.ct.filter(|_| cx.epoch != 0)?;
         Some(FastKeys {
             ct: ct.fast_view(),
             lists: Lists::of(port),
             steady: Steady::at(cx.now),
+            vlan,
+            fam: PackedKey::v4_family(vlan),
             keys: ArrayVec::new(),
         })
     }
@@ -314,16 +403,11 @@ impl<'a> FastKeys<'a> {
                 if !self.lists.v4_allowed(port, &s) {
                     return false;
                 }
-                (PackedKey::v4(s.src, s.dst, s.ports, s.proto), s.tcp_flags)
+                (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), s.tcp_flags)
             }
-            None => match parse(d, false).1 {
-                L3::Ip(f) if f.kind == IpKind::Flow => {
-                    if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
-                        return false;
-                    }
-                    (PackedKey::new(&f.key), f.tcp_flags)
-                }
-                _ => return false,
+            None => match other_ip(port, d, self.vlan) {
+                Some(kf) => kf,
+                None => return false,
             },
         };
         self.keys.try_push(self.ct.probe(key, flags, &self.steady)).is_ok()

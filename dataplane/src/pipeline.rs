@@ -567,7 +567,7 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
     if let Some(ct) = cx.ct {
         ct.sweep(cx.now, SWEEP_SLOTS);
     }
-    let mut keys = crate::filter::FastKeys::new(port, cx);
+    let mut keys = crate::filter::FastKeys::new(port, cx, vlan);
     // Stage 1: the frame's MAC probes and its connection key, in one read.
     let bytes = match &mut keys {
         Some(keys) => plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
@@ -781,11 +781,15 @@ fn general_burst(
         // that the table's cache misses overlap across the burst.
         let mut l3: ArrayVec<((u16, crate::wire::ip::L3), u64), MAX_BURST> = ArrayVec::new();
         for (m, b) in meta.iter().zip(burst.iter()) {
-            let r = if m.verdict.is_none() || m.flood_pending {
+            let mut r = if m.verdict.is_none() || m.flood_pending {
                 crate::filter::parse(b.data(), m.tagged)
             } else {
                 (0, crate::wire::ip::L3::Other)
             };
+            // A connection is its VLAN's (two VLANs may hold the same addresses).
+            if let crate::wire::ip::L3::Ip(f) = &mut r.1 {
+                f.key.vlan = m.vlan;
+            }
             let mut h = 0;
             if let (Some(ct), crate::wire::ip::L3::Ip(f)) = (cx.ct, &r.1) {
                 h = crate::conntrack::hash(&f.key);
@@ -1204,16 +1208,21 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
 }
 
 /// MAC spoof filtering: the Ethernet source, and the sender hardware address of ARP and RARP
-/// frames, must be in the port's `allowed_macs`.
+/// frames (also behind VLAN tags stacked inside the one the port reads, which a guest strips
+/// when they are priority tags), must be in the port's `allowed_macs`.
 fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
     if !port.allows_src(MacAddr::from_u64(m.src)) {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
     }
     // classify() checked that the header (and the tag, when there is one) is inside `d`.
-    let off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
-    let et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+    let mut off = if m.tagged { ETH_VLAN_HEADER_LEN } else { ETH_HEADER_LEN };
+    let mut et = u16::from_be_bytes([d[off - 2], d[off - 1]]);
+    if et == EtherType::VLAN || et == EtherType::QINQ {
+        // A frame that ends inside its tags carries nothing to check.
+        (et, off) = crate::wire::inner_ethertype(d, off)?;
+    }
     if et == EtherType::ARP || et == EtherType::RARP {
-        return match ArpPacket::new_checked(&d[off..]) {
+        return match ArpPacket::new_checked(d.get(off..).unwrap_or_default()) {
             Err(_) => Some(Verdict::Drop(DropReason::MalformedArp)),
             Ok(a) if !port.allows_src(a.sha()) => Some(Verdict::Drop(DropReason::SpoofedArpSha)),
             Ok(_) => None,

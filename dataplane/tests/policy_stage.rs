@@ -320,6 +320,7 @@ fn established_fast_path_follows_policy_changes() {
         dport: 80,
         proto: 6,
         v4: true,
+        vlan: 0,
     };
     let ct = first.bridges[0].conntrack.clone().expect("a table");
     assert_eq!(ct.lookup(&key, 1).map(|f| f.expires), Some(1 + 432_000));
@@ -520,4 +521,355 @@ fn a_flood_refused_by_one_port_keeps_the_connection_for_another() {
             run(&sw, &pool, "p", &frame(X, [10, 0, 0, 9], A, [10, 0, 0, 1], 53, 5000), 1, None);
         assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "the reply passes (q first: {q_first})");
     }
+}
+
+/// An ICMP error is related to a tracked connection only when it goes to the source of the
+/// packet it quotes, as Linux conntrack (which OVN uses) checks (`nf_conntrack_inet_error`:
+/// the outer destination must be the quoted packet's source). c quoting a's query to c, sent
+/// to b (whose ingress takes only a on TCP 80), is c's own ICMP packet: b refuses it.
+#[test]
+fn an_icmp_error_to_another_host_than_the_quoted_sender_is_not_related() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let query = udp(0, 2, 5353, 53);
+    let (out, _, _) = send(&sw, &pool, "a", &query, 10);
+    assert_eq!(out, vec!["c".to_string()]);
+    let (out, drops, tr) = send(&sw, &pool, "c", &icmp_unreach(2, 1, &query), 11);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "{}", tr.describe(&sw));
+    let (out, drops) = run(&sw, &pool, "c", &icmp_unreach(2, 1, &query), 11, None);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "untraced");
+    // To the quoted packet's source: related, as before.
+    let (out, drops, tr) = send(&sw, &pool, "c", &icmp_unreach(2, 0, &query), 12);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0));
+    assert!(tr.describe(&sw).contains("related-to-tracked"));
+}
+
+/// ARP with hardware type 6 (IEEE 802), which Linux accepts on Ethernet as type 1 (it
+/// updates its neighbour table from it), is checked by the ARP spoof filter as Ethernet ARP;
+/// any other ARP that is not Ethernet/IPv4 is refused on a port with `allowed_ips`, as OVN's
+/// port security refuses every ARP whose sender it cannot read.
+#[test]
+fn arp_of_another_hardware_type_is_spoof_checked() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let with_htype = |spa: [u8; 4], htype: u8, ptype: [u8; 2]| {
+        let mut f = arp(2, spa);
+        f[14 + 1] = htype;
+        f[14 + 2..14 + 4].copy_from_slice(&ptype);
+        f
+    };
+    let (out, drops, _) = send(&sw, &pool, "c", &with_htype([10, 0, 0, 99], 6, [8, 0]), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_arp_spa")), "IEEE 802 ARP, spoofed");
+    let (out, drops, _) = send(&sw, &pool, "c", &with_htype(IP[2], 6, [8, 0]), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "IEEE 802 ARP of its own address: flooded");
+    let (out, drops, _) = send(&sw, &pool, "c", &with_htype([10, 0, 0, 99], 7, [8, 0]), 1);
+    assert_eq!((out.len(), drops), (0, dropped("malformed_arp")), "another hardware type");
+    let (out, drops, _) = send(&sw, &pool, "c", &with_htype([10, 0, 0, 99], 1, [0x86, 0xdd]), 1);
+    assert_eq!((out.len(), drops), (0, dropped("malformed_arp")), "another protocol type");
+    // b has no IP spoof filter: its ARP is not read.
+    let mut other = arp(1, [10, 0, 0, 99]);
+    other[14 + 1] = 7;
+    let (out, drops, _) = send(&sw, &pool, "b", &other, 1);
+    assert_eq!((out.len(), drops.len()), (2, 0));
+}
+
+/// An IPv6 neighbour discovery message passes every policy only as OVN lets it (`nd`,
+/// `nd_rs`, `nd_ra`: ICMPv6 133-136, code 0, hop limit 255, which a receiver requires too);
+/// a redirect (137) or a message of another hop limit is checked against the policies as any
+/// ICMPv6 packet. a's egress takes only TCP 80 to b.
+#[test]
+fn only_genuine_neighbor_discovery_passes_every_policy() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let ll = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let b_ll = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let nd = |ty: u8, code: u8, hops: u8| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[0], MAC[1])
+            .ipv6(ll, b_ll, hops)
+            .icmpv6_raw(ty, code, [0; 4])
+            // A target address (a's own: an advertisement claims it) and room for options.
+            .write(&mut v, &[&v6(1)[..], &[0; 16]].concat())
+            .expect("frame");
+        v
+    };
+    for ty in 133..=136 {
+        let (out, drops, tr) = send(&sw, &pool, "a", &nd(ty, 0, 255), 1);
+        assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "type {ty}");
+        assert!(tr.describe(&sw).contains("neighbor-discovery"));
+    }
+    for (ty, code, hops) in [(137, 0, 255), (135, 0, 64), (136, 1, 255), (134, 0, 1)] {
+        let (out, drops, _) = send(&sw, &pool, "a", &nd(ty, code, hops), 1);
+        assert_eq!(
+            (out.len(), drops),
+            (0, dropped("policy_egress_denied")),
+            "type {ty} code {code} hops {hops}"
+        );
+    }
+}
+
+/// A frame with a VLAN tag inside the tag the port reads (a priority tag, VID 0, over an
+/// 802.1Q tag, or an 802.1ad tag on an untagged frame): a Linux guest strips priority tags and
+/// reads the packet inside as untagged, so the policy stage reads what is behind the tags, and
+/// the spoof filters and policies apply to it as to the same packet untagged.
+#[test]
+fn a_packet_behind_stacked_vlan_tags_is_checked() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    // Tags inserted after the MAC addresses.
+    let stack = |f: &[u8], tpids: &[[u8; 2]]| {
+        let mut v = f[..12].to_vec();
+        for t in tpids {
+            v.extend_from_slice(t);
+            v.extend_from_slice(&[0, 0]);
+        }
+        v.extend_from_slice(&f[12..]);
+        v
+    };
+    const Q: [u8; 2] = [0x81, 0x00];
+    const AD: [u8; 2] = [0x88, 0xa8];
+    for tags in [&[Q, Q][..], &[AD][..], &[Q, AD, Q][..]] {
+        // Spoofed source from c (allowed_ips).
+        let (out, drops, _) = send(&sw, &pool, "c", &stack(&udp_from(2, [10, 0, 0, 99], 1, 1, 2), tags), 1);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "{tags:?}");
+        // a's egress takes only TCP 80 to b.
+        let (out, drops, _) = send(&sw, &pool, "a", &stack(&tcp(0, 1, 40000, 22, "syn"), tags), 1);
+        assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")), "{tags:?}");
+        // b (no filter of its own) to a, whose ingress takes nothing.
+        let (out, drops, _) = send(&sw, &pool, "b", &stack(&tcp(1, 0, 5555, 22, "syn"), tags), 1);
+        assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "{tags:?}");
+        let (out, drops) = run(&sw, &pool, "b", &stack(&tcp(1, 0, 5555, 22, "syn"), tags), 1, None);
+        assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "untraced {tags:?}");
+        // A spoofed ARP behind the tags.
+        let (out, drops, _) = send(&sw, &pool, "c", &stack(&arp(2, [10, 0, 0, 99]), tags), 1);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_arp_spa")), "{tags:?}");
+    }
+    // What is allowed untagged is allowed behind the tags.
+    let (out, drops, _) = send(&sw, &pool, "a", &stack(&tcp(0, 1, 40000, 80, "syn"), &[Q, Q]), 2);
+    assert_eq!((out, drops.len()), (vec!["b".to_string()], 0));
+    // A frame that ends inside its tags: nothing in it to check, refused.
+    let (out, drops, _) = send(&sw, &pool, "c", &stack(&udp(2, 1, 1, 2), &[Q, Q])[..20], 2);
+    assert_eq!((out.len(), drops), (0, dropped("malformed_ip")));
+    // The MAC spoof filter reads an ARP sender behind the tags too (a port with allowed_macs
+    // on a bridge without policies).
+    let yaml = "bridges:\n- name: br0\n  ports:\n  - name: x\n    allowed_macs: ['02:00:00:00:00:0c']\n  - name: y\n";
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let mut forged = arp(2, IP[2]);
+    forged[14 + 8..14 + 14].copy_from_slice(&MAC[0]);
+    for tags in [&[Q, Q][..], &[AD][..]] {
+        let (out, drops, _) = send(&sw, &pool, "x", &stack(&forged, tags), 1);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_arp_sha")), "{tags:?}");
+    }
+}
+
+/// A SYN in the reply direction of a connection that was closed (RST) or is closing (FIN)
+/// opens a new connection the other way, as Linux conntrack re-reads it (the old entry is
+/// dropped and the SYN looked up again as new, `nf_conntrack_proto_tcp.c`): it is checked
+/// against the policies, not let through as a reply. c answers a's connection from c:22,
+/// a closes it, then c opens c:22 -> a:40000: a's ingress refuses it, on the general stages
+/// and on the fast path. A SYN in the reply direction of a connection still opening
+/// (simultaneous open) stays a reply.
+#[test]
+fn a_reply_direction_syn_on_a_closed_connection_is_a_new_connection() {
+    // Traced: the general stages alone (a trace uses no stored verdicts); untraced: the fast
+    // path first.
+    for (close, traced) in [("rst", true), ("rst", false), ("fin", true), ("fin", false)] {
+        let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+        let go = |from: &str, f: &[u8], now: u32| {
+            if traced {
+                let (out, drops, _) = send(&sw, &pool, from, f, now);
+                (out, drops)
+            } else {
+                run(&sw, &pool, from, f, now, None)
+            }
+        };
+        let (out, _) = go("a", &tcp(0, 2, 40000, 22, "syn"), 1);
+        assert_eq!(out, vec!["c".to_string()]);
+        let (out, _) = go("c", &tcp(2, 0, 22, 40000, "synack"), 1);
+        assert_eq!(out, vec!["a".to_string()]);
+        let (out, _) = go("a", &tcp(0, 2, 40000, 22, "ack"), 1);
+        assert_eq!(out, vec!["c".to_string()]);
+        let mut closing = tcp(0, 2, 40000, 22, "ack");
+        closing[14 + 20 + 13] = if close == "rst" { 0x04 } else { 0x11 };
+        // The checksum is not read.
+        let (out, _) = go("a", &closing, 2);
+        assert_eq!(out, vec!["c".to_string()], "{close}");
+        let (out, drops) = go("c", &tcp(2, 0, 22, 40000, "syn"), 3);
+        assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "{close} traced {traced}");
+    }
+    // Simultaneous open: a's SYN, then c's SYN the other way on the same ports.
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let (out, _) = run(&sw, &pool, "a", &tcp(0, 2, 40001, 22, "syn"), 1, None);
+    assert_eq!(out, vec!["c".to_string()]);
+    let (out, drops) = run(&sw, &pool, "c", &tcp(2, 0, 22, 40001, "syn"), 1, None);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "simultaneous open: a reply");
+}
+
+/// A non-first IPv4 fragment has no transport header: the stage sees port 0, so it matches
+/// only rules without ports (or whose ports take every port of its protocol), and it is tracked
+/// under that key like any packet, so the other direction's non-first fragments pass as its
+/// replies. (OVN reassembles in conntrack: there a fragmented reply passes whole; here a
+/// reply's later fragments pass only where a rule without ports allows them.)
+#[test]
+fn non_first_fragments_are_checked_with_port_0() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    // The fragment at offset 8 (in units of 8 bytes) of a UDP datagram.
+    let frag = |from: usize, to: usize, proto: u8| {
+        let mut f = udp(from, to, 5000, 53);
+        f[14 + 6] = 0;
+        f[14 + 7] = 8;
+        f[14 + 9] = proto;
+        f
+    };
+    // a -> c: a's rule to c has no ports: allowed, and tracked.
+    let (out, drops, _) = send(&sw, &pool, "a", &frag(0, 2, 17), 1);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    let (out, drops, tr) = send(&sw, &pool, "c", &frag(2, 0, 17), 2);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "the other direction: a reply");
+    assert!(tr.describe(&sw).contains("reply-of-tracked"));
+    // c -> a of another protocol: not tracked, a's ingress refuses it.
+    let (out, drops, _) = send(&sw, &pool, "c", &frag(2, 0, 6), 3);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")));
+    // a -> b: a's rule to b is TCP 80 only, which port 0 is not.
+    let (out, drops, _) = send(&sw, &pool, "a", &frag(0, 1, 6), 4);
+    assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")));
+}
+
+/// Two VLANs of one bridge (two NADs on one bridge, each with its own VLAN) may hold the same
+/// addresses: a connection is one VLAN's, as OVN keeps it in the zone of its own ports. a1 on
+/// VLAN 10 connects to b1:80; on VLAN 20, b2 (b1's address) sending "the reply" to a2 (a1's
+/// address, ingress closed) is no reply of it: a2 refuses it. And a2 refusing a packet of the
+/// same addresses and ports does not cut a1's connection.
+#[test]
+fn a_connection_is_one_vlans() {
+    let yaml = r#"
+bridges:
+- name: br0
+  conntrack_size: 64
+  ports:
+  - name: a1
+    tag: 10
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1]
+    policy:
+      egress: {rules: [{name: p/a1-out}]}
+  - name: b1
+    tag: 10
+    static_macs: ['02:00:00:00:00:0b']
+    policy:
+      ingress: {rules: [{name: p/b1-web, peers: [{cidr: 10.0.0.1/32}], ports: [{protocol: TCP, port: 80}]}]}
+  - name: a2
+    tag: 20
+    static_macs: ['02:00:00:00:00:1a']
+    policy:
+      ingress: {rules: []}
+  - name: b2
+    tag: 20
+    static_macs: ['02:00:00:00:00:1b']
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let pool = pool();
+    const A2: [u8; 6] = [2, 0, 0, 0, 0, 0x1a];
+    const B2: [u8; 6] = [2, 0, 0, 0, 0, 0x1b];
+    let seg = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sp: u16, dp: u16, syn: bool| {
+        let b = PacketBuilder::ethernet2(src, dst).ipv4(src_ip, dst_ip, 64).tcp(sp, dp, 1, 1000);
+        let b = if syn { b.syn() } else { b.ack(2) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).expect("frame");
+        v
+    };
+    for traced in [true, false] {
+        let go = |from: &str, f: &[u8], now: u32| {
+            if traced {
+                let (out, drops, _) = send(&sw, &pool, from, f, now);
+                (out, drops)
+            } else {
+                run(&sw, &pool, from, f, now, None)
+            }
+        };
+        let sport = if traced { 40000 } else { 40001 };
+        let (out, _) = go("a1", &seg(MAC[0], IP[0], MAC[1], IP[1], sport, 80, true), 1);
+        assert_eq!(out, vec!["b1".to_string()]);
+        let (out, _) = go("b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, sport, false), 1);
+        assert_eq!(out, vec!["a1".to_string()], "the reply on VLAN 10");
+        let (out, drops) = go("b2", &seg(B2, IP[1], A2, IP[0], 80, sport, false), 2);
+        assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "VLAN 20 (traced {traced})");
+        let (out, _) = go("b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, sport, false), 3);
+        assert_eq!(out, vec!["a1".to_string()], "VLAN 10's connection stands (traced {traced})");
+    }
+    // The fast path makes the same key as the general stages: an established connection on
+    // VLAN 10 takes it (its first packet of the second stores the verdict).
+    let mut synack = seg(MAC[1], IP[1], MAC[0], IP[0], 80, 40002, true);
+    synack[14 + 20 + 13] = 0x12;
+    run(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, true), 4, None);
+    run(&sw, &pool, "b1", &synack, 4, None);
+    run(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, false), 4, None);
+    let (out, _, fast) = run_fast(&sw, &pool, "a1", &seg(MAC[0], IP[0], MAC[1], IP[1], 40002, 80, false), 4);
+    assert_eq!((out, fast), (vec!["b1".to_string()], true));
+    let (out, _, fast) = run_fast(&sw, &pool, "b1", &seg(MAC[1], IP[1], MAC[0], IP[0], 80, 40002, false), 4);
+    assert_eq!((out, fast), (vec!["a1".to_string()], true), "a reply, fast");
+}
+
+/// An ICMP message that is no request opens no connection (Linux conntrack calls it invalid
+/// when it comes first, and OVN drops it): a's unsolicited echo reply to c (a's egress takes
+/// anything to c) passes, but c's echo request of that identifier is then no reply: a's closed
+/// ingress refuses it. Likewise any other ICMP type a sends: c's ICMP back is refused. An echo
+/// request and a timestamp request are tracked: their replies pass.
+#[test]
+fn an_icmp_message_that_is_no_request_opens_nothing() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let icmp = |from: usize, to: usize, ty: u8, id: u16| {
+        let mut v = Vec::new();
+        let [a, b] = id.to_be_bytes();
+        PacketBuilder::ethernet2(MAC[from], MAC[to])
+            .ipv4(IP[from], IP[to], 64)
+            .icmpv4_raw(ty, 0, [a, b, 0, 1])
+            .write(&mut v, &[0; 12])
+            .expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "a", &icmp(0, 2, 0, 77), 1);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0), "a's unsolicited echo reply");
+    let (out, drops, _) = send(&sw, &pool, "c", &icmp(2, 0, 8, 77), 2);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "c's echo request");
+    let (out, _, _) = send(&sw, &pool, "a", &icmp(0, 2, 9, 0), 3);
+    assert_eq!(out, vec!["c".to_string()], "a router advertisement");
+    let (out, drops, _) = send(&sw, &pool, "c", &icmp(2, 0, 9, 0), 4);
+    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "c's, back");
+    // Requests are tracked.
+    for (req, rep) in [(8, 0), (13, 14)] {
+        let (out, _, _) = send(&sw, &pool, "a", &icmp(0, 2, req, 5), 5);
+        assert_eq!(out, vec!["c".to_string()]);
+        let (out, drops, tr) = send(&sw, &pool, "c", &icmp(2, 0, rep, 5), 6);
+        assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "reply {rep}");
+        assert!(tr.describe(&sw).contains("reply-of-tracked"));
+    }
+}
+
+/// A neighbour advertisement claims its target address: on a port with an IP spoof filter it
+/// must be one of the port's addresses (or link-local), as ARP's sender address must, and as
+/// OVN's port security checks `nd.target`; otherwise a VM could take another's IPv6 address
+/// in its neighbours' caches. A solicitation's target (the address asked about) is anyone's.
+#[test]
+fn a_neighbor_advertisement_claims_only_the_ports_addresses() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let ll = |i: u8| [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+    let nd = |from: usize, ty: u8, target: [u8; 16]| {
+        let mut body = target.to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&MAC[from]);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[from], [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(ll(from as u8 + 1), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255)
+            .icmpv6_raw(ty, 0, [0x20, 0, 0, 0])
+            .write(&mut v, &body)
+            .expect("frame");
+        v
+    };
+    let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, v6(1)), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims a's address");
+    for target in [v6(3), ll(3)] {
+        let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, target), 1);
+        assert_eq!((out.len(), drops.len()), (2, 0), "its own address {target:?}");
+    }
+    let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 135, v6(1)), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "a solicitation for a's address");
+    let (out, drops, _) = send(&sw, &pool, "b", &nd(1, 136, v6(1)), 1);
+    assert_eq!((out.len(), drops.len()), (2, 0), "b has no IP spoof filter");
 }

@@ -34,6 +34,8 @@ pub fn conn(i: u32) -> FlowKey {
         dport: 53,
         proto: 17,
         v4: true,
+        // The ports' VLAN (untagged, no tag: 0).
+        vlan: 0,
     }
 }
 
@@ -115,6 +117,7 @@ pub fn lookup_key(i: u32) -> FlowKey {
         dport: 80,
         proto: 6,
         v4: true,
+        vlan: 0,
     }
 }
 

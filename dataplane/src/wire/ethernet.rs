@@ -28,6 +28,24 @@ pub const ETH_VLAN_HEADER_LEN: usize = ETH_HEADER_LEN + VLAN_TAG_LEN;
 /// Where a tagged frame's TCI is (after the addresses and the TPID).
 pub const VLAN_TCI_OFFSET: usize = MAC_ADDRS_LEN + 2;
 
+/// What frame `d` carries behind its VLAN tags: its EtherType and where its payload starts,
+/// given `off`, where the payload behind the tag the port read starts (the EtherType is the two
+/// bytes before it). Tags stacked inside that one (802.1Q or 802.1ad: a priority tag over a
+/// tag, an 802.1ad tag on an untagged frame) are skipped, every one of them: a Linux guest
+/// strips priority tags (VID 0), however many, and reads what is inside as untagged, so a
+/// filter that stopped at the first inner tag would let any packet past it. `None`: the frame
+/// ends first. Bounded by the frame's length; never panics.
+#[inline]
+pub fn inner_ethertype(d: &[u8], mut off: usize) -> Option<(u16, usize)> {
+    loop {
+        let et = u16::from_be_bytes(*d.get(off.checked_sub(2)?..off)?.first_chunk::<2>()?);
+        if et != EtherType::VLAN && et != EtherType::QINQ {
+            return Some((et, off));
+        }
+        off += VLAN_TAG_LEN;
+    }
+}
+
 /// An 802.1Q Tag Control Information field: PCP (3 bits), DEI (1 bit), VID (12 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VlanTci(pub u16);

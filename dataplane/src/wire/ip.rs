@@ -62,8 +62,12 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_CWR: u8 = 0x80;
 
-/// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo: the
-/// identifier as the source port of a request and the destination port of a reply) and protocol.
+/// One direction of a flow: addresses (IPv4 as the low 32 bits), ports (ICMP echo, and ICMPv4
+/// timestamp, information and address mask: the identifier as the source port of a request
+/// and the destination port of a reply; other ICMP: 0 and 0), protocol,
+/// and the VLAN it travels in (the pipeline's VLAN, 0-4095; the header reads leave it 0 and
+/// the policy stage sets it): two VLANs of one bridge may hold the same addresses, and their
+/// connections are two, as OVN keeps each in the zone of its own ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: u128,
@@ -72,6 +76,7 @@ pub struct FlowKey {
     pub dport: u16,
     pub proto: u8,
     pub v4: bool,
+    pub vlan: u16,
 }
 
 impl FlowKey {
@@ -102,8 +107,10 @@ impl FlowKey {
 pub enum IpKind {
     /// A connection's packet (TCP, UDP, SCTP, ICMP echo, other protocols).
     Flow,
-    /// IPv6 neighbour discovery or router solicitation/advertisement: always passes.
-    NeighborDiscovery,
+    /// IPv6 neighbour discovery or router solicitation/advertisement: passes every policy
+    /// (an IP spoof filter still checks it); with a neighbour advertisement's target address
+    /// (0, the unspecified address, which no advertisement claims, for the other messages).
+    NeighborDiscovery(u128),
     /// An ICMP error quoting the packet of `FlowKey` (as that packet went).
     IcmpError(FlowKey),
 }
@@ -146,9 +153,10 @@ pub fn parse_l3(ethertype: u16, p: &[u8]) -> L3 {
         0x0800 => parse_v4(p, true).map_or(L3::Malformed, L3::Ip),
         0x86dd => parse_v6(p, true).map_or(L3::Malformed, L3::Ip),
         0x0806 => {
-            // Ethernet/IPv4 ARP only: hardware type 1, protocol 0x0800, lengths 6 and 4.
+            // Ethernet/IPv4 ARP only: hardware type 1 or 6 (IEEE 802, which Linux takes on an
+            // Ethernet device as 1), protocol 0x0800, lengths 6 and 4.
             match (be16(p, 0), be16(p, 2), p.get(ARP_PLEN - 1), p.get(ARP_PLEN), be32(p, ARP_SPA)) {
-                (Some(1), Some(0x0800), Some(6), Some(4), Some(spa)) => L3::Arp(Ipv4Addr::from(spa)),
+                (Some(1 | 6), Some(0x0800), Some(6), Some(4), Some(spa)) => L3::Arp(Ipv4Addr::from(spa)),
                 (Some(_), Some(_), Some(_), Some(_), Some(_)) => L3::Other,
                 _ => L3::Malformed,
             }
@@ -159,8 +167,8 @@ pub fn parse_l3(ethertype: u16, p: &[u8]) -> L3 {
 
 /// Ports (or ICMP identifiers) and flags of the transport header at `t`; `outer`: the
 /// packet itself, not one quoted by an ICMP error (whose transport header may be cut to 8
-/// bytes, and which is not classified further).
-fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u8, IpKind)> {
+/// bytes, and which is not classified further); `hops`: an IPv6 packet's hop limit.
+fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, hops: u8, outer: bool) -> Option<(u8, IpKind)> {
     match key.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             key.sport = be16(t, 0)?;
@@ -171,9 +179,21 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u
         PROTO_ICMP | PROTO_ICMPV6 => {
             let ty = *t.first()?;
             let (echo_req, echo_rep, err, nd) = if icmp6 {
-                (ty == 128, ty == 129, (1..=4).contains(&ty), (133..=137).contains(&ty))
+                // Neighbour discovery as OVN lets it past every ACL (`nd`, `nd_rs`, `nd_ra`):
+                // router solicitation and advertisement, neighbour solicitation and
+                // advertisement, code 0, hop limit 255 (which a receiver requires too, RFC
+                // 4861). A redirect (137) is not among them.
+                let nd = (133..=136).contains(&ty) && t.get(1) == Some(&0) && hops == 255;
+                (ty == 128, ty == 129, (1..=4).contains(&ty), nd)
             } else {
-                (ty == 8, ty == 0, matches!(ty, 3 | 4 | 5 | 11 | 12), false)
+                // Echo, and timestamp, information and address mask requests and replies, which
+                // carry an identifier in the same place.
+                (
+                    matches!(ty, 8 | 13 | 15 | 17),
+                    matches!(ty, 0 | 14 | 16 | 18),
+                    matches!(ty, 3 | 4 | 5 | 11 | 12),
+                    false,
+                )
             };
             if echo_req || echo_rep {
                 let id = be16(t, 4)?;
@@ -181,7 +201,9 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, outer: bool) -> Option<(u
                 return Some((0, IpKind::Flow));
             }
             if nd {
-                return Some((0, IpKind::NeighborDiscovery));
+                // A neighbour advertisement's target address (the address it claims).
+                let target = if ty == 136 { be128(t, 8)? } else { 0 };
+                return Some((0, IpKind::NeighborDiscovery(target)));
             }
             if err && outer {
                 // The quoted packet starts 8 bytes in.
@@ -212,7 +234,7 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     if be16(p, V4_FRAG)? & 0x1fff != 0 {
         return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
     }
-    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, outer)?;
+    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, 0, outer)?;
     Some(IpFlow { key, tcp_flags, kind })
 }
 
@@ -257,6 +279,7 @@ impl SimpleV4 {
             dport: self.ports as u16,
             proto: self.proto,
             v4: true,
+            vlan: 0,
         }
     }
 }
@@ -297,7 +320,7 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
         }
     }
     key.proto = next;
-    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, outer)?;
+    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, *p.get(V6_HOPS)?, outer)?;
     Some(IpFlow { key, tcp_flags, kind })
 }
 

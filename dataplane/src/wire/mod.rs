@@ -18,8 +18,8 @@ pub mod vxlan;
 
 pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{
-    EtherType, VlanTci, ETH_DST_OFFSET, ETH_HEADER_LEN, ETH_SRC_OFFSET, ETH_TYPE_OFFSET, ETH_VLAN_HEADER_LEN,
-    MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET,
+    inner_ethertype, EtherType, VlanTci, ETH_DST_OFFSET, ETH_HEADER_LEN, ETH_SRC_OFFSET, ETH_TYPE_OFFSET,
+    ETH_VLAN_HEADER_LEN, MAC_ADDRS_LEN, VLAN_TAG_LEN, VLAN_TCI_OFFSET,
 };
 pub use geneve::{GenevePacket, GeneveRepr};
 pub use mac::MacAddr;
