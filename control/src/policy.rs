@@ -425,15 +425,30 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
         return;
     }
     let mut per_port: HashMap<String, PortPolicy> = HashMap::new();
-    // The networks some policy is for: every port on them gets the IP spoof filter, selected
-    // or not, since peers are told by their source addresses (a VM without the filter could
-    // send from a peer's address and be let in as that peer).
+    // The networks some policy is for: every port on them (and on their L2 segments, below)
+    // gets the IP spoof filter, selected or not, since peers are told by their source
+    // addresses (a VM without the filter could send from a peer's address and be let in as
+    // that peer).
     let mut policy_nets = BTreeSet::new();
     for ((ns, name), l) in &state.policies {
         policy_nets.extend(resolve_one(state, ns, name, l, &att, &mut per_port, &mut problems));
     }
     let by_port: HashMap<&str, &Attachment> = att.iter().map(|a| (a.port.as_str(), a)).collect();
+    // The L2 segments (bridge, access VLAN or none) of those networks: another NAD (of another
+    // namespace, say) may put ports on the same bridge and VLAN, one segment with the policy's
+    // peers, whose VMs must be filtered as well.
+    let segments: BTreeSet<(&str, Option<u16>)> = plan
+        .config
+        .bridges
+        .iter()
+        .flat_map(|b| b.ports.iter().map(move |p| (b, p)))
+        .filter(|(_, p)| by_port.get(p.name.as_str()).is_some_and(|a| policy_nets.contains(&a.nad)))
+        .map(|(b, p)| (b.name.as_str(), p.tag))
+        .collect();
+    let segments: BTreeSet<(String, Option<u16>)> =
+        segments.into_iter().map(|(b, t)| (b.to_string(), t)).collect();
     for b in &mut plan.config.bridges {
+        let bridge = b.name.clone();
         for p in &mut b.ports {
             let Some(a) = by_port.get(p.name.as_str()) else { continue };
             let policy = per_port.remove(&p.name);
@@ -441,7 +456,8 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                 .nads
                 .get(&a.nad)
                 .is_some_and(|n| matches!(&n.net, Ok(NadNetwork::Bridge(b)) if b.ipspoofchk));
-            if policy.is_some() || spoofchk || policy_nets.contains(&a.nad) {
+            let segment = (bridge.clone(), p.tag);
+            if policy.is_some() || spoofchk || policy_nets.contains(&a.nad) || segments.contains(&segment) {
                 if a.addrs.is_empty() {
                     plan.notes.push(format!(
                         "{} has no known IP address yet (no status.interfaces addresses): no IP spoof filter",

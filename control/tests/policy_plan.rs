@@ -133,6 +133,23 @@ fn every_port_of_a_policy_network_is_spoof_filtered() {
     assert!(db.policy.is_none(), "not selected");
     assert_eq!(db.allowed_ips.as_deref(), Some(&["10.0.0.20".parse::<IpAddr>().unwrap()][..]));
     assert!(port(&p, "b/stranger/net1").allowed_ips.is_none(), "no policy is for `other`");
+    // Another NAD on the same bridge (and VLAN) as `net`: one L2 segment with the policy's
+    // peers, so its VMs are filtered too (s15y's review: only the policy's own NADs were).
+    let mut files = cluster("app: web");
+    files.push(manifest::nad(
+        "infra",
+        "alias",
+        r#"{"cniVersion":"0.3.1","name":"alias","type":"bridge","bridge":"br-net"}"#,
+    ));
+    files.push(vmi("b", "lurker", "alias", "role: x", &["10.0.0.40"], NODE));
+    let p = plan_of(&files);
+    assert_eq!(
+        port(&p, "b/lurker/net1").allowed_ips.as_deref(),
+        Some(&["10.0.0.40".parse::<IpAddr>().unwrap()][..]),
+        "{}",
+        p.to_yaml()
+    );
+    assert!(port(&p, "b/stranger/net1").allowed_ips.is_none(), "another bridge");
 }
 
 /// A VM's labels change: the next plan drops its port's policy.

@@ -524,8 +524,10 @@ fn simple_flow(d: &[u8]) -> Option<(FlowKey, u8)> {
 
 /// [`fast_burst`] on a bridge without policies (no connection table; some port has an IP
 /// spoof filter, `ipspoofchk` alone): there the stage passes unchanged every frame that is
-/// neither ARP nor malformed IP and whose source address the sending port owns, so true when
-/// every frame is such a frame with an allowed source MAC.
+/// neither ARP (by EtherType: an ARP the stage cannot read is `malformed_arp`, not "not IP")
+/// nor neighbour discovery (whose target address the stage checks) nor malformed IP and whose
+/// source address the sending port owns, so true when every frame is such a frame with an
+/// allowed source MAC.
 pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
     burst.iter().all(|b| {
         let d = b.data();
@@ -534,9 +536,10 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
         }
         let key = match simple_flow(d) {
             Some((k, _)) => k,
-            None => match parse(d, false).1 {
-                L3::Ip(f) => f.key,
-                L3::Other => return true,
+            None => match parse(d, false) {
+                (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery(_)) => return false,
+                (_, L3::Ip(f)) => f.key,
+                (et, L3::Other) => return et != crate::wire::EtherType::ARP,
                 _ => return false,
             },
         };

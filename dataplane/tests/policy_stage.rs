@@ -873,3 +873,54 @@ fn a_neighbor_advertisement_claims_only_the_ports_addresses() {
     let (out, drops, _) = send(&sw, &pool, "b", &nd(1, 136, v6(1)), 1);
     assert_eq!((out.len(), drops.len()), (2, 0), "b has no IP spoof filter");
 }
+
+/// On a bridge with IP spoof filters and no policy (`ipspoofchk` alone), a plain burst (a
+/// unicast neighbour advertisement to a known MAC, a unicast ARP the stage cannot read) gets
+/// the same checks as in the general stages: the advertisement's target is the sender's own
+/// address or link-local, the ARP is `malformed_arp` (s15y's review: the fast path checked the
+/// source address alone, so a VM could claim another's IPv6 address in a neighbour's cache).
+#[test]
+fn a_plain_burst_on_a_spoof_filtered_bridge_checks_neighbor_discovery_and_arp() {
+    let yaml = r#"
+bridges:
+- name: br0
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1, 'fd00::1']
+  - name: c
+    static_macs: ['02:00:00:00:00:0c']
+    allowed_ips: [10.0.0.3, 'fd00::3']
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let pool = pool();
+    let ll = |i: u8| [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+    // A solicited advertisement from c to a's MAC (unicast: a plain burst).
+    let na = |target: [u8; 16]| {
+        let mut body = target.to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&MAC[2]);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[2], MAC[0])
+            .ipv6(ll(3), ll(1), 255)
+            .icmpv6_raw(136, 0, [0x60, 0, 0, 0])
+            .write(&mut v, &body)
+            .expect("frame");
+        v
+    };
+    let (out, drops) = run(&sw, &pool, "c", &na(v6(1)), 1, None);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims a's address");
+    for target in [v6(3), ll(3)] {
+        let (out, drops) = run(&sw, &pool, "c", &na(target), 1, None);
+        assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "its own address {target:?}");
+    }
+    // ARP of hardware type 2 (not Ethernet), unicast to a.
+    let mut p = vec![0, 2, 8, 0, 6, 4, 0, 2];
+    p.extend_from_slice(&MAC[2]);
+    p.extend_from_slice(&IP[2]);
+    p.extend_from_slice(&MAC[0]);
+    p.extend_from_slice(&IP[0]);
+    let arp2 = testkit::frame::Frame::new(MAC[0], MAC[2]).ethertype(0x0806).payload(&p).build();
+    let (out, drops) = run(&sw, &pool, "c", &arp2, 1, None);
+    assert_eq!((out.len(), drops), (0, dropped("malformed_arp")));
+}
