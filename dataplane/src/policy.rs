@@ -442,10 +442,10 @@ impl CompiledPolicy {
     }
 }
 
-/// The rules read as written, one after the other: the reference the classifier is tested
-/// against.
-#[cfg(test)]
-pub(crate) fn interpret(d: &DirectionPolicy, peer: IpAddr, proto: u8, port: u16) -> Option<u32> {
+/// The rules read as written, one after the other: the lowest rule that allows the packet.
+/// The reference the classifier is tested against (this module's property test, the `cluster`
+/// fuzz target); [`Classifier::matches`] answers the same, in O(log rules).
+pub fn interpret(d: &DirectionPolicy, peer: IpAddr, proto: u8, port: u16) -> Option<u32> {
     let peer_ok = |r: &PolicyRule| match &r.peers {
         None => true,
         Some(ps) => ps.iter().any(|p| p.cidr.contains(peer) && !p.except.iter().any(|e| e.contains(peer))),

@@ -77,6 +77,24 @@ fn udp_from(from: usize, src_ip: [u8; 4], to: usize, sport: u16, dport: u16) -> 
     v
 }
 
+/// A UDP packet between any two MACs and IPv4 addresses.
+fn udp_frame(
+    src: [u8; 6],
+    src_ip: [u8; 4],
+    dst: [u8; 6],
+    dst_ip: [u8; 4],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .ipv4(src_ip, dst_ip, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"q")
+        .expect("frame");
+    v
+}
+
 fn udp(from: usize, to: usize, sport: u16, dport: u16) -> Vec<u8> {
     udp_from(from, IP[from], to, sport, dport)
 }
@@ -154,6 +172,24 @@ fn run_fast(
     let plain = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
     let (out, drops) = run(sw, pool, from, frame, now, None);
     (out, drops, switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > plain)
+}
+
+/// One frame from port `from`, traced (the general stages alone: a trace uses no stored
+/// verdicts) or not (the fast path first): (ports it went to, drops on `from`).
+fn run_either(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frame: &[u8],
+    now: u32,
+    traced: bool,
+) -> (Vec<String>, BTreeMap<String, u64>) {
+    if traced {
+        let (out, drops, _) = send(sw, pool, from, frame, now);
+        (out, drops)
+    } else {
+        run(sw, pool, from, frame, now, None)
+    }
 }
 
 fn dropped(r: &str) -> BTreeMap<String, u64> {
@@ -435,15 +471,7 @@ bridges:
 "#;
     let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
     let pool = pool();
-    let frame = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sport: u16, dport: u16| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(src, dst)
-            .ipv4(src_ip, dst_ip, 64)
-            .udp(sport, dport)
-            .write(&mut v, b"q")
-            .expect("frame");
-        v
-    };
+    let frame = udp_frame;
     // x learned behind p (its flood copy to q refused, to a not checked: a has no policy).
     let (out, _) = run(&sw, &pool, "p", &frame(X, [10, 0, 0, 9], Q, [10, 0, 0, 7], 53, 9), 1, None);
     assert!(out.is_empty(), "q refuses it: {out:?}");
@@ -499,15 +527,7 @@ fn a_flood_refused_by_one_port_keeps_the_connection_for_another() {
         );
         let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml).expect("valid config"), None).unwrap();
         let pool = pool();
-        let frame = |src: [u8; 6], src_ip: [u8; 4], dst: [u8; 6], dst_ip: [u8; 4], sport: u16, dport: u16| {
-            let mut v = Vec::new();
-            PacketBuilder::ethernet2(src, dst)
-                .ipv4(src_ip, dst_ip, 64)
-                .udp(sport, dport)
-                .write(&mut v, b"q")
-                .expect("frame");
-            v
-        };
+        let frame = udp_frame;
         const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
         const X: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
         let (out, drops) =
@@ -671,14 +691,7 @@ fn a_reply_direction_syn_on_a_closed_connection_is_a_new_connection() {
     // path first.
     for (close, traced) in [("rst", true), ("rst", false), ("fin", true), ("fin", false)] {
         let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
-        let go = |from: &str, f: &[u8], now: u32| {
-            if traced {
-                let (out, drops, _) = send(&sw, &pool, from, f, now);
-                (out, drops)
-            } else {
-                run(&sw, &pool, from, f, now, None)
-            }
-        };
+        let go = |from: &str, f: &[u8], now: u32| run_either(&sw, &pool, from, f, now, traced);
         let (out, _) = go("a", &tcp(0, 2, 40000, 22, "syn"), 1);
         assert_eq!(out, vec!["c".to_string()]);
         let (out, _) = go("c", &tcp(2, 0, 22, 40000, "synack"), 1);
@@ -775,14 +788,7 @@ bridges:
         v
     };
     for traced in [true, false] {
-        let go = |from: &str, f: &[u8], now: u32| {
-            if traced {
-                let (out, drops, _) = send(&sw, &pool, from, f, now);
-                (out, drops)
-            } else {
-                run(&sw, &pool, from, f, now, None)
-            }
-        };
+        let go = |from: &str, f: &[u8], now: u32| run_either(&sw, &pool, from, f, now, traced);
         let sport = if traced { 40000 } else { 40001 };
         let (out, _) = go("a1", &seg(MAC[0], IP[0], MAC[1], IP[1], sport, 80, true), 1);
         assert_eq!(out, vec!["b1".to_string()]);

@@ -5,7 +5,7 @@
 //!
 //! Besides never panicking: the plan is a configuration the switch accepts (no "internal
 //! error" problem, `Config::validate` passes); every port policy it gives compiles to a
-//! classifier that agrees with the rules read one after the other (the interpreter below) on
+//! classifier that agrees with the rules read one after the other (`policy::interpret`) on
 //! probes at the edges of every address block and port range; and when every document is
 //! plain JSON data, each object given once (no `List`), the same objects stored the way the
 //! API source stores them (JSON, `ApiStore::put`) plan to the same configuration.
@@ -17,30 +17,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use switchyard_control::api_source::{ApiStore, Kind};
 use switchyard_control::{plan, ClusterState, Plan, PlanOptions};
-use switchyard_dataplane::policy::{Classifier, DirectionPolicy, PolicyRule};
+use switchyard_dataplane::policy::{interpret, Classifier, DirectionPolicy};
 
 const NODE: &str = "node1";
-
-/// The rules of `d` read as written, one after the other: the lowest rule that allows the
-/// packet (as dataplane/src/policy.rs's test reference reads them).
-fn interpret(d: &DirectionPolicy, peer: IpAddr, proto: u8, port: u16) -> Option<u32> {
-    let peer_ok = |r: &PolicyRule| match &r.peers {
-        None => true,
-        Some(ps) => ps.iter().any(|p| p.cidr.contains(peer) && !p.except.iter().any(|e| e.contains(peer))),
-    };
-    let port_ok = |r: &PolicyRule| match &r.ports {
-        None => true,
-        Some(ps) => ps.iter().any(|p| {
-            p.protocol.number() == proto
-                && match (p.port, p.end_port) {
-                    (None, _) => true,
-                    (Some(a), None) => port == a,
-                    (Some(a), Some(b)) => (a..=b).contains(&port),
-                }
-        }),
-    };
-    d.rules.iter().position(|r| peer_ok(r) && port_ok(r)).map(|i| i as u32)
-}
 
 fn addr(k: u128, v4: bool) -> IpAddr {
     if v4 {
