@@ -370,32 +370,29 @@ impl Session {
                     Err(o) => return Ok(o),
                 };
                 let fd = if v & proto::VRING_NOFD != 0 { None } else { fds.into_iter().next() };
-                if request == req::SET_VRING_KICK {
-                    // Workers poll while busy and sleep on the kick fd when idle. They drain
-                    // it with a read that must never block (a frontend may hand us a blocking
-                    // eventfd, or something else), so it is made non-blocking; one that cannot
-                    // be is not used (the worker then backs off with timed sleeps). The old
-                    // fd, if any, is closed once the ring and the worker let go of it.
+                // Neither fd may ever block a worker, so both are made non-blocking; one that
+                // cannot be is not used. The kick fd: workers poll while busy and sleep on it
+                // when idle, draining it with a read (a frontend may hand over a blocking
+                // eventfd, or something else); without it the worker backs off with timed
+                // sleeps. The call fd: the worker signals it on every burst the guest wants a
+                // call for, and a frontend's fd that never drains (a pipe nobody reads) must not
+                // block it. The old fd, if any, is closed once the ring and the worker let go.
+                let kick = request == req::SET_VRING_KICK;
+                let name = &self.sh.name;
+                let fd = fd.and_then(|f| match sys::set_nonblocking(f.as_fd()) {
+                    Ok(()) => Some(Arc::new(File::from(f))),
+                    Err(e) => {
+                        let which = if kick { "kick" } else { "call" };
+                        tracing::warn!(port = %name, vring = i, error = %e,
+                            "vhost: {which} fd cannot be made non-blocking; not using it");
+                        None
+                    }
+                });
+                if kick {
                     self.vrings[i].kicked = true;
-                    self.vrings[i].kick = fd.and_then(|f| match sys::set_nonblocking(f.as_fd()) {
-                        Ok(()) => Some(Arc::new(File::from(f))),
-                        Err(e) => {
-                            tracing::warn!(port = %self.sh.name, vring = i, error = %e,
-                                "vhost: kick fd cannot be made non-blocking; not sleeping on it");
-                            None
-                        }
-                    });
+                    self.vrings[i].kick = fd;
                 } else {
-                    // The worker signals it on every burst the guest wants a call for; a
-                    // frontend's fd that never drains (a pipe nobody reads) must not block it.
-                    self.vrings[i].call = fd.and_then(|f| match sys::set_nonblocking(f.as_fd()) {
-                        Ok(()) => Some(Arc::new(File::from(f))),
-                        Err(e) => {
-                            tracing::warn!(port = %self.sh.name, vring = i, error = %e,
-                                "vhost: call fd cannot be made non-blocking; not calling the guest");
-                            None
-                        }
-                    });
+                    self.vrings[i].call = fd;
                 }
                 self.rebuild(i);
                 Outcome::Ok
