@@ -22,10 +22,12 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn config(vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
-    named("tu-tun", vni, port, flood, remote)
+    named("tu-tun", "tu-vm", vni, port, flood, remote)
 }
 
-fn named(name: &str, vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
+/// A bridge of a ring port `vm` and a tunnel port `name`. Ring ports are named process-wide,
+/// and `cargo test` runs a file's tests as threads of one process: each test has its own ring.
+fn named(name: &str, vm: &str, vni: u32, port: u16, flood: &[&str], remote: Option<&str>) -> Config {
     let tunnel = PortConfig {
         name: name.into(),
         kind: Some(PortType::Vxlan),
@@ -37,7 +39,7 @@ fn named(name: &str, vni: u32, port: u16, flood: &[&str], remote: Option<&str>) 
         learn: Some(false),
         ..Default::default()
     };
-    let vm = PortConfig { name: "tu-vm".into(), kind: Some(PortType::Ring), ..Default::default() };
+    let vm = PortConfig { name: vm.into(), kind: Some(PortType::Ring), ..Default::default() };
     Config { bridges: vec![BridgeConfig::new("br", vec![vm, tunnel])] }
 }
 
@@ -125,8 +127,8 @@ fn a_renamed_tunnel_port_serves_its_vni_at_once() {
     let e2 = endpoint("127.0.0.2", port);
     let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
     let none = |_: &str| None;
-    rt.apply(&named("tr-a", 5001, port, &["127.0.0.2"], None), &none).unwrap();
-    let a = rt.apply(&named("tr-b", 5001, port, &["127.0.0.2"], None), &none).unwrap();
+    rt.apply(&named("tr-a", "tr-vm", 5001, port, &["127.0.0.2"], None), &none).unwrap();
+    let a = rt.apply(&named("tr-b", "tr-vm", 5001, port, &["127.0.0.2"], None), &none).unwrap();
     assert_eq!(
         (a.diff.added.as_slice(), a.diff.removed.as_slice()),
         (&["tr-b".to_string()][..], &["tr-a".to_string()][..])
@@ -135,7 +137,7 @@ fn a_renamed_tunnel_port_serves_its_vni_at_once() {
     assert!(rt.backend("tr-a").is_none());
 
     // Out: a frame from the VM reaches the endpoint in VNI 5001.
-    let vm = ring_peer("tu-vm").unwrap();
+    let vm = ring_peer("tr-vm").unwrap();
     let pool = Pool::new("tr", 64).unwrap();
     let mut cache = pool.cache();
     let f = Frame::new(FAR, VM).ethertype(ETHERTYPE_IPV4).pad(64, 0).build();
