@@ -10,19 +10,30 @@
 //! [`crate::metrics`]), so a stuck control loop cannot hang its own probe.
 //!
 //! The server is std's `TcpListener`, HTTP/1.1 with `Connection: close`, a thread per
-//! connection (at most [`MAX_CONNECTIONS`] at once; more are closed unanswered): three GET
-//! routes for a scraper and a kubelet need no framework and no async runtime, and keeping it
-//! apart from any runtime the control side uses means it still answers when that one is stuck.
-//! A slow client (a Prometheus reading 7 MB slowly, a connection that sends nothing) holds its
-//! own thread only, so it cannot make the kubelet's probes time out.
+//! connection: three GET routes for a scraper and a kubelet need no framework and no async
+//! runtime, and keeping it apart from any runtime the control side uses means it still answers
+//! when that one is stuck.
+//!
+//! The port is on the node's network (the DaemonSet runs with `hostNetwork`), so any pod may
+//! connect; a failed liveness probe restarts the switch, and with it every VM's network. So no
+//! client may keep a probe from being answered:
+//! - a request head must arrive within [`READ_TIMEOUT`] of the accept, all of it (a client
+//!   that sends a byte now and then is cut off at that deadline, not kept while it trickles),
+//!   and an answer must be taken within [`WRITE_TIMEOUT`], all of it;
+//! - at most [`MAX_CONNECTIONS`] are served at once; a connection beyond that closes the
+//!   *oldest* one open, not itself. A probe's request arrives with its connection, so it is
+//!   answered unless that many newer connections arrive while its thread reads it, where a
+//!   limit that refused the newest would let a handful of idle connections refuse every probe.
 
 use crate::metrics::{render, ControlStats};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use switchyard_dataplane::worker::EngineView;
 
 /// The routes.
@@ -30,9 +41,11 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
 
-/// How long a client may take to send its request head.
+/// How long a client may take to send its whole request head, from the accept.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections served at once.
+/// How long a client may take to read the whole answer (Prometheus' default scrape timeout).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; one more closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The request head's size limit.
 const MAX_HEAD: u64 = 16 * 1024;
@@ -156,34 +169,95 @@ impl Drop for HealthServer {
     }
 }
 
+/// The connections being served, oldest first: an id and a handle to shut each one down.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    conns: VecDeque<(u64, TcpStream)>,
+}
+
 fn accept_loop(l: TcpListener, obs: Observed, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Mutex::new(Open::default()));
     for conn in l.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
         let Ok(s) = conn else { continue };
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            // Closed unanswered: a client retries, a probe counts a failure.
-            active.fetch_sub(1, Ordering::AcqRel);
-            continue;
-        }
-        let (obs, done) = (obs.clone(), active.clone());
-        let spawned = std::thread::Builder::new().name("sy-http".into()).spawn(move || {
-            serve_one(s, &obs);
-            done.fetch_sub(1, Ordering::AcqRel);
+        let Ok(handle) = s.try_clone() else { continue };
+        let id = {
+            let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
+            if o.conns.len() >= MAX_CONNECTIONS {
+                // The oldest has had the longest to send its head or take its answer; its
+                // thread sees the shutdown at its next read or write and ends.
+                if let Some((_, oldest)) = o.conns.pop_front() {
+                    let _ = oldest.shutdown(Shutdown::Both);
+                }
+            }
+            o.next += 1;
+            let id = o.next;
+            o.conns.push_back((id, handle));
+            id
+        };
+        let (obs, done) = (obs.clone(), open.clone());
+        let forget = move |done: &Mutex<Open>| {
+            let mut o = done.lock().unwrap_or_else(|p| p.into_inner());
+            o.conns.retain(|(i, _)| *i != id);
+        };
+        let spawned = std::thread::Builder::new().name("sy-http".into()).spawn({
+            let done = done.clone();
+            move || {
+                serve_one(s, &obs);
+                forget(&done);
+            }
         });
         if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
+            forget(&done);
         }
+    }
+}
+
+/// A stream read under one deadline for all its reads (a socket's own timeout bounds each
+/// read alone).
+struct Deadline<'a> {
+    s: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    /// The time left, as a socket timeout; an error once it has passed.
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+
+    /// Writes all of `buf` before the deadline.
+    fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            self.s.set_write_timeout(Some(self.left()?))?;
+            match (&mut &*self.s).write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.s.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.s).read(buf)
     }
 }
 
 /// Reads one request head and answers it; the connection is closed after the answer.
 fn serve_one(s: TcpStream, obs: &Observed) {
-    let _ = s.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    let mut r = BufReader::new((&s).take(MAX_HEAD));
+    let mut r = BufReader::new(Deadline { s: &s, until: Instant::now() + READ_TIMEOUT }.take(MAX_HEAD));
     let mut line = String::new();
     if r.read_line(&mut line).is_err() {
         return;
@@ -215,10 +289,8 @@ fn serve_one(s: TcpStream, obs: &Observed) {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut w = &s;
-    let _ = w.write_all(head.as_bytes());
-    if method != "HEAD" {
+    let w = Deadline { s: &s, until: Instant::now() + WRITE_TIMEOUT };
+    if w.write_all(head.as_bytes()).is_ok() && method != "HEAD" {
         let _ = w.write_all(body.as_bytes());
     }
-    let _ = w.flush();
 }

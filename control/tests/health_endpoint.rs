@@ -86,3 +86,90 @@ fn readyz_follows_the_plan_and_cni_and_metrics_follow_the_reconciles() {
     drop(ctl);
     Arc::try_unwrap(rt).ok().unwrap().into_inner().unwrap().stop();
 }
+
+/// Clients that trickle their request head a byte at a time (slowloris), more of them than the
+/// server serves at once, do not keep the kubelet's probes from being answered within the
+/// probe's 3 s (deploy/daemonset.yaml's `timeoutSeconds`), and a trickling client is cut off
+/// at the head's deadline though each of its bytes comes well within a socket timeout.
+#[test]
+fn trickling_clients_do_not_starve_the_probes() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    use switchyard_control::health::{MAX_CONNECTIONS, READ_TIMEOUT};
+
+    let rt = Runtime::start(RuntimeOptions::default()).unwrap();
+    let obs = Observed {
+        engine: rt.engine().view(),
+        control: Arc::new(ControlStats::default()),
+        opts: HealthOptions::default(),
+    };
+    let server = HealthServer::start("127.0.0.1:0", obs).unwrap();
+    let addr = server.addr();
+    let byte_every = Duration::from_millis(300);
+
+    // One trickler alone: closed by the server by the head's deadline (plus slack for a loaded
+    // machine), while it still sends.
+    let mut one = TcpStream::connect(addr).unwrap();
+    one.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+    let t0 = Instant::now();
+    let cut = loop {
+        std::thread::sleep(byte_every);
+        if one.write_all(b"a").is_err() {
+            break t0.elapsed();
+        }
+        one.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        match one.read(&mut [0u8; 64]) {
+            Ok(_) => break t0.elapsed(), // EOF, or an answer: the server ended it
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break t0.elapsed(), // reset
+        }
+        assert!(t0.elapsed() < READ_TIMEOUT * 4, "a trickling client is kept past its deadline");
+    };
+    assert!(cut >= READ_TIMEOUT - byte_every, "cut off before its deadline: {cut:?}");
+
+    // Twice the connection limit of tricklers, each sending a byte every 300 ms.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tricklers = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut conns: Vec<TcpStream> = (0..2 * MAX_CONNECTIONS)
+                .filter_map(|_| {
+                    let mut c = TcpStream::connect(addr).ok()?;
+                    c.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").ok()?;
+                    Some(c)
+                })
+                .collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(byte_every);
+                // Reconnect any the server closed: the pressure stays at twice the limit.
+                for c in conns.iter_mut() {
+                    if c.write_all(b"a").is_err() {
+                        if let Ok(n) = TcpStream::connect(addr) {
+                            *c = n;
+                            let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let mut probes = 0;
+    while t0.elapsed() < READ_TIMEOUT * 2 {
+        let t = Instant::now();
+        let answer = testkit::http::get(addr, "/healthz");
+        assert!(
+            matches!(answer, Ok((200, _))) && t.elapsed() < Duration::from_secs(3),
+            "probe {probes} under trickling clients: {answer:?} after {:?}",
+            t.elapsed()
+        );
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tricklers.join().unwrap();
+    drop(server);
+    rt.stop();
+}
