@@ -731,28 +731,34 @@ fn drop_yaml_nulls(v: &mut serde_yaml_ng::Value) {
     }
 }
 
-/// The API source's objects: taken by value, so strings move into the typed object; `null`
-/// as in a manifest (above).
+/// The API source's objects read exactly as a manifest's: moved into the manifest's value
+/// (strings and containers moved, not copied) and read from there. Read from serde_json's
+/// own value, an array where an object belongs would give a struct's fields in order
+/// (`bridge: [[{name: eth1}]]` an NNCP bridge with a port, where the manifest's reader and the
+/// Go decoders of the API server and nmstate refuse it), so the same object would plan
+/// differently from the two sources.
 impl Doc for serde_json::Value {
-    fn typed<T: serde::de::DeserializeOwned>(mut self) -> Result<T, (String, String)> {
-        drop_nulls(&mut self);
-        serde_path_to_error::deserialize(self).map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    fn typed<T: serde::de::DeserializeOwned>(self) -> Result<T, (String, String)> {
+        yaml_of(self).typed()
     }
 }
 
-/// Removes every object member whose value is `null`, at any depth (in place, no copies),
-/// except inside [`STRING_MAPS`].
-fn drop_nulls(v: &mut serde_json::Value) {
+/// `v` as the manifest reader's value, moved.
+fn yaml_of(v: serde_json::Value) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::{Number, Value as Y};
     match v {
+        serde_json::Value::Null => Y::Null,
+        serde_json::Value::Bool(b) => Y::Bool(b),
+        serde_json::Value::Number(n) => Y::Number(match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Number::from(u),
+            (None, Some(i)) => Number::from(i),
+            // serde_json's numbers are integers or finite floats.
+            (None, None) => Number::from(n.as_f64().unwrap_or(f64::NAN)),
+        }),
+        serde_json::Value::String(s) => Y::String(s),
+        serde_json::Value::Array(a) => Y::Sequence(a.into_iter().map(yaml_of).collect()),
         serde_json::Value::Object(m) => {
-            m.retain(|_, x| !x.is_null());
-            for (k, x) in m.iter_mut() {
-                if !STRING_MAPS.contains(&k.as_str()) {
-                    drop_nulls(x);
-                }
-            }
+            Y::Mapping(m.into_iter().map(|(k, v)| (Y::String(k), yaml_of(v))).collect())
         }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
-        _ => {}
     }
 }

@@ -661,3 +661,29 @@ fn a_memo_plans_what_plan_plans_and_follows_changed_nads_and_vmis() {
     let p4 = plan_memo(&st4, NODE, &labels, &opts, &mut memo);
     assert!(p4.config.bridges.is_empty(), "{}", p4.to_yaml());
 }
+
+/// An array where an object belongs (an NNCP bridge given as `[[{name: e}]]`) is refused the
+/// same way from a manifest and from the API: a problem naming the field, no bridge planned.
+/// serde_json's own value reader gave a struct's fields from an array in order, so the API's
+/// copy planned a bridge with port `e` that the manifest's did not (found by the `cluster`
+/// fuzz target).
+#[test]
+fn an_array_for_an_object_is_refused_from_the_api_as_from_a_manifest() {
+    use switchyard_control::api_source::{ApiStore, Kind};
+    let text = "apiVersion: nmstate.io/v1\nkind: NodeNetworkConfigurationPolicy\nmetadata: {name: r}\n\
+                spec:\n  desiredState:\n    interfaces:\n    - name: r\n      type: linux-bridge\n      \
+                bridge: [[{name: e}]]\n";
+    let mut dir = ClusterState::default();
+    dir.add_yaml("nncp.yaml", text);
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    let o: kube::api::DynamicObject = serde_json::from_value(serde_json::to_value(y).unwrap()).unwrap();
+    let mut store = ApiStore::default();
+    store.put(Kind::Nncp, o);
+    let api = store.snapshot();
+    for (how, st) in [("manifest", &dir), ("API", &api)] {
+        let fields: Vec<_> = st.problems.iter().map(|p| p.field.as_deref()).collect();
+        assert_eq!(fields, [Some("spec.desiredState.interfaces[0].bridge")], "{how}: {:?}", st.problems);
+        let p = plan(st, "node1", &BTreeMap::new(), &PlanOptions::default());
+        assert!(p.config.bridges.is_empty(), "{how}: {}", p.config.to_yaml());
+    }
+}
