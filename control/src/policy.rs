@@ -333,8 +333,9 @@ fn rule(
                 };
                 let pod_ok = p.pod_selector.as_ref().is_none_or(|s| s.matches(&a.labels));
                 if ns_ok && pod_ok {
-                    // An IPv6 link-local address names no one: the IP spoof filter lets any VM
-                    // send from any of them (docs/policy.md), so a peer is its other addresses.
+                    // An IPv6 link-local address names no one for sure: a VM on a port without
+                    // `allowed_macs` may send from the EUI-64 link-local address of any MAC it
+                    // chooses (docs/policy.md), so a peer is its other addresses.
                     blocks.extend(
                         a.addrs
                             .iter()

@@ -12,9 +12,9 @@
 //! direction are checked against the policies as they are now (every packet: the entry's
 //! verdict, see [`crate::conntrack::verdict`], stands for the classifiers while the snapshot
 //! and the ports are the same), replies pass while the connection is tracked; once the original direction is denied the connection is
-//! marked blocked and its replies stop too. ARP and IPv6 neighbour discovery always pass the
-//! policies (the spoof filter still checks ARP's sender address); non-IP frames are not
-//! subject to policies.
+//! marked blocked and its replies stop too. ARP, IPv6 neighbour discovery and MLD always pass
+//! the policies (the spoof filters still check ARP's sender addresses and neighbour
+//! discovery's claims); non-IP frames are not subject to policies.
 
 use crate::conntrack::{verdict, Conntrack, Dir, Fast, FastProbe, FastView, PackedKey, Steady};
 use crate::port::Burst;
@@ -33,6 +33,8 @@ pub enum Note {
     #[default]
     NotIp,
     NeighborDiscovery,
+    /// MLD to a multicast MAC.
+    Mld,
     /// A reply of a tracked connection.
     Reply,
     /// An ICMP error quoting a tracked connection's packet.
@@ -91,19 +93,39 @@ fn l4_port(k: &FlowKey) -> u16 {
     }
 }
 
-/// Whether the port's IP spoof filter lets `key`'s source through: one of the port's
-/// addresses; or an IPv6 link-local or unspecified source (the guest's own link-local
-/// address, duplicate address detection); or DHCPv4 from 0.0.0.0 (a client without an address
-/// yet).
-fn src_allowed(list: &[IpAddr], key: &FlowKey) -> bool {
+/// Whether the port's IP spoof filter lets `key`'s source through, in a frame from MAC `mac`
+/// (as [`crate::wire::MacAddr::to_u64`] holds it): one of the port's addresses; or the
+/// unspecified IPv6 address (duplicate address detection); or the IPv6 link-local address
+/// derived from `mac` ([`eui64_link_local`]: the guest's own, as OVN's port security allows it);
+/// or DHCPv4 from 0.0.0.0 (a client without an address yet). Any other link-local source is
+/// refused: a VM could otherwise send from its router's `fe80::` address (a neighbour
+/// solicitation from it, with the VM's MAC as its source link-layer address, puts the VM in
+/// its neighbours' caches as the router). A guest with another link-local address (RFC 7217
+/// stable privacy) is allowed it when its VMI status reports it (then it is in the list).
+fn src_allowed(list: &[IpAddr], key: &FlowKey, mac: u64) -> bool {
     let src = key.src_ip();
     if list.contains(&src) {
         return true;
     }
     match src {
-        IpAddr::V6(a) => a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(_) => key.src == 0 || key.src == eui64_link_local(mac),
         IpAddr::V4(a) => a.is_unspecified() && key.proto == PROTO_UDP && key.sport == 68 && key.dport == 67,
     }
+}
+
+/// The IPv6 link-local address that SLAAC derives from MAC `mac` (modified EUI-64, RFC 4291
+/// appendix A: `fe80::` with the MAC split by `ff:fe` and its universal/local bit flipped).
+#[inline]
+pub fn eui64_link_local(mac: u64) -> u128 {
+    let iid = ((mac >> 24) << 40 | 0xfffe << 24 | (mac & 0xff_ffff)) ^ (0x02 << 56);
+    0xfe80 << 112 | u128::from(iid)
+}
+
+/// Whether an IPv6 address (a neighbour advertisement's target, a source) is one that a port
+/// with `allowed_ips` `list` may claim in a frame from MAC `mac`: one of its addresses or the
+/// link-local address derived from `mac` (OVN's port security: `nd.target == {lla, ip6}`).
+fn v6_claim_allowed(list: &[IpAddr], a: u128, mac: u64) -> bool {
+    a == eui64_link_local(mac) || list.contains(&IpAddr::V6(std::net::Ipv6Addr::from(a)))
 }
 
 /// The payload of the frame `d` (`tagged`: with an 802.1Q tag, whose length the caller
@@ -127,12 +149,13 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
 
 /// [`FastKeys::push`] for a frame that is not a simple IPv4 packet: its key (in VLAN `vlan`)
 /// and TCP flags when it is an IP packet of a flow whose source passes the port's IP spoof
-/// filter. Out of line: inlined, its code cost the simple IPv4 packets registers.
+/// filter (`mac`: the frame's source MAC). Out of line: inlined, its code cost the simple IPv4
+/// packets registers.
 #[inline(never)]
-fn other_ip(port: &PortSpec, d: &[u8], vlan: u16) -> Option<(PackedKey, u8)> {
+fn other_ip(port: &PortSpec, d: &[u8], vlan: u16, mac: u64) -> Option<(PackedKey, u8)> {
     match parse_untagged(d) {
         L3::Ip(f) if f.kind == IpKind::Flow => {
-            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key)) {
+            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, mac)) {
                 return None;
             }
             Some((PackedKey::new(&FlowKey { vlan, ..f.key }), f.tcp_flags))
@@ -165,8 +188,15 @@ fn parse_stacked(d: &[u8], off: usize) -> (u16, L3) {
 }
 
 /// The first half of the stage for a frame received on `port`, as [`parse`] read it (`h`: the
-/// [`crate::conntrack::hash`] of its flow key, when it is IP). `Err`: drop it for that reason.
-pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<FilterMeta, DropReason> {
+/// [`crate::conntrack::hash`] of its flow key, when it is IP; `src`, `dst`: its Ethernet
+/// addresses, as [`crate::wire::MacAddr::to_u64`] holds them). `Err`: drop it for that reason.
+pub fn ingress(
+    (et, l3): (u16, L3),
+    h: u64,
+    (src, dst): (u64, u64),
+    port: &PortSpec,
+    cx: Ctx,
+) -> Result<FilterMeta, DropReason> {
     let (ct, now) = (cx.ct, cx.now);
     let flow = match l3 {
         // ARP that is not Ethernet/IPv4 names no sender a port's addresses can be checked
@@ -193,19 +223,20 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
         L3::Ip(f) => f,
     };
     if let Some(list) = &port.allowed_ips {
-        if !src_allowed(list, &flow.key) {
+        if !src_allowed(list, &flow.key, src) {
             return Err(DropReason::SpoofedSrcIp);
         }
     }
     let mut m = FilterMeta { flow: Some(flow), ..Default::default() };
     match flow.kind {
-        IpKind::NeighborDiscovery(target) => {
+        IpKind::NeighborDiscovery { target, .. } => {
             // A neighbour advertisement claims its target address: on a port with an IP spoof
-            // filter, one of the port's addresses (or a link-local one, as sources), as OVN's
-            // port security checks `nd.target` (the IPv6 form of ARP's sender address).
+            // filter, one of the port's addresses or the link-local one derived from the
+            // frame's source MAC (the same rule as for sources), as OVN's port security checks
+            // `nd.target` (the IPv6 form of ARP's sender address). (Its link-layer options
+            // were checked against `allowed_macs` by the MAC spoof filter.)
             if let (t @ 1.., Some(list)) = (target, &port.allowed_ips) {
-                let a = std::net::Ipv6Addr::from(t);
-                if !list.contains(&IpAddr::V6(a)) && (a.segments()[0] & 0xffc0) != 0xfe80 {
+                if !v6_claim_allowed(list, t, src) {
                     return Err(DropReason::SpoofedSrcIp);
                 }
             }
@@ -213,6 +244,14 @@ pub fn ingress((et, l3): (u16, L3), h: u64, port: &PortSpec, cx: Ctx) -> Result<
             m.flow = None;
             return Ok(m);
         }
+        IpKind::Mld if dst >> 32 == 0x3333 => {
+            m.note = Note::Mld;
+            m.flow = None;
+            return Ok(m);
+        }
+        // MLD to a unicast MAC: an ICMPv6 packet like any (`IpKind::Mld` is never tracked:
+        // it opens no connection, as ICMP answers do not).
+        IpKind::Mld => {}
         IpKind::IcmpError(quoted) => {
             // The quoted packet went in this packet's VLAN.
             let quoted = FlowKey { vlan: flow.key.vlan, ..quoted };
@@ -405,7 +444,7 @@ impl<'a> FastKeys<'a> {
                 }
                 (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), s.tcp_flags)
             }
-            None => match other_ip(port, d, self.vlan) {
+            None => match other_ip(port, d, self.vlan, src) {
                 Some(kf) => kf,
                 None => return false,
             },
@@ -499,7 +538,8 @@ impl Lists {
                 return true;
             }
         }
-        src_allowed(l, &s.key())
+        // An IPv4 source: no MAC-derived address applies.
+        src_allowed(l, &s.key(), 0)
     }
 }
 
@@ -537,13 +577,14 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
         let key = match simple_flow(d) {
             Some((k, _)) => k,
             None => match parse(d, false) {
-                (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery(_)) => return false,
+                (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery { .. }) => return false,
                 (_, L3::Ip(f)) => f.key,
                 (et, L3::Other) => return et != crate::wire::EtherType::ARP,
                 _ => return false,
             },
         };
-        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key))
+        let mac = eth_src(d).map_or(0, |(m, _)| m);
+        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key, mac))
     })
 }
 
@@ -558,6 +599,7 @@ pub fn describe(m: &FilterMeta, from: &PortSpec, to: Option<&PortSpec>) -> Strin
     match m.note {
         Note::NotIp => "not-ip".into(),
         Note::NeighborDiscovery => "neighbor-discovery".into(),
+        Note::Mld => "mld".into(),
         Note::Reply => "reply-of-tracked".into(),
         Note::Related => "related-to-tracked".into(),
         Note::Checked => {

@@ -800,7 +800,7 @@ fn general_burst(
         for (m, (r, h)) in meta.iter_mut().zip(l3.iter().copied()) {
             let mut fm = crate::filter::FilterMeta::default();
             if m.verdict.is_none() || m.flood_pending {
-                match crate::filter::ingress(r, h, port, cx) {
+                match crate::filter::ingress(r, h, (m.src, m.dst), port, cx) {
                     Ok(f) => fm = f,
                     Err(r) => {
                         m.verdict = Some(Verdict::Drop(r));
@@ -1207,9 +1207,10 @@ fn classify(d: &[u8], port: &PortSpec, untagged_vlan: Option<u16>, table: &FdbVi
     m
 }
 
-/// MAC spoof filtering: the Ethernet source, and the sender hardware address of ARP and RARP
-/// frames (also behind VLAN tags stacked inside the one the port reads, which a guest strips
-/// when they are priority tags), must be in the port's `allowed_macs`.
+/// MAC spoof filtering: the Ethernet source, the sender hardware address of ARP and RARP
+/// frames and the link-layer address options of IPv6 neighbour discovery (also behind VLAN
+/// tags stacked inside the one the port reads, which a guest strips when they are priority
+/// tags), must be in the port's `allowed_macs`.
 fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
     if !port.allows_src(MacAddr::from_u64(m.src)) {
         return Some(Verdict::Drop(DropReason::SpoofedSrcMac));
@@ -1226,6 +1227,17 @@ fn spoof_check(d: &[u8], m: &FrameMeta, port: &PortSpec) -> Option<Verdict> {
             Err(_) => Some(Verdict::Drop(DropReason::MalformedArp)),
             Ok(a) if !port.allows_src(a.sha()) => Some(Verdict::Drop(DropReason::SpoofedArpSha)),
             Ok(_) => None,
+        };
+    }
+    if et == EtherType::IPV6 {
+        // The link-layer address a neighbour discovery message names in its options goes into
+        // its receivers' neighbour caches, as ARP's sender does: one of the port's MACs, as
+        // OVN's port security checks `nd.sll` and `nd.tll` (all-zero: none named, accepted).
+        use crate::wire::ip::LinkAddr;
+        return match crate::wire::ip::nd_link_addr(d.get(off..).unwrap_or_default()) {
+            LinkAddr::None => None,
+            LinkAddr::One(mac) if port.allows_src(MacAddr::from_u64(mac)) => None,
+            LinkAddr::One(_) | LinkAddr::Several => Some(Verdict::Drop(DropReason::SpoofedNdLladdr)),
         };
     }
     None

@@ -61,6 +61,7 @@ drop_reasons! {
     VlanNotAllowed => "vlan_not_allowed", "The port's VLAN mode does not accept the frame's VLAN.";
     SpoofedSrcMac => "spoofed_src_mac", "Source MAC not in the port's allowed_macs.";
     SpoofedArpSha => "spoofed_arp_sha", "ARP sender hardware address not in the port's allowed_macs.";
+    SpoofedNdLladdr => "spoofed_nd_lladdr", "IPv6 neighbour discovery (RS, RA, NS, NA) whose source or target link-layer address option names a MAC not in the port's allowed_macs (all-zero passes), or two different MACs.";
     MalformedArp => "malformed_arp", "ARP too short to read on a port that filters ARP senders, or (on a port with allowed_ips) not Ethernet/IPv4 ARP.";
     DstIsIngress => "dst_is_ingress", "Destination learned on the port the frame came in on.";
     NoEgressPort => "no_egress_port", "No other port carries the frame's VLAN (or the destination's port does not).";
@@ -83,7 +84,7 @@ drop_reasons! {
     TunnelUnresolved => "tunnel_unresolved", "A tunnel frame to an endpoint whose MAC address is not resolved yet (uplink fast path: ARP/ND probe sent, the frame is not held).";
     UplinkNotTunnel => "uplink_not_tunnel", "A frame on a tunnel port's uplink that is neither for the tunnel's address and UDP port nor ARP/ND about it (uplink fast path; an AF_PACKET uplink's kernel still gets it).";
     TunnelOuterMalformed => "tunnel_outer_malformed", "Outer IP/UDP headers to the tunnel's address cut short or invalid: lengths, IPv4 header checksum, UDP checksum (required over IPv6), a fragment (uplink fast path).";
-    SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips); also an IPv6 neighbour advertisement whose target is not one of them (nor link-local).";
+    SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips; IPv6: also the unspecified address and the link-local address derived from the frame's source MAC); also an IPv6 neighbour advertisement whose target is not one of them nor that link-local address.";
     SpoofedArpSpa => "spoofed_arp_spa", "ARP sender protocol address not one of the port's addresses (allowed_ips).";
     MalformedIp => "malformed_ip", "An IPv4/IPv6 or transport header cut short or invalid, on a bridge with policies or IP spoof filters.";
     PolicyEgressDenied => "policy_egress_denied", "No rule of the sending port's egress policy allows the packet, and it is no reply of a tracked connection.";

@@ -252,11 +252,7 @@ fn udp_icmp_related_and_neighbor_discovery() {
     // Neighbour solicitation from a (egress isolated, to no allowed peer) passes.
     let mut ns = Vec::new();
     PacketBuilder::ethernet2(MAC[0], [0x33, 0x33, 0xff, 0, 0, 2])
-        .ipv6(
-            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2],
-            255,
-        )
+        .ipv6(lla(MAC[0]), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2], 255)
         .icmpv6_raw(135, 0, [0; 4])
         .write(&mut ns, &[0; 16])
         .expect("frame");
@@ -396,6 +392,11 @@ fn v6(i: u8) -> [u8; 16] {
     [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i]
 }
 
+/// The IPv6 link-local address SLAAC derives from `mac` (modified EUI-64).
+fn lla(mac: [u8; 6]) -> [u8; 16] {
+    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
+}
+
 /// IPv6: TCP and ICMPv6 echo from a to c through a's egress rule and back as replies; c's
 /// spoof filter refuses another global source and lets a link-local one through.
 #[test]
@@ -431,11 +432,7 @@ fn ipv6_tracking_and_spoofing() {
     // ingress policy refuses it, as anything not from a).
     let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, v6(0x99), 1, v6(2), 1, 80, false), 6);
     assert_eq!(drops, dropped("spoofed_src_ip"));
-    let mut ll = [0u8; 16];
-    ll[0] = 0xfe;
-    ll[1] = 0x80;
-    ll[15] = 3;
-    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, ll, 1, v6(2), 1, 80, false), 6);
+    let (_, drops, _) = send(&sw, &pool, "c", &tcp6(2, lla(MAC[2]), 1, v6(2), 1, 80, false), 6);
     assert_eq!(drops, dropped("policy_ingress_denied"));
 }
 
@@ -598,8 +595,7 @@ fn arp_of_another_hardware_type_is_spoof_checked() {
 #[test]
 fn only_genuine_neighbor_discovery_passes_every_policy() {
     let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
-    let ll = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let b_ll = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let (ll, b_ll) = (lla(MAC[0]), lla(MAC[1]));
     let nd = |ty: u8, code: u8, hops: u8| {
         let mut v = Vec::new();
         PacketBuilder::ethernet2(MAC[0], MAC[1])
@@ -862,7 +858,7 @@ fn a_neighbor_advertisement_claims_only_the_ports_addresses() {
         body.extend_from_slice(&MAC[from]);
         let mut v = Vec::new();
         PacketBuilder::ethernet2(MAC[from], [0x33, 0x33, 0, 0, 0, 1])
-            .ipv6(ll(from as u8 + 1), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255)
+            .ipv6(lla(MAC[from]), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255)
             .icmpv6_raw(ty, 0, [0x20, 0, 0, 0])
             .write(&mut v, &body)
             .expect("frame");
@@ -870,7 +866,13 @@ fn a_neighbor_advertisement_claims_only_the_ports_addresses() {
     };
     let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, v6(1)), 1);
     assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims a's address");
-    for target in [v6(3), ll(3)] {
+    // A link-local target other than the one derived from c's MAC (the router's fe80::1,
+    // a's EUI-64 address): refused as well.
+    for target in [ll(1), ll(3), lla(MAC[0])] {
+        let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, target), 1);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims {target:?}");
+    }
+    for target in [v6(3), lla(MAC[2])] {
         let (out, drops, _) = send(&sw, &pool, "c", &nd(2, 136, target), 1);
         assert_eq!((out.len(), drops.len()), (2, 0), "its own address {target:?}");
     }
@@ -908,7 +910,7 @@ bridges:
         body.extend_from_slice(&MAC[2]);
         let mut v = Vec::new();
         PacketBuilder::ethernet2(MAC[2], MAC[0])
-            .ipv6(ll(3), ll(1), 255)
+            .ipv6(lla(MAC[2]), lla(MAC[0]), 255)
             .icmpv6_raw(136, 0, [0x60, 0, 0, 0])
             .write(&mut v, &body)
             .expect("frame");
@@ -916,7 +918,9 @@ bridges:
     };
     let (out, drops) = run(&sw, &pool, "c", &na(v6(1)), 1, None);
     assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims a's address");
-    for target in [v6(3), ll(3)] {
+    let (out, drops) = run(&sw, &pool, "c", &na(ll(1)), 1, None);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c claims fe80::1");
+    for target in [v6(3), lla(MAC[2])] {
         let (out, drops) = run(&sw, &pool, "c", &na(target), 1, None);
         assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "its own address {target:?}");
     }
@@ -929,4 +933,264 @@ bridges:
     let arp2 = testkit::frame::Frame::new(MAC[0], MAC[2]).ethertype(0x0806).payload(&p).build();
     let (out, drops) = run(&sw, &pool, "c", &arp2, 1, None);
     assert_eq!((out.len(), drops), (0, dropped("malformed_arp")));
+}
+
+/// A raw IPv6 frame (`tag`: a VLAN TCI pushed, when given): `hbh` puts a hop-by-hop header
+/// with a router alert (as MLD carries) before the ICMPv6 message `icmp`.
+#[allow(clippy::too_many_arguments)]
+fn icmp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    hops: u8,
+    hbh: bool,
+    icmp: &[u8],
+    tag: Option<u16>,
+) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    if hbh {
+        l4.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+    }
+    l4.extend_from_slice(icmp);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[if hbh { 0 } else { 58 }, hops]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&l4);
+    let f = testkit::frame::Frame::new(dst_mac, src_mac);
+    let f = match tag {
+        Some(tci) => f.vlan(tci),
+        None => f,
+    };
+    f.ethertype(0x86dd).payload(&p).build()
+}
+
+/// An ND message of type `ty` (133-136) with `opts` (link-layer options: (type, MAC)) after
+/// its fixed part; NS and NA carry `target`.
+fn nd_msg(ty: u8, target: [u8; 16], opts: &[(u8, [u8; 6])]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    match ty {
+        133 => m.extend_from_slice(&[0; 4]),
+        134 => m.extend_from_slice(&[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        _ => {
+            m.extend_from_slice(&[if ty == 136 { 0x60 } else { 0 }, 0, 0, 0]);
+            m.extend_from_slice(&target);
+        }
+    }
+    for (t, mac) in opts {
+        m.extend_from_slice(&[*t, 1]);
+        m.extend_from_slice(mac);
+    }
+    m
+}
+
+/// The link-layer address options of neighbour discovery (a solicitation's or router
+/// message's source, an advertisement's target) go into the receivers' neighbour caches, as
+/// ARP's sender hardware address does: on a port with `allowed_macs` they must name one of its
+/// MACs (all-zero passes: OVN reads an absent option as zero and accepts it), however many
+/// options come before, behind a priority tag too, on a bridge without IP filters (the MAC
+/// spoof filter alone) as on one with policies. `spoofed_nd_lladdr`. (s16's review: a VM could
+/// name another MAC and poison its neighbours' caches.)
+#[test]
+fn neighbor_discovery_link_layer_options_name_only_the_ports_macs() {
+    const M: [u8; 6] = [2, 0, 0, 0, 0, 0x1a];
+    const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+    let yaml = |policy: bool| {
+        let extra =
+            if policy { "    allowed_ips: ['fd00::1a']\n    policy: {ingress: {rules: []}}\n" } else { "" };
+        format!(
+            "bridges:\n- name: br0\n  ports:\n  - name: m\n    static_macs: ['02:00:00:00:00:1a']\n    \
+             allowed_macs: ['02:00:00:00:00:1a']\n{extra}  - name: o\n    static_macs: ['02:00:00:00:00:0b']\n"
+        )
+    };
+    let pool = pool();
+    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let snm = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0x0b];
+    for policy in [false, true] {
+        let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml(policy)).unwrap(), None).unwrap();
+        let nd = |ty: u8, opts: &[(u8, [u8; 6])], hops: u8, tag: Option<u16>| {
+            let target = if ty == 136 { lla(M) } else { v6(0x0b) };
+            let dst = if ty == 135 { snm } else { all_nodes };
+            icmp6_frame(M, [0x33, 0x33, 0, 0, 0, 1], lla(M), dst, hops, false, &nd_msg(ty, target, opts), tag)
+        };
+        let what = if policy { "policy bridge" } else { "MAC filter alone" };
+        // Its own MAC, or all-zero, or no option: passes.
+        for (ty, opt) in [(133, 1), (134, 1), (135, 1), (136, 2)] {
+            for opts in [&[(opt, M)][..], &[(opt, [0; 6])], &[]] {
+                let (out, drops) = run(&sw, &pool, "m", &nd(ty, opts, 255, None), 1, None);
+                assert_eq!((out, drops.len()), (vec!["o".to_string()], 0), "{what}: type {ty} {opts:?}");
+            }
+            // Another MAC, in either option.
+            for o in [1, 2] {
+                let (out, drops) = run(&sw, &pool, "m", &nd(ty, &[(o, OTHER)], 255, None), 1, None);
+                assert_eq!(
+                    (out.len(), drops),
+                    (0, dropped("spoofed_nd_lladdr")),
+                    "{what}: type {ty} option {o}"
+                );
+            }
+        }
+        // Behind other options (a nonce), after an option naming its own MAC, behind a
+        // priority tag: still read.
+        for (opts, tag) in
+            [(&[(14, [0; 6]), (1, OTHER)][..], None), (&[(1, M), (1, OTHER)], None), (&[(1, OTHER)], Some(0))]
+        {
+            let (out, drops) = run(&sw, &pool, "m", &nd(135, opts, 255, tag), 1, None);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_nd_lladdr")), "{what}: {opts:?} tag {tag:?}");
+        }
+        // An option longer than what is left still names its MAC (a lenient receiver may
+        // read it).
+        let mut cut = nd(135, &[(1, OTHER)], 255, None);
+        let len_at = cut.len() - 7;
+        cut[len_at] = 2;
+        let (out, drops) = run(&sw, &pool, "m", &cut, 1, None);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_nd_lladdr")), "{what}: cut option");
+        if !policy {
+            // Not neighbour discovery as a receiver takes it (hop limit 64: RFC 4861 has it
+            // ignored): its options are not read.
+            let (out, drops) = run(&sw, &pool, "m", &nd(135, &[(1, OTHER)], 64, None), 1, None);
+            assert_eq!((out, drops.len()), (vec!["o".to_string()], 0), "{what}: hop limit 64");
+        }
+    }
+}
+
+/// A link-local IPv6 source, or a neighbour advertisement's link-local target, on a port with
+/// `allowed_ips`: only the address derived from the frame's source MAC (EUI-64, as OVN's port
+/// security allows) or one of the port's addresses (a guest's RFC 7217 address, when its VMI
+/// status reports it). Another (the router's `fe80::1`, a neighbour's EUI-64 address) is
+/// `spoofed_src_ip`: a solicitation from the router's address would put the VM's MAC in its
+/// neighbours' caches as the router's. The same on the fast paths (a bridge with IP spoof
+/// filters alone; a tracked connection on a bridge with policies).
+#[test]
+fn a_link_local_source_or_target_is_the_ports_own() {
+    let yaml = r#"
+bridges:
+- name: br0
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1, 'fd00::1', 'fe80::1234:5678:9abc:def0']
+  - name: b
+    static_macs: ['02:00:00:00:00:0b']
+"#;
+    // The helper against a known pair (RFC 4291 appendix A): 52:54:00:12:34:56 ->
+    // fe80::5054:ff:fe12:3456.
+    let known: std::net::Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+    assert_eq!(lla([0x52, 0x54, 0, 0x12, 0x34, 0x56]), known.octets());
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), None).unwrap();
+    let pool = pool();
+    let router = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let stable = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+    let udp6 = |src: [u8; 16]| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[0], MAC[1])
+            .ipv6(src, lla(MAC[1]), 64)
+            .udp(1000, 2000)
+            .write(&mut v, b"x")
+            .unwrap();
+        v
+    };
+    let ns_from = |src: [u8; 16]| {
+        let m = nd_msg(135, lla(MAC[1]), &[(1, MAC[0])]);
+        icmp6_frame(MAC[0], MAC[1], src, lla(MAC[1]), 255, false, &m, None)
+    };
+    let na_of = |target: [u8; 16]| {
+        let m = nd_msg(136, target, &[(2, MAC[0])]);
+        icmp6_frame(MAC[0], MAC[1], lla(MAC[0]), lla(MAC[1]), 255, false, &m, None)
+    };
+    for bad in [router, lla(MAC[1])] {
+        for (f, what) in [(udp6(bad), "UDP from"), (ns_from(bad), "NS from"), (na_of(bad), "NA claiming")] {
+            for traced in [false, true] {
+                let (out, drops) = run_either(&sw, &pool, "a", &f, 1, traced);
+                assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "{what} {bad:?}");
+            }
+        }
+    }
+    for good in [lla(MAC[0]), stable] {
+        for (f, what) in [(udp6(good), "UDP from"), (ns_from(good), "NS from"), (na_of(good), "NA claiming")]
+        {
+            let (out, drops) = run(&sw, &pool, "a", &f, 1, None);
+            assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "{what} {good:?}");
+        }
+    }
+    // The bridge's fast path (spoof filters alone) takes the port's own link-local source.
+    let (out, drops, fast) = run_fast(&sw, &pool, "a", &udp6(lla(MAC[0])), 1);
+    assert_eq!((out, drops.len(), fast), (vec!["b".to_string()], 0, true));
+
+    // A bridge with policies: an established connection from a link-local source takes the
+    // fast path (the port's own address), a neighbour's never does.
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool);
+    let tcp6 = |src: [u8; 16], flags: &str| {
+        let b = PacketBuilder::ethernet2(MAC[0], MAC[2]).ipv6(src, v6(3), 64).tcp(40000, 22, 1, 1000);
+        let b = if flags == "syn" { b.syn() } else { b.ack(2) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let (out, drops) = run(&sw, &pool, "a", &tcp6(lla(MAC[0]), "syn"), 1, None);
+    assert_eq!((out, drops.len()), (vec!["c".to_string()], 0));
+    let mut synack = Vec::new();
+    PacketBuilder::ethernet2(MAC[2], MAC[0])
+        .ipv6(v6(3), lla(MAC[0]), 64)
+        .tcp(22, 40000, 1, 1000)
+        .syn()
+        .ack(2)
+        .write(&mut synack, &[])
+        .unwrap();
+    let (out, drops) = run(&sw, &pool, "c", &synack, 1, None);
+    assert_eq!((out, drops.len()), (vec!["a".to_string()], 0), "the reply");
+    let (out, drops, fast) = run_fast(&sw, &pool, "a", &tcp6(lla(MAC[0]), "ack"), 1);
+    assert_eq!((out, drops.len(), fast), (vec!["c".to_string()], 0, true), "established, fast path");
+    let (out, drops, fast) = run_fast(&sw, &pool, "a", &tcp6(lla(MAC[2]), "ack"), 1);
+    assert_eq!((out.len(), drops, fast), (0, dropped("spoofed_src_ip"), false), "c's link-local address");
+}
+
+/// MLD (ICMPv6 130-132 from a link-local source, 143 to ff02::16; hop limit 1; to a multicast
+/// MAC) passes every policy, as OVN's ACLs let `mldv1 || mldv2` past: a's egress allows
+/// nothing to ff02::16 and its ingress nothing at all, and its reports and c's query get
+/// through. Another hop limit, or a unicast MAC, is an ICMPv6 packet like any (checked).
+#[test]
+fn mld_passes_every_policy() {
+    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool());
+    let mld2_dst = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mcast = |ip: [u8; 16]| [0x33, 0x33, ip[12], ip[13], ip[14], ip[15]];
+    // An MLDv2 report (no group records) and an MLDv1 report, from a.
+    let report2 = |src: [u8; 16], hops: u8, dst_mac: [u8; 6]| {
+        icmp6_frame(MAC[0], dst_mac, src, mld2_dst, hops, true, &[143, 0, 0, 0, 0, 0, 0, 0], None)
+    };
+    let group = [0xff, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+    let mut rep1 = vec![131, 0, 0, 0, 0, 0, 0, 0];
+    rep1.extend_from_slice(&group);
+    for (f, what) in [
+        (report2(lla(MAC[0]), 1, mcast(mld2_dst)), "MLDv2 report"),
+        (report2([0; 16], 1, mcast(mld2_dst)), "MLDv2 report from ::"),
+        (icmp6_frame(MAC[0], mcast(group), lla(MAC[0]), group, 1, true, &rep1, None), "MLDv1 report"),
+    ] {
+        let (out, drops, tr) = send(&sw, &pool, "a", &f, 1);
+        assert_eq!((out.len(), drops.len()), (2, 0), "{what}: flooded to b and c");
+        assert!(tr.describe(&sw).contains("policy=mld"), "{what}: {}", tr.describe(&sw));
+        let (out, drops) = run(&sw, &pool, "a", &f, 1, None);
+        assert_eq!((out.len(), drops.len()), (2, 0), "{what}, untraced");
+    }
+    // A general query from c: a's ingress (deny-all) lets it in.
+    let mut query = vec![130, 0, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(&[0; 16]);
+    let q = icmp6_frame(MAC[2], mcast(all_nodes), lla(MAC[2]), all_nodes, 1, true, &query, None);
+    let (out, drops) = run(&sw, &pool, "c", &q, 1, None);
+    assert_eq!((out, drops.len()), (vec!["a".to_string(), "b".to_string()], 0), "query");
+    // Not MLD as OVN matches it: a's egress policy decides (and refuses).
+    for (f, what) in [
+        (report2(lla(MAC[0]), 64, mcast(mld2_dst)), "hop limit 64"),
+        (report2(lla(MAC[0]), 1, MAC[1]), "to b's MAC"),
+        (
+            icmp6_frame(MAC[0], mcast(group), v6(1), group, 1, true, &rep1, None),
+            "MLDv1 from a global address",
+        ),
+    ] {
+        let (out, drops) = run(&sw, &pool, "a", &f, 1, None);
+        assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")), "{what}");
+    }
 }

@@ -55,6 +55,7 @@ pub fn all() -> Vec<Case> {
         fdb_table_full(),
         spoof_src_mac(),
         spoof_arp_sha(),
+        spoof_nd_lladdr(),
         spoof_arp_in_vlan(),
         spoof_malformed_arp(),
         reserved_dst_mac(),
@@ -790,6 +791,35 @@ fn spoof_arp_sha() -> Case {
     c.out("p2", rarp_req(BCAST, A, None, A));
     c.send("p2", arp_req(BCAST, X, None, B, ip(9), ip(1)));
     c.out("p1", arp_req(BCAST, X, None, B, ip(9), ip(1)));
+    c
+}
+
+fn spoof_nd_lladdr() -> Case {
+    // fe80::/64 with an interface identifier n; the solicited-node group of fe80::2.
+    let ll = |n: u8| [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n];
+    let snm = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2];
+    let snm_mac = [0x33, 0x33, 0xff, 0, 0, 2];
+    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let nd = |src: Mac, ty: u8, dst: [u8; 16], opt: u8, lladdr: Mac| {
+        let dst_mac = if dst == snm { snm_mac } else { [0x33, 0x33, 0, 0, 0, 1] };
+        eth(dst_mac, src, None, ET_IPV6, &ipv6_nd(ty, ll(1), dst, ll(2), opt, lladdr))
+    };
+    let mut c = Case::new(
+        "spoof_nd_lladdr",
+        "p1 allows only A: IPv6 neighbour discovery (hop limit 255, code 0) with Ethernet source A          whose source or target link-layer address option names another MAC (a neighbour          solicitation's or router solicitation's source, an advertisement's target) is dropped          (spoofed_nd_lladdr), as ARP with another sender is; naming A or 00:00:00:00:00:00 it is          forwarded. p2 has no filter, so its advertisement naming any MAC passes.",
+        vec![bridge("br0", vec![access("p1", 10).allowed(&[A]), access("p2", 10)])],
+    );
+    c.send("p1", nd(A, 135, snm, 1, A));
+    c.out("p2", nd(A, 135, snm, 1, A));
+    c.send("p1", nd(A, 135, snm, 1, ZERO));
+    c.out("p2", nd(A, 135, snm, 1, ZERO));
+    c.send("p1", nd(A, 135, snm, 1, B)).drop("p1", "spoofed_nd_lladdr");
+    c.send("p1", nd(A, 136, all_nodes, 2, B)).drop("p1", "spoofed_nd_lladdr");
+    c.send("p1", nd(A, 133, all_nodes, 1, B)).drop("p1", "spoofed_nd_lladdr");
+    c.send("p1", nd(A, 136, all_nodes, 2, A));
+    c.out("p2", nd(A, 136, all_nodes, 2, A));
+    c.send("p2", nd(X, 136, all_nodes, 2, B));
+    c.out("p1", nd(X, 136, all_nodes, 2, B));
     c
 }
 

@@ -89,6 +89,7 @@ pub fn mac_str(mac: &Mac) -> String {
 pub const ET_TEST: u16 = 0x88b5;
 pub const ET_ARP: u16 = 0x0806;
 pub const ET_RARP: u16 = 0x8035;
+pub const ET_IPV6: u16 = 0x86dd;
 pub const ET_VLAN: u16 = 0x8100;
 pub const ET_QINQ: u16 = 0x88a8;
 
@@ -212,6 +213,25 @@ pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, text: &str) -> Vec
     p.extend_from_slice(&(udp_len as u16).to_be_bytes());
     p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(text.as_bytes());
+    p
+}
+
+/// An IPv6 neighbour discovery message (RFC 4861: hop limit 255, ICMPv6 code 0, checksum left
+/// 0) of type `ty` (133 RS, 135 NS, 136 NA) from `src` to `dst`, with `target` (NS, NA) and
+/// one link-layer address option (`opt`: 1 source, 2 target) naming `ll`.
+pub fn ipv6_nd(ty: u8, src: [u8; 16], dst: [u8; 16], target: [u8; 16], opt: u8, ll: Mac) -> Vec<u8> {
+    let mut icmp = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    if ty != 133 {
+        icmp.extend_from_slice(&target);
+    }
+    icmp.extend_from_slice(&[opt, 1]);
+    icmp.extend_from_slice(&ll);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[58, 255]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&icmp);
     p
 }
 
@@ -347,6 +367,7 @@ pub const DROP_REASONS: &[&str] = &[
     "vlan_not_allowed",
     "spoofed_src_mac",
     "spoofed_arp_sha",
+    "spoofed_nd_lladdr",
     "malformed_arp",
     "dst_is_ingress",
     "no_egress_port",

@@ -39,7 +39,7 @@ pub const DEFAULT_SOCKET: &str = "/run/switchyard/ctl.sock";
 const HELP: &str = "commands:
   show ports                 ports: bridge, type, VLAN mode, link, rx/tx/drops
   show fdb [BRIDGE]          MAC table entries: VLAN, MAC, port, age, static
-  show conntrack [BRIDGE]    tracked connections: protocol, addresses, ports, state, TTL
+  show conntrack [BRIDGE]    tracked connections: VLAN, protocol, addresses, ports, state, TTL
   show stats                 per-port counters and drop reasons, per-worker cycles
   show config                the running configuration (YAML)
   show problems              problems in the input, objects kept at their last good version

@@ -93,9 +93,10 @@ pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeEr
     const LIMIT: usize = 1000;
     let now = rt.engine().now();
     let switch = rt.switch();
-    let mut rows = vec![["BRIDGE", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows =
+        vec![["BRIDGE", "VLAN", "PROTO", "SRC", "SPORT", "DST", "DPORT", "STATE", "TTL", "BLOCKED"]
+            .map(String::from)
+            .to_vec()];
     let mut found = false;
     let mut totals = String::new();
     for b in &switch.bridges {
@@ -108,19 +109,7 @@ pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeEr
             continue;
         };
         let (entries, live) = ct.entries(now, LIMIT);
-        for e in entries {
-            rows.push(vec![
-                b.name.clone(),
-                e.key.proto.to_string(),
-                e.key.src_ip().to_string(),
-                e.key.sport.to_string(),
-                e.key.dst_ip().to_string(),
-                e.key.dport.to_string(),
-                e.state.name().to_string(),
-                e.ttl.to_string(),
-                if e.blocked { "yes".into() } else { "no".into() },
-            ]);
-        }
+        rows.extend(entries.iter().map(|e| conntrack_row(&b.name, e)));
         totals.push_str(&format!(
             "bridge {}: {live} connections tracked, capacity {}\n",
             b.name,
@@ -131,6 +120,24 @@ pub fn conntrack(rt: &Runtime, bridge: Option<&str>) -> Result<String, RuntimeEr
         Some(n) if !found => Err(RuntimeError::NoBridge(n.to_string())),
         _ => Ok(table(&rows) + &totals),
     }
+}
+
+/// One row of `show conntrack` for entry `e` of bridge `bridge`. The VLAN is part of the
+/// connection's key (two VLANs of a bridge may hold the same addresses, and their connections
+/// are two), so it is a column: without it two such rows would look the same.
+fn conntrack_row(bridge: &str, e: &switchyard_dataplane::conntrack::Entry) -> Vec<String> {
+    vec![
+        bridge.to_string(),
+        e.key.vlan.to_string(),
+        e.key.proto.to_string(),
+        e.key.src_ip().to_string(),
+        e.key.sport.to_string(),
+        e.key.dst_ip().to_string(),
+        e.key.dport.to_string(),
+        e.state.name().to_string(),
+        e.ttl.to_string(),
+        if e.blocked { "yes".into() } else { "no".into() },
+    ]
 }
 
 /// `fdb flush [BRIDGE]`: removes learned entries (static ones stay) and says how many.
@@ -291,6 +298,38 @@ mod tests {
                 "br0 1-4094 02:00:00:00:00:01 trunk - yes",
                 "br0 5 02:00:00:00:00:02 p0 3 no",
                 "br0 6 02:00:00:00:00:02 p0 4 no",
+            ]
+        );
+    }
+
+    /// Two connections with the same addresses, ports and protocol in two VLANs of one bridge
+    /// are two entries of the table: `show conntrack` tells them apart by the VLAN column.
+    #[test]
+    fn conntrack_rows_name_the_vlan() {
+        use switchyard_dataplane::conntrack::Conntrack;
+        use switchyard_dataplane::wire::ip::{FlowKey, PROTO_UDP};
+        let ct = Conntrack::new(64).expect("table");
+        let key = |vlan| FlowKey {
+            src: 0x0a00_0001,
+            dst: 0x0a00_0002,
+            sport: 5000,
+            dport: 53,
+            proto: PROTO_UDP,
+            v4: true,
+            vlan,
+        };
+        for vlan in [10, 20] {
+            ct.commit(&key(vlan), 0, 1).expect("room");
+        }
+        let (entries, live) = ct.entries(1, 10);
+        let mut rows: Vec<String> = entries.iter().map(|e| conntrack_row("br0", e).join(" ")).collect();
+        rows.sort();
+        assert_eq!(live, 2);
+        assert_eq!(
+            rows,
+            [
+                "br0 10 17 10.0.0.1 5000 10.0.0.2 53 unreplied 30 no",
+                "br0 20 17 10.0.0.1 5000 10.0.0.2 53 unreplied 30 no"
             ]
         );
     }

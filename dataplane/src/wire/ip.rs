@@ -108,11 +108,82 @@ pub enum IpKind {
     /// A connection's packet (TCP, UDP, SCTP, ICMP echo, other protocols).
     Flow,
     /// IPv6 neighbour discovery or router solicitation/advertisement: passes every policy
-    /// (an IP spoof filter still checks it); with a neighbour advertisement's target address
-    /// (0, the unspecified address, which no advertisement claims, for the other messages).
-    NeighborDiscovery(u128),
+    /// (the spoof filters still check it); with a neighbour advertisement's target address
+    /// (`target`; 0, the unspecified address, which no advertisement claims, for the other
+    /// messages) and the link-layer address its options name (`lladdr`), which receivers
+    /// put in their neighbour caches.
+    NeighborDiscovery { target: u128, lladdr: LinkAddr },
+    /// An MLD message (ICMPv6 130, 131, 132 from a link-local source; 143 to `ff02::16`), hop
+    /// limit 1: passes every policy when its Ethernet destination is a multicast one
+    /// (`33:33:..`), as OVN's ACLs let `mldv1 || mldv2` past (the policy stage checks the
+    /// MAC; otherwise it is an ICMPv6 packet like any).
+    Mld,
     /// An ICMP error quoting the packet of `FlowKey` (as that packet went).
     IcmpError(FlowKey),
+}
+
+/// The link-layer address that the Source and Target Link-Layer Address options of a
+/// neighbour discovery message name (an all-zero one names none, as OVN reads an absent
+/// option: `nd.sll == 00:00:00:00:00:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkAddr {
+    /// No option, or only all-zero ones.
+    #[default]
+    None,
+    /// Every non-zero option names this MAC (as [`crate::wire::MacAddr::to_u64`] holds it).
+    One(u64),
+    /// Two options name different MACs (no genuine message does; OVS reads a repeated option
+    /// as invalid).
+    Several,
+}
+
+impl LinkAddr {
+    fn with(self, mac: u64) -> LinkAddr {
+        match self {
+            _ if mac == 0 => self,
+            LinkAddr::None => LinkAddr::One(mac),
+            LinkAddr::One(m) if m == mac => self,
+            _ => LinkAddr::Several,
+        }
+    }
+}
+
+/// The options of a neighbour discovery message (`opts`: from the first option to the end of
+/// the packet): the link-layer address their Source (1) and Target (2) Link-Layer Address
+/// options name. Every option is read, however many (a receiver reads them all); the walk
+/// stops at an option of length 0 or one that overruns the packet (RFC 4861 4.6: a receiver
+/// discards such a message), after checking what it names, in case a receiver reads it anyway.
+fn nd_options(mut opts: &[u8]) -> LinkAddr {
+    let mut ll = LinkAddr::None;
+    while let [ty, len, rest @ ..] = opts {
+        if let (1 | 2, Some(mac)) = (ty, rest.first_chunk::<6>()) {
+            let mut w = [0u8; 8];
+            w[2..].copy_from_slice(mac);
+            ll = ll.with(u64::from_be_bytes(w));
+        }
+        let n = usize::from(*len) * 8;
+        if n == 0 || n > opts.len() {
+            break;
+        }
+        opts = &opts[n..];
+    }
+    ll
+}
+
+/// The link-layer address that the IPv6 packet `p` (from its IPv6 header) claims in its
+/// neighbour discovery options, for the MAC spoof filter: [`LinkAddr::None`] for any packet
+/// that is not neighbour discovery (as [`IpKind::NeighborDiscovery`] takes it). Any other
+/// ICMPv6, TCP or UDP packet without extension headers is answered from its first bytes.
+pub fn nd_link_addr(p: &[u8]) -> LinkAddr {
+    match p.get(V6_NEXT) {
+        Some(&PROTO_ICMPV6) if matches!(p.get(IPV6_HEADER_LEN), Some(133..=136)) => {}
+        Some(0 | 43 | 44 | 60) => {}
+        _ => return LinkAddr::None,
+    }
+    match parse_v6(p, true) {
+        Some(IpFlow { kind: IpKind::NeighborDiscovery { lladdr, .. }, .. }) => lladdr,
+        _ => LinkAddr::None,
+    }
 }
 
 /// An IP packet's fields.
@@ -201,9 +272,28 @@ fn transport(key: &mut FlowKey, t: &[u8], icmp6: bool, hops: u8, outer: bool) ->
                 return Some((0, IpKind::Flow));
             }
             if nd {
-                // A neighbour advertisement's target address (the address it claims).
+                // A neighbour advertisement's target address (the address it claims), and
+                // the options after the fixed part: 8 bytes (RS), 16 (RA), 24 (NS, NA).
                 let target = if ty == 136 { be128(t, 8)? } else { 0 };
-                return Some((0, IpKind::NeighborDiscovery(target)));
+                let fixed = match ty {
+                    133 => 8,
+                    134 => 16,
+                    _ => 24,
+                };
+                let opts = t.get(fixed..).unwrap_or_default();
+                return Some((0, IpKind::NeighborDiscovery { target, lladdr: nd_options(opts) }));
+            }
+            // MLD (mldv1: queries, reports, done from a link-local source; mldv2: reports to
+            // ff02::16), as OVN matches it, and hop limit 1, which RFC 2710 and 3810 require.
+            let mld = icmp6
+                && hops == 1
+                && match ty {
+                    130..=132 => (key.src >> 118) == 0xfe80 >> 6,
+                    143 => key.dst == 0xff02_0000_0000_0000_0000_0000_0000_0016,
+                    _ => false,
+                };
+            if mld && outer {
+                return Some((0, IpKind::Mld));
             }
             if err && outer {
                 // The quoted packet starts 8 bytes in.
