@@ -46,7 +46,7 @@
 //! GSO, IP fragmentation or packet capture (pdump) path over these mbufs.
 //!
 //! One device, one port (invariant): a device (the ethdev name its devargs give) is open as at
-//! most one [`DpdkPort`] of the process ([`OPEN`]). A second open of it fails with
+//! most one [`DpdkPort`] of the process (`OPEN`). A second open of it fails with
 //! [`PortError::DeviceInUse`] before anything touches the device: it would find the running
 //! port's ethdev, fail to configure it (started), and its error path would stop and close that
 //! port under its workers' bursts, DPDK's refusal to close a started device being all that

@@ -44,7 +44,7 @@
 //!   list early ([`PortBackend::retire`]), so a new port of its VNI joins in the same
 //!   reconcile. What is left in a leaving port's inboxes is counted (`tunnel_wrong_vni`) by
 //!   the next member's probe round, or, when no member is left, as the process's portless
-//!   `tunnel_wrong_vni` drops once the uplink and the inboxes have gone ([`Orphans`]).
+//!   `tunnel_wrong_vni` drops once the uplink and the inboxes have gone (`Orphans`).
 //! - Neighbour slots (`SlotTable`): one per next hop address that some member routes an
 //!   endpoint in use through (in its flood list or holding a remote MAC), counted per
 //!   (member, endpoint); a slot nobody points at is freed, its binding forgotten, and given to
