@@ -694,6 +694,16 @@ fn a_second_add_of_a_live_vhostuser_attachment_leaves_the_first_intact() {
         (Some("10.224.0.11/24"), 1),
         "{r}"
     );
+
+    // A DEL that found the daemon unreachable (here: its socket elsewhere) released the lease
+    // and left a tombstone, which the daemon applies at its next look (every 5 s) or at the
+    // next cni_add: the port is listed still, yet an ADD now is no repeat and goes through.
+    let mut away = conf.clone();
+    away["socket"] = json!(node.dir.path().join("elsewhere.sock"));
+    node.plugin_for("DEL", &vm, "net1", &away).ok();
+    assert!(node.state_files().iter().any(|f| f.ends_with(".del")), "{:?}", node.state_files());
+    let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    assert_eq!((node.cni_port_names(), node.leases("again").len()), (vec![vm.port("net1")], 1), "{r}");
     node.plugin_for("DEL", &vm, "net1", &conf).ok();
 }
 
