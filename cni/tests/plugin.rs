@@ -737,6 +737,8 @@ fn a_route_the_pod_has_through_another_gateway_fails_the_add() {
         &["link", "set", "eth0", "up"],
         &["addr", "add", "10.227.0.2/24", "dev", "eth0"],
         &["route", "add", "default", "via", "10.227.0.1", "dev", "eth0"],
+        &["addr", "add", "2001:db8:27::2/64", "dev", "eth0", "nodad"],
+        &["-6", "route", "add", "default", "via", "2001:db8:27::1", "dev", "eth0"],
     ] {
         let o = std::process::Command::new("ip").args(["-n", &pod.ns]).args(args).output().unwrap();
         assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -763,6 +765,17 @@ fn a_route_the_pod_has_through_another_gateway_fails_the_add() {
     assert_eq!(pod.links(), ["eth0peer", "eth0"], "the failed ADD left its interface");
     assert!(!host_link_exists(&host_end(&pod, "net1")));
     assert!(node.cni_port_names().is_empty());
+    // IPv6 alike (the kernel's metric of a route without one there: 1024).
+    let ips6 = json!([{"address": "2001:db8:28::5/64", "gateway": "2001:db8:28::1"}]);
+    fixed_ipam(
+        &node,
+        "taken-ipam",
+        &json!({"cniVersion": "1.1.0", "ips": ips6, "routes": [{"dst": "::/0"}]}),
+    );
+    let e = node.plugin_for("ADD", &pod, "net1", &conf).err(100, "add route ::/0 via 2001:db8:28::1");
+    let msg = e["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("::/0 via 2001:db8:27::1") && msg.contains("metric 1024"), "{msg}");
+    assert_eq!(pod.links(), ["eth0peer", "eth0"], "the failed ADD left its interface");
 
     // The kernel's subnet route of 10.228.0.5/24 on net1, asked for again: the same route.
     fixed_ipam(
