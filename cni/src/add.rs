@@ -195,9 +195,40 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
     Ok(res)
 }
 
+/// Refuses a second ADD of an attachment that is live (a runtime retrying an ADD that
+/// succeeded), before anything is leased: vhost-user mode's counterpart of veth mode's check
+/// for CNI_IFNAME in the namespace, which the spec asks for and the bridge plugin makes before
+/// its IPAM call. Past this point the IPAM plugin would hold the first ADD's lease under the same
+/// (container ID, ifname) (host-local refuses the second one), and the undo of the failed ADD
+/// would release that live lease.
+///
+/// The daemon's state directory is looked at first (one file per attachment, written before
+/// `cni_add` answers): no file, no port, and no request. A file is confirmed with the daemon,
+/// which is the authority, unless a tombstone waits beside it: a DEL that found the daemon down
+/// came first, and `cni_add` applies it before adding.
+fn refuse_live(ctx: &Ctx, daemon: &Daemon) -> Result<(), CniError> {
+    let att = ctx.attachment();
+    let dir = &ctx.conf.state_dir;
+    if !dir.join(format!("{}.json", att.key())).exists() || state::tombstone_path(dir, &att).exists() {
+        return Ok(());
+    }
+    match daemon.list()?.iter().find(|l| l.cni.attachment.same(&att)) {
+        None => Ok(()),
+        Some(l) => Err(CniError::new(
+            code::EXISTS,
+            format!(
+                "attachment {}/{} is attached already (port {} on bridge {}): an ADD again without a \
+                 DEL; the attachment and its IPAM lease are left as they are",
+                att.container_id, att.ifname, l.cni.port.name, l.cni.bridge
+            ),
+        )),
+    }
+}
+
 fn add_vhost(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, CniError> {
     let conf = ctx.conf;
     ready(daemon)?;
+    refuse_live(ctx, daemon)?;
     let mac = ctx.requested_mac();
     if mac.is_none() && conf.macspoofchk {
         log(ctx, "no MAC in runtimeConfig.mac: the port gets no MAC spoof filter");

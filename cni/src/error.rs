@@ -23,7 +23,8 @@ pub mod code {
     pub const TRY_AGAIN: u32 = 11;
     /// STATUS: the plugin cannot serve ADDs now (the daemon does not answer).
     pub const NOT_AVAILABLE: u32 = 50;
-    /// ADD: the interface, the attachment or the port name exists already.
+    /// ADD: the interface, the attachment or the port name exists already, or another route
+    /// to a destination of the IPAM result.
     pub const EXISTS: u32 = 100;
     /// The daemon refused the request for a reason the config does not explain, or its
     /// answer was not understood.

@@ -41,6 +41,10 @@ pub enum LinkError {
     Kernel { op: String, errno: i32 },
     #[error("netlink answer: {0}")]
     Decode(String),
+    /// A route to the destination is in the namespace already, with the same metric in the
+    /// same table, and it is not the one asked for (another gateway or device).
+    #[error("add route {route}: the namespace has {have} already, another route to that destination")]
+    RouteTaken { route: String, have: String },
 }
 
 impl LinkError {
@@ -56,6 +60,7 @@ impl From<LinkError> for CniError {
     fn from(e: LinkError) -> CniError {
         match e {
             LinkError::Netns { .. } => CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}")),
+            LinkError::RouteTaken { .. } => CniError::new(code::EXISTS, e.to_string()),
             e => CniError::new(code::LINK, e.to_string()),
         }
     }
@@ -304,10 +309,21 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds `route` through link `index`. A route the kernel already has (the subnet route of
-    /// an address, typically) is left as it is, as the bridge plugin does.
+    /// Adds `route` through link `index`, never beside or over another: the request is
+    /// exclusive (`NLM_F_EXCL`, as `ip route add`), so that a route to the same destination
+    /// and metric already in the table (the primary network's default route, say) is neither
+    /// replaced nor joined into a multipath route. The kernel's "exists" is fine only when that
+    /// route is this one (same destination, table, metric, gateway and device: the subnet route
+    /// of an address, given again as a link-scope route), and [`LinkError::RouteTaken`]
+    /// otherwise, naming both: the result must not report a route that is not the
+    /// attachment's. (The Go plugins add routes non-exclusively and fail on any "exists":
+    /// their IPv4 route goes in front of the other one and their IPv6 one joins it as a next
+    /// hop.)
     pub fn add_route(&mut self, index: u32, route: &Route) -> Result<(), LinkError> {
         let dst = route.dst.network();
+        let table = route.table().unwrap_or(u32::from(RouteHeader::RT_TABLE_MAIN));
+        // The kernel's metric of a route without one: 0 for IPv4, 1024 for IPv6.
+        let metric = route.priority().unwrap_or(if dst.addr.is_ipv4() { 0 } else { 1024 });
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst.addr);
         m.header.destination_prefix_length = dst.prefix;
@@ -349,10 +365,87 @@ impl Netlink {
         }
         let op = format!("add route {dst}");
         match self.exchange(RouteNetlinkMessage::NewRoute(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &op) {
-            Err(LinkError::Kernel { errno: libc::EEXIST, .. }) | Ok(_) => Ok(()),
-            Err(e) => Err(e),
+            Err(LinkError::Kernel { errno: libc::EEXIST, .. }) => {
+                let have = self.routes(dst, table)?.into_iter().find(|r| r.metric == metric);
+                match have {
+                    Some(h) if h.gw == route.gw && h.oif == Some(index) => Ok(()),
+                    h => Err(LinkError::RouteTaken {
+                        route: shown_route(dst, route.gw, Some(index), table, metric),
+                        have: h.map_or_else(
+                            || format!("a route to {dst} in table {table}"),
+                            |h| shown_route(dst, h.gw, h.oif, table, h.metric),
+                        ),
+                    }),
+                }
+            }
+            r => r.map(|_| ()),
         }
     }
+
+    /// The routes to exactly `dst` in `table`.
+    fn routes(&mut self, dst: IpNet, table: u32) -> Result<Vec<RouteState>, LinkError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = family(dst.addr);
+        let answers = self.exchange(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP, "list routes")?;
+        let mut out = Vec::new();
+        for a in answers {
+            let RouteNetlinkMessage::NewRoute(m) = a else { continue };
+            let mut r =
+                RouteState { dst: None, gw: None, oif: None, metric: 0, table: u32::from(m.header.table) };
+            for at in &m.attributes {
+                match at {
+                    RouteAttribute::Destination(d) => r.dst = ip_of(d),
+                    RouteAttribute::Gateway(g) => r.gw = ip_of(g),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    RouteAttribute::Priority(p) => r.metric = *p,
+                    RouteAttribute::Table(t) => r.table = *t,
+                    _ => {}
+                }
+            }
+            // A default route carries no destination attribute.
+            let addr = r.dst.unwrap_or(match dst.addr {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            });
+            let here = IpNet { addr, prefix: m.header.destination_prefix_length };
+            if here == dst && r.table == table && m.header.kind == RouteType::Unicast {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One route as [`Netlink::add_route`] compares it.
+#[derive(Debug)]
+struct RouteState {
+    dst: Option<IpAddr>,
+    gw: Option<IpAddr>,
+    oif: Option<u32>,
+    metric: u32,
+    table: u32,
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+/// A route in `ip route`'s words (the device by index: the namespace's names are not at hand).
+fn shown_route(dst: IpNet, gw: Option<IpAddr>, oif: Option<u32>, table: u32, metric: u32) -> String {
+    let mut s = dst.to_string();
+    if let Some(g) = gw {
+        s.push_str(&format!(" via {g}"));
+    }
+    match oif {
+        Some(i) => s.push_str(&format!(" dev #{i}")),
+        None => s.push_str(" (multipath or no device)"),
+    }
+    s.push_str(&format!(" table {table} metric {metric}"));
+    s
 }
 
 /// A random locally administered unicast MAC (the kernel's choice for a veth is random too,

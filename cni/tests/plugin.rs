@@ -650,3 +650,141 @@ fn vhostuser_ports_report_their_socket_and_device_info() {
     assert_eq!(dev["vhost-user"]["mode"], "server", "{dev}");
     assert_eq!(node.cni_ports()[0]["port"]["mode"], "client");
 }
+
+/// A runtime's second ADD of a live vhost-user attachment (a retry of an ADD that succeeded,
+/// against the spec, as a Multus or CRI-O retry may do): refused as existing before the IPAM
+/// plugin runs, so the first ADD's lease, port, socket and device-info file stay, and the
+/// attachment passes CHECK; DEL then frees all of it and an ADD after the DEL succeeds.
+#[test]
+fn a_second_add_of_a_live_vhostuser_attachment_leaves_the_first_intact() {
+    need_env!("a_second_add_of_a_live_vhostuser_attachment_leaves_the_first_intact");
+    let node = Node::start();
+    let info = node.dir.path().join("devinfo/again.json");
+    let ipam = node.host_local("again", "10.224.0.0/24", "10.224.0.10", "10.224.0.19");
+    // 1.0.0: Debian's host-local (1.1.1) refuses 1.1.0 configs.
+    let mut conf = node.conf(
+        "1.0.0",
+        "again",
+        json!({"mode": "vhostuser", "ipam": ipam, "capabilities": {"CNIDeviceInfoFile": true}}),
+    );
+    conf["runtimeConfig"] = json!({"CNIDeviceInfoFile": info});
+    let vm = Pod::new("again");
+    let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    let sock = r["interfaces"][0]["socketPath"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let leases = node.leases("again");
+    assert_eq!(leases, ["10.224.0.10"], "{r}");
+    let state = node.state_files();
+
+    node.plugin_for("ADD", &vm, "net1", &conf).err(100, "attached already");
+    assert_eq!(node.leases("again"), leases, "the second ADD released the live attachment's lease");
+    assert_eq!(node.cni_port_names(), [vm.port("net1")]);
+    assert_eq!(node.state_files(), state);
+    assert!(info.exists(), "the second ADD removed the live attachment's device-info file");
+    wait_until("the switch's socket", || std::path::Path::new(&sock).exists());
+    let mut check = conf.clone();
+    check["prevResult"] = r;
+    node.plugin_for("CHECK", &vm, "net1", &check).ok();
+
+    node.plugin_for("DEL", &vm, "net1", &conf).ok();
+    assert!(node.leases("again").is_empty() && node.cni_port_names().is_empty() && !info.exists());
+    let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    // host-local goes on from its last reservation: the next address.
+    assert_eq!(
+        (r["ips"][0]["address"].as_str(), node.leases("again").len()),
+        (Some("10.224.0.11/24"), 1),
+        "{r}"
+    );
+
+    // A DEL that found the daemon unreachable (here: its socket elsewhere) released the lease
+    // and left a tombstone, which the daemon applies at its next look (every 5 s) or at the
+    // next cni_add: the port is listed still, yet an ADD now is no repeat and goes through.
+    let mut away = conf.clone();
+    away["socket"] = json!(node.dir.path().join("elsewhere.sock"));
+    node.plugin_for("DEL", &vm, "net1", &away).ok();
+    assert!(node.state_files().iter().any(|f| f.ends_with(".del")), "{:?}", node.state_files());
+    let r = node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    assert_eq!((node.cni_port_names(), node.leases("again").len()), (vec![vm.port("net1")], 1), "{r}");
+    node.plugin_for("DEL", &vm, "net1", &conf).ok();
+}
+
+/// An IPAM plugin `name` in the node's CNI_PATH whose ADD answers `result`.
+fn fixed_ipam(node: &Node, name: &str, result: &Value) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = node.cni_bin.join(name);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && echo '{result}'\nexit 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A route of the IPAM result whose destination the pod has a route to already, through
+/// another gateway and device (the primary network's default route): the ADD fails with
+/// error 100 naming both routes, leaves the other route alone and undoes itself, where it
+/// used to succeed and report the other network's route as its own. A route that is the
+/// kernel's own (the address's subnet route, given again as link-scoped) is fine.
+#[test]
+fn a_route_the_pod_has_through_another_gateway_fails_the_add() {
+    need_env!("a_route_the_pod_has_through_another_gateway_fails_the_add");
+    let node = Node::start();
+    let pod = Pod::new("rtaken");
+    // The primary network, as the cluster's CNI leaves it before Multus runs this one.
+    for args in [
+        // A veth pair, both ends in the pod (no dummy module on every kernel).
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"][..],
+        &["link", "set", "eth0peer", "up"],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.227.0.2/24", "dev", "eth0"],
+        &["route", "add", "default", "via", "10.227.0.1", "dev", "eth0"],
+        &["addr", "add", "2001:db8:27::2/64", "dev", "eth0", "nodad"],
+        &["-6", "route", "add", "default", "via", "2001:db8:27::1", "dev", "eth0"],
+    ] {
+        let o = std::process::Command::new("ip").args(["-n", &pod.ns]).args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let default_route = || {
+        let o =
+            std::process::Command::new("ip").args(["-n", &pod.ns, "-4", "route", "show", "default"]).output();
+        String::from_utf8_lossy(&o.unwrap().stdout).trim().to_string()
+    };
+    let before = default_route();
+    assert!(before.starts_with("default via 10.227.0.1 dev eth0"), "{before}");
+
+    let ips = json!([{"address": "10.228.0.5/24", "gateway": "10.228.0.1"}]);
+    fixed_ipam(
+        &node,
+        "taken-ipam",
+        &json!({"cniVersion": "1.1.0", "ips": ips, "routes": [{"dst": "0.0.0.0/0"}]}),
+    );
+    let conf = node.conf("1.1.0", "rtaken", json!({"ipam": {"type": "taken-ipam"}}));
+    let e = node.plugin_for("ADD", &pod, "net1", &conf).err(100, "add route 0.0.0.0/0 via 10.228.0.1");
+    let msg = e["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("0.0.0.0/0 via 10.227.0.1"), "the error does not name the route in the way: {msg}");
+    assert_eq!(default_route(), before);
+    assert_eq!(pod.links(), ["eth0peer", "eth0"], "the failed ADD left its interface");
+    assert!(!host_link_exists(&host_end(&pod, "net1")));
+    assert!(node.cni_port_names().is_empty());
+    // IPv6 alike (the kernel's metric of a route without one there: 1024).
+    let ips6 = json!([{"address": "2001:db8:28::5/64", "gateway": "2001:db8:28::1"}]);
+    fixed_ipam(
+        &node,
+        "taken-ipam",
+        &json!({"cniVersion": "1.1.0", "ips": ips6, "routes": [{"dst": "::/0"}]}),
+    );
+    let e = node.plugin_for("ADD", &pod, "net1", &conf).err(100, "add route ::/0 via 2001:db8:28::1");
+    let msg = e["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("::/0 via 2001:db8:27::1") && msg.contains("metric 1024"), "{msg}");
+    assert_eq!(pod.links(), ["eth0peer", "eth0"], "the failed ADD left its interface");
+
+    // The kernel's subnet route of 10.228.0.5/24 on net1, asked for again: the same route.
+    fixed_ipam(
+        &node,
+        "taken-ipam",
+        &json!({"cniVersion": "1.1.0", "ips": ips, "routes": [{"dst": "10.228.0.0/24", "scope": 253}]}),
+    );
+    let r = node.plugin_for("ADD", &pod, "net1", &conf).ok();
+    assert_eq!(r["routes"][0]["dst"], "10.228.0.0/24", "{r}");
+    assert_eq!(default_route(), before);
+    node.plugin_for("DEL", &pod, "net1", &conf).ok();
+}

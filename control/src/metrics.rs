@@ -135,6 +135,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("switchyard_port_mac_limit_hits_total", "counter", "New MACs not learned because of the port's mac_limit."),
     ("switchyard_port_fdb_full_total", "counter", "New MACs not learned because the bridge's table was full."),
     ("switchyard_port_drops_total", "counter", "Frames dropped, by reason (docs/semantics.md); written once non-zero."),
+    ("switchyard_portless_drops_total", "counter", "Frames dropped with no port left to count them on (a tunnel port's inbox when the last port on its socket or uplink went), by reason; written once non-zero."),
     ("switchyard_vhost_guest_faults_total", "counter", "Frames dropped on a vhost-user port because of the guest (vhost_* drop reasons)."),
     ("switchyard_bridge_mac_entries", "gauge", "Entries in the bridge's MAC table (static and learned)."),
     ("switchyard_bridge_mac_capacity", "gauge", "Entries the bridge's MAC table can hold."),
@@ -283,6 +284,13 @@ pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
         if p.kind == Some(PortType::Vhostuser) {
             let v: u64 = VHOST_GUEST_FAULTS.iter().map(|r| p.stats.drop_count(*r)).sum();
             e.sample(faults, "", &set, v);
+        }
+    }
+    let portless = idx("switchyard_portless_drops_total");
+    for r in DropReason::ALL {
+        let v = switchyard_dataplane::switch::portless_drops(*r);
+        if v != 0 {
+            e.sample(portless, "", &labels(&[("reason", r.name())]), v);
         }
     }
     for b in &sw.bridges {

@@ -173,3 +173,21 @@ fn trickling_clients_do_not_starve_the_probes() {
     drop(server);
     rt.stop();
 }
+
+/// Drops counted where no port is left to count them on (a tunnel port's inbox when the last
+/// port on its uplink went) are in the scrape by reason once non-zero, and on `ctl show
+/// stats`'s `portless drops` line (a process of its own under nextest: nothing else adds).
+#[test]
+fn portless_drops_are_in_the_scrape_and_the_stats_once_counted() {
+    use switchyard_dataplane::switch::{add_portless_drops, DropReason};
+    let rt = Runtime::start(RuntimeOptions::default()).unwrap();
+    let control = ControlStats::default();
+    let scrape = switchyard_control::metrics::render(&rt.engine().view(), &control, true);
+    assert!(!scrape.contains("switchyard_portless_drops_total{"), "{scrape}");
+    assert!(!switchyard_control::ctl::show::stats(&rt).contains("portless"));
+    add_portless_drops(DropReason::TunnelWrongVni, 3);
+    let scrape = switchyard_control::metrics::render(&rt.engine().view(), &control, true);
+    assert_eq!(value(&scrape, r#"switchyard_portless_drops_total{reason="tunnel_wrong_vni"}"#), 3.0);
+    let stats = switchyard_control::ctl::show::stats(&rt);
+    assert!(stats.contains("portless drops (ports gone): tunnel_wrong_vni=3\n"), "{stats}");
+}

@@ -108,6 +108,25 @@ pub fn set_counter_shard(worker: usize) {
     COUNTER_SHARD.with(|s| s.set(worker % COUNTER_SHARDS));
 }
 
+/// Drops with no port left to count them on, by reason: frames a port was handed and still
+/// held when it left the switch, once no port that could count them is left either (a
+/// tunnel port's inbox when the last port on its shared socket or uplink goes). A port's
+/// counters go with the port; these are the process's, never reset (`ctl show stats`'s
+/// `portless` line, the metric `switchyard_portless_drops_total`).
+static PORTLESS_DROPS: [AtomicU64; DropReason::COUNT] = [const { AtomicU64::new(0) }; DropReason::COUNT];
+
+/// Counts `n` frames dropped for reason `r` where no port is left to count them on.
+pub fn add_portless_drops(r: DropReason, n: u64) {
+    if n != 0 {
+        PORTLESS_DROPS[r as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The drops counted by [`add_portless_drops`] for reason `r`.
+pub fn portless_drops(r: DropReason) -> u64 {
+    PORTLESS_DROPS[r as usize].load(Ordering::Relaxed)
+}
+
 /// One copy of the counters every burst adds to, alone on its cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]

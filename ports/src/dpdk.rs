@@ -45,6 +45,13 @@
 //! mbuf takes DPDK's pinned path again, which is as correct. Revisit this before adding a
 //! GSO, IP fragmentation or packet capture (pdump) path over these mbufs.
 //!
+//! One device, one port (invariant): a device (the ethdev name its devargs give) is open as at
+//! most one [`DpdkPort`] of the process (`OPEN`). A second open of it fails with
+//! [`PortError::DeviceInUse`] before anything touches the device: it would find the running
+//! port's ethdev, fail to configure it (started), and its error path would stop and close that
+//! port under its workers' bursts, DPDK's refusal to close a started device being all that
+//! kept it running.
+//!
 //! Queues: one RX queue per worker where the device has them (each RX queue is taken by one
 //! handle); TX handles map onto the device's TX queues (`q % tx_queues`) and each TX queue is
 //! serialised by an uncontended mutex, so any number of workers can transmit. The device is
@@ -271,6 +278,37 @@ struct Shared {
     bufs: &'static DpdkBufs,
     rx_claims: RxClaims,
     tx_locks: Vec<TxLock>,
+    /// After `dev` (fields drop in order): the device is free again once it is closed.
+    _claim: DeviceClaim,
+}
+
+/// The devices open as a [`DpdkPort`] of this process: (device name, port name).
+static OPEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// A device's place in [`OPEN`], given back when dropped (a failed open, or the port's last
+/// handle gone and its device closed).
+struct DeviceClaim(String);
+
+impl DeviceClaim {
+    /// Claims `device` for port `port`, unless a port of the process has it already.
+    fn take(device: &str, port: &str) -> Result<DeviceClaim, PortError> {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, owner)) = open.iter().find(|(d, _)| d == device) {
+            return Err(PortError::DeviceInUse {
+                port: port.to_string(),
+                device: device.to_string(),
+                owner: owner.clone(),
+            });
+        }
+        open.push((device.to_string(), port.to_string()));
+        Ok(DeviceClaim(device.to_string()))
+    }
+}
+
+impl Drop for DeviceClaim {
+    fn drop(&mut self) {
+        OPEN.lock().unwrap_or_else(|e| e.into_inner()).retain(|(d, _)| *d != self.0);
+    }
 }
 
 /// A TX queue's lock, alone on its cache line: workers sending on different queues of one
@@ -315,6 +353,7 @@ impl DpdkPort {
                 ),
             });
         }
+        let claim = DeviceClaim::take(switchyard_bindings::ethdev::devargs_name(devargs), name)?;
         let mut dev = EthDev::probe(eal, devargs).map_err(&err)?;
         let info = dev.info().map_err(&err)?;
         let nrx = cfg.rx_queues.clamp(1, info.max_rx_queues.max(1));
@@ -346,6 +385,7 @@ impl DpdkPort {
                 bufs,
                 rx_claims: RxClaims::new(name, nrx),
                 tx_locks: (0..ntx).map(|_| TxLock::default()).collect(),
+                _claim: claim,
             }),
         })
     }

@@ -152,7 +152,7 @@ struct Inbox {
     wake: EventFd,
     /// The socket's [`SharedSocket::orphaned`]: what is left here when the inbox goes (its
     /// port left before taking it) is counted there. Set when the port joins.
-    orphaned: OnceLock<Arc<AtomicU64>>,
+    orphaned: OnceLock<Arc<Orphans>>,
 }
 
 impl Drop for Inbox {
@@ -160,9 +160,43 @@ impl Drop for Inbox {
     /// the port left: nobody pushes after this.
     fn drop(&mut self) {
         let n = self.q.len();
-        if let (true, Some(o)) = (n > 0, self.orphaned.get()) {
-            o.fetch_add(n as u64, Ordering::Relaxed);
+        match self.orphaned.get() {
+            Some(o) => o.add(n as u64),
+            // Never joined: nothing was handed to it.
+            None => switchyard_dataplane::switch::add_portless_drops(DropReason::TunnelWrongVni, n as u64),
         }
+    }
+}
+
+/// Datagrams handed to a member's inbox that its port left without taking (added when the
+/// inbox goes), until the next member to read the shared socket or uplink takes them and counts
+/// them as `tunnel_wrong_vni` (their VNI is nobody's now). Held by the socket or uplink and by
+/// every inbox: what is still here when the last of them goes, no member being left to count
+/// it, is counted as the process's portless `tunnel_wrong_vni` drops
+/// ([`switchyard_dataplane::switch::add_portless_drops`]), so no handed datagram is freed
+/// unseen.
+#[derive(Debug, Default)]
+pub(crate) struct Orphans(AtomicU64);
+
+impl Orphans {
+    pub(crate) fn add(&self, n: u64) {
+        if n != 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// What waits to be counted, taken (a load only, when nothing does).
+    pub(crate) fn take(&self) -> u64 {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        switchyard_dataplane::switch::add_portless_drops(DropReason::TunnelWrongVni, *self.0.get_mut());
     }
 }
 
@@ -203,7 +237,7 @@ struct SharedSocket {
     members: ArcSwap<Vec<Member>>,
     /// Datagrams handed to ports that left before taking them ([`Inbox`]'s drop): the next
     /// member to read the socket counts them as `tunnel_wrong_vni` (their VNI is nobody's).
-    orphaned: Arc<AtomicU64>,
+    orphaned: Arc<Orphans>,
     /// What the socket's last `recvmmsg` took and is still to be handed out; held by the one
     /// member reading the socket (another finds its datagrams in its inbox meanwhile).
     rx: Mutex<RxBatch>,
@@ -462,7 +496,7 @@ impl SharedSocket {
             key: (kind, local, port),
             sock,
             members: ArcSwap::from_pointee(Vec::new()),
-            orphaned: Arc::new(AtomicU64::new(0)),
+            orphaned: Arc::new(Orphans::default()),
             rx: Mutex::new(RxBatch::new()),
         })
     }
@@ -818,8 +852,8 @@ impl RxQueue for UdpTunnelRx {
         // One member reads the socket at a time; another finds its datagrams in its inbox.
         let sock = self.shared.sock.clone();
         let Ok(mut rxb) = sock.rx.try_lock() else { return delivered };
-        if sock.orphaned.load(Ordering::Relaxed) != 0 {
-            let n = sock.orphaned.swap(0, Ordering::Relaxed);
+        let n = sock.orphaned.take();
+        if n != 0 {
             drops.add(DropReason::TunnelWrongVni, n.min(u64::from(u32::MAX)) as u32);
         }
         let own = self.shared.codec.vni;

@@ -43,13 +43,14 @@
 //!   closed by the control thread ([`close_retired`]). A port being removed leaves the member
 //!   list early ([`PortBackend::retire`]), so a new port of its VNI joins in the same
 //!   reconcile. What is left in a leaving port's inboxes is counted (`tunnel_wrong_vni`) by
-//!   the next member's probe round.
+//!   the next member's probe round, or, when no member is left, as the process's portless
+//!   `tunnel_wrong_vni` drops once the uplink and the inboxes have gone (`Orphans`).
 //! - Neighbour slots (`SlotTable`): one per next hop address that some member routes an
 //!   endpoint in use through (in its flood list or holding a remote MAC), counted per
 //!   (member, endpoint); a slot nobody points at is freed, its binding forgotten, and given to
 //!   the next new address (at most 4,112 (`NEIGHBOUR_SLOTS`) at once).
 
-use crate::udp_tunnel::{join_vni, update_remotes, TunnelOptions};
+use crate::udp_tunnel::{join_vni, update_remotes, Orphans, TunnelOptions};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -128,17 +129,14 @@ struct Inbox {
     wake: EventFd,
     /// The uplink's [`Uplink::orphaned`]: what is left here when the inbox goes (its port
     /// left before taking it) is counted there.
-    orphaned: Arc<AtomicU64>,
+    orphaned: Arc<Orphans>,
 }
 
 impl Drop for Inbox {
     /// The last holder is the leaving port, or a reader that loaded the member list before
     /// the port left: nobody pushes after this.
     fn drop(&mut self) {
-        let n = self.q.len();
-        if n > 0 {
-            self.orphaned.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.orphaned.add(self.q.len() as u64);
     }
 }
 
@@ -184,8 +182,10 @@ struct Uplink {
     /// queues it reads, [`UplinkTunnelRx::alone`]); set after every change ([`Uplink::set_alone`]).
     alone: AtomicBool,
     /// Packets handed to ports that left before taking them ([`Inbox`]'s drop): the next
-    /// member RX to probe counts them as `tunnel_wrong_vni` (their VNI is nobody's now).
-    orphaned: Arc<AtomicU64>,
+    /// member RX to probe counts them as `tunnel_wrong_vni` (their VNI is nobody's now); with
+    /// no member left, they are counted as portless drops when the uplink and the last inbox
+    /// have gone ([`Orphans`]).
+    orphaned: Arc<Orphans>,
     queues: Box<[OnceLock<Arc<UplinkQueue>>]>,
     /// Serialises the opening of the RX queues.
     opening: Mutex<()>,
@@ -309,7 +309,7 @@ impl Uplink {
             slots: Mutex::new(SlotTable::default()),
             members: ArcSwap::from_pointee(Vec::new()),
             alone: AtomicBool::new(false),
-            orphaned: Arc::new(AtomicU64::new(0)),
+            orphaned: Arc::new(Orphans::default()),
             queues,
             opening: Mutex::new(()),
         }
@@ -952,7 +952,7 @@ impl UplinkTunnelRx {
         }
         self.probed_at = Some(now);
         let sh = &*self.shared;
-        let orphaned = sh.up.orphaned.swap(0, Ordering::Relaxed);
+        let orphaned = sh.up.orphaned.take();
         if orphaned > 0 {
             drops.add(DropReason::TunnelWrongVni, orphaned.min(u64::from(u32::MAX)) as u32);
         }
@@ -2188,6 +2188,41 @@ mod tests {
         }
         assert_eq!(wrong, 3);
         drop((ra, a));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// Packets handed to a port that then left with the last other port on the uplink: no
+    /// member is left to count them at a probe round, so they are counted as the process's
+    /// portless `tunnel_wrong_vni` drops when the uplink and the inbox go (they were freed
+    /// uncounted). Each nextest test is a process of its own: the counter moves by this
+    /// test's packets only.
+    #[test]
+    fn packets_left_when_the_last_port_leaves_the_uplink_are_counted() {
+        use switchyard_dataplane::switch::portless_drops;
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:last-orphans-{}", std::process::id());
+        let peer = Mutex::new(None);
+        let a = join_ring("a", 5001, &[ip(2)], &key, &peer).expect("a");
+        let b = join_ring("b", 5002, &[ip(2)], &key, &peer).expect("b");
+        let peer = peer.lock().unwrap().take().expect("opened");
+        let mut ra = a.open_rx(0).expect("rx");
+        let rb = b.open_rx(0).expect("rx");
+        poll(&mut *ra, &mut cache);
+        sent(&peer, &mut cache);
+        let m2 = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        for _ in 0..3 {
+            let f = tunnel_packet(m2, 5002, &inner(LOCAL_MAC, X));
+            peer.inject(cache.alloc_copy(&f).unwrap()).unwrap();
+        }
+        let (got, drops) = poll(&mut *ra, &mut cache);
+        assert!(got.is_empty() && drops.is_zero(), "three in b's inbox: {drops:?}");
+        let before = portless_drops(DropReason::TunnelWrongVni);
+        // a goes first, b (its inbox unread) last: the uplink closes with b.
+        drop((ra, a));
+        assert_eq!(portless_drops(DropReason::TunnelWrongVni), before, "counted while b is there");
+        drop((rb, b));
+        assert_eq!(portless_drops(DropReason::TunnelWrongVni) - before, 3);
         all_returned(&peer, cache, &pool);
     }
 

@@ -145,3 +145,32 @@ fn two_vnis_share_one_socket_demultiplexed_by_vni() {
     drop(cache);
     assert_eq!(pool.in_use(), 0);
 }
+
+/// Datagrams handed to a port that then goes with the last other port on the socket: no
+/// reader is left to count them, so they are counted as the process's portless
+/// `tunnel_wrong_vni` drops when the socket and the queue have gone (each nextest test is a
+/// process of its own: the counter moves by this test's datagrams only).
+#[test]
+fn datagrams_left_when_the_last_port_leaves_the_socket_are_counted() {
+    use switchyard_dataplane::switch::portless_drops;
+    let port = UdpSocket::bind((LOCAL, 0)).unwrap().local_addr().unwrap().port();
+    let a = UdpTunnelPort::open("tun-a", &opts(TunnelKind::Vxlan, 100, port)).unwrap();
+    let b = UdpTunnelPort::open("tun-b", &opts(TunnelKind::Vxlan, 200, port)).unwrap();
+    let (mut rx_a, rx_b) = (a.open_rx(0).unwrap(), b.open_rx(0).unwrap());
+    let pool = Pool::new("t", 64).unwrap();
+    let mut cache = pool.cache();
+    let mut drops = DropTally::default();
+    let peer = UdpSocket::bind((PEER, 0)).unwrap();
+    for n in 0..4 {
+        peer.send_to(&datagram(200, n), (LOCAL, port)).unwrap();
+    }
+    assert!(drain(&mut rx_a, &mut cache, &mut drops).is_empty(), "handed to b");
+    assert!(drops.is_zero(), "{drops:?}");
+    let before = portless_drops(DropReason::TunnelWrongVni);
+    drop((rx_a, a));
+    assert_eq!(portless_drops(DropReason::TunnelWrongVni), before, "counted while b is there");
+    drop((rx_b, b));
+    assert_eq!(portless_drops(DropReason::TunnelWrongVni) - before, 4);
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+}

@@ -180,6 +180,17 @@ pub fn stats(rt: &Runtime) -> String {
             ));
         }
     }
+    // Drops no port is left to count (counted by the process, never reset): shown once there
+    // are some.
+    let portless: Vec<String> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name(), switchyard_dataplane::switch::portless_drops(*r)))
+        .filter(|(_, n)| *n != 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !portless.is_empty() {
+        s.push_str(&format!("portless drops (ports gone): {}\n", portless.join(" ")));
+    }
     let engine = rt.engine();
     let hz = engine.tsc_hz().max(1) as f64;
     for w in engine.worker_stats() {

@@ -113,6 +113,10 @@ pub enum PortError {
     Io { port: String, source: std::io::Error },
     #[error("port {port}: type {kind} is not built into this switchyard ({hint})")]
     Unsupported { port: String, kind: String, hint: String },
+    /// The device is open already as another port of this process (one device is one port);
+    /// nothing of it was touched.
+    #[error("port {port}: device {device} is open already as port {owner}")]
+    DeviceInUse { port: String, device: String, owner: String },
 }
 
 /// What a worker lends a queue for one receive: the buffer cache that fresh frames come from
