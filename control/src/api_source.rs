@@ -12,14 +12,19 @@
 //!
 //! What is watched (see [`Kind`]): NADs in all namespaces, the VMIs with the label
 //! `kubevirt.io/nodeName=<node>` (every VMI, and every Node, when [`ApiOptions::all_vmis`] is
-//! set: overlay networks need the other nodes' VMIs and endpoints), NNCPs, this node's Node, Namespaces and
-//! MultiNetworkPolicies (the last two reach the state as ignored objects). Each watch is
-//! kube-runtime's watcher: it restarts by itself, relists on 410 Gone and asks for bookmarks;
-//! errors are retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
-//! [`ApiOptions::max_backoff`]). MultiNetworkPolicies are watched at `v1beta2` where the API
-//! server serves it, else at `v1beta1` ([`Kind::watch_versions`]). A kind the API server does
-//! not serve at any of its versions (404: its CRD is not installed) counts as listed and
-//! empty, and is retried.
+//! set: overlay networks need the other nodes' VMIs and endpoints), NNCPs, this node's Node,
+//! Namespaces and MultiNetworkPolicies; nothing is planned before every kind has been listed
+//! once (the policies included: a port never runs without the policy that selects it). Each
+//! watch is kube-runtime's watcher: it resumes a watch that ends from the last
+//! resourceVersion (bookmarks asked for), relists on a 410 ERROR event, and its errors are
+//! retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
+//! [`ApiOptions::max_backoff`]). Where it falls short of the protocol as client-go's reflector
+//! reads it, `watch_version` replaces it with a new watcher (a watch answered HTTP 410 or
+//! 404), and the client's `ShortWatchLayer` spaces watches that the server ends at once.
+//! MultiNetworkPolicies are watched at `v1beta2` where the API server serves it, else at
+//! `v1beta1` ([`Kind::watch_versions`]). A kind the API server does not serve at any of its
+//! versions (404: its CRD is not installed, or was removed with its objects) counts as listed
+//! and empty, and is retried.
 //!
 //! The watches run on a tokio runtime of their own thread; the control thread only locks the
 //! store to take a snapshot, so an unreachable API server never blocks it: the dataplane keeps
@@ -72,9 +77,12 @@ impl Kind {
         }
     }
 
-    /// Whether the first plan waits for this kind's first complete list.
+    /// Whether the first plan waits for this kind's first complete list: every kind's does.
+    /// MultiNetworkPolicies are enforced and Namespaces feed their selectors: a plan made
+    /// before them would run VM ports without the policies that select them (open) while
+    /// their list is slow or refused (403). A kind not served (404) counts as listed.
     pub fn required(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::MultiNetworkPolicy)
+        true
     }
 
     /// The versions the kind is watched at, preferred first. MultiNetworkPolicy: `v1beta2`
@@ -114,6 +122,8 @@ pub struct ApiOptions {
     /// First retry delay after an error of a watch; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Objects a list page holds (`limit`); a larger list is fetched in pages with `continue`.
+    pub page_size: u32,
     /// Where to connect: `None` infers it (kubeconfig, then the in-cluster service account).
     pub config: Option<kube::Config>,
     /// Post problems as Events on the objects they concern.
@@ -127,6 +137,7 @@ impl ApiOptions {
             all_vmis: false,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            page_size: 500,
             config: None,
             events: true,
         }
@@ -312,8 +323,14 @@ impl ApiStore {
         self.synced.insert(kind);
     }
 
-    /// Marks `kind` as listed (and empty) when the API server does not serve it.
+    /// Marks `kind` as listed and empty when the API server does not serve it (a CRD is
+    /// removed with its objects): what was stored of it is gone.
     pub fn not_served(&mut self, kind: Kind) {
+        let gone: Vec<Key> = self.versions.keys().filter(|k| k.0 == kind).cloned().collect();
+        for k in gone {
+            self.remove(&k);
+        }
+        self.listing.remove(&kind);
         if self.synced.insert(kind) {
             self.changes += 1;
             self.dirty = None;
@@ -421,6 +438,92 @@ impl Backoff for Expo {
     }
 }
 
+/// A watch that ends sooner than this after it began, as the one before it of the same path,
+/// is "very short" (client-go's reflector: "watch lasted less than a second and no items
+/// received"), and the next is delayed.
+const SHORT_WATCH: Duration = Duration::from_secs(1);
+
+/// Spaces the watch requests of each resource path with a growing delay while they follow
+/// one another within [`SHORT_WATCH`]: kube-runtime's watcher re-watches at once, with no
+/// error for a backoff to act on, when a server (or a proxy) ends watches cleanly right away,
+/// and would otherwise ask again in a loop. A delay loses nothing: the next watch starts from
+/// the last resourceVersion. Lists and other requests pass undelayed.
+#[derive(Clone)]
+struct ShortWatchLayer {
+    starts: Arc<Mutex<HashMap<String, WatchStart>>>,
+    min: Duration,
+    max: Duration,
+}
+
+/// When the last watch of a path began, and the delay for the next if it is short.
+struct WatchStart {
+    at: std::time::Instant,
+    delay: Duration,
+}
+
+impl ShortWatchLayer {
+    fn new(min: Duration, max: Duration) -> ShortWatchLayer {
+        ShortWatchLayer { starts: Arc::default(), min, max }
+    }
+
+    /// The delay before sending `req` (zero for anything but a watch soon after another).
+    fn delay<B>(&self, req: &http::Request<B>) -> Duration {
+        let uri = req.uri();
+        if !uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1")) {
+            return Duration::ZERO;
+        }
+        let now = std::time::Instant::now();
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        let (d, next) = match starts.get(uri.path()) {
+            Some(s) if now.saturating_duration_since(s.at) < SHORT_WATCH => {
+                (s.delay, (s.delay * 2).min(self.max))
+            }
+            _ => (Duration::ZERO, self.min),
+        };
+        starts.insert(uri.path().to_string(), WatchStart { at: now + d, delay: next });
+        d
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ShortWatchLayer {
+    type Service = ShortWatch<S>;
+    fn layer(&self, inner: S) -> ShortWatch<S> {
+        ShortWatch { inner, starts: self.clone() }
+    }
+}
+
+/// The service of [`ShortWatchLayer`].
+struct ShortWatch<S> {
+    inner: S,
+    starts: ShortWatchLayer,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for ShortWatch<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let d = self.starts.delay(&req);
+        // The inner future sends nothing until polled: the delay comes before the request.
+        let f = self.inner.call(req);
+        Box::pin(async move {
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+            f.await
+        })
+    }
+}
+
 /// A problem to post as an Event.
 #[derive(Debug, Clone)]
 pub struct EventRequest {
@@ -472,8 +575,9 @@ impl ApiSource {
                             }
                         },
                     };
-                    let client = match kube::Client::try_from(config) {
-                        Ok(c) => c,
+                    let spacing = ShortWatchLayer::new(opts.min_backoff, opts.max_backoff);
+                    let client = match kube::client::ClientBuilder::try_from(config) {
+                        Ok(b) => b.with_layer(&spacing).build(),
                         Err(e) => {
                             let _ = ok_tx.send(Err(ApiError::Client(e)));
                             return;
@@ -577,19 +681,26 @@ async fn watch_kind(
     let versions = kind.watch_versions();
     let mut unserved = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
     let mut at = 0;
+    // Versions answered 404 in a row with no list in between: the kind counts as not served
+    // (its objects dropped) only when every version is, not when the one it was watched at
+    // goes while another is served (a CRD's versions changed).
+    let mut missing = 0;
     loop {
         let version = versions.get(at).copied().unwrap_or(kind.gvk().1);
         match watch_version(&client, kind, version, &opts, &store, &changed).await {
             Watched::Ended => return,
-            Watched::NotServed if at + 1 < versions.len() => {
-                tracing::info!("{} not served at {version}: watching the next version", kind.gvk().3);
-                at += 1;
-            }
-            Watched::NotServed => {
+            Watched::NotServed { listed } => {
+                missing = if listed { 1 } else { missing + 1 };
+                if missing < versions.len() {
+                    tracing::info!("{} not served at {version}: watching another version", kind.gvk().3);
+                    at = (at + 1) % versions.len();
+                    continue;
+                }
                 lock(&store).not_served(kind);
                 let _ = changed.send(());
                 tracing::warn!("{} not served at {versions:?}: taken as none; retrying", kind.gvk().3);
                 at = 0;
+                missing = 0;
                 if let Some(d) = unserved.next() {
                     tokio::time::sleep(d).await;
                 }
@@ -602,13 +713,37 @@ async fn watch_kind(
 enum Watched {
     /// The stream ended (the runtime is shutting down).
     Ended,
-    /// The API server answered 404 to the list: it does not serve the kind at that version.
-    NotServed,
+    /// The API server answered 404 to the list: it does not serve the kind at that version;
+    /// `listed`: a list at that version had completed before.
+    NotServed { listed: bool },
 }
+
+/// Whether a watcher is dropped for a new one (its list made again) after this error:
+/// kube-runtime's watcher retries a watch whose start is answered HTTP 410 or 404 from the
+/// same resourceVersion for ever (kube-rs issue 1042); client-go's reflector relists. Its
+/// lists ask for the most recent state (`ListSemantic::MostRecent`, the default: no
+/// resourceVersion, a quorum read), as client-go's relist after a 410 does.
+fn relists_after(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) => {
+            // 410: the resourceVersion is gone. 404: the kind stopped being served (its CRD,
+            // or this version of it, removed); the list tells which (404 there: the next
+            // version, or the kind taken as empty).
+            s.code == 410 || s.code == 404
+        }
+        _ => false,
+    }
+}
+
+/// A restart's delay restarts from `min_backoff` once restarts are this far apart (client-go's
+/// reflector backoff resets after 2 minutes without one).
+const RESTART_RESET: Duration = Duration::from_secs(120);
 
 /// Watches one kind at one version until the stream ends, or its list is answered 404 while
 /// the kind has other versions to try (with one version, 404 is retried as any error, the
-/// kind counting as listed and empty meanwhile).
+/// kind counting as listed and empty meanwhile). A watcher whose watch is answered 410 or 404
+/// is replaced by a new one ([`relists_after`]), after a backoff so that a server answering so
+/// every time is not asked in a loop.
 async fn watch_version(
     client: &kube::Client,
     kind: Kind,
@@ -619,54 +754,74 @@ async fn watch_version(
 ) -> Watched {
     let ar = kind.resource_at(version);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let mut cfg = watcher::Config::default();
+    let mut cfg = watcher::Config::default().page_size(opts.page_size);
     match kind {
         Kind::Vmi if !opts.all_vmis => cfg = cfg.labels(&format!("kubevirt.io/nodeName={}", opts.node)),
         Kind::Node if !opts.all_vmis => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
         _ => {}
     }
     let several = kind.watch_versions().len() > 1;
-    let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
-    let mut stream = watcher::watcher(api, cfg).backoff(backoff).boxed();
-    let mut failing = false;
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                if failing {
-                    tracing::info!("watch of {} works again", kind.gvk().3);
-                    failing = false;
-                }
-                let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
-                let mut st = lock(store);
-                let before = st.changes;
-                let was_synced = st.synced.contains(&kind);
-                st.event(kind, ev);
-                let signal = relevant && (st.changes != before || st.synced.contains(&kind) != was_synced);
-                drop(st);
-                if signal {
-                    let _ = changed.send(());
-                }
-            }
-            Err(e) => {
-                if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = &e {
-                    if s.code == 404 && several {
-                        return Watched::NotServed;
+    let mut restarts = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+    let mut last_restart: Option<tokio::time::Instant> = None;
+    let mut listed = false;
+    loop {
+        let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+        let mut stream = watcher::watcher(api.clone(), cfg.clone()).backoff(backoff).boxed();
+        let mut failing = false;
+        loop {
+            let Some(ev) = stream.next().await else { return Watched::Ended };
+            match ev {
+                Ok(ev) => {
+                    if failing {
+                        tracing::info!("watch of {} works again", kind.gvk().3);
+                        failing = false;
                     }
-                    if s.code == 404 {
-                        lock(store).not_served(kind);
+                    let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
+                    listed |= matches!(ev, Event::InitDone);
+                    let mut st = lock(store);
+                    let before = st.changes;
+                    let was_synced = st.synced.contains(&kind);
+                    st.event(kind, ev);
+                    let signal =
+                        relevant && (st.changes != before || st.synced.contains(&kind) != was_synced);
+                    drop(st);
+                    if signal {
                         let _ = changed.send(());
                     }
                 }
-                if !failing {
-                    tracing::warn!("watch of {}: {e}; retrying with backoff", kind.gvk().3);
-                    failing = true;
-                } else {
-                    tracing::debug!("watch of {}: {e}", kind.gvk().3);
+                Err(e) => {
+                    if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = &e {
+                        if s.code == 404 && several {
+                            return Watched::NotServed { listed };
+                        }
+                        if s.code == 404 {
+                            lock(store).not_served(kind);
+                            let _ = changed.send(());
+                        }
+                    }
+                    if relists_after(&e) {
+                        tracing::info!("watch of {}: {e}; listing again", kind.gvk().3);
+                        break;
+                    }
+                    if !failing {
+                        tracing::warn!("watch of {}: {e}; retrying with backoff", kind.gvk().3);
+                        failing = true;
+                    } else {
+                        tracing::debug!("watch of {}: {e}", kind.gvk().3);
+                    }
                 }
             }
         }
+        drop(stream);
+        let now = tokio::time::Instant::now();
+        if last_restart.is_some_and(|t| now.duration_since(t) > RESTART_RESET) {
+            restarts.reset();
+        }
+        if let Some(d) = restarts.next() {
+            tokio::time::sleep(d).await;
+        }
+        last_restart = Some(tokio::time::Instant::now());
     }
-    Watched::Ended
 }
 
 /// Posts Events (events.k8s.io/v1) as the control thread asks; a failed post is retried a few
@@ -752,9 +907,11 @@ mod tests {
         assert_eq!(names(&st), ["a", "b"]);
         st.event(Kind::Nad, Event::InitDone);
         assert_eq!(names(&st), ["a", "c"]);
-        for k in [Kind::Node, Kind::Vmi, Kind::Nncp] {
+        for k in [Kind::Node, Kind::Vmi, Kind::Nncp, Kind::Namespace] {
             st.replace_all(k, Vec::new());
         }
+        assert!(!st.ready(), "the policies are not listed yet");
+        st.replace_all(Kind::MultiNetworkPolicy, Vec::new());
         assert!(st.ready());
     }
 
@@ -807,6 +964,29 @@ mod tests {
              spec: {podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {role: null}}}]}]}\n",
         );
         assert_eq!(dir.problems.len(), 1, "{:?}", dir.problems);
+    }
+
+    /// Watch events as the protocol allows them: a DELETED event for an object never seen (it
+    /// was created and deleted between a list and the watch) changes nothing; a MODIFIED
+    /// event replaces the object whatever its resourceVersion (they are opaque: equality
+    /// only); the kind's objects go when the kind is found not served (its CRD removed).
+    #[test]
+    fn deletes_of_unseen_objects_and_opaque_resource_versions() {
+        let mut st = ApiStore::default();
+        st.event(Kind::Nad, Event::Apply(nad("a", "10", 10)));
+        let _ = st.take_dirty();
+        let before = st.changes;
+        st.event(Kind::Nad, Event::Delete(nad("never", "11", 10)));
+        assert_eq!(st.changes, before);
+        assert_eq!(st.take_dirty(), Some(BTreeSet::new()));
+        st.event(Kind::Nad, Event::Apply(nad("a", "9", 20)));
+        let cfg = st.snapshot().nads[&("ns".to_string(), "a".to_string())].obj.spec.config.clone().unwrap();
+        assert!(cfg.contains("\"vlan\":20"), "{cfg}");
+        st.not_served(Kind::Nad);
+        assert!(
+            st.snapshot().nads.is_empty()
+                && st.reference(&ObjRef::new("NetworkAttachmentDefinition", Some("ns"), "a")).is_none()
+        );
     }
 
     #[test]

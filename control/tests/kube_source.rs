@@ -35,6 +35,11 @@ struct Agent {
 
 impl Agent {
     fn start(server: &ApiServer) -> Agent {
+        Agent::start_paged(server, 500)
+    }
+
+    /// An agent whose lists come in pages of `page_size` objects.
+    fn start_paged(server: &ApiServer, page_size: u32) -> Agent {
         let overrides = RunConfig::from_yaml("ports: {eth1: {type: ring, ring: kube-eth1}}").unwrap();
         let opts = RuntimeOptions { vm_ports: VmPorts::Ring, overrides, ..Default::default() };
         let rt = Arc::new(Mutex::new(Runtime::start(opts).unwrap()));
@@ -42,6 +47,7 @@ impl Agent {
         api.config = Some(server.kube_config());
         api.min_backoff = Duration::from_millis(50);
         api.max_backoff = Duration::from_secs(1);
+        api.page_size = page_size;
         let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -489,4 +495,204 @@ fn multi_network_policies_are_watched_at_a_version_the_server_serves() {
         let reqs = server.requests();
         assert!(reqs.iter().any(|r| r.contains(&path) && r.contains("watch=true")), "{watched}: {reqs:?}");
     }
+}
+
+/// The number of watch requests served so far.
+fn watches(server: &ApiServer) -> usize {
+    server.requests().iter().filter(|r| r.contains("watch=true")).count()
+}
+
+/// Deletes vm-b and adds `new` while the server is down, compacts the history, and brings the
+/// server back: every watch resumes from a resourceVersion the server no longer has.
+fn change_while_down_and_compact(server: &mut ApiServer, new: &str, mac: &str) {
+    server.set_down(true);
+    assert!(server.delete("VirtualMachineInstance", "tenant-a", "vm-b"));
+    server.put(vmi(new, "vlan100", mac));
+    server.compact();
+    server.set_down(false);
+}
+
+/// A watch from a resourceVersion the server no longer has may be answered with an HTTP 410
+/// Gone Status instead of 200 and an ERROR event (API concepts, "410 Gone responses": clients
+/// must tolerate 410; client-go's reflector relists on either). The agent relists: the VMI
+/// deleted meanwhile loses its port, the one added gets one. (kube-runtime's watcher, left
+/// alone, retries the watch from the same resourceVersion for ever.)
+#[test]
+fn an_http_410_to_a_watch_relists() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    server.set_watch_gone_http(true);
+    let agent = Agent::start(&server);
+    agent.until("vm-b's port runs", 20, |a| a.port(VM_B).is_some());
+    let vmi_lists = lists(&server, "virtualmachineinstances");
+    change_while_down_and_compact(&mut server, "vm-i", "02:00:00:00:12:01");
+    agent.until("vm-b's port is gone and vm-i's runs", 10, |a| {
+        a.port(VM_B).is_none() && a.port("tenant-a/vm-i/data").is_some()
+    });
+    assert!(lists(&server, "virtualmachineinstances") > vmi_lists);
+    assert!(agent.port(VM_A).is_some());
+}
+
+/// The relist after a 410 asks for the most recent state (no resourceVersion: a quorum read),
+/// as client-go's reflector does once the last resourceVersion is unavailable, not for
+/// `resourceVersion=0` ("Any"), which a lagging API server may answer from its cache with a
+/// state older than the one the agent had: objects deleted meanwhile would come back.
+#[test]
+fn the_relist_after_a_410_is_not_served_from_a_lagging_cache() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("vm-b's port runs", 20, |a| a.port(VM_B).is_some());
+    server.freeze_cache();
+    change_while_down_and_compact(&mut server, "vm-j", "02:00:00:00:13:01");
+    agent.until("vm-b's port is gone and vm-j's runs", 10, |a| {
+        a.port(VM_B).is_none() && a.port("tenant-a/vm-j/data").is_some()
+    });
+    let reqs = server.requests();
+    let relists: Vec<&String> =
+        reqs.iter().filter(|r| r.contains("/virtualmachineinstances") && !r.contains("watch=true")).collect();
+    assert!(relists.len() >= 2 && relists.iter().all(|r| !r.contains("resourceVersion=")), "{relists:?}");
+}
+
+/// A CRD removed while the agent could not watch (its objects deleted with it): the watch
+/// answers 404, the agent relists, the list answers 404, and the kind counts as listed and
+/// empty, its objects gone from the plan, not kept as they were.
+#[test]
+fn a_crd_removed_while_disconnected_empties_its_kind() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("vm-a's ports run", 20, |a| a.port(VM_A).is_some() && a.port("tenant-a/vm-a/ext").is_some());
+    server.set_down(true);
+    for o in example_objects().into_iter().filter(|o| o["kind"] == "NetworkAttachmentDefinition") {
+        let (ns, name) =
+            (o["metadata"]["namespace"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap());
+        assert!(server.delete("NetworkAttachmentDefinition", ns, name));
+    }
+    server.set_served("k8s.cni.cncf.io/v1", false);
+    server.set_down(false);
+    agent.until("no port of a NAD is left", 10, |a| {
+        a.port(VM_A).is_none() && a.port("tenant-a/vm-a/ext").is_none()
+    });
+}
+
+/// A server (or a proxy in front of it) that ends every watch at once, cleanly and with no
+/// event: the agent backs off between watches (client-go: "very short watch", then its
+/// backoff) instead of re-watching in a hot loop, and changes still arrive.
+#[test]
+fn watches_ended_at_once_are_not_retried_in_a_hot_loop() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("vm-b's port runs", 20, |a| a.port(VM_B).is_some());
+    server.set_watch_limit(Some(Duration::ZERO));
+    std::thread::sleep(Duration::from_millis(200));
+    let before = watches(&server);
+    std::thread::sleep(Duration::from_secs(2));
+    let n = watches(&server) - before;
+    // Six watches, each at most ~every max_backoff (1 s) once backed off: a hot loop makes
+    // thousands in 2 s.
+    assert!(n <= 6 * 8, "{n} watch requests in 2 s");
+    server.put(vmi("vm-k", "vlan100", "02:00:00:00:14:01"));
+    agent.until("vm-k's port runs", 10, |a| a.port("tenant-a/vm-k/data").is_some());
+}
+
+/// MultiNetworkPolicies (and the Namespaces their selectors read) are enforced, so the first
+/// plan waits for their first complete list too: a VM port is never run without the policy
+/// that selects it, not even while its list is slow or refused (403: the RBAC lacks it; a
+/// kind not served, 404, still counts as listed and empty).
+#[test]
+fn no_port_runs_before_the_policies_are_listed() {
+    let spec = "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n";
+    let mut objects = example_objects();
+    objects.extend(apiserver::objects_of_yaml(&testkit::manifest::policy(
+        "tenant-a",
+        "deny",
+        "tenant-a/vlan100",
+        spec,
+    )));
+    let server = ApiServer::start(objects, Duration::from_millis(200));
+    server.set_forbidden("multi-networkpolicies", true);
+    let agent = Agent::start(&server);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        assert!(agent.port(VM_A).is_none_or(|p| p.policy.is_some()), "vm-a's port runs without its policy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.set_forbidden("multi-networkpolicies", false);
+    agent.until("vm-a's port runs with its policy", 10, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+}
+
+/// Lists in pages of one object: a relist (after a 410) whose `continue` token expires after
+/// its first page starts the list again from the first page, and the page it had is not taken
+/// for the whole list: vm-b, on the second page, keeps its port throughout (no frame between
+/// vm-a and vm-b is lost), and the VMI added meanwhile gets one once a list completes.
+#[test]
+fn an_expired_continue_token_restarts_the_list_and_removes_nothing_meanwhile() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start_paged(&server, 1);
+    let flow = start_flow(&agent);
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.contains("/virtualmachineinstances") && r.contains("continue=")));
+    server.set_down(true);
+    server.put(vmi("vm-l", "vlan100", "02:00:00:00:15:01"));
+    server.compact();
+    server.expire_continues(4);
+    server.set_down(false);
+    let t0 = Instant::now();
+    while agent.port("tenant-a/vm-l/data").is_none() {
+        assert!(agent.port(VM_B).is_some(), "vm-b's port went with a partial list");
+        assert!(t0.elapsed() < Duration::from_secs(15), "vm-l's port never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let expired = server.requests().iter().filter(|r| r.contains("continue=")).count();
+    assert!(expired >= 4, "{expired}");
+    let (sent, got) = flow.finish();
+    assert!(sent > 20, "too little traffic: {sent}");
+    assert_eq!(got, sent, "frames lost while a list was restarted");
+}
+
+/// The MultiNetworkPolicy CRD's served versions change under a running agent (v1beta1 alone,
+/// then v1beta2 alone): the watch at v1beta1 is answered 404, the agent moves to v1beta2, and
+/// the policy stays on vm-a's port throughout: one version gone while another is served is not
+/// the kind gone.
+#[test]
+fn policies_follow_the_crd_to_its_other_version_without_a_gap() {
+    let spec = "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n";
+    let mut objects = example_objects();
+    objects.extend(apiserver::objects_of_yaml(&testkit::manifest::policy(
+        "tenant-a",
+        "deny",
+        "tenant-a/vlan100",
+        spec,
+    )));
+    let mut server = ApiServer::start(objects, Duration::from_millis(200));
+    server.set_served("k8s.cni.cncf.io/v1beta2", false);
+    let agent = Agent::start(&server);
+    agent.until("vm-a's port runs with its policy", 20, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    server.set_down(true);
+    server.set_served("k8s.cni.cncf.io/v1beta2", true);
+    server.set_served("k8s.cni.cncf.io/v1beta1", false);
+    server.set_down(false);
+    let watched_v1beta2 = |s: &ApiServer| {
+        s.requests().iter().any(|r| r.contains("/v1beta2/multi-networkpolicies") && r.contains("watch=true"))
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) || !watched_v1beta2(&server) {
+        assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
+        assert!(t0.elapsed() < Duration::from_secs(15), "the policies were never watched at v1beta2");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A CRD installed after the agent started: its kind counted as listed and empty meanwhile
+/// (the plan went ahead without it), and its objects are picked up once it is served (the
+/// list is retried with the backoff).
+#[test]
+fn a_crd_installed_later_is_picked_up() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    server.set_served("k8s.cni.cncf.io/v1", false);
+    let agent = Agent::start(&server);
+    agent.until("the uplink runs (planned without NADs)", 20, |a| a.port("eth1").is_some());
+    assert!(agent.port(VM_A).is_none());
+    server.set_served("k8s.cni.cncf.io/v1", true);
+    agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
 }

@@ -5,7 +5,10 @@
 //! a resourceVersion (ADDED/MODIFIED/DELETED, DELETED when an object stops matching the
 //! selector, BOOKMARK events when asked, an ERROR 410 Gone event for a resourceVersion older
 //! than the compaction point, the stream ended at `timeoutSeconds`), and takes POSTed and
-//! PATCHed Events. Tests change objects ([`ApiServer::put`], [`ApiServer::delete`]), drop every
+//! PATCHed Events. Protocol behaviours a server may show and tests turn on: a too old watch
+//! answered with an HTTP 410 Status instead of the ERROR event ([`ApiServer::set_watch_gone_http`]),
+//! `resourceVersion=0` lists ("Any") served from a lagging cache ([`ApiServer::freeze_cache`]),
+//! and every watch ended early ([`ApiServer::set_watch_limit`]). Tests change objects ([`ApiServer::put`], [`ApiServer::delete`]), drop every
 //! connection ([`ApiServer::drop_connections`]), compact the history ([`ApiServer::compact`])
 //! and go away ([`ApiServer::set_down`]: the port is closed, connections are refused).
 //!
@@ -109,6 +112,17 @@ struct St {
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     down: bool,
+    /// Whether a watch from before the compaction point is answered HTTP 410 (a Status), not
+    /// 200 with an ERROR event.
+    watch_gone_http: bool,
+    /// What `resourceVersion=0` lists see while a cache lags: (resourceVersion, objects).
+    cache: Option<(u64, BTreeMap<Key, Value>)>,
+    /// The longest a watch runs (the server ends it, cleanly, after this).
+    watch_limit: Option<Duration>,
+    /// List requests with a `continue` token still to be answered 410 Expired.
+    expire_continues: usize,
+    /// Resources (plurals) answered 403 Forbidden, as when RBAC does not grant them.
+    forbidden: std::collections::BTreeSet<String>,
     /// API versions ("group/version") answered 404, as for a CRD version not served.
     unserved: std::collections::BTreeSet<String>,
     /// Bumped to end every connection.
@@ -398,6 +412,52 @@ impl ApiServer {
         }
     }
 
+    /// Answers a watch from a resourceVersion older than the compaction point with an HTTP 410
+    /// Gone Status (`reason: Expired`) rather than 200 and an ERROR event: the API concepts
+    /// ("410 Gone responses") allow either, and clients must tolerate both.
+    pub fn set_watch_gone_http(&self, on: bool) {
+        lock(&self.inner).watch_gone_http = on;
+    }
+
+    /// From now until [`ApiServer::thaw_cache`], lists with `resourceVersion=0` ("Any": data
+    /// at any resource version may be served, API concepts "resourceVersion semantics") see the
+    /// objects as they are now, as from a watch cache that stopped catching up (an HA API
+    /// server behind the others); lists without resourceVersion (most recent) see the truth.
+    pub fn freeze_cache(&self) {
+        let mut st = lock(&self.inner);
+        st.cache = Some((st.rv, st.objects.clone()));
+    }
+
+    pub fn thaw_cache(&self) {
+        lock(&self.inner).cache = None;
+    }
+
+    /// Ends every watch (the chunked stream closed cleanly) once it has run `limit`, whatever
+    /// its `timeoutSeconds`: a server may end a watch at any time. `Duration::ZERO` ends each
+    /// right after its response headers, with no event.
+    pub fn set_watch_limit(&self, limit: Option<Duration>) {
+        lock(&self.inner).watch_limit = limit;
+        self.inner.cv.notify_all();
+    }
+
+    /// Answers the next `n` list requests that carry a `continue` token 410 Expired, as the
+    /// API server does once the list's resourceVersion is compacted ("Retrieving large results
+    /// sets in chunks": the client must start the list again).
+    pub fn expire_continues(&self, n: usize) {
+        lock(&self.inner).expire_continues = n;
+    }
+
+    /// Answers every request for resource `plural` 403 Forbidden (or serves it again), as the
+    /// API server does for a resource the client's RBAC does not grant.
+    pub fn set_forbidden(&self, plural: &str, forbidden: bool) {
+        let mut st = lock(&self.inner);
+        if forbidden {
+            st.forbidden.insert(plural.to_string());
+        } else {
+            st.forbidden.remove(plural);
+        }
+    }
+
     /// Ends every open connection abruptly (watches included), as a restarting server or a
     /// broken network does.
     pub fn drop_connections(&self) {
@@ -517,6 +577,11 @@ fn serve(inner: &Inner, c: TcpStream, epoch: u64) -> std::io::Result<()> {
             respond(&mut w, 404, &status(404, "NotFound", &format!("the server could not find {path}")))?;
             continue;
         };
+        if path.rsplit('/').any(|seg| lock(inner).forbidden.contains(seg)) {
+            let msg = format!("cannot {method} {path}: forbidden by RBAC");
+            respond(&mut w, 403, &status(403, "Forbidden", &msg))?;
+            continue;
+        }
         match method {
             "GET" if q.watch => watch(inner, &mut w, &t, &q, epoch)?,
             "GET" => list(inner, &mut w, &t, &q)?,
@@ -535,6 +600,7 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
     let text = match code {
         200 => "OK",
         201 => "Created",
+        403 => "Forbidden",
         404 => "Not Found",
         410 => "Gone",
         _ => "Error",
@@ -554,7 +620,12 @@ fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Res
         Some(c) => {
             let parsed =
                 c.split_once(':').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)));
-            match parsed.and_then(|(id, off)| st.snapshots.get(&id).map(|s| (id, s.0, off))) {
+            let expire = st.expire_continues > 0;
+            st.expire_continues = st.expire_continues.saturating_sub(1);
+            match parsed
+                .filter(|_| !expire)
+                .and_then(|(id, off)| st.snapshots.get(&id).map(|s| (id, s.0, off)))
+            {
                 Some(x) => x,
                 None => {
                     drop(st);
@@ -567,15 +638,18 @@ fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Res
             }
         }
         None => {
-            let items: Vec<Value> = st
-                .objects
+            // "Any" may be served from a lagging cache; an unset resourceVersion is a quorum read.
+            let (rv, objects) = match (&st.cache, q.rv) {
+                (Some((rv, objects)), Some(0)) => (*rv, objects),
+                _ => (st.rv, &st.objects),
+            };
+            let items: Vec<Value> = objects
                 .iter()
                 .filter(|(k, o)| k.0 == t.kind && matches(o, t, q))
                 .map(|(_, o)| served_as(o.clone(), &t.gv))
                 .collect();
             let id = st.next_snapshot;
             st.next_snapshot += 1;
-            let rv = st.rv;
             st.snapshots.insert(id, (rv, items));
             (id, rv, 0)
         }
@@ -617,19 +691,29 @@ fn chunk(w: &mut TcpStream, v: &Value) -> std::io::Result<()> {
 /// A watch: the changes after `resourceVersion` that concern the selection, then new ones as
 /// they come, bookmarks, until `timeoutSeconds`, the epoch changes or the server goes down.
 fn watch(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query, epoch: u64) -> std::io::Result<()> {
+    let start = q.rv.unwrap_or(0);
+    let st = lock(inner);
+    let too_old = start != 0 && start + 1 < st.compacted;
+    let msg = format!("too old resource version: {start}");
+    if too_old && st.watch_gone_http {
+        drop(st);
+        return respond(w, 410, &status(410, "Expired", &msg));
+    }
+    let started = Instant::now();
+    let timeout = started + Duration::from_secs(q.timeout.unwrap_or(1800));
+    drop(st);
     write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")?;
     w.flush()?;
-    let start = q.rv.unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(q.timeout.unwrap_or(1800));
     let mut st = lock(inner);
-    if start != 0 && start + 1 < st.compacted {
+    if too_old {
         drop(st);
-        let msg = format!("too old resource version: {start}");
         chunk(w, &json!({"type": "ERROR", "object": status(410, "Expired", &msg)}))?;
         w.write_all(b"0\r\n\r\n")?;
         return w.flush();
     }
     let mut seen = if start == 0 { st.rv } else { start };
+    // The limit applies to the watches running when it is set too.
+    let deadline = |st: &St| st.watch_limit.map_or(timeout, |l| timeout.min(started + l));
     let mut last_bookmark = Instant::now();
     loop {
         if st.epoch != epoch || st.down {
@@ -652,6 +736,7 @@ fn watch(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query, epoch: u64) ->
             out.push(json!({"type": ev.0, "object": ev.1.map(|o| served_as(o, &t.gv))}));
         }
         seen = st.rv;
+        let deadline = deadline(&st);
         drop(st);
         for e in &out {
             chunk(w, e)?;
