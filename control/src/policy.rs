@@ -333,9 +333,10 @@ fn rule(
                 };
                 let pod_ok = p.pod_selector.as_ref().is_none_or(|s| s.matches(&a.labels));
                 if ns_ok && pod_ok {
-                    // An IPv6 link-local address names no one for sure: a VM on a port without
-                    // `allowed_macs` may send from the EUI-64 link-local address of any MAC it
-                    // chooses (docs/policy.md), so a peer is its other addresses.
+                    // An IPv6 link-local address names no one for sure: a port with
+                    // `allowed_macs` may send from the EUI-64 address of each MAC it lists, and
+                    // one without a filter from any (docs/policy.md), so a peer is its other
+                    // addresses.
                     blocks.extend(
                         a.addrs
                             .iter()
@@ -465,7 +466,21 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                         p.name
                     ));
                 } else {
-                    p.allowed_ips = Some(a.addrs.clone());
+                    let mut ips = a.addrs.clone();
+                    // The switch allows the EUI-64 link-local address of a frame's source MAC
+                    // only where it checked that MAC (`allowed_macs`); elsewhere the VM's own
+                    // one is listed, from its MAC.
+                    if p.allowed_macs.is_none() {
+                        for m in &p.static_macs {
+                            let lla = IpAddr::from(std::net::Ipv6Addr::from(
+                                switchyard_dataplane::filter::eui64_link_local(m.to_u64()),
+                            ));
+                            if !ips.contains(&lla) {
+                                ips.push(lla);
+                            }
+                        }
+                    }
+                    p.allowed_ips = Some(ips);
                 }
             }
             p.policy = policy;

@@ -302,3 +302,27 @@ fn a_peers_link_local_address_is_no_peer() {
     assert!(peers.contains(&host("fd00::11")) && peers.contains(&host("10.0.0.11")), "{peers:?}");
     assert!(!peers.contains(&host("fe80::11")), "{peers:?}");
 }
+
+/// A port whose source MAC the switch does not check (`ipspoofchk` without `macspoofchk`) gets
+/// its VM's own EUI-64 link-local address in `allowed_ips`, from the VM's MAC: the switch
+/// allows the address derived from a frame's MAC only where it checked that MAC. With
+/// `macspoofchk` the list stays the status addresses.
+#[test]
+fn an_unchecked_mac_lists_the_vms_own_link_local_address() {
+    let with_mac = |spoofchk: &str| {
+        let status = "  interfaces:\n    - name: net1\n      ipAddresses: [\"10.0.0.1\"]\n";
+        let v = Vmi::new("a", "x", "infra/net", NODE)
+            .iface("          macAddress: \"02:00:00:00:00:0a\"")
+            .status(status)
+            .yaml();
+        plan_of(&[nad("net", spoofchk), v])
+    };
+    let ips = |p: &Plan| port(p, "a/x/net1").allowed_ips.clone();
+    let p = with_mac(r#","ipspoofchk":true"#);
+    assert!(port(&p, "a/x/net1").allowed_macs.is_none());
+    let want: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fe80::ff:fe00:a".parse().unwrap()];
+    assert_eq!(ips(&p), Some(want));
+    let p = with_mac(r#","ipspoofchk":true,"macspoofchk":true"#);
+    assert!(port(&p, "a/x/net1").allowed_macs.is_some());
+    assert_eq!(ips(&p), Some(vec!["10.0.0.1".parse().unwrap()]));
+}

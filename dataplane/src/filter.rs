@@ -96,7 +96,8 @@ fn l4_port(k: &FlowKey) -> u16 {
 /// Whether the port's IP spoof filter lets `key`'s source through, in a frame from MAC `mac`
 /// (as [`crate::wire::MacAddr::to_u64`] holds it): one of the port's addresses; or the
 /// unspecified IPv6 address (duplicate address detection); or the IPv6 link-local address
-/// derived from `mac` ([`eui64_link_local`]: the guest's own, as OVN's port security allows it);
+/// derived from `mac` ([`eui64_link_local`]: the guest's own, as OVN's port security allows it;
+/// `mac` is [`lla_mac`]'s, none on a port without a MAC spoof filter);
 /// or DHCPv4 from 0.0.0.0 (a client without an address yet). Any other link-local source is
 /// refused: a VM could otherwise send from its router's `fe80::` address (a neighbour
 /// solicitation from it, with the VM's MAC as its source link-layer address, puts the VM in
@@ -108,8 +109,26 @@ fn src_allowed(list: &[IpAddr], key: &FlowKey, mac: u64) -> bool {
         return true;
     }
     match src {
-        IpAddr::V6(_) => key.src == 0 || key.src == eui64_link_local(mac),
+        IpAddr::V6(_) => key.src == 0 || (mac != NO_MAC && key.src == eui64_link_local(mac)),
         IpAddr::V4(a) => a.is_unspecified() && key.proto == PROTO_UDP && key.sport == 68 && key.dport == 67,
+    }
+}
+
+/// No MAC ([`lla_mac`]): not a 48-bit value, so no frame's source MAC.
+const NO_MAC: u64 = u64::MAX;
+
+/// The MAC whose EUI-64 link-local address a frame from MAC `mac` on `port` may use: `mac`
+/// where the port's MAC spoof filter checked it (`allowed_macs`), else [`NO_MAC`]. On a port
+/// without one, the guest chooses its source MAC, so the address derived from it would let it
+/// send as its router (the router's MAC and its EUI-64 address, its own MAC in the link-layer
+/// option: a MAC move in the table and neighbours' caches poisoned); the plan lists such a
+/// port's own link-local address in `allowed_ips` instead, from the VM's MAC.
+#[inline(always)]
+fn lla_mac(port: &PortSpec, mac: u64) -> u64 {
+    if port.allowed_macs.is_some() {
+        mac
+    } else {
+        NO_MAC
     }
 }
 
@@ -125,7 +144,7 @@ pub fn eui64_link_local(mac: u64) -> u128 {
 /// with `allowed_ips` `list` may claim in a frame from MAC `mac`: one of its addresses or the
 /// link-local address derived from `mac` (OVN's port security: `nd.target == {lla, ip6}`).
 fn v6_claim_allowed(list: &[IpAddr], a: u128, mac: u64) -> bool {
-    a == eui64_link_local(mac) || list.contains(&IpAddr::V6(std::net::Ipv6Addr::from(a)))
+    (mac != NO_MAC && a == eui64_link_local(mac)) || list.contains(&IpAddr::V6(std::net::Ipv6Addr::from(a)))
 }
 
 /// The payload of the frame `d` (`tagged`: with an 802.1Q tag, whose length the caller
@@ -155,7 +174,7 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
 fn other_ip(port: &PortSpec, d: &[u8], vlan: u16, mac: u64) -> Option<(PackedKey, u8)> {
     match parse_untagged(d) {
         L3::Ip(f) if f.kind == IpKind::Flow => {
-            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, mac)) {
+            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, lla_mac(port, mac))) {
                 return None;
             }
             Some((PackedKey::new(&FlowKey { vlan, ..f.key }), f.tcp_flags))
@@ -223,7 +242,7 @@ pub fn ingress(
         L3::Ip(f) => f,
     };
     if let Some(list) = &port.allowed_ips {
-        if !src_allowed(list, &flow.key, src) {
+        if !src_allowed(list, &flow.key, lla_mac(port, src)) {
             return Err(DropReason::SpoofedSrcIp);
         }
     }
@@ -236,7 +255,7 @@ pub fn ingress(
             // `nd.target` (the IPv6 form of ARP's sender address). (Its link-layer options
             // were checked against `allowed_macs` by the MAC spoof filter.)
             if let (t @ 1.., Some(list)) = (target, &port.allowed_ips) {
-                if !v6_claim_allowed(list, t, src) {
+                if !v6_claim_allowed(list, t, lla_mac(port, src)) {
                     return Err(DropReason::SpoofedSrcIp);
                 }
             }
@@ -579,12 +598,15 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
             None => match parse(d, false) {
                 (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery { .. }) => return false,
                 (_, L3::Ip(f)) => f.key,
-                (et, L3::Other) => return et != crate::wire::EtherType::ARP,
+                // ARP and RARP carry addresses the general stages check.
+                (et, L3::Other) => {
+                    return !matches!(et, crate::wire::EtherType::ARP | crate::wire::EtherType::RARP)
+                }
                 _ => return false,
             },
         };
         let mac = eth_src(d).map_or(0, |(m, _)| m);
-        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key, mac))
+        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key, lla_mac(port, mac)))
     })
 }
 

@@ -20,6 +20,8 @@ const IP: [[u8; 4]; 3] = [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]];
 /// a: ingress deny-all; egress to b on TCP 80, and anything to c.
 /// b: ingress from a on TCP 80 (or `b_ingress` in its place); egress open.
 /// c: no policy, an IP spoof filter.
+/// Ports `a` and `c` have IP spoof filters without MAC spoof filters: their EUI-64 link-local
+/// addresses are listed, as the plan lists them for such ports.
 fn config(b_ingress: &str, ct_size: usize) -> Config {
     let yaml = format!(
         r#"
@@ -29,7 +31,7 @@ bridges:
   ports:
   - name: a
     static_macs: ['02:00:00:00:00:0a']
-    allowed_ips: [10.0.0.1, 'fd00::1']
+    allowed_ips: [10.0.0.1, 'fd00::1', 'fe80::ff:fe00:a']
     policy:
       ingress: {{rules: []}}
       egress:
@@ -44,7 +46,7 @@ bridges:
         - {b_ingress}
   - name: c
     static_macs: ['02:00:00:00:00:0c']
-    allowed_ips: [10.0.0.3, 'fd00::3']
+    allowed_ips: [10.0.0.3, 'fd00::3', 'fe80::ff:fe00:c']
 "#
     );
     Config::from_yaml_str(&yaml).expect("valid config")
@@ -895,10 +897,10 @@ bridges:
   ports:
   - name: a
     static_macs: ['02:00:00:00:00:0a']
-    allowed_ips: [10.0.0.1, 'fd00::1']
+    allowed_ips: [10.0.0.1, 'fd00::1', 'fe80::ff:fe00:a']
   - name: c
     static_macs: ['02:00:00:00:00:0c']
-    allowed_ips: [10.0.0.3, 'fd00::3']
+    allowed_ips: [10.0.0.3, 'fd00::3', 'fe80::ff:fe00:c']
 "#;
     let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
     let pool = pool();
@@ -1071,6 +1073,7 @@ bridges:
   ports:
   - name: a
     static_macs: ['02:00:00:00:00:0a']
+    allowed_macs: ['02:00:00:00:00:0a']
     allowed_ips: [10.0.0.1, 'fd00::1', 'fe80::1234:5678:9abc:def0']
   - name: b
     static_macs: ['02:00:00:00:00:0b']
@@ -1119,9 +1122,42 @@ bridges:
     let (out, drops, fast) = run_fast(&sw, &pool, "a", &udp6(lla(MAC[0])), 1);
     assert_eq!((out, drops.len(), fast), (vec!["b".to_string()], 0, true));
 
+    // A port without a MAC spoof filter chooses its frames' source MACs: the address derived
+    // from one is no longer its own. Sent with the router's MAC and the router's EUI-64
+    // address, its own MAC in the option, a solicitation would poison the neighbours' caches;
+    // only what `allowed_ips` lists passes (the plan lists the VM's own EUI-64 address there).
+    let unchecked = |listed: &str| {
+        let yaml = format!(
+            "bridges:\n- name: br0\n  ports:\n  - name: a\n    allowed_ips: [10.0.0.1{listed}]\n  \
+             - name: b\n    static_macs: ['02:00:00:00:00:0b']\n"
+        );
+        SwitchConfig::compile(&Config::from_yaml_str(&yaml).unwrap(), None).unwrap()
+    };
+    let router_mac = [2, 0, 0, 0, 0, 0x77];
+    let as_router = {
+        let m = nd_msg(135, lla(MAC[1]), &[(1, MAC[0])]);
+        icmp6_frame(router_mac, MAC[1], lla(router_mac), lla(MAC[1]), 255, false, &m, None)
+    };
+    let sw = unchecked("");
+    for f in [&as_router, &udp6(lla(MAC[0]))] {
+        for traced in [false, true] {
+            let (out, drops) = run_either(&sw, &pool, "a", f, 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "traced {traced}");
+        }
+    }
+    let sw = unchecked(", 'fe80::ff:fe00:a'");
+    for traced in [false, true] {
+        let (out, drops) = run_either(&sw, &pool, "a", &udp6(lla(MAC[0])), 1, traced);
+        assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "listed, traced {traced}");
+        let (out, drops) = run_either(&sw, &pool, "a", &as_router, 1, traced);
+        assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "as the router, traced {traced}");
+    }
+
     // A bridge with policies: an established connection from a link-local source takes the
     // fast path (the port's own address), a neighbour's never does.
-    let (sw, pool) = (SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap(), pool);
+    let mut cfg = config(B_WEB, 1024);
+    cfg.bridges[0].ports[0].allowed_macs = Some(vec![switchyard_dataplane::wire::MacAddr(MAC[0])]);
+    let (sw, pool) = (SwitchConfig::compile(&cfg, None).unwrap(), pool);
     let tcp6 = |src: [u8; 16], flags: &str| {
         let b = PacketBuilder::ethernet2(MAC[0], MAC[2]).ipv6(src, v6(3), 64).tcp(40000, 22, 1, 1000);
         let b = if flags == "syn" { b.syn() } else { b.ack(2) };
@@ -1193,4 +1229,77 @@ fn mld_passes_every_policy() {
         let (out, drops) = run(&sw, &pool, "a", &f, 1, None);
         assert_eq!((out.len(), drops), (0, dropped("policy_egress_denied")), "{what}");
     }
+}
+
+/// A spoof-filtered port (`allowed_macs`, `allowed_ips`, no policy) of `b`'s bridge.
+const SPOOF_FILTERED: &str = r#"
+bridges:
+- name: br0
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+    allowed_macs: ['02:00:00:00:00:0a']
+    allowed_ips: [10.0.0.1, 'fd00::1']
+  - name: b
+    static_macs: ['02:00:00:00:00:0b']
+"#;
+
+/// A neighbour advertisement behind `n` destination-options headers (the kernel takes any
+/// number), claiming fe80::1 with another MAC in its target link-layer option.
+fn na_behind_options(n: usize) -> Vec<u8> {
+    let router = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut l4 = Vec::new();
+    for i in 0..n {
+        let next = if i + 1 == n { 58 } else { 60 };
+        l4.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]); // a PadN option, 8 bytes
+    }
+    l4.extend_from_slice(&nd_msg(136, router, &[(2, [2, 0, 0, 0, 0, 0x99])]));
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[if n == 0 { 58 } else { 60 }, 255]);
+    p.extend_from_slice(&lla(MAC[0]));
+    p.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&l4);
+    testkit::frame::Frame::new([0x33, 0x33, 0, 0, 0, 1], MAC[0]).ethertype(0x86dd).payload(&p).build()
+}
+
+/// Neighbour discovery is checked behind any number of extension headers: the walk used to
+/// stop after eight and read the ninth header as the transport, so such an advertisement
+/// passed every check (and Linux neighbours took it).
+#[test]
+fn neighbor_discovery_behind_many_extension_headers_is_checked() {
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let pool = pool();
+    for n in [0, 1, 8, 9, 12, 40] {
+        for traced in [false, true] {
+            let (out, drops) = run_either(&sw, &pool, "a", &na_behind_options(n), 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_nd_lladdr")), "{n} headers, traced {traced}");
+        }
+    }
+}
+
+/// A RARP frame on a spoof-filtered port without policies takes the general stages, which
+/// check its sender address, as an ARP frame does: the plain stages forwarded a spoofed one.
+#[test]
+fn a_rarp_on_a_spoof_filtered_port_is_checked() {
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let pool = pool();
+    // A RARP reply (op 4) to b, naming b's MAC as its sender.
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 4];
+    for _ in 0..2 {
+        p.extend_from_slice(&MAC[1]);
+        p.extend_from_slice(&IP[1]);
+    }
+    let f = testkit::frame::Frame::new(MAC[1], MAC[0]).ethertype(0x8035).payload(&p).build();
+    let (out, drops, fast) = run_fast(&sw, &pool, "a", &f, 1);
+    assert_eq!((out, drops, fast), (vec![], dropped("spoofed_arp_sha"), false));
+    // The guest's own announcement (QEMU's on live migration) passes.
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 3];
+    for _ in 0..2 {
+        p.extend_from_slice(&MAC[0]);
+        p.extend_from_slice(&[0; 4]);
+    }
+    let f = testkit::frame::Frame::new([0xff; 6], MAC[0]).ethertype(0x8035).payload(&p).build();
+    let (out, drops, _) = run_fast(&sw, &pool, "a", &f, 1);
+    assert_eq!((out, drops), (vec!["b".to_string()], BTreeMap::new()));
 }

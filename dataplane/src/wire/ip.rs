@@ -388,9 +388,12 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
     let mut key = FlowKey { src: be128(p, V6_SRC)?, dst: be128(p, V6_DST)?, v4: false, ..Default::default() };
     let mut next = *p.get(V6_NEXT)?;
     let mut off = IPV6_HEADER_LEN;
-    // Extension headers (a bounded number): hop-by-hop, routing, destination options,
-    // fragment (a non-first fragment ends the walk with ports 0).
-    for _ in 0..8 {
+    // Extension headers, all of them (RFC 8200 4.1: a receiver takes any number, and the
+    // kernel does: stopping after some would read the next header as the transport and skip
+    // the neighbour-discovery checks of a message behind it): hop-by-hop, routing,
+    // destination options, fragment (a non-first fragment ends the walk with ports 0). Each
+    // is at least 8 bytes, so the walk ends at the frame's end.
+    loop {
         match next {
             0 | 43 | 60 => {
                 let len = (usize::from(*p.get(off + 1)?) + 1) * 8;
