@@ -321,9 +321,13 @@ impl Netlink {
     /// hop.)
     pub fn add_route(&mut self, index: u32, route: &Route) -> Result<(), LinkError> {
         let dst = route.dst.network();
-        let table = route.table().unwrap_or(u32::from(RouteHeader::RT_TABLE_MAIN));
-        // The kernel's metric of a route without one: 0 for IPv4, 1024 for IPv6.
-        let metric = route.priority().unwrap_or(if dst.addr.is_ipv4() { 0 } else { 1024 });
+        let table = route.table().filter(|&t| t != 0).unwrap_or(u32::from(RouteHeader::RT_TABLE_MAIN));
+        // The kernel's metric of a route without one: 0 for IPv4, 1024 for IPv6 (0 too).
+        let metric = match route.priority() {
+            Some(p) if p != 0 || dst.addr.is_ipv4() => p,
+            _ if dst.addr.is_ipv4() => 0,
+            _ => 1024,
+        };
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst.addr);
         m.header.destination_prefix_length = dst.prefix;
@@ -368,7 +372,7 @@ impl Netlink {
             Err(LinkError::Kernel { errno: libc::EEXIST, .. }) => {
                 let have = self.routes(dst, table)?.into_iter().find(|r| r.metric == metric);
                 match have {
-                    Some(h) if h.gw == route.gw && h.oif == Some(index) => Ok(()),
+                    Some(h) if h.oif == Some(index) && (h.gw == route.gw || h.gw.is_none()) => Ok(()),
                     h => Err(LinkError::RouteTaken {
                         route: shown_route(dst, route.gw, Some(index), table, metric),
                         have: h.map_or_else(

@@ -788,3 +788,39 @@ fn a_route_the_pod_has_through_another_gateway_fails_the_add() {
     assert_eq!(default_route(), before);
     node.plugin_for("DEL", &pod, "net1", &conf).ok();
 }
+
+/// The pod's own subnet listed as a route without `gw` or `scope` (host-local and static IPAM
+/// configs do this): the plugin fills in the `gateway`, the kernel's subnet route of the
+/// address is there already at metric 0 on the new interface, and the ADD succeeds (as the
+/// Go bridge plugin's non-exclusive add does): a route on the plugin's own new device is no
+/// other network's.
+#[test]
+fn the_pods_own_subnet_as_a_route_is_no_conflict() {
+    need_env!("the_pods_own_subnet_as_a_route_is_no_conflict");
+    let node = Node::start();
+    let pod = Pod::new("r2sub");
+    let ips = json!([{"address": "10.229.0.5/24", "gateway": "10.229.0.1"}]);
+    fixed_ipam(
+        &node,
+        "r2-ipam",
+        &json!({"cniVersion": "1.1.0", "ips": ips, "routes": [{"dst": "10.229.0.0/24"}]}),
+    );
+    let conf = node.conf("1.1.0", "r2sub", json!({"ipam": {"type": "r2-ipam"}}));
+    node.plugin_for("ADD", &pod, "net1", &conf).ok();
+    node.plugin_for("DEL", &pod, "net1", &conf).ok();
+}
+
+/// An IPv6 route with `"priority": 0` (the kernel makes it 1024) given twice is the same
+/// route both times, not a taken one.
+#[test]
+fn an_ipv6_route_of_priority_zero_given_twice_is_one_route() {
+    need_env!("an_ipv6_route_of_priority_zero_given_twice_is_one_route");
+    let node = Node::start();
+    let pod = Pod::new("r2p0");
+    let ips = json!([{"address": "2001:db8:29::5/64", "gateway": "2001:db8:29::1"}]);
+    let rt = json!({"dst": "2001:db8:99::/64", "gw": "2001:db8:29::1", "priority": 0});
+    fixed_ipam(&node, "r2p-ipam", &json!({"cniVersion": "1.1.0", "ips": ips, "routes": [rt, rt]}));
+    let conf = node.conf("1.1.0", "r2p0", json!({"ipam": {"type": "r2p-ipam"}}));
+    node.plugin_for("ADD", &pod, "net1", &conf).ok();
+    node.plugin_for("DEL", &pod, "net1", &conf).ok();
+}

@@ -58,3 +58,20 @@ fn a_second_open_of_a_running_device_fails_cleanly_before_touching_it() {
         DpdkPort::open(eal, "p1", "net_ring_s16x", &cfg).expect("the device is free once its port is gone");
     assert!(again.link_up());
 }
+
+/// An open that fails after the claim (here the probe: bad devargs) gives the
+/// device back, so a correct open of it succeeds next.
+#[test]
+fn a_failed_open_releases_its_claim() {
+    let opts = EalOptions { no_huge: Some(true), memory_mb: Some(256), ..EalOptions::default() };
+    let eal = Eal::init(opts).expect("EAL");
+    let cfg = DpdkPortConfig { rx_desc: 256, tx_desc: 256, ..Default::default() };
+    let bad = DpdkPort::open(eal, "p0", "net_ring_r2x,nodeaction=bogus", &cfg);
+    assert!(
+        matches!(bad, Err(ref e) if !matches!(e, PortError::DeviceInUse { .. })),
+        "{:?}",
+        bad.as_ref().err()
+    );
+    let good = DpdkPort::open(eal, "p1", "net_ring_r2x", &cfg).expect("the failed open left its claim");
+    assert!(good.link_up());
+}
