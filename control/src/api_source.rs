@@ -258,6 +258,16 @@ impl ApiStore {
         Kind::ALL.iter().filter(|k| k.required()).all(|k| self.synced.contains(k))
     }
 
+    /// The required kinds not listed completely yet, a bit each by their index in
+    /// [`Kind::ALL`] (for `/readyz`, [`crate::metrics::ControlStats::set_api_unlisted`]).
+    pub fn unlisted(&self) -> u32 {
+        Kind::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.required() && !self.synced.contains(k))
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     /// The state to plan: every object stored, with the problems found parsing them.
     pub fn snapshot(&self) -> ClusterState {
         let mut st = self.state.clone();

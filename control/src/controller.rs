@@ -543,7 +543,11 @@ impl Controller {
                         break;
                     }
                 }
-                if !api_source::lock(api.store()).ready() {
+                let unlisted = api_source::lock(api.store()).unlisted();
+                if let Some(st) = &self.stats {
+                    st.set_api_unlisted(unlisted);
+                }
+                if unlisted != 0 {
                     continue;
                 }
                 if waiting {

@@ -103,10 +103,18 @@ impl Observed {
     pub fn not_ready(&self) -> Option<String> {
         let mut missing = Vec::new();
         if !self.control.applied() {
-            missing.push("no full plan applied yet");
+            missing.push("no full plan applied yet".to_string());
+            // A kind whose list is refused (403: RBAC) keeps the first plan back for good.
+            let unlisted = self.control.api_unlisted();
+            if !unlisted.is_empty() {
+                missing.push(format!(
+                    "waiting for the first complete list of {} from the Kubernetes API",
+                    unlisted.join(", ")
+                ));
+            }
         }
         if !self.control.cni_restored() {
-            missing.push("CNI ports not restored yet");
+            missing.push("CNI ports not restored yet".to_string());
         }
         (!missing.is_empty()).then(|| missing.join("\n"))
     }

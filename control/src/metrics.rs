@@ -12,7 +12,7 @@
 use crate::controller::ControllerError;
 use crate::runtime::Applied;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_dataplane::config::PortType;
 use switchyard_dataplane::switch::{DropReason, PortStats};
@@ -46,6 +46,9 @@ pub struct ControlStats {
     applied: AtomicBool,
     /// The CNI ports were restored from their state directory (or there is none to restore).
     cni_restored: AtomicBool,
+    /// The kinds of the Kubernetes API not listed completely yet, a bit each by their index
+    /// in [`crate::api_source::Kind::ALL`] (`--kube` only): what the first plan waits for.
+    api_unlisted: AtomicU32,
 }
 
 impl Default for ControlStats {
@@ -59,6 +62,7 @@ impl Default for ControlStats {
             heartbeat_ms: AtomicU64::new(0),
             applied: AtomicBool::new(false),
             cni_restored: AtomicBool::new(false),
+            api_unlisted: AtomicU32::new(0),
         }
     }
 }
@@ -108,6 +112,18 @@ impl ControlStats {
 
     pub fn cni_restored(&self) -> bool {
         self.cni_restored.load(Ordering::Acquire)
+    }
+
+    /// The kinds not listed yet ([`crate::api_source::ApiStore::unlisted`]).
+    pub fn set_api_unlisted(&self, mask: u32) {
+        self.api_unlisted.store(mask, Ordering::Relaxed);
+    }
+
+    /// The plural names of the kinds not listed yet, e.g. `["multi-networkpolicies"]`.
+    pub fn api_unlisted(&self) -> Vec<&'static str> {
+        let mask = self.api_unlisted.load(Ordering::Relaxed);
+        let all = crate::api_source::Kind::ALL;
+        (0..all.len()).filter(|i| mask & (1 << i) != 0).map(|i| all[i].gvk().3).collect()
     }
 
     pub fn reconciles(&self) -> u64 {

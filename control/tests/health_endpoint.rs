@@ -39,6 +39,18 @@ fn readyz_follows_the_plan_and_cni_and_metrics_follow_the_reconciles() {
         get(addr, "/readyz").unwrap(),
         (503, "no full plan applied yet\nCNI ports not restored yet\n".to_string())
     );
+    // Under `--kube`, what the first plan waits for is named.
+    control.set_api_unlisted(1 << 5);
+    assert_eq!(
+        get(addr, "/readyz").unwrap(),
+        (
+            503,
+            "no full plan applied yet\nwaiting for the first complete list of multi-networkpolicies from the \
+             Kubernetes API\nCNI ports not restored yet\n"
+                .to_string()
+        )
+    );
+    control.set_api_unlisted(0);
     // Live from the start: the workers poll, the control loop has not started yet.
     assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_string()));
     control.set_cni_restored();

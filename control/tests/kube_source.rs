@@ -29,6 +29,8 @@ const MAC_B: [u8; 6] = [2, 0, 0, 0, 0x0b, 1];
 /// A switch with ring VM ports and a ring uplink, and a controller on the double, running.
 struct Agent {
     rt: Arc<Mutex<Runtime>>,
+    /// The controller's counters, as `/readyz` reads them.
+    stats: Arc<switchyard_control::metrics::ControlStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,10 +51,12 @@ impl Agent {
         api.max_backoff = Duration::from_secs(1);
         api.page_size = page_size;
         let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
+        let stats = Arc::new(switchyard_control::metrics::ControlStats::default());
+        ctl.stats = Some(stats.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || ctl.run(&s).unwrap());
-        Agent { rt, stop, thread: Some(thread) }
+        Agent { rt, stats, stop, thread: Some(thread) }
     }
 
     fn port(&self, name: &str) -> Option<PortConfig> {
@@ -615,8 +619,11 @@ fn no_port_runs_before_the_policies_are_listed() {
         assert!(agent.port(VM_A).is_none_or(|p| p.policy.is_some()), "vm-a's port runs without its policy");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Readiness says what the first plan waits for.
+    assert_eq!(agent.stats.api_unlisted(), ["multi-networkpolicies"]);
     server.set_forbidden("multi-networkpolicies", false);
     agent.until("vm-a's port runs with its policy", 10, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    assert!(agent.stats.api_unlisted().is_empty());
 }
 
 /// Lists in pages of one object: a relist (after a 410) whose `continue` token expires after
