@@ -333,12 +333,14 @@ impl ApiStore {
         self.synced.insert(kind);
     }
 
-    /// Marks `kind` as listed and empty when the API server does not serve it (a CRD is
-    /// removed with its objects): what was stored of it is gone.
-    pub fn not_served(&mut self, kind: Kind) {
-        let gone: Vec<Key> = self.versions.keys().filter(|k| k.0 == kind).cloned().collect();
-        for k in gone {
-            self.remove(&k);
+    /// Marks `kind` as listed when the API server does not serve it (its CRD is not installed,
+    /// or was removed with its objects); with `gone`, what was stored of it is dropped too.
+    pub fn not_served(&mut self, kind: Kind, gone: bool) {
+        if gone {
+            let gone: Vec<Key> = self.versions.keys().filter(|k| k.0 == kind).cloned().collect();
+            for k in gone {
+                self.remove(&k);
+            }
         }
         self.listing.remove(&kind);
         if self.synced.insert(kind) {
@@ -695,20 +697,36 @@ async fn watch_kind(
     // (its objects dropped) only when every version is, not when the one it was watched at
     // goes while another is served (a CRD's versions changed).
     let mut missing = 0;
+    // When every version was first found not served, since a list last succeeded. The
+    // objects stored are dropped only once that has lasted `max_backoff`: a 404 that a
+    // restarting or lagging API server gives for a moment would otherwise drop every
+    // MultiNetworkPolicy and run the ports open until the next list (a CRD removed while the
+    // agent was away stays gone, and its objects go then; one removed while watched deletes
+    // its objects by watch events first).
+    let mut unserved_since: Option<std::time::Instant> = None;
     loop {
         let version = versions.get(at).copied().unwrap_or(kind.gvk().1);
         match watch_version(&client, kind, version, &opts, &store, &changed).await {
             Watched::Ended => return,
             Watched::NotServed { listed } => {
+                if listed {
+                    unserved_since = None;
+                }
                 missing = if listed { 1 } else { missing + 1 };
                 if missing < versions.len() {
                     tracing::info!("{} not served at {version}: watching another version", kind.gvk().3);
                     at = (at + 1) % versions.len();
                     continue;
                 }
-                lock(&store).not_served(kind);
+                let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
+                let gone = since.elapsed() >= opts.max_backoff;
+                lock(&store).not_served(kind, gone);
                 let _ = changed.send(());
-                tracing::warn!("{} not served at {versions:?}: taken as none; retrying", kind.gvk().3);
+                tracing::warn!(
+                    "{} not served at {versions:?}: taken as none{}; retrying",
+                    kind.gvk().3,
+                    if gone { ", its objects dropped" } else { "" }
+                );
                 at = 0;
                 missing = 0;
                 if let Some(d) = unserved.next() {
@@ -774,6 +792,9 @@ async fn watch_version(
     let mut restarts = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
     let mut last_restart: Option<tokio::time::Instant> = None;
     let mut listed = false;
+    // A single-version kind answered 404 since (as `watch_kind`'s: objects dropped only once
+    // the 404 has lasted `max_backoff`); a complete list ends it.
+    let mut unserved_since: Option<std::time::Instant> = None;
     loop {
         let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
         let mut stream = watcher::watcher(api.clone(), cfg.clone()).backoff(backoff).boxed();
@@ -787,7 +808,10 @@ async fn watch_version(
                         failing = false;
                     }
                     let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
-                    listed |= matches!(ev, Event::InitDone);
+                    if matches!(ev, Event::InitDone) {
+                        listed = true;
+                        unserved_since = None;
+                    }
                     let mut st = lock(store);
                     let before = st.changes;
                     let was_synced = st.synced.contains(&kind);
@@ -805,7 +829,8 @@ async fn watch_version(
                             return Watched::NotServed { listed };
                         }
                         if s.code == 404 {
-                            lock(store).not_served(kind);
+                            let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
+                            lock(store).not_served(kind, since.elapsed() >= opts.max_backoff);
                             let _ = changed.send(());
                         }
                     }
@@ -992,7 +1017,9 @@ mod tests {
         st.event(Kind::Nad, Event::Apply(nad("a", "9", 20)));
         let cfg = st.snapshot().nads[&("ns".to_string(), "a".to_string())].obj.spec.config.clone().unwrap();
         assert!(cfg.contains("\"vlan\":20"), "{cfg}");
-        st.not_served(Kind::Nad);
+        st.not_served(Kind::Nad, false);
+        assert_eq!(st.snapshot().nads.len(), 1, "a 404 alone keeps the objects");
+        st.not_served(Kind::Nad, true);
         assert!(
             st.snapshot().nads.is_empty()
                 && st.reference(&ObjRef::new("NetworkAttachmentDefinition", Some("ns"), "a")).is_none()

@@ -577,6 +577,47 @@ fn a_crd_removed_while_disconnected_empties_its_kind() {
     });
 }
 
+/// A kind answered 404 for a moment (an API server restarting) keeps what was stored of it:
+/// the NADs' ports stay up throughout, where dropping them at the first 404 took every port
+/// of them down (and, for MultiNetworkPolicies, would run the ports open) until the next list.
+#[test]
+fn a_404_for_a_moment_drops_nothing() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start(&server);
+    agent.until("vm-a's ports run", 20, |a| a.port(VM_A).is_some() && a.port("tenant-a/vm-a/ext").is_some());
+    let nad_lists = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/network-attachment-definitions") && !r.contains("watch=true"))
+            .count()
+    };
+    server.set_down(true);
+    let before = nad_lists(&server);
+    server.set_served("k8s.cni.cncf.io/v1", false);
+    server.set_down(false);
+    let up = |a: &Agent| a.port(VM_A).is_some() && a.port("tenant-a/vm-a/ext").is_some();
+    let t0 = Instant::now();
+    while nad_lists(&server) == before {
+        assert!(up(&agent), "a NAD's port went before any 404");
+        assert!(t0.elapsed() < Duration::from_secs(15), "the agent never listed the NADs again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Answered 404: the ports stay while it lasts (under the 1 s of the agent's max_backoff)
+    // and after the kind is served again.
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_millis(300) {
+        assert!(up(&agent), "a NAD's port went at a 404 of a moment");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.set_served("k8s.cni.cncf.io/v1", true);
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(2) {
+        assert!(up(&agent), "a NAD's port went after the 404");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A server (or a proxy in front of it) that ends every watch at once, cleanly and with no
 /// event: the agent backs off between watches (client-go: "very short watch", then its
 /// backoff) instead of re-watching in a hot loop, and changes still arrive.
