@@ -121,6 +121,10 @@ struct St {
     watch_limit: Option<Duration>,
     /// List requests with a `continue` token still to be answered 410 Expired.
     expire_continues: usize,
+    /// The kind whose list tokens `expire_continues` expires.
+    expire_kind: &'static str,
+    /// The kinds of the lists whose `continue` token was answered 410, one entry each.
+    expired: Vec<&'static str>,
     /// Resources (plurals) answered 403 Forbidden, as when RBAC does not grant them.
     forbidden: std::collections::BTreeSet<String>,
     /// API versions ("group/version") answered 404, as for a CRD version not served.
@@ -440,11 +444,18 @@ impl ApiServer {
         self.inner.cv.notify_all();
     }
 
-    /// Answers the next `n` list requests that carry a `continue` token 410 Expired, as the
+    /// Answers the next `n` list requests of `kind` that carry a `continue` token 410 Expired, as the
     /// API server does once the list's resourceVersion is compacted ("Retrieving large results
     /// sets in chunks": the client must start the list again).
-    pub fn expire_continues(&self, n: usize) {
-        lock(&self.inner).expire_continues = n;
+    pub fn expire_continues(&self, kind: &'static str, n: usize) {
+        let mut st = lock(&self.inner);
+        st.expire_continues = n;
+        st.expire_kind = kind;
+    }
+
+    /// How many `continue` tokens of lists of `kind` were answered 410.
+    pub fn expired_continues(&self, kind: &str) -> usize {
+        lock(&self.inner).expired.iter().filter(|k| **k == kind).count()
     }
 
     /// Answers every request for resource `plural` 403 Forbidden (or serves it again), as the
@@ -620,14 +631,17 @@ fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Res
         Some(c) => {
             let parsed =
                 c.split_once(':').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)));
-            let expire = st.expire_continues > 0;
-            st.expire_continues = st.expire_continues.saturating_sub(1);
+            let expire = st.expire_continues > 0 && st.expire_kind == t.kind;
+            if expire {
+                st.expire_continues -= 1;
+            }
             match parsed
                 .filter(|_| !expire)
                 .and_then(|(id, off)| st.snapshots.get(&id).map(|s| (id, s.0, off)))
             {
                 Some(x) => x,
                 None => {
+                    st.expired.push(t.kind);
                     drop(st);
                     return respond(
                         w,
