@@ -638,12 +638,8 @@ fn watches_ended_at_once_are_not_retried_in_a_hot_loop() {
     agent.until("vm-k's port runs", 10, |a| a.port("tenant-a/vm-k/data").is_some());
 }
 
-/// MultiNetworkPolicies (and the Namespaces their selectors read) are enforced, so the first
-/// plan waits for their first complete list too: a VM port is never run without the policy
-/// that selects it, not even while its list is slow or refused (403: the RBAC lacks it; a
-/// kind not served, 404, still counts as listed and empty).
-#[test]
-fn no_port_runs_before_the_policies_are_listed() {
+/// The example objects and a policy isolating every port of tenant-a/vlan100 (ingress).
+fn objects_with_a_deny_policy() -> Vec<serde_json::Value> {
     let spec = "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n";
     let mut objects = example_objects();
     objects.extend(apiserver::objects_of_yaml(&testkit::manifest::policy(
@@ -652,6 +648,16 @@ fn no_port_runs_before_the_policies_are_listed() {
         "tenant-a/vlan100",
         spec,
     )));
+    objects
+}
+
+/// MultiNetworkPolicies (and the Namespaces their selectors read) are enforced, so the first
+/// plan waits for their first complete list too: a VM port is never run without the policy
+/// that selects it, not even while its list is slow or refused (403: the RBAC lacks it; a
+/// kind not served, 404, still counts as listed and empty).
+#[test]
+fn no_port_runs_before_the_policies_are_listed() {
+    let objects = objects_with_a_deny_policy();
     let server = ApiServer::start(objects, Duration::from_millis(200));
     server.set_forbidden("multi-networkpolicies", true);
     let agent = Agent::start(&server);
@@ -704,14 +710,7 @@ fn an_expired_continue_token_restarts_the_list_and_removes_nothing_meanwhile() {
 /// the kind gone.
 #[test]
 fn policies_follow_the_crd_to_its_other_version_without_a_gap() {
-    let spec = "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n";
-    let mut objects = example_objects();
-    objects.extend(apiserver::objects_of_yaml(&testkit::manifest::policy(
-        "tenant-a",
-        "deny",
-        "tenant-a/vlan100",
-        spec,
-    )));
+    let objects = objects_with_a_deny_policy();
     let mut server = ApiServer::start(objects, Duration::from_millis(200));
     server.set_served("k8s.cni.cncf.io/v1beta2", false);
     let agent = Agent::start(&server);
