@@ -77,14 +77,6 @@ impl Kind {
         }
     }
 
-    /// Whether the first plan waits for this kind's first complete list: every kind's does.
-    /// MultiNetworkPolicies are enforced and Namespaces feed their selectors: a plan made
-    /// before them would run VM ports without the policies that select them (open) while
-    /// their list is slow or refused (403). A kind not served (404) counts as listed.
-    pub fn required(self) -> bool {
-        true
-    }
-
     /// The versions the kind is watched at, preferred first. MultiNetworkPolicy: `v1beta2`
     /// (the version with `endPort`: read at `v1beta1`, whose schema lacks it, the API server
     /// prunes it), else `v1beta1`, which is what clusters served first (and some serve
@@ -253,19 +245,18 @@ impl ApiStore {
         (self.state.vmis.get(&(ns.to_string(), name.to_string())), !self.problems.contains_key(&k))
     }
 
-    /// Whether every required kind has been listed completely once.
+    /// Whether every kind has been listed completely once: the first plan waits for that.
+    /// MultiNetworkPolicies are enforced and Namespaces feed their selectors, so a plan made
+    /// before them would run VM ports without the policies that select them (open) while
+    /// their list is slow or refused (403). A kind not served (404) counts as listed.
     pub fn ready(&self) -> bool {
-        Kind::ALL.iter().filter(|k| k.required()).all(|k| self.synced.contains(k))
+        self.unlisted() == 0
     }
 
-    /// The required kinds not listed completely yet, a bit each by their index in
+    /// The kinds not listed completely yet, a bit each by their index in
     /// [`Kind::ALL`] (for `/readyz`, [`crate::metrics::ControlStats::set_api_unlisted`]).
     pub fn unlisted(&self) -> u32 {
-        Kind::ALL
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.required() && !self.synced.contains(k))
-            .fold(0, |m, (i, _)| m | 1 << i)
+        Kind::ALL.iter().enumerate().filter(|(_, k)| !self.synced.contains(k)).fold(0, |m, (i, _)| m | 1 << i)
     }
 
     /// The state to plan: every object stored, with the problems found parsing them.
