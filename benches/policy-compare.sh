@@ -9,8 +9,9 @@
 #        target/release/switchyard)
 # Traffic (benches/gen_pcaps.py --flows): FLOWS (default 100,000) distinct UDP connections
 # from host A on port p0 to host B on p1, and B's replies, 64-byte frames, on infinite pcap
-# ports (and on DPDK net_pcap ports when DPDK is installed and DPDK=1, run without hugepages as
-# pmd-ab.sh's io case runs them). The policy: p1 isolated for ingress by RULES (default 1,000)
+# ports (and on DPDK net_pcap ports when DPDK is installed and DPDK=1, on 2 MiB hugepages as
+# benches/pmd-compare.sh gives them, benches/hugepages.sh: `--no-huge` only as its printed
+# fallback). The policy: p1 isolated for ingress by RULES (default 1,000)
 # rules, a /32 peer and a UDP port each, rule 500 the one that allows A's connections; both
 # ports are VM ports as the plan makes them (`allowed_macs` and `allowed_ips`); a 131,072-entry
 # connection table. Every connection is checked against the rules once, on the first pass
@@ -26,7 +27,9 @@ CORE=${CORE:-$(($(nproc) - 1))}
 POLL=(--busy-poll)
 if [ "${BUSY:-1}" = 0 ]; then POLL=(); fi
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# shellcheck source=benches/hugepages.sh
+. "$ROOT/benches/hugepages.sh"
+trap 'huge_release; rm -rf "$WORK"' EXIT
 python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pcap"
 {
     echo "conntrack_size: 131072"
@@ -49,10 +52,9 @@ python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pc
     done
 } >"$WORK/policy.yaml"
 
-WRAP=()
 # One run: "Mpps cpu-ns-a-frame drops" from the JSON summary.
 run() { # args...
-    "${WRAP[@]}" "$BIN" pmd "${POLL[@]}" --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
+    "$BIN" pmd "${POLL[@]}" --seconds "$SECS" --json --lcores "$CORE" "$@" 2>"$WORK/err" | tail -1 |
         python3 -c "
 import json, sys
 j = json.load(sys.stdin)
@@ -82,12 +84,13 @@ compare() { # label port-args...
 echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE, ${POLL[*]:-default back-off}; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 compare "switch pcap, $FLOWS flows" --port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite"
 if [ "${DPDK:-0}" = 1 ] && pkg-config --exists libdpdk 2>/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        WRAP=(unshare -m sh -c 'awk '"'"'$3 == "hugetlbfs" { print $2 }'"'"' /proc/mounts | xargs -r -n1 umount; exec "$@"' sh)
-    fi
-    compare "switch dpdk:net_pcap, $FLOWS flows" --mbufs $((2 * FLOWS + 16384)) \
+    # The pool: a frame of each connection in each port's RX ring and bursts, 2,176 bytes an mbuf.
+    MBUFS=$((2 * FLOWS + 16384))
+    huge_setup $((MBUFS * 2176 / 2097152 + 64))
+    SY_HUGE=()
+    [ "$HUGE" = 0 ] && SY_HUGE=(--no-huge)
+    compare "switch dpdk:net_pcap, $FLOWS flows ($HUGE_NOTE)" --mbufs "$MBUFS" "${SY_HUGE[@]}" \
         --port "dpdk:net_pcap0,rx_pcap=$WORK/a.pcap,infinite_rx=1" \
         --port "dpdk:net_pcap1,rx_pcap=$WORK/b.pcap,infinite_rx=1"
-    WRAP=()
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
