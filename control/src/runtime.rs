@@ -774,6 +774,27 @@ impl Runtime {
         for n in &d.removed {
             self.ports.remove(n);
         }
+        // 4b. A port that could not open because a removed port still held its device (a DPDK
+        // port renamed: one device, one port) opens now that the removed one is closed, and is
+        // published at once rather than on the next reconcile, seconds later. Only when the
+        // workers let go in time: otherwise the device is still held and nothing would open.
+        let (gen, in_time) = if d.removed.is_empty() || !in_time {
+            (gen, in_time)
+        } else {
+            let mut reopened = false;
+            for (name, (_, p)) in &wanted_ports {
+                if self.ports.get(*name).is_some_and(|st| st.backend.is_none()) {
+                    reopened |= self.open_one(name, p, &mut lines);
+                }
+            }
+            if reopened {
+                let mut sw = SwitchConfig::compile(&wanted, Some(&self.switch))?;
+                self.drop_down(&mut sw, |_| true);
+                self.publish(Arc::new(sw))
+            } else {
+                (gen, in_time)
+            }
+        };
         self.assign.retain(|n, _| wanted_ports.contains_key(n.as_str()));
         // 5. Say what changed.
         let logged = lines.len();

@@ -305,6 +305,26 @@ impl DeviceClaim {
     }
 }
 
+/// The name under which device `name` (the devargs' first field) is claimed: a PCI address
+/// in the form DPDK gives its device (`0000:3b:02.1`: domain, lower-case hex), whichever way
+/// it was written (`3b:02.1`, `0000:3B:02.1`), so that one device spelled two ways is one
+/// device; any other name (a vdev) as it is.
+fn device_key(name: &str) -> String {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_hexdigit());
+    let parts: Vec<&str> = name.split(':').collect();
+    let (domain, bus, devfn) = match parts.as_slice() {
+        [bus, devfn] => ("0000", *bus, *devfn),
+        [domain, bus, devfn] if hex(domain, 4) => (*domain, *bus, *devfn),
+        _ => return name.to_string(),
+    };
+    match devfn.split_once('.') {
+        Some((dev, func)) if hex(bus, 2) && hex(dev, 2) && func.len() == 1 && hex(func, 1) => {
+            format!("{domain}:{bus}:{dev}.{func}").to_ascii_lowercase()
+        }
+        _ => name.to_string(),
+    }
+}
+
 impl Drop for DeviceClaim {
     fn drop(&mut self) {
         OPEN.lock().unwrap_or_else(|e| e.into_inner()).retain(|(d, _)| *d != self.0);
@@ -353,7 +373,7 @@ impl DpdkPort {
                 ),
             });
         }
-        let claim = DeviceClaim::take(switchyard_bindings::ethdev::devargs_name(devargs), name)?;
+        let claim = DeviceClaim::take(&device_key(switchyard_bindings::ethdev::devargs_name(devargs)), name)?;
         let mut dev = EthDev::probe(eal, devargs).map_err(&err)?;
         let info = dev.info().map_err(&err)?;
         let nrx = cfg.rx_queues.clamp(1, info.max_rx_queues.max(1));
@@ -993,6 +1013,18 @@ mod tests {
             N as f64 / raw / 1e6,
             ns(copied) - ns(raw)
         );
+    }
+
+    #[test]
+    fn a_pci_device_is_claimed_under_one_spelling() {
+        for n in ["0000:3b:02.1", "3b:02.1", "3B:02.1", "0000:3B:02.1"] {
+            assert_eq!(device_key(n), "0000:3b:02.1", "{n}");
+        }
+        assert_eq!(device_key("0001:3b:02.1"), "0001:3b:02.1");
+        // Not PCI addresses: as written (vdev names are case-sensitive to DPDK).
+        for n in ["net_ring0", "net_pcap0", "3b:02", "3b:2.1", "0000:3b:02.10", "x:3b:02.1", "net_Ring0"] {
+            assert_eq!(device_key(n), n);
+        }
     }
 
     #[test]
