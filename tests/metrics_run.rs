@@ -18,6 +18,9 @@ use testkit::frame::Frame;
 use testkit::http::get;
 use testkit::run::RunProcess;
 
+#[path = "../control/tests/apiserver/mod.rs"]
+mod apiserver;
+
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,7 +50,11 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let switch = dir.path().join("switch.yaml");
         std::fs::write(&switch, yaml).unwrap();
-        let mut args: Vec<OsString> = vec!["--switch".into(), switch.into()];
+        Run::start_with(wrapper, dir, vec!["--switch".into(), switch.into()], extra)
+    }
+
+    /// `run` with the source arguments `source` (files in `dir`) and `extra`, as [`Run::start`].
+    fn start_with(wrapper: &[&str], dir: tempfile::TempDir, mut args: Vec<OsString>, extra: &[&str]) -> Run {
         args.extend(
             ["--metrics", "127.0.0.1:0", "--log-format", "json"].iter().chain(extra).map(OsString::from),
         );
@@ -308,6 +315,27 @@ fn healthz_fails_while_a_worker_or_the_control_loop_is_stopped() {
     drop(main);
     r.wait_for("/healthz to recover", || r.get("/healthz").0 == 200);
     assert_eq!(r.get("/nope").0, 404);
+}
+
+/// Under `--kube` the control loop waits on the API's watches; a cluster where nothing changes
+/// is no stalled loop: `/healthz` stays 200 well past the stall bound (it used to fail after
+/// it, and the DaemonSet's liveness probe restarted the switch on every quiet node).
+#[test]
+fn healthz_stays_up_while_the_api_is_quiet() {
+    let server = apiserver::ApiServer::start(apiserver::example_objects(), Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, server.kubeconfig_yaml()).unwrap();
+    let args = vec!["--kube".into(), "--node".into(), "worker-1".into(), "--kubeconfig".into(), kc.into()];
+    let r = Run::start_with(&[], dir, args, &["--control-stall-s", "2", "--vm-ports", "ring"]);
+    r.wait_for("/readyz", || r.get("/readyz").0 == 200);
+    // Three stall bounds without a change from the API.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        let (code, body) = r.get("/healthz");
+        assert_eq!(code, 200, "after {:?} of a quiet API: {body}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -534,6 +534,11 @@ impl Controller {
         let mut last = Instant::now();
         let mut waiting = true;
         while !stop.load(Ordering::Acquire) {
+            // The loop turns every 100 ms whether the API has news or not: a quiet cluster is
+            // no stalled control loop (`/healthz`).
+            if let Some(s) = &self.stats {
+                s.beat();
+            }
             let Some(api) = self.api.as_ref() else { return Err(ControllerError::NotSynced) };
             if api.wait(Duration::from_millis(100)) {
                 let deadline = Instant::now() + self.opts.max_batch;
