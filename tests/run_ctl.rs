@@ -545,3 +545,53 @@ fn run_kube_takes_the_state_from_the_api_server() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--kubeconfig /nonexistent/kubeconfig"), "{err}");
 }
+
+/// A raw request on the control socket: the answer, read to the end.
+fn raw_request(sock: &Path, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Bad requests on the control socket are answered with an error and leave it serving: a
+/// frame with a non-ASCII character (it used to panic the socket's thread: every later `ctl`
+/// and CNI call refused while `/healthz` stayed 200, and `ctl` printed nothing and exited 0),
+/// a request that is not UTF-8 (it used to get no answer). A client that trickles its request
+/// a byte a second holds the socket at most 5 s (it used to hold it for as long as it kept
+/// sending, and shutdown waited for it).
+#[test]
+fn the_control_socket_survives_bad_and_slow_clients() {
+    use std::io::Write;
+    let r = Run::start_switch(SWITCH);
+    r.wait_ctl(&["show", "ports"], "the ports", |s| s.contains("p1"));
+    let out =
+        Command::new(BIN).args(["ctl", "--socket"]).arg(&r.sock).args(["trace", "p1", "a\u{e9}1"]).output();
+    let out = out.unwrap();
+    assert!(!out.status.success(), "ctl trace with a non-hex character succeeded");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not hex"), "{out:?}");
+    assert_eq!(raw_request(&r.sock, b"show \xff ports\n"), "error: the request is not UTF-8\n");
+    assert!(r.ctl(&["show", "ports"]).contains("p1"), "the socket stopped serving; log:\n{}", r.log());
+
+    // A client that sends a byte a second and never ends its line.
+    let sock = r.sock.clone();
+    let trickler = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        for _ in 0..20 {
+            if s.write_all(b"s").is_err() {
+                return true; // closed by the daemon
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert!(r.ctl(&["help"]).contains("show ports"));
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_secs(7), "a trickling client held the socket for {waited:?}");
+    assert!(trickler.join().unwrap(), "the trickling client was never cut off");
+}

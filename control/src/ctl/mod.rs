@@ -24,7 +24,7 @@
 pub mod show;
 
 use crate::runtime::{Runtime, RuntimeError};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -72,6 +72,12 @@ pub enum CtlError {
     OddHexDigits,
     #[error("{0:?} is not hex")]
     NotHex(String),
+    #[error("the request is longer than {0} bytes")]
+    RequestTooLong(usize),
+    #[error("the request is not UTF-8")]
+    NotUtf8,
+    #[error("{0}: the daemon closed the connection without an answer")]
+    NoAnswer(PathBuf),
     /// The server's answer to a failed request (without the `error: ` prefix).
     #[error("{0}")]
     Refused(String),
@@ -211,25 +217,79 @@ impl Drop for CtlServer {
     }
 }
 
+/// How long a client has to send its whole request line: one deadline for the line, not a
+/// timeout per read, so that a client trickling a byte at a time cannot hold the socket (one
+/// client is served at a time) or delay shutdown for longer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest request line taken.
+const MAX_REQUEST: usize = 1 << 20;
+
 fn serve(listener: UnixListener, rt: Arc<Mutex<Runtime>>, stop: Arc<AtomicBool>) {
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
         let Ok(mut s) = conn else { continue };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let mut line = String::new();
-        let mut r = BufReader::new((&s).take(1 << 20));
-        if r.read_line(&mut line).is_err() {
-            continue;
-        }
-        let answer = match handle(&rt, line.trim()) {
-            Ok(a) => a,
+        let answer = match read_request(&s) {
+            Ok(Some(line)) => answer(&rt, &line),
+            Ok(None) => continue,
             Err(e) => format!("error: {e}\n"),
         };
         let _ = s.write_all(answer.as_bytes());
     }
+}
+
+/// The answer to request `line`. A handler that panics (a defect) answers an error instead of
+/// ending the socket's thread, which would leave `ctl` and the CNI plugin without a daemon
+/// while `/healthz` still says it is fine.
+fn answer(rt: &Mutex<Runtime>, line: &str) -> String {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(rt, line.trim())));
+    match r {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => format!("error: {e}\n"),
+        Err(_) => {
+            tracing::error!(request = %line.trim(), "the control socket's handler panicked");
+            if line.trim_start().starts_with('{') {
+                let e = crate::cni::CniError::Internal("the daemon's handler failed (logged)".into());
+                crate::cni::error_answer(&e) + "\n"
+            } else {
+                "error: internal error in the daemon (logged)\n".to_string()
+            }
+        }
+    }
+}
+
+/// Reads one request line from `s` within [`REQUEST_DEADLINE`]: `Ok(None)` when the client
+/// went away or ran out of time without a whole line (nothing to answer), an error to answer
+/// for a line that is too long or not UTF-8.
+fn read_request(mut s: &UnixStream) -> Result<Option<String>, CtlError> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let _ = s.set_read_timeout(Some(left));
+        let n = match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Ok(None),
+        };
+        let end = buf[..n].iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&buf[..end.unwrap_or(n)]);
+        if line.len() > MAX_REQUEST {
+            return Err(CtlError::RequestTooLong(MAX_REQUEST));
+        }
+        if end.is_some() {
+            break;
+        }
+    }
+    String::from_utf8(line).map(Some).map_err(|_| CtlError::NotUtf8)
 }
 
 /// Sends one request to the server at `path`; the answer, or the error it gave.
@@ -240,6 +300,9 @@ pub fn request(path: &Path, line: &str) -> Result<String, CtlError> {
     s.write_all(format!("{}\n", line.trim()).as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
+    if out.is_empty() {
+        return Err(CtlError::NoAnswer(path.to_path_buf()));
+    }
     match out.strip_prefix("error: ") {
         Some(e) => Err(CtlError::Refused(e.trim_end().to_string())),
         None => Ok(out),

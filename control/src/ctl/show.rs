@@ -266,16 +266,15 @@ fn table(rows: &[Vec<String>]) -> String {
 pub fn parse_hex(s: &str) -> Result<Vec<u8>, CtlError> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-').collect();
     let digits = digits.strip_prefix("0x").unwrap_or(&digits);
+    // Characters, not bytes: a non-ASCII character is refused by name, never sliced through.
+    if let Some(c) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(CtlError::NotHex(c.to_string()));
+    }
     if !digits.len().is_multiple_of(2) {
         return Err(CtlError::OddHexDigits);
     }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&digits[i..i + 2], 16)
-                .map_err(|_| CtlError::NotHex(digits[i..i + 2].to_string()))
-        })
-        .collect()
+    let nibble = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+    Ok(digits.as_bytes().chunks_exact(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect())
 }
 
 #[cfg(test)]
@@ -287,7 +286,13 @@ mod tests {
         assert_eq!(parse_hex("ff:00 0a").unwrap(), [0xff, 0, 10]);
         assert_eq!(parse_hex("0x0102-03").unwrap(), [1, 2, 3]);
         assert_eq!(parse_hex("abc").unwrap_err().to_string(), "odd number of hex digits");
-        assert_eq!(parse_hex("zz").unwrap_err().to_string(), "\"zz\" is not hex");
+        assert_eq!(parse_hex("zz").unwrap_err().to_string(), "\"z\" is not hex");
+        // Refused by character, never sliced through one (a panic of the socket's thread).
+        assert_eq!(parse_hex("a\u{e9}1").unwrap_err().to_string(), "\"\u{e9}\" is not hex");
+        assert_eq!(parse_hex("\u{e9}").unwrap_err().to_string(), "\"\u{e9}\" is not hex");
+        // from_str_radix would take a sign.
+        assert_eq!(parse_hex("+1").unwrap_err().to_string(), "\"+\" is not hex");
+        assert_eq!(parse_hex("").unwrap(), [] as [u8; 0]);
     }
 
     /// A trunk port's static MAC, installed in every VLAN, is one row with the VLAN range; a
