@@ -144,6 +144,16 @@ pub fn on_define_domain(cfg: &SidecarConfig, domain: &[u8], vmi: &[u8]) -> Resul
     Ok(rewrite(domain, &plan(cfg, &vmi, &info)?)?)
 }
 
+/// The answer to virt-launcher's `Info` call: the binding's name, the one hook point and the
+/// one hook API version this sidecar implements.
+fn info_result(binding: &str) -> InfoResult {
+    InfoResult {
+        name: binding.to_string(),
+        versions: vec![HOOK_VERSION.into()],
+        hook_points: vec![HookPoint { name: ON_DEFINE_DOMAIN.into(), priority: 0 }],
+    }
+}
+
 struct Sidecar {
     cfg: Arc<SidecarConfig>,
     shutdown: Arc<Notify>,
@@ -151,16 +161,8 @@ struct Sidecar {
 
 #[tonic::async_trait]
 impl Info for Sidecar {
-    async fn info(&self, r: Request<InfoParams>) -> Result<Response<InfoResult>, Status> {
-        let offered = r.into_inner().supported_hook_api_versions;
-        if !offered.iter().any(|v| v == HOOK_VERSION) {
-            tracing::warn!(?offered, "virt-launcher does not offer hook API {HOOK_VERSION}");
-        }
-        Ok(Response::new(InfoResult {
-            name: self.cfg.binding.clone(),
-            versions: vec![HOOK_VERSION.into()],
-            hook_points: vec![HookPoint { name: ON_DEFINE_DOMAIN.into(), priority: 0 }],
-        }))
+    async fn info(&self, _: Request<InfoParams>) -> Result<Response<InfoResult>, Status> {
+        Ok(Response::new(info_result(&self.cfg.binding)))
     }
 }
 
@@ -218,4 +220,57 @@ pub async fn run(cfg: SidecarConfig, stop: impl std::future::Future<Output = ()>
         .await;
     let _ = std::fs::remove_file(&socket);
     r.map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// The protobuf fields of message `b` as (field number, length-delimited bytes); varint
+    /// fields as their value's bytes. A reader independent of the generated code, so that the
+    /// test checks the field numbers virt-launcher reads, not ours against ours.
+    fn fields(mut b: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        fn varint(b: &mut &[u8]) -> u64 {
+            let mut v = 0;
+            for i in 0..10 {
+                let byte = b[0];
+                *b = &b[1..];
+                v |= u64::from(byte & 0x7f) << (7 * i);
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            v
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let tag = varint(&mut b);
+            match tag & 7 {
+                0 => out.push((tag >> 3, varint(&mut b).to_le_bytes().to_vec())),
+                2 => {
+                    let n = varint(&mut b) as usize;
+                    out.push((tag >> 3, b[..n].to_vec()));
+                    b = &b[n..];
+                }
+                t => panic!("wire type {t}"),
+            }
+        }
+        out
+    }
+
+    /// KubeVirt's pkg/hooks/info/api_info.proto: `InfoResult { string name = 1; repeated
+    /// HookPoint hookPoints = 3; repeated string versions = 4; }`, `HookPoint { string name = 1;
+    /// int32 priority = 2; }`.
+    #[test]
+    fn info_uses_kubevirts_field_numbers() {
+        let f = fields(&info_result("switchyard").encode_to_vec());
+        let of = |n: u64| f.iter().filter(|(k, _)| *k == n).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        assert_eq!(of(1), [b"switchyard".to_vec()]);
+        assert_eq!(of(4), [b"v1alpha3".to_vec()], "the versions are not in field 4: {f:?}");
+        let points = of(3);
+        assert_eq!(points.len(), 1, "{f:?}");
+        assert_eq!(fields(&points[0]).first(), Some(&(1, b"OnDefineDomain".to_vec())));
+        assert!(f.iter().all(|(k, _)| [1, 3, 4].contains(k)), "a field KubeVirt does not have: {f:?}");
+    }
 }

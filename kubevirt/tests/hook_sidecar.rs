@@ -157,13 +157,7 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     let s = start(None);
     let (mut info, mut cb) = client(&s).await;
 
-    let i = info
-        .info(InfoParams {
-            supported_hook_api_versions: vec!["v1alpha1".into(), "v1alpha2".into(), "v1alpha3".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let i = info.info(InfoParams {}).await.unwrap().into_inner();
     assert_eq!(i.name, "switchyard");
     assert_eq!(i.versions, ["v1alpha3"]);
     assert_eq!(i.hook_points.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["OnDefineDomain"]);
