@@ -595,3 +595,39 @@ fn the_control_socket_survives_bad_and_slow_clients() {
     assert!(waited < Duration::from_secs(7), "a trickling client held the socket for {waited:?}");
     assert!(trickler.join().unwrap(), "the trickling client was never cut off");
 }
+
+/// A second `run` on the socket of a running one is refused before it opens a port: it used to
+/// reconcile first, so its vhost-user server port replaced the running one's socket file, and
+/// removed it on the way out; QEMU could never reconnect to the running switch.
+#[test]
+fn a_second_run_on_the_same_socket_leaves_the_first_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = dir.path().join("v0.sock");
+    let yaml = format!(
+        "bridges:\n  - name: br0\n    ports:\n      - {{name: v0, type: vhostuser, socket: {}, mode: server}}\n",
+        vsock.display()
+    );
+    std::fs::write(dir.path().join("switch.yaml"), &yaml).unwrap();
+    let first = Run::switch_in(dir.path().to_path_buf(), None);
+    first.wait_ctl(&["show", "ports"], "v0", |s| s.contains("v0"));
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = ino(&vsock);
+    // The second: same socket (RunProcess puts it in its directory), same switch file.
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--switch")
+        .arg(dir.path().join("switch.yaml"))
+        .arg("--socket")
+        .arg(&first.sock)
+        .arg("--cni-state")
+        .arg(dir.path().join("cni2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another switchyard is listening there"), "{err}");
+    assert!(vsock.exists(), "the running switch's vhost-user socket is gone");
+    assert_eq!(ino(&vsock), before, "the running switch's vhost-user socket was replaced");
+    assert!(first.ctl(&["show", "ports"]).contains("v0"));
+    drop(first);
+}

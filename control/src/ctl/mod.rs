@@ -159,6 +159,22 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Whether `path` can be the control socket: `Ok(true)` when a stale socket file is there (to
+/// replace), `Ok(false)` when nothing is; an error when another `run` answers there or the
+/// path is not a socket. `run` asks before it starts anything, so that a second `run` on the
+/// socket of a running one is refused before it opens a port (it used to reconcile first,
+/// replacing the running one's vhost-user socket files, and fail only at the bind).
+pub fn free(path: &Path) -> Result<bool, CtlError> {
+    let Ok(m) = std::fs::symlink_metadata(path) else { return Ok(false) };
+    if !m.file_type().is_socket() {
+        return Err(CtlError::NotASocket(path.to_path_buf()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(CtlError::InUse(path.to_path_buf()));
+    }
+    Ok(true)
+}
+
 impl CtlServer {
     /// Creates the socket at `path` (its directory too, mode 0700, when missing) and serves
     /// requests on a thread. A stale socket file is replaced; a live one (another `run`) is an
@@ -172,13 +188,7 @@ impl CtlServer {
                 .create(dir)
                 .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
         }
-        if let Ok(m) = std::fs::symlink_metadata(path) {
-            if !m.file_type().is_socket() {
-                return Err(CtlError::NotASocket(path.to_path_buf()));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(CtlError::InUse(path.to_path_buf()));
-            }
+        if free(path)? {
             std::fs::remove_file(path).map_err(socket)?;
         }
         let listener = bind_private(path).map_err(socket)?;
