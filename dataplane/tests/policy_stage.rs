@@ -1449,3 +1449,42 @@ fn the_unspecified_source_sends_only_duplicate_address_detection() {
     let (out, drops, fast) = run_fast(&filtered, &pool, "a", &v, 1);
     assert_eq!((out.len(), drops, fast), (0, dropped("spoofed_src_ip"), false));
 }
+
+/// An ICMPv6 Redirect (137) is checked as OVN's port security checks it: by its source address
+/// alone (docs/policy.md: a receiver takes a redirect only from its first-hop router's
+/// link-local address, which the spoof filter refuses a VM). From the router's `fe80::1` or a
+/// neighbour's link-local address it is `spoofed_src_ip`, whatever its option names; from the
+/// VM's own, its Target Link-Layer Address option is not checked against `allowed_macs` (as
+/// under OVN, whose ND checks are for 135 and 136) and it is delivered.
+#[test]
+fn a_redirect_is_checked_by_its_source_alone() {
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let pool = pool();
+    let router = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let foreign_mac = [2, 0, 0, 0, 0, 0x77];
+    // Redirect: reserved, target (the better first hop), destination, then the option.
+    let redirect = |src: [u8; 16], tll: [u8; 6]| {
+        let mut m = vec![137, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&lla(foreign_mac));
+        m.extend_from_slice(&v6(9));
+        m.extend_from_slice(&[2, 1]);
+        m.extend_from_slice(&tll);
+        icmp6_frame(MAC[0], MAC[1], src, lla(MAC[1]), 255, false, &m, None)
+    };
+    for traced in [false, true] {
+        for src in [router, lla(MAC[1])] {
+            for tll in [MAC[0], foreign_mac] {
+                let (out, drops) = run_either(&sw, &pool, "a", &redirect(src, tll), 1, traced);
+                assert_eq!(
+                    (out.len(), drops),
+                    (0, dropped("spoofed_src_ip")),
+                    "from {src:?}, traced {traced}"
+                );
+            }
+        }
+        for tll in [MAC[0], foreign_mac] {
+            let (out, drops) = run_either(&sw, &pool, "a", &redirect(lla(MAC[0]), tll), 1, traced);
+            assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "option {tll:?}, traced {traced}");
+        }
+    }
+}
