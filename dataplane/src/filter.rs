@@ -94,24 +94,51 @@ fn l4_port(k: &FlowKey) -> u16 {
 }
 
 /// Whether the port's IP spoof filter lets `key`'s source through, in a frame from MAC `mac`
-/// (as [`crate::wire::MacAddr::to_u64`] holds it): one of the port's addresses; or the
-/// unspecified IPv6 address (duplicate address detection); or the IPv6 link-local address
-/// derived from `mac` ([`eui64_link_local`]: the guest's own, as OVN's port security allows it;
-/// `mac` is [`lla_mac`]'s, none on a port without a MAC spoof filter);
-/// or DHCPv4 from 0.0.0.0 (a client without an address yet). Any other link-local source is
+/// (as [`crate::wire::MacAddr::to_u64`] holds it; `icmp`: the packet's ICMPv6 type and code,
+/// [`IpFlow::icmp`]): one of the port's addresses; or the IPv6 link-local address derived from
+/// `mac` ([`eui64_link_local`]: the guest's own, as OVN's port security allows it; `mac` is
+/// [`lla_mac`]'s, none on a port without a MAC spoof filter); or one of the two exceptions for
+/// an address not configured yet that OVN's port security makes, and only those: from `::`,
+/// duplicate address detection and its MLD reports ([`unspecified_v6_allowed`]), from
+/// `0.0.0.0`, a DHCP request ([`unspecified_v4_allowed`]). Any other link-local source is
 /// refused: a VM could otherwise send from its router's `fe80::` address (a neighbour
 /// solicitation from it, with the VM's MAC as its source link-layer address, puts the VM in
 /// its neighbours' caches as the router). A guest with another link-local address (RFC 7217
 /// stable privacy) is allowed it when its VMI status reports it (then it is in the list).
-fn src_allowed(list: &[IpAddr], key: &FlowKey, mac: u64) -> bool {
+fn src_allowed(list: &[IpAddr], key: &FlowKey, icmp: Option<(u8, u8)>, mac: u64) -> bool {
     let src = key.src_ip();
     if list.contains(&src) {
         return true;
     }
     match src {
-        IpAddr::V6(_) => key.src == 0 || (mac != NO_MAC && key.src == eui64_link_local(mac)),
-        IpAddr::V4(a) => a.is_unspecified() && key.proto == PROTO_UDP && key.sport == 68 && key.dport == 67,
+        IpAddr::V6(_) => {
+            (key.src == 0 && unspecified_v6_allowed(key, icmp))
+                || (mac != NO_MAC && key.src == eui64_link_local(mac))
+        }
+        IpAddr::V4(a) => a.is_unspecified() && unspecified_v4_allowed(key),
     }
+}
+
+/// What a port may send from `::` (`key`'s source; `icmp`: the ICMPv6 type and code), as OVN's
+/// port security allows it (ovn-controller's `build_in_port_sec_ip6_flows`: `ip6.src == :: &&
+/// ip6.dst == ff02::/16 && icmp6 && icmp6.code == 0 && icmp6.type == {131, 135, 143}`): a
+/// neighbour solicitation (135, duplicate address detection, RFC 4862 5.4) or an MLDv1 or
+/// MLDv2 report (131, 143: the solicited-node group joined before it, RFC 3810 5.2.13) to a
+/// link-local multicast group. Anything else from `::` (UDP, TCP, an echo request, a message
+/// to a unicast address, a router solicitation) names no sender and is refused.
+#[inline]
+fn unspecified_v6_allowed(key: &FlowKey, icmp: Option<(u8, u8)>) -> bool {
+    key.proto == crate::wire::ip::PROTO_ICMPV6
+        && key.dst >> 112 == 0xff02
+        && matches!(icmp, Some((131 | 135 | 143, 0)))
+}
+
+/// What a port may send from `0.0.0.0` (`key`'s source), as OVN's port security allows it
+/// (`build_in_port_sec_ip4_flows`: `ip4.src == 0.0.0.0 && ip4.dst == 255.255.255.255 &&
+/// udp.src == 68 && udp.dst == 67`): a DHCP client's broadcast, before it has an address.
+#[inline]
+fn unspecified_v4_allowed(key: &FlowKey) -> bool {
+    key.proto == PROTO_UDP && key.sport == 68 && key.dport == 67 && key.dst == u128::from(u32::MAX)
 }
 
 /// No MAC ([`lla_mac`]): not a 48-bit value, so no frame's source MAC.
@@ -174,7 +201,8 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
 fn other_ip(port: &PortSpec, d: &[u8], vlan: u16, mac: u64) -> Option<(PackedKey, u8)> {
     match parse_untagged(d) {
         L3::Ip(f) if f.kind == IpKind::Flow => {
-            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, lla_mac(port, mac))) {
+            if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, f.icmp, lla_mac(port, mac)))
+            {
                 return None;
             }
             Some((PackedKey::new(&FlowKey { vlan, ..f.key }), f.tcp_flags))
@@ -242,7 +270,7 @@ pub fn ingress(
         L3::Ip(f) => f,
     };
     if let Some(list) = &port.allowed_ips {
-        if !src_allowed(list, &flow.key, lla_mac(port, src)) {
+        if !src_allowed(list, &flow.key, flow.icmp, lla_mac(port, src)) {
             return Err(DropReason::SpoofedSrcIp);
         }
     }
@@ -557,8 +585,9 @@ impl Lists {
                 return true;
             }
         }
-        // An IPv4 source: no MAC-derived address applies.
-        src_allowed(l, &s.key(), 0)
+        // An IPv4 source: no MAC-derived address applies, and TCP, UDP and SCTP carry no ICMP
+        // type.
+        src_allowed(l, &s.key(), None, 0)
     }
 }
 
@@ -593,11 +622,11 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
         if !mac_allowed(port, d) {
             return false;
         }
-        let key = match simple_flow(d) {
-            Some((k, _)) => k,
+        let (key, icmp) = match simple_flow(d) {
+            Some((k, _)) => (k, None),
             None => match parse(d, false) {
                 (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery { .. }) => return false,
-                (_, L3::Ip(f)) => f.key,
+                (_, L3::Ip(f)) => (f.key, f.icmp),
                 // ARP and RARP carry addresses the general stages check.
                 (et, L3::Other) => {
                     return !matches!(et, crate::wire::EtherType::ARP | crate::wire::EtherType::RARP)
@@ -606,7 +635,7 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
             },
         };
         let mac = eth_src(d).map_or(0, |(m, _)| m);
-        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key, lla_mac(port, mac)))
+        port.allowed_ips.as_ref().is_none_or(|l| src_allowed(l, &key, icmp, lla_mac(port, mac)))
     })
 }
 

@@ -84,7 +84,7 @@ drop_reasons! {
     TunnelUnresolved => "tunnel_unresolved", "A tunnel frame to an endpoint whose MAC address is not resolved yet (uplink fast path: ARP/ND probe sent, the frame is not held).";
     UplinkNotTunnel => "uplink_not_tunnel", "A frame on a tunnel port's uplink that is neither for the tunnel's address and UDP port nor ARP/ND about it (uplink fast path; an AF_PACKET uplink's kernel still gets it).";
     TunnelOuterMalformed => "tunnel_outer_malformed", "Outer IP/UDP headers to the tunnel's address cut short or invalid: lengths, IPv4 header checksum, UDP checksum (required over IPv6), a fragment (uplink fast path).";
-    SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips; IPv6: also the unspecified address and the link-local address derived from the frame's source MAC); also an IPv6 neighbour advertisement whose target is not one of them nor that link-local address.";
+    SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips; IPv6: also the link-local address derived from the frame's source MAC; from :: only a neighbour solicitation or MLD report to ff02::/16, from 0.0.0.0 only DHCP to 255.255.255.255); also an IPv6 neighbour advertisement whose target is not one of them nor that link-local address.";
     SpoofedArpSpa => "spoofed_arp_spa", "ARP sender protocol address not one of the port's addresses (allowed_ips).";
     MalformedIp => "malformed_ip", "An IPv4/IPv6 or transport header cut short or invalid, on a bridge with policies or IP spoof filters.";
     PolicyEgressDenied => "policy_egress_denied", "No rule of the sending port's egress policy allows the packet, and it is no reply of a tracked connection.";

@@ -4,7 +4,8 @@
 //! port) and IP spoof filters (`allowed_ips`): random policies on two ports (none at all in a
 //! quarter of the cases: spoof filters alone, no connection table), random bursts of
 //! TCP and UDP packets of a few connections both ways (opened, replied, closed), some of them
-//! with a source MAC or IP that the sending port does not own. Both runs must queue the same
+//! with a source MAC or IP that the sending port does not own, and DHCP requests from
+//! `0.0.0.0` (to the broadcast address: allowed; to a peer: spoofed). Both runs must queue the same
 //! frames to the same ports in the same order and count the same drops; independently of
 //! either, a frame with a source its port does not own is never delivered and is counted under
 //! `spoofed_src_mac` or `spoofed_src_ip`. The fast path must have run for a good share of the
@@ -66,8 +67,10 @@ fn config(shapes: [usize; 4]) -> Config {
 
 /// One packet between the sender and the port `peer` (1 or 2) places on: of connection `conn`
 /// (0-3: to TCP port 80, TCP 22, UDP 53, UDP 55), from the client end when `orig`, else from
-/// the service end; TCP flags `flags` (0 ack, 1 syn, 2 syn+ack, 3 fin, 4 rst); `spoof` 0-7:
-/// 6 a foreign source MAC, 7 a foreign source IP, else none.
+/// the service end; TCP flags `flags` (0 ack, 1 syn, 2 syn+ack, 3 fin, 4 rst); `spoof` 0-9:
+/// 6 a foreign source MAC, 7 a foreign source IP, 8 a DHCP request (UDP 68 -> 67) from
+/// `0.0.0.0` to the peer's address (spoofed: only 255.255.255.255 is a DHCP client's), 9 the
+/// same to 255.255.255.255 (allowed), else none.
 #[derive(Debug, Clone, Copy)]
 struct Pkt {
     peer: usize,
@@ -78,26 +81,30 @@ struct Pkt {
 }
 
 fn arb_pkt() -> impl Strategy<Value = Pkt> {
-    (1usize..3, 0usize..4, any::<bool>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5], 0u8..8)
+    (1usize..3, 0usize..4, any::<bool>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5], 0u8..10)
         .prop_map(|(peer, conn, orig, flags, spoof)| Pkt { peer, conn, orig, flags, spoof })
 }
 
 /// The frame port `from` sends for `p`; and whether its source is one `from` does not own.
 fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
     let to = (from + p.peer) % 3;
-    let (mut smac, mut sip) = (MAC[from], IP[from]);
+    let (mut smac, mut sip, mut dip) = (MAC[from], IP[from], IP[to]);
     match p.spoof {
         6 => smac = OTHER_MAC,
         7 => sip = OTHER_IP,
+        8 => sip = [0; 4],
+        9 => (sip, dip) = ([0; 4], [255; 4]),
         _ => {}
     }
     // The client's port is fixed per connection and pair, so that both ends name it alike.
     let client = 40000 + (from.min(to) * 3 + from.max(to)) as u16 * 4 + p.conn as u16;
     let service = [80u16, 22, 53, 55][p.conn];
     let (sport, dport) = if p.orig { (client, service) } else { (service, client) };
-    let b = etherparse::PacketBuilder::ethernet2(smac, MAC[to]).ipv4(sip, IP[to], 64);
+    let b = etherparse::PacketBuilder::ethernet2(smac, MAC[to]).ipv4(sip, dip, 64);
     let mut v = Vec::new();
-    if p.conn < 2 {
+    if p.spoof >= 8 {
+        b.udp(68, 67).write(&mut v, b"dhcp").expect("frame");
+    } else if p.conn < 2 {
         let b = b.tcp(sport, dport, 1, 1000);
         let b = match p.flags {
             1 => b.syn(),
@@ -110,7 +117,7 @@ fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
     } else {
         b.udp(sport, dport).write(&mut v, b"q").expect("frame");
     }
-    (v, p.spoof >= 6)
+    (v, matches!(p.spoof, 6..=8))
 }
 
 /// Frames queued (egress port name, bytes), in order.

@@ -271,9 +271,6 @@ fn ip_and_arp_spoofing() {
     assert_eq!((out.len(), drops), (0, dropped("spoofed_arp_spa")));
     let (out, drops, _) = send(&sw, &pool, "c", &arp(2, IP[2]), 1);
     assert_eq!((out.len(), drops.len()), (2, 0), "its own address: flooded");
-    let (out, drops, _) = send(&sw, &pool, "c", &udp_from(2, [0, 0, 0, 0], 1, 68, 67), 1);
-    // Past the spoof filter, then refused by b's ingress policy.
-    assert_eq!((out.len(), drops), (0, dropped("policy_ingress_denied")), "DHCP from 0.0.0.0 is no spoof");
     let (_, drops, _) = send(&sw, &pool, "c", &udp_from(2, [0, 0, 0, 0], 1, 68, 68), 1);
     assert_eq!(drops, dropped("spoofed_src_ip"), "0.0.0.0 only for DHCP");
     // A cut IPv4 header on a filtering bridge.
@@ -1302,4 +1299,192 @@ fn a_rarp_on_a_spoof_filtered_port_is_checked() {
     let f = testkit::frame::Frame::new([0xff; 6], MAC[0]).ethertype(0x8035).payload(&p).build();
     let (out, drops, _) = run_fast(&sw, &pool, "a", &f, 1);
     assert_eq!((out, drops), (vec!["b".to_string()], BTreeMap::new()));
+}
+
+/// From `0.0.0.0` a port may send only a DHCP client's broadcast (UDP 68 -> 67 to
+/// 255.255.255.255), as OVN's port security allows it (`ip4.src == 0.0.0.0 && ip4.dst ==
+/// 255.255.255.255 && udp.src == 68 && udp.dst == 67`): the same ports to any other
+/// destination (a unicast address, a subnet broadcast, a multicast group) are `spoofed_src_ip`,
+/// on a bridge with spoof filters alone and on one with policies, through the fast path and
+/// the general stages. (s17's review: any destination passed, so a VM could reach a peer's
+/// UDP port 67 from an address that names no one.)
+#[test]
+fn dhcp_from_0_0_0_0_goes_only_to_the_broadcast_address() {
+    const BCAST: [u8; 4] = [255, 255, 255, 255];
+    let dhcp = |src: [u8; 6], dst_mac: [u8; 6], dst: [u8; 4]| udp_frame(src, [0; 4], dst_mac, dst, 68, 67);
+    let filtered = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let policed = SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap();
+    let pool = pool();
+    for traced in [false, true] {
+        let (out, drops) = run_either(&filtered, &pool, "a", &dhcp(MAC[0], [0xff; 6], BCAST), 1, traced);
+        assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "a DHCP discover, traced {traced}");
+        // On the policy bridge c's broadcast passes the spoof filter and is refused by every
+        // receiver's ingress policy (a: deny-all; b: from a to TCP 80 only): not spoofed.
+        let (out, drops) = run_either(&policed, &pool, "c", &dhcp(MAC[2], [0xff; 6], BCAST), 1, traced);
+        assert_eq!(out.len(), 0);
+        assert!(!drops.contains_key("spoofed_src_ip"), "c's discover, traced {traced}: {drops:?}");
+        for (dst_mac, dst, what) in [
+            (MAC[1], IP[1], "b's address"),
+            ([0xff; 6], [10, 0, 0, 255], "the subnet's broadcast"),
+            ([1, 0, 0x5e, 0, 0, 1], [224, 0, 0, 1], "a multicast group"),
+        ] {
+            let (out, drops) = run_either(&filtered, &pool, "a", &dhcp(MAC[0], dst_mac, dst), 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "a to {what}, traced {traced}");
+            let (out, drops) = run_either(&policed, &pool, "c", &dhcp(MAC[2], dst_mac, dst), 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c to {what}, traced {traced}");
+        }
+    }
+    // A unicast one to a known MAC is a plain burst: the fast path refuses it too.
+    let (out, drops, fast) = run_fast(&filtered, &pool, "a", &dhcp(MAC[0], MAC[1], IP[1]), 1);
+    assert_eq!((out.len(), drops, fast), (0, dropped("spoofed_src_ip"), false));
+}
+
+/// From `::` a port may send only what duplicate address detection needs, as OVN's port
+/// security allows it (`ip6.src == :: && ip6.dst == ff02::/16 && icmp6.code == 0 &&
+/// icmp6.type == {131, 135, 143}`): a neighbour solicitation and MLDv1 and MLDv2 reports to a
+/// link-local multicast group. Anything else from `::` (UDP, an echo request, a solicitation
+/// to a unicast or a wider-scope address, a router solicitation, an MLD query, a report of
+/// another code) is `spoofed_src_ip`, on a bridge with spoof filters alone (a, with
+/// `allowed_macs`) and on one with policies (c, without), through the fast path and the
+/// general stages. (s17's review: every packet from `::` passed.)
+#[test]
+fn the_unspecified_source_sends_only_duplicate_address_detection() {
+    const ANY: [u8; 16] = [0; 16];
+    let ff02 = |last: [u8; 4]| [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, last[0], last[1], last[2], last[3]];
+    // The solicited-node group of fd00::5 (an address being tested), ff02::16, ff02::1.
+    let solicited = ff02([0xff, 0, 0, 5]);
+    let mld2_dst = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mcast = |ip: [u8; 16]| [0x33, 0x33, ip[12], ip[13], ip[14], ip[15]];
+    let from = |mac: [u8; 6], dst: [u8; 16], hops: u8, hbh: bool, icmp: &[u8]| {
+        icmp6_frame(mac, mcast(dst), ANY, dst, hops, hbh, icmp, None)
+    };
+    let mut rep1 = vec![131, 0, 0, 0, 0, 0, 0, 0];
+    rep1.extend_from_slice(&solicited);
+    let report2 = [143, 0, 0, 0, 0, 0, 0, 0];
+    let allowed = |mac: [u8; 6]| {
+        [
+            (from(mac, solicited, 255, false, &nd_msg(135, v6(5), &[])), "DAD solicitation"),
+            (from(mac, mld2_dst, 1, true, &report2), "MLDv2 report"),
+            (from(mac, solicited, 1, true, &rep1), "MLDv1 report"),
+        ]
+    };
+    let refused = |mac: [u8; 6]| {
+        let udp = |dst: [u8; 16], dst_mac: [u8; 6]| {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(mac, dst_mac)
+                .ipv6(ANY, dst, 64)
+                .udp(546, 547)
+                .write(&mut v, b"x")
+                .unwrap();
+            v
+        };
+        let echo = {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(mac, mcast(all_nodes))
+                .ipv6(ANY, all_nodes, 64)
+                .icmpv6_echo_request(7, 1)
+                .write(&mut v, b"x")
+                .unwrap();
+            v
+        };
+        let site = [0xff, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 5];
+        let mut query = vec![130, 0, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(&[0; 16]);
+        let mut report2_code1 = report2;
+        report2_code1[1] = 1;
+        [
+            (udp(all_nodes, mcast(all_nodes)), "UDP to ff02::1"),
+            (udp(lla(MAC[1]), MAC[1]), "UDP to b's link-local address"),
+            (echo, "an echo request to ff02::1"),
+            (
+                icmp6_frame(mac, MAC[1], ANY, lla(MAC[1]), 255, false, &nd_msg(135, v6(5), &[]), None),
+                "a solicitation to b's link-local address",
+            ),
+            (from(mac, site, 255, false, &nd_msg(135, v6(5), &[])), "a solicitation to ff05::1:ff00:5"),
+            (
+                from(
+                    mac,
+                    [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                    255,
+                    false,
+                    &nd_msg(133, ANY, &[]),
+                ),
+                "a router solicitation",
+            ),
+            (from(mac, all_nodes, 1, true, &query), "an MLD query"),
+            (from(mac, mld2_dst, 1, true, &report2_code1), "an MLDv2 report of code 1"),
+        ]
+    };
+    let filtered = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let policed = SwitchConfig::compile(&config(B_WEB, 1024), None).unwrap();
+    let pool = pool();
+    for traced in [false, true] {
+        for (f, what) in allowed(MAC[0]) {
+            let (out, drops) = run_either(&filtered, &pool, "a", &f, 1, traced);
+            assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "a: {what}, traced {traced}");
+        }
+        // On the policy bridge the solicitation and the MLDv2 report pass every policy too
+        // (the MLDv1 report from `::` is no MLD as OVN's ACLs match it: the policies decide).
+        for (f, what) in allowed(MAC[2]).into_iter().take(2) {
+            let (out, drops) = run_either(&policed, &pool, "c", &f, 1, traced);
+            assert_eq!((out.len(), drops.len()), (2, 0), "c: {what}, traced {traced}");
+        }
+        for (f, what) in refused(MAC[0]) {
+            let (out, drops) = run_either(&filtered, &pool, "a", &f, 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "a: {what}, traced {traced}");
+        }
+        for (f, what) in refused(MAC[2]) {
+            let (out, drops) = run_either(&policed, &pool, "c", &f, 1, traced);
+            assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")), "c: {what}, traced {traced}");
+        }
+    }
+    // UDP from `::` to a known MAC is a plain burst: the fast path refuses it as well.
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC[0], MAC[1])
+        .ipv6(ANY, lla(MAC[1]), 64)
+        .udp(1, 2)
+        .write(&mut v, b"x")
+        .unwrap();
+    let (out, drops, fast) = run_fast(&filtered, &pool, "a", &v, 1);
+    assert_eq!((out.len(), drops, fast), (0, dropped("spoofed_src_ip"), false));
+}
+
+/// An ICMPv6 Redirect (137) is checked as OVN's port security checks it: by its source address
+/// alone (docs/policy.md: a receiver takes a redirect only from its first-hop router's
+/// link-local address, which the spoof filter refuses a VM). From the router's `fe80::1` or a
+/// neighbour's link-local address it is `spoofed_src_ip`, whatever its option names; from the
+/// VM's own, its Target Link-Layer Address option is not checked against `allowed_macs` (as
+/// under OVN, whose ND checks are for 135 and 136) and it is delivered.
+#[test]
+fn a_redirect_is_checked_by_its_source_alone() {
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(SPOOF_FILTERED).unwrap(), None).unwrap();
+    let pool = pool();
+    let router = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let foreign_mac = [2, 0, 0, 0, 0, 0x77];
+    // Redirect: reserved, target (the better first hop), destination, then the option.
+    let redirect = |src: [u8; 16], tll: [u8; 6]| {
+        let mut m = vec![137, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&lla(foreign_mac));
+        m.extend_from_slice(&v6(9));
+        m.extend_from_slice(&[2, 1]);
+        m.extend_from_slice(&tll);
+        icmp6_frame(MAC[0], MAC[1], src, lla(MAC[1]), 255, false, &m, None)
+    };
+    for traced in [false, true] {
+        for src in [router, lla(MAC[1])] {
+            for tll in [MAC[0], foreign_mac] {
+                let (out, drops) = run_either(&sw, &pool, "a", &redirect(src, tll), 1, traced);
+                assert_eq!(
+                    (out.len(), drops),
+                    (0, dropped("spoofed_src_ip")),
+                    "from {src:?}, traced {traced}"
+                );
+            }
+        }
+        for tll in [MAC[0], foreign_mac] {
+            let (out, drops) = run_either(&sw, &pool, "a", &redirect(lla(MAC[0]), tll), 1, traced);
+            assert_eq!((out, drops.len()), (vec!["b".to_string()], 0), "option {tll:?}, traced {traced}");
+        }
+    }
 }

@@ -192,6 +192,20 @@ pub struct IpFlow {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub kind: IpKind,
+    /// The type and code of an ICMP (IPv4) or ICMPv6 (IPv6) message, which the IP spoof
+    /// filter's exceptions for the unspecified source name; `None` for other protocols, a
+    /// non-first fragment and a message cut before its code.
+    pub icmp: Option<(u8, u8)>,
+}
+
+/// The type and code of the transport header `t` when the packet's protocol `proto` is
+/// `icmp` (ICMP in IPv4, ICMPv6 in IPv6) and `t` holds both.
+#[inline]
+fn icmp_type_code(proto: u8, icmp: u8, t: &[u8]) -> Option<(u8, u8)> {
+    match t {
+        [ty, code, ..] if proto == icmp => Some((*ty, *code)),
+        _ => None,
+    }
 }
 
 /// What the frame's payload is.
@@ -322,10 +336,11 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     };
     // A fragment other than the first has no transport header: ports 0.
     if be16(p, V4_FRAG)? & 0x1fff != 0 {
-        return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
+        return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow, icmp: None });
     }
-    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, 0, outer)?;
-    Some(IpFlow { key, tcp_flags, kind })
+    let t = p.get(ihl..)?;
+    let (tcp_flags, kind) = transport(&mut key, t, false, 0, outer)?;
+    Some(IpFlow { key, tcp_flags, kind, icmp: icmp_type_code(key.proto, PROTO_ICMP, t) })
 }
 
 /// The fields of a simple IPv4 packet ([`simple_v4`]), as the header holds them.
@@ -406,15 +421,16 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
                 off += 8;
                 if frag != 0 {
                     key.proto = next;
-                    return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow });
+                    return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow, icmp: None });
                 }
             }
             _ => break,
         }
     }
     key.proto = next;
-    let (tcp_flags, kind) = transport(&mut key, p.get(off..)?, true, *p.get(V6_HOPS)?, outer)?;
-    Some(IpFlow { key, tcp_flags, kind })
+    let t = p.get(off..)?;
+    let (tcp_flags, kind) = transport(&mut key, t, true, *p.get(V6_HOPS)?, outer)?;
+    Some(IpFlow { key, tcp_flags, kind, icmp: icmp_type_code(key.proto, PROTO_ICMPV6, t) })
 }
 
 #[cfg(test)]
@@ -439,7 +455,8 @@ mod tests {
             }
             let fast = simple_v4_flow(&p);
             if let Some((key, flags)) = fast {
-                prop_assert_eq!(parse_l3(0x0800, &p), L3::Ip(IpFlow { key, tcp_flags: flags, kind: IpKind::Flow }));
+                let flow = IpFlow { key, tcp_flags: flags, kind: IpKind::Flow, icmp: None };
+                prop_assert_eq!(parse_l3(0x0800, &p), L3::Ip(flow));
             }
             if plain && p.len() >= 34 && matches!(proto, 6 | 17 | 132) {
                 prop_assert!(fast.is_some());
