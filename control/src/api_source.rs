@@ -114,6 +114,9 @@ pub struct ApiOptions {
     /// First retry delay after an error of a watch; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A kind's retry delay starts from `min_backoff` again once it has needed no retry for
+    /// this long (client-go's reflector and kube-rs's default backoff: 2 minutes).
+    pub backoff_reset: Duration,
     /// Objects a list page holds (`limit`); a larger list is fetched in pages with `continue`.
     pub page_size: u32,
     /// Where to connect: `None` infers it (kubeconfig, then the in-cluster service account).
@@ -129,6 +132,7 @@ impl ApiOptions {
             all_vmis: false,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            backoff_reset: Duration::from_secs(120),
             page_size: 500,
             config: None,
             events: true,
@@ -441,6 +445,38 @@ impl Backoff for Expo {
     }
 }
 
+/// The delay before a kind is listed again after its watch or its list failed: one for the
+/// kind, whatever version it is watched at. It doubles from [`ApiOptions::min_backoff`] to
+/// [`ApiOptions::max_backoff`] and starts from `min_backoff` again once no delay was taken
+/// for [`ApiOptions::backoff_reset`] (the kind worked meanwhile), as kube-rs's
+/// `ResetTimerBackoff` and the intent of client-go's reflector backoff ("if we don't backoff
+/// for 2min, assume API server is healthy").
+struct Retry {
+    delays: Expo,
+    quiet: Duration,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Retry {
+    fn new(opts: &ApiOptions) -> Retry {
+        Retry {
+            delays: Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff },
+            quiet: opts.backoff_reset,
+            last: None,
+        }
+    }
+
+    /// The next delay, counted as taken now.
+    fn delay(&mut self) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) > self.quiet) {
+            self.delays.reset();
+        }
+        self.last = Some(now);
+        self.delays.next().unwrap_or(self.delays.max)
+    }
+}
+
 /// A watch that ends sooner than this after it began, as the one before it of the same path,
 /// is "very short" (client-go's reflector: "watch lasted less than a second and no items
 /// received"), and the next is delayed.
@@ -682,7 +718,7 @@ async fn watch_kind(
     changed: Sender<()>,
 ) {
     let versions = kind.watch_versions();
-    let mut unserved = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+    let mut retry = Retry::new(&opts);
     let mut at = 0;
     // Versions answered 404 in a row with no list in between: the kind counts as not served
     // (its objects dropped) only when every version is, not when the one it was watched at
@@ -720,9 +756,7 @@ async fn watch_kind(
                 );
                 at = 0;
                 missing = 0;
-                if let Some(d) = unserved.next() {
-                    tokio::time::sleep(d).await;
-                }
+                tokio::time::sleep(retry.delay()).await;
             }
         }
     }

@@ -42,6 +42,11 @@ impl Agent {
 
     /// An agent whose lists come in pages of `page_size` objects.
     fn start_paged(server: &ApiServer, page_size: u32) -> Agent {
+        Agent::start_with(server, |api| api.page_size = page_size)
+    }
+
+    /// An agent with the test's backoffs (50 ms to 1 s), then `tune` applied to its options.
+    fn start_with(server: &ApiServer, tune: impl FnOnce(&mut ApiOptions)) -> Agent {
         let overrides = RunConfig::from_yaml("ports: {eth1: {type: ring, ring: kube-eth1}}").unwrap();
         let opts = RuntimeOptions { vm_ports: VmPorts::Ring, overrides, ..Default::default() };
         let rt = Arc::new(Mutex::new(Runtime::start(opts).unwrap()));
@@ -49,7 +54,7 @@ impl Agent {
         api.config = Some(server.kube_config());
         api.min_backoff = Duration::from_millis(50);
         api.max_backoff = Duration::from_secs(1);
-        api.page_size = page_size;
+        tune(&mut api);
         let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
         let stats = Arc::new(switchyard_control::metrics::ControlStats::default());
         ctl.stats = Some(stats.clone());
@@ -742,4 +747,58 @@ fn a_crd_installed_later_is_picked_up() {
     assert!(agent.port(VM_A).is_none());
     server.set_served("k8s.cni.cncf.io/v1", true);
     agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
+}
+
+/// Whether request line `r` is a list (not a watch) of MultiNetworkPolicies at `version`.
+fn mnp_list(r: &str, version: &str) -> bool {
+    r.contains(&format!("/{version}/multi-networkpolicies")) && !r.contains("watch=true")
+}
+
+/// Waits (bounded, polling) for a request from index `from` on that `pred` holds of; returns
+/// its index and when it was seen.
+fn next_request(server: &ApiServer, from: usize, secs: u64, pred: impl Fn(&str) -> bool) -> (usize, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let reqs = server.requests();
+        if let Some(i) = (from..reqs.len()).find(|i| pred(&reqs[*i])) {
+            return (i, Instant::now());
+        }
+        assert!(Instant::now() < deadline, "no such request in {secs} s after {:?}", reqs.get(from..));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// MultiNetworkPolicies not served at either version: the agent retries them with a delay
+/// growing to its longest (2 s here). Once they are served and watched for longer than the
+/// quiet period (3 s), the delay starts again from the shortest (50 ms) when they go: the
+/// retry after the first round of 404s comes within a second, not 2 s later (client-go's
+/// backoff manager resets after 2 minutes without a backoff).
+#[test]
+fn the_back_off_of_a_kind_not_served_restarts_once_it_came_back() {
+    let server = ApiServer::start(objects_with_a_deny_policy(), Duration::from_millis(200));
+    for v in ["v1beta2", "v1beta1"] {
+        server.set_served(&format!("k8s.cni.cncf.io/{v}"), false);
+    }
+    let agent = Agent::start_with(&server, |api| {
+        api.max_backoff = Duration::from_secs(2);
+        api.backoff_reset = Duration::from_secs(3);
+    });
+    agent.until("vm-a's port runs (no policy served)", 20, |a| a.port(VM_A).is_some());
+    // 50 + 100 + ... + 1600 ms: the delay is at its longest after ~3.2 s of 404s.
+    std::thread::sleep(Duration::from_secs(4));
+    server.set_served("k8s.cni.cncf.io/v1beta2", true);
+    agent.until("vm-a's port has its policy", 10, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    std::thread::sleep(Duration::from_millis(3500));
+    for v in ["v1beta2", "v1beta1"] {
+        server.set_served(&format!("k8s.cni.cncf.io/{v}"), false);
+    }
+    let from = server.requests().len();
+    server.drop_connections();
+    // The watch resumed, answered 404: a relist at v1beta2, then at v1beta1 (both 404), then
+    // a delay, then v1beta2 again.
+    let (i, _) = next_request(&server, from, 10, |r| mnp_list(r, "v1beta2"));
+    let (i, failed) = next_request(&server, i + 1, 10, |r| mnp_list(r, "v1beta1"));
+    let (_, again) = next_request(&server, i + 1, 10, |r| mnp_list(r, "v1beta2"));
+    let gap = again - failed;
+    assert!(gap < Duration::from_secs(1), "the first retry came {gap:?} after the kind went");
 }
