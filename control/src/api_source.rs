@@ -733,7 +733,7 @@ async fn watch_kind(
     let mut unserved_since: Option<std::time::Instant> = None;
     loop {
         let version = versions.get(at).copied().unwrap_or(kind.gvk().1);
-        match watch_version(&client, kind, version, &opts, &store, &changed).await {
+        match watch_version(&client, kind, version, &opts, &store, &changed, &mut retry).await {
             Watched::Ended => return,
             Watched::NotServed { listed } => {
                 if listed {
@@ -788,15 +788,12 @@ fn relists_after(e: &watcher::Error) -> bool {
     }
 }
 
-/// A restart's delay restarts from `min_backoff` once restarts are this far apart (client-go's
-/// reflector backoff resets after 2 minutes without one).
-const RESTART_RESET: Duration = Duration::from_secs(120);
-
 /// Watches one kind at one version until the stream ends, or its list is answered 404 while
 /// the kind has other versions to try (with one version, 404 is retried as any error, the
 /// kind counting as listed and empty meanwhile). A watcher whose watch is answered 410 or 404
-/// is replaced by a new one ([`relists_after`]), after a backoff so that a server answering so
-/// every time is not asked in a loop.
+/// is replaced by a new one ([`relists_after`]) after the kind's `retry` delay (shared by its
+/// versions: a watch switching versions at every relist still backs off), so that a server
+/// answering so every time is not asked in a loop.
 async fn watch_version(
     client: &kube::Client,
     kind: Kind,
@@ -804,6 +801,7 @@ async fn watch_version(
     opts: &ApiOptions,
     store: &Arc<Mutex<ApiStore>>,
     changed: &Sender<()>,
+    retry: &mut Retry,
 ) -> Watched {
     let ar = kind.resource_at(version);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -814,8 +812,6 @@ async fn watch_version(
         _ => {}
     }
     let several = kind.watch_versions().len() > 1;
-    let mut restarts = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
-    let mut last_restart: Option<tokio::time::Instant> = None;
     let mut listed = false;
     // A single-version kind answered 404 since (as `watch_kind`'s: objects dropped only once
     // the 404 has lasted `max_backoff`); a complete list ends it.
@@ -873,14 +869,7 @@ async fn watch_version(
             }
         }
         drop(stream);
-        let now = tokio::time::Instant::now();
-        if last_restart.is_some_and(|t| now.duration_since(t) > RESTART_RESET) {
-            restarts.reset();
-        }
-        if let Some(d) = restarts.next() {
-            tokio::time::sleep(d).await;
-        }
-        last_restart = Some(tokio::time::Instant::now());
+        tokio::time::sleep(retry.delay()).await;
     }
 }
 

@@ -802,3 +802,37 @@ fn the_back_off_of_a_kind_not_served_restarts_once_it_came_back() {
     let gap = again - failed;
     assert!(gap < Duration::from_secs(1), "the first retry came {gap:?} after the kind went");
 }
+
+/// Two API servers behind one load balancer disagree on the MultiNetworkPolicy CRD's served
+/// versions (one serves v1beta2 alone, the other v1beta1 alone): each watch lands on the server
+/// that does not serve the version just listed, and the agent switches versions at every
+/// relist. The delay between relists is the kind's, and keeps growing across the switches
+/// (from 0.5 s to 2 s here): in 4 s, once grown, at most three rounds of lists, not one every
+/// 0.5 s (the first delay of each version's own); the policy stays on vm-a's port throughout.
+#[test]
+fn the_restart_back_off_grows_across_a_version_switch() {
+    let server = ApiServer::start(objects_with_a_deny_policy(), Duration::from_millis(200));
+    let agent = Agent::start_with(&server, |api| {
+        api.min_backoff = Duration::from_millis(500);
+        api.max_backoff = Duration::from_secs(2);
+    });
+    agent.until("vm-a's port has its policy", 20, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    server.split_versions("k8s.cni.cncf.io/v1beta2", "k8s.cni.cncf.io/v1beta1");
+    server.drop_connections();
+    let mnp_lists = |s: &ApiServer| {
+        s.requests().iter().filter(|r| mnp_list(r, "v1beta2") || mnp_list(r, "v1beta1")).count()
+    };
+    // 0.5 + 1 + 2 s: the delay is at its longest after 3.5 s of relists.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = mnp_lists(&server);
+    assert!(before >= 4, "the versions were not switched: {:?}", server.requests());
+    std::thread::sleep(Duration::from_secs(4));
+    let n = mnp_lists(&server) - before;
+    // A round: the list answered 404, then the list at the other version.
+    assert!(n <= 6, "{n} lists of the policies in 4 s");
+    assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
+}
