@@ -788,12 +788,25 @@ fn relists_after(e: &watcher::Error) -> bool {
     }
 }
 
+/// How a watcher of [`watch_version`] is followed.
+enum Next {
+    /// By a new one after the kind's retry delay (its watch answered 410 or 404).
+    Relist,
+    /// At once, by one whose list is not paged: a paged list's `continue` token expired
+    /// (410), as client-go's pager falls back to one full list (`FullListIfExpired`).
+    FullList,
+    /// At once, by a paged one: the full list is done (or failed) and this watcher would list
+    /// unpaged again.
+    Paged,
+}
+
 /// Watches one kind at one version until the stream ends, or its list is answered 404 while
 /// the kind has other versions to try (with one version, 404 is retried as any error, the
 /// kind counting as listed and empty meanwhile). A watcher whose watch is answered 410 or 404
 /// is replaced by a new one ([`relists_after`]) after the kind's `retry` delay (shared by its
 /// versions: a watch switching versions at every relist still backs off), so that a server
-/// answering so every time is not asked in a loop.
+/// answering so every time is not asked in a loop. A paged list whose `continue` token
+/// expires is made again at once, whole (no `limit`), once; the lists after it are paged.
 async fn watch_version(
     client: &kube::Client,
     kind: Kind,
@@ -811,22 +824,35 @@ async fn watch_version(
         Kind::Node if !opts.all_vmis => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
         _ => {}
     }
+    let mut whole = cfg.clone();
+    whole.page_size = None;
     let several = kind.watch_versions().len() > 1;
     let mut listed = false;
     // A single-version kind answered 404 since (as `watch_kind`'s: objects dropped only once
     // the 404 has lasted `max_backoff`); a complete list ends it.
     let mut unserved_since: Option<std::time::Instant> = None;
+    let mut full_list = false;
     loop {
         let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
-        let mut stream = watcher::watcher(api.clone(), cfg.clone()).backoff(backoff).boxed();
+        let c = if full_list { whole.clone() } else { cfg.clone() };
+        let mut stream = watcher::watcher(api.clone(), c).backoff(backoff).boxed();
         let mut failing = false;
-        loop {
+        let mut lists = 0;
+        let next = loop {
             let Some(ev) = stream.next().await else { return Watched::Ended };
             match ev {
                 Ok(ev) => {
                     if failing {
                         tracing::info!("watch of {} works again", kind.gvk().3);
                         failing = false;
+                    }
+                    // `Init` comes before its list is asked for: a full list's watcher is
+                    // dropped before it lists a second time.
+                    if matches!(ev, Event::Init) {
+                        lists += 1;
+                        if full_list && lists > 1 {
+                            break Next::Paged;
+                        }
                     }
                     let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
                     if matches!(ev, Event::InitDone) {
@@ -854,10 +880,16 @@ async fn watch_version(
                             lock(store).not_served(kind, since.elapsed() >= opts.max_backoff);
                             let _ = changed.send(());
                         }
+                        // A list without resourceVersion answered 410 was asked with a
+                        // `continue` token (the first page cannot expire).
+                        if s.code == 410 && !full_list {
+                            tracing::info!("list of {}: {e}; listing it whole", kind.gvk().3);
+                            break Next::FullList;
+                        }
                     }
                     if relists_after(&e) {
                         tracing::info!("watch of {}: {e}; listing again", kind.gvk().3);
-                        break;
+                        break Next::Relist;
                     }
                     if !failing {
                         tracing::warn!("watch of {}: {e}; retrying with backoff", kind.gvk().3);
@@ -867,9 +899,12 @@ async fn watch_version(
                     }
                 }
             }
-        }
+        };
         drop(stream);
-        tokio::time::sleep(retry.delay()).await;
+        full_list = matches!(next, Next::FullList);
+        if matches!(next, Next::Relist) {
+            tokio::time::sleep(retry.delay()).await;
+        }
     }
 }
 
