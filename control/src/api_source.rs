@@ -330,7 +330,10 @@ impl ApiStore {
 
     /// Marks `kind` as listed when the API server does not serve it (its CRD is not installed,
     /// or was removed with its objects); with `gone`, what was stored of it is dropped too.
-    pub fn not_served(&mut self, kind: Kind, gone: bool) {
+    /// Returns whether that changed what the store holds (a retry that finds the kind still
+    /// not served changes nothing, and is no reason to plan).
+    pub fn not_served(&mut self, kind: Kind, gone: bool) -> bool {
+        let before = self.changes;
         if gone {
             let gone: Vec<Key> = self.versions.keys().filter(|k| k.0 == kind).cloned().collect();
             for k in gone {
@@ -342,6 +345,7 @@ impl ApiStore {
             self.changes += 1;
             self.dirty = None;
         }
+        self.changes != before
     }
 
     fn remove(&mut self, k: &Key) {
@@ -747,8 +751,9 @@ async fn watch_kind(
                 }
                 let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
                 let gone = since.elapsed() >= opts.max_backoff;
-                lock(&store).not_served(kind, gone);
-                let _ = changed.send(());
+                if lock(&store).not_served(kind, gone) {
+                    let _ = changed.send(());
+                }
                 tracing::warn!(
                     "{} not served at {versions:?}: taken as none{}; retrying",
                     kind.gvk().3,
@@ -877,8 +882,9 @@ async fn watch_version(
                         }
                         if s.code == 404 {
                             let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
-                            lock(store).not_served(kind, since.elapsed() >= opts.max_backoff);
-                            let _ = changed.send(());
+                            if lock(store).not_served(kind, since.elapsed() >= opts.max_backoff) {
+                                let _ = changed.send(());
+                            }
                         }
                         // A list without resourceVersion answered 410 was asked with a
                         // `continue` token (the first page cannot expire).
@@ -1066,9 +1072,11 @@ mod tests {
         st.event(Kind::Nad, Event::Apply(nad("a", "9", 20)));
         let cfg = st.snapshot().nads[&("ns".to_string(), "a".to_string())].obj.spec.config.clone().unwrap();
         assert!(cfg.contains("\"vlan\":20"), "{cfg}");
-        st.not_served(Kind::Nad, false);
+        assert!(st.not_served(Kind::Nad, false), "the kind counts as listed now");
         assert_eq!(st.snapshot().nads.len(), 1, "a 404 alone keeps the objects");
-        st.not_served(Kind::Nad, true);
+        assert!(!st.not_served(Kind::Nad, false), "a retry still 404 changes nothing");
+        assert!(st.not_served(Kind::Nad, true));
+        assert!(!st.not_served(Kind::Nad, true));
         assert!(
             st.snapshot().nads.is_empty()
                 && st.reference(&ObjRef::new("NetworkAttachmentDefinition", Some("ns"), "a")).is_none()

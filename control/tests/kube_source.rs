@@ -849,3 +849,28 @@ fn the_restart_back_off_grows_across_a_version_switch() {
     assert!(n <= 6, "{n} lists of the policies in 4 s");
     assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
 }
+
+/// Kinds the API server does not serve (the NADs at their one version, the policies at both
+/// of theirs) are retried, but a retry that finds them still not served changes nothing the
+/// agent knows: no plan is made for it, where each retry used to plan the whole state again.
+/// A change still plans: the NADs served, vm-a's port runs.
+#[test]
+fn a_kind_not_served_is_not_planned_again_at_every_retry() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    for gv in ["k8s.cni.cncf.io/v1", "k8s.cni.cncf.io/v1beta2", "k8s.cni.cncf.io/v1beta1"] {
+        server.set_served(gv, false);
+    }
+    let agent = Agent::start(&server);
+    agent.until("the uplink runs (planned without NADs)", 20, |a| a.port("eth1").is_some());
+    // Past the longest delay (1 s): the kinds' objects are taken as gone by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let plans = agent.stats.reconciles();
+    let nad_lists = lists(&server, "network-attachment-definitions");
+    let mnp_lists = lists(&server, "multi-networkpolicies");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(lists(&server, "network-attachment-definitions") > nad_lists, "the NADs were not retried");
+    assert!(lists(&server, "multi-networkpolicies") > mnp_lists, "the policies were not retried");
+    assert_eq!(agent.stats.reconciles(), plans, "plans made for retries that changed nothing");
+    server.set_served("k8s.cni.cncf.io/v1", true);
+    agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
+}
