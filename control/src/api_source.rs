@@ -38,7 +38,6 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -838,9 +837,13 @@ async fn watch_version(
     let mut unserved_since: Option<std::time::Instant> = None;
     let mut full_list = false;
     loop {
-        let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+        // The watcher's own errors wait this, reset by what shows it works: a list completed
+        // or a watch event. Not kube-runtime's `StreamBackoff`, which resets on any event, the
+        // `Init` before each list included, and so retries a list failing every time (404,
+        // 403) at `min_backoff` for ever.
+        let mut backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
         let c = if full_list { whole.clone() } else { cfg.clone() };
-        let mut stream = watcher::watcher(api.clone(), c).backoff(backoff).boxed();
+        let mut stream = watcher::watcher(api.clone(), c).boxed();
         let mut failing = false;
         let mut lists = 0;
         let next = loop {
@@ -860,6 +863,9 @@ async fn watch_version(
                         }
                     }
                     let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
+                    if relevant {
+                        backoff.reset();
+                    }
                     if matches!(ev, Event::InitDone) {
                         listed = true;
                         unserved_since = None;
@@ -903,6 +909,7 @@ async fn watch_version(
                     } else {
                         tracing::debug!("watch of {}: {e}", kind.gvk().3);
                     }
+                    tokio::time::sleep(backoff.next().unwrap_or(opts.max_backoff)).await;
                 }
             }
         };

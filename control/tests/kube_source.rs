@@ -874,3 +874,23 @@ fn a_kind_not_served_is_not_planned_again_at_every_retry() {
     server.set_served("k8s.cni.cncf.io/v1", true);
     agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
 }
+
+/// A list refused every time (403: the RBAC lacks the NADs) is retried with a delay growing to
+/// the longest (1 s here): in 3 s, once grown, a few lists, where each retry used to start
+/// from the shortest delay again (kube-runtime's backoff resets on the `Init` that begins
+/// every list), a list every 50 ms for ever. Granted, the NADs are listed within that delay.
+#[test]
+fn a_list_refused_every_time_backs_off() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    server.set_forbidden("network-attachment-definitions", true);
+    let agent = Agent::start(&server);
+    // 50 + 100 + ... + 800 ms: the delay is at its longest after ~1.6 s of refusals.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lists(&server, "network-attachment-definitions");
+    assert!(before >= 3, "the NADs were not retried: {before} lists");
+    std::thread::sleep(Duration::from_secs(3));
+    let n = lists(&server, "network-attachment-definitions") - before;
+    assert!(n <= 5, "{n} lists of the NADs in 3 s");
+    server.set_forbidden("network-attachment-definitions", false);
+    agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
+}
