@@ -19,12 +19,16 @@
 //! resourceVersion (bookmarks asked for), relists on a 410 ERROR event, and its errors are
 //! retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
 //! [`ApiOptions::max_backoff`]). Where it falls short of the protocol as client-go's reflector
-//! reads it, `watch_version` replaces it with a new watcher (a watch answered HTTP 410 or
-//! 404), and the client's `ShortWatchLayer` spaces watches that the server ends at once.
+//! and pager read it, `watch_version` replaces it with a new watcher (a watch answered HTTP
+//! 410 or 404; a paged list whose `continue` token expired, made again once whole), and the
+//! client's `ShortWatchLayer` spaces watches that the server ends at once. Those relists, and
+//! the rounds of a kind found not served, wait a delay that is the kind's (`Retry`: one for
+//! all its versions), reset only after [`ApiOptions::backoff_reset`] without one.
 //! MultiNetworkPolicies are watched at `v1beta2` where the API server serves it, else at
 //! `v1beta1` ([`Kind::watch_versions`]). A kind the API server does not serve at any of its
 //! versions (404: its CRD is not installed, or was removed with its objects) counts as listed
-//! and empty, and is retried.
+//! and empty, and is retried; a retry that finds it still not served changes nothing, and
+//! signals no change (nothing is planned for it).
 //!
 //! The watches run on a tokio runtime of their own thread; the control thread only locks the
 //! store to take a snapshot, so an unreachable API server never blocks it: the dataplane keeps
