@@ -19,12 +19,16 @@
 //! resourceVersion (bookmarks asked for), relists on a 410 ERROR event, and its errors are
 //! retried with an exponential backoff ([`ApiOptions::min_backoff`] ..
 //! [`ApiOptions::max_backoff`]). Where it falls short of the protocol as client-go's reflector
-//! reads it, `watch_version` replaces it with a new watcher (a watch answered HTTP 410 or
-//! 404), and the client's `ShortWatchLayer` spaces watches that the server ends at once.
+//! and pager read it, `watch_version` replaces it with a new watcher (a watch answered HTTP
+//! 410 or 404; a paged list whose `continue` token expired, made again once whole), and the
+//! client's `ShortWatchLayer` spaces watches that the server ends at once. Those relists, and
+//! the rounds of a kind found not served, wait a delay that is the kind's (`Retry`: one for
+//! all its versions), reset only after [`ApiOptions::backoff_reset`] without one.
 //! MultiNetworkPolicies are watched at `v1beta2` where the API server serves it, else at
 //! `v1beta1` ([`Kind::watch_versions`]). A kind the API server does not serve at any of its
 //! versions (404: its CRD is not installed, or was removed with its objects) counts as listed
-//! and empty, and is retried.
+//! and empty, and is retried; a retry that finds it still not served changes nothing, and
+//! signals no change (nothing is planned for it).
 //!
 //! The watches run on a tokio runtime of their own thread; the control thread only locks the
 //! store to take a snapshot, so an unreachable API server never blocks it: the dataplane keeps
@@ -38,7 +42,6 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +117,9 @@ pub struct ApiOptions {
     /// First retry delay after an error of a watch; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A kind's retry delay starts from `min_backoff` again once it has needed no retry for
+    /// this long (client-go's reflector and kube-rs's default backoff: 2 minutes).
+    pub backoff_reset: Duration,
     /// Objects a list page holds (`limit`); a larger list is fetched in pages with `continue`.
     pub page_size: u32,
     /// Where to connect: `None` infers it (kubeconfig, then the in-cluster service account).
@@ -129,6 +135,7 @@ impl ApiOptions {
             all_vmis: false,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            backoff_reset: Duration::from_secs(120),
             page_size: 500,
             config: None,
             events: true,
@@ -326,7 +333,10 @@ impl ApiStore {
 
     /// Marks `kind` as listed when the API server does not serve it (its CRD is not installed,
     /// or was removed with its objects); with `gone`, what was stored of it is dropped too.
-    pub fn not_served(&mut self, kind: Kind, gone: bool) {
+    /// Returns whether that changed what the store holds (a retry that finds the kind still
+    /// not served changes nothing, and is no reason to plan).
+    pub fn not_served(&mut self, kind: Kind, gone: bool) -> bool {
+        let before = self.changes;
         if gone {
             let gone: Vec<Key> = self.versions.keys().filter(|k| k.0 == kind).cloned().collect();
             for k in gone {
@@ -338,6 +348,7 @@ impl ApiStore {
             self.changes += 1;
             self.dirty = None;
         }
+        self.changes != before
     }
 
     fn remove(&mut self, k: &Key) {
@@ -438,6 +449,38 @@ impl Iterator for Expo {
 impl Backoff for Expo {
     fn reset(&mut self) {
         self.next = self.min;
+    }
+}
+
+/// The delay before a kind is listed again after its watch or its list failed: one for the
+/// kind, whatever version it is watched at. It doubles from [`ApiOptions::min_backoff`] to
+/// [`ApiOptions::max_backoff`] and starts from `min_backoff` again once no delay was taken
+/// for [`ApiOptions::backoff_reset`] (the kind worked meanwhile), as kube-rs's
+/// `ResetTimerBackoff` and the intent of client-go's reflector backoff ("if we don't backoff
+/// for 2min, assume API server is healthy").
+struct Retry {
+    delays: Expo,
+    quiet: Duration,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Retry {
+    fn new(opts: &ApiOptions) -> Retry {
+        Retry {
+            delays: Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff },
+            quiet: opts.backoff_reset,
+            last: None,
+        }
+    }
+
+    /// The next delay, counted as taken now.
+    fn delay(&mut self) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) > self.quiet) {
+            self.delays.reset();
+        }
+        self.last = Some(now);
+        self.delays.next().unwrap_or(self.delays.max)
     }
 }
 
@@ -682,7 +725,7 @@ async fn watch_kind(
     changed: Sender<()>,
 ) {
     let versions = kind.watch_versions();
-    let mut unserved = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+    let mut retry = Retry::new(&opts);
     let mut at = 0;
     // Versions answered 404 in a row with no list in between: the kind counts as not served
     // (its objects dropped) only when every version is, not when the one it was watched at
@@ -697,7 +740,7 @@ async fn watch_kind(
     let mut unserved_since: Option<std::time::Instant> = None;
     loop {
         let version = versions.get(at).copied().unwrap_or(kind.gvk().1);
-        match watch_version(&client, kind, version, &opts, &store, &changed).await {
+        match watch_version(&client, kind, version, &opts, &store, &changed, &mut retry).await {
             Watched::Ended => return,
             Watched::NotServed { listed } => {
                 if listed {
@@ -711,8 +754,9 @@ async fn watch_kind(
                 }
                 let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
                 let gone = since.elapsed() >= opts.max_backoff;
-                lock(&store).not_served(kind, gone);
-                let _ = changed.send(());
+                if lock(&store).not_served(kind, gone) {
+                    let _ = changed.send(());
+                }
                 tracing::warn!(
                     "{} not served at {versions:?}: taken as none{}; retrying",
                     kind.gvk().3,
@@ -720,9 +764,7 @@ async fn watch_kind(
                 );
                 at = 0;
                 missing = 0;
-                if let Some(d) = unserved.next() {
-                    tokio::time::sleep(d).await;
-                }
+                tokio::time::sleep(retry.delay()).await;
             }
         }
     }
@@ -754,15 +796,25 @@ fn relists_after(e: &watcher::Error) -> bool {
     }
 }
 
-/// A restart's delay restarts from `min_backoff` once restarts are this far apart (client-go's
-/// reflector backoff resets after 2 minutes without one).
-const RESTART_RESET: Duration = Duration::from_secs(120);
+/// How a watcher of [`watch_version`] is followed.
+enum Next {
+    /// By a new one after the kind's retry delay (its watch answered 410 or 404).
+    Relist,
+    /// At once, by one whose list is not paged: a paged list's `continue` token expired
+    /// (410), as client-go's pager falls back to one full list (`FullListIfExpired`).
+    FullList,
+    /// At once, by a paged one: the full list is done (or failed) and this watcher would list
+    /// unpaged again.
+    Paged,
+}
 
 /// Watches one kind at one version until the stream ends, or its list is answered 404 while
 /// the kind has other versions to try (with one version, 404 is retried as any error, the
 /// kind counting as listed and empty meanwhile). A watcher whose watch is answered 410 or 404
-/// is replaced by a new one ([`relists_after`]), after a backoff so that a server answering so
-/// every time is not asked in a loop.
+/// is replaced by a new one ([`relists_after`]) after the kind's `retry` delay (shared by its
+/// versions: a watch switching versions at every relist still backs off), so that a server
+/// answering so every time is not asked in a loop. A paged list whose `continue` token
+/// expires is made again at once, whole (no `limit`), once; the lists after it are paged.
 async fn watch_version(
     client: &kube::Client,
     kind: Kind,
@@ -770,6 +822,7 @@ async fn watch_version(
     opts: &ApiOptions,
     store: &Arc<Mutex<ApiStore>>,
     changed: &Sender<()>,
+    retry: &mut Retry,
 ) -> Watched {
     let ar = kind.resource_at(version);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -779,18 +832,25 @@ async fn watch_version(
         Kind::Node if !opts.all_vmis => cfg = cfg.fields(&format!("metadata.name={}", opts.node)),
         _ => {}
     }
+    let mut whole = cfg.clone();
+    whole.page_size = None;
     let several = kind.watch_versions().len() > 1;
-    let mut restarts = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
-    let mut last_restart: Option<tokio::time::Instant> = None;
     let mut listed = false;
     // A single-version kind answered 404 since (as `watch_kind`'s: objects dropped only once
     // the 404 has lasted `max_backoff`); a complete list ends it.
     let mut unserved_since: Option<std::time::Instant> = None;
+    let mut full_list = false;
     loop {
-        let backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
-        let mut stream = watcher::watcher(api.clone(), cfg.clone()).backoff(backoff).boxed();
+        // The watcher's own errors wait this, reset by what shows it works: a list completed
+        // or a watch event. Not kube-runtime's `StreamBackoff`, which resets on any event, the
+        // `Init` before each list included, and so retries a list failing every time (404,
+        // 403) at `min_backoff` for ever.
+        let mut backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
+        let c = if full_list { whole.clone() } else { cfg.clone() };
+        let mut stream = watcher::watcher(api.clone(), c).boxed();
         let mut failing = false;
-        loop {
+        let mut lists = 0;
+        let next = loop {
             let Some(ev) = stream.next().await else { return Watched::Ended };
             match ev {
                 Ok(ev) => {
@@ -798,7 +858,18 @@ async fn watch_version(
                         tracing::info!("watch of {} works again", kind.gvk().3);
                         failing = false;
                     }
+                    // `Init` comes before its list is asked for: a full list's watcher is
+                    // dropped before it lists a second time.
+                    if matches!(ev, Event::Init) {
+                        lists += 1;
+                        if full_list && lists > 1 {
+                            break Next::Paged;
+                        }
+                    }
                     let relevant = !matches!(ev, Event::Init | Event::InitApply(_));
+                    if relevant {
+                        backoff.reset();
+                    }
                     if matches!(ev, Event::InitDone) {
                         listed = true;
                         unserved_since = None;
@@ -821,13 +892,20 @@ async fn watch_version(
                         }
                         if s.code == 404 {
                             let since = *unserved_since.get_or_insert_with(std::time::Instant::now);
-                            lock(store).not_served(kind, since.elapsed() >= opts.max_backoff);
-                            let _ = changed.send(());
+                            if lock(store).not_served(kind, since.elapsed() >= opts.max_backoff) {
+                                let _ = changed.send(());
+                            }
+                        }
+                        // A list without resourceVersion answered 410 was asked with a
+                        // `continue` token (the first page cannot expire).
+                        if s.code == 410 && !full_list {
+                            tracing::info!("list of {}: {e}; listing it whole", kind.gvk().3);
+                            break Next::FullList;
                         }
                     }
                     if relists_after(&e) {
                         tracing::info!("watch of {}: {e}; listing again", kind.gvk().3);
-                        break;
+                        break Next::Relist;
                     }
                     if !failing {
                         tracing::warn!("watch of {}: {e}; retrying with backoff", kind.gvk().3);
@@ -835,18 +913,15 @@ async fn watch_version(
                     } else {
                         tracing::debug!("watch of {}: {e}", kind.gvk().3);
                     }
+                    tokio::time::sleep(backoff.next().unwrap_or(opts.max_backoff)).await;
                 }
             }
-        }
+        };
         drop(stream);
-        let now = tokio::time::Instant::now();
-        if last_restart.is_some_and(|t| now.duration_since(t) > RESTART_RESET) {
-            restarts.reset();
+        full_list = matches!(next, Next::FullList);
+        if matches!(next, Next::Relist) {
+            tokio::time::sleep(retry.delay()).await;
         }
-        if let Some(d) = restarts.next() {
-            tokio::time::sleep(d).await;
-        }
-        last_restart = Some(tokio::time::Instant::now());
     }
 }
 
@@ -1008,9 +1083,11 @@ mod tests {
         st.event(Kind::Nad, Event::Apply(nad("a", "9", 20)));
         let cfg = st.snapshot().nads[&("ns".to_string(), "a".to_string())].obj.spec.config.clone().unwrap();
         assert!(cfg.contains("\"vlan\":20"), "{cfg}");
-        st.not_served(Kind::Nad, false);
+        assert!(st.not_served(Kind::Nad, false), "the kind counts as listed now");
         assert_eq!(st.snapshot().nads.len(), 1, "a 404 alone keeps the objects");
-        st.not_served(Kind::Nad, true);
+        assert!(!st.not_served(Kind::Nad, false), "a retry still 404 changes nothing");
+        assert!(st.not_served(Kind::Nad, true));
+        assert!(!st.not_served(Kind::Nad, true));
         assert!(
             st.snapshot().nads.is_empty()
                 && st.reference(&ObjRef::new("NetworkAttachmentDefinition", Some("ns"), "a")).is_none()

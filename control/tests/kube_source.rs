@@ -42,6 +42,11 @@ impl Agent {
 
     /// An agent whose lists come in pages of `page_size` objects.
     fn start_paged(server: &ApiServer, page_size: u32) -> Agent {
+        Agent::start_with(server, |api| api.page_size = page_size)
+    }
+
+    /// An agent with the test's backoffs (50 ms to 1 s), then `tune` applied to its options.
+    fn start_with(server: &ApiServer, tune: impl FnOnce(&mut ApiOptions)) -> Agent {
         let overrides = RunConfig::from_yaml("ports: {eth1: {type: ring, ring: kube-eth1}}").unwrap();
         let opts = RuntimeOptions { vm_ports: VmPorts::Ring, overrides, ..Default::default() };
         let rt = Arc::new(Mutex::new(Runtime::start(opts).unwrap()));
@@ -49,7 +54,7 @@ impl Agent {
         api.config = Some(server.kube_config());
         api.min_backoff = Duration::from_millis(50);
         api.max_backoff = Duration::from_secs(1);
-        api.page_size = page_size;
+        tune(&mut api);
         let mut ctl = Controller::new(ControllerOptions::kube(api), rt.clone());
         let stats = Arc::new(switchyard_control::metrics::ControlStats::default());
         ctl.stats = Some(stats.clone());
@@ -674,22 +679,23 @@ fn no_port_runs_before_the_policies_are_listed() {
 }
 
 /// Lists in pages of one object: a relist (after a 410) whose `continue` token expires after
-/// its first page starts the list again from the first page, and the page it had is not taken
-/// for the whole list: vm-b, on the second page, keeps its port throughout (no frame between
-/// vm-a and vm-b is lost), and the VMI added meanwhile gets one once a list completes.
+/// its first page is made again at once as one full list (no `limit`), as client-go's pager
+/// does (`FullListIfExpired`), not paged again from its first page (which, on a busy cluster,
+/// may expire again and again). The page it had is not taken for the whole list: vm-b, on the
+/// second page, keeps its port throughout (no frame between vm-a and vm-b is lost), and the
+/// VMI added meanwhile gets one once the list completes. The relists after it are paged.
 #[test]
-fn an_expired_continue_token_restarts_the_list_and_removes_nothing_meanwhile() {
+fn an_expired_continue_token_falls_back_to_one_full_list() {
     let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
     let agent = Agent::start_paged(&server, 1);
     let flow = start_flow(&agent);
-    assert!(server
-        .requests()
-        .iter()
-        .any(|r| r.contains("/virtualmachineinstances") && r.contains("continue=")));
+    let vmi_list = |r: &str| r.contains("/virtualmachineinstances") && !r.contains("watch=true");
+    assert!(server.requests().iter().any(|r| vmi_list(r) && r.contains("continue=")));
     server.set_down(true);
     server.put(vmi("vm-l", "vlan100", "02:00:00:00:15:01"));
     server.compact();
     server.expire_continues("VirtualMachineInstance", 4);
+    let from = server.requests().len();
     server.set_down(false);
     let t0 = Instant::now();
     while agent.port("tenant-a/vm-l/data").is_none() {
@@ -697,11 +703,23 @@ fn an_expired_continue_token_restarts_the_list_and_removes_nothing_meanwhile() {
         assert!(t0.elapsed() < Duration::from_secs(15), "vm-l's port never came");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The VMIs' relist (vm-a, vm-b, vm-l: three pages) met the four expired tokens.
-    assert_eq!(server.expired_continues("VirtualMachineInstance"), 4);
+    // One token expired; the list after it is the full one, which completed.
+    assert_eq!(server.expired_continues("VirtualMachineInstance"), 1);
+    let reqs = server.requests();
+    let expired = (from..reqs.len()).find(|i| vmi_list(&reqs[*i]) && reqs[*i].contains("continue=")).unwrap();
+    let full = (expired + 1..reqs.len()).find(|i| vmi_list(&reqs[*i])).unwrap();
+    assert!(!reqs[full].contains("limit=") && !reqs[full].contains("continue="), "{}", reqs[full]);
+    // The next relist is paged again.
+    server.expire_continues("VirtualMachineInstance", 0);
+    let from = server.requests().len();
+    server.set_down(true);
+    server.put(vmi("vm-m", "vlan100", "02:00:00:00:16:01"));
+    server.compact();
+    server.set_down(false);
+    next_request(&server, from, 10, |r| vmi_list(r) && r.contains("limit=1") && r.contains("continue="));
     let (sent, got) = flow.finish();
     assert!(sent > 20, "too little traffic: {sent}");
-    assert_eq!(got, sent, "frames lost while a list was restarted");
+    assert_eq!(got, sent, "frames lost while a list was made again");
 }
 
 /// The MultiNetworkPolicy CRD's served versions change under a running agent (v1beta1 alone,
@@ -741,5 +759,138 @@ fn a_crd_installed_later_is_picked_up() {
     agent.until("the uplink runs (planned without NADs)", 20, |a| a.port("eth1").is_some());
     assert!(agent.port(VM_A).is_none());
     server.set_served("k8s.cni.cncf.io/v1", true);
+    agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
+}
+
+/// Whether request line `r` is a list (not a watch) of MultiNetworkPolicies at `version`.
+fn mnp_list(r: &str, version: &str) -> bool {
+    r.contains(&format!("/{version}/multi-networkpolicies")) && !r.contains("watch=true")
+}
+
+/// Waits (bounded, polling) for a request from index `from` on that `pred` holds of; returns
+/// its index and when it was seen.
+fn next_request(server: &ApiServer, from: usize, secs: u64, pred: impl Fn(&str) -> bool) -> (usize, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let reqs = server.requests();
+        if let Some(i) = (from..reqs.len()).find(|i| pred(&reqs[*i])) {
+            return (i, Instant::now());
+        }
+        assert!(Instant::now() < deadline, "no such request in {secs} s after {:?}", reqs.get(from..));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// MultiNetworkPolicies not served at either version: the agent retries them with a delay
+/// growing to its longest (2 s here). Once they are served and watched for longer than the
+/// quiet period (3 s), the delay starts again from the shortest (50 ms) when they go: the
+/// retry after the first round of 404s comes within a second, not 2 s later (client-go's
+/// backoff manager resets after 2 minutes without a backoff).
+#[test]
+fn the_back_off_of_a_kind_not_served_restarts_once_it_came_back() {
+    let server = ApiServer::start(objects_with_a_deny_policy(), Duration::from_millis(200));
+    for v in ["v1beta2", "v1beta1"] {
+        server.set_served(&format!("k8s.cni.cncf.io/{v}"), false);
+    }
+    let agent = Agent::start_with(&server, |api| {
+        api.max_backoff = Duration::from_secs(2);
+        api.backoff_reset = Duration::from_secs(3);
+    });
+    agent.until("vm-a's port runs (no policy served)", 20, |a| a.port(VM_A).is_some());
+    // 50 + 100 + ... + 1600 ms: the delay is at its longest after ~3.2 s of 404s.
+    std::thread::sleep(Duration::from_secs(4));
+    server.set_served("k8s.cni.cncf.io/v1beta2", true);
+    agent.until("vm-a's port has its policy", 10, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    std::thread::sleep(Duration::from_millis(3500));
+    for v in ["v1beta2", "v1beta1"] {
+        server.set_served(&format!("k8s.cni.cncf.io/{v}"), false);
+    }
+    let from = server.requests().len();
+    server.drop_connections();
+    // The watch resumed, answered 404: a relist at v1beta2, then at v1beta1 (both 404), then
+    // a delay, then v1beta2 again.
+    let (i, _) = next_request(&server, from, 10, |r| mnp_list(r, "v1beta2"));
+    let (i, failed) = next_request(&server, i + 1, 10, |r| mnp_list(r, "v1beta1"));
+    let (_, again) = next_request(&server, i + 1, 10, |r| mnp_list(r, "v1beta2"));
+    let gap = again - failed;
+    assert!(gap < Duration::from_secs(1), "the first retry came {gap:?} after the kind went");
+}
+
+/// Two API servers behind one load balancer disagree on the MultiNetworkPolicy CRD's served
+/// versions (one serves v1beta2 alone, the other v1beta1 alone): each watch lands on the server
+/// that does not serve the version just listed, and the agent switches versions at every
+/// relist. The delay between relists is the kind's, and keeps growing across the switches
+/// (from 0.5 s to 2 s here): in 4 s, once grown, at most three rounds of lists, not one every
+/// 0.5 s (the first delay of each version's own); the policy stays on vm-a's port throughout.
+#[test]
+fn the_restart_back_off_grows_across_a_version_switch() {
+    let server = ApiServer::start(objects_with_a_deny_policy(), Duration::from_millis(200));
+    let agent = Agent::start_with(&server, |api| {
+        api.min_backoff = Duration::from_millis(500);
+        api.max_backoff = Duration::from_secs(2);
+    });
+    agent.until("vm-a's port has its policy", 20, |a| a.port(VM_A).is_some_and(|p| p.policy.is_some()));
+    server.split_versions("k8s.cni.cncf.io/v1beta2", "k8s.cni.cncf.io/v1beta1");
+    server.drop_connections();
+    let mnp_lists = |s: &ApiServer| {
+        s.requests().iter().filter(|r| mnp_list(r, "v1beta2") || mnp_list(r, "v1beta1")).count()
+    };
+    // 0.5 + 1 + 2 s: the delay is at its longest after 3.5 s of relists.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = mnp_lists(&server);
+    assert!(before >= 4, "the versions were not switched: {:?}", server.requests());
+    std::thread::sleep(Duration::from_secs(4));
+    let n = mnp_lists(&server) - before;
+    // A round: the list answered 404, then the list at the other version.
+    assert!(n <= 6, "{n} lists of the policies in 4 s");
+    assert!(agent.port(VM_A).is_some_and(|p| p.policy.is_some()), "vm-a's port lost its policy");
+}
+
+/// Kinds the API server does not serve (the NADs at their one version, the policies at both
+/// of theirs) are retried, but a retry that finds them still not served changes nothing the
+/// agent knows: no plan is made for it, where each retry used to plan the whole state again.
+/// A change still plans: the NADs served, vm-a's port runs.
+#[test]
+fn a_kind_not_served_is_not_planned_again_at_every_retry() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    for gv in ["k8s.cni.cncf.io/v1", "k8s.cni.cncf.io/v1beta2", "k8s.cni.cncf.io/v1beta1"] {
+        server.set_served(gv, false);
+    }
+    let agent = Agent::start(&server);
+    agent.until("the uplink runs (planned without NADs)", 20, |a| a.port("eth1").is_some());
+    // Past the longest delay (1 s): the kinds' objects are taken as gone by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    let plans = agent.stats.reconciles();
+    let nad_lists = lists(&server, "network-attachment-definitions");
+    let mnp_lists = lists(&server, "multi-networkpolicies");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(lists(&server, "network-attachment-definitions") > nad_lists, "the NADs were not retried");
+    assert!(lists(&server, "multi-networkpolicies") > mnp_lists, "the policies were not retried");
+    assert_eq!(agent.stats.reconciles(), plans, "plans made for retries that changed nothing");
+    server.set_served("k8s.cni.cncf.io/v1", true);
+    agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
+}
+
+/// A list refused every time (403: the RBAC lacks the NADs) is retried with a delay growing to
+/// the longest (1 s here): in 3 s, once grown, a few lists, where each retry used to start
+/// from the shortest delay again (kube-runtime's backoff resets on the `Init` that begins
+/// every list), a list every 50 ms for ever. Granted, the NADs are listed within that delay.
+#[test]
+fn a_list_refused_every_time_backs_off() {
+    let server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    server.set_forbidden("network-attachment-definitions", true);
+    let agent = Agent::start(&server);
+    // 50 + 100 + ... + 800 ms: the delay is at its longest after ~1.6 s of refusals.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lists(&server, "network-attachment-definitions");
+    assert!(before >= 3, "the NADs were not retried: {before} lists");
+    std::thread::sleep(Duration::from_secs(3));
+    let n = lists(&server, "network-attachment-definitions") - before;
+    assert!(n <= 5, "{n} lists of the NADs in 3 s");
+    server.set_forbidden("network-attachment-definitions", false);
     agent.until("vm-a's port runs", 10, |a| a.port(VM_A).is_some());
 }

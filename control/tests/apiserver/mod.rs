@@ -129,6 +129,9 @@ struct St {
     forbidden: std::collections::BTreeSet<String>,
     /// API versions ("group/version") answered 404, as for a CRD version not served.
     unserved: std::collections::BTreeSet<String>,
+    /// Two API servers disagreeing on two versions of a CRD: ([the version each serves
+    /// alone], the server the last request of either went to).
+    split: Option<([String; 2], usize)>,
     /// Bumped to end every connection.
     epoch: u64,
     conns: Vec<TcpStream>,
@@ -416,6 +419,16 @@ impl ApiServer {
         }
     }
 
+    /// From now on, the requests for API versions `a` and `b` ("group/version") are served as by
+    /// two API servers behind one load balancer that disagree on the CRD's served versions
+    /// (one updated, the other not yet): the first serves `a` alone, the second `b` alone (404
+    /// for the other). A watch goes to the other server than the request before it (a new
+    /// connection, balanced elsewhere), the requests after it to the server it went to. The
+    /// first request after this goes to the first server unless it is a watch.
+    pub fn split_versions(&self, a: &str, b: &str) {
+        lock(&self.inner).split = Some(([a.to_string(), b.to_string()], 0));
+    }
+
     /// Answers a watch from a resourceVersion older than the compaction point with an HTTP 410
     /// Gone Status (`reason: Expired`) rather than 200 and an ERROR event: the API concepts
     /// ("410 Gone responses") allow either, and clients must tolerate both.
@@ -584,7 +597,19 @@ fn serve(inner: &Inner, c: TcpStream, epoch: u64) -> std::io::Result<()> {
         let (method, target) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let q = parse_query(query);
-        let Some(t) = parse_path(path).filter(|t| !lock(inner).unserved.contains(&t.gv)) else {
+        let served = |t: &Target| {
+            let mut st = lock(inner);
+            if let Some((versions, at)) = st.split.as_mut().filter(|(v, _)| v.contains(&t.gv)) {
+                if q.watch {
+                    *at ^= 1;
+                }
+                if versions[*at] != t.gv {
+                    return false;
+                }
+            }
+            !st.unserved.contains(&t.gv)
+        };
+        let Some(t) = parse_path(path).filter(served) else {
             respond(&mut w, 404, &status(404, "NotFound", &format!("the server could not find {path}")))?;
             continue;
         };
