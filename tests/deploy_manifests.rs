@@ -10,14 +10,21 @@
 //!   are exactly the ports' four, the QoS is Guaranteed (exclusive CPUs under the static CPU
 //!   manager), every flag it passes is one `switchyard run --help` lists, the init container
 //!   installs the CNI plugin under the name NADs use, from where the Containerfile puts it;
-//! - RBAC: get/list/watch on exactly the kinds the API source reads, create/patch on Events,
-//!   bound to the DaemonSet's service account;
+//! - RBAC: get/list/watch on exactly the kinds the API source reads (its `Kind::ALL`),
+//!   create/patch on Events, bound to the DaemonSet's service account;
+//! - the image: the switchyard stage's `apt-get install`, simulated on an empty package
+//!   database, brings every library `ldd` finds for the built binary and every DPDK driver it
+//!   needs from EAL's plugin directory (`dpkg -S` names their packages); .dockerignore keeps
+//!   every tracked file (and all cargo reads) in the build context and leaves out everything
+//!   git ignores, target/ and .git;
 //! - the KubeVirt hand-off: the DaemonSet's device-plugin container, its arguments parsed by
 //!   `switchyard-kubevirt`'s own parser, registers in the kubelet's device-plugins directory,
 //!   writes Multus's device-info directory, and uses the switch's vhost-user directory and
-//!   control socket (the same hostPaths); the binding registered in deploy/kubevirt/ runs the
-//!   Containerfile's hook-sidecar image for the binding name the sidecar rewrites, and its NAD
-//!   (parsed by the CNI plugin's own parser) names the device plugin's resource.
+//!   control socket (the same hostPaths); the binding registered by deploy/kubevirt/'s merge
+//!   patch of the KubeVirt CR (only `spec.configuration.network.binding`, no list) runs the
+//!   Containerfile's hook-sidecar image for the binding name the sidecar rewrites, and the VM
+//!   there and the example VMI use that binding on NADs (parsed by the CNI plugin's own parser)
+//!   that name the device plugin's resource.
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -28,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use switchyard_control::api_source::Kind;
 use switchyard_control::cni::DEFAULT_CNI_STATE;
 use switchyard_control::ctl::DEFAULT_SOCKET;
 use switchyard_control::health::{HEALTHZ_PATH, READYZ_PATH};
@@ -89,6 +97,8 @@ struct Deploy {
     custom: BTreeMap<String, usize>,
     /// The custom resources themselves (file, object).
     objects: Vec<(String, serde_json::Value)>,
+    /// Merge patches (`*-patch.yaml`, no apiVersion or kind): (file, patch).
+    patches: Vec<(String, serde_json::Value)>,
 }
 
 fn load() -> Deploy {
@@ -96,6 +106,11 @@ fn load() -> Deploy {
     for (file, v) in documents() {
         let api = v["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        if file.ends_with("-patch.yaml") {
+            assert!(api.is_empty() && kind.is_empty(), "{file}: a patch names no apiVersion or kind");
+            d.patches.push((file, v));
+            continue;
+        }
         match (api.as_str(), kind.as_str()) {
             ("apps/v1", "DaemonSet") => d.daemonsets.push(typed(&file, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => d.roles.push(typed(&file, &v)),
@@ -273,19 +288,17 @@ fn rbac_reads_exactly_what_the_api_source_watches_and_writes_events() {
             }
         }
     }
+    // Every kind the API source watches (its own list), read; Events written as kube's
+    // Recorder writes them (events.k8s.io: create, then patch for a repeat).
     let read = "get,list,watch";
-    let want: BTreeSet<(String, String, String)> = [
-        ("k8s.cni.cncf.io", "network-attachment-definitions", read),
-        ("k8s.cni.cncf.io", "multi-networkpolicies", read),
-        ("kubevirt.io", "virtualmachineinstances", read),
-        ("nmstate.io", "nodenetworkconfigurationpolicies", read),
-        ("", "nodes", read),
-        ("", "namespaces", read),
-        ("events.k8s.io", "events", "create,patch"),
-    ]
-    .iter()
-    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
-    .collect();
+    let mut want: BTreeSet<(String, String, String)> = Kind::ALL
+        .iter()
+        .map(|k| {
+            let (group, _, _, plural) = k.gvk();
+            (group.to_string(), plural.to_string(), read.to_string())
+        })
+        .collect();
+    want.insert(("events.k8s.io".into(), "events".into(), "create,patch".into()));
     assert_eq!(got, want);
 }
 
@@ -415,9 +428,7 @@ fn the_kubevirt_binding_runs_the_hook_sidecar_for_the_device_plugins_resource() 
 
     // The registration: the binding the sidecar rewrites, the image the Containerfile builds
     // with the sidecar as its entrypoint, the device-info passed down.
-    let kv = kubevirt_object(&d, "KubeVirt");
-    let reg = &kv["spec"]["configuration"]["network"]["binding"][&binding];
-    assert!(reg.is_object(), "no binding {binding:?} registered: {kv}");
+    let reg = registered_binding(&d, &binding);
     assert_eq!(reg["downwardAPI"], "device-info");
     let image = reg["sidecarImage"].as_str().unwrap();
     let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
@@ -428,29 +439,357 @@ fn the_kubevirt_binding_runs_the_hook_sidecar_for_the_device_plugins_resource() 
         stage.contains(r#"ENTRYPOINT ["/usr/local/bin/switchyard-kubevirt", "hook-sidecar"]"#),
         "{stage}"
     );
-    let features = kv["spec"]["configuration"]["developerConfiguration"]["featureGates"].to_string();
-    assert!(features.contains("\"NetworkBindingPlugins\""), "{features}");
 
-    // The VM's interface uses that binding on a network whose NAD names the device plugin's
-    // resource; the NAD's config is one the CNI plugin takes, in vhostuser mode, on the
-    // switch's control socket, its socket owned by the user the plugin gives the directories.
+    // The VM of deploy/kubevirt/ and the example VMI: their interfaces use that binding.
     let vm = kubevirt_object(&d, "VirtualMachine");
-    let spec = &vm["spec"]["template"]["spec"];
-    let iface = spec["domain"]["devices"]["interfaces"].as_array().unwrap();
-    let iface = iface.iter().find(|i| i["binding"]["name"] == binding.as_str()).expect("an interface bound");
-    let net = spec["networks"].as_array().unwrap().iter().find(|n| n["name"] == iface["name"]).unwrap();
-    let nad_name = net["multus"]["networkName"].as_str().unwrap();
-    let nad = d
-        .objects
-        .iter()
-        .map(|(_, v)| v)
-        .find(|v| v["kind"] == "NetworkAttachmentDefinition" && v["metadata"]["name"] == nad_name)
-        .unwrap_or_else(|| panic!("no NAD {nad_name}"));
-    assert_eq!(nad["metadata"]["namespace"], vm["metadata"]["namespace"]);
-    assert_eq!(nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"], cfg.resource.as_str());
-    let conf = switchyard_cni::config::NetConf::parse(nad["spec"]["config"].as_str().unwrap().as_bytes())
-        .unwrap_or_else(|e| panic!("NAD {nad_name}: {e}"));
-    assert_eq!(conf.mode, switchyard_cni::config::Mode::Vhostuser);
-    assert_eq!(conf.socket, Path::new(DEFAULT_SOCKET));
-    assert_eq!((conf.socket_owner, conf.socket_group), (Some(cfg.owner), Some(cfg.group)));
+    assert_eq!(bound_interfaces(&d, &cfg, &binding, vm, &vm["spec"]["template"]["spec"]), 1);
+    let mut vmis =
+        d.objects.iter().filter(|(f, v)| f.starts_with("examples/") && v["kind"] == "VirtualMachineInstance");
+    let (_, vmi) = vmis.next().expect("an example VMI");
+    assert_eq!(bound_interfaces(&d, &cfg, &binding, vmi, &vmi["spec"]), 1);
+}
+
+/// The KubeVirt registration of binding `name`: the one merge patch of the KubeVirt CR under
+/// deploy/kubevirt/, which must change `spec.configuration.network.binding` and nothing else,
+/// and hold no list (a merge patch replaces a list whole: the CR's `featureGates`, say).
+fn registered_binding<'a>(d: &'a Deploy, name: &str) -> &'a serde_json::Value {
+    let mut it = d.patches.iter().filter(|(f, _)| f.starts_with("kubevirt/"));
+    let (file, patch) = it.next().expect("a merge patch of the KubeVirt CR in deploy/kubevirt/");
+    assert!(it.next().is_none(), "more than one patch in deploy/kubevirt/");
+    fn leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    leaves(v, format!("{path}/{k}"), out);
+                }
+            }
+            serde_json::Value::Array(_) => {
+                panic!("{path}: a list in a merge patch replaces the CR's whole list")
+            }
+            _ => out.push(path),
+        }
+    }
+    let mut paths = Vec::new();
+    leaves(patch, String::new(), &mut paths);
+    for p in &paths {
+        assert!(
+            p.starts_with("/spec/configuration/network/binding/"),
+            "{file}: {p} is not under the bindings"
+        );
+    }
+    let reg = &patch["spec"]["configuration"]["network"]["binding"][name];
+    assert!(reg.is_object(), "{file}: no binding {name:?} registered: {patch}");
+    reg
+}
+
+/// Checks the interfaces of `spec` (a VMI's spec, or a VM's template spec; `obj` the object)
+/// that use a network binding plugin: each names `binding` (the sidecar's, registered), on a
+/// network whose NAD names the device plugin's resource and has a config the CNI plugin
+/// takes, in vhostuser mode, on the switch's control socket, its socket owned by the user the
+/// plugin gives the directories. Returns how many there are.
+fn bound_interfaces(
+    d: &Deploy,
+    cfg: &PluginConfig,
+    binding: &str,
+    obj: &serde_json::Value,
+    spec: &serde_json::Value,
+) -> usize {
+    let what = format!("{} {}", obj["kind"], obj["metadata"]["name"]);
+    let mut n = 0;
+    for iface in spec["domain"]["devices"]["interfaces"].as_array().unwrap() {
+        let Some(name) = iface["binding"]["name"].as_str() else { continue };
+        assert_eq!(name, binding, "{what}: interface {} uses a binding nothing registers", iface["name"]);
+        let net = spec["networks"].as_array().unwrap().iter().find(|n| n["name"] == iface["name"]).unwrap();
+        let nad_name = net["multus"]["networkName"].as_str().unwrap();
+        let nad = d
+            .objects
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| {
+                v["kind"] == "NetworkAttachmentDefinition"
+                    && v["metadata"]["name"] == nad_name
+                    && v["metadata"]["namespace"] == obj["metadata"]["namespace"]
+            })
+            .unwrap_or_else(|| panic!("{what}: no NAD {nad_name} in its namespace"));
+        assert_eq!(
+            nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"],
+            cfg.resource.as_str(),
+            "NAD {nad_name}: not the device plugin's resource"
+        );
+        let conf = switchyard_cni::config::NetConf::parse(nad["spec"]["config"].as_str().unwrap().as_bytes())
+            .unwrap_or_else(|e| panic!("NAD {nad_name}: {e}"));
+        assert_eq!(conf.mode, switchyard_cni::config::Mode::Vhostuser);
+        assert_eq!(conf.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!((conf.socket_owner, conf.socket_group), (Some(cfg.owner), Some(cfg.group)));
+        n += 1;
+    }
+    n
+}
+
+/// `cmd args`'s stdout, or None when the command is not there.
+fn output(cmd: &str, args: &[&str]) -> Option<std::process::Output> {
+    std::process::Command::new(cmd).args(args).output().ok()
+}
+
+/// The packages the Containerfile's last stage (the switchyard image) installs: the words of
+/// its `apt-get install` that are not options, `${DPDK_EXTRA}` at its default (empty).
+fn runtime_packages(containerfile: &str) -> Vec<String> {
+    let stage = containerfile.rsplit("\nFROM ").next().unwrap();
+    let joined = stage.replace("\\\n", " ");
+    let line =
+        joined.lines().find(|l| l.contains("apt-get install")).expect("an apt-get install in the last stage");
+    let words = line.split("apt-get install").nth(1).unwrap().split("&&").next().unwrap();
+    assert!(stage.contains("ARG DPDK_EXTRA=\"\"\n"), "DPDK_EXTRA's default is not empty");
+    words
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-') && *w != "${DPDK_EXTRA}")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The package that owns `path` (dpkg -S; the path as given, else its canonical form, as
+/// /lib is a link to /usr/lib).
+fn owner(path: &Path) -> Option<String> {
+    let canon = std::fs::canonicalize(path).ok();
+    for p in [Some(path.to_path_buf()), canon].into_iter().flatten() {
+        let o = output("dpkg", &["-S", p.to_str()?])?;
+        if o.status.success() {
+            let s = String::from_utf8_lossy(&o.stdout);
+            let pkg = s.lines().next()?.split(':').next()?.trim().to_string();
+            return Some(pkg);
+        }
+    }
+    None
+}
+
+/// The image's run-time libraries: simulates the last stage's `apt-get install` on an empty
+/// package database against this host's Debian 12 package lists (every package the install
+/// would bring, dependencies included: a superset of what debian:12-slim adds to its own), and
+/// checks that each shared library `ldd` finds for the built `switchyard` belongs to one of
+/// them, and so does each driver EAL needs from its plugin directory. Debian's `dpdk` with
+/// `--no-install-recommends` (what the image had) brings no librte library at all, and fails
+/// here.
+#[test]
+fn the_image_installs_every_library_and_driver_the_binary_loads() {
+    let containerfile = std::fs::read_to_string(deploy().join("Containerfile")).unwrap();
+    let last = containerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(last.starts_with("docker.io/library/debian:12"), "{last}");
+    let bookworm =
+        std::fs::read_to_string("/etc/os-release").is_ok_and(|s| s.contains("VERSION_CODENAME=bookworm"));
+    let tools = ["apt-get", "dpkg", "ldd"].iter().all(|t| output(t, &["--version"]).is_some());
+    if !bookworm || !tools {
+        eprintln!("SKIP: needs a Debian 12 host with apt-get, dpkg and ldd (the image's base)");
+        return;
+    }
+    let lists = std::fs::read_dir("/var/lib/apt/lists").into_iter().flatten().flatten();
+    if !lists.into_iter().any(|e| e.file_name().to_string_lossy().contains("_Packages")) {
+        eprintln!("SKIP: no apt package lists on this host (apt-get update never ran)");
+        return;
+    }
+    let pkgs = runtime_packages(&containerfile);
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status");
+    std::fs::write(&status, "").unwrap();
+    let mut args = vec![
+        "install".to_string(),
+        "-s".into(),
+        "--no-install-recommends".into(),
+        "-o".into(),
+        format!("Dir::State::status={}", status.display()),
+    ];
+    args.extend(pkgs.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sim = output("apt-get", &args).unwrap();
+    let text = String::from_utf8_lossy(&sim.stdout);
+    assert!(sim.status.success(), "apt-get {args:?}: {}", String::from_utf8_lossy(&sim.stderr));
+    let installed: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    for p in &pkgs {
+        assert!(installed.contains(p), "{p} is in the list but apt would not install it");
+    }
+
+    // What the binary links: every library ldd resolves (a library not found here fails).
+    let ldd = output("ldd", &[BIN]).unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for l in ldd.lines() {
+        assert!(!l.contains("not found"), "{BIN}: {l}");
+        if let Some((_, rest)) = l.split_once("=> ") {
+            libs.push(PathBuf::from(rest.split(" (").next().unwrap().trim()));
+        } else if let Some(p) = l.trim().split(" (").next().filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p)); // the dynamic loader
+        }
+    }
+    let rte = libs.iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("librte_")).count();
+    if cfg!(feature = "dpdk") {
+        assert!(rte > 0, "a --features dpdk build that links no DPDK library:\n{ldd}");
+    } else {
+        eprintln!("NOTE: built without --features dpdk: the DPDK libraries are not checked (run with --features dpdk)");
+    }
+
+    // What EAL loads at start: every driver in its plugin directory (the packages' links there);
+    // those switchyard needs: the ring mempool (the default mempool ops of every mbuf pool), the
+    // PCI and vdev buses, and the net drivers ports/src/dpdk.rs supports (virtio_user is in
+    // net_virtio; mlx5 is optional, DPDK_EXTRA).
+    if cfg!(feature = "dpdk") {
+        let header =
+            std::fs::read_to_string("/usr/include/x86_64-linux-gnu/dpdk/rte_build_config.h").unwrap();
+        let pmd_dir = header
+            .lines()
+            .find_map(|l| l.strip_prefix("#define RTE_EAL_PMD_PATH "))
+            .expect("RTE_EAL_PMD_PATH")
+            .trim_matches('"')
+            .to_string();
+        for drv in [
+            "mempool_ring",
+            "bus_pci",
+            "bus_vdev",
+            "net_ring",
+            "net_null",
+            "net_pcap",
+            "net_vhost",
+            "net_virtio",
+            "net_tap",
+            "net_af_packet",
+            "net_iavf",
+        ] {
+            let so = Path::new(&pmd_dir).join(format!("librte_{drv}.so"));
+            let so = std::fs::read_dir(&pmd_dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("librte_{drv}.so.")))
+                .unwrap_or_else(|| panic!("{}: no such driver on this host", so.display()));
+            libs.push(so);
+        }
+    }
+    let mut missing = Vec::new();
+    for lib in &libs {
+        let pkg = owner(lib).unwrap_or_else(|| panic!("{}: no package owns it (dpkg -S)", lib.display()));
+        if !installed.contains(&pkg) {
+            missing.push(format!("{} ({pkg})", lib.display()));
+        }
+    }
+    assert!(missing.is_empty(), "the image would lack: {missing:?}");
+}
+
+/// Whether `name` matches the one-segment glob `pat` (`*`, `?`).
+fn glob_segment(pat: &[u8], name: &[u8]) -> bool {
+    match (pat.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_segment(&pat[1..], name) || (!name.is_empty() && glob_segment(pat, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_segment(&pat[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob_segment(&pat[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// Whether the path segments `path` match the pattern segments `pat` (`**`: any number of
+/// segments).
+fn glob_path(pat: &[&str], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (None, None) => true,
+        (Some(&"**"), _) => glob_path(&pat[1..], path) || (!path.is_empty() && glob_path(pat, &path[1..])),
+        (Some(p), Some(n)) => glob_segment(p.as_bytes(), n.as_bytes()) && glob_path(&pat[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+/// Whether the build context leaves out `path` (relative to the context), by the rules of
+/// .dockerignore as Docker and podman read it: patterns relative to the context root, `*` and
+/// `?` within a segment, `**` any number of segments, `!` takes a path back, the last matching
+/// pattern decides, and a path is left out when it or a directory above it matches.
+fn ignored_by(patterns: &[String], path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut out = false;
+    for p in patterns {
+        let (neg, p) = match p.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, p.as_str()),
+        };
+        let pat: Vec<&str> = p.trim_start_matches('/').trim_end_matches('/').split('/').collect();
+        if (1..=segs.len()).any(|n| glob_path(&pat, &segs[..n])) {
+            out = !neg;
+        }
+    }
+    out
+}
+
+/// `podman build -f deploy/Containerfile .` sends the repository root as its context, and the
+/// build stage copies all of it (`COPY . .`): .dockerignore must leave out the build outputs
+/// (target/ alone is tens of GB) and .git, and keep everything the build reads. Checked with
+/// git: every tracked file stays in the context (so `cargo build --locked` sees the checkout as
+/// a clone would), and every path git ignores (build outputs, fuzz corpora) is left out, as are
+/// the usual outputs when they are not there.
+#[test]
+fn the_build_context_is_the_checkout_without_its_outputs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join(".dockerignore")).expect("a .dockerignore");
+    let patterns: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    for p in &patterns {
+        assert!(!p.contains('[') && !p.contains('\\'), "{p}: a pattern this test cannot read");
+    }
+    assert!(
+        !root.join(".containerignore").exists(),
+        ".containerignore would win over .dockerignore in podman"
+    );
+
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git").current_dir(root).args(args).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Some(tracked) = git(&["ls-files", "-z"]) else {
+        eprintln!("SKIP: not a git checkout (or no git): the context cannot be compared");
+        return;
+    };
+    let tracked: Vec<&str> = tracked.split('\0').filter(|f| !f.is_empty()).collect();
+    assert!(tracked.contains(&"Cargo.lock") && tracked.contains(&"deploy/Containerfile"));
+    let dropped: Vec<&&str> = tracked.iter().filter(|f| ignored_by(&patterns, f)).collect();
+    assert!(dropped.is_empty(), "tracked files left out of the build context: {dropped:?}");
+
+    // The members' manifests and every target's source, as cargo sees them.
+    let meta = std::process::Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .output()
+        .unwrap();
+    assert!(meta.status.success(), "{}", String::from_utf8_lossy(&meta.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+    let mut needed = 0;
+    for pkg in meta["packages"].as_array().unwrap() {
+        let files = std::iter::once(&pkg["manifest_path"])
+            .chain(pkg["targets"].as_array().unwrap().iter().map(|t| &t["src_path"]));
+        for f in files {
+            let rel =
+                Path::new(f.as_str().unwrap()).strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            assert!(!ignored_by(&patterns, &rel), "{rel}: cargo needs it, the context leaves it out");
+            needed += 1;
+        }
+    }
+    assert!(needed > 10, "{needed}");
+
+    let ignored =
+        git(&["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"]).unwrap();
+    let mut outputs: Vec<&str> = ignored.split('\0').filter(|f| !f.is_empty()).collect();
+    outputs.extend([
+        ".git",
+        ".git/HEAD",
+        "target/release/switchyard",
+        "fuzz/target/x",
+        "fuzz/corpus/x",
+        "fuzz/artifacts/x",
+    ]);
+    let kept: Vec<&&str> = outputs.iter().filter(|f| !ignored_by(&patterns, f)).collect();
+    assert!(kept.is_empty(), "build outputs or git's objects in the build context: {kept:?}");
 }
