@@ -96,7 +96,8 @@ pub struct ControllerOptions {
     pub debounce: Duration,
     /// The longest a burst of events delays a reload.
     pub max_batch: Duration,
-    /// How often ports that are down are retried when nothing changes.
+    /// How often ports that are down, and a reconcile that failed to apply, are retried when
+    /// nothing changes.
     pub retry: Duration,
     /// Reconcile a change of a few VMIs of the API source alone ([`crate::delta`]); off, every
     /// change plans the whole state (the reference the differential test compares with).
@@ -184,6 +185,9 @@ pub struct Controller {
     runtime: Arc<Mutex<Runtime>>,
     logged: HashSet<String>,
     reconciles: u64,
+    /// The last reconcile could not apply its plan (or read the state directory): the retry
+    /// timer reconciles again, as it does while a port is down.
+    failed: bool,
     /// The problems of the last plan (for the API source's Events).
     problems: Option<Vec<crate::Problem>>,
     /// The running API watches (a `Kube` source), started by [`Controller::start_api`].
@@ -244,6 +248,7 @@ impl Controller {
             runtime,
             logged: HashSet::new(),
             reconciles: 0,
+            failed: false,
             problems: None,
             api: None,
             cur: None,
@@ -261,6 +266,7 @@ impl Controller {
     pub fn reconcile(&mut self) -> Result<Applied, ControllerError> {
         let t0 = Instant::now();
         let r = self.reconcile_inner();
+        self.failed = matches!(r, Err(ControllerError::Apply(_) | ControllerError::StateDir { .. }));
         if let Some(s) = &self.stats {
             s.reconcile_done(t0.elapsed(), &r);
         }
@@ -268,6 +274,13 @@ impl Controller {
             h(&r);
         }
         r
+    }
+
+    /// Whether the retry timer (every [`ControllerOptions::retry`]) should reconcile: the last
+    /// reconcile failed to apply (a transient failure heals without a new event), or a port
+    /// is down (its opening is retried).
+    pub fn wants_retry(&self) -> bool {
+        self.failed || lock(&self.runtime).has_down_ports()
     }
 
     fn reconcile_inner(&mut self) -> Result<Applied, ControllerError> {
@@ -516,7 +529,7 @@ impl Controller {
                     if last.elapsed() >= self.opts.retry {
                         last = Instant::now();
                         lock(&self.runtime).cni_apply_tombstones();
-                        if lock(&self.runtime).has_down_ports() {
+                        if self.wants_retry() {
                             let _ = self.reconcile();
                         }
                     }
@@ -564,11 +577,37 @@ impl Controller {
             } else if last.elapsed() >= self.opts.retry {
                 last = Instant::now();
                 lock(&self.runtime).cni_apply_tombstones();
-                if !waiting && lock(&self.runtime).has_down_ports() {
+                if !waiting && self.wants_retry() {
                     let _ = self.reconcile();
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeOptions;
+
+    /// A reconcile that fails for a reason that can pass (here the state directory cannot be
+    /// read) is retried by the timer though no port is down and no event comes; once one
+    /// succeeds, the timer goes back to retrying down ports alone.
+    #[test]
+    fn a_failed_reconcile_is_retried_by_the_timer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let rt = Arc::new(Mutex::new(Runtime::start(RuntimeOptions::default()).unwrap()));
+        let mut ctl = Controller::new(ControllerOptions::new(&state, "node-1"), rt.clone());
+        assert!(!ctl.wants_retry());
+        assert!(matches!(ctl.reconcile(), Err(ControllerError::StateDir { .. })));
+        assert!(!lock(&rt).has_down_ports());
+        assert!(ctl.wants_retry(), "a failed reconcile is retried");
+        std::fs::create_dir(&state).unwrap();
+        ctl.reconcile().expect("the retry applies");
+        assert!(!ctl.wants_retry());
+        drop(ctl);
+        Arc::try_unwrap(rt).ok().unwrap().into_inner().unwrap().stop();
     }
 }

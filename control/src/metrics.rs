@@ -155,6 +155,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("switchyard_vhost_guest_faults_total", "counter", "Frames dropped on a vhost-user port because of the guest (vhost_* drop reasons)."),
     ("switchyard_bridge_mac_entries", "gauge", "Entries in the bridge's MAC table (static and learned)."),
     ("switchyard_bridge_mac_capacity", "gauge", "Entries the bridge's MAC table can hold."),
+    ("switchyard_bridge_mac_evicted_total", "counter", "Learned entries evicted from the bridge's full MAC table to make room for a static entry."),
     ("switchyard_worker_busy_cycles_total", "counter", "TSC cycles the worker spent on polls that received frames."),
     ("switchyard_worker_idle_cycles_total", "counter", "TSC cycles the worker spent on empty polls and backing off."),
     ("switchyard_worker_rx_packets_total", "counter", "Frames the worker received."),
@@ -313,6 +314,7 @@ pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
         let set = labels(&[("bridge", &b.name)]);
         e.sample(idx("switchyard_bridge_mac_entries"), "", &set, b.table.len());
         e.sample(idx("switchyard_bridge_mac_capacity"), "", &set, b.table.capacity());
+        e.sample(idx("switchyard_bridge_mac_evicted_total"), "", &set, b.table.evicted());
     }
     let ages = view.poll_ages();
     for w in view.worker_stats() {

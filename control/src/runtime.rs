@@ -607,6 +607,7 @@ impl Runtime {
             .collect();
         self.drop_down(&mut sw, |bi| whole || touched.contains(&bi));
         ph.mark("compile");
+        Self::static_error_lines(&self.switch, &sw, &mut lines);
         let (gen, in_time) = self.publish(Arc::new(sw));
         ph.mark("publish");
         for n in &d.removed {
@@ -633,6 +634,20 @@ impl Runtime {
             Ok(Some(sw)) => Ok((sw, false)),
             Ok(None) => SwitchConfig::compile(running, Some(&self.switch)).map(|sw| (sw, true)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// A line for each port of `after` whose static MAC entries its bridge's table cannot
+    /// hold (a configuration error of that port; the snapshot runs without them), logged: once,
+    /// when it starts or its count changes from `before`.
+    fn static_error_lines(before: &SwitchConfig, after: &SwitchConfig, lines: &mut Vec<String>) {
+        let known = before.static_errors();
+        for (port, msg) in after.static_errors() {
+            if !known.iter().any(|(p, m)| *p == port && *m == msg) {
+                let l = format!("port {port}: {msg}");
+                tracing::warn!("{l}");
+                lines.push(l);
+            }
         }
     }
 
@@ -768,6 +783,7 @@ impl Runtime {
         // Down ports are not flooded to (as a port whose link is down).
         self.drop_down(&mut sw, |_| true);
         ph.mark("compile");
+        Self::static_error_lines(&self.switch, &sw, &mut lines);
         let (gen, in_time) = self.publish(Arc::new(sw));
         ph.mark("publish");
         // 4. Every worker has dropped its handles of removed ports: close them.
@@ -1071,6 +1087,11 @@ impl Runtime {
         };
         let gen = self.engine.publish(plan);
         let ok = self.engine.wait_applied(gen, self.opts.apply_timeout);
+        if ok {
+            // No worker runs an older snapshot: what they learned on ports it removed goes
+            // (otherwise the next snapshot carries the flush and keeps the ids unused).
+            sw.settle();
+        }
         self.switch = sw;
         (gen, ok)
     }
@@ -1158,6 +1179,7 @@ impl Runtime {
 mod tests {
     use super::*;
     use switchyard_dataplane::config::{BridgeConfig, VlanModeName};
+    use switchyard_dataplane::wire::MacAddr;
 
     fn ring_port(name: &str, tag: u16) -> PortConfig {
         PortConfig {
@@ -1226,6 +1248,64 @@ mod tests {
         let same = rt.running().clone();
         let a4 = rt.apply(&same, &none).unwrap();
         assert!(a4.generation.is_none());
+        rt.stop();
+    }
+
+    /// A MAC table full of learned entries takes a new port's static MAC (before: the whole
+    /// apply failed with "MAC table full"); static MACs past the table's size are an error of
+    /// the port that names them, said in the apply's lines, and the apply goes through.
+    #[test]
+    fn a_full_mac_table_does_not_fail_an_apply() {
+        let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+        let none = |_: &str| None;
+        let small = |ports| {
+            let mut c = cfg(ports);
+            c.bridges[0].mac_table_size = Some(64);
+            c
+        };
+        rt.apply(&small(vec![ring_port("rt-up", 10)]), &none).unwrap();
+        let table = rt.switch().bridges[0].table.clone();
+        let up = rt.switch().by_name["rt-up"];
+        for i in 0..64u8 {
+            table.learn(10, MacAddr([2, 0xee, 0, 0, 0, i]), up, 1, u32::MAX);
+        }
+        assert_eq!(table.len(), 64);
+        let mut vm = ring_port("rt-vm", 10);
+        vm.static_macs = vec!["02:00:00:00:00:01".parse().unwrap()];
+        let a = rt.apply(&small(vec![ring_port("rt-up", 10), vm.clone()]), &none).expect("applied");
+        assert!(a.lines.iter().all(|l| !l.contains("not installed")), "{:?}", a.lines);
+        let hit = table.lookup(10, "02:00:00:00:00:01".parse().unwrap(), 1).expect("installed");
+        assert_eq!((hit.port, hit.is_static), (rt.switch().by_name["rt-vm"], true));
+        assert_eq!(table.evicted(), 1);
+
+        let mut big = ring_port("rt-big", 10);
+        big.static_macs = (0..64u8).map(|i| MacAddr([2, 0xbb, 0, 0, 0, i])).collect();
+        let a = rt.apply(&small(vec![big, ring_port("rt-up", 10), vm]), &none).expect("applied");
+        assert!(
+            a.lines.iter().any(|l| l == "port rt-vm: 1 static MAC entry not installed: bridge br's MAC table (64 entries) is full of static entries of ports before it"),
+            "{:?}",
+            a.lines
+        );
+        assert!(rt.switch().port_by_name("rt-big").is_some() && rt.backend("rt-big").is_some());
+        assert_eq!(table.statics(), 64);
+        rt.stop();
+    }
+
+    /// A removed port's id is not given to a port added in the same apply (workers on the
+    /// old snapshot may still learn on it), and is free again once the workers applied the
+    /// snapshot without it (the publish settles it).
+    #[test]
+    fn a_removed_ports_id_waits_for_the_workers() {
+        let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+        let none = |_: &str| None;
+        rt.apply(&cfg(vec![ring_port("rt-a", 10), ring_port("rt-b", 10)]), &none).unwrap();
+        let b = rt.switch().by_name["rt-b"];
+        let a = rt.apply(&cfg(vec![ring_port("rt-a", 10), ring_port("rt-c", 10)]), &none).unwrap();
+        assert!(a.in_time);
+        assert_ne!(rt.switch().by_name["rt-c"], b);
+        rt.apply(&cfg(vec![ring_port("rt-a", 10), ring_port("rt-c", 10), ring_port("rt-d", 10)]), &none)
+            .unwrap();
+        assert_eq!(rt.switch().by_name["rt-d"], b, "settled at the publish: the id is free");
         rt.stop();
     }
 

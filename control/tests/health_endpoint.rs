@@ -71,6 +71,7 @@ fn readyz_follows_the_plan_and_cni_and_metrics_follow_the_reconciles() {
     assert_eq!(value(&scrape, r#"switchyard_reconcile_duration_seconds_bucket{le="+Inf"}"#), 1.0);
     assert_eq!(value(&scrape, r#"switchyard_port_rx_packets_total{bridge="br0",port="he-b"}"#), 0.0);
     assert_eq!(value(&scrape, r#"switchyard_bridge_mac_entries{bridge="br0"}"#), 0.0);
+    assert_eq!(value(&scrape, r#"switchyard_bridge_mac_evicted_total{bridge="br0"}"#), 0.0);
 
     // A bad edit: an error counted, the running configuration and readiness stay.
     std::fs::write(&file, "bridges: [{name: br0, ports: [{name: he-a, type: nosuch}]}]\n").unwrap();

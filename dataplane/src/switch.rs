@@ -5,7 +5,9 @@
 //!   workers pick it up between bursts.
 //! - A port keeps its [`PortId`] for as long as a port of that name exists, across snapshots,
 //!   so MAC table entries (which store port ids) stay meaningful; a removed port's id is
-//!   reused only after its entries were flushed.
+//!   reused only after every worker runs a snapshot without it and its entries were flushed
+//!   after that ([`SwitchConfig::settle`]): no entry learned on it resolves to another port.
+//! - Compiling changes the live MAC tables only once nothing can fail.
 //! - Bridges keep their MAC table across snapshots unless the table's size changes.
 //! - Counters live outside the snapshot (`Arc<PortStats>`) and survive reconfiguration.
 //! - The per-burst counters every frame moves (RX and TX packets and bytes) are kept in one
@@ -374,6 +376,22 @@ pub struct Bridge {
     /// The policy epoch of this snapshot: a number no other compiled snapshot has (never 0),
     /// which the connection table's verdicts name ([`crate::conntrack::verdict`]).
     pub policy_epoch: u32,
+    /// Static entries the configuration names but the table cannot hold (more static entries
+    /// than its size): (port, VLAN, MAC), the last ports in configuration order. A
+    /// configuration error of those ports, which the snapshot runs without.
+    pub refused_statics: Vec<(PortId, u16, MacAddr)>,
+}
+
+/// Learned entries of a port to remove from a table once no worker runs a snapshot older
+/// than the one that lists them ([`SwitchConfig::settle`]): a port that left the table's
+/// bridge (`keep` `None`: every learned entry of it), or one whose VLANs changed (those of
+/// VLANs outside `keep`). Workers on the older snapshot may learn such entries after the
+/// compile flushed them.
+#[derive(Debug, Clone)]
+struct Retired {
+    table: Arc<MacTable>,
+    port: PortId,
+    keep: Option<VlanPolicy>,
 }
 
 /// The next policy epoch (1, 2, ...; 0 skipped when it wraps).
@@ -398,6 +416,13 @@ pub struct SwitchConfig {
     /// The copies of the per-burst counters a new port gets; 0: [`COUNTER_SHARDS`]. Taken
     /// over from the previous snapshot ([`SwitchConfig::with_counter_shards`]).
     shards: usize,
+    /// Learned entries to flush again once every worker runs this snapshot: those of ports
+    /// this snapshot removed or changed the VLANs of, and those of earlier snapshots not
+    /// settled. The id of a port removed stays unused until then, so that no entry a worker
+    /// learned on it can resolve to another port.
+    retired: Vec<Retired>,
+    /// [`SwitchConfig::settle`] ran: `retired` is done with.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl PortSpec {
@@ -469,16 +494,38 @@ impl SwitchConfig {
                 }
             }
         }
+        // Nor is a removed port's id given to a new port before every worker runs a snapshot
+        // without the removed port (workers on `prev` may still learn entries on it): blocked,
+        // unless every other id is taken (more than MAX_PORTS_PER_NODE ports and ports removed
+        // in flight; validation keeps the ports themselves within it).
+        let mut blocked = vec![false; MAX_PORTS_PER_NODE];
+        if let Some(p) = prev {
+            for id in p.blocked_ids() {
+                if let Some(b) = blocked.get_mut(usize::from(id)) {
+                    *b = true;
+                }
+            }
+        }
         let mut next = 0usize;
         let mut alloc_id = |used: &mut Vec<bool>| -> PortId {
-            while used[next] {
+            while next < MAX_PORTS_PER_NODE && (used[next] || blocked[next]) {
                 next += 1;
             }
-            used[next] = true;
-            next as PortId
+            let id = if next < MAX_PORTS_PER_NODE {
+                next
+            } else {
+                // Validation allows no more ports than ids, so one is free.
+                used.iter().position(|u| !u).unwrap_or(0)
+            };
+            used[id] = true;
+            id as PortId
         };
 
-        let mut out = SwitchConfig { shards: prev.map_or(0, |p| p.shards), ..SwitchConfig::default() };
+        let mut out = SwitchConfig {
+            shards: prev.map_or(0, |p| p.shards),
+            retired: prev.map(SwitchConfig::unsettled).unwrap_or_default(),
+            ..SwitchConfig::default()
+        };
         out.by_name.reserve(cfg.bridges.iter().map(|b| b.ports.len()).sum());
         // Ports of `prev` taken over as they were (same id, bridge and configuration).
         let mut same: std::collections::HashSet<PortId> = std::collections::HashSet::new();
@@ -540,24 +587,43 @@ impl SwitchConfig {
                 filter,
                 conntrack,
                 policy_epoch: next_epoch(),
+                refused_statics: Vec::new(),
             });
         }
-        // Entries of ports that left a bridge (or the node): one pass per table, so that a large
-        // change costs a scan per bridge, not one per port. The tables they left have changed.
+        // Nothing below fails: the live tables change from here on.
+        // Entries of ports that left a bridge (or the node), and learned entries of ports on
+        // VLANs they no longer carry: one pass per table, so that a large change costs a scan
+        // per bridge, not one per port. The tables they left have changed.
         let mut lost: Vec<&Arc<MacTable>> = Vec::new();
         if let Some(p) = prev {
-            let mut gone: HashMap<usize, std::collections::HashSet<PortId>> = HashMap::new();
+            let mut gone: HashMap<usize, HashMap<PortId, Option<VlanPolicy>>> = HashMap::new();
             for old in p.ports.iter().flatten() {
-                let still = out
-                    .port_by_name(&old.name)
-                    .map(|np| out.bridges[np.bridge].name == p.bridges[old.bridge].name);
-                if still != Some(true) {
-                    gone.entry(old.bridge).or_default().insert(old.id);
+                let now = out.port_by_name(&old.name);
+                match now.filter(|np| out.bridges[np.bridge].name == p.bridges[old.bridge].name) {
+                    None => {
+                        gone.entry(old.bridge).or_default().insert(old.id, None);
+                    }
+                    Some(np) if np.vlan != old.vlan => {
+                        gone.entry(old.bridge).or_default().insert(old.id, Some(np.vlan.clone()));
+                    }
+                    Some(_) => {}
                 }
             }
             for (bi, ids) in gone {
-                p.bridges[bi].table.remove_where(|_, _, port, _| ids.contains(&port));
-                lost.push(&p.bridges[bi].table);
+                let table = &p.bridges[bi].table;
+                table.remove_where(|vlan, _, port, is_static| match ids.get(&port) {
+                    Some(None) => true,
+                    Some(Some(v)) => !is_static && !v.carries(vlan),
+                    None => false,
+                });
+                if ids.values().any(Option::is_none) {
+                    lost.push(table);
+                }
+                out.retired.extend(ids.into_iter().map(|(port, keep)| Retired {
+                    table: table.clone(),
+                    port,
+                    keep,
+                }));
             }
         }
         // Static entries, per bridge whose ports changed: each (VLAN, MAC) belongs to the last
@@ -565,10 +631,14 @@ impl SwitchConfig {
         // Entries owned otherwise go, missing ones are installed. A bridge whose ports were
         // all taken over, in a table that lost none, keeps its entries as they are.
         for (bi, b) in cfg.bridges.iter().enumerate() {
-            let table = &out.bridges[bi].table;
+            let table = &out.bridges[bi].table.clone();
             let reused = prev.is_some_and(|p| p.bridges.iter().any(|pb| Arc::ptr_eq(&pb.table, table)));
             let touched = b.ports.iter().any(|port| !same.contains(&out.by_name[&port.name]));
             if reused && !touched && !lost.iter().any(|t| Arc::ptr_eq(t, table)) {
+                out.bridges[bi].refused_statics = prev
+                    .and_then(|p| p.bridges.iter().find(|pb| Arc::ptr_eq(&pb.table, table)))
+                    .map(|pb| pb.refused_statics.clone())
+                    .unwrap_or_default();
                 continue;
             }
             let mut want: HashMap<(u16, MacAddr), (PortId, usize)> = HashMap::new();
@@ -584,6 +654,17 @@ impl SwitchConfig {
                     }
                 }
             }
+            // More static entries than the table holds: the first ones in configuration order
+            // (so that the same ports are refused each time) get in, the others are refused.
+            if want.len() > table.capacity() {
+                let mut all: Vec<(usize, u16, MacAddr, PortId)> =
+                    want.iter().map(|((v, mac), (id, pi))| (*pi, *v, *mac, *id)).collect();
+                all.sort_unstable();
+                for (_, v, mac, id) in all.drain(table.capacity()..) {
+                    want.remove(&(v, mac));
+                    out.bridges[bi].refused_statics.push((id, v, mac));
+                }
+            }
             if reused {
                 table.remove_where(|vlan, mac, port, is_static| {
                     is_static && want.get(&(vlan, mac)).is_none_or(|w| w.0 != port)
@@ -596,15 +677,20 @@ impl SwitchConfig {
                 })
                 .map(|((v, mac), (id, pi))| (v, mac, id, pi))
                 .collect();
-            // In configuration order, so that a full table names the same port each time.
             fields.sort_unstable_by_key(|f| (f.3, f.0, f.1));
-            for (v, mac, id, pi) in fields {
-                table.insert_static(v, mac, id).map_err(|e| ConfigError::Invalid {
-                    field: format!("bridges[{bi}].ports[{pi}].static_macs"),
-                    msg: e.to_string(),
-                })?;
+            for (v, mac, id, _) in fields {
+                // Cannot fail: validation refuses multicast MACs and VLANs past 4095, and the
+                // table holds only wanted static entries, fewer than its size, so a learned
+                // entry makes room when it is full.
+                if table.insert_static(v, mac, id).is_err() {
+                    out.bridges[bi].refused_statics.push((id, v, mac));
+                }
             }
         }
+        // Flushes owed to a table no bridge of this snapshot has are moot: no worker running
+        // it reads the table (nor keeps it allocated through them).
+        let bridges = &out.bridges;
+        out.retired.retain(|r| bridges.iter().any(|b| Arc::ptr_eq(&b.table, &r.table)));
         Ok(out)
     }
 
@@ -663,7 +749,12 @@ impl SwitchConfig {
             ports: self.ports.clone(),
             by_name: self.by_name.clone(),
             shards: self.shards,
+            retired: self.unsettled(),
+            settled: Default::default(),
         };
+        // Ids a new port may not take (see `blocked_ids`): this snapshot's and unsettled
+        // removed ones.
+        let blocked: HashSet<PortId> = self.unsettled_removed().collect();
         // Ports gone from the node, or from their bridge: all their entries go from the table
         // they leave.
         let mut leave: Vec<HashSet<PortId>> = vec![HashSet::new(); cfg.bridges.len()];
@@ -705,8 +796,14 @@ impl SwitchConfig {
                     filter: pb.filter,
                     conntrack: pb.conntrack.clone(),
                     policy_epoch: pb.policy_epoch,
+                    refused_statics: pb.refused_statics.clone(),
                 });
                 continue;
+            }
+            // Static entries refused on this bridge: which port gets them is a whole-bridge
+            // decision.
+            if !self.bridges[bi].refused_statics.is_empty() {
+                return Ok(None);
             }
             let mut members = Vec::with_capacity(b.ports.len());
             for port in &b.ports {
@@ -724,7 +821,10 @@ impl SwitchConfig {
                 let id = match prev {
                     Some(ps) => ps.id,
                     None => {
-                        while out.ports.get(next).is_some_and(|p| p.is_some()) {
+                        while self.ports.get(next).is_some_and(|p| p.is_some())
+                            || out.ports.get(next).is_some_and(|p| p.is_some())
+                            || blocked.contains(&(next as PortId))
+                        {
                             next += 1;
                         }
                         if next >= MAX_PORTS_PER_NODE {
@@ -762,11 +862,17 @@ impl SwitchConfig {
                 filter,
                 conntrack,
                 policy_epoch: next_epoch(),
+                refused_statics: Vec::new(),
             });
         }
-        // A wanted entry held by a port that is not touched: a whole-bridge decision.
+        // A wanted entry held by a port that is not touched: a whole-bridge decision. So is a
+        // table that might not hold every static entry (a bound: the ones there and the ones
+        // wanted, as if none were there yet).
         for (bi, w) in want.iter().enumerate() {
             let table = &out.bridges[bi].table;
+            if table.statics() + w.len() > table.capacity() {
+                return Ok(None);
+            }
             for ((v, mac), id) in w {
                 if let Some(h) = table.lookup(*v, *mac, 0) {
                     let mine =
@@ -777,18 +883,36 @@ impl SwitchConfig {
                 }
             }
         }
-        // Only now the tables change (they are live): entries of ports that left, static
-        // entries held but no longer wanted, then the wanted ones missing.
+        // Touched ports that stay on their bridge with other VLANs: their learned entries of
+        // VLANs they no longer carry go.
+        let mut revlan: Vec<HashMap<PortId, VlanPolicy>> = vec![HashMap::new(); cfg.bridges.len()];
+        for n in &set {
+            if let (Some(old), Some(new)) = (self.port_by_name(n), out.port_by_name(n)) {
+                if old.bridge == new.bridge && old.vlan != new.vlan {
+                    revlan[new.bridge].insert(new.id, new.vlan.clone());
+                }
+            }
+        }
+        // Only now the tables change (they are live), and nothing below fails: entries of
+        // ports that left, static entries held but no longer wanted, then the wanted ones
+        // missing.
         for bi in 0..cfg.bridges.len() {
-            if leave[bi].is_empty() && held[bi].is_empty() && want[bi].is_empty() {
+            if leave[bi].is_empty() && held[bi].is_empty() && want[bi].is_empty() && revlan[bi].is_empty() {
                 continue;
             }
-            let table = &out.bridges[bi].table;
-            let (l, h, w) = (&leave[bi], &held[bi], &want[bi]);
+            let table = &out.bridges[bi].table.clone();
+            let (l, h, w, r) = (&leave[bi], &held[bi], &want[bi], &revlan[bi]);
             table.remove_where(|vlan, mac, port, is_static| {
                 l.contains(&port)
                     || (is_static && h.contains(&(vlan, mac)) && w.get(&(vlan, mac)) != Some(&port))
+                    || (!is_static && r.get(&port).is_some_and(|v| !v.carries(vlan)))
             });
+            out.retired.extend(l.iter().map(|&port| Retired { table: table.clone(), port, keep: None }));
+            out.retired.extend(r.iter().map(|(&port, v)| Retired {
+                table: table.clone(),
+                port,
+                keep: Some(v.clone()),
+            }));
             let mut fields: Vec<(u16, MacAddr, PortId)> = w
                 .iter()
                 .filter(|((v, mac), id)| {
@@ -798,13 +922,96 @@ impl SwitchConfig {
                 .collect();
             fields.sort_unstable();
             for (v, mac, id) in fields {
-                table.insert_static(v, mac, id).map_err(|e| ConfigError::Invalid {
-                    field: format!("bridges[{bi}].static_macs"),
-                    msg: e.to_string(),
-                })?;
+                // Cannot fail (validation, and the bound above): recorded if it did.
+                if table.insert_static(v, mac, id).is_err() {
+                    out.bridges[bi].refused_statics.push((id, v, mac));
+                }
             }
         }
         Ok(Some(out))
+    }
+
+    /// Ids no new port of a snapshot compiled or patched from this one may take: those of
+    /// this snapshot's ports (a port that leaves in the next one is still learned on by the
+    /// workers running this one) and of ports removed before and not settled.
+    fn blocked_ids(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.port_ids().chain(self.unsettled_removed())
+    }
+
+    /// The ids of removed ports in [`SwitchConfig::unsettled`].
+    fn unsettled_removed(&self) -> impl Iterator<Item = PortId> + '_ {
+        let live = !self.settled.load(Ordering::Acquire);
+        self.retired.iter().filter(move |r| live && r.keep.is_none()).map(|r| r.port)
+    }
+
+    /// The flushes still owed (none once settled), carried into the next snapshot.
+    fn unsettled(&self) -> Vec<Retired> {
+        if self.settled.load(Ordering::Acquire) {
+            Vec::new()
+        } else {
+            self.retired.clone()
+        }
+    }
+
+    /// To be called once every worker runs this snapshot (it was published and applied):
+    /// removes the learned entries that workers on older snapshots may have written, since
+    /// the compile, on ports this snapshot or an unsettled earlier one removed, or on VLANs
+    /// such ports no longer carry, and frees the removed ports' ids for the next snapshot.
+    /// Once only; later calls do nothing. Returns how many entries went.
+    pub fn settle(&self) -> usize {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        // One pass per table: by table, the ports and the VLANs each keeps (None: none).
+        type Ports<'a> = HashMap<PortId, Option<&'a VlanPolicy>>;
+        let mut by_table: Vec<(&Arc<MacTable>, Ports)> = Vec::new();
+        for r in &self.retired {
+            let i = match by_table.iter().position(|(t, _)| Arc::ptr_eq(t, &r.table)) {
+                Some(i) => i,
+                None => {
+                    by_table.push((&r.table, HashMap::new()));
+                    by_table.len() - 1
+                }
+            };
+            // Every learned entry of a port removed once; else the VLANs of its latest change
+            // (the list goes oldest first).
+            let keep = by_table[i].1.entry(r.port).or_insert(r.keep.as_ref());
+            if keep.is_some() {
+                *keep = r.keep.as_ref();
+            }
+        }
+        by_table
+            .iter()
+            .map(|(table, ports)| {
+                table.remove_where(|vlan, _, port, is_static| {
+                    !is_static && ports.get(&port).is_some_and(|k| k.is_none_or(|v| !v.carries(vlan)))
+                })
+            })
+            .sum()
+    }
+
+    /// Static entries refused because their bridge's table is full of static entries, as
+    /// (port name, message), one per port.
+    pub fn static_errors(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for b in &self.bridges {
+            let mut per: std::collections::BTreeMap<PortId, usize> = std::collections::BTreeMap::new();
+            for (id, _, _) in &b.refused_statics {
+                *per.entry(*id).or_default() += 1;
+            }
+            for (id, n) in per {
+                let name = self.port(id).map_or_else(|| format!("#{id}"), |p| p.name.clone());
+                let msg = format!(
+                    "{n} static MAC entr{} not installed: bridge {}'s MAC table ({} entries) is full of \
+                     static entries of ports before it",
+                    if n == 1 { "y" } else { "ies" },
+                    b.name,
+                    b.table.capacity()
+                );
+                out.push((name, msg));
+            }
+        }
+        out
     }
 
     #[inline]
@@ -1004,11 +1211,12 @@ mod tests {
         assert_eq!(table.lookup(10, mb, 1), None, "b's entry went with b");
         assert!(only_a.port_by_name("b").is_none());
 
+        only_a.settle();
         let again = compile(
             "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: d, tag: 10}\n",
             Some(&only_a),
         );
-        assert_eq!(again.by_name["d"], b, "the lowest free id is reused");
+        assert_eq!(again.by_name["d"], b, "the lowest free id is reused once settled");
         assert_eq!(again.port(b).unwrap().stats.snapshot().rx_packets, 0, "a new port starts at zero");
     }
 
@@ -1025,5 +1233,150 @@ mod tests {
         assert_eq!((hit.port, hit.is_static), (first.by_name["a"], true));
         let second = compile(AB, Some(&first));
         assert_eq!(second.bridges[0].table.lookup(10, mac, 1), None, "static entry removed");
+    }
+
+    const MAC_A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+
+    /// `n` learned entries on port `port`, VLAN 10, of MACs 02:ee:00:`set`:00:00 on.
+    fn fill(table: &MacTable, port: PortId, n: u32, set: u8) {
+        for i in 0..n {
+            let m = MacAddr([2, 0xee, 0, set, (i >> 8) as u8, i as u8]);
+            assert_eq!(table.learn(10, m, port, 1, u32::MAX), crate::fdb::LearnOutcome::Learned);
+        }
+    }
+
+    /// A MAC table full of learned entries (a flood of source MACs) does not keep a new port
+    /// with a static MAC out: a compile and a patch alike install it in place of a learned
+    /// entry, counted in the table's evictions.
+    #[test]
+    fn a_table_full_of_learned_entries_takes_a_new_ports_static_mac() {
+        let base = "bridges:\n- name: br0\n  mac_table_size: 64\n  ports:\n  - {name: a, tag: 10}\n";
+        let with_c = format!("{base}  - {{name: c, tag: 10, static_macs: ['02:00:00:00:00:0a']}}\n");
+        let first = compile(base, None);
+        let table = first.bridges[0].table.clone();
+        fill(&table, first.by_name["a"], 64, 0);
+        assert_eq!(table.len(), 64);
+
+        let cfg = Config::from_yaml_str(&with_c).unwrap();
+        let second =
+            SwitchConfig::compile(&cfg, Some(&first)).expect("a full table of learned entries compiles");
+        let hit = table.lookup(10, MAC_A, 1).expect("c's static entry is in");
+        assert_eq!((hit.port, hit.is_static), (second.by_name["c"], true));
+        assert_eq!((table.len(), table.evicted()), (64, 1));
+        assert!(second.static_errors().is_empty());
+
+        // The same through a patch, on the table full again.
+        let third = compile(base, Some(&second));
+        third.settle();
+        // c's entry went with c: one free place, the rest learned.
+        assert_eq!(table.len(), 63);
+        fill(&table, third.by_name["a"], 1, 1);
+        let patched = third.patch(&cfg, &["c"]).unwrap().expect("a patch");
+        assert_eq!(
+            table.lookup(10, MAC_A, 1).map(|h| (h.port, h.is_static)),
+            Some((patched.by_name["c"], true))
+        );
+        assert_eq!((table.len(), table.evicted()), (64, 2));
+    }
+
+    /// More static MACs than the table holds: the compile succeeds, the first ports in
+    /// configuration order get their entries, the last ones are refused and named, one error
+    /// per port; a patch leaves the decision to a compile.
+    #[test]
+    fn static_macs_past_the_table_size_are_refused_per_port() {
+        let yaml = "bridges:\n- name: br0\n  mac_table_size: 2\n  ports:\n  \
+                    - {name: a, tag: 10, static_macs: ['02:00:00:00:00:01', '02:00:00:00:00:02']}\n  \
+                    - {name: b, tag: 10, static_macs: ['02:00:00:00:00:03']}\n";
+        let first = compile(yaml, None);
+        let table = &first.bridges[0].table;
+        assert_eq!((table.len(), table.statics()), (2, 2));
+        assert_eq!(table.lookup(10, MacAddr([2, 0, 0, 0, 0, 3]), 1), None);
+        let errs = first.static_errors();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "b");
+        assert!(errs[0].1.contains("1 static MAC entry not installed"), "{}", errs[0].1);
+        // Recompiled as it is, the refusal stays; a patch of the bridge is not made.
+        let again = compile(yaml, Some(&first));
+        assert_eq!(again.static_errors(), errs);
+        let cfg = Config::from_yaml_str(yaml).unwrap();
+        assert!(again.patch(&cfg, &["b"]).unwrap().is_none());
+        // a gives one up: b's gets in.
+        let fewer = compile(
+            "bridges:\n- name: br0\n  mac_table_size: 2\n  ports:\n  \
+             - {name: a, tag: 10, static_macs: ['02:00:00:00:00:01']}\n  \
+             - {name: b, tag: 10, static_macs: ['02:00:00:00:00:03']}\n",
+            Some(&again),
+        );
+        assert!(fewer.static_errors().is_empty());
+        assert_eq!(
+            fewer.bridges[0].table.lookup(10, MacAddr([2, 0, 0, 0, 0, 3]), 1).map(|h| h.port),
+            Some(fewer.by_name["b"])
+        );
+    }
+
+    /// A worker still on the old snapshot learns on a removed port after the compile flushed
+    /// it: a port added in the same change does not get that id (so the entry never resolves
+    /// to it), and settling the new snapshot (every worker runs it) removes the entry. Through
+    /// a compile and a patch.
+    #[test]
+    fn entries_learned_on_a_removed_port_never_resolve_to_a_new_one() {
+        let ac = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10}\n  - {name: c, tag: 10}\n";
+        for patch in [false, true] {
+            let first = compile(AB, None);
+            first.settle();
+            let b = first.by_name["b"];
+            let cfg = Config::from_yaml_str(ac).unwrap();
+            let second = if patch {
+                first.patch(&cfg, &["b", "c"]).unwrap().expect("a patch")
+            } else {
+                SwitchConfig::compile(&cfg, Some(&first)).unwrap()
+            };
+            // A worker on `first` learns on b.
+            let table = &first.bridges[0].table;
+            table.learn(10, MAC_A, b, 2, u32::MAX);
+            let c = second.by_name["c"];
+            assert_ne!(c, b, "patch {patch}: c does not take b's id while b may be learned on");
+            assert_ne!(second.bridges[0].table.lookup(10, MAC_A, 2).map(|h| h.port), Some(c));
+            // Not settled: the next snapshot keeps b's id unused and carries the flush.
+            let third = compile(&format!("{ac}  - {{name: d, tag: 10}}\n"), Some(&second));
+            assert!(third.by_name["d"] != b, "patch {patch}");
+            assert_eq!(third.settle(), 1, "patch {patch}: the entry learned on b went");
+            assert_eq!(table.lookup(10, MAC_A, 2), None);
+            let fourth =
+                compile(&format!("{ac}  - {{name: d, tag: 10}}\n  - {{name: e, tag: 10}}\n"), Some(&third));
+            assert_eq!(fourth.by_name["e"], b, "patch {patch}: settled, the id is free again");
+        }
+    }
+
+    /// A port whose VLAN changes loses its learned entries of the VLAN it left, at the compile
+    /// and (those a worker on the old snapshot learned since) at the settle; the others stay.
+    #[test]
+    fn a_vlan_change_flushes_the_ports_entries_of_the_vlan_it_left() {
+        let to = |tag: u16| {
+            format!(
+                "bridges:\n- name: br0\n  ports:\n  - {{name: a, tag: {tag}}}\n  - {{name: b, tag: 10}}\n"
+            )
+        };
+        for patch in [false, true] {
+            let first = compile(&to(10), None);
+            let (a, b) = (first.by_name["a"], first.by_name["b"]);
+            let table = first.bridges[0].table.clone();
+            let mb = MacAddr([2, 0, 0, 0, 0, 0xb]);
+            table.learn(10, MAC_A, a, 1, u32::MAX);
+            table.learn(10, mb, b, 1, u32::MAX);
+            let cfg = Config::from_yaml_str(&to(20)).unwrap();
+            let second = if patch {
+                first.patch(&cfg, &["a"]).unwrap().expect("a patch")
+            } else {
+                SwitchConfig::compile(&cfg, Some(&first)).unwrap()
+            };
+            assert_eq!(table.lookup(10, MAC_A, 1), None, "patch {patch}");
+            table.learn(10, MAC_A, a, 2, u32::MAX);
+            table.learn(20, MAC_A, a, 2, u32::MAX);
+            assert_eq!(second.settle(), 1, "patch {patch}");
+            assert_eq!(table.lookup(10, MAC_A, 2), None);
+            assert_eq!(table.lookup(20, MAC_A, 2).map(|h| h.port), Some(a));
+            assert_eq!(table.lookup(10, mb, 2).map(|h| h.port), Some(b));
+        }
     }
 }

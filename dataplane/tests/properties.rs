@@ -157,6 +157,18 @@ impl Model {
             }
         }
     }
+    /// The learned entries a static entry may evict from a full table: the least recently
+    /// seen ones of the port with the most learned entries (the lowest such port); none when
+    /// every entry is static.
+    fn eviction_candidates(&self) -> Vec<(u16, u8)> {
+        let Some(most) = (0..3).map(|p| self.learned_on(p)).max().filter(|n| *n > 0) else {
+            return Vec::new();
+        };
+        let Some(port) = (0..3).find(|p| self.learned_on(*p) == most) else { return Vec::new() };
+        let of = |v: &(u16, bool, u32)| !v.1 && v.0 == port;
+        let Some(oldest) = self.e.values().filter(|v| of(v)).map(|v| v.2).min() else { return Vec::new() };
+        self.e.iter().filter(|(_, v)| of(v) && v.2 == oldest).map(|(k, _)| *k).collect()
+    }
 }
 
 fn mac(n: u8) -> MacAddr {
@@ -197,8 +209,24 @@ proptest! {
                 Op::Static { vlan, mac: k, port } => {
                     let exists = m.e.contains_key(&(vlan, k));
                     let r = t.insert_static(vlan, mac(k), port);
+                    let victims = m.eviction_candidates();
                     if exists || m.e.len() < CAP {
                         prop_assert!(r.is_ok());
+                        m.e.insert((vlan, k), (port, true, 0));
+                    } else if !victims.is_empty() {
+                        // Full: one of the candidates made room (which one of those seen at
+                        // the same second depends on slot order).
+                        prop_assert!(r.is_ok());
+                        let mut held = std::collections::HashSet::new();
+                        t.remove_where(|v, mc, _, _| {
+                            held.insert((v, mc));
+                            false
+                        });
+                        let gone: Vec<(u16, u8)> =
+                            m.e.keys().filter(|(v, mc)| !held.contains(&(*v, mac(*mc)))).copied().collect();
+                        prop_assert_eq!(gone.len(), 1);
+                        prop_assert!(victims.contains(&gone[0]), "{:?} not in {:?}", gone, victims);
+                        m.e.remove(&gone[0]);
                         m.e.insert((vlan, k), (port, true, 0));
                     } else {
                         prop_assert!(r.is_err());
@@ -214,6 +242,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(t.len(), m.e.len());
+            prop_assert_eq!(t.statics(), m.e.values().filter(|v| v.1).count());
             for p in 0..3 {
                 prop_assert_eq!(t.learned_on(p), m.learned_on(p));
             }

@@ -11,7 +11,12 @@
 //!   probe sequence, chosen under the writer mutex after re-checking that the key is absent.
 //! - `len` (live entries, static ones included) never exceeds `capacity`: a new MAC that
 //!   would exceed it is counted in `full_drops` and not learned. Static entries count too.
-//! - `learned_per_port[p]` counts the dynamic entries that point at port `p`.
+//! - A static entry always gets in while the table holds a learned entry: when the table is
+//!   full, [`MacTable::insert_static`] evicts one learned entry first (the least recently seen
+//!   of the port with the most learned entries, as Open vSwitch's `evict_mac_entry_fairly`
+//!   does), counted in `evicted`. Only a table full of static entries refuses one.
+//! - `learned_per_port[p]` counts the dynamic entries that point at port `p`; `statics` counts
+//!   the static entries.
 //! - An entry whose age reaches `aging` seconds is treated as absent by lookups at once (lazy
 //!   expiry, so results do not depend on when the sweeper runs); [`MacTable::age`] reclaims it.
 //!   Forwarding reads the table through an [`FdbView`] taken once per burst, which holds the
@@ -146,7 +151,9 @@ pub struct MacTable {
     len: AtomicUsize,
     writer: Mutex<()>,
     learned_per_port: Box<[AtomicU32]>,
+    statics: AtomicUsize,
     full_drops: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl std::fmt::Debug for MacTable {
@@ -211,7 +218,9 @@ impl MacTable {
             len: AtomicUsize::new(0),
             writer: Mutex::new(()),
             learned_per_port,
+            statics: AtomicUsize::new(0),
             full_drops: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
     }
 
@@ -238,6 +247,16 @@ impl MacTable {
     /// New MACs not learned because the table was full.
     pub fn full_drops(&self) -> u64 {
         self.full_drops.load(Ordering::Relaxed)
+    }
+
+    /// Learned entries evicted to make room for a static entry in a full table.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Static entries in the table.
+    pub fn statics(&self) -> usize {
+        self.statics.load(Ordering::Relaxed)
     }
 
     /// Dynamic entries currently pointing at `port`.
@@ -395,12 +414,60 @@ impl MacTable {
     fn remove_slot(&self, i: usize, v: u64) {
         self.slots()[i][KEY].store(TOMBSTONE, Ordering::Release);
         self.len.fetch_sub(1, Ordering::Relaxed);
-        if !val_static(v) {
+        if val_static(v) {
+            self.statics.fetch_sub(1, Ordering::Relaxed);
+        } else {
             self.learned_per_port[usize::from(val_port(v))].fetch_sub(1, Ordering::Relaxed);
         }
     }
 
+    /// Makes room in a full table by removing one learned entry: the least recently seen of
+    /// the port with the most learned entries (Open vSwitch's `evict_mac_entry_fairly`: a
+    /// port flooding the table with source MACs loses its own entries first). Whether one
+    /// went (none: every entry is static). Caller holds the writer mutex. Control path only:
+    /// a walk of the per-port counts and one of the slots.
+    #[cold]
+    fn evict_learned(&self) -> bool {
+        let mut most = (0u32, 0usize);
+        for (p, n) in self.learned_per_port.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > most.0 {
+                most = (n, p);
+            }
+        }
+        // The oldest learned entry of that port; of any port if a move took them all since
+        // (moves change the counts without the mutex).
+        let oldest = |of: Option<usize>| {
+            let mut best: Option<(usize, u64)> = None;
+            for (i, s) in self.slots().iter().enumerate() {
+                let k = s[KEY].load(Ordering::Relaxed);
+                if k == EMPTY || k == TOMBSTONE {
+                    continue;
+                }
+                let v = s[VAL].load(Ordering::Relaxed);
+                if val_static(v) || of.is_some_and(|p| usize::from(val_port(v)) != p) {
+                    continue;
+                }
+                if best.is_none_or(|(_, b)| val_time(v) < val_time(b)) {
+                    best = Some((i, v));
+                }
+            }
+            best
+        };
+        let victim = if most.0 > 0 { oldest(Some(most.1)).or_else(|| oldest(None)) } else { oldest(None) };
+        match victim {
+            Some((i, v)) => {
+                self.remove_slot(i, v);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds or replaces a static entry: learning never moves it and aging never removes it.
+    /// In a full table it takes the place of a learned entry ([`MacTable::evicted`]); it
+    /// fails for capacity only when every entry is static.
     pub fn insert_static(&self, vlan: u16, mac: MacAddr, port: u16) -> Result<(), FdbError> {
         if vlan > 4095 {
             return Err(FdbError::BadVlan(vlan));
@@ -414,14 +481,17 @@ impl MacTable {
         if let Some((i, v)) = self.find(&p) {
             if !val_static(v) {
                 self.learned_per_port[usize::from(val_port(v))].fetch_sub(1, Ordering::Relaxed);
+                self.statics.fetch_add(1, Ordering::Relaxed);
             }
             self.slots()[i][VAL].store(val, Ordering::Release);
             return Ok(());
         }
-        if self.len() >= self.capacity {
+        if self.len() >= self.capacity && !self.evict_learned() {
             return Err(FdbError::Full(self.capacity));
         }
-        self.place(&p, val).ok_or(FdbError::Full(self.capacity))
+        self.place(&p, val).ok_or(FdbError::Full(self.capacity))?;
+        self.statics.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Removes the entry for (VLAN, MAC), static or not. Returns whether there was one.
@@ -697,6 +767,37 @@ mod tests {
         assert_eq!(t.full_drops(), 1);
         assert_eq!(t.lookup(1, mac(99), 0), None);
         assert_eq!(t.len(), 4);
+    }
+
+    /// A full table of learned entries still takes a static entry: the least recently seen
+    /// entry of the port with the most learned entries makes room, counted; the counts stay
+    /// right. Only a table full of static entries refuses one.
+    #[test]
+    fn a_static_entry_evicts_a_learned_one_from_a_full_table() {
+        let t = MacTable::new(4, 300).unwrap();
+        assert_eq!(t.learn(1, mac(1), 1, 5, u32::MAX), LearnOutcome::Learned);
+        assert_eq!(t.learn(1, mac(2), 2, 3, u32::MAX), LearnOutcome::Learned);
+        assert_eq!(t.learn(1, mac(3), 2, 1, u32::MAX), LearnOutcome::Learned);
+        assert_eq!(t.learn(1, mac(4), 2, 2, u32::MAX), LearnOutcome::Learned);
+        assert_eq!(t.learn(1, mac(5), 3, 6, u32::MAX), LearnOutcome::TableFull);
+
+        t.insert_static(1, mac(9), 7).expect("a static entry gets into a full table");
+        assert_eq!(t.lookup(1, mac(9), 6), Some(FdbHit { port: 7, is_static: true }));
+        assert_eq!(t.lookup(1, mac(3), 6), None, "port 2's oldest entry went");
+        assert!(t.lookup(1, mac(1), 6).is_some() && t.lookup(1, mac(2), 6).is_some());
+        assert_eq!((t.len(), t.statics(), t.evicted()), (4, 1, 1));
+        assert_eq!((t.learned_on(1), t.learned_on(2)), (1, 2));
+        // A learned entry made static is not a new entry: nothing evicted.
+        t.insert_static(1, mac(1), 1).unwrap();
+        assert_eq!((t.len(), t.statics(), t.evicted(), t.learned_on(1)), (4, 2, 1, 0));
+
+        for i in 10..12 {
+            t.insert_static(1, mac(i), 7).unwrap();
+        }
+        assert_eq!((t.len(), t.statics(), t.evicted()), (4, 4, 3));
+        assert_eq!(t.insert_static(1, mac(20), 7), Err(FdbError::Full(4)));
+        assert_eq!(t.remove_statics_of(7), 3);
+        assert_eq!((t.len(), t.statics()), (1, 1));
     }
 
     #[test]
