@@ -203,13 +203,13 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
 /// would release that live lease. The attachment's lock (lock.rs), held since before this
 /// check, keeps an ADD running at the same moment from passing it too.
 ///
-/// The daemon, the authority on its ports, is asked (`cni_list`), not its state directory:
-/// a config whose `stateDir` is another directory would find no file there and take every
-/// repeat for a first ADD. A listed port with a tombstone beside its file is no repeat: a DEL
+/// The daemon, the authority on its ports, is asked (`cni_list` of the attachment), not its
+/// state directory: a config whose `stateDir` is another directory would find no file there
+/// and take every repeat for a first ADD. A listed port with a tombstone beside its file is no repeat: a DEL
 /// that found the daemon down came first, and `cni_add` applies the tombstone before adding.
 fn refuse_live(ctx: &Ctx, daemon: &Daemon) -> Result<(), CniError> {
     let att = ctx.attachment();
-    let listed = daemon.list()?;
+    let listed = daemon.list_attachment(&att)?;
     let Some(l) = listed.iter().find(|l| l.cni.attachment.same(&att)) else {
         return Ok(());
     };

@@ -138,7 +138,23 @@ impl Daemon {
 
     /// `cni_list`: every CNI port of the daemon.
     pub fn list(&self) -> Result<Vec<Listed>, DaemonError> {
-        let a = self.call(&json!({"v": 1, "op": "cni_list"}))?;
+        self.list_req(&json!({"v": 1, "op": "cni_list"}))
+    }
+
+    /// `cni_list` of one attachment: its port, if the daemon has one. A daemon older than the
+    /// request's `attachment` key refuses it (`bad_request`): then the whole list, filtered here.
+    pub fn list_attachment(&self, att: &Attachment) -> Result<Vec<Listed>, DaemonError> {
+        let id = json!({"container_id": att.container_id, "ifname": att.ifname});
+        match self.list_req(&json!({"v": 1, "op": "cni_list", "attachment": id})) {
+            Err(DaemonError::Refused { code, .. }) if code == "bad_request" => {
+                Ok(self.list()?.into_iter().filter(|l| l.cni.attachment.same(att)).collect())
+            }
+            r => r,
+        }
+    }
+
+    fn list_req(&self, req: &Value) -> Result<Vec<Listed>, DaemonError> {
+        let a = self.call(req)?;
         let ports = a
             .get("ports")
             .and_then(Value::as_array)
