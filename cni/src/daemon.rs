@@ -169,3 +169,49 @@ impl Daemon {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A daemon older than `cni_list`'s `attachment` key refuses it as a bad request: the
+    /// plugin then asks for the whole list and keeps the attachment's port.
+    #[test]
+    fn an_older_daemon_gets_the_whole_list_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("ctl.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let port = |cid: &str| {
+            json!({"cni": {"bridge": "br1", "attachment": {"container_id": cid, "ifname": "net1"},
+                           "port": {"name": format!("{cid}/net1"), "type": "vhostuser"}}, "link": "up"})
+        };
+        let answers = [
+            json!({"ok": false, "code": "bad_request", "error": "unknown field `attachment`"}),
+            json!({"ok": true, "ports": [port("a"), port("b")]}),
+        ];
+        let server = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for a in answers {
+                let (s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                asked.push(serde_json::from_str::<Value>(&line).unwrap());
+                (&s).write_all(format!("{a}\n").as_bytes()).unwrap();
+            }
+            asked
+        });
+        let att = Attachment {
+            container_id: "b".into(),
+            ifname: "net1".into(),
+            netns: None,
+            pod_namespace: None,
+            pod_name: None,
+        };
+        let got = Daemon::new(&sock).list_attachment(&att).unwrap();
+        let asked = server.join().unwrap();
+        assert_eq!(asked[0]["attachment"], json!({"container_id": "b", "ifname": "net1"}));
+        assert!(asked[1].get("attachment").is_none(), "{}", asked[1]);
+        assert_eq!(got.iter().map(|l| l.cni.port.name.as_str()).collect::<Vec<_>>(), ["b/net1"]);
+    }
+}
