@@ -405,6 +405,13 @@ fn cni_ports_are_added_refused_persisted_and_removed_over_the_control_socket() {
     }
     let list = json_req(&r.sock, &json!({"v": 1, "op": "cni_list"}));
     assert_eq!(list["ports"].as_array().map(Vec::len), Some(1), "{list}");
+    // Asked about one attachment: that one's port, or none.
+    let listed = list["ports"][0]["cni"]["attachment"].clone();
+    let one = json_req(&r.sock, &json!({"v": 1, "op": "cni_list", "attachment": listed}));
+    assert_eq!(one["ports"], list["ports"], "{one}");
+    let other = json!({"container_id": "elsewhere", "ifname": listed["ifname"]});
+    let none = json_req(&r.sock, &json!({"v": 1, "op": "cni_list", "attachment": other}));
+    assert_eq!(none["ports"], json!([]), "{none}");
 
     // vhost-user: the daemon gives it a socket of its own, which exists once the port runs.
     let mut vh = cni_port("c7", "ns/vm/net1", 20);

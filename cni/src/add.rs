@@ -200,29 +200,30 @@ fn add_veth(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, Cn
 /// for CNI_IFNAME in the namespace, which the spec asks for and the bridge plugin makes before
 /// its IPAM call. Past this point the IPAM plugin would hold the first ADD's lease under the same
 /// (container ID, ifname) (host-local refuses the second one), and the undo of the failed ADD
-/// would release that live lease.
+/// would release that live lease. The attachment's lock (lock.rs), held since before this
+/// check, keeps an ADD running at the same moment from passing it too.
 ///
-/// The daemon's state directory is looked at first (one file per attachment, written before
-/// `cni_add` answers): no file, no port, and no request. A file is confirmed with the daemon,
-/// which is the authority, unless a tombstone waits beside it: a DEL that found the daemon down
-/// came first, and `cni_add` applies it before adding.
+/// The daemon, the authority on its ports, is asked (`cni_list` of the attachment), not its
+/// state directory: a config whose `stateDir` is another directory would find no file there
+/// and take every repeat for a first ADD. A listed port with a tombstone beside its file is no repeat: a DEL
+/// that found the daemon down came first, and `cni_add` applies the tombstone before adding.
 fn refuse_live(ctx: &Ctx, daemon: &Daemon) -> Result<(), CniError> {
     let att = ctx.attachment();
-    let dir = &ctx.conf.state_dir;
-    if !dir.join(format!("{}.json", att.key())).exists() || state::tombstone_path(dir, &att).exists() {
+    let listed = daemon.list_attachment(&att)?;
+    let Some(l) = listed.iter().find(|l| l.cni.attachment.same(&att)) else {
+        return Ok(());
+    };
+    if state::tombstone_path(&ctx.conf.state_dir, &att).exists() {
         return Ok(());
     }
-    match daemon.list()?.iter().find(|l| l.cni.attachment.same(&att)) {
-        None => Ok(()),
-        Some(l) => Err(CniError::new(
-            code::EXISTS,
-            format!(
-                "attachment {}/{} is attached already (port {} on bridge {}): an ADD again without a \
-                 DEL; the attachment and its IPAM lease are left as they are",
-                att.container_id, att.ifname, l.cni.port.name, l.cni.bridge
-            ),
-        )),
-    }
+    Err(CniError::new(
+        code::EXISTS,
+        format!(
+            "attachment {}/{} is attached already (port {} on bridge {}): an ADD again without a \
+             DEL; the attachment and its IPAM lease are left as they are",
+            att.container_id, att.ifname, l.cni.port.name, l.cni.bridge
+        ),
+    ))
 }
 
 fn add_vhost(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, CniError> {

@@ -43,7 +43,7 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
         ipam::exec(t, "CHECK", ctx.stdin, ctx.ipam_path()?)?;
     }
     let (cid, ifname) = (&ctx.env.container_id, &ctx.env.ifname);
-    let listed = ctx.daemon().list()?;
+    let listed = ctx.daemon().list_attachment(&ctx.attachment())?;
     let got = listed
         .iter()
         .find(|l| l.cni.attachment.container_id == *cid && l.cni.attachment.ifname == *ifname)

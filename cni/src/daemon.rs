@@ -138,7 +138,23 @@ impl Daemon {
 
     /// `cni_list`: every CNI port of the daemon.
     pub fn list(&self) -> Result<Vec<Listed>, DaemonError> {
-        let a = self.call(&json!({"v": 1, "op": "cni_list"}))?;
+        self.list_req(&json!({"v": 1, "op": "cni_list"}))
+    }
+
+    /// `cni_list` of one attachment: its port, if the daemon has one. A daemon older than the
+    /// request's `attachment` key refuses it (`bad_request`): then the whole list, filtered here.
+    pub fn list_attachment(&self, att: &Attachment) -> Result<Vec<Listed>, DaemonError> {
+        let id = json!({"container_id": att.container_id, "ifname": att.ifname});
+        match self.list_req(&json!({"v": 1, "op": "cni_list", "attachment": id})) {
+            Err(DaemonError::Refused { code, .. }) if code == "bad_request" => {
+                Ok(self.list()?.into_iter().filter(|l| l.cni.attachment.same(att)).collect())
+            }
+            r => r,
+        }
+    }
+
+    fn list_req(&self, req: &Value) -> Result<Vec<Listed>, DaemonError> {
+        let a = self.call(req)?;
         let ports = a
             .get("ports")
             .and_then(Value::as_array)
@@ -151,5 +167,51 @@ impl Daemon {
                 Ok(Listed { cni, link_up: p.get("link").and_then(Value::as_str) == Some("up") })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A daemon older than `cni_list`'s `attachment` key refuses it as a bad request: the
+    /// plugin then asks for the whole list and keeps the attachment's port.
+    #[test]
+    fn an_older_daemon_gets_the_whole_list_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("ctl.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let port = |cid: &str| {
+            json!({"cni": {"bridge": "br1", "attachment": {"container_id": cid, "ifname": "net1"},
+                           "port": {"name": format!("{cid}/net1"), "type": "vhostuser"}}, "link": "up"})
+        };
+        let answers = [
+            json!({"ok": false, "code": "bad_request", "error": "unknown field `attachment`"}),
+            json!({"ok": true, "ports": [port("a"), port("b")]}),
+        ];
+        let server = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for a in answers {
+                let (s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                asked.push(serde_json::from_str::<Value>(&line).unwrap());
+                (&s).write_all(format!("{a}\n").as_bytes()).unwrap();
+            }
+            asked
+        });
+        let att = Attachment {
+            container_id: "b".into(),
+            ifname: "net1".into(),
+            netns: None,
+            pod_namespace: None,
+            pod_name: None,
+        };
+        let got = Daemon::new(&sock).list_attachment(&att).unwrap();
+        let asked = server.join().unwrap();
+        assert_eq!(asked[0]["attachment"], json!({"container_id": "b", "ifname": "net1"}));
+        assert!(asked[1].get("attachment").is_none(), "{}", asked[1]);
+        assert_eq!(got.iter().map(|l| l.cni.port.name.as_str()).collect::<Vec<_>>(), ["b/net1"]);
     }
 }

@@ -7,7 +7,9 @@
 //! keys, the verbs, the error codes and the protocol spoken with the daemon.
 //!
 //! Invariants: stdout carries exactly one answer (logs go to stderr); a failed ADD leaves
-//! nothing behind; DEL is idempotent and works with the daemon down (tombstones).
+//! nothing behind; DEL is idempotent and works with the daemon down (tombstones); ADD, DEL and
+//! CHECK of one attachment run one at a time (lock.rs), from their first look at it to their
+//! answer.
 #![deny(unsafe_code)]
 
 mod add;
@@ -23,6 +25,7 @@ pub mod ipam;
 // The one module allowed `unsafe`: setns(2) for a netlink socket in the pod's namespace.
 #[allow(unsafe_code)]
 pub mod link;
+pub mod lock;
 pub mod result;
 pub mod state;
 pub mod version;
@@ -66,6 +69,17 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
         Err(e) => return fail(e.into()),
     };
     let ctx = Ctx { conf: &conf, env: &env, stdin };
+    // Held until this function returns: the verb's every step, its undo included.
+    let _held = match command {
+        Command::Add | Command::Del | Command::Check => match hold(&ctx, command) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                attach::log(&ctx, &e);
+                return fail(e);
+            }
+        },
+        Command::Status | Command::Gc | Command::Version => None,
+    };
     let r = match command {
         Command::Add => add::add(&ctx).map(|r| r.to_json(conf.version).to_string()),
         Command::Del => del::del(&ctx).map(|()| String::new()),
@@ -81,6 +95,34 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             fail(e)
         }
     }
+}
+
+/// The attachment's lock (lock.rs) in the config's `stateDir`. DEL creates the directory: it
+/// may have to leave a tombstone there before the daemon ever ran. ADD and CHECK need a running
+/// daemon, which created its directory at start: a `stateDir` missing then is not the
+/// daemon's, and refused (error 7), or error 11 while the daemon does not answer.
+fn hold(ctx: &Ctx, command: Command) -> Result<lock::AttachmentLock, CniError> {
+    let dir = &ctx.conf.state_dir;
+    if command == Command::Del {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CniError::new(code::IO, format!("stateDir: {}: {e}", dir.display())))?;
+    } else if !dir.is_dir() {
+        ctx.daemon().status()?;
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "stateDir: {} does not exist, so it is not the running daemon's CNI state directory \
+                 (`switchyard run --cni-state`, default {})",
+                dir.display(),
+                config::DEFAULT_STATE_DIR
+            ),
+        ));
+    }
+    lock::lock(dir, &ctx.key(), lock::WAIT)
 }
 
 /// STATUS: the plugin can serve ADDs when its daemon answers and is ready, and the IPAM

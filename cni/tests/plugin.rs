@@ -707,6 +707,93 @@ fn a_second_add_of_a_live_vhostuser_attachment_leaves_the_first_intact() {
     node.plugin_for("DEL", &vm, "net1", &conf).ok();
 }
 
+/// The repeated-ADD check asks the daemon, not the config's `stateDir`: with a `stateDir` that
+/// is another directory, a second ADD of a live vhost-user attachment is still refused before
+/// its IPAM call and the first lease stays (it used to find no port file there, go on to the
+/// IPAM plugin and, refused there, release the live lease). A `stateDir` that does not exist is
+/// not the running daemon's: ADD is refused naming the key (error 7) before anything is made;
+/// DEL, which may need it for a tombstone, creates it and succeeds.
+#[test]
+fn a_state_dir_other_than_the_daemons_neither_hides_a_live_attachment_nor_goes_unnoticed() {
+    need_env!("a_state_dir_other_than_the_daemons_neither_hides_a_live_attachment_nor_goes_unnoticed");
+    let node = Node::start();
+    let ipam = node.host_local("elsewhere", "10.227.0.0/24", "10.227.0.10", "10.227.0.19");
+    let other = node.dir.path().join("other-state");
+    std::fs::create_dir(&other).unwrap();
+    // 1.0.0: Debian's host-local (1.1.1) refuses 1.1.0 configs.
+    let conf = node.conf("1.0.0", "elsewhere", json!({"mode": "vhostuser", "ipam": ipam, "stateDir": other}));
+    let vm = Pod::new("elsewhere");
+    node.plugin_for("ADD", &vm, "net1", &conf).ok();
+    node.plugin_for("ADD", &vm, "net1", &conf).err(100, "attached already");
+    assert_eq!(node.leases("elsewhere"), ["10.227.0.10"], "the second ADD released the live lease");
+    assert_eq!(node.cni_port_names(), [vm.port("net1")]);
+    node.plugin_for("DEL", &vm, "net1", &conf).ok();
+    assert!(node.leases("elsewhere").is_empty() && node.cni_port_names().is_empty());
+
+    let missing = node.dir.path().join("missing-state");
+    let conf =
+        node.conf("1.0.0", "elsewhere", json!({"mode": "vhostuser", "ipam": ipam, "stateDir": missing}));
+    node.plugin_for("ADD", &vm, "net1", &conf).err(7, "stateDir: ");
+    assert!(node.leases("elsewhere").is_empty() && node.cni_port_names().is_empty());
+    assert!(!missing.exists(), "the refused ADD made the directory");
+    node.plugin_for("DEL", &vm, "net1", &conf).ok();
+    assert!(missing.is_dir());
+}
+
+/// An IPAM plugin `slow-host-local` in the node's CNI_PATH: host-local, 0.3 s late for ADD, so
+/// that two ADDs of one attachment started together both reach it before either registers.
+fn slow_host_local(node: &Node) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = node.cni_bin.join("slow-host-local");
+    let host_local = node.cni_bin.join("host-local");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && sleep 0.3\nexec {}\n", host_local.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Two ADDs of one attachment at the same moment (a Multus retry overlapping the first try,
+/// two runtimes restarting), in each mode: one attaches, the other waits for it (the
+/// attachment's lock in `stateDir`) and is then refused as a repeat before its IPAM call, so
+/// exactly one port and the lease of its result are left, and no lock file. Without the lock
+/// both passed the checks during the slow IPAM call, host-local refused the second lease, and
+/// that ADD's undo released the first one's: a port without its lease. DEL leaves nothing.
+#[test]
+fn two_adds_of_one_attachment_at_once_leave_one_port_and_one_lease() {
+    need_env!("two_adds_of_one_attachment_at_once_leave_one_port_and_one_lease");
+    let node = Node::start();
+    slow_host_local(&node);
+    for (mode, net, subnet, refusal) in [
+        ("veth", "dup", "10.225.0", "already exists"),
+        ("vhostuser", "dup-vh", "10.226.0", "attached already"),
+    ] {
+        let mut ipam =
+            node.host_local(net, &format!("{subnet}.0/24"), &format!("{subnet}.10"), &format!("{subnet}.19"));
+        ipam["type"] = json!("slow-host-local");
+        // 1.0.0: Debian's host-local (1.1.1) refuses 1.1.0 configs.
+        let conf = node.conf("1.0.0", net, json!({"mode": mode, "ipam": ipam}));
+        let pod = Pod::new(net);
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let both: Vec<_> =
+                (0..2).map(|_| s.spawn(|| node.plugin_for("ADD", &pod, "net1", &conf))).collect();
+            both.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (ok, refused): (Vec<_>, Vec<_>) = runs.iter().partition(|r| r.status == 0);
+        assert_eq!((ok.len(), refused.len()), (1, 1), "{mode}: {runs:#?}");
+        refused[0].err(100, refusal);
+        let r = ok[0].ok();
+        let addr = r["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("{mode}: {r}"));
+        assert_eq!(node.leases(net), [addr.split('/').next().unwrap()], "{mode}: {r}");
+        assert_eq!(node.cni_port_names(), [pod.port("net1")], "{mode}");
+        assert_eq!(node.state_files(), [format!("{}.json", attachment_key(&pod.id, "net1"))], "{mode}");
+        node.plugin_for("DEL", &pod, "net1", &conf).ok();
+        assert!(node.leases(net).is_empty(), "{mode}: {:?}", node.leases(net));
+        assert!(node.cni_port_names().is_empty() && node.state_files().is_empty(), "{mode}");
+    }
+}
+
 /// An IPAM plugin `name` in the node's CNI_PATH whose ADD answers `result`.
 fn fixed_ipam(node: &Node, name: &str, result: &Value) {
     use std::os::unix::fs::PermissionsExt;

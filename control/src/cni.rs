@@ -129,8 +129,12 @@ pub enum Request {
         v: u32,
         attachment: Attachment,
     },
+    /// `attachment`: only that attachment's port (none or one), so that a caller asking
+    /// about one attachment does not get, and parse, every port of the node.
     CniList {
         v: u32,
+        #[serde(default)]
+        attachment: Option<Attachment>,
     },
     /// `network`: only that CNI network's ports are candidates (as a runtime's GC, which runs
     /// per network); without it every CNI port is.
@@ -149,7 +153,7 @@ impl Request {
             Request::Status { v }
             | Request::CniAdd { v, .. }
             | Request::CniDel { v, .. }
-            | Request::CniList { v }
+            | Request::CniList { v, .. }
             | Request::CniGc { v, .. } => *v,
         };
         if v != PROTOCOL_VERSION {
@@ -515,6 +519,13 @@ mod tests {
         assert!(matches!(Request::parse(r#"{"v":1,"op":"reboot"}"#), Err(CniError::BadRequest(_))));
         assert!(matches!(Request::parse(r#"{"v":1,"op":"status","x":1}"#), Err(CniError::BadRequest(_))));
         assert!(matches!(Request::parse("{"), Err(CniError::BadRequest(_))));
+        assert!(matches!(
+            Request::parse(r#"{"v":1,"op":"cni_list"}"#),
+            Ok(Request::CniList { attachment: None, .. })
+        ));
+        let one = r#"{"v":1,"op":"cni_list","attachment":{"container_id":"c","ifname":"net1"}}"#;
+        let Ok(Request::CniList { attachment: Some(a), .. }) = Request::parse(one) else { panic!() };
+        assert_eq!((a.container_id.as_str(), a.ifname.as_str()), ("c", "net1"));
         let add = r#"{"v":1,"op":"cni_add","cni":{"bridge":"br1","attachment":{"container_id":"c","ifname":"net1"},"port":{"name":"ns/p/net1","type":"afpacket","iface":"sy1","tag":10}}}"#;
         let Ok(Request::CniAdd { cni, .. }) = Request::parse(add) else { panic!() };
         assert_eq!(cni.port.tag, Some(10));

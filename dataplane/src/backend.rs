@@ -136,12 +136,65 @@ pub fn uplink_key(underlay: Option<&str>) -> Option<String> {
     Some(spelled.split(',').next().unwrap_or_default().to_string())
 }
 
-/// The underlay as the uplink is opened from it: `IFACE` is `afpacket:IFACE`, the options kept.
+/// The underlay as the uplink is opened from it: `IFACE` is `afpacket:IFACE`, a PCI device
+/// of `dpdk:` in DPDK's spelling ([`canonical_devargs`]; a malformed one as given, for the
+/// backend's check to refuse), the options kept.
 pub fn uplink_spelling(underlay: Option<&str>) -> Option<String> {
     match underlay {
         None | Some("kernel") => None,
-        Some(s) if s.contains(':') => Some(s.to_string()),
-        Some(iface) => Some(format!("afpacket:{iface}")),
+        Some(s) => match s.strip_prefix("dpdk:").map(canonical_devargs) {
+            Some(Ok(d)) => Some(format!("dpdk:{d}")),
+            _ if s.contains(':') => Some(s.to_string()),
+            _ => Some(format!("afpacket:{s}")),
+        },
+    }
+}
+
+/// DPDK devargs with a PCI device in DPDK's own spelling of its name: `0000:3b:02.1` for
+/// `3b:02.1`, `0000:3B:02.1` or `0:3b:2.1`: lower-case hex, the domain at least four
+/// digits (what `rte_pci_device_name` writes, and so the name DPDK gives the ethdev). One
+/// device spelled two ways is then one name to the ports that claim it (ports/src/dpdk.rs) and
+/// to `rte_eth_dev_get_port_by_name`. A device name made only of hex digits, `:` and `.` with
+/// a `:` in it is taken for a PCI address and must be one, `[DOMAIN:]BUS:DEVICE.FUNCTION`
+/// (DOMAIN 1 to 8 hex digits, BUS 1 or 2, DEVICE 1 or 2 and at most 1f, FUNCTION 0 to 7);
+/// any other name (a vdev such as `net_pcap0`) and the options after the first comma are kept
+/// as they are.
+pub fn canonical_devargs(devargs: &str) -> Result<String, String> {
+    let (name, opts) = match devargs.split_once(',') {
+        Some((n, o)) => (n.trim(), Some(o)),
+        None => (devargs.trim(), None),
+    };
+    let pci_like = name.contains(':') && name.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    if !pci_like {
+        return Ok(devargs.to_string());
+    }
+    let bad = || format!("{name:?} is not a PCI address ([DOMAIN:]BUS:DEVICE.FUNCTION, e.g. 0000:03:00.1)");
+    let hex = |f: &str, max_digits: usize| {
+        if f.is_empty() || f.len() > max_digits {
+            return None;
+        }
+        u32::from_str_radix(f, 16).ok()
+    };
+    let (head, function) = name.rsplit_once('.').ok_or_else(bad)?;
+    let fields: Vec<&str> = head.split(':').collect();
+    let (domain, bus, device) = match fields.as_slice() {
+        [b, d] => (Some(0), hex(b, 2), hex(d, 2)),
+        [dom, b, d] => (hex(dom, 8), hex(b, 2), hex(d, 2)),
+        _ => return Err(bad()),
+    };
+    let function = match function.as_bytes() {
+        [f @ b'0'..=b'7'] => f - b'0',
+        _ => return Err(bad()),
+    };
+    match (domain, bus, device) {
+        (Some(dom), Some(b), Some(d)) if d <= 0x1f => {
+            let canonical = format!("{dom:04x}:{b:02x}:{d:02x}.{function}");
+            Ok(match opts {
+                Some(o) => format!("{canonical},{o}"),
+                None => canonical,
+            })
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -340,7 +393,8 @@ impl PortConfig {
             }
             PortType::Dpdk => {
                 let devargs =
-                    self.devargs.clone().ok_or_else(|| err("devargs", "a dpdk port needs devargs"))?;
+                    self.devargs.as_deref().ok_or_else(|| err("devargs", "a dpdk port needs devargs"))?;
+                let devargs = canonical_devargs(devargs).map_err(|m| err("devargs", m))?;
                 Backend::Dpdk { devargs, queues: self.queues }
             }
             PortType::Vxlan => Backend::Tunnel(self.tunnel(TunnelKind::Vxlan)?),
@@ -609,7 +663,7 @@ impl FromStr for Backend {
                         "needs DEVARGS (a PCI address or a vdev such as net_pcap0,rx_pcap=a.pcap)".into()
                     );
                 }
-                Ok(Backend::Dpdk { devargs: rest.into(), queues: None })
+                Ok(Backend::Dpdk { devargs: canonical_devargs(rest)?, queues: None })
             }
             _ => Err(format!("unknown port type {kind:?} (ring, pcap, afpacket, afxdp, tap, vhost, dpdk)")),
         }
@@ -622,6 +676,56 @@ mod tests {
 
     fn port(kind: PortType) -> PortConfig {
         PortConfig { name: "p".into(), kind: Some(kind), ..Default::default() }
+    }
+
+    #[test]
+    fn a_pci_device_has_one_spelling_and_a_malformed_one_is_refused_naming_devargs() {
+        for (given, want) in [
+            ("0000:3b:02.1", "0000:3b:02.1"),
+            ("3b:02.1", "0000:3b:02.1"),
+            ("3B:02.1", "0000:3b:02.1"),
+            ("0000:3B:02.1", "0000:3b:02.1"),
+            ("0:3b:2.1", "0000:3b:02.1"),
+            (" 3b:02.1,txq_inline=0", "0000:3b:02.1,txq_inline=0"),
+            ("10000:e1:1f.7", "10000:e1:1f.7"),
+            // Not PCI-like: left to DPDK as they are.
+            ("net_pcap0,rx_pcap=a.pcap", "net_pcap0,rx_pcap=a.pcap"),
+            ("net_null0", "net_null0"),
+            ("class=eth,mac=02:00:00:00:00:01", "class=eth,mac=02:00:00:00:00:01"),
+        ] {
+            assert_eq!(canonical_devargs(given).as_deref(), Ok(want), "{given:?}");
+        }
+        for bad in [
+            "3b:02",
+            "0000:3b:02",
+            "3b:02.8",
+            "3b:20.1",
+            "3b:02.",
+            "100:02.1",
+            "123456789:3b:02.1",
+            "a:b:c:d.1",
+            ":02.1",
+        ] {
+            let e = canonical_devargs(bad).unwrap_err();
+            assert!(e.contains("not a PCI address"), "{bad:?}: {e}");
+        }
+        let mut p = port(PortType::Dpdk);
+        p.devargs = Some("03:00.1,n_rxq=2".into());
+        assert_eq!(
+            p.backend().unwrap(),
+            Backend::Dpdk { devargs: "0000:03:00.1,n_rxq=2".into(), queues: None }
+        );
+        p.devargs = Some("03:00.9".into());
+        assert_eq!(p.backend().unwrap_err().field, "devargs");
+        assert_eq!("dpdk:0000:03:00.1".parse::<Backend>().unwrap(), "dpdk:3:0.1".parse::<Backend>().unwrap());
+        assert!("dpdk:03:00".parse::<Backend>().unwrap_err().contains("not a PCI address"));
+        // Tunnel ports on one uplink device, spelled two ways, share one uplink.
+        assert_eq!(uplink_key(Some("dpdk:3B:02.1,n_rxq=2")), uplink_key(Some("dpdk:0000:3b:02.1")));
+        assert_eq!(
+            uplink_spelling(Some("dpdk:3b:02.1,n_rxq=2")).as_deref(),
+            Some("dpdk:0000:3b:02.1,n_rxq=2")
+        );
+        assert_eq!(uplink_spelling(Some("eth1")).as_deref(), Some("afpacket:eth1"));
     }
 
     #[test]

@@ -45,8 +45,9 @@
 //! mbuf takes DPDK's pinned path again, which is as correct. Revisit this before adding a
 //! GSO, IP fragmentation or packet capture (pdump) path over these mbufs.
 //!
-//! One device, one port (invariant): a device (the ethdev name its devargs give) is open as at
-//! most one [`DpdkPort`] of the process (`OPEN`). A second open of it fails with
+//! One device, one port (invariant): a device (the ethdev name its devargs give, a PCI address
+//! in DPDK's spelling whatever the spelling given) is open as at most one [`DpdkPort`] of the
+//! process (`OPEN`). A second open of it fails with
 //! [`PortError::DeviceInUse`] before anything touches the device: it would find the running
 //! port's ethdev, fail to configure it (started), and its error path would stop and close that
 //! port under its workers' bursts, DPDK's refusal to close a started device being all that
@@ -63,6 +64,7 @@ use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use switchyard_bindings::{mbuf::free_bulk, sys::rte_mbuf, Eal, EthDev, EthStats, Mbuf, Mempool};
+use switchyard_dataplane::backend::canonical_devargs;
 use switchyard_dataplane::buffer::{Adopter, ExternalSlots, PacketBuf, Pool, PoolCache, SLOT_SIZE};
 use switchyard_dataplane::port::{
     Burst, DropTally, PortBackend, PortError, RxClaims, RxCtx, RxQueue, TxQueue, MAX_BURST,
@@ -305,30 +307,20 @@ impl DeviceClaim {
     }
 }
 
-/// The name under which device `name` (the devargs' first field) is claimed: a PCI address
-/// in the form DPDK gives its device (`0000:3b:02.1`: domain, lower-case hex), whichever way
-/// it was written (`3b:02.1`, `0000:3B:02.1`), so that one device spelled two ways is one
-/// device; any other name (a vdev) as it is.
-fn device_key(name: &str) -> String {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_hexdigit());
-    let parts: Vec<&str> = name.split(':').collect();
-    let (domain, bus, devfn) = match parts.as_slice() {
-        [bus, devfn] => ("0000", *bus, *devfn),
-        [domain, bus, devfn] if hex(domain, 4) => (*domain, *bus, *devfn),
-        _ => return name.to_string(),
-    };
-    match devfn.split_once('.') {
-        Some((dev, func)) if hex(bus, 2) && hex(dev, 2) && func.len() == 1 && hex(func, 1) => {
-            format!("{domain}:{bus}:{dev}.{func}").to_ascii_lowercase()
-        }
-        _ => name.to_string(),
-    }
-}
-
 impl Drop for DeviceClaim {
     fn drop(&mut self) {
         OPEN.lock().unwrap_or_else(|e| e.into_inner()).retain(|(d, _)| *d != self.0);
     }
+}
+
+/// `devargs` with a PCI device named as DPDK names it ([`canonical_devargs`]), and the claim
+/// of its device for port `port`: `03:00.1` and `0000:03:00.1` are one device, so the second
+/// of them is refused as in use rather than probed again beside the running port.
+fn claim_device(devargs: &str, port: &str) -> Result<(String, DeviceClaim), PortError> {
+    let devargs = canonical_devargs(devargs)
+        .map_err(|msg| PortError::Backend { port: port.to_string(), msg: format!("devargs: {msg}") })?;
+    let claim = DeviceClaim::take(switchyard_bindings::ethdev::devargs_name(&devargs), port)?;
+    Ok((devargs, claim))
 }
 
 /// A TX queue's lock, alone on its cache line: workers sending on different queues of one
@@ -373,8 +365,8 @@ impl DpdkPort {
                 ),
             });
         }
-        let claim = DeviceClaim::take(&device_key(switchyard_bindings::ethdev::devargs_name(devargs)), name)?;
-        let mut dev = EthDev::probe(eal, devargs).map_err(&err)?;
+        let (devargs, claim) = claim_device(devargs, name)?;
+        let mut dev = EthDev::probe(eal, &devargs).map_err(&err)?;
         let info = dev.info().map_err(&err)?;
         let nrx = cfg.rx_queues.clamp(1, info.max_rx_queues.max(1));
         let ntx = cfg.tx_queues.clamp(1, info.max_tx_queues.max(1));
@@ -1016,18 +1008,6 @@ mod tests {
     }
 
     #[test]
-    fn a_pci_device_is_claimed_under_one_spelling() {
-        for n in ["0000:3b:02.1", "3b:02.1", "3B:02.1", "0000:3B:02.1"] {
-            assert_eq!(device_key(n), "0000:3b:02.1", "{n}");
-        }
-        assert_eq!(device_key("0001:3b:02.1"), "0001:3b:02.1");
-        // Not PCI addresses: as written (vdev names are case-sensitive to DPDK).
-        for n in ["net_ring0", "net_pcap0", "3b:02", "3b:2.1", "0000:3b:02.10", "x:3b:02.1", "net_Ring0"] {
-            assert_eq!(device_key(n), n);
-        }
-    }
-
-    #[test]
     fn slot_of_offset_divides_exactly_the_multiples_of_the_slot_size() {
         let s = SLOT_SIZE as u64;
         let above = u64::MAX / s;
@@ -1236,6 +1216,31 @@ mod tests {
         .err()
         .expect("refused");
         assert!(e.to_string().contains("ext-buffer=1"), "{e}");
+    }
+
+    /// One PCI device spelled two ways (with and without the domain, upper- and lower-case
+    /// hex) is one claim: the second spelling is refused as in use, naming the first port,
+    /// before anything could probe it; a malformed address is refused naming `devargs`. No
+    /// EAL needed: the claim comes before the device is touched.
+    #[test]
+    fn a_pci_device_spelled_two_ways_is_claimed_once() {
+        let _serial = serial();
+        let (devargs, held) = claim_device("3B:02.1,txq_inline=0", "up0").expect("first claim");
+        assert_eq!(devargs, "0000:3b:02.1,txq_inline=0");
+        for other in ["0000:3b:02.1", "0000:3B:02.1", "3b:02.1,n_rxq=2"] {
+            match claim_device(other, "up1") {
+                Err(PortError::DeviceInUse { device, owner, .. }) => {
+                    assert_eq!((device.as_str(), owner.as_str()), ("0000:3b:02.1", "up0"), "{other}")
+                }
+                r => panic!("{other}: {:?}", r.map(|(d, _)| d)),
+            }
+        }
+        drop(held);
+        drop(claim_device("3b:02.1", "up1").expect("free again once the first claim is gone"));
+        match claim_device("3b:02.9", "up2") {
+            Err(e) => assert!(e.to_string().contains("devargs: \"3b:02.9\" is not a PCI address"), "{e}"),
+            Ok((d, _)) => panic!("accepted as {d}"),
+        }
     }
 
     #[test]

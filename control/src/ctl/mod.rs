@@ -101,9 +101,13 @@ pub fn handle_json(rt: &mut Runtime, line: &str) -> String {
             let removed: Vec<String> = rt.cni_del(&attachment)?.into_iter().collect();
             Ok(json!({"ok": true, "removed": removed}))
         }
-        Request::CniList { .. } => {
-            let ports: Vec<_> =
-                rt.cni_ports().iter().map(|p| json!({"cni": p, "link": link(rt, &p.port.name)})).collect();
+        Request::CniList { attachment, .. } => {
+            let ports: Vec<_> = rt
+                .cni_ports()
+                .iter()
+                .filter(|p| attachment.as_ref().is_none_or(|a| p.attachment.same(a)))
+                .map(|p| json!({"cni": p, "link": link(rt, &p.port.name)}))
+                .collect();
             Ok(json!({"ok": true, "ports": ports}))
         }
         Request::CniGc { valid, network, .. } => {
