@@ -214,7 +214,7 @@ impl Shared {
 }
 
 /// A vhost-user port. Dropping it stops its control thread, closes the connection and (in
-/// server mode) removes the socket.
+/// server mode) removes the socket, unless another port has bound the path since.
 pub struct VhostUserPort {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
