@@ -278,6 +278,39 @@ fn a_scrape_under_load_passes_promtool_and_equals_ctl_show_stats() {
     assert!(want[rx] > 1000.0);
 }
 
+/// A port that cannot open (its capture is missing) is in the scrape as down, and in
+/// `ctl show problems` with its error; once the capture exists, the next reconcile's retry
+/// opens it and the gauge says so.
+#[test]
+fn a_down_port_is_a_zero_in_port_up_and_a_line_in_show_problems() {
+    if let Err(why) = testkit::probe::promtool() {
+        return testkit::skip("a_down_port_is_a_zero_in_port_up_and_a_line_in_show_problems", &why);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("later.pcap");
+    let p0 = format!("{{name: p0, type: pcap, rx_pcap: {}}}", input.display());
+    let r = Run::start(&switch_yaml(tmp.path(), &p0), &[]);
+    let up = |p: &str| format!("switchyard_port_up{{bridge=\"br0\",port=\"{p}\"}}");
+    let mut scrape = String::new();
+    r.wait_for("a scrape with p0", || {
+        scrape = r.get("/metrics").1;
+        samples(&scrape).contains_key(&up("p0"))
+    });
+    promtool_check(&scrape, tmp.path());
+    let s = samples(&scrape);
+    assert_eq!((s[&up("p0")], s[&up("p1")], s[&up("p2")]), (0.0, 1.0, 1.0), "{scrape}");
+    let problems = r.ctl(&["show", "problems"]);
+    let line =
+        problems.lines().find(|l| l.starts_with("down: port p0: ")).unwrap_or_else(|| panic!("{problems}"));
+    assert!(line.contains("later.pcap"), "{line}");
+    assert!(!problems.contains("down: port p1") && !problems.contains("down: port p2"), "{problems}");
+
+    write_input(&input);
+    r.wait_for("p0 up once its capture exists", || samples(&r.get("/metrics").1)[&up("p0")] == 1.0);
+    let problems = r.ctl(&["show", "problems"]);
+    assert!(!problems.contains("down:"), "{problems}");
+}
+
 #[test]
 fn healthz_fails_while_a_worker_or_the_control_loop_is_stopped() {
     if let Err(why) = testkit::probe::ptrace() {

@@ -307,6 +307,17 @@ fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
     let out = Command::new(BIN).arg("run").arg("--switch").arg(&file).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--switch") && err.contains("portz"), "{err}");
+    // A port no backend could open (0 vhost-user queue pairs) is a bad file too, refused
+    // with its field rather than started with the port down for good.
+    let vm = format!(
+        "      - {{name: vm, type: vhostuser, socket: {}, queues: 0}}\n",
+        dir.path().join("vm.sock").display()
+    );
+    std::fs::write(&file, format!("{SWITCH}{vm}")).unwrap();
+    // Bounded: a run that accepted the file would not exit.
+    let out = Command::new("timeout").args(["10", BIN, "run", "--switch"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bridges[0].ports[2].queues"), "{err}");
     let missing = dir.path().join("nope.yaml");
     let out = Command::new(BIN).arg("run").arg("--switch").arg(&missing).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));

@@ -8,8 +8,10 @@
 //! is ever silently replaced: a collision is an error ([`CniError::Exists`]).
 //!
 //! Every CNI port is persisted in the CNI state directory, one file per attachment
-//! (`<key>.json`, [`attachment_key`]), written to a temporary file and renamed into place, so
-//! a restarted daemon restores exactly the ports it had. A DEL that found the daemon down
+//! (`<key>.json`, [`attachment_key`]), written to a temporary file (`.<key>.json.tmp`), flushed
+//! to the disk, renamed into place and the directory flushed, before the ADD is answered: a
+//! restarted daemon, even after a power loss, restores exactly the ports it had. A temporary
+//! file found at start is a write cut short, removed. A DEL that found the daemon down
 //! leaves a tombstone (`<key>.del`, the attachment as JSON) that the daemon applies when it
 //! starts, before restoring.
 
@@ -204,6 +206,21 @@ impl CniPorts {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         files.sort();
+        // A temporary file is what an insert cut short left (the daemon died between writing
+        // and renaming it): its port was never answered as added, so it is dropped.
+        files.retain(|f| {
+            let stale = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".json.tmp"));
+            if stale {
+                match std::fs::remove_file(f) {
+                    Ok(()) => report.push(format!("{}: a write cut short; removed", f.display())),
+                    Err(e) => report.push(format!("{}: a write cut short; cannot remove: {e}", f.display())),
+                }
+            }
+            !stale
+        });
         let tombstones = take_tombstones(&files, &mut report);
         let mut ports = BTreeMap::new();
         let mut deleted = Vec::new();
@@ -275,8 +292,9 @@ impl CniPorts {
             let path = dir.join(format!("{}.json", p.attachment.key()));
             let tmp = dir.join(format!(".{}.json.tmp", p.attachment.key()));
             let text = serde_json::to_string_pretty(&p).map_err(|e| CniError::Internal(e.to_string()))?;
-            std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+            write_synced(&tmp, text.as_bytes()).map_err(|e| io_err(&tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            sync_dir(dir).map_err(|e| io_err(dir, e))?;
         }
         self.ports.insert(p.port.name.clone(), p);
         Ok(())
@@ -290,7 +308,9 @@ impl CniPorts {
         if let Some(dir) = &self.dir {
             let path = dir.join(format!("{}.json", a.key()));
             match std::fs::remove_file(&path) {
-                Ok(()) => {}
+                // The removal reaches the disk before the DEL is answered: a port deleted does
+                // not come back with a restart after a power loss.
+                Ok(()) => sync_dir(dir).map_err(|e| io_err(dir, e))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&path, e)),
             }
@@ -320,6 +340,20 @@ impl CniPorts {
         }
         (cfg, left_out)
     }
+}
+
+/// Writes `path` (created or truncated) with `data`, and flushes it to the disk: renamed into
+/// place after, it is whole after a crash, not an empty or partial file.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Flushes directory `dir`'s entries to the disk: a file renamed into it is there after a crash.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The attachments named by the `.del` files among `files`, which are removed.
@@ -493,6 +527,30 @@ mod tests {
         assert!(!left.iter().any(|f| f.ends_with(".del")), "{left:?}");
         assert!(left.iter().any(|f| f == "1111111111111111.json.bad"), "{left:?}");
         assert_eq!(left.iter().filter(|f| f.ends_with(".json")).count(), 1, "{left:?}");
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_an_insert_cut_short_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = CniPorts::open(dir.path()).unwrap();
+        s.insert(port("ns/a/net1", "ca")).unwrap();
+        // What a daemon killed between writing and renaming leaves: a whole or a cut file.
+        let key = attachment_key("cb", "net1");
+        let tmp = dir.path().join(format!(".{key}.json.tmp"));
+        std::fs::write(&tmp, "{\"attachment\":").unwrap();
+        let (s2, report) = CniPorts::open(dir.path()).unwrap();
+        let names: Vec<_> = s2.iter().map(|p| p.port.name.clone()).collect();
+        assert_eq!(names, ["ns/a/net1"]);
+        assert!(!tmp.exists(), "{} left in place", tmp.display());
+        assert!(
+            report.iter().any(|r| r.contains(&format!(".{key}.json.tmp")) && r.contains("removed")),
+            "{report:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [format!("{}.json", attachment_key("ca", "net1"))]);
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl ControlStats {
 const METRICS: &[(&str, &str, &str)] = &[
     ("switchyard_build_info", "gauge", "Always 1; the labels name the build."),
     ("switchyard_ready", "gauge", "1 once the first full plan is applied and the CNI ports are restored."),
+    ("switchyard_port_up", "gauge", "1 while the port's backend is open, 0 while it is down (it did not open; `switchyard ctl show problems` says why; opening is retried on every reconcile)."),
     ("switchyard_port_rx_packets_total", "counter", "Frames received on the port."),
     ("switchyard_port_rx_bytes_total", "counter", "Bytes received on the port."),
     ("switchyard_port_tx_packets_total", "counter", "Frames sent out of the port."),
@@ -258,7 +259,7 @@ const PORT_ALWAYS: [PortCounter; 6] = [
 ];
 
 /// Port counters that are zero on a healthy port: written only once they are not (as the drop
-/// reasons), which keeps a scrape of 20,000 ports at six samples a port.
+/// reasons), which keeps a scrape of 20,000 ports at seven samples a port (with `port_up`).
 const PORT_IF_NONZERO: [PortCounter; 4] = [
     ("switchyard_port_moved_in_total", |s| load(&s.moved_in)),
     ("switchyard_port_static_conflicts_total", |s| load(&s.static_conflicts)),
@@ -267,7 +268,7 @@ const PORT_IF_NONZERO: [PortCounter; 4] = [
 ];
 
 /// The whole exposition: ports and bridges of the plan the workers run, the workers, the
-/// control loop. Per port: the six `PORT_ALWAYS` counters (rx/tx packets and bytes, flooded, learned), the others and each drop reason
+/// control loop. Per port: whether it is up, the six `PORT_ALWAYS` counters (rx/tx packets and bytes, flooded, learned), the others and each drop reason
 /// only once non-zero (as `ctl show stats` lists drops), and for a vhost-user port the sum of
 /// its guest faults ([`VHOST_GUEST_FAULTS`]; the drop reasons say which).
 pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
@@ -279,10 +280,15 @@ pub fn render(view: &EngineView, ctl: &ControlStats, ready: bool) -> String {
     let always = PORT_ALWAYS.map(|(n, f)| (idx(n), f));
     let if_nonzero = PORT_IF_NONZERO.map(|(n, f)| (idx(n), f));
     let (drops, faults) = (idx("switchyard_port_drops_total"), idx("switchyard_vhost_guest_faults_total"));
+    let up = idx("switchyard_port_up");
     for id in sw.port_ids() {
         let Some(p) = sw.port(id) else { continue };
         let bridge = sw.bridges.get(p.bridge).map_or("", |b| b.name.as_str());
         let set = labels(&[("bridge", bridge), ("port", p.name.as_str())]);
+        // The plan the workers run holds the backend of every port that is open, none of one
+        // that is down.
+        let open = plan.ports.get(usize::from(id)).is_some_and(Option::is_some);
+        e.sample(up, "", &set, u8::from(open));
         for (section, field) in &always {
             e.sample(*section, "", &set, field(&p.stats));
         }

@@ -520,6 +520,11 @@ impl Planner {
                 }
                 let mut port_errs = Vec::new();
                 let (mode, tag, trunks) = nm_port_vlan(port, &pf, &mut port_errs);
+                // The port's name is its interface: one no interface can have is left out here
+                // with its problem, or the configuration check would refuse the whole plan.
+                if let Err(m) = switchyard_dataplane::backend::check_ifname(&port.name) {
+                    port_errs.push((format!("{pf}.name"), m));
+                }
                 if !port_errs.is_empty() {
                     // This port is left out; the bridge keeps its other ports.
                     errs.extend(port_errs);

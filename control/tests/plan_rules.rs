@@ -203,6 +203,21 @@ fn ovn_localnet_goes_on_the_mapped_bridge_with_its_vlan_and_mac_enforced() {
 }
 
 #[test]
+fn an_uplink_no_interface_can_be_named_is_left_out_with_its_problem() {
+    // A port's name is its interface: 16 bytes is one too many. Left out (with the problem
+    // naming the field), the plan stays a valid configuration and keeps the other uplink.
+    let nncp = NNCP_MAPPING.replace("- name: eth2\n", "- name: eth2\n            - name: sixteen-bytes-xx\n");
+    let p = plan_of(&[("nncp.yaml", &nncp)]);
+    assert!(has_port(&p, "eth2") && !has_port(&p, "sixteen-bytes-xx"));
+    assert!(p.config.validate().is_ok());
+    assert!(
+        p.problems.iter().any(|q| q.to_string().contains("port[1].name") && q.message.contains("15")),
+        "{:?}",
+        p.problems
+    );
+}
+
+#[test]
 fn ovn_localnet_defaults() {
     // No physicalNetworkName: the network name is the physical network. No vlanID: untagged
     // (VLAN 0). macspoofchk-like enforcement even without a MAC option.

@@ -198,6 +198,40 @@ pub fn canonical_devargs(devargs: &str) -> Result<String, String> {
     }
 }
 
+/// Most queue pairs a vhost-user port offers: the vhost backend's limit (its rings and RX
+/// claims are sized for it). virtio allows up to 0x8000 pairs and QEMU 511; a guest that
+/// wants more than this gets a port refused at the configuration check rather than at open.
+pub const VHOST_MAX_QUEUE_PAIRS: u16 = 8;
+
+/// The longest Linux interface name, in bytes (`IFNAMSIZ` less the NUL).
+pub const IFNAME_MAX: usize = 15;
+
+/// Why `name` can be no Linux interface's name, or `Ok`: the rules of the kernel's
+/// `dev_valid_name` (1 to 15 bytes, not `.` or `..`, no `/`, `:` or white space, where white
+/// space is the kernel's `isspace`: the ASCII set with vertical tab, and byte 0xA0), and no
+/// NUL (the name goes to the kernel NUL-terminated). An interface of such a name cannot exist
+/// or be created, so a port on one could never open.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > IFNAME_MAX {
+        return Err(format!("interface name {name:?} is {} bytes: expected 1 to {IFNAME_MAX}", b.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not an interface name"));
+    }
+    let bad = |c: u8| matches!(c, 0 | b'/' | b':' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0);
+    if let Some(c) = b.iter().copied().find(|&c| bad(c)) {
+        return Err(format!(
+            "interface name {name:?} contains {:?}: no NUL, '/', ':' or white space",
+            char::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// Longest vhost-user socket path, in bytes: `sun_path` (108) less the NUL.
+pub const SOCKET_PATH_MAX: usize = 107;
+
 /// A backend that breaks a rule of its type's options: `field` is the option (as the
 /// configuration file names it), `msg` what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,9 +400,18 @@ impl PortConfig {
             PortType::Pcap => {
                 Backend::Pcap { rx: self.rx_pcap.clone(), tx: self.tx_pcap.clone(), infinite: self.infinite }
             }
-            PortType::Afpacket => Backend::Afpacket { iface: self.iface.clone(), rx_mode: self.rx_mode },
-            PortType::Afxdp => Backend::Afxdp { iface: self.iface.clone(), queues: self.queues },
-            PortType::Tap => Backend::Tap { iface: self.iface.clone() },
+            PortType::Afpacket => {
+                self.check_iface()?;
+                Backend::Afpacket { iface: self.iface.clone(), rx_mode: self.rx_mode }
+            }
+            PortType::Afxdp => {
+                self.check_iface()?;
+                Backend::Afxdp { iface: self.iface.clone(), queues: self.queues }
+            }
+            PortType::Tap => {
+                self.check_iface()?;
+                Backend::Tap { iface: self.iface.clone() }
+            }
             PortType::Vhostuser => {
                 let mode = match self.mode.as_deref() {
                     None => None,
@@ -389,6 +432,22 @@ impl PortConfig {
                     .socket
                     .clone()
                     .ok_or_else(|| err("socket", "a vhostuser port needs a socket path"))?;
+                if socket.is_empty() || socket.len() > SOCKET_PATH_MAX || socket.contains('\0') {
+                    return Err(err(
+                        "socket",
+                        format!(
+                            "{socket:?}: a socket path is 1 to {SOCKET_PATH_MAX} bytes (sun_path), without NUL"
+                        ),
+                    ));
+                }
+                if let Some(q) = self.queues {
+                    if q == 0 || q > VHOST_MAX_QUEUE_PAIRS {
+                        return Err(err(
+                            "queues",
+                            format!("{q} queue pairs: a vhostuser port has 1 to {VHOST_MAX_QUEUE_PAIRS}"),
+                        ));
+                    }
+                }
                 Backend::Vhostuser { socket, mode, socket_mode, queues: self.queues, offloads: self.offloads }
             }
             PortType::Dpdk => {
@@ -400,6 +459,16 @@ impl PortConfig {
             PortType::Vxlan => Backend::Tunnel(self.tunnel(TunnelKind::Vxlan)?),
             PortType::Geneve => Backend::Tunnel(self.tunnel(TunnelKind::Geneve)?),
         })
+    }
+
+    /// The interface of an afpacket, afxdp or tap port (`iface`, or the port's name without
+    /// one) is a name an interface can have ([`check_ifname`]).
+    fn check_iface(&self) -> Result<(), BackendError> {
+        match &self.iface {
+            Some(i) => check_ifname(i).map_err(|m| err("iface", m)),
+            None => check_ifname(&self.name)
+                .map_err(|m| err("name", format!("without iface the port's name is its interface: {m}"))),
+        }
     }
 
     fn tunnel(&self, kind: TunnelKind) -> Result<TunnelBackend, BackendError> {
@@ -439,6 +508,11 @@ impl PortConfig {
             }
             if self.remote_macs[..i].iter().any(|o| o.mac == r.mac) {
                 return Err(err(format!("remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
+            }
+        }
+        if let Some(up) = uplink_spelling(self.underlay.as_deref()) {
+            if let Some(iface) = up.strip_prefix("afpacket:") {
+                check_ifname(iface.split(',').next().unwrap_or_default()).map_err(|m| err("underlay", m))?;
             }
         }
         if !self.routes.is_empty() && matches!(self.underlay.as_deref(), None | Some("kernel")) {
@@ -599,18 +673,14 @@ impl FromStr for Backend {
                     Some(m) => return Err(format!("unknown afpacket option {m:?} (ring or recvmmsg)")),
                 };
                 let iface = plain_arg(iface, "an interface name")?;
-                if iface.len() > 15 {
-                    return Err(format!("interface name {iface:?} is longer than 15 bytes"));
-                }
+                check_ifname(iface)?;
                 let iface = Some(iface.to_string());
                 Ok(if kind == "tap" { Backend::Tap { iface } } else { Backend::Afpacket { iface, rx_mode } })
             }
             "afxdp" => {
                 let mut parts = rest.split(',');
                 let iface = parts.next().unwrap_or_default();
-                if iface.is_empty() || iface.len() > 15 {
-                    return Err(format!("interface name {iface:?}: expected 1 to 15 bytes"));
-                }
+                check_ifname(iface)?;
                 let mut queues = None;
                 for p in parts {
                     let n = p.strip_prefix("queues=").and_then(|n| n.parse::<u16>().ok()).filter(|&n| n > 0);
@@ -633,8 +703,12 @@ impl FromStr for Backend {
                 for p in parts {
                     if let Some(n) = p.strip_prefix("queues=") {
                         match n.parse::<u16>() {
-                            Ok(n) if n > 0 => queues = Some(n),
-                            _ => return Err(format!("bad vhost option {p:?} (queues=N, N >= 1)")),
+                            Ok(n) if (1..=VHOST_MAX_QUEUE_PAIRS).contains(&n) => queues = Some(n),
+                            _ => {
+                                return Err(format!(
+                                    "bad vhost option {p:?} (queues=N, N from 1 to {VHOST_MAX_QUEUE_PAIRS})"
+                                ))
+                            }
                         }
                         continue;
                     }
@@ -825,5 +899,57 @@ mod tests {
         ] {
             assert!(t.options().iter().all(|o| TYPE_OPTIONS.contains(o)), "{t:?}");
         }
+    }
+
+    #[test]
+    fn values_every_backend_refuses_are_refused_naming_the_field() {
+        // vhost-user queue pairs: 1 to VHOST_MAX_QUEUE_PAIRS.
+        let mut p = port(PortType::Vhostuser);
+        p.socket = Some("/run/vm.sock".into());
+        for (q, ok) in [(0, false), (1, true), (VHOST_MAX_QUEUE_PAIRS, true), (9, false), (65535, false)] {
+            p.queues = Some(q);
+            match p.backend() {
+                Ok(_) => assert!(ok, "queues {q} accepted"),
+                Err(e) => assert!(!ok && e.field == "queues", "queues {q}: {e}"),
+            }
+        }
+        p.queues = None;
+        p.socket = Some(format!("/{}", "s".repeat(SOCKET_PATH_MAX)));
+        assert_eq!(p.backend().unwrap_err().field, "socket");
+        p.socket = Some(format!("/{}", "s".repeat(SOCKET_PATH_MAX - 1)));
+        assert!(p.backend().is_ok());
+        // Interface names: what the kernel's dev_valid_name takes, for iface or the port's name.
+        let long = "a".repeat(IFNAME_MAX + 1);
+        for t in [PortType::Afpacket, PortType::Afxdp, PortType::Tap] {
+            let mut p = port(t);
+            for bad in [long.as_str(), "", "a/b", "a b", "a\tb", "a\0b", "eth0:1", ".", "..", "\u{e0}"] {
+                p.iface = Some(bad.into());
+                assert_eq!(p.backend().map_err(|e| e.field), Err("iface".into()), "{t:?} iface {bad:?}");
+            }
+            p.iface = Some("a".repeat(IFNAME_MAX));
+            assert!(p.backend().is_ok(), "{t:?}");
+            p.iface = None;
+            p.name = long.clone();
+            assert_eq!(p.backend().map_err(|e| e.field), Err("name".into()), "{t:?} without iface");
+            p.iface = Some("eth1".into());
+            assert!(p.backend().is_ok(), "{t:?}: a long port name with an iface");
+        }
+        // A tunnel's interface underlay, in either spelling.
+        let mut p = port(PortType::Vxlan);
+        p.vni = Some(1);
+        p.local = "10.0.0.1".parse().ok();
+        for u in [long.clone(), format!("afpacket:{long},recvmmsg"), "afpacket:a b".into()] {
+            p.underlay = Some(u.clone());
+            assert_eq!(p.backend().map_err(|e| e.field), Err("underlay".into()), "{u:?}");
+        }
+        p.underlay = Some("afpacket:eth0,recvmmsg".into());
+        assert!(p.backend().is_ok());
+        // The --port spelling refuses the same.
+        for spec in
+            [format!("tap:{long}"), "afpacket:a/b".into(), "afxdp:a b".into(), "vhost:/s,queues=9".into()]
+        {
+            assert!(spec.parse::<Backend>().is_err(), "{spec}");
+        }
+        assert!("vhost:/s,queues=8".parse::<Backend>().is_ok());
     }
 }

@@ -506,6 +506,20 @@ bridges:
             .unwrap_err()
             .to_string();
         assert!(e.contains("socket_mode"), "{e}");
+        // Values no backend takes are refused here, not left to a port that never opens.
+        for (extra, field) in [("    queues: 0\n", "queues"), ("    queues: 65535\n", "queues")] {
+            let e = Config::from_yaml_str(&format!("{vm}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(&format!("bridges[0].ports[0].{field}:")), "{e}");
+        }
+        let tap = "bridges:\n- name: b\n  ports:\n  - name: p\n    type: tap\n";
+        for iface in ["sixteen-bytes-xx", "\"a/b\"", "\"a b\"", "\"a\\0b\""] {
+            let e = Config::from_yaml_str(&format!("{tap}    iface: {iface}\n")).unwrap_err().to_string();
+            assert!(e.contains("bridges[0].ports[0].iface:"), "{iface}: {e}");
+        }
+        let e = Config::from_yaml_str(&tap.replace("name: p", "name: a-port-name-too-long"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bridges[0].ports[0].name:"), "{e}");
     }
 
     #[test]

@@ -216,7 +216,8 @@ pub fn config(rt: &Runtime) -> String {
     rt.running().to_yaml()
 }
 
-/// `show problems`: what is wrong in the input, what was kept, skipped, noted.
+/// `show problems`: what is wrong in the input, what was kept, skipped, noted, and each port
+/// that is down with the error it did not open with.
 pub fn problems(rt: &Runtime) -> String {
     let i = &rt.input;
     let mut s = format!("reconciles: {}\n", i.reconciles);
@@ -226,6 +227,9 @@ pub fn problems(rt: &Runtime) -> String {
         for l in list {
             s.push_str(&format!("{what}: {l}\n"));
         }
+    }
+    for (port, e) in rt.port_errors() {
+        s.push_str(&format!("down: port {port}: {e}\n"));
     }
     s
 }

@@ -43,7 +43,7 @@ pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
                     Err(e) => tracing::warn!(port = %sh.name, error = %e, "vhost: accept"),
                 }
             }
-            let _ = std::fs::remove_file(&sh.path);
+            sh.remove_own_socket();
         }
         Mode::Client => {
             let mut logged = false;
@@ -544,7 +544,7 @@ pub struct Loopback {
 impl Loopback {
     /// A session of a port opened with `opts` (its `mode` and `socket_mode` do not matter).
     pub fn new(opts: super::VhostOptions) -> Result<Loopback, super::PortError> {
-        let sh = Arc::new(Shared::new("loopback", std::path::Path::new(""), opts)?);
+        let sh = Arc::new(Shared::new("loopback", std::path::Path::new(""), None, opts)?);
         sh.connected.store(true, Ordering::Release);
         Ok(Loopback { session: Some(Session::new(sh.clone())), sh })
     }

@@ -84,8 +84,8 @@ use switchyard_dataplane::port::{
 };
 use switchyard_dataplane::switch::DropReason;
 
-/// Most queue pairs a port offers.
-pub const MAX_QUEUE_PAIRS: u16 = 8;
+/// Most queue pairs a port offers (the configuration check refuses more).
+pub const MAX_QUEUE_PAIRS: u16 = switchyard_dataplane::backend::VHOST_MAX_QUEUE_PAIRS;
 
 /// Who opens the socket (the configuration's `mode`).
 pub use switchyard_dataplane::backend::VhostMode as Mode;
@@ -134,6 +134,10 @@ struct PaddedVq(Mutex<VqState>);
 pub(crate) struct Shared {
     name: String,
     path: PathBuf,
+    /// Server mode: the device and inode of the socket this port bound at `path`. The port
+    /// removes the socket when it closes only while `path` is still that socket: a port that
+    /// took over the path since (a renamed port, opened before this one closes) keeps its own.
+    bound: Option<(u64, u64)>,
     opts: VhostOptions,
     vqs: Box<[PaddedVq]>,
     rx_claims: RxClaims,
@@ -161,12 +165,18 @@ impl Shared {
     }
 
     /// A port's state before any session, its vrings stopped.
-    fn new(name: &str, path: &Path, opts: VhostOptions) -> Result<Shared, PortError> {
+    fn new(
+        name: &str,
+        path: &Path,
+        bound: Option<(u64, u64)>,
+        opts: VhostOptions,
+    ) -> Result<Shared, PortError> {
         Shared::check(name, &opts)?;
         let nvq = usize::from(opts.queues) * 2;
         Ok(Shared {
             name: name.to_string(),
             path: path.to_path_buf(),
+            bound,
             vqs: (0..nvq).map(|_| PaddedVq::default()).collect(),
             rx_claims: RxClaims::new(name, opts.queues),
             opts,
@@ -181,13 +191,30 @@ impl Shared {
         })
     }
 
+    /// Server mode, on close: removes the socket at `path` if it is still the one this port
+    /// bound (same device and inode). Between the check and the unlink another process could
+    /// bind the path anew; within switchyard the ports open and close on the one reconcile
+    /// thread, so the port that took the path over is open already when this runs.
+    fn remove_own_socket(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(own) = self.bound else { return };
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(md) if (md.dev(), md.ino()) == own => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::debug!(port = %self.name, path = %self.path.display(),
+                "vhost: the socket path is another socket now; left in place"),
+            Err(_) => {}
+        }
+    }
+
     fn vq(&self, i: usize) -> MutexGuard<'_, VqState> {
         self.vqs[i].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// A vhost-user port. Dropping it stops its control thread, closes the connection and (in
-/// server mode) removes the socket.
+/// server mode) removes the socket, unless another port has bound the path since.
 pub struct VhostUserPort {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -198,6 +225,7 @@ impl VhostUserPort {
     /// mode starts connecting to it in the background.
     pub fn open(name: &str, path: &Path, opts: VhostOptions) -> Result<VhostUserPort, PortError> {
         Shared::check(name, &opts)?;
+        let mut bound = None;
         let listener = match opts.mode {
             Mode::Server => {
                 if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -208,17 +236,23 @@ impl VhostUserPort {
                 }
                 let l =
                     UnixListener::bind(path).map_err(|e| PortError::Io { port: name.into(), source: e })?;
-                l.set_nonblocking(true).map_err(|e| PortError::Io { port: name.into(), source: e })?;
+                let io = |e| PortError::Io { port: name.into(), source: e };
+                // Which socket is ours: the path may be taken over by the time this port closes.
+                let md = std::fs::symlink_metadata(path).map_err(io)?;
+                bound = {
+                    use std::os::unix::fs::MetadataExt;
+                    Some((md.dev(), md.ino()))
+                };
+                l.set_nonblocking(true).map_err(io)?;
                 if let Some(m) = opts.socket_mode {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))
-                        .map_err(|e| PortError::Io { port: name.into(), source: e })?;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).map_err(io)?;
                 }
                 Some(l)
             }
             Mode::Client => None,
         };
-        let shared = Arc::new(Shared::new(name, path, opts)?);
+        let shared = Arc::new(Shared::new(name, path, bound, opts)?);
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
