@@ -309,6 +309,9 @@ impl Kv {
         assert_eq!(ifs.len(), 1, "{}", String::from_utf8_lossy(xml));
         let nic = &ifs[0];
         assert_eq!(nic.socket, format!("{}/sock", vm.mount.container_path));
+        // QEMU here gets one queue pair (libvirt would pass the domain's `queues`): the CNI's
+        // port offers one, and QEMU refuses a NIC asking for more.
+        assert_eq!(nic.queues, 1, "QEMU would ask the port for more queue pairs than it offers");
         // As libvirt turns the interface's source into QEMU's chardev.
         let chardev = match nic.mode.as_str() {
             "server" => ",server=on".to_string(),
