@@ -217,6 +217,7 @@ impl Case {
             rounds,
             between,
             extra,
+            queues: 1,
         })
     }
 }
@@ -441,6 +442,7 @@ fn tcp_from_a_guest_with_offloads_arrives_intact() {
                 rounds: 1,
                 between: "wait",
                 extra: &[],
+                queues: 1,
             },
             script,
         )

@@ -263,6 +263,12 @@ impl Kv {
     /// Multus reports the plugin's device-info of `id`; KubeVirt's downward API hands it to the
     /// sidecar, which rewrites the domain; libvirt's schema accepts the result.
     fn domain(&self, id: &str) -> Vec<u8> {
+        self.domain_mq(id, false)
+    }
+
+    /// As [`Kv::domain`]; with `multiqueue`, the VMI asks for a queue pair per vCPU and the
+    /// domain has 4 vCPUs.
+    fn domain_mq(&self, id: &str, multiqueue: bool) -> Vec<u8> {
         let dp_info: Value =
             serde_json::from_slice(&std::fs::read(self.cfg.devinfo_path(id)).unwrap()).unwrap();
         std::fs::write(
@@ -270,9 +276,16 @@ impl Kv {
             json!({"interfaces": [{"network": "blue", "deviceInfo": dp_info}]}).to_string(),
         )
         .unwrap();
-        let dom = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../kubevirt/tests/domains/plain.xml"))
-            .unwrap();
-        let vmi = json!({"spec": {"domain": {"devices": {"interfaces": [
+        let mut dom = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../kubevirt/tests/domains/plain.xml"
+        ))
+        .unwrap();
+        if multiqueue {
+            dom = dom.replace(r#"<vcpu placement="static">1</vcpu>"#, r#"<vcpu placement="static">4</vcpu>"#);
+        }
+        let dom = dom.into_bytes();
+        let vmi = json!({"spec": {"domain": {"devices": {"networkInterfaceMultiqueue": multiqueue, "interfaces": [
             {"name": "default", "masquerade": {}},
             {"name": "blue", "binding": {"name": "switchyard"}, "macAddress": GUEST_MAC}]}},
             "networks": [{"name": "default", "pod": {}}, {"name": "blue", "multus": {"networkName": "kv-vh"}}]}});
@@ -329,6 +342,7 @@ impl Kv {
                 rounds: 2,
                 between: "wait",
                 extra,
+                queues: nic.queues,
             },
             &[
                 "unshare",
@@ -437,6 +451,28 @@ fn a_kubevirt_vm_boots_on_its_allocated_socket_and_survives_a_switch_restart() {
 #[test]
 fn a_listening_kubevirt_vm_survives_a_switch_restart() {
     boot_and_restart("a_listening_kubevirt_vm_survives_a_switch_restart", true);
+}
+
+/// A VMI with `networkInterfaceMultiqueue` and 4 vCPUs: its NIC comes up and passes traffic.
+/// QEMU gets the queues the rewritten domain asks for, as libvirt would pass them; the CNI's
+/// port offers one pair, and QEMU 7.2 refuses a NIC that asks for more ("you are asking more
+/// queues than supported: 1").
+#[test]
+fn a_multiqueue_kubevirt_vm_gets_its_nic() {
+    let test = "a_multiqueue_kubevirt_vm_gets_its_nic";
+    let Some(assets) = guest_or_skip(test) else { return };
+    let mut kv = Kv::start(false);
+    let vm = kv.vm("kvm", "kv-1");
+    let xml = kv.domain_mq("kv-1", true);
+    let qdir = tempfile::tempdir().unwrap();
+    let mut q = kv.boot(&assets, qdir.path(), &vm, &xml, &[]);
+    let node = &mut kv.node;
+    q.wait_marker(&["round 1 PASS"], GUEST_WAIT, || node.daemon_log());
+    q.wait_marker(&["waiting"], SHORT_WAIT, || node.daemon_log());
+    q.go();
+    q.wait_marker(&["round 2 PASS"], GUEST_WAIT, || node.daemon_log());
+    drop(q);
+    kv.finish();
 }
 
 /// QEMU's monitor (QMP) on a Unix socket.

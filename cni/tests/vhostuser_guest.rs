@@ -82,6 +82,7 @@ fn a_guest_on_a_cni_vhostuser_port_pings_a_veth_pod_and_survives_its_del() {
         rounds: 2,
         between: "wait",
         extra: &[],
+        queues: 1,
     });
     let log = || node.daemon_log();
     q.wait_marker(&["up"], GUEST_WAIT, log);

@@ -21,7 +21,8 @@ pub enum Cmd {
     DevicePlugin(DevicePluginArgs),
     /// The network binding sidecar (KubeVirt hook API v1alpha3).
     HookSidecar {
-        /// The binding name of the VMI interfaces to rewrite.
+        /// The binding name of the VMI interfaces to rewrite, when KubeVirt passes none in
+        /// NETWORK_BINDING_PLUGIN_NAME (which wins).
         #[arg(long, default_value = "switchyard")]
         binding: String,
         /// The hook socket.

@@ -3,9 +3,17 @@
 //! The plugin advertises a pool of devices for one extended resource (the name a NAD gives in
 //! its `k8s.v1.cni.cncf.io/resourceName` annotation). Device `id` is the host directory
 //! `<vhost_dir>/dev-<id>` ([`switchyard_control::cni::device_dir`]), created by the plugin and
-//! owned by QEMU's user. Allocate mounts the `i`-th device of a container's request at
-//! `<container_dir>/<resource>-<i>`: the same path in every pod that asks for the same resource,
-//! so a live-migration target finds its socket where the source had it. It also writes the
+//! owned by QEMU's user. Allocate mounts a container's one device of the resource at
+//! `<container_dir>/<name>-0`: the same path in every pod that asks for the resource, so a
+//! live-migration target finds its socket where the source had it (virt-launcher on the target
+//! runs the source's domain; the target's OnDefineDomain result is discarded,
+//! pkg/virt-launcher/virtwrap/live-migration-target.go).
+//!
+//! One device per resource per container: with two, which network gets which device is
+//! Multus's choice from the kubelet's unordered device list, neither the Allocate order nor
+//! anything the plugin sees, so the target pod could mount the source's path of network A on
+//! network B's device and cross-wire the NICs after a migration. Allocate refuses that request
+//! ([`MAX_DEVICES_PER_CONTAINER`]); each network needs its own resource. It also writes the
 //! Network Plumbing WG device-info of each device (`<devinfo_dir>/<resource>-<id>-device.json`,
 //! resource with `/` as `-`) with the socket's path as the pod sees it; Multus passes the device
 //! id to the CNI ADD (`deviceID`), which puts the attachment's socket in that directory, and
@@ -54,6 +62,8 @@ pub const DEFAULT_CONTAINER_DIR: &str = "/var/run/switchyard/kubevirt";
 pub const QEMU_ID: u32 = 107;
 /// The most devices a pool grows to.
 pub const MAX_DEVICES: usize = 1024;
+/// The most devices of the resource one container may get (see the module doc).
+pub const MAX_DEVICES_PER_CONTAINER: usize = 1;
 
 /// What the plugin serves.
 #[derive(Debug, Clone)]
@@ -290,18 +300,28 @@ fn options() -> DevicePluginOptions {
     DevicePluginOptions { pre_start_required: false, get_preferred_allocation_available: true }
 }
 
-/// One container's allocation: a mount and a device-info file per device, in the order of the
-/// request, and `SWITCHYARD_DEVICES_<NAME>` listing the ids in that order.
+/// One container's allocation: a mount and a device-info file per device, and
+/// `SWITCHYARD_DEVICES_<NAME>` listing the ids; more than [`MAX_DEVICES_PER_CONTAINER`] devices
+/// are refused (see the module doc).
 fn allocate(
     cfg: &PluginConfig,
     listed: &[String],
     ids: &[String],
 ) -> Result<ContainerAllocateResponse, Status> {
+    if let Some(id) = ids.iter().find(|id| !listed.contains(id)) {
+        return Err(Status::invalid_argument(format!("device {id:?} is not one of {}", cfg.resource)));
+    }
+    if ids.len() > MAX_DEVICES_PER_CONTAINER {
+        return Err(Status::failed_precondition(format!(
+            "{} devices of {} in one container: a VM gets at most {MAX_DEVICES_PER_CONTAINER} per \
+             resource, as which of its networks gets which device is not stable across a live \
+             migration; give each network of the VM its own resource (NAD k8s.v1.cni.cncf.io/resourceName)",
+            ids.len(),
+            cfg.resource
+        )));
+    }
     let mut mounts = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        if !listed.contains(id) {
-            return Err(Status::invalid_argument(format!("device {id:?} is not one of {}", cfg.resource)));
-        }
         let host = device_dir(&cfg.vhost_dir, id).map_err(|e| Status::internal(e.to_string()))?;
         if !Path::new(&host).is_dir() {
             return Err(Status::unavailable(format!("{host} is not a directory")));
@@ -380,7 +400,15 @@ pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>)
                         tracing::info!(resource = %cfg.resource, "registered with the kubelet");
                         registered_with = socket_id(&kubelet);
                     }
-                    Err(e) => tracing::debug!("registration: {e}"),
+                    // The kubelet not there yet is routine (retried every poll); a refusal is
+                    // not, and says why.
+                    Err(Register::Unreachable(e)) => tracing::debug!("registration: {e}"),
+                    Err(Register::Refused(s)) => tracing::warn!(
+                        resource = %cfg.resource,
+                        "the kubelet refused the registration ({:?}): {}; retrying",
+                        s.code(),
+                        s.message()
+                    ),
                 }
             } else if socket_id(&kubelet) != registered_with {
                 tracing::info!("the kubelet's socket changed: registering again");
@@ -415,8 +443,19 @@ pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>)
     result
 }
 
-async fn register(cfg: &PluginConfig, kubelet: &Path) -> Result<(), String> {
-    let ch = uds::connect(kubelet).await.map_err(|e| format!("{}: {e}", kubelet.display()))?;
+/// Why a registration did not happen.
+enum Register {
+    /// The kubelet's socket does not answer (not started yet, restarting).
+    Unreachable(String),
+    /// Register failed on a connection made: the kubelet's answer (or, rarely, a kubelet
+    /// that went away during the call).
+    Refused(Status),
+}
+
+async fn register(cfg: &PluginConfig, kubelet: &Path) -> Result<(), Register> {
+    let ch = uds::connect(kubelet)
+        .await
+        .map_err(|e| Register::Unreachable(format!("{}: {e}", kubelet.display())))?;
     RegistrationClient::new(ch)
         .register(RegisterRequest {
             version: API_VERSION.into(),
@@ -425,7 +464,7 @@ async fn register(cfg: &PluginConfig, kubelet: &Path) -> Result<(), String> {
             options: Some(options()),
         })
         .await
-        .map_err(|e| format!("Register: {e}"))?;
+        .map_err(Register::Refused)?;
     Ok(())
 }
 
@@ -473,10 +512,11 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = allocate(&c, &listed, &["blue-3".into()]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let ok = allocate(&c, &listed, &["blue-2".into(), "blue-0".into()]).unwrap();
+        let ok = allocate(&c, &listed, &["blue-2".into()]).unwrap();
+        assert_eq!(ok.mounts.len(), 1);
         assert_eq!(ok.mounts[0].container_path, "/var/run/switchyard/kubevirt/blue-0");
         assert_eq!(ok.mounts[0].host_path, format!("{}/dev-blue-2", c.vhost_dir));
-        assert_eq!(ok.envs["SWITCHYARD_DEVICES_BLUE"], "blue-2,blue-0");
+        assert_eq!(ok.envs["SWITCHYARD_DEVICES_BLUE"], "blue-2");
         let role = |c: &PluginConfig| {
             let v: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(c.devinfo_path("blue-2")).unwrap()).unwrap();
@@ -487,5 +527,25 @@ mod tests {
         let listens = PluginConfig { qemu_listens: true, ..c };
         allocate(&listens, &listed, &["blue-2".into()]).unwrap();
         assert_eq!(role(&listens), (serde_json::json!("server"), sock));
+    }
+
+    /// Two devices of one resource in a container: the kubelet lists them in random order
+    /// (`UnsortedList`), and so does Multus when it gives them to the networks, so the path of
+    /// each network's socket would depend on that order, and a migration target (which runs
+    /// the source's domain) could get network A's path on network B's device. Refused, and no
+    /// device-info written.
+    #[test]
+    fn allocate_refuses_two_devices_of_the_resource_in_a_container() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path());
+        c.prepare().unwrap();
+        let listed: Vec<String> = c.devices_now(3).into_iter().map(|d| d.id).collect();
+        for ids in [["blue-0", "blue-1"], ["blue-1", "blue-0"]] {
+            let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            let e = allocate(&c, &listed, &ids).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert!(e.message().contains("its own resource"), "{}", e.message());
+        }
+        assert!(!c.devinfo_path("blue-0").exists() && !c.devinfo_path("blue-1").exists());
     }
 }

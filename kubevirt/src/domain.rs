@@ -8,6 +8,15 @@
 //! an access mode get `<access mode='shared'/>`; an explicit private access or an anonymous
 //! source is refused ([`DomainError::NotShared`]), never silently changed.
 //!
+//! Queues: `<driver queues='N'/>` asks QEMU for N queue pairs, and QEMU refuses to start the NIC
+//! when the vhost-user backend offers fewer ("you are asking more queues than supported"), so N
+//! is the smaller of the domain's vCPUs and the pairs the port offers
+//! ([`VhostIface::port_queues`]), and no `<driver>` is written when that is 1.
+//!
+//! A document nested deeper than [`MAX_DEPTH`] elements is refused before it is parsed: the
+//! parser and the tree it builds recurse once per level, and a deep enough document would
+//! overflow the stack and abort the sidecar.
+//!
 //! Invariant: the rewrite is idempotent (`rewrite(rewrite(x)) == rewrite(x)`), as virt-launcher
 //! may call OnDefineDomain more than once, and it touches nothing but those interfaces and the
 //! memory backing.
@@ -25,9 +34,15 @@ pub struct VhostIface {
     pub mode: String,
     pub mac: Option<String>,
     pub mtu: Option<u32>,
-    /// Multiqueue: one queue pair per vCPU.
+    /// Multiqueue asked for (the VMI's `networkInterfaceMultiqueue`): one queue pair per vCPU,
+    /// at most [`VhostIface::port_queues`].
     pub multiqueue: bool,
+    /// The queue pairs the switch's port offers on the socket.
+    pub port_queues: u32,
 }
+
+/// The deepest element nesting a domain may have; libvirt's own domain XML is under 20 deep.
+pub const MAX_DEPTH: usize = 256;
 
 /// Why a domain cannot be rewritten.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +53,8 @@ pub enum DomainError {
     Write(#[from] xmltree::Error),
     #[error("the domain has no <devices>")]
     NoDevices,
+    #[error("the domain XML nests elements deeper than {MAX_DEPTH}")]
+    TooDeep,
     #[error(
         "the domain's memory backing is not shared ({0}): vhost-user needs the guest's memory shared \
          with the switch; remove the setting or make it <access mode='shared'/>"
@@ -85,7 +102,8 @@ fn interface(want: &VhostIface, old: Option<&Element>, queues: u32) -> Element {
     }
     kids.push(XMLNode::Element(source));
     kids.push(XMLNode::Element(elem("model", &[("type", "virtio")])));
-    if want.multiqueue && queues > 1 {
+    let queues = if want.multiqueue { queues.min(want.port_queues) } else { 1 };
+    if queues > 1 {
         kids.push(XMLNode::Element(elem("driver", &[("queues", &queues.to_string())])));
     }
     if let Some(m) = want.mtu {
@@ -131,10 +149,43 @@ fn share_memory(dom: &mut Element) -> Result<(), DomainError> {
                 // Neither hugepages nor a file: libvirt would back it with anonymous memory.
                 mb.children.insert(0, XMLNode::Element(elem("source", &[("type", "memfd")])));
             }
-            mb.children.push(XMLNode::Element(elem("access", &[("mode", "shared")])));
+            match mb.get_mut_child("access") {
+                // `<access/>` without a mode: libvirt's schema allows one `<access>` only.
+                Some(a) => {
+                    a.attributes.insert("mode".into(), "shared".into());
+                }
+                None => mb.children.push(XMLNode::Element(elem("access", &[("mode", "shared")]))),
+            }
             Ok(())
         }
     }
+}
+
+/// Refuses `xml` when its elements nest deeper than [`MAX_DEPTH`], with the streaming parser,
+/// whose memory grows with the depth but whose stack does not.
+fn check_depth(xml: &[u8]) -> Result<(), DomainError> {
+    use xml::reader::XmlEvent;
+    let mut r = ParserConfig::new().create_reader(xml);
+    let mut depth = 0usize;
+    loop {
+        match r.next().map_err(xmltree::ParseError::MalformedXml)? {
+            XmlEvent::StartElement { .. } => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(DomainError::TooDeep);
+                }
+            }
+            XmlEvent::EndElement { .. } => depth = depth.saturating_sub(1),
+            XmlEvent::EndDocument => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// Parses a domain, refusing one too deep to parse recursively.
+fn parse(xml: &[u8], config: ParserConfig) -> Result<Element, DomainError> {
+    check_depth(xml)?;
+    Ok(Element::parse_with_config(xml, config)?)
 }
 
 /// Rewrites `xml` for `ifaces`; with none, the domain is returned as it came.
@@ -142,7 +193,7 @@ pub fn rewrite(xml: &[u8], ifaces: &[VhostIface]) -> Result<Vec<u8>, DomainError
     if ifaces.is_empty() {
         return Ok(xml.to_vec());
     }
-    let mut dom = Element::parse_with_config(xml, ParserConfig::new().trim_whitespace(true))?;
+    let mut dom = parse(xml, ParserConfig::new().trim_whitespace(true))?;
     share_memory(&mut dom)?;
     let queues = vcpus(&dom);
     let devices = dom.get_mut_child("devices").ok_or(DomainError::NoDevices)?;
@@ -189,7 +240,7 @@ pub struct VhostInterface {
 /// The vhost-user interfaces of a domain (what the end-to-end test derives QEMU's arguments
 /// from, as libvirt would).
 pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<VhostInterface>, DomainError> {
-    let dom = Element::parse(xml)?;
+    let dom = parse(xml, ParserConfig::new())?;
     let devices = child(&dom, "devices").ok_or(DomainError::NoDevices)?;
     Ok(devices
         .children
@@ -213,4 +264,80 @@ pub fn vhost_interfaces(xml: &[u8]) -> Result<Vec<VhostInterface>, DomainError> 
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blue(multiqueue: bool, port_queues: u32) -> VhostIface {
+        VhostIface {
+            name: "blue".into(),
+            socket: "/var/run/switchyard/kubevirt/blue-0/sock".into(),
+            mode: "client".into(),
+            mac: None,
+            mtu: None,
+            multiqueue,
+            port_queues,
+        }
+    }
+
+    fn dom(vcpus: u32, memory_backing: &str) -> Vec<u8> {
+        format!("<domain type='kvm'><name>d</name><memory>1</memory>{memory_backing}<vcpu>{vcpus}</vcpu><devices></devices></domain>")
+            .into_bytes()
+    }
+
+    #[test]
+    fn queues_are_at_most_what_the_port_offers() {
+        let q = |vcpus, mq, offered| {
+            let out = rewrite(&dom(vcpus, ""), &[blue(mq, offered)]).unwrap();
+            vhost_interfaces(&out).unwrap()[0].queues
+        };
+        // The CNI's ports offer one pair: QEMU must not ask for 4.
+        assert_eq!(q(4, true, 1), 1);
+        assert_eq!(q(4, true, 2), 2);
+        assert_eq!(q(2, true, 8), 2);
+        assert_eq!(q(4, false, 8), 1);
+        let out = String::from_utf8(rewrite(&dom(4, ""), &[blue(true, 1)]).unwrap()).unwrap();
+        assert!(!out.contains("<driver"), "{out}");
+    }
+
+    #[test]
+    fn an_access_without_mode_gets_the_mode_once() {
+        let d = dom(1, "<memoryBacking><hugepages/><access/></memoryBacking>");
+        let once = rewrite(&d, &[blue(false, 1)]).unwrap();
+        let twice = rewrite(&once, &[blue(false, 1)]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&twice), String::from_utf8_lossy(&once));
+        let mb = Element::parse(&once[..]).unwrap().get_child("memoryBacking").unwrap().clone();
+        let access: Vec<&Element> =
+            mb.children.iter().filter_map(XMLNode::as_element).filter(|e| e.name == "access").collect();
+        assert_eq!(access.len(), 1, "{}", String::from_utf8_lossy(&once));
+        assert_eq!(attr(access[0], "mode"), Some("shared"));
+        assert!(child(&mb, "source").is_none(), "a memfd source beside hugepages");
+    }
+
+    #[test]
+    fn a_document_too_deep_is_refused_before_it_is_parsed() {
+        let nest = |n: usize| "<x>".repeat(n) + &"</x>".repeat(n);
+        // 600 levels overflowed the stack of the recursive parser (SIGABRT); on a thread with
+        // tokio's 2 MiB stack, as the sidecar's calls run.
+        let deep = format!("<domain><devices/>{}</domain>", nest(600)).into_bytes();
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                (rewrite(&deep, &[blue(false, 1)]).map(|_| ()), vhost_interfaces(&deep).map(|_| ()))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(matches!(r.0, Err(DomainError::TooDeep)), "{:?}", r.0);
+        assert!(matches!(r.1, Err(DomainError::TooDeep)), "{:?}", r.1);
+        // The bound, and not one level less, passes.
+        let ok = format!("<domain><devices/>{}</domain>", nest(MAX_DEPTH - 1)).into_bytes();
+        rewrite(&ok, &[blue(false, 1)]).unwrap();
+        let over = format!("<domain><devices/>{}</domain>", nest(MAX_DEPTH)).into_bytes();
+        assert!(matches!(rewrite(&over, &[blue(false, 1)]), Err(DomainError::TooDeep)));
+        // Malformed XML is still a parse error.
+        assert!(matches!(rewrite(b"<domain><devices>", &[blue(false, 1)]), Err(DomainError::Parse(_))));
+    }
 }

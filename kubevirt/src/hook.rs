@@ -1,12 +1,14 @@
 //! The KubeVirt network binding sidecar: hook API v1alpha3 on a Unix socket in
 //! `/var/run/kubevirt-hooks`, serving `Info` and `Callbacks.OnDefineDomain`.
 //!
-//! For every VMI interface whose binding is this plugin's name, OnDefineDomain finds the
-//! device-info of its network in the pod's network information (the file KubeVirt's
-//! `downwardAPI: device-info` mounts, or a Multus network-status list) and rewrites the domain
-//! ([`crate::domain::rewrite`]). A missing device-info, a device-info that is not vhost-user,
-//! or memory that cannot be shared fails the call with a message saying which and why:
-//! virt-launcher then refuses to start the VM rather than start it without its NIC.
+//! For every VMI interface whose binding is this plugin's name (KubeVirt passes the name it
+//! registered the binding under in `NETWORK_BINDING_PLUGIN_NAME`, [`binding_name`]),
+//! OnDefineDomain finds the device-info, MAC and MTU of its network in the pod's network
+//! information (the file KubeVirt's `downwardAPI: device-info` mounts, or a Multus
+//! network-status list) and rewrites the domain ([`crate::domain::rewrite`]). A missing
+//! device-info, a device-info that is not vhost-user, memory that cannot be shared or a domain
+//! too deep to parse fails the call with a message saying which and why: virt-launcher then
+//! refuses to start the VM rather than start it without its NIC.
 //!
 //! Invariant: the network information is read at every call (never cached), and a call
 //! changes nothing outside the domain it returns.
@@ -34,6 +36,19 @@ pub const ON_DEFINE_DOMAIN: &str = "OnDefineDomain";
 pub const DEFAULT_HOOK_DIR: &str = "/var/run/kubevirt-hooks";
 /// Where KubeVirt mounts the network information of `downwardAPI: device-info`.
 pub const DEFAULT_NETWORK_INFO: &str = "/etc/podinfo/network-info";
+/// The environment variable in which virt-controller passes a binding sidecar the name the
+/// binding is registered under (KubeVirt's pkg/hooks `NetworkBindingPluginNameEnvVar`).
+pub const BINDING_NAME_ENV: &str = "NETWORK_BINDING_PLUGIN_NAME";
+/// The queue pairs a port the CNI plugin creates offers (the port's default, ports/src/vhost:
+/// the NAD has no queue count, and the CNI ADD does not see the VM).
+pub const CNI_PORT_QUEUE_PAIRS: u32 = 1;
+
+/// The binding name to serve: the one KubeVirt registered (`env`, [`BINDING_NAME_ENV`]) when
+/// set, else `flag` (`--binding` or its default). KubeVirt matches VMI interfaces by the
+/// registered name, so a sidecar registered under another name than its flag must follow it.
+pub fn binding_name(env: Option<String>, flag: String) -> String {
+    env.filter(|e| !e.is_empty()).unwrap_or(flag)
+}
 
 /// What the sidecar serves.
 #[derive(Debug, Clone)]
@@ -64,30 +79,57 @@ pub enum HookError {
     Domain(#[from] DomainError),
 }
 
-/// One network's device-info and MTU, from the network information.
+/// One network's device-info, MAC and MTU, from the network information.
 #[derive(Debug, Clone, Default)]
 struct NetInfo {
     device_info: Option<Value>,
+    mac: Option<String>,
     mtu: Option<u32>,
 }
 
+/// A positive MTU (KubeVirt leaves out a zero one; 0 would not be an MTU anyway).
+fn mtu_of(v: &Value) -> Option<u32> {
+    v.get("mtu").and_then(Value::as_u64).and_then(|m| u32::try_from(m).ok()).filter(|m| *m > 0)
+}
+
+fn mac_of(v: &Value) -> Option<String> {
+    v.get("mac").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_string)
+}
+
 /// Looks up VMI network `net` (with its Multus `networkName`, if any) in the network
-/// information: KubeVirt's `{"interfaces": [{"network", "deviceInfo"}]}` or Multus's
-/// network-status list (`[{"name": "ns/nad", "device-info", "mtu"}]`).
+/// information: KubeVirt's `{"interfaces": [{"network", "deviceInfo", "mac", "mtu"}]}` (`mac`
+/// since KubeVirt 1.8, `mtu` since 1.9: pkg/network/downwardapi, taken from the network-status)
+/// or Multus's network-status list (`[{"name": "ns/nad", "device-info", "mac", "mtu"}]`).
 fn lookup(info: &Value, net: &str, nad: Option<&str>) -> NetInfo {
     if let Some(ifs) = info.get("interfaces").and_then(Value::as_array) {
-        let hit = ifs.iter().find(|i| i.get("network").and_then(Value::as_str) == Some(net));
-        return NetInfo { device_info: hit.and_then(|i| i.get("deviceInfo")).cloned(), mtu: None };
+        let Some(hit) = ifs.iter().find(|i| i.get("network").and_then(Value::as_str) == Some(net)) else {
+            return NetInfo::default();
+        };
+        return NetInfo { device_info: hit.get("deviceInfo").cloned(), mac: mac_of(hit), mtu: mtu_of(hit) };
     }
     let Some(list) = info.as_array() else { return NetInfo::default() };
     let Some(nad) = nad else { return NetInfo::default() };
     // A NAD named without its namespace is in the VMI's; network-status always names both.
     let same = |name: &str| name == nad || (!nad.contains('/') && name.rsplit('/').next() == Some(nad));
-    let hit = list.iter().find(|s| s.get("name").and_then(Value::as_str).is_some_and(same));
-    NetInfo {
-        device_info: hit.and_then(|s| s.get("device-info")).cloned(),
-        mtu: hit.and_then(|s| s.get("mtu")).and_then(Value::as_u64).and_then(|m| u32::try_from(m).ok()),
-    }
+    let Some(hit) = list.iter().find(|s| s.get("name").and_then(Value::as_str).is_some_and(same)) else {
+        return NetInfo::default();
+    };
+    NetInfo { device_info: hit.get("device-info").cloned(), mac: mac_of(hit), mtu: mtu_of(hit) }
+}
+
+/// The VMI's interfaces bound to a binding plugin other than `binding`, as (interface,
+/// binding): when none is bound to `binding`, a sidecar registered under another name than
+/// the one it serves would leave them all as they are.
+pub fn other_bindings(vmi: &Value, binding: &str) -> Vec<(String, String)> {
+    vmi["spec"]["domain"]["devices"]["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let b = i["binding"]["name"].as_str()?;
+            (b != binding).then(|| (i["name"].as_str().unwrap_or_default().to_string(), b.to_string()))
+        })
+        .collect()
 }
 
 /// The interfaces of `vmi` bound to `cfg.binding`, with their sockets.
@@ -115,12 +157,20 @@ pub fn plan(cfg: &SidecarConfig, vmi: &Value, info: &Value) -> Result<Vec<VhostI
         let (Some(socket), Some(mode)) = (socket, mode) else {
             return Err(HookError::NotVhost(name, di.to_string()));
         };
+        if multiqueue {
+            tracing::warn!(
+                "interface {name:?}: networkInterfaceMultiqueue asks for a queue pair per vCPU, but \
+                 switchyard's CNI ports offer {CNI_PORT_QUEUE_PAIRS}: the NIC gets at most that many"
+            );
+        }
         out.push(VhostIface {
             socket: socket.into(),
             mode: mode.into(),
-            mac: i["macAddress"].as_str().map(str::to_string),
+            // The VMI's, else the one the CNI reported (the port's spoof filter's).
+            mac: i["macAddress"].as_str().map(str::to_string).or(ni.mac),
             mtu: ni.mtu.or(cfg.mtu),
             multiqueue,
+            port_queues: CNI_PORT_QUEUE_PAIRS,
             name,
         });
     }
@@ -134,6 +184,14 @@ pub fn on_define_domain(cfg: &SidecarConfig, domain: &[u8], vmi: &[u8]) -> Resul
         .as_array()
         .is_some_and(|is| is.iter().any(|i| i["binding"]["name"].as_str() == Some(cfg.binding.as_str())));
     if !bound {
+        let others = other_bindings(&vmi, &cfg.binding);
+        if !others.is_empty() {
+            tracing::warn!(
+                "no VMI interface uses binding {:?}, but {others:?} (interface, binding) use others: \
+                 left as they are (is this sidecar registered under another name?)",
+                cfg.binding
+            );
+        }
         return Ok(domain.to_vec());
     }
     let path = cfg.network_info.display().to_string();
@@ -257,6 +315,34 @@ mod tests {
             }
         }
         out
+    }
+
+    /// virt-controller sets NETWORK_BINDING_PLUGIN_NAME to the name the binding is registered
+    /// under (pkg/virt-controller/services/template.go); it wins over the flag.
+    #[test]
+    fn the_registered_binding_name_wins_over_the_flag() {
+        assert_eq!(binding_name(Some("sy-blue".into()), "switchyard".into()), "sy-blue");
+        assert_eq!(binding_name(Some(String::new()), "switchyard".into()), "switchyard");
+        assert_eq!(binding_name(None, "mine".into()), "mine");
+        let cfg = SidecarConfig {
+            binding: binding_name(Some("sy-blue".into()), "switchyard".into()),
+            socket: "/x".into(),
+            network_info: "/nonexistent".into(),
+            mtu: None,
+        };
+        let vmi = serde_json::json!({"spec": {"domain": {"devices": {"interfaces": [
+            {"name": "default", "masquerade": {}},
+            {"name": "blue", "binding": {"name": "sy-blue"}}]}},
+            "networks": [{"name": "blue", "multus": {"networkName": "blue"}}]}});
+        let info = serde_json::json!({"interfaces": [{"network": "blue", "deviceInfo": {"type": "vhost-user",
+            "vhost-user": {"mode": "client", "path": "/s/sock"}}}]});
+        let p = plan(&cfg, &vmi, &info).unwrap();
+        assert_eq!(p.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["blue"]);
+        // Under the flag's name, the interface is another binding's: reported, not rewritten.
+        let flag = SidecarConfig { binding: "switchyard".into(), ..cfg };
+        assert!(plan(&flag, &vmi, &info).unwrap().is_empty());
+        assert_eq!(other_bindings(&vmi, "switchyard"), [("blue".to_string(), "sy-blue".to_string())]);
+        assert!(other_bindings(&vmi, "sy-blue").is_empty());
     }
 
     /// KubeVirt's pkg/hooks/info/api_info.proto: `InfoResult { string name = 1; repeated

@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
         Cmd::DevicePlugin(a) => device_plugin::run(a.into(), terminated()).await.map_err(|e| e.to_string()),
         Cmd::HookSidecar { binding, socket, network_info, mtu } => {
+            let binding = hook::binding_name(std::env::var(hook::BINDING_NAME_ENV).ok(), binding);
             let cfg = hook::SidecarConfig { binding, socket, network_info, mtu };
             hook::run(cfg, terminated()).await.map_err(|e| e.to_string())
         }

@@ -245,3 +245,80 @@ async fn registers_lists_allocates_and_survives_restarts() {
     plugin.await.unwrap();
     drop((kubelet, switch));
 }
+
+/// A kubelet that refuses every registration, saying why (as the kubelet does for a resource
+/// name another plugin holds, or an API version it does not serve).
+struct Refusing;
+
+const REFUSAL: &str = "resource switchyard.io/blue is served by another plugin";
+
+#[tonic::async_trait]
+impl Registration for Refusing {
+    async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::invalid_argument(REFUSAL))
+    }
+}
+
+/// What a tracing subscriber writes, kept for the test to read.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A refused registration is a warning with the kubelet's reason (at info level, the
+/// default, a debug line would not show: the plugin would look registered and idle).
+#[tokio::test]
+async fn a_refused_registration_is_a_warning_with_the_kubelets_reason() {
+    let log = Log::default();
+    let w = log.clone();
+    // The test's runtime has one thread: the plugin's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let kdir = tmp.path().join("device-plugins");
+    std::fs::create_dir_all(&kdir).unwrap();
+    let incoming = uds::bind(&kdir.join(device_plugin::KUBELET_SOCKET)).unwrap();
+    let kubelet = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(Refusing))
+            .serve_with_incoming(incoming),
+    );
+    let cfg = PluginConfig {
+        resource: "switchyard.io/blue".into(),
+        devices: 1,
+        vhost_dir: tmp.path().join("vhost").display().to_string(),
+        container_dir: device_plugin::DEFAULT_CONTAINER_DIR.into(),
+        plugin_dir: kdir.clone(),
+        devinfo_dir: tmp.path().join("devinfo"),
+        owner: std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap()),
+        group: std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(tmp.path()).unwrap()),
+        switch_socket: None,
+        poll: Duration::from_millis(50),
+        qemu_listens: false,
+        spare: 0,
+    };
+    let (stop_plugin, plugin) = start_plugin(cfg);
+    let text = || String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let t0 = tokio::time::Instant::now();
+    while !text().lines().any(|l| l.contains("WARN") && l.contains(REFUSAL)) {
+        assert!(t0.elapsed() < WAIT, "no warning with the kubelet's reason:\n{}", text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!text().contains("registered with the kubelet"), "{}", text());
+    stop_plugin.send(()).unwrap();
+    plugin.await.unwrap();
+    kubelet.abort();
+}

@@ -130,13 +130,19 @@ fn start(mtu: Option<u32>) -> Sidecar {
 async fn client(
     s: &Sidecar,
 ) -> (InfoClient<tonic::transport::Channel>, CallbacksClient<tonic::transport::Channel>) {
+    client_at(&s.socket).await
+}
+
+async fn client_at(
+    socket: &Path,
+) -> (InfoClient<tonic::transport::Channel>, CallbacksClient<tonic::transport::Channel>) {
     for _ in 0..100 {
-        if let Ok(ch) = uds::connect(&s.socket).await {
+        if let Ok(ch) = uds::connect(socket).await {
             return (InfoClient::new(ch.clone()), CallbacksClient::new(ch));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("the sidecar does not listen on {}", s.socket.display());
+    panic!("the sidecar does not listen on {}", socket.display());
 }
 
 async fn define(
@@ -201,12 +207,16 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     assert_eq!(attr_of(&mb, "access", "mode").as_deref(), Some("shared"));
     assert_eq!(text(&define(&mut cb, &out, &vmi(false, &[])).await.unwrap()), text(&out));
 
-    // Multiqueue with 4 vCPUs: 4 queues.
+    // Multiqueue with 4 vCPUs: the CNI's port offers one queue pair, and QEMU refuses to
+    // start a NIC that asks for more than the backend offers ("you are asking more queues than
+    // supported: 1"): one pair, no <driver queues>.
     let out = define(&mut cb, &domain("multiqueue.xml"), &vmi(true, &[])).await.unwrap();
     validate(&out);
     let vi = vhost_interfaces(&out).unwrap();
     assert_eq!(vi.len(), 1);
-    assert_eq!((vi[0].alias.as_str(), vi[0].socket.as_str(), vi[0].queues), ("ua-blue", SOCK, 4));
+    assert_eq!((vi[0].alias.as_str(), vi[0].socket.as_str(), vi[0].queues), ("ua-blue", SOCK, 1));
+    let blue = interfaces(&parse(&out)).into_iter().find(|i| alias_of(i) == "ua-blue").unwrap();
+    assert!(blue.get_child("driver").is_none(), "{}", text(&out));
     let out1 = define(&mut cb, &domain("multiqueue.xml"), &vmi(false, &[])).await.unwrap();
     assert_eq!(vhost_interfaces(&out1).unwrap()[0].queues, 1, "queues although the VMI has no multiqueue");
 
@@ -295,4 +305,103 @@ async fn mtu_comes_from_the_sidecar_when_the_network_has_none() {
     validate(&out);
     assert_eq!(attr_of(&interfaces(&parse(&out))[1], "mtu", "size").as_deref(), Some("1400"));
     s.task.abort();
+}
+
+/// KubeVirt 1.9's network-info carries the network-status's `mac` (since 1.8) and `mtu`: the
+/// interface gets that MTU (over `--mtu`), and that MAC when the VMI names none.
+#[tokio::test]
+async fn mtu_and_mac_come_from_kubevirts_network_info() {
+    if let Some(why) = validator_missing() {
+        return testkit::skip("mtu_and_mac_come_from_kubevirts_network_info", &why);
+    }
+    let s = start(Some(1400));
+    let mut info = network_info();
+    info["interfaces"][0]["mtu"] = json!(9000);
+    info["interfaces"][0]["mac"] = json!("02:5a:00:00:00:0c");
+    std::fs::write(&s.info, info.to_string()).unwrap();
+    let (_, mut cb) = client(&s).await;
+    let out = define(&mut cb, &domain("plain.xml"), &vmi(false, &[])).await.unwrap();
+    validate(&out);
+    let blue = interfaces(&parse(&out))[1].clone();
+    assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("9000"), "{}", text(&out));
+    // The VMI's macAddress wins over the reported one.
+    assert_eq!(attr_of(&blue, "mac", "address").as_deref(), Some("02:5a:00:00:00:0b"));
+    let mut no_mac: Value = serde_json::from_slice(&vmi(false, &[])).unwrap();
+    no_mac["spec"]["domain"]["devices"]["interfaces"][1].as_object_mut().unwrap().remove("macAddress");
+    let out = define(&mut cb, &domain("plain.xml"), no_mac.to_string().as_bytes()).await.unwrap();
+    validate(&out);
+    let blue = interfaces(&parse(&out))[1].clone();
+    assert_eq!(attr_of(&blue, "mac", "address").as_deref(), Some("02:5a:00:00:00:0c"), "{}", text(&out));
+    assert_eq!(text(&define(&mut cb, &out, no_mac.to_string().as_bytes()).await.unwrap()), text(&out));
+    // An older KubeVirt (no mtu, or KubeVirt's omitted zero): the sidecar's --mtu.
+    info["interfaces"][0]["mtu"] = json!(0);
+    std::fs::write(&s.info, info.to_string()).unwrap();
+    let out = define(&mut cb, &domain("plain.xml"), &vmi(false, &[])).await.unwrap();
+    assert_eq!(attr_of(&interfaces(&parse(&out))[1], "mtu", "size").as_deref(), Some("1400"));
+    s.task.abort();
+}
+
+/// A domain nested deeper than the parser's stack allows is refused with FailedPrecondition,
+/// and the sidecar serves on (the recursive parse overflowed the stack and aborted it).
+#[tokio::test]
+async fn a_too_deep_domain_is_refused_and_the_sidecar_serves_on() {
+    if let Some(why) = validator_missing() {
+        return testkit::skip("a_too_deep_domain_is_refused_and_the_sidecar_serves_on", &why);
+    }
+    let s = start(None);
+    let (_, mut cb) = client(&s).await;
+    let plain = text(&domain("plain.xml"));
+    let nest = "<metadata>".to_string() + &"<x>".repeat(600) + &"</x>".repeat(600) + "</metadata>";
+    let deep = plain.replacen("<devices>", &format!("{nest}<devices>"), 1);
+    let e = define(&mut cb, deep.as_bytes(), &vmi(false, &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("deeper than"), "{}", e.message());
+    let out = define(&mut cb, plain.as_bytes(), &vmi(false, &[])).await.unwrap();
+    validate(&out);
+    s.task.abort();
+}
+
+/// `<memoryBacking>` with an `<access/>` that names no mode: the mode is set on it, not a
+/// second `<access>` added (libvirt's schema takes one), and a second pass changes nothing.
+#[tokio::test]
+async fn an_access_without_a_mode_gets_shared_once() {
+    if let Some(why) = validator_missing() {
+        return testkit::skip("an_access_without_a_mode_gets_shared_once", &why);
+    }
+    let s = start(None);
+    let (_, mut cb) = client(&s).await;
+    let dom = text(&domain("hugepages.xml")).replacen("</hugepages>", "</hugepages>\n    <access/>", 1);
+    let out = define(&mut cb, dom.as_bytes(), &vmi(false, &[])).await.unwrap();
+    validate(&out);
+    let mb = parse(&out).get_child("memoryBacking").unwrap().clone();
+    let access: Vec<_> =
+        mb.children.iter().filter_map(|c| c.as_element()).filter(|e| e.name == "access").collect();
+    assert_eq!(access.len(), 1, "{}", text(&out));
+    assert_eq!(access[0].attributes["mode"], "shared");
+    assert_eq!(text(&define(&mut cb, &out, &vmi(false, &[])).await.unwrap()), text(&out));
+    s.task.abort();
+}
+
+/// The binary serves the binding name KubeVirt passes in NETWORK_BINDING_PLUGIN_NAME (the
+/// name the binding is registered under), over `--binding`'s default.
+#[tokio::test]
+async fn the_binary_serves_the_binding_name_kubevirt_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sy.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-kubevirt"))
+        .args(["hook-sidecar", "--socket"])
+        .arg(&socket)
+        .env(hook::BINDING_NAME_ENV, "sy-blue")
+        .spawn()
+        .unwrap();
+    let (mut info, mut cb) = client_at(&socket).await;
+    let name = info.info(InfoParams {}).await.map(|r| r.into_inner().name);
+    let _ = cb.shutdown(ShutdownParams {}).await;
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(name.unwrap(), "sy-blue");
 }

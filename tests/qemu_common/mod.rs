@@ -89,6 +89,25 @@ pub struct Guest<'a> {
     pub between: &'a str,
     /// More QEMU arguments.
     pub extra: &'a [&'a str],
+    /// Queue pairs the NIC asks the vhost-user backend for (`queues=`, with `mq=on` above 1, as
+    /// libvirt turns `<driver queues>` into QEMU's arguments).
+    pub queues: u32,
+}
+
+fn queues(n: u32) -> String {
+    if n > 1 {
+        format!(",queues={n}")
+    } else {
+        String::new()
+    }
+}
+
+fn mq(n: u32) -> &'static str {
+    if n > 1 {
+        ",mq=on"
+    } else {
+        ""
+    }
 }
 
 /// QEMU with the guest; its serial console comes line by line through a channel.
@@ -141,8 +160,8 @@ impl Qemu {
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem"])
             .arg("-chardev")
             .arg(format!("socket,id=c0,path={}{}", g.socket.display(), g.chardev))
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={}{vectors}", g.mac)])
+            .args(["-netdev", &format!("vhost-user,id=n0,chardev=c0{}", queues(g.queues))])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={}{vectors}{}", g.mac, mq(g.queues))])
             .arg("-kernel")
             .arg(&g.assets.kernel)
             .arg("-initrd")
