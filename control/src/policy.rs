@@ -156,8 +156,18 @@ struct Attachment {
     addrs: Vec<IpAddr>,
 }
 
+/// Whether `ip` can be an interface's own address: not unspecified, multicast, broadcast or
+/// loopback.
+fn unicast(ip: IpAddr) -> bool {
+    !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !ip.is_loopback()
+        && !matches!(ip, IpAddr::V4(a) if a.is_broadcast())
+}
+
 /// Every VMI interface attached to a NAD, with the addresses its status reports (unparsable
-/// ones reported as problems); with `build` false, only the problems (none is returned).
+/// ones, and ones no interface can have, reported as problems); with `build` false, only the
+/// problems (none is returned).
 fn attachments(state: &ClusterState, problems: &mut Vec<Problem>, build: bool) -> Vec<Attachment> {
     let mut out = Vec::new();
     for ((ns, name), l) in &state.vmis {
@@ -180,6 +190,15 @@ fn attachments(state: &ClusterState, problems: &mut Vec<Problem>, build: bool) -
                     // KubeVirt reports addresses bare; a CNI result writes them with a prefix.
                     let bare = a.split_once('/').map_or(a.as_str(), |(b, _)| b);
                     match bare.parse::<IpAddr>() {
+                        // No interface's own address: the guest agent reports what the guest
+                        // says, and `::` or 0.0.0.0 listed would let a port send anything from
+                        // them past the spoof filter's narrow exceptions for them.
+                        Ok(ip) if !unicast(ip) => problems.push(Problem::object(
+                            &l.src,
+                            &ObjRef::new("VirtualMachineInstance", Some(ns), name),
+                            &field,
+                            &format!("{a:?} is not a unicast address: not taken as the interface's"),
+                        )),
                         Ok(ip) if !addrs.contains(&ip) => addrs.push(ip),
                         Ok(_) => {}
                         Err(_) => problems.push(Problem::object(

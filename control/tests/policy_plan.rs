@@ -326,3 +326,28 @@ fn an_unchecked_mac_lists_the_vms_own_link_local_address() {
     assert!(port(&p, "a/x/net1").allowed_macs.is_some());
     assert_eq!(ips(&p), Some(vec!["10.0.0.1".parse().unwrap()]));
 }
+
+/// A VMI status that reports an address no interface can have (`::`, `0.0.0.0`, a multicast,
+/// broadcast or loopback address; the guest agent reports what the guest says) is reported as
+/// a problem naming the field, and the address is left out of the port's `allowed_ips`: the
+/// spoof filter lets `::` and `0.0.0.0` send only duplicate address detection, MLD and DHCP,
+/// and an address in the list would let them send anything.
+#[test]
+fn a_status_address_no_interface_can_have_is_not_the_ports() {
+    let bad = ["::", "0.0.0.0", "224.0.0.1", "ff02::1", "255.255.255.255", "127.0.0.1"];
+    let mut addrs = vec!["10.0.0.1"];
+    addrs.extend(bad);
+    let p = plan_of(&[
+        nad("net", r#","ipspoofchk":true,"macspoofchk":true"#),
+        vmi("a", "x", "net", "", &addrs, NODE),
+    ]);
+    assert_eq!(port(&p, "a/x/net1").allowed_ips, Some(vec!["10.0.0.1".parse().unwrap()]));
+    for (i, a) in bad.iter().enumerate() {
+        let field = format!("status.interfaces[0].ipAddresses[{}]", i + 1);
+        assert!(
+            p.problems.iter().any(|q| q.to_string().contains(&field) && q.to_string().contains(a)),
+            "{a} not reported at {field}: {:?}",
+            p.problems
+        );
+    }
+}
