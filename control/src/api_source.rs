@@ -840,12 +840,14 @@ async fn watch_version(
     // the 404 has lasted `max_backoff`); a complete list ends it.
     let mut unserved_since: Option<std::time::Instant> = None;
     let mut full_list = false;
+    // The watcher's own errors wait this, reset by what shows it works: a list completed or a
+    // watch event. Not kube-runtime's `StreamBackoff`, which resets on any event, the `Init`
+    // before each list included, and so retries a list failing every time (404, 403) at
+    // `min_backoff` for ever. Kept across the watchers of this function, so that switching
+    // between paged and full lists (an expired token, then a full list that fails: an
+    // overloaded server) does not start it again from `min_backoff` each time.
+    let mut backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
     loop {
-        // The watcher's own errors wait this, reset by what shows it works: a list completed
-        // or a watch event. Not kube-runtime's `StreamBackoff`, which resets on any event, the
-        // `Init` before each list included, and so retries a list failing every time (404,
-        // 403) at `min_backoff` for ever.
-        let mut backoff = Expo { min: opts.min_backoff, max: opts.max_backoff, next: opts.min_backoff };
         let c = if full_list { whole.clone() } else { cfg.clone() };
         let mut stream = watcher::watcher(api.clone(), c).boxed();
         let mut failing = false;

@@ -722,6 +722,37 @@ fn an_expired_continue_token_falls_back_to_one_full_list() {
     assert_eq!(got, sent, "frames lost while a list was made again");
 }
 
+/// An overloaded server: every `continue` token of the VMI lists expires, and every whole list
+/// (the fallback) fails. The agent goes between a paged list and a whole one, and the back-off
+/// of the failures grows across those switches (it used to start again at `min_backoff` with
+/// each new watcher: a review counted 222 VMI lists in 4 s, 74 of them failing whole ones).
+#[test]
+fn failing_whole_lists_after_expired_tokens_back_off() {
+    let mut server = ApiServer::start(example_objects(), Duration::from_millis(200));
+    let agent = Agent::start_paged(&server, 1);
+    let vmi_list = |r: &String| r.contains("/virtualmachineinstances") && !r.contains("watch=true");
+    server.set_down(true);
+    server.put(vmi("vm-l", "vlan100", "02:00:00:00:15:01"));
+    server.compact();
+    server.expire_continues("VirtualMachineInstance", usize::MAX);
+    server.fail_whole_lists(Some("VirtualMachineInstance"));
+    server.set_down(false);
+    std::thread::sleep(Duration::from_secs(1));
+    let from = server.requests().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let lists = server.requests()[from..].iter().filter(|r| vmi_list(r)).count();
+    // 50 ms doubling to 1 s: a dozen or so lists in 4 s once grown; at 50 ms, hundreds.
+    assert!(lists <= 24, "{lists} VMI lists in 4 s");
+    // The server recovers: the list completes and vm-l gets its port.
+    server.expire_continues("VirtualMachineInstance", 0);
+    server.fail_whole_lists(None);
+    let t0 = Instant::now();
+    while agent.port("tenant-a/vm-l/data").is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "vm-l's port never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The MultiNetworkPolicy CRD's served versions change under a running agent (v1beta1 alone,
 /// then v1beta2 alone): the watch at v1beta1 is answered 404, the agent moves to v1beta2, and
 /// the policy stays on vm-a's port throughout: one version gone while another is served is not

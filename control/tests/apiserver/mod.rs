@@ -125,6 +125,9 @@ struct St {
     expire_kind: &'static str,
     /// The kinds of the lists whose `continue` token was answered 410, one entry each.
     expired: Vec<&'static str>,
+    /// A kind whose lists without `limit` (whole lists) are answered 500, as an overloaded
+    /// server answers a list too large to serve at once.
+    fail_whole_lists: Option<&'static str>,
     /// Resources (plurals) answered 403 Forbidden, as when RBAC does not grant them.
     forbidden: std::collections::BTreeSet<String>,
     /// API versions ("group/version") answered 404, as for a CRD version not served.
@@ -466,6 +469,11 @@ impl ApiServer {
         st.expire_kind = kind;
     }
 
+    /// Answers every list of `kind` without `limit` 500 (or, with `None`, none).
+    pub fn fail_whole_lists(&self, kind: Option<&'static str>) {
+        lock(&self.inner).fail_whole_lists = kind;
+    }
+
     /// How many `continue` tokens of lists of `kind` were answered 410.
     pub fn expired_continues(&self, kind: &str) -> usize {
         lock(&self.inner).expired.iter().filter(|k| **k == kind).count()
@@ -652,6 +660,10 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
 
 fn list(inner: &Inner, w: &mut TcpStream, t: &Target, q: &Query) -> std::io::Result<()> {
     let mut st = lock(inner);
+    if q.limit.is_none() && st.fail_whole_lists == Some(t.kind) {
+        drop(st);
+        return respond(w, 500, &status(500, "InternalError", "the list is too large to serve at once"));
+    }
     let (id, rv, offset) = match &q.cont {
         Some(c) => {
             let parsed =
