@@ -266,7 +266,13 @@ impl Controller {
     pub fn reconcile(&mut self) -> Result<Applied, ControllerError> {
         let t0 = Instant::now();
         let r = self.reconcile_inner();
-        self.failed = matches!(r, Err(ControllerError::Apply(_) | ControllerError::StateDir { .. }));
+        // A configuration that does not validate fails the same way until its input changes,
+        // which is an event: retrying it on the timer would only log the error every 5 s.
+        self.failed = match &r {
+            Err(ControllerError::Apply(RuntimeError::Config(_))) => false,
+            Err(ControllerError::Apply(_) | ControllerError::StateDir { .. }) => true,
+            _ => false,
+        };
         if let Some(s) = &self.stats {
             s.reconcile_done(t0.elapsed(), &r);
         }

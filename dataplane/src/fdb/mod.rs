@@ -454,15 +454,27 @@ impl MacTable {
             }
             best
         };
-        let victim = if most.0 > 0 { oldest(Some(most.1)).or_else(|| oldest(None)) } else { oldest(None) };
-        match victim {
-            Some((i, v)) => {
-                self.remove_slot(i, v);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-                true
+        // A worker may move the victim to another port (a CAS on its value, without the
+        // mutex) between the walk and its removal; removing it by the value found would count
+        // it off its old port a second time, and leave the new port counting an entry that is
+        // gone. So the value is first made static, as found, in one CAS (no move touches a
+        // static entry), and a victim that moved meanwhile is chosen again.
+        for _ in 0..8 {
+            let victim =
+                if most.0 > 0 { oldest(Some(most.1)).or_else(|| oldest(None)) } else { oldest(None) };
+            let Some((i, v)) = victim else { return false };
+            let slot = &self.slots()[i];
+            let frozen = encode_val(val_port(v), true, val_time(v));
+            if slot[VAL].compare_exchange(v, frozen, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
             }
-            None => false,
+            slot[KEY].store(TOMBSTONE, Ordering::Release);
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.learned_per_port[usize::from(val_port(v))].fetch_sub(1, Ordering::Relaxed);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
+        false
     }
 
     /// Adds or replaces a static entry: learning never moves it and aging never removes it.
@@ -827,5 +839,47 @@ mod tests {
             assert_eq!(t.lookup((i % 4000) as u16, mac(i), 1).map(|h| h.port), Some((i % 7) as u16));
         }
         assert_eq!(t.learn(0, mac(u32::MAX), 0, 0, u32::MAX), LearnOutcome::TableFull);
+    }
+
+    /// An eviction whose victim a worker moves to another port meanwhile (a CAS on its value,
+    /// without the mutex) keeps the per-port counts right: it used to count the victim off its
+    /// old port a second time, so a flushed port's count wrapped and it could never learn again.
+    #[test]
+    fn an_eviction_racing_a_move_of_its_victim_keeps_the_counts() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        for trial in 0..10u32 {
+            let t = Arc::new(MacTable::new(4096, 300).unwrap());
+            let x = mac(0);
+            assert_eq!(t.learn(1, x, 1, 1, u32::MAX), LearnOutcome::Learned);
+            for i in 1..3000 {
+                t.learn(1, mac(i), 1, 5, u32::MAX);
+            }
+            for i in 3000..4096 {
+                t.learn(1, mac(i), 2, 5, u32::MAX);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let (t2, s2) = (t.clone(), stop.clone());
+            // Bounded: stops as soon as the static entry is in.
+            let mover = std::thread::spawn(move || {
+                while !s2.load(Ordering::Relaxed) {
+                    t2.learn(1, x, 3, 1, u32::MAX);
+                    t2.learn(1, x, 1, 1, u32::MAX);
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            t.insert_static(1, mac(1_000_000 + trial), 7).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            mover.join().unwrap();
+            let mut real = [0u32; 8];
+            t.remove_where(|_, _, p, st| {
+                if !st {
+                    real[usize::from(p)] += 1;
+                }
+                false
+            });
+            let counted: Vec<u32> = (0..8).map(|p| t.learned_on(p)).collect();
+            assert_eq!(counted, real, "trial {trial}");
+        }
     }
 }
