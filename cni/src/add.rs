@@ -263,11 +263,16 @@ fn add_vhost(ctx: &Ctx, daemon: &Daemon, undo: &mut Undo) -> Result<CniResult, C
         undo.device_info = true;
         state::write_device_info(f, qemu_role, &socket)?;
     }
+    // The interface is the pod's (its socket is in the pod's device directory, and the guest's
+    // NIC in its VM): named with the pod's sandbox, as Multus needs to fill the network-status'
+    // `interface`, `mac` and `mtu` (it takes them only from interfaces with a sandbox), and
+    // KubeVirt finds a network's status, and so its network-info, by that interface name.
+    let sandbox = ctx.env.netns.clone().filter(|n| !n.is_empty());
     res.interfaces = vec![Interface {
         name: ctx.env.ifname.clone(),
         mac: mac.map(|m| m.to_string()),
         mtu: conf.mtu,
-        sandbox: None,
+        sandbox,
         socket_path: Some(socket),
     }];
     for ip in &mut res.ips {

@@ -20,10 +20,12 @@ fn differs(msg: String) -> CniError {
 
 /// The MAC of the attachment's interface in the previous result.
 fn prev_mac(ctx: &Ctx, prev: &CniResult) -> Option<MacAddr> {
-    let want_sandbox = ctx.conf.mode == Mode::Veth;
+    // veth: the container's end (the host's has no sandbox and may share no name). vhost-user:
+    // its one interface, with the pod's sandbox, or none in results of older plugins.
+    let veth = ctx.conf.mode == Mode::Veth;
     prev.interfaces
         .iter()
-        .find(|i| i.name == ctx.env.ifname && i.sandbox.is_some() == want_sandbox)
+        .find(|i| i.name == ctx.env.ifname && (!veth || i.sandbox.is_some()))
         .and_then(|i| i.mac.as_deref())
         .and_then(|m| m.parse().ok())
 }

@@ -156,6 +156,24 @@ fn del_is_idempotent_and_works_with_the_daemon_down() {
     assert!(node.ctl(&["show", "ports"]).lines().count() <= 1, "{}", node.ctl(&["show", "ports"]));
 }
 
+/// DEL succeeds where it can: with the daemon answering, a `stateDir` the plugin cannot
+/// create or write (read-only, full) costs DEL the attachment's lock, not the delete (it used to
+/// fail with error 5 on every retry, and the pod never finished terminating).
+#[test]
+fn del_with_an_unwritable_state_dir_still_detaches() {
+    need_env!("del_with_an_unwritable_state_dir_still_detaches");
+    let node = Node::start();
+    let conf = node.conf("0.3.1", "delro", json!({"vlan": 42}));
+    let pod = Pod::new("delro");
+    node.libcni("add", &conf, &pod, "net1", json!({})).ok();
+    assert_eq!(node.cni_port_names(), [pod.port("net1")]);
+    let mut ro = conf.clone();
+    ro["stateDir"] = json!("/proc/switchyard-no-such-dir");
+    node.libcni("del", &ro, &pod, "net1", json!({})).ok();
+    assert!(node.cni_port_names().is_empty(), "{:?}", node.cni_port_names());
+    assert!(!host_link_exists(&host_end(&pod, "net1")));
+}
+
 /// `cniVersion` 0.3.0, as in Multus's examples and many NADs written for the Go plugins:
 /// attached and detached through libcni, the result in 0.3.0's format.
 #[test]
@@ -617,6 +635,9 @@ fn vhostuser_ports_report_their_socket_and_device_info() {
     let sock =
         r["interfaces"][0]["socketPath"].as_str().unwrap_or_else(|| panic!("no socketPath: {r}")).to_string();
     assert_eq!(r["interfaces"][0]["mac"], "02:00:00:00:90:01", "{r}");
+    // With the pod's sandbox: Multus fills the network-status' interface, MAC and MTU only from
+    // interfaces that have one, and KubeVirt finds the network's status by that interface.
+    assert_eq!(r["interfaces"][0]["sandbox"], vm.path.as_str(), "{r}");
     assert!(sock.starts_with(node.vhost.to_str().unwrap()) && sock.len() <= 107, "{sock}");
     let dev: Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
     assert_eq!(
