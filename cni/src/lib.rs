@@ -73,6 +73,12 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let _held = match command {
         Command::Add | Command::Del | Command::Check => match hold(&ctx, command) {
             Ok(l) => Some(l),
+            // DEL must succeed where it can (the spec): a stateDir it cannot write (read-only,
+            // full) costs it the lock, not the delete, or the pod would never terminate.
+            Err(e) if command == Command::Del => {
+                attach::log(&ctx, format!("DEL without the attachment's lock: {e}"));
+                None
+            }
             Err(e) => {
                 attach::log(&ctx, &e);
                 return fail(e);
