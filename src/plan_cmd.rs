@@ -39,6 +39,10 @@ pub struct PlanArgs {
 }
 
 pub fn main(a: PlanArgs) -> ExitCode {
+    if let Err(e) = switchyard_control::plan::vhost_dir_fits(&a.vhost_dir) {
+        eprintln!("switchyard plan: {e}");
+        return ExitCode::FAILURE;
+    }
     let labels = match a.node_labels.as_deref().map(parse_labels).transpose() {
         Ok(l) => l.unwrap_or_default(),
         Err(e) => {

@@ -201,6 +201,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
         Some("ring") => VmPorts::Ring,
         Some(x) => return Err(format!("--vm-ports: {x:?} is neither ring nor vhostuser")),
     };
+    switchyard_control::plan::vhost_dir_fits(&a.vhost_dir)?;
     let ropts = RuntimeOptions {
         engine: EngineOptions {
             cores,

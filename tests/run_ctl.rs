@@ -649,3 +649,21 @@ fn a_second_run_on_the_same_socket_leaves_the_first_alone() {
     assert!(first.ctl(&["show", "ports"]).contains("v0"));
     drop(first);
 }
+
+/// A `--vhost-dir` too long for a VM port's socket address is refused at start, naming the
+/// option: it used to start and then fail every plan as a whole (a VM port's socket path no
+/// configuration accepts), leaving the node with no port at all, its uplinks included.
+#[test]
+fn a_vhost_dir_too_long_for_a_socket_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("/tmp/{}", "d".repeat(90));
+    let sock = dir.path().join("ctl.sock");
+    let run = ["run", "--switch", "/nonexistent.yaml", "--socket", sock.to_str().unwrap()];
+    let plan = ["plan", "--state", "/nonexistent", "--node", "n"];
+    for cmd in [&run[..], &plan[..]] {
+        let out = Command::new(BIN).args(cmd).args(["--vhost-dir", &long]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?} started");
+        assert!(err.contains("--vhost-dir") && err.contains("too long"), "{cmd:?}: {err}");
+    }
+}

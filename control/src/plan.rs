@@ -367,6 +367,24 @@ pub fn socket_path(dir: &str, ns: &str, vmi: &str, iface: &str) -> String {
     }
 }
 
+/// Whether every VM port's socket in `dir` fits a Unix socket address: the hashed form of
+/// [`socket_path`], the longest it ever writes, does. A directory too long for it is refused
+/// at start (`run`, `plan`): otherwise every plan would hold ports that no configuration
+/// accepts, and no plan would apply at all, the uplinks' ports included.
+pub fn vhost_dir_fits(dir: &str) -> Result<(), String> {
+    let longest = format!("{}/{:016x}.sock", dir.trim_end_matches('/'), 0);
+    if longest.len() <= MAX_SOCKET_PATH {
+        Ok(())
+    } else {
+        Err(format!(
+            "--vhost-dir: {dir:?} is too long: a VM port's socket there takes {} bytes, more than a Unix socket address \
+             holds ({MAX_SOCKET_PATH}); use a directory of at most {} bytes",
+            longest.len(),
+            MAX_SOCKET_PATH - (longest.len() - dir.trim_end_matches('/').len())
+        ))
+    }
+}
+
 /// The (namespace, name) of the NAD a VMI in namespace `vmi_ns` names as `networkName`
 /// (`ns/name`, or `name` in the VMI's namespace).
 pub(crate) fn nad_key(vmi_ns: &str, network_name: &str) -> (String, String) {
@@ -1010,6 +1028,11 @@ mod tests {
         let long_vmi = "v".repeat(100);
         let p = socket_path("/run/vh", "ns", &long_vmi, "net1");
         assert!(p.len() <= MAX_SOCKET_PATH, "{p}");
+        // The longest directory that fits is accepted, one byte more refused.
+        let fits = "/".to_string() + &"d".repeat(MAX_SOCKET_PATH - 23);
+        assert_eq!(vhost_dir_fits(&fits), Ok(()));
+        assert!(vhost_dir_fits(&(fits.clone() + "d")).unwrap_err().contains("too long"));
+        assert!(socket_path(&fits, &"n".repeat(63), &"v".repeat(63), "i").len() <= MAX_SOCKET_PATH);
         assert_eq!(p, socket_path("/run/vh", "ns", &long_vmi, "net1"), "stable");
         assert_ne!(p, socket_path("/run/vh", "ns", &long_vmi, "net2"), "one socket per port");
         let fits = "v".repeat(MAX_SOCKET_PATH - "/d/n__i.sock".len());
