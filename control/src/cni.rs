@@ -294,7 +294,11 @@ impl CniPorts {
             let text = serde_json::to_string_pretty(&p).map_err(|e| CniError::Internal(e.to_string()))?;
             write_synced(&tmp, text.as_bytes()).map_err(|e| io_err(&tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-            sync_dir(dir).map_err(|e| io_err(dir, e))?;
+            if let Err(e) = sync_dir(dir) {
+                // The ADD fails: no file may stay to restore a port nobody added.
+                let _ = std::fs::remove_file(&path);
+                return Err(io_err(dir, e));
+            }
         }
         self.ports.insert(p.port.name.clone(), p);
         Ok(())

@@ -436,7 +436,7 @@ mod tests {
         let c = parse_port_spec("afxdp:eth1,queues=4", "p0").unwrap();
         assert_eq!((c.kind, c.iface.as_deref(), c.queues), (Some(PortType::Afxdp), Some("eth1"), Some(4)));
         assert!(parse_port_spec("afxdp:eth1,queues=0", "p0").unwrap_err().contains("queues=N"));
-        assert!(parse_port_spec("afxdp:", "p0").unwrap_err().contains("1 to 15 bytes"));
+        assert!(parse_port_spec("afxdp:", "p0").unwrap_err().contains("1 to 15"));
         assert!(parse_port_spec("tap:sy0,recvmmsg", "p0").is_err());
     }
 }

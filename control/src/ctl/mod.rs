@@ -10,7 +10,8 @@
 //! - `show conntrack [BRIDGE]`: tracked connections (bridges with policies)
 //! - `show stats`: per-port counters with drop reasons, per-worker cycles
 //! - `show config`: the running configuration as YAML
-//! - `show problems`: problems in the input, objects kept at their last good version, skips
+//! - `show problems`: problems in the input, objects kept at their last good version, skips,
+//!   ports that are down with their error
 //! - `fdb flush [BRIDGE]`: removes learned MAC entries (static ones stay)
 //! - `trace PORT HEXFRAME`: how that frame, received on PORT, would be forwarded now, with
 //!   the policy rule that allowed it or the reason it was dropped (the running state is not
@@ -42,7 +43,8 @@ const HELP: &str = "commands:
   show conntrack [BRIDGE]    tracked connections: VLAN, protocol, addresses, ports, state, TTL
   show stats                 per-port counters and drop reasons, per-worker cycles
   show config                the running configuration (YAML)
-  show problems              problems in the input, objects kept at their last good version
+  show problems              problems in the input, objects kept at their last good version,
+                             ports that are down
   fdb flush [BRIDGE]         remove learned MAC entries (static ones stay)
   trace PORT HEXFRAME        how a frame received on PORT would be forwarded
 ";
