@@ -192,18 +192,19 @@ pub struct IpFlow {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub kind: IpKind,
-    /// The type and code of an ICMP (IPv4) or ICMPv6 (IPv6) message, which the IP spoof
-    /// filter's exceptions for the unspecified source name; `None` for other protocols, a
-    /// non-first fragment and a message cut before its code.
+    /// The type and code of an ICMPv6 message, which the IP spoof filter's exception for the
+    /// unspecified source `::` names (its one reader); `None` for IPv4 (whose exception for
+    /// 0.0.0.0 names no ICMP), other protocols, a non-first fragment and a message cut before
+    /// its code.
     pub icmp: Option<(u8, u8)>,
 }
 
 /// The type and code of the transport header `t` when the packet's protocol `proto` is
-/// `icmp` (ICMP in IPv4, ICMPv6 in IPv6) and `t` holds both.
+/// ICMPv6 and `t` holds both.
 #[inline]
-fn icmp_type_code(proto: u8, icmp: u8, t: &[u8]) -> Option<(u8, u8)> {
+fn icmp6_type_code(proto: u8, t: &[u8]) -> Option<(u8, u8)> {
     match t {
-        [ty, code, ..] if proto == icmp => Some((*ty, *code)),
+        [ty, code, ..] if proto == PROTO_ICMPV6 => Some((*ty, *code)),
         _ => None,
     }
 }
@@ -338,9 +339,8 @@ fn parse_v4(p: &[u8], outer: bool) -> Option<IpFlow> {
     if be16(p, V4_FRAG)? & 0x1fff != 0 {
         return Some(IpFlow { key, tcp_flags: 0, kind: IpKind::Flow, icmp: None });
     }
-    let t = p.get(ihl..)?;
-    let (tcp_flags, kind) = transport(&mut key, t, false, 0, outer)?;
-    Some(IpFlow { key, tcp_flags, kind, icmp: icmp_type_code(key.proto, PROTO_ICMP, t) })
+    let (tcp_flags, kind) = transport(&mut key, p.get(ihl..)?, false, 0, outer)?;
+    Some(IpFlow { key, tcp_flags, kind, icmp: None })
 }
 
 /// The fields of a simple IPv4 packet ([`simple_v4`]), as the header holds them.
@@ -430,7 +430,7 @@ fn parse_v6(p: &[u8], outer: bool) -> Option<IpFlow> {
     key.proto = next;
     let t = p.get(off..)?;
     let (tcp_flags, kind) = transport(&mut key, t, true, *p.get(V6_HOPS)?, outer)?;
-    Some(IpFlow { key, tcp_flags, kind, icmp: icmp_type_code(key.proto, PROTO_ICMPV6, t) })
+    Some(IpFlow { key, tcp_flags, kind, icmp: icmp6_type_code(key.proto, t) })
 }
 
 #[cfg(test)]
