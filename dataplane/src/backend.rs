@@ -203,6 +203,9 @@ pub fn canonical_devargs(devargs: &str) -> Result<String, String> {
 /// wants more than this gets a port refused at the configuration check rather than at open.
 pub const VHOST_MAX_QUEUE_PAIRS: u16 = 8;
 
+/// Most queues an afxdp or dpdk port may name (DPDK's `RTE_MAX_QUEUES_PER_PORT`).
+pub const MAX_QUEUES: u16 = 1024;
+
 /// The longest Linux interface name, in bytes (`IFNAMSIZ` less the NUL).
 pub const IFNAME_MAX: usize = 15;
 
@@ -406,6 +409,7 @@ impl PortConfig {
             }
             PortType::Afxdp => {
                 self.check_iface()?;
+                self.check_queues("an afxdp port has RX queues")?;
                 Backend::Afxdp { iface: self.iface.clone(), queues: self.queues }
             }
             PortType::Tap => {
@@ -454,11 +458,23 @@ impl PortConfig {
                 let devargs =
                     self.devargs.as_deref().ok_or_else(|| err("devargs", "a dpdk port needs devargs"))?;
                 let devargs = canonical_devargs(devargs).map_err(|m| err("devargs", m))?;
+                self.check_queues("a dpdk port has queue pairs")?;
                 Backend::Dpdk { devargs, queues: self.queues }
             }
             PortType::Vxlan => Backend::Tunnel(self.tunnel(TunnelKind::Vxlan)?),
             PortType::Geneve => Backend::Tunnel(self.tunnel(TunnelKind::Geneve)?),
         })
+    }
+
+    /// `queues` of an afxdp or dpdk port: 1 to [`MAX_QUEUES`] (0 would open nothing to poll;
+    /// more than a NIC has is refused when the port opens).
+    fn check_queues(&self, what: &str) -> Result<(), BackendError> {
+        match self.queues {
+            Some(q) if q == 0 || q > MAX_QUEUES => {
+                Err(err("queues", format!("{q}: {what} 1 to {MAX_QUEUES}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The interface of an afpacket, afxdp or tap port (`iface`, or the port's name without

@@ -241,6 +241,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut bridges = HashSet::new();
         let mut ports = HashSet::new();
+        // vhostuser socket paths: two ports on one path would fight over it (a server's bind
+        // unlinks the path, orphaning the other port's listener).
+        let mut sockets: HashMap<&str, &str> = HashMap::new();
         let mut nports = 0usize;
         let mut uplinks = HashMap::new();
         for (bi, b) in self.bridges.iter().enumerate() {
@@ -283,6 +286,14 @@ impl Config {
                     ));
                 }
                 p.validate(&pf)?;
+                if let (Some(PortType::Vhostuser), Some(sock)) = (p.kind, p.socket.as_deref()) {
+                    if let Some(other) = sockets.insert(sock, p.name.as_str()) {
+                        return Err(invalid(
+                            format!("{pf}.socket"),
+                            format!("{sock:?} is port {other:?}'s socket too (a socket serves one port)"),
+                        ));
+                    }
+                }
                 if matches!(p.kind, Some(PortType::Vxlan | PortType::Geneve)) {
                     shared_uplink(&mut uplinks, p, &pf)?;
                 }
@@ -510,6 +521,20 @@ bridges:
         for (extra, field) in [("    queues: 0\n", "queues"), ("    queues: 65535\n", "queues")] {
             let e = Config::from_yaml_str(&format!("{vm}{extra}")).unwrap_err().to_string();
             assert!(e.contains(&format!("bridges[0].ports[0].{field}:")), "{e}");
+        }
+        // One socket, one port: the second server's bind would unlink the first one's path.
+        let two = format!("{vm}  - name: q\n    type: vhostuser\n    socket: /tmp/x.sock\n");
+        let e = Config::from_yaml_str(&two).unwrap_err().to_string();
+        assert!(e.contains("bridges[0].ports[1].socket:") && e.contains("\"p\""), "{e}");
+        let apart = format!("{vm}  - name: q\n    type: vhostuser\n    socket: /tmp/y.sock\n");
+        assert!(Config::from_yaml_str(&apart).is_ok());
+        for kind in ["afxdp\n    iface: eth1", "dpdk\n    devargs: net_null0"] {
+            let y = format!("bridges:\n- name: b\n  ports:\n  - name: p\n    type: {kind}\n");
+            for q in ["0", "1025"] {
+                let e = Config::from_yaml_str(&format!("{y}    queues: {q}\n")).unwrap_err().to_string();
+                assert!(e.contains("bridges[0].ports[0].queues:"), "{kind} {q}: {e}");
+            }
+            assert!(Config::from_yaml_str(&format!("{y}    queues: 1024\n")).is_ok(), "{kind}");
         }
         let tap = "bridges:\n- name: b\n  ports:\n  - name: p\n    type: tap\n";
         for iface in ["sixteen-bytes-xx", "\"a/b\"", "\"a b\"", "\"a\\0b\""] {

@@ -393,22 +393,34 @@ pub async fn run(cfg: PluginConfig, stop: impl std::future::Future<Output = ()>)
         let ours_id = socket_id(&ours);
         // Register (retrying while the kubelet is not there), then watch both sockets.
         let mut registered_with = None;
+        // The last refusal warned about: a kubelet that keeps refusing for one reason is
+        // retried every poll but warned about once, not every second.
+        let mut refused: Option<(tonic::Code, String)> = None;
         let restart = loop {
             if registered_with.is_none() {
                 match register(&cfg, &kubelet).await {
                     Ok(()) => {
                         tracing::info!(resource = %cfg.resource, "registered with the kubelet");
                         registered_with = socket_id(&kubelet);
+                        refused = None;
                     }
                     // The kubelet not there yet is routine (retried every poll); a refusal is
                     // not, and says why.
                     Err(Register::Unreachable(e)) => tracing::debug!("registration: {e}"),
-                    Err(Register::Refused(s)) => tracing::warn!(
-                        resource = %cfg.resource,
-                        "the kubelet refused the registration ({:?}): {}; retrying",
-                        s.code(),
-                        s.message()
-                    ),
+                    Err(Register::Refused(s)) => {
+                        let why = (s.code(), s.message().to_string());
+                        if refused.as_ref() == Some(&why) {
+                            tracing::debug!("the kubelet refused the registration again: {}", why.1);
+                        } else {
+                            tracing::warn!(
+                                resource = %cfg.resource,
+                                "the kubelet refused the registration ({:?}): {}; retrying",
+                                why.0,
+                                why.1
+                            );
+                            refused = Some(why);
+                        }
+                    }
                 }
             } else if socket_id(&kubelet) != registered_with {
                 tracing::info!("the kubelet's socket changed: registering again");

@@ -248,13 +248,14 @@ async fn registers_lists_allocates_and_survives_restarts() {
 
 /// A kubelet that refuses every registration, saying why (as the kubelet does for a resource
 /// name another plugin holds, or an API version it does not serve).
-struct Refusing;
+struct Refusing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 const REFUSAL: &str = "resource switchyard.io/blue is served by another plugin";
 
 #[tonic::async_trait]
 impl Registration for Refusing {
     async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(Status::invalid_argument(REFUSAL))
     }
 }
@@ -274,7 +275,8 @@ impl std::io::Write for Log {
 }
 
 /// A refused registration is a warning with the kubelet's reason (at info level, the
-/// default, a debug line would not show: the plugin would look registered and idle).
+/// default, a debug line would not show: the plugin would look registered and idle), once
+/// for a kubelet that keeps refusing for that reason while the plugin retries.
 #[tokio::test]
 async fn a_refused_registration_is_a_warning_with_the_kubelets_reason() {
     let log = Log::default();
@@ -291,9 +293,10 @@ async fn a_refused_registration_is_a_warning_with_the_kubelets_reason() {
     let kdir = tmp.path().join("device-plugins");
     std::fs::create_dir_all(&kdir).unwrap();
     let incoming = uds::bind(&kdir.join(device_plugin::KUBELET_SOCKET)).unwrap();
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let kubelet = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RegistrationServer::new(Refusing))
+            .add_service(RegistrationServer::new(Refusing(tries.clone())))
             .serve_with_incoming(incoming),
     );
     let cfg = PluginConfig {
@@ -318,6 +321,14 @@ async fn a_refused_registration_is_a_warning_with_the_kubelets_reason() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!text().contains("registered with the kubelet"), "{}", text());
+    // Retried every poll (50 ms here), warned about once.
+    let seen = tries.load(std::sync::atomic::Ordering::SeqCst);
+    while tries.load(std::sync::atomic::Ordering::SeqCst) < seen + 5 {
+        assert!(t0.elapsed() < WAIT, "no retry after the refusal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warnings = text().lines().filter(|l| l.contains("WARN") && l.contains(REFUSAL)).count();
+    assert_eq!(warnings, 1, "one warning for one reason:\n{}", text());
     stop_plugin.send(()).unwrap();
     plugin.await.unwrap();
     kubelet.abort();
