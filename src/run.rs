@@ -271,11 +271,15 @@ pub fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // Before anything opens: another `run` on the control socket keeps its ports.
-    if let Err(e) = switchyard_control::ctl::free(&a.socket) {
-        eprintln!("switchyard run: control socket: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Before anything opens: another `run` on the control socket keeps its ports. The claim
+    // is held until `run` returns.
+    let _claim = match switchyard_control::ctl::claim(&a.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard run: control socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let pinned: Vec<usize> = ropts.engine.cores.iter().flatten().copied().collect();
     let mut rt = match Runtime::start(ropts) {
         Ok(rt) => rt,

@@ -181,6 +181,49 @@ pub fn free(path: &Path) -> Result<bool, CtlError> {
     Ok(true)
 }
 
+/// The claim of one `run` on a control socket path: an exclusive `flock` on `<path>.lock`,
+/// held while the value lives (the kernel drops it when the process ends, however it ends).
+/// [`free`] alone leaves a window: two `run`s starting together both find nothing listening
+/// and both go on to open ports; the lock closes it, as `ovs-vswitchd`'s pidfile lock does.
+/// The lock file is never removed (removing it would let a third `run` lock a new file while
+/// the second holds the old one).
+#[derive(Debug)]
+pub struct CtlClaim {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Claims the control socket `path` for this process ([`CtlClaim`]), then checks it as
+/// [`free`] does: [`CtlError::InUse`] when another `run` holds the claim or answers there.
+/// Creates the socket's directory (mode 0700) when it is missing.
+pub fn claim(path: &Path) -> Result<CtlClaim, CtlError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| CtlError::Socket { path: lock_path.clone(), source })?;
+    let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(CtlError::InUse(path.to_path_buf())),
+        Err((_, e)) => return Err(CtlError::Socket { path: lock_path, source: std::io::Error::from(e) }),
+    };
+    free(path)?;
+    Ok(CtlClaim { _lock: lock })
+}
+
 impl CtlServer {
     /// Creates the socket at `path` (its directory too, mode 0700, when missing) and serves
     /// requests on a thread. A stale socket file is replaced; a live one (another `run`) is an
@@ -322,5 +365,29 @@ pub fn request(path: &Path, line: &str) -> Result<String, CtlError> {
     match out.strip_prefix("error: ") {
         Some(e) => Err(CtlError::Refused(e.trim_end().to_string())),
         None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two `run`s starting together both find no one listening on the socket: the claim lets
+    /// one through, refuses the other while the first lives, and is free again after it.
+    #[test]
+    fn one_claim_per_socket_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("ctl.sock");
+        let first = claim(&path).expect("the first claim");
+        assert!(path.parent().unwrap().is_dir(), "the socket's directory is made");
+        // Nothing listens yet: `free` alone would let the second one through.
+        assert!(!free(&path).unwrap());
+        assert!(matches!(claim(&path), Err(CtlError::InUse(p)) if p == path));
+        drop(first);
+        let again = claim(&path).expect("claimed again once the first is gone");
+        drop(again);
+        // A live socket is still refused with the claim free (a `run` of an older version).
+        let _l = UnixListener::bind(&path).unwrap();
+        assert!(matches!(claim(&path), Err(CtlError::InUse(_))));
     }
 }
