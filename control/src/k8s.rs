@@ -268,14 +268,62 @@ pub struct NmPort {
     pub link_aggregation: Option<Present>,
 }
 
+/// nmstate takes its VLAN numbers and `enable-native` as YAML numbers or booleans, or as
+/// strings of them (`tag: "100"`, `enable-native: "true"`: its `u16_or_string` and
+/// `bool_or_string` readers); so does this. A string that is neither is a type error.
+mod nm_lenient {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        N(i64),
+        S(String),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        B(bool),
+        S(String),
+    }
+
+    fn num<E: Error>(n: Num) -> Result<i64, E> {
+        match n {
+            Num::N(v) => Ok(v),
+            Num::S(s) => s.trim().parse().map_err(|_| E::custom(format!("{s:?} is not a number"))),
+        }
+    }
+
+    pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        num(Num::deserialize(d)?)
+    }
+
+    pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<Num>::deserialize(d)?.map(num).transpose()
+    }
+
+    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match Option::<Flag>::deserialize(d)? {
+            None => Ok(None),
+            Some(Flag::B(b)) => Ok(Some(b)),
+            Some(Flag::S(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(D::Error::custom(format!("{s:?} is not true or false"))),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NmVlan {
     #[serde(default)]
     pub mode: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nm_lenient::opt_int")]
     pub tag: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nm_lenient::opt_bool")]
     pub enable_native: Option<bool>,
     #[serde(default)]
     pub trunk_tags: Vec<NmTrunkTag>,
@@ -284,7 +332,7 @@ pub struct NmVlan {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NmTrunkTag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nm_lenient::opt_int")]
     pub id: Option<i64>,
     #[serde(default)]
     pub id_range: Option<NmIdRange>,
@@ -292,7 +340,9 @@ pub struct NmTrunkTag {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NmIdRange {
+    #[serde(deserialize_with = "nm_lenient::int")]
     pub min: i64,
+    #[serde(deserialize_with = "nm_lenient::int")]
     pub max: i64,
 }
 

@@ -169,6 +169,12 @@ fn parse_bridge(o: &Map<String, Value>, base: &str, cni_type: &str) -> Result<Br
     if bridge.is_empty() {
         return err(format!("{base}.bridge"), "empty");
     }
+    // The bridge CNI makes a kernel bridge of this name: one no interface can have fails there
+    // and must not become a port here, least of all on a bridge switchyard names itself
+    // (`ovn-layer2/<network>`, another tenant's overlay).
+    if let Err(e) = switchyard_dataplane::backend::check_ifname(bridge) {
+        return err(format!("{base}.bridge"), e);
+    }
     let vlan = match get_int(o, "vlan", base)? {
         None | Some(0) => None,
         Some(v) if (1..=4094).contains(&v) => Some(v as u16),

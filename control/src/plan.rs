@@ -271,15 +271,32 @@ fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16>
     }
 }
 
+/// A port whose untagged frames are VLAN `tag` and which carries `trunks` tagged besides: a
+/// native-untagged port, or an access port on `tag` when no other VLAN is left. Never a
+/// native-untagged port with an empty trunk list, which the switch reads as "every VLAN" (as
+/// OVS reads an empty `trunks`): the bridge CNI's `"vlan": 7, "vlanTrunk": [{"id": 7}]` and
+/// nmstate's `enable-native` with `trunk-tags` of the native VLAN alone mean VLAN 7 only.
+fn native_vlan(tag: u16, trunks: Vec<u16>) -> (VlanModeName, Option<u16>, Option<Vec<u16>>) {
+    let trunks: Vec<u16> = trunks.into_iter().filter(|t| *t != tag).collect();
+    if trunks.is_empty() {
+        (VlanModeName::Access, Some(tag), None)
+    } else {
+        (VlanModeName::NativeUntagged, Some(tag), Some(trunks))
+    }
+}
+
 /// An nmstate bridge port's `vlan` as OVS port settings: (mode, tag, trunks).
 fn nm_port_vlan(
     port: &NmPort,
     pf: &str,
     errs: &mut Vec<(String, String)>,
 ) -> (VlanModeName, Option<u16>, Option<Vec<u16>>) {
-    let Some(v) = &port.vlan else {
-        // No VLAN settings: the port carries every VLAN as it comes (a Linux bridge without
-        // VLAN filtering, an OVS port without tag/trunks).
+    // No VLAN settings (nmstate reads an empty `vlan: {}` as none too): the port carries
+    // every VLAN as it comes (a Linux bridge without VLAN filtering, an OVS port without
+    // tag/trunks).
+    let Some(v) = port.vlan.as_ref().filter(|v| {
+        v.mode.is_some() || v.tag.is_some() || v.enable_native.is_some() || !v.trunk_tags.is_empty()
+    }) else {
         return (VlanModeName::Trunk, None, None);
     };
     let tag = v.tag.and_then(|t| vlan_id(t, &format!("{pf}.vlan.tag"), errs));
@@ -323,8 +340,10 @@ fn nm_port_vlan(
                         "enable-native needs a tag (the native VLAN)".into(),
                     ));
                 }
-                trunks.retain(|t| Some(*t) != tag);
-                (VlanModeName::NativeUntagged, tag, Some(trunks))
+                match tag {
+                    Some(t) => native_vlan(t, trunks),
+                    None => (VlanModeName::NativeUntagged, tag, Some(trunks)),
+                }
             } else {
                 (VlanModeName::Trunk, None, Some(trunks))
             }
@@ -338,6 +357,13 @@ fn nm_port_vlan(
             (VlanModeName::Trunk, None, None)
         }
     }
+}
+
+/// [`native_vlan`]'s settings as a [`PortConfig`] holds them.
+fn native_vlan_of(
+    (m, t, tr): (VlanModeName, Option<u16>, Option<Vec<u16>>),
+) -> (Option<VlanModeName>, Option<u16>, Option<Vec<u16>>) {
+    (Some(m), t, tr)
 }
 
 fn selector_matches(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -506,6 +532,13 @@ impl Planner {
                 errs.push((format!("{f}.name"), "missing".into()));
                 continue;
             }
+            // A bridge is a kernel interface (an OVS bridge's internal port too): a name no
+            // interface can have is no bridge nmstate could make, and could be one of the
+            // names switchyard gives the bridges it makes itself (`ovn-layer2/...`).
+            if let Err(e) = switchyard_dataplane::backend::check_ifname(&iface.name) {
+                errs.push((format!("{f}.name"), e));
+                continue;
+            }
             let mut ports = Vec::new();
             for (j, port) in
                 iface.bridge.as_ref().map(|b| b.port.as_slice()).unwrap_or(&[]).iter().enumerate()
@@ -581,6 +614,9 @@ impl Planner {
                     errs.push((format!("{f}.localnet"), "missing".into()));
                 } else if m.bridge.is_empty() {
                     errs.push((format!("{f}.bridge"), "missing".into()));
+                } else if let Err(e) = switchyard_dataplane::backend::check_ifname(&m.bridge) {
+                    // An OVS bridge is a kernel interface; see the bridges' names above.
+                    errs.push((format!("{f}.bridge"), e));
                 } else {
                     maps.push((f, m.localnet.clone(), m.bridge.clone()));
                 }
@@ -762,14 +798,12 @@ impl Planner {
                                 port.tag = Some(v);
                             }
                             (Some(v), false) => {
-                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                                port.tag = Some(v);
-                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != v).collect());
+                                (port.vlan_mode, port.tag, port.trunks) =
+                                    native_vlan_of(native_vlan(v, b.trunks.clone()));
                             }
                             (None, false) if b.preserve_default_vlan => {
-                                port.vlan_mode = Some(VlanModeName::NativeUntagged);
-                                port.tag = Some(1);
-                                port.trunks = Some(b.trunks.iter().copied().filter(|t| *t != 1).collect());
+                                (port.vlan_mode, port.tag, port.trunks) =
+                                    native_vlan_of(native_vlan(1, b.trunks.clone()));
                             }
                             (None, false) => {
                                 port.vlan_mode = Some(VlanModeName::Trunk);

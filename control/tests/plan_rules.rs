@@ -88,6 +88,36 @@ fn bridge_vlan_trunk_is_a_trunk() {
     assert_eq!((q.vlan_mode, q.tag, q.trunks), (Some(VlanModeName::NativeUntagged), Some(7), Some(vec![5])));
 }
 
+/// A native VLAN whose trunk list holds only itself is that VLAN alone: an access port, never
+/// a native-untagged port with no trunks, which the switch (as OVS) reads as every VLAN.
+#[test]
+fn a_native_vlan_alone_is_that_vlan_not_every_vlan() {
+    let q = one_port(r#","vlan":7,"vlanTrunk":[{"id":7}]"#);
+    assert_eq!((q.vlan_mode, q.tag, q.trunks), (Some(VlanModeName::Access), Some(7), None));
+    // preserveDefaultVlan (the default) with VLAN 1 as the only trunk.
+    let q = one_port(r#","vlanTrunk":[{"id":1}]"#);
+    assert_eq!((q.vlan_mode, q.tag, q.trunks), (Some(VlanModeName::Access), Some(1), None));
+}
+
+/// The bridge CNI makes a kernel bridge of its `bridge` name: a name no interface can have is
+/// refused, so that no NAD puts a VM on a bridge switchyard names itself (another
+/// network's `ovn-layer2/<name>`).
+#[test]
+fn a_bridge_name_no_interface_can_have_is_refused() {
+    for bad in ["ovn-layer2/blue", "a-bridge-name-too-long", "br:1"] {
+        let nad = nad(
+            "ns",
+            "net",
+            &format!(r#"{{"cniVersion":"0.3.1","name":"net","type":"bridge","bridge":"{bad}"}}"#),
+        );
+        let p = plan_of(&[("nad.yaml", &nad), ("vm.yaml", &vmi("ns", "vm", "net", MAC1))]);
+        assert!(!has_port(&p, "ns/vm/net1"), "{bad}: {}", p.to_yaml());
+        assert!(p.config.bridges.iter().all(|b| b.name != bad), "{bad}");
+        let why = p.skipped.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(why.contains(".bridge") && why.contains(bad), "{bad}: {why}");
+    }
+}
+
 #[test]
 fn bridge_without_vlan_is_vlan_transparent() {
     let q = one_port("");
@@ -406,6 +436,63 @@ fn nncp_bridge_ports_become_uplinks_with_their_vlans() {
     let q = port(&p, "eth3").1;
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, Some(vec![50])));
     let q = port(&p, "eth4").1;
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
+}
+
+/// nmstate's readings: numbers and `enable-native` may be strings; `vlan: {}` is no VLAN
+/// settings; a native VLAN alone is that VLAN; a bridge (or a bridge mapping's bridge) named
+/// as no interface can be is left out with its problem, the rest of the policy planned.
+#[test]
+fn nncp_vlans_as_nmstate_reads_them() {
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels:\n    role: dpdk\n";
+    let nncp = r#"apiVersion: nmstate.io/v1
+kind: NodeNetworkConfigurationPolicy
+metadata:
+  name: quoted
+spec:
+  desiredState:
+    interfaces:
+      - name: br2
+        type: linux-bridge
+        bridge:
+          port:
+            - name: eth5
+              vlan: {mode: access, tag: "100"}
+            - name: eth6
+              vlan:
+                mode: trunk
+                enable-native: "true"
+                tag: 300
+                trunk-tags: [{id: "300"}]
+            - name: eth7
+              vlan: {mode: trunk, trunk-tags: [{id-range: {min: "5", max: "7"}}]}
+            - name: eth8
+              vlan: {}
+      - name: ovn-layer2/blue
+        type: ovs-bridge
+        bridge:
+          port: [{name: eth9}]
+    ovn:
+      bridge-mappings:
+        - {localnet: physnet, bridge: "ovn-layer2/red"}
+        - {localnet: physnet2, bridge: br2}
+"#;
+    let p = plan_of(&[("node.yaml", node), ("nncp.yaml", nncp)]);
+    let probs: Vec<String> = p.problems.iter().map(|x| x.to_string()).collect();
+    assert_eq!(probs.len(), 2, "{probs:#?}");
+    assert!(probs.iter().any(|x| x.contains("interfaces[1].name")), "{probs:#?}");
+    assert!(probs.iter().any(|x| x.contains("bridge-mappings[0].bridge")), "{probs:#?}");
+    assert!(!has_port(&p, "eth9"));
+    let q = port(&p, "eth5").1;
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(100), None));
+    let q = port(&p, "eth6").1;
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(300), None));
+    let q = port(&p, "eth7").1;
+    assert_eq!(
+        (q.vlan_mode, q.tag, q.trunks.clone()),
+        (Some(VlanModeName::Trunk), None, Some(vec![5, 6, 7]))
+    );
+    let q = port(&p, "eth8").1;
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
 }
 
