@@ -23,6 +23,10 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339 in UTC as the API server writes it (`2026-12-06T10:00:00Z`): its text order
+    /// is its time order.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 // ---- Namespace (v1) ----

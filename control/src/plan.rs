@@ -82,6 +82,9 @@ pub(crate) struct Built {
     pub(crate) port: PortConfig,
     /// Shared: a memoised VMI's ports are copied into every plan.
     src: Option<Arc<(Source, ObjRef, String)>>,
+    /// The creation time of the VMI the port is for (none for uplinks): of two VM ports
+    /// claiming one MAC, the older one keeps it.
+    created: Option<Arc<str>>,
 }
 
 /// The labels a node is matched with: its Node object's, then `extra` over them, and
@@ -644,6 +647,7 @@ impl Planner {
                 self.ports.push(Built {
                     bridge: name.clone(),
                     port,
+                    created: None,
                     src: Some(Arc::new((
                         l.src.clone(),
                         oref.clone(),
@@ -869,6 +873,7 @@ impl Planner {
                     bridge,
                     port,
                     src: Some(Arc::new((l.src.clone(), oref.clone(), format!("{f}.macAddress")))),
+                    created: o.metadata.creation_timestamp.as_deref().map(Arc::from),
                 });
             }
             if errs.len() > before {
@@ -918,25 +923,42 @@ impl Planner {
             .map(|(b, _)| b)
             .collect();
         // One static entry per (bridge, MAC): a MAC on two VM ports of a bridge stays on the
-        // first port (by name) only. Found on borrowed keys first, then removed.
+        // port of the older VMI (by creation time; then ports without one, as in state files;
+        // then by name) only, so that a VMI created later with another's MAC cannot take its
+        // traffic. Found on borrowed keys first, then removed.
         let mut gone: Vec<(usize, usize)> = Vec::new();
         {
-            let mut macs: HashMap<(&str, MacAddr), &str> = HashMap::with_capacity(keep.len());
+            // (bridge, MAC) -> the (port, index in its static_macs) holding it so far.
+            let mut macs: HashMap<(&str, MacAddr), (usize, usize)> = HashMap::with_capacity(keep.len());
+            // The ports that lost a MAC, with that MAC (one problem a port, the last MAC).
+            let mut lost: BTreeMap<usize, MacAddr> = BTreeMap::new();
+            let age = |b: &Built| (b.created.is_none(), b.created.clone());
             for (i, b) in keep.iter().enumerate() {
-                let mut dup = None;
                 for (k, m) in b.port.static_macs.iter().enumerate() {
-                    match macs.get(&(b.bridge.as_str(), *m)) {
-                        Some(first) => {
-                            dup = Some((*m, *first));
-                            gone.push((i, k));
-                            conflict = true;
+                    match macs.entry((b.bridge.as_str(), *m)) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert((i, k));
                         }
-                        None => {
-                            macs.insert((&b.bridge, *m), &b.port.name);
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            conflict = true;
+                            let (hi, hk) = *e.get();
+                            // Strictly older takes it; on a tie the holder (first by name) keeps it.
+                            if age(b) < age(&keep[hi]) {
+                                gone.push((hi, hk));
+                                lost.insert(hi, *m);
+                                e.insert((i, k));
+                            } else {
+                                gone.push((i, k));
+                                lost.insert(i, *m);
+                            }
                         }
                     }
                 }
-                if let (Some((m, first)), Some((src, oref, field))) = (dup, b.src.as_deref()) {
+            }
+            for (i, m) in lost {
+                let b = &keep[i];
+                let first = &keep[macs[&(b.bridge.as_str(), m)].0].port.name;
+                if let Some((src, oref, field)) = b.src.as_deref() {
                     let msg = format!(
                         "MAC {m} is also on port {first} of bridge {}; its static entry stays on {first}",
                         b.bridge
@@ -945,6 +967,7 @@ impl Planner {
                 }
             }
         }
+        gone.sort_unstable();
         for (i, k) in gone.into_iter().rev() {
             keep[i].port.static_macs.remove(k);
         }

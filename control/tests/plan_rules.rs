@@ -187,6 +187,31 @@ fn a_mac_on_two_ports_of_a_bridge_is_static_on_the_first_only() {
     assert!(p.problems[0].message.contains("02:00:00:00:00:01"), "{}", p.problems[0]);
 }
 
+/// The older VMI keeps its MAC: one created later with the same MAC (another tenant's, say,
+/// whose name sorts first) gets no static entry and its problem, and cannot take the older
+/// one's traffic. Without creation times (state files) the first by name keeps it.
+#[test]
+fn a_mac_claimed_twice_stays_with_the_older_vmi() {
+    let created = |y: String, t: &str| {
+        y.replacen("metadata:\n", &format!("metadata:\n  creationTimestamp: \"{t}\"\n"), 1)
+    };
+    let nad_a = nad("a-evil", "net", r#"{"cniVersion":"0.3.1","name":"net","type":"bridge","bridge":"br1"}"#);
+    let p = plan_of(&[
+        ("nad.yaml", &bridge_nad("")),
+        ("nad-a.yaml", &nad_a),
+        ("old.yaml", &created(vmi("ns", "vma", "net", MAC1), "2026-12-01T10:00:00Z")),
+        ("new.yaml", &created(vmi("a-evil", "x", "net", MAC1), "2026-12-06T10:00:00Z")),
+    ]);
+    assert_eq!(port(&p, "ns/vma/net1").1.static_macs.len(), 1, "{}", p.to_yaml());
+    assert!(port(&p, "a-evil/x/net1").1.static_macs.is_empty());
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    assert_eq!(
+        p.problems[0].object.as_ref().map(|o| o.to_string()).as_deref(),
+        Some("VirtualMachineInstance a-evil/x")
+    );
+    assert!(p.problems[0].message.contains("stays on ns/vma/net1"), "{}", p.problems[0]);
+}
+
 // ---- OVN-Kubernetes ----
 
 const NNCP_MAPPING: &str = r#"apiVersion: nmstate.io/v1
