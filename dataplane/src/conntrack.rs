@@ -697,8 +697,9 @@ pub fn hash(k: &FlowKey) -> u64 {
     hash_packed(&PackedKey::new(k))
 }
 
-/// [`hash_packed`] of [`PackedKey::v4`]`(src, dst, ports, proto, fam)`, from the IPv4 header's
-/// words as the fast path reads them: the same value, without the key's words unpacked again.
+/// [`hash_packed`] of [`PackedKey::v4`]`(src, dst, ports, proto, fam)` (`fam`:
+/// [`PackedKey::v4_family`] of the VLAN), from the IPv4 header's words as the fast path reads
+/// them: the same value, without the key's words unpacked again.
 #[inline(always)]
 pub fn hash_v4(src: u32, dst: u32, ports: u32, proto: u8, fam: u64) -> u64 {
     let (e1, e2) =
