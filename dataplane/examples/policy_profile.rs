@@ -7,8 +7,11 @@
 //! cargo build --release --example policy_profile -p switchyard-dataplane
 //! target/release/examples/policy_profile 20000            # TSC: pipeline and stages
 //! valgrind --tool=callgrind --toggle-collect='*process_burst*' \
-//!     target/release/examples/policy_profile 2000 policy   # or none
+//!     target/release/examples/policy_profile 2000 policy   # or none, or reply
 //! ```
+//!
+//! `reply`: the same with the connections' replies (p1 to p0, the table's entries answering
+//! as the other direction) instead of their packets from p0 to p1.
 //!
 //! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
 //! pipeline without policy, with policy, their ratio, and each piece of the policy stage run
@@ -25,7 +28,7 @@
 #[path = "../benches/support/policy_setup.rs"]
 mod setup;
 
-use setup::{next_frames, switch, BURST, CONNS};
+use setup::{next_frames, next_replies, switch, BURST, CONNS};
 use switchyard_dataplane::conntrack::{hash, Conntrack};
 use switchyard_dataplane::cpu::{hz, rdtsc};
 use switchyard_dataplane::filter::parse;
@@ -39,17 +42,20 @@ struct Case {
     burst: Burst,
     tx: TxBatches,
     seq: u32,
+    /// The connections' replies, from p1 to p0, rather than their packets from p0 to p1.
+    reply: bool,
 }
 
 impl Case {
-    fn new(policy: bool, cache: &mut switchyard_dataplane::buffer::PoolCache) -> Case {
+    fn new(policy: bool, reply: bool, cache: &mut switchyard_dataplane::buffer::PoolCache) -> Case {
         let sw = switch(policy);
         let mut burst = Burst::new();
+        let frame = if reply { setup::reply_frame() } else { setup::frame() };
         for _ in 0..BURST {
-            burst.push(cache.alloc_copy(&setup::frame()).expect("buffer"));
+            burst.push(cache.alloc_copy(&frame).expect("buffer"));
         }
         let tx = TxBatches::new(sw.port_slots());
-        let mut c = Case { sw, burst, tx, seq: 0 };
+        let mut c = Case { sw, burst, tx, seq: 0, reply };
         // The first packet of each connection under this snapshot checks the policies.
         for _ in 0..CONNS as usize / BURST {
             c.run(cache);
@@ -59,8 +65,12 @@ impl Case {
 
     #[inline]
     fn run(&mut self, cache: &mut switchyard_dataplane::buffer::PoolCache) {
-        next_frames(&mut self.burst, &mut self.seq);
-        process_burst(&self.sw, 0, &mut self.burst, 1, cache, &mut self.tx, None);
+        if self.reply {
+            next_replies(&mut self.burst, &mut self.seq);
+        } else {
+            next_frames(&mut self.burst, &mut self.seq);
+        }
+        process_burst(&self.sw, u16::from(self.reply), &mut self.burst, 1, cache, &mut self.tx, None);
         let burst = &mut self.burst;
         self.tx.drain_with(|_, out| burst.extend(out.drain(..)));
     }
@@ -109,16 +119,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return lookups(bursts, rounds);
     }
     if let Some(mode) = mode {
-        let mut c = Case::new(mode == "policy", &mut cache);
+        let mut c = Case::new(mode != "none", mode == "reply", &mut cache);
         for _ in 0..bursts {
             c.run(&mut cache);
         }
-        let drops = c.sw.port(0).map(|p| p.stats.total_drops()).unwrap_or(0);
+        let drops = c.sw.port(u16::from(c.reply)).map(|p| p.stats.total_drops()).unwrap_or(0);
         println!("{mode}: {bursts} bursts of {BURST}, {drops} drops");
         return Ok(());
     }
-    let mut none = Case::new(false, &mut cache);
-    let mut pol = Case::new(true, &mut cache);
+    let mut none = Case::new(false, false, &mut cache);
+    let mut pol = Case::new(true, false, &mut cache);
     let (mut tn, mut tp, mut cn, mut cp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..7 {
         let (t, c) = span_cpu(bursts, || none.run(&mut cache));

@@ -313,7 +313,13 @@ impl FastView<'_> {
     /// (`steady`: [`Steady::at`] the burst's clock).
     #[inline(always)]
     pub fn probe(&self, key: PackedKey, flags: u8, steady: &Steady) -> FastProbe {
-        let h = hash_packed(&key);
+        self.probe_hashed(key, hash_packed(&key), flags, steady)
+    }
+
+    /// [`FastView::probe`] for a key whose hash `h` ([`hash_packed`]'s) the caller made, as
+    /// [`hash_v4`] makes it from an IPv4 header's words.
+    #[inline(always)]
+    pub fn probe_hashed(&self, key: PackedKey, h: u64, flags: u8, steady: &Steady) -> FastProbe {
         let home = ((u128::from(h) * self.lines.len() as u128) >> 64) as usize;
         // No bounds check: a prefetch never faults (past the last slot it is wasted).
         let at = self.lines.as_ptr() as usize + home.wrapping_mul(SLOT_BYTES);
@@ -691,6 +697,27 @@ pub fn hash(k: &FlowKey) -> u64 {
     hash_packed(&PackedKey::new(k))
 }
 
+/// [`hash_packed`] of [`PackedKey::v4`]`(src, dst, ports, proto, fam)` (`fam`:
+/// [`PackedKey::v4_family`] of the VLAN), from the IPv4 header's words as the fast path reads
+/// them: the same value, without the key's words unpacked again.
+#[inline(always)]
+pub fn hash_v4(src: u32, dst: u32, ports: u32, proto: u8, fam: u64) -> u64 {
+    let (e1, e2) =
+        (u64::from(src) << 16 | u64::from(ports >> 16), u64::from(dst) << 16 | u64::from(ports & 0xffff));
+    // A v4 key's word 4 shifted right by 32 is the protocol, the family bit and the VLAN.
+    mix_v4(e1, e2, (u64::from(proto) | fam >> 32) << 48)
+}
+
+/// The IPv4 hash of two endpoints (address << 16 | port) and `top`, the protocol, family and
+/// VLAN bits in the top 16 bits: the endpoints in order (smaller first, so the order of the
+/// packet does not count), `top` in the first one's free top bits.
+#[inline(always)]
+fn mix_v4(e1: u64, e2: u64, top: u64) -> u64 {
+    let (a, b) = (e1.min(e2) | top, e1.max(e2));
+    let h = (a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 32)
+}
+
 /// The hash of a packed key, the same for both directions, with every bit reaching the top
 /// bits that pick the home slot. An IPv4 endpoint (address and port) fits one word: the two
 /// are taken in order (smaller first) and hashed with two multiplications. An IPv6 endpoint
@@ -701,12 +728,7 @@ pub fn hash_packed(k: &PackedKey) -> u64 {
     let [s0, s1, d0, d1, p] = k.0;
     let (sport, dport) = (p >> 16 & 0xffff, p & 0xffff);
     if (p >> 40) & 1 == 1 {
-        // The two endpoints in order (smaller first, so the order of the packet does not
-        // count), the protocol in the first one's free top bits.
-        let (e1, e2) = (s0 << 16 | sport, d0 << 16 | dport);
-        let (a, b) = (e1.min(e2) | (p >> 32) << 48, e1.max(e2));
-        let h = (a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        return h ^ (h >> 32);
+        return mix_v4(s0 << 16 | sport, d0 << 16 | dport, (p >> 32) << 48);
     }
     #[inline(always)]
     fn end(lo: u64, hi: u64, port: u64) -> u64 {
@@ -1116,22 +1138,38 @@ impl Conntrack {
     /// The incremental sweep: looks at the next `n` slots (walking the table downwards,
     /// shared by all callers) and empties each expired one whose next slot is empty, so that
     /// probes for unknown keys stay short. A slot a writer holds is left for the next pass.
+    #[inline(always)]
     pub fn sweep(&self, now: u32, n: usize) {
         let len = self.n;
         let n = n.min(len);
-        let mut j = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
-        let pairs = self.mem.pairs();
+        let end = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
+        // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
+        // an empty one empties in one pass. In at most two runs of slots (below `end`, then
+        // from the table's end), so that a slot costs no wrap test.
+        let wrapped = n.saturating_sub(end);
+        self.sweep_run(end - (n - wrapped), end, now);
+        if wrapped > 0 {
+            self.sweep_run(len - wrapped, len, now);
+        }
+    }
+
+    /// [`Conntrack::sweep`] over slots `hi - 1` down to `lo`.
+    #[inline(always)]
+    fn sweep_run(&self, lo: usize, hi: usize, now: u32) {
+        let lines = self.mem.pairs().as_chunks::<4>().0;
         // A glance at a slot's expiry word (no write to a slot that stays as it is; a torn
         // view only decides whether to look again under the locks).
-        let expires = |j: usize| pairs.get(j * 4).map_or(0, |p| p[1].load(Ordering::Relaxed) as u32);
-        // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
-        // an empty one empties in one pass.
-        for _ in 0..n {
-            // Slot j and the one after it (the previous j).
-            let after = j;
-            j = if j == 0 { len - 1 } else { j - 1 };
-            let exp = expires(j);
-            if exp == 0 || exp > now || expires(after) != 0 {
+        let expires = |l: &[[AtomicU64; 2]; 4]| l[0][1].load(Ordering::Relaxed) as u32;
+        let Some(run) = lines.get(lo..hi) else { return };
+        for (k, line) in run.iter().enumerate().rev() {
+            let exp = expires(line);
+            if exp == 0 || exp > now {
+                continue;
+            }
+            // The slot after it (the first slot after the last).
+            let j = lo + k;
+            let after = if j + 1 == self.n { 0 } else { j + 1 };
+            if lines.get(after).map_or(0, expires) != 0 {
                 continue;
             }
             self.sweep_slot(j, after, now);
@@ -1277,6 +1315,18 @@ mod tests {
             proto: if i < 18 { PROTO_TCP } else { PROTO_UDP },
             v4: true,
             vlan,
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path's IPv4 hash, made from the header's words, is the table's hash of the
+        /// same key (the general stages insert and look up by `hash_packed`).
+        #[test]
+        fn hash_v4_is_hash_packed(src: u32, dst: u32, ports: u32, proto: u8, vlan: u16) {
+            let fam = PackedKey::v4_family(vlan);
+            let key = PackedKey::v4(src, dst, ports, proto, fam);
+            proptest::prop_assert_eq!(hash_v4(src, dst, ports, proto, fam), hash_packed(&key));
+            proptest::prop_assert_eq!(hash(&key.flow_key()), hash_packed(&key));
         }
     }
 

@@ -20,7 +20,7 @@ use crate::conntrack::{verdict, Conntrack, Dir, Fast, FastProbe, FastView, Packe
 use crate::port::Burst;
 use crate::switch::{DropReason, PortId, PortSpec};
 use crate::wire::ip::{
-    parse_l3, simple_v4, simple_v4_flow, FlowKey, IpFlow, IpKind, SimpleV4, L3, PROTO_SCTP, PROTO_TCP,
+    parse_l3, simple_v4_at, simple_v4_flow, FlowKey, IpFlow, IpKind, SimpleV4, L3, PROTO_SCTP, PROTO_TCP,
     PROTO_UDP,
 };
 use arrayvec::ArrayVec;
@@ -479,24 +479,23 @@ impl<'a> FastKeys<'a> {
             return false;
         }
         let v4 = match et {
-            crate::wire::EtherType::IPV4 => {
-                simple_v4(d.get(crate::wire::ETH_HEADER_LEN..).unwrap_or_default())
-            }
+            crate::wire::EtherType::IPV4 => simple_v4_at(d, crate::wire::ETH_HEADER_LEN),
             _ => None,
         };
-        let (key, flags) = match v4 {
+        let (key, h, flags) = match v4 {
             Some(s) => {
                 if !self.lists.v4_allowed(port, &s) {
                     return false;
                 }
-                (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), s.tcp_flags)
+                let h = crate::conntrack::hash_v4(s.src, s.dst, s.ports, s.proto, self.fam);
+                (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), h, s.tcp_flags)
             }
             None => match other_ip(port, d, self.vlan, src) {
-                Some(kf) => kf,
+                Some((key, flags)) => (key, crate::conntrack::hash_packed(&key), flags),
                 None => return false,
             },
         };
-        self.keys.try_push(self.ct.probe(key, flags, &self.steady)).is_ok()
+        self.keys.try_push(self.ct.probe_hashed(key, h, flags, &self.steady)).is_ok()
     }
 
     /// Stage 2, the lookups, once every frame of the burst went through [`FastKeys::push`]:

@@ -584,24 +584,21 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
     // one port each.
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
     let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan };
-    for (i, f) in eg.tx.plain[..burst.len()].iter().enumerate() {
-        let hit = table.lookup_probe(&f.dst, now);
-        if !table.learn_is_noop(&f.src, in_port, now) || !route.add(i, hit, &mut eg.memo, cfg, port.bridge) {
+    // Frame i's port, as its run has it (written here for every frame of the burst, read by
+    // stage 3 only when all of them were).
+    let mut to = [0 as PortId; MAX_BURST];
+    for ((i, f), o) in eg.tx.plain[..burst.len()].iter().enumerate().zip(to.iter_mut()) {
+        let Some(hit) = table.lookup_probe(&f.dst, now) else { return false };
+        if !table.learn_is_noop(&f.src, in_port, now)
+            || !route.add(i, Some(hit), &mut eg.memo, cfg, port.bridge)
+        {
             return false;
         }
+        *o = hit.port;
     }
-    // Stage 3: the connection table, each frame's verdict against its run's port (the frames
-    // are asked for in order).
+    // Stage 3: the connection table, each frame's verdict against its run's port.
     if let Some(keys) = &keys {
-        let runs = route.runs.as_slice();
-        let mut k = 0;
-        let checked = keys.check(port, cx, |i| {
-            while runs.get(k + 1).is_some_and(|r| r.0 <= i) {
-                k += 1;
-            }
-            runs.get(k).map(|r| r.1)
-        });
-        if !checked {
+        if !keys.check(port, cx, |i| to.get(i).copied()) {
             return false;
         }
     }

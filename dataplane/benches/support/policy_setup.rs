@@ -95,6 +95,28 @@ pub fn frame() -> [u8; 64] {
     f
 }
 
+/// A reply of connection 0: [`frame`] the other way, from p1's MAC to p0's.
+pub fn reply_frame() -> [u8; 64] {
+    let mut f = frame();
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[30..34].copy_from_slice(&SRC.to_be_bytes());
+    f
+}
+
+/// [`next_frames`] for [`reply_frame`]s: the next connections' replies.
+#[inline]
+pub fn next_replies(burst: &mut Burst, seq: &mut u32) {
+    for buf in burst.iter_mut() {
+        let k = conn(*seq % CONNS);
+        let d = buf.data_mut();
+        d[26..30].copy_from_slice(&(k.dst as u32).to_be_bytes());
+        d[34..36].copy_from_slice(&k.dport.to_be_bytes());
+        d[36..38].copy_from_slice(&k.sport.to_be_bytes());
+        *seq = seq.wrapping_add(1);
+    }
+}
+
 /// Rewrites the burst's frames into the next connections' (`seq`: where the stream is).
 #[inline]
 pub fn next_frames(burst: &mut Burst, seq: &mut u32) {

@@ -359,8 +359,16 @@ pub struct SimpleV4 {
 /// `None`: ask [`parse_l3`].
 #[inline(always)]
 pub fn simple_v4(p: &[u8]) -> Option<SimpleV4> {
+    simple_v4_at(p, 0)
+}
+
+/// [`simple_v4`] of the packet at offset `off` of `d` (a frame's, after its Ethernet header):
+/// the offset folded into the one bounds check.
+#[inline(always)]
+pub fn simple_v4_at(d: &[u8], off: usize) -> Option<SimpleV4> {
     const PORTS_END: usize = IPV4_HEADER_LEN + 4;
-    let h = p.first_chunk::<PORTS_END>()?;
+    let h: &[u8; PORTS_END] = d.get(off..off.checked_add(PORTS_END)?)?.try_into().ok()?;
+    let p = d.get(off..)?;
     let proto = h[V4_PROTO];
     if h[V4_VER_IHL] != 0x45
         || u16::from_be_bytes([h[V4_FRAG], h[V4_FRAG + 1]]) & 0x1fff != 0
@@ -461,6 +469,11 @@ mod tests {
             if plain && p.len() >= 34 && matches!(proto, 6 | 17 | 132) {
                 prop_assert!(fast.is_some());
             }
+            // The fast path's read at an offset (after an Ethernet header) is the same read.
+            let mut frame = vec![0xee; 14];
+            frame.extend_from_slice(&p);
+            prop_assert_eq!(simple_v4_at(&frame, 14), simple_v4(&p));
+            prop_assert_eq!(simple_v4_at(&p, 0), simple_v4(&p));
         }
     }
 }
