@@ -3,7 +3,7 @@
 //! that interface (docs/policy.md, "Ports attached by switchyard's CNI plugin").
 //!
 //! The plan makes one [`CniSubject`] per interface of a VMI of the node on a NAD of type
-//! `switchyard` ([`subject`]); the runtime keeps the last plan's and decorates each CNI port
+//! `switchyard` (`plan::cni_subject`); the runtime keeps the last plan's and decorates each CNI port
 //! that matches one of them ([`decorate`]). The CNI ADD carries the pod (namespace, name,
 //! UID when the runtime passes it), the pod-side interface name and the bridge; KubeVirt names
 //! the pod `virt-launcher-<vmi>-<5 random>` (`generateName`) and the interface after the VMI's
@@ -103,7 +103,7 @@ impl CniSubject {
     /// apart, by UID or name).
     fn same_place(&self, p: &CniPort) -> bool {
         p.attachment.pod_namespace.as_deref() == Some(self.namespace.as_str())
-            && self.ifnames.iter().any(|i| *i == p.attachment.ifname)
+            && self.ifnames.contains(&p.attachment.ifname)
             && p.bridge == self.bridge
     }
 }
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(port.allowed_ips, Some(Vec::new()));
         // The pod's UID decides, whatever its name.
         let p = cni(Some("ns"), Some(&pod), Some("uid-2"), "net1", "br1");
-        assert_eq!(vmis(&matches(&s, &p)), [v2.clone()]);
+        assert_eq!(vmis(&matches(&s, &p)), [v2]);
         let p = cni(Some("ns"), Some("anything"), Some("uid-1"), "net1", "br1");
         let mut port = p.port.clone();
         assert_eq!(decorate(&s, &p, &mut port), None);
