@@ -323,3 +323,106 @@ fn start(dir: &Path, state: &Path) -> Run {
     ];
     RunProcess::spawn(BIN, dir, args, WAIT)
 }
+
+/// A VM whose port switchyard's CNI plugin attached (the KubeVirt hand-off), with real
+/// traffic: `web` is a VMI on a NAD of type `switchyard`, its netns' veth added over the
+/// control socket as the CNI ADD of pod `virt-launcher-web-abcde` would add it; `client` a
+/// planned VM on a bridge NAD of the same bridge (the policy is for both NADs, so client is a
+/// peer); `pod` a veth pod that is no VMI's (CNI ADD too). web-in lets only role=client reach web's TCP 8080: client connects, pod does not,
+/// and web sending from an address that is not its own is dropped as `spoofed_src_ip`.
+#[test]
+fn a_cni_attached_vm_is_filtered_with_real_traffic() {
+    if let Some(why) = skip_reason() {
+        return skip("a_cni_attached_vm_is_filtered_with_real_traffic", &why);
+    }
+    // web, client, pod.
+    let addrs = ["10.78.0.1", "10.78.0.2", "10.78.0.3"];
+    let vms: Vec<VethNs> = (0..3).map(|_| VethNs::create().expect("netns and veth")).collect();
+    for (i, v) in vms.iter().enumerate() {
+        ip(&["-n", &v.ns, "link", "set", &v.peer, "address", &format!("02:78:00:00:00:0{}", i + 1)]).unwrap();
+        ip(&["-n", &v.ns, "addr", "add", &format!("{}/24", addrs[i]), "dev", &v.peer]).unwrap();
+        ip(&["-n", &v.ns, "link", "set", "lo", "up"]).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let nads = r#"apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: sy, namespace: infra}
+spec:
+  config: '{"cniVersion":"1.0.0","name":"sy","type":"switchyard","bridge":"br-cni"}'
+---
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: plain, namespace: infra}
+spec:
+  config: '{"cniVersion":"0.3.1","name":"plain","type":"cnv-bridge","bridge":"br-cni"}'
+"#;
+    std::fs::write(state.join("net.yaml"), nads).unwrap();
+    let status = |a: &str| format!("  interfaces:\n    - name: net1\n      ipAddress: {a}\n");
+    let (s0, s1) = (status(addrs[0]), status(addrs[1]));
+    let web = Vmi::new("red", "web", "infra/sy", "n1").labels("app: web").status(&s0).yaml();
+    let mac = "          macAddress: \"02:78:00:00:00:02\"";
+    let client =
+        Vmi::new("red", "client", "infra/plain", "n1").labels("role: client").iface(mac).status(&s1).yaml();
+    std::fs::write(state.join("web.yaml"), web).unwrap();
+    std::fs::write(state.join("client.yaml"), client).unwrap();
+    let web_in = "  podSelector: {matchLabels: {app: web}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {role: client}}}]\n      ports: [{protocol: TCP, port: 8080}]\n";
+    std::fs::write(state.join("policy.yaml"), policy("red", "web-in", "infra/sy,infra/plain", web_in))
+        .unwrap();
+    let over = format!("ports:\n  red/client/net1: {{type: afpacket, iface: {}}}\n", vms[1].host);
+    std::fs::write(dir.path().join("run.yaml"), over).unwrap();
+    let run = start(dir.path(), &state);
+    run.wait_ctl(&["show", "ports"], "client's port", WAIT, |s| s.contains("red/client/net1"));
+
+    // The CNI ADDs, as switchyard-cni sends them (veth mode: an afpacket port on the host end).
+    let hashed = "pod6c270ef2f25"; // KubeVirt's pod interface name of network net1
+    for (i, (pod, ifname)) in [(0, ("virt-launcher-web-abcde", hashed)), (2, ("pod-x", "net1"))] {
+        let mac = format!("02:78:00:00:00:0{}", i + 1);
+        let req = serde_json::json!({"v": 1, "op": "cni_add", "cni": {
+            "bridge": "br-cni",
+            "attachment": {"container_id": format!("c{i}"), "ifname": ifname, "pod_namespace": "red", "pod_name": pod},
+            "port": {"name": format!("red/{pod}/{ifname}"), "type": "afpacket", "iface": vms[i].host, "allowed_macs": [mac]},
+            "mac": mac,
+        }});
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&run.sock).unwrap();
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.contains("\"ok\":true"), "{out}");
+    }
+    run.wait_ctl(&["show", "ports"], "three ports up", WAIT, |s| s.matches(" up").count() >= 3);
+    let cfg = run.ctl(&["show", "config"]);
+    assert_eq!(cfg.matches("policy:").count(), 1, "web's CNI port alone has a policy:\n{cfg}");
+
+    let ns: Vec<String> = vms.iter().map(|v| v.ns.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = in_netns(&ns[0], || TcpListener::bind((addrs[0], TCP_PORT)).map_err(|e| e.to_string())).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let s1 = stop.clone();
+    let srv = std::thread::spawn(move || {
+        while !s1.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((c, _)) => drop(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    assert_eq!(tcp_probe(&ns[1], addrs[0], TCP_PORT), Seen::Reply, "client -> web: a peer");
+    assert_eq!(tcp_probe(&ns[2], addrs[0], TCP_PORT), Seen::Nothing, "pod -> web: no peer");
+    // web sends from an address that is not its own: dropped at its port.
+    ip(&["-n", &ns[0], "addr", "add", "10.78.0.99/24", "dev", &vms[0].peer]).unwrap();
+    let spoofed = in_netns(&ns[0], || {
+        let u = UdpSocket::bind(("10.78.0.99", 0)).map_err(|e| e.to_string())?;
+        for _ in 0..5 {
+            u.send_to(b"x", (addrs[2], 9)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    spoofed.unwrap();
+    let stats = run.wait_ctl(&["show", "stats"], "spoofed_src_ip", WAIT, |s| s.contains("spoofed_src_ip="));
+    assert!(stats.contains("spoofed_src_ip="), "{stats}");
+    stop.store(true, Ordering::Relaxed);
+    srv.join().unwrap();
+}

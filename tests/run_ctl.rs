@@ -667,3 +667,196 @@ fn a_vhost_dir_too_long_for_a_socket_is_refused_at_start() {
         assert!(err.contains("--vhost-dir") && err.contains("too long"), "{cmd:?}: {err}");
     }
 }
+
+/// The port of `name` in the running configuration (`ctl show config`).
+fn running_port(r: &Run, name: &str) -> Option<switchyard_dataplane::config::PortConfig> {
+    let cfg = switchyard_dataplane::config::Config::from_yaml_str(&r.ctl(&["show", "config"])).unwrap();
+    cfg.bridges.into_iter().flat_map(|b| b.ports).find(|p| p.name == name)
+}
+
+/// An untagged IPv4 TCP SYN to port 8080, as `ctl trace` takes it (hex).
+fn syn(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> String {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .tcp(40000, 8080, 1, 1000)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The KubeVirt hand-off under `run --kube`: a VMI on a NAD of switchyard's CNI plugin,
+/// selected by a MultiNetworkPolicy; the CNI ADD of its virt-launcher pod (pod name from
+/// `generateName`, interface by KubeVirt's hashed scheme) gets a port that runs with the
+/// policy and the IP spoof filter of the VMI's interface. Ports of pods that are no VMI's run
+/// as before (docs/policy.md, "Ports attached by switchyard's CNI plugin").
+#[test]
+fn run_kube_gives_a_vms_cni_port_its_policy_and_spoof_filter() {
+    use serde_json::json;
+    let mut objects = apiserver::example_objects();
+    let mut more = apiserver::objects_of_yaml(
+        r#"apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: sy, namespace: tenant-a}
+spec:
+  config: '{"cniVersion":"1.0.0","name":"sy","type":"switchyard","bridge":"br1","vlan":300,"mode":"vhostuser"}'
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vm-s, namespace: tenant-a, labels: {app: web}}
+spec:
+  domain: {devices: {interfaces: [{name: blue, binding: {name: switchyard}, macAddress: "02:00:00:00:5e:01"}]}}
+  networks: [{name: blue, multus: {networkName: sy}}]
+status:
+  nodeName: worker-1
+  interfaces: [{name: blue, ipAddress: 10.9.0.5}]
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vm-p, namespace: tenant-a, labels: {role: client}}
+spec:
+  domain: {devices: {interfaces: [{name: blue, binding: {name: switchyard}}]}}
+  networks: [{name: blue, multus: {networkName: sy}}]
+status:
+  nodeName: worker-1
+  interfaces: [{name: blue, ipAddress: 10.9.0.6}]
+---
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: web-in
+  namespace: tenant-a
+  annotations: {k8s.v1.cni.cncf.io/policy-for: tenant-a/sy}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {role: client}}}]
+      ports: [{protocol: TCP, port: 8080}]
+"#,
+    );
+    // The node agent watches the VMIs labelled with a node name (as virt-controller labels them).
+    more.iter_mut().for_each(apiserver::label_vmi);
+    objects.extend(more);
+    let server = apiserver::ApiServer::start(objects, Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, server.kubeconfig_yaml()).unwrap();
+    let over = dir.path().join("run.yaml");
+    std::fs::write(&over, "ports:\n  eth1: {type: ring}\n").unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["--kube".into(), "--node".into(), "worker-1".into()];
+    args.extend(["--kubeconfig".into(), kc.into_os_string(), "--config".into(), over.into_os_string()]);
+    args.extend(["--vm-ports".into(), "ring".into()]);
+    let r = Run::spawn(dir.path().to_path_buf(), Some(dir), args);
+    r.wait_ctl(&["show", "problems"], "vm-s's subject", |s| s.contains("virt-launcher-vm-s-"));
+
+    // KubeVirt's hashed pod interface name of network `blue`: "pod" + sha256("blue")[..11].
+    let ifname = "pod16477688c0e";
+    let cni = |container: &str, pod: Option<&str>, ifname: &str, mac: &str| {
+        let mut a = json!({"container_id": container, "ifname": ifname});
+        if let Some(pod) = pod {
+            a["pod_namespace"] = json!("tenant-a");
+            a["pod_name"] = json!(pod);
+        }
+        let name = format!("tenant-a/{}/{ifname}", pod.unwrap_or(container));
+        json!({
+            "bridge": "br1", "attachment": a, "mac": mac,
+            "port": {"name": name, "type": "vhostuser", "tag": 300, "allowed_macs": [mac]},
+        })
+    };
+    let vm_port = format!("tenant-a/virt-launcher-vm-s-abcde/{ifname}");
+    let a = add(&r.sock, cni("c-vm", Some("virt-launcher-vm-s-abcde"), ifname, "02:00:00:00:5e:01"));
+    assert_eq!(a["ok"], true, "{a}");
+    // Bad input: a pod that is no virt-launcher, an interface no scheme gives, no pod
+    // arguments. Each runs as before: no policy, no IP spoof filter.
+    for (c, pod, ifn) in [
+        ("c-pod", Some("web-7d4f9"), ifname),
+        ("c-if", Some("virt-launcher-vm-s-fghij"), "eth7"),
+        ("c-anon", None, ifname),
+    ] {
+        let a = add(&r.sock, cni(c, pod, ifn, "02:00:00:00:5e:02"));
+        assert_eq!(a["ok"], true, "{a}");
+    }
+
+    // From its first apply the VM's port runs with the policy and its address.
+    let p = running_port(&r, &vm_port).expect("the VM's CNI port runs");
+    let pol = p
+        .policy
+        .as_ref()
+        .unwrap_or_else(|| panic!("no policy on {vm_port}:\n{}", r.ctl(&["show", "config"])));
+    let ingress = pol.ingress.as_ref().expect("ingress isolated");
+    assert_eq!(ingress.rules.len(), 1, "{pol:?}");
+    assert_eq!(ingress.rules[0].name, "tenant-a/web-in ingress[0]");
+    let peers = ingress.rules[0].peers.as_ref().expect("peers");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].cidr.to_string(), "10.9.0.6/32");
+    assert_eq!(p.allowed_ips, Some(vec!["10.9.0.5".parse().unwrap()]), "MAC checked: no link-local listed");
+    for other in [
+        format!("tenant-a/web-7d4f9/{ifname}"),
+        "tenant-a/virt-launcher-vm-s-fghij/eth7".to_string(),
+        format!("tenant-a/c-anon/{ifname}"),
+    ] {
+        let q = running_port(&r, &other).unwrap_or_else(|| panic!("{other} runs"));
+        assert!(q.policy.is_none() && q.allowed_ips.is_none(), "{other}: {q:?}");
+    }
+
+    // A spoofed source is dropped under its counter; its own address passes the filter.
+    let (vm_mac, other_mac) = ([2, 0, 0, 0, 0x5e, 1], [2, 0, 0, 0, 0x5e, 2]);
+    let t = r.ctl(&["trace", &vm_port, &syn(vm_mac, other_mac, [10, 9, 0, 99], [10, 9, 0, 7])]);
+    assert!(t.contains("-> drop spoofed_src_ip"), "{t}");
+    let t = r.ctl(&["trace", &vm_port, &syn(vm_mac, other_mac, [10, 9, 0, 5], [10, 9, 0, 7])]);
+    assert!(!t.contains("spoofed_src_ip"), "{t}");
+    // Ingress (the VM's MAC is not learned yet: the SYN floods): the policy leaves the VM's
+    // port out of a flood from a pod that is no peer, and lets the peer VM's SYN to 8080 in.
+    let t = r.ctl(&[
+        "trace",
+        &format!("tenant-a/web-7d4f9/{ifname}"),
+        &syn(other_mac, vm_mac, [10, 9, 0, 7], [10, 9, 0, 5]),
+    ]);
+    assert!(t.contains("-> flood ") && !t.contains(&vm_port), "{t}");
+    let a = add(&r.sock, cni("c-peer", Some("virt-launcher-vm-p-qwert"), ifname, "02:00:00:00:5e:03"));
+    assert_eq!(a["ok"], true, "{a}");
+    let peer_port = format!("tenant-a/virt-launcher-vm-p-qwert/{ifname}");
+    let peer = running_port(&r, &peer_port).expect("the peer VM's port runs");
+    assert_eq!(
+        peer.allowed_ips,
+        Some(vec!["10.9.0.6".parse().unwrap()]),
+        "on the policy's network: filtered"
+    );
+    let peer_mac = [2, 0, 0, 0, 0x5e, 3];
+    let t = r.ctl(&["trace", &peer_port, &syn(peer_mac, vm_mac, [10, 9, 0, 6], [10, 9, 0, 5])]);
+    // (A flood names no one rule: `[?]`.)
+    assert!(t.contains("policy=new ingress-allowed-by=") && t.contains(&vm_port), "{t}");
+
+    // An ADD before its VMI is seen: the port runs unfiltered until the reconcile that sees
+    // the VMI, which applies in full and gives it the policy.
+    let late_port = format!("tenant-a/virt-launcher-vm-l-zzzzz/{ifname}");
+    let a = add(&r.sock, cni("c-late", Some("virt-launcher-vm-l-zzzzz"), ifname, "02:00:00:00:5e:04"));
+    assert_eq!(a["ok"], true, "{a}");
+    assert!(running_port(&r, &late_port).is_some_and(|p| p.policy.is_none()));
+    let mut late = apiserver::objects_of_yaml(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vm-l, namespace: tenant-a, labels: {app: web}}
+spec:
+  domain: {devices: {interfaces: [{name: blue, binding: {name: switchyard}}]}}
+  networks: [{name: blue, multus: {networkName: sy}}]
+status:
+  nodeName: worker-1
+  interfaces: [{name: blue, ipAddress: 10.9.0.8}]
+"#,
+    );
+    apiserver::label_vmi(&mut late[0]);
+    server.put(late.remove(0));
+    r.wait_for("vm-l's policy on its CNI port", || {
+        running_port(&r, &late_port).is_some_and(|p| p.policy.is_some() && p.allowed_ips.is_some())
+    });
+
+    // The policy goes: the next reconcile re-applies the CNI port without it.
+    assert!(server.delete("MultiNetworkPolicy", "tenant-a", "web-in"));
+    r.wait_for("the policy gone from the CNI port", || {
+        running_port(&r, &vm_port).is_some_and(|p| p.policy.is_none())
+    });
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "{st:?}");
+}

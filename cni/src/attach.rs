@@ -40,6 +40,7 @@ impl Ctx<'_> {
             netns: self.env.netns.clone(),
             pod_namespace: self.env.args.pod_namespace.clone(),
             pod_name: self.env.args.pod_name.clone(),
+            pod_uid: self.env.args.pod_uid.clone(),
         }
     }
 

@@ -207,6 +207,7 @@ mod tests {
             netns: None,
             pod_namespace: None,
             pod_name: None,
+            pod_uid: None,
         };
         let got = Daemon::new(&sock).list_attachment(&att).unwrap();
         let asked = server.join().unwrap();

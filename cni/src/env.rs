@@ -64,6 +64,8 @@ impl From<EnvError> for CniError {
 pub struct CniArgs {
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// `K8S_POD_UID` (containerd and CRI-O pass it): what tells a VMI's pod for sure.
+    pub pod_uid: Option<String>,
     /// `MAC=...`, as the bridge plugin takes it (runtimeConfig.mac wins over it).
     pub mac: Option<MacAddr>,
 }
@@ -133,6 +135,7 @@ fn parse_args(s: &str) -> Result<CniArgs, EnvError> {
         match k {
             "K8S_POD_NAMESPACE" => a.pod_namespace = v,
             "K8S_POD_NAME" => a.pod_name = v,
+            "K8S_POD_UID" => a.pod_uid = v,
             "MAC" => {
                 a.mac = match v {
                     None => None,
@@ -223,6 +226,14 @@ mod tests {
             ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=vm-a;K8S_POD_UID="),
         ]);
         let r = CniEnv::read(Command::Check, &e).unwrap();
+        assert_eq!(r.args.pod_uid, None, "an empty value is none");
+        let with_uid = env(&[
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "net1"),
+            ("CNI_NETNS", "/n"),
+            ("CNI_ARGS", "K8S_POD_UID=8d2f-01;K8S_POD_NAME=vm-a"),
+        ]);
+        assert_eq!(CniEnv::read(Command::Add, &with_uid).unwrap().args.pod_uid.as_deref(), Some("8d2f-01"));
         assert_eq!(r.path, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
         assert_eq!(r.args.pod_namespace.as_deref(), Some("ns"));
         assert_eq!(r.args.pod_name.as_deref(), Some("vm-a"));

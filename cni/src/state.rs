@@ -95,6 +95,7 @@ mod tests {
             netns: None,
             pod_namespace: Some("ns".into()),
             pod_name: Some("p".into()),
+            pod_uid: None,
         };
         let p = write_tombstone(&d.path().join("sub"), &att).unwrap();
         assert_eq!(p.file_name().unwrap().to_str().unwrap(), format!("{}.del", attachment_key("c1", "net1")));

@@ -15,6 +15,7 @@
 //! leaves a tombstone (`<key>.del`, the attachment as JSON) that the daemon applies when it
 //! starts, before restoring.
 
+use crate::cni_subject::CniSubject;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ pub struct Attachment {
     pub pod_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// `K8S_POD_UID` of the ADD, when the runtime passes it: matched against the VMIs'
+    /// `status.activePods` ([`crate::cni_subject`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 impl Attachment {
@@ -322,10 +327,12 @@ impl CniPorts {
         Ok(self.ports.remove(&name))
     }
 
-    /// `base` with every CNI port added to its bridge. A CNI port whose bridge is missing, or
-    /// whose name a planned port now has, is left out and named in the second value (it stays
-    /// registered and comes back when the bridge does).
-    pub fn merge_into(&self, base: &Config) -> (Config, Vec<String>) {
+    /// `base` with every CNI port added to its bridge, with the policy and IP spoof filter of
+    /// the VMI interface among `subjects` it is ([`crate::cni_subject::decorate`]). A CNI port
+    /// whose bridge is missing, or whose name a planned port now has, is left out and named in
+    /// the second value (it stays registered and comes back when the bridge does); so is one
+    /// that matches several subjects (it runs isolated).
+    pub fn merge_into(&self, base: &Config, subjects: &[CniSubject]) -> (Config, Vec<String>) {
         let mut cfg = base.clone();
         let mut left_out = Vec::new();
         for p in self.ports.values() {
@@ -335,7 +342,11 @@ impl CniPorts {
                     "CNI port {}: a port planned from the source now has its name; left out",
                     p.port.name
                 )),
-                Some(b) => b.ports.push(p.port.clone()),
+                Some(b) => {
+                    let mut port = p.port.clone();
+                    left_out.extend(crate::cni_subject::decorate(subjects, p, &mut port));
+                    b.ports.push(port);
+                }
                 None => left_out.push(format!(
                     "CNI port {}: bridge {} is not configured; left out",
                     p.port.name, p.bridge
@@ -455,6 +466,7 @@ mod tests {
             netns: None,
             pod_namespace: None,
             pod_name: None,
+            pod_uid: None,
         }
     }
 
@@ -567,7 +579,7 @@ mod tests {
         other.bridge = "br9".into();
         s.insert(other).unwrap();
         s.insert(port("up", "cc")).unwrap();
-        let (cfg, left) = s.merge_into(&base);
+        let (cfg, left) = s.merge_into(&base, &[]);
         let names: Vec<_> = cfg.bridges[0].ports.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["up", "ns/a/net1"]);
         assert_eq!(left.len(), 2, "{left:?}");

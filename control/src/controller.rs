@@ -413,6 +413,7 @@ impl Controller {
             .map_err(|source| logged(ControllerError::SwitchFile { path: file.to_path_buf(), source }))?;
         let mut rt = lock(&self.runtime);
         rt.input = InputStatus { reconciles: self.reconciles, ..Default::default() };
+        rt.set_cni_subjects(Vec::new());
         rt.apply(&cfg, &|_| None).map_err(|e| logged(ControllerError::Apply(e)))
     }
 
@@ -461,6 +462,7 @@ impl Controller {
         ph.mark("log decisions");
         let mut rt = lock(&self.runtime);
         rt.input = input;
+        rt.set_cni_subjects(std::mem::take(&mut r.plan.cni_subjects));
         let config = Arc::new(std::mem::take(&mut r.plan.config));
         self.cur = None;
         let mut a = rt

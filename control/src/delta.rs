@@ -15,8 +15,9 @@
 //!
 //! A change goes the full way when: an object other than a VMI changed; MultiNetworkPolicies
 //! exist (a policy's peers are other VMIs' addresses and labels); the VMI names an overlay
-//! (OVN layer2) NAD or an `ipspoofchk` NAD, before or after (overlays put VMIs' MACs on other
-//! nodes' tunnels, spoof filters come from the policy stage); its status has an address that
+//! (OVN layer2) NAD, an `ipspoofchk` NAD or a NAD of switchyard's CNI plugin, before or after
+//! (overlays put VMIs' MACs on other nodes' tunnels, spoof filters come from the policy stage,
+//! the CNI ports' subjects go to the runtime with a full plan); its status has an address that
 //! does not parse (a problem the policy stage reports); its planning has a problem or a note,
 //! before or after, or its last good version was kept; a port name or a static MAC it names
 //! is named by another port too (the duplicate rules decide between ports); the last full
@@ -141,14 +142,16 @@ pub(crate) struct VmiChange {
     pub(crate) skipped: Vec<Skipped>,
 }
 
-/// Whether VMI `v`'s change stays within its own ports: no overlay or `ipspoofchk` NAD among
-/// its networks, every status address parses.
+/// Whether VMI `v`'s change stays within its own ports: no overlay, `ipspoofchk` or
+/// switchyard CNI NAD among its networks, every status address parses.
 fn stays_local(state: &ClusterState, v: &VirtualMachineInstance) -> bool {
     let ns = v.metadata.namespace.as_deref().unwrap_or("default");
     let nads_ok = v.spec.networks.iter().filter_map(|n| n.multus.as_ref()).all(|m| {
         match state.nads.get(&nad_key(ns, &m.network_name)).map(|n| &n.net) {
             Some(Ok(NadNetwork::OvnLayer2(_))) => false,
             Some(Ok(NadNetwork::Bridge(b))) => !b.ipspoofchk,
+            // Its CNI subject goes to the runtime with a full plan only (control/src/cni_subject.rs).
+            Some(Ok(NadNetwork::SwitchyardCni { .. })) => false,
             _ => true,
         }
     });

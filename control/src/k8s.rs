@@ -180,6 +180,9 @@ pub struct VmiStatus {
     /// A live migration's state (KubeVirt's `status.migrationState`).
     #[serde(default)]
     pub migration_state: Option<MigrationState>,
+    /// `status.activePods`: the UIDs of the VMI's virt-launcher pods, each with its node.
+    #[serde(default)]
+    pub active_pods: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -214,6 +217,9 @@ pub struct VmiStatusInterface {
     /// Every address of the interface.
     #[serde(default)]
     pub ip_addresses: Vec<String>,
+    /// The interface's name in the virt-launcher pod (newer KubeVirt reports it).
+    #[serde(default)]
+    pub pod_interface_name: Option<String>,
 }
 
 // ---- NodeNetworkConfigurationPolicy (nmstate.io/v1) ----

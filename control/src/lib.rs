@@ -15,6 +15,7 @@
 
 pub mod api_source;
 pub mod cni;
+pub mod cni_subject;
 pub mod controller;
 pub mod ctl;
 pub mod delta;

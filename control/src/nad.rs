@@ -20,8 +20,10 @@ pub enum NadNetwork {
     /// `type: sriov`: the VF is handed to the VM; no switch port.
     Sriov,
     /// `type: switchyard`: the CNI plugin attaches the interface when the pod starts (docs/cni.md);
-    /// nothing is planned from the manifests.
-    SwitchyardCni,
+    /// no port is planned from the manifests, but the interface is a CNI subject
+    /// (control/src/cni_subject.rs): its port must be on `bridge`, and `vlan` is the access (or
+    /// native) VLAN the plugin gives it (cni/src/config.rs reads the same keys).
+    SwitchyardCni { bridge: String, vlan: Option<u16> },
     /// Something switchyard does not switch; the reason says what.
     Unsupported { reason: String },
 }
@@ -158,10 +160,28 @@ pub fn parse(config: &str, ns: &str, name: &str) -> Result<NadNetwork, FieldErro
         "bridge" | "cnv-bridge" => parse_bridge(plugin, &base, cni_type).map(NadNetwork::Bridge),
         "ovn-k8s-cni-overlay" => parse_ovn(plugin, &base, net_name, ns, name),
         "sriov" => Ok(NadNetwork::Sriov),
-        "switchyard" => Ok(NadNetwork::SwitchyardCni),
+        "switchyard" => parse_switchyard(plugin, &base),
         "" => err(format!("{base}.type"), "missing"),
         t => Ok(NadNetwork::Unsupported { reason: format!("CNI type {t:?} is not switched by switchyard") }),
     }
+}
+
+/// The keys of switchyard's own plugin config that say where its ports go: `bridge` (required:
+/// the plugin refuses a config without one) and `vlan` (0 or absent: none).
+fn parse_switchyard(o: &Map<String, Value>, base: &str) -> Result<NadNetwork, FieldError> {
+    let bridge = match get_str(o, "bridge", base)? {
+        None => return err(format!("{base}.bridge"), "missing (switchyard's CNI plugin needs the bridge)"),
+        Some("") => return err(format!("{base}.bridge"), "empty"),
+        Some(b) => b.to_string(),
+    };
+    let vlan = match get_int(o, "vlan", base)? {
+        None | Some(0) => None,
+        Some(v) if (1..=4094).contains(&v) => Some(v as u16),
+        Some(v) => {
+            return err(format!("{base}.vlan"), format!("invalid VLAN ID {v} (must be between 0 and 4094)"))
+        }
+    };
+    Ok(NadNetwork::SwitchyardCni { bridge, vlan })
 }
 
 fn parse_bridge(o: &Map<String, Value>, base: &str, cni_type: &str) -> Result<BridgeNet, FieldError> {

@@ -8,6 +8,7 @@
 //! gives the result [`plan`] gives (control/tests/incremental.rs checks it on random event
 //! sequences); docs/cluster-state.md describes the incremental reconcile.
 
+use crate::cni_subject::CniSubject;
 use crate::k8s::{
     ClusterState, Interface, Loaded, NetworkAttachmentDefinition, NmPort, NodeNetworkConfigurationPolicy,
     Source, VirtualMachineInstance,
@@ -69,6 +70,11 @@ pub struct Plan {
     /// The overlay networks with a bridge on this node (control/src/overlay.rs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub overlays: Vec<crate::overlay::Overlay>,
+    /// The interfaces of this node's VMIs on NADs of switchyard's CNI plugin, whose ports the
+    /// plugin attaches: how the runtime tells their CNI ports, and the policy and IP spoof
+    /// filter each gets (control/src/cni_subject.rs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cni_subjects: Vec<CniSubject>,
     /// Whether a rule between ports (a port name or a static MAC named twice, the port limit)
     /// made a problem: another VMI's change may then mend it, so no delta follows this plan.
     #[serde(skip)]
@@ -146,6 +152,7 @@ pub(crate) struct VmiMemo {
     pub(crate) skipped: Vec<Skipped>,
     pub(crate) problems: Vec<Problem>,
     pub(crate) notes: Vec<String>,
+    pub(crate) cni: Vec<CniSubject>,
 }
 
 impl PlanMemo {
@@ -258,6 +265,7 @@ pub fn plan_memo(
         p.skipped.extend(m.skipped.iter().cloned());
         p.problems.extend(m.problems.iter().cloned());
         p.notes.extend(m.notes.iter().cloned());
+        p.cni.extend(m.cni.iter().cloned());
     }
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
@@ -289,6 +297,8 @@ struct Planner {
     linux_vlan_bridges: BTreeSet<String>,
     /// The bridges that filter VLANs ([`vlan_filtering_bridges`]).
     aware: Arc<BTreeSet<String>>,
+    /// The CNI subjects of the VMIs planned.
+    cni: Vec<CniSubject>,
 }
 
 /// The Linux bridges that filter VLANs: those an NNCP gives a port with VLAN settings (nmstate
@@ -306,6 +316,44 @@ fn vlan_filtering_bridges(state: &ClusterState, nncp_vlan: &BTreeSet<String>) ->
         }
     }
     out
+}
+
+/// The CNI subject of VMI `o`'s interface `iface` on the switchyard NAD `nad` (its policy and
+/// allowed addresses are the policy stage's, [`crate::policy::apply`]).
+fn cni_subject(
+    o: &VirtualMachineInstance,
+    ns: &str,
+    vmi: &str,
+    iface: &str,
+    nad: (&str, &str),
+    bridge: &str,
+    vlan: Option<u16>,
+) -> CniSubject {
+    use crate::cni_subject::{hashed_ifname, ordinal_ifname, pod_prefix};
+    let mut ifnames = vec![hashed_ifname(iface)];
+    // KubeVirt's ordinal scheme counts the multus networks that are not the default one.
+    let secondary = o.spec.networks.iter().filter(|n| n.multus.as_ref().is_some_and(|m| !m.default));
+    if let Some(i) = secondary.map(|n| n.name.as_str()).position(|n| n == iface) {
+        ifnames.push(ordinal_ifname(i + 1));
+    }
+    for s in o.status.interfaces.iter().filter(|s| s.name.as_deref() == Some(iface)) {
+        if let Some(p) = s.pod_interface_name.as_ref().filter(|p| !p.is_empty() && !ifnames.contains(p)) {
+            ifnames.push(p.clone());
+        }
+    }
+    CniSubject {
+        port: format!("{ns}/{vmi}/{iface}"),
+        namespace: ns.to_string(),
+        vmi: vmi.to_string(),
+        nad: format!("{}/{}", nad.0, nad.1),
+        bridge: bridge.to_string(),
+        vlan,
+        pod_prefix: pod_prefix(vmi),
+        pod_uids: o.status.active_pods.keys().cloned().collect(),
+        ifnames,
+        policy: None,
+        allowed_ips: None,
+    }
 }
 
 fn vlan_id(v: i64, field: &str, errs: &mut Vec<(String, String)>) -> Option<u16> {
@@ -522,6 +570,7 @@ impl Planner {
             linux_bridges: BTreeSet::new(),
             linux_vlan_bridges: BTreeSet::new(),
             aware: Arc::default(),
+            cni: Vec::new(),
         }
     }
 
@@ -541,6 +590,7 @@ impl Planner {
             skipped: self.skipped,
             problems: self.problems,
             notes: self.notes,
+            cni: self.cni,
         }
     }
 
@@ -778,7 +828,16 @@ impl Planner {
                     ));
                     break 'iface;
                 };
-                if let Binding::Skip(reason) = binding_of(ifc) {
+                // A NAD of switchyard's CNI plugin: the plugin attaches the pod's interface to
+                // the switch whatever binding carries it on to the VM (the `switchyard` binding
+                // plugin, a bridge in veth mode), so the binding does not decide.
+                let by_plugin = net.multus.as_ref().is_some_and(|m| {
+                    state
+                        .nads
+                        .get(&nad_key(ns, &m.network_name))
+                        .is_some_and(|n| matches!(n.net, Ok(NadNetwork::SwitchyardCni { .. })))
+                });
+                if let (Binding::Skip(reason), false) = (binding_of(ifc), by_plugin) {
                     skipped.push(skip(&ifc.name, reason));
                     break 'iface;
                 }
@@ -909,14 +968,24 @@ impl Planner {
                         ));
                         break 'iface;
                     }
-                    NadNetwork::SwitchyardCni => {
+                    NadNetwork::SwitchyardCni { bridge, vlan } => {
+                        let sub = cni_subject(o, ns, vmi, &ifc.name, (nad_ns, nad_name), bridge, *vlan);
                         skipped.push(skip(
                             &ifc.name,
                             format!(
-                                "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port when \
-                                 the pod starts, nothing is planned from the manifests"
+                                "NAD {nad_ns}/{nad_name} is switchyard's CNI plugin: the plugin attaches the port \
+                                 when the pod starts; it gets this interface's policy and IP spoof filter when it is \
+                                 on bridge {bridge} in pod {}<5 characters>{} with interface {}",
+                                sub.pod_prefix,
+                                if sub.pod_uids.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (or of UID {})", sub.pod_uids.join(", "))
+                                },
+                                sub.ifnames.join(", ")
                             ),
                         ));
+                        self.cni.push(sub);
                         break 'iface;
                     }
                     NadNetwork::Unsupported { reason } => {
@@ -1085,6 +1154,7 @@ impl Planner {
             ports_conflict: conflict,
             problems: self.problems,
             overlays: Vec::new(),
+            cni_subjects: self.cni,
         }
     }
 }

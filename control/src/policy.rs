@@ -466,8 +466,16 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
         .filter(|(_, p)| by_port.get(p.name.as_str()).is_some_and(|a| policy_nets.contains(&a.nad)))
         .map(|(b, p)| (b.name.as_str(), p.tag))
         .collect();
-    let segments: BTreeSet<(String, Option<u16>)> =
+    let mut segments: BTreeSet<(String, Option<u16>)> =
         segments.into_iter().map(|(b, t)| (b.to_string(), t)).collect();
+    // The CNI subjects (VMI interfaces whose ports switchyard's CNI plugin attaches) on those
+    // networks are on their segments too.
+    let subject_nad = |s: &crate::cni_subject::CniSubject| by_port.get(s.port.as_str()).map(|a| &a.nad);
+    for s in &plan.cni_subjects {
+        if subject_nad(s).is_some_and(|n| policy_nets.contains(n)) {
+            segments.insert((s.bridge.clone(), s.vlan));
+        }
+    }
     for b in &mut plan.config.bridges {
         let bridge = b.name.clone();
         for p in &mut b.ports {
@@ -503,6 +511,24 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                 }
             }
             p.policy = policy;
+        }
+    }
+    // A CNI subject gets what a planned port of the interface would: its policy, and its
+    // addresses for the IP spoof filter (the link-local address of the port's MAC is added
+    // when the runtime merges the port, which has the MAC).
+    for s in &mut plan.cni_subjects {
+        let Some(a) = by_port.get(s.port.as_str()) else { continue };
+        s.policy = per_port.remove(&s.port);
+        let segment = (s.bridge.clone(), s.vlan);
+        if s.policy.is_some() || policy_nets.contains(&a.nad) || segments.contains(&segment) {
+            if a.addrs.is_empty() {
+                plan.notes.push(format!(
+                    "{} (a CNI port) has no known IP address yet (no status.interfaces addresses): no IP spoof filter",
+                    s.port
+                ));
+            } else {
+                s.allowed_ips = Some(a.addrs.clone());
+            }
         }
     }
     plan.problems.extend(problems);

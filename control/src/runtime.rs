@@ -224,6 +224,9 @@ pub struct Runtime {
     cni: CniPorts,
     /// Why CNI requests are refused (no state directory), if they are.
     cni_disabled: Option<String>,
+    /// The VMI interfaces of the last plan whose ports the CNI plugin attaches: each CNI port
+    /// is merged with the policy and IP spoof filter of the one it matches.
+    cni_subjects: Vec<crate::cni_subject::CniSubject>,
 }
 
 /// Creates a vhost-user CNI port's directory (mode 0750), owned by QEMU's user when given.
@@ -389,6 +392,7 @@ impl Runtime {
             base: Arc::new(Config::default()),
             cni: CniPorts::in_memory(),
             cni_disabled: Some("no CNI state directory configured".into()),
+            cni_subjects: Vec::new(),
         })
     }
 
@@ -470,7 +474,7 @@ impl Runtime {
         let (merged, left_out) = if self.cni.is_empty() {
             (planned.clone(), Vec::new())
         } else {
-            let (m, l) = self.cni.merge_into(&planned);
+            let (m, l) = self.cni.merge_into(&planned, &self.cni_subjects);
             (Arc::new(m), l)
         };
         let cni_origin: HashMap<String, String> = self
@@ -875,6 +879,14 @@ impl Runtime {
         }
         self.cni = ports;
         self.cni_disabled = None;
+    }
+
+    /// Sets the VMI interfaces whose CNI ports get a policy and IP spoof filter from the next
+    /// apply on (the plan's [`crate::Plan::cni_subjects`]; none for a switch file). A CNI ADD
+    /// applies with them: a VM's port is filtered from its first frame when its VMI was
+    /// planned before the ADD.
+    pub fn set_cni_subjects(&mut self, subjects: Vec<crate::cni_subject::CniSubject>) {
+        self.cni_subjects = subjects;
     }
 
     /// Refuses CNI requests, saying why.

@@ -806,6 +806,13 @@ fn switchyard_cni_nads_are_left_to_the_plugin() {
         reasons[0].contains("v1 interface net1") && reasons[0].contains("the plugin attaches the port"),
         "{reasons:?}"
     );
+    let s: Vec<_> = p.cni_subjects.iter().map(|s| (s.port.as_str(), s.bridge.as_str(), s.vlan)).collect();
+    assert_eq!(s, [("ns/v1/net1", "br1", Some(10))]);
+    // The plugin refuses a config without a bridge: so does the plan, naming the field.
+    let n = nad("ns", "sy", r#"{"cniVersion":"1.0.0","name":"sy","type":"switchyard"}"#);
+    let p = plan_of(&[("n.yaml", &n), ("v1.yaml", &vmi("ns", "v1", "sy", ""))]);
+    assert!(p.cni_subjects.is_empty());
+    assert!(p.problems.iter().any(|x| x.to_string().contains("spec.config.bridge")), "{:?}", p.problems);
 }
 
 #[test]

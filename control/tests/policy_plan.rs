@@ -351,3 +351,64 @@ fn a_status_address_no_interface_can_have_is_not_the_ports() {
         );
     }
 }
+
+/// A VMI on a NAD of switchyard's own CNI plugin has no planned port (the plugin attaches
+/// it): the plan carries its CNI subject, with the policy that selects it (peers resolved as
+/// for a planned port) and its addresses for the IP spoof filter, and the names its pod and
+/// pod interface are matched by (docs/policy.md, "Ports attached by switchyard's CNI plugin").
+#[test]
+fn a_vmi_on_a_switchyard_nad_yields_a_cni_subject_with_its_policy() {
+    let sy = manifest::nad(
+        "infra",
+        "sy",
+        r#"{"cniVersion":"1.0.0","name":"sy","type":"switchyard","bridge":"br-sy","vlan":30,"mode":"vhostuser"}"#,
+    );
+    let web_status = "  activePods: {\"5f0c-uid\": n1}\n  interfaces:\n    - name: net1\n      ipAddress: 10.0.0.10\n      podInterfaceName: podabc\n";
+    let web = Vmi::new("a", "web", "infra/sy", NODE).labels("app: web").status(web_status).yaml();
+    let files = vec![
+        sy,
+        nad("net", ""),
+        web.replace("bridge: {}", "binding: {name: switchyard}"),
+        vmi("a", "client", "sy", "role: client", &["10.0.0.11"], "n2"),
+        vmi("a", "stranger", "net", "role: client", &["10.0.0.12"], NODE),
+        policy(
+            "a",
+            "web-in",
+            "infra/sy",
+            "  podSelector: {matchLabels: {app: web}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {role: client}}}]\n",
+        ),
+    ];
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    assert!(
+        p.config.bridges.iter().flat_map(|b| &b.ports).all(|q| !q.name.starts_with("a/web/")),
+        "no port is planned for it:\n{}",
+        p.to_yaml()
+    );
+    assert_eq!(p.cni_subjects.len(), 1, "client runs on n2: {:?}", p.cni_subjects);
+    let s = &p.cni_subjects[0];
+    assert_eq!(
+        (s.port.as_str(), s.nad.as_str(), s.bridge.as_str(), s.vlan),
+        ("a/web/net1", "infra/sy", "br-sy", Some(30))
+    );
+    assert_eq!(s.pod_prefix, "virt-launcher-web-");
+    assert_eq!(s.pod_uids, ["5f0c-uid"]);
+    // sha256("net1") starts 6c270ef2f25; the ordinal name; the status' podInterfaceName.
+    assert_eq!(s.ifnames, ["pod6c270ef2f25", "net1", "podabc"]);
+    let want = DirectionPolicy {
+        rules: vec![PolicyRule {
+            name: "a/web-in ingress[0]".into(),
+            peers: Some(vec![host("10.0.0.11")]),
+            ports: None,
+        }],
+    };
+    let pol = s.policy.as_ref().expect("web is selected");
+    assert_eq!(pol.ingress.as_ref(), Some(&want), "only client is a peer: stranger is on another network");
+    assert_eq!(pol.egress, None);
+    assert_eq!(s.allowed_ips.as_deref(), Some(&["10.0.0.10".parse::<IpAddr>().unwrap()][..]));
+    let line = p.skipped.iter().map(|k| k.to_string()).find(|k| k.contains("a/web")).expect("a skipped line");
+    assert!(
+        line.contains("virt-launcher-web-") && line.contains("pod6c270ef2f25") && line.contains("br-sy"),
+        "{line}"
+    );
+}
