@@ -29,7 +29,7 @@ use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The two encapsulations.
@@ -404,10 +404,19 @@ pub enum RemotesError {
 /// Readers (TX and RX workers) take no lock; adding an endpoint never seen before (learning
 /// from a new source address, or an update) takes one, off the common path. Updates
 /// ([`Remotes::update`]) are serialised by the control plane (one reconcile at a time).
+///
+/// Which sources a port takes datagrams from ([`RemotesView::admits`]): with learning on,
+/// any (a new source is learned); with learning off, only the endpoints the configuration
+/// names now -- the flood list and the static remote MACs' endpoints -- as OVN's tunnel
+/// ports take only their chassis' `remote_ip`. An endpoint an update left out keeps its index
+/// but is no longer admitted.
 pub struct Remotes {
     endpoints: Box<[OnceLock<IpAddr>]>,
     len: AtomicUsize,
     grow: Mutex<()>,
+    /// By endpoint index, one bit each: named by the configuration now (flood list or a
+    /// static MAC's endpoint).
+    named: Box<[AtomicU64]>,
     flood: ArcSwap<Box<[u16]>>,
     /// The flood list's endpoint when the list has one, else [`NO_SOLE`]: set with it.
     sole: AtomicU32,
@@ -444,6 +453,7 @@ impl Remotes {
             endpoints: (0..MAX_ENDPOINTS).map(|_| OnceLock::new()).collect(),
             len: AtomicUsize::new(0),
             grow: Mutex::new(()),
+            named: (0..MAX_ENDPOINTS.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             flood: ArcSwap::from_pointee(Box::new([])),
             sole: AtomicU32::new(NO_SOLE),
             macs: MacTable::new(REMOTE_MACS, aging_s)?,
@@ -482,9 +492,22 @@ impl Remotes {
                 fl.push(i);
             }
         }
+        let mut named = vec![0u64; self.named.len()];
+        for &i in &fl {
+            named[usize::from(i) / 64] |= 1 << (i % 64);
+        }
         for (mac, ip) in statics {
             let i = self.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
             self.macs.insert_static(ANY_VLAN, *mac, i)?;
+            named[usize::from(i) / 64] |= 1 << (i % 64);
+        }
+        // New endpoints admitted before old ones are let go: a reader between the two stores
+        // admits both, never neither.
+        for (w, n) in self.named.iter().zip(&named) {
+            w.fetch_or(*n, Ordering::Relaxed);
+        }
+        for (w, n) in self.named.iter().zip(&named) {
+            w.fetch_and(*n, Ordering::Relaxed);
         }
         self.macs.remove_where(|_, mac, _, is_static| is_static && !seen.contains(&mac));
         let sole = match fl[..] {
@@ -568,7 +591,7 @@ impl Remotes {
     #[inline]
     pub fn view(&self) -> RemotesView<'_> {
         let sole = self.sole_endpoint().map_or(NO_SOLE, u32::from);
-        RemotesView { macs: self.macs.view(), learn: self.learns(), sole }
+        RemotesView { macs: self.macs.view(), learn: self.learns(), sole, remotes: self }
     }
 
     /// Learns that `src` lives behind `from` (when learning is on, `src` is a unicast MAC not
@@ -601,6 +624,19 @@ impl Remotes {
     #[inline]
     pub fn learns(&self) -> bool {
         self.learn.load(Ordering::Relaxed)
+    }
+
+    /// Whether endpoint `i` is named by the configuration now (the flood list or a static
+    /// MAC's endpoint).
+    #[inline]
+    pub fn is_named(&self, i: u16) -> bool {
+        self.named.get(usize::from(i) / 64).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
+    }
+
+    /// Whether a datagram from source `from` is taken ([`RemotesView::admits`]); off the
+    /// per-frame path (a scan of the endpoints).
+    pub fn admits_source(&self, from: IpAddr) -> bool {
+        self.learns() || self.index_of(from).is_some_and(|i| self.is_named(i))
     }
 
     /// By endpoint index, whether a frame can go there at `now`: it is in the flood list or
@@ -646,6 +682,7 @@ pub struct RemotesView<'a> {
     learn: bool,
     /// [`Remotes::sole_endpoint`] when the view was taken, or [`NO_SOLE`].
     sole: u32,
+    remotes: &'a Remotes,
 }
 
 impl RemotesView<'_> {
@@ -656,6 +693,14 @@ impl RemotesView<'_> {
             return None;
         }
         self.macs.lookup_probe(&self.macs.probe_u64(ANY_VLAN, dst.to_u64()), now).map(|h| h.port)
+    }
+
+    /// Whether a datagram from the source at endpoint index `i` is taken: with learning on,
+    /// always; with learning off, when the configuration names the endpoint now (one atomic
+    /// load). A source with no index at all is taken only with learning on.
+    #[inline]
+    pub fn admits(&self, i: Option<u16>) -> bool {
+        self.learn || i.is_some_and(|i| self.remotes.is_named(i))
     }
 
     /// [`Remotes::learn_at`].

@@ -13,7 +13,9 @@
 //!   queue sleeps on an epoll descriptor that holds the socket and its inbox's eventfd, and
 //!   does not sleep while its inbox or the socket's batch still holds datagrams.
 //! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
-//!   accepted; every other datagram is one named drop. The socket has `UDP_GRO`: a run of
+//!   accepted and, with learning off, that came from an endpoint the configuration names now
+//!   (`Remotes`; any other source: `tunnel_unknown_source`); every other datagram is one named
+//!   drop. The socket has `UDP_GRO`: a run of
 //!   datagrams of one sender may arrive as one message, which is cut back into the datagrams
 //!   it carried (the kernel reports their size), each copied once into a pool buffer.
 //! - TX writes the tunnel header into the frame's headroom (no copy) and sends one datagram
@@ -782,7 +784,7 @@ struct UdpTunnelRx {
     shared: Arc<Shared>,
     claims: Arc<RxClaims>,
     q: u16,
-    /// The last source address learned from and its endpoint index.
+    /// The last source address taken from and its endpoint index.
     last: Option<(IpAddr, u16)>,
 }
 
@@ -794,7 +796,8 @@ impl Drop for UdpTunnelRx {
 
 impl UdpTunnelRx {
     /// Decapsulates a datagram of this port's VNI (from this socket read or a member's) and
-    /// appends the inner frame to `out`, learning its source; or counts why not.
+    /// appends the inner frame to `out`, learning its source; or counts why not (with
+    /// learning off, a source that is no configured endpoint: `tunnel_unknown_source`).
     fn deliver(
         &mut self,
         mut b: PacketBuf,
@@ -809,18 +812,32 @@ impl UdpTunnelRx {
             cache.free(b);
             return 0;
         }
-        if let Some(from) = from.filter(|_| self.shared.remotes.learns()) {
-            // Datagrams come in runs from one peer: its index is looked up once a run.
-            let idx = match self.last {
-                Some((ip, idx)) if ip == from => Some(idx),
-                _ => self.shared.remotes.learning_index(from),
-            };
-            if let Some(idx) = idx {
-                self.last = Some((from, idx));
-                // The clock is read once a call, and only when something is learned.
-                let now = *now.get_or_insert_with(|| self.shared.now_s());
-                self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
+        let remotes = &self.shared.remotes;
+        let learns = remotes.learns();
+        // The source's endpoint index. Datagrams come in runs from one peer: it is looked up
+        // once a run (added when learning is on and it is new).
+        let idx = match (from, self.last) {
+            (Some(from), Some((ip, idx))) if ip == from => Some(idx),
+            (Some(from), _) => {
+                let i = if learns { remotes.learning_index(from) } else { remotes.index_of(from) };
+                if let Some(i) = i {
+                    self.last = Some((from, i));
+                }
+                i
             }
+            (None, _) => None,
+        };
+        // With learning off only the configured endpoints are taken (`Remotes`): any other
+        // host reaching the UDP port could otherwise put frames into the network.
+        if !learns && !idx.is_some_and(|i| remotes.is_named(i)) {
+            drops.add(DropReason::TunnelUnknownSource, 1);
+            cache.free(b);
+            return 0;
+        }
+        if let (Some(idx), true) = (idx, learns) {
+            // The clock is read once a call, and only when something is learned.
+            let now = *now.get_or_insert_with(|| self.shared.now_s());
+            remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
         }
         out.push(b);
         1
