@@ -11,7 +11,10 @@
 //!   endpoint, and the port learns nothing. A MAC on one of this node's ports is never a
 //!   remote entry (the local port wins).
 //! - A node's endpoint is its `switchyard.io/tunnel-ip` annotation, else its first
-//!   `InternalIP` of the local endpoint's family; this node's own is `--tunnel-ip` first.
+//!   `InternalIP` of the local endpoint's family; this node's own is `--tunnel-ip` first. An
+//!   endpoint that no port could use ([`unusable_endpoint`]) is a problem on its Node, which
+//!   alone is left out: the plan stays a valid configuration (each tunnel port is checked
+//!   before it is added), so one bad Node never freezes every node's configuration.
 //!
 //! Cost: one pass over the NADs and one over the VMIs (and their interfaces) per plan.
 
@@ -215,8 +218,28 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
     nets
 }
 
-/// A node's tunnel endpoint: the annotation, else its first InternalIP (of family `v6` when
-/// given). `Err`: the field to blame and why.
+/// Why `ip` cannot be a tunnel endpoint (a node's, or this node's own), if it cannot: the
+/// unspecified address, a multicast or broadcast address, a loopback address, an IPv6
+/// link-local address (it needs a scope a plan cannot name). Such an address would fail the
+/// port's configuration check and, with it, the whole plan.
+pub(crate) fn unusable_endpoint(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else {
+        match ip {
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("an IPv6 link-local address"),
+            _ => None,
+        }
+    }
+}
+
+/// A node's tunnel endpoint: the annotation, else its first usable InternalIP (of family `v6`
+/// when given). `Err`: the field to blame and why.
 pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, String)> {
     if let Some(a) = n.metadata.annotations.get(TUNNEL_IP_ANNOTATION) {
         let field = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
@@ -224,15 +247,24 @@ pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (Strin
             Ok(ip) if v6.is_some_and(|v6| v6 != ip.is_ipv6()) => {
                 Err((field, format!("{ip} is not of the family of this node's endpoint")))
             }
-            Ok(ip) => Ok(ip),
+            Ok(ip) => match unusable_endpoint(ip) {
+                Some(why) => Err((field, format!("{ip} is {why}, not a tunnel endpoint"))),
+                None => Ok(ip),
+            },
             Err(_) => Err((field, format!("{a:?} is not an IP address"))),
         };
     }
-    let internal = n.status.addresses.iter().filter(|a| a.kind == "InternalIP");
-    let mut ips = internal.filter_map(|a| a.address.parse::<IpAddr>().ok());
+    let ips = || {
+        n.status
+            .addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP")
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .filter(|ip| unusable_endpoint(*ip).is_none())
+    };
     match v6 {
-        None => ips.next(),
-        Some(v6) => ips.find(|ip| ip.is_ipv6() == v6),
+        None => ips().next(),
+        Some(v6) => ips().find(|ip| ip.is_ipv6() == v6),
     }
     .ok_or_else(|| {
         let fam = match v6 {
@@ -240,7 +272,10 @@ pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (Strin
             Some(true) => " IPv6",
             Some(false) => " IPv4",
         };
-        ("status.addresses".into(), format!("no{fam} InternalIP (and no {TUNNEL_IP_ANNOTATION} annotation)"))
+        (
+            "status.addresses".into(),
+            format!("no usable{fam} InternalIP (and no {TUNNEL_IP_ANNOTATION} annotation)"),
+        )
     })
 }
 
@@ -252,6 +287,11 @@ fn local_endpoint(
     problems: &mut Vec<Problem>,
 ) -> Option<IpAddr> {
     if let Some(ip) = opts.tunnel_ip {
+        if let Some(why) = unusable_endpoint(ip) {
+            let msg = format!("--tunnel-ip {ip} is {why}, not a tunnel endpoint: this node's overlay networks get no tunnel");
+            problems.push(Problem::file("(plan)", msg));
+            return None;
+        }
         return Some(ip);
     }
     let p = match state.nodes.get(node) {
@@ -375,8 +415,21 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
                     learn: Some(false),
                     ..Default::default()
                 };
-                port = Some(p.name.clone());
-                plan.config.bridges[bi].ports.push(p);
+                // The port's own checks, so that a port the config would refuse costs this
+                // network its tunnel, not every bridge its plan (the endpoints were checked
+                // above; this catches what they missed).
+                let (pi, bridge) = (plan.config.bridges[bi].ports.len(), &mut plan.config.bridges[bi]);
+                bridge.ports.push(p);
+                match bridge.ports[pi].validate_in(bi, pi) {
+                    Ok(()) => port = Some(bridge.ports[pi].name.clone()),
+                    Err(e) => {
+                        bridge.ports.pop();
+                        let (src, oref, l2) = &net.nads[0];
+                        let msg =
+                            format!("the tunnel port of network {name} is not valid ({e}): no tunnel port");
+                        plan.problems.push(Problem::object(src, oref, &l2.path, &msg));
+                    }
+                }
             } else {
                 let (src, oref, l2) = &net.nads[0];
                 let msg = format!(
@@ -752,6 +805,49 @@ mod tests {
         let t = tunnel(&p, "blue").expect("--tunnel-ip gives n2 its endpoint");
         assert_eq!(t.local, Some("10.9.9.2".parse().unwrap()));
         assert_eq!(t.flood, Some(vec!["10.0.0.1".parse().unwrap()]));
+    }
+
+    /// A Node whose endpoint is no usable unicast address (the annotation unspecified,
+    /// multicast, broadcast, loopback, IPv6 link-local; an InternalIP of such only) is a
+    /// problem on that Node and only it is left out: the plan stays valid, the other nodes
+    /// keep their tunnel. Before, the plan failed its config check and the runtime kept its
+    /// old configuration for every bridge.
+    #[test]
+    fn a_node_with_an_unusable_endpoint_is_left_out_alone() {
+        let bad = ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "::", "fe80::1", "ff02::1"];
+        let mut docs = vec![
+            nad("ns", "blue", "blue", ""),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+        ];
+        for (i, a) in bad.iter().enumerate() {
+            docs.push(node(&format!("x{i}"), "10.0.0.9", Some(a)));
+            docs.push(vmi(&format!("v{i}"), "blue", &format!("02:00:00:00:01:0{i}"), &format!("x{i}")));
+        }
+        // Only an unusable InternalIP: no endpoint either.
+        docs.push(node("y", "0.0.0.0", None));
+        docs.push(vmi("w", "blue", "02:00:00:00:02:01", "y"));
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        let mut want: Vec<(String, String)> = (0..bad.len())
+            .map(|i| (format!("Node x{i}"), format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]")))
+            .collect();
+        want.push(("Node y".into(), "status.addresses".into()));
+        assert_eq!(fields(&p), want, "{:?}", p.problems);
+        let t = tunnel(&p, "blue").expect("n2 keeps its tunnel");
+        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap()]));
+        assert_eq!(t.remote_macs.len(), 1);
+        // This node's own endpoint unusable: a problem on it, no tunnel, the plan still valid.
+        docs[1] = node("n1", "10.0.0.1", Some("0.0.0.0"));
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        assert!(tunnel(&p, "blue").is_none());
+        assert!(
+            fields(&p).contains(&("Node n1".into(), format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]")))
+        );
+        assert!(!p.problems.iter().any(|x| x.message.contains("internal error")), "{:?}", p.problems);
     }
 
     /// During a migration (status.migrationState.targetNode, not completed) the target node
