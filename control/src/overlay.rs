@@ -308,6 +308,26 @@ fn local_endpoint(
     None
 }
 
+/// The field a Node's endpoint comes from.
+fn endpoint_field(n: &Node) -> &'static str {
+    if n.metadata.annotations.contains_key(TUNNEL_IP_ANNOTATION) {
+        "metadata.annotations[switchyard.io/tunnel-ip]"
+    } else {
+        "status.addresses"
+    }
+}
+
+/// Every Node's endpoint (of family `v6` when given), with the Nodes that have it, by name.
+fn endpoint_owners(state: &ClusterState, v6: Option<bool>) -> BTreeMap<IpAddr, Vec<String>> {
+    let mut owners: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for (name, l) in &state.nodes {
+        if let Ok(ip) = node_endpoint(&l.obj, v6) {
+            owners.entry(ip).or_default().push(name.clone());
+        }
+    }
+    owners
+}
+
 fn node_problem(l: &Loaded<Node>, field: &str, msg: &str) -> Problem {
     Problem::object(&l.src, &ObjRef::new("Node", None, &l.obj.metadata.name), field, msg)
 }
@@ -329,6 +349,9 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     // Nodes and VMIs already reported (a problem once, however many networks it touches).
     let mut reported: HashSet<ObjRef> = HashSet::new();
     let underlay_mtu = opts.underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
+    // Every Node's endpoint and the Nodes that have it (this node's family; computed when a
+    // peer is first needed).
+    let mut owners: Option<BTreeMap<IpAddr, Vec<String>>> = None;
     for (name, net) in &nets {
         let bridge_name = format!("{OVN_LAYER2_PREFIX}{name}");
         let Some(bi) = plan.config.bridges.iter().position(|b| b.name == bridge_name) else { continue };
@@ -353,7 +376,44 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
                 Some(ip) => *ip,
                 None => match state.nodes.get(&m.node) {
                     Some(l) => match node_endpoint(&l.obj, v6) {
-                        Ok(ip) => *endpoints.entry(m.node.clone()).or_insert(ip),
+                        // This node's own address as a peer's: frames flooded there come
+                        // back to this node (a VM sees its own broadcasts; IPv6 DAD fails).
+                        Ok(ip) if Some(ip) == local_ip => {
+                            if reported.insert(ObjRef::new("Node", None, &m.node)) {
+                                let msg = format!(
+                                    "tunnel endpoint {ip} is this node's ({node}) own: node {} is left out of the \
+                                     overlay here",
+                                    m.node
+                                );
+                                plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                            }
+                            continue;
+                        }
+                        Ok(ip) => {
+                            let owners = owners.get_or_insert_with(|| endpoint_owners(state, v6));
+                            match owners.get(&ip).filter(|o| o.len() > 1) {
+                                // Several nodes on one endpoint: whichever answers there, the
+                                // MACs of the others would be wrong. Every node leaves them
+                                // all out, alike.
+                                Some(all) => {
+                                    for n in all {
+                                        let Some(l) = state.nodes.get(n) else { continue };
+                                        if reported.insert(ObjRef::new("Node", None, n)) {
+                                            let others: Vec<&str> =
+                                                all.iter().filter(|o| *o != n).map(String::as_str).collect();
+                                            let msg = format!(
+                                                "tunnel endpoint {ip} is also node {}'s: none of them is a tunnel \
+                                                 endpoint (which one's VMIs are behind it is unknown)",
+                                                others.join(", ")
+                                            );
+                                            plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                                        }
+                                    }
+                                    continue;
+                                }
+                                None => *endpoints.entry(m.node.clone()).or_insert(ip),
+                            }
+                        }
                         Err((field, msg)) => {
                             let oref = ObjRef::new("Node", None, &m.node);
                             if reported.insert(oref) {
@@ -848,6 +908,44 @@ mod tests {
             fields(&p).contains(&("Node n1".into(), format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]")))
         );
         assert!(!p.problems.iter().any(|x| x.message.contains("internal error")), "{:?}", p.problems);
+    }
+
+    /// A peer whose endpoint is this node's own is left out (its flood copies would come back
+    /// here) with a problem on its Node; two nodes on one endpoint are both left out, each
+    /// with a problem naming the other, on every node alike.
+    #[test]
+    fn own_and_shared_endpoints_are_left_out() {
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            node("n3", "10.0.0.3", Some("10.0.0.1")),
+            node("n4", "10.0.0.4", Some("10.0.0.5")),
+            node("n5", "10.0.0.5", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "blue", "02:00:00:00:00:0c", "n3"),
+            vmi("d", "blue", "02:00:00:00:00:0d", "n4"),
+            vmi("e", "blue", "02:00:00:00:00:0e", "n5"),
+        ];
+        let ann = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        let t = tunnel(&p, "blue").expect("n2 is left");
+        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap()]));
+        let rm: Vec<String> = t.remote_macs.iter().map(|r| r.mac.to_string()).collect();
+        assert_eq!(rm, ["02:00:00:00:00:0b"]);
+        let f = fields(&p);
+        assert!(f.contains(&("Node n3".to_string(), ann.clone())), "{:?}", p.problems);
+        assert!(f.contains(&("Node n4".to_string(), ann.clone())), "{:?}", p.problems);
+        assert!(f.contains(&("Node n5".to_string(), "status.addresses".to_string())), "{:?}", p.problems);
+        // n3 and n1 share 10.0.0.1 too: on n2 neither is an endpoint, nor n4 and n5.
+        let p2 = plan_of(&docs, "n2");
+        assert!(tunnel(&p2, "blue").is_none(), "no endpoint left: {:?}", p2.overlays);
+        let f2 = fields(&p2);
+        for n in ["n1", "n3", "n4", "n5"] {
+            assert!(f2.iter().any(|(o, _)| o == &format!("Node {n}")), "{n}: {:?}", p2.problems);
+        }
     }
 
     /// During a migration (status.migrationState.targetNode, not completed) the target node
