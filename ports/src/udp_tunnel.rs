@@ -33,7 +33,9 @@
 //! kernel socket, batching with `sendmmsg` matters more, and the source port is fixed.
 //!
 //! The underlay MTU is the smallest route MTU (`IP_MTU` on a connected socket) towards the
-//! configured endpoints, read when the port opens (1500 when it has none).
+//! configured endpoints that have a route, read when the port opens and at each update (1500
+//! when none has one); an endpoint without a route is logged and left out of it, never a
+//! reason to refuse the port.
 
 use crate::netdev::errno;
 use arc_swap::ArcSwap;
@@ -577,18 +579,26 @@ fn setsockopt_int(
     }
 }
 
-/// The underlay MTU of a port with options `o` towards `endpoints`: the smallest route MTU,
-/// [`DEFAULT_UNDERLAY_MTU`] when there is no endpoint.
-fn underlay_mtu_of(name: &str, o: &TunnelOptions, endpoints: &[IpAddr]) -> Result<u32, PortError> {
+/// The underlay MTU of a port with options `o` towards `endpoints`: the smallest route MTU
+/// among the endpoints the kernel has a route to, [`DEFAULT_UNDERLAY_MTU`] when there is none.
+/// An endpoint without a route is left out of it with a warning (its datagrams are then
+/// `tunnel_send_error` until a route appears): one unroutable endpoint never takes the whole
+/// port, and every other endpoint with it, down.
+fn underlay_mtu_of(name: &str, o: &TunnelOptions, endpoints: &[IpAddr]) -> u32 {
     let mut underlay_mtu = None::<u32>;
     for &ip in endpoints {
-        let m = route_mtu(o.local, ip, o.dstport).map_err(|e| PortError::Backend {
-            port: name.into(),
-            msg: format!("no route from {} to endpoint {ip}: {e}", o.local),
-        })?;
-        underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m)));
+        match route_mtu(o.local, ip, o.dstport) {
+            Ok(m) => underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m))),
+            Err(e) => tracing::warn!(
+                port = %name,
+                endpoint = %ip,
+                "no route from {} to tunnel endpoint {ip} ({e}): left out of the underlay MTU; its datagrams \
+                 fail until a route appears",
+                o.local
+            ),
+        }
     }
-    Ok(underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU))
+    underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU)
 }
 
 /// The route MTU from `local` towards `remote` (the kernel's answer for a connected socket).
@@ -622,7 +632,7 @@ impl UdpTunnelPort {
         });
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_err)?;
         epoll.add(&inbox.wake, EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(nix_err)?;
-        let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints())?;
+        let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints());
         let sock = SharedSocket::join(name, o, inbox.clone())?;
         let shared = Shared {
             name: name.to_string(),
@@ -717,13 +727,13 @@ impl PortBackend for UdpTunnelPort {
     fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
         let sh = &self.shared;
         let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
-        // The route MTU towards the new endpoints first: an endpoint without a route refuses
-        // the update before anything changed (the reopen then reports it).
+        // The route MTU towards the new endpoints (an endpoint without a route is left out
+        // of it, with a warning).
         if let Backend::Tunnel(t) = wanted {
             let o = TunnelOptions::from_backend(t);
             let eps: Vec<IpAddr> =
                 o.flood.iter().chain(o.remote_macs.iter().map(|(_, ip)| ip)).copied().collect();
-            let mtu = underlay_mtu_of(&sh.name, &o, &eps)?;
+            let mtu = underlay_mtu_of(&sh.name, &o, &eps);
             let Some(o) = update_remotes(&sh.name, &opts, &sh.remotes, wanted)? else { return Ok(false) };
             if sh.underlay_mtu.swap(mtu, Ordering::Relaxed) != mtu {
                 sh.max_inner.store(o.kind.max_inner_frame(sh.ipv6, mtu), Ordering::Relaxed);
