@@ -10,8 +10,11 @@
 //!   network (status.nodeName); every MAC of such a VMI is a static remote entry to its node's
 //!   endpoint, and the port learns nothing. A MAC on one of this node's ports is never a
 //!   remote entry (the local port wins).
-//! - A node's endpoint is its `switchyard.io/tunnel-ip` annotation, else its first
-//!   `InternalIP` of the local endpoint's family; this node's own is `--tunnel-ip` first. An
+//! - A node's endpoint is its `switchyard.io/tunnel-ip` annotation, else its first IPv4
+//!   `InternalIP`, else its first IPv6 one (of `--tunnel-ip`'s family when that is given):
+//!   one rule that this node applies to itself and to its peers, so two dual-stack nodes
+//!   pick addresses each other listens on; a peer whose endpoint is of another family than
+//!   this node's is left out (a problem on its Node). This node's own is `--tunnel-ip` first. An
 //!   endpoint that no port could use ([`unusable_endpoint`]) is a problem on its Node, which
 //!   alone is left out: the plan stays a valid configuration (each tunnel port is checked
 //!   before it is added), so one bad Node never freezes every node's configuration.
@@ -238,8 +241,10 @@ pub(crate) fn unusable_endpoint(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// A node's tunnel endpoint: the annotation, else its first usable InternalIP (of family `v6`
-/// when given). `Err`: the field to blame and why.
+/// A node's tunnel endpoint: the annotation, else its first usable InternalIP of family `v6`
+/// when given (`--tunnel-ip`'s family), else -- the rule every node applies alike, to itself
+/// and to its peers -- its first usable IPv4 InternalIP, or without one its first usable IPv6
+/// InternalIP. `Err`: the field to blame and why.
 pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, String)> {
     if let Some(a) = n.metadata.annotations.get(TUNNEL_IP_ANNOTATION) {
         let field = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
@@ -263,7 +268,7 @@ pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (Strin
             .filter(|ip| unusable_endpoint(*ip).is_none())
     };
     match v6 {
-        None => ips().next(),
+        None => ips().find(IpAddr::is_ipv4).or_else(|| ips().next()),
         Some(v6) => ips().find(|ip| ip.is_ipv6() == v6),
     }
     .ok_or_else(|| {
@@ -366,6 +371,9 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         };
         let v6 = local_ip.map(|ip| ip.is_ipv6());
         let mtu = kind.overlay_mtu(v6.unwrap_or(false), underlay_mtu);
+        // The peers' endpoints by the rule this node's own follows ([`node_endpoint`]): the
+        // family of `--tunnel-ip` when given, else IPv4 first.
+        let fam = opts.tunnel_ip.map(|ip| ip.is_ipv6());
         let local_macs: HashSet<MacAddr> =
             plan.config.bridges[bi].ports.iter().flat_map(|p| p.static_macs.iter().copied()).collect();
         let mut endpoints: BTreeMap<String, IpAddr> = BTreeMap::new();
@@ -375,7 +383,22 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
             let ip = match endpoints.get(&m.node) {
                 Some(ip) => *ip,
                 None => match state.nodes.get(&m.node) {
-                    Some(l) => match node_endpoint(&l.obj, v6) {
+                    Some(l) => match node_endpoint(&l.obj, fam) {
+                        // Of another family than this node's (a node with addresses of the
+                        // other family only, or an annotation of it): unreachable from here.
+                        Ok(ip) if v6.is_some_and(|v6| v6 != ip.is_ipv6()) => {
+                            if reported.insert(ObjRef::new("Node", None, &m.node)) {
+                                let msg = format!(
+                                    "tunnel endpoint {ip} is not of the family of this node's ({node}) endpoint \
+                                     {}: node {} is left out of the overlay here (give every node an address \
+                                     of one family)",
+                                    local_ip.map(|l| l.to_string()).unwrap_or_default(),
+                                    m.node
+                                );
+                                plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                            }
+                            continue;
+                        }
                         // This node's own address as a peer's: frames flooded there come
                         // back to this node (a VM sees its own broadcasts; IPv6 DAD fails).
                         Ok(ip) if Some(ip) == local_ip => {
@@ -390,7 +413,7 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
                             continue;
                         }
                         Ok(ip) => {
-                            let owners = owners.get_or_insert_with(|| endpoint_owners(state, v6));
+                            let owners = owners.get_or_insert_with(|| endpoint_owners(state, fam));
                             match owners.get(&ip).filter(|o| o.len() > 1) {
                                 // Several nodes on one endpoint: whichever answers there, the
                                 // MACs of the others would be wrong. Every node leaves them
@@ -738,6 +761,46 @@ mod tests {
         assert_eq!(t.flood, Some(vec!["fd00::2".parse().unwrap()]));
         assert_eq!(t.remote_macs[0].remote, "fd00::2".parse::<IpAddr>().unwrap());
         assert_eq!(p.overlays[0].mtu, 1430);
+    }
+
+    /// Dual-stack Nodes listing their families in different orders: every node takes the
+    /// same rule (IPv4 first) for itself and its peers, so n1 [v4, v6] and n2 [v6, v4] send to
+    /// the addresses the other listens on; a node with IPv6 only is left out on both (a
+    /// problem on its Node), not sent to at an address of another family.
+    #[test]
+    fn dual_stack_nodes_agree_on_their_endpoints() {
+        let addrs = |name: &str, ips: &[&str]| {
+            let list: String =
+                ips.iter().map(|a| format!("    - {{type: InternalIP, address: \"{a}\"}}\n")).collect();
+            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n{list}")
+        };
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            addrs("n1", &["10.0.0.1", "fd00::1"]),
+            addrs("n2", &["fd00::2", "10.0.0.2"]),
+            addrs("n3", &["fd00::3"]),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "blue", "02:00:00:00:00:0c", "n3"),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p1 = plan_of(&docs, "n1");
+        let p2 = plan_of(&docs, "n2");
+        let (t1, t2) = (tunnel(&p1, "blue").unwrap(), tunnel(&p2, "blue").unwrap());
+        assert_eq!((t1.local, t1.flood.clone()), (Some(ip("10.0.0.1")), Some(vec![ip("10.0.0.2")])));
+        assert_eq!((t2.local, t2.flood.clone()), (Some(ip("10.0.0.2")), Some(vec![ip("10.0.0.1")])));
+        for p in [&p1, &p2] {
+            assert_eq!(
+                fields(p),
+                [("Node n3".to_string(), "status.addresses".to_string())],
+                "{:?}",
+                p.problems
+            );
+        }
+        // n3 itself: IPv6 only, its peers' endpoints are IPv4: none is reachable.
+        let p3 = plan_of(&docs, "n3");
+        assert!(tunnel(&p3, "blue").is_none());
+        assert_eq!(fields(&p3).len(), 2, "{:?}", p3.problems);
     }
 
     /// A network alone on its node has a bridge but no tunnel port, and needs no endpoint.
