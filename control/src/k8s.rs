@@ -23,6 +23,10 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339, as the API server writes it (`2026-12-06T16:00:00Z`: whole seconds, UTC), so
+    /// that the strings sort as the times do. Absent in files that leave it out.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 // ---- Namespace (v1) ----

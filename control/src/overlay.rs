@@ -2,10 +2,11 @@
 //! each node's bridge of such a network gets (docs/overlay.md, "From cluster state").
 //!
 //! Invariants:
-//! - Every node computes the same VNI for a network from the NADs alone (the NAD's `vni`, else
-//!   a hash of the network's name into [`DERIVED_VNI_MIN`]..=[`MAX_VNI`]), with no
-//!   coordination; two networks with one VNI get no tunnel at all (a problem on each NAD),
-//!   so their frames never mix.
+//! - Every node computes the same VNI for a network from the NADs alone (the oldest NAD's
+//!   `vni` by `metadata.creationTimestamp`, then namespace/name; else a hash of the network's
+//!   name into [`DERIVED_VNI_MIN`]..=[`MAX_VNI`]), with no coordination; of two networks
+//!   with one VNI, the later one gets no tunnel at all (a problem on its NADs), so their
+//!   frames never mix and a new NAD never turns an existing network off.
 //! - The flood list is exactly the tunnel endpoints of the other nodes that host a VMI of the
 //!   network (status.nodeName); every MAC of such a VMI is a static remote entry to its node's
 //!   endpoint, and the port learns nothing. A MAC on one of this node's ports is never a
@@ -92,10 +93,12 @@ pub struct RemoteVm {
     pub interface: String,
 }
 
-/// A network's settings as its NADs give them (the first NAD by namespace/name decides).
+/// A network's settings as its NADs give them (the oldest NAD decides: [`networks`]).
 struct Net<'a> {
     l2: &'a Layer2Net,
     vni: u32,
+    /// The place of the deciding NAD in the age order (0: the oldest of all).
+    rank: usize,
     /// The NADs naming the network: (namespace/name, source, object).
     nads: Vec<(Source, ObjRef, &'a Layer2Net)>,
     collided: bool,
@@ -164,16 +167,24 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
             _ => None,
         })
         .collect();
-    nads.sort_by(|a, b| a.0.cmp(b.0));
+    // Oldest first (metadata.creationTimestamp), then by namespace/name; a NAD without a
+    // timestamp (a file that leaves it out) after every one with one. OVN-Kubernetes lets the
+    // first NAD of a network define it: a NAD created later in some namespace never takes
+    // over an existing network, whatever its name.
+    let age = |n: &crate::k8s::LoadedNad| n.obj.metadata.creation_timestamp.clone();
+    nads.sort_by(|a, b| {
+        let (ta, tb) = (age(a.1), age(b.1));
+        (ta.is_none(), ta, a.0).cmp(&(tb.is_none(), tb, b.0))
+    });
     let mut nets: BTreeMap<String, Net<'a>> = BTreeMap::new();
-    for (k, n, l2) in nads {
+    for (rank, (k, n, l2)) in nads.into_iter().enumerate() {
         let oref = ObjRef::new("NetworkAttachmentDefinition", Some(&k.0), &k.1);
         match nets.get_mut(&l2.network) {
             None => {
                 let vni = l2.vni.unwrap_or_else(|| derive_vni(&l2.network));
                 nets.insert(
                     l2.network.clone(),
-                    Net { l2, vni, nads: vec![(n.src.clone(), oref, l2)], collided: false },
+                    Net { l2, vni, rank, nads: vec![(n.src.clone(), oref, l2)], collided: false },
                 );
             }
             Some(net) => {
@@ -185,7 +196,7 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
                 ];
                 for (key, _) in differs.iter().filter(|(_, d)| *d) {
                     let msg = format!(
-                        "network {} has another {key} in {first}, which decides for the network",
+                        "network {} has another {key} in {first}, its oldest NAD, which decides for the network",
                         l2.network
                     );
                     problems.push(Problem::object(&n.src, &oref, &format!("{}.{key}", l2.path), &msg));
@@ -194,14 +205,16 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
             }
         }
     }
-    // Collisions: every network of a shared VNI loses its tunnel.
-    let mut by_vni: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    // Collisions: of the networks of one VNI, the oldest keeps it; every later one loses its
+    // tunnel (a NAD created later never turns an existing network off).
+    let mut by_vni: BTreeMap<u32, Vec<(usize, String)>> = BTreeMap::new();
     for (name, net) in &nets {
-        by_vni.entry(net.vni).or_default().push(name.clone());
+        by_vni.entry(net.vni).or_default().push((net.rank, name.clone()));
     }
-    for (vni, names) in by_vni.into_iter().filter(|(_, n)| n.len() > 1) {
-        for name in &names {
-            let others: Vec<&str> = names.iter().filter(|o| *o != name).map(String::as_str).collect();
+    for (vni, mut names) in by_vni.into_iter().filter(|(_, n)| n.len() > 1) {
+        names.sort();
+        let keeper = names[0].1.clone();
+        for (_, name) in &names[1..] {
             let Some(net) = nets.get_mut(name) else { continue };
             net.collided = true;
             for (src, oref, l2) in &net.nads {
@@ -210,9 +223,8 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
                     None => ("name", "derived from the name"),
                 };
                 let msg = format!(
-                    "VNI {vni} ({how}) of network {name} is also the VNI of network {}: neither gets a tunnel \
-                     (give one of them another vni)",
-                    others.join(", ")
+                    "VNI {vni} ({how}) of network {name} is already the VNI of network {keeper}, defined \
+                     earlier: network {name} gets no tunnel (give it another vni)"
                 );
                 problems.push(Problem::object(src, oref, &format!("{}.{field}", l2.path), &msg));
             }
@@ -580,6 +592,15 @@ mod tests {
         )
     }
 
+    /// [`nad`] with a `metadata.creationTimestamp`.
+    fn nad_at(ns: &str, name: &str, network: &str, extra: &str, created: &str) -> String {
+        nad(ns, name, network, extra).replacen(
+            "metadata:\n",
+            &format!("metadata:\n  creationTimestamp: \"{created}\"\n"),
+            1,
+        )
+    }
+
     fn vmi(name: &str, nad: &str, mac: &str, node: &str) -> String {
         format!(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: {name}\n  namespace: ns\n\
@@ -813,10 +834,11 @@ mod tests {
         assert!(p.overlays[0].endpoints.is_empty() && p.overlays[0].port.is_none());
     }
 
-    /// Two networks with one VNI (given, or derived from two names that hash alike): both lose
-    /// their tunnel, and each NAD gets a problem naming the other network and the field.
+    /// Two networks with one VNI (given, or derived from two names that hash alike): the
+    /// network defined first keeps it, the later one loses its tunnel, with a problem on its
+    /// NAD naming the other network and the field. Without timestamps, namespace/name order.
     #[test]
-    fn vni_collisions_are_problems_on_both_networks() {
+    fn a_vni_collision_costs_the_later_network_only() {
         let mut docs = vec![
             nad("ns", "blue", "blue", r#","vni":5000"#),
             nad("ns", "red", "red", r#","vni":5000"#),
@@ -828,16 +850,18 @@ mod tests {
             docs.push(vmi(&format!("r{i}"), n, &format!("02:00:00:00:02:0{i}"), "n2"));
         }
         let p = plan_of(&docs, "n1");
-        assert!(tunnel(&p, "blue").is_none() && tunnel(&p, "red").is_none());
+        assert!(tunnel(&p, "blue").is_some() && tunnel(&p, "red").is_none());
         assert_eq!(
             fields(&p),
-            [
-                ("NetworkAttachmentDefinition ns/blue".to_string(), "spec.config.vni".to_string()),
-                ("NetworkAttachmentDefinition ns/red".to_string(), "spec.config.vni".to_string())
-            ]
+            [("NetworkAttachmentDefinition ns/red".to_string(), "spec.config.vni".to_string())]
         );
-        assert!(p.problems[0].message.contains("network red"), "{}", p.problems[0].message);
-        assert!(p.problems[1].message.contains("network blue"), "{}", p.problems[1].message);
+        assert!(p.problems[0].message.contains("network blue"), "{}", p.problems[0].message);
+        // red created first: blue, the later, loses.
+        docs[0] = nad_at("ns", "blue", "blue", r#","vni":5000"#, "2026-12-06T10:00:00Z");
+        docs[1] = nad_at("ns", "red", "red", r#","vni":5000"#, "2026-12-05T10:00:00Z");
+        let p = plan_of(&docs, "n1");
+        assert!(tunnel(&p, "blue").is_none() && tunnel(&p, "red").is_some());
+        assert_eq!(fields(&p)[0].0, "NetworkAttachmentDefinition ns/blue");
 
         // Two names whose derived VNIs collide (searched: the space has 2^24 - 4096 values).
         let mut seen: BTreeMap<u32, String> = BTreeMap::new();
@@ -854,8 +878,44 @@ mod tests {
             vmi("a2", "a", "02:00:00:00:01:02", "n2"),
         ];
         let p = plan_of(&docs, "n1");
-        assert!(tunnel(&p, &a).is_none());
-        assert_eq!(fields(&p).iter().filter(|(_, f)| f == "spec.config.name").count(), 2, "{:?}", p.problems);
+        assert!(tunnel(&p, &a).is_some(), "ns/a is older by name");
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition ns/b".to_string(), "spec.config.name".to_string())]
+        );
+    }
+
+    /// NADs of one network in several namespaces: the oldest by creationTimestamp decides the
+    /// network's settings, whatever the names; a NAD created later with `vni` equal to an
+    /// existing network's derived VNI costs only its own network the tunnel.
+    #[test]
+    fn the_oldest_nad_defines_a_network() {
+        let base = vec![
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "ns/blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "ns/blue", "02:00:00:00:00:0b", "n2"),
+        ];
+        let mut docs = base.clone();
+        docs.push(nad_at("ns", "blue", "blue", "", "2026-12-01T00:00:00Z"));
+        docs.push(nad_at("aaa", "mine", "blue", r#","vni":7"#, "2026-12-06T00:00:00Z"));
+        let p = plan_of(&docs, "n1");
+        assert_eq!(tunnel(&p, "blue").unwrap().vni, Some(derive_vni("blue")));
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition aaa/mine".to_string(), "spec.config.vni".to_string())]
+        );
+        // Another network claiming blue's derived VNI, later: only it loses.
+        let mut docs = base;
+        docs.push(nad_at("ns", "blue", "blue", "", "2026-12-01T00:00:00Z"));
+        let vni = derive_vni("blue");
+        docs.push(nad_at("aaa", "red", "red", &format!(r#","vni":{vni}"#), "2026-12-06T00:00:00Z"));
+        let p = plan_of(&docs, "n1");
+        assert_eq!(tunnel(&p, "blue").unwrap().vni, Some(vni));
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition aaa/red".to_string(), "spec.config.vni".to_string())]
+        );
     }
 
     /// A bad `vni` is the NAD's problem (its VMIs are skipped); NADs of one network that
