@@ -16,7 +16,7 @@
 //!   one rule that this node applies to itself and to its peers, so two dual-stack nodes
 //!   pick addresses each other listens on; a peer whose endpoint is of another family than
 //!   this node's is left out (a problem on its Node). This node's own is `--tunnel-ip` first. An
-//!   endpoint that no port could use ([`unusable_endpoint`]) is a problem on its Node, which
+//!   endpoint that no port could use (`unusable_endpoint`) is a problem on its Node, which
 //!   alone is left out: the plan stays a valid configuration (each tunnel port is checked
 //!   before it is added), so one bad Node never freezes every node's configuration.
 //!
