@@ -633,12 +633,6 @@ impl Remotes {
         self.named.get(usize::from(i) / 64).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
     }
 
-    /// Whether a datagram from source `from` is taken ([`RemotesView::admits`]); off the
-    /// per-frame path (a scan of the endpoints).
-    pub fn admits_source(&self, from: IpAddr) -> bool {
-        self.learns() || self.index_of(from).is_some_and(|i| self.is_named(i))
-    }
-
     /// By endpoint index, whether a frame can go there at `now`: it is in the flood list or
     /// holds a remote MAC (static, or learned and not aged out). Off the per-frame path: a
     /// walk of the remote MAC table, with no allocation but the result's.
@@ -1023,5 +1017,25 @@ mod tests {
             source_port(flow_hash(&f))
         };
         assert_ne!(whole, other, "the ports count for a whole datagram");
+    }
+
+    /// With learning off the table admits exactly the endpoints the configuration names now
+    /// (flood list, static MACs' endpoints); an endpoint an update leaves out keeps its index
+    /// but is no longer admitted; with learning on every source is.
+    #[test]
+    fn learning_off_admits_only_named_endpoints() {
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        let m = MacAddr([2, 0, 0, 0, 0, 9]);
+        let r = Remotes::new(&[ip(2)], &[(m, ip(3))], false, 300).unwrap();
+        let (a, b) = (r.index_of(ip(2)), r.index_of(ip(3)));
+        assert!(r.view().admits(a) && r.view().admits(b));
+        assert!(!r.view().admits(None), "an unknown source");
+        r.update(&[ip(2)], &[], false).unwrap();
+        assert_eq!(r.index_of(ip(3)), b, "the index stays");
+        assert!(r.view().admits(a) && !r.view().admits(b));
+        r.update(&[ip(4)], &[(m, ip(2))], false).unwrap();
+        assert!(r.view().admits(a) && r.view().admits(r.index_of(ip(4))) && !r.view().admits(b));
+        r.update(&[ip(2)], &[], true).unwrap();
+        assert!(r.view().admits(None) && r.view().admits(b));
     }
 }
