@@ -10,7 +10,10 @@
 # The plain L2 switch on two such ports is `L2=1` (p1 a dpdk port reading a.pcap's peer
 # b.pcap). It asserts nothing; instruction counts do not depend on the machine's load.
 #
-# usage: benches/tunnel-profile.sh [SECS]       (default 30; env WARM=15 MACS=256 OUT=DIR L2=0)
+# `LEARN=false` profiles the port as a plan from cluster state writes it (learning off: every
+# source checked against the configured endpoints).
+#
+# usage: benches/tunnel-profile.sh [SECS]       (default 30; env WARM=15 MACS=256 OUT=DIR L2=0 LEARN=true)
 #        BIN=target/release/switchyard (build it first: cargo build --release --features dpdk)
 set -euo pipefail
 
@@ -36,7 +39,7 @@ python3 "$ROOT/benches/gen_pcaps.py" --macs "$MACS" "$WORK/a.pcap" "$WORK/b.pcap
 if [ "${L2:-0}" = 1 ]; then
     second="- {name: tun0, type: dpdk, devargs: \"net_pcap1,rx_pcap=$WORK/b.pcap,infinite_rx=1\"}"
 else
-    second="- {name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, underlay: \"dpdk:net_pcap1,rx_pcap=$WORK/benc.pcap,infinite_rx=1\", flood: [10.99.0.2]}"
+    second="- {name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, underlay: \"dpdk:net_pcap1,rx_pcap=$WORK/benc.pcap,infinite_rx=1\", flood: [10.99.0.2], learn: ${LEARN:-true}}"
 fi
 cat >"$WORK/sy.yaml" <<EOF
 bridges:

@@ -423,7 +423,9 @@ fn tcp_across_two_switchyard_nodes_arrives_intact() {
 /// demultiplexed by VNI. The networks use the same IP addresses (with their own MACs): pings
 /// in each; a broadcast in blue reaches blue on the far node and never red; a datagram of a
 /// VNI neither network has (sent by a bare underlay host) is counted once as
-/// `tunnel_wrong_vni` and reaches nobody.
+/// `tunnel_wrong_vni` and reaches nobody; from that host, red's VNI (red has learning off) is
+/// counted once as `tunnel_unknown_source` and never reaches red's VM, blue's (learning on) is
+/// delivered.
 #[test]
 fn two_overlay_networks_share_one_udp_port() {
     if !skip_unless_ready("two_overlay_networks_share_one_udp_port") {
@@ -435,13 +437,14 @@ fn two_overlay_networks_share_one_udp_port() {
     let b2 = vm(&mut nss, "b2", &u2, "vb2", "02:00:00:00:b1:02", "10.50.0.2");
     let r2 = vm(&mut nss, "r2", &u2, "vr2", "02:00:00:00:e1:02", "10.50.0.2");
     let cfg = |n: &str, local: &str, peer: &str| {
-        let net = |color: &str, vni: u32| {
+        // Red with learning off (as a plan writes it): only its endpoint is taken.
+        let net = |color: &str, vni: u32, learn: bool| {
             format!(
-                "- name: {color}\n  ports:\n{}  - {{name: tun-{color}, type: vxlan, vni: {vni}, local: {local}, flood: [{peer}]}}\n",
+                "- name: {color}\n  ports:\n{}  - {{name: tun-{color}, type: vxlan, vni: {vni}, local: {local}, flood: [{peer}], learn: {learn}}}\n",
                 vm_port(&format!("v{}{n}", &color[..1]), None)
             )
         };
-        format!("bridges:\n{}{}", net("blue", 5001), net("red", 5002))
+        format!("bridges:\n{}{}", net("blue", 5001, true), net("red", 5002, false))
     };
     let n1 = Node::start(&u1, &cfg("1", "10.99.0.1", "10.99.0.2"));
     let n2 = Node::start(&u2, &cfg("2", "10.99.0.2", "10.99.0.1"));
@@ -498,6 +501,29 @@ fn two_overlay_networks_share_one_udp_port() {
             "at {name}"
         );
     }
+
+    // From u3, no endpoint of either port: red (learning off) counts it and its VM never
+    // sees it; blue (learning on) takes it, as a new endpoint.
+    let from_u3 = |vni: u8, marker: &str| {
+        let mut d = vec![0x08, 0, 0, 0, 0x00, 0x13, vni, 0];
+        d.extend_from_slice(&frame([0xff; 6], [2, 0, 0, 0, 0xee, 2], &[], marker, 100));
+        s3.send_to(&d, "10.99.0.1:4789").unwrap();
+    };
+    let unknown = || n1.drop_count("tun-red", "tunnel_unknown_source");
+    let (before, red_tx) = (unknown(), n1.stats("vr1").1);
+    from_u3(0x8a, "red-from-u3");
+    let t = Instant::now();
+    while unknown() == before && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(unknown() - before, 1, "{}", n1.stats("tun-red").2);
+    assert!(
+        at_r1.recv_matching(Duration::from_millis(300), |f| has_marker(f, "red-from-u3")).is_none(),
+        "a stranger's datagram at r1"
+    );
+    assert_eq!(n1.stats("vr1").1, red_tx, "nothing sent to red's VM port");
+    from_u3(0x89, "blue-from-u3");
+    assert!(at_b1.recv_matching(WAIT, |f| has_marker(f, "blue-from-u3")).is_some(), "blue learns u3");
     assert!(
         n1.log().contains("sharing=1"),
         "the second tunnel port did not join the first's socket:\n{}",

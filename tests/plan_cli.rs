@@ -123,7 +123,7 @@ fn plan_shows_overlays_and_their_problems() {
         "{yaml}"
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Node w3: status.addresses: no IPv4 InternalIP"), "{err}");
+    assert!(err.contains("Node w3: status.addresses: no usable InternalIP"), "{err}");
     Config::from_yaml_str(&yaml).expect("the plan with its tunnel port loads as a configuration");
 
     let out = run(&["--json", "--tunnel-ip", "198.51.100.1", "--underlay-mtu", "9000"]);

@@ -400,6 +400,14 @@ impl ApiStore {
         meta.extend(
             m.annotations.take().map(|l| ("annotations".to_string(), serde_json::Value::Object(labels(l)))),
         );
+        // As the API serializes it (RFC 3339): which NAD of a network came first, which VMI of
+        // two claiming one MAC.
+        meta.extend(
+            m.creation_timestamp
+                .take()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .map(|v| ("creationTimestamp".to_string(), v)),
+        );
         let mut doc = std::mem::take(&mut o.data);
         if let serde_json::Value::Object(map) = &mut doc {
             map.insert("metadata".into(), serde_json::Value::Object(meta));
@@ -1021,6 +1029,21 @@ mod tests {
     /// `ingress: null` is no ingress rule (Kubernetes' reading, and the directory source's):
     /// the policy is stored and isolates its port, where it used to fail to parse and leave
     /// the port open; an unknown field set to null is left out, from a manifest as from the API.
+    /// A NAD's creationTimestamp reaches the state as the API server writes it (RFC 3339),
+    /// so that the overlay plan can tell which NAD of a network came first.
+    #[test]
+    fn the_creation_timestamp_is_kept() {
+        let mut o = nad("blue", "1", 10);
+        o.metadata.creation_timestamp =
+            serde_json::from_value(serde_json::json!("2026-12-06T16:00:00Z")).ok();
+        assert!(o.metadata.creation_timestamp.is_some());
+        let mut st = ApiStore::default();
+        st.put(Kind::Nad, o);
+        let s = st.snapshot();
+        let n = &s.nads[&("ns".to_string(), "blue".to_string())].obj;
+        assert_eq!(n.metadata.creation_timestamp.as_deref(), Some("2026-12-06T16:00:00Z"));
+    }
+
     #[test]
     fn a_null_field_reads_as_left_out() {
         let mut st = ApiStore::default();

@@ -23,8 +23,8 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// RFC 3339 in UTC as the API server writes it (`2026-12-06T10:00:00Z`): its text order
-    /// is its time order.
+    /// RFC 3339, as the API server writes it (`2026-12-06T16:00:00Z`: whole seconds, UTC), so
+    /// that the strings sort as the times do. Absent in files that leave it out.
     #[serde(default)]
     pub creation_timestamp: Option<String>,
 }

@@ -2,16 +2,23 @@
 //! each node's bridge of such a network gets (docs/overlay.md, "From cluster state").
 //!
 //! Invariants:
-//! - Every node computes the same VNI for a network from the NADs alone (the NAD's `vni`, else
-//!   a hash of the network's name into [`DERIVED_VNI_MIN`]..=[`MAX_VNI`]), with no
-//!   coordination; two networks with one VNI get no tunnel at all (a problem on each NAD),
-//!   so their frames never mix.
+//! - Every node computes the same VNI for a network from the NADs alone (the oldest NAD's
+//!   `vni` by `metadata.creationTimestamp`, then namespace/name; else a hash of the network's
+//!   name into [`DERIVED_VNI_MIN`]..=[`MAX_VNI`]), with no coordination; of two networks
+//!   with one VNI, the later one gets no tunnel at all (a problem on its NADs), so their
+//!   frames never mix and a new NAD never turns an existing network off.
 //! - The flood list is exactly the tunnel endpoints of the other nodes that host a VMI of the
 //!   network (status.nodeName); every MAC of such a VMI is a static remote entry to its node's
 //!   endpoint, and the port learns nothing. A MAC on one of this node's ports is never a
 //!   remote entry (the local port wins).
-//! - A node's endpoint is its `switchyard.io/tunnel-ip` annotation, else its first
-//!   `InternalIP` of the local endpoint's family; this node's own is `--tunnel-ip` first.
+//! - A node's endpoint is its `switchyard.io/tunnel-ip` annotation, else its first IPv4
+//!   `InternalIP`, else its first IPv6 one (of `--tunnel-ip`'s family when that is given):
+//!   one rule that this node applies to itself and to its peers, so two dual-stack nodes
+//!   pick addresses each other listens on; a peer whose endpoint is of another family than
+//!   this node's is left out (a problem on its Node). This node's own is `--tunnel-ip` first. An
+//!   endpoint that no port could use (`unusable_endpoint`) is a problem on its Node, which
+//!   alone is left out: the plan stays a valid configuration (each tunnel port is checked
+//!   before it is added), so one bad Node never freezes every node's configuration.
 //!
 //! Cost: one pass over the NADs and one over the VMIs (and their interfaces) per plan.
 
@@ -86,10 +93,12 @@ pub struct RemoteVm {
     pub interface: String,
 }
 
-/// A network's settings as its NADs give them (the first NAD by namespace/name decides).
+/// A network's settings as its NADs give them (the oldest NAD decides: [`networks`]).
 struct Net<'a> {
     l2: &'a Layer2Net,
     vni: u32,
+    /// The place of the deciding NAD in the age order (0: the oldest of all).
+    rank: usize,
     /// The NADs naming the network: (namespace/name, source, object).
     nads: Vec<(Source, ObjRef, &'a Layer2Net)>,
     collided: bool,
@@ -158,16 +167,24 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
             _ => None,
         })
         .collect();
-    nads.sort_by(|a, b| a.0.cmp(b.0));
+    // Oldest first (metadata.creationTimestamp), then by namespace/name; a NAD without a
+    // timestamp (a file that leaves it out) after every one with one. OVN-Kubernetes lets the
+    // first NAD of a network define it: a NAD created later in some namespace never takes
+    // over an existing network, whatever its name.
+    let age = |n: &crate::k8s::LoadedNad| n.obj.metadata.creation_timestamp.clone();
+    nads.sort_by(|a, b| {
+        let (ta, tb) = (age(a.1), age(b.1));
+        (ta.is_none(), ta, a.0).cmp(&(tb.is_none(), tb, b.0))
+    });
     let mut nets: BTreeMap<String, Net<'a>> = BTreeMap::new();
-    for (k, n, l2) in nads {
+    for (rank, (k, n, l2)) in nads.into_iter().enumerate() {
         let oref = ObjRef::new("NetworkAttachmentDefinition", Some(&k.0), &k.1);
         match nets.get_mut(&l2.network) {
             None => {
                 let vni = l2.vni.unwrap_or_else(|| derive_vni(&l2.network));
                 nets.insert(
                     l2.network.clone(),
-                    Net { l2, vni, nads: vec![(n.src.clone(), oref, l2)], collided: false },
+                    Net { l2, vni, rank, nads: vec![(n.src.clone(), oref, l2)], collided: false },
                 );
             }
             Some(net) => {
@@ -179,7 +196,7 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
                 ];
                 for (key, _) in differs.iter().filter(|(_, d)| *d) {
                     let msg = format!(
-                        "network {} has another {key} in {first}, which decides for the network",
+                        "network {} has another {key} in {first}, its oldest NAD, which decides for the network",
                         l2.network
                     );
                     problems.push(Problem::object(&n.src, &oref, &format!("{}.{key}", l2.path), &msg));
@@ -188,14 +205,16 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
             }
         }
     }
-    // Collisions: every network of a shared VNI loses its tunnel.
-    let mut by_vni: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    // Collisions: of the networks of one VNI, the oldest keeps it; every later one loses its
+    // tunnel (a NAD created later never turns an existing network off).
+    let mut by_vni: BTreeMap<u32, Vec<(usize, String)>> = BTreeMap::new();
     for (name, net) in &nets {
-        by_vni.entry(net.vni).or_default().push(name.clone());
+        by_vni.entry(net.vni).or_default().push((net.rank, name.clone()));
     }
-    for (vni, names) in by_vni.into_iter().filter(|(_, n)| n.len() > 1) {
-        for name in &names {
-            let others: Vec<&str> = names.iter().filter(|o| *o != name).map(String::as_str).collect();
+    for (vni, mut names) in by_vni.into_iter().filter(|(_, n)| n.len() > 1) {
+        names.sort();
+        let keeper = names[0].1.clone();
+        for (_, name) in &names[1..] {
             let Some(net) = nets.get_mut(name) else { continue };
             net.collided = true;
             for (src, oref, l2) in &net.nads {
@@ -204,9 +223,8 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
                     None => ("name", "derived from the name"),
                 };
                 let msg = format!(
-                    "VNI {vni} ({how}) of network {name} is also the VNI of network {}: neither gets a tunnel \
-                     (give one of them another vni)",
-                    others.join(", ")
+                    "VNI {vni} ({how}) of network {name} is already the VNI of network {keeper}, defined \
+                     earlier: network {name} gets no tunnel (give it another vni)"
                 );
                 problems.push(Problem::object(src, oref, &format!("{}.{field}", l2.path), &msg));
             }
@@ -215,8 +233,30 @@ fn networks<'a>(state: &'a ClusterState, problems: &mut Vec<Problem>) -> BTreeMa
     nets
 }
 
-/// A node's tunnel endpoint: the annotation, else its first InternalIP (of family `v6` when
-/// given). `Err`: the field to blame and why.
+/// Why `ip` cannot be a tunnel endpoint (a node's, or this node's own), if it cannot: the
+/// unspecified address, a multicast or broadcast address, a loopback address, an IPv6
+/// link-local address (it needs a scope a plan cannot name). Such an address would fail the
+/// port's configuration check and, with it, the whole plan.
+pub(crate) fn unusable_endpoint(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else {
+        match ip {
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("an IPv6 link-local address"),
+            _ => None,
+        }
+    }
+}
+
+/// A node's tunnel endpoint: the annotation, else its first usable InternalIP of family `v6`
+/// when given (`--tunnel-ip`'s family), else -- the rule every node applies alike, to itself
+/// and to its peers -- its first usable IPv4 InternalIP, or without one its first usable IPv6
+/// InternalIP. `Err`: the field to blame and why.
 pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (String, String)> {
     if let Some(a) = n.metadata.annotations.get(TUNNEL_IP_ANNOTATION) {
         let field = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
@@ -224,15 +264,24 @@ pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (Strin
             Ok(ip) if v6.is_some_and(|v6| v6 != ip.is_ipv6()) => {
                 Err((field, format!("{ip} is not of the family of this node's endpoint")))
             }
-            Ok(ip) => Ok(ip),
+            Ok(ip) => match unusable_endpoint(ip) {
+                Some(why) => Err((field, format!("{ip} is {why}, not a tunnel endpoint"))),
+                None => Ok(ip),
+            },
             Err(_) => Err((field, format!("{a:?} is not an IP address"))),
         };
     }
-    let internal = n.status.addresses.iter().filter(|a| a.kind == "InternalIP");
-    let mut ips = internal.filter_map(|a| a.address.parse::<IpAddr>().ok());
+    let ips = || {
+        n.status
+            .addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP")
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .filter(|ip| unusable_endpoint(*ip).is_none())
+    };
     match v6 {
-        None => ips.next(),
-        Some(v6) => ips.find(|ip| ip.is_ipv6() == v6),
+        None => ips().find(IpAddr::is_ipv4).or_else(|| ips().next()),
+        Some(v6) => ips().find(|ip| ip.is_ipv6() == v6),
     }
     .ok_or_else(|| {
         let fam = match v6 {
@@ -240,7 +289,10 @@ pub(crate) fn node_endpoint(n: &Node, v6: Option<bool>) -> Result<IpAddr, (Strin
             Some(true) => " IPv6",
             Some(false) => " IPv4",
         };
-        ("status.addresses".into(), format!("no{fam} InternalIP (and no {TUNNEL_IP_ANNOTATION} annotation)"))
+        (
+            "status.addresses".into(),
+            format!("no usable{fam} InternalIP (and no {TUNNEL_IP_ANNOTATION} annotation)"),
+        )
     })
 }
 
@@ -252,6 +304,11 @@ fn local_endpoint(
     problems: &mut Vec<Problem>,
 ) -> Option<IpAddr> {
     if let Some(ip) = opts.tunnel_ip {
+        if let Some(why) = unusable_endpoint(ip) {
+            let msg = format!("--tunnel-ip {ip} is {why}, not a tunnel endpoint: this node's overlay networks get no tunnel");
+            problems.push(Problem::file("(plan)", msg));
+            return None;
+        }
         return Some(ip);
     }
     let p = match state.nodes.get(node) {
@@ -266,6 +323,26 @@ fn local_endpoint(
     };
     problems.push(p);
     None
+}
+
+/// The field a Node's endpoint comes from.
+fn endpoint_field(n: &Node) -> &'static str {
+    if n.metadata.annotations.contains_key(TUNNEL_IP_ANNOTATION) {
+        "metadata.annotations[switchyard.io/tunnel-ip]"
+    } else {
+        "status.addresses"
+    }
+}
+
+/// Every Node's endpoint (of family `v6` when given), with the Nodes that have it, by name.
+fn endpoint_owners(state: &ClusterState, v6: Option<bool>) -> BTreeMap<IpAddr, Vec<String>> {
+    let mut owners: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for (name, l) in &state.nodes {
+        if let Ok(ip) = node_endpoint(&l.obj, v6) {
+            owners.entry(ip).or_default().push(name.clone());
+        }
+    }
+    owners
 }
 
 fn node_problem(l: &Loaded<Node>, field: &str, msg: &str) -> Problem {
@@ -289,6 +366,9 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     // Nodes and VMIs already reported (a problem once, however many networks it touches).
     let mut reported: HashSet<ObjRef> = HashSet::new();
     let underlay_mtu = opts.underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU);
+    // Every Node's endpoint and the Nodes that have it (this node's family; computed when a
+    // peer is first needed).
+    let mut owners: Option<BTreeMap<IpAddr, Vec<String>>> = None;
     for (name, net) in &nets {
         let bridge_name = format!("{OVN_LAYER2_PREFIX}{name}");
         let Some(bi) = plan.config.bridges.iter().position(|b| b.name == bridge_name) else { continue };
@@ -303,6 +383,9 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         };
         let v6 = local_ip.map(|ip| ip.is_ipv6());
         let mtu = kind.overlay_mtu(v6.unwrap_or(false), underlay_mtu);
+        // The peers' endpoints by the rule this node's own follows ([`node_endpoint`]): the
+        // family of `--tunnel-ip` when given, else IPv4 first.
+        let fam = opts.tunnel_ip.map(|ip| ip.is_ipv6());
         let local_macs: HashSet<MacAddr> =
             plan.config.bridges[bi].ports.iter().flat_map(|p| p.static_macs.iter().copied()).collect();
         let mut endpoints: BTreeMap<String, IpAddr> = BTreeMap::new();
@@ -312,8 +395,60 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
             let ip = match endpoints.get(&m.node) {
                 Some(ip) => *ip,
                 None => match state.nodes.get(&m.node) {
-                    Some(l) => match node_endpoint(&l.obj, v6) {
-                        Ok(ip) => *endpoints.entry(m.node.clone()).or_insert(ip),
+                    Some(l) => match node_endpoint(&l.obj, fam) {
+                        // Of another family than this node's (a node with addresses of the
+                        // other family only, or an annotation of it): unreachable from here.
+                        Ok(ip) if v6.is_some_and(|v6| v6 != ip.is_ipv6()) => {
+                            if reported.insert(ObjRef::new("Node", None, &m.node)) {
+                                let msg = format!(
+                                    "tunnel endpoint {ip} is not of the family of this node's ({node}) endpoint \
+                                     {}: node {} is left out of the overlay here (give every node an address \
+                                     of one family)",
+                                    local_ip.map(|l| l.to_string()).unwrap_or_default(),
+                                    m.node
+                                );
+                                plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                            }
+                            continue;
+                        }
+                        // This node's own address as a peer's: frames flooded there come
+                        // back to this node (a VM sees its own broadcasts; IPv6 DAD fails).
+                        Ok(ip) if Some(ip) == local_ip => {
+                            if reported.insert(ObjRef::new("Node", None, &m.node)) {
+                                let msg = format!(
+                                    "tunnel endpoint {ip} is this node's ({node}) own: node {} is left out of the \
+                                     overlay here",
+                                    m.node
+                                );
+                                plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                            }
+                            continue;
+                        }
+                        Ok(ip) => {
+                            let owners = owners.get_or_insert_with(|| endpoint_owners(state, fam));
+                            match owners.get(&ip).filter(|o| o.len() > 1) {
+                                // Several nodes on one endpoint: whichever answers there, the
+                                // MACs of the others would be wrong. Every node leaves them
+                                // all out, alike.
+                                Some(all) => {
+                                    for n in all {
+                                        let Some(l) = state.nodes.get(n) else { continue };
+                                        if reported.insert(ObjRef::new("Node", None, n)) {
+                                            let others: Vec<&str> =
+                                                all.iter().filter(|o| *o != n).map(String::as_str).collect();
+                                            let msg = format!(
+                                                "tunnel endpoint {ip} is also node {}'s: none of them is a tunnel \
+                                                 endpoint (which one's VMIs are behind it is unknown)",
+                                                others.join(", ")
+                                            );
+                                            plan.problems.push(node_problem(l, endpoint_field(&l.obj), &msg));
+                                        }
+                                    }
+                                    continue;
+                                }
+                                None => *endpoints.entry(m.node.clone()).or_insert(ip),
+                            }
+                        }
                         Err((field, msg)) => {
                             let oref = ObjRef::new("Node", None, &m.node);
                             if reported.insert(oref) {
@@ -375,8 +510,21 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
                     learn: Some(false),
                     ..Default::default()
                 };
-                port = Some(p.name.clone());
-                plan.config.bridges[bi].ports.push(p);
+                // The port's own checks, so that a port the config would refuse costs this
+                // network its tunnel, not every bridge its plan (the endpoints were checked
+                // above; this catches what they missed).
+                let (pi, bridge) = (plan.config.bridges[bi].ports.len(), &mut plan.config.bridges[bi]);
+                bridge.ports.push(p);
+                match bridge.ports[pi].validate_in(bi, pi) {
+                    Ok(()) => port = Some(bridge.ports[pi].name.clone()),
+                    Err(e) => {
+                        bridge.ports.pop();
+                        let (src, oref, l2) = &net.nads[0];
+                        let msg =
+                            format!("the tunnel port of network {name} is not valid ({e}): no tunnel port");
+                        plan.problems.push(Problem::object(src, oref, &l2.path, &msg));
+                    }
+                }
             } else {
                 let (src, oref, l2) = &net.nads[0];
                 let msg = format!(
@@ -441,6 +589,15 @@ mod tests {
             "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {name}\n  \
              namespace: {ns}\nspec:\n  config: '{{\"name\":\"{network}\",\"type\":\"ovn-k8s-cni-overlay\",\
              \"topology\":\"layer2\"{extra}}}'\n"
+        )
+    }
+
+    /// [`nad`] with a `metadata.creationTimestamp`.
+    fn nad_at(ns: &str, name: &str, network: &str, extra: &str, created: &str) -> String {
+        nad(ns, name, network, extra).replacen(
+            "metadata:\n",
+            &format!("metadata:\n  creationTimestamp: \"{created}\"\n"),
+            1,
         )
     }
 
@@ -627,6 +784,46 @@ mod tests {
         assert_eq!(p.overlays[0].mtu, 1430);
     }
 
+    /// Dual-stack Nodes listing their families in different orders: every node takes the
+    /// same rule (IPv4 first) for itself and its peers, so n1 [v4, v6] and n2 [v6, v4] send to
+    /// the addresses the other listens on; a node with IPv6 only is left out on both (a
+    /// problem on its Node), not sent to at an address of another family.
+    #[test]
+    fn dual_stack_nodes_agree_on_their_endpoints() {
+        let addrs = |name: &str, ips: &[&str]| {
+            let list: String =
+                ips.iter().map(|a| format!("    - {{type: InternalIP, address: \"{a}\"}}\n")).collect();
+            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n{list}")
+        };
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            addrs("n1", &["10.0.0.1", "fd00::1"]),
+            addrs("n2", &["fd00::2", "10.0.0.2"]),
+            addrs("n3", &["fd00::3"]),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "blue", "02:00:00:00:00:0c", "n3"),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p1 = plan_of(&docs, "n1");
+        let p2 = plan_of(&docs, "n2");
+        let (t1, t2) = (tunnel(&p1, "blue").unwrap(), tunnel(&p2, "blue").unwrap());
+        assert_eq!((t1.local, t1.flood.clone()), (Some(ip("10.0.0.1")), Some(vec![ip("10.0.0.2")])));
+        assert_eq!((t2.local, t2.flood.clone()), (Some(ip("10.0.0.2")), Some(vec![ip("10.0.0.1")])));
+        for p in [&p1, &p2] {
+            assert_eq!(
+                fields(p),
+                [("Node n3".to_string(), "status.addresses".to_string())],
+                "{:?}",
+                p.problems
+            );
+        }
+        // n3 itself: IPv6 only, its peers' endpoints are IPv4: none is reachable.
+        let p3 = plan_of(&docs, "n3");
+        assert!(tunnel(&p3, "blue").is_none());
+        assert_eq!(fields(&p3).len(), 2, "{:?}", p3.problems);
+    }
+
     /// A network alone on its node has a bridge but no tunnel port, and needs no endpoint.
     #[test]
     fn a_network_on_one_node_has_no_tunnel_and_needs_no_node_ip() {
@@ -637,10 +834,11 @@ mod tests {
         assert!(p.overlays[0].endpoints.is_empty() && p.overlays[0].port.is_none());
     }
 
-    /// Two networks with one VNI (given, or derived from two names that hash alike): both lose
-    /// their tunnel, and each NAD gets a problem naming the other network and the field.
+    /// Two networks with one VNI (given, or derived from two names that hash alike): the
+    /// network defined first keeps it, the later one loses its tunnel, with a problem on its
+    /// NAD naming the other network and the field. Without timestamps, namespace/name order.
     #[test]
-    fn vni_collisions_are_problems_on_both_networks() {
+    fn a_vni_collision_costs_the_later_network_only() {
         let mut docs = vec![
             nad("ns", "blue", "blue", r#","vni":5000"#),
             nad("ns", "red", "red", r#","vni":5000"#),
@@ -652,16 +850,18 @@ mod tests {
             docs.push(vmi(&format!("r{i}"), n, &format!("02:00:00:00:02:0{i}"), "n2"));
         }
         let p = plan_of(&docs, "n1");
-        assert!(tunnel(&p, "blue").is_none() && tunnel(&p, "red").is_none());
+        assert!(tunnel(&p, "blue").is_some() && tunnel(&p, "red").is_none());
         assert_eq!(
             fields(&p),
-            [
-                ("NetworkAttachmentDefinition ns/blue".to_string(), "spec.config.vni".to_string()),
-                ("NetworkAttachmentDefinition ns/red".to_string(), "spec.config.vni".to_string())
-            ]
+            [("NetworkAttachmentDefinition ns/red".to_string(), "spec.config.vni".to_string())]
         );
-        assert!(p.problems[0].message.contains("network red"), "{}", p.problems[0].message);
-        assert!(p.problems[1].message.contains("network blue"), "{}", p.problems[1].message);
+        assert!(p.problems[0].message.contains("network blue"), "{}", p.problems[0].message);
+        // red created first: blue, the later, loses.
+        docs[0] = nad_at("ns", "blue", "blue", r#","vni":5000"#, "2026-12-06T10:00:00Z");
+        docs[1] = nad_at("ns", "red", "red", r#","vni":5000"#, "2026-12-05T10:00:00Z");
+        let p = plan_of(&docs, "n1");
+        assert!(tunnel(&p, "blue").is_none() && tunnel(&p, "red").is_some());
+        assert_eq!(fields(&p)[0].0, "NetworkAttachmentDefinition ns/blue");
 
         // Two names whose derived VNIs collide (searched: the space has 2^24 - 4096 values).
         let mut seen: BTreeMap<u32, String> = BTreeMap::new();
@@ -678,8 +878,44 @@ mod tests {
             vmi("a2", "a", "02:00:00:00:01:02", "n2"),
         ];
         let p = plan_of(&docs, "n1");
-        assert!(tunnel(&p, &a).is_none());
-        assert_eq!(fields(&p).iter().filter(|(_, f)| f == "spec.config.name").count(), 2, "{:?}", p.problems);
+        assert!(tunnel(&p, &a).is_some(), "ns/a is older by name");
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition ns/b".to_string(), "spec.config.name".to_string())]
+        );
+    }
+
+    /// NADs of one network in several namespaces: the oldest by creationTimestamp decides the
+    /// network's settings, whatever the names; a NAD created later with `vni` equal to an
+    /// existing network's derived VNI costs only its own network the tunnel.
+    #[test]
+    fn the_oldest_nad_defines_a_network() {
+        let base = vec![
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "ns/blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "ns/blue", "02:00:00:00:00:0b", "n2"),
+        ];
+        let mut docs = base.clone();
+        docs.push(nad_at("ns", "blue", "blue", "", "2026-12-01T00:00:00Z"));
+        docs.push(nad_at("aaa", "mine", "blue", r#","vni":7"#, "2026-12-06T00:00:00Z"));
+        let p = plan_of(&docs, "n1");
+        assert_eq!(tunnel(&p, "blue").unwrap().vni, Some(derive_vni("blue")));
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition aaa/mine".to_string(), "spec.config.vni".to_string())]
+        );
+        // Another network claiming blue's derived VNI, later: only it loses.
+        let mut docs = base;
+        docs.push(nad_at("ns", "blue", "blue", "", "2026-12-01T00:00:00Z"));
+        let vni = derive_vni("blue");
+        docs.push(nad_at("aaa", "red", "red", &format!(r#","vni":{vni}"#), "2026-12-06T00:00:00Z"));
+        let p = plan_of(&docs, "n1");
+        assert_eq!(tunnel(&p, "blue").unwrap().vni, Some(vni));
+        assert_eq!(
+            fields(&p),
+            [("NetworkAttachmentDefinition aaa/red".to_string(), "spec.config.vni".to_string())]
+        );
     }
 
     /// A bad `vni` is the NAD's problem (its VMIs are skipped); NADs of one network that
@@ -752,6 +988,87 @@ mod tests {
         let t = tunnel(&p, "blue").expect("--tunnel-ip gives n2 its endpoint");
         assert_eq!(t.local, Some("10.9.9.2".parse().unwrap()));
         assert_eq!(t.flood, Some(vec!["10.0.0.1".parse().unwrap()]));
+    }
+
+    /// A Node whose endpoint is no usable unicast address (the annotation unspecified,
+    /// multicast, broadcast, loopback, IPv6 link-local; an InternalIP of such only) is a
+    /// problem on that Node and only it is left out: the plan stays valid, the other nodes
+    /// keep their tunnel. Before, the plan failed its config check and the runtime kept its
+    /// old configuration for every bridge.
+    #[test]
+    fn a_node_with_an_unusable_endpoint_is_left_out_alone() {
+        let bad = ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "::", "fe80::1", "ff02::1"];
+        let mut docs = vec![
+            nad("ns", "blue", "blue", ""),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+        ];
+        for (i, a) in bad.iter().enumerate() {
+            docs.push(node(&format!("x{i}"), "10.0.0.9", Some(a)));
+            docs.push(vmi(&format!("v{i}"), "blue", &format!("02:00:00:00:01:0{i}"), &format!("x{i}")));
+        }
+        // Only an unusable InternalIP: no endpoint either.
+        docs.push(node("y", "0.0.0.0", None));
+        docs.push(vmi("w", "blue", "02:00:00:00:02:01", "y"));
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        let mut want: Vec<(String, String)> = (0..bad.len())
+            .map(|i| (format!("Node x{i}"), format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]")))
+            .collect();
+        want.push(("Node y".into(), "status.addresses".into()));
+        assert_eq!(fields(&p), want, "{:?}", p.problems);
+        let t = tunnel(&p, "blue").expect("n2 keeps its tunnel");
+        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap()]));
+        assert_eq!(t.remote_macs.len(), 1);
+        // This node's own endpoint unusable: a problem on it, no tunnel, the plan still valid.
+        docs[1] = node("n1", "10.0.0.1", Some("0.0.0.0"));
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        assert!(tunnel(&p, "blue").is_none());
+        assert!(
+            fields(&p).contains(&("Node n1".into(), format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]")))
+        );
+        assert!(!p.problems.iter().any(|x| x.message.contains("internal error")), "{:?}", p.problems);
+    }
+
+    /// A peer whose endpoint is this node's own is left out (its flood copies would come back
+    /// here) with a problem on its Node; two nodes on one endpoint are both left out, each
+    /// with a problem naming the other, on every node alike.
+    #[test]
+    fn own_and_shared_endpoints_are_left_out() {
+        let docs = vec![
+            nad("ns", "blue", "blue", ""),
+            node("n1", "10.0.0.1", None),
+            node("n2", "10.0.0.2", None),
+            node("n3", "10.0.0.3", Some("10.0.0.1")),
+            node("n4", "10.0.0.4", Some("10.0.0.5")),
+            node("n5", "10.0.0.5", None),
+            vmi("a", "blue", "02:00:00:00:00:0a", "n1"),
+            vmi("b", "blue", "02:00:00:00:00:0b", "n2"),
+            vmi("c", "blue", "02:00:00:00:00:0c", "n3"),
+            vmi("d", "blue", "02:00:00:00:00:0d", "n4"),
+            vmi("e", "blue", "02:00:00:00:00:0e", "n5"),
+        ];
+        let ann = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
+        let p = plan_of(&docs, "n1");
+        assert!(p.config.validate().is_ok());
+        let t = tunnel(&p, "blue").expect("n2 is left");
+        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap()]));
+        let rm: Vec<String> = t.remote_macs.iter().map(|r| r.mac.to_string()).collect();
+        assert_eq!(rm, ["02:00:00:00:00:0b"]);
+        let f = fields(&p);
+        assert!(f.contains(&("Node n3".to_string(), ann.clone())), "{:?}", p.problems);
+        assert!(f.contains(&("Node n4".to_string(), ann.clone())), "{:?}", p.problems);
+        assert!(f.contains(&("Node n5".to_string(), "status.addresses".to_string())), "{:?}", p.problems);
+        // n3 and n1 share 10.0.0.1 too: on n2 neither is an endpoint, nor n4 and n5.
+        let p2 = plan_of(&docs, "n2");
+        assert!(tunnel(&p2, "blue").is_none(), "no endpoint left: {:?}", p2.overlays);
+        let f2 = fields(&p2);
+        for n in ["n1", "n3", "n4", "n5"] {
+            assert!(f2.iter().any(|(o, _)| o == &format!("Node {n}")), "{n}: {:?}", p2.problems);
+        }
     }
 
     /// During a migration (status.migrationState.targetNode, not completed) the target node

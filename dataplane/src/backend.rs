@@ -511,6 +511,11 @@ impl PortConfig {
                     format!("{ip} is not a unicast address of the local address's family"),
                 ));
             }
+            // The port's own address: every flooded frame would come back to it (a VM gets its
+            // own broadcasts back; IPv6 duplicate address detection fails).
+            if *ip == local {
+                return Err(err(format!("flood[{i}]"), format!("{ip} is the port's own local address")));
+            }
         }
         for (i, r) in self.remote_macs.iter().enumerate() {
             if r.mac.is_multicast() || r.mac.is_zero() {
@@ -520,6 +525,12 @@ impl PortConfig {
                 return Err(err(
                     format!("remote_macs[{i}].remote"),
                     format!("{} is not a unicast address of the local address's family", r.remote),
+                ));
+            }
+            if r.remote == local {
+                return Err(err(
+                    format!("remote_macs[{i}].remote"),
+                    format!("{} is the port's own local address", r.remote),
                 ));
             }
             if self.remote_macs[..i].iter().any(|o| o.mac == r.mac) {
@@ -960,6 +971,16 @@ mod tests {
         }
         p.underlay = Some("afpacket:eth0,recvmmsg".into());
         assert!(p.backend().is_ok());
+        // The port's own address as an endpoint: its flooded frames would come back to it.
+        p.flood = Some(vec!["10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap()]);
+        assert_eq!(p.backend(), Err(err("flood[1]", "10.0.0.1 is the port's own local address")));
+        p.flood = None;
+        p.remote_macs = vec![RemoteMac {
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            remote: "10.0.0.1".parse().unwrap(),
+        }];
+        assert_eq!(p.backend().map_err(|e| e.field), Err("remote_macs[0].remote".into()));
+        p.remote_macs.clear();
         // The --port spelling refuses the same.
         for spec in
             [format!("tap:{long}"), "afpacket:a/b".into(), "afxdp:a b".into(), "vhost:/s,queues=9".into()]

@@ -86,6 +86,7 @@ drop_reasons! {
     TunnelUnresolved => "tunnel_unresolved", "A tunnel frame to an endpoint whose MAC address is not resolved yet (uplink fast path: ARP/ND probe sent, the frame is not held).";
     UplinkNotTunnel => "uplink_not_tunnel", "A frame on a tunnel port's uplink that is neither for the tunnel's address and UDP port nor ARP/ND about it (uplink fast path; an AF_PACKET uplink's kernel still gets it).";
     TunnelOuterMalformed => "tunnel_outer_malformed", "Outer IP/UDP headers to the tunnel's address cut short or invalid: lengths, IPv4 header checksum, UDP checksum (required over IPv6), a fragment (uplink fast path).";
+    TunnelUnknownSource => "tunnel_unknown_source", "A tunnel datagram from an outer source address that is no endpoint of the port (not in its flood list, no static remote MAC's), on a port with learning off: not taken, as OVN's tunnel ports take only their chassis' addresses.";
     SpoofedSrcIp => "spoofed_src_ip", "IP source address not one of the port's addresses (allowed_ips; IPv6: also the link-local address derived from the frame's source MAC; from :: only a neighbour solicitation or MLD report to ff02::/16, from 0.0.0.0 only DHCP to 255.255.255.255); also an IPv6 neighbour advertisement whose target is not one of them nor that link-local address.";
     SpoofedArpSpa => "spoofed_arp_spa", "ARP sender protocol address not one of the port's addresses (allowed_ips).";
     MalformedIp => "malformed_ip", "An IPv4/IPv6 or transport header cut short or invalid, on a bridge with policies or IP spoof filters.";

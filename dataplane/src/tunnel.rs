@@ -29,7 +29,7 @@ use crate::wire::{EtherType, MacAddr, WireError, ETH_HEADER_LEN, ETH_TYPE_OFFSET
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The two encapsulations.
@@ -404,10 +404,19 @@ pub enum RemotesError {
 /// Readers (TX and RX workers) take no lock; adding an endpoint never seen before (learning
 /// from a new source address, or an update) takes one, off the common path. Updates
 /// ([`Remotes::update`]) are serialised by the control plane (one reconcile at a time).
+///
+/// Which sources a port takes datagrams from ([`RemotesView::admits`]): with learning on,
+/// any (a new source is learned); with learning off, only the endpoints the configuration
+/// names now -- the flood list and the static remote MACs' endpoints -- as OVN's tunnel
+/// ports take only their chassis' `remote_ip`. An endpoint an update left out keeps its index
+/// but is no longer admitted.
 pub struct Remotes {
     endpoints: Box<[OnceLock<IpAddr>]>,
     len: AtomicUsize,
     grow: Mutex<()>,
+    /// By endpoint index, one bit each: named by the configuration now (flood list or a
+    /// static MAC's endpoint).
+    named: Box<[AtomicU64]>,
     flood: ArcSwap<Box<[u16]>>,
     /// The flood list's endpoint when the list has one, else [`NO_SOLE`]: set with it.
     sole: AtomicU32,
@@ -444,6 +453,7 @@ impl Remotes {
             endpoints: (0..MAX_ENDPOINTS).map(|_| OnceLock::new()).collect(),
             len: AtomicUsize::new(0),
             grow: Mutex::new(()),
+            named: (0..MAX_ENDPOINTS.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             flood: ArcSwap::from_pointee(Box::new([])),
             sole: AtomicU32::new(NO_SOLE),
             macs: MacTable::new(REMOTE_MACS, aging_s)?,
@@ -482,9 +492,22 @@ impl Remotes {
                 fl.push(i);
             }
         }
+        let mut named = vec![0u64; self.named.len()];
+        for &i in &fl {
+            named[usize::from(i) / 64] |= 1 << (i % 64);
+        }
         for (mac, ip) in statics {
             let i = self.endpoint_index(*ip, true).ok_or(RemotesError::TooManyEndpoints)?;
             self.macs.insert_static(ANY_VLAN, *mac, i)?;
+            named[usize::from(i) / 64] |= 1 << (i % 64);
+        }
+        // New endpoints admitted before old ones are let go: a reader between the two stores
+        // admits both, never neither.
+        for (w, n) in self.named.iter().zip(&named) {
+            w.fetch_or(*n, Ordering::Relaxed);
+        }
+        for (w, n) in self.named.iter().zip(&named) {
+            w.fetch_and(*n, Ordering::Relaxed);
         }
         self.macs.remove_where(|_, mac, _, is_static| is_static && !seen.contains(&mac));
         let sole = match fl[..] {
@@ -568,7 +591,7 @@ impl Remotes {
     #[inline]
     pub fn view(&self) -> RemotesView<'_> {
         let sole = self.sole_endpoint().map_or(NO_SOLE, u32::from);
-        RemotesView { macs: self.macs.view(), learn: self.learns(), sole }
+        RemotesView { macs: self.macs.view(), learn: self.learns(), sole, remotes: self }
     }
 
     /// Learns that `src` lives behind `from` (when learning is on, `src` is a unicast MAC not
@@ -601,6 +624,13 @@ impl Remotes {
     #[inline]
     pub fn learns(&self) -> bool {
         self.learn.load(Ordering::Relaxed)
+    }
+
+    /// Whether endpoint `i` is named by the configuration now (the flood list or a static
+    /// MAC's endpoint).
+    #[inline]
+    pub fn is_named(&self, i: u16) -> bool {
+        self.named.get(usize::from(i) / 64).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
     }
 
     /// By endpoint index, whether a frame can go there at `now`: it is in the flood list or
@@ -646,6 +676,7 @@ pub struct RemotesView<'a> {
     learn: bool,
     /// [`Remotes::sole_endpoint`] when the view was taken, or [`NO_SOLE`].
     sole: u32,
+    remotes: &'a Remotes,
 }
 
 impl RemotesView<'_> {
@@ -656,6 +687,14 @@ impl RemotesView<'_> {
             return None;
         }
         self.macs.lookup_probe(&self.macs.probe_u64(ANY_VLAN, dst.to_u64()), now).map(|h| h.port)
+    }
+
+    /// Whether a datagram from the source at endpoint index `i` is taken: with learning on,
+    /// always; with learning off, when the configuration names the endpoint now (one atomic
+    /// load). A source with no index at all is taken only with learning on.
+    #[inline]
+    pub fn admits(&self, i: Option<u16>) -> bool {
+        self.learn || i.is_some_and(|i| self.remotes.is_named(i))
     }
 
     /// [`Remotes::learn_at`].
@@ -978,5 +1017,25 @@ mod tests {
             source_port(flow_hash(&f))
         };
         assert_ne!(whole, other, "the ports count for a whole datagram");
+    }
+
+    /// With learning off the table admits exactly the endpoints the configuration names now
+    /// (flood list, static MACs' endpoints); an endpoint an update leaves out keeps its index
+    /// but is no longer admitted; with learning on every source is.
+    #[test]
+    fn learning_off_admits_only_named_endpoints() {
+        let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        let m = MacAddr([2, 0, 0, 0, 0, 9]);
+        let r = Remotes::new(&[ip(2)], &[(m, ip(3))], false, 300).unwrap();
+        let (a, b) = (r.index_of(ip(2)), r.index_of(ip(3)));
+        assert!(r.view().admits(a) && r.view().admits(b));
+        assert!(!r.view().admits(None), "an unknown source");
+        r.update(&[ip(2)], &[], false).unwrap();
+        assert_eq!(r.index_of(ip(3)), b, "the index stays");
+        assert!(r.view().admits(a) && !r.view().admits(b));
+        r.update(&[ip(4)], &[(m, ip(2))], false).unwrap();
+        assert!(r.view().admits(a) && r.view().admits(r.index_of(ip(4))) && !r.view().admits(b));
+        r.update(&[ip(2)], &[], true).unwrap();
+        assert!(r.view().admits(None) && r.view().admits(b));
     }
 }

@@ -13,7 +13,9 @@
 //!   queue sleeps on an epoll descriptor that holds the socket and its inbox's eventfd, and
 //!   does not sleep while its inbox or the socket's batch still holds datagrams.
 //! - RX hands on only the inner frame of a datagram that `switchyard_dataplane::tunnel::TunnelCodec::decap`
-//!   accepted; every other datagram is one named drop. The socket has `UDP_GRO`: a run of
+//!   accepted and, with learning off, that came from an endpoint the configuration names now
+//!   (`Remotes`; any other source: `tunnel_unknown_source`); every other datagram is one named
+//!   drop. The socket has `UDP_GRO`: a run of
 //!   datagrams of one sender may arrive as one message, which is cut back into the datagrams
 //!   it carried (the kernel reports their size), each copied once into a pool buffer.
 //! - TX writes the tunnel header into the frame's headroom (no copy) and sends one datagram
@@ -31,7 +33,9 @@
 //! kernel socket, batching with `sendmmsg` matters more, and the source port is fixed.
 //!
 //! The underlay MTU is the smallest route MTU (`IP_MTU` on a connected socket) towards the
-//! configured endpoints, read when the port opens (1500 when it has none).
+//! configured endpoints that have a route, read when the port opens and at each update (1500
+//! when none has one); an endpoint without a route is logged and left out of it, never a
+//! reason to refuse the port.
 
 use crate::netdev::errno;
 use arc_swap::ArcSwap;
@@ -575,18 +579,26 @@ fn setsockopt_int(
     }
 }
 
-/// The underlay MTU of a port with options `o` towards `endpoints`: the smallest route MTU,
-/// [`DEFAULT_UNDERLAY_MTU`] when there is no endpoint.
-fn underlay_mtu_of(name: &str, o: &TunnelOptions, endpoints: &[IpAddr]) -> Result<u32, PortError> {
+/// The underlay MTU of a port with options `o` towards `endpoints`: the smallest route MTU
+/// among the endpoints the kernel has a route to, [`DEFAULT_UNDERLAY_MTU`] when there is none.
+/// An endpoint without a route is left out of it with a warning (its datagrams are then
+/// `tunnel_send_error` until a route appears): one unroutable endpoint never takes the whole
+/// port, and every other endpoint with it, down.
+fn underlay_mtu_of(name: &str, o: &TunnelOptions, endpoints: &[IpAddr]) -> u32 {
     let mut underlay_mtu = None::<u32>;
     for &ip in endpoints {
-        let m = route_mtu(o.local, ip, o.dstport).map_err(|e| PortError::Backend {
-            port: name.into(),
-            msg: format!("no route from {} to endpoint {ip}: {e}", o.local),
-        })?;
-        underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m)));
+        match route_mtu(o.local, ip, o.dstport) {
+            Ok(m) => underlay_mtu = Some(underlay_mtu.map_or(m, |u| u.min(m))),
+            Err(e) => tracing::warn!(
+                port = %name,
+                endpoint = %ip,
+                "no route from {} to tunnel endpoint {ip} ({e}): left out of the underlay MTU; its datagrams \
+                 fail until a route appears",
+                o.local
+            ),
+        }
     }
-    Ok(underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU))
+    underlay_mtu.unwrap_or(DEFAULT_UNDERLAY_MTU)
 }
 
 /// The route MTU from `local` towards `remote` (the kernel's answer for a connected socket).
@@ -620,7 +632,7 @@ impl UdpTunnelPort {
         });
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(nix_err)?;
         epoll.add(&inbox.wake, EpollEvent::new(EpollFlags::EPOLLIN, 0)).map_err(nix_err)?;
-        let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints())?;
+        let underlay_mtu = underlay_mtu_of(name, o, &remotes.endpoints());
         let sock = SharedSocket::join(name, o, inbox.clone())?;
         let shared = Shared {
             name: name.to_string(),
@@ -715,13 +727,13 @@ impl PortBackend for UdpTunnelPort {
     fn update(&self, wanted: &Backend) -> Result<bool, PortError> {
         let sh = &self.shared;
         let mut opts = sh.opts.lock().unwrap_or_else(|e| e.into_inner());
-        // The route MTU towards the new endpoints first: an endpoint without a route refuses
-        // the update before anything changed (the reopen then reports it).
+        // The route MTU towards the new endpoints (an endpoint without a route is left out
+        // of it, with a warning).
         if let Backend::Tunnel(t) = wanted {
             let o = TunnelOptions::from_backend(t);
             let eps: Vec<IpAddr> =
                 o.flood.iter().chain(o.remote_macs.iter().map(|(_, ip)| ip)).copied().collect();
-            let mtu = underlay_mtu_of(&sh.name, &o, &eps)?;
+            let mtu = underlay_mtu_of(&sh.name, &o, &eps);
             let Some(o) = update_remotes(&sh.name, &opts, &sh.remotes, wanted)? else { return Ok(false) };
             if sh.underlay_mtu.swap(mtu, Ordering::Relaxed) != mtu {
                 sh.max_inner.store(o.kind.max_inner_frame(sh.ipv6, mtu), Ordering::Relaxed);
@@ -782,7 +794,7 @@ struct UdpTunnelRx {
     shared: Arc<Shared>,
     claims: Arc<RxClaims>,
     q: u16,
-    /// The last source address learned from and its endpoint index.
+    /// The last source address taken from and its endpoint index.
     last: Option<(IpAddr, u16)>,
 }
 
@@ -794,7 +806,8 @@ impl Drop for UdpTunnelRx {
 
 impl UdpTunnelRx {
     /// Decapsulates a datagram of this port's VNI (from this socket read or a member's) and
-    /// appends the inner frame to `out`, learning its source; or counts why not.
+    /// appends the inner frame to `out`, learning its source; or counts why not (with
+    /// learning off, a source that is no configured endpoint: `tunnel_unknown_source`).
     fn deliver(
         &mut self,
         mut b: PacketBuf,
@@ -809,18 +822,32 @@ impl UdpTunnelRx {
             cache.free(b);
             return 0;
         }
-        if let Some(from) = from.filter(|_| self.shared.remotes.learns()) {
-            // Datagrams come in runs from one peer: its index is looked up once a run.
-            let idx = match self.last {
-                Some((ip, idx)) if ip == from => Some(idx),
-                _ => self.shared.remotes.learning_index(from),
-            };
-            if let Some(idx) = idx {
-                self.last = Some((from, idx));
-                // The clock is read once a call, and only when something is learned.
-                let now = *now.get_or_insert_with(|| self.shared.now_s());
-                self.shared.remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
+        let remotes = &self.shared.remotes;
+        let learns = remotes.learns();
+        // The source's endpoint index. Datagrams come in runs from one peer: it is looked up
+        // once a run (added when learning is on and it is new).
+        let idx = match (from, self.last) {
+            (Some(from), Some((ip, idx))) if ip == from => Some(idx),
+            (Some(from), _) => {
+                let i = if learns { remotes.learning_index(from) } else { remotes.index_of(from) };
+                if let Some(i) = i {
+                    self.last = Some((from, i));
+                }
+                i
             }
+            (None, _) => None,
+        };
+        // With learning off only the configured endpoints are taken (`Remotes`): any other
+        // host reaching the UDP port could otherwise put frames into the network.
+        if !learns && !idx.is_some_and(|i| remotes.is_named(i)) {
+            drops.add(DropReason::TunnelUnknownSource, 1);
+            cache.free(b);
+            return 0;
+        }
+        if let (Some(idx), true) = (idx, learns) {
+            // The clock is read once a call, and only when something is learned.
+            let now = *now.get_or_insert_with(|| self.shared.now_s());
+            remotes.learn_at(MacAddr::from_bytes(&b.data()[6..ETH_HEADER_LEN - 2]), idx, now);
         }
         out.push(b);
         1

@@ -10,7 +10,8 @@
 //!   of the inner flow's hash; the outer IPv4 UDP checksum is zero, the IPv6 one computed.
 //! - RX hands on only inner frames of tunnel packets to the local address and port that the
 //!   outer checks ([`switchyard_dataplane::wire::outer::OuterPacket`]) and the codec accept,
-//!   trimmed in place (no copy). Every other uplink frame is consumed here: ARP/ND about the
+//!   and (learning off) whose outer source is an endpoint the configuration names now (else
+//!   `tunnel_unknown_source`), trimmed in place (no copy). Every other uplink frame is consumed here: ARP/ND about the
 //!   local address or an endpoint updates the neighbour table (a request for the local
 //!   address is answered); anything else is dropped as `uplink_not_tunnel` (an AF_PACKET
 //!   uplink's kernel still receives its own copy and handles it as usual).
@@ -904,7 +905,11 @@ impl UplinkTunnelRx {
                 cache.free(b);
                 continue;
             }
-            arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now);
+            if !arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now) {
+                drops.add(DropReason::TunnelUnknownSource, 1);
+                cache.free(b);
+                continue;
+            }
             out.push(b);
             delivered += 1;
         }
@@ -1011,7 +1016,9 @@ fn to_inner(codec: &TunnelCodec, b: &mut PacketBuf, payload: usize, len: usize) 
 }
 
 /// What the arrival of inner frame `inner` from tunnel source `src` (address, MAC) does: the
-/// source's endpoint index found (learned when new and learning is on), its neighbour entry
+/// source's endpoint index found (learned when new and learning is on); with learning off,
+/// a source the configuration does not name refused (false: the caller counts
+/// `tunnel_unknown_source`, nothing is learned or confirmed); else its neighbour entry
 /// confirmed (for an endpoint on the link; once while `confirmed` says the same endpoint and
 /// MAC), and the inner source MAC learned behind it. `inner` is at least an Ethernet header
 /// long (decapsulation refuses shorter ones).
@@ -1023,8 +1030,12 @@ fn arrived(
     (src_ip, src_mac): (IpAddr, MacAddr),
     inner: &[u8],
     now: u32,
-) {
-    if let Some(i) = source_index(sh, last, src_ip) {
+) -> bool {
+    let i = source_index(sh, last, src_ip);
+    if !remotes.admits(i) {
+        return false;
+    }
+    if let Some(i) = i {
         if *confirmed != Some((i, src_mac)) {
             let own = sh.direct[usize::from(i)].load(Ordering::Relaxed);
             if own != NO_HOP {
@@ -1034,6 +1045,7 @@ fn arrived(
         }
         remotes.learn_at(MacAddr::from_bytes(&inner[6..ETH_HEADER_LEN - 2]), i, now);
     }
+    true
 }
 
 impl RxQueue for UplinkTunnelRx {
@@ -1082,6 +1094,8 @@ impl RxQueue for UplinkTunnelRx {
         // The common packets, where they were read: outer headers and tunnel header at fixed
         // offsets, each narrowed in place to its inner frame, up to the first other packet.
         let mut k = start;
+        // Whether the loop stopped at a packet `arrived` refused (narrowed already).
+        let mut refused = false;
         if let Some(l) = local4 {
             while let Some(b) = out.get_mut(k) {
                 let Some(p) = plain_ipv4_inner(b.data(), l, sh.port, &codec) else { break };
@@ -1089,7 +1103,10 @@ impl RxQueue for UplinkTunnelRx {
                     break;
                 }
                 let src = (IpAddr::V4(p.src_ip), p.src_mac);
-                arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now);
+                if !arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now) {
+                    refused = true;
+                    break;
+                }
                 k += 1;
             }
         }
@@ -1101,14 +1118,25 @@ impl RxQueue for UplinkTunnelRx {
                 frames.push(b);
             }
         }
-        for mut b in frames.drain(..) {
+        let mut rest = frames.drain(..);
+        if refused {
+            if let Some(b) = rest.next() {
+                drops.add(DropReason::TunnelUnknownSource, 1);
+                cache.free(b);
+            }
+        }
+        for mut b in rest {
             // A common packet behind another: as above.
             if let Some(p) = local4.and_then(|l| plain_ipv4_inner(b.data(), l, sh.port, &codec)) {
                 if b.narrow(PLAIN_INNER_AT, p.len).is_ok() {
                     let src = (IpAddr::V4(p.src_ip), p.src_mac);
-                    arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now);
-                    out.push(b);
-                    delivered += 1;
+                    if arrived(sh, &remotes, (&mut *last, &mut confirmed), src, b.data(), now) {
+                        out.push(b);
+                        delivered += 1;
+                    } else {
+                        drops.add(DropReason::TunnelUnknownSource, 1);
+                        cache.free(b);
+                    }
                     continue;
                 }
             }
@@ -1144,7 +1172,12 @@ impl RxQueue for UplinkTunnelRx {
                         cache.free(b);
                         continue;
                     }
-                    arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now);
+                    if !arrived(sh, &remotes, (&mut *last, &mut confirmed), (src_ip, src_mac), b.data(), now)
+                    {
+                        drops.add(DropReason::TunnelUnknownSource, 1);
+                        cache.free(b);
+                        continue;
+                    }
                     out.push(b);
                     delivered += 1;
                 }
@@ -2115,6 +2148,58 @@ mod tests {
         let (got, drops) = poll(&mut *rn, &mut cache);
         assert_eq!((got, drops.total()), (vec![ia], 0));
         drop((rb, rn, b, n));
+        all_returned(&peer, cache, &pool);
+    }
+
+    /// With learning off a port takes tunnel packets only from the endpoints its configuration
+    /// names (flood list, static remote MACs' endpoints): another source is
+    /// `tunnel_unknown_source`, whether the packet is read by the port itself (in the run of
+    /// common packets or behind another) or handed over by another port of the uplink.
+    #[test]
+    fn learning_off_takes_only_configured_endpoints() {
+        let pool = Pool::new("t", 64).expect("pool");
+        let mut cache = pool.cache();
+        let key = format!("ring:sources-{}", std::process::id());
+        let peer = Mutex::new(None);
+        let a = join_ring("a", 5001, &[ip(2)], &key, &peer).expect("a");
+        let b = join_ring("b", 5002, &[ip(2)], &key, &peer).expect("b");
+        a.remotes().update(&[ip(2)], &[(MacAddr([2, 0, 0, 0, 0xb, 3]), ip(3))], false).expect("update");
+        let peer = peer.lock().unwrap().take().expect("opened");
+        let (mut ra, mut rb) = (a.open_rx(0).expect("rx"), b.open_rx(0).expect("rx"));
+        let m = MacAddr([2, 0, 0, 0, 0x99, 2]);
+        let f = |n: u8| inner(LOCAL_MAC, MacAddr([2, 0, 0, 0, 0xc, n]));
+        // (source, VNI, tag): the stranger 192.0.2.9 first behind a common packet (the run of
+        // common packets stops at it), then among others.
+        let packets = [
+            (2, 5001, 1),
+            (9, 5001, 91),
+            (3, 5001, 2),
+            (9, 5002, 92),
+            (9, 5001, 93),
+            (2, 5001, 3),
+            (2, 5002, 4),
+        ];
+        for (src, vni, n) in packets {
+            peer.inject(cache.alloc_copy(&tunnel_packet_from(src, m, vni, &f(n))).unwrap()).unwrap();
+        }
+        let (got, drops) = poll(&mut *ra, &mut cache);
+        assert_eq!(got, [f(1), f(2), f(3)]);
+        assert_eq!((drops.get(DropReason::TunnelUnknownSource), drops.total()), (2, 2));
+        let (got, drops) = poll(&mut *rb, &mut cache);
+        assert_eq!(got, [f(4)]);
+        assert_eq!((drops.get(DropReason::TunnelUnknownSource), drops.total()), (1, 1));
+        // The static endpoint left out by an update: no endpoint any more.
+        a.remotes().update(&[ip(2)], &[], false).expect("update");
+        peer.inject(cache.alloc_copy(&tunnel_packet_from(3, m, 5001, &f(5))).unwrap()).unwrap();
+        let (got, drops) = poll(&mut *ra, &mut cache);
+        assert!(got.is_empty());
+        assert_eq!((drops.get(DropReason::TunnelUnknownSource), drops.total()), (1, 1));
+        // Learning on: any source is taken.
+        a.remotes().update(&[ip(2)], &[], true).expect("update");
+        peer.inject(cache.alloc_copy(&tunnel_packet_from(9, m, 5001, &f(6))).unwrap()).unwrap();
+        let (got, drops) = poll(&mut *ra, &mut cache);
+        assert_eq!((got, drops.total()), (vec![f(6)], 0));
+        drop((ra, rb, a, b));
         all_returned(&peer, cache, &pool);
     }
 

@@ -210,7 +210,7 @@ def write_pcap(path, frames):
 TUNNEL_DROPS = [
     "tunnel_unresolved", "tunnel_no_endpoint", "tunnel_wrong_vni", "tunnel_bad_header",
     "tunnel_truncated", "tunnel_inner_runt", "tunnel_outer_malformed", "uplink_not_tunnel",
-    "tunnel_mtu",
+    "tunnel_mtu", "tunnel_unknown_source",
 ]
 
 SCENARIO = """\
@@ -324,6 +324,8 @@ def decap(out):
             ("2.3", from_ep(inner[:10], EP2, sport=50000)),
             ("2.4", bytes(bad_csum)),
             ("2.5", from_ep(inner, EP2, sport=50000, dport=4790)),
+            # From an address that is no endpoint of the port (learning off): not taken.
+            ("2.6", from_ep(inner, ("192.0.2.99", "02:00:00:00:09:09"), sport=50000)),
         ],
     }
     expected = {
@@ -341,7 +343,8 @@ def decap(out):
     stats = {"vm-a": {"rx_packets": 0, "tx_packets": 1},
              "tun0": {"rx_packets": 1, "tx_packets": 0, "tunnel_wrong_vni": 1,
                       "tunnel_outer_malformed": 2, "tunnel_bad_header": 1,
-                      "tunnel_inner_runt": 1, "uplink_not_tunnel": 1}}
+                      "tunnel_inner_runt": 1, "uplink_not_tunnel": 1,
+                      "tunnel_unknown_source": 1}}
     readme = (COMMON + " 192.0.2.2 asks for our address (answered, after tun0's first probes; 192.0.2.3, "
               "silent, is probed again at 2.0); a "
               "VXLAN packet from it carrying b's frame to a, tagged 10, reaches a untagged, the "
@@ -349,7 +352,8 @@ def decap(out):
               "counter: VNI 5002 (`tunnel_wrong_vni`), the outer headers cut at 50 bytes and a "
               "wrong IPv4 header checksum (`tunnel_outer_malformed`), VXLAN without the I flag "
               "(`tunnel_bad_header`), a 10-byte inner frame (`tunnel_inner_runt`), UDP to port "
-              "4790 (`uplink_not_tunnel`).")
+              "4790 (`uplink_not_tunnel`), a good packet from 192.0.2.99, no endpoint of the port, "
+              "which has learning off (`tunnel_unknown_source`).")
     case(out, "tunnel_vxlan_decap_ipv4", readme, inputs, expected, stats)
 
 
