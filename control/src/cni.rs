@@ -187,7 +187,15 @@ pub struct CniPorts {
     /// takes them ([`CniPorts::take_deleted`]) to remove what they left outside it (a
     /// vhost-user port's socket directory).
     deleted: Vec<CniPort>,
+    /// By port name: the policy and allowed addresses each port got when it last matched a
+    /// subject. A port that matches none later (its NAD deleted or edited, its VMI gone while
+    /// the pod lives) keeps them rather than run open: a change of the cluster objects never
+    /// lifts a running VM's filter before its port is deleted. In memory only.
+    last: BTreeMap<String, Decoration>,
 }
+
+/// What [`crate::cni_subject::decorate`] set on a port.
+type Decoration = (Option<switchyard_dataplane::policy::PortPolicy>, Option<Vec<std::net::IpAddr>>);
 
 fn io_err(what: &Path, e: std::io::Error) -> CniError {
     CniError::Internal(format!("{}: {e}", what.display()))
@@ -248,7 +256,7 @@ impl CniPorts {
                 }
             }
         }
-        Ok((CniPorts { ports, dir: Some(dir.to_path_buf()), deleted }, report))
+        Ok((CniPorts { ports, dir: Some(dir.to_path_buf()), deleted, last: BTreeMap::new() }, report))
     }
 
     /// The ports that tombstones removed at [`CniPorts::open`] (once).
@@ -324,6 +332,7 @@ impl CniPorts {
                 Err(e) => return Err(io_err(&path, e)),
             }
         }
+        self.last.remove(&name);
         Ok(self.ports.remove(&name))
     }
 
@@ -332,7 +341,8 @@ impl CniPorts {
     /// whose bridge is missing, or whose name a planned port now has, is left out and named in
     /// the second value (it stays registered and comes back when the bridge does); so is one
     /// that matches several subjects (it runs isolated).
-    pub fn merge_into(&self, base: &Config, subjects: &[CniSubject]) -> (Config, Vec<String>) {
+    /// A port that matches no subject keeps what it last got from one ([`CniPorts::last`]).
+    pub fn merge_into(&mut self, base: &Config, subjects: &[CniSubject]) -> (Config, Vec<String>) {
         let mut cfg = base.clone();
         let mut left_out = Vec::new();
         for p in self.ports.values() {
@@ -344,7 +354,16 @@ impl CniPorts {
                 )),
                 Some(b) => {
                     let mut port = p.port.clone();
-                    left_out.extend(crate::cni_subject::decorate(subjects, p, &mut port));
+                    if crate::cni_subject::matches(subjects, p).is_empty() {
+                        if let Some((policy, ips)) = self.last.get(&p.port.name) {
+                            port.policy.clone_from(policy);
+                            port.allowed_ips.clone_from(ips);
+                        }
+                    } else {
+                        left_out.extend(crate::cni_subject::decorate(subjects, p, &mut port));
+                        self.last
+                            .insert(p.port.name.clone(), (port.policy.clone(), port.allowed_ips.clone()));
+                    }
                     b.ports.push(port);
                 }
                 None => left_out.push(format!(

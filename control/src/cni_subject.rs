@@ -46,8 +46,13 @@ pub struct CniSubject {
     /// The VMI's `status.activePods` UIDs: a CNI ADD carrying one of them is this VMI's pod.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pod_uids: Vec<String>,
-    /// The pod interface names the interface may have (hashed, ordinal, status).
+    /// The pod interface names the interface may have (hashed, ordinal, status; `eth0` for
+    /// the multus default network).
     pub ifnames: Vec<String>,
+    /// The interface's MAC as the VMI gives it (spec, else status): the VM's EUI-64
+    /// link-local address is allowed from it when the ADD carried no MAC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// What the plan resolved for the interface, as for a planned port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PortPolicy>,
@@ -140,7 +145,8 @@ pub fn decorate(subjects: &[CniSubject], p: &CniPort, port: &mut PortConfig) -> 
                 // As for a planned port (policy::apply): where the switch does not check the
                 // source MAC, the VM's own EUI-64 link-local address is listed from its MAC.
                 if port.allowed_macs.is_none() {
-                    let own = p.mac.as_deref().and_then(|m| crate::plan::parse_mac(m).ok());
+                    let own =
+                        p.mac.as_deref().or(s.mac.as_deref()).and_then(|m| crate::plan::parse_mac(m).ok());
                     for m in port.static_macs.iter().copied().chain(own) {
                         let lla = IpAddr::from(std::net::Ipv6Addr::from(
                             switchyard_dataplane::filter::eui64_link_local(m.to_u64()),
@@ -189,6 +195,7 @@ mod tests {
             pod_prefix: pod_prefix(vmi),
             pod_uids: uids.iter().map(|u| u.to_string()).collect(),
             ifnames: vec![hashed_ifname(net), ordinal_ifname(1), "status0".into()],
+            mac: None,
             policy: Some(PortPolicy {
                 ingress: Some(DirectionPolicy {
                     rules: vec![PolicyRule { name: vmi.into(), peers: None, ports: None }],
@@ -309,5 +316,46 @@ mod tests {
         port.allowed_macs = Some(vec![crate::plan::parse_mac("02:00:00:00:00:05").unwrap()]);
         decorate(&s, &p, &mut port);
         assert_eq!(port.allowed_ips.unwrap().len(), 1);
+    }
+
+    /// A port that matched a subject keeps its policy and addresses when it matches none
+    /// later (its NAD deleted or its bridge edited while the VM runs): never opened by a
+    /// change of the objects; it is forgotten with the port. The VMI's MAC gives the
+    /// link-local address when the ADD named no MAC.
+    #[test]
+    fn a_port_that_no_subject_matches_any_more_keeps_its_last_filter() {
+        let base =
+            switchyard_dataplane::config::Config::from_yaml_str("bridges:\n- name: br1\n  ports: []\n")
+                .unwrap();
+        let mut ports = crate::cni::CniPorts::in_memory();
+        let mut p = cni(Some("a"), Some("virt-launcher-web-x1y2z"), None, &hashed_ifname("net1"), "br1");
+        p.mac = None;
+        ports.insert(p.clone()).unwrap();
+        let mut s = subject("a", "web", "net1", &[]);
+        s.mac = Some("02:00:00:00:00:0a".into());
+        let (cfg, _) = ports.merge_into(&base, std::slice::from_ref(&s));
+        let q = &cfg.bridges[0].ports[0];
+        assert_eq!(q.policy, s.policy);
+        let lla: IpAddr = "fe80::ff:fe00:a".parse().unwrap();
+        assert_eq!(q.allowed_ips, Some(vec!["10.0.0.5".parse().unwrap(), lla]));
+        // The NAD goes: no subject any more.
+        let (cfg, _) = ports.merge_into(&base, &[]);
+        let q = &cfg.bridges[0].ports[0];
+        assert_eq!((q.policy.as_ref(), q.allowed_ips.as_ref().map(Vec::len)), (s.policy.as_ref(), Some(2)));
+        // A subject that matches again decides (here: no policy any more).
+        let mut open = s.clone();
+        open.policy = None;
+        open.allowed_ips = None;
+        let (cfg, _) = ports.merge_into(&base, std::slice::from_ref(&open));
+        assert_eq!(
+            (cfg.bridges[0].ports[0].policy.as_ref(), cfg.bridges[0].ports[0].allowed_ips.as_ref()),
+            (None, None)
+        );
+        // Deleted and added again: nothing remembered.
+        ports.merge_into(&base, std::slice::from_ref(&s));
+        ports.remove(&p.attachment).unwrap();
+        ports.insert(p).unwrap();
+        let (cfg, _) = ports.merge_into(&base, &[]);
+        assert_eq!(cfg.bridges[0].ports[0].policy, None);
     }
 }

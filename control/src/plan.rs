@@ -267,6 +267,18 @@ pub fn plan_memo(
         p.notes.extend(m.notes.iter().cloned());
         p.cni.extend(m.cni.iter().cloned());
     }
+    // A VMI whose virt-launcher pod is scheduled here (`status.activePods`) but that does not
+    // run here yet: KubeVirt sets `status.nodeName` only once the pod is ready, after the CNI
+    // ADDs of its pod, so its CNI subjects are made from the pod's scheduling on, for the
+    // ADD to find. Nothing else of it is planned (its ports come when it runs here), and it
+    // is not memoised (the memo's ports are what the delta path indexes).
+    for l in state.vmis.values() {
+        if !on_node(l, node) && l.obj.status.active_pods.values().any(|n| n == node) {
+            let mut vp = Planner::new(Vec::new(), p.mappings.clone());
+            vp.aware = p.aware.clone();
+            p.cni.extend(vp.vmi_memo(state, l, node, opts).cni);
+        }
+    }
     // Problems are returned, not logged: the caller reports them (plan prints them, run logs
     // them once per change).
     ph.mark("plan VMIs");
@@ -326,11 +338,15 @@ fn cni_subject(
     vmi: &str,
     iface: &str,
     nad: (&str, &str),
-    bridge: &str,
-    vlan: Option<u16>,
+    (bridge, vlan): (&str, Option<u16>),
+    mac: Option<MacAddr>,
 ) -> CniSubject {
     use crate::cni_subject::{hashed_ifname, ordinal_ifname, pod_prefix};
-    let mut ifnames = vec![hashed_ifname(iface)];
+    // The multus default network is the pod's `eth0` (KubeVirt's both schemes); a secondary
+    // one is named by the hashed scheme, or the ordinal one in older pods.
+    let default =
+        o.spec.networks.iter().any(|n| n.name == iface && n.multus.as_ref().is_some_and(|m| m.default));
+    let mut ifnames = vec![if default { "eth0".to_string() } else { hashed_ifname(iface) }];
     // KubeVirt's ordinal scheme counts the multus networks that are not the default one.
     let secondary = o.spec.networks.iter().filter(|n| n.multus.as_ref().is_some_and(|m| !m.default));
     if let Some(i) = secondary.map(|n| n.name.as_str()).position(|n| n == iface) {
@@ -351,6 +367,7 @@ fn cni_subject(
         pod_prefix: pod_prefix(vmi),
         pod_uids: o.status.active_pods.keys().cloned().collect(),
         ifnames,
+        mac: mac.map(|m| m.to_string()),
         policy: None,
         allowed_ips: None,
     }
@@ -969,7 +986,8 @@ impl Planner {
                         break 'iface;
                     }
                     NadNetwork::SwitchyardCni { bridge, vlan } => {
-                        let sub = cni_subject(o, ns, vmi, &ifc.name, (nad_ns, nad_name), bridge, *vlan);
+                        let sub =
+                            cni_subject(o, ns, vmi, &ifc.name, (nad_ns, nad_name), (bridge, *vlan), mac);
                         skipped.push(skip(
                             &ifc.name,
                             format!(

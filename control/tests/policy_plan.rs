@@ -412,3 +412,38 @@ fn a_vmi_on_a_switchyard_nad_yields_a_cni_subject_with_its_policy() {
         "{line}"
     );
 }
+
+/// KubeVirt sets a VMI's `status.nodeName` only once its virt-launcher pod is ready, after the
+/// pod's CNI ADDs: a VMI whose pod is scheduled here (`status.activePods`) already has its CNI
+/// subject, with its policy, and nothing else planned. The multus default network is the pod's
+/// `eth0`; the subject carries the VMI's MAC (for the link-local address of a port whose ADD
+/// named none).
+#[test]
+fn a_vmi_whose_pod_is_scheduled_here_has_its_cni_subject_before_it_runs() {
+    let sy = manifest::nad(
+        "infra",
+        "sy",
+        r#"{"cniVersion":"1.0.0","name":"sy","type":"switchyard","bridge":"br-sy"}"#,
+    );
+    let pending = Vmi::new("a", "web", "infra/sy", "")
+        .labels("app: web")
+        .iface("          macAddress: 02:00:00:00:00:0a")
+        .status("  activePods: {\"uid-1\": n1}\n")
+        .yaml();
+    let elsewhere = Vmi::new("a", "far", "infra/sy", "").status("  activePods: {\"uid-2\": n2}\n").yaml();
+    let files = vec![
+        sy,
+        pending.replace("networkName: infra/sy", "networkName: infra/sy\n        default: true"),
+        elsewhere,
+        policy("a", "web-in", "infra/sy", "  podSelector: {matchLabels: {app: web}}\n  ingress: []\n"),
+    ];
+    let p = plan_of(&files);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    assert!(p.config.bridges.iter().all(|b| b.ports.is_empty()), "{}", p.to_yaml());
+    assert_eq!(p.cni_subjects.len(), 1, "far's pod is on n2: {:?}", p.cni_subjects);
+    let s = &p.cni_subjects[0];
+    assert_eq!((s.port.as_str(), s.pod_uids.as_slice()), ("a/web/net1", &["uid-1".to_string()][..]));
+    assert_eq!(s.ifnames, ["eth0"], "the default network is the pod's eth0");
+    assert_eq!(s.mac.as_deref(), Some("02:00:00:00:00:0a"));
+    assert_eq!(s.policy.as_ref().and_then(|p| p.ingress.as_ref()), Some(&DirectionPolicy { rules: vec![] }));
+}
