@@ -16,7 +16,7 @@ use crate::k8s::{
 use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;
@@ -122,7 +122,7 @@ pub fn plan(
 type SeenNad = ((String, String), Option<Arc<NetworkAttachmentDefinition>>);
 /// What a memo's entries depend on besides their VMI and NADs: node, vhost directory and
 /// socket mode, bridge mappings.
-type MemoKey = (String, String, Option<String>, Vec<(String, String)>, Arc<BTreeSet<String>>);
+type MemoKey = (String, String, Option<String>, Vec<(String, String)>);
 
 /// What planning each VMI gave, kept from one plan to the next: a VMI whose object, NADs and
 /// bridge mappings are the very same (`Arc` identity: the API source keeps an unchanged
@@ -134,8 +134,6 @@ pub struct PlanMemo {
     key: Option<MemoKey>,
     /// The OVN bridge mappings of the last plan (a VMI planned alone needs them).
     mappings: BTreeMap<String, (String, ObjRef)>,
-    /// The VLAN-filtering bridges of the last plan (a VMI planned alone needs them).
-    aware: Arc<BTreeSet<String>>,
     /// The uplinks (NNCP ports) of the last plan, as built.
     pub(crate) uplinks: Vec<Built>,
     vmis: HashMap<(String, String), VmiMemo>,
@@ -190,11 +188,7 @@ pub(crate) fn plan_vmi(
     opts: &PlanOptions,
     memo: &PlanMemo,
 ) -> Option<VmiMemo> {
-    on_node(l, node).then(|| {
-        let mut p = Planner::new(Vec::new(), memo.mappings.clone());
-        p.aware = memo.aware.clone();
-        p.vmi_memo(state, l, node, opts)
-    })
+    on_node(l, node).then(|| Planner::new(Vec::new(), memo.mappings.clone()).vmi_memo(state, l, node, opts))
 }
 
 impl VmiMemo {
@@ -222,29 +216,17 @@ pub fn plan_memo(
     for l in state.nncps.values() {
         p.nncp(l, &labels);
     }
-    let aware = Arc::new(vlan_filtering_bridges(state, &p.linux_vlan_bridges));
-    // An uplink without VLAN settings on a Linux bridge that filters VLANs: VLAN 1 alone.
-    for b in &mut p.ports {
-        let q = &mut b.port;
-        let plain = q.vlan_mode == Some(VlanModeName::Trunk) && q.tag.is_none() && q.trunks.is_none();
-        if plain && p.linux_bridges.contains(&b.bridge) && aware.contains(&b.bridge) {
-            (q.vlan_mode, q.tag) = (Some(VlanModeName::Access), Some(1));
-        }
-    }
-    p.aware = aware.clone();
     let key = (
         node.to_string(),
         opts.vhost_dir.clone(),
         opts.vhost_socket_mode.clone(),
         p.mappings.iter().map(|(l, (b, _))| (l.clone(), b.clone())).collect(),
-        aware.clone(),
     );
     if memo.key.as_ref() != Some(&key) {
         memo.vmis.clear();
         memo.key = Some(key);
     }
     memo.mappings.clone_from(&p.mappings);
-    memo.aware = aware;
     memo.uplinks.clone_from(&p.ports);
     ph.mark("plan NNCPs");
     // Entries stay where they are (no key is copied for a VMI that did not change).
@@ -255,9 +237,7 @@ pub fn plan_memo(
             continue;
         }
         if !memo.vmis.contains_key(k) {
-            let mut vp = Planner::new(Vec::new(), p.mappings.clone());
-            vp.aware = p.aware.clone();
-            let m = vp.vmi_memo(state, l, node, opts);
+            let m = Planner::new(Vec::new(), p.mappings.clone()).vmi_memo(state, l, node, opts);
             memo.vmis.insert(k.clone(), m);
         }
         let m = &memo.vmis[k];
@@ -274,8 +254,7 @@ pub fn plan_memo(
     // is not memoised (the memo's ports are what the delta path indexes).
     for l in state.vmis.values() {
         if !on_node(l, node) && l.obj.status.active_pods.values().any(|n| n == node) {
-            let mut vp = Planner::new(Vec::new(), p.mappings.clone());
-            vp.aware = p.aware.clone();
+            let vp = Planner::new(Vec::new(), p.mappings.clone());
             p.cni.extend(vp.vmi_memo(state, l, node, opts).cni);
         }
     }
@@ -303,31 +282,8 @@ struct Planner {
     mappings: BTreeMap<String, (String, ObjRef)>,
     /// The NADs the VMI being planned looked up (for [`PlanMemo`]).
     nads_seen: Vec<SeenNad>,
-    /// Bridges NNCPs define as `linux-bridge`, and those of them with a port that has VLAN
-    /// settings (nmstate then turns the bridge's VLAN filtering on).
-    linux_bridges: BTreeSet<String>,
-    linux_vlan_bridges: BTreeSet<String>,
-    /// The bridges that filter VLANs ([`vlan_filtering_bridges`]).
-    aware: Arc<BTreeSet<String>>,
     /// The CNI subjects of the VMIs planned.
     cni: Vec<CniSubject>,
-}
-
-/// The Linux bridges that filter VLANs: those an NNCP gives a port with VLAN settings (nmstate
-/// turns VLAN filtering on for them) and those a bridge CNI NAD with `vlan` or `vlanTrunk`
-/// names (the plugin turns it on). On such a bridge a port without VLAN settings is what the
-/// kernel makes it, a member of VLAN 1 alone (PVID 1, untagged), not VLAN-transparent: a VM
-/// on a NAD without VLANs must not reach the VLANs other NADs put on the bridge.
-fn vlan_filtering_bridges(state: &ClusterState, nncp_vlan: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut out = nncp_vlan.clone();
-    for n in state.nads.values() {
-        if let Ok(NadNetwork::Bridge(b)) = &n.net {
-            if b.vlan.is_some() || !b.trunks.is_empty() {
-                out.insert(b.bridge.clone());
-            }
-        }
-    }
-    out
 }
 
 /// The CNI subject of VMI `o`'s interface `iface` on the switchyard NAD `nad` (its policy and
@@ -584,9 +540,6 @@ impl Planner {
             bridges: BTreeMap::new(),
             mappings,
             nads_seen: Vec::new(),
-            linux_bridges: BTreeSet::new(),
-            linux_vlan_bridges: BTreeSet::new(),
-            aware: Arc::default(),
             cni: Vec::new(),
         }
     }
@@ -623,7 +576,7 @@ impl Planner {
             ds.interfaces.iter().filter(|i| i.kind == "ovs-interface").map(|i| i.name.as_str()).collect();
         let mut errs: Vec<(String, String)> = Vec::new();
         let mut skipped = Vec::new();
-        let mut bridges: Vec<(usize, String, Vec<PortConfig>, bool)> = Vec::new();
+        let mut bridges: Vec<(usize, String, Vec<PortConfig>)> = Vec::new();
         for (i, iface) in ds.interfaces.iter().enumerate() {
             let f = format!("spec.desiredState.interfaces[{i}]");
             if iface.kind != "linux-bridge" && iface.kind != "ovs-bridge" {
@@ -712,7 +665,7 @@ impl Planner {
                     ..Default::default()
                 });
             }
-            bridges.push((i, iface.name.clone(), ports, iface.kind == "linux-bridge"));
+            bridges.push((i, iface.name.clone(), ports));
         }
         let mut maps = Vec::new();
         if let Some(ovn) = &ds.ovn {
@@ -743,7 +696,7 @@ impl Planner {
             self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         self.skipped.extend(skipped);
-        for (i, name, ports, linux) in bridges {
+        for (i, name, ports) in bridges {
             if let Some(prev) = self.bridges.get(&name) {
                 let msg = format!("bridge {name} is already defined by {prev}; this definition is skipped");
                 self.problems.push(Problem::object(
@@ -756,15 +709,6 @@ impl Planner {
             }
             tracing::info!("{oref}: bridge {name} with {} uplink(s)", ports.len());
             self.bridges.insert(name.clone(), oref.clone());
-            if linux {
-                self.linux_bridges.insert(name.clone());
-                let plain = |q: &PortConfig| {
-                    q.vlan_mode == Some(VlanModeName::Trunk) && q.tag.is_none() && q.trunks.is_none()
-                };
-                if !ports.iter().all(plain) {
-                    self.linux_vlan_bridges.insert(name.clone());
-                }
-            }
             for port in ports {
                 self.ports.push(Built {
                     bridge: name.clone(),
@@ -943,12 +887,6 @@ impl Planner {
                             (None, false) => {
                                 port.vlan_mode = Some(VlanModeName::Trunk);
                                 port.trunks = Some(b.trunks.clone());
-                            }
-                            // VLAN-transparent, unless the bridge filters VLANs (then VLAN 1
-                            // alone, as the kernel makes such a port).
-                            (None, true) if self.aware.contains(&b.bridge) => {
-                                port.vlan_mode = Some(VlanModeName::Access);
-                                port.tag = Some(1);
                             }
                             (None, true) => port.vlan_mode = Some(VlanModeName::Trunk),
                         }

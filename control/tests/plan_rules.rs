@@ -126,61 +126,6 @@ fn bridge_without_vlan_is_vlan_transparent() {
     assert_eq!((q.vlan_mode, q.tag, q.trunks), (Some(VlanModeName::Trunk), None, None));
 }
 
-/// A bridge that filters VLANs (a NAD with `vlan` names it, or an NNCP gives one of its
-/// Linux bridge ports VLANs) makes a port without VLAN settings a member of VLAN 1 alone, as
-/// the kernel does: a VM on a NAD without VLANs does not reach another NAD's VLAN 100. An
-/// OVS bridge's port without tag or trunks stays VLAN-transparent (OVS's own rule).
-#[test]
-fn a_port_without_vlans_on_a_vlan_filtering_bridge_is_vlan_1() {
-    let v100 = nad(
-        "ns",
-        "v100",
-        r#"{"cniVersion":"0.3.1","name":"v100","type":"bridge","bridge":"br1","vlan":100}"#,
-    );
-    let p = plan_of(&[
-        ("nad.yaml", &bridge_nad("")),
-        ("v100.yaml", &v100),
-        ("vm.yaml", &vmi("ns", "vm", "net", MAC1)),
-        ("vm100.yaml", &vmi("ns", "vm100", "v100", "")),
-    ]);
-    assert!(p.problems.is_empty(), "{:?}", p.problems);
-    let q = port(&p, "ns/vm/net1").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(1), None));
-    let q = port(&p, "ns/vm100/net1").1;
-    assert_eq!((q.vlan_mode, q.tag), (Some(VlanModeName::Access), Some(100)));
-    // The same NAD on a bridge no VLAN NAD names: VLAN-transparent.
-    let other = nad(
-        "ns",
-        "v100",
-        r#"{"cniVersion":"0.3.1","name":"v100","type":"bridge","bridge":"br2","vlan":100}"#,
-    );
-    let p = plan_of(&[
-        ("nad.yaml", &bridge_nad("")),
-        ("v100.yaml", &other),
-        ("vm.yaml", &vmi("ns", "vm", "net", MAC1)),
-    ]);
-    let q = port(&p, "ns/vm/net1").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
-    // An ovs-bridge NNCP: its plain port stays a trunk of every VLAN beside a VLAN port.
-    let ovs = r#"apiVersion: nmstate.io/v1
-kind: NodeNetworkConfigurationPolicy
-metadata:
-  name: ovs
-spec:
-  desiredState:
-    interfaces:
-      - name: br3
-        type: ovs-bridge
-        bridge:
-          port:
-            - {name: eth1, vlan: {mode: access, tag: 5}}
-            - {name: eth2}
-"#;
-    let p = plan_of(&[("nncp.yaml", ovs)]);
-    let q = port(&p, "eth2").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
-}
-
 #[test]
 fn macspoofchk_enforces_the_interface_mac_and_the_mac_is_static() {
     let mac = "02:00:00:00:00:01".parse().unwrap();
@@ -515,10 +460,8 @@ fn nncp_bridge_ports_become_uplinks_with_their_vlans() {
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(40), None));
     let q = port(&p, "eth3").1;
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, Some(vec![50])));
-    // A port without VLAN settings on a bridge nmstate turned VLAN filtering on for (other
-    // ports have VLANs): the kernel's PVID 1, untagged, alone.
     let q = port(&p, "eth4").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(1), None));
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
 }
 
 /// nmstate's readings: numbers and `enable-native` may be strings; `vlan: {}` is no VLAN
@@ -574,9 +517,8 @@ spec:
         (q.vlan_mode, q.tag, q.trunks.clone()),
         (Some(VlanModeName::Trunk), None, Some(vec![5, 6, 7]))
     );
-    // `vlan: {}` is no VLAN settings: on this bridge, whose other ports have VLANs, VLAN 1.
     let q = port(&p, "eth8").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(1), None));
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
 }
 
 #[test]
