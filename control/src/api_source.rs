@@ -1026,9 +1026,6 @@ mod tests {
         assert!(st.ready());
     }
 
-    /// `ingress: null` is no ingress rule (Kubernetes' reading, and the directory source's):
-    /// the policy is stored and isolates its port, where it used to fail to parse and leave
-    /// the port open; an unknown field set to null is left out, from a manifest as from the API.
     /// A NAD's creationTimestamp reaches the state as the API server writes it (RFC 3339),
     /// so that the overlay plan can tell which NAD of a network came first.
     #[test]
@@ -1044,6 +1041,9 @@ mod tests {
         assert_eq!(n.metadata.creation_timestamp.as_deref(), Some("2026-12-06T16:00:00Z"));
     }
 
+    /// `ingress: null` is no ingress rule (Kubernetes' reading, and the directory source's):
+    /// the policy is stored and isolates its port, where it used to fail to parse and leave
+    /// the port open; an unknown field set to null is left out, from a manifest as from the API.
     #[test]
     fn a_null_field_reads_as_left_out() {
         let mut st = ApiStore::default();

@@ -341,7 +341,7 @@ impl CniPorts {
     /// whose bridge is missing, or whose name a planned port now has, is left out and named in
     /// the second value (it stays registered and comes back when the bridge does); so is one
     /// that matches several subjects (it runs isolated).
-    /// A port that matches no subject keeps what it last got from one ([`CniPorts::last`]).
+    /// A port that matches no subject keeps what it last got from one (see the `last` field).
     pub fn merge_into(&mut self, base: &Config, subjects: &[CniSubject]) -> (Config, Vec<String>) {
         let mut cfg = base.clone();
         let mut left_out = Vec::new();

@@ -27,7 +27,7 @@ use crate::nad::{Layer2Net, NadNetwork, MAX_VNI};
 use crate::plan::{binding_of, nad_key, parse_mac, Binding, Plan, PlanOptions, OVN_LAYER2_PREFIX};
 use crate::{ObjRef, Problem};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use switchyard_dataplane::config::{PortConfig, PortType, RemoteMac};
 use switchyard_dataplane::tunnel::TunnelKind;
@@ -309,6 +309,18 @@ fn local_endpoint(
             problems.push(Problem::file("(plan)", msg));
             return None;
         }
+        // The peers know this node's endpoint from its Node object only: a flag that differs
+        // sends from an address they take datagrams from none of.
+        if let Some(Ok(theirs)) = state.nodes.get(node).map(|l| node_endpoint(&l.obj, None)) {
+            if theirs != ip {
+                let msg = format!(
+                    "--tunnel-ip {ip} differs from the endpoint the other nodes take from Node {node} ({theirs}): \
+                     they drop this node's datagrams (tunnel_unknown_source); set the \
+                     {TUNNEL_IP_ANNOTATION} annotation to {ip}"
+                );
+                problems.push(Problem::file("(plan)", msg));
+            }
+        }
         return Some(ip);
     }
     let p = match state.nodes.get(node) {
@@ -334,10 +346,17 @@ fn endpoint_field(n: &Node) -> &'static str {
     }
 }
 
-/// Every Node's endpoint (of family `v6` when given), with the Nodes that have it, by name.
-fn endpoint_owners(state: &ClusterState, v6: Option<bool>) -> BTreeMap<IpAddr, Vec<String>> {
+/// The endpoint (of family `v6` when given) of every Node among `nodes` (those hosting a VMI
+/// of an overlay network, and this one), with the Nodes that have it, by name. A Node hosting
+/// none (a stale object left by a reinstalled machine that got its address back) makes no
+/// remote MAC ambiguous and does not count.
+fn endpoint_owners(
+    state: &ClusterState,
+    v6: Option<bool>,
+    nodes: &BTreeSet<&str>,
+) -> BTreeMap<IpAddr, Vec<String>> {
     let mut owners: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for (name, l) in &state.nodes {
+    for (name, l) in state.nodes.iter().filter(|(n, _)| nodes.contains(n.as_str())) {
         if let Ok(ip) = node_endpoint(&l.obj, v6) {
             owners.entry(ip).or_default().push(name.clone());
         }
@@ -369,6 +388,8 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
     // Every Node's endpoint and the Nodes that have it (this node's family; computed when a
     // peer is first needed).
     let mut owners: Option<BTreeMap<IpAddr, Vec<String>>> = None;
+    let member_nodes: BTreeSet<&str> =
+        members.iter().map(|m| m.node.as_str()).chain(std::iter::once(node.as_str())).collect();
     for (name, net) in &nets {
         let bridge_name = format!("{OVN_LAYER2_PREFIX}{name}");
         let Some(bi) = plan.config.bridges.iter().position(|b| b.name == bridge_name) else { continue };
@@ -386,6 +407,26 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
         // The peers' endpoints by the rule this node's own follows ([`node_endpoint`]): the
         // family of `--tunnel-ip` when given, else IPv4 first.
         let fam = opts.tunnel_ip.map(|ip| ip.is_ipv6());
+        // This node sharing its endpoint with another: every other node leaves both out (the
+        // peers' rule below), so this one keeps no tunnel either, and says so.
+        if let Some(ip) = local_ip {
+            let owners = owners.get_or_insert_with(|| endpoint_owners(state, fam, &member_nodes));
+            if let Some(all) = owners.get(&ip).filter(|o| o.iter().any(|n| *n != node)) {
+                if reported.insert(ObjRef::new("Node", None, &node)) {
+                    let others: Vec<&str> = all.iter().filter(|o| **o != node).map(String::as_str).collect();
+                    let msg = format!(
+                        "this node's ({node}) tunnel endpoint {ip} is also node {}'s: the other nodes leave \
+                         both out of the overlay, and this node plans no tunnel port",
+                        others.join(", ")
+                    );
+                    plan.problems.push(match state.nodes.get(&node) {
+                        Some(l) => node_problem(l, endpoint_field(&l.obj), &msg),
+                        None => Problem::file("(plan)", msg),
+                    });
+                }
+                continue;
+            }
+        }
         let local_macs: HashSet<MacAddr> =
             plan.config.bridges[bi].ports.iter().flat_map(|p| p.static_macs.iter().copied()).collect();
         let mut endpoints: BTreeMap<String, IpAddr> = BTreeMap::new();
@@ -425,7 +466,8 @@ pub fn apply(state: &ClusterState, opts: &PlanOptions, plan: &mut Plan) {
                             continue;
                         }
                         Ok(ip) => {
-                            let owners = owners.get_or_insert_with(|| endpoint_owners(state, fam));
+                            let owners =
+                                owners.get_or_insert_with(|| endpoint_owners(state, fam, &member_nodes));
                             match owners.get(&ip).filter(|o| o.len() > 1) {
                                 // Several nodes on one endpoint: whichever answers there, the
                                 // MACs of the others would be wrong. Every node leaves them
@@ -777,7 +819,10 @@ mod tests {
         }
         let opts = PlanOptions { tunnel_ip: Some("fd00::1".parse().unwrap()), ..Default::default() };
         let p = plan(&st, "n1", &BTreeMap::new(), &opts);
-        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        // The peers take n1's endpoint from its Node (IPv4 first): the flag differs, and the
+        // plan says so (they would drop what n1 sends from fd00::1).
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(p.problems[0].message.contains("--tunnel-ip fd00::1 differs"), "{:?}", p.problems);
         let t = tunnel(&p, "blue").unwrap();
         assert_eq!(t.flood, Some(vec!["fd00::2".parse().unwrap()]));
         assert_eq!(t.remote_macs[0].remote, "fd00::2".parse::<IpAddr>().unwrap());
@@ -1052,16 +1097,29 @@ mod tests {
             vmi("e", "blue", "02:00:00:00:00:0e", "n5"),
         ];
         let ann = format!("metadata.annotations[{TUNNEL_IP_ANNOTATION}]");
+        // n1 shares its endpoint with n3: every other node leaves both out, so n1 keeps no
+        // tunnel either (it would send where nobody takes it), with a problem on its Node.
         let p = plan_of(&docs, "n1");
         assert!(p.config.validate().is_ok());
-        let t = tunnel(&p, "blue").expect("n2 is left");
-        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap()]));
-        let rm: Vec<String> = t.remote_macs.iter().map(|r| r.mac.to_string()).collect();
-        assert_eq!(rm, ["02:00:00:00:00:0b"]);
+        assert!(tunnel(&p, "blue").is_none(), "{:?}", p.overlays);
         let f = fields(&p);
-        assert!(f.contains(&("Node n3".to_string(), ann.clone())), "{:?}", p.problems);
+        assert!(f.contains(&("Node n1".to_string(), "status.addresses".to_string())), "{:?}", p.problems);
+        assert!(p.problems.iter().any(|x| x.message.contains("also node n3's")), "{:?}", p.problems);
+        // Without n3's claim on it, n1 floods to n2 only (n4 and n5 share one).
+        let mut alone = docs.clone();
+        alone[3] = node("n3", "10.0.0.3", None);
+        let p = plan_of(&alone, "n1");
+        let t = tunnel(&p, "blue").expect("n2 and n3 are left");
+        assert_eq!(t.flood, Some(vec!["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()]));
+        let f = fields(&p);
         assert!(f.contains(&("Node n4".to_string(), ann.clone())), "{:?}", p.problems);
         assert!(f.contains(&("Node n5".to_string(), "status.addresses".to_string())), "{:?}", p.problems);
+        // A stale Node object hosting no VMI on n2's address makes nothing ambiguous.
+        alone.push(node("old-n2", "10.0.0.2", None));
+        let p = plan_of(&alone, "n1");
+        let t = tunnel(&p, "blue").expect("n2 is kept");
+        assert!(t.flood.as_ref().is_some_and(|f| f.contains(&"10.0.0.2".parse().unwrap())), "{:?}", t.flood);
+        assert!(!p.problems.iter().any(|x| x.message.contains("old-n2")), "{:?}", p.problems);
         // n3 and n1 share 10.0.0.1 too: on n2 neither is an endpoint, nor n4 and n5.
         let p2 = plan_of(&docs, "n2");
         assert!(tunnel(&p2, "blue").is_none(), "no endpoint left: {:?}", p2.overlays);
