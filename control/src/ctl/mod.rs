@@ -192,11 +192,8 @@ pub struct CtlClaim {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// Claims the control socket `path` for this process ([`CtlClaim`]), then checks it as
-/// [`free`] does: [`CtlError::InUse`] when another `run` holds the claim or answers there.
-/// Creates the socket's directory (mode 0700) when it is missing.
-pub fn claim(path: &Path) -> Result<CtlClaim, CtlError> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Creates the directory of socket `path` (mode 0700) when it is missing.
+fn socket_dir(path: &Path) -> Result<(), CtlError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -204,6 +201,15 @@ pub fn claim(path: &Path) -> Result<CtlClaim, CtlError> {
             .create(dir)
             .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
     }
+    Ok(())
+}
+
+/// Claims the control socket `path` for this process ([`CtlClaim`]), then checks it as
+/// [`free`] does: [`CtlError::InUse`] when another `run` holds the claim or answers there.
+/// Creates the socket's directory (mode 0700) when it is missing.
+pub fn claim(path: &Path) -> Result<CtlClaim, CtlError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    socket_dir(path)?;
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -230,13 +236,7 @@ impl CtlServer {
     /// error.
     pub fn start(path: &Path, rt: Arc<Mutex<Runtime>>) -> Result<CtlServer, CtlError> {
         let socket = |source| CtlError::Socket { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| CtlError::SocketDir { dir: dir.to_path_buf(), source })?;
-        }
+        socket_dir(path)?;
         if free(path)? {
             std::fs::remove_file(path).map_err(socket)?;
         }
