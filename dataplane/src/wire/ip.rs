@@ -473,7 +473,10 @@ mod tests {
             let mut frame = vec![0xee; 14];
             frame.extend_from_slice(&p);
             prop_assert_eq!(simple_v4_at(&frame, 14), simple_v4(&p));
-            prop_assert_eq!(simple_v4_at(&p, 0), simple_v4(&p));
+            // And on a buffer cut short at the offset's header (the one bounds check's edge,
+            // 24 to 33 bytes of header): the same answer as the unshifted cut buffer.
+            let cut = p.len().min(20 + (proto as usize % 14));
+            prop_assert_eq!(simple_v4_at(&frame[..14 + cut], 14), simple_v4(&p[..cut]));
         }
     }
 }
