@@ -682,6 +682,9 @@ pub struct Conntrack {
     capacity: usize,
     /// Where the incremental sweep goes on (it walks downwards).
     sweep_at: AtomicUsize,
+    /// The sweep's allowance: the clock second (high 32 bits) and how many slots it may still
+    /// look at in that second (low 32 bits), see [`Conntrack::sweep`].
+    sweep_quota: AtomicU64,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -761,6 +764,7 @@ impl Conntrack {
             stripes: (0..n.div_ceil(STRIPE)).map(|_| Mutex::new(())).collect(),
             capacity,
             sweep_at: AtomicUsize::new(0),
+            sweep_quota: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -1138,10 +1142,25 @@ impl Conntrack {
     /// The incremental sweep: looks at the next `n` slots (walking the table downwards,
     /// shared by all callers) and empties each expired one whose next slot is empty, so that
     /// probes for unknown keys stay short. A slot a writer holds is left for the next pass.
+    ///
+    /// At most one pass over the table per second of the clock, all callers together: expiries
+    /// are whole seconds, so a second pass in the same second finds nothing new to empty, and
+    /// at line rate a per-burst sweep would otherwise walk a 200,000-slot table tens of times
+    /// a second, its lines evicting the ones the lookups need. Nothing depends on the sweep
+    /// for correctness (an insert takes an expired slot itself, a probe passes over one); it
+    /// only keeps unknown keys' probes short. Once the second's allowance is spent a call
+    /// reads one word and writes nothing. The allowance is kept without a lock: callers that
+    /// race may look at a few slots more or fewer in a second, nothing else.
     #[inline(always)]
     pub fn sweep(&self, now: u32, n: usize) {
         let len = self.n;
-        let n = n.min(len);
+        let q = self.sweep_quota.load(Ordering::Relaxed);
+        let left = if (q >> 32) as u32 == now { q as u32 as usize } else { len };
+        let n = n.min(left);
+        if n == 0 {
+            return;
+        }
+        self.sweep_quota.store(u64::from(now) << 32 | (left - n) as u64, Ordering::Relaxed);
         let end = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
         // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
         // an empty one empties in one pass. In at most two runs of slots (below `end`, then
@@ -1270,6 +1289,53 @@ mod tests {
         let (_, live) = ct.entries(1, 0);
         assert!(refused > 0 && live >= 64 && live <= ct.slots(), "live {live}, refused {refused}");
         assert!(ct.commit(&key(60000, 53, PROTO_UDP), 0, 1 + 30).is_ok(), "expired slots are reused");
+    }
+
+    /// The slots that hold anything (live or expired, not yet emptied).
+    fn occupied(ct: &Conntrack) -> usize {
+        (0..ct.slots()).filter_map(|j| ct.slot(j)).filter(|s| s.read().expires() != 0).count()
+    }
+
+    /// The sweep empties expired slots and leaves live ones; it looks at one table's worth of
+    /// slots a second of the clock, all calls together, and no more.
+    #[test]
+    fn sweep_empties_expired_slots_once_a_second() {
+        let ct = Conntrack::new(1000).unwrap();
+        let len = ct.slots();
+        let udp_new = timeout(PROTO_UDP, CtState::Unreplied);
+        for p in 0..300u16 {
+            ct.commit(&key(p, 53, PROTO_UDP), 0, 10).unwrap();
+        }
+        // A second before the first 300 expire (so that none of their slots is taken again).
+        for p in 300..400u16 {
+            ct.commit(&key(p, 53, PROTO_UDP), 0, 9 + udp_new).unwrap();
+        }
+        assert_eq!(occupied(&ct), 400);
+        // At 10 + udp_new the first 300 have expired, the last 100 have not.
+        let now = 10 + udp_new;
+        let pass = |now| {
+            for _ in 0..len.div_ceil(16) {
+                ct.sweep(now, 16);
+            }
+        };
+        pass(now);
+        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), len, "one pass");
+        // The second's allowance is spent: more calls look at nothing.
+        pass(now);
+        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), len, "no second pass in the same second");
+        // The next second has its own.
+        pass(now + 1);
+        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), 2 * len);
+        // What is left: the live 100, found as before, and expired slots only where emptying
+        // one would cut a probe (the slot after it holds something).
+        assert_eq!(ct.entries(now + 1, 0).1, 100);
+        assert!((300..400).all(|p| ct.lookup(&key(p, 53, PROTO_UDP), now + 1).is_some()));
+        let held = |j: usize| ct.slot(j % len).is_some_and(|s| s.read().expires() != 0);
+        let expired = |j: usize| ct.slot(j).is_some_and(|s| (1..=now + 1).contains(&s.read().expires()));
+        let left = (0..len).filter(|&j| expired(j)).count();
+        assert!((0..len).filter(|&j| expired(j)).all(|j| held(j + 1)), "an expired slot before an empty one");
+        assert_eq!(occupied(&ct), 100 + left);
+        assert!(left < 100, "{left} of 300 expired slots left");
     }
 
     /// What the model keeps per connection (keyed by its original direction).

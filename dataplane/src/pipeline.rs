@@ -470,8 +470,9 @@ pub fn plain_bursts_on_this_thread() -> u64 {
     PLAIN_BURSTS.with(|c| c.get())
 }
 
-/// Connection-table slots the incremental sweep looks at per burst on a bridge with policies
-/// (a 1,000,000-connection table, 1,500,000 slots, is swept every 94,000 bursts).
+/// Connection-table slots the incremental sweep looks at per burst on a bridge with policies,
+/// until the table's allowance of one pass a second is spent (`Conntrack::sweep`): a
+/// 1,000,000-connection table, 1,500,000 slots, takes 94,000 bursts a pass.
 const SWEEP_SLOTS: usize = 16;
 
 /// Runs one burst received on `in_port` through the pipeline. The burst is left empty: every
