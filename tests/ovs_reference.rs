@@ -9,7 +9,8 @@
 //! `ovs-vswitchd --enable-dummy` in a temporary directory (OVS_RUNDIR and friends point there,
 //! nothing is written under /run or /var), one bridge per scenario bridge on the userspace
 //! `dummy` datapath in standalone mode (the default flow: `NORMAL`), one `dummy` port per scenario
-//! port with its `vlan_mode`, `tag` and `trunks`, and `options:tx_pcap` capturing what leaves it.
+//! port with its `vlan_mode`, `tag` and `trunks`, and `options:tx_pcap` capturing what leaves it;
+//! a port's `static_macs` are OVS static entries (`fdb/add`) in each VLAN the port carries.
 //! Frames go in one at a time in the scenario's merged order (timestamp, then the order of
 //! `inputs`, then file order) with `netdev-dummy/receive`; before each, the datapath's flows are
 //! deleted, so that every frame is translated afresh against the current MAC table (a cached
@@ -50,16 +51,14 @@ const EXCLUDED: &[(&str, &str)] = &[
     ("fdb_table_full", "a full MAC table: switchyard stops learning (fdb_full), OVS evicts an entry"),
     ("mac_limit", "a per-port learned-MAC limit: switchyard's own"),
     ("mac_limit_move", "a per-port learned-MAC limit: switchyard's own"),
-    ("mixed_node", "ports with a spoof filter, a MAC limit and a static MAC: switchyard's own"),
-    ("policy_stateful_udp", "IP spoof filter, connection tracking and static MACs: switchyard's own"),
+    ("mixed_node", "ports with a spoof filter and a MAC limit: switchyard's own"),
+    ("policy_stateful_udp", "the IP spoof filter and connection-tracked policy: switchyard's own"),
     ("spoof_arp_in_vlan", "the MAC spoof filter (allowed_macs): switchyard's own"),
     ("spoof_arp_sha", "the MAC spoof filter (allowed_macs): switchyard's own"),
     ("spoof_malformed_arp", "the MAC spoof filter (allowed_macs): switchyard's own"),
     ("spoof_nd_lladdr", "the MAC spoof filter (allowed_macs): switchyard's own"),
     ("spoof_src_mac", "the MAC spoof filter (allowed_macs): switchyard's own"),
-    ("static_mac_conflict", "static MAC entries (static_macs): switchyard's own"),
-    ("static_mac_every_vlan", "static MAC entries (static_macs): switchyard's own"),
-    ("static_mac_never_ages", "static MAC entries, and mac_aging_s 10 (OVS's minimum is 15 s)"),
+    ("static_mac_never_ages", "mac_aging_s 10, and OVS clamps mac-aging-time to at least 15 s"),
     ("tunnel_geneve_ipv6", "a tunnel port on an uplink (outer headers): not NORMAL's L2 forwarding"),
     ("tunnel_vxlan_decap_ipv4", "a tunnel port on an uplink (outer headers): not NORMAL's L2 forwarding"),
     ("tunnel_vxlan_encap_ipv4", "a tunnel port on an uplink (outer headers): not NORMAL's L2 forwarding"),
@@ -67,8 +66,9 @@ const EXCLUDED: &[(&str, &str)] = &[
 
 /// Port keys of a scenario that are switchyard's own: a compared case may have `allowed_macs`
 /// only on ports no fed frame enters (the filter then touches nothing compared), the others not
-/// at all (the case belongs in [`EXCLUDED`]).
-const OWN_PORT_KEYS: &[&str] = &["static_macs", "mac_limit", "allowed_ips", "policy"];
+/// at all (the case belongs in [`EXCLUDED`]). `static_macs` become OVS's static entries
+/// (`fdb/add`, which learning never moves either), one per VLAN the port carries.
+const OWN_PORT_KEYS: &[&str] = &["mac_limit", "allowed_ips", "policy"];
 
 /// The largest frame switchyard takes in (a buffer's data room, docs/semantics.md).
 const DATA_ROOM: usize = 2048;
@@ -402,6 +402,9 @@ struct Port {
     settings: Vec<String>,
     /// Has `allowed_macs` (switchyard's spoof filter): no fed frame may enter it.
     filtered: bool,
+    /// `static_macs`, and the VLANs the port carries (where each is installed).
+    statics: Vec<String>,
+    vlans: Vec<u64>,
     /// A trunk carrying VLAN 0 (`vlan_mode: trunk`, or neither `vlan_mode` nor `tag`; `trunks`
     /// empty or listing 0).
     trunk_vlan0: bool,
@@ -444,17 +447,20 @@ fn load(case: &Path) -> Result<Scenario, String> {
             }
             let mut settings = Vec::new();
             let mut trunks_vlan0 = true;
+            let mut vlans: Vec<u64> = Vec::new();
             if let Some(m) = p.get("vlan_mode") {
                 settings.push(format!("vlan_mode={}", m.as_str().unwrap()));
             }
             if let Some(t) = p.get("tag") {
                 settings.push(format!("tag={}", t.as_u64().unwrap()));
+                vlans.push(t.as_u64().unwrap());
             }
             if let Some(t) = p.get("trunks") {
                 let l: Vec<String> =
                     t.as_sequence().unwrap().iter().map(|x| x.as_u64().unwrap().to_string()).collect();
                 if !l.is_empty() {
                     trunks_vlan0 = l.iter().any(|v| v == "0");
+                    vlans.extend(l.iter().map(|v| v.parse::<u64>().unwrap()));
                     settings.push(format!("trunks={}", l.join(",")));
                 }
             }
@@ -462,7 +468,25 @@ fn load(case: &Path) -> Result<Scenario, String> {
             let mode = p.get("vlan_mode").and_then(|m| m.as_str());
             let trunk = mode == Some("trunk") || (mode.is_none() && p.get("tag").is_none());
             let trunk_vlan0 = trunk && trunks_vlan0;
-            sc.ports.push(Port { bridge: bname.clone(), name, settings, filtered, trunk_vlan0 });
+            let statics: Vec<String> = p.get("static_macs").map_or(Vec::new(), |l| {
+                l.as_sequence().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect()
+            });
+            if mode == Some("access") || (mode.is_none() && !trunk) {
+                vlans.truncate(1);
+            } else if !statics.is_empty()
+                && p.get("trunks").is_none_or(|t| t.as_sequence().unwrap().is_empty())
+            {
+                return Err(format!("port {name}: static MACs in every VLAN cannot be listed to fdb/add"));
+            }
+            sc.ports.push(Port {
+                bridge: bname.clone(),
+                name,
+                settings,
+                filtered,
+                statics,
+                vlans,
+                trunk_vlan0,
+            });
         }
         sc.bridges.push((bname, other));
     }
@@ -507,6 +531,14 @@ fn run_case(ovs: &Ovs, idx: usize, case: &Path, sc: &Scenario) -> (Outputs, Fed)
         }
     }
     ovs.vsctl(&args);
+    for (pi, p) in sc.ports.iter().enumerate() {
+        let bi = sc.bridges.iter().position(|(b, _)| b == &p.bridge).unwrap();
+        for mac in &p.statics {
+            for vlan in &p.vlans {
+                ovs.appctl("fdb/add", &[&ovs_br(bi), &ovs_port(pi), &vlan.to_string(), mac]);
+            }
+        }
+    }
 
     // The merged input: timestamp, then the order of `inputs`, then file order (a stable sort).
     let mut frames: Vec<(usize, Rec)> = Vec::new();
