@@ -9,10 +9,11 @@
 # (tests/policy_truth.rs) ping between namespaces; python3-scapy: the tunnel tests check VXLAN
 # and Geneve against scapy's layers; prometheus: its promtool checks the scrape of
 # `run --metrics` (tests/metrics_run.rs); wget: the vhost-user offload test fetches a file from a
-# QEMU guest through the switch (tests/qemu_guest.rs).
+# QEMU guest through the switch (tests/qemu_guest.rs); openvswitch-switch: the replay cases are
+# checked against Open vSwitch's NORMAL action (tests/ovs_reference.rs).
 pkgs=(build-essential pkg-config git curl ca-certificates iproute2 libdpdk-dev dpdk-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins
-  protobuf-compiler libvirt-clients libxml2-utils iputils-ping python3-scapy prometheus wget ${EXTRA_PKGS:-})
+  protobuf-compiler libvirt-clients libxml2-utils iputils-ping python3-scapy prometheus wget openvswitch-switch ${EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -728,4 +728,9 @@ that the committed files match the specification byte for byte.\n\n\
 The cases with outer headers (`tunnel_*`: a tunnel port on an uplink, `uplinks` in the \
 scenario) are written by `tunnel_cases.py` with scapy, from the RFC fields; run \
 `/usr/bin/python3 tests/replay/tunnel_cases.py` to rewrite them; `cargo test --test \
-replay_tunnel_cases` checks that the committed files are what it writes.\n";
+replay_tunnel_cases` checks that the committed files are what it writes.\n\n\
+`tests/ovs_reference.rs` runs the cases of plain L2 forwarding through a private Open vSwitch \
+(its `NORMAL` action on the userspace datapath) and requires it to send the expected frames: the \
+check that the hand-written expectations are OVS's semantics. The cases and frames it leaves \
+out, and the differences of OVS's it tolerates, are listed in it with their reasons \
+(docs/semantics.md: where Open vSwitch's `NORMAL` differs).\n";
