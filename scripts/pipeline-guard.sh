@@ -21,7 +21,7 @@ cargo build -q --release --example pipeline_instructions -p switchyard-dataplane
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out/cg" --toggle-collect='*process_burst*' \
-  target/release/examples/pipeline_instructions "$bursts" >"$out/stdout" 2>"$out/stderr"
+  "${CARGO_TARGET_DIR:-target}/release/examples/pipeline_instructions" "$bursts" >"$out/stdout" 2>"$out/stderr"
 collected=$(sed -nE 's/^==[0-9]+== Collected : ([0-9]+).*/\1/p' "$out/stderr")
 if [ -z "$collected" ]; then
   cat "$out/stderr" >&2

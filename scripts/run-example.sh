@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 EXTRA_PKGS="iputils-ping tcpdump netcat-openbsd"
 . scripts/setup.sh
 cargo build --release "${FEATURES[@]}"
-sy=$PWD/target/release/switchyard
+# The binary just built, wherever CARGO_TARGET_DIR puts it.
+sy=${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard
 
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! ip netns add sy-probe-$$ 2>/dev/null; then
   echo "== not root or no network namespaces here: replaying the example instead"
