@@ -409,12 +409,33 @@ impl Controller {
     }
 
     fn reconcile_switch(&mut self, file: &std::path::Path) -> Result<Applied, ControllerError> {
-        let cfg = Config::load(file)
-            .map_err(|source| logged(ControllerError::SwitchFile { path: file.to_path_buf(), source }))?;
+        // A file that does not load or apply is `ctl show problems`' too (not only the log's),
+        // with the running configuration kept, until an edit that does.
+        let refused = |rt: &mut Runtime, e: ControllerError| {
+            rt.input = InputStatus {
+                reconciles: self.reconciles,
+                problems: vec![e.to_string()],
+                kept: vec![format!("the running configuration, not {}", file.display())],
+                ..Default::default()
+            };
+            logged(e)
+        };
+        let cfg = match Config::load(file) {
+            Ok(c) => c,
+            Err(source) => {
+                let e = ControllerError::SwitchFile { path: file.to_path_buf(), source };
+                return Err(refused(&mut lock(&self.runtime), e));
+            }
+        };
         let mut rt = lock(&self.runtime);
-        rt.input = InputStatus { reconciles: self.reconciles, ..Default::default() };
         rt.set_cni_subjects(Vec::new());
-        rt.apply(&cfg, &|_| None).map_err(|e| logged(ControllerError::Apply(e)))
+        match rt.apply(&cfg, &|_| None) {
+            Ok(a) => {
+                rt.input = InputStatus { reconciles: self.reconciles, ..Default::default() };
+                Ok(a)
+            }
+            Err(e) => Err(refused(&mut rt, ControllerError::Apply(e))),
+        }
     }
 
     fn reconcile_state(
