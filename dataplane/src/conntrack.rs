@@ -680,11 +680,19 @@ pub struct Conntrack {
     /// Insert locks, one per [`STRIPE`] home slots.
     stripes: Box<[Mutex<()>]>,
     capacity: usize,
-    /// Where the incremental sweep goes on (it walks downwards).
-    sweep_at: AtomicUsize,
-    /// The sweep's allowance: the clock second (high 32 bits) and how many slots it may still
-    /// look at in that second (low 32 bits), see [`Conntrack::sweep`].
-    sweep_quota: AtomicU64,
+    /// The incremental sweep's state, on a cache line of its own: the fields above are read
+    /// by every lookup on every worker, and this is written by the sweep.
+    sweep: SweepState,
+}
+
+/// Where the incremental sweep goes on, and how far it may go ([`Conntrack::sweep`]).
+#[repr(align(64))]
+struct SweepState {
+    /// The next slot's index above the one to look at (it walks downwards).
+    at: AtomicUsize,
+    /// The allowance: the clock second (high 32 bits) and how many slots the sweep may still
+    /// look at in that second (low 32 bits).
+    quota: AtomicU64,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -763,8 +771,7 @@ impl Conntrack {
             n,
             stripes: (0..n.div_ceil(STRIPE)).map(|_| Mutex::new(())).collect(),
             capacity,
-            sweep_at: AtomicUsize::new(0),
-            sweep_quota: AtomicU64::new(u64::MAX),
+            sweep: SweepState { at: AtomicUsize::new(0), quota: AtomicU64::new(u64::MAX) },
         })
     }
 
@@ -1105,21 +1112,33 @@ impl Conntrack {
             key: key_words(k),
             verdict: v,
         };
+        // Hand over hand: the slot passed over stays locked until the next one is locked. The
+        // sweep empties an expired slot only when the slot after it is empty, holding both
+        // locks; were the passed slot free while the next one is not yet written, a sweep whose
+        // clock is a second ahead could empty it in between, and the entry written after it
+        // would be cut off from its home (a probe ends at an empty slot).
         let mut j = home;
+        let mut passed: Option<(Slot<'_>, u64)> = None;
+        let mut done = Err(());
         for _ in 0..self.probe() {
             let Some(slot) = self.slot(j) else { break };
             let s = slot.lock();
-            let free = slot.snap_locked().expires() <= now;
-            if free {
+            if let Some((p, ps)) = passed.take() {
+                p.unlock(ps);
+            }
+            if slot.snap_locked().expires() <= now {
                 slot.write(&new);
+                slot.unlock(s);
+                done = Ok(());
+                break;
             }
-            slot.unlock(s);
-            if free {
-                return Ok(());
-            }
+            passed = Some((slot, s));
             j = self.next(j);
         }
-        Err(())
+        if let Some((p, ps)) = passed {
+            p.unlock(ps);
+        }
+        done
     }
 
     /// Stores the verdict `v` ([`verdict`]) on the live entry of `k`'s connection.
@@ -1150,18 +1169,18 @@ impl Conntrack {
     /// for correctness (an insert takes an expired slot itself, a probe passes over one); it
     /// only keeps unknown keys' probes short. Once the second's allowance is spent a call
     /// reads one word and writes nothing. The allowance is kept without a lock: callers that
-    /// race may look at a few slots more or fewer in a second, nothing else.
+    /// race may look at a few more slots in a second than a pass, nothing else.
     #[inline(always)]
     pub fn sweep(&self, now: u32, n: usize) {
         let len = self.n;
-        let q = self.sweep_quota.load(Ordering::Relaxed);
+        let q = self.sweep.quota.load(Ordering::Relaxed);
         let left = if (q >> 32) as u32 == now { q as u32 as usize } else { len };
         let n = n.min(left);
         if n == 0 {
             return;
         }
-        self.sweep_quota.store(u64::from(now) << 32 | (left - n) as u64, Ordering::Relaxed);
-        let end = self.sweep_at.fetch_add(n, Ordering::Relaxed) % len;
+        self.sweep.quota.store(u64::from(now) << 32 | (left - n) as u64, Ordering::Relaxed);
+        let end = self.sweep.at.fetch_add(n, Ordering::Relaxed) % len;
         // Slots end-1 down to end-n (wrapping), highest first: a run of expired slots before
         // an empty one empties in one pass. In at most two runs of slots (below `end`, then
         // from the table's end), so that a slot costs no wrap test.
@@ -1319,13 +1338,13 @@ mod tests {
             }
         };
         pass(now);
-        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), len, "one pass");
+        assert_eq!(ct.sweep.at.load(Ordering::Relaxed), len, "one pass");
         // The second's allowance is spent: more calls look at nothing.
         pass(now);
-        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), len, "no second pass in the same second");
+        assert_eq!(ct.sweep.at.load(Ordering::Relaxed), len, "no second pass in the same second");
         // The next second has its own.
         pass(now + 1);
-        assert_eq!(ct.sweep_at.load(Ordering::Relaxed), 2 * len);
+        assert_eq!(ct.sweep.at.load(Ordering::Relaxed), 2 * len);
         // What is left: the live 100, found as before, and expired slots only where emptying
         // one would cut a probe (the slot after it holds something).
         assert_eq!(ct.entries(now + 1, 0).1, 100);
@@ -1336,6 +1355,44 @@ mod tests {
         assert!((0..len).filter(|&j| expired(j)).all(|j| held(j + 1)), "an expired slot before an empty one");
         assert_eq!(occupied(&ct), 100 + left);
         assert!(left < 100, "{left} of 300 expired slots left");
+    }
+
+    /// Workers whose clocks are a second apart commit and sweep at once: a commit passing over
+    /// a slot that expires at the later second must not lose its entry to a sweep that empties
+    /// that slot before the entry is written after it (every committed key is found after).
+    #[test]
+    fn commits_survive_sweeps_of_a_clock_a_second_ahead() {
+        let udp_new = timeout(PROTO_UDP, CtState::Unreplied);
+        for round in 0..20u16 {
+            let ct = Conntrack::new(2000).unwrap();
+            // Entries that expire at s + 1 = 10 + udp_new, half the table's slots.
+            for p in 0..1400u16 {
+                let _ = ct.commit(&key(p, 1, PROTO_UDP), 0, 10);
+            }
+            let s = 9 + udp_new;
+            let mine = |t: u16| (0..400u16).map(move |i| key(10_000 + t * 1000 + i, 2 + round, PROTO_UDP));
+            std::thread::scope(|sc| {
+                for t in 0..2u16 {
+                    let ct = &ct;
+                    sc.spawn(move || {
+                        for k in mine(t) {
+                            ct.commit(&k, 0, s).unwrap();
+                        }
+                    });
+                }
+                let ct = &ct;
+                sc.spawn(move || {
+                    for _ in 0..2000 {
+                        ct.sweep(s + 1, 16);
+                        ct.sweep.quota.store(u64::MAX, Ordering::Relaxed);
+                    }
+                });
+            });
+            for t in 0..2u16 {
+                let lost = mine(t).filter(|k| ct.lookup(k, s).is_none()).count();
+                assert_eq!(lost, 0, "round {round}: {lost} committed keys not found");
+            }
+        }
     }
 
     /// What the model keeps per connection (keyed by its original direction).
