@@ -16,7 +16,7 @@ use crate::k8s::{
 use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_dataplane::config::{BridgeConfig, Config, PortConfig, PortType, VlanModeName};
 use switchyard_dataplane::wire::MacAddr;
@@ -91,37 +91,6 @@ pub(crate) struct Built {
     /// The creation time of the VMI the port is for (none for uplinks): of two VM ports
     /// claiming one MAC, the older one keeps it.
     created: Option<Arc<str>>,
-    /// Its part in a Linux bridge's VLAN filtering ([`VlanUse`]).
-    vlan_use: VlanUse,
-}
-
-/// A Linux bridge's default VLAN: the PVID, untagged, of a port added without VLAN settings
-/// while the bridge filters VLANs.
-const DEFAULT_VLAN: u16 = 1;
-
-/// How a port takes part in the VLAN filtering of the Linux bridge it stands for. The bridge
-/// CNI turns a bridge's VLAN filtering on when it attaches a port with a VLAN, and nmstate when
-/// a linux-bridge port has VLAN settings; every port then has the bridge's default VLAN 1 as
-/// its untagged PVID unless told otherwise, so a port attached without VLAN settings is in VLAN
-/// 1, untagged, not VLAN-transparent: it neither sends into nor receives from the other ports'
-/// VLANs. On a bridge with a [`VlanUse::Filtering`] port, `finish` makes every
-/// [`VlanUse::Untagged`] port `access 1` and every [`VlanUse::UplinkUntagged`] port
-/// `native-untagged 1` of every VLAN (kubernetes-nmstate gives such a port VLANs 2-4094 tagged
-/// besides the default, so that the VLAN networks reach the wire).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum VlanUse {
-    /// None of the below (OVN's ports, an OVS bridge's uplinks).
-    #[default]
-    Other,
-    /// A VM port of a bridge CNI network without a VLAN: VLAN-transparent on a bridge that
-    /// does not filter.
-    Untagged,
-    /// A linux-bridge uplink without VLAN settings: VLAN-transparent on a bridge that does not
-    /// filter.
-    UplinkUntagged,
-    /// A VM port of a bridge CNI network with a VLAN or trunk, or a linux-bridge uplink with
-    /// VLAN settings.
-    Filtering,
 }
 
 /// The labels a node is matched with: its Node object's, then `extra` over them, and
@@ -607,8 +576,7 @@ impl Planner {
             ds.interfaces.iter().filter(|i| i.kind == "ovs-interface").map(|i| i.name.as_str()).collect();
         let mut errs: Vec<(String, String)> = Vec::new();
         let mut skipped = Vec::new();
-        // (index, name, uplinks, a linux-bridge: see `VlanUse`)
-        let mut bridges: Vec<(usize, String, Vec<PortConfig>, bool)> = Vec::new();
+        let mut bridges: Vec<(usize, String, Vec<PortConfig>)> = Vec::new();
         for (i, iface) in ds.interfaces.iter().enumerate() {
             let f = format!("spec.desiredState.interfaces[{i}]");
             if iface.kind != "linux-bridge" && iface.kind != "ovs-bridge" {
@@ -697,7 +665,7 @@ impl Planner {
                     ..Default::default()
                 });
             }
-            bridges.push((i, iface.name.clone(), ports, iface.kind == "linux-bridge"));
+            bridges.push((i, iface.name.clone(), ports));
         }
         let mut maps = Vec::new();
         if let Some(ovn) = &ds.ovn {
@@ -728,7 +696,7 @@ impl Planner {
             self.problems.push(Problem::object(&l.src, &oref, &field, &msg));
         }
         self.skipped.extend(skipped);
-        for (i, name, ports, linux) in bridges {
+        for (i, name, ports) in bridges {
             if let Some(prev) = self.bridges.get(&name) {
                 let msg = format!("bridge {name} is already defined by {prev}; this definition is skipped");
                 self.problems.push(Problem::object(
@@ -742,16 +710,10 @@ impl Planner {
             tracing::info!("{oref}: bridge {name} with {} uplink(s)", ports.len());
             self.bridges.insert(name.clone(), oref.clone());
             for port in ports {
-                let vlan_use = match (linux, port.tag.is_some() || port.trunks.is_some()) {
-                    (true, true) => VlanUse::Filtering,
-                    (true, false) => VlanUse::UplinkUntagged,
-                    (false, _) => VlanUse::Other,
-                };
                 self.ports.push(Built {
                     bridge: name.clone(),
                     port,
                     created: None,
-                    vlan_use,
                     src: Some(Arc::new((
                         l.src.clone(),
                         oref.clone(),
@@ -907,14 +869,8 @@ impl Planner {
                     ..Default::default()
                 };
                 let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
-                let mut vlan_use = VlanUse::Other;
                 let bridge = match net {
                     NadNetwork::Bridge(b) => {
-                        vlan_use = if b.vlan.is_none() && b.trunks.is_empty() {
-                            VlanUse::Untagged
-                        } else {
-                            VlanUse::Filtering
-                        };
                         match (b.vlan, b.trunks.is_empty()) {
                             (Some(v), true) => {
                                 port.vlan_mode = Some(VlanModeName::Access);
@@ -1004,7 +960,6 @@ impl Planner {
                     port,
                     src: Some(Arc::new((l.src.clone(), oref.clone(), format!("{f}.macAddress")))),
                     created: o.metadata.creation_timestamp.as_deref().map(Arc::from),
-                    vlan_use,
                 });
             }
             if errs.len() > before {
@@ -1053,28 +1008,6 @@ impl Planner {
             .filter(|(_, d)| !d)
             .map(|(b, _)| b)
             .collect();
-        // A bridge that filters VLANs (see `VlanUse`): its ports without VLAN settings are in
-        // the default VLAN 1, untagged, as a Linux bridge puts them. VLAN-transparent, a VM port
-        // would receive the other networks' VLANs tagged and could send into them.
-        let filtering: BTreeSet<String> =
-            keep.iter().filter(|b| b.vlan_use == VlanUse::Filtering).map(|b| b.bridge.clone()).collect();
-        let mut untagged: BTreeSet<&str> = BTreeSet::new();
-        for b in keep.iter_mut().filter(|b| filtering.contains(&b.bridge)) {
-            let (mode, trunks) = match b.vlan_use {
-                VlanUse::Untagged => (VlanModeName::Access, None),
-                VlanUse::UplinkUntagged => (VlanModeName::NativeUntagged, None),
-                VlanUse::Other | VlanUse::Filtering => continue,
-            };
-            (b.port.vlan_mode, b.port.tag, b.port.trunks) = (Some(mode), Some(DEFAULT_VLAN), trunks);
-            untagged.insert(filtering.get(&b.bridge).map_or("", |s| s.as_str()));
-        }
-        for br in untagged {
-            self.notes.push(format!(
-                "bridge {br} filters VLANs (a network or uplink on it has VLAN settings): its ports without \
-                 VLAN settings are in the default VLAN {DEFAULT_VLAN}, untagged, as a Linux bridge puts them \
-                 (VM ports access {DEFAULT_VLAN}; uplinks native-untagged {DEFAULT_VLAN}, every VLAN tagged)"
-            ));
-        }
         // One static entry per (bridge, MAC): a MAC on two VM ports of a bridge stays on the
         // port of the older VMI (by creation time; then ports without one, as in state files;
         // then by name) only, so that a VMI created later with another's MAC cannot take its

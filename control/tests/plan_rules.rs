@@ -126,82 +126,6 @@ fn bridge_without_vlan_is_vlan_transparent() {
     assert_eq!((q.vlan_mode, q.tag, q.trunks), (Some(VlanModeName::Trunk), None, None));
 }
 
-/// A NAD with a VLAN turns the Linux bridge's VLAN filtering on (the bridge CNI does so when it
-/// attaches such a port, nmstate when a bridge port has VLAN settings): a port without VLAN
-/// settings on that bridge is then in the bridge's default VLAN 1 only, untagged. A VM port of a
-/// NAD without a VLAN is `access 1`, not VLAN-transparent (it would receive VLAN 100's frames
-/// and could send into VLAN 100); an uplink without VLAN settings is `native-untagged 1` of every
-/// VLAN (kubernetes-nmstate tags VLANs 2-4094 on it), so that VLAN 1 leaves it untagged.
-#[test]
-fn ports_without_a_vlan_on_a_filtering_bridge_are_in_the_default_vlan() {
-    let plain = nad("ns", "plain", r#"{"cniVersion":"0.3.1","name":"plain","type":"bridge","bridge":"br1"}"#);
-    let v100 = nad(
-        "ns",
-        "v100",
-        r#"{"cniVersion":"0.3.1","name":"v100","type":"bridge","bridge":"br1","vlan":100}"#,
-    );
-    let other = nad("ns", "other", r#"{"cniVersion":"0.3.1","name":"other","type":"bridge","bridge":"br2"}"#);
-    let nncp = |vlan: &str| {
-        format!(
-            "apiVersion: nmstate.io/v1\nkind: NodeNetworkConfigurationPolicy\nmetadata:\n  name: p\nspec:\n  \
-             desiredState:\n    interfaces:\n    - name: br1\n      type: linux-bridge\n      state: up\n      \
-             bridge:\n        port:\n        - name: eth1\n{vlan}    - name: br2\n      type: linux-bridge\n      \
-             bridge:\n        port:\n        - name: eth2\n"
-        )
-    };
-    let bare = nncp("");
-    let tagged =
-        nncp("          vlan:\n            mode: trunk\n            trunk-tags:\n            - id: 100\n");
-    let vms = [
-        ("a.yaml", vmi("ns", "a", "plain", MAC1)),
-        ("b.yaml", vmi("ns", "b", "v100", "          macAddress: 02:00:00:00:00:02")),
-        ("c.yaml", vmi("ns", "c", "other", "          macAddress: 02:00:00:00:00:03")),
-    ];
-    let files = |with_v100: bool, nncp: &'static str| {
-        let mut f: Vec<(String, String)> =
-            vec![("plain.yaml".into(), plain.clone()), ("other.yaml".into(), other.clone())];
-        f.push(("nncp.yaml".into(), nncp.to_string()));
-        if with_v100 {
-            f.push(("v100.yaml".into(), v100.clone()));
-        }
-        f.extend(
-            vms.iter().filter(|(n, _)| with_v100 || *n != "b.yaml").map(|(n, y)| (n.to_string(), y.clone())),
-        );
-        f
-    };
-    let plan_files = |f: &[(String, String)]| {
-        let refs: Vec<(&str, &str)> = f.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        let p = plan_of(&refs);
-        assert!(p.problems.is_empty(), "{:?}", p.problems);
-        p
-    };
-    let mode = |p: &Plan, n: &str| {
-        let q = port(p, n).1;
-        (q.vlan_mode, q.tag, q.trunks.clone())
-    };
-    let bare: &'static str = Box::leak(bare.into_boxed_str());
-    let tagged: &'static str = Box::leak(tagged.into_boxed_str());
-    let transparent = (Some(VlanModeName::Trunk), None, None);
-    let p = plan_files(&files(true, bare));
-    assert_eq!(mode(&p, "ns/a/net1"), (Some(VlanModeName::Access), Some(1), None));
-    assert_eq!(mode(&p, "ns/b/net1"), (Some(VlanModeName::Access), Some(100), None));
-    assert_eq!(mode(&p, "eth1"), (Some(VlanModeName::NativeUntagged), Some(1), None));
-    // Another bridge, where no network has a VLAN, stays VLAN-transparent.
-    assert_eq!(mode(&p, "ns/c/net1"), transparent);
-    assert_eq!(mode(&p, "eth2"), transparent);
-    assert!(p.notes.iter().any(|n| n.contains("bridge br1 filters VLANs")), "{:?}", p.notes);
-    assert!(!p.notes.iter().any(|n| n.contains("bridge br2 filters VLANs")), "{:?}", p.notes);
-    // Without the VLAN network's VM on the node, br1 does not filter either.
-    let p = plan_files(&files(false, bare));
-    assert!(!has_port(&p, "ns/b/net1"));
-    assert_eq!(mode(&p, "ns/a/net1"), transparent);
-    assert_eq!(mode(&p, "eth1"), transparent);
-    // An uplink with VLAN settings (nmstate turns filtering on) does the same, and keeps them.
-    let p = plan_files(&files(false, tagged));
-    assert_eq!(mode(&p, "eth1"), (Some(VlanModeName::Trunk), None, Some(vec![100])));
-    assert_eq!(mode(&p, "ns/a/net1"), (Some(VlanModeName::Access), Some(1), None));
-}
-
 #[test]
 fn macspoofchk_enforces_the_interface_mac_and_the_mac_is_static() {
     let mac = "02:00:00:00:00:01".parse().unwrap();
@@ -536,11 +460,8 @@ fn nncp_bridge_ports_become_uplinks_with_their_vlans() {
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Access), Some(40), None));
     let q = port(&p, "eth3").1;
     assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, Some(vec![50])));
-    // No VLAN settings on a bridge whose other ports have some (nmstate turns its VLAN
-    // filtering on): the default VLAN 1 untagged, the others tagged
-    // (`ports_without_a_vlan_on_a_filtering_bridge_are_in_the_default_vlan`).
     let q = port(&p, "eth4").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::NativeUntagged), Some(1), None));
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
 }
 
 /// nmstate's readings: numbers and `enable-native` may be strings; `vlan: {}` is no VLAN
@@ -596,9 +517,8 @@ spec:
         (q.vlan_mode, q.tag, q.trunks.clone()),
         (Some(VlanModeName::Trunk), None, Some(vec![5, 6, 7]))
     );
-    // `vlan: {}` is no VLAN settings: on this filtering bridge, the default VLAN untagged.
     let q = port(&p, "eth8").1;
-    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::NativeUntagged), Some(1), None));
+    assert_eq!((q.vlan_mode, q.tag, q.trunks.clone()), (Some(VlanModeName::Trunk), None, None));
 }
 
 #[test]
