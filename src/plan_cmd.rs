@@ -1,5 +1,7 @@
-//! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--tunnel-ip IP] [--json]`: prints the
-//! configuration NODE gets from the manifests under DIR (docs/cluster-state.md).
+//! `switchyard plan --state DIR --node NODE [--node-labels k=v,...] [--tunnel-ip IP] [--json | --report]`:
+//! prints the configuration NODE gets from the manifests under DIR (docs/cluster-state.md): as
+//! YAML (skipped interfaces, notes and overlays as comments), as JSON with `--json` (the same
+//! configuration, nothing else), or with `--report` the whole plan as one JSON object.
 
 use crate::args::{parse_labels, parse_mode_arg};
 use std::process::ExitCode;
@@ -16,9 +18,13 @@ pub struct PlanArgs {
     /// Node labels, `k=v,k2=v2`, over those of the Node object in DIR (for NNCP nodeSelectors).
     #[arg(long, value_name = "K=V,...")]
     pub node_labels: Option<String>,
-    /// Print one JSON object {node, config, skipped, notes, problems} instead of YAML.
-    #[arg(long)]
+    /// Print the configuration as JSON instead of YAML (the same content, without the comments).
+    #[arg(long, conflicts_with = "report")]
     pub json: bool,
+    /// Print the whole plan as one JSON object {node, config, skipped, notes, problems, ...}
+    /// instead of the configuration alone.
+    #[arg(long)]
+    pub report: bool,
     /// Directory of the VM ports' vhost-user sockets.
     #[arg(long, default_value = switchyard_control::plan::DEFAULT_VHOST_DIR)]
     pub vhost_dir: String,
@@ -71,7 +77,13 @@ pub fn main(a: PlanArgs) -> ExitCode {
     for pr in &p.problems {
         eprintln!("problem: {pr}");
     }
-    let out = if a.json { p.to_json() + "\n" } else { p.to_yaml() };
+    let out = if a.report {
+        p.to_json() + "\n"
+    } else if a.json {
+        serde_json::to_string_pretty(&p.config).unwrap_or_default() + "\n"
+    } else {
+        p.to_yaml()
+    };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     if a.strict && !p.problems.is_empty() {

@@ -64,6 +64,11 @@ pub enum ReplayError {
     Inputs { file: String, msg: String },
     #[error("{file}: uplinks: {msg}")]
     Uplinks { file: String, msg: String },
+    #[error(
+        "{file}: ports {a:?} and {b:?} would both write {name} in the output directory (a port's \
+         output file is its name with every `/` turned into `_`): rename one of them"
+    )]
+    SameOutputFile { file: String, a: String, b: String, name: String },
     #[error("{0}")]
     Port(#[from] switchyard_dataplane::port::PortError),
     #[error("{path}: {source}")]
@@ -106,7 +111,8 @@ pub struct Scenario {
     pub uplinks: BTreeMap<String, Uplink>,
 }
 
-/// The file name a port's capture gets: `/` (as in `ns/vmi/iface`) becomes `_`.
+/// The file name a port's capture gets: `/` (as in `ns/vmi/iface`) becomes `_`. Two ports
+/// whose names map to one file (`a/b`, `a_b`) are refused by [`Scenario::load`].
 pub fn port_file_name(port: &str) -> String {
     format!("{}.pcap", port.replace('/', "_"))
 }
@@ -126,6 +132,15 @@ impl Scenario {
         })?;
         let ports: Vec<&str> =
             config.bridges.iter().flat_map(|b| b.ports.iter().map(|p| p.name.as_str())).collect();
+        // One output file a port: a second port writing the same file would overwrite the first.
+        let mut files: BTreeMap<String, &str> = BTreeMap::new();
+        for &p in &ports {
+            let name = port_file_name(p);
+            if let Some(&a) = files.get(&name) {
+                return Err(ReplayError::SameOutputFile { file, a: a.into(), b: p.into(), name });
+            }
+            files.insert(name, p);
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut inputs = Vec::new();
         let inputs_err = |msg: String| ReplayError::Inputs { file: file.clone(), msg };

@@ -237,7 +237,7 @@ fn setup(a: &RunArgs) -> Result<(RuntimeOptions, ControllerOptions), String> {
             ControllerOptions::kube(api).planned_with(labels, plan)
         }
         (None, Some(file), None) => {
-            Config::load(file).map_err(|e| format!("--switch {}: {e}", file.display()))?;
+            Config::load(file).map_err(|e| format!("--switch {e}"))?;
             ControllerOptions::switch_file(file)
         }
         // clap's argument groups allow nothing else.

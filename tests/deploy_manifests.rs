@@ -24,7 +24,10 @@
 //!   patch of the KubeVirt CR (only `spec.configuration.network.binding`, no list) runs the
 //!   Containerfile's hook-sidecar image for the binding name the sidecar rewrites, and the VM
 //!   there and the example VMI use that binding on NADs (parsed by the CNI plugin's own parser)
-//!   that name the device plugin's resource.
+//!   that name the device plugin's resource;
+//! - a plain `cargo build --release` (docs/cni.md, the design guide) builds the three binaries a
+//!   node installs: the workspace's default members (`cargo metadata`) are the packages of
+//!   `switchyard`, `switchyard-cni` and `switchyard-kubevirt`, each with that binary.
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -792,4 +795,36 @@ fn the_build_context_is_the_checkout_without_its_outputs() {
     ]);
     let kept: Vec<&&str> = outputs.iter().filter(|f| !ignored_by(&patterns, f)).collect();
     assert!(kept.is_empty(), "build outputs or git's objects in the build context: {kept:?}");
+}
+
+/// `cargo build --release` with no `-p` builds the workspace's default members: they must hold
+/// the binaries docs/cni.md and docs/kubevirt.md install from target/release.
+#[test]
+fn a_plain_release_build_builds_every_binary_a_node_installs() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let defaults: Vec<&str> = m["workspace_default_members"]
+        .as_array()
+        .expect("cargo 1.71+")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let bins: Vec<String> = m["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| defaults.contains(&p["id"].as_str().unwrap_or_default()))
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    for want in ["switchyard", "switchyard-cni", "switchyard-kubevirt"] {
+        assert!(bins.iter().any(|b| b == want), "`cargo build --release` does not build {want}: {bins:?}");
+    }
 }

@@ -28,12 +28,22 @@ fn plan_of_the_example_state() {
     assert!(yaml.contains("# skipped: VirtualMachineInstance tenant-a/vm-b interface fast"), "{yaml}");
     assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "no problems expected");
 
+    // `--json`: the configuration itself, the same as the YAML (what `jq .bridges` reads).
     let out = plan(&["--json"]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let c2: Config = serde_json::from_value(j["config"].clone()).unwrap();
+    assert_eq!(j["bridges"][0]["name"], "br1", "{j}");
+    let c2: Config = serde_json::from_value(j).unwrap();
     assert_eq!(c2, c);
+    // `--report`: the whole plan, the configuration under `config`.
+    let out = plan(&["--report"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c3: Config = serde_json::from_value(j["config"].clone()).unwrap();
+    assert_eq!(c3, c);
     assert_eq!(j["problems"].as_array().unwrap().len(), 0);
+    assert!(j["skipped"].as_array().unwrap().iter().any(|k| k["item"] == "interface fast"), "{j}");
+    assert!(!plan(&["--json", "--report"]).status.success(), "one output format at a time");
 
     // A node the NNCP does not select (and with no VMIs) gets nothing.
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -47,8 +57,8 @@ fn plan_of_the_example_state() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let c3 = Config::from_yaml_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    assert!(c3.bridges.is_empty());
+    let c4 = Config::from_yaml_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert!(c4.bridges.is_empty());
 }
 
 #[test]
@@ -72,13 +82,19 @@ fn plan_reports_problems_and_strict_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NetworkAttachmentDefinition ns/n: spec.config: not JSON"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("# problem: "));
+    // With `--json` too the problems go to stderr; stdout is the configuration alone.
+    let out = run(&["--json"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.config: not JSON"));
+    let c: Config = serde_json::from_slice(&out.stdout).expect("--json prints a configuration");
+    assert!(c.bridges.is_empty());
     assert_eq!(run(&["--strict"]).status.code(), Some(2));
     assert!(!run(&["--node-labels", "novalue"]).status.success());
     std::fs::remove_dir_all(&d).ok();
 }
 
 /// An OVN layer2 NAD whose VMIs are on two nodes: `plan` prints the overlay (VNI, endpoints,
-/// remote MACs, the VM's MTU) as a comment and under `overlays` in JSON, `--tunnel-ip` and
+/// remote MACs, the VM's MTU) as a comment and under `overlays` with `--report`, `--tunnel-ip` and
 /// `--underlay-mtu` change it, and a node without an address is a problem naming its field.
 #[test]
 fn plan_shows_overlays_and_their_problems() {
@@ -126,7 +142,7 @@ fn plan_shows_overlays_and_their_problems() {
     assert!(err.contains("Node w3: status.addresses: no usable InternalIP"), "{err}");
     Config::from_yaml_str(&yaml).expect("the plan with its tunnel port loads as a configuration");
 
-    let out = run(&["--json", "--tunnel-ip", "198.51.100.1", "--underlay-mtu", "9000"]);
+    let out = run(&["--report", "--tunnel-ip", "198.51.100.1", "--underlay-mtu", "9000"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let o = &j["overlays"][0];
     assert_eq!((o["vni"].as_u64(), o["mtu"].as_u64()), (Some(7001), Some(8950)));

@@ -604,3 +604,39 @@ ports:
         "{j}"
     );
 }
+
+/// examples/pmd/policy.yaml runs as its header says (from the repository root): p1's frame
+/// from a MAC that is not its VM's is dropped as `spoofed_src_mac`, every other frame forwarded.
+#[test]
+fn the_pmd_example_runs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/examples/pmd/policy.yaml")).unwrap();
+    let line = example
+        .lines()
+        .find_map(|l| l.strip_prefix("#   switchyard pmd "))
+        .expect("the example's command line");
+    let args: Vec<&str> = line.split_whitespace().collect();
+    assert!(args.contains(&"--json") && args.contains(&"--seconds"), "{line}");
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(root)
+        .arg("pmd")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(20));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let j = last_json(&out);
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (p0, p1) = (&j["ports"][0], &j["ports"][1]);
+    let (rx0, rx1) = (n(&p0["rx"]), n(&p1["rx"]));
+    let spoofed = n(&p1["drop_reasons"]["spoofed_src_mac"]);
+    assert!(rx0 > 0 && rx1 > 0 && spoofed > 0, "{j}");
+    // vm-b's capture alternates its reply and the spoofed frame: half of p1's frames.
+    assert!(spoofed.abs_diff(rx1 / 2) <= 1 && n(&p1["drops"]) == spoofed, "{j}");
+    assert_eq!(n(&p0["drops"]), 0, "{j}");
+    // Each of vm-a's ARP broadcasts reaches p1, each of vm-b's replies p0.
+    assert_eq!((n(&p1["tx"]), n(&p0["tx"])), (rx0, rx1 - spoofed), "{j}");
+}

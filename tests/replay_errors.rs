@@ -1,6 +1,7 @@
 //! Bad input to `switchyard replay` gets a clear error: a malformed scenario names the field, a
 //! damaged pcap names the file and the frame, an unknown port in `inputs` is refused before
-//! anything is written, and a file that is not a pcap is named.
+//! anything is written, a file that is not a pcap is named, and two ports whose output files
+//! would be one (`a/b` and `a_b`) are refused, naming both.
 
 mod replay_spec;
 
@@ -84,6 +85,22 @@ fn malformed_tag_names_the_field() {
     let r = run(&d, &scenario, &[("in/p1.pcap", good_pcap())]);
     assert!(!r.ok, "a tag of \"abc\" must be refused");
     assert!(r.stderr.contains("tag"), "stderr must name the field `tag`: {}", r.stderr);
+    assert!(files_in(&r.out).is_empty(), "nothing may be written: {:?}", files_in(&r.out));
+}
+
+/// `a/b` and `a_b` both map to `a_b.pcap`: refused before anything is written, naming both.
+#[test]
+fn ports_sharing_an_output_file_are_refused() {
+    let d = scratch("same_file");
+    let scenario = GOOD_BRIDGES.replacen("name: p1", "name: a/b", 1).replacen("name: p2", "name: a_b", 1)
+        + "inputs:\n  a/b: in/p1.pcap\n";
+    let r = run(&d, &scenario, &[("in/p1.pcap", good_pcap())]);
+    assert!(!r.ok, "two ports writing one file must be refused");
+    assert!(
+        r.stderr.contains("ports \"a/b\" and \"a_b\" would both write a_b.pcap"),
+        "stderr must name both ports and the file: {}",
+        r.stderr
+    );
     assert!(files_in(&r.out).is_empty(), "nothing may be written: {:?}", files_in(&r.out));
 }
 

@@ -220,6 +220,17 @@ fn run_switch_applies_a_configuration_file_and_follows_it() {
     std::fs::write(&file, edited.replace("tag: 20}", "tag: 5000}")).unwrap();
     r.wait_for("the error naming the field", || r.log().contains("the running configuration stays"));
     assert!(r.log().contains("tag"), "{}", r.log());
+    // The error names the file once (not `switch.yaml: switch.yaml: ...`).
+    let named_once = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("the running configuration stays"))
+            .all(|l| l.matches("switch.yaml").count() == 1)
+    };
+    assert!(named_once(&r.log()), "{}", r.log());
+    // A key serde does not know (the parse error), likewise.
+    std::fs::write(&file, edited.replace("ports:", "portz:")).unwrap();
+    r.wait_for("the parse error", || r.log().contains("portz"));
+    assert!(named_once(&r.log()), "{}", r.log());
     let ports = r.ctl(&["show", "ports"]);
     assert!(ports.lines().any(|l| l.starts_with("p3") && l.contains("access VLAN 20")), "{ports}");
     // ... and `ctl show problems` says so until a good edit.
@@ -312,6 +323,7 @@ fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
     let out = Command::new(BIN).arg("run").arg("--switch").arg(&file).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--switch") && err.contains("portz"), "{err}");
+    assert_eq!(err.matches("switch.yaml").count(), 1, "the file named once: {err}");
     // A port no backend could open (0 vhost-user queue pairs) is a bad file too, refused
     // with its field rather than started with the port down for good.
     let vm = format!(
@@ -323,6 +335,7 @@ fn run_switch_refuses_a_bad_file_and_mixed_sources_at_start() {
     let out = Command::new("timeout").args(["10", BIN, "run", "--switch"]).arg(&file).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bridges[0].ports[2].queues"), "{err}");
+    assert_eq!(err.matches("switch.yaml").count(), 1, "the file named once: {err}");
     let missing = dir.path().join("nope.yaml");
     let out = Command::new(BIN).arg("run").arg("--switch").arg(&missing).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));

@@ -10,6 +10,7 @@ use crate::result::{CniResult, ResultError};
 use crate::version::Version;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
+use switchyard_dataplane::buffer::DATA_ROOM;
 use switchyard_dataplane::config::parse_socket_mode;
 use switchyard_dataplane::wire::MacAddr;
 
@@ -19,6 +20,12 @@ pub use switchyard_control::cni::DEFAULT_CNI_STATE as DEFAULT_STATE_DIR;
 pub use switchyard_control::ctl::DEFAULT_SOCKET;
 
 /// Keys of the CNI spec that any plugin configuration may carry.
+/// The largest `mtu` of a vhost-user port: a frame of that MTU, its Ethernet header (14) and a
+/// VLAN tag (4) the port may push onto it fills one of the switch's buffers
+/// ([`DATA_ROOM`]). QEMU tells the guest the MTU (virtio-net's `mtu`), and the guest then sends
+/// frames that large: with a larger MTU every full-size frame would be dropped as `oversize`.
+pub const VHOST_MAX_MTU: u32 = (DATA_ROOM - 14 - 4) as u32;
+
 const CNI_KEYS: &[&str] = &[
     "cniVersion",
     "name",
@@ -298,8 +305,10 @@ impl NetConf {
             None | Some(Value::Null) => Vec::new(),
             Some(v) => trunk(v)?,
         };
+        // Off unless asked for, as in the reference bridge plugin (`MacSpoofChk bool`,
+        // `omitempty`): a key the bridge plugin also has means what it means there.
         let macspoofchk = match o.get("macspoofchk") {
-            None | Some(Value::Null) => true,
+            None | Some(Value::Null) => false,
             Some(v) => {
                 v.as_bool().ok_or_else(|| bad("macspoofchk", format!("must be true or false (got {v})")))?
             }
@@ -333,6 +342,15 @@ impl NetConf {
                 m => return Err(bad("mode", format!("{m:?}: want \"veth\" or \"vhostuser\""))),
             },
         };
+        if let Some(m) = mtu.filter(|&m| mode == Mode::Vhostuser && m > VHOST_MAX_MTU) {
+            return Err(bad(
+                "mtu",
+                format!(
+                    "{m} is too large for \"mode\": \"vhostuser\": at most {VHOST_MAX_MTU} (the switch's \
+                     buffers hold {DATA_ROOM}-byte frames: MTU + 14-byte header + a 4-byte VLAN tag)"
+                ),
+            ));
+        }
         let path = |k: &str, default: &str| -> Result<PathBuf, ConfError> {
             match o.get(k) {
                 None | Some(Value::Null) => Ok(PathBuf::from(default)),
@@ -490,7 +508,7 @@ mod tests {
         let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "switchyard", "bridge": "br1"}))
             .unwrap();
         assert_eq!(c.version, Version::V1_0_0);
-        assert_eq!((c.vlan, c.trunk.is_empty(), c.macspoofchk, c.mode), (None, true, true, Mode::Veth));
+        assert_eq!((c.vlan, c.trunk.is_empty(), c.macspoofchk, c.mode), (None, true, false, Mode::Veth));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.ipam, None);
@@ -501,7 +519,7 @@ mod tests {
         let c = parse(json!({
             "cniVersion": "0.3.1", "name": "n", "type": "switchyard", "bridge": "br1", "vlan": 10,
             "trunk": [{"id": 20}, {"minID": 100, "maxID": 102}, {"id": 101}], "macspoofchk": false,
-            "mtu": 9000, "mode": "vhostuser", "socket": "/s", "stateDir": "/d", "vhostMode": "server",
+            "mtu": 2000, "mode": "vhostuser", "socket": "/s", "stateDir": "/d", "vhostMode": "server",
             "socketOwner": 107, "socketGroup": "107", "socketMode": "0660",
             "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"},
             "runtimeConfig": {"mac": "02:00:00:00:00:0a", "CNIDeviceInfoFile": "/f"},
@@ -512,7 +530,7 @@ mod tests {
         assert_eq!(c.trunk, vec![20, 100, 101, 102]);
         assert_eq!(
             (c.macspoofchk, c.mtu, c.mode, c.vhost_mode),
-            (false, Some(9000), Mode::Vhostuser, VhostMode::Server)
+            (false, Some(2000), Mode::Vhostuser, VhostMode::Server)
         );
         assert_eq!(
             (c.socket_owner, c.socket_group, c.socket_mode.as_deref()),
@@ -555,6 +573,17 @@ mod tests {
         vh["socketMode"] = json!("0999");
         assert_eq!(field_of(parse(vh.clone()).unwrap_err()), "socketMode");
         vh["socketMode"] = json!("0660");
+        // A vhost-user MTU whose frames would not fit the switch's buffers; a veth may have it.
+        vh["mtu"] = json!(VHOST_MAX_MTU + 1);
+        let e = parse(vh.clone()).unwrap_err();
+        assert!(e.to_string().contains("at most 2030"), "{e}");
+        assert_eq!(field_of(e), "mtu");
+        vh["mtu"] = json!(VHOST_MAX_MTU);
+        assert_eq!(parse(vh.clone()).unwrap().mtu, Some(2030));
+        vh.as_object_mut().unwrap().remove("mtu");
+        let mut veth = base.clone();
+        veth["mtu"] = json!(9000);
+        assert_eq!(parse(veth).unwrap().mtu, Some(9000));
         vh["vhostMode"] = json!("client");
         let mut dev = base.clone();
         dev["mode"] = json!("vhostuser");

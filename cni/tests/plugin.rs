@@ -49,7 +49,8 @@ fn vlan_10_pods_reach_each_other_a_vlan_20_pod_does_not_and_spoofing_is_dropped(
     let v10 = node.conf(
         "1.0.0",
         "v10",
-        json!({"vlan": 10, "ipam": node.host_local("v10", "10.210.0.0/24", "10.210.0.10", "10.210.0.19")}),
+        json!({"vlan": 10, "macspoofchk": true,
+               "ipam": node.host_local("v10", "10.210.0.0/24", "10.210.0.10", "10.210.0.19")}),
     );
     let v20 = node.conf(
         "1.0.0",
@@ -72,13 +73,16 @@ fn vlan_10_pods_reach_each_other_a_vlan_20_pod_does_not_and_spoofing_is_dropped(
     assert_eq!(ip0["address"], format!("{a_ip}/24"));
     assert!(host_link_exists(&host));
 
-    // The daemon has the three ports with the config's VLANs and the pods' MACs as allowed.
+    // The daemon has the three ports with the config's VLANs; v10 asks for `macspoofchk`: the
+    // pods' MACs as allowed. v20 does not (the default, false as in the bridge plugin): no filter.
     let ports = node.cni_ports();
     assert_eq!(node.cni_port_names(), [a.port("net1"), b.port("net1"), c.port("net1")]);
     let pa = ports.iter().find(|p| p["port"]["name"] == a.port("net1").as_str()).unwrap();
     assert_eq!(pa["port"]["tag"], 10, "{pa}");
     assert_eq!(pa["port"]["iface"], host.as_str(), "{pa}");
     assert_eq!(pa["port"]["allowed_macs"], json!([cont["mac"]]), "{pa}");
+    let pc = ports.iter().find(|p| p["port"]["name"] == c.port("net1").as_str()).unwrap();
+    assert!(pc["port"]["allowed_macs"].is_null(), "{pc}");
 
     let (b_ip, c_ip) = (b.ipv4("net1"), c.ipv4("net1"));
     assert!(tcp_reachable(&a, &b, &b_ip, Duration::from_secs(10)), "A cannot reach B in VLAN 10");
@@ -626,7 +630,7 @@ fn vhostuser_ports_report_their_socket_and_device_info() {
     let mut conf = node.conf(
         "1.1.0",
         "vh",
-        json!({"mode": "vhostuser", "vlan": 90, "socketOwner": 107, "socketGroup": 107, "socketMode": "0660",
+        json!({"mode": "vhostuser", "vlan": 90, "macspoofchk": true, "socketOwner": 107, "socketGroup": 107, "socketMode": "0660",
                "capabilities": {"mac": true, "CNIDeviceInfoFile": true}}),
     );
     conf["runtimeConfig"] = json!({"mac": "02:00:00:00:90:01", "CNIDeviceInfoFile": info});

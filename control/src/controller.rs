@@ -157,7 +157,8 @@ impl ControllerOptions {
 /// as it was, which the messages say.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("{path}: {source}; the running configuration stays")]
+    /// `source` names the file already ([`Config::load`]).
+    #[error("{source}; the running configuration stays")]
     SwitchFile { path: PathBuf, source: ConfigError },
     #[error("{dir}: cannot read the state directory ({source}); the running configuration stays")]
     StateDir { dir: PathBuf, source: std::io::Error },

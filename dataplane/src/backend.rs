@@ -537,9 +537,21 @@ impl PortConfig {
                 return Err(err(format!("remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
             }
         }
+        // An uplink is what ports/src/factory.rs opens as one, AF_PACKET or DPDK: anything else
+        // (`foo:bar`, `ring:r`, a bad interface name or PCI address) is refused here, with the
+        // configuration, rather than when the port is opened.
         if let Some(up) = uplink_spelling(self.underlay.as_deref()) {
-            if let Some(iface) = up.strip_prefix("afpacket:") {
-                check_ifname(iface.split(',').next().unwrap_or_default()).map_err(|m| err("underlay", m))?;
+            const WANT: &str = "an underlay is kernel, IFACE, afpacket:IFACE[,ring|recvmmsg] or dpdk:DEVARGS";
+            let given = self.underlay.as_deref().unwrap_or_default();
+            match up.parse::<Backend>() {
+                Ok(Backend::Afpacket { .. } | Backend::Dpdk { .. }) => {}
+                Ok(other) => {
+                    return Err(err(
+                        "underlay",
+                        format!("{given:?}: a {} port is no uplink ({WANT})", other.port_type().name()),
+                    ))
+                }
+                Err(e) => return Err(err("underlay", format!("{given:?}: {e} ({WANT})"))),
             }
         }
         if !self.routes.is_empty() && matches!(self.underlay.as_deref(), None | Some("kernel")) {
@@ -968,6 +980,21 @@ mod tests {
         for u in [long.clone(), format!("afpacket:{long},recvmmsg"), "afpacket:a b".into()] {
             p.underlay = Some(u.clone());
             assert_eq!(p.backend().map_err(|e| e.field), Err("underlay".into()), "{u:?}");
+        }
+        // An underlay no backend opens as an uplink is refused with the configuration, not at
+        // open: an unknown prefix, another port type, a bad option or PCI address.
+        for u in ["foo:bar", "ring:r", "tap:eth0", "afpacket:eth0,fast", "dpdk:", "dpdk:3b:02"] {
+            p.underlay = Some(u.into());
+            let e = p.backend().unwrap_err();
+            assert_eq!(e.field, "underlay", "{u:?}: {e:?}");
+            assert!(
+                e.msg.contains(&format!("{u:?}")) && e.msg.contains("an underlay is kernel"),
+                "{u:?}: {e:?}"
+            );
+        }
+        for u in ["kernel", "eth0", "afpacket:eth0", "dpdk:0000:3b:02.1", "dpdk:net_null0,x=1"] {
+            p.underlay = Some(u.into());
+            assert!(p.backend().is_ok(), "{u:?}");
         }
         p.underlay = Some("afpacket:eth0,recvmmsg".into());
         assert!(p.backend().is_ok());

@@ -222,12 +222,19 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Resu
 }
 
 impl Config {
+    /// Reads and checks the file at `path`. Every error names the file once (a field's error
+    /// as `PATH: FIELD`), so callers print it as it is, without adding the path.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), source: e })?;
         let c: Config = from_yaml(&text, &p)?;
-        c.validate()?;
+        c.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, msg } => {
+                ConfigError::Invalid { field: format!("{p}: {field}"), msg }
+            }
+            other => other,
+        })?;
         Ok(c)
     }
 

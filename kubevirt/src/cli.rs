@@ -31,8 +31,9 @@ pub enum Cmd {
         /// The pod's network information (KubeVirt's device-info, or Multus network-status).
         #[arg(long, default_value = hook::DEFAULT_NETWORK_INFO)]
         network_info: PathBuf,
-        /// `<mtu>` for interfaces whose network information has none.
-        #[arg(long)]
+        /// `<mtu>` for interfaces whose network information has none: 68 to 2030 (a larger
+        /// MTU's frames do not fit the switch's buffers).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(68..=i64::from(crate::domain::VHOST_MAX_MTU)))]
         mtu: Option<u32>,
     },
 }

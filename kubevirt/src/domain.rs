@@ -17,10 +17,16 @@
 //! parser and the tree it builds recurse once per level, and a deep enough document would
 //! overflow the stack and abort the sidecar.
 //!
+//! MTU: `<mtu size>` is what QEMU tells the guest, and the guest then sends frames that large;
+//! the switch's buffers hold at most [`VHOST_MAX_MTU`] + 18 bytes (header and one VLAN tag), so
+//! a larger MTU is refused ([`DomainError::MtuTooLarge`]: the VM does not start, with the reason)
+//! rather than written, which would have every full-size frame dropped as `oversize`.
+//!
 //! Invariant: the rewrite is idempotent (`rewrite(rewrite(x)) == rewrite(x)`), as virt-launcher
 //! may call OnDefineDomain more than once, and it touches nothing but those interfaces and the
 //! memory backing.
 
+pub use switchyard_cni::config::VHOST_MAX_MTU;
 use xmltree::{Element, EmitterConfig, ParserConfig, XMLNode};
 
 /// One interface to put on switchyard's vhost-user port.
@@ -60,6 +66,12 @@ pub enum DomainError {
          with the switch; remove the setting or make it <access mode='shared'/>"
     )]
     NotShared(String),
+    #[error(
+        "interface {name:?}: MTU {mtu} is larger than a switchyard vhost-user port carries (at most \
+         {VHOST_MAX_MTU}: the switch's buffers hold the frame, its header and a VLAN tag); lower the \
+         network's mtu (the NAD's) or the sidecar's --mtu"
+    )]
+    MtuTooLarge { name: String, mtu: u32 },
 }
 
 fn child<'a>(e: &'a Element, name: &str) -> Option<&'a Element> {
@@ -193,6 +205,9 @@ pub fn rewrite(xml: &[u8], ifaces: &[VhostIface]) -> Result<Vec<u8>, DomainError
     if ifaces.is_empty() {
         return Ok(xml.to_vec());
     }
+    if let Some(w) = ifaces.iter().find(|w| w.mtu.is_some_and(|m| m > VHOST_MAX_MTU)) {
+        return Err(DomainError::MtuTooLarge { name: w.name.clone(), mtu: w.mtu.unwrap_or_default() });
+    }
     let mut dom = parse(xml, ParserConfig::new().trim_whitespace(true))?;
     share_memory(&mut dom)?;
     let queues = vcpus(&dom);
@@ -300,6 +315,23 @@ mod tests {
         assert_eq!(q(4, false, 8), 1);
         let out = String::from_utf8(rewrite(&dom(4, ""), &[blue(true, 1)]).unwrap()).unwrap();
         assert!(!out.contains("<driver"), "{out}");
+    }
+
+    /// An MTU whose frames fit the switch's buffers (with a VLAN tag) is written; a larger one
+    /// is refused, naming the interface, rather than told to the guest.
+    #[test]
+    fn an_mtu_the_switch_cannot_carry_is_refused() {
+        let with = |mtu| VhostIface { mtu: Some(mtu), ..blue(false, 1) };
+        let out = String::from_utf8(rewrite(&dom(1, ""), &[with(VHOST_MAX_MTU)]).unwrap()).unwrap();
+        assert!(out.contains("<mtu size=\"2030\" />") || out.contains("<mtu size=\"2030\"/>"), "{out}");
+        for mtu in [VHOST_MAX_MTU + 1, 9000] {
+            let e = rewrite(&dom(1, ""), &[blue(false, 1), with(mtu)]).unwrap_err();
+            assert!(
+                matches!(&e, DomainError::MtuTooLarge { name, mtu: m } if name == "blue" && *m == mtu),
+                "{e}"
+            );
+            assert!(e.to_string().contains("at most 2030"), "{e}");
+        }
     }
 
     #[test]

@@ -273,7 +273,7 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     std::fs::write(
         &s.info,
         json!([{"name": "kindnet", "interface": "eth0", "default": true},
-               {"name": "default/blue-net", "interface": "pod0123", "mtu": 9000, "device-info":
+               {"name": "default/blue-net", "interface": "pod0123", "mtu": 2000, "device-info":
                 {"type": "vhost-user", "version": "1.1.0", "vhost-user": {"mode": "server", "path": SOCK}}}])
         .to_string(),
     )
@@ -281,7 +281,7 @@ async fn rewrites_kubevirt_domains_for_vhost_user() {
     let out = define(&mut cb, &plain, &vmi(false, &[])).await.unwrap();
     validate(&out);
     let blue = interfaces(&parse(&out))[1].clone();
-    assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("9000"));
+    assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("2000"));
     assert_eq!(attr_of(&blue, "source", "mode").as_deref(), Some("server"));
     assert!(
         blue.get_child("source").unwrap().get_child("reconnect").is_none(),
@@ -316,14 +316,14 @@ async fn mtu_and_mac_come_from_kubevirts_network_info() {
     }
     let s = start(Some(1400));
     let mut info = network_info();
-    info["interfaces"][0]["mtu"] = json!(9000);
+    info["interfaces"][0]["mtu"] = json!(2000);
     info["interfaces"][0]["mac"] = json!("02:5a:00:00:00:0c");
     std::fs::write(&s.info, info.to_string()).unwrap();
     let (_, mut cb) = client(&s).await;
     let out = define(&mut cb, &domain("plain.xml"), &vmi(false, &[])).await.unwrap();
     validate(&out);
     let blue = interfaces(&parse(&out))[1].clone();
-    assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("9000"), "{}", text(&out));
+    assert_eq!(attr_of(&blue, "mtu", "size").as_deref(), Some("2000"), "{}", text(&out));
     // The VMI's macAddress wins over the reported one.
     assert_eq!(attr_of(&blue, "mac", "address").as_deref(), Some("02:5a:00:00:00:0b"));
     let mut no_mac: Value = serde_json::from_slice(&vmi(false, &[])).unwrap();
@@ -333,6 +333,17 @@ async fn mtu_and_mac_come_from_kubevirts_network_info() {
     let blue = interfaces(&parse(&out))[1].clone();
     assert_eq!(attr_of(&blue, "mac", "address").as_deref(), Some("02:5a:00:00:00:0c"), "{}", text(&out));
     assert_eq!(text(&define(&mut cb, &out, no_mac.to_string().as_bytes()).await.unwrap()), text(&out));
+    // A jumbo MTU the switch's buffers cannot carry: the domain is refused with the reason, not
+    // defined with a guest whose every full-size frame would be dropped as `oversize`.
+    let mut jumbo = info.clone();
+    jumbo["interfaces"][0]["mtu"] = json!(9000);
+    std::fs::write(&s.info, jumbo.to_string()).unwrap();
+    let e = define(&mut cb, &domain("plain.xml"), &vmi(false, &[])).await.unwrap_err();
+    assert!(
+        e.message().contains("MTU 9000 is larger than a switchyard vhost-user port carries"),
+        "{}",
+        e.message()
+    );
     // An older KubeVirt (no mtu, or KubeVirt's omitted zero): the sidecar's --mtu.
     info["interfaces"][0]["mtu"] = json!(0);
     std::fs::write(&s.info, info.to_string()).unwrap();

@@ -717,7 +717,8 @@ pub fn replay_dir() -> PathBuf {
 pub const TOP_README: &str = "# Replay cases\n\n\
 Each directory holds one case for `switchyard replay`: `scenario.yaml` (bridges and ports, plus \
 `inputs`), the input captures under `in/`, and under `expected/` one pcap per port (empty when \
-nothing leaves it) and `stats.json` (a subset of the counters, and `buffers_leaked`: 0, every \
+nothing leaves it; named after the port, every `/` turned into `_`: `tenant-a/vm-a/data` is \
+`tenant-a_vm-a_data.pcap`, and two ports that would share a file are refused) and `stats.json` (a subset of the counters, and `buffers_leaked`: 0, every \
 buffer back in the pool at the end). `tests/replay_cases.rs` runs \
 `switchyard replay <case>/scenario.yaml --out <tmp> --expect <case>/expected` on every case.\n\n\
 The cases are specified in `tests/replay_spec/cases.rs`: input frames and expected frames are \
