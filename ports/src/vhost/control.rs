@@ -34,7 +34,7 @@ const POLL_MS: i32 = 50;
 /// A message must arrive whole within this time once it started.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Client mode: the longest pause between connection attempts (see `run`).
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Client mode: what an attempt came to when the session ended before features were agreed.
 const UNNEGOTIATED: &str = "session ended before negotiating";
 
@@ -638,7 +638,8 @@ pub enum Answer {
     Handled(Vec<Vec<u8>>),
     /// Refused, the session going on; the REPLY_ACK sent when the frontend asked for one.
     Refused(Vec<Vec<u8>>),
-    /// Malformed: the session ended (as it does on the socket), with this reason.
+    /// Malformed, or refused where the frontend waits for a reply whatever it asked
+    /// (`req::awaits_reply`): the session ended (as it does on the socket), with this reason.
     Ended(String),
 }
 
@@ -911,6 +912,7 @@ mod tests {
 
     /// Polls vring 1 (the guest's TX ring) once as a worker does: frames and drops.
     fn poll(s: &Loopback, c: &mut switchyard_dataplane::buffer::PoolCache, max: usize) -> (usize, DropTally) {
+        s.sh.rx_claims.claim(0).unwrap();
         let mut rx = crate::vhost::VhostRx { shared: s.sh.clone(), q: 0, kick: None };
         let mut out = Burst::new();
         let mut d = DropTally::default();
@@ -918,7 +920,6 @@ mod tests {
         for b in out.drain(..) {
             c.free(b);
         }
-        std::mem::forget(rx); // (not claimed: nothing to release)
         (n, d)
     }
 
