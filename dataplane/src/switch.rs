@@ -74,6 +74,7 @@ drop_reasons! {
     VhostTxRetries => "vhost_tx_retries", "The guest's RX ring filled up mid-burst and stayed full after the retries (vhost-user).";
     VhostInvalidDesc => "vhost_invalid_desc", "A guest descriptor chain was invalid: outside guest memory, overflowing, looping, too long, indirect or of the wrong direction (vhost-user).";
     VhostRingBroken => "vhost_ring_broken", "The guest corrupted a ring's indices; the queue is stopped until the guest sets it up again (vhost-user).";
+    VhostRingStopped => "vhost_ring_stopped", "The frontend stopped a guest TX ring (device reset, disconnect, memory table refused) while a super-frame from it was being cut into segments: the rest of its segments is dropped, counted once per super-frame (vhost-user).";
     TunnelTruncated => "tunnel_truncated", "A tunnel datagram shorter than its VXLAN or Geneve header.";
     TunnelBadHeader => "tunnel_bad_header", "A VXLAN header without the I flag, a Geneve version other than 0, a Geneve control message (O bit) or a Geneve payload that is not Ethernet.";
     TunnelWrongVni => "tunnel_wrong_vni", "A tunnel datagram for a VNI that is not the port's (on a socket or uplink shared by several VNIs: none of its ports'; also datagrams handed to a port of the socket or uplink that left before taking them, counted on a port still there).";

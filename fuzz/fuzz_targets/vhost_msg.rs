@@ -123,6 +123,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Answer::Refused(sent) => {
+                // A refusal the frontend would wait for a reply to ends the session instead.
+                assert!(!req::awaits_reply(request, proto_features), "request {request} refused, no reply");
                 if ack {
                     assert_eq!(sent.len(), 1, "request {request}: {} acks", sent.len());
                     assert_eq!(check_reply(&sent[0], request), 1u64.to_le_bytes());

@@ -501,6 +501,92 @@ fn dirty_pages_are_logged_during_migration() {
     assert_eq!(r.fe.receive(0), vec![frame(1, 1000)]);
 }
 
+/// A log area that cannot be mapped, once LOG_SHMFD is agreed (QEMU then waits for
+/// SET_LOG_BASE's reply whatever the message asked, holding its global lock): the backend
+/// closes the connection, and the frontend reads the end of the stream at once rather than
+/// waiting for a reply that never comes (its read timeout is 5 s). The same for
+/// GET_VRING_BASE of a vring that does not exist.
+#[test]
+fn a_refused_set_log_base_closes_the_connection() {
+    for what in ["SET_LOG_BASE", "GET_VRING_BASE"] {
+        let r = Rig::new(&format!("badlog-{what}"), 64);
+        let n = r.port.sessions();
+        let start = Instant::now();
+        if what == "SET_LOG_BASE" {
+            // The area ends past the end of its file.
+            let logfd = sys::memfd("log", 4096).unwrap();
+            let mut p = 8192u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&0u64.to_le_bytes());
+            r.fe.send(req::SET_LOG_BASE, 0, &p, &[logfd.as_fd()]).unwrap();
+        } else {
+            r.fe.send(req::GET_VRING_BASE, 0, &VringState { index: 9, num: 0 }.bytes(), &[]).unwrap();
+        }
+        let e = r.fe.recv_reply().expect_err("no reply to a refusal");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{what}: {e}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{what}: {:?}", start.elapsed());
+        wait_for("session end", || !r.port.connected() && !r.port.link_up());
+        assert_eq!(r.port.sessions(), n);
+        // The port takes the next frontend.
+        let mut fe = Frontend::connect(r.port.path(), WAIT).unwrap();
+        fe.setup(1, 64, FEATURES).unwrap();
+        wait_for("link up", || r.port.link_up());
+    }
+}
+
+/// A client port whose frontend accepts and hangs up at once backs off (the pause doubles from
+/// `reconnect_interval` up to 5 s) instead of reconnecting in a busy loop, and starts over
+/// after a session that negotiated.
+#[test]
+fn client_mode_backs_off_from_a_frontend_that_hangs_up() {
+    let path = sock("backoff");
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let opts = VhostOptions {
+        mode: Mode::Client,
+        reconnect_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let port = VhostUserPort::open("backoff", &path, opts).unwrap();
+    // 1.5 s: pauses of 20, 40, 80, 160, 320, 640 ms fit (1.26 s): 7 connections at most.
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut accepted = 0;
+    while Instant::now() < end {
+        match l.accept() {
+            Ok((s, _)) => {
+                accepted += 1;
+                drop(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert!((3..=8).contains(&accepted), "{accepted} connections in 1.5 s");
+    // A frontend that negotiates: the backoff starts over, so after it leaves the port is
+    // back within a few reconnect intervals, not seconds.
+    let s = loop {
+        if let Ok((s, _)) = l.accept() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    s.set_nonblocking(false).unwrap();
+    let mut fe = Frontend::new(s).unwrap();
+    fe.setup(1, 64, FEATURES).unwrap();
+    wait_for("link up", || port.link_up());
+    drop(fe);
+    let left = Instant::now();
+    loop {
+        if let Ok((s, _)) = l.accept() {
+            drop(s);
+            break;
+        }
+        assert!(left.elapsed() < Duration::from_millis(500), "no reconnection after a good session");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(port);
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn the_factory_opens_vhostuser_ports() {
     use switchyard_dataplane::config::Config;

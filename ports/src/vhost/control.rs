@@ -1,10 +1,21 @@
 //! The control thread of a vhost-user port: owns the socket (listening or connecting), reads
 //! the frontend's messages one at a time, and sets up the rings that the workers poll.
 //!
-//! A session ends when the socket closes, a read times out mid-message, or a message is
-//! malformed; then every ring is stopped (the workers see `None` on their next burst), the
-//! guest's memory is unmapped once the last ring lets go of it, and the link goes down. A
-//! server port then waits for the next connection; a client port reconnects.
+//! A session ends when the socket closes, a read times out mid-message, a message is
+//! malformed, or a request whose reply the frontend waits for whatever it asked
+//! ([`req::awaits_reply`]: GET_VRING_BASE, SET_LOG_BASE under LOG_SHMFD, ...) has to be
+//! refused: a frontend waiting for a reply that never comes would hang (QEMU with its global
+//! lock held), one that finds the connection closed fails the operation. Then every ring is
+//! stopped (the workers see `None` on their next burst), the guest's memory is unmapped once
+//! the last ring lets go of it, and the link goes down. A server port then waits for the next
+//! connection; a client port reconnects, backing off while nothing negotiates (see `run`).
+//!
+//! Invariants: a ring runs only with its size, addresses, a kick and a call (each an fd or
+//! "no fd") set since it last stopped, the memory table, and (with protocol features) enabled;
+//! a ring's configuration changing while it runs swaps a new ring in under the ring's lock
+//! (a worker sees the old ring or the new one, and the new one finishes the old one's
+//! super-frame in flight); rings and guest memory are dropped, and so unmapped, outside every
+//! ring's lock.
 
 use super::mem::{DirtyLog, GuestMemory};
 use super::proto::{self, feat, pfeat, req, Header, VringAddr, VringState, HDR_SIZE};
@@ -22,6 +33,10 @@ use std::time::Duration;
 const POLL_MS: i32 = 50;
 /// A message must arrive whole within this time once it started.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Client mode: the longest pause between connection attempts (see `run`).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Client mode: what an attempt came to when the session ended before features were agreed.
+const UNNEGOTIATED: &str = "session ended before negotiating";
 
 pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
     match sh.opts.mode {
@@ -38,7 +53,9 @@ pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
                     }
                 }
                 match l.accept() {
-                    Ok((s, _)) => serve(&sh, s),
+                    Ok((s, _)) => {
+                        serve(&sh, s, true);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => tracing::warn!(port = %sh.name, error = %e, "vhost: accept"),
                 }
@@ -46,22 +63,39 @@ pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
             sh.remove_own_socket();
         }
         Mode::Client => {
-            let mut logged = false;
+            // The pause before the next attempt: `reconnect_interval`, doubled after each
+            // attempt that failed (no connection, or a session that ended before the frontend
+            // agreed features) up to MAX_BACKOFF, back to the start after a session that
+            // negotiated. A frontend that accepts and hangs up at once costs a connection
+            // every few seconds, not a busy loop.
+            let first = sh.opts.reconnect_interval;
+            let mut pause = first;
+            // What the last attempt came to, logged only when it changes: a failure repeated
+            // every turn is logged once.
+            let mut last: Option<String> = None;
             while !sh.stop.load(Ordering::Acquire) {
-                match UnixStream::connect(&sh.path) {
+                let state = match UnixStream::connect(&sh.path) {
                     Ok(s) => {
-                        logged = false;
-                        serve(&sh, s);
+                        let quiet = last.as_deref() == Some(UNNEGOTIATED);
+                        if serve(&sh, s, !quiet) {
+                            pause = first;
+                            last = None;
+                            continue;
+                        }
+                        UNNEGOTIATED.to_string()
                     }
                     Err(e) => {
-                        if !logged {
+                        let state = format!("cannot connect: {e}");
+                        if last.as_ref() != Some(&state) {
                             tracing::info!(port = %sh.name, path = %sh.path.display(), error = %e,
-                                "vhost: cannot connect yet; retrying");
-                            logged = true;
+                                "vhost: cannot connect yet; retrying with backoff");
                         }
-                        sleep_unless_stopped(&sh, sh.opts.reconnect_interval);
+                        state
                     }
-                }
+                };
+                last = Some(state);
+                sleep_unless_stopped(&sh, pause);
+                pause = (pause * 2).min(MAX_BACKOFF.max(first));
             }
         }
     }
@@ -77,14 +111,21 @@ fn sleep_unless_stopped(sh: &Shared, d: Duration) {
     }
 }
 
-fn serve(sh: &Arc<Shared>, stream: UnixStream) {
+/// Serves one connection until the session ends. Returns whether the frontend agreed features
+/// (SET_FEATURES). `log`: the connection and its end are logged at `info` (a client port
+/// that keeps reaching a frontend that hangs up logs them at `debug` after the first time).
+fn serve(sh: &Arc<Shared>, stream: UnixStream, log: bool) -> bool {
     if let Err(e) = stream.set_nonblocking(false).and_then(|_| stream.set_read_timeout(Some(READ_TIMEOUT))) {
         tracing::warn!(port = %sh.name, error = %e, "vhost: socket setup");
-        return;
+        return false;
     }
     sh.sessions.fetch_add(1, Ordering::AcqRel);
     sh.connected.store(true, Ordering::Release);
-    tracing::info!(port = %sh.name, "vhost: frontend connected");
+    if log {
+        tracing::info!(port = %sh.name, "vhost: frontend connected");
+    } else {
+        tracing::debug!(port = %sh.name, "vhost: frontend connected");
+    }
     let mut s = Session::new(sh.clone());
     let why = loop {
         if sh.stop.load(Ordering::Acquire) {
@@ -110,7 +151,12 @@ fn serve(sh: &Arc<Shared>, stream: UnixStream) {
     };
     s.teardown();
     sh.connected.store(false, Ordering::Release);
-    tracing::info!(port = %sh.name, reason = %why, "vhost: frontend gone; port down");
+    if log || s.negotiated {
+        tracing::info!(port = %sh.name, reason = %why, "vhost: frontend gone; port down");
+    } else {
+        tracing::debug!(port = %sh.name, reason = %why, "vhost: frontend gone; port down");
+    }
+    s.negotiated
 }
 
 /// Reads one message. `None` at end of stream.
@@ -160,6 +206,10 @@ struct VringCfg {
     /// The kick eventfd itself (non-blocking), when the frontend sent one: the ring's worker
     /// sleeps on it when idle.
     kick: Option<Arc<File>>,
+    /// A call fd (or "no fd": the frontend polls the used ring) arrived since the ring was
+    /// last stopped. As DPDK does, a ring waits for it: after a device reset the old fd may
+    /// belong to an interrupt the frontend has torn down.
+    called: bool,
     call: Option<Arc<File>>,
     enabled: Option<bool>,
 }
@@ -175,6 +225,8 @@ enum Outcome {
 
 struct Session {
     sh: Arc<Shared>,
+    /// The frontend sent SET_FEATURES (a client port's backoff starts over).
+    negotiated: bool,
     features: u64,
     proto: u64,
     mem: Option<Arc<GuestMemory>>,
@@ -187,6 +239,7 @@ impl Session {
         let n = sh.vqs.len();
         Session {
             sh,
+            negotiated: false,
             features: 0,
             proto: 0,
             mem: None,
@@ -196,7 +249,8 @@ impl Session {
     }
 
     /// Handles one message and sends its reply, if any. `Ok(true)`: refused (the session goes
-    /// on); `Err`: malformed, the session ends.
+    /// on); `Err`: malformed, or refused when the frontend waits for a reply whatever it asked
+    /// ([`req::awaits_reply`]): the session ends.
     fn dispatch(
         &mut self,
         send: &mut Send<'_>,
@@ -225,6 +279,16 @@ impl Session {
             Outcome::Ok if ack => send_reply(send, hdr.request, &0u64.to_le_bytes())?,
             Outcome::Ok => {}
             Outcome::Nack(msg) => {
+                if req::awaits_reply(hdr.request, proto) {
+                    // The frontend waits for this reply whatever it asked (QEMU blocked, its
+                    // global lock held), and no reply could say "refused": end the session,
+                    // as DPDK does; the frontend sees the connection close and fails the
+                    // operation (a migration, a device start) instead of hanging.
+                    return Err(format!(
+                        "refused {}, whose reply the frontend waits for: {msg}",
+                        proto::req::name(hdr.request)
+                    ));
+                }
                 tracing::warn!(port = %self.sh.name, request = hdr.request, name = proto::req::name(hdr.request),
                     "vhost: refused: {msg}");
                 if ack {
@@ -259,6 +323,7 @@ impl Session {
                     tracing::debug!(port = %self.sh.name, extra = f & !offered, "vhost: ignoring features not offered");
                 }
                 self.features = f & offered;
+                self.negotiated = true;
                 self.sh.features.store(self.features, Ordering::Release);
                 self.rebuild_all();
                 Outcome::Ok
@@ -284,18 +349,23 @@ impl Session {
             req::GET_QUEUE_NUM => Outcome::Reply(u64::from(self.sh.opts.queues).to_le_bytes().to_vec()),
             req::SET_MEM_TABLE => {
                 let regions = proto::parse_mem_table(p).ok_or_else(|| short("a memory table"))?;
-                // Stop using the old memory before mapping the new one.
-                self.mem = None;
-                self.rebuild_all();
-                match GuestMemory::map(&regions, &fds) {
+                // The new table is mapped first and each running ring then swapped onto it
+                // under its lock (a worker sees the old ring or the new one, never none: no
+                // frame drops for a memory hotplug). The old table is unmapped when the last
+                // ring and this session let go of it, outside every ring's lock (`old` dropped
+                // here, the old rings in `rebuild`). A table that cannot be mapped stops the
+                // rings: the frontend's memory changed, the old table no longer describes it.
+                let (new, out) = match GuestMemory::map(&regions, &fds) {
                     Ok(m) => {
                         tracing::debug!(port = %self.sh.name, memory = ?m, "vhost: memory table");
-                        self.mem = Some(Arc::new(m));
-                        self.rebuild_all();
-                        Outcome::Ok
+                        (Some(Arc::new(m)), Outcome::Ok)
                     }
-                    Err(e) => Outcome::Nack(format!("memory table: {e}")),
-                }
+                    Err(e) => (None, Outcome::Nack(format!("memory table: {e}"))),
+                };
+                let old = std::mem::replace(&mut self.mem, new);
+                self.rebuild_all();
+                drop(old);
+                out
             }
             req::SET_LOG_BASE => {
                 if p.len() < 16 {
@@ -347,8 +417,10 @@ impl Session {
                     Ok(i) => i,
                     Err(o) => return Ok(o),
                 };
+                // The ring (if it runs) stops first, so that the rebuild starts from the new base,
+                // not from where the old ring was.
+                drop(self.take_ring(i));
                 self.vrings[i].base = st.num as u16;
-                self.sh.vq(i).ring = None;
                 self.rebuild(i);
                 Outcome::Ok
             }
@@ -359,8 +431,11 @@ impl Session {
                     Err(o) => return Ok(o),
                 };
                 let base = self.stop_ring(i);
-                self.vrings[i].kicked = false;
-                self.vrings[i].kick = None;
+                // Both fds go with the stop (vhost-user.rst: the ring starts again on the next
+                // SET_VRING_KICK; DPDK closes the call fd too): a ring restarted after a device
+                // reset waits for the frontend's new call fd, never signals the old one.
+                let c = &mut self.vrings[i];
+                (c.kicked, c.kick, c.called, c.call) = (false, None, false, None);
                 Outcome::Reply(VringState { index: st.index, num: u32::from(base) }.bytes())
             }
             req::SET_VRING_KICK | req::SET_VRING_CALL => {
@@ -392,6 +467,7 @@ impl Session {
                     self.vrings[i].kicked = true;
                     self.vrings[i].kick = fd;
                 } else {
+                    self.vrings[i].called = true;
                     self.vrings[i].call = fd;
                 }
                 self.rebuild(i);
@@ -428,10 +504,21 @@ impl Session {
         })
     }
 
+    /// Takes ring `i` out of the workers' reach; a super-frame it was cutting into segments is
+    /// counted lost (`VqState::lost`). The caller drops the ring after the lock is released:
+    /// the last ring to let go of a memory table unmaps it, which must not hold up a worker.
+    fn take_ring(&self, i: usize) -> Option<Vring> {
+        let mut st = self.sh.vq(i);
+        let r = st.ring.take();
+        if r.as_ref().is_some_and(Vring::mid_frame) {
+            st.lost += 1;
+        }
+        r
+    }
+
     /// Stops ring `i` and returns where the device stopped.
     fn stop_ring(&mut self, i: usize) -> u16 {
-        let prev = self.sh.vq(i).ring.take();
-        if let Some(r) = prev {
+        if let Some(r) = self.take_ring(i) {
             self.vrings[i].base = r.indices().0;
         }
         self.vrings[i].base
@@ -439,22 +526,42 @@ impl Session {
 
     /// Sets ring `i` up again from its configuration (after any change), keeping the
     /// device's position when it was running.
+    /// The old ring, swapped out under the ring's lock, is dropped after the lock is released
+    /// (see [`Session::take_ring`]); a super-frame it was cutting into segments goes on in the
+    /// new ring, or is counted lost when the ring stops.
     fn rebuild(&mut self, i: usize) {
-        let proto_features = self.features & feat::USER_F_PROTOCOL_FEATURES != 0;
         let mut st = self.sh.vq(i);
         // A worker asleep on the ring's kick fd keeps getting kicks from the new ring when the
         // fd stays the same (a new fd: it finds the new ring when its poll times out).
         let mut rearm = false;
-        if let Some(r) = st.ring.take() {
+        let mut old = st.ring.take();
+        if let Some(r) = &old {
             self.vrings[i].base = r.indices().0;
             rearm = r.kicks_requested()
                 && matches!((r.kick(), &self.vrings[i].kick), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
         }
+        match (self.build(i, rearm), old.as_mut()) {
+            (Some(mut r), o) => {
+                if let Some(o) = o {
+                    r.adopt_pending(o);
+                }
+                st.ring = Some(r);
+            }
+            (None, Some(o)) if o.mid_frame() => st.lost += 1,
+            (None, _) => {}
+        }
+        drop(st);
+        drop(old);
+    }
+
+    /// A ring for vring `i` from its configuration, when it is complete and enabled.
+    fn build(&self, i: usize, rearm: bool) -> Option<Vring> {
+        let proto_features = self.features & feat::USER_F_PROTOCOL_FEATURES != 0;
         let c = &self.vrings[i];
         let enabled = c.enabled.unwrap_or(!proto_features);
-        let (Some(mem), Some(addr)) = (&self.mem, c.addr) else { return };
-        if c.num == 0 || !c.kicked || !enabled {
-            return;
+        let (Some(mem), Some(addr)) = (&self.mem, c.addr) else { return None };
+        if c.num == 0 || !c.kicked || !c.called || !enabled {
+            return None;
         }
         let log_on = self.features & feat::LOG_ALL != 0;
         let cfg = RingConfig {
@@ -488,9 +595,12 @@ impl Session {
                 if rearm {
                     r.request_kicks();
                 }
-                st.ring = Some(r);
+                Some(r)
             }
-            Err(e) => tracing::warn!(port = %self.sh.name, vring = i, error = %e, "vhost: cannot start ring"),
+            Err(e) => {
+                tracing::warn!(port = %self.sh.name, vring = i, error = %e, "vhost: cannot start ring");
+                None
+            }
         }
     }
 
@@ -512,7 +622,7 @@ impl Session {
         // The rings stop before the link reads down: whoever sees the link down (the
         // runtime, a test) finds no ring and no kick fd left behind it.
         for i in 0..self.vrings.len() {
-            self.sh.vq(i).ring = None;
+            drop(self.take_ring(i));
         }
         self.sh.link.store(false, Ordering::Release);
         self.mem = None;
@@ -528,7 +638,8 @@ pub enum Answer {
     Handled(Vec<Vec<u8>>),
     /// Refused, the session going on; the REPLY_ACK sent when the frontend asked for one.
     Refused(Vec<Vec<u8>>),
-    /// Malformed: the session ended (as it does on the socket), with this reason.
+    /// Malformed, or refused where the frontend waits for a reply whatever it asked
+    /// (`req::awaits_reply`): the session ended (as it does on the socket), with this reason.
     Ended(String),
 }
 
@@ -622,6 +733,8 @@ impl Drop for Loopback {
 mod tests {
     use super::*;
     use crate::vhost::VhostOptions;
+    use switchyard_dataplane::port::{Burst, DropTally, RxCtx, RxQueue};
+    use switchyard_dataplane::switch::DropReason;
 
     fn msg(request: u32, need_reply: bool, payload: &[u8]) -> Vec<u8> {
         let flags = proto::VERSION | if need_reply { proto::FLAG_NEED_REPLY } else { 0 };
@@ -685,16 +798,179 @@ mod tests {
             ok(s.message(&msg(req::SET_VRING_BASE, false, &VringState { index: i, num: 0 }.bytes()), vec![]));
             let kick = OwnedFd::from(sys::eventfd().unwrap());
             ok(s.message(&msg(req::SET_VRING_KICK, false, &u64::from(i).to_le_bytes()), vec![kick]));
-            assert!(!s.vring_running(i as usize), "not enabled yet");
             ok(s.message(
                 &msg(req::SET_VRING_ENABLE, false, &VringState { index: i, num: 1 }.bytes()),
                 vec![],
             ));
+            assert!(!s.vring_running(i as usize), "no call fd yet");
+            call(&mut s, i);
             assert!(s.vring_running(i as usize));
         }
         assert!(s.link_up());
         ok(s.message(&msg(req::GET_VRING_BASE, false, &VringState { index: 0, num: 0 }.bytes()), vec![]));
         assert!(!s.vring_running(0) && !s.link_up());
+        // After the stop (a device reset) the ring waits for a new kick fd and a new call fd:
+        // the old call fd may be an interrupt the frontend has torn down.
+        let kick = OwnedFd::from(sys::eventfd().unwrap());
+        ok(s.message(&msg(req::SET_VRING_KICK, false, &0u64.to_le_bytes()), vec![kick]));
+        assert!(!s.vring_running(0), "restarted before its new call fd came");
+        call(&mut s, 0);
+        assert!(s.vring_running(0) && s.link_up());
+    }
+
+    fn call(s: &mut Loopback, i: u32) {
+        let call = OwnedFd::from(sys::eventfd().unwrap());
+        let a = s.message(&msg(req::SET_VRING_CALL, false, &u64::from(i).to_le_bytes()), vec![call]);
+        assert!(matches!(a, Answer::Handled(_)), "{a:?}");
+    }
+
+    const UVA: u64 = 0x7f00_0000_0000;
+    const MEM: u64 = 0x40000;
+
+    /// A session with `features` agreed (and `proto` protocol features), a memory table of
+    /// MEM bytes (a memfd at guest address 0) and vrings 0 and 1 running, 256 entries each,
+    /// vring i's tables at 0x4000 * i. Returns the guest's view of its memory, and its memfd.
+    fn running(opts: VhostOptions, features: u64, proto_features: u64) -> (Loopback, GuestMemory, OwnedFd) {
+        let mut s = Loopback::new(opts).unwrap();
+        let ok = |s: &mut Loopback, r: u32, p: &[u8], fds: Vec<OwnedFd>| {
+            let a = s.message(&msg(r, false, p), fds);
+            assert!(matches!(a, Answer::Handled(_)), "request {r}: {a:?}");
+        };
+        ok(&mut s, req::SET_PROTOCOL_FEATURES, &proto_features.to_le_bytes(), vec![]);
+        ok(&mut s, req::SET_FEATURES, &features.to_le_bytes(), vec![]);
+        let region = crate::vhost::mem::RegionDesc { gpa: 0, size: MEM, uva: UVA, mmap_offset: 0 };
+        let fd = OwnedFd::from(sys::memfd("guest", MEM).unwrap());
+        let guest = GuestMemory::map(&[region], &[fd.try_clone().unwrap()]).unwrap();
+        ok(&mut s, req::SET_MEM_TABLE, &proto::mem_table_bytes(&[region]), vec![fd.try_clone().unwrap()]);
+        for i in 0..2u32 {
+            let base = UVA + 0x4000 * u64::from(i);
+            ok(&mut s, req::SET_VRING_NUM, &VringState { index: i, num: 256 }.bytes(), vec![]);
+            let a = VringAddr {
+                index: i,
+                desc: base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+                ..VringAddr::default()
+            };
+            ok(&mut s, req::SET_VRING_ADDR, &a.bytes(), vec![]);
+            ok(&mut s, req::SET_VRING_BASE, &VringState { index: i, num: 0 }.bytes(), vec![]);
+            let kick = OwnedFd::from(sys::eventfd().unwrap());
+            ok(&mut s, req::SET_VRING_KICK, &u64::from(i).to_le_bytes(), vec![kick]);
+            call(&mut s, i);
+            ok(&mut s, req::SET_VRING_ENABLE, &VringState { index: i, num: 1 }.bytes(), vec![]);
+        }
+        assert!(s.link_up());
+        (s, guest, fd)
+    }
+
+    /// Once LOG_SHMFD is agreed QEMU waits for SET_LOG_BASE's reply whatever the message
+    /// asked, holding its global lock: a log that cannot be mapped (or no fd) ends the session,
+    /// so that the frontend sees the connection close. So does GET_VRING_BASE of a vring that
+    /// does not exist (its reply is its answer). Without LOG_SHMFD, a refusal is a refusal.
+    #[test]
+    fn refusals_the_frontend_would_wait_for_end_the_session() {
+        let f = feat::F_VERSION_1 | feat::USER_F_PROTOCOL_FEATURES;
+        let area = |size: u64| [size.to_le_bytes(), 0u64.to_le_bytes()].concat();
+        let log_fd = || OwnedFd::from(sys::memfd("log", 0x1000).unwrap());
+        let (mut s, _g, _) = running(VhostOptions::default(), f, 0);
+        assert_eq!(s.message(&msg(req::SET_LOG_BASE, false, &area(0x1000)), vec![]), Answer::Refused(vec![]));
+        assert!(s.link_up());
+        for (what, fds, size) in [("no fd", false, 0x1000), ("log past the file's end", true, 0x2000)] {
+            let (mut s, _g, _) = running(VhostOptions::default(), f, pfeat::LOG_SHMFD);
+            let fds = if fds { vec![log_fd()] } else { vec![] };
+            let a = s.message(&msg(req::SET_LOG_BASE, false, &area(size)), fds);
+            assert!(matches!(&a, Answer::Ended(why) if why.contains("SET_LOG_BASE")), "{what}: {a:?}");
+            assert!(!s.link_up() && !s.vring_running(0) && !s.vring_running(1), "{what}");
+        }
+        // A good log is answered (empty reply), and the session goes on.
+        let (mut s, _g, _) = running(VhostOptions::default(), f, pfeat::LOG_SHMFD);
+        let a = s.message(&msg(req::SET_LOG_BASE, false, &area(0x1000)), vec![log_fd()]);
+        assert_eq!(
+            a,
+            Answer::Handled(vec![proto::message(req::SET_LOG_BASE, proto::VERSION | proto::FLAG_REPLY, &[])])
+        );
+        assert!(s.link_up());
+        let a = s.message(&msg(req::GET_VRING_BASE, false, &VringState { index: 7, num: 0 }.bytes()), vec![]);
+        assert!(matches!(&a, Answer::Ended(why) if why.contains("GET_VRING_BASE")), "{a:?}");
+        assert!(!s.link_up());
+    }
+
+    /// SET_VRING_NUM refuses a queue larger than MAX_QUEUE_SIZE (acked 1 under REPLY_ACK, the
+    /// refusal QEMU reads; without it the ring stays down and nothing waits), and takes the
+    /// largest.
+    #[test]
+    fn queue_sizes_over_the_cap_are_refused() {
+        let mut s = Loopback::new(VhostOptions::default()).unwrap();
+        let num = |n: u32| msg(req::SET_VRING_NUM, true, &VringState { index: 0, num: n }.bytes());
+        assert_eq!(s.message(&num(2 * MAX_QUEUE_SIZE), vec![]), Answer::Refused(vec![]));
+        s.message(&msg(req::SET_PROTOCOL_FEATURES, false, &pfeat::REPLY_ACK.to_le_bytes()), vec![]);
+        for n in [2 * MAX_QUEUE_SIZE, 32768] {
+            assert_eq!(s.message(&num(n), vec![]), Answer::Refused(ack(req::SET_VRING_NUM, 1)), "{n}");
+        }
+        assert_eq!(s.message(&num(MAX_QUEUE_SIZE), vec![]), Answer::Handled(ack(req::SET_VRING_NUM, 0)));
+    }
+
+    /// Polls vring 1 (the guest's TX ring) once as a worker does: frames and drops.
+    fn poll(s: &Loopback, c: &mut switchyard_dataplane::buffer::PoolCache, max: usize) -> (usize, DropTally) {
+        s.sh.rx_claims.claim(0).unwrap();
+        let mut rx = crate::vhost::VhostRx { shared: s.sh.clone(), q: 0, kick: None };
+        let mut out = Burst::new();
+        let mut d = DropTally::default();
+        let n = rx.rx_burst(RxCtx::new(c, &mut d), &mut out, max);
+        for b in out.drain(..) {
+            c.free(b);
+        }
+        (n, d)
+    }
+
+    /// The guest posts a TSO super-frame of 20 segments on vring 1 at slot `head`.
+    fn post_super_frame(g: &GuestMemory, head: u16) {
+        let (bytes, _) = crate::vhost::vring::tests::offload_frame(20 * 1000, 1000, true);
+        let addr = 0x10000 + 0x8000 * u64::from(head);
+        g.write(addr, &bytes).unwrap();
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        g.write(0x4000 + 16 * u64::from(head), &d).unwrap();
+        g.write(0x5000 + 4 + 2 * u64::from(head), &head.to_le_bytes()).unwrap();
+        g.write(0x5000 + 2, &(head + 1).to_le_bytes()).unwrap();
+    }
+
+    /// A TX ring rebuilt while it cuts a super-frame into segments (a new call fd, a new
+    /// memory table) sends the rest of it; a ring stopped then (GET_VRING_BASE) loses the rest,
+    /// counted once as `vhost_ring_stopped` on the queue's next poll.
+    #[test]
+    fn a_super_frame_in_flight_survives_a_rebuild_and_is_counted_when_stopped() {
+        let f = feat::F_VERSION_1 | feat::USER_F_PROTOCOL_FEATURES | feat::NET_F_CSUM | feat::NET_F_HOST_TSO4;
+        let (mut s, g, memfd) = running(VhostOptions { offloads: true, ..VhostOptions::default() }, f, 0);
+        let pool = switchyard_dataplane::buffer::Pool::with_hugepages("sf", 256, false).unwrap();
+        let mut c = pool.cache();
+        post_super_frame(&g, 0);
+        let (n, d) = poll(&s, &mut c, 4);
+        assert_eq!((n, d.is_zero()), (4, true), "{d:?}");
+        // Rebuilt twice: a new call fd, then the memory table again (mapped anew, as after a
+        // hotplug), the old mapping gone once the rings let go of it.
+        call(&mut s, 1);
+        let before = s.sh.vq(1).ring.as_ref().map(|r| Arc::as_ptr(r.memory()));
+        let region = crate::vhost::mem::RegionDesc { gpa: 0, size: MEM, uva: UVA, mmap_offset: 0 };
+        let a = s.message(&msg(req::SET_MEM_TABLE, false, &proto::mem_table_bytes(&[region])), vec![memfd]);
+        assert!(matches!(a, Answer::Handled(_)), "{a:?}");
+        assert!(s.vring_running(1));
+        let after = s.sh.vq(1).ring.as_ref().map(|r| Arc::as_ptr(r.memory()));
+        assert_ne!(before, after, "the ring runs on the new table");
+        let (n, d) = poll(&s, &mut c, 32);
+        assert_eq!((n, d.is_zero()), (16, true), "the rest of the super-frame: {d:?}");
+        post_super_frame(&g, 1);
+        let (n, d) = poll(&s, &mut c, 4);
+        assert_eq!((n, d.is_zero()), (4, true), "{d:?}");
+        let a = s.message(&msg(req::GET_VRING_BASE, false, &VringState { index: 1, num: 0 }.bytes()), vec![]);
+        assert!(matches!(a, Answer::Handled(_)), "{a:?}");
+        let (n, d) = poll(&s, &mut c, 32);
+        assert_eq!((n, d.get(DropReason::VhostRingStopped)), (0, 1), "{d:?}");
+        let (_, d) = poll(&s, &mut c, 32);
+        assert!(d.is_zero(), "counted once: {d:?}");
+        drop(c);
+        assert_eq!(pool.in_use(), 0);
     }
 
     /// Handled, refused (acked 1 under REPLY_ACK) or ended, as on the socket.

@@ -57,7 +57,9 @@
 //! `vhost_ring_broken` (the ring's indices cannot be trusted: the queue stops until the
 //! frontend sets it up again), `vhost_no_rx_desc` (the guest posted no RX buffers),
 //! `vhost_tx_retries` (the guest's RX ring filled up mid-burst and stayed full for
-//! [`vring::TX_RETRIES`] re-reads), `oversize` (a frame larger than a buffer).
+//! [`vring::TX_RETRIES`] re-reads), `oversize` (a frame larger than a buffer). Not the
+//! guest's: `vhost_ring_stopped` (the frontend stopped a TX ring while a super-frame was
+//! being cut into segments: the rest of it is lost; a ring rebuilt in place finishes it).
 
 mod control;
 pub use control::{Answer, Loopback};
@@ -96,7 +98,9 @@ pub struct VhostOptions {
     pub mode: Mode,
     /// Queue pairs offered (VIRTIO_NET_F_MQ); 1 to [`MAX_QUEUE_PAIRS`].
     pub queues: u16,
-    /// Client mode: pause between connection attempts.
+    /// Client mode: the first pause between connection attempts, doubled after each attempt
+    /// that fails (no connection, or a session that ends before features are agreed) up to
+    /// 5 s, and back to this after a session that negotiated.
     pub reconnect_interval: Duration,
     /// Server mode: permissions given to the socket after it is created.
     pub socket_mode: Option<u32>,
@@ -123,6 +127,10 @@ impl Default for VhostOptions {
 pub struct VqState {
     /// The running ring, `None` while the frontend has not (or no longer) set it up.
     pub ring: Option<vring::Vring>,
+    /// Guest TX super-frames whose remaining segments were lost when the control thread
+    /// stopped the ring part-way through them; the queue's worker counts them
+    /// (`vhost_ring_stopped`) on its next poll, under the lock it takes anyway.
+    pub lost: u32,
 }
 
 /// One vring's lock and state on cache lines of their own: the workers of a multiqueue port
@@ -358,6 +366,9 @@ impl RxQueue for VhostRx {
             }
         }
         let mut st = self.shared.vq(self.vq());
+        if st.lost != 0 {
+            drops.add(DropReason::VhostRingStopped, std::mem::take(&mut st.lost));
+        }
         Self::refresh_kick(&mut self.kick, st.ring.as_ref());
         if let Some(r) = st.ring.as_mut() {
             n += r.dequeue(RxCtx { cache, drops }, out, max - n);

@@ -82,6 +82,30 @@ pub mod req {
             _ => "unknown",
         }
     }
+
+    /// Whether a frontend that agreed to the protocol features `proto` waits for this
+    /// request's reply whatever the message's NEED_REPLY flag says (vhost-user.rst: the
+    /// requests whose reply is their answer, and SET_LOG_BASE once LOG_SHMFD is agreed, which
+    /// QEMU's `vhost_user_set_log_base` reads a reply to). Refusing one of them without a reply
+    /// would leave the frontend blocked (QEMU holds its global lock while it waits).
+    pub fn awaits_reply(request: u32, proto: u64) -> bool {
+        match request {
+            SET_LOG_BASE => proto & super::pfeat::LOG_SHMFD != 0,
+            // GET_CONFIG, CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE, GET_INFLIGHT_FD,
+            // GET_MAX_MEM_SLOTS, GET_STATUS (not offered, answered nonetheless).
+            GET_FEATURES
+            | GET_VRING_BASE
+            | GET_PROTOCOL_FEATURES
+            | GET_QUEUE_NUM
+            | 24
+            | 26
+            | 28
+            | 31
+            | 36
+            | 40 => true,
+            _ => false,
+        }
+    }
 }
 
 /// Virtio and vhost feature bits.

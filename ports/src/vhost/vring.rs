@@ -8,9 +8,10 @@
 //! Every value read from guest memory is untrusted. The checks, and what a failure costs:
 //! - a descriptor whose range is not inside the memory table, whose address + length
 //!   overflows, whose direction is wrong (a writable descriptor in a TX chain, a read-only one
-//!   in an RX chain), that is INDIRECT (not offered), or a chain that runs longer than the
-//!   queue (a loop) or names a descriptor beyond the table: the frame is dropped and counted
-//!   as `vhost_invalid_desc`, and the chain is returned to the guest with length 0;
+//!   in an RX chain), that is INDIRECT (not offered), or a chain of more than [`MAX_CHAIN`]
+//!   descriptors (or than the queue holds: a loop) or that names a descriptor beyond the
+//!   table: the frame is dropped and counted as `vhost_invalid_desc`, and the chain is
+//!   returned to the guest with length 0;
 //! - an available index more than the queue size ahead of ours, or a head index beyond the
 //!   table: the ring's state cannot be trusted, so the queue is marked broken (counted once as
 //!   `vhost_ring_broken`, then every frame sent to it) until the frontend sets it up again.
@@ -34,8 +35,21 @@ pub const DESC_F_WRITE: u16 = 2;
 pub const DESC_F_INDIRECT: u16 = 4;
 pub const USED_F_NO_NOTIFY: u16 = 1;
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Largest split queue.
-pub const MAX_QUEUE_SIZE: u32 = 32768;
+/// Largest queue a frontend may set up (SET_VRING_NUM refuses more). The split ring allows
+/// 32768, but a descriptor chain may be as long as the queue and every entry is a guest-chosen
+/// chain walked by a worker, so the queue size bounds the work one burst may take; QEMU's
+/// virtio-net never sets more than 1024 (`VIRTQUEUE_MAX_SIZE`, the largest `rx_queue_size`
+/// and `tx_queue_size` it accepts, which KubeVirt does not exceed).
+pub const MAX_QUEUE_SIZE: u32 = 1024;
+/// The most descriptors one chain may have; a longer chain is invalid (`vhost_invalid_desc`,
+/// returned to the guest with length 0). Zero-length descriptors pass every other limit, so
+/// without this bound a chain could walk the whole queue. Real chains are far shorter: Linux
+/// virtio-net sends a TX frame in at most `MAX_SKB_FRAGS + 2` descriptors (19 by default, 47
+/// with `CONFIG_MAX_SKB_FRAGS` at its largest, 45), posts mergeable RX buffers one descriptor
+/// each and "big packet" RX buffers in `MAX_SKB_FRAGS + 2`; DPDK's vhost library refuses a
+/// chain of more than 256 buffers (`BUF_VECTOR_MAX`), so no guest that works behind OVS-DPDK
+/// sends longer. 256: DPDK's bound, more than five times Linux's longest.
+pub const MAX_CHAIN: u16 = 256;
 /// Most guest buffer segments one frame may be copied into.
 pub const MAX_SEGS: usize = 64;
 /// The largest frame a guest may hand over for segmentation: an IP packet of 64 KiB behind an
@@ -651,7 +665,7 @@ impl Vring {
     fn read_chain_prefix(&self, head: u16, out: &mut [u8]) -> bool {
         let mut idx = head;
         let mut got = 0;
-        for _ in 0..self.num {
+        for _ in 0..self.num.min(MAX_CHAIN) {
             let Some(d) = self.read_desc(idx) else { return false };
             if d.flags & (DESC_F_INDIRECT | DESC_F_WRITE) != 0 {
                 return false;
@@ -689,6 +703,23 @@ impl Vring {
             Err(ChainError::Invalid) => drops.add(DropReason::VhostInvalidDesc, 1),
         }
         self.scratch = scratch;
+    }
+
+    /// Whether a super-frame is part-way through segmentation (its chain went back to the
+    /// guest already: stopping the ring now loses the rest of its segments).
+    pub fn mid_frame(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Takes over the super-frame `old` (the ring this one replaces) was cutting into
+    /// segments, with its scratch area: its descriptor chain went back to the guest when it
+    /// was copied, so a ring rebuilt in place (new fds, features or memory table) sends the
+    /// rest of it before reading the guest's ring again, as `old` would have.
+    pub fn adopt_pending(&mut self, old: &mut Vring) {
+        if let Some(p) = old.pending.take() {
+            std::mem::swap(&mut self.scratch, &mut old.scratch);
+            self.pending = Some(p);
+        }
     }
 
     /// Moves up to `room` segments of the pending super-frame into `out`. With no buffer left
@@ -739,7 +770,7 @@ impl Vring {
         let mut skip = self.hdr_len as u64;
         let mut total = 0usize;
         let mut too_long = false;
-        for _ in 0..self.num {
+        for _ in 0..self.num.min(MAX_CHAIN) {
             let d = self.read_desc(idx).ok_or(ChainError::Invalid)?;
             if d.flags & (DESC_F_INDIRECT | DESC_F_WRITE) != 0 {
                 return Err(ChainError::Invalid);
@@ -776,7 +807,7 @@ impl Vring {
             }
             idx = d.next;
         }
-        // More descriptors than the queue holds: the chain loops.
+        // More than MAX_CHAIN descriptors, or than the queue holds (the chain loops).
         Err(ChainError::Invalid)
     }
 
@@ -785,7 +816,7 @@ impl Vring {
     fn gather_in(&self, head: u16, segs: &mut ArrayVec<Seg, MAX_SEGS>, want: u64) -> Result<u64, ChainError> {
         let mut idx = head;
         let mut cap = 0u64;
-        for _ in 0..self.num {
+        for _ in 0..self.num.min(MAX_CHAIN) {
             let d = self.read_desc(idx).ok_or(ChainError::Invalid)?;
             if d.flags & DESC_F_INDIRECT != 0 || d.flags & DESC_F_WRITE == 0 {
                 return Err(ChainError::Invalid);
@@ -1120,7 +1151,7 @@ impl Vring {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
     use switchyard_dataplane::buffer::Pool;
@@ -1219,7 +1250,7 @@ mod tests {
     /// super-frame of MSS `mss` (the IP lengths cover it all), otherwise one frame; either way
     /// the TCP checksum field holds only the pseudo-header sum. Returns the virtio-net header
     /// (12 bytes) followed by the frame, and the payload.
-    fn offload_frame(payload: usize, mss: u16, gso: bool) -> (Vec<u8>, Vec<u8>) {
+    pub(in crate::vhost) fn offload_frame(payload: usize, mss: u16, gso: bool) -> (Vec<u8>, Vec<u8>) {
         use switchyard_dataplane::wire::offload::{fold, ones_sum, VnetGso, VNET_F_NEEDS_CSUM};
         let data: Vec<u8> = (0..payload).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut f = Vec::new();
@@ -1851,6 +1882,73 @@ mod tests {
             assert_eq!(f.used_idx(), 1, "{name}: chain returned");
             assert!(r.broken().is_none(), "{name}");
         }
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// Writes a chain of `k` descriptors from `first` on (`first`, `first + 1`, ...): with
+    /// `lead` zero-length descriptors before `bytes` (one descriptor at `addr`), the rest
+    /// zero-length after it; `flags` added to every descriptor.
+    fn long_chain(f: &Fake, first: u16, k: u16, lead: u16, addr: u64, bytes: &[u8], flags: u16) {
+        f.mem.write(addr, bytes).unwrap();
+        for j in 0..k {
+            let i = first + j;
+            let next = if j + 1 < k { DESC_F_NEXT } else { 0 };
+            let (a, len) = if j == lead { (addr, bytes.len() as u32) } else { (addr, 0) };
+            f.desc(i, a, len, flags | next, i + 1);
+        }
+    }
+
+    /// A chain of more than MAX_CHAIN descriptors (zero-length ones, which pass every other
+    /// limit) is dropped as an invalid descriptor and returned, on TX (plain and with
+    /// offloads, the header behind the empty descriptors) and on RX; one of exactly
+    /// MAX_CHAIN passes, and the ring goes on: the next frame passes too.
+    #[test]
+    fn chains_longer_than_max_chain_are_invalid() {
+        let p = pool();
+        let mut c = p.cache();
+        let frame: Vec<u8> = (0..100u8).collect();
+        let mut bytes = vec![0u8; 12];
+        bytes.extend_from_slice(&frame);
+        // (offloads, empty descriptors before the data)
+        for (offload, lead) in [(false, 0), (true, MAX_CHAIN - 1)] {
+            let mut f = Fake::new(1024);
+            long_chain(&f, 0, MAX_CHAIN, lead.min(MAX_CHAIN - 1), 0x8000, &bytes, 0);
+            long_chain(&f, 300, MAX_CHAIN + 1, lead.min(MAX_CHAIN), 0x9000, &bytes, 0);
+            long_chain(&f, 600, 1, 0, 0xa000, &bytes, 0);
+            for h in [0, 300, 600] {
+                f.post(h);
+            }
+            let mut r = if offload { offload_ring(&f) } else { f.ring() };
+            let mut out = Burst::new();
+            let mut d = DropTally::default();
+            assert_eq!(r.dequeue(RxCtx::new(&mut c, &mut d), &mut out, 32), 2, "offload {offload}");
+            assert_eq!(d.get(DropReason::VhostInvalidDesc), 1, "offload {offload}");
+            assert!(out.iter().all(|b| b.data() == &frame[..]), "offload {offload}");
+            assert_eq!(f.used_idx(), 3);
+            assert_eq!(f.used_elem(1), (300, 0), "the long chain went back empty");
+            assert!(r.broken().is_none());
+            for b in out.drain(..) {
+                c.free(b);
+            }
+        }
+        // RX: the guest's first chain is too long (empty writable descriptors before its
+        // buffer), the next is one buffer; the first frame is dropped, the second delivered.
+        let mut f = Fake::new(1024);
+        long_chain(&f, 0, MAX_CHAIN + 1, MAX_CHAIN, 0x8000, &[0u8; 2048], DESC_F_WRITE);
+        long_chain(&f, 600, 1, 0, 0xa000, &[0u8; 2048], DESC_F_WRITE);
+        f.post(0);
+        f.post(600);
+        let mut r = f.ring();
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&frame).unwrap());
+        burst.push(c.alloc_copy(&frame).unwrap());
+        let mut d = DropTally::default();
+        r.enqueue(&mut burst, &mut c, &mut d);
+        assert_eq!(d.get(DropReason::VhostInvalidDesc), 1, "{d:?}");
+        assert_eq!(f.used_idx(), 2);
+        assert_eq!(f.used_elem(0), (0, 0));
+        assert_eq!(f.used_elem(1), (600, 112));
+        drop(c);
         assert_eq!(p.in_use(), 0);
     }
 
