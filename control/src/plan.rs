@@ -868,7 +868,9 @@ impl Planner {
                     static_macs: if migrating { Vec::new() } else { mac.into_iter().collect() },
                     ..Default::default()
                 };
-                let enforce = || Some(mac.into_iter().collect::<Vec<_>>());
+                // Enforcement without a known MAC: the all-zero MAC alone, which no frame has,
+                // closes the port (an empty list would be no filter at all).
+                let enforce = || Some(vec![mac.unwrap_or(MacAddr::ZERO)]);
                 let bridge = match net {
                     NadNetwork::Bridge(b) => {
                         match (b.vlan, b.trunks.is_empty()) {
@@ -949,7 +951,7 @@ impl Planner {
                         break 'iface;
                     }
                 };
-                if port.allowed_macs.as_ref().is_some_and(|a| a.is_empty()) {
+                if port.allowed_macs.as_ref().is_some_and(|a| a.iter().all(|m| m.is_zero())) {
                     self.notes.push(format!(
                         "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",
                         port.name

@@ -170,7 +170,10 @@ fn mac_comes_from_status_when_the_spec_has_none() {
         ("vm.yaml", &vmi("ns", "vm", "net", "")),
     ]);
     let q = port(&p, "ns/vm/net1").1;
-    assert_eq!((q.allowed_macs.clone(), q.static_macs.is_empty()), (Some(vec![]), true));
+    assert_eq!(
+        (q.allowed_macs.clone(), q.static_macs.is_empty()),
+        (Some(vec!["00:00:00:00:00:00".parse().unwrap()]), true)
+    );
     assert!(p.notes.iter().any(|n| n.contains("no known MAC")), "{:?}", p.notes);
 }
 

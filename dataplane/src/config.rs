@@ -436,8 +436,12 @@ impl PortConfig {
             }
         }
         if let Some(macs) = &self.allowed_macs {
+            // The all-zero MAC is allowed here: no frame's source is all-zero (such a frame is
+            // dropped before the filter), so a list of it alone lets nothing through, which is
+            // how the plan closes a VM port whose MAC is not known yet (an empty list is no
+            // filter, as an absent one).
             for (i, m) in macs.iter().enumerate() {
-                if m.is_multicast() || m.is_zero() {
+                if m.is_multicast() {
                     return Err(invalid(
                         format!("{pf}.allowed_macs[{i}]"),
                         format!("{m} is not a unicast MAC"),

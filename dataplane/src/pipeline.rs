@@ -1334,6 +1334,36 @@ mod tests {
         assert_eq!((m.verdict, m.flood_pending), (Some(Verdict::Flood), true));
     }
 
+    /// `allowed_macs` of the all-zero MAC alone (the plan's closed port: enforcement, MAC not
+    /// known yet) lets nothing through: every source, and ARP's sender, is refused; an empty
+    /// list is no filter.
+    #[test]
+    fn the_all_zero_mac_alone_allows_nothing() {
+        let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: z, allowed_macs: ['00:00:00:00:00:00']}\n  \
+                    - {name: e, allowed_macs: []}\n  - {name: o}\n";
+        let sw =
+            SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid YAML"), None).expect("compiles");
+        let ip = frame(UCAST, &[0x08, 0x00]);
+        let arp = frame(
+            [0xff; 6],
+            &[
+                [0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1].as_slice(),
+                &[0; 6],
+                &[10, 0, 0, 1],
+                &[0; 6],
+                &[10, 0, 0, 2],
+            ]
+            .concat(),
+        );
+        for f in [&ip, &arp] {
+            let z = sw.port_by_name("z").unwrap();
+            let m = classify_on(&sw, "z", f);
+            assert_eq!(spoof_check(f, &m, z), Some(Verdict::Drop(DropReason::SpoofedSrcMac)));
+            let e = sw.port_by_name("e").unwrap();
+            assert_eq!(spoof_check(f, &classify_on(&sw, "e", f), e), None);
+        }
+    }
+
     /// A plain burst looks its destinations up in the table that all of its learning leaves,
     /// even when its first frames are looked up before a later source is learned (the plain
     /// path does both in one pass while learning changes nothing): A on `a` sends to B, then B
