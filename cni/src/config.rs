@@ -19,13 +19,14 @@ pub use switchyard_control::cni::DEFAULT_CNI_STATE as DEFAULT_STATE_DIR;
 /// The daemon's control socket when the config names none.
 pub use switchyard_control::ctl::DEFAULT_SOCKET;
 
-/// Keys of the CNI spec that any plugin configuration may carry.
-/// The largest `mtu` of a vhost-user port: a frame of that MTU, its Ethernet header (14) and a
-/// VLAN tag (4) the port may push onto it fills one of the switch's buffers
-/// ([`DATA_ROOM`]). QEMU tells the guest the MTU (virtio-net's `mtu`), and the guest then sends
-/// frames that large: with a larger MTU every full-size frame would be dropped as `oversize`.
+/// The largest `mtu` of a port the plugin attaches: a frame of that MTU, its Ethernet header
+/// (14) and a VLAN tag (4) the port may push onto it fills one of the switch's buffers
+/// ([`DATA_ROOM`]). QEMU tells a vhost-user guest the MTU (virtio-net's `mtu`), and a veth's
+/// pod end sends frames (and, with offloads, TCP segments) that large: with a larger MTU every
+/// full-size frame would be dropped as `oversize`.
 pub const VHOST_MAX_MTU: u32 = (DATA_ROOM - 14 - 4) as u32;
 
+/// Keys of the CNI spec that any plugin configuration may carry.
 const CNI_KEYS: &[&str] = &[
     "cniVersion",
     "name",
@@ -342,12 +343,13 @@ impl NetConf {
                 m => return Err(bad("mode", format!("{m:?}: want \"veth\" or \"vhostuser\""))),
             },
         };
-        if let Some(m) = mtu.filter(|&m| mode == Mode::Vhostuser && m > VHOST_MAX_MTU) {
+        // Either mode: a veth's host end is an AF_PACKET port with the same buffers.
+        if let Some(m) = mtu.filter(|&m| m > VHOST_MAX_MTU) {
             return Err(bad(
                 "mtu",
                 format!(
-                    "{m} is too large for \"mode\": \"vhostuser\": at most {VHOST_MAX_MTU} (the switch's \
-                     buffers hold {DATA_ROOM}-byte frames: MTU + 14-byte header + a 4-byte VLAN tag)"
+                    "{m} is too large: at most {VHOST_MAX_MTU} (the switch's buffers hold \
+                     {DATA_ROOM}-byte frames: MTU + 14-byte header + a 4-byte VLAN tag)"
                 ),
             ));
         }
@@ -573,7 +575,7 @@ mod tests {
         vh["socketMode"] = json!("0999");
         assert_eq!(field_of(parse(vh.clone()).unwrap_err()), "socketMode");
         vh["socketMode"] = json!("0660");
-        // A vhost-user MTU whose frames would not fit the switch's buffers; a veth may have it.
+        // An MTU whose frames would not fit the switch's buffers, in either mode.
         vh["mtu"] = json!(VHOST_MAX_MTU + 1);
         let e = parse(vh.clone()).unwrap_err();
         assert!(e.to_string().contains("at most 2030"), "{e}");
@@ -583,7 +585,9 @@ mod tests {
         vh.as_object_mut().unwrap().remove("mtu");
         let mut veth = base.clone();
         veth["mtu"] = json!(9000);
-        assert_eq!(parse(veth).unwrap().mtu, Some(9000));
+        assert_eq!(field_of(parse(veth.clone()).unwrap_err()), "mtu");
+        veth["mtu"] = json!(VHOST_MAX_MTU);
+        assert_eq!(parse(veth).unwrap().mtu, Some(2030));
         vh["vhostMode"] = json!("client");
         let mut dev = base.clone();
         dev["mode"] = json!("vhostuser");

@@ -436,12 +436,13 @@ impl PortConfig {
             }
         }
         if let Some(macs) = &self.allowed_macs {
-            // The all-zero MAC is allowed here: no frame's source is all-zero (such a frame is
-            // dropped before the filter), so a list of it alone lets nothing through, which is
-            // how the plan closes a VM port whose MAC is not known yet (an empty list is no
-            // filter, as an absent one).
+            // The all-zero MAC is allowed here alone: no frame's source is all-zero (such a
+            // frame is dropped before the filter), so a list of it alone lets nothing through,
+            // which is how the plan closes a VM port whose MAC is not known yet (an empty list
+            // is no filter, as an absent one). Beside other MACs it would let an ARP sender of
+            // all zeros through, and means nothing else.
             for (i, m) in macs.iter().enumerate() {
-                if m.is_multicast() {
+                if m.is_multicast() || (m.is_zero() && macs.len() > 1) {
                     return Err(invalid(
                         format!("{pf}.allowed_macs[{i}]"),
                         format!("{m} is not a unicast MAC"),
@@ -507,6 +508,15 @@ bridges:
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a MAC"), "{e}");
+        // The all-zero MAC alone closes the port; beside another MAC it is refused.
+        let zero = |l: &str| {
+            Config::from_yaml_str(&format!(
+                "bridges:\n- name: b\n  ports:\n  - {{name: p, allowed_macs: [{l}]}}\n"
+            ))
+        };
+        assert!(zero("'00:00:00:00:00:00'").is_ok());
+        let e = zero("'02:00:00:00:00:01', '00:00:00:00:00:00'").unwrap_err().to_string();
+        assert!(e.contains("allowed_macs[1]"), "{e}");
         let e = Config::from_yaml_str("bridges:\n- name: b\n  ports:\n  - name: p\n  - name: p\n")
             .unwrap_err()
             .to_string();
