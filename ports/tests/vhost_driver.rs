@@ -574,15 +574,29 @@ fn client_mode_backs_off_from_a_frontend_that_hangs_up() {
     fe.setup(1, 64, FEATURES).unwrap();
     wait_for("link up", || port.link_up());
     drop(fe);
-    let left = Instant::now();
-    loop {
-        if let Ok((s, _)) = l.accept() {
-            drop(s);
-            break;
+    let accept_within = |l: &UnixListener, ms: u64, what: &str| {
+        let t = Instant::now();
+        loop {
+            if let Ok((s, _)) = l.accept() {
+                drop(s);
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < Duration::from_millis(ms), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(left.elapsed() < Duration::from_millis(500), "no reconnection after a good session");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    };
+    accept_within(&l, 500, "no reconnection after a good session");
+    // That attempt hung up before negotiating: the next pause is the first again (20 ms),
+    // not the 640 ms or more the failures before the good session had reached.
+    accept_within(&l, 300, "the backoff did not start over after a good session");
+    // No socket at all for a while (the frontend not listening yet): failed connects do not
+    // grow the pause, so the port connects within a few intervals once the socket is there.
+    drop(l);
+    let _ = std::fs::remove_file(&path);
+    std::thread::sleep(Duration::from_millis(2000));
+    let l = UnixListener::bind(&path).unwrap();
+    l.set_nonblocking(true).unwrap();
+    accept_within(&l, 300, "failed connects grew the pause");
     drop(port);
     let _ = std::fs::remove_file(&path);
 }

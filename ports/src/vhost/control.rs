@@ -63,39 +63,42 @@ pub(super) fn run(sh: Arc<Shared>, listener: Option<UnixListener>) {
             sh.remove_own_socket();
         }
         Mode::Client => {
-            // The pause before the next attempt: `reconnect_interval`, doubled after each
-            // attempt that failed (no connection, or a session that ended before the frontend
-            // agreed features) up to MAX_BACKOFF, back to the start after a session that
-            // negotiated. A frontend that accepts and hangs up at once costs a connection
-            // every few seconds, not a busy loop.
+            // The pause before the next attempt: `reconnect_interval` after a failed connect
+            // (cheap, and KubeVirt's QEMU may listen seconds after the port exists: a longer
+            // pause would delay the VM's start) and after a session that negotiated; doubled
+            // after each session that ended before the frontend agreed features, up to
+            // MAX_BACKOFF, so that a frontend that accepts and hangs up at once costs a
+            // connection every few seconds, not a busy loop.
             let first = sh.opts.reconnect_interval;
             let mut pause = first;
             // What the last attempt came to, logged only when it changes: a failure repeated
             // every turn is logged once.
             let mut last: Option<String> = None;
             while !sh.stop.load(Ordering::Acquire) {
-                let state = match UnixStream::connect(&sh.path) {
+                let (state, wait) = match UnixStream::connect(&sh.path) {
                     Ok(s) => {
                         let quiet = last.as_deref() == Some(UNNEGOTIATED);
                         if serve(&sh, s, !quiet) {
                             pause = first;
                             last = None;
+                            sleep_unless_stopped(&sh, first);
                             continue;
                         }
-                        UNNEGOTIATED.to_string()
+                        let wait = pause;
+                        pause = (pause * 2).min(MAX_BACKOFF.max(first));
+                        (UNNEGOTIATED.to_string(), wait)
                     }
                     Err(e) => {
                         let state = format!("cannot connect: {e}");
                         if last.as_ref() != Some(&state) {
                             tracing::info!(port = %sh.name, path = %sh.path.display(), error = %e,
-                                "vhost: cannot connect yet; retrying with backoff");
+                                "vhost: cannot connect yet; retrying");
                         }
-                        state
+                        (state, first)
                     }
                 };
                 last = Some(state);
-                sleep_unless_stopped(&sh, pause);
-                pause = (pause * 2).min(MAX_BACKOFF.max(first));
+                sleep_unless_stopped(&sh, wait);
             }
         }
     }
@@ -895,9 +898,9 @@ mod tests {
         assert!(!s.link_up());
     }
 
-    /// SET_VRING_NUM refuses a queue larger than MAX_QUEUE_SIZE (acked 1 under REPLY_ACK, the
-    /// refusal QEMU reads; without it the ring stays down and nothing waits), and takes the
-    /// largest.
+    /// SET_VRING_NUM refuses a queue larger than MAX_QUEUE_SIZE (acked 1 when a reply is asked
+    /// for, which QEMU does not do for this request; either way the ring stays down and
+    /// nothing waits), and takes the largest.
     #[test]
     fn queue_sizes_over_the_cap_are_refused() {
         let mut s = Loopback::new(VhostOptions::default()).unwrap();

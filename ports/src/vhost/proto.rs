@@ -92,7 +92,8 @@ pub mod req {
         match request {
             SET_LOG_BASE => proto & super::pfeat::LOG_SHMFD != 0,
             // GET_CONFIG, CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE, GET_INFLIGHT_FD,
-            // GET_MAX_MEM_SLOTS, GET_STATUS (not offered, answered nonetheless).
+            // GET_MAX_MEM_SLOTS, GET_STATUS: their protocol features are not offered, so a
+            // frontend sending one is refused, which ends the session.
             GET_FEATURES
             | GET_VRING_BASE
             | GET_PROTOCOL_FEATURES
