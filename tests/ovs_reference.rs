@@ -170,10 +170,10 @@ impl Daemon {
         let log = std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap();
         let mut cmd = Command::new(name);
         cmd.args(args).envs(ovs_env(dir)).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        // The kernel kills the daemon when the test thread that spawned it ends, so a test
+        // killed by a timeout (or a panic that skips Drop) leaves no daemon behind.
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe and touches no memory of the parent. It makes the kernel
-        // kill the daemon when the test thread that spawned it ends, so a test killed by a
-        // timeout (or a panic that skips Drop) leaves no daemon behind.
+        // which is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
