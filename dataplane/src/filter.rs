@@ -436,7 +436,10 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
     burst.iter().all(|b| {
         let d = b.data();
         eth_src(d).is_some_and(|(src, et)| keys.push(port, d, src, et))
-    }) && keys.check(port, cx, to)
+    }) && {
+        keys.locate();
+        keys.check(port, cx, to)
+    }
 }
 
 /// The fast path's two stages over a burst on a bridge with policies ([`fast_burst`]).
@@ -498,7 +501,17 @@ impl<'a> FastKeys<'a> {
         self.keys.try_push(self.ct.probe_hashed(key, h, flags, &self.steady)).is_ok()
     }
 
-    /// Stage 2, the lookups, once every frame of the burst went through [`FastKeys::push`]:
+    /// Stage 2, once every frame of the burst went through [`FastKeys::push`] (whose
+    /// prefetches of the table's directory lines it waits for): each frame's slot placed by
+    /// the directory and prefetched ([`FastView::locate`]), for [`FastKeys::check`].
+    #[inline(always)]
+    pub fn locate(&mut self) {
+        for p in self.keys.iter_mut() {
+            self.ct.locate(p);
+        }
+    }
+
+    /// Stage 3, the lookups, once the frames' slots were placed ([`FastKeys::locate`]):
     /// true when every frame is a reply or carries the snapshot's verdict for (`port`, `to(i)`).
     /// Frame by frame, stopping at the first that fails: the only writes
     /// ([`FastView::lookup`]'s, an expiry moved on) are made for the frames before it, in
