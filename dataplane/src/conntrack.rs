@@ -1758,6 +1758,14 @@ mod tests {
                             Found { dir, state: e.state, blocked: e.blocked, expires: e.expires, verdict: e.verdict }
                         });
                         proptest::prop_assert_eq!(ct.lookup(&k, now), want);
+                        // The burst lookup (through the directory), the key among others and
+                        // its other direction.
+                        let burst = [pool_key(i.wrapping_add(1)), k, k.reversed()];
+                        let mut out = [None; 3];
+                        ct.lookup_burst(&burst, now, &mut out);
+                        proptest::prop_assert_eq!(out[0], ct.lookup(&burst[0], now));
+                        proptest::prop_assert_eq!(out[1], want);
+                        proptest::prop_assert_eq!(out[2], ct.lookup(&burst[2], now));
                     }
                     Op::Fast(i, flags) => {
                         let k = pool_key(i);
