@@ -1109,8 +1109,21 @@ impl Runtime {
     }
 
     /// Stops the workers.
-    pub fn stop(self) {
-        let _ = self.engine.stop();
+    pub fn stop(mut self) {
+        self.engine.halt();
+        // Frames the switch sent to rings whose far end never took them go back to their
+        // pool before it goes (this runtime's rings only: others may share the process).
+        let rings = self.running.bridges.iter().flat_map(|b| &b.ports).filter_map(|p| match p.backend() {
+            Ok(Backend::Ring { ring }) => Some(ring.unwrap_or_else(|| p.name.clone())),
+            _ => None,
+        });
+        let freed: usize = rings.map(|r| switchyard_ports::factory::drain_ring(&r)).sum();
+        if freed > 0 {
+            tracing::info!(
+                "freed {freed} frame(s) that ring ports held for a far end that did not take them"
+            );
+        }
+        drop(self.engine);
         // What the workers let go of last (a tunnel uplink) is closed here, off the workers.
         switchyard_ports::factory::close_retired();
     }

@@ -39,6 +39,18 @@ pub fn ring_peer(ring: &str) -> Option<RingPeer> {
     ring_registry().lock().unwrap_or_else(|e| e.into_inner()).get(ring).cloned()
 }
 
+/// Frees what the ring `ring`'s far end has not taken (the frames the switch sent it): called
+/// once the workers stopped, so that no buffer outlives its pool in a queue nobody reads (a
+/// pool dropped with buffers out leaks its memory, and says so). Returns how many it freed.
+pub fn drain_ring(ring: &str) -> usize {
+    let Some(peer) = ring_peer(ring) else { return 0 };
+    let mut n = 0;
+    while peer.collect().is_some() {
+        n += 1;
+    }
+    n
+}
+
 /// Opens the backend a port's configuration describes. A port without `type` is a ring.
 pub fn open_port(cfg: &PortConfig, ctx: &PortContext) -> Result<Arc<dyn PortBackend>, PortError> {
     let backend =

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 use switchyard_dataplane::switch::{DropReason, PortStatsSnapshot};
 use switchyard_dataplane::worker::{FwdMode, WorkerStatsSnapshot};
-use switchyard_ports::factory::ring_peer;
+use switchyard_ports::factory::drain_ring;
 
 /// Bytes a frame costs on the wire beyond what is counted: preamble and SFD (8), inter-frame
 /// gap (12) and FCS (4); counted frames exclude the FCS.
@@ -241,14 +241,7 @@ impl Session {
         );
         out += &pmd_stats(&self.worker_totals, self.tsc_hz);
         // Close the ports: drain what a ring's far end did not take, drop every handle.
-        let mut drained = 0usize;
-        for r in &self.ring_names {
-            if let Some(peer) = ring_peer(r) {
-                while peer.collect().is_some() {
-                    drained += 1;
-                }
-            }
-        }
+        let drained: usize = self.ring_names.iter().map(|r| drain_ring(r)).sum();
         self.ports.clear();
         let in_use: usize = self.pools.iter().map(|p| p.in_use()).sum();
         let capacity: usize = self.pools.iter().map(|p| p.capacity()).sum();

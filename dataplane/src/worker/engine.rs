@@ -359,6 +359,13 @@ impl Engine {
         self.worker_stats()
     }
 
+    /// Stops the workers and waits for them, keeping the engine (its pool among it): for what
+    /// must be done between the last burst and the pool's end (frames in a queue no worker
+    /// will read again, given back).
+    pub fn halt(&mut self) {
+        self.shutdown();
+    }
+
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_all();
