@@ -53,7 +53,9 @@
 //! the fd ([`vring::Vring::enable_notify`], [`vring::Vring::disable_notify`]).
 //!
 //! ## Guest problems and their counters
-//! `vhost_invalid_desc` (a bad descriptor or chain: frame dropped, chain returned empty),
+//! `vhost_invalid_desc` (a bad descriptor or chain, or a frame towards the guest that would
+//! walk more than [`vring::MAX_EMPTY_DESCS`] zero-length descriptors across its RX chains:
+//! frame dropped, chains returned empty),
 //! `vhost_ring_broken` (the ring's indices cannot be trusted: the queue stops until the
 //! frontend sets it up again), `vhost_no_rx_desc` (the guest posted no RX buffers),
 //! `vhost_tx_retries` (the guest's RX ring filled up mid-burst and stayed full for

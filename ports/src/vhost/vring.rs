@@ -12,6 +12,11 @@
 //!   descriptors (or than the queue holds: a loop) or that names a descriptor beyond the
 //!   table: the frame is dropped and counted as `vhost_invalid_desc`, and the chain is
 //!   returned to the guest with length 0;
+//! - towards the guest, a frame that walks more than [`MAX_EMPTY_DESCS`] zero-length
+//!   descriptors across the RX chains it takes (they hold no buffer, so [`MAX_CHAIN`] and
+//!   [`MAX_SEGS`] alone let a frame walk 64 chains of 256; with the budget it reads at most
+//!   `MAX_EMPTY_DESCS + MAX_SEGS + 1`): dropped as `vhost_invalid_desc`, every chain it took
+//!   returned with length 0, and the next frame has a budget of its own;
 //! - an available index more than the queue size ahead of ours, or a head index beyond the
 //!   table: the ring's state cannot be trusted, so the queue is marked broken (counted once as
 //!   `vhost_ring_broken`, then every frame sent to it) until the frontend sets it up again.
@@ -52,6 +57,19 @@ pub const MAX_QUEUE_SIZE: u32 = 1024;
 pub const MAX_CHAIN: u16 = 256;
 /// Most guest buffer segments one frame may be copied into.
 pub const MAX_SEGS: usize = 64;
+/// The most zero-length descriptors one frame towards a guest may walk across the RX chains
+/// it takes; at one more the frame is dropped as `vhost_invalid_desc`, every chain it took
+/// returned with length 0. [`MAX_CHAIN`] bounds one chain and [`MAX_SEGS`] the descriptors
+/// that hold a buffer, but a zero-length descriptor holds nothing: without this budget a guest
+/// whose chains are 255 zero-length descriptors and a 1-byte buffer makes every frame walk 64
+/// chains of 256 (16,384 descriptor reads). With it a frame reads at most
+/// `MAX_EMPTY_DESCS + MAX_SEGS + 1` descriptors (the last one ends it). Real guests never come
+/// near it: Linux virtio-net and DPDK virtio-user post no zero-length RX descriptors (Linux:
+/// mergeable buffers one descriptor each, a 64 KiB super-frame over 4 KiB buffers taking 17
+/// chains of 1; "big packet" buffers one chain of at most `MAX_SKB_FRAGS + 2`, 47). 256: as
+/// many as the longest chain allowed. Only zero-length descriptors are counted, in the branch
+/// that meets them, so that a real guest's chains are walked with no extra work.
+pub const MAX_EMPTY_DESCS: u32 = MAX_CHAIN as u32;
 /// The largest frame a guest may hand over for segmentation: an IP packet of 64 KiB behind an
 /// Ethernet header and two VLAN tags, rounded up. A longer chain is dropped as `oversize`.
 pub const GSO_MAX_FRAME: usize = 65536 + 64;
@@ -812,8 +830,16 @@ impl Vring {
     }
 
     /// Collects the device-writable segments of the chain at `head` into `segs` until they
-    /// hold `want` bytes or the chain ends. Returns the capacity collected.
-    fn gather_in(&self, head: u16, segs: &mut ArrayVec<Seg, MAX_SEGS>, want: u64) -> Result<u64, ChainError> {
+    /// hold `want` bytes or the chain ends. Returns the capacity collected. Every zero-length
+    /// descriptor takes one from `empty_left` (the frame's, [`MAX_EMPTY_DESCS`]); a zero-length
+    /// descriptor with none left is invalid.
+    fn gather_in(
+        &self,
+        head: u16,
+        segs: &mut ArrayVec<Seg, MAX_SEGS>,
+        want: u64,
+        empty_left: &mut u32,
+    ) -> Result<u64, ChainError> {
         let mut idx = head;
         let mut cap = 0u64;
         for _ in 0..self.num.min(MAX_CHAIN) {
@@ -828,6 +854,9 @@ impl Vring {
                 // Out of room for segments: the frame needs more than one frame may take.
                 segs.try_push(Seg { addr: d.addr, len: d.len }).map_err(|_| ChainError::TooLong)?;
                 cap += u64::from(d.len);
+            } else {
+                // Holds no buffer, so MAX_SEGS does not bound these: the frame's budget does.
+                *empty_left = empty_left.checked_sub(1).ok_or(ChainError::Invalid)?;
             }
             if d.flags & DESC_F_NEXT == 0 || cap >= want {
                 return if cap == 0 { Err(ChainError::Invalid) } else { Ok(cap) };
@@ -837,6 +866,7 @@ impl Vring {
             }
             idx = d.next;
         }
+        // More than MAX_CHAIN descriptors, or than the queue holds (the chain loops).
         Err(ChainError::Invalid)
     }
 
@@ -844,9 +874,11 @@ impl Vring {
     /// `num_buffers` added), then `pieces` one after the other (a frame, or a super-frame's
     /// headers and its segments' payloads). `avail` caches the guest's available index.
     /// Commits (moves `last_avail`, adds used entries) only on success or when a chain was
-    /// invalid (then every chain taken for the frame goes back with length 0). A `merged`
-    /// frame that would need more buffers than [`MAX_SEGS`] is [`Place::Split`], nothing
-    /// consumed.
+    /// invalid or the frame met more than [`MAX_EMPTY_DESCS`] zero-length descriptors (then
+    /// every chain taken for the frame goes back with length 0: [`Place::Invalid`], merged or
+    /// not, so a super-frame that spends the budget is dropped once, not split and walked again
+    /// segment by segment). A `merged` frame that would need more buffers than [`MAX_SEGS`] is
+    /// [`Place::Split`], nothing consumed.
     fn place(&mut self, vnet: &[u8; VNET_HDR_LEN], pieces: &[&[u8]], avail: &mut u16, merged: bool) -> Place {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
         let need = (self.hdr_len + len) as u64;
@@ -855,6 +887,7 @@ impl Vring {
         // (head, first segment, end segment)
         let mut chains: ArrayVec<(u16, u8, u8), MAX_SEGS> = ArrayVec::new();
         let mut have = 0u64;
+        let mut empty_left = MAX_EMPTY_DESCS;
         while have < need {
             if cursor == *avail {
                 match self.fresh_avail() {
@@ -870,7 +903,7 @@ impl Vring {
             let first = segs.len() as u8;
             // Whether this position's chain joined `chains` (by position, not by head: a guest
             // may post one head twice, and each position must get its own used entry).
-            let pushed = match self.gather_in(head, &mut segs, need - have) {
+            let pushed = match self.gather_in(head, &mut segs, need - have, &mut empty_left) {
                 Ok(cap) => {
                     have += cap;
                     chains.try_push((head, first, segs.len() as u8)).is_ok()
@@ -1948,6 +1981,159 @@ pub(super) mod tests {
         assert_eq!(f.used_idx(), 2);
         assert_eq!(f.used_elem(0), (0, 0));
         assert_eq!(f.used_elem(1), (600, 112));
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// A guest RX ring of hostile chains: `chains` chains of `chain_len` descriptors (from
+    /// descriptor 0 on), each zero-length descriptors and then a 1-byte buffer at its end, so
+    /// that every chain is valid and holds one byte. Returns their heads.
+    fn hostile_rx_chains(f: &Fake, chains: u16, chain_len: u16) -> Vec<u16> {
+        (0..chains)
+            .map(|j| {
+                let head = j * chain_len;
+                long_chain(f, head, chain_len, chain_len - 1, 0x8000 + u64::from(j), &[0u8], DESC_F_WRITE);
+                head
+            })
+            .collect()
+    }
+
+    /// A guest whose RX chains are zero-length descriptors and a 1-byte buffer: each frame
+    /// meets at most MAX_EMPTY_DESCS zero-length descriptors across the chains it takes (a
+    /// frame of 112 bytes would otherwise take 64 of them, MAX_SEGS), is dropped as an invalid
+    /// descriptor, and every chain it took goes back with length 0; the ring goes on, and a
+    /// frame behind them that finds a real buffer is delivered. Counted by the chains each
+    /// frame consumed: whole ones, then the one whose zero-length descriptor found the budget
+    /// spent, so a frame read (per_frame - 1) chains and the rest of the budget and one more.
+    #[test]
+    fn rx_frames_walk_at_most_the_descriptor_budget() {
+        let p = pool();
+        let mut c = p.cache();
+        let frame: Vec<u8> = (0..100u8).collect();
+        for chain_len in [MAX_CHAIN, 8] {
+            let whole = MAX_EMPTY_DESCS / u32::from(chain_len - 1);
+            let per_frame = usize::try_from(whole + 1).unwrap();
+            let read = (whole * u32::from(chain_len)) + MAX_EMPTY_DESCS % u32::from(chain_len - 1) + 1;
+            assert!(read <= MAX_EMPTY_DESCS + MAX_SEGS as u32 + 1, "{read}");
+            assert!(per_frame < MAX_SEGS, "the budget, not MAX_SEGS, ends the walk");
+            let mut f = Fake::new(1024);
+            let heads = hostile_rx_chains(&f, 3, chain_len);
+            let frames = 4;
+            let posted: Vec<u16> = (0..frames * per_frame).map(|k| heads[k % heads.len()]).collect();
+            for &h in &posted {
+                f.post(h);
+            }
+            f.desc(800, 0x10000, 2048, DESC_F_WRITE, 0);
+            f.post(800);
+            let mut r = f.ring();
+            let mut burst = Burst::new();
+            for _ in 0..=frames {
+                burst.push(c.alloc_copy(&frame).unwrap());
+            }
+            let mut d = DropTally::default();
+            assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 1, "chain_len {chain_len}");
+            assert_eq!(d.get(DropReason::VhostInvalidDesc), frames as u32, "chain_len {chain_len}: {d:?}");
+            assert_eq!(d.get(DropReason::VhostNoRxDesc) + d.get(DropReason::VhostTxRetries), 0);
+            assert_eq!(
+                usize::from(f.used_idx()),
+                posted.len() + 1,
+                "chain_len {chain_len}: {per_frame} chains a frame"
+            );
+            for (k, &h) in posted.iter().enumerate() {
+                assert_eq!(f.used_elem(k as u16), (u32::from(h), 0), "chain_len {chain_len}, used entry {k}");
+            }
+            assert_eq!(f.used_elem(posted.len() as u16), (800, 112));
+            let mut got = vec![0u8; 100];
+            f.mem.read(0x10000 + 12, &mut got).unwrap();
+            assert_eq!(got, frame);
+            assert!(r.broken().is_none());
+        }
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// A run of TCP segments towards a guest that takes super-frames, over the hostile chains:
+    /// the super-frame meets the budget and is dropped once (each segment counted once as an
+    /// invalid descriptor; not split and tried again segment by segment), its chains returned;
+    /// the frame after it is delivered.
+    #[test]
+    fn rx_a_super_frame_that_meets_the_budget_is_dropped_once() {
+        let p = pool();
+        let mut c = p.cache();
+        let segs = tcp_segments(10_000, 1000);
+        let mut f = Fake::new(1024);
+        let heads = hostile_rx_chains(&f, 2, MAX_CHAIN);
+        for &h in &heads {
+            f.post(h);
+        }
+        f.desc(800, 0x10000, 2048, DESC_F_WRITE, 0);
+        f.post(800);
+        let both = RxGso { tcpv4: true, tcpv6: true };
+        let mut r = Vring::new(f.mem.clone(), &RingConfig { rx_gso: both, ..f.cfg() }, None, None).unwrap();
+        let mut frames = segs.clone();
+        frames.push(segs[0].clone());
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst_of(&mut c, &frames), &mut c, &mut d), 1);
+        assert_eq!(d.get(DropReason::VhostInvalidDesc), segs.len() as u32, "{d:?}");
+        assert_eq!(d.get(DropReason::VhostNoRxDesc) + d.get(DropReason::VhostTxRetries), 0);
+        assert_eq!(r.take_merges(), RxMerges::default());
+        assert_eq!(f.used_idx(), 3);
+        assert_eq!(f.used_elem(0), (u32::from(heads[0]), 0));
+        assert_eq!(f.used_elem(1), (u32::from(heads[1]), 0));
+        assert_eq!(f.used_elem(2), (800, 12 + segs[0].len() as u32));
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
+    /// What real guests post stays within the budget: a mergeable frame over 64
+    /// one-descriptor chains (MAX_SEGS, the most a frame may take), and a "big packets" chain
+    /// of 47 descriptors (Linux's `MAX_SKB_FRAGS + 2` at its largest, without mergeable
+    /// buffers) filled to its last descriptor.
+    #[test]
+    fn rx_real_guests_frames_stay_within_the_budget() {
+        let p = pool();
+        let mut c = p.cache();
+        // 64 buffers of 32 bytes: the header and 2,036 bytes of frame.
+        let mut f = Fake::new(128);
+        for i in 0..64u16 {
+            f.desc(i, 0x10000 + 32 * u64::from(i), 32, DESC_F_WRITE, 0);
+            f.post(i);
+        }
+        let mut r = f.ring();
+        let frame: Vec<u8> = (0..2036u32).map(|i| (i * 7) as u8).collect();
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&frame).unwrap());
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 1);
+        assert!(d.is_zero(), "{d:?}");
+        assert_eq!(f.used_idx(), 64);
+        assert!((0..64u16).all(|i| f.used_elem(i) == (u32::from(i), 32)));
+        let mut got = vec![0u8; 2048];
+        f.mem.read(0x10000, &mut got).unwrap();
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 64);
+        assert_eq!(&got[12..], &frame[..]);
+
+        // Big packets: one chain, a 12-byte header buffer then 46 of 44 bytes (2,024 bytes).
+        let mut f = Fake::new(128);
+        for i in 0..47u16 {
+            let (addr, len) = if i == 0 { (0x10000, 12) } else { (0x10000 + 12 + 44 * u64::from(i - 1), 44) };
+            let next = if i < 46 { DESC_F_NEXT } else { 0 };
+            f.desc(i, addr, len, DESC_F_WRITE | next, i + 1);
+        }
+        f.post(0);
+        let mut r =
+            Vring::new(f.mem.clone(), &RingConfig { mrg_rxbuf: false, ..f.cfg() }, None, None).unwrap();
+        let frame: Vec<u8> = (0..2024u32).map(|i| (i * 3) as u8).collect();
+        let mut burst = Burst::new();
+        burst.push(c.alloc_copy(&frame).unwrap());
+        let mut d = DropTally::default();
+        assert_eq!(r.enqueue(&mut burst, &mut c, &mut d), 1);
+        assert!(d.is_zero(), "{d:?}");
+        assert_eq!(f.used_idx(), 1);
+        assert_eq!(f.used_elem(0), (0, 12 + 2024));
+        let mut got = vec![0u8; 12 + 2024];
+        f.mem.read(0x10000, &mut got).unwrap();
+        assert_eq!(&got[12..], &frame[..]);
         drop(c);
         assert_eq!(p.in_use(), 0);
     }
