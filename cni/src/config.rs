@@ -19,8 +19,12 @@ pub use switchyard_control::cni::DEFAULT_CNI_STATE as DEFAULT_STATE_DIR;
 /// The daemon's control socket when the config names none.
 pub use switchyard_control::ctl::DEFAULT_SOCKET;
 
-/// The largest `mtu` of a port the plugin attaches (the plan's bound for VM ports too).
-pub use switchyard_control::nad::VHOST_MAX_MTU;
+/// The largest `mtu` of a port the plugin attaches: a frame of that MTU, its Ethernet header
+/// (14) and a VLAN tag (4) the port may push onto it fills one of the switch's buffers
+/// ([`DATA_ROOM`]). QEMU tells a vhost-user guest the MTU (virtio-net's `mtu`), and a veth's
+/// pod end sends frames (and, with offloads, TCP segments) that large: with a larger MTU every
+/// full-size frame would be dropped as `oversize`.
+pub const VHOST_MAX_MTU: u32 = (DATA_ROOM - 14 - 4) as u32;
 
 /// Keys of the CNI spec that any plugin configuration may carry.
 const CNI_KEYS: &[&str] = &[

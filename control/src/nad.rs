@@ -7,7 +7,6 @@
 //! would reject is rejected here with the field named.
 
 use serde_json::{Map, Value};
-use switchyard_dataplane::buffer::DATA_ROOM;
 
 /// What a NAD asks for, once parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +70,6 @@ pub struct BridgeNet {
     /// `mtu` (accepted, not used: the dataplane has no per-port MTU).
     pub mtu: Option<u32>,
 }
-
-/// The largest MTU of a VM's port (vhost-user, or a veth the CNI plugin attaches): a frame of
-/// that MTU, its Ethernet header (14) and a VLAN tag (4) the port may push onto it fills one of
-/// the switch's buffers ([`DATA_ROOM`]). QEMU tells a vhost-user guest the MTU (virtio-net's
-/// `mtu`), and a veth's pod end sends frames (and, with offloads, TCP segments) that large: with
-/// a larger MTU every full-size frame would be dropped as `oversize`.
-pub const VHOST_MAX_MTU: u32 = (DATA_ROOM - 14 - 4) as u32;
 
 /// The first thing wrong in a CNI config: the field (its path from `spec.config`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,7 +13,7 @@ use crate::k8s::{
     ClusterState, Interface, Loaded, NetworkAttachmentDefinition, NmPort, NodeNetworkConfigurationPolicy,
     Source, VirtualMachineInstance,
 };
-use crate::nad::{NadNetwork, VHOST_MAX_MTU};
+use crate::nad::NadNetwork;
 use crate::{ObjRef, Problem, Skipped};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -951,18 +951,6 @@ impl Planner {
                         break 'iface;
                     }
                 };
-                let nad_mtu = match net {
-                    NadNetwork::Bridge(b) => b.mtu,
-                    NadNetwork::OvnLayer2(l2) => l2.mtu,
-                    _ => None,
-                };
-                if let Some(m) = nad_mtu.filter(|&m| m > VHOST_MAX_MTU) {
-                    self.notes.push(format!(
-                        "NAD {nad_ns}/{nad_name}: mtu {m} is larger than a VM port takes ({VHOST_MAX_MTU}: the \
-                         switch's buffers hold the frame, its header and a VLAN tag): the switchyard sidecar \
-                         refuses the domain of a VM with that MTU; lower the NAD's mtu"
-                    ));
-                }
                 if port.allowed_macs.as_ref().is_some_and(|a| a.iter().all(|m| m.is_zero())) {
                     self.notes.push(format!(
                         "{} has MAC enforcement but no known MAC yet (no macAddress, no status): it drops all it sends",

@@ -75,26 +75,6 @@ fn bridge_vlan_is_an_access_port() {
     assert_eq!((q.vlan_mode, q.tag), (Some(VlanModeName::Access), Some(100)));
 }
 
-/// A NAD whose MTU no VM port takes (the sidecar refuses such a domain, the CNI plugin such an
-/// ADD) is said once, however many VMs use it; the port is planned as usual; 2030 is fine.
-#[test]
-fn a_nad_mtu_over_what_a_vm_port_takes_is_noted_once() {
-    let two = |mtu: u32| {
-        plan_of(&[
-            ("nad.yaml", &bridge_nad(&format!(r#","mtu":{mtu}"#))),
-            ("vm.yaml", &vmi("ns", "vm", "net", MAC1)),
-            ("vm2.yaml", &vmi("ns", "vm2", "net", "")),
-        ])
-    };
-    let p = two(9000);
-    let said: Vec<_> = p.notes.iter().filter(|n| n.contains("mtu 9000")).collect();
-    assert_eq!(said.len(), 1, "{:?}", p.notes);
-    assert!(said[0].contains("NAD ns/net") && said[0].contains("(2030"), "{said:?}");
-    assert!(has_port(&p, "ns/vm/net1") && has_port(&p, "ns/vm2/net1"), "{}", p.to_yaml());
-    let p = two(2030);
-    assert!(!p.notes.iter().any(|n| n.contains("mtu")), "{:?}", p.notes);
-}
-
 #[test]
 fn bridge_vlan_trunk_is_a_trunk() {
     let q = one_port(r#","vlanTrunk":[{"id":5},{"minID":10,"maxID":12}],"preserveDefaultVlan":false"#);
