@@ -192,6 +192,25 @@ fn ports_whose_backend_cannot_open_are_present_but_down() {
     assert!(st.success());
 }
 
+/// A state directory that cannot be read is `ctl show problems`' too (not only the log's), with
+/// the running configuration kept and serving, until it reads again.
+#[test]
+fn an_unreadable_state_directory_is_in_ctl_show_problems() {
+    let r = Run::start(&["--vm-ports", "ring"], "");
+    let (state, away) = (r.state(), r.dir.join("state.away"));
+    std::fs::rename(&state, &away).unwrap();
+    let probs = r.wait_ctl(&["show", "problems"], "the state directory's error", |s| {
+        s.contains("cannot read the state directory")
+    });
+    assert!(probs.contains("kept") && probs.contains("the running configuration"), "{probs}");
+    let ports = r.ctl(&["show", "ports"]);
+    assert!(ports.contains("tenant-a/vm-a/data"), "the running ports stay:\n{ports}");
+    std::fs::rename(&away, &state).unwrap();
+    r.wait_ctl(&["show", "problems"], "the error to go", |s| !s.contains("cannot read the state directory"));
+    let (st, _r) = r.terminate();
+    assert!(st.success(), "exit status {st:?}");
+}
+
 const SWITCH: &str = "bridges:
   - name: br0
     ports:

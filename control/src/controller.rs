@@ -295,8 +295,22 @@ impl Controller {
         match self.opts.source.clone() {
             Source::State(src) => {
                 let ph = Phases::start();
-                let state = ClusterState::load_dir_reusing(&src.dir, &mut self.dir_prev)
-                    .map_err(|source| logged(ControllerError::StateDir { dir: src.dir.clone(), source }))?;
+                let state = match ClusterState::load_dir_reusing(&src.dir, &mut self.dir_prev) {
+                    Ok(state) => state,
+                    Err(source) => {
+                        // `ctl show problems`' too, as a switch file that does not load: the
+                        // running configuration stays until the directory reads again.
+                        let e = ControllerError::StateDir { dir: src.dir.clone(), source };
+                        let mut rt = lock(&self.runtime);
+                        rt.input = InputStatus {
+                            reconciles: self.reconciles,
+                            problems: vec![e.to_string()],
+                            kept: vec![format!("the running configuration, not {}'s", src.dir.display())],
+                            ..Default::default()
+                        };
+                        return Err(logged(e));
+                    }
+                };
                 self.reconcile_state(state, &src.node, &src.labels, &src.plan, ph)
             }
             Source::Switch(file) => self.reconcile_switch(&file),
@@ -487,9 +501,17 @@ impl Controller {
         rt.set_cni_subjects(std::mem::take(&mut r.plan.cni_subjects));
         let config = Arc::new(std::mem::take(&mut r.plan.config));
         self.cur = None;
-        let mut a = rt
-            .apply_shared(config, &|n| origin(&r.state, n))
-            .map_err(|e| logged(ControllerError::Apply(e)))?;
+        let mut a = match rt.apply_shared(config, &|n| origin(&r.state, n)) {
+            Ok(a) => a,
+            Err(e) => {
+                // Beside the plan's own problems: the plan did not apply, and what runs is
+                // the configuration before it.
+                let e = ControllerError::Apply(e);
+                rt.input.problems.push(e.to_string());
+                rt.input.kept.push("the running configuration, not this plan".into());
+                return Err(logged(e));
+            }
+        };
         drop(rt);
         // The API source's changes come object by object: what a delta starts from.
         if matches!(self.opts.source, Source::Kube(_)) {
