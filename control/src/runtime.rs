@@ -111,6 +111,20 @@ fn override_backend(port: &str, mut entry: serde_yaml_ng::Mapping) -> Result<Bac
     p.backend().map_err(|e| bad(e.to_string()))
 }
 
+/// Frees what the rings of `ports` (those that are ring ports) hold for a far end that did not
+/// take it: at stop, and for ports just removed (a ring's far end is registered for the life
+/// of the process, its queue with it, so frames left there would outlive their pool).
+fn drain_rings<'a>(ports: impl Iterator<Item = &'a PortConfig>) {
+    let rings = ports.filter_map(|p| match p.backend() {
+        Ok(Backend::Ring { ring }) => Some(ring.unwrap_or_else(|| p.name.clone())),
+        _ => None,
+    });
+    let freed: usize = rings.map(|r| switchyard_ports::factory::drain_ring(&r)).sum();
+    if freed > 0 {
+        tracing::info!("freed {freed} frame(s) that ring ports held for a far end that did not take them");
+    }
+}
+
 /// What VM ports (planned as vhost-user) become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VmPorts {
@@ -618,6 +632,7 @@ impl Runtime {
             self.ports.remove(n);
             self.assign.remove(n);
         }
+        drain_rings(d.removed.iter().filter_map(|n| before.get(n).map(|(_, p)| p)));
         let logged = lines.len();
         let from = |n: &str| origin(n).map(|o| format!(" ({o})")).unwrap_or_default();
         change_lines(&d, old, |n| now.get(n).copied(), &from, &mut lines);
@@ -794,6 +809,8 @@ impl Runtime {
         for n in &d.removed {
             self.ports.remove(n);
         }
+        let old_ports = reconcile::ports_by_name(&self.running);
+        drain_rings(d.removed.iter().filter_map(|n| old_ports.get(n.as_str()).map(|(_, p)| *p)));
         // 4b. A port that could not open because a removed port still held its device (a DPDK
         // port renamed: one device, one port) opens now that the removed one is closed, and is
         // published at once rather than on the next reconcile, seconds later. Only when the
@@ -1113,16 +1130,7 @@ impl Runtime {
         self.engine.halt();
         // Frames the switch sent to rings whose far end never took them go back to their
         // pool before it goes (this runtime's rings only: others may share the process).
-        let rings = self.running.bridges.iter().flat_map(|b| &b.ports).filter_map(|p| match p.backend() {
-            Ok(Backend::Ring { ring }) => Some(ring.unwrap_or_else(|| p.name.clone())),
-            _ => None,
-        });
-        let freed: usize = rings.map(|r| switchyard_ports::factory::drain_ring(&r)).sum();
-        if freed > 0 {
-            tracing::info!(
-                "freed {freed} frame(s) that ring ports held for a far end that did not take them"
-            );
-        }
+        drain_rings(self.running.bridges.iter().flat_map(|b| &b.ports));
         drop(self.engine);
         // What the workers let go of last (a tunnel uplink) is closed here, off the workers.
         switchyard_ports::factory::close_retired();

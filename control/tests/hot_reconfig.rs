@@ -206,3 +206,44 @@ fn unchanged_ports_lose_no_frame_during_a_burst_of_changes() {
     }
     rt.stop();
 }
+
+/// Frames the switch queued to a ring port whose far end never took them go back to their pool
+/// when the port is removed, not when the process ends (the ring's far end stays registered,
+/// so its queue would hold them past the runtime and its pool).
+#[test]
+fn a_removed_ring_ports_frames_go_back_to_their_pool() {
+    let opts = RuntimeOptions {
+        engine: EngineOptions { cores: vec![None], ..Default::default() },
+        ..Default::default()
+    };
+    let mut rt = Runtime::start(opts).unwrap();
+    let none = |_: &str| None;
+    let cfg = |sink: bool| {
+        let mut ports = vec![port("rr-src", 10, None)];
+        if sink {
+            ports.push(port("rr-sink", 10, None));
+        }
+        Config { bridges: vec![BridgeConfig::new("br", ports)] }
+    };
+    rt.apply(&cfg(true), &none).unwrap();
+    let (src, sink) = (ring_peer("rr-src").unwrap(), ring_peer("rr-sink").unwrap());
+    let pool = Pool::new("rr-inject", 64).unwrap();
+    let mut cache = pool.cache();
+    for seq in 0..3 {
+        let b = cache.alloc_copy(&frame([2, 0, 0, 0, 0, 1], [0xff; 6], seq)).unwrap();
+        assert!(src.inject(b).is_ok());
+    }
+    // The three broadcasts reach the sink's queue (flooded: the only other port).
+    let sent =
+        |rt: &Runtime| rt.switch().port_by_name("rr-sink").map_or(0, |p| p.stats.snapshot().tx_packets);
+    let t = Instant::now();
+    while sent(&rt) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(5), "the sink got {} of 3", sent(&rt));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.apply(&cfg(false), &none).unwrap();
+    assert!(sink.collect().is_none(), "the removed port's queue was emptied when it went");
+    rt.stop();
+    drop(cache);
+    assert_eq!(pool.in_use(), 0);
+}
