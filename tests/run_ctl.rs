@@ -197,6 +197,8 @@ fn ports_whose_backend_cannot_open_are_present_but_down() {
 #[test]
 fn an_unreadable_state_directory_is_in_ctl_show_problems() {
     let r = Run::start(&["--vm-ports", "ring"], "");
+    // The first reconcile follows the directory's watch: once its ports are up, the watch is.
+    r.wait_ctl(&["show", "ports"], "the state's ports", |s| s.contains("tenant-a/vm-a/data"));
     let (state, away) = (r.state(), r.dir.join("state.away"));
     std::fs::rename(&state, &away).unwrap();
     let probs = r.wait_ctl(&["show", "problems"], "the state directory's error", |s| {

@@ -386,7 +386,14 @@ impl Controller {
         let mut a = match rt.apply_delta(&delta, &|n| origin(&cur.state, n)) {
             Ok(Some(a)) => a,
             Ok(None) => return None,
-            Err(e) => return Some(Err(logged(ControllerError::Apply(e)))),
+            Err(e) => {
+                // `ctl show problems`' too, as a full plan that does not apply: until the next
+                // reconcile (a full one: this change is not what runs).
+                let e = ControllerError::Apply(e);
+                rt.input.problems.push(e.to_string());
+                rt.input.kept.push("the running configuration, not this change".into());
+                return Some(Err(logged(e)));
+            }
         };
         for c in changes {
             let (at, old, new) = delta::splice_skipped(&mut cur.skipped, &c.key, &c.skipped);
