@@ -14,9 +14,11 @@
 //!   returned to the guest with length 0;
 //! - towards the guest, a frame that walks more than [`MAX_EMPTY_DESCS`] zero-length
 //!   descriptors across the RX chains it takes (they hold no buffer, so [`MAX_CHAIN`] and
-//!   [`MAX_SEGS`] alone let a frame walk 64 chains of 256; with the budget it reads at most
-//!   `MAX_EMPTY_DESCS + MAX_SEGS + 1`): dropped as `vhost_invalid_desc`, every chain it took
-//!   returned with length 0, and the next frame has a budget of its own;
+//!   [`MAX_SEGS`] alone let a frame walk 64 chains of 256; with the budget an attempt to place
+//!   it reads at most `MAX_EMPTY_DESCS + MAX_SEGS + 1`, and a burst at most about 104 such
+//!   attempts: 64 frames, 32 merged runs tried whole before segment by segment, 8 retries
+//!   when the ring runs out): dropped as `vhost_invalid_desc`, every chain it took returned
+//!   with length 0, and the next attempt has a budget of its own;
 //! - an available index more than the queue size ahead of ours, or a head index beyond the
 //!   table: the ring's state cannot be trusted, so the queue is marked broken (counted once as
 //!   `vhost_ring_broken`, then every frame sent to it) until the frontend sets it up again.
@@ -62,8 +64,10 @@ pub const MAX_SEGS: usize = 64;
 /// returned with length 0. [`MAX_CHAIN`] bounds one chain and [`MAX_SEGS`] the descriptors
 /// that hold a buffer, but a zero-length descriptor holds nothing: without this budget a guest
 /// whose chains are 255 zero-length descriptors and a 1-byte buffer makes every frame walk 64
-/// chains of 256 (16,384 descriptor reads). With it a frame reads at most
-/// `MAX_EMPTY_DESCS + MAX_SEGS + 1` descriptors (the last one ends it). Real guests never come
+/// chains of 256 (16,384 descriptor reads). With it an attempt to place a frame reads at most
+/// `MAX_EMPTY_DESCS + MAX_SEGS + 1` descriptors (the last one ends it); a frame is tried again
+/// when the guest's ring runs out (at most [`TX_RETRIES`] a burst), and a merged run that
+/// does not fit goes again segment by segment, each attempt with a budget of its own. Real guests never come
 /// near it: Linux virtio-net and DPDK virtio-user post no zero-length RX descriptors (Linux:
 /// mergeable buffers one descriptor each, a 64 KiB super-frame over 4 KiB buffers taking 17
 /// chains of 1; "big packet" buffers one chain of at most `MAX_SKB_FRAGS + 2`, 47). 256: as
@@ -2085,10 +2089,11 @@ pub(super) mod tests {
         assert_eq!(p.in_use(), 0);
     }
 
-    /// What real guests post stays within the budget: a mergeable frame over 64
-    /// one-descriptor chains (MAX_SEGS, the most a frame may take), and a "big packets" chain
-    /// of 47 descriptors (Linux's `MAX_SKB_FRAGS + 2` at its largest, without mergeable
-    /// buffers) filled to its last descriptor.
+    /// What real guests post is still delivered with the budget in the walk: a mergeable
+    /// frame over 64 one-descriptor chains (MAX_SEGS, the most a frame may take), and a "big
+    /// packets" chain of 47 descriptors (Linux's `MAX_SKB_FRAGS + 2` at its largest, without
+    /// mergeable buffers) filled to its last descriptor. (Real guests post no zero-length
+    /// descriptors, so this guards the ordinary walk, not the budget's value.)
     #[test]
     fn rx_real_guests_frames_stay_within_the_budget() {
         let p = pool();
