@@ -2002,6 +2002,56 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// The budget's value, from both sides: a frame whose chains hold exactly 256 zero-length
+    /// descriptors (16 chains of 16 and a 1-byte buffer, then a chain with room for the rest)
+    /// is delivered; one more zero-length descriptor (before the last chain's buffer) and it
+    /// is dropped as an invalid descriptor, every chain it took returned with length 0. The
+    /// counts are written out, not derived from MAX_EMPTY_DESCS, so that a budget of 255 or
+    /// 257 fails here.
+    #[test]
+    fn rx_the_budget_is_exactly_256_zero_length_descriptors() {
+        let p = pool();
+        let mut c = p.cache();
+        let frame: Vec<u8> = (0..100u8).collect();
+        for extra in [false, true] {
+            let mut f = Fake::new(1024);
+            let heads: Vec<u16> = (0..16u16)
+                .map(|j| {
+                    long_chain(&f, j * 17, 17, 16, 0x8000 + u64::from(j), &[0u8], DESC_F_WRITE);
+                    j * 17
+                })
+                .collect();
+            if extra {
+                f.desc(300, 0x10000, 0, DESC_F_WRITE | DESC_F_NEXT, 301);
+                f.desc(301, 0x10000, 2048, DESC_F_WRITE, 0);
+            } else {
+                f.desc(300, 0x10000, 2048, DESC_F_WRITE, 0);
+            }
+            for &h in heads.iter().chain([300].iter()) {
+                f.post(h);
+            }
+            let mut r = f.ring();
+            let mut burst = Burst::new();
+            burst.push(c.alloc_copy(&frame).unwrap());
+            let mut d = DropTally::default();
+            let sent = r.enqueue(&mut burst, &mut c, &mut d);
+            assert_eq!(f.used_idx(), 17, "extra {extra}: every chain used");
+            if extra {
+                assert_eq!((sent, d.get(DropReason::VhostInvalidDesc)), (0, 1), "257: dropped");
+                for (k, &h) in heads.iter().chain([300].iter()).enumerate() {
+                    assert_eq!(f.used_elem(k as u16), (u32::from(h), 0), "used entry {k}");
+                }
+            } else {
+                assert_eq!((sent, d.get(DropReason::VhostInvalidDesc)), (1, 0), "256: delivered {d:?}");
+                // 12 bytes of header and 100 of frame: one byte in each of the 16 small
+                // buffers, the other 96 in the last one.
+                assert_eq!(f.used_elem(16), (300, 96));
+            }
+        }
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+    }
+
     /// A guest whose RX chains are zero-length descriptors and a 1-byte buffer: each frame
     /// meets at most MAX_EMPTY_DESCS zero-length descriptors across the chains it takes (a
     /// frame of 112 bytes would otherwise take 64 of them, MAX_SEGS), is dropped as an invalid
