@@ -651,6 +651,16 @@ bridges:
             tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1,recvmmsg"),
         );
         assert!(e.starts_with("bridges[1].ports[0].underlay: \"afpacket:eth1,recvmmsg\" differs"), "{e}");
+        // An AF_XDP uplink's queue count is part of how the one uplink opens.
+        ok(
+            tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
+        );
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1,queues=2"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
+        );
+        assert!(e.starts_with("bridges[1].ports[0].underlay: \"afxdp:eth1\" differs"), "{e}");
         let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
         assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
     }
