@@ -705,7 +705,8 @@ fn outer_v4(src_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
 /// its own); pings both ways; frames byte for byte both ways; the outer headers as RFC 7348
 /// asks (source port from the inner flow in 49152-65535, one port per flow; UDP checksum zero
 /// over IPv4, valid over IPv6, which the kernel checks); malformed packets on the uplink each
-/// counted under their reason. On an AF_XDP uplink also TCP both ways between the VMs, with
+/// counted under their reason, a frame that is no tunnel packet too (and whether the node's
+/// kernel also got it: not on an AF_XDP uplink). On an AF_XDP uplink also TCP both ways between the VMs, with
 /// their offloads on (at the overlay MTU): every byte arrives, and no outer packet was refused
 /// on the way (the inner checksums the kernel node's VXLAN left partial finished). Not on an
 /// AF_PACKET uplink: its veth peer hands it the kernel node's TCP as UDP-tunnel GSO
@@ -833,6 +834,19 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     assert!(at_a.recv_matching(WAIT, |f| has_marker(f, "bad")).is_some(), "the good packet");
     for (c, b) in cases.iter().zip(before) {
         assert_eq!(n1.drop_count("tun0", c.0) - b, c.2, "{}: {}", c.0, n1.stats("tun0").2);
+    }
+    // A frame that is no tunnel packet is switchyard's `uplink_not_tunnel`. The kernel of u1
+    // (a packet socket on its eth0 sees what the kernel receives) gets its own copy too on an
+    // AF_PACKET uplink (net_af_packet is one), none on an AF_XDP uplink: XDP took the frame.
+    let mut at_u1 = RawSock::open(Some(&u1), "eth0").unwrap();
+    let before = n1.drop_count("tun0", "uplink_not_tunnel");
+    k_ul.send(&frame(UPLINK_MAC, K_UL_MAC, &[], "not-tunnel", 80));
+    let seen = at_u1.recv_matching(Duration::from_millis(500), |f| has_marker(f, "not-tunnel")).is_some();
+    assert_eq!(seen, !afxdp, "u1's kernel got a copy of a frame that is no tunnel packet");
+    let t = Instant::now();
+    while n1.drop_count("tun0", "uplink_not_tunnel") == before {
+        assert!(t.elapsed() < WAIT, "not counted: {}", n1.stats("tun0").2);
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -173,7 +173,17 @@ fn open_uplink_tunnel(
                 let mac =
                     sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
                 let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
-                (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
+                let port: Arc<dyn PortBackend> = match &backend {
+                    // Its RX finishes the inner checksums a veth peer's kernel tunnel left
+                    // partial (an AF_PACKET uplink has the virtio-net header for that).
+                    Backend::Afxdp { queues, .. } => Arc::new(crate::afxdp::AfXdpPort::open_uplink(
+                        &uplink_name,
+                        iface,
+                        queues.unwrap_or(1),
+                    )?),
+                    _ => open_backend(&uplink_name, &backend, ctx)?,
+                };
+                (port, mac, mtu)
             }
             #[cfg(feature = "dpdk")]
             (Backend::Dpdk { devargs, queues }, _) => {
