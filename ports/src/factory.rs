@@ -307,3 +307,39 @@ pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dataplane::tunnel::TunnelKind;
+
+    /// An uplink underlay on an interface that does not exist is refused before anything
+    /// opens, naming the port, the underlay and the interface, in every spelling of an
+    /// interface uplink (no root needed: the check is the interface's sysfs directory).
+    #[test]
+    fn an_uplink_on_no_interface_is_refused_naming_port_and_interface() {
+        for underlay in ["afxdp:sy-no-if0,queues=2", "afpacket:sy-no-if0", "sy-no-if0"] {
+            let t = TunnelBackend {
+                kind: TunnelKind::Vxlan,
+                vni: 5001,
+                local: "192.0.2.1".parse().unwrap(),
+                dstport: None,
+                underlay: Some(underlay.into()),
+                flood: None,
+                remote_macs: Vec::new(),
+                learn: None,
+                routes: Vec::new(),
+            };
+            let Err(e) = open_backend("tun0", &Backend::Tunnel(t), &PortContext::default()) else {
+                panic!("{underlay:?} opened")
+            };
+            let PortError::Backend { port, msg } = &e else { panic!("{e:?}") };
+            assert_eq!(port, "tun0");
+            assert_eq!(
+                msg,
+                &format!("underlay {underlay:?}: no interface \"sy-no-if0\" in this network namespace"),
+                "{e}"
+            );
+        }
+    }
+}
