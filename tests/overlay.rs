@@ -1166,6 +1166,42 @@ fn two_networks_on_one_uplink(uplink: &str) {
     assert!(!drops.contains("tunnel_wrong_vni"), "{drops}");
 }
 
+/// The VM's port and the uplink both AF_XDP: their frames are slots of the one UMEM, the
+/// outer headers written into the VM frame's headroom on the way out. Against the
+/// kernel's VXLAN: pings both ways, frames byte for byte both ways, TCP 2 MiB each way.
+#[test]
+fn fast_path_from_an_afxdp_vm_port_to_an_afxdp_uplink() {
+    if !skip_unless_afxdp("fast_path_from_an_afxdp_vm_port_to_an_afxdp_uplink") {
+        return;
+    }
+    let mut nss = Namespaces::new(17);
+    let (u1, k) = (nss.add("u1"), nss.add("k"));
+    underlay(&mut nss, &[&u1, &k], 1500);
+    ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let kv = kernel_node(&mut nss, &k, "10.99.0.2", "10.99.0.1", &[]);
+    let n1 = Node::start(
+        &u1,
+        "bridges:\n- name: br\n  ports:\n  - {name: va1, type: afxdp}\n  - {name: tun0, type: vxlan, vni: 5001, \
+         local: 10.99.0.1, underlay: \"afxdp:eth0\", flood: [10.99.0.2]}\n",
+    );
+    let t = Instant::now();
+    while !ping(&a1, "10.50.0.3", 1, &[]) {
+        assert!(t.elapsed() < WAIT, "no ping across; {}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+    }
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
+    frames_byte_for_byte(&a1, &kv);
+    for v in [&a1, &kv] {
+        ip(&["-n", v, "link", "set", "eth0", "mtu", "1450"]).unwrap();
+    }
+    tcp_both_ways((&a1, "10.50.0.1"), (&kv, "10.50.0.3"), 2 << 20);
+    for port in ["tun0", "va1"] {
+        let (rx, tx, drops) = n1.stats(port);
+        assert!(rx > 0 && tx > 0, "{port}: {rx} {tx}");
+        assert!(!drops.contains("tunnel_outer_malformed"), "{port}: {drops}");
+    }
+}
+
 // ---- an uplink that is not there, or goes away ----
 
 /// An `afxdp:` underlay naming no interface: the tunnel port is down, with an error naming the
