@@ -7,7 +7,7 @@
 #[path = "../ports/tests/kports_common/mod.rs"]
 mod kports_common;
 
-use kports_common::{frame, has_marker, in_netns, ip, skip, skip_reason, RawSock};
+use kports_common::{afxdp_skip_reason, frame, has_marker, in_netns, ip, skip, skip_reason, RawSock};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -239,6 +239,15 @@ fn skip_unless_ready(test: &str) -> bool {
     true
 }
 
+/// As [`skip_unless_ready`], and the kernel gives AF_XDP sockets (for an AF_XDP uplink).
+fn skip_unless_afxdp(test: &str) -> bool {
+    if let Some(why) = afxdp_skip_reason() {
+        skip(test, &why);
+        return false;
+    }
+    skip_unless_ready(test)
+}
+
 fn vm_port(name: &str, tag: Option<u16>) -> String {
     let tag = tag.map_or(String::new(), |t| format!(", tag: {t}"));
     format!("  - {{name: {name}, type: afpacket, rx_mode: recvmmsg{tag}}}\n")
@@ -373,13 +382,26 @@ fn tcp_across_two_switchyard_nodes_arrives_intact() {
     let n2 = Node::start(&u2, &cfg("2", "10.99.0.2", "10.99.0.1"));
     ping_eventually(&a1, "10.50.0.2");
 
+    tcp_both_ways((&a1, "10.50.0.1"), (&a2, "10.50.0.2"), 8 << 20);
+    for (n, vm) in [(&n1, "va1"), (&n2, "va2")] {
+        for port in ["tun0", vm] {
+            let (rx, tx, drops) = n.stats(port);
+            assert!(rx > 0 && tx > 0, "{port}: {rx} {tx}");
+            assert!(drops.starts_with("  drops 0"), "{port}: {drops}");
+        }
+    }
+}
+
+/// TCP between VM namespaces `a` and `b` (each with its address): `len` bytes from `a` to `b`,
+/// then on a second connection the same bytes from `b` to `a`; every byte must arrive as sent
+/// (the receiving kernels check every checksum, inner and outer).
+fn tcp_both_ways((a, a_ip): (&str, &str), (b, b_ip): (&str, &str), len: usize) {
     // Sockets made in the VMs' namespaces keep them; the test's threads drive them.
-    let listener = in_netns(&a2, || TcpListener::bind("10.50.0.2:5001").map_err(|e| e.to_string())).unwrap();
-    let out = in_netns(&a1, || TcpStream::connect("10.50.0.2:5001").map_err(|e| e.to_string())).unwrap();
+    let listener = in_netns(b, || TcpListener::bind((b_ip, 5001)).map_err(|e| e.to_string())).unwrap();
+    let out = in_netns(a, || TcpStream::connect((b_ip, 5001)).map_err(|e| e.to_string())).unwrap();
     let (inn, _) = listener.accept().unwrap();
-    const LEN: usize = 8 << 20;
     // Every byte depends on its offset (a segment lost, doubled or misplaced cannot match).
-    let data: Vec<u8> = (0..LEN).map(|i| ((i * 7 + (i >> 11)) % 251) as u8).collect();
+    let data: Vec<u8> = (0..len).map(|i| ((i * 7 + (i >> 11)) % 251) as u8).collect();
     let stream = |mut from: TcpStream, mut to: TcpStream, data: Vec<u8>| {
         for s in [&from, &to] {
             s.set_read_timeout(Some(WAIT)).unwrap();
@@ -390,7 +412,7 @@ fn tcp_across_two_switchyard_nodes_arrives_intact() {
             from.shutdown(std::net::Shutdown::Write).unwrap();
             (from, data)
         });
-        let mut got = Vec::with_capacity(LEN);
+        let mut got = Vec::with_capacity(len);
         to.read_to_end(&mut got).unwrap();
         let (from, data) = w.join().unwrap();
         assert!(
@@ -405,17 +427,10 @@ fn tcp_across_two_switchyard_nodes_arrives_intact() {
     let (out, inn, data) = stream(out, inn, data);
     // The other way on the same connection's sockets is closed for writing: a second one.
     drop((out, inn));
-    let listener = in_netns(&a1, || TcpListener::bind("10.50.0.1:5002").map_err(|e| e.to_string())).unwrap();
-    let back = in_netns(&a2, || TcpStream::connect("10.50.0.1:5002").map_err(|e| e.to_string())).unwrap();
+    let listener = in_netns(a, || TcpListener::bind((a_ip, 5002)).map_err(|e| e.to_string())).unwrap();
+    let back = in_netns(b, || TcpStream::connect((a_ip, 5002)).map_err(|e| e.to_string())).unwrap();
     let (inn, _) = listener.accept().unwrap();
     stream(back, inn, data);
-    for (n, vm) in [(&n1, "va1"), (&n2, "va2")] {
-        for port in ["tun0", vm] {
-            let (rx, tx, drops) = n.stats(port);
-            assert!(rx > 0 && tx > 0, "{port}: {rx} {tx}");
-            assert!(drops.starts_with("  drops 0"), "{port}: {drops}");
-        }
-    }
 }
 
 /// Two overlay networks (blue VNI 5001, red VNI 5002) on the same two nodes, both tunnel
@@ -634,6 +649,23 @@ fn fast_path_on_a_dpdk_uplink() {
     }
 }
 
+/// The same over an AF_XDP uplink: the XDP program redirects every frame of the veth's one
+/// queue to switchyard (copy mode on veth). The kernel node keeps its UDP checksums on, which
+/// the veth leaves partial: the AF_XDP port finishes them.
+#[test]
+fn fast_path_on_an_afxdp_uplink() {
+    if skip_unless_afxdp("fast_path_on_an_afxdp_uplink") {
+        fast_path_with_kernel_vxlan(false, "afxdp:eth0");
+    }
+}
+
+#[test]
+fn fast_path_on_an_afxdp_uplink_over_ipv6() {
+    if skip_unless_afxdp("fast_path_on_an_afxdp_uplink_over_ipv6") {
+        fast_path_with_kernel_vxlan(true, "afxdp:eth0,queues=1");
+    }
+}
+
 /// The uplink's MAC address on the switchyard node of the fast-path tests.
 const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 1];
 /// The kernel node's underlay MAC address in those tests.
@@ -673,14 +705,20 @@ fn outer_v4(src_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
 /// its own); pings both ways; frames byte for byte both ways; the outer headers as RFC 7348
 /// asks (source port from the inner flow in 49152-65535, one port per flow; UDP checksum zero
 /// over IPv4, valid over IPv6, which the kernel checks); malformed packets on the uplink each
-/// counted under their reason.
+/// counted under their reason, a frame that is no tunnel packet too (and whether the node's
+/// kernel also got it: not on an AF_XDP uplink). On an AF_XDP uplink also TCP both ways between the VMs, with
+/// their offloads on (at the overlay MTU): every byte arrives, and no outer packet was refused
+/// on the way (the inner checksums the kernel node's VXLAN left partial finished). Not on an
+/// AF_PACKET uplink: its veth peer hands it the kernel node's TCP as UDP-tunnel GSO
+/// super-frames, which it does not take (docs/overlay.md, "The fast path").
 fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
-    let mut nss = Namespaces::new(if v6 {
-        5
-    } else if uplink == "eth0" {
-        4
-    } else {
-        6
+    let afxdp = uplink.starts_with("afxdp:");
+    let mut nss = Namespaces::new(match (afxdp, v6) {
+        (true, false) => 7,
+        (true, true) => 8,
+        (false, true) => 5,
+        (false, false) if uplink == "eth0" => 4,
+        (false, false) => 6,
     });
     let (u1, k) = (nss.add("u1"), nss.add("k"));
     underlay_of(&mut nss, &[&u1, &k], 1500, v6);
@@ -723,6 +761,15 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     let ports = n1.ctl(&["show", "ports"]);
     assert!(ports.contains("# tun0: vxlan vni 5001 on uplink tun0-uplink (02:00:00:00:99:01), flood 1 endpoints, 1 resolved, underlay_mtu 1500 overlay_mtu"), "{ports}");
     frames_byte_for_byte(&a1, &kv);
+    if afxdp {
+        // The overlay MTU: the underlay's less the outer headers.
+        let mtu = if v6 { "1430" } else { "1450" };
+        for v in [&a1, &kv] {
+            ip(&["-n", v, "link", "set", "eth0", "mtu", mtu]).unwrap();
+        }
+        tcp_both_ways((&a1, "10.50.0.1"), (&kv, "10.50.0.3"), 2 << 20);
+        assert_eq!(n1.drop_count("tun0", "tunnel_outer_malformed"), 0, "{}", n1.stats("tun0").2);
+    }
 
     // The outer headers on the underlay, as the kernel node's uplink sees them.
     let mut at_ul = RawSock::open(Some(&k), "eth0").unwrap();
@@ -788,12 +835,33 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     for (c, b) in cases.iter().zip(before) {
         assert_eq!(n1.drop_count("tun0", c.0) - b, c.2, "{}: {}", c.0, n1.stats("tun0").2);
     }
+    // A frame that is no tunnel packet is switchyard's `uplink_not_tunnel`. The kernel of u1
+    // (a packet socket on its eth0 sees what the kernel receives) gets its own copy too on an
+    // AF_PACKET uplink (net_af_packet is one), none on an AF_XDP uplink: XDP took the frame.
+    let mut at_u1 = RawSock::open(Some(&u1), "eth0").unwrap();
+    let before = n1.drop_count("tun0", "uplink_not_tunnel");
+    k_ul.send(&frame(UPLINK_MAC, K_UL_MAC, &[], "not-tunnel", 80));
+    let seen = at_u1.recv_matching(Duration::from_millis(500), |f| has_marker(f, "not-tunnel")).is_some();
+    assert_eq!(seen, !afxdp, "u1's kernel got a copy of a frame that is no tunnel packet");
+    let t = Instant::now();
+    while n1.drop_count("tun0", "uplink_not_tunnel") == before {
+        assert!(t.elapsed() < WAIT, "not counted: {}", n1.stats("tun0").2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
 fn fast_path_through_a_gateway_from_the_kernels_routes() {
     if skip_unless_ready("fast_path_through_a_gateway_from_the_kernels_routes") {
         fast_path_through_a_gateway("eth0");
+    }
+}
+
+/// The same on an AF_XDP uplink: a kernel interface, whose kernel routes are followed.
+#[test]
+fn fast_path_through_a_gateway_from_the_kernels_routes_on_an_afxdp_uplink() {
+    if skip_unless_afxdp("fast_path_through_a_gateway_from_the_kernels_routes_on_an_afxdp_uplink") {
+        fast_path_through_a_gateway("afxdp:eth0");
     }
 }
 
@@ -812,15 +880,21 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0x99, 0xfe];
 /// The fast path with the far endpoint on another subnet: switchyard's node u1 (tunnel
 /// address 10.99.0.1 in switchyard only) and a router namespace (10.99.0.2, forwarding) on
 /// one link; the kernel's VXLAN node (10.99.20.2) behind the router on 10.99.20.0/24. On an
-/// AF_PACKET uplink the route is the kernel's, added to u1 while switchyard runs: until then
-/// the endpoint is taken as on the link, never answers, and frames to it are dropped as
-/// `tunnel_unresolved`; then switchyard follows the route. On a DPDK uplink the route is the
-/// port's `routes`, given the same way while it runs (the port updated in place). Pings both
+/// AF_PACKET or AF_XDP uplink the route is the kernel's, added to u1 while switchyard runs:
+/// until then the endpoint is taken as on the link, never answers, and frames to it are
+/// dropped as `tunnel_unresolved`; then switchyard follows the route. On a DPDK uplink the
+/// route is the port's `routes`, given the same way while it runs (the port updated in place). Pings both
 /// ways, frames byte for byte both ways, and the outer frames go to the router's MAC with the
 /// far endpoint's address.
 fn fast_path_through_a_gateway(uplink: &str) {
     let dpdk = uplink.starts_with("dpdk:");
-    let mut nss = Namespaces::new(if dpdk { 11 } else { 10 });
+    let mut nss = Namespaces::new(if dpdk {
+        11
+    } else if uplink.starts_with("afxdp:") {
+        16
+    } else {
+        10
+    });
     let (u1, r, k) = (nss.add("u1"), nss.add("r"), nss.add("k"));
     underlay(&mut nss, &[&u1, &r], 1500);
     ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
@@ -896,6 +970,14 @@ fn two_networks_share_an_afpacket_uplink() {
     }
 }
 
+/// Node 1's uplink on AF_XDP (the veth in copy mode), node 2's on AF_PACKET.
+#[test]
+fn two_networks_share_an_afxdp_uplink() {
+    if skip_unless_afxdp("two_networks_share_an_afxdp_uplink") {
+        two_networks_on_one_uplink("afxdp:eth0");
+    }
+}
+
 /// Node 1's uplink on DPDK (`net_af_packet`), node 2's on AF_PACKET.
 #[cfg(feature = "dpdk")]
 #[test]
@@ -915,7 +997,14 @@ fn two_networks_share_a_dpdk_uplink() {
 /// put back into node 1's running configuration while blue pings run, blue losing nothing.
 fn two_networks_on_one_uplink(uplink: &str) {
     let dpdk = uplink.starts_with("dpdk:");
-    let (mut nss, [u1, u2, k]) = hosts(if dpdk { 21 } else { 20 }, ["u1", "u2", "k"], 1500, false);
+    let id = if dpdk {
+        21
+    } else if uplink.starts_with("afxdp:") {
+        22
+    } else {
+        20
+    };
+    let (mut nss, [u1, u2, k]) = hosts(id, ["u1", "u2", "k"], 1500, false);
     for (h, mac) in [(&u1, "02:00:00:00:99:01"), (&u2, "02:00:00:00:99:03"), (&k, "02:00:00:00:99:02")] {
         ip(&["-n", h, "link", "set", "eth0", "address", mac]).unwrap();
     }
@@ -1075,6 +1164,133 @@ fn two_networks_on_one_uplink(uplink: &str) {
     let (rx, tx, drops) = n1.stats("tun-red2");
     assert!(rx >= 3 && tx >= 3, "tun-red2 rx {rx} tx {tx}, {drops}");
     assert!(!drops.contains("tunnel_wrong_vni"), "{drops}");
+}
+
+/// The VM's port and the uplink both AF_XDP: their frames are slots of the one UMEM, the
+/// outer headers written into the VM frame's headroom on the way out. Against the
+/// kernel's VXLAN: pings both ways, frames byte for byte both ways, TCP 2 MiB each way.
+#[test]
+fn fast_path_from_an_afxdp_vm_port_to_an_afxdp_uplink() {
+    if !skip_unless_afxdp("fast_path_from_an_afxdp_vm_port_to_an_afxdp_uplink") {
+        return;
+    }
+    let mut nss = Namespaces::new(17);
+    let (u1, k) = (nss.add("u1"), nss.add("k"));
+    underlay(&mut nss, &[&u1, &k], 1500);
+    ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let kv = kernel_node(&mut nss, &k, "10.99.0.2", "10.99.0.1", &[]);
+    let n1 = Node::start(
+        &u1,
+        "bridges:\n- name: br\n  ports:\n  - {name: va1, type: afxdp}\n  - {name: tun0, type: vxlan, vni: 5001, \
+         local: 10.99.0.1, underlay: \"afxdp:eth0\", flood: [10.99.0.2]}\n",
+    );
+    let t = Instant::now();
+    while !ping(&a1, "10.50.0.3", 1, &[]) {
+        assert!(t.elapsed() < WAIT, "no ping across; {}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+    }
+    assert!(ping(&kv, "10.50.0.1", 3, &[]), "kernel to switchyard");
+    frames_byte_for_byte(&a1, &kv);
+    for v in [&a1, &kv] {
+        ip(&["-n", v, "link", "set", "eth0", "mtu", "1450"]).unwrap();
+    }
+    tcp_both_ways((&a1, "10.50.0.1"), (&kv, "10.50.0.3"), 2 << 20);
+    for port in ["tun0", "va1"] {
+        let (rx, tx, drops) = n1.stats(port);
+        assert!(rx > 0 && tx > 0, "{port}: {rx} {tx}");
+        assert!(!drops.contains("tunnel_outer_malformed"), "{port}: {drops}");
+    }
+}
+
+// ---- an uplink that is not there, or goes away ----
+
+/// An `afxdp:` underlay naming no interface: the tunnel port is down, with an error naming the
+/// port and the interface in `ctl show problems` and the log; the rest of the switch runs (two
+/// VMs on the bridge ping each other).
+#[test]
+fn an_afxdp_underlay_on_a_missing_interface_is_refused() {
+    if !skip_unless_afxdp("an_afxdp_underlay_on_a_missing_interface_is_refused") {
+        return;
+    }
+    let mut nss = Namespaces::new(14);
+    let u1 = nss.add("u1");
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let _a2 = vm(&mut nss, "a2", &u1, "va2", "02:00:00:00:0a:02", "10.50.0.2");
+    let n1 = Node::start(
+        &u1,
+        &format!(
+            "bridges:\n- name: br\n  ports:\n{}{}  - {{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, \
+             underlay: \"afxdp:nosuch0\", flood: [10.99.0.2]}}\n",
+            vm_port("va1", None),
+            vm_port("va2", None),
+        ),
+    );
+    ping_eventually(&a1, "10.50.0.2");
+    let problems = n1.ctl(&["show", "problems"]);
+    let line = problems
+        .lines()
+        .find(|l| l.starts_with("down: port tun0: "))
+        .unwrap_or_else(|| panic!("tun0 not down:\n{problems}\nlog:\n{}", n1.log()));
+    assert!(line.contains("\"afxdp:nosuch0\"") && line.contains("no interface \"nosuch0\""), "{line}");
+    assert!(n1.log().contains("port tun0 is down"), "{}", n1.log());
+    let ports = n1.ctl(&["show", "ports"]);
+    assert!(ports.lines().any(|l| l.contains("tun0") && l.contains("down")), "{ports}");
+}
+
+#[test]
+fn an_interface_deleted_under_an_afxdp_uplink_is_counted() {
+    if skip_unless_afxdp("an_interface_deleted_under_an_afxdp_uplink_is_counted") {
+        uplink_deleted_under_the_switch("afxdp:eth0");
+    }
+}
+
+#[test]
+fn an_interface_deleted_under_an_afpacket_uplink_is_counted() {
+    if skip_unless_ready("an_interface_deleted_under_an_afpacket_uplink_is_counted") {
+        uplink_deleted_under_the_switch("eth0");
+    }
+}
+
+/// The uplink's interface deleted under a running switch (its veth pair gone): frames the
+/// tunnel port sends from then on are each counted as `port_down` on it, nothing panics, and
+/// the rest of the switch runs (two local VMs ping each other, `ctl` answers).
+fn uplink_deleted_under_the_switch(uplink: &str) {
+    let mut nss = Namespaces::new(if uplink.starts_with("afxdp:") { 13 } else { 15 });
+    let (u1, k) = (nss.add("u1"), nss.add("k"));
+    underlay(&mut nss, &[&u1, &k], 1500);
+    ip(&["-n", &u1, "addr", "flush", "dev", "eth0"]).unwrap();
+    let a1 = vm(&mut nss, "a1", &u1, "va1", "02:00:00:00:0a:01", "10.50.0.1");
+    let _a2 = vm(&mut nss, "a2", &u1, "va2", "02:00:00:00:0a:02", "10.50.0.2");
+    let kv = kernel_node(&mut nss, &k, "10.99.0.2", "10.99.0.1", &[]);
+    let n1 = Node::start(
+        &u1,
+        &format!(
+            "bridges:\n- name: br\n  ports:\n{}{}  - {{name: tun0, type: vxlan, vni: 5001, local: 10.99.0.1, \
+             underlay: \"{uplink}\", flood: [10.99.0.2]}}\n",
+            vm_port("va1", None),
+            vm_port("va2", None),
+        ),
+    );
+    let t = Instant::now();
+    while !ping(&a1, "10.50.0.3", 1, &[]) {
+        assert!(t.elapsed() < WAIT, "no ping across; {}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+    }
+    assert!(ping(&kv, "10.50.0.1", 2, &[]), "kernel to switchyard");
+    ip(&["-n", &u1, "link", "del", "eth0"]).unwrap();
+    let before = n1.drop_count("tun0", "port_down");
+    // To the kernel's VM, whose MAC tun0 learned: each goes to the tunnel port.
+    let at_a = RawSock::open(Some(&a1), "eth0").unwrap();
+    for i in 0..20 {
+        at_a.send(&frame(K_MAC, A_MAC, &[], &format!("gone-{i}"), 100));
+    }
+    let t = Instant::now();
+    while n1.drop_count("tun0", "port_down") - before < 20 {
+        assert!(t.elapsed() < WAIT, "{}\nlog:\n{}", n1.stats("tun0").2, n1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ping(&a1, "10.50.0.2", 3, &[]), "the local VMs, the uplink gone; log:\n{}", n1.log());
+    assert!(n1.ctl(&["show", "ports"]).contains("tun0"));
+    assert!(!n1.log().contains("panicked"), "{}", n1.log());
 }
 
 // ---- an overlay planned from cluster state, and a live migration across it ----

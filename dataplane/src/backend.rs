@@ -537,14 +537,15 @@ impl PortConfig {
                 return Err(err(format!("remote_macs[{i}].mac"), format!("{} given twice", r.mac)));
             }
         }
-        // An uplink is what ports/src/factory.rs opens as one, AF_PACKET or DPDK: anything else
+        // An uplink is what ports/src/factory.rs opens as one, AF_PACKET, AF_XDP or DPDK: anything else
         // (`foo:bar`, `ring:r`, a bad interface name or PCI address) is refused here, with the
         // configuration, rather than when the port is opened.
         if let Some(up) = uplink_spelling(self.underlay.as_deref()) {
-            const WANT: &str = "an underlay is kernel, IFACE, afpacket:IFACE[,ring|recvmmsg] or dpdk:DEVARGS";
+            const WANT: &str =
+                "an underlay is kernel, IFACE, afpacket:IFACE[,ring|recvmmsg], afxdp:IFACE[,queues=N] or dpdk:DEVARGS";
             let given = self.underlay.as_deref().unwrap_or_default();
             match up.parse::<Backend>() {
-                Ok(Backend::Afpacket { .. } | Backend::Dpdk { .. }) => {}
+                Ok(Backend::Afpacket { .. } | Backend::Afxdp { .. } | Backend::Dpdk { .. }) => {}
                 Ok(other) => {
                     return Err(err(
                         "underlay",
@@ -839,6 +840,10 @@ mod tests {
             Some("dpdk:0000:3b:02.1,n_rxq=2")
         );
         assert_eq!(uplink_spelling(Some("eth1")).as_deref(), Some("afpacket:eth1"));
+        // An AF_XDP uplink's queue count is an option: one interface, one uplink.
+        assert_eq!(uplink_key(Some("afxdp:eth1,queues=2")).as_deref(), Some("afxdp:eth1"));
+        assert_eq!(uplink_key(Some("afxdp:eth1")).as_deref(), Some("afxdp:eth1"));
+        assert_eq!(uplink_spelling(Some("afxdp:eth1,queues=2")).as_deref(), Some("afxdp:eth1,queues=2"));
     }
 
     #[test]
@@ -983,7 +988,17 @@ mod tests {
         }
         // An underlay no backend opens as an uplink is refused with the configuration, not at
         // open: an unknown prefix, another port type, a bad option or PCI address.
-        for u in ["foo:bar", "ring:r", "tap:eth0", "afpacket:eth0,fast", "dpdk:", "dpdk:3b:02"] {
+        for u in [
+            "foo:bar",
+            "ring:r",
+            "tap:eth0",
+            "afpacket:eth0,fast",
+            "afxdp:eth0,queues=0",
+            "afxdp:eth0,zc",
+            "afxdp:a b",
+            "dpdk:",
+            "dpdk:3b:02",
+        ] {
             p.underlay = Some(u.into());
             let e = p.backend().unwrap_err();
             assert_eq!(e.field, "underlay", "{u:?}: {e:?}");
@@ -992,7 +1007,15 @@ mod tests {
                 "{u:?}: {e:?}"
             );
         }
-        for u in ["kernel", "eth0", "afpacket:eth0", "dpdk:0000:3b:02.1", "dpdk:net_null0,x=1"] {
+        for u in [
+            "kernel",
+            "eth0",
+            "afpacket:eth0",
+            "afxdp:eth0",
+            "afxdp:eth0,queues=2",
+            "dpdk:0000:3b:02.1",
+            "dpdk:net_null0,x=1",
+        ] {
             p.underlay = Some(u.into());
             assert!(p.backend().is_ok(), "{u:?}");
         }

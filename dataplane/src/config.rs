@@ -321,12 +321,35 @@ impl Config {
 /// type, local address, UDP port and path, and the VNIs of the ports on it.
 type Uplinks = HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String, String), HashSet<u32>)>;
 
+/// The kernel interface an uplink spelled as [`crate::backend::uplink_spelling`] writes it
+/// opens (AF_PACKET or AF_XDP).
+fn uplink_iface(spelled: &str) -> Option<&str> {
+    let rest = spelled.strip_prefix("afpacket:").or_else(|| spelled.strip_prefix("afxdp:"))?;
+    rest.split(',').next()
+}
+
 /// The rules of tunnel ports sharing an uplink: one type, local address and UDP port per
-/// uplink (its tunnel endpoint), one port per VNI. `p` is a valid tunnel port.
+/// uplink (its tunnel endpoint), one port per VNI, and one kind of uplink per interface.
+/// `p` is a valid tunnel port.
 fn shared_uplink(uplinks: &mut Uplinks, p: &PortConfig, pf: &PortField) -> Result<(), ConfigError> {
     let Ok(crate::backend::Backend::Tunnel(t)) = p.backend() else { return Ok(()) };
     let Some(key) = crate::backend::uplink_key(t.underlay.as_deref()) else { return Ok(()) };
     let spelled = crate::backend::uplink_spelling(t.underlay.as_deref()).unwrap_or_default();
+    // An AF_PACKET and an AF_XDP uplink on one interface are two uplinks by their keys, but
+    // the AF_XDP one's program takes the frames before the AF_PACKET one could see them.
+    if let Some(iface) = uplink_iface(&spelled) {
+        let other = uplinks.iter().find(|(k, (f, _))| **k != key && uplink_iface(&f.4) == Some(iface));
+        if let Some((_, ((.., at, spelled0), _))) = other {
+            return Err(invalid(
+                format!("{pf}.underlay"),
+                format!(
+                    "{spelled:?} opens interface {iface:?}, which {spelled0:?}, the underlay of {at}, \
+                     opens already as another kind of uplink (an AF_XDP uplink takes the \
+                     interface's frames from an AF_PACKET one): one interface, one uplink"
+                ),
+            ));
+        }
+    }
     let kind = t.kind;
     let (first, vnis) = uplinks.entry(key.clone()).or_insert_with(|| {
         ((kind, t.local, t.port(), format!("{pf} ({})", p.name), spelled.clone()), HashSet::new())
@@ -651,6 +674,30 @@ bridges:
             tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1,recvmmsg"),
         );
         assert!(e.starts_with("bridges[1].ports[0].underlay: \"afpacket:eth1,recvmmsg\" differs"), "{e}");
+        // One interface is one kind of uplink.
+        let e =
+            err(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"));
+        assert!(
+            e.starts_with(
+                "bridges[1].ports[0].underlay: \"afxdp:eth1\" opens interface \"eth1\", which \
+                 \"afpacket:eth1\", the underlay of bridges[0].ports[0] (t1), opens already"
+            ),
+            "{e}"
+        );
+        ok(
+            tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth2"),
+        );
+        // An AF_XDP uplink's queue count is part of how the one uplink opens.
+        ok(
+            tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
+        );
+        let e = err(
+            tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1,queues=2"),
+            tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
+        );
+        assert!(e.starts_with("bridges[1].ports[0].underlay: \"afxdp:eth1\" differs"), "{e}");
         let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
         assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
     }

@@ -127,7 +127,9 @@ fn open_tunnel(name: &str, t: &TunnelBackend, ctx: &PortContext) -> Result<Arc<d
 const DPDK_UPLINK_MTU: u32 = 1500;
 
 /// A tunnel port on the uplink `spec`: an interface name (AF_PACKET), or a port SPEC as
-/// `pmd --port` takes them, `afpacket:IFACE` or `dpdk:DEVARGS`.
+/// `pmd --port` takes them, `afpacket:IFACE`, `afxdp:IFACE[,queues=N]` or `dpdk:DEVARGS`. An
+/// AF_PACKET or AF_XDP uplink is a kernel interface: its MAC and MTU are the interface's, and
+/// the kernel's routes through it give next hops.
 fn open_uplink_tunnel(
     name: &str,
     spec: &str,
@@ -147,15 +149,22 @@ fn open_uplink_tunnel(
     };
     let uplink_name = format!("{name}-uplink");
     let mut hops = NextHops { routes: NextHops::routes_of(routes), kernel_iface: None };
-    if let Backend::Afpacket { iface, .. } = &backend {
-        hops.kernel_iface = Some(iface.as_deref().unwrap_or(spec).to_string());
-    }
+    // The kernel interface of an AF_PACKET or AF_XDP uplink (its MAC, MTU and routes).
+    let kernel_iface = match &backend {
+        Backend::Afpacket { iface, .. } | Backend::Afxdp { iface, .. } => {
+            Some(iface.as_deref().unwrap_or(spec).to_string())
+        }
+        _ => None,
+    };
+    hops.kernel_iface = kernel_iface.clone();
     let key = uplink_key(Some(spec)).unwrap_or_else(|| spec.to_string());
     // The first port on the uplink opens it; the others join it (one per VNI).
     let open = || -> Result<OpenedUplink, PortError> {
-        Ok(match &backend {
-            Backend::Afpacket { iface, .. } => {
-                let iface = iface.as_deref().unwrap_or(spec);
+        Ok(match (&backend, kernel_iface.as_deref()) {
+            (Backend::Afpacket { .. } | Backend::Afxdp { .. }, Some(iface)) => {
+                if !Path::new(&format!("/sys/class/net/{iface}")).exists() {
+                    return Err(bad(format!("no interface {iface:?} in this network namespace")));
+                }
                 let sys = |f: &str| {
                     std::fs::read_to_string(format!("/sys/class/net/{iface}/{f}"))
                         .map(|s| s.trim().to_string())
@@ -164,20 +173,31 @@ fn open_uplink_tunnel(
                 let mac =
                     sys("address")?.parse::<MacAddr>().map_err(|e| bad(format!("{iface}: address: {e}")))?;
                 let mtu = sys("mtu")?.parse::<u32>().map_err(|e| bad(format!("{iface}: mtu: {e}")))?;
-                (open_backend(&uplink_name, &backend, ctx)?, mac, mtu)
+                let port: Arc<dyn PortBackend> = match &backend {
+                    // Its RX finishes the inner checksums a veth peer's kernel tunnel left
+                    // partial (an AF_PACKET uplink has the virtio-net header for that).
+                    Backend::Afxdp { queues, .. } => Arc::new(crate::afxdp::AfXdpPort::open_uplink(
+                        &uplink_name,
+                        iface,
+                        queues.unwrap_or(1),
+                    )?),
+                    _ => open_backend(&uplink_name, &backend, ctx)?,
+                };
+                (port, mac, mtu)
             }
             #[cfg(feature = "dpdk")]
-            Backend::Dpdk { devargs, queues } => {
+            (Backend::Dpdk { devargs, queues }, _) => {
                 let port = dpdk_port(&uplink_name, devargs, *queues, ctx)?;
                 let mac = MacAddr(port.mac_addr()?);
                 (Arc::new(port), mac, DPDK_UPLINK_MTU)
             }
-            other => {
+            (other, _) => {
                 return Err(PortError::Unsupported {
                     port: name.into(),
                     kind: format!("tunnel uplink {}", other.port_type().name()),
                     hint: format!(
-                        "an uplink is an AF_PACKET interface or a DPDK port (mtu {DPDK_UPLINK_MTU})"
+                        "an uplink is an AF_PACKET or AF_XDP interface or a DPDK port (mtu \
+                         {DPDK_UPLINK_MTU})"
                     ),
                 })
             }
@@ -286,4 +306,40 @@ pub fn worker_hook() -> switchyard_dataplane::worker::WorkerHook {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dataplane::tunnel::TunnelKind;
+
+    /// An uplink underlay on an interface that does not exist is refused before anything
+    /// opens, naming the port, the underlay and the interface, in every spelling of an
+    /// interface uplink (no root needed: the check is the interface's sysfs directory).
+    #[test]
+    fn an_uplink_on_no_interface_is_refused_naming_port_and_interface() {
+        for underlay in ["afxdp:sy-no-if0,queues=2", "afpacket:sy-no-if0", "sy-no-if0"] {
+            let t = TunnelBackend {
+                kind: TunnelKind::Vxlan,
+                vni: 5001,
+                local: "192.0.2.1".parse().unwrap(),
+                dstport: None,
+                underlay: Some(underlay.into()),
+                flood: None,
+                remote_macs: Vec::new(),
+                learn: None,
+                routes: Vec::new(),
+            };
+            let Err(e) = open_backend("tun0", &Backend::Tunnel(t), &PortContext::default()) else {
+                panic!("{underlay:?} opened")
+            };
+            let PortError::Backend { port, msg } = &e else { panic!("{e:?}") };
+            assert_eq!(port, "tun0");
+            assert_eq!(
+                msg,
+                &format!("underlay {underlay:?}: no interface \"sy-no-if0\" in this network namespace"),
+                "{e}"
+            );
+        }
+    }
 }

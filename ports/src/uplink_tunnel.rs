@@ -1,5 +1,5 @@
-//! A VXLAN or Geneve tunnel port carried on an Ethernet uplink port (AF_PACKET or DPDK): the
-//! fast path, where switchyard writes and reads the outer Ethernet/IP/UDP headers itself and
+//! A VXLAN or Geneve tunnel port carried on an Ethernet uplink port (AF_PACKET, AF_XDP or
+//! DPDK): the fast path, where switchyard writes and reads the outer Ethernet/IP/UDP headers itself and
 //! resolves the endpoints' MAC addresses (ARP, Neighbour Discovery), as OVS-DPDK's userspace
 //! tunnels do. No kernel socket, no system call besides the uplink's own.
 //!
@@ -14,12 +14,13 @@
 //!   `tunnel_unknown_source`), trimmed in place (no copy). Every other uplink frame is consumed here: ARP/ND about the
 //!   local address or an endpoint updates the neighbour table (a request for the local
 //!   address is answered); anything else is dropped as `uplink_not_tunnel` (an AF_PACKET
-//!   uplink's kernel still receives its own copy and handles it as usual).
+//!   uplink's kernel still receives its own copy and handles it as usual; on an AF_XDP or
+//!   DPDK uplink the frame went to switchyard alone and goes nowhere else).
 //! - A frame to an endpoint without a resolved MAC is dropped (`tunnel_unresolved`) and the
 //!   endpoint is probed (at most once a second; RX sends the probes, as it polls anyway).
 //! - The next hop of an endpoint is the gateway of the longest route holding it (the port's
-//!   `routes`, then for an AF_PACKET uplink the kernel's routes through the uplink's
-//!   interface, read again once a second), else the endpoint itself
+//!   `routes`, then for an AF_PACKET or AF_XDP uplink the kernel's routes through the
+//!   uplink's interface, read again once a second), else the endpoint itself
 //!   ([`switchyard_dataplane::underlay::Routes`]). Frames to it carry the next hop's MAC.
 //!   Bindings are ARP/ND's: a tunnel packet from an endpoint on the link only gives an
 //!   unresolved slot a MAC to use until the probe's answer, or has a binding to another MAC
@@ -86,7 +87,7 @@ use switchyard_dataplane::wire::{MacAddr, ETH_HEADER_LEN};
 pub struct NextHops {
     /// The port's own routes (its `routes` option).
     pub routes: Vec<Route>,
-    /// The interface whose kernel routes follow them (an AF_PACKET uplink's).
+    /// The interface whose kernel routes follow them (an AF_PACKET or AF_XDP uplink's).
     pub kernel_iface: Option<String>,
 }
 
@@ -126,7 +127,7 @@ type Handed = (PacketBuf, IpAddr, MacAddr);
 struct Inbox {
     q: ArrayQueue<Handed>,
     /// Written once a burst when packets were queued and the uplink's queue can wake a worker
-    /// (AF_PACKET; a DPDK uplink's workers poll without sleeping).
+    /// (AF_PACKET, AF_XDP; a DPDK uplink's workers poll without sleeping).
     wake: EventFd,
     /// The uplink's [`Uplink::orphaned`]: what is left here when the inbox goes (its port
     /// left before taking it) is counted there.
@@ -1049,7 +1050,8 @@ fn arrived(
 }
 
 impl RxQueue for UplinkTunnelRx {
-    /// As its uplink's queue: an AF_PACKET uplink wakes for free, a DPDK one cannot wake.
+    /// As its uplink's queue: an AF_PACKET or AF_XDP uplink wakes for free, a DPDK one cannot
+    /// wake.
     fn spin_when_idle(&self) -> bool {
         self.queue.spin
     }

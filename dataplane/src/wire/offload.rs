@@ -157,53 +157,148 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
 /// that is not unfragmented IPv4 or IPv6 without extension headers (after up to two VLAN
 /// tags) carrying TCP or UDP, or whose lengths disagree with the frame, is left alone.
 pub fn finish_partial_l4_checksum(frame: &mut [u8]) -> bool {
-    let mut l3 = ETH_HEADER_LEN;
-    let Some(mut ethertype) = be16(frame, ETH_TYPE_OFFSET) else { return false };
-    for _ in 0..2 {
-        if ethertype != EtherType::VLAN && ethertype != EtherType::QINQ {
-            break;
-        }
-        let Some(t) = be16(frame, l3 + 2) else { return false };
-        ethertype = t;
-        l3 += VLAN_TAG_LEN;
-    }
-    // (layer-4 offset, layer-4 length, protocol, pseudo-header sum without the length)
-    let (l4, l4_len, proto, pseudo) = match ethertype {
-        EtherType::IPV4 => {
-            let Some(&vihl) = frame.get(l3) else { return false };
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            let (Some(total), Some(frag)) = (be16(frame, l3 + V4_TOTAL_LEN), be16(frame, l3 + 6)) else {
-                return false;
-            };
-            // Not the first fragment alone, or not a whole datagram: no checksum to finish.
-            if vihl >> 4 != 4 || ihl < IPV4_HEADER_LEN || frag & 0x3fff != 0 || usize::from(total) < ihl {
-                return false;
+    Segment::of(frame).is_some_and(|seg| seg.finish_if_partial(frame))
+}
+
+/// [`finish_partial_l4_checksum`], and for a UDP datagram whose own checksum is not partial,
+/// the inner frame's of the VXLAN or Geneve packet it may be (for a tunnel uplink): the
+/// kernel's tunnel devices leave the inner TCP or UDP checksum for the device and compute the
+/// outer UDP checksum as if it were finished (local checksum offload), or send none (IPv4).
+/// That inner checksum is finished when the inner frame is exactly the rest of the datagram
+/// and, if the outer checksum is not zero, only when the outer checksum then verifies and did
+/// not before (else the frame is left as it was). Costs a tunnel packet whose inner checksum is
+/// finished a second parse of headers (no pass over the payload), so ports that carry no
+/// tunnel packets call [`finish_partial_l4_checksum`].
+pub fn finish_partial_tunnel_checksum(frame: &mut [u8]) -> bool {
+    let Some(seg) = Segment::of(frame) else { return false };
+    seg.finish_if_partial(frame) || (seg.proto == PROTO_UDP && finish_partial_inner(frame, &seg))
+}
+
+/// The TCP or UDP segment of a frame, as [`finish_partial_l4_checksum`] finds it.
+struct Segment {
+    /// Offset and length of the layer-4 header and payload (within the frame).
+    at: usize,
+    len: usize,
+    proto: u8,
+    /// The pseudo-header sum, length and protocol included (not folded).
+    pseudo: u64,
+    /// Offset of the checksum field from `at`.
+    csum: usize,
+}
+
+impl Segment {
+    // Always inlined: on an AF_XDP port's RX path, once a frame.
+    #[inline(always)]
+    fn of(frame: &[u8]) -> Option<Segment> {
+        let mut l3 = ETH_HEADER_LEN;
+        let mut ethertype = be16(frame, ETH_TYPE_OFFSET)?;
+        for _ in 0..2 {
+            if ethertype != EtherType::VLAN && ethertype != EtherType::QINQ {
+                break;
             }
-            let Some(addrs) = frame.get(l3 + V4_SRC..l3 + V4_SRC + 8) else { return false };
-            let Some(&proto) = frame.get(l3 + 9) else { return false };
-            (l3 + ihl, usize::from(total) - ihl, proto, ones_sum(addrs, 0))
+            ethertype = be16(frame, l3 + 2)?;
+            l3 += VLAN_TAG_LEN;
         }
-        EtherType::IPV6 => {
-            let (Some(plen), Some(&next)) = (be16(frame, l3 + V6_PAYLOAD_LEN), frame.get(l3 + 6)) else {
-                return false;
-            };
-            let Some(addrs) = frame.get(l3 + V6_SRC..l3 + V6_SRC + 32) else { return false };
-            (l3 + IPV6_HEADER_LEN, usize::from(plen), next, ones_sum(addrs, 0))
+        // (layer-4 offset, layer-4 length, protocol, pseudo-header sum without the length)
+        let (at, len, proto, pseudo) = match ethertype {
+            EtherType::IPV4 => {
+                let vihl = *frame.get(l3)?;
+                let ihl = usize::from(vihl & 0x0f) * 4;
+                let (total, frag) = (be16(frame, l3 + V4_TOTAL_LEN)?, be16(frame, l3 + 6)?);
+                // Not the first fragment alone, or not a whole datagram: no checksum to finish.
+                if vihl >> 4 != 4 || ihl < IPV4_HEADER_LEN || frag & 0x3fff != 0 || usize::from(total) < ihl {
+                    return None;
+                }
+                let addrs = frame.get(l3 + V4_SRC..l3 + V4_SRC + 8)?;
+                let proto = *frame.get(l3 + 9)?;
+                (l3 + ihl, usize::from(total) - ihl, proto, ones_sum(addrs, 0))
+            }
+            EtherType::IPV6 => {
+                let (plen, next) = (be16(frame, l3 + V6_PAYLOAD_LEN)?, *frame.get(l3 + 6)?);
+                let addrs = frame.get(l3 + V6_SRC..l3 + V6_SRC + 32)?;
+                (l3 + IPV6_HEADER_LEN, usize::from(plen), next, ones_sum(addrs, 0))
+            }
+            _ => return None,
+        };
+        let csum = match proto {
+            PROTO_TCP if len >= TCP_HEADER_LEN => TCP_CSUM,
+            PROTO_UDP if len >= UDP_HEADER_LEN => UDP_CSUM,
+            _ => return None,
+        };
+        if at.checked_add(len)? > frame.len() {
+            return None;
         }
-        _ => return false,
+        Some(Segment { at, len, proto, pseudo: pseudo + u64::from(proto) + len as u64, csum })
+    }
+
+    /// The checksum field's value (the segment lies within the frame: [`Segment::of`]).
+    fn field(&self, frame: &[u8]) -> Option<u16> {
+        be16(frame, self.at + self.csum)
+    }
+
+    /// Whether the checksum verifies.
+    fn verifies(&self, frame: &[u8]) -> bool {
+        frame.get(self.at..self.at + self.len).is_some_and(|b| fold(ones_sum(b, self.pseudo)) == 0xffff)
+    }
+
+    /// Whether the field holds the pseudo-header sum and the checksum does not verify.
+    #[inline(always)]
+    fn is_partial(&self, frame: &[u8]) -> bool {
+        self.field(frame) == Some(fold(self.pseudo)) && !self.verifies(frame)
+    }
+
+    /// Finishes the checksum if [`Segment::is_partial`]; whether it did.
+    #[inline(always)]
+    fn finish_if_partial(&self, frame: &mut [u8]) -> bool {
+        if !self.is_partial(frame) {
+            return false;
+        }
+        // The field holds the pseudo-header sum: summing the segment from `at` covers it.
+        frame
+            .get_mut(..self.at + self.len)
+            .is_some_and(|seg| complete_checksum(seg, self.at, self.csum).is_ok())
+    }
+}
+
+/// The Geneve protocol type of an Ethernet inner frame (Transparent Ethernet Bridging).
+const GENEVE_ETHERNET: u16 = 0x6558;
+
+/// [`finish_partial_tunnel_checksum`]'s second step: the partial checksum of the inner frame of
+/// the VXLAN or Geneve packet in the UDP datagram `outer` of `frame`.
+fn finish_partial_inner(frame: &mut [u8], outer: &Segment) -> bool {
+    let payload = outer.at + UDP_HEADER_LEN;
+    let end = outer.at + outer.len;
+    let (Some(&flags), Some(proto)) = (frame.get(payload), be16(frame, payload + 2)) else { return false };
+    // Geneve (version 0, Ethernet inside) after its options, else VXLAN (the I flag set).
+    let inner = if flags >> 6 == 0 && proto == GENEVE_ETHERNET {
+        payload + 8 + usize::from(flags & 0x3f) * 4
+    } else if flags & 0x08 != 0 {
+        payload + 8
+    } else {
+        return false;
     };
-    let offset = match proto {
-        PROTO_TCP if l4_len >= TCP_HEADER_LEN => TCP_CSUM,
-        PROTO_UDP if l4_len >= UDP_HEADER_LEN => UDP_CSUM,
-        _ => return false,
-    };
-    let Some(seg) = frame.get_mut(..l4 + l4_len) else { return false };
-    let pseudo = pseudo + u64::from(proto) + l4_len as u64;
-    if be16(seg, l4 + offset) != Some(fold(pseudo)) || fold(ones_sum(&seg[l4..], pseudo)) == 0xffff {
+    let Some(body) = frame.get_mut(inner..end) else { return false };
+    // Only an inner frame that is exactly its IP packet (the kernel pads nothing inside).
+    let Some(seg) = Segment::of(body).filter(|s| s.at + s.len == body.len()) else { return false };
+    if !seg.is_partial(body) {
         return false;
     }
-    // The field holds the pseudo-header sum: summing the segment from `l4` covers it.
-    complete_checksum(seg, l4, offset).is_ok()
+    let Some(before) = seg.field(body) else { return false };
+    let outer_sum = outer.field(frame);
+    if outer_sum != Some(0) && outer.verifies(frame) {
+        // A verified outer checksum says the inner one was meant as it is.
+        return false;
+    }
+    let Some(body) = frame.get_mut(inner..end) else { return false };
+    if !seg.finish_if_partial(body) {
+        return false;
+    }
+    if outer_sum == Some(0) || outer.verifies(frame) {
+        return true;
+    }
+    // The outer checksum does not vouch for it: put the inner field back.
+    put16(frame, inner + seg.at + seg.csum, before);
+    false
 }
 
 /// The layer-4 protocol of a super-frame.
@@ -534,6 +629,86 @@ mod tests {
             let mut c = f[..cut].to_vec();
             let _ = finish_partial_l4_checksum(&mut c);
         }
+    }
+
+    /// A tunnel packet around `inner`, as etherparse writes it (its UDP checksum computed
+    /// over the inner frame as given): VXLAN over IPv4 or Geneve with 8 bytes of options over
+    /// IPv6.
+    fn tunnel(v6: bool, inner: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0x99, 1], [2, 0, 0, 0, 0x99, 2]);
+        let (b, header) = if v6 {
+            let opts = [0x01, 0x02, 0x80, 0x01, 0xde, 0xad, 0xbe, 0xef];
+            (
+                b.ipv6(SRC6, DST6, 64).udp(50000, 6081),
+                [&[0x02, 0, 0x65, 0x58, 0, 0x13, 0x89, 0][..], &opts].concat(),
+            )
+        } else {
+            (b.ipv4(SRC4, DST4, 64).udp(50000, 4789), vec![0x08, 0, 0, 0, 0, 0x13, 0x89, 0])
+        };
+        let mut f = Vec::new();
+        b.write(&mut f, &[&header[..], inner].concat()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_partial_inner_checksum_of_a_tunnel_packet_is_finished() {
+        let good_inner = tcp4(7, &payload(900), false);
+        let mut partial_inner = good_inner.clone();
+        let l4_len = good_inner.len() - 14 - 20;
+        make_partial(&mut partial_inner, 14 + 20 + TCP_CSUM, pseudo4(PROTO_TCP, l4_len));
+        for v6 in [false, true] {
+            let (udp, inner_at) = if v6 { (14 + 40, 14 + 40 + 8 + 16) } else { (14 + 20, 14 + 20 + 8 + 8) };
+            // The kernel's local checksum offload: the outer sum is over the finished inner
+            // frame, the inner field holds the pseudo-header sum.
+            let good = tunnel(v6, &good_inner);
+            assert!(checks_out(&good));
+            let mut f = good.clone();
+            f[inner_at..].copy_from_slice(&partial_inner);
+            assert!(!checks_out(&f), "the outer sum no longer verifies");
+            // Not the plain function's business (ports without tunnel packets).
+            let copy = f.clone();
+            assert!(!finish_partial_l4_checksum(&mut f));
+            assert_eq!(f, copy);
+            assert!(finish_partial_tunnel_checksum(&mut f), "v6 {v6}");
+            assert_eq!(f, good, "v6 {v6}");
+            // Finished already: left alone.
+            assert!(!finish_partial_tunnel_checksum(&mut f));
+            assert_eq!(f, good);
+            // An outer checksum that does not vouch for the finished inner frame (corrupted):
+            // the frame is left as it was.
+            let mut bad = good.clone();
+            bad[inner_at..].copy_from_slice(&partial_inner);
+            bad[udp + UDP_CSUM] ^= 0x21;
+            let copy = bad.clone();
+            assert!(!finish_partial_tunnel_checksum(&mut bad));
+            assert_eq!(bad, copy);
+            // A frame cut anywhere is no trouble.
+            for cut in 0..f.len() {
+                let mut c = copy[..cut].to_vec();
+                let _ = finish_partial_tunnel_checksum(&mut c);
+            }
+        }
+        // No outer checksum (IPv4): the inner one is finished on the inner frame's word alone
+        // when that frame is exactly its IP packet.
+        let mut good = tunnel(false, &good_inner);
+        good[14 + 20 + UDP_CSUM..][..2].copy_from_slice(&[0, 0]);
+        let mut f = good.clone();
+        f[14 + 20 + 16..].copy_from_slice(&partial_inner);
+        assert!(finish_partial_tunnel_checksum(&mut f));
+        assert_eq!(f, good);
+        let mut padded = tunnel(false, &[&partial_inner[..], &[0; 4]].concat());
+        padded[14 + 20 + UDP_CSUM..][..2].copy_from_slice(&[0, 0]);
+        let copy = padded.clone();
+        assert!(!finish_partial_tunnel_checksum(&mut padded));
+        assert_eq!(padded, copy);
+        // A UDP datagram that is no tunnel packet (no VXLAN I flag, no Geneve type) is left
+        // alone, whatever follows.
+        let mut other = tunnel(false, &partial_inner);
+        other[14 + 20 + 8] = 0;
+        other[14 + 20 + UDP_CSUM..][..2].copy_from_slice(&[0, 0]);
+        let copy = other.clone();
+        assert!(!finish_partial_tunnel_checksum(&mut other));
+        assert_eq!(other, copy);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   completion) returns to the pool or becomes a buffer, never both.
 //! - A frame's TCP or UDP checksum left partial by a veth peer with checksum offload on (the
 //!   XDP path carries no virtio-net header to say so) is finished on RX
-//!   ([`finish_partial_l4_checksum`]). TSO needs nothing: the kernel turns a veth peer's
+//!   ([`finish_partial_l4_checksum`]); on a tunnel uplink ([`AfXdpPort::open_uplink`]) also
+//!   the inner one of a VXLAN or Geneve packet that a kernel tunnel device left partial
+//!   ([`finish_partial_tunnel_checksum`]). TSO needs nothing: the kernel turns a veth peer's
 //!   segmentation offload off while an XDP program is attached, so its frames arrive
 //!   MTU-sized.
 //! - Frames the kernel drops on the way to a socket (larger than a chunk, no fill buffer, RX
@@ -46,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use switchyard_dataplane::buffer::{PoolCache, HEADROOM, SLOT_SIZE};
 use switchyard_dataplane::port::{Burst, DropTally, PortBackend, PortError, RxCtx, RxQueue, TxQueue};
 use switchyard_dataplane::switch::DropReason;
-use switchyard_dataplane::wire::offload::finish_partial_l4_checksum;
+use switchyard_dataplane::wire::offload::{finish_partial_l4_checksum, finish_partial_tunnel_checksum};
 use umem::Umem;
 
 /// Entries in each of a socket's four rings.
@@ -91,6 +93,8 @@ struct Shared {
     /// The interface is gone (deleted): permanent.
     gone: Gone,
     zero_copy: bool,
+    /// RX finishes partial inner checksums of tunnel packets too (a tunnel uplink).
+    tunnel_checksums: bool,
     /// Detaches the program when the port goes.
     _prog: XdpProgram,
 }
@@ -143,6 +147,23 @@ impl AfXdpPort {
     /// program. Fails when the interface is missing, lacks the queues, or AF_XDP or BPF are
     /// not allowed (CAP_NET_ADMIN, CAP_BPF or root).
     pub fn open(name: &str, iface: &str, queues: u16) -> Result<AfXdpPort, PortError> {
+        AfXdpPort::open_with(name, iface, queues, false)
+    }
+
+    /// [`AfXdpPort::open`] for a tunnel uplink: RX also finishes the inner checksum of a
+    /// VXLAN or Geneve packet that a veth peer's kernel tunnel device left partial
+    /// ([`finish_partial_tunnel_checksum`]; a second header parse for each tunnel packet,
+    /// which other ports do not pay).
+    pub fn open_uplink(name: &str, iface: &str, queues: u16) -> Result<AfXdpPort, PortError> {
+        AfXdpPort::open_with(name, iface, queues, true)
+    }
+
+    fn open_with(
+        name: &str,
+        iface: &str,
+        queues: u16,
+        tunnel_checksums: bool,
+    ) -> Result<AfXdpPort, PortError> {
         let queues = queues.max(1);
         let cname =
             CString::new(iface).map_err(|_| backend(name, format!("bad interface name {iface:?}")))?;
@@ -199,6 +220,7 @@ impl AfXdpPort {
                 ctl,
                 gone: Gone::default(),
                 zero_copy,
+                tunnel_checksums,
                 _prog: prog,
             }),
         })
@@ -323,6 +345,7 @@ impl RxQueue for AfXdpRx {
         }
         let umem = &self.shared.umem;
         let Some(adopter) = umem.pool.adopter() else { return 0 };
+        let tunnels = self.shared.tunnel_checksums;
         let mut got = 0;
         for i in 0..n {
             let d = part.rx.read(i);
@@ -339,7 +362,11 @@ impl RxQueue for AfXdpRx {
             match unsafe { adopter.adopt(idx, head as u16, len) } {
                 Some(mut b) => {
                     // No virtio-net header says which checksums a veth peer left partial.
-                    finish_partial_l4_checksum(b.data_mut());
+                    if tunnels {
+                        finish_partial_tunnel_checksum(b.data_mut());
+                    } else {
+                        finish_partial_l4_checksum(b.data_mut());
+                    }
                     out.push(b);
                     got += 1;
                 }
