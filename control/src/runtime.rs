@@ -934,7 +934,9 @@ impl Runtime {
     }
 
     /// Attaches a CNI port: checked against the running switch, persisted, applied. Nothing is
-    /// replaced: an attachment or a port name already present is [`CniError::Exists`].
+    /// replaced: an attachment or a port name already present is [`CniError::Exists`]. An
+    /// afxdp port whose backend does not open is removed again and refused
+    /// ([`CniError::Internal`]); other ports are kept down and retried.
     ///
     /// A tombstone of the attachment not applied yet is applied first: a runtime runs one
     /// container's DEL and ADD in order, so it is from a DEL older than this ADD, and applied
@@ -981,6 +983,20 @@ impl Runtime {
             let _ = self.cni.remove(&p.attachment);
             let _ = self.reapply();
             return Err(e);
+        }
+        // An AF_XDP port that does not open is refused, not kept down and retried as other
+        // ports are: the plugin created and raised its interface just before, so what fails is
+        // the daemon's own setup (no CAP_BPF, a kernel without AF_XDP sockets), which no retry
+        // mends; the ADD must fail and undo itself rather than leave the pod an interface that
+        // carries nothing. (An AF_PACKET port opens wherever its interface exists.)
+        if p.port.kind == Some(PortType::Afxdp) {
+            if let Some(why) = self.ports.get(&name).and_then(|st| st.error.clone()) {
+                let _ = self.cni.remove(&p.attachment);
+                let _ = self.reapply();
+                return Err(CniError::Internal(format!(
+                    "port {name}: cannot open its AF_XDP backend: {why}"
+                )));
+            }
         }
         if let (Some(sock), true) = (&p.port.socket, p.owner.is_some() || p.group.is_some()) {
             // The backend made the socket (server mode) during the apply: give it to QEMU's user.
