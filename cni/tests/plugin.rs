@@ -753,6 +753,32 @@ fn an_afxdp_add_the_daemon_cannot_open_undoes_itself() {
     assert_eq!(node.leases("nobpf").len(), 1);
 }
 
+/// AF_XDP pods share the daemon's one UMEM, whose buffers fill 15 ports' fill rings with room
+/// left for frames in flight: the 16th `vethPort: afxdp` ADD is refused (error 101, naming the
+/// UMEM) and undoes itself, where it used to succeed with a port that carried nothing; the 15
+/// attached still reach each other.
+#[test]
+fn an_afxdp_pod_the_umem_has_no_room_for_is_refused() {
+    need_afxdp!("an_afxdp_pod_the_umem_has_no_room_for_is_refused");
+    let node = Node::start();
+    let ipam = node.host_local("many", "10.218.0.0/24", "10.218.0.10", "10.218.0.40");
+    let conf = node.conf("1.0.0", "many", json!({"vethPort": "afxdp", "ipam": ipam}));
+    let pods: Vec<Pod> = (0..16).map(|i| Pod::new(&format!("m{i}"))).collect();
+    for p in &pods[..15] {
+        node.plugin_for("ADD", p, "net1", &conf).ok();
+    }
+    let last = &pods[15];
+    let e = node.plugin_for("ADD", last, "net1", &conf).err(101, "(UMEM) has");
+    assert!(e["msg"].as_str().unwrap().contains("of 16384 buffers free"), "{e}");
+    assert_eq!(node.cni_port_names().len(), 15);
+    assert!(!host_link_exists(&host_end(last, "net1")), "the refused ADD left its veth");
+    assert!(last.links().is_empty(), "{:?}", last.links());
+    assert_eq!(node.leases("many").len(), 15, "the refused ADD kept its lease");
+    let (first, fifteenth) = (&pods[0], &pods[14]);
+    assert!(ping(first, &fifteenth.ipv4("net1")), "the first AF_XDP pod cannot reach the 15th");
+    assert!(ping(fifteenth, &first.ipv4("net1")), "the 15th AF_XDP pod cannot reach the first");
+}
+
 #[test]
 fn tcp_and_udp_between_plugin_attached_pods_on_native_untagged_ports() {
     need_env!("tcp_and_udp_between_plugin_attached_pods_on_native_untagged_ports");
