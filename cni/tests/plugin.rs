@@ -644,12 +644,13 @@ fn ping(from: &Pod, ip: &str) -> bool {
 /// a pod of an AF_PACKET network on the same bridge: ping both ways, and TCP (8 MiB each way,
 /// every byte checked) from pods whose veths keep their default offloads (AF_XDP RX finishes
 /// the partial checksums), with no frame dropped. CHECK passes, and fails against a config
-/// whose `vethPort` differs; the daemon's `cni_del` detaches the program; DEL then removes the
-/// veth and the lease; GC removes a stale AF_XDP attachment's port and host veth.
+/// whose `vethPort` differs; a restarted daemon attaches the program again; the daemon's
+/// `cni_del` detaches it; DEL then removes the veth and the lease; GC removes a stale AF_XDP
+/// attachment's port and host veth.
 #[test]
 fn an_afxdp_pod_and_an_afpacket_pod_carry_ping_and_tcp_both_ways() {
     need_afxdp!("an_afxdp_pod_and_an_afpacket_pod_carry_ping_and_tcp_both_ways");
-    let node = Node::start();
+    let mut node = Node::start();
     let xdp = node.conf(
         "1.0.0",
         "xdp",
@@ -696,6 +697,14 @@ fn an_afxdp_pod_and_an_afpacket_pod_carry_ping_and_tcp_both_ways() {
     pkt_as_xdp["vethPort"] = json!("afxdp");
     node.libcni("check", &pkt_as_xdp, &b, "net1", json!({}))
         .err(104, "has type afpacket, the config says afxdp (vethPort)");
+
+    // The daemon's XDP program goes with the process (nothing pinned), and a restarted daemon
+    // restores the port and attaches it again.
+    node.stop_daemon();
+    assert!(!has_xdp(&ha), "the stopped daemon's XDP program stayed on {ha}");
+    node.start_daemon();
+    wait_until("the restored AF_XDP port's XDP program", || has_xdp(&ha));
+    assert!(ping(&a, &b_ip) && ping(&b, &a_ip), "the pods do not reach each other after a restart");
 
     // The port removed by the daemon takes its XDP program off the veth, which stays (the
     // plugin's DEL removes it).
