@@ -88,7 +88,7 @@ impl Ctx<'_> {
         let mut p = PortConfig {
             name: self.port_name(),
             kind: Some(match self.conf.mode {
-                Mode::Veth => PortType::Afpacket,
+                Mode::Veth => self.conf.veth_port.port_type(),
                 Mode::Vhostuser => PortType::Vhostuser,
             }),
             vlan_mode,
@@ -97,9 +97,10 @@ impl Ctx<'_> {
             iface,
             ..PortConfig::default()
         };
-        if self.conf.mode == Mode::Veth {
+        if p.kind == Some(PortType::Afpacket) {
             // A node has hundreds of pod ports, most of them idle: no RX ring, so no kernel
-            // timer per port and less memory to clear when one is opened.
+            // timer per port and less memory to clear when one is opened. (An AF_XDP port has
+            // no `rx_mode`: its rings are the sockets'.)
             p.rx_mode = Some(AfPacketRxMode::Recvmmsg);
         }
         if self.conf.macspoofchk {
@@ -202,6 +203,32 @@ mod tests {
         assert_eq!(describe_vlans(&a), "access VLAN 10");
         assert_eq!(describe_vlans(&t1), "trunk of 3, 2");
         assert_eq!(describe_vlans(&PortConfig::default()), "trunk of every VLAN");
+    }
+
+    /// veth mode asks for the `vethPort` type on the host end (AF_PACKET's `rx_mode` only on
+    /// an AF_PACKET port: the schema refuses it on AF_XDP); vhost-user mode for a vhost-user
+    /// port.
+    #[test]
+    fn the_port_type_follows_the_mode_and_veth_port() {
+        let env = CniEnv {
+            command: crate::env::Command::Add,
+            container_id: "c1".into(),
+            netns: None,
+            ifname: "net1".into(),
+            args: crate::env::CniArgs::default(),
+            path: Vec::new(),
+        };
+        let port = |extra| {
+            let c = conf(extra);
+            let ctx = Ctx { conf: &c, env: &env, stdin: b"" };
+            ctx.port_config(Some("syhost".into()), None)
+        };
+        let p = port(json!({}));
+        assert_eq!((p.kind, p.rx_mode), (Some(PortType::Afpacket), Some(AfPacketRxMode::Recvmmsg)));
+        let p = port(json!({"vethPort": "afxdp"}));
+        assert_eq!((p.kind, p.rx_mode, p.iface.as_deref()), (Some(PortType::Afxdp), None, Some("syhost")));
+        let p = port(json!({"mode": "vhostuser"}));
+        assert_eq!((p.kind, p.rx_mode), (Some(PortType::Vhostuser), None));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::ipam;
 use crate::link::Netlink;
 use crate::result::CniResult;
 use std::fs::File;
+use switchyard_dataplane::config::PortType;
 use switchyard_dataplane::wire::MacAddr;
 
 fn differs(msg: String) -> CniError {
@@ -60,9 +61,22 @@ pub fn check(ctx: &Ctx) -> Result<(), CniError> {
         )));
     }
     if port.kind != want.kind {
+        // The names of the daemon's port schema (`afpacket`, `afxdp`, `vhostuser`), which are
+        // also `vethPort`'s values.
+        let name = |k: Option<PortType>| {
+            k.and_then(|k| serde_json::to_value(k).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "none".into())
+        };
         return Err(differs(format!(
-            "port {} has type {:?}, the config says {:?}",
-            port.name, port.kind, want.kind
+            "port {} has type {}, the config says {} ({})",
+            port.name,
+            name(port.kind),
+            name(want.kind),
+            match conf.mode {
+                Mode::Veth => "vethPort",
+                Mode::Vhostuser => "mode",
+            }
         )));
     }
     if !same_vlans(port, &want) {

@@ -11,7 +11,7 @@ use crate::version::Version;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use switchyard_dataplane::buffer::DATA_ROOM;
-use switchyard_dataplane::config::parse_socket_mode;
+use switchyard_dataplane::config::{parse_socket_mode, PortType};
 use switchyard_dataplane::wire::MacAddr;
 
 /// Where tombstones go when the config names no `stateDir` (the daemon's default CNI state).
@@ -54,6 +54,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "socketGroup",
     "socketMode",
     "deviceID",
+    "vethPort",
 ];
 
 /// Why a configuration is refused.
@@ -91,10 +92,31 @@ fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfError {
 /// How the attachment reaches the switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A veth pair: the container end in the pod, the host end an AF_PACKET port.
+    /// A veth pair: the container end in the pod, the host end an AF_PACKET or AF_XDP port
+    /// ([`VethPort`]).
     Veth,
     /// A vhost-user socket that the VM's QEMU uses.
     Vhostuser,
+}
+
+/// How the switch reads the host end of a veth (`vethPort`, veth mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VethPort {
+    /// An AF_PACKET socket (the default): any kernel, no BPF.
+    Afpacket,
+    /// AF_XDP sockets fed by an XDP program on the host end: the daemon needs CAP_BPF (or
+    /// CAP_SYS_ADMIN) besides CAP_NET_ADMIN and CAP_NET_RAW.
+    Afxdp,
+}
+
+impl VethPort {
+    /// The switch's port type of that name (the config file's `type`).
+    pub fn port_type(self) -> PortType {
+        match self {
+            VethPort::Afpacket => PortType::Afpacket,
+            VethPort::Afxdp => PortType::Afxdp,
+        }
+    }
 }
 
 /// Which side of the vhost-user socket listens.
@@ -137,6 +159,8 @@ pub struct NetConf {
     /// The IPAM plugin's type, when the config delegates addresses to one.
     pub ipam: Option<String>,
     pub mode: Mode,
+    /// veth mode: the port type of the host end.
+    pub veth_port: VethPort,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub vhost_mode: VhostMode,
@@ -343,7 +367,19 @@ impl NetConf {
                 m => return Err(bad("mode", format!("{m:?}: want \"veth\" or \"vhostuser\""))),
             },
         };
-        // Either mode: a veth's host end is an AF_PACKET port with the same buffers.
+        // As the vhost-user keys in veth mode: a key that would mean nothing is a mistake.
+        if mode == Mode::Vhostuser && o.contains_key("vethPort") {
+            return Err(bad("vethPort", "applies only to \"mode\": \"veth\""));
+        }
+        let veth_port = match o.get("vethPort") {
+            None | Some(Value::Null) => VethPort::Afpacket,
+            Some(v) => match string(v, "vethPort")? {
+                "afpacket" => VethPort::Afpacket,
+                "afxdp" => VethPort::Afxdp,
+                m => return Err(bad("vethPort", format!("{m:?}: want \"afpacket\" or \"afxdp\""))),
+            },
+        };
+        // Either mode: a veth's host end is an AF_PACKET or AF_XDP port with the same buffers.
         if let Some(m) = mtu.filter(|&m| m > VHOST_MAX_MTU) {
             return Err(bad(
                 "mtu",
@@ -462,6 +498,7 @@ impl NetConf {
             mtu,
             ipam,
             mode,
+            veth_port,
             socket,
             state_dir,
             vhost_mode,
@@ -603,6 +640,36 @@ mod tests {
         assert!(matches!(with("cniVersion", json!("0.2.0")), ConfError::Version(_)));
         assert!(matches!(NetConf::parse(b"{\"cniVersion\": "), Err(ConfError::Decode(_))));
         assert_eq!(CniError::from(NetConf::parse(b"[1]").unwrap_err()).code, code::DECODE);
+    }
+
+    /// `vethPort` picks the host end's port type in veth mode (AF_PACKET unless asked); an
+    /// unknown value, a non-string and any use in vhost-user mode are refused naming the key.
+    #[test]
+    fn veth_port_is_read_and_refused_where_it_means_nothing() {
+        let base = json!({"cniVersion": "1.0.0", "name": "n", "type": "switchyard", "bridge": "br1"});
+        let with = |extra: Value| {
+            let mut b = base.clone();
+            b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse(b)
+        };
+        assert_eq!(with(json!({})).unwrap().veth_port, VethPort::Afpacket);
+        assert_eq!(with(json!({"vethPort": null})).unwrap().veth_port, VethPort::Afpacket);
+        assert_eq!(with(json!({"vethPort": "afpacket"})).unwrap().veth_port, VethPort::Afpacket);
+        let x = with(json!({"vethPort": "afxdp", "mode": "veth"})).unwrap();
+        assert_eq!((x.veth_port, x.veth_port.port_type()), (VethPort::Afxdp, PortType::Afxdp));
+        for bad_value in [json!("xdp"), json!("AFXDP"), json!(""), json!(1), json!(true)] {
+            let e = with(json!({"vethPort": bad_value})).unwrap_err();
+            assert!(e.to_string().starts_with("vethPort: "), "{e}");
+            assert_eq!(field_of(e), "vethPort");
+        }
+        let e = with(json!({"vethPort": "xdp"})).unwrap_err();
+        assert!(e.to_string().contains("want \"afpacket\" or \"afxdp\""), "{e}");
+        for v in [json!("afxdp"), json!("afpacket"), Value::Null] {
+            let e = with(json!({"mode": "vhostuser", "vethPort": v})).unwrap_err();
+            assert!(e.to_string().contains("applies only to \"mode\": \"veth\""), "{e}");
+            assert_eq!(CniError::from(e.clone()).code, code::INVALID_CONFIG);
+            assert_eq!(field_of(e), "vethPort");
+        }
     }
 
     #[test]

@@ -85,7 +85,11 @@ fn remove_stale_ports(ctx: &Ctx, valid: &[crate::config::ValidAttachment], error
             ctx,
             format!("removed port {} of stale attachment {}/{}", l.cni.port.name, a.container_id, a.ifname),
         );
-        if let (Some(PortType::Afpacket), Some(iface)) = (l.cni.port.kind, &l.cni.port.iface) {
+        // A veth attachment's host end (an AF_PACKET or AF_XDP port's interface; vhost-user
+        // ports have none).
+        if let (Some(PortType::Afpacket | PortType::Afxdp), Some(iface)) =
+            (l.cni.port.kind, &l.cni.port.iface)
+        {
             let nl = match &mut nl {
                 Some(nl) => nl,
                 None => match Netlink::open() {

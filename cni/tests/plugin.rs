@@ -526,6 +526,10 @@ fn bad_configs_and_environments_are_refused_naming_the_problem_and_create_nothin
     node.plugin_for("ADD", &pod, "net1", &with("trunk", json!([{"minID": 9, "maxID": 3}])))
         .err(7, "trunk[0].minID");
     node.plugin_for("ADD", &pod, "net1", &with("cniVersion", json!("0.2.0"))).err(1, "0.2.0");
+    node.plugin_for("ADD", &pod, "net1", &with("vethPort", json!("xdp"))).err(7, "vethPort");
+    let mut vh = with("mode", json!("vhostuser"));
+    vh["vethPort"] = json!("afxdp");
+    node.plugin_for("ADD", &pod, "net1", &vh).err(7, "vethPort: applies only to \"mode\": \"veth\"");
     let mut no_bridge = good.clone();
     no_bridge.as_object_mut().unwrap().remove("bridge");
     node.plugin_for("ADD", &pod, "net1", &no_bridge).err(7, "bridge");
@@ -609,6 +613,179 @@ fn transfers_between_plugin_attached_pods(net: &str, subnet: u8, vlan: Value, mo
 fn tcp_and_udp_between_plugin_attached_pods_on_access_ports() {
     need_env!("tcp_and_udp_between_plugin_attached_pods_on_access_ports");
     transfers_between_plugin_attached_pods("acc", 214, json!({"vlan": 70}), "access");
+}
+
+/// Skips where AF_XDP cannot run (the plugin's environment, then a kernel with AF_XDP sockets).
+macro_rules! need_afxdp {
+    ($name:literal) => {
+        need_env!($name);
+        if let Some(why) = kports_common::afxdp_skip_reason() {
+            return skip($name, &why);
+        }
+    };
+}
+
+/// Whether `ip -d link show` shows an XDP program on host interface `iface` (`prog/xdp id N`).
+fn has_xdp(iface: &str) -> bool {
+    let o = std::process::Command::new("ip").args(["-d", "link", "show", "dev", iface]).output().unwrap();
+    assert!(o.status.success(), "ip -d link show {iface}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+}
+
+/// `ping -c 3` from `from` to `ip`: whether every echo was answered.
+fn ping(from: &Pod, ip: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &from.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", ip])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `vethPort: afxdp`: the host end is an AF_XDP port (an XDP program attached to it), next to
+/// a pod of an AF_PACKET network on the same bridge: ping both ways, and TCP (8 MiB each way,
+/// every byte checked) from pods whose veths keep their default offloads (AF_XDP RX finishes
+/// the partial checksums), with no frame dropped. CHECK passes, and fails against a config
+/// whose `vethPort` differs; a restarted daemon attaches the program again; the daemon's
+/// `cni_del` detaches it; DEL then removes the veth and the lease; GC removes a stale AF_XDP
+/// attachment's port and host veth.
+#[test]
+fn an_afxdp_pod_and_an_afpacket_pod_carry_ping_and_tcp_both_ways() {
+    need_afxdp!("an_afxdp_pod_and_an_afpacket_pod_carry_ping_and_tcp_both_ways");
+    let mut node = Node::start();
+    let xdp = node.conf(
+        "1.0.0",
+        "xdp",
+        json!({"vethPort": "afxdp", "ipam": node.host_local("xdp", "10.216.0.0/24", "10.216.0.10", "10.216.0.19")}),
+    );
+    let pkt = node.conf(
+        "1.0.0",
+        "pkt",
+        json!({"ipam": node.host_local("pkt", "10.216.0.0/24", "10.216.0.20", "10.216.0.29")}),
+    );
+    let (a, b) = (Pod::new("xa"), Pod::new("pb"));
+    node.libcni("add", &xdp, &a, "net1", json!({})).ok();
+    node.libcni("add", &pkt, &b, "net1", json!({})).ok();
+    let (ha, hb) = (host_end(&a, "net1"), host_end(&b, "net1"));
+    let ports = node.cni_ports();
+    let pa = ports.iter().find(|p| p["port"]["name"] == a.port("net1").as_str()).unwrap();
+    let pb = ports.iter().find(|p| p["port"]["name"] == b.port("net1").as_str()).unwrap();
+    assert_eq!((&pa["port"]["type"], &pa["port"]["iface"]), (&json!("afxdp"), &json!(ha)), "{pa}");
+    assert!(pa["port"]["rx_mode"].is_null(), "{pa}");
+    assert_eq!(
+        (&pb["port"]["type"], &pb["port"]["rx_mode"]),
+        (&json!("afpacket"), &json!("recvmmsg")),
+        "{pb}"
+    );
+    assert!(has_xdp(&ha), "no XDP program on {ha}");
+    assert!(!has_xdp(&hb), "an XDP program on the AF_PACKET pod's {hb}");
+
+    let (a_ip, b_ip) = (a.ipv4("net1"), b.ipv4("net1"));
+    assert!(ping(&a, &b_ip), "the AF_XDP pod cannot ping the AF_PACKET pod");
+    assert!(ping(&b, &a_ip), "the AF_PACKET pod cannot ping the AF_XDP pod");
+    let before: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
+    traffic::tcp_transfer(Some(&a.ns), Some(&b.ns), &b_ip, 8 << 20);
+    traffic::tcp_transfer(Some(&b.ns), Some(&a.ns), &a_ip, 8 << 20);
+    let after: Vec<String> = [&a, &b].iter().map(|p| node.drops_of(&p.port("net1"))).collect();
+    assert_eq!(before, after, "frames were dropped during the transfers:\n{}", node.ctl(&["show", "stats"]));
+
+    node.libcni("check", &xdp, &a, "net1", json!({})).ok();
+    node.libcni("check", &pkt, &b, "net1", json!({})).ok();
+    let mut xdp_as_pkt = xdp.clone();
+    xdp_as_pkt.as_object_mut().unwrap().remove("vethPort");
+    node.libcni("check", &xdp_as_pkt, &a, "net1", json!({}))
+        .err(104, "has type afxdp, the config says afpacket (vethPort)");
+    let mut pkt_as_xdp = pkt.clone();
+    pkt_as_xdp["vethPort"] = json!("afxdp");
+    node.libcni("check", &pkt_as_xdp, &b, "net1", json!({}))
+        .err(104, "has type afpacket, the config says afxdp (vethPort)");
+
+    // The daemon's XDP program goes with the process (nothing pinned), and a restarted daemon
+    // restores the port and attaches it again.
+    node.stop_daemon();
+    assert!(!has_xdp(&ha), "the stopped daemon's XDP program stayed on {ha}");
+    node.start_daemon();
+    wait_until("the restored AF_XDP port's XDP program", || has_xdp(&ha));
+    assert!(ping(&a, &b_ip) && ping(&b, &a_ip), "the pods do not reach each other after a restart");
+
+    // The port removed by the daemon takes its XDP program off the veth, which stays (the
+    // plugin's DEL removes it).
+    let gone = node
+        .request(&json!({"v": 1, "op": "cni_del", "attachment": {"container_id": a.id, "ifname": "net1"}}));
+    assert_eq!(gone["removed"], json!([a.port("net1")]), "{gone}");
+    assert!(host_link_exists(&ha));
+    wait_until("the XDP program to leave the AF_XDP pod's host veth", || !has_xdp(&ha));
+    node.libcni("del", &xdp, &a, "net1", json!({})).ok();
+    node.libcni("del", &pkt, &b, "net1", json!({})).ok();
+    assert!(!host_link_exists(&ha) && !host_link_exists(&hb));
+    assert!(node.cni_port_names().is_empty(), "{:?}", node.cni_port_names());
+    assert!(node.leases("xdp").is_empty() && node.leases("pkt").is_empty());
+
+    // GC of a stale AF_XDP attachment: its port and its host veth go, as an AF_PACKET one's.
+    let gcx = node.conf("1.0.0", "gcx", json!({"vethPort": "afxdp"}));
+    let (c, d) = (Pod::new("gc1"), Pod::new("gc2"));
+    node.libcni("add", &gcx, &c, "net1", json!({})).ok();
+    node.libcni("add", &gcx, &d, "net1", json!({})).ok();
+    let (hc, hd) = (host_end(&c, "net1"), host_end(&d, "net1"));
+    assert!(has_xdp(&hc) && has_xdp(&hd));
+    let mut gc = node.conf("1.1.0", "gcx", json!({"vethPort": "afxdp"}));
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": d.id, "ifname": "net1"}]);
+    node.plugin("GC", &[], gc.to_string().as_bytes()).ok();
+    assert_eq!(node.cni_port_names(), [d.port("net1")]);
+    assert!(!host_link_exists(&hc), "GC left the stale AF_XDP attachment's veth");
+    assert!(has_xdp(&hd), "GC touched the kept attachment");
+}
+
+/// An ADD of `vethPort: afxdp` whose port the daemon cannot open (a daemon without CAP_BPF and
+/// CAP_SYS_ADMIN, as deploy/daemonset.yaml runs it: no BPF map or program can be made) fails
+/// with the daemon's reason and undoes itself: no port, no veth, no IPAM lease, no state file.
+/// The same pod then attaches over AF_PACKET, which that daemon can open.
+#[test]
+fn an_afxdp_add_the_daemon_cannot_open_undoes_itself() {
+    need_afxdp!("an_afxdp_add_the_daemon_cannot_open_undoes_itself");
+    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        return skip("an_afxdp_add_the_daemon_cannot_open_undoes_itself", "no setpriv (util-linux)");
+    }
+    let node = Node::start_wrapped(&["setpriv", "--bounding-set", "-bpf,-sys_admin,-perfmon"]);
+    let ipam = node.host_local("nobpf", "10.217.0.0/24", "10.217.0.10", "10.217.0.19");
+    let xdp = node.conf("1.0.0", "nobpf", json!({"vethPort": "afxdp", "ipam": ipam}));
+    let pod = Pod::new("nobpf");
+    let e = node.plugin_for("ADD", &pod, "net1", &xdp).err(101, "cannot open its AF_XDP backend");
+    assert!(e["msg"].as_str().unwrap().contains("Operation not permitted"), "{e}");
+    assert!(node.cni_port_names().is_empty(), "{:?}", node.cni_port_names());
+    assert!(!host_link_exists(&host_end(&pod, "net1")), "the failed ADD left its veth");
+    assert!(pod.links().is_empty(), "{:?}", pod.links());
+    assert!(node.leases("nobpf").is_empty(), "the failed ADD kept its lease: {:?}", node.leases("nobpf"));
+    assert!(node.state_files().is_empty(), "{:?}", node.state_files());
+    let mut pkt = xdp.clone();
+    pkt["vethPort"] = json!("afpacket");
+    node.plugin_for("ADD", &pod, "net1", &pkt).ok();
+    assert_eq!(node.cni_port_names(), [pod.port("net1")]);
+    assert_eq!(node.leases("nobpf").len(), 1);
+}
+
+/// AF_XDP pods share the daemon's one UMEM, whose buffers fill 15 ports' fill rings with room
+/// left for frames in flight: the 16th `vethPort: afxdp` ADD is refused (error 101, naming the
+/// UMEM) and undoes itself, where it used to succeed with a port that carried nothing; the 15
+/// attached still reach each other.
+#[test]
+fn an_afxdp_pod_the_umem_has_no_room_for_is_refused() {
+    need_afxdp!("an_afxdp_pod_the_umem_has_no_room_for_is_refused");
+    let node = Node::start();
+    let ipam = node.host_local("many", "10.218.0.0/24", "10.218.0.10", "10.218.0.40");
+    let conf = node.conf("1.0.0", "many", json!({"vethPort": "afxdp", "ipam": ipam}));
+    let pods: Vec<Pod> = (0..16).map(|i| Pod::new(&format!("m{i}"))).collect();
+    for p in &pods[..15] {
+        node.plugin_for("ADD", p, "net1", &conf).ok();
+    }
+    let last = &pods[15];
+    let e = node.plugin_for("ADD", last, "net1", &conf).err(101, "(UMEM) has");
+    assert!(e["msg"].as_str().unwrap().contains("of 16384 buffers free"), "{e}");
+    assert_eq!(node.cni_port_names().len(), 15);
+    assert!(!host_link_exists(&host_end(last, "net1")), "the refused ADD left its veth");
+    assert!(last.links().is_empty(), "{:?}", last.links());
+    assert_eq!(node.leases("many").len(), 15, "the refused ADD kept its lease");
+    let (first, fifteenth) = (&pods[0], &pods[14]);
+    assert!(ping(first, &fifteenth.ipv4("net1")), "the first AF_XDP pod cannot reach the 15th");
+    assert!(ping(fifteenth, &first.ipv4("net1")), "the 15th AF_XDP pod cannot reach the first");
 }
 
 #[test]

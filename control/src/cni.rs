@@ -404,7 +404,8 @@ fn take_tombstones(files: &[PathBuf], report: &mut Vec<String>) -> Vec<Attachmen
 }
 
 /// Checks the parts of a CNI port that the configuration schema does not: the backend types a
-/// CNI port may have, and for vhostuser the socket path the daemon gives it.
+/// CNI port may have (afpacket and afxdp on the host end of a veth, which they must name;
+/// vhostuser), and for vhostuser the socket path the daemon gives it.
 pub fn check_port(p: &CniPort) -> Result<(), CniError> {
     if p.port.name.is_empty() || p.attachment.container_id.is_empty() || p.attachment.ifname.is_empty() {
         return Err(CniError::Invalid(
@@ -412,15 +413,17 @@ pub fn check_port(p: &CniPort) -> Result<(), CniError> {
         ));
     }
     match p.port.kind {
-        Some(PortType::Afpacket) => {
+        // veth mode: the host end of the plugin's veth, read over AF_PACKET or AF_XDP.
+        Some(k @ (PortType::Afpacket | PortType::Afxdp)) => {
             if p.port.iface.as_deref().is_none_or(str::is_empty) {
-                return Err(CniError::Invalid("port.iface: required for an afpacket CNI port".into()));
+                let k = if k == PortType::Afpacket { "afpacket" } else { "afxdp" };
+                return Err(CniError::Invalid(format!("port.iface: required for an {k} CNI port")));
             }
         }
         Some(PortType::Vhostuser) => {}
         other => {
             return Err(CniError::Invalid(format!(
-                "port.type: {other:?}: a CNI port is afpacket (veth mode) or vhostuser"
+                "port.type: {other:?}: a CNI port is afpacket or afxdp (veth mode) or vhostuser"
             )))
         }
     }
@@ -623,6 +626,36 @@ mod tests {
         let Ok(Request::CniAdd { cni, .. }) = Request::parse(add) else { panic!() };
         assert_eq!(cni.port.tag, Some(10));
         assert!(check_port(&cni).is_ok());
+    }
+
+    /// A CNI port is an AF_PACKET or AF_XDP port on an interface (the host end of a veth), or a
+    /// vhost-user port; other types, and an interface-less AF_PACKET or AF_XDP port, are refused
+    /// naming the field.
+    #[test]
+    fn cni_ports_are_afpacket_or_afxdp_on_an_interface_or_vhostuser() {
+        let of = |kind: PortType, iface: Option<&str>| {
+            let mut p = port("ns/a/net1", "ca");
+            p.port.kind = Some(kind);
+            p.port.iface = iface.map(str::to_string);
+            check_port(&p)
+        };
+        assert_eq!(of(PortType::Afpacket, Some("sy1")), Ok(()));
+        assert_eq!(of(PortType::Afxdp, Some("sy1")), Ok(()));
+        assert_eq!(of(PortType::Vhostuser, None), Ok(()));
+        for k in [PortType::Afpacket, PortType::Afxdp] {
+            for iface in [None, Some("")] {
+                let e = of(k, iface).unwrap_err();
+                assert!(matches!(e, CniError::Invalid(_)), "{e:?}");
+                assert!(e.to_string().starts_with("port.iface: required"), "{e}");
+            }
+        }
+        for k in [PortType::Ring, PortType::Tap, PortType::Dpdk, PortType::Vxlan] {
+            let e = of(k, Some("sy1")).unwrap_err();
+            assert!(e.to_string().starts_with("port.type: "), "{e}");
+        }
+        let afxdp = r#"{"v":1,"op":"cni_add","cni":{"bridge":"br1","attachment":{"container_id":"c","ifname":"net1"},"port":{"name":"ns/p/net1","type":"afxdp","iface":"sy1"}}}"#;
+        let Ok(Request::CniAdd { cni, .. }) = Request::parse(afxdp) else { panic!() };
+        assert_eq!(check_port(&cni), Ok(()));
     }
 
     #[test]

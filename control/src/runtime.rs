@@ -934,7 +934,10 @@ impl Runtime {
     }
 
     /// Attaches a CNI port: checked against the running switch, persisted, applied. Nothing is
-    /// replaced: an attachment or a port name already present is [`CniError::Exists`].
+    /// replaced: an attachment or a port name already present is [`CniError::Exists`]. An
+    /// afxdp port that the UMEM has no room for, or whose backend does not open, is refused
+    /// ([`CniError::Internal`]; in the second case removed again); other ports that do not
+    /// open are kept down and retried.
     ///
     /// A tombstone of the attachment not applied yet is applied first: a runtime runs one
     /// container's DEL and ADD in order, so it is from a DEL older than this ADD, and applied
@@ -973,6 +976,9 @@ impl Runtime {
         trial.validate().map_err(|e| {
             CniError::Invalid(e.to_string().replace(&format!("bridges[{bi}].ports[{at}]."), "port."))
         })?;
+        if p.port.kind == Some(PortType::Afxdp) {
+            afxdp_room(&p.port)?;
+        }
         if let Some(d) = &vhost_dir {
             prepare_socket_dir(d, p.owner, p.group).map_err(CniError::Internal)?;
         }
@@ -981,6 +987,20 @@ impl Runtime {
             let _ = self.cni.remove(&p.attachment);
             let _ = self.reapply();
             return Err(e);
+        }
+        // An AF_XDP port that does not open is refused, not kept down and retried as other
+        // ports are: the plugin created and raised its interface just before, so what fails is
+        // the daemon's own setup (no CAP_BPF, a kernel without AF_XDP sockets), which no retry
+        // mends; the ADD must fail and undo itself rather than leave the pod an interface that
+        // carries nothing. (An AF_PACKET port opens wherever its interface exists.)
+        if p.port.kind == Some(PortType::Afxdp) {
+            if let Some(why) = self.ports.get(&name).and_then(|st| st.error.clone()) {
+                let _ = self.cni.remove(&p.attachment);
+                let _ = self.reapply();
+                return Err(CniError::Internal(format!(
+                    "port {name}: cannot open its AF_XDP backend: {why}"
+                )));
+            }
         }
         if let (Some(sock), true) = (&p.port.socket, p.owner.is_some() || p.group.is_some()) {
             // The backend made the socket (server mode) during the apply: give it to QEMU's user.
@@ -1205,6 +1225,26 @@ impl Runtime {
         process_burst(&cfg, in_port, &mut burst, now, &mut cache, &mut tx, Some(&mut traces));
         tx.discard(&mut cache);
         Ok((cfg, traces))
+    }
+}
+
+/// Refuses an AF_XDP CNI port the process's UMEM cannot serve: each of its queues' fill rings
+/// takes [`RING_DEPTH`](switchyard_ports::afxdp::RING_DEPTH) slots at open and keeps them while
+/// idle, and a quarter ring more must stay free for the frames in flight (with every slot in a
+/// fill ring, frames between AF_XDP ports find no buffer; docs/cni.md, measured at 16 ports).
+/// Opened anyway, such a port would come up and carry nothing.
+fn afxdp_room(p: &PortConfig) -> Result<(), CniError> {
+    use switchyard_ports::afxdp::{umem::UMEM_SLOTS, RING_DEPTH};
+    let ring = RING_DEPTH as usize;
+    let need = usize::from(p.queues.unwrap_or(1).max(1)) * ring + ring / 4;
+    match switchyard_ports::afxdp::umem::free_slots() {
+        Some(free) if free < need => Err(CniError::Internal(format!(
+            "port {}: the AF_XDP buffer area (UMEM) has {free} of {UMEM_SLOTS} buffers free, the port \
+             needs {need}; buffers of AF_XDP ports removed since the last one closed are not \
+             reused (docs/cni.md, vethPort)",
+            p.name
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -232,12 +232,23 @@ pub struct Node {
     pub ipam_data: PathBuf,
     daemon: Option<Child>,
     starts: u32,
+    /// A command the daemon runs under (`setpriv ...`), empty for none.
+    pub daemon_wrap: Vec<String>,
 }
 
 impl Node {
     /// A node whose daemon runs.
     pub fn start() -> Node {
         let mut n = Node::stopped();
+        n.start_daemon();
+        n
+    }
+
+    /// A node whose daemon runs under `wrap` (a command that execs the rest of its arguments,
+    /// as `setpriv` does).
+    pub fn start_wrapped(wrap: &[&str]) -> Node {
+        let mut n = Node::stopped();
+        n.daemon_wrap = wrap.iter().map(|s| s.to_string()).collect();
         n.start_daemon();
         n
     }
@@ -263,6 +274,7 @@ impl Node {
             dir,
             daemon: None,
             starts: 0,
+            daemon_wrap: Vec::new(),
         }
     }
 
@@ -284,7 +296,15 @@ impl Node {
     pub fn spawn_daemon(&mut self) {
         assert!(self.daemon.is_none(), "the daemon runs already");
         self.starts += 1;
-        let child = Command::new(daemon_bin())
+        let mut cmd = match self.daemon_wrap.split_first() {
+            None => Command::new(daemon_bin()),
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(daemon_bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("run")
             .arg("--switch")
             .arg(self.dir.path().join("switch.yaml"))

@@ -179,6 +179,14 @@ fn registry() -> &'static Mutex<Weak<Umem>> {
     &R
 }
 
+/// Slots of the process's UMEM in its free queue now: not lent to a socket's fill or TX ring
+/// (a closed socket's stay lent until the UMEM goes), not out as a buffer or in a pool cache.
+/// `None` while no AF_XDP port is open: the next one makes a whole new UMEM.
+pub fn free_slots() -> Option<usize> {
+    let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    reg.upgrade().map(|u| u.slots.free.len())
+}
+
 /// A socket bound to one queue, sharing the process's UMEM (registering it if it is the first).
 pub(super) struct Bound {
     pub umem: Arc<Umem>,
