@@ -225,8 +225,10 @@ fn the_daemonset_uses_the_binarys_paths_ports_probes_and_capabilities() {
     let caps = sc.capabilities.as_ref().unwrap();
     let added: BTreeSet<&str> = caps.add.as_ref().unwrap().iter().map(String::as_str).collect();
     // CHOWN and DAC_OVERRIDE: a vhost-user socket owned by the NAD's socketOwner, in the
-    // device plugin's directory (mode 0750 of QEMU's user).
-    let want = ["NET_ADMIN", "NET_RAW", "IPC_LOCK", "SYS_NICE", "CHOWN", "DAC_OVERRIDE"];
+    // device plugin's directory (mode 0750 of QEMU's user). BPF: AF_XDP ports (their XSKMAP
+    // cannot be made without it: `setpriv --bounding-set` with NET_ADMIN, NET_RAW and IPC_LOCK
+    // alone gets EPERM there, and BPF added is enough).
+    let want = ["NET_ADMIN", "NET_RAW", "BPF", "IPC_LOCK", "SYS_NICE", "CHOWN", "DAC_OVERRIDE"];
     assert_eq!(added, BTreeSet::from(want));
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
 
