@@ -166,12 +166,19 @@ pub fn finish_partial_l4_checksum(frame: &mut [u8]) -> bool {
 /// outer UDP checksum as if it were finished (local checksum offload), or send none (IPv4).
 /// That inner checksum is finished when the inner frame is exactly the rest of the datagram
 /// and, if the outer checksum is not zero, only when the outer checksum then verifies and did
-/// not before (else the frame is left as it was). Costs a tunnel packet whose inner checksum is
-/// finished a second parse of headers (no pass over the payload), so ports that carry no
+/// not before (else the frame is left as it was). Costs every UDP datagram a parse of the
+/// tunnel and inner headers, and one whose inner checksum is finished passes over its payload
+/// to finish the inner and check the outer sum (a review measured 468-635 ns against 177-247
+/// for the plain function on a 1,400-byte frame, on a loaded machine), so ports that carry no
 /// tunnel packets call [`finish_partial_l4_checksum`].
 pub fn finish_partial_tunnel_checksum(frame: &mut [u8]) -> bool {
     let Some(seg) = Segment::of(frame) else { return false };
-    seg.finish_if_partial(frame) || (seg.proto == PROTO_UDP && finish_partial_inner(frame, &seg))
+    // The inner step first: a finished outer checksum that happens to equal the outer
+    // pseudo-header sum (one datagram in 65,536) looks partial, and finishing it over the
+    // still partial inner frame would leave that frame wrong under a checksum that verifies.
+    // The inner step declines a datagram whose outer checksum is partial (the outer sum then
+    // does not verify once the inner one is finished), which the outer step then finishes.
+    (seg.proto == PROTO_UDP && finish_partial_inner(frame, &seg)) || seg.finish_if_partial(frame)
 }
 
 /// The TCP or UDP segment of a frame, as [`finish_partial_l4_checksum`] finds it.
@@ -635,15 +642,20 @@ mod tests {
     /// over the inner frame as given): VXLAN over IPv4 or Geneve with 8 bytes of options over
     /// IPv6.
     fn tunnel(v6: bool, inner: &[u8]) -> Vec<u8> {
+        tunnel_from(v6, 50000, inner)
+    }
+
+    /// [`tunnel`] from UDP source port `sport`.
+    fn tunnel_from(v6: bool, sport: u16, inner: &[u8]) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0x99, 1], [2, 0, 0, 0, 0x99, 2]);
         let (b, header) = if v6 {
             let opts = [0x01, 0x02, 0x80, 0x01, 0xde, 0xad, 0xbe, 0xef];
             (
-                b.ipv6(SRC6, DST6, 64).udp(50000, 6081),
+                b.ipv6(SRC6, DST6, 64).udp(sport, 6081),
                 [&[0x02, 0, 0x65, 0x58, 0, 0x13, 0x89, 0][..], &opts].concat(),
             )
         } else {
-            (b.ipv4(SRC4, DST4, 64).udp(50000, 4789), vec![0x08, 0, 0, 0, 0, 0x13, 0x89, 0])
+            (b.ipv4(SRC4, DST4, 64).udp(sport, 4789), vec![0x08, 0, 0, 0, 0, 0x13, 0x89, 0])
         };
         let mut f = Vec::new();
         b.write(&mut f, &[&header[..], inner].concat()).unwrap();
@@ -709,6 +721,28 @@ mod tests {
         let copy = other.clone();
         assert!(!finish_partial_tunnel_checksum(&mut other));
         assert_eq!(other, copy);
+    }
+
+    /// A finished outer checksum that equals the outer pseudo-header sum (found by trying
+    /// source ports) looks partial: the inner frame's partial checksum is still the one
+    /// finished, and the outer one kept.
+    #[test]
+    fn an_outer_checksum_equal_to_its_pseudo_sum_does_not_hide_a_partial_inner_one() {
+        let good_inner = tcp4(7, &payload(900), false);
+        let mut partial_inner = good_inner.clone();
+        make_partial(&mut partial_inner, 14 + 20 + TCP_CSUM, pseudo4(PROTO_TCP, good_inner.len() - 14 - 20));
+        for v6 in [false, true] {
+            let inner_at = if v6 { 14 + 40 + 8 + 16 } else { 14 + 20 + 8 + 8 };
+            let good = (1..=u16::MAX)
+                .map(|sport| tunnel_from(v6, sport, &good_inner))
+                .find(|g| Segment::of(g).is_some_and(|s| s.field(g) == Some(fold(s.pseudo))))
+                .expect("a source port whose outer checksum is its pseudo-header sum");
+            assert!(checks_out(&good));
+            let mut f = good.clone();
+            f[inner_at..].copy_from_slice(&partial_inner);
+            assert!(finish_partial_tunnel_checksum(&mut f), "v6 {v6}");
+            assert_eq!(f, good, "v6 {v6}");
+        }
     }
 
     #[test]
