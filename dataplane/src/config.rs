@@ -253,6 +253,7 @@ impl Config {
         let mut sockets: HashMap<&str, &str> = HashMap::new();
         let mut nports = 0usize;
         let mut uplinks = HashMap::new();
+        let mut kernel_ifaces = KernelIfaces::new();
         for (bi, b) in self.bridges.iter().enumerate() {
             let bf = format!("bridges[{bi}]");
             if b.name.is_empty() {
@@ -304,6 +305,7 @@ impl Config {
                 if matches!(p.kind, Some(PortType::Vxlan | PortType::Geneve)) {
                     shared_uplink(&mut uplinks, p, &pf)?;
                 }
+                afxdp_alone(&mut kernel_ifaces, p, &pf)?;
             }
         }
         if nports > crate::switch::MAX_PORTS_PER_NODE {
@@ -328,28 +330,60 @@ fn uplink_iface(spelled: &str) -> Option<&str> {
     rest.split(',').next()
 }
 
+/// The kernel interfaces that AF_PACKET and AF_XDP ports and tunnel uplinks open, each with
+/// its first opener: what it is (`{field} ({port})` and how it opens it), whether it opens it
+/// over AF_XDP, and for an uplink its key.
+type KernelIfaces = HashMap<String, (String, bool, Option<String>)>;
+
+/// An interface that an AF_XDP port or uplink opens is opened by nothing else of the switch
+/// (another AF_XDP or AF_PACKET port or uplink; the tunnel ports of one uplink share it): its
+/// XDP program takes every frame of the queues it redirects, so an AF_PACKET socket on the
+/// interface would see none of them, and a second AF_XDP port finds the queues taken. `p` is
+/// a valid port. (A DPDK `net_af_packet` or `net_af_xdp` device on the same interface is not
+/// recognised.)
+fn afxdp_alone(ifaces: &mut KernelIfaces, p: &PortConfig, pf: &PortField) -> Result<(), ConfigError> {
+    use crate::backend::Backend;
+    let (iface, afxdp, key, what, field) = match p.backend() {
+        Ok(Backend::Afpacket { iface, .. }) => {
+            (iface.unwrap_or_else(|| p.name.clone()), false, None, "an AF_PACKET port", "iface")
+        }
+        Ok(Backend::Afxdp { iface, .. }) => {
+            (iface.unwrap_or_else(|| p.name.clone()), true, None, "an AF_XDP port", "iface")
+        }
+        Ok(Backend::Tunnel(t)) => {
+            let Some(spelled) = crate::backend::uplink_spelling(t.underlay.as_deref()) else { return Ok(()) };
+            let Some(iface) = uplink_iface(&spelled) else { return Ok(()) };
+            let afxdp = spelled.starts_with("afxdp:");
+            let what = if afxdp { "an AF_XDP uplink" } else { "an AF_PACKET uplink" };
+            (iface.to_string(), afxdp, crate::backend::uplink_key(Some(&spelled)), what, "underlay")
+        }
+        _ => return Ok(()),
+    };
+    match ifaces.get(&iface) {
+        Some((_, afxdp0, key0)) if !(*afxdp0 || afxdp) || (key.is_some() && key == *key0) => Ok(()),
+        Some((first, ..)) => Err(invalid(
+            format!("{pf}.{field}"),
+            format!(
+                "{what} on interface {iface:?}, which {first} opens already: an interface that \
+                 AF_XDP opens is opened by nothing else (its XDP program takes the frames of the \
+                 queues it redirects)"
+            ),
+        )),
+        None => {
+            let first = format!("{pf} ({}), {what},", p.name);
+            ifaces.insert(iface, (first, afxdp, key));
+            Ok(())
+        }
+    }
+}
+
 /// The rules of tunnel ports sharing an uplink: one type, local address and UDP port per
-/// uplink (its tunnel endpoint), one port per VNI, and one kind of uplink per interface.
-/// `p` is a valid tunnel port.
+/// uplink (its tunnel endpoint), one port per VNI. (One interface, one uplink when AF_XDP
+/// opens it: [`afxdp_alone`].) `p` is a valid tunnel port.
 fn shared_uplink(uplinks: &mut Uplinks, p: &PortConfig, pf: &PortField) -> Result<(), ConfigError> {
     let Ok(crate::backend::Backend::Tunnel(t)) = p.backend() else { return Ok(()) };
     let Some(key) = crate::backend::uplink_key(t.underlay.as_deref()) else { return Ok(()) };
     let spelled = crate::backend::uplink_spelling(t.underlay.as_deref()).unwrap_or_default();
-    // An AF_PACKET and an AF_XDP uplink on one interface are two uplinks by their keys, but
-    // the AF_XDP one's program takes the frames before the AF_PACKET one could see them.
-    if let Some(iface) = uplink_iface(&spelled) {
-        let other = uplinks.iter().find(|(k, (f, _))| **k != key && uplink_iface(&f.4) == Some(iface));
-        if let Some((_, ((.., at, spelled0), _))) = other {
-            return Err(invalid(
-                format!("{pf}.underlay"),
-                format!(
-                    "{spelled:?} opens interface {iface:?}, which {spelled0:?}, the underlay of {at}, \
-                     opens already as another kind of uplink (an AF_XDP uplink takes the \
-                     interface's frames from an AF_PACKET one): one interface, one uplink"
-                ),
-            ));
-        }
-    }
     let kind = t.kind;
     let (first, vnis) = uplinks.entry(key.clone()).or_insert_with(|| {
         ((kind, t.local, t.port(), format!("{pf} ({})", p.name), spelled.clone()), HashSet::new())
@@ -674,16 +708,53 @@ bridges:
             tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth1,recvmmsg"),
         );
         assert!(e.starts_with("bridges[1].ports[0].underlay: \"afpacket:eth1,recvmmsg\" differs"), "{e}");
-        // One interface is one kind of uplink.
+        // One interface is one kind of uplink when AF_XDP opens it.
         let e =
             err(tun("t1", "vxlan", 1, "192.0.2.1", "eth1"), tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"));
         assert!(
             e.starts_with(
-                "bridges[1].ports[0].underlay: \"afxdp:eth1\" opens interface \"eth1\", which \
-                 \"afpacket:eth1\", the underlay of bridges[0].ports[0] (t1), opens already"
+                "bridges[1].ports[0].underlay: an AF_XDP uplink on interface \"eth1\", which \
+                 bridges[0].ports[0] (t1), an AF_PACKET uplink, opens already"
             ),
             "{e}"
         );
+        // Nor does a port share an interface with an uplink, or another port, when either
+        // opens it over AF_XDP (review R1); AF_PACKET alone may.
+        let port = |name: &str, kind: &str, iface: &str| {
+            format!("  - {{name: {name}, type: {kind}, iface: {iface}}}\n")
+        };
+        for (a, b, field, what) in [
+            (
+                port("p1", "afxdp", "eth1"),
+                tun("t2", "vxlan", 2, "192.0.2.1", "eth1"),
+                "underlay",
+                "an AF_PACKET uplink",
+            ),
+            (
+                port("p1", "afpacket", "eth1"),
+                tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
+                "underlay",
+                "an AF_XDP uplink",
+            ),
+            (
+                tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1,queues=2"),
+                port("p2", "afpacket", "eth1"),
+                "iface",
+                "an AF_PACKET port",
+            ),
+            (port("p1", "afxdp", "eth1"), port("p2", "afxdp", "eth1"), "iface", "an AF_XDP port"),
+        ] {
+            let e = err(a, b);
+            assert!(
+                e.starts_with(&format!(
+                    "bridges[1].ports[0].{field}: {what} on interface \"eth1\", which bridges[0].ports[0] ("
+                )),
+                "{e}"
+            );
+        }
+        ok(port("p1", "afpacket", "eth1"), port("p2", "afpacket", "eth1"));
+        ok(port("p1", "afpacket", "eth1"), tun("t2", "vxlan", 2, "192.0.2.1", "eth1"));
+        ok(port("p1", "afxdp", "eth1"), port("p2", "afpacket", "eth2"));
         ok(
             tun("t1", "vxlan", 1, "192.0.2.1", "afxdp:eth1"),
             tun("t2", "vxlan", 2, "192.0.2.1", "afpacket:eth2"),
