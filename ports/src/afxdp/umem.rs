@@ -4,17 +4,23 @@
 //!
 //! Invariants: slot `i` is the `SLOT_SIZE` bytes at UMEM offset `i * SLOT_SIZE` (unaligned
 //! chunk mode: the kernel takes any chunk size); a slot is owned by exactly one of the free
-//! queue here, the pool's buffers and caches (see the buffer module), or one socket's fill or
-//! TX ring until the kernel gives it back (RX or completion ring). The region is unmapped only
-//! with the last holder of `Slots`: the pool keeps it alive while any buffer is out, and the
-//! kernel pins its pages while a socket uses them.
+//! queue here, the pool's buffers and caches (see the buffer module), or one ring group's fill
+//! or TX rings until the kernel gives it back (RX or completion ring). A ring group is the
+//! kernel's buffer pool of one interface queue: one fill and one completion ring and the TX
+//! rings of the sockets bound there (the anchor's group is shared by every later socket on the
+//! anchor's queue). Each slot lent to the kernel carries its group's tag (`Holder`); a slot
+//! comes back from the kernel only through its own group's RX or completion ring, and when a
+//! group's last socket is closed (and the kernel has let go: see `Holder`) every slot still
+//! carrying its tag goes back to the free queue. The region is unmapped only with the last
+//! holder of `Slots`: the pool keeps it alive while any buffer is out, and the kernel pins its
+//! pages while a socket uses them.
 
 use super::sys;
 use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use switchyard_dataplane::buffer::{ExternalSlots, Pool, SLOT_SIZE};
 
@@ -26,10 +32,13 @@ pub(super) struct Slots {
     base: NonNull<u8>,
     len: usize,
     free: ArrayQueue<u32>,
-    /// Slot `i` is in a socket's fill or TX ring (lent to the kernel): set when a slot is
-    /// written to one, cleared when the kernel hands it back (RX, completion). What is set
-    /// when the last socket is closed goes back to the free queue.
-    lent: Box<[AtomicBool]>,
+    /// The tag of the ring group whose fill or TX ring slot `i` is in (lent to the kernel),
+    /// 0 when it is not lent: set when a slot is written to one, cleared when the group's RX
+    /// or completion ring hands it back, or when the group is closed (`Holder`). What is
+    /// still set when the last socket is closed goes back to the free queue.
+    lent: Box<[AtomicU32]>,
+    /// The next ring group's tag (never 0, never reused: 2^32 binds).
+    next_tag: AtomicU32,
 }
 
 // SAFETY: the region is plain memory owned by this value; the free queue is thread-safe, and
@@ -59,9 +68,15 @@ impl Slots {
         for i in 0..count as u32 {
             let _ = free.push(i);
         }
-        let lent = (0..count).map(|_| AtomicBool::new(false)).collect();
-        // SAFETY: mmap succeeded, so `p` is not null.
-        Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free, lent })
+        let lent = (0..count).map(|_| AtomicU32::new(0)).collect();
+        Ok(Slots {
+            // SAFETY: mmap succeeded, so `p` is not null.
+            base: unsafe { NonNull::new_unchecked(p as *mut u8) },
+            len,
+            free,
+            lent,
+            next_tag: AtomicU32::new(1),
+        })
     }
 
     /// Copies `bytes` into slot `idx` from byte `at` on; `false` (nothing written) when they
@@ -81,21 +96,47 @@ impl Slots {
         true
     }
 
-    /// Marks slot `idx` lent to the kernel (written to a fill or TX ring).
+    /// Marks slot `idx` lent to the kernel in ring group `tag` (written to its fill ring or
+    /// one of its TX rings).
     #[inline]
-    pub(super) fn lend(&self, idx: u32) {
+    pub(super) fn lend(&self, idx: u32, tag: u32) {
         if let Some(l) = self.lent.get(idx as usize) {
-            l.store(true, Ordering::Relaxed);
+            l.store(tag, Ordering::Relaxed);
         }
     }
 
-    /// Marks slot `idx` handed back by the kernel (read from an RX or completion ring): true
-    /// when it was lent (false for an index the kernel should not have given: beyond the
-    /// slots, or not in its hands, which the caller must then leave alone, since it may be
-    /// in use or in the free queue already).
+    /// Marks slot `idx` handed back by ring group `tag`'s kernel side (read from its RX or
+    /// completion ring): true when that group had it (false for an index the kernel should
+    /// not have given: beyond the slots, not lent, or lent to another group, which the caller
+    /// must then leave alone, since it may be in use, in the free queue or another group's).
     #[inline]
-    pub(super) fn returned(&self, idx: u32) -> bool {
-        self.lent.get(idx as usize).is_some_and(|l| l.swap(false, Ordering::Relaxed))
+    pub(super) fn returned(&self, idx: u32, tag: u32) -> bool {
+        self.lent
+            .get(idx as usize)
+            .is_some_and(|l| l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+
+    /// A fresh ring group tag.
+    fn new_tag(&self) -> u32 {
+        loop {
+            let t = self.next_tag.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    /// Every slot still lent to ring group `tag` goes back to the free queue: the group is
+    /// closed and the kernel no longer touches its slots. Returns how many.
+    fn reclaim(&self, tag: u32) -> usize {
+        let mut n = 0;
+        for (i, l) in self.lent.iter().enumerate() {
+            if l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                ExternalSlots::free(self, i as u32);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -132,6 +173,9 @@ pub struct Umem {
     anchor: Option<Arc<OwnedFd>>,
     /// The interface and queue the anchor is bound to.
     anchor_at: (u32, u32),
+    /// The anchor's ring group: its slots come back only with the UMEM (the anchor stays
+    /// bound, and later sockets on its queue use its fill ring).
+    anchor_tag: u32,
     /// The anchor's fill and completion rings are in a port's hands (see [`RingsClaim`]).
     anchor_rings: Arc<AtomicBool>,
 }
@@ -161,7 +205,7 @@ impl Drop for Umem {
         use switchyard_dataplane::buffer::ExternalSlots;
         drop(self.anchor.take());
         for (i, l) in self.slots.lent.iter().enumerate() {
-            if l.swap(false, Ordering::Relaxed) {
+            if l.swap(0, Ordering::Relaxed) != 0 {
                 self.slots.free(i as u32);
             }
         }
@@ -179,6 +223,15 @@ fn registry() -> &'static Mutex<Weak<Umem>> {
     &R
 }
 
+/// Slots of the process's UMEM in its free queue now: not lent to a socket's fill or TX ring
+/// (a closed socket's come back at its close, but for a zero-copy or the anchor's ring group:
+/// see `Holder`), not out as a buffer or in a pool cache. `None` while no AF_XDP port is
+/// open: the next one makes a whole new UMEM.
+pub fn free_slots() -> Option<usize> {
+    let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    reg.upgrade().map(|u| u.slots.free.len())
+}
+
 /// A socket bound to one queue, sharing the process's UMEM (registering it if it is the first).
 pub(super) struct Bound {
     pub umem: Arc<Umem>,
@@ -189,6 +242,63 @@ pub(super) struct Bound {
     pub comp: sys::Ring<u64>,
     /// Held while the fill and completion rings are the anchor's.
     pub claim: Option<Arc<RingsClaim>>,
+    /// The socket's ring group: for the RX and TX parts to hold as their last field.
+    pub holder: Arc<Holder>,
+}
+
+/// A socket's hold on its ring group's slots: the tag it lends them under, and, for a socket
+/// with a ring group of its own, the return of every slot still lent to the group once the
+/// socket is closed. Dropped after the socket's rings and descriptor (the RX and TX parts keep
+/// it as their last field), so when the last holder goes the socket is released: the last
+/// `munmap` or `close` of an AF_XDP socket runs the kernel's `xsk_release` before it returns
+/// to user space, which unbinds the socket (removed from the XSKMAP and the device's TX list,
+/// then `synchronize_net`): in copy mode nothing in the kernel reads the fill or TX ring or
+/// writes a slot after that. Frames the kernel took from a TX ring and has not completed may
+/// still be read by the device (an skb over UMEM pages, `IFF_TX_SKB_NO_LINEAR`), so the TX
+/// part waits a little for their completions and quarantines the group where some are
+/// missing (`Holder::quarantine`). In zero-copy mode the driver keeps the fill addresses it
+/// took in its hardware ring until the kernel's deferred pool release (`xp_release_deferred`,
+/// on a work queue after close returns), which user space cannot see: a zero-copy group's
+/// slots stay lent until the UMEM goes (at most `3 * RING_DEPTH` a closed queue, on drivers
+/// whose ports are not opened and closed with pods; veth has no zero-copy).
+pub(super) struct Holder {
+    pub(super) slots: Arc<Slots>,
+    pub(super) tag: u32,
+    /// The group is this socket's own (not the anchor's, which lives with the UMEM).
+    own: bool,
+    /// The socket's descriptor: dead when the holder goes, or nothing is given back.
+    sock: Weak<OwnedFd>,
+    /// Slots of the group may still be in the kernel's hands after close.
+    kept: AtomicBool,
+}
+
+impl Holder {
+    /// Keeps every slot lent to the group out until the UMEM goes: the kernel may still use
+    /// some after the socket is closed (zero-copy, or a TX frame not completed).
+    pub(super) fn quarantine(&self) {
+        self.kept.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this holder gives its group's slots back at the close: its own group, not
+    /// quarantined. The TX part drains its frames only then.
+    pub(super) fn gives_back(&self) -> bool {
+        self.own && !self.kept.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if !self.gives_back() {
+            return;
+        }
+        if self.sock.strong_count() != 0 {
+            // Someone still holds the socket open (a bug): better lent than in two hands.
+            tracing::warn!(tag = self.tag, "AF_XDP socket still open at its close: its slots stay out");
+            return;
+        }
+        let n = self.slots.reclaim(self.tag);
+        tracing::debug!(tag = self.tag, slots = n, "AF_XDP socket closed: its slots are back");
+    }
 }
 
 fn set_u32(fd: &OwnedFd, opt: libc::c_int, v: u32) -> io::Result<()> {
@@ -248,7 +358,27 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
     let fill = sys::Ring::map(umem_rings, sys::Which::Fill, depth)?;
     let comp = sys::Ring::map(umem_rings, sys::Which::Completion, depth)?;
     sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().and_then(|u| u.anchor_fd()))?;
+    let zero_copy = sys::zero_copy(sock.as_raw_fd());
     let sock = Arc::new(sock);
+    let slots = match (&existing, &fresh) {
+        (Some(u), _) => &u.slots,
+        (None, Some((s, _))) => s,
+        (None, None) => return Err(io::Error::other("no UMEM to share")),
+    };
+    // On the anchor's queue the group is the anchor's; a new anchor's group lives with the
+    // UMEM (the anchor stays open); any other socket's is its own.
+    let (tag, own) = match &existing {
+        Some(u) if anchor.is_some() => (u.anchor_tag, false),
+        Some(_) => (slots.new_tag(), true),
+        None => (slots.new_tag(), false),
+    };
+    let holder = Arc::new(Holder {
+        slots: slots.clone(),
+        tag,
+        own,
+        sock: Arc::downgrade(&sock),
+        kept: AtomicBool::new(zero_copy),
+    });
     let umem = match (existing, fresh) {
         (Some(u), _) => u,
         (None, Some((slots, pool))) => {
@@ -259,6 +389,7 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
                 slots,
                 anchor: Some(sock.clone()),
                 anchor_at: (ifindex, queue),
+                anchor_tag: tag,
                 anchor_rings,
             });
             *reg = Arc::downgrade(&u);
@@ -266,5 +397,5 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
         }
         (None, None) => return Err(io::Error::other("no UMEM to share")),
     };
-    Ok(Bound { umem, sock, rx, tx, fill, comp, claim })
+    Ok(Bound { umem, sock, rx, tx, fill, comp, claim, holder })
 }
