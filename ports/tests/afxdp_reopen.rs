@@ -1,7 +1,8 @@
 //! An AF_XDP port closed and opened again while another AF_XDP port keeps the process's UMEM:
-//! the first port's socket registered the UMEM (the one others share), so the reopened
-//! port's socket sits on the same interface queue and must use that socket's fill and
-//! completion rings. Frames must flow both ways through the reopened port.
+//! the first port's socket registered the UMEM, and its interface queue is taken again
+//! (the kernel takes the closed socket's buffer pool off it a few milliseconds after the
+//! close); and the first port's interface deleted (its socket unbound: a new socket must
+//! name another to share the UMEM). Frames must flow both ways through the new port.
 //!
 //! Also: ports opened and closed many times while another keeps the UMEM (pods coming and
 //! going) give every UMEM slot back, with frames in their rings or not.
@@ -205,4 +206,29 @@ fn a_port_reopened_while_another_keeps_the_umem_moves_frames_both_ways() {
     }
     assert!(drops.is_zero());
     drop((rx, tx, port, other));
+}
+
+/// The first port (whose socket registered the UMEM and was named by the next) loses its
+/// interface while another port keeps the UMEM: a port opened after that still works.
+#[test]
+fn a_port_opened_after_the_first_ports_interface_is_deleted_moves_frames_both_ways() {
+    let _s = serial();
+    if let Some(why) = afxdp_skip_reason() {
+        return skip("a_port_opened_after_the_first_ports_interface_is_deleted_moves_frames_both_ways", &why);
+    }
+    let a = VethNs::create().unwrap();
+    let b = VethNs::create().unwrap();
+    let first = AfXdpPort::open("a", &a.host, 1).unwrap();
+    let other = AfXdpPort::open("b", &b.host, 1).unwrap();
+    drop(first);
+    drop(a);
+    let base = umem::free_slots().unwrap();
+    let c = VethNs::create().unwrap();
+    let port = AfXdpPort::open("c", &c.host, 1).unwrap();
+    let pool = Pool::new("t", 256).unwrap();
+    let mut cache = pool.cache();
+    both_ways(&port, &c, &mut cache, "c");
+    drop(port);
+    assert_eq!(settles_at(base), base);
+    drop(other);
 }

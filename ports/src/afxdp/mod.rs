@@ -2,20 +2,22 @@
 //! sockets, frames moved through the socket rings with no system call on RX and one on TX.
 //!
 //! Invariants:
-//! - Every AF_XDP socket of the process shares one UMEM ([`umem`]), whose slots are the slots
-//!   of a [`Pool::external`](switchyard_dataplane::buffer::Pool::external): a received frame
+//! - Every AF_XDP socket of the process shares one UMEM ([`umem`]; the first socket registers
+//!   it, a later one names the most recent socket still bound in `XDP_SHARED_UMEM`), whose
+//!   slots are the slots of a
+//!   [`Pool::external`](switchyard_dataplane::buffer::Pool::external): a received frame
 //!   is adopted in place as a `PacketBuf`, and a buffer of that pool is sent by handing its
 //!   slot to the TX ring, so frames move between AF_XDP ports without a copy. A buffer of any
 //!   other pool is copied into a free UMEM slot on TX.
-//! - Each RX queue `q` has one socket (its RX and fill rings owned by the worker holding the
-//!   queue, its TX and completion rings by the TX handles of `q`); the port's XDP program
-//!   ([`bpf`]) redirects queue `q` to it and is detached when the port is dropped.
+//! - Each RX queue `q` has one socket with all four rings of its own (its RX and fill rings
+//!   owned by the worker holding the queue, its TX and completion rings by the TX handles of
+//!   `q`); the port's XDP program ([`bpf`]) redirects queue `q` to it and is detached when
+//!   the port is dropped, before the sockets close.
 //! - The fill ring is kept full after every burst; every slot the kernel hands back (RX,
 //!   completion) returns to the pool or becomes a buffer, never both. A slot lent to the
-//!   kernel carries the tag of the ring group (fill, completion and TX rings of one interface
-//!   queue) it was lent to, and only that group's RX or completion ring gives it back: a
-//!   frame received on socket B and sent on socket A is A's group's until A's completion ring
-//!   returns it.
+//!   kernel carries the tag of the socket (its ring group: fill, completion and TX rings) it
+//!   was lent to, and only that socket's RX or completion ring gives it back: a frame
+//!   received on socket B and sent on socket A is A's until A's completion ring returns it.
 //! - A closed socket gives its slots back (port dropped or failed to open, interface
 //!   deleted): the frames left in its RX ring at once, and every slot still lent to its ring
 //!   group once the last of its RX and TX parts is gone (the part dropped last, on a worker
@@ -23,9 +25,8 @@
 //!   the completions of the frames the kernel took from its TX ring (at most 50 ms). Kept out
 //!   until the last AF_XDP port of the process closes: a zero-copy socket's group (the driver
 //!   lets go of its fill buffers only in the kernel's deferred pool release, which user space
-//!   cannot see), a group whose TX frames did not complete in time, and the group of the
-//!   UMEM's anchor (the first socket, which stays open: later sockets on its queue share it),
-//!   each at most `3 * RING_DEPTH` slots (fill ring, TX ring, completion ring; `umem::Holder`).
+//!   cannot see) and a group whose TX frames did not complete in time, each at most
+//!   `3 * RING_DEPTH` slots (fill ring, TX ring, completion ring; `umem::Holder`).
 //! - A frame's TCP or UDP checksum left partial by a veth peer with checksum offload on (the
 //!   XDP path carries no virtio-net header to say so) is finished on RX
 //!   ([`finish_partial_l4_checksum`]). TSO needs nothing: the kernel turns a veth peer's
@@ -73,7 +74,6 @@ struct RxPart {
     fill: sys::Ring<u64>,
     /// The kernel's drop count last read.
     dropped: u64,
-    _claim: Option<Arc<umem::RingsClaim>>,
     /// Drops read before a sleep, counted in the next burst.
     pending: u64,
     bursts: u32,
@@ -82,7 +82,7 @@ struct RxPart {
 }
 
 /// Frames the kernel received and nobody read go back to the free queue with the socket's
-/// RX ring (slots of the anchor's group would otherwise stay lent until the UMEM goes).
+/// RX ring (at once, and even where the group is kept out: the kernel gave them back).
 impl Drop for RxPart {
     fn drop(&mut self) {
         use switchyard_dataplane::buffer::ExternalSlots;
@@ -101,9 +101,7 @@ struct TxPart {
     sock: Arc<OwnedFd>,
     tx: sys::Ring<sys::XdpDesc>,
     comp: sys::Ring<u64>,
-    _claim: Option<Arc<umem::RingsClaim>>,
-    /// Frames written to the TX ring whose completion has not been read (kept only for a
-    /// group of the socket's own, whose completion ring carries no one else's).
+    /// Frames written to the TX ring whose completion has not been read.
     in_flight: u32,
     /// Last: dropped after the rings and the descriptor (see `umem::Holder`).
     holder: Arc<umem::Holder>,
@@ -252,7 +250,6 @@ impl AfXdpPort {
                 rx: b.rx,
                 fill,
                 dropped: 0,
-                _claim: b.claim.clone(),
                 pending: 0,
                 bursts: 0,
                 holder: b.holder.clone(),
@@ -261,7 +258,6 @@ impl AfXdpPort {
                 sock: b.sock,
                 tx: b.tx,
                 comp: b.comp,
-                _claim: b.claim,
                 in_flight: 0,
                 holder: b.holder,
             })));
@@ -570,7 +566,7 @@ impl TxQueue for AfXdpTx {
 mod kc;
 
 #[cfg(test)]
-mod anchor_rings {
+mod rings {
     use super::kc;
     use super::*;
     use std::time::Duration;
@@ -644,10 +640,10 @@ mod anchor_rings {
         drop(keeper);
     }
 
-    /// A second port refused on the interface queue of the UMEM's anchor must leave the
-    /// anchor's fill ring alone: that ring belongs to the first port's worker (one producer).
+    /// A second port refused on an interface queue the first port's socket is bound to must
+    /// leave the first port's fill ring alone: it belongs to the first port's worker.
     #[test]
-    fn a_refused_port_on_the_anchor_queue_does_not_fill_the_anchors_ring() {
+    fn a_refused_port_on_a_taken_queue_does_not_fill_the_first_ports_ring() {
         let _s = serial();
         if let Some(why) = kc::afxdp_skip_reason() {
             eprintln!("skipped: {why}");
@@ -672,7 +668,7 @@ mod anchor_rings {
         assert_eq!(got.len(), 8);
         // Received, freed and replaced by as many fresh slots: the fill ring is full again and
         // nothing else is out.
-        assert_eq!(slots.in_use(), lent, "slots lost in the anchor's fill ring");
+        assert_eq!(slots.in_use(), lent, "slots lost in the first port's fill ring");
         drop((rx, first));
     }
 }
