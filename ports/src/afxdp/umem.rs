@@ -141,7 +141,10 @@ impl Slots {
     fn reclaim(&self, tag: u32) -> usize {
         let mut n = 0;
         for (i, l) in self.lent.iter().enumerate() {
-            if l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            // A plain load first: most slots are not the group's (no locked instruction).
+            if l.load(Ordering::Relaxed) == tag
+                && l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
                 ExternalSlots::free(self, i as u32);
                 n += 1;
             }
