@@ -1240,8 +1240,7 @@ fn afxdp_room(p: &PortConfig) -> Result<(), CniError> {
     match switchyard_ports::afxdp::umem::free_slots() {
         Some(free) if free < need => Err(CniError::Internal(format!(
             "port {}: the AF_XDP buffer area (UMEM) has {free} of {UMEM_SLOTS} buffers free, the port \
-             needs {need}; buffers of AF_XDP ports removed since the last one closed are not \
-             reused (docs/cni.md, vethPort)",
+             needs {need}: every AF_XDP port keeps {ring} in its fill ring (docs/cni.md, vethPort)",
             p.name
         ))),
         _ => Ok(()),

@@ -2,16 +2,31 @@
 //! sockets, frames moved through the socket rings with no system call on RX and one on TX.
 //!
 //! Invariants:
-//! - Every AF_XDP socket of the process shares one UMEM ([`umem`]), whose slots are the slots
-//!   of a [`Pool::external`](switchyard_dataplane::buffer::Pool::external): a received frame
+//! - Every AF_XDP socket of the process shares one UMEM ([`umem`]; the first socket registers
+//!   it, a later one names the most recent socket still bound in `XDP_SHARED_UMEM`), whose
+//!   slots are the slots of a
+//!   [`Pool::external`](switchyard_dataplane::buffer::Pool::external): a received frame
 //!   is adopted in place as a `PacketBuf`, and a buffer of that pool is sent by handing its
 //!   slot to the TX ring, so frames move between AF_XDP ports without a copy. A buffer of any
 //!   other pool is copied into a free UMEM slot on TX.
-//! - Each RX queue `q` has one socket (its RX and fill rings owned by the worker holding the
-//!   queue, its TX and completion rings by the TX handles of `q`); the port's XDP program
-//!   ([`bpf`]) redirects queue `q` to it and is detached when the port is dropped.
+//! - Each RX queue `q` has one socket with all four rings of its own (its RX and fill rings
+//!   owned by the worker holding the queue, its TX and completion rings by the TX handles of
+//!   `q`); the port's XDP program ([`bpf`]) redirects queue `q` to it and is detached when
+//!   the port is dropped, before the sockets close.
 //! - The fill ring is kept full after every burst; every slot the kernel hands back (RX,
-//!   completion) returns to the pool or becomes a buffer, never both.
+//!   completion) returns to the pool or becomes a buffer, never both. A slot lent to the
+//!   kernel carries the tag of the socket (its ring group: fill, completion and TX rings) it
+//!   was lent to, and only that socket's RX or completion ring gives it back: a frame
+//!   received on socket B and sent on socket A is A's until A's completion ring returns it.
+//! - A closed socket gives its slots back (port dropped or failed to open, interface
+//!   deleted): the frames left in its RX ring at once, and every slot still lent to its ring
+//!   group once the last of its RX and TX parts is gone (the part dropped last, on a worker
+//!   or the control thread, closes the socket first; nobody else uses its rings then), after
+//!   the completions of the frames the kernel took from its TX ring (at most 50 ms). Kept out
+//!   until the last AF_XDP port of the process closes: a zero-copy socket's group (the driver
+//!   lets go of its fill buffers only in the kernel's deferred pool release, which user space
+//!   cannot see) and a group whose TX frames did not complete in time, each at most
+//!   `3 * RING_DEPTH` slots (fill ring, TX ring, completion ring; `umem::Holder`).
 //! - A frame's TCP or UDP checksum left partial by a veth peer with checksum offload on (the
 //!   XDP path carries no virtio-net header to say so) is finished on RX
 //!   ([`finish_partial_l4_checksum`]); on a tunnel uplink ([`AfXdpPort::open_uplink`]) also
@@ -23,11 +38,7 @@
 //!   ring full) are read from `XDP_STATISTICS` and counted as `afxdp_rx_dropped`.
 //!
 //! Zero-copy binding where the driver has it (the kernel's default when no mode is forced),
-//! copy mode otherwise (veth: native XDP, copy mode). Slots in the rings of a socket that is
-//! closed (port dropped or failed to open, interface deleted) return to the pool only when the
-//! last AF_XDP port of the process closes: until then at most `4 * RING_DEPTH` slots per
-//! closed queue stay out.
-
+//! copy mode otherwise (veth: native XDP, copy mode).
 //!
 //! Why raw system calls and not libxdp/libbpf (Debian's libxdp-dev, libbpf-dev) or a Rust
 //! crate: the program is six instructions, built in Rust ([`bpf`]), so no clang and no object
@@ -65,20 +76,94 @@ struct RxPart {
     fill: sys::Ring<u64>,
     /// The kernel's drop count last read.
     dropped: u64,
-    _claim: Option<Arc<umem::RingsClaim>>,
     /// Drops read before a sleep, counted in the next burst.
     pending: u64,
     bursts: u32,
+    /// Last: dropped after the rings and the descriptor (see `umem::Holder`).
+    holder: Arc<umem::Holder>,
+}
+
+/// Frames the kernel received and nobody read go back to the free queue with the socket's
+/// RX ring (at once, and even where the group is kept out: the kernel gave them back).
+impl Drop for RxPart {
+    fn drop(&mut self) {
+        use switchyard_dataplane::buffer::ExternalSlots;
+        let n = self.rx.available();
+        for i in 0..n {
+            let idx = slot_of(self.rx.read(i).addr).0;
+            if self.holder.slots.returned(idx, self.holder.tag) {
+                self.holder.slots.free(idx);
+            }
+        }
+        self.rx.release(n);
+    }
 }
 
 struct TxPart {
     sock: Arc<OwnedFd>,
     tx: sys::Ring<sys::XdpDesc>,
     comp: sys::Ring<u64>,
-    _claim: Option<Arc<umem::RingsClaim>>,
+    /// Frames written to the TX ring whose completion has not been read.
+    in_flight: u32,
+    /// Last: dropped after the rings and the descriptor (see `umem::Holder`).
+    holder: Arc<umem::Holder>,
+}
+
+/// How long a closing socket waits for the completions of frames the kernel took from its
+/// TX ring before it gives up and quarantines its group's slots.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl TxPart {
+    /// Reads the completion ring: every slot a frame was sent from goes back to the free
+    /// queue (only a slot lent to this group: each index at most once in the free queue).
+    #[inline]
+    fn complete(&mut self) {
+        use switchyard_dataplane::buffer::ExternalSlots;
+        let (slots, tag) = (&self.holder.slots, self.holder.tag);
+        let c = self.comp.available();
+        for i in 0..c {
+            let idx = slot_of(self.comp.read(i)).0;
+            if slots.returned(idx, tag) {
+                slots.free(idx);
+            }
+        }
+        self.comp.release(c);
+        self.in_flight = self.in_flight.saturating_sub(c);
+    }
+}
+
+/// A socket whose group's slots come back at its close first waits (at most [`CLOSE_DRAIN`])
+/// for the completions of the frames the kernel took from its TX ring: until then the device
+/// may still read them. Frames still in the TX ring are not waited for: after the close
+/// nothing takes them.
+impl Drop for TxPart {
+    fn drop(&mut self) {
+        if !self.holder.gives_back() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        loop {
+            self.complete();
+            if self.in_flight.saturating_sub(self.tx.outstanding()) == 0 {
+                return;
+            }
+            if t0.elapsed() > CLOSE_DRAIN {
+                tracing::debug!(
+                    in_flight = self.in_flight,
+                    "AF_XDP socket closed with TX frames not completed"
+                );
+                self.holder.quarantine();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
 }
 
 struct Shared {
+    /// First: the program is detached before the sockets close, so no frame is redirected
+    /// into a socket being closed.
+    _prog: XdpProgram,
     name: String,
     iface: String,
     ifindex: u32,
@@ -95,8 +180,6 @@ struct Shared {
     zero_copy: bool,
     /// RX finishes partial inner checksums of tunnel packets too (a tunnel uplink).
     tunnel_checksums: bool,
-    /// Detaches the program when the port goes.
-    _prog: XdpProgram,
 }
 
 /// An AF_XDP port on the RX queues `0..queues` of one kernel interface.
@@ -120,14 +203,14 @@ fn backend(port: &str, msg: impl std::fmt::Display) -> PortError {
     PortError::Backend { port: port.to_string(), msg: msg.to_string() }
 }
 
-/// Puts as many free UMEM slots into the fill ring as it has room for.
-fn refill(fill: &mut sys::Ring<u64>, umem: &Umem) {
+/// Puts as many free UMEM slots into the fill ring of group `tag` as it has room for.
+fn refill(fill: &mut sys::Ring<u64>, umem: &Umem, tag: u32) {
     use switchyard_dataplane::buffer::ExternalSlots;
     let room = fill.free();
     let mut k = 0;
     while k < room {
         let Some(idx) = umem.slots.alloc() else { break };
-        umem.slots.lend(idx);
+        umem.slots.lend(idx, tag);
         fill.write(k, idx as u64 * SLOT_SIZE as u64);
         k += 1;
     }
@@ -172,26 +255,33 @@ impl AfXdpPort {
         if ifindex == 0 {
             return Err(backend(name, format!("no interface {iface:?}")));
         }
+        // The UMEM first: on a failed open it goes after the sockets (locals drop in reverse).
+        let mut umem = None;
         let mut rx = Vec::new();
         let mut tx = Vec::new();
-        let mut umem = None;
         let mut fds = Vec::new();
         for q in 0..queues {
             let b = umem::bind_queue(ifindex, u32::from(q), RING_DEPTH)
                 .map_err(|e| backend(name, format!("AF_XDP socket on {iface} queue {q}: {e}")))?;
             let mut fill = b.fill;
-            refill(&mut fill, &b.umem);
+            refill(&mut fill, &b.umem, b.holder.tag);
             fds.push(b.sock.clone());
             rx.push(Mutex::new(Some(RxPart {
                 sock: b.sock.clone(),
                 rx: b.rx,
                 fill,
                 dropped: 0,
-                _claim: b.claim.clone(),
                 pending: 0,
                 bursts: 0,
+                holder: b.holder.clone(),
             })));
-            tx.push(Arc::new(Mutex::new(TxPart { sock: b.sock, tx: b.tx, comp: b.comp, _claim: b.claim })));
+            tx.push(Arc::new(Mutex::new(TxPart {
+                sock: b.sock,
+                tx: b.tx,
+                comp: b.comp,
+                in_flight: 0,
+                holder: b.holder,
+            })));
             umem = Some(b.umem);
         }
         let umem = umem.ok_or_else(|| backend(name, "no queue"))?;
@@ -211,6 +301,7 @@ impl AfXdpPort {
         tracing::info!(port = name, iface, queues, zero_copy, native_xdp = prog.native, "AF_XDP port open");
         Ok(AfXdpPort {
             shared: Arc::new(Shared {
+                _prog: prog,
                 name: name.to_string(),
                 iface: iface.to_string(),
                 ifindex,
@@ -221,7 +312,6 @@ impl AfXdpPort {
                 gone: Gone::default(),
                 zero_copy,
                 tunnel_checksums,
-                _prog: prog,
             }),
         })
     }
@@ -346,11 +436,12 @@ impl RxQueue for AfXdpRx {
         let umem = &self.shared.umem;
         let Some(adopter) = umem.pool.adopter() else { return 0 };
         let tunnels = self.shared.tunnel_checksums;
+        let tag = part.holder.tag;
         let mut got = 0;
         for i in 0..n {
             let d = part.rx.read(i);
             let (idx, head) = slot_of(d.addr);
-            if !umem.slots.returned(idx) {
+            if !umem.slots.returned(idx, tag) {
                 // Not a slot this port lent the kernel: not a frame it should give (adopting
                 // it could hand out a buffer in use).
                 drops.add(DropReason::Oversize, 1);
@@ -382,7 +473,7 @@ impl RxQueue for AfXdpRx {
             }
         }
         part.rx.release(n);
-        refill(&mut part.fill, umem);
+        refill(&mut part.fill, umem, tag);
         got
     }
 
@@ -425,15 +516,8 @@ impl TxQueue for AfXdpTx {
         let mut guard = self.part.lock().unwrap_or_else(|p| p.into_inner());
         let t = &mut *guard;
         // Slots the kernel has sent go back to the pool.
-        let c = t.comp.available();
-        for i in 0..c {
-            let idx = slot_of(t.comp.read(i)).0;
-            // Only a slot lent goes back (each index at most once in the free queue).
-            if umem.slots.returned(idx) {
-                umem.slots.free(idx);
-            }
-        }
-        t.comp.release(c);
+        t.complete();
+        let tag = t.holder.tag;
         let room = t.tx.free();
         let mut k = 0u32;
         for b in pkts.drain(..) {
@@ -471,11 +555,12 @@ impl TxQueue for AfXdpTx {
                     }
                 }
             };
-            umem.slots.lend(slot_of(desc.addr).0);
+            umem.slots.lend(slot_of(desc.addr).0, tag);
             t.tx.write(k, desc);
             k += 1;
         }
         t.tx.submit(k);
+        t.in_flight = t.in_flight.saturating_add(k);
         for _ in 0..MAX_KICKS {
             // Need-wakeup: a zero-copy driver that is still sending clears the flag, and a
             // kick would only cost a system call; copy mode keeps it set (it sends only when
@@ -508,16 +593,85 @@ impl TxQueue for AfXdpTx {
 mod kc;
 
 #[cfg(test)]
-mod anchor_rings {
+mod rings {
     use super::kc;
     use super::*;
     use std::time::Duration;
     use switchyard_dataplane::buffer::{ExternalSlots, Pool};
 
-    /// A second port refused on the interface queue of the UMEM's anchor must leave the
-    /// anchor's fill ring alone: that ring belongs to the first port's worker (one producer).
+    /// The UMEM is the process's: tests that count its slots take turns.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static M: Mutex<()> = Mutex::new(());
+        M.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A socket closed with frames in each of its rings (TX written and never sent, sent and
+    /// their completions not read, received and not read) gives every slot back, while
+    /// another port keeps the UMEM.
     #[test]
-    fn a_refused_port_on_the_anchor_queue_does_not_fill_the_anchors_ring() {
+    fn a_socket_closed_with_frames_in_all_its_rings_gives_every_slot_back() {
+        let _s = serial();
+        if let Some(why) = kc::afxdp_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let k = kc::VethNs::create().unwrap();
+        let keeper = AfXdpPort::open("keep", &k.host, 1).unwrap();
+        let base = umem::free_slots().unwrap();
+        let a = kc::VethNs::create().unwrap();
+        let port = AfXdpPort::open("a", &a.host, 1).unwrap();
+        let slots = port.shared.umem.slots.clone();
+        let peer = kc::RawSock::open(Some(&a.ns), &a.peer).unwrap();
+        // Received and never read: in the RX ring.
+        for i in 0..16 {
+            peer.send(&kc::frame(kc::DST, kc::SRC, &[], &format!("rx{i}"), 200));
+        }
+        let pool = Pool::new("s21w3", 256).unwrap();
+        let mut cache = pool.cache();
+        let mut drops = DropTally::default();
+        // Sent: completions in the completion ring, not read.
+        let mut tx = port.open_tx(0).unwrap();
+        let mut burst = Burst::new();
+        for i in 0..8 {
+            burst.push(cache.alloc_copy(&kc::frame(kc::SRC, kc::DST, &[], &format!("c{i}"), 200)).unwrap());
+        }
+        assert_eq!(tx.tx_burst(&mut burst, &mut cache, &mut drops), 8);
+        // Written to the TX ring and never kicked: copy mode sends only when asked.
+        {
+            let mut t = port.shared.tx[0].lock().unwrap();
+            let tag = t.holder.tag;
+            for i in 0..8 {
+                let idx = slots.alloc().unwrap();
+                // SAFETY: just taken from the free queue: ours alone.
+                assert!(unsafe { slots.write(idx, HEADROOM, &kc::frame(kc::SRC, kc::DST, &[], "t", 200)) });
+                slots.lend(idx, tag);
+                t.tx.write(
+                    i,
+                    sys::XdpDesc {
+                        addr: u64::from(idx) * SLOT_SIZE as u64 + HEADROOM as u64,
+                        len: 200,
+                        options: 0,
+                    },
+                );
+            }
+            t.tx.submit(8);
+            t.in_flight += 8;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let rx_held = port.shared.rx[0].lock().unwrap().as_ref().unwrap().rx.available();
+        assert_eq!(rx_held, 16, "frames in the RX ring");
+        assert!(umem::free_slots().unwrap() < base - RING_DEPTH as usize, "the port's rings hold slots");
+        drop((tx, port));
+        assert_eq!(umem::free_slots(), Some(base), "slots of the closed socket still out");
+        assert!(drops.is_zero());
+        drop(keeper);
+    }
+
+    /// A second port refused on an interface queue the first port's socket is bound to must
+    /// leave the first port's fill ring alone: it belongs to the first port's worker.
+    #[test]
+    fn a_refused_port_on_a_taken_queue_does_not_fill_the_first_ports_ring() {
+        let _s = serial();
         if let Some(why) = kc::afxdp_skip_reason() {
             eprintln!("skipped: {why}");
             return;
@@ -541,7 +695,7 @@ mod anchor_rings {
         assert_eq!(got.len(), 8);
         // Received, freed and replaced by as many fresh slots: the fill ring is full again and
         // nothing else is out.
-        assert_eq!(slots.in_use(), lent, "slots lost in the anchor's fill ring");
+        assert_eq!(slots.in_use(), lent, "slots lost in the first port's fill ring");
         drop((rx, first));
     }
 }

@@ -4,17 +4,23 @@
 //!
 //! Invariants: slot `i` is the `SLOT_SIZE` bytes at UMEM offset `i * SLOT_SIZE` (unaligned
 //! chunk mode: the kernel takes any chunk size); a slot is owned by exactly one of the free
-//! queue here, the pool's buffers and caches (see the buffer module), or one socket's fill or
-//! TX ring until the kernel gives it back (RX or completion ring). The region is unmapped only
-//! with the last holder of `Slots`: the pool keeps it alive while any buffer is out, and the
-//! kernel pins its pages while a socket uses them.
+//! queue here, the pool's buffers and caches (see the buffer module), or one ring group's fill
+//! or TX rings until the kernel gives it back (RX or completion ring). A ring group is the
+//! kernel's buffer pool of one socket's interface queue: its fill, completion and TX rings
+//! (every socket has all four rings of its own). Each slot lent to the kernel carries its
+//! group's tag (`Holder`); a slot
+//! comes back from the kernel only through its own group's RX or completion ring, and when a
+//! group's last socket is closed (and the kernel has let go: see `Holder`) every slot still
+//! carrying its tag goes back to the free queue. The region is unmapped only with the last
+//! holder of `Slots`: the pool keeps it alive while any buffer is out, and the kernel pins its
+//! pages while a socket uses them.
 
 use super::sys;
 use crossbeam_queue::ArrayQueue;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use switchyard_dataplane::buffer::{ExternalSlots, Pool, SLOT_SIZE};
 
@@ -26,11 +32,23 @@ pub(super) struct Slots {
     base: NonNull<u8>,
     len: usize,
     free: ArrayQueue<u32>,
-    /// Slot `i` is in a socket's fill or TX ring (lent to the kernel): set when a slot is
-    /// written to one, cleared when the kernel hands it back (RX, completion). What is set
-    /// when the last socket is closed goes back to the free queue.
-    lent: Box<[AtomicBool]>,
+    /// The tag of the ring group whose fill or TX ring slot `i` is in (lent to the kernel),
+    /// 0 when it is not lent: set when a slot is written to one, cleared when the group's RX
+    /// or completion ring hands it back, or when the group is closed (`Holder`). What is
+    /// still set when the last socket is closed goes back to the free queue.
+    lent: Box<[AtomicU32]>,
+    /// The next ring group's tag (never 0, never reused: 2^32 binds).
+    next_tag: AtomicU32,
+    /// The sockets bound to the UMEM so far (dead ones pruned at each bind), most recent
+    /// last, with the interface and queue each is bound to: a new socket names one of them in
+    /// XDP_SHARED_UMEM (the kernel's UMEM lives while any socket uses it). Locked by a bind
+    /// while it holds some of them open, and by a closing socket's `Holder` before it looks
+    /// whether its socket is closed.
+    live: Mutex<Vec<LiveSocket>>,
 }
+
+/// A socket bound to the UMEM and the interface and queue it is bound to.
+type LiveSocket = (Weak<OwnedFd>, (u32, u32));
 
 // SAFETY: the region is plain memory owned by this value; the free queue is thread-safe, and
 // slot bytes are touched only by the single owner of each slot (module invariant).
@@ -59,9 +77,16 @@ impl Slots {
         for i in 0..count as u32 {
             let _ = free.push(i);
         }
-        let lent = (0..count).map(|_| AtomicBool::new(false)).collect();
-        // SAFETY: mmap succeeded, so `p` is not null.
-        Ok(Slots { base: unsafe { NonNull::new_unchecked(p as *mut u8) }, len, free, lent })
+        let lent = (0..count).map(|_| AtomicU32::new(0)).collect();
+        Ok(Slots {
+            // SAFETY: mmap succeeded, so `p` is not null.
+            base: unsafe { NonNull::new_unchecked(p as *mut u8) },
+            len,
+            free,
+            lent,
+            next_tag: AtomicU32::new(1),
+            live: Mutex::new(Vec::new()),
+        })
     }
 
     /// Copies `bytes` into slot `idx` from byte `at` on; `false` (nothing written) when they
@@ -81,21 +106,50 @@ impl Slots {
         true
     }
 
-    /// Marks slot `idx` lent to the kernel (written to a fill or TX ring).
+    /// Marks slot `idx` lent to the kernel in ring group `tag` (written to its fill ring or
+    /// one of its TX rings).
     #[inline]
-    pub(super) fn lend(&self, idx: u32) {
+    pub(super) fn lend(&self, idx: u32, tag: u32) {
         if let Some(l) = self.lent.get(idx as usize) {
-            l.store(true, Ordering::Relaxed);
+            l.store(tag, Ordering::Relaxed);
         }
     }
 
-    /// Marks slot `idx` handed back by the kernel (read from an RX or completion ring): true
-    /// when it was lent (false for an index the kernel should not have given: beyond the
-    /// slots, or not in its hands, which the caller must then leave alone, since it may be
-    /// in use or in the free queue already).
+    /// Marks slot `idx` handed back by ring group `tag`'s kernel side (read from its RX or
+    /// completion ring): true when that group had it (false for an index the kernel should
+    /// not have given: beyond the slots, not lent, or lent to another group, which the caller
+    /// must then leave alone, since it may be in use, in the free queue or another group's).
     #[inline]
-    pub(super) fn returned(&self, idx: u32) -> bool {
-        self.lent.get(idx as usize).is_some_and(|l| l.swap(false, Ordering::Relaxed))
+    pub(super) fn returned(&self, idx: u32, tag: u32) -> bool {
+        self.lent
+            .get(idx as usize)
+            .is_some_and(|l| l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+
+    /// A fresh ring group tag.
+    fn new_tag(&self) -> u32 {
+        loop {
+            let t = self.next_tag.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    /// Every slot still lent to ring group `tag` goes back to the free queue: the group is
+    /// closed and the kernel no longer touches its slots. Returns how many.
+    fn reclaim(&self, tag: u32) -> usize {
+        let mut n = 0;
+        for (i, l) in self.lent.iter().enumerate() {
+            // A plain load first: most slots are not the group's (no locked instruction).
+            if l.load(Ordering::Relaxed) == tag
+                && l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                ExternalSlots::free(self, i as u32);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -123,45 +177,19 @@ unsafe impl ExternalSlots for Slots {
     }
 }
 
-/// The shared UMEM: its pool, its slots, and the socket that registered it (the one others
-/// name in XDP_SHARED_UMEM; it stays bound while the UMEM lives).
+/// The shared UMEM: its pool and its slots.
 pub struct Umem {
     pub(super) pool: Pool,
     pub(super) slots: Arc<Slots>,
-    /// `None` only while dropping.
-    anchor: Option<Arc<OwnedFd>>,
-    /// The interface and queue the anchor is bound to.
-    anchor_at: (u32, u32),
-    /// The anchor's fill and completion rings are in a port's hands (see [`RingsClaim`]).
-    anchor_rings: Arc<AtomicBool>,
 }
 
-/// A port's hold on the anchor's fill and completion rings: each ring has one producer and
-/// one consumer on our side, so no second socket on the anchor's queue may map them while it
-/// lives. Released when the port's RX and TX parts are gone.
-pub(super) struct RingsClaim(Arc<AtomicBool>);
-
-impl Drop for RingsClaim {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-impl Umem {
-    fn anchor_fd(&self) -> Option<RawFd> {
-        self.anchor.as_ref().map(|a| a.as_raw_fd())
-    }
-}
-
-/// The last port using the UMEM is gone, so every other socket is closed; closing the anchor
-/// closes the last, and the kernel holds no slot any more: the ones it was lent go back to the
-/// free queue, so that the pool sees only buffers still out.
+/// The last port using the UMEM is gone, so every socket is closed: the kernel holds no slot
+/// any more, and the ones still lent (groups kept out at their close: see `Holder`) go back
+/// to the free queue, so that the pool sees only buffers still out.
 impl Drop for Umem {
     fn drop(&mut self) {
-        use switchyard_dataplane::buffer::ExternalSlots;
-        drop(self.anchor.take());
         for (i, l) in self.slots.lent.iter().enumerate() {
-            if l.swap(false, Ordering::Relaxed) {
+            if l.swap(0, Ordering::Relaxed) != 0 {
                 self.slots.free(i as u32);
             }
         }
@@ -170,21 +198,13 @@ impl Drop for Umem {
 
 impl std::fmt::Debug for Umem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Umem").field("slots", &UMEM_SLOTS).field("anchor", &self.anchor_fd()).finish()
+        f.debug_struct("Umem").field("slots", &UMEM_SLOTS).finish()
     }
 }
 
 fn registry() -> &'static Mutex<Weak<Umem>> {
     static R: Mutex<Weak<Umem>> = Mutex::new(Weak::new());
     &R
-}
-
-/// Slots of the process's UMEM in its free queue now: not lent to a socket's fill or TX ring
-/// (a closed socket's stay lent until the UMEM goes), not out as a buffer or in a pool cache.
-/// `None` while no AF_XDP port is open: the next one makes a whole new UMEM.
-pub fn free_slots() -> Option<usize> {
-    let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-    reg.upgrade().map(|u| u.slots.free.len())
 }
 
 /// A socket bound to one queue, sharing the process's UMEM (registering it if it is the first).
@@ -195,12 +215,146 @@ pub(super) struct Bound {
     pub tx: sys::Ring<sys::XdpDesc>,
     pub fill: sys::Ring<u64>,
     pub comp: sys::Ring<u64>,
-    /// Held while the fill and completion rings are the anchor's.
-    pub claim: Option<Arc<RingsClaim>>,
+    /// The socket's ring group: for the RX and TX parts to hold as their last field.
+    pub holder: Arc<Holder>,
+}
+
+/// A socket's hold on its ring group's slots: the tag it lends them under, and the return of
+/// every slot still lent to the group once the socket is closed (a bind that holds the socket
+/// open for a moment, to name it in XDP_SHARED_UMEM, does so under `Slots::live`, which the
+/// holder takes before it looks). Dropped after the socket's rings and descriptor (the RX and
+/// TX parts keep it as their last field), so when the last holder goes the socket is
+/// released: the last
+/// `munmap` or `close` of an AF_XDP socket runs the kernel's `xsk_release` before it returns
+/// to user space, which unbinds the socket (removed from the XSKMAP and the device's TX list,
+/// then `synchronize_net`): in copy mode nothing in the kernel reads the fill or TX ring or
+/// writes a slot after that. Frames the kernel took from a TX ring and has not completed may
+/// still be read by the device (an skb over UMEM pages, `IFF_TX_SKB_NO_LINEAR`), so the TX
+/// part waits a little for their completions and quarantines the group where some are
+/// missing (`Holder::quarantine`). In zero-copy mode the driver keeps the fill addresses it
+/// took in its hardware ring until the kernel's deferred pool release (`xp_release_deferred`,
+/// on a work queue after close returns: a bind on the queue just closed meets EBUSY for 1-7
+/// ms), which user space cannot see: a zero-copy group's slots stay lent until the UMEM goes
+/// (at most `3 * RING_DEPTH` a closed queue, on drivers whose ports are not opened and closed
+/// with pods; veth has no zero-copy).
+pub(super) struct Holder {
+    pub(super) slots: Arc<Slots>,
+    pub(super) tag: u32,
+    /// The socket's descriptor: dead when the holder goes, or nothing is given back.
+    sock: Weak<OwnedFd>,
+    /// Slots of the group may still be in the kernel's hands after close.
+    kept: AtomicBool,
+}
+
+impl Holder {
+    /// Keeps every slot lent to the group out until the UMEM goes: the kernel may still use
+    /// some after the socket is closed (zero-copy, or a TX frame not completed).
+    pub(super) fn quarantine(&self) {
+        self.kept.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this holder gives its group's slots back at the close: not quarantined. The
+    /// TX part drains its frames only then.
+    pub(super) fn gives_back(&self) -> bool {
+        !self.kept.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if !self.gives_back() {
+            return;
+        }
+        let live = self.slots.live.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.sock.strong_count() != 0;
+        drop(live);
+        if open {
+            // Someone still holds the socket open (a bug): better lent than in two hands.
+            tracing::warn!(tag = self.tag, "AF_XDP socket still open at its close: its slots stay out");
+            return;
+        }
+        let n = self.slots.reclaim(self.tag);
+        tracing::debug!(tag = self.tag, slots = n, "AF_XDP socket closed: its slots are back");
+    }
+}
+
+/// Slots of the process's UMEM in its free queue now: not lent to a socket's fill or TX ring
+/// (a closed socket's come back at its close, but for a zero-copy group: see `Holder`), not
+/// out as a buffer or in a pool cache. `None` while no AF_XDP port is open: the next one
+/// makes a whole new UMEM.
+pub fn free_slots() -> Option<usize> {
+    let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    reg.upgrade().map(|u| u.slots.free.len())
 }
 
 fn set_u32(fd: &OwnedFd, opt: libc::c_int, v: u32) -> io::Result<()> {
     crate::netdev::setsockopt(fd.as_raw_fd(), sys::SOL_XDP, opt, &v)
+}
+
+/// How long a bind waits for the kernel to let go of a queue whose last socket was closed
+/// (its buffer pool leaves the queue in a deferred release, after close returns: 1-7 ms
+/// measured on a loaded 2-core machine).
+const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Binds `sock` to `queue` of `ifindex` with rings of its own, sharing the UMEM of one of
+/// the sockets bound to it so far: the most recent that is still bound (one whose interface
+/// was deleted is unbound: EBADF). With none bound, the region of `slots` is registered again
+/// as the UMEM of `sock`. EBUSY on a queue none of ours is bound to is a closed socket's
+/// buffer pool the kernel has not yet taken off the queue: tried again for a while. Returns
+/// `sock`, listed among the sockets bound.
+fn bind_shared(sock: OwnedFd, slots: &Slots, ifindex: u32, queue: u32) -> io::Result<Arc<OwnedFd>> {
+    let t0 = std::time::Instant::now();
+    let mut registered = false;
+    loop {
+        // Held while the sockets named are held open here (a closing socket's holder looks
+        // whether its socket is closed under it), never across a sleep.
+        let mut l = slots.live.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|(w, _)| w.strong_count() > 0);
+        let ours = l.iter().any(|(_, at)| *at == (ifindex, queue));
+        let mut r = Err(io::Error::from_raw_os_error(libc::EBADF));
+        if !registered {
+            for (w, _) in l.iter().rev() {
+                let Some(s) = w.upgrade() else { continue };
+                r = sys::bind(sock.as_raw_fd(), ifindex, queue, Some(s.as_raw_fd()));
+                if r.as_ref().err().and_then(io::Error::raw_os_error) != Some(libc::EBADF) {
+                    break;
+                }
+            }
+        }
+        if r.as_ref().err().and_then(io::Error::raw_os_error) == Some(libc::EBADF) {
+            if !registered {
+                register(&sock, slots)?;
+                registered = true;
+            }
+            r = sys::bind(sock.as_raw_fd(), ifindex, queue, None);
+        }
+        match r {
+            Ok(()) => {
+                let sock = Arc::new(sock);
+                l.push((Arc::downgrade(&sock), (ifindex, queue)));
+                return Ok(sock);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !ours && t0.elapsed() < QUEUE_RELEASE_WAIT => {
+                drop(l);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Registers the region of `slots` as the UMEM of `sock` (the kernel pins its pages while a
+/// socket uses it).
+fn register(sock: &OwnedFd, slots: &Slots) -> io::Result<()> {
+    let r = sys::UmemReg {
+        addr: slots.base.as_ptr() as u64,
+        len: slots.len as u64,
+        chunk_size: SLOT_SIZE as u32,
+        headroom: 0,
+        flags: sys::XDP_UMEM_UNALIGNED_CHUNK_FLAG,
+        tx_metadata_len: 0,
+    };
+    crate::netdev::setsockopt(sock.as_raw_fd(), sys::SOL_XDP, sys::XDP_UMEM_REG, &r)
 }
 
 /// Opens a socket on queue `queue` of `ifindex` with rings of `depth` entries.
@@ -212,15 +366,6 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
         Some(_) => None,
         None => {
             let slots = Arc::new(Slots::new(UMEM_SLOTS)?);
-            let r = sys::UmemReg {
-                addr: slots.base.as_ptr() as u64,
-                len: slots.len as u64,
-                chunk_size: SLOT_SIZE as u32,
-                headroom: 0,
-                flags: sys::XDP_UMEM_UNALIGNED_CHUNK_FLAG,
-                tx_metadata_len: 0,
-            };
-            crate::netdev::setsockopt(sock.as_raw_fd(), sys::SOL_XDP, sys::XDP_UMEM_REG, &r)?;
             // SAFETY: the region is UMEM_SLOTS slots of SLOT_SIZE bytes that `slots` owns and
             // keeps mapped while it lives; `slots` keeps the ExternalSlots contract (above).
             let pool = unsafe { Pool::external("afxdp-umem", slots.base, UMEM_SLOTS, slots.clone()) }
@@ -228,51 +373,35 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
             Some((slots, pool))
         }
     };
-    // A socket on the anchor's own interface and queue (its port was closed and opened again
-    // while other ports kept the UMEM) shares the anchor's fill and completion rings: the
-    // kernel refuses rings of its own there.
-    let anchor =
-        existing.as_ref().and_then(|u| u.anchor.as_ref().filter(|_| u.anchor_at == (ifindex, queue)));
-    let claim = match (&existing, anchor.is_some()) {
-        (Some(u), true) => {
-            if u.anchor_rings.swap(true, Ordering::AcqRel) {
-                return Err(io::Error::from_raw_os_error(libc::EBUSY));
-            }
-            Some(Arc::new(RingsClaim(u.anchor_rings.clone())))
-        }
-        (Some(_), false) => None,
-        // This socket becomes the anchor: its rings are the anchor's.
-        (None, _) => Some(Arc::new(RingsClaim(Arc::new(AtomicBool::new(true))))),
+    let slots = match (&existing, &fresh) {
+        (Some(u), _) => u.slots.clone(),
+        (None, Some((s, _))) => s.clone(),
+        (None, None) => return Err(io::Error::other("no UMEM to share")),
     };
-    if anchor.is_none() {
-        set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
-        set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
-    }
+    set_u32(&sock, sys::XDP_UMEM_FILL_RING, depth)?;
+    set_u32(&sock, sys::XDP_UMEM_COMPLETION_RING, depth)?;
     set_u32(&sock, sys::XDP_RX_RING, depth)?;
     set_u32(&sock, sys::XDP_TX_RING, depth)?;
     let rx = sys::Ring::map(&sock, sys::Which::Rx, depth)?;
     let tx = sys::Ring::map(&sock, sys::Which::Tx, depth)?;
-    let umem_rings: &OwnedFd = anchor.map_or(&sock, |a| a);
-    let fill = sys::Ring::map(umem_rings, sys::Which::Fill, depth)?;
-    let comp = sys::Ring::map(umem_rings, sys::Which::Completion, depth)?;
-    sys::bind(sock.as_raw_fd(), ifindex, queue, existing.as_ref().and_then(|u| u.anchor_fd()))?;
-    let sock = Arc::new(sock);
+    let fill = sys::Ring::map(&sock, sys::Which::Fill, depth)?;
+    let comp = sys::Ring::map(&sock, sys::Which::Completion, depth)?;
+    let sock = bind_shared(sock, &slots, ifindex, queue)?;
+    let zero_copy = sys::zero_copy(sock.as_raw_fd());
     let umem = match (existing, fresh) {
         (Some(u), _) => u,
         (None, Some((slots, pool))) => {
-            let anchor_rings =
-                claim.as_ref().map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.0.clone());
-            let u = Arc::new(Umem {
-                pool,
-                slots,
-                anchor: Some(sock.clone()),
-                anchor_at: (ifindex, queue),
-                anchor_rings,
-            });
+            let u = Arc::new(Umem { pool, slots });
             *reg = Arc::downgrade(&u);
             u
         }
         (None, None) => return Err(io::Error::other("no UMEM to share")),
     };
-    Ok(Bound { umem, sock, rx, tx, fill, comp, claim })
+    let holder = Arc::new(Holder {
+        slots: umem.slots.clone(),
+        tag: umem.slots.new_tag(),
+        sock: Arc::downgrade(&sock),
+        kept: AtomicBool::new(zero_copy),
+    });
+    Ok(Bound { umem, sock, rx, tx, fill, comp, holder })
 }
