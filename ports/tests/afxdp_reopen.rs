@@ -262,3 +262,35 @@ fn failed_opens_give_their_slots_back() {
     assert_eq!(settles_at(base), base, "after the good open");
     drop(keeper);
 }
+
+/// Ports are opened until the UMEM cannot give one its fill ring and a quarter ring beside:
+/// the next is refused with the counts (not opened to carry nothing: review R1, an uplink of
+/// many queues), and the ports that are open still carry frames both ways.
+#[test]
+fn a_port_the_umem_has_no_room_for_is_refused() {
+    let _s = serial();
+    if let Some(why) = afxdp_skip_reason() {
+        return skip("a_port_the_umem_has_no_room_for_is_refused", &why);
+    }
+    let ring = RING_DEPTH as usize;
+    let fits = (umem::UMEM_SLOTS - ring / 4) / ring;
+    let mut open = Vec::new();
+    for i in 0..fits {
+        let v = VethNs::create().unwrap();
+        let port = AfXdpPort::open(&format!("room{i}"), &v.host, 1)
+            .unwrap_or_else(|e| panic!("port {i} of {fits} refused: {e}"));
+        open.push((v, port));
+    }
+    let v = VethNs::create().unwrap();
+    let e = match AfXdpPort::open("one-too-many", &v.host, 1) {
+        Ok(_) => panic!("a port the UMEM has no room for was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("free slots of the AF_XDP buffer area"), "{e}");
+    assert_eq!(umem::free_slots(), Some(umem::UMEM_SLOTS - fits * ring), "the refusal took nothing");
+    let pool = Pool::new("room", 256).unwrap();
+    let mut cache = pool.cache();
+    for (i, (v, port)) in open.iter().enumerate().filter(|(i, _)| *i == 0 || *i == fits - 1) {
+        both_ways(port, v, &mut cache, &format!("room{i}"));
+    }
+}

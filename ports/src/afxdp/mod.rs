@@ -34,6 +34,9 @@
 //!   ([`finish_partial_tunnel_checksum`]). TSO needs nothing: the kernel turns a veth peer's
 //!   segmentation offload off while an XDP program is attached, so its frames arrive
 //!   MTU-sized.
+//! - A port opens only when the UMEM's free slots hold its queues' fill rings and a quarter
+//!   ring more (else it is refused with the counts): fill rings keep their slots while idle,
+//!   and with every slot in one, frames between AF_XDP ports find none.
 //! - Frames the kernel drops on the way to a socket (larger than a chunk, no fill buffer, RX
 //!   ring full) are read from `XDP_STATISTICS` and counted as `afxdp_rx_dropped`.
 //!
@@ -254,6 +257,22 @@ impl AfXdpPort {
         let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
         if ifindex == 0 {
             return Err(backend(name, format!("no interface {iface:?}")));
+        }
+        // Every queue's fill ring keeps RING_DEPTH slots of the process's one UMEM whether or
+        // not frames come, and frames between ports need free slots beside them (measured: with
+        // every slot in a fill ring, frames between AF_XDP ports found none): a port the UMEM
+        // cannot give that is refused, rather than opened to carry nothing.
+        let need = usize::from(queues) * RING_DEPTH as usize + RING_DEPTH as usize / 4;
+        let free = umem::free_slots().unwrap_or(umem::UMEM_SLOTS);
+        if free < need {
+            return Err(backend(
+                name,
+                format!(
+                    "{queues} queue(s) need {need} free slots of the AF_XDP buffer area (UMEM), \
+                     {free} of {} are free: each queue's fill ring keeps {RING_DEPTH}",
+                    umem::UMEM_SLOTS
+                ),
+            ));
         }
         // The UMEM first: on a failed open it goes after the sockets (locals drop in reverse).
         let mut umem = None;
