@@ -36,3 +36,19 @@ ovs_up() {
     fi
     [ -z "$OVS_FAIL" ]
 }
+
+# Process helpers the scripts that source this one share (OVS's daemons are stopped with them).
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+# stop_pid PID [SECONDS]: stops one process we started: SIGTERM, up to SECONDS (default 5),
+# then SIGKILL.
+stop_pid() {
+    local pid=$1 tenths=$((${2:-5} * 10)) i
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < tenths; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}

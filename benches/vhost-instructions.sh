@@ -57,33 +57,20 @@ TP_PREFIX=vhinsvm$$
 # shellcheck source=benches/ovs.sh
 . "$(dirname "$0")/ovs.sh"
 
-alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-# SIGTERM, then up to 10 s, then SIGKILL (the counts were dumped before: see vm_run).
-stop_pid() {
-    local pid=$1 i
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
     timeout 60 ovs-appctl -t "$OVS_DIR/vswitchd.ctl" exit --cleanup >/dev/null 2>&1 || true
     local name
     for name in ovs-vswitchd ovsdb-server; do
-        stop_pid "$(cat "$OVS_DIR/$name.pid" 2>/dev/null || true)"
+        stop_pid "$(cat "$OVS_DIR/$name.pid" 2>/dev/null || true)" 10
     done
     OVS_DIR=
 }
 cleanup() {
     trap - EXIT INT TERM
     exec 7>&- 2>/dev/null || true
-    stop_pid "$TP_PID"
-    stop_pid "$SW_PID"
+    stop_pid "$TP_PID" 10
+    stop_pid "$SW_PID" 10
     ovs_stop
     [ "${KEEP:-0}" = 1 ] && echo "   kept $WORK" || rm -rf "$WORK"
     rm -rf "/var/run/dpdk/$TP_PREFIX"* /var/run/dpdk/vhins*
@@ -140,7 +127,7 @@ vm_run() {
     done
     if [ "$i" = 45 ]; then
         echo "   no frame came back through the switch" >&2
-        stop_pid "$TP_PID"
+        stop_pid "$TP_PID" 10
         TP_PID=
         return 1
     fi
@@ -169,7 +156,7 @@ vm_run() {
         alive "$TP_PID" || break
         sleep 0.1
     done
-    stop_pid "$TP_PID"
+    stop_pid "$TP_PID" 10
     TP_PID=
 }
 
@@ -240,7 +227,7 @@ run() {
     SW_PID=$!
     CG_PID=$SW_PID
     vm_run "$mode" || true
-    stop_pid "$SW_PID"
+    stop_pid "$SW_PID" 10
     SW_PID=
     exec 9>&-
     [ "$mode" = idle ] || TRAFFIC_FRAMES=$FRAMES
@@ -296,7 +283,7 @@ if [ "${OVS:-1}" != 0 ] && [ -x "$OVS_VSWITCHD" ] && command -v ovsdb-server >/d
             [ "$mode" = idle ] || TRAFFIC_FRAMES=$FRAMES
         else
             echo "   $label: $OVS_FAIL" >&2
-            stop_pid "$TP_PID"
+            stop_pid "$TP_PID" 10
             TP_PID=
         fi
         ovs_stop

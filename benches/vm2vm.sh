@@ -123,20 +123,6 @@ OVS_PREFIX=vm2vmovs$$
 PREFIXES=("$TP_PREFIX" "$OVS_PREFIX")
 TP_PID= SW_PID= OVS_DIR= WATCHDOG=
 
-alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-# Stops one process we started: SIGTERM, up to 5 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
-
 ovs_stop() {
     [ -n "$OVS_DIR" ] || return 0
     local name
