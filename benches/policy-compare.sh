@@ -84,9 +84,11 @@ compare() { # label port-args...
 echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE, ${POLL[*]:-default back-off}; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 compare "switch pcap, $FLOWS flows" --port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite"
 if [ "${DPDK:-0}" = 1 ] && pkg-config --exists libdpdk 2>/dev/null; then
-    # The pool: a frame of each connection in each port's RX ring and bursts, 2,176 bytes an mbuf.
+    # The pool: a frame of each connection in each port's RX ring and bursts. switchyard asks
+    # EAL for 256 MiB plus 2,560 bytes an mbuf (ports/src/factory.rs `eal_options`): that many
+    # 2 MiB pages, and a few more.
     MBUFS=$((2 * FLOWS + 16384))
-    huge_setup $((MBUFS * 2176 / 2097152 + 64))
+    huge_setup $(((256 + (MBUFS * 2560 + 1048575) / 1048576) / 2 + 16))
     SY_HUGE=()
     [ "$HUGE" = 0 ] && SY_HUGE=(--no-huge)
     compare "switch dpdk:net_pcap, $FLOWS flows ($HUGE_NOTE)" --mbufs "$MBUFS" "${SY_HUGE[@]}" \
