@@ -11,7 +11,9 @@
 //! unicast between two access ports of one bridge (the default configuration of `switchyard
 //! pmd`), 256 source MACs each way, all learned, one burst of 32 per call as `pmd` polls.
 //! Without valgrind it also prints ns per frame (noisy; `benches/pipeline.rs` is the timed
-//! benchmark). `CFG` may hold another switch configuration (YAML) with ports p0 and p1.
+//! benchmark). `CFG` may hold another switch configuration (YAML) with ports p0 and p1;
+//! `SOURCES` (default 256) is how many source MACs each side sends from (1: a VM's port, whose
+//! MAC spoof filter `CFG` may set to 02:00:00:00:00:00, p0's one source).
 
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
@@ -30,6 +32,10 @@ fn mac(side: u8, n: u32) -> MacAddr {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bursts: u32 = std::env::args().nth(1).map_or(Ok(100_000), |s| s.parse())?;
+    let sources: u32 = std::env::var("SOURCES").map_or(Ok(256), |s| s.parse())?;
+    if sources == 0 {
+        return Err("SOURCES must be at least 1".into());
+    }
     let yaml = std::env::var("CFG")
         .unwrap_or_else(|_| "bridges:\n- name: br0\n  ports:\n  - {name: p0}\n  - {name: p1}\n".into());
     let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml)?, None)?;
@@ -48,8 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..bursts {
         for b in burst.iter_mut() {
             let d = b.data_mut();
-            d[0..6].copy_from_slice(&mac(1, seq % 256).0);
-            d[6..12].copy_from_slice(&mac(0, seq % 256).0);
+            d[0..6].copy_from_slice(&mac(1, seq % sources).0);
+            d[6..12].copy_from_slice(&mac(0, seq % sources).0);
             seq = seq.wrapping_add(1);
         }
         process_burst(&sw, 0, &mut burst, 1, &mut cache, &mut tx, None);

@@ -3,8 +3,9 @@
 //! per-port TX batches), in the manner of VPP's graph nodes.
 //!
 //! A plain burst (every frame untagged, unicast to unicast, on a port that admits untagged
-//! frames and has no spoof filter; not traced) runs the same stages keeping nothing but each
-//! frame's two probes, and when every destination is a known port that takes the frames
+//! frames and has no spoof filter, or whose MAC spoof filter, on a bridge without policies or
+//! IP spoof filters, passes every frame unchanged; not traced) runs the same stages keeping
+//! nothing but each frame's two probes, and when every destination is a known port that takes the frames
 //! untagged, queues them a run of frames per egress port at a time. On a bridge with policies,
 //! a plain burst of established connections (see `filter::fast_burst`) whose sources are all
 //! learned and destinations all known takes a short form of the same stages (`policy_fast`:
@@ -528,9 +529,14 @@ pub fn process_burst(
     // `filter::fast_burst`) and the MAC spoof filter would pass (every source allowed; the
     // fast path takes IP frames only, so no ARP sender is left to check) takes a short form of
     // the same stages (`policy_fast`).
+    // A port with a MAC spoof filter alone (a bridge without policies) takes the same path
+    // when the filter passes every frame of the burst unchanged (`plain_probes_spoof`).
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, Some(vlan), false) => {
             plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
+        }
+        (None, Some(macs), Some(vlan), false) => {
+            plain_probes_spoof(burst, vlan, &eg.table, &mut eg.tx.plain, macs).map(|bytes| (vlan, bytes))
         }
         _ => None,
     };
@@ -1109,6 +1115,51 @@ impl PlainFrame {
 #[inline(never)]
 fn plain_probes(burst: &Burst, vlan: u16, table: &FdbView, out: &mut [PlainFrame; MAX_BURST]) -> Option<u64> {
     plain_probes_with(burst, vlan, table, out, |_, _, _| true)
+}
+
+/// [`plain_probes`] on a port whose MAC spoof filter allows `macs` (not empty): also `None`
+/// as soon as a frame is one that [`spoof_check`] would not pass unchanged, so that the
+/// general stages take the burst and count the drop. The common frame, IPv4 from the port's
+/// first MAC, costs two compares in the loop; any other goes to [`spoof_passes`].
+#[inline(never)]
+fn plain_probes_spoof(
+    burst: &Burst,
+    vlan: u16,
+    table: &FdbView,
+    out: &mut [PlainFrame; MAX_BURST],
+    macs: &[MacAddr],
+) -> Option<u64> {
+    let first = macs.first().map_or(0, |m| m.to_u64());
+    plain_probes_with(burst, vlan, table, out, |d, src, et| {
+        (src == first && et == EtherType::IPV4) || spoof_passes(d, src, et, macs)
+    })
+}
+
+/// Whether the MAC spoof filter allowing `macs` passes the untagged frame `d` (source `src`,
+/// EtherType `et`) unchanged, as [`spoof_check`] would: its source allowed, and an ARP or RARP
+/// sender or a neighbour discovery link-layer address too (a malformed ARP: false). False
+/// also for an outer QinQ tag, whose inner tags `spoof_check` reads: the general stages take
+/// those.
+#[cold]
+#[inline(never)]
+fn spoof_passes(d: &[u8], src: u64, et: u16, macs: &[MacAddr]) -> bool {
+    let allowed = |m: u64| macs.iter().any(|a| a.to_u64() == m);
+    if !allowed(src) {
+        return false;
+    }
+    let l3 = d.get(ETH_HEADER_LEN..).unwrap_or_default();
+    match et {
+        EtherType::ARP | EtherType::RARP => {
+            ArpPacket::new_checked(l3).is_ok_and(|a| allowed(a.sha().to_u64()))
+        }
+        EtherType::IPV6 => match crate::wire::ip::nd_link_addr(l3) {
+            crate::wire::ip::LinkAddr::None => true,
+            crate::wire::ip::LinkAddr::One(mac) => allowed(mac),
+            crate::wire::ip::LinkAddr::Several => false,
+        },
+        EtherType::QINQ => false,
+        _ => true,
+    }
 }
 
 /// [`plain_probes`], also calling `each(frame, source MAC, EtherType)` for every plain frame

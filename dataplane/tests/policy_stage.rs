@@ -1491,3 +1491,81 @@ fn a_redirect_is_checked_by_its_source_alone() {
         }
     }
 }
+
+/// On a bridge without policies or IP spoof filters, a port with a MAC spoof filter alone
+/// (`macspoofchk`, OVN's port security) takes the plain stages for a burst that the filter
+/// passes unchanged, and the general stages, which count the drop, for any frame it would not:
+/// a source, an ARP sender or a neighbour discovery link-layer address not allowed.
+#[test]
+fn a_mac_filtered_port_takes_the_plain_path_only_for_frames_its_filter_passes() {
+    let yaml = r#"
+bridges:
+- name: br0
+  ports:
+  - name: a
+    static_macs: ['02:00:00:00:00:0a']
+  - name: c
+    allowed_macs: ['02:00:00:00:00:0c']
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).expect("valid config"), None).unwrap();
+    let pool = pool();
+    let udp4 = |src: [u8; 6]| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src, MAC[0])
+            .ipv4(IP[2], IP[0], 64)
+            .udp(1000, 53)
+            .write(&mut v, &[0; 18])
+            .expect("frame");
+        v
+    };
+    let udp6 = |src: [u8; 6]| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src, MAC[0])
+            .ipv6(v6(3), v6(1), 64)
+            .udp(1000, 53)
+            .write(&mut v, &[0; 18])
+            .expect("frame");
+        v
+    };
+    let arp = |sha: [u8; 6]| {
+        let mut p = vec![0, 1, 8, 0, 6, 4, 0, 2];
+        p.extend_from_slice(&sha);
+        p.extend_from_slice(&IP[2]);
+        p.extend_from_slice(&MAC[0]);
+        p.extend_from_slice(&IP[0]);
+        testkit::frame::Frame::new(MAC[0], MAC[2]).ethertype(0x0806).payload(&p).build()
+    };
+    // A neighbour advertisement from c to a naming `tll` as c's link-layer address.
+    let na = |tll: [u8; 6]| {
+        let mut body = v6(3).to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&tll);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC[2], MAC[0])
+            .ipv6(lla(MAC[2]), lla(MAC[0]), 255)
+            .icmpv6_raw(136, 0, [0x60, 0, 0, 0])
+            .write(&mut v, &body)
+            .expect("frame");
+        v
+    };
+    let a = vec!["a".to_string()];
+    for (what, frame) in
+        [("IPv4", udp4(MAC[2])), ("IPv6", udp6(MAC[2])), ("ARP", arp(MAC[2])), ("NA", na(MAC[2]))]
+    {
+        let (out, drops, plain) = run_fast(&sw, &pool, "c", &frame, 1);
+        assert_eq!((out, drops.len(), plain), (a.clone(), 0, true), "{what} from c's own MAC");
+    }
+    for (what, frame, counter) in [
+        ("IPv4 from b's MAC", udp4(MAC[1]), "spoofed_src_mac"),
+        ("ARP naming b's MAC", arp(MAC[1]), "spoofed_arp_sha"),
+        ("NA naming b's MAC", na(MAC[1]), "spoofed_nd_lladdr"),
+    ] {
+        let (out, drops, plain) = run_fast(&sw, &pool, "c", &frame, 1);
+        assert_eq!((out.len(), drops, plain), (0, dropped(counter), false), "{what}");
+    }
+    // An outer QinQ tag: the general stages read the tags inside.
+    let mut qinq = udp4(MAC[2]);
+    qinq.splice(12..12, [0x88, 0xa8, 0, 10]);
+    let (_, _, plain) = run_fast(&sw, &pool, "c", &qinq, 1);
+    assert!(!plain, "a QinQ frame took the plain path");
+}

@@ -478,8 +478,8 @@ fn plain_bursts() -> Option<u64> {
     None
 }
 
-/// The plain path (untraced bursts of plain frames on ports without a spoof filter) and the
-/// general stages (a traced run takes them for every burst) do the same: the same frames
+/// The plain path (untraced bursts of plain frames on ports without a spoof filter or whose
+/// MAC spoof filter passes them all) and the general stages (a traced run takes them for every burst) do the same: the same frames
 /// queued to the same ports in the same order, the same counters, the same MAC table. The
 /// untraced runs take the plain path for a good share of their bursts (the pipeline counts
 /// them in builds with debug assertions, as the tests are), so that the comparison is not of
@@ -488,6 +488,8 @@ fn plain_bursts() -> Option<u64> {
 fn plain_path_matches_the_general_stages() {
     // Untraced bursts, and those of them that took the plain path.
     let (untraced, plain) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    // Bursts of the MAC-filtered port that took the plain path.
+    let filtered = std::cell::Cell::new(0u64);
     let bursts = prop::collection::vec((0u16..8, prop::collection::vec(mostly_plain_frame(), 1..64)), 1..60);
     run_cases(300, (bursts, 1usize..10), |(bursts, drain_every)| {
         let yaml = r#"
@@ -499,7 +501,7 @@ bridges:
   - {name: acc3, tag: 10}
   - {name: trk, trunks: [0, 10, 20]}
   - {name: nu, vlan_mode: native-untagged, tag: 20}
-  - {name: filtered, tag: 10, allowed_macs: ["02:00:00:10:00:05"]}
+  - {name: filtered, tag: 10, allowed_macs: ["02:00:00:00:10:05", "02:00:00:10:00:05"]}
 - name: br1
   ports:
   - {name: x}
@@ -533,10 +535,26 @@ bridges:
                             [&dst[..], &src[..], &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], payload].concat()
                         }
                         Some(d) => {
-                            // One frame in 50 from another port's host: a move, then back.
+                            // One frame in 50 from another port's host: a move, then back
+                            // (on the MAC-filtered port, a spoofed source).
                             let p = *port as u8;
                             let src = if (i + k) % 50 == 0 { host_mac((p + 1) % 8) } else { host_mac(p) };
-                            [&host_mac(peer(p, *d))[..], &src[..], &[0x08, 0x00], payload].concat()
+                            // Mostly IPv4; now and then ARP (its sender now and then not
+                            // the source) or IPv6 (random: neighbour discovery by chance),
+                            // which the MAC spoof filter reads further.
+                            let (et, body) = match d % 8 {
+                                5 => {
+                                    let sha = if d % 16 == 13 { host_mac(7) } else { src };
+                                    let arp = [&[0u8, 1, 8, 0, 6, 4, 0, 1][..], &sha[..]].concat();
+                                    (
+                                        [0x08, 0x06],
+                                        [&arp[..], &payload[arp.len().min(payload.len())..]].concat(),
+                                    )
+                                }
+                                6 => ([0x86, 0xdd], payload.clone()),
+                                _ => ([0x08, 0x00], payload.clone()),
+                            };
+                            [&host_mac(peer(p, *d))[..], &src[..], &et[..], &body[..]].concat()
                         }
                         None => payload.clone(),
                     };
@@ -551,6 +569,9 @@ bridges:
                 } else {
                     untraced.set(untraced.get() + 1);
                     plain.set(plain.get() + u64::from(took_plain));
+                    if *port == 5 {
+                        filtered.set(filtered.get() + u64::from(took_plain));
+                    }
                 }
                 prop_assert!(burst.is_empty());
             }
@@ -590,6 +611,7 @@ bridges:
     let (untraced, plain) = (untraced.get(), plain.get());
     if plain_bursts().is_some() {
         assert!(plain * 4 >= untraced, "only {plain} of {untraced} untraced bursts took the plain path");
+        assert!(filtered.get() > 0, "no burst of the MAC-filtered port took the plain path");
     } else {
         eprintln!("not checked that the plain path ran: a build without debug assertions does not count it");
     }
