@@ -13,7 +13,9 @@
 //! Without valgrind it also prints ns per frame (noisy; `benches/pipeline.rs` is the timed
 //! benchmark). `CFG` may hold another switch configuration (YAML) with ports p0 and p1;
 //! `SOURCES` (default 256) is how many source MACs each side sends from (1: a VM's port, whose
-//! MAC spoof filter `CFG` may set to 02:00:00:00:00:00, p0's one source).
+//! MAC spoof filter `CFG` may set to 02:00:00:00:00:00, p0's one source); `TAG_IN` (a VID,
+//! default none) sends p0's frames tagged with it, as a trunk uplink receives them (the
+//! frames are re-tagged or untagged outside the counted calls after each burst).
 
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
@@ -39,8 +41,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let yaml = std::env::var("CFG")
         .unwrap_or_else(|_| "bridges:\n- name: br0\n  ports:\n  - {name: p0}\n  - {name: p1}\n".into());
     let sw = SwitchConfig::compile(&Config::from_yaml_str(&yaml)?, None)?;
+    let tag_in: Option<u16> = std::env::var("TAG_IN").ok().map(|s| s.parse()).transpose()?;
     let table = &sw.bridges[0].table;
-    let vlan = sw.port(0).and_then(|p| p.vlan.ingress(None)).ok_or("p0 takes no untagged frames")?;
+    let vlan = sw
+        .port(0)
+        .and_then(|p| p.vlan.ingress(tag_in.map(switchyard_dataplane::wire::VlanTci)))
+        .ok_or("p0 does not admit the frames sent")?;
     for i in 0..256 {
         table.learn(vlan, mac(0, i), 0, 1, u32::MAX);
         table.learn(vlan, mac(1, i), 1, 1, u32::MAX);
@@ -48,6 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = Pool::new("bench", 4096)?;
     let mut cache = pool.cache();
     let mut burst = frames::ipv4_burst(&mut cache, BURST, 60);
+    if let Some(vid) = tag_in {
+        for b in burst.iter_mut() {
+            b.push_vlan(vid)?;
+        }
+    }
     let mut tx = TxBatches::new(sw.port_slots());
     let mut seq = 0u32;
     let start = std::time::Instant::now();
@@ -60,6 +71,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         process_burst(&sw, 0, &mut burst, 1, &mut cache, &mut tx, None);
         tx.drain_with(|_, out| burst.extend(out.drain(..)));
+        for b in burst.iter_mut() {
+            let tagged = b.data().get(12..14) == Some(&[0x81, 0x00]);
+            match (tagged, tag_in) {
+                (true, None) => b.pop_vlan()?,
+                (false, Some(vid)) => b.push_vlan(vid)?,
+                _ => {}
+            }
+        }
     }
     let elapsed = start.elapsed();
     let stats = sw.port(0).ok_or("no p0")?.stats.snapshot();

@@ -4,9 +4,11 @@
 //!
 //! A plain burst (every frame untagged, unicast to unicast, on a port that admits untagged
 //! frames and has no spoof filter, or whose MAC spoof filter, on a bridge without policies or
-//! IP spoof filters, passes every frame unchanged; not traced) runs the same stages keeping
-//! nothing but each frame's two probes, and when every destination is a known port that takes the frames
-//! untagged, queues them a run of frames per egress port at a time. On a bridge with policies,
+//! IP spoof filters, passes every frame unchanged; or every frame tagged with the one VLAN the
+//! port admits it into, on a port without a spoof filter; not traced) runs the same stages
+//! keeping nothing but each frame's two probes, and when every destination is a known port
+//! that carries the VLAN, queues them a run of frames per egress port at a time, pushing or
+//! popping the tags of a run to a port that takes the VLAN the other way. On a bridge with policies,
 //! a plain burst of established connections (see `filter::fast_burst`) whose sources are all
 //! learned and destinations all known takes a short form of the same stages (`policy_fast`:
 //! nothing learned, each frame checked against the port it is queued to), on ports with MAC or
@@ -37,7 +39,8 @@ use crate::fdb::{FdbHit, FdbView, LearnOutcome, Probe};
 use crate::port::{Burst, DropTally, TxQueue, MAX_BURST};
 use crate::switch::{DropReason, PortId, PortSpec, SwitchConfig};
 use crate::wire::{
-    ArpPacket, EtherType, MacAddr, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, VLAN_TCI_OFFSET,
+    ArpPacket, EtherType, MacAddr, VlanTci, ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, VLAN_TAG_LEN,
+    VLAN_TCI_OFFSET,
 };
 use arrayvec::ArrayVec;
 use std::sync::atomic::Ordering;
@@ -531,18 +534,27 @@ pub fn process_burst(
     // the same stages (`policy_fast`).
     // A port with a MAC spoof filter alone (a bridge without policies) takes the same path
     // when the filter passes every frame of the burst unchanged (`plain_probes_spoof`).
+    // A burst whose first frame carries an 802.1Q tag (a trunk, an uplink) takes it too when
+    // every frame carries the same VLAN's tag (`plain_probes_tagged`), on a port without a
+    // spoof filter.
+    let first_tagged = burst.first().is_some_and(|b| b.data().get(12..14) == Some(&[0x81, 0x00]));
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
+        (None, None, _, false) if first_tagged => {
+            plain_probes_tagged(burst, port, &eg.table, &mut eg.tx.plain)
+                .map(|(vlan, bytes)| (vlan, bytes, true))
+        }
         (None, None, Some(vlan), false) => {
-            plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain).map(|bytes| (vlan, bytes))
+            plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain).map(|bytes| (vlan, bytes, false))
         }
         (None, Some(macs), Some(vlan), false) => {
-            plain_probes_spoof(burst, vlan, &eg.table, &mut eg.tx.plain, macs).map(|bytes| (vlan, bytes))
+            plain_probes_spoof(burst, vlan, &eg.table, &mut eg.tx.plain, macs)
+                .map(|bytes| (vlan, bytes, false))
         }
         _ => None,
     };
     match plain {
-        Some((vlan, bytes)) => {
-            plain_burst(&mut eg, port, burst, vlan, bytes);
+        Some((vlan, bytes, tagged)) => {
+            plain_burst(&mut eg, port, burst, vlan, tagged, bytes);
             #[cfg(debug_assertions)]
             PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
         }
@@ -595,7 +607,15 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
     // Stage 2: every source learned, every destination looked up, the burst cut into runs to
     // one port each.
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
-    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan };
+    let mut route = Runs {
+        runs: ArrayVec::new(),
+        ok_port: u32::MAX,
+        in_port,
+        vlan,
+        tagged: false,
+        retag: false,
+        retagged: 0,
+    };
     // Frame i's port, as its run has it (written here for every frame of the burst, read by
     // stage 3 only when all of them were).
     let mut to = [0 as PortId; MAX_BURST];
@@ -627,12 +647,13 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
 /// whole burst at once when it all goes to one port); otherwise frame by frame, as the general
 /// stages do.
 #[inline(always)]
-fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, bytes: u64) {
+fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, tagged: bool, bytes: u64) {
     let (cfg, table, in_port, now, mac_limit) = (eg.cfg, eg.table, eg.in_port, eg.now, port.mac_limit);
     let n = burst.len();
     eg.t.rx_bytes = bytes;
     let plain = &eg.tx.plain[..n];
-    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan };
+    let mut route =
+        Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retag: true, retagged: 0 };
     // Learning and lookups in one pass as long as every source is learned already (a learn
     // that writes and counts nothing, see `FdbView::learn_is_noop`): the table is then, for
     // every lookup, what it is after all the burst's learning, as the stages' order demands.
@@ -660,6 +681,7 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
     if all_plain && !rest.is_empty() {
         route.runs.clear();
         route.ok_port = u32::MAX;
+        route.retagged = 0;
         for (i, f) in plain.iter().enumerate() {
             if !route.add(i, table.lookup_probe(&f.dst, now), &mut eg.memo, cfg, port.bridge) {
                 all_plain = false;
@@ -667,9 +689,16 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
             }
         }
     }
+    let mut bytes_out = bytes;
+    if all_plain && route.retagged != 0 {
+        match route.retag_runs(burst, bytes) {
+            Some(b) => bytes_out = b,
+            None => all_plain = false,
+        }
+    }
     let runs = &route.runs;
     if let (true, [(_, op)]) = (all_plain, runs.as_slice()) {
-        eg.tx.push_burst(*op, burst, bytes, eg.cache);
+        eg.tx.push_burst(*op, burst, bytes_out, eg.cache);
     } else if all_plain {
         let mut bufs = burst.drain(..);
         for (k, &(start, op)) in runs.iter().enumerate() {
@@ -677,10 +706,23 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, b
             eg.tx.push_run(op, &mut bufs, end - start, eg.cache);
         }
     } else {
-        for (i, buf) in burst.drain(..).enumerate() {
-            let f = eg.tx.plain[i];
-            let hit = table.lookup_probe(&f.dst, now);
-            eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
+        if !tagged {
+            for (i, buf) in burst.drain(..).enumerate() {
+                let f = eg.tx.plain[i];
+                let hit = table.lookup_probe(&f.dst, now);
+                eg.forward(hit, vlan, false, buf, None, || f.meta(vlan));
+            }
+        } else {
+            for (i, buf) in burst.drain(..).enumerate() {
+                let f = eg.tx.plain[i];
+                let hit = table.lookup_probe(&f.dst, now);
+                // The frame's own TCI (plain_probes_tagged checked that the tag is there).
+                let tci = buf
+                    .data()
+                    .get(VLAN_TCI_OFFSET..VLAN_TCI_OFFSET + 2)
+                    .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
+                eg.forward(hit, vlan, true, buf, None, || FrameMeta { tagged: true, tci, ..f.meta(vlan) });
+            }
         }
     }
 }
@@ -694,9 +736,52 @@ struct Runs {
     ok_port: u32,
     in_port: PortId,
     vlan: u16,
+    /// The frames carry VLAN `vlan`'s tag (`plain_probes_tagged`).
+    tagged: bool,
+    /// Whether a run may go to a port that takes the VLAN the other way than the frames carry
+    /// it (untagged when they are tagged, or tagged when they are not): its frames' tags are
+    /// then popped or pushed before they are queued (`plain_burst`). Otherwise every run's
+    /// frames leave as they came.
+    retag: bool,
+    /// Bit k: run k goes to such a port.
+    retagged: u64,
 }
 
 impl Runs {
+    /// The tags of the frames of the runs to ports that take the VLAN the other way than the
+    /// frames carry it (`retagged`) pushed or popped, as `egress_rewrite` does, and the burst's
+    /// bytes after (`bytes` before). `None`, nothing changed, when a frame to be tagged has no
+    /// headroom for it: then frame by frame, where that one is counted.
+    #[cold]
+    #[inline(never)]
+    fn retag_runs(&self, burst: &mut Burst, bytes: u64) -> Option<u64> {
+        let n = burst.len();
+        let frames = |k: usize| self.runs.get(k).map_or(0, |r| r.0)..self.runs.get(k + 1).map_or(n, |r| r.0);
+        let retagged = || (0..self.runs.len()).filter(|&k| self.retagged >> k & 1 != 0);
+        let room = retagged().all(|k| {
+            self.tagged
+                || burst.get(frames(k)).is_some_and(|r| r.iter().all(|b| b.headroom() >= VLAN_TAG_LEN))
+        });
+        if !room {
+            return None;
+        }
+        let mut bytes = bytes;
+        for k in retagged() {
+            for b in burst.get_mut(frames(k)).into_iter().flatten() {
+                // Cannot fail: a popped frame has its tag (plain_probes_tagged), a pushed one its
+                // headroom (above) and its addresses (plain_probes).
+                if self.tagged {
+                    if b.pop_vlan().is_ok() {
+                        bytes -= VLAN_TAG_LEN as u64;
+                    }
+                } else if b.push_vlan(self.vlan).is_ok() {
+                    bytes += VLAN_TAG_LEN as u64;
+                }
+            }
+        }
+        Some(bytes)
+    }
+
     /// Queues the burst (`bytes`: its bytes) whose every frame was added: a batch's length is
     /// updated once per run, the whole burst at once when it all goes to one port.
     #[inline(always)]
@@ -715,7 +800,8 @@ impl Runs {
 
     /// Adds frame `i`, whose destination's lookup found `hit` (a bridge `bridge` port, through
     /// `memo`); false when the frame cannot take the run path (unknown destination, or a port
-    /// that is the ingress port, is not in the bridge or does not take the VLAN untagged).
+    /// that is the ingress port, is not in the bridge, does not carry the VLAN, or, without
+    /// `retag`, does not take it as the frames carry it).
     #[inline(always)]
     fn add(
         &mut self,
@@ -731,12 +817,14 @@ impl Runs {
         }
         // A run per frame at most, so try_push never fails (were it to, the frames would take
         // the frame-by-frame path, which decides the same).
-        if hit.port == self.in_port
-            || memo.get(cfg, bridge, hit.port, self.vlan) != Some(false)
-            || self.runs.try_push((i, hit.port)).is_err()
-        {
+        let k = self.runs.len();
+        let Some(tag_out) = memo.get(cfg, bridge, hit.port, self.vlan) else { return false };
+        let retag = tag_out != self.tagged;
+        if hit.port == self.in_port || (retag && !self.retag) || self.runs.try_push((i, hit.port)).is_err() {
             return false;
         }
+        // k < MAX_BURST = 64 (a run per frame at most).
+        self.retagged |= u64::from(retag) << k;
         self.ok_port = u32::from(hit.port);
         true
     }
@@ -1162,6 +1250,42 @@ fn spoof_passes(d: &[u8], src: u64, et: u16, macs: &[MacAddr]) -> bool {
     }
 }
 
+/// [`plain_probes`] for a burst of 802.1Q-tagged frames on `port` (no spoof filter): every
+/// frame at least [`ETH_VLAN_HEADER_LEN`] bytes, tagged with the first frame's VID, which must
+/// be the VLAN the port admits it into (not a priority tag, which takes a native VLAN), from a
+/// unicast source other than zero to a unicast destination: what [`classify`] passes on with
+/// that VLAN and no verdict. The VLAN and the bytes; `None` as soon as a frame is not such a
+/// frame (the general stages then take the burst). A frame left tagged in that VLAN leaves as
+/// it came (`egress_rewrite` rewrites a tag's VID only).
+#[inline(never)]
+fn plain_probes_tagged(
+    burst: &Burst,
+    port: &PortSpec,
+    table: &FdbView,
+    out: &mut [PlainFrame; MAX_BURST],
+) -> Option<(u16, u64)> {
+    // The TCI of a frame whose whole tagged header is there (classify's length checks).
+    let tci = |d: &[u8]| match d.get(ETH_HEADER_LEN - 2..ETH_VLAN_HEADER_LEN) {
+        Some(&[0x81, 0x00, t0, t1, _, _]) => Some(u16::from_be_bytes([t0, t1])),
+        _ => None,
+    };
+    let vid = tci(burst.first()?.data())? & 0x0fff;
+    let vlan = port.vlan.ingress(Some(VlanTci(vid))).filter(|&v| v == vid)?;
+    let mut bytes = 0u64;
+    for (b, f) in burst.iter().zip(out.iter_mut()) {
+        let d = b.data();
+        bytes += d.len() as u64;
+        let (dst, src, _) = eth_header(d)?;
+        if tci(d).is_none_or(|t| t & 0x0fff != vid) || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
+            return None;
+        }
+        *f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
+        table.prefetch(&f.src);
+        table.prefetch(&f.dst);
+    }
+    Some((vlan, bytes))
+}
+
 /// [`plain_probes`], also calling `each(frame, source MAC, EtherType)` for every plain frame
 /// as it is read (the policy fast path's first stage, so that a frame is read once for both):
 /// `None` as soon as it returns false.
@@ -1500,6 +1624,95 @@ mod tests {
         assert_eq!((tx.used, tx.slot_of[usize::from(p0)], tx.queued(p0)), (1, 0, 3));
         tx.discard(&mut cache);
         assert!(tx.is_empty() && tx.slot_of.iter().all(|&s| s == NO_SLOT));
+        drop(cache);
+        assert_eq!(pool.in_use(), 0, "every buffer came back");
+    }
+
+    /// A TX queue that takes every frame, noting (port, bytes) in `out`.
+    struct Collect {
+        port: PortId,
+        out: std::sync::Arc<std::sync::Mutex<Vec<(PortId, Vec<u8>)>>>,
+    }
+
+    impl crate::port::TxQueue for Collect {
+        fn tx_burst(
+            &mut self,
+            pkts: &mut Burst,
+            cache: &mut PoolCache,
+            _: &mut crate::port::DropTally,
+        ) -> usize {
+            let n = pkts.len();
+            let mut out = self.out.lock().expect("lock");
+            for b in pkts.drain(..) {
+                out.push((self.port, b.data().to_vec()));
+                cache.free(b);
+            }
+            n
+        }
+    }
+
+    /// Between an access port and a trunk, a burst's tags are pushed (access to trunk) and
+    /// popped (trunk to access) on the plain path, with the tx bytes of the frames as they
+    /// leave; a frame with no headroom for its tag sends the burst frame by frame, where it is
+    /// `no_buffer` on the egress port, as in the general stages.
+    #[test]
+    fn tags_pushed_and_popped_on_the_plain_path() {
+        let sw = switch();
+        let (a, t) = (sw.by_name["a"], sw.by_name["t"]);
+        let pool = crate::Pool::new("retag", 64).expect("pool");
+        let mut cache = pool.cache();
+        let mut tx = TxBatches::new(sw.port_slots());
+        let (ma, mt) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
+        sw.bridges[0].table.learn(10, MacAddr(ma), a, 1, u32::MAX);
+        sw.bridges[0].table.learn(10, MacAddr(mt), t, 1, u32::MAX);
+        let untagged = [&mt[..], &ma, &[0x08, 0x00], &[7; 46]].concat();
+        let tagged = [&ma[..], &mt, &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], &[7; 46]].concat();
+        // Runs one burst of `frames` from `port` (`no_headroom`: the first frame's buffer has
+        // none): the frames queued, whether the plain path took it, and the two ports' stats.
+        let mut run = |port: PortId, frames: &[&[u8]], no_headroom: bool| {
+            let mut burst = Burst::new();
+            for (i, f) in frames.iter().enumerate() {
+                let mut b = cache.alloc_copy(f).expect("buffer");
+                if no_headroom && i == 0 {
+                    let h = b.headroom();
+                    b.prepend(h).expect("headroom");
+                    b.data_mut()[..f.len()].copy_from_slice(f);
+                    b.set_len(f.len()).expect("length");
+                    assert_eq!(b.headroom(), 0);
+                }
+                burst.push(b);
+            }
+            let plain = plain_bursts_on_this_thread();
+            process_burst(&sw, port, &mut burst, 1, &mut cache, &mut tx, None);
+            let took_plain = plain_bursts_on_this_thread() > plain;
+            let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut queues: Vec<Option<Box<dyn crate::port::TxQueue>>> = (0..sw.port_slots() as PortId)
+                .map(|port| {
+                    Some(Box::new(Collect { port, out: sent.clone() }) as Box<dyn crate::port::TxQueue>)
+                })
+                .collect();
+            tx.flush(&sw, &mut queues, &mut cache);
+            let out = std::mem::take(&mut *sent.lock().expect("lock"));
+            (out, took_plain)
+        };
+        let (out, plain) = run(a, &[&untagged, &untagged], false);
+        assert!(plain, "access to trunk took the general stages");
+        assert_eq!(
+            out,
+            vec![(t, [&mt[..], &ma, &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], &[7; 46]].concat()); 2]
+        );
+        let (out, plain) = run(t, &[&tagged, &tagged, &tagged], false);
+        assert!(plain, "trunk to access took the general stages");
+        assert_eq!(out, vec![(a, [&ma[..], &mt, &[0x08, 0x00], &[7; 46]].concat()); 3]);
+        let (t_before, a_before) =
+            (sw.port(t).unwrap().stats.snapshot(), sw.port(a).unwrap().stats.snapshot());
+        let (out, _) = run(a, &[&untagged, &untagged], true);
+        assert_eq!(out.len(), 1, "the frame with no headroom was queued");
+        let (t_after, a_after) = (sw.port(t).unwrap().stats.snapshot(), sw.port(a).unwrap().stats.snapshot());
+        let drops = |s: &crate::switch::PortStatsSnapshot| s.drops.get("no_buffer").copied().unwrap_or(0);
+        assert!(drops(&t_after) + drops(&a_after) > drops(&t_before) + drops(&a_before));
+        assert_eq!(drops(&t_after) + drops(&a_after) - drops(&t_before) - drops(&a_before), 1);
+        assert_eq!(t_after.tx_bytes - t_before.tx_bytes, 64);
         drop(cache);
         assert_eq!(pool.in_use(), 0, "every buffer came back");
     }

@@ -479,7 +479,8 @@ fn plain_bursts() -> Option<u64> {
 }
 
 /// The plain path (untraced bursts of plain frames on ports without a spoof filter or whose
-/// MAC spoof filter passes them all) and the general stages (a traced run takes them for every burst) do the same: the same frames
+/// MAC spoof filter passes them all, untagged or all tagged with one VLAN, their tags pushed
+/// or popped for the ports they go to) and the general stages (a traced run takes them for every burst) do the same: the same frames
 /// queued to the same ports in the same order, the same counters, the same MAC table. The
 /// untraced runs take the plain path for a good share of their bursts (the pipeline counts
 /// them in builds with debug assertions, as the tests are), so that the comparison is not of
@@ -490,6 +491,8 @@ fn plain_path_matches_the_general_stages() {
     let (untraced, plain) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     // Bursts of the MAC-filtered port that took the plain path.
     let filtered = std::cell::Cell::new(0u64);
+    // Bursts of the trunk (tagged frames) that took the plain path.
+    let trunk = std::cell::Cell::new(0u64);
     let bursts = prop::collection::vec((0u16..8, prop::collection::vec(mostly_plain_frame(), 1..64)), 1..60);
     run_cases(300, (bursts, 1usize..10), |(bursts, drain_every)| {
         let yaml = r#"
@@ -572,6 +575,9 @@ bridges:
                     if *port == 5 {
                         filtered.set(filtered.get() + u64::from(took_plain));
                     }
+                    if *port == u16::from(TRUNK) {
+                        trunk.set(trunk.get() + u64::from(took_plain));
+                    }
                 }
                 prop_assert!(burst.is_empty());
             }
@@ -612,6 +618,7 @@ bridges:
     if plain_bursts().is_some() {
         assert!(plain * 4 >= untraced, "only {plain} of {untraced} untraced bursts took the plain path");
         assert!(filtered.get() > 0, "no burst of the MAC-filtered port took the plain path");
+        assert!(trunk.get() > 0, "no tagged burst of the trunk took the plain path");
     } else {
         eprintln!("not checked that the plain path ran: a build without debug assertions does not count it");
     }
