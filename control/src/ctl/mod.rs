@@ -153,15 +153,33 @@ pub struct CtlServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A listening socket at `path`, mode 0600. It is bound and listening under a name of its own
+/// (`<path>.new`) and renamed to `path` only then: a client that finds `path` can connect (a
+/// bind makes the name before the listen, and a CNI call or a test that came in between was
+/// refused). The caller holds the path's claim ([`CtlClaim`]), so no other `run` uses the
+/// temporary name.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    // Left by a `run` that ended between its bind and its rename.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     // The creation mask is restored right after the bind, so the socket is never created with
     // wider permissions than 0600.
     use nix::sys::stat::{umask, Mode};
     let old = umask(Mode::from_bits_truncate(0o177));
-    let r = UnixListener::bind(path);
+    let r = UnixListener::bind(&tmp);
     umask(old);
     let l = r?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(l)
 }
 
@@ -389,5 +407,25 @@ mod tests {
         // A live socket is still refused with the claim free (a `run` of an older version).
         let _l = UnixListener::bind(&path).unwrap();
         assert!(matches!(claim(&path), Err(CtlError::InUse(_))));
+    }
+
+    /// The socket appears at its path already listening, mode 0600, under a name of its own
+    /// first (a stale one, left by a `run` killed between its bind and its rename, replaced),
+    /// and nothing is left under that name.
+    #[test]
+    fn the_socket_appears_listening_at_its_path() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let tmp = dir.path().join("ctl.sock.new");
+        drop(UnixListener::bind(&tmp).unwrap());
+        let l = bind_private(&path).expect("bound");
+        assert!(!tmp.exists(), "the temporary name is left");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        let _c = UnixStream::connect(&path).expect("connects at its path");
+        l.set_nonblocking(true).unwrap();
+        assert!(l.accept().is_ok(), "the connection reached the listener");
     }
 }
