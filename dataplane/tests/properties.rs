@@ -532,7 +532,7 @@ bridges:
                 let mut burst = Burst::new();
                 for (k, (to, payload)) in frames.iter().enumerate() {
                     let f = match to {
-                        // The trunk's host, in VLAN 10 (tagged: the general stages take it).
+                        // The trunk's host, in VLAN 10, tagged (popped for the access ports).
                         Some(d) if *port == u16::from(TRUNK) => {
                             let (dst, src) = (host_mac(peer(TRUNK, *d)), host_mac(TRUNK));
                             [&dst[..], &src[..], &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], payload].concat()
