@@ -706,13 +706,16 @@ fn outer_v4(src_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
 /// asks (source port from the inner flow in 49152-65535, one port per flow; UDP checksum zero
 /// over IPv4, valid over IPv6, which the kernel checks); malformed packets on the uplink each
 /// counted under their reason, a frame that is no tunnel packet too (and whether the node's
-/// kernel also got it: not on an AF_XDP uplink). On an AF_XDP uplink also TCP both ways between the VMs, with
-/// their offloads on (at the overlay MTU): every byte arrives, and no outer packet was refused
-/// on the way (the inner checksums the kernel node's VXLAN left partial finished). Not on an
-/// AF_PACKET uplink: its veth peer hands it the kernel node's TCP as UDP-tunnel GSO
-/// super-frames, which it does not take (docs/overlay.md, "The fast path").
+/// kernel also got it: not on an AF_XDP uplink). On an AF_XDP or AF_PACKET uplink also TCP
+/// both ways between the VMs, with their offloads on (at the overlay MTU): every byte arrives,
+/// and no outer packet was refused on the way (the inner checksums the kernel node's VXLAN
+/// left partial finished; on an AF_PACKET uplink the UDP-tunnel GSO super-frames its veth
+/// peer hands it, with the kernel node's segmentation offload on, cut into tunnel packets,
+/// at least one of them counted). Not on a DPDK uplink: `net_af_packet` takes neither
+/// (docs/overlay.md, "The fast path").
 fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     let afxdp = uplink.starts_with("afxdp:");
+    let afpacket = !afxdp && !uplink.starts_with("dpdk:");
     let mut nss = Namespaces::new(match (afxdp, v6) {
         (true, false) => 7,
         (true, true) => 8,
@@ -761,14 +764,27 @@ fn fast_path_with_kernel_vxlan(v6: bool, uplink: &str) {
     let ports = n1.ctl(&["show", "ports"]);
     assert!(ports.contains("# tun0: vxlan vni 5001 on uplink tun0-uplink (02:00:00:00:99:01), flood 1 endpoints, 1 resolved, underlay_mtu 1500 overlay_mtu"), "{ports}");
     frames_byte_for_byte(&a1, &kv);
-    if afxdp {
+    if afxdp || afpacket {
         // The overlay MTU: the underlay's less the outer headers.
         let mtu = if v6 { "1430" } else { "1450" };
         for v in [&a1, &kv] {
             ip(&["-n", v, "link", "set", "eth0", "mtu", mtu]).unwrap();
         }
+        // The kernel node keeps its offloads as the kernel sets them up (TSO on its VM's veth
+        // and its VXLAN device, UDP-tunnel segmentation on its uplink veth): on an AF_PACKET
+        // uplink a packet socket of u1's kernel sees its TCP arrive as super-frames longer than
+        // the underlay's MTU (read here, apart from switchyard).
+        let witness = afpacket.then(|| {
+            let mut at_u1 = RawSock::open(Some(&u1), "eth0").unwrap();
+            std::thread::spawn(move || at_u1.recv_matching(Duration::from_secs(30), |f| f.len() > 14 + 1500))
+        });
         tcp_both_ways((&a1, "10.50.0.1"), (&kv, "10.50.0.3"), 2 << 20);
         assert_eq!(n1.drop_count("tun0", "tunnel_outer_malformed"), 0, "{}", n1.stats("tun0").2);
+        assert_eq!(n1.drop_count("tun0", "bad_offload"), 0, "{}", n1.stats("tun0").2);
+        if let Some(w) = witness {
+            let sup = w.join().unwrap();
+            assert!(sup.is_some(), "no super-frame reached the uplink: the transfer proved nothing");
+        }
     }
 
     // The outer headers on the underlay, as the kernel node's uplink sees them.

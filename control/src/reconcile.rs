@@ -358,6 +358,33 @@ mod tests {
         // `kernel`: written differently, taken in place.
         assert_eq!(diff(&old, &tun(&|p| p.dstport = Some(4789))).updated, ["t"]);
         assert_eq!(diff(&old, &tun(&|p| p.underlay = Some("kernel".into()))).updated, ["t"]);
+        // One uplink spelled another way (the default queue count or receive mode written
+        // out, or left out) is taken in place, in either direction: the uplink is not
+        // reopened. Another queue count or receive mode reopens the port.
+        let on = |u: &'static str| tun(&move |p| p.underlay = Some(u.into()));
+        for (a, b) in [
+            ("afxdp:eth1", "afxdp:eth1,queues=1"),
+            ("afxdp:eth1,queues=1", "afxdp:eth1"),
+            ("eth1", "afpacket:eth1,ring"),
+            ("afpacket:eth1", "eth1"),
+        ] {
+            let d = diff(&on(a), &on(b));
+            assert_eq!(
+                (d.updated.as_slice(), d.reopened.len()),
+                (&["t".to_string()][..], 0),
+                "{a} -> {b}: {d:?}"
+            );
+        }
+        for (a, b) in
+            [("afxdp:eth1", "afxdp:eth1,queues=2"), ("afpacket:eth1,ring", "afpacket:eth1,recvmmsg")]
+        {
+            let d = diff(&on(a), &on(b));
+            assert_eq!(
+                (d.reopened.as_slice(), d.updated.len()),
+                (&["t".to_string()][..], 0),
+                "{a} -> {b}: {d:?}"
+            );
+        }
     }
 
     #[test]

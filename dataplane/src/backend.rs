@@ -60,6 +60,9 @@ impl fmt::Display for SocketMode {
     }
 }
 
+/// The RX queues an AF_XDP port or uplink opens when `queues` is not given.
+pub const AFXDP_DEFAULT_QUEUES: u16 = 1;
+
 /// One port's backend: its type and that type's options. An option left `None` takes its
 /// documented default where the port is opened (an interface or ring named like the port,
 /// one queue pair, ...).
@@ -71,7 +74,8 @@ pub enum Backend {
     Pcap { rx: Option<String>, tx: Option<String>, infinite: Option<bool> },
     /// A kernel interface over AF_PACKET.
     Afpacket { iface: Option<String>, rx_mode: Option<AfPacketRxMode> },
-    /// A kernel interface over AF_XDP: its RX queues `0..queues` (default 1).
+    /// A kernel interface over AF_XDP: its RX queues `0..queues` (default
+    /// [`AFXDP_DEFAULT_QUEUES`]).
     Afxdp { iface: Option<String>, queues: Option<u16> },
     /// A TAP interface (created if it does not exist).
     Tap { iface: Option<String> },
@@ -119,9 +123,11 @@ impl TunnelBackend {
     /// (`PortBackend::update`): the flood list, the static remote MACs and learning. The
     /// encapsulation, VNI, local address, UDP port and underlay (the socket or uplink) are
     /// the same.
+    /// The underlays are compared as they open ([`uplink_form`]): `eth1`, `afpacket:eth1` and
+    /// `afpacket:eth1,ring` are one uplink, as are no underlay and `kernel`.
     pub fn same_transport(&self, o: &TunnelBackend) -> bool {
         (self.kind, self.vni, self.local, self.port()) == (o.kind, o.vni, o.local, o.port())
-            && self.underlay.as_deref().unwrap_or("kernel") == o.underlay.as_deref().unwrap_or("kernel")
+            && uplink_form(self.underlay.as_deref()) == uplink_form(o.underlay.as_deref())
     }
 }
 
@@ -134,6 +140,30 @@ impl TunnelBackend {
 pub fn uplink_key(underlay: Option<&str>) -> Option<String> {
     let spelled = uplink_spelling(underlay)?;
     Some(spelled.split(',').next().unwrap_or_default().to_string())
+}
+
+/// The uplink an underlay opens and how, one string for every spelling of it: the
+/// [`uplink_spelling`] parsed as a port spec and written back with the options at their
+/// defaults left out, so `afxdp:IFACE,queues=1` is `afxdp:IFACE` ([`AFXDP_DEFAULT_QUEUES`]
+/// is 1) and `afpacket:IFACE,ring` is `afpacket:IFACE` (ring is AF_PACKET's default receive
+/// mode). Underlays with one form open one uplink the same way; what is compared of two
+/// underlays is this, never their spelling. A DPDK uplink's devargs stay as
+/// [`canonical_devargs`] writes them (DPDK's own options are not interpreted here); an
+/// underlay that does not parse as an uplink is as spelled (the configuration check refuses
+/// it). `None` for the kernel transport.
+pub fn uplink_form(underlay: Option<&str>) -> Option<String> {
+    let spelled = uplink_spelling(underlay)?;
+    Some(match spelled.parse::<Backend>() {
+        Ok(Backend::Afpacket { iface: Some(iface), rx_mode }) => match rx_mode.unwrap_or_default() {
+            AfPacketRxMode::Ring => format!("afpacket:{iface}"),
+            AfPacketRxMode::Recvmmsg => format!("afpacket:{iface},recvmmsg"),
+        },
+        Ok(Backend::Afxdp { iface: Some(iface), queues }) => match queues.unwrap_or(AFXDP_DEFAULT_QUEUES) {
+            AFXDP_DEFAULT_QUEUES => format!("afxdp:{iface}"),
+            n => format!("afxdp:{iface},queues={n}"),
+        },
+        _ => spelled,
+    })
 }
 
 /// The underlay as the uplink is opened from it: `IFACE` is `afpacket:IFACE`, a PCI device
@@ -844,6 +874,37 @@ mod tests {
         assert_eq!(uplink_key(Some("afxdp:eth1,queues=2")).as_deref(), Some("afxdp:eth1"));
         assert_eq!(uplink_key(Some("afxdp:eth1")).as_deref(), Some("afxdp:eth1"));
         assert_eq!(uplink_spelling(Some("afxdp:eth1,queues=2")).as_deref(), Some("afxdp:eth1,queues=2"));
+    }
+
+    /// Every spelling of one uplink opened one way has one form; another way of opening it
+    /// (queues, receive mode) another.
+    #[test]
+    fn an_uplink_has_one_form_for_every_spelling() {
+        let form = |u: &str| uplink_form(Some(u)).unwrap();
+        for (a, b) in [
+            ("afxdp:eth1", "afxdp:eth1,queues=1"),
+            ("afxdp:eth1,queues=2", "afxdp:eth1,queues=1,queues=2"),
+            ("eth1", "afpacket:eth1"),
+            ("eth1", "afpacket:eth1,ring"),
+            ("afpacket:eth1,recvmmsg", "afpacket:eth1,recvmmsg"),
+            ("dpdk:3B:02.1,n_rxq=2", "dpdk:0000:3b:02.1,n_rxq=2"),
+        ] {
+            assert_eq!(form(a), form(b), "{a} and {b}");
+            assert_eq!(form(b), form(a), "{b} and {a}");
+        }
+        for (a, b) in [
+            ("afxdp:eth1", "afxdp:eth1,queues=2"),
+            ("afxdp:eth1,queues=2", "afxdp:eth1,queues=3"),
+            ("eth1", "afpacket:eth1,recvmmsg"),
+            ("afpacket:eth1", "afxdp:eth1"),
+            ("eth1", "eth2"),
+        ] {
+            assert_ne!(form(a), form(b), "{a} and {b}");
+        }
+        assert_eq!(form("afxdp:eth1,queues=1"), "afxdp:eth1");
+        assert_eq!(form("afpacket:eth1,ring"), "afpacket:eth1");
+        assert_eq!(uplink_form(Some("kernel")), None);
+        assert_eq!(uplink_form(None), None);
     }
 
     #[test]

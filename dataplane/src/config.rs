@@ -320,8 +320,10 @@ impl Config {
 }
 
 /// The first tunnel port seen on each uplink (by [`crate::backend::uplink_key`]), with its
-/// type, local address, UDP port and path, and the VNIs of the ports on it.
-type Uplinks = HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String, String), HashSet<u32>)>;
+/// type, local address, UDP port and path, its underlay as spelled and as it opens the uplink
+/// ([`crate::backend::uplink_form`]), and the VNIs of the ports on it.
+type Uplinks =
+    HashMap<String, ((crate::tunnel::TunnelKind, IpAddr, u16, String, String, String), HashSet<u32>)>;
 
 /// The kernel interface an uplink spelled as [`crate::backend::uplink_spelling`] writes it
 /// opens (AF_PACKET or AF_XDP).
@@ -384,12 +386,17 @@ fn shared_uplink(uplinks: &mut Uplinks, p: &PortConfig, pf: &PortField) -> Resul
     let Ok(crate::backend::Backend::Tunnel(t)) = p.backend() else { return Ok(()) };
     let Some(key) = crate::backend::uplink_key(t.underlay.as_deref()) else { return Ok(()) };
     let spelled = crate::backend::uplink_spelling(t.underlay.as_deref()).unwrap_or_default();
+    // Compared as the uplink opens (`afxdp:eth1` is `afxdp:eth1,queues=1`), named as spelled.
+    let form = crate::backend::uplink_form(t.underlay.as_deref()).unwrap_or_default();
     let kind = t.kind;
     let (first, vnis) = uplinks.entry(key.clone()).or_insert_with(|| {
-        ((kind, t.local, t.port(), format!("{pf} ({})", p.name), spelled.clone()), HashSet::new())
+        (
+            (kind, t.local, t.port(), format!("{pf} ({})", p.name), spelled.clone(), form.clone()),
+            HashSet::new(),
+        )
     });
-    let (k0, local0, port0, at, spelled0) = first;
-    if *spelled0 != spelled {
+    let (k0, local0, port0, at, spelled0, form0) = first;
+    if *form0 != form {
         return Err(invalid(
             format!("{pf}.underlay"),
             format!(
@@ -769,6 +776,27 @@ bridges:
             tun("t2", "vxlan", 2, "192.0.2.1", "afxdp:eth1"),
         );
         assert!(e.starts_with("bridges[1].ports[0].underlay: \"afxdp:eth1\" differs"), "{e}");
+        // The default queue count spelled out or not is one uplink opened one way, in either
+        // order; so is AF_PACKET's default receive mode. Another count or mode is refused.
+        for (a, b) in [
+            ("afxdp:eth1", "afxdp:eth1,queues=1"),
+            ("afxdp:eth1,queues=1", "afxdp:eth1"),
+            ("eth1", "afpacket:eth1,ring"),
+            ("afpacket:eth1,ring", "eth1"),
+        ] {
+            ok(tun("t1", "vxlan", 1, "192.0.2.1", a), tun("t2", "vxlan", 2, "192.0.2.1", b));
+        }
+        for (a, b) in [
+            ("afxdp:eth1,queues=1", "afxdp:eth1,queues=2"),
+            ("afxdp:eth1,queues=2", "afxdp:eth1,queues=1"),
+            ("afpacket:eth1,ring", "afpacket:eth1,recvmmsg"),
+        ] {
+            let e = err(tun("t1", "vxlan", 1, "192.0.2.1", a), tun("t2", "vxlan", 2, "192.0.2.1", b));
+            assert!(
+                e.starts_with(&format!("bridges[1].ports[0].underlay: \"{b}\" differs from \"{a}\"")),
+                "{e}"
+            );
+        }
         let e = err(tun("t1", "vxlan", 7, "192.0.2.1", "eth1"), tun("t2", "vxlan", 7, "192.0.2.1", "eth1"));
         assert!(e.starts_with("bridges[1].ports[0].vni: VNI 7 is served already"), "{e}");
     }

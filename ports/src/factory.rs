@@ -93,7 +93,7 @@ pub fn open_backend(
         Backend::Afxdp { iface, queues } => Ok(Arc::new(crate::afxdp::AfXdpPort::open(
             name,
             iface.as_deref().unwrap_or(name),
-            queues.unwrap_or(1),
+            queues.unwrap_or(switchyard_dataplane::backend::AFXDP_DEFAULT_QUEUES),
         )?)),
         Backend::Tap { iface } => {
             Ok(Arc::new(TapPort::open_default(name, iface.as_deref().unwrap_or(name))?))
@@ -179,7 +179,7 @@ fn open_uplink_tunnel(
                     Backend::Afxdp { queues, .. } => Arc::new(crate::afxdp::AfXdpPort::open_uplink(
                         &uplink_name,
                         iface,
-                        queues.unwrap_or(1),
+                        queues.unwrap_or(switchyard_dataplane::backend::AFXDP_DEFAULT_QUEUES),
                     )?),
                     _ => open_backend(&uplink_name, &backend, ctx)?,
                 };

@@ -270,20 +270,27 @@ impl Segment {
 /// The Geneve protocol type of an Ethernet inner frame (Transparent Ethernet Bridging).
 const GENEVE_ETHERNET: u16 = 0x6558;
 
+/// The offset of the inner Ethernet frame of the VXLAN or Geneve packet in the UDP datagram
+/// at `udp` (its header's offset): Geneve (version 0, Ethernet inside) after its options, else
+/// VXLAN (the I flag set); `None` for neither.
+#[inline(always)]
+fn tunnel_inner_frame(frame: &[u8], udp: usize) -> Option<usize> {
+    let payload = udp + UDP_HEADER_LEN;
+    let (&flags, proto) = (frame.get(payload)?, be16(frame, payload + 2)?);
+    if flags >> 6 == 0 && proto == GENEVE_ETHERNET {
+        Some(payload + 8 + usize::from(flags & 0x3f) * 4)
+    } else if flags & 0x08 != 0 {
+        Some(payload + 8)
+    } else {
+        None
+    }
+}
+
 /// [`finish_partial_tunnel_checksum`]'s second step: the partial checksum of the inner frame of
 /// the VXLAN or Geneve packet in the UDP datagram `outer` of `frame`.
 fn finish_partial_inner(frame: &mut [u8], outer: &Segment) -> bool {
-    let payload = outer.at + UDP_HEADER_LEN;
     let end = outer.at + outer.len;
-    let (Some(&flags), Some(proto)) = (frame.get(payload), be16(frame, payload + 2)) else { return false };
-    // Geneve (version 0, Ethernet inside) after its options, else VXLAN (the I flag set).
-    let inner = if flags >> 6 == 0 && proto == GENEVE_ETHERNET {
-        payload + 8 + usize::from(flags & 0x3f) * 4
-    } else if flags & 0x08 != 0 {
-        payload + 8
-    } else {
-        return false;
-    };
+    let Some(inner) = tunnel_inner_frame(frame, outer.at) else { return false };
     let Some(body) = frame.get_mut(inner..end) else { return false };
     // Only an inner frame that is exactly its IP packet (the kernel pads nothing inside).
     let Some(seg) = Segment::of(body).filter(|s| s.at + s.len == body.len()) else { return false };
@@ -308,6 +315,131 @@ fn finish_partial_inner(frame: &mut [u8], outer: &Segment) -> bool {
     false
 }
 
+/// The outer headers of a UDP-tunnel super-frame, which every segment carries.
+#[derive(Debug, Clone, Copy)]
+struct Outer {
+    /// The outer IP header's offset, and the outer UDP header's.
+    l3: usize,
+    udp: usize,
+    ipv4: bool,
+    /// Every segment gets its UDP checksum computed (else it stays zero).
+    udp_csum: bool,
+}
+
+/// Where an IP header starts: after the Ethernet header and any VLAN tags (at most two) of
+/// the frame at `eth`; and whether it is IPv4.
+fn ip_start(frame: &[u8], eth: usize) -> Result<(usize, bool), OffloadError> {
+    let mut l3 = eth + ETH_HEADER_LEN;
+    let mut ethertype = be16(frame, eth + ETH_TYPE_OFFSET).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
+    for _ in 0..2 {
+        if ethertype != EtherType::VLAN && ethertype != EtherType::QINQ {
+            break;
+        }
+        ethertype = be16(frame, l3 + 2).ok_or(OffloadError::GsoMalformed("VLAN tag"))?;
+        l3 += VLAN_TAG_LEN;
+    }
+    match ethertype {
+        EtherType::IPV4 => Ok((l3, true)),
+        EtherType::IPV6 => Ok((l3, false)),
+        _ => Err(OffloadError::GsoMalformed("not IP")),
+    }
+}
+
+/// The length and the protocol of the IP header at `l3` (IPv4 with or without options, not a
+/// fragment; IPv6 without extension headers) of a packet that must run to the frame's end.
+fn ip_header(frame: &[u8], l3: usize, ipv4: bool) -> Result<(usize, u8), OffloadError> {
+    let bad = OffloadError::GsoMalformed;
+    let rest = frame.len().checked_sub(l3).ok_or(bad("IP header past the frame"))?;
+    if ipv4 {
+        let vihl = *frame.get(l3 + V4_VER_IHL).ok_or(bad("IPv4"))?;
+        let hlen = usize::from(vihl & 0x0f) * 4;
+        let total = be16(frame, l3 + V4_TOTAL_LEN).ok_or(bad("IPv4"))?;
+        let frag = be16(frame, l3 + 6).ok_or(bad("IPv4"))?;
+        if vihl >> 4 != 4 || hlen < IPV4_HEADER_LEN || frag & 0x3fff != 0 {
+            return Err(bad("IPv4 header"));
+        }
+        if usize::from(total) != rest {
+            return Err(bad("IPv4 total length is not the super-frame's"));
+        }
+        Ok((hlen, *frame.get(l3 + V4_PROTO).ok_or(bad("IPv4"))?))
+    } else {
+        let plen = be16(frame, l3 + V6_PAYLOAD_LEN).ok_or(bad("IPv6"))?;
+        if usize::from(plen) + IPV6_HEADER_LEN != rest {
+            return Err(bad("IPv6 payload length is not the super-frame's"));
+        }
+        Ok((IPV6_HEADER_LEN, *frame.get(l3 + V6_NEXT).ok_or(bad("IPv6"))?))
+    }
+}
+
+impl Outer {
+    /// The outer headers of `frame` when it is a UDP-tunnel super-frame: an IP packet at `l3`
+    /// carrying UDP, with the checksum start `csum_start` past the UDP header (a plain UDP
+    /// super-frame's is the UDP header itself). Returns them with the inner IP header's offset
+    /// and version; `Ok(None)` for no tunnel packet. The checksum start must be the layer-4
+    /// header of the inner frame of a VXLAN or Geneve packet, and every length the
+    /// super-frame's.
+    fn of(
+        frame: &[u8],
+        l3: usize,
+        ipv4: bool,
+        csum_start: usize,
+    ) -> Result<Option<(Outer, usize, bool)>, OffloadError> {
+        let bad = OffloadError::GsoMalformed;
+        let proto = if ipv4 { frame.get(l3 + V4_PROTO) } else { frame.get(l3 + V6_NEXT) };
+        let hlen = if ipv4 {
+            frame.get(l3 + V4_VER_IHL).map_or(0, |v| usize::from(v & 0x0f) * 4)
+        } else {
+            IPV6_HEADER_LEN
+        };
+        if proto != Some(&PROTO_UDP) || csum_start <= l3 + hlen + UDP_HEADER_LEN {
+            return Ok(None);
+        }
+        let (hlen, _) = ip_header(frame, l3, ipv4)?;
+        let udp = l3 + hlen;
+        if be16(frame, udp + UDP_LEN).map(usize::from) != frame.len().checked_sub(udp) {
+            return Err(bad("outer UDP length is not the super-frame's"));
+        }
+        let eth =
+            tunnel_inner_frame(frame, udp).ok_or(bad("a UDP datagram that is no VXLAN or Geneve packet"))?;
+        let (inner_l3, inner_v4) = ip_start(frame, eth)?;
+        let (inner_hlen, _) = ip_header(frame, inner_l3, inner_v4)?;
+        if inner_l3 + inner_hlen != csum_start {
+            return Err(bad("checksum start is not the inner layer-4 header"));
+        }
+        let udp_csum = !ipv4 || be16(frame, udp + UDP_CSUM) != Some(0);
+        Ok(Some((Outer { l3, udp, ipv4, udp_csum }, inner_l3, inner_v4)))
+    }
+
+    /// Rewrites the outer headers of `seg`, a segment whose inner frame is finished.
+    fn finish(&self, seg: &mut [u8], index: u32) {
+        let len = seg.len();
+        if self.ipv4 {
+            let ip = &mut seg[self.l3..self.udp];
+            put16(ip, V4_TOTAL_LEN, (len - self.l3) as u16);
+            let id = be16(ip, V4_ID).unwrap_or(0).wrapping_add(index as u16);
+            put16(ip, V4_ID, id);
+            put16(ip, V4_CSUM, 0);
+            let c = !fold(ones_sum(ip, 0));
+            put16(ip, V4_CSUM, c);
+        } else {
+            put16(&mut seg[self.l3..], V6_PAYLOAD_LEN, (len - self.l3 - IPV6_HEADER_LEN) as u16);
+        }
+        let udp_len = len - self.udp;
+        put16(&mut seg[self.udp..], UDP_LEN, udp_len as u16);
+        if self.udp_csum {
+            put16(&mut seg[self.udp..], UDP_CSUM, 0);
+            let pseudo = if self.ipv4 {
+                ones_sum(&seg[self.l3 + V4_SRC..self.l3 + V4_SRC + 8], 0)
+            } else {
+                ones_sum(&seg[self.l3 + V6_SRC..self.l3 + V6_SRC + 32], 0)
+            } + u64::from(PROTO_UDP)
+                + udp_len as u64;
+            let c = !fold(ones_sum(&seg[self.udp..], pseudo));
+            put16(&mut seg[self.udp..], UDP_CSUM, if c == 0 { 0xffff } else { c });
+        }
+    }
+}
+
 /// The layer-4 protocol of a super-frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum L4 {
@@ -323,10 +455,22 @@ enum L4 {
 /// header checksum, the TCP sequence number and flags (FIN and PSH on the last segment only,
 /// CWR on the first only) and the layer-4 checksum rewritten, as the kernel's own software
 /// segmentation writes them.
+///
+/// A UDP-tunnel super-frame (a kernel VXLAN or Geneve device with segmentation offload hands
+/// one to a veth: `gso_type` names the inner TCP or UDP, `csum_start` points at the inner
+/// layer-4 header, past the outer IP and UDP headers and the VXLAN or Geneve header) is cut
+/// the same way into tunnel packets: each carries the outer headers too, with the outer IP
+/// lengths, IPv4 identification and header checksum and the UDP length rewritten, and the
+/// outer UDP checksum computed over the finished segment (over IPv6, and over IPv4 when the
+/// super-frame's is not zero; zero stays zero), as the kernel's `skb_udp_tunnel_segment`
+/// writes them. Its outer and inner lengths must be the super-frame's.
 #[derive(Debug, Clone)]
 pub struct Segmenter {
+    /// The (inner, for a tunnel) IP header's offset and the layer-4 header's.
     l3: usize,
     l4: usize,
+    /// The outer headers of a UDP-tunnel super-frame.
+    outer: Option<Outer>,
     /// Length of all headers (the payload starts here).
     hdrs: usize,
     ipv4: bool,
@@ -353,16 +497,13 @@ impl Segmenter {
             other => return Err(OffloadError::GsoUnsupported(other)),
         };
         // The layer-3 offset: after the Ethernet header and any tags still in the frame.
-        let mut l3 = ETH_HEADER_LEN;
-        let mut ethertype = be16(frame, ETH_TYPE_OFFSET).ok_or(OffloadError::GsoMalformed("Ethernet"))?;
-        while ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
-            ethertype = be16(frame, l3 + 2).ok_or(OffloadError::GsoMalformed("VLAN tag"))?;
-            l3 += VLAN_TAG_LEN;
-        }
-        let ipv4 = match ethertype {
-            EtherType::IPV4 => true,
-            EtherType::IPV6 => false,
-            _ => return Err(OffloadError::GsoMalformed("not IP")),
+        let (l3, ipv4) = ip_start(frame, 0)?;
+        // A UDP-tunnel super-frame: the GSO type and the checksum start are the inner frame's.
+        let tunnel =
+            if h.needs_csum() { Outer::of(frame, l3, ipv4, usize::from(h.csum_start))? } else { None };
+        let (outer, l3, ipv4) = match tunnel {
+            Some((o, inner_l3, inner_v4)) => (Some(o), inner_l3, inner_v4),
+            None => (None, l3, ipv4),
         };
         if want_v4.is_some_and(|v4| v4 != ipv4) {
             return Err(OffloadError::GsoMalformed("IP version differs from the GSO type"));
@@ -378,6 +519,10 @@ impl Segmenter {
         let min_l3 = if ipv4 { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
         if l4 < l3 + min_l3 {
             return Err(OffloadError::GsoMalformed("layer-4 offset inside the IP header"));
+        }
+        // Each segment's IPv4 header checksum is summed from `l3` to `l4`.
+        if ipv4 && frame.get(l3 + V4_VER_IHL).map(|v| l3 + usize::from(v & 0x0f) * 4) != Some(l4) {
+            return Err(OffloadError::GsoMalformed("layer-4 offset is not the IPv4 header's end"));
         }
         let l4_hlen = match proto {
             L4::Tcp => {
@@ -397,7 +542,18 @@ impl Segmenter {
         if mss == 0 {
             return Err(OffloadError::GsoMalformed("segment size 0"));
         }
-        Ok(Segmenter { l3, l4, hdrs, ipv4, proto, mss, payload: frame.len() - hdrs, done: 0, index: 0 })
+        Ok(Segmenter {
+            l3,
+            l4,
+            outer,
+            hdrs,
+            ipv4,
+            proto,
+            mss,
+            payload: frame.len() - hdrs,
+            done: 0,
+            index: 0,
+        })
     }
 
     /// Segments this super-frame makes in all.
@@ -482,6 +638,10 @@ impl Segmenter {
         let c = !fold(ones_sum(&seg[self.l4..], pseudo));
         let c = if c == 0 && self.proto == L4::Udp { 0xffff } else { c };
         put16(&mut seg[self.l4..], csum_field, c);
+        if let Some(o) = &self.outer {
+            // Last: the outer UDP checksum covers the finished inner frame.
+            o.finish(seg, self.index);
+        }
         self.done += chunk;
         self.index += 1;
         Ok(Some(len))
@@ -859,6 +1019,114 @@ mod tests {
         check_tcp4_segmentation(500, 1448);
         check_tcp4_segmentation(0, 1448);
         check_tcp4_segmentation(65000, 1448);
+    }
+
+    /// The IPv4 header checksum of `h` as etherparse computes it (not this module's sums).
+    fn ipv4_header_checksum(h: &[u8]) -> u16 {
+        etherparse::Ipv4HeaderSlice::from_slice(h).unwrap().to_header().calc_header_checksum()
+    }
+
+    /// A UDP-tunnel super-frame as a kernel VXLAN (IPv4) or Geneve (IPv6, with options)
+    /// device with segmentation offload hands it to a veth: the inner TCP checksum partial,
+    /// `csum_start` at the inner TCP header, `gso_type` the inner TCP's; the outer UDP checksum
+    /// zero or not. Cut into segments, each is the tunnel packet of the inner segment the
+    /// kernel would send, byte for byte, built here by etherparse.
+    fn check_tunnel_segmentation(v6: bool, outer_sum: bool, total: usize, mss: usize) {
+        let inner_at = if v6 { 14 + 40 + 8 + 16 } else { 14 + 20 + 8 + 8 };
+        let udp = if v6 { 14 + 40 } else { 14 + 20 };
+        let data = payload(total);
+        let mut inner = tcp4(5000, &data, true);
+        make_partial(&mut inner, 34 + TCP_CSUM, pseudo4(PROTO_TCP, 0));
+        let mut sup = tunnel(v6, &inner);
+        if !outer_sum {
+            sup[udp + UDP_CSUM..][..2].copy_from_slice(&[0, 0]);
+        }
+        let h = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VnetGso::TCPV4,
+            hdr_len: (inner_at + 54) as u16,
+            gso_size: mss as u16,
+            csum_start: (inner_at + 34) as u16,
+            csum_offset: TCP_CSUM as u16,
+        };
+        let segs = segments(&sup, &h).unwrap_or_else(|e| panic!("v6 {v6}: {e}"));
+        let n = total.div_ceil(mss).max(1);
+        assert_eq!(segs.len(), n);
+        for (i, seg) in segs.iter().enumerate() {
+            let chunk = &data[i * mss..((i + 1) * mss).min(total)];
+            let mut want_inner = tcp4_flags(5000 + (i * mss) as u32, chunk, i + 1 == n, i == 0);
+            want_inner[14 + V4_ID..][..2].copy_from_slice(&(i as u16).to_be_bytes());
+            want_inner[14 + V4_CSUM..][..2].copy_from_slice(&[0, 0]);
+            let c = ipv4_header_checksum(&want_inner[14..34]);
+            want_inner[14 + V4_CSUM..][..2].copy_from_slice(&c.to_be_bytes());
+            let mut want = tunnel(v6, &want_inner);
+            if !v6 {
+                want[14 + V4_ID..][..2].copy_from_slice(&(i as u16).to_be_bytes());
+                want[14 + V4_CSUM..][..2].copy_from_slice(&[0, 0]);
+                let c = ipv4_header_checksum(&want[14..34]);
+                want[14 + V4_CSUM..][..2].copy_from_slice(&c.to_be_bytes());
+            }
+            if !outer_sum {
+                want[udp + UDP_CSUM..][..2].copy_from_slice(&[0, 0]);
+            }
+            assert_eq!(seg, &want, "v6 {v6}, outer sum {outer_sum}: segment {i} of {n}");
+        }
+    }
+
+    #[test]
+    fn udp_tunnel_super_frames_become_the_tunnel_packets_the_kernel_would_send() {
+        for (v6, outer_sum) in [(false, false), (false, true), (true, true)] {
+            check_tunnel_segmentation(v6, outer_sum, 1348 * 5, 1348);
+            check_tunnel_segmentation(v6, outer_sum, 1348 * 5 + 17, 1348);
+            check_tunnel_segmentation(v6, outer_sum, 300, 1348);
+            check_tunnel_segmentation(v6, outer_sum, 40000, 1000);
+        }
+    }
+
+    /// A tunnel super-frame whose lengths are not its own, whose checksum start is not the
+    /// inner layer-4 header, whose datagram is no VXLAN or Geneve packet, or whose GSO type
+    /// is not its inner frame's is refused; cut anywhere, nothing panics.
+    #[test]
+    fn bad_tunnel_super_frames_are_refused() {
+        let mut inner = tcp4(1, &payload(3000), false);
+        make_partial(&mut inner, 34 + TCP_CSUM, pseudo4(PROTO_TCP, 0));
+        let sup = tunnel(false, &inner);
+        let h = VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VnetGso::TCPV4,
+            gso_size: 1000,
+            csum_start: 84,
+            csum_offset: TCP_CSUM as u16,
+            ..Default::default()
+        };
+        assert_eq!(segments(&sup, &h).unwrap().len(), 3);
+        let changed = |at: usize, by: u8| {
+            let mut f = sup.clone();
+            f[at] ^= by;
+            f
+        };
+        for (what, f) in [
+            ("outer IPv4 total length", changed(14 + V4_TOTAL_LEN + 1, 1)),
+            ("outer UDP length", changed(34 + UDP_LEN + 1, 1)),
+            ("VXLAN I flag", changed(42, 0x08)),
+            ("inner IPv4 total length", changed(50 + 14 + V4_TOTAL_LEN + 1, 4)),
+            ("outer fragment", changed(14 + 6, 0x20)),
+        ] {
+            assert!(Segmenter::new(&f, &h).is_err(), "{what}");
+        }
+        for bad in [
+            VnetHdrRepr { csum_start: 84 - 20, ..h },
+            VnetHdrRepr { csum_start: 84 + 4, ..h },
+            VnetHdrRepr { gso_type: VnetGso::TCPV6, ..h },
+        ] {
+            assert!(Segmenter::new(&sup, &bad).is_err(), "{bad:?}");
+        }
+        let mut out = [0u8; 2048];
+        for cut in 0..sup.len() {
+            if let Ok(mut s) = Segmenter::new(&sup[..cut], &h) {
+                while let Ok(Some(_)) = s.next_into(&sup[..cut], &mut out) {}
+            }
+        }
     }
 
     /// Every segment of `f` under header `h`, or the error.
