@@ -1229,18 +1229,21 @@ impl Runtime {
 }
 
 /// Refuses an AF_XDP CNI port the process's UMEM cannot serve: each of its queues' fill rings
-/// takes [`RING_DEPTH`](switchyard_ports::afxdp::RING_DEPTH) slots at open and keeps them while
-/// idle, and a quarter ring more must stay free for the frames in flight (with every slot in a
-/// fill ring, frames between AF_XDP ports find no buffer; docs/cni.md, measured at 16 ports).
-/// Opened anyway, such a port would come up and carry nothing.
+/// keeps at least [`FILL_FLOOR`](switchyard_ports::afxdp::FILL_FLOOR) slots while idle (more
+/// while busy), and [`IN_FLIGHT_RESERVE`](switchyard_ports::afxdp::IN_FLIGHT_RESERVE) more
+/// must stay free for the frames in flight (with every slot in a fill ring, frames between
+/// AF_XDP ports find no buffer; docs/cni.md). Opened anyway, such a port would come up and
+/// carry nothing. The rule is the port's own at open
+/// ([`slots_needed`](switchyard_ports::afxdp::slots_needed)), checked here first so that the
+/// ADD fails before anything is attached.
 fn afxdp_room(p: &PortConfig) -> Result<(), CniError> {
-    use switchyard_ports::afxdp::{umem::UMEM_SLOTS, RING_DEPTH};
-    let ring = RING_DEPTH as usize;
-    let need = usize::from(p.queues.unwrap_or(1).max(1)) * ring + ring / 4;
+    use switchyard_ports::afxdp::{slots_needed, umem::UMEM_SLOTS, FILL_FLOOR};
+    let need = slots_needed(p.queues.unwrap_or(1));
     match switchyard_ports::afxdp::umem::free_slots() {
         Some(free) if free < need => Err(CniError::Internal(format!(
             "port {}: the AF_XDP buffer area (UMEM) has {free} of {UMEM_SLOTS} buffers free, the port \
-             needs {need}: every AF_XDP port keeps {ring} in its fill ring (docs/cni.md, vethPort)",
+             needs {need}: every AF_XDP queue keeps at least {FILL_FLOOR} in its fill ring, more \
+             while busy (docs/cni.md, vethPort)",
             p.name
         ))),
         _ => Ok(()),

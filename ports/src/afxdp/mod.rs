@@ -13,11 +13,12 @@
 //!   owned by the worker holding the queue, its TX and completion rings by the TX handles of
 //!   `q`); the port's XDP program ([`bpf`]) redirects queue `q` to it and is detached when
 //!   the port is dropped, before the sockets close.
-//! - The fill ring is kept full after every burst; every slot the kernel hands back (RX,
-//!   completion) returns to the pool or becomes a buffer, never both. A slot lent to the
-//!   kernel carries the tag of the socket (its ring group: fill, completion and TX rings) it
-//!   was lent to, and only that socket's RX or completion ring gives it back: a frame
-//!   received on socket B and sent on socket A is A's until A's completion ring returns it.
+//! - Each queue's fill ring is topped up to its fill target after every burst; every slot the
+//!   kernel hands back (RX, completion) returns to the pool or becomes a buffer, never both. A
+//!   slot lent to the kernel carries the tag of the socket (its ring group: fill, completion
+//!   and TX rings) it was lent to, and only that socket's RX or completion ring gives it back:
+//!   a frame received on socket B and sent on socket A is A's until A's completion ring
+//!   returns it.
 //! - A closed socket gives its slots back (port dropped or failed to open, interface
 //!   deleted): the frames left in its RX ring at once, and every slot still lent to its ring
 //!   group once the last of its RX and TX parts is gone (the part dropped last, on a worker
@@ -34,9 +35,35 @@
 //!   ([`finish_partial_tunnel_checksum`]). TSO needs nothing: the kernel turns a veth peer's
 //!   segmentation offload off while an XDP program is attached, so its frames arrive
 //!   MTU-sized.
-//! - A port opens only when the UMEM's free slots hold its queues' fill rings and a quarter
-//!   ring more (else it is refused with the counts): fill rings keep their slots while idle,
-//!   and with every slot in one, frames between AF_XDP ports find none.
+//! - A fill ring keeps the slots lent to it while its queue is idle: the kernel takes them
+//!   only for frames, and user space cannot take one back (the kernel caches the ring's
+//!   entries past its published consumer index). So a queue's fill target starts at a
+//!   quarter of its share ([`initial_fill_target`]: 256 while few queues are open, down to
+//!   [`FILL_FLOOR`], one veth NAPI poll, 64 frames) and rises to the whole share once the
+//!   queue is busy: when a burst finds that more than a quarter of the target was taken since
+//!   the last top-up, when the queue received frames in `STATS_EVERY` (256) bursts within
+//!   `BUSY_WINDOW` (1 s), or when the kernel counted frames that found no fill buffer
+//!   (`rx_fill_ring_empty_descs`, also counted as `afxdp_rx_dropped`). The share
+//!   ([`fill_share`]) is what the UMEM less [`IN_FLIGHT_RESERVE`] gives each of the open
+//!   queues and one more (so that a port opened while every queue holds its share finds its
+//!   floor free), at most [`RING_DEPTH`]; a target grows only from free slots beyond the
+//!   reserve ([`grown_fill_target`]). When more queues open, the share falls and a busy
+//!   queue's target with it (read every `STATS_EVERY` bursts and before a sleep), its fill
+//!   ring draining to it as frames come. So a few busy ports keep 1,024 each, as before, and
+//!   idle ones 64 to 256: 169 queues opened one after the other and left idle fit the 16,384
+//!   slots (252 at the floor). A queue that was busy and went idle keeps what it had (at most
+//!   the share of its time). Measured (tests/afxdp.rs' two TCP transfer tests, debug build,
+//!   2026-12-07): starting at the floor and doubling when half the target was taken, TCP's
+//!   first bursts found the fill ring empty (4-18 frames dropped, in every run); starting at
+//!   a quarter share and doubling, 14 frames in one run of four; as built, none in 16 runs.
+//! - A port opens only when the UMEM's free slots hold its queues' floors and
+//!   [`IN_FLIGHT_RESERVE`] more ([`slots_needed`]; else it is refused with the counts): with
+//!   every slot in a fill ring, frames between AF_XDP ports find none. Why not a UMEM a port
+//!   (as Open vSwitch's netdev-afxdp has): frames between ports would be copied, and each
+//!   port would pin a UMEM of its own; why not a UMEM sized from configuration: whole fill
+//!   rings for 128 queues would pin 272 MiB (128 x 1,024 slots of `SLOT_SIZE`), and a bigger
+//!   UMEM makes every socket's kernel buffer pool bigger (it keeps a descriptor for every
+//!   chunk of the UMEM: docs/cni.md has the memory an AF_XDP port costs).
 //! - Frames the kernel drops on the way to a socket (larger than a chunk, no fill buffer, RX
 //!   ring full) are read from `XDP_STATISTICS` and counted as `afxdp_rx_dropped`.
 //!
@@ -65,11 +92,51 @@ use switchyard_dataplane::switch::DropReason;
 use switchyard_dataplane::wire::offload::{finish_partial_l4_checksum, finish_partial_tunnel_checksum};
 use umem::Umem;
 
-/// Entries in each of a socket's four rings.
+/// Entries in each of a socket's four rings: the most a fill target reaches.
 pub const RING_DEPTH: u32 = 1024;
+/// The least a queue's fill ring keeps, and where it starts: the frames one veth NAPI poll
+/// delivers (its budget, 64) find fill buffers even on an idle queue.
+pub const FILL_FLOOR: u32 = 64;
+/// UMEM slots the fill rings leave free for frames in flight between ports (RX adopted, in
+/// a TX ring, in a worker's cache): a quarter ring.
+pub const IN_FLIGHT_RESERVE: usize = RING_DEPTH as usize / 4;
+
+/// The fill target a queue may grow to while `open` queues (this one among them) share the
+/// UMEM: the UMEM less the in-flight reserve split among them and one more (so that a port
+/// opened while every queue is busy finds its floor free), between [`FILL_FLOOR`] and
+/// [`RING_DEPTH`].
+pub fn fill_share(open: usize) -> u32 {
+    let per = (umem::UMEM_SLOTS - IN_FLIGHT_RESERVE) / (open.max(1) + 1);
+    u32::try_from(per).unwrap_or(u32::MAX).clamp(FILL_FLOOR, RING_DEPTH)
+}
+
+/// A new queue's fill target, given its `share` and the free slots beyond the reserve
+/// (`spare`): a quarter of its share (256 while fewer than 15 queues are open), so that the
+/// first bursts of a flow (TCP's slow start) find fill buffers before the target grows, but
+/// not more than is spare, and never below [`FILL_FLOOR`] (a quarter share holds till 62 queues
+/// are open; a queue idle from its open keeps this).
+pub fn initial_fill_target(share: u32, spare: usize) -> u32 {
+    (share / 4).min(u32::try_from(spare).unwrap_or(u32::MAX)).max(FILL_FLOOR)
+}
+
+/// A starved queue's next fill target (more than a quarter of `target` was taken from its fill
+/// ring since the last top-up, or the kernel found it empty): its whole `share`, as far as
+/// `spare` (free slots beyond the reserve) goes; never lower than `target`.
+pub fn grown_fill_target(target: u32, share: u32, spare: usize) -> u32 {
+    target + share.saturating_sub(target).min(u32::try_from(spare).unwrap_or(u32::MAX))
+}
+
+/// UMEM slots that must be free for a port of `queues` queues to open: each queue's fill
+/// floor and the in-flight reserve.
+pub fn slots_needed(queues: u16) -> usize {
+    usize::from(queues.max(1)) * FILL_FLOOR as usize + IN_FLIGHT_RESERVE
+}
 /// An RX queue reads the kernel's drop counts once in this many bursts that received frames
 /// (and before a sleep): a busy-polling worker's empty polls make no system call.
 const STATS_EVERY: u32 = 256;
+/// A queue that received frames in [`STATS_EVERY`] bursts within this long is busy: its fill
+/// target rises to its share (module doc), before a stall of its worker can empty it.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most `sendto` kicks per TX burst (copy mode sends a batch of 32 per kick).
 const MAX_KICKS: usize = 8;
 
@@ -82,6 +149,14 @@ struct RxPart {
     /// Drops read before a sleep, counted in the next burst.
     pending: u64,
     bursts: u32,
+    /// The kernel's count of frames that found the fill ring empty, last read.
+    fill_empty: u64,
+    /// Entries the fill ring is topped up to (module doc: [`FILL_FLOOR`] to `share`).
+    target: u32,
+    /// What `target` may grow to: [`fill_share`] as last read.
+    share: u32,
+    /// When the last [`STATS_EVERY`] bursts with frames were counted full.
+    window: Option<std::time::Instant>,
     /// Last: dropped after the rings and the descriptor (see `umem::Holder`).
     holder: Arc<umem::Holder>,
 }
@@ -206,14 +281,17 @@ fn backend(port: &str, msg: impl std::fmt::Display) -> PortError {
     PortError::Backend { port: port.to_string(), msg: msg.to_string() }
 }
 
-/// Puts as many free UMEM slots into the fill ring of group `tag` as it has room for.
-fn refill(fill: &mut sys::Ring<u64>, umem: &Umem, tag: u32) {
+/// Tops the fill ring of group `tag`, which holds `left` entries the kernel has not taken, up
+/// to `target` entries with free UMEM slots.
+fn refill(fill: &mut sys::Ring<u64>, slots: &umem::Slots, tag: u32, target: u32, left: u32) {
     use switchyard_dataplane::buffer::ExternalSlots;
-    let room = fill.free();
+    // `left` was read from the kernel's consumer index just before: not read again (a cache
+    // line the kernel writes from another core). Every ring is RING_DEPTH entries.
+    let room = target.min(RING_DEPTH).saturating_sub(left);
     let mut k = 0;
     while k < room {
-        let Some(idx) = umem.slots.alloc() else { break };
-        umem.slots.lend(idx, tag);
+        let Some(idx) = slots.alloc() else { break };
+        slots.lend(idx, tag);
         fill.write(k, idx as u64 * SLOT_SIZE as u64);
         k += 1;
     }
@@ -258,18 +336,19 @@ impl AfXdpPort {
         if ifindex == 0 {
             return Err(backend(name, format!("no interface {iface:?}")));
         }
-        // Every queue's fill ring keeps RING_DEPTH slots of the process's one UMEM whether or
-        // not frames come, and frames between ports need free slots beside them (measured: with
-        // every slot in a fill ring, frames between AF_XDP ports found none): a port the UMEM
-        // cannot give that is refused, rather than opened to carry nothing.
-        let need = usize::from(queues) * RING_DEPTH as usize + RING_DEPTH as usize / 4;
+        // Every queue's fill ring keeps at least FILL_FLOOR slots of the process's one UMEM
+        // whether or not frames come, and frames between ports need free slots beside them
+        // (measured: with every slot in a fill ring, frames between AF_XDP ports found none):
+        // a port the UMEM cannot give that is refused, rather than opened to carry nothing.
+        let need = slots_needed(queues);
         let free = umem::free_slots().unwrap_or(umem::UMEM_SLOTS);
         if free < need {
             return Err(backend(
                 name,
                 format!(
                     "{queues} queue(s) need {need} free slots of the AF_XDP buffer area (UMEM), \
-                     {free} of {} are free: each queue's fill ring keeps {RING_DEPTH}",
+                     {free} of {} are free: each queue's fill ring keeps at least {FILL_FLOOR} \
+                     (more while busy) and {IN_FLIGHT_RESERVE} stay free for frames in flight",
                     umem::UMEM_SLOTS
                 ),
             ));
@@ -283,7 +362,10 @@ impl AfXdpPort {
             let b = umem::bind_queue(ifindex, u32::from(q), RING_DEPTH)
                 .map_err(|e| backend(name, format!("AF_XDP socket on {iface} queue {q}: {e}")))?;
             let mut fill = b.fill;
-            refill(&mut fill, &b.umem, b.holder.tag);
+            let share = fill_share(b.umem.slots.open_queues());
+            let spare = b.umem.slots.free_now().saturating_sub(IN_FLIGHT_RESERVE);
+            let start = initial_fill_target(share, spare);
+            refill(&mut fill, &b.umem.slots, b.holder.tag, start, 0);
             fds.push(b.sock.clone());
             rx.push(Mutex::new(Some(RxPart {
                 sock: b.sock.clone(),
@@ -292,6 +374,10 @@ impl AfXdpPort {
                 dropped: 0,
                 pending: 0,
                 bursts: 0,
+                fill_empty: 0,
+                target: start,
+                share,
+                window: None,
                 holder: b.holder.clone(),
             })));
             tx.push(Arc::new(Mutex::new(TxPart {
@@ -397,10 +483,40 @@ impl Drop for AfXdpRx {
 }
 
 impl RxPart {
-    /// Adds what the kernel dropped since the last read to `pending`.
+    /// The queue is starved: its fill target grows (module doc), from free slots beyond the
+    /// in-flight reserve.
+    #[cold]
+    fn grow(&mut self) {
+        let spare = self.holder.slots.free_now().saturating_sub(IN_FLIGHT_RESERVE);
+        self.target = grown_fill_target(self.target, self.share, spare);
+    }
+
+    /// Called every [`STATS_EVERY`] bursts with frames: where the last as many took less than
+    /// [`BUSY_WINDOW`], the queue is busy and its target grows (a queue that keeps up with a
+    /// steady flow never finds a quarter of its target taken, but a stall of its worker would
+    /// empty it: measured, a 256-slot start lost about 1,000 frames a run at 200,000 frames/s).
+    #[cold]
+    fn note_busy(&mut self) {
+        let now = std::time::Instant::now();
+        if self.window.is_some_and(|t| now.duration_since(t) < BUSY_WINDOW) {
+            self.grow();
+        }
+        self.window = Some(now);
+    }
+
+    /// Adds what the kernel dropped since the last read to `pending`; reads the queue's fill
+    /// share again (the target falls with it) and grows the target where the kernel found the
+    /// fill ring empty since the last read.
     #[cold]
     fn read_kernel_drops(&mut self) {
+        let slots = &self.holder.slots;
+        self.share = fill_share(slots.open_queues());
+        self.target = self.target.min(self.share);
         if let Ok(s) = sys::statistics(self.sock.as_raw_fd()) {
+            if s.rx_fill_ring_empty_descs != self.fill_empty {
+                self.fill_empty = s.rx_fill_ring_empty_descs;
+                self.grow();
+            }
             let now = s.rx_dropped + s.rx_ring_full;
             if now != self.dropped {
                 tracing::debug!(
@@ -451,6 +567,7 @@ impl RxQueue for AfXdpRx {
         part.bursts = part.bursts.wrapping_add(1);
         if part.bursts % STATS_EVERY == 0 {
             part.read_kernel_drops();
+            part.note_busy();
         }
         let umem = &self.shared.umem;
         let Some(adopter) = umem.pool.adopter() else { return 0 };
@@ -492,7 +609,11 @@ impl RxQueue for AfXdpRx {
             }
         }
         part.rx.release(n);
-        refill(&mut part.fill, umem, tag);
+        let left = part.fill.outstanding();
+        if left < part.target - part.target / 4 && part.target < part.share {
+            part.grow();
+        }
+        refill(&mut part.fill, &umem.slots, tag, part.target, left);
         got
     }
 
@@ -500,11 +621,14 @@ impl RxQueue for AfXdpRx {
         self.part.as_ref().map(|p| p.sock.as_fd())
     }
 
-    /// Also reads the kernel's drop counts: frames it dropped wake nobody, and a syscall
-    /// costs nothing next to a sleep.
+    /// Also reads the kernel's drop counts (frames it dropped wake nobody, and a syscall
+    /// costs nothing next to a sleep) and tops the fill ring up to its target.
     fn arm_wakeup(&mut self) -> bool {
         let Some(p) = self.part.as_mut() else { return true };
         p.read_kernel_drops();
+        // A target grown from the kernel's count is filled now, before the next frames.
+        let left = p.fill.outstanding();
+        refill(&mut p.fill, &p.holder.slots, p.holder.tag, p.target, left);
         p.pending == 0 && p.rx.available() == 0
     }
 }
@@ -679,11 +803,129 @@ mod rings {
         std::thread::sleep(Duration::from_millis(300));
         let rx_held = port.shared.rx[0].lock().unwrap().as_ref().unwrap().rx.available();
         assert_eq!(rx_held, 16, "frames in the RX ring");
-        assert!(umem::free_slots().unwrap() < base - RING_DEPTH as usize, "the port's rings hold slots");
+        assert!(umem::free_slots().unwrap() < base - FILL_FLOOR as usize, "the port's rings hold slots");
         drop((tx, port));
         assert_eq!(umem::free_slots(), Some(base), "slots of the closed socket still out");
         assert!(drops.is_zero());
         drop(keeper);
+    }
+
+    /// Frames the peer sends into `rx`'s port in one go, then what arrives read and freed.
+    fn burst_in(rx: &mut AfXdpRx, peer: &kc::RawSock, frames: usize, cache: &mut PoolCache) -> usize {
+        let f = kc::frame(kc::DST, [2, 0, 0, 0, 0, 0x21], &[], "grow", 200);
+        for _ in 0..frames {
+            peer.send(&f);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut drops = DropTally::default();
+        let mut burst = Burst::new();
+        let mut got = 0;
+        let mut quiet = 0;
+        while quiet < 20 {
+            let k = rx.rx_burst(RxCtx::new(cache, &mut drops), &mut burst, 32);
+            for b in burst.drain(..) {
+                cache.free(b);
+            }
+            got += k;
+            if k == 0 {
+                quiet += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        got
+    }
+
+    /// A queue's fill ring starts at a quarter share, grows to its whole share (a ring, while
+    /// few queues are open) at the first burst that takes more than a quarter of it, and, when more queues open, falls to the new share as
+    /// frames drain it: the slots it gives up stay in the free queue.
+    #[test]
+    fn a_busy_queues_fill_target_grows_to_its_share_and_falls_when_queues_open() {
+        let _s = serial();
+        if let Some(why) = kc::afxdp_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let a = kc::VethNs::create().unwrap();
+        let port = AfXdpPort::open("busy", &a.host, 1).unwrap();
+        let part = port.shared.rx[0].lock().unwrap().take().unwrap();
+        let mut rx = AfXdpRx { shared: port.shared.clone(), q: 0, part: Some(part) };
+        let peer = kc::RawSock::open(Some(&a.ns), &a.peer).unwrap();
+        let pool = Pool::new("grow", 512).unwrap();
+        let mut cache = pool.cache();
+        let target = |rx: &AfXdpRx| rx.part.as_ref().unwrap().target;
+        let lent = |rx: &AfXdpRx| rx.part.as_ref().unwrap().fill.outstanding();
+        let start = initial_fill_target(fill_share(1), umem::UMEM_SLOTS);
+        assert_eq!(start, 256);
+        assert_eq!((target(&rx), lent(&rx)), (start, start), "an idle queue keeps where it started");
+        // More frames than its fill ring holds: the first burst read finds it taken.
+        burst_in(&mut rx, &peer, 600, &mut cache);
+        assert_eq!(target(&rx), RING_DEPTH, "after a burst of 600 frames");
+        assert_eq!(lent(&rx), RING_DEPTH, "the fill ring is topped up to its target");
+        // 20 more queues open: the share of 21 is 16,128 / 22.
+        let more = kc::VethMany::create(20).unwrap();
+        let others: Vec<_> = more
+            .host
+            .iter()
+            .enumerate()
+            .map(|(i, h)| AfXdpPort::open(&format!("o{i}"), h, 1).unwrap())
+            .collect();
+        let share = fill_share(21);
+        assert_eq!(share, 733);
+        rx.arm_wakeup();
+        assert_eq!(target(&rx), share, "the target falls with the share");
+        assert_eq!(burst_in(&mut rx, &peer, 100, &mut cache), 100);
+        assert_eq!(lent(&rx), RING_DEPTH - 100, "above its target: not topped up");
+        let free = umem::free_slots().unwrap();
+        assert_eq!(burst_in(&mut rx, &peer, 400, &mut cache), 400);
+        assert_eq!(lent(&rx), share, "drained below its target: topped up to it");
+        let given_up = (RING_DEPTH - 100 - share) as usize;
+        assert_eq!(umem::free_slots().unwrap(), free + given_up, "the slots it gave up are free");
+        drop((rx, others, port));
+    }
+
+    /// A queue that keeps up with a steady flow (one frame a burst: never a quarter of its
+    /// fill ring taken) is busy after twice `STATS_EVERY` bursts within a second: its target
+    /// rises to its share.
+    #[test]
+    fn a_queue_with_a_steady_flow_gets_its_share() {
+        let _s = serial();
+        if let Some(why) = kc::afxdp_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let a = kc::VethNs::create().unwrap();
+        let port = AfXdpPort::open("steady", &a.host, 1).unwrap();
+        let part = port.shared.rx[0].lock().unwrap().take().unwrap();
+        let mut rx = AfXdpRx { shared: port.shared.clone(), q: 0, part: Some(part) };
+        let peer = kc::RawSock::open(Some(&a.ns), &a.peer).unwrap();
+        let pool = Pool::new("steady", 256).unwrap();
+        let mut cache = pool.cache();
+        let mut drops = DropTally::default();
+        let mut burst = Burst::new();
+        let f = kc::frame(kc::DST, [2, 0, 0, 0, 0, 0x31], &[], "steady", 100);
+        let start = rx.part.as_ref().unwrap().target;
+        assert_eq!(start, 256);
+        let t0 = std::time::Instant::now();
+        let mut bursts = 0;
+        while bursts <= 2 * STATS_EVERY && t0.elapsed() < Duration::from_secs(10) {
+            peer.send(&f);
+            let t1 = std::time::Instant::now();
+            while t1.elapsed() < Duration::from_secs(1) {
+                let k = rx.rx_burst(RxCtx::new(&mut cache, &mut drops), &mut burst, 32);
+                for b in burst.drain(..) {
+                    cache.free(b);
+                }
+                if k > 0 {
+                    bursts += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        assert!(bursts > 2 * STATS_EVERY, "{bursts} bursts in {:?}", t0.elapsed());
+        assert!(t0.elapsed() < BUSY_WINDOW * 2, "too slow here to be busy: {:?}", t0.elapsed());
+        assert_eq!(rx.part.as_ref().unwrap().target, RING_DEPTH, "after {bursts} bursts of one frame");
+        drop((rx, port));
     }
 
     /// A second port refused on an interface queue the first port's socket is bound to must
@@ -712,9 +954,81 @@ mod rings {
         let mut drops = DropTally::default();
         let got = kc::rx_collect(rx.as_mut(), &mut cache, &mut drops, "m", Duration::from_millis(300));
         assert_eq!(got.len(), 8);
-        // Received, freed and replaced by as many fresh slots: the fill ring is full again and
-        // nothing else is out.
+        // Received, freed and replaced by as many fresh slots: the fill ring is at its target
+        // again and nothing else is out.
         assert_eq!(slots.in_use(), lent, "slots lost in the first port's fill ring");
         drop((rx, first));
+    }
+}
+
+/// The fill-share arithmetic at its edges (no kernel needed).
+#[cfg(test)]
+mod fill_rule {
+    use super::*;
+    use umem::UMEM_SLOTS;
+
+    #[test]
+    fn a_few_queues_get_whole_rings_and_many_get_their_share_down_to_the_floor() {
+        let usable = UMEM_SLOTS - IN_FLIGHT_RESERVE;
+        assert_eq!(fill_share(0), RING_DEPTH, "no queue counted yet: as one");
+        assert_eq!(fill_share(1), RING_DEPTH);
+        // 16,128 / 15 = 1,075: still a whole ring; / 16 = 1,008: the first share below it.
+        assert_eq!(fill_share(14), RING_DEPTH);
+        assert_eq!(fill_share(15), 1008);
+        assert_eq!(fill_share(128), 125);
+        assert_eq!(fill_share(251), 64);
+        assert_eq!(fill_share(252), FILL_FLOOR, "63 by the split: the floor");
+        assert_eq!(fill_share(100_000), FILL_FLOOR);
+        assert_eq!(fill_share(usize::MAX - 1), FILL_FLOOR);
+        // Every open queue at its share and one more at its floor fit beside the reserve,
+        // as far as the floor allows (252 idle queues).
+        for n in 1..usable / FILL_FLOOR as usize {
+            assert!(n * fill_share(n) as usize + FILL_FLOOR as usize <= usable, "{n} queues");
+        }
+        assert_eq!(usable / FILL_FLOOR as usize, 252);
+    }
+
+    #[test]
+    fn a_starved_target_grows_to_its_share_as_far_as_the_spare_slots_go() {
+        let lots = UMEM_SLOTS;
+        assert_eq!(grown_fill_target(FILL_FLOOR, RING_DEPTH, lots), RING_DEPTH);
+        assert_eq!(grown_fill_target(256, RING_DEPTH, lots), RING_DEPTH);
+        assert_eq!(grown_fill_target(256, 733, lots), 733, "not past the share");
+        assert_eq!(grown_fill_target(RING_DEPTH, RING_DEPTH, lots), RING_DEPTH);
+        assert_eq!(grown_fill_target(FILL_FLOOR, FILL_FLOOR, lots), FILL_FLOOR);
+        assert_eq!(grown_fill_target(FILL_FLOOR, 125, lots), 125);
+        assert_eq!(grown_fill_target(256, RING_DEPTH, 10), 266, "only the spare slots");
+        assert_eq!(grown_fill_target(256, RING_DEPTH, 0), 256);
+        // Above its share (queues opened since): growing never lowers it, nor raises it.
+        assert_eq!(grown_fill_target(RING_DEPTH, 125, lots), RING_DEPTH);
+    }
+
+    #[test]
+    fn a_new_queue_starts_at_a_quarter_share_within_the_spare_slots_and_the_floor() {
+        let lots = UMEM_SLOTS;
+        assert_eq!(initial_fill_target(fill_share(1), lots), 256);
+        assert_eq!(initial_fill_target(fill_share(15), lots), 252);
+        assert_eq!(initial_fill_target(fill_share(61), lots), 65);
+        assert_eq!(initial_fill_target(fill_share(62), lots), FILL_FLOOR);
+        assert_eq!(initial_fill_target(fill_share(128), lots), FILL_FLOOR);
+        assert_eq!(initial_fill_target(fill_share(1), 100), 100, "only what is spare");
+        assert_eq!(initial_fill_target(fill_share(1), 10), FILL_FLOOR, "the floor, admitted at open");
+        // Queues opened one after the other and left idle, each admitted while its floor and
+        // the reserve are free: how many fit (the 128-port test needs 129 with its keeper).
+        let mut free = UMEM_SLOTS;
+        let mut open = 0;
+        while free >= slots_needed(1) {
+            open += 1;
+            free -= initial_fill_target(fill_share(open), free - IN_FLIGHT_RESERVE) as usize;
+        }
+        assert_eq!(open, 169);
+    }
+
+    #[test]
+    fn a_port_needs_its_queues_floors_and_the_reserve() {
+        assert_eq!(slots_needed(1), 64 + 256);
+        assert_eq!(slots_needed(0), slots_needed(1), "a port has at least one queue");
+        assert_eq!(slots_needed(4), 4 * 64 + 256);
+        assert_eq!(slots_needed(u16::MAX), 65535 * 64 + 256);
     }
 }

@@ -20,11 +20,13 @@ use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use switchyard_dataplane::buffer::{ExternalSlots, Pool, SLOT_SIZE};
 
-/// Slots in the UMEM: room for the fill rings of several ports' queues and the frames in flight.
+/// Slots in the UMEM (`UMEM_SLOTS * SLOT_SIZE` = 34 MiB, mapped and pinned while an AF_XDP
+/// port is open): the fill rings of every open queue at their floor or share (see the afxdp
+/// module: up to 252 queues) and the frames in flight.
 pub const UMEM_SLOTS: usize = 16384;
 
 /// The UMEM's region and its free slots.
@@ -39,6 +41,9 @@ pub(super) struct Slots {
     lent: Box<[AtomicU32]>,
     /// The next ring group's tag (never 0, never reused: 2^32 binds).
     next_tag: AtomicU32,
+    /// Ring groups (sockets) open on the UMEM: counted at bind, uncounted when the group's
+    /// holder goes. What a fill ring's share is computed from (`super::fill_share`).
+    queues: AtomicUsize,
     /// The sockets bound to the UMEM so far (dead ones pruned at each bind), most recent
     /// last, with the interface and queue each is bound to: a new socket names one of them in
     /// XDP_SHARED_UMEM (the kernel's UMEM lives while any socket uses it). Locked by a bind
@@ -85,6 +90,7 @@ impl Slots {
             free,
             lent,
             next_tag: AtomicU32::new(1),
+            queues: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
         })
     }
@@ -124,6 +130,18 @@ impl Slots {
         self.lent
             .get(idx as usize)
             .is_some_and(|l| l.compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+
+    /// Ring groups (sockets) open on the UMEM now.
+    #[inline]
+    pub(super) fn open_queues(&self) -> usize {
+        self.queues.load(Ordering::Relaxed)
+    }
+
+    /// Slots in the free queue now (racing with every worker: a hint, not a reservation).
+    #[inline]
+    pub(super) fn free_now(&self) -> usize {
+        self.free.len()
     }
 
     /// A fresh ring group tag.
@@ -262,6 +280,7 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
+        self.slots.queues.fetch_sub(1, Ordering::Relaxed);
         if !self.gives_back() {
             return;
         }
@@ -397,6 +416,8 @@ pub(super) fn bind_queue(ifindex: u32, queue: u32, depth: u32) -> io::Result<Bou
         }
         (None, None) => return Err(io::Error::other("no UMEM to share")),
     };
+    // Counted before the holder exists: its drop uncounts.
+    umem.slots.queues.fetch_add(1, Ordering::Relaxed);
     let holder = Arc::new(Holder {
         slots: umem.slots.clone(),
         tag: umem.slots.new_tag(),
