@@ -1146,7 +1146,7 @@ mod tests {
     /// buffers of random size: nothing panics or overflows (debug build), and every unmutated
     /// one gives segments whose outer and inner checksums all verify.
     #[test]
-    fn r2_random_tunnel_super_frames_never_panic() {
+    fn random_tunnel_super_frames_never_panic() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut rnd = move |n: usize| {
             x ^= x << 13;
@@ -1234,7 +1234,7 @@ mod tests {
     /// too); one with IPv4 options and the checksum start after them, as Linux and DPDK set
     /// it, is cut into segments that check out.
     #[test]
-    fn r2_plain_ipv4_checksum_start_must_be_the_ip_header_end() {
+    fn plain_ipv4_checksum_start_must_be_the_ip_header_end() {
         let f = tcp4(1, &payload(3000), false);
         let h = VnetHdrRepr {
             flags: VNET_F_NEEDS_CSUM,
