@@ -1129,7 +1129,7 @@ mod tests {
         }
     }
 
-    /// the inner frame of a tunnel super-frame carrying TCP over IPv6.
+    /// The inner frame of a tunnel super-frame carrying TCP over IPv6.
     fn tcp6(data: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
         PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -1141,7 +1141,7 @@ mod tests {
         f
     }
 
-    /// tunnel super-frames (VXLAN/IPv4, Geneve/IPv6; inner TCP/IPv4 or IPv6), their
+    /// Tunnel super-frames (VXLAN/IPv4, Geneve/IPv6; inner TCP/IPv4 or IPv6), their
     /// headers and bytes mutated at random (xorshift, fixed seed), cut by the Segmenter into
     /// buffers of random size: nothing panics or overflows (debug build), and every unmutated
     /// one gives segments whose outer and inner checksums all verify.
@@ -1229,7 +1229,7 @@ mod tests {
         );
     }
 
-    /// a plain TCP/IPv4 super-frame whose checksum start is not its IPv4 header's
+    /// A plain TCP/IPv4 super-frame whose checksum start is not its IPv4 header's
     /// end is refused (each segment's IPv4 header checksum would be summed over TCP bytes
     /// too); one with IPv4 options and the checksum start after them, as Linux and DPDK set
     /// it, is cut into segments that check out.
