@@ -1236,14 +1236,7 @@ mod tests {
     #[test]
     fn plain_ipv4_checksum_start_must_be_the_ip_header_end() {
         let f = tcp4(1, &payload(3000), false);
-        let h = VnetHdrRepr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: VnetGso::TCPV4,
-            gso_size: 1000,
-            csum_start: 34,
-            csum_offset: 16,
-            ..Default::default()
-        };
+        let h = tso4(1000);
         assert!(segments(&f, &h).unwrap().iter().all(|s| checks_out(s)));
         for cs in [38u16, 54] {
             assert!(Segmenter::new(&f, &VnetHdrRepr { csum_start: cs, ..h }).is_err(), "csum_start {cs}");
@@ -1262,6 +1255,19 @@ mod tests {
         assert_eq!(segs.len(), 3);
         assert!(segs.iter().all(|s| checks_out(s)));
         assert!(Segmenter::new(&o, &h).is_err(), "csum_start inside the options");
+    }
+
+    /// The header of a TCP/IPv4 super-frame without a tag or IPv4 options (checksum start at
+    /// the TCP header, 34), cut into `gso_size` segments.
+    fn tso4(gso_size: u16) -> VnetHdrRepr {
+        VnetHdrRepr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VnetGso::TCPV4,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        }
     }
 
     /// Every segment of `f` under header `h`, or the error.
@@ -1373,14 +1379,7 @@ mod tests {
     #[test]
     fn bad_super_frames_are_refused_and_nothing_panics() {
         let f = tcp4(1, &payload(3000), false);
-        let base = VnetHdrRepr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: VnetGso::TCPV4,
-            gso_size: 1000,
-            csum_start: 34,
-            csum_offset: 16,
-            ..Default::default()
-        };
+        let base = tso4(1000);
         let bad = [
             VnetHdrRepr { gso_type: VnetGso::UDP, ..base },
             VnetHdrRepr { gso_type: 9, ..base },
