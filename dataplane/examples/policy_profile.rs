@@ -11,7 +11,10 @@
 //! ```
 //!
 //! `reply`: the same with the connections' replies (p1 to p0, the table's entries answering
-//! as the other direction) instead of their packets from p0 to p1.
+//! as the other direction) instead of their packets from p0 to p1. With `POLICY_TAG=VID`, p0
+//! is a trunk (an uplink) and p1 an access port of VLAN VID (benches/support/policy_setup.rs):
+//! p0's frames are tagged before each counted call and the frames that come back untagged
+//! after it, outside the calls callgrind counts.
 //!
 //! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
 //! pipeline without policy, with policy, their ratio, and each piece of the policy stage run
@@ -44,6 +47,8 @@ struct Case {
     seq: u32,
     /// The connections' replies, from p1 to p0, rather than their packets from p0 to p1.
     reply: bool,
+    /// p0's VLAN when it is a trunk ([`setup::tag`]).
+    tag: Option<u16>,
 }
 
 impl Case {
@@ -55,7 +60,7 @@ impl Case {
             burst.push(cache.alloc_copy(&frame).expect("buffer"));
         }
         let tx = TxBatches::new(sw.port_slots());
-        let mut c = Case { sw, burst, tx, seq: 0, reply };
+        let mut c = Case { sw, burst, tx, seq: 0, reply, tag: setup::tag() };
         // The first packet of each connection under this snapshot checks the policies.
         for _ in 0..CONNS as usize / BURST {
             c.run(cache);
@@ -65,10 +70,23 @@ impl Case {
 
     #[inline]
     fn run(&mut self, cache: &mut switchyard_dataplane::buffer::PoolCache) {
+        let tag = self.tag;
+        if tag.is_some() {
+            for b in self.burst.iter_mut() {
+                if b.data().get(12..14) == Some(&[0x81, 0x00]) {
+                    b.pop_vlan().expect("a tagged frame");
+                }
+            }
+        }
         if self.reply {
             next_replies(&mut self.burst, &mut self.seq);
         } else {
             next_frames(&mut self.burst, &mut self.seq);
+            if let Some(vid) = tag {
+                for b in self.burst.iter_mut() {
+                    b.push_vlan(vid).expect("headroom for the tag");
+                }
+            }
         }
         process_burst(&self.sw, u16::from(self.reply), &mut self.burst, 1, cache, &mut self.tx, None);
         let burst = &mut self.burst;

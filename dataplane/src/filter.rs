@@ -193,13 +193,13 @@ pub fn parse(d: &[u8], tagged: bool) -> (u16, L3) {
     }
 }
 
-/// [`FastKeys::push`] for a frame that is not a simple IPv4 packet: its key (in VLAN `vlan`)
-/// and TCP flags when it is an IP packet of a flow whose source passes the port's IP spoof
-/// filter (`mac`: the frame's source MAC). Out of line: inlined, its code cost the simple IPv4
-/// packets registers.
+/// [`FastKeys::push`] for a frame that is not a simple IPv4 packet (its IP header at `l3`):
+/// its key (in VLAN `vlan`) and TCP flags when it is an IP packet of a flow whose source
+/// passes the port's IP spoof filter (`mac`: the frame's source MAC). Out of line: inlined,
+/// its code cost the simple IPv4 packets registers.
 #[inline(never)]
-fn other_ip(port: &PortSpec, d: &[u8], vlan: u16, mac: u64) -> Option<(PackedKey, u8)> {
-    match parse_untagged(d) {
+fn other_ip(port: &PortSpec, d: &[u8], l3: usize, vlan: u16, mac: u64) -> Option<(PackedKey, u8)> {
+    match parse_at(d, l3) {
         L3::Ip(f) if f.kind == IpKind::Flow => {
             if port.allowed_ips.as_ref().is_some_and(|l| !src_allowed(l, &f.key, f.icmp, lla_mac(port, mac)))
             {
@@ -211,12 +211,12 @@ fn other_ip(port: &PortSpec, d: &[u8], vlan: u16, mac: u64) -> Option<(PackedKey
     }
 }
 
-/// What the untagged frame `d` carries, for the fast path, which takes IP packets only: a
-/// VLAN tag behind the header (a stacked one) is not IP here (the general stages read behind
-/// it, [`parse`]).
+/// What the frame `d` carries behind its Ethernet header (and, `off` =
+/// [`crate::wire::ETH_VLAN_HEADER_LEN`], the one tag the port read), for the fast path, which
+/// takes IP packets only: a VLAN tag behind it (a stacked one) is not IP here (the general
+/// stages read behind it, [`parse`]).
 #[inline(always)]
-fn parse_untagged(d: &[u8]) -> L3 {
-    let off = crate::wire::ETH_HEADER_LEN;
+fn parse_at(d: &[u8], off: usize) -> L3 {
     match (d.get(off - 2), d.get(off - 1)) {
         (Some(a), Some(b)) => parse_l3(u16::from_be_bytes([*a, *b]), d.get(off..).unwrap_or_default()),
         _ => L3::Malformed,
@@ -435,7 +435,7 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
     let Some(mut keys) = FastKeys::new(port, cx, vlan) else { return false };
     burst.iter().all(|b| {
         let d = b.data();
-        eth_src(d).is_some_and(|(src, et)| keys.push(port, d, src, et))
+        eth_src(d).is_some_and(|(src, et)| keys.push(port, d, crate::wire::ETH_HEADER_LEN, src, et))
     }) && {
         keys.locate();
         keys.check(port, cx, to)
@@ -456,7 +456,8 @@ pub struct FastKeys<'a> {
 }
 
 impl<'a> FastKeys<'a> {
-    /// For a burst of VLAN `vlan` on `port`. `None` when the bridge has no connection table
+    /// For a burst of VLAN `vlan` on `port` (its frames untagged, or each with one 802.1Q tag
+    /// of that VLAN: see [`FastKeys::push`]). `None` when the bridge has no connection table
     /// (spoof filters alone: see [`spoof_filtered_burst`]) or the context stores no verdicts.
     #[inline(always)]
     pub fn new(port: &PortSpec, cx: Ctx<'a>, vlan: u16) -> Option<FastKeys<'a>> {
@@ -472,17 +473,18 @@ impl<'a> FastKeys<'a> {
     }
 
     /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
-    /// first stage read them): checks its spoof filters against the port's lists as words
+    /// first stage read them; `l3`: where its IP header starts, behind the Ethernet header or,
+    /// in a tagged burst, behind the tag, whose EtherType `et` then is): checks its spoof filters against the port's lists as words
     /// (made once per burst), reads a simple IPv4 packet straight into the table's [`PackedKey`] (no
     /// [`FlowKey`] in between), hashes it and prefetches its slots. False: not for the fast
     /// path.
     #[inline(always)]
-    pub fn push(&mut self, port: &PortSpec, d: &[u8], src: u64, et: u16) -> bool {
+    pub fn push(&mut self, port: &PortSpec, d: &[u8], l3: usize, src: u64, et: u16) -> bool {
         if !self.lists.mac_allowed(port, src) {
             return false;
         }
         let v4 = match et {
-            crate::wire::EtherType::IPV4 => simple_v4_at(d, crate::wire::ETH_HEADER_LEN),
+            crate::wire::EtherType::IPV4 => simple_v4_at(d, l3),
             _ => None,
         };
         let (key, h, flags) = match v4 {
@@ -493,7 +495,7 @@ impl<'a> FastKeys<'a> {
                 let h = crate::conntrack::hash_v4(s.src, s.dst, s.ports, s.proto, self.fam);
                 (PackedKey::v4(s.src, s.dst, s.ports, s.proto, self.fam), h, s.tcp_flags)
             }
-            None => match other_ip(port, d, self.vlan, src) {
+            None => match other_ip(port, d, l3, self.vlan, src) {
                 Some((key, flags)) => (key, crate::conntrack::hash_packed(&key), flags),
                 None => return false,
             },
@@ -519,11 +521,19 @@ impl<'a> FastKeys<'a> {
     #[inline(always)]
     pub fn check(&self, port: &PortSpec, cx: Ctx, mut to: impl FnMut(usize) -> Option<PortId>) -> bool {
         let base = verdict(cx.epoch, port.id, 0);
-        self.keys.iter().enumerate().all(|(i, p)| match self.ct.lookup(p, cx.now) {
-            Fast::Reply => true,
-            Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
-            Fast::Slow => false,
-        })
+        // A loop, not `all`: the iterator's fold is not always inlined, and out of line it
+        // costs the burst a call and its state's reloads.
+        for (i, p) in self.keys.iter().enumerate() {
+            let ok = match self.ct.lookup(p, cx.now) {
+                Fast::Reply => true,
+                Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
+                Fast::Slow => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -12,7 +12,9 @@
 //! a plain burst of established connections (see `filter::fast_burst`) whose sources are all
 //! learned and destinations all known takes a short form of the same stages (`policy_fast`:
 //! nothing learned, each frame checked against the port it is queued to), on ports with MAC or
-//! IP spoof filters too (both checked for every frame). It decides exactly
+//! IP spoof filters too (both checked for every frame), and on a trunk without spoof filters
+//! (an uplink) for a burst tagged with one VLAN, the tags of runs to access ports popped (and
+//! an access port's pushed for runs to a trunk). It decides exactly
 //! what the general stages decide: property tests (dataplane/tests/properties.rs,
 //! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
 //! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
@@ -559,8 +561,8 @@ pub fn process_burst(
             #[cfg(debug_assertions)]
             PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
         }
-        None => match (&trace, untagged_vlan, bridge.filter) {
-            (None, Some(vlan), true) if policy_fast(&mut eg, port, burst, vlan) => {
+        None => match (&trace, bridge.filter) {
+            (None, true) if policy_fast(&mut eg, port, burst, untagged_vlan, first_tagged) => {
                 #[cfg(debug_assertions)]
                 PLAIN_BURSTS.with(|c| c.set(c.get() + 1));
             }
@@ -572,8 +574,8 @@ pub fn process_burst(
 
 /// On a bridge with policies: the plain stages for a plain burst (see [`plain_burst`]) whose
 /// every source is learned already (learning would write and count nothing), whose every
-/// frame goes to a known unicast destination on another port that takes the VLAN untagged,
-/// and whose every frame the spoof filters and the policy stage pass unchanged for the port it
+/// frame goes to a known unicast destination on another port that carries the VLAN, and
+/// whose every frame the spoof filters and the policy stage pass unchanged for the port it
 /// goes to (replies and connections with the snapshot's stored verdict for the two ports, see
 /// `filter::FastKeys::check`): then true, the burst queued. Otherwise false, the burst
 /// untouched for the general stages, which decide and write everything themselves (the writes
@@ -581,23 +583,50 @@ pub fn process_burst(
 /// are theirs too). The policy is checked against the ports the frames are queued to, after
 /// they are looked up, and nothing is learned: a frame never goes elsewhere than where it was
 /// checked. Out of line, so that the plain path of bridges without policies stays as it was.
+///
+/// The burst is untagged (`untagged_vlan`: the VLAN the port admits untagged frames into) or,
+/// with `tagged` (its first frame is), a trunk's: every frame tagged with one VLAN's tag, the
+/// VLAN the port admits it into ([`tagged_vlan`]), on a port without spoof filters (an
+/// uplink's), on a bridge with a connection table. Runs to a port that takes the VLAN the
+/// other way get their tags pushed or popped ([`Runs::retag_runs`]) once every check passed.
 #[inline(never)]
-fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -> bool {
+fn policy_fast(
+    eg: &mut Egress,
+    port: &PortSpec,
+    burst: &mut Burst,
+    untagged_vlan: Option<u16>,
+    tagged: bool,
+) -> bool {
     let cx = eg.ctx(false);
+    let vlan = if tagged {
+        // The spoof filters read a tagged frame's addresses the general way.
+        if port.allowed_macs.is_some() || port.allowed_ips.is_some() || cx.ct.is_none() {
+            return false;
+        }
+        tagged_vlan(burst, port)
+    } else {
+        untagged_vlan
+    };
+    let Some(vlan) = vlan else { return false };
     if let Some(ct) = cx.ct {
         ct.sweep(cx.now, SWEEP_SLOTS);
     }
     let mut keys = crate::filter::FastKeys::new(port, cx, vlan);
     // Stage 1: the frame's MAC probes and its connection key, in one read.
-    let bytes = match &mut keys {
-        Some(keys) => plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
-            keys.push(port, d, src, et)
+    let bytes = match (&mut keys, tagged) {
+        (Some(keys), false) => plain_probes_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
+            keys.push(port, d, ETH_HEADER_LEN, src, et)
         }),
+        (Some(keys), true) => {
+            plain_probes_tagged_with(burst, vlan, &eg.table, &mut eg.tx.plain, |d, src, et| {
+                keys.push(port, d, ETH_VLAN_HEADER_LEN, src, et)
+            })
+        }
         // No connection table (spoof filters alone), or no verdicts to trust.
-        None if cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port) => {
+        (None, false) if cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port) => {
             plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)
         }
-        None => None,
+        (None, _) => None,
     };
     let Some(bytes) = bytes else { return false };
     // The connection table's directory read, the frames' slots prefetched: their misses
@@ -608,15 +637,8 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
     // Stage 2: every source learned, every destination looked up, the burst cut into runs to
     // one port each.
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
-    let mut route = Runs {
-        runs: ArrayVec::new(),
-        ok_port: u32::MAX,
-        in_port,
-        vlan,
-        tagged: false,
-        retag: false,
-        retagged: 0,
-    };
+    let mut route =
+        Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retag: true, retagged: 0 };
     // Frame i's port, as its run has it (written here for every frame of the burst, read by
     // stage 3 only when all of them were).
     let mut to = [0 as PortId; MAX_BURST];
@@ -635,8 +657,16 @@ fn policy_fast(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16) -
             return false;
         }
     }
+    // Then the tags, the burst changed only now that it is queued.
+    let mut bytes_out = bytes;
+    if route.retagged != 0 {
+        match route.retag_runs(burst, bytes) {
+            Some(b) => bytes_out = b,
+            None => return false,
+        }
+    }
     eg.t.rx_bytes = bytes;
-    route.queue(eg, burst, bytes);
+    route.queue(eg, burst, bytes_out);
     true
 }
 
@@ -1268,26 +1298,60 @@ fn plain_probes_tagged(
     table: &FdbView,
     out: &mut [PlainFrame; MAX_BURST],
 ) -> Option<(u16, u64)> {
-    // The TCI of a frame whose whole tagged header is there (classify's length checks).
-    let tci = |d: &[u8]| match d.get(ETH_HEADER_LEN - 2..ETH_VLAN_HEADER_LEN) {
+    let vlan = tagged_vlan(burst, port)?;
+    plain_probes_tagged_with(burst, vlan, table, out, |_, _, _| true).map(|bytes| (vlan, bytes))
+}
+
+/// The TCI of a frame whose whole tagged header is there (classify's length checks), when its
+/// outer tag is 802.1Q.
+#[inline(always)]
+fn tci(d: &[u8]) -> Option<u16> {
+    match d.get(ETH_HEADER_LEN - 2..ETH_VLAN_HEADER_LEN) {
         Some(&[0x81, 0x00, t0, t1, _, _]) => Some(u16::from_be_bytes([t0, t1])),
         _ => None,
-    };
+    }
+}
+
+/// The VLAN of a burst of tagged frames on `port` as its first frame's tag names it: its VID,
+/// when `port` admits the tagged frame into that VLAN (not a priority tag, which takes a
+/// native VLAN).
+#[inline(always)]
+fn tagged_vlan(burst: &Burst, port: &PortSpec) -> Option<u16> {
     let vid = tci(burst.first()?.data())? & 0x0fff;
-    let vlan = port.vlan.ingress(Some(VlanTci(vid))).filter(|&v| v == vid)?;
+    port.vlan.ingress(Some(VlanTci(vid))).filter(|&v| v == vid)
+}
+
+/// [`plain_probes_tagged`]'s loop for the burst's VLAN `vlan` ([`tagged_vlan`]), also calling
+/// `each(frame, source MAC, EtherType behind the tag)` for every plain frame as it is read
+/// (the policy fast path's first stage on a trunk): `None` as soon as it returns false.
+#[inline(always)]
+fn plain_probes_tagged_with(
+    burst: &Burst,
+    vlan: u16,
+    table: &FdbView,
+    out: &mut [PlainFrame; MAX_BURST],
+    mut each: impl FnMut(&[u8], u64, u16) -> bool,
+) -> Option<u64> {
     let mut bytes = 0u64;
     for (b, f) in burst.iter().zip(out.iter_mut()) {
         let d = b.data();
         bytes += d.len() as u64;
         let (dst, src, _) = eth_header(d)?;
-        if tci(d).is_none_or(|t| t & 0x0fff != vid) || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0 {
+        if tci(d).is_none_or(|t| t & 0x0fff != vlan) || (dst | src) & MacAddr::GROUP_BIT_U64 != 0 || src == 0
+        {
             return None;
         }
         *f = PlainFrame { src: table.probe_u64(vlan, src), dst: table.probe_u64(vlan, dst) };
         table.prefetch(&f.src);
         table.prefetch(&f.dst);
+        let inner = d
+            .get(ETH_VLAN_HEADER_LEN - 2..ETH_VLAN_HEADER_LEN)
+            .map_or(0, |e| u16::from_be_bytes([e[0], e[1]]));
+        if !each(d, src, inner) {
+            return None;
+        }
     }
-    Some((vlan, bytes))
+    Some(bytes)
 }
 
 /// [`plain_probes`], also calling `each(frame, source MAC, EtherType)` for every plain frame

@@ -236,3 +236,184 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
     let answers = switchyard_dataplane::conntrack::steady_answers_on_this_thread() - answers_before;
     assert!(answers * 10 >= f, "{answers} lookups answered by the directory in {f} fast bursts");
 }
+
+/// The trunk bridge of [`tagged_fast_path_matches_the_general_stages_on_trunks`]: `u` an
+/// uplink (a trunk of VLANs 10 and 20, no spoof filter), `n` a native-untagged trunk (VLAN 10
+/// untagged, 20 tagged), `a` and `b` access ports of VLAN 10 with random policies (`a` with
+/// both spoof filters, as a VM port), `c` an access port of VLAN 20 without policy, and `f` a
+/// trunk of VLAN 10 with a MAC spoof filter (whose tagged bursts the fast path leaves alone).
+fn trunk_config(shapes: [usize; 4]) -> Config {
+    let dir = |name: &str, s: usize| {
+        RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"))
+    };
+    let pol = |i: usize, o: usize| {
+        let body = dir("ingress", i) + &dir("egress", o);
+        if body.is_empty() {
+            String::new()
+        } else {
+            format!("    policy:\n{body}")
+        }
+    };
+    let yaml = format!(
+        "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+         \x20 - {{name: u, trunks: [10, 20]}}\n\
+         \x20 - {{name: n, vlan_mode: native-untagged, tag: 10, trunks: [10, 20]}}\n\
+         \x20 - name: a\n    tag: 10\n    allowed_macs: ['02:00:00:00:01:0a']\n    allowed_ips: [10.0.0.10]\n{}\
+         \x20 - name: b\n    tag: 10\n{}\
+         \x20 - {{name: c, tag: 20}}\n\
+         \x20 - {{name: f, trunks: [10], allowed_macs: ['02:00:00:00:05:0a']}}\n",
+        pol(shapes[0], shapes[1]),
+        pol(shapes[2], shapes[3]),
+    );
+    Config::from_yaml_str(&yaml).expect("valid config")
+}
+
+/// Port names of [`trunk_config`] by id, and each port's host: (VLAN it is in, MAC, IPv4
+/// address); `u` and `n` have a host in each VLAN.
+const TRUNK_PORTS: [&str; 6] = ["u", "n", "a", "b", "c", "f"];
+const HOSTS: [(usize, u16, [u8; 6], [u8; 4]); 8] = [
+    (0, 10, [2, 0, 0, 0, 0, 0x10], [10, 0, 0, 100]),
+    (0, 20, [2, 0, 0, 0, 0, 0x20], [10, 0, 0, 200]),
+    (1, 10, [2, 0, 0, 0, 1, 0x10], [10, 0, 0, 101]),
+    (1, 20, [2, 0, 0, 0, 1, 0x20], [10, 0, 0, 201]),
+    (2, 10, [2, 0, 0, 0, 1, 0x0a], [10, 0, 0, 10]),
+    (3, 10, [2, 0, 0, 0, 1, 0x0b], [10, 0, 0, 11]),
+    (4, 20, [2, 0, 0, 0, 1, 0x0c], [10, 0, 0, 20]),
+    (5, 10, [2, 0, 0, 0, 5, 0x0a], [10, 0, 0, 50]),
+];
+
+/// One frame of a trunk burst: from host `from` to host `to` (indices into [`HOSTS`], the
+/// same VLAN or not), connection `conn` (0-3 as [`Pkt`]'s), direction `orig`, TCP flags
+/// `flags`; `how` 0-15: as the sending port would send it (tagged on a trunk, untagged on an
+/// access port or in a native-untagged VLAN), and now and then otherwise: 12 PCP and DEI bits
+/// in the tag, 13 a priority tag (VID 0), 14 an ARP request, 15 a stacked (QinQ) inner tag.
+fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: u8) -> Vec<u8> {
+    let ((fp, vlan, smac, sip), (tp, _, dmac, dip)) = (HOSTS[from], HOSTS[to]);
+    let client = 40000 + (fp.min(tp) * 8 + fp.max(tp)) as u16 * 4 + conn as u16;
+    let service = [80u16, 22, 53, 55][conn];
+    let (sport, dport) = if orig { (client, service) } else { (service, client) };
+    let mut v = Vec::new();
+    if how == 14 {
+        v.extend_from_slice(&[255; 6]);
+        v.extend_from_slice(&smac);
+        v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        v.extend_from_slice(&smac);
+        v.extend_from_slice(&sip);
+        v.extend_from_slice(&[0; 6]);
+        v.extend_from_slice(&dip);
+    } else {
+        let b = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv4(sip, dip, 64);
+        if conn < 2 {
+            let b = b.tcp(sport, dport, 1, 1000);
+            let b = match flags {
+                1 => b.syn(),
+                2 => b.syn().ack(2),
+                3 => b.fin().ack(2),
+                4 => b.rst(),
+                _ => b.ack(2),
+            };
+            b.write(&mut v, &[]).expect("frame");
+        } else {
+            b.udp(sport, dport).write(&mut v, b"q").expect("frame");
+        }
+    }
+    // Tagged as the port sends the VLAN: every VLAN on `u` and `f`, VLAN 20 on `n`.
+    let tagged = matches!((fp, vlan), (0, _) | (5, _) | (1, 20));
+    let tci = match how {
+        12 => 0xb000 | vlan,
+        13 => 0,
+        _ => vlan,
+    };
+    if tagged || how == 13 {
+        let mut tag = vec![0x81, 0x00, (tci >> 8) as u8, tci as u8];
+        if how == 15 {
+            tag.extend_from_slice(&[0x81, 0x00, 0, 30]);
+        }
+        v.splice(12..12, tag);
+    }
+    v
+}
+
+/// The policy fast path on trunks: tagged bursts from an uplink into policy-guarded access
+/// ports (the tags popped) and the replies back (the tags pushed), against the general stages,
+/// with the odd frames mixed in (PCP bits, priority tags, ARP, stacked tags, other VLANs, a
+/// filtered trunk). Both runs must queue the same frames to the same ports in the same order
+/// and count the same drops; and the fast path must have taken a good share of the tagged
+/// bursts, so that the comparison is not of the general stages with themselves.
+#[test]
+fn tagged_fast_path_matches_the_general_stages_on_trunks() {
+    let pool = Pool::new("policy-fast-path-vlan", 1024).expect("pool");
+    let (tagged_run, tagged_fast, retag_fast) =
+        (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    // A burst: its sending host, then its frames (peer host, connection, direction, flags,
+    // how); mostly a few connections between the uplinks' hosts and a and b, so that most are
+    // established; frames of one burst come from one host's port.
+    let pkt = (0usize..HOSTS.len(), 0usize..4, any::<bool>(), prop_oneof![12 => Just(0u8), 1 => 1u8..5]);
+    let how = prop_oneof![40 => Just(0u8), 1 => 12u8..16];
+    let burst = (
+        prop_oneof![4 => Just(0usize), 4 => 4usize..6, 1 => 1usize..4, 1 => 6usize..8],
+        prop::collection::vec((pkt, how), 1..8),
+    );
+    let stream = prop::collection::vec(burst, 1..80);
+    let strategy = (prop::array::uniform4(0usize..RULES.len()), stream);
+    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let cases = ProptestConfig { cases: n, source_file: Some(file!()), ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cases);
+    let result = runner.run(&strategy, |(shapes, stream)| {
+        let cfg = trunk_config(shapes);
+        let sws = [
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+        ];
+        for sw in &sws {
+            for (port, vlan, mac, _) in HOSTS {
+                sw.bridges[0].table.learn(
+                    vlan,
+                    switchyard_dataplane::wire::MacAddr(mac),
+                    port as u16,
+                    1,
+                    u32::MAX,
+                );
+            }
+        }
+        for (i, (from, pkts)) in stream.iter().enumerate() {
+            let now = 1 + i as u32 / 16;
+            // The peers: four in five of a trunk's VLAN-10 hosts' frames go to a or b, of a's
+            // and b's to the trunks' VLAN-10 hosts, of the VLAN-20 hosts' to each other (those
+            // of connections the policies track), the rest to any host.
+            let frames: Vec<Vec<u8>> = pkts
+                .iter()
+                .map(|((to, conn, orig, flags), how)| {
+                    let near: [usize; 2] = match *from {
+                        0 | 2 | 7 => [4, 5],
+                        4 | 5 => [0, 2],
+                        1 => [6, 3],
+                        _ => [1, 1],
+                    };
+                    let to = if to % 5 == 0 { *to } else { near[to % 2] };
+                    trunk_frame(*from, to, *conn, *orig, *flags, *how)
+                })
+                .collect();
+            let name = TRUNK_PORTS[HOSTS[*from].0];
+            let before = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
+            let fast = run(&sws[0], &pool, name, &frames, now, false);
+            let took_fast = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > before;
+            let general = run(&sws[1], &pool, name, &frames, now, true);
+            prop_assert_eq!(&fast, &general, "burst {} from {} (fast path taken: {})", i, name, took_fast);
+            let tagged = frames[0].get(12..14) == Some(&[0x81, 0x00]);
+            if tagged {
+                tagged_run.set(tagged_run.get() + 1);
+                tagged_fast.set(tagged_fast.get() + u64::from(took_fast));
+            } else if took_fast && fast.0.iter().any(|(p, _)| p == "u") {
+                retag_fast.set(retag_fast.get() + 1);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (t, f, r) = (tagged_run.get(), tagged_fast.get(), retag_fast.get());
+    assert!(f * 20 >= t, "the fast path took {f} of {t} tagged bursts");
+    assert!(r > 0, "no untagged burst to the uplink took the fast path (its tags pushed)");
+}

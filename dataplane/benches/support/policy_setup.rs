@@ -6,6 +6,10 @@
 //! frames' source matches rule 500), p0 has an IP spoof filter, and [`CONNS`] UDP connections
 //! are tracked and replied (established: `replied`). The frames cycle through those
 //! connections, [`BURST`] a burst, the same frames for both cases.
+//!
+//! With `POLICY_TAG=VID` in the environment ([`tag`]), p0 is a trunk of VLAN VID without spoof
+//! filters (an uplink) and p1 an access port of that VLAN: p0's frames arrive tagged (their
+//! includer tags them) and leave p1 untagged, and the replies the other way get the tag pushed.
 
 // Each includer uses a part.
 #![allow(dead_code)]
@@ -25,7 +29,13 @@ const SRC: u32 = 0x0a00_0001;
 mod frames;
 pub use frames::splitmix;
 
-/// Connection `i`: 10.0.0.1:(1024 + i % 60000) -> 10.(1 + i / 60000).0.2:53 over UDP.
+/// The VLAN of `POLICY_TAG` (see the module's docs), none when it is unset or not a VID.
+pub fn tag() -> Option<u16> {
+    std::env::var("POLICY_TAG").ok().and_then(|s| s.parse().ok()).filter(|v| (1..4095).contains(v))
+}
+
+/// Connection `i`: 10.0.0.1:(1024 + i % 60000) -> 10.(1 + i / 60000).0.2:53 over UDP (in
+/// VLAN [`tag`] when set).
 pub fn conn(i: u32) -> FlowKey {
     FlowKey {
         src: u128::from(SRC),
@@ -35,17 +45,24 @@ pub fn conn(i: u32) -> FlowKey {
         proto: 17,
         v4: true,
         // The ports' VLAN (untagged, no tag: 0).
-        vlan: 0,
+        vlan: tag().unwrap_or(0),
     }
 }
 
 fn config(policy: bool) -> Config {
     let mut y = String::from("bridges:\n- name: br0\n  conntrack_size: 131072\n  ports:\n");
     y.push_str("  - name: p0\n    static_macs: ['02:00:00:00:00:01']\n");
-    if policy {
-        y.push_str("    allowed_ips: [10.0.0.1]\n");
+    match tag() {
+        Some(vid) => {
+            let _ = writeln!(y, "    trunks: [{vid}]");
+        }
+        None if policy => y.push_str("    allowed_ips: [10.0.0.1]\n"),
+        None => {}
     }
     y.push_str("  - name: p1\n    static_macs: ['02:00:00:00:00:02']\n");
+    if let Some(vid) = tag() {
+        let _ = writeln!(y, "    vlan_mode: access\n    tag: {vid}");
+    }
     if policy {
         y.push_str("    policy:\n      ingress:\n        rules:\n");
         for r in 0..1000u32 {
