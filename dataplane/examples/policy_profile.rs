@@ -14,7 +14,8 @@
 //! as the other direction) instead of their packets from p0 to p1. With `POLICY_TAG=VID`, p0
 //! is a trunk (an uplink) and p1 an access port of VLAN VID (benches/support/policy_setup.rs):
 //! p0's frames are tagged before each counted call and the frames that come back untagged
-//! after it, outside the calls callgrind counts.
+//! after it, outside the calls callgrind counts. With `POLICY_BESIDE=1`, the rules are on a
+//! third port and p0 and p1 have no policy: their connections are not tracked.
 //!
 //! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
 //! pipeline without policy, with policy, their ratio, and each piece of the policy stage run

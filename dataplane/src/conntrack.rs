@@ -236,8 +236,11 @@ fn moved(dir: Dir, proto: u8, state: CtState, flags: u8) -> CtState {
 /// What [`Conntrack::lookup_fast`] found for a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fast {
-    /// Not for the fast path: not tracked, blocked, or a change of state.
+    /// Not for the fast path: blocked, a change of state, or not known here.
     Slow,
+    /// Not tracked: an empty slot (or its directory lane) came before any live entry of the
+    /// key's tag. The general stages' lookup finds nothing either and writes nothing.
+    Absent,
     /// A reply of a tracked connection.
     Reply,
     /// The original direction, with the verdict its entry carries ([`verdict`]).
@@ -396,7 +399,7 @@ impl FastView<'_> {
         // No slot index is either of the two values that say the directory placed nothing:
         // the bounds check tells them apart from a slot.
         let Some(line) = self.lines.get(p.at.0 as usize) else {
-            return (p.at == Located::ABSENT).then_some(Fast::Slow);
+            return (p.at == Located::ABSENT).then_some(Fast::Absent);
         };
         let slot = Slot(line);
         let s1 = slot.w(0).load(Ordering::Acquire);
@@ -1050,7 +1053,8 @@ impl Conntrack {
     /// [`Conntrack::lookup_hashed`] for the pipeline's fast path, for a packed key (hash `h`
     /// from [`hash_packed`]), making the one write of [`Conntrack::track_hashed`] that leaves
     /// the entry's state as it is: a packet (TCP flags `flags`) that moves only the expiry on
-    /// (once a second) refreshes it. [`Fast::Slow`] when the key is not tracked, its
+    /// (once a second) refreshes it. [`Fast::Absent`] when an empty slot comes first (the key
+    /// is not tracked); [`Fast::Slow`] when no empty slot ends the probe, the key's
     /// connection is blocked, the packet would change its state (not written: the caller's
     /// general stage tracks it), or a writer held the key's slot (the general stage waits for
     /// it). The probe glances at each slot's word 1 first, as every lookup does; the key's slot is
@@ -1068,7 +1072,7 @@ impl Conntrack {
             };
             let glance = slot.w(1).load(Ordering::Relaxed);
             if glance as u32 == 0 {
-                return Fast::Slow;
+                return Fast::Absent;
             }
             if glance >> TAG_SHIFT == t && glance as u32 > now {
                 let s1 = slot.w(0).load(Ordering::Acquire);
@@ -1916,7 +1920,10 @@ mod tests {
                         // lookup_fast's answer: not tracked, blocked or a change of state is
                         // for the general stage (nothing written); otherwise the expiry moves on.
                         let want = match model_find(&m, &k, now) {
-                            None => Fast::Slow,
+                            // Not tracked: `Absent`, or `Slow` where no empty slot ends the
+                            // probe (a full table); never an answer of a connection.
+                            None if matches!(got, Fast::Absent | Fast::Slow) => got,
+                            None => Fast::Absent,
                             Some((ok, dir)) => {
                                 let e = m.get_mut(&ok).unwrap();
                                 if e.blocked

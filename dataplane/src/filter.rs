@@ -417,7 +417,9 @@ pub fn refused(m: &FilterMeta, cx: Ctx) {
 /// frame is an IP packet of a tracked connection that passes the port's spoof filters (its
 /// source MAC in `allowed_macs`, its source address in `allowed_ips`; an IP packet has no ARP
 /// sender to check) and leaves its entry's state as it is, and is either a reply or carries
-/// the running snapshot's verdict for (`port`, `to(i)`): then the MAC spoof check and the
+/// the running snapshot's verdict for (`port`, `to(i)`), or is of an untracked connection
+/// between two ports without policies (`port`, and `to(i)` where `open` says so): then the
+/// MAC spoof check and the
 /// general stage would pass each frame unchanged. Its one write is the general stage's own
 /// for such a packet, made in the same frame order: an entry's expiry moved on (once a second;
 /// the general stage, tracking the packet again, then finds nothing to change). On false the
@@ -427,7 +429,13 @@ pub fn refused(m: &FilterMeta, cx: Ctx) {
 /// each frame once, the second looks every key up, so that the table's cache misses overlap.
 /// The pipeline runs the first inside its own first stage (one read of each frame for both);
 /// this is the same for a burst on its own.
-pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize) -> Option<PortId>) -> bool {
+pub fn fast_burst(
+    burst: &Burst,
+    port: &PortSpec,
+    cx: Ctx,
+    to: impl FnMut(usize) -> Option<PortId>,
+    open: impl FnMut(PortId) -> bool,
+) -> bool {
     if cx.ct.is_none() {
         return spoof_filtered_burst(burst, port);
     }
@@ -438,7 +446,7 @@ pub fn fast_burst(burst: &Burst, port: &PortSpec, cx: Ctx, to: impl FnMut(usize)
         eth_src(d).is_some_and(|(src, et)| keys.push(port, d, crate::wire::ETH_HEADER_LEN, src, et))
     }) && {
         keys.locate();
-        keys.check(port, cx, to)
+        keys.check(port, cx, to, open)
     }
 }
 
@@ -514,12 +522,23 @@ impl<'a> FastKeys<'a> {
     }
 
     /// Stage 3, the lookups, once the frames' slots were placed ([`FastKeys::locate`]):
-    /// true when every frame is a reply or carries the snapshot's verdict for (`port`, `to(i)`).
+    /// true when every frame is a reply or carries the snapshot's verdict for (`port`, `to(i)`),
+    /// or is of a connection that is not tracked between two ports without policies (`port`
+    /// and `to(i)`, for which `open` says so): the general stages pass such a packet, track
+    /// nothing (they commit a connection only where one of its ports has a policy) and write
+    /// nothing, as on a bridge where a VM with a policy sits beside VMs without.
     /// Frame by frame, stopping at the first that fails: the only writes
     /// ([`FastView::lookup`]'s, an expiry moved on) are made for the frames before it, in
     /// their order, as the general stage makes them.
     #[inline(always)]
-    pub fn check(&self, port: &PortSpec, cx: Ctx, mut to: impl FnMut(usize) -> Option<PortId>) -> bool {
+    pub fn check(
+        &self,
+        port: &PortSpec,
+        cx: Ctx,
+        mut to: impl FnMut(usize) -> Option<PortId>,
+        mut open: impl FnMut(PortId) -> bool,
+    ) -> bool {
+        let from_open = port.policy.is_none();
         let base = verdict(cx.epoch, port.id, 0);
         // A loop, not `all`: the iterator's fold is not always inlined, and out of line it
         // costs the burst a call and its state's reloads.
@@ -527,6 +546,7 @@ impl<'a> FastKeys<'a> {
             let ok = match self.ct.lookup(p, cx.now) {
                 Fast::Reply => true,
                 Fast::Original(v) => to(i).is_some_and(|op| v == base | u64::from(op)),
+                Fast::Absent => from_open && to(i).is_some_and(&mut open),
                 Fast::Slow => false,
             };
             if !ok {

@@ -653,7 +653,8 @@ fn policy_fast(
     }
     // Stage 3: the connection table, each frame's verdict against its run's port.
     if let Some(keys) = &keys {
-        if !keys.check(port, cx, |i| to.get(i).copied()) {
+        let open = |op: PortId| cfg.port(op).is_some_and(|p| p.policy.is_none());
+        if !keys.check(port, cx, |i| to.get(i).copied(), open) {
             return false;
         }
     }

@@ -1569,3 +1569,59 @@ bridges:
     let (_, _, plain) = run_fast(&sw, &pool, "c", &qinq, 1);
     assert!(!plain, "a QinQ frame took the plain path");
 }
+
+/// On a bridge with policies, two ports without one (VMs beside one that has a policy): their
+/// connections are not tracked (a connection is committed only where one of its ports has a
+/// policy), and their bursts take the fast path from the first packet on, tracking nothing;
+/// a port with an ingress or an egress policy still has every new connection checked. Fails
+/// with the sending port's policy not looked at for untracked connections
+/// (`FastKeys::check`'s `Fast::Absent` arm without `from_open`), or with the receiving
+/// port's not.
+#[test]
+fn ports_without_policies_beside_one_take_the_fast_path_untracked() {
+    let yaml = r#"
+bridges:
+- name: br0
+  conntrack_size: 1024
+  ports:
+  - name: x
+    static_macs: ['02:00:00:00:00:0a']
+  - name: y
+    static_macs: ['02:00:00:00:00:0b']
+    allowed_ips: [10.0.0.2]
+  - name: p
+    static_macs: ['02:00:00:00:00:0c']
+    policy:
+      ingress: {rules: []}
+  - name: e
+    static_macs: ['02:00:00:00:00:0d']
+    policy:
+      egress: {rules: [{name: e/only-nine, peers: [{cidr: 10.0.0.9/32}]}]}
+"#;
+    let sw = SwitchConfig::compile(&Config::from_yaml_str(yaml).unwrap(), None).unwrap();
+    let pool = pool();
+    let ct = sw.bridges[0].conntrack.clone().expect("a table: the bridge has policies");
+    let e_mac = [2, 0, 0, 0, 0, 0xd];
+    let (out, drops, fast) = run_fast(&sw, &pool, "x", &udp(0, 1, 5000, 53), 1);
+    assert_eq!((out, drops, fast), (vec!["y".to_string()], BTreeMap::new(), true), "x -> y, untracked");
+    let (out, _, fast) = run_fast(&sw, &pool, "y", &udp(1, 0, 53, 5000), 1);
+    assert_eq!((out, fast), (vec!["x".to_string()], true), "the reply, untracked");
+    let (out, _, fast) = run_fast(&sw, &pool, "x", &tcp(0, 1, 40000, 80, "syn"), 1);
+    assert_eq!((out, fast), (vec!["y".to_string()], true), "a SYN opens nothing to track");
+    assert_eq!(ct.entries(1, 0).1, 0, "nothing tracked between ports without policies");
+    // y's IP spoof filter still holds on the fast path's way.
+    let (out, drops, _) = run_fast(&sw, &pool, "y", &udp_from(1, [10, 0, 0, 7], 0, 53, 5000), 1);
+    assert_eq!((out.len(), drops), (0, dropped("spoofed_src_ip")));
+    // To p, whose ingress allows nothing: checked, dropped, every time.
+    for _ in 0..2 {
+        let (out, drops, fast) = run_fast(&sw, &pool, "x", &udp(0, 2, 5000, 53), 1);
+        assert_eq!((out.len(), drops, fast), (0, dropped("policy_ingress_denied"), false), "x -> p");
+    }
+    // From e, whose egress allows 10.0.0.9 alone, to x: checked, dropped, every time.
+    for _ in 0..2 {
+        let f = udp_frame(e_mac, [10, 0, 0, 4], MAC[0], IP[0], 7000, 53);
+        let (out, drops, fast) = run_fast(&sw, &pool, "e", &f, 1);
+        assert_eq!((out.len(), drops, fast), (0, dropped("policy_egress_denied"), false), "e -> x");
+    }
+    assert_eq!(ct.entries(1, 0).1, 0, "refused connections are not tracked");
+}

@@ -10,6 +10,9 @@
 //! With `POLICY_TAG=VID` in the environment ([`tag`]), p0 is a trunk of VLAN VID without spoof
 //! filters (an uplink) and p1 an access port of that VLAN: p0's frames arrive tagged (their
 //! includer tags them) and leave p1 untagged, and the replies the other way get the tag pushed.
+//! With `POLICY_BESIDE=1` ([`beside`]), the 1,000 rules go to a third port p2 instead of p1,
+//! and the connections between p0 and p1 (two ports without policies on a bridge with them,
+//! as VMs without a policy beside one with) are not tracked: the general stages track none.
 
 // Each includer uses a part.
 #![allow(dead_code)]
@@ -28,6 +31,11 @@ const SRC: u32 = 0x0a00_0001;
 #[path = "frames.rs"]
 mod frames;
 pub use frames::splitmix;
+
+/// Whether `POLICY_BESIDE` is set (see the module's docs).
+pub fn beside() -> bool {
+    std::env::var_os("POLICY_BESIDE").is_some_and(|v| v == "1")
+}
 
 /// The VLAN of `POLICY_TAG` (see the module's docs), none when it is unset or not a VID.
 pub fn tag() -> Option<u16> {
@@ -63,6 +71,9 @@ fn config(policy: bool) -> Config {
     if let Some(vid) = tag() {
         let _ = writeln!(y, "    vlan_mode: access\n    tag: {vid}");
     }
+    if policy && beside() {
+        y.push_str("  - name: p2\n    static_macs: ['02:00:00:00:00:03']\n");
+    }
     if policy {
         y.push_str("    policy:\n      ingress:\n        rules:\n");
         for r in 0..1000u32 {
@@ -86,7 +97,7 @@ fn config(policy: bool) -> Config {
 /// The compiled switch; with `policy`, its table holds the [`CONNS`] connections, replied.
 pub fn switch(policy: bool) -> SwitchConfig {
     let sw = SwitchConfig::compile(&config(policy), None).expect("compile");
-    if let Some(ct) = &sw.bridges[0].conntrack {
+    if let Some(ct) = sw.bridges[0].conntrack.as_ref().filter(|_| !beside()) {
         for i in 0..CONNS {
             ct.commit(&conn(i), 0, 1).expect("room for 100,000");
             ct.reply(&conn(i).reversed(), 0, 1);
