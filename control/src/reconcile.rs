@@ -5,7 +5,12 @@
 //! is one of:
 //! - **added**: no port of that name runs;
 //! - **reopened**: its backend (`type` or a type option: `iface`, `ring`, `socket`, ...)
-//!   changed, so the backend is closed and opened again;
+//!   changed, so the backend is closed and opened again. Compared as the backend opens
+//!   (`Backend::opened_form`), not as spelled, since a reopen drops the port's frames and
+//!   kernel state: an option left out or written at its default is no change
+//!   (`afpacket:eth1` and `afpacket:eth1,ring`, an afxdp port's `queues` left out and
+//!   `queues: 1`, an `iface` left out and the port's name, a DPDK port's `03:00.0` and
+//!   `0000:03:00.0`);
 //! - **updated**: a tunnel port whose flood list, static remote MACs or learning changed (and
 //!   nothing else of its backend): the backend stays open and takes the change in place
 //!   (`PortBackend::update`; a backend that refuses is reopened instead), L2 settings as for
@@ -49,9 +54,12 @@ impl Diff {
 }
 
 /// Whether two ports have the same backend: the same `type` (or both none) and the same
-/// type options, compared as the typed `Backend` (every option of the type counts).
+/// type options, compared as the backend opens (`PortConfig::opened_backend`), not as
+/// spelled: every option of the type counts, an option left out is its default
+/// (`afpacket:eth1` is `afpacket:eth1,ring`, an afxdp port's `queues` left out is 1, an
+/// `iface` left out is the port's name), and a DPDK port's PCI device is one however written.
 fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
-    a.kind == b.kind && a.backend() == b.backend()
+    a.kind == b.kind && a.opened_backend() == b.opened_backend()
 }
 
 /// Whether two ports with different backends are tunnel ports on one transport, so that the
@@ -311,6 +319,64 @@ mod tests {
         let new = cfg(&[("br1", vec![vhost("0660")])]);
         assert_eq!(diff(&old, &new).reopened, ["v"]);
         assert!(diff(&new, &new).is_empty());
+    }
+
+    /// A switch file reloaded with a port's backend respelled (a default written out or left
+    /// out, in YAML or JSON) does not reopen the port; a real change of its backend does.
+    #[test]
+    fn a_respelled_backend_is_not_reopened_a_changed_one_is() {
+        let file = |a: &str, b: &str, c: &str, d: &str| {
+            let text = format!(
+                "bridges:\n- name: br1\n  ports:\n\
+                 \x20 - {{name: a, type: afpacket, iface: eth1{a}}}\n\
+                 \x20 - {{name: b, type: afxdp, iface: eth2{b}}}\n\
+                 \x20 - {{name: eth3, type: afpacket{c}}}\n\
+                 \x20 - {{name: d, type: dpdk, {d}}}\n"
+            );
+            Config::from_yaml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let old = file("", "", "", "devargs: \"03:00.0\"");
+        let respelled = file(", rx_mode: ring", ", queues: 1", ", iface: eth3", "devargs: \"0000:03:00.0\"");
+        // The JSON form of the switch file, with the defaults written out on the other ports.
+        let json = Config::from_yaml_str(
+            r#"{"bridges": [{"name": "br1", "ports": [
+                {"name": "a", "type": "afpacket", "iface": "eth1", "rx_mode": "ring"},
+                {"name": "b", "type": "afxdp", "iface": "eth2", "queues": 1},
+                {"name": "eth3", "type": "afpacket", "rx_mode": "ring"},
+                {"name": "d", "type": "dpdk", "devargs": "0:3:0.0"}]}]}"#,
+        )
+        .unwrap();
+        let all = ["a", "b", "d", "eth3"];
+        for (what, x, y) in
+            [("respelled", &old, &respelled), ("back", &respelled, &old), ("JSON", &old, &json)]
+        {
+            assert_ne!(x, y, "{what}: the files differ");
+            let d = diff(x, y);
+            assert_eq!(d.unchanged, all, "{what}: {d:?}");
+            assert!(d.reopened.is_empty() && d.is_empty(), "{what}: {d:?}");
+        }
+        // Another receive mode, queue count, interface or device is a change: reopened, from
+        // either spelling.
+        let changed =
+            file(", rx_mode: recvmmsg", ", queues: 2", ", iface: eth4", "devargs: \"0000:03:00.1\"");
+        for (what, x) in [("unspelled", &old), ("respelled", &respelled), ("JSON", &json)] {
+            let d = diff(x, &changed);
+            assert_eq!(d.reopened, all, "{what}: {d:?}");
+            assert!(d.unchanged.is_empty(), "{what}: {d:?}");
+        }
+        // One at a time: each port's change reopens that port alone.
+        for (i, f) in [
+            file(", rx_mode: recvmmsg", "", "", "devargs: \"03:00.0\""),
+            file("", ", queues: 2", "", "devargs: \"03:00.0\""),
+            file("", "", ", iface: eth4", "devargs: \"03:00.0\""),
+            file("", "", "", "devargs: \"03:00.1\""),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let name = ["a", "b", "eth3", "d"][i];
+            assert_eq!(diff(&respelled, f).reopened, [name], "{f:?}");
+        }
     }
 
     #[test]

@@ -1326,6 +1326,27 @@ mod tests {
         rt.stop();
     }
 
+    /// A reload that only respells a port's backend (a default written out) keeps the very
+    /// backend object: nothing is closed or reopened. A real change still reopens it.
+    #[test]
+    fn a_respelled_backend_keeps_its_backend_object() {
+        let mut rt = Runtime::start(RuntimeOptions::default()).unwrap();
+        let none = |_: &str| None;
+        rt.apply(&cfg(vec![ring_port("rt-s", 10)]), &none).unwrap();
+        let before = rt.backend("rt-s").unwrap();
+        // The ring a ring port opens is named like the port when `ring` is left out.
+        let mut spelled = ring_port("rt-s", 10);
+        spelled.ring = Some("rt-s".into());
+        let a = rt.apply(&cfg(vec![spelled.clone()]), &none).unwrap();
+        assert!(a.diff.reopened.is_empty() && a.diff.is_empty(), "{:?}", a.diff);
+        assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()), "respelled keeps the same Arc");
+        spelled.ring = Some("rt-s-other".into());
+        let a = rt.apply(&cfg(vec![spelled]), &none).unwrap();
+        assert_eq!(a.diff.reopened, ["rt-s"]);
+        assert!(!Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()));
+        rt.stop();
+    }
+
     /// A MAC table full of learned entries takes a new port's static MAC (before: the whole
     /// apply failed with "MAC table full"); static MACs past the table's size are an error of
     /// the port that names them, said in the apply's lines, and the apply goes through.

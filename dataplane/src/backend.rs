@@ -143,24 +143,25 @@ pub fn uplink_key(underlay: Option<&str>) -> Option<String> {
 }
 
 /// The uplink an underlay opens and how, one string for every spelling of it: the
-/// [`uplink_spelling`] parsed as a port spec and written back with the options at their
-/// defaults left out, so `afxdp:IFACE,queues=1` is `afxdp:IFACE` ([`AFXDP_DEFAULT_QUEUES`]
-/// is 1) and `afpacket:IFACE,ring` is `afpacket:IFACE` (ring is AF_PACKET's default receive
-/// mode). Underlays with one form open one uplink the same way; what is compared of two
-/// underlays is this, never their spelling. A DPDK uplink's devargs stay as
-/// [`canonical_devargs`] writes them (DPDK's own options are not interpreted here); an
-/// underlay that does not parse as an uplink is as spelled (the configuration check refuses
-/// it). `None` for the kernel transport.
+/// [`uplink_spelling`] parsed as a port spec, taken in its [`Backend::opened_form`] and written
+/// back, so `afxdp:IFACE,queues=1` is `afxdp:IFACE` ([`AFXDP_DEFAULT_QUEUES`] is 1) and
+/// `afpacket:IFACE,ring` is `afpacket:IFACE` (ring is AF_PACKET's default receive mode).
+/// Underlays with one form open one uplink the same way; what is compared of two underlays is
+/// this, never their spelling. A DPDK uplink's devargs stay as [`canonical_devargs`] writes
+/// them (DPDK's own options are not interpreted here); an underlay that does not parse as an
+/// uplink is as spelled (the configuration check refuses it). `None` for the kernel transport.
 pub fn uplink_form(underlay: Option<&str>) -> Option<String> {
     let spelled = uplink_spelling(underlay)?;
-    Some(match spelled.parse::<Backend>() {
-        Ok(Backend::Afpacket { iface: Some(iface), rx_mode }) => match rx_mode.unwrap_or_default() {
-            AfPacketRxMode::Ring => format!("afpacket:{iface}"),
-            AfPacketRxMode::Recvmmsg => format!("afpacket:{iface},recvmmsg"),
+    // An uplink's spec always names its interface: the port name `opened_form` falls back on
+    // is never used.
+    Some(match spelled.parse::<Backend>().map(|b| b.opened_form(&spelled)) {
+        Ok(Backend::Afpacket { iface: Some(iface), rx_mode }) => match rx_mode {
+            None => format!("afpacket:{iface}"),
+            Some(m) => format!("afpacket:{iface},{}", m.name()),
         },
-        Ok(Backend::Afxdp { iface: Some(iface), queues }) => match queues.unwrap_or(AFXDP_DEFAULT_QUEUES) {
-            AFXDP_DEFAULT_QUEUES => format!("afxdp:{iface}"),
-            n => format!("afxdp:{iface},queues={n}"),
+        Ok(Backend::Afxdp { iface: Some(iface), queues }) => match queues {
+            None => format!("afxdp:{iface}"),
+            Some(n) => format!("afxdp:{iface},queues={n}"),
         },
         _ => spelled,
     })
@@ -227,6 +228,9 @@ pub fn canonical_devargs(devargs: &str) -> Result<String, String> {
         _ => Err(bad()),
     }
 }
+
+/// The queue pairs a vhost-user port offers when `queues` is not given.
+pub const VHOST_DEFAULT_QUEUE_PAIRS: u16 = 1;
 
 /// Most queue pairs a vhost-user port offers: the vhost backend's limit (its rings and RX
 /// claims are sized for it). virtio allows up to 0x8000 pairs and QEMU 511; a guest that
@@ -352,6 +356,67 @@ impl Backend {
                 TunnelKind::Vxlan => PortType::Vxlan,
                 TunnelKind::Geneve => PortType::Geneve,
             },
+        }
+    }
+
+    /// What this backend opens as the port `port`, one value for every spelling of it: an
+    /// option the factory (ports/src/factory.rs) gives a fixed default when it is left out is
+    /// left out when it is that default (an afpacket port's `rx_mode: ring`, an afxdp port's
+    /// `queues:` [`AFXDP_DEFAULT_QUEUES`], a vhostuser port's `mode: server`, `queues:`
+    /// [`VHOST_DEFAULT_QUEUE_PAIRS`] and `offloads: false`, a pcap port's `infinite: false`),
+    /// and a name that defaults to the port's (`iface`, `ring`) is written out. Two backends
+    /// with one form open the same thing the same way, so what a reload compares of a port's
+    /// backend (control/src/reconcile.rs) and of a tunnel's uplink ([`uplink_form`]) is this,
+    /// never the spelling: `afpacket:eth1` and `afpacket:eth1,ring` do not reopen a port.
+    ///
+    /// Not interpreted, so compared as written: a DPDK port's devargs beyond its PCI device's
+    /// spelling (the device in DPDK's spelling, [`canonical_devargs`]: `03:00.0` is
+    /// `0000:03:00.0`; DPDK's own options after it, a vdev's arguments and their order, are
+    /// DPDK's business), a dpdk port's `queues` (its default, the worker count, is known only
+    /// where the port opens), a vhostuser port's `socket_mode` (left out, the socket keeps
+    /// the mode `bind` gave it under the process's umask), file and socket paths, and a tunnel
+    /// port, whose respelled transport is [`TunnelBackend::same_transport`]'s and is taken in
+    /// place with its remote table.
+    pub fn opened_form(&self, port: &str) -> Backend {
+        let named = |n: &Option<String>| Some(n.clone().unwrap_or_else(|| port.to_string()));
+        match self {
+            Backend::Ring { ring } => Backend::Ring { ring: named(ring) },
+            Backend::Pcap { rx, tx, infinite } => {
+                Backend::Pcap { rx: rx.clone(), tx: tx.clone(), infinite: infinite.filter(|&i| i) }
+            }
+            Backend::Afpacket { iface, rx_mode } => Backend::Afpacket {
+                iface: named(iface),
+                rx_mode: rx_mode.filter(|&m| m != AfPacketRxMode::default()),
+            },
+            Backend::Afxdp { iface, queues } => {
+                Backend::Afxdp { iface: named(iface), queues: queues.filter(|&q| q != AFXDP_DEFAULT_QUEUES) }
+            }
+            Backend::Tap { iface } => Backend::Tap { iface: named(iface) },
+            Backend::Vhostuser { socket, mode, socket_mode, queues, offloads } => Backend::Vhostuser {
+                socket: socket.clone(),
+                mode: mode.filter(|&m| m != VhostMode::default()),
+                socket_mode: *socket_mode,
+                queues: queues.filter(|&q| q != VHOST_DEFAULT_QUEUE_PAIRS),
+                offloads: offloads.filter(|&o| o),
+            },
+            // Made by `PortConfig::backend` or parsing, the devargs are canonical already; a
+            // `Backend` built by hand is brought to it too (a malformed PCI address stays as
+            // given, for the port's check to refuse).
+            Backend::Dpdk { devargs, queues } => Backend::Dpdk {
+                devargs: canonical_devargs(devargs).unwrap_or_else(|_| devargs.clone()),
+                queues: *queues,
+            },
+            Backend::Tunnel(t) => Backend::Tunnel(t.clone()),
+        }
+    }
+}
+
+impl AfPacketRxMode {
+    /// The name the configuration file and a port spec (`afpacket:IFACE,recvmmsg`) use.
+    pub fn name(self) -> &'static str {
+        match self {
+            AfPacketRxMode::Ring => "ring",
+            AfPacketRxMode::Recvmmsg => "recvmmsg",
         }
     }
 }
@@ -494,6 +559,13 @@ impl PortConfig {
             PortType::Vxlan => Backend::Tunnel(self.tunnel(TunnelKind::Vxlan)?),
             PortType::Geneve => Backend::Tunnel(self.tunnel(TunnelKind::Geneve)?),
         })
+    }
+
+    /// The port's backend as it opens ([`Backend::opened_form`], the port's name filling in
+    /// `iface` or `ring`): ports whose backends have one opened form open the same thing the
+    /// same way, however their options are spelled.
+    pub fn opened_backend(&self) -> Result<Backend, BackendError> {
+        self.backend().map(|b| b.opened_form(&self.name))
     }
 
     /// `queues` of an afxdp or dpdk port: 1 to [`MAX_QUEUES`] (0 would open nothing to poll;
@@ -905,6 +977,121 @@ mod tests {
         assert_eq!(form("afpacket:eth1,ring"), "afpacket:eth1");
         assert_eq!(uplink_form(Some("kernel")), None);
         assert_eq!(uplink_form(None), None);
+    }
+
+    /// A port's backend with each default spelled and left out has one opened form; a real
+    /// difference (another interface or device, another receive mode or queue count) another.
+    #[test]
+    fn a_port_backend_has_one_opened_form_for_every_spelling() {
+        let with = |kind: PortType, f: &dyn Fn(&mut PortConfig)| {
+            let mut p = PortConfig { name: "eth1".into(), kind: Some(kind), ..Default::default() };
+            f(&mut p);
+            p.opened_backend().unwrap()
+        };
+        let afp = |f: &dyn Fn(&mut PortConfig)| with(PortType::Afpacket, f);
+        let xdp = |f: &dyn Fn(&mut PortConfig)| with(PortType::Afxdp, f);
+        let vhost = |f: &dyn Fn(&mut PortConfig)| {
+            with(PortType::Vhostuser, &|p| {
+                p.socket = Some("/run/vm.sock".into());
+                f(p)
+            })
+        };
+        let dpdk = |devargs: &str, queues: Option<u16>| {
+            with(PortType::Dpdk, &|p| {
+                p.devargs = Some(devargs.into());
+                p.queues = queues;
+            })
+        };
+        let same: Vec<(&str, Backend, Backend)> = vec![
+            ("afpacket rx_mode ring", afp(&|_| {}), afp(&|p| p.rx_mode = Some(AfPacketRxMode::Ring))),
+            ("afpacket iface = name", afp(&|_| {}), afp(&|p| p.iface = Some("eth1".into()))),
+            ("afxdp queues 1", xdp(&|_| {}), xdp(&|p| p.queues = Some(AFXDP_DEFAULT_QUEUES))),
+            (
+                "afxdp iface = name",
+                xdp(&|p| p.queues = Some(2)),
+                xdp(&|p| {
+                    p.iface = Some("eth1".into());
+                    p.queues = Some(2);
+                }),
+            ),
+            (
+                "tap iface = name",
+                with(PortType::Tap, &|_| {}),
+                with(PortType::Tap, &|p| p.iface = Some("eth1".into())),
+            ),
+            (
+                "ring = name",
+                with(PortType::Ring, &|_| {}),
+                with(PortType::Ring, &|p| p.ring = Some("eth1".into())),
+            ),
+            (
+                "pcap not infinite",
+                with(PortType::Pcap, &|p| p.rx_pcap = Some("a.pcap".into())),
+                with(PortType::Pcap, &|p| {
+                    p.rx_pcap = Some("a.pcap".into());
+                    p.infinite = Some(false);
+                }),
+            ),
+            ("vhost server", vhost(&|_| {}), vhost(&|p| p.mode = Some("server".into()))),
+            ("vhost one pair", vhost(&|_| {}), vhost(&|p| p.queues = Some(VHOST_DEFAULT_QUEUE_PAIRS))),
+            ("vhost no offloads", vhost(&|_| {}), vhost(&|p| p.offloads = Some(false))),
+            ("dpdk PCI spelling", dpdk("03:00.0", None), dpdk("0000:03:00.0", None)),
+            (
+                "dpdk PCI spelling, options",
+                dpdk("3:0.0,n_rxq=2", Some(2)),
+                dpdk("0000:03:00.0,n_rxq=2", Some(2)),
+            ),
+        ];
+        for (what, a, b) in &same {
+            assert_eq!(a, b, "{what}");
+        }
+        let differ: Vec<(&str, Backend, Backend)> = vec![
+            ("afpacket iface", afp(&|_| {}), afp(&|p| p.iface = Some("eth2".into()))),
+            ("afpacket recvmmsg", afp(&|_| {}), afp(&|p| p.rx_mode = Some(AfPacketRxMode::Recvmmsg))),
+            (
+                "afpacket ring/recvmmsg",
+                afp(&|p| p.rx_mode = Some(AfPacketRxMode::Ring)),
+                afp(&|p| p.rx_mode = Some(AfPacketRxMode::Recvmmsg)),
+            ),
+            ("afxdp queues 2", xdp(&|_| {}), xdp(&|p| p.queues = Some(2))),
+            ("afxdp queues 1/2", xdp(&|p| p.queues = Some(1)), xdp(&|p| p.queues = Some(2))),
+            ("afxdp iface", xdp(&|_| {}), xdp(&|p| p.iface = Some("eth2".into()))),
+            ("afpacket/afxdp", afp(&|_| {}), xdp(&|_| {})),
+            (
+                "ring name",
+                with(PortType::Ring, &|_| {}),
+                with(PortType::Ring, &|p| p.ring = Some("r".into())),
+            ),
+            ("vhost client", vhost(&|_| {}), vhost(&|p| p.mode = Some("client".into()))),
+            ("vhost two pairs", vhost(&|_| {}), vhost(&|p| p.queues = Some(2))),
+            ("vhost offloads", vhost(&|_| {}), vhost(&|p| p.offloads = Some(true))),
+            ("vhost socket_mode", vhost(&|_| {}), vhost(&|p| p.socket_mode = Some("0660".into()))),
+            ("dpdk device", dpdk("03:00.0", None), dpdk("0000:03:00.1", None)),
+            // DPDK's own options and a dpdk port's queues (the worker count by default) are
+            // not interpreted.
+            ("dpdk options", dpdk("0000:03:00.0", None), dpdk("0000:03:00.0,n_rxq=1", None)),
+            ("dpdk queues", dpdk("0000:03:00.0", None), dpdk("0000:03:00.0", Some(1))),
+        ];
+        for (what, a, b) in &differ {
+            assert_ne!(a, b, "{what}");
+        }
+        // The port spec's spellings (`pmd --port`, `run` overrides) too.
+        let spec = |s: &str| s.parse::<Backend>().unwrap().opened_form("p");
+        assert_eq!(spec("afpacket:eth1"), spec("afpacket:eth1,ring"));
+        assert_eq!(spec("afxdp:eth1"), spec("afxdp:eth1,queues=1"));
+        assert_eq!(spec("vhost:/s"), spec("vhost:/s,server,queues=1"));
+        assert_ne!(spec("afpacket:eth1"), spec("afpacket:eth1,recvmmsg"));
+        assert_ne!(spec("afxdp:eth1"), spec("afxdp:eth1,queues=2"));
+        // A DPDK backend built by hand is brought to DPDK's spelling of its device.
+        assert_eq!(
+            Backend::Dpdk { devargs: "3:0.0".into(), queues: None }.opened_form("p"),
+            Backend::Dpdk { devargs: "0000:03:00.0".into(), queues: None }
+        );
+        // The form is a fixed point: what it opens, taken again, is itself.
+        for (_, a, b) in same.iter().chain(&differ) {
+            assert_eq!(&a.opened_form("eth1"), a);
+            assert_eq!(&b.opened_form("eth1"), b);
+        }
     }
 
     #[test]

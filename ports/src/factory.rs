@@ -103,7 +103,7 @@ pub fn open_backend(
             let opts = VhostOptions {
                 mode: mode.unwrap_or_default(),
                 offloads: offloads.unwrap_or(false),
-                queues: queues.unwrap_or(1),
+                queues: queues.unwrap_or(switchyard_dataplane::backend::VHOST_DEFAULT_QUEUE_PAIRS),
                 socket_mode: socket_mode.map(|m| m.bits()),
                 ..Default::default()
             };
