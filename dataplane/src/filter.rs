@@ -659,12 +659,32 @@ fn simple_flow(d: &[u8]) -> Option<(FlowKey, u8)> {
 /// source address the sending port owns, so true when every frame is such a frame with an
 /// allowed source MAC.
 pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
+    spoof_filtered(burst, port, simple_flow)
+}
+
+/// [`spoof_filtered_burst`] for a burst of 802.1Q-tagged frames (a trunk's): the same
+/// decision (the general parser reads behind every tag), a simple IPv4 packet behind one tag
+/// read straight.
+pub fn spoof_filtered_tagged_burst(burst: &Burst, port: &PortSpec) -> bool {
+    spoof_filtered(burst, port, |d| {
+        match d.get(crate::wire::ETH_HEADER_LEN - 2..crate::wire::ETH_VLAN_HEADER_LEN) {
+            Some([0x81, 0, _, _, 8, 0]) => {
+                simple_v4_flow(d.get(crate::wire::ETH_VLAN_HEADER_LEN..).unwrap_or_default())
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The two above: `simple` reads a simple IPv4 packet's key, where the frame has one.
+#[inline(always)]
+fn spoof_filtered(burst: &Burst, port: &PortSpec, simple: impl Fn(&[u8]) -> Option<(FlowKey, u8)>) -> bool {
     burst.iter().all(|b| {
         let d = b.data();
         if !mac_allowed(port, d) {
             return false;
         }
-        let (key, icmp) = match simple_flow(d) {
+        let (key, icmp) = match simple(d) {
             Some((k, _)) => (k, None),
             None => match parse(d, false) {
                 (_, L3::Ip(f)) if matches!(f.kind, IpKind::NeighborDiscovery { .. }) => return false,

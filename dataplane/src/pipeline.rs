@@ -587,8 +587,8 @@ pub fn process_burst(
 /// The burst is untagged (`untagged_vlan`: the VLAN the port admits untagged frames into) or,
 /// with `tagged` (its first frame is), a trunk's: every frame tagged with one VLAN's tag, the
 /// VLAN the port admits it into ([`tagged_vlan`]), on a port without spoof filters (an
-/// uplink's), on a bridge with a connection table. Runs to a port that takes the VLAN the
-/// other way get their tags pushed or popped ([`Runs::retag_runs`]) once every check passed.
+/// uplink's). Runs to a port that takes the VLAN the other way get their tags pushed or
+/// popped ([`Runs::retag_runs`]) once every check passed.
 #[inline(never)]
 fn policy_fast(
     eg: &mut Egress,
@@ -600,7 +600,7 @@ fn policy_fast(
     let cx = eg.ctx(false);
     let vlan = if tagged {
         // The spoof filters read a tagged frame's addresses the general way.
-        if port.allowed_macs.is_some() || port.allowed_ips.is_some() || cx.ct.is_none() {
+        if port.allowed_macs.is_some() || port.allowed_ips.is_some() {
             return false;
         }
         tagged_vlan(burst, port)
@@ -622,9 +622,13 @@ fn policy_fast(
                 keys.push(port, d, ETH_VLAN_HEADER_LEN, src, et)
             })
         }
-        // No connection table (spoof filters alone), or no verdicts to trust.
+        // No connection table (spoof filters alone, on other ports: an OVN localnet's VM ports
+        // beside its uplink), or no verdicts to trust.
         (None, false) if cx.ct.is_none() && crate::filter::spoof_filtered_burst(burst, port) => {
             plain_probes(burst, vlan, &eg.table, &mut eg.tx.plain)
+        }
+        (None, true) if cx.ct.is_none() && crate::filter::spoof_filtered_tagged_burst(burst, port) => {
+            plain_probes_tagged_with(burst, vlan, &eg.table, &mut eg.tx.plain, |_, _, _| true)
         }
         (None, _) => None,
     };

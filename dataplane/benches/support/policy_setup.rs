@@ -13,6 +13,9 @@
 //! With `POLICY_BESIDE=1` ([`beside`]), the 1,000 rules go to a third port p2 instead of p1,
 //! and the connections between p0 and p1 (two ports without policies on a bridge with them,
 //! as VMs without a policy beside one with) are not tracked: the general stages track none.
+//! With `POLICY_SPOOF=1` ([`spoof_only`]), the switch without policy gives p1 an IP spoof
+//! filter of its connections' addresses (a bridge of VM ports with port security and no
+//! policies: the policy stage without a connection table).
 
 // Each includer uses a part.
 #![allow(dead_code)]
@@ -31,6 +34,11 @@ const SRC: u32 = 0x0a00_0001;
 #[path = "frames.rs"]
 mod frames;
 pub use frames::splitmix;
+
+/// Whether `POLICY_SPOOF` is set (see the module's docs).
+pub fn spoof_only() -> bool {
+    std::env::var_os("POLICY_SPOOF").is_some_and(|v| v == "1")
+}
 
 /// Whether `POLICY_BESIDE` is set (see the module's docs).
 pub fn beside() -> bool {
@@ -70,6 +78,9 @@ fn config(policy: bool) -> Config {
     y.push_str("  - name: p1\n    static_macs: ['02:00:00:00:00:02']\n");
     if let Some(vid) = tag() {
         let _ = writeln!(y, "    vlan_mode: access\n    tag: {vid}");
+    }
+    if !policy && spoof_only() {
+        y.push_str("    allowed_ips: [10.1.0.2, 10.2.0.2]\n");
     }
     if policy && beside() {
         y.push_str("  - name: p2\n    static_macs: ['02:00:00:00:00:03']\n");
