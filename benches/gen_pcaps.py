@@ -10,9 +10,11 @@ the usual "64-byte" benchmark frame). Classic pcap, little-endian, Ethernet link
 With --flows N instead (benches/policy-compare.sh): one host on each side (A 02:00:0a:00:00:01,
 10.0.0.1; B 02:00:0b:00:00:01, 10.1.0.0-10.1.0.3), A's capture holds N frames of N distinct UDP
 connections to B (flow i: 10.0.0.1:(10000 + i % 32768) -> 10.1.0.(i // 32768):53) and B's
-capture the replies, frame i answering A's frame i.
+capture the replies, frame i answering A's frame i. With --vlan VID, A's frames carry an
+802.1Q tag of VLAN VID (A on a trunk, an uplink; the frame 4 bytes longer, LEN + 4), B's
+do not (B on an access port of that VLAN).
 
-usage: gen_pcaps.py (--macs N | --flows N) [--len 60] A.pcap B.pcap
+usage: gen_pcaps.py (--macs N | --flows N) [--len 60] [--vlan VID] A.pcap B.pcap
 """
 import argparse
 import struct
@@ -39,6 +41,11 @@ def frames(src_prefix, dst_prefix, n, length):
         udp = struct.pack("!HHHH", 1024 + (i & 0x3FF), 1024, ip_len - 20, 0)
         f = mac(dst_prefix, i) + mac(src_prefix, i) + b"\x08\x00" + bytes(ip) + udp
         yield f + bytes(length - len(f))
+
+
+def tagged(it, vid):
+    for f in it:
+        yield f[:12] + struct.pack("!HH", 0x8100, vid) + f[12:]
 
 
 def flow_frames(n, length, reply):
@@ -76,20 +83,25 @@ def main():
     mode.add_argument("--macs", type=int, help="distinct MACs each way (frames per capture)")
     mode.add_argument("--flows", type=int, help="distinct UDP connections from A to B (frames per capture)")
     ap.add_argument("--len", type=int, default=60, help="captured frame length (60 to 1514)")
+    ap.add_argument("--vlan", type=int, help="tag A's frames with this VID (1 to 4094)")
     ap.add_argument("a")
     ap.add_argument("b")
     o = ap.parse_args()
     if not 60 <= o.len <= 1514:
         ap.error("--len must be between 60 and 1514")
+    if o.vlan is not None and not 1 <= o.vlan <= 4094:
+        ap.error("--vlan must be between 1 and 4094")
     if o.flows is not None:
         if not 1 <= o.flows <= 4 << 15:
             ap.error("--flows must be between 1 and 131072")
-        write(o.a, flow_frames(o.flows, o.len, False), o.len)
+        a = flow_frames(o.flows, o.len, False)
+        write(o.a, tagged(a, o.vlan) if o.vlan else a, o.len + (4 if o.vlan else 0))
         write(o.b, flow_frames(o.flows, o.len, True), o.len)
         return
     if not 1 <= o.macs <= 1 << 24:
         ap.error("--macs must be between 1 and 16777216")
-    write(o.a, frames(0x0A, 0x0B, o.macs, o.len), o.len)
+    a = frames(0x0A, 0x0B, o.macs, o.len)
+    write(o.a, tagged(a, o.vlan) if o.vlan else a, o.len + (4 if o.vlan else 0))
     write(o.b, frames(0x0B, 0x0A, o.macs, o.len), o.len)
 
 

@@ -16,6 +16,9 @@
 # ports are VM ports as the plan makes them (`allowed_macs` and `allowed_ips`); a 131,072-entry
 # connection table. Every connection is checked against the rules once, on the first pass
 # over the capture (FLOWS frames a port, a few tens of milliseconds), and established after.
+# With TAG=VID, p0 is an uplink instead: a trunk of VLAN VID without spoof filters, A's frames
+# tagged (gen_pcaps.py --vlan), and p1 an access port of that VLAN (in both runs: the run
+# without policy gets the VLANs alone, as it gets no filter without TAG).
 # One forwarding core: CORE (default the last one). Both contenders run with `pmd --busy-poll`
 # (the worker never sleeps); BUSY=0 runs them with pmd's default back-off instead.
 set -euo pipefail
@@ -30,16 +33,32 @@ WORK=$(mktemp -d)
 # shellcheck source=benches/hugepages.sh
 . "$ROOT/benches/hugepages.sh"
 trap 'huge_release; rm -rf "$WORK"' EXIT
-python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" "$WORK/a.pcap" "$WORK/b.pcap"
-{
+TAG=${TAG:-}
+python3 "$ROOT/benches/gen_pcaps.py" --flows "$FLOWS" ${TAG:+--vlan "$TAG"} "$WORK/a.pcap" "$WORK/b.pcap"
+# The ports as both runs have them; the policy run adds p1's rules.
+ports() {
     echo "conntrack_size: 131072"
     echo "ports:"
     echo "  p0:"
-    echo "    allowed_macs: ['02:00:0a:00:00:01']"
-    echo "    allowed_ips: [10.0.0.1]"
+    if [ -n "$TAG" ]; then
+        echo "    trunks: [$TAG]"
+    else
+        echo "    allowed_macs: ['02:00:0a:00:00:01']"
+        echo "    allowed_ips: [10.0.0.1]"
+    fi
     echo "  p1:"
     echo "    allowed_macs: ['02:00:0b:00:00:01']"
     echo "    allowed_ips: [10.1.0.0, 10.1.0.1, 10.1.0.2, 10.1.0.3]"
+    if [ -n "$TAG" ]; then echo "    tag: $TAG"; fi
+}
+if [ -n "$TAG" ]; then
+    printf 'ports:\n  p0: {trunks: [%s]}\n  p1: {tag: %s}\n' "$TAG" "$TAG" >"$WORK/none.yaml"
+    NONE=(--policy "$WORK/none.yaml")
+else
+    NONE=()
+fi
+{
+    ports
     echo "    policy:"
     echo "      ingress:"
     echo "        rules:"
@@ -68,7 +87,7 @@ compare() { # label port-args...
     local label=$1 i r none="" pol="" ncpu="" pcpu="" drops=0
     shift
     for ((i = 0; i < ROUNDS; i++)); do
-        read -r -a r <<<"$(run --fwd switch "$@")"
+        read -r -a r <<<"$(run --fwd switch "$@" "${NONE[@]}")"
         none+=" ${r[0]}" ncpu+=" ${r[1]}"
         read -r -a r <<<"$(run --fwd switch "$@" --policy "$WORK/policy.yaml")"
         pol+=" ${r[0]}" pcpu+=" ${r[1]}" drops=$((drops + r[2]))
@@ -81,7 +100,7 @@ compare() { # label port-args...
     printf '  policy/none %s\n' "$(awk -v a="$mp" -v b="$mn" 'BEGIN { printf "%.3f", a / b }')"
 }
 
-echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE, ${POLL[*]:-default back-off}; $FLOWS flows, $RULES rules; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $ROUNDS rounds of $SECS s, none and policy interleaved, core $CORE, ${POLL[*]:-default back-off}; $FLOWS flows, $RULES rules${TAG:+, p0 a trunk of VLAN $TAG}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 compare "switch pcap, $FLOWS flows" --port "pcap:$WORK/a.pcap,infinite" --port "pcap:$WORK/b.pcap,infinite"
 if [ "${DPDK:-0}" = 1 ] && pkg-config --exists libdpdk 2>/dev/null; then
     # The pool: a frame of each connection in each port's RX ring and bursts. switchyard asks

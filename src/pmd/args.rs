@@ -115,9 +115,10 @@ pub struct PmdArgs {
     /// in the summary (four TSC reads a burst; without the flag the loop has none).
     #[arg(long)]
     pub stage_cycles: bool,
-    /// switch: a policy file (YAML) putting the configuration file's filtering fields on the
-    /// ports: `{conntrack_size: N, ports: {p0: {policy: .., allowed_ips: [..],
-    /// allowed_macs: [..], static_macs: [..]}, ...}}` (ports named p0, p1, ... in --port order).
+    /// switch: a policy file (YAML) putting the configuration file's filtering and VLAN fields
+    /// on the ports: `{conntrack_size: N, ports: {p0: {policy: .., allowed_ips: [..],
+    /// allowed_macs: [..], static_macs: [..], vlan_mode: .., tag: N, trunks: [..]}, ...}}`
+    /// (ports named p0, p1, ... in --port order).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<std::path::PathBuf>,
 }
@@ -145,6 +146,14 @@ pub(super) struct PortFilters {
     allowed_macs: Option<Vec<switchyard_dataplane::wire::MacAddr>>,
     #[serde(default)]
     static_macs: Vec<switchyard_dataplane::wire::MacAddr>,
+    /// The port's VLAN as the configuration file has it (`vlan_mode`, `tag`, `trunks`): a
+    /// trunk (an uplink) and access ports, for benchmarks of a VLAN network.
+    #[serde(default)]
+    vlan_mode: Option<switchyard_dataplane::config::VlanModeName>,
+    #[serde(default)]
+    tag: Option<u16>,
+    #[serde(default)]
+    trunks: Option<Vec<u16>>,
 }
 
 /// Reads the `--policy` file `text` onto `ports` (named p0, p1, ...): the bridge's
@@ -163,6 +172,9 @@ pub(super) fn apply_policy(text: &str, ports: &mut [PortConfig]) -> Result<Optio
         c.allowed_ips = pf.allowed_ips;
         c.allowed_macs = pf.allowed_macs;
         c.static_macs = pf.static_macs;
+        c.vlan_mode = pf.vlan_mode;
+        c.tag = pf.tag;
+        c.trunks = pf.trunks;
     }
     Ok(f.conntrack_size)
 }
