@@ -482,10 +482,10 @@ impl<'a> FastKeys<'a> {
 
     /// Stage 1 for the next frame `d` (source MAC `src`, EtherType `et`, as the pipeline's
     /// first stage read them; `l3`: where its IP header starts, behind the Ethernet header or,
-    /// in a tagged burst, behind the tag, whose EtherType `et` then is): checks its spoof filters against the port's lists as words
-    /// (made once per burst), reads a simple IPv4 packet straight into the table's [`PackedKey`] (no
-    /// [`FlowKey`] in between), hashes it and prefetches its slots. False: not for the fast
-    /// path.
+    /// in a tagged burst, behind the tag, whose EtherType `et` then is): checks its spoof
+    /// filters against the port's lists as words (made once per burst), reads a simple IPv4
+    /// packet straight into the table's [`PackedKey`] (no [`FlowKey`] in between), hashes it
+    /// and prefetches its slots. False: not for the fast path.
     #[inline(always)]
     pub fn push(&mut self, port: &PortSpec, d: &[u8], l3: usize, src: u64, et: u16) -> bool {
         if !self.lists.mac_allowed(port, src) {

@@ -17,7 +17,8 @@
 //! an access port's pushed for runs to a trunk). It decides exactly
 //! what the general stages decide: property tests (dataplane/tests/properties.rs,
 //! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
-//! counters and MAC tables (and, from [`plain_bursts_on_this_thread`], that the plain path ran).
+//! counters and MAC tables (policy_fast_path.rs also the connection tables; and, from
+//! [`plain_bursts_on_this_thread`], that the plain path ran).
 //!
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
@@ -779,8 +780,9 @@ struct Runs {
     tagged: bool,
     /// Whether a run may go to a port that takes the VLAN the other way than the frames carry
     /// it (untagged when they are tagged, or tagged when they are not): its frames' tags are
-    /// then popped or pushed before they are queued (`plain_burst`). Otherwise every run's
-    /// frames leave as they came.
+    /// then popped or pushed before they are queued (`plain_burst`, and `policy_fast` once
+    /// every frame passed its checks; both set it). Otherwise every run's frames leave as
+    /// they came.
     retag: bool,
     /// Bit k: run k goes to such a port.
     retagged: u64,

@@ -6,7 +6,9 @@
 //! TCP and UDP packets of a few connections both ways (opened, replied, closed), some of them
 //! with a source MAC or IP that the sending port does not own, and DHCP requests from
 //! `0.0.0.0` (to the broadcast address: allowed; to a peer: spoofed). Both runs must queue the same
-//! frames to the same ports in the same order and count the same drops; independently of
+//! frames to the same ports in the same order and count the same drops, and end each stream
+//! with the same port counters (bytes sent included), MAC table and connection table (its
+//! entries without their verdicts, which a trace's run does not store); independently of
 //! either, a frame with a source its port does not own is never delivered and is counted under
 //! `spoofed_src_mac` or `spoofed_src_ip`. The fast path must have run for a good share of the
 //! bursts (the pipeline counts them in builds with debug assertions, as tests are), so that
@@ -127,12 +129,41 @@ fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
 /// Frames queued (egress port name, bytes), in order.
 type Out = Vec<(String, Vec<u8>)>;
 
-/// Runs one burst from `from`: what was queued, and the drops counted on `from` by reason.
-fn run(
+/// Frames sent, as (egress port, bytes), in order.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>;
+
+/// A TX queue that keeps what it is given.
+struct Collect {
+    port: u16,
+    out: Sent,
+}
+
+impl switchyard_dataplane::port::TxQueue for Collect {
+    fn tx_burst(
+        &mut self,
+        pkts: &mut Burst,
+        cache: &mut switchyard_dataplane::buffer::PoolCache,
+        _drops: &mut switchyard_dataplane::port::DropTally,
+    ) -> usize {
+        let n = pkts.len();
+        let mut out = self.out.lock().expect("lock");
+        for b in pkts.drain(..) {
+            out.push((self.port, b.data().to_vec()));
+            cache.free(b);
+        }
+        n
+    }
+}
+
+/// Runs one burst from `from` (the frames at the indices in `no_headroom` in buffers without
+/// headroom) and sends what it queued (so that the egress ports count what they sent): the
+/// frames sent, and the drops counted on `from` by reason.
+fn run_with(
     sw: &SwitchConfig,
     pool: &Pool,
     from: &str,
     frames: &[Vec<u8>],
+    no_headroom: &[usize],
     now: u32,
     traced: bool,
 ) -> (Out, BTreeMap<String, u64>) {
@@ -141,20 +172,63 @@ fn run(
     let mut cache = pool.cache();
     let mut tx = TxBatches::new(sw.port_slots());
     let mut burst = Burst::new();
-    for f in frames {
-        burst.push(cache.alloc_copy(f).expect("buffer"));
+    for (i, f) in frames.iter().enumerate() {
+        let mut b = cache.alloc_copy(f).expect("buffer");
+        if no_headroom.contains(&i) {
+            let h = b.headroom();
+            b.prepend(h).expect("headroom");
+            b.data_mut()[..f.len()].copy_from_slice(f);
+            b.set_len(f.len()).expect("length");
+            assert_eq!((b.headroom(), b.data()), (0, &f[..]));
+        }
+        burst.push(b);
     }
     let mut traces = Vec::new();
     process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, traced.then_some(&mut traces));
-    let mut out = Vec::new();
-    tx.drain_with(|id, b| {
-        let name = sw.port(id).expect("port").name.clone();
-        for buf in b.drain(..) {
-            out.push((name.clone(), buf.data().to_vec()));
-            cache.free(buf);
-        }
-    });
+    let sent = Sent::default();
+    let mut queues: Vec<Option<Box<dyn switchyard_dataplane::port::TxQueue>>> =
+        (0..sw.port_slots() as u16)
+            .map(|port| {
+                Some(Box::new(Collect { port, out: sent.clone() })
+                    as Box<dyn switchyard_dataplane::port::TxQueue>)
+            })
+            .collect();
+    tx.flush(sw, &mut queues, &mut cache);
+    let out = std::mem::take(&mut *sent.lock().expect("lock"))
+        .into_iter()
+        .map(|(p, f)| (sw.port(p).expect("port").name.clone(), f))
+        .collect();
     (out, support::drops_since(&before, &port.stats.snapshot()))
+}
+
+/// [`run_with`], every buffer with its headroom.
+fn run(
+    sw: &SwitchConfig,
+    pool: &Pool,
+    from: &str,
+    frames: &[Vec<u8>],
+    now: u32,
+    traced: bool,
+) -> (Out, BTreeMap<String, u64>) {
+    run_with(sw, pool, from, frames, &[], now, traced)
+}
+
+/// What a switch's bursts left behind: every port's counters (bytes received and sent
+/// included), the MAC table and the connection table at `now`, whose entries are compared
+/// without their verdicts (which a trace's run does not store).
+type State = (
+    Vec<switchyard_dataplane::switch::PortStatsSnapshot>,
+    Vec<switchyard_dataplane::fdb::FdbEntry>,
+    Vec<switchyard_dataplane::conntrack::Entry>,
+);
+
+fn state(sw: &SwitchConfig, now: u32) -> State {
+    let stats = sw.port_ids().map(|p| sw.port(p).expect("port").stats.snapshot()).collect();
+    let mut macs = sw.bridges[0].table.entries(now);
+    macs.sort_by_key(|e| (e.vlan, e.mac.0));
+    let mut conns = sw.bridges[0].conntrack.as_ref().map_or(Vec::new(), |ct| ct.entries(now, 4096).0);
+    conns.sort_by_key(|e| (e.key.vlan, e.key.src, e.key.dst, e.key.sport, e.key.dport, e.key.proto));
+    (stats, macs, conns)
 }
 
 #[test]
@@ -221,6 +295,9 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
             bursts_run.set(bursts_run.get() + 1);
             fast_run.set(fast_run.get() + u64::from(took_fast));
         }
+        // Every port's counters (bytes sent included) and the tables, once the stream ran.
+        let end = 1 + (stream.len() as u32 - 1) / 16;
+        prop_assert_eq!(state(&fast_sw, end), state(&general_sw, end), "counters and tables");
         Ok(())
     });
     if let Err(e) = result {
@@ -421,6 +498,9 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
                 retag_fast.set(retag_fast.get() + 1);
             }
         }
+        // Every port's counters (bytes sent included) and the tables, once the stream ran.
+        let end = 1 + (stream.len() as u32 - 1) / 16;
+        prop_assert_eq!(state(&sws[0], end), state(&sws[1], end), "counters and tables");
         Ok(())
     });
     if let Err(e) = result {
@@ -434,4 +514,363 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
         "the fast path took {sf} of {st} tagged bursts without a connection table"
     );
     assert!(r > 0, "no untagged burst to the uplink took the fast path (its tags pushed)");
+}
+
+// The fast path on trunks, case by case (what the random streams above leave to chance or do
+// not look at): each burst runs through two switches of one config, untraced (the fast path
+// where it applies) and traced (the general stages alone), which must send the same frames and
+// end with the same port counters (bytes sent included), MAC tables and connection tables.
+
+/// What one burst did on the untraced switch: frames sent (egress port name, bytes), the
+/// drops counted on the sending port, and whether the fast path took it.
+struct Done {
+    out: Out,
+    drops: BTreeMap<String, u64>,
+    fast: bool,
+}
+
+/// Two switches of one config whose MAC tables were taught the same hosts, for [`Twins::burst`].
+struct Twins {
+    sws: [SwitchConfig; 2],
+    pool: Pool,
+}
+
+impl Twins {
+    /// `learn`: (VLAN, MAC, port name), learned at second 1.
+    fn new(yaml: &str, learn: &[(u16, [u8; 6], &str)]) -> Twins {
+        let cfg = Config::from_yaml_str(yaml).expect("valid config");
+        let sws = [
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+            SwitchConfig::compile(&cfg, None).expect("compile"),
+        ];
+        for sw in &sws {
+            for &(vlan, mac, port) in learn {
+                let id = sw.port_by_name(port).expect("port").id;
+                sw.bridges[0].table.learn(vlan, switchyard_dataplane::wire::MacAddr(mac), id, 1, u32::MAX);
+            }
+        }
+        Twins { sws, pool: Pool::new("policy-fast-path-twins", 512).expect("pool") }
+    }
+
+    /// Runs `frames` from port `from` at second `now` through both switches (the frames at
+    /// the indices in `no_headroom` in buffers without headroom), sends what they queued, and
+    /// checks that both sent the same frames and have the same port counters, MAC table and
+    /// connection table (whose entries a trace's run stores without verdicts: compared
+    /// without them).
+    fn burst(&self, from: &str, frames: &[Vec<u8>], no_headroom: &[usize], now: u32) -> Done {
+        let plain = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
+        let (out, drops) = run_with(&self.sws[0], &self.pool, from, frames, no_headroom, now, false);
+        let fast = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > plain;
+        let general = run_with(&self.sws[1], &self.pool, from, frames, no_headroom, now, true);
+        let what = format!("burst from {from} at {now} (fast path taken: {fast})");
+        assert_eq!((&out, &drops), (&general.0, &general.1), "frames and drops, {what}");
+        let (a, b) = (state(&self.sws[0], now), state(&self.sws[1], now));
+        assert_eq!(a.0, b.0, "port counters, {what}");
+        assert_eq!(a.1, b.1, "MAC tables, {what}");
+        assert_eq!(a.2, b.2, "connection tables, {what}");
+        Done { out, drops, fast }
+    }
+}
+
+/// A TCP segment `flags` ("syn", "synack", "ack") between two hosts, IPv4 when the addresses
+/// are, else IPv6 (`payload`: its data, to tell frames apart).
+fn seg(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    sip: &[u8],
+    dip: &[u8],
+    ports: (u16, u16),
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(smac, dmac);
+    let b = match (<[u8; 4]>::try_from(sip), <[u8; 4]>::try_from(dip)) {
+        (Ok(s), Ok(d)) => b.ipv4(s, d, 64),
+        _ => b.ipv6(sip.try_into().expect("IPv6"), dip.try_into().expect("IPv6"), 64),
+    };
+    let b = b.tcp(ports.0, ports.1, 1, 1000);
+    let b = match flags {
+        "syn" => b.syn(),
+        "synack" => b.syn().ack(2),
+        _ => b.ack(2),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("frame");
+    v
+}
+
+/// A UDP datagram between two IPv4 hosts.
+fn dgram(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    sip: [u8; 4],
+    dip: [u8; 4],
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(sip, dip, 64)
+        .udp(ports.0, ports.1)
+        .write(&mut v, payload)
+        .expect("frame");
+    v
+}
+
+/// `f` with an 802.1Q tag of TCI `tci` behind its addresses.
+fn tagged(f: &[u8], tci: u16) -> Vec<u8> {
+    [&f[..12], &[0x81, 0x00], &tci.to_be_bytes()[..], &f[12..]].concat()
+}
+
+fn sent(port: &str, f: Vec<u8>) -> (String, Vec<u8>) {
+    (port.to_string(), f)
+}
+
+/// Two VLANs of an uplink hold the same addresses (two VM networks on one trunk): a
+/// connection is one VLAN's on the fast path too, whose key takes the VLAN of the burst's tag.
+/// `n` is a native-untagged trunk (VLAN 10 untagged, 20 tagged): a's connection to n's VLAN-10
+/// host; then n's VLAN-20 host, with the same addresses and ports, sends "the reply" tagged 20
+/// to c (a's address on VLAN 20, ingress closed): no reply of any connection of VLAN 20, so c
+/// refuses it. The same connection opened on VLAN 20 passes its tagged replies on the fast
+/// path (their tags popped), and a tagged frame of n's native VLAN is popped to a. IPv4 (the
+/// key read straight from the header) and IPv6 (through the general parser at the tag's end).
+/// Fails with the fast path's keys made in the VLAN the port admits untagged frames into
+/// (`FastKeys::new(port, cx, untagged_vlan.unwrap_or(vlan))` in `policy_fast`).
+#[test]
+fn a_connection_is_one_vlans_on_an_uplink() {
+    let yaml = "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+                \x20 - {name: n, vlan_mode: native-untagged, tag: 10, trunks: [10, 20]}\n\
+                \x20 - {name: a, tag: 10, policy: {ingress: {rules: []}}}\n\
+                \x20 - {name: c, tag: 20, policy: {ingress: {rules: []}}}\n";
+    const N10: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+    const N20: [u8; 6] = [2, 0, 0, 0, 0, 0x20];
+    const A: [u8; 6] = [2, 0, 0, 0, 1, 0x0a];
+    const C: [u8; 6] = [2, 0, 0, 0, 1, 0x0c];
+    let tw = Twins::new(yaml, &[(10, N10, "n"), (20, N20, "n"), (10, A, "a"), (20, C, "c")]);
+    let v6 = |last: u8| [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last];
+    let families: [(Vec<u8>, Vec<u8>); 2] =
+        [(vec![10, 0, 0, 1], vec![10, 0, 0, 100]), (v6(1).to_vec(), v6(100).to_vec())];
+    for (k, (near, far)) in families.iter().enumerate() {
+        // a (and c, on VLAN 20) at `near`, n's two hosts at `far`; one connection's ports.
+        let cl = (40000 + k as u16, 80);
+        let sv = (cl.1, cl.0);
+        let out = |from: [u8; 6], to: [u8; 6], flags: &str| seg(from, to, near, far, cl, flags, b"");
+        let back = |from: [u8; 6], to: [u8; 6], flags: &str| seg(from, to, far, near, sv, flags, b"");
+        // VLAN 10: a connects to n's host; untagged both ways.
+        for (from, f, to) in [
+            ("a", out(A, N10, "syn"), "n"),
+            ("n", back(N10, A, "synack"), "a"),
+            ("a", out(A, N10, "ack"), "n"),
+        ] {
+            let d = tw.burst(from, std::slice::from_ref(&f), &[], 1);
+            assert_eq!((d.out, d.drops.len()), (vec![sent(to, f)], 0), "family {k}");
+        }
+        let f = back(N10, A, "ack");
+        let d = tw.burst("n", &[f.clone(), f.clone()], &[], 1);
+        assert_eq!((d.out, d.fast), (vec![sent("a", f.clone()), sent("a", f.clone())], true), "family {k}");
+        // VLAN 20: the same addresses and ports, no connection of its own yet.
+        let d = tw.burst("n", &[tagged(&back(N20, C, "ack"), 20)], &[], 1);
+        assert_eq!(
+            (d.out.len(), d.drops),
+            (0, BTreeMap::from([("policy_ingress_denied".to_string(), 1)])),
+            "family {k}"
+        );
+        // The native VLAN tagged: popped to a, on the fast path.
+        let d = tw.burst("n", &[tagged(&f, 10), tagged(&f, 0x6000 | 10)], &[], 1);
+        assert_eq!((d.out, d.fast), (vec![sent("a", f.clone()), sent("a", f)], true), "family {k}");
+        // c opens the same connection on VLAN 20: its replies pass, popped, on the fast path.
+        for (from, f, to) in [
+            ("c", out(C, N20, "syn"), ("n", tagged(&out(C, N20, "syn"), 20))),
+            ("n", tagged(&back(N20, C, "synack"), 20), ("c", back(N20, C, "synack"))),
+            ("c", out(C, N20, "ack"), ("n", tagged(&out(C, N20, "ack"), 20))),
+        ] {
+            let d = tw.burst(from, &[f], &[], 1);
+            assert_eq!((d.out, d.drops.len()), (vec![sent(to.0, to.1)], 0), "family {k}");
+        }
+        let f = back(N20, C, "ack");
+        let d = tw.burst("n", &[tagged(&f, 20), tagged(&f, 0xa000 | 20)], &[], 1);
+        assert_eq!((d.out, d.fast), (vec![sent("c", f.clone()), sent("c", f)], true), "family {k}");
+        // And c's packets to n's VLAN-20 host get their tags pushed, on the fast path.
+        let f = out(C, N20, "ack");
+        let d = tw.burst("c", std::slice::from_ref(&f), &[], 1);
+        assert_eq!((d.out, d.fast), (vec![sent("n", tagged(&f, 20))], true), "family {k}");
+    }
+}
+
+/// A VM's burst to an uplink's host on the fast path has its tags pushed only once every
+/// frame passed; a frame without headroom for the tag leaves the whole burst to the general
+/// stages, which send the others and count it `no_buffer`. In a new second, so that the fast
+/// path's connection lookups (stage 3, before the tags) moved the entries' expiries on before
+/// it gave up: the general stages must then find and leave the table as they would alone.
+/// Fails with the burst queued untagged when the push is refused (`None => {}` for
+/// `route.retag_runs`'s `None` in `policy_fast`), or with the bytes sent counted before the
+/// push (`route.queue(eg, burst, bytes)`).
+#[test]
+fn a_push_without_headroom_leaves_the_burst_to_the_general_stages() {
+    let yaml = "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+                \x20 - {name: u, trunks: [10]}\n\
+                \x20 - name: a\n    tag: 10\n    static_macs: ['02:00:00:00:01:0a']\n\
+                \x20   allowed_macs: ['02:00:00:00:01:0a']\n    allowed_ips: [10.0.0.1]\n\
+                \x20   policy: {ingress: {rules: []}}\n";
+    const U: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+    const A: [u8; 6] = [2, 0, 0, 0, 1, 0x0a];
+    let tw = Twins::new(yaml, &[(10, U, "u")]);
+    let (a, u) = ([10, 0, 0, 1], [10, 0, 0, 100]);
+    let out = |flags: &str, data: &[u8]| seg(A, U, &a, &u, (40000, 80), flags, data);
+    let d = tw.burst("a", &[out("syn", b"")], &[], 1);
+    assert_eq!(d.out, vec![sent("u", tagged(&out("syn", b""), 10))]);
+    let synack = seg(U, A, &u, &a, (80, 40000), "synack", b"");
+    let d = tw.burst("u", &[tagged(&synack, 10)], &[], 1);
+    assert_eq!(d.out, vec![sent("a", synack)]);
+    let d = tw.burst("a", &[out("ack", b"")], &[], 1);
+    assert_eq!(d.out.len(), 1);
+    let frames: Vec<Vec<u8>> = (0..3u8).map(|i| out("ack", &[i; 8])).collect();
+    let pushed: Out = frames.iter().map(|f| sent("u", tagged(f, 10))).collect();
+    let d = tw.burst("a", &frames, &[], 1);
+    assert_eq!((&d.out, d.fast), (&pushed, true));
+    for now in [2, 3] {
+        let d = tw.burst("a", &frames, &[1], now);
+        let want: Out = vec![pushed[0].clone(), pushed[2].clone()];
+        assert_eq!(
+            (d.out, d.drops, d.fast),
+            (want, BTreeMap::from([("no_buffer".to_string(), 1)]), false),
+            "at {now}"
+        );
+        let d = tw.burst("a", &frames, &[], now);
+        assert_eq!((&d.out, d.fast), (&pushed, true), "at {now}");
+    }
+}
+
+/// An uplink's burst of 64 frames to three ports in turn, 64 runs: runs 0-31 alternate an
+/// access port (tags popped) and a trunk (tags kept), runs 32-63 two access ports (all
+/// popped), so that run k's retag bit differs from run k - 32's. On the fast path (the
+/// connections established), the same frames as the general stages. Fails with the bits kept
+/// in 32 (`<< (k % 32)` in `Runs::add`).
+#[test]
+fn an_uplinks_64_runs_keep_their_own_retag_bits() {
+    let open = "policy: {ingress: {rules: [{name: r/any}]}}";
+    let yaml = format!(
+        "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+         \x20 - {{name: u, trunks: [10]}}\n\
+         \x20 - {{name: a, tag: 10, {open}}}\n\
+         \x20 - {{name: b, tag: 10, {open}}}\n\
+         \x20 - {{name: t, trunks: [10], {open}}}\n"
+    );
+    const U: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+    const HOST: [([u8; 6], [u8; 4], &str, bool); 3] = [
+        ([2, 0, 0, 0, 1, 0x0a], [10, 0, 0, 1], "a", false),
+        ([2, 0, 0, 0, 1, 0x0b], [10, 0, 0, 2], "b", false),
+        ([2, 0, 0, 0, 1, 0x0c], [10, 0, 0, 3], "t", true),
+    ];
+    let learn: Vec<(u16, [u8; 6], &str)> =
+        [(10, U, "u")].into_iter().chain(HOST.iter().map(|h| (10, h.0, h.2))).collect();
+    let tw = Twins::new(&yaml, &learn);
+    let uip = [10, 0, 0, 100];
+    let to = |h: usize, data: &[u8]| tagged(&dgram(U, HOST[h].0, uip, HOST[h].1, (5000, 53), data), 10);
+    // The three connections, and their replies.
+    let d = tw.burst("u", &[to(0, b"q"), to(1, b"q"), to(2, b"q")], &[], 1);
+    assert_eq!(d.out.len(), 3);
+    for (mac, ip, port, trunk) in HOST {
+        let r = dgram(mac, U, ip, uip, (53, 5000), b"r");
+        let r = if trunk { tagged(&r, 10) } else { r };
+        assert_eq!(
+            tw.burst(port, &[r], &[], 1).out,
+            vec![sent("u", tagged(&dgram(mac, U, ip, uip, (53, 5000), b"r"), 10))]
+        );
+    }
+    let dest = |k: usize| match (k < 32, k % 2) {
+        (true, 0) => 0,
+        (true, _) => 2,
+        (false, 0) => 1,
+        (false, _) => 0,
+    };
+    let frames: Vec<Vec<u8>> = (0..64).map(|k| to(dest(k), &[k as u8; 4])).collect();
+    let d = tw.burst("u", &frames, &[], 1);
+    assert!(d.fast, "the 64-run burst took the general stages");
+    // Each port's frames in order: a's and b's popped, t's as they came.
+    for (h, (_, _, port, trunk)) in HOST.iter().enumerate() {
+        let want: Vec<Vec<u8>> = (0..64)
+            .filter(|&k| dest(k) == h)
+            .map(|k| if *trunk { frames[k].clone() } else { [&frames[k][..12], &frames[k][16..]].concat() })
+            .collect();
+        let got: Vec<Vec<u8>> = d.out.iter().filter(|(p, _)| p == port).map(|(_, f)| f.clone()).collect();
+        assert_eq!(got, want, "to {port}");
+    }
+}
+
+/// An uplink's tagged packets that are not simple IPv4 (the fast path reads them with the
+/// general parser, at the tag's end): ICMP echo, IPv4 with options, non-first fragments, of
+/// established connections, take the fast path and its tags are popped; a tagged runt, ARP
+/// or a stacked tag among them leaves the burst to the general stages. The same frames,
+/// counters and tables as the general stages' either way. Fails with the general parser read
+/// at the untagged offset (`other_ip(port, d, crate::wire::ETH_HEADER_LEN, ..)` in
+/// `FastKeys::push`).
+#[test]
+fn an_uplinks_tagged_icmp_options_and_fragments_take_the_fast_path() {
+    let yaml = "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
+                \x20 - {name: u, trunks: [10]}\n\
+                \x20 - {name: a, tag: 10, policy: {ingress: {rules: [{name: r/any}]}}}\n";
+    const U: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+    const A: [u8; 6] = [2, 0, 0, 0, 1, 0x0a];
+    let (uip, aip) = ([10, 0, 0, 100], [10, 0, 0, 1]);
+    let tw = Twins::new(yaml, &[(10, U, "u"), (10, A, "a")]);
+    let icmp = |request: bool, seq: u16| {
+        let b =
+            etherparse::PacketBuilder::ethernet2(if request { U } else { A }, if request { A } else { U });
+        let b = if request { b.ipv4(uip, aip, 64) } else { b.ipv4(aip, uip, 64) };
+        let b = if request { b.icmpv4_echo_request(7, seq) } else { b.icmpv4_echo_reply(7, seq) };
+        let mut v = Vec::new();
+        b.write(&mut v, b"ping").expect("frame");
+        v
+    };
+    // A UDP datagram with four bytes of IPv4 options (no-ops), and a non-first fragment.
+    let options = |from_u: bool| {
+        let f = if from_u {
+            dgram(U, A, uip, aip, (5000, 53), b"q")
+        } else {
+            dgram(A, U, aip, uip, (53, 5000), b"r")
+        };
+        let mut v = [&f[..34], &[1, 1, 1, 1], &f[34..]].concat();
+        v[14] = 0x46;
+        let len = u16::from_be_bytes([v[16], v[17]]) + 4;
+        v[16..18].copy_from_slice(&len.to_be_bytes());
+        v
+    };
+    let fragment = |from_u: bool| {
+        let mut f = if from_u {
+            dgram(U, A, uip, aip, (6000, 69), b"q")
+        } else {
+            dgram(A, U, aip, uip, (69, 6000), b"r")
+        };
+        f[20..22].copy_from_slice(&[0, 8]);
+        f
+    };
+    // Each: the uplink's packet and the VM's answer.
+    let cases = [
+        ("icmp echo", icmp(true, 1), icmp(false, 1)),
+        ("ip options", options(true), options(false)),
+        ("fragment", fragment(true), fragment(false)),
+    ];
+    for (what, req, rep) in &cases {
+        // The connection: the uplink's packet (checked), the VM's answer (a reply, pushed).
+        let d = tw.burst("u", &[tagged(req, 10)], &[], 1);
+        assert_eq!((d.out, d.drops.len()), (vec![sent("a", req.clone())], 0), "{what}");
+        let d = tw.burst("a", std::slice::from_ref(rep), &[], 1);
+        assert_eq!((d.out, d.drops.len()), (vec![sent("u", tagged(rep, 10))], 0), "{what}");
+        // Established: popped on the fast path.
+        let d = tw.burst("u", &[tagged(req, 10), tagged(req, 0x2000 | 10)], &[], 1);
+        assert_eq!((d.out, d.fast), (vec![sent("a", req.clone()), sent("a", req.clone())], true), "{what}");
+    }
+    // Each with a frame the fast path does not take: a tagged runt (the tag and an IPv4
+    // EtherType, nothing behind), an ARP request, an IPv4 packet behind a second tag.
+    let req = &cases[0].1;
+    let runt = tagged(req, 10)[..20].to_vec();
+    let mut arp =
+        [&[0xff; 6][..], &U, &[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1], &U, &uip, &[0; 6], &aip].concat();
+    arp = tagged(&arp, 10);
+    let stacked = tagged(&tagged(req, 10), 10);
+    for odd in [runt, arp, stacked] {
+        let d = tw.burst("u", &[tagged(req, 10), odd.clone(), tagged(req, 10)], &[], 1);
+        assert!(!d.fast, "{odd:?}");
+    }
 }
