@@ -6,7 +6,8 @@
 //! TCP and UDP packets of a few connections both ways (opened, replied, closed), some of them
 //! with a source MAC or IP that the sending port does not own, and DHCP requests from
 //! `0.0.0.0` (to the broadcast address: allowed; to a peer: spoofed). Both runs must queue the same
-//! frames to the same ports in the same order and count the same drops; independently of
+//! frames to the same ports in the same order, count the same drops and leave the same live
+//! connections in the table (state, blocked, expiry); independently of
 //! either, a frame with a source its port does not own is never delivered and is counted under
 //! `spoofed_src_mac` or `spoofed_src_ip`. The fast path must have run for a good share of the
 //! bursts (the pipeline counts them in builds with debug assertions, as tests are), so that
@@ -127,6 +128,23 @@ fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
 /// Frames queued (egress port name, bytes), in order.
 type Out = Vec<(String, Vec<u8>)>;
 
+/// The live connections of `sw`'s first bridge's table at `now` (none without a table),
+/// sorted: key, state, blocked, seconds left. The fast path must make the general stages'
+/// writes (an entry's expiry moved on) and no others (nothing committed for a connection the
+/// general stages leave untracked), which the frames alone would show only once an entry's
+/// expiry decided a later packet.
+fn table(sw: &SwitchConfig, now: u32) -> Vec<String> {
+    let Some(ct) = sw.bridges[0].conntrack.as_ref() else { return Vec::new() };
+    let mut v: Vec<String> = ct
+        .entries(now, usize::MAX)
+        .0
+        .iter()
+        .map(|e| format!("{:?} {} blocked={} ttl={}", e.key, e.state.name(), e.blocked, e.ttl))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Runs one burst from `from`: what was queued, and the drops counted on `from` by reason.
 fn run(
     sw: &SwitchConfig,
@@ -191,6 +209,14 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
                 &fast,
                 &general,
                 "burst {} from {} (fast path taken: {})",
+                i,
+                NAMES[*from],
+                took_fast
+            );
+            prop_assert_eq!(
+                table(&fast_sw, now),
+                table(&general_sw, now),
+                "burst {} from {}: the connection tables (fast path taken: {})",
                 i,
                 NAMES[*from],
                 took_fast
@@ -400,6 +426,14 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
             let took_fast = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() > before;
             let general = run(&sws[1], &pool, name, &frames, now, true);
             prop_assert_eq!(&fast, &general, "burst {} from {} (fast path taken: {})", i, name, took_fast);
+            prop_assert_eq!(
+                table(&sws[0], now),
+                table(&sws[1], now),
+                "burst {} from {}: the connection tables (fast path taken: {})",
+                i,
+                name,
+                took_fast
+            );
             let tagged = frames[0].get(12..14) == Some(&[0x81, 0x00]);
             if tagged {
                 tagged_run.set(tagged_run.get() + 1);
