@@ -419,8 +419,7 @@ pub fn refused(m: &FilterMeta, cx: Ctx) {
 /// sender to check) and leaves its entry's state as it is, and is either a reply or carries
 /// the running snapshot's verdict for (`port`, `to(i)`), or is of an untracked connection
 /// between two ports without policies (`port`, and `to(i)` where `open` says so): then the
-/// MAC spoof check and the
-/// general stage would pass each frame unchanged. Its one write is the general stage's own
+/// MAC spoof check and the general stage would pass each frame unchanged. Its one write is the general stage's own
 /// for such a packet, made in the same frame order: an entry's expiry moved on (once a second;
 /// the general stage, tracking the packet again, then finds nothing to change). On false the
 /// general stages take the burst.

@@ -9,16 +9,17 @@
 //! keeping nothing but each frame's two probes, and when every destination is a known port
 //! that carries the VLAN, queues them a run of frames per egress port at a time, pushing or
 //! popping the tags of a run to a port that takes the VLAN the other way. On a bridge with policies,
-//! a plain burst of established connections (see `filter::fast_burst`) whose sources are all
-//! learned and destinations all known takes a short form of the same stages (`policy_fast`:
+//! a plain burst of established connections, or of untracked ones between two ports without
+//! policies (see `filter::fast_burst`), whose sources are all learned and destinations all
+//! known takes a short form of the same stages (`policy_fast`:
 //! nothing learned, each frame checked against the port it is queued to), on ports with MAC or
 //! IP spoof filters too (both checked for every frame), and on a trunk without spoof filters
 //! (an uplink) for a burst tagged with one VLAN, the tags of runs to access ports popped (and
 //! an access port's pushed for runs to a trunk). It decides exactly
 //! what the general stages decide: property tests (dataplane/tests/properties.rs,
 //! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
-//! counters and MAC tables (policy_fast_path.rs also the connection tables; and, from
-//! [`plain_bursts_on_this_thread`], that the plain path ran).
+//! counters, MAC tables and connection tables (and, from [`plain_bursts_on_this_thread`], that
+//! the plain path ran).
 //!
 //! Invariants:
 //! - Nothing here allocates, locks or makes a system call on the forwarding path (learning a
@@ -532,8 +533,9 @@ pub fn process_burst(
     // or metadata to write and read back. Any other burst but those below takes the general
     // stages.
     // On a bridge with policies, a plain burst whose every frame the policy stage would pass
-    // unchanged (replies and connections with the snapshot's stored verdict, see
-    // `filter::fast_burst`) and the MAC spoof filter would pass (every source allowed; the
+    // unchanged (replies and connections with the snapshot's stored verdict, and untracked
+    // connections between two ports without policies, see `filter::fast_burst`) and the MAC
+    // spoof filter would pass (every source allowed; the
     // fast path takes IP frames only, so no ARP sender is left to check) takes a short form of
     // the same stages (`policy_fast`).
     // A port with a MAC spoof filter alone (a bridge without policies) takes the same path
@@ -577,8 +579,9 @@ pub fn process_burst(
 /// every source is learned already (learning would write and count nothing), whose every
 /// frame goes to a known unicast destination on another port that carries the VLAN, and
 /// whose every frame the spoof filters and the policy stage pass unchanged for the port it
-/// goes to (replies and connections with the snapshot's stored verdict for the two ports, see
-/// `filter::FastKeys::check`): then true, the burst queued. Otherwise false, the burst
+/// goes to (replies and connections with the snapshot's stored verdict for the two ports, and
+/// untracked connections between two ports without policies, see `filter::FastKeys::check`):
+/// then true, the burst queued. Otherwise false, the burst
 /// untouched for the general stages, which decide and write everything themselves (the writes
 /// made here, a connection entry's expiry moved on and the incremental sweep of the table,
 /// are theirs too). The policy is checked against the ports the frames are queued to, after
