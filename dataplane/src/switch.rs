@@ -57,7 +57,7 @@ drop_reasons! {
     TruncatedVlanTag => "truncated_vlan_tag", "EtherType 0x8100 but the tag is cut short.";
     Oversize => "oversize", "Larger than a buffer's data room (or, from a DPDK driver, a data window past the mbuf's own buffer, or a chain of segments).";
     TruncatedCapture => "truncated_capture", "A capture record shorter than the frame it recorded.";
-    BadOffload => "bad_offload", "A checksum or segmentation request in a virtio-net header (a kernel port's, or a vhost-user guest's with offloads on) that cannot be carried out: an unsupported type, a segment size of 0, or offsets outside the frame.";
+    BadOffload => "bad_offload", "A checksum or segmentation request in a virtio-net header (a kernel port's, or a vhost-user guest's with offloads on) that cannot be carried out: an unsupported type, a segment size of 0, offsets outside the frame, or a checksum start that is not the IP header's TCP or UDP header of the type.";
     InvalidSrcMac => "invalid_src_mac", "Source MAC is multicast, broadcast or all-zero.";
     ReservedDstMac => "reserved_dst_mac", "Destination in 01:80:C2:00:00:00-0F (IEEE reserved).";
     VlanNotAllowed => "vlan_not_allowed", "The port's VLAN mode does not accept the frame's VLAN.";

@@ -486,8 +486,10 @@ pub struct Segmenter {
 
 impl Segmenter {
     /// Checks the super-frame's headers against the request. With `NEEDS_CSUM`, `csum_start`
-    /// of the header is the layer-4 offset (the kernel sets it on transmit offload); without
-    /// it (a receive-offload super-frame, checksums already checked) the IP header gives it.
+    /// of the header is the layer-4 offset (the kernel sets it on transmit offload), and it
+    /// must be the header that the IP header names, of the GSO type's protocol (IPv6 without
+    /// extension headers); without it (a receive-offload super-frame, checksums already
+    /// checked) the IP header gives it.
     pub fn new(frame: &[u8], h: &VnetHdrRepr) -> Result<Segmenter, OffloadError> {
         let kind = h.gso_type & !VnetGso::ECN;
         let (want_v4, proto) = match kind {
@@ -523,6 +525,13 @@ impl Segmenter {
         // Each segment's IPv4 header checksum is summed from `l3` to `l4`.
         if ipv4 && frame.get(l3 + V4_VER_IHL).map(|v| l3 + usize::from(v & 0x0f) * 4) != Some(l4) {
             return Err(OffloadError::GsoMalformed("layer-4 offset is not the IPv4 header's end"));
+        }
+        // The checksum start must be where the IP header puts a header of the GSO type's
+        // protocol, as on receive: the kernel refuses the rest (`inet_gso_segment` and
+        // `ipv6_gso_segment` go by the protocol), and cutting them would write TCP sequence
+        // numbers and flags into a UDP datagram, or into an IPv6 extension header.
+        if h.needs_csum() && l4_offset(frame, l3, ipv4, proto)? != l4 {
+            return Err(OffloadError::GsoMalformed("checksum start is not the IP header's layer-4 header"));
         }
         let l4_hlen = match proto {
             L4::Tcp => {
@@ -1279,6 +1288,46 @@ mod tests {
             all.push(out[..len].to_vec());
         }
         Ok(all)
+    }
+
+    /// A transmit request whose checksum start is not a header of the GSO type's protocol
+    /// where the IP header puts it is refused, plain or inside a tunnel (found by the
+    /// `tunnel_gso` fuzz target: a TCPV4 request over a VXLAN packet of UDP was cut as TCP,
+    /// its sequence numbers and flags written into the UDP payload and the inner UDP length
+    /// left the super-frame's).
+    #[test]
+    fn a_checksum_start_at_another_protocol_is_refused() {
+        let data = payload(3000);
+        let mut udp4 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(SRC4, DST4, 64)
+            .udp(1, 2)
+            .write(&mut udp4, &data)
+            .unwrap();
+        assert!(segments(&udp4, &tso4(1000)).is_err(), "TCPV4 over UDP");
+        let uso = VnetHdrRepr { gso_type: VnetGso::UDP_L4, csum_offset: UDP_CSUM as u16, ..tso4(1000) };
+        assert_eq!(segments(&udp4, &uso).unwrap().len(), 3);
+        let tcp = tcp4(1, &data, false);
+        assert!(segments(&tcp, &uso).is_err(), "UDP_L4 over TCP");
+        // Inside a tunnel: the inner frame's protocol.
+        let sup = tunnel(false, &udp4);
+        assert!(segments(&sup, &VnetHdrRepr { csum_start: 84, ..tso4(1000) }).is_err(), "tunnel");
+        assert_eq!(segments(&sup, &VnetHdrRepr { csum_start: 84, ..uso }).unwrap().len(), 3);
+        // IPv6 with a destination options header before TCP: csum_start past it is refused.
+        let mut f6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(SRC6, DST6, 64)
+            .tcp(1, 2, 9, 100)
+            .write(&mut f6, &data)
+            .unwrap();
+        let tso6 = VnetHdrRepr { gso_type: VnetGso::TCPV6, csum_start: 54, ..tso4(1000) };
+        assert_eq!(segments(&f6, &tso6).unwrap().len(), 3);
+        let mut ext = f6.clone();
+        ext[14 + V6_NEXT] = 60;
+        ext.splice(54..54, [PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        let plen = (ext.len() - 54) as u16;
+        put16(&mut ext[14..], V6_PAYLOAD_LEN, plen);
+        assert!(segments(&ext, &VnetHdrRepr { csum_start: 62, ..tso6 }).is_err(), "IPv6 extension header");
     }
 
     #[test]
