@@ -787,6 +787,10 @@ impl Runtime {
         }
         ph.mark("open backends");
         if d.is_empty() && !came_up {
+            // Nothing to publish, but the configuration as now written is the one running (a
+            // port respelled, `Backend::opened_form`, means what it meant): `ctl` shows it.
+            drop(wanted_ports);
+            self.running = wanted;
             return Ok(Applied { diff: d, generation: None, in_time: true, lines, phases: ph });
         }
         // 3. The new snapshot (ports keep ids, counters and MAC tables), published.
@@ -1340,6 +1344,8 @@ mod tests {
         let a = rt.apply(&cfg(vec![spelled.clone()]), &none).unwrap();
         assert!(a.diff.reopened.is_empty() && a.diff.is_empty(), "{:?}", a.diff);
         assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()), "respelled keeps the same Arc");
+        let running = rt.running().bridges[0].ports.iter().find(|p| p.name == "rt-s").map(|p| p.ring.clone());
+        assert_eq!(running, Some(Some("rt-s".into())), "the running configuration is as now written");
         spelled.ring = Some("rt-s-other".into());
         let a = rt.apply(&cfg(vec![spelled]), &none).unwrap();
         assert_eq!(a.diff.reopened, ["rt-s"]);

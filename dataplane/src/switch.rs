@@ -323,7 +323,9 @@ pub struct PortSpec {
     pub mac_limit: u32,
     /// The IP spoof filter: `None` when the port has none.
     pub allowed_ips: Option<Box<[std::net::IpAddr]>>,
-    /// The compiled policy: `None` when the port is open both ways.
+    /// The compiled policy: `None` when the port has none (a `policy: {}` with neither
+    /// direction is `Some`: the port is open both ways, but its connections are tracked, as
+    /// every connection of a port with a policy is).
     pub policy: Option<Arc<crate::policy::CompiledPolicy>>,
     pub stats: Arc<PortStats>,
     /// The backend type it was configured with (metrics tell vhost-user ports apart).
