@@ -48,25 +48,28 @@ const RULES: [Option<&str>; 7] = [
     Some("rules: [{name: r/c, peers: [{cidr: 10.0.0.3/32}]}, {name: r/b, peers: [{cidr: 10.0.0.2/32}], ports: [{protocol: TCP, port: 80}, {protocol: UDP, port: 53}]}]"),
 ];
 
-fn config(shapes: [usize; 4]) -> Config {
+/// A port's `policy:` block (YAML, under a port of the bridge) with [`RULES`] shapes `i` for
+/// ingress and `o` for egress; none when both are open.
+fn policy_yaml(i: usize, o: usize) -> String {
     let dir = |name: &str, s: usize| {
         RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"))
     };
-    let pol = |i: usize, o: usize| {
-        let body = dir("ingress", i) + &dir("egress", o);
-        if body.is_empty() {
-            String::new()
-        } else {
-            format!("    policy:\n{body}")
-        }
-    };
+    let body = dir("ingress", i) + &dir("egress", o);
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!("    policy:\n{body}")
+    }
+}
+
+fn config(shapes: [usize; 4]) -> Config {
     let yaml = format!(
         "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
          \x20 - name: a\n    static_macs: ['02:00:00:00:00:0a']\n    allowed_macs: ['02:00:00:00:00:0a']\n    allowed_ips: [10.0.0.1]\n{}\
          \x20 - name: b\n    static_macs: ['02:00:00:00:00:0b']\n    allowed_macs: ['02:00:00:00:00:0b']\n    allowed_ips: [10.0.0.2]\n{}\
          \x20 - name: c\n    static_macs: ['02:00:00:00:00:0c']\n    allowed_ips: [10.0.0.3]\n",
-        pol(shapes[0], shapes[1]),
-        pol(shapes[2], shapes[3]),
+        policy_yaml(shapes[0], shapes[1]),
+        policy_yaml(shapes[2], shapes[3]),
     );
     Config::from_yaml_str(&yaml).expect("valid config")
 }
@@ -320,17 +323,6 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
 /// both spoof filters, as a VM port), `c` an access port of VLAN 20 without policy, and `f` a
 /// trunk of VLAN 10 with a MAC spoof filter (whose tagged bursts the fast path leaves alone).
 fn trunk_config(shapes: [usize; 4]) -> Config {
-    let dir = |name: &str, s: usize| {
-        RULES[s % RULES.len()].map_or(String::new(), |r| format!("        {name}: {{{r}}}\n"))
-    };
-    let pol = |i: usize, o: usize| {
-        let body = dir("ingress", i) + &dir("egress", o);
-        if body.is_empty() {
-            String::new()
-        } else {
-            format!("    policy:\n{body}")
-        }
-    };
     let yaml = format!(
         "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
          \x20 - {{name: u, trunks: [10, 20]}}\n\
@@ -339,8 +331,8 @@ fn trunk_config(shapes: [usize; 4]) -> Config {
          \x20 - name: b\n    tag: 10\n{}\
          \x20 - {{name: c, tag: 20}}\n\
          \x20 - {{name: f, trunks: [10], allowed_macs: ['02:00:00:00:05:0a']}}\n",
-        pol(shapes[0], shapes[1]),
-        pol(shapes[2], shapes[3]),
+        policy_yaml(shapes[0], shapes[1]),
+        policy_yaml(shapes[2], shapes[3]),
     );
     Config::from_yaml_str(&yaml).expect("valid config")
 }
