@@ -113,20 +113,35 @@ fn frame(from: usize, p: Pkt) -> (Vec<u8>, bool) {
     let mut v = Vec::new();
     if p.spoof >= 8 {
         b.udp(68, 67).write(&mut v, b"dhcp").expect("frame");
-    } else if p.conn < 2 {
+    } else {
+        write_conn(b, p.conn, p.flags, sport, dport, &mut v);
+    }
+    (v, matches!(p.spoof, 6..=8))
+}
+
+/// Writes into `v` the packet of connection `conn` (0-1 TCP with flags `flags` as [`Pkt`]'s,
+/// else UDP) that `b` addresses, between ports `sport` and `dport`.
+fn write_conn(
+    b: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    conn: usize,
+    flags: u8,
+    sport: u16,
+    dport: u16,
+    v: &mut Vec<u8>,
+) {
+    if conn < 2 {
         let b = b.tcp(sport, dport, 1, 1000);
-        let b = match p.flags {
+        let b = match flags {
             1 => b.syn(),
             2 => b.syn().ack(2),
             3 => b.fin().ack(2),
             4 => b.rst(),
             _ => b.ack(2),
         };
-        b.write(&mut v, &[]).expect("frame");
+        b.write(v, &[]).expect("frame");
     } else {
-        b.udp(sport, dport).write(&mut v, b"q").expect("frame");
+        b.udp(sport, dport).write(v, b"q").expect("frame");
     }
-    (v, matches!(p.spoof, 6..=8))
 }
 
 /// Frames queued (egress port name, bytes), in order.
@@ -373,19 +388,7 @@ fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: 
         v.extend_from_slice(&dip);
     } else {
         let b = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv4(sip, dip, 64);
-        if conn < 2 {
-            let b = b.tcp(sport, dport, 1, 1000);
-            let b = match flags {
-                1 => b.syn(),
-                2 => b.syn().ack(2),
-                3 => b.fin().ack(2),
-                4 => b.rst(),
-                _ => b.ack(2),
-            };
-            b.write(&mut v, &[]).expect("frame");
-        } else {
-            b.udp(sport, dport).write(&mut v, b"q").expect("frame");
-        }
+        write_conn(b, conn, flags, sport, dport, &mut v);
         if how == 16 {
             v[14] = 0x44;
         }
