@@ -645,8 +645,7 @@ fn policy_fast(
     // Stage 2: every source learned, every destination looked up, the burst cut into runs to
     // one port each.
     let (cfg, table, in_port, now) = (eg.cfg, eg.table, eg.in_port, eg.now);
-    let mut route =
-        Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retag: true, retagged: 0 };
+    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retagged: 0 };
     // Frame i's port, as its run has it (written here for every frame of the burst, read by
     // stage 3 only when all of them were).
     let mut to = [0 as PortId; MAX_BURST];
@@ -694,8 +693,7 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, t
     let n = burst.len();
     eg.t.rx_bytes = bytes;
     let plain = &eg.tx.plain[..n];
-    let mut route =
-        Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retag: true, retagged: 0 };
+    let mut route = Runs { runs: ArrayVec::new(), ok_port: u32::MAX, in_port, vlan, tagged, retagged: 0 };
     // Learning and lookups in one pass as long as every source is learned already (a learn
     // that writes and counts nothing, see `FdbView::learn_is_noop`): the table is then, for
     // every lookup, what it is after all the burst's learning, as the stages' order demands.
@@ -771,8 +769,10 @@ fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, t
 
 /// Where each run of frames to one port of a plain burst starts (frame index, port): a run
 /// starts where the destination changes. Each port is checked once per run: a known unicast
-/// destination on another port than `in_port` that carries `vlan` (and, without `retag`, takes
-/// it as the frames carry it).
+/// destination on another port than `in_port` that carries `vlan`. A run to a port that takes
+/// the VLAN the other way than the frames carry it (untagged when they are tagged, tagged when
+/// they are not) is marked in `retagged`: its frames' tags are popped or pushed
+/// ([`Runs::retag_runs`]) before they are queued.
 struct Runs {
     runs: ArrayVec<(usize, PortId), MAX_BURST>,
     /// The port of the run in progress (never the ingress port; u32::MAX: none yet).
@@ -781,13 +781,7 @@ struct Runs {
     vlan: u16,
     /// The frames carry VLAN `vlan`'s tag (`plain_probes_tagged`).
     tagged: bool,
-    /// Whether a run may go to a port that takes the VLAN the other way than the frames carry
-    /// it (untagged when they are tagged, or tagged when they are not): its frames' tags are
-    /// then popped or pushed before they are queued (`plain_burst`, and `policy_fast` once
-    /// every frame passed its checks; both set it). Otherwise every run's frames leave as
-    /// they came.
-    retag: bool,
-    /// Bit k: run k goes to such a port.
+    /// Bit k: run k goes to a port that takes the VLAN the other way.
     retagged: u64,
 }
 
@@ -844,8 +838,7 @@ impl Runs {
 
     /// Adds frame `i`, whose destination's lookup found `hit` (a bridge `bridge` port, through
     /// `memo`); false when the frame cannot take the run path (unknown destination, or a port
-    /// that is the ingress port, is not in the bridge, does not carry the VLAN, or, without
-    /// `retag`, does not take it as the frames carry it).
+    /// that is the ingress port, is not in the bridge or does not carry the VLAN).
     #[inline(always)]
     fn add(
         &mut self,
@@ -864,7 +857,7 @@ impl Runs {
         let k = self.runs.len();
         let Some(tag_out) = memo.get(cfg, bridge, hit.port, self.vlan) else { return false };
         let retag = tag_out != self.tagged;
-        if hit.port == self.in_port || (retag && !self.retag) || self.runs.try_push((i, hit.port)).is_err() {
+        if hit.port == self.in_port || self.runs.try_push((i, hit.port)).is_err() {
             return false;
         }
         // k < MAX_BURST = 64 (a run per frame at most).

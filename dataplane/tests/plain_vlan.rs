@@ -396,8 +396,7 @@ fn priority_tagged_burst_on_a_native_port_to_a_trunk() {
 /// On a bridge with an IP spoof filter (the policy fast path), an access port's burst to a
 /// trunk's host must leave the trunk tagged: the fast path pushes the tag of a run to a port
 /// that takes the VLAN tagged (`Runs::retag_runs`, once the burst's checks passed). Fails with
-/// the retagging skipped in `policy_fast` (and, before the fast path retagged, failed with
-/// `(retag && !self.retag) ||` removed from `Runs::add`).
+/// the retagging skipped in `policy_fast`.
 #[test]
 fn policy_fast_path_never_sends_an_untagged_run_to_a_trunk() {
     let yaml = "bridges:\n- name: br0\n  ports:\n  - {name: a, tag: 10, allowed_ips: [10.0.0.1]}\n  \
