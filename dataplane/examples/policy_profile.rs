@@ -14,8 +14,11 @@
 //! as the other direction) instead of their packets from p0 to p1. With `POLICY_TAG=VID`, p0
 //! is a trunk (an uplink) and p1 an access port of VLAN VID (benches/support/policy_setup.rs):
 //! p0's frames are tagged before each counted call and the frames that come back untagged
-//! after it, outside the calls callgrind counts. With `POLICY_BESIDE=1`, the rules are on a
-//! third port and p0 and p1 have no policy: their connections are not tracked.
+//! after it, outside the calls callgrind counts. With `POLICY_TRUNK_SPOOF=1` beside
+//! `POLICY_TAG`, that trunk has both spoof filters (its MAC and its address: a VM's trunk with
+//! port security); in the `none` mode its IP spoof filter alone puts the bridge on the policy
+//! stage (no connection table). With `POLICY_BESIDE=1`, the rules are on a third port and p0
+//! and p1 have no policy: their connections are not tracked.
 //!
 //! Without a mode it prints, in TSC cycles per frame (median of 7 alternating rounds), the
 //! pipeline without policy, with policy, their ratio, and each piece of the policy stage run

@@ -485,6 +485,14 @@ impl<'a> FastKeys<'a> {
     /// filters against the port's lists as words (made once per burst), reads a simple IPv4
     /// packet straight into the table's [`PackedKey`] (no [`FlowKey`] in between), hashes it
     /// and prefetches its slots. False: not for the fast path.
+    ///
+    /// It takes an IP packet of a connection ([`IpKind::Flow`]) right behind the header only,
+    /// which the general stages' spoof checks decide by the same two reads, tagged or not: the
+    /// source MAC against `allowed_macs` (such a packet names no ARP sender and no neighbour
+    /// discovery link-layer address for the MAC spoof check to read), the source address
+    /// against `allowed_ips` (`src_allowed`, with the link-local address derived from the
+    /// source MAC where `allowed_macs` checked it). A tag stacked inside the one the port read
+    /// makes `et` its TPID: not IP here (the general stages read behind it).
     #[inline(always)]
     pub fn push(&mut self, port: &PortSpec, d: &[u8], l3: usize, src: u64, et: u16) -> bool {
         if !self.lists.mac_allowed(port, src) {
@@ -632,8 +640,10 @@ impl Lists {
     }
 }
 
-/// Whether the untagged frame `d`'s source MAC passes `port`'s MAC spoof filter (the MAC
-/// spoof check's first half; the fast paths take no ARP frame, whose sender it also checks).
+/// Whether the frame `d`'s source MAC (before any tag: untagged or tagged alike) passes
+/// `port`'s MAC spoof filter (the MAC spoof check's first half; the fast paths take no ARP
+/// frame, whose sender it also checks, and no neighbour discovery, whose link-layer options it
+/// checks).
 #[inline(always)]
 fn mac_allowed(port: &PortSpec, d: &[u8]) -> bool {
     let Some(list) = &port.allowed_macs else { return true };
@@ -661,9 +671,11 @@ pub fn spoof_filtered_burst(burst: &Burst, port: &PortSpec) -> bool {
     spoof_filtered(burst, port, simple_flow)
 }
 
-/// [`spoof_filtered_burst`] for a burst of 802.1Q-tagged frames (a trunk's): the same
-/// decision (the general parser reads behind every tag), a simple IPv4 packet behind one tag
-/// read straight.
+/// [`spoof_filtered_burst`] for a burst of 802.1Q-tagged frames (a trunk's, with spoof
+/// filters or without): the same decision, as the general stages make it for a tagged frame
+/// (the source MAC before the tag; the payload read behind every tag, by [`parse`] as the
+/// general stages' MAC spoof check and [`ingress`] read it), a simple IPv4 packet behind one
+/// tag read straight.
 pub fn spoof_filtered_tagged_burst(burst: &Burst, port: &PortSpec) -> bool {
     spoof_filtered(burst, port, |d| {
         match d.get(crate::wire::ETH_HEADER_LEN - 2..crate::wire::ETH_VLAN_HEADER_LEN) {

@@ -13,9 +13,9 @@
 //! policies (see `filter::fast_burst`), whose sources are all learned and destinations all
 //! known takes a short form of the same stages (`policy_fast`:
 //! nothing learned, each frame checked against the port it is queued to), on ports with MAC or
-//! IP spoof filters too (both checked for every frame), and on a trunk without spoof filters
-//! (an uplink) for a burst tagged with one VLAN, the tags of runs to access ports popped (and
-//! an access port's pushed for runs to a trunk). It decides exactly
+//! IP spoof filters too (both checked for every frame), and on a trunk (an uplink, or a VM's
+//! trunk with spoof filters, checked behind the tag) for a burst tagged with one VLAN, the tags
+//! of runs to access ports popped (and an access port's pushed for runs to a trunk). It decides exactly
 //! what the general stages decide: property tests (dataplane/tests/properties.rs,
 //! dataplane/tests/policy_fast_path.rs) run both on the same bursts and compare frames,
 //! counters, MAC tables and connection tables (and, from [`plain_bursts_on_this_thread`], that
@@ -542,7 +542,8 @@ pub fn process_burst(
     // when the filter passes every frame of the burst unchanged (`plain_probes_spoof`).
     // A burst whose first frame carries an 802.1Q tag (a trunk, an uplink) takes it too when
     // every frame carries the same VLAN's tag (`plain_probes_tagged`), on a port without a
-    // spoof filter.
+    // spoof filter; on a bridge with policies or IP spoof filters, a trunk with spoof filters
+    // too (`policy_fast`).
     let first_tagged = burst.first().is_some_and(|b| b.data().get(12..14) == Some(&[0x81, 0x00]));
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, _, false) if first_tagged => {
@@ -590,9 +591,15 @@ pub fn process_burst(
 ///
 /// The burst is untagged (`untagged_vlan`: the VLAN the port admits untagged frames into) or,
 /// with `tagged` (its first frame is), a trunk's: every frame tagged with one VLAN's tag, the
-/// VLAN the port admits it into ([`tagged_vlan`]), on a port without spoof filters (an
-/// uplink's). Runs to a port that takes the VLAN the other way get their tags pushed or
-/// popped ([`Runs::retag_runs`]) once every check passed.
+/// VLAN the port admits it into ([`tagged_vlan`]): an uplink's, or a VM's trunk with spoof
+/// filters, which decide as the general stages' do for a tagged frame: the source MAC, then
+/// the source address of an IP packet of a connection directly behind the tag (the one the
+/// port read), with the link-local address derived from the source MAC where `allowed_macs`
+/// checked it ([`crate::filter::FastKeys::push`]); ARP, neighbour discovery, MLD, ICMP errors,
+/// malformed IP and frames with a tag stacked inside (whose payload the general stages read
+/// behind every tag) are left to the general stages, so that no ARP sender, link-layer option
+/// or inner tag is left unchecked. Runs to a port that takes the VLAN the other way get their
+/// tags pushed or popped ([`Runs::retag_runs`]) once every check passed.
 #[inline(never)]
 fn policy_fast(
     eg: &mut Egress,
@@ -603,10 +610,9 @@ fn policy_fast(
 ) -> bool {
     let cx = eg.ctx(false);
     let vlan = if tagged {
-        // The spoof filters read a tagged frame's addresses the general way.
-        if port.allowed_macs.is_some() || port.allowed_ips.is_some() {
-            return false;
-        }
+        // A trunk with spoof filters too (a router VM tagging its own frames, a `vlanTrunk`
+        // network with port security): `FastKeys::push` checks them behind the one tag, and
+        // `spoof_filtered_tagged_burst` behind every tag, as the general stages do.
         tagged_vlan(burst, port)
     } else {
         untagged_vlan

@@ -336,20 +336,155 @@ fn fast_path_matches_the_general_stages_on_filtered_ports() {
 /// uplink (a trunk of VLANs 10 and 20, no spoof filter), `n` a native-untagged trunk (VLAN 10
 /// untagged, 20 tagged), `a` and `b` access ports of VLAN 10 with random policies (`a` with
 /// both spoof filters, as a VM port), `c` an access port of VLAN 20 without policy, and `f` a
-/// trunk of VLAN 10 with a MAC spoof filter (whose tagged bursts the fast path leaves alone).
-fn trunk_config(shapes: [usize; 4]) -> Config {
+/// trunk of VLAN 10 with random spoof filters `ff` (a VM's trunk: a router VM tagging its own
+/// frames, with port security).
+fn trunk_config(shapes: [usize; 4], ff: &TrunkFilters) -> Config {
+    let list = |l: Vec<String>| format!("[{}]", l.join(", "));
+    let mut f = String::from("\x20 - name: f\n    trunks: [10]\n");
+    if let Some(macs) = &ff.macs {
+        let l = macs.iter().map(|m| format!("'{}'", switchyard_dataplane::wire::MacAddr(*m))).collect();
+        f += &format!("    allowed_macs: {}\n", list(l));
+    }
+    if let Some(ips) = &ff.ips {
+        f += &format!("    allowed_ips: {}\n", list(ips.iter().map(|a| format!("'{a}'")).collect()));
+    }
     let yaml = format!(
         "bridges:\n- name: br0\n  conntrack_size: 1024\n  ports:\n\
          \x20 - {{name: u, trunks: [10, 20]}}\n\
          \x20 - {{name: n, vlan_mode: native-untagged, tag: 10, trunks: [10, 20]}}\n\
          \x20 - name: a\n    tag: 10\n    allowed_macs: ['02:00:00:00:01:0a']\n    allowed_ips: [10.0.0.10]\n{}\
          \x20 - name: b\n    tag: 10\n{}\
-         \x20 - {{name: c, tag: 20}}\n\
-         \x20 - {{name: f, trunks: [10], allowed_macs: ['02:00:00:00:05:0a']}}\n",
+         \x20 - {{name: c, tag: 20}}\n{f}",
         policy_yaml(shapes[0], shapes[1]),
         policy_yaml(shapes[2], shapes[3]),
     );
     Config::from_yaml_str(&yaml).expect("valid config")
+}
+
+/// The spoof filters of the trunk `f` ([`trunk_config`]): its `allowed_macs` (`None`: no MAC
+/// spoof filter) and `allowed_ips` (`None`: no IP spoof filter).
+#[derive(Debug, Clone)]
+struct TrunkFilters {
+    macs: Option<Vec<[u8; 6]>>,
+    ips: Option<Vec<std::net::IpAddr>>,
+}
+
+/// f's host (index into [`HOSTS`]), its IPv6 address, and the sources it sends from that it
+/// does not own: a MAC (learned on f all the same, as a MAC the VM used before its filter was
+/// set, so that only the fast path's MAC check can refuse it there), an IPv4 and an IPv6
+/// address, and its router's link-local address.
+const F_HOST: usize = 7;
+const F_V6: u128 = 0xfd00 << 112 | 0x50;
+const F_OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 5, 0xee];
+const F_OTHER_V4: [u8; 4] = [10, 0, 0, 99];
+const F_OTHER_V6: u128 = 0xfd00 << 112 | 0x99;
+const ROUTER_LLA: u128 = 0xfe80 << 112 | 1;
+
+/// The IPv6 link-local address SLAAC derives from `mac` (modified EUI-64, RFC 4291 appendix A),
+/// written out here rather than taken from the crate.
+fn eui64(mac: [u8; 6]) -> u128 {
+    let b = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]];
+    u128::from_be_bytes(b)
+}
+
+/// Random spoof filters for `f`: the MAC list absent three times in ten, the address list one
+/// time in five (with the MAC list absent, the link-local address derived from the MAC is not
+/// allowed unless listed: some cases for each side of that rule); its own MAC, IPv4 and IPv6
+/// addresses in them most of the time, at any place among up to 5 MACs or 7 addresses of
+/// other hosts (so that lists longer than the 4 the fast path keeps as words come up); the
+/// IPv6 address derived from its MAC listed now and then (as the plan lists it on a port
+/// without a MAC spoof filter).
+fn arb_trunk_filters() -> impl Strategy<Value = TrunkFilters> {
+    let macs = (prop::collection::vec(0u8..200, 0..6), any::<usize>(), prop::bool::weighted(0.85)).prop_map(
+        |(others, at, own)| {
+            let mut l: Vec<[u8; 6]> = others.iter().map(|&x| [2, 0, 0, 0, 9, x]).collect();
+            if own || l.is_empty() {
+                // An empty list is no filter: a list without f's MAC names another.
+                let m = if own { HOSTS[F_HOST].2 } else { [2, 0, 0, 0, 9, 250] };
+                l.insert(at % (l.len() + 1), m);
+            }
+            l
+        },
+    );
+    let ips = (
+        prop::collection::vec((any::<bool>(), 0u8..200), 0..8),
+        (any::<usize>(), any::<usize>()),
+        (prop::bool::weighted(0.85), prop::bool::weighted(0.75), prop::bool::weighted(0.2)),
+    )
+        .prop_map(|(others, (at4, at6), (own4, own6, lla))| {
+            use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+            let mut l: Vec<IpAddr> = others
+                .iter()
+                .map(|&(v6, x)| {
+                    if v6 {
+                        IpAddr::V6(Ipv6Addr::from(0xfd00_0009u128 << 96 | u128::from(x)))
+                    } else {
+                        IpAddr::V4(Ipv4Addr::new(10, 0, 9, x))
+                    }
+                })
+                .collect();
+            if own4 {
+                l.insert(at4 % (l.len() + 1), IpAddr::V4(Ipv4Addr::from(HOSTS[F_HOST].3)));
+            }
+            if own6 {
+                l.insert(at6 % (l.len() + 1), IpAddr::V6(Ipv6Addr::from(F_V6)));
+            }
+            if lla {
+                l.push(IpAddr::V6(Ipv6Addr::from(eui64(HOSTS[F_HOST].2))));
+            }
+            l
+        });
+    (prop::option::weighted(0.7, macs), prop::option::weighted(0.8, ips))
+        .prop_map(|(macs, ips)| TrunkFilters { macs, ips })
+}
+
+/// The source a frame from f's host sends from (`src` of [`trunk_frame`]): 0 its own MAC and
+/// IPv4 address, 1 [`F_OTHER_MAC`], 2 [`F_OTHER_V4`], IPv6: 3 its own address, 4 the one
+/// derived from its MAC, 5 [`F_OTHER_V6`], 6 [`ROUTER_LLA`].
+fn arb_f_src() -> impl Strategy<Value = u8> {
+    prop_oneof![16 => Just(0u8), 4 => Just(3u8), 3 => Just(4u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(5u8), 1 => Just(6u8)]
+}
+
+/// The drop reason (as the port counts it) that f's spoof filters `ff` give the frame its host
+/// sends from source `src` ([`arb_f_src`]) as `how` ([`trunk_frame`]), worked out from the
+/// lists alone: `None` when they pass it.
+fn f_refusal(ff: &TrunkFilters, src: u8, how: u8) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let (_, _, own_mac, own_v4) = HOSTS[F_HOST];
+    // A priority tag takes the native VLAN, which the trunk has none of: refused before the
+    // spoof filters; a malformed IP header names no source.
+    if how == 13 {
+        return None;
+    }
+    let smac = if src == 1 { F_OTHER_MAC } else { own_mac };
+    if ff.macs.as_ref().is_some_and(|l| !l.contains(&smac)) {
+        return Some("spoofed_src_mac");
+    }
+    if how == 16 {
+        return None;
+    }
+    let v4 = if src == 2 { F_OTHER_V4 } else { own_v4 };
+    let listed = |a: IpAddr| ff.ips.as_ref().is_none_or(|l| l.contains(&a));
+    if how == 14 {
+        return (!listed(IpAddr::from(v4))).then_some("spoofed_arp_spa");
+    }
+    let ok = match f_v6_src(src) {
+        None => listed(IpAddr::from(v4)),
+        // The link-local address derived from the source MAC passes where the MAC was checked.
+        Some(a) => listed(IpAddr::from(a.to_be_bytes())) || (ff.macs.is_some() && a == eui64(smac)),
+    };
+    (!ok).then_some("spoofed_src_ip")
+}
+
+/// The IPv6 source of f's host's frames from source `src` ([`arb_f_src`]), `None`: IPv4.
+fn f_v6_src(src: u8) -> Option<u128> {
+    match src {
+        3 => Some(F_V6),
+        4 => Some(eui64(HOSTS[F_HOST].2)),
+        5 => Some(F_OTHER_V6),
+        6 => Some(ROUTER_LLA),
+        _ => None,
+    }
 }
 
 /// Port names of [`trunk_config`] by id, and each port's host: (VLAN it is in, MAC, IPv4
@@ -368,12 +503,22 @@ const HOSTS: [(usize, u16, [u8; 6], [u8; 4]); 8] = [
 
 /// One frame of a trunk burst: from host `from` to host `to` (indices into [`HOSTS`], the
 /// same VLAN or not), connection `conn` (0-3 as [`Pkt`]'s), direction `orig`, TCP flags
-/// `flags`; `how` 0-15: as the sending port would send it (tagged on a trunk, untagged on an
+/// `flags`; `how` 0-16: as the sending port would send it (tagged on a trunk, untagged on an
 /// access port or in a native-untagged VLAN), and now and then otherwise: 12 PCP and DEI bits
 /// in the tag, 13 a priority tag (VID 0), 14 an ARP request, 15 a stacked (QinQ) inner tag,
-/// 16 a malformed IPv4 header (a header length of 4 words).
-fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: u8) -> Vec<u8> {
-    let ((fp, vlan, smac, sip), (tp, _, dmac, dip)) = (HOSTS[from], HOSTS[to]);
+/// 16 a malformed IP header (IPv4 with a header length of 4 words). From f's host, `src`
+/// ([`arb_f_src`]) picks the source (other hosts ignore it); an IPv6 packet goes to the
+/// IPv6 address `fd00::` and the last byte of the peer's IPv4 address.
+fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: u8, src: u8) -> Vec<u8> {
+    let ((fp, vlan, mut smac, mut sip), (tp, _, dmac, dip)) = (HOSTS[from], HOSTS[to]);
+    let mut v6 = None;
+    if from == F_HOST {
+        match src {
+            1 => smac = F_OTHER_MAC,
+            2 => sip = F_OTHER_V4,
+            _ => v6 = f_v6_src(src),
+        }
+    }
     let client = 40000 + (fp.min(tp) * 8 + fp.max(tp)) as u16 * 4 + conn as u16;
     let service = [80u16, 22, 53, 55][conn];
     let (sport, dport) = if orig { (client, service) } else { (service, client) };
@@ -387,7 +532,11 @@ fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: 
         v.extend_from_slice(&[0; 6]);
         v.extend_from_slice(&dip);
     } else {
-        let b = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv4(sip, dip, 64);
+        let b = etherparse::PacketBuilder::ethernet2(smac, dmac);
+        let b = match v6 {
+            Some(a) => b.ipv6(a.to_be_bytes(), (0xfd00 << 112 | u128::from(dip[3])).to_be_bytes(), 64),
+            None => b.ipv4(sip, dip, 64),
+        };
         write_conn(b, conn, flags, sport, dport, &mut v);
         if how == 16 {
             v[14] = 0x44;
@@ -412,42 +561,51 @@ fn trunk_frame(from: usize, to: usize, conn: usize, orig: bool, flags: u8, how: 
 
 /// The policy fast path on trunks: tagged bursts from an uplink into policy-guarded access
 /// ports (the tags popped) and the replies back (the tags pushed), against the general stages,
-/// with the odd frames mixed in (PCP bits, priority tags, ARP, stacked tags, other VLANs, a
-/// filtered trunk); and on the same bridge without policies, where `a`'s spoof filters alone
-/// put the bridge on the policy stage (no connection table). Both runs must queue the same frames to the same ports in the same order
-/// and count the same drops; and the fast path must have taken a good share of the tagged
-/// bursts, so that the comparison is not of the general stages with themselves.
+/// with the odd frames mixed in (PCP bits, priority tags, ARP, stacked tags, malformed IP,
+/// other VLANs); a VM's trunk `f` with random spoof filters (MAC and IPv4/IPv6 address lists,
+/// some longer than the fast path's words, some without its own addresses) sending IPv4 and
+/// IPv6 from its own and from foreign sources (its MAC-derived link-local address, its
+/// router's); and on the same bridge without policies, where the spoof filters alone put the
+/// bridge on the policy stage (no connection table). Both runs must queue the same frames to
+/// the same ports in the same order and count the same drops; independently of either, a
+/// frame from `f` whose source its lists do not allow is never delivered and is counted under
+/// the reason the lists give ([`f_refusal`]); and the fast path must have taken a good share
+/// of the tagged bursts, `f`'s among them with a connection table and without, so that the
+/// comparison is not of the general stages with themselves.
 #[test]
 fn tagged_fast_path_matches_the_general_stages_on_trunks() {
     let pool = Pool::new("policy-fast-path-vlan", 1024).expect("pool");
     let (tagged_run, tagged_fast, retag_fast) =
         (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    // f's tagged bursts (with a connection table, without) and how many took the fast path.
+    let f_runs = [std::cell::Cell::new((0u64, 0u64)), std::cell::Cell::new((0u64, 0u64))];
     // A burst: its sending host, then its frames (peer host, connection, direction, flags,
-    // how); mostly a few connections between the uplinks' hosts and a and b, so that most are
-    // established; frames of one burst come from one host's port.
+    // how, f's source); mostly a few connections between the uplinks' hosts and f's and a and
+    // b, so that most are established; frames of one burst come from one host's port.
     let pkt = (0usize..HOSTS.len(), 0usize..4, any::<bool>(), prop_oneof![12 => Just(0u8), 1 => 1u8..5]);
     let how = prop_oneof![40 => Just(0u8), 1 => 12u8..17];
     let burst = (
-        prop_oneof![4 => Just(0usize), 4 => 4usize..6, 1 => 1usize..4, 1 => 6usize..8],
-        prop::collection::vec((pkt, how), 1..8),
+        prop_oneof![4 => Just(0usize), 4 => 4usize..6, 1 => 1usize..4, 1 => Just(6usize), 3 => Just(F_HOST)],
+        prop::collection::vec((pkt, how, arb_f_src()), 1..8),
     );
     let stream = prop::collection::vec(burst, 1..80);
-    // One case in four without any policy: `a`'s spoof filters alone, no connection table (an
+    // One case in four without any policy: the spoof filters alone, no connection table (an
     // OVN localnet's VM ports beside its uplink).
     let shapes = prop_oneof![1 => Just([0usize; 4]), 3 => prop::array::uniform4(0usize..RULES.len())];
-    let strategy = (shapes, stream);
+    let strategy = (shapes, arb_trunk_filters(), stream);
     let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let cases = ProptestConfig { cases: n, source_file: Some(file!()), ..ProptestConfig::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cases);
     let (spoof_only_run, spoof_only_fast) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let result = runner.run(&strategy, |(shapes, stream)| {
-        let cfg = trunk_config(shapes);
+    let result = runner.run(&strategy, |(shapes, ff, stream)| {
+        let cfg = trunk_config(shapes, &ff);
         let sws = [
             SwitchConfig::compile(&cfg, None).expect("compile"),
             SwitchConfig::compile(&cfg, None).expect("compile"),
         ];
+        let learned = HOSTS.map(|(port, vlan, mac, _)| (port, vlan, mac));
         for sw in &sws {
-            for (port, vlan, mac, _) in HOSTS {
+            for (port, vlan, mac) in learned.into_iter().chain([(HOSTS[F_HOST].0, 10, F_OTHER_MAC)]) {
                 sw.bridges[0].table.learn(
                     vlan,
                     switchyard_dataplane::wire::MacAddr(mac),
@@ -459,22 +617,29 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
         }
         for (i, (from, pkts)) in stream.iter().enumerate() {
             let now = 1 + i as u32 / 16;
-            // The peers: four in five of a trunk's VLAN-10 hosts' frames go to a or b, of a's
-            // and b's to the trunks' VLAN-10 hosts, of the VLAN-20 hosts' to each other (those
-            // of connections the policies track), the rest to any host.
-            let frames: Vec<Vec<u8>> = pkts
+            // The peers: four in five of the uplinks' VLAN-10 hosts' frames go to a or b, of
+            // f's host's to u's (a router's uplink, no policy on either) or a, of a's and b's to
+            // the uplinks' VLAN-10 hosts (f's host when they pick it), of the VLAN-20 hosts' to
+            // each other (those of connections the policies track), the rest to any host.
+            let made: Vec<(Vec<u8>, u8, u8)> = pkts
                 .iter()
-                .map(|((to, conn, orig, flags), how)| {
+                .map(|((to, conn, orig, flags), how, src)| {
                     let near: [usize; 2] = match *from {
-                        0 | 2 | 7 => [4, 5],
+                        0 | 2 => [4, 5],
+                        F_HOST => [0, 4],
                         4 | 5 => [0, 2],
                         1 => [6, 3],
                         _ => [1, 1],
                     };
-                    let to = if to % 5 == 0 { *to } else { near[to % 2] };
-                    trunk_frame(*from, to, *conn, *orig, *flags, *how)
+                    let to = if to % 5 == 0 || (matches!(*from, 4 | 5) && *to == F_HOST) {
+                        *to
+                    } else {
+                        near[to % 2]
+                    };
+                    (trunk_frame(*from, to, *conn, *orig, *flags, *how, *src), *how, *src)
                 })
                 .collect();
+            let frames: Vec<Vec<u8>> = made.iter().map(|(f, _, _)| f.clone()).collect();
             let name = TRUNK_PORTS[HOSTS[*from].0];
             let before = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
             let fast = run(&sws[0], &pool, name, &frames, now, false);
@@ -482,15 +647,46 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
             let general = run(&sws[1], &pool, name, &frames, now, true);
             prop_assert_eq!(&fast, &general, "burst {} from {} (fast path taken: {})", i, name, took_fast);
             let tagged = frames[0].get(12..14) == Some(&[0x81, 0x00]);
+            let no_ct = sws[0].bridges[0].conntrack.is_none();
             if tagged {
                 tagged_run.set(tagged_run.get() + 1);
                 tagged_fast.set(tagged_fast.get() + u64::from(took_fast));
-                if sws[0].bridges[0].conntrack.is_none() {
+                if no_ct {
                     spoof_only_run.set(spoof_only_run.get() + 1);
                     spoof_only_fast.set(spoof_only_fast.get() + u64::from(took_fast));
                 }
             } else if took_fast && fast.0.iter().any(|(p, _)| p == "u") {
                 retag_fast.set(retag_fast.get() + 1);
+            }
+            if *from == F_HOST {
+                // f's spoof filters, written out from its lists: a refused frame does not
+                // leave (tagged, or popped to an access port), and is counted.
+                let (out, drops) = &fast;
+                let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+                for (f, how, src) in &made {
+                    if let Some(r) = f_refusal(&ff, *src, *how) {
+                        *expected.entry(r.to_string()).or_default() += 1;
+                        let popped = [&f[..12], &f[16..]].concat();
+                        prop_assert!(
+                            !out.iter().any(|(_, o)| *o == *f || *o == popped),
+                            "a frame from f's host refused for {} left (source {}, how {})",
+                            r,
+                            src,
+                            how
+                        );
+                    }
+                }
+                let counted: BTreeMap<String, u64> = drops
+                    .iter()
+                    .filter(|(r, _)| r.starts_with("spoofed_"))
+                    .map(|(r, n)| (r.clone(), *n))
+                    .collect();
+                prop_assert_eq!(counted, expected, "spoofed frames from f's host, filters {:?}", &ff);
+                if tagged {
+                    let c = &f_runs[usize::from(no_ct)];
+                    let (r, t) = c.get();
+                    c.set((r + 1, t + u64::from(took_fast)));
+                }
             }
         }
         // Every port's counters (bytes sent included) and the tables, once the stream ran.
@@ -509,6 +705,13 @@ fn tagged_fast_path_matches_the_general_stages_on_trunks() {
         "the fast path took {sf} of {st} tagged bursts without a connection table"
     );
     assert!(r > 0, "no untagged burst to the uplink took the fast path (its tags pushed)");
+    for (c, table) in f_runs.iter().zip(["with", "without"]) {
+        let (fr, ft) = c.get();
+        assert!(
+            ft * 20 >= fr && ft > 0,
+            "the fast path took {ft} of {fr} tagged bursts from the spoof-filtered trunk f {table} a connection table"
+        );
+    }
 }
 
 // The fast path on trunks, case by case (what the random streams above leave to chance or do

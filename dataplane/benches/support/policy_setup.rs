@@ -8,14 +8,18 @@
 //! connections, [`BURST`] a burst, the same frames for both cases.
 //!
 //! With `POLICY_TAG=VID` in the environment ([`tag`]), p0 is a trunk of VLAN VID without spoof
-//! filters (an uplink) and p1 an access port of that VLAN: p0's frames arrive tagged (their
+//! filters (an uplink; see `POLICY_TRUNK_SPOOF` below) and p1 an access port of that VLAN: p0's frames arrive tagged (their
 //! includer tags them) and leave p1 untagged, and the replies the other way get the tag pushed.
 //! With `POLICY_BESIDE=1` ([`beside`]), the 1,000 rules go to a third port p2 instead of p1,
 //! and the connections between p0 and p1 (two ports without policies on a bridge with them,
 //! as VMs without a policy beside one with) are not tracked: the general stages track none.
 //! With `POLICY_SPOOF=1` ([`spoof_only`]), the switch without policy gives p1 an IP spoof
 //! filter of its connections' addresses (a bridge of VM ports with port security and no
-//! policies: the policy stage without a connection table).
+//! policies: the policy stage without a connection table). With `POLICY_TRUNK_SPOOF=1`
+//! ([`trunk_spoof`]) beside `POLICY_TAG`, the trunk p0 has both spoof filters, its MAC in
+//! `allowed_macs` and its address in `allowed_ips` (a VM's trunk with port security: a router
+//! VM tagging its own frames), with the policy or without (then its IP spoof filter alone puts
+//! the bridge on the policy stage, without a connection table).
 
 // Each includer uses a part.
 #![allow(dead_code)]
@@ -38,6 +42,11 @@ pub use frames::splitmix;
 /// Whether `POLICY_SPOOF` is set (see the module's docs).
 pub fn spoof_only() -> bool {
     std::env::var_os("POLICY_SPOOF").is_some_and(|v| v == "1")
+}
+
+/// Whether `POLICY_TRUNK_SPOOF` is set (see the module's docs).
+pub fn trunk_spoof() -> bool {
+    std::env::var_os("POLICY_TRUNK_SPOOF").is_some_and(|v| v == "1")
 }
 
 /// Whether `POLICY_BESIDE` is set (see the module's docs).
@@ -71,6 +80,9 @@ fn config(policy: bool) -> Config {
     match tag() {
         Some(vid) => {
             let _ = writeln!(y, "    trunks: [{vid}]");
+            if trunk_spoof() {
+                y.push_str("    allowed_macs: ['02:00:00:00:00:01']\n    allowed_ips: [10.0.0.1]\n");
+            }
         }
         None if policy => y.push_str("    allowed_ips: [10.0.0.1]\n"),
         None => {}
