@@ -7,14 +7,19 @@
 //! - **reopened**: its backend (`type` or a type option: `iface`, `ring`, `socket`, ...)
 //!   changed, so the backend is closed and opened again. Compared as the backend opens
 //!   (`Backend::opened_form`), not as spelled, since a reopen drops the port's frames and
-//!   kernel state: an option left out or written at its default is no change
-//!   (`afpacket:eth1` and `afpacket:eth1,ring`, an afxdp port's `queues` left out and
-//!   `queues: 1`, an `iface` left out and the port's name, a DPDK port's `03:00.0` and
-//!   `0000:03:00.0`);
-//! - **updated**: a tunnel port whose flood list, static remote MACs or learning changed (and
-//!   nothing else of its backend): the backend stays open and takes the change in place
-//!   (`PortBackend::update`; a backend that refuses is reopened instead), L2 settings as for
-//!   a changed port;
+//!   kernel state: an option left out or written at its default is no change (`type` left
+//!   out and `type: ring`, `afpacket:eth1` and `afpacket:eth1,ring`, an afxdp port's `queues`
+//!   left out and `queues: 1`, an `iface` left out and the port's name, a DPDK port's
+//!   `03:00.0` and `0000:03:00.0`);
+//! - **updated**: a tunnel port on the same transport (`TunnelBackend::same_transport`) whose
+//!   flood list, static remote MACs or learning (or an uplink's `routes`) changed: the backend
+//!   stays open and takes the change in place (`PortBackend::update`; a backend that refuses
+//!   is reopened instead), L2 settings as for a changed port. What is compared is what the
+//!   port holds (`TunnelBackend::opened_form`), so a tunnel port only respelled is not
+//!   updated but changed or unchanged: its `dstport` or `underlay: kernel` written out or left
+//!   out, `learn: true` written out, an uplink spelled another way (`eth1`,
+//!   `afpacket:eth1,ring`), its flood list in another order or with an address twice, its
+//!   remote MACs, or its routes of different prefix lengths, in another order;
 //! - **changed**: only L2 settings changed (bridge, VLAN mode, tag, trunks, allowed/static MACs,
 //!   MAC limit): the same backend object stays, only a new snapshot is published;
 //! - **unchanged**: keeps the same backend object (the same `Arc`), so it loses no frame.
@@ -53,13 +58,20 @@ impl Diff {
     }
 }
 
-/// Whether two ports have the same backend: the same `type` (or both none) and the same
-/// type options, compared as the backend opens (`PortConfig::opened_backend`), not as
-/// spelled: every option of the type counts, an option left out is its default
-/// (`afpacket:eth1` is `afpacket:eth1,ring`, an afxdp port's `queues` left out is 1, an
-/// `iface` left out is the port's name), and a DPDK port's PCI device is one however written.
+/// Whether two ports have the same backend: the same type and the same type options,
+/// compared as the backend opens (`PortConfig::opened_backend`), not as spelled: every option
+/// of the type counts, an option left out is its default (`type` left out is `type: ring`,
+/// `afpacket:eth1` is `afpacket:eth1,ring`, an afxdp port's `queues` left out is 1, an
+/// `iface` left out is the port's name, a tunnel's `dstport` left out is the encapsulation's),
+/// a DPDK port's PCI device is one however written, and a tunnel's remote table is compared
+/// as the port holds it (`TunnelBackend::opened_form`). The opened form names the type, so
+/// `type` itself is not compared as spelled. Ports whose backend does not convert (which the
+/// configuration check refuses) are compared as spelled.
 fn same_backend(a: &PortConfig, b: &PortConfig) -> bool {
-    a.kind == b.kind && a.opened_backend() == b.opened_backend()
+    match (a.opened_backend(), b.opened_backend()) {
+        (Ok(x), Ok(y)) => x == y,
+        (x, y) => a.kind == b.kind && x == y,
+    }
 }
 
 /// Whether two ports with different backends are tunnel ports on one transport, so that the
@@ -421,13 +433,20 @@ mod tests {
             assert_eq!((d.reopened.as_slice(), d.updated.len()), (&["t".to_string()][..], 0), "{d:?}");
         }
         // The default port and an explicit 4789 are one transport, as are no underlay and
-        // `kernel`: written differently, taken in place.
-        assert_eq!(diff(&old, &tun(&|p| p.dstport = Some(4789))).updated, ["t"]);
-        assert_eq!(diff(&old, &tun(&|p| p.underlay = Some("kernel".into()))).updated, ["t"]);
+        // `kernel`: written differently, nothing to do.
+        assert_eq!(diff(&old, &tun(&|p| p.dstport = Some(4789))).unchanged, ["t"]);
+        assert_eq!(diff(&old, &tun(&|p| p.underlay = Some("kernel".into()))).unchanged, ["t"]);
         // One uplink spelled another way (the default queue count or receive mode written
-        // out, or left out) is taken in place, in either direction: the uplink is not
-        // reopened. Another queue count or receive mode reopens the port.
+        // out, or left out) is the same uplink, in either direction: the port is unchanged,
+        // and with a new flood list taken in place. Another queue count or receive mode
+        // reopens the port.
         let on = |u: &'static str| tun(&move |p| p.underlay = Some(u.into()));
+        let on_with_flood = |u: &'static str| {
+            tun(&move |p| {
+                p.underlay = Some(u.into());
+                p.flood = Some(vec![ip("192.0.2.3")]);
+            })
+        };
         for (a, b) in [
             ("afxdp:eth1", "afxdp:eth1,queues=1"),
             ("afxdp:eth1,queues=1", "afxdp:eth1"),
@@ -435,6 +454,9 @@ mod tests {
             ("afpacket:eth1", "eth1"),
         ] {
             let d = diff(&on(a), &on(b));
+            assert_eq!(d.unchanged, ["t"], "{a} -> {b}: {d:?}");
+            assert!(d.is_empty(), "{a} -> {b}: {d:?}");
+            let d = diff(&on(a), &on_with_flood(b));
             assert_eq!(
                 (d.updated.as_slice(), d.reopened.len()),
                 (&["t".to_string()][..], 0),
@@ -451,6 +473,109 @@ mod tests {
                 "{a} -> {b}: {d:?}"
             );
         }
+    }
+
+    /// A port without `type` is a ring port: `type: ring` (and its ring named like the port)
+    /// written out or left out is the same backend, unchanged, or changed when its L2
+    /// settings change too; another ring or type reopens it.
+    #[test]
+    fn a_port_without_type_is_the_same_ring_port() {
+        let file = |ports: &str| {
+            let text = format!("bridges:\n- name: br1\n  ports:\n{ports}");
+            Config::from_yaml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let bare = file("  - {name: r, tag: 10}\n");
+        let spelled = [
+            file("  - {name: r, type: ring, tag: 10}\n"),
+            file("  - {name: r, type: ring, ring: r, tag: 10}\n"),
+            Config::from_yaml_str(
+                r#"{"bridges": [{"name": "br1", "ports": [{"name": "r", "type": "ring", "tag": 10}]}]}"#,
+            )
+            .unwrap(),
+        ];
+        for s in &spelled {
+            assert_ne!(&bare, s, "the files differ");
+            for (x, y) in [(&bare, s), (s, &bare)] {
+                let d = diff(x, y);
+                assert_eq!(d.unchanged, ["r"], "{d:?}");
+                assert!(d.is_empty(), "{d:?}");
+            }
+        }
+        // An L2 change with the type respelled: changed, the backend kept.
+        let d = diff(&bare, &file("  - {name: r, type: ring, tag: 20}\n"));
+        assert_eq!((d.changed.as_slice(), d.reopened.len()), (&["r".to_string()][..], 0), "{d:?}");
+        let d = diff(&file("  - {name: r, type: ring, ring: r, tag: 20}\n"), &bare);
+        assert_eq!((d.changed.as_slice(), d.reopened.len()), (&["r".to_string()][..], 0), "{d:?}");
+        // Another ring, or another type: reopened.
+        for other in ["  - {name: r, type: ring, ring: r2, tag: 10}\n", "  - {name: r, type: tap, tag: 10}\n"]
+        {
+            let d = diff(&bare, &file(other));
+            assert_eq!(d.reopened, ["r"], "{other}: {d:?}");
+        }
+    }
+
+    /// A tunnel port only respelled (defaults written out, its flood list, remote MACs and
+    /// routes in another order the table does not depend on, its uplink spelled another way) is
+    /// unchanged, or changed with an L2 change: nothing is handed to the running port. A change
+    /// of what it holds -- the flood list, a remote MAC, learning, a route -- is updated.
+    #[test]
+    fn a_respelled_tunnel_is_unchanged_a_changed_remote_table_is_updated() {
+        let file = |extra: &str, tag: u16| {
+            let text = format!(
+                "bridges:\n- name: br1\n  ports:\n\
+                 \x20 - {{name: t, type: vxlan, vni: 5001, local: 192.0.2.1, tag: {tag}{extra}}}\n\
+                 \x20 - {{name: u, type: geneve, vni: 7, local: 192.0.2.1, underlay: eth1, \
+                 routes: [{{dst: 10.0.0.0/8, via: 192.0.2.9}}, {{dst: 10.1.0.0/16, via: 192.0.2.8}}]}}\n"
+            );
+            Config::from_yaml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let table = ", flood: [192.0.2.2, 192.0.2.3], \
+                     remote_macs: [{mac: \"02:00:00:00:0b:01\", remote: 192.0.2.2}, \
+                     {mac: \"02:00:00:00:0b:02\", remote: 192.0.2.3}]";
+        let old = file(table, 10);
+        let respelled_table = ", flood: [192.0.2.3, 192.0.2.2, 192.0.2.3], \
+                     remote_macs: [{mac: \"02:00:00:00:0b:02\", remote: 192.0.2.3}, \
+                     {mac: \"02:00:00:00:0b:01\", remote: 192.0.2.2}], \
+                     learn: true, dstport: 4789, underlay: kernel";
+        let mut respelled = file(respelled_table, 10);
+        // The uplink port: its underlay with the default receive mode written out, its routes
+        // of two lengths in the other order.
+        let u = &mut respelled.bridges[0].ports[1];
+        u.underlay = Some("afpacket:eth1,ring".into());
+        u.routes.reverse();
+        assert_ne!(old, respelled);
+        for (what, x, y) in [("respelled", &old, &respelled), ("back", &respelled, &old)] {
+            let d = diff(x, y);
+            assert_eq!(d.unchanged, ["t", "u"], "{what}: {d:?}");
+            assert!(d.is_empty(), "{what}: {d:?}");
+        }
+        // Respelled with an L2 change: changed, not updated.
+        let d = diff(&old, &file(respelled_table, 20));
+        assert_eq!((d.changed.as_slice(), d.updated.len()), (&["t".to_string()][..], 0), "{d:?}");
+        // What the port holds changed: updated in place, from either spelling.
+        for change in [
+            ", flood: [192.0.2.2], remote_macs: [{mac: \"02:00:00:00:0b:01\", remote: 192.0.2.2}]",
+            ", flood: [192.0.2.2, 192.0.2.3, 192.0.2.4], \
+               remote_macs: [{mac: \"02:00:00:00:0b:01\", remote: 192.0.2.2}]",
+            ", flood: [192.0.2.2, 192.0.2.3], \
+               remote_macs: [{mac: \"02:00:00:00:0b:01\", remote: 192.0.2.3}, \
+               {mac: \"02:00:00:00:0b:02\", remote: 192.0.2.3}]",
+        ] {
+            for (what, x) in [("unspelled", &old), ("respelled", &respelled)] {
+                let d = diff(x, &file(change, 10));
+                assert_eq!(d.updated, ["t"], "{what} -> {change}: {d:?}");
+                assert_eq!(d.unchanged, ["u"], "{what} -> {change}: {d:?}");
+            }
+        }
+        let d = diff(&respelled, &file(&format!("{table}, learn: false"), 10));
+        assert_eq!(d.updated, ["t"], "{d:?}");
+        let mut rerouted = old.clone();
+        rerouted.bridges[0].ports[1].routes[0].via = "192.0.2.7".parse().unwrap();
+        let d = diff(&respelled, &rerouted);
+        assert_eq!(
+            (d.updated.as_slice(), d.unchanged.as_slice()),
+            (&["u".to_string()][..], &["t".to_string()][..])
+        );
     }
 
     #[test]

@@ -1346,6 +1346,33 @@ mod tests {
         assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()), "respelled keeps the same Arc");
         let running = rt.running().bridges[0].ports.iter().find(|p| p.name == "rt-s").map(|p| p.ring.clone());
         assert_eq!(running, Some(Some("rt-s".into())), "the running configuration is as now written");
+        // `type` left out is `type: ring`: unchanged, and with another port added (a compile),
+        // the port keeps its compiled spec too; with its tag changed, changed, the same Arc.
+        let spec =
+            |rt: &Runtime| rt.switch().ports.iter().flatten().find(|p| p.name == "rt-s").cloned().unwrap();
+        let spec_before = spec(&rt);
+        let mut untyped = ring_port("rt-s", 10);
+        untyped.kind = None;
+        let a = rt.apply(&cfg(vec![untyped.clone()]), &none).unwrap();
+        assert_eq!(a.diff.unchanged, ["rt-s"], "{:?}", a.diff);
+        assert!(a.diff.is_empty(), "{:?}", a.diff);
+        assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()), "type left out keeps the same Arc");
+        let a = rt.apply(&cfg(vec![untyped.clone(), ring_port("rt-s2", 10)]), &none).unwrap();
+        assert_eq!(
+            (a.diff.unchanged.as_slice(), a.diff.added.as_slice()),
+            (&["rt-s".to_string()][..], &["rt-s2".to_string()][..])
+        );
+        assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()));
+        assert!(Arc::ptr_eq(&spec_before, &spec(&rt)), "type: ring left out keeps the compiled spec");
+        untyped.tag = Some(11);
+        let a = rt.apply(&cfg(vec![untyped]), &none).unwrap();
+        assert_eq!(
+            (a.diff.changed.as_slice(), a.diff.reopened.len()),
+            (&["rt-s".to_string()][..], 0),
+            "{:?}",
+            a.diff
+        );
+        assert!(Arc::ptr_eq(&before, &rt.backend("rt-s").unwrap()), "an L2 change keeps the same Arc");
         spelled.ring = Some("rt-s-other".into());
         let a = rt.apply(&cfg(vec![spelled]), &none).unwrap();
         assert_eq!(a.diff.reopened, ["rt-s"]);

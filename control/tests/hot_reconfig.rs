@@ -1,6 +1,7 @@
 //! Ports that do not change lose no frame while others are added, changed, reopened and
 //! removed: two unchanged ring ports forward to each other through the running switch while
-//! 60 reconciles change other ports, and every frame is counted out, once, in order.
+//! 60 reconciles change other ports (and respell the two ports' backends, which is no change),
+//! and every frame is counted out, once, in order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +28,19 @@ fn port(name: &str, tag: u16, mac: Option<[u8; 6]>) -> PortConfig {
     }
 }
 
-fn config(churn: &[PortConfig]) -> Config {
-    let mut ports = vec![port("hr-keep-a", 10, Some(A)), port("hr-keep-b", 10, Some(B))];
+/// The switch: the two kept ports, their backend spelled in one of three ways by `spelling`
+/// (`type: ring`, `type` left out, the ring named like the port: one backend), and `churn`.
+fn config(churn: &[PortConfig], spelling: usize) -> Config {
+    let keep = |name: &str, mac| {
+        let mut p = port(name, 10, Some(mac));
+        match spelling % 3 {
+            0 => {}
+            1 => p.kind = None,
+            _ => p.ring = Some(name.into()),
+        }
+        p
+    };
+    let mut ports = vec![keep("hr-keep-a", A), keep("hr-keep-b", B)];
     ports.extend(churn.iter().cloned());
     let mut bridges = vec![BridgeConfig::new("br", ports)];
     // A second bridge that comes and goes with the churn.
@@ -127,7 +139,7 @@ fn unchanged_ports_lose_no_frame_during_a_burst_of_changes() {
     };
     let mut rt = Runtime::start(opts).unwrap();
     let none = |_: &str| None;
-    rt.apply(&config(&[]), &none).unwrap();
+    rt.apply(&config(&[], 0), &none).unwrap();
     let (ba, bb) = (rt.backend("hr-keep-a").unwrap(), rt.backend("hr-keep-b").unwrap());
     let (pa, pb) = (ring_peer("hr-keep-a").unwrap(), ring_peer("hr-keep-b").unwrap());
 
@@ -153,7 +165,8 @@ fn unchanged_ports_lose_no_frame_during_a_burst_of_changes() {
         std::thread::spawn(move || collect(p, B, g, w, s))
     };
 
-    // 60 reconciles: add, change (VLAN, and bridge), reopen and remove other ports.
+    // 60 reconciles: add, change (VLAN, and bridge), reopen and remove other ports, while the
+    // kept ports' backends are respelled (`type: ring` left out, written out, its ring named).
     let mut churn: Vec<PortConfig> = Vec::new();
     let mut changes = 0;
     for i in 0..60 {
@@ -173,7 +186,7 @@ fn unchanged_ports_lose_no_frame_during_a_burst_of_changes() {
                 }
             }
         }
-        let a = rt.apply(&config(&churn), &none).unwrap();
+        let a = rt.apply(&config(&churn, i / 2), &none).unwrap();
         assert!(a.in_time, "workers did not apply change {i}");
         assert!(
             a.diff.unchanged.contains(&"hr-keep-a".to_string())

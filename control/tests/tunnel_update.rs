@@ -1,6 +1,7 @@
 //! A running tunnel port takes a new flood list and new remote MACs in place: the reconcile
 //! names it `updated`, the runtime keeps the same backend object (the socket stays bound), and
-//! the next frame goes to the new endpoints. A change of its transport (the VNI) reopens it.
+//! the next frame goes to the new endpoints. A change of its transport (the VNI) reopens it;
+//! its options only respelled are no change (`unchanged`: nothing is handed to the port).
 //! Real UDP sockets on the loopback: the endpoints are sockets that count what arrives.
 
 use std::net::{IpAddr, UdpSocket};
@@ -81,6 +82,24 @@ fn a_tunnel_port_takes_new_endpoints_in_place() {
     send(FAR);
     assert_eq!(arrivals(&e2), [(5001, FAR)]);
     assert_eq!(arrivals(&e3), []);
+
+    // Respelled (the flood list with its endpoint twice, `underlay: kernel` written out, the
+    // ring port's `type: ring` left out): unchanged, nothing handed to the port.
+    let mut respelled = config(5001, port, &["127.0.0.2", "127.0.0.2"], None);
+    respelled.bridges[0].ports[1].underlay = Some("kernel".into());
+    respelled.bridges[0].ports[0].kind = None;
+    let a = rt.apply(&respelled, &none).unwrap();
+    assert_eq!(a.diff.unchanged, ["tu-tun", "tu-vm"], "{:?}", a.diff);
+    assert!(a.diff.is_empty() && a.lines.is_empty(), "{:?} {:?}", a.diff, a.lines);
+    assert!(Arc::ptr_eq(&tun, &rt.backend("tu-tun").unwrap()), "the tunnel port was reopened");
+    send(FAR);
+    assert_eq!(arrivals(&e2), [(5001, FAR)]);
+    assert_eq!(arrivals(&e3), []);
+    // And back to the first spelling: unchanged too.
+    let a = rt.apply(&config(5001, port, &["127.0.0.2"], None), &none).unwrap();
+    assert_eq!(a.diff.unchanged, ["tu-tun", "tu-vm"], "{:?}", a.diff);
+    assert!(a.diff.is_empty(), "{:?}", a.diff);
+    assert!(Arc::ptr_eq(&tun, &rt.backend("tu-tun").unwrap()), "the tunnel port was reopened");
 
     // Flood list to .3 and FAR static at .3: updated in place, the same backend.
     let a = rt.apply(&config(5001, port, &["127.0.0.3"], Some("127.0.0.3")), &none).unwrap();

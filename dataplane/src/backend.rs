@@ -129,6 +129,38 @@ impl TunnelBackend {
         (self.kind, self.vni, self.local, self.port()) == (o.kind, o.vni, o.local, o.port())
             && uplink_form(self.underlay.as_deref()) == uplink_form(o.underlay.as_deref())
     }
+
+    /// What a tunnel port opened with these options holds, one value for every spelling of
+    /// them: two tunnels with one form have the same transport ([`TunnelBackend::same_transport`])
+    /// and the same remote table, so a reload neither reopens the port nor updates it in place.
+    /// Left out when at their defaults: `dstport` (the encapsulation's port), `learn: true`,
+    /// an empty `flood` list; the underlay as it opens ([`uplink_form`]: `kernel` is none,
+    /// `eth1` is `afpacket:eth1`). The flood list is the set of endpoints a flooded frame is
+    /// sent to (`tunnel::Remotes::update` keeps each endpoint once; the order the copies go out
+    /// in is not a setting), so it is sorted and each address kept once; the static remote MACs
+    /// are a table by MAC (a MAC given twice is refused), sorted by MAC; the underlay's routes
+    /// are taken longest prefix first, as `underlay::Routes::new` orders them (routes of one
+    /// length keep their order: the first that holds an endpoint wins).
+    pub fn opened_form(&self) -> TunnelBackend {
+        let mut flood = self.flood.clone().unwrap_or_default();
+        flood.sort_unstable();
+        flood.dedup();
+        let mut remote_macs = self.remote_macs.clone();
+        remote_macs.sort_unstable_by_key(|r| r.mac);
+        let mut routes = self.routes.clone();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.dst.len));
+        TunnelBackend {
+            kind: self.kind,
+            vni: self.vni,
+            local: self.local,
+            dstport: Some(self.port()).filter(|&p| p != self.kind.default_port()),
+            underlay: uplink_form(self.underlay.as_deref()),
+            flood: Some(flood).filter(|f| !f.is_empty()),
+            remote_macs,
+            learn: self.learn.filter(|&l| !l),
+            routes,
+        }
+    }
 }
 
 /// The uplink a tunnel port's `underlay` names, as one key for every spelling of it
@@ -369,14 +401,15 @@ impl Backend {
     /// backend (control/src/reconcile.rs) and of a tunnel's uplink ([`uplink_form`]) is this,
     /// never the spelling: `afpacket:eth1` and `afpacket:eth1,ring` do not reopen a port.
     ///
+    /// A tunnel port is in its [`TunnelBackend::opened_form`]: its transport and remote table
+    /// as the port holds them.
+    ///
     /// Not interpreted, so compared as written: a DPDK port's devargs beyond its PCI device's
     /// spelling (the device in DPDK's spelling, [`canonical_devargs`]: `03:00.0` is
     /// `0000:03:00.0`; DPDK's own options after it, a vdev's arguments and their order, are
     /// DPDK's business), a dpdk port's `queues` (its default, the worker count, is known only
     /// where the port opens), a vhostuser port's `socket_mode` (left out, the socket keeps
-    /// the mode `bind` gave it under the process's umask), file and socket paths, and a tunnel
-    /// port, whose respelled transport is [`TunnelBackend::same_transport`]'s and is taken in
-    /// place with its remote table.
+    /// the mode `bind` gave it under the process's umask), and file and socket paths.
     pub fn opened_form(&self, port: &str) -> Backend {
         let named = |n: &Option<String>| Some(n.clone().unwrap_or_else(|| port.to_string()));
         match self {
@@ -406,7 +439,7 @@ impl Backend {
                 devargs: canonical_devargs(devargs).unwrap_or_else(|_| devargs.clone()),
                 queues: *queues,
             },
-            Backend::Tunnel(t) => Backend::Tunnel(t.clone()),
+            Backend::Tunnel(t) => Backend::Tunnel(t.opened_form()),
         }
     }
 }
@@ -1025,6 +1058,11 @@ mod tests {
                 with(PortType::Ring, &|p| p.ring = Some("eth1".into())),
             ),
             (
+                "type left out is ring",
+                PortConfig { name: "eth1".into(), ..Default::default() }.opened_backend().unwrap(),
+                with(PortType::Ring, &|_| {}),
+            ),
+            (
                 "pcap not infinite",
                 with(PortType::Pcap, &|p| p.rx_pcap = Some("a.pcap".into())),
                 with(PortType::Pcap, &|p| {
@@ -1091,6 +1129,116 @@ mod tests {
         for (_, a, b) in same.iter().chain(&differ) {
             assert_eq!(&a.opened_form("eth1"), a);
             assert_eq!(&b.opened_form("eth1"), b);
+        }
+    }
+
+    /// A tunnel port's options respelled (defaults written out or left out, the flood list
+    /// in another order or with an address twice, remote MACs or routes of other lengths in
+    /// another order, the uplink spelled another way) have one opened form; a change of the
+    /// remote table or of the transport another.
+    #[test]
+    fn a_tunnel_backend_has_one_opened_form_for_every_spelling() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let rm = |mac: &str, remote: &str| RemoteMac { mac: mac.parse().unwrap(), remote: ip(remote) };
+        let route = |dst: &str, via: &str| UnderlayRoute { dst: dst.parse().unwrap(), via: ip(via) };
+        let (m1, m2) = ("02:00:00:00:0b:01", "02:00:00:00:0b:02");
+        let tun = |f: &dyn Fn(&mut PortConfig)| {
+            let mut p = PortConfig {
+                name: "t".into(),
+                kind: Some(PortType::Vxlan),
+                vni: Some(5001),
+                local: Some(ip("192.0.2.1")),
+                flood: Some(vec![ip("192.0.2.2"), ip("192.0.2.3")]),
+                remote_macs: vec![rm(m1, "192.0.2.2"), rm(m2, "192.0.2.3")],
+                ..Default::default()
+            };
+            f(&mut p);
+            p.opened_backend().unwrap_or_else(|e| panic!("{e}: {p:?}"))
+        };
+        let uplink = |u: &'static str, routes: &'static [(&'static str, &'static str)]| {
+            move |p: &mut PortConfig| {
+                p.underlay = Some(u.into());
+                p.routes = routes.iter().map(|(d, v)| route(d, v)).collect();
+            }
+        };
+        let none = |_: &mut PortConfig| {};
+        let same: Vec<(&str, Backend, Backend)> = vec![
+            ("dstport 4789", tun(&none), tun(&|p| p.dstport = Some(4789))),
+            ("underlay kernel", tun(&none), tun(&|p| p.underlay = Some("kernel".into()))),
+            ("learn true", tun(&none), tun(&|p| p.learn = Some(true))),
+            ("flood order", tun(&none), tun(&|p| p.flood = Some(vec![ip("192.0.2.3"), ip("192.0.2.2")]))),
+            (
+                "flood address twice",
+                tun(&none),
+                tun(&|p| p.flood = Some(vec![ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.2")])),
+            ),
+            ("no flood list, empty flood list", tun(&|p| p.flood = None), tun(&|p| p.flood = Some(vec![]))),
+            (
+                "remote MACs order",
+                tun(&none),
+                tun(&|p| p.remote_macs = vec![rm(m2, "192.0.2.3"), rm(m1, "192.0.2.2")]),
+            ),
+            ("uplink afpacket ring", tun(&uplink("eth1", &[])), tun(&uplink("afpacket:eth1,ring", &[]))),
+            (
+                "uplink afxdp one queue",
+                tun(&uplink("afxdp:eth1", &[])),
+                tun(&uplink("afxdp:eth1,queues=1", &[])),
+            ),
+            (
+                "routes of two lengths in another order",
+                tun(&uplink("eth1", &[("10.0.0.0/8", "192.0.2.9"), ("10.1.0.0/16", "192.0.2.8")])),
+                tun(&uplink("eth1", &[("10.1.0.0/16", "192.0.2.8"), ("10.0.0.0/8", "192.0.2.9")])),
+            ),
+            (
+                "geneve dstport 6081",
+                tun(&|p| p.kind = Some(PortType::Geneve)),
+                tun(&|p| {
+                    p.kind = Some(PortType::Geneve);
+                    p.dstport = Some(6081);
+                }),
+            ),
+        ];
+        for (what, a, b) in &same {
+            assert_eq!(a, b, "{what}");
+        }
+        let differ: Vec<(&str, Backend, Backend)> = vec![
+            ("flood endpoint added", tun(&none), tun(&|p| p.flood.as_mut().unwrap().push(ip("192.0.2.4")))),
+            ("flood endpoint removed", tun(&none), tun(&|p| p.flood = Some(vec![ip("192.0.2.2")]))),
+            ("remote MAC moved", tun(&none), tun(&|p| p.remote_macs[0].remote = ip("192.0.2.3"))),
+            ("remote MAC removed", tun(&none), tun(&|p| p.remote_macs.truncate(1))),
+            ("learn off", tun(&none), tun(&|p| p.learn = Some(false))),
+            ("dstport", tun(&none), tun(&|p| p.dstport = Some(4790))),
+            ("geneve's port on vxlan", tun(&none), tun(&|p| p.dstport = Some(6081))),
+            ("vni", tun(&none), tun(&|p| p.vni = Some(5002))),
+            ("local", tun(&none), tun(&|p| p.local = Some(ip("192.0.2.9")))),
+            ("geneve", tun(&none), tun(&|p| p.kind = Some(PortType::Geneve))),
+            ("uplink", tun(&none), tun(&uplink("eth1", &[]))),
+            ("uplink receive mode", tun(&uplink("eth1", &[])), tun(&uplink("afpacket:eth1,recvmmsg", &[]))),
+            ("uplink queues", tun(&uplink("afxdp:eth1", &[])), tun(&uplink("afxdp:eth1,queues=2", &[]))),
+            (
+                "route's gateway",
+                tun(&uplink("eth1", &[("10.0.0.0/8", "192.0.2.9")])),
+                tun(&uplink("eth1", &[("10.0.0.0/8", "192.0.2.8")])),
+            ),
+            // Of one length, the first route holding an endpoint is its route: order counts.
+            (
+                "routes of one length in another order",
+                tun(&uplink("eth1", &[("10.0.0.0/8", "192.0.2.9"), ("10.0.0.0/8", "192.0.2.8")])),
+                tun(&uplink("eth1", &[("10.0.0.0/8", "192.0.2.8"), ("10.0.0.0/8", "192.0.2.9")])),
+            ),
+        ];
+        for (what, a, b) in &differ {
+            assert_ne!(a, b, "{what}");
+        }
+        // What differs in the remote table alone keeps the transport: updated in place.
+        for (what, a, b) in &differ[..5] {
+            let (Backend::Tunnel(x), Backend::Tunnel(y)) = (a, b) else { panic!("{what}: not tunnels") };
+            assert!(x.same_transport(y), "{what}");
+        }
+        // The form is a fixed point.
+        for (what, a, b) in same.iter().chain(&differ) {
+            assert_eq!(&a.opened_form("t"), a, "{what}");
+            assert_eq!(&b.opened_form("t"), b, "{what}");
         }
     }
 

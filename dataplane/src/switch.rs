@@ -328,7 +328,9 @@ pub struct PortSpec {
     /// every connection of a port with a policy is).
     pub policy: Option<Arc<crate::policy::CompiledPolicy>>,
     pub stats: Arc<PortStats>,
-    /// The backend type it was configured with (metrics tell vhost-user ports apart).
+    /// The backend type it was configured with (metrics tell vhost-user ports apart); `None`
+    /// and `Some(Ring)` are both a ring port (a spec kept across `type: ring` written out or
+    /// left out keeps the spelling it was built from: [`PortSpec::built_from`]).
     pub kind: Option<PortType>,
     /// The static MAC entries it names.
     pub static_macs: Box<[MacAddr]>,
@@ -338,12 +340,15 @@ pub struct PortSpec {
 
 impl PortSpec {
     /// Whether compiling `port` would give this spec (counters and id aside):
-    /// every field the pipeline reads, and the type, are as `port` names them. Backend options
-    /// are not kept here (the runtime opens and updates backends from the configuration),
-    /// so a snapshot holds no copy of each port's configuration.
+    /// every field the pipeline reads, and the type, are as `port` names them (a port without
+    /// `type` is a ring port, as `PortConfig::backend` opens it: `type: ring` written out or
+    /// left out is no change). Backend options are not kept here (the runtime opens and
+    /// updates backends from the configuration), so a snapshot holds no copy of each port's
+    /// configuration.
     pub fn built_from(&self, port: &PortConfig) -> bool {
+        let ty = |k: Option<PortType>| k.unwrap_or(PortType::Ring);
         self.name == port.name
-            && self.kind == port.kind
+            && ty(self.kind) == ty(port.kind)
             && self.mac_limit == port.mac_limit.unwrap_or(u32::MAX)
             && self.allowed_macs.as_deref() == port.allowed_macs.as_deref().filter(|l| !l.is_empty())
             && self.allowed_ips.as_deref() == port.allowed_ips.as_deref()
@@ -1154,9 +1159,13 @@ mod tests {
         let spec = |sw: &SwitchConfig| sw.ports[usize::from(sw.by_name["a"])].clone().unwrap();
         let kept = compile(&port("tag: 10, type: ring, ring: r2"), Some(&first));
         assert!(Arc::ptr_eq(&spec(&first), &spec(&kept)), "a backend option alone keeps the spec");
+        // `type` left out is `type: ring`.
+        let untyped = compile(&port("tag: 10"), Some(&first));
+        assert!(Arc::ptr_eq(&spec(&first), &spec(&untyped)), "type: ring left out keeps the spec");
+        assert!(Arc::ptr_eq(&spec(&untyped), &spec(&compile(&base, Some(&untyped)))), "and back");
         for changed in [
             "tag: 11, type: ring, ring: r1",
-            "tag: 10",
+            "tag: 10, type: tap",
             "tag: 10, type: ring, ring: r1, vlan_mode: native-untagged",
             "tag: 10, type: ring, ring: r1, static_macs: ['02:00:00:00:00:01']",
             "tag: 10, type: ring, ring: r1, allowed_macs: ['02:00:00:00:00:01']",
