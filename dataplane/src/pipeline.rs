@@ -542,12 +542,18 @@ pub fn process_burst(
     // when the filter passes every frame of the burst unchanged (`plain_probes_spoof`).
     // A burst whose first frame carries an 802.1Q tag (a trunk, an uplink) takes it too when
     // every frame carries the same VLAN's tag (`plain_probes_tagged`), on a port without a
-    // spoof filter; on a bridge with policies or IP spoof filters, a trunk with spoof filters
-    // too (`policy_fast`).
+    // spoof filter, or with a MAC spoof filter that passes every frame of the burst unchanged
+    // behind its tag (`plain_probes_tagged_spoof`: a router VM on a `vlanTrunk` network with
+    // `macspoofchk`); on a bridge with policies or IP spoof filters, a trunk with spoof
+    // filters too (`policy_fast`).
     let first_tagged = burst.first().is_some_and(|b| b.data().get(12..14) == Some(&[0x81, 0x00]));
     let plain = match (&trace, &port.allowed_macs, untagged_vlan, bridge.filter) {
         (None, None, _, false) if first_tagged => {
             plain_probes_tagged(burst, port, &eg.table, &mut eg.tx.plain)
+                .map(|(vlan, bytes)| (vlan, bytes, true))
+        }
+        (None, Some(macs), _, false) if first_tagged => {
+            plain_probes_tagged_spoof(burst, port, &eg.table, &mut eg.tx.plain, macs)
                 .map(|(vlan, bytes)| (vlan, bytes, true))
         }
         (None, None, Some(vlan), false) => {
@@ -685,14 +691,14 @@ fn policy_fast(
 }
 
 /// The stages for a plain burst of VLAN `vlan` (its frames untagged, or `tagged` with the
-/// VLAN's tag) whose probes [`plain_probes`], [`plain_probes_spoof`] or [`plain_probes_tagged`]
-/// left in `eg.tx.plain` (`bytes`: the burst's bytes): learn every source and look every
-/// destination up (as if all learning came first: see below), then, when every frame is a
-/// known unicast destination on another port that carries the VLAN, queue the frames a run to
-/// the same port at a time (a batch's length is updated once per run, not once per frame; the
-/// whole burst at once when it all goes to one port), the tags of a run to a port that takes
-/// the VLAN the other way pushed or popped first ([`Runs::retag_runs`]); otherwise frame by
-/// frame, as the general stages do.
+/// VLAN's tag) whose probes [`plain_probes`], [`plain_probes_spoof`], [`plain_probes_tagged`]
+/// or [`plain_probes_tagged_spoof`] left in `eg.tx.plain` (`bytes`: the burst's bytes): learn
+/// every source and look every destination up (as if all learning came first: see below),
+/// then, when every frame is a known unicast destination on another port that carries the
+/// VLAN, queue the frames a run to the same port at a time (a batch's length is updated once
+/// per run, not once per frame; the whole burst at once when it all goes to one port), the
+/// tags of a run to a port that takes the VLAN the other way pushed or popped first
+/// ([`Runs::retag_runs`]); otherwise frame by frame, as the general stages do.
 #[inline(always)]
 fn plain_burst(eg: &mut Egress, port: &PortSpec, burst: &mut Burst, vlan: u16, tagged: bool, bytes: u64) {
     let (cfg, table, in_port, now, mac_limit) = (eg.cfg, eg.table, eg.in_port, eg.now, port.mac_limit);
@@ -1262,23 +1268,24 @@ fn plain_probes_spoof(
 ) -> Option<u64> {
     let first = macs.first().map_or(0, |m| m.to_u64());
     plain_probes_with(burst, vlan, table, out, |d, src, et| {
-        (src == first && et == EtherType::IPV4) || spoof_passes(d, src, et, macs)
+        (src == first && et == EtherType::IPV4) || spoof_passes(d, ETH_HEADER_LEN, src, et, macs)
     })
 }
 
-/// Whether the MAC spoof filter allowing `macs` passes the untagged frame `d` (source `src`,
-/// EtherType `et`) unchanged, as [`spoof_check`] would: its source allowed, and an ARP or RARP
-/// sender or a neighbour discovery link-layer address too (a malformed ARP: false). False
-/// also for an outer QinQ tag, whose inner tags `spoof_check` reads: the general stages take
-/// those.
+/// Whether the MAC spoof filter allowing `macs` passes the frame `d` (source `src`, EtherType
+/// `et` at `l3 - 2`: behind the Ethernet header, or behind the one 802.1Q tag the port read)
+/// unchanged, as [`spoof_check`] would: its source allowed, and an ARP or RARP sender or a
+/// neighbour discovery link-layer address too (a malformed ARP: false). False also for a tag
+/// inside (802.1ad, or an 802.1Q one stacked inside the tag the port read), whose inner tags
+/// `spoof_check` reads: the general stages take those.
 #[cold]
 #[inline(never)]
-fn spoof_passes(d: &[u8], src: u64, et: u16, macs: &[MacAddr]) -> bool {
+fn spoof_passes(d: &[u8], l3: usize, src: u64, et: u16, macs: &[MacAddr]) -> bool {
     let allowed = |m: u64| macs.iter().any(|a| a.to_u64() == m);
     if !allowed(src) {
         return false;
     }
-    let l3 = d.get(ETH_HEADER_LEN..).unwrap_or_default();
+    let l3 = d.get(l3..).unwrap_or_default();
     match et {
         EtherType::ARP | EtherType::RARP => {
             ArpPacket::new_checked(l3).is_ok_and(|a| allowed(a.sha().to_u64()))
@@ -1288,7 +1295,7 @@ fn spoof_passes(d: &[u8], src: u64, et: u16, macs: &[MacAddr]) -> bool {
             crate::wire::ip::LinkAddr::One(mac) => allowed(mac),
             crate::wire::ip::LinkAddr::Several => false,
         },
-        EtherType::QINQ => false,
+        EtherType::QINQ | EtherType::VLAN => false,
         _ => true,
     }
 }
@@ -1309,6 +1316,30 @@ fn plain_probes_tagged(
 ) -> Option<(u16, u64)> {
     let vlan = tagged_vlan(burst, port)?;
     plain_probes_tagged_with(burst, vlan, table, out, |_, _, _| true).map(|bytes| (vlan, bytes))
+}
+
+/// [`plain_probes_tagged`] on a trunk whose MAC spoof filter allows `macs` (not empty): also
+/// `None` as soon as a frame is one that [`spoof_check`] would not pass unchanged, read behind
+/// its tag as `spoof_check` reads a tagged frame: a source not allowed, an ARP or RARP sender
+/// or a neighbour discovery link-layer address not allowed, a malformed ARP, or a tag stacked
+/// inside (whose payload `spoof_check` reads behind every tag), so that the general stages take
+/// the burst and count the drop. The common frame, IPv4 from the port's first MAC, costs two
+/// compares in the loop; any other goes to [`spoof_passes`]. Its own loop (not a flag of
+/// [`plain_probes_tagged`]'s), so that the trunk without a filter keeps its instructions.
+#[inline(never)]
+fn plain_probes_tagged_spoof(
+    burst: &Burst,
+    port: &PortSpec,
+    table: &FdbView,
+    out: &mut [PlainFrame; MAX_BURST],
+    macs: &[MacAddr],
+) -> Option<(u16, u64)> {
+    let vlan = tagged_vlan(burst, port)?;
+    let first = macs.first().map_or(0, |m| m.to_u64());
+    plain_probes_tagged_with(burst, vlan, table, out, |d, src, et| {
+        (src == first && et == EtherType::IPV4) || spoof_passes(d, ETH_VLAN_HEADER_LEN, src, et, macs)
+    })
+    .map(|bytes| (vlan, bytes))
 }
 
 /// The TCI of a frame whose whole tagged header is there (classify's length checks), when its
