@@ -55,6 +55,8 @@ if [ "${DPDK:-1}" != 0 ] && [ "${OVS:-1}" != 0 ] && [ -x "$OVS_VSWITCHD" ] && [ 
     command -v ovsdb-tool >/dev/null && command -v ovsdb-server >/dev/null &&
     command -v ovs-vsctl >/dev/null && command -v ovs-appctl >/dev/null; then
     have_ovs=1
+elif [ "${DPDK:-1}" != 0 ] && [ "${OVS:-1}" != 0 ]; then
+    echo "== OVS-DPDK: $OVS_VSWITCHD or Open vSwitch's tools not found (Debian: apt-get install openvswitch-switch-dpdk): skipped"
 fi
 have_testpmd=0
 if [ "${DPDK:-1}" != 0 ] && command -v dpdk-testpmd >/dev/null; then
