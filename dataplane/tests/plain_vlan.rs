@@ -10,29 +10,12 @@ use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
-use switchyard_dataplane::port::{Burst, DropTally, TxQueue};
+use switchyard_dataplane::port::{Burst, TxQueue};
 use switchyard_dataplane::{Pool, SwitchConfig};
 
-/// Frames sent, as (egress port, bytes), in order.
-type Frames = Vec<(u16, Vec<u8>)>;
-type Sent = std::sync::Arc<std::sync::Mutex<Frames>>;
-
-struct Collect {
-    port: u16,
-    out: Sent,
-}
-
-impl TxQueue for Collect {
-    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, _drops: &mut DropTally) -> usize {
-        let n = pkts.len();
-        let mut out = self.out.lock().unwrap();
-        for b in pkts.drain(..) {
-            out.push((self.port, b.data().to_vec()));
-            cache.free(b);
-        }
-        n
-    }
-}
+#[path = "support/collect.rs"]
+mod collect;
+use collect::{Collect, Frames, Sent};
 
 const YAML: &str = r#"
 bridges:

@@ -147,31 +147,9 @@ fn write_conn(
 /// Frames queued (egress port name, bytes), in order.
 type Out = Vec<(String, Vec<u8>)>;
 
-/// Frames sent, as (egress port, bytes), in order.
-type Sent = std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>;
-
-/// A TX queue that keeps what it is given.
-struct Collect {
-    port: u16,
-    out: Sent,
-}
-
-impl switchyard_dataplane::port::TxQueue for Collect {
-    fn tx_burst(
-        &mut self,
-        pkts: &mut Burst,
-        cache: &mut switchyard_dataplane::buffer::PoolCache,
-        _drops: &mut switchyard_dataplane::port::DropTally,
-    ) -> usize {
-        let n = pkts.len();
-        let mut out = self.out.lock().expect("lock");
-        for b in pkts.drain(..) {
-            out.push((self.port, b.data().to_vec()));
-            cache.free(b);
-        }
-        n
-    }
-}
+#[path = "support/collect.rs"]
+mod collect;
+use collect::{Collect, Sent};
 
 /// Runs one burst from `from` (the frames at the indices in `no_headroom` in buffers without
 /// headroom) and sends what it queued (so that the egress ports count what they sent): the

@@ -5,11 +5,10 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::HashMap;
-use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::{FdbHit, LearnOutcome, MacTable};
 use switchyard_dataplane::pipeline::{process_burst, TxBatches, Verdict};
-use switchyard_dataplane::port::{burst_of, Burst, DropTally, TxQueue};
+use switchyard_dataplane::port::{burst_of, Burst, TxQueue};
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -448,26 +447,9 @@ fn peer(p: u8, d: u8) -> u8 {
     }
 }
 
-/// Frames sent, as (egress port, bytes), in order.
-type Sent = std::sync::Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>;
-
-/// A TX queue that takes every frame, noting it in `out`.
-struct Collect {
-    port: u16,
-    out: Sent,
-}
-
-impl TxQueue for Collect {
-    fn tx_burst(&mut self, pkts: &mut Burst, cache: &mut PoolCache, _drops: &mut DropTally) -> usize {
-        let n = pkts.len();
-        let mut out = self.out.lock().unwrap();
-        for b in pkts.drain(..) {
-            out.push((self.port, b.data().to_vec()));
-            cache.free(b);
-        }
-        n
-    }
-}
+#[path = "support/collect.rs"]
+mod collect;
+use collect::{Collect, Sent};
 
 /// Bursts that took the pipeline's plain path on this thread so far; `None` in a build without
 /// debug assertions, where the pipeline does not count them.
