@@ -13,13 +13,13 @@ use proptest::prelude::*;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
-use switchyard_dataplane::port::{Burst, TxQueue};
+use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 
 #[path = "support/collect.rs"]
 mod collect;
-use collect::{Collect, Sent};
+use collect::{queues, Sent};
 
 /// The VM's candidate source MACs: `allowed_macs` is a subset of them, the rest are foreign.
 const VM_MACS: u8 = 6;
@@ -230,11 +230,7 @@ fn tagged_plain_path_with_mac_filter_matches_the_general_stages() {
         let (mut ptx, mut gtx) =
             (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
         let (pout, gout) = (Sent::default(), Sent::default());
-        let queues = |out: &Sent| -> Vec<Option<Box<dyn TxQueue>>> {
-            (0..plain_sw.port_slots() as u16)
-                .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
-                .collect()
-        };
+        let queues = |out: &Sent| queues(plain_sw.port_slots(), out);
         let (mut pq, mut gq) = (queues(&pout), queues(&gout));
         let mut traces = Vec::new();
         for (i, b) in bursts.iter().enumerate() {

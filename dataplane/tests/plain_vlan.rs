@@ -10,12 +10,12 @@ use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
-use switchyard_dataplane::port::{Burst, TxQueue};
+use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::{Pool, SwitchConfig};
 
 #[path = "support/collect.rs"]
 mod collect;
-use collect::{Collect, Frames, Sent};
+use collect::{queues, Frames, Sent};
 
 const YAML: &str = r#"
 bridges:
@@ -201,11 +201,7 @@ fn plain_path_matches_general_on_tagged_and_filtered_bursts() {
         let (mut ptx, mut gtx) =
             (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
         let (pout, gout) = (Sent::default(), Sent::default());
-        let queues = |out: &Sent| -> Vec<Option<Box<dyn TxQueue>>> {
-            (0..plain_sw.port_slots() as u16)
-                .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
-                .collect()
-        };
+        let queues = |out: &Sent| queues(plain_sw.port_slots(), out);
         let (mut pq, mut gq) = (queues(&pout), queues(&gout));
         let mut traces = Vec::new();
         for (i, (port, base, kind)) in bursts.iter().enumerate() {
@@ -346,9 +342,7 @@ fn both_ways(
             took = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() != before;
         }
         let out = Sent::default();
-        let mut q: Vec<Option<Box<dyn TxQueue>>> = (0..sw.port_slots() as u16)
-            .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
-            .collect();
+        let mut q = queues(sw.port_slots(), &out);
         tx.flush(&sw, &mut q, &mut cache);
         outs.push(std::mem::take(&mut *out.lock().unwrap()));
         snaps.push(sw.port_ids().map(|p| sw.port(p).unwrap().stats.snapshot()).collect::<Vec<_>>());

@@ -149,7 +149,7 @@ type Out = Vec<(String, Vec<u8>)>;
 
 #[path = "support/collect.rs"]
 mod collect;
-use collect::{Collect, Sent};
+use collect::{queues, Sent};
 
 /// Runs one burst from `from` (the frames at the indices in `no_headroom` in buffers without
 /// headroom) and sends what it queued (so that the egress ports count what they sent): the
@@ -182,14 +182,7 @@ fn run_with(
     let mut traces = Vec::new();
     process_burst(sw, port.id, &mut burst, now, &mut cache, &mut tx, traced.then_some(&mut traces));
     let sent = Sent::default();
-    let mut queues: Vec<Option<Box<dyn switchyard_dataplane::port::TxQueue>>> =
-        (0..sw.port_slots() as u16)
-            .map(|port| {
-                Some(Box::new(Collect { port, out: sent.clone() })
-                    as Box<dyn switchyard_dataplane::port::TxQueue>)
-            })
-            .collect();
-    tx.flush(sw, &mut queues, &mut cache);
+    tx.flush(sw, &mut queues(sw.port_slots(), &sent), &mut cache);
     let out = std::mem::take(&mut *sent.lock().expect("lock"))
         .into_iter()
         .map(|(p, f)| (sw.port(p).expect("port").name.clone(), f))

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use switchyard_dataplane::config::Config;
 use switchyard_dataplane::fdb::{FdbHit, LearnOutcome, MacTable};
 use switchyard_dataplane::pipeline::{process_burst, TxBatches, Verdict};
-use switchyard_dataplane::port::{burst_of, Burst, TxQueue};
+use switchyard_dataplane::port::{burst_of, Burst};
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 use testkit::frame::{Frame, ETHERTYPE_IPV4};
@@ -449,7 +449,7 @@ fn peer(p: u8, d: u8) -> u8 {
 
 #[path = "support/collect.rs"]
 mod collect;
-use collect::{Collect, Sent};
+use collect::{queues, Sent};
 
 /// Bursts that took the pipeline's plain path on this thread so far; `None` in a build without
 /// debug assertions, where the pipeline does not count them.
@@ -502,11 +502,7 @@ bridges:
             (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
         let mut traces = Vec::new();
         let (plain_out, general_out) = (Sent::default(), Sent::default());
-        let queues = |out: &Sent| -> Vec<Option<Box<dyn TxQueue>>> {
-            (0..plain_sw.port_slots() as u16)
-                .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
-                .collect()
-        };
+        let queues = |out: &Sent| queues(plain_sw.port_slots(), out);
         let (mut plain_queues, mut general_queues) = (queues(&plain_out), queues(&general_out));
         for (i, (port, frames)) in bursts.iter().enumerate() {
             let now = 1 + i as u32 / 8;
@@ -639,10 +635,7 @@ fn a_full_batch_counts_tx_full_on_the_egress_port() {
         }
         assert_eq!(tx.queued(1), 64);
         let sent = Sent::default();
-        let mut queues: Vec<Option<Box<dyn TxQueue>>> = (0..sw.port_slots() as u16)
-            .map(|port| Some(Box::new(Collect { port, out: sent.clone() }) as Box<dyn TxQueue>))
-            .collect();
-        tx.flush(&sw, &mut queues, &mut cache);
+        tx.flush(&sw, &mut queues(sw.port_slots(), &sent), &mut cache);
         let b = sw.port(1).unwrap().stats.snapshot();
         assert_eq!(sent.lock().unwrap().len(), 64, "traced {traced}");
         assert_eq!((b.tx_packets, b.tx_bytes, b.drops["tx_full"]), (64, 64 * 60, 26), "traced {traced}");

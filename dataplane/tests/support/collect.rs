@@ -26,3 +26,11 @@ impl TxQueue for Collect {
         n
     }
 }
+
+/// One [`Collect`] per port slot (`slots`: the switch's `port_slots()`), all keeping into
+/// `out`: the TX queues `TxBatches::flush` takes.
+pub fn queues(slots: usize, out: &Sent) -> Vec<Option<Box<dyn TxQueue>>> {
+    (0..slots as u16)
+        .map(|port| Some(Box::new(Collect { port, out: out.clone() }) as Box<dyn TxQueue>))
+        .collect()
+}
