@@ -1242,6 +1242,152 @@ mod tests {
         }
     }
 
+    /// Every ordered choice of up to `most` items of `pool`, each place of the pool taken at
+    /// most once (the empty choice first).
+    fn arrangements<T: Copy>(pool: &[T], most: usize) -> Vec<Vec<T>> {
+        let mut all: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut last = all.clone();
+        for _ in 0..most {
+            let next: Vec<Vec<usize>> = last
+                .iter()
+                .flat_map(|s| (0..pool.len()).filter(|i| !s.contains(i)).map(|i| [&s[..], &[i]].concat()))
+                .collect();
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all.into_iter().map(|s| s.into_iter().map(|i| pool[i]).collect()).collect()
+    }
+
+    /// A tunnel port on uplink `eth1` with these routes, flood list, remote MACs and learning.
+    fn tunnel_with(
+        routes: Vec<UnderlayRoute>,
+        flood: Option<Vec<IpAddr>>,
+        remote_macs: Vec<RemoteMac>,
+        learn: Option<bool>,
+    ) -> TunnelBackend {
+        TunnelBackend {
+            kind: TunnelKind::Vxlan,
+            vni: 1,
+            local: "192.0.2.1".parse().unwrap(),
+            dstport: None,
+            underlay: Some("eth1".into()),
+            flood,
+            remote_macs,
+            learn,
+            routes,
+        }
+    }
+
+    /// Routes with one opened form give one underlay table: every endpoint gets the same next
+    /// hop from `underlay::Routes` built from either list as ports/src/uplink_tunnel.rs builds
+    /// it (the port's routes, then the uplink's kernel routes), so a reload that keeps a port
+    /// whose routes were only reordered (unchanged, `TunnelBackend::opened_form`) leaves it on
+    /// the next hops the new configuration gives. Checked against the table itself, over every
+    /// ordered choice of up to four routes of a pool with nested prefixes, two prefixes of one
+    /// length, one prefix with two gateways and a default route.
+    #[test]
+    fn routes_of_one_opened_form_give_every_endpoint_one_next_hop() {
+        use crate::underlay::{Route, Routes};
+        use std::collections::hash_map::{Entry, HashMap};
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let pool: Vec<UnderlayRoute> = [
+            ("10.0.0.0/8", "192.0.2.9"),
+            ("10.0.0.0/8", "192.0.2.8"),
+            ("11.0.0.0/8", "192.0.2.7"),
+            ("10.1.0.0/16", "192.0.2.6"),
+            ("10.1.2.0/24", "192.0.2.5"),
+            ("0.0.0.0/0", "192.0.2.4"),
+        ]
+        .iter()
+        .map(|(d, v)| UnderlayRoute { dst: d.parse().unwrap(), via: ip(v) })
+        .collect();
+        // The uplink's kernel routes, after the port's: one on the link, one through a gateway.
+        let kernel = [
+            Route { dst: "10.1.2.0/24".parse().unwrap(), via: None },
+            Route { dst: "12.0.0.0/8".parse().unwrap(), via: Some(ip("192.0.2.3")) },
+        ];
+        let endpoints: Vec<IpAddr> = ["10.1.2.3", "10.1.9.9", "10.9.9.9", "11.1.1.1", "12.0.0.1", "13.0.0.1"]
+            .into_iter()
+            .map(ip)
+            .collect();
+        let mut tables: HashMap<String, (Vec<UnderlayRoute>, Vec<IpAddr>)> = HashMap::new();
+        let mut shared = 0;
+        for routes in arrangements(&pool, 4) {
+            let form = format!("{:?}", tunnel_with(routes.clone(), None, Vec::new(), None).opened_form());
+            let own: Vec<Route> = routes.iter().map(|r| Route { dst: r.dst, via: Some(r.via) }).collect();
+            let table = Routes::new([&own[..], &kernel[..]].concat());
+            let hops: Vec<IpAddr> = endpoints.iter().map(|&e| table.next_hop(e)).collect();
+            match tables.entry(form) {
+                Entry::Occupied(e) => {
+                    shared += 1;
+                    assert_eq!(e.get().1, hops, "{:?} and {routes:?}: one form, other next hops", e.get().0);
+                }
+                Entry::Vacant(e) => {
+                    e.insert((routes, hops));
+                }
+            }
+        }
+        // Routes of different lengths in another order do share a form (else nothing was checked).
+        assert!(shared >= 100, "{shared} lists shared a form");
+    }
+
+    /// Flood lists, remote MACs and learning with one opened form hold one remote table: the
+    /// same flood endpoints (as a set: the order copies go out in is not a setting), the same
+    /// sole endpoint (a port with one remote sends every frame there), the same remote MACs, the
+    /// same endpoints admitted with learning off, and learning alike (`tunnel::Remotes` built
+    /// from either with the defaults `TunnelOptions::from_backend`, ports/src/udp_tunnel.rs,
+    /// gives a setting left out). Over every ordered choice of up to four flood addresses of a
+    /// pool naming one address twice, and no flood list, each with remote MAC lists in both
+    /// orders and learning left out, on and off.
+    #[test]
+    fn remote_tables_of_one_opened_form_hold_one_table() {
+        use crate::tunnel::Remotes;
+        use std::collections::hash_map::{Entry, HashMap};
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (a, b, c) = (ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.4"));
+        let rm =
+            |m: u8, remote: IpAddr| RemoteMac { mac: crate::wire::MacAddr([2, 0, 0, 0, 0xb, m]), remote };
+        let floods = std::iter::once(None).chain(arrangements(&[a, b, a, c], 4).into_iter().map(Some));
+        let mac_lists =
+            [vec![], vec![rm(1, a)], vec![rm(1, a), rm(2, c)], vec![rm(2, c), rm(1, a)], vec![rm(1, c)]];
+        let mut tables: HashMap<String, (String, String)> = HashMap::new();
+        let mut shared = 0;
+        for flood in floods {
+            for macs in &mac_lists {
+                for learn in [None, Some(true), Some(false)] {
+                    let t = tunnel_with(Vec::new(), flood.clone(), macs.clone(), learn);
+                    let statics: Vec<_> = macs.iter().map(|r| (r.mac, r.remote)).collect();
+                    let r = Remotes::new(
+                        flood.as_deref().unwrap_or_default(),
+                        &statics,
+                        learn.unwrap_or(true),
+                        crate::fdb::MacTable::DEFAULT_AGING_S,
+                    )
+                    .unwrap();
+                    let mut flooded: Vec<IpAddr> = r.flood().iter().filter_map(|&i| r.endpoint(i)).collect();
+                    flooded.sort();
+                    let sole = r.sole_endpoint().and_then(|i| r.endpoint(i));
+                    let mut held = r.macs(0);
+                    held.sort();
+                    let admitted: Vec<bool> =
+                        [a, b, c].iter().map(|&x| r.index_of(x).is_some_and(|i| r.is_named(i))).collect();
+                    let table = format!("{flooded:?} {sole:?} {held:?} {admitted:?} {}", r.learns());
+                    let what = format!("{t:?}");
+                    match tables.entry(format!("{:?}", t.opened_form())) {
+                        Entry::Occupied(e) => {
+                            shared += 1;
+                            assert_eq!(e.get().1, table, "{} and {what}: one form, other tables", e.get().0);
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert((what, table));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(shared >= 100, "{shared} spellings shared a form");
+    }
+
     #[test]
     fn each_type_converts_and_writes_back_to_the_same_backend() {
         let backends = [
