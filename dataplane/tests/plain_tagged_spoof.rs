@@ -11,15 +11,15 @@
 
 use proptest::prelude::*;
 use switchyard_dataplane::config::Config;
-use switchyard_dataplane::fdb::MacTable;
-use switchyard_dataplane::pipeline::{process_burst, TxBatches};
 use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::wire::MacAddr;
 use switchyard_dataplane::{Pool, SwitchConfig};
 
 #[path = "support/collect.rs"]
 mod collect;
-use collect::{queues, Sent};
+#[path = "support/twin.rs"]
+mod twin;
+use twin::Twin;
 
 /// The VM's candidate source MACs: `allowed_macs` is a subset of them, the rest are foreign.
 const VM_MACS: u8 = 6;
@@ -227,12 +227,7 @@ fn tagged_plain_path_with_mac_filter_matches_the_general_stages() {
         }
         let pool = Pool::with_hugepages("pts", 4096, false).unwrap();
         let mut cache = pool.cache();
-        let (mut ptx, mut gtx) =
-            (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
-        let (pout, gout) = (Sent::default(), Sent::default());
-        let queues = |out: &Sent| queues(plain_sw.port_slots(), out);
-        let (mut pq, mut gq) = (queues(&pout), queues(&gout));
-        let mut traces = Vec::new();
+        let mut twin = Twin::new(&plain_sw, &general_sw);
         for (i, b) in bursts.iter().enumerate() {
             let now = 1 + i as u32 / 8;
             // The other trunk sends tagged frames; the access ports untagged ones.
@@ -249,66 +244,30 @@ fn tagged_plain_path_with_mac_filter_matches_the_general_stages() {
                     .collect(),
                 _ => frames,
             };
-            for (sw, tx, trace) in [(&plain_sw, &mut ptx, false), (&general_sw, &mut gtx, true)] {
+            let took = twin.run(u16::from(b.from), now, &mut cache, |cache| {
                 let mut burst = Burst::new();
                 for (f, _) in &frames {
                     burst.push(cache.alloc_copy(f).unwrap());
                 }
-                traces.clear();
-                let before = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
-                process_burst(
-                    sw,
-                    u16::from(b.from),
-                    &mut burst,
-                    now,
-                    &mut cache,
-                    tx,
-                    trace.then_some(&mut traces),
-                );
-                let took = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() != before;
-                if trace {
-                    prop_assert!(!took, "a traced burst took the plain path");
-                } else if b.from == 0
-                    && frames.first().is_some_and(|(f, _)| f.get(12..14) == Some(&[0x81, 0][..]))
-                {
-                    let mut s = seen.borrow_mut();
-                    s.tagged += 1;
-                    if took {
-                        s.plain += 1;
-                        let has = |k| frames.iter().any(|(_, fk)| *fk == k);
-                        s.plain_arp += u64::from(has(Kind::Arp));
-                        s.plain_nd += u64::from(has(Kind::Nd));
-                        let first = vm_mac(allowed[0]);
-                        s.plain_second_mac += u64::from(frames.iter().any(|(f, _)| f[6..12] != first));
-                    }
+                burst
+            })?;
+            if b.from == 0 && frames.first().is_some_and(|(f, _)| f.get(12..14) == Some(&[0x81, 0][..])) {
+                let mut s = seen.borrow_mut();
+                s.tagged += 1;
+                if took {
+                    s.plain += 1;
+                    let has = |k| frames.iter().any(|(_, fk)| *fk == k);
+                    s.plain_arp += u64::from(has(Kind::Arp));
+                    s.plain_nd += u64::from(has(Kind::Nd));
+                    let first = vm_mac(allowed[0]);
+                    s.plain_second_mac += u64::from(frames.iter().any(|(f, _)| f[6..12] != first));
                 }
             }
             if i % drain_every == 0 {
-                ptx.flush(&plain_sw, &mut pq, &mut cache);
-                gtx.flush(&general_sw, &mut gq, &mut cache);
+                twin.drain(&mut cache);
             }
         }
-        let mut queued = Vec::new();
-        for (tx, sw, q) in [(&mut ptx, &plain_sw, &mut pq), (&mut gtx, &general_sw, &mut gq)] {
-            queued.push(sw.port_ids().map(|p| tx.queued(p)).collect::<Vec<_>>());
-            tx.flush(sw, q, &mut cache);
-        }
-        prop_assert_eq!(&queued[0], &queued[1]);
-        prop_assert_eq!(&*pout.lock().unwrap(), &*gout.lock().unwrap());
-        for p in plain_sw.port_ids() {
-            prop_assert_eq!(
-                plain_sw.port(p).unwrap().stats.snapshot(),
-                general_sw.port(p).unwrap().stats.snapshot(),
-                "port {}",
-                p
-            );
-        }
-        let sorted = |t: &MacTable| {
-            let mut e = t.entries(999);
-            e.sort_by_key(|e| (e.vlan, e.mac.0));
-            e
-        };
-        prop_assert_eq!(sorted(&plain_sw.bridges[0].table), sorted(&general_sw.bridges[0].table));
+        twin.finish(&mut cache)?;
         drop(cache);
         prop_assert_eq!(pool.in_use(), 0);
         Ok(())

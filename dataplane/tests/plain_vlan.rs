@@ -8,7 +8,6 @@
 use proptest::prelude::*;
 use switchyard_dataplane::buffer::PoolCache;
 use switchyard_dataplane::config::Config;
-use switchyard_dataplane::fdb::MacTable;
 use switchyard_dataplane::pipeline::{process_burst, TxBatches};
 use switchyard_dataplane::port::Burst;
 use switchyard_dataplane::{Pool, SwitchConfig};
@@ -16,6 +15,9 @@ use switchyard_dataplane::{Pool, SwitchConfig};
 #[path = "support/collect.rs"]
 mod collect;
 use collect::{queues, Frames, Sent};
+#[path = "support/twin.rs"]
+mod twin;
+use twin::Twin;
 
 const YAML: &str = r#"
 bridges:
@@ -198,12 +200,7 @@ fn plain_path_matches_general_on_tagged_and_filtered_bursts() {
         let general_sw = SwitchConfig::compile(&Config::from_yaml_str(YAML).unwrap(), None).unwrap();
         let pool = Pool::with_hugepages("r1", 8192, false).unwrap();
         let mut cache = pool.cache();
-        let (mut ptx, mut gtx) =
-            (TxBatches::new(plain_sw.port_slots()), TxBatches::new(general_sw.port_slots()));
-        let (pout, gout) = (Sent::default(), Sent::default());
-        let queues = |out: &Sent| queues(plain_sw.port_slots(), out);
-        let (mut pq, mut gq) = (queues(&pout), queues(&gout));
-        let mut traces = Vec::new();
+        let mut twin = Twin::new(&plain_sw, &general_sw);
         for (i, (port, base, kind)) in bursts.iter().enumerate() {
             let now = 1 + i as u32 / 8;
             let frames: Vec<(Vec<u8>, bool)> = match kind {
@@ -235,69 +232,33 @@ fn plain_path_matches_general_on_tagged_and_filtered_bursts() {
                     })
                     .collect(),
             };
-            for (sw, tx, trace) in [(&plain_sw, &mut ptx, false), (&general_sw, &mut gtx, true)] {
+            let took = twin.run(u16::from(*port), now, &mut cache, |cache| {
                 let mut burst = Burst::new();
                 for (f, nohead) in &frames {
-                    let b = if *nohead { no_headroom(&mut cache, f) } else { cache.alloc_copy(f).unwrap() };
-                    burst.push(b);
+                    burst.push(if *nohead { no_headroom(cache, f) } else { cache.alloc_copy(f).unwrap() });
                 }
-                traces.clear();
-                let before = switchyard_dataplane::pipeline::plain_bursts_on_this_thread();
-                process_burst(
-                    sw,
-                    u16::from(*port),
-                    &mut burst,
-                    now,
-                    &mut cache,
-                    tx,
-                    trace.then_some(&mut traces),
-                );
-                let took = switchyard_dataplane::pipeline::plain_bursts_on_this_thread() != before;
-                if !trace {
-                    let mut s = seen.borrow_mut();
-                    s.untraced += 1;
-                    if took {
-                        s.plain += 1;
-                        if frames.first().is_some_and(|(f, _)| f.get(12..14) == Some(&[0x81, 0][..])) {
-                            s.plain_tagged += 1;
-                        }
-                        if *port == 6 || *port == 9 {
-                            s.plain_mf += 1;
-                        }
-                        if frames.len() == 64 {
-                            s.plain_alt64 += 1;
-                        }
-                    }
+                burst
+            })?;
+            let mut s = seen.borrow_mut();
+            s.untraced += 1;
+            if took {
+                s.plain += 1;
+                if frames.first().is_some_and(|(f, _)| f.get(12..14) == Some(&[0x81, 0][..])) {
+                    s.plain_tagged += 1;
+                }
+                if *port == 6 || *port == 9 {
+                    s.plain_mf += 1;
+                }
+                if frames.len() == 64 {
+                    s.plain_alt64 += 1;
                 }
             }
+            drop(s);
             if i % drain_every == 0 {
-                ptx.flush(&plain_sw, &mut pq, &mut cache);
-                gtx.flush(&general_sw, &mut gq, &mut cache);
+                twin.drain(&mut cache);
             }
         }
-        prop_assert_eq!(&*pout.lock().unwrap(), &*gout.lock().unwrap());
-        let mut queued = Vec::new();
-        for (tx, sw) in [(&mut ptx, &plain_sw), (&mut gtx, &general_sw)] {
-            queued.push(sw.port_ids().map(|p| tx.queued(p)).collect::<Vec<_>>());
-            tx.flush(sw, &mut [], &mut cache);
-        }
-        prop_assert_eq!(&queued[0], &queued[1]);
-        for p in plain_sw.port_ids() {
-            prop_assert_eq!(
-                plain_sw.port(p).unwrap().stats.snapshot(),
-                general_sw.port(p).unwrap().stats.snapshot(),
-                "port {}",
-                p
-            );
-        }
-        for (a, b) in plain_sw.bridges.iter().zip(general_sw.bridges.iter()) {
-            let sorted = |t: &MacTable| {
-                let mut e = t.entries(999);
-                e.sort_by_key(|e| (e.vlan, e.mac.0));
-                e
-            };
-            prop_assert_eq!(sorted(&a.table), sorted(&b.table));
-        }
+        twin.finish(&mut cache)?;
         drop(cache);
         prop_assert_eq!(pool.in_use(), 0);
         Ok(())
